@@ -1,0 +1,8 @@
+"""hpdm: Hierarchical Patch Diffusion Models for high-resolution video generation.
+
+The engine (importable, no CLI dependencies): `config` (typed recipe), `pyramid` (patch
+hierarchies), `model` (video RIN, deep context fusion, adaptive computation), `diffusion`
+(EDM objective), `train`, `data`, `text`, `io`. The `hpdm` command lives in `hpdm_cli.cli`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,211 @@
+"""The typed configuration of hpdm: one object flows from a TOML recipe to every component.
+
+Every dimension, count and switch of the method lives here, grouped by the recipe's
+sections (`[data]`, `[pyramid]`, `[model]`, `[diffusion]`, `[train]`, `[sample]`, `[eval]`).
+Defaults describe the paper's HPDM-S on UCF-101 (seed, Table 7); recipes override them.
+`Recipe.validate()` checks cross-field consistency and raises `ConfigError` with a
+one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A recipe value is missing, of the wrong type or inconsistent (message names the key)."""
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/ucf101"            # Prepared dataset directory (see `hpdm prepare`).
+    fps: float = 25.0                    # Frames per second of the prepared clips.
+    image_fraction: float = 0.0          # Share of batch items that are still images (joint training).
+    image_path: str = ""                 # Prepared image dataset for joint training ("" = none).
+    num_workers: int = 2                 # Data-loader worker processes per rank.
+    horizontal_flip: bool = True         # Random left-right flips as augmentation.
+
+
+@dataclass
+class PyramidConfig:
+    resolution: tuple[int, int, int] = (64, 256, 256)   # Full video size (frames, height, width).
+    patch: tuple[int, int, int] = (16, 64, 64)          # Patch size of every level (frames, height, width).
+    overlap: str = "fhw"                                 # Axes with 50% overlapping tiles at inference.
+
+    @property
+    def num_levels(self) -> int:
+        """Number of pyramid levels L: 1 + log2 of the largest full/patch ratio."""
+        return 1 + max(int(math.log2(R // r)) for R, r in zip(self.resolution, self.patch))
+
+    def level_resolution(self, level: int) -> tuple[int, int, int]:
+        """Size of the whole video at `level` (patch size at level 0, full size at the last)."""
+        return tuple(min(r << level, R) for R, r in zip(self.resolution, self.patch))
+
+    def level_scale(self, level: int) -> tuple[float, float, float]:
+        """Per-axis patch scale s_l = patch / level resolution (1 at level 0)."""
+        return tuple(r / n for r, n in zip(self.patch, self.level_resolution(level)))
+
+
+@dataclass
+class ModelConfig:
+    channels: int = 3                                   # Colour channels of the video.
+    tokenizer: tuple[int, int, int] = (1, 4, 4)         # Pixels per interface token (frames, height, width).
+    interface_dim: int = 1024                           # Width d of the interface tokens.
+    latent_dim: int = 256                               # Width of the latents (256/512/1024 = HPDM-S/M/L).
+    num_latents: int = 768                              # Learned latent tokens per level.
+    num_blocks: int = 6                                 # RIN blocks.
+    compute_layers: int = 4                             # Latent self-attention layers per block.
+    head_dim: int = 64                                  # Channels per attention head.
+    mlp_ratio: float = 4.0                              # MLP hidden width / model width.
+    load: object = "linear"                             # Levels per block: a list, "linear" or "none".
+    fusion: str = "deep"                                # "deep" (DCF), "shallow" (RGB of lower level) or "none".
+    fusion_coords: bool = True                          # Concatenate global token coordinates in DCF.
+    context_detach: bool = False                        # Cut gradients from level l into lower levels' context.
+    cond: str = "class"                                 # "class", "text" or "none".
+    num_classes: int = 101                              # Classes of a class-conditional model.
+    text_dim: int = 384                                 # Width of text-encoder embeddings.
+    text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
+    self_condition: bool = False                        # RIN latent self-conditioning.
+
+    def resolved_load(self, num_levels: int) -> list[int]:
+        """Per-block number of processed levels n_b (adaptive computation)."""
+        if isinstance(self.load, str):
+            if self.load == "none":
+                return [num_levels] * self.num_blocks
+            if self.load == "linear":
+                # n_b grows linearly with b (one more level every ceil(B/L) blocks) and the
+                # last block sees every level: 6 blocks, 4 levels -> [1,1,2,2,3,4] (the
+                # seed's load); 3 levels -> [1,1,2,2,3,3].
+                nb = self.num_blocks
+                step = -(-nb // num_levels)
+                out = [min(num_levels, 1 + b // step) for b in range(nb)]
+                out[-1] = num_levels
+                return out
+            raise ConfigError(f"model.load = {self.load!r}: expected a list of ints, \"linear\" or \"none\"")
+        return [int(n) for n in self.load]
+
+
+@dataclass
+class DiffusionConfig:
+    sigma_data: float = 0.5              # Standard deviation of the (scaled) data, EDM's sigma_d.
+    p_mean: float = -1.2                 # Mean of log(sigma) during training (log-normal).
+    p_std: float = 1.2                   # Std of log(sigma) during training.
+    input_scale: float = 1.0             # b_0: input scaling of level 0.
+    input_scale_decay: float = 0.75      # gamma: level l's clean signal is scaled by b_0 * gamma**l.
+    context_sigma: float = 0.002         # Sigma at which finished lower levels are presented at inference.
+    context_prob: float = 0.25           # Training share of samples whose lower levels sit at context_sigma.
+    cond_dropout: float = 0.1            # Probability of dropping the condition (classifier-free guidance).
+    self_cond_prob: float = 0.9          # Probability of a self-conditioning pass (if model.self_condition).
+
+    def level_input_scale(self, level: int) -> float:
+        """b_l = b_0 * gamma**l: exponentially smaller input scaling for finer levels."""
+        return self.input_scale * self.input_scale_decay ** level
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000                 # Total optimisation steps.
+    batch_size: int = 768                # Global batch (all ranks, all accumulation rounds).
+    grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
+    lr: float = 0.005                    # Peak learning rate.
+    weight_decay: float = 0.01           # LAMB decoupled weight decay.
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    warmup_steps: int = 10_000           # Linear warm-up, then cosine decay to lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0               # Global-norm clipping (0 = off).
+    ema_halflife_steps: float = 1000.0   # EMA half-life in optimisation steps (0 = no EMA).
+    precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
+    compile: bool = False                # torch.compile the model.
+    seed: int = 0
+    device: str = "auto"                 # "auto", "cpu", "cuda".
+    log_every: int = 10                  # Steps between stats lines.
+    ckpt_every: int = 1000               # Steps between checkpoints.
+    keep_last: int = 3                   # Checkpoints kept.
+    init_from: str = ""                  # Checkpoint to initialise matching weights from.
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 128                     # Sampler steps at level 0, halved per level.
+    level_steps: list[int] = field(default_factory=list)  # Explicit per-level steps (overrides `steps`).
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    churn: float = 40.0                  # S_churn at stochastic levels.
+    stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
+    guidance: float = 1.0                # Classifier-free guidance scale (1 = off).
+    batch_size: int = 16
+    fps: float = 0.0                     # Output fps (0 = data.fps).
+
+
+@dataclass
+class EvalConfig:
+    num_clips: int = 2048
+    frames: int = 16
+    batch_size: int = 32
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Recipe":
+        """Check cross-field consistency; raise ConfigError naming the offending key."""
+        p, m, d = self.pyramid, self.model, self.diffusion
+        for name, vec in (("pyramid.resolution", p.resolution), ("pyramid.patch", p.patch),
+                          ("model.tokenizer", m.tokenizer)):
+            if len(vec) != 3 or any(int(v) != v or v < 1 for v in vec):
+                raise ConfigError(f"{name} = {list(vec)}: expected three positive integers [frames, height, width]")
+        for axis, R, r in zip("fhw", p.resolution, p.patch):
+            if R % r or not _is_pow2(R // r):
+                raise ConfigError(
+                    f"pyramid.patch = {list(p.patch)} does not divide pyramid.resolution = {list(p.resolution)} "
+                    f"by a power of two along axis {axis}")
+        for axis, r, t in zip("fhw", p.patch, m.tokenizer):
+            if r % t:
+                raise ConfigError(f"model.tokenizer = {list(m.tokenizer)} does not divide pyramid.patch = "
+                                  f"{list(p.patch)} along axis {axis}")
+        if set(p.overlap) - set("fhw") or (p.overlap != "none" and len(set(p.overlap)) != len(p.overlap)):
+            if p.overlap != "none":
+                raise ConfigError(f"pyramid.overlap = {p.overlap!r}: expected a subset of 'fhw' or 'none'")
+        if m.num_blocks < 1 or m.compute_layers < 1 or m.num_latents < 1 or m.head_dim < 1:
+            raise ConfigError("model.num_blocks, compute_layers, num_latents and head_dim must be >= 1")
+        L = p.num_levels
+        load = m.resolved_load(L)
+        if len(load) != m.num_blocks:
+            raise ConfigError(f"model.load has {len(load)} entries but model.num_blocks = {m.num_blocks}")
+        if any(n < 1 or n > L for n in load):
+            raise ConfigError(f"model.load = {load}: every entry must lie in 1..{L} (the pyramid has {L} levels)")
+        if max(load) != L:
+            raise ConfigError(f"model.load = {load}: no block processes the last level; some entry must be {L}")
+        for name, dim in (("model.interface_dim", m.interface_dim), ("model.latent_dim", m.latent_dim)):
+            if dim % m.head_dim:
+                raise ConfigError(f"{name} = {dim} is not a multiple of model.head_dim = {m.head_dim}")
+        if m.fusion not in ("deep", "shallow", "none"):
+            raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
+        if m.cond not in ("class", "text", "none"):
+            raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
+        if not 0.0 <= d.context_prob <= 1.0:
+            raise ConfigError(f"diffusion.context_prob = {d.context_prob}: expected a probability in [0, 1]")
+        if not 0.0 <= d.cond_dropout <= 1.0:
+            raise ConfigError(f"diffusion.cond_dropout = {d.cond_dropout}: expected a probability in [0, 1]")
+        if d.context_sigma <= 0 or d.sigma_data <= 0 or d.input_scale <= 0 or d.input_scale_decay <= 0:
+            raise ConfigError("diffusion.context_sigma, sigma_data, input_scale and input_scale_decay must be > 0")
+        t = self.train
+        if t.precision not in ("fp32", "tf32", "bf16"):
+            raise ConfigError(f"train.precision = {t.precision!r}: expected \"fp32\", \"tf32\" or \"bf16\"")
+        if t.steps < 0 or t.batch_size < 1 or t.grad_accum < 1:
+            raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
+        return self

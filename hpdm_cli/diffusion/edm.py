@@ -1,0 +1,160 @@
+"""The EDM objective over a patch hierarchy: preconditioning, per-level input scaling, noise and loss.
+
+Parametrisation (Karras et al. 2022) with data std sigma_d:
+    c_skip = sigma_d^2 / (sigma^2 + sigma_d^2)     c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2)
+    c_in   = 1 / sqrt(sigma^2 + sigma_d^2)        c_noise = ln(sigma) / 4
+    D(x~; sigma) = c_skip x~ + c_out F(c_in x~; c_noise)
+and the loss weight 1/c_out^2 makes the objective || F - (y - c_skip x~) / c_out ||^2, whose target
+is minus the v-prediction target of the variance-preserving view (tests/test_edm.py).
+
+Per-level input scaling (seed [0054], Chen 2023): level l's clean patch P_l is multiplied by
+b_l = b_0 gamma^l before noising; D estimates y_l = b_l P_l and pixels are D / b_l.
+
+Every level draws its own sigma from a log-normal and its own noise (eq. 6). Context levels at
+inference: finished lower levels are shown to the network at sigma = `diffusion.context_sigma`
+(noised with that sigma). Training covers this case: with probability `diffusion.context_prob`
+a sample picks a split m in 1..L-1 and levels < m get sigma = context_sigma; those levels are
+context only and are left out of the loss (they still receive gradients through fusion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..config import DiffusionConfig
+
+
+def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM skip scaling sigma_d^2 / (sigma^2 + sigma_d^2)."""
+    return sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+
+
+def c_out(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM output scaling sigma sigma_d / sqrt(sigma^2 + sigma_d^2)."""
+    return sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+
+
+def c_in(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM input scaling 1 / sqrt(sigma^2 + sigma_d^2)."""
+    return 1.0 / (sigma ** 2 + sigma_data ** 2).sqrt()
+
+
+def c_noise(sigma: torch.Tensor) -> torch.Tensor:
+    """EDM noise conditioning ln(sigma) / 4."""
+    return sigma.log() / 4
+
+
+def input_scales(cfg: DiffusionConfig, levels: range | list, device=None) -> torch.Tensor:
+    """Per-level input scaling b_l = b_0 gamma^l for the given levels, as a tensor [n]."""
+    return torch.tensor([cfg.level_input_scale(l) for l in levels], dtype=torch.float32, device=device)
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape [B, n] to broadcast against [B, n, C, f, h, w]."""
+    return t.reshape(*t.shape, *([1] * (like.ndim - t.ndim)))
+
+
+def v_target(y: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """The regression target of F: (y - c_skip x~) / c_out, for y, x~ [B, n, ...] and sigma [B, n]."""
+    s = _bcast(sigma, y)
+    return (y - c_skip(s, sigma_data) * noisy) / c_out(s, sigma_data)
+
+
+def denoise(net, noisy: torch.Tensor, sigma: torch.Tensor, offsets: torch.Tensor, cond=None, keep=None,
+            *, sigma_data: float, **kwargs):
+    """D(x~; sigma) for levels given by `noisy` [B, n, C, f, h, w] (scaled space); extra kwargs go to the net.
+
+    Returns D, or (D, *extras) when the network returns extras (latents, collected activations).
+    """
+    s = _bcast(sigma, noisy)
+    res = net(c_in(s, sigma_data) * noisy, c_noise(sigma), offsets, cond, keep, **kwargs)
+    F = res[0] if isinstance(res, tuple) else res
+    D = c_skip(s, sigma_data) * noisy + c_out(s, sigma_data) * F.to(noisy.dtype)
+    return (D,) + tuple(res[1:]) if isinstance(res, tuple) else D
+
+
+@dataclass
+class LossOutput:
+    """Training loss and its per-level parts."""
+
+    loss: torch.Tensor              # Scalar: sum over levels of the per-level mean loss.
+    per_level: torch.Tensor         # [L] mean loss of each level over the samples it was trained on.
+    sigma: torch.Tensor             # [B, L] the sigmas drawn.
+    weight: torch.Tensor            # [B, L] 1 where a level entered the loss, 0 for context levels.
+
+
+def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
+    """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight)."""
+    g_dev = generator.device if generator is not None else device
+    sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + cfg.p_mean).exp()
+    weight = torch.ones(batch, levels, device=g_dev)
+    if levels > 1 and cfg.context_prob > 0:
+        use = torch.rand(batch, generator=generator, device=g_dev) < cfg.context_prob
+        split = torch.randint(1, levels, (batch,), generator=generator, device=g_dev)
+        ctx = use[:, None] & (torch.arange(levels, device=g_dev)[None] < split[:, None])
+        sigma = torch.where(ctx, torch.full_like(sigma, cfg.context_sigma), sigma)
+        weight = (~ctx).float()
+    return sigma.to(device), weight.to(device)
+
+
+@dataclass
+class NoiseDraw:
+    """The random choices of one training step: sigmas, loss weights, noise and condition dropout."""
+
+    sigma: torch.Tensor             # [B, L]
+    weight: torch.Tensor            # [B, L] 0 for context levels
+    noise: torch.Tensor             # [B, L, C, f, h, w] standard normal
+    keep: Optional[torch.Tensor]    # [B] False = condition dropped; None = no dropout
+    self_cond: bool                 # whether this step runs a self-conditioning pass
+
+    def split(self, parts: int, index: int) -> "NoiseDraw":
+        """The contiguous share `index` of `parts` along the batch (for per-rank draws in tests)."""
+        def cut(t):
+            return None if t is None else t.chunk(parts)[index]
+        return NoiseDraw(cut(self.sigma), cut(self.weight), cut(self.noise), cut(self.keep), self.self_cond)
+
+
+def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, self_condition: bool = False,
+               generator: Optional[torch.Generator] = None, device=None) -> NoiseDraw:
+    """Draw a step's randomness for patches of `shape` [B, L, C, f, h, w] from `generator`."""
+    B, L = shape[:2]
+    g_dev = generator.device if generator is not None else device
+    sigma, weight = sample_sigmas(cfg, B, L, generator=generator, device=device)
+    noise = torch.randn(shape, generator=generator, device=g_dev).to(device)
+    keep = None
+    if conditional and cfg.cond_dropout > 0:
+        keep = (torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout).to(device)
+    use_sc = self_condition and bool(torch.rand((), generator=generator, device=g_dev) < cfg.self_cond_prob)
+    return NoiseDraw(sigma, weight, noise, keep, use_sc)
+
+
+def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionConfig, cond=None, *,
+             generator: Optional[torch.Generator] = None, self_condition: bool = False,
+             draw: Optional[NoiseDraw] = None) -> LossOutput:
+    """Eq. 6: the joint denoising loss of a patch hierarchy [B, L, C, f, h, w] in [-1, 1].
+
+    The step's randomness (sigma and noise per level, context split, condition dropout) comes
+    from `draw` or is drawn from `generator`. The loss is the batch mean of the per-sample sum
+    over trained levels, so that averaging it over data-parallel ranks equals the global batch.
+    """
+    B, L = patches.shape[:2]
+    dev = patches.device
+    if draw is None:
+        draw = draw_noise(cfg, patches.shape, conditional=cond is not None, self_condition=self_condition,
+                          generator=generator, device=dev)
+    y = patches * _bcast(input_scales(cfg, range(L), dev)[None].expand(B, L), patches)
+    sigma = draw.sigma
+    noisy = y + _bcast(sigma, y) * draw.noise.to(y.dtype)
+    x_in = c_in(_bcast(sigma, y), cfg.sigma_data) * noisy
+    prev = None
+    if draw.self_cond:
+        with torch.no_grad():
+            _, prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True)
+    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev)
+    err = (F.float() - v_target(y, noisy, sigma, cfg.sigma_data).float()) ** 2
+    per_sample = err.flatten(2).mean(-1) * draw.weight                    # [B, L]
+    per_level = per_sample.detach().sum(0) / draw.weight.sum(0).clamp(min=1)
+    return LossOutput(loss=per_sample.sum(1).mean(), per_level=per_level, sigma=sigma, weight=draw.weight)

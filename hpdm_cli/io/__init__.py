@@ -1,0 +1,99 @@
+"""Input/output helpers: crash-safe (atomic) file writing; video encoding lives in `hpdm_cli.io.video`.
+
+Every file hpdm writes goes through `atomic_open` / `atomic_write_bytes`: the content is
+written to a temporary name in the destination's directory, flushed, fsynced and then
+`os.replace`d onto the final path, so a reader never sees a half-written file and a
+crash or an exception leaves any previous file at that path intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import IO, Iterator
+
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Fsync a directory so that a rename inside it survives a power loss (best effort)."""
+    try:
+        fd = os.open(os.fspath(directory), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file next to `path`; on success fsync it and `os.replace` it onto `path`.
+
+    If the body raises, the temporary file is removed and `path` is left untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open mode {mode!r}: expected 'wb' or 'w'")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions.
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        if mode == "w":
+            f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        else:
+            f = os.fdopen(fd, "wb")
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path next to `path` for a writer that opens files by name; then fsync and replace.
+
+    The body must create the file at the yielded path; if it raises (or creates nothing),
+    the temporary file is removed and `path` is left untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)  # FileNotFoundError if the body wrote nothing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, `os.replace`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically (temporary file, fsync, `os.replace`)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)

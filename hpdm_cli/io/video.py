@@ -1,0 +1,414 @@
+"""Video input/output: H.264 mp4 (files and in-memory blobs), GIF and PNG strips, decoding anything PyAV reads.
+
+Frames are always numpy arrays of shape [T, H, W, 3], dtype uint8, RGB.
+
+* mp4 (also .mov/.mkv): libx264, yuv420p, BT.709 colour matrix (tagged in the stream),
+  limited range. yuv420p needs even width and height, so odd sizes are padded to even
+  by repeating the last row/column, and the true size is stored in the container
+  metadata (`hpdm_frame_size = "WxH"`); `read_video` / `read_video_bytes` crop it
+  back, so a round trip always returns the original H x W (other players show the
+  one-pixel padding).
+* `encode_mp4_bytes` / `read_video_bytes` are the in-memory pair used by the dataset
+  shard format: a short GOP (keyframe every `gop` frames) makes random access cheap;
+  reading from frame `start` seeks to the keyframe before it and decodes forward.
+* GIF: one global adaptive 256-colour palette (exact when the video has <= 256
+  colours), encoded by FFmpeg's gif encoder. PNG: all frames side by side as one
+  horizontal strip [H, T*W, 3] (a zlib-encoded RGB PNG written without PyAV).
+* Every file is written to a temporary name in the target directory, fsynced and
+  `os.replace`d into place, so a failed encode never leaves a partial file behind.
+
+PyAV (`av`) is imported lazily inside functions only, so the rest of the engine runs
+without it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import zlib
+from fractions import Fraction
+from typing import Iterator
+
+import numpy as np
+
+from hpdm_cli.io import atomic_path, atomic_write_bytes
+
+__all__ = [
+    "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_video_bytes",
+    "iter_video_frames", "probe_video", "encode_png_strip", "MP4_SUFFIXES", "VIDEO_SUFFIXES",
+]
+
+MP4_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+VIDEO_SUFFIXES = MP4_SUFFIXES + (".gif", ".png")
+_SIZE_KEY = "hpdm_frame_size"
+_CONTAINER_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+class VideoError(ValueError):
+    """A video cannot be written or read (bad frames, unknown suffix, unreadable file); message says why."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _import_av():
+    try:
+        import av  # noqa: PLC0415 (lazy by design: only this module may import PyAV)
+    except ImportError as e:  # pragma: no cover - environment dependent
+        raise VideoError("PyAV is not installed: install it with `pip install av` to read or write videos") from e
+    return av
+
+
+def _check_frames(frames) -> np.ndarray:
+    """Validate frames as uint8 [T, H, W, 3] and return them C-contiguous."""
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise VideoError(f"frames have shape {list(a.shape)}: expected [T, H, W, 3] (RGB)")
+    if a.dtype != np.uint8:
+        raise VideoError(f"frames have dtype {a.dtype}: expected uint8 "
+                         "(convert with np.clip(x, 0, 255).astype(np.uint8))")
+    if min(a.shape[:3]) < 1:
+        raise VideoError(f"frames have shape {list(a.shape)}: need at least one frame of at least 1x1 pixels")
+    return np.ascontiguousarray(a)
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    try:
+        f = float(fps)
+    except (TypeError, ValueError):
+        raise VideoError(f"fps = {fps!r}: expected a positive number") from None
+    if not math.isfinite(f) or f <= 0:
+        raise VideoError(f"fps = {fps!r}: expected a positive number")
+    return Fraction(f).limit_denominator(1001)
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    """Pad H and W to even sizes by repeating the last row / column (yuv420p needs even sizes)."""
+    _, h, w, _ = frames.shape
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    return frames
+
+
+def _frame_to_av(av, rgb: np.ndarray):
+    """Convert one RGB frame to an av.VideoFrame in yuv420p, BT.709, limited range."""
+    from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc, Colorspace, Interpolation  # noqa
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    return frame.reformat(format="yuv420p", src_colorspace=Colorspace.ITU709, dst_colorspace=Colorspace.ITU709,
+                          src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG,
+                          dst_color_trc=ColorTrc.BT709, dst_color_primaries=ColorPrimaries.BT709,
+                          interpolation=Interpolation.AREA | Interpolation.ACCURATE_RND)
+
+
+def _pal8_to_av(av, indices: np.ndarray, palette: np.ndarray):
+    """Build one pal8 av.VideoFrame from palette indices [H,W] and an ARGB palette [256,4]."""
+    return av.VideoFrame.from_ndarray((np.ascontiguousarray(indices), palette), format="pal8")
+
+
+def _frame_to_rgb(frame) -> np.ndarray:
+    """Decoded frame -> RGB uint8 [H,W,3], with full-resolution chroma interpolation and accurate rounding."""
+    from av.video.reformatter import Interpolation  # noqa: PLC0415
+    flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    return frame.to_ndarray(format="rgb24", interpolation=flags)
+
+
+def _mux_h264(target, container_format: str, frames: np.ndarray, fps: float, crf: int, gop: int | None,
+              preset: str) -> None:
+    """Encode `frames` with libx264 into `target` (a path or a seekable binary file object)."""
+    av = _import_av()
+    frames = _check_frames(frames)
+    rate = _fps_fraction(fps)
+    if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
+        raise VideoError(f"crf = {crf!r}: expected an integer in 0..51 "
+                         "(lower = better quality; 18 is visually lossless)")
+    if gop is not None and int(gop) < 1:
+        raise VideoError(f"gop = {gop!r}: expected a positive number of frames between keyframes")
+    _, h, w, _ = frames.shape
+    padded = _pad_even(frames)
+    ph, pw = padded.shape[1:3]
+    options = {"movflags": "use_metadata_tags"} if container_format in ("mp4", "mov") else {}
+    if container_format in ("mp4", "mov") and not hasattr(target, "write"):
+        options["movflags"] = "use_metadata_tags+faststart"
+    try:
+        with av.open(target, mode="w", format=container_format, options=options) as container:
+            container.metadata[_SIZE_KEY] = f"{w}x{h}"
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+            cc = stream.codec_context
+            cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = 1, 1, 1, 1  # MPEG range, BT.709
+            opts = {"crf": str(int(crf)), "preset": preset}
+            if gop is not None:
+                cc.gop_size = int(gop)
+                opts["x264-params"] = f"keyint={int(gop)}:min-keyint={int(gop)}:scenecut=0"
+            stream.options = opts
+            for i in range(padded.shape[0]):
+                frame = _frame_to_av(av, padded[i])
+                frame.pts = i
+                frame.time_base = 1 / rate
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    except VideoError:
+        raise
+    except av.FFmpegError as e:
+        raise VideoError(f"H.264 encoding failed ({e}): check the frame size ({h}x{w}) and fps ({fps})") from e
+
+
+def _gif_palette(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One global palette (<= 256 RGB colours) and the palette index of every pixel."""
+    flat = frames.reshape(-1, 3)
+    keys = (flat[:, 0].astype(np.int32) << 16) | (flat[:, 1].astype(np.int32) << 8) | flat[:, 2]
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    if len(uniq) <= 256:  # exact
+        pal = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], 1).astype(np.uint8)
+        return pal, inverse.reshape(frames.shape[:3]).astype(np.uint8)
+    # Median cut on a deterministic subsample, then nearest-colour mapping through a 6-bit LUT.
+    rng = np.random.default_rng(0)
+    sample = flat[rng.choice(len(flat), size=min(len(flat), 1 << 16), replace=False)].astype(np.float32)
+
+    def score(b: np.ndarray) -> float:
+        """Priority of splitting a box: its largest colour range times sqrt(pixel count)."""
+        return float((b.max(0) - b.min(0)).max()) * math.sqrt(len(b)) if len(b) > 1 else -1.0
+
+    boxes, scores = [sample], [score(sample)]
+    while len(boxes) < 256:
+        k = int(np.argmax(scores))
+        if scores[k] <= 0:
+            break
+        b = boxes.pop(k)
+        scores.pop(k)
+        axis = int(np.argmax(b.max(0) - b.min(0)))
+        b = b[np.argsort(b[:, axis], kind="stable")]
+        half = len(b) // 2
+        boxes += [b[:half], b[half:]]
+        scores += [score(b[:half]), score(b[half:])]
+    pal = np.stack([b.mean(0) for b in boxes]).round().clip(0, 255).astype(np.float32)
+    cells = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32) * 4 + 2
+    lut = np.empty(len(cells), np.uint8)
+    pn = (pal ** 2).sum(1)
+    for s in range(0, len(cells), 32768):
+        c = cells[s:s + 32768]
+        lut[s:s + 32768] = np.argmin(pn[None] - 2 * c @ pal.T, 1)
+    q = frames >> 2
+    idx = lut[(q[..., 0].astype(np.int32) << 12) | (q[..., 1].astype(np.int32) << 6) | q[..., 2]]
+    return pal.astype(np.uint8), idx
+
+
+def _mux_gif(target, frames: np.ndarray, fps: float) -> None:
+    av = _import_av()
+    frames = _check_frames(frames)
+    rate = _fps_fraction(fps)
+    pal_rgb, idx = _gif_palette(frames)
+    pal = np.zeros((256, 4), np.uint8)
+    pal[:, 0] = 255  # ARGB, opaque
+    pal[:len(pal_rgb), 1:] = pal_rgb
+    _, h, w, _ = frames.shape
+    try:
+        with av.open(target, mode="w", format="gif") as container:
+            stream = container.add_stream("gif", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, "pal8"
+            for i in range(len(frames)):
+                frame = _pal8_to_av(av, idx[i], pal)
+                frame.pts = i
+                frame.time_base = 1 / rate
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    except av.FFmpegError as e:
+        raise VideoError(f"GIF encoding failed ({e})") from e
+
+
+def encode_png_strip(frames: np.ndarray) -> bytes:
+    """Encode frames [T,H,W,3] uint8 as one RGB PNG: the frames side by side, [H, T*W, 3]."""
+    frames = _check_frames(frames)
+    t, h, w, _ = frames.shape
+    strip = frames.transpose(1, 0, 2, 3).reshape(h, t * w * 3)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), strip], 1).tobytes()  # filter byte 0 per row
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        """One PNG chunk: length, tag, data, CRC."""
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", t * w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 18,
+                gop: int | None = None, preset: str = "medium") -> str:
+    """Write frames [T,H,W,3] uint8 to `path` (.mp4/.m4v/.mov/.mkv: H.264; .gif; .png: horizontal strip), atomically."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise VideoError(f"cannot write {path!r}: unknown video suffix {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(VIDEO_SUFFIXES)}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise VideoError(f"cannot write {path!r}: directory {directory!r} does not exist (create it first)")
+    frames = _check_frames(frames)
+    if suffix == ".png":
+        atomic_write_bytes(path, encode_png_strip(frames))
+        return path
+    _fps_fraction(fps)
+    with atomic_path(path) as tmp:
+        if suffix == ".gif":
+            _mux_gif(tmp, frames, fps)
+        else:
+            _mux_h264(tmp, _CONTAINER_FORMAT[suffix], frames, fps, crf, gop, preset)
+    return path
+
+
+def encode_mp4_bytes(frames: np.ndarray, fps: float, crf: int = 18, gop: int = 16, *, preset: str = "medium") -> bytes:
+    """Encode frames [T,H,W,3] uint8 as an in-memory H.264 mp4 with a keyframe every `gop` frames."""
+    buf = io.BytesIO()
+    _mux_h264(buf, "mp4", frames, fps, crf, gop, preset)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _frame_size(container) -> tuple[int, int] | None:
+    """The true (height, width) stored by `_mux_h264`, or None for foreign videos."""
+    tags = dict(container.metadata)
+    if container.streams.video:
+        tags.update(container.streams.video[0].metadata)
+    tag = next((v for k, v in tags.items() if k.lower() == _SIZE_KEY), None)  # matroska upper-cases keys
+    try:
+        w, h = (int(v) for v in str(tag).lower().split("x"))
+        return h, w
+    except (ValueError, TypeError):
+        return None
+
+
+def _stream_fps(stream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return 0.0
+
+
+def _iter_decoded(container, start: int) -> Iterator[np.ndarray]:
+    """Yield RGB frames of the first video stream from index `start` on (seeking to the previous keyframe)."""
+    if not container.streams.video:
+        raise VideoError("the file holds no video stream")
+    stream = container.streams.video[0]
+    size = _frame_size(container)
+    fps = _stream_fps(stream)
+    tb = stream.time_base
+    t0 = stream.start_time or 0
+    seek = start > 0 and fps > 0 and tb is not None
+    if seek:
+        # Aim half a frame before `start` so rounding can never put the seek after it.
+        target = t0 + int(math.floor((start - 0.5) / fps / tb))
+        container.seek(max(target, t0), stream=stream, backward=True, any_frame=False)
+    count = 0
+    first = True
+    for frame in container.decode(stream):
+        if seek:
+            if frame.pts is None:
+                raise _SeekMissed()
+            idx = int(round(float((frame.pts - t0) * tb) * fps))
+            if first and idx > start:
+                raise _SeekMissed()
+        else:
+            idx = count
+        first = False
+        count += 1
+        if idx < start:
+            continue
+        rgb = _frame_to_rgb(frame)
+        if size is not None:
+            rgb = rgb[:size[0], :size[1]]
+        yield rgb
+
+
+class _SeekMissed(Exception):
+    """Internal: seeking landed after the requested frame (retry by decoding from the start)."""
+
+
+def _decode(open_fn, start: int, num: int | None, what: str) -> tuple[np.ndarray, float]:
+    av = _import_av()
+    if int(start) != start or start < 0:
+        raise VideoError(f"start = {start!r}: expected a frame index >= 0")
+    if num is not None and (int(num) != num or num < 1):
+        raise VideoError(f"num = {num!r}: expected a positive number of frames or None (= to the end)")
+    start = int(start)
+    for attempt_seek in (True, False):
+        out: list[np.ndarray] = []
+        try:
+            with open_fn() as container:
+                fps = _stream_fps(container.streams.video[0]) if container.streams.video else 0.0
+                if attempt_seek:
+                    it = _iter_decoded(container, start)
+                else:  # decode-and-skip from the beginning
+                    it = (f for i, f in enumerate(_iter_decoded(container, 0)) if i >= start)
+                for rgb in it:
+                    out.append(rgb)
+                    if num is not None and len(out) >= num:
+                        break
+        except _SeekMissed:
+            continue
+        except VideoError as e:
+            raise VideoError(f"cannot read {what}: {e}") from None
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot read {what}: {e} (is it a video file PyAV/FFmpeg can decode?)") from e
+        break
+    if not out:
+        raise VideoError(f"cannot read {what}: no frames at index {start} or later")
+    return np.stack(out), fps
+
+
+def read_video(path: str | os.PathLike, start: int = 0, num: int | None = None) -> tuple[np.ndarray, float]:
+    """Read frames [start, start+num) of any video PyAV can decode: (uint8 [T,H,W,3], fps)."""
+    av = _import_av()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoError(f"video file not found: {path!r} (check the path)")
+    return _decode(lambda: av.open(path, mode="r"), start, num, repr(path))
+
+
+def read_video_bytes(data: bytes, start: int = 0, num: int | None = None) -> np.ndarray:
+    """Decode frames [start, start+num) of an in-memory video (e.g. one shard blob) to uint8 [T,H,W,3]."""
+    av = _import_av()
+    if not data:
+        raise VideoError("cannot read an empty video blob")
+    return _decode(lambda: av.open(io.BytesIO(bytes(data)), mode="r"), start, num, "video blob")[0]
+
+
+def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file one by one as uint8 [H,W,3] (streaming: constant memory)."""
+    av = _import_av()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoError(f"video file not found: {path!r} (check the path)")
+    try:
+        with av.open(path, mode="r") as container:
+            yield from _iter_decoded(container, 0)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot read {path!r}: {e} (is it a video file PyAV/FFmpeg can decode?)") from e
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """Container facts without decoding: dict(height, width, fps, num_frames (0 if unknown), duration seconds)."""
+    av = _import_av()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoError(f"video file not found: {path!r} (check the path)")
+    try:
+        with av.open(path, mode="r") as container:
+            if not container.streams.video:
+                raise VideoError(f"cannot read {path!r}: the file holds no video stream")
+            s = container.streams.video[0]
+            size = _frame_size(container) or (s.codec_context.height, s.codec_context.width)
+            fps = _stream_fps(s)
+            dur = float(s.duration * s.time_base) if s.duration and s.time_base else (
+                container.duration / 1e6 if container.duration else 0.0)
+            n = int(s.frames) or (int(round(dur * fps)) if dur and fps else 0)
+            return dict(height=int(size[0]), width=int(size[1]), fps=fps, num_frames=n, duration=dur)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot read {path!r}: {e} (is it a video file PyAV/FFmpeg can decode?)") from e

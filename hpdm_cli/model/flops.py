@@ -1,0 +1,63 @@
+"""Exact matmul/attention FLOP counts of HPDMNet (the conventions of torch.utils.flop_counter).
+
+Counts 2*m*n*k per matrix product and 4*S_q*S_k*d per attention (QK^T and AV), per sample.
+Element-wise work, norms, biases and grid sampling are not counted (as in FlopCounterMode).
+`tests/test_flops.py` checks these formulas against FlopCounterMode on real forward passes,
+so the MFU of `hpdm bench` rests on counted, not guessed, FLOPs. A training step costs about
+three forward passes (backward = 2x forward).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..config import ModelConfig, PyramidConfig
+
+
+def block_level_flops(pyr: PyramidConfig, m: ModelConfig, cond_tokens: int) -> int:
+    """FLOPs of one RIN block on one level of one sample."""
+    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    D, Dz = m.interface_dim, m.latent_dim
+    S = m.num_latents + cond_tokens
+    hz, hd = int(Dz * m.mlp_ratio), int(D * m.mlp_ratio)
+    read = 2 * S * Dz * Dz + 2 * N * D * 2 * Dz + 4 * S * N * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz
+    compute = m.compute_layers * (2 * S * Dz * 3 * Dz + 4 * S * S * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz)
+    write = 2 * N * D * D + 2 * S * Dz * 2 * D + 4 * N * S * D + 2 * N * D * D + 4 * N * D * hd
+    return read + compute + write
+
+
+def fusion_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
+    """FLOPs of one deep-context-fusion projection on one level of one sample."""
+    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    D = m.interface_dim
+    return 2 * N * D * D * 2 + (2 * N * 3 * D if m.fusion_coords else 0)
+
+
+def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int]] = None,
+                  self_cond: bool = False) -> dict:
+    """Per-sample forward FLOPs of a training pass over all levels, with a breakdown by part."""
+    L = pyr.num_levels
+    load = m.resolved_load(L) if load is None else load
+    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    D, Dz, C = m.interface_dim, m.latent_dim, m.channels
+    tok = math.prod(m.tokenizer)
+    cond_tokens = 2 + {"class": 1, "text": m.text_tokens, "none": 0}[m.cond]
+    in_ch = C * (2 if m.fusion == "shallow" else 1)
+    per_level = {
+        "tokenizer": 2 * N * in_ch * tok * D,
+        "detokenizer": 2 * N * D * C * tok,
+        "conditioning": 2 * 256 * Dz + 2 * Dz * Dz + (2 * m.text_tokens * m.text_dim * Dz if m.cond == "text" else 0)
+        + (2 * m.num_latents * Dz * Dz if self_cond else 0),
+    }
+    out = {k: v * L for k, v in per_level.items()}
+    out["blocks"] = block_level_flops(pyr, m, cond_tokens) * sum(min(n, L) for n in load)
+    out["fusion"] = (fusion_level_flops(pyr, m) * sum(max(min(n, L) - 1, 0) for n in load)
+                     if m.fusion == "deep" else 0)
+    out["total"] = sum(out.values())
+    return out
+
+
+def train_step_flops(pyr: PyramidConfig, m: ModelConfig, **kwargs) -> int:
+    """Per-sample FLOPs of one training step: forward + backward (2x forward)."""
+    return 3 * forward_flops(pyr, m, **kwargs)["total"]

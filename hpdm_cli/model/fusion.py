@@ -1,0 +1,101 @@
+"""Context fusion between pyramid levels: deep (eq. 7-9 of the seed) and shallow (the ablation).
+
+Deep context fusion, before block b and for every processed level l > 0:
+    ctx_l   = (1/l) sum_{k<l} grid_sample_3d(a_k^{b-1}, c_hat(c_l, c_k))        (eq. 7, 8)
+    a_l    <- W [a_l^{b-1}; ctx_l; coords_l] + bias                               (eq. 9)
+where a_k^{b-1} is level k's interface token grid after block b-1, sampled trilinearly at the
+centres of level l's tokens inside patch k, and coords_l are level l's global token coordinates.
+All (l, k) pairs of a block go through one batched `grid_sample`.
+
+Shallow fusion (the seed's baseline): the RGB input of level l-1, resampled at level l's pixel
+centres, is concatenated to level l's input before tokenisation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..pyramid.geometry import patch_points, relative_coords, to_grid_sample
+
+
+def level_pairs(num_levels: int) -> list[tuple[int, int]]:
+    """All (l, k) with k < l < num_levels, ordered by l then k (a prefix covers the first n levels)."""
+    return [(l, k) for l in range(1, num_levels) for k in range(l)]
+
+
+def pair_grids(scales: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, int, int],
+               num_levels: int) -> torch.Tensor:
+    """grid_sample grids [P, B, f, h, w, 3] placing level l's token centres inside patch k, for every pair."""
+    out = []
+    for l, k in level_pairs(num_levels):
+        rel_scale, rel_offset = relative_coords(scales, offsets, l, k)
+        out.append(to_grid_sample(patch_points(rel_scale, rel_offset, grid), grid))
+    if not out:
+        return offsets.new_zeros(0, offsets.shape[0], *grid, 3)
+    return torch.stack(out)
+
+
+def sample_tokens(acts: torch.Tensor, grids: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinearly sample token grids acts [P, B, N, d] at grids [P, B, f, h, w, 3] -> [P, B, N, d]."""
+    P, B, N, d = acts.shape
+    src = acts.reshape(P * B, N, d).transpose(1, 2).reshape(P * B, d, *grid)
+    out = F.grid_sample(src, grids.reshape(P * B, *grid, 3).to(src.dtype), mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out.reshape(P, B, d, N).transpose(2, 3)
+
+
+def gather_context(acts: Sequence[torch.Tensor], targets: Sequence[int], grids: torch.Tensor,
+                   grid: tuple[int, int, int], detach: bool = False) -> torch.Tensor:
+    """Eq. 7: for each target level l, the mean over k < l of level k's activations sampled at l's tokens.
+
+    `acts[k]` is level k's token grid [B, N, d]; `grids` holds the pair grids in `level_pairs`
+    order; returns [len(targets), B, N, d].
+    """
+    pairs = [(l, k) for l in targets for k in range(l)]
+    index = {p: i for i, p in enumerate(level_pairs(max(targets) + 1))}
+    src = torch.stack([acts[k] for _, k in pairs])
+    if detach:
+        src = src.detach()
+    sel = torch.tensor([index[p] for p in pairs], device=grids.device)
+    sampled = sample_tokens(src, grids.index_select(0, sel), grid)
+    out, i = [], 0
+    for l in targets:
+        out.append(sampled[i:i + l].mean(0))
+        i += l
+    return torch.stack(out)
+
+
+class ContextFusion(nn.Module):
+    """Eq. 9: project concat[a_l, ctx_l, coords_l] (2d + 3 channels) back to d channels."""
+
+    def __init__(self, dim: int, coords: bool):
+        super().__init__()
+        self.dim = dim
+        self.coords = coords
+        self.proj = nn.Linear(2 * dim + (3 if coords else 0), dim)
+        # Start as the identity on a_l plus a small random read of the context, so that
+        # the lower levels receive gradients from the first step.
+        with torch.no_grad():
+            nn.init.trunc_normal_(self.proj.weight, std=0.02, a=-0.04, b=0.04)
+            self.proj.weight[:, :dim] = torch.eye(dim)
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, a: torch.Tensor, ctx: torch.Tensor, coords: Optional[torch.Tensor]) -> torch.Tensor:
+        """Fuse a [..., N, d] with ctx [..., N, d] and coords [..., N, 3]; equals proj(concat) without the concat."""
+        w, d = self.proj.weight, self.dim
+        y = F.linear(a, w[:, :d], self.proj.bias) + F.linear(ctx, w[:, d:2 * d])
+        if self.coords:
+            y = y + F.linear(coords.to(a.dtype), w[:, 2 * d:])
+        return y
+
+
+def shallow_context(pixels: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, level: int,
+                    patch: tuple[int, int, int]) -> torch.Tensor:
+    """Level `level-1`'s pixels [B, C, f, h, w] resampled at level `level`'s pixel centres (shallow fusion)."""
+    rel_scale, rel_offset = relative_coords(scales, offsets, level, level - 1)
+    g = to_grid_sample(patch_points(rel_scale, rel_offset, patch), patch).to(pixels.dtype)
+    return F.grid_sample(pixels, g, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,67 @@
+"""Transformer building blocks: multi-head (cross-)attention on fused SDPA kernels and MLPs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def init_linear(layer: nn.Linear, std: float = 0.02) -> nn.Linear:
+    """Truncated-normal weights and zero bias (ViT-style initialisation)."""
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries [B, Sq, dim] over a context [B, Sk, context_dim] (self-attention if equal)."""
+
+    def __init__(self, dim: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.heads = dim // head_dim
+        self.head_dim = head_dim
+        self.q = init_linear(nn.Linear(dim, dim, bias=False))
+        self.kv = init_linear(nn.Linear(context_dim, 2 * dim, bias=False))
+        self.out = init_linear(nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Attend from x to context and project back to `dim`."""
+        B, Sq, _ = x.shape
+        q = self.q(x).view(B, Sq, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(B, Sq, -1))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, dim: int, head_dim: int):
+        super().__init__()
+        self.heads = dim // head_dim
+        self.head_dim = head_dim
+        self.qkv = init_linear(nn.Linear(dim, 3 * dim, bias=False))
+        self.out = init_linear(nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention over the sequence x [B, S, dim]."""
+        B, S, _ = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(B, S, -1))
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, dim: int, ratio: float):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1 = init_linear(nn.Linear(dim, hidden))
+        self.fc2 = init_linear(nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply fc2(gelu(fc1(x)))."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))

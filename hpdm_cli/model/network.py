@@ -1,0 +1,220 @@
+"""The HPDM network: a video RIN that denoises one patch per pyramid level jointly.
+
+Each level of a sample is its own sequence: its interface tokens (the tokenised patch) and its
+own latents followed by conditioning tokens (noise level, pyramid level, class or text).
+Levels talk only through context fusion, and only coarse -> fine, so level l's output never
+depends on levels > l. Adaptive computation: block b processes only the first n_b levels
+(`model.load`); skipped levels keep their activations and latents.
+
+The network is the raw function F of EDM; preconditioning (c_in, c_skip, c_out, c_noise) and
+per-level input scaling live in `hpdm_cli.diffusion`. Inputs are level-major lists internally:
+block b concatenates the processed levels into one dense [n_b * B, N, d] tensor.
+
+`forward` also serves cascaded inference: it can run levels lo..hi only, reading the lower
+levels' activations from a `LevelContext` (activation caching), and can `collect` the
+activations that finer levels will read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ..config import ModelConfig, PyramidConfig
+from ..pyramid.geometry import global_token_coords, level_scales
+from .fusion import ContextFusion, gather_context, pair_grids, shallow_context
+from .layers import MLP, init_linear
+from .rin import RINBlock
+
+
+@dataclass
+class LevelContext:
+    """Finished lower levels 0..lo-1 as seen by levels >= lo: what the activation cache provides.
+
+    acts[b] is a list over lower levels k of [B, N, d] activations entering block b (after
+    block b-1), present for the blocks whose fusion reads them; `pixels` is level lo-1's
+    network input [B, C, f, h, w] (shallow fusion only).
+    """
+
+    acts: dict = field(default_factory=dict)
+    pixels: Optional[torch.Tensor] = None
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features of a scalar (fixed frequencies stored as a buffer)."""
+
+    def __init__(self, channels: int, scale: float = 16.0):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(channels // 2) * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map x [...] to [..., channels] = [cos(2 pi f x), sin(2 pi f x)]."""
+        y = x[..., None].float() * (2 * math.pi) * self.freqs
+        return torch.cat([y.cos(), y.sin()], dim=-1)
+
+
+class HPDMNet(nn.Module):
+    """Video RIN over a patch hierarchy with deep context fusion and adaptive computation."""
+
+    def __init__(self, pyramid: PyramidConfig, model: ModelConfig):
+        super().__init__()
+        self.pyramid, self.cfg = pyramid, model
+        self.num_levels = L = pyramid.num_levels
+        self.patch = tuple(pyramid.patch)
+        self.tok = tuple(model.tokenizer)
+        self.grid = tuple(p // t for p, t in zip(self.patch, self.tok))
+        self.num_tokens = math.prod(self.grid)
+        self.load = model.resolved_load(L)
+        D, Dz, C = model.interface_dim, model.latent_dim, model.channels
+        self.register_buffer("scales", level_scales(pyramid), persistent=False)
+
+        in_ch = C * (2 if model.fusion == "shallow" else 1)
+        self.tokenizer = init_linear(nn.Linear(in_ch * math.prod(self.tok), D))
+        self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
+        self.level_embed = nn.Parameter(torch.randn(L, D) * 0.02)
+
+        self.latents = nn.Parameter(torch.randn(model.num_latents, Dz) * 0.02)
+        self.noise_fourier = FourierFeatures(256)
+        self.noise_mlp = nn.Sequential(init_linear(nn.Linear(256, Dz)), nn.GELU(), init_linear(nn.Linear(Dz, Dz)))
+        self.level_token = nn.Parameter(torch.randn(L, Dz) * 0.02)
+        if model.cond == "class":
+            self.class_embed = nn.Embedding(model.num_classes + 1, Dz)   # last row: the null class
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        elif model.cond == "text":
+            self.text_proj = init_linear(nn.Linear(model.text_dim, Dz))
+            self.null_text = nn.Parameter(torch.randn(model.text_tokens, Dz) * 0.02)
+        if model.self_condition:
+            self.self_cond_norm = nn.LayerNorm(Dz)
+            self.self_cond_proj = nn.Linear(Dz, Dz)
+            nn.init.zeros_(self.self_cond_proj.weight)
+            nn.init.zeros_(self.self_cond_proj.bias)
+
+        self.blocks = nn.ModuleList(
+            RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio) for _ in range(model.num_blocks))
+        if model.fusion == "deep":
+            self.fusions = nn.ModuleList(ContextFusion(D, model.fusion_coords) for _ in range(model.num_blocks))
+        self.out_norm = nn.LayerNorm(D)
+        self.detokenizer = nn.Linear(D, C * math.prod(self.tok))
+        nn.init.zeros_(self.detokenizer.weight)
+        nn.init.zeros_(self.detokenizer.bias)
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def num_cond_tokens(self) -> int:
+        """Conditioning tokens appended to each level's latents."""
+        extra = {"class": 1, "text": self.cfg.text_tokens, "none": 0}[self.cfg.cond]
+        return 2 + extra
+
+    def tokenize(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
+        tf, th, tw = self.tok
+        t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
+        return self.tokenizer(t) + self.pos_embed + self.level_embed[level]
+
+    def detokenize(self, a: torch.Tensor) -> torch.Tensor:
+        """Interface tokens [B, N, d] -> patch pixels [B, C, f, h, w]."""
+        tf, th, tw = self.tok
+        f, h, w = self.grid
+        y = self.detokenizer(self.out_norm(a))
+        return rearrange(y, "b (f h w) (c pf ph pw) -> b c (f pf) (h ph) (w pw)", f=f, h=h, w=w,
+                         pf=tf, ph=th, pw=tw)
+
+    def cond_tokens(self, c_noise: torch.Tensor, level: int, cond: Optional[torch.Tensor],
+                    keep: Optional[torch.Tensor]) -> torch.Tensor:
+        """Conditioning tokens [B, C_tok, d_z] of one level: noise level, pyramid level, class or text."""
+        B = c_noise.shape[0]
+        toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
+                self.level_token[level].expand(B, 1, -1)]
+        if self.cfg.cond == "class":
+            labels = cond.long() if cond is not None else torch.full((B,), self.cfg.num_classes, device=c_noise.device)
+            if keep is not None:
+                labels = torch.where(keep, labels, torch.full_like(labels, self.cfg.num_classes))
+            toks.append(self.class_embed(labels)[:, None])
+        elif self.cfg.cond == "text":
+            null = self.null_text.expand(B, -1, -1)
+            if cond is None:
+                toks.append(null)
+            else:
+                t = self.text_proj(cond.to(self.null_text.dtype))
+                toks.append(t if keep is None else torch.where(keep[:, None, None], t, null))
+        return torch.cat(toks, dim=1)
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
+                cond: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None, *,
+                lo: int = 0, context: Optional[LevelContext] = None,
+                self_cond: Optional[torch.Tensor] = None, collect: bool = False,
+                return_latents: bool = False):
+        """Denoiser output F for levels lo..lo+n-1.
+
+        x: network inputs [B, n, C, f, h, w] (already scaled by c_in); c_noise: [B, n];
+        offsets: patch offsets [B, lo+n, 3] of levels 0..lo+n-1 (lower levels' too);
+        cond: class ids [B] or text embeddings [B, T, E]; keep: bool [B], False = drop the
+        condition (classifier-free guidance); context: lower levels' activations when lo > 0;
+        self_cond: previous latents [B, n, M, d_z]. Returns F [B, n, C, f, h, w], plus the
+        latents [B, n, M, d_z] if `return_latents`, plus collected activations if `collect`
+        (a dict level -> {block: [B, N, d]} of what finer levels read).
+        """
+        B, n = x.shape[:2]
+        hi = lo + n                                   # levels lo..hi-1 present
+        if lo > 0 and context is None and self.cfg.fusion != "none":
+            raise ValueError("levels above 0 need a LevelContext of the lower levels")
+        M = self.cfg.num_latents
+        scales = self.scales.to(offsets.device)
+        fuse = self.cfg.fusion == "deep"
+        if fuse and hi > 1:
+            grids = pair_grids(scales, offsets, self.grid, hi)
+            coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
+
+        a, z = {}, {}
+        for i, l in enumerate(range(lo, hi)):
+            inp = x[:, i]
+            if self.cfg.fusion == "shallow":
+                if l == 0:
+                    low = torch.zeros_like(inp)
+                else:
+                    prev = x[:, i - 1] if i > 0 else context.pixels
+                    low = shallow_context(prev, scales, offsets, l, self.patch)
+                inp = torch.cat([inp, low], dim=1)
+            a[l] = self.tokenize(inp, l)
+            lat = self.latents.expand(B, -1, -1)
+            if self_cond is not None:
+                lat = lat + self.self_cond_proj(self.self_cond_norm(self_cond[:, i]))
+            z[l] = torch.cat([lat, self.cond_tokens(c_noise[:, i], l, cond, keep)], dim=1)
+
+        collected = {l: {} for l in range(lo, hi)} if collect else None
+        for b, block in enumerate(self.blocks):
+            levels = [l for l in range(lo, min(self.load[b], hi))]
+            if not levels:
+                continue
+            if collect:                                   # what block b's fusion of finer levels reads
+                for l in range(lo, hi):
+                    if self.load[b] > l + 1:
+                        collected[l][b] = a[l]
+            targets = [l for l in levels if l > 0]
+            if fuse and targets:
+                lower = [context.acts[b][k] if k < lo else a[k] for k in range(max(targets))]
+                ctx = gather_context(lower, targets, grids, self.grid, detach=self.cfg.context_detach)
+                cds = coords[:, targets].transpose(0, 1) if coords is not None else None
+                fused = self.fusions[b](torch.stack([a[l] for l in targets]), ctx, cds)
+                for j, l in enumerate(targets):
+                    a[l] = fused[j]
+            xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
+            xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])
+            xa, xz = block(xa, xz)
+            for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
+                a[l], z[l] = ya, yz
+
+        out = torch.stack([self.detokenize(a[l]) for l in range(lo, hi)], dim=1)
+        result = (out,)
+        if return_latents:
+            result += (torch.stack([z[l][:, :M] for l in range(lo, hi)], dim=1),)
+        if collect:
+            result += (collected,)
+        return result[0] if len(result) == 1 else result

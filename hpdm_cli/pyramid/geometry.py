@@ -1,0 +1,88 @@
+"""Patch geometry: the one coordinate convention shared by extraction, fusion, tokens and tiling.
+
+Convention (used everywhere in hpdm):
+* A video occupies the unit cube [0, 1]^3 along (t, y, x) = (frames, height, width).
+* A patch of level l is the box [delta, delta + s] per axis, with scale s = patch / level
+  resolution (s = 1 at level 0) and offset delta in [0, 1 - s].
+* A grid of n samples over an extent [a, a + e] has its sample centres at a + e (i + 0.5) / n
+  (pixel centres at half steps), which is what `grid_sample(..., align_corners=False)` assumes.
+
+So the pixel j of a level-l patch sits at delta_l + s_l (j + 0.5) / r in video coordinates, and
+the same point, seen from the lower level k's patch, sits at (eq. 8 of the seed)
+    (delta_l - delta_k) / s_k + (s_l / s_k) (j + 0.5) / r.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..config import PyramidConfig
+
+# Slack (in pixels) when rounding the last level's offsets to integer pixels (float64 noise).
+_EPS = 1e-6
+
+
+def level_scales(pyr: PyramidConfig, device=None) -> torch.Tensor:
+    """Per-level, per-axis patch scales s_l as a float tensor [L, 3]."""
+    return torch.tensor([pyr.level_scale(l) for l in range(pyr.num_levels)], dtype=torch.float32,
+                        device=device)
+
+
+def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[torch.Generator] = None,
+                          device=None) -> torch.Tensor:
+    """Random nested patch offsets [B, L, 3]: patch l lies inside patch l-1; the last level on integer pixels.
+
+    delta_0 = 0 (level 0 is the whole video). Level l's offset is uniform over the positions that
+    keep it inside level l-1: delta_l ~ U[delta_{l-1}, delta_{l-1} + s_{l-1} - s_l] per axis. The
+    last level is then snapped to the full-resolution pixel grid (an integer crop, seed [0054]),
+    choosing uniformly among the integer positions that keep it inside level L-2.
+    """
+    L = pyr.num_levels
+    scales = level_scales(pyr, device).double()
+    u = torch.rand(batch, L, 3, generator=generator, device=generator.device if generator else device)
+    u = u.to(device, torch.float64)
+    offsets = torch.zeros(batch, L, 3, device=device, dtype=torch.float64)
+    full = torch.tensor(pyr.resolution, dtype=torch.float64, device=device)
+    for l in range(1, L):
+        room = scales[l - 1] - scales[l]                                  # [3]
+        if l < L - 1:
+            offsets[:, l] = offsets[:, l - 1] + u[:, l] * room
+        else:
+            lo = torch.ceil(offsets[:, l - 1] * full - _EPS)              # first integer start inside
+            hi = torch.floor((offsets[:, l - 1] + room) * full + _EPS)    # last integer start inside
+            start = lo + torch.floor(u[:, l] * (hi - lo + 1)).clamp(max=hi - lo)
+            offsets[:, l] = start / full
+    return offsets.float()
+
+
+def relative_coords(scales: torch.Tensor, offsets: torch.Tensor, level: int, context: int):
+    """Eq. 8: level `level`'s patch expressed in level `context`'s patch frame, as (scale [3], offset [B, 3])."""
+    s_l, s_k = scales[level], scales[context]
+    return s_l / s_k, (offsets[:, level] - offsets[:, context]) / s_k
+
+
+def token_centres(grid: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Patch-local centres (i + 0.5) / n of an (f, h, w) token grid, as [f*h*w, 3] in (t, y, x) order."""
+    axes = [(torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n for n in grid]
+    t, y, x = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([t, y, x], dim=-1).reshape(-1, 3)
+
+
+def patch_points(scale: torch.Tensor, offset: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Positions [B, f*h*w, 3] of a grid's sample centres for patches (scale [3] or [B,3], offset [B,3])."""
+    local = token_centres(grid, offset.device)                            # [N, 3]
+    scale = scale.expand_as(offset)
+    return offset[:, None, :] + scale[:, None, :] * local[None]
+
+
+def global_token_coords(scales: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Global (t, y, x) video coordinates of every token of every level: [B, L, N, 3]."""
+    return torch.stack([patch_points(scales[l], offsets[:, l], grid) for l in range(offsets.shape[1])], dim=1)
+
+
+def to_grid_sample(points: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Map [B, N, 3] (t, y, x) positions in a patch's [0,1] frame to a grid_sample grid [B, f, h, w, 3] (x, y, t in [-1, 1])."""
+    g = points.flip(-1) * 2.0 - 1.0
+    return g.reshape(points.shape[0], *grid, 3)

@@ -1,0 +1,1 @@
+"""Training system: optimiser, schedule, EMA, loop, checkpoints."""

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny configurations that run in milliseconds on a CPU."""
+
+import pytest
+import torch
+
+from hpdm_cli.config import DiffusionConfig, ModelConfig, PyramidConfig, Recipe
+
+
+def tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8), **model) -> Recipe:
+    """A tiny recipe whose pyramid has 1 + log2(resolution / patch) levels."""
+    m = dict(interface_dim=32, latent_dim=32, num_latents=8, num_blocks=4, compute_layers=1, head_dim=16,
+             tokenizer=(1, 2, 2), num_classes=5, mlp_ratio=2.0)
+    m.update(model)
+    return Recipe(pyramid=PyramidConfig(resolution=resolution, patch=patch), model=ModelConfig(**m),
+                  diffusion=DiffusionConfig()).validate()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,128 @@
+"""The EDM objective: preconditioning formulas, the v-target, loss weighting, sigma draws, context levels."""
+
+import math
+
+import torch
+from conftest import tiny_recipe
+
+from hpdm_cli.config import DiffusionConfig
+from hpdm_cli.diffusion import (c_in, c_noise, c_out, c_skip, denoise, draw_noise, edm_loss, input_scales,
+                                sample_sigmas, v_target)
+from hpdm_cli.model import HPDMNet
+from hpdm_cli.pyramid import sample_nested_offsets
+
+
+def test_preconditioning_formulas():
+    s, sd = torch.tensor([0.002, 0.3, 1.0, 80.0], dtype=torch.float64), 0.5
+    assert torch.allclose(c_skip(s, sd), sd ** 2 / (s ** 2 + sd ** 2))
+    assert torch.allclose(c_out(s, sd), s * sd / torch.sqrt(s ** 2 + sd ** 2))
+    assert torch.allclose(c_in(s, sd), 1 / torch.sqrt(s ** 2 + sd ** 2))
+    assert torch.allclose(c_noise(s), torch.log(s) / 4)
+
+
+def test_v_target_is_minus_v_prediction_for_unit_data_std():
+    """With sigma_d = 1, (y - c_skip x~) / c_out = -(alpha eps - sigma_vp y) of the VP view."""
+    y, eps = torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
+    sigma = torch.tensor([[0.1, 2.0], [1.0, 0.5], [10.0, 0.01]], dtype=torch.float64)
+    noisy = y + sigma[..., None] * eps
+    alpha, sigma_vp = 1 / torch.sqrt(1 + sigma ** 2), sigma / torch.sqrt(1 + sigma ** 2)
+    v = alpha[..., None] * eps - sigma_vp[..., None] * y
+    assert torch.allclose(v_target(y, noisy, sigma, 1.0), -v)
+    # General sigma_d: (sigma y / sigma_d - sigma_d eps) / sqrt(sigma^2 + sigma_d^2).
+    sd = 0.5
+    want = (sigma[..., None] * y / sd - sd * eps) / torch.sqrt(sigma ** 2 + sd ** 2)[..., None]
+    assert torch.allclose(v_target(y, noisy, sigma, sd), want)
+
+
+class ConstNet(torch.nn.Module):
+    """A stand-in network returning a fixed output, to check how the loss is formed around it."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, c_noise, offsets, cond=None, keep=None, **kw):
+        return self.out
+
+
+def test_loss_is_weighted_denoising_error():
+    """loss = mean over samples of sum over levels of lambda(sigma) ||D - b_l P||^2 / n, lambda = 1/c_out^2."""
+    cfg = DiffusionConfig(context_prob=0.0, cond_dropout=0.0, input_scale=0.9, input_scale_decay=0.5)
+    B, L = 4, 3
+    P = torch.rand(B, L, 3, 2, 4, 4) * 2 - 1
+    F = torch.randn(B, L, 3, 2, 4, 4)
+    draw = draw_noise(cfg, P.shape, conditional=False, generator=torch.Generator().manual_seed(0))
+    out = edm_loss(ConstNet(F), P, None, cfg, draw=draw)
+    b = torch.tensor([0.9, 0.45, 0.225])
+    y = P * b[None, :, None, None, None, None]
+    noisy = y + draw.sigma[..., None, None, None, None] * draw.noise
+    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data)
+    lam = 1 / c_out(draw.sigma, cfg.sigma_data) ** 2
+    want = (lam * (D - y).pow(2).flatten(2).mean(-1)).sum(1).mean()
+    assert torch.allclose(out.loss, want, rtol=1e-4)
+    assert torch.allclose(input_scales(cfg, range(L)), b)
+
+
+def test_sigma_draws_and_context_levels():
+    cfg = DiffusionConfig(context_prob=0.3, context_sigma=0.002)
+    g = torch.Generator().manual_seed(0)
+    sigma, weight = sample_sigmas(cfg, 20000, 3, generator=g)
+    ctx = weight == 0
+    # Context levels are a prefix of the hierarchy and never the last level; they sit at context_sigma.
+    assert torch.all(ctx[:, 1] <= ctx[:, 0]) and not ctx[:, 2].any()
+    assert torch.all(sigma[ctx] == 0.002)
+    assert abs(ctx[:, 0].float().mean().item() - 0.3) < 0.02
+    assert abs(ctx[:, 1].float().mean().item() - 0.15) < 0.02             # split m uniform in {1, 2}
+    free = torch.log(sigma[~ctx])
+    assert abs(free.mean().item() - cfg.p_mean) < 0.03 and abs(free.std().item() - cfg.p_std) < 0.03
+
+
+def test_condition_dropout_rate():
+    cfg = DiffusionConfig(cond_dropout=0.1)
+    d = draw_noise(cfg, (50000, 1, 1, 1, 1, 1), conditional=True, generator=torch.Generator().manual_seed(1))
+    assert abs((~d.keep).float().mean().item() - 0.1) < 0.01
+
+
+def test_context_levels_are_excluded_from_the_loss():
+    cfg = DiffusionConfig(context_prob=1.0, cond_dropout=0.0)
+    P = torch.rand(64, 3, 3, 1, 2, 2)
+    out = edm_loss(ConstNet(torch.zeros_like(P)), P, None, cfg, generator=torch.Generator().manual_seed(2))
+    assert torch.all(out.weight[:, 2] == 1) and torch.all(out.weight[:, 0] == 0)
+    assert torch.isfinite(out.loss)
+
+
+def test_tiny_model_overfits_one_video():
+    """Learning, not just running: the loss on fixed noise falls by a large factor within a few hundred steps."""
+    torch.manual_seed(0)
+    recipe = tiny_recipe(resolution=(4, 16, 16), patch=(2, 4, 4), tokenizer=(1, 2, 2), interface_dim=48,
+                         latent_dim=48, num_latents=8, num_blocks=3, compute_layers=1, cond="none", load="none")
+    cfg = recipe.diffusion
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    t = torch.linspace(0, 1, 16)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    video = torch.stack([torch.stack([torch.sin(6 * xx + f), torch.cos(5 * yy - f), torch.sin(4 * (xx + yy))])
+                         for f in range(4)], 1)[None]
+    from hpdm_cli.pyramid import extract_patches
+    B = 16
+    eval_gen = torch.Generator().manual_seed(123)
+    eval_off = sample_nested_offsets(recipe.pyramid, 64, generator=eval_gen)
+    eval_P = extract_patches(video.expand(64, -1, -1, -1, -1), recipe.pyramid, eval_off)
+    eval_draw = draw_noise(cfg, eval_P.shape, conditional=False, generator=eval_gen)
+    eval_draw.sigma = torch.full_like(eval_draw.sigma, 0.5)              # a mid noise level, all levels
+
+    def eval_loss():
+        with torch.no_grad():
+            return edm_loss(net, eval_P, eval_off, cfg, draw=eval_draw).loss.item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        off = sample_nested_offsets(recipe.pyramid, B, generator=g)
+        P = extract_patches(video.expand(B, -1, -1, -1, -1), recipe.pyramid, off)
+        loss = edm_loss(net, P, off, cfg, generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert math.isfinite(after) and after < before / 8, (before, after)

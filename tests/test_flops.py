@@ -1,0 +1,42 @@
+"""Counted FLOPs: the analytic count equals torch's FlopCounterMode, and adaptive computation saves as predicted."""
+
+import pytest
+import torch
+from conftest import tiny_recipe
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from hpdm_cli.model import HPDMNet
+from hpdm_cli.model.flops import block_level_flops, forward_flops, fusion_level_flops
+from hpdm_cli.pyramid import sample_nested_offsets
+
+
+def counted(recipe, B=2):
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    L = recipe.pyramid.num_levels
+    off = sample_nested_offsets(recipe.pyramid, B)
+    x = torch.randn(B, L, 3, *recipe.pyramid.patch)
+    c = torch.randn(B, recipe.model.text_tokens, recipe.model.text_dim) if recipe.model.cond == "text" \
+        else torch.zeros(B, dtype=torch.long)
+    # The math SDPA backend decomposes attention into counted matmuls on the CPU.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(x, torch.zeros(B, L), off, c)
+    return fc.get_total_flops() / B
+
+
+@pytest.mark.parametrize("model", [dict(load="none"), dict(load="linear"), dict(load=[1, 3, 2, 3]),
+                                   dict(fusion="shallow"), dict(fusion_coords=False),
+                                   dict(cond="text", text_dim=12, text_tokens=3), dict(fusion="none")])
+def test_analytic_flops_equal_counted_flops(model):
+    recipe = tiny_recipe(**model)
+    assert forward_flops(recipe.pyramid, recipe.model)["total"] == counted(recipe)
+
+
+def test_adaptive_computation_flop_drop_is_as_predicted():
+    full, adaptive = tiny_recipe(load="none"), tiny_recipe(load=[1, 1, 2, 3])
+    saved = counted(full) - counted(adaptive)
+    blk = block_level_flops(full.pyramid, full.model, cond_tokens=3)
+    fus = fusion_level_flops(full.pyramid, full.model)
+    # none = 4 blocks x 3 levels = 12 block-levels and 4 x 2 fusions; the load has 7 block-levels and 3 fusions.
+    assert saved == (12 - 7) * blk + (8 - 3) * fus
+    assert counted(adaptive) < 0.7 * counted(full)

@@ -1,0 +1,237 @@
+"""The HPDM network: causality, adaptive computation, context fusion alignment, shapes (DESIGN §4, 4-5)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_recipe
+
+from hpdm_cli.model import HPDMNet, LevelContext
+from hpdm_cli.model.fusion import gather_context, pair_grids
+from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
+from hpdm_cli.pyramid.geometry import global_token_coords
+
+
+def make_inputs(recipe, B=2, cond=True):
+    pyr, m = recipe.pyramid, recipe.model
+    L = pyr.num_levels
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(B, L, m.channels, *pyr.patch)
+    c_noise = torch.randn(B, L) * 0.5
+    if m.cond == "class":
+        c = torch.randint(0, m.num_classes, (B,))
+    elif m.cond == "text":
+        c = torch.randn(B, m.text_tokens, m.text_dim)
+    else:
+        c = None
+    return x, c_noise, off, (c if cond else None)
+
+
+def randomize(net):
+    """Give zero-initialised tensors (detokenizer, ...) random values so every path carries signal."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if torch.all(p == 0):
+                p.normal_(0, 0.05)
+    return net
+
+
+CONFIGS = {
+    "deep, no adaptive": dict(load="none"),
+    "deep, linear load": dict(load="linear"),
+    "deep, custom load": dict(load=[1, 3, 2, 3]),
+    "deep, no coords, detached": dict(fusion_coords=False, context_detach=True),
+    "shallow fusion": dict(fusion="shallow"),
+    "no fusion": dict(fusion="none"),
+    "text cond, self-cond": dict(cond="text", text_dim=12, text_tokens=3, self_condition=True),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_causality_coarse_to_fine_only(name):
+    """Level l's output has exactly zero gradient w.r.t. every input of levels > l (DESIGN §4.4)."""
+    recipe = tiny_recipe(**CONFIGS[name])
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    L = x.shape[1]
+    for l in range(L):
+        xi = x.clone().requires_grad_(True)
+        ni = c_noise.clone().requires_grad_(True)
+        kwargs = {}
+        if recipe.model.self_condition:
+            kwargs["self_cond"] = torch.randn(2, L, recipe.model.num_latents, recipe.model.latent_dim,
+                                              requires_grad=True)
+        out = net(xi, ni, off, c, **kwargs)
+        out[:, l].square().sum().backward()
+        assert torch.all(xi.grad[:, l + 1:] == 0), f"level {l} sees a finer level's pixels"
+        assert torch.all(ni.grad[:, l + 1:] == 0), f"level {l} sees a finer level's noise level"
+        if kwargs:
+            assert torch.all(kwargs["self_cond"].grad[:, l + 1:] == 0)
+        assert xi.grad[:, l].abs().sum() > 0
+        if l > 0 and recipe.model.fusion != "none":
+            flows = xi.grad[:, :l].abs().sum() > 0
+            assert flows == (not recipe.model.context_detach or recipe.model.fusion == "shallow"), \
+                "lower levels must receive gradients through fusion (unless detached)"
+
+
+def reference_forward(net, x, c_noise, off, c):
+    """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the seed, for comparison."""
+    cfg, L = net.cfg, x.shape[1]
+    scales = level_scales(net.pyramid)
+    grid = net.grid
+    coords = global_token_coords(scales, off, grid)
+    a = [net.tokenize(x[:, l], l) for l in range(L)]
+    z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), net.cond_tokens(c_noise[:, l], l, c, None)], 1)
+         for l in range(L)]
+    for b, block in enumerate(net.blocks):
+        n = net.load[b]
+        prev = [t.clone() for t in a]                                   # a^{b-1}
+        for l in range(1, n):
+            ctx = 0
+            for k in range(l):
+                rs, ro = relative_coords(scales, off, l, k)
+                g = to_grid_sample(patch_points(rs, ro, grid), grid)
+                src = prev[k].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+                ctx = ctx + F.grid_sample(src, g, align_corners=False, padding_mode="border").flatten(2).transpose(1, 2)
+            ctx = ctx / l
+            cat = torch.cat([prev[l], ctx, coords[:, l]], -1)
+            a[l] = net.fusions[b].proj(cat)                             # eq. 9 with an explicit concat
+        for l in range(n):                                              # x[:, :n] = block(x[:, :n])
+            a[l], z[l] = block(a[l], z[l])
+    return torch.stack([net.detokenize(t) for t in a], 1)
+
+
+@pytest.mark.parametrize("load", ["none", "linear", [1, 3, 2, 3], [3, 1, 1, 3]])
+def test_batched_network_equals_per_level_reference(load):
+    recipe = tiny_recipe(load=load)
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    with torch.no_grad():
+        assert torch.allclose(net(x, c_noise, off, c), reference_forward(net, x, c_noise, off, c), atol=1e-5)
+
+
+def test_full_load_equals_no_adaptive_computation():
+    """Adaptive computation with every block on every level is the model without adaptive computation."""
+    r_full = tiny_recipe(load=[3, 3, 3, 3])
+    r_none = tiny_recipe(load="none")
+    a, b = HPDMNet(r_full.pyramid, r_full.model), HPDMNet(r_none.pyramid, r_none.model)
+    b.load_state_dict(a.state_dict())
+    randomize(a), b.load_state_dict(a.state_dict())
+    x, c_noise, off, c = make_inputs(r_full)
+    with torch.no_grad():
+        assert torch.equal(a(x, c_noise, off, c), b(x, c_noise, off, c))
+
+
+def test_skipped_blocks_leave_levels_untouched():
+    """A block that skips level l sees only levels < n_b; level l's activations pass it unchanged."""
+    load = [1, 2, 1, 3]
+    recipe = tiny_recipe(load=load)
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe, B=3)
+    seen = []
+    hooks = [blk.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0])) for blk in net.blocks]
+    with torch.no_grad():
+        _, acts = net(x, c_noise, off, c, collect=True)
+    for h in hooks:
+        h.remove()
+    assert seen == [n * 3 for n in load]
+    # Level 1 is read as context by block 3 only (the only later block processing level 2): the
+    # state it enters block 3 with is its state after block 1, unchanged by block 2 which skips it.
+    with torch.no_grad():
+        ref_a = reference_forward_states(net, x, c_noise, off, c)
+    assert 2 not in ref_a[1]                                              # block 2 never produced level 1
+    assert torch.allclose(acts[1][3], ref_a[1][1], atol=1e-6)            # after block 1 == before block 3
+
+
+def reference_forward_states(net, x, c_noise, off, c):
+    """Per-level activations after each block of the reference model: states[l][b]."""
+    states = {}
+
+    def hook(b):
+        def f(mod, inp, out):
+            n = net.load[b]
+            for l, t in enumerate(out[0].chunk(n)):
+                states.setdefault(l, {})[b] = t
+        return f
+    hs = [blk.register_forward_hook(hook(b)) for b, blk in enumerate(net.blocks)]
+    net(x, c_noise, off, c)
+    for h in hs:
+        h.remove()
+    return states
+
+
+def test_context_fusion_samples_an_analytic_field_at_the_patch_positions():
+    """Eq. 7-8: fusing lower levels holding f(global position) gives f at level l's token positions."""
+    recipe = tiny_recipe(resolution=(16, 64, 64), patch=(4, 16, 16), tokenizer=(1, 2, 2))
+    pyr = recipe.pyramid
+    grid = tuple(p // t for p, t in zip(pyr.patch, recipe.model.tokenizer))
+    B, d = 4, 6
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(11))
+    scales = level_scales(pyr)
+    pos = global_token_coords(scales, off, grid)                          # [B, L, N, 3]
+    W = torch.randn(3, d)
+
+    def field(p):
+        return p @ W + 0.25
+
+    acts = [field(pos[:, k]) for k in range(pyr.num_levels)]
+    grids = pair_grids(scales, off, grid, pyr.num_levels)
+    for l in range(1, pyr.num_levels):
+        ctx = gather_context(acts, [l], grids, grid)[0]
+        want = field(pos[:, l])
+        inside = torch.ones(B, ctx.shape[1], dtype=torch.bool)
+        for k in range(l):                                                # inside every lower hull of centres
+            rs, ro = relative_coords(scales, off, l, k)
+            rel = patch_points(rs, ro, grid)
+            lo = 0.5 / torch.tensor(grid)
+            inside &= ((rel >= lo - 1e-6) & (rel <= 1 - lo + 1e-6)).all(-1)
+        assert inside.float().mean() > 0.3
+        assert (ctx - want).abs().amax(-1)[inside].max() < 1e-5
+
+
+@pytest.mark.parametrize("resolution,patch,levels", [
+    ((8, 16, 16), (4, 8, 8), 2),
+    ((8, 32, 32), (4, 8, 8), 3),
+    ((16, 64, 64), (2, 8, 8), 4),
+    ((1, 32, 32), (1, 8, 8), 3),                                           # images: one frame
+    ((1, 64, 64), (1, 8, 8), 4),
+])
+@pytest.mark.parametrize("cond", ["class", "text", "none"])
+def test_shapes_and_dtypes(resolution, patch, levels, cond):
+    recipe = tiny_recipe(resolution=resolution, patch=patch, cond=cond, text_dim=10, text_tokens=2, num_blocks=levels)
+    assert recipe.pyramid.num_levels == levels
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    x, c_noise, off, c = make_inputs(recipe, B=2)
+    out = net(x, c_noise, off, c)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    out, lat = net(x, c_noise, off, c, return_latents=True)
+    assert lat.shape == (2, levels, recipe.model.num_latents, recipe.model.latent_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, c_noise, off, c)
+    assert out.shape == x.shape and torch.isfinite(out.float()).all()
+
+
+def test_cached_context_equals_joint_forward():
+    """Running level l alone on collected lower-level activations equals the joint forward (activation caching)."""
+    for fusion in ("deep", "shallow"):
+        recipe = tiny_recipe(fusion=fusion, load=[1, 2, 2, 3])
+        net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+        x, c_noise, off, c = make_inputs(recipe)
+        with torch.no_grad():
+            full, acts = net(x, c_noise, off, c, collect=True)
+            for lo in (1, 2):
+                ctx = LevelContext(acts={b: [acts[k][b] for k in range(lo)] for b in acts[lo - 1]},
+                                   pixels=x[:, lo - 1])
+                part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=ctx)
+                assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
+
+
+def test_condition_dropout_uses_null_condition():
+    recipe = tiny_recipe()
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    with torch.no_grad():
+        dropped = net(x, c_noise, off, c, torch.tensor([False, False]))
+        null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes))
+        kept = net(x, c_noise, off, c, torch.tensor([True, True]))
+    assert torch.equal(dropped, null)
+    assert not torch.allclose(dropped, kept)

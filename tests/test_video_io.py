@@ -1,0 +1,185 @@
+"""Tests of hpdm_cli.io.video: mp4/gif/png writing, decoding, random access and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpdm_cli.io import atomic_open
+from hpdm_cli.io import video as V
+from hpdm_cli.io.video import VideoError, encode_mp4_bytes, read_video, read_video_bytes, write_video
+
+
+def smooth_video(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, moving colour field as uint8 [T,H,W,3]."""
+    rng = np.random.default_rng(seed)
+    tt = np.arange(t)[:, None, None]
+    yy = np.arange(h)[None, :, None] * 0.12  # radians per pixel: smooth at any frame size
+    xx = np.arange(w)[None, None, :] * 0.12
+    ph = rng.uniform(0, 6, 3)
+    chans = [128 + 70 * np.sin(xx + 0.2 * tt + ph[0] + 0 * yy),
+             128 + 70 * np.cos(yy - 0.15 * tt + ph[1] + 0 * xx),
+             128 + 60 * np.sin(0.7 * (xx + yy) + 0.1 * tt + ph[2])]
+    return np.stack(chans, -1).clip(0, 255).astype(np.uint8)
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute pixel error between two uint8 videos."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def test_mp4_round_trip(tmp_path):
+    """An mp4 decodes to the same frame count, size and fps, within codec tolerance."""
+    frames = smooth_video(12, 32, 48)
+    p = tmp_path / "clip.mp4"
+    assert write_video(p, frames, 25.0) == str(p)
+    out, fps = read_video(p)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert fps == pytest.approx(25.0)
+    assert mae(out, frames) < 3.0
+    part, _ = read_video(p, start=3, num=4)
+    np.testing.assert_array_equal(part, out[3:7])
+    info = V.probe_video(p)
+    assert (info["height"], info["width"], info["num_frames"]) == (32, 48, 12)
+
+
+@pytest.mark.parametrize("h,w", [(17, 23), (9, 16), (16, 9), (1, 1)])
+def test_odd_sizes_round_trip(tmp_path, h, w):
+    """Odd frame sizes are padded internally and cropped back on decode."""
+    frames = smooth_video(5, h, w, seed=1)
+    p = tmp_path / "odd.mp4"
+    write_video(p, frames, 24)
+    out, fps = read_video(p)
+    assert out.shape == (5, h, w, 3)
+    assert fps == pytest.approx(24.0)
+    blob = read_video_bytes(encode_mp4_bytes(frames, 24))
+    assert blob.shape == (5, h, w, 3)
+    if h * w > 100:
+        assert mae(out, frames) < 6.0
+
+
+def test_non_integer_fps(tmp_path):
+    """NTSC-like fractional frame rates survive a round trip."""
+    p = tmp_path / "ntsc.mp4"
+    write_video(p, smooth_video(4, 16, 16), 30000 / 1001)
+    assert read_video(p)[1] == pytest.approx(29.97, abs=1e-2)
+
+
+def test_read_video_bytes_random_access():
+    """Seeking into an in-memory blob returns exactly the frames of a full decode."""
+    frames = smooth_video(40, 24, 32, seed=2)
+    blob = encode_mp4_bytes(frames, 25, gop=16)
+    full = read_video_bytes(blob)
+    assert full.shape == frames.shape and mae(full, frames) < 3.0
+    for start, num in [(0, 5), (1, 3), (15, 2), (16, 16), (17, 8), (33, 7), (39, 1), (30, None)]:
+        part = read_video_bytes(blob, start, num)
+        np.testing.assert_array_equal(part, full[start:None if num is None else start + num])
+    assert read_video_bytes(blob, 36, 10).shape[0] == 4  # clipped at the end
+    with pytest.raises(VideoError):
+        read_video_bytes(blob, 40, 1)
+    with pytest.raises(VideoError):
+        read_video_bytes(b"not a video at all")
+
+
+def test_gif_and_png(tmp_path):
+    """GIF round trips (losslessly with <= 256 colours); PNG is a horizontal frame strip."""
+    frames = smooth_video(6, 20, 28, seed=3)
+    g = tmp_path / "clip.gif"
+    write_video(g, frames, 10)
+    out, fps = read_video(g)
+    assert out.shape == frames.shape
+    assert fps == pytest.approx(10.0)
+    assert mae(out, frames) < 8.0
+    # few colours -> exact palette -> lossless
+    flat = np.zeros((3, 8, 8, 3), np.uint8)
+    flat[0, :, :] = (255, 0, 0)
+    flat[1, :4] = (0, 255, 0)
+    flat[2, :, 4:] = (10, 20, 30)
+    write_video(g, flat, 5)
+    np.testing.assert_array_equal(read_video(g)[0], flat)
+
+    p = tmp_path / "strip.png"
+    write_video(p, frames, 10)
+    with open(p, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    strip, _ = read_video(p)
+    assert strip.shape == (1, 20, 6 * 28, 3)
+    np.testing.assert_array_equal(strip[0], np.concatenate(list(frames), axis=1))
+
+
+def test_user_errors(tmp_path):
+    """Bad input raises VideoError with a message naming the problem, leaving no files."""
+    frames = smooth_video(2, 8, 8)
+    with pytest.raises(VideoError, match="suffix"):
+        write_video(tmp_path / "clip.avi2", frames, 25)
+    with pytest.raises(VideoError, match="uint8"):
+        write_video(tmp_path / "clip.mp4", frames.astype(np.float32), 25)
+    with pytest.raises(VideoError, match="shape"):
+        write_video(tmp_path / "clip.mp4", frames[0], 25)
+    with pytest.raises(VideoError, match="fps"):
+        write_video(tmp_path / "clip.mp4", frames, 0)
+    with pytest.raises(VideoError, match="crf"):
+        write_video(tmp_path / "clip.mp4", frames, 25, crf=99)
+    with pytest.raises(VideoError, match="directory"):
+        write_video(tmp_path / "nope" / "clip.mp4", frames, 25)
+    with pytest.raises(VideoError, match="not found"):
+        read_video(tmp_path / "missing.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(VideoError, match="cannot read"):
+        read_video(bad)
+    assert sorted(os.listdir(tmp_path)) == ["bad.mp4"]
+
+
+@pytest.mark.parametrize("suffix,hook", [(".mp4", "_frame_to_av"), (".mkv", "_frame_to_av"),
+                                         (".gif", "_pal8_to_av")])
+def test_failed_write_leaves_old_file_intact(tmp_path, monkeypatch, suffix, hook):
+    """An encoder failure mid-write keeps the previous file and leaves no temporary."""
+    p = tmp_path / f"clip{suffix}"
+    write_video(p, smooth_video(6, 16, 16), 25)
+    before = p.read_bytes()
+    calls = {"n": 0}
+    real = getattr(V, hook)
+
+    def exploding(*args):
+        """Pass through twice, then fail."""
+        calls["n"] += 1
+        if calls["n"] > 2:  # fail mid-stream, after some packets were muxed
+            raise RuntimeError("disk on fire")
+        return real(*args)
+
+    monkeypatch.setattr(V, hook, exploding)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_video(p, smooth_video(12, 16, 16, seed=5), 25)
+    assert calls["n"] > 2
+    assert p.read_bytes() == before
+    assert os.listdir(tmp_path) == [p.name]  # no temporary file left behind
+
+
+def test_atomic_open_failure_keeps_old_content(tmp_path):
+    """atomic_open replaces the file only on success."""
+    p = tmp_path / "f.txt"
+    p.write_text("old")
+    with pytest.raises(KeyError):
+        with atomic_open(p, "w") as f:
+            f.write("new, half written")
+            raise KeyError("boom")
+    assert p.read_text() == "old"
+    with atomic_open(p, "w") as f:
+        f.write("new")
+    assert p.read_text() == "new"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_engine_imports_without_av():
+    """Importing the engine modules does not import PyAV."""
+    code = ("import sys\n"
+            "import hpdm_cli.io, hpdm_cli.io.video, hpdm_cli.data.shards, hpdm_cli.data.shapes\n"
+            "assert 'av' not in sys.modules, 'PyAV imported eagerly'\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
