@@ -1,0 +1,1 @@
+"""The command-line layer: the Typer app `hpdm` (app). The engine never imports this package."""

@@ -1,0 +1,145 @@
+"""The `hpdm` command: thin Typer drivers over the engine (parse, call one engine function, print).
+
+User mistakes end in one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hierarchical Patch Diffusion Models: prepare data, train, sample, upscale, evaluate, benchmark.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def _user_error_types() -> tuple:
+    from ..config import ConfigError
+    from ..data.shards import DataError
+    from ..io.video import VideoError
+    from ..text.encoders import TextEncoderError
+    from ..train.checkpoint import CheckpointError
+    from ..train.loop import TrainError
+    return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError,
+            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+@app.command()
+def prepare(
+    src: Optional[Path] = typer.Argument(None, help="Folder of videos (issue 5); omit with --synthetic."),
+    out_dir: Optional[Path] = typer.Argument(None, help="Dataset directory to write."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Procedural dataset name: shapes."),
+    num_videos: int = typer.Option(256, help="Videos to generate (--synthetic)."),
+    frames: int = typer.Option(16, help="Frames per video (--synthetic)."),
+    height: int = typer.Option(64, help="Height (--synthetic)."),
+    width: int = typer.Option(64, help="Width (--synthetic)."),
+    fps: float = typer.Option(8.0, help="Frames per second (--synthetic)."),
+    seed: int = typer.Option(0, help="Seed of the procedural generator."),
+    workers: int = typer.Option(0, help="Worker processes."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset at OUT_DIR."),
+):
+    """Build a training dataset: `hpdm prepare --synthetic shapes OUT_DIR` (video folders: see issue 5)."""
+    if synthetic is not None:
+        target = out_dir or src
+        if target is None or (src is not None and out_dir is not None):
+            raise UserError("usage: hpdm prepare --synthetic shapes OUT_DIR")
+        if synthetic != "shapes":
+            raise UserError(f"unknown synthetic dataset {synthetic!r}; available: shapes")
+        from rich.progress import Progress
+
+        from ..data.shapes import write_shapes_dataset
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("shapes", total=num_videos)
+            path = write_shapes_dataset(target, num_videos=num_videos, frames=frames, height=height, width=width,
+                                        seed=seed, fps=fps, workers=workers, overwrite=overwrite,
+                                        progress=lambda done, total: bar.update(task, completed=done))
+        out.print(f"wrote {num_videos} shapes videos ({frames}x{height}x{width} @ {fps:g} fps) to {path}")
+        return
+    raise UserError("ingesting video folders is not implemented yet (issue 5); use --synthetic shapes OUT_DIR")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, ucf, t2v)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Live progress bar (default: on a terminal)."),
+):
+    """Train a recipe; re-running the same command resumes from the newest checkpoint."""
+    from ..recipe import default_recipe_path, load_recipe
+    from ..train.loop import train as run_train
+    path = default_recipe_path(recipe)
+    rec = load_recipe(path, overrides or [])
+    rd = run_dir or Path("runs") / path.stem
+    live = sys.stdout.isatty() if progress is None else progress
+    summary = run_train(rec, rd, log=lambda m: out.print(m, highlight=False), progress=live)
+    if summary.interrupted:
+        raise typer.Exit(128 + summary.interrupted)
+    out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
+              f"checkpoint {summary.checkpoint or '(unchanged)'}")
+
+
+@app.command()
+def bench(
+    recipe: str = typer.Argument(..., help="Recipe file or packaged name."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
+    steps: int = typer.Option(10, help="Timed training steps."),
+    warmup: int = typer.Option(3, help="Untimed warm-up steps."),
+    batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch)."),
+    ablations: bool = typer.Option(False, help="Also time no adaptive computation and shallow fusion."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+):
+    """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs, no data loading)."""
+    from ..bench import bench_training, write_json
+    from ..recipe import default_recipe_path, load_recipe
+    rec = load_recipe(default_recipe_path(recipe), overrides or [])
+    rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations)
+    from rich.table import Table
+    table = Table(title="hpdm bench: training")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()])
+    out.print(table)
+    if json_out:
+        write_json(json_out, rows)
+
+
+def main() -> None:
+    """Entry point of the `hpdm` console script."""
+    try:
+        rc = app(standalone_mode=False)
+    except SystemExit:
+        raise
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:                                                # noqa: BLE001
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, _user_error_types()):
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
+            sys.exit(2)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

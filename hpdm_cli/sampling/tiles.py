@@ -1,0 +1,194 @@
+"""Inference tiling of every pyramid level: overlapping patch-size tiles, their parents and ancestors.
+
+Level l is the whole video at `pyr.level_resolution(l)` (R_l pixels per axis), cut into tiles of
+the patch size r. Along an axis of the overlap set (a subset of "fhw", or "none") tiles start
+every r/2 level pixels (2 R_l / r - 1 tiles, 50% overlap; r must be even there); along the
+other axes every r (R_l / r tiles). A tile's normalised offset is start / R_l and its scale
+r / R_l: the box [offset, offset + scale] of `pyramid.geometry`'s unit-cube convention.
+
+Every tile of level l > 0 has a PARENT: a tile of level l-1 that contains it. With the same
+overlap pattern on every level one always exists (a level-l tile spans half a level-(l-1) tile
+and starts on a quarter-tile grid). Following parents gives each tile one chain of containing
+ancestors, one per lower level, so that a tile and its context saw the same lower patches.
+
+Crops and merges are index gathers on the flattened canvas: `LevelTiles.index` holds, for every
+tile, the flat canvas index of each of its pixels, built once per level; `gather` crops any set
+of (sample, tile) rows in one indexing op and `scatter_add` accumulates tile values with
+`index_add_` (MultiDiffusion averaging divides by `coverage`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from ..config import PyramidConfig
+
+AXES = "fhw"
+
+
+def parse_overlap(overlap: str) -> str:
+    """Normalise an overlap set: a subset of "fhw" (any order), "" or "none" -> the axes in f, h, w order."""
+    text = (overlap or "none").strip().lower()
+    if text == "none":
+        return ""
+    if set(text) - set(AXES) or len(set(text)) != len(text):
+        raise ValueError(f"overlap = {overlap!r}: expected a subset of 'fhw' or 'none'")
+    return "".join(a for a in AXES if a in text)
+
+
+def axis_starts(size: int, patch: int, overlap: bool) -> list[int]:
+    """Integer tile starts along one axis of `size` pixels: every patch/2 if overlapped, else every patch."""
+    if size % patch:
+        raise ValueError(f"tile size {patch} does not divide the level size {size}")
+    if size == patch:
+        return [0]
+    if overlap:
+        if patch % 2:
+            raise ValueError(f"50% overlapping tiles need an even patch size along the axis, got {patch}")
+        step = patch // 2
+    else:
+        step = patch
+    return list(range(0, size - patch + 1, step))
+
+
+def tile_counts(pyr: PyramidConfig, level: int, overlap: str) -> tuple[int, int, int]:
+    """Tiles per axis of `level`: 2 R_l / r - 1 along overlapped axes, R_l / r along the others."""
+    ov = parse_overlap(overlap)
+    res = pyr.level_resolution(level)
+    return tuple(len(axis_starts(R, r, a in ov)) for a, R, r in zip(AXES, res, pyr.patch))
+
+
+def _axis_parents(starts: list[int], size: int, prev_starts: list[int], prev_size: int, patch: int) -> list[int]:
+    """Per-axis parent index: the largest previous start <= the start mapped to the lower level, checked."""
+    ratio = Fraction(prev_size, size)
+    extent = patch * ratio                                   # a tile's extent in lower-level pixels
+    out = []
+    for p in starts:
+        q = p * ratio
+        j = max(i for i, s in enumerate(prev_starts) if s <= min(q, prev_size - patch))
+        s = prev_starts[j]
+        if not (s <= q and q + extent <= s + patch):
+            raise AssertionError(f"tile start {p} of size {size} has no containing tile on the lower level")
+        out.append(j)
+    return out
+
+
+@dataclass
+class LevelTiles:
+    """The tiles of one level: starts, normalised offsets, parent/ancestor chains and crop indices."""
+
+    level: int
+    resolution: tuple[int, int, int]     # R_l: the level's whole-video size (frames, height, width)
+    patch: tuple[int, int, int]          # r: tile size
+    counts: tuple[int, int, int]         # tiles per axis
+    starts: torch.Tensor                 # [T, 3] integer starts in level pixels
+    offsets: torch.Tensor                # [T, 3] normalised offsets start / R_l (float64)
+    parent: torch.Tensor                 # [T] index of the containing level l-1 tile (-1 on level 0)
+    ancestors: torch.Tensor              # [T, l] ancestor tile index on level k (column k), k < l
+    index: torch.Tensor                  # [T, r_f r_h r_w] flat canvas index of every tile pixel
+    coverage: torch.Tensor               # [F_l H_l W_l] number of tiles covering each canvas pixel
+
+    @property
+    def num_tiles(self) -> int:
+        """Number of tiles T of this level."""
+        return self.starts.shape[0]
+
+    @property
+    def num_pixels(self) -> int:
+        """Canvas positions F_l H_l W_l of this level."""
+        return math.prod(self.resolution)
+
+    @property
+    def scale(self) -> tuple[float, float, float]:
+        """Per-axis normalised tile extent s_l = r / R_l."""
+        return tuple(r / R for r, R in zip(self.patch, self.resolution))
+
+    def gather(self, canvas: torch.Tensor, samples: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+        """Crop rows (samples[i], tiles[i]) out of a canvas [B, C, F, H, W] -> [n, C, r_f, r_h, r_w]."""
+        B, C = canvas.shape[:2]
+        flat = canvas.reshape(B, C, -1).transpose(1, 2)                  # [B, P, C]
+        idx = self.index.to(canvas.device)[tiles.to(canvas.device)]       # [n, r3]
+        out = flat[samples.to(canvas.device)[:, None], idx]               # [n, r3, C]
+        return out.transpose(1, 2).reshape(len(idx), C, *self.patch)
+
+    def crop(self, canvas: torch.Tensor) -> torch.Tensor:
+        """All tiles of every sample: canvas [B, C, F, H, W] -> [B, T, C, r_f, r_h, r_w]."""
+        B, T = canvas.shape[0], self.num_tiles
+        s = torch.arange(B).repeat_interleave(T)
+        t = torch.arange(T).repeat(B)
+        return self.gather(canvas, s, t).reshape(B, T, canvas.shape[1], *self.patch)
+
+    def scatter_add(self, acc: torch.Tensor, samples: torch.Tensor, tiles: torch.Tensor,
+                    values: torch.Tensor) -> None:
+        """Add tile values [n, C, r...] into an accumulator [G, P, C] at rows (samples, tiles), in place."""
+        G, P, C = acc.shape
+        idx = self.index.to(acc.device)[tiles.to(acc.device)]             # [n, r3]
+        lin = samples.to(acc.device)[:, None] * P + idx
+        vals = values.reshape(values.shape[0], C, -1).transpose(1, 2).reshape(-1, C)
+        acc.view(G * P, C).index_add_(0, lin.reshape(-1), vals.to(acc.dtype))
+
+    def finish(self, acc: torch.Tensor) -> torch.Tensor:
+        """Average an accumulator [G, P, C] by tile coverage -> canvas [G, C, F, H, W]."""
+        G, P, C = acc.shape
+        out = acc / self.coverage.to(acc.device, acc.dtype)[None, :, None]
+        return out.transpose(1, 2).reshape(G, C, *self.resolution)
+
+    def merge(self, values: torch.Tensor) -> torch.Tensor:
+        """MultiDiffusion merge: average tiles [B, T, C, r...] of every sample onto the canvas [B, C, F, H, W]."""
+        B, T, C = values.shape[:3]
+        acc = values.new_zeros(B, self.num_pixels, C)
+        self.scatter_add(acc, torch.arange(B).repeat_interleave(T), torch.arange(T).repeat(B),
+                         values.reshape(B * T, C, *self.patch))
+        return self.finish(acc)
+
+
+def _level_tiles(pyr: PyramidConfig, level: int, ov: str, prev: "LevelTiles | None",
+                 prev_axis: list[list[int]] | None) -> tuple[LevelTiles, list[list[int]]]:
+    res, r = tuple(pyr.level_resolution(level)), tuple(pyr.patch)
+    axis = [axis_starts(R, p, a in ov) for a, R, p in zip(AXES, res, r)]
+    counts = tuple(len(s) for s in axis)
+    grid = torch.meshgrid(*[torch.tensor(s) for s in axis], indexing="ij")
+    starts = torch.stack([g.reshape(-1) for g in grid], dim=1)                         # [T, 3]
+    offsets = starts.double() / torch.tensor(res, dtype=torch.float64)
+    T = starts.shape[0]
+    if prev is None:
+        parent = torch.full((T,), -1, dtype=torch.long)
+        ancestors = torch.zeros(T, 0, dtype=torch.long)
+    else:
+        per_axis = [torch.tensor(_axis_parents(s, R, ps, PR, p))
+                    for s, R, ps, PR, p in zip(axis, res, prev_axis, prev.resolution, r)]
+        pf, ph, pw = torch.meshgrid(*per_axis, indexing="ij")
+        _, nh, nw = prev.counts
+        parent = ((pf * nh + ph) * nw + pw).reshape(-1)
+        ancestors = torch.cat([prev.ancestors[parent], parent[:, None]], dim=1)
+    # Flat canvas index of every pixel of every tile.
+    F_, H, W = res
+    jf, jh, jw = (torch.arange(n) for n in r)
+    pix = ((jf[:, None, None] * H + jh[None, :, None]) * W + jw[None, None, :]).reshape(-1)   # [r3]
+    base = (starts[:, 0] * H + starts[:, 1]) * W + starts[:, 2]                                 # [T]
+    index = base[:, None] + pix[None]
+    coverage = torch.bincount(index.reshape(-1), minlength=F_ * H * W)
+    tiles = LevelTiles(level, res, r, counts, starts, offsets, parent, ancestors, index, coverage)
+    return tiles, axis
+
+
+def build_tiles(pyr: PyramidConfig, overlap: str, levels: int | None = None) -> list[LevelTiles]:
+    """The tilings of levels 0..levels-1 (default: all) with parents and ancestor chains."""
+    ov = parse_overlap(overlap)
+    n = pyr.num_levels if levels is None else levels
+    out, prev_axis = [], None
+    for l in range(n):
+        t, prev_axis = _level_tiles(pyr, l, ov, out[-1] if out else None, prev_axis)
+        out.append(t)
+    return out
+
+
+def chain_offsets(tiles: list[LevelTiles], level: int) -> torch.Tensor:
+    """Network offsets [T_l, l+1, 3] of every level-l tile: its ancestors' offsets on levels 0..l-1, then its own."""
+    lt = tiles[level]
+    parts = [tiles[k].offsets[lt.ancestors[:, k]] for k in range(level)] + [lt.offsets]
+    return torch.stack(parts, dim=1).float()

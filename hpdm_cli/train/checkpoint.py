@@ -1,0 +1,174 @@
+"""Checkpoints: safetensors weights, EMA and optimiser state, written atomically, keep-last-N.
+
+Layout of a run directory's `checkpoints/`:
+    ckpt-00001000/model.safetensors   training weights (recipe and architecture in the metadata)
+    ckpt-00001000/ema.safetensors     EMA weights (what `hpdm sample` loads; self-sufficient)
+    ckpt-00001000/optim.safetensors   optimiser tensors and RNG states
+    ckpt-00001000/state.json          step, counters, optimiser param groups
+A checkpoint is written into a hidden temporary directory, every file fsynced, and then
+renamed into place in one step, so a crash mid-write leaves the previous checkpoint as the
+latest loadable one. No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from ..config import Recipe
+from ..io import atomic_write_text, fsync_dir
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or of another architecture (message says what to do)."""
+
+
+def architecture_of(recipe: Recipe) -> str:
+    """A canonical JSON of everything that shapes the weights (pyramid and model sections)."""
+    d = {"pyramid": asdict(recipe.pyramid), "model": asdict(recipe.model)}
+    d["pyramid"].pop("overlap", None)                                     # an inference setting
+    return json.dumps(d, sort_keys=True, default=list)
+
+
+def _metadata(recipe: Recipe, step: int) -> dict:
+    from ..recipe import recipe_to_toml
+    return {"hpdm_recipe": recipe_to_toml(recipe), "hpdm_arch": architecture_of(recipe), "hpdm_step": str(step)}
+
+
+def _save(tensors: dict, path: Path, metadata: dict) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def flatten_optimizer(state: dict) -> tuple[dict, list]:
+    """Split an optimizer state_dict into a flat tensor dict and JSON-able param groups."""
+    tensors = {}
+    for idx, st in state["state"].items():
+        for k, v in st.items():
+            tensors[f"state.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, state["param_groups"]
+
+
+def unflatten_optimizer(tensors: dict, groups: list) -> dict:
+    """Inverse of `flatten_optimizer`."""
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": groups}
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, ema: Optional[dict],
+                    optimizer: dict, extra_tensors: dict, state: dict, keep_last: int = 3) -> Path:
+    """Write checkpoint `step` atomically (temp dir + fsync + rename) and prune to the newest `keep_last`."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"ckpt-{step:08d}"
+    tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        meta = _metadata(recipe, step)
+        _save(model, tmp / "model.safetensors", meta)
+        if ema is not None:
+            _save(ema, tmp / "ema.safetensors", meta)
+        opt_tensors, groups = flatten_optimizer(optimizer)
+        opt_tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
+        _save(opt_tensors, tmp / "optim.safetensors", {"hpdm_step": str(step)})
+        atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups},
+                                                         indent=1, default=str))
+        fsync_dir(tmp)
+        if final.exists():                                                # re-saving the same step
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-ckpt-*"):                                # left by a crashed writer
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """Read a checkpoint directory: model, ema, optimizer state dict, extra tensors and state JSON."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        model = load_file(str(path / "model.safetensors"), device=str(device))
+        ema = load_file(str(path / "ema.safetensors"), device=str(device)) if (path / "ema.safetensors").exists() else None
+        opt = load_file(str(path / "optim.safetensors"), device="cpu")
+    except (OSError, ValueError, json.JSONDecodeError, Exception) as e:    # safetensors raises its own errors
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    groups = state.pop("param_groups")
+    extra = {k[len("extra."):]: v for k, v in opt.items() if k.startswith("extra.")}
+    optimizer = unflatten_optimizer({k: v for k, v in opt.items() if not k.startswith("extra.")}, groups)
+    return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state}
+
+
+def latest_checkpoint(run_dir: Path, device="cpu", warn=None) -> Optional[dict]:
+    """Load the newest readable checkpoint of a run (falling back past corrupt ones), or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            ck = load_checkpoint(path, device)
+            ck["path"] = path
+            return ck
+        except CheckpointError as e:
+            if warn:
+                warn(f"skipping {e}")
+    return None
+
+
+def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
+    """Weights, the recipe stored in their metadata, and the step, from one safetensors file."""
+    from ..recipe import recipe_from_toml
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path), device=str(device))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+    if "hpdm_recipe" not in meta:
+        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    return weights, recipe_from_toml(meta["hpdm_recipe"], source=str(path)), int(meta.get("hpdm_step", 0))
+
+
+def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
+    """A run directory (latest EMA), a checkpoint directory, or a .safetensors file -> the weights file."""
+    p = Path(ckpt)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / "model.safetensors").exists():
+            return p / "ema.safetensors" if (p / "ema.safetensors").exists() else p / "model.safetensors"
+        ckpts = list_checkpoints(p)
+        if ckpts:
+            last = ckpts[-1]
+            return last / "ema.safetensors" if (last / "ema.safetensors").exists() else last / "model.safetensors"
+        raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
+    raise CheckpointError(f"{p}: no such checkpoint file or run directory")
