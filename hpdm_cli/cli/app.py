@@ -97,19 +97,22 @@ def bench(
     warmup: int = typer.Option(3, help="Untimed warm-up steps."),
     batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch)."),
     ablations: bool = typer.Option(False, help="Also time no adaptive computation and shallow fusion."),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs, no data loading)."""
     from ..bench import bench_training, write_json
     from ..recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path(recipe), overrides or [])
-    rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations)
+    rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations,
+                          precisions=precision.split(",") if precision else None)
     from rich.table import Table
     table = Table(title="hpdm bench: training")
-    for col in rows[0]:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()])
+    table.add_column("")
+    for i in range(len(rows)):
+        table.add_column(str(i + 1), justify="right")
+    for key in rows[0]:
+        table.add_row(key, *[f"{r[key]:.4g}" if isinstance(r[key], float) else str(r[key]) for r in rows])
     out.print(table)
     if json_out:
         write_json(json_out, rows)

@@ -11,10 +11,11 @@ overlap pattern on every level one always exists (a level-l tile spans half a le
 and starts on a quarter-tile grid). Following parents gives each tile one chain of containing
 ancestors, one per lower level, so that a tile and its context saw the same lower patches.
 
-Crops and merges are index gathers on the flattened canvas: `LevelTiles.index` holds, for every
-tile, the flat canvas index of each of its pixels, built once per level; `gather` crops any set
-of (sample, tile) rows in one indexing op and `scatter_add` accumulates tile values with
-`index_add_` (MultiDiffusion averaging divides by `coverage`).
+Crops and merges are index gathers on the flattened canvas: a tile's pixels sit at its flat base
+index plus one fixed pattern (`LevelTiles.base`, `LevelTiles.pixels`, built once per level), so
+`gather` crops any set of (sample, tile) rows in one indexing op and `scatter_add` accumulates
+tile values with `index_add_`; MultiDiffusion averaging then divides by `coverage`. Index memory
+is O(tiles + patch), never O(tiles x patch), except per chunk of rows.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class LevelTiles:
     offsets: torch.Tensor                # [T, 3] normalised offsets start / R_l (float64)
     parent: torch.Tensor                 # [T] index of the containing level l-1 tile (-1 on level 0)
     ancestors: torch.Tensor              # [T, l] ancestor tile index on level k (column k), k < l
-    index: torch.Tensor                  # [T, r_f r_h r_w] flat canvas index of every tile pixel
+    base: torch.Tensor                   # [T] flat canvas index of every tile's first pixel
+    pixels: torch.Tensor                 # [r_f r_h r_w] flat canvas index of a tile's pixels relative to base
     coverage: torch.Tensor               # [F_l H_l W_l] number of tiles covering each canvas pixel
 
     @property
@@ -107,13 +109,22 @@ class LevelTiles:
         """Per-axis normalised tile extent s_l = r / R_l."""
         return tuple(r / R for r, R in zip(self.patch, self.resolution))
 
+    def index(self, tiles: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat canvas index [n, r_f r_h r_w] of every pixel of the given tiles (default: all tiles)."""
+        base = self.base if tiles is None else self.base.to(tiles.device)[tiles]
+        return base[:, None] + self.pixels.to(base.device)[None]
+
+    def _linear(self, samples: torch.Tensor, tiles: torch.Tensor, channels: int, device) -> torch.Tensor:
+        """Flat index [n, C, r3] into a contiguous [G, C, P] tensor for rows (samples, tiles)."""
+        idx = self.index(tiles.to(device))                                 # [n, r3]
+        sc = samples.to(device)[:, None] * channels + torch.arange(channels, device=device)[None]
+        return sc[:, :, None] * self.num_pixels + idx[:, None, :]
+
     def gather(self, canvas: torch.Tensor, samples: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
         """Crop rows (samples[i], tiles[i]) out of a canvas [B, C, F, H, W] -> [n, C, r_f, r_h, r_w]."""
-        B, C = canvas.shape[:2]
-        flat = canvas.reshape(B, C, -1).transpose(1, 2)                  # [B, P, C]
-        idx = self.index.to(canvas.device)[tiles.to(canvas.device)]       # [n, r3]
-        out = flat[samples.to(canvas.device)[:, None], idx]               # [n, r3, C]
-        return out.transpose(1, 2).reshape(len(idx), C, *self.patch)
+        C = canvas.shape[1]
+        lin = self._linear(samples, tiles, C, canvas.device)
+        return canvas.reshape(-1)[lin].reshape(lin.shape[0], C, *self.patch)
 
     def crop(self, canvas: torch.Tensor) -> torch.Tensor:
         """All tiles of every sample: canvas [B, C, F, H, W] -> [B, T, C, r_f, r_h, r_w]."""
@@ -124,23 +135,20 @@ class LevelTiles:
 
     def scatter_add(self, acc: torch.Tensor, samples: torch.Tensor, tiles: torch.Tensor,
                     values: torch.Tensor) -> None:
-        """Add tile values [n, C, r...] into an accumulator [G, P, C] at rows (samples, tiles), in place."""
-        G, P, C = acc.shape
-        idx = self.index.to(acc.device)[tiles.to(acc.device)]             # [n, r3]
-        lin = samples.to(acc.device)[:, None] * P + idx
-        vals = values.reshape(values.shape[0], C, -1).transpose(1, 2).reshape(-1, C)
-        acc.view(G * P, C).index_add_(0, lin.reshape(-1), vals.to(acc.dtype))
+        """Add tile values [n, C, r...] into a contiguous accumulator [G, C, P] at rows (samples, tiles), in place."""
+        C = acc.shape[1]
+        lin = self._linear(samples, tiles, C, acc.device)
+        acc.view(-1).index_add_(0, lin.reshape(-1), values.reshape(-1).to(acc.dtype))
 
     def finish(self, acc: torch.Tensor) -> torch.Tensor:
-        """Average an accumulator [G, P, C] by tile coverage -> canvas [G, C, F, H, W]."""
-        G, P, C = acc.shape
-        out = acc / self.coverage.to(acc.device, acc.dtype)[None, :, None]
-        return out.transpose(1, 2).reshape(G, C, *self.resolution)
+        """Average an accumulator [G, C, P] by tile coverage -> canvas [G, C, F, H, W]."""
+        out = acc / self.coverage.to(acc.device, acc.dtype)
+        return out.reshape(*acc.shape[:2], *self.resolution)
 
     def merge(self, values: torch.Tensor) -> torch.Tensor:
         """MultiDiffusion merge: average tiles [B, T, C, r...] of every sample onto the canvas [B, C, F, H, W]."""
         B, T, C = values.shape[:3]
-        acc = values.new_zeros(B, self.num_pixels, C)
+        acc = values.new_zeros(B, C, self.num_pixels)
         self.scatter_add(acc, torch.arange(B).repeat_interleave(T), torch.arange(T).repeat(B),
                          values.reshape(B * T, C, *self.patch))
         return self.finish(acc)
@@ -165,14 +173,20 @@ def _level_tiles(pyr: PyramidConfig, level: int, ov: str, prev: "LevelTiles | No
         _, nh, nw = prev.counts
         parent = ((pf * nh + ph) * nw + pw).reshape(-1)
         ancestors = torch.cat([prev.ancestors[parent], parent[:, None]], dim=1)
-    # Flat canvas index of every pixel of every tile.
+    # Flat canvas index of a tile's pixels = its base + a fixed pattern (the tiles are translates).
     F_, H, W = res
     jf, jh, jw = (torch.arange(n) for n in r)
-    pix = ((jf[:, None, None] * H + jh[None, :, None]) * W + jw[None, None, :]).reshape(-1)   # [r3]
-    base = (starts[:, 0] * H + starts[:, 1]) * W + starts[:, 2]                                 # [T]
-    index = base[:, None] + pix[None]
-    coverage = torch.bincount(index.reshape(-1), minlength=F_ * H * W)
-    tiles = LevelTiles(level, res, r, counts, starts, offsets, parent, ancestors, index, coverage)
+    pixels = ((jf[:, None, None] * H + jh[None, :, None]) * W + jw[None, None, :]).reshape(-1)   # [r3]
+    base = (starts[:, 0] * H + starts[:, 1]) * W + starts[:, 2]                                   # [T]
+    # Coverage is separable: the tiling is a Cartesian product of per-axis tilings.
+    cov = []
+    for s, R, p in zip(axis, res, r):
+        c = torch.zeros(R, dtype=torch.long)
+        for a in s:
+            c[a:a + p] += 1
+        cov.append(c)
+    coverage = (cov[0][:, None, None] * cov[1][None, :, None] * cov[2][None, None, :]).reshape(-1)
+    tiles = LevelTiles(level, res, r, counts, starts, offsets, parent, ancestors, base, pixels, coverage)
     return tiles, axis
 
 

@@ -70,7 +70,6 @@ def set_precision(precision: str) -> None:
     tf32 = precision in ("tf32", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -1,0 +1,113 @@
+"""Benchmarks behind `hpdm bench`: training throughput, peak memory, counted FLOPs and MFU.
+
+Inputs are synthetic full-resolution videos already on the device, so the numbers measure the
+model (patch extraction, forward, backward, LAMB step), not the data loader. FLOPs come from
+`model.flops` (checked against torch's FlopCounterMode in the tests); MFU divides the achieved
+FLOP rate by the card's dense peak for the precision used.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import Recipe
+from .diffusion.edm import draw_noise
+from .io import atomic_write_text
+from .model.flops import train_step_flops
+from .pyramid import sample_nested_offsets
+
+# Dense peak FLOP/s by (card, precision): vendor datasheets (SXM parts, no sparsity).
+PEAK_FLOPS = {
+    "H100": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """The dense peak FLOP/s of the card for `precision`, or None if unknown (e.g. CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_FLOPS.items():
+        if key in name:
+            return peaks[precision]
+    return None
+
+
+def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
+    out = [("default", recipe)]
+    if ablations:
+        no_ac = copy.deepcopy(recipe)
+        no_ac.model.load = "none"
+        shallow = copy.deepcopy(recipe)
+        shallow.model.fusion = "shallow"
+        out += [("no adaptive computation", no_ac), ("shallow fusion", shallow)]
+    return out
+
+
+def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
+                   ablations: bool = False, precisions: Optional[list[str]] = None) -> list[dict]:
+    """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant."""
+    from .train.distributed import pick_device
+    from .train.loop import build_model, forward_backward, set_precision
+    from .train.optim import Lamb, param_groups
+    device = pick_device(recipe.train.device)
+    rows = []
+    for name, rec in _variants(recipe, ablations):
+        for precision in precisions or [rec.train.precision]:
+            set_precision(precision)
+            B = batch or rec.train.batch_size // rec.train.grad_accum
+            net = build_model(rec).to(device)
+            model = torch.compile(net) if rec.train.compile else net
+            opt = Lamb(param_groups(net, rec.train.weight_decay), lr=1e-4)
+            L = rec.pyramid.num_levels
+            g = torch.Generator().manual_seed(0)
+            videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution, generator=g).to(device) * 2 - 1
+            cond = {"class": lambda: torch.randint(0, rec.model.num_classes, (B,), device=device),
+                    "text": lambda: torch.randn(B, rec.model.text_tokens, rec.model.text_dim, device=device),
+                    "none": lambda: None}[rec.model.cond]()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times = []
+            for i in range(warmup + steps):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
+                draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
+                                  conditional=cond is not None, generator=g, device=device)
+                forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            sec = sorted(times)[len(times) // 2]                          # median step time
+            flops = train_step_flops(rec.pyramid, rec.model) * B
+            peak = peak_flops(device, precision)
+            rows.append({
+                "variant": name, "precision": precision, "compile": rec.train.compile, "batch": B,
+                "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+                "step_s": sec, "videos_per_s": B / sec,
+                "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan"),
+                "TFLOP_per_video": flops / B / 1e12, "TFLOPs": flops / sec / 1e12,
+                "MFU_%": 100 * flops / sec / peak if peak else float("nan"),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            })
+            del net, model, opt, videos
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def write_json(path: str | Path, rows: list[dict]) -> None:
+    """Write benchmark rows as JSON (atomically)."""
+    atomic_write_text(path, json.dumps(rows, indent=1))

@@ -1,0 +1,355 @@
+"""Hierarchical overlapped sampling: generate a video level by level, each level tile by tile.
+
+Level l is the whole video at `pyramid.level_resolution(l)`, a canvas in the level's scaled space
+y_l = b_l * pixels (b_l = `diffusion.level_input_scale(l)`). It starts as sigma_max * noise and is
+driven to sigma 0 by the EDM sampler (`edm_sampler`), with churn on the first
+`sample.stochastic_levels` levels. At every denoiser evaluation every tile (`tiles`) is cropped
+from the canvas, denoised by the network (tiles batched, `tile_batch` per forward) and the tiles'
+outputs D are averaged on the canvas (MultiDiffusion) before the sampler step. Stochastic noise
+(initial and churn) is drawn for the whole canvas, never per tile. Finished pixels are
+clamp(x / b_l, -1, 1).
+
+Context. A level-l tile reads, through context fusion, its ancestor tiles on the finished levels
+k < l (one chain of containing tiles, `tiles.LevelTiles.ancestors`), shown at
+sigma = `diffusion.context_sigma`: input b_k * pixels_k + context_sigma * eps_k, with eps_k drawn
+once per level and sample on the whole level-k canvas, then cropped per tile. With `cache=True`
+the network runs once over all tiles of a finished level (`collect=True`) and keeps, per tile,
+the activations of the blocks that finer levels read (on the device, or in pinned CPU memory
+with `offload=True`); every later denoiser call then runs only level l (`lo=l`) on a
+`LevelContext` gathered from these caches. Shallow fusion needs no activations: its context is
+the parent tile's network input c_in(context_sigma) * (b_k pixels_k + context_sigma eps_k),
+recomputed per call (a crop). With `cache=False` every call runs levels 0..l jointly on the tile
+chains (lower levels at the context sigma, their outputs discarded). Both give the same video.
+
+Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows [B, 2B) drop it
+(keep=False); D = D_u + w (D_c - D_u) on the merged canvas. Lower-level activations depend on
+the condition, so caches hold both halves.
+
+Randomness. A sample depends only on its seed: each seed gets its own CPU generators (tensors
+are then moved to the device), one stream per (seed, level, purpose) derived with NumPy's
+SeedSequence: purpose 0 draws the level's sampler noise, purpose 1 its context noise eps_l. So
+level l's noise does not depend on how earlier levels were made (their step counts, or whether
+they were generated or given as `fixed`): upscaling a run's own level 0 reproduces that run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Recipe, SampleConfig
+from ..diffusion.edm import c_in, denoise
+from ..model.network import LevelContext
+from .edm_sampler import edm_sample, edm_sigmas
+from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, tile_counts
+
+Progress = Callable[[int, int, int], None]
+
+_SAMPLER_STREAM, _CONTEXT_STREAM = 0, 1
+
+
+def seed_generator(seed: int, level: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, level, stream): independent streams derived with SeedSequence."""
+    state = np.random.SeedSequence([int(seed) % 2 ** 64, level, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(state[1]) << 31) ^ int(state[0]))
+
+
+def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]] = None) -> list[int]:
+    """Sampler steps per level: `steps`, else `sample.level_steps`, else `sample.steps` halved per level (>= 1)."""
+    given = list(steps) if steps is not None else list(sample.level_steps)
+    if given:
+        if len(given) < levels:
+            raise ValueError(f"{len(given)} per-level step counts given for {levels} levels")
+        out = [int(s) for s in given[:levels]]
+    else:
+        out = [max(1, int(sample.steps) >> l) for l in range(levels)]
+    if any(s < 1 for s in out):
+        raise ValueError(f"per-level steps = {out}: every level needs at least one step")
+    return out
+
+
+def cached_blocks(recipe: Recipe, level: int) -> list[int]:
+    """Blocks whose input activations of `level` finer levels read through deep fusion (what the cache keeps)."""
+    if recipe.model.fusion != "deep":
+        return []
+    load = recipe.model.resolved_load(recipe.pyramid.num_levels)
+    return [b for b, n in enumerate(load) if n > level + 1]
+
+
+def cache_bytes(recipe: Recipe, overlap: Optional[str] = None, batch: int = 1, *,
+                bytes_per_value: int = 4) -> list[int]:
+    """Activation-cache size per level: tiles x tokens x interface dim x cached blocks x bytes x batch.
+
+    `batch` counts rows: samples, times 2 with classifier-free guidance. The last level is never
+    cached (nothing reads it); shallow and no fusion cache nothing.
+    """
+    pyr, m = recipe.pyramid, recipe.model
+    ov = pyr.overlap if overlap is None else overlap
+    tokens = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    return [math.prod(tile_counts(pyr, k, ov)) * tokens * m.interface_dim * len(cached_blocks(recipe, k))
+            * bytes_per_value * batch for k in range(pyr.num_levels)]
+
+
+@dataclass
+class SampleResult:
+    """Finished levels and where the time went."""
+
+    videos: list[torch.Tensor]                         # per level: [B, C, F_l, H_l, W_l] in [-1, 1]
+    seconds: list[float]                               # per level: wall time (generation + its context/cache)
+    cache_seconds: list[float]                         # per level: share of `seconds` spent building its cache
+    steps: list[int] = field(default_factory=list)     # sampler steps per level (0 for a fixed level)
+    cache_bytes: list[int] = field(default_factory=list)   # per level: activation-cache bytes actually held
+
+
+@dataclass
+class _Chunk:
+    """One forward's worth of (row, tile) pairs of a level, with everything indexed once."""
+
+    rows: tuple[int, int]                  # [r0, r1) of the row-major (guided sample, tile) order
+    g: torch.Tensor                        # [n] guided-sample row (cond half first)
+    b: torch.Tensor                        # [n] sample (g mod B)
+    t: torch.Tensor                        # [n] tile on this level
+    anc: list                              # per lower level k: [n] ancestor tile
+    cache_rows: list                       # per lower level k: [n] row into level k's cache (storage device)
+    offsets: torch.Tensor                  # [n, l+1, 3]
+    cond: Optional[torch.Tensor]
+    keep: Optional[torch.Tensor]
+
+
+@dataclass
+class _Run:
+    """State of one `sample` call."""
+
+    B: int
+    G: int
+    guidance: float
+    cond: Optional[torch.Tensor]           # [G, ...] condition per row
+    keep: Optional[torch.Tensor]           # [G] bool, None without guidance
+    seeds: list
+    ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
+    caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
+
+
+class HierarchicalSampler:
+    """Level-by-level, tile-by-tile sampler of an HPDMNet (MultiDiffusion, context caching, CFG)."""
+
+    def __init__(self, net, recipe: Recipe, device=None, *, overlap: Optional[str] = None, tile_batch: int = 64,
+                 cache: bool = True, offload: bool = False, autocast: Optional[torch.dtype] = None):
+        self.net, self.recipe = net, recipe
+        if device is None:
+            p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
+            device = p.device if p is not None else "cpu"
+        self.device = torch.device(device)
+        self.overlap = parse_overlap(recipe.pyramid.overlap if overlap is None else overlap)
+        if tile_batch < 1:
+            raise ValueError(f"tile_batch = {tile_batch}: must be >= 1")
+        self.tile_batch = int(tile_batch)
+        self.cache = bool(cache)
+        self.offload = bool(offload)
+        self.autocast = autocast
+        self.fusion = recipe.model.fusion
+        self.num_levels = recipe.pyramid.num_levels
+        self.tiles: list[LevelTiles] = build_tiles(recipe.pyramid, self.overlap)
+        self.chain_offsets = [chain_offsets(self.tiles, l).to(self.device) for l in range(self.num_levels)]
+        self.load = recipe.model.resolved_load(self.num_levels)
+        self._storage = torch.device("cpu") if self.offload else self.device
+        self._pin = self.offload and self.device.type == "cuda"
+
+    # ----------------------------------------------------------------------------------------
+    def sample(self, seeds: Sequence[int], cond=None, *, guidance: Optional[float] = None,
+               levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
+               fixed: Optional[Mapping[int, torch.Tensor]] = None,
+               progress: Optional[Progress] = None) -> SampleResult:
+        """Generate levels 0..levels-1 for every seed; `fixed` levels are taken as given instead of generated."""
+        rec, dev = self.recipe, self.device
+        seeds = [int(s) for s in seeds]
+        B = len(seeds)
+        if B == 0:
+            raise ValueError("no seeds given")
+        n_levels = self.num_levels if levels is None else int(levels)
+        if not 1 <= n_levels <= self.num_levels:
+            raise ValueError(f"levels = {levels}: expected 1..{self.num_levels}")
+        fixed = dict(fixed or {})
+        for k in fixed:
+            if not 0 <= k < self.num_levels:
+                raise ValueError(f"fixed level {k} outside 0..{self.num_levels - 1}")
+        nsteps = level_steps(rec.sample, n_levels, steps)
+        w = rec.sample.guidance if guidance is None else float(guidance)
+        guided = cond is not None and w != 1.0 and rec.model.cond != "none"
+        run = self._start(seeds, cond, w, guided)
+        generated = [l for l in range(n_levels) if l not in fixed]
+
+        videos, seconds, cache_seconds, used, held = [], [], [], [], []
+        C = rec.model.channels
+        with torch.no_grad(), self._autocast():
+            for l in range(n_levels):
+                t0 = self._clock()
+                shape = (C, *self.tiles[l].resolution)
+                b_l = rec.diffusion.level_input_scale(l)
+                if l in fixed:
+                    pixels = fixed[l].to(dev, torch.float32)
+                    if tuple(pixels.shape) != (B, *shape):
+                        raise ValueError(f"fixed level {l} has shape {tuple(pixels.shape)}, expected {(B, *shape)}")
+                    used.append(0)
+                else:
+                    gens = [seed_generator(s, l, _SAMPLER_STREAM) for s in seeds]
+                    sigmas = edm_sigmas(nsteps[l], rec.sample.sigma_min, rec.sample.sigma_max, rec.sample.rho)
+                    churn = rec.sample.churn if l < rec.sample.stochastic_levels else 0.0
+                    cb = (lambda i, n, _l=l: progress(_l, i, n)) if progress is not None else None
+                    x = edm_sample(self._level_denoiser(run, l), self._noise(gens, shape), sigmas,
+                                   churn=churn, callback=cb)
+                    pixels = (x / b_l).clamp(-1.0, 1.0)
+                    used.append(nsteps[l])
+                videos.append(pixels)
+                t_cache = 0.0
+                if any(k > l for k in generated):               # a later generated level reads this one
+                    gens = [seed_generator(s, l, _CONTEXT_STREAM) for s in seeds]
+                    eps = self._noise(gens, shape)()
+                    run.ctx_in[l] = b_l * pixels + rec.diffusion.context_sigma * eps
+                    if self.cache and self.fusion == "deep":
+                        c0 = self._clock()
+                        run.caches[l] = self._build_cache(run, l)
+                        t_cache = self._clock() - c0
+                held.append(sum(t.numel() * t.element_size() for t in run.caches.get(l, {}).values()))
+                seconds.append(self._clock() - t0)
+                cache_seconds.append(t_cache)
+        return SampleResult(videos, seconds, cache_seconds, used, held)
+
+    # ----------------------------------------------------------------------------------------
+    def _start(self, seeds, cond, w, guided) -> _Run:
+        B = len(seeds)
+        if cond is not None:
+            cond = torch.as_tensor(cond)
+            if cond.shape[0] != B:
+                raise ValueError(f"condition batch {cond.shape[0]} != number of seeds {B}")
+            cond = cond.to(self.device)
+        keep = None
+        if guided:
+            cond = torch.cat([cond, cond])
+            keep = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)]).to(self.device)
+        return _Run(B=B, G=2 * B if guided else B, guidance=w, cond=cond, keep=keep, seeds=list(seeds))
+
+    def _autocast(self):
+        if self.autocast is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _noise(self, gens: list, shape: tuple) -> Callable[[], torch.Tensor]:
+        """Standard normal canvases [B, *shape], each sample from its own generator."""
+        def draw():
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+        return draw
+
+    def _chunks(self, run: _Run, level: int) -> list[_Chunk]:
+        """Split the level's (guided sample, tile) rows into forwards of at most `tile_batch` tiles."""
+        lt = self.tiles[level]
+        T, total = lt.num_tiles, run.G * lt.num_tiles
+        out = []
+        for r0 in range(0, total, self.tile_batch):
+            r1 = min(total, r0 + self.tile_batch)
+            rows = torch.arange(r0, r1)
+            g, t = rows // T, rows % T
+            anc = [lt.ancestors[t, k] for k in range(level)]
+            cache_rows = [(g * self.tiles[k].num_tiles + a).to(self._storage) for k, a in enumerate(anc)]
+            gd = g.to(self.device)
+            out.append(_Chunk(
+                rows=(r0, r1), g=gd, b=gd % run.B, t=t.to(self.device),
+                anc=[a.to(self.device) for a in anc], cache_rows=cache_rows,
+                offsets=self.chain_offsets[level][t.to(self.device)],
+                cond=None if run.cond is None else run.cond[gd],
+                keep=None if run.keep is None else run.keep[gd]))
+        return out
+
+    def _context(self, run: _Run, level: int, ch: _Chunk) -> Optional[LevelContext]:
+        """The LevelContext of a chunk's tiles: cached lower activations (deep) or the parent's input (shallow)."""
+        if level == 0 or self.fusion == "none":
+            return None
+        if self.fusion == "shallow":
+            k = level - 1
+            sig = torch.tensor(self.recipe.diffusion.context_sigma, device=self.device)
+            crop = self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k])
+            return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data) * crop)
+        acts = {}
+        for blk, n in enumerate(self.load):
+            if n > level:                                       # block blk fuses context into `level`
+                acts[blk] = [run.caches[k][blk].index_select(0, ch.cache_rows[k]).to(self.device, non_blocking=True)
+                             for k in range(level)]
+        return LevelContext(acts=acts)
+
+    def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False):
+        """Denoise one chunk's tiles of canvas x at `sigma`: D [n, C, r...] (plus collected activations)."""
+        d = self.recipe.diffusion
+        xt = self.tiles[level].gather(x, ch.b, ch.t)
+        n = xt.shape[0]
+        if self.cache or level == 0:
+            sig = torch.full((n, 1), float(sigma), device=self.device)
+            res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
+                          lo=level, context=self._context(run, level, ch), collect=collect)
+            if collect:
+                return res[0][:, 0], res[1][level]
+            return res[:, 0]
+        lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
+        xs = torch.stack(lower + [xt], dim=1)
+        sig = torch.full((n, level + 1), d.context_sigma, device=self.device)
+        sig[:, level] = float(sigma)
+        res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data, collect=collect)
+        if collect:
+            return res[0][:, level], res[1][level]
+        return res[:, level]
+
+    def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
+        lt = self.tiles[level]
+        chunks = self._chunks(run, level)
+        B, G, w = run.B, run.G, run.guidance
+
+        def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
+            for ch in chunks:
+                lt.scatter_add(acc, ch.g, ch.t, self._eval(run, level, ch, x, sigma))
+            out = lt.finish(acc)
+            if G > B:
+                cond, uncond = out[:B], out[B:]
+                out = uncond + w * (cond - uncond)
+            return out
+        return D
+
+    def _build_cache(self, run: _Run, level: int) -> dict:
+        """Run the net once over all tiles of finished `level` at the context sigma; keep what finer levels read."""
+        store = {}
+        for ch in self._chunks(run, level):
+            _, coll = self._eval(run, level, ch, run.ctx_in[level], self.recipe.diffusion.context_sigma,
+                                 collect=True)
+            r0, r1 = ch.rows
+            for blk, a in coll.items():
+                if blk not in store:
+                    store[blk] = torch.empty(run.G * self.tiles[level].num_tiles, *a.shape[1:], dtype=a.dtype,
+                                             device=self._storage, pin_memory=self._pin)
+                store[blk][r0:r1].copy_(a, non_blocking=self._pin)
+        if self._pin:
+            torch.cuda.synchronize(self.device)
+        return store
+
+
+def sample_hierarchical(net, recipe: Recipe, seeds: Sequence[int], cond=None, *, device=None,
+                        overlap: Optional[str] = None, guidance: Optional[float] = None,
+                        levels: Optional[int] = None, steps: Optional[Sequence[int]] = None, cache: bool = True,
+                        offload: bool = False, tile_batch: int = 64,
+                        fixed: Optional[Mapping[int, torch.Tensor]] = None,
+                        progress: Optional[Progress] = None,
+                        autocast: Optional[torch.dtype] = None) -> SampleResult:
+    """One-call form of `HierarchicalSampler(...).sample(...)`."""
+    sampler = HierarchicalSampler(net, recipe, device, overlap=overlap, tile_batch=tile_batch, cache=cache,
+                                  offload=offload, autocast=autocast)
+    return sampler.sample(seeds, cond, guidance=guidance, levels=levels, steps=steps, fixed=fixed,
+                          progress=progress)
