@@ -139,8 +139,10 @@ class HierarchicalSampler:
     """Level-by-level, tile-by-tile sampler of an HPDMNet (MultiDiffusion, context caching, CFG)."""
 
     def __init__(self, net, recipe: Recipe, device=None, *, overlap: Optional[str] = None, tile_batch: int = 64,
-                 cache: bool = True, offload: bool = False, autocast: Optional[torch.dtype] = None):
+                 cache: bool = True, offload: bool = False, autocast: Optional[torch.dtype] = None,
+                 dtype: torch.dtype = torch.float32):
         self.net, self.recipe = net, recipe
+        self.dtype = dtype                      # canvases, noise and offsets (float64 for reference runs)
         if device is None:
             p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
             device = p.device if p is not None else "cpu"
@@ -154,8 +156,9 @@ class HierarchicalSampler:
         self.autocast = autocast
         self.fusion = recipe.model.fusion
         self.num_levels = recipe.pyramid.num_levels
-        self.tiles: list[LevelTiles] = build_tiles(recipe.pyramid, self.overlap)
-        self.chain_offsets = [chain_offsets(self.tiles, l).to(self.device) for l in range(self.num_levels)]
+        host_tiles = build_tiles(recipe.pyramid, self.overlap)
+        self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
+        self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
         self.load = recipe.model.resolved_load(self.num_levels)
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
@@ -192,7 +195,7 @@ class HierarchicalSampler:
                 shape = (C, *self.tiles[l].resolution)
                 b_l = rec.diffusion.level_input_scale(l)
                 if l in fixed:
-                    pixels = fixed[l].to(dev, torch.float32)
+                    pixels = fixed[l].to(dev, self.dtype)
                     if tuple(pixels.shape) != (B, *shape):
                         raise ValueError(f"fixed level {l} has shape {tuple(pixels.shape)}, expected {(B, *shape)}")
                     used.append(0)
@@ -247,7 +250,7 @@ class HierarchicalSampler:
     def _noise(self, gens: list, shape: tuple) -> Callable[[], torch.Tensor]:
         """Standard normal canvases [B, *shape], each sample from its own generator."""
         def draw():
-            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+            return torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in gens]).to(self.device)
         return draw
 
     def _chunks(self, run: _Run, level: int) -> list[_Chunk]:
@@ -257,17 +260,15 @@ class HierarchicalSampler:
         out = []
         for r0 in range(0, total, self.tile_batch):
             r1 = min(total, r0 + self.tile_batch)
-            rows = torch.arange(r0, r1)
+            rows = torch.arange(r0, r1, device=self.device)
             g, t = rows // T, rows % T
             anc = [lt.ancestors[t, k] for k in range(level)]
             cache_rows = [(g * self.tiles[k].num_tiles + a).to(self._storage) for k, a in enumerate(anc)]
-            gd = g.to(self.device)
             out.append(_Chunk(
-                rows=(r0, r1), g=gd, b=gd % run.B, t=t.to(self.device),
-                anc=[a.to(self.device) for a in anc], cache_rows=cache_rows,
-                offsets=self.chain_offsets[level][t.to(self.device)],
-                cond=None if run.cond is None else run.cond[gd],
-                keep=None if run.keep is None else run.keep[gd]))
+                rows=(r0, r1), g=g, b=g % run.B, t=t, anc=anc, cache_rows=cache_rows,
+                offsets=self.chain_offsets[level][t],
+                cond=None if run.cond is None else run.cond[g],
+                keep=None if run.keep is None else run.keep[g]))
         return out
 
     def _context(self, run: _Run, level: int, ch: _Chunk) -> Optional[LevelContext]:
@@ -276,7 +277,7 @@ class HierarchicalSampler:
             return None
         if self.fusion == "shallow":
             k = level - 1
-            sig = torch.tensor(self.recipe.diffusion.context_sigma, device=self.device)
+            sig = torch.tensor(self.recipe.diffusion.context_sigma, device=self.device, dtype=self.dtype)
             crop = self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k])
             return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data) * crop)
         acts = {}
@@ -292,7 +293,7 @@ class HierarchicalSampler:
         xt = self.tiles[level].gather(x, ch.b, ch.t)
         n = xt.shape[0]
         if self.cache or level == 0:
-            sig = torch.full((n, 1), float(sigma), device=self.device)
+            sig = torch.full((n, 1), float(sigma), device=self.device, dtype=self.dtype)
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           lo=level, context=self._context(run, level, ch), collect=collect)
             if collect:
@@ -300,7 +301,7 @@ class HierarchicalSampler:
             return res[:, 0]
         lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
         xs = torch.stack(lower + [xt], dim=1)
-        sig = torch.full((n, level + 1), d.context_sigma, device=self.device)
+        sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
         sig[:, level] = float(sigma)
         res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data, collect=collect)
         if collect:
@@ -346,10 +347,10 @@ def sample_hierarchical(net, recipe: Recipe, seeds: Sequence[int], cond=None, *,
                         levels: Optional[int] = None, steps: Optional[Sequence[int]] = None, cache: bool = True,
                         offload: bool = False, tile_batch: int = 64,
                         fixed: Optional[Mapping[int, torch.Tensor]] = None,
-                        progress: Optional[Progress] = None,
-                        autocast: Optional[torch.dtype] = None) -> SampleResult:
+                        progress: Optional[Progress] = None, autocast: Optional[torch.dtype] = None,
+                        dtype: torch.dtype = torch.float32) -> SampleResult:
     """One-call form of `HierarchicalSampler(...).sample(...)`."""
     sampler = HierarchicalSampler(net, recipe, device, overlap=overlap, tile_batch=tile_batch, cache=cache,
-                                  offload=offload, autocast=autocast)
+                                  offload=offload, autocast=autocast, dtype=dtype)
     return sampler.sample(seeds, cond, guidance=guidance, levels=levels, steps=steps, fixed=fixed,
                           progress=progress)

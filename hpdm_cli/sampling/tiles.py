@@ -109,10 +109,15 @@ class LevelTiles:
         """Per-axis normalised tile extent s_l = r / R_l."""
         return tuple(r / R for r, R in zip(self.patch, self.resolution))
 
+    def to(self, device) -> "LevelTiles":
+        """A copy whose index tensors live on `device` (crops and merges then need no transfers)."""
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return LevelTiles(**moved)
+
     def index(self, tiles: torch.Tensor | None = None) -> torch.Tensor:
         """Flat canvas index [n, r_f r_h r_w] of every pixel of the given tiles (default: all tiles)."""
         base = self.base if tiles is None else self.base.to(tiles.device)[tiles]
-        return base[:, None] + self.pixels.to(base.device)[None]
+        return base[:, None] + self.pixels.to(base.device)[None]     # .to is a no-op once on the device
 
     def _linear(self, samples: torch.Tensor, tiles: torch.Tensor, channels: int, device) -> torch.Tensor:
         """Flat index [n, C, r3] into a contiguous [G, C, P] tensor for rows (samples, tiles)."""

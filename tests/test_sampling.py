@@ -1,0 +1,308 @@
+"""Inference: tiling, the EDM sampler and hierarchical sampling (DESIGN §4, invariants 6-9)."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_recipe
+from test_model import randomize
+
+from hpdm_cli.diffusion import c_in, c_out, c_skip
+from hpdm_cli.model import HPDMNet
+from hpdm_cli.pyramid import patch_points, token_centres
+from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, cache_bytes, chain_offsets, churn_gamma,
+                               edm_sample, edm_sigmas, level_steps, parse_overlap, sample_hierarchical, tile_counts)
+
+OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny forwards are dominated by thread hand-offs on a shared 2-core machine: run them on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def field(pos: torch.Tensor) -> torch.Tensor:
+    """A smooth 2-channel field of (t, y, x) positions [..., 3] -> [..., 2], values inside (-1, 1)."""
+    t, y, x = pos.unbind(-1)
+    return torch.stack([0.5 * torch.sin(3 * x + 2 * y) + 0.3 * t, 0.4 * torch.cos(5 * y - x + t) - 0.2 * x], -1)
+
+
+def video_recipe(**model):
+    """A 3-level pyramid with a frame axis that can overlap: 2x8x8 -> 4x16x16 -> 8x32x32 (patch 2x8x8)."""
+    return tiny_recipe(resolution=(8, 32, 32), patch=(2, 8, 8), **model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles (invariant 6)
+
+@pytest.mark.parametrize("overlap", OVERLAPS)
+def test_tiles_count_merge_and_ancestors(overlap):
+    """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped) or R/r; ancestors contain."""
+    pyr = video_recipe().pyramid
+    tiles = build_tiles(pyr, overlap)
+    ov = parse_overlap(overlap)
+    assert len(tiles) == pyr.num_levels == 3
+    for l, lt in enumerate(tiles):
+        R = pyr.level_resolution(l)
+        want = tuple((2 * n // r - 1) if a in ov else n // r for a, n, r in zip("fhw", R, pyr.patch))
+        assert lt.counts == want == tile_counts(pyr, l, overlap)
+        assert lt.num_tiles == math.prod(want)
+        scale = torch.tensor(lt.scale, dtype=torch.float64)
+        # Tiles hold the field at their own pixel centres (global positions from the normalised offsets).
+        pos = patch_points(scale, lt.offsets, pyr.patch)                            # [T, r3, 3]
+        vals = field(pos).permute(0, 2, 1).reshape(1, lt.num_tiles, 2, *pyr.patch)
+        merged = lt.merge(vals)[0]
+        canvas = field(token_centres(R).double()).T.reshape(2, *R)
+        assert (merged - canvas).abs().max() < 1e-12, overlap
+        assert lt.coverage.min() >= 1
+        assert torch.equal(lt.crop(canvas[None])[0], vals[0])                     # crop is the inverse
+        # Every tile lies inside its parent and all its ancestors (normalised box arithmetic).
+        if l == 0:
+            assert lt.num_tiles == 1 and torch.all(lt.offsets == 0)
+            continue
+        assert torch.equal(lt.parent, lt.ancestors[:, -1])
+        for k in range(l):
+            anc = tiles[k].offsets[lt.ancestors[:, k]]
+            s_k = torch.tensor(tiles[k].scale, dtype=torch.float64)
+            assert torch.all(anc <= lt.offsets + 1e-12)
+            assert torch.all(lt.offsets + scale <= anc + s_k + 1e-12)
+        co = chain_offsets(tiles, l)
+        assert co.shape == (lt.num_tiles, l + 1, 3)
+        assert torch.allclose(co[:, l].double(), lt.offsets)
+
+
+def test_tiling_errors_and_single_frame_videos():
+    assert axis_starts(32, 8, True) == [0, 4, 8, 12, 16, 20, 24]
+    assert axis_starts(32, 8, False) == [0, 8, 16, 24]
+    assert axis_starts(3, 3, True) == [0]                                          # one tile: no overlap needed
+    with pytest.raises(ValueError):
+        axis_starts(6, 3, True)                                                   # odd patch along an overlapped axis
+    with pytest.raises(ValueError):
+        parse_overlap("fx")
+    assert parse_overlap("wf") == "fw" and parse_overlap("none") == ""
+    pyr = tiny_recipe(resolution=(1, 32, 32), patch=(1, 8, 8)).pyramid              # images: f never tiles
+    assert [t.counts for t in build_tiles(pyr, "fhw")] == [(1, 1, 1), (1, 3, 3), (1, 7, 7)]
+
+
+class FieldNet(torch.nn.Module):
+    """A stand-in network whose denoiser output D is b_l * field(global pixel positions of the patch)."""
+
+    def __init__(self, recipe):
+        super().__init__()
+        self.recipe = recipe
+        self.scales = torch.tensor([recipe.pyramid.level_scale(l) for l in range(recipe.pyramid.num_levels)])
+
+    def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
+        d, patch = self.recipe.diffusion, self.recipe.pyramid.patch
+        sigma = (4 * c_noise).exp()[..., None, None, None, None]
+        noisy = x / c_in(sigma, d.sigma_data)
+        outs = []
+        for i in range(x.shape[1]):
+            l = lo + i
+            pos = patch_points(self.scales[l], offsets[:, l], patch)
+            D = d.level_input_scale(l) * field(pos).permute(0, 2, 1).reshape(x.shape[0], 2, *patch)
+            outs.append(D)
+        D = torch.stack(outs, 1)
+        return (D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)
+
+
+@pytest.mark.parametrize("overlap", OVERLAPS)
+def test_sampler_merge_has_no_seams(overlap):
+    """Through the hierarchical sampler (one Euler step to 0: x = D), every level is the field, seam-free."""
+    recipe = video_recipe(fusion="none", channels=2)
+    res = sample_hierarchical(FieldNet(recipe), recipe, [0, 1], overlap=overlap, steps=[1, 1, 1], tile_batch=13)
+    for l, v in enumerate(res.videos):
+        R = recipe.pyramid.level_resolution(l)
+        want = field(token_centres(R)).T.reshape(2, *R)
+        assert (v - want).abs().max() < 2e-4, (overlap, l)
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM sampler (invariant 9)
+
+def test_edm_time_steps():
+    t = edm_sigmas(8, 0.002, 80.0, 7.0)
+    assert t.shape == (9,) and t[-1] == 0
+    assert math.isclose(t[0], 80.0) and math.isclose(t[-2], 0.002, rel_tol=1e-9)
+    assert torch.all(t[1:] < t[:-1])
+    assert edm_sigmas(1, 0.002, 80.0).tolist() == [80.0, 0.0]
+    assert churn_gamma(40, 32) == pytest.approx(math.sqrt(2) - 1) and churn_gamma(1, 10) == pytest.approx(0.1)
+    assert churn_gamma(0, 10) == 0.0
+
+
+def test_heun_skips_the_final_step():
+    calls = []
+
+    def D(x, s):
+        calls.append(s)
+        return torch.zeros_like(x)
+    edm_sample(D, lambda: torch.randn(4), edm_sigmas(5, 0.01, 10.0))
+    assert len(calls) == 2 * 5 - 1 and calls[-1] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("churn", [0.0, 40.0])
+def test_edm_sampler_draws_gaussian_data(churn):
+    """Exact denoiser of N(mu, s^2): D = (s^2 x + sigma^2 mu) / (s^2 + sigma^2); samples match mean and variance."""
+    mu, s = 0.3, 0.5
+    g = torch.Generator().manual_seed(0)
+
+    def D(x, sigma):
+        return (s ** 2 * x + sigma ** 2 * mu) / (s ** 2 + sigma ** 2)
+    x = edm_sample(D, lambda: torch.randn(4096, 8, generator=g, dtype=torch.float64),
+                   edm_sigmas(64, 0.002, 80.0, 7.0), churn=churn)
+    n = x.numel()                                                   # tolerances: 4 standard errors
+    assert abs(x.mean() - mu) < 4 * s / math.sqrt(n)
+    assert abs(x.var() / s ** 2 - 1) < 4 * math.sqrt(2 / n) + 0.01
+
+
+class GaussNet(torch.nn.Module):
+    """A stand-in network that is the exact denoiser of pixels ~ N(mu, s^2) in each level's scaled space."""
+
+    def __init__(self, recipe, mu, s):
+        super().__init__()
+        self.recipe, self.mu, self.s = recipe, mu, s
+
+    def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
+        d = self.recipe.diffusion
+        sigma = (4 * c_noise.double()).exp()[..., None, None, None, None]
+        noisy = x.double() / c_in(sigma, d.sigma_data)
+        b = torch.tensor([d.level_input_scale(lo + i) for i in range(x.shape[1])], dtype=torch.float64)
+        b = b[None, :, None, None, None, None]
+        m, v = b * self.mu, (b * self.s) ** 2
+        D = (v * noisy + sigma ** 2 * m) / (v + sigma ** 2)
+        return ((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)).float()
+
+
+@pytest.mark.parametrize("stochastic", [0, 1])
+def test_hierarchical_level0_draws_gaussian_data(stochastic):
+    recipe = tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8), fusion="none")
+    recipe.sample.stochastic_levels = stochastic
+    mu, s = 0.2, 0.25
+    res = sample_hierarchical(GaussNet(recipe, mu, s), recipe, list(range(32)), levels=1, steps=[64])
+    x = res.videos[0].double()
+    n = x.numel()
+    assert len(res.videos) == 1 and n == 32 * 3 * 4 * 8 * 8
+    assert abs(x.mean() - mu) < 4 * s / math.sqrt(n)
+    assert abs(x.var() / s ** 2 - 1) < 4 * math.sqrt(2 / n) + 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchical sampling with a real network (invariants 7, 8)
+
+def small_net(**model):
+    recipe = tiny_recipe(resolution=(4, 32, 32), patch=(2, 8, 8), **model)
+    return randomize(HPDMNet(recipe.pyramid, recipe.model)), recipe
+
+
+def cond_for(recipe, seeds):
+    if recipe.model.cond == "text":
+        g = torch.Generator().manual_seed(1)
+        return torch.randn(len(seeds), recipe.model.text_tokens, recipe.model.text_dim, generator=g)
+    return torch.tensor([s % recipe.model.num_classes for s in seeds])
+
+
+# Untrained networks are not denoisers: Heun's steps amplify float32 rounding of differently batched
+# forwards (a few 1e-5 after clamping). Float64 runs show both paths agree to rounding error.
+TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
+
+
+@pytest.mark.parametrize("model,guidance,overlap,dtype", [
+    (dict(fusion="deep", load=[1, 1, 2, 3]), 1.0, "fhw", torch.float64),
+    (dict(fusion="deep", load=[1, 1, 2, 3]), 2.0, "fhw", torch.float32),
+    (dict(fusion="deep", load="linear"), 2.0, "hw", torch.float64),
+    (dict(fusion="shallow", load=[1, 1, 2, 3]), 2.0, "fhw", torch.float64),
+    (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 2.0, "w", torch.float64),
+])
+def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
+    """Invariant 7: activation caching and per-call recomputation of the lower levels give the same video."""
+    net, recipe = small_net(**model)
+    net.to(dtype)
+    shapes = []
+    hook = net.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[1]))
+    seeds = [3, 4]
+    kw = dict(cond=cond_for(recipe, seeds), guidance=guidance, overlap=overlap, steps=[3, 3, 1], tile_batch=200,
+              dtype=dtype)
+    cached = sample_hierarchical(net, recipe, seeds, cache=True, **kw)
+    assert set(shapes) == {1}, "with caching, every forward runs a single level"
+    shapes.clear()
+    recomputed = sample_hierarchical(net, recipe, seeds, cache=False, **kw)
+    assert max(shapes) == 3
+    hook.remove()
+    for a, b in zip(cached.videos, recomputed.videos):
+        assert a.shape == b.shape and a.dtype == dtype
+        assert (a - b).abs().max() < TOL[dtype]
+        assert (a.abs() < 0.99).float().mean() > 0.1                           # not saturated: a real comparison
+    assert cached.videos[2].std() > 0.1
+    rows = len(seeds) * (2 if guidance != 1 else 1)
+    assert cached.cache_bytes == cache_bytes(recipe, overlap, rows, bytes_per_value=dtype.itemsize)
+    if recipe.model.fusion == "deep":
+        assert cached.cache_bytes[0] > 0 and cached.cache_bytes[1] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sample_depends_only_on_its_seed(dtype):
+    """Invariant 8: seed 5's video is the same generated alone or next to seed 3 (and with other chunking)."""
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    net.to(dtype)
+    kw = dict(guidance=2.0, steps=[3, 3, 1], dtype=dtype)
+    both = sample_hierarchical(net, recipe, [3, 5], cond=torch.tensor([1, 2]), tile_batch=64, **kw)
+    alone = sample_hierarchical(net, recipe, [5], cond=torch.tensor([2]), tile_batch=7, **kw)
+    for l in range(3):
+        assert (both.videos[l][1] - alone.videos[l][0]).abs().max() < TOL[dtype]
+        assert (both.videos[l][0] - both.videos[l][1]).abs().max() > 0.1
+
+
+def test_preview_offload_progress_and_fixed_levels():
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    recipe.sample.stochastic_levels = 2
+    sampler = HierarchicalSampler(net, recipe, tile_batch=100)
+    calls = []
+    full = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], progress=lambda *a: calls.append(a))
+    assert calls == [(0, 1, 3), (0, 2, 3), (0, 3, 3), (1, 1, 2), (1, 2, 2), (2, 1, 1)]
+    assert len(full.seconds) == 3 and full.steps == [3, 2, 1]
+    for l, v in enumerate(full.videos):
+        assert v.shape == (1, 3, *recipe.pyramid.level_resolution(l)) and v.abs().max() <= 1
+    # The preview is the first level of the full video.
+    preview = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], levels=1)
+    assert len(preview.videos) == 1 and torch.equal(preview.videos[0], full.videos[0])
+    # Offloaded caches give the same video.
+    off = HierarchicalSampler(net, recipe, tile_batch=100, offload=True).sample([7], torch.tensor([4]),
+                                                                               steps=[3, 2, 1])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(off.videos, full.videos))
+    # Fixing level 0 to the run's own level 0 reproduces the run (per-level noise streams) ...
+    fixed = {0: full.videos[0].clone()}
+    up = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], fixed=fixed)
+    assert torch.equal(up.videos[0], fixed[0]) and up.steps[0] == 0
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(up.videos, full.videos))
+    # ... and a different fixed level 0 conditions what is generated above it.
+    other = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], fixed={0: -full.videos[0]})
+    assert torch.equal(other.videos[0], -full.videos[0])
+    assert (other.videos[1] - full.videos[1]).abs().max() > 0.05
+    # Fixed levels 0 and 1: only level 2 is generated, conditioned on both.
+    two = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], fixed={0: full.videos[0], 1: full.videos[1]})
+    assert (two.videos[2] - full.videos[2]).abs().max() < 1e-5 and two.steps == [0, 0, 1]
+    with pytest.raises(ValueError):
+        sampler.sample([7], steps=[1, 1, 1], fixed={1: torch.zeros(1, 3, 2, 8, 8)})
+
+
+def test_level_steps_and_cache_size():
+    recipe = tiny_recipe()
+    assert level_steps(recipe.sample, 3) == [128, 64, 32]
+    recipe.sample.steps = 4
+    assert level_steps(recipe.sample, 4) == [4, 2, 1, 1]
+    recipe.sample.level_steps = [5, 3, 2]
+    assert level_steps(recipe.sample, 3) == [5, 3, 2]
+    assert level_steps(recipe.sample, 2, [9, 1]) == [9, 1]
+    with pytest.raises(ValueError):
+        level_steps(recipe.sample, 3, [2, 2])
+    # tiles x tokens x interface dim x cached blocks x bytes x rows; load "linear" = [1, 1, 2, 3] here:
+    # levels 2 and 3 read level 0 in blocks 2, 3; level 2 reads level 1 in block 3.
+    r = tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8))
+    assert r.model.resolved_load(3) == [1, 1, 2, 3]
+    tokens = 4 * 4 * 4
+    assert cache_bytes(r, "fhw", 2) == [1 * tokens * 32 * 2 * 4 * 2, 27 * tokens * 32 * 1 * 4 * 2, 0]
+    assert cache_bytes(tiny_recipe(fusion="shallow"), "fhw", 2) == [0, 0, 0]
