@@ -14,6 +14,8 @@ PYRAMIDS = {
     "time fixed (3 levels)": PyramidConfig(resolution=(4, 32, 32), patch=(4, 8, 8)),
     "images (1 frame)": PyramidConfig(resolution=(1, 32, 32), patch=(1, 8, 8)),
     "2 levels": PyramidConfig(resolution=(8, 16, 16), patch=(4, 8, 8)),
+    "tiny recipe (time ratio 2, space 4)": PyramidConfig(resolution=(8, 32, 32), patch=(4, 8, 8)),
+    "time ratio 2, space 8 (4 levels)": PyramidConfig(resolution=(4, 64, 64), patch=(2, 8, 8)),
 }
 
 
@@ -49,6 +51,18 @@ def test_patches_are_nested(name):
         for a in range(3):
             if room[a] > 0:
                 assert rel[:, a].min() <= 0.1 * room[a] + eps and rel[:, a].max() >= 0.9 * room[a] - eps
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_full_resolution_axes_sit_on_integer_pixels(name):
+    """Along an axis a level already holds at full resolution, its offset is a whole pixel (no blur)."""
+    pyr = PYRAMIDS[name]
+    off = sample_nested_offsets(pyr, 500, generator=torch.Generator().manual_seed(9))
+    for l in range(pyr.num_levels):
+        for a, (n, R) in enumerate(zip(pyr.level_resolution(l), pyr.resolution)):
+            if n == R:
+                px = off[:, l, a].double() * R
+                assert torch.allclose(px, px.round(), atol=1e-4), (l, a)
 
 
 @pytest.mark.parametrize("name", list(PYRAMIDS))

@@ -99,7 +99,8 @@ class FieldNet(torch.nn.Module):
     def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
         d, patch = self.recipe.diffusion, self.recipe.pyramid.patch
         sigma = (4 * c_noise).exp()[..., None, None, None, None]
-        noisy = x / c_in(sigma, d.sigma_data)
+        b = torch.tensor([d.level_input_scale(lo + i) for i in range(x.shape[1])])[None, :, None, None, None, None]
+        noisy = x / c_in(sigma, d.sigma_data, b)
         outs = []
         for i in range(x.shape[1]):
             l = lo + i
@@ -169,9 +170,9 @@ class GaussNet(torch.nn.Module):
     def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
         d = self.recipe.diffusion
         sigma = (4 * c_noise.double()).exp()[..., None, None, None, None]
-        noisy = x.double() / c_in(sigma, d.sigma_data)
         b = torch.tensor([d.level_input_scale(lo + i) for i in range(x.shape[1])], dtype=torch.float64)
         b = b[None, :, None, None, None, None]
+        noisy = x.double() / c_in(sigma, d.sigma_data, b)
         m, v = b * self.mu, (b * self.s) ** 2
         D = (v * noisy + sigma ** 2 * m) / (v + sigma ** 2)
         return ((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)).float()
@@ -181,6 +182,7 @@ class GaussNet(torch.nn.Module):
 def test_hierarchical_level0_draws_gaussian_data(stochastic):
     recipe = tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8), fusion="none")
     recipe.sample.stochastic_levels = stochastic
+    recipe.diffusion.input_scale = 0.8                                      # pixels = x / b_0
     mu, s = 0.2, 0.25
     res = sample_hierarchical(GaussNet(recipe, mu, s), recipe, list(range(32)), levels=1, steps=[64])
     x = res.videos[0].double()

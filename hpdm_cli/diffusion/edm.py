@@ -8,7 +8,10 @@ and the loss weight 1/c_out^2 makes the objective || F - (y - c_skip x~) / c_out
 is minus the v-prediction target of the variance-preserving view (tests/test_edm.py).
 
 Per-level input scaling (seed [0054], Chen 2023): level l's clean patch P_l is multiplied by
-b_l = b_0 gamma^l before noising; D estimates y_l = b_l P_l and pixels are D / b_l.
+b_l = b_0 gamma^l before noising; D estimates y_l = b_l P_l and pixels are D / b_l. A smaller
+b_l means a lower signal-to-noise ratio at every sigma for the finer levels, whose pixels are
+more correlated. As in Chen 2023, the network input is normalised to unit variance for the
+scaled data: c_in = 1 / sqrt(sigma^2 + (b_l sigma_d)^2); c_skip and c_out keep sigma_d.
 
 Every level draws its own sigma from a log-normal and its own noise (eq. 6). Context levels at
 inference: finished lower levels are shown to the network at sigma = `diffusion.context_sigma`
@@ -37,14 +40,14 @@ def c_out(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
 
 
-def c_in(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """EDM input scaling 1 / sqrt(sigma^2 + sigma_d^2)."""
-    return 1.0 / (sigma ** 2 + sigma_data ** 2).sqrt()
+def c_in(sigma: torch.Tensor, sigma_data: float, input_scale=1.0) -> torch.Tensor:
+    """Input scaling 1 / sqrt(sigma^2 + (b sigma_d)^2): unit-variance network input for data scaled by b."""
+    return 1.0 / (sigma ** 2 + (input_scale * sigma_data) ** 2).sqrt()
 
 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:
-    """EDM noise conditioning ln(sigma) / 4."""
-    return sigma.log() / 4
+    """EDM noise conditioning ln(sigma) / 4 (sigma clamped to 1e-8 so that sigma = 0 stays finite)."""
+    return sigma.clamp(min=1e-8).log() / 4
 
 
 def input_scales(cfg: DiffusionConfig, levels: range | list, device=None) -> torch.Tensor:
@@ -64,13 +67,15 @@ def v_target(y: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, sigma_da
 
 
 def denoise(net, noisy: torch.Tensor, sigma: torch.Tensor, offsets: torch.Tensor, cond=None, keep=None,
-            *, sigma_data: float, **kwargs):
+            *, sigma_data: float, input_scale: Optional[torch.Tensor] = None, **kwargs):
     """D(x~; sigma) for levels given by `noisy` [B, n, C, f, h, w] (scaled space); extra kwargs go to the net.
 
+    `input_scale` [n] holds b_l of the levels in `noisy` (see `input_scales`; None = 1).
     Returns D, or (D, *extras) when the network returns extras (latents, collected activations).
     """
     s = _bcast(sigma, noisy)
-    res = net(c_in(s, sigma_data) * noisy, c_noise(sigma), offsets, cond, keep, **kwargs)
+    b = 1.0 if input_scale is None else _bcast(input_scale.to(noisy.device)[None].expand_as(sigma), noisy)
+    res = net(c_in(s, sigma_data, b) * noisy, c_noise(sigma), offsets, cond, keep, **kwargs)
     F = res[0] if isinstance(res, tuple) else res
     D = c_skip(s, sigma_data) * noisy + c_out(s, sigma_data) * F.to(noisy.dtype)
     return (D,) + tuple(res[1:]) if isinstance(res, tuple) else D
@@ -145,10 +150,11 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     if draw is None:
         draw = draw_noise(cfg, patches.shape, conditional=cond is not None, self_condition=self_condition,
                           generator=generator, device=dev)
-    y = patches * _bcast(input_scales(cfg, range(L), dev)[None].expand(B, L), patches)
+    b = _bcast(input_scales(cfg, range(L), dev)[None].expand(B, L), patches)
+    y = patches * b
     sigma = draw.sigma
     noisy = y + _bcast(sigma, y) * draw.noise.to(y.dtype)
-    x_in = c_in(_bcast(sigma, y), cfg.sigma_data) * noisy
+    x_in = c_in(_bcast(sigma, y), cfg.sigma_data, b) * noisy
     prev = None
     if draw.self_cond:
         with torch.no_grad():

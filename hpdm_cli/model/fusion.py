@@ -43,54 +43,60 @@ def sample_tokens(acts: torch.Tensor, grids: torch.Tensor, grid: tuple[int, int,
     """Trilinearly sample token grids acts [P, B, N, d] at grids [P, B, f, h, w, 3] -> [P, B, N, d]."""
     P, B, N, d = acts.shape
     src = acts.reshape(P * B, N, d).transpose(1, 2).reshape(P * B, d, *grid)
+    if src.dtype in (torch.bfloat16, torch.float16):                      # never round positions down
+        src = src.float()
     out = F.grid_sample(src, grids.reshape(P * B, *grid, 3).to(src.dtype), mode="bilinear",
                         padding_mode="border", align_corners=False)
     return out.reshape(P, B, d, N).transpose(2, 3)
 
 
-def gather_context(acts: Sequence[torch.Tensor], targets: Sequence[int], grids: torch.Tensor,
+def gather_context(acts: Sequence[torch.Tensor], first: int, stop: int, grids: torch.Tensor,
                    grid: tuple[int, int, int], detach: bool = False) -> torch.Tensor:
-    """Eq. 7: for each target level l, the mean over k < l of level k's activations sampled at l's tokens.
+    """Eq. 7: for each level l in first..stop-1, the mean over k < l of level k's activations sampled at l's tokens.
 
     `acts[k]` is level k's token grid [B, N, d]; `grids` holds the pair grids in `level_pairs`
-    order; returns [len(targets), B, N, d].
+    order (the pairs of levels first..stop-1 are one contiguous slice); returns [stop-first, B, N, d].
     """
-    pairs = [(l, k) for l in targets for k in range(l)]
-    index = {p: i for i, p in enumerate(level_pairs(max(targets) + 1))}
+    pairs = [(l, k) for l in range(first, stop) for k in range(l)]
     src = torch.stack([acts[k] for _, k in pairs])
     if detach:
         src = src.detach()
-    sel = torch.tensor([index[p] for p in pairs], device=grids.device)
-    sampled = sample_tokens(src, grids.index_select(0, sel), grid)
+    sampled = sample_tokens(src, grids[first * (first - 1) // 2: stop * (stop - 1) // 2], grid)
     out, i = [], 0
-    for l in targets:
+    for l in range(first, stop):
         out.append(sampled[i:i + l].mean(0))
         i += l
     return torch.stack(out)
 
 
 class ContextFusion(nn.Module):
-    """Eq. 9: project concat[a_l, ctx_l, coords_l] (2d + 3 channels) back to d channels."""
+    """Eq. 9: project concat[a_l, ctx_l, coords_l] (2d + 3 channels) back to d channels.
+
+    Written as a residual, a_l + W' concat[...] + b (eq. 9 with W = [I, 0, 0] + W'), so that the
+    activations keep their precision under bf16 autocast; the coordinate term runs in float32
+    (bf16 would quantise positions to ~1/256 of the video).
+    """
 
     def __init__(self, dim: int, coords: bool):
         super().__init__()
         self.dim = dim
         self.coords = coords
         self.proj = nn.Linear(2 * dim + (3 if coords else 0), dim)
-        # Start as the identity on a_l plus a small random read of the context, so that
-        # the lower levels receive gradients from the first step.
+        # W' starts at zero on a_l and small on the context and coordinates, so the block begins
+        # as "a_l plus a small read of the context" and the lower levels get gradients at once.
         with torch.no_grad():
             nn.init.trunc_normal_(self.proj.weight, std=0.02, a=-0.04, b=0.04)
-            self.proj.weight[:, :dim] = torch.eye(dim)
+            self.proj.weight[:, :dim] = 0
             nn.init.zeros_(self.proj.bias)
 
     def forward(self, a: torch.Tensor, ctx: torch.Tensor, coords: Optional[torch.Tensor]) -> torch.Tensor:
-        """Fuse a [..., N, d] with ctx [..., N, d] and coords [..., N, 3]; equals proj(concat) without the concat."""
+        """Fuse a [..., N, d] with ctx [..., N, d] and coords [..., N, 3] (no concat is materialised)."""
         w, d = self.proj.weight, self.dim
         y = F.linear(a, w[:, :d], self.proj.bias) + F.linear(ctx, w[:, d:2 * d])
         if self.coords:
-            y = y + F.linear(coords.to(a.dtype), w[:, 2 * d:])
-        return y
+            with torch.autocast(a.device.type, enabled=False):
+                y = y.float() + F.linear(coords.float(), w[:, 2 * d:].float())
+        return a + y.to(a.dtype)
 
 
 def shallow_context(pixels: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, level: int,

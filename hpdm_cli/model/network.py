@@ -197,13 +197,13 @@ class HPDMNet(nn.Module):
                 for l in range(lo, hi):
                     if self.load[b] > l + 1:
                         collected[l][b] = a[l]
-            targets = [l for l in levels if l > 0]
-            if fuse and targets:
-                lower = [context.acts[b][k] if k < lo else a[k] for k in range(max(targets))]
-                ctx = gather_context(lower, targets, grids, self.grid, detach=self.cfg.context_detach)
-                cds = coords[:, targets].transpose(0, 1) if coords is not None else None
-                fused = self.fusions[b](torch.stack([a[l] for l in targets]), ctx, cds)
-                for j, l in enumerate(targets):
+            first, stop = max(lo, 1), levels[-1] + 1                    # fused levels: first..stop-1
+            if fuse and first < stop:
+                lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
+                ctx = gather_context(lower, first, stop, grids, self.grid, detach=self.cfg.context_detach)
+                cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
+                fused = self.fusions[b](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
+                for j, l in enumerate(range(first, stop)):
                     a[l] = fused[j]
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])

@@ -32,12 +32,14 @@ def level_scales(pyr: PyramidConfig, device=None) -> torch.Tensor:
 
 def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[torch.Generator] = None,
                           device=None) -> torch.Tensor:
-    """Random nested patch offsets [B, L, 3]: patch l lies inside patch l-1; the last level on integer pixels.
+    """Random nested patch offsets [B, L, 3]: patch l lies inside patch l-1; full-resolution axes on integer pixels.
 
     delta_0 = 0 (level 0 is the whole video). Level l's offset is uniform over the positions that
-    keep it inside level l-1: delta_l ~ U[delta_{l-1}, delta_{l-1} + s_{l-1} - s_l] per axis. The
-    last level is then snapped to the full-resolution pixel grid (an integer crop, seed [0054]),
-    choosing uniformly among the integer positions that keep it inside level L-2.
+    keep it inside level l-1: delta_l ~ U[delta_{l-1}, delta_{l-1} + s_{l-1} - s_l] per axis.
+    Along an axis where level l already has the full resolution (always the case at the last
+    level; earlier for axes with a smaller full/patch ratio, e.g. time), the offset is snapped
+    to the full-resolution pixel grid (an integer crop, seed [0054]), choosing uniformly among
+    the integer positions that keep it inside level l-1.
     """
     L = pyr.num_levels
     scales = level_scales(pyr, device).double()
@@ -47,13 +49,12 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
     full = torch.tensor(pyr.resolution, dtype=torch.float64, device=device)
     for l in range(1, L):
         room = scales[l - 1] - scales[l]                                  # [3]
-        if l < L - 1:
-            offsets[:, l] = offsets[:, l - 1] + u[:, l] * room
-        else:
-            lo = torch.ceil(offsets[:, l - 1] * full - _EPS)              # first integer start inside
-            hi = torch.floor((offsets[:, l - 1] + room) * full + _EPS)    # last integer start inside
-            start = lo + torch.floor(u[:, l] * (hi - lo + 1)).clamp(max=hi - lo)
-            offsets[:, l] = start / full
+        cont = offsets[:, l - 1] + u[:, l] * room
+        lo = torch.ceil(offsets[:, l - 1] * full - _EPS)                  # first integer start inside
+        hi = torch.floor((offsets[:, l - 1] + room) * full + _EPS)        # last integer start inside
+        snapped = (lo + torch.floor(u[:, l] * (hi - lo + 1)).clamp(max=hi - lo)) / full
+        at_full = torch.tensor([n == R for n, R in zip(pyr.level_resolution(l), pyr.resolution)], device=device)
+        offsets[:, l] = torch.where(at_full, snapped, cont)
     return offsets.float()
 
 

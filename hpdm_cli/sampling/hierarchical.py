@@ -17,7 +17,7 @@ the network runs once over all tiles of a finished level (`collect=True`) and ke
 the activations of the blocks that finer levels read (on the device, or in pinned CPU memory
 with `offload=True`); every later denoiser call then runs only level l (`lo=l`) on a
 `LevelContext` gathered from these caches. Shallow fusion needs no activations: its context is
-the parent tile's network input c_in(context_sigma) * (b_k pixels_k + context_sigma eps_k),
+the parent tile's network input c_in(context_sigma; b_k) * (b_k pixels_k + context_sigma eps_k),
 recomputed per call (a crop). With `cache=False` every call runs levels 0..l jointly on the tile
 chains (lower levels at the context sigma, their outputs discarded). Both give the same video.
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..config import Recipe, SampleConfig
-from ..diffusion.edm import c_in, denoise
+from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext
 from .edm_sampler import edm_sample, edm_sigmas
 from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, tile_counts
@@ -160,6 +160,9 @@ class HierarchicalSampler:
         self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
         self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
         self.load = recipe.model.resolved_load(self.num_levels)
+        # b_0..b_l per level l, as `denoise` takes them (c_in normalises the scaled data per level).
+        self._scales = [input_scales(recipe.diffusion, range(l + 1), self.device).to(dtype)
+                        for l in range(self.num_levels)]
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
 
@@ -279,7 +282,8 @@ class HierarchicalSampler:
             k = level - 1
             sig = torch.tensor(self.recipe.diffusion.context_sigma, device=self.device, dtype=self.dtype)
             crop = self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k])
-            return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data) * crop)
+            b_k = self._scales[level][k]
+            return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data, b_k) * crop)
         acts = {}
         for blk, n in enumerate(self.load):
             if n > level:                                       # block blk fuses context into `level`
@@ -295,6 +299,7 @@ class HierarchicalSampler:
         if self.cache or level == 0:
             sig = torch.full((n, 1), float(sigma), device=self.device, dtype=self.dtype)
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
+                          input_scale=self._scales[level][level:],
                           lo=level, context=self._context(run, level, ch), collect=collect)
             if collect:
                 return res[0][:, 0], res[1][level]
@@ -303,7 +308,8 @@ class HierarchicalSampler:
         xs = torch.stack(lower + [xt], dim=1)
         sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
         sig[:, level] = float(sigma)
-        res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data, collect=collect)
+        res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
+                      input_scale=self._scales[level], collect=collect)
         if collect:
             return res[0][:, level], res[1][level]
         return res[:, level]
