@@ -98,16 +98,28 @@ def bench(
     batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch)."),
     ablations: bool = typer.Option(False, help="Also time no adaptive computation and shallow fusion."),
     precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16)."),
+    sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
+    overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings (fhw,hw,...,none)."),
+    compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
+    sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
-    """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs, no data loading)."""
-    from ..bench import bench_training, write_json
+    """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
+    from ..bench import bench_sampling, bench_training, write_json
     from ..recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path(recipe), overrides or [])
-    rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations,
-                          precisions=precision.split(",") if precision else None)
+    if sampling:
+        rows = bench_sampling(rec, batch=batch or 16, overlaps=overlap.split(",") if overlap else None,
+                              caches=(True, False) if compare_cache else (True,),
+                              steps=[int(s) for s in sample_steps.split(",")] if sample_steps else None,
+                              precision=precision or "bf16")
+        title = "hpdm bench: sampling (seconds per video)"
+    else:
+        rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations,
+                              precisions=precision.split(",") if precision else None)
+        title = "hpdm bench: training"
     from rich.table import Table
-    table = Table(title="hpdm bench: training")
+    table = Table(title=title)
     table.add_column("")
     for i in range(len(rows)):
         table.add_column(str(i + 1), justify="right")
