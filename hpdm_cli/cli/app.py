@@ -130,6 +130,11 @@ def bench(
         write_json(json_out, rows)
 
 
+from . import generate_cmd  # noqa: E402  (sample, upscale)
+
+generate_cmd.register(app)
+
+
 def main() -> None:
     """Entry point of the `hpdm` console script."""
     try:

@@ -7,7 +7,9 @@ Layout of a run directory's `checkpoints/`:
     ckpt-00001000/state.json          step, counters, optimiser param groups
 A checkpoint is written into a hidden temporary directory, every file fsynced, and then
 renamed into place in one step, so a crash mid-write leaves the previous checkpoint as the
-latest loadable one. No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
+latest loadable one (hidden `.tmp-*` directories are never read and are removed by the next
+save). An unreadable checkpoint (e.g. a truncated file) is skipped with a warning and the
+previous one is used. No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
 """
 
 from __future__ import annotations
@@ -99,47 +101,80 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
         atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups},
                                                          indent=1, default=str))
         fsync_dir(tmp)
-        if final.exists():                                                # re-saving the same step
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if final.exists():                                                # re-saving the same step:
+            old = root / f".tmp-old-{final.name}-{secrets.token_hex(4)}"  # move the old one aside first,
+            os.rename(final, old)                                         # so a complete one always exists
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
         fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-ckpt-*"):                                # left by a crashed writer
+    for stale in root.glob(".tmp-*"):                                     # left by a crashed writer
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
 def load_checkpoint(path: Path, device="cpu") -> dict:
-    """Read a checkpoint directory: model, ema, optimizer state dict, extra tensors and state JSON."""
+    """Read a checkpoint directory: model, ema, optimizer state dict, extra tensors, state JSON and metadata.
+
+    Returns a dict with keys model, ema (None if absent), optimizer, extra, state and meta (the
+    string metadata of model.safetensors: hpdm_recipe, hpdm_arch, hpdm_step). Raises
+    CheckpointError for anything missing or unreadable. Never unpickles anything.
+    """
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
+        groups = state.pop("param_groups")
+        step = int(state["step"])
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            meta = f.metadata() or {}
         model = load_file(str(path / "model.safetensors"), device=str(device))
         ema = load_file(str(path / "ema.safetensors"), device=str(device)) if (path / "ema.safetensors").exists() else None
         opt = load_file(str(path / "optim.safetensors"), device="cpu")
-    except (OSError, ValueError, json.JSONDecodeError, Exception) as e:    # safetensors raises its own errors
+    except Exception as e:                                                # OSError, JSON, KeyError, safetensors' own
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-    groups = state.pop("param_groups")
+    m = CKPT_RE.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(f"{path}: state.json says step {step}, the directory name another")
     extra = {k[len("extra."):]: v for k, v in opt.items() if k.startswith("extra.")}
     optimizer = unflatten_optimizer({k: v for k, v in opt.items() if not k.startswith("extra.")}, groups)
-    return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state}
+    return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state, "meta": meta}
 
 
-def latest_checkpoint(run_dir: Path, device="cpu", warn=None) -> Optional[dict]:
-    """Load the newest readable checkpoint of a run (falling back past corrupt ones), or None."""
+def _set_aside(path: Path) -> Optional[Path]:
+    """Rename an unreadable checkpoint to `<name>.corrupt[-N]` so that no reader takes it for complete."""
+    for i in range(100):
+        target = path.with_name(path.name + (".corrupt" if i == 0 else f".corrupt-{i}"))
+        if not target.exists():
+            try:
+                os.rename(path, target)
+                return target
+            except OSError:
+                return None
+    return None
+
+
+def latest_checkpoint(run_dir: Path, device="cpu", warn=None, *, set_aside: bool = False) -> Optional[dict]:
+    """Load the newest readable checkpoint of a run (falling back past corrupt ones), or None.
+
+    `set_aside`: rename the unreadable ones that were skipped (the training loop does, so that
+    `hpdm sample` and later resumes never pick them up again); `warn(message)` hears about each.
+    """
     for path in reversed(list_checkpoints(run_dir)):
         try:
             ck = load_checkpoint(path, device)
             ck["path"] = path
             return ck
         except CheckpointError as e:
+            moved = _set_aside(path) if set_aside else None
             if warn:
-                warn(f"skipping {e}")
+                warn(f"skipping {e}" + (f"; renamed to {moved.name}" if moved else ""))
     return None
 
 

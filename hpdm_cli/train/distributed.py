@@ -17,6 +17,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False        # True when `init_distributed` created the process group (then `shutdown`)
 
     @property
     def is_main(self) -> bool:
@@ -29,12 +30,19 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(RuntimeError):
+    """The requested device does not exist on this machine (a user error; the message says what to do)."""
+
+
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """Resolve `train.device` ("auto", "cpu", "cuda") to a torch device for this process."""
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device = \"cuda\" but no CUDA device is visible; use train.device=cpu")
+        raise DeviceError("train.device = \"cuda\" but no CUDA device is visible; use train.device=cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise DeviceError(f"local rank {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                          "start at most that many processes per node (torchrun --nproc-per-node)")
     return torch.device("cuda", local_rank)
 
 
@@ -44,17 +52,29 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_spec, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
     if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+        owns = True
+    if world > 1 and (dist.get_world_size() != world or dist.get_rank() != rank):
+        raise RuntimeError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) does not match "
+                           f"RANK={rank} WORLD_SIZE={world}")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, owns_group=owns)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of a tensor over all processes (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 

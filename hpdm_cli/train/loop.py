@@ -32,9 +32,9 @@ from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..pyramid import extract_patches, sample_nested_offsets
-from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, read_weights_file, resolve_sampling_weights,
-                         save_checkpoint)
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, load_checkpoint, read_weights_file,
+                         resolve_sampling_weights, save_checkpoint)
+from .distributed import DeviceError, DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups, unwrap_model
 from .stats import StatsWriter
 
@@ -85,13 +85,48 @@ def build_model(recipe: Recipe) -> HPDMNet:
     return HPDMNet(recipe.pyramid, recipe.model)
 
 
-def init_from_checkpoint(net: torch.nn.Module, path: str) -> tuple[list, list]:
-    """Load matching weights (same name and shape) from a checkpoint; return (loaded, new) names."""
+def _init_from(net: torch.nn.Module, path: str) -> dict:
+    """Copy matching weights of checkpoint `path` into `net`; a report of what was loaded, partly loaded, new."""
     weights, _, _ = read_weights_file(resolve_sampling_weights(path))
     own = net.state_dict()
-    loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    loaded, partial = {}, []
+    for k, v in weights.items():
+        if k not in own:
+            continue
+        mine = own[k]
+        if mine.shape == v.shape:
+            loaded[k] = v
+        elif ("level" in k.rsplit(".", 1)[-1] and v.ndim == mine.ndim >= 1 and v.shape[1:] == mine.shape[1:]):
+            # A per-level table (level embedding / token) of a model with another number of levels:
+            # level l of the checkpoint is level l here (the base generator is the level-0 model).
+            n = min(v.shape[0], mine.shape[0])
+            t = mine.detach().clone()
+            t[:n] = v[:n].to(t.dtype)
+            loaded[k] = t
+            partial.append(k)
+    params = dict(net.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    got = sum(params[k].numel() for k in loaded if k in params)
+    if got < 0.1 * total:                       # a few coincidentally equal shapes are no initialisation
+        raise TrainError(f"train.init_from = {path}: no tensor of that checkpoint fits this model beyond "
+                         f"{100 * got / max(total, 1):.1f}% of its parameters (different interface/latent sizes?); "
+                         "use a checkpoint of a related model")
     net.load_state_dict(loaded, strict=False)
-    return sorted(loaded), sorted(set(own) - set(loaded))
+    full = sorted(k for k in loaded if k not in partial)
+    return {"loaded": full, "partial": sorted(partial), "new": sorted(set(own) - set(full)),
+            "unused": sorted(set(weights) - set(loaded))}
+
+
+def init_from_checkpoint(net: torch.nn.Module, path: str) -> tuple[list, list]:
+    """Load matching weights (same name and shape) from a checkpoint; return (loaded, new) names.
+
+    The weights are the checkpoint's EMA when it has one. Per-level tables (`level_embed`,
+    `level_token`) of a model with fewer or more levels take the rows of the levels both
+    have and count as new (their other rows keep their initialisation). Raises TrainError
+    when what fits is under 10% of the model's parameters (an unrelated checkpoint).
+    """
+    r = _init_from(net, path)
+    return r["loaded"], r["new"]
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
@@ -120,6 +155,8 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:                      # a second Ctrl-C: stop right now
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc):
@@ -140,8 +177,18 @@ def _environment(dist: DistInfo) -> dict:
             "host": platform.node(), "argv": sys.argv}
 
 
+def _worker_ignores_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which checkpoints and stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Batches:
-    """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index."""
+    """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index.
+
+    The data position is a pure function of the batch index: batch j of rank r holds samples
+    j*n .. (j+1)*n - 1 of each ClipDataset (n = its share of the micro-batch), and sample k is
+    a deterministic function of (seed, rank, k), so resuming at batch j reproduces the stream.
+    """
 
     def __init__(self, recipe: Recipe, dist: DistInfo, micro: int, start_batch: int, total_batches: int):
         from ..data.shards import ClipDataset, make_loader
@@ -159,10 +206,16 @@ class _Batches:
                              resolution=R[1:])
             loader = make_loader(ds, n, start=start_batch * n, num_workers=d.num_workers,
                                  pin_memory=dist.device.type == "cuda")
+            # The loader draws its workers' base seed from this generator, not from torch's global
+            # RNG (whose state is checkpointed and must not depend on where a run was resumed).
+            loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + dist.rank)
+            if d.num_workers > 0:
+                loader.worker_init_fn = _worker_ignores_sigint
             # Caption ids of every dataset index one joint caption list.
             self.loaders.append((iter(loader), frames, len(self.captions)))
             self.captions += ds.captions()
             self.class_names = self.class_names or ds.class_names
+        self.unlabelled = False
 
     def next(self, device, frames: int):
         """The next micro-batch: (videos [B, 3, F, H, W] in [-1, 1], labels [B], caption ids [B])."""
@@ -172,8 +225,9 @@ class _Batches:
             v = p["video"].to(device, non_blocking=True)
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
-        labels = torch.cat([p["label"] for p in parts]).to(device)
-        return torch.cat(vids), labels, torch.cat(caps).to(device)
+        labels = torch.cat([p["label"] for p in parts])
+        self.unlabelled = bool((labels < 0).any())                        # checked on the CPU: no device sync
+        return torch.cat(vids), labels.to(device), torch.cat(caps).to(device)
 
 
 def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device) -> torch.Tensor:
@@ -185,64 +239,157 @@ def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device) -
     return cached_embeddings(enc, captions, run_dir / "cache").to(device)
 
 
+def _check_dataset(path: str, what: str) -> None:
+    """Fail early, in one line, when a dataset of the recipe is missing (before touching the run directory)."""
+    from ..data.shards import VideoDataset
+    if not path:
+        raise TrainError(f"{what} is empty: set it to a dataset prepared with `hpdm prepare`")
+    VideoDataset(path).close()                                            # DataError (one line) if unusable
+
+
+def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
+    """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
+    from ..recipe import recipe_from_toml
+    arch = architecture_of(recipe)
+    old = run_dir / "recipe.toml"
+    if old.exists():
+        try:
+            prev = recipe_from_toml(old.read_text(), source=str(old))
+        except Exception as e:                                            # ConfigError, OSError, ...
+            raise TrainError(f"{old} is unreadable ({str(e).strip().splitlines()[0] if str(e) else type(e).__name__}); "
+                             "restore it, or delete it to adopt this recipe") from None
+        if architecture_of(prev) != arch:
+            raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
+                             "[pyramid]/[model]); pass a new --run-dir or restore the recipe")
+    ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
+    if ck is not None and "hpdm_recipe" in ck["meta"]:
+        try:
+            stored = architecture_of(recipe_from_toml(ck["meta"]["hpdm_recipe"], source=str(ck["path"])))
+        except Exception:                                                 # an unparsable stored recipe: let
+            stored = arch                                                 # load_state_dict judge the weights
+        if stored != arch:
+            raise CheckpointError(f"{ck['path']}: trained with another architecture ([pyramid]/[model] differ "
+                                  "from this recipe's); pass a new --run-dir or restore the recipe")
+    return ck
+
+
+def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> list:
+    """The parameter groups of a checkpoint's optimiser (by the `names` it stored), else `groups`.
+
+    The optimiser state is matched to parameters by position inside each group, so a resumed run
+    must group parameters exactly as the run that wrote the checkpoint did.
+    """
+    params = dict(net.named_parameters())
+    if len(saved) != len(groups) or not all(isinstance(g.get("names"), list) for g in saved):
+        return groups
+    names = [n for g in saved for n in g["names"]]
+    if sorted(names) != sorted(n for g in groups for n in g["names"]):
+        return groups                                                     # another model: load_state_dict says so
+    return [dict(g, params=[params[n] for n in sg["names"]], names=list(sg["names"])) for g, sg in zip(groups, saved)]
+
+
+def _agree(flag: bool, dist: DistInfo) -> bool:
+    """True when `flag` is true on any rank (a collective: every rank must call it)."""
+    if not dist.distributed:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=dist.device)).item() > 0)
+
+
 def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
           stop_after: Optional[int] = None, progress: bool = False) -> TrainSummary:
     """Train (or resume) the recipe's model in `run_dir`; returns a summary. `stop_after` stops early (tests)."""
-    from ..recipe import dump_recipe, recipe_from_toml
     t = recipe.train
-    dist = init_distributed(t.device)
-    run_dir = Path(run_dir)
+    try:
+        dist = init_distributed(t.device)
+    except DeviceError as e:
+        raise TrainError(str(e)) from None
+    try:
+        return _train(recipe, Path(run_dir), dist, log=log, stop_after=stop_after, progress=progress)
+    finally:
+        if dist.owns_group:
+            shutdown()
 
-    def say(msg: str) -> None:
+
+def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, progress) -> TrainSummary:
+    from ..recipe import dump_recipe
+    t = recipe.train
+
+    def say(msg: str, echo: bool = True) -> None:
         if dist.is_main:
-            log(msg)
+            if echo:
+                log(msg)
             with open(run_dir / "train.log", "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    set_precision(t.precision)
 
     per_step = t.batch_size // dist.world_size
     if t.batch_size % dist.world_size or per_step % t.grad_accum:
         raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by world size {dist.world_size} "
                          f"x train.grad_accum {t.grad_accum}")
     micro = per_step // t.grad_accum
+    _check_dataset(recipe.data.path, "data.path")
+    if recipe.data.image_path and recipe.data.image_fraction > 0:
+        _check_dataset(recipe.data.image_path, "data.image_path")
 
-    # The run directory: refuse to resume into a different architecture.
+    # The run directory: refuse to resume into a different architecture. Rank 0 decides (and picks
+    # the newest readable checkpoint, setting corrupt ones aside); every rank then loads that one.
+    refusal, ck = None, None
+    if dist.is_main:
+        try:
+            ck = _check_run_dir(recipe, run_dir, say)
+        except (TrainError, CheckpointError) as e:
+            refusal = e
+    if _agree(refusal is not None, dist):
+        raise refusal or TrainError(f"{run_dir}: rank 0 refused the run directory (see its message)")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        old = run_dir / "recipe.toml"
-        if old.exists():
-            prev = recipe_from_toml(old.read_text(), source=str(old))
-            if architecture_of(prev) != architecture_of(recipe):
-                raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
-                                 "[pyramid]/[model]); pass a new --run-dir or restore the recipe")
         dump_recipe(recipe, run_dir / "recipe.toml")
         (run_dir / "env.json").write_text(json.dumps(_environment(dist), indent=1))
-    barrier()
+    if dist.distributed:
+        found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
+        found = int(all_reduce_sum(found).item())
+        if not dist.is_main and found:
+            ck = load_checkpoint(run_dir / "checkpoints" / f"ckpt-{found - 1:08d}", "cpu")
+            ck["path"] = run_dir / "checkpoints" / f"ckpt-{found - 1:08d}"
+    set_precision(t.precision)
 
     net = build_model(recipe)
-    if t.init_from:
-        loaded, new = init_from_checkpoint(net, t.init_from)
-        say(f"init_from {t.init_from}: {len(loaded)} tensors loaded, {len(new)} new: {', '.join(new[:12])}"
-            + (" ..." if len(new) > 12 else ""))
+    # Parameter groups of the freshly initialised model (param_groups looks at values: zero-initialised
+    # tensors go to the no-decay group), so that they do not depend on init_from or on a resume.
+    groups = param_groups(net, t.weight_decay)
+    if ck is not None:
+        groups = _groups_of_checkpoint(net, groups, ck["optimizer"]["param_groups"])
+    if t.init_from and ck is None:                                       # a fresh run starts from init_from
+        r = _init_from(net, t.init_from)
+        new = r["new"]
+        say(f"init_from {t.init_from}: {len(r['loaded'])} tensors loaded, "
+            + (f"{len(r['partial'])} per-level tables loaded for the levels both models have "
+               f"({', '.join(r['partial'])}), " if r["partial"] else "")
+            + f"{len(new)} new: {', '.join(new[:12])}" + (" ..." if len(new) > 12 else "")
+            + (f"; {len(r['unused'])} checkpoint tensors unused" if r["unused"] else ""))
     net.to(dist.device)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
-    opt = Lamb(param_groups(net, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-               weight_decay=t.weight_decay)
+    opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
 
     start, skipped = 0, 0
-    ck = latest_checkpoint(run_dir, device=dist.device, warn=say)
+    rng_state = None
     if ck is not None:
         try:
             net.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{ck['path']}: weights do not fit this recipe's model ({str(e).splitlines()[0]})")
-        if ema is not None and ck["ema"] is not None:
-            ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
+            if ema is not None and ck["ema"] is not None:
+                ema.load_state_dict(ck["ema"])
+            opt.load_state_dict(ck["optimizer"])
+            for g in opt.param_groups:                                    # the recipe's settings win over the
+                g["betas"], g["eps"] = tuple(t.betas), t.eps                 # stored ones (continuing with
+            opt.param_groups[0]["weight_decay"] = t.weight_decay          # changed hyperparameters)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{ck['path']}: weights do not fit this recipe's model "
+                                  f"({str(e).strip().splitlines()[0]})") from None
         start, skipped = int(ck["state"]["step"]), int(ck["state"].get("skipped", 0))
-        if "torch_rng" in ck["extra"]:
-            torch.set_rng_state(ck["extra"]["torch_rng"])
+        rng_state = ck["extra"].get("torch_rng")
+        if dist.device.type == "cuda" and "cuda_rng" in ck["extra"]:
+            torch.cuda.set_rng_state(ck["extra"]["cuda_rng"].cpu(), dist.device)
         say(f"resumed from {ck['path']} at step {start}")
+        del ck
 
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
@@ -262,94 +409,122 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
         n_cls = len(batches.class_names)
         if n_cls and n_cls > recipe.model.num_classes:
             raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {recipe.model.num_classes}")
+    # torch's global RNG as it was at the checkpoint (the step's own randomness comes from step_generator).
+    if rng_state is not None:
+        torch.set_rng_state(rng_state)
 
     flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
-    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True)
+    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
     frames = recipe.pyramid.resolution[0]
+    L = recipe.pyramid.num_levels
     params = [p for p in net.parameters()]
-    last_ckpt_step, t_last, n_last = start, time.perf_counter(), 0
+    t_last, n_last = time.perf_counter(), 0
     say(f"training {sum(p.numel() for p in params) / 1e6:.1f}M parameters on {dist.world_size} x {dist.device.type}, "
         f"steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x accum {t.grad_accum})")
 
-    with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main) as bar:
-        step = start
-        while step < t.steps:
-            lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            gen = step_generator(t.seed, dist.rank, step, dist.device)
-            losses, per_level = [], []
-            for a in range(t.grad_accum):
-                videos, labels, caps = batches.next(dist.device, frames)
-                cond = labels if recipe.model.cond == "class" else (text_emb[caps] if text_emb is not None else None)
-                if recipe.model.cond == "class" and torch.any(labels < 0):
-                    raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
-                                     "use a labelled dataset or model.cond=\"none\"")
-                offsets = sample_nested_offsets(recipe.pyramid, videos.shape[0], generator=gen).to(dist.device)
-                L = recipe.pyramid.num_levels
-                draw = draw_noise(recipe.diffusion, (videos.shape[0], L, videos.shape[1], *recipe.pyramid.patch),
-                                  conditional=cond is not None, self_condition=recipe.model.self_condition,
-                                  generator=gen, device=dist.device)
-                sync = model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
-                with sync:
-                    out = forward_backward(model, videos, cond, recipe, offsets, draw, 1.0 / t.grad_accum,
-                                           t.precision)
-                losses.append(out.loss.detach())
-                per_level.append(out.per_level)
-            loss = torch.stack(losses).mean()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-            flags = torch.stack([(~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(),
-                                 torch.tensor(float(stop.signum), device=loss.device), loss.float()])
-            flags = all_reduce_sum(flags)
-            bad = bool(flags[0] > 0 or flags[1] > 0)
-            if bad:
-                skipped += 1
-                say(f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)")
-            else:
-                opt.step()
-                if ema is not None:
-                    ema.update(net)
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            n_last += 1
-            mean_loss = flags[3].item() / dist.world_size
-            summary.last_loss, summary.step, summary.skipped = mean_loss, step, skipped
-            bar(step, mean_loss)
+    try:
+        with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main) as bar:
+            step = start
+            while step < t.steps:
+                lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
+                           min_lr_ratio=t.min_lr_ratio)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                gen = step_generator(t.seed, dist.rank, step, dist.device)
+                losses, per_level = [], []
+                for a in range(t.grad_accum):
+                    videos, labels, caps = batches.next(dist.device, frames)
+                    cond = labels if recipe.model.cond == "class" else (text_emb[caps] if text_emb is not None else None)
+                    if recipe.model.cond == "class" and batches.unlabelled:
+                        raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
+                                         "use a labelled dataset or model.cond=\"none\"")
+                    offsets = sample_nested_offsets(recipe.pyramid, videos.shape[0], generator=gen).to(dist.device)
+                    draw = draw_noise(recipe.diffusion, (videos.shape[0], L, videos.shape[1], *recipe.pyramid.patch),
+                                      conditional=cond is not None, self_condition=recipe.model.self_condition,
+                                      generator=gen, device=dist.device)
+                    sync = model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
+                    with sync:
+                        out = forward_backward(model, videos, cond, recipe, offsets, draw, 1.0 / t.grad_accum,
+                                               t.precision)
+                    losses.append(out.loss.detach())
+                    per_level.append(out.per_level)
+                loss = torch.stack(losses).mean()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+                # One collective per step: non-finite loss / gradient anywhere, ranks stopped by a signal
+                # (and the sum of their signal numbers), and the loss summed over ranks.
+                sig = stop.signum
+                flags = torch.stack([(~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(),
+                                     torch.tensor(float(sig > 0), device=loss.device),
+                                     torch.tensor(float(sig), device=loss.device), loss.float()])
+                flags = all_reduce_sum(flags).tolist()
+                bad = flags[0] > 0 or flags[1] > 0
+                if bad:
+                    skipped += 1
+                    say(f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)")
+                else:
+                    opt.step()
+                    if ema is not None:
+                        ema.update(net)
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                n_last += 1
+                mean_loss = flags[4] / dist.world_size
+                summary.last_loss, summary.step, summary.skipped = mean_loss, step, skipped
+                bar(step, mean_loss)
 
-            if step % t.log_every == 0 or step == t.steps:
-                if dist.device.type == "cuda":
-                    torch.cuda.synchronize(dist.device)
-                now = time.perf_counter()
-                sps = n_last / max(now - t_last, 1e-9)
-                lv = torch.stack(per_level).mean(0)
-                all_reduce_sum(lv)
-                lv = (lv / dist.world_size).tolist()
-                rec = {"step": step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
-                       "grad_norm": float(grad_norm), "skipped": skipped, "videos_per_s": sps * t.batch_size,
-                       "tflops_per_s": sps * flops / 1e12}
-                if dist.device.type == "cuda":
-                    rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
-                stats.write(rec)
-                if not bar.live:
+                if step % t.log_every == 0 or step == t.steps:
+                    if dist.device.type == "cuda":
+                        torch.cuda.synchronize(dist.device)
+                    now = time.perf_counter()
+                    sps = n_last / max(now - t_last, 1e-9)
+                    lv = torch.stack(per_level).mean(0)
+                    all_reduce_sum(lv)
+                    lv = (lv / dist.world_size).tolist()
+                    rec = {"step": step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
+                           "grad_norm": float(grad_norm), "skipped": skipped, "videos_per_s": sps * t.batch_size,
+                           "tflops_per_s": sps * flops / 1e12}
+                    if dist.device.type == "cuda":
+                        rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+                    stats.write(rec)
                     eta = (t.steps - step) / max(sps, 1e-9)
                     say(f"step {step}/{t.steps} loss {mean_loss:.4f} lr {lr:.2e} {rec['videos_per_s']:.2f} videos/s "
-                        f"eta {eta / 60:.1f} min" + (f" skipped {skipped}" if skipped else ""))
-                t_last, n_last = now, 0
+                        f"eta {eta / 60:.1f} min" + (f" skipped {skipped}" if skipped else ""), echo=not bar.live)
+                    t_last, n_last = now, 0
 
-            stopping = flags[2] > 0 or (stop_after is not None and step - start >= stop_after)
-            if step % t.ckpt_every == 0 or step == t.steps or stopping:
-                if dist.is_main:
-                    summary.checkpoint = save_checkpoint(
-                        run_dir, recipe, step, model=net.state_dict(), ema=ema.state_dict() if ema else None,
-                        optimizer=opt.state_dict(), extra_tensors={"torch_rng": torch.get_rng_state()},
-                        state={"skipped": skipped, "samples_per_rank": step * per_step}, keep_last=t.keep_last)
-                barrier()
-                last_ckpt_step = step
-            if stopping:
-                summary.interrupted = int(flags[2].item() / max(1, dist.world_size)) or None
-                if summary.interrupted:
-                    say(f"stopped by signal {summary.interrupted} at step {step}; checkpoint saved, "
-                        "re-run the same command to resume")
-                break
-    stats.close()
+                stopping = flags[2] > 0 or (stop_after is not None and step - start >= stop_after)
+                if step % t.ckpt_every == 0 or step == t.steps or stopping:
+                    summary.checkpoint = _save(run_dir, recipe, step, net, ema, opt, dist,
+                                               {"skipped": skipped, "samples_per_rank": step * per_step},
+                                               t.keep_last)
+                if stopping:
+                    signum = int(round(flags[3] / flags[2])) if flags[2] > 0 else 0
+                    summary.interrupted = signum or None
+                    if signum:
+                        say(f"stopped by signal {signum} at step {step}; checkpoint saved, "
+                            "re-run the same command to resume")
+                    break
+    finally:
+        stats.close()
     return summary
+
+
+def _save(run_dir: Path, recipe: Recipe, step: int, net, ema, opt, dist: DistInfo, state: dict,
+          keep_last: int) -> Optional[Path]:
+    """Rank 0 writes checkpoint `step`; every rank learns whether it succeeded (no rank hangs on a failure)."""
+    path, err = None, None
+    if dist.is_main:
+        extra = {"torch_rng": torch.get_rng_state()}
+        if dist.device.type == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state(dist.device)
+        try:
+            path = save_checkpoint(run_dir, recipe, step, model=net.state_dict(),
+                                   ema=ema.state_dict() if ema else None, optimizer=opt.state_dict(),
+                                   extra_tensors=extra, state=state, keep_last=keep_last)
+        except Exception as e:                                            # disk full, permissions, ...
+            err = e
+    failed = _agree(err is not None, dist)
+    if err is not None:
+        raise err
+    if failed:
+        raise TrainError(f"rank 0 failed to save checkpoint {step} in {run_dir} (see its message)")
+    return path

@@ -6,21 +6,53 @@ import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Optional
+
+from ..io import atomic_write_text
 
 
 class StatsWriter:
-    """Appends logged steps to run_dir/stats.jsonl (and TensorBoard if available); no-op when disabled."""
+    """Appends logged steps to run_dir/stats.jsonl (and TensorBoard if available); no-op when disabled.
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True):
+    `resume_step`: the run continues after this step, so records of later steps (logged after
+    the checkpoint it resumes from, before a crash) are dropped from stats.jsonl and TensorBoard;
+    every step then appears once, as the resumed run computes it again.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: Optional[int] = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "stats.jsonl"
         self._tb = None
+        if enabled and resume_step is not None:
+            self.truncate_after(resume_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                         purge_step=resume_step + 1 if resume_step else None)
             except Exception:                                             # tensorboard not installed
                 self._tb = None
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps > `step` from stats.jsonl (atomically); returns how many were dropped."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:                                  # a line cut short by a crash
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                keep.append(line)
+        dropped = len(lines) - len(keep)
+        if dropped:
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+        return dropped
 
     def write(self, record: dict) -> None:
         """Append one record (must hold `step`); flushed at once so a crash loses nothing logged."""
@@ -61,6 +93,16 @@ class StatsWriter:
 
 
 def read_stats(run_dir: Path) -> list[dict]:
-    """All records of run_dir/stats.jsonl."""
+    """All records of run_dir/stats.jsonl (a last line cut short by a crash is ignored)."""
     p = Path(run_dir) / "stats.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return out

@@ -1,0 +1,186 @@
+"""Checkpoints: atomic writes, crash mid-write, keep-last-N, corrupt files, no pickle, exact round trips."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hpdm_cli.recipe import recipe_from_toml
+from hpdm_cli.train import checkpoint as ck
+from hpdm_cli.train.checkpoint import (CheckpointError, architecture_of, flatten_optimizer, latest_checkpoint,
+                                       list_checkpoints, load_checkpoint, read_weights_file,
+                                       resolve_sampling_weights, save_checkpoint, unflatten_optimizer)
+from hpdm_cli.train.optim import EMA, Lamb, param_groups
+from hpdm_cli.train.loop import build_model
+
+from conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model, its EMA and a LAMB optimiser after two steps (so that every state tensor exists)."""
+    recipe = tiny_recipe()
+    net = build_model(recipe)
+    ema = EMA(net, 2.0)
+    opt = Lamb(param_groups(net, 0.01), lr=1e-3)
+    for _ in range(2):
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        ema.update(net)
+    return recipe, net, ema, opt
+
+
+def save(run, trained, step, keep_last=3):
+    recipe, net, ema, opt = trained
+    return save_checkpoint(run, recipe, step, model=net.state_dict(), ema=ema.state_dict(),
+                           optimizer=opt.state_dict(), extra_tensors={"torch_rng": torch.get_rng_state()},
+                           state={"skipped": 0}, keep_last=keep_last)
+
+
+def test_round_trip_is_exact_and_self_describing(trained, tmp_path):
+    recipe, net, ema, opt = trained
+    path = save(tmp_path, trained, 7)
+    assert path == tmp_path / "checkpoints" / "ckpt-00000007"
+    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "model.safetensors", "optim.safetensors",
+                                                     "state.json"]
+    c = load_checkpoint(path)
+    assert c["state"] == {"skipped": 0, "step": 7}
+    sd = net.state_dict()
+    assert c["model"].keys() == sd.keys() and all(torch.equal(c["model"][k], sd[k]) for k in sd)
+    assert all(torch.equal(c["ema"][k], v) for k, v in ema.state_dict().items())
+    assert torch.equal(c["extra"]["torch_rng"], torch.get_rng_state())
+    # The optimiser state loads into a fresh LAMB and continues exactly like the original.
+    net2 = build_model(recipe)
+    opt2 = Lamb(param_groups(net2, 0.01), lr=1e-3)                       # groups of the fresh model, as the loop
+    net2.load_state_dict(c["model"])
+    opt2.load_state_dict(c["optimizer"])
+    g = [torch.randn_like(p) for p in net.parameters()]
+    for n, o in ((net, opt), (net2, opt2)):
+        for p, gi in zip(n.parameters(), g):
+            p.grad = gi.clone()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))
+    # The weights carry the recipe and architecture: enough to sample from a file alone.
+    w, rec, step = read_weights_file(path / "ema.safetensors")
+    assert step == 7 and architecture_of(rec) == architecture_of(recipe)
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["hpdm_arch"]) == json.loads(architecture_of(recipe))
+    assert resolve_sampling_weights(tmp_path) == path / "ema.safetensors"
+    assert recipe_from_toml(c["meta"]["hpdm_recipe"]) == recipe
+
+
+def test_flatten_optimizer_round_trip(trained):
+    _, _, _, opt = trained
+    sd = opt.state_dict()
+    tensors, groups = flatten_optimizer(sd)
+    assert all(torch.is_tensor(v) for v in tensors.values())
+    back = unflatten_optimizer(tensors, json.loads(json.dumps(groups)))
+    assert back["state"].keys() == sd["state"].keys()
+    for i, st in sd["state"].items():
+        assert all(torch.equal(st[k], back["state"][i][k]) for k in st)
+
+
+def test_keep_last_prunes_and_resaving_a_step_replaces_it(trained, tmp_path):
+    for s in (1, 2, 3, 4, 5):
+        save(tmp_path, trained, s, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000004", "ckpt-00000005"]
+    save(tmp_path, trained, 5, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000004", "ckpt-00000005"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000004", "ckpt-00000005"]
+    save(tmp_path, trained, 6, keep_last=0)                                    # 0 = keep every checkpoint
+    assert len(list_checkpoints(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("failing_file", [1, 2, 3])
+def test_crash_mid_write_leaves_the_previous_checkpoint(trained, tmp_path, monkeypatch, failing_file):
+    save(tmp_path, trained, 1)
+    real, calls = ck.save_file, []
+
+    def crashing(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == failing_file:
+            with open(path, "wb") as f:                                  # a partial file, then the writer dies
+                f.write(b"\x12" * 64)
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+    monkeypatch.setattr(ck, "save_file", crashing)
+    with pytest.raises(OSError):
+        save(tmp_path, trained, 2)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000001"]
+    assert latest_checkpoint(tmp_path)["state"]["step"] == 1
+
+
+def test_killed_writer_leaves_only_a_hidden_temp_dir(trained, tmp_path):
+    """A writer killed outright (no cleanup) leaves a hidden temp dir: never read, removed by the next save."""
+    save(tmp_path, trained, 1)
+    stale = tmp_path / "checkpoints" / ".tmp-ckpt-00000002-deadbeef"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]
+    assert latest_checkpoint(tmp_path)["path"].name == "ckpt-00000001"
+    save(tmp_path, trained, 2)
+    assert not stale.exists()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001", "ckpt-00000002"]
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "truncate-ema", "truncate-optim", "no-state", "bad-json"])
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, damage):
+    save(tmp_path, trained, 1)
+    newest = save(tmp_path, trained, 2)
+    kind, _, name = damage.partition("-")
+    if kind == "truncate":
+        p = newest / f"{name}.safetensors"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size - 10])
+    elif kind == "no":
+        (newest / "state.json").unlink()
+    else:
+        (newest / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(newest)
+    assert "\n" not in str(e.value) and newest.name in str(e.value)
+    warnings = []
+    c = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert c["path"].name == "ckpt-00000001" and c["state"]["step"] == 1
+    assert len(warnings) == 1 and "ckpt-00000002" in warnings[0]
+    assert newest.exists()                                              # only reported by default...
+    c = latest_checkpoint(tmp_path, warn=warnings.append, set_aside=True)
+    assert c["path"].name == "ckpt-00000001"
+    assert not newest.exists() and (tmp_path / "checkpoints" / "ckpt-00000002.corrupt").is_dir()
+    assert "renamed to ckpt-00000002.corrupt" in warnings[-1]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]   # ...set aside for good
+
+
+def test_no_pickle_is_ever_loaded(trained, tmp_path, monkeypatch):
+    save(tmp_path, trained, 3)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("unpickling is forbidden")
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    c = latest_checkpoint(tmp_path)
+    assert c["state"]["step"] == 3
+    read_weights_file(resolve_sampling_weights(tmp_path))
+    files = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(f.endswith((".safetensors", ".json")) for f in files), files
+
+
+def test_errors_are_one_line(tmp_path):
+    for bad in (tmp_path / "nothing", tmp_path):
+        with pytest.raises(CheckpointError) as e:
+            resolve_sampling_weights(bad)
+        assert "\n" not in str(e.value)
+    f = tmp_path / "x.safetensors"
+    f.write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as e:
+        read_weights_file(f)
+    assert "\n" not in str(e.value) and "x.safetensors" in str(e.value)
+    os.makedirs(tmp_path / "checkpoints" / "ckpt-00000005")
+    assert latest_checkpoint(tmp_path) is None

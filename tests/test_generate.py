@@ -1,0 +1,484 @@
+"""`hpdm sample` / `hpdm upscale` and their engine (hpdm_cli.generate): files, seeds, levels, conditions, errors, windows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpdm_cli.data.shapes import SHAPES_CLASSES, write_shapes_dataset
+from hpdm_cli.generate import (Condition, GenerateError, blend_windows, check_writable, crossfade_weights,
+                               fit_geometry, generate, load_generator, output_paths, parse_seeds, parse_steps,
+                               rank_seeds, resolve_condition, sample_videos, upscale_frames, window_starts)
+from hpdm_cli.io.video import read_video, write_video
+from hpdm_cli.recipe import load_recipe
+from hpdm_cli.train.checkpoint import save_checkpoint
+from hpdm_cli.train.loop import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny forwards are dominated by thread hand-offs on a shared 2-core machine: run them on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save(run: Path, recipe) -> Path:
+    net = build_model(recipe)
+    sd = net.state_dict()
+    save_checkpoint(run, recipe, 7, model=sd, ema=sd, optimizer={"state": {}, "param_groups": []},
+                    extra_tensors={}, state={})
+    return run
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    """A tiny shapes dataset (class names) and random-weight checkpoints of the tiny recipe (3 levels, 8x32x32)."""
+    root = tmp_path_factory.mktemp("gen")
+    data = write_shapes_dataset(root / "data", num_videos=2, frames=8, height=32, width=32, fps=8.0)
+    rec = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={data}"])
+    run = _save(root / "run", rec)
+    ids_only = _save(root / "run-ids", load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={root}/missing"]))
+    return dict(root=root, run=run, ids_only=ids_only, recipe=rec)
+
+
+@pytest.fixture(scope="session")
+def gen(assets):
+    """The loaded generator of the class checkpoint (CPU)."""
+    return load_generator(assets["run"], "cpu")
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
+    from hpdm_cli.cli.app import main
+    old = sys.argv
+    sys.argv = ["hpdm", *[str(a) for a in args]]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def smooth_video(t: int, h: int, w: int) -> np.ndarray:
+    """A smooth moving colour field, uint8 [T, H, W, 3]."""
+    tt = np.arange(t)[:, None, None]
+    yy = np.arange(h)[None, :, None] / h
+    xx = np.arange(w)[None, None, :] / w
+    ch = [128 + 60 * np.sin(2 * xx + 0.15 * tt + 0 * yy), 128 + 60 * np.cos(2.5 * yy - 0.1 * tt + 0 * xx),
+          128 + 50 * np.sin(1.5 * (xx + yy) + 0 * tt)]
+    return np.stack(ch, -1).clip(0, 255).astype(np.uint8)
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary files a writer may have left behind."""
+    return [p.name for p in directory.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+def test_parse_seeds_steps_and_names():
+    assert parse_seeds("0-7") == list(range(8))
+    assert parse_seeds("1,5,9") == [1, 5, 9] and parse_seeds("3") == [3] and parse_seeds(" 0-2, 8 ") == [0, 1, 2, 8]
+    for bad in ["", "a", "3-1", "1,,2", "1,1", "-2", "1-"]:
+        with pytest.raises(GenerateError):
+            parse_seeds(bad)
+    assert parse_steps("16", 3) == [16, 8, 4] and parse_steps("2", 3) == [2, 1, 1] and parse_steps(None, 3) is None
+    assert parse_steps("5,3,1", 3) == [5, 3, 1]
+    for bad in ["0", "1,2", "x"]:
+        with pytest.raises(GenerateError):
+            parse_steps(bad, 3)
+    assert output_paths("out/clip.mp4", [3]) == {3: Path("out/clip.mp4")}
+    assert output_paths("out/clip.mp4", [3, 12]) == {3: Path("out/clip-seed0003.mp4"),
+                                                    12: Path("out/clip-seed0012.mp4")}
+    assert rank_seeds(range(8), 1, 3) == [1, 4, 7] and rank_seeds([5], 0, 1) == [5]
+
+
+def test_check_writable(tmp_path):
+    check_writable([tmp_path / "a.mp4", tmp_path / "a.gif", tmp_path / "new" / "dir" / "a.mp4"])
+    (tmp_path / "file").write_text("x")
+    for bad in [tmp_path / "file" / "a.mp4", tmp_path, tmp_path / "a.txt", tmp_path / "noext"]:
+        with pytest.raises(GenerateError):
+            check_writable([bad])
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(GenerateError):
+        check_writable([tmp_path / "dir.mp4"])
+    assert leftovers(tmp_path) == [] and not (tmp_path / "new").exists()      # checking creates nothing
+
+
+def test_conditions(assets, gen):
+    _, rec, info = gen
+    assert info.class_names == SHAPES_CLASSES and info.class_names_source.name == "dataset.json"
+    assert info.step == 7 and info.weights.name == "ema.safetensors" and info.run_dir == assets["run"]
+    names = info.class_names
+    by_name = resolve_condition(rec, class_="square moving down", class_names=names)
+    by_id = resolve_condition(rec, class_="3", class_names=names)
+    by_prompt = resolve_condition(rec, prompt="A Square moving DOWN.", class_names=names)
+    assert by_name.label == by_id.label == by_prompt.label == 3 and by_id.name == "square moving down"
+    assert torch.equal(by_id.batch(2), torch.tensor([3, 3]))
+    assert resolve_condition(rec, class_names=names).kind == "none"
+    with pytest.raises(GenerateError, match="classes: 0=square moving left"):
+        resolve_condition(rec, prompt="a purple elephant", class_names=names)
+    with pytest.raises(GenerateError, match="classes:"):
+        resolve_condition(rec, class_="zebra", class_names=names)
+    with pytest.raises(GenerateError):
+        resolve_condition(rec, class_="16", class_names=names)           # num_classes = 16
+    with pytest.raises(GenerateError, match="either"):
+        resolve_condition(rec, prompt="x", class_="1", class_names=names)
+    # Without a dataset.json: ids only, and the error says so.
+    assert resolve_condition(rec, class_="5").label == 5
+    with pytest.raises(GenerateError, match="ids 0..15"):
+        resolve_condition(rec, class_="square moving down")
+    assert load_generator(assets["ids_only"], "cpu")[2].class_names == []
+    # Text and unconditional models.
+    class Enc:
+        name, tokens, dim = "fake", rec.model.text_tokens, rec.model.text_dim
+
+        def encode(self, texts):
+            return torch.ones(len(texts), self.tokens, self.dim)
+    import copy
+    text = copy.deepcopy(rec)
+    text.model.cond = "text"
+    c = resolve_condition(text, prompt="a red square", encoder=Enc())
+    assert c.kind == "text" and c.batch(3).shape == (3, rec.model.text_tokens, rec.model.text_dim)
+    with pytest.raises(GenerateError, match="text-conditioned"):
+        resolve_condition(text, class_="1", encoder=Enc())
+    text.model.cond = "none"
+    with pytest.raises(GenerateError, match="unconditional"):
+        resolve_condition(text, prompt="a red square")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "square moving down",
+                            "--steps", "2", "--out", out)
+    assert code == 0, err
+    frames, fps = read_video(out)
+    R = assets["recipe"].pyramid.resolution
+    assert frames.shape == (*R, 3) and fps == pytest.approx(assets["recipe"].data.fps)
+    assert f"wrote {out}" in stdout and "class 3 (square moving down)" in stdout
+    assert "level 2" in err                                               # Rich progress per level, on stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_levels_0_equals_first_level_of_full_run(gen):
+    net, rec, _ = gen
+    cond = Condition("class", 2)
+    full = sample_videos(net, rec, [4, 9], cond, steps=[2, 1, 1], keep_levels=True)
+    low = sample_videos(net, rec, [4, 9], cond, levels=0, steps=[2, 1, 1])
+    alone = sample_videos(net, rec, [9], cond, levels=0, steps=[2, 1, 1], batch=1)
+    assert low.videos[0].shape == (*rec.pyramid.level_resolution(0), 3)
+    assert full.videos[0].shape == (*rec.pyramid.resolution, 3)
+    for b in range(2):
+        np.testing.assert_array_equal(low.videos[b], full.levels[b][0])
+        np.testing.assert_array_equal(full.videos[b], full.levels[b][-1])
+    assert np.abs(alone.videos[0].astype(int) - low.videos[1].astype(int)).max() <= 1   # seed, not batch position
+    assert not np.array_equal(full.videos[0], full.videos[1])
+
+
+def test_preview_file_keeps_duration(assets, tmp_path, capsys):
+    out = tmp_path / "preview.mp4"
+    code, _, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "1", "--levels", "0", "--steps", "2",
+                       "--out", out, "--fps", "10", "--no-progress")
+    assert code == 0, err
+    frames, fps = read_video(out)
+    F0, H0, W0 = assets["recipe"].pyramid.level_resolution(0)
+    assert frames.shape == (F0, H0, W0, 3)
+    assert fps == pytest.approx(10 * F0 / assets["recipe"].pyramid.resolution[0])
+
+
+def test_several_seeds_one_file_each_and_quick_looks(assets, tmp_path, capsys):
+    out = tmp_path / "new" / "clip.mp4"                                   # a missing directory is created
+    code, _, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--seeds", "1,3-4",
+                       "--steps", "1", "--batch", "2", "--out", out, "--gif", "--png", "--no-progress")
+    assert code == 0, err
+    want = {f"clip-seed{s:04d}{ext}" for s in (1, 3, 4) for ext in (".mp4", ".gif", ".png")}
+    tmp_path = tmp_path / "new"
+    assert {p.name for p in tmp_path.iterdir()} == want
+    videos = [read_video(tmp_path / f"clip-seed{s:04d}.mp4")[0] for s in (1, 3, 4)]
+    assert all(v.shape == (8, 32, 32, 3) for v in videos)
+    assert not np.array_equal(videos[0], videos[1])
+    gif, _ = read_video(tmp_path / "clip-seed0003.gif")
+    assert gif.shape == videos[1].shape
+
+
+def test_class_by_name_and_by_id_give_the_same_video(assets, tmp_path, capsys):
+    a, b = tmp_path / "name.mp4", tmp_path / "id.mp4"
+    assert cli(capsys, "sample", "--ckpt", assets["run"], "--class", "circle moving up", "--seeds", "5",
+               "--steps", "1", "--out", a, "--no-progress")[0] == 0
+    assert cli(capsys, "sample", "--ckpt", assets["run"], "--class", str(SHAPES_CLASSES.index("circle moving up")),
+               "--seeds", "5", "--steps", "1", "--out", b, "--no-progress")[0] == 0
+    np.testing.assert_array_equal(read_video(a)[0], read_video(b)[0])
+
+
+def test_seeds_split_across_ranks(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    rep = generate(assets["run"], tmp_path / "clip.mp4", seeds="0-2", class_="2", steps="1", device="cpu")
+    assert rep.seeds == [1] and rep.rank == 1 and rep.world_size == 2
+    assert [p.name for p in rep.files] == ["clip-seed0001.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-seed0001.mp4"]
+
+
+def test_progress_counts_steps_over_batches(gen):
+    net, rec, _ = gen
+    calls = []
+    sample_videos(net, rec, [0, 1, 2], Condition("class", 0), steps=[2, 1, 1], batch=2, levels=1,
+                  progress=lambda *a: calls.append(a))
+    assert calls == [(0, 1, 4), (0, 2, 4), (1, 1, 2), (0, 3, 4), (0, 4, 4), (1, 2, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit code 2, one line on stderr, no traceback, nothing at the output path
+
+def _bad_cases(assets, tmp: Path) -> dict:
+    corrupt = tmp / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    truncated_run = tmp / "truncated-run"
+    import shutil
+    shutil.copytree(assets["run"], truncated_run)
+    ema = next(truncated_run.glob("checkpoints/*/ema.safetensors"))
+    ema.write_bytes(ema.read_bytes()[:1000])
+    bad_video = tmp / "bad.mp4"
+    bad_video.write_bytes(b"this is not a video" * 10)
+    good_video = tmp / "in.mp4"
+    write_video(good_video, smooth_video(6, 12, 20), 12.5)
+    out = tmp / "out.mp4"
+    run = assets["run"]
+    return {
+        "missing checkpoint": (["sample", "--ckpt", tmp / "nope", "--out", out], out),
+        "empty run directory": (["sample", "--ckpt", tmp, "--out", out], out),
+        "corrupt checkpoint": (["sample", "--ckpt", corrupt, "--out", out], out),
+        "truncated checkpoint": (["sample", "--ckpt", truncated_run, "--out", out], out),
+        "prompt for a class model": (["sample", "--ckpt", run, "--prompt", "a purple elephant", "--out", out], out),
+        "unknown class": (["sample", "--ckpt", run, "--class", "zebra", "--out", out], out),
+        "class id out of range": (["sample", "--ckpt", run, "--class", "99", "--out", out], out),
+        "bad seeds": (["sample", "--ckpt", run, "--seeds", "3-1", "--out", out], out),
+        "bad level": (["sample", "--ckpt", run, "--levels", "3", "--out", out], out),
+        "bad overlap": (["sample", "--ckpt", run, "--overlap", "xy", "--steps", "1", "--out", out], out),
+        "output under a file": (["sample", "--ckpt", run, "--out", tmp / "in.mp4" / "clip.mp4"],
+                                tmp / "in.mp4" / "clip.mp4"),
+        "output is a directory": (["sample", "--ckpt", run, "--out", tmp / "adir.mp4"], tmp / "adir.mp4"),
+        "unknown output suffix": (["sample", "--ckpt", run, "--out", tmp / "clip.txt"], tmp / "clip.txt"),
+        "unreadable input video": (["upscale", bad_video, "--ckpt", run, "--out", out], out),
+        "missing input video": (["upscale", tmp / "none.mp4", "--ckpt", run, "--out", out], out),
+        "upscale missing checkpoint": (["upscale", good_video, "--ckpt", tmp / "nope", "--out", out], out),
+        "upscale unwritable output": (["upscale", good_video, "--ckpt", run, "--out", tmp / "bad.mp4" / "up.mp4"],
+                                      tmp / "bad.mp4" / "up.mp4"),
+        "upscale onto its input": (["upscale", good_video, "--ckpt", run, "--out", good_video], tmp / "nothing"),
+        "upscale bad from-level": (["upscale", good_video, "--ckpt", run, "--from-level", "2", "--out", out], out),
+        "upscale prompt for a class model": (["upscale", good_video, "--ckpt", run, "--prompt", "zebra", "--out",
+                                              out], out),
+    }
+
+
+def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
+    (tmp_path / "adir.mp4").mkdir()
+    for name, (args, target) in _bad_cases(assets, tmp_path).items():
+        before = set(os.listdir(tmp_path))
+        code, stdout, err = cli(capsys, *args, "--no-progress")
+        lines = err.strip().splitlines()
+        assert code == 2, (name, code, err)
+        assert len(lines) == 1 and lines[0].startswith("hpdm: error: "), (name, err)
+        assert "Traceback" not in err and stdout == "", name
+        assert not target.is_file(), name
+        assert set(os.listdir(tmp_path)) == before, name                  # nothing half-written anywhere
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "prompt for a class model", "unreadable input video"])
+def test_bad_inputs_in_a_real_process(assets, tmp_path, case):
+    (tmp_path / "adir.mp4").mkdir()
+    args, target = _bad_cases(assets, tmp_path)[case]
+    r = subprocess.run([sys.executable, "-m", "hpdm_cli", *map(str, args)], capture_output=True, text=True,
+                       env=ENV, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("hpdm: error: ")
+    assert "Traceback" not in r.stderr and not target.exists()
+
+
+def test_engine_imports_neither_cli_nor_pyav():
+    code = ("import sys, hpdm_cli.generate; bad = [m for m in ('typer', 'rich', 'av', 'hpdm_cli.cli') "
+            "if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Upscaling: geometry, windows, cross-fade
+
+def test_fit_geometry_crop_and_pad():
+    g = fit_geometry(24, 40, (32, 32), "crop")                        # wide input, square model: cut the sides
+    assert g.crop == (0, 24, 8, 32) and g.canvas == (24, 24) and g.keep == (0, 32, 0, 32) and g.pad == (0, 0, 0, 0)
+    g = fit_geometry(40, 24, (32, 32), "crop")                        # tall input: cut top and bottom
+    assert g.crop == (8, 32, 0, 24) and g.canvas == (24, 24)
+    g = fit_geometry(24, 40, (32, 32), "pad")                         # wide input: bars above and below
+    assert g.pad == (8, 8, 0, 0) and g.canvas == (40, 40) and g.keep == (6, 26, 0, 32)
+    g = fit_geometry(36, 64, (72, 128), "pad")                        # same aspect ratio: nothing to do
+    assert g.pad == (0, 0, 0, 0) and g.keep == (0, 72, 0, 128)
+    g = fit_geometry(36, 64, (72, 128), "crop")
+    assert g.crop == (0, 36, 0, 64)
+    g = fit_geometry(30, 30, (72, 128), "pad")                        # square input, wide model: side bars
+    assert g.canvas == (30, 53) and g.pad == (0, 0, 11, 12) and g.keep == (0, 72, 27, 99)   # a 72x72 square
+    with pytest.raises(GenerateError):
+        fit_geometry(4, 4, (8, 8), "stretch")
+
+
+def test_windows_cover_and_overlap():
+    assert window_starts(5, 8) == [0] and window_starts(8, 8) == [0]
+    assert window_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    for T in range(9, 60):
+        for ov in (0.0, 0.25, 0.5):
+            s = window_starts(T, 8, ov)
+            assert s[0] == 0 and s[-1] == T - 8 and s == sorted(set(s))
+            assert all(b - a <= 8 - round(ov * 8) for a, b in zip(s, s[1:]))   # overlap at least as asked
+            w = crossfade_weights(s, 8)
+            total = np.zeros(T)
+            for st, wt in zip(s, w):
+                total[st:st + 8] += wt
+                assert wt.min() > 0
+            if all(c - a >= 8 for a, c in zip(s, s[2:])):               # at most two windows per frame ...
+                np.testing.assert_allclose(total, 1.0)                # ... whose weights sum to 1
+            # Alternating per-window constants +-0.5: the fade never steps by more than 1/(overlap+1).
+            off = [0.5 * (-1) ** j for j in range(len(s))]
+            mixed = np.stack(list(blend_windows(T, s, 8, (np.full((8, 1), v) for v in off))))[:, 0]
+            if len(s) > 1:
+                o = min(a + 8 - b for a, b in zip(s, s[1:]))
+                assert np.abs(np.diff(mixed)).max() <= 1.0 / (o + 1) + 1e-6
+
+
+def test_crossfade_reproduces_consistent_windows_and_has_no_jumps():
+    T, W = 37, 8
+    starts = window_starts(T, W, 0.5)
+    g = np.sin(np.arange(T + W) * 0.3)[:, None] * np.ones((1, 2))          # a known function of global time
+    same = np.stack(list(blend_windows(T, starts, W, (g[s:s + W] for s in starts))))
+    np.testing.assert_allclose(same, g[:T], atol=1e-6)                    # exact where windows agree
+    # Windows that disagree by a constant (+-0.5 alternating): the fade spreads the step over the overlap.
+    off = [0.5 * (-1) ** j for j in range(len(starts))]
+    mixed = np.stack(list(blend_windows(T, starts, W, (np.full((W, 1), o) for o in off))))[:, 0]
+    o = min(a + W - b for a, b in zip(starts, starts[1:]))
+    assert np.abs(np.diff(mixed)).max() <= 1.0 / (o + 1) + 1e-6            # a hard cut would jump by 1.0
+    assert mixed.min() >= -0.5 - 1e-6 and mixed.max() <= 0.5 + 1e-6
+
+
+class Standin:
+    """A stand-in generator: the highest fixed level upsampled (trilinear) to full resolution; records its inputs."""
+
+    def __init__(self, recipe):
+        self.R = recipe.pyramid.resolution
+        self.calls = []
+
+    def __call__(self, seeds, fixed):
+        self.calls.append((list(seeds), {k: v.clone() for k, v in fixed.items()}))
+        top = fixed[max(fixed)]
+        return F.interpolate(top, size=self.R, mode="trilinear", align_corners=False)
+
+
+def test_upscale_fixes_lower_levels_to_the_resized_input(assets):
+    rec = assets["recipe"]
+    (F0, H0, W0), (F1, H1, W1) = rec.pyramid.level_resolution(0), rec.pyramid.level_resolution(1)
+    # An input already at level 1's size and the model's frame count: level 1 is the input itself and level 0
+    # its 2x2x2 box average.
+    video = smooth_video(8, H1, W1)
+    s = Standin(rec)
+    upscale_frames(video, None, rec, from_level=1, sample_fn=s)
+    (seeds, fixed), = s.calls
+    x = torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1              # [C, T, H, W]
+    assert seeds == [0] and set(fixed) == {0, 1}
+    assert torch.allclose(fixed[1][0], x, atol=1e-6)
+    assert torch.allclose(fixed[0][0], F.avg_pool3d(x[None], 2)[0], atol=1e-6)
+    # Level 0 only (the default): the input at level 0's size is level 0 after the temporal box filter.
+    video0 = smooth_video(8, H0, W0)
+    s = Standin(rec)
+    upscale_frames(video0, None, rec, sample_fn=s)
+    x0 = torch.from_numpy(video0).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert set(s.calls[0][1]) == {0}
+    assert torch.allclose(s.calls[0][1][0][0], x0.reshape(3, F0, 2, H0, W0).mean(2), atol=1e-6)
+
+
+@pytest.mark.parametrize("fit,pad_mode", [("crop", "edge"), ("pad", "edge"), ("pad", "black")])
+def test_upscale_windows_follow_the_input(assets, fit, pad_mode):
+    """Long odd-sized input through overlapping windows: the output, downsampled back, stays close to the input."""
+    rec = assets["recipe"]
+    T, h, w = 29, 48, 80
+    video = smooth_video(T, h, w)
+    s = Standin(rec)
+    res = upscale_frames(video, None, rec, from_level=1, fit=fit, pad_mode=pad_mode, seed=10, batch=3, sample_fn=s)
+    assert res.frames.shape[0] == T and res.frames.dtype == np.uint8
+    assert [c[0] for c in s.calls] == [[10, 11, 12], [13, 14, 15], [16]][:len(s.calls)]
+    assert sum(len(c[0]) for c in s.calls) == len(res.starts) == len(window_starts(T, 8))
+    if fit == "crop":
+        assert res.frames.shape[1:3] == (32, 32)
+        ref = video[:, :, 16:64]                                               # the centre square
+    else:
+        assert res.frames.shape[1:3] == (20, 32)                              # the input's aspect ratio kept
+        ref = video
+    back = F.interpolate(torch.from_numpy(res.frames).permute(0, 3, 1, 2).float(), size=ref.shape[1:3],
+                         mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
+    err = np.abs(back - ref.astype(np.float32))
+    if pad_mode == "black":                          # black bars blur into the border rows of the coarse levels
+        err = err[:, 10:-10]
+    assert err.mean() < 2.0, err.mean()
+    # No jumps in time beyond the input's own motion.
+    jumps = np.abs(np.diff(res.frames.astype(np.float32), axis=0)).mean((1, 2, 3))
+    assert jumps.max() < 2 * np.abs(np.diff(ref.astype(np.float32), axis=0)).mean((1, 2, 3)).max() + 1.0
+
+
+def test_upscale_short_video_is_padded_and_trimmed(assets):
+    rec = assets["recipe"]
+    video = smooth_video(5, 8, 8)
+    s = Standin(rec)
+    res = upscale_frames(video, None, rec, sample_fn=s)
+    assert res.frames.shape == (5, 32, 32, 3) and res.starts == [0]
+    x = torch.from_numpy(video[[0, 1, 2, 3, 4, 4, 4, 4]]).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert torch.allclose(s.calls[0][1][0][0], x.reshape(3, 4, 2, 8, 8).mean(2), atol=1e-6)
+
+
+def test_upscale_crossfades_disagreeing_windows(assets):
+    """Windows whose outputs differ (a per-window constant): consecutive frames change smoothly across borders."""
+    rec = assets["recipe"]
+
+    def per_window(seeds, fixed):
+        vals = torch.tensor([0.6 * (-1) ** s for s in seeds], dtype=torch.float32)
+        return vals[:, None, None, None, None].expand(len(seeds), 3, *rec.pyramid.resolution).clone()
+    res = upscale_frames(smooth_video(30, 8, 8), None, rec, sample_fn=per_window)
+    level = res.frames[:, 0, 0, 0].astype(float)
+    o = min(a + 8 - b for a, b in zip(res.starts, res.starts[1:]))
+    assert len(res.starts) > 3
+    assert np.abs(np.diff(level)).max() <= 1.2 * 127.5 / (o + 1) + 1          # a hard cut jumps by 153
+
+
+def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
+    src = tmp_path / "in.mp4"
+    write_video(src, smooth_video(11, 12, 20), 12.5)
+    out = tmp_path / "up.mp4"
+    code, stdout, err = cli(capsys, "upscale", src, "--ckpt", assets["run"], "--out", out, "--steps", "2",
+                            "--no-progress")
+    assert code == 0, err
+    frames, fps = read_video(out)
+    assert frames.shape == (11, 32, 32, 3) and fps == pytest.approx(12.5)
+    assert "2 window(s)" in stdout
+    out2 = tmp_path / "up-pad.mp4"
+    code, _, err = cli(capsys, "upscale", src, "--ckpt", assets["run"], "--out", out2, "--steps", "2", "--fit",
+                       "pad", "--pad-mode", "edge", "--from-level", "1", "--class", "2", "--no-progress")
+    assert code == 0, err
+    frames, fps = read_video(out2)
+    assert frames.shape == (11, 20, 32, 3) and fps == pytest.approx(12.5)

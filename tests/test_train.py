@@ -1,0 +1,388 @@
+"""The training loop: exact resume (invariant 10), SIGTERM, continuing, refusals, non-finite steps, init_from.
+
+Every run trains the tiny recipe for a few steps at batch 4 on a 16-video 8x32x32 shapes dataset
+made once per session. Reference (uninterrupted) runs are made once per module and shared.
+"""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpdm_cli.recipe import default_recipe_path, load_recipe
+from hpdm_cli.train import loop
+from hpdm_cli.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from hpdm_cli.train.loop import TrainError, build_model, init_from_checkpoint, train
+from hpdm_cli.train.optim import lr_at
+from hpdm_cli.train.stats import read_stats
+
+BASE = dict(steps=6, log_every=1, ckpt_every=2, batch_size=4, warmup_steps=2, ema_halflife_steps=2.0,
+            keep_last=2, grad_clip=1.0)
+
+
+def _shared_dataset(factory, name: str, **kw) -> Path:
+    """A shapes dataset written once per session under pytest's base temp directory."""
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    path = factory.getbasetemp() / "datasets" / name
+    if not (path / "dataset.json").exists():
+        write_shapes_dataset(path, num_videos=16, height=32, width=32, overwrite=True, **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    return _shared_dataset(tmp_path_factory, "shapes-8x32x32", frames=8)
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory) -> Path:
+    return _shared_dataset(tmp_path_factory, "shapes-images-32x32", frames=1)
+
+
+def overrides(data: Path, *extra: str, **train_keys) -> list:
+    """Command-line style overrides of the tiny recipe: BASE train keys, then `train_keys`, then `extra`."""
+    keys = {**BASE, **train_keys}
+    return [f"data.path={json.dumps(str(data))}"] + [f"train.{k}={json.dumps(v)}" for k, v in keys.items()] \
+        + list(extra)
+
+
+def make_recipe(data: Path, *extra: str, **train_keys):
+    return load_recipe(default_recipe_path("tiny"), overrides(data, *extra, **train_keys))
+
+
+def quiet(msgs=None):
+    return (lambda m: None) if msgs is None else msgs.append
+
+
+def losses(run_dir) -> dict:
+    return {r["step"]: r["loss"] for r in read_stats(run_dir)}
+
+
+def last_checkpoint(run_dir) -> dict:
+    return load_checkpoint(list_checkpoints(run_dir)[-1])
+
+
+def assert_same_state(a, b):
+    """The newest checkpoints of two runs hold equal model, EMA, optimiser, RNG and counters."""
+    ca, cb = last_checkpoint(a), last_checkpoint(b)
+    assert ca["state"] == cb["state"]
+    for part in ("model", "ema", "extra"):
+        assert ca[part].keys() == cb[part].keys(), part
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), f"{part}.{k} differs"
+    oa, ob = ca["optimizer"], cb["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"]
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) > 0
+    for i in oa["state"]:
+        for k in oa["state"][i]:
+            assert torch.equal(oa["state"][i][k], ob["state"][i][k]), f"optimizer state {i}.{k} differs"
+
+
+VARIANTS = {
+    "base": dict(extra=(), train={}),
+    "accum2": dict(extra=(), train=dict(grad_accum=2, grad_clip=0.0)),
+    "joint": dict(extra=("data.image_fraction=0.5",), train={}),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shapes_data, image_data):
+    """Uninterrupted reference runs of each variant, trained once per module."""
+    done = {}
+
+    def get(variant: str):
+        if variant not in done:
+            v = VARIANTS[variant]
+            extra = v["extra"] + ((f"data.image_path={json.dumps(str(image_data))}",) if variant == "joint" else ())
+            rec = make_recipe(shapes_data, *extra, **v["train"])
+            run = tmp_path_factory.mktemp(f"ref-{variant}")
+            s = train(rec, run, log=quiet())
+            assert s.step == rec.train.steps and s.interrupted is None and s.skipped == 0
+            done[variant] = (rec, run)
+        return done[variant]
+    return get
+
+
+# ------------------------------------------------------------------------------------------ invariant 10
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_stop_and_resume_reproduces_uninterrupted_run(variant, reference, tmp_path, monkeypatch):
+    rec, ref = reference(variant)
+    N, k = rec.train.steps, 3
+    s1 = train(rec, tmp_path, log=quiet(), stop_after=k)
+    assert (s1.start_step, s1.step, s1.interrupted) == (0, k, None)
+    assert s1.checkpoint == tmp_path / "checkpoints" / f"ckpt-{k:08d}"
+
+    # Resuming never unpickles anything: tensors come from safetensors, the rest from JSON.
+    def no_pickle(*a, **kw):
+        raise AssertionError("pickle/torch.load used while resuming")
+    monkeypatch.setattr(torch, "load", no_pickle)
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    msgs = []
+    s2 = train(rec, tmp_path, log=quiet(msgs))
+    monkeypatch.undo()
+    assert any(f"resumed from" in m and f"at step {k}" in m for m in msgs), msgs
+    assert (s2.start_step, s2.step) == (k, N)
+
+    got, want = losses(tmp_path), losses(ref)
+    assert sorted(want) == list(range(1, N + 1))
+    assert [r["step"] for r in read_stats(tmp_path)] == list(range(1, N + 1))   # each step logged once
+    assert got == want                                                      # bit-exact on CPU
+    assert s2.last_loss == want[N]
+    assert_same_state(tmp_path, ref)
+    files = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pt", ".pth", ".pkl", ".pickle", ".bin"))], files
+
+
+def _wait_for(pred, timeout, proc):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(reference, shapes_data, tmp_path):
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hpdm_cli", "train", "tiny", *overrides(shapes_data), "--run-dir", str(run),
+           "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))   # same maths as this process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert _wait_for(lambda: len(losses(run)) >= 1, 120, proc), proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Traceback" not in out + err, err
+    stopped = len(losses(run))
+    assert 1 <= stopped < rec.train.steps
+    assert list_checkpoints(run)[-1].name == f"ckpt-{stopped:08d}"        # saved at the step it stopped
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {stopped}" in out
+    assert f"stopped by signal" in (run / "train.log").read_text()
+
+    s = train(rec, run, log=quiet())
+    assert (s.start_step, s.step) == (stopped, rec.train.steps)
+    assert losses(run) == losses(ref)
+    assert_same_state(run, ref)
+
+
+def test_stats_lr_schedule_and_log(reference):
+    rec, ref = reference("base")
+    t = rec.train
+    rows = read_stats(ref)
+    for r in rows:
+        assert r["lr"] == lr_at(r["step"] - 1, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
+                                min_lr_ratio=t.min_lr_ratio)
+        assert r["skipped"] == 0 and r["grad_norm"] > 0
+        assert {"loss_l0", "loss_l1", "loss_l2", "videos_per_s", "tflops_per_s"} <= set(r)
+    assert rows[1]["lr"] > rows[0]["lr"] and rows[-1]["lr"] < rows[2]["lr"]   # warm-up, then cosine decay
+    log = (ref / "train.log").read_text()
+    assert log.count("step ") >= t.steps and f"step {t.steps}/{t.steps} loss" in log
+    saved = load_recipe(ref / "recipe.toml")
+    assert saved == rec
+    env = json.loads((ref / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    assert [p.name for p in list_checkpoints(ref)] == ["ckpt-00000004", "ckpt-00000006"]    # keep_last = 2
+    assert sorted(p.name for p in list_checkpoints(ref)[-1].iterdir()) == [
+        "ema.safetensors", "model.safetensors", "optim.safetensors", "state.json"]
+
+
+# ------------------------------------------------------------------------------------------ continuing, refusals
+
+def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_path):
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    msgs = []
+    s = train(rec, run, log=quiet(msgs))                                    # same command again: nothing to do
+    assert (s.start_step, s.step) == (6, 6) and any("nothing to do" in m for m in msgs)
+    more = make_recipe(shapes_data, steps=8)
+    s = train(more, run, log=quiet())
+    assert (s.start_step, s.step, s.steps) == (6, 8, 8)
+    rows = read_stats(run)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(r["loss"] is not None for r in rows)
+    assert list_checkpoints(run)[-1].name == "ckpt-00000008"
+    assert load_recipe(run / "recipe.toml").train.steps == 8
+
+
+def test_run_dir_of_another_architecture_is_refused(reference, shapes_data, tmp_path):
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = (run / "recipe.toml").read_text()
+    other = make_recipe(shapes_data, "model.latent_dim=32")
+    with pytest.raises(TrainError) as e:
+        train(other, run, log=quiet())
+    msg = str(e.value)
+    assert "\n" not in msg and "architecture" in msg and str(run) in msg
+    assert (run / "recipe.toml").read_text() == before                     # nothing was overwritten
+    # Without recipe.toml the checkpoint itself is refused (also one line, naming the checkpoint).
+    (run / "recipe.toml").unlink()
+    with pytest.raises(CheckpointError) as e:
+        train(other, run, log=quiet())
+    assert "\n" not in str(e.value) and "ckpt-00000006" in str(e.value)
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    rec = make_recipe(tmp_path / "no-such-dataset")
+    with pytest.raises(ValueError) as e:
+        train(rec, tmp_path / "run", log=quiet())
+    assert "\n" not in str(e.value) and "no-such-dataset" in str(e.value) and "hpdm prepare" in str(e.value)
+    assert not (tmp_path / "run").exists()                                  # refused before touching the run dir
+    res = subprocess.run([sys.executable, "-m", "hpdm_cli", "train", "tiny", *overrides(tmp_path / "nope"),
+                          "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("hpdm: error:"), res.stderr
+
+
+def test_corrupt_newest_checkpoint_is_skipped_and_resume_stays_exact(reference, tmp_path):
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    newest = list_checkpoints(run)[-1]
+    p = newest / "optim.safetensors"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])                  # truncated
+    rec10 = rec
+    msgs = []
+    s = train(rec10, run, log=quiet(msgs))
+    assert any("skipping" in m and newest.name in m for m in msgs), msgs
+    assert "skipping" in (run / "train.log").read_text()
+    assert (s.start_step, s.step) == (4, 6)
+    assert losses(run) == losses(ref)
+    assert [r["step"] for r in read_stats(run)] == list(range(1, 7))        # no duplicated steps 5, 6
+    assert_same_state(run, ref)
+
+
+# ------------------------------------------------------------------------------------------ a crash mid-checkpoint
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(reference, shapes_data, tmp_path, monkeypatch):
+    rec, ref = reference("base")
+    from hpdm_cli.train import checkpoint as ckpt_mod
+    real = ckpt_mod.save_file
+    calls = []
+
+    def crashing(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 5:                            # 2nd file (ema) of the 2nd checkpoint (step 4)
+            with open(path, "wb") as f:
+                f.write(b"\x00" * 100)                 # a partial file, then the writer dies
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+    monkeypatch.setattr(ckpt_mod, "save_file", crashing)
+    with pytest.raises(OSError):
+        train(rec, tmp_path, log=quiet())
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    s = train(rec, tmp_path, log=quiet())
+    assert (s.start_step, s.step) == (2, 6)
+    assert losses(tmp_path) == losses(ref)
+    assert_same_state(tmp_path, ref)
+
+
+# ------------------------------------------------------------------------------------------ non-finite steps
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_step_is_skipped_counted_and_logged(where, shapes_data, tmp_path, monkeypatch):
+    rec = make_recipe(shapes_data, steps=4, ckpt_every=1, keep_last=10)
+    n = {"calls": 0}
+    if where == "loss":
+        real = loop.edm_loss
+
+        def poisoned(*a, **kw):
+            out = real(*a, **kw)
+            n["calls"] += 1
+            if n["calls"] == 2:
+                out.loss = out.loss * float("nan")
+            return out
+        monkeypatch.setattr(loop, "edm_loss", poisoned)
+    else:
+        real = loop.forward_backward
+
+        def poisoned(model, *a, **kw):
+            out = real(model, *a, **kw)
+            n["calls"] += 1
+            if n["calls"] == 2:
+                next(model.parameters()).grad.view(-1)[0] = float("inf")
+            return out
+        monkeypatch.setattr(loop, "forward_backward", poisoned)
+    msgs = []
+    s = train(rec, tmp_path, log=quiet(msgs))
+    assert (s.step, s.skipped) == (4, 1)
+    rows = read_stats(tmp_path)
+    assert [r["skipped"] for r in rows] == [0, 1, 1, 1]
+    assert (rows[1]["loss"] is None) == (where == "loss")
+    assert all(r["loss"] is not None and r["grad_norm"] is not None for r in rows[2:])
+    assert any("step 1: non-finite" in m and "skipped" in m for m in msgs), msgs
+    c1, c2, c3 = (load_checkpoint(tmp_path / "checkpoints" / f"ckpt-{i:08d}") for i in (1, 2, 3))
+    for part in ("model", "ema"):
+        assert all(torch.equal(c1[part][k], c2[part][k]) for k in c1[part]), part      # step 2 changed nothing
+        assert not all(torch.equal(c2[part][k], c3[part][k]) for k in c2[part]), part  # step 3 trained
+        assert all(torch.isfinite(v).all() for v in c3[part].values())
+    for i, st in c2["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, c1["optimizer"]["state"][i][k])
+    assert c2["state"]["skipped"] == 1
+
+
+# ------------------------------------------------------------------------------------------ init_from
+
+def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_data, tmp_path):
+    rec, ref = reference("base")
+    ema = last_checkpoint(ref)["ema"]
+    # A model with a different fusion: the fusion projections of the checkpoint have no place, the
+    # tokenizer (twice the input channels) is new; everything else is loaded.
+    shallow = make_recipe(shapes_data, 'model.fusion="shallow"')
+    net = build_model(shallow)
+    loaded, new = init_from_checkpoint(net, str(ref))
+    assert new == ["tokenizer.weight"]
+    assert "tokenizer.bias" in loaded and not any(k.startswith("fusions.") for k in loaded)
+    sd = net.state_dict()
+    assert all(torch.equal(sd[k], ema[k]) for k in loaded)
+    # A base model with fewer levels (2): level-indexed tensors take its rows for the levels it had.
+    base2 = make_recipe(shapes_data, "pyramid.resolution=[8, 16, 16]")
+    run2 = tmp_path / "base2"
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    small = build_model(base2)
+    save_checkpoint(run2, base2, 1, model=small.state_dict(), ema=small.state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    net = build_model(rec)
+    loaded, new = init_from_checkpoint(net, str(run2))
+    assert sorted(new) == ["level_embed", "level_token"]
+    sd, src = net.state_dict(), small.state_dict()
+    assert all(torch.equal(sd[k], src[k]) for k in loaded)
+    for k in new:
+        assert torch.equal(sd[k][:2], src[k])                                   # levels 0, 1 from the base
+    # Through train(): the log says what was loaded and what is new.
+    msgs = []
+    s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=1), tmp_path / "ft",
+              log=quiet(msgs))
+    assert s.step == 1
+    line = next(m for m in msgs if m.startswith("init_from"))
+    assert f"{len(loaded)} tensors loaded" in line and "level_embed" in line
+    # Continuing that run resumes from its checkpoint (init_from is not applied again).
+    msgs = []
+    s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=2), tmp_path / "ft",
+              log=quiet(msgs))
+    assert (s.start_step, s.step) == (1, 2) and not any(m.startswith("init_from") for m in msgs)
+    # A checkpoint none of whose tensors fit is refused.
+    other = make_recipe(shapes_data, "model.interface_dim=32", "model.latent_dim=32")
+    with pytest.raises(TrainError, match="no tensor"):
+        init_from_checkpoint(build_model(other), str(run2))
