@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpdm_cli.model import HPDMNet
-from hpdm_cli.model.flops import block_level_flops, forward_flops, fusion_level_flops
+from hpdm_cli.model.flops import block_level_flops, forward_flops, fusion_level_flops, fusion_pair_flops
 from hpdm_cli.pyramid import sample_nested_offsets
 
 
@@ -37,6 +37,8 @@ def test_adaptive_computation_flop_drop_is_as_predicted():
     saved = counted(full) - counted(adaptive)
     blk = block_level_flops(full.pyramid, full.model, cond_tokens=3)
     fus = fusion_level_flops(full.pyramid, full.model)
-    # none = 4 blocks x 3 levels = 12 block-levels and 4 x 2 fusions; the load has 7 block-levels and 3 fusions.
-    assert saved == (12 - 7) * blk + (8 - 3) * fus
+    pair = fusion_pair_flops(full.pyramid, full.model)
+    # none: 4 blocks x 3 levels = 12 block-levels, 4 x 2 projections, 4 x 3 sampled pairs;
+    # the load [1,1,2,3]: 7 block-levels, 0+0+1+2 = 3 projections, 0+0+1+3 = 4 pairs.
+    assert saved == (12 - 7) * blk + (8 - 3) * fus + (12 - 4) * pair
     assert counted(adaptive) < 0.7 * counted(full)

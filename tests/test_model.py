@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import tiny_recipe
 
 from hpdm_cli.model import HPDMNet, LevelContext
-from hpdm_cli.model.fusion import gather_context, pair_grids
+from hpdm_cli.model.fusion import gather_context, pair_weights
 from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
 from hpdm_cli.pyramid.geometry import global_token_coords
 
@@ -162,9 +162,9 @@ def test_context_fusion_samples_an_analytic_field_at_the_patch_positions():
         return p @ W + 0.25
 
     acts = [field(pos[:, k]) for k in range(pyr.num_levels)]
-    grids = pair_grids(scales, off, grid, pyr.num_levels)
+    weights = pair_weights(scales, off, grid, pyr.num_levels)
     for l in range(1, pyr.num_levels):
-        ctx = gather_context(acts, l, l + 1, grids, grid)[0]
+        ctx = gather_context(acts, l, l + 1, weights, grid)[0]
         want = field(pos[:, l])
         inside = torch.ones(B, ctx.shape[1], dtype=torch.bool)
         for k in range(l):                                                # inside every lower hull of centres

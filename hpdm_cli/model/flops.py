@@ -34,6 +34,18 @@ def fusion_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     return 2 * N * D * D * 2 + (2 * N * 3 * D if m.fusion_coords else 0)
 
 
+def fusion_pair_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
+    """FLOPs of sampling one lower level's token grid at a finer level's tokens (three 1-D interpolations)."""
+    grid = [p // t for p, t in zip(pyr.patch, m.tokenizer)]
+    return 2 * math.prod(grid) * m.interface_dim * sum(grid)
+
+
+def fusion_block_flops(pyr: PyramidConfig, m: ModelConfig, levels: int) -> int:
+    """Deep-fusion FLOPs of a block processing `levels` levels (levels-1 projections, all lower-level pairs)."""
+    n = max(levels, 1)
+    return fusion_level_flops(pyr, m) * (n - 1) + fusion_pair_flops(pyr, m) * n * (n - 1) // 2
+
+
 def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int]] = None,
                   self_cond: bool = False) -> dict:
     """Per-sample forward FLOPs of a training pass over all levels, with a breakdown by part."""
@@ -52,8 +64,7 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
     }
     out = {k: v * L for k, v in per_level.items()}
     out["blocks"] = block_level_flops(pyr, m, cond_tokens) * sum(min(n, L) for n in load)
-    out["fusion"] = (fusion_level_flops(pyr, m) * sum(max(min(n, L) - 1, 0) for n in load)
-                     if m.fusion == "deep" else 0)
+    out["fusion"] = sum(fusion_block_flops(pyr, m, min(n, L)) for n in load) if m.fusion == "deep" else 0
     out["total"] = sum(out.values())
     return out
 

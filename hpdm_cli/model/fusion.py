@@ -5,7 +5,8 @@ Deep context fusion, before block b and for every processed level l > 0:
     a_l    <- W [a_l^{b-1}; ctx_l; coords_l] + bias                               (eq. 9)
 where a_k^{b-1} is level k's interface token grid after block b-1, sampled trilinearly at the
 centres of level l's tokens inside patch k, and coords_l are level l's global token coordinates.
-All (l, k) pairs of a block go through one batched `grid_sample`.
+All (l, k) pairs of a block are sampled together, as three batched 1-D interpolation matmuls
+(the token positions form an axis-aligned grid, so trilinear sampling factorises).
 
 Shallow fusion (the seed's baseline): the RGB input of level l-1, resampled at level l's pixel
 centres, is concatenated to level l's input before tokenisation.
@@ -27,41 +28,66 @@ def level_pairs(num_levels: int) -> list[tuple[int, int]]:
     return [(l, k) for l in range(1, num_levels) for k in range(l)]
 
 
-def pair_grids(scales: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, int, int],
-               num_levels: int) -> torch.Tensor:
-    """grid_sample grids [P, B, f, h, w, 3] placing level l's token centres inside patch k, for every pair."""
-    out = []
+def axis_weights(rel_scale: torch.Tensor, rel_offset: torch.Tensor, n: int) -> torch.Tensor:
+    """1-D linear-interpolation matrices [B, n, n] reading n samples of a patch at a finer patch's n centres.
+
+    Output i sits at rel_offset + rel_scale (i + 0.5) / n in the source patch's [0, 1] frame,
+    i.e. at source index u = that * n - 0.5 (pixel centres at half steps), clamped to the edge
+    samples (border padding); W[i, j] = max(0, 1 - |u_i - j|). This is exactly what
+    `grid_sample(mode="bilinear", padding_mode="border", align_corners=False)` does per axis.
+    """
+    i = (torch.arange(n, device=rel_offset.device, dtype=torch.float32) + 0.5) / n
+    u = (rel_offset[:, None] + rel_scale * i[None]) * n - 0.5                   # [B, n]
+    u = u.clamp(0, n - 1)
+    j = torch.arange(n, device=rel_offset.device, dtype=torch.float32)
+    return (1 - (u[:, :, None] - j[None, None]).abs()).clamp(min=0)
+
+
+def pair_weights(scales: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, int, int],
+                 num_levels: int) -> list[torch.Tensor]:
+    """Per axis (t, y, x), interpolation matrices [P, B, n, n] placing level l's tokens inside patch k, for every pair.
+
+    The token positions of a patch form an axis-aligned grid, so trilinear sampling of a lower
+    level's token grid (eq. 7) factorises into three 1-D interpolations: three small batched
+    matmuls instead of a 3-D grid_sample (no atomics in the backward pass, fused-friendly).
+    """
+    per_axis = [[], [], []]
     for l, k in level_pairs(num_levels):
         rel_scale, rel_offset = relative_coords(scales, offsets, l, k)
-        out.append(to_grid_sample(patch_points(rel_scale, rel_offset, grid), grid))
-    if not out:
-        return offsets.new_zeros(0, offsets.shape[0], *grid, 3)
-    return torch.stack(out)
+        for a in range(3):
+            per_axis[a].append(axis_weights(rel_scale[a], rel_offset[:, a], grid[a]))
+    B = offsets.shape[0]
+    return [torch.stack(w) if w else offsets.new_zeros(0, B, n, n) for w, n in zip(per_axis, grid)]
 
 
-def sample_tokens(acts: torch.Tensor, grids: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinearly sample token grids acts [P, B, N, d] at grids [P, B, f, h, w, 3] -> [P, B, N, d]."""
+def sample_tokens(acts: torch.Tensor, weights: Sequence[torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinearly sample token grids acts [P, B, N, d] with per-axis matrices [P, B, n, n] -> [P, B, N, d]."""
     P, B, N, d = acts.shape
-    src = acts.reshape(P * B, N, d).transpose(1, 2).reshape(P * B, d, *grid)
-    if src.dtype in (torch.bfloat16, torch.float16):                      # never round positions down
-        src = src.float()
-    out = F.grid_sample(src, grids.reshape(P * B, *grid, 3).to(src.dtype), mode="bilinear",
-                        padding_mode="border", align_corners=False)
-    return out.reshape(P, B, d, N).transpose(2, 3)
+    f, h, w = grid
+    wf, wh, ww = (x.reshape(P * B, n, n) for x, n in zip(weights, grid))
+    with torch.autocast(acts.device.type, enabled=False):                  # positions stay in float32
+        dt = torch.float32 if acts.dtype in (torch.bfloat16, torch.float16) else acts.dtype
+        x = acts.reshape(P * B, f, h * w * d).to(dt)
+        x = torch.bmm(wf.to(dt), x).reshape(P * B, f, h, w * d)                           # along t
+        x = torch.matmul(wh.to(dt)[:, None], x).reshape(P * B, f, h, w, d)                # along y
+        x = torch.matmul(ww.to(dt)[:, None, None], x)                                     # along x
+    return x.reshape(P, B, N, d).to(acts.dtype)
 
 
-def gather_context(acts: Sequence[torch.Tensor], first: int, stop: int, grids: torch.Tensor,
+def gather_context(acts: Sequence[torch.Tensor], first: int, stop: int, weights: Sequence[torch.Tensor],
                    grid: tuple[int, int, int], detach: bool = False) -> torch.Tensor:
     """Eq. 7: for each level l in first..stop-1, the mean over k < l of level k's activations sampled at l's tokens.
 
-    `acts[k]` is level k's token grid [B, N, d]; `grids` holds the pair grids in `level_pairs`
-    order (the pairs of levels first..stop-1 are one contiguous slice); returns [stop-first, B, N, d].
+    `acts[k]` is level k's token grid [B, N, d]; `weights` holds the per-axis pair matrices in
+    `level_pairs` order (the pairs of levels first..stop-1 are one contiguous slice); returns
+    [stop-first, B, N, d].
     """
     pairs = [(l, k) for l in range(first, stop) for k in range(l)]
     src = torch.stack([acts[k] for _, k in pairs])
     if detach:
         src = src.detach()
-    sampled = sample_tokens(src, grids[first * (first - 1) // 2: stop * (stop - 1) // 2], grid)
+    lo_p, hi_p = first * (first - 1) // 2, stop * (stop - 1) // 2
+    sampled = sample_tokens(src, [w[lo_p:hi_p] for w in weights], grid)
     out, i = [], 0
     for l in range(first, stop):
         out.append(sampled[i:i + l].mean(0))

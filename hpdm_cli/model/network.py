@@ -28,7 +28,7 @@ from einops import rearrange
 
 from ..config import ModelConfig, PyramidConfig
 from ..pyramid.geometry import global_token_coords, level_scales
-from .fusion import ContextFusion, gather_context, pair_grids, shallow_context
+from .fusion import ContextFusion, gather_context, pair_weights, shallow_context
 from .layers import MLP, init_linear
 from .rin import RINBlock
 
@@ -169,7 +169,7 @@ class HPDMNet(nn.Module):
         scales = self.scales.to(offsets.device)
         fuse = self.cfg.fusion == "deep"
         if fuse and hi > 1:
-            grids = pair_grids(scales, offsets, self.grid, hi)
+            weights = pair_weights(scales, offsets, self.grid, hi)
             coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
 
         a, z = {}, {}
@@ -200,7 +200,7 @@ class HPDMNet(nn.Module):
             first, stop = max(lo, 1), levels[-1] + 1                    # fused levels: first..stop-1
             if fuse and first < stop:
                 lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
-                ctx = gather_context(lower, first, stop, grids, self.grid, detach=self.cfg.context_detach)
+                ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
                 fused = self.fusions[b](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
                 for j, l in enumerate(range(first, stop)):

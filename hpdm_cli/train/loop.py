@@ -288,6 +288,25 @@ def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> li
     return [dict(g, params=[params[n] for n in sg["names"]], names=list(sg["names"])) for g, sg in zip(groups, saved)]
 
 
+def _unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
+    """Names of trainable parameters that one training forward/backward (batch 1, no self-conditioning) leaves
+    without a gradient. Uses its own generator: torch's global RNG is untouched."""
+    g = torch.Generator().manual_seed(0)
+    p, m = recipe.pyramid, recipe.model
+    videos = torch.zeros(1, m.channels, *p.resolution, device=device)
+    offsets = sample_nested_offsets(p, 1, generator=g).to(device)
+    cond = {"class": lambda: torch.zeros(1, dtype=torch.long, device=device),
+            "text": lambda: torch.zeros(1, m.text_tokens, m.text_dim, device=device),
+            "none": lambda: None}[m.cond]()
+    draw = draw_noise(recipe.diffusion, (1, p.num_levels, m.channels, *p.patch), conditional=cond is not None,
+                      self_condition=False, generator=g, device=device)
+    net.zero_grad(set_to_none=True)
+    forward_backward(net, videos, cond, recipe, offsets, draw, 1.0, "fp32")
+    unused = [n for n, q in net.named_parameters() if q.requires_grad and q.grad is None]
+    net.zero_grad(set_to_none=True)
+    return unused
+
+
 def _agree(flag: bool, dist: DistInfo) -> bool:
     """True when `flag` is true on any rank (a collective: every rank must call it)."""
     if not dist.distributed:
@@ -393,8 +412,15 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
 
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
+        # DDP must know about parameters that get no gradient: the self-conditioning projection on
+        # steps without a self-conditioning pass, and parameters no forward pass uses at all (e.g.
+        # the fusion of blocks that, under adaptive computation, process level 0 only).
+        unused = _unused_parameters(net, recipe, dist.device)
+        if unused:
+            say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
+                + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                    find_unused_parameters=recipe.model.self_condition)
+                    find_unused_parameters=recipe.model.self_condition or bool(unused))
 
     summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
     if start >= t.steps:

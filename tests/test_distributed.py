@@ -1,0 +1,161 @@
+"""Invariant 11: N gloo processes at global batch B give the same gradients as one process at B; DDP train().
+
+Each test spawns two CPU processes joined by a gloo process group on 127.0.0.1.
+"""
+
+import json
+import os
+import socket
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from hpdm_cli.diffusion.edm import draw_noise
+from hpdm_cli.pyramid import sample_nested_offsets
+from hpdm_cli.recipe import default_recipe_path, load_recipe
+from hpdm_cli.train.loop import _unused_parameters, build_model, forward_backward
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def tiny(*extra):
+    return load_recipe(default_recipe_path("tiny"), ['train.device="cpu"', 'train.precision="fp32"', *extra])
+
+
+def global_batch(recipe, B: int):
+    """A fixed global batch: videos, nested offsets, class labels and one global noise draw."""
+    g = torch.Generator().manual_seed(1234)
+    L = recipe.pyramid.num_levels
+    videos = torch.rand(B, 3, *recipe.pyramid.resolution, generator=g) * 2 - 1
+    offsets = sample_nested_offsets(recipe.pyramid, B, generator=g)
+    cond = torch.randint(0, recipe.model.num_classes, (B,), generator=g)
+    draw = draw_noise(recipe.diffusion, (B, L, 3, *recipe.pyramid.patch), conditional=True, generator=g)
+    return videos, offsets, cond, draw
+
+
+def _grads(net) -> dict:
+    return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+# ------------------------------------------------------------------------------------------ invariant 11
+
+def _grad_worker(rank: int, port: int, recipe, batch, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    _join(rank, port)
+    try:
+        videos, offsets, cond, draw = batch
+        net = build_model(recipe)
+        model = DDP(net, find_unused_parameters=bool(_unused_parameters(net, recipe, torch.device("cpu"))))
+        share = slice(rank * videos.shape[0] // WORLD, (rank + 1) * videos.shape[0] // WORLD)
+        res = forward_backward(model, videos[share], cond[share], recipe, offsets[share], draw.split(WORLD, rank),
+                               1.0, "fp32")
+        save_file(_grads(net), os.path.join(out, f"grads-{rank}.safetensors"))
+        # The loop's gradient accumulation: two micro-batches per rank, no all-reduce after the first.
+        net.zero_grad(set_to_none=True)
+        v, c, o = videos[share], cond[share], offsets[share]
+        for a, part in enumerate(torch.arange(v.shape[0]).chunk(2)):
+            with model.no_sync() if a == 0 else nullcontext():
+                forward_backward(model, v[part], c[part], recipe, o[part], draw.split(2 * WORLD, 2 * rank + a),
+                                 0.5, "fp32")
+        save_file(_grads(net), os.path.join(out, f"grads-accum-{rank}.safetensors"))
+        with open(os.path.join(out, f"loss-{rank}.json"), "w") as f:
+            json.dump(float(res.loss), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_give_the_gradients_of_one_process(tmp_path):
+    recipe = tiny()
+    B = 8
+    batch = global_batch(recipe, B)
+    mp.spawn(_grad_worker, args=(free_port(), recipe, batch, str(tmp_path)), nprocs=WORLD, join=True)
+
+    videos, offsets, cond, draw = batch
+    net = build_model(recipe)
+    whole = forward_backward(net, videos, cond, recipe, offsets, draw, 1.0, "fp32")
+    ref = _grads(net)
+    assert len(ref) == len(list(net.parameters()))                    # every parameter gets a gradient
+    ranks = [load_file(str(tmp_path / f"grads-{r}.safetensors")) for r in range(WORLD)]
+    accum = [load_file(str(tmp_path / f"grads-accum-{r}.safetensors")) for r in range(WORLD)]
+    for got in ranks + accum:
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], rtol=1e-5, atol=1e-6), \
+                f"{k}: max diff {(got[k] - ref[k]).abs().max():.3g}"
+    for k in ref:                                                      # all-reduced: the ranks agree exactly
+        assert torch.equal(ranks[0][k], ranks[1][k]) and torch.equal(accum[0][k], accum[1][k])
+    # The global loss is the mean of the ranks' losses.
+    losses = [json.loads((tmp_path / f"loss-{r}.json").read_text()) for r in range(WORLD)]
+    assert sum(losses) / WORLD == pytest.approx(float(whole.loss), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ train() under DDP
+
+def _train_worker(rank: int, port: int, overrides: list, out: str) -> None:
+    from hpdm_cli.train.loop import TrainError, train
+    _join(rank, port)                         # the process group is ours: train() joins it and leaves it open
+    try:
+        recipe = tiny(*overrides)
+        report = {}
+        s = train(recipe, os.path.join(out, "full"), log=lambda m: None)
+        report["full"] = [s.start_step, s.step, s.last_loss]
+        s = train(recipe, os.path.join(out, "resumed"), log=lambda m: None, stop_after=2)
+        report["stopped"] = [s.start_step, s.step]
+        s = train(recipe, os.path.join(out, "resumed"), log=lambda m: None)
+        report["resumed"] = [s.start_step, s.step, s.last_loss]
+        try:                                  # refused on every rank, not only where the check runs
+            train(tiny(*overrides, "model.latent_dim=32"), os.path.join(out, "full"), log=lambda m: None)
+        except TrainError as e:
+            report["refused"] = str(e)
+        with open(os.path.join(out, f"report-{rank}.json"), "w") as f:
+            json.dump(report, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_train_under_two_gloo_ranks_resumes_exactly(tmp_path, tmp_path_factory):
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    from hpdm_cli.train.checkpoint import list_checkpoints, load_checkpoint
+    from hpdm_cli.train.stats import read_stats
+    data = tmp_path_factory.getbasetemp() / "datasets" / "shapes-8x32x32"
+    if not (data / "dataset.json").exists():
+        write_shapes_dataset(data, num_videos=16, frames=8, height=32, width=32, overwrite=True)
+    overrides = [f"data.path={json.dumps(str(data))}", "train.steps=4", "train.batch_size=4", "train.log_every=1",
+                 "train.ckpt_every=2", "train.warmup_steps=1", "train.ema_halflife_steps=2.0"]
+    mp.spawn(_train_worker, args=(free_port(), overrides, str(tmp_path)), nprocs=WORLD, join=True)
+
+    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in range(WORLD)]
+    for rep in reports:
+        assert rep["full"][:2] == [0, 4] and rep["stopped"] == [0, 2] and rep["resumed"][:2] == [2, 4]
+        assert rep["resumed"][2] == rep["full"][2] == reports[0]["full"][2]   # every rank logs the global loss
+        assert "architecture" in rep["refused"] or "rank 0 refused" in rep["refused"]
+    assert "architecture" in reports[0]["refused"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    rows = read_stats(full)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]                  # one stats.jsonl, written by rank 0 only
+    assert [r["loss"] for r in read_stats(resumed)] == [r["loss"] for r in rows]
+    assert json.loads((full / "env.json").read_text())["world_size"] == WORLD
+    a, b = load_checkpoint(list_checkpoints(full)[-1]), load_checkpoint(list_checkpoints(resumed)[-1])
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert all(torch.equal(a["optimizer"]["state"][i][k], b["optimizer"]["state"][i][k])
+               for i in a["optimizer"]["state"] for k in a["optimizer"]["state"][i])
+    assert a["state"]["samples_per_rank"] == 4 * 4 // WORLD
