@@ -156,6 +156,9 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
     weights, recipe, step = read_weights_file(weights_path, device="cpu")
     with torch.random.fork_rng(devices=[]):                  # building the net must not move the global RNG
         net = HPDMNet(recipe.pyramid, recipe.model)
+    # EMA files also hold non-persistent buffers (recomputed by the net, e.g. `scales`): not weights.
+    transient = {n for n, _ in net.named_buffers()} - set(net.state_dict())
+    weights = {k: v for k, v in weights.items() if k not in transient}
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:

@@ -20,6 +20,7 @@ from hpdm_cli.io.video import read_video, write_video
 from hpdm_cli.recipe import load_recipe
 from hpdm_cli.train.checkpoint import save_checkpoint
 from hpdm_cli.train.loop import build_model
+from hpdm_cli.train.optim import EMA
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -35,10 +36,10 @@ def _one_thread():
 
 
 def _save(run: Path, recipe) -> Path:
+    """A checkpoint as training writes it (model and EMA state), of random weights."""
     net = build_model(recipe)
-    sd = net.state_dict()
-    save_checkpoint(run, recipe, 7, model=sd, ema=sd, optimizer={"state": {}, "param_groups": []},
-                    extra_tensors={}, state={})
+    save_checkpoint(run, recipe, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
     return run
 
 

@@ -414,3 +414,14 @@ def test_lamb_and_ema_cuda_match_cpu():
     opt_g2 = Lamb(param_groups(gpu, 0.05), lr=3e-3)
     opt_g2.load_state_dict(opt_c.state_dict())  # CPU state loads onto CUDA params
     assert opt_g2.state[next(gpu.parameters())]["exp_avg"].is_cuda
+
+
+def test_ema_state_dict_loads_strictly_into_a_model_with_non_persistent_buffers():
+    """EMA keeps exactly the model's state_dict keys (non-persistent buffers are not saved)."""
+    from hpdm_cli.recipe import load_recipe
+    from hpdm_cli.train.loop import build_model
+    net = build_model(load_recipe("recipes/tiny.toml"))
+    assert any(True for _ in net.buffers())
+    ema = EMA(net, 10.0)
+    assert set(ema.state_dict()) == set(net.state_dict())
+    net.load_state_dict(ema.state_dict(), strict=True)

@@ -28,6 +28,16 @@ BASE = dict(steps=6, log_every=1, ckpt_every=2, batch_size=4, warmup_steps=2, em
             keep_last=2, grad_clip=1.0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: as fast on a 2-core machine and much faster when other jobs share it. Runs that
+    are compared bit for bit must use the same thread count (the SIGTERM test passes it to its subprocess)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _shared_dataset(factory, name: str, **kw) -> Path:
     """A shapes dataset written once per session under pytest's base temp directory."""
     from hpdm_cli.data.shapes import write_shapes_dataset
@@ -154,7 +164,9 @@ def _wait_for(pred, timeout, proc):
     return False
 
 
-def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(reference, shapes_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(sig, reference, shapes_data, tmp_path):
+    """SIGTERM (exit 143) or Ctrl-C (exit 130) to a running `hpdm train`: checkpoint, clean exit, exact resume."""
     rec, ref = reference("base")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hpdm_cli", "train", "tiny", *overrides(shapes_data), "--run-dir", str(run),
@@ -163,17 +175,17 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(reference, sha
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert _wait_for(lambda: len(losses(run)) >= 1, 120, proc), proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert proc.returncode == 128 + sig, (out, err)
     assert "Traceback" not in out + err, err
     stopped = len(losses(run))
     assert 1 <= stopped < rec.train.steps
     assert list_checkpoints(run)[-1].name == f"ckpt-{stopped:08d}"        # saved at the step it stopped
-    assert f"stopped by signal {int(signal.SIGTERM)} at step {stopped}" in out
+    assert f"stopped by signal {int(sig)} at step {stopped}" in out
     assert f"stopped by signal" in (run / "train.log").read_text()
 
     s = train(rec, run, log=quiet())
@@ -203,6 +215,14 @@ def test_stats_lr_schedule_and_log(reference):
         "ema.safetensors", "model.safetensors", "optim.safetensors", "state.json"]
 
 
+def test_bf16_autocast_trains(shapes_data, tmp_path):
+    s = train(make_recipe(shapes_data, 'train.precision="bf16"', steps=2), tmp_path, log=quiet())
+    rows = read_stats(tmp_path)
+    assert s.step == 2 and s.skipped == 0 and all(r["loss"] is not None and r["loss"] > 0 for r in rows)
+    c = last_checkpoint(tmp_path)
+    assert all(v.dtype == torch.float32 for v in c["model"].values())         # weights stay float32
+
+
 # ------------------------------------------------------------------------------------------ continuing, refusals
 
 def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_path):
@@ -213,8 +233,10 @@ def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_
     s = train(rec, run, log=quiet(msgs))                                    # same command again: nothing to do
     assert (s.start_step, s.step) == (6, 6) and any("nothing to do" in m for m in msgs)
     more = make_recipe(shapes_data, steps=8)
-    s = train(more, run, log=quiet())
+    s = train(more, run, log=quiet(msgs), progress=True)                   # with the Rich live progress bar
     assert (s.start_step, s.step, s.steps) == (6, 8, 8)
+    assert not any(m.startswith("step 7/8") for m in msgs)                  # the bar replaces the status lines...
+    assert "step 7/8 loss" in (run / "train.log").read_text()              # ...which still go to the log
     rows = read_stats(run)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(r["loss"] is not None for r in rows)

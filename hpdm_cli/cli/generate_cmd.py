@@ -64,7 +64,8 @@ def sample(
                                                  "directory or .safetensors file."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
-    class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models)."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
+                                                             "--class/--prompt: the null condition (unconditional)."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
     out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
                                                             "Several seeds: one file per seed, clip-seed0003.mp4."),

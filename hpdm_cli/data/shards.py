@@ -44,7 +44,7 @@ import json
 import os
 import re
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -58,6 +58,7 @@ __all__ = [
 FORMAT_NAME = "hpdm-shards"
 FORMAT_VERSION = 1
 _SHARD_RE = re.compile(r"^shard-\d{5,}\.(bin|jsonl)$")
+_TMP_RE = re.compile(r"^\.(shard-\d{5,}\.(bin|jsonl)|captions\.json|dataset\.json)\..*\.tmp$")
 _MAX_OPEN_FILES = 64
 
 
@@ -81,7 +82,19 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, fps: float = 25.0, class_names: Sequence[str] | None = None,
                  meta: dict | None = None, max_videos_per_shard: int = 1000, max_shard_bytes: int = 1 << 30,
-                 crf: int = 18, gop: int = 16, preset: str = "medium", overwrite: bool = False):
+                 crf: int = 18, gop: int = 16, preset: str = "medium", overwrite: bool = False,
+                 resume: int = 0, on_shard: Callable[[dict], None] | None = None, keep_on_error: bool = False):
+        """Open a writer; `resume`, `on_shard` and `keep_on_error` serve resumable writers (`hpdm prepare`).
+
+        resume:        adopt the first `resume` finished shards (shard-00000 .. ) already in `out_dir`
+                       (written by an earlier writer with the same settings): their videos, captions and
+                       counts are taken over and new videos continue after them; later shard files and
+                       stale temporary files are removed.
+        on_shard:      called with the shard's entry of the `shards` list (bin, index, num_videos,
+                       num_frames, num_bytes) once its files are final (fsynced and renamed).
+        keep_on_error: an exception inside `with` drops only the unfinished shard, keeping finished
+                       ones for a later `resume` (default: remove everything this writer wrote).
+        """
         self.out_dir = os.fspath(out_dir)
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise DataError(f"dataset path {self.out_dir!r} is a file: choose a directory path")
@@ -114,6 +127,13 @@ class ShardWriter:
         self._num_videos = 0
         self._closed = False
         self._written: list[str] = []          # final paths written by this writer (for abort)
+        self._on_shard = on_shard
+        self._keep_on_error = bool(keep_on_error)
+        if int(resume) < 0:
+            raise DataError(f"resume = {resume}: expected the number of finished shards to adopt (>= 0)")
+        self._remove_stale(keep=int(resume))
+        for i in range(int(resume)):
+            self._adopt_shard(i)
 
     # ---------------------------------------------------------------- public
     def __enter__(self) -> "ShardWriter":
@@ -122,6 +142,9 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif self._keep_on_error:
+            self._drop_open_shard()
+            self._closed = True
         else:
             self.abort()
 
@@ -207,15 +230,24 @@ class ShardWriter:
         self._closed = True
         return self.out_dir
 
+    def finish_shard(self) -> None:
+        """Make the open shard final now (`on_shard` is called); the next `add` starts a new shard.
+
+        Shard boundaries normally follow from `max_videos_per_shard` / `max_shard_bytes` alone;
+        call this only after the last video, when the dataset is not to be published yet.
+        """
+        if self._closed:
+            raise DataError("ShardWriter is closed: create a new writer to add videos")
+        self._finish_shard()
+
+    @property
+    def num_shards(self) -> int:
+        """Finished shards so far (adopted ones included)."""
+        return len(self._shards)
+
     def abort(self) -> None:
         """Stop writing and remove every file this writer created (no dataset.json is written)."""
-        if self._bin is not None:
-            self._bin.close()
-            self._bin = None
-            try:
-                os.unlink(self._tmp_bin)
-            except OSError:
-                pass
+        self._drop_open_shard()
         for p in self._written:
             try:
                 os.unlink(p)
@@ -225,6 +257,61 @@ class ShardWriter:
         self._closed = True
 
     # ---------------------------------------------------------------- internals
+    def _drop_open_shard(self) -> None:
+        if self._bin is not None:
+            self._bin.close()
+            self._bin = None
+            try:
+                os.unlink(self._tmp_bin)
+            except OSError:
+                pass
+        self._records, self._offset = [], 0
+
+    def _remove_stale(self, keep: int) -> None:
+        """Remove temporary files of interrupted writers and (when resuming) shards after the first `keep`."""
+        for name in os.listdir(self.out_dir):
+            m = _SHARD_RE.match(name)
+            stale_tmp = _TMP_RE.match(name)
+            if stale_tmp or (keep and m and int(name[6:].split(".")[0]) >= keep):
+                try:
+                    os.unlink(os.path.join(self.out_dir, name))
+                except OSError:
+                    pass
+
+    def _adopt_shard(self, i: int) -> None:
+        """Take over finished shard `i` of an earlier writer (resume)."""
+        name = _shard_name(i)
+        bin_path, index_path = os.path.join(self.out_dir, name + ".bin"), os.path.join(self.out_dir, name + ".jsonl")
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            size = os.path.getsize(bin_path)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot resume {self.out_dir!r}: shard {name} is missing or corrupt ({e}); "
+                            "start over (overwrite / --overwrite)") from None
+        offset = 0
+        try:
+            for r in records:
+                if int(r["offset"]) != offset or int(r["length"]) < 1:
+                    raise ValueError(f"video at offset {r['offset']} does not follow the previous one")
+                offset += int(r["length"])
+                cid = self._captions.setdefault(str(r["caption"]), len(self._captions))
+                if cid != int(r["caption_id"]):
+                    raise ValueError("caption ids are not in order of first appearance")
+                self._sizes.add((int(r["height"]), int(r["width"])))
+                n = int(r["num_frames"])
+                self._frames_min = min(self._frames_min, n) if self._num_videos else n
+                self._frames_max = max(self._frames_max, n)
+                self._num_videos += 1
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"cannot resume {self.out_dir!r}: shard index {name}.jsonl is corrupt ({e}); "
+                            "start over (overwrite / --overwrite)") from None
+        if not records or size != offset:
+            raise DataError(f"cannot resume {self.out_dir!r}: shard {name}.bin has {size} bytes, its index "
+                            f"lists {offset}; start over (overwrite / --overwrite)")
+        self._shards.append(dict(bin=name + ".bin", index=name + ".jsonl", num_videos=len(records),
+                                 num_frames=int(sum(int(r["num_frames"]) for r in records)), num_bytes=offset))
+
     def _open_shard(self) -> None:
         name = _shard_name(len(self._shards))
         self._tmp_bin = os.path.join(self.out_dir, f".{name}.bin.{os.getpid()}.tmp")
@@ -249,6 +336,8 @@ class ShardWriter:
                                  num_frames=int(sum(r["num_frames"] for r in self._records)),
                                  num_bytes=self._offset))
         self._records, self._offset = [], 0
+        if self._on_shard is not None:
+            self._on_shard(dict(self._shards[-1]))
 
 
 # ============================================================================ reading
@@ -541,14 +630,20 @@ class ClipDataset(_TorchDataset):
     image (a one-frame item) is a still video. Returns dict(video: float32 [3, T, H, W]
     in [-1, 1], label: int64 (-1 = none), caption_id: int64 (index into
     `captions()`), index: int64 video index). Resuming at sample k reproduces the stream.
+    With `dtype="uint8"` the video is uint8 [3, T, H, W] in 0..255 instead: 4x fewer bytes
+    through worker queues, pinned memory and the host-to-device copy, and no float
+    conversion on the CPU (convert on the GPU: x.float() / 127.5 - 1 gives the same values).
     """
 
     def __init__(self, dataset: "VideoDataset | str | os.PathLike", frames: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, horizontal_flip: bool = False, num_samples: int | None = None,
-                 resolution: Sequence[int] | None = None):
+                 resolution: Sequence[int] | None = None, dtype: str = "float32"):
         self.dataset = dataset if isinstance(dataset, VideoDataset) else VideoDataset(dataset)
         if int(frames) < 1:
             raise DataError(f"frames = {frames}: expected a positive clip length")
+        if dtype not in ("float32", "uint8"):
+            raise DataError(f"dtype = {dtype!r}: expected \"float32\" (values in [-1, 1]) or \"uint8\" (0..255)")
+        self.dtype = dtype
         self.frames = int(frames)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.horizontal_flip = bool(horizontal_flip)
@@ -608,7 +703,10 @@ class ClipDataset(_TorchDataset):
                             f"{self.resolution[0]}x{self.resolution[1]}: re-run `hpdm prepare` at that resolution")
         if flip:
             clip = clip[:, :, ::-1]
-        video = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+        if self.dtype == "uint8":
+            video = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+        else:
+            video = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
         meta = self.dataset.item(vid)
         return dict(video=video, label=torch.tensor(meta["label"], dtype=torch.int64),
                     caption_id=torch.tensor(meta["caption_id"], dtype=torch.int64),

@@ -36,7 +36,7 @@ import numpy as np
 from hpdm_cli.io import atomic_path, atomic_write_bytes
 
 __all__ = [
-    "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_video_bytes",
+    "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_video_bytes", "H264Encoder", "VideoReader",
     "iter_video_frames", "probe_video", "encode_png_strip", "MP4_SUFFIXES", "VIDEO_SUFFIXES",
 ]
 
@@ -114,47 +114,153 @@ def _frame_to_rgb(frame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", interpolation=flags)
 
 
-def _mux_h264(target, container_format: str, frames: np.ndarray, fps: float, crf: int, gop: int | None,
-              preset: str) -> None:
-    """Encode `frames` with libx264 into `target` (a path or a seekable binary file object)."""
-    av = _import_av()
-    frames = _check_frames(frames)
-    rate = _fps_fraction(fps)
-    if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
-        raise VideoError(f"crf = {crf!r}: expected an integer in 0..51 "
-                         "(lower = better quality; 18 is visually lossless)")
-    if gop is not None and int(gop) < 1:
-        raise VideoError(f"gop = {gop!r}: expected a positive number of frames between keyframes")
-    _, h, w, _ = frames.shape
-    padded = _pad_even(frames)
-    ph, pw = padded.shape[1:3]
-    options = {"movflags": "use_metadata_tags"} if container_format in ("mp4", "mov") else {}
-    if container_format in ("mp4", "mov") and not hasattr(target, "write"):
-        options["movflags"] = "use_metadata_tags+faststart"
-    try:
-        with av.open(target, mode="w", format=container_format, options=options) as container:
-            container.metadata[_SIZE_KEY] = f"{w}x{h}"
-            stream = container.add_stream("libx264", rate=rate)
+class _H264Sink:
+    """An open libx264 encoder + muxer writing to `target` (a path or a seekable binary file object).
+
+    Frames are written one at a time (`write`), so a video of any length is encoded in
+    constant memory; `close()` flushes the encoder and finishes the container, `abort()`
+    drops it. Sizes are padded to even internally (yuv420p), the true size is tagged.
+    """
+
+    def __init__(self, target, container_format: str, height: int, width: int, fps: float, crf: int = 18,
+                 gop: int | None = None, preset: str = "medium", threads: int | None = None):
+        av = self._av = _import_av()
+        rate = _fps_fraction(fps)
+        if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
+            raise VideoError(f"crf = {crf!r}: expected an integer in 0..51 "
+                             "(lower = better quality; 18 is visually lossless)")
+        if gop is not None and int(gop) < 1:
+            raise VideoError(f"gop = {gop!r}: expected a positive number of frames between keyframes")
+        if int(height) < 1 or int(width) < 1:
+            raise VideoError(f"frame size {height}x{width}: need at least 1x1 pixels")
+        self.height, self.width, self.fps = int(height), int(width), fps
+        self._rate = rate
+        ph, pw = self.height + self.height % 2, self.width + self.width % 2
+        options = {"movflags": "use_metadata_tags"} if container_format in ("mp4", "mov") else {}
+        if container_format in ("mp4", "mov") and not hasattr(target, "write"):
+            options["movflags"] = "use_metadata_tags+faststart"
+        self.count = 0
+        self._container = None
+        try:
+            self._container = av.open(target, mode="w", format=container_format, options=options)
+            self._container.metadata[_SIZE_KEY] = f"{self.width}x{self.height}"
+            stream = self._stream = self._container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
             cc = stream.codec_context
             cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = 1, 1, 1, 1  # MPEG range, BT.709
+            if threads is not None:
+                cc.thread_count = int(threads)
             opts = {"crf": str(int(crf)), "preset": preset}
             if gop is not None:
                 cc.gop_size = int(gop)
                 opts["x264-params"] = f"keyint={int(gop)}:min-keyint={int(gop)}:scenecut=0"
             stream.options = opts
-            for i in range(padded.shape[0]):
-                frame = _frame_to_av(av, padded[i])
-                frame.pts = i
-                frame.time_base = 1 / rate
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    except VideoError:
+        except av.FFmpegError as e:
+            self.abort()
+            raise VideoError(f"H.264 encoding failed ({e}): check the frame size ({height}x{width}) "
+                             f"and fps ({fps})") from e
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Encode one RGB frame uint8 [H, W, 3] of the size given at construction."""
+        a = np.asarray(rgb)
+        if a.shape != (self.height, self.width, 3) or a.dtype != np.uint8:
+            raise VideoError(f"frame {self.count} has shape {list(a.shape)} and dtype {a.dtype}: expected "
+                             f"uint8 [{self.height}, {self.width}, 3]")
+        padded = _pad_even(np.ascontiguousarray(a)[None])[0]
+        av = self._av
+        try:
+            frame = _frame_to_av(av, padded)
+            frame.pts = self.count
+            frame.time_base = 1 / self._rate
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except av.FFmpegError as e:
+            self.abort()
+            raise VideoError(f"H.264 encoding failed ({e}): check the frame size ({self.height}x{self.width}) "
+                             f"and fps ({self.fps})") from e
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the container."""
+        if self._container is None:
+            return
+        av = self._av
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except av.FFmpegError as e:
+            self.abort()
+            raise VideoError(f"H.264 encoding failed ({e}): check the frame size ({self.height}x{self.width}) "
+                             f"and fps ({self.fps})") from e
+        self._container = None
+
+    def abort(self) -> None:
+        """Close the container without finishing it (the output is garbage and must be discarded)."""
+        c, self._container = self._container, None
+        if c is not None:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 (already failing; the output is dropped)
+                pass
+
+
+def _mux_h264(target, container_format: str, frames: np.ndarray, fps: float, crf: int, gop: int | None,
+              preset: str) -> None:
+    """Encode `frames` with libx264 into `target` (a path or a seekable binary file object)."""
+    frames = _check_frames(frames)
+    _, h, w, _ = frames.shape
+    sink = _H264Sink(target, container_format, h, w, fps, crf, gop, preset)
+    try:
+        for i in range(frames.shape[0]):
+            sink.write(frames[i])
+        sink.close()
+    except BaseException:
+        sink.abort()
         raise
-    except av.FFmpegError as e:
-        raise VideoError(f"H.264 encoding failed ({e}): check the frame size ({h}x{w}) and fps ({fps})") from e
+
+
+class H264Encoder:
+    """Streaming in-memory H.264 mp4 encoder: `write` RGB frames one by one, `finish()` returns the bytes.
+
+    The bytes equal `encode_mp4_bytes` of the stacked frames (same settings), but only one
+    frame is held at a time, so arbitrarily long videos are encoded in bounded memory.
+    `threads` sets libx264's thread count (None = its default: one per core); the output
+    depends on it, so use a fixed value (e.g. 1 in worker processes) for reproducible bytes.
+    Use as a context manager: leaving it on an exception discards the encoder.
+    """
+
+    def __init__(self, height: int, width: int, fps: float, *, crf: int = 18, gop: int = 16,
+                 preset: str = "medium", threads: int | None = None):
+        self._buf = io.BytesIO()
+        self._sink = _H264Sink(self._buf, "mp4", height, width, fps, crf, gop, preset, threads)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames written so far."""
+        return self._sink.count
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Encode one frame uint8 [H, W, 3]."""
+        self._sink.write(rgb)
+
+    def finish(self) -> bytes:
+        """Flush and return the mp4 bytes (at least one frame must have been written)."""
+        if self._sink.count == 0:
+            self._sink.abort()
+            raise VideoError("H264Encoder.finish(): no frames were written")
+        self._sink.close()
+        return self._buf.getvalue()
+
+    def close(self) -> None:
+        """Discard the encoder (a no-op after `finish`)."""
+        self._sink.abort()
+
+    def __enter__(self) -> "H264Encoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _gif_palette(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -412,3 +518,165 @@ def probe_video(path: str | os.PathLike) -> dict:
             return dict(height=int(size[0]), width=int(size[1]), fps=fps, num_frames=n, duration=dur)
     except av.FFmpegError as e:
         raise VideoError(f"cannot read {path!r}: {e} (is it a video file PyAV/FFmpeg can decode?)") from e
+
+
+# ----------------------------------------------------------------------------- streaming reader
+
+def _clean_av_message(e: Exception, path: str = "") -> str:
+    """FFmpeg's message without the errno prefix and the repeated file name."""
+    msg = str(getattr(e, "strerror", None) or e)
+    for junk in (f": {path!r}", f": '{path}'", f" {path!r}"):
+        if path:
+            msg = msg.replace(junk, "")
+    if msg.startswith("[Errno"):
+        msg = msg.split("]", 1)[-1].strip()
+    return " ".join(msg.split()) or type(e).__name__
+
+
+class VideoReader:
+    """Stream the frames of one video (or image) file, display-oriented, with presentation times.
+
+    Opening decodes the first frame, so that the facts below are known before any frame
+    is requested (and a file that cannot deliver one frame fails at once, with a VideoError):
+
+    * `height`, `width`: the display size -- after the rotation of the stream's display
+      matrix (phone videos) and the sample aspect ratio (anamorphic video) are applied,
+      and without the padding of hpdm's own odd-sized mp4s;
+    * `rotation`: degrees counter-clockwise that turn the coded picture upright (0/90/180/270);
+    * `fps` (nominal, 0 if unknown), `duration` (seconds declared by the container, 0 if
+      unknown), `declared_frames` (0 if unknown), `has_audio`, `codec`, `coded_size`.
+
+    `frames(height, width)` yields `(time_seconds, rgb uint8 [H, W, 3])` for every decoded
+    frame in presentation order, resized (area filter when shrinking, bicubic when
+    enlarging) to the requested display size; `time` is None when the file has no
+    timestamps. `threads` = decoder threads (0 = FFmpeg's choice; 1 in worker processes).
+    The container is closed by `close()` / leaving the `with` block, also on errors;
+    decoding errors and truncated data surface as VideoError.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0):
+        av = self._av = _import_av()
+        self.path = os.fspath(path)
+        self._container = None
+        if not os.path.isfile(self.path):
+            raise VideoError(f"video file not found: {self.path!r} (check the path)")
+        try:
+            self._container = av.open(self.path, mode="r", metadata_errors="ignore")
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot open: {_clean_av_message(e, self.path)}") from None
+        try:
+            self._setup(av, threads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, av, threads: int) -> None:
+        c = self._container
+        if not c.streams.video:
+            kinds = sorted({s.type for s in c.streams})
+            raise VideoError("no video stream" + (f" (only {', '.join(kinds)})" if kinds else " (no streams at all)"))
+        s = self._stream = c.streams.video[0]
+        self.has_audio = bool(c.streams.audio)
+        if threads:
+            s.codec_context.thread_count = int(threads)
+            if int(threads) > 1:
+                s.thread_type = "AUTO"
+        else:
+            s.thread_type = "AUTO"
+        self.codec = s.codec_context.name
+        self.fps = _stream_fps(s)
+        tb = s.time_base
+        self.duration = float(s.duration * tb) if s.duration and tb else (c.duration / 1e6 if c.duration else 0.0)
+        self.declared_frames = int(s.frames or 0)
+        self._decoder = c.decode(s)
+        self.decoded = 0
+        self.corrupt_frames = 0
+        try:
+            self._first = next(self._decoder)
+        except StopIteration:
+            raise VideoError("no decodable video frame (empty or truncated video stream)") from None
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode the first frame: {_clean_av_message(e, self.path)}") from None
+        f = self._first
+        self.coded_size = (int(f.height), int(f.width))
+        true = _frame_size(c)
+        self._true = true if true and (true[0] <= f.height and true[1] <= f.width) and true != self.coded_size else None
+        h, w = self._true or self.coded_size
+        sar = s.sample_aspect_ratio
+        if sar and float(sar) > 0 and abs(float(sar) - 1.0) > 1e-3:
+            w = max(1, int(round(w * float(sar))))
+        rot = int(getattr(f, "rotation", 0) or 0)
+        self._k = int(round(rot / 90.0)) % 4
+        self.rotation = 90 * self._k
+        self.height, self.width = (w, h) if self._k % 2 else (h, w)
+        self._t0_pts = f.pts
+
+    # ---------------------------------------------------------------- frames
+    def _to_rgb(self, frame, height: int, width: int) -> np.ndarray:
+        from av.video.reformatter import Interpolation  # noqa: PLC0415
+        k = self._k
+        ch, cw = (width, height) if k % 2 else (height, width)  # size before the rotation
+        src_h, src_w = self._true or (frame.height, frame.width)
+        if (ch, cw) == (src_h, src_w) and self._true is None and (frame.height, frame.width) == (ch, cw):
+            rgb = _frame_to_rgb(frame)
+        else:
+            shrink = ch <= src_h and cw <= src_w
+            flags = (Interpolation.AREA if shrink else Interpolation.BICUBIC) | Interpolation.ACCURATE_RND \
+                | Interpolation.FULL_CHR_H_INT
+            if self._true is not None:  # hpdm's padded odd-size mp4: crop the padding, then resize the RGB
+                rgb = _frame_to_rgb(frame)[:src_h, :src_w]
+                if (ch, cw) != (src_h, src_w):
+                    rgb = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").to_ndarray(
+                        width=cw, height=ch, format="rgb24", interpolation=flags)
+            else:
+                rgb = frame.to_ndarray(width=cw, height=ch, format="rgb24", interpolation=flags)
+        if k:
+            rgb = np.ascontiguousarray(np.rot90(rgb, k))
+        return rgb
+
+    def frames(self, height: int | None = None, width: int | None = None) -> Iterator[tuple[float | None, np.ndarray]]:
+        """Yield (time in seconds or None, RGB uint8 [height, width, 3]) for every frame (default: display size)."""
+        height = self.height if height is None else int(height)
+        width = self.width if width is None else int(width)
+        if height < 1 or width < 1:
+            raise VideoError(f"output size {height}x{width}: need at least 1x1 pixels")
+        if self._container is None:
+            raise VideoError(f"{self.path!r}: the reader is closed")
+        av = self._av
+        frame, self._first = self._first, None
+        if frame is None:
+            raise VideoError("VideoReader.frames() can be iterated only once")
+        while frame is not None:
+            self.decoded += 1
+            if getattr(frame, "is_corrupt", False):
+                self.corrupt_frames += 1
+            t = frame.time
+            yield (None if t is None else float(t)), self._to_rgb(frame, height, width)
+            try:
+                frame = next(self._decoder)
+            except StopIteration:
+                frame = None
+            except av.FFmpegError as e:
+                raise VideoError(f"decoding failed after {self.decoded} frames: "
+                                 f"{_clean_av_message(e, self.path)}") from None
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Close the container (idempotent)."""
+        c, self._container = self._container, None
+        self._first = None
+        self._decoder = None
+        if c is not None:
+            c.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass

@@ -292,14 +292,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers of the unwrapped model, by name (shared tensors listed once)."""
+    """Parameters and persistent buffers of the unwrapped model, by name: exactly its state_dict keys."""
     model = unwrap_model(model)
-    out: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        out[name] = p
-    for name, b in model.named_buffers():
-        out[name] = b
-    return out
+    return dict(model.state_dict(keep_vars=True))
 
 
 class EMA:
