@@ -99,7 +99,7 @@ def assert_same_state(a, b):
 VARIANTS = {
     "base": dict(extra=(), train={}),
     "accum2": dict(extra=(), train=dict(grad_accum=2, grad_clip=0.0)),
-    "joint": dict(extra=("data.image_fraction=0.5",), train={}),
+    "joint": dict(extra=("data.image_fraction=0.5", "data.num_workers=1"), train={}),   # + a loader worker
 }
 
 
@@ -213,6 +213,21 @@ def test_stats_lr_schedule_and_log(reference):
     assert [p.name for p in list_checkpoints(ref)] == ["ckpt-00000004", "ckpt-00000006"]    # keep_last = 2
     assert sorted(p.name for p in list_checkpoints(ref)[-1].iterdir()) == [
         "ema.safetensors", "model.safetensors", "optim.safetensors", "state.json"]
+
+
+def test_joint_batches_mix_still_images(shapes_data, image_data):
+    from hpdm_cli.train.distributed import DistInfo
+    rec = make_recipe(shapes_data, f"data.image_path={json.dumps(str(image_data))}", "data.image_fraction=0.25")
+    b = loop._Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2)
+    assert (b.n_vid, b.n_img) == (3, 1)
+    videos, labels, caps = b.next(torch.device("cpu"), 8)
+    assert videos.shape == (4, 3, 8, 32, 32) and labels.shape == caps.shape == (4,)
+    still = (videos - videos[:, :, :1]).flatten(1).abs().amax(1) == 0
+    assert still.tolist() == [False, False, False, True]                  # an image is a still video
+    from hpdm_cli.data.shards import VideoDataset
+    n_vid_caps = len(VideoDataset(shapes_data).captions())
+    assert len(b.captions) == n_vid_caps + len(VideoDataset(image_data).captions())
+    assert (caps[:3] < n_vid_caps).all() and caps[3] >= n_vid_caps         # one joint caption list
 
 
 def test_bf16_autocast_trains(shapes_data, tmp_path):
@@ -408,3 +423,17 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
     other = make_recipe(shapes_data, "model.interface_dim=32", "model.latent_dim=32")
     with pytest.raises(TrainError, match="no tensor"):
         init_from_checkpoint(build_model(other), str(run2))
+
+
+def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with loop._StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)                              # a second SIGTERM changes nothing
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)                           # a second Ctrl-C: stop right now
+            time.sleep(0.5)
+    assert {sig: signal.getsignal(sig) for sig in before} == before      # the handlers are restored

@@ -260,16 +260,17 @@ def resample_times(times: Sequence[float | None], fps: float, nominal_fps: float
     of the last frame, whose length is the median frame interval): round-half-down of
     duration x fps frames, at least one.
     """
-    return [i for i, _ in _resample(((t, i) for i, t in enumerate(times)), fps, nominal_fps, _TimeStats())]
+    return list(_resample(((t, i) for i, t in enumerate(times)), fps, nominal_fps, _TimeStats()))
 
 
 def _resample(frames: Iterable, fps: float, nominal_fps: float, stats: _TimeStats) -> Iterator:
     """Nearest-timestamp resampling of (time, frame) pairs to a constant `fps` (streaming)."""
     period = 1.0 / fps
-    k = 0
+    k = emitted = 0                        # next output index; outputs yielded
     t0 = prev_t = None
     prev = None
     gaps: list[float] = []
+    ready: deque = deque()                 # (output time, frame) chosen but not yet known to be inside the span
     fallback = 1.0 / nominal_fps if nominal_fps > 0 else period
     for i, (t, f) in enumerate(frames):
         stats.frames_in += 1
@@ -284,9 +285,13 @@ def _resample(frames: Iterable, fps: float, nominal_fps: float, stats: _TimeStat
             stats.dropped += 1
             continue
         mid = 0.5 * (prev_t + rt)
-        while k * period <= mid + 1e-9:
-            yield prev
+        while k * period <= mid + 1e-9:    # outputs nearer to the previous frame than to this one
+            ready.append((k * period, prev))
             k += 1
+        # The span ends after this frame, so outputs before rt - period/2 are surely kept.
+        while ready and ready[0][0] < rt - 0.5 * period - 1e-9:
+            yield ready.popleft()[1]
+            emitted += 1
         gap = rt - prev_t
         gaps.append(gap)
         stats.min_gap, stats.max_gap = min(stats.min_gap, gap), max(stats.max_gap, gap)
@@ -296,9 +301,15 @@ def _resample(frames: Iterable, fps: float, nominal_fps: float, stats: _TimeStat
     last = float(np.median(gaps)) if gaps else fallback
     end = prev_t + last
     stats.span = end
-    while k * period < end - 0.5 * period - 1e-9 or k == 0:
+    limit = end - 0.5 * period - 1e-9      # round-half-down of duration x fps outputs
+    for tau, f in ready:
+        if tau < limit or emitted == 0:
+            yield f
+            emitted += 1
+    while k * period < limit or emitted == 0:
         yield prev
         k += 1
+        emitted += 1
 
 
 # ============================================================================ one source (worker side)
@@ -405,17 +416,24 @@ def _terminate(pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _isolated(job: dict, ctx, fn) -> dict:
-    """Run one job alone in a fresh process; a crash of that process skips the file."""
+def _isolated(jobs: list[dict], ctx, fn) -> Iterator[dict]:
+    """Run jobs one at a time in a one-process pool; a job that kills its process is skipped (a new one starts)."""
     from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
     from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
-    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+    pool = None
     try:
-        return pool.submit(fn, job).result()
-    except BrokenProcessPool:
-        return _skip("the decoder crashed on this file (its worker process died)")
+        for job in jobs:
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+            try:
+                yield pool.submit(fn, job).result()
+            except BrokenProcessPool:
+                _terminate(pool)
+                pool = None
+                yield _skip("the decoder crashed on this file (its worker process died)")
     finally:
-        _terminate(pool)
+        if pool is not None:
+            _terminate(pool)
 
 
 def _ordered_results(jobs: list[dict], workers: int, fn: Callable[[dict], dict]) -> Iterator[dict]:
@@ -452,8 +470,7 @@ def _ordered_results(jobs: list[dict], workers: int, fn: Callable[[dict], dict])
                 retry = [i] + [j for j, _ in pending]
                 pending.clear()
                 _terminate(pool)
-                for j in retry:
-                    yield _isolated(jobs[j], ctx, fn)
+                yield from _isolated([jobs[j] for j in retry], ctx, fn)
                 pool = new_pool()
                 continue
             yield res
@@ -750,13 +767,14 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
     # ---- captions
     if opts.captions and os.path.isfile(opts.captions):
         index = _KeyIndex(s.rel for s in present)
+        by_rel = {s.rel: s for s in present}
         for key, value in _read_pairs(opts.captions, "caption", _CAPTION_COLUMNS):
             hits = index.lookup(key)
             if not hits:
                 info["unmatched_caption_entries"] += 1
             caption = " ".join(value.split())
-            for s in (s for s in sources if s.rel in set(hits)):
-                s.caption = caption
+            for rel in hits:
+                by_rel[rel].caption = caption
         info["captions"] = f"file {opts.captions}"
     else:
         for s in present:
@@ -785,9 +803,10 @@ class _Part:
     plan: str = ""
     outcomes: list[dict] = field(default_factory=list)
     resumed: int = 0
-    writer: object = None
-    already: bool = False
-    existing_report: dict | None = None
+    writer: object = None                  # ShardWriter (unpublished until the end)
+    journal: object = None                 # _Journal
+    already: bool = False                  # OUT_DIR already holds exactly this dataset
+    done_all: bool = False                 # the journal says every source is processed
 
 
 def _plan_hash(part: _Part, opts: PrepareOptions) -> str:
@@ -894,6 +913,7 @@ def _start_part(part: _Part, opts: PrepareOptions, source_desc: str) -> None:
     if top is not None and not opts.overwrite:
         if (top.get("meta") or {}).get("prepare_plan") == part.plan:
             part.already = True
+            shutil.rmtree(work, ignore_errors=True)  # left over if a run stopped right after publishing
             return
         raise _error(f"{part.out_dir!r} already holds a dataset (of other sources or settings): choose another "
                      "directory or pass --overwrite to replace it")
@@ -915,8 +935,7 @@ def _start_part(part: _Part, opts: PrepareOptions, source_desc: str) -> None:
         journal.close()
         raise
     part.journal = journal
-    if entries and entries[-1].get("end"):
-        part.done_all = True
+    part.done_all = bool(entries and entries[-1].get("end"))
 
 
 def _outcome(src: _Source, res: dict) -> dict:
@@ -934,7 +953,7 @@ def _run_part(part: _Part, opts: PrepareOptions, progress: Callable[[dict], None
               worker_fn: Callable[[dict], dict]) -> None:
     """Process the sources not yet in the journal, in storage order, into the part's writer."""
     writer, journal = part.writer, part.journal
-    if getattr(part, "done_all", False):
+    if part.done_all:
         return
     todo = part.sources[part.resumed:]
     done_rels = [o["source"] for o in part.outcomes]
@@ -944,7 +963,7 @@ def _run_part(part: _Part, opts: PrepareOptions, progress: Callable[[dict], None
     workers = opts.resolved_workers()
     jobs = [dict(index=i, path=s.path, kind=s.kind, fps=opts.fps, size=tuple(opts.size), fit=opts.fit,
                  min_frames=opts.frames if s.kind == "video" else 1, short=opts.short, crf=opts.crf, gop=opts.gop,
-                 preset=opts.preset, decoder_threads=1 if workers > 0 else 0)
+                 preset=opts.preset, decoder_threads=1)  # (same messages for a broken file in any mode)
             for i, s in enumerate(todo) if not s.skip]
     results = _ordered_results(jobs, workers, worker_fn)
     try:
@@ -963,8 +982,7 @@ def _run_part(part: _Part, opts: PrepareOptions, progress: Callable[[dict], None
                 progress(dict(counter, current=s.rel))
     finally:
         results.close()
-    if writer._records:  # noqa: SLF001 (an open shard: make it final before publishing or failing)
-        writer.finish_shard()
+    writer.finish_shard()  # make the open shard final (journaled) before publishing or failing
     journal.end()
 
 
@@ -1024,24 +1042,24 @@ def _run(parts: list[_Part], out_dir: str, opts: PrepareOptions, source_desc: st
          progress: Callable[[dict], None] | None, worker_fn: Callable[[dict], dict] | None) -> PrepareResult:
     t_start = time.time()
     worker_fn = worker_fn or _run_job
-    for p in parts:
-        _start_part(p, opts, source_desc)
-    if all(p.already for p in parts):
-        return _existing_result(out_dir, parts, opts, t_start)
-    if any(p.already for p in parts):  # e.g. --images added after the videos were published
-        raise _error(f"{out_dir!r} already holds part of this dataset: pass --overwrite to rebuild it")
-    counter = {"done": sum(p.resumed for p in parts), "total": sum(len(p.sources) for p in parts),
-               "skipped": sum(o["status"] == "skipped" for p in parts for o in p.outcomes)}
-    if progress is not None:
-        progress(dict(counter, current=""))
     try:
+        for p in parts:
+            _start_part(p, opts, source_desc)
+        if all(p.already for p in parts):
+            return _existing_result(out_dir, parts, opts, t_start)
+        if any(p.already for p in parts):  # e.g. --images added after the videos were published
+            raise _error(f"{out_dir!r} already holds part of this dataset: pass --overwrite to rebuild it")
+        counter = {"done": sum(p.resumed for p in parts), "total": sum(len(p.sources) for p in parts),
+                   "skipped": sum(o["status"] == "skipped" for p in parts for o in p.outcomes)}
+        if progress is not None:
+            progress(dict(counter, current=""))
         for p in parts:
             _run_part(p, opts, progress, counter, worker_fn)
     except BaseException:
         for p in parts:
             if p.writer is not None:
                 p.writer.__exit__(RuntimeError, None, None)  # keep finished shards, drop the open one
-            if getattr(p, "journal", None) is not None:
+            if p.journal is not None:
                 p.journal.close()
         raise
     for p in parts:
@@ -1049,7 +1067,7 @@ def _run(parts: list[_Part], out_dir: str, opts: PrepareOptions, source_desc: st
     skipped, notes = _summarise(parts)
     stored = [sum(o["status"] == "ok" for o in p.outcomes) for p in parts]
     num_frames = sum(o.get("frames", 0) for p in parts if p.kind == "video" for o in p.outcomes)
-    num_bytes = sum(sum(s["num_bytes"] for s in p.writer._shards) for p in parts)  # noqa: SLF001
+    num_bytes = sum(sum(s["num_bytes"] for s in p.writer.shards) for p in parts)
     published = not (opts.strict and skipped)
     result = PrepareResult(
         out_dir=out_dir, published=published, already_complete=False, num_sources=counter["total"],
@@ -1123,17 +1141,14 @@ def prepare_dataset(src: str | os.PathLike | None, out_dir: str | os.PathLike, o
     if opts.images is not None:
         iroot = os.path.abspath(opts.images)
         iout = os.path.join(out, IMAGES_SUBDIR) if src is not None else out
-        img_opts = dataclasses.replace(opts, split=None)
+        img_opts = dataclasses.replace(opts, split=None, labels="auto")  # images: class folders or none
         sources, names, info = _plan_sources(iroot, "image", img_opts, exclude=[out])
-        if video_names and names and video_names != names:  # one class list for joint training
-            union = sorted(set(video_names) | set(names), key=lambda n: (n not in video_names, video_names.index(n)
-                                                                      if n in video_names else 0, n))
+        if video_names is not None and names:  # joint training: one class list for videos and images
+            union = list(video_names) + sorted(set(names) - set(video_names))
             if union != video_names:
                 sources_v, names_v, info_v = _plan_sources(parts[0].root, "video", opts, [out], class_names=union)
                 parts[0] = _Part("video", parts[0].root, out, _order(sources_v, opts.order), names_v, info_v)
             sources, names, info = _plan_sources(iroot, "image", img_opts, [out], class_names=union)
-        elif video_names and not names:
-            names = []
         parts.append(_Part("image", iroot, iout, _order(sources, opts.order), names, info))
     desc = ", ".join(p.root for p in parts)
     return _run(parts, out, opts, desc, progress, _worker)

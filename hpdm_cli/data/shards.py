@@ -245,6 +245,11 @@ class ShardWriter:
         """Finished shards so far (adopted ones included)."""
         return len(self._shards)
 
+    @property
+    def shards(self) -> list[dict]:
+        """Entries of the finished shards (bin, index, num_videos, num_frames, num_bytes)."""
+        return [dict(s) for s in self._shards]
+
     def abort(self) -> None:
         """Stop writing and remove every file this writer created (no dataset.json is written)."""
         self._drop_open_shard()
@@ -703,10 +708,10 @@ class ClipDataset(_TorchDataset):
                             f"{self.resolution[0]}x{self.resolution[1]}: re-run `hpdm prepare` at that resolution")
         if flip:
             clip = clip[:, :, ::-1]
-        if self.dtype == "uint8":
-            video = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
-        else:
-            video = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+        # One copy to [3, T, H, W] (the flip included), then the float conversion on contiguous memory.
+        video = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+        if self.dtype != "uint8":
+            video = video.float().div_(127.5).sub_(1.0)
         meta = self.dataset.item(vid)
         return dict(video=video, label=torch.tensor(meta["label"], dtype=torch.int64),
                     caption_id=torch.tensor(meta["caption_id"], dtype=torch.int64),

