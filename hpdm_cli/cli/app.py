@@ -5,6 +5,7 @@ User mistakes end in one line on stderr and a non-zero exit code, never a traceb
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -85,6 +86,8 @@ def train(
     summary = run_train(rec, rd, log=lambda m: out.print(m, highlight=False), progress=live)
     if summary.interrupted:
         raise typer.Exit(128 + summary.interrupted)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
               f"checkpoint {summary.checkpoint or '(unchanged)'}")
 

