@@ -23,7 +23,6 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 import tomllib
 import types
 import typing
@@ -437,28 +436,10 @@ def dump_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
         mode = path.stat().st_mode & 0o777
     except OSError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            tomli_w.dump(d, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # Make the rename itself durable (best effort; not supported everywhere).
-        dfd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    from .io import atomic_open
+    with atomic_open(path, "wb") as f:              # temp file, fsync, os.replace, directory fsync
+        tomli_w.dump(d, f)
+    os.chmod(path, mode)
     return path
 
 

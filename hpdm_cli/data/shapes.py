@@ -181,8 +181,10 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     with ShardWriter(out_dir, fps=fps, class_names=SHAPES_CLASSES, meta=meta, crf=crf, gop=gop,
                      max_videos_per_shard=max_videos_per_shard, overwrite=overwrite) as writer:
         if workers > 0:
+            import multiprocessing  # noqa: PLC0415
             from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-            pool = ProcessPoolExecutor(max_workers=workers)
+            # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
             results = pool.map(_render_encoded, jobs, chunksize=4)
         else:
             pool, results = None, map(_render_encoded, jobs)

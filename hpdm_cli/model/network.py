@@ -23,13 +23,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import ModelConfig, PyramidConfig
 from ..pyramid.geometry import global_token_coords, level_scales
 from .fusion import ContextFusion, gather_context, pair_weights, shallow_context
-from .layers import MLP, init_linear
+from .layers import init_linear
 from .rin import RINBlock
 
 

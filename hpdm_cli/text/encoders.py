@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -379,27 +378,9 @@ class EmbeddingCache:
             "count": str(len(texts)),
             "format": str(_CACHE_FORMAT),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=str(self.cache_dir))
-        os.close(fd)
-        try:
+        from ..io import atomic_path
+        with atomic_path(path) as tmp:              # temp file, fsync, os.replace: never half-written
             save_file({"embeddings": embeddings.detach().to("cpu", torch.float32).contiguous()}, tmp, metadata=meta)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        try:  # make the rename durable; not supported on every platform/filesystem
-            dfd = os.open(str(self.cache_dir), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
         return path
 
     def get(self, encoder: TextEncoder, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
