@@ -514,3 +514,14 @@ def test_synthetic_still_works(tmp_path):
                     "--height", "16", "--width", "24", "--fps", "6"]) == 0
     ds = VideoDataset(tmp_path / "s")
     assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
+
+
+def test_engine_imports_stay_light():
+    """The engine imports neither PyAV (DESIGN §8), nor torch (spawned workers start fast), nor the CLI."""
+    import subprocess
+    code = ("import sys, hpdm_cli.data.prepare\n"
+            "bad = [m for m in ('av', 'torch', 'typer', 'rich', 'hpdm_cli.cli') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

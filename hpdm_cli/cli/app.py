@@ -37,40 +37,6 @@ def _user_error_types() -> tuple:
             FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-@app.command()
-def prepare(
-    src: Optional[Path] = typer.Argument(None, help="Folder of videos (issue 5); omit with --synthetic."),
-    out_dir: Optional[Path] = typer.Argument(None, help="Dataset directory to write."),
-    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Procedural dataset name: shapes."),
-    num_videos: int = typer.Option(256, help="Videos to generate (--synthetic)."),
-    frames: int = typer.Option(16, help="Frames per video (--synthetic)."),
-    height: int = typer.Option(64, help="Height (--synthetic)."),
-    width: int = typer.Option(64, help="Width (--synthetic)."),
-    fps: float = typer.Option(8.0, help="Frames per second (--synthetic)."),
-    seed: int = typer.Option(0, help="Seed of the procedural generator."),
-    workers: int = typer.Option(0, help="Worker processes."),
-    overwrite: bool = typer.Option(False, help="Replace an existing dataset at OUT_DIR."),
-):
-    """Build a training dataset: `hpdm prepare --synthetic shapes OUT_DIR` (video folders: see issue 5)."""
-    if synthetic is not None:
-        target = out_dir or src
-        if target is None or (src is not None and out_dir is not None):
-            raise UserError("usage: hpdm prepare --synthetic shapes OUT_DIR")
-        if synthetic != "shapes":
-            raise UserError(f"unknown synthetic dataset {synthetic!r}; available: shapes")
-        from rich.progress import Progress
-
-        from ..data.shapes import write_shapes_dataset
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task("shapes", total=num_videos)
-            path = write_shapes_dataset(target, num_videos=num_videos, frames=frames, height=height, width=width,
-                                        seed=seed, fps=fps, workers=workers, overwrite=overwrite,
-                                        progress=lambda done, total: bar.update(task, completed=done))
-        out.print(f"wrote {num_videos} shapes videos ({frames}x{height}x{width} @ {fps:g} fps) to {path}")
-        return
-    raise UserError("ingesting video folders is not implemented yet (issue 5); use --synthetic shapes OUT_DIR")
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, ucf, t2v)."),
@@ -143,6 +109,10 @@ generate_cmd.register(app)
 from . import fvd_cmd  # noqa: E402  (eval-fvd)
 
 fvd_cmd.register(app)
+
+from . import prepare_cmd  # noqa: E402  (prepare)
+
+prepare_cmd.register(app)
 
 
 def main() -> None:

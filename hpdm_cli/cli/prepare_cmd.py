@@ -103,8 +103,9 @@ def prepare(
                                          "data.fps, --frames and --size to pyramid.resolution."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second of the stored videos (resampled on "
                                         "timestamps). Default: the recipe's, else 25 (--synthetic: 8)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Clip length training reads; shorter videos follow "
-                                         "--short. Default: the recipe's, else 64 (--synthetic: frames per video, 16)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Clip length training reads; shorter videos "
+                                         "follow --short. Default: the recipe's, else 64 (--synthetic: frames per "
+                                         "video, 16)."),
     size: Optional[str] = typer.Option(None, "--size", help="Stored HxW, e.g. 256x256. Default: the recipe's, "
                                        "else 256x256."),
     fit: str = typer.Option("crop", "--fit", help="How the aspect ratio is matched: crop (cover, centre crop), pad "

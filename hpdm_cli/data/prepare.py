@@ -54,7 +54,7 @@ from hpdm_cli.io import atomic_write_text, fsync_dir
 __all__ = [
     "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "FITS", "SHORT_POLICIES", "ORDERS", "EXAMPLES", "REPORT_NAME",
     "PrepareOptions", "PrepareResult", "prepare_dataset", "prepare_example", "options_from_recipe",
-    "fit_geometry", "resample_times", "process_source", "scan_sources",
+    "FitGeometry", "fit_geometry", "resample_times", "process_source", "scan_sources",
 ]
 
 VIDEO_EXTENSIONS = frozenset({
@@ -756,7 +756,7 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
                 continue
             v = given.get(s.rel)
             if s.rel in conflict:
-                s.skip = f"mislabelled: the labels file gives it several different labels"
+                s.skip = "mislabelled: the labels file gives it several different labels"
             elif not v:
                 s.skip = f"no label: not listed in the labels file {os.path.basename(mode)}"
             elif v not in lookup:

@@ -28,7 +28,9 @@ Design:
   only the shard indices a rank touches are ever parsed (lazily).
 * Crash safety: every file is written under a temporary name, fsynced and renamed; the
   dataset becomes visible only when dataset.json appears. An exception inside
-  `with ShardWriter(...)` removes what that writer wrote.
+  `with ShardWriter(...)` removes what that writer wrote -- or, for resumable writers
+  (`keep_on_error=True`, used by `hpdm prepare`), only the unfinished shard: `on_shard` reports
+  each finished shard, and `ShardWriter(..., resume=k)` continues after the first k.
 * Labels: integers into `class_names`, or -1 for "no label". Captions: strings ("" = none),
   deduplicated so that text embeddings can be computed once per distinct caption.
 * Training reads clips through `ClipDataset` (a map-style torch Dataset whose k-th sample is

@@ -46,6 +46,8 @@ VIDEO_SUFFIXES = MP4_SUFFIXES + (".gif", ".png")
 _SIZE_KEY = "hpdm_frame_size"
 _CONTAINER_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 _LOCAL = threading.local()
+_INHERITED: list = []
+_SWS_THREADS = 1  # swscale threads per call: data-loader workers are the parallelism (and fork-safe)
 
 
 class VideoError(ValueError):
@@ -99,12 +101,17 @@ def _reformatter():
 
     `VideoFrame.reformat` / `to_ndarray(format=...)` build a new swscale context for every
     frame (each decoded frame is a new object); reusing one context is ~2x faster for the
-    same bytes, which matters in data-loader workers.
+    same bytes, which matters in data-loader workers. Every call passes
+    threads=_SWS_THREADS: swscale's own thread pool would oversubscribe the workers' cores
+    and does not survive fork (a forked DataLoader worker would wait on it forever).
     """
     r = getattr(_LOCAL, "reformatter", None)
-    if r is None:
+    if r is None or _LOCAL.pid != os.getpid():
+        if r is not None:  # inherited through fork: never free it here (its owner's threads do not exist)
+            _INHERITED.append(r)
         from av.video.reformatter import VideoReformatter  # noqa: PLC0415
         r = _LOCAL.reformatter = VideoReformatter()
+        _LOCAL.pid = os.getpid()
     return r
 
 
@@ -115,7 +122,8 @@ def _frame_to_av(av, rgb: np.ndarray):
     return _reformatter().reformat(
         frame, format="yuv420p", src_colorspace=Colorspace.ITU709, dst_colorspace=Colorspace.ITU709,
         src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG, dst_color_trc=ColorTrc.BT709,
-        dst_color_primaries=ColorPrimaries.BT709, interpolation=Interpolation.AREA | Interpolation.ACCURATE_RND)
+        dst_color_primaries=ColorPrimaries.BT709, interpolation=Interpolation.AREA | Interpolation.ACCURATE_RND,
+        threads=_SWS_THREADS)
 
 
 def _pal8_to_av(av, indices: np.ndarray, palette: np.ndarray):
@@ -127,7 +135,7 @@ def _frame_to_rgb(frame) -> np.ndarray:
     """Decoded frame -> RGB uint8 [H,W,3], with full-resolution chroma interpolation and accurate rounding."""
     from av.video.reformatter import Interpolation  # noqa: PLC0415
     flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-    return _reformatter().reformat(frame, format="rgb24", interpolation=flags).to_ndarray()
+    return _reformatter().reformat(frame, format="rgb24", interpolation=flags, threads=_SWS_THREADS).to_ndarray()
 
 
 class _H264Sink:
@@ -663,10 +671,10 @@ class VideoReader:
                 if (ch, cw) != (src_h, src_w):
                     rgb = _reformatter().reformat(
                         self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"),
-                        width=cw, height=ch, format="rgb24", interpolation=flags).to_ndarray()
+                        width=cw, height=ch, format="rgb24", interpolation=flags, threads=_SWS_THREADS).to_ndarray()
             else:
-                rgb = _reformatter().reformat(frame, width=cw, height=ch, format="rgb24",
-                                              interpolation=flags).to_ndarray()
+                rgb = _reformatter().reformat(frame, width=cw, height=ch, format="rgb24", interpolation=flags,
+                                              threads=_SWS_THREADS).to_ndarray()
         if k:
             rgb = np.ascontiguousarray(np.rot90(rgb, k))
         return rgb

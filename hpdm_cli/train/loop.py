@@ -204,7 +204,7 @@ class _Batches:
                                       (d.image_path, n_img, 1, recipe.train.seed + 1)):
             if n == 0:
                 continue
-            ds = ClipDataset(path, frames, seed=seed, rank=dist.rank, world_size=dist.world_size,
+            ds = ClipDataset(path, frames, seed=seed, rank=dist.rank, world_size=dist.world_size, dtype="uint8",
                              horizontal_flip=d.horizontal_flip, num_samples=total_batches * n,
                              resolution=R[1:])
             loader = make_loader(ds, n, start=start_batch * n, num_workers=d.num_workers,
@@ -225,7 +225,7 @@ class _Batches:
         parts = [next(it) for it, _, _ in self.loaders]
         vids, caps = [], []
         for p, (_, f, cap0) in zip(parts, self.loaders):
-            v = p["video"].to(device, non_blocking=True)
+            v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
         labels = torch.cat([p["label"] for p in parts])
