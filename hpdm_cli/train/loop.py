@@ -452,7 +452,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         f"steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x accum {t.grad_accum})")
 
     try:
-        with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main) as bar:
+        with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main,
+                                                 batch=t.batch_size) as bar:
             step = start
             while step < t.steps:
                 lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,

@@ -72,22 +72,30 @@ class StatsWriter:
             self._tb.close()
 
     @contextlib.contextmanager
-    def progress(self, start: int, total: int, *, enabled: bool):
-        """A Rich live progress bar (loss, steps/s, ETA) when enabled; yields update(step, loss) with `.live`."""
+    def progress(self, start: int, total: int, *, enabled: bool, batch: int = 1):
+        """A Rich live progress bar (loss, videos/s, ETA) when enabled; yields update(step, loss) with `.live`."""
         if not enabled:
             def update(step, loss):
                 pass
             update.live = False
             yield update
             return
+        import time
+
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         cols = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[vps]:.1f} videos/s"),
+                TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*cols, transient=False) as bar:
-            task = bar.add_task("train", total=total, completed=start, loss=float("nan"))
+            task = bar.add_task("train", total=total, completed=start, loss=float("nan"), vps=0.0)
+            last = [time.perf_counter(), 0.0]
 
             def update(step, loss):
-                bar.update(task, completed=step, loss=loss)
+                now = time.perf_counter()
+                rate = batch / max(now - last[0], 1e-9)
+                last[1] = rate if last[1] == 0 else 0.9 * last[1] + 0.1 * rate     # smoothed videos/s
+                last[0] = now
+                bar.update(task, completed=step, loss=float(loss), vps=last[1])
             update.live = True
             yield update
 
