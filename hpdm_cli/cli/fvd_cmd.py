@@ -8,37 +8,12 @@ stderr, the result table to stdout, the full result to `--json OUT.json`.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-@contextmanager
-def _progress_bars(enabled: bool):
-    """A Rich progress display on stderr, one bar per side; yields progress(side, done, total) or None."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .app import err
-    if not enabled:
-        yield None
-        return
-    tasks: dict = {}
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err, transient=False)
-
-    def update(side: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()
-        if side not in tasks:
-            tasks[side] = bar.add_task(f"{side} clips", total=total)
-        bar.update(tasks[side], completed=done, total=total)
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()
+from .progress import keyed_bars
 
 
 def eval_fvd(
@@ -100,7 +75,7 @@ def eval_fvd(
         generation["data"] = real
     live = sys.stderr.isatty() if progress is None else progress
     try:
-        with _progress_bars(live) as bar:
+        with keyed_bars(lambda side: f"{side} clips", live) as bar:
             res = evaluate_fvd(real, fake, num=num, frames=frames, stride=stride, seed=seed, i3d=i3d, device=device,
                                batch_size=batch, workers=workers, precision=precision, cache=cache,
                                cache_dir=cache_dir, save_real=save_real, save_fake=save_fake, generation=generation,

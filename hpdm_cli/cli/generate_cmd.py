@@ -6,42 +6,17 @@ user errors (exit code 2); progress bars go to stderr, results to stdout.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .progress import keyed_bars
+
 _OVERLAP_HELP = "Tile overlap axes at inference: fhw|fh|fw|hw|f|h|w|none (default: the recipe's pyramid.overlap)."
 _STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
                "(default: the recipe's sample.steps).")
 _DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
-
-
-@contextmanager
-def _progress_bars(enabled: bool = True):
-    """A Rich progress display on stderr with one bar per pyramid level; yields progress(level, done, total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .app import err
-    if not enabled:
-        yield None
-        return
-    tasks: dict = {}
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err, transient=False)
-
-    def update(level: int, done: int, total: int) -> None:
-        if not tasks:                               # started lazily: nothing is printed before sampling begins
-            bar.start()
-        if level not in tasks:
-            tasks[level] = bar.add_task(f"level {level}", total=total)
-        bar.update(tasks[level], completed=done, total=total)
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()
 
 
 def _user_errors(fn):
@@ -96,7 +71,7 @@ def sample(
     from ..generate import generate
     from .app import out as console
     show = (progress if progress is not None else True) and _is_main_rank()
-    with _progress_bars(show) as bar:
+    with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = _user_errors(lambda: generate(
             ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
             guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
@@ -149,7 +124,7 @@ def upscale(
     from ..generate import upscale as run_upscale
     from .app import out as console
     show = (progress if progress is not None else True) and _is_main_rank()
-    with _progress_bars(show) as bar:
+    with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = _user_errors(lambda: run_upscale(
             input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap,
             seed=seed, prompt=prompt, class_=class_, steps=steps, guidance=guidance, overlap=overlap,
