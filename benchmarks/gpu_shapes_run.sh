@@ -13,6 +13,6 @@ timeout -s TERM "$S" python3 -m hpdm_cli train shapes data.path=/tmp/shapes mode
   data.num_workers=12 train.log_every=100 train.ckpt_every=100000 --run-dir /tmp/run --no-progress
 echo "train exit $?"
 cp /tmp/run/stats.jsonl "$OUT/shapes_stats.jsonl"
-python3 -m hpdm_cli sample --ckpt /tmp/run --class 0 --seeds 0-3 --out "$OUT/shapes_c0.mp4" --png --no-progress
-python3 -m hpdm_cli sample --ckpt /tmp/run --class 6 --seeds 0-1 --out "$OUT/shapes_c6.mp4" --png --no-progress
+python3 -m hpdm_cli sample --ckpt /tmp/run --class 0 --seeds 0-1 --out "$OUT/shapes_c0.mp4" --png --no-progress
+python3 -m hpdm_cli sample --ckpt /tmp/run --class 6 --seeds 0 --out "$OUT/shapes_c6.mp4" --png --no-progress
 ls -la "$OUT"
