@@ -180,9 +180,14 @@ def _environment(dist: DistInfo) -> dict:
             "host": platform.node(), "argv": sys.argv}
 
 
-def _worker_ignores_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which checkpoints and stops cleanly."""
+def _worker_ignores_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints and stops cleanly.
+
+    `timeout`, Slurm and torchrun deliver SIGTERM to the whole process group; a worker that died of
+    it would make the main process fail before it could save its checkpoint.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Batches:
@@ -213,7 +218,7 @@ class _Batches:
             # RNG (whose state is checkpointed and must not depend on where a run was resumed).
             loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + dist.rank)
             if d.num_workers > 0:
-                loader.worker_init_fn = _worker_ignores_sigint
+                loader.worker_init_fn = _worker_ignores_signals
             # Caption ids of every dataset index one joint caption list.
             self.loaders.append((iter(loader), frames, len(self.captions)))
             self.captions += ds.captions()
