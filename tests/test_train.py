@@ -437,3 +437,21 @@ def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)                           # a second Ctrl-C: stop right now
             time.sleep(0.5)
     assert {sig: signal.getsignal(sig) for sig in before} == before      # the handlers are restored
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(shapes_data, tmp_path):
+    """timeout / Slurm / torchrun signal the whole group: data-loader workers must not die before the checkpoint."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hpdm_cli", "train", "tiny", *overrides(shapes_data), "data.num_workers=2",
+           "train.steps=400", "--run-dir", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert _wait_for(lambda: len(losses(run)) >= 1, 120, proc), proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)                               # the group: main process and workers
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (out, err)
+    assert "Traceback" not in out + err, err
+    assert list_checkpoints(run), "no checkpoint was saved"
