@@ -2,7 +2,8 @@
 
 The engine (importable, no CLI dependencies): `config` (typed recipe), `pyramid` (patch
 hierarchies), `model` (video RIN, deep context fusion, adaptive computation), `diffusion`
-(EDM objective), `train`, `data`, `text`, `io`. The `hpdm` command lives in `hpdm_cli.cli`.
+(EDM objective), `sampling`, `train`, `data`, `text`, `io`, `eval` (FVD), `generate`, `bench`.
+The `hpdm` command lives in `hpdm_cli.cli`.
 """
 
 __version__ = "0.1.0"
