@@ -19,3 +19,12 @@ def tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8), **model) -> Recipe:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny forwards are dominated by thread hand-offs on a shared 2-core machine: run a module on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, ca
 OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards are dominated by thread hand-offs on a shared 2-core machine: run them on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def field(pos: torch.Tensor) -> torch.Tensor:
