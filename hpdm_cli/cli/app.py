@@ -115,10 +115,32 @@ from . import prepare_cmd  # noqa: E402  (prepare)
 prepare_cmd.register(app)
 
 
-def main() -> None:
-    """Entry point of the `hpdm` console script."""
+# Parse errors typer detects itself (missing argument, unknown option or command, a value of the wrong
+# type) derive from the ClickException of the click copy that current typer releases carry (older
+# ones used click itself): found through typer's public BadParameter, so `click` is never imported.
+_ParseError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _one_line(text: str) -> str:
+    """Collapse a message onto one line (whitespace runs become one space)."""
+    return " ".join(str(text).split())
+
+
+def _parse_error_line(e: Exception) -> str:
+    """The one-line message for a command-line parse error raised by typer."""
+    msg = _one_line(e.format_message()).rstrip(".") or type(e).__name__
+    opt = getattr(e, "option_name", None) or ""
+    if opt.startswith("--") and "." in opt:                      # `--train.steps=10`: a recipe override
+        msg += f"; recipe overrides take no dashes: {opt[2:]}=VALUE"
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "hpdm"
+    return f"{msg} (see '{path} --help')"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of the `hpdm` console script (and of `python -m hpdm_cli`)."""
     try:
-        rc = app(standalone_mode=False)
+        rc = app(argv, prog_name="hpdm", standalone_mode=False)
     except SystemExit:
         raise
     except typer.Exit as e:
@@ -126,13 +148,17 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except typer.Abort:
+        err.print("hpdm: aborted", highlight=False, markup=False)
+        sys.exit(130)
+    except _ParseError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":                # bare `hpdm`: typer printed the help
+            line = "no command given: run one of the commands listed above, e.g. 'hpdm train tiny'"
+        else:
+            line = _parse_error_line(e)
+        err.print(f"hpdm: error: {line}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as e:                                                # noqa: BLE001
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
         if isinstance(e, _user_error_types()):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
