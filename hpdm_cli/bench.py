@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from .config import Recipe
+from .config import ConfigError, Recipe
 from .diffusion.edm import draw_noise
 from .io import atomic_write_text
 from .model.flops import train_step_flops
@@ -28,6 +28,25 @@ PEAK_FLOPS = {
     "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
 }
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _check_count(name: str, value, low: int, option: str) -> None:
+    """Refuse a count that is not an integer >= low (ConfigError naming it and the `hpdm bench` option)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} = {value!r}: expected an integer >= {low} ({option} {low} or more)")
+
+
+def _check_precisions(precisions) -> None:
+    """Refuse an empty list or an unknown precision (ConfigError)."""
+    if not precisions:
+        raise ConfigError(f"precision: expected one or more of {', '.join(PRECISIONS)}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision {p!r}: expected one of {', '.join(PRECISIONS)} "
+                              "(--precision fp32,bf16 times both)")
 
 
 def peak_flops(device: torch.device, precision: str) -> Optional[float]:
@@ -58,6 +77,12 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
     from .train.distributed import pick_device
     from .train.loop import build_model, forward_backward, set_precision
     from .train.optim import Lamb, param_groups
+    _check_count("steps", steps, 1, "--steps")
+    _check_count("warmup", warmup, 0, "--warmup")
+    if batch is not None:
+        _check_count("batch", batch, 1, "--batch")
+    if precisions is not None:
+        _check_precisions(precisions)
     device = pick_device(recipe.train.device)
     rows = []
     for name, rec in _variants(recipe, ablations):
@@ -123,12 +148,31 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     generation time linearly to the recipe's full step counts (cache building does not scale).
     """
     from .sampling.hierarchical import HierarchicalSampler, level_steps
+    from .sampling.tiles import parse_overlap
     from .train.distributed import pick_device
     from .train.loop import build_model, set_precision
+    _check_count("batch", batch, 1, "--batch")
+    _check_count("tile_batch", tile_batch, 1, "tile_batch")
+    _check_precisions([precision])
+    if overlaps is not None:
+        if not overlaps:
+            raise ConfigError("overlap: expected one or more settings, e.g. fhw,hw,none")
+        for ov in overlaps:
+            try:
+                parse_overlap(ov)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    L = recipe.pyramid.num_levels
+    if steps is not None:
+        if len(steps) != L:
+            raise ConfigError(f"sample steps = {list(steps)}: expected {L} per-level step counts "
+                              f"(one per pyramid level), e.g. {','.join(str(max(1, 8 >> l)) for l in range(L))}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+            raise ConfigError(f"sample steps = {list(steps)}: every level needs at least one step, "
+                              "e.g. --sample-steps 8,4,2")
     device = pick_device(recipe.train.device)
     set_precision(precision)
     net = build_model(recipe).to(device).eval()
-    L = recipe.pyramid.num_levels
     full = level_steps(recipe.sample, L)
     run_steps = list(steps) if steps else full
     cond = {"class": lambda: torch.zeros(batch, dtype=torch.long, device=device),

@@ -31,9 +31,10 @@ def _user_error_types() -> tuple:
     from ..io.video import VideoError
     from ..text.encoders import TextEncoderError
     from ..train.checkpoint import CheckpointError
+    from ..train.distributed import DeviceError
     from ..train.loop import TrainError
     return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError, FVDError,
-            GenerateError,
+            GenerateError, DeviceError,
             FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -61,15 +62,33 @@ def train(
               f"checkpoint {summary.checkpoint or '(unchanged)'}")
 
 
+def _csv(value: str, option: str, example: str) -> list:
+    """Split a comma-separated option value; an empty item is a UserError naming the option."""
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise UserError(f"{option} {value!r}: expected comma-separated values without empty items, e.g. {example}")
+    return items
+
+
+def _check_json_target(path: Path) -> None:
+    """Refuse a --json path that cannot be written, before anything is timed."""
+    if path.is_dir():
+        raise UserError(f"--json {path}: is a directory; pass a file name, e.g. {path / 'bench.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"--json {path}: folder {path.parent} does not exist; create it or pick another path")
+
+
 @app.command()
 def bench(
     recipe: str = typer.Argument(..., help="Recipe file or packaged name."),
     overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
-    steps: int = typer.Option(10, help="Timed training steps."),
-    warmup: int = typer.Option(3, help="Untimed warm-up steps."),
-    batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch)."),
+    steps: Optional[int] = typer.Option(None, help="Timed training steps (default 10)."),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps (default 3)."),
+    batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch; "
+                                                   "--sampling: 16 videos)."),
     ablations: bool = typer.Option(False, help="Also time no adaptive computation and shallow fusion."),
-    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16)."),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16); "
+                                                       "--sampling: one of them."),
     sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
     overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings (fhw,hw,...,none)."),
     compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
@@ -77,18 +96,44 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
+    # Options of the other mode would be ignored without a word: refuse them instead.
+    if sampling:
+        given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--ablations", ablations or None))
+                 if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} to timing "
+                            f"training, not --sampling: drop {'them' if len(given) > 1 else 'it'} "
+                            "(--sample-steps sets the sampler's steps)")
+    else:
+        given = [o for o, v in (("--overlap", overlap), ("--sample-steps", sample_steps),
+                                ("--cache-only", None if compare_cache else True)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} with --sampling: "
+                            f"add --sampling or drop {'them' if len(given) > 1 else 'it'}")
+    if json_out is not None:
+        _check_json_target(json_out)
+    precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
     from ..bench import bench_sampling, bench_training, write_json
     from ..recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path(recipe), overrides or [])
     if sampling:
-        rows = bench_sampling(rec, batch=batch or 16, overlaps=overlap.split(",") if overlap else None,
-                              caches=(True, False) if compare_cache else (True,),
-                              steps=[int(s) for s in sample_steps.split(",")] if sample_steps else None,
-                              precision=precision or "bf16")
+        if precisions is not None and len(precisions) != 1:
+            raise UserError(f"--precision {precision!r}: --sampling times one precision, e.g. --precision bf16")
+        counts = None
+        if sample_steps is not None:
+            try:
+                counts = [int(v) for v in _csv(sample_steps, "--sample-steps", "8,4,2")]
+            except ValueError:
+                raise UserError(f"--sample-steps {sample_steps!r}: expected comma-separated positive integers, "
+                                "one per level, e.g. 8,4,2") from None
+        rows = bench_sampling(rec, batch=16 if batch is None else batch,
+                              overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
+                              caches=(True, False) if compare_cache else (True,), steps=counts,
+                              precision=precisions[0] if precisions else "bf16")
         title = "hpdm bench: sampling (seconds per video)"
     else:
-        rows = bench_training(rec, steps=steps, warmup=warmup, batch=batch, ablations=ablations,
-                              precisions=precision.split(",") if precision else None)
+        rows = bench_training(rec, steps=10 if steps is None else steps, warmup=3 if warmup is None else warmup,
+                              batch=batch, ablations=ablations, precisions=precisions)
         title = "hpdm bench: training"
     from rich.table import Table
     table = Table(title=title)
