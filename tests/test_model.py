@@ -94,7 +94,7 @@ def reference_forward(net, x, c_noise, off, c):
                 ctx = ctx + F.grid_sample(src, g, align_corners=False, padding_mode="border").flatten(2).transpose(1, 2)
             ctx = ctx / l
             cat = torch.cat([prev[l], ctx, coords[:, l]], -1)
-            a[l] = prev[l] + net.fusions[b].proj(cat)                   # eq. 9, W = [I, 0, 0] + W', explicit concat
+            a[l] = prev[l] + net.fusions[str(b)].proj(cat)                 # eq. 9, W = [I, 0, 0] + W', explicit concat
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
             a[l], z[l] = block(a[l], z[l])
     return torch.stack([net.detokenize(t) for t in a], 1)
@@ -223,3 +223,67 @@ def test_condition_dropout_uses_null_condition():
         kept = net(x, c_noise, off, c, torch.tensor([True, True]))
     assert torch.equal(dropped, null)
     assert not torch.allclose(dropped, kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion weights exist only for blocks that fuse (a block on level 0 alone has no coarser context)
+
+def _step(net, recipe, opt, ema, seed):
+    """One training step on a fixed synthetic batch (the loop's forward_backward, LAMB, EMA)."""
+    from hpdm_cli.diffusion.edm import draw_noise
+    from hpdm_cli.train.loop import forward_backward
+    g = torch.Generator().manual_seed(seed)
+    p, m = recipe.pyramid, recipe.model
+    videos = torch.rand(2, m.channels, *p.resolution, generator=g) * 2 - 1
+    cond = torch.randint(0, m.num_classes, (2,), generator=g)
+    offsets = sample_nested_offsets(p, 2, generator=g)
+    draw = draw_noise(recipe.diffusion, (2, p.num_levels, m.channels, *p.patch), conditional=True, generator=g)
+    forward_backward(net, videos, cond, recipe, offsets, draw, 1.0, "fp32")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    ema.update(net)
+
+
+@pytest.mark.parametrize("load", ["linear", [3, 1, 1, 3]])
+def test_every_parameter_gets_a_gradient(load):
+    """DDP then needs no find_unused_parameters for fusions that nothing reads (the loop's probe finds none)."""
+    from hpdm_cli.train.loop import _unused_parameters
+    recipe = tiny_recipe(load=load)
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    assert _unused_parameters(net, recipe, torch.device("cpu")) == []
+    assert sorted(net.fusions) == [str(b) for b, n in enumerate(net.load) if n > 1]
+
+
+def test_checkpoint_with_fusions_of_level0_blocks_still_loads_and_resumes():
+    """Earlier versions built a fusion for every block: their checkpoints sample and resume unchanged."""
+    import copy
+
+    from hpdm_cli.model.fusion import ContextFusion
+    from hpdm_cli.train.loop import _without_unbuilt_fusions
+    from hpdm_cli.train.optim import EMA, Lamb, param_groups
+    recipe = tiny_recipe(load="linear")                                 # load [1, 1, 2, 3]
+    old = HPDMNet(recipe.pyramid, recipe.model)
+    old.fusions = torch.nn.ModuleDict({str(b): old.fusions[str(b)] if str(b) in old.fusions
+                                       else ContextFusion(recipe.model.interface_dim, recipe.model.fusion_coords)
+                                       for b in range(len(old.load))})   # the earlier layout: fusions.0 ... .3
+    opt, ema = Lamb(param_groups(old, 0.01), lr=1e-3), EMA(old, 2.0)
+    _step(old, recipe, opt, ema, seed=1)
+    ck = copy.deepcopy({"model": old.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()})
+    assert "fusions.0.proj.weight" in ck["model"] and "fusions.1.proj.bias" in ck["ema"]
+
+    sampler = HPDMNet(recipe.pyramid, recipe.model)
+    sampler.load_state_dict(ck["model"])                                # strict, as `hpdm sample` loads weights
+    new = HPDMNet(recipe.pyramid, recipe.model)
+    opt2, ema2 = Lamb(param_groups(new, 0.01), lr=1e-3), EMA(new, 2.0)   # groups of a fresh model, as the loop
+    ck = _without_unbuilt_fusions(ck, new)                              # as the training loop resumes
+    new.load_state_dict(ck["model"])
+    ema2.load_state_dict(ck["ema"])
+    opt2.load_state_dict(ck["optimizer"])
+    _step(old, recipe, opt, ema, seed=2)
+    _step(new, recipe, opt2, ema2, seed=2)
+    want, got = old.state_dict(), new.state_dict()
+    assert set(want) - set(got) == {f"fusions.{b}.proj.{k}" for b in (0, 1) for k in ("weight", "bias")}
+    for k in got:
+        assert torch.equal(got[k], want[k]), k
+    for k, v in ema2.state_dict().items():
+        assert torch.equal(v, ema.state_dict()[k]), k

@@ -97,11 +97,25 @@ class HPDMNet(nn.Module):
         self.blocks = nn.ModuleList(
             RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio) for _ in range(model.num_blocks))
         if model.fusion == "deep":
-            self.fusions = nn.ModuleList(ContextFusion(D, model.fusion_coords) for _ in range(model.num_blocks))
+            # Block b fuses levels 1..n_b-1 with the coarser ones (eq. 9); a block that processes level 0
+            # only (n_b = 1) fuses nothing, so it has no fusion weights (they could never be trained).
+            self.fusions = nn.ModuleDict({str(b): ContextFusion(D, model.fusion_coords)
+                                          for b in range(model.num_blocks) if self.load[b] > 1})
+            self.register_load_state_dict_pre_hook(_drop_unbuilt_fusions)
         self.out_norm = nn.LayerNorm(D)
         self.detokenizer = nn.Linear(D, C * math.prod(self.tok))
         nn.init.zeros_(self.detokenizer.weight)
         nn.init.zeros_(self.detokenizer.bias)
+
+    def is_unbuilt_fusion(self, name: str) -> bool:
+        """Whether `name` is a weight of the fusion of a level-0-only block, which this model does not build.
+
+        Checkpoints of earlier versions hold such weights (never trained: no forward pass reads them);
+        loading drops them.
+        """
+        parts = name.split(".")
+        return (self.cfg.fusion == "deep" and len(parts) > 2 and parts[0] == "fusions" and parts[1].isdigit()
+                and int(parts[1]) < len(self.load) and self.load[int(parts[1])] <= 1)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -201,7 +215,7 @@ class HPDMNet(nn.Module):
                 lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
                 ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
-                fused = self.fusions[b](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
+                fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
                 for j, l in enumerate(range(first, stop)):
                     a[l] = fused[j]
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
@@ -217,3 +231,9 @@ class HPDMNet(nn.Module):
         if collect:
             result += (collected,)
         return result[0] if len(result) == 1 else result
+
+
+def _drop_unbuilt_fusions(module: HPDMNet, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: remove the weights of fusions the model does not build (see is_unbuilt_fusion)."""
+    for key in [k for k in state_dict if k.startswith(prefix) and module.is_unbuilt_fusion(k[len(prefix):])]:
+        del state_dict[key]

@@ -296,6 +296,34 @@ def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> li
     return [dict(g, params=[params[n] for n in sg["names"]], names=list(sg["names"])) for g, sg in zip(groups, saved)]
 
 
+def _without_unbuilt_fusions(ck: dict, net: torch.nn.Module) -> dict:
+    """A checkpoint of an earlier version minus the fusion weights of level-0-only blocks (model, EMA, optimiser).
+
+    Such fusions never touched the output and are no longer built (`HPDMNet.is_unbuilt_fusion`).
+    The optimiser state follows its parameters by position within each group, so a dropped
+    parameter leaves its group's `params`/`names` lists and its state together.
+    """
+    drop = getattr(net, "is_unbuilt_fusion", None)
+    if drop is None:
+        return ck
+    for part in ("model", "ema"):
+        if ck.get(part) is not None:
+            ck[part] = {k: v for k, v in ck[part].items() if not drop(k)}
+    opt = ck.get("optimizer")
+    if opt is not None:
+        for g in opt["param_groups"]:
+            names = g.get("names")
+            if not isinstance(names, list) or len(names) != len(g["params"]):
+                continue
+            gone = [i for n, i in zip(names, g["params"]) if drop(n)]
+            if gone:
+                g["params"] = [i for n, i in zip(names, g["params"]) if not drop(n)]
+                g["names"] = [n for n in names if not drop(n)]
+                for i in gone:
+                    opt["state"].pop(i, None)
+    return ck
+
+
 def _unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
     """Names of trainable parameters that one training forward/backward (batch 1, no self-conditioning) leaves
     without a gradient. Uses its own generator: torch's global RNG is untouched."""
@@ -380,6 +408,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
     set_precision(t.precision)
 
     net = build_model(recipe)
+    if ck is not None:
+        ck = _without_unbuilt_fusions(ck, net)
     # Parameter groups of the freshly initialised model (param_groups looks at values: zero-initialised
     # tensors go to the no-decay group), so that they do not depend on init_from or on a resume.
     groups = param_groups(net, t.weight_decay)
@@ -426,8 +456,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
-        # steps without a self-conditioning pass, and parameters no forward pass uses at all (e.g.
-        # the fusion of blocks that, under adaptive computation, process level 0 only).
+        # steps without a self-conditioning pass, and any parameter a training step leaves unused
+        # (level-0-only blocks build no fusion, so those are not among them).
         unused = _unused_parameters(net, recipe, dist.device)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
