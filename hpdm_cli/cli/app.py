@@ -58,6 +58,9 @@ def train(
         raise typer.Exit(128 + summary.interrupted)
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    if summary.step == summary.start_step:                # already finished: no step ran, so no loss to report
+        out.print(f"done: already at step {summary.step}/{summary.steps}; nothing to do")
+        return
     out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
               f"checkpoint {summary.checkpoint or '(unchanged)'}")
 

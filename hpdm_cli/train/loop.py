@@ -478,7 +478,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         torch.set_rng_state(rng_state)
 
     flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
-    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
+    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start, log=say)
     frames = recipe.pyramid.resolution[0]
     L = recipe.pyramid.num_levels
     params = [p for p in net.parameters()]

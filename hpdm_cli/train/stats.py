@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..io import atomic_write_text
 
@@ -20,7 +20,7 @@ class StatsWriter:
     """
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None):
+                 resume_step: Optional[int] = None, log: Callable[[str], None] = lambda msg: None):
         self.enabled = enabled
         self.path = Path(run_dir) / "stats.jsonl"
         self._tb = None
@@ -29,10 +29,16 @@ class StatsWriter:
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
-                                         purge_step=resume_step + 1 if resume_step else None)
-            except Exception:                                             # tensorboard not installed
-                self._tb = None
+            except ImportError:                                           # the tensorboard package is absent
+                log("TensorBoard logging is off: the tensorboard package is not installed "
+                    "(pip install tensorboard to turn it on); statistics go to stats.jsonl")
+            else:
+                try:
+                    self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                             purge_step=resume_step + 1 if resume_step else None)
+                except Exception as e:                                    # noqa: BLE001  (an unwritable folder, ...)
+                    reason = " ".join(str(e).split()) or type(e).__name__
+                    log(f"TensorBoard logging is off ({reason}); statistics go to stats.jsonl")
 
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps > `step` from stats.jsonl (atomically); returns how many were dropped."""

@@ -1,0 +1,208 @@
+"""The `hpdm` command line itself: parse errors, declared imports, `hpdm bench` inputs, finished runs.
+
+Every mistake ends in one line on stderr and exit code 2, also on an install without `click`
+(current typer releases carry their own copy of it and no longer install it).
+"""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def no_click_env(tmp_path_factory):
+    """Environment whose Python cannot import `click` (a shadowing module that raises ImportError)."""
+    d = tmp_path_factory.mktemp("no-click")
+    (d / "click.py").write_text("raise ImportError(\"No module named 'click' (hidden by the test)\")\n")
+    path = os.pathsep.join([str(d), str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    return dict(os.environ, PYTHONPATH=path, COLUMNS="100")
+
+
+def _run(args, env, cwd, exe=None):
+    cmd = [str(exe)] if exe else [sys.executable, "-m", "hpdm_cli"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_click_is_really_hidden(no_click_env, tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import click"], capture_output=True, text=True, env=no_click_env,
+                       cwd=tmp_path)
+    assert r.returncode != 0 and "hidden by the test" in r.stderr
+
+
+@pytest.mark.parametrize("args,names", [
+    (["train"], ["recipe", "hpdm train --help"]),
+    (["sample"], ["--ckpt", "hpdm sample --help"]),
+    (["train", "tiny", "--train.steps=10"], ["--train.steps", "train.steps=VALUE"]),
+    (["sample", "--ckpt", "x", "--guidance", "high"], ["--guidance", "number"]),
+    (["generate"], ["generate", "hpdm --help"]),
+    (["sample", "--ckpt"], ["--ckpt"]),
+], ids=["train without recipe", "sample without --ckpt", "unknown option", "wrong type", "unknown command",
+        "option without value"])
+def test_parse_errors_are_one_line_and_exit_2_without_click(no_click_env, tmp_path, args, names):
+    r = _run(args, no_click_env, tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("hpdm: error: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert all(n in lines[0] for n in names), lines[0]
+
+
+def test_bare_hpdm_prints_the_help_and_one_error_line(no_click_env, tmp_path):
+    r = _run([], no_click_env, tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Usage: hpdm" in r.stdout and "train" in r.stdout and "eval-fvd" in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpdm: error: no command given"), r.stderr
+
+
+def test_console_script_and_python_m_behave_the_same(no_click_env, tmp_path):
+    script = Path(sys.executable).parent / "hpdm"
+    assert script.is_file(), "the hpdm console script is not installed next to this Python"
+    for args in (["train", "tiny", "--train.steps=10"], ["--help"]):
+        a, b = _run(args, no_click_env, tmp_path), _run(args, no_click_env, tmp_path, exe=script)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), args
+    assert a.returncode == 0 and "Usage: hpdm " in a.stdout and a.stderr == ""
+
+
+def _third_party_imports():
+    """(module, file, lazy) for every absolute import of a non-stdlib module in hpdm_cli/."""
+    found = []
+    for path in sorted((REPO / "hpdm_cli").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "hpdm_cli":
+                    found.append((top, path.relative_to(REPO), id(node) not in top_level))
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    """Module-level imports need a [project] dependency; imports inside functions may use an extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(reqs):
+        return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", r).group()).lower() for r in reqs}
+
+    core = names(project["dependencies"])
+    extras = set().union(*map(names, project.get("optional-dependencies", {}).values()))
+    dists = packages_distributions()
+    bad = []
+    for mod, path, lazy in _third_party_imports():
+        provided = {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(mod, [])}
+        allowed = core | extras if lazy else core
+        if not provided & allowed:
+            bad.append(f"{path}: {mod} ({'inside a function' if lazy else 'module level'})")
+    assert not bad, "imports not declared in pyproject.toml: " + "; ".join(sorted(set(bad)))
+
+
+# ============================================================================ hpdm bench: bad inputs
+
+def _main(argv, capsys, monkeypatch):
+    """Run the real entry point in-process on `hpdm ARGV...`; returns (exit code, stdout, stderr)."""
+    from hpdm_cli.cli.app import main
+    monkeypatch.setattr(sys, "argv", ["hpdm", *map(str, argv)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+BENCH_CASES = {
+    "--steps 0": (["--steps", "0"], "steps = 0"),
+    "--steps -1": (["--steps", "-1"], "steps = -1"),
+    "--warmup -1": (["--warmup", "-1"], "warmup = -1"),
+    "--batch 0": (["--batch", "0"], "batch = 0"),
+    "--batch -2 --sampling": (["--batch", "-2", "--sampling"], "batch = -2"),
+    "--precision fp16": (["--precision", "fp16"], "'fp16'"),
+    "--precision ,": (["--precision", ","], "--precision"),
+    "--precision two for sampling": (["--sampling", "--precision", "fp32,bf16"], "one precision"),
+    "--overlap xyz": (["--sampling", "--overlap", "xyz"], "'xyz'"),
+    "--overlap empty item": (["--sampling", "--overlap", "fhw,,hw"], "--overlap"),
+    "--sample-steps 8,a": (["--sampling", "--sample-steps", "8,a"], "--sample-steps '8,a'"),
+    "--sample-steps 0,1,1": (["--sampling", "--sample-steps", "0,1,1"], "at least one step"),
+    "--sample-steps too few": (["--sampling", "--sample-steps", "2"], "expected 3 per-level"),
+    "--overlap without --sampling": (["--overlap", "hw"], "--sampling"),
+    "--cache-only without --sampling": (["--cache-only"], "--sampling"),
+    "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
+    "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
+    "--json into a missing folder": (["--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
+    "--json a folder": (["--json", "{tmp}"], "is a directory"),
+    "cuda on a CPU machine": (["train.device=cuda"], "train.device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BENCH_CASES))
+def test_bench_bad_inputs_are_one_line_errors(case, capsys, tmp_path, monkeypatch):
+    args, needle = BENCH_CASES[case]
+    if case == "cuda on a CPU machine":
+        import torch
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = _main(["bench", "tiny", *[a.format(tmp=tmp_path) for a in args]], capsys, monkeypatch)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hpdm: error: "), (case, err)
+    assert needle in lines[0] and out == "", (case, lines[0])
+    assert list(tmp_path.iterdir()) == [], case                              # nothing written
+
+
+def test_bench_bad_input_in_a_real_process_without_click(no_click_env, tmp_path):
+    r = _run(["bench", "tiny", "--overlap", "hw"], no_click_env, tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("hpdm: error: --overlap only applies with --sampling"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_bench_engine_refuses_bad_counts():
+    from hpdm_cli.bench import bench_sampling, bench_training
+    from hpdm_cli.config import ConfigError
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    rec = load_recipe(default_recipe_path("tiny"), [])
+    for kw in (dict(steps=0), dict(warmup=-1), dict(batch=0), dict(precisions=[]), dict(precisions=["fp64"])):
+        with pytest.raises(ConfigError):
+            bench_training(rec, **kw)
+    for kw in (dict(batch=0), dict(overlaps=[]), dict(overlaps=["q"]), dict(steps=[1, 1]), dict(steps=[1, 0, 1]),
+               dict(precision="fp16")):
+        with pytest.raises(ConfigError):
+            bench_sampling(rec, **kw)
+
+
+# ============================================================================ hpdm train: a finished run
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    path = tmp_path_factory.mktemp("data") / "shapes"
+    write_shapes_dataset(path, num_videos=8, frames=8, height=32, width=32, overwrite=True)
+    return path
+
+
+def test_rerunning_a_finished_run_says_nothing_to_do_and_tensorboard_absence_once(
+        tiny_data, tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)         # as without the tensorboard package
+    run = tmp_path / "run"
+    argv = ["train", "tiny", f"data.path={json.dumps(str(tiny_data))}", "train.steps=1", "train.batch_size=4",
+            "train.log_every=1", "train.ckpt_every=1", "train.warmup_steps=0", "--run-dir", run, "--no-progress"]
+    code, out, err = _main(argv, capsys, monkeypatch)
+    assert code == 0, err
+    assert out.count("TensorBoard logging is off") == 1 and "pip install tensorboard" in out
+    assert "done: step 1/1, last loss" in out and "nan" not in out
+    code, out, err = _main(argv, capsys, monkeypatch)
+    assert code == 0 and err == ""
+    assert "done: already at step 1/1; nothing to do" in out
+    assert "nan" not in out and "TensorBoard" not in out
