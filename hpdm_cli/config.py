@@ -72,6 +72,7 @@ class ModelConfig:
     text_dim: int = 384                                 # Width of text-encoder embeddings.
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
     self_condition: bool = False                        # RIN latent self-conditioning.
+    adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""
