@@ -43,7 +43,7 @@ from hpdm_cli.data.shards import DataError, ShardWriter
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
     "SPLITS", "HELDOUT_TRIPLES", "HELDOUT_RULE", "is_heldout",
-    "render_shapes_video", "shapes_attributes", "write_shapes_dataset",
+    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "write_shapes_dataset",
 ]
 
 SHAPES = ["square", "circle", "triangle", "diamond"]
@@ -175,6 +175,19 @@ def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.ndarray:
     raise DataError(f"unknown shape {shape!r}: expected one of {SHAPES}")
 
 
+# Area of each shape in units of size**2 (size = radius / half-extent as in `_sdf`).
+SHAPE_AREAS = {"square": (2 * 0.9) ** 2, "circle": float(np.pi), "triangle": float(np.sqrt(3.0)) * 1.2 ** 2,
+               "diamond": (2 * 0.85) ** 2}
+
+
+def shape_coverage(shape: str, cx: float, cy: float, size: float, height: int, width: int, *,
+                   y0: int = 0, x0: int = 0) -> np.ndarray:
+    """The renderer's anti-aliased coverage in [0, 1], float32 [height, width], of pixel rows y0.. and columns x0..."""
+    ys = np.arange(y0, y0 + height, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x0 + width, dtype=np.float32)[None, :]
+    return np.clip(0.5 - _sdf(shape, xs - cx, ys - cy, size), 0.0, 1.0)
+
+
 def render_shapes_video(index: int, *, frames: int, height: int, width: int,
                         seed: int = 0, split: str = "all") -> tuple[np.ndarray, str, int, dict]:
     """Render video `index` of `split`: (uint8 [T,H,W,3], caption, label, attrs with the ground truth)."""
@@ -182,11 +195,9 @@ def render_shapes_video(index: int, *, frames: int, height: int, width: int,
     bg = np.asarray(attrs["background_rgb"], np.float32)[None, None] + _TEXTURE_AMPLITUDE * _texture(
         height, width, attrs["texture"]).astype(np.float32)
     col = np.asarray(attrs["colour_rgb"], np.float32)
-    ys = np.arange(height, dtype=np.float32)[:, None]
-    xs = np.arange(width, dtype=np.float32)[None, :]
     out = np.empty((frames, height, width, 3), np.uint8)
     for t, (cx, cy) in enumerate(attrs["centres"]):
-        alpha = np.clip(0.5 - _sdf(attrs["shape"], xs - cx, ys - cy, attrs["size"]), 0.0, 1.0)[..., None]
+        alpha = shape_coverage(attrs["shape"], cx, cy, attrs["size"], height, width)[..., None]
         out[t] = np.clip(np.rint(bg + alpha * (col - bg)), 0, 255).astype(np.uint8)
     article = "an" if attrs["colour"][0] in "aeiou" else "a"
     caption = (f"{article} {attrs['colour']} {attrs['shape']} moving {attrs['direction']} "
