@@ -124,7 +124,9 @@ def test_font_and_text():
     """Every glyph is 5x7; lower case draws as capitals; unknown characters draw as '?'."""
     assert all(g.shape == (7, 5) for g in _FONT.values())
     assert len({g.tobytes() for g in _FONT.values()}) == len(_FONT)  # no two glyphs alike
+
     def drawn(s: str) -> np.ndarray:
+        """`s` drawn on a small black image."""
         img = np.zeros((9, 40, 3), np.uint8)
         draw_text(img, s, 1, 1)
         return img

@@ -1,4 +1,4 @@
-"""Tests of the pixel-level prompt-faithfulness reader of `shapes` clips: right on real clips, chance on swapped prompts."""
+"""Tests of the pixel-level faithfulness reader of `shapes` clips: right on real clips, chance on wrong prompts."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_swapped_captions_score_near_chance(real64):
 
 
 def test_reads_what_is_wrong():
-    """A still object or one going there and back has no direction, reversed time moves the other way, noise no shape."""
+    """A still or there-and-back object has no direction, reversed time moves the other way, noise has no shape."""
     video, caption, _, attrs = render_shapes_video(3, frames=16, height=64, width=64, seed=0)
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     assert read_clip(video[::-1]).direction == opposite[attrs["direction"]]

@@ -22,7 +22,7 @@ def triple(attrs: dict) -> tuple[str, str, str]:
 
 
 def test_heldout_triples_rule():
-    """16 triples, one colour per shape x direction class, two classes per colour; the README's demo prompt is not one."""
+    """16 triples, one colour per shape x direction class, two classes per colour; the README's demo prompt is none."""
     assert len(HELDOUT_TRIPLES) == 16 == len(set(HELDOUT_TRIPLES))
     assert Counter((s, d) for _, s, d in HELDOUT_TRIPLES) == {(s, d): 1 for s in SHAPES for d in DIRECTIONS}
     assert Counter(c for c, _, _ in HELDOUT_TRIPLES) == {c: 2 for c in COLOURS}

@@ -119,7 +119,8 @@ def _check_clip(clip, what: str) -> np.ndarray:
     if a.ndim != 4 or a.shape[-1] != 3 or min(a.shape[:3]) < 1:
         raise VideoError(f"{what} has shape {list(np.shape(clip))}: expected frames [T, H, W, 3] (RGB)")
     if a.dtype != np.uint8:
-        raise VideoError(f"{what} has dtype {a.dtype}: expected uint8 (convert with np.clip(x, 0, 255).astype(np.uint8))")
+        raise VideoError(f"{what} has dtype {a.dtype}: expected uint8 "
+                         "(convert with np.clip(x, 0, 255).astype(np.uint8))")
     return a
 
 
