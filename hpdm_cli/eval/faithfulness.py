@@ -23,7 +23,7 @@ templates of the procedural dataset (`hpdm_cli.data.shapes`):
 
 `score_clips` gives per-attribute accuracy against captions (or attribute dicts) and
 `swapped_floor` the same against a derangement of the captions (what a model ignoring its
-prompt would score). On rendered clips (256 a size) the reader was right on every
+prompt would score). On rendered clips (128-256 a size) the reader was right on every
 attribute of every clip at 16x64x64, 8x32x32 and 4x16x16, and at 16x64x64 (crf 18 and 28)
 and 8x32x32 after an H.264 round trip; at 16x16 after H.264 (4:2:0 chroma on an object
 of 3 pixels radius) shape drops to 90-96%, the other attributes stay right.
