@@ -117,7 +117,8 @@ def prepare(
                              "sub-folder."),
     split: Optional[Path] = typer.Option(None, "--split", help="Only the files of this list (UCF-101 "
                                          "trainlist01.txt / testlist01.txt; classInd.txt beside it fixes the class "
-                                         "order and checks labels)."),
+                                         "order and checks labels). --synthetic shapes: all, train (no "
+                                         "held-out prompt) or heldout (only held-out prompts)."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (CSV or JSON lines with a path "
                                             "and a caption column). Default: sidecar NAME.txt files next to the "
                                             "videos."),
@@ -183,6 +184,7 @@ def prepare(
         with bar:
             path = write_shapes_dataset(positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed,
                                         fps=f, workers=workers or 0, overwrite=overwrite,
+                                        split=str(split) if split is not None else "all",
                                         progress=lambda done, total: update(dict(done=done, total=total, skipped=0)))
         from .app import out
         out.print(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}", highlight=False)
