@@ -612,7 +612,7 @@ def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, mo
         train(rec, tmp_path, log=quiet())
     msg = str(e.value)
     assert "\n" not in msg and "2 consecutive steps" in msg and "ckpt-00000002" in msg
-    assert "train.max_nonfinite_steps" in msg
+    assert "train.max_nonfinite_steps" in msg and msg in (tmp_path / "train.log").read_text()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
     assert [r["step"] for r in read_stats(tmp_path)] == [1, 2, 3, 4]
     assert lock_holder(tmp_path) is None
@@ -643,3 +643,12 @@ def test_a_second_train_on_a_locked_run_dir_is_refused(shapes_data, tmp_path, ca
         holder.communicate("\n")
     s = train(make_recipe(shapes_data, steps=1), run, log=quiet())        # free again once the holder exits
     assert s.step == 1 and lock_holder(run) is None
+
+
+def test_missing_tensorboard_is_said_once(shapes_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # as if tensorboard were not installed
+    msgs = []
+    train(make_recipe(shapes_data, steps=2), tmp_path, log=quiet(msgs))
+    notes = [m for m in msgs if "TensorBoard" in m]
+    assert len(notes) == 1 and "pip install tensorboard" in notes[0] and "stats.jsonl" in notes[0]
+    assert not (tmp_path / "tensorboard").exists() and len(read_stats(tmp_path)) == 2

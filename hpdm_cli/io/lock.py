@@ -70,7 +70,7 @@ def _describe(directory: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold_lock(directory: str | os.PathLike, what: str, *, error: type[Exception] = RuntimeError,
+def hold_lock(directory: str | os.PathLike, what: str, error: type[Exception] = RuntimeError, *,
               warn: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
     """Hold an exclusive lock on `directory` (created if missing) for the body; `error(message)` if it is taken.
 

@@ -332,6 +332,13 @@ def _unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
     return unused
 
 
+def _unused_by_design(net: torch.nn.Module, recipe: Recipe) -> list:
+    """Parameters of the context fusion of blocks that process level 0 only (no lower level to fuse there)."""
+    load = recipe.model.resolved_load(recipe.pyramid.num_levels)
+    return [n for n, _ in net.named_parameters()
+            if n.startswith("fusions.") and load[int(n.split(".")[1])] == 1]
+
+
 def _agree(flag: bool, dist: DistInfo) -> bool:
     """True when `flag` is true on any rank (a collective: every rank must call it)."""
     if not dist.distributed:
@@ -451,9 +458,19 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
-        # steps without a self-conditioning pass, and parameters no forward pass uses at all (e.g.
-        # the fusion of blocks that, under adaptive computation, process level 0 only).
+        # steps without a self-conditioning pass, and parameters no forward pass uses at all. The
+        # context fusion of blocks that, under adaptive computation, process level 0 only is unused
+        # by design: it is taken out of DDP's reduction (requires_grad off) instead.
         unused = _unused_parameters(net, recipe, dist.device)
+        by_design = [n for n in unused if n in set(_unused_by_design(net, recipe))]
+        unused = [n for n in unused if n not in set(by_design)]
+        if by_design:
+            frozen = set(by_design)
+            for n, q in net.named_parameters():
+                if n in frozen:
+                    q.requires_grad_(False)
+            say(f"DDP: {len(by_design)} parameters are unused by design (the context fusion of blocks that process "
+                "level 0 only) and left out of the gradient reduction", echo=False)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
@@ -474,6 +491,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
 
     flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
     stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
+    if stats.note:
+        say(stats.note)
     frames = recipe.pyramid.resolution[0]
     L = recipe.pyramid.num_levels
     params = [p for p in net.parameters()]
