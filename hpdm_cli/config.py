@@ -17,8 +17,9 @@ class ConfigError(ValueError):
     """A recipe value is missing, of the wrong type or inconsistent (message names the key)."""
 
 
-# Classifier-free guidance scales beyond this only amplify numerical noise (scales in use are ~1-20)
-# and overflow float32 long before 1e30; `hpdm sample --guidance` is held to the same range.
+# Classifier-free guidance scales in use are about 1-20; far larger ones only amplify the difference of the
+# conditional and unconditional predictions until float32 overflows (1e300 gives a black video).
+# `hpdm sample --guidance` is held to the same range.
 MAX_GUIDANCE = 100.0
 
 

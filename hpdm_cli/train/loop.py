@@ -38,11 +38,11 @@ from ..config import Recipe
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
+from ..io import atomic_write_text
+from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
 from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
                          read_weights_file, resolve_sampling_weights, save_checkpoint)
-from ..io import atomic_write_text
-from ..io.lock import hold_lock
 from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
@@ -462,12 +462,12 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
         # context fusion of blocks that, under adaptive computation, process level 0 only is unused
         # by design: it is taken out of DDP's reduction (requires_grad off) instead.
         unused = _unused_parameters(net, recipe, dist.device)
-        by_design = [n for n in unused if n in set(_unused_by_design(net, recipe))]
-        unused = [n for n in unused if n not in set(by_design)]
+        designed = set(_unused_by_design(net, recipe))
+        by_design = [n for n in unused if n in designed]
+        unused = [n for n in unused if n not in designed]
         if by_design:
-            frozen = set(by_design)
             for n, q in net.named_parameters():
-                if n in frozen:
+                if n in designed:
                     q.requires_grad_(False)
             say(f"DDP: {len(by_design)} parameters are unused by design (the context fusion of blocks that process "
                 "level 0 only) and left out of the gradient reduction", echo=False)
