@@ -34,6 +34,13 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _warn(message: str) -> None:
+    """A one-line warning on stderr (rank 0 only), e.g. an unusable checkpoint skipped in a run directory."""
+    from .app import err
+    if _is_main_rank():
+        err.print(f"hpdm: warning: {message}", highlight=False, markup=False)
+
+
 def sample(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
                                                  "directory or .safetensors file."),
@@ -75,7 +82,7 @@ def sample(
         rep = _user_errors(lambda: generate(
             ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
             guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
-            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar))
+            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar, warn=_warn))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
@@ -129,7 +136,7 @@ def upscale(
             input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap,
             seed=seed, prompt=prompt, class_=class_, steps=steps, guidance=guidance, overlap=overlap,
             cache=not no_cache, offload=offload, batch=batch, tile_batch=tile_batch, device=device, bf16=bf16,
-            progress=bar))
+            progress=bar, warn=_warn))
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape

@@ -6,7 +6,11 @@ Every random choice of step s on rank r (patch offsets, sigmas, noise, condition
 from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
 the sample index, and torch's global RNG is checkpointed, so an interrupted and resumed run
 reproduces the uninterrupted one exactly (tests/test_train.py, invariant 10).
-Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on).
+Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
+`train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
+that are not finite are never saved, so the newest checkpoint stays the last good one.
+Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
+`hpdm train` on the same directory is refused, naming the holder.
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
 stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
 which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
@@ -22,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,9 +38,11 @@ from ..config import Recipe
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
+from ..io import atomic_write_text
+from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
-from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, load_checkpoint, read_weights_file,
-                         resolve_sampling_weights, save_checkpoint)
+from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         read_weights_file, resolve_sampling_weights, save_checkpoint)
 from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
@@ -281,6 +287,17 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     return ck
 
 
+def _last_logged_loss(run_dir: Path, step: int) -> float:
+    """The loss logged for `step` in stats.jsonl (NaN when it was not logged or was not finite)."""
+    from .stats import read_stats
+    try:
+        rows = [r for r in read_stats(run_dir) if r.get("step") == step]
+    except (OSError, ValueError):
+        return float("nan")
+    loss = rows[-1].get("loss") if rows else None
+    return float(loss) if isinstance(loss, (int, float)) else float("nan")
+
+
 def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> list:
     """The parameter groups of a checkpoint's optimiser (by the `names` it stored), else `groups`.
 
@@ -315,6 +332,13 @@ def _unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
     return unused
 
 
+def _unused_by_design(net: torch.nn.Module, recipe: Recipe) -> list:
+    """Parameters of the context fusion of blocks that process level 0 only (no lower level to fuse there)."""
+    load = recipe.model.resolved_load(recipe.pyramid.num_levels)
+    return [n for n, _ in net.named_parameters()
+            if n.startswith("fusions.") and load[int(n.split(".")[1])] == 1]
+
+
 def _agree(flag: bool, dist: DistInfo) -> bool:
     """True when `flag` is true on any rank (a collective: every rank must call it)."""
     if not dist.distributed:
@@ -331,13 +355,19 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
     except DeviceError as e:
         raise TrainError(str(e)) from None
     try:
-        return _train(recipe, Path(run_dir), dist, log=log, stop_after=stop_after, progress=progress)
+        with ExitStack() as held:                                         # the run directory's lock (rank 0)
+            return _train(recipe, Path(run_dir), dist, held, log=log, stop_after=stop_after, progress=progress)
+    except OSError as e:                                                  # disk full, permissions, ... on a write
+        where = f" ({e.filename})" if e.filename else ""
+        raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to resume "
+                         "from the newest checkpoint") from e
     finally:
         if dist.owns_group:
             shutdown()
 
 
-def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, progress) -> TrainSummary:
+def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
+           progress) -> TrainSummary:
     from ..recipe import dump_recipe
     t = recipe.train
 
@@ -359,18 +389,19 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
 
     # The run directory: refuse to resume into a different architecture. Rank 0 decides (and picks
     # the newest readable checkpoint, setting corrupt ones aside); every rank then loads that one.
+    # Rank 0 first takes the run directory's lock (created if missing; a file there is refused).
     refusal, ck = None, None
     if dist.is_main:
         try:
+            held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=log))
             ck = _check_run_dir(recipe, run_dir, say)
         except (TrainError, CheckpointError) as e:
             refusal = e
     if _agree(refusal is not None, dist):
         raise refusal or TrainError(f"{run_dir}: rank 0 refused the run directory (see its message)")
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, run_dir / "recipe.toml")
-        (run_dir / "env.json").write_text(json.dumps(_environment(dist), indent=1))
+        atomic_write_text(run_dir / "env.json", json.dumps(_environment(dist), indent=1))
     if dist.distributed:
         found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
         found = int(all_reduce_sum(found).item())
@@ -421,14 +452,25 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
     summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
     if start >= t.steps:
         say(f"nothing to do: the run is at step {start} of train.steps = {t.steps} (raise train.steps to continue)")
+        summary.last_loss = _last_logged_loss(run_dir, start)
         return summary
 
     model = torch.compile(net) if t.compile else net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
-        # steps without a self-conditioning pass, and parameters no forward pass uses at all (e.g.
-        # the fusion of blocks that, under adaptive computation, process level 0 only).
+        # steps without a self-conditioning pass, and parameters no forward pass uses at all. The
+        # context fusion of blocks that, under adaptive computation, process level 0 only is unused
+        # by design: it is taken out of DDP's reduction (requires_grad off) instead.
         unused = _unused_parameters(net, recipe, dist.device)
+        designed = set(_unused_by_design(net, recipe))
+        by_design = [n for n in unused if n in designed]
+        unused = [n for n in unused if n not in designed]
+        if by_design:
+            for n, q in net.named_parameters():
+                if n in designed:
+                    q.requires_grad_(False)
+            say(f"DDP: {len(by_design)} parameters are unused by design (the context fusion of blocks that process "
+                "level 0 only) and left out of the gradient reduction", echo=False)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
@@ -449,6 +491,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
 
     flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
     stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
+    if stats.note:
+        say(stats.note)
     frames = recipe.pyramid.resolution[0]
     L = recipe.pyramid.num_levels
     params = [p for p in net.parameters()]
@@ -460,6 +504,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main,
                                                  batch=t.batch_size) as bar:
             step = start
+            streak = 0                                                    # consecutive non-finite steps
             while step < t.steps:
                 lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                            min_lr_ratio=t.min_lr_ratio)
@@ -495,8 +540,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
                 bad = flags[0] > 0 or flags[1] > 0
                 if bad:
                     skipped += 1
+                    streak += 1
                     say(f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)")
                 else:
+                    streak = 0
                     opt.step()
                     if ema is not None:
                         ema.update(net)
@@ -526,6 +573,15 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
                         f"eta {eta / 60:.1f} min" + (f" skipped {skipped}" if skipped else ""), echo=not bar.live)
                     t_last, n_last = now, 0
 
+                if t.max_nonfinite_steps and streak >= t.max_nonfinite_steps:
+                    # Every rank saw the same flags: all stop here, without a checkpoint of this step.
+                    kept = list_checkpoints(run_dir) if dist.is_main else []
+                    msg = (f"stopped at step {step}: {streak} consecutive steps had a non-finite loss or gradient; "
+                           f"the newest checkpoint{f' {kept[-1].name}' if kept else ''} is kept as it was; lower "
+                           "train.lr, set train.grad_clip or check the data (train.max_nonfinite_steps = "
+                           f"{t.max_nonfinite_steps} sets this limit)")
+                    say(msg, echo=False)
+                    raise TrainError(msg)
                 stopping = flags[2] > 0 or (stop_after is not None and step - start >= stop_after)
                 if step % t.ckpt_every == 0 or step == t.steps or stopping:
                     summary.checkpoint = _save(run_dir, recipe, step, net, ema, opt, dist,

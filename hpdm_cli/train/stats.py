@@ -14,6 +14,8 @@ from ..io import atomic_write_text
 class StatsWriter:
     """Appends logged steps to run_dir/stats.jsonl (and TensorBoard if available); no-op when disabled.
 
+    `note` says why TensorBoard logging is off when it was asked for (package missing, writer failed).
+
     `resume_step`: the run continues after this step, so records of later steps (logged after
     the checkpoint it resumes from, before a crash) are dropped from stats.jsonl and TensorBoard;
     every step then appears once, as the resumed run computes it again.
@@ -24,15 +26,22 @@ class StatsWriter:
         self.enabled = enabled
         self.path = Path(run_dir) / "stats.jsonl"
         self._tb = None
+        self.note: Optional[str] = None          # why TensorBoard logging is off, when it was asked for
         if enabled and resume_step is not None:
             self.truncate_after(resume_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
-                                         purge_step=resume_step + 1 if resume_step else None)
-            except Exception:                                             # tensorboard not installed
-                self._tb = None
+            except ImportError:
+                self.note = ("TensorBoard logging is off: the tensorboard package is not installed "
+                             "(pip install tensorboard); every logged step is in stats.jsonl")
+            else:
+                try:
+                    self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                             purge_step=resume_step + 1 if resume_step else None)
+                except Exception as e:                                    # e.g. an unwritable directory
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    self.note = f"TensorBoard logging is off ({why}); every logged step is in stats.jsonl"
 
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps > `step` from stats.jsonl (atomically); returns how many were dropped."""
