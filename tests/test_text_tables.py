@@ -429,3 +429,24 @@ def test_hpdm_sample_with_the_encoder_blocked(text_run, shapes16, tmp_path, caps
                            tmp_path / "c.mp4", "--no-progress")
     assert code == 2 and err.startswith("hpdm: error: cannot embed --prompt 'a pink whale'") and err.count("\n") == 1
     assert not (tmp_path / "c.mp4").exists()
+
+
+def test_t5_tables_match_a_recipe_by_model_folder_name_and_shape(shapes16, tmp_path):
+    """A T5 table made from /models/t5-small fits a recipe whose encoder is t5:/elsewhere/t5-small, same tokens/dim."""
+    class FakeT5(TextEncoder):
+        name, tokens, dim, device = "t5:t5-small@0123456789ab", 4, 8, torch.device("cpu")
+
+        def _encode_batch(self, texts):
+            return torch.stack([torch.full((4, 8), float(len(t))) for t in texts])
+    data = copy_without_tables(shapes16, tmp_path / "d")
+    T.embed_dataset(data, "t5:/models/t5-small", encoder=FakeT5())
+    caps = captions_of(data)
+    emb, tables, why = T.stored_caption_embeddings([data], caps, f"t5:{tmp_path}/elsewhere/t5-small", 4, 8)
+    assert why == "" and emb.shape == (len(caps), 4, 8) and tables[0].spec == "t5:/models/t5-small"
+    assert emb[0, 0, 0] == len(caps[0])
+    for spec, tokens, dim, why in (("t5:/models/t5-large", 4, 8, "no caption embeddings of t5:t5-large"),
+                                   ("t5:/models/t5-small", 77, 8, "are 4x8, the recipe needs 77x8"),
+                                   ("minilm", 1, 384, "stored: t5:t5-small@0123456789ab 4x8")):
+        emb, _, got = T.stored_caption_embeddings([data], caps, spec, tokens, dim)
+        assert emb is None and why in got, got
+    assert T.stored_caption_embeddings([data], caps[:-1], "t5:/m/t5-small", 4, 8)[0] is None

@@ -47,8 +47,8 @@ def sample(
                                                 "with its dataset are searched anyway; the text encoder is loaded "
                                                 "only for a prompt no table has."),
     prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help="A precomputed text "
-                                                    "embedding (.safetensors, one tensor [tokens, dim]) to condition "
-                                                    "on, instead of --prompt."),
+                                                    "embedding (.safetensors holding one tensor of tokens x dim "
+                                                    "numbers) to condition on, instead of --prompt."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
     out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
                                                             "Several seeds: one file per seed, clip-seed0003.mp4."),

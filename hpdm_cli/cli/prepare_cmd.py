@@ -285,8 +285,8 @@ def _store_embeddings(directory, plan: tuple, refresh: bool = False) -> None:
     except TextEncoderError as e:
         if explicit:
             done = "" if refresh else "the dataset was written but "
-            raise TextEncoderError(f"{done}its caption embeddings were not: {str(e).splitlines()[0]} (fix that, then run "
-                                   f"hpdm prepare --embed-captions {directory} --text-encoder {spec})") from None
+            raise TextEncoderError(f"{done}its caption embeddings were not: {str(e).splitlines()[0]} (fix that, "
+                                   f"then run hpdm prepare --embed-captions {directory} --text-encoder {spec})") from None
         remove_stale_tables(directory)
         out.print(f"note: caption embeddings were not stored ({str(e).splitlines()[0]}); text-to-video training "
                   f"will need the encoder, or add them later on a host that has it: hpdm prepare --embed-captions "

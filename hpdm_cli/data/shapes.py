@@ -209,7 +209,8 @@ def shapes_prompts(*, short: bool = True) -> list[str]:
     """
     def caption(colour: str, shape: str, direction: str, background: str | None) -> str:
         article = "an" if colour[0] in "aeiou" else "a"
-        return f"{article} {colour} {shape} moving {direction}" + (f" on a {background} background" if background else "")
+        where = f" on a {background} background" if background else ""
+        return f"{article} {colour} {shape} moving {direction}{where}"
 
     full = [caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
     return full + ([caption(c, s, d, None) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])

@@ -53,8 +53,8 @@ from .encoders import TextEncoderError, spec_family
 __all__ = [
     "FORMAT", "VERSION", "RUN_TABLE", "EmbeddingTable", "texts_sha256", "table_path", "write_table", "read_table",
     "read_header", "tables_in", "embed_dataset", "dataset_has_captions", "stored_caption_table",
-    "stored_caption_embeddings", "remove_stale_tables", "write_run_table", "check_spec", "PromptLookup",
-    "read_prompt_embedding",
+    "stored_caption_embeddings", "remove_stale_tables", "write_run_table", "check_spec", "load_encoder", "up_to_date",
+    "PromptLookup", "read_prompt_embedding",
 ]
 
 FORMAT = "hpdm-text-embeddings"
@@ -68,7 +68,8 @@ RUN_TABLE_MAX_BYTES = 256 << 20           # embeddings a run directory's prompt 
 
 def texts_sha256(texts: Sequence[str]) -> str:
     """Hex sha256 of an ordered text list (compact UTF-8 JSON), as stored in a table's metadata."""
-    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+    payload = json.dumps(list(texts), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def _family_slug(family: str) -> str:
@@ -394,7 +395,8 @@ def stored_caption_embeddings(sources: Sequence[str | os.PathLike], captions: Se
 
 
 def write_run_table(run_dir: str | os.PathLike, captions: Sequence[str], embeddings: torch.Tensor, *, encoder: str,
-                    spec: str, sources: Sequence[str | os.PathLike] = (), max_bytes: int = RUN_TABLE_MAX_BYTES) -> tuple:
+                    spec: str, sources: Sequence[str | os.PathLike] = (),
+                    max_bytes: int = RUN_TABLE_MAX_BYTES) -> tuple:
     """Write RUN_DIR/prompt_embeddings.safetensors for sampling; return (path, rows written, distinct texts).
 
     It holds the datasets' fitting prompt tables (e.g. the shapes vocabulary), then the distinct
