@@ -59,6 +59,7 @@ from .sampling import HierarchicalSampler, level_steps, parse_overlap
 __all__ = [
     "GenerateError", "GeneratorInfo", "Condition", "SampleOutput", "SampleReport", "FitGeometry", "UpscaleOutput",
     "UpscaleReport", "pick_device", "load_generator", "find_class_names", "resolve_condition", "parse_seeds",
+    "precomputed_condition",
     "parse_steps", "check_options", "rank_seeds", "output_paths", "check_writable", "to_uint8", "sample_videos",
     "write_outputs", "generate", "fit_geometry", "fit_frames", "resize_frames", "level_window", "window_starts",
     "crossfade_weights", "blend_windows", "upscale_frames", "upscale",
@@ -271,6 +272,66 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
     if hits:
         return Condition(kind="class", label=hits[0], name=names[hits[0]])
     raise GenerateError(f"{what}; " + _class_list(names, m.num_classes, src))
+
+
+def _table_dirs(recipe: Recipe, info: GeneratorInfo) -> list:
+    """Folders that may hold prompt tables for this checkpoint: its run, its folder, its datasets (if found)."""
+    near = [d for d in (info.run_dir, info.weights.parent) if d is not None]
+    search = [x for d in near for x in (d, *list(Path(d).resolve().parents)[:3])]
+    dirs = list(near)
+    for rel in (recipe.data.path, recipe.data.image_path):
+        if rel:
+            p = Path(rel)
+            dirs += [d for d in ([p] if p.is_absolute() else [p] + [s / p for s in search])
+                     if (d / "dataset.json").is_file()]
+    return dirs
+
+
+def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str] = None,
+                          class_: Optional[str] = None, *, prompt_table=None, prompt_embedding=None,
+                          device="cpu") -> Optional[Condition]:
+    """A text model's condition from precomputed embeddings; None leaves it to `resolve_condition`.
+
+    `prompt_embedding` (a safetensors file of one embedding) is the condition itself. A `prompt`
+    is looked up in `prompt_table` (a table file, or a folder of tables), then in the tables next
+    to the checkpoint (RUN_DIR/prompt_embeddings.safetensors, written by training) and those stored
+    with its datasets; only a prompt no table has is encoded, with the recipe's text encoder.
+    """
+    from .text.encoders import TextEncoderError
+    from .text.tables import PromptLookup, load_encoder, read_prompt_embedding
+    m = recipe.model
+    if prompt_table is None and prompt_embedding is None and (m.cond != "text" or prompt is None):
+        return None
+    if m.cond != "text":
+        raise GenerateError(f"--prompt-table / --prompt-embedding need a text-conditioned model; this one has "
+                            f"model.cond = \"{m.cond}\"")
+    try:
+        if prompt_embedding is not None:
+            if prompt is not None or class_ is not None:
+                raise GenerateError("give either --prompt-embedding or --prompt, not both")
+            emb, name = read_prompt_embedding(prompt_embedding, m.text_tokens, m.text_dim)
+            return Condition(kind="text", name=name, embedding=emb)
+        if prompt is None:
+            raise GenerateError("--prompt-table needs --prompt TEXT (the prompt to look up)")
+        if class_ is not None or not str(prompt).strip():
+            return None                                   # resolve_condition: an error / the null condition
+        lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+        if prompt_table is not None:
+            lookup.add(prompt_table, explicit=True)
+        for d in _table_dirs(recipe, info):
+            lookup.add(d)
+        emb, _ = lookup.lookup(str(prompt))
+        if emb is not None:
+            return Condition(kind="text", name=str(prompt), embedding=emb)
+        try:
+            encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+        except TextEncoderError as e:
+            raise GenerateError(f"cannot embed --prompt {str(prompt)!r}: {lookup.describe_miss(str(prompt))}, and "
+                                f"{str(e).splitlines()[0]}; or pass --prompt-table FILE_OR_DATASET_DIR or "
+                                "--prompt-embedding FILE") from None
+    except TextEncoderError as e:
+        raise GenerateError(str(e).splitlines()[0]) from None
+    return resolve_condition(recipe, prompt, None, device=device, encoder=encoder)
 
 
 # ============================================================================ arguments and paths
@@ -547,7 +608,9 @@ def generate(ckpt: str | os.PathLike, out: str | os.PathLike = "clip.mp4", *, se
              batch: Optional[int] = None, steps=None, guidance: Optional[float] = None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
              device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
-             progress: Optional[Progress] = None, warn: Optional[Log] = None) -> SampleReport:
+             progress: Optional[Progress] = None, warn: Optional[Log] = None,
+             prompt_table: Optional[str | os.PathLike] = None,
+             prompt_embedding: Optional[str | os.PathLike] = None) -> SampleReport:
     """`hpdm sample`: checkpoint + condition + seeds -> one video file per seed (this rank's seeds).
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
@@ -566,7 +629,10 @@ def generate(ckpt: str | os.PathLike, out: str | os.PathLike = "clip.mp4", *, se
     if not 0 <= last < L:
         raise GenerateError(f"--levels {levels}: this model has levels 0..{L - 1} (0 = only the coarsest)")
     nsteps = parse_steps(steps, L)
-    cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
+    cond = precomputed_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
+                                 prompt_embedding=prompt_embedding, device=info.device)
+    if cond is None:
+        cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]
@@ -898,7 +964,9 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
         raise GenerateError(f"--from-level {from_level}: expected 0..{L - 2} (this model has levels 0..{L - 1}; "
                             "at least the last one is generated)")
     nsteps = parse_steps(steps, L)
-    cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
+    cond = precomputed_condition(recipe, info, prompt, class_, device=info.device)
+    if cond is None:
+        cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked

@@ -216,7 +216,8 @@ def mixed(tmp_path_factory):
     src, out = root / "src", root / "out"
     make_mixed_folder(src)
     code = run_cli([str(src), str(out), "--fps", str(FPS), "--frames", str(CLIP), "--size", "64x64",
-                    "--labels", "folders", "--workers", "2", "--shard-videos", str(SHARD)])
+                    "--labels", "folders", "--workers", "2", "--shard-videos", str(SHARD),
+                    "--text-encoder", "none"])                           # caption tables: test_text_tables.py
     return src, out, code
 
 
@@ -511,7 +512,7 @@ def test_synthetic_still_works(tmp_path):
     """The --synthetic mode moved from app.py keeps its options."""
     from hpdm_cli.data.shards import VideoDataset
     assert run_cli(["--synthetic", "shapes", str(tmp_path / "s"), "--num-videos", "3", "--frames", "4",
-                    "--height", "16", "--width", "24", "--fps", "6"]) == 0
+                    "--height", "16", "--width", "24", "--fps", "6", "--text-encoder", "none"]) == 0
     ds = VideoDataset(tmp_path / "s")
     assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
 

@@ -48,6 +48,14 @@ def sample(
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
                                                              "--class/--prompt: the null condition (unconditional)."),
+    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help="Look --prompt up here first: a "
+                                                "prompt/caption embedding table (.safetensors) or a folder holding "
+                                                "them (a prepared dataset, a run). Tables next to the checkpoint and "
+                                                "with its dataset are searched anyway; the text encoder is loaded "
+                                                "only for a prompt no table has."),
+    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help="A precomputed text "
+                                                    "embedding (.safetensors holding one tensor of tokens x dim "
+                                                    "numbers) to condition on, instead of --prompt."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
     out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
                                                             "Several seeds: one file per seed, clip-seed0003.mp4."),
@@ -82,7 +90,8 @@ def sample(
         rep = _user_errors(lambda: generate(
             ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
             guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
-            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar, warn=_warn))
+            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar, warn=_warn, prompt_table=prompt_table,
+            prompt_embedding=prompt_embedding))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "

@@ -122,6 +122,13 @@ def prepare(
     captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (CSV or JSON lines with a path "
                                             "and a caption column). Default: sidecar NAME.txt files next to the "
                                             "videos."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Encoder of the caption embeddings "
+                                               "stored with the dataset (so text-to-video training needs no encoder): "
+                                               "minilm, t5:/local/dir, or none. Default: the recipe's (text recipes), "
+                                               "else minilm when the videos have captions and it is installed."),
+    embed_captions: Optional[Path] = typer.Option(None, "--embed-captions", help="Only add (or refresh) the caption "
+                                                  "embeddings of the existing dataset DIR, with --text-encoder "
+                                                  "(default minilm)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for joint image+video training: "
                                           "written as one-frame videos to OUT_DIR/images (or to OUT_DIR without "
                                           "SRC_DIR)."),
@@ -168,6 +175,14 @@ def prepare(
         rec = load_recipe(default_recipe_path(recipe))
     live = sys.stderr.isatty() if progress is None else progress
     hw = _parse_size(size) if size is not None else None
+    text = _text_plan(text_encoder, rec, explicit=embed_captions is not None)
+    if embed_captions is not None:
+        if positional or modes:
+            raise UserError("usage: hpdm prepare --embed-captions DATASET_DIR [--text-encoder SPEC] (nothing else)")
+        if text[0] is None:
+            raise UserError("--embed-captions with --text-encoder none stores nothing: name an encoder, e.g. minilm")
+        _store_embeddings(embed_captions, text, refresh=True)
+        return
 
     if synthetic is not None:
         if len(positional) != 1:
@@ -188,6 +203,7 @@ def prepare(
                                         progress=lambda done, total: update(dict(done=done, total=total, skipped=0)))
         from .app import out
         out.print(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}", highlight=False)
+        _store_embeddings(path, text)
         return
 
     from ..data.prepare import PrepareOptions, options_from_recipe, prepare_dataset, prepare_example
@@ -216,6 +232,8 @@ def prepare(
         with bar:
             result = prepare_dataset(source, target, opts, progress=update)
     _report(result)
+    if result.published:
+        _store_embeddings(result.out_dir, text)
     if strict and result.skipped:
         from .app import err
         n = len(result.skipped)
@@ -226,6 +244,58 @@ def prepare(
         raise typer.Exit(EXIT_STRICT)
     if result.skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def _text_plan(spec: Optional[str], rec, explicit: bool) -> tuple:
+    """(encoder spec or None for none, chosen explicitly?, tokens) of the caption embeddings; checks a chosen spec.
+
+    Default: a text recipe's model.text_encoder, else minilm; either is skipped with a note when it
+    cannot load. A spec given with --text-encoder (or --embed-captions) must work: it is checked now.
+    """
+    from ..text.encoders import spec_family
+    from ..text.tables import check_spec
+    text_recipe = rec is not None and rec.model.cond == "text"
+    explicit = explicit or spec is not None
+    if spec is not None and spec.strip().lower() == "none":
+        return None, True, None
+    spec = spec or (rec.model.text_encoder if text_recipe else "minilm")
+    if explicit:
+        check_spec(spec)                                # before any work: TextEncoderError (exit 2) if unusable
+    tokens = rec.model.text_tokens if text_recipe and spec_family(spec).startswith("t5:") else None
+    return spec, explicit, tokens
+
+
+def _store_embeddings(directory, plan: tuple, refresh: bool = False) -> None:
+    """Store the dataset's caption embeddings (`hpdm_cli.text.tables`), or say once why they were not."""
+    import torch
+
+    from ..text.encoders import TextEncoderError
+    from ..text.tables import dataset_has_captions, embed_dataset, remove_stale_tables, up_to_date
+    from .app import out
+    spec, explicit, tokens = plan
+    if spec is None or not (explicit or dataset_has_captions(directory)):
+        for p in remove_stale_tables(directory):
+            out.print(f"removed {p} (caption embeddings of an earlier dataset)", highlight=False)
+        return
+    if not refresh and up_to_date(directory, spec, tokens):
+        out.print(f"caption embeddings ({spec}) are already stored with {directory}", highlight=False)
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        files = embed_dataset(directory, spec, tokens=tokens, device=device,
+                              log=lambda m: out.print(m, highlight=False))
+    except TextEncoderError as e:
+        if explicit:
+            done = "" if refresh else "the dataset was written but "
+            raise TextEncoderError(f"{done}its caption embeddings were not: {str(e).splitlines()[0]} (fix that, "
+                                   f"then run hpdm prepare --embed-captions {directory} --text-encoder {spec})") from None
+        remove_stale_tables(directory)
+        out.print(f"note: caption embeddings were not stored ({str(e).splitlines()[0]}); text-to-video training "
+                  f"will need the encoder, or add them later on a host that has it: hpdm prepare --embed-captions "
+                  f"{directory}", highlight=False)
+        return
+    for f in files:
+        out.print(f"stored {f}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -253,3 +253,19 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return os.fspath(out_dir)
+
+
+def shapes_prompts(*, short: bool = True) -> list[str]:
+    """Every caption the shapes generator can produce (and, with `short`, each without its background).
+
+    Full captions: colour x shape x direction x background, only the backgrounds a colour can
+    appear on (the contrast rule of `shapes_attributes`); short ones: "a red circle moving right".
+    A prompt table of these lets any shapes prompt be looked up without the text encoder.
+    """
+    def caption(colour: str, shape: str, direction: str, background: str | None) -> str:
+        article = "an" if colour[0] in "aeiou" else "a"
+        where = f" on a {background} background" if background else ""
+        return f"{article} {colour} {shape} moving {direction}{where}"
+
+    full = [caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
+    return full + ([caption(c, s, d, None) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])

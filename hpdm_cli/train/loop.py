@@ -211,6 +211,7 @@ class _Batches:
         n_img = int(round(micro * d.image_fraction)) if d.image_path else 0
         self.n_vid, self.n_img = micro - n_img, n_img
         self.loaders, self.captions, self.class_names = [], [], []
+        self.caption_sources = []                                         # dataset of each part of `captions`
         for path, n, frames, seed in ((d.path, self.n_vid, R[0], recipe.train.seed),
                                       (d.image_path, n_img, 1, recipe.train.seed + 1)):
             if n == 0:
@@ -228,6 +229,7 @@ class _Batches:
             # Caption ids of every dataset index one joint caption list.
             self.loaders.append((iter(loader), frames, len(self.captions)))
             self.captions += ds.captions()
+            self.caption_sources.append(path)
             self.class_names = self.class_names or ds.class_names
         self.unlabelled = False
 
@@ -244,13 +246,50 @@ class _Batches:
         return torch.cat(vids), labels.to(device), torch.cat(caps).to(device)
 
 
-def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device) -> torch.Tensor:
-    from ..text.encoders import cached_embeddings, load_text_encoder
-    enc = load_text_encoder(recipe.model.text_encoder, device=device, tokens=recipe.model.text_tokens)
-    if enc.dim != recipe.model.text_dim or enc.tokens != recipe.model.text_tokens:
+def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, sources=(), say=None,
+                        main: bool = True) -> torch.Tensor:
+    """Embeddings [len(captions), tokens, dim] of the training captions, on `device`.
+
+    They come from the tables stored with the datasets (`hpdm prepare`) when those fit the recipe's
+    encoder and shape, without importing the encoder; otherwise the encoder computes them (cached in
+    RUN_DIR/cache). The main process also writes RUN_DIR/prompt_embeddings.safetensors for sampling.
+    """
+    from ..text.tables import stored_caption_embeddings, write_run_table
+    m = recipe.model
+    emb, tables, why = stored_caption_embeddings(sources, captions, m.text_encoder, m.text_tokens, m.text_dim)
+    if emb is not None:
+        name = tables[0].encoder
+        if say:
+            say(f"caption embeddings: {len(captions)} stored with the dataset ({name}); the text encoder is not loaded")
+    else:
+        if say:
+            say(f"caption embeddings: {why}; computing them with the text encoder {m.text_encoder}")
+        emb, name = _encode_captions(recipe, captions, run_dir, device, sources)
+    if main:
+        path, n, total = write_run_table(run_dir, captions, emb, encoder=name, spec=m.text_encoder, sources=sources)
+        if say:
+            say(f"prompt table for sampling: {path} ({n} prompts" + (f" of {total}: size limit" if n < total else "")
+                + ")")
+    return emb.to(device)
+
+
+def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
+    """(embeddings, encoder name) of the captions from the recipe's text encoder (cached in RUN_DIR/cache)."""
+    from ..text.encoders import TextEncoderError, cached_embeddings
+    from ..text.tables import load_encoder
+    m = recipe.model
+    try:
+        enc = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+    except TextEncoderError as e:
+        data = [str(s) for s in sources] or ["DATASET_DIR"]
+        raise TrainError(f"{str(e).splitlines()[0]}; or, on a host that has the text encoder, store the caption "
+                         f"embeddings with the dataset: hpdm prepare --embed-captions {data[0]} --text-encoder "
+                         f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
+                         + ", then copy the dataset folder here") from None
+    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
         raise TrainError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the recipe has "
-                         f"model.text_tokens={recipe.model.text_tokens}, model.text_dim={recipe.model.text_dim}")
-    return cached_embeddings(enc, captions, run_dir / "cache").to(device)
+                         f"model.text_tokens={m.text_tokens}, model.text_dim={m.text_dim}")
+    return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
 
 
 def _check_dataset(path: str, what: str) -> None:
@@ -480,7 +519,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     batches = _Batches(recipe, dist, micro, start_batch=start * t.grad_accum, total_batches=t.steps * t.grad_accum)
     text_emb = None
     if recipe.model.cond == "text":
-        text_emb = _caption_embeddings(recipe, batches.captions, run_dir, dist.device)
+        text_emb = _caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
+                                       dist.is_main)
     if recipe.model.cond == "class":
         n_cls = len(batches.class_names)
         if n_cls and n_cls > recipe.model.num_classes:
