@@ -94,7 +94,7 @@ def main():
                    loss_shuffled=round(gap["shuffled"], 4), loss_null=round(gap["null"], 4),
                    rel_gap_pct=round(100 * gap["relative_gap"], 2),
                    class_emb_std=round(net.class_embed.weight[:16].std().item(), 4))
-        print(json.dumps(row), flush=True)
+        print(json.dumps(row), flush=True)  # noqa: T201
         rows.append(row)
     print(f"\n{'variant':24s} {'true':>7s} {'shuffled':>8s} {'null':>7s} {'gap %':>6s} {'emb std':>7s}")
     for r in rows:

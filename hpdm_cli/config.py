@@ -66,7 +66,10 @@ class DataConfig:
     image_fraction: float = 0.0          # Share of batch items that are still images (joint training).
     image_path: str = ""                 # Prepared image dataset for joint training ("" = none).
     num_workers: int = 2                 # Data-loader worker processes per rank.
-    horizontal_flip: bool = True         # Random left-right flips as augmentation.
+    horizontal_flip: bool = False        # Random left-right flips (refused when labels/captions name directions).
+    synthetic_videos: int = 4096         # path = "synthetic:shapes": videos rendered into memory at start-up.
+    synthetic_split: str = "train"       # ... and their held-out split ("all", "train" or "heldout").
+    prompt_table: str = ""               # Prompt-embedding table (file or folder) read before any text encoder.
 
 
 @dataclass
@@ -251,6 +254,9 @@ class Recipe:
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")
+        if self.data.synthetic_split not in ("all", "train", "heldout"):
+            raise ConfigError(f"data.synthetic_split = {self.data.synthetic_split!r}: expected \"all\", \"train\" "
+                              "or \"heldout\"")
         if sm.sigma_min > sm.sigma_max:
             raise ConfigError(f"sample.sigma_min = {sm.sigma_min} is above sample.sigma_max = {sm.sigma_max}")
         return self
@@ -266,6 +272,7 @@ class Recipe:
             ("data.fps", D.fps, pos),
             ("data.image_fraction", D.image_fraction, prob),
             ("data.num_workers", D.num_workers, ints(0)),
+            ("data.synthetic_videos", D.synthetic_videos, ints(1)),
             ("model.channels", m.channels, ints(1)),
             ("model.interface_dim", m.interface_dim, ints(1)),
             ("model.latent_dim", m.latent_dim, ints(1)),

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -29,6 +27,13 @@ def is_synthetic(path: str) -> bool:
     return str(path).startswith(PREFIX)
 
 
+def check_synthetic(path: str) -> None:
+    """Raise DataError (one line) unless `path` names a known procedural source."""
+    if str(path)[len(PREFIX):] not in GENERATORS:
+        raise DataError(f"data.path = {path!r}: unknown procedural source; expected one of "
+                        f"{[PREFIX + g for g in GENERATORS]}")
+
+
 def _render(job: tuple) -> tuple[np.ndarray, str, int]:
     index, frames, height, width, seed, split = job
     video, caption, label, _ = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed,
@@ -42,10 +47,7 @@ class SyntheticClips:
     def __init__(self, path: str, *, num_videos: int, frames: int, height: int, width: int, seed: int = 0,
                  split: str = "train", rank: int = 0, world_size: int = 1, workers: int = 0,
                  device: torch.device | str = "cpu"):
-        name = str(path)[len(PREFIX):]
-        if name not in GENERATORS:
-            raise DataError(f"data.path = {path!r}: unknown procedural source; expected one of "
-                            f"{[PREFIX + g for g in GENERATORS]}")
+        check_synthetic(path)
         if num_videos < world_size:
             raise DataError(f"data.synthetic_videos = {num_videos} is smaller than the {world_size} ranks")
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
@@ -61,7 +63,7 @@ class SyntheticClips:
         cid = {c: i for i, c in enumerate(self._captions)}
         videos = torch.from_numpy(np.stack([v for v, _, _ in rendered])).permute(0, 4, 1, 2, 3)
         self.videos = videos.contiguous().to(device)                             # uint8 [N, 3, T, H, W]
-        self.labels = torch.tensor([lab for _, _, lab in rendered], dtype=torch.long, device=device)
+        self.labels = torch.tensor([lab for _, _, lab in rendered], dtype=torch.long)   # on the CPU: no sync
         self.caption_ids = torch.tensor([cid[c] for _, c, _ in rendered], dtype=torch.long, device=device)
         self.class_names = list(SHAPES_CLASSES)
         self._perm: tuple = (-1, None)
@@ -81,8 +83,8 @@ class SyntheticClips:
             out[j] = self._perm[1][pos]
         return out
 
-    def batch(self, start: int, count: int, device: Optional[torch.device] = None):
-        """Samples start .. start+count-1: (videos uint8 [B, 3, T, H, W], labels [B], caption ids [B])."""
-        idx = torch.from_numpy(self.sample_indices(start, count)).to(self.videos.device)
-        out = self.videos[idx], self.labels[idx], self.caption_ids[idx]
-        return tuple(t.to(device) for t in out) if device is not None else out
+    def batch(self, start: int, count: int):
+        """Samples start .. start+count-1: (videos uint8 [B, 3, T, H, W], labels [B] on the CPU, caption ids [B])."""
+        idx = torch.from_numpy(self.sample_indices(start, count))
+        dev = self.videos.device
+        return self.videos[idx.to(dev)], self.labels[idx], self.caption_ids[idx.to(dev)]

@@ -33,11 +33,14 @@ def condition_loss_gap(net, recipe: Recipe, videos: torch.Tensor, cond: torch.Te
     for s in range(0, n, batch):
         idx = torch.arange(s, min(s + batch, n))
         offsets = sample_nested_offsets(recipe.pyramid, len(idx), generator=g)
-        patches = extract_patches(videos[idx].float(), recipe.pyramid, offsets).to(dev)
+        clips = videos[idx.to(videos.device)].float()
+        patches = extract_patches(clips, recipe.pyramid, offsets.to(clips.device)).to(dev)
         draw = draw_noise(recipe.diffusion, patches.shape, conditional=False, generator=g)
         draw.sigma, draw.weight, draw.noise = draw.sigma.to(dev), draw.weight.to(dev), draw.noise.to(dev)
         keep_none = torch.zeros(len(idx), dtype=torch.bool, device=dev)
-        variants = {"true": (cond[idx], None), "shuffled": (cond[perm[idx]], None), "null": (cond[idx], keep_none)}
+        ci = idx.to(cond.device)
+        variants = {"true": (cond[ci], None), "shuffled": (cond[perm.to(cond.device)[ci]], None),
+                    "null": (cond[ci], keep_none)}
         for name, (c, keep) in variants.items():
             draw.keep = keep
             out = edm_loss(net, patches, offsets.to(dev), recipe.diffusion, cond=c.to(dev), draw=draw)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -196,6 +197,10 @@ def _worker_ignores_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# A left-right mirror turns "moving left" into "moving right": flips are refused for such data.
+_DIRECTION_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise)\b", re.I)
+
+
 class _Batches:
     """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index.
 
@@ -206,15 +211,26 @@ class _Batches:
 
     def __init__(self, recipe: Recipe, dist: DistInfo, micro: int, start_batch: int, total_batches: int):
         from ..data.shards import ClipDataset, make_loader
+        from ..data.synthetic import SyntheticClips, is_synthetic
         R = recipe.pyramid.resolution
         d = recipe.data
         n_img = int(round(micro * d.image_fraction)) if d.image_path else 0
         self.n_vid, self.n_img = micro - n_img, n_img
         self.loaders, self.captions, self.class_names = [], [], []
         self.caption_sources = []                                         # dataset of each part of `captions`
+        self.batch_index = start_batch
         for path, n, frames, seed in ((d.path, self.n_vid, R[0], recipe.train.seed),
                                       (d.image_path, n_img, 1, recipe.train.seed + 1)):
             if n == 0:
+                continue
+            if is_synthetic(path):                                        # rendered into device memory
+                src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=R[0], height=R[1], width=R[2],
+                                     seed=seed, split=d.synthetic_split, rank=dist.rank,
+                                     world_size=dist.world_size, workers=d.num_workers, device=dist.device)
+                self.loaders.append((src, n, len(self.captions)))
+                self.captions += src.captions()
+                self.caption_sources.append(path)
+                self.class_names = self.class_names or src.class_names
                 continue
             ds = ClipDataset(path, frames, seed=seed, rank=dist.rank, world_size=dist.world_size, dtype="uint8",
                              horizontal_flip=d.horizontal_flip, num_samples=total_batches * n,
@@ -232,12 +248,26 @@ class _Batches:
             self.caption_sources.append(path)
             self.class_names = self.class_names or ds.class_names
         self.unlabelled = False
+        if d.horizontal_flip:
+            named = [t for t in list(self.class_names) + list(self.captions) if _DIRECTION_WORDS.search(str(t))]
+            if named:
+                raise TrainError(f"data.horizontal_flip = true would mirror videos whose labels or captions name a "
+                                 f"horizontal direction (e.g. {named[0]!r}) without changing them: set "
+                                 "data.horizontal_flip = false")
 
     def next(self, device, frames: int):
         """The next micro-batch: (videos [B, 3, F, H, W] in [-1, 1], labels [B], caption ids [B])."""
-        parts = [next(it) for it, _, _ in self.loaders]
+        parts = []
+        for it, n_or_frames, _ in self.loaders:
+            if hasattr(it, "batch"):                                      # a synthetic source: sample by index
+                v, lab, cap = it.batch(self.batch_index * n_or_frames, n_or_frames)
+                parts.append(dict(video=v, label=lab, caption_id=cap))
+            else:
+                parts.append(next(it))
+        self.batch_index += 1
         vids, caps = [], []
-        for p, (_, f, cap0) in zip(parts, self.loaders):
+        for p, (src, f, cap0) in zip(parts, self.loaders):
+            f = src.videos.shape[2] if hasattr(src, "batch") else f
             v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
@@ -254,9 +284,13 @@ def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, s
     encoder and shape, without importing the encoder; otherwise the encoder computes them (cached in
     RUN_DIR/cache). The main process also writes RUN_DIR/prompt_embeddings.safetensors for sampling.
     """
+    from ..data.synthetic import is_synthetic
     from ..text.tables import stored_caption_embeddings, write_run_table
     m = recipe.model
-    emb, tables, why = stored_caption_embeddings(sources, captions, m.text_encoder, m.text_tokens, m.text_dim)
+    emb, tables, why = stored_caption_embeddings([s for s in sources if not is_synthetic(s)], captions,
+                                                 m.text_encoder, m.text_tokens, m.text_dim)
+    if emb is None and recipe.data.prompt_table:
+        emb, tables, why = _table_embeddings(recipe, captions)
     if emb is not None:
         name = tables[0].encoder
         if say:
@@ -271,6 +305,25 @@ def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, s
             say(f"prompt table for sampling: {path} ({n} prompts" + (f" of {total}: size limit" if n < total else "")
                 + ")")
     return emb.to(device)
+
+
+def _table_embeddings(recipe: Recipe, captions: list) -> tuple:
+    """(embeddings, tables, "") of every caption looked up in `data.prompt_table`, or (None, [], why not)."""
+    from ..text.encoders import TextEncoderError
+    from ..text.tables import PromptLookup
+    m = recipe.model
+    lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+    try:
+        lookup.add(recipe.data.prompt_table, explicit=True)
+    except TextEncoderError as e:
+        raise TrainError(f"data.prompt_table: {str(e).splitlines()[0]}") from None
+    rows = []
+    for c in captions:
+        emb, _ = lookup.lookup(c)
+        if emb is None:
+            return None, [], f"caption {c!r} is not in data.prompt_table ({lookup.describe_miss(c)})"
+        rows.append(emb)
+    return torch.cat(rows), lookup.tables, ""
 
 
 def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
@@ -295,6 +348,10 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
 def _check_dataset(path: str, what: str) -> None:
     """Fail early, in one line, when a dataset of the recipe is missing (before touching the run directory)."""
     from ..data.shards import VideoDataset
+    from ..data.synthetic import check_synthetic, is_synthetic
+    if is_synthetic(path):
+        check_synthetic(path)
+        return
     if not path:
         raise TrainError(f"{what} is empty: set it to a dataset prepared with `hpdm prepare`")
     VideoDataset(path).close()                                            # DataError (one line) if unusable
