@@ -293,3 +293,18 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
     w = resolve_sampling_weights(p)
     weights, recipe, step = read_weights_file(w, device)
     return w, weights, recipe, step
+
+
+def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16)."""
+    from ..io import atomic_path
+    _, weights, recipe, step = load_sampling_weights(ckpt)
+    small = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
+    bad = first_nonfinite(small)
+    if bad is not None:
+        raise CheckpointError(f"{ckpt}: {bad} overflows {dtype} (values out of range); export in float32")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        _save(small, Path(tmp), _metadata(recipe, step))
+    return out
