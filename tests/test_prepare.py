@@ -15,6 +15,7 @@ import fractions
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -525,3 +526,33 @@ def test_engine_imports_stay_light():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_encoded_bytes_do_not_depend_on_leftover_heap_memory(tmp_path):
+    """The same frames encode to the same bytes whatever the process's heap held before.
+
+    A worker process encodes many videos one after the other, so an encoder that reads memory
+    it never wrote (left over from earlier videos) makes a resumed dataset differ from an
+    uninterrupted one. glibc's MALLOC_PERTURB_ fills every fresh allocation with a byte
+    pattern instead of whatever was there: the bytes must not change.
+    """
+    bikes, car = cut("bikes.mp4", 0, 32), cut("carphone_pristine.mp4", 0, 24)
+    np.savez(tmp_path / "clips.npz", bikes[:, 100:164, 300:364], car[:, 40:104, 56:120], bikes[:, 120:248, 200:328:2])
+    code = ("import hashlib, sys, numpy as np\n"
+            "from hpdm_cli.io.video import H264Encoder\n"
+            "for clip in np.load(sys.argv[1]).values():\n"
+            "    with H264Encoder(*clip.shape[1:3], 12.5, crf=18, gop=16, preset='fast', threads=1) as enc:\n"
+            "        for f in clip: enc.write(np.ascontiguousarray(f))\n"
+            "        print(hashlib.sha256(enc.finish()).hexdigest())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digests = set()
+    for perturb in (None, "165", "42"):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_PERTURB_"}
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        if perturb:
+            env["MALLOC_PERTURB_"] = perturb
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "clips.npz")], cwd=root, env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        digests.add(r.stdout.strip())
+    assert len(digests) == 1, digests

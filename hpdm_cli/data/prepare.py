@@ -325,7 +325,8 @@ def process_source(path: str, *, kind: str = "video", fps: float = 25.0, size: t
 
     Returns {"status": "ok", "blob": mp4 bytes, "num_frames", "height", "width", "notes": {...},
     "facts": {...}} or {"status": "skipped", "reason": one line}. The encoder runs with one
-    x264 thread, so the bytes are the same on every machine and with any number of workers.
+    x264 thread and without macroblock-tree rate control (see `hpdm_cli.io.video`), so the bytes
+    do not depend on the machine, the number of workers or the files a worker encoded before.
     """
     try:
         return _process(path, kind, float(fps), (int(size[0]), int(size[1])), fit, int(min_frames), short,
