@@ -753,3 +753,127 @@ def test_conflicting_caption_rows_warn_and_fail_under_strict(tmp_path, capsys):
     assert {ds.item(i)["source"]: ds.item(i)["caption"] for i in range(len(ds))} == {"a.mp4": "second", "b.mp4": "bee"}
     report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text())
     assert len(report["warnings"]) == 1
+
+
+# ============================================================================ concurrency and processes
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of `pid`: {pid: command line}."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(name)] = cmd
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _poll(condition, timeout: float) -> bool:
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def busy_prepare(tmp_path):
+    """`hpdm prepare --workers 2` in a subprocess, on 12 files of half a second each; yields (process, src, out, workers)."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    src, out = tmp_path / "src", tmp_path / "out"
+    write(src / "clip00.mp4", small_clip()[:2], 25)
+    for i in range(1, 12):
+        (src / f"clip{i:02d}.mp4").write_bytes((src / "clip00.mp4").read_bytes())
+    script = tmp_path / "slow_prepare.py"        # spawned workers import it to find slow_job (a light module)
+    script.write_text("import functools, sys, time\n"
+                      "from hpdm_cli.data import prepare as P\n"
+                      "def slow_job(job):\n"
+                      "    time.sleep(0.5)\n"
+                      "    return P._run_job(job)\n"
+                      "if __name__ == '__main__':\n"
+                      "    P.prepare_dataset = functools.partial(P.prepare_dataset, _worker=slow_job)\n"
+                      "    from hpdm_cli.cli import app\n"
+                      "    sys.argv = ['hpdm', 'prepare', *sys.argv[1:]]\n"
+                      "    app.main()\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log = open(tmp_path / "stderr.txt", "w+")      # a file, not a pipe: a leftover worker must not block reading it
+    p = subprocess.Popen([sys.executable, str(script), *tiny_args(src, out, "--workers", "2", "--labels", "none",
+                                                                  "--no-progress")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    helpers: dict = {}                              # workers and multiprocessing's resource tracker
+
+    def started():
+        helpers.update(_children(p.pid))
+        return sum("spawn_main" in v for v in helpers.values()) >= 2 or p.poll() is not None
+    try:
+        assert _poll(started, 60) and p.poll() is None, (tmp_path / "stderr.txt").read_text()
+        yield p, src, out, sorted(helpers), lambda: (tmp_path / "stderr.txt").read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        log.close()
+        for pid in helpers:                         # (only if the test failed: they should be gone)
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def test_a_second_prepare_is_refused_and_sigterm_stops_the_first_cleanly(busy_prepare, capsys):
+    """While one prepare runs, a second on its OUT_DIR gets one line naming the holder (pid, host), exit 2.
+
+    SIGTERM then stops the first one: exit 143 with one line, its workers gone, and the same
+    command run again finishes the dataset from the journal.
+    """
+    import signal
+    import socket
+    p, src, out, helpers, stderr = busy_prepare
+    assert run_cli(tiny_args(src, out, "--labels", "none")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "in use by another hpdm process" in err
+    assert f"pid {p.pid}" in err and socket.gethostname() in err
+    assert p.poll() is None                                                # the first run goes on
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    err = stderr()
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert _poll(lambda: not any(_alive(h) for h in helpers), 30)
+    assert run_cli(tiny_args(src, out, "--labels", "none")) == 0           # the same command finishes the job
+    from hpdm_cli.data.shards import VideoDataset
+    assert len(VideoDataset(out)) == 12
+
+
+def test_workers_die_with_a_killed_main_process(busy_prepare):
+    """SIGKILL to the main process alone: its workers and the resource tracker go too."""
+    import signal
+    p, _, _, helpers, _ = busy_prepare
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert _poll(lambda: not any(_alive(h) for h in helpers), 30), {h: _alive(h) for h in helpers}
+
+
+def test_synthetic_prepare_takes_the_lock_too(tmp_path, capsys):
+    from hpdm_cli.io.lock import hold_lock
+    with hold_lock(tmp_path / "s", "a test", error=RuntimeError):
+        assert run_cli(["--synthetic", "shapes", str(tmp_path / "s"), "--num-videos", "2", "--frames", "2",
+                        "--height", "16", "--width", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "hpdm prepare" in err and "in use" in err
+    assert not (tmp_path / "s" / "dataset.json").exists()

