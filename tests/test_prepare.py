@@ -795,7 +795,7 @@ def _poll(condition, timeout: float) -> bool:
 
 @pytest.fixture
 def busy_prepare(tmp_path):
-    """`hpdm prepare --workers 2` in a subprocess, on 12 files of half a second each; yields (process, src, out, workers)."""
+    """`hpdm prepare --workers 2` in a subprocess on 12 files of 0.5 s each: (process, src, out, helpers, stderr)."""
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc")
     src, out = tmp_path / "src", tmp_path / "out"

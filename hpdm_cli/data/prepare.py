@@ -720,8 +720,9 @@ def _read_pairs(path: str, what: str, value_columns: Sequence[str],
                         inner = next(csv.reader([cont], delimiter=delimiter), [])
                         if len(inner) >= len(header) and inner[kpos].strip() and looks_like_key(inner[kpos]):
                             raise _error(f"{what} file {path!r} line {first}: a quoted field opened on this line is "
-                                         f"not closed, so it swallows line {first + j} ({cont[:60]!r}) and what follows: "
-                                         "close the quote (a quote inside a quoted field is written twice: \"\")")
+                                         f"not closed, so it swallows line {first + j} ({cont[:60]!r}) and what "
+                                         "follows: close the quote (a quote inside a quoted field is written twice: "
+                                         "\"\")")
                 key = cells[kpos].strip() if len(cells) > kpos else ""
                 if key:
                     rows.append((key, cells[vpos] if len(cells) > vpos else "", f"line {first}"))
@@ -861,7 +862,7 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
     present = [s for s in sources if s.path]
     if mode == "auto":
         mode = "folders" if present and all("/" in s.rel for s in present) else "none"
-    info["labels"] = mode if mode in ("folders", "none") else f"file {opts.labels}"
+    info["labels"] = mode if mode in ("folders", "none") else f"file {_printable(opts.labels)}"
     names: list[str] = []
     if mode == "folders":
         folder = {s.rel: s.rel.split("/", 1)[0] if "/" in s.rel else None for s in sources if not s.problem}
@@ -938,7 +939,7 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
                     conflicts.append((rel, first_row[rel], where))
                 first_row.setdefault(rel, where)
                 by_rel[rel].caption = caption
-        info["captions"] = f"file {opts.captions}"
+        info["captions"] = f"file {_printable(opts.captions)}"
         if conflicts:
             rel, a, b = conflicts[0]
             n = len({c[0] for c in conflicts})
@@ -1072,8 +1073,9 @@ class _Journal:
 def _meta(part: _Part, opts: PrepareOptions, source_desc: str) -> dict:
     return dict(generator="hpdm prepare", kind=part.kind, source=source_desc, fps=opts.fps, clip_frames=opts.frames,
                 size=list(opts.size), fit=opts.fit, short=opts.short, order=opts.order, labels=part.info.get("labels"),
-                split=opts.split, captions=part.info.get("captions"), prepare_plan=part.plan, report=REPORT_NAME,
-                resample="nearest timestamp", rotation="applied (display matrix)")
+                split=opts.split and _printable(opts.split), captions=part.info.get("captions"),
+                prepare_plan=part.plan, report=REPORT_NAME, resample="nearest timestamp",
+                rotation="applied (display matrix)")
 
 
 def _start_part(part: _Part, opts: PrepareOptions, source_desc: str) -> None:
@@ -1204,7 +1206,8 @@ def _write_report(out_dir: str, parts: list[_Part], opts: PrepareOptions, result
         "tool": "hpdm prepare",
         "status": "complete" if result.published else "not published (--strict: files were skipped)",
         "source": source_desc,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()
+        "options": {k: (list(v) if isinstance(v, tuple) else _printable(v) if isinstance(v, str) else v)
+                    for k, v in dataclasses.asdict(opts).items()
                     if k not in ("workers", "overwrite")},
         "parts": [{"kind": p.kind, "root": _printable(p.root), "dataset": os.path.relpath(p.out_dir, out_dir),
                    "sources": len(p.sources), "stored": sum(o["status"] == "ok" for o in p.outcomes),
