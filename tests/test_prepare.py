@@ -795,12 +795,12 @@ def _poll(condition, timeout: float) -> bool:
 
 @pytest.fixture
 def busy_prepare(tmp_path):
-    """`hpdm prepare --workers 2` in a subprocess on 12 files of 0.5 s each: (process, src, out, helpers, stderr)."""
+    """`hpdm prepare --workers 2` in a subprocess on 24 files of 0.5 s each: (process, src, out, helpers, stderr)."""
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc")
     src, out = tmp_path / "src", tmp_path / "out"
     write(src / "clip00.mp4", small_clip()[:2], 25)
-    for i in range(1, 12):
+    for i in range(1, 24):
         (src / f"clip{i:02d}.mp4").write_bytes((src / "clip00.mp4").read_bytes())
     script = tmp_path / "slow_prepare.py"        # spawned workers import it to find slow_job (a light module)
     script.write_text("import functools, sys, time\n"
@@ -857,7 +857,7 @@ def test_a_second_prepare_is_refused_and_sigterm_stops_the_first_cleanly(busy_pr
     assert _poll(lambda: not any(_alive(h) for h in helpers), 30)
     assert run_cli(tiny_args(src, out, "--labels", "none")) == 0           # the same command finishes the job
     from hpdm_cli.data.shards import VideoDataset
-    assert len(VideoDataset(out)) == 12
+    assert len(VideoDataset(out)) == 24
 
 
 def test_workers_die_with_a_killed_main_process(busy_prepare):
