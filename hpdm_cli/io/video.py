@@ -202,9 +202,15 @@ class _H264Sink:
             if threads is not None:
                 cc.thread_count = int(threads)
             opts = {"crf": str(int(crf)), "preset": preset}
+            # mbtree=0: x264's macroblock-tree rate control (its AVX-512 code) reads heap memory it
+            # never wrote, so with it the bytes of a video depended on what the process had encoded
+            # before (a resumed `hpdm prepare` then differed from an uninterrupted one on AVX-512
+            # CPUs). Without it the quality is also even across frames, each a training target.
+            params = ["mbtree=0"]
             if gop is not None:
                 cc.gop_size = int(gop)
-                opts["x264-params"] = f"keyint={int(gop)}:min-keyint={int(gop)}:scenecut=0"
+                params += [f"keyint={int(gop)}", f"min-keyint={int(gop)}", "scenecut=0"]
+            opts["x264-params"] = ":".join(params)
             stream.options = opts
         except av.FFmpegError as e:
             self.abort()
