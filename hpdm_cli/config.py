@@ -155,6 +155,7 @@ class TrainConfig:
     steps: int = 100_000                 # Total optimisation steps.
     batch_size: int = 768                # Global batch (all ranks, all accumulation rounds).
     grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
+    optimizer: str = "lamb"              # "lamb" (the paper's) or "adamw".
     lr: float = 0.005                    # Peak learning rate.
     weight_decay: float = 0.01           # LAMB decoupled weight decay.
     betas: tuple[float, float] = (0.9, 0.999)
@@ -254,6 +255,8 @@ class Recipe:
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")
+        if self.train.optimizer not in ("lamb", "adamw"):
+            raise ConfigError(f"train.optimizer = {self.train.optimizer!r}: expected \"lamb\" or \"adamw\"")
         if self.data.synthetic_split not in ("all", "train", "heldout"):
             raise ConfigError(f"data.synthetic_split = {self.data.synthetic_split!r}: expected \"all\", \"train\" "
                               "or \"heldout\"")

@@ -61,6 +61,9 @@ class FourierFeatures(nn.Module):
 class HPDMNet(nn.Module):
     """Video RIN over a patch hierarchy with deep context fusion and adaptive computation."""
 
+    # Learned tokens and lookup tables: trained without LAMB's trust ratio or weight decay.
+    embedding_parameters = ("pos_embed", "level_embed", "latents", "level_token", "class_embed.weight", "null_text")
+
     def __init__(self, pyramid: PyramidConfig, model: ModelConfig):
         super().__init__()
         self.pyramid, self.cfg = pyramid, model

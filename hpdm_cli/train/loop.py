@@ -522,7 +522,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
             + (f"; {len(r['unused'])} checkpoint tensors unused" if r["unused"] else ""))
     net.to(dist.device)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
-    opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    else:
+        opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
 
     start, skipped = 0, 0
     rng_state = None
