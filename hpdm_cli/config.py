@@ -17,8 +17,46 @@ class ConfigError(ValueError):
     """A recipe value is missing, of the wrong type or inconsistent (message names the key)."""
 
 
+# Classifier-free guidance scales in use are about 1-20; far larger ones only amplify the difference of the
+# conditional and unconditional predictions until float32 overflows (1e300 gives a black video).
+# `hpdm sample --guidance` is held to the same range.
+MAX_GUIDANCE = 100.0
+
+
 def _is_pow2(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def check_range(key: str, value, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
+                integer: bool = False, note: str = "") -> None:
+    """Raise ConfigError unless `value` is a finite number (an integer if `integer`) within the given bounds.
+
+    The message names `key`, the value and the allowed range in one line, e.g.
+    `train.lr = nan: expected a finite number > 0`.
+    """
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = is_int or (not integer and isinstance(value, float) and math.isfinite(value))
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if ok:
+        return
+    kind = "an integer" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        want = f"{kind} in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        want = f"{kind} {'>' if lo_open else '>='} {_fmt(lo)}"
+    elif hi is not None:
+        want = f"{kind} {'<' if hi_open else '<='} {_fmt(hi)}"
+    else:
+        want = kind
+    shown = repr(value) if isinstance(value, (int, float, str)) else str(value)
+    raise ConfigError(f"{key} = {shown}: expected {want}{note}")
 
 
 @dataclass
@@ -28,7 +66,10 @@ class DataConfig:
     image_fraction: float = 0.0          # Share of batch items that are still images (joint training).
     image_path: str = ""                 # Prepared image dataset for joint training ("" = none).
     num_workers: int = 2                 # Data-loader worker processes per rank.
-    horizontal_flip: bool = True         # Random left-right flips as augmentation.
+    horizontal_flip: bool = False        # Random left-right flips (refused when labels/captions name directions).
+    synthetic_videos: int = 4096         # path = "synthetic:shapes": videos rendered into memory at start-up.
+    synthetic_split: str = "train"       # ... and their held-out split ("all", "train" or "heldout").
+    prompt_table: str = ""               # Prompt-embedding table (file or folder) read before any text encoder.
 
 
 @dataclass
@@ -72,6 +113,7 @@ class ModelConfig:
     text_dim: int = 384                                 # Width of text-encoder embeddings.
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
     self_condition: bool = False                        # RIN latent self-conditioning.
+    adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""
@@ -113,6 +155,7 @@ class TrainConfig:
     steps: int = 100_000                 # Total optimisation steps.
     batch_size: int = 768                # Global batch (all ranks, all accumulation rounds).
     grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
+    optimizer: str = "lamb"              # "lamb" (the paper's) or "adamw".
     lr: float = 0.005                    # Peak learning rate.
     weight_decay: float = 0.01           # LAMB decoupled weight decay.
     betas: tuple[float, float] = (0.9, 0.999)
@@ -120,15 +163,16 @@ class TrainConfig:
     warmup_steps: int = 10_000           # Linear warm-up, then cosine decay to lr * min_lr_ratio.
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0               # Global-norm clipping (0 = off).
-    ema_halflife_steps: float = 1000.0   # EMA half-life in optimisation steps (0 = no EMA).
+    ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
     compile: bool = False                # torch.compile the model.
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu", "cuda".
     log_every: int = 10                  # Steps between stats lines.
     ckpt_every: int = 1000               # Steps between checkpoints.
-    keep_last: int = 3                   # Checkpoints kept.
+    keep_last: int = 3                   # Checkpoints kept (0 = all).
     init_from: str = ""                  # Checkpoint to initialise matching weights from.
+    max_nonfinite_steps: int = 100       # Stop after this many consecutive non-finite (skipped) steps (0 = never).
 
 
 @dataclass
@@ -163,7 +207,8 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Recipe":
-        """Check cross-field consistency; raise ConfigError naming the offending key."""
+        """Check every value's range and the cross-field consistency; raise ConfigError naming the offending key."""
+        self._check_ranges()
         p, m, d = self.pyramid, self.model, self.diffusion
         for name, vec in (("pyramid.resolution", p.resolution), ("pyramid.patch", p.patch),
                           ("model.tokenizer", m.tokenizer)):
@@ -181,8 +226,6 @@ class Recipe:
         if set(p.overlap) - set("fhw") or (p.overlap != "none" and len(set(p.overlap)) != len(p.overlap)):
             if p.overlap != "none":
                 raise ConfigError(f"pyramid.overlap = {p.overlap!r}: expected a subset of 'fhw' or 'none'")
-        if m.num_blocks < 1 or m.compute_layers < 1 or m.num_latents < 1 or m.head_dim < 1:
-            raise ConfigError("model.num_blocks, compute_layers, num_latents and head_dim must be >= 1")
         L = p.num_levels
         load = m.resolved_load(L)
         if len(load) != m.num_blocks:
@@ -198,15 +241,90 @@ class Recipe:
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
-        if not 0.0 <= d.context_prob <= 1.0:
-            raise ConfigError(f"diffusion.context_prob = {d.context_prob}: expected a probability in [0, 1]")
-        if not 0.0 <= d.cond_dropout <= 1.0:
-            raise ConfigError(f"diffusion.cond_dropout = {d.cond_dropout}: expected a probability in [0, 1]")
-        if d.context_sigma <= 0 or d.sigma_data <= 0 or d.input_scale <= 0 or d.input_scale_decay <= 0:
-            raise ConfigError("diffusion.context_sigma, sigma_data, input_scale and input_scale_decay must be > 0")
+        hidden = int(min(m.interface_dim, m.latent_dim) * m.mlp_ratio)
+        if hidden < 1:
+            raise ConfigError(f"model.mlp_ratio = {m.mlp_ratio}: gives an MLP of width {hidden}; "
+                              "expected a ratio that gives at least 1 hidden unit")
         t = self.train
         if t.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"train.precision = {t.precision!r}: expected \"fp32\", \"tf32\" or \"bf16\"")
-        if t.steps < 0 or t.batch_size < 1 or t.grad_accum < 1:
-            raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device = {t.device!r}: expected \"auto\", \"cpu\" or \"cuda\" "
+                              "(under torchrun each process takes the GPU of its local rank)")
+        sm = self.sample
+        if sm.level_steps and len(sm.level_steps) < L:
+            raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
+                              f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")
+        if self.train.optimizer not in ("lamb", "adamw"):
+            raise ConfigError(f"train.optimizer = {self.train.optimizer!r}: expected \"lamb\" or \"adamw\"")
+        if self.data.synthetic_split not in ("all", "train", "heldout"):
+            raise ConfigError(f"data.synthetic_split = {self.data.synthetic_split!r}: expected \"all\", \"train\" "
+                              "or \"heldout\"")
+        if sm.sigma_min > sm.sigma_max:
+            raise ConfigError(f"sample.sigma_min = {sm.sigma_min} is above sample.sigma_max = {sm.sigma_max}")
         return self
+
+    def _check_ranges(self) -> None:
+        """Every number of the recipe finite and within its range (counts >= their minimum, probabilities in [0, 1])."""
+        D, p, m, d, t, s, e = self.data, self.pyramid, self.model, self.diffusion, self.train, self.sample, self.eval
+        pos, nonneg, prob = dict(lo=0, lo_open=True), dict(lo=0), dict(lo=0, hi=1)
+
+        def ints(lo: int) -> dict:
+            return dict(lo=lo, integer=True)
+        for key, value, rule in (
+            ("data.fps", D.fps, pos),
+            ("data.image_fraction", D.image_fraction, prob),
+            ("data.num_workers", D.num_workers, ints(0)),
+            ("data.synthetic_videos", D.synthetic_videos, ints(1)),
+            ("model.channels", m.channels, ints(1)),
+            ("model.interface_dim", m.interface_dim, ints(1)),
+            ("model.latent_dim", m.latent_dim, ints(1)),
+            ("model.num_latents", m.num_latents, ints(1)),
+            ("model.num_blocks", m.num_blocks, ints(1)),
+            ("model.compute_layers", m.compute_layers, ints(1)),
+            ("model.head_dim", m.head_dim, ints(1)),
+            ("model.mlp_ratio", m.mlp_ratio, pos),
+            ("model.num_classes", m.num_classes, ints(1)),
+            ("model.text_dim", m.text_dim, ints(1)),
+            ("model.text_tokens", m.text_tokens, ints(1)),
+            ("diffusion.sigma_data", d.sigma_data, pos),
+            ("diffusion.p_mean", d.p_mean, {}),
+            ("diffusion.p_std", d.p_std, nonneg),
+            ("diffusion.input_scale", d.input_scale, pos),
+            ("diffusion.input_scale_decay", d.input_scale_decay, pos),
+            ("diffusion.context_sigma", d.context_sigma, pos),
+            ("diffusion.context_prob", d.context_prob, prob),
+            ("diffusion.cond_dropout", d.cond_dropout, prob),
+            ("diffusion.self_cond_prob", d.self_cond_prob, prob),
+            ("train.steps", t.steps, ints(0)),
+            ("train.batch_size", t.batch_size, ints(1)),
+            ("train.grad_accum", t.grad_accum, ints(1)),
+            ("train.lr", t.lr, pos),
+            ("train.weight_decay", t.weight_decay, nonneg),
+            ("train.betas[0]", t.betas[0], dict(lo=0, hi=1, hi_open=True)),
+            ("train.betas[1]", t.betas[1], dict(lo=0, hi=1, hi_open=True)),
+            ("train.eps", t.eps, nonneg),
+            ("train.warmup_steps", t.warmup_steps, ints(0)),
+            ("train.min_lr_ratio", t.min_lr_ratio, prob),
+            ("train.grad_clip", t.grad_clip, dict(nonneg, note=" (0 = no clipping)")),
+            ("train.ema_halflife_steps", t.ema_halflife_steps, {}),
+            ("train.seed", t.seed, dict(lo=0, hi=2 ** 32 - 1, integer=True)),
+            ("train.log_every", t.log_every, ints(1)),
+            ("train.ckpt_every", t.ckpt_every, ints(1)),
+            ("train.keep_last", t.keep_last, dict(ints(0), note=" (0 = keep every checkpoint)")),
+            ("train.max_nonfinite_steps", t.max_nonfinite_steps, dict(ints(0), note=" (0 = never stop)")),
+            ("sample.steps", s.steps, ints(1)),
+            *((f"sample.level_steps[{i}]", v, ints(1)) for i, v in enumerate(s.level_steps)),
+            ("sample.sigma_min", s.sigma_min, pos),
+            ("sample.sigma_max", s.sigma_max, pos),
+            ("sample.rho", s.rho, pos),
+            ("sample.churn", s.churn, nonneg),
+            ("sample.stochastic_levels", s.stochastic_levels, ints(0)),
+            ("sample.guidance", s.guidance, dict(lo=0, hi=MAX_GUIDANCE, note=" (1 = no guidance)")),
+            ("sample.batch_size", s.batch_size, ints(1)),
+            ("sample.fps", s.fps, dict(nonneg, note=" (0 = data.fps)")),
+            ("eval.num_clips", e.num_clips, ints(1)),
+            ("eval.frames", e.frames, ints(1)),
+            ("eval.batch_size", e.batch_size, ints(1)),
+        ):
+            check_range(key, value, **rule)

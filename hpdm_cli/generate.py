@@ -59,8 +59,9 @@ from .sampling import HierarchicalSampler, level_steps, parse_overlap
 __all__ = [
     "GenerateError", "GeneratorInfo", "Condition", "SampleOutput", "SampleReport", "FitGeometry", "UpscaleOutput",
     "UpscaleReport", "pick_device", "load_generator", "find_class_names", "resolve_condition", "parse_seeds",
-    "parse_steps", "rank_seeds", "output_paths", "check_writable", "to_uint8", "sample_videos", "write_outputs",
-    "generate", "fit_geometry", "fit_frames", "resize_frames", "level_window", "window_starts",
+    "precomputed_condition",
+    "parse_steps", "check_options", "rank_seeds", "output_paths", "check_writable", "to_uint8", "sample_videos",
+    "write_outputs", "generate", "fit_geometry", "fit_frames", "resize_frames", "level_window", "window_starts",
     "crossfade_weights", "blend_windows", "upscale_frames", "upscale",
 ]
 
@@ -142,18 +143,18 @@ def find_class_names(recipe: Recipe, search: Iterable[Path] = ()) -> tuple[list,
 
 
 def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto", *,
-                   local_rank: int = 0) -> tuple[torch.nn.Module, Recipe, GeneratorInfo]:
+                   local_rank: int = 0, warn: Optional[Log] = None) -> tuple[torch.nn.Module, Recipe, GeneratorInfo]:
     """Network (eval mode, on `device`), recipe and info from a run directory, checkpoint directory or file.
 
-    A run directory gives its newest checkpoint's EMA weights. Raises CheckpointError (missing,
-    corrupt, foreign or mismatching weights) or GenerateError (bad device).
+    A run directory gives its newest usable checkpoint's EMA weights: unreadable checkpoints, or
+    ones holding NaN/inf, are skipped with `warn(message)` (as `hpdm train` does when resuming).
+    Raises CheckpointError (missing, corrupt, foreign or mismatching weights) or GenerateError (bad device).
     """
     from .model.network import HPDMNet
-    from .train.checkpoint import CheckpointError, read_weights_file, resolve_sampling_weights
+    from .train.checkpoint import CheckpointError, load_sampling_weights
     dev = device if isinstance(device, torch.device) else pick_device(str(device), local_rank)
     ckpt = Path(ckpt)
-    weights_path = resolve_sampling_weights(ckpt)
-    weights, recipe, step = read_weights_file(weights_path, device="cpu")
+    weights_path, weights, recipe, step = load_sampling_weights(ckpt, device="cpu", warn=warn)
     with torch.random.fork_rng(devices=[]):                  # building the net must not move the global RNG
         net = HPDMNet(recipe.pyramid, recipe.model)
     # EMA files also hold non-persistent buffers (recomputed by the net, e.g. `scales`): not weights.
@@ -273,6 +274,66 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
     raise GenerateError(f"{what}; " + _class_list(names, m.num_classes, src))
 
 
+def _table_dirs(recipe: Recipe, info: GeneratorInfo) -> list:
+    """Folders that may hold prompt tables for this checkpoint: its run, its folder, its datasets (if found)."""
+    near = [d for d in (info.run_dir, info.weights.parent) if d is not None]
+    search = [x for d in near for x in (d, *list(Path(d).resolve().parents)[:3])]
+    dirs = list(near)
+    for rel in (recipe.data.path, recipe.data.image_path):
+        if rel:
+            p = Path(rel)
+            dirs += [d for d in ([p] if p.is_absolute() else [p] + [s / p for s in search])
+                     if (d / "dataset.json").is_file()]
+    return dirs
+
+
+def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str] = None,
+                          class_: Optional[str] = None, *, prompt_table=None, prompt_embedding=None,
+                          device="cpu") -> Optional[Condition]:
+    """A text model's condition from precomputed embeddings; None leaves it to `resolve_condition`.
+
+    `prompt_embedding` (a safetensors file of one embedding) is the condition itself. A `prompt`
+    is looked up in `prompt_table` (a table file, or a folder of tables), then in the tables next
+    to the checkpoint (RUN_DIR/prompt_embeddings.safetensors, written by training) and those stored
+    with its datasets; only a prompt no table has is encoded, with the recipe's text encoder.
+    """
+    from .text.encoders import TextEncoderError
+    from .text.tables import PromptLookup, load_encoder, read_prompt_embedding
+    m = recipe.model
+    if prompt_table is None and prompt_embedding is None and (m.cond != "text" or prompt is None):
+        return None
+    if m.cond != "text":
+        raise GenerateError(f"--prompt-table / --prompt-embedding need a text-conditioned model; this one has "
+                            f"model.cond = \"{m.cond}\"")
+    try:
+        if prompt_embedding is not None:
+            if prompt is not None or class_ is not None:
+                raise GenerateError("give either --prompt-embedding or --prompt, not both")
+            emb, name = read_prompt_embedding(prompt_embedding, m.text_tokens, m.text_dim)
+            return Condition(kind="text", name=name, embedding=emb)
+        if prompt is None:
+            raise GenerateError("--prompt-table needs --prompt TEXT (the prompt to look up)")
+        if class_ is not None or not str(prompt).strip():
+            return None                                   # resolve_condition: an error / the null condition
+        lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+        if prompt_table is not None:
+            lookup.add(prompt_table, explicit=True)
+        for d in _table_dirs(recipe, info):
+            lookup.add(d)
+        emb, _ = lookup.lookup(str(prompt))
+        if emb is not None:
+            return Condition(kind="text", name=str(prompt), embedding=emb)
+        try:
+            encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+        except TextEncoderError as e:
+            raise GenerateError(f"cannot embed --prompt {str(prompt)!r}: {lookup.describe_miss(str(prompt))}, and "
+                                f"{str(e).splitlines()[0]}; or pass --prompt-table FILE_OR_DATASET_DIR or "
+                                "--prompt-embedding FILE") from None
+    except TextEncoderError as e:
+        raise GenerateError(str(e).splitlines()[0]) from None
+    return resolve_condition(recipe, prompt, None, device=device, encoder=encoder)
+
+
 # ============================================================================ arguments and paths
 
 
@@ -331,6 +392,23 @@ def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Opti
         raise GenerateError(f"--steps {text!r}: {len(vals)} values for a model with {num_levels} levels "
                             "(give one value, or one per level)")
     return vals
+
+
+def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance: Optional[float] = None,
+                  fps: Optional[float] = None, levels: Optional[int] = None) -> None:
+    """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
+    from .config import MAX_GUIDANCE
+    if batch is not None and batch < 1:
+        raise GenerateError(f"--batch {batch}: expected at least 1 (seeds or windows per sampler call)")
+    if tile_batch < 1:
+        raise GenerateError(f"--tile-batch {tile_batch}: expected at least 1 (tiles per network forward)")
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise GenerateError(f"--guidance {guidance}: expected a number in [0, {MAX_GUIDANCE:g}] "
+                            "(1 = no guidance, 0 = unconditional)")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise GenerateError(f"--fps {fps}: expected a positive number")
+    if levels is not None and levels < 0:
+        raise GenerateError(f"--levels {levels}: expected a level index >= 0 (0 = only the coarsest level)")
 
 
 def rank_seeds(seeds: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -440,10 +518,9 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
     last = L - 1 if levels is None else int(levels)
     if not 0 <= last < L:
         raise GenerateError(f"--levels {levels}: this model has levels 0..{L - 1} (0 = only the coarsest)")
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
     nsteps = level_steps(recipe.sample, L, steps)
-    batch = int(batch or recipe.sample.batch_size or 1)
-    if batch < 1 or tile_batch < 1:
-        raise GenerateError("--batch and --tile-batch must be >= 1")
+    batch = int(recipe.sample.batch_size if batch is None else batch)
     seeds = [int(s) for s in seeds]
     condition = condition or Condition()
     sampler = _make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16)
@@ -456,12 +533,20 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
             cb = (lambda l, i, n, _c=c: progress(l, _c * nsteps[l] + i, len(chunks) * nsteps[l]))
         res = sampler.sample(chunk, condition.batch(len(chunk), sampler.device), guidance=guidance,
                              levels=last + 1, steps=nsteps, progress=cb)
+        _check_finite(res.videos[last], f"seeds {chunk[0]}..{chunk[-1]}")
         out.videos += to_uint8(res.videos[last])
         if keep_levels:
             per_level = [to_uint8(v) for v in res.videos]
             out.levels += [[lv[b] for lv in per_level] for b in range(len(chunk))]
         out.seconds = [a + b for a, b in zip(out.seconds, res.seconds)]
     return out
+
+
+def _check_finite(videos: torch.Tensor, what: str) -> None:
+    """Refuse to write videos with NaN/inf values (they would come out black) with a GenerateError."""
+    if not bool(torch.isfinite(videos).all()):
+        raise GenerateError(f"sampling {what} produced non-finite values (NaN or inf): lower --guidance, or check "
+                            "the checkpoint (was its training stable?); nothing was written")
 
 
 def _make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16) -> HierarchicalSampler:
@@ -523,26 +608,31 @@ def generate(ckpt: str | os.PathLike, out: str | os.PathLike = "clip.mp4", *, se
              batch: Optional[int] = None, steps=None, guidance: Optional[float] = None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
              device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
-             progress: Optional[Progress] = None) -> SampleReport:
+             progress: Optional[Progress] = None, warn: Optional[Log] = None,
+             prompt_table: Optional[str | os.PathLike] = None,
+             prompt_embedding: Optional[str | os.PathLike] = None) -> SampleReport:
     """`hpdm sample`: checkpoint + condition + seeds -> one video file per seed (this rank's seeds).
 
-    Everything that can fail on user input (seeds, output paths, checkpoint, condition, levels,
-    steps, overlap) is checked before sampling starts.
+    Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
+    condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
+    unusable checkpoints skipped in a run directory.
     """
     all_seeds = parse_seeds(seeds)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
     rank, world, local = _world()
     mine = rank_seeds(all_seeds, rank, world)
     paths = output_paths(out, all_seeds)
     check_writable(p for s in all_seeds for p in _extra_paths(paths[s], gif, png))
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise GenerateError(f"--fps {fps}: expected a positive number")
-    net, recipe, info = load_generator(ckpt, device, local_rank=local)
+    net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     L = recipe.pyramid.num_levels
     last = L - 1 if levels is None else int(levels)
     if not 0 <= last < L:
         raise GenerateError(f"--levels {levels}: this model has levels 0..{L - 1} (0 = only the coarsest)")
     nsteps = parse_steps(steps, L)
-    cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
+    cond = precomputed_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
+                                 prompt_embedding=prompt_embedding, device=info.device)
+    if cond is None:
+        cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]
@@ -773,9 +863,8 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
         raise GenerateError(f"--pad-mode {pad_mode!r}: expected black or edge")
     starts = window_starts(T, R_f, window_overlap)
     padded_T = max(T, R_f)
-    batch = int(batch or recipe.sample.batch_size or 1)
-    if batch < 1:
-        raise GenerateError("--batch must be >= 1")
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
+    batch = int(recipe.sample.batch_size if batch is None else batch)
     condition = condition or Condition()
     nsteps = level_steps(recipe.sample, L, steps)
     groups = [list(range(i, min(i + batch, len(starts)))) for i in range(0, len(starts), batch)]
@@ -787,6 +876,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
         def sample_fn(seeds, fixed, _cb=None):
             res = sampler.sample(seeds, condition.batch(len(seeds), sampler.device), guidance=w_guidance,
                                  steps=nsteps, fixed=fixed, progress=_cb)
+            _check_finite(res.videos[-1], f"windows {seeds[0] - seed}..{seeds[-1] - seed}")
             return res.videos[-1]
         takes_progress = True
     else:
@@ -843,11 +933,12 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
             prompt: Optional[str] = None, class_: Optional[str] = None, steps=None,
             guidance: Optional[float] = None, overlap: Optional[str] = None, cache: bool = True,
             offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device: str = "auto",
-            bf16: bool = False, progress: Optional[Progress] = None) -> UpscaleReport:
+            bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None) -> UpscaleReport:
     """`hpdm upscale`: an existing video -> the model's resolution, through its learned upper levels.
 
     Checks the output path, checkpoint, options and input video before sampling; writes `out`
-    atomically with the input's fps and frame count. Under torchrun only rank 0 works.
+    atomically with the input's fps and frame count. Under torchrun only rank 0 works. `warn`
+    hears about unusable checkpoints skipped in a run directory.
     """
     from .io.video import read_video, write_video
     if fit not in ("crop", "pad"):
@@ -858,19 +949,24 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
         raise GenerateError(f"--window-overlap {window_overlap}: expected a fraction in [0, 1)")
     if seed < 0:
         raise GenerateError(f"--seed {seed}: expected a seed >= 0")
+    if from_level < 0:
+        raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
     check_writable([out])
     if not Path(input).is_file():
         raise GenerateError(f"input video {str(input)!r} not found")
     if Path(out).exists() and Path(out).resolve() == Path(input).resolve():
         raise GenerateError(f"--out {str(out)!r} is the input video: choose another output path")
     rank, world, local = _world()
-    net, recipe, info = load_generator(ckpt, device, local_rank=local)
+    net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     L = recipe.pyramid.num_levels
     if not 0 <= from_level < L - 1:
         raise GenerateError(f"--from-level {from_level}: expected 0..{L - 2} (this model has levels 0..{L - 1}; "
                             "at least the last one is generated)")
     nsteps = parse_steps(steps, L)
-    cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
+    cond = precomputed_condition(recipe, info, prompt, class_, device=info.device)
+    if cond is None:
+        cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=info.device)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked

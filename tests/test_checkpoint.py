@@ -11,7 +11,7 @@ from safetensors import safe_open
 from hpdm_cli.recipe import recipe_from_toml
 from hpdm_cli.train import checkpoint as ck
 from hpdm_cli.train.checkpoint import (CheckpointError, architecture_of, flatten_optimizer, latest_checkpoint,
-                                       list_checkpoints, load_checkpoint, read_weights_file,
+                                       list_checkpoints, load_checkpoint, load_sampling_weights, read_weights_file,
                                        resolve_sampling_weights, save_checkpoint, unflatten_optimizer)
 from hpdm_cli.train.optim import EMA, Lamb, param_groups
 from hpdm_cli.train.loop import build_model
@@ -108,12 +108,92 @@ def test_crash_mid_write_leaves_the_previous_checkpoint(trained, tmp_path, monke
             raise OSError(28, "No space left on device")
         return real(tensors, path, metadata=metadata)
     monkeypatch.setattr(ck, "save_file", crashing)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError) as e:                            # a disk full is a one-line user error
         save(tmp_path, trained, 2)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg and "ckpt-00000002" in msg
+    assert "newest checkpoint is ckpt-00000001" in msg
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000001"]
     assert latest_checkpoint(tmp_path)["state"]["step"] == 1
+
+
+def test_unwritable_checkpoints_dir_is_a_one_line_error(trained, tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the checkpoints directory belongs")
+    with pytest.raises(CheckpointError) as e:
+        save(tmp_path, trained, 1)
+    assert "\n" not in str(e.value) and "cannot write checkpoint" in str(e.value)
+
+
+def _poison(path, name="model.safetensors", value=float("nan")):
+    """Write `value` into the first element of the first float tensor of a checkpoint file (metadata kept)."""
+    from safetensors.torch import load_file, save_file
+    f = path / name
+    with safe_open(str(f), framework="pt") as h:
+        meta = h.metadata()
+    t = load_file(str(f))
+    key = next(k for k, v in t.items() if v.is_floating_point())
+    t[key].view(-1)[0] = value
+    save_file(t, str(f), metadata=meta)
+    return key
+
+
+@pytest.mark.parametrize("part", ["model", "ema", "optimizer"])
+def test_non_finite_weights_are_never_saved(trained, tmp_path, part):
+    recipe, net, ema, opt = trained
+    save(tmp_path, trained, 1)
+    parts = dict(model=net.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict())
+    bad = {k: v.clone() for k, v in parts[part].items()} if part != "optimizer" else \
+        {"state": {i: {k: v.clone() for k, v in st.items()} for i, st in parts[part]["state"].items()},
+         "param_groups": parts[part]["param_groups"]}
+    t = next(iter(bad.values())) if part != "optimizer" else bad["state"][0]["exp_avg"]
+    t.view(-1)[0] = float("inf")
+    parts[part] = bad
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(tmp_path, recipe, 2, extra_tensors={}, state={}, keep_last=1, **parts)
+    msg = str(e.value)
+    assert "\n" not in msg and "not saving checkpoint 2" in msg and "ckpt-00000001" in msg
+    # keep_last = 1 did not prune the good checkpoint in favour of the bad one; nothing half-written.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000001"]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors", "optim.safetensors"])
+def test_non_finite_checkpoint_on_disk_is_skipped_like_a_corrupt_one(trained, tmp_path, name):
+    save(tmp_path, trained, 1)
+    newest = save(tmp_path, trained, 2)
+    key = _poison(newest, name)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(newest)
+    assert "\n" not in str(e.value) and "non-finite" in str(e.value) and key in str(e.value)
+    warnings = []
+    c = latest_checkpoint(tmp_path, warn=warnings.append, set_aside=True)
+    assert c["path"].name == "ckpt-00000001"
+    assert len(warnings) == 1 and "non-finite" in warnings[0] and "ckpt-00000002" in warnings[0]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]
+
+
+def test_sampling_weights_fall_back_past_unusable_checkpoints(trained, tmp_path):
+    save(tmp_path, trained, 1)
+    mid = save(tmp_path, trained, 2)
+    newest = save(tmp_path, trained, 3)
+    _poison(newest, "ema.safetensors")                                   # NaN in the weights sampling reads
+    p = mid / "ema.safetensors"
+    p.write_bytes(p.read_bytes()[:100])                                  # truncated
+    warnings = []
+    path, weights, recipe, step = load_sampling_weights(tmp_path, warn=warnings.append)
+    assert path.parent.name == "ckpt-00000001" and step == 1 and path.name == "ema.safetensors"
+    assert len(warnings) == 3 and "ckpt-00000003" in warnings[0] and "ckpt-00000002" in warnings[1]
+    assert "ckpt-00000001" in warnings[2] and all("\n" not in w for w in warnings)
+    # Given explicitly, an unusable checkpoint is an error (no silent substitute).
+    for explicit in (newest, newest / "ema.safetensors"):
+        with pytest.raises(CheckpointError, match="non-finite"):
+            load_sampling_weights(explicit)
+    # None usable: one line about the newest.
+    _poison(tmp_path / "checkpoints" / "ckpt-00000001", "ema.safetensors", float("-inf"))
+    with pytest.raises(CheckpointError) as e:
+        load_sampling_weights(tmp_path, warn=warnings.append)
+    assert "\n" not in str(e.value) and "ckpt-00000003" in str(e.value) and "2 older" in str(e.value)
 
 
 def test_killed_writer_leaves_only_a_hidden_temp_dir(trained, tmp_path):

@@ -144,8 +144,8 @@ def test_two_gloo_ranks_give_the_gradients_of_one_process(ddp):
 def _train_job(rank: int, overrides: list, out: str) -> None:
     from hpdm_cli.train.loop import TrainError, train
     recipe = tiny(*overrides)
-    report = {}
-    s = train(recipe, os.path.join(out, "full"), log=lambda m: None)
+    report = {"messages": []}
+    s = train(recipe, os.path.join(out, "full"), log=report["messages"].append)
     report["full"] = [s.start_step, s.step, s.last_loss]
     s = train(recipe, os.path.join(out, "resumed"), log=lambda m: None, stop_after=2)
     report["stopped"] = [s.start_step, s.step]
@@ -171,6 +171,9 @@ def test_train_under_two_gloo_ranks_resumes_exactly(ddp):
         assert "architecture" in rep["refused"] or "rank 0 refused" in rep["refused"]
     assert "architecture" in reports[0]["refused"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
+    # Blocks that see level 0 only build no fusion: no parameter lacks a gradient, so no DDP warning at all.
+    assert not any("DDP:" in m for m in reports[0]["messages"]), reports[0]["messages"]
+    assert "DDP:" not in (full / "train.log").read_text()
     rows = read_stats(full)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]                  # one stats.jsonl, written by rank 0 only
     assert [r["loss"] for r in read_stats(resumed)] == [r["loss"] for r in rows]

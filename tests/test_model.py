@@ -43,6 +43,8 @@ CONFIGS = {
     "shallow fusion": dict(fusion="shallow"),
     "no fusion": dict(fusion="none"),
     "text cond, self-cond": dict(cond="text", text_dim=12, text_tokens=3, self_condition=True),
+    "adaptive norm, linear load": dict(load="linear", adaptive_norm=True),
+    "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
 }
 
 
@@ -80,8 +82,8 @@ def reference_forward(net, x, c_noise, off, c):
     grid = net.grid
     coords = global_token_coords(scales, off, grid)
     a = [net.tokenize(x[:, l], l) for l in range(L)]
-    z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), net.cond_tokens(c_noise[:, l], l, c, None)], 1)
-         for l in range(L)]
+    cond = [net.cond_tokens(c_noise[:, l], l, c, None) for l in range(L)]
+    z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), cond[l][0]], 1) for l in range(L)]
     for b, block in enumerate(net.blocks):
         n = net.load[b]
         prev = [t.clone() for t in a]                                   # a^{b-1}
@@ -96,13 +98,14 @@ def reference_forward(net, x, c_noise, off, c):
             cat = torch.cat([prev[l], ctx, coords[:, l]], -1)
             a[l] = prev[l] + net.fusions[str(b)].proj(cat)                 # eq. 9, W = [I, 0, 0] + W', explicit concat
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
-            a[l], z[l] = block(a[l], z[l])
+            a[l], z[l] = block(a[l], z[l], cond[l][1])
     return torch.stack([net.detokenize(t) for t in a], 1)
 
 
-@pytest.mark.parametrize("load", ["none", "linear", [1, 3, 2, 3], [3, 1, 1, 3]])
-def test_batched_network_equals_per_level_reference(load):
-    recipe = tiny_recipe(load=load)
+@pytest.mark.parametrize("load,adaptive_norm", [("none", False), ("linear", False), ([1, 3, 2, 3], False),
+                                                ([3, 1, 1, 3], False), ("linear", True), ([1, 3, 2, 3], True)])
+def test_batched_network_equals_per_level_reference(load, adaptive_norm):
+    recipe = tiny_recipe(load=load, adaptive_norm=adaptive_norm)
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():

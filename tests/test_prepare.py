@@ -15,6 +15,7 @@ import fractions
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -216,7 +217,8 @@ def mixed(tmp_path_factory):
     src, out = root / "src", root / "out"
     make_mixed_folder(src)
     code = run_cli([str(src), str(out), "--fps", str(FPS), "--frames", str(CLIP), "--size", "64x64",
-                    "--labels", "folders", "--workers", "2", "--shard-videos", str(SHARD)])
+                    "--labels", "folders", "--workers", "2", "--shard-videos", str(SHARD),
+                    "--text-encoder", "none"])                           # caption tables: test_text_tables.py
     return src, out, code
 
 
@@ -511,7 +513,7 @@ def test_synthetic_still_works(tmp_path):
     """The --synthetic mode moved from app.py keeps its options."""
     from hpdm_cli.data.shards import VideoDataset
     assert run_cli(["--synthetic", "shapes", str(tmp_path / "s"), "--num-videos", "3", "--frames", "4",
-                    "--height", "16", "--width", "24", "--fps", "6"]) == 0
+                    "--height", "16", "--width", "24", "--fps", "6", "--text-encoder", "none"]) == 0
     ds = VideoDataset(tmp_path / "s")
     assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
 
@@ -525,3 +527,354 @@ def test_engine_imports_stay_light():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_encoded_bytes_do_not_depend_on_leftover_heap_memory(tmp_path):
+    """The same frames encode to the same bytes whatever the process's heap held before.
+
+    A worker process encodes many videos one after the other, so an encoder that reads memory
+    it never wrote (left over from earlier videos) makes a resumed dataset differ from an
+    uninterrupted one. glibc's MALLOC_PERTURB_ fills every fresh allocation with a byte
+    pattern instead of whatever was there: the bytes must not change.
+    """
+    bikes, car = cut("bikes.mp4", 0, 32), cut("carphone_pristine.mp4", 0, 24)
+    np.savez(tmp_path / "clips.npz", bikes[:, 100:164, 300:364], car[:, 40:104, 56:120], bikes[:, 120:248, 200:328:2])
+    code = ("import hashlib, sys, numpy as np\n"
+            "from hpdm_cli.io.video import H264Encoder\n"
+            "for clip in np.load(sys.argv[1]).values():\n"
+            "    with H264Encoder(*clip.shape[1:3], 12.5, crf=18, gop=16, preset='fast', threads=1) as enc:\n"
+            "        for f in clip: enc.write(np.ascontiguousarray(f))\n"
+            "        print(hashlib.sha256(enc.finish()).hexdigest())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digests = set()
+    for perturb in (None, "165", "42"):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_PERTURB_"}
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        if perturb:
+            env["MALLOC_PERTURB_"] = perturb
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "clips.npz")], cwd=root, env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        digests.add(r.stdout.strip())
+    assert len(digests) == 1, digests
+
+
+# ============================================================================ bad inputs that crashed or misled
+
+def small_clip() -> np.ndarray:
+    return np.ascontiguousarray(cut("carphone_pristine.mp4", 0, 3)[:, ::8, ::8])
+
+
+def tiny_args(src, out, *extra) -> list[str]:
+    return [str(src), str(out), "--size", "16x16", "--fps", "25", "--frames", "2", "--workers", "0", *extra]
+
+
+def test_caption_longer_than_the_csv_field_limit(tmp_path):
+    """A 200 KiB caption (Python's csv module stops at 128 KiB by default) is read whole."""
+    from hpdm_cli.data.shards import VideoDataset
+    write(tmp_path / "src/a.mp4", small_clip(), 25)
+    write(tmp_path / "src/b.mp4", small_clip(), 25)
+    long = " ".join(["a long and winding caption"] * 8000)                  # ~210 KB
+    (tmp_path / "caps.csv").write_text(f'path,caption\na.mp4,"{long}"\nb.mp4,short\n')
+    prepare_dataset(tmp_path / "src", tmp_path / "out", PrepareOptions(
+        fps=25, frames=2, size=(16, 16), workers=0, labels="none", captions=str(tmp_path / "caps.csv")))
+    ds = VideoDataset(tmp_path / "out")
+    assert {ds.item(i)["source"]: ds.item(i)["caption"] for i in range(len(ds))} == {"a.mp4": long, "b.mp4": "short"}
+    import csv
+    assert csv.field_size_limit() == 131072                                # the global limit is restored
+
+
+def test_file_and_folder_names_that_are_not_utf8_are_skipped_and_reported(tmp_path, capsys):
+    """A Latin-1 file name (or folder name) is one skipped source with an escaped name, not a crash."""
+    src = tmp_path / "src"
+    write(src / "a/good.mp4", small_clip(), 25)
+    blob = (src / "a/good.mp4").read_bytes()
+    try:
+        with open(os.path.join(os.fsencode(src / "a"), b"caf\xe9.mp4"), "wb") as f:
+            f.write(blob)
+        os.makedirs(os.path.join(os.fsencode(src), b"na\xefve"))
+        with open(os.path.join(os.fsencode(src), b"na\xefve", b"x.mp4"), "wb") as f:
+            f.write(blob)
+    except OSError:
+        pytest.skip("this file system does not accept names that are not UTF-8")
+    assert run_cli(tiny_args(src, tmp_path / "out")) == 3                  # written, with skipped files
+    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text(encoding="utf-8"))
+    reasons = {s["source"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"a/caf\\xe9.mp4", "na\\xefve/"}
+    assert all("not valid UTF-8" in r for r in reasons.values())
+    assert "a/caf\\xe9.mp4" in capsys.readouterr().out
+    from hpdm_cli.data.shards import VideoDataset
+    ds = VideoDataset(tmp_path / "out")
+    assert [ds.item(0)["source"]] == ["a/good.mp4"] and ds.class_names == ["a"]
+
+
+class _FullDisk:
+    """A shard file whose writes fail like a full disk (ENOSPC)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_disk_full_is_one_line_and_the_rerun_resumes(mixed, tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing the third shard: exit 2 with one line; the same command then resumes and finishes."""
+    from hpdm_cli.data import shards
+    src, ref, _ = mixed
+    out = tmp_path / "out"
+    args = [str(src), str(out), "--fps", str(FPS), "--frames", str(CLIP), "--size", "64x64", "--labels", "folders",
+            "--workers", "0", "--shard-videos", str(SHARD)]
+    real_open = shards.ShardWriter._open_shard
+
+    def open_shard(self):
+        real_open(self)
+        if len(self._shards) == 2:
+            self._bin = _FullDisk(self._bin)
+    monkeypatch.setattr(shards.ShardWriter, "_open_shard", open_shard)
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpdm: error: no space left") and "re-run the same command" in err and "\n" not in err
+    assert not (out / "dataset.json").exists()
+    journal = (out / P.WORK_DIR / P.JOURNAL).read_text().splitlines()
+    assert sum('"shard"' in line for line in journal) == 2                 # the two finished shards are kept
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]           # the unfinished one is gone
+    monkeypatch.setattr(shards.ShardWriter, "_open_shard", real_open)
+    assert run_cli(args) == 3
+    for name in sorted(p.name for p in ref.iterdir() if p.name != P.REPORT_NAME):
+        assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_overwrite_keeps_the_old_dataset_when_the_new_run_fails(tmp_path, capsys):
+    """--overwrite builds the new dataset aside: if every new source fails, the old dataset is untouched."""
+    from hpdm_cli.data.shards import VideoDataset
+    old_src, bad_src, new_src, out = (tmp_path / n for n in ("old", "bad", "new", "out"))
+    write(old_src / "a.mp4", small_clip(), 25)
+    (bad_src).mkdir()
+    (bad_src / "broken.mp4").write_bytes(b"\x00" * 100)
+    (bad_src / "empty.mp4").write_bytes(b"")
+    for name in ("x.mp4", "y.mp4"):
+        write(new_src / name, small_clip()[:2], 25)
+    assert run_cli(tiny_args(old_src, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert run_cli(tiny_args(bad_src, out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "every one of the 2 files" in err and "unchanged" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [VideoDataset(out).item(0)["source"]] == ["a.mp4"]
+    assert run_cli(tiny_args(old_src, out)) == 0                           # still "already holds this dataset"
+    assert "already holds this dataset" in capsys.readouterr().out
+    assert run_cli(tiny_args(new_src, out, "--overwrite")) == 0
+    ds = VideoDataset(out)
+    assert sorted(ds.item(i)["source"] for i in range(len(ds))) == ["x.mp4", "y.mp4"]
+    assert json.loads((out / P.REPORT_NAME).read_text())["summary"]["videos"] == 2
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "captions.json", "dataset.json", P.REPORT_NAME, "shard-00000.bin", "shard-00000.jsonl"]
+
+
+def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
+    """A class folder that cannot be listed (permission denied) is a skipped source with the reason."""
+    src = tmp_path / "src"
+    write(src / "a/one.mp4", small_clip(), 25)
+    write(src / "b/two.mp4", small_clip(), 25)
+    locked = str(src / "b")
+    os.chmod(locked, 0)
+    real_scandir = os.scandir
+
+    def scandir(path="."):                                 # as root, chmod does not stop reading: refuse here too
+        if not isinstance(path, int) and os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        res = prepare_dataset(src, tmp_path / "out", PrepareOptions(fps=25, frames=2, size=(16, 16), workers=0))
+    finally:
+        os.chmod(locked, 0o755)
+    assert res.num_videos == 1 and res.num_sources == 2
+    assert [(s["source"], s["reason"].split(":")[0]) for s in res.skipped] == [
+        ("b/", "cannot read the folder (Permission denied)")]
+    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text())
+    assert report["summary"]["skipped"] == 1 and report["parts"][0]["unusable_in_scan"] == 1
+
+
+def test_symlinks_into_other_class_folders_do_not_relabel_videos(tmp_path):
+    """A symlinked folder (or file) inside class A pointing into class B is not taken again under A."""
+    from hpdm_cli.data.shards import VideoDataset
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    write(src / "A/a.mp4", small_clip(), 25)
+    write(src / "B/b.mp4", small_clip()[:2], 25)
+    write(elsewhere / "c.mp4", small_clip(), 25)
+    os.symlink("../B", src / "A/linkB")                                    # A/linkB -> B (sorted before B)
+    os.symlink("../B/b.mp4", src / "A/alias.mp4")
+    os.symlink(str(elsewhere), src / "C")                                  # a folder kept elsewhere: followed
+    res = prepare_dataset(src, tmp_path / "out", PrepareOptions(fps=25, frames=2, size=(16, 16), workers=0))
+    ds = VideoDataset(tmp_path / "out")
+    got = {ds.item(i)["source"]: ds.class_names[ds.item(i)["label"]] for i in range(len(ds))}
+    assert got == {"A/a.mp4": "A", "B/b.mp4": "B", "C/c.mp4": "C"}
+    reasons = {s["source"]: s["reason"] for s in res.skipped}
+    assert set(reasons) == {"A/linkB/", "A/alias.mp4"}
+    assert "symlink to the folder 'B/'" in reasons["A/linkB/"] and "'B/b.mp4'" in reasons["A/alias.mp4"]
+
+
+def test_unterminated_quote_in_a_captions_csv_is_an_error_with_its_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write(src / name, small_clip()[:2], 25)
+    caps = tmp_path / "caps.csv"
+    caps.write_text('path,caption\na.mp4,"a man walks\nb.mp4,a dog runs\nc.mp4,"a cat"\n')
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "caps.csv" in err and "line 2" in err and "line 3" in err and "close the quote" in err
+    # a quoted caption that really spans lines (no row swallowed) is fine
+    caps.write_text('path,caption\na.mp4,"a man walks,\nslowly"\nb.mp4,a dog runs\n')
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 0
+    from hpdm_cli.data.shards import VideoDataset
+    ds = VideoDataset(tmp_path / "out")
+    assert {ds.item(i)["source"]: ds.item(i)["caption"] for i in range(len(ds))}["a.mp4"] == "a man walks, slowly"
+
+
+def test_conflicting_caption_rows_warn_and_fail_under_strict(tmp_path, capsys):
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4"):
+        write(src / name, small_clip()[:2], 25)
+    caps = tmp_path / "caps.csv"
+    caps.write_text("path,caption\na.mp4,first\nb.mp4,bee\na,second\nb.mp4,bee\n")
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps), "--strict")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "caps.csv" in err and "'a.mp4' (line 2 and line 4)" in err and "--strict" in err
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpdm: warning:") and "caps.csv" in err and "1 video " in err and "last row" in err
+    from hpdm_cli.data.shards import VideoDataset
+    ds = VideoDataset(tmp_path / "out")
+    assert {ds.item(i)["source"]: ds.item(i)["caption"] for i in range(len(ds))} == {"a.mp4": "second", "b.mp4": "bee"}
+    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text())
+    assert len(report["warnings"]) == 1
+
+
+# ============================================================================ concurrency and processes
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of `pid`: {pid: command line}."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(name)] = cmd
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _poll(condition, timeout: float) -> bool:
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def busy_prepare(tmp_path):
+    """`hpdm prepare --workers 2` in a subprocess on 24 files of 0.5 s each: (process, src, out, helpers, stderr)."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    src, out = tmp_path / "src", tmp_path / "out"
+    write(src / "clip00.mp4", small_clip()[:2], 25)
+    for i in range(1, 24):
+        (src / f"clip{i:02d}.mp4").write_bytes((src / "clip00.mp4").read_bytes())
+    script = tmp_path / "slow_prepare.py"        # spawned workers import it to find slow_job (a light module)
+    script.write_text("import functools, sys, time\n"
+                      "from hpdm_cli.data import prepare as P\n"
+                      "def slow_job(job):\n"
+                      "    time.sleep(0.5)\n"
+                      "    return P._run_job(job)\n"
+                      "if __name__ == '__main__':\n"
+                      "    P.prepare_dataset = functools.partial(P.prepare_dataset, _worker=slow_job)\n"
+                      "    from hpdm_cli.cli import app\n"
+                      "    sys.argv = ['hpdm', 'prepare', *sys.argv[1:]]\n"
+                      "    app.main()\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log = open(tmp_path / "stderr.txt", "w+")      # a file, not a pipe: a leftover worker must not block reading it
+    p = subprocess.Popen([sys.executable, str(script), *tiny_args(src, out, "--workers", "2", "--labels", "none",
+                                                                  "--no-progress")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    helpers: dict = {}                              # workers and multiprocessing's resource tracker
+
+    def started():
+        helpers.update(_children(p.pid))
+        return sum("spawn_main" in v for v in helpers.values()) >= 2 or p.poll() is not None
+    try:
+        assert _poll(started, 60) and p.poll() is None, (tmp_path / "stderr.txt").read_text()
+        yield p, src, out, sorted(helpers), lambda: (tmp_path / "stderr.txt").read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        log.close()
+        for pid in helpers:                         # (only if the test failed: they should be gone)
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def test_a_second_prepare_is_refused_and_sigterm_stops_the_first_cleanly(busy_prepare, capsys):
+    """While one prepare runs, a second on its OUT_DIR gets one line naming the holder (pid, host), exit 2.
+
+    SIGTERM then stops the first one: exit 143 with one line, its workers gone, and the same
+    command run again finishes the dataset from the journal.
+    """
+    import signal
+    import socket
+    p, src, out, helpers, stderr = busy_prepare
+    assert run_cli(tiny_args(src, out, "--labels", "none")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "in use by another hpdm process" in err
+    assert f"pid {p.pid}" in err and socket.gethostname() in err
+    assert p.poll() is None                                                # the first run goes on
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    err = stderr()
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert _poll(lambda: not any(_alive(h) for h in helpers), 30)
+    assert run_cli(tiny_args(src, out, "--labels", "none")) == 0           # the same command finishes the job
+    from hpdm_cli.data.shards import VideoDataset
+    assert len(VideoDataset(out)) == 24
+
+
+def test_workers_die_with_a_killed_main_process(busy_prepare):
+    """SIGKILL to the main process alone: its workers and the resource tracker go too."""
+    import signal
+    p, _, _, helpers, _ = busy_prepare
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert _poll(lambda: not any(_alive(h) for h in helpers), 30), {h: _alive(h) for h in helpers}
+
+
+def test_synthetic_prepare_takes_the_lock_too(tmp_path, capsys):
+    from hpdm_cli.io.lock import hold_lock
+    with hold_lock(tmp_path / "s", "a test", error=RuntimeError):
+        assert run_cli(["--synthetic", "shapes", str(tmp_path / "s"), "--num-videos", "2", "--frames", "2",
+                        "--height", "16", "--width", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "hpdm prepare" in err and "in use" in err
+    assert not (tmp_path / "s" / "dataset.json").exists()

@@ -136,9 +136,9 @@ def test_wrong_types(section, key, value, expected):
 
 
 def test_int_accepted_for_float():
-    r = recipe_from_dict({"train": {"lr": 1, "betas": [1, 0]}, "diffusion": {"sigma_data": 1}})
+    r = recipe_from_dict({"train": {"lr": 1, "betas": [0, 0]}, "diffusion": {"sigma_data": 1}})
     assert r.train.lr == 1.0 and type(r.train.lr) is float
-    assert r.train.betas == (1.0, 0.0) and all(type(b) is float for b in r.train.betas)
+    assert r.train.betas == (0.0, 0.0) and all(type(b) is float for b in r.train.betas)
     assert type(r.diffusion.sigma_data) is float
 
 
@@ -240,6 +240,60 @@ def test_bad_overrides_name_the_override(tmp_path, ov, fragment):
     msg = str(e.value)
     assert str(p) in msg and repr(ov) in msg and fragment in msg
     assert "\n" not in msg
+
+
+def _scalar_keys(kind: type) -> list[str]:
+    """Every dotted key of the recipe whose field is a scalar of type `kind` (float or int)."""
+    import typing
+    return [f"{section}.{k}" for section, cls in typing.get_type_hints(Recipe).items()
+            for k, tp in typing.get_type_hints(cls).items() if tp is kind]
+
+
+def test_every_number_is_range_checked():
+    assert "train.lr" in _scalar_keys(float) and "train.ckpt_every" in _scalar_keys(int)
+    for key in _scalar_keys(float):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            section, name = key.split(".")
+            msg = err({section: {name: bad}})
+            assert msg.startswith(f"{SRC}: {key} = ") and "expected a finite number" in msg, (key, msg)
+    for key in _scalar_keys(int):
+        section, name = key.split(".")
+        msg = err({section: {name: -1}})
+        assert msg.startswith(f"{SRC}: {key} = -1: expected an integer"), (key, msg)
+
+
+@pytest.mark.parametrize("ov,expected", [
+    ("train.lr=nan", "train.lr = nan: expected a finite number > 0"),
+    ("train.lr=-1", "train.lr = -1.0: expected a finite number > 0"),
+    ("train.lr=inf", "train.lr = inf: expected a finite number > 0"),
+    ("train.lr=0", "train.lr = 0.0: expected a finite number > 0"),
+    ("train.ckpt_every=0", "train.ckpt_every = 0: expected an integer >= 1"),
+    ("train.log_every=0", "train.log_every = 0: expected an integer >= 1"),
+    ("train.keep_last=-1", "train.keep_last = -1: expected an integer >= 0 (0 = keep every checkpoint)"),
+    ("train.max_nonfinite_steps=-2", "train.max_nonfinite_steps = -2: expected an integer >= 0"),
+    ("train.betas=[0.9, 1.0]", "train.betas[1] = 1.0: expected a finite number in [0, 1)"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio = 1.5: expected a finite number in [0, 1]"),
+    ("train.seed=-3", "train.seed = -3: expected an integer in [0, 4294967295]"),
+    ("train.device=\"gpu\"", "train.device = 'gpu': expected \"auto\", \"cpu\" or \"cuda\""),
+    ("diffusion.self_cond_prob=2", "diffusion.self_cond_prob = 2.0: expected a finite number in [0, 1]"),
+    ("diffusion.context_sigma=nan", "diffusion.context_sigma = nan: expected a finite number > 0"),
+    ("data.fps=0", "data.fps = 0.0: expected a finite number > 0"),
+    ("data.num_workers=-1", "data.num_workers = -1: expected an integer >= 0"),
+    ("model.latent_dim=0", "model.latent_dim = 0: expected an integer >= 1"),
+    ("model.mlp_ratio=0.001", "model.mlp_ratio = 0.001: gives an MLP of width 0"),
+    ("sample.guidance=1e300", "sample.guidance = 1e+300: expected a finite number in [0, 100] (1 = no guidance)"),
+    ("sample.guidance=-1", "sample.guidance = -1.0: expected a finite number in [0, 100]"),
+    ("sample.level_steps=[8, 0, 2]", "sample.level_steps[1] = 0: expected an integer >= 1"),
+    ("sample.level_steps=[8, 4]", "sample.level_steps = [8, 4]: 2 entries for 3 pyramid levels"),
+    ("sample.sigma_min=100", "sample.sigma_min = 100.0 is above sample.sigma_max = 80.0"),
+    ("eval.batch_size=0", "eval.batch_size = 0: expected an integer >= 1"),
+])
+def test_out_of_range_values_name_key_and_range(tmp_path, ov, expected):
+    p = write(tmp_path, TINY)
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p, [ov])
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and expected in msg and "\n" not in msg
 
 
 def test_override_inconsistent_value_is_validated(tmp_path):

@@ -168,6 +168,85 @@ def test_writer_errors_and_atomicity(tmp_path, dataset_dir):
     assert not (out / "shard-00001.bin").exists()
 
 
+def _copy_dataset(src, dst):
+    dst.mkdir()
+    for name in os.listdir(src):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("entry", ["bin", "index", "captions"])
+@pytest.mark.parametrize("style", ["dotdot", "absolute"])
+def test_paths_in_dataset_json_stay_inside_the_folder(tmp_path, dataset_dir, entry, style):
+    """A file named in dataset.json with '..' or an absolute path is refused (even when it exists), naming it."""
+    d = _copy_dataset(dataset_dir, tmp_path / "ds")
+    top = json.loads((d / "dataset.json").read_text())
+    name = {"bin": "shard-00000.bin", "index": "shard-00000.jsonl", "captions": "captions.json"}[entry]
+    outside = tmp_path / ("outside-" + name)
+    outside.write_bytes((d / name).read_bytes())                # a perfectly valid file, just not in the folder
+    ref = "../" + outside.name if style == "dotdot" else str(outside)
+    if entry == "captions":
+        top["captions"] = ref
+    else:
+        top["shards"][0][entry] = ref
+    (d / "dataset.json").write_text(json.dumps(top))
+    with pytest.raises(DataError, match="outside the dataset folder") as e:
+        VideoDataset(d).captions()
+    assert ref in str(e.value) and (entry in str(e.value))
+
+
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_complete(tmp_path):
+    """ShardWriter(overwrite=True) builds aside: a failure leaves the old dataset whole; success swaps it in."""
+    out = tmp_path / "d"
+    with ShardWriter(out, max_videos_per_shard=1) as w:
+        for i in range(3):
+            w.add(make_video(i, 2), caption=f"old {i}")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(RuntimeError):
+        with ShardWriter(out, overwrite=True, max_videos_per_shard=1) as w:
+            w.add(make_video(7, 2), caption="new")
+            w.add(make_video(8, 2), caption="new")                # a finished shard of the new dataset
+            assert VideoDataset(out).captions() == ["old 0", "old 1", "old 2"]   # readable meanwhile
+            raise RuntimeError("the new run fails")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    with ShardWriter(out, overwrite=True) as w:
+        w.add(make_video(5, 2), caption="only one")
+    ds = VideoDataset(out)
+    assert len(ds) == 1 and ds.captions() == ["only one"]
+    assert sorted(os.listdir(out)) == ["captions.json", "dataset.json", "shard-00000.bin", "shard-00000.jsonl"]
+
+
+def test_interrupted_swap_is_completed_by_the_next_writer(tmp_path):
+    """A crash half-way through moving the new dataset in is rolled forward, never left half old, half new."""
+    from hpdm_cli.data import shards as S
+    out = tmp_path / "d"
+    with ShardWriter(out, max_videos_per_shard=1) as w:
+        for i in range(3):
+            w.add(make_video(i, 2), caption="old")
+    calls = []
+    real_replace = os.replace
+
+    def crash_on_second_move(a, b):                               # the second file moved into `out`
+        if os.path.dirname(os.fspath(b)) == str(out):
+            calls.append(b)
+        if len(calls) == 2:
+            raise OSError("simulated crash")
+        return real_replace(a, b)
+    S.os.replace = crash_on_second_move
+    try:
+        with pytest.raises(OSError, match="simulated"):
+            with ShardWriter(out, overwrite=True, max_videos_per_shard=1) as w:
+                w.add(make_video(5, 2), caption="new")
+                w.add(make_video(6, 2), caption="new")
+    finally:
+        S.os.replace = real_replace
+    assert not (out / "dataset.json").exists()                    # mid-swap: neither dataset is published
+    assert S.finish_replace(out)                                  # (any later writer or prepare run does this)
+    ds = VideoDataset(out)
+    assert len(ds) == 2 and ds.captions() == ["new"] and not (out / "shard-00002.bin").exists()
+    assert not (out / S.STAGING_DIR).exists()
+
+
 def test_pickle_and_byte_limit(tmp_path):
     """The byte limit rolls shards over; a pickled dataset reads the same frames."""
     out = tmp_path / "b"

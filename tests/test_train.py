@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hpdm_cli.io.lock import lock_holder
 from hpdm_cli.recipe import default_recipe_path, load_recipe
 from hpdm_cli.train import loop
 from hpdm_cli.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
@@ -187,6 +188,7 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(sig, refere
     assert list_checkpoints(run)[-1].name == f"ckpt-{stopped:08d}"        # saved at the step it stopped
     assert f"stopped by signal {int(sig)} at step {stopped}" in out
     assert f"stopped by signal" in (run / "train.log").read_text()
+    assert lock_holder(run) is None                                       # the lock was released on the way out
 
     s = train(rec, run, log=quiet())
     assert (s.start_step, s.step) == (stopped, rec.train.steps)
@@ -247,6 +249,7 @@ def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_
     msgs = []
     s = train(rec, run, log=quiet(msgs))                                    # same command again: nothing to do
     assert (s.start_step, s.step) == (6, 6) and any("nothing to do" in m for m in msgs)
+    assert s.last_loss == losses(ref)[6]                                    # the last logged loss, not nan
     more = make_recipe(shapes_data, steps=8)
     s = train(more, run, log=quiet(msgs), progress=True)                   # with the Rich live progress bar
     assert (s.start_step, s.step, s.steps) == (6, 8, 8)
@@ -323,8 +326,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(reference, shap
             raise OSError(28, "No space left on device")
         return real(tensors, path, metadata=metadata)
     monkeypatch.setattr(ckpt_mod, "save_file", crashing)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError) as e:                            # one line (exit 2 from the CLI)
         train(rec, tmp_path, log=quiet())
+    assert "\n" not in str(e.value) and "No space left on device" in str(e.value)
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
@@ -455,3 +459,196 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoint
     assert proc.returncode == 143, (out, err)
     assert "Traceback" not in out + err, err
     assert list_checkpoints(run), "no checkpoint was saved"
+
+# ------------------------------------------------------------------------------------------ bad input, from the CLI
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
+    from hpdm_cli.cli.app import main
+    old = sys.argv
+    sys.argv = ["hpdm", *[str(a) for a in args]]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def one_line_error(code, err) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hpdm: error: "), (code, err)
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad,expected", [
+    ("train.lr=nan", "train.lr = nan: expected a finite number > 0"),
+    ("train.lr=-1", "train.lr = -1.0: expected a finite number > 0"),
+    ("train.lr=inf", "train.lr = inf: expected a finite number > 0"),
+    ("train.ckpt_every=0", "train.ckpt_every = 0: expected an integer >= 1"),
+    ("train.log_every=0", "train.log_every = 0: expected an integer >= 1"),
+    ("train.grad_clip=nan", "train.grad_clip = nan: expected a finite number >= 0"),
+])
+def test_invalid_recipe_value_is_refused_before_anything_is_written(bad, expected, shapes_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", "tiny", *overrides(shapes_data), bad, "--run-dir", run, "--no-progress")
+    assert expected in one_line_error(code, err) and out == ""
+    assert not run.exists()
+
+
+def test_invalid_recipe_value_in_a_real_process(shapes_data, tmp_path):
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "hpdm_cli", "train", "tiny", *overrides(shapes_data), "train.lr=nan",
+                          "--run-dir", str(run)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "train.lr = nan" in res.stderr
+    assert not run.exists()
+
+
+def test_run_dir_that_is_a_file_is_refused(shapes_data, tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    with pytest.raises(TrainError) as e:
+        train(make_recipe(shapes_data), f, log=quiet())
+    assert "\n" not in str(e.value) and str(f) in str(e.value) and "not a directory" in str(e.value)
+    code, out, err = cli(capsys, "train", "tiny", *overrides(shapes_data), "--run-dir", f, "--no-progress")
+    assert str(f) in one_line_error(code, err)
+    assert f.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_disk_full_during_a_checkpoint_is_a_one_line_error(shapes_data, tmp_path, monkeypatch, capsys):
+    from hpdm_cli.train import checkpoint as ckpt_mod
+    real, calls = ckpt_mod.save_file, []
+
+    def full(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) > 3:                             # the 2nd checkpoint (step 4) does not fit any more
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+    monkeypatch.setattr(ckpt_mod, "save_file", full)
+    code, out, err = cli(capsys, "train", "tiny", *overrides(shapes_data), "--run-dir", tmp_path, "--no-progress")
+    line = one_line_error(code, err)
+    assert "No space left on device" in line and "ckpt-00000002" in line
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000002"]   # no partial one
+    assert load_checkpoint(tmp_path / "checkpoints" / "ckpt-00000002")["state"]["step"] == 2
+    assert lock_holder(tmp_path) is None
+
+
+def test_disk_full_while_logging_is_a_one_line_error(shapes_data, tmp_path, monkeypatch):
+    def full(self, record):
+        raise OSError(28, "No space left on device", str(self.path))
+    monkeypatch.setattr(loop.StatsWriter, "write", full)
+    with pytest.raises(TrainError) as e:
+        train(make_recipe(shapes_data, steps=2), tmp_path, log=quiet())
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg and "stats.jsonl" in msg
+    assert lock_holder(tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------ non-finite weights
+
+def _poison_checkpoint(ckpt: Path) -> None:
+    """Write a NaN into a checkpoint's training weights, keeping the file otherwise valid."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    f = ckpt / "model.safetensors"
+    with safe_open(str(f), framework="pt") as h:
+        meta = h.metadata()
+    t = load_file(str(f))
+    next(v for v in t.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_file(t, str(f), metadata=meta)
+
+
+def test_nan_in_the_newest_checkpoint_resumes_from_the_last_finite_one(reference, tmp_path):
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    _poison_checkpoint(run / "checkpoints" / "ckpt-00000006")
+    msgs = []
+    s = train(rec, run, log=quiet(msgs))
+    assert any("skipping" in m and "ckpt-00000006" in m and "non-finite" in m for m in msgs), msgs
+    assert (s.start_step, s.step, s.skipped) == (4, 6, 0)                  # trained, not 'skipped every step'
+    assert (run / "checkpoints" / "ckpt-00000006.corrupt").is_dir()       # set aside, not deleted
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000004", "ckpt-00000006"]
+    assert losses(run) == losses(ref)
+    assert_same_state(run, ref)
+
+
+def test_weights_that_turn_non_finite_are_never_saved(shapes_data, tmp_path, monkeypatch):
+    rec = make_recipe(shapes_data, steps=6, ckpt_every=2, keep_last=1)
+    real, n = loop.Lamb.step, {"calls": 0}
+
+    def blow_up(self, *a, **kw):
+        out = real(self, *a, **kw)
+        n["calls"] += 1
+        if n["calls"] == 3:                                               # step 3 overflows a weight
+            self.param_groups[0]["params"][0].data.view(-1)[0] = float("inf")
+        return out
+    monkeypatch.setattr(loop.Lamb, "step", blow_up)
+    with pytest.raises(CheckpointError) as e:
+        train(rec, tmp_path, log=quiet())
+    msg = str(e.value)
+    assert "\n" not in msg and "not saving checkpoint 4" in msg and "ckpt-00000002" in msg
+    # keep_last = 1 kept the last good checkpoint; nothing else was written under checkpoints/.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000002"]
+    assert lock_holder(tmp_path) is None
+
+
+def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, monkeypatch):
+    rec = make_recipe(shapes_data, "train.max_nonfinite_steps=2", steps=6, ckpt_every=2)
+    real, n = loop.edm_loss, {"calls": 0}
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        n["calls"] += 1
+        if n["calls"] >= 3:                                              # every step from step 3 on
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    with pytest.raises(TrainError) as e:
+        train(rec, tmp_path, log=quiet())
+    msg = str(e.value)
+    assert "\n" not in msg and "2 consecutive steps" in msg and "ckpt-00000002" in msg
+    assert "train.max_nonfinite_steps" in msg and msg in (tmp_path / "train.log").read_text()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
+    assert [r["step"] for r in read_stats(tmp_path)] == [1, 2, 3, 4]
+    assert lock_holder(tmp_path) is None
+    monkeypatch.undo()
+    s = train(rec, tmp_path, log=quiet())                                 # fixed: resumes from the good one
+    assert (s.start_step, s.step, s.skipped) == (2, 6, 0)
+
+
+# ------------------------------------------------------------------------------------------ one run per directory
+
+def test_a_second_train_on_a_locked_run_dir_is_refused(shapes_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = ("import sys; from hpdm_cli.io.lock import hold_lock\n"
+            f"with hold_lock({str(run)!r}, 'hpdm train'):\n"
+            "    print('held', flush=True); sys.stdin.readline()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainError) as e:
+            train(make_recipe(shapes_data, steps=1), run, log=quiet())
+        msg = str(e.value)
+        assert "\n" not in msg and f"pid {holder.pid}" in msg and "host" in msg and "hpdm train" in msg
+        code, out, err = cli(capsys, "train", "tiny", *overrides(shapes_data), "--run-dir", run, "--no-progress")
+        assert f"pid {holder.pid}" in one_line_error(code, err)
+        assert sorted(p.name for p in run.iterdir()) == [".hpdm.lock"]    # nothing written by the refused runs
+    finally:
+        holder.communicate("\n")
+    s = train(make_recipe(shapes_data, steps=1), run, log=quiet())        # free again once the holder exits
+    assert s.step == 1 and lock_holder(run) is None
+
+
+def test_missing_tensorboard_is_said_once(shapes_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # as if tensorboard were not installed
+    msgs = []
+    train(make_recipe(shapes_data, steps=2), tmp_path, log=quiet(msgs))
+    notes = [m for m in msgs if "TensorBoard" in m]
+    assert len(notes) == 1 and "pip install tensorboard" in notes[0] and "stats.jsonl" in notes[0]
+    assert not (tmp_path / "tensorboard").exists() and len(read_stats(tmp_path)) == 2

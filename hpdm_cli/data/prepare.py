@@ -32,8 +32,10 @@ time (worker processes start fast), so `DataError` is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -42,6 +44,8 @@ import os
 import re
 import shutil
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,7 +58,7 @@ from hpdm_cli.io import atomic_write_text, fsync_dir
 __all__ = [
     "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "FITS", "SHORT_POLICIES", "ORDERS", "EXAMPLES", "REPORT_NAME",
     "PrepareOptions", "PrepareResult", "prepare_dataset", "prepare_example", "options_from_recipe",
-    "FitGeometry", "fit_geometry", "resample_times", "process_source", "scan_sources",
+    "FitGeometry", "fit_geometry", "resample_times", "process_source", "scan_sources", "Terminated",
 ]
 
 VIDEO_EXTENSIONS = frozenset({
@@ -92,6 +96,23 @@ EXAMPLES = {
 def _error(msg: str) -> Exception:
     from hpdm_cli.data.shards import DataError  # noqa: PLC0415 (lazy: spawned workers never import torch)
     return DataError(msg)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while preparing: the workers were stopped and the finished shards kept (re-run to resume)."""
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 become \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ============================================================================ options and results
@@ -188,6 +209,7 @@ class PrepareResult:
     image_dir: str | None = None
     fps: float = 0.0
     size: tuple[int, int] = (0, 0)
+    warnings: list[str] = field(default_factory=list)  # e.g. conflicting caption rows (the last one is used)
 
     @property
     def bytes_per_video_second(self) -> float:
@@ -325,7 +347,8 @@ def process_source(path: str, *, kind: str = "video", fps: float = 25.0, size: t
 
     Returns {"status": "ok", "blob": mp4 bytes, "num_frames", "height", "width", "notes": {...},
     "facts": {...}} or {"status": "skipped", "reason": one line}. The encoder runs with one
-    x264 thread, so the bytes are the same on every machine and with any number of workers.
+    x264 thread and without macroblock-tree rate control (see `hpdm_cli.io.video`), so the bytes
+    do not depend on the machine, the number of workers or the files a worker encoded before.
     """
     try:
         return _process(path, kind, float(fps), (int(size[0]), int(size[1])), fit, int(min_frames), short,
@@ -399,9 +422,34 @@ def _run_job(job: dict) -> dict:
     return process_source(path, **args)
 
 
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the main process, which stops them."""
+def _worker_init(parent: int = 0) -> None:
+    """Workers leave Ctrl-C and SIGTERM to the main process, which stops them, and die with it.
+
+    If the main process is killed outright (SIGKILL, OOM killer) nobody stops them: on Linux
+    the kernel sends them SIGKILL when it dies (PR_SET_PDEATHSIG); everywhere, a watchdog
+    thread exits the worker once its parent process is gone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes  # noqa: PLC0415
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="hpdm-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this worker process as soon as its parent is gone (it is re-parented)."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 # ============================================================================ running jobs in order
@@ -410,7 +458,7 @@ def _terminate(pool) -> None:
     """Stop a process pool now (on interrupt or crash): kill its workers, cancel what is queued."""
     for p in list((getattr(pool, "_processes", None) or {}).values()):
         try:
-            p.terminate()
+            p.kill()  # SIGKILL: workers ignore SIGTERM (they leave it to this process)
         except Exception:  # noqa: BLE001
             pass
     pool.shutdown(wait=False, cancel_futures=True)
@@ -424,7 +472,7 @@ def _isolated(jobs: list[dict], ctx, fn) -> Iterator[dict]:
     try:
         for job in jobs:
             if pool is None:
-                pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+                pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
             try:
                 yield pool.submit(fn, job).result()
             except BrokenProcessPool:
@@ -453,7 +501,8 @@ def _ordered_results(jobs: list[dict], workers: int, fn: Callable[[dict], dict])
     ctx = multiprocessing.get_context("spawn")
 
     def new_pool():
-        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, max_tasks_per_child=64)
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),),
+                                   max_tasks_per_child=64)
 
     pool = new_pool()
     pending: deque = deque()
@@ -489,6 +538,7 @@ class _Source:
     label: int = -1
     caption: str = ""
     skip: str = ""                        # reason decided before decoding (label, split, ...)
+    problem: bool = False                 # a folder or file the scan could not use (not a class, not a video)
 
 
 def _norm_rel(p: str) -> str:
@@ -499,38 +549,107 @@ def _norm_rel(p: str) -> str:
 
 
 def scan_sources(root: str | os.PathLike, extensions: Iterable[str] = VIDEO_EXTENSIONS,
-                 exclude: Sequence[str] = ()) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+                 exclude: Sequence[str] = (), problems: list | None = None,
+                 ) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """Files under `root` with one of `extensions`: ([(rel, abs path, bytes)] sorted by rel, {ext: ignored count}).
 
-    Hidden files and folders (name starting with ".") are skipped; symlinked folders are
-    followed once; folders in `exclude` (e.g. the output directory) are not entered.
+    Hidden files and folders (name starting with ".") are skipped; folders in `exclude` (e.g.
+    the output directory) are not entered. Symlinks are resolved: a symlinked folder or file
+    whose target is already found under its own path inside `root` is not taken a second time
+    (it would be labelled by the wrong class folder); one pointing elsewhere is followed once.
+    What cannot be used is appended to `problems` as (rel, reason): such duplicates, unreadable
+    folders and names that are not valid UTF-8 (rel shown with \\xNN escapes).
     """
     root = os.path.abspath(os.fspath(root))
     exts = {e.lower() for e in extensions}
-    excluded = {os.path.realpath(e) for e in exclude}
-    found, ignored = [], {}
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen or real in excluded:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and os.path.realpath(os.path.join(dirpath, d)) not in excluded)
-        for name in sorted(filenames):
-            if name.startswith("."):
+    excluded = [os.path.realpath(e) for e in exclude]
+    problems = [] if problems is None else problems
+    found: list[tuple[str, str, int]] = []
+    ignored: dict[str, int] = {}
+    walked: dict[str, str] = {}            # real path of each folder walked -> its rel ("" = root)
+    files: dict[str, str] = {}             # real path of each file found -> its rel
+    linked_dirs: list[tuple[str, str]] = []
+    linked_files: list[tuple[str, str]] = []
+
+    def is_excluded(real: str) -> bool:
+        return any(real == e or real.startswith(e.rstrip(os.sep) + os.sep) for e in excluded)
+
+    def walk(path: str, rel: str, real: str) -> None:
+        stack = [(path, rel, real)]
+        while stack:
+            path, rel, real = stack.pop()
+            if real in walked or is_excluded(real):
                 continue
-            full = os.path.join(dirpath, name)
-            ext = os.path.splitext(name)[1].lower()
-            if ext not in exts:
-                ignored[ext or "(none)"] = ignored.get(ext or "(none)", 0) + 1
-                continue
+            walked[real] = rel
             try:
-                size = os.path.getsize(full)
-            except OSError:
-                size = -1
-            found.append((os.path.relpath(full, root).replace(os.sep, "/"), full, size))
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                if not rel:
+                    raise _error(f"cannot read the source folder {path!r} ({e.strerror or e}): check its "
+                                 "permissions") from None
+                problems.append((_printable(rel) + "/", f"cannot read the folder ({e.strerror or e}): its files are "
+                                                        "not included"))
+                continue
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                erel = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    link, is_dir = entry.is_symlink(), entry.is_dir()
+                except OSError:
+                    link, is_dir = False, False
+                if is_dir:
+                    if _printable(entry.name) != entry.name:
+                        problems.append((_printable(erel) + "/", "the folder name is not valid UTF-8: rename the "
+                                                                 "folder; its files are not included"))
+                    elif link:
+                        linked_dirs.append((erel, entry.path))
+                    else:
+                        subdirs.append((entry.path, erel, os.path.join(real, entry.name)))
+                    continue
+                ext = _printable(os.path.splitext(entry.name)[1].lower())
+                if ext not in exts:
+                    ignored[ext or "(none)"] = ignored.get(ext or "(none)", 0) + 1
+                    continue
+                if _printable(entry.name) != entry.name:
+                    problems.append((_printable(erel), "the file name is not valid UTF-8: rename the file"))
+                elif link:
+                    linked_files.append((erel, entry.path))
+                else:
+                    try:
+                        size = entry.stat().st_size
+                    except OSError:
+                        size = -1
+                    found.append((erel, entry.path, size))
+                    files[os.path.join(real, entry.name)] = erel
+            stack.extend(reversed(subdirs))
+
+    walk(root, "", os.path.realpath(root))
+    i = 0
+    while i < len(linked_dirs):              # after the real tree, so that real paths win
+        rel, path = linked_dirs[i]
+        i += 1
+        target = os.path.realpath(path)
+        if target in walked:
+            owner = walked[target]
+            problems.append((rel + "/", f"symlink to the folder {owner + '/' if owner else '(the source folder)'!r}, "
+                                        "whose files are already included under their own paths (not taken twice)"))
+        else:
+            walk(path, rel, target)
+    for rel, path in linked_files:
+        target = os.path.realpath(path)
+        if target in files:
+            problems.append((rel, f"symlink to {files[target]!r}, which is already included under its own path "
+                                  "(not taken twice)"))
+            continue
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = -1
+        files[target] = rel
+        found.append((rel, path, size))
     found.sort(key=lambda x: x[0])
     return found, ignored
 
@@ -559,35 +678,68 @@ _LABEL_COLUMNS = ("label", "class", "class_name", "category", "action")
 _CAPTION_COLUMNS = ("caption", "text", "description", "prompt", "name")
 
 
-def _read_pairs(path: str, what: str, value_columns: Sequence[str]) -> list[tuple[str, str]]:
-    """(key, value) rows of a CSV/TSV (header row), JSON lines / JSON, or text ("key value" per line) file."""
+def _read_pairs(path: str, what: str, value_columns: Sequence[str],
+                is_key: Callable[[str], bool] | None = None) -> list[tuple[str, str, str]]:
+    """(key, value, where) rows of a CSV/TSV (header row), JSON lines / JSON, or text ("key value" per line) file.
+
+    `where` locates the row for messages ("line 7", "entry 3"). In a CSV, a quoted field that
+    swallows the following lines because its closing quote is missing is an error: it is
+    recognised by a line inside the field that parses as a row of its own, with a key that
+    `is_key` accepts (or that ends with a video or image suffix).
+    """
     ext = os.path.splitext(path)[1].lower()
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise _error(f"cannot read the {what} file {path!r} ({e})") from None
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, str]] = []
     if ext in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",")
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        vcol = next((cols[c] for c in value_columns if c in cols), None)
-        kcol = next((cols[c] for c in _KEY_COLUMNS if c in cols and cols[c] != vcol), None)
-        if kcol is None or vcol is None:
-            raise _error(f"{what} file {path!r}: need a header with a path column ({', '.join(_KEY_COLUMNS[:4])}) "
-                         f"and a {what} column ({', '.join(value_columns[:3])}); found {list(cols)}")
-        for row in reader:
-            k, v = (row.get(kcol) or "").strip(), row.get(vcol)
-            if k:
-                rows.append((k, "" if v is None else str(v)))
+        delimiter = "\t" if ext == ".tsv" else ","
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, len(text) + 1))  # a field is at most the whole file (128 KiB by default)
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        try:
+            header = next(reader, [])
+            cols = {c.strip().lower(): i for i, c in enumerate(header)}
+            vpos = next((cols[c] for c in value_columns if c in cols), None)
+            kpos = next((cols[c] for c in _KEY_COLUMNS if c in cols and cols[c] != vpos), None)
+            if kpos is None or vpos is None:
+                raise _error(f"{what} file {path!r}: need a header with a path column "
+                             f"({', '.join(_KEY_COLUMNS[:4])}) and a {what} column ({', '.join(value_columns[:3])}); "
+                             f"found {list(cols)}")
+            looks_like_key = is_key or (lambda k: os.path.splitext(k.strip())[1].lower() in
+                                        VIDEO_EXTENSIONS | IMAGE_EXTENSIONS)
+            line = reader.line_num
+            for cells in reader:
+                first, line = line + 1, reader.line_num  # the physical lines of this row
+                for value in cells:
+                    if "\n" not in value and "\r" not in value:
+                        continue
+                    for j, cont in enumerate(value.splitlines()[1:], 1):
+                        inner = next(csv.reader([cont], delimiter=delimiter), [])
+                        if len(inner) >= len(header) and inner[kpos].strip() and looks_like_key(inner[kpos]):
+                            raise _error(f"{what} file {path!r} line {first}: a quoted field opened on this line is "
+                                         f"not closed, so it swallows line {first + j} ({cont[:60]!r}) and what "
+                                         "follows: close the quote (a quote inside a quoted field is written twice: "
+                                         "\"\")")
+                key = cells[kpos].strip() if len(cells) > kpos else ""
+                if key:
+                    rows.append((key, cells[vpos] if len(cells) > vpos else "", f"line {first}"))
+        except csv.Error as e:
+            raise _error(f"{what} file {path!r} line {reader.line_num}: not valid CSV ({e})") from None
+        finally:
+            csv.field_size_limit(limit)
         return rows
     if ext in (".jsonl", ".json", ".ndjson"):
         items: list = []
+        where: list[str] = []
         stripped = text.strip()
         if ext == ".json" and stripped[:1] in "[{":
             try:
                 obj = json.loads(stripped)
                 items = obj if isinstance(obj, list) else [{"path": k, value_columns[0]: v} for k, v in obj.items()]
+                where = [f"entry {n}" for n in range(1, len(items) + 1)]
             except json.JSONDecodeError:
                 items = []
         if not items:
@@ -595,24 +747,25 @@ def _read_pairs(path: str, what: str, value_columns: Sequence[str]) -> list[tupl
                 if line.strip():
                     try:
                         items.append(json.loads(line))
+                        where.append(f"line {n}")
                     except json.JSONDecodeError as e:
                         raise _error(f"{what} file {path!r} line {n}: not JSON ({e.msg})") from None
-        for n, obj in enumerate(items, 1):
+        for obj, at in zip(items, where):
             if not isinstance(obj, dict):
-                raise _error(f"{what} file {path!r} entry {n}: expected an object with a path and a {what}")
+                raise _error(f"{what} file {path!r} {at}: expected an object with a path and a {what}")
             low = {str(k).lower(): v for k, v in obj.items()}
             vkey = next((c for c in value_columns if c in low), None)
             kkey = next((c for c in _KEY_COLUMNS if c in low and c != vkey), None)
             if kkey is None or vkey is None:
-                raise _error(f"{what} file {path!r} entry {n}: expected keys like \"path\" and \"{value_columns[0]}\"")
-            rows.append((str(low[kkey]), "" if low[vkey] is None else str(low[vkey])))
+                raise _error(f"{what} file {path!r} {at}: expected keys like \"path\" and \"{value_columns[0]}\"")
+            rows.append((str(low[kkey]), "" if low[vkey] is None else str(low[vkey]), at))
         return rows
-    for line in text.splitlines():  # plain text: "key<TAB>value" or "key value..."
+    for n, line in enumerate(text.splitlines(), 1):  # plain text: "key<TAB>value" or "key value..."
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
-        rows.append((parts[0], parts[1].strip() if len(parts) > 1 else ""))
+        rows.append((parts[0], parts[1].strip() if len(parts) > 1 else "", f"line {n}"))
     return rows
 
 
@@ -669,9 +822,10 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
                   class_names: list[str] | None = None) -> tuple[list[_Source], list[str], dict]:
     """Scan `root`, attach labels / captions / pre-decoding skips; return (sources, class names, scan info)."""
     exts = VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS
-    found, ignored = scan_sources(root, exts, exclude)
+    problems: list[tuple[str, str]] = []
+    found, ignored = scan_sources(root, exts, exclude, problems)
     info: dict = {"ignored_files": ignored, "unmatched_label_entries": 0, "unmatched_caption_entries": 0,
-                  "excluded_by_split": 0}
+                  "excluded_by_split": 0, "unusable_in_scan": len(problems)}
     sources = [_Source(rel, p, size, kind) for rel, p, size in found]
 
     # ---- split list (videos only)
@@ -697,17 +851,21 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
 
     if not sources:
         what = "videos" if kind == "video" else "images"
-        raise _error(f"no {what} found in {root!r} (looked for {', '.join(sorted(exts)[:8])}, ...)")
+        why = f"; {len(problems)} could not be used, e.g. {problems[0][0]}: {problems[0][1]}" if problems else ""
+        raise _error(f"no {what} found in {root!r} (looked for {', '.join(sorted(exts)[:8])}, ...){why}")
+    # Unreadable folders, symlinked duplicates, names that are not UTF-8: reported as skipped sources.
+    sources = sorted(sources + [_Source(rel, "", -1, kind, skip=why, problem=True) for rel, why in problems],
+                     key=lambda s: s.rel)
 
     # ---- labels
     mode = opts.labels
     present = [s for s in sources if s.path]
     if mode == "auto":
         mode = "folders" if present and all("/" in s.rel for s in present) else "none"
-    info["labels"] = mode if mode in ("folders", "none") else f"file {opts.labels}"
+    info["labels"] = mode if mode in ("folders", "none") else f"file {_printable(opts.labels)}"
     names: list[str] = []
     if mode == "folders":
-        folder = {s.rel: s.rel.split("/", 1)[0] if "/" in s.rel else None for s in sources}
+        folder = {s.rel: s.rel.split("/", 1)[0] if "/" in s.rel else None for s in sources if not s.problem}
         if class_names is not None:
             names = list(class_names)
         elif split_classes is not None:
@@ -736,11 +894,11 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
                 said = split_classes[lab - 1] if 1 <= lab <= len(split_classes) else f"#{lab}"
                 s.skip = f"mislabelled: the split file says class {said!r} but the file is in folder {f!r}"
     elif mode != "none":
-        pairs = _read_pairs(mode, "label", _LABEL_COLUMNS)
         index = _KeyIndex(s.rel for s in present)
+        pairs = _read_pairs(mode, "label", _LABEL_COLUMNS, is_key=lambda k: bool(index.lookup(k)))
         given: dict[str, str] = {}
         conflict: set[str] = set()
-        for key, value in pairs:
+        for key, value, _ in pairs:
             hits = index.lookup(key)
             if not hits:
                 info["unmatched_label_entries"] += 1
@@ -768,14 +926,28 @@ def _plan_sources(root: str, kind: str, opts: PrepareOptions, exclude: Sequence[
     if opts.captions and os.path.isfile(opts.captions):
         index = _KeyIndex(s.rel for s in present)
         by_rel = {s.rel: s for s in present}
-        for key, value in _read_pairs(opts.captions, "caption", _CAPTION_COLUMNS):
+        first_row: dict[str, str] = {}
+        conflicts: list[tuple[str, str, str]] = []
+        for key, value, where in _read_pairs(opts.captions, "caption", _CAPTION_COLUMNS,
+                                             is_key=lambda k: bool(index.lookup(k))):
             hits = index.lookup(key)
             if not hits:
                 info["unmatched_caption_entries"] += 1
             caption = " ".join(value.split())
             for rel in hits:
+                if rel in first_row and by_rel[rel].caption != caption:
+                    conflicts.append((rel, first_row[rel], where))
+                first_row.setdefault(rel, where)
                 by_rel[rel].caption = caption
-        info["captions"] = f"file {opts.captions}"
+        info["captions"] = f"file {_printable(opts.captions)}"
+        if conflicts:
+            rel, a, b = conflicts[0]
+            n = len({c[0] for c in conflicts})
+            msg = (f"the captions file {opts.captions!r} gives {n} {'video' if n == 1 else 'videos'} different "
+                   f"captions in several rows, e.g. {rel!r} ({a} and {b}); the last row is used")
+            if opts.strict:
+                raise _error(msg + ": keep one row per video (or drop --strict)")
+            info.setdefault("warnings", []).append(msg)
     else:
         for s in present:
             s.caption = _sidecar_caption(s.path)
@@ -796,7 +968,7 @@ def _order(sources: list[_Source], order: str) -> list[_Source]:
 class _Part:
     kind: str                              # video | image
     root: str
-    out_dir: str
+    out_dir: str                           # where the dataset is published
     sources: list[_Source]
     class_names: list[str]
     info: dict
@@ -807,6 +979,7 @@ class _Part:
     journal: object = None                 # _Journal
     already: bool = False                  # OUT_DIR already holds exactly this dataset
     done_all: bool = False                 # the journal says every source is processed
+    write_dir: str = ""                    # where it is written: out_dir, or (replacing a dataset) its staging dir
 
 
 def _plan_hash(part: _Part, opts: PrepareOptions) -> str:
@@ -851,7 +1024,8 @@ def _load_journal(path: str, plan: str, out_dir: str) -> list[dict]:
         except ValueError:
             break  # a line cut by a crash: everything after it is redone
         if "shard" in e:
-            if e["shard"] != len([x for x in entries if "shard" in x]):
+            n = len([x for x in entries if "shard" in x])
+            if e["shard"] != n or e.get("bin") != f"shard-{n:05d}.bin" or e.get("index") != f"shard-{n:05d}.jsonl":
                 break
             p = os.path.join(out_dir, e["bin"])
             if not os.path.isfile(p) or os.path.getsize(p) != e["num_bytes"] or \
@@ -899,34 +1073,52 @@ class _Journal:
 def _meta(part: _Part, opts: PrepareOptions, source_desc: str) -> dict:
     return dict(generator="hpdm prepare", kind=part.kind, source=source_desc, fps=opts.fps, clip_frames=opts.frames,
                 size=list(opts.size), fit=opts.fit, short=opts.short, order=opts.order, labels=part.info.get("labels"),
-                split=opts.split, captions=part.info.get("captions"), prepare_plan=part.plan, report=REPORT_NAME,
-                resample="nearest timestamp", rotation="applied (display matrix)")
+                split=opts.split and _printable(opts.split), captions=part.info.get("captions"),
+                prepare_plan=part.plan, report=REPORT_NAME, resample="nearest timestamp",
+                rotation="applied (display matrix)")
 
 
 def _start_part(part: _Part, opts: PrepareOptions, source_desc: str) -> None:
-    """Decide fresh / resume / already complete; open the writer and the journal."""
-    from hpdm_cli.data.shards import ShardWriter  # noqa: PLC0415
+    """Decide fresh / resume / already complete; open the writer and the journal.
+
+    A dataset already at OUT_DIR is replaced (--overwrite) by building the new one aside, in
+    `shards.staging_dir(OUT_DIR)`, and moving it in only once it is complete: until then, and
+    if the run fails, the old dataset stays usable. With --overwrite, unfinished work of the
+    same plan is resumed (it gives the same bytes); other unfinished work is discarded.
+    """
+    from hpdm_cli.data.shards import DataError, ShardWriter, finish_replace, staging_dir  # noqa: PLC0415
     part.plan = _plan_hash(part, opts)
     os.makedirs(part.out_dir, exist_ok=True)
+    finish_replace(part.out_dir)  # a replacement that a crash stopped half-way
     top = _read_json(os.path.join(part.out_dir, "dataset.json"))
-    work = os.path.join(part.out_dir, WORK_DIR)
     if top is not None and not opts.overwrite:
         if (top.get("meta") or {}).get("prepare_plan") == part.plan:
             part.already = True
-            shutil.rmtree(work, ignore_errors=True)  # left over if a run stopped right after publishing
-            return
+            shutil.rmtree(os.path.join(part.out_dir, WORK_DIR), ignore_errors=True)  # left over if a run
+            return                                                                   # stopped after publishing
         raise _error(f"{part.out_dir!r} already holds a dataset (of other sources or settings): choose another "
                      "directory or pass --overwrite to replace it")
-    if opts.overwrite and os.path.isdir(work):
+    stage = staging_dir(part.out_dir)
+    part.write_dir = stage if top is not None else part.out_dir
+    if part.write_dir != stage:
+        shutil.rmtree(stage, ignore_errors=True)  # aside work for a dataset that is no longer there
+    os.makedirs(part.write_dir, exist_ok=True)
+    work = os.path.join(part.write_dir, WORK_DIR)
+    try:
+        entries = _load_journal(os.path.join(work, JOURNAL), part.plan, part.write_dir)
+    except DataError:
+        if not opts.overwrite:
+            raise
+        entries = []
+    if opts.overwrite and not entries and os.path.isdir(work):
         shutil.rmtree(work)
-    entries = _load_journal(os.path.join(work, JOURNAL), part.plan, part.out_dir)
     shards = [e for e in entries if "shard" in e]
     for e in entries:
         part.outcomes.extend(e["outcomes"])
     part.resumed = len(part.outcomes)
-    journal = _Journal(part.out_dir, part.plan, entries)
+    journal = _Journal(part.write_dir, part.plan, entries)
     try:
-        part.writer = ShardWriter(part.out_dir, fps=opts.fps, class_names=part.class_names,
+        part.writer = ShardWriter(part.write_dir, fps=opts.fps, class_names=part.class_names,
                                   meta=_meta(part, opts, source_desc), max_videos_per_shard=opts.max_videos_per_shard,
                                   max_shard_bytes=opts.max_shard_bytes, crf=opts.crf, gop=opts.gop,
                                   preset=opts.preset, overwrite=opts.overwrite, resume=len(shards),
@@ -958,7 +1150,7 @@ def _run_part(part: _Part, opts: PrepareOptions, progress: Callable[[dict], None
     todo = part.sources[part.resumed:]
     done_rels = [o["source"] for o in part.outcomes]
     if done_rels != [s.rel for s in part.sources[:part.resumed]]:
-        raise _error(f"the work journal in {part.out_dir!r} does not match the sources: pass --overwrite to "
+        raise _error(f"the work journal in {part.write_dir!r} does not match the sources: pass --overwrite to "
                      "start over")
     workers = opts.resolved_workers()
     jobs = [dict(index=i, path=s.path, kind=s.kind, fps=opts.fps, size=tuple(opts.size), fit=opts.fit,
@@ -1003,7 +1195,8 @@ def _summarise(parts: list[_Part]) -> tuple[list[dict], dict]:
 
 
 def _write_report(out_dir: str, parts: list[_Part], opts: PrepareOptions, result: PrepareResult,
-                  source_desc: str) -> None:
+                  source_desc: str, where: str | None = None) -> None:
+    """Write prepare_report.json into `where` (default `out_dir`; the staging dir when replacing a dataset)."""
     skipped, notes = _summarise(parts)
     reasons: dict[str, int] = {}
     for s in skipped:
@@ -1013,9 +1206,10 @@ def _write_report(out_dir: str, parts: list[_Part], opts: PrepareOptions, result
         "tool": "hpdm prepare",
         "status": "complete" if result.published else "not published (--strict: files were skipped)",
         "source": source_desc,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()
+        "options": {k: (list(v) if isinstance(v, tuple) else _printable(v) if isinstance(v, str) else v)
+                    for k, v in dataclasses.asdict(opts).items()
                     if k not in ("workers", "overwrite")},
-        "parts": [{"kind": p.kind, "root": p.root, "dataset": os.path.relpath(p.out_dir, out_dir),
+        "parts": [{"kind": p.kind, "root": _printable(p.root), "dataset": os.path.relpath(p.out_dir, out_dir),
                    "sources": len(p.sources), "stored": sum(o["status"] == "ok" for o in p.outcomes),
                    "skipped": sum(o["status"] == "skipped" for o in p.outcomes),
                    "class_names": len(p.class_names), **{k: v for k, v in p.info.items()}} for p in parts],
@@ -1030,16 +1224,52 @@ def _write_report(out_dir: str, parts: list[_Part], opts: PrepareOptions, result
         },
         "skipped": skipped,
         "notes": notes,
+        "warnings": result.warnings,
         "run": {"seconds": round(result.seconds, 2), "resumed_sources": result.resumed,
                 "workers": opts.resolved_workers()},
     }
-    atomic_write_text(os.path.join(out_dir, REPORT_NAME), json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(os.path.join(where or out_dir, REPORT_NAME),
+                      json.dumps(report, indent=1, ensure_ascii=False) + "\n")
 
 
 # ============================================================================ entry points
 
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """While preparing, SIGTERM raises `Terminated` (like Ctrl-C): workers are stopped, finished shards kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+        raise Terminated("terminated (SIGTERM)")
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
 def _run(parts: list[_Part], out_dir: str, opts: PrepareOptions, source_desc: str,
          progress: Callable[[dict], None] | None, worker_fn: Callable[[dict], dict] | None) -> PrepareResult:
+    """Run (or resume, or confirm) the parts while holding OUT_DIR's lock; a full disk is a one-line error."""
+    from hpdm_cli.data.shards import DataError  # noqa: PLC0415
+    from hpdm_cli.io.lock import hold_lock  # noqa: PLC0415
+    with hold_lock(out_dir, "hpdm prepare", error=DataError), _sigterm_stops_the_run():
+        try:
+            return _run_locked(parts, out_dir, opts, source_desc, progress, worker_fn)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {e.filename!r}" if e.filename else ""
+            raise _error(f"no space left on the disk of {out_dir!r} ({e.strerror or e}{where}): free some space and "
+                         "re-run the same command; it resumes after the last finished shard") from None
+
+
+def _run_locked(parts: list[_Part], out_dir: str, opts: PrepareOptions, source_desc: str,
+                progress: Callable[[dict], None] | None, worker_fn: Callable[[dict], dict] | None) -> PrepareResult:
+    from hpdm_cli.data.shards import replace_dataset  # noqa: PLC0415
     t_start = time.time()
     worker_fn = worker_fn or _run_job
     try:
@@ -1069,25 +1299,31 @@ def _run(parts: list[_Part], out_dir: str, opts: PrepareOptions, source_desc: st
     num_frames = sum(o.get("frames", 0) for p in parts if p.kind == "video" for o in p.outcomes)
     num_bytes = sum(sum(s["num_bytes"] for s in p.writer.shards) for p in parts)
     published = not (opts.strict and skipped)
+    report_dir = parts[0].write_dir  # the staging dir when replacing a dataset: the report moves in with it
     result = PrepareResult(
         out_dir=out_dir, published=published, already_complete=False, num_sources=counter["total"],
         num_videos=sum(n for p, n in zip(parts, stored) if p.kind == "video"),
         num_images=sum(n for p, n in zip(parts, stored) if p.kind == "image"),
         num_frames=num_frames, num_bytes=num_bytes, video_seconds=num_frames / opts.fps, skipped=skipped,
         notes={k: v["count"] for k, v in notes.items()}, resumed=sum(p.resumed for p in parts),
-        seconds=time.time() - t_start, report_path=os.path.join(out_dir, REPORT_NAME),
-        image_dir=next((p.out_dir for p in parts if p.kind == "image"), None), fps=opts.fps, size=tuple(opts.size))
+        seconds=time.time() - t_start, report_path=os.path.join(report_dir, REPORT_NAME),
+        image_dir=next((p.out_dir for p in parts if p.kind == "image"), None), fps=opts.fps, size=tuple(opts.size),
+        warnings=[w for p in parts for w in p.info.get("warnings", [])])
     if any(n == 0 for n in stored):
-        _write_report(out_dir, parts, opts, dataclasses.replace(result, published=False), source_desc)
+        _write_report(out_dir, parts, opts, dataclasses.replace(result, published=False), source_desc, report_dir)
         empty = next(p for p, n in zip(parts, stored) if n == 0)
+        kept = " (the dataset already there is unchanged)" if empty.write_dir != empty.out_dir else ""
         raise _error(f"every one of the {len(empty.sources)} files in {empty.root!r} was skipped: nothing to "
-                     f"publish (reasons in {result.report_path})")
-    _write_report(out_dir, parts, opts, result, source_desc)
+                     f"publish{kept} (reasons in {result.report_path})")
+    _write_report(out_dir, parts, opts, result, source_desc, report_dir)
     if published:
         for p in reversed(parts):  # images first, the main dataset.json last
             p.writer.close()
-            shutil.rmtree(os.path.join(p.out_dir, WORK_DIR), ignore_errors=True)
+            shutil.rmtree(os.path.join(p.write_dir, WORK_DIR), ignore_errors=True)
+            if p.write_dir != p.out_dir:  # built aside: now it replaces the old dataset
+                replace_dataset(p.write_dir, p.out_dir)
         fsync_dir(out_dir)
+        result.report_path = os.path.join(out_dir, REPORT_NAME)
     return result
 
 
@@ -1104,6 +1340,7 @@ def _existing_result(out_dir: str, parts: list[_Part], opts: PrepareOptions, t_s
                 frames += int(ds.info.get("num_frames", 0))
     notes = {k: v.get("count", 0) for k, v in (report.get("notes") or {}).items()}
     return PrepareResult(out_dir=out_dir, published=True, already_complete=True,
+                         warnings=list(report.get("warnings") or []),
                          num_sources=sum(len(p.sources) for p in parts), num_videos=counts.get("video", 0),
                          num_images=counts.get("image", 0), num_frames=frames, num_bytes=nbytes,
                          video_seconds=frames / opts.fps, skipped=skipped, notes=notes, resumed=0,
@@ -1150,7 +1387,7 @@ def prepare_dataset(src: str | os.PathLike | None, out_dir: str | os.PathLike, o
                 parts[0] = _Part("video", parts[0].root, out, _order(sources_v, opts.order), names_v, info_v)
             sources, names, info = _plan_sources(iroot, "image", img_opts, [out], class_names=union)
         parts.append(_Part("image", iroot, iout, _order(sources, opts.order), names, info))
-    desc = ", ".join(p.root for p in parts)
+    desc = ", ".join(_printable(p.root) for p in parts)
     return _run(parts, out, opts, desc, progress, _worker)
 
 

@@ -20,6 +20,15 @@ resolution-independent coordinates so every pyramid level sees the same picture.
   the motion is visible in any clip of the video. Edges are anti-aliased (coverage from a
   signed distance field with a one-pixel ramp), so downsampled levels look right.
 * Positions are in pixel-index coordinates: pixel (row y, column x) has its centre at (x, y).
+* Held-out split: 16 of the 128 (colour, shape, direction) triples, those with
+  `(colour_index + 2 * shape_index + 3 * direction_index) % 8 == 0` (`HELDOUT_TRIPLES`), are
+  kept out of `split="train"` so that prompt faithfulness can be measured on combinations never
+  seen together in training. Each shape x direction class is held out with exactly one colour,
+  each colour with two classes, and every colour-shape, colour-direction and shape-direction
+  pair still occurs in training. `split="train"` re-draws the colour of a video whose triple
+  is held out (uniformly among the 7 others; every other video is the `"all"` video);
+  `split="heldout"` gives each video its class's held-out colour; `split="all"` (default)
+  ignores the rule.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from hpdm_cli.data.shards import DataError, ShardWriter
 
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
-    "render_shapes_video", "shapes_attributes", "write_shapes_dataset",
+    "SPLITS", "HELDOUT_TRIPLES", "HELDOUT_RULE", "is_heldout",
+    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "write_shapes_dataset",
 ]
 
 SHAPES = ["square", "circle", "triangle", "diamond"]
@@ -47,9 +57,32 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "brown": (105, 68, 40), "purple": (78, 40, 108),
 }
 SHAPES_CLASSES = [f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS]
+SPLITS = ("all", "train", "heldout")
+HELDOUT_RULE = "(colour_index + 2 * shape_index + 3 * direction_index) % 8 == 0"
 _MIN_CONTRAST = 150.0
 _TEXTURE_AMPLITUDE = 18.0
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+
+
+def is_heldout(colour: str, shape: str, direction: str) -> bool:
+    """Whether the (colour, shape, direction) triple belongs to the held-out split (see `HELDOUT_RULE`)."""
+    try:
+        c, k, d = list(COLOURS).index(colour), SHAPES.index(shape), DIRECTIONS.index(direction)
+    except ValueError:
+        raise DataError(f"unknown shapes triple ({colour!r}, {shape!r}, {direction!r}): expected a colour of "
+                        f"{list(COLOURS)}, a shape of {SHAPES} and a direction of {DIRECTIONS}") from None
+    return (c + 2 * k + 3 * d) % 8 == 0
+
+
+HELDOUT_TRIPLES: tuple[tuple[str, str, str], ...] = tuple(
+    (c, k, d) for k in SHAPES for d in DIRECTIONS for c in COLOURS if is_heldout(c, k, d))
+
+
+def _check_split(split: str) -> str:
+    """Return `split` if it names a split of the shapes dataset, else raise a DataError naming the choices."""
+    if split not in SPLITS:
+        raise DataError(f"shapes split {split!r}: expected one of {', '.join(SPLITS)}")
+    return split
 
 
 def _allowed_backgrounds(colour: str) -> list[str]:
@@ -61,8 +94,10 @@ def _seed_offset(seed: int) -> int:
     return int(np.random.default_rng([int(seed), 0xC1A55]).integers(len(SHAPES_CLASSES)))
 
 
-def shapes_attributes(index: int, *, frames: int, height: int, width: int, seed: int = 0) -> dict:
+def shapes_attributes(index: int, *, frames: int, height: int, width: int, seed: int = 0,
+                      split: str = "all") -> dict:
     """Ground truth of video `index` without pixels: shape, colour, direction, background, size, centres."""
+    _check_split(split)
     if int(index) < 0 or int(seed) < 0:
         raise DataError(f"shapes: index {index} and seed {seed} must be >= 0")
     if frames < 1 or height < 4 or width < 4:
@@ -71,6 +106,11 @@ def shapes_attributes(index: int, *, frames: int, height: int, width: int, seed:
     shape, direction = SHAPES[label // len(DIRECTIONS)], DIRECTIONS[label % len(DIRECTIONS)]
     rng = np.random.default_rng([int(seed), int(index)])
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    if split == "heldout":
+        colour = next(c for c in COLOURS if is_heldout(c, shape, direction))
+    elif split == "train" and is_heldout(colour, shape, direction):
+        others = [c for c in COLOURS if not is_heldout(c, shape, direction)]
+        colour = others[int(np.random.default_rng([int(seed), int(index), 0x7EA1]).integers(len(others)))]
     options = _allowed_backgrounds(colour)
     background = options[int(rng.integers(len(options)))]
     m = min(height, width)
@@ -93,7 +133,7 @@ def shapes_attributes(index: int, *, frames: int, height: int, width: int, seed:
                for _ in range(3)],
         tint=[float(v) for v in rng.uniform(-0.3, 0.3, 3)],
     )
-    return dict(index=int(index), seed=int(seed), label=label, shape=shape, colour=colour,
+    return dict(index=int(index), seed=int(seed), split=split, label=label, shape=shape, colour=colour,
                 colour_rgb=COLOURS[colour], direction=direction, background=background,
                 background_rgb=BACKGROUNDS[background], size=size,
                 centres=[(float(x), float(y)) for x, y in zip(cx, cy)], texture=tex)
@@ -135,18 +175,29 @@ def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.ndarray:
     raise DataError(f"unknown shape {shape!r}: expected one of {SHAPES}")
 
 
+# Area of each shape in units of size**2 (size = radius / half-extent as in `_sdf`).
+SHAPE_AREAS = {"square": (2 * 0.9) ** 2, "circle": float(np.pi), "triangle": float(np.sqrt(3.0)) * 1.2 ** 2,
+               "diamond": (2 * 0.85) ** 2}
+
+
+def shape_coverage(shape: str, cx: float, cy: float, size: float, height: int, width: int, *,
+                   y0: int = 0, x0: int = 0) -> np.ndarray:
+    """The renderer's anti-aliased coverage in [0, 1], float32 [height, width], of pixel rows y0.. and columns x0..."""
+    ys = np.arange(y0, y0 + height, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x0 + width, dtype=np.float32)[None, :]
+    return np.clip(0.5 - _sdf(shape, xs - cx, ys - cy, size), 0.0, 1.0)
+
+
 def render_shapes_video(index: int, *, frames: int, height: int, width: int,
-                        seed: int = 0) -> tuple[np.ndarray, str, int, dict]:
-    """Render video `index`: (uint8 [T,H,W,3], caption, label, attrs with the ground truth)."""
-    attrs = shapes_attributes(index, frames=frames, height=height, width=width, seed=seed)
+                        seed: int = 0, split: str = "all") -> tuple[np.ndarray, str, int, dict]:
+    """Render video `index` of `split`: (uint8 [T,H,W,3], caption, label, attrs with the ground truth)."""
+    attrs = shapes_attributes(index, frames=frames, height=height, width=width, seed=seed, split=split)
     bg = np.asarray(attrs["background_rgb"], np.float32)[None, None] + _TEXTURE_AMPLITUDE * _texture(
         height, width, attrs["texture"]).astype(np.float32)
     col = np.asarray(attrs["colour_rgb"], np.float32)
-    ys = np.arange(height, dtype=np.float32)[:, None]
-    xs = np.arange(width, dtype=np.float32)[None, :]
     out = np.empty((frames, height, width, 3), np.uint8)
     for t, (cx, cy) in enumerate(attrs["centres"]):
-        alpha = np.clip(0.5 - _sdf(attrs["shape"], xs - cx, ys - cy, attrs["size"]), 0.0, 1.0)[..., None]
+        alpha = shape_coverage(attrs["shape"], cx, cy, attrs["size"], height, width)[..., None]
         out[t] = np.clip(np.rint(bg + alpha * (col - bg)), 0, 255).astype(np.uint8)
     article = "an" if attrs["colour"][0] in "aeiou" else "a"
     caption = (f"{article} {attrs['colour']} {attrs['shape']} moving {attrs['direction']} "
@@ -157,27 +208,31 @@ def render_shapes_video(index: int, *, frames: int, height: int, width: int,
 def _render_encoded(job: tuple) -> tuple[bytes, str, int]:
     """Worker: render and encode one video (top-level so that process pools can pickle it)."""
     from hpdm_cli.io.video import encode_mp4_bytes  # noqa: PLC0415
-    index, frames, height, width, seed, fps, crf, gop = job
-    video, caption, label, _ = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed)
+    index, frames, height, width, seed, fps, crf, gop, split = job
+    video, caption, label, _ = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed,
+                                                   split=split)
     return encode_mp4_bytes(video, fps, crf=crf, gop=gop), caption, label
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames: int, height: int, width: int,
                          seed: int = 0, fps: float = 25, progress: Callable[[int, int], None] | None = None,
                          workers: int = 0, max_videos_per_shard: int = 1000, crf: int = 18, gop: int = 16,
-                         overwrite: bool = False) -> str:
+                         overwrite: bool = False, split: str = "all") -> str:
     """Render `num_videos` shapes videos into a shard dataset at `out_dir`; returns the path.
 
     `progress(done, total)` is called after every video; `workers > 0` renders and encodes
-    in that many processes (the output is identical to the in-process one).
+    in that many processes (the output is identical to the in-process one). `split` picks
+    the prompts (all, train: no held-out triple, heldout: only held-out triples) and is
+    recorded in the dataset's metadata with the held-out rule.
     """
     if num_videos < 1:
         raise DataError(f"num_videos = {num_videos}: expected at least 1")
-    shapes_attributes(0, frames=frames, height=height, width=width, seed=seed)  # validate arguments early
+    shapes_attributes(0, frames=frames, height=height, width=width, seed=seed, split=split)  # validate early
     meta = dict(generator="shapes", seed=int(seed), frames=int(frames), height=int(height), width=int(width),
                 shapes=SHAPES, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), directions=DIRECTIONS,
-                label="4 * shape_index + direction_index")
-    jobs = ((i, frames, height, width, seed, fps, crf, gop) for i in range(num_videos))
+                label="4 * shape_index + direction_index", split=split, heldout=HELDOUT_RULE)
+    jobs = ((i, frames, height, width, seed, fps, crf, gop, split) for i in range(num_videos))
+    tag = f"{seed}" if split == "all" else f"{seed}:{split}"
     with ShardWriter(out_dir, fps=fps, class_names=SHAPES_CLASSES, meta=meta, crf=crf, gop=gop,
                      max_videos_per_shard=max_videos_per_shard, overwrite=overwrite) as writer:
         if workers > 0:
@@ -191,10 +246,26 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
         try:
             for i, (blob, caption, label) in enumerate(results):
                 writer.add_encoded(blob, num_frames=frames, height=height, width=width, fps=fps, label=label,
-                                   caption=caption, source=f"shapes:{seed}:{i}")
+                                   caption=caption, source=f"shapes:{tag}:{i}")
                 if progress is not None:
                     progress(i + 1, num_videos)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return os.fspath(out_dir)
+
+
+def shapes_prompts(*, short: bool = True) -> list[str]:
+    """Every caption the shapes generator can produce (and, with `short`, each without its background).
+
+    Full captions: colour x shape x direction x background, only the backgrounds a colour can
+    appear on (the contrast rule of `shapes_attributes`); short ones: "a red circle moving right".
+    A prompt table of these lets any shapes prompt be looked up without the text encoder.
+    """
+    def caption(colour: str, shape: str, direction: str, background: str | None) -> str:
+        article = "an" if colour[0] in "aeiou" else "a"
+        where = f" on a {background} background" if background else ""
+        return f"{article} {colour} {shape} moving {direction}{where}"
+
+    full = [caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
+    return full + ([caption(c, s, d, None) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])

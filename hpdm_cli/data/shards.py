@@ -45,6 +45,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import zlib
 from typing import Callable, Sequence
 
@@ -54,7 +55,7 @@ from hpdm_cli.io import atomic_write_text, fsync_dir
 
 __all__ = [
     "DataError", "FORMAT_NAME", "FORMAT_VERSION", "ShardWriter", "VideoDataset", "ClipDataset",
-    "make_loader", "is_dataset",
+    "make_loader", "is_dataset", "STAGING_DIR", "staging_dir", "replace_dataset", "finish_replace",
 ]
 
 FORMAT_NAME = "hpdm-shards"
@@ -62,6 +63,7 @@ FORMAT_VERSION = 1
 _SHARD_RE = re.compile(r"^shard-\d{5,}\.(bin|jsonl)$")
 _TMP_RE = re.compile(r"^\.(shard-\d{5,}\.(bin|jsonl)|captions\.json|dataset\.json)\..*\.tmp$")
 _MAX_OPEN_FILES = 64
+STAGING_DIR = ".next"  # inside a dataset directory: where the dataset that replaces it is built
 
 
 class DataError(ValueError):
@@ -77,6 +79,76 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
+def _entry_path(directory: str, name, what: str, source: str) -> str:
+    """`directory/name` for a file named in a dataset description; DataError unless it stays inside `directory`."""
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise DataError(f"{source!r}: {what} {name!r} is not a file name: re-create the dataset with `hpdm prepare`")
+    if os.path.isabs(name) or os.path.splitdrive(name)[0] or ".." in re.split(r"[\\/]", name):
+        raise DataError(f"{source!r}: {what} {name!r} points outside the dataset folder (absolute paths and '..' "
+                        "are refused): re-create the dataset with `hpdm prepare`")
+    return os.path.join(directory, name)
+
+
+def staging_dir(path: str | os.PathLike) -> str:
+    """The hidden folder inside dataset directory `path` where a dataset that will replace it is built."""
+    return os.path.join(os.fspath(path), STAGING_DIR)
+
+
+def replace_dataset(staged: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete dataset built in `staged` over the one in `target`; dataset.json moves last.
+
+    The old dataset stays whole until the new one is complete (`staged/dataset.json` exists);
+    from then on the replacement is decided, and if it stops half-way (a crash) calling this
+    again, or `finish_replace(target)`, completes it. Other plain files in `staged` (e.g. a
+    report) move along; stale shards of the old dataset are removed; `staged` is deleted.
+    """
+    staged, target = os.fspath(staged), os.fspath(target)
+    top_path = os.path.join(staged, "dataset.json")
+    try:
+        with open(top_path, encoding="utf-8") as f:
+            top = json.load(f)
+        names = [top.get("captions") or "captions.json"] + [s[k] for s in top["shards"] for k in ("bin", "index")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"cannot publish the dataset built in {staged!r} ({e}): re-run the command") from None
+    for name in names:
+        _entry_path(staged, name, "file", top_path)
+    old = os.path.join(target, "dataset.json")
+    if os.path.exists(old):
+        os.unlink(old)  # from here on the new dataset is being moved in
+        fsync_dir(target)
+    for name in names:
+        src = os.path.join(staged, name)
+        if os.path.exists(src):
+            os.replace(src, os.path.join(target, name))
+        elif not os.path.exists(os.path.join(target, name)):
+            raise DataError(f"the dataset built in {staged!r} is incomplete ({name!r} is missing): re-run the "
+                            "command")
+    for name in sorted(os.listdir(staged)):
+        src = os.path.join(staged, name)
+        if name != "dataset.json" and not name.startswith(".") and os.path.isfile(src):
+            os.replace(src, os.path.join(target, name))
+    keep = set(names)
+    for name in os.listdir(target):
+        if (_SHARD_RE.match(name) and name not in keep) or _TMP_RE.match(name):
+            try:
+                os.unlink(os.path.join(target, name))
+            except OSError:
+                pass
+    fsync_dir(target)
+    os.replace(top_path, old)
+    fsync_dir(target)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def finish_replace(path: str | os.PathLike) -> bool:
+    """Complete a replacement of the dataset in `path` that a crash interrupted; True if there was one."""
+    stage = staging_dir(path)
+    if os.path.isfile(os.path.join(stage, "dataset.json")):
+        replace_dataset(stage, path)
+        return True
+    return False
+
+
 # ============================================================================ writing
 
 class ShardWriter:
@@ -88,6 +160,9 @@ class ShardWriter:
                  resume: int = 0, on_shard: Callable[[dict], None] | None = None, keep_on_error: bool = False):
         """Open a writer; `resume`, `on_shard` and `keep_on_error` serve resumable writers (`hpdm prepare`).
 
+        overwrite:     replace a dataset already in `out_dir`; the new one is built aside (in
+                       `staging_dir(out_dir)`) and moved in by `close()`, so until then, and if
+                       the writer fails, the old dataset stays usable.
         resume:        adopt the first `resume` finished shards (shard-00000 .. ) already in `out_dir`
                        (written by an earlier writer with the same settings): their videos, captions and
                        counts are taken over and new videos continue after them; later shard files and
@@ -105,13 +180,17 @@ class ShardWriter:
         if not (float(fps) > 0):
             raise DataError(f"fps = {fps!r}: expected a positive number")
         os.makedirs(self.out_dir, exist_ok=True)
-        top = os.path.join(self.out_dir, "dataset.json")
-        if os.path.exists(top):
+        finish_replace(self.out_dir)
+        self._final_dir: str | None = None     # set when building aside a dataset that replaces this one
+        if os.path.exists(os.path.join(self.out_dir, "dataset.json")):
             if not overwrite:
                 raise DataError(f"{self.out_dir!r} already holds a dataset: choose another directory or "
-                                "overwrite it (overwrite=True / --force)")
-            os.unlink(top)  # the old dataset is invalid from now on; stale shards are removed at close()
-            fsync_dir(self.out_dir)
+                                "overwrite it (overwrite=True / --overwrite)")
+            stage = staging_dir(self.out_dir)
+            if not int(resume):
+                shutil.rmtree(stage, ignore_errors=True)  # an abandoned earlier attempt
+            os.makedirs(stage, exist_ok=True)
+            self._final_dir, self.out_dir = self.out_dir, stage
         self.fps = float(fps)
         self.class_names = [str(c) for c in (class_names or [])]
         self.meta = dict(meta or {})
@@ -201,7 +280,7 @@ class ShardWriter:
     def close(self) -> str:
         """Finish the last shard, write captions.json and dataset.json (last, atomically); return the directory."""
         if self._closed:
-            return self.out_dir
+            return self._final_dir or self.out_dir
         if self._num_videos == 0:
             self.abort()
             raise DataError(f"no videos were added to {self.out_dir!r}: a dataset needs at least one video")
@@ -230,6 +309,9 @@ class ShardWriter:
         )
         atomic_write_text(os.path.join(self.out_dir, "dataset.json"), json.dumps(top, indent=1, ensure_ascii=False))
         self._closed = True
+        if self._final_dir is not None:  # built aside: now replace the old dataset
+            replace_dataset(self.out_dir, self._final_dir)
+            self.out_dir, self._final_dir = self._final_dir, None
         return self.out_dir
 
     def finish_shard(self) -> None:
@@ -262,6 +344,8 @@ class ShardWriter:
                 pass
         self._written = []
         self._closed = True
+        if self._final_dir is not None:  # the old dataset was never touched
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- internals
     def _drop_open_shard(self) -> None:
@@ -389,9 +473,10 @@ class VideoDataset:
         try:
             self._shards = list(top["shards"])
             counts = [int(s["num_videos"]) for s in self._shards]
-            for s in self._shards:
-                p = os.path.join(self.path, s["bin"])
-                if not os.path.isfile(p) or not os.path.isfile(os.path.join(self.path, s["index"])):
+            for i, s in enumerate(self._shards):
+                p = _entry_path(self.path, s["bin"], f"shard {i} \"bin\"", top_path)
+                index = _entry_path(self.path, s["index"], f"shard {i} \"index\"", top_path)
+                if not os.path.isfile(p) or not os.path.isfile(index):
                     raise DataError(f"dataset {self.path!r} is incomplete: shard {s['bin']!r} or its index is "
                                     "missing; restore it or re-create the dataset with `hpdm prepare`")
                 if os.path.getsize(p) != int(s["num_bytes"]):
@@ -401,6 +486,8 @@ class VideoDataset:
             if isinstance(e, DataError):
                 raise
             raise DataError(f"{top_path!r} is corrupt (bad shard list: {e}): re-create the dataset") from None
+        if "captions" in top:
+            _entry_path(self.path, top["captions"], '"captions"', top_path)
         self.info = top
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if int(self._starts[-1]) != int(top.get("num_videos", -1)):

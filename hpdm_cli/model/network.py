@@ -61,6 +61,9 @@ class FourierFeatures(nn.Module):
 class HPDMNet(nn.Module):
     """Video RIN over a patch hierarchy with deep context fusion and adaptive computation."""
 
+    # Learned tokens and lookup tables: trained without LAMB's trust ratio or weight decay.
+    embedding_parameters = ("pos_embed", "level_embed", "latents", "level_token", "class_embed.weight", "null_text")
+
     def __init__(self, pyramid: PyramidConfig, model: ModelConfig):
         super().__init__()
         self.pyramid, self.cfg = pyramid, model
@@ -95,7 +98,8 @@ class HPDMNet(nn.Module):
             nn.init.zeros_(self.self_cond_proj.bias)
 
         self.blocks = nn.ModuleList(
-            RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio) for _ in range(model.num_blocks))
+            RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio, model.adaptive_norm)
+            for _ in range(model.num_blocks))
         if model.fusion == "deep":
             # Block b fuses levels 1..n_b-1 with the coarser ones (eq. 9); a block that processes level 0
             # only (n_b = 1) fuses nothing, so it has no fusion weights (they could never be trained).
@@ -139,8 +143,8 @@ class HPDMNet(nn.Module):
                          pf=tf, ph=th, pw=tw)
 
     def cond_tokens(self, c_noise: torch.Tensor, level: int, cond: Optional[torch.Tensor],
-                    keep: Optional[torch.Tensor]) -> torch.Tensor:
-        """Conditioning tokens [B, C_tok, d_z] of one level: noise level, pyramid level, class or text."""
+                    keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning of one level: tokens [B, C_tok, d_z] (noise level, pyramid level, class or text) and their sum [B, d_z]."""
         B = c_noise.shape[0]
         toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
                 self.level_token[level].expand(B, 1, -1)]
@@ -156,7 +160,8 @@ class HPDMNet(nn.Module):
             else:
                 t = self.text_proj(cond.to(self.null_text.dtype))
                 toks.append(t if keep is None else torch.where(keep[:, None, None], t, null))
-        return torch.cat(toks, dim=1)
+        vec = toks[0][:, 0] + toks[1][:, 0] + (toks[2].mean(1) if len(toks) > 2 else 0)
+        return torch.cat(toks, dim=1), vec
 
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
@@ -185,7 +190,7 @@ class HPDMNet(nn.Module):
             weights = pair_weights(scales, offsets, self.grid, hi)
             coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
 
-        a, z = {}, {}
+        a, z, cv = {}, {}, {}
         for i, l in enumerate(range(lo, hi)):
             inp = x[:, i]
             if self.cfg.fusion == "shallow":
@@ -199,7 +204,8 @@ class HPDMNet(nn.Module):
             lat = self.latents.expand(B, -1, -1)
             if self_cond is not None:
                 lat = lat + self.self_cond_proj(self.self_cond_norm(self_cond[:, i]))
-            z[l] = torch.cat([lat, self.cond_tokens(c_noise[:, i], l, cond, keep)], dim=1)
+            toks, cv[l] = self.cond_tokens(c_noise[:, i], l, cond, keep)
+            z[l] = torch.cat([lat, toks], dim=1)
 
         collected = {l: {} for l in range(lo, hi)} if collect else None
         for b, block in enumerate(self.blocks):
@@ -220,7 +226,8 @@ class HPDMNet(nn.Module):
                     a[l] = fused[j]
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])
-            xa, xz = block(xa, xz)
+            xc = cv[levels[0]] if len(levels) == 1 else torch.cat([cv[l] for l in levels])
+            xa, xz = block(xa, xz, xc)
             for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
                 a[l], z[l] = ya, yz
 

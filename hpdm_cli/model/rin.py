@@ -10,10 +10,18 @@ There is no self-attention over the interface, so the cost is linear in the numb
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import MLP, Attention, SelfAttention
+
+
+def modulate(h: torch.Tensor, mod: Optional[torch.Tensor]) -> torch.Tensor:
+    """Adaptive LayerNorm: h * (1 + scale) + shift for mod = (scale, shift) [2, B, 1, d]; identity if None."""
+    return h if mod is None else h * (1 + mod[0]) + mod[1]
 
 
 class ComputeLayer(nn.Module):
@@ -26,17 +34,25 @@ class ComputeLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Self-attention then MLP, both residual."""
-        z = z + self.attn(self.norm1(z))
-        return z + self.mlp(self.norm2(z))
+    def forward(self, z: torch.Tensor, mod: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Self-attention then MLP, both residual; `mod` [4, B, 1, d] modulates the two norms."""
+        z = z + self.attn(modulate(self.norm1(z), None if mod is None else mod[0:2]))
+        return z + self.mlp(modulate(self.norm2(z), None if mod is None else mod[2:4]))
 
 
 class RINBlock(nn.Module):
     """Read (latents <- interface), K compute layers on the latents, write (interface <- latents)."""
 
-    def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float):
+    def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
+                 adaptive_norm: bool = False):
         super().__init__()
+        # Adaptive LayerNorm on every latent sub-layer (scale and shift from the conditioning
+        # vector, zero-initialised so that a new block starts as the plain one).
+        self.num_mod = 2 * (2 + 2 * compute_layers) if adaptive_norm else 0
+        if adaptive_norm:
+            self.modulation = nn.Linear(latent_dim, self.num_mod * latent_dim)
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
         self.read_norm_z = nn.LayerNorm(latent_dim)
         self.read_norm_x = nn.LayerNorm(interface_dim)
         self.read = Attention(latent_dim, interface_dim, head_dim)
@@ -49,12 +65,16 @@ class RINBlock(nn.Module):
         self.write_mlp_norm = nn.LayerNorm(interface_dim)
         self.write_mlp = MLP(interface_dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update interface tokens x [B, N, d] and latents z [B, S, d_z]; returns (x, z)."""
-        z = z + self.read(self.read_norm_z(z), self.read_norm_x(x))
-        z = z + self.read_mlp(self.read_mlp_norm(z))
-        for layer in self.compute:
-            z = layer(z)
+    def forward(self, x: torch.Tensor, z: torch.Tensor,
+                c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given conditioning c [B, d_z]; returns (x, z)."""
+        mod = None
+        if self.num_mod:
+            mod = self.modulation(F.silu(c)).view(c.shape[0], self.num_mod, 1, -1).transpose(0, 1)
+        z = z + self.read(modulate(self.read_norm_z(z), None if mod is None else mod[0:2]), self.read_norm_x(x))
+        z = z + self.read_mlp(modulate(self.read_mlp_norm(z), None if mod is None else mod[2:4]))
+        for i, layer in enumerate(self.compute):
+            z = layer(z, None if mod is None else mod[4 + 4 * i:8 + 4 * i])
         x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
         x = x + self.write_mlp(self.write_mlp_norm(x))
         return x, z

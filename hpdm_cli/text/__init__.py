@@ -11,8 +11,10 @@ from .encoders import (
     TextEncoder,
     TextEncoderError,
     cached_embeddings,
+    encode_texts,
     load_text_encoder,
     minilm_model_dir,
+    spec_family,
 )
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "TextEncoder",
     "TextEncoderError",
     "cached_embeddings",
+    "encode_texts",
     "load_text_encoder",
     "minilm_model_dir",
+    "spec_family",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "T5Encoder",
     "load_text_encoder",
     "minilm_model_dir",
+    "spec_family",
+    "encode_texts",
     "EmbeddingCache",
     "cached_embeddings",
 ]
@@ -303,6 +305,44 @@ def load_text_encoder(
     raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
 
 
+def spec_family(spec: str = "minilm") -> str:
+    """The encoder identity a spec names, without the model fingerprint and without loading anything.
+
+    It equals ``encoder.name`` up to its ``@fingerprint`` part: ``"minilm"`` ->
+    ``"minilm:all-MiniLM-L6-v2"``, ``"t5:/models/t5-v1_1-xxl"`` -> ``"t5:t5-v1_1-xxl"``.
+    Stored caption embeddings are matched to a recipe's ``model.text_encoder`` with it.
+    """
+    if not isinstance(spec, str):
+        raise TextEncoderError(f"text encoder spec {spec!r} is not a string: use {_SPEC_HELP}")
+    kind, _, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind in ("", "minilm") and not arg:
+        return "minilm:all-MiniLM-L6-v2"
+    if kind == "t5":
+        if not arg.strip():
+            raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
+        return f"t5:{Path(arg.strip()).expanduser().resolve().name}"
+    raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+
+
+def encode_texts(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+    """Embeddings ``[N, tokens, dim]`` (CPU float32) of ``texts``, each distinct text encoded once.
+
+    The caption-embedding cache and the embeddings stored with a dataset both go through
+    this function, so the two give bit-identical values for the same caption list.
+    """
+    texts = _check_texts(texts)
+    unique = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(unique)}
+    chunks = [encoder.encode(unique[i : i + batch_size]).to("cpu", torch.float32) for i in range(0, len(unique), batch_size)]
+    table = torch.cat(chunks, 0) if chunks else torch.zeros(0, encoder.tokens, encoder.dim)
+    if tuple(table.shape[1:]) != (encoder.tokens, encoder.dim):
+        raise TextEncoderError(
+            f"encoder {encoder.name} returned shape {tuple(table.shape)}, expected [N, {encoder.tokens}, {encoder.dim}]: fix its tokens/dim"
+        )
+    return table[torch.tensor([index[t] for t in texts], dtype=torch.long)] if texts else table
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -390,15 +430,7 @@ class EmbeddingCache:
         if cached is not None:
             return cached
         # Encode each distinct caption once (datasets repeat captions), then scatter back.
-        unique = list(dict.fromkeys(texts))
-        index = {t: i for i, t in enumerate(unique)}
-        chunks = [encoder.encode(unique[i : i + batch_size]).to("cpu", torch.float32) for i in range(0, len(unique), batch_size)]
-        table = torch.cat(chunks, 0) if chunks else torch.zeros(0, encoder.tokens, encoder.dim)
-        if tuple(table.shape[1:]) != (encoder.tokens, encoder.dim):
-            raise TextEncoderError(
-                f"encoder {encoder.name} returned shape {tuple(table.shape)}, expected [N, {encoder.tokens}, {encoder.dim}]: fix its tokens/dim"
-            )
-        emb = table[torch.tensor([index[t] for t in texts], dtype=torch.long)] if texts else table
+        emb = encode_texts(encoder, texts, batch_size=batch_size)
         self.save(encoder, texts, emb)
         return emb
 

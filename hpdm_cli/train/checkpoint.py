@@ -9,7 +9,10 @@ A checkpoint is written into a hidden temporary directory, every file fsynced, a
 renamed into place in one step, so a crash mid-write leaves the previous checkpoint as the
 latest loadable one (hidden `.tmp-*` directories are never read and are removed by the next
 save). An unreadable checkpoint (e.g. a truncated file) is skipped with a warning and the
-previous one is used. No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
+previous one is used. Non-finite weights (NaN/inf) are never written, and a checkpoint holding
+them (damaged on disk) is unreadable like a truncated one. A write that fails (e.g. a full disk)
+is a CheckpointError and leaves the previous checkpoints as they were.
+No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
 """
 
 from __future__ import annotations
@@ -54,6 +57,24 @@ def _save(tensors: dict, path: Path, metadata: dict) -> None:
         os.fsync(f.fileno())
 
 
+def first_nonfinite(tensors: dict) -> Optional[str]:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None when all are finite."""
+    for k, v in tensors.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
+def _nonfinite_part(model: dict, ema: Optional[dict], optimizer_tensors: dict) -> Optional[str]:
+    """Which tensor of a checkpoint's parts is not finite ('model.safetensors: blocks.0.w'), or None."""
+    for name, tensors in (("model.safetensors", model), ("ema.safetensors", ema or {}),
+                          ("optim.safetensors", optimizer_tensors)):
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            return f"{name}: {bad}"
+    return None
+
+
 def flatten_optimizer(state: dict) -> tuple[dict, list]:
     """Split an optimizer state_dict into a flat tensor dict and JSON-able param groups."""
     tensors = {}
@@ -84,18 +105,32 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, ema: Optional[dict],
                     optimizer: dict, extra_tensors: dict, state: dict, keep_last: int = 3) -> Path:
-    """Write checkpoint `step` atomically (temp dir + fsync + rename) and prune to the newest `keep_last`."""
+    """Write checkpoint `step` atomically (temp dir + fsync + rename) and prune to the newest `keep_last`.
+
+    Raises CheckpointError, leaving every existing checkpoint as it was, when a tensor is not finite
+    (nothing is written) or when writing fails (disk full, permissions; the partial copy is removed).
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"ckpt-{step:08d}"
-    tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    opt_tensors, groups = flatten_optimizer(optimizer)
+    bad = _nonfinite_part(model, ema, opt_tensors)
+    if bad is not None:
+        kept = list_checkpoints(run_dir)
+        raise CheckpointError(f"not saving checkpoint {step}: the weights are no longer finite ({bad}); the newest "
+                              f"good checkpoint is {kept[-1].name if kept else '(none)'}; lower train.lr or set "
+                              "train.grad_clip and resume from it")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {final} ({e.strerror or e}); "
+                              "make the run directory writable and re-run to resume") from e
     try:
         meta = _metadata(recipe, step)
         _save(model, tmp / "model.safetensors", meta)
         if ema is not None:
             _save(ema, tmp / "ema.safetensors", meta)
-        opt_tensors, groups = flatten_optimizer(optimizer)
         opt_tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
         _save(opt_tensors, tmp / "optim.safetensors", {"hpdm_step": str(step)})
         atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups},
@@ -109,8 +144,13 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
         else:
             os.rename(tmp, final)
         fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            kept = list_checkpoints(run_dir)
+            raise CheckpointError(f"cannot write checkpoint {final} ({e.strerror or e}); nothing was lost, the newest "
+                                  f"checkpoint is {kept[-1].name if kept else '(none)'}: free space (or fix "
+                                  "permissions) and re-run the same command to resume") from e
         raise
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -142,6 +182,9 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     m = CKPT_RE.match(path.name)
     if m and int(m.group(1)) != step:
         raise CheckpointError(f"{path}: state.json says step {step}, the directory name another")
+    bad = _nonfinite_part(model, ema, opt)
+    if bad is not None:
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not a usable checkpoint")
     extra = {k[len("extra."):]: v for k, v in opt.items() if k.startswith("extra.")}
     optimizer = unflatten_optimizer({k: v for k, v in opt.items() if not k.startswith("extra.")}, groups)
     return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state, "meta": meta}
@@ -190,6 +233,9 @@ def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
     if "hpdm_recipe" not in meta:
         raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not usable weights")
     return weights, recipe_from_toml(meta["hpdm_recipe"], source=str(path)), int(meta.get("hpdm_step", 0))
 
 
@@ -207,3 +253,58 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
             return last / "ema.safetensors" if (last / "ema.safetensors").exists() else last / "model.safetensors"
         raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
     raise CheckpointError(f"{p}: no such checkpoint file or run directory")
+
+
+def _weights_of(checkpoint_dir: Path) -> Path:
+    """The file a checkpoint directory is sampled from: its EMA weights, else its training weights."""
+    ema = checkpoint_dir / "ema.safetensors"
+    return ema if ema.exists() else checkpoint_dir / "model.safetensors"
+
+
+def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> tuple[Path, dict, Recipe, int]:
+    """(file, weights, recipe, step) to sample from: a file, a checkpoint directory, or a run's newest usable one.
+
+    For a run directory, checkpoints that are unreadable or hold non-finite values are skipped
+    (newest first), each with `warn(message)`, followed by one naming the checkpoint used; when
+    none is usable the newest one's CheckpointError is raised. A file or checkpoint directory
+    given explicitly is used as is (CheckpointError if it is unusable).
+    """
+    p = Path(ckpt)
+    if p.is_dir() and not (p / "model.safetensors").exists():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            resolve_sampling_weights(p)                                   # raises: no checkpoints
+        skipped = []
+        for c in reversed(ckpts):
+            w = _weights_of(c)
+            try:
+                weights, recipe, step = read_weights_file(w, device)
+            except CheckpointError as e:
+                skipped.append(e)
+                continue
+            if skipped and warn is not None:
+                for e in skipped:
+                    warn(f"skipping {str(e).splitlines()[0]}")
+                warn(f"using the newest usable checkpoint instead: {c} (step {step})")
+            return w, weights, recipe, step
+        first = str(skipped[0]).splitlines()[0]
+        raise CheckpointError(first + ("" if len(ckpts) == 1 else
+                                       f"; none of the {len(ckpts) - 1} older checkpoints of {p} is usable either"))
+    w = resolve_sampling_weights(p)
+    weights, recipe, step = read_weights_file(w, device)
+    return w, weights, recipe, step
+
+
+def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16)."""
+    from ..io import atomic_path
+    _, weights, recipe, step = load_sampling_weights(ckpt)
+    small = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
+    bad = first_nonfinite(small)
+    if bad is not None:
+        raise CheckpointError(f"{ckpt}: {bad} overflows {dtype} (values out of range); export in float32")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        _save(small, Path(tmp), _metadata(recipe, step))
+    return out

@@ -6,7 +6,11 @@ Every random choice of step s on rank r (patch offsets, sigmas, noise, condition
 from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
 the sample index, and torch's global RNG is checkpointed, so an interrupted and resumed run
 reproduces the uninterrupted one exactly (tests/test_train.py, invariant 10).
-Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on).
+Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
+`train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
+that are not finite are never saved, so the newest checkpoint stays the last good one.
+Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
+`hpdm train` on the same directory is refused, naming the holder.
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
 stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
 which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
@@ -18,11 +22,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,9 +39,11 @@ from ..config import Recipe
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
+from ..io import atomic_write_text
+from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
-from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, load_checkpoint, read_weights_file,
-                         resolve_sampling_weights, save_checkpoint)
+from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         read_weights_file, resolve_sampling_weights, save_checkpoint)
 from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
@@ -190,6 +197,10 @@ def _worker_ignores_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# A left-right mirror turns "moving left" into "moving right": flips are refused for such data.
+_DIRECTION_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise)\b", re.I)
+
+
 class _Batches:
     """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index.
 
@@ -200,14 +211,26 @@ class _Batches:
 
     def __init__(self, recipe: Recipe, dist: DistInfo, micro: int, start_batch: int, total_batches: int):
         from ..data.shards import ClipDataset, make_loader
+        from ..data.synthetic import SyntheticClips, is_synthetic
         R = recipe.pyramid.resolution
         d = recipe.data
         n_img = int(round(micro * d.image_fraction)) if d.image_path else 0
         self.n_vid, self.n_img = micro - n_img, n_img
         self.loaders, self.captions, self.class_names = [], [], []
+        self.caption_sources = []                                         # dataset of each part of `captions`
+        self.batch_index = start_batch
         for path, n, frames, seed in ((d.path, self.n_vid, R[0], recipe.train.seed),
                                       (d.image_path, n_img, 1, recipe.train.seed + 1)):
             if n == 0:
+                continue
+            if is_synthetic(path):                                        # rendered into device memory
+                src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=R[0], height=R[1], width=R[2],
+                                     seed=seed, split=d.synthetic_split, rank=dist.rank,
+                                     world_size=dist.world_size, workers=d.num_workers, device=dist.device)
+                self.loaders.append((src, n, len(self.captions)))
+                self.captions += src.captions()
+                self.caption_sources.append(path)
+                self.class_names = self.class_names or src.class_names
                 continue
             ds = ClipDataset(path, frames, seed=seed, rank=dist.rank, world_size=dist.world_size, dtype="uint8",
                              horizontal_flip=d.horizontal_flip, num_samples=total_batches * n,
@@ -222,14 +245,29 @@ class _Batches:
             # Caption ids of every dataset index one joint caption list.
             self.loaders.append((iter(loader), frames, len(self.captions)))
             self.captions += ds.captions()
+            self.caption_sources.append(path)
             self.class_names = self.class_names or ds.class_names
         self.unlabelled = False
+        if d.horizontal_flip:
+            named = [t for t in list(self.class_names) + list(self.captions) if _DIRECTION_WORDS.search(str(t))]
+            if named:
+                raise TrainError(f"data.horizontal_flip = true would mirror videos whose labels or captions name a "
+                                 f"horizontal direction (e.g. {named[0]!r}) without changing them: set "
+                                 "data.horizontal_flip = false")
 
     def next(self, device, frames: int):
         """The next micro-batch: (videos [B, 3, F, H, W] in [-1, 1], labels [B], caption ids [B])."""
-        parts = [next(it) for it, _, _ in self.loaders]
+        parts = []
+        for it, n_or_frames, _ in self.loaders:
+            if hasattr(it, "batch"):                                      # a synthetic source: sample by index
+                v, lab, cap = it.batch(self.batch_index * n_or_frames, n_or_frames)
+                parts.append(dict(video=v, label=lab, caption_id=cap))
+            else:
+                parts.append(next(it))
+        self.batch_index += 1
         vids, caps = [], []
-        for p, (_, f, cap0) in zip(parts, self.loaders):
+        for p, (src, f, cap0) in zip(parts, self.loaders):
+            f = src.videos.shape[2] if hasattr(src, "batch") else f
             v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
@@ -238,18 +276,82 @@ class _Batches:
         return torch.cat(vids), labels.to(device), torch.cat(caps).to(device)
 
 
-def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device) -> torch.Tensor:
-    from ..text.encoders import cached_embeddings, load_text_encoder
-    enc = load_text_encoder(recipe.model.text_encoder, device=device, tokens=recipe.model.text_tokens)
-    if enc.dim != recipe.model.text_dim or enc.tokens != recipe.model.text_tokens:
+def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, sources=(), say=None,
+                        main: bool = True) -> torch.Tensor:
+    """Embeddings [len(captions), tokens, dim] of the training captions, on `device`.
+
+    They come from the tables stored with the datasets (`hpdm prepare`) when those fit the recipe's
+    encoder and shape, without importing the encoder; otherwise the encoder computes them (cached in
+    RUN_DIR/cache). The main process also writes RUN_DIR/prompt_embeddings.safetensors for sampling.
+    """
+    from ..data.synthetic import is_synthetic
+    from ..text.tables import stored_caption_embeddings, write_run_table
+    m = recipe.model
+    emb, tables, why = stored_caption_embeddings([s for s in sources if not is_synthetic(s)], captions,
+                                                 m.text_encoder, m.text_tokens, m.text_dim)
+    if emb is None and recipe.data.prompt_table:
+        emb, tables, why = _table_embeddings(recipe, captions)
+    if emb is not None:
+        name = tables[0].encoder
+        if say:
+            say(f"caption embeddings: {len(captions)} stored with the dataset ({name}); the text encoder is not loaded")
+    else:
+        if say:
+            say(f"caption embeddings: {why}; computing them with the text encoder {m.text_encoder}")
+        emb, name = _encode_captions(recipe, captions, run_dir, device, sources)
+    if main:
+        path, n, total = write_run_table(run_dir, captions, emb, encoder=name, spec=m.text_encoder, sources=sources)
+        if say:
+            say(f"prompt table for sampling: {path} ({n} prompts" + (f" of {total}: size limit" if n < total else "")
+                + ")")
+    return emb.to(device)
+
+
+def _table_embeddings(recipe: Recipe, captions: list) -> tuple:
+    """(embeddings, tables, "") of every caption looked up in `data.prompt_table`, or (None, [], why not)."""
+    from ..text.encoders import TextEncoderError
+    from ..text.tables import PromptLookup
+    m = recipe.model
+    lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+    try:
+        lookup.add(recipe.data.prompt_table, explicit=True)
+    except TextEncoderError as e:
+        raise TrainError(f"data.prompt_table: {str(e).splitlines()[0]}") from None
+    rows = []
+    for c in captions:
+        emb, _ = lookup.lookup(c)
+        if emb is None:
+            return None, [], f"caption {c!r} is not in data.prompt_table ({lookup.describe_miss(c)})"
+        rows.append(emb)
+    return torch.cat(rows), lookup.tables, ""
+
+
+def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
+    """(embeddings, encoder name) of the captions from the recipe's text encoder (cached in RUN_DIR/cache)."""
+    from ..text.encoders import TextEncoderError, cached_embeddings
+    from ..text.tables import load_encoder
+    m = recipe.model
+    try:
+        enc = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+    except TextEncoderError as e:
+        data = [str(s) for s in sources] or ["DATASET_DIR"]
+        raise TrainError(f"{str(e).splitlines()[0]}; or, on a host that has the text encoder, store the caption "
+                         f"embeddings with the dataset: hpdm prepare --embed-captions {data[0]} --text-encoder "
+                         f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
+                         + ", then copy the dataset folder here") from None
+    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
         raise TrainError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the recipe has "
-                         f"model.text_tokens={recipe.model.text_tokens}, model.text_dim={recipe.model.text_dim}")
-    return cached_embeddings(enc, captions, run_dir / "cache").to(device)
+                         f"model.text_tokens={m.text_tokens}, model.text_dim={m.text_dim}")
+    return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
 
 
 def _check_dataset(path: str, what: str) -> None:
     """Fail early, in one line, when a dataset of the recipe is missing (before touching the run directory)."""
     from ..data.shards import VideoDataset
+    from ..data.synthetic import check_synthetic, is_synthetic
+    if is_synthetic(path):
+        check_synthetic(path)
+        return
     if not path:
         raise TrainError(f"{what} is empty: set it to a dataset prepared with `hpdm prepare`")
     VideoDataset(path).close()                                            # DataError (one line) if unusable
@@ -279,6 +381,17 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             raise CheckpointError(f"{ck['path']}: trained with another architecture ([pyramid]/[model] differ "
                                   "from this recipe's); pass a new --run-dir or restore the recipe")
     return ck
+
+
+def _last_logged_loss(run_dir: Path, step: int) -> float:
+    """The loss logged for `step` in stats.jsonl (NaN when it was not logged or was not finite)."""
+    from .stats import read_stats
+    try:
+        rows = [r for r in read_stats(run_dir) if r.get("step") == step]
+    except (OSError, ValueError):
+        return float("nan")
+    loss = rows[-1].get("loss") if rows else None
+    return float(loss) if isinstance(loss, (int, float)) else float("nan")
 
 
 def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> list:
@@ -359,13 +472,19 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
     except DeviceError as e:
         raise TrainError(str(e)) from None
     try:
-        return _train(recipe, Path(run_dir), dist, log=log, stop_after=stop_after, progress=progress)
+        with ExitStack() as held:                                         # the run directory's lock (rank 0)
+            return _train(recipe, Path(run_dir), dist, held, log=log, stop_after=stop_after, progress=progress)
+    except OSError as e:                                                  # disk full, permissions, ... on a write
+        where = f" ({e.filename})" if e.filename else ""
+        raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to resume "
+                         "from the newest checkpoint") from e
     finally:
         if dist.owns_group:
             shutdown()
 
 
-def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, progress) -> TrainSummary:
+def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
+           progress) -> TrainSummary:
     from ..recipe import dump_recipe
     t = recipe.train
 
@@ -387,18 +506,19 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
 
     # The run directory: refuse to resume into a different architecture. Rank 0 decides (and picks
     # the newest readable checkpoint, setting corrupt ones aside); every rank then loads that one.
+    # Rank 0 first takes the run directory's lock (created if missing; a file there is refused).
     refusal, ck = None, None
     if dist.is_main:
         try:
+            held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=log))
             ck = _check_run_dir(recipe, run_dir, say)
         except (TrainError, CheckpointError) as e:
             refusal = e
     if _agree(refusal is not None, dist):
         raise refusal or TrainError(f"{run_dir}: rank 0 refused the run directory (see its message)")
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, run_dir / "recipe.toml")
-        (run_dir / "env.json").write_text(json.dumps(_environment(dist), indent=1))
+        atomic_write_text(run_dir / "env.json", json.dumps(_environment(dist), indent=1))
     if dist.distributed:
         found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
         found = int(all_reduce_sum(found).item())
@@ -425,7 +545,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
             + (f"; {len(r['unused'])} checkpoint tensors unused" if r["unused"] else ""))
     net.to(dist.device)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
-    opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    else:
+        opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
 
     start, skipped = 0, 0
     rng_state = None
@@ -451,6 +574,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
     summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
     if start >= t.steps:
         say(f"nothing to do: the run is at step {start} of train.steps = {t.steps} (raise train.steps to continue)")
+        summary.last_loss = _last_logged_loss(run_dir, start)
         return summary
 
     model = torch.compile(net) if t.compile else net
@@ -468,7 +592,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
     batches = _Batches(recipe, dist, micro, start_batch=start * t.grad_accum, total_batches=t.steps * t.grad_accum)
     text_emb = None
     if recipe.model.cond == "text":
-        text_emb = _caption_embeddings(recipe, batches.captions, run_dir, dist.device)
+        text_emb = _caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
+                                       dist.is_main)
     if recipe.model.cond == "class":
         n_cls = len(batches.class_names)
         if n_cls and n_cls > recipe.model.num_classes:
@@ -478,7 +603,9 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         torch.set_rng_state(rng_state)
 
     flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
-    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start, log=say)
+    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
+    if stats.note:
+        say(stats.note)
     frames = recipe.pyramid.resolution[0]
     L = recipe.pyramid.num_levels
     params = [p for p in net.parameters()]
@@ -490,6 +617,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
         with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main,
                                                  batch=t.batch_size) as bar:
             step = start
+            streak = 0                                                    # consecutive non-finite steps
             while step < t.steps:
                 lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                            min_lr_ratio=t.min_lr_ratio)
@@ -525,8 +653,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
                 bad = flags[0] > 0 or flags[1] > 0
                 if bad:
                     skipped += 1
+                    streak += 1
                     say(f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)")
                 else:
+                    streak = 0
                     opt.step()
                     if ema is not None:
                         ema.update(net)
@@ -556,6 +686,15 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, *, log, stop_after, pr
                         f"eta {eta / 60:.1f} min" + (f" skipped {skipped}" if skipped else ""), echo=not bar.live)
                     t_last, n_last = now, 0
 
+                if t.max_nonfinite_steps and streak >= t.max_nonfinite_steps:
+                    # Every rank saw the same flags: all stop here, without a checkpoint of this step.
+                    kept = list_checkpoints(run_dir) if dist.is_main else []
+                    msg = (f"stopped at step {step}: {streak} consecutive steps had a non-finite loss or gradient; "
+                           f"the newest checkpoint{f' {kept[-1].name}' if kept else ''} is kept as it was; lower "
+                           "train.lr, set train.grad_clip or check the data (train.max_nonfinite_steps = "
+                           f"{t.max_nonfinite_steps} sets this limit)")
+                    say(msg, echo=False)
+                    raise TrainError(msg)
                 stopping = flags[2] > 0 or (stop_after is not None and step - start >= stop_after)
                 if step % t.ckpt_every == 0 or step == t.steps or stopping:
                     summary.checkpoint = _save(run_dir, recipe, step, net, ema, opt, dist,

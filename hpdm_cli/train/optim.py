@@ -208,13 +208,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split trainable params into ``[decay+trust group, no-decay/no-trust group]`` with ``names``.
 
     A parameter goes to the second group (``weight_decay=0``, ``use_trust_ratio=False``) when it
-    is a bias, belongs to a LayerNorm/GroupNorm/RMSNorm, has ``ndim <= 1``, or is entirely zero at
-    call time (e.g. zero-initialised output projections).  Everything else goes to the first group
+    is a bias, belongs to a LayerNorm/GroupNorm/RMSNorm, has ``ndim <= 1``, is entirely zero at
+    call time (e.g. zero-initialised output projections), or is named in the model's
+    ``embedding_parameters`` (learned tokens and lookup tables: a trust ratio would tie each
+    update to the tiny norm they are initialised with).  Everything else goes to the first group
     (``weight_decay=weight_decay``, ``use_trust_ratio=True``).  Frozen params
     (``requires_grad=False``) are left out.  Both groups are always returned (possibly empty) so
     the group layout, and hence optimiser checkpoints, are stable.
     """
     model = unwrap_model(model)
+    embeddings = set(getattr(model, "embedding_parameters", ()))
     norm_param_ids: set[int] = set()
     for module in model.modules():
         if isinstance(module, _NORM_TYPES):
@@ -230,6 +233,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             or id(p) in norm_param_ids
             or p.ndim <= 1
             or not bool(p.detach().any())
+            or name in embeddings
         )
         if exclude:
             no_decay.append(p)

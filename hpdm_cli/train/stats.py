@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..io import atomic_write_text
 
@@ -14,31 +14,34 @@ from ..io import atomic_write_text
 class StatsWriter:
     """Appends logged steps to run_dir/stats.jsonl (and TensorBoard if available); no-op when disabled.
 
+    `note` says why TensorBoard logging is off when it was asked for (package missing, writer failed).
+
     `resume_step`: the run continues after this step, so records of later steps (logged after
     the checkpoint it resumes from, before a crash) are dropped from stats.jsonl and TensorBoard;
     every step then appears once, as the resumed run computes it again.
     """
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None, log: Callable[[str], None] = lambda msg: None):
+                 resume_step: Optional[int] = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "stats.jsonl"
         self._tb = None
+        self.note: Optional[str] = None          # why TensorBoard logging is off, when it was asked for
         if enabled and resume_step is not None:
             self.truncate_after(resume_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:                                           # the tensorboard package is absent
-                log("TensorBoard logging is off: the tensorboard package is not installed "
-                    "(pip install tensorboard to turn it on); statistics go to stats.jsonl")
+            except ImportError:
+                self.note = ("TensorBoard logging is off: the tensorboard package is not installed "
+                             "(pip install tensorboard); every logged step is in stats.jsonl")
             else:
                 try:
                     self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
                                              purge_step=resume_step + 1 if resume_step else None)
-                except Exception as e:                                    # noqa: BLE001  (an unwritable folder, ...)
-                    reason = " ".join(str(e).split()) or type(e).__name__
-                    log(f"TensorBoard logging is off ({reason}); statistics go to stats.jsonl")
+                except Exception as e:                                    # e.g. an unwritable directory
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    self.note = f"TensorBoard logging is off ({why}); every logged step is in stats.jsonl"
 
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps > `step` from stats.jsonl (atomically); returns how many were dropped."""

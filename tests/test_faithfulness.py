@@ -1,0 +1,145 @@
+"""Tests of the pixel-level faithfulness reader of `shapes` clips: right on real clips, chance on wrong prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpdm_cli.data.shapes import COLOURS, DIRECTIONS, SHAPES, render_shapes_video
+from hpdm_cli.data.shards import DataError
+from hpdm_cli.eval.faithfulness import (ClipReading, derangement, parse_shapes_caption, read_clip, score_clips,
+                                        swapped_floor)
+from hpdm_cli.io.video import VideoError
+
+
+def rendered(n: int, size: tuple[int, int, int], seed: int) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    """`n` rendered shapes clips of `size` with their captions and ground truth."""
+    clips, captions, attrs = [], [], []
+    for i in range(n):
+        video, caption, _, a = render_shapes_video(i, frames=size[0], height=size[1], width=size[2], seed=seed)
+        clips.append(video)
+        captions.append(caption)
+        attrs.append(a)
+    return clips, captions, attrs
+
+
+def h264(clips: list[np.ndarray]) -> list[np.ndarray]:
+    """The clips after an H.264 mp4 encode/decode round trip (as generated videos are saved)."""
+    from hpdm_cli.io.video import encode_mp4_bytes, read_video_bytes
+    return [read_video_bytes(encode_mp4_bytes(c, 8.0)) for c in clips]
+
+
+def assert_faithful(score: dict, n: int) -> None:
+    """Every attribute read right on >= 99% of `n` clips, every clip valid."""
+    assert score["n"] == n and score["valid"] == 1.0, score
+    for k in ("colour", "shape", "direction", "background", "all"):
+        assert score[k] >= 0.99, (k, score[k], score["confusion"].get(k))
+
+
+@pytest.fixture(scope="module")
+def real64():
+    """64 rendered clips at the main size, 16x64x64, read once."""
+    clips, captions, attrs = rendered(64, (16, 64, 64), seed=21)
+    return [read_clip(c) for c in clips], captions, attrs
+
+
+def test_real_clips_at_64(real64):
+    """Rendered 16x64x64 clips: every attribute right, shapes fit their template closely, real motion."""
+    readings, captions, attrs = real64
+    score = score_clips(readings, captions)
+    assert_faithful(score, 64)
+    assert score == score_clips(readings, attrs)  # captions and attribute dicts are the same target
+    assert min(r.shape_iou for r in readings) > 0.95
+    assert score["travel"] > 0.16 and score["area_cv"] < 0.01
+    assert max(r.clutter for r in readings) < 0.05 and max(r.colour_distance for r in readings) < 10
+
+
+@pytest.mark.parametrize("size", [(8, 32, 32), (4, 16, 16)])
+def test_real_clips_small(size):
+    """Rendered clips at the lower pyramid levels' sizes (8x32x32, 4x16x16) are read right too."""
+    clips, captions, _ = rendered(64, size, seed=22)
+    assert_faithful(score_clips(clips, captions), 64)
+
+
+@pytest.mark.parametrize("size,n", [((16, 64, 64), 24), ((8, 32, 32), 64)])
+def test_after_h264_round_trip(size, n):
+    """Clips that went through mp4 (4:2:0 chroma, crf 18) are still read right."""
+    pytest.importorskip("av")
+    clips, captions, _ = rendered(n, size, seed=23)
+    assert_faithful(score_clips(h264(clips), captions), n)
+
+
+def swapped(attrs: dict, key: str, names: list[str]) -> dict:
+    """The attributes with `key` changed to the next different value."""
+    return {**attrs, key: names[(names.index(attrs[key]) + 1) % len(names)]}
+
+
+def test_swapped_captions_score_near_chance(real64):
+    """Against wrong prompts the score falls: to 0 for a changed attribute, to chance for other clips' prompts."""
+    readings, captions, attrs = real64
+    for key, names in (("colour", list(COLOURS)), ("shape", SHAPES), ("direction", DIRECTIONS)):
+        score = score_clips(readings, [swapped(a, key, names) for a in attrs])
+        assert score[key] == 0.0 and score["all"] == 0.0, (key, score[key])
+        assert all(score[k] >= 0.99 for k in ("colour", "shape", "direction") if k != key)
+    # Other clips' captions (a derangement): a prompt-blind model's score. Matching by chance has
+    # probability 1/8 (colour) and 1/4 (shape, direction; here exactly 16 clips of each value);
+    # the bounds are chance + 3 binomial standard deviations at n = 64 (0.041 and 0.054).
+    floor = swapped_floor(readings, captions, seed=0)
+    assert floor["colour"] <= 0.125 + 3 * 0.041
+    assert floor["shape"] <= 0.25 + 3 * 0.054 and floor["direction"] <= 0.25 + 3 * 0.054
+    assert floor["all"] <= 0.05
+    assert floor["chance"] == dict(colour=1 / 8, shape=1 / 4, direction=1 / 4, all=1 / 128)
+    perm = derangement(64, seed=0)
+    assert sorted(perm) == list(range(64)) and all(p != i for i, p in enumerate(perm))
+
+
+def test_reads_what_is_wrong():
+    """A still or there-and-back object has no direction, reversed time moves the other way, noise has no shape."""
+    video, caption, _, attrs = render_shapes_video(3, frames=16, height=64, width=64, seed=0)
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    assert read_clip(video[::-1]).direction == opposite[attrs["direction"]]
+    still = read_clip(np.repeat(video[:1], 16, axis=0))
+    assert still.direction == "none" and still.shape == attrs["shape"] and still.colour == attrs["colour"]
+    there_and_back = [*range(0, 16, 2), *range(15, 0, -2)]
+    assert read_clip(video[there_and_back]).direction == "none"
+    noise = read_clip(np.random.default_rng(1).integers(0, 256, video.shape, dtype=np.uint8))
+    assert noise.colour == "none" and noise.shape in (None, "none") and noise.direction in (None, "none")
+    blank = read_clip(np.full_like(video, 118))
+    assert not blank.valid and "no object" in blank.reason and blank.background == "gray"
+    assert score_clips([blank], [caption])["all"] == 0.0
+    # two frames of real motion are enough for a direction; one frame has none
+    assert read_clip(video[[0, -1]]).direction == attrs["direction"]
+    assert read_clip(video[:1]).direction == "none"
+
+
+def test_parse_shapes_caption():
+    """Captions with or without the background parse; anything else is a DataError naming the format."""
+    assert parse_shapes_caption("a red circle moving right") == dict(colour="red", shape="circle",
+                                                                     direction="right", background=None)
+    assert parse_shapes_caption("An Orange diamond moving up on a gray background.") == dict(
+        colour="orange", shape="diamond", direction="up", background="gray")
+    for i in range(32):
+        _, caption, _, a = render_shapes_video(i, frames=2, height=16, width=16, seed=4)
+        assert parse_shapes_caption(caption) == {k: a[k] for k in ("colour", "shape", "direction", "background")}
+    with pytest.raises(DataError, match="not a shapes prompt"):
+        parse_shapes_caption("a cat playing the piano")
+    with pytest.raises(DataError, match="unknown colour 'pink'"):
+        parse_shapes_caption("a pink circle moving right")
+    with pytest.raises(DataError, match="unknown direction"):
+        parse_shapes_caption("a red circle moving sideways")
+
+
+def test_bad_inputs():
+    """Wrong arrays are VideoErrors, mismatched clip and caption counts DataErrors."""
+    video, caption, _, _ = render_shapes_video(0, frames=4, height=16, width=16)
+    with pytest.raises(VideoError, match="dtype"):
+        read_clip(video.astype(np.float32))
+    with pytest.raises(VideoError, match="shape"):
+        read_clip(video[0])
+    with pytest.raises(DataError, match="1 clips but 2 captions"):
+        score_clips([video], [caption, caption])
+    with pytest.raises(DataError, match="more clips than captions"):
+        score_clips([video, video], [caption])
+    with pytest.raises(DataError, match="lack"):
+        score_clips([video], [{"colour": "red"}])
+    assert isinstance(read_clip(video), ClipReading)

@@ -1,0 +1,113 @@
+"""Tests of the held-out split of the `shapes` dataset: train never shows a held-out prompt, heldout only those."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections import Counter
+
+import pytest
+
+from hpdm_cli.data.shapes import (COLOURS, DIRECTIONS, HELDOUT_TRIPLES, SHAPES, is_heldout, render_shapes_video,
+                                  shapes_attributes, write_shapes_dataset)
+from hpdm_cli.data.shards import DataError, VideoDataset
+
+CAPTION_RE = re.compile(r"^an? (\w+) (\w+) moving (\w+) on a (\w+) background$")
+
+
+def triple(attrs: dict) -> tuple[str, str, str]:
+    """(colour, shape, direction) of a shapes video's attributes."""
+    return attrs["colour"], attrs["shape"], attrs["direction"]
+
+
+def test_heldout_triples_rule():
+    """16 triples, one colour per shape x direction class, two classes per colour; the README's demo prompt is none."""
+    assert len(HELDOUT_TRIPLES) == 16 == len(set(HELDOUT_TRIPLES))
+    assert Counter((s, d) for _, s, d in HELDOUT_TRIPLES) == {(s, d): 1 for s in SHAPES for d in DIRECTIONS}
+    assert Counter(c for c, _, _ in HELDOUT_TRIPLES) == {c: 2 for c in COLOURS}
+    # every pair of attributes still occurs together in training
+    assert max(Counter((c, s) for c, s, _ in HELDOUT_TRIPLES).values()) == 1
+    assert max(Counter((c, d) for c, _, d in HELDOUT_TRIPLES).values()) == 1
+    assert not is_heldout("red", "circle", "right")
+    assert is_heldout("red", "square", "left")
+    assert sum(is_heldout(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS) == 16
+    with pytest.raises(DataError, match="unknown shapes triple"):
+        is_heldout("pink", "circle", "right")
+
+
+def test_train_split_has_no_heldout_triple():
+    """512 train videos: no held-out triple, all 112 others appear, and a video not recoloured is the `all` video."""
+    seen = Counter()
+    recoloured = 0
+    for i in range(512):
+        a = shapes_attributes(i, frames=16, height=64, width=64, seed=3, split="train")
+        b = shapes_attributes(i, frames=16, height=64, width=64, seed=3)
+        assert not is_heldout(*triple(a)), (i, triple(a))
+        assert a["label"] == b["label"] and a["split"] == "train"
+        if triple(a) != triple(b):
+            recoloured += 1
+            assert is_heldout(*triple(b))
+        else:
+            assert a == {**b, "split": "train"}
+        seen[triple(a)] += 1
+    assert len(seen) == 112
+    assert 32 <= recoloured <= 96  # ~1/8 of 512 drew a held-out colour
+    video, caption, _, attrs = render_shapes_video(7, frames=4, height=32, width=32, seed=1, split="train")
+    assert CAPTION_RE.match(caption).groups()[:3] == (attrs["colour"], attrs["shape"], attrs["direction"])
+
+
+def test_heldout_split_only_heldout_triples():
+    """Heldout videos show only held-out triples, each once in any 16 consecutive videos."""
+    got = [triple(shapes_attributes(i, frames=8, height=32, width=32, seed=5, split="heldout")) for i in range(48)]
+    assert all(is_heldout(*t) for t in got)
+    for k in range(0, 48, 16):
+        assert sorted(got[k:k + 16]) == sorted(HELDOUT_TRIPLES)
+    with pytest.raises(DataError, match="expected one of all, train, heldout"):
+        shapes_attributes(0, frames=8, height=32, width=32, split="test")
+
+
+def test_all_split_unchanged():
+    """split="all" (the default) renders exactly the videos rendered before the split existed."""
+    h = hashlib.sha256()
+    for seed, idx, (t, hh, w) in [(0, 0, (16, 64, 64)), (0, 5, (16, 64, 64)), (3, 17, (8, 32, 32)),
+                                  (1, 100, (4, 16, 16)), (7, 42, (5, 48, 24))]:
+        v, c, label, _ = render_shapes_video(idx, frames=t, height=hh, width=w, seed=seed, split="all")
+        h.update(v.tobytes())
+        h.update(c.encode())
+        h.update(str(label).encode())
+    assert h.hexdigest() == "b66f8382daeedca8bd16290a1fcc6360467ba93248a5e29ee8494dcf2c133392"
+
+
+def run_prepare(argv: list[str]) -> int:
+    """`hpdm prepare ...` through the real entry point; returns the exit code."""
+    from hpdm_cli.cli import app as app_mod
+    from hpdm_cli.cli import prepare_cmd
+    prepare_cmd.register(app_mod.app)  # a no-op once app.py registers it itself
+    old = sys.argv
+    sys.argv = ["hpdm", "prepare", *argv]
+    try:
+        app_mod.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def test_split_in_dataset_and_cli(tmp_path, capsys):
+    """`hpdm prepare --synthetic shapes --split heldout` writes held-out prompts and records the split."""
+    pytest.importorskip("av")
+    assert run_prepare(["--synthetic", "shapes", str(tmp_path / "h"), "--split", "heldout", "--num-videos", "4",
+                        "--frames", "2", "--height", "16", "--width", "16"]) == 0
+    ds = VideoDataset(tmp_path / "h")
+    assert ds.meta["split"] == "heldout" and "% 8 == 0" in ds.meta["heldout"]
+    for i in range(len(ds)):
+        colour, shape, direction, _ = CAPTION_RE.match(ds.item(i)["caption"]).groups()
+        assert is_heldout(colour, shape, direction)
+    out = write_shapes_dataset(tmp_path / "t", num_videos=2, frames=2, height=16, width=16, split="train")
+    assert VideoDataset(out).meta["split"] == "train"
+    capsys.readouterr()
+    assert run_prepare(["--synthetic", "shapes", str(tmp_path / "x"), "--split", "test", "--num-videos", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpdm: error:") and "heldout" in err and "\n" not in err, err
