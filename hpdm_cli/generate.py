@@ -603,7 +603,7 @@ def _world() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def generate(ckpt: str | os.PathLike, out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",
+def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",
              prompt: Optional[str] = None, class_: Optional[str] = None, levels: Optional[int] = None,
              batch: Optional[int] = None, steps=None, guidance: Optional[float] = None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
@@ -611,12 +611,17 @@ def generate(ckpt: str | os.PathLike, out: str | os.PathLike = "clip.mp4", *, se
              progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None) -> SampleReport:
-    """`hpdm sample`: checkpoint + condition + seeds -> one video file per seed (this rank's seeds).
+    """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
     unusable checkpoints skipped in a run directory.
     """
+    if ckpt is None:                                      # the packaged default model, with its CPU settings
+        from .assets import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_STEPS
+        ckpt = DEFAULT_MODEL
+        steps = DEFAULT_STEPS if steps is None else steps
+        overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
     rank, world, local = _world()

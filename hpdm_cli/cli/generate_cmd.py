@@ -42,8 +42,10 @@ def _warn(message: str) -> None:
 
 
 def sample(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
-                                                 "directory or .safetensors file."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Run directory (newest checkpoint, EMA weights), "
+                                        "checkpoint directory or .safetensors file. Default: the packaged shapes "
+                                        "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with --steps 32,16,8 "
+                                        "--overlap none unless given."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
