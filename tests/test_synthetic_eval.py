@@ -1,0 +1,96 @@
+"""Training from the in-memory shapes source, the `hpdm eval` report, and the packaged default model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpdm_cli.data.shapes import render_shapes_video, shapes_prompts
+from hpdm_cli.data.synthetic import SyntheticClips
+from hpdm_cli.text.tables import write_table
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT_DIM = 12
+
+
+@pytest.fixture(scope="module")
+def prompt_table(tmp_path_factory):
+    """A stand-in MiniLM prompt table of the whole shapes vocabulary (random 12-d embeddings)."""
+    texts = shapes_prompts()
+    emb = torch.randn(len(texts), 1, TEXT_DIM, generator=torch.Generator().manual_seed(0))
+    path = tmp_path_factory.mktemp("table") / "prompt_embeddings.minilm-all-MiniLM-L6-v2.safetensors"
+    return write_table(path, texts, emb, encoder="minilm:all-MiniLM-L6-v2@test", spec="minilm")
+
+
+def test_synthetic_clips_are_the_rendered_videos_in_a_resumable_order():
+    src = SyntheticClips("synthetic:shapes", num_videos=12, frames=4, height=16, width=16, seed=3, split="train",
+                         rank=1, world_size=2)
+    assert list(src.local) == [1, 3, 5, 7, 9, 11]
+    v, lab, cap = src.batch(4, 5)
+    again = src.batch(4, 5)
+    assert torch.equal(v, again[0]) and torch.equal(lab, again[1])
+    first = src.sample_indices(0, 12)
+    assert sorted(first[:6]) == list(range(6)) and sorted(first[6:]) == list(range(6))    # one epoch each
+    k = int(src.sample_indices(4, 1)[0])
+    ref, caption, label, _ = render_shapes_video(int(src.local[k]), frames=4, height=16, width=16, seed=3,
+                                                 split="train")
+    assert np.array_equal(v[0].permute(1, 2, 3, 0).numpy(), ref)
+    assert int(lab[0]) == label and src.captions()[int(cap[0])] == caption
+
+
+def _tiny_text_recipe(tmp_path, table, steps=2):
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    return load_recipe(default_recipe_path("tiny"), [
+        'data.path="synthetic:shapes"', "data.synthetic_videos=24", 'model.cond="text"', f"model.text_dim={TEXT_DIM}",
+        f'data.prompt_table="{table}"', "model.adaptive_norm=true", f"train.steps={steps}", "train.batch_size=4",
+        "train.log_every=1", "sample.steps=2", "pyramid.resolution=[4,16,16]"])
+
+
+def test_text_training_from_memory_needs_no_encoder(tmp_path, prompt_table, monkeypatch):
+    import hpdm_cli.text.tables as tables
+    from hpdm_cli.train.loop import train
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the text encoder must not be loaded")
+    monkeypatch.setattr(tables, "load_encoder", no_encoder)
+    recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    summary = train(recipe, tmp_path / "run", log=lambda m: None)
+    assert summary.step == 2
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2] and all(np.isfinite(s["loss"]) for s in stats)
+
+
+def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
+    from hpdm_cli.drivers.evaluate import evaluate, summary_rows
+    from hpdm_cli.train.loop import train
+    recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    train(recipe, tmp_path / "run", log=lambda m: None)
+    rep = evaluate(tmp_path / "run", tmp_path / "eval", num_clips=3, batch=3, steps="2", fvd=False, device="cpu",
+                   log=lambda m: None)
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["num_clips"] == 3 and saved["split"] == "heldout"
+    # The real clips are read perfectly, a prompt-blind model scores near chance, an untrained one at random.
+    assert saved["faithfulness"]["real_ceiling"]["colour"] == 1.0
+    assert set(saved["loss_gap"]) >= {"true", "shuffled", "null"}
+    assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(summary_rows(rep)) >= 6
+
+
+def test_the_packaged_model_loads_and_its_clips_take_the_asked_colour():
+    """A real test of the shipped weights: colour follows the prompt (level 1 preview, few steps, CPU)."""
+    from hpdm_cli.assets import DEFAULT_MODEL
+    from hpdm_cli.eval.faithfulness import read_clip
+    from hpdm_cli.generate import Condition, load_generator, precomputed_condition, sample_videos
+    assert DEFAULT_MODEL.stat().st_size <= 16 * 2 ** 20
+    net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
+    assert recipe.model.cond == "text" and tuple(recipe.pyramid.resolution) == (16, 64, 64)
+    hits = []
+    for colour in ("red", "yellow", "cyan", "magenta"):
+        prompt = f"a {colour} circle moving right on a black background"
+        cond = precomputed_condition(recipe, info, prompt)                # from the packaged prompt table
+        assert isinstance(cond, Condition) and cond.kind == "text"
+        out = sample_videos(net, recipe, [0], cond, levels=1, steps=[16, 8, 4], overlap="none")
+        hits.append(read_clip(out.videos[0]).colour == colour)
+    assert sum(hits) >= 3, hits
