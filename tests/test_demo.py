@@ -59,13 +59,18 @@ def test_demo_script_produces_videos(tmp_path):
     env = dict(os.environ, HPDM_DEMO_DIR=str(out), HPDM_SKIP_SETUP="1",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                HPDM_DEMO_TRAIN_ARGS="train.steps=4 train.batch_size=4 train.log_every=2 train.ckpt_every=4",
-               HPDM_DEMO_SAMPLE_ARGS="--steps 4")
+               HPDM_DEMO_SAMPLE_ARGS="--steps 4", HPDM_DEMO_PROMPT_ARGS="--steps 4,2,1")
     res = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    clips = sorted((out / "demo").glob("*.mp4"))
-    assert len(clips) == 4 and len(list((out / "demo").glob("*.gif"))) == 4
     from hpdm_cli.io.video import read_video
+    prompted = sorted((out / "demo").glob("*.mp4"))
+    assert [p.name for p in prompted] == ["red-circle-right.mp4", "yellow-square-down.mp4"]
+    assert len(list((out / "demo").glob("*.gif"))) == 2 and len(list((out / "demo").glob("*.png"))) == 2
+    frames, fps = read_video(prompted[0])
+    assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+    clips = sorted((out / "demo" / "tiny").glob("*.mp4"))
+    assert len(clips) == 4 and len(list((out / "demo" / "tiny").glob("*.gif"))) == 4
     frames, fps = read_video(clips[0])
     assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8 and fps == 8
     assert (out / "runs" / "tiny" / "stats.jsonl").exists()
