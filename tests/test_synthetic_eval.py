@@ -74,6 +74,9 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     # The real clips are read perfectly, a prompt-blind model scores near chance, an untrained one at random.
     assert saved["faithfulness"]["real_ceiling"]["colour"] == 1.0
     assert set(saved["loss_gap"]) >= {"true", "shuffled", "null"}
+    # Level 0 alone, and the upper levels given the real level 0 (is super-resolution learnt?).
+    assert saved["levels"]["level0_real"]["colour"] == 1.0
+    assert saved["levels"]["upscaled_from_real_level0"]["n"] == 3
     assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_rows(rep)) >= 6
 

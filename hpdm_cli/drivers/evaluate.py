@@ -70,18 +70,36 @@ def condition_rows(recipe, real: RealClips, embed: Callable[[list], torch.Tensor
 
 
 def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batch: int, guidance, steps,
-                  overlap, device, bf16: bool, log: Callable[[str], None] = print) -> list[np.ndarray]:
-    """One clip per (seed, condition row), `batch` rows per sampler call; uint8 [T, H, W, 3] each."""
+                  overlap, device, bf16: bool, levels: Optional[int] = None, fixed: Optional[torch.Tensor] = None,
+                  log: Callable[[str], None] = print) -> list[np.ndarray]:
+    """One clip per (seed, condition row), `batch` rows per sampler call; uint8 [T, H, W, 3] each.
+
+    `levels` stops after that many levels; `fixed` [N, C, f, h, w] in [-1, 1] is taken as level 0
+    instead of generating it (learned super-resolution of given clips).
+    """
     tile_batch = 1024 if torch.device(device).type == "cuda" else 64
     sampler = _make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16)
     nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)
     videos, t0 = [], time.time()
     for s in range(0, len(seeds), batch):
+        given = None if fixed is None else {0: fixed[s:s + batch]}
         res = sampler.sample(list(seeds[s:s + batch]), cond[s:s + batch].to(sampler.device), guidance=guidance,
-                             steps=nsteps)
+                             steps=nsteps, levels=levels, fixed=given)
         videos += to_uint8(res.videos[-1])
         log(f"  generated {len(videos)}/{len(seeds)} clips ({time.time() - t0:.0f} s)")
     return videos
+
+
+def _level_diagnostics(net, recipe, real, cond, seeds, k, **kw) -> dict:
+    """Is the base level learnt (level 0 alone vs real clips at its size)? Is super-resolution (given real level 0)?"""
+    from ..pyramid import downsample_to_level
+    clips = torch.from_numpy(np.stack(real.videos[:k])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    real0 = downsample_to_level(clips, recipe.pyramid, 0).clamp(-1, 1)
+    caps = real.captions[:k]
+    base = generate_rows(net, recipe, seeds[:k], cond[:k], levels=1, **kw)
+    upscaled = generate_rows(net, recipe, seeds[:k], cond[:k], fixed=real0, **kw)
+    return {"level0_generated": score_clips(base, caps), "level0_real": score_clips(to_uint8(real0), caps),
+            "upscaled_from_real_level0": score_clips(upscaled, caps)}
 
 
 def _fvd_block(fake, real_a, real_b, weights, device, log) -> dict:
@@ -140,6 +158,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     rows.append(("loss: true / shuffled / null condition", f"{g['true']:.4f} / {g['shuffled']:.4f} / {g['null']:.4f}"))
     for name, value in report.get("fvd", {}).items():
         rows.append((f"FVD {name}", f"{value:.1f}"))
+    lv = report.get("levels")
+    if lv:
+        for name, key in (("level 0 alone: generated / real", ("level0_generated", "level0_real")),):
+            for attr in ("colour", "shape", "direction"):
+                rows.append((f"{name} {attr}", " / ".join(f"{100 * lv[k][attr]:.1f}%" for k in key)))
+        for attr in ("colour", "shape", "direction"):
+            rows.append((f"upper levels given real level 0: {attr}",
+                         f"{100 * lv['upscaled_from_real_level0'][attr]:.1f}%"))
     rows.append(("sampling seconds per clip", f"{report['seconds_per_clip']:.2f}"))
     return rows
 
@@ -185,6 +211,8 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
                           batch=batch, guidance=guidance, steps=steps, overlap=overlap, device=dev, bf16=bf16,
                           log=log)
     report["sensitivity"] = condition_sensitivity(other, fake[:k])
+    report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, batch=batch, guidance=guidance,
+                                          steps=steps, overlap=overlap, device=dev, bf16=bf16, log=log)
     vids = torch.from_numpy(np.stack(real_a.videos[:min(num_clips, 256)])).permute(0, 4, 1, 2, 3)
     report["loss_gap"] = condition_loss_gap(net, recipe, vids.float() / 127.5 - 1, cond[:len(vids)])
     if fvd:
