@@ -41,12 +41,12 @@ def test_click_is_really_hidden(no_click_env, tmp_path):
 
 @pytest.mark.parametrize("args,names", [
     (["train"], ["recipe", "hpdm train --help"]),
-    (["sample"], ["--ckpt", "hpdm sample --help"]),
+    (["upscale", "in.mp4"], ["--ckpt", "hpdm upscale --help"]),
     (["train", "tiny", "--train.steps=10"], ["--train.steps", "train.steps=VALUE"]),
     (["sample", "--ckpt", "x", "--guidance", "high"], ["--guidance", "number"]),
     (["generate"], ["generate", "hpdm --help"]),
     (["sample", "--ckpt"], ["--ckpt"]),
-], ids=["train without recipe", "sample without --ckpt", "unknown option", "wrong type", "unknown command",
+], ids=["train without recipe", "upscale without --ckpt", "unknown option", "wrong type", "unknown command",
         "option without value"])
 def test_parse_errors_are_one_line_and_exit_2_without_click(no_click_env, tmp_path, args, names):
     r = _run(args, no_click_env, tmp_path)

@@ -27,7 +27,8 @@ def _holder(directory: Path, fork_child: bool = False) -> subprocess.Popen:
         with hold_lock({str(directory)!r}, "test"):
             if {fork_child}:
                 child = os.fork()
-                if child == 0:
+                if child == 0:                  # the at-fork handler has run once fork() returns here
+                    print("ready", flush=True)
                     sys.stdin.readline()
                     os._exit(0)
                 print(child, flush=True)
@@ -69,7 +70,8 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_forked_child_does_not_keep_the_lock(tmp_path):
     p = _holder(tmp_path, fork_child=True)
-    child = int(p.stdout.readline())
+    lines = {p.stdout.readline().strip(), p.stdout.readline().strip()}    # the child's "ready" and its pid
+    child = int((lines - {"ready"}).pop())
     p.wait()
     try:
         with hold_lock(tmp_path, "hpdm train", error=Refused):
