@@ -209,7 +209,7 @@ class Recipe:
     def validate(self) -> "Recipe":
         """Check every value's range and the cross-field consistency; raise ConfigError naming the offending key."""
         self._check_ranges()
-        p, m, d = self.pyramid, self.model, self.diffusion
+        p, m = self.pyramid, self.model
         for name, vec in (("pyramid.resolution", p.resolution), ("pyramid.patch", p.patch),
                           ("model.tokenizer", m.tokenizer)):
             if len(vec) != 3 or any(int(v) != v or v < 1 for v in vec):
@@ -266,7 +266,7 @@ class Recipe:
 
     def _check_ranges(self) -> None:
         """Every number of the recipe finite and within its range (counts >= their minimum, probabilities in [0, 1])."""
-        D, p, m, d, t, s, e = self.data, self.pyramid, self.model, self.diffusion, self.train, self.sample, self.eval
+        D, m, d, t, s, e = self.data, self.model, self.diffusion, self.train, self.sample, self.eval
         pos, nonneg, prob = dict(lo=0, lo_open=True), dict(lo=0), dict(lo=0, hi=1)
 
         def ints(lo: int) -> dict:

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny configurations that run in milliseconds on a CPU."""
 
+import sys
+
 import pytest
 import torch
 
@@ -28,3 +30,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
+    from hpdm_cli.cli.app import main
+    old = sys.argv
+    sys.argv = ["hpdm", *[str(a) for a in args]]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

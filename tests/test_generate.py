@@ -21,6 +21,7 @@ from hpdm_cli.recipe import load_recipe
 from hpdm_cli.train.checkpoint import save_checkpoint
 from hpdm_cli.train.loop import build_model
 from hpdm_cli.train.optim import EMA
+from conftest import run_cli as cli
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,20 +55,6 @@ def gen(assets):
     return load_generator(assets["run"], "cpu")
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
-    from hpdm_cli.cli.app import main
-    old = sys.argv
-    sys.argv = ["hpdm", *[str(a) for a in args]]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def smooth_video(t: int, h: int, w: int) -> np.ndarray:

@@ -77,7 +77,7 @@ def test_causality_coarse_to_fine_only(name):
 
 def reference_forward(net, x, c_noise, off, c):
     """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the seed, for comparison."""
-    cfg, L = net.cfg, x.shape[1]
+    L = x.shape[1]
     scales = level_scales(net.pyramid)
     grid = net.grid
     coords = global_token_coords(scales, off, grid)

@@ -21,7 +21,7 @@ def test_top_level_recipes_are_the_packaged_ones():
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_loads_and_opens_with_its_launch_command(name):
     path = ROOT / "recipes" / f"{name}.toml"
-    recipe = load_recipe(path)
+    load_recipe(path)                                                    # loads and validates
     first = path.read_text().splitlines()[:4]
     assert first[0].startswith("#") and any("hpdm" in line for line in first), first
 

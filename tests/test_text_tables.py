@@ -21,6 +21,7 @@ from hpdm_cli.data.shapes import SHAPES_CLASSES, render_shapes_video, shapes_att
 from hpdm_cli.text import encoders
 from hpdm_cli.text.encoders import TextEncoder, TextEncoderError, encode_texts, spec_family
 from hpdm_cli.text import tables as T
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = "minilm:all-MiniLM-L6-v2"
@@ -64,20 +65,6 @@ def use_encoder(mp: pytest.MonkeyPatch, enc) -> list:
     return asked
 
 
-def run_cli(capsys, *args) -> tuple:
-    """`hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
-    from hpdm_cli.cli.app import main
-    old = sys.argv
-    sys.argv = ["hpdm", *[str(a) for a in args]]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def captions_of(path) -> list:

@@ -24,6 +24,7 @@ from hpdm_cli.train.checkpoint import CheckpointError, list_checkpoints, load_ch
 from hpdm_cli.train.loop import TrainError, build_model, init_from_checkpoint, train
 from hpdm_cli.train.optim import lr_at
 from hpdm_cli.train.stats import read_stats
+from conftest import run_cli as cli
 
 BASE = dict(steps=6, log_every=1, ckpt_every=2, batch_size=4, warmup_steps=2, ema_halflife_steps=2.0,
             keep_last=2, grad_clip=1.0)
@@ -141,7 +142,7 @@ def test_stop_and_resume_reproduces_uninterrupted_run(variant, reference, tmp_pa
     msgs = []
     s2 = train(rec, tmp_path, log=quiet(msgs))
     monkeypatch.undo()
-    assert any(f"resumed from" in m and f"at step {k}" in m for m in msgs), msgs
+    assert any("resumed from" in m and f"at step {k}" in m for m in msgs), msgs
     assert (s2.start_step, s2.step) == (k, N)
 
     got, want = losses(tmp_path), losses(ref)
@@ -187,7 +188,7 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(sig, refere
     assert 1 <= stopped < rec.train.steps
     assert list_checkpoints(run)[-1].name == f"ckpt-{stopped:08d}"        # saved at the step it stopped
     assert f"stopped by signal {int(sig)} at step {stopped}" in out
-    assert f"stopped by signal" in (run / "train.log").read_text()
+    assert "stopped by signal" in (run / "train.log").read_text()
     assert lock_holder(run) is None                                       # the lock was released on the way out
 
     s = train(rec, run, log=quiet())
@@ -462,20 +463,6 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoint
 
 # ------------------------------------------------------------------------------------------ bad input, from the CLI
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `hpdm ARGS` in this process through the console-script entry point: (exit code, stdout, stderr)."""
-    from hpdm_cli.cli.app import main
-    old = sys.argv
-    sys.argv = ["hpdm", *[str(a) for a in args]]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def one_line_error(code, err) -> str:
