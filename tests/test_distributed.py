@@ -5,7 +5,6 @@ Each test spawns two CPU processes joined by a gloo process group on 127.0.0.1.
 
 import json
 import os
-import socket
 from contextlib import nullcontext
 
 import pytest
@@ -30,17 +29,20 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous_file() -> str:
+    """A rendezvous for the ranks: a fresh file store (no TCP port that another process could take meanwhile)."""
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="hpdm-gloo-")
+    os.close(fd)
+    os.unlink(path)
+    return path
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+def _join(rank: int, store: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
 
 
 def tiny(*extra):
@@ -85,9 +87,9 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
         json.dump(float(res.loss.detach()), f)
 
 
-def _worker(rank: int, port: int, recipe, batch, overrides: list, out: str) -> None:
+def _worker(rank: int, store: str, recipe, batch, overrides: list, out: str) -> None:
     """Both jobs in one pair of processes (process start-up dominates their cost)."""
-    _join(rank, port)                         # the process group is ours: train() joins it and leaves it open
+    _join(rank, store)                         # the process group is ours: train() joins it and leaves it open
     try:
         _grad_job(rank, recipe, batch, os.path.join(out, "grads"))
         _train_job(rank, overrides, os.path.join(out, "train"))
@@ -109,7 +111,7 @@ def ddp(tmp_path_factory):
     batch = global_batch(recipe, 8)
     overrides = [f"data.path={json.dumps(str(data))}", "train.steps=4", "train.batch_size=4", "train.log_every=1",
                  "train.ckpt_every=2", "train.warmup_steps=1", "train.ema_halflife_steps=2.0"]
-    mp.spawn(_worker, args=(free_port(), recipe, batch, overrides, str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(rendezvous_file(), recipe, batch, overrides, str(out)), nprocs=WORLD, join=True)
     return recipe, batch, out
 
 
