@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import HPDMError
 
-class ConfigError(ValueError):
+
+class ConfigError(HPDMError, ValueError):
     """A recipe value is missing, of the wrong type or inconsistent (message names the key)."""
 
 

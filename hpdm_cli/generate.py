@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Recipe
+from .errors import HPDMError
 from .sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
@@ -71,7 +72,7 @@ Log = Callable[[str], None]
 _VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".gif", ".png")
 
 
-class GenerateError(ValueError):
+class GenerateError(HPDMError, ValueError):
     """A user-fixable problem with a sampling or upscaling request (message says what to do)."""
 
 

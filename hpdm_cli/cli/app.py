@@ -13,29 +13,21 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from ..errors import HPDMError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hierarchical Patch Diffusion Models: prepare data, train, sample, upscale, evaluate, benchmark.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
+class UserError(HPDMError):
+    """A command-line mistake found by the CLI itself; printed as one line (exit 2), like every HPDMError."""
 
 
-def _user_error_types() -> tuple:
-    from ..config import ConfigError
-    from ..data.shards import DataError
-    from ..eval import FVDError
-    from ..generate import GenerateError
-    from ..io.video import VideoError
-    from ..text.encoders import TextEncoderError
-    from ..train.checkpoint import CheckpointError
-    from ..train.distributed import DeviceError
-    from ..train.loop import TrainError
-    return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError, FVDError,
-            GenerateError, DeviceError,
-            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# What ends a command with one line and exit code 2: every HPDMError (hpdm_cli/errors.py), and the OS
+# errors of a path the user gave that is missing, forbidden or of the wrong kind.
+_USER_ERRORS = (HPDMError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -211,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         err.print(f"hpdm: error: {line}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except Exception as e:                                                # noqa: BLE001
-        if isinstance(e, _user_error_types()):
+        if isinstance(e, _USER_ERRORS):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
             sys.exit(2)

@@ -32,6 +32,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import HPDMError
+
 __all__ = [
     "TextEncoderError",
     "TextEncoder",
@@ -51,7 +53,7 @@ _CONTENT_HASH_LIMIT = 512 * 1024 * 1024
 _CACHE_FORMAT = 1
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(HPDMError, ValueError):
     """A user-facing error about text-encoder specs, model directories or inputs."""
 
 

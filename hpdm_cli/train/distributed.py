@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import HPDMError
+
 
 @dataclass
 class DistInfo:
@@ -30,7 +32,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-class DeviceError(RuntimeError):
+class DeviceError(HPDMError, RuntimeError):
     """The requested device does not exist on this machine (a user error; the message says what to do)."""
 
 

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Recipe
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
+from ..errors import HPDMError
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_text
@@ -49,7 +50,7 @@ from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
 
 
-class TrainError(ValueError):
+class TrainError(HPDMError, ValueError):
     """A user-fixable problem with a training run (message says what to do)."""
 
 
