@@ -5,7 +5,6 @@ User mistakes end in one line on stderr and a non-zero exit code, never a traceb
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -39,6 +38,7 @@ def train(
                                             help="Live progress bar (default: on a terminal)."),
 ):
     """Train a recipe; re-running the same command resumes from the newest checkpoint."""
+    from ..device import world
     from ..recipe import default_recipe_path, load_recipe
     from ..train.loop import train as run_train
     path = default_recipe_path(recipe)
@@ -48,7 +48,7 @@ def train(
     summary = run_train(rec, rd, log=lambda m: out.print(m, highlight=False), progress=live)
     if summary.interrupted:
         raise typer.Exit(128 + summary.interrupted)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if world().rank != 0:
         return
     if summary.step == summary.start_step:                # already finished: no step ran, so no loss to report
         out.print(f"done: already at step {summary.step}/{summary.steps}; nothing to do")

@@ -36,6 +36,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Recipe
+from ..device import DeviceError
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..errors import HPDMError
 from ..model.flops import train_step_flops
@@ -45,7 +46,7 @@ from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
 from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
                          read_weights_file, resolve_sampling_weights, save_checkpoint)
-from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
 
