@@ -85,7 +85,7 @@ def denoise(net, noisy: torch.Tensor, sigma: torch.Tensor, offsets: torch.Tensor
 class LossOutput:
     """Training loss and its per-level parts."""
 
-    loss: torch.Tensor              # Scalar: sum over levels of the per-level mean loss.
+    loss: torch.Tensor              # Scalar: batch mean of each sample's sum over its trained levels.
     per_level: torch.Tensor         # [L] mean loss of each level over the samples it was trained on.
     sigma: torch.Tensor             # [B, L] the sigmas drawn.
     weight: torch.Tensor            # [B, L] 1 where a level entered the loss, 0 for context levels.
@@ -116,7 +116,11 @@ class NoiseDraw:
     self_cond: bool                 # whether this step runs a self-conditioning pass
 
     def split(self, parts: int, index: int) -> "NoiseDraw":
-        """The contiguous share `index` of `parts` along the batch (for per-rank draws in tests)."""
+        """The contiguous share `index` of `parts` along the batch.
+
+        Only tests/test_distributed.py uses it: it gives each rank its share of one global draw, so
+        that N ranks can be compared with one process on the same numbers (docs/method.md, invariant 11).
+        """
         def cut(t):
             return None if t is None else t.chunk(parts)[index]
         return NoiseDraw(cut(self.sigma), cut(self.weight), cut(self.noise), cut(self.keep), self.self_cond)

@@ -54,19 +54,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of a tensor over all processes (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
-def barrier() -> None:
-    """Wait for every process (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def shutdown() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():

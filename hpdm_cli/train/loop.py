@@ -70,8 +70,12 @@ class TrainSummary:
     messages: list = field(default_factory=list)
 
 
-def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
-    """The generator of all random choices of (seed, rank, step): reproducible across resumes."""
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of all random choices of (seed, rank, step): reproducible across resumes.
+
+    Always a CPU generator (draws are moved to the device afterwards), so a step draws the same
+    numbers on any device.
+    """
     g = torch.Generator(device="cpu")
     g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2 ** 63 - 1))
     return g
@@ -625,7 +629,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
                            min_lr_ratio=t.min_lr_ratio)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                gen = step_generator(t.seed, dist.rank, step, dist.device)
+                gen = step_generator(t.seed, dist.rank, step)
                 losses, per_level = [], []
                 for a in range(t.grad_accum):
                     videos, labels, caps = batches.next(dist.device, frames)
