@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hpdm_cli.eval.fvd import I3DExtractor, pick_device  # noqa: E402
+from hpdm_cli.device import resolve_device  # noqa: E402
+from hpdm_cli.eval.fvd import I3DExtractor  # noqa: E402
 from hpdm_cli.eval.i3d import load_i3d  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the rows as JSON")
     args = ap.parse_args()
 
-    dev = pick_device(args.device)
+    dev = resolve_device(args.device)
     t0 = time.perf_counter()
     net = load_i3d(args.i3d, dev)
     load_s = time.perf_counter() - t0

@@ -74,7 +74,7 @@ def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
 def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
                    ablations: bool = False, precisions: Optional[list[str]] = None) -> list[dict]:
     """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant."""
-    from .train.distributed import pick_device
+    from .device import resolve_device
     from .train.loop import build_model, forward_backward, set_precision
     from .train.optim import Lamb, param_groups
     _check_count("steps", steps, 1, "--steps")
@@ -83,7 +83,7 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
         _check_count("batch", batch, 1, "--batch")
     if precisions is not None:
         _check_precisions(precisions)
-    device = pick_device(recipe.train.device)
+    device = resolve_device(recipe.train.device, 0, option="train.device")
     rows = []
     for name, rec in _variants(recipe, ablations):
         for precision in precisions or [rec.train.precision]:
@@ -149,7 +149,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     """
     from .sampling.hierarchical import HierarchicalSampler, level_steps
     from .sampling.tiles import parse_overlap
-    from .train.distributed import pick_device
+    from .device import resolve_device
     from .train.loop import build_model, set_precision
     _check_count("batch", batch, 1, "--batch")
     _check_count("tile_batch", tile_batch, 1, "tile_batch")
@@ -170,7 +170,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
             raise ConfigError(f"sample steps = {list(steps)}: every level needs at least one step, "
                               "e.g. --sample-steps 8,4,2")
-    device = pick_device(recipe.train.device)
+    device = resolve_device(recipe.train.device, 0, option="train.device")
     set_precision(precision)
     net = build_model(recipe).to(device).eval()
     full = level_steps(recipe.sample, L)

@@ -2,7 +2,7 @@
 
 Every dimension, count and switch of the method lives here, grouped by the recipe's
 sections (`[data]`, `[pyramid]`, `[model]`, `[diffusion]`, `[train]`, `[sample]`, `[eval]`).
-Defaults describe the paper's HPDM-S on UCF-101 (seed, Table 7); recipes override them.
+Defaults describe the paper's HPDM-S on UCF-101 (the paper's Table 7); recipes override them.
 `Recipe.validate()` checks cross-field consistency and raises `ConfigError` with a
 one-line message naming the key.
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import HPDMError
 
-class ConfigError(ValueError):
+
+class ConfigError(HPDMError, ValueError):
     """A recipe value is missing, of the wrong type or inconsistent (message names the key)."""
 
 
@@ -123,7 +125,7 @@ class ModelConfig:
             if self.load == "linear":
                 # n_b grows linearly with b (one more level every ceil(B/L) blocks) and the
                 # last block sees every level: 6 blocks, 4 levels -> [1,1,2,2,3,4] (the
-                # seed's load); 3 levels -> [1,1,2,2,3,3].
+                # paper's load); 3 levels -> [1,1,2,2,3,3] (docs/method.md, section 7).
                 nb = self.num_blocks
                 step = -(-nb // num_levels)
                 out = [min(num_levels, 1 + b // step) for b in range(nb)]

@@ -54,11 +54,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import Recipe
+from .device import resolve_device, world
+from .errors import HPDMError
 from .sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
     "GenerateError", "GeneratorInfo", "Condition", "SampleOutput", "SampleReport", "FitGeometry", "UpscaleOutput",
-    "UpscaleReport", "pick_device", "load_generator", "find_class_names", "resolve_condition", "parse_seeds",
+    "UpscaleReport", "load_generator", "find_class_names", "resolve_condition", "parse_seeds",
     "precomputed_condition",
     "parse_steps", "check_options", "rank_seeds", "output_paths", "check_writable", "to_uint8", "sample_videos",
     "write_outputs", "generate", "fit_geometry", "fit_frames", "resize_frames", "level_window", "window_starts",
@@ -71,7 +73,7 @@ Log = Callable[[str], None]
 _VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".gif", ".png")
 
 
-class GenerateError(ValueError):
+class GenerateError(HPDMError, ValueError):
     """A user-fixable problem with a sampling or upscaling request (message says what to do)."""
 
 
@@ -88,27 +90,6 @@ class GeneratorInfo:
     class_names: list = field(default_factory=list)  # names of class ids (empty: ids only)
     class_names_source: Optional[Path] = None       # the dataset.json they came from
     device: torch.device = torch.device("cpu")
-
-
-def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" (CUDA if visible, else CPU), "cpu", "cuda" (this process's local rank) or "cuda:N"."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise GenerateError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GenerateError(f"--device {spec}: no CUDA device is visible; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        if dev.index >= torch.cuda.device_count():
-            raise GenerateError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type != "cpu":
-        raise GenerateError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
-    return dev
 
 
 def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
@@ -148,11 +129,11 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
 
     A run directory gives its newest usable checkpoint's EMA weights: unreadable checkpoints, or
     ones holding NaN/inf, are skipped with `warn(message)` (as `hpdm train` does when resuming).
-    Raises CheckpointError (missing, corrupt, foreign or mismatching weights) or GenerateError (bad device).
+    Raises CheckpointError (missing, corrupt, foreign or mismatching weights) or DeviceError (bad device).
     """
     from .model.network import HPDMNet
     from .train.checkpoint import CheckpointError, load_sampling_weights
-    dev = device if isinstance(device, torch.device) else pick_device(str(device), local_rank)
+    dev = device if isinstance(device, torch.device) else resolve_device(device, local_rank)
     ckpt = Path(ckpt)
     weights_path, weights, recipe, step = load_sampling_weights(ckpt, device="cpu", warn=warn)
     with torch.random.fork_rng(devices=[]):                  # building the net must not move the global RNG
@@ -599,8 +580,7 @@ class SampleReport:
 
 
 def _world() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("LOCAL_RANK", "0")))
+    return world()                                # (rank, world size, local rank): hpdm_cli/device.py
 
 
 def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",

@@ -1,4 +1,4 @@
-"""The HPDM network: causality, adaptive computation, context fusion alignment, shapes (DESIGN §4, 4-5)."""
+"""The HPDM network: causality, adaptive computation, fusion alignment, shapes (docs/method.md, invariants 4-5)."""
 
 import pytest
 import torch
@@ -50,7 +50,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_causality_coarse_to_fine_only(name):
-    """Level l's output has exactly zero gradient w.r.t. every input of levels > l (DESIGN §4.4)."""
+    """Level l's output has exactly zero gradient w.r.t. every input of levels > l (invariant 4)."""
     recipe = tiny_recipe(**CONFIGS[name])
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
@@ -76,7 +76,7 @@ def test_causality_coarse_to_fine_only(name):
 
 
 def reference_forward(net, x, c_noise, off, c):
-    """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the seed, for comparison."""
+    """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the paper, for comparison."""
     L = x.shape[1]
     scales = level_scales(net.pyramid)
     grid = net.grid

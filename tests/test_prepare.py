@@ -519,7 +519,8 @@ def test_synthetic_still_works(tmp_path):
 
 
 def test_engine_imports_stay_light():
-    """The engine imports neither PyAV (DESIGN §8), nor torch (spawned workers start fast), nor the CLI."""
+    """The engine imports neither PyAV (imported lazily where video is read or written), nor torch (spawned
+    workers start fast), nor the CLI."""
     import subprocess
     code = ("import sys, hpdm_cli.data.prepare\n"
             "bad = [m for m in ('av', 'torch', 'typer', 'rich', 'hpdm_cli.cli') if m in sys.modules]\n"

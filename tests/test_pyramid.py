@@ -1,4 +1,4 @@
-"""Patch pyramid invariants (DESIGN §4, 1-3): nesting, coordinates, the exact integer last level."""
+"""Patch pyramid invariants (docs/method.md, invariants 1-3): nesting, coordinates, the exact integer last level."""
 
 import pytest
 import torch

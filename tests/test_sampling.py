@@ -1,4 +1,4 @@
-"""Inference: tiling, the EDM sampler and hierarchical sampling (DESIGN §4, invariants 6-9)."""
+"""Inference: tiling, the EDM sampler and hierarchical sampling (docs/method.md, invariants 6-9)."""
 
 import math
 

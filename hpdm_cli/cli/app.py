@@ -5,7 +5,6 @@ User mistakes end in one line on stderr and a non-zero exit code, never a traceb
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -13,29 +12,21 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from ..errors import HPDMError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hierarchical Patch Diffusion Models: prepare data, train, sample, upscale, evaluate, benchmark.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
+class UserError(HPDMError):
+    """A command-line mistake found by the CLI itself; printed as one line (exit 2), like every HPDMError."""
 
 
-def _user_error_types() -> tuple:
-    from ..config import ConfigError
-    from ..data.shards import DataError
-    from ..eval import FVDError
-    from ..generate import GenerateError
-    from ..io.video import VideoError
-    from ..text.encoders import TextEncoderError
-    from ..train.checkpoint import CheckpointError
-    from ..train.distributed import DeviceError
-    from ..train.loop import TrainError
-    return (UserError, ConfigError, DataError, VideoError, TextEncoderError, CheckpointError, TrainError, FVDError,
-            GenerateError, DeviceError,
-            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# What ends a command with one line and exit code 2: every HPDMError (hpdm_cli/errors.py), and the OS
+# errors of a path the user gave that is missing, forbidden or of the wrong kind.
+_USER_ERRORS = (HPDMError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -47,6 +38,7 @@ def train(
                                             help="Live progress bar (default: on a terminal)."),
 ):
     """Train a recipe; re-running the same command resumes from the newest checkpoint."""
+    from ..device import world
     from ..recipe import default_recipe_path, load_recipe
     from ..train.loop import train as run_train
     path = default_recipe_path(recipe)
@@ -56,7 +48,7 @@ def train(
     summary = run_train(rec, rd, log=lambda m: out.print(m, highlight=False), progress=live)
     if summary.interrupted:
         raise typer.Exit(128 + summary.interrupted)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if world().rank != 0:
         return
     if summary.step == summary.start_step:                # already finished: no step ran, so no loss to report
         out.print(f"done: already at step {summary.step}/{summary.steps}; nothing to do")
@@ -211,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         err.print(f"hpdm: error: {line}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except Exception as e:                                                # noqa: BLE001
-        if isinstance(e, _user_error_types()):
+        if isinstance(e, _USER_ERRORS):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
             sys.exit(2)

@@ -27,6 +27,7 @@ def evaluate(
 ):
     """Quality report of a shapes checkpoint: FVD with floor and baselines, prompt faithfulness, condition use."""
     from ..drivers.evaluate import evaluate as run_eval
+    from ..device import DeviceError
     from ..generate import GenerateError, check_options
     from .app import UserError, out as console
     if split not in ("heldout", "train", "all"):
@@ -36,7 +37,7 @@ def evaluate(
         rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                        steps=steps, overlap=overlap, device=device, bf16=bf16, fvd=fvd,
                        i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))
-    except GenerateError as e:
+    except (GenerateError, DeviceError) as e:
         raise UserError(str(e)) from None
     from ..drivers.evaluate import summary_rows
     from rich.table import Table

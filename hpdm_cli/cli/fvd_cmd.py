@@ -1,7 +1,7 @@
 """`hpdm eval-fvd`: a thin Typer driver over `hpdm_cli.eval.fvd.evaluate_fvd` (parse, call, print).
 
-Registered on the app by `register(app)`. Engine errors (`FVDError`, and `GenerateError` from
-generating the fake side) become one-line user errors (exit code 2); warnings and progress go to
+Registered on the app by `register(app)`. Engine errors (`FVDError`, `DeviceError`, and `GenerateError`
+from generating the fake side) become one-line user errors (exit code 2); warnings and progress go to
 stderr, the result table to stdout, the full result to `--json OUT.json`.
 """
 
@@ -61,6 +61,7 @@ def eval_fvd(
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
     import sys
 
+    from ..device import DeviceError
     from ..eval import FVDError
     from ..eval.fvd import evaluate_fvd
     from ..generate import GenerateError
@@ -84,7 +85,7 @@ def eval_fvd(
                                batch_size=batch, workers=workers, precision=precision, cache=cache,
                                cache_dir=cache_dir, save_real=save_real, save_fake=save_fake, generation=generation,
                                progress=bar, log=lambda m: err.print(m, highlight=False, markup=False))
-    except (FVDError, GenerateError) as e:
+    except (FVDError, GenerateError, DeviceError) as e:
         raise UserError(str(e)) from None
 
     from rich.table import Table

@@ -1,6 +1,6 @@
 """`hpdm sample` and `hpdm upscale`: thin Typer drivers over `hpdm_cli.generate` (parse, call, print).
 
-Registered on the app by `register(app)`. Engine errors (`GenerateError`) become one-line
+Registered on the app by `register(app)`. Engine errors (`GenerateError`, `DeviceError`) become one-line
 user errors (exit code 2); progress bars go to stderr, results to stdout.
 """
 
@@ -20,18 +20,19 @@ _DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 
 
 def _user_errors(fn):
-    """Run an engine call, turning GenerateError into the app's one-line UserError."""
+    """Run an engine call, turning GenerateError (and DeviceError) into the app's one-line UserError."""
+    from ..device import DeviceError
     from ..generate import GenerateError
     from .app import UserError
     try:
         return fn()
-    except GenerateError as e:
+    except (GenerateError, DeviceError) as e:
         raise UserError(str(e)) from None
 
 
 def _is_main_rank() -> bool:
-    import os
-    return int(os.environ.get("RANK", "0")) == 0
+    from ..device import world
+    return world().rank == 0
 
 
 def _warn(message: str) -> None:

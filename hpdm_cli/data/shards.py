@@ -51,6 +51,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_write_text, fsync_dir
 
 __all__ = [
@@ -66,7 +67,7 @@ _MAX_OPEN_FILES = 64
 STAGING_DIR = ".next"  # inside a dataset directory: where the dataset that replaces it is built
 
 
-class DataError(ValueError):
+class DataError(HPDMError, ValueError):
     """A dataset is missing, corrupt or used wrongly; the message says what and how to fix it."""
 
 

@@ -7,13 +7,13 @@ Parametrisation (Karras et al. 2022) with data std sigma_d:
 and the loss weight 1/c_out^2 makes the objective || F - (y - c_skip x~) / c_out ||^2, whose target
 is minus the v-prediction target of the variance-preserving view (tests/test_edm.py).
 
-Per-level input scaling (seed [0054], Chen 2023): level l's clean patch P_l is multiplied by
+Per-level input scaling (docs/method.md, section 5; Chen 2023): level l's clean patch P_l is multiplied by
 b_l = b_0 gamma^l before noising; D estimates y_l = b_l P_l and pixels are D / b_l. A smaller
 b_l means a lower signal-to-noise ratio at every sigma for the finer levels, whose pixels are
 more correlated. As in Chen 2023, the network input is normalised to unit variance for the
 scaled data: c_in = 1 / sqrt(sigma^2 + (b_l sigma_d)^2); c_skip and c_out keep sigma_d.
 
-Every level draws its own sigma from a log-normal and its own noise (eq. 6). Context levels at
+Every level draws its own sigma from a log-normal and its own noise (eq. 6 of the paper). Context levels at
 inference: finished lower levels are shown to the network at sigma = `diffusion.context_sigma`
 (noised with that sigma). Training covers this case: with probability `diffusion.context_prob`
 a sample picks a split m in 1..L-1 and levels < m get sigma = context_sigma; those levels are
@@ -85,7 +85,7 @@ def denoise(net, noisy: torch.Tensor, sigma: torch.Tensor, offsets: torch.Tensor
 class LossOutput:
     """Training loss and its per-level parts."""
 
-    loss: torch.Tensor              # Scalar: sum over levels of the per-level mean loss.
+    loss: torch.Tensor              # Scalar: batch mean of each sample's sum over its trained levels.
     per_level: torch.Tensor         # [L] mean loss of each level over the samples it was trained on.
     sigma: torch.Tensor             # [B, L] the sigmas drawn.
     weight: torch.Tensor            # [B, L] 1 where a level entered the loss, 0 for context levels.
@@ -116,7 +116,11 @@ class NoiseDraw:
     self_cond: bool                 # whether this step runs a self-conditioning pass
 
     def split(self, parts: int, index: int) -> "NoiseDraw":
-        """The contiguous share `index` of `parts` along the batch (for per-rank draws in tests)."""
+        """The contiguous share `index` of `parts` along the batch.
+
+        Only tests/test_distributed.py uses it: it gives each rank its share of one global draw, so
+        that N ranks can be compared with one process on the same numbers (docs/method.md, invariant 11).
+        """
         def cut(t):
             return None if t is None else t.chunk(parts)[index]
         return NoiseDraw(cut(self.sigma), cut(self.weight), cut(self.noise), cut(self.keep), self.self_cond)

@@ -4,8 +4,10 @@ Import the submodules directly (`from hpdm_cli.eval.fvd import evaluate_fvd`); t
 itself imports nothing heavy (no torch, no PyAV).
 """
 
+from ..errors import HPDMError
 
-class FVDError(ValueError):
+
+class FVDError(HPDMError, ValueError):
     """A user-fixable problem with an FVD evaluation (paths, protocol, weights); the message says what to do."""
 
 

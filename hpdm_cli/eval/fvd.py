@@ -81,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import parse_device, resolve_device
 from . import FVDError
 from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
 
@@ -88,7 +89,7 @@ __all__ = [
     "FVDError", "I3DWeightsError", "Protocol", "FVDStats", "FVDResult", "SideReport", "I3DExtractor",
     "PROTOCOL_VERSION", "EVAL_DECODE", "STATS_FORMAT", "DECODE_SUFFIXES", "feature_stats", "frechet_distance",
     "covariance_problem", "preprocess", "selection_order", "source_kind", "side_stats", "evaluate_fvd",
-    "generate_fake_clips", "default_cache_dir", "pick_device", "checkpoint_recipe",
+    "generate_fake_clips", "default_cache_dir", "checkpoint_recipe",
 ]
 
 PROTOCOL_VERSION = 2
@@ -347,34 +348,6 @@ class FVDStats:
 # ============================================================================ the detector
 
 
-def _parse_device(spec: str | torch.device = "auto") -> Optional[torch.device]:
-    """The device a --device value names (None for "auto"), without checking that it is there."""
-    if isinstance(spec, torch.device):
-        return spec
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return None
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FVDError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def pick_device(spec: str | torch.device = "auto") -> torch.device:
-    """"auto" (CUDA if visible, else CPU), "cpu", "cuda" or "cuda:N"."""
-    if isinstance(spec, torch.device):
-        return spec
-    dev = _parse_device(spec)
-    if dev is None:
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FVDError(f"--device {spec}: no CUDA device is visible; use --device cpu")
-    return dev
-
-
 def preprocess(clips: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     """uint8 clips [B, T, H, W, 3] -> float32 [B, 3, T, size, size] in [-1, 1] (protocol steps 3; on clips' device)."""
     if clips.ndim != 5 or clips.shape[-1] != 3:
@@ -408,7 +381,7 @@ class I3DExtractor:
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "auto", *,
                  batch_size: Optional[int] = None, precision: str = "fp32", channels_last: bool = False,
                  net: Optional[torch.nn.Module] = None):
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.net = net if net is not None else load_i3d(weights, self.device)
         self.net = self.net.to(self.device).eval()
         if channels_last:
@@ -1100,7 +1073,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     if workers is not None:
         _check_workers(workers)
     if extractor is None:
-        _parse_device(device)
+        parse_device(device)
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise FVDError(f"--batch {batch_size}: expected a positive number of clips per I3D batch")
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)

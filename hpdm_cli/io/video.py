@@ -45,6 +45,7 @@ from typing import Iterator
 
 import numpy as np
 
+from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_path, atomic_write_bytes
 
 __all__ = [
@@ -62,7 +63,7 @@ _SWS_THREADS = 1  # swscale threads per call: data-loader workers are the parall
 DECODE_MODES = ("accurate", "standard")  # RGB conversions of decoded frames (see the module docstring)
 
 
-class VideoError(ValueError):
+class VideoError(HPDMError, ValueError):
     """A video cannot be written or read (bad frames, unknown suffix, unreadable file); message says why."""
 
 

@@ -1,4 +1,6 @@
-"""Context fusion between pyramid levels: deep (eq. 7-9 of the seed) and shallow (the ablation).
+"""Context fusion between pyramid levels: deep (eq. 7-9 of the paper) and shallow (the ablation).
+
+The method is stated in docs/method.md, section 6.
 
 Deep context fusion, before block b and for every processed level l > 0:
     ctx_l   = (1/l) sum_{k<l} grid_sample_3d(a_k^{b-1}, c_hat(c_l, c_k))        (eq. 7, 8)
@@ -8,7 +10,7 @@ centres of level l's tokens inside patch k, and coords_l are level l's global to
 All (l, k) pairs of a block are sampled together, as three batched 1-D interpolation matmuls
 (the token positions form an axis-aligned grid, so trilinear sampling factorises).
 
-Shallow fusion (the seed's baseline): the RGB input of level l-1, resampled at level l's pixel
+Shallow fusion (the paper's baseline): the RGB input of level l-1, resampled at level l's pixel
 centres, is concatenated to level l's input before tokenisation.
 """
 

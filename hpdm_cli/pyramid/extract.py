@@ -2,11 +2,12 @@
 
 Level l is read from the video at that level's resolution (full resolution / 2^(L-1-l) per
 axis): the video is first box-filtered to that resolution (an area average over the 2^k pixels
-each level pixel covers; for a factor of two this is exactly the seed's "trilinear interpolation
-of 8 neighbouring pixels", and it stays alias-free for larger factors), then the patch is
+each level pixel covers; for a factor of two this is exactly trilinear interpolation of the 8
+neighbouring pixels, and it stays alias-free for larger factors), then the patch is
 resampled trilinearly at its sample centres (`align_corners=False`, the convention of
-`geometry`). The last level is an integer crop of the full-resolution video (no resampling,
-seed [0054]). A linear ramp video is reproduced exactly at every level (tests/test_pyramid.py).
+`geometry`). The last level is an integer crop of the full-resolution video (no resampling;
+docs/method.md, section 2). A linear ramp video is reproduced exactly at every level
+(docs/method.md, invariants 2 and 3; tests/test_pyramid.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Patch geometry: the one coordinate convention shared by extraction, fusion, tokens and tiling.
 
+The convention is stated in docs/method.md, section 1; this module is its one implementation.
+
 Convention (used everywhere in hpdm):
 * A video occupies the unit cube [0, 1]^3 along (t, y, x) = (frames, height, width).
 * A patch of level l is the box [delta, delta + s] per axis, with scale s = patch / level
@@ -8,7 +10,7 @@ Convention (used everywhere in hpdm):
   (pixel centres at half steps), which is what `grid_sample(..., align_corners=False)` assumes.
 
 So the pixel j of a level-l patch sits at delta_l + s_l (j + 0.5) / r in video coordinates, and
-the same point, seen from the lower level k's patch, sits at (eq. 8 of the seed)
+the same point, seen from the lower level k's patch, sits at (eq. 8 of the paper)
     (delta_l - delta_k) / s_k + (s_l / s_k) (j + 0.5) / r.
 """
 
@@ -38,7 +40,7 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
     keep it inside level l-1: delta_l ~ U[delta_{l-1}, delta_{l-1} + s_{l-1} - s_l] per axis.
     Along an axis where level l already has the full resolution (always the case at the last
     level; earlier for axes with a smaller full/patch ratio, e.g. time), the offset is snapped
-    to the full-resolution pixel grid (an integer crop, seed [0054]), choosing uniformly among
+    to the full-resolution pixel grid (an integer crop: docs/method.md, sections 2-3), choosing uniformly among
     the integer positions that keep it inside level l-1.
     """
     L = pyr.num_levels

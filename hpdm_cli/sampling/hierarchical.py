@@ -130,7 +130,6 @@ class _Run:
     guidance: float
     cond: Optional[torch.Tensor]           # [G, ...] condition per row
     keep: Optional[torch.Tensor]           # [G] bool, None without guidance
-    seeds: list
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
 
@@ -238,7 +237,7 @@ class HierarchicalSampler:
         if guided:
             cond = torch.cat([cond, cond])
             keep = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)]).to(self.device)
-        return _Run(B=B, G=2 * B if guided else B, guidance=w, cond=cond, keep=keep, seeds=list(seeds))
+        return _Run(B=B, G=2 * B if guided else B, guidance=w, cond=cond, keep=keep)
 
     def _autocast(self):
         if self.autocast is None:

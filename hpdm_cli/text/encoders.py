@@ -32,6 +32,9 @@ from typing import Sequence
 
 import torch
 
+from ..device import resolve_device
+from ..errors import HPDMError
+
 __all__ = [
     "TextEncoderError",
     "TextEncoder",
@@ -51,7 +54,7 @@ _CONTENT_HASH_LIMIT = 512 * 1024 * 1024
 _CACHE_FORMAT = 1
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(HPDMError, ValueError):
     """A user-facing error about text-encoder specs, model directories or inputs."""
 
 
@@ -85,14 +88,6 @@ def _fingerprint(directory: Path, patterns: Sequence[str]) -> str:
             h.update(f"size={st.st_size};mtime={st.st_mtime_ns}".encode())
         h.update(b"\0")
     return h.hexdigest()[:12]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """Turn a device spec into a ``torch.device`` with a clear error on bad input."""
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise TextEncoderError(f"device={device!r} is not a valid torch device: use e.g. \"cpu\" or \"cuda:0\"") from e
 
 
 # --------------------------------------------------------------------------- interface
@@ -173,7 +168,7 @@ class MiniLMEncoder(TextEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = path
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device, option="text encoder device")
         self.batch_size = int(batch_size)
         self.max_length = 256
         cfg = path / "sentence_bert_config.json"
@@ -239,7 +234,7 @@ class T5Encoder(TextEncoder):
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.model_dir = path.resolve()
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device, option="text encoder device")
         self.batch_size = int(batch_size)
         self.tokens = int(tokens)
         kwargs = {"dtype": dtype} if dtype is not None else {}

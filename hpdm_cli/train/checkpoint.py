@@ -30,12 +30,13 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..config import Recipe
+from ..errors import HPDMError
 from ..io import atomic_write_text, fsync_dir
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HPDMError, ValueError):
     """A checkpoint is missing, corrupt or of another architecture (message says what to do)."""
 
 

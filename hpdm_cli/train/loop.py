@@ -5,7 +5,7 @@ the newest readable checkpoint in `run_dir` if there is one, and runs until `tra
 Every random choice of step s on rank r (patch offsets, sigmas, noise, condition dropout) comes
 from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
 the sample index, and torch's global RNG is checkpointed, so an interrupted and resumed run
-reproduces the uninterrupted one exactly (tests/test_train.py, invariant 10).
+reproduces the uninterrupted one exactly (docs/method.md, invariant 10; tests/test_train.py).
 Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
 `train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
 that are not finite are never saved, so the newest checkpoint stays the last good one.
@@ -36,7 +36,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Recipe
+from ..device import DeviceError
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
+from ..errors import HPDMError
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_text
@@ -44,12 +46,12 @@ from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
 from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
                          read_weights_file, resolve_sampling_weights, save_checkpoint)
-from .distributed import DeviceError, DistInfo, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
 
 
-class TrainError(ValueError):
+class TrainError(HPDMError, ValueError):
     """A user-fixable problem with a training run (message says what to do)."""
 
 
@@ -68,8 +70,12 @@ class TrainSummary:
     messages: list = field(default_factory=list)
 
 
-def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
-    """The generator of all random choices of (seed, rank, step): reproducible across resumes."""
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of all random choices of (seed, rank, step): reproducible across resumes.
+
+    Always a CPU generator (draws are moved to the device afterwards), so a step draws the same
+    numbers on any device.
+    """
     g = torch.Generator(device="cpu")
     g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2 ** 63 - 1))
     return g
@@ -623,7 +629,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
                            min_lr_ratio=t.min_lr_ratio)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                gen = step_generator(t.seed, dist.rank, step, dist.device)
+                gen = step_generator(t.seed, dist.rank, step)
                 losses, per_level = [], []
                 for a in range(t.grad_accum):
                     videos, labels, caps = batches.next(dist.device, frames)

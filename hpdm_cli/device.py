@@ -1,0 +1,114 @@
+"""Device and distributed-world resolution, once, for every command.
+
+* `world()`: where this process sits in a torchrun job, from RANK, WORLD_SIZE and LOCAL_RANK
+  (rank 0 of 1 outside torchrun).
+* `parse_device(spec)`: what a device spec names, without looking at the machine.
+* `resolve_device(spec, local_rank)`: the torch device to use. "auto" picks CUDA if it is
+  visible and the CPU otherwise, "cpu" is the CPU, "cuda" is the GPU of this process's local
+  rank (or the current GPU when no rank is given), and "cuda:N" is GPU N.
+
+A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
+with one line that names the option (`--device` or `train.device`) and what to use instead.
+
+torch is imported only when a device is resolved, so `world()` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+
+from .errors import HPDMError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device"]
+
+_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+class DeviceError(HPDMError, RuntimeError):
+    """The requested device is not a device hpdm can use, or not on this machine (one line says what to do)."""
+
+
+class World(NamedTuple):
+    """This process's place in a torchrun job (0, 1, 0 for a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def world() -> World:
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (defaults: a single process)."""
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                 int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _named(option: str, text: str, *, quote: bool = False) -> str:
+    """`--device cuda:3` for a command-line option, `train.device = "cuda"` for a recipe key."""
+    if option.startswith("-"):
+        return f"{option} {text!r}" if quote else f"{option} {text}"
+    return f"{option} = {json.dumps(text)}"
+
+
+def _use_cpu(option: str) -> str:
+    return f"{option} cpu" if option.startswith("-") else f"{option}=cpu"
+
+
+def parse_device(spec: Union[str, "torch.device", None] = "auto", *,
+                 option: str = "--device") -> Optional["torch.device"]:
+    """The device a spec names (None for "auto"), without checking that this machine has it.
+
+    A torch.device is returned as it is; a string must be auto, cpu, cuda or cuda:N (any case).
+    """
+    import torch
+    if isinstance(spec, torch.device):
+        return spec
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        return None
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{_named(option, text, quote=True)}: expected {_FORMS}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{_named(option, text, quote=True)}: expected {_FORMS}")
+    return dev
+
+
+def resolve_device(spec: Union[str, "torch.device", None] = "auto", local_rank: Optional[int] = None, *,
+                   option: str = "--device") -> "torch.device":
+    """The torch device a spec asks for on this machine (a torch.device is returned as it is).
+
+    "auto": CUDA if visible, else the CPU. "cuda" (and "auto" on a CUDA machine): GPU
+    `local_rank`, or the current GPU ("cuda") when `local_rank` is None. "cuda:N": GPU N.
+    Raises DeviceError, naming `option`, for an unknown spec, CUDA on a machine without it, or a
+    GPU index (or local rank) beyond the visible GPUs.
+    """
+    import torch
+    if isinstance(spec, torch.device):
+        return spec
+    dev = parse_device(spec, option=option)
+    text = (spec or "auto").strip().lower()
+    if dev is None:                                                       # "auto"
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        dev = torch.device("cuda")
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{_named(option, text)}: no CUDA device is visible; use {_use_cpu(option)}")
+    count = torch.cuda.device_count()
+    if dev.index is None:
+        if local_rank is None:
+            return dev
+        if local_rank >= count:
+            raise DeviceError(f"local rank {local_rank} but only {count} CUDA device(s) are visible; start at most "
+                              "that many processes per node (torchrun --nproc-per-node)")
+        return torch.device("cuda", local_rank)
+    if dev.index >= count:
+        raise DeviceError(f"{_named(option, text)}: only {count} CUDA device(s) visible")
+    return dev

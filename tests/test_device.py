@@ -1,0 +1,86 @@
+"""Device and torchrun-world resolution (hpdm_cli/device.py): the specs, the one-line errors, the rank variables."""
+
+import pytest
+import torch
+
+from hpdm_cli.device import DeviceError, World, parse_device, resolve_device, world
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this machine has `n` visible CUDA devices (0: none)."""
+    def set_count(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return set_count
+
+
+def test_world_reads_the_torchrun_variables(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert world() == World(0, 1, 0) == (0, 1, 0)
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank, size, local = world()
+    assert (rank, size, local) == (5, 8, 1) and world().local_rank == 1
+
+
+def test_parse_device_names_without_looking_at_the_machine(gpus):
+    gpus(0)
+    assert parse_device("auto") is None and parse_device(None) is None and parse_device(" AUTO ") is None
+    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device("cuda:3") == torch.device("cuda", 3)                  # not checked here
+    dev = torch.device("cpu")
+    assert parse_device(dev) is dev
+
+
+@pytest.mark.parametrize("spec", ["tpu", "mps", "cuda:x", "gpu0", "meta"])
+def test_unknown_specs_are_one_line_errors_naming_the_option(spec):
+    with pytest.raises(DeviceError) as e:
+        resolve_device(spec)
+    msg = str(e.value)
+    assert msg.startswith("--device ") and "expected auto, cpu, cuda or cuda:N" in msg and "\n" not in msg
+    with pytest.raises(DeviceError, match=r'^train.device = "'):
+        parse_device(spec, option="train.device")
+
+
+def test_cpu_machine(gpus):
+    gpus(0)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto", 3) == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^--device cuda: no CUDA device is visible; use --device cpu$"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match=r'^train.device = "cuda": no CUDA device is visible; use train.device=cpu$'):
+        resolve_device("cuda", 0, option="train.device")
+
+
+def test_gpu_machine(gpus):
+    gpus(2)
+    assert resolve_device("auto") == torch.device("cuda")                     # no rank given: the current GPU
+    assert resolve_device("auto", 1) == resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1", 0) == torch.device("cuda", 1)
+    assert resolve_device("cpu", 1) == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^--device cuda:2: only 2 CUDA device\(s\) visible$"):
+        resolve_device("cuda:2")
+    with pytest.raises(DeviceError, match=r"^local rank 2 but only 2 CUDA device\(s\) are visible; .*--nproc-per-node"):
+        resolve_device("auto", 2)
+
+
+def test_training_names_its_recipe_key(gpus, monkeypatch):
+    from hpdm_cli.train.distributed import init_distributed
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    gpus(0)
+    assert init_distributed("auto").device == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r'^train.device = "cuda": no CUDA device is visible'):
+        init_distributed("cuda")
+
+
+def test_sampling_and_fvd_share_the_messages(gpus):
+    from hpdm_cli.eval.fvd import I3DExtractor
+    from hpdm_cli.generate import load_generator
+    gpus(0)
+    for call in (lambda: load_generator("unused", "cuda:1"), lambda: I3DExtractor(device="cuda")):
+        with pytest.raises(DeviceError, match=r"^--device cuda(:1)?: no CUDA device is visible; use --device cpu$"):
+            call()

@@ -1,0 +1,50 @@
+"""One base for user-facing errors: every such class is an HPDMError, keeps its other bases, and the CLI
+turns any HPDMError into one line on stderr and exit code 2."""
+
+import pytest
+
+from hpdm_cli.cli import app as cli_app
+from hpdm_cli.cli.app import UserError
+from hpdm_cli.config import ConfigError
+from hpdm_cli.data.shards import DataError
+from hpdm_cli.device import DeviceError
+from hpdm_cli.errors import HPDMError
+from hpdm_cli.eval import FVDError
+from hpdm_cli.eval.i3d import I3DWeightsError
+from hpdm_cli.generate import GenerateError
+from hpdm_cli.io.video import VideoError
+from hpdm_cli.text.encoders import TextEncoderError
+from hpdm_cli.train.checkpoint import CheckpointError
+from hpdm_cli.train.loop import TrainError
+
+VALUE_ERRORS = [ConfigError, DataError, FVDError, I3DWeightsError, GenerateError, VideoError, TextEncoderError,
+                CheckpointError, TrainError]
+
+
+@pytest.mark.parametrize("cls", VALUE_ERRORS + [DeviceError, UserError], ids=lambda c: c.__name__)
+def test_every_user_facing_error_is_an_hpdm_error(cls):
+    assert issubclass(cls, HPDMError)
+
+
+def test_other_bases_are_kept():
+    assert all(issubclass(cls, ValueError) for cls in VALUE_ERRORS)
+    assert issubclass(DeviceError, RuntimeError)
+
+
+@pytest.mark.parametrize("cls", [HPDMError, CheckpointError, DeviceError], ids=lambda c: c.__name__)
+def test_cli_prints_the_first_line_and_exits_2(cls, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise cls("what is wrong and what to do\nsecond line, never printed")
+    monkeypatch.setattr(cli_app, "app", fail)
+    with pytest.raises(SystemExit) as e:
+        cli_app.main(["anything"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "hpdm: error: what is wrong and what to do"
+
+
+def test_other_exceptions_keep_their_traceback(monkeypatch):
+    def fail(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(cli_app, "app", fail)
+    with pytest.raises(ZeroDivisionError):
+        cli_app.main(["anything"])
