@@ -24,9 +24,10 @@ import pytest
 import scipy.linalg
 import torch
 
+from hpdm_cli.drivers.fvd import evaluate_fvd
 from hpdm_cli.eval import FVDError
-from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, evaluate_fvd, feature_stats, frechet_distance,
-                               preprocess, selection_order, source_kind)
+from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, feature_stats, frechet_distance, preprocess,
+                               selection_order, source_kind)
 from hpdm_cli.eval.i3d import (MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, InceptionI3D, load_i3d,
                                read_i3d_checkpoint, resolve_weights, same_padding)
 
@@ -684,3 +685,4 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
     with pytest.raises(FVDError, match="--cache-dir"):
         evaluate_fvd(folders / "real", tmp_path / "b.npz", cache_dir=tmp_path / "file", extractor=None)
     assert not (tmp_path / "s.npz").exists()
+

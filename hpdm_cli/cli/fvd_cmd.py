@@ -1,13 +1,12 @@
-"""`hpdm eval-fvd`: a thin Typer driver over `hpdm_cli.eval.fvd.evaluate_fvd` (parse, call, print).
+"""`hpdm eval-fvd`: parse the options, call the driver `hpdm_cli.drivers.fvd.run_eval_fvd`, print the result.
 
-Registered on the app by `register(app)`. Engine errors (`FVDError`, `DeviceError`, and `GenerateError`
-from generating the fake side) become one-line user errors (exit code 2); warnings and progress go to
-stderr, the result table to stdout, the full result to `--json OUT.json`.
+Registered on the app by `register(app)`. Engine errors (every `HPDMError`) become one-line user
+errors (exit code 2); warnings and progress go to stderr, the result table to stdout; the driver
+writes the full result to `--json OUT.json`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -61,31 +60,20 @@ def eval_fvd(
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
     import sys
 
-    from ..device import DeviceError
-    from ..eval import FVDError
-    from ..eval.fvd import evaluate_fvd
-    from ..generate import GenerateError
+    from ..drivers.fvd import run_eval_fvd
+    from ..errors import HPDMError
     from .app import UserError, err, out
 
-    if json_out is not None and json_out.is_dir():
-        raise UserError(f"--json {str(json_out)!r} is a directory: give a file name")
-    if json_out is not None:
-        parent = next((q for q in json_out.absolute().parents if q.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise UserError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
-    generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
-    if data is not None:
-        generation["data"] = data
-    elif (Path(real) / "dataset.json").is_file():
-        generation["data"] = real
     live = sys.stderr.isatty() if progress is None else progress
     try:
         with keyed_bars(lambda side: f"{side} clips", live) as bar:
-            res = evaluate_fvd(real, fake, num=num, frames=frames, stride=stride, seed=seed, i3d=i3d, device=device,
-                               batch_size=batch, workers=workers, precision=precision, cache=cache,
-                               cache_dir=cache_dir, save_real=save_real, save_fake=save_fake, generation=generation,
-                               progress=bar, log=lambda m: err.print(m, highlight=False, markup=False))
-    except (FVDError, GenerateError, DeviceError) as e:
+            res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
+                               steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
+                               stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
+                               precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
+                               save_fake=save_fake, progress=bar,
+                               log=lambda m: err.print(m, highlight=False, markup=False))
+    except HPDMError as e:
         raise UserError(str(e)) from None
 
     from rich.table import Table
@@ -118,12 +106,6 @@ def eval_fvd(
               highlight=False)
     out.print(f"FVD = {res.fvd:.4f}", highlight=False)
     if json_out is not None:
-        from ..io import atomic_write_text
-        try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json_out, json.dumps(res.to_json(), indent=1) + "\n")
-        except OSError as e:
-            raise UserError(f"cannot write {str(json_out)!r}: {e.strerror or e}") from None
         out.print(f"wrote {json_out}")
 
 

@@ -1,7 +1,10 @@
-"""Evaluation: the Fréchet Video Distance (`fvd`) with a PyTorch port of the Inception-I3D detector (`i3d`).
+"""Evaluation metrics: the Fréchet Video Distance (`fvd`) with a PyTorch port of the Inception-I3D detector (`i3d`),
+prompt faithfulness measured from pixels (`faithfulness`) and training-loss diagnostics (`diagnostics`).
 
-Import the submodules directly (`from hpdm_cli.eval.fvd import evaluate_fvd`); this package
-itself imports nothing heavy (no torch, no PyAV).
+This package measures; it never imports sampling, generation or the drivers (generating the clips
+to measure is `hpdm_cli.drivers`' job). Import the submodules directly
+(`from hpdm_cli.eval.fvd import frechet_distance`); this package itself imports nothing heavy
+(no torch, no PyAV).
 """
 
 from ..errors import HPDMError

@@ -1,9 +1,12 @@
-"""Fréchet Video Distance (FVD): I3D features, statistics, the Fréchet distance, the protocol and its caching.
+"""Fréchet Video Distance (FVD) as a measurement: the protocol, I3D features, statistics, the Fréchet distance,
+reading the real / fake sources (folders, prepared datasets, statistics files) and caching.
 
-This is the engine behind `hpdm eval-fvd` (the CLI only parses options, calls `evaluate_fvd`
-and prints the result). It imports PyAV only through `hpdm_cli.io.video` and only when a
-video file or a prepared dataset is read, so statistics files, generated clips and the
-benchmark run without it; it never imports jax.
+Everything here measures; nothing generates. Clips generated from a checkpoint are made by
+`hpdm_cli.drivers.fvd` (the driver of `hpdm eval-fvd`, which also holds `evaluate_fvd`) and
+handed to `stream_stats` as a stream of `Clip`s. This module never imports sampling or
+generation. It imports PyAV only through `hpdm_cli.io.video` and only when a video file or a
+prepared dataset is read, so statistics files, generated clips and the benchmark run without
+it; it never imports jax.
 
 The protocol (protocol version 2; written into every result and statistics file)
 ---------------------------------------------------------------------------------
@@ -81,15 +84,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import parse_device, resolve_device
+from ..device import resolve_device
 from . import FVDError
 from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
 
 __all__ = [
-    "FVDError", "I3DWeightsError", "Protocol", "FVDStats", "FVDResult", "SideReport", "I3DExtractor",
+    "FVDError", "I3DWeightsError", "Protocol", "FVDStats", "FVDResult", "SideReport", "I3DExtractor", "Clip",
     "PROTOCOL_VERSION", "EVAL_DECODE", "STATS_FORMAT", "DECODE_SUFFIXES", "feature_stats", "frechet_distance",
-    "covariance_problem", "preprocess", "selection_order", "source_kind", "side_stats", "evaluate_fvd",
-    "generate_fake_clips", "default_cache_dir", "checkpoint_recipe",
+    "covariance_problem", "preprocess", "selection_order", "source_kind", "side_stats", "stream_stats",
+    "video_clip", "check_compatible", "check_workers", "default_cache_dir",
 ]
 
 PROTOCOL_VERSION = 2
@@ -136,6 +139,7 @@ class Protocol:
 
     @property
     def frames_label(self):
+        """The clip length as written in results: an int, or "all"."""
         return "all" if self.frames is None else int(self.frames)
 
     def key(self) -> dict:
@@ -282,10 +286,12 @@ class FVDStats:
     @classmethod
     def from_features(cls, features: np.ndarray, protocol: Protocol, detector_sha256: str,
                       source: Optional[dict] = None) -> "FVDStats":
+        """Statistics of features [N, D] measured under `protocol` with the detector of `detector_sha256`."""
         mu, sigma = feature_stats(features)
         return cls(mu, sigma, int(len(features)), protocol.describe(), detector_sha256, dict(source or {}))
 
     def meta(self) -> dict:
+        """The JSON metadata stored beside mu and sigma in a statistics file."""
         return dict(format=STATS_FORMAT, version=STATS_VERSION, num=int(self.num), protocol=self.protocol,
                     detector=DETECTOR_NAME, detector_sha256=self.detector_sha256, source=self.source)
 
@@ -495,7 +501,9 @@ def _dataset_fingerprint(ds) -> str:
 
 
 @dataclass
-class _Clip:
+class Clip:
+    """One candidate clip of a side: its key, the protocol's frames (None when skipped) and why it was skipped."""
+
     key: str
     frames: Optional[np.ndarray]        # None: skipped
     why: str = ""                       # "short: 12 frames" / "unreadable: ..."
@@ -519,8 +527,15 @@ def _long_enough(n: int, protocol: Protocol) -> bool:
 
 
 def _short_reason(n: int, protocol: Protocol) -> str:
+    """Why a video of n frames was skipped as too short for the protocol's clip."""
     need = protocol.span if protocol.frames is not None else (MIN_FRAMES - 1) * protocol.stride + 1
     return f"short: {n} frames, the clip needs {need}"
+
+
+def video_clip(key: str, video: np.ndarray, protocol: Protocol) -> Clip:
+    """The protocol's clip of an in-memory uint8 video [T, H, W, 3] (e.g. a generated one), or a skipped `Clip`."""
+    clip = _cut(video, protocol)
+    return Clip(key, clip, "" if clip is not None else _short_reason(len(video), protocol))
 
 
 class _Reader:
@@ -533,7 +548,7 @@ class _Reader:
             from ..data.shards import VideoDataset
             self._frames = VideoDataset(path).num_frames()
 
-    def __call__(self, i: int) -> _Clip:
+    def __call__(self, i: int) -> Clip:
         key = self.keys[i]
         p = self.protocol
         from ..io.video import VideoError, read_video, read_video_bytes
@@ -541,29 +556,29 @@ class _Reader:
             from ..data.shards import DataError, VideoDataset
             n = int(self._frames[i])
             if not _long_enough(n, p):
-                return _Clip(key, None, _short_reason(n, p))
+                return Clip(key, None, _short_reason(n, p))
             ds = getattr(self._local, "ds", None)
             if ds is None:
                 ds = self._local.ds = VideoDataset(self.path)
             try:                                 # the stored blob, decoded as the protocol says (not the loader's way)
                 frames = read_video_bytes(ds.read_blob(i), 0, p.span, decode=EVAL_DECODE)
             except (DataError, VideoError) as e:
-                return _Clip(key, None, f"unreadable: {e}")
+                return Clip(key, None, f"unreadable: {e}")
             if len(frames) < (n if p.span is None else p.span):
-                return _Clip(key, None, f"unreadable: decoded to {len(frames)} frames, the dataset index says {n}")
+                return Clip(key, None, f"unreadable: decoded to {len(frames)} frames, the dataset index says {n}")
         else:
             try:
                 frames, _ = read_video(self.path / key, 0, p.span, decode=EVAL_DECODE)
             except VideoError as e:
-                return _Clip(key, None, f"unreadable: {e}")
+                return Clip(key, None, f"unreadable: {e}")
         clip = _cut(frames, p)
         if clip is None:
-            return _Clip(key, None, _short_reason(len(frames), p))
-        return _Clip(key, clip)
+            return Clip(key, None, _short_reason(len(frames), p))
+        return Clip(key, clip)
 
 
-def _ordered_map(fn: Callable[[int], _Clip], order: Sequence[int], workers: int,
-                 window: int = 0) -> Iterator[_Clip]:
+def _ordered_map(fn: Callable[[int], Clip], order: Sequence[int], workers: int,
+                 window: int = 0) -> Iterator[Clip]:
     """fn over `order`, in order, with up to max(window, 4 * workers) calls in flight on a thread pool (0 = inline)."""
     if workers <= 0:
         for i in order:
@@ -611,7 +626,7 @@ class SideReport:
     generation: dict = field(default_factory=dict)   # checkpoint side: weights, step, condition, seeds...
 
 
-def _collect(clips: Iterable[_Clip], extractor: I3DExtractor, want: int, report: SideReport,
+def _collect(clips: Iterable[Clip], extractor: I3DExtractor, want: int, report: SideReport,
              progress: Optional[Progress]) -> np.ndarray:
     """Features of the first `want` usable clips of a stream; skipped ones are counted in `report`."""
     shapes: list = []
@@ -673,13 +688,12 @@ def _cache_file(cache_dir: Path, kind: str, path: Path, fingerprint: str, protoc
 
 def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[I3DExtractor], *, role: str = "real",
                cache_dir: str | os.PathLike | None = None, use_cache: bool = False, workers: Optional[int] = None,
-               progress: Optional[Progress] = None, log: Optional[Log] = None,
-               generation: Optional[dict] = None) -> tuple[FVDStats, SideReport]:
-    """Statistics of one side (a folder, a prepared dataset, a statistics file or a checkpoint) under `protocol`.
+               progress: Optional[Progress] = None, log: Optional[Log] = None) -> tuple[FVDStats, SideReport]:
+    """Statistics of one side (a folder, a prepared dataset or a statistics file) under `protocol`.
 
     `use_cache` looks the statistics up in (and writes them to) `cache_dir` (folders and datasets).
-    `extractor` may be None only for a statistics file. `generation` holds `generate_fake_clips`
-    options for a checkpoint side.
+    `extractor` may be None only for a statistics file. A checkpoint side is not read here: its
+    clips are generated (`hpdm_cli.drivers.fvd`) and measured by `stream_stats`.
     """
     path = Path(path)
     kind = source_kind(path)
@@ -693,20 +707,13 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
         return st, report
     if extractor is None:
         raise FVDError(f"{str(path)!r} needs the I3D detector")
-    workers = min(8, os.cpu_count() or 1) if workers is None else _check_workers(workers)
+    workers = min(8, os.cpu_count() or 1) if workers is None else check_workers(workers)
     if kind == "checkpoint":
         if role != "fake":
             raise FVDError(f"--{role} {str(path)!r} is a checkpoint: only --fake can be generated; give real "
                            "videos (a folder, a prepared dataset or a statistics file)")
-        gen = dict(generation or {})
-        gen.setdefault("device", extractor.device)
-        stream, info = generate_fake_clips(path, protocol, log=log, **gen)
-        report.generation = info
-        report.num_candidates = protocol.num
-        feats = _collect(stream, extractor, protocol.num, report, progress)
-        source = dict(kind=kind, path=str(path.resolve()), generation=info)
-        return FVDStats.from_features(_check_count(feats, report), protocol, extractor.sha256, source), report
-
+        raise FVDError(f"--{role} {str(path)!r} is a checkpoint: its clips are generated by the eval-fvd driver "
+                       "(hpdm_cli.drivers.fvd.evaluate_fvd), then measured with stream_stats")
     if kind == "dataset":
         from ..data.shards import VideoDataset
         ds = VideoDataset(path)
@@ -760,7 +767,15 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
     return st, report
 
 
+def stream_stats(clips: Iterable[Clip], protocol: Protocol, extractor: I3DExtractor, report: SideReport,
+                 source: dict, progress: Optional[Progress] = None) -> FVDStats:
+    """Statistics of the first `protocol.num` usable clips of a stream (e.g. generated clips); skips go to `report`."""
+    feats = _collect(clips, extractor, protocol.num, report, progress)
+    return FVDStats.from_features(_check_count(feats, report), protocol, extractor.sha256, source)
+
+
 def _check_count(feats: np.ndarray, report: SideReport) -> np.ndarray:
+    """At least two usable clips (a covariance needs two), else an FVDError with the counts."""
     if len(feats) < 2:
         raise FVDError(f"--{report.role} {report.path!r}: only {len(feats)} usable clip(s) of "
                        f"{report.num_candidates} video(s) ({report.num_short} too short, {report.num_unreadable} "
@@ -768,41 +783,7 @@ def _check_count(feats: np.ndarray, report: SideReport) -> np.ndarray:
     return feats
 
 
-# ============================================================================ generated clips
-
-
-class _RowCondition:
-    """A per-clip condition for `hpdm_cli.generate.sample_videos` called with one batch (batch = its length)."""
-
-    def __init__(self, values: Optional[torch.Tensor], kind: str):
-        self.values, self.kind = values, kind
-
-    def batch(self, n: int, device=None):
-        if self.values is None:
-            return None
-        if n != len(self.values):
-            raise RuntimeError(f"per-clip condition of {len(self.values)} rows asked for {n}")
-        return self.values.to(device)
-
-    def describe(self) -> str:
-        return f"per-clip {self.kind}"
-
-
-def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
-    """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
-    from ..data.shards import VideoDataset, is_dataset
-    if data is not None:
-        if not is_dataset(data):
-            raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json)")
-        return VideoDataset(data)
-    p = Path(recipe.data.path)
-    for d in ([p] if p.is_absolute() else [p] + [Path(s) / p for s in search]):
-        if is_dataset(d):
-            return VideoDataset(d)
-    return None
-
-
-def _check_workers(workers) -> int:
+def check_workers(workers) -> int:
     """--workers: 0 (decode in the main thread) or a positive number of decoding threads."""
     if int(workers) != workers or workers < 0:
         raise FVDError(f"--workers {workers}: expected 0 (decode in the main thread) or a positive number of "
@@ -810,166 +791,12 @@ def _check_workers(workers) -> int:
     return int(workers)
 
 
-def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
-    """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
-    import math
-    seed, batch, guidance = gen.get("seed", 0), gen.get("batch"), gen.get("guidance")
-    if seed is not None and (int(seed) != seed or seed < 0):
-        raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
-    if batch is not None and (int(batch) != batch or batch < 1):
-        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
-    if guidance is not None and not (math.isfinite(float(guidance)) and 0.0 <= float(guidance) <= 100.0):
-        raise FVDError(f"--guidance {guidance}: expected a finite classifier-free guidance scale in [0, 100] "
-                       "(1 = plain conditional sampling)")
-    if num_levels is not None and gen.get("steps") is not None:
-        from ..generate import GenerateError, parse_steps
-        try:
-            parse_steps(gen["steps"], num_levels)
-        except GenerateError as e:
-            raise FVDError(str(e)) from None
-    if gen.get("data") is not None:
-        from ..data.shards import is_dataset
-        if not is_dataset(gen["data"]):
-            raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
-
-
-def _check_writable_file(path, what: str) -> None:
-    """An output file path whose directory exists or can be made (checked before any work)."""
-    p = Path(path)
-    if p.is_dir():
-        raise FVDError(f"{what} {str(p)!r} is a directory: give a file name")
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FVDError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a directory")
-            break
-
-
-def _check_model_frames(frames: int, protocol: Protocol) -> None:
-    if protocol.frames is not None and frames < protocol.span:
-        raise FVDError(f"the model makes {frames}-frame videos but the clip needs {protocol.span} frames "
-                       f"(--frames {protocol.frames}, --stride {protocol.stride}): lower --frames or --stride")
-    if protocol.frames is None and -(-frames // protocol.stride) < MIN_FRAMES:
-        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames")
-
-
-def checkpoint_recipe(ckpt: str | os.PathLike):
-    """The recipe stored with a checkpoint / run directory, read from the safetensors metadata only (cheap)."""
-    from safetensors import safe_open
-
-    from ..recipe import recipe_from_toml
-    from ..train.checkpoint import CheckpointError, resolve_sampling_weights
-    path = resolve_sampling_weights(ckpt)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 (any unreadable file)
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
-    if "hpdm_recipe" not in meta:
-        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
-    return recipe_from_toml(meta["hpdm_recipe"], source=str(path))
-
-
-def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
-                        seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
-                        steps=None, guidance: Optional[float] = None, overlap: Optional[str] = None,
-                        bf16: bool = False, tile_batch: int = 64,
-                        log: Optional[Log] = None) -> tuple[Iterator[_Clip], dict]:
-    """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
-
-    Seeds seed .. seed + num - 1 (each video depends only on its seed). Class models: labels of
-    the dataset's labelled items visited in the protocol's hash order (`data`, else the
-    recipe's data.path); text models: their captions, encoded with the recipe's text encoder;
-    unconditional models: nothing. Returns (stream, info).
-    """
-    from ..generate import GenerateError, load_generator, parse_steps, sample_videos
-    net, recipe, info = load_generator(ckpt, device)
-    F_, H, W = recipe.pyramid.resolution
-    _check_model_frames(F_, protocol)
-    n = int(protocol.num)
-    cond = recipe.model.cond
-    search = []
-    if info.run_dir is not None:
-        search += [info.run_dir, *list(info.run_dir.resolve().parents)[:3]]
-    search += [info.weights.parent, *list(info.weights.resolve().parents)[:4]]
-    values, what = None, "none"
-    data_path, labels_used, num_prompts = None, None, None
-    if cond in ("class", "text"):
-        ds = _find_dataset(recipe, data, search)
-        if ds is None and cond == "text":
-            raise FVDError("a text model needs prompts: give the prepared dataset whose captions to use with --data "
-                           f"DATASET (the recipe's data.path {recipe.data.path!r} was not found)")
-        if ds is None:
-            if log:
-                log(f"warning: no dataset found at data.path {recipe.data.path!r} (give --data DATASET): class "
-                    "labels are drawn uniformly")
-            labels = [k % recipe.model.num_classes for k in selection_order([str(i) for i in range(n)], seed)]
-            values, what = torch.tensor(labels, dtype=torch.long), "class labels (uniform)"
-        else:
-            data_path = ds.path
-            order = selection_order([str(i) for i in range(len(ds))], protocol.seed)
-            if cond == "class":
-                lab = ds.labels()
-                order = [i for i in order if lab[i] >= 0]
-                if not order:
-                    raise FVDError(f"dataset {ds.path!r} has no class labels: a class model needs a labelled "
-                                   "dataset (--data)")
-                picked = np.array([int(lab[order[k % len(order)]]) for k in range(n)])
-                if picked.max() >= recipe.model.num_classes:
-                    raise FVDError(f"dataset {ds.path!r} has labels up to {picked.max()} but the model has "
-                                   f"{recipe.model.num_classes} classes: give the training dataset with --data")
-                values, what = torch.from_numpy(picked), "class labels drawn as in the data"
-                labels_used = {int(k): int(v) for k, v in zip(*np.unique(picked, return_counts=True))}
-            else:
-                caps, cid = ds.captions(), ds.caption_ids()
-                prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
-                from ..text.encoders import load_text_encoder
-                m = recipe.model
-                enc = load_text_encoder(m.text_encoder, device=info.device, tokens=m.text_tokens)
-                if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
-                    raise FVDError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the model "
-                                   f"expects {m.text_tokens}x{m.text_dim}")
-                uniq = sorted(set(prompts))
-                emb = enc.encode(uniq).float().cpu()
-                row = {p: i for i, p in enumerate(uniq)}
-                values, what = emb[torch.tensor([row[p] for p in prompts])], "captions drawn as in the data"
-                num_prompts = len(uniq)
-    try:
-        nsteps = parse_steps(steps, recipe.pyramid.num_levels)
-    except GenerateError as e:
-        raise FVDError(str(e)) from None
-    _check_generation(dict(seed=seed, batch=batch, guidance=guidance))
-    bs = int(batch) if batch is not None else int(recipe.sample.batch_size or 16)
-    if bs < 1:
-        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
-    seeds = list(range(int(seed), int(seed) + n))
-    meta = dict(weights=str(info.weights), step=int(info.step), seeds=f"{seeds[0]}-{seeds[-1]}", condition=what,
-                data=data_path, label_counts=labels_used, num_prompts=num_prompts, resolution=[F_, H, W],
-                steps=nsteps, guidance=guidance, overlap=overlap, bf16=bf16, batch=bs)
-
-    def stream() -> Iterator[_Clip]:
-        for s in range(0, n, bs):
-            chunk = seeds[s:s + bs]
-            rows = None if values is None else values[s:s + len(chunk)]
-            try:
-                out = sample_videos(net, recipe, chunk, _RowCondition(rows, what), steps=nsteps, guidance=guidance,
-                                    overlap=overlap, batch=len(chunk), tile_batch=tile_batch, device=info.device,
-                                    bf16=bf16)
-            except GenerateError as e:
-                raise FVDError(str(e)) from None
-            for sd, video in zip(chunk, out.videos):
-                clip = _cut(video, protocol)
-                yield _Clip(f"seed {sd}", clip, "" if clip is not None else _short_reason(len(video), protocol))
-
-    return stream(), meta
-
-
-# ============================================================================ evaluation
+# ============================================================================ the result of an evaluation
 
 
 @dataclass
 class FVDResult:
-    """The outcome of `evaluate_fvd` (`to_json()` is what `--json` writes)."""
+    """The outcome of an evaluation (`hpdm_cli.drivers.fvd.evaluate_fvd`; `to_json()` is what `--json` writes)."""
 
     fvd: float
     num_real: int
@@ -983,6 +810,7 @@ class FVDResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
+        """The full result as JSON-serialisable data (what `--json` writes)."""
         from .. import __version__
         p = self.protocol
         return dict(
@@ -994,8 +822,8 @@ class FVDResult:
         )
 
 
-def _compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str) -> None:
-    """Both sides must come from the same protocol fields and detector weights."""
+def check_compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str) -> None:
+    """Refuse (FVDError) two sides measured with different protocol fields or detector weights."""
     for k in ("protocol_version", "decode", "frames", "stride", "resolution"):
         va, vb = pa.get(k), pb.get(k)
         if va != vb:
@@ -1007,131 +835,3 @@ def _compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b:
         raise FVDError(f"{what_a} and {what_b} were measured with different detector weights "
                        f"({sha_a[:12]}... vs {sha_b[:12]}...): recompute the statistics with the pinned I3D")
 
-
-def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
-    """Explicit options win; unset ones come from a statistics-file side, else the defaults (16, 1, fp32)."""
-    for p in sides:
-        if p.is_file() and p.suffix.lower() == ".npz":
-            st = FVDStats.load(p).protocol
-            if frames is None:
-                f = st.get("frames", 16)
-                frames = "all" if f == "all" else int(f)
-            if stride is None:
-                stride = int(st.get("stride", 1))
-            if precision is None:
-                precision = st.get("precision", "fp32")
-    frames = 16 if frames is None else frames
-    if isinstance(frames, str):
-        if frames.strip().lower() == "all":
-            frames = None
-        else:
-            try:
-                frames = int(frames)
-            except ValueError:
-                raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
-    if stride is None:
-        stride = 1
-    elif int(stride) != stride or stride < 1:
-        raise FVDError(f"--stride {stride}: expected a positive integer (1 = every frame)")
-    return frames, int(stride), precision or "fp32"
-
-
-def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
-                 frames: int | str | None = None, stride: Optional[int] = None, seed: int = 0,
-                 i3d: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                 batch_size: Optional[int] = None, workers: Optional[int] = None, precision: Optional[str] = None,
-                 cache: bool = True, cache_dir: str | os.PathLike | None = None,
-                 save_real: str | os.PathLike | None = None, save_fake: str | os.PathLike | None = None,
-                 generation: Optional[dict] = None, extractor: Optional[I3DExtractor] = None,
-                 progress: Optional[Progress] = None, log: Optional[Log] = None) -> FVDResult:
-    """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
-    may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
-
-    `num` clips per side (None: 2048; a statistics file holds what it holds, a mismatch with an
-    explicit `num` is a warning). `frames`/`stride`/`precision` left as None follow a
-    statistics-file side, else 16 / 1 / fp32.
-    Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
-    """
-    t0 = time.perf_counter()
-    real, fake = Path(real), Path(fake)
-    kinds = {"real": source_kind(real), "fake": source_kind(fake)}
-    if kinds["real"] == "checkpoint":
-        raise FVDError(f"--real {str(real)!r} is a checkpoint: only --fake can be generated")
-    for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
-        if p is not None and Path(p).suffix.lower() != ".npz":
-            raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
-        if p is not None:
-            _check_writable_file(p, what)
-    if cache and kinds["real"] in ("folder", "dataset"):
-        cdir = Path(cache_dir) if cache_dir else default_cache_dir()
-        for parent in (cdir, *cdir.absolute().parents):
-            if parent.exists():
-                if not parent.is_dir():
-                    raise FVDError(f"--cache-dir {str(cdir)!r}: {str(parent)!r} is a file, not a directory "
-                                   "(give a directory, or --no-cache)")
-                break
-    if workers is not None:
-        _check_workers(workers)
-    if extractor is None:
-        parse_device(device)
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise FVDError(f"--batch {batch_size}: expected a positive number of clips per I3D batch")
-    f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
-    protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
-    # Fail before any work: statistics files measured otherwise, a model that cannot make the clip.
-    for p, kind, what in ((real, kinds["real"], "--real"), (fake, kinds["fake"], "--fake")):
-        if kind == "stats":
-            st = FVDStats.load(p)
-            sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
-            _compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what)
-    if kinds["fake"] == "checkpoint":
-        rec = checkpoint_recipe(fake)
-        _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
-        _check_generation(dict(generation or {}), rec.pyramid.num_levels)
-    if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
-        extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
-    elif extractor is not None:
-        extractor.precision = protocol.precision
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        if log:
-            log(f"warning: {msg}")
-
-    st_r, rep_r = side_stats(real, protocol, extractor, role="real", cache_dir=cache_dir, use_cache=cache,
-                             workers=workers, progress=progress, log=log)
-    st_f, rep_f = side_stats(fake, protocol, extractor, role="fake", cache_dir=cache_dir, use_cache=False,
-                             workers=workers, progress=progress, log=log, generation=generation)
-    rep_f.cache = "" if rep_f.kind in ("stats", "checkpoint") else "off"
-    want = protocol.describe()
-    sha = extractor.sha256 if extractor is not None else st_r.detector_sha256
-    for st, what in ((st_r, "--real"), (st_f, "--fake")):
-        _compatible(want, sha, st.protocol, st.detector_sha256, "this evaluation", what)
-    if st_r.protocol.get("precision") != st_f.protocol.get("precision"):
-        warn(f"the real side was measured in {st_r.protocol.get('precision')} and the fake side in "
-             f"{st_f.protocol.get('precision')} arithmetic")
-    for rep, st in ((rep_r, st_r), (rep_f, st_f)):
-        if rep.kind == "stats" and num is not None and st.num != protocol.num:
-            warn(f"{rep.role} statistics file holds {st.num} clips, --num asks for {protocol.num}")
-        elif rep.kind != "stats" and rep.num < protocol.num:
-            warn(f"{rep.role}: only {rep.num} of {protocol.num} clips requested "
-                 f"({rep.num_candidates} videos, {rep.num_short} too short, {rep.num_unreadable} unreadable)")
-        if rep.num_short:
-            warn(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded), e.g. "
-                 f"{rep.skipped[0]}")
-        if rep.num_unreadable:
-            bad = [x for x in rep.skipped if "unreadable" in x]
-            warn(f"{rep.role}: {rep.num_unreadable} video(s) could not be decoded and were skipped"
-                 + (f", e.g. {bad[0]}" if bad else ""))
-    if save_real is not None:
-        st_r.save(save_real)
-    if save_fake is not None:
-        st_f.save(save_fake)
-    fvd = frechet_distance(st_r.mu, st_r.sigma, st_f.mu, st_f.sigma)
-    if num is None and rep_r.kind == "stats" and rep_f.kind == "stats":
-        want["num_requested"] = None                    # nothing was selected here
-    dev = str(extractor.device) if extractor is not None else "none (statistics files)"
-    return FVDResult(fvd=fvd, num_real=st_r.num, num_fake=st_f.num, protocol=want,
-                     detector_sha256=st_r.detector_sha256, real=rep_r, fake=rep_f, warnings=warnings,
-                     device=dev, seconds=time.perf_counter() - t0)

@@ -1,0 +1,438 @@
+"""The driver of `hpdm eval-fvd`: check the options, measure both sides, generate fake clips from a checkpoint.
+
+`hpdm_cli.eval.fvd` measures (protocol, detector, statistics, reading folders, datasets and
+statistics files); this module decides what to measure and makes the clips a checkpoint side
+needs: it loads the generator, draws class labels or captions as in the data (the protocol's
+step 7 in `hpdm_cli.eval.fvd`), calls the sampler and streams the clips to `stream_stats`.
+`run_eval_fvd` is what the command calls: the defaults of its generation options, the
+evaluation and the `--json` file. The CLI only parses options and prints the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..device import parse_device
+from ..eval import FVDError
+from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, Protocol, SideReport,
+                        check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
+                        side_stats, source_kind, stream_stats, video_clip)
+from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
+
+__all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
+
+
+# ============================================================================ generated clips
+
+
+class _RowCondition:
+    """A per-clip condition for `hpdm_cli.generate.sample_videos` called with one batch (batch = its length)."""
+
+    def __init__(self, values: Optional[torch.Tensor], kind: str):
+        self.values, self.kind = values, kind
+
+    def batch(self, n: int, device=None):
+        """The rows of this batch on `device` (None for an unconditional model)."""
+        if self.values is None:
+            return None
+        if n != len(self.values):
+            raise RuntimeError(f"per-clip condition of {len(self.values)} rows asked for {n}")
+        return self.values.to(device)
+
+    def describe(self) -> str:
+        """How the condition is described in the sampler's metadata."""
+        return f"per-clip {self.kind}"
+
+
+def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
+    """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
+    from ..data.shards import VideoDataset, is_dataset
+    if data is not None:
+        if not is_dataset(data):
+            raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json)")
+        return VideoDataset(data)
+    p = Path(recipe.data.path)
+    for d in ([p] if p.is_absolute() else [p] + [Path(s) / p for s in search]):
+        if is_dataset(d):
+            return VideoDataset(d)
+    return None
+
+
+def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
+    """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
+    seed, batch, guidance = gen.get("seed", 0), gen.get("batch"), gen.get("guidance")
+    if seed is not None and (int(seed) != seed or seed < 0):
+        raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
+    if batch is not None and (int(batch) != batch or batch < 1):
+        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
+    if guidance is not None and not (math.isfinite(float(guidance)) and 0.0 <= float(guidance) <= 100.0):
+        raise FVDError(f"--guidance {guidance}: expected a finite classifier-free guidance scale in [0, 100] "
+                       "(1 = plain conditional sampling)")
+    if num_levels is not None and gen.get("steps") is not None:
+        _parse_steps(gen["steps"], num_levels)
+    if gen.get("data") is not None:
+        from ..data.shards import is_dataset
+        if not is_dataset(gen["data"]):
+            raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
+
+
+def _parse_steps(steps, num_levels: int):
+    """Sampler steps per level (`hpdm_cli.generate.parse_steps`), its errors as FVDError."""
+    from ..generate import GenerateError, parse_steps
+    try:
+        return parse_steps(steps, num_levels)
+    except GenerateError as e:
+        raise FVDError(str(e)) from None
+
+
+def _check_model_frames(frames: int, protocol: Protocol) -> None:
+    """A model making `frames`-frame videos must hold the protocol's clip."""
+    if protocol.frames is not None and frames < protocol.span:
+        raise FVDError(f"the model makes {frames}-frame videos but the clip needs {protocol.span} frames "
+                       f"(--frames {protocol.frames}, --stride {protocol.stride}): lower --frames or --stride")
+    if protocol.frames is None and -(-frames // protocol.stride) < MIN_FRAMES:
+        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames")
+
+
+def checkpoint_recipe(ckpt: str | os.PathLike):
+    """The recipe stored with a checkpoint / run directory, read from the safetensors metadata only (cheap)."""
+    from safetensors import safe_open
+
+    from ..recipe import recipe_from_toml
+    from ..train.checkpoint import CheckpointError, resolve_sampling_weights
+    path = resolve_sampling_weights(ckpt)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 (any unreadable file)
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
+    if "hpdm_recipe" not in meta:
+        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    return recipe_from_toml(meta["hpdm_recipe"], source=str(path))
+
+
+def _class_labels(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.Tensor, dict]:
+    """Labels of the dataset's labelled items in the protocol's hash order, with their counts."""
+    order = selection_order([str(i) for i in range(len(ds))], protocol.seed)
+    lab = ds.labels()
+    order = [i for i in order if lab[i] >= 0]
+    if not order:
+        raise FVDError(f"dataset {ds.path!r} has no class labels: a class model needs a labelled dataset (--data)")
+    picked = np.array([int(lab[order[k % len(order)]]) for k in range(n)])
+    if picked.max() >= recipe.model.num_classes:
+        raise FVDError(f"dataset {ds.path!r} has labels up to {picked.max()} but the model has "
+                       f"{recipe.model.num_classes} classes: give the training dataset with --data")
+    return torch.from_numpy(picked), {int(k): int(v) for k, v in zip(*np.unique(picked, return_counts=True))}
+
+
+def _caption_embeddings(ds, recipe, protocol: Protocol, n: int, device) -> tuple[torch.Tensor, int]:
+    """Text embeddings of the dataset's captions in the protocol's hash order, with the number of distinct ones."""
+    from ..text.encoders import load_text_encoder
+    order = selection_order([str(i) for i in range(len(ds))], protocol.seed)
+    caps, cid = ds.captions(), ds.caption_ids()
+    prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
+    m = recipe.model
+    enc = load_text_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
+        raise FVDError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the model "
+                       f"expects {m.text_tokens}x{m.text_dim}")
+    uniq = sorted(set(prompts))
+    emb = enc.encode(uniq).float().cpu()
+    row = {p: i for i, p in enumerate(uniq)}
+    return emb[torch.tensor([row[p] for p in prompts])], len(uniq)
+
+
+def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional[Log]) -> tuple:
+    """(per-clip condition rows or None, what they are, extra metadata) for a checkpoint's clips."""
+    n, cond = int(protocol.num), recipe.model.cond
+    meta = dict(data=None, label_counts=None, num_prompts=None)
+    if cond not in ("class", "text"):
+        return None, "none", meta
+    search = []
+    if info.run_dir is not None:
+        search += [info.run_dir, *list(info.run_dir.resolve().parents)[:3]]
+    search += [info.weights.parent, *list(info.weights.resolve().parents)[:4]]
+    ds = _find_dataset(recipe, data, search)
+    if ds is None and cond == "text":
+        raise FVDError("a text model needs prompts: give the prepared dataset whose captions to use with --data "
+                       f"DATASET (the recipe's data.path {recipe.data.path!r} was not found)")
+    if ds is None:
+        if log:
+            log(f"warning: no dataset found at data.path {recipe.data.path!r} (give --data DATASET): class "
+                "labels are drawn uniformly")
+        labels = [k % recipe.model.num_classes for k in selection_order([str(i) for i in range(n)], seed)]
+        return torch.tensor(labels, dtype=torch.long), "class labels (uniform)", meta
+    meta["data"] = ds.path
+    if cond == "class":
+        values, meta["label_counts"] = _class_labels(ds, recipe, protocol, n)
+        return values, "class labels drawn as in the data", meta
+    values, meta["num_prompts"] = _caption_embeddings(ds, recipe, protocol, n, info.device)
+    return values, "captions drawn as in the data", meta
+
+
+def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
+                        seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
+                        steps=None, guidance: Optional[float] = None, overlap: Optional[str] = None,
+                        bf16: bool = False, tile_batch: int = 64,
+                        log: Optional[Log] = None) -> tuple[Iterator[Clip], dict]:
+    """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
+
+    Seeds seed .. seed + num - 1 (each video depends only on its seed). Class models: labels of
+    the dataset's labelled items visited in the protocol's hash order (`data`, else the
+    recipe's data.path); text models: their captions, encoded with the recipe's text encoder;
+    unconditional models: nothing. Returns (stream, info).
+    """
+    from ..generate import GenerateError, load_generator, sample_videos
+    net, recipe, info = load_generator(ckpt, device)
+    F_, H, W = recipe.pyramid.resolution
+    _check_model_frames(F_, protocol)
+    n = int(protocol.num)
+    values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
+    nsteps = _parse_steps(steps, recipe.pyramid.num_levels)
+    _check_generation(dict(seed=seed, batch=batch, guidance=guidance))
+    bs = int(batch) if batch is not None else int(recipe.sample.batch_size or 16)
+    if bs < 1:
+        raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
+    seeds = list(range(int(seed), int(seed) + n))
+    meta = dict(weights=str(info.weights), step=int(info.step), seeds=f"{seeds[0]}-{seeds[-1]}", condition=what,
+                data=cmeta["data"], label_counts=cmeta["label_counts"], num_prompts=cmeta["num_prompts"],
+                resolution=[F_, H, W], steps=nsteps, guidance=guidance, overlap=overlap, bf16=bf16, batch=bs)
+
+    def stream() -> Iterator[Clip]:
+        for s in range(0, n, bs):
+            chunk = seeds[s:s + bs]
+            rows = None if values is None else values[s:s + len(chunk)]
+            try:
+                out = sample_videos(net, recipe, chunk, _RowCondition(rows, what), steps=nsteps, guidance=guidance,
+                                    overlap=overlap, batch=len(chunk), tile_batch=tile_batch, device=info.device,
+                                    bf16=bf16)
+            except GenerateError as e:
+                raise FVDError(str(e)) from None
+            for sd, video in zip(chunk, out.videos):
+                yield video_clip(f"seed {sd}", video, protocol)
+
+    return stream(), meta
+
+
+def _generated_side_stats(path: Path, protocol: Protocol, extractor: I3DExtractor, generation: Optional[dict],
+                          progress: Optional[Progress], log: Optional[Log]) -> tuple[FVDStats, SideReport]:
+    """Statistics of clips generated from the checkpoint at `path` (the fake side)."""
+    report = SideReport(role="fake", kind="checkpoint", path=str(path), num_requested=int(protocol.num))
+    gen = dict(generation or {})
+    gen.setdefault("device", extractor.device)
+    stream, info = generate_fake_clips(path, protocol, log=log, **gen)
+    report.generation = info
+    report.num_candidates = protocol.num
+    source = dict(kind="checkpoint", path=str(path.resolve()), generation=info)
+    return stream_stats(stream, protocol, extractor, report, source, progress), report
+
+
+# ============================================================================ the evaluation
+
+
+def _check_writable_file(path, what: str) -> None:
+    """An output file path whose directory exists or can be made (checked before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise FVDError(f"{what} {str(p)!r} is a directory: give a file name")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FVDError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a directory")
+            break
+
+
+def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
+    """Explicit options win; unset ones come from a statistics-file side, else the defaults (16, 1, fp32)."""
+    for p in sides:
+        if p.is_file() and p.suffix.lower() == ".npz":
+            st = FVDStats.load(p).protocol
+            if frames is None:
+                f = st.get("frames", 16)
+                frames = "all" if f == "all" else int(f)
+            if stride is None:
+                stride = int(st.get("stride", 1))
+            if precision is None:
+                precision = st.get("precision", "fp32")
+    frames = 16 if frames is None else frames
+    if isinstance(frames, str):
+        if frames.strip().lower() == "all":
+            frames = None
+        else:
+            try:
+                frames = int(frames)
+            except ValueError:
+                raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
+    if stride is None:
+        stride = 1
+    elif int(stride) != stride or stride < 1:
+        raise FVDError(f"--stride {stride}: expected a positive integer (1 = every frame)")
+    return frames, int(stride), precision or "fp32"
+
+
+def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, cache_dir, workers,
+                   extractor, device, batch_size) -> None:
+    """Options that can be refused before any work: sides, output files, cache directory, workers, device, batch."""
+    if kinds["real"] == "checkpoint":
+        raise FVDError(f"--real {str(real)!r} is a checkpoint: only --fake can be generated")
+    for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
+        if p is not None and Path(p).suffix.lower() != ".npz":
+            raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
+        if p is not None:
+            _check_writable_file(p, what)
+    if cache and kinds["real"] in ("folder", "dataset"):
+        cdir = Path(cache_dir) if cache_dir else default_cache_dir()
+        for parent in (cdir, *cdir.absolute().parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise FVDError(f"--cache-dir {str(cdir)!r}: {str(parent)!r} is a file, not a directory "
+                                   "(give a directory, or --no-cache)")
+                break
+    if workers is not None:
+        check_workers(workers)
+    if extractor is None:
+        parse_device(device)
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise FVDError(f"--batch {batch_size}: expected a positive number of clips per I3D batch")
+
+
+def _check_sides(sides: dict, kinds: dict, protocol: Protocol, extractor, generation: Optional[dict]) -> None:
+    """Fail before any work: statistics files measured otherwise, a model that cannot make the clip."""
+    for role in ("real", "fake"):
+        if kinds[role] == "stats":
+            st = FVDStats.load(sides[role])
+            sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
+            check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation",
+                             f"--{role}")
+    if kinds["fake"] == "checkpoint":
+        rec = checkpoint_recipe(sides["fake"])
+        _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
+        _check_generation(dict(generation or {}), rec.pyramid.num_levels)
+
+
+def _side_warnings(protocol: Protocol, num, reps: Sequence[SideReport], stats: Sequence[FVDStats]) -> list[str]:
+    """The warnings of an evaluation: mixed precision, clip counts, skipped videos."""
+    st_r, st_f = stats
+    out = []
+    if st_r.protocol.get("precision") != st_f.protocol.get("precision"):
+        out.append(f"the real side was measured in {st_r.protocol.get('precision')} and the fake side in "
+                   f"{st_f.protocol.get('precision')} arithmetic")
+    for rep, st in zip(reps, stats):
+        if rep.kind == "stats" and num is not None and st.num != protocol.num:
+            out.append(f"{rep.role} statistics file holds {st.num} clips, --num asks for {protocol.num}")
+        elif rep.kind != "stats" and rep.num < protocol.num:
+            out.append(f"{rep.role}: only {rep.num} of {protocol.num} clips requested ({rep.num_candidates} "
+                       f"videos, {rep.num_short} too short, {rep.num_unreadable} unreadable)")
+        if rep.num_short:
+            out.append(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded), "
+                       f"e.g. {rep.skipped[0]}")
+        if rep.num_unreadable:
+            bad = [x for x in rep.skipped if "unreadable" in x]
+            out.append(f"{rep.role}: {rep.num_unreadable} video(s) could not be decoded and were skipped"
+                       + (f", e.g. {bad[0]}" if bad else ""))
+    return out
+
+
+def _measure_sides(real: Path, fake: Path, kinds: dict, protocol: Protocol, extractor, *, cache: bool, cache_dir,
+                   workers, generation, progress, log) -> tuple[FVDStats, SideReport, FVDStats, SideReport]:
+    """Statistics and reports of both sides; the real side may come from the cache, the fake side never does."""
+    st_r, rep_r = side_stats(real, protocol, extractor, role="real", cache_dir=cache_dir, use_cache=cache,
+                             workers=workers, progress=progress, log=log)
+    if kinds["fake"] == "checkpoint":
+        st_f, rep_f = _generated_side_stats(fake, protocol, extractor, generation, progress, log)
+    else:
+        st_f, rep_f = side_stats(fake, protocol, extractor, role="fake", cache_dir=cache_dir, use_cache=False,
+                                 workers=workers, progress=progress, log=log)
+    rep_f.cache = "" if rep_f.kind in ("stats", "checkpoint") else "off"
+    sha = extractor.sha256 if extractor is not None else st_r.detector_sha256
+    for st, what in ((st_r, "--real"), (st_f, "--fake")):
+        check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what)
+    return st_r, rep_r, st_f, rep_f
+
+
+def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
+                 frames: int | str | None = None, stride: Optional[int] = None, seed: int = 0,
+                 i3d: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                 batch_size: Optional[int] = None, workers: Optional[int] = None, precision: Optional[str] = None,
+                 cache: bool = True, cache_dir: str | os.PathLike | None = None,
+                 save_real: str | os.PathLike | None = None, save_fake: str | os.PathLike | None = None,
+                 generation: Optional[dict] = None, extractor: Optional[I3DExtractor] = None,
+                 progress: Optional[Progress] = None, log: Optional[Log] = None) -> FVDResult:
+    """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
+    may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
+
+    `num` clips per side (None: 2048; a statistics file holds what it holds, a mismatch with an
+    explicit `num` is a warning). `frames`/`stride`/`precision` left as None follow a
+    statistics-file side, else 16 / 1 / fp32.
+    Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
+    """
+    t0 = time.perf_counter()
+    real, fake = Path(real), Path(fake)
+    kinds = {"real": source_kind(real), "fake": source_kind(fake)}
+    _check_options(kinds, real, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
+    f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
+    protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
+    _check_sides({"real": real, "fake": fake}, kinds, protocol, extractor, generation)
+    if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
+        extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
+    elif extractor is not None:
+        extractor.precision = protocol.precision
+    st_r, rep_r, st_f, rep_f = _measure_sides(real, fake, kinds, protocol, extractor, cache=cache,
+                                              cache_dir=cache_dir, workers=workers, generation=generation,
+                                              progress=progress, log=log)
+    warnings = _side_warnings(protocol, num, (rep_r, rep_f), (st_r, st_f))
+    for msg in warnings if log else ():
+        log(f"warning: {msg}")
+    if save_real is not None:
+        st_r.save(save_real)
+    if save_fake is not None:
+        st_f.save(save_fake)
+    fvd = frechet_distance(st_r.mu, st_r.sigma, st_f.mu, st_f.sigma)
+    want = protocol.describe()
+    if num is None and rep_r.kind == "stats" and rep_f.kind == "stats":
+        want["num_requested"] = None                    # nothing was selected here
+    dev = str(extractor.device) if extractor is not None else "none (statistics files)"
+    return FVDResult(fvd=fvd, num_real=st_r.num, num_fake=st_f.num, protocol=want,
+                     detector_sha256=st_r.detector_sha256, real=rep_r, fake=rep_f, warnings=warnings,
+                     device=dev, seconds=time.perf_counter() - t0)
+
+
+# ============================================================================ the command
+
+
+def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
+                 gen_seed: int = 0, gen_batch: Optional[int] = None, steps: Optional[str] = None,
+                 guidance: Optional[float] = None, overlap: Optional[str] = None, bf16: bool = False,
+                 **options) -> FVDResult:
+    """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
+
+    The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset.
+    """
+    if json_out is not None and json_out.is_dir():
+        raise FVDError(f"--json {str(json_out)!r} is a directory: give a file name")
+    if json_out is not None:
+        parent = next((q for q in json_out.absolute().parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
+    generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    if data is not None:
+        generation["data"] = data
+    elif (Path(real) / "dataset.json").is_file():
+        generation["data"] = real
+    res = evaluate_fvd(real, fake, generation=generation, **options)
+    if json_out is not None:
+        from ..io import atomic_write_text
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(json_out, json.dumps(res.to_json(), indent=1) + "\n")
+        except OSError as e:
+            raise FVDError(f"cannot write {str(json_out)!r}: {e.strerror or e}") from None
+    return res
