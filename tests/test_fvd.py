@@ -686,3 +686,18 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
         evaluate_fvd(folders / "real", tmp_path / "b.npz", cache_dir=tmp_path / "file", extractor=None)
     assert not (tmp_path / "s.npz").exists()
 
+
+def test_the_metric_package_never_imports_sampling_generation_or_drivers():
+    """eval/ measures; generating fake clips from a checkpoint is the eval-fvd driver's job (hpdm_cli.drivers.fvd)."""
+    import subprocess
+    import sys
+    code = ("import sys, hpdm_cli.eval.fvd, hpdm_cli.eval.i3d; "
+            "print(sorted(m for m in sys.modules if m.startswith(('hpdm_cli.generate', 'hpdm_cli.sampling', "
+            "'hpdm_cli.drivers', 'hpdm_cli.cli'))))")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    from hpdm_cli.eval import fvd as FVD
+    for name in ("generate_fake_clips", "checkpoint_recipe", "evaluate_fvd"):
+        assert not hasattr(FVD, name), name
