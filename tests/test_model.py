@@ -10,6 +10,8 @@ from hpdm_cli.model.fusion import gather_context, pair_weights
 from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
 from hpdm_cli.pyramid.geometry import global_token_coords
 
+pytestmark = pytest.mark.usefixtures("one_thread")              # tiny forwards: thread hand-offs cost more
+
 
 def make_inputs(recipe, B=2, cond=True):
     pyr, m = recipe.pyramid, recipe.model
