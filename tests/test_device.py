@@ -79,7 +79,7 @@ def test_training_names_its_recipe_key(gpus, monkeypatch):
 
 def test_sampling_and_fvd_share_the_messages(gpus):
     from hpdm_cli.eval.fvd import I3DExtractor
-    from hpdm_cli.generate import load_generator
+    from hpdm_cli.checkpoint import load_generator
     gpus(0)
     for call in (lambda: load_generator("unused", "cuda:1"), lambda: I3DExtractor(device="cuda")):
         with pytest.raises(DeviceError, match=r"^--device cuda(:1)?: no CUDA device is visible; use --device cpu$"):

@@ -11,7 +11,7 @@ from hpdm_cli.device import DeviceError
 from hpdm_cli.errors import HPDMError
 from hpdm_cli.eval import FVDError
 from hpdm_cli.eval.i3d import I3DWeightsError
-from hpdm_cli.generate import GenerateError
+from hpdm_cli.conditioning import GenerateError
 from hpdm_cli.io.video import VideoError
 from hpdm_cli.text.encoders import TextEncoderError
 from hpdm_cli.train.checkpoint import CheckpointError

@@ -692,8 +692,8 @@ def test_the_metric_package_never_imports_sampling_generation_or_drivers():
     import subprocess
     import sys
     code = ("import sys, hpdm_cli.eval.fvd, hpdm_cli.eval.i3d; "
-            "print(sorted(m for m in sys.modules if m.startswith(('hpdm_cli.generate', 'hpdm_cli.sampling', "
-            "'hpdm_cli.drivers', 'hpdm_cli.cli'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('hpdm_cli.checkpoint', 'hpdm_cli.conditioning', "
+            "'hpdm_cli.sampling', 'hpdm_cli.drivers', 'hpdm_cli.cli'))))")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -1,4 +1,7 @@
-"""`hpdm sample` / `hpdm upscale` and their engine (hpdm_cli.generate): files, seeds, levels, conditions, errors, windows."""
+"""`hpdm sample` / `hpdm upscale`: files, seeds, levels, conditions, errors, windows.
+
+Drivers `hpdm_cli.drivers.sample` / `.upscale`, over `hpdm_cli.checkpoint` and `hpdm_cli.conditioning`.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from hpdm_cli.data.shapes import SHAPES_CLASSES, write_shapes_dataset
-from hpdm_cli.generate import (Condition, GenerateError, blend_windows, check_options, check_writable,
-                               crossfade_weights, fit_geometry, generate, load_generator, output_paths, parse_seeds, parse_steps,
-                               rank_seeds, resolve_condition, sample_videos, upscale_frames, window_starts)
+from hpdm_cli.checkpoint import load_generator
+from hpdm_cli.conditioning import Condition, GenerateError, resolve_condition
+from hpdm_cli.drivers.sample import (check_options, check_writable, generate, output_paths, parse_seeds, parse_steps,
+                                     rank_seeds, sample_videos)
+from hpdm_cli.drivers.upscale import blend_windows, crossfade_weights, fit_geometry, upscale_frames, window_starts
 from hpdm_cli.io.video import read_video, write_video
 from hpdm_cli.recipe import load_recipe
 from hpdm_cli.train.checkpoint import save_checkpoint
@@ -369,7 +374,7 @@ def test_bad_inputs_in_a_real_process(assets, tmp_path, case):
 
 
 def test_engine_imports_neither_cli_nor_pyav():
-    code = ("import sys, hpdm_cli.generate; bad = [m for m in ('typer', 'rich', 'av', 'hpdm_cli.cli') "
+    code = ("import sys, hpdm_cli.drivers.sample, hpdm_cli.drivers.upscale; bad = [m for m in ('typer', 'rich', 'av', 'hpdm_cli.cli') "
             "if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO)
     assert r.returncode == 0, r.stderr

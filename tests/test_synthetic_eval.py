@@ -85,7 +85,9 @@ def test_the_packaged_model_loads_and_its_clips_take_the_asked_colour():
     """A real test of the shipped weights: colour follows the prompt (level 1 preview, few steps, CPU)."""
     from hpdm_cli.assets import DEFAULT_MODEL
     from hpdm_cli.eval.faithfulness import read_clip
-    from hpdm_cli.generate import Condition, load_generator, precomputed_condition, sample_videos
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.conditioning import Condition, precomputed_condition
+    from hpdm_cli.drivers.sample import sample_videos
     assert DEFAULT_MODEL.stat().st_size <= 16 * 2 ** 20
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.model.cond == "text" and tuple(recipe.pyramid.resolution) == (16, 64, 64)

@@ -334,7 +334,8 @@ def condition(run, monkeypatch, data_path=None, cond=None, strict=True, **kw):
     """precomputed_condition for checkpoint `run` with the encoder blocked (data.path / model.cond replaced if given)."""
     import copy
 
-    from hpdm_cli.generate import load_generator, precomputed_condition
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.conditioning import precomputed_condition
     net, recipe, info = load_generator(run, "cpu")
     recipe = copy.deepcopy(recipe)
     recipe.data.path = data_path or recipe.data.path
@@ -365,7 +366,7 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
     for where in (shapes16, T.table_path(shapes16, "prompts", MINILM)):
         c, _ = condition(moved, monkeypatch, data_path=gone, prompt=prompt, prompt_table=where)
         torch.testing.assert_close(c.embedding, cond.embedding, rtol=0, atol=0)
-    from hpdm_cli.generate import GenerateError
+    from hpdm_cli.conditioning import GenerateError
     with pytest.raises(GenerateError, match=r"cannot embed --prompt 'a blue dragon'.*closest.*pip install"):
         condition(run, monkeypatch, prompt="a blue dragon", strict=False)
     with pytest.raises(GenerateError, match="no prompt table was found"):
@@ -382,7 +383,7 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
 def test_prompt_embedding_file(text_run, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from hpdm_cli.generate import GenerateError
+    from hpdm_cli.conditioning import GenerateError
     e = torch.randn(1, 384)
     save_file({"embedding": e}, str(tmp_path / "e.safetensors"), metadata={"prompt": "my prompt"})
     cond, _ = condition(text_run["run"], monkeypatch, prompt_embedding=tmp_path / "e.safetensors")

@@ -28,7 +28,8 @@ def evaluate(
     """Quality report of a shapes checkpoint: FVD with floor and baselines, prompt faithfulness, condition use."""
     from ..drivers.evaluate import evaluate as run_eval
     from ..device import DeviceError
-    from ..generate import GenerateError, check_options
+    from ..conditioning import GenerateError
+    from ..drivers.sample import check_options
     from .app import UserError, out as console
     if split not in ("heldout", "train", "all"):
         raise UserError(f"--split {split!r}: expected heldout, train or all")

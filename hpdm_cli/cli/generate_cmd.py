@@ -1,4 +1,4 @@
-"""`hpdm sample` and `hpdm upscale`: thin Typer drivers over `hpdm_cli.generate` (parse, call, print).
+"""`hpdm sample` and `hpdm upscale`: thin Typer front ends of `hpdm_cli.drivers.sample` / `.upscale` (parse, call, print).
 
 Registered on the app by `register(app)`. Engine errors (`GenerateError`, `DeviceError`) become one-line
 user errors (exit code 2); progress bars go to stderr, results to stdout.
@@ -22,7 +22,7 @@ _DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 def _user_errors(fn):
     """Run an engine call, turning GenerateError (and DeviceError) into the app's one-line UserError."""
     from ..device import DeviceError
-    from ..generate import GenerateError
+    from ..conditioning import GenerateError
     from .app import UserError
     try:
         return fn()
@@ -86,7 +86,7 @@ def sample(
 
     Under torchrun the seeds are split across ranks; each rank writes its own seeds' files.
     """
-    from ..generate import generate
+    from ..drivers.sample import generate
     from .app import out as console
     show = (progress if progress is not None else True) and _is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:
@@ -140,7 +140,7 @@ def upscale(
 
     Long videos are processed in overlapping windows of the model's frame count, cross-faded; a shorter video is padded with its last frame and trimmed back.
     """
-    from ..generate import upscale as run_upscale
+    from ..drivers.upscale import upscale as run_upscale
     from .app import out as console
     show = (progress if progress is not None else True) and _is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:

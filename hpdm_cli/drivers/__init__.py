@@ -1,0 +1,6 @@
+"""One driver per command: `sample`, `upscale`, `evaluate` (hpdm eval), `fvd` (hpdm eval-fvd).
+
+A driver checks a request's options, calls the engine and returns a report; the CLI
+(`hpdm_cli.cli`) only parses arguments, calls a driver and prints. Drivers may import the
+engine and each other; the engine never imports a driver.
+"""

@@ -28,13 +28,15 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import load_generator
+from ..conditioning import GenerateError
 from ..data.shapes import render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import read_clip, score_clips, swapped_floor
-from ..generate import GenerateError, _make_sampler, load_generator, parse_steps, to_uint8
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
+from .sample import make_sampler, parse_steps, to_uint8
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 
@@ -78,7 +80,7 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
     instead of generating it (learned super-resolution of given clips).
     """
     tile_batch = 1024 if torch.device(device).type == "cuda" else 64
-    sampler = _make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16)
     nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)
     videos, t0 = [], time.time()
     for s in range(0, len(seeds), batch):

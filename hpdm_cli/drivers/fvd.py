@@ -34,7 +34,7 @@ __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_re
 
 
 class _RowCondition:
-    """A per-clip condition for `hpdm_cli.generate.sample_videos` called with one batch (batch = its length)."""
+    """A per-clip condition for `hpdm_cli.drivers.sample.sample_videos` called with one batch (batch = its length)."""
 
     def __init__(self, values: Optional[torch.Tensor], kind: str):
         self.values, self.kind = values, kind
@@ -85,8 +85,9 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
 
 
 def _parse_steps(steps, num_levels: int):
-    """Sampler steps per level (`hpdm_cli.generate.parse_steps`), its errors as FVDError."""
-    from ..generate import GenerateError, parse_steps
+    """Sampler steps per level (`hpdm_cli.drivers.sample.parse_steps`), its errors as FVDError."""
+    from ..conditioning import GenerateError
+    from .sample import parse_steps
     try:
         return parse_steps(steps, num_levels)
     except GenerateError as e:
@@ -190,7 +191,9 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     recipe's data.path); text models: their captions, encoded with the recipe's text encoder;
     unconditional models: nothing. Returns (stream, info).
     """
-    from ..generate import GenerateError, load_generator, sample_videos
+    from ..checkpoint import load_generator
+    from ..conditioning import GenerateError
+    from .sample import sample_videos
     net, recipe, info = load_generator(ckpt, device)
     F_, H, W = recipe.pyramid.resolution
     _check_model_frames(F_, protocol)

@@ -1,0 +1,198 @@
+"""What a generated video is conditioned on: `--prompt` / `--class` resolved against a model's recipe.
+
+* `resolve_condition` turns `--prompt` / `--class` into the network's condition: class ids for
+  class models (a name, an id, or a prompt that names a class), MiniLM/T5 embeddings for text
+  models, nothing (the null condition) when neither is given.
+* `precomputed_condition` takes a text model's condition from precomputed embeddings (a prompt
+  table, or a single embedding file) before any text encoder is loaded.
+
+`GenerateError` (a user-fixable problem with a sampling or upscaling request) is defined here,
+the lowest module that raises it; the sample and upscale drivers raise it too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .checkpoint import GeneratorInfo
+from .config import Recipe
+from .errors import HPDMError
+
+__all__ = ["GenerateError", "Condition", "resolve_condition", "precomputed_condition", "request_condition"]
+
+
+class GenerateError(HPDMError, ValueError):
+    """A user-fixable problem with a sampling or upscaling request (message says what to do)."""
+
+
+@dataclass
+class Condition:
+    """What the network is conditioned on: nothing (null condition), a class id or a text embedding."""
+
+    kind: str = "none"                          # "none", "class" or "text"
+    label: Optional[int] = None                 # class id
+    name: str = ""                              # class name or prompt
+    embedding: Optional[torch.Tensor] = None    # text embedding [1, tokens, dim]
+
+    def batch(self, n: int, device=None) -> Optional[torch.Tensor]:
+        """The condition of `n` samples ([n] ids or [n, tokens, dim] embeddings), or None."""
+        if self.kind == "class":
+            return torch.full((n,), int(self.label), dtype=torch.long, device=device)
+        if self.kind == "text":
+            return self.embedding.to(device).expand(n, *self.embedding.shape[1:])
+        return None
+
+    def describe(self) -> str:
+        """A short human description: "class 2 (circle)", "prompt '...'" or "unconditional"."""
+        if self.kind == "class":
+            return f"class {self.label}" + (f" ({self.name})" if self.name else "")
+        if self.kind == "text":
+            return f"prompt {self.name!r}"
+        return "unconditional"
+
+
+def _norm_name(text: str) -> str:
+    """Comparable form of a class name or prompt: CamelCase split, lower case, no punctuation or articles."""
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", str(text))
+    words = re.sub(r"[^0-9a-z]+", " ", text.lower()).split()
+    while words and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return "".join(words)
+
+
+def _class_list(names: Sequence[str], num_classes: int, source) -> str:
+    """The model's classes for an error message: names with their ids, or the id range."""
+    if names:
+        return "classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+    where = f" (no dataset.json found at data.path = {source!r})" if source else ""
+    return f"this model has class ids 0..{num_classes - 1} and no class names{where}"
+
+
+def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Optional[str | int] = None, *,
+                      class_names: Sequence[str] = (), device="cpu", encoder=None) -> Condition:
+    """The condition for `--prompt` / `--class` on this recipe's model (GenerateError if it does not fit).
+
+    Class models take a class name or id, or a prompt that names a class (case, punctuation,
+    CamelCase and a leading article are ignored); text models take a prompt (encoded with the
+    recipe's text encoder, or `encoder`); neither given = the null condition.
+    """
+    m = recipe.model
+    if prompt is not None and class_ is not None:
+        raise GenerateError("give either --prompt or --class, not both")
+    if prompt is None and class_ is None:
+        return Condition()
+    if m.cond == "none":
+        raise GenerateError("this model is unconditional (model.cond = \"none\"): drop --prompt/--class")
+    if m.cond == "text":
+        if class_ is not None:
+            raise GenerateError("this model is text-conditioned: describe the video with --prompt TEXT instead of "
+                                "--class")
+        if not str(prompt).strip():
+            return Condition()
+        if encoder is None:
+            from .text.encoders import load_text_encoder
+            encoder = load_text_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+        if encoder.dim != m.text_dim or encoder.tokens != m.text_tokens:
+            raise GenerateError(f"text encoder {encoder.name} gives {encoder.tokens}x{encoder.dim} embeddings but "
+                                f"the model expects {m.text_tokens}x{m.text_dim}")
+        emb = encoder.encode([str(prompt)]).float().cpu()
+        return Condition(kind="text", name=str(prompt), embedding=emb)
+    # Class-conditional model.
+    names = [str(n) for n in class_names]
+    src = recipe.data.path
+    if class_ is not None:
+        text = str(class_).strip()
+        exact = [i for i, n in enumerate(names) if n == text]
+        if exact:
+            return Condition(kind="class", label=exact[0], name=names[exact[0]])
+        if re.fullmatch(r"[+-]?\d+", text):
+            i = int(text)
+            if not 0 <= i < m.num_classes:
+                raise GenerateError(f"--class {i}: class ids run from 0 to {m.num_classes - 1}; "
+                                    + _class_list(names, m.num_classes, src))
+            return Condition(kind="class", label=i, name=names[i] if i < len(names) else "")
+        what = f"unknown class {text!r}"
+    else:
+        text = str(prompt)
+        what = f"prompt {text!r} does not name a class of this class-conditional model (use --class NAME_OR_ID)"
+    key = _norm_name(text)
+    hits = [i for i, n in enumerate(names) if key and _norm_name(n) == key]
+    if hits:
+        return Condition(kind="class", label=hits[0], name=names[hits[0]])
+    raise GenerateError(f"{what}; " + _class_list(names, m.num_classes, src))
+
+
+def _table_dirs(recipe: Recipe, info: GeneratorInfo) -> list:
+    """Folders that may hold prompt tables for this checkpoint: its run, its folder, its datasets (if found)."""
+    near = [d for d in (info.run_dir, info.weights.parent) if d is not None]
+    search = [x for d in near for x in (d, *list(Path(d).resolve().parents)[:3])]
+    dirs = list(near)
+    for rel in (recipe.data.path, recipe.data.image_path):
+        if rel:
+            p = Path(rel)
+            dirs += [d for d in ([p] if p.is_absolute() else [p] + [s / p for s in search])
+                     if (d / "dataset.json").is_file()]
+    return dirs
+
+
+def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str] = None,
+                          class_: Optional[str] = None, *, prompt_table=None, prompt_embedding=None,
+                          device="cpu") -> Optional[Condition]:
+    """A text model's condition from precomputed embeddings; None leaves it to `resolve_condition`.
+
+    `prompt_embedding` (a safetensors file of one embedding) is the condition itself. A `prompt`
+    is looked up in `prompt_table` (a table file, or a folder of tables), then in the tables next
+    to the checkpoint (RUN_DIR/prompt_embeddings.safetensors, written by training) and those stored
+    with its datasets; only a prompt no table has is encoded, with the recipe's text encoder.
+    """
+    from .text.encoders import TextEncoderError
+    from .text.tables import PromptLookup, load_encoder, read_prompt_embedding
+    m = recipe.model
+    if prompt_table is None and prompt_embedding is None and (m.cond != "text" or prompt is None):
+        return None
+    if m.cond != "text":
+        raise GenerateError(f"--prompt-table / --prompt-embedding need a text-conditioned model; this one has "
+                            f"model.cond = \"{m.cond}\"")
+    try:
+        if prompt_embedding is not None:
+            if prompt is not None or class_ is not None:
+                raise GenerateError("give either --prompt-embedding or --prompt, not both")
+            emb, name = read_prompt_embedding(prompt_embedding, m.text_tokens, m.text_dim)
+            return Condition(kind="text", name=name, embedding=emb)
+        if prompt is None:
+            raise GenerateError("--prompt-table needs --prompt TEXT (the prompt to look up)")
+        if class_ is not None or not str(prompt).strip():
+            return None                                   # resolve_condition: an error / the null condition
+        lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+        if prompt_table is not None:
+            lookup.add(prompt_table, explicit=True)
+        for d in _table_dirs(recipe, info):
+            lookup.add(d)
+        emb, _ = lookup.lookup(str(prompt))
+        if emb is not None:
+            return Condition(kind="text", name=str(prompt), embedding=emb)
+        try:
+            encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+        except TextEncoderError as e:
+            raise GenerateError(f"cannot embed --prompt {str(prompt)!r}: {lookup.describe_miss(str(prompt))}, and "
+                                f"{str(e).splitlines()[0]}; or pass --prompt-table FILE_OR_DATASET_DIR or "
+                                "--prompt-embedding FILE") from None
+    except TextEncoderError as e:
+        raise GenerateError(str(e).splitlines()[0]) from None
+    return resolve_condition(recipe, prompt, None, device=device, encoder=encoder)
+
+
+def request_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str] = None,
+                      class_: Optional[str] = None, *, prompt_table=None, prompt_embedding=None,
+                      device="cpu") -> Condition:
+    """The condition of a sampling request: precomputed embeddings first, else `resolve_condition`."""
+    cond = precomputed_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
+                                 prompt_embedding=prompt_embedding, device=device)
+    if cond is None:
+        cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=device)
+    return cond
