@@ -28,10 +28,10 @@ def _holder(directory: Path, fork_child: bool = False) -> subprocess.Popen:
             if {fork_child}:
                 child = os.fork()
                 if child == 0:                  # the at-fork handler has run once fork() returns here
-                    print("ready", flush=True)
+                    os.write(1, b"ready\\n")    # one write each: the two lines never interleave
                     sys.stdin.readline()
                     os._exit(0)
-                print(child, flush=True)
+                os.write(1, str(child).encode() + b"\\n")
                 os._exit(0)                     # the parent dies, its forked child lives on
             print(os.getpid(), flush=True)
             sys.stdin.readline()
