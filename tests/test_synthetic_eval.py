@@ -99,3 +99,25 @@ def test_the_packaged_model_loads_and_its_clips_take_the_asked_colour():
         out = sample_videos(net, recipe, [0], cond, levels=1, steps=[16, 8, 4], overlap="none")
         hits.append(read_clip(out.videos[0]).colour == colour)
     assert sum(hits) >= 3, hits
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-clips", "1"], "--num-clips 1"),
+    (["--split", "nope"], "--split"),
+    (["--batch", "0"], "--batch 0"),
+    (["--guidance", "nan"], "--guidance nan"),
+    (["--steps", "0"], "--steps"),
+    (["--out", "{file}"], "is a file"),
+    (["--ckpt", "{missing}"], "no such checkpoint"),
+])
+def test_eval_bad_inputs_are_one_line_errors(tmp_path, capsys, args, message):
+    from conftest import run_cli
+    from hpdm_cli.assets import DEFAULT_MODEL
+    (tmp_path / "a-file").write_text("keep")
+    fill = {"{file}": str(tmp_path / "a-file"), "{missing}": str(tmp_path / "missing")}
+    args = [fill.get(a, a) for a in args]
+    base = [] if "--ckpt" in args else ["--ckpt", str(DEFAULT_MODEL)]
+    base += [] if "--out" in args else ["--out", str(tmp_path / "report")]
+    code, out, err = run_cli(capsys, "eval", *base, *args, "--no-fvd", "--device", "cpu")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "a-file").read_text() == "keep" and not (tmp_path / "report").exists()

@@ -180,12 +180,16 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
     if num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
     net, recipe, info = load_generator(ckpt, device)
     dev = info.device
-    out_dir = Path(out_dir)
+    steps = parse_steps(steps, recipe.pyramid.num_levels)
+    if recipe.model.cond == "none":
+        raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
     out_dir.mkdir(parents=True, exist_ok=True)
     R = tuple(recipe.pyramid.resolution)
-    steps = parse_steps(steps, recipe.pyramid.num_levels)
     if embed is None:
         search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
         embed = (lambda caps: embed_prompts(recipe, caps, search))
