@@ -24,7 +24,7 @@ cd "$dir"
 echo "[demo] 1/2: the packaged shapes model (hpdm_cli/assets/MODEL_CARD.md)"
 "$hpdm" sample --prompt "a red circle moving right on a black background" --out demo/red-circle-right.mp4 \
   --gif --png ${HPDM_DEMO_PROMPT_ARGS:-}
-"$hpdm" sample --prompt "a yellow square moving down on a blue background" --out demo/yellow-square-down.mp4 \
+"$hpdm" sample --prompt "a yellow square moving down on a purple background" --out demo/yellow-square-down.mp4 \
   --gif --png ${HPDM_DEMO_PROMPT_ARGS:-}
 echo "[demo] 2/2: prepare, train and sample a tiny model on the CPU (its clips are coloured noise after a few"
 echo "       minutes of training: they show the pipeline, not a result)"
