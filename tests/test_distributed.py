@@ -1,6 +1,6 @@
 """N gloo processes at global batch B give the same gradients as one process at B; DDP train().
 
-docs/method.md, invariant 11.
+docs/method.md, invariant "N ranks equal one process".
 
 Each test spawns two CPU processes joined by a gloo process group on 127.0.0.1.
 """
@@ -66,7 +66,7 @@ def _grads(net) -> dict:
     return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
-# ----------------------------------------------------------------------- docs/method.md, invariant 11
+# ------------------------------------------------- docs/method.md, invariant "N ranks equal one process"
 
 def _grad_job(rank: int, recipe, batch, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP

@@ -52,7 +52,10 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_causality_coarse_to_fine_only(name):
-    """Level l's output has exactly zero gradient w.r.t. every input of levels > l (docs/method.md, invariant 4)."""
+    """Level l's output has exactly zero gradient w.r.t. every input of levels > l.
+
+    docs/method.md, invariant "causality, coarse to fine only".
+    """
     recipe = tiny_recipe(**CONFIGS[name])
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)

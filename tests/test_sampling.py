@@ -31,7 +31,7 @@ def video_recipe(**model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tiles (docs/method.md, invariant 6)
+# Tiles (docs/method.md, invariant "the overlapped merge is exact")
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
 def test_tiles_count_merge_and_ancestors(overlap):
@@ -117,7 +117,7 @@ def test_sampler_merge_has_no_seams(overlap):
 
 
 # ---------------------------------------------------------------------------------------------
-# EDM sampler (docs/method.md, invariant 9)
+# EDM sampler (docs/method.md, invariant "the sampler draws the right Gaussian")
 
 def test_edm_time_steps():
     t = edm_sigmas(8, 0.002, 80.0, 7.0)

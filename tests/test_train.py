@@ -1,5 +1,5 @@
-"""The training loop: exact resume (docs/method.md, invariant 10), SIGTERM, continuing, refusals, non-finite steps,
-init_from.
+"""The training loop: exact resume (docs/method.md, invariant "resume reproduces the uninterrupted run"),
+SIGTERM, continuing, refusals, non-finite steps, init_from.
 
 Every run trains the tiny recipe for a few steps at batch 4 on a 16-video 8x32x32 shapes dataset
 made once per session. Reference (uninterrupted) runs are made once per module and shared.
@@ -124,7 +124,7 @@ def reference(tmp_path_factory, shapes_data, image_data):
     return get
 
 
-# ----------------------------------------------------------------------- docs/method.md, invariant 10
+# --------------------------------------- docs/method.md, invariant "resume reproduces the uninterrupted run"
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_stop_and_resume_reproduces_uninterrupted_run(variant, reference, tmp_path, monkeypatch):

@@ -119,7 +119,8 @@ class NoiseDraw:
         """The contiguous share `index` of `parts` along the batch.
 
         Only tests/test_distributed.py uses it: it gives each rank its share of one global draw, so
-        that N ranks can be compared with one process on the same numbers (docs/method.md, invariant 11).
+        that N ranks can be compared with one process on the same numbers (docs/method.md,
+        invariant "N ranks equal one process").
         """
         def cut(t):
             return None if t is None else t.chunk(parts)[index]

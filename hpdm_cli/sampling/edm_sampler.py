@@ -3,7 +3,7 @@
 The step loop works on any tensor and takes any denoiser `denoise(x, sigma) -> D(x; sigma)` and a
 noise source `noise() -> standard normal tensor shaped like x`, so it runs equally on the
 MultiDiffusion canvas of a pyramid level and on an analytic denoiser in tests (tests/test_sampling.py
-checks the distribution it draws for Gaussian data: docs/method.md, invariant 9).
+checks the distribution it draws for Gaussian data: docs/method.md, invariant "the sampler draws the right Gaussian").
 
 Time steps: t_i = (sigma_max^(1/rho) + i / (N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
 i < N, and t_N = 0. Step i: with gamma_i = min(S_churn / N, sqrt(2) - 1) when S_tmin <= t_i <= S_tmax

@@ -5,7 +5,8 @@ the newest readable checkpoint in `run_dir` if there is one, and runs until `tra
 Every random choice of step s on rank r (patch offsets, sigmas, noise, condition dropout) comes
 from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
 the sample index, and torch's global RNG is checkpointed, so an interrupted and resumed run
-reproduces the uninterrupted one exactly (docs/method.md, invariant 10; tests/test_train.py).
+reproduces the uninterrupted one exactly (docs/method.md, invariant "resume reproduces the
+uninterrupted run"; tests/test_train.py).
 Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
 `train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
 that are not finite are never saved, so the newest checkpoint stays the last good one.
