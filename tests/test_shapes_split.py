@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from collections import Counter
 
 import pytest
+from conftest import run_cli
 
 from hpdm_cli.data.shapes import (COLOURS, DIRECTIONS, HELDOUT_TRIPLES, SHAPES, is_heldout, render_shapes_video,
                                   shapes_attributes, write_shapes_dataset)
@@ -79,27 +79,11 @@ def test_all_split_unchanged():
     assert h.hexdigest() == "b66f8382daeedca8bd16290a1fcc6360467ba93248a5e29ee8494dcf2c133392"
 
 
-def run_prepare(argv: list[str]) -> int:
-    """`hpdm prepare ...` through the real entry point; returns the exit code."""
-    from hpdm_cli.cli import app as app_mod
-    from hpdm_cli.cli import prepare_cmd
-    prepare_cmd.register(app_mod.app)  # a no-op once app.py registers it itself
-    old = sys.argv
-    sys.argv = ["hpdm", "prepare", *argv]
-    try:
-        app_mod.main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.argv = old
-    return 0
-
-
 def test_split_in_dataset_and_cli(tmp_path, capsys):
     """`hpdm prepare --synthetic shapes --split heldout` writes held-out prompts and records the split."""
     pytest.importorskip("av")
-    assert run_prepare(["--synthetic", "shapes", str(tmp_path / "h"), "--split", "heldout", "--num-videos", "4",
-                        "--frames", "2", "--height", "16", "--width", "16"]) == 0
+    assert run_cli(capsys, "prepare", "--synthetic", "shapes", tmp_path / "h", "--split", "heldout", "--num-videos",
+                   "4", "--frames", "2", "--height", "16", "--width", "16", "--text-encoder", "none")[0] == 0
     ds = VideoDataset(tmp_path / "h")
     assert ds.meta["split"] == "heldout" and "% 8 == 0" in ds.meta["heldout"]
     for i in range(len(ds)):
@@ -107,7 +91,8 @@ def test_split_in_dataset_and_cli(tmp_path, capsys):
         assert is_heldout(colour, shape, direction)
     out = write_shapes_dataset(tmp_path / "t", num_videos=2, frames=2, height=16, width=16, split="train")
     assert VideoDataset(out).meta["split"] == "train"
-    capsys.readouterr()
-    assert run_prepare(["--synthetic", "shapes", str(tmp_path / "x"), "--split", "test", "--num-videos", "2"]) == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli(capsys, "prepare", "--synthetic", "shapes", tmp_path / "x", "--split", "test",
+                           "--num-videos", "2")
+    assert code == 2
+    err = err.strip()
     assert err.startswith("hpdm: error:") and "heldout" in err and "\n" not in err, err

@@ -83,6 +83,13 @@ class SyntheticClips:
             out[j] = self._perm[1][pos]
         return out
 
+    def stream(self, start: int, count: int):
+        """Endless batches of `count` samples from sample `start` on, as dicts like a `make_loader` batch."""
+        while True:
+            video, label, caption_id = self.batch(start, count)
+            yield dict(video=video, label=label, caption_id=caption_id)
+            start += count
+
     def batch(self, start: int, count: int):
         """Samples start .. start+count-1: (videos uint8 [B, 3, T, H, W], labels [B] on the CPU, caption ids [B])."""
         idx = torch.from_numpy(self.sample_indices(start, count))

@@ -144,7 +144,7 @@ class HPDMNet(nn.Module):
 
     def cond_tokens(self, c_noise: torch.Tensor, level: int, cond: Optional[torch.Tensor],
                     keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditioning of one level: tokens [B, C_tok, d_z] (noise level, pyramid level, class or text) and their sum [B, d_z]."""
+        """Conditioning of one level: tokens [B, C_tok, d_z] (noise level, pyramid level, class or text) and their sum [B, d_z] (None without adaptive norm)."""
         B = c_noise.shape[0]
         toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
                 self.level_token[level].expand(B, 1, -1)]
@@ -160,7 +160,9 @@ class HPDMNet(nn.Module):
             else:
                 t = self.text_proj(cond.to(self.null_text.dtype))
                 toks.append(t if keep is None else torch.where(keep[:, None, None], t, null))
-        vec = toks[0][:, 0] + toks[1][:, 0] + (toks[2].mean(1) if len(toks) > 2 else 0)
+        vec = None                                       # only adaptive LayerNorm reads the summed condition
+        if self.cfg.adaptive_norm:
+            vec = toks[0][:, 0] + toks[1][:, 0] + (toks[2].mean(1) if len(toks) > 2 else 0)
         return torch.cat(toks, dim=1), vec
 
     # ----------------------------------------------------------------------------------------
@@ -226,7 +228,9 @@ class HPDMNet(nn.Module):
                     a[l] = fused[j]
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])
-            xc = cv[levels[0]] if len(levels) == 1 else torch.cat([cv[l] for l in levels])
+            xc = None
+            if self.cfg.adaptive_norm:
+                xc = cv[levels[0]] if len(levels) == 1 else torch.cat([cv[l] for l in levels])
             xa, xz = block(xa, xz, xc)
             for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
                 a[l], z[l] = ya, yz

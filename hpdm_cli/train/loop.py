@@ -225,7 +225,6 @@ class _Batches:
         self.n_vid, self.n_img = micro - n_img, n_img
         self.loaders, self.captions, self.class_names = [], [], []
         self.caption_sources = []                                         # dataset of each part of `captions`
-        self.batch_index = start_batch
         for path, n, frames, seed in ((d.path, self.n_vid, R[0], recipe.train.seed),
                                       (d.image_path, n_img, 1, recipe.train.seed + 1)):
             if n == 0:
@@ -234,7 +233,7 @@ class _Batches:
                 src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=R[0], height=R[1], width=R[2],
                                      seed=seed, split=d.synthetic_split, rank=dist.rank,
                                      world_size=dist.world_size, workers=d.num_workers, device=dist.device)
-                self.loaders.append((src, n, len(self.captions)))
+                self.loaders.append((src.stream(start_batch * n, n), frames, len(self.captions)))
                 self.captions += src.captions()
                 self.caption_sources.append(path)
                 self.class_names = self.class_names or src.class_names
@@ -264,17 +263,9 @@ class _Batches:
 
     def next(self, device, frames: int):
         """The next micro-batch: (videos [B, 3, F, H, W] in [-1, 1], labels [B], caption ids [B])."""
-        parts = []
-        for it, n_or_frames, _ in self.loaders:
-            if hasattr(it, "batch"):                                      # a synthetic source: sample by index
-                v, lab, cap = it.batch(self.batch_index * n_or_frames, n_or_frames)
-                parts.append(dict(video=v, label=lab, caption_id=cap))
-            else:
-                parts.append(next(it))
-        self.batch_index += 1
+        parts = [next(it) for it, _, _ in self.loaders]
         vids, caps = [], []
-        for p, (src, f, cap0) in zip(parts, self.loaders):
-            f = src.videos.shape[2] if hasattr(src, "batch") else f
+        for p, (_, f, cap0) in zip(parts, self.loaders):
             v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
