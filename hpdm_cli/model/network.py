@@ -144,7 +144,10 @@ class HPDMNet(nn.Module):
 
     def cond_tokens(self, c_noise: torch.Tensor, level: int, cond: Optional[torch.Tensor],
                     keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditioning of one level: tokens [B, C_tok, d_z] (noise level, pyramid level, class or text) and their sum [B, d_z] (None without adaptive norm)."""
+        """Conditioning of one level: tokens [B, C_tok, d_z] and their sum [B, d_z] (None without adaptive norm).
+
+        The tokens are the noise level, the pyramid level and the class or text.
+        """
         B = c_noise.shape[0]
         toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
                 self.level_token[level].expand(B, 1, -1)]
