@@ -79,6 +79,7 @@ class PyramidConfig:
     resolution: tuple[int, int, int] = (64, 256, 256)   # Full video size (frames, height, width).
     patch: tuple[int, int, int] = (16, 64, 64)          # Patch size of every level (frames, height, width).
     overlap: str = "fhw"                                 # Axes with 50% overlapping tiles at inference.
+    offsets: str = "continuous"                          # Training patch offsets: "continuous" or "grid".
 
     @property
     def num_levels(self) -> int:
@@ -239,6 +240,8 @@ class Recipe:
         for name, dim in (("model.interface_dim", m.interface_dim), ("model.latent_dim", m.latent_dim)):
             if dim % m.head_dim:
                 raise ConfigError(f"{name} = {dim} is not a multiple of model.head_dim = {m.head_dim}")
+        if p.offsets not in ("continuous", "grid"):
+            raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\" or \"grid\"")
         if m.fusion not in ("deep", "shallow", "none"):
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
         if m.cond not in ("class", "text", "none"):

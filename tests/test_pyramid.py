@@ -1,12 +1,14 @@
 """Patch pyramid invariants (docs/method.md, invariants 1-3): nesting, coordinates, the exact integer last level."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hpdm_cli.config import PyramidConfig
-from hpdm_cli.pyramid import (extract_patches, level_scales, patch_points, relative_coords, sample_nested_offsets,
-                              to_grid_sample)
+from hpdm_cli.pyramid import (downsample_to_level, extract_patches, level_scales, patch_points, relative_coords,
+                              sample_nested_offsets, to_grid_sample)
 
 PYRAMIDS = {
     "ucf-like (3 levels)": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16)),
@@ -80,6 +82,34 @@ def test_last_level_is_exact_integer_crop(name):
         rf, rh, rw = pyr.patch
         crop = video[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]
         assert torch.equal(patches[b, -1], crop)                          # bit-exact, no interpolation
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_grid_offsets_make_every_level_an_exact_crop_of_its_level(name):
+    """pyramid.offsets = "grid": each level's patch is a whole-pixel crop of the box-filtered level video."""
+    pyr = dataclasses.replace(PYRAMIDS[name], offsets="grid")
+    B = 400
+    off = sample_nested_offsets(pyr, B, generator=torch.Generator().manual_seed(4))
+    s = level_scales(pyr)
+    for l in range(1, pyr.num_levels):                                    # still nested
+        assert torch.all(off[:, l] >= off[:, l - 1] - 1e-6)
+        assert torch.all(off[:, l] + s[l] <= off[:, l - 1] + s[l - 1] + 1e-6)
+    video = torch.randn(6, 3, *pyr.resolution)
+    patches = extract_patches(video, pyr, off[:6])
+    for l in range(pyr.num_levels):
+        n = torch.tensor(pyr.level_resolution(l), dtype=torch.float64)
+        starts = off[:, l].double() * n
+        assert torch.allclose(starts, starts.round(), atol=1e-4), l
+        # Every whole-pixel position inside the parent is drawn (here: the first and last ones).
+        room = ((s[l - 1] - s[l]).double() * n).round() if l else torch.zeros(3)
+        rel = (starts - off[:, max(l - 1, 0)].double() * n).round()
+        assert torch.equal(rel.min(0).values, torch.zeros(3, dtype=rel.dtype))
+        assert torch.equal(rel.max(0).values, room.to(rel.dtype))
+        level = downsample_to_level(video, pyr, l)
+        for b in range(6):
+            f0, h0, w0 = starts[b].round().long().tolist()
+            rf, rh, rw = pyr.patch
+            assert torch.equal(patches[b, l], level[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]), (l, b)
 
 
 @pytest.mark.parametrize("name", list(PYRAMIDS))

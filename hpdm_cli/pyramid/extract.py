@@ -6,7 +6,8 @@ each level pixel covers; for a factor of two this is exactly trilinear interpola
 neighbouring pixels, and it stays alias-free for larger factors), then the patch is
 resampled trilinearly at its sample centres (`align_corners=False`, the convention of
 `geometry`). The last level is an integer crop of the full-resolution video (no resampling;
-docs/method.md, section 2). A linear ramp video is reproduced exactly at every level
+docs/method.md, section 2), and so is every level with `pyramid.offsets = "grid"` (a crop of the
+level's box-filtered video). A linear ramp video is reproduced exactly at every level
 (docs/method.md, invariants 2 and 3; tests/test_pyramid.py).
 """
 
@@ -40,15 +41,15 @@ def integer_crop(video: torch.Tensor, starts: torch.Tensor, size: tuple[int, int
 def extract_level(video: torch.Tensor, pyr: PyramidConfig, level: int, offsets: torch.Tensor) -> torch.Tensor:
     """Extract one level's patches [B, C, r_f, r_h, r_w] at offsets [B, 3] from full-resolution video."""
     r = tuple(pyr.patch)
-    if level == pyr.num_levels - 1:
-        full = torch.tensor(pyr.resolution, dtype=torch.float64, device=offsets.device)
-        starts = torch.round(offsets.double() * full)
-        if (starts - offsets.double() * full).abs().max() > 1e-3:
-            raise ValueError("the last pyramid level must sit on integer pixel offsets")
-        return integer_crop(video, starts, r)
     src = downsample_to_level(video, pyr, level)
     if level == 0:                                                        # the whole video, s = 1
         return src
+    if level == pyr.num_levels - 1 or pyr.offsets == "grid":
+        grid = torch.tensor(pyr.level_resolution(level), dtype=torch.float64, device=offsets.device)
+        starts = torch.round(offsets.double() * grid)
+        if (starts - offsets.double() * grid).abs().max() > 1e-3:
+            raise ValueError(f"level {level}'s patches must sit on integer pixel offsets of its grid")
+        return integer_crop(src, starts, r)
     scale = level_scales(pyr, offsets.device)[level]
     grid = to_grid_sample(patch_points(scale, offsets, r), r).to(src.dtype)
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)

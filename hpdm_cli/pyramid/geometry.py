@@ -41,21 +41,26 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
     Along an axis where level l already has the full resolution (always the case at the last
     level; earlier for axes with a smaller full/patch ratio, e.g. time), the offset is snapped
     to the full-resolution pixel grid (an integer crop: docs/method.md, sections 2-3), choosing uniformly among
-    the integer positions that keep it inside level l-1.
+    the integer positions that keep it inside level l-1. With `pyr.offsets == "grid"` every level
+    is snapped so to its own pixel grid, as the tiles of hierarchical sampling are (docs/method.md,
+    section 3).
     """
     L = pyr.num_levels
     scales = level_scales(pyr, device).double()
     u = torch.rand(batch, L, 3, generator=generator, device=generator.device if generator else device)
     u = u.to(device, torch.float64)
     offsets = torch.zeros(batch, L, 3, device=device, dtype=torch.float64)
-    full = torch.tensor(pyr.resolution, dtype=torch.float64, device=device)
+    on_grid = pyr.offsets == "grid"
     for l in range(1, L):
         room = scales[l - 1] - scales[l]                                  # [3]
         cont = offsets[:, l - 1] + u[:, l] * room
+        res = pyr.level_resolution(l) if on_grid else pyr.resolution
+        full = torch.tensor(res, dtype=torch.float64, device=device)
         lo = torch.ceil(offsets[:, l - 1] * full - _EPS)                  # first integer start inside
         hi = torch.floor((offsets[:, l - 1] + room) * full + _EPS)        # last integer start inside
         snapped = (lo + torch.floor(u[:, l] * (hi - lo + 1)).clamp(max=hi - lo)) / full
-        at_full = torch.tensor([n == R for n, R in zip(pyr.level_resolution(l), pyr.resolution)], device=device)
+        at_full = torch.tensor([on_grid or n == R for n, R in zip(pyr.level_resolution(l), pyr.resolution)],
+                               device=device)
         offsets[:, l] = torch.where(at_full, snapped, cont)
     return offsets.float()
 
