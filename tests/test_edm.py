@@ -9,7 +9,7 @@ from conftest import tiny_recipe
 from hpdm_cli.config import DiffusionConfig
 from hpdm_cli.diffusion import (c_in, c_noise, c_out, c_skip, denoise, draw_noise, edm_loss, input_scales,
                                 sample_sigmas, v_target)
-from hpdm_cli.model import HPDMNet
+from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import sample_nested_offsets
 
 
@@ -45,7 +45,7 @@ class ConstNet(torch.nn.Module):
 
     def forward(self, x, c_noise, offsets, cond=None, keep=None, **kw):
         self.seen.append((x, c_noise))
-        return self.out
+        return NetOutput(self.out)
 
 
 def test_loss_is_weighted_denoising_error():
@@ -66,7 +66,7 @@ def test_loss_is_weighted_denoising_error():
     b6 = b[None, :, None, None, None, None]
     assert torch.allclose(x_seen, noisy / torch.sqrt(s6 ** 2 + (b6 * cfg.sigma_data) ** 2), atol=1e-6)
     assert torch.allclose(cn_seen, draw.sigma.log() / 4)
-    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data)
+    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data).out
     lam = 1 / c_out(draw.sigma, cfg.sigma_data) ** 2
     want = (lam * (D - y).pow(2).flatten(2).mean(-1)).sum(1).mean()
     assert torch.allclose(out.loss, want, rtol=1e-4)

@@ -1,11 +1,13 @@
 """The HPDM network: causality, adaptive computation, fusion alignment, shapes (docs/method.md, invariants 4-5)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_recipe
 
-from hpdm_cli.model import HPDMNet, LevelContext
+from hpdm_cli.model import HPDMNet, LevelContext, cond_token_count, token_grid
 from hpdm_cli.model.fusion import gather_context, pair_weights
 from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
 from hpdm_cli.pyramid.geometry import global_token_coords
@@ -67,7 +69,7 @@ def test_causality_coarse_to_fine_only(name):
         if recipe.model.self_condition:
             kwargs["self_cond"] = torch.randn(2, L, recipe.model.num_latents, recipe.model.latent_dim,
                                               requires_grad=True)
-        out = net(xi, ni, off, c, **kwargs)
+        out = net(xi, ni, off, c, **kwargs).out
         out[:, l].square().sum().backward()
         assert torch.all(xi.grad[:, l + 1:] == 0), f"level {l} sees a finer level's pixels"
         assert torch.all(ni.grad[:, l + 1:] == 0), f"level {l} sees a finer level's noise level"
@@ -114,7 +116,7 @@ def test_batched_network_equals_per_level_reference(load, adaptive_norm):
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
-        assert torch.allclose(net(x, c_noise, off, c), reference_forward(net, x, c_noise, off, c), atol=1e-5)
+        assert torch.allclose(net(x, c_noise, off, c).out, reference_forward(net, x, c_noise, off, c), atol=1e-5)
 
 
 def test_skipped_blocks_leave_levels_untouched():
@@ -126,7 +128,7 @@ def test_skipped_blocks_leave_levels_untouched():
     seen = []
     hooks = [blk.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0])) for blk in net.blocks]
     with torch.no_grad():
-        _, acts = net(x, c_noise, off, c, collect=True)
+        acts = net(x, c_noise, off, c, collect=True).collected
     for h in hooks:
         h.remove()
     assert seen == [n * 3 for n in load]
@@ -197,12 +199,18 @@ def test_shapes_and_dtypes(resolution, patch, levels, cond):
     assert recipe.pyramid.num_levels == levels
     net = HPDMNet(recipe.pyramid, recipe.model)
     x, c_noise, off, c = make_inputs(recipe, B=2)
-    out = net(x, c_noise, off, c)
-    assert out.shape == x.shape and out.dtype == torch.float32
-    out, lat = net(x, c_noise, off, c, return_latents=True)
-    assert lat.shape == (2, levels, recipe.model.num_latents, recipe.model.latent_dim)
+    res = net(x, c_noise, off, c)
+    assert res.out.shape == x.shape and res.out.dtype == torch.float32
+    assert res.latents is None and res.collected is None                   # only what was asked for
+    res = net(x, c_noise, off, c, return_latents=True, collect=True)
+    assert res.latents.shape == (2, levels, recipe.model.num_latents, recipe.model.latent_dim)
+    assert sorted(res.collected) == list(range(levels))
+    # The counts the FLOP model and the cache sizes use are those of the tokens the network builds.
+    toks, _ = net.cond_tokens(c_noise[:, 0], 0, c, None)
+    assert toks.shape[1] == cond_token_count(recipe.model) and net.tokenize(x[:, 0], 0).shape[1] == \
+        math.prod(token_grid(recipe.pyramid, recipe.model))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(x, c_noise, off, c)
+        out = net(x, c_noise, off, c).out
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
 
 
@@ -213,11 +221,11 @@ def test_cached_context_equals_joint_forward():
         net = randomize(HPDMNet(recipe.pyramid, recipe.model))
         x, c_noise, off, c = make_inputs(recipe)
         with torch.no_grad():
-            full, acts = net(x, c_noise, off, c, collect=True)
+            full, _, acts = net(x, c_noise, off, c, collect=True)
             for lo in (1, 2):
                 ctx = LevelContext(acts={b: [acts[k][b] for k in range(lo)] for b in acts[lo - 1]},
                                    pixels=x[:, lo - 1])
-                part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=ctx)
+                part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=ctx).out
                 assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
 
 
@@ -226,9 +234,9 @@ def test_condition_dropout_uses_null_condition():
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
-        dropped = net(x, c_noise, off, c, torch.tensor([False, False]))
-        null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes))
-        kept = net(x, c_noise, off, c, torch.tensor([True, True]))
+        dropped = net(x, c_noise, off, c, torch.tensor([False, False])).out
+        null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes)).out
+        kept = net(x, c_noise, off, c, torch.tensor([True, True])).out
     assert torch.equal(dropped, null)
     assert not torch.allclose(dropped, kept)
 
