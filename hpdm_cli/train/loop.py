@@ -326,7 +326,7 @@ def _table_embeddings(recipe: Recipe, captions: list) -> tuple:
 
 def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
     """(embeddings, encoder name) of the captions from the recipe's text encoder (cached in RUN_DIR/cache)."""
-    from ..text.encoders import TextEncoderError, cached_embeddings
+    from ..text.encoders import TextEncoderError, cached_embeddings, check_output_size
     from ..text.tables import load_encoder
     m = recipe.model
     try:
@@ -337,9 +337,7 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
                          f"embeddings with the dataset: hpdm prepare --embed-captions {data[0]} --text-encoder "
                          f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
                          + ", then copy the dataset folder here") from None
-    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
-        raise TrainError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the recipe has "
-                         f"model.text_tokens={m.text_tokens}, model.text_dim={m.text_dim}")
+    check_output_size(enc, m.text_tokens, m.text_dim)
     return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
 
 
@@ -368,7 +366,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
                              "restore it, or delete it to adopt this recipe") from None
         if architecture_of(prev) != arch:
             raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
-                             "[pyramid]/[model]); pass a new --run-dir or restore the recipe")
+                             "[pyramid]/[model]); use another run directory or restore the recipe")
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
         try:
@@ -377,7 +375,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             stored = arch                                                 # load_state_dict judge the weights
         if stored != arch:
             raise CheckpointError(f"{ck['path']}: trained with another architecture ([pyramid]/[model] differ "
-                                  "from this recipe's); pass a new --run-dir or restore the recipe")
+                                  "from this recipe's); use another run directory or restore the recipe")
     return ck
 
 
