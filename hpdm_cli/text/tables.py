@@ -36,6 +36,7 @@ replaced: "minilm-all-MiniLM-L6-v2".) safetensors is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -43,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -168,32 +169,39 @@ def read_header(path: str | os.PathLike) -> Optional[dict]:
     return meta if meta.get("format") == FORMAT else None
 
 
+@contextlib.contextmanager
+def _opened(path: Path, unreadable: str) -> Iterator[tuple]:
+    """(file, metadata, tensor names) of a safetensors file; any failure while reading it is TextEncoderError.
+
+    `unreadable` is that error's message, with `{error}` standing for the failure's type name.
+    """
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            yield f, dict(f.metadata() or {}), list(f.keys())
+    except Exception as e:  # noqa: BLE001
+        raise TextEncoderError(unreadable.format(error=type(e).__name__)) from None
+
+
 def _open_table(path: Path, rows: Optional[Callable] = None) -> tuple:
     """(metadata, texts, embeddings) of a table file; `rows(texts)` picks the rows to read (default: all)."""
     if not path.is_file():
         raise TextEncoderError(f"prompt/caption embedding table {str(path)!r} not found")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            keys = set(f.keys())
-            ok = meta.get("format") == FORMAT and {"embeddings", "texts"} <= keys
-            blob = f.get_tensor("texts") if ok else None
-            texts = _decode_texts(blob) if ok else None
-            emb = None
-            if ok and isinstance(texts, list):
-                sl = f.get_slice("embeddings")
-                shape = tuple(sl.get_shape())
-                if len(shape) != 3 or shape[0] != len(texts) or sl.get_dtype() not in ("F32", "float32"):
-                    texts = None
-                elif rows is None:
-                    emb = f.get_tensor("embeddings")
-                else:
-                    i = rows(texts)
-                    emb = None if i is None else sl[i : i + 1]
-    except Exception as e:  # noqa: BLE001
-        raise TextEncoderError(f"{path} is not a readable safetensors file ({type(e).__name__}): re-create it with "
-                               "`hpdm prepare --embed-captions DATASET_DIR`") from None
+    with _opened(path, f"{path} is not a readable safetensors file ({{error}}): re-create it with "
+                       "`hpdm prepare --embed-captions DATASET_DIR`") as (f, meta, keys):
+        ok = meta.get("format") == FORMAT and {"embeddings", "texts"} <= set(keys)
+        texts = _decode_texts(f.get_tensor("texts")) if ok else None
+        emb = None
+        if ok and isinstance(texts, list):
+            sl = f.get_slice("embeddings")
+            shape = tuple(sl.get_shape())
+            if len(shape) != 3 or shape[0] != len(texts) or sl.get_dtype() not in ("F32", "float32"):
+                texts = None
+            elif rows is None:
+                emb = f.get_tensor("embeddings")
+            else:
+                i = rows(texts)
+                emb = None if i is None else sl[i : i + 1]
     if not ok:
         raise TextEncoderError(f"{path} is not an hpdm text-embedding table (no {FORMAT} metadata): use a file "
                                "written by `hpdm prepare` or training, or give a single embedding as a prompt "
@@ -439,16 +447,9 @@ def read_prompt_embedding(path: str | os.PathLike, tokens: int, dim: int) -> tup
     path = Path(path)
     if not path.is_file():
         raise TextEncoderError(f"prompt embedding {str(path)!r}: no such file")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            keys = list(f.keys())
-            key = "embedding" if "embedding" in keys else (keys[0] if len(keys) == 1 else None)
-            t = f.get_tensor(key) if key is not None and meta.get("format") != FORMAT else None
-    except Exception as e:  # noqa: BLE001
-        raise TextEncoderError(f"prompt embedding {path}: not a readable safetensors file ({type(e).__name__})") \
-            from None
+    with _opened(path, f"prompt embedding {path}: not a readable safetensors file ({{error}})") as (f, meta, keys):
+        key = "embedding" if "embedding" in keys else (keys[0] if len(keys) == 1 else None)
+        t = f.get_tensor(key) if key is not None and meta.get("format") != FORMAT else None
     name = meta.get("prompt") or path.name
     if meta.get("format") == FORMAT:
         table = read_table(path)
