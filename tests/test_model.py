@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_recipe
 
-from hpdm_cli.model import HPDMNet, LevelContext, cond_token_count, token_grid
+from hpdm_cli.model import HPDMNet, LevelContext, cond_token_count, reading_blocks, token_grid
 from hpdm_cli.model.fusion import gather_context, pair_weights
 from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
 from hpdm_cli.pyramid.geometry import global_token_coords
@@ -214,19 +214,29 @@ def test_shapes_and_dtypes(resolution, patch, levels, cond):
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
 
 
-def test_cached_context_equals_joint_forward():
-    """Running level l alone on collected lower-level activations equals the joint forward (activation caching)."""
-    for fusion in ("deep", "shallow"):
-        recipe = tiny_recipe(fusion=fusion, load=[1, 2, 2, 3])
-        net = randomize(HPDMNet(recipe.pyramid, recipe.model))
-        x, c_noise, off, c = make_inputs(recipe)
-        with torch.no_grad():
-            full, _, acts = net(x, c_noise, off, c, collect=True)
-            for lo in (1, 2):
-                ctx = LevelContext(acts={b: [acts[k][b] for k in range(lo)] for b in acts[lo - 1]},
-                                   pixels=x[:, lo - 1])
-                part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=ctx).out
-                assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
+@pytest.mark.parametrize("fusion,load", [("deep", [1, 2, 2, 3]), ("deep", "linear"), ("deep", [3, 1, 2, 3]),
+                                         ("shallow", [1, 2, 2, 3])])
+def test_cached_context_equals_joint_forward_and_holds_exactly_what_is_read(fusion, load):
+    """Running level lo alone on the collected lower-level activations equals the joint forward (activation
+    caching); what is collected is `reading_blocks`, and running without any one of those blocks fails (it is read)."""
+    recipe = tiny_recipe(fusion=fusion, load=load)
+    L = recipe.pyramid.num_levels
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    with torch.no_grad():
+        full, _, acts = net(x, c_noise, off, c, collect=True)
+        assert [sorted(acts[k]) for k in range(L)] == [reading_blocks(recipe.model, L, k) for k in range(L)]
+        for lo in range(1, L):
+            blocks = reading_blocks(recipe.model, L, lo - 1)
+            kept = {b: [acts[k][b] for k in range(lo)] for b in blocks}
+            part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=LevelContext(kept, x[:, lo - 1])).out
+            assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
+            for b in blocks:
+                with pytest.raises(KeyError):
+                    net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo,
+                        context=LevelContext({o: v for o, v in kept.items() if o != b}, x[:, lo - 1]))
+    if fusion == "shallow":
+        assert all(reading_blocks(recipe.model, L, k) == [] for k in range(L))
 
 
 def test_condition_dropout_uses_null_condition():

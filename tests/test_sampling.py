@@ -291,7 +291,7 @@ def test_preview_offload_progress_and_fixed_levels():
         sampler.sample([7], steps=[1, 1, 1], fixed={1: torch.zeros(1, 3, 2, 8, 8)})
 
 
-def test_level_steps_and_cache_size():
+def test_level_steps():
     recipe = tiny_recipe()
     assert level_steps(recipe.sample, 3) == [128, 64, 32]
     recipe.sample.steps = 4
@@ -301,10 +301,3 @@ def test_level_steps_and_cache_size():
     assert level_steps(recipe.sample, 2, [9, 1]) == [9, 1]
     with pytest.raises(ValueError):
         level_steps(recipe.sample, 3, [2, 2])
-    # tiles x tokens x interface dim x cached blocks x bytes x rows; load "linear" = [1, 1, 2, 3] here:
-    # levels 2 and 3 read level 0 in blocks 2, 3; level 2 reads level 1 in block 3.
-    r = tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8))
-    assert r.model.resolved_load(3) == [1, 1, 2, 3]
-    tokens = 4 * 4 * 4
-    assert cache_bytes(r, "fhw", 2) == [1 * tokens * 32 * 2 * 4 * 2, 27 * tokens * 32 * 1 * 4 * 2, 0]
-    assert cache_bytes(tiny_recipe(fusion="shallow"), "fhw", 2) == [0, 0, 0]
