@@ -159,11 +159,6 @@ class HPDMNet(nn.Module):
                 and int(parts[1]) < len(self.load) and self.load[int(parts[1])] <= 1)
 
     # ----------------------------------------------------------------------------------------
-    @property
-    def num_cond_tokens(self) -> int:
-        """Conditioning tokens appended to each level's latents (`cond_token_count`)."""
-        return cond_token_count(self.cfg)
-
     def tokenize(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
         tf, th, tw = self.tok
@@ -182,7 +177,7 @@ class HPDMNet(nn.Module):
                     keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditioning of one level: tokens [B, C_tok, d_z] and their sum [B, d_z] (None without adaptive norm).
 
-        The tokens are the noise level, the pyramid level and the class or text.
+        The tokens are the noise level, the pyramid level and the class or text (C_tok = `cond_token_count`).
         """
         B = c_noise.shape[0]
         toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
