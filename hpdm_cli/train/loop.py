@@ -16,6 +16,11 @@ SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a 
 stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
 which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
 another's error.
+
+A run, in order: `_open_run_dir` (lock, refusals, the checkpoint to resume), `_model_state`
+(network, EMA, optimiser: resumed, fresh, or from `init_from_checkpoint`), `_parallel_model`
+(compile, DDP), the data (`_Batches`) and condition (`_training_condition`), then `_Steps`
+(gradients, the ranks' common verdict, the update, statistics, checkpoints).
 """
 
 from __future__ import annotations
