@@ -77,7 +77,7 @@ def _class_list(names: Sequence[str], num_classes: int, source) -> str:
 
 def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Optional[str | int] = None, *,
                       class_names: Sequence[str] = (), device="cpu", encoder=None) -> Condition:
-    """The condition for a prompt or a class on this recipe's model (GenerateError if it does not fit).
+    """The condition for a prompt or a class on this recipe's model (GenerateError or TextEncoderError if unfit).
 
     Class models take a class name or id, or a prompt that names a class (case, punctuation,
     CamelCase and a leading article are ignored); text models take a prompt (encoded with the

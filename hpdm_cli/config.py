@@ -37,7 +37,7 @@ OVERLAP_AXES = "fhw"
 
 
 def parse_overlap(overlap: str, key: str = "overlap") -> str:
-    """Normalise an inference overlap set: a subset of "fhw" (any order, any case), "" or "none" -> axes in f, h, w order.
+    """Normalise an inference overlap set: a subset of "fhw" (any order or case), "" or "none" -> axes in f, h, w order.
 
     The one rule for `pyramid.overlap` and every overlap option; ConfigError (a ValueError) names
     `key` and what is wrong.

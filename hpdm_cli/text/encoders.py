@@ -302,7 +302,7 @@ def load_text_encoder(
 
 
 def check_output_size(encoder: TextEncoder, tokens: int, dim: int) -> None:
-    """Raise TextEncoderError unless `encoder` gives [tokens, dim] embeddings (a text model's text_tokens x text_dim)."""
+    """Raise TextEncoderError unless `encoder` gives [tokens, dim] embeddings (a model's text_tokens x text_dim)."""
     if encoder.dim != dim or encoder.tokens != tokens:
         raise TextEncoderError(f"text encoder {encoder.name} gives {encoder.tokens}x{encoder.dim} embeddings but the "
                                f"model expects {tokens}x{dim} (model.text_tokens x model.text_dim)")
