@@ -216,7 +216,7 @@ def test_shapes_and_dtypes(resolution, patch, levels, cond):
 
 @pytest.mark.parametrize("fusion,load", [("deep", [1, 2, 2, 3]), ("deep", "linear"), ("deep", [3, 1, 2, 3]),
                                          ("shallow", [1, 2, 2, 3])])
-def test_cached_context_equals_joint_forward_and_holds_exactly_what_is_read(fusion, load):
+def test_cached_context_equals_joint_forward(fusion, load):
     """Running level lo alone on the collected lower-level activations equals the joint forward (activation
     caching); what is collected is `reading_blocks`, and running without any one of those blocks fails (it is read)."""
     recipe = tiny_recipe(fusion=fusion, load=load)
