@@ -1,13 +1,15 @@
-"""What a generated video is conditioned on: `--prompt` / `--class` resolved against a model's recipe.
+"""What a generated video is conditioned on: a prompt or a class resolved against a model's recipe.
 
-* `resolve_condition` turns `--prompt` / `--class` into the network's condition: class ids for
+* `resolve_condition` turns a prompt or a class into the network's condition: class ids for
   class models (a name, an id, or a prompt that names a class), MiniLM/T5 embeddings for text
   models, nothing (the null condition) when neither is given.
 * `precomputed_condition` takes a text model's condition from precomputed embeddings (a prompt
   table, or a single embedding file) before any text encoder is loaded.
 
 `GenerateError` (a user-fixable problem with a sampling or upscaling request) is defined here,
-the lowest module that raises it; the sample and upscale drivers raise it too.
+the lowest module that raises it; the sample and upscale drivers raise it too. Messages name the
+request's parts in words (a prompt, a class, a prompt table, a prompt embedding), not the
+command-line options that carry them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _class_list(names: Sequence[str], num_classes: int, source) -> str:
 
 def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Optional[str | int] = None, *,
                       class_names: Sequence[str] = (), device="cpu", encoder=None) -> Condition:
-    """The condition for `--prompt` / `--class` on this recipe's model (GenerateError if it does not fit).
+    """The condition for a prompt or a class on this recipe's model (GenerateError or TextEncoderError if unfit).
 
     Class models take a class name or id, or a prompt that names a class (case, punctuation,
     CamelCase and a leading article are ignored); text models take a prompt (encoded with the
@@ -83,23 +85,22 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
     """
     m = recipe.model
     if prompt is not None and class_ is not None:
-        raise GenerateError("give either --prompt or --class, not both")
+        raise GenerateError("give either a prompt or a class, not both")
     if prompt is None and class_ is None:
         return Condition()
     if m.cond == "none":
-        raise GenerateError("this model is unconditional (model.cond = \"none\"): drop --prompt/--class")
+        raise GenerateError("this model is unconditional (model.cond = \"none\"): give neither a prompt nor a class")
     if m.cond == "text":
         if class_ is not None:
-            raise GenerateError("this model is text-conditioned: describe the video with --prompt TEXT instead of "
-                                "--class")
+            raise GenerateError("this model is text-conditioned: describe the video with a prompt instead of a "
+                                "class")
         if not str(prompt).strip():
             return Condition()
+        from .text.encoders import check_output_size
         if encoder is None:
-            from .text.encoders import load_text_encoder
-            encoder = load_text_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
-        if encoder.dim != m.text_dim or encoder.tokens != m.text_tokens:
-            raise GenerateError(f"text encoder {encoder.name} gives {encoder.tokens}x{encoder.dim} embeddings but "
-                                f"the model expects {m.text_tokens}x{m.text_dim}")
+            from .text.tables import load_encoder
+            encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
+        check_output_size(encoder, m.text_tokens, m.text_dim)
         emb = encoder.encode([str(prompt)]).float().cpu()
         return Condition(kind="text", name=str(prompt), embedding=emb)
     # Class-conditional model.
@@ -113,13 +114,13 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
         if re.fullmatch(r"[+-]?\d+", text):
             i = int(text)
             if not 0 <= i < m.num_classes:
-                raise GenerateError(f"--class {i}: class ids run from 0 to {m.num_classes - 1}; "
+                raise GenerateError(f"class {i}: class ids run from 0 to {m.num_classes - 1}; "
                                     + _class_list(names, m.num_classes, src))
             return Condition(kind="class", label=i, name=names[i] if i < len(names) else "")
         what = f"unknown class {text!r}"
     else:
         text = str(prompt)
-        what = f"prompt {text!r} does not name a class of this class-conditional model (use --class NAME_OR_ID)"
+        what = f"prompt {text!r} does not name a class of this class-conditional model (give a class name or id)"
     key = _norm_name(text)
     hits = [i for i, n in enumerate(names) if key and _norm_name(n) == key]
     if hits:
@@ -156,16 +157,16 @@ def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[
     if prompt_table is None and prompt_embedding is None and (m.cond != "text" or prompt is None):
         return None
     if m.cond != "text":
-        raise GenerateError(f"--prompt-table / --prompt-embedding need a text-conditioned model; this one has "
+        raise GenerateError(f"a prompt table or prompt embedding needs a text-conditioned model; this one has "
                             f"model.cond = \"{m.cond}\"")
     try:
         if prompt_embedding is not None:
             if prompt is not None or class_ is not None:
-                raise GenerateError("give either --prompt-embedding or --prompt, not both")
+                raise GenerateError("give either a prompt embedding or a prompt, not both")
             emb, name = read_prompt_embedding(prompt_embedding, m.text_tokens, m.text_dim)
             return Condition(kind="text", name=name, embedding=emb)
         if prompt is None:
-            raise GenerateError("--prompt-table needs --prompt TEXT (the prompt to look up)")
+            raise GenerateError("a prompt table needs a prompt (the text to look up in it)")
         if class_ is not None or not str(prompt).strip():
             return None                                   # resolve_condition: an error / the null condition
         lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
@@ -179,9 +180,9 @@ def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[
         try:
             encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
         except TextEncoderError as e:
-            raise GenerateError(f"cannot embed --prompt {str(prompt)!r}: {lookup.describe_miss(str(prompt))}, and "
-                                f"{str(e).splitlines()[0]}; or pass --prompt-table FILE_OR_DATASET_DIR or "
-                                "--prompt-embedding FILE") from None
+            raise GenerateError(f"cannot embed the prompt {str(prompt)!r}: {lookup.describe_miss(str(prompt))}, and "
+                                f"{str(e).splitlines()[0]}; or give a prompt table (a table file or a dataset "
+                                "folder) or a prompt embedding file") from None
     except TextEncoderError as e:
         raise GenerateError(str(e).splitlines()[0]) from None
     return resolve_condition(recipe, prompt, None, device=device, encoder=encoder)

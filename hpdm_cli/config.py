@@ -33,6 +33,23 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
+OVERLAP_AXES = "fhw"
+
+
+def parse_overlap(overlap: str, key: str = "overlap") -> str:
+    """Normalise an inference overlap set: a subset of "fhw" (any order or case), "" or "none" -> axes in f, h, w order.
+
+    The one rule for `pyramid.overlap` and every overlap option; ConfigError (a ValueError) names
+    `key` and what is wrong.
+    """
+    text = (overlap or "none").strip().lower()
+    if text == "none":
+        return ""
+    if set(text) - set(OVERLAP_AXES) or len(set(text)) != len(text):
+        raise ConfigError(f"{key} = {overlap!r}: expected a subset of 'fhw' or 'none'")
+    return "".join(a for a in OVERLAP_AXES if a in text)
+
+
 def check_range(key: str, value, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
                 integer: bool = False, note: str = "") -> None:
     """Raise ConfigError unless `value` is a finite number (an integer if `integer`) within the given bounds.
@@ -226,9 +243,7 @@ class Recipe:
             if r % t:
                 raise ConfigError(f"model.tokenizer = {list(m.tokenizer)} does not divide pyramid.patch = "
                                   f"{list(p.patch)} along axis {axis}")
-        if set(p.overlap) - set("fhw") or (p.overlap != "none" and len(set(p.overlap)) != len(p.overlap)):
-            if p.overlap != "none":
-                raise ConfigError(f"pyramid.overlap = {p.overlap!r}: expected a subset of 'fhw' or 'none'")
+        parse_overlap(p.overlap, "pyramid.overlap")
         L = p.num_levels
         load = m.resolved_load(L)
         if len(load) != m.num_blocks:

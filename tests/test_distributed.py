@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from hpdm_cli.diffusion.edm import draw_noise
+from hpdm_cli.diffusion.edm import NoiseDraw, draw_noise
 from hpdm_cli.pyramid import sample_nested_offsets
 from hpdm_cli.recipe import default_recipe_path, load_recipe
 from hpdm_cli.train.loop import _unused_parameters, build_model, forward_backward
@@ -62,6 +62,13 @@ def global_batch(recipe, B: int):
     return videos, offsets, cond, draw
 
 
+def share_of(draw: NoiseDraw, parts: int, index: int) -> NoiseDraw:
+    """The contiguous share `index` of `parts` of one global draw along the batch (a rank's numbers)."""
+    def cut(t):
+        return None if t is None else t.chunk(parts)[index]
+    return NoiseDraw(cut(draw.sigma), cut(draw.weight), cut(draw.noise), cut(draw.keep), draw.self_cond)
+
+
 def _grads(net) -> dict:
     return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
 
@@ -74,7 +81,7 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
     net = build_model(recipe)
     model = DDP(net, find_unused_parameters=bool(_unused_parameters(net, recipe, torch.device("cpu"))))
     share = slice(rank * videos.shape[0] // WORLD, (rank + 1) * videos.shape[0] // WORLD)
-    res = forward_backward(model, videos[share], cond[share], recipe, offsets[share], draw.split(WORLD, rank),
+    res = forward_backward(model, videos[share], cond[share], recipe, offsets[share], share_of(draw, WORLD, rank),
                            1.0, "fp32")
     save_file(_grads(net), os.path.join(out, f"grads-{rank}.safetensors"))
     # The loop's gradient accumulation: two micro-batches per rank, no all-reduce after the first.
@@ -82,7 +89,7 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
     v, c, o = videos[share], cond[share], offsets[share]
     for a, part in enumerate(torch.arange(v.shape[0]).chunk(2)):
         with model.no_sync() if a == 0 else nullcontext():
-            forward_backward(model, v[part], c[part], recipe, o[part], draw.split(2 * WORLD, 2 * rank + a),
+            forward_backward(model, v[part], c[part], recipe, o[part], share_of(draw, 2 * WORLD, 2 * rank + a),
                              0.5, "fp32")
     save_file(_grads(net), os.path.join(out, f"grads-accum-{rank}.safetensors"))
     with open(os.path.join(out, f"loss-{rank}.json"), "w") as f:

@@ -9,16 +9,27 @@ from conftest import tiny_recipe
 from hpdm_cli.config import DiffusionConfig
 from hpdm_cli.diffusion import (c_in, c_noise, c_out, c_skip, denoise, draw_noise, edm_loss, input_scales,
                                 sample_sigmas, v_target)
-from hpdm_cli.model import HPDMNet
+from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import sample_nested_offsets
 
 
-def test_preconditioning_formulas():
+def test_preconditioning_gives_unit_variance_input_and_target():
+    """EDM's design goals (Karras et al. 2022, app. B.6), for data of std sigma_d noised with sigma:
+    the network input c_in x~ and the training target (y - c_skip x~) / c_out have unit variance,
+    c_skip is the one that makes the target's variance smallest, and D -> x~ as sigma -> 0."""
     s, sd = torch.tensor([0.002, 0.3, 1.0, 80.0], dtype=torch.float64), 0.5
-    assert torch.allclose(c_skip(s, sd), sd ** 2 / (s ** 2 + sd ** 2))
-    assert torch.allclose(c_out(s, sd), s * sd / torch.sqrt(s ** 2 + sd ** 2))
-    assert torch.allclose(c_in(s, sd), 1 / torch.sqrt(s ** 2 + sd ** 2))
-    assert torch.allclose(c_noise(s), torch.log(s) / 4)
+    for b in (1.0, 0.3):                                                   # per-level input scale: data std b sd
+        assert torch.allclose(c_in(s, sd, b) ** 2 * ((b * sd) ** 2 + s ** 2), torch.ones_like(s))
+
+    def target_var(skip):                                                  # Var(y - skip (y + s eps)), y ~ sd
+        return (1 - skip) ** 2 * sd ** 2 + skip ** 2 * s ** 2
+    k = c_skip(s, sd)
+    assert torch.allclose(target_var(k) / c_out(s, sd) ** 2, torch.ones_like(s))
+    assert torch.all(target_var(k) < target_var(k * 1.01)) and torch.all(target_var(k) < target_var(k * 0.99))
+    tiny = torch.tensor([1e-9], dtype=torch.float64)
+    assert c_skip(tiny, sd).item() == pytest.approx(1.0) and c_out(tiny, sd).item() < 1e-8
+    # The noise conditioning is monotone in sigma and finite at sigma = 0 (the sampler's last step).
+    assert torch.all(c_noise(s)[1:] > c_noise(s)[:-1]) and torch.isfinite(c_noise(torch.zeros(1))).all()
 
 
 def test_v_target_is_minus_v_prediction_for_unit_data_std():
@@ -45,7 +56,7 @@ class ConstNet(torch.nn.Module):
 
     def forward(self, x, c_noise, offsets, cond=None, keep=None, **kw):
         self.seen.append((x, c_noise))
-        return self.out
+        return NetOutput(self.out)
 
 
 def test_loss_is_weighted_denoising_error():
@@ -66,7 +77,7 @@ def test_loss_is_weighted_denoising_error():
     b6 = b[None, :, None, None, None, None]
     assert torch.allclose(x_seen, noisy / torch.sqrt(s6 ** 2 + (b6 * cfg.sigma_data) ** 2), atol=1e-6)
     assert torch.allclose(cn_seen, draw.sigma.log() / 4)
-    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data)
+    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data).out
     lam = 1 / c_out(draw.sigma, cfg.sigma_data) ** 2
     want = (lam * (D - y).pow(2).flatten(2).mean(-1)).sum(1).mean()
     assert torch.allclose(out.loss, want, rtol=1e-4)

@@ -35,7 +35,7 @@ def test_analytic_flops_equal_counted_flops(model):
 def test_adaptive_computation_flop_drop_is_as_predicted():
     full, adaptive = tiny_recipe(load="none"), tiny_recipe(load=[1, 1, 2, 3])
     saved = counted(full) - counted(adaptive)
-    blk = block_level_flops(full.pyramid, full.model, cond_tokens=3)
+    blk = block_level_flops(full.pyramid, full.model)
     fus = fusion_level_flops(full.pyramid, full.model)
     pair = fusion_pair_flops(full.pyramid, full.model)
     # none: 4 blocks x 3 levels = 12 block-levels, 4 x 2 projections, 4 x 3 sampled pairs;

@@ -1,11 +1,13 @@
 """The HPDM network: causality, adaptive computation, fusion alignment, shapes (docs/method.md, invariants 4-5)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_recipe
 
-from hpdm_cli.model import HPDMNet, LevelContext
+from hpdm_cli.model import HPDMNet, LevelContext, cond_token_count, reading_blocks, token_grid
 from hpdm_cli.model.fusion import gather_context, pair_weights
 from hpdm_cli.pyramid import level_scales, patch_points, relative_coords, sample_nested_offsets, to_grid_sample
 from hpdm_cli.pyramid.geometry import global_token_coords
@@ -67,7 +69,7 @@ def test_causality_coarse_to_fine_only(name):
         if recipe.model.self_condition:
             kwargs["self_cond"] = torch.randn(2, L, recipe.model.num_latents, recipe.model.latent_dim,
                                               requires_grad=True)
-        out = net(xi, ni, off, c, **kwargs)
+        out = net(xi, ni, off, c, **kwargs).out
         out[:, l].square().sum().backward()
         assert torch.all(xi.grad[:, l + 1:] == 0), f"level {l} sees a finer level's pixels"
         assert torch.all(ni.grad[:, l + 1:] == 0), f"level {l} sees a finer level's noise level"
@@ -114,7 +116,7 @@ def test_batched_network_equals_per_level_reference(load, adaptive_norm):
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
-        assert torch.allclose(net(x, c_noise, off, c), reference_forward(net, x, c_noise, off, c), atol=1e-5)
+        assert torch.allclose(net(x, c_noise, off, c).out, reference_forward(net, x, c_noise, off, c), atol=1e-5)
 
 
 def test_skipped_blocks_leave_levels_untouched():
@@ -126,7 +128,7 @@ def test_skipped_blocks_leave_levels_untouched():
     seen = []
     hooks = [blk.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0])) for blk in net.blocks]
     with torch.no_grad():
-        _, acts = net(x, c_noise, off, c, collect=True)
+        acts = net(x, c_noise, off, c, collect=True).collected
     for h in hooks:
         h.remove()
     assert seen == [n * 3 for n in load]
@@ -197,28 +199,44 @@ def test_shapes_and_dtypes(resolution, patch, levels, cond):
     assert recipe.pyramid.num_levels == levels
     net = HPDMNet(recipe.pyramid, recipe.model)
     x, c_noise, off, c = make_inputs(recipe, B=2)
-    out = net(x, c_noise, off, c)
-    assert out.shape == x.shape and out.dtype == torch.float32
-    out, lat = net(x, c_noise, off, c, return_latents=True)
-    assert lat.shape == (2, levels, recipe.model.num_latents, recipe.model.latent_dim)
+    res = net(x, c_noise, off, c)
+    assert res.out.shape == x.shape and res.out.dtype == torch.float32
+    assert res.latents is None and res.collected is None                   # only what was asked for
+    res = net(x, c_noise, off, c, return_latents=True, collect=True)
+    assert res.latents.shape == (2, levels, recipe.model.num_latents, recipe.model.latent_dim)
+    assert sorted(res.collected) == list(range(levels))
+    # The counts the FLOP model and the cache sizes use are those of the tokens the network builds.
+    toks, _ = net.cond_tokens(c_noise[:, 0], 0, c, None)
+    assert toks.shape[1] == cond_token_count(recipe.model) and net.tokenize(x[:, 0], 0).shape[1] == \
+        math.prod(token_grid(recipe.pyramid, recipe.model))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(x, c_noise, off, c)
+        out = net(x, c_noise, off, c).out
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
 
 
-def test_cached_context_equals_joint_forward():
-    """Running level l alone on collected lower-level activations equals the joint forward (activation caching)."""
-    for fusion in ("deep", "shallow"):
-        recipe = tiny_recipe(fusion=fusion, load=[1, 2, 2, 3])
-        net = randomize(HPDMNet(recipe.pyramid, recipe.model))
-        x, c_noise, off, c = make_inputs(recipe)
-        with torch.no_grad():
-            full, acts = net(x, c_noise, off, c, collect=True)
-            for lo in (1, 2):
-                ctx = LevelContext(acts={b: [acts[k][b] for k in range(lo)] for b in acts[lo - 1]},
-                                   pixels=x[:, lo - 1])
-                part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=ctx)
-                assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
+@pytest.mark.parametrize("fusion,load", [("deep", [1, 2, 2, 3]), ("deep", "linear"), ("deep", [3, 1, 2, 3]),
+                                         ("shallow", [1, 2, 2, 3])])
+def test_cached_context_equals_joint_forward(fusion, load):
+    """Running level lo alone on the collected lower-level activations equals the joint forward (activation
+    caching); what is collected is `reading_blocks`, and running without any one of those blocks fails (it is read)."""
+    recipe = tiny_recipe(fusion=fusion, load=load)
+    L = recipe.pyramid.num_levels
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    with torch.no_grad():
+        full, _, acts = net(x, c_noise, off, c, collect=True)
+        assert [sorted(acts[k]) for k in range(L)] == [reading_blocks(recipe.model, L, k) for k in range(L)]
+        for lo in range(1, L):
+            blocks = reading_blocks(recipe.model, L, lo - 1)
+            kept = {b: [acts[k][b] for k in range(lo)] for b in blocks}
+            part = net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo, context=LevelContext(kept, x[:, lo - 1])).out
+            assert torch.allclose(part, full[:, lo:], atol=1e-5), (fusion, lo)
+            for b in blocks:
+                with pytest.raises(KeyError):
+                    net(x[:, lo:], c_noise[:, lo:], off, c, lo=lo,
+                        context=LevelContext({o: v for o, v in kept.items() if o != b}, x[:, lo - 1]))
+    if fusion == "shallow":
+        assert all(reading_blocks(recipe.model, L, k) == [] for k in range(L))
 
 
 def test_condition_dropout_uses_null_condition():
@@ -226,9 +244,9 @@ def test_condition_dropout_uses_null_condition():
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
-        dropped = net(x, c_noise, off, c, torch.tensor([False, False]))
-        null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes))
-        kept = net(x, c_noise, off, c, torch.tensor([True, True]))
+        dropped = net(x, c_noise, off, c, torch.tensor([False, False])).out
+        null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes)).out
+        kept = net(x, c_noise, off, c, torch.tensor([True, True])).out
     assert torch.equal(dropped, null)
     assert not torch.allclose(dropped, kept)
 

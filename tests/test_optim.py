@@ -286,8 +286,10 @@ def test_lr_schedule_shape():
     assert f(warm) == pytest.approx(lr)
     # Cosine decay: midpoint is the mean of peak and min, monotone, ends at min.
     assert f(warm + (total - warm) // 2) == pytest.approx((lr + lr * mr) / 2)
-    quarter = lr * mr + (lr - lr * mr) * 0.5 * (1 + math.cos(math.pi / 4))
-    assert f(warm + (total - warm) // 4) == pytest.approx(quarter)
+    mid = warm + (total - warm) // 2                                     # cosine: point-symmetric about the middle
+    for k in (10, 25, 50):
+        assert f(mid - k) + f(mid + k) == pytest.approx(lr + lr * mr)
+    assert f(mid - 25) - f(mid) > f(warm) - f(mid - 25)                  # steepest in the middle, flat at the ends
     vals = [f(s) for s in range(warm, total + 1)]
     assert all(a >= b for a, b in zip(vals, vals[1:]))
     assert f(total) == pytest.approx(lr * mr)

@@ -152,11 +152,24 @@ def test_int_accepted_for_float():
     ({"model": {"fusion": "medium"}}, "model.fusion"),
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),
+    ({"pyramid": {"overlap": "fx"}}, "pyramid.overlap"),
+    ({"pyramid": {"overlap": "hwh"}}, "pyramid.overlap"),
 ])
 def test_inconsistent_recipe_names_key_and_file(d, key):
     msg = err(d)
     assert msg.startswith(f"{SRC}: ")
     assert key in msg
+
+
+@pytest.mark.parametrize("spelling", ["WH", " hw ", "none", ""])
+def test_recipe_overlap_takes_every_spelling_the_sampler_takes(spelling):
+    """pyramid.overlap and the sampling options follow one rule: a spelling tiles the same either way."""
+    from hpdm_cli.sampling import build_tiles, parse_overlap
+    r = recipe_from_dict({"pyramid": {"overlap": spelling}})
+    canonical = parse_overlap(spelling)
+    assert canonical in ("hw", "")
+    assert [t.counts for t in build_tiles(r.pyramid, r.pyramid.overlap)] == \
+        [t.counts for t in build_tiles(r.pyramid, canonical or "none")]
 
 
 def test_inconsistent_recipe_from_file_names_file(tmp_path):

@@ -8,10 +8,10 @@ from conftest import tiny_recipe
 from test_model import randomize
 
 from hpdm_cli.diffusion import c_in, c_out, c_skip
-from hpdm_cli.model import HPDMNet
+from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import patch_points, token_centres
 from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, cache_bytes, chain_offsets, churn_gamma,
-                               edm_sample, edm_sigmas, level_steps, parse_overlap, sample_hierarchical, tile_counts)
+                               edm_sample, edm_sigmas, level_steps, parse_overlap, tile_counts)
 
 OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none"]
 
@@ -23,6 +23,12 @@ def field(pos: torch.Tensor) -> torch.Tensor:
     """A smooth 2-channel field of (t, y, x) positions [..., 3] -> [..., 2], values inside (-1, 1)."""
     t, y, x = pos.unbind(-1)
     return torch.stack([0.5 * torch.sin(3 * x + 2 * y) + 0.3 * t, 0.4 * torch.cos(5 * y - x + t) - 0.2 * x], -1)
+
+
+def sample(net, recipe, seeds, cond=None, *, overlap=None, tile_batch=64, cache=True, dtype=torch.float32, **kw):
+    """Sample through the product's sampler: `HierarchicalSampler(...).sample(...)`."""
+    sampler = HierarchicalSampler(net, recipe, overlap=overlap, tile_batch=tile_batch, cache=cache, dtype=dtype)
+    return sampler.sample(seeds, cond, **kw)
 
 
 def video_recipe(**model):
@@ -102,14 +108,14 @@ class FieldNet(torch.nn.Module):
             D = d.level_input_scale(l) * field(pos).permute(0, 2, 1).reshape(x.shape[0], 2, *patch)
             outs.append(D)
         D = torch.stack(outs, 1)
-        return (D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)
+        return NetOutput((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data))
 
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
 def test_sampler_merge_has_no_seams(overlap):
     """Through the hierarchical sampler (one Euler step to 0: x = D), every level is the field, seam-free."""
     recipe = video_recipe(fusion="none", channels=2)
-    res = sample_hierarchical(FieldNet(recipe), recipe, [0, 1], overlap=overlap, steps=[1, 1, 1], tile_batch=13)
+    res = sample(FieldNet(recipe), recipe, [0, 1], overlap=overlap, steps=[1, 1, 1], tile_batch=13)
     for l, v in enumerate(res.videos):
         R = recipe.pyramid.level_resolution(l)
         want = field(token_centres(R)).T.reshape(2, *R)
@@ -169,7 +175,7 @@ class GaussNet(torch.nn.Module):
         noisy = x.double() / c_in(sigma, d.sigma_data, b)
         m, v = b * self.mu, (b * self.s) ** 2
         D = (v * noisy + sigma ** 2 * m) / (v + sigma ** 2)
-        return ((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)).float()
+        return NetOutput(((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)).float())
 
 
 @pytest.mark.parametrize("stochastic", [0, 1])
@@ -178,7 +184,7 @@ def test_hierarchical_level0_draws_gaussian_data(stochastic):
     recipe.sample.stochastic_levels = stochastic
     recipe.diffusion.input_scale = 0.8                                      # pixels = x / b_0
     mu, s = 0.2, 0.25
-    res = sample_hierarchical(GaussNet(recipe, mu, s), recipe, list(range(32)), levels=1, steps=[64])
+    res = sample(GaussNet(recipe, mu, s), recipe, list(range(32)), levels=1, steps=[64])
     x = res.videos[0].double()
     n = x.numel()
     assert len(res.videos) == 1 and n == 32 * 3 * 4 * 8 * 8
@@ -222,10 +228,10 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
     seeds = [3, 4]
     kw = dict(cond=cond_for(recipe, seeds), guidance=guidance, overlap=overlap, steps=[3, 3, 1], tile_batch=200,
               dtype=dtype)
-    cached = sample_hierarchical(net, recipe, seeds, cache=True, **kw)
+    cached = sample(net, recipe, seeds, cache=True, **kw)
     assert set(shapes) == {1}, "with caching, every forward runs a single level"
     shapes.clear()
-    recomputed = sample_hierarchical(net, recipe, seeds, cache=False, **kw)
+    recomputed = sample(net, recipe, seeds, cache=False, **kw)
     assert max(shapes) == 3
     hook.remove()
     for a, b in zip(cached.videos, recomputed.videos):
@@ -245,8 +251,8 @@ def test_sample_depends_only_on_its_seed(dtype):
     net, recipe = small_net(load=[1, 1, 2, 3])
     net.to(dtype)
     kw = dict(guidance=2.0, steps=[3, 3, 1], dtype=dtype)
-    both = sample_hierarchical(net, recipe, [3, 5], cond=torch.tensor([1, 2]), tile_batch=64, **kw)
-    alone = sample_hierarchical(net, recipe, [5], cond=torch.tensor([2]), tile_batch=7, **kw)
+    both = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), tile_batch=64, **kw)
+    alone = sample(net, recipe, [5], cond=torch.tensor([2]), tile_batch=7, **kw)
     for l in range(3):
         assert (both.videos[l][1] - alone.videos[l][0]).abs().max() < TOL[dtype]
         assert (both.videos[l][0] - both.videos[l][1]).abs().max() > 0.1
@@ -285,7 +291,7 @@ def test_preview_offload_progress_and_fixed_levels():
         sampler.sample([7], steps=[1, 1, 1], fixed={1: torch.zeros(1, 3, 2, 8, 8)})
 
 
-def test_level_steps_and_cache_size():
+def test_level_steps():
     recipe = tiny_recipe()
     assert level_steps(recipe.sample, 3) == [128, 64, 32]
     recipe.sample.steps = 4
@@ -295,10 +301,3 @@ def test_level_steps_and_cache_size():
     assert level_steps(recipe.sample, 2, [9, 1]) == [9, 1]
     with pytest.raises(ValueError):
         level_steps(recipe.sample, 3, [2, 2])
-    # tiles x tokens x interface dim x cached blocks x bytes x rows; load "linear" = [1, 1, 2, 3] here:
-    # levels 2 and 3 read level 0 in blocks 2, 3; level 2 reads level 1 in block 3.
-    r = tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8))
-    assert r.model.resolved_load(3) == [1, 1, 2, 3]
-    tokens = 4 * 4 * 4
-    assert cache_bytes(r, "fhw", 2) == [1 * tokens * 32 * 2 * 4 * 2, 27 * tokens * 32 * 1 * 4 * 2, 0]
-    assert cache_bytes(tiny_recipe(fusion="shallow"), "fhw", 2) == [0, 0, 0]

@@ -327,6 +327,23 @@ def test_training_without_tables_or_encoder_says_how_to_fix_it(shapes16, tmp_pat
     assert any("of other captions" in m for m in msgs), msgs
 
 
+def test_an_encoder_of_another_size_is_refused_wherever_one_is_loaded(shapes16, tmp_path, monkeypatch):
+    """Training, sampling and `hpdm eval` hold a loaded encoder to the model's text_tokens x text_dim alike."""
+    from hpdm_cli.conditioning import resolve_condition
+    from hpdm_cli.drivers.evaluate import embed_prompts
+    from hpdm_cli.errors import HPDMError
+    from hpdm_cli.train.loop import train
+    recipe = tiny_text_recipe(copy_without_tables(shapes16, tmp_path / "plain"), "model.text_dim=16")
+    use_encoder(monkeypatch, FakeMiniLM())                                # gives 1x384
+    want = r"gives 1x384 embeddings but the model expects 1x16 \(model.text_tokens x model.text_dim\)"
+    with pytest.raises(HPDMError, match=want):
+        train(recipe, tmp_path / "run", log=lambda m: None)
+    with pytest.raises(HPDMError, match=want):
+        resolve_condition(recipe, prompt="a red circle moving right")
+    with pytest.raises(HPDMError, match=want):
+        embed_prompts(recipe, ["a red circle moving right"], search=[])
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 
@@ -367,7 +384,7 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
         c, _ = condition(moved, monkeypatch, data_path=gone, prompt=prompt, prompt_table=where)
         torch.testing.assert_close(c.embedding, cond.embedding, rtol=0, atol=0)
     from hpdm_cli.conditioning import GenerateError
-    with pytest.raises(GenerateError, match=r"cannot embed --prompt 'a blue dragon'.*closest.*pip install"):
+    with pytest.raises(GenerateError, match=r"cannot embed the prompt 'a blue dragon'.*closest.*pip install"):
         condition(run, monkeypatch, prompt="a blue dragon", strict=False)
     with pytest.raises(GenerateError, match="no prompt table was found"):
         condition(moved, monkeypatch, data_path=gone, prompt=prompt, strict=False)
@@ -376,7 +393,7 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
         condition(moved, monkeypatch, data_path=gone, prompt=prompt, prompt_table=tmp_path / "t5.safetensors")
     with pytest.raises(GenerateError, match="no such file or folder"):
         condition(moved, monkeypatch, prompt=prompt, prompt_table=tmp_path / "none.safetensors")
-    with pytest.raises(GenerateError, match="need a text-conditioned model"):
+    with pytest.raises(GenerateError, match="needs a text-conditioned model"):
         condition(run, monkeypatch, cond="class", prompt="square moving left", prompt_table=shapes16)
 
 
@@ -395,7 +412,7 @@ def test_prompt_embedding_file(text_run, tmp_path, monkeypatch):
     for kw, text in ((dict(prompt_embedding=tmp_path / "bad.safetensors"), r"shape \(2, 384\), the model needs"),
                      (dict(prompt_embedding=tmp_path / "e.safetensors", prompt="x"), "not both"),
                      (dict(prompt_embedding=tmp_path / "nope.safetensors"), "no such file"),
-                     (dict(prompt_table=tmp_path / "one.safetensors"), "needs --prompt TEXT")):
+                     (dict(prompt_table=tmp_path / "one.safetensors"), "a prompt table needs a prompt")):
         with pytest.raises(GenerateError, match=text):
             condition(text_run["run"], monkeypatch, **kw)
 
@@ -416,7 +433,7 @@ def test_hpdm_sample_with_the_encoder_blocked(text_run, shapes16, tmp_path, caps
     block_encoder(monkeypatch, strict=False)                              # its package missing, as on a GPU host
     code, _, err = run_cli(capsys, "sample", "--ckpt", run, "--prompt", "a pink whale", "--levels", "0", "--out",
                            tmp_path / "c.mp4", "--no-progress")
-    assert code == 2 and err.startswith("hpdm: error: cannot embed --prompt 'a pink whale'") and err.count("\n") == 1
+    assert code == 2 and err.startswith("hpdm: error: cannot embed the prompt 'a pink whale'") and err.count("\n") == 1
     assert not (tmp_path / "c.mp4").exists()
 
 

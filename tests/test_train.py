@@ -394,11 +394,12 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
     # tokenizer (twice the input channels) is new; everything else is loaded.
     shallow = make_recipe(shapes_data, 'model.fusion="shallow"')
     net = build_model(shallow)
-    loaded, new = init_from_checkpoint(net, str(ref))
-    assert new == ["tokenizer.weight"]
-    assert "tokenizer.bias" in loaded and not any(k.startswith("fusions.") for k in loaded)
+    r = init_from_checkpoint(net, str(ref))
+    assert r.new == ["tokenizer.weight"] and r.partial == []
+    assert "tokenizer.bias" in r.loaded and not any(k.startswith("fusions.") for k in r.loaded)
+    assert r.unused and all(k.startswith("fusions.") or k == "tokenizer.weight" for k in r.unused)
     sd = net.state_dict()
-    assert all(torch.equal(sd[k], ema[k]) for k in loaded)
+    assert all(torch.equal(sd[k], ema[k]) for k in r.loaded)
     # A base model with fewer levels (2): level-indexed tensors take its rows for the levels it had.
     base2 = make_recipe(shapes_data, "pyramid.resolution=[8, 16, 16]")
     run2 = tmp_path / "base2"
@@ -407,11 +408,11 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
     save_checkpoint(run2, base2, 1, model=small.state_dict(), ema=small.state_dict(),
                     optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
     net = build_model(rec)
-    loaded, new = init_from_checkpoint(net, str(run2))
-    assert sorted(new) == ["level_embed", "level_token"]
+    r = init_from_checkpoint(net, str(run2))
+    assert r.new == r.partial == ["level_embed", "level_token"]
     sd, src = net.state_dict(), small.state_dict()
-    assert all(torch.equal(sd[k], src[k]) for k in loaded)
-    for k in new:
+    assert all(torch.equal(sd[k], src[k]) for k in r.loaded)
+    for k in r.new:
         assert torch.equal(sd[k][:2], src[k])                                   # levels 0, 1 from the base
     # Through train(): the log says what was loaded and what is new.
     msgs = []
@@ -419,7 +420,7 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
               log=quiet(msgs))
     assert s.step == 1
     line = next(m for m in msgs if m.startswith("init_from"))
-    assert f"{len(loaded)} tensors loaded" in line and "level_embed" in line
+    assert line == r.describe(str(run2)) and f"{len(r.loaded)} tensors loaded" in line and "level_embed" in line
     # Continuing that run resumes from its checkpoint (init_from is not applied again).
     msgs = []
     s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=2), tmp_path / "ft",

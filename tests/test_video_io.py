@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpdm_cli.io import atomic_open
+from hpdm_cli.io import atomic_open, atomic_path
 from hpdm_cli.io import video as V
 from hpdm_cli.io.video import VideoError, encode_mp4_bytes, read_video, read_video_bytes, write_video
 
@@ -214,6 +214,24 @@ def test_atomic_open_failure_keeps_old_content(tmp_path):
         f.write("new")
     assert p.read_text() == "new"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_atomic_path_replaces_only_a_complete_file(tmp_path):
+    """atomic_path (for writers that open files by name) replaces `path` only when the body wrote a file."""
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(KeyError):
+        with atomic_path(p) as tmp:
+            open(tmp, "wb").close()
+            raise KeyError("boom")
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(p):
+            pass                                                        # wrote nothing
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+    with atomic_path(p) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+    assert p.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
 
 
 def test_engine_imports_without_av():

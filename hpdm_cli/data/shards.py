@@ -186,7 +186,7 @@ class ShardWriter:
         if os.path.exists(os.path.join(self.out_dir, "dataset.json")):
             if not overwrite:
                 raise DataError(f"{self.out_dir!r} already holds a dataset: choose another directory or "
-                                "overwrite it (overwrite=True / --overwrite)")
+                                "overwrite it (overwrite=True; `hpdm prepare --overwrite`)")
             stage = staging_dir(self.out_dir)
             if not int(resume):
                 shutil.rmtree(stage, ignore_errors=True)  # an abandoned earlier attempt
@@ -380,7 +380,7 @@ class ShardWriter:
             size = os.path.getsize(bin_path)
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"cannot resume {self.out_dir!r}: shard {name} is missing or corrupt ({e}); "
-                            "start over (overwrite / --overwrite)") from None
+                            "start over (overwrite=True; `hpdm prepare --overwrite`)") from None
         offset = 0
         try:
             for r in records:
@@ -397,10 +397,10 @@ class ShardWriter:
                 self._num_videos += 1
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"cannot resume {self.out_dir!r}: shard index {name}.jsonl is corrupt ({e}); "
-                            "start over (overwrite / --overwrite)") from None
+                            "start over (overwrite=True; `hpdm prepare --overwrite`)") from None
         if not records or size != offset:
             raise DataError(f"cannot resume {self.out_dir!r}: shard {name}.bin has {size} bytes, its index "
-                            f"lists {offset}; start over (overwrite / --overwrite)")
+                            f"lists {offset}; start over (overwrite=True; `hpdm prepare --overwrite`)")
         self._shards.append(dict(bin=name + ".bin", index=name + ".jsonl", num_videos=len(records),
                                  num_frames=int(sum(int(r["num_frames"]) for r in records)), num_bytes=offset))
 

@@ -71,14 +71,13 @@ def denoise(net, noisy: torch.Tensor, sigma: torch.Tensor, offsets: torch.Tensor
     """D(x~; sigma) for levels given by `noisy` [B, n, C, f, h, w] (scaled space); extra kwargs go to the net.
 
     `input_scale` [n] holds b_l of the levels in `noisy` (see `input_scales`; None = 1).
-    Returns D, or (D, *extras) when the network returns extras (latents, collected activations).
+    Returns the network's `NetOutput` with D in place of F (its other parts as the network gave them).
     """
     s = _bcast(sigma, noisy)
     b = 1.0 if input_scale is None else _bcast(input_scale.to(noisy.device)[None].expand_as(sigma), noisy)
     res = net(c_in(s, sigma_data, b) * noisy, c_noise(sigma), offsets, cond, keep, **kwargs)
-    F = res[0] if isinstance(res, tuple) else res
-    D = c_skip(s, sigma_data) * noisy + c_out(s, sigma_data) * F.to(noisy.dtype)
-    return (D,) + tuple(res[1:]) if isinstance(res, tuple) else D
+    D = c_skip(s, sigma_data) * noisy + c_out(s, sigma_data) * res.out.to(noisy.dtype)
+    return res._replace(out=D)
 
 
 @dataclass
@@ -114,17 +113,6 @@ class NoiseDraw:
     noise: torch.Tensor             # [B, L, C, f, h, w] standard normal
     keep: Optional[torch.Tensor]    # [B] False = condition dropped; None = no dropout
     self_cond: bool                 # whether this step runs a self-conditioning pass
-
-    def split(self, parts: int, index: int) -> "NoiseDraw":
-        """The contiguous share `index` of `parts` along the batch.
-
-        Only tests/test_distributed.py uses it: it gives each rank its share of one global draw, so
-        that N ranks can be compared with one process on the same numbers (docs/method.md,
-        invariant "N ranks equal one process").
-        """
-        def cut(t):
-            return None if t is None else t.chunk(parts)[index]
-        return NoiseDraw(cut(self.sigma), cut(self.weight), cut(self.noise), cut(self.keep), self.self_cond)
 
 
 def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, self_condition: bool = False,
@@ -163,8 +151,8 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     prev = None
     if draw.self_cond:
         with torch.no_grad():
-            _, prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True)
-    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev)
+            prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True).latents
+    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev).out
     err = (F.float() - v_target(y, noisy, sigma, cfg.sigma_data).float()) ** 2
     per_sample = err.flatten(2).mean(-1) * draw.weight                    # [B, L]
     per_level = per_sample.detach().sum(0) / draw.weight.sum(0).clamp(min=1)

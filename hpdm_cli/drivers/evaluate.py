@@ -124,6 +124,7 @@ def _fvd_block(fake, real_a, real_b, weights, device, log) -> dict:
 
 def embed_prompts(recipe, prompts: Sequence[str], search: Sequence) -> torch.Tensor:
     """Text embeddings [N, tokens, dim] of prompts: from prompt tables found in `search`, else the text encoder."""
+    from ..text.encoders import check_output_size
     from ..text.tables import PromptLookup, load_encoder
     m = recipe.model
     lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
@@ -139,6 +140,7 @@ def embed_prompts(recipe, prompts: Sequence[str], search: Sequence) -> torch.Ten
             rows[p] = emb[0]
     if missing:
         enc = load_encoder(m.text_encoder, tokens=m.text_tokens)
+        check_output_size(enc, m.text_tokens, m.text_dim)
         for p, e in zip(missing, enc.encode(missing).float().cpu()):
             rows[p] = e
     return torch.stack([rows[p] for p in prompts])

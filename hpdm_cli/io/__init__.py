@@ -31,28 +31,13 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary file next to `path`; on success fsync it and `os.replace` it onto `path`.
-
-    If the body raises, the temporary file is removed and `path` is left untouched.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open mode {mode!r}: expected 'wb' or 'w'")
+def _replaced_on_success(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary name next to `path`, `os.replace`d onto it when the body succeeds and removed if it raises."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions.
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        if mode == "w":
-            f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
-        else:
-            f = os.fdopen(fd, "wb")
-        with f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -62,29 +47,37 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
 
 
 @contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file next to `path`; on success fsync it and `os.replace` it onto `path`.
+
+    If the body raises, the temporary file is removed and `path` is left untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open mode {mode!r}: expected 'wb' or 'w'")
+    with _replaced_on_success(path) as tmp:
+        # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="") if mode == "w" else os.fdopen(fd, "wb")
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to `path` for a writer that opens files by name; then fsync and replace.
 
     The body must create the file at the yielded path; if it raises (or creates nothing),
     the temporary file is removed and `path` is left untouched.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with _replaced_on_success(path) as tmp:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)  # FileNotFoundError if the body wrote nothing
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -13,13 +13,14 @@ import math
 from typing import Optional
 
 from ..config import ModelConfig, PyramidConfig
+from .network import cond_token_count, token_grid
 
 
-def block_level_flops(pyr: PyramidConfig, m: ModelConfig, cond_tokens: int) -> int:
+def block_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     """FLOPs of one RIN block on one level of one sample."""
-    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    N = math.prod(token_grid(pyr, m))
     D, Dz = m.interface_dim, m.latent_dim
-    S = m.num_latents + cond_tokens
+    S = m.num_latents + cond_token_count(m)
     hz, hd = int(Dz * m.mlp_ratio), int(D * m.mlp_ratio)
     read = 2 * S * Dz * Dz + 2 * N * D * 2 * Dz + 4 * S * N * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz
     compute = m.compute_layers * (2 * S * Dz * 3 * Dz + 4 * S * S * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz)
@@ -29,14 +30,14 @@ def block_level_flops(pyr: PyramidConfig, m: ModelConfig, cond_tokens: int) -> i
 
 def fusion_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     """FLOPs of one deep-context-fusion projection on one level of one sample."""
-    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    N = math.prod(token_grid(pyr, m))
     D = m.interface_dim
     return 2 * N * D * D * 2 + (2 * N * 3 * D if m.fusion_coords else 0)
 
 
 def fusion_pair_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     """FLOPs of sampling one lower level's token grid at a finer level's tokens (three 1-D interpolations)."""
-    grid = [p // t for p, t in zip(pyr.patch, m.tokenizer)]
+    grid = token_grid(pyr, m)
     return 2 * math.prod(grid) * m.interface_dim * sum(grid)
 
 
@@ -51,10 +52,9 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
     """Per-sample forward FLOPs of a training pass over all levels, with a breakdown by part."""
     L = pyr.num_levels
     load = m.resolved_load(L) if load is None else load
-    N = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
+    N = math.prod(token_grid(pyr, m))
     D, Dz, C = m.interface_dim, m.latent_dim, m.channels
     tok = math.prod(m.tokenizer)
-    cond_tokens = 2 + {"class": 1, "text": m.text_tokens, "none": 0}[m.cond]
     in_ch = C * (2 if m.fusion == "shallow" else 1)
     per_level = {
         "tokenizer": 2 * N * in_ch * tok * D,
@@ -63,7 +63,7 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
         + (2 * m.num_latents * Dz * Dz if self_cond else 0),
     }
     out = {k: v * L for k, v in per_level.items()}
-    out["blocks"] = block_level_flops(pyr, m, cond_tokens) * sum(min(n, L) for n in load)
+    out["blocks"] = block_level_flops(pyr, m) * sum(min(n, L) for n in load)
     out["fusion"] = sum(fusion_block_flops(pyr, m, min(n, L)) for n in load) if m.fusion == "deep" else 0
     out["total"] = sum(out.values())
     return out

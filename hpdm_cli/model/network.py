@@ -12,14 +12,19 @@ block b concatenates the processed levels into one dense [n_b * B, N, d] tensor.
 
 `forward` also serves cascaded inference: it can run levels lo..hi only, reading the lower
 levels' activations from a `LevelContext` (activation caching), and can `collect` the
-activations that finer levels will read.
+activations that finer levels will read (`reading_blocks`: the one statement of what an
+activation cache keeps). It always returns a `NetOutput`.
+
+This module is also the one source of the network's token geometry (`token_grid`) and of its
+number of conditioning tokens (`cond_token_count`), which the FLOP counts and the activation
+cache size are computed from.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -32,13 +37,44 @@ from .layers import init_linear
 from .rin import RINBlock
 
 
+def token_grid(pyramid: PyramidConfig, model: ModelConfig) -> tuple[int, int, int]:
+    """Tokens per axis (f, h, w) of one patch: the patch size divided by the tokenizer's."""
+    return tuple(p // t for p, t in zip(pyramid.patch, model.tokenizer))
+
+
+def cond_token_count(model: ModelConfig) -> int:
+    """Conditioning tokens appended to each level's latents: noise level, pyramid level, then the class or text."""
+    return 2 + {"class": 1, "text": model.text_tokens, "none": 0}[model.cond]
+
+
+def reading_blocks(model: ModelConfig, num_levels: int, level: int) -> list[int]:
+    """Blocks whose deep fusion reads `level`'s activations: what an activation cache of `level` keeps.
+
+    Block b fuses the levels it processes with all coarser ones (eq. 9), so it reads level k's
+    input to block b when it also processes a finer level: n_b > k + 1. Shallow and no fusion
+    read no activations.
+    """
+    if model.fusion != "deep":
+        return []
+    return [b for b, n in enumerate(model.resolved_load(num_levels)) if n > level + 1]
+
+
+class NetOutput(NamedTuple):
+    """What `HPDMNet.forward` returns; the optional parts are None unless requested."""
+
+    out: torch.Tensor                               # F (or D, from `diffusion.denoise`) [B, n, C, f, h, w]
+    latents: Optional[torch.Tensor] = None          # [B, n, M, d_z] with `return_latents`
+    collected: Optional[dict] = None                # with `collect`: level -> {block: [B, N, d]}
+
+
 @dataclass
 class LevelContext:
     """Finished lower levels 0..lo-1 as seen by levels >= lo: what the activation cache provides.
 
     acts[b] is a list over lower levels k of [B, N, d] activations entering block b (after
-    block b-1), present for the blocks whose fusion reads them; `pixels` is level lo-1's
-    network input [B, C, f, h, w] (shallow fusion only).
+    block b-1), present for the blocks that fuse context into level lo: `reading_blocks` of
+    level lo-1 (they read every lower level); `pixels` is level lo-1's network input
+    [B, C, f, h, w] (shallow fusion only).
     """
 
     acts: dict = field(default_factory=dict)
@@ -70,9 +106,10 @@ class HPDMNet(nn.Module):
         self.num_levels = L = pyramid.num_levels
         self.patch = tuple(pyramid.patch)
         self.tok = tuple(model.tokenizer)
-        self.grid = tuple(p // t for p, t in zip(self.patch, self.tok))
+        self.grid = token_grid(pyramid, model)
         self.num_tokens = math.prod(self.grid)
         self.load = model.resolved_load(L)
+        self.readers = [set(reading_blocks(model, L, l)) for l in range(L)]   # level -> blocks that read it
         D, Dz, C = model.interface_dim, model.latent_dim, model.channels
         self.register_buffer("scales", level_scales(pyramid), persistent=False)
 
@@ -122,12 +159,6 @@ class HPDMNet(nn.Module):
                 and int(parts[1]) < len(self.load) and self.load[int(parts[1])] <= 1)
 
     # ----------------------------------------------------------------------------------------
-    @property
-    def num_cond_tokens(self) -> int:
-        """Conditioning tokens appended to each level's latents."""
-        extra = {"class": 1, "text": self.cfg.text_tokens, "none": 0}[self.cfg.cond]
-        return 2 + extra
-
     def tokenize(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
         tf, th, tw = self.tok
@@ -146,7 +177,7 @@ class HPDMNet(nn.Module):
                     keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditioning of one level: tokens [B, C_tok, d_z] and their sum [B, d_z] (None without adaptive norm).
 
-        The tokens are the noise level, the pyramid level and the class or text.
+        The tokens are the noise level, the pyramid level and the class or text (C_tok = `cond_token_count`).
         """
         B = c_noise.shape[0]
         toks = [self.noise_mlp(self.noise_fourier(c_noise))[:, None],
@@ -173,16 +204,16 @@ class HPDMNet(nn.Module):
                 cond: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None, *,
                 lo: int = 0, context: Optional[LevelContext] = None,
                 self_cond: Optional[torch.Tensor] = None, collect: bool = False,
-                return_latents: bool = False):
-        """Denoiser output F for levels lo..lo+n-1.
+                return_latents: bool = False) -> NetOutput:
+        """Denoiser output F for levels lo..lo+n-1, as a `NetOutput`.
 
         x: network inputs [B, n, C, f, h, w] (already scaled by c_in); c_noise: [B, n];
         offsets: patch offsets [B, lo+n, 3] of levels 0..lo+n-1 (lower levels' too);
         cond: class ids [B] or text embeddings [B, T, E]; keep: bool [B], False = drop the
         condition (classifier-free guidance); context: lower levels' activations when lo > 0;
-        self_cond: previous latents [B, n, M, d_z]. Returns F [B, n, C, f, h, w], plus the
-        latents [B, n, M, d_z] if `return_latents`, plus collected activations if `collect`
-        (a dict level -> {block: [B, N, d]} of what finer levels read).
+        self_cond: previous latents [B, n, M, d_z]. Returns F [B, n, C, f, h, w] (`out`), the
+        latents [B, n, M, d_z] if `return_latents`, and if `collect` the activations finer levels
+        read (`collected`: level -> {block: [B, N, d]} for the blocks of `reading_blocks`).
         """
         B, n = x.shape[:2]
         hi = lo + n                                   # levels lo..hi-1 present
@@ -219,7 +250,7 @@ class HPDMNet(nn.Module):
                 continue
             if collect:                                   # what block b's fusion of finer levels reads
                 for l in range(lo, hi):
-                    if self.load[b] > l + 1:
+                    if b in self.readers[l]:
                         collected[l][b] = a[l]
             first, stop = max(lo, 1), levels[-1] + 1                    # fused levels: first..stop-1
             if fuse and first < stop:
@@ -239,12 +270,8 @@ class HPDMNet(nn.Module):
                 a[l], z[l] = ya, yz
 
         out = torch.stack([self.detokenize(a[l]) for l in range(lo, hi)], dim=1)
-        result = (out,)
-        if return_latents:
-            result += (torch.stack([z[l][:, :M] for l in range(lo, hi)], dim=1),)
-        if collect:
-            result += (collected,)
-        return result[0] if len(result) == 1 else result
+        latents = torch.stack([z[l][:, :M] for l in range(lo, hi)], dim=1) if return_latents else None
+        return NetOutput(out, latents, collected)
 
 
 def _drop_unbuilt_fusions(module: HPDMNet, state_dict: dict, prefix: str, *args) -> None:

@@ -1,10 +1,9 @@
 """Inference: tilings of the pyramid levels (tiles), the EDM sampler (edm_sampler), hierarchical sampling (hierarchical)."""
 
 from .edm_sampler import churn_gamma, edm_sample, edm_sigmas
-from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, cached_blocks, level_steps,
-                           sample_hierarchical, seed_generator)
+from .hierarchical import HierarchicalSampler, SampleResult, cache_bytes, level_steps, seed_generator
 from .tiles import LevelTiles, axis_starts, build_tiles, chain_offsets, parse_overlap, tile_counts
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
-           "cached_blocks", "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps",
-           "parse_overlap", "sample_hierarchical", "seed_generator", "tile_counts"]
+           "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "parse_overlap",
+           "seed_generator", "tile_counts"]

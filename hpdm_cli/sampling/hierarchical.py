@@ -14,7 +14,8 @@ k < l (one chain of containing tiles, `tiles.LevelTiles.ancestors`), shown at
 sigma = `diffusion.context_sigma`: input b_k * pixels_k + context_sigma * eps_k, with eps_k drawn
 once per level and sample on the whole level-k canvas, then cropped per tile. With `cache=True`
 the network runs once over all tiles of a finished level (`collect=True`) and keeps, per tile,
-the activations of the blocks that finer levels read (on the device, or in pinned CPU memory
+the activations of the blocks that finer levels read (`model.network.reading_blocks`, the one
+statement of that rule; on the device, or in pinned CPU memory
 with `offload=True`); every later denoiser call then runs only level l (`lo=l`) on a
 `LevelContext` gathered from these caches. Shallow fusion needs no activations: its context is
 the parent tile's network input c_in(context_sigma; b_k) * (b_k pixels_k + context_sigma eps_k),
@@ -44,7 +45,7 @@ import torch
 
 from ..config import Recipe, SampleConfig
 from ..diffusion.edm import c_in, denoise, input_scales
-from ..model.network import LevelContext
+from ..model.network import LevelContext, reading_blocks, token_grid
 from .edm_sampler import edm_sample, edm_sigmas
 from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, tile_counts
 
@@ -73,14 +74,6 @@ def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]
     return out
 
 
-def cached_blocks(recipe: Recipe, level: int) -> list[int]:
-    """Blocks whose input activations of `level` finer levels read through deep fusion (what the cache keeps)."""
-    if recipe.model.fusion != "deep":
-        return []
-    load = recipe.model.resolved_load(recipe.pyramid.num_levels)
-    return [b for b, n in enumerate(load) if n > level + 1]
-
-
 def cache_bytes(recipe: Recipe, overlap: Optional[str] = None, batch: int = 1, *,
                 bytes_per_value: int = 4) -> list[int]:
     """Activation-cache size per level: tiles x tokens x interface dim x cached blocks x bytes x batch.
@@ -90,9 +83,9 @@ def cache_bytes(recipe: Recipe, overlap: Optional[str] = None, batch: int = 1, *
     """
     pyr, m = recipe.pyramid, recipe.model
     ov = pyr.overlap if overlap is None else overlap
-    tokens = math.prod(p // t for p, t in zip(pyr.patch, m.tokenizer))
-    return [math.prod(tile_counts(pyr, k, ov)) * tokens * m.interface_dim * len(cached_blocks(recipe, k))
-            * bytes_per_value * batch for k in range(pyr.num_levels)]
+    tokens = math.prod(token_grid(pyr, m))
+    return [math.prod(tile_counts(pyr, k, ov)) * tokens * m.interface_dim
+            * len(reading_blocks(m, pyr.num_levels, k)) * bytes_per_value * batch for k in range(pyr.num_levels)]
 
 
 @dataclass
@@ -158,7 +151,6 @@ class HierarchicalSampler:
         host_tiles = build_tiles(recipe.pyramid, self.overlap)
         self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
         self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
-        self.load = recipe.model.resolved_load(self.num_levels)
         # b_0..b_l per level l, as `denoise` takes them (c_in normalises the scaled data per level).
         self._scales = [input_scales(recipe.diffusion, range(l + 1), self.device).to(dtype)
                         for l in range(self.num_levels)]
@@ -284,10 +276,9 @@ class HierarchicalSampler:
             b_k = self._scales[level][k]
             return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data, b_k) * crop)
         acts = {}
-        for blk, n in enumerate(self.load):
-            if n > level:                                       # block blk fuses context into `level`
-                acts[blk] = [run.caches[k][blk].index_select(0, ch.cache_rows[k]).to(self.device, non_blocking=True)
-                             for k in range(level)]
+        for blk in reading_blocks(self.recipe.model, self.num_levels, level - 1):   # they fuse context into `level`
+            acts[blk] = [run.caches[k][blk].index_select(0, ch.cache_rows[k]).to(self.device, non_blocking=True)
+                         for k in range(level)]
         return LevelContext(acts=acts)
 
     def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False):
@@ -301,8 +292,8 @@ class HierarchicalSampler:
                           input_scale=self._scales[level][level:],
                           lo=level, context=self._context(run, level, ch), collect=collect)
             if collect:
-                return res[0][:, 0], res[1][level]
-            return res[:, 0]
+                return res.out[:, 0], res.collected[level]
+            return res.out[:, 0]
         lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
         xs = torch.stack(lower + [xt], dim=1)
         sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
@@ -310,8 +301,8 @@ class HierarchicalSampler:
         res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                       input_scale=self._scales[level], collect=collect)
         if collect:
-            return res[0][:, level], res[1][level]
-        return res[:, level]
+            return res.out[:, level], res.collected[level]
+        return res.out[:, level]
 
     def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
@@ -346,16 +337,3 @@ class HierarchicalSampler:
             torch.cuda.synchronize(self.device)
         return store
 
-
-def sample_hierarchical(net, recipe: Recipe, seeds: Sequence[int], cond=None, *, device=None,
-                        overlap: Optional[str] = None, guidance: Optional[float] = None,
-                        levels: Optional[int] = None, steps: Optional[Sequence[int]] = None, cache: bool = True,
-                        offload: bool = False, tile_batch: int = 64,
-                        fixed: Optional[Mapping[int, torch.Tensor]] = None,
-                        progress: Optional[Progress] = None, autocast: Optional[torch.dtype] = None,
-                        dtype: torch.dtype = torch.float32) -> SampleResult:
-    """One-call form of `HierarchicalSampler(...).sample(...)`."""
-    sampler = HierarchicalSampler(net, recipe, device, overlap=overlap, tile_batch=tile_batch, cache=cache,
-                                  offload=offload, autocast=autocast, dtype=dtype)
-    return sampler.sample(seeds, cond, guidance=guidance, levels=levels, steps=steps, fixed=fixed,
-                          progress=progress)

@@ -26,19 +26,10 @@ from fractions import Fraction
 
 import torch
 
-from ..config import PyramidConfig
+from ..config import OVERLAP_AXES as AXES
+from ..config import PyramidConfig, parse_overlap
 
-AXES = "fhw"
-
-
-def parse_overlap(overlap: str) -> str:
-    """Normalise an overlap set: a subset of "fhw" (any order), "" or "none" -> the axes in f, h, w order."""
-    text = (overlap or "none").strip().lower()
-    if text == "none":
-        return ""
-    if set(text) - set(AXES) or len(set(text)) != len(text):
-        raise ValueError(f"overlap = {overlap!r}: expected a subset of 'fhw' or 'none'")
-    return "".join(a for a in AXES if a in text)
+__all__ = ["AXES", "LevelTiles", "axis_starts", "build_tiles", "chain_offsets", "parse_overlap", "tile_counts"]
 
 
 def axis_starts(size: int, patch: int, overlap: bool) -> list[int]:

@@ -41,6 +41,7 @@ __all__ = [
     "MiniLMEncoder",
     "T5Encoder",
     "load_text_encoder",
+    "check_output_size",
     "minilm_model_dir",
     "spec_family",
     "encode_texts",
@@ -223,7 +224,7 @@ class T5Encoder(TextEncoder):
         if not str(path) or not path.is_dir():
             raise TextEncoderError(
                 f"T5 model directory {str(path)!r} does not exist: pass a local directory saved with "
-                "save_pretrained (config.json, weights, tokenizer files), e.g. --text t5:/models/t5-v1_1-xxl"
+                "save_pretrained (config.json, weights, tokenizer files), e.g. t5:/models/t5-v1_1-xxl"
             )
         if not (path / "config.json").is_file():
             raise TextEncoderError(
@@ -298,6 +299,13 @@ def load_text_encoder(
             raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
         return T5Encoder(arg.strip(), tokens=77 if tokens is None else tokens, device=device)
     raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+
+
+def check_output_size(encoder: TextEncoder, tokens: int, dim: int) -> None:
+    """Raise TextEncoderError unless `encoder` gives [tokens, dim] embeddings (a model's text_tokens x text_dim)."""
+    if encoder.dim != dim or encoder.tokens != tokens:
+        raise TextEncoderError(f"text encoder {encoder.name} gives {encoder.tokens}x{encoder.dim} embeddings but the "
+                               f"model expects {tokens}x{dim} (model.text_tokens x model.text_dim)")
 
 
 def spec_family(spec: str = "minilm") -> str:

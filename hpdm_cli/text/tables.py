@@ -36,6 +36,7 @@ replaced: "minilm-all-MiniLM-L6-v2".) safetensors is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -43,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -168,36 +169,43 @@ def read_header(path: str | os.PathLike) -> Optional[dict]:
     return meta if meta.get("format") == FORMAT else None
 
 
+@contextlib.contextmanager
+def _opened(path: Path, unreadable: str) -> Iterator[tuple]:
+    """(file, metadata, tensor names) of a safetensors file; any failure while reading it is TextEncoderError.
+
+    `unreadable` is that error's message, with `{error}` standing for the failure's type name.
+    """
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            yield f, dict(f.metadata() or {}), list(f.keys())
+    except Exception as e:  # noqa: BLE001
+        raise TextEncoderError(unreadable.format(error=type(e).__name__)) from None
+
+
 def _open_table(path: Path, rows: Optional[Callable] = None) -> tuple:
     """(metadata, texts, embeddings) of a table file; `rows(texts)` picks the rows to read (default: all)."""
     if not path.is_file():
         raise TextEncoderError(f"prompt/caption embedding table {str(path)!r} not found")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            keys = set(f.keys())
-            ok = meta.get("format") == FORMAT and {"embeddings", "texts"} <= keys
-            blob = f.get_tensor("texts") if ok else None
-            texts = _decode_texts(blob) if ok else None
-            emb = None
-            if ok and isinstance(texts, list):
-                sl = f.get_slice("embeddings")
-                shape = tuple(sl.get_shape())
-                if len(shape) != 3 or shape[0] != len(texts) or sl.get_dtype() not in ("F32", "float32"):
-                    texts = None
-                elif rows is None:
-                    emb = f.get_tensor("embeddings")
-                else:
-                    i = rows(texts)
-                    emb = None if i is None else sl[i : i + 1]
-    except Exception as e:  # noqa: BLE001
-        raise TextEncoderError(f"{path} is not a readable safetensors file ({type(e).__name__}): re-create it with "
-                               "`hpdm prepare --embed-captions DATASET_DIR`") from None
+    with _opened(path, f"{path} is not a readable safetensors file ({{error}}): re-create it with "
+                       "`hpdm prepare --embed-captions DATASET_DIR`") as (f, meta, keys):
+        ok = meta.get("format") == FORMAT and {"embeddings", "texts"} <= set(keys)
+        texts = _decode_texts(f.get_tensor("texts")) if ok else None
+        emb = None
+        if ok and isinstance(texts, list):
+            sl = f.get_slice("embeddings")
+            shape = tuple(sl.get_shape())
+            if len(shape) != 3 or shape[0] != len(texts) or sl.get_dtype() not in ("F32", "float32"):
+                texts = None
+            elif rows is None:
+                emb = f.get_tensor("embeddings")
+            else:
+                i = rows(texts)
+                emb = None if i is None else sl[i : i + 1]
     if not ok:
         raise TextEncoderError(f"{path} is not an hpdm text-embedding table (no {FORMAT} metadata): use a file "
-                               "written by `hpdm prepare` or training, or pass a single embedding with "
-                               "--prompt-embedding")
+                               "written by `hpdm prepare` or training, or give a single embedding as a prompt "
+                               "embedding file")
     if meta.get("version") != str(VERSION):
         raise TextEncoderError(f"{path}: table format version {meta.get('version')!r} is not supported "
                                f"(expected {VERSION}): re-create it with `hpdm prepare --embed-captions`")
@@ -277,8 +285,8 @@ def check_spec(spec: str) -> None:
     else:
         d = Path(spec.split(":", 1)[1].strip()).expanduser()
         if not (d / "config.json").is_file():
-            raise TextEncoderError(f"--text-encoder {spec}: {str(d)!r} is not a T5 model directory (no config.json): "
-                                   "pass a local directory saved with save_pretrained")
+            raise TextEncoderError(f"text encoder {spec}: {str(d)!r} is not a T5 model directory (no config.json): "
+                                   "give a local directory saved with save_pretrained")
 
 
 def load_encoder(spec: str, *, tokens: Optional[int] = None, device: str | torch.device = "cpu"):
@@ -401,7 +409,7 @@ def write_run_table(run_dir: str | os.PathLike, captions: Sequence[str], embeddi
 
     It holds the datasets' fitting prompt tables (e.g. the shapes vocabulary), then the distinct
     training captions, each text once, up to `max_bytes` of embeddings (a large caption set
-    stays with its dataset, where `--prompt-table DATASET_DIR` finds it).
+    stays with its dataset, where a prompt table given as DATASET_DIR finds it).
     """
     family = encoder.split("@", 1)[0]
     shape = (str(embeddings.shape[1]), str(embeddings.shape[2]))
@@ -438,35 +446,28 @@ def read_prompt_embedding(path: str | os.PathLike, tokens: int, dim: int) -> tup
     """
     path = Path(path)
     if not path.is_file():
-        raise TextEncoderError(f"--prompt-embedding {str(path)!r}: no such file")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            keys = list(f.keys())
-            key = "embedding" if "embedding" in keys else (keys[0] if len(keys) == 1 else None)
-            t = f.get_tensor(key) if key is not None and meta.get("format") != FORMAT else None
-    except Exception as e:  # noqa: BLE001
-        raise TextEncoderError(f"--prompt-embedding {path}: not a readable safetensors file ({type(e).__name__})") \
-            from None
+        raise TextEncoderError(f"prompt embedding {str(path)!r}: no such file")
+    with _opened(path, f"prompt embedding {path}: not a readable safetensors file ({{error}})") as (f, meta, keys):
+        key = "embedding" if "embedding" in keys else (keys[0] if len(keys) == 1 else None)
+        t = f.get_tensor(key) if key is not None and meta.get("format") != FORMAT else None
     name = meta.get("prompt") or path.name
     if meta.get("format") == FORMAT:
         table = read_table(path)
         if len(table.texts) != 1:
-            raise TextEncoderError(f"--prompt-embedding {path} is a table of {len(table.texts)} prompts: pass it as "
-                                   "--prompt-table FILE with --prompt TEXT")
+            raise TextEncoderError(f"prompt embedding {path} is a table of {len(table.texts)} prompts: give it as a "
+                                   "prompt table, with the prompt to look up")
         t, name = table.embeddings, table.texts[0] or path.name
     if t is None:
-        raise TextEncoderError(f"--prompt-embedding {path} holds {len(keys)} tensors ({', '.join(keys[:4])}): store "
+        raise TextEncoderError(f"prompt embedding {path} holds {len(keys)} tensors ({', '.join(keys[:4])}): store "
                                "one tensor, named \"embedding\"")
     shape = tuple(t.shape)
     if t.ndim == 2:
         t = t.unsqueeze(0)
     if t.ndim != 3 or t.shape[0] != 1 or tuple(t.shape[1:]) != (int(tokens), int(dim)):
-        raise TextEncoderError(f"--prompt-embedding {path} has shape {shape}, the model needs "
+        raise TextEncoderError(f"prompt embedding {path} has shape {shape}, the model needs "
                                f"[{tokens}, {dim}] (or [1, {tokens}, {dim}])")
     if not t.is_floating_point() or not torch.isfinite(t).all():
-        raise TextEncoderError(f"--prompt-embedding {path}: the embedding must be finite floating-point numbers")
+        raise TextEncoderError(f"prompt embedding {path}: the embedding must be finite floating-point numbers")
     return t.to(torch.float32).clone(), name
 
 
@@ -496,7 +497,7 @@ class PromptLookup:
         """Add a table file, or every fitting table in a folder (a dataset, its image part, a run); return how many."""
         p = Path(path)
         if explicit and not p.exists():
-            raise TextEncoderError(f"--prompt-table {str(p)!r}: no such file or folder")
+            raise TextEncoderError(f"prompt table {str(p)!r}: no such file or folder")
         files = tables_in(p) + tables_in(p / IMAGES_SUBDIR) if p.is_dir() else ([p] if p.is_file() else [])
         added, misfits = 0, []
         for f in files:
@@ -522,7 +523,7 @@ class PromptLookup:
             added += 1
         if explicit and not added:
             what = f"its tables are of {', '.join(misfits)}" if misfits else "it holds no prompt/caption table"
-            raise TextEncoderError(f"--prompt-table {p}: {what}, the model needs {self.family} "
+            raise TextEncoderError(f"prompt table {p}: {what}, the model needs {self.family} "
                                    f"{self.tokens}x{self.dim}")
         return added
 

@@ -222,22 +222,36 @@ def latest_checkpoint(run_dir: Path, device="cpu", warn=None, *, set_aside: bool
     return None
 
 
-def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
-    """Weights, the recipe stored in their metadata, and the step, from one safetensors file."""
-    from ..recipe import recipe_from_toml
-    path = Path(path)
+def read_metadata(path: Path) -> dict:
+    """The string metadata of a weights file (its header only: cheap); CheckpointError when it is unreadable."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return dict(f.metadata() or {})
+    except Exception as e:                                                # OSError, safetensors' own
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+
+
+def recipe_in_metadata(meta: dict, source) -> Recipe:
+    """The recipe a checkpoint's metadata holds (`hpdm_recipe`); CheckpointError when it has none."""
+    from ..recipe import recipe_from_toml
+    if "hpdm_recipe" not in meta:
+        raise CheckpointError(f"{source}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    return recipe_from_toml(meta["hpdm_recipe"], source=str(source))
+
+
+def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
+    """Weights, the recipe stored in their metadata, and the step, from one safetensors file."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
         weights = load_file(str(path), device=str(device))
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
-    if "hpdm_recipe" not in meta:
-        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
+    recipe = recipe_in_metadata(meta, path)
     bad = first_nonfinite(weights)
     if bad is not None:
         raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not usable weights")
-    return weights, recipe_from_toml(meta["hpdm_recipe"], source=str(path)), int(meta.get("hpdm_step", 0))
+    return weights, recipe, int(meta.get("hpdm_step", 0))
 
 
 def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:

@@ -16,6 +16,11 @@ SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a 
 stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
 which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
 another's error.
+
+A run, in order: `_open_run_dir` (lock, refusals, the checkpoint to resume), `_model_state`
+(network, EMA, optimiser: resumed, fresh, or from `init_from_checkpoint`), `_parallel_model`
+(compile, DDP), the data (`_Batches`) and condition (`_training_condition`), then `_Steps`
+(gradients, the ranks' common verdict, the update, statistics, checkpoints).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from ..io import atomic_write_text
 from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
 from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
-                         read_weights_file, resolve_sampling_weights, save_checkpoint)
+                         read_weights_file, recipe_in_metadata, resolve_sampling_weights, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
@@ -102,8 +107,33 @@ def build_model(recipe: Recipe) -> HPDMNet:
     return HPDMNet(recipe.pyramid, recipe.model)
 
 
-def _init_from(net: torch.nn.Module, path: str) -> dict:
-    """Copy matching weights of checkpoint `path` into `net`; a report of what was loaded, partly loaded, new."""
+@dataclass
+class InitReport:
+    """What `init_from_checkpoint` copied into a model (tensor names)."""
+
+    loaded: list                                 # copied whole
+    partial: list                                # per-level tables: the rows of the levels both models have
+    new: list                                    # kept their initialisation (partial ones included)
+    unused: list                                 # checkpoint tensors with no place in the model
+
+    def describe(self, path: str) -> str:
+        """One log line: what was loaded, partly loaded and new."""
+        return (f"init_from {path}: {len(self.loaded)} tensors loaded, "
+                + (f"{len(self.partial)} per-level tables loaded for the levels both models have "
+                   f"({', '.join(self.partial)}), " if self.partial else "")
+                + f"{len(self.new)} new: {', '.join(self.new[:12])}" + (" ..." if len(self.new) > 12 else "")
+                + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else ""))
+
+
+def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
+    """Copy the weights of checkpoint `path` that fit into `net` (`train.init_from`); report what was copied.
+
+    The weights are the checkpoint's EMA when it has one; a tensor is copied when its name and
+    shape match. Per-level tables (`level_embed`, `level_token`) of a model with fewer or more
+    levels take the rows of the levels both have: level l of the checkpoint is level l here (the
+    base generator is the level-0 model); they count as new. Raises TrainError when what fits is
+    under 10% of the model's parameters (an unrelated checkpoint).
+    """
     weights, _, _ = read_weights_file(resolve_sampling_weights(path))
     own = net.state_dict()
     loaded, partial = {}, []
@@ -113,9 +143,7 @@ def _init_from(net: torch.nn.Module, path: str) -> dict:
         mine = own[k]
         if mine.shape == v.shape:
             loaded[k] = v
-        elif ("level" in k.rsplit(".", 1)[-1] and v.ndim == mine.ndim >= 1 and v.shape[1:] == mine.shape[1:]):
-            # A per-level table (level embedding / token) of a model with another number of levels:
-            # level l of the checkpoint is level l here (the base generator is the level-0 model).
+        elif "level" in k.rsplit(".", 1)[-1] and v.ndim == mine.ndim >= 1 and v.shape[1:] == mine.shape[1:]:
             n = min(v.shape[0], mine.shape[0])
             t = mine.detach().clone()
             t[:n] = v[:n].to(t.dtype)
@@ -130,20 +158,8 @@ def _init_from(net: torch.nn.Module, path: str) -> dict:
                          "use a checkpoint of a related model")
     net.load_state_dict(loaded, strict=False)
     full = sorted(k for k in loaded if k not in partial)
-    return {"loaded": full, "partial": sorted(partial), "new": sorted(set(own) - set(full)),
-            "unused": sorted(set(weights) - set(loaded))}
-
-
-def init_from_checkpoint(net: torch.nn.Module, path: str) -> tuple[list, list]:
-    """Load matching weights (same name and shape) from a checkpoint; return (loaded, new) names.
-
-    The weights are the checkpoint's EMA when it has one. Per-level tables (`level_embed`,
-    `level_token`) of a model with fewer or more levels take the rows of the levels both
-    have and count as new (their other rows keep their initialisation). Raises TrainError
-    when what fits is under 10% of the model's parameters (an unrelated checkpoint).
-    """
-    r = _init_from(net, path)
-    return r["loaded"], r["new"]
+    return InitReport(loaded=full, partial=sorted(partial), new=sorted(set(own) - set(full)),
+                      unused=sorted(set(weights) - set(loaded)))
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
@@ -326,7 +342,7 @@ def _table_embeddings(recipe: Recipe, captions: list) -> tuple:
 
 def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
     """(embeddings, encoder name) of the captions from the recipe's text encoder (cached in RUN_DIR/cache)."""
-    from ..text.encoders import TextEncoderError, cached_embeddings
+    from ..text.encoders import TextEncoderError, cached_embeddings, check_output_size
     from ..text.tables import load_encoder
     m = recipe.model
     try:
@@ -337,9 +353,7 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
                          f"embeddings with the dataset: hpdm prepare --embed-captions {data[0]} --text-encoder "
                          f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
                          + ", then copy the dataset folder here") from None
-    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
-        raise TrainError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the recipe has "
-                         f"model.text_tokens={m.text_tokens}, model.text_dim={m.text_dim}")
+    check_output_size(enc, m.text_tokens, m.text_dim)
     return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
 
 
@@ -368,16 +382,16 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
                              "restore it, or delete it to adopt this recipe") from None
         if architecture_of(prev) != arch:
             raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
-                             "[pyramid]/[model]); pass a new --run-dir or restore the recipe")
+                             "[pyramid]/[model]); use another run directory or restore the recipe")
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
         try:
-            stored = architecture_of(recipe_from_toml(ck["meta"]["hpdm_recipe"], source=str(ck["path"])))
+            stored = architecture_of(recipe_in_metadata(ck["meta"], ck["path"]))
         except Exception:                                                 # an unparsable stored recipe: let
             stored = arch                                                 # load_state_dict judge the weights
         if stored != arch:
             raise CheckpointError(f"{ck['path']}: trained with another architecture ([pyramid]/[model] differ "
-                                  "from this recipe's); pass a new --run-dir or restore the recipe")
+                                  "from this recipe's); use another run directory or restore the recipe")
     return ck
 
 
@@ -483,28 +497,63 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
 
 def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
            progress) -> TrainSummary:
-    from ..recipe import dump_recipe
+    """One run in a started process: the run directory, the model state, the data, then the steps."""
     t = recipe.train
+    say = _run_log(run_dir, dist, log)
+    per_step = _per_rank_batch(t, dist.world_size)
+    _check_dataset(recipe.data.path, "data.path")
+    if recipe.data.image_path and recipe.data.image_fraction > 0:
+        _check_dataset(recipe.data.image_path, "data.image_path")
+    ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
+    set_precision(t.precision)
+    state = _model_state(recipe, dist, ck, say)
+    del ck
+    summary = TrainSummary(run_dir=run_dir, start_step=state.start, step=state.start, steps=t.steps,
+                           skipped=state.skipped)
+    if state.start >= t.steps:
+        say(f"nothing to do: the run is at step {state.start} of train.steps = {t.steps} (raise train.steps to "
+            "continue)")
+        summary.last_loss = _last_logged_loss(run_dir, state.start)
+        return summary
+    model = _parallel_model(state.net, recipe, dist, say)
+    batches = _Batches(recipe, dist, per_step // t.grad_accum, start_batch=state.start * t.grad_accum,
+                       total_batches=t.steps * t.grad_accum)
+    text_emb = _training_condition(recipe, batches, run_dir, dist, say)
+    if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
+        torch.set_rng_state(state.rng_state)
+    steps = _Steps(recipe, run_dir, dist, state, model, batches, text_emb, say, summary)
+    return steps.run(stop_after=stop_after, progress=progress)
 
+
+def _run_log(run_dir: Path, dist: DistInfo, log) -> Callable[..., None]:
+    """say(msg, echo=True): rank 0 appends `msg` to RUN_DIR/train.log (time-stamped) and, if `echo`, logs it."""
     def say(msg: str, echo: bool = True) -> None:
         if dist.is_main:
             if echo:
                 log(msg)
             with open(run_dir / "train.log", "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+    return say
 
-    per_step = t.batch_size // dist.world_size
-    if t.batch_size % dist.world_size or per_step % t.grad_accum:
-        raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by world size {dist.world_size} "
+
+def _per_rank_batch(t, world_size: int) -> int:
+    """Samples per rank and step: train.batch_size split over the ranks, then into train.grad_accum micro-batches."""
+    per_step = t.batch_size // world_size
+    if t.batch_size % world_size or per_step % t.grad_accum:
+        raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by world size {world_size} "
                          f"x train.grad_accum {t.grad_accum}")
-    micro = per_step // t.grad_accum
-    _check_dataset(recipe.data.path, "data.path")
-    if recipe.data.image_path and recipe.data.image_fraction > 0:
-        _check_dataset(recipe.data.image_path, "data.image_path")
+    return per_step
 
-    # The run directory: refuse to resume into a different architecture. Rank 0 decides (and picks
-    # the newest readable checkpoint, setting corrupt ones aside); every rank then loads that one.
-    # Rank 0 first takes the run directory's lock (created if missing; a file there is refused).
+
+def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, log, say) -> Optional[dict]:
+    """Claim the run directory and return the checkpoint to resume from (None: a fresh run).
+
+    Rank 0 takes the directory's lock (created if missing; a file there is refused), refuses a
+    directory of another architecture and picks the newest readable checkpoint (setting corrupt
+    ones aside); every rank learns the outcome and loads that checkpoint. Rank 0 then writes the
+    resolved recipe and the environment.
+    """
+    from ..recipe import dump_recipe
     refusal, ck = None, None
     if dist.is_main:
         try:
@@ -521,10 +570,27 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
         found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
         found = int(all_reduce_sum(found).item())
         if not dist.is_main and found:
-            ck = load_checkpoint(run_dir / "checkpoints" / f"ckpt-{found - 1:08d}", "cpu")
-            ck["path"] = run_dir / "checkpoints" / f"ckpt-{found - 1:08d}"
-    set_precision(t.precision)
+            path = run_dir / "checkpoints" / f"ckpt-{found - 1:08d}"
+            ck = load_checkpoint(path, "cpu")
+            ck["path"] = path
+    return ck
 
+
+@dataclass
+class _ModelState:
+    """The network, its EMA and optimiser, and where the run continues (step, skipped steps, torch's RNG)."""
+
+    net: HPDMNet
+    ema: Optional[EMA]
+    opt: torch.optim.Optimizer
+    start: int = 0
+    skipped: int = 0
+    rng_state: Optional[torch.Tensor] = None
+
+
+def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _ModelState:
+    """Network, EMA and optimiser on the device: resumed from `ck`, else fresh (from train.init_from if set)."""
+    t = recipe.train
     net = build_model(recipe)
     if ck is not None:
         ck = _without_unbuilt_fusions(ck, net)
@@ -534,48 +600,43 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     if ck is not None:
         groups = _groups_of_checkpoint(net, groups, ck["optimizer"]["param_groups"])
     if t.init_from and ck is None:                                       # a fresh run starts from init_from
-        r = _init_from(net, t.init_from)
-        new = r["new"]
-        say(f"init_from {t.init_from}: {len(r['loaded'])} tensors loaded, "
-            + (f"{len(r['partial'])} per-level tables loaded for the levels both models have "
-               f"({', '.join(r['partial'])}), " if r["partial"] else "")
-            + f"{len(new)} new: {', '.join(new[:12])}" + (" ..." if len(new) > 12 else "")
-            + (f"; {len(r['unused'])} checkpoint tensors unused" if r["unused"] else ""))
+        say(init_from_checkpoint(net, t.init_from).describe(t.init_from))
     net.to(dist.device)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
     if t.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
     else:
         opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-
-    start, skipped = 0, 0
-    rng_state = None
+    state = _ModelState(net, ema, opt)
     if ck is not None:
-        try:
-            net.load_state_dict(ck["model"])
-            if ema is not None and ck["ema"] is not None:
-                ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["optimizer"])
-            for g in opt.param_groups:                                    # the recipe's settings win over the
-                g["betas"], g["eps"] = tuple(t.betas), t.eps                 # stored ones (continuing with
-            opt.param_groups[0]["weight_decay"] = t.weight_decay          # changed hyperparameters)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{ck['path']}: weights do not fit this recipe's model "
-                                  f"({str(e).strip().splitlines()[0]})") from None
-        start, skipped = int(ck["state"]["step"]), int(ck["state"].get("skipped", 0))
-        rng_state = ck["extra"].get("torch_rng")
-        if dist.device.type == "cuda" and "cuda_rng" in ck["extra"]:
-            torch.cuda.set_rng_state(ck["extra"]["cuda_rng"].cpu(), dist.device)
-        say(f"resumed from {ck['path']} at step {start}")
-        del ck
+        _resume(state, ck, recipe, dist, say)
+    return state
 
-    summary = TrainSummary(run_dir=run_dir, start_step=start, step=start, steps=t.steps, skipped=skipped)
-    if start >= t.steps:
-        say(f"nothing to do: the run is at step {start} of train.steps = {t.steps} (raise train.steps to continue)")
-        summary.last_loss = _last_logged_loss(run_dir, start)
-        return summary
 
-    model = torch.compile(net) if t.compile else net
+def _resume(state: _ModelState, ck: dict, recipe: Recipe, dist: DistInfo, say) -> None:
+    """Load checkpoint `ck` into the model state: weights, EMA, optimiser, step counters and RNG states."""
+    t = recipe.train
+    try:
+        state.net.load_state_dict(ck["model"])
+        if state.ema is not None and ck["ema"] is not None:
+            state.ema.load_state_dict(ck["ema"])
+        state.opt.load_state_dict(ck["optimizer"])
+        for g in state.opt.param_groups:                                  # the recipe's settings win over the
+            g["betas"], g["eps"] = tuple(t.betas), t.eps                     # stored ones (continuing with
+        state.opt.param_groups[0]["weight_decay"] = t.weight_decay        # changed hyperparameters)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{ck['path']}: weights do not fit this recipe's model "
+                              f"({str(e).strip().splitlines()[0]})") from None
+    state.start, state.skipped = int(ck["state"]["step"]), int(ck["state"].get("skipped", 0))
+    state.rng_state = ck["extra"].get("torch_rng")
+    if dist.device.type == "cuda" and "cuda_rng" in ck["extra"]:
+        torch.cuda.set_rng_state(ck["extra"]["cuda_rng"].cpu(), dist.device)
+    say(f"resumed from {ck['path']} at step {state.start}")
+
+
+def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
+    """What the steps call: the network, compiled if train.compile, wrapped in DDP when distributed."""
+    model = torch.compile(net) if recipe.train.compile else net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
         # steps without a self-conditioning pass, and any parameter a training step leaves unused
@@ -586,128 +647,166 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=recipe.model.self_condition or bool(unused))
+    return model
 
-    batches = _Batches(recipe, dist, micro, start_batch=start * t.grad_accum, total_batches=t.steps * t.grad_accum)
-    text_emb = None
-    if recipe.model.cond == "text":
-        text_emb = _caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
-                                       dist.is_main)
-    if recipe.model.cond == "class":
+
+def _training_condition(recipe: Recipe, batches: "_Batches", run_dir: Path, dist: DistInfo,
+                        say) -> Optional[torch.Tensor]:
+    """The text model's caption embeddings (None otherwise); a class model's classes checked against the data."""
+    m = recipe.model
+    if m.cond == "text":
+        return _caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
+                                   dist.is_main)
+    if m.cond == "class":
         n_cls = len(batches.class_names)
-        if n_cls and n_cls > recipe.model.num_classes:
-            raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {recipe.model.num_classes}")
-    # torch's global RNG as it was at the checkpoint (the step's own randomness comes from step_generator).
-    if rng_state is not None:
-        torch.set_rng_state(rng_state)
+        if n_cls and n_cls > m.num_classes:
+            raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {m.num_classes}")
+    return None
 
-    flops = train_step_flops(recipe.pyramid, recipe.model) * t.batch_size
-    stats = StatsWriter(run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
-    if stats.note:
-        say(stats.note)
-    frames = recipe.pyramid.resolution[0]
-    L = recipe.pyramid.num_levels
-    params = [p for p in net.parameters()]
-    t_last, n_last = time.perf_counter(), 0
-    say(f"training {sum(p.numel() for p in params) / 1e6:.1f}M parameters on {dist.world_size} x {dist.device.type}, "
-        f"steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x accum {t.grad_accum})")
 
-    try:
-        with _StopFlag() as stop, stats.progress(start, t.steps, enabled=progress and dist.is_main,
-                                                 batch=t.batch_size) as bar:
-            step = start
-            streak = 0                                                    # consecutive non-finite steps
-            while step < t.steps:
-                lr = lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
-                           min_lr_ratio=t.min_lr_ratio)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                gen = step_generator(t.seed, dist.rank, step)
-                losses, per_level = [], []
-                for a in range(t.grad_accum):
-                    videos, labels, caps = batches.next(dist.device, frames)
-                    cond = labels if recipe.model.cond == "class" else (text_emb[caps] if text_emb is not None else None)
-                    if recipe.model.cond == "class" and batches.unlabelled:
-                        raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
-                                         "use a labelled dataset or model.cond=\"none\"")
-                    offsets = sample_nested_offsets(recipe.pyramid, videos.shape[0], generator=gen).to(dist.device)
-                    draw = draw_noise(recipe.diffusion, (videos.shape[0], L, videos.shape[1], *recipe.pyramid.patch),
-                                      conditional=cond is not None, self_condition=recipe.model.self_condition,
-                                      generator=gen, device=dist.device)
-                    sync = model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
-                    with sync:
-                        out = forward_backward(model, videos, cond, recipe, offsets, draw, 1.0 / t.grad_accum,
-                                               t.precision)
-                    losses.append(out.loss.detach())
-                    per_level.append(out.per_level)
-                loss = torch.stack(losses).mean()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-                # One collective per step: non-finite loss / gradient anywhere, ranks stopped by a signal
-                # (and the sum of their signal numbers), and the loss summed over ranks.
-                sig = stop.signum
-                flags = torch.stack([(~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(),
-                                     torch.tensor(float(sig > 0), device=loss.device),
-                                     torch.tensor(float(sig), device=loss.device), loss.float()])
-                flags = all_reduce_sum(flags).tolist()
-                bad = flags[0] > 0 or flags[1] > 0
-                if bad:
-                    skipped += 1
-                    streak += 1
-                    say(f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)")
-                else:
-                    streak = 0
-                    opt.step()
-                    if ema is not None:
-                        ema.update(net)
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                n_last += 1
-                mean_loss = flags[4] / dist.world_size
-                summary.last_loss, summary.step, summary.skipped = mean_loss, step, skipped
-                bar(step, mean_loss)
+class _Steps:
+    """The optimisation steps of a run: micro-batches in; optimiser and EMA updates, statistics, checkpoints out."""
 
-                if step % t.log_every == 0 or step == t.steps:
-                    if dist.device.type == "cuda":
-                        torch.cuda.synchronize(dist.device)
-                    now = time.perf_counter()
-                    sps = n_last / max(now - t_last, 1e-9)
-                    lv = torch.stack(per_level).mean(0)
-                    all_reduce_sum(lv)
-                    lv = (lv / dist.world_size).tolist()
-                    rec = {"step": step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
-                           "grad_norm": float(grad_norm), "skipped": skipped, "videos_per_s": sps * t.batch_size,
-                           "tflops_per_s": sps * flops / 1e12}
-                    if dist.device.type == "cuda":
-                        rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
-                    stats.write(rec)
-                    eta = (t.steps - step) / max(sps, 1e-9)
-                    say(f"step {step}/{t.steps} loss {mean_loss:.4f} lr {lr:.2e} {rec['videos_per_s']:.2f} videos/s "
-                        f"eta {eta / 60:.1f} min" + (f" skipped {skipped}" if skipped else ""), echo=not bar.live)
-                    t_last, n_last = now, 0
+    def __init__(self, recipe: Recipe, run_dir: Path, dist: DistInfo, state: _ModelState, model,
+                 batches: "_Batches", text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
+        self.recipe, self.t, self.run_dir, self.dist = recipe, recipe.train, run_dir, dist
+        self.state, self.model, self.batches, self.text_emb = state, model, batches, text_emb
+        self.say, self.summary = say, summary
+        self.params = [p for p in state.net.parameters()]
+        self.step, self.skipped, self.streak = state.start, state.skipped, 0   # streak: consecutive skipped
+        self.t_last, self.n_last = 0.0, 0                                  # throughput since the last log
 
-                if t.max_nonfinite_steps and streak >= t.max_nonfinite_steps:
-                    # Every rank saw the same flags: all stop here, without a checkpoint of this step.
-                    kept = list_checkpoints(run_dir) if dist.is_main else []
-                    msg = (f"stopped at step {step}: {streak} consecutive steps had a non-finite loss or gradient; "
-                           f"the newest checkpoint{f' {kept[-1].name}' if kept else ''} is kept as it was; lower "
-                           "train.lr, set train.grad_clip or check the data (train.max_nonfinite_steps = "
-                           f"{t.max_nonfinite_steps} sets this limit)")
-                    say(msg, echo=False)
-                    raise TrainError(msg)
-                stopping = flags[2] > 0 or (stop_after is not None and step - start >= stop_after)
-                if step % t.ckpt_every == 0 or step == t.steps or stopping:
-                    summary.checkpoint = _save(run_dir, recipe, step, net, ema, opt, dist,
-                                               {"skipped": skipped, "samples_per_rank": step * per_step},
-                                               t.keep_last)
-                if stopping:
-                    signum = int(round(flags[3] / flags[2])) if flags[2] > 0 else 0
-                    summary.interrupted = signum or None
-                    if signum:
-                        say(f"stopped by signal {signum} at step {step}; checkpoint saved, "
-                            "re-run the same command to resume")
-                    break
-    finally:
-        stats.close()
-    return summary
+    def run(self, *, stop_after: Optional[int], progress: bool) -> TrainSummary:
+        """Train until train.steps, a signal or `stop_after` steps; checkpoint on the way and at the end."""
+        t, dist, start = self.t, self.dist, self.state.start
+        self.flops = train_step_flops(self.recipe.pyramid, self.recipe.model) * t.batch_size
+        self.stats = StatsWriter(self.run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
+        if self.stats.note:
+            self.say(self.stats.note)
+        self.t_last = time.perf_counter()
+        micro = t.batch_size // dist.world_size // t.grad_accum
+        self.say(f"training {sum(p.numel() for p in self.params) / 1e6:.1f}M parameters on {dist.world_size} x "
+                 f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x "
+                 f"accum {t.grad_accum})")
+        try:
+            with _StopFlag() as stop, self.stats.progress(start, t.steps, enabled=progress and dist.is_main,
+                                                          batch=t.batch_size) as bar:
+                while self.step < t.steps:
+                    if self._one_step(stop, bar, stop_after):
+                        break
+        finally:
+            self.stats.close()
+        return self.summary
+
+    def _one_step(self, stop: _StopFlag, bar, stop_after: Optional[int]) -> bool:
+        """Step `self.step`: gradients, the ranks' verdict, the update, logging, checkpoint; True to stop."""
+        t, st = self.t, self.state
+        lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
+        for g in st.opt.param_groups:
+            g["lr"] = lr
+        loss, per_level = self._gradients()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        # One collective per step: non-finite loss / gradient anywhere, ranks stopped by a signal
+        # (and the sum of their signal numbers), and the loss summed over ranks.
+        sig = stop.signum
+        flags = torch.stack([(~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(),
+                             torch.tensor(float(sig > 0), device=loss.device),
+                             torch.tensor(float(sig), device=loss.device), loss.float()])
+        flags = all_reduce_sum(flags).tolist()
+        self._update(bad=flags[0] > 0 or flags[1] > 0)
+        self.step += 1
+        self.n_last += 1
+        mean_loss = flags[4] / self.dist.world_size
+        self.summary.last_loss, self.summary.step, self.summary.skipped = mean_loss, self.step, self.skipped
+        bar(self.step, mean_loss)
+        if self.step % t.log_every == 0 or self.step == t.steps:
+            self._log(mean_loss, lr, grad_norm, per_level, live=bar.live)
+        self._check_streak()
+        stopping = flags[2] > 0 or (stop_after is not None and self.step - st.start >= stop_after)
+        if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
+            self.summary.checkpoint = _save(self.run_dir, self.recipe, self.step, st.net, st.ema, st.opt, self.dist,
+                                            {"skipped": self.skipped,
+                                             "samples_per_rank": self.step * (t.batch_size // self.dist.world_size)},
+                                            t.keep_last)
+        if stopping:
+            signum = int(round(flags[3] / flags[2])) if flags[2] > 0 else 0
+            self.summary.interrupted = signum or None
+            if signum:
+                self.say(f"stopped by signal {signum} at step {self.step}; checkpoint saved, re-run the same command "
+                         "to resume")
+        return stopping
+
+    def _gradients(self) -> tuple[torch.Tensor, list]:
+        """Accumulate the step's gradients over train.grad_accum micro-batches: (mean loss, per-level losses)."""
+        t, dist, rec = self.t, self.dist, self.recipe
+        gen = step_generator(t.seed, dist.rank, self.step)
+        frames, L = rec.pyramid.resolution[0], rec.pyramid.num_levels
+        losses, per_level = [], []
+        for a in range(t.grad_accum):
+            videos, labels, caps = self.batches.next(dist.device, frames)
+            cond = labels if rec.model.cond == "class" else (self.text_emb[caps] if self.text_emb is not None else None)
+            if rec.model.cond == "class" and self.batches.unlabelled:
+                raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
+                                 "use a labelled dataset or model.cond=\"none\"")
+            offsets = sample_nested_offsets(rec.pyramid, videos.shape[0], generator=gen).to(dist.device)
+            draw = draw_noise(rec.diffusion, (videos.shape[0], L, videos.shape[1], *rec.pyramid.patch),
+                              conditional=cond is not None, self_condition=rec.model.self_condition,
+                              generator=gen, device=dist.device)
+            sync = self.model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
+            with sync:
+                out = forward_backward(self.model, videos, cond, rec, offsets, draw, 1.0 / t.grad_accum, t.precision)
+            losses.append(out.loss.detach())
+            per_level.append(out.per_level)
+        return torch.stack(losses).mean(), per_level
+
+    def _update(self, bad: bool) -> None:
+        """Apply the step (optimiser, then EMA), or skip it when any rank saw a non-finite loss or gradient."""
+        st = self.state
+        if bad:
+            self.skipped += 1
+            self.streak += 1
+            self.say(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped} so far)")
+        else:
+            self.streak = 0
+            st.opt.step()
+            if st.ema is not None:
+                st.ema.update(st.net)
+        st.opt.zero_grad(set_to_none=True)
+
+    def _log(self, mean_loss: float, lr: float, grad_norm: torch.Tensor, per_level: list, live: bool) -> None:
+        """Write a stats.jsonl row (losses per level, throughput, memory) and a progress line."""
+        t, dist = self.t, self.dist
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+        now = time.perf_counter()
+        sps = self.n_last / max(now - self.t_last, 1e-9)
+        lv = torch.stack(per_level).mean(0)
+        all_reduce_sum(lv)
+        lv = (lv / dist.world_size).tolist()
+        rec = {"step": self.step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
+               "grad_norm": float(grad_norm), "skipped": self.skipped, "videos_per_s": sps * t.batch_size,
+               "tflops_per_s": sps * self.flops / 1e12}
+        if dist.device.type == "cuda":
+            rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+        self.stats.write(rec)
+        eta = (t.steps - self.step) / max(sps, 1e-9)
+        self.say(f"step {self.step}/{t.steps} loss {mean_loss:.4f} lr {lr:.2e} {rec['videos_per_s']:.2f} videos/s "
+                 f"eta {eta / 60:.1f} min" + (f" skipped {self.skipped}" if self.skipped else ""), echo=not live)
+        self.t_last, self.n_last = now, 0
+
+    def _check_streak(self) -> None:
+        """Stop the run (TrainError, no checkpoint of this step) after train.max_nonfinite_steps skipped in a row."""
+        t = self.t
+        if not (t.max_nonfinite_steps and self.streak >= t.max_nonfinite_steps):
+            return
+        # Every rank saw the same flags: all stop here.
+        kept = list_checkpoints(self.run_dir) if self.dist.is_main else []
+        msg = (f"stopped at step {self.step}: {self.streak} consecutive steps had a non-finite loss or gradient; "
+               f"the newest checkpoint{f' {kept[-1].name}' if kept else ''} is kept as it was; lower "
+               "train.lr, set train.grad_clip or check the data (train.max_nonfinite_steps = "
+               f"{t.max_nonfinite_steps} sets this limit)")
+        self.say(msg, echo=False)
+        raise TrainError(msg)
 
 
 def _save(run_dir: Path, recipe: Recipe, step: int, net, ema, opt, dist: DistInfo, state: dict,
