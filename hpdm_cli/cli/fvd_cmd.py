@@ -1,8 +1,7 @@
 """`hpdm eval-fvd`: parse the options, call the driver `hpdm_cli.drivers.fvd.run_eval_fvd`, print the result.
 
-Registered on the app by `register(app)`. Engine errors (every `HPDMError`) become one-line user
-errors (exit code 2); warnings and progress go to stderr, the result table to stdout; the driver
-writes the full result to `--json OUT.json`.
+Warnings and progress go to stderr, the result table to stdout; the driver writes the full
+result to `--json OUT.json`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from .console import err, out
 from .progress import keyed_bars
 
 
@@ -61,20 +61,15 @@ def eval_fvd(
     import sys
 
     from ..drivers.fvd import run_eval_fvd
-    from ..errors import HPDMError
-    from .app import UserError, err, out
 
     live = sys.stderr.isatty() if progress is None else progress
-    try:
-        with keyed_bars(lambda side: f"{side} clips", live) as bar:
-            res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
-                               steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
-                               stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
-                               precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
-                               save_fake=save_fake, progress=bar,
-                               log=lambda m: err.print(m, highlight=False, markup=False))
-    except HPDMError as e:
-        raise UserError(str(e)) from None
+    with keyed_bars(lambda side: f"{side} clips", live) as bar:
+        res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
+                           steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
+                           stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
+                           precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
+                           save_fake=save_fake, progress=bar,
+                           log=lambda m: err.print(m, highlight=False, markup=False))
 
     from rich.table import Table
     table = Table(title="hpdm eval-fvd")
@@ -108,7 +103,3 @@ def eval_fvd(
     if json_out is not None:
         out.print(f"wrote {json_out}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `eval-fvd` to the `hpdm` app."""
-    app.command("eval-fvd")(eval_fvd)
