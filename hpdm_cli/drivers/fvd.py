@@ -254,18 +254,19 @@ def _check_writable_file(path, what: str) -> None:
 
 
 def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
-    """Explicit options win; unset ones come from a statistics-file side, else the defaults (16, 1, fp32)."""
+    """Explicit options win; unset ones come from a statistics-file side, else `Protocol`'s defaults."""
+    default = Protocol()
     for p in sides:
         if p.is_file() and p.suffix.lower() == ".npz":
             st = FVDStats.load(p).protocol
             if frames is None:
-                f = st.get("frames", 16)
+                f = st.get("frames", default.frames_label)
                 frames = "all" if f == "all" else int(f)
             if stride is None:
-                stride = int(st.get("stride", 1))
+                stride = int(st.get("stride", default.stride))
             if precision is None:
-                precision = st.get("precision", "fp32")
-    frames = 16 if frames is None else frames
+                precision = st.get("precision", default.precision)
+    frames = default.frames if frames is None else frames
     if isinstance(frames, str):
         if frames.strip().lower() == "all":
             frames = None
@@ -275,10 +276,10 @@ def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple
             except ValueError:
                 raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
     if stride is None:
-        stride = 1
+        stride = default.stride
     elif int(stride) != stride or stride < 1:
         raise FVDError(f"--stride {stride}: expected a positive integer (1 = every frame)")
-    return frames, int(stride), precision or "fp32"
+    return frames, int(stride), precision or default.precision
 
 
 def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, cache_dir, workers,
@@ -372,9 +373,9 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
     may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
 
-    `num` clips per side (None: 2048; a statistics file holds what it holds, a mismatch with an
-    explicit `num` is a warning). `frames`/`stride`/`precision` left as None follow a
-    statistics-file side, else 16 / 1 / fp32.
+    `num` clips per side (None: `Protocol`'s default; a statistics file holds what it holds, a
+    mismatch with an explicit `num` is a warning). `frames`/`stride`/`precision` left as None
+    follow a statistics-file side, else `Protocol`'s defaults.
     Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
     """
     t0 = time.perf_counter()
@@ -382,7 +383,8 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     kinds = {"real": source_kind(real), "fake": source_kind(fake)}
     _check_options(kinds, real, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
-    protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
+    counts = {} if num is None else {"num": int(num)}                     # None: Protocol's default
+    protocol = Protocol(frames=f, stride=s, seed=int(seed), precision=prec, **counts)
     _check_sides({"real": real, "fake": fake}, kinds, protocol, extractor, generation)
     if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
         extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
