@@ -621,6 +621,25 @@ class _MeanFeatures(torch.nn.Module):
         return self.proj(x[:, :, :MIN_FRAMES].mean((3, 4)).flatten(1))
 
 
+def test_unset_protocol_options_take_the_protocol_defaults(folders, tmp_path, monkeypatch):
+    """--frames / --stride / --precision / --num left unset follow `Protocol`'s defaults: one home, not restated."""
+    import dataclasses
+
+    from hpdm_cli.drivers import fvd as driver
+
+    @dataclasses.dataclass(frozen=True)
+    class Shorter(Protocol):
+        frames: int | None = 10
+        num: int = 3
+
+    monkeypatch.setattr(driver, "Protocol", Shorter)
+    ex = I3DExtractor(net=_MeanFeatures(), device="cpu", batch_size=4)
+    res = evaluate_fvd(folders / "real", folders / "fake", extractor=ex, cache=False, workers=0)
+    assert (res.protocol["frames"], res.protocol["num_requested"]) == (10, 3)
+    assert (res.protocol["stride"], res.protocol["precision"]) == (Protocol.stride, Protocol.precision)
+    assert res.num_real == res.num_fake == 3
+
+
 def test_truncated_cache_file_is_a_miss_and_is_rewritten_atomically(folders, tmp_path):
     ex = I3DExtractor(net=_MeanFeatures(), device="cpu", batch_size=4)
     cache, logs = tmp_path / "cache", []
