@@ -622,7 +622,7 @@ class _MeanFeatures(torch.nn.Module):
 
 
 def test_unset_protocol_options_take_the_protocol_defaults(folders, tmp_path, monkeypatch):
-    """--frames / --stride / --precision / --num left unset follow `Protocol`'s defaults: one home, not restated."""
+    """--frames / --stride / --precision / --num / --seed left unset follow `Protocol`'s defaults: one home."""
     import dataclasses
 
     from hpdm_cli.drivers import fvd as driver
@@ -631,11 +631,12 @@ def test_unset_protocol_options_take_the_protocol_defaults(folders, tmp_path, mo
     class Shorter(Protocol):
         frames: int | None = 10
         num: int = 3
+        seed: int = 5
 
     monkeypatch.setattr(driver, "Protocol", Shorter)
     ex = I3DExtractor(net=_MeanFeatures(), device="cpu", batch_size=4)
     res = evaluate_fvd(folders / "real", folders / "fake", extractor=ex, cache=False, workers=0)
-    assert (res.protocol["frames"], res.protocol["num_requested"]) == (10, 3)
+    assert (res.protocol["frames"], res.protocol["num_requested"], res.protocol["selection_seed"]) == (10, 3, 5)
     assert (res.protocol["stride"], res.protocol["precision"]) == (Protocol.stride, Protocol.precision)
     assert res.num_real == res.num_fake == 3
 

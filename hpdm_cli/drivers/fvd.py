@@ -68,7 +68,7 @@ def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Pa
 
 def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
-    seed, batch, guidance = gen.get("seed", 0), gen.get("batch"), gen.get("guidance")
+    seed, batch, guidance = gen.get("seed"), gen.get("batch"), gen.get("guidance")
     if seed is not None and (int(seed) != seed or seed < 0):
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
     if batch is not None and (int(batch) != batch or batch < 1):
@@ -363,7 +363,7 @@ def _measure_sides(real: Path, fake: Path, kinds: dict, protocol: Protocol, extr
 
 
 def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
-                 frames: int | str | None = None, stride: Optional[int] = None, seed: int = 0,
+                 frames: int | str | None = None, stride: Optional[int] = None, seed: Optional[int] = None,
                  i3d: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  batch_size: Optional[int] = None, workers: Optional[int] = None, precision: Optional[str] = None,
                  cache: bool = True, cache_dir: str | os.PathLike | None = None,
@@ -373,8 +373,8 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
     may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
 
-    `num` clips per side (None: `Protocol`'s default; a statistics file holds what it holds, a
-    mismatch with an explicit `num` is a warning). `frames`/`stride`/`precision` left as None
+    `num` clips per side and the selection `seed` (None: `Protocol`'s defaults; a statistics file
+    holds what it holds, a mismatch with an explicit `num` is a warning). `frames`/`stride`/`precision` left as None
     follow a statistics-file side, else `Protocol`'s defaults.
     Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
     """
@@ -383,8 +383,8 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     kinds = {"real": source_kind(real), "fake": source_kind(fake)}
     _check_options(kinds, real, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
-    counts = {} if num is None else {"num": int(num)}                     # None: Protocol's default
-    protocol = Protocol(frames=f, stride=s, seed=int(seed), precision=prec, **counts)
+    given = {k: int(v) for k, v in (("num", num), ("seed", seed)) if v is not None}   # None: Protocol's default
+    protocol = Protocol(frames=f, stride=s, precision=prec, **given)
     _check_sides({"real": real, "fake": fake}, kinds, protocol, extractor, generation)
     if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
         extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
@@ -414,7 +414,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
 
 
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
-                 gen_seed: int = 0, gen_batch: Optional[int] = None, steps: Optional[str] = None,
+                 gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
                  guidance: Optional[float] = None, overlap: Optional[str] = None, bf16: bool = False,
                  **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
@@ -427,7 +427,9 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         parent = next((q for q in json_out.absolute().parents if q.exists()), None)
         if parent is not None and not parent.is_dir():
             raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
-    generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    if gen_seed is not None:                                  # else generate_fake_clips' first seed
+        generation["seed"] = gen_seed
     if data is not None:
         generation["data"] = data
     elif (Path(real) / "dataset.json").is_file():
