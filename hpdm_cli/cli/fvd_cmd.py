@@ -6,6 +6,7 @@ result to `--json OUT.json`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -60,10 +61,7 @@ def eval_fvd(
                                             help="Progress bars on stderr (default: on a terminal)."),
 ):
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
-    import sys
-
     from ..drivers.fvd import run_eval_fvd
-
     live = sys.stderr.isatty() if progress is None else progress
     with keyed_bars(lambda side: f"{side} clips", live) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
@@ -72,27 +70,32 @@ def eval_fvd(
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,
                            log=lambda m: err.print(m, highlight=False, markup=False))
+    _print_result(res, json_out)
 
+
+def _how(side) -> str:
+    """Where a side's statistics came from, for the table."""
+    if side.kind == "stats":
+        return "read from the file"
+    if side.cache == "hit":
+        return f"cache hit ({side.cache_path})"
+    return f"computed in {side.seconds:.1f} s ({side.clips_per_second:.2f} clips/s)" + (
+        f", cached to {side.cache_path}" if side.cache == "miss (written)" else "")
+
+
+def _print_result(res, json_out: Optional[Path]) -> None:
+    """The sides table, the protocol, the detector and the FVD on stdout."""
     from rich.table import Table
     table = Table(title="hpdm eval-fvd")
     for col in ("", "real", "fake"):
         table.add_column(col, overflow="fold")
     sides = (res.real, res.fake)
-
-    def how(s) -> str:
-        if s.kind == "stats":
-            return "read from the file"
-        if s.cache == "hit":
-            return f"cache hit ({s.cache_path})"
-        return f"computed in {s.seconds:.1f} s ({s.clips_per_second:.2f} clips/s)" + (
-            f", cached to {s.cache_path}" if s.cache == "miss (written)" else "")
-
     table.add_row("source", *[f"{s.kind}: {s.path}" for s in sides])
     table.add_row("clips", *[f"{s.num} of {s.num_requested} requested" if s.kind != "stats" else str(s.num)
                              for s in sides])
     table.add_row("skipped: short", *[str(s.num_short) for s in sides])
     table.add_row("skipped: unreadable", *[str(s.num_unreadable) for s in sides])
-    table.add_row("statistics", *[how(s) for s in sides])
+    table.add_row("statistics", *[_how(s) for s in sides])
     out.print(table)
     p = res.protocol
     out.print(f"protocol v{p['protocol_version']}: decoded as PyAV rgb24 ({p.get('decode')}), frames {p['frames']}, "
