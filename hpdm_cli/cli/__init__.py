@@ -1,1 +1,5 @@
-"""The command-line layer: the Typer app `hpdm` (app). The engine never imports this package."""
+"""The command-line layer: the Typer app `hpdm` (app.py), one module per command (*_cmd.py: parse the options,
+call the command's driver, print), the consoles (console.py) and progress bars (progress.py).
+
+Nothing outside this package imports it.
+"""

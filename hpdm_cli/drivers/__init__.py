@@ -1,4 +1,4 @@
-"""One driver per command: `sample`, `upscale`, `evaluate` (hpdm eval), `fvd` (hpdm eval-fvd).
+"""One driver per command: `sample`, `upscale`, `evaluate` (hpdm eval), `fvd` (hpdm eval-fvd), `bench`, `prepare`.
 
 A driver checks a request's options, calls the engine and returns a report; the CLI
 (`hpdm_cli.cli`) only parses arguments, calls a driver and prints. Drivers may import the

@@ -68,7 +68,7 @@ def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Pa
 
 def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
-    seed, batch, guidance = gen.get("seed", 0), gen.get("batch"), gen.get("guidance")
+    seed, batch, guidance = gen.get("seed"), gen.get("batch"), gen.get("guidance")
     if seed is not None and (int(seed) != seed or seed < 0):
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
     if batch is not None and (int(batch) != batch or batch < 1):
@@ -254,18 +254,19 @@ def _check_writable_file(path, what: str) -> None:
 
 
 def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
-    """Explicit options win; unset ones come from a statistics-file side, else the defaults (16, 1, fp32)."""
+    """Explicit options win; unset ones come from a statistics-file side, else `Protocol`'s defaults."""
+    default = Protocol()
     for p in sides:
         if p.is_file() and p.suffix.lower() == ".npz":
             st = FVDStats.load(p).protocol
             if frames is None:
-                f = st.get("frames", 16)
+                f = st.get("frames", default.frames_label)
                 frames = "all" if f == "all" else int(f)
             if stride is None:
-                stride = int(st.get("stride", 1))
+                stride = int(st.get("stride", default.stride))
             if precision is None:
-                precision = st.get("precision", "fp32")
-    frames = 16 if frames is None else frames
+                precision = st.get("precision", default.precision)
+    frames = default.frames if frames is None else frames
     if isinstance(frames, str):
         if frames.strip().lower() == "all":
             frames = None
@@ -275,10 +276,10 @@ def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple
             except ValueError:
                 raise FVDError(f"--frames {frames!r}: expected a number of frames or 'all'") from None
     if stride is None:
-        stride = 1
+        stride = default.stride
     elif int(stride) != stride or stride < 1:
         raise FVDError(f"--stride {stride}: expected a positive integer (1 = every frame)")
-    return frames, int(stride), precision or "fp32"
+    return frames, int(stride), precision or default.precision
 
 
 def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, cache_dir, workers,
@@ -362,7 +363,7 @@ def _measure_sides(real: Path, fake: Path, kinds: dict, protocol: Protocol, extr
 
 
 def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optional[int] = None,
-                 frames: int | str | None = None, stride: Optional[int] = None, seed: int = 0,
+                 frames: int | str | None = None, stride: Optional[int] = None, seed: Optional[int] = None,
                  i3d: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  batch_size: Optional[int] = None, workers: Optional[int] = None, precision: Optional[str] = None,
                  cache: bool = True, cache_dir: str | os.PathLike | None = None,
@@ -372,9 +373,9 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     """FVD between `real` and `fake` (each a folder of videos, a prepared dataset or a statistics .npz; `fake`
     may also be a checkpoint / run directory, generated with `generation` options — see `generate_fake_clips`).
 
-    `num` clips per side (None: 2048; a statistics file holds what it holds, a mismatch with an
-    explicit `num` is a warning). `frames`/`stride`/`precision` left as None follow a
-    statistics-file side, else 16 / 1 / fp32.
+    `num` clips per side and the selection `seed` (None: `Protocol`'s defaults; a statistics file
+    holds what it holds, a mismatch with an explicit `num` is a warning). `frames`/`stride`/`precision` left as None
+    follow a statistics-file side, else `Protocol`'s defaults.
     Real statistics are cached (`cache`, `cache_dir`); `save_real` / `save_fake` write .npz files.
     """
     t0 = time.perf_counter()
@@ -382,7 +383,8 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     kinds = {"real": source_kind(real), "fake": source_kind(fake)}
     _check_options(kinds, real, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
-    protocol = Protocol(frames=f, stride=s, num=2048 if num is None else int(num), seed=int(seed), precision=prec)
+    given = {k: int(v) for k, v in (("num", num), ("seed", seed)) if v is not None}   # None: Protocol's default
+    protocol = Protocol(frames=f, stride=s, precision=prec, **given)
     _check_sides({"real": real, "fake": fake}, kinds, protocol, extractor, generation)
     if extractor is None and not (kinds["real"] == "stats" and kinds["fake"] == "stats"):
         extractor = I3DExtractor(i3d, device, batch_size=batch_size, precision=protocol.precision)
@@ -412,7 +414,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
 
 
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
-                 gen_seed: int = 0, gen_batch: Optional[int] = None, steps: Optional[str] = None,
+                 gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
                  guidance: Optional[float] = None, overlap: Optional[str] = None, bf16: bool = False,
                  **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
@@ -425,7 +427,9 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         parent = next((q for q in json_out.absolute().parents if q.exists()), None)
         if parent is not None and not parent.is_dir():
             raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
-    generation = dict(seed=gen_seed, batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
+    if gen_seed is not None:                                  # else generate_fake_clips' first seed
+        generation["seed"] = gen_seed
     if data is not None:
         generation["data"] = data
     elif (Path(real) / "dataset.json").is_file():

@@ -1,0 +1,80 @@
+"""`hpdm sample`: parse the options, generate with `hpdm_cli.drivers.sample.generate`, print what was written.
+
+Progress bars go to stderr (rank 0 only under torchrun), results to stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import is_main_rank, rank0_warn
+from .console import out as console
+from .progress import keyed_bars
+
+OVERLAP_HELP = "Tile overlap axes at inference: fhw|fh|fw|hw|f|h|w|none (default: the recipe's pyramid.overlap)."
+STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
+              "(default: the recipe's sample.steps).")
+DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
+
+
+def sample(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Run directory (newest checkpoint, EMA weights), "
+                                        "checkpoint directory or .safetensors file. Default: the packaged shapes "
+                                        "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with --steps 32,16,8 "
+                                        "--overlap none unless given."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
+                                                               "prompt that names a class is accepted."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
+                                                             "--class/--prompt: the null condition (unconditional)."),
+    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help="Look --prompt up here first: a "
+                                                "prompt/caption embedding table (.safetensors) or a folder holding "
+                                                "them (a prepared dataset, a run). Tables next to the checkpoint and "
+                                                "with its dataset are searched anyway; the text encoder is loaded "
+                                                "only for a prompt no table has."),
+    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help="A precomputed text "
+                                                    "embedding (.safetensors holding one tensor of tokens x dim "
+                                                    "numbers) to condition on, instead of --prompt."),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
+    out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
+                                                            "Several seeds: one file per seed, clip-seed0003.mp4."),
+    gif: bool = typer.Option(False, "--gif", help="Also write a GIF next to each video."),
+    png: bool = typer.Option(False, "--png", help="Also write a PNG strip of all frames next to each video."),
+    levels: Optional[int] = typer.Option(None, "--levels", help="Index of the last level to generate: 0 = only "
+                                         "level 0 (a low-resolution preview, same duration); default: all."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Seeds per sampler call (default: sample.batch_size)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = off; "
+                                                                     "default: sample.guidance)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
+                                                           "instead of caching them (same video, slower)."),
+    offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of the full video (default: sample.fps, "
+                                                           "else data.fps)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
+                                                                                  "(default: on)."),
+):
+    """Generate videos from a checkpoint: `hpdm sample --ckpt runs/tiny --class 0 --seeds 0-3 --out clip.mp4`.
+
+    Under torchrun the seeds are split across ranks; each rank writes its own seeds' files.
+    """
+    from ..drivers.sample import generate
+    show = (progress if progress is not None else True) and is_main_rank()
+    with keyed_bars(lambda level: f"level {level}", show) as bar:
+        rep = generate(ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
+                       guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
+                       gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, progress=bar, warn=rank0_warn,
+                       prompt_table=prompt_table, prompt_embedding=prompt_embedding)
+    f, h, w = rep.shape
+    where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
+    console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
+                  f"{rep.fps:g} fps, {sum(rep.seconds):.1f} s on {rep.device} from {rep.weights} (step {rep.step})",
+                  highlight=False)
+    for p in rep.files:
+        console.print(f"wrote {p}", highlight=False)

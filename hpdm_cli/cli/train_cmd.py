@@ -1,0 +1,41 @@
+"""`hpdm train`: parse the options, run the training loop (`hpdm_cli.train.loop.train`), print the summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .console import out
+
+# Recipe overrides are extra positional arguments; an unknown option stays a parse error.
+CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
+
+
+def train(
+    recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, ucf, t2v)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Live progress bar (default: on a terminal)."),
+):
+    """Train a recipe; re-running the same command resumes from the newest checkpoint."""
+    from ..device import world
+    from ..recipe import default_recipe_path, load_recipe
+    from ..train.loop import train as run_train
+    path = default_recipe_path(recipe)
+    rec = load_recipe(path, overrides or [])
+    rd = run_dir or Path("runs") / path.stem
+    live = sys.stdout.isatty() if progress is None else progress
+    summary = run_train(rec, rd, log=lambda m: out.print(m, highlight=False), progress=live)
+    if summary.interrupted:
+        raise typer.Exit(128 + summary.interrupted)
+    if world().rank != 0:
+        return
+    if summary.step == summary.start_step:                # already finished: no step ran, so no loss to report
+        out.print(f"done: already at step {summary.step}/{summary.steps}; nothing to do")
+        return
+    out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
+              f"checkpoint {summary.checkpoint or '(unchanged)'}")

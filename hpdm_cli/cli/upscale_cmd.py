@@ -1,0 +1,67 @@
+"""`hpdm upscale`: parse the options, upscale with `hpdm_cli.drivers.upscale.upscale`, print what was written.
+
+Progress bars go to stderr (rank 0 only under torchrun), results to stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import is_main_rank, rank0_warn
+from .console import out as console
+from .progress import keyed_bars
+from .sample_cmd import DEVICE_HELP, OVERLAP_HELP, STEPS_HELP
+
+
+def upscale(
+    input: Path = typer.Argument(..., help="Input video (any size, fps and length PyAV can read)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory, checkpoint directory or .safetensors file."),
+    out: Path = typer.Option(..., "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif); keeps the input's "
+                                               "fps and frame count."),
+    from_level: int = typer.Option(0, "--from-level", help="Fix levels 0..K from the input resized to each level's "
+                                                           "resolution; the levels above are generated."),
+    fit: str = typer.Option("crop", "--fit", help="Aspect ratio: crop = centre-crop the input to the model's aspect "
+                                                  "ratio (output at the model's resolution); pad = pad it (see "
+                                                  "--pad-mode) and cut the padding off the output again (output "
+                                                  "keeps the input's aspect ratio)."),
+    pad_mode: str = typer.Option("edge", "--pad-mode", help="With --fit pad: edge (repeat the border pixels) or "
+                                                           "black."),
+    window_overlap: float = typer.Option(0.5, "--window-overlap", help="Overlap of consecutive windows of the "
+                                         "model's frame count, as a fraction (cross-faded linearly)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first window (window j uses seed + j)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (default: the null condition)."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (default: the null condition)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Windows per sampler call (default: "
+                                                             "sample.batch_size)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale with --class/--prompt "
+                                                                     "(default: sample.guidance; 1 without)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step."),
+    offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
+                                                                                  "(default: on)."),
+):
+    """Learned video super-resolution: the input becomes the fixed lower level(s), the model generates the rest.
+
+    Long videos are processed in overlapping windows of the model's frame count, cross-faded; a shorter video is padded with its last frame and trimmed back.
+    """
+    from ..drivers.upscale import upscale as run_upscale
+    show = (progress if progress is not None else True) and is_main_rank()
+    with keyed_bars(lambda level: f"level {level}", show) as bar:
+        rep = run_upscale(input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode,
+                          window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
+                          guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,
+                          tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn)
+    if rep.file is None:
+        return
+    (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape
+    console.print(f"upscaled {fi}x{hi}x{wi} -> {fo}x{ho}x{wo} @ {rep.fps:g} fps ({rep.windows} window(s), levels "
+                  f"0..{rep.from_level} from the input, {rep.condition}) on {rep.device}", highlight=False)
+    console.print(f"wrote {rep.file}", highlight=False)

@@ -1,0 +1,324 @@
+"""The driver of `hpdm bench`: training throughput, peak memory, counted FLOPs and MFU, or sampling time.
+
+Inputs are synthetic full-resolution videos already on the device, so the numbers measure the
+model (patch extraction, forward, backward, LAMB step), not the data loader. FLOPs come from
+`model.flops` (checked against torch's FlopCounterMode in the tests); MFU divides the achieved
+FLOP rate by the card's dense peak for the precision used. `run_bench` is what the command
+calls: it checks the options of the chosen mode, times it and writes `--json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..config import ConfigError, Recipe
+from ..diffusion.edm import draw_noise
+from ..io import atomic_write_text
+from ..model.flops import train_step_flops
+from ..pyramid import sample_nested_offsets
+
+__all__ = ["PEAK_FLOPS", "PRECISIONS", "peak_flops", "bench_training", "bench_sampling", "write_json", "run_bench"]
+
+# Dense peak FLOP/s by (card, precision): vendor datasheets (SXM parts, no sparsity).
+PEAK_FLOPS = {
+    "H100": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+# ============================================================================ the command
+
+def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = False, steps: Optional[int] = None,
+              warmup: Optional[int] = None, batch: Optional[int] = None, ablations: bool = False,
+              precision: Optional[str] = None, overlap: Optional[str] = None, compare_cache: bool = True,
+              sample_steps: Optional[str] = None, json_out: Optional[Path] = None) -> list[dict]:
+    """`hpdm bench`: time training (or, with `sampling`, generation) of a recipe; one row per variant.
+
+    `precision`, `overlap` and `sample_steps` are the comma-separated option values; options left
+    as None take the defaults of `bench_training` / `bench_sampling`. Options of the other mode
+    are refused, not ignored. The rows are also written to `json_out`.
+    """
+    _check_mode(sampling, steps=steps, warmup=warmup, ablations=ablations, overlap=overlap,
+                compare_cache=compare_cache, sample_steps=sample_steps)
+    if json_out is not None:
+        _check_json_target(json_out)
+    precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
+    from ..recipe import default_recipe_path, load_recipe
+    rec = load_recipe(default_recipe_path(recipe), list(overrides))
+    if sampling:
+        if precisions is not None and len(precisions) != 1:
+            raise ConfigError(f"--precision {precision!r}: --sampling times one precision, e.g. --precision bf16")
+        given = dict(batch=batch, precision=precisions[0] if precisions else None,
+                     overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
+                     steps=_sample_steps(sample_steps) if sample_steps is not None else None)
+        rows = bench_sampling(rec, compare_cache=compare_cache, **{k: v for k, v in given.items() if v is not None})
+    else:
+        given = dict(steps=steps, warmup=warmup)
+        rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions,
+                              **{k: v for k, v in given.items() if v is not None})
+    if json_out is not None:
+        write_json(json_out, rows)
+    return rows
+
+
+def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, compare_cache: bool,
+                sample_steps) -> None:
+    """Refuse options of the other mode: they would be ignored without a word."""
+    if sampling:
+        given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--ablations", ablations or None))
+                 if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} to timing "
+                              f"training, not --sampling: drop {'them' if len(given) > 1 else 'it'} "
+                              "(--sample-steps sets the sampler's steps)")
+    else:
+        given = [o for o, v in (("--overlap", overlap), ("--sample-steps", sample_steps),
+                                ("--cache-only", None if compare_cache else True)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} with --sampling: "
+                              f"add --sampling or drop {'them' if len(given) > 1 else 'it'}")
+
+
+def _csv(value: str, option: str, example: str) -> list:
+    """Split a comma-separated option value; an empty item is an error naming the option."""
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise ConfigError(f"{option} {value!r}: expected comma-separated values without empty items, e.g. {example}")
+    return items
+
+
+def _sample_steps(value: str) -> list[int]:
+    """--sample-steps 8,4,2 -> [8, 4, 2] (one count per level; checked against the recipe by bench_sampling)."""
+    try:
+        return [int(v) for v in _csv(value, "--sample-steps", "8,4,2")]
+    except ValueError:
+        raise ConfigError(f"--sample-steps {value!r}: expected comma-separated positive integers, one per level, "
+                          "e.g. 8,4,2") from None
+
+
+def _check_json_target(path: Path) -> None:
+    """Refuse a --json path that cannot be written, before anything is timed."""
+    if path.is_dir():
+        raise ConfigError(f"--json {path}: is a directory; pass a file name, e.g. {path / 'bench.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--json {path}: folder {path.parent} does not exist; create it or pick another path")
+
+
+def write_json(path: str | Path, rows: list[dict]) -> None:
+    """Write benchmark rows as JSON (atomically)."""
+    atomic_write_text(path, json.dumps(rows, indent=1))
+
+
+# ============================================================================ checks and hardware
+
+def _check_count(name: str, value, low: int, option: str) -> None:
+    """Refuse a count that is not an integer >= low (ConfigError naming it and the `hpdm bench` option)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} = {value!r}: expected an integer >= {low} ({option} {low} or more)")
+
+
+def _check_precisions(precisions) -> None:
+    """Refuse an empty list or an unknown precision (ConfigError)."""
+    if not precisions:
+        raise ConfigError(f"precision: expected one or more of {', '.join(PRECISIONS)}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision {p!r}: expected one of {', '.join(PRECISIONS)} "
+                              "(--precision fp32,bf16 times both)")
+
+
+def peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """The dense peak FLOP/s of the card for `precision`, or None if unknown (e.g. CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_FLOPS.items():
+        if key in name:
+            return peaks[precision]
+    return None
+
+
+def _device_name(device: torch.device) -> str:
+    """The card's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _peak_mem_gib(device: torch.device) -> float:
+    """Peak memory allocated on the card since the last reset, in GiB (NaN on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the card (no-op on the CPU), so that wall-clock times cover the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ============================================================================ training
+
+def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
+    """The recipe, and with `ablations` the same without adaptive computation and with shallow fusion."""
+    out = [("default", recipe)]
+    if ablations:
+        no_ac = copy.deepcopy(recipe)
+        no_ac.model.load = "none"
+        shallow = copy.deepcopy(recipe)
+        shallow.model.fusion = "shallow"
+        out += [("no adaptive computation", no_ac), ("shallow fusion", shallow)]
+    return out
+
+
+def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
+                   ablations: bool = False, precisions: Optional[list[str]] = None) -> list[dict]:
+    """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant."""
+    from ..device import resolve_device
+    _check_count("steps", steps, 1, "--steps")
+    _check_count("warmup", warmup, 0, "--warmup")
+    if batch is not None:
+        _check_count("batch", batch, 1, "--batch")
+    if precisions is not None:
+        _check_precisions(precisions)
+    device = resolve_device(recipe.train.device, 0, option="train.device")
+    rows = []
+    for name, rec in _variants(recipe, ablations):
+        for precision in precisions or [rec.train.precision]:
+            rows.append(_time_training(name, rec, precision, device, steps=steps, warmup=warmup, batch=batch))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _time_training(name: str, rec: Recipe, precision: str, device: torch.device, *, steps: int, warmup: int,
+                   batch: Optional[int]) -> dict:
+    """The row of one variant and precision: median step time over `steps` after `warmup` untimed steps."""
+    from ..train.loop import build_model, forward_backward, set_precision
+    from ..train.optim import Lamb, param_groups
+    set_precision(precision)
+    B = batch or rec.train.batch_size // rec.train.grad_accum
+    net = build_model(rec).to(device)
+    model = torch.compile(net) if rec.train.compile else net
+    opt = Lamb(param_groups(net, rec.train.weight_decay), lr=1e-4)
+    L = rec.pyramid.num_levels
+    g = torch.Generator().manual_seed(0)
+    videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution, generator=g).to(device) * 2 - 1
+    cond = {"class": lambda: torch.randint(0, rec.model.num_classes, (B,), device=device),
+            "text": lambda: torch.randn(B, rec.model.text_tokens, rec.model.text_dim, device=device),
+            "none": lambda: None}[rec.model.cond]()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
+        draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
+                          conditional=cond is not None, generator=g, device=device)
+        forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    sec = sorted(times)[len(times) // 2]                          # median step time
+    flops = train_step_flops(rec.pyramid, rec.model) * B
+    peak = peak_flops(device, precision)
+    return {
+        "variant": name, "precision": precision, "compile": rec.train.compile, "batch": B,
+        "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+        "step_s": sec, "videos_per_s": B / sec, "peak_mem_GiB": _peak_mem_gib(device),
+        "TFLOP_per_video": flops / B / 1e12, "TFLOPs": flops / sec / 1e12,
+        "MFU_%": 100 * flops / sec / peak if peak else float("nan"), "device": _device_name(device),
+    }
+
+
+# ============================================================================ sampling
+
+def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str, overlaps: Optional[list[str]],
+                    steps: Optional[list[int]]) -> None:
+    """Refuse bad counts, an unknown precision or overlap, and per-level steps that do not fit the recipe."""
+    from ..sampling.tiles import parse_overlap
+    _check_count("batch", batch, 1, "--batch")
+    _check_count("tile_batch", tile_batch, 1, "tile_batch")
+    _check_precisions([precision])
+    if overlaps is not None:
+        if not overlaps:
+            raise ConfigError("overlap: expected one or more settings, e.g. fhw,hw,none")
+        for ov in overlaps:
+            try:
+                parse_overlap(ov)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    L = recipe.pyramid.num_levels
+    if steps is not None:
+        if len(steps) != L:
+            raise ConfigError(f"sample steps = {list(steps)}: expected {L} per-level step counts "
+                              f"(one per pyramid level), e.g. {','.join(str(max(1, 8 >> l)) for l in range(L))}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+            raise ConfigError(f"sample steps = {list(steps)}: every level needs at least one step, "
+                              "e.g. --sample-steps 8,4,2")
+
+
+def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
+                   compare_cache: bool = True, steps: Optional[list[int]] = None,
+                   precision: str = "bf16", tile_batch: int = 64) -> list[dict]:
+    """Time hierarchical sampling of `batch` videos per overlap setting, with (and unless `compare_cache` is off,
+    without) caching.
+
+    Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
+    per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
+    generation time linearly to the recipe's full step counts (cache building does not scale).
+    """
+    from ..device import resolve_device
+    from ..sampling.hierarchical import HierarchicalSampler, level_steps
+    from ..train.loop import build_model, set_precision
+    _check_sampling(recipe, batch, tile_batch, precision, overlaps, steps)
+    L = recipe.pyramid.num_levels
+    device = resolve_device(recipe.train.device, 0, option="train.device")
+    set_precision(precision)
+    net = build_model(recipe).to(device).eval()
+    full = level_steps(recipe.sample, L)
+    run_steps = list(steps) if steps else full
+    cond = {"class": lambda: torch.zeros(batch, dtype=torch.long, device=device),
+            "text": lambda: torch.zeros(batch, recipe.model.text_tokens, recipe.model.text_dim, device=device),
+            "none": lambda: None}[recipe.model.cond]()
+    autocast = torch.bfloat16 if precision == "bf16" else None
+    warm = HierarchicalSampler(net, recipe, device, overlap="none", tile_batch=tile_batch, autocast=autocast)
+    warm.sample([0], None if cond is None else cond[:1], steps=[1] * L, guidance=1.0)   # kernels, allocator
+    rows = []
+    for ov in overlaps or [recipe.pyramid.overlap]:
+        for cache in ((True, False) if compare_cache else (True,)):
+            sampler = HierarchicalSampler(net, recipe, device, overlap=ov, cache=cache, tile_batch=tile_batch,
+                                          autocast=autocast)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
+            rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device))
+    return rows
+
+
+def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], full: list[int],
+                  device: torch.device) -> dict:
+    """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps)."""
+    gen = [s - c for s, c in zip(res.seconds, res.cache_seconds)]
+    est = [g * f / r + c for g, f, r, c in zip(gen, full, run_steps, res.cache_seconds)]
+    row = {"overlap": ov, "cache": cache, "batch": batch, "steps": "/".join(map(str, run_steps)),
+           "s_per_video": sum(res.seconds) / batch}
+    for l in range(len(full)):
+        row[f"level{l}_s_per_video"] = res.seconds[l] / batch
+    row["full_steps"] = "/".join(map(str, full))
+    row["s_per_video_full_steps_est"] = sum(est) / batch
+    row["cache_GiB"] = sum(res.cache_bytes) / 2 ** 30 if res.cache_bytes else 0.0
+    row["peak_mem_GiB"] = _peak_mem_gib(device)
+    row["device"] = _device_name(device)
+    return row

