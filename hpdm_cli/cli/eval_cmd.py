@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from .console import UserError
 from .console import out as console
 
 
@@ -33,10 +32,6 @@ def evaluate(
 
     from ..drivers.evaluate import evaluate as run_eval
     from ..drivers.evaluate import summary_rows
-    from ..drivers.sample import check_options
-    if split not in ("heldout", "train", "all"):
-        raise UserError(f"--split {split!r}: expected heldout, train or all")
-    check_options(batch=batch, guidance=guidance)
     rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                    steps=steps, overlap=overlap, device=device, bf16=bf16, fvd=fvd,
                    i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))

@@ -36,7 +36,7 @@ from ..eval.faithfulness import read_clip, score_clips, swapped_floor
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .sample import make_sampler, parse_steps, to_uint8
+from .sample import check_options, make_sampler, parse_steps, to_uint8
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 
@@ -182,6 +182,9 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
     if num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
+    if split not in ("heldout", "train", "all"):
+        raise GenerateError(f"--split {split!r}: expected heldout, train or all")
+    check_options(batch=batch, guidance=guidance)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
@@ -219,8 +222,9 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
                           batch=batch, guidance=guidance, steps=steps, overlap=overlap, device=dev, bf16=bf16,
                           log=log)
     report["sensitivity"] = condition_sensitivity(other, fake[:k])
-    report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, batch=batch, guidance=guidance,
-                                          steps=steps, overlap=overlap, device=dev, bf16=bf16, log=log)
+    if recipe.pyramid.num_levels > 1:                    # one level: "level 0 alone" is the whole model
+        report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, batch=batch, guidance=guidance,
+                                              steps=steps, overlap=overlap, device=dev, bf16=bf16, log=log)
     vids = torch.from_numpy(np.stack(real_a.videos[:min(num_clips, 256)])).permute(0, 4, 1, 2, 3)
     report["loss_gap"] = condition_loss_gap(net, recipe, vids.float() / 127.5 - 1, cond[:len(vids)])
     if fvd:

@@ -105,19 +105,9 @@ def _check_model_frames(frames: int, protocol: Protocol) -> None:
 
 def checkpoint_recipe(ckpt: str | os.PathLike):
     """The recipe stored with a checkpoint / run directory, read from the safetensors metadata only (cheap)."""
-    from safetensors import safe_open
-
-    from ..recipe import recipe_from_toml
-    from ..train.checkpoint import CheckpointError, resolve_sampling_weights
+    from ..train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
     path = resolve_sampling_weights(ckpt)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 (any unreadable file)
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
-    if "hpdm_recipe" not in meta:
-        raise CheckpointError(f"{path}: no hpdm recipe in its metadata; is it an hpdm checkpoint?")
-    return recipe_from_toml(meta["hpdm_recipe"], source=str(path))
+    return recipe_in_metadata(read_metadata(path), path)
 
 
 def _class_labels(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.Tensor, dict]:
@@ -136,15 +126,13 @@ def _class_labels(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.Tensor,
 
 def _caption_embeddings(ds, recipe, protocol: Protocol, n: int, device) -> tuple[torch.Tensor, int]:
     """Text embeddings of the dataset's captions in the protocol's hash order, with the number of distinct ones."""
-    from ..text.encoders import load_text_encoder
+    from ..text.encoders import check_output_size, load_text_encoder
     order = selection_order([str(i) for i in range(len(ds))], protocol.seed)
     caps, cid = ds.captions(), ds.caption_ids()
     prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
     m = recipe.model
     enc = load_text_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
-    if enc.dim != m.text_dim or enc.tokens != m.text_tokens:
-        raise FVDError(f"text encoder {enc.name} gives {enc.tokens}x{enc.dim} embeddings but the model "
-                       f"expects {m.text_tokens}x{m.text_dim}")
+    check_output_size(enc, m.text_tokens, m.text_dim)
     uniq = sorted(set(prompts))
     emb = enc.encode(uniq).float().cpu()
     row = {p: i for i, p in enumerate(uniq)}
@@ -201,7 +189,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
     nsteps = _parse_steps(steps, recipe.pyramid.num_levels)
     _check_generation(dict(seed=seed, batch=batch, guidance=guidance))
-    bs = int(batch) if batch is not None else int(recipe.sample.batch_size or 16)
+    bs = int(batch) if batch is not None else int(recipe.sample.batch_size)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     seeds = list(range(int(seed), int(seed) + n))
