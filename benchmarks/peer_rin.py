@@ -14,19 +14,25 @@ What is matched (the peer's constructor mapped onto one HPDM level of recipes/uc
     latent self-attention layers (latent_self_attn_depth=4); MLPs 4x wide, GELU;
   * read and latent self-attention: 4 heads x 64 (heads=4, dim_head=64), as HPDM's 256-wide
     latent attention with head_dim 64;
-  * no self-attention over the interface (patches_self_attn=False), as RIN's paper and HPDM.
+  * no self-attention over the interface (patches_self_attn=False), as RIN's paper and HPDM;
+  * the noise level enters as one extra latent token (latent_token_time_cond=True), as HPDM's
+    condition tokens do (its default instead adds a 4096 -> 2 x width scale/shift projection to
+    every attention: ~110M more parameters for little compute).
 What is not matched:
   * RIN uses one attention width for every attention, so its write attention (patches -> latents)
     is 256 wide where HPDM's is 1024 wide (16 heads x 64);
-  * RIN adds a depthwise 3x3 convolution on the patches per block (PEG), learned axial position
-    MLPs, time conditioning through scale/shift of every latent norm (HPDM: condition tokens);
-    its input is the image concatenated with a zero self-conditioning image (96 values a token);
+  * RIN adds a depthwise 3x3 convolution on the patches per block (PEG) and learned axial
+    position MLPs; HPDM adds a pyramid-level token and a class token to the latents; RIN's input
+    is the image concatenated with a zero self-conditioning image (96 values a token); its attention
+    on the GPU is its `flash=True` path (torch SDPA limited, off the A100, to the math and
+    memory-efficient kernels), ours SDPA with every kernel allowed;
   * HPDM steps three levels of a video per sample (adaptive computation: 12 block-levels, plus
     deep context fusion and patch extraction); the peer steps one image (6 block-levels). So
     items/s do not compare; achieved TFLOP/s (and MFU) do, which is the ratio printed;
-  * optimiser: ours LAMB (hpdm's), the peer Adam (its trainer's, betas 0.9/0.99), both on fp32
-    weights; the peer's loss is the v-prediction MSE of its GaussianDiffusion without the random
-    self-conditioning pass (ours has self-conditioning off in recipes/ucf.toml too).
+  * parameters: ours 105M (with the deep-fusion projections), the peer 84M (its narrower write
+    attention); optimiser: ours LAMB (hpdm's), the peer Adam (its trainer's, betas 0.9/0.99),
+    both on fp32 weights; the peer's loss is the v-prediction MSE of its GaussianDiffusion
+    without the random self-conditioning pass (self-conditioning is off in recipes/ucf.toml too).
 FLOPs: ours from `hpdm_cli/model/flops.py` (exact, analytic); both sides are also counted with
 torch's FlopCounterMode over one eager step (grouped-convolution backward corrected: see
 `carried.step_flops`). The ratio ours/peer uses ours' analytic count against the peer's counted
@@ -59,9 +65,11 @@ import carried  # noqa: E402
 
 # RIN at one HPDM level of recipes/ucf.toml (see the module docstring), and a toy size for --tiny.
 PEER_FULL = dict(dim=1024, image_size=256, patch_size=4, channels=3, depth=6, latent_self_attn_depth=4,
-                 dim_latent=256, num_latents=768, patches_self_attn=False, heads=4, dim_head=64)
+                 dim_latent=256, num_latents=768, patches_self_attn=False, latent_token_time_cond=True,
+                 heads=4, dim_head=64)
 PEER_TINY = dict(dim=64, image_size=16, patch_size=4, channels=3, depth=2, latent_self_attn_depth=1,
-                 dim_latent=32, num_latents=8, patches_self_attn=False, heads=2, dim_head=16)
+                 dim_latent=32, num_latents=8, patches_self_attn=False, latent_token_time_cond=True,
+                 heads=2, dim_head=16)
 OURS_TINY = ["pyramid.resolution=[4,16,16]", "pyramid.patch=[2,8,8]", "model.interface_dim=64",
              "model.latent_dim=32", "model.num_latents=8", "model.num_blocks=2", "model.compute_layers=1",
              "model.head_dim=16", "model.load=linear"]

@@ -111,7 +111,7 @@ def test_peer_shape_is_one_level_of_the_ucf_recipe():
     assert (p["dim"], p["dim_latent"], p["num_latents"]) == (m.interface_dim, m.latent_dim, m.num_latents)
     assert (p["depth"], p["latent_self_attn_depth"]) == (m.num_blocks, m.compute_layers)
     assert p["heads"] * p["dim_head"] == m.latent_dim and p["dim_head"] == m.head_dim
-    assert not p["patches_self_attn"]
+    assert not p["patches_self_attn"] and p["latent_token_time_cond"]
 
 
 def _row(side, compile_, tflops, counted, **kw):
