@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call (nvidia-h200, < 9 minutes): training speed of recipes/ucf.toml against the RIN peer
-# (eager and compiled, bf16, in one run), sampling speed (hw overlap, cache on, 8/4/2 steps
-# extrapolated to the recipe's 128/64/32), and training memory against resolution (HPDM against
-# video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (7 files); a short table at the end.
+# (eager and compiled, bf16, in one run), the host time of a step's random draw, sampling speed (hw
+# overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32), and training memory against
+# resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files);
+# a short table at the end.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
 # Stage limits (seconds) can be lowered: PEER_S, SAMPLE_S, MEMORY_S. TINY=1 runs every stage at toy
@@ -29,6 +30,8 @@ fi
 echo "== training: ours vs rin-pytorch (eager, compiled)" | tee -a "$LOG"
 timeout "${PEER_S:-330}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
   --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
+echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
 echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
 timeout "${SAMPLE_S:-80}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
   --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"

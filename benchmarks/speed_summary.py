@@ -1,8 +1,9 @@
 """The short table at the end of benchmarks/gpu_speed.sh, from the JSON files it wrote into one folder.
 
   python3 benchmarks/speed_summary.py OUT_DIR
-Reads peer_rin.json (benchmarks/peer_rin.py), sampling.json (`hpdm bench --sampling --json`) and
-memory_vs_resolution.json (benchmarks/memory_vs_resolution.py); a missing or failed part is named.
+Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json
+(`hpdm bench --sampling --json`) and memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
+a missing or failed part is named.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def summary(folder: str | Path) -> str:
                          f"{r['MFU_%']:>8.1f}{r['peak_mem_GiB']:>10.1f}")
         for mode, (analytic, counted) in peer.get("ratios", {}).items():
             lines.append(f"ours / peer achieved TFLOP/s, {mode}: {analytic:.2f}x ({counted:.2f}x both counted)")
+    draw = _load(folder, "draw_cost.json")
+    if draw is not None:
+        lines.append(f"host time of a step's random draw (batch {draw['batch']}): {draw['cpu_ms']:.1f} ms on the CPU, "
+                     f"{draw['to_device_ms']:.1f} ms onto {draw['device']}")
     samp = _load(folder, "sampling.json")
     if samp is None:
         lines.append("sampling: no sampling.json (see log.txt)")
