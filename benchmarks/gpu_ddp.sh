@@ -4,6 +4,7 @@
 # then compiled; prints the scaling efficiency. Results in $OUT (2 JSON files and a log).
 #   run(command="bash benchmarks/gpu_ddp.sh", kind="nvidia-h200-x2", carry=["out/gpu/whl"], timeout_s=600)
 # TINY=1: recipes/tiny.toml on the CPU (gloo), a check of the script itself.
+# The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
 set -uo pipefail
 OUT=${OUT:-out/ddp}; mkdir -p "$OUT"
 WHL=${WHL:-out/gpu/whl}
@@ -15,7 +16,7 @@ export PYTHONPATH=$HPDM_BENCH_SITE:$PWD
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 LOG="$OUT/log.txt"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nvidia-smi topo -m; \
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; } 2>&1 | tee "$LOG"
+  echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"; } 2>&1 | tee "$LOG"
 T=(); [ -n "${TINY:-}" ] && T=(--tiny)
 timeout "${EAGER_S:-240}" python3 benchmarks/ddp_scaling.py --nproc 2 --batch 16 --steps 60 --timeout 110 "${T[@]}" \
   --json "$OUT/ddp_eager.json" 2>&1 | tee -a "$LOG"

@@ -8,6 +8,7 @@
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
 # Stage limits (seconds) can be lowered: PEER_S, SAMPLE_S, MEMORY_S. TINY=1 runs every stage at toy
 # sizes (eager only), a CPU check of the script itself.
+# The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
 set -uo pipefail
 OUT=${OUT:-out/speed}; mkdir -p "$OUT"
 WHL=${WHL:-out/gpu/whl}
@@ -18,7 +19,7 @@ export PYTHONPATH=$HPDM_BENCH_SITE:$PWD
 LOG="$OUT/log.txt"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 } 2>&1 | tee "$OUT/gpu.txt"
 T0=$SECONDS
