@@ -23,9 +23,12 @@ What is not matched:
     is 256 wide where HPDM's is 1024 wide (16 heads x 64);
   * RIN adds a depthwise 3x3 convolution on the patches per block (PEG) and learned axial
     position MLPs; HPDM adds a pyramid-level token and a class token to the latents; RIN's input
-    is the image concatenated with a zero self-conditioning image (96 values a token); its attention
-    on the GPU is its `flash=True` path (torch SDPA limited, off the A100, to the math and
-    memory-efficient kernels), ours SDPA with every kernel allowed;
+    is the image concatenated with a zero self-conditioning image (96 values a token);
+  * attention kernels: ours is torch SDPA with every kernel allowed. The peer, eager, runs its
+    `flash=True` path (SDPA restricted, off the A100, to the math and memory-efficient kernels);
+    compiled, its einsum path (`flash=False`), because its flash path wraps every attention in
+    the deprecated `torch.backends.cuda.sdp_kernel` context, which torch.compile cannot trace (a
+    graph break at each of its 36 attentions). `--peer-attn sdpa|einsum` forces one path;
   * HPDM steps three levels of a video per sample (adaptive computation: 12 block-levels, plus
     deep context fusion and patch extraction); the peer steps one image (6 block-levels). So
     items/s do not compare; achieved TFLOP/s (and MFU) do, which is the ratio printed;
@@ -119,9 +122,11 @@ def worker_peer(a) -> dict:
     mod, stood_in = carried.import_peer_module("rin_pytorch.rin_pytorch")
     cfg = dict(PEER_TINY if a.tiny else PEER_FULL)
     device = _device()
-    # The peer's Attend: `flash=True` runs torch's fused SDPA kernels on the GPU (its fast path);
-    # on the CPU its einsum path keeps the attention FLOPs countable.
-    cfg["flash"] = device.type == "cuda" and a.peer_flash
+    # The peer's Attend: `flash=True` runs torch's fused SDPA kernels (its fast path eager; a graph
+    # break per attention under torch.compile); its einsum path compiles whole, and on the CPU
+    # keeps the attention FLOPs countable.
+    attn = a.peer_attn if a.peer_attn != "auto" else ("einsum" if a.compile or device.type == "cpu" else "sdpa")
+    cfg["flash"] = attn == "sdpa"
     torch.manual_seed(0)
     net = mod.RIN(**cfg).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.99))
@@ -159,7 +164,7 @@ def worker_peer(a) -> dict:
     tokens = (cfg["image_size"] // cfg["patch_size"]) ** 2
     return {"side": "peer", "model": f"rin-pytorch RIN ({cfg['image_size']}^2, {tokens} tokens x {cfg['dim']}, "
                                      f"{cfg['num_latents']} latents x {cfg['dim_latent']})",
-            "compile": bool(a.compile), "precision": a.precision, "batch": B, "unit": "images",
+            "compile": bool(a.compile), "precision": a.precision, "batch": B, "unit": "images", "attention": attn,
             "params_M": sum(p.numel() for p in net.parameters()) / 1e6, "step_s": sec, "items_per_s": B / sec,
             "TFLOP_per_item": counted / 1e12, "TFLOP_per_item_counted": counted / 1e12,
             "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
@@ -186,7 +191,7 @@ def _run_worker(side: str, compile_: bool, a) -> dict:
            "--warmup", str(a.warmup), "--precision", a.precision, "--wheels", a.wheels]
     cmd += ["--compile"] if compile_ else []
     cmd += ["--tiny"] if a.tiny else []
-    cmd += [] if a.peer_flash else ["--no-peer-flash"]
+    cmd += ["--peer-attn", a.peer_attn]
     for o in a.override:
         cmd += ["--override", o]
     env = dict(os.environ)
@@ -207,15 +212,16 @@ def _run_worker(side: str, compile_: bool, a) -> dict:
 def table(rows: list[dict]) -> str:
     """Render the rows and the ours/peer ratios as a plain-text table."""
     head = ["side", "compile", "batch", "items/s", "TFLOP/item", "counted", "TFLOP/s", "MFU %", "peak GiB"]
-    out = [" | ".join(f"{h:>10}" for h in head)]
+    out = [" | ".join(f"{h:>13}" if i == 0 else f"{h:>10}" for i, h in enumerate(head))]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['side']:>10} | {'yes' if r['compile'] else 'no':>10} | ERROR: {r['error']}")
+            out.append(f"{r['side']:>13} | {'yes' if r['compile'] else 'no':>10} | ERROR: {r['error']}")
             continue
-        out.append(" | ".join(f"{v:>10}" for v in (
-            r["side"], "yes" if r["compile"] else "no", r["batch"], f"{r['items_per_s']:.2f}",
-            f"{r['TFLOP_per_item']:.3f}", f"{r['TFLOP_per_item_counted']:.3f}", f"{r['TFLOPs']:.1f}",
-            f"{r['MFU_%']:.1f}", f"{r['peak_mem_GiB']:.1f}")))
+        side = r["side"] + (f" ({r['attention']})" if r.get("attention") else "")
+        cells = (side, "yes" if r["compile"] else "no", r["batch"], f"{r['items_per_s']:.2f}",
+                 f"{r['TFLOP_per_item']:.3f}", f"{r['TFLOP_per_item_counted']:.3f}", f"{r['TFLOPs']:.1f}",
+                 f"{r['MFU_%']:.1f}", f"{r['peak_mem_GiB']:.1f}")
+        out.append(" | ".join(f"{v:>13}" if i == 0 else f"{v:>10}" for i, v in enumerate(cells)))
     for comp, (o, p) in ratios(rows).items():
         out.append(f"ours / peer, achieved TFLOP/s, {comp}: {o:.2f}x (analytic ours vs counted peer), "
                    f"{p:.2f}x (both counted)")
@@ -253,8 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "tf32", "fp32"])
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled or both (comma-separated)")
     ap.add_argument("--wheels", default=str(HERE.parent / carried.DEFAULT_WHEELS), help="folder of carried wheels")
-    ap.add_argument("--no-peer-flash", dest="peer_flash", action="store_false",
-                    help="the peer's einsum attention instead of its flash=True SDPA path")
+    ap.add_argument("--peer-attn", default="auto", choices=["auto", "sdpa", "einsum"],
+                    help="the peer's attention: its flash=True SDPA path or its einsum path (auto: SDPA eager, "
+                         "einsum compiled)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check of the pipeline)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per measurement")
     ap.add_argument("--json", help="write the rows here")
