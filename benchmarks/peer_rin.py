@@ -46,6 +46,7 @@ stages them into out/gpu/whl; the GPU host has no internet). `--tiny` runs both 
 the CPU to check the whole pipeline. Examples:
   python3 benchmarks/peer_rin.py --json out/peer_rin.json
   python3 benchmarks/peer_rin.py --tiny --modes eager
+  python3 benchmarks/peer_rin.py --sides peer --modes compiled --peer-attn sdpa
 """
 
 from __future__ import annotations
@@ -258,6 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "tf32", "fp32"])
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled or both (comma-separated)")
+    ap.add_argument("--sides", default="ours,peer", help="ours, peer or both (comma-separated)")
     ap.add_argument("--wheels", default=str(HERE.parent / carried.DEFAULT_WHEELS), help="folder of carried wheels")
     ap.add_argument("--peer-attn", default="auto", choices=["auto", "sdpa", "einsum"],
                     help="the peer's attention: its flash=True SDPA path or its einsum path (auto: SDPA eager, "
@@ -279,6 +281,9 @@ def main(argv=None) -> int:
     bad = [m for m in modes if m not in ("eager", "compiled")]
     if bad or not modes:
         ap.error(f"--modes {a.modes!r}: expected eager, compiled or eager,compiled")
+    sides = [x.strip() for x in a.sides.split(",") if x.strip()]
+    if not sides or any(x not in ("ours", "peer") for x in sides):
+        ap.error(f"--sides {a.sides!r}: expected ours, peer or ours,peer")
     try:                                                                  # install once, before the workers
         installed = carried.ensure_wheels(carried.RIN_MODULES, a.wheels)
     except carried.CarriedError as e:
@@ -288,7 +293,7 @@ def main(argv=None) -> int:
         print(f"installed from carried wheels: {', '.join(installed)}", flush=True)
     rows = []
     for m in modes:
-        for side in ("ours", "peer"):
+        for side in sides:
             t0 = time.perf_counter()
             rows.append(_run_worker(side, m == "compiled", a))
             print(f"[{side} {m}: {time.perf_counter() - t0:.0f} s]", flush=True)

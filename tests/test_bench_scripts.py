@@ -209,3 +209,24 @@ def test_summary_names_failed_and_missing_parts(tmp_path):
     assert "peer eager" in text and "failed: out of memory" in text
     assert "est. 19.50 s/video at 128/64/32" in text
     assert "memory: no memory_vs_resolution.json" in text
+
+
+def test_measure_marks_oom_skips_larger_sizes_and_reports_every_point(monkeypatch):
+    def fake_hpdm(res, a):
+        if res[0] >= 32:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return {"peak_mem_GiB": 1.0}
+
+    def fake_unet(res, a):
+        if res[0] >= 32:
+            raise ValueError("input tensor must fit into 32-bit index math")
+        return {"peak_mem_GiB": 2.0}
+    monkeypatch.setattr(mvr, "hpdm_point", fake_hpdm)
+    monkeypatch.setattr(mvr, "unet_point", fake_unet)
+    seen = []
+    points = mvr.measure(["hpdm", "unet3d"], [(16, 64, 64), (32, 128, 128), (64, 256, 256)], None,
+                         report=lambda p: seen.append(sum(len(v) for v in p.values())))
+    assert [r["status"] for r in points["hpdm"]] == ["ok", "oom", "skipped"]
+    assert [r["status"] for r in points["unet3d"]] == ["ok", "error", "skipped"]
+    assert "32-bit index math" in points["unet3d"][1]["reason"]
+    assert seen == [1, 2, 3, 4, 5, 6]
