@@ -90,6 +90,23 @@ class LossOutput:
     weight: torch.Tensor            # [B, L] 1 where a level entered the loss, 0 for context levels.
 
 
+def _staged(generator, device) -> bool:
+    """Whether draws made on a CPU generator go to a GPU (then they are staged in pinned host memory)."""
+    return (generator is not None and generator.device.type == "cpu" and device is not None
+            and torch.device(device).type == "cuda")
+
+
+def _host_to(t: torch.Tensor, device, staged: bool) -> torch.Tensor:
+    """Move a drawn tensor to `device`; a staged one is copied from pinned memory without waiting for the GPU.
+
+    A plain host-to-GPU copy from pageable memory waits for all work queued on the GPU, so each
+    draw would stall the host once per training step; a copy from pinned memory is queued instead.
+    """
+    if not staged:
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
     """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight)."""
     g_dev = generator.device if generator is not None else device
@@ -101,7 +118,8 @@ def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=No
         ctx = use[:, None] & (torch.arange(levels, device=g_dev)[None] < split[:, None])
         sigma = torch.where(ctx, torch.full_like(sigma, cfg.context_sigma), sigma)
         weight = (~ctx).float()
-    return sigma.to(device), weight.to(device)
+    staged = _staged(generator, device)
+    return _host_to(sigma, device, staged), _host_to(weight, device, staged)
 
 
 @dataclass
@@ -120,11 +138,14 @@ def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, se
     """Draw a step's randomness for patches of `shape` [B, L, C, f, h, w] from `generator`."""
     B, L = shape[:2]
     g_dev = generator.device if generator is not None else device
+    staged = _staged(generator, device)
     sigma, weight = sample_sigmas(cfg, B, L, generator=generator, device=device)
-    noise = torch.randn(shape, generator=generator, device=g_dev).to(device)
+    # The values of torch.randn(shape, generator=...), drawn straight into (pinned) host memory.
+    noise = torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator)
+    noise = _host_to(noise, device, staged)
     keep = None
     if conditional and cfg.cond_dropout > 0:
-        keep = (torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout).to(device)
+        keep = _host_to(torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout, device, staged)
     use_sc = self_condition and bool(torch.rand((), generator=generator, device=g_dev) < cfg.self_cond_prob)
     return NoiseDraw(sigma, weight, noise, keep, use_sc)
 

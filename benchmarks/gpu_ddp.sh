@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One GPU call on nvidia-h200-x2 (< 9 minutes): DDP scaling of `hpdm train recipes/ucf.toml` (bf16,
+# 16 videos per GPU, in-memory synthetic videos) with torchrun on 2 GPUs against 1 process, eager
+# then compiled; prints the scaling efficiency. Results in $OUT (2 JSON files and a log).
+#   run(command="bash benchmarks/gpu_ddp.sh", kind="nvidia-h200-x2", carry=["out/gpu/whl"], timeout_s=600)
+# TINY=1: recipes/tiny.toml on the CPU (gloo), a check of the script itself.
+# The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
+set -uo pipefail
+OUT=${OUT:-out/ddp}; mkdir -p "$OUT"
+WHL=${WHL:-out/gpu/whl}
+export HPDM_BENCH_SITE=${HPDM_BENCH_SITE:-/tmp/hpdm-bench-site}
+mkdir -p "$HPDM_BENCH_SITE"
+python3 -c 'import tomli_w' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HPDM_BENCH_SITE" "$WHL"/tomli_w-*.whl
+export PYTHONPATH=$HPDM_BENCH_SITE:$PWD
+# NVLink multicast stays off on this host.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+LOG="$OUT/log.txt"
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nvidia-smi topo -m; \
+  echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"; } 2>&1 | tee "$LOG"
+T=(); [ -n "${TINY:-}" ] && T=(--tiny)
+timeout "${EAGER_S:-240}" python3 benchmarks/ddp_scaling.py --nproc 2 --batch 16 --steps 60 --timeout 110 "${T[@]}" \
+  --json "$OUT/ddp_eager.json" 2>&1 | tee -a "$LOG"
+timeout "${COMPILED_S:-300}" python3 benchmarks/ddp_scaling.py --nproc 2 --batch 16 --steps 60 --compile "${T[@]}" \
+  --timeout 145 --json "$OUT/ddp_compiled.json" 2>&1 | tee -a "$LOG"
+grep -h "scaling efficiency" "$LOG"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU call (nvidia-h200, < 9 minutes): training speed of recipes/ucf.toml against the RIN peer
+# (eager and compiled, bf16, in one run), the host time of a step's random draw, sampling speed (hw
+# overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32), and training memory against
+# resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files);
+# a short table at the end.
+# Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
+#   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
+# Stage limits (seconds) can be lowered: PEER_S, SAMPLE_S, MEMORY_S. TINY=1 runs every stage at toy
+# sizes (eager only), a CPU check of the script itself.
+# The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
+set -uo pipefail
+OUT=${OUT:-out/speed}; mkdir -p "$OUT"
+WHL=${WHL:-out/gpu/whl}
+export HPDM_BENCH_SITE=${HPDM_BENCH_SITE:-/tmp/hpdm-bench-site}
+mkdir -p "$HPDM_BENCH_SITE"
+python3 -c 'import tomli_w' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HPDM_BENCH_SITE" "$WHL"/tomli_w-*.whl
+export PYTHONPATH=$HPDM_BENCH_SITE:$PWD
+LOG="$OUT/log.txt"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+} 2>&1 | tee "$OUT/gpu.txt"
+T0=$SECONDS
+if [ -n "${TINY:-}" ]; then
+  PEER=(--tiny --modes eager); SAMPLE=(recipes/tiny.toml --batch 1 --sample-steps 2,1,1); MEMORY=(--tiny)
+else
+  PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps 8,4,2); MEMORY=()
+fi
+echo "== training: ours vs rin-pytorch (eager, compiled)" | tee -a "$LOG"
+timeout "${PEER_S:-330}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
+  --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
+echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
+echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout "${SAMPLE_S:-80}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+  --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
+echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout "${MEMORY_S:-120}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
+  --png "$OUT/memory_vs_resolution.png" --json "$OUT/memory_vs_resolution.json" 2>&1 | tee -a "$LOG"
+echo "== done in $((SECONDS - T0)) s" | tee -a "$LOG"
+python3 benchmarks/speed_summary.py "$OUT" 2>&1 | tee "$OUT/summary.txt"

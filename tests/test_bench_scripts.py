@@ -1,0 +1,232 @@
+"""The CPU-checkable parts of the GPU benchmark scripts in benchmarks/: FLOP counting, carried wheels,
+the peer's shape mapping, the memory chart, DDP efficiency and the summary table."""
+
+import json
+import math
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import carried  # noqa: E402
+import ddp_scaling  # noqa: E402
+import memory_vs_resolution as mvr  # noqa: E402
+import peer_rin  # noqa: E402
+import speed_summary  # noqa: E402
+
+from hpdm_cli.recipe import load_recipe  # noqa: E402
+
+ROOT = BENCH.parent
+
+
+@pytest.mark.parametrize("groups", [1, 16])
+def test_step_flops_count_convolution_backward_as_twice_the_forward(groups):
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    forward = 2 * 2 * 8 * 8 * 16 * (16 // groups) * 9                    # 2 * outputs * inputs per output
+    assert carried.count_step_flops(lambda: conv(x)) == forward
+    # Input and weight gradients each cost one forward convolution, whatever the groups.
+    assert carried.count_step_flops(lambda: conv(x).sum().backward()) == 3 * forward
+
+
+def test_wheels_for_matches_normalised_names(tmp_path):
+    for name in ("rin_pytorch-0.8.0-py3-none-any.whl", "ema_pytorch-0.8.3-py3-none-any.whl", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    wheels, missing = carried.wheels_for(["rin-pytorch", "ema-pytorch", "beartype"], tmp_path)
+    assert [w.name for w in wheels] == ["rin_pytorch-0.8.0-py3-none-any.whl", "ema_pytorch-0.8.3-py3-none-any.whl"]
+    assert missing == ["beartype"]
+    assert carried.wheels_for(["rin-pytorch"], tmp_path / "absent") == ([], ["rin-pytorch"])
+
+
+@pytest.fixture
+def scratch_site(tmp_path, monkeypatch):
+    """A scratch install folder; sys.path, PYTHONPATH and sys.modules are restored afterwards."""
+    monkeypatch.setenv("HPDM_BENCH_SITE", str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield tmp_path
+    for k in set(sys.modules) - before:
+        del sys.modules[k]
+
+
+def _wheel(folder: Path, dist: str, module: str, source: str) -> Path:
+    """A minimal pure-Python wheel providing `module`."""
+    path = folder / f"{dist.replace('-', '_')}-1.0-py3-none-any.whl"
+    info = f"{dist.replace('-', '_')}-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{module}.py", source)
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", f"{module}.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+    return path
+
+
+def test_ensure_wheels_installs_a_missing_module_into_the_scratch_folder(scratch_site):
+    wheels = scratch_site / "whl"
+    wheels.mkdir()
+    _wheel(wheels, "hpdm-fake-peer", "hpdm_fake_peer", "VALUE = 7\n")
+    assert carried.ensure_wheels({"hpdm_fake_peer": "hpdm-fake-peer", "json": "unused"}, wheels) == \
+        ["hpdm_fake_peer-1.0-py3-none-any.whl"]
+    import hpdm_fake_peer
+    assert hpdm_fake_peer.VALUE == 7
+    assert Path(hpdm_fake_peer.__file__).parent == scratch_site / "site"
+    assert str(scratch_site / "site") in sys.path[0] and str(scratch_site / "site") in carried.os.environ["PYTHONPATH"]
+    assert carried.ensure_wheels({"hpdm_fake_peer": "hpdm-fake-peer"}, wheels) == []     # already there
+
+
+def test_ensure_wheels_names_the_missing_wheel_and_how_to_stage_it(scratch_site):
+    with pytest.raises(carried.CarriedError, match=r"hpdm-absent-dist not installed and no wheel .*stage_wheels\.sh"):
+        carried.ensure_wheels({"hpdm_absent_module": "hpdm-absent-dist"}, scratch_site)
+
+
+def test_an_unimportable_trainer_only_package_is_stood_in_for(scratch_site):
+    src = scratch_site / "src"
+    (src / "hpdm_fake_broken").mkdir(parents=True)
+    (src / "hpdm_fake_broken" / "__init__.py").write_text("raise RuntimeError('built for another torch')\n")
+    (src / "hpdm_fake_model.py").write_text(
+        "from hpdm_fake_broken import transforms as T, utils\n"
+        "DEFAULT = T.ToTensor()\n"
+        "class Model:\n    width = 3\n")
+    sys.path.insert(0, str(src))
+    mod, stood_in = carried.import_peer_module("hpdm_fake_model", trainer_only=("hpdm_fake_broken",))
+    assert mod.Model.width == 3 and stood_in == ["hpdm_fake_broken"]
+    # An importable package is used as it is.
+    mod, stood_in = carried.import_peer_module("hpdm_fake_model", trainer_only=("json",))
+    assert stood_in == [] and not isinstance(sys.modules["json"], carried._StandIn)
+
+
+def test_peer_shape_is_one_level_of_the_ucf_recipe():
+    r = load_recipe(ROOT / "recipes" / "ucf.toml", [])
+    m, p = r.model, peer_rin.PEER_FULL
+    tokens = math.prod(a // b for a, b in zip(r.pyramid.patch, m.tokenizer))
+    assert (p["image_size"] // p["patch_size"]) ** 2 == tokens == 4096
+    assert p["channels"] * p["patch_size"] ** 2 == m.channels * math.prod(m.tokenizer)
+    assert (p["dim"], p["dim_latent"], p["num_latents"]) == (m.interface_dim, m.latent_dim, m.num_latents)
+    assert (p["depth"], p["latent_self_attn_depth"]) == (m.num_blocks, m.compute_layers)
+    assert p["heads"] * p["dim_head"] == m.latent_dim and p["dim_head"] == m.head_dim
+    assert not p["patches_self_attn"] and p["latent_token_time_cond"]
+
+
+def _row(side, compile_, tflops, counted, **kw):
+    row = dict(side=side, compile=compile_, batch=2, items_per_s=1.0, TFLOP_per_item=tflops,
+               TFLOP_per_item_counted=counted, TFLOPs=tflops, TFLOPs_counted=counted, peak_mem_GiB=1.0)
+    row["MFU_%"] = 1.0
+    return {**row, **kw}
+
+
+def test_peer_ratios_only_where_both_sides_ran():
+    rows = [_row("ours", False, 3.0, 2.0), _row("peer", False, 2.0, 2.0),
+            _row("ours", True, 4.0, 4.0), {"side": "peer", "compile": True, "error": "timed out after 200 s"}]
+    assert peer_rin.ratios(rows) == {"eager": (1.5, 1.0)}
+    text = peer_rin.table(rows)
+    assert "ERROR: timed out after 200 s" in text and "eager: 1.50x" in text and "compiled:" not in text
+
+
+def test_resolutions_are_parsed_and_a_bad_one_named():
+    assert mvr.parse_resolutions("16x64x64, 64X256X256") == [(16, 64, 64), (64, 256, 256)]
+    with pytest.raises(ValueError, match="'64x256': expected FRAMESxHEIGHTxWIDTH"):
+        mvr.parse_resolutions("16x64x64,64x256")
+
+
+def _capacity_row(img):
+    red = np.all(img == mvr.RED, axis=-1).sum(1)
+    return int(red.argmax())
+
+
+def test_chart_draws_curves_the_capacity_line_and_an_oom_mark():
+    res = [[16, 64, 64], [32, 128, 128], [64, 256, 256]]
+    points = {"hpdm": [{"resolution": r, "status": "ok", "peak_mem_GiB": g} for r, g in zip(res, (2, 3, 4))],
+              "unet3d": [{"resolution": res[0], "status": "ok", "peak_mem_GiB": 30.0},
+                         {"resolution": res[1], "status": "oom"}, {"resolution": res[2], "status": "skipped"}]}
+    img = mvr.draw_chart(points, 80.0, "test")
+    assert img.shape == (560, 960, 3) and img.dtype == np.uint8
+    for name in points:
+        assert np.all(img == mvr.COLOURS[name], axis=-1).sum() > 50
+    yc = _capacity_row(img)
+    left, pw = mvr.MARGINS["left"], 960 - mvr.MARGINS["left"] - mvr.MARGINS["right"]
+
+    def unet_pixels_near_capacity(image, i):
+        x = int(round(left + (i + 0.5) * pw / 3))
+        band = image[yc - 7:yc + 8, x - 7:x + 8]
+        return np.all(band == mvr.COLOURS["unet3d"], axis=-1).sum()
+    assert unet_pixels_near_capacity(img, 1) > 10                          # the X at the capacity line
+    assert unet_pixels_near_capacity(img, 2) == 0                          # nothing for a skipped size
+    points["unet3d"][1] = {"resolution": res[1], "status": "ok", "peak_mem_GiB": 40.0}
+    assert unet_pixels_near_capacity(mvr.draw_chart(points, 80.0, "test"), 1) == 0
+
+
+def test_dry_run_writes_the_png_and_the_json(tmp_path):
+    png, js = tmp_path / "m.png", tmp_path / "m.json"
+    assert mvr.main(["--dry-run", "--png", str(png), "--json", str(js)]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(data[16:20], "big") == 960 and int.from_bytes(data[20:24], "big") == 560
+    out = json.loads(js.read_text())
+    assert set(out["points"]) == {"hpdm", "unet3d"}
+    assert [r["status"] for r in out["points"]["unet3d"]][:3] == ["ok", "ok", "oom"]
+    assert all(r["status"] == "ok" for r in out["points"]["hpdm"])
+
+
+def test_ddp_efficiency_from_stats_windows(tmp_path):
+    stats = tmp_path / "stats.jsonl"
+    stats.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 10, "videos_per_s": 5.0}, {"step": 20, "videos_per_s": 90.0}, {"step": 25, "note": "resumed"},
+        {"step": 30, "videos_per_s": 100.0}, {"step": 40, "videos_per_s": 94.0}]) + "\n")
+    rates = ddp_scaling.window_rates(stats, skip=1)
+    assert rates == [90.0, 100.0, 94.0] and ddp_scaling.median(rates) == 94.0
+    assert ddp_scaling.median([1.0, 3.0]) == 2.0
+    assert ddp_scaling.efficiency(180.0, 100.0, 2) == pytest.approx(0.9)
+
+
+def test_ddp_runs_use_synthetic_data_and_the_global_batch():
+    a = ddp_scaling.argparse.Namespace(videos_per_rank=8, batch=16, steps=60, log_every=10, precision="bf16",
+                                       compile=True, tiny=False, override=["model.fusion=shallow"])
+    o = ddp_scaling.overrides(a, 2)
+    assert "data.path=synthetic:shapes" in o and "data.synthetic_videos=16" in o
+    assert "train.batch_size=32" in o and "train.compile=true" in o and o[-1] == "model.fusion=shallow"
+    load_recipe(ROOT / "recipes" / "ucf.toml", o)                         # every override is a valid key
+
+
+def test_summary_names_failed_and_missing_parts(tmp_path):
+    (tmp_path / "peer_rin.json").write_text(json.dumps({
+        "rows": [_row("ours", False, 4.5, 4.4, **{"MFU_%": 20.5}), {"side": "peer", "compile": False,
+                                                                    "error": "out of memory: ..."}],
+        "ratios": {}}))
+    (tmp_path / "sampling.json").write_text(json.dumps([{
+        "overlap": "hw", "cache": True, "batch": 16, "steps": "8/4/2", "s_per_video": 1.25,
+        "full_steps": "128/64/32", "s_per_video_full_steps_est": 19.5, "peak_mem_GiB": 27.0}]))
+    (tmp_path / "draw_cost.json").write_text(json.dumps({"batch": 16, "cpu_ms": 41.0, "to_device_ms": 43.5,
+                                                        "device": "cuda"}))
+    text = speed_summary.summary(tmp_path)
+    assert "random draw (batch 16): 41.0 ms on the CPU, 43.5 ms onto cuda" in text
+    assert "peer eager" in text and "failed: out of memory" in text
+    assert "est. 19.50 s/video at 128/64/32" in text
+    assert "memory: no memory_vs_resolution.json" in text
+
+
+def test_measure_marks_oom_skips_larger_sizes_and_reports_every_point(monkeypatch):
+    def fake_hpdm(res, a):
+        if res[0] >= 32:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return {"peak_mem_GiB": 1.0}
+
+    def fake_unet(res, a):
+        if res[0] >= 32:
+            raise ValueError("input tensor must fit into 32-bit index math")
+        return {"peak_mem_GiB": 2.0}
+    monkeypatch.setattr(mvr, "hpdm_point", fake_hpdm)
+    monkeypatch.setattr(mvr, "unet_point", fake_unet)
+    seen = []
+    points = mvr.measure(["hpdm", "unet3d"], [(16, 64, 64), (32, 128, 128), (64, 256, 256)], None,
+                         report=lambda p: seen.append(sum(len(v) for v in p.values())))
+    assert [r["status"] for r in points["hpdm"]] == ["ok", "oom", "skipped"]
+    assert [r["status"] for r in points["unet3d"]] == ["ok", "error", "skipped"]
+    assert "32-bit index math" in points["unet3d"][1]["reason"]
+    assert seen == [1, 2, 3, 4, 5, 6]
