@@ -129,16 +129,6 @@ def import_peer_module(name: str, trainer_only=TRAINER_ONLY) -> tuple[types.Modu
     return importlib.import_module(name), stood_in
 
 
-def bench_module():
-    """hpdm's benchmark module (`hpdm_cli.drivers.bench`, or `hpdm_cli.bench` where it has not moved)."""
-    try:
-        return importlib.import_module("hpdm_cli.drivers.bench")
-    except ModuleNotFoundError as e:
-        if e.name not in ("hpdm_cli.drivers.bench", "hpdm_cli.drivers"):
-            raise
-        return importlib.import_module("hpdm_cli.bench")
-
-
 def step_flops(counts: dict) -> int:
     """Total FLOPs of FlopCounterMode's per-op counts, with grouped-convolution backward counted correctly.
 

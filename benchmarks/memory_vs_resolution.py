@@ -95,7 +95,8 @@ def hpdm_point(res, a) -> dict:
     if a.tiny:
         over += ["pyramid.patch=[2,8,8]"] + HPDM_TINY
     rec = load_recipe(default_recipe_path(a.recipe), over)
-    row = carried.bench_module().bench_training(rec, steps=1, warmup=0, batch=1, precisions=["bf16"])[0]
+    from hpdm_cli.drivers.bench import bench_training
+    row = bench_training(rec, steps=1, warmup=0, batch=1, precisions=["bf16"])[0]
     return {"peak_mem_GiB": row["peak_mem_GiB"], "levels": rec.pyramid.num_levels, "params_M": row["params_M"],
             "step_s": row["step_s"]}
 

@@ -94,7 +94,7 @@ def worker_ours(a) -> dict:
     """Time and count our training step (a row of `hpdm bench`, plus the FlopCounterMode count)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from hpdm_cli.recipe import default_recipe_path, load_recipe
-    bench = carried.bench_module()
+    from hpdm_cli.drivers import bench
     overrides = (OURS_TINY if a.tiny else []) + list(a.override)
     rec = load_recipe(default_recipe_path(a.recipe), overrides)
     device = _device()
@@ -176,7 +176,7 @@ def worker_peer(a) -> dict:
 def finish(row: dict, precision: str) -> dict:
     """Add achieved TFLOP/s (analytic and counted) and MFU to a worker's row."""
     import torch
-    bench = carried.bench_module()
+    from hpdm_cli.drivers import bench
     peak = bench.peak_flops(_device(), precision) if row["device"] != "cpu" else None
     row["TFLOPs"] = row["TFLOP_per_item"] * row["items_per_s"]
     row["TFLOPs_counted"] = row["TFLOP_per_item_counted"] * row["items_per_s"]
