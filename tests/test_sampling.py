@@ -27,7 +27,8 @@ def field(pos: torch.Tensor) -> torch.Tensor:
 
 def sample(net, recipe, seeds, cond=None, *, overlap=None, tile_batch=64, cache=True, dtype=torch.float32, **kw):
     """Sample through the product's sampler: `HierarchicalSampler(...).sample(...)`."""
-    sampler = HierarchicalSampler(net, recipe, overlap=overlap, tile_batch=tile_batch, cache=cache, dtype=dtype)
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, overlap=overlap, tile_batch=tile_batch,
+                                  cache=cache, dtype=dtype)
     return sampler.sample(seeds, cond, **kw)
 
 
@@ -93,7 +94,7 @@ class FieldNet(torch.nn.Module):
 
     def __init__(self, recipe):
         super().__init__()
-        self.recipe = recipe
+        self.recipe, self.pyramid, self.cfg = recipe, recipe.pyramid, recipe.model   # what the sampler reads
         self.scales = torch.tensor([recipe.pyramid.level_scale(l) for l in range(recipe.pyramid.num_levels)])
 
     def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
@@ -166,6 +167,7 @@ class GaussNet(torch.nn.Module):
     def __init__(self, recipe, mu, s):
         super().__init__()
         self.recipe, self.mu, self.s = recipe, mu, s
+        self.pyramid, self.cfg = recipe.pyramid, recipe.model                      # what the sampler reads
 
     def forward(self, x, c_noise, offsets, cond=None, keep=None, *, lo=0, context=None, collect=False):
         d = self.recipe.diffusion
@@ -240,7 +242,8 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
         assert (a.abs() < 0.99).float().mean() > 0.1                           # not saturated: a real comparison
     assert cached.videos[2].std() > 0.1
     rows = len(seeds) * (2 if guidance != 1 else 1)
-    assert cached.cache_bytes == cache_bytes(recipe, overlap, rows, bytes_per_value=dtype.itemsize)
+    assert cached.cache_bytes == cache_bytes(recipe.pyramid, recipe.model, overlap, rows,
+                                             bytes_per_value=dtype.itemsize)
     if recipe.model.fusion == "deep":
         assert cached.cache_bytes[0] > 0 and cached.cache_bytes[1] > 0
 
@@ -261,7 +264,7 @@ def test_sample_depends_only_on_its_seed(dtype):
 def test_preview_offload_progress_and_fixed_levels():
     net, recipe = small_net(load=[1, 1, 2, 3])
     recipe.sample.stochastic_levels = 2
-    sampler = HierarchicalSampler(net, recipe, tile_batch=100)
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, tile_batch=100)
     calls = []
     full = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], progress=lambda *a: calls.append(a))
     assert calls == [(0, 1, 3), (0, 2, 3), (0, 3, 3), (1, 1, 2), (1, 2, 2), (2, 1, 1)]
@@ -272,7 +275,7 @@ def test_preview_offload_progress_and_fixed_levels():
     preview = sampler.sample([7], torch.tensor([4]), steps=[3, 2, 1], levels=1)
     assert len(preview.videos) == 1 and torch.equal(preview.videos[0], full.videos[0])
     # Offloaded caches give the same video.
-    off = HierarchicalSampler(net, recipe, tile_batch=100, offload=True).sample([7], torch.tensor([4]),
+    off = HierarchicalSampler(net, recipe.diffusion, recipe.sample, tile_batch=100, offload=True).sample([7], torch.tensor([4]),
                                                                                steps=[3, 2, 1])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(off.videos, full.videos))
     # Fixing level 0 to the run's own level 0 reproduces the run (per-level noise streams) ...

@@ -292,13 +292,14 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
             "text": lambda: torch.zeros(batch, recipe.model.text_tokens, recipe.model.text_dim, device=device),
             "none": lambda: None}[recipe.model.cond]()
     autocast = torch.bfloat16 if precision == "bf16" else None
-    warm = HierarchicalSampler(net, recipe, device, overlap="none", tile_batch=tile_batch, autocast=autocast)
+    warm = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap="none", tile_batch=tile_batch,
+                               autocast=autocast)
     warm.sample([0], None if cond is None else cond[:1], steps=[1] * L, guidance=1.0)   # kernels, allocator
     rows = []
     for ov in overlaps or [recipe.pyramid.overlap]:
         for cache in ((True, False) if compare_cache else (True,)):
-            sampler = HierarchicalSampler(net, recipe, device, overlap=ov, cache=cache, tile_batch=tile_batch,
-                                          autocast=autocast)
+            sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=ov, cache=cache,
+                                          tile_batch=tile_batch, autocast=autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)

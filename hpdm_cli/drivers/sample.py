@@ -278,8 +278,8 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16)
         p = next(iter(net.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     try:
-        return HierarchicalSampler(net, recipe, device, overlap=overlap, tile_batch=tile_batch, cache=cache,
-                                   offload=offload, autocast=torch.bfloat16 if bf16 else None)
+        return HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=overlap, tile_batch=tile_batch,
+                                   cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None)
     except ValueError as e:
         raise GenerateError(f"cannot tile this model's levels with --overlap {overlap}: {e}") from None
 

@@ -43,7 +43,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import Recipe, SampleConfig
+from ..config import DiffusionConfig, ModelConfig, PyramidConfig, SampleConfig
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
 from .edm_sampler import edm_sample, edm_sigmas
@@ -74,14 +74,13 @@ def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]
     return out
 
 
-def cache_bytes(recipe: Recipe, overlap: Optional[str] = None, batch: int = 1, *,
+def cache_bytes(pyr: PyramidConfig, m: ModelConfig, overlap: Optional[str] = None, batch: int = 1, *,
                 bytes_per_value: int = 4) -> list[int]:
     """Activation-cache size per level: tiles x tokens x interface dim x cached blocks x bytes x batch.
 
     `batch` counts rows: samples, times 2 with classifier-free guidance. The last level is never
     cached (nothing reads it); shallow and no fusion cache nothing.
     """
-    pyr, m = recipe.pyramid, recipe.model
     ov = pyr.overlap if overlap is None else overlap
     tokens = math.prod(token_grid(pyr, m))
     return [math.prod(tile_counts(pyr, k, ov)) * tokens * m.interface_dim
@@ -130,29 +129,33 @@ class _Run:
 class HierarchicalSampler:
     """Level-by-level, tile-by-tile sampler of an HPDMNet (MultiDiffusion, context caching, CFG)."""
 
-    def __init__(self, net, recipe: Recipe, device=None, *, overlap: Optional[str] = None, tile_batch: int = 64,
-                 cache: bool = True, offload: bool = False, autocast: Optional[torch.dtype] = None,
-                 dtype: torch.dtype = torch.float32):
-        self.net, self.recipe = net, recipe
+    def __init__(self, net, diffusion: DiffusionConfig, sample: SampleConfig, device=None, *,
+                 overlap: Optional[str] = None, tile_batch: int = 64, cache: bool = True, offload: bool = False,
+                 autocast: Optional[torch.dtype] = None, dtype: torch.dtype = torch.float32):
+        """`net` is an HPDMNet (its `pyramid` and `cfg` give the levels and the model); `diffusion` and
+        `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance)."""
+        self.net = net
+        self.pyramid, self.model = net.pyramid, net.cfg
+        self.diffusion, self.sample_cfg = diffusion, sample
         self.dtype = dtype                      # canvases, noise and offsets (float64 for reference runs)
         if device is None:
             p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
             device = p.device if p is not None else "cpu"
         self.device = torch.device(device)
-        self.overlap = parse_overlap(recipe.pyramid.overlap if overlap is None else overlap)
+        self.overlap = parse_overlap(self.pyramid.overlap if overlap is None else overlap)
         if tile_batch < 1:
             raise ValueError(f"tile_batch = {tile_batch}: must be >= 1")
         self.tile_batch = int(tile_batch)
         self.cache = bool(cache)
         self.offload = bool(offload)
         self.autocast = autocast
-        self.fusion = recipe.model.fusion
-        self.num_levels = recipe.pyramid.num_levels
-        host_tiles = build_tiles(recipe.pyramid, self.overlap)
+        self.fusion = self.model.fusion
+        self.num_levels = self.pyramid.num_levels
+        host_tiles = build_tiles(self.pyramid, self.overlap)
         self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
         self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
         # b_0..b_l per level l, as `denoise` takes them (c_in normalises the scaled data per level).
-        self._scales = [input_scales(recipe.diffusion, range(l + 1), self.device).to(dtype)
+        self._scales = [input_scales(diffusion, range(l + 1), self.device).to(dtype)
                         for l in range(self.num_levels)]
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
@@ -163,7 +166,7 @@ class HierarchicalSampler:
                fixed: Optional[Mapping[int, torch.Tensor]] = None,
                progress: Optional[Progress] = None) -> SampleResult:
         """Generate levels 0..levels-1 for every seed; `fixed` levels are taken as given instead of generated."""
-        rec, dev = self.recipe, self.device
+        dev, d, sc = self.device, self.diffusion, self.sample_cfg
         seeds = [int(s) for s in seeds]
         B = len(seeds)
         if B == 0:
@@ -175,19 +178,19 @@ class HierarchicalSampler:
         for k in fixed:
             if not 0 <= k < self.num_levels:
                 raise ValueError(f"fixed level {k} outside 0..{self.num_levels - 1}")
-        nsteps = level_steps(rec.sample, n_levels, steps)
-        w = rec.sample.guidance if guidance is None else float(guidance)
-        guided = cond is not None and w != 1.0 and rec.model.cond != "none"
+        nsteps = level_steps(sc, n_levels, steps)
+        w = sc.guidance if guidance is None else float(guidance)
+        guided = cond is not None and w != 1.0 and self.model.cond != "none"
         run = self._start(seeds, cond, w, guided)
         generated = [l for l in range(n_levels) if l not in fixed]
 
         videos, seconds, cache_seconds, used, held = [], [], [], [], []
-        C = rec.model.channels
+        C = self.model.channels
         with torch.no_grad(), self._autocast():
             for l in range(n_levels):
                 t0 = self._clock()
                 shape = (C, *self.tiles[l].resolution)
-                b_l = rec.diffusion.level_input_scale(l)
+                b_l = d.level_input_scale(l)
                 if l in fixed:
                     pixels = fixed[l].to(dev, self.dtype)
                     if tuple(pixels.shape) != (B, *shape):
@@ -195,8 +198,8 @@ class HierarchicalSampler:
                     used.append(0)
                 else:
                     gens = [seed_generator(s, l, _SAMPLER_STREAM) for s in seeds]
-                    sigmas = edm_sigmas(nsteps[l], rec.sample.sigma_min, rec.sample.sigma_max, rec.sample.rho)
-                    churn = rec.sample.churn if l < rec.sample.stochastic_levels else 0.0
+                    sigmas = edm_sigmas(nsteps[l], sc.sigma_min, sc.sigma_max, sc.rho)
+                    churn = sc.churn if l < sc.stochastic_levels else 0.0
                     cb = (lambda i, n, _l=l: progress(_l, i, n)) if progress is not None else None
                     x = edm_sample(self._level_denoiser(run, l), self._noise(gens, shape), sigmas,
                                    churn=churn, callback=cb)
@@ -207,7 +210,7 @@ class HierarchicalSampler:
                 if any(k > l for k in generated):               # a later generated level reads this one
                     gens = [seed_generator(s, l, _CONTEXT_STREAM) for s in seeds]
                     eps = self._noise(gens, shape)()
-                    run.ctx_in[l] = b_l * pixels + rec.diffusion.context_sigma * eps
+                    run.ctx_in[l] = b_l * pixels + d.context_sigma * eps
                     if self.cache and self.fusion == "deep":
                         c0 = self._clock()
                         run.caches[l] = self._build_cache(run, l)
@@ -271,19 +274,19 @@ class HierarchicalSampler:
             return None
         if self.fusion == "shallow":
             k = level - 1
-            sig = torch.tensor(self.recipe.diffusion.context_sigma, device=self.device, dtype=self.dtype)
+            sig = torch.tensor(self.diffusion.context_sigma, device=self.device, dtype=self.dtype)
             crop = self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k])
             b_k = self._scales[level][k]
-            return LevelContext(pixels=c_in(sig, self.recipe.diffusion.sigma_data, b_k) * crop)
+            return LevelContext(pixels=c_in(sig, self.diffusion.sigma_data, b_k) * crop)
         acts = {}
-        for blk in reading_blocks(self.recipe.model, self.num_levels, level - 1):   # they fuse context into `level`
+        for blk in reading_blocks(self.model, self.num_levels, level - 1):   # they fuse context into `level`
             acts[blk] = [run.caches[k][blk].index_select(0, ch.cache_rows[k]).to(self.device, non_blocking=True)
                          for k in range(level)]
         return LevelContext(acts=acts)
 
     def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False):
         """Denoise one chunk's tiles of canvas x at `sigma`: D [n, C, r...] (plus collected activations)."""
-        d = self.recipe.diffusion
+        d = self.diffusion
         xt = self.tiles[level].gather(x, ch.b, ch.t)
         n = xt.shape[0]
         if self.cache or level == 0:
@@ -325,7 +328,7 @@ class HierarchicalSampler:
         """Run the net once over all tiles of finished `level` at the context sigma; keep what finer levels read."""
         store = {}
         for ch in self._chunks(run, level):
-            _, coll = self._eval(run, level, ch, run.ctx_in[level], self.recipe.diffusion.context_sigma,
+            _, coll = self._eval(run, level, ch, run.ctx_in[level], self.diffusion.context_sigma,
                                  collect=True)
             r0, r1 = ch.rows
             for blk, a in coll.items():
