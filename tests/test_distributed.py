@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from hpdm_cli.diffusion.edm import NoiseDraw, draw_noise
 from hpdm_cli.pyramid import sample_nested_offsets
 from hpdm_cli.recipe import default_recipe_path, load_recipe
-from hpdm_cli.train.loop import _unused_parameters, build_model, forward_backward
+from hpdm_cli.train.loop import unused_parameters, build_model, forward_backward
 
 WORLD = 2
 
@@ -79,7 +79,7 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
     videos, offsets, cond, draw = batch
     net = build_model(recipe)
-    model = DDP(net, find_unused_parameters=bool(_unused_parameters(net, recipe, torch.device("cpu"))))
+    model = DDP(net, find_unused_parameters=bool(unused_parameters(net, recipe, torch.device("cpu"))))
     share = slice(rank * videos.shape[0] // WORLD, (rank + 1) * videos.shape[0] // WORLD)
     res = forward_backward(model, videos[share], cond[share], recipe, offsets[share], share_of(draw, WORLD, rank),
                            1.0, "fp32")
@@ -138,7 +138,7 @@ def test_two_gloo_ranks_give_the_gradients_of_one_process(ddp):
     ref = _grads(net)
     # Under adaptive computation (load [1, 1, 2, 3]) blocks 0 and 1 see level 0 only and have no fusion:
     # every parameter gets a gradient, so DDP has nothing to be told (the loop's probe finds nothing).
-    assert _unused_parameters(build_model(recipe), recipe, torch.device("cpu")) == []
+    assert unused_parameters(build_model(recipe), recipe, torch.device("cpu")) == []
     assert set(ref) == {n for n, _ in net.named_parameters()}
     ranks = [load_file(str(tmp_path / f"grads-{r}.safetensors")) for r in range(WORLD)]
     accum = [load_file(str(tmp_path / f"grads-accum-{r}.safetensors")) for r in range(WORLD)]

@@ -186,14 +186,14 @@ def test_selection_order_is_pinned_and_independent_of_listing_order():
 
 
 def test_clip_cutting_takes_the_first_frames_with_the_stride_and_never_pads():
-    from hpdm_cli.eval.fvd import _cut
+    from hpdm_cli.eval.fvd import cut_clip
     video = np.arange(20, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
-    assert _cut(video, Protocol(frames=9))[:, 0, 0, 0].tolist() == list(range(9))
-    assert _cut(video, Protocol(frames=9, stride=2))[:, 0, 0, 0].tolist() == list(range(0, 17, 2))
-    assert _cut(video, Protocol(frames=16, stride=2)) is None                     # needs 31 frames
-    assert len(_cut(video, Protocol(frames=None))) == 20
-    assert len(_cut(video, Protocol(frames=None, stride=2))) == 10
-    assert _cut(video, Protocol(frames=None, stride=3)) is None                   # 7 frames < 9
+    assert cut_clip(video, Protocol(frames=9))[:, 0, 0, 0].tolist() == list(range(9))
+    assert cut_clip(video, Protocol(frames=9, stride=2))[:, 0, 0, 0].tolist() == list(range(0, 17, 2))
+    assert cut_clip(video, Protocol(frames=16, stride=2)) is None                     # needs 31 frames
+    assert len(cut_clip(video, Protocol(frames=None))) == 20
+    assert len(cut_clip(video, Protocol(frames=None, stride=2))) == 10
+    assert cut_clip(video, Protocol(frames=None, stride=3)) is None                   # 7 frames < 9
 
 
 def test_protocol_validates_its_fields():

@@ -273,10 +273,10 @@ def _step(net, recipe, opt, ema, seed):
 @pytest.mark.parametrize("load", ["linear", [3, 1, 1, 3]])
 def test_every_parameter_gets_a_gradient(load):
     """DDP then needs no find_unused_parameters for fusions that nothing reads (the loop's probe finds none)."""
-    from hpdm_cli.train.loop import _unused_parameters
+    from hpdm_cli.train.loop import unused_parameters
     recipe = tiny_recipe(load=load)
     net = HPDMNet(recipe.pyramid, recipe.model)
-    assert _unused_parameters(net, recipe, torch.device("cpu")) == []
+    assert unused_parameters(net, recipe, torch.device("cpu")) == []
     assert sorted(net.fusions) == [str(b) for b, n in enumerate(net.load) if n > 1]
 
 
@@ -285,7 +285,7 @@ def test_checkpoint_with_fusions_of_level0_blocks_still_loads_and_resumes():
     import copy
 
     from hpdm_cli.model.fusion import ContextFusion
-    from hpdm_cli.train.loop import _without_unbuilt_fusions
+    from hpdm_cli.train.loop import without_unbuilt_fusions
     from hpdm_cli.train.optim import EMA, Lamb, param_groups
     recipe = tiny_recipe(load="linear")                                 # load [1, 1, 2, 3]
     old = HPDMNet(recipe.pyramid, recipe.model)
@@ -301,7 +301,7 @@ def test_checkpoint_with_fusions_of_level0_blocks_still_loads_and_resumes():
     sampler.load_state_dict(ck["model"])                                # strict, as `hpdm sample` loads weights
     new = HPDMNet(recipe.pyramid, recipe.model)
     opt2, ema2 = Lamb(param_groups(new, 0.01), lr=1e-3), EMA(new, 2.0)   # groups of a fresh model, as the loop
-    ck = _without_unbuilt_fusions(ck, new)                              # as the training loop resumes
+    ck = without_unbuilt_fusions(ck, new)                              # as the training loop resumes
     new.load_state_dict(ck["model"])
     ema2.load_state_dict(ck["ema"])
     opt2.load_state_dict(ck["optimizer"])

@@ -222,7 +222,7 @@ def test_stats_lr_schedule_and_log(reference):
 def test_joint_batches_mix_still_images(shapes_data, image_data):
     from hpdm_cli.train.distributed import DistInfo
     rec = make_recipe(shapes_data, f"data.image_path={json.dumps(str(image_data))}", "data.image_fraction=0.25")
-    b = loop._Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2)
+    b = loop.Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2)
     assert (b.n_vid, b.n_img) == (3, 1)
     videos, labels, caps = b.next(torch.device("cpu"), 8)
     assert videos.shape == (4, 3, 8, 32, 32) and labels.shape == caps.shape == (4,)
@@ -434,7 +434,7 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
 
 def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    with loop._StopFlag() as stop:
+    with loop.StopFlag() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
         assert stop.signum == signal.SIGTERM

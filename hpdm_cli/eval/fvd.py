@@ -509,7 +509,7 @@ class Clip:
     why: str = ""                       # "short: 12 frames" / "unreadable: ..."
 
 
-def _cut(frames: np.ndarray, protocol: Protocol) -> Optional[np.ndarray]:
+def cut_clip(frames: np.ndarray, protocol: Protocol) -> Optional[np.ndarray]:
     """The protocol's clip of decoded frames, or None if too short."""
     if protocol.frames is None:
         clip = frames[::protocol.stride]
@@ -534,7 +534,7 @@ def _short_reason(n: int, protocol: Protocol) -> str:
 
 def video_clip(key: str, video: np.ndarray, protocol: Protocol) -> Clip:
     """The protocol's clip of an in-memory uint8 video [T, H, W, 3] (e.g. a generated one), or a skipped `Clip`."""
-    clip = _cut(video, protocol)
+    clip = cut_clip(video, protocol)
     return Clip(key, clip, "" if clip is not None else _short_reason(len(video), protocol))
 
 
@@ -571,7 +571,7 @@ class _Reader:
                 frames, _ = read_video(self.path / key, 0, p.span, decode=EVAL_DECODE)
             except VideoError as e:
                 return Clip(key, None, f"unreadable: {e}")
-        clip = _cut(frames, p)
+        clip = cut_clip(frames, p)
         if clip is None:
             return Clip(key, None, _short_reason(len(frames), p))
         return Clip(key, clip)

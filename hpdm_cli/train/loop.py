@@ -19,7 +19,7 @@ another's error.
 
 A run, in order: `_open_run_dir` (lock, refusals, the checkpoint to resume), `_model_state`
 (network, EMA, optimiser: resumed, fresh, or from `init_from_checkpoint`), `_parallel_model`
-(compile, DDP), the data (`_Batches`) and condition (`_training_condition`), then `_Steps`
+(compile, DDP), the data (`Batches`) and condition (`_training_condition`), then `_Steps`
 (gradients, the ranks' common verdict, the update, statistics, checkpoints).
 """
 
@@ -172,7 +172,7 @@ def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets:
     return out
 
 
-class _StopFlag:
+class StopFlag:
     """Records SIGTERM / SIGINT so that the loop can checkpoint and stop at the end of a step."""
 
     def __init__(self):
@@ -224,7 +224,7 @@ def _worker_ignores_signals(worker_id: int) -> None:
 _DIRECTION_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise)\b", re.I)
 
 
-class _Batches:
+class Batches:
     """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index.
 
     The data position is a pure function of the batch index: batch j of rank r holds samples
@@ -421,7 +421,7 @@ def _groups_of_checkpoint(net: torch.nn.Module, groups: list, saved: list) -> li
     return [dict(g, params=[params[n] for n in sg["names"]], names=list(sg["names"])) for g, sg in zip(groups, saved)]
 
 
-def _without_unbuilt_fusions(ck: dict, net: torch.nn.Module) -> dict:
+def without_unbuilt_fusions(ck: dict, net: torch.nn.Module) -> dict:
     """A checkpoint of an earlier version minus the fusion weights of level-0-only blocks (model, EMA, optimiser).
 
     Such fusions never touched the output and are no longer built (`HPDMNet.is_unbuilt_fusion`).
@@ -449,7 +449,7 @@ def _without_unbuilt_fusions(ck: dict, net: torch.nn.Module) -> dict:
     return ck
 
 
-def _unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
+def unused_parameters(net: torch.nn.Module, recipe: Recipe, device) -> list:
     """Names of trainable parameters that one training forward/backward (batch 1, no self-conditioning) leaves
     without a gradient. Uses its own generator: torch's global RNG is untouched."""
     g = torch.Generator().manual_seed(0)
@@ -516,7 +516,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
         summary.last_loss = _last_logged_loss(run_dir, state.start)
         return summary
     model = _parallel_model(state.net, recipe, dist, say)
-    batches = _Batches(recipe, dist, per_step // t.grad_accum, start_batch=state.start * t.grad_accum,
+    batches = Batches(recipe, dist, per_step // t.grad_accum, start_batch=state.start * t.grad_accum,
                        total_batches=t.steps * t.grad_accum)
     text_emb = _training_condition(recipe, batches, run_dir, dist, say)
     if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
@@ -593,7 +593,7 @@ def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _Mo
     t = recipe.train
     net = build_model(recipe)
     if ck is not None:
-        ck = _without_unbuilt_fusions(ck, net)
+        ck = without_unbuilt_fusions(ck, net)
     # Parameter groups of the freshly initialised model (param_groups looks at values: zero-initialised
     # tensors go to the no-decay group), so that they do not depend on init_from or on a resume.
     groups = param_groups(net, t.weight_decay)
@@ -641,7 +641,7 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
         # steps without a self-conditioning pass, and any parameter a training step leaves unused
         # (level-0-only blocks build no fusion, so those are not among them).
-        unused = _unused_parameters(net, recipe, dist.device)
+        unused = unused_parameters(net, recipe, dist.device)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
@@ -650,7 +650,7 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
     return model
 
 
-def _training_condition(recipe: Recipe, batches: "_Batches", run_dir: Path, dist: DistInfo,
+def _training_condition(recipe: Recipe, batches: "Batches", run_dir: Path, dist: DistInfo,
                         say) -> Optional[torch.Tensor]:
     """The text model's caption embeddings (None otherwise); a class model's classes checked against the data."""
     m = recipe.model
@@ -668,7 +668,7 @@ class _Steps:
     """The optimisation steps of a run: micro-batches in; optimiser and EMA updates, statistics, checkpoints out."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, dist: DistInfo, state: _ModelState, model,
-                 batches: "_Batches", text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
+                 batches: "Batches", text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
         self.recipe, self.t, self.run_dir, self.dist = recipe, recipe.train, run_dir, dist
         self.state, self.model, self.batches, self.text_emb = state, model, batches, text_emb
         self.say, self.summary = say, summary
@@ -689,7 +689,7 @@ class _Steps:
                  f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x "
                  f"accum {t.grad_accum})")
         try:
-            with _StopFlag() as stop, self.stats.progress(start, t.steps, enabled=progress and dist.is_main,
+            with StopFlag() as stop, self.stats.progress(start, t.steps, enabled=progress and dist.is_main,
                                                           batch=t.batch_size) as bar:
                 while self.step < t.steps:
                     if self._one_step(stop, bar, stop_after):
@@ -698,7 +698,7 @@ class _Steps:
             self.stats.close()
         return self.summary
 
-    def _one_step(self, stop: _StopFlag, bar, stop_after: Optional[int]) -> bool:
+    def _one_step(self, stop: StopFlag, bar, stop_after: Optional[int]) -> bool:
         """Step `self.step`: gradients, the ranks' verdict, the update, logging, checkpoint; True to stop."""
         t, st = self.t, self.state
         lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
