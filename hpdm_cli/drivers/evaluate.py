@@ -174,12 +174,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", batch: int = 16,
-             guidance: Optional[float] = None, steps=None, overlap: Optional[str] = None,
-             device="auto", bf16: bool = False, fvd: bool = True, i3d_weights=None,
-             embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
-             log: Callable[[str], None] = print) -> dict:
-    """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
+def _check_options(num_clips: int, split: str, batch: int, guidance, out_dir) -> Path:
+    """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
     if num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
     if split not in ("heldout", "train", "all"):
@@ -188,6 +184,24 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
+    return out_dir
+
+
+def _write_sheet(path: Path, fake: list, real: RealClips, rows: int) -> str:
+    """The contact sheet: the first `rows` generated clips beside the real clips of the same prompts."""
+    labels = real.captions[:rows]
+    write_png(path, stack_sheets([contact_sheet(fake[:rows], labels, scale=2),
+                                  contact_sheet(real.videos[:rows], labels, scale=2)], ["GENERATED", "REAL"]))
+    return str(path)
+
+
+def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", batch: int = 16,
+             guidance: Optional[float] = None, steps=None, overlap: Optional[str] = None,
+             device="auto", bf16: bool = False, fvd: bool = True, i3d_weights=None,
+             embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
+             log: Callable[[str], None] = print) -> dict:
+    """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
+    out_dir = _check_options(num_clips, split, batch, guidance, out_dir)
     net, recipe, info = load_generator(ckpt, device)
     dev = info.device
     steps = parse_steps(steps, recipe.pyramid.num_levels)
@@ -230,12 +244,6 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     if fvd:
         log("FVD (I3D)")
         report["fvd"] = _fvd_block(fake, real_a.videos, real_b.videos, i3d_weights, dev, log)
-    rows = min(sheet_rows, num_clips)
-    sheet = out_dir / "contact_sheet.png"
-    labels = real_a.captions[:rows]
-    write_png(sheet, stack_sheets([contact_sheet(fake[:rows], labels, scale=2), contact_sheet(real_a.videos[:rows],
-                                                                                            labels, scale=2)],
-                                  ["GENERATED", "REAL"]))
-    report["contact_sheet"] = str(sheet)
+    report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
