@@ -675,6 +675,9 @@ class _Steps:
         self.params = [p for p in state.net.parameters()]
         self.step, self.skipped, self.streak = state.start, state.skipped, 0   # streak: consecutive skipped
         self.t_last, self.n_last = 0.0, 0                                  # throughput since the last log
+        self.micro = recipe.train.batch_size // dist.world_size // recipe.train.grad_accum
+        self.conditional = recipe.model.cond == "class" or text_emb is not None
+        self._pending: Optional[tuple[int, list]] = None                   # (step, draws) drawn ahead
 
     def run(self, *, stop_after: Optional[int], progress: bool) -> TrainSummary:
         """Train until train.steps, a signal or `stop_after` steps; checkpoint on the way and at the end."""
@@ -706,6 +709,10 @@ class _Steps:
             g["lr"] = lr
         loss, per_level = self._gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        if self.step + 1 < t.steps:
+            # Draw the next step's randomness on the host while the device still runs this step
+            # (the flags below wait for it); the values do not depend on when they are drawn.
+            self._pending = (self.step + 1, self._draws(self.step + 1))
         # One collective per step: non-finite loss / gradient anywhere, ranks stopped by a signal
         # (and the sum of their signal numbers), and the loss summed over ranks.
         sig = stop.signum
@@ -739,25 +746,34 @@ class _Steps:
     def _gradients(self) -> tuple[torch.Tensor, list]:
         """Accumulate the step's gradients over train.grad_accum micro-batches: (mean loss, per-level losses)."""
         t, dist, rec = self.t, self.dist, self.recipe
-        gen = step_generator(t.seed, dist.rank, self.step)
-        frames, L = rec.pyramid.resolution[0], rec.pyramid.num_levels
+        pending, self._pending = self._pending, None
+        draws = pending[1] if pending is not None and pending[0] == self.step else self._draws(self.step)
+        frames = rec.pyramid.resolution[0]
         losses, per_level = [], []
-        for a in range(t.grad_accum):
+        for a, (offsets, draw) in enumerate(draws):
             videos, labels, caps = self.batches.next(dist.device, frames)
             cond = labels if rec.model.cond == "class" else (self.text_emb[caps] if self.text_emb is not None else None)
             if rec.model.cond == "class" and self.batches.unlabelled:
                 raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
                                  "use a labelled dataset or model.cond=\"none\"")
-            offsets = sample_nested_offsets(rec.pyramid, videos.shape[0], generator=gen).to(dist.device)
-            draw = draw_noise(rec.diffusion, (videos.shape[0], L, videos.shape[1], *rec.pyramid.patch),
-                              conditional=cond is not None, self_condition=rec.model.self_condition,
-                              generator=gen, device=dist.device)
             sync = self.model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
             with sync:
                 out = forward_backward(self.model, videos, cond, rec, offsets, draw, 1.0 / t.grad_accum, t.precision)
             losses.append(out.loss.detach())
             per_level.append(out.per_level)
         return torch.stack(losses).mean(), per_level
+
+    def _draws(self, step: int) -> list:
+        """Step `step`'s random choices: (patch offsets, NoiseDraw) per micro-batch, from the step's generator."""
+        t, rec, dev = self.t, self.recipe, self.dist.device
+        gen = step_generator(t.seed, self.dist.rank, step)
+        shape = (self.micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
+        out = []
+        for _ in range(t.grad_accum):
+            offsets = sample_nested_offsets(rec.pyramid, self.micro, generator=gen).to(dev)
+            out.append((offsets, draw_noise(rec.diffusion, shape, conditional=self.conditional,
+                                            self_condition=rec.model.self_condition, generator=gen, device=dev)))
+        return out
 
     def _update(self, bad: bool) -> None:
         """Apply the step (optimiser, then EMA), or skip it when any rank saw a non-finite loss or gradient."""
