@@ -206,3 +206,26 @@ def test_rerunning_a_finished_run_says_nothing_to_do_and_tensorboard_absence_onc
     assert code == 0 and err == ""
     assert "done: already at step 1/1; nothing to do" in out
     assert "nan" not in out and "TensorBoard" not in out
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["sample", "--guidance", "-1"], 2)])
+def test_a_torchrun_rank_leaves_with_its_exit_code_and_skips_the_teardown(args, code, capsys, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) the CLI ends with os._exit(code) after flushing its output, not at interpreter exit."""
+    import hpdm_cli.cli.app as app_module
+
+    class Left(Exception):
+        pass
+
+    def fake_exit(c):
+        raise Left(c)
+    monkeypatch.setattr(app_module.os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["hpdm", *args])
+    with pytest.raises(Left) as left:
+        app_module.main()
+    assert left.value.args == (code,)
+    monkeypatch.setenv("WORLD_SIZE", "1")                              # a single process exits normally
+    with pytest.raises(SystemExit) as normal:
+        app_module.main()
+    assert normal.value.code == code
+    capsys.readouterr()

@@ -7,6 +7,7 @@ to `hpdm: error: <first line>` on stderr with exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -55,32 +56,49 @@ def _parse_error_line(e: Exception) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the `hpdm` console script (and of `python -m hpdm_cli`)."""
+    code = exit_code(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without the interpreter's teardown: with the process group
+        # already destroyed, a communication library's background thread can still abort the
+        # process there ("terminate called without an active exception"), and torchrun would
+        # report a finished run as a failed rank.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def exit_code(argv: Optional[List[str]] = None) -> int:
+    """Run the app on `argv`; the process exit code (user errors: one line on stderr, 2)."""
     try:
         rc = app(argv, prog_name="hpdm", standalone_mode=False)
-    except SystemExit:
-        raise
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        err.print(str(e.code), highlight=False, markup=False)                # sys.exit("message")
+        return 1
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        return 130
     except typer.Abort:
         err.print("hpdm: aborted", highlight=False, markup=False)
-        sys.exit(130)
+        return 130
     except _ParseError as e:
         if type(e).__name__ == "NoArgsIsHelpError":                # bare `hpdm`: typer printed the help
             line = "no command given: run one of the commands listed above, e.g. 'hpdm train tiny'"
         else:
             line = _parse_error_line(e)
         err.print(f"hpdm: error: {line}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except Exception as e:                                                # noqa: BLE001
         if isinstance(e, _USER_ERRORS):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
-            sys.exit(2)
+            return 2
         raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
