@@ -199,6 +199,27 @@ class HPDMNet(nn.Module):
             vec = toks[0][:, 0] + toks[1][:, 0] + (toks[2].mean(1) if len(toks) > 2 else 0)
         return torch.cat(toks, dim=1), vec
 
+    def _level_inputs(self, x, c_noise, offsets, cond, keep, lo: int, context, self_cond):
+        """Per present level l: interface tokens a[l], latents with conditioning tokens z[l], condition vector cv[l]."""
+        B = x.shape[0]
+        a, z, cv = {}, {}, {}
+        for i, l in enumerate(range(lo, lo + x.shape[1])):
+            inp = x[:, i]
+            if self.cfg.fusion == "shallow":            # the lower level's pixels, resampled, as extra channels
+                if l == 0:
+                    low = torch.zeros_like(inp)
+                else:
+                    prev = x[:, i - 1] if i > 0 else context.pixels
+                    low = shallow_context(prev, self.scales.to(offsets.device), offsets, l, self.patch)
+                inp = torch.cat([inp, low], dim=1)
+            a[l] = self.tokenize(inp, l)
+            lat = self.latents.expand(B, -1, -1)
+            if self_cond is not None:
+                lat = lat + self.self_cond_proj(self.self_cond_norm(self_cond[:, i]))
+            toks, cv[l] = self.cond_tokens(c_noise[:, i], l, cond, keep)
+            z[l] = torch.cat([lat, toks], dim=1)
+        return a, z, cv
+
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
                 cond: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None, *,
@@ -226,23 +247,7 @@ class HPDMNet(nn.Module):
             weights = pair_weights(scales, offsets, self.grid, hi)
             coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
 
-        a, z, cv = {}, {}, {}
-        for i, l in enumerate(range(lo, hi)):
-            inp = x[:, i]
-            if self.cfg.fusion == "shallow":
-                if l == 0:
-                    low = torch.zeros_like(inp)
-                else:
-                    prev = x[:, i - 1] if i > 0 else context.pixels
-                    low = shallow_context(prev, scales, offsets, l, self.patch)
-                inp = torch.cat([inp, low], dim=1)
-            a[l] = self.tokenize(inp, l)
-            lat = self.latents.expand(B, -1, -1)
-            if self_cond is not None:
-                lat = lat + self.self_cond_proj(self.self_cond_norm(self_cond[:, i]))
-            toks, cv[l] = self.cond_tokens(c_noise[:, i], l, cond, keep)
-            z[l] = torch.cat([lat, toks], dim=1)
-
+        a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond)
         collected = {l: {} for l in range(lo, hi)} if collect else None
         for b, block in enumerate(self.blocks):
             levels = [l for l in range(lo, min(self.load[b], hi))]
@@ -258,8 +263,7 @@ class HPDMNet(nn.Module):
                 ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
                 fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
-                for j, l in enumerate(range(first, stop)):
-                    a[l] = fused[j]
+                a.update({l: fused[j] for j, l in enumerate(range(first, stop))})
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])
             xc = None
