@@ -168,8 +168,7 @@ def read_clip(clip) -> ClipReading:
     x = a.astype(np.float32)
     # 1. background: a first guess from all pixels, then per pixel over the frames away from the object
     bg0 = np.median(x.reshape(-1, 3), axis=0)
-    near_obj = _dilate(np.linalg.norm(x - bg0, axis=-1) > _OBJECT_DISTANCE)
-    away = ~near_obj
+    away = ~_dilate(np.linalg.norm(x - bg0, axis=-1) > _OBJECT_DISTANCE)
     bg_global = np.median(x[away], axis=0) if away.any() else bg0
     bg_pix = _masked_median(x, away, bg_global)
     bi, _ = _nearest(bg_global, _BACKGROUND_RGB)
@@ -183,18 +182,53 @@ def read_clip(clip) -> ClipReading:
     if not cand.any():
         reading.reason = "no object: no pixel differs from the background by half the minimum contrast"
         return reading
-    dc = dist[cand]
-    core = cand & (dist >= np.median(dc))
-    obj = np.median(x[core], axis=0)
+    obj = np.median(x[cand & (dist >= np.median(dist[cand]))], axis=0)
     ci, cd = _nearest(obj, _COLOUR_RGB)
     reading.object_rgb = tuple(float(v) for v in obj)
     reading.colour = _COLOUR_NAMES[ci] if cd <= MAX_COLOUR_DISTANCE else "none"
     reading.colour_distance = cd
-    # 3. coverage alpha: projection on the background -> object line, on each frame's largest component
+    # 3. coverage alpha: projection on the background -> object line; per frame, its largest component
     span = obj[None, None] - bg_pix
     alpha = np.clip(np.einsum("thwc,hwc->thw", diff, span) / np.maximum((span * span).sum(-1), 1.0)[None], 0, 1)
-    centres, areas, votes, fit, ious = [], [], {}, {}, []
-    inside = outside = 0
+    track = _track(alpha, cand, m)
+    found = [k for k, c in enumerate(track.centres) if c is not None]
+    reading.found_frames = len(found)
+    if len(found) < max(1, (t + 1) // 2):
+        reading.reason = (f"no object: an object of plausible size was found in {len(found)} of {t} frames "
+                          f"(need at least half)")
+        return reading
+    reading.clutter = track.outside / max(track.inside + track.outside, 1)
+    reading.valid = reading.clutter <= MAX_CLUTTER
+    if not reading.valid:
+        reading.reason = (f"no single object: {100 * reading.clutter:.0f}% of the pixels that differ from the "
+                          f"background lie outside the largest blob")
+    reading.area_cv = float(np.std(track.areas) / np.mean(track.areas))
+    reading.shape_votes = track.votes
+    reading.shape_iou = float(np.mean(track.ious))
+    best = max(track.votes, key=lambda s: (track.votes[s], track.fit[s]))  # majority of frames; ties: better fit
+    reading.shape = best if reading.shape_iou >= MIN_SHAPE_IOU else "none"
+    # 4. direction: least-squares slope of the centroid over time
+    reading.displacement, reading.direction = _direction(found, track.centres, t, m)
+    return reading
+
+
+@dataclass
+class _Track:
+    """The object followed frame by frame: centroids (None where not found), areas and shape votes."""
+
+    centres: list
+    areas: list = field(default_factory=list)
+    votes: dict = field(default_factory=dict)       # shape name -> frames voting for it
+    fit: dict = field(default_factory=dict)         # shape name -> summed IoU of its votes
+    ious: list = field(default_factory=list)
+    inside: int = 0                                 # object-coloured pixels inside / outside the blob
+    outside: int = 0
+
+
+def _track(alpha: np.ndarray, cand: np.ndarray, m: int) -> _Track:
+    """Follow the largest component of coverage alpha [T, H, W] > 0.5 through the frames of plausible size."""
+    t, h, w = alpha.shape
+    track = _Track(centres=[])
     lo, hi = _MIN_AREA * m * m, _MAX_AREA * h * w
     ys, xs = np.mgrid[:h, :w]
     for k in range(t):
@@ -203,51 +237,36 @@ def read_clip(clip) -> ClipReading:
         ak = np.where(blob, alpha[k], 0.0)
         area = float(ak.sum())
         if not (lo <= area and comp.sum() <= hi):
-            centres.append(None)
+            track.centres.append(None)
             continue
         n_in = int((cand[k] & blob).sum())
-        inside, outside = inside + n_in, outside + int(cand[k].sum()) - n_in
+        track.inside += n_in
+        track.outside += int(cand[k].sum()) - n_in
         cx, cy = float((ak * xs).sum() / area), float((ak * ys).sum() / area)
-        centres.append((cx, cy))
-        areas.append(area)
+        track.centres.append((cx, cy))
+        track.areas.append(area)
         name, iou = _frame_shape(ak, cx, cy, area)
-        votes[name] = votes.get(name, 0) + 1
-        fit[name] = fit.get(name, 0.0) + iou
-        ious.append(iou)
-    found = [k for k, c in enumerate(centres) if c is not None]
-    reading.found_frames = len(found)
-    if len(found) < max(1, (t + 1) // 2):
-        reading.reason = (f"no object: an object of plausible size was found in {len(found)} of {t} frames "
-                          f"(need at least half)")
-        return reading
-    reading.clutter = outside / max(inside + outside, 1)
-    reading.valid = reading.clutter <= MAX_CLUTTER
-    if not reading.valid:
-        reading.reason = (f"no single object: {100 * reading.clutter:.0f}% of the pixels that differ from the "
-                          f"background lie outside the largest blob")
-    reading.area_cv = float(np.std(areas) / np.mean(areas))
-    reading.shape_votes = votes
-    reading.shape_iou = float(np.mean(ious))
-    best = max(votes, key=lambda s: (votes[s], fit[s]))  # majority of frames; a tie goes to the better fit
-    reading.shape = best if reading.shape_iou >= MIN_SHAPE_IOU else "none"
-    # 4. direction: least-squares slope of the centroid over time
-    if len(found) >= 2:
-        ts = np.array(found, np.float64)
-        cs = np.array([centres[k] for k in found], np.float64)
-        tc = ts - ts.mean()
-        slope = (tc[:, None] * (cs - cs.mean(0))).sum(0) / (tc * tc).sum()
-        dx, dy = (float(v) * (t - 1) for v in slope)
-        reading.displacement = (dx, dy)
-        major, minor = (abs(dx), abs(dy)) if abs(dx) >= abs(dy) else (abs(dy), abs(dx))
-        if major < MIN_TRAVEL * m or major < MIN_AXIS_RATIO * minor:
-            reading.direction = "none"
-        elif abs(dx) >= abs(dy):
-            reading.direction = "right" if dx > 0 else "left"
-        else:
-            reading.direction = "down" if dy > 0 else "up"
-    else:
-        reading.direction = "none"
-    return reading
+        track.votes[name] = track.votes.get(name, 0) + 1
+        track.fit[name] = track.fit.get(name, 0.0) + iou
+        track.ious.append(iou)
+    return track
+
+
+def _direction(found: list, centres: list, t: int, m: int):
+    """(displacement (dx, dy) over the clip, direction name) from the centroids' least-squares slope."""
+    if len(found) < 2:
+        return (float("nan"), float("nan")), "none"
+    ts = np.array(found, np.float64)
+    cs = np.array([centres[k] for k in found], np.float64)
+    tc = ts - ts.mean()
+    slope = (tc[:, None] * (cs - cs.mean(0))).sum(0) / (tc * tc).sum()
+    dx, dy = (float(v) * (t - 1) for v in slope)
+    major, minor = (abs(dx), abs(dy)) if abs(dx) >= abs(dy) else (abs(dy), abs(dx))
+    if major < MIN_TRAVEL * m or major < MIN_AXIS_RATIO * minor:
+        return (dx, dy), "none"
+    if abs(dx) >= abs(dy):
+        return (dx, dy), "right" if dx > 0 else "left"
+    return (dx, dy), "down" if dy > 0 else "up"
 
 
 def parse_shapes_caption(caption: str) -> dict:
