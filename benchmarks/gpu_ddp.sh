@@ -7,11 +7,7 @@
 # The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
 set -uo pipefail
 OUT=${OUT:-out/ddp}; mkdir -p "$OUT"
-WHL=${WHL:-out/gpu/whl}
-export HPDM_BENCH_SITE=${HPDM_BENCH_SITE:-/tmp/hpdm-bench-site}
-mkdir -p "$HPDM_BENCH_SITE"
-python3 -c 'import tomli_w' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HPDM_BENCH_SITE" "$WHL"/tomli_w-*.whl
-export PYTHONPATH=$HPDM_BENCH_SITE:$PWD
+source benchmarks/gpu_env.sh
 # NVLink multicast stays off on this host.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 LOG="$OUT/log.txt"

@@ -15,8 +15,7 @@
 #   EVAL_ARGS=--no-fvd bash benchmarks/gpu_shapes_quality.sh "a:$BASE" "b:$BASE model.num_latents=128"
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import tomli_w" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --target /tmp/site out/gpu/whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [ $# -gt 0 ] || set -- "default:"
