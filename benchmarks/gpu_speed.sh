@@ -2,11 +2,12 @@
 # One GPU call (nvidia-h200, < 9 minutes): training speed of recipes/ucf.toml against the RIN peer
 # (eager and compiled, bf16, in one run), the host time of a step's random draw, sampling speed (hw
 # overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32), and training memory against
-# resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files);
-# a short table at the end.
+# resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files:
+# log.txt, summary.txt, six JSON/PNG); a short table at the end. Compiled sampling is timed apart from
+# its compile time. Stage limits (s): PEER_S 270, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 90.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
-# Stage limits (seconds) can be lowered: PEER_S, SAMPLE_S, MEMORY_S. TINY=1 runs every stage at toy
+# The stage limits can be lowered (not to 0: that disables the limit). TINY=1 runs every stage at toy
 # sizes (eager only), a CPU check of the script itself.
 # The device copy of the checkout may have no .git: pass the commit as HPDM_COMMIT=<sha>.
 set -uo pipefail
@@ -17,7 +18,7 @@ LOG="$OUT/log.txt"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-} 2>&1 | tee "$OUT/gpu.txt"
+} 2>&1 | tee "$LOG"
 T0=$SECONDS
 if [ -n "${TINY:-}" ]; then
   PEER=(--tiny --modes eager); SAMPLE=(recipes/tiny.toml --batch 1 --sample-steps 2,1,1); MEMORY=(--tiny)
@@ -25,15 +26,18 @@ else
   PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps 8,4,2); MEMORY=()
 fi
 echo "== training: ours vs rin-pytorch (eager, compiled)" | tee -a "$LOG"
-timeout "${PEER_S:-330}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
+timeout "${PEER_S:-270}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
   --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
 echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
 timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
 echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${SAMPLE_S:-80}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
   --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
+echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout "${SAMPLE_COMPILED_S:-120}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+  --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
 echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${MEMORY_S:-120}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
+timeout "${MEMORY_S:-90}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
   --png "$OUT/memory_vs_resolution.png" --json "$OUT/memory_vs_resolution.json" 2>&1 | tee -a "$LOG"
 echo "== done in $((SECONDS - T0)) s" | tee -a "$LOG"
 python3 benchmarks/speed_summary.py "$OUT" 2>&1 | tee "$OUT/summary.txt"

@@ -1,8 +1,8 @@
 """The short table at the end of benchmarks/gpu_speed.sh, from the JSON files it wrote into one folder.
 
   python3 benchmarks/speed_summary.py OUT_DIR
-Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json
-(`hpdm bench --sampling --json`) and memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
+Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json and
+sampling_compiled.json (`hpdm bench --sampling [--compile] --json`) and memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
 a missing or failed part is named.
 """
 
@@ -44,12 +44,14 @@ def summary(folder: str | Path) -> str:
     if draw is not None:
         lines.append(f"host time of a step's random draw (batch {draw['batch']}): {draw['cpu_ms']:.1f} ms on the CPU, "
                      f"{draw['to_device_ms']:.1f} ms onto {draw['device']}")
-    samp = _load(folder, "sampling.json")
-    if samp is None:
-        lines.append("sampling: no sampling.json (see log.txt)")
-    else:
+    for name in ("sampling.json", "sampling_compiled.json"):
+        samp = _load(folder, name)
+        if samp is None:
+            lines.append(f"sampling: no {name} (see log.txt)")
+            continue
         for r in samp:
-            lines.append(f"sampling {r['overlap']} cache={r['cache']} batch {r['batch']}: "
+            how = f", compiled (compile {r['compile_s']:.0f} s apart)" if r.get("compiled") else ""
+            lines.append(f"sampling {r['overlap']} cache={r['cache']} batch {r['batch']}{how}: "
                          f"{r['s_per_video']:.3f} s/video at {r['steps']} steps, "
                          f"est. {r['s_per_video_full_steps_est']:.2f} s/video at {r['full_steps']}, "
                          f"peak {r['peak_mem_GiB']:.1f} GiB")

@@ -141,6 +141,7 @@ BENCH_CASES = {
     "--sample-steps too few": (["--sampling", "--sample-steps", "2"], "expected 3 per-level"),
     "--overlap without --sampling": (["--overlap", "hw"], "--sampling"),
     "--cache-only without --sampling": (["--cache-only"], "--sampling"),
+    "--compile without --sampling": (["--compile"], "train.compile"),
     "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
     "--json into a missing folder": (["--json", "{tmp}/no/such/dir/b.json"], "does not exist"),

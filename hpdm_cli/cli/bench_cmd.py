@@ -24,6 +24,8 @@ def bench(
     overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings (fhw,hw,...,none)."),
     compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
     sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
+    compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "
+                                                          "reported apart)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
@@ -32,7 +34,7 @@ def bench(
     from ..drivers.bench import run_bench
     rows = run_bench(recipe, overrides or [], sampling=sampling, steps=steps, warmup=warmup, batch=batch,
                      ablations=ablations, precision=precision, overlap=overlap, compare_cache=compare_cache,
-                     sample_steps=sample_steps, json_out=json_out)
+                     sample_steps=sample_steps, compile=compile, json_out=json_out)
     table = Table(title="hpdm bench: sampling (seconds per video)" if sampling else "hpdm bench: training")
     table.add_column("")
     for i in range(len(rows)):

@@ -41,7 +41,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = False, steps: Optional[int] = None,
               warmup: Optional[int] = None, batch: Optional[int] = None, ablations: bool = False,
               precision: Optional[str] = None, overlap: Optional[str] = None, compare_cache: bool = True,
-              sample_steps: Optional[str] = None, json_out: Optional[Path] = None) -> list[dict]:
+              sample_steps: Optional[str] = None, compile: bool = False,
+              json_out: Optional[Path] = None) -> list[dict]:
     """`hpdm bench`: time training (or, with `sampling`, generation) of a recipe; one row per variant.
 
     `precision`, `overlap` and `sample_steps` are the comma-separated option values; options left
@@ -49,7 +50,7 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
     are refused, not ignored. The rows are also written to `json_out`.
     """
     _check_mode(sampling, steps=steps, warmup=warmup, ablations=ablations, overlap=overlap,
-                compare_cache=compare_cache, sample_steps=sample_steps)
+                compare_cache=compare_cache, sample_steps=sample_steps, compile=compile)
     if json_out is not None:
         _check_json_target(json_out)
     precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
@@ -61,7 +62,8 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
         given = dict(batch=batch, precision=precisions[0] if precisions else None,
                      overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
                      steps=_sample_steps(sample_steps) if sample_steps is not None else None)
-        rows = bench_sampling(rec, compare_cache=compare_cache, **{k: v for k, v in given.items() if v is not None})
+        rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile,
+                              **{k: v for k, v in given.items() if v is not None})
     else:
         given = dict(steps=steps, warmup=warmup)
         rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions,
@@ -72,7 +74,7 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
 
 
 def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, compare_cache: bool,
-                sample_steps) -> None:
+                sample_steps, compile: bool = False) -> None:
     """Refuse options of the other mode: they would be ignored without a word."""
     if sampling:
         given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--ablations", ablations or None))
@@ -83,10 +85,12 @@ def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, comp
                               "(--sample-steps sets the sampler's steps)")
     else:
         given = [o for o, v in (("--overlap", overlap), ("--sample-steps", sample_steps),
-                                ("--cache-only", None if compare_cache else True)) if v is not None]
+                                ("--cache-only", None if compare_cache else True), ("--compile", compile or None))
+                 if v is not None]
         if given:
+            hint = " (training compiles with train.compile=true)" if compile else ""
             raise ConfigError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} with --sampling: "
-                              f"add --sampling or drop {'them' if len(given) > 1 else 'it'}")
+                              f"add --sampling or drop {'them' if len(given) > 1 else 'it'}{hint}")
 
 
 def _csv(value: str, option: str, example: str) -> list:
@@ -270,13 +274,15 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
-                   precision: str = "bf16", tile_batch: int = 64) -> list[dict]:
+                   precision: str = "bf16", tile_batch: int = 64, compile: bool = False) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting, with (and unless `compare_cache` is off,
     without) caching.
 
     Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
     per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
     generation time linearly to the recipe's full step counts (cache building does not scale).
+    With `compile` the network runs through torch.compile: one untimed one-step pass per setting
+    compiles every graph first (its seconds are the row's `compile_s`).
     """
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
@@ -299,12 +305,18 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     for ov in overlaps or [recipe.pyramid.overlap]:
         for cache in ((True, False) if compare_cache else (True,)):
             sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=ov, cache=cache,
-                                          tile_batch=tile_batch, autocast=autocast)
+                                          tile_batch=tile_batch, autocast=autocast, compile=compile)
+            t0 = time.perf_counter()
+            if compile:                                     # every graph (each level, its cache) compiled here
+                sampler.sample(list(range(batch)), cond, steps=[1] * L, guidance=1.0)
+            compile_s = time.perf_counter() - t0
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
             rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device))
+            if compile:
+                rows[-1].update(compiled=True, compile_s=compile_s)
     return rows
 
 

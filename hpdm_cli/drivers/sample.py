@@ -227,7 +227,7 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
                   levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
                   guidance: Optional[float] = None, overlap: Optional[str] = None, cache: bool = True,
                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
-                  bf16: bool = False, keep_levels: bool = False,
+                  bf16: bool = False, keep_levels: bool = False, compile: bool = False,
                   progress: Optional[Progress] = None) -> SampleOutput:
     """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.
 
@@ -241,7 +241,7 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
     batch = int(recipe.sample.batch_size if batch is None else batch)
     seeds = [int(s) for s in seeds]
     condition = condition or Condition()
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile)
     chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
     out = SampleOutput(seeds=seeds, videos=[], levels=[] if keep_levels else None, seconds=[0.0] * (last + 1),
                        level=last)
@@ -267,7 +267,8 @@ def check_finite(videos: torch.Tensor, what: str) -> None:
                             "the checkpoint (was its training stable?); nothing was written")
 
 
-def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16) -> HierarchicalSampler:
+def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
+                 compile: bool = False) -> HierarchicalSampler:
     """The hierarchical sampler for `net` with these options (GenerateError for a bad --overlap or tiling)."""
     if overlap is not None:
         try:
@@ -279,7 +280,8 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16)
         device = p.device if p is not None else torch.device("cpu")
     try:
         return HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=overlap, tile_batch=tile_batch,
-                                   cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None)
+                                   cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None,
+                                   compile=compile)
     except ValueError as e:
         raise GenerateError(f"cannot tile this model's levels with --overlap {overlap}: {e}") from None
 
@@ -322,7 +324,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              batch: Optional[int] = None, steps=None, guidance: Optional[float] = None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
              device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
-             progress: Optional[Progress] = None, warn: Optional[Log] = None,
+             compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
@@ -358,7 +360,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         return report
     res = sample_videos(net, recipe, mine, cond, levels=last, steps=nsteps, guidance=guidance, overlap=overlap,
                         cache=cache, offload=offload, batch=batch, tile_batch=tile_batch, device=info.device,
-                        bf16=bf16, progress=progress)
+                        bf16=bf16, compile=compile, progress=progress)
     report.files = write_outputs(paths, res, out_fps, gif=gif, png=png)
     report.seconds = res.seconds
     return report

@@ -111,6 +111,7 @@ class _Chunk:
     offsets: torch.Tensor                  # [n, l+1, 3]
     cond: Optional[torch.Tensor]
     keep: Optional[torch.Tensor]
+    n: int = 0                             # real rows: the first n (the rest repeat the last row, `compile`)
 
 
 @dataclass
@@ -131,10 +132,23 @@ class HierarchicalSampler:
 
     def __init__(self, net, diffusion: DiffusionConfig, sample: SampleConfig, device=None, *,
                  overlap: Optional[str] = None, tile_batch: int = 64, cache: bool = True, offload: bool = False,
-                 autocast: Optional[torch.dtype] = None, dtype: torch.dtype = torch.float32):
+                 autocast: Optional[torch.dtype] = None, dtype: torch.dtype = torch.float32,
+                 compile: bool = False):
         """`net` is an HPDMNet (its `pyramid` and `cfg` give the levels and the model); `diffusion` and
-        `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance)."""
+        `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance).
+
+        `compile` runs the network through `torch.compile`, every forward padded to `tile_batch` rows
+        (the last chunk repeats its last row; the extra outputs are dropped), so that each level
+        compiles once for denoising and once for its cache: worth it for many videos, not one.
+        """
         self.net = net
+        self.compiled = bool(compile)
+        if self.compiled:
+            import torch._dynamo as dynamo
+            # One graph per (level, collect) and per caller shape: allow them all without falling back.
+            key = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo.config, key, max(getattr(dynamo.config, key), 4 * net.pyramid.num_levels + 8))
+            self.net = torch.compile(net, dynamic=False)
         self.pyramid, self.model = net.pyramid, net.cfg
         self.diffusion, self.sample_cfg = diffusion, sample
         self.dtype = dtype                      # canvases, noise and offsets (float64 for reference runs)
@@ -258,6 +272,8 @@ class HierarchicalSampler:
         for r0 in range(0, total, self.tile_batch):
             r1 = min(total, r0 + self.tile_batch)
             rows = torch.arange(r0, r1, device=self.device)
+            if self.compiled and r1 - r0 < self.tile_batch:             # one shape per level: pad
+                rows = torch.cat([rows, rows[-1:].expand(self.tile_batch - (r1 - r0))])
             g, t = rows // T, rows % T
             anc = [lt.ancestors[t, k] for k in range(level)]
             cache_rows = [(g * self.tiles[k].num_tiles + a).to(self._storage) for k, a in enumerate(anc)]
@@ -265,7 +281,7 @@ class HierarchicalSampler:
                 rows=(r0, r1), g=g, b=g % run.B, t=t, anc=anc, cache_rows=cache_rows,
                 offsets=self.chain_offsets[level][t],
                 cond=None if run.cond is None else run.cond[g],
-                keep=None if run.keep is None else run.keep[g]))
+                keep=None if run.keep is None else run.keep[g], n=r1 - r0))
         return out
 
     def _context(self, run: _Run, level: int, ch: _Chunk) -> Optional[LevelContext]:
@@ -294,18 +310,14 @@ class HierarchicalSampler:
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           input_scale=self._scales[level][level:],
                           lo=level, context=self._context(run, level, ch), collect=collect)
-            if collect:
-                return res.out[:, 0], res.collected[level]
-            return res.out[:, 0]
+            return _real_rows(res, 0, level, collect, ch.n)
         lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
         xs = torch.stack(lower + [xt], dim=1)
         sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
         sig[:, level] = float(sigma)
         res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                       input_scale=self._scales[level], collect=collect)
-        if collect:
-            return res.out[:, level], res.collected[level]
-        return res.out[:, level]
+        return _real_rows(res, level, level, collect, ch.n)
 
     def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
@@ -316,7 +328,7 @@ class HierarchicalSampler:
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
             for ch in chunks:
-                lt.scatter_add(acc, ch.g, ch.t, self._eval(run, level, ch, x, sigma))
+                lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n], self._eval(run, level, ch, x, sigma))
             out = lt.finish(acc)
             if G > B:
                 cond, uncond = out[:B], out[B:]
@@ -340,3 +352,10 @@ class HierarchicalSampler:
             torch.cuda.synchronize(self.device)
         return store
 
+
+def _real_rows(res, index: int, level: int, collect: bool, n: int):
+    """D of the chunk's real rows (level at `index` of the output), with their collected activations."""
+    out = res.out[:n, index]
+    if not collect:
+        return out
+    return out, {blk: a[:n] for blk, a in res.collected[level].items()}
