@@ -635,8 +635,13 @@ def _resume(state: _ModelState, ck: dict, recipe: Recipe, dist: DistInfo, say) -
 
 
 def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
-    """What the steps call: the network, compiled if train.compile, wrapped in DDP when distributed."""
-    model = torch.compile(net) if recipe.train.compile else net
+    """What the steps call: the network wrapped in DDP when distributed, then compiled if train.compile.
+
+    DDP goes inside the compiled module, so that the compiler splits the graph at DDP's gradient
+    buckets and each bucket's all-reduce overlaps the rest of the backward pass (compiling the
+    network inside DDP would hand all gradients over only at the end of one fused backward).
+    """
+    model = net
     if dist.distributed:
         # DDP must know about parameters that get no gradient: the self-conditioning projection on
         # steps without a self-conditioning pass, and any parameter a training step leaves unused
@@ -647,7 +652,7 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=recipe.model.self_condition or bool(unused))
-    return model
+    return torch.compile(model) if recipe.train.compile else model
 
 
 def _training_condition(recipe: Recipe, batches: "Batches", run_dir: Path, dist: DistInfo,
