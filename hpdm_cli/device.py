@@ -7,6 +7,9 @@
   visible and the CPU otherwise, "cpu" is the CPU, "cuda" is the GPU of this process's local
   rank (or the current GPU when no rank is given), and "cuda:N" is GPU N.
 
+* `to_device(t, device)`: a host tensor onto the device; onto a GPU through pinned memory, so the
+  copy is queued instead of waiting for the work already queued on the GPU.
+
 A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
 with one line that names the option (`--device` or `train.device`) and what to use instead.
 
@@ -24,7 +27,7 @@ from .errors import HPDMError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device"]
+__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device", "to_device"]
 
 _FORMS = "auto, cpu, cuda or cuda:N"
 
@@ -112,3 +115,18 @@ def resolve_device(spec: Union[str, "torch.device", None] = "auto", local_rank: 
     if dev.index >= count:
         raise DeviceError(f"{_named(option, text)}: only {count} CUDA device(s) visible")
     return dev
+
+
+def to_device(t: "torch.Tensor", device) -> "torch.Tensor":
+    """Move `t` to `device`; a host tensor goes to a GPU from pinned memory without waiting for queued GPU work.
+
+    A plain copy from pageable host memory waits for everything queued on the GPU, so a training
+    step's host-side draws would stall the host once per step.
+    """
+    import torch
+    if device is None:
+        return t
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)

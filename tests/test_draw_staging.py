@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hpdm_cli.config import DiffusionConfig
-from hpdm_cli.diffusion.edm import _host_to, _staged, draw_noise
+from hpdm_cli.device import to_device
+from hpdm_cli.diffusion.edm import _staged, draw_noise
 
 
 def _reference_draw(cfg, shape, seed):
@@ -36,7 +37,7 @@ def test_only_cpu_draws_sent_to_a_gpu_are_staged():
     assert _staged(g, "cuda") and _staged(g, torch.device("cuda", 0))
     assert not _staged(g, "cpu") and not _staged(g, None) and not _staged(None, "cuda")
     t = torch.arange(4.0)
-    assert _host_to(t, "cpu", staged=False) is t
+    assert to_device(t, "cpu") is t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: pinned staging")

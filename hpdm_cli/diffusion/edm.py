@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from ..config import DiffusionConfig
+from ..device import to_device
 
 
 def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -91,20 +92,9 @@ class LossOutput:
 
 
 def _staged(generator, device) -> bool:
-    """Whether draws made on a CPU generator go to a GPU (then they are staged in pinned host memory)."""
+    """Whether draws made on a CPU generator go to a GPU (then they are drawn into pinned host memory)."""
     return (generator is not None and generator.device.type == "cpu" and device is not None
             and torch.device(device).type == "cuda")
-
-
-def _host_to(t: torch.Tensor, device, staged: bool) -> torch.Tensor:
-    """Move a drawn tensor to `device`; a staged one is copied from pinned memory without waiting for the GPU.
-
-    A plain host-to-GPU copy from pageable memory waits for all work queued on the GPU, so each
-    draw would stall the host once per training step; a copy from pinned memory is queued instead.
-    """
-    if not staged:
-        return t.to(device)
-    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
@@ -118,8 +108,7 @@ def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=No
         ctx = use[:, None] & (torch.arange(levels, device=g_dev)[None] < split[:, None])
         sigma = torch.where(ctx, torch.full_like(sigma, cfg.context_sigma), sigma)
         weight = (~ctx).float()
-    staged = _staged(generator, device)
-    return _host_to(sigma, device, staged), _host_to(weight, device, staged)
+    return to_device(sigma, device), to_device(weight, device)
 
 
 @dataclass
@@ -141,11 +130,10 @@ def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, se
     staged = _staged(generator, device)
     sigma, weight = sample_sigmas(cfg, B, L, generator=generator, device=device)
     # The values of torch.randn(shape, generator=...), drawn straight into (pinned) host memory.
-    noise = torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator)
-    noise = _host_to(noise, device, staged)
+    noise = to_device(torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator), device)
     keep = None
     if conditional and cfg.cond_dropout > 0:
-        keep = _host_to(torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout, device, staged)
+        keep = to_device(torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout, device)
     use_sc = self_condition and bool(torch.rand((), generator=generator, device=g_dev) < cfg.self_cond_prob)
     return NoiseDraw(sigma, weight, noise, keep, use_sc)
 

@@ -42,7 +42,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Recipe
-from ..device import DeviceError
+from ..device import DeviceError, to_device
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..errors import HPDMError
 from ..model.flops import train_step_flops
@@ -775,7 +775,7 @@ class _Steps:
         shape = (self.micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
         out = []
         for _ in range(t.grad_accum):
-            offsets = sample_nested_offsets(rec.pyramid, self.micro, generator=gen).to(dev)
+            offsets = to_device(sample_nested_offsets(rec.pyramid, self.micro, generator=gen), dev)
             out.append((offsets, draw_noise(rec.diffusion, shape, conditional=self.conditional,
                                             self_condition=rec.model.self_condition, generator=gen, device=dev)))
         return out
