@@ -238,6 +238,7 @@ class Batches:
         R = recipe.pyramid.resolution
         d = recipe.data
         n_img = int(round(micro * d.image_fraction)) if d.image_path else 0
+        self.micro = micro
         self.n_vid, self.n_img = micro - n_img, n_img
         self.loaders, self.captions, self.class_names = [], [], []
         self.caption_sources = []                                         # dataset of each part of `captions`
@@ -680,7 +681,7 @@ class _Steps:
         self.params = [p for p in state.net.parameters()]
         self.step, self.skipped, self.streak = state.start, state.skipped, 0   # streak: consecutive skipped
         self.t_last, self.n_last = 0.0, 0                                  # throughput since the last log
-        self.micro = recipe.train.batch_size // dist.world_size // recipe.train.grad_accum
+        self.micro = batches.micro                                         # samples per micro-batch and rank
         self.conditional = recipe.model.cond == "class" or text_emb is not None
         self._pending: Optional[tuple[int, list]] = None                   # (step, draws) drawn ahead
 
@@ -692,9 +693,8 @@ class _Steps:
         if self.stats.note:
             self.say(self.stats.note)
         self.t_last = time.perf_counter()
-        micro = t.batch_size // dist.world_size // t.grad_accum
         self.say(f"training {sum(p.numel() for p in self.params) / 1e6:.1f}M parameters on {dist.world_size} x "
-                 f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {micro} x "
+                 f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {self.micro} x "
                  f"accum {t.grad_accum})")
         try:
             with StopFlag() as stop, self.stats.progress(start, t.steps, enabled=progress and dist.is_main,
