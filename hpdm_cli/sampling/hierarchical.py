@@ -111,7 +111,7 @@ class _Chunk:
     offsets: torch.Tensor                  # [n, l+1, 3]
     cond: Optional[torch.Tensor]
     keep: Optional[torch.Tensor]
-    n: int = 0                             # real rows: the first n (the rest repeat the last row, `compile`)
+    n: int                                 # real rows: the first n (the rest repeat the last row, `compile`)
 
 
 @dataclass
