@@ -134,6 +134,7 @@ class ModelConfig:
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
     self_condition: bool = False                        # RIN latent self-conditioning.
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
+    pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""
@@ -259,6 +260,8 @@ class Recipe:
             raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\" or \"grid\"")
         if m.fusion not in ("deep", "shallow", "none"):
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
+        if m.pos_embed not in ("learned", "sincos"):
+            raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\" or \"sincos\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
         hidden = int(min(m.interface_dim, m.latent_dim) * m.mlp_ratio)

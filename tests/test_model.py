@@ -49,6 +49,7 @@ CONFIGS = {
     "text cond, self-cond": dict(cond="text", text_dim=12, text_tokens=3, self_condition=True),
     "adaptive norm, linear load": dict(load="linear", adaptive_norm=True),
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
+    "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
 }
 
 
@@ -313,3 +314,33 @@ def test_checkpoint_with_fusions_of_level0_blocks_still_loads_and_resumes():
         assert torch.equal(got[k], want[k]), k
     for k, v in ema2.state_dict().items():
         assert torch.equal(v, ema.state_dict()[k]), k
+
+
+def test_sincos_positions_tell_every_token_apart_at_unit_scale():
+    """model.pos_embed = "sincos": distinct, bounded features; neighbours closer than far tokens on every axis."""
+    from hpdm_cli.model.network import sincos_positions
+    grid = (4, 8, 8)
+    t = sincos_positions(grid, 128).view(*grid, 128)
+    assert t.abs().max() <= 1 and 0.3 < t.pow(2).mean() < 0.7        # unit scale, not a 0.02 table
+    flat = t.reshape(-1, 128)
+    d = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
+    assert d.min() > 0.5                                               # no two tokens alike
+    for axis, n in enumerate(grid):
+        idx = [0, 0, 0]
+        far = list(idx)
+        far[axis] = n - 1
+        near = list(idx)
+        near[axis] = 1
+        assert (t[tuple(idx)] - t[tuple(near)]).norm() < (t[tuple(idx)] - t[tuple(far)]).norm()
+    odd = sincos_positions((3, 5, 7), 100)                               # widths that do not split evenly
+    assert odd.shape == (105, 100) and torch.isfinite(odd).all()
+
+
+def test_sincos_positions_change_the_output_but_not_the_weights():
+    """The fixed table is a buffer outside the state dict: same weights, other positions -> other output."""
+    learned, fixed = tiny_recipe(), tiny_recipe(pos_embed="sincos")
+    a, b = HPDMNet(learned.pyramid, learned.model), HPDMNet(fixed.pyramid, fixed.model)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(randomize(a).state_dict())
+    x, c_noise, off, c = make_inputs(learned)
+    assert not torch.allclose(a(x, c_noise, off, c).out, b(x, c_noise, off, c).out)

@@ -150,6 +150,7 @@ def test_int_accepted_for_float():
     ({"model": {"load": [1, 1, 2, 2, 2, 2]}}, "model.load"),                                 # misses last level (L=3)
     ({"model": {"load": "quadratic"}}, "model.load"),
     ({"model": {"fusion": "medium"}}, "model.fusion"),
+    ({"model": {"pos_embed": "rope"}}, "model.pos_embed"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),

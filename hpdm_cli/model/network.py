@@ -81,6 +81,35 @@ class LevelContext:
     pixels: Optional[torch.Tensor] = None
 
 
+def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """Fixed sine-cosine features [f*h*w, dim] of each token's (frame, row, column) index in a patch.
+
+    The channels are split over the three axes (an even share each, the remainder to the width
+    axis). An axis of n tokens gets sin and cos of (index + 1/2) * w_k, the frequencies w_k falling
+    geometrically from pi (neighbours in opposite phase) to pi / n (half a period over the patch),
+    so every pair of tokens differs and near tokens are alike. Values are in [-1, 1]: the table
+    starts at the scale of a unit-variance token, not at the 0.02 of the learned one.
+    """
+    share = [2 * (dim // 6)] * 2
+    share.append(dim - sum(share))
+    feats = []
+    for n, c in zip(grid, share):
+        half = c // 2
+        idx = torch.arange(n, dtype=torch.float64) + 0.5
+        k = torch.arange(half, dtype=torch.float64)
+        freqs = math.pi * torch.exp2(-k * math.log2(max(n, 2)) / max(half - 1, 1))
+        ang = idx[:, None] * freqs[None]
+        axis = torch.cat([ang.sin(), ang.cos()], dim=1)
+        if c % 2:
+            axis = torch.cat([axis, torch.zeros(n, 1, dtype=axis.dtype)], dim=1)
+        feats.append(axis)
+    f, h, w = grid
+    table = torch.cat([feats[0][:, None, None].expand(f, h, w, -1),
+                       feats[1][None, :, None].expand(f, h, w, -1),
+                       feats[2][None, None, :].expand(f, h, w, -1)], dim=-1)
+    return table.reshape(f * h * w, dim).float()
+
+
 class FourierFeatures(nn.Module):
     """Random Fourier features of a scalar (fixed frequencies stored as a buffer)."""
 
@@ -116,6 +145,10 @@ class HPDMNet(nn.Module):
         in_ch = C * (2 if model.fusion == "shallow" else 1)
         self.tokenizer = init_linear(nn.Linear(in_ch * math.prod(self.tok), D))
         self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
+        if model.pos_embed == "sincos":   # fixed, unit-scale positions under the learned table (docs/method.md, section 6)
+            self.register_buffer("pos_fixed", sincos_positions(self.grid, D), persistent=False)
+        else:
+            self.pos_fixed = None
         self.level_embed = nn.Parameter(torch.randn(L, D) * 0.02)
 
         self.latents = nn.Parameter(torch.randn(model.num_latents, Dz) * 0.02)
@@ -163,7 +196,8 @@ class HPDMNet(nn.Module):
         """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
         tf, th, tw = self.tok
         t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
-        return self.tokenizer(t) + self.pos_embed + self.level_embed[level]
+        pos = self.pos_embed if self.pos_fixed is None else self.pos_embed + self.pos_fixed
+        return self.tokenizer(t) + pos + self.level_embed[level]
 
     def detokenize(self, a: torch.Tensor) -> torch.Tensor:
         """Interface tokens [B, N, d] -> patch pixels [B, C, f, h, w]."""
