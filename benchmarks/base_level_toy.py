@@ -6,7 +6,7 @@ clips, then reports the one-step denoising error mean((D(x + sigma eps; sigma) -
 held-out clips at sigma 0.5, 1, 2, 5 (docs/results.md, section 4).
     python benchmarks/base_level_toy.py STEPS NAME:key=val,key=val ...
 keys: M (latents), Dz (latent width), D (interface width), opt (adamw|lamb), lr, pmean, pstd, batch,
-pos (initial std of the learned position embedding), pe (model.pos_embed: learned|sincos).
+pos (initial std of the learned position embedding), pe (model.pos_embed: learned|sincos), conv (model.interface_conv: 0|1).
 """
 import json
 import sys
@@ -30,7 +30,7 @@ y = torch.tensor([v[2] for v in vids]) % 128
 xtr, ytr, xte, yte = x[:1280], y[:1280], x[1280:], y[1280:]
 for spec in sys.argv[2:]:
     name, _, kv = spec.partition(":")
-    o = dict(M=16, Dz=64, D=64, opt="adamw", lr=2e-3, pmean=-1.2, pstd=1.2, batch=32, pos=0.02, pe="learned")
+    o = dict(M=16, Dz=64, D=64, opt="adamw", lr=2e-3, pmean=-1.2, pstd=1.2, batch=32, pos=0.02, pe="learned", conv=0)
     for item in filter(None, kv.split(",")):
         k, v = item.split("=")
         o[k] = type(o[k])(v) if not isinstance(o[k], str) else v
@@ -38,7 +38,7 @@ for spec in sys.argv[2:]:
                  model=ModelConfig(tokenizer=(1, 2, 2), interface_dim=o["D"], latent_dim=o["Dz"], num_latents=o["M"],
                                    num_blocks=4, compute_layers=1, head_dim=32, mlp_ratio=3.0, load="none",
                                    cond="class", num_classes=128, adaptive_norm=True,
-                                   pos_embed=o["pe"]),
+                                   pos_embed=o["pe"], interface_conv=bool(o["conv"])),
                  diffusion=DiffusionConfig(p_mean=o["pmean"], p_std=o["pstd"])).validate()
     torch.manual_seed(0)
     net = HPDMNet(rec.pyramid, rec.model)

@@ -135,6 +135,7 @@ class ModelConfig:
     self_condition: bool = False                        # RIN latent self-conditioning.
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
     pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
+    interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""

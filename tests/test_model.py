@@ -50,6 +50,7 @@ CONFIGS = {
     "adaptive norm, linear load": dict(load="linear", adaptive_norm=True),
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
+    "interface conv, linear load": dict(interface_conv=True, load="linear"),
 }
 
 

@@ -25,6 +25,7 @@ def block_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     read = 2 * S * Dz * Dz + 2 * N * D * 2 * Dz + 4 * S * N * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz
     compute = m.compute_layers * (2 * S * Dz * 3 * Dz + 4 * S * S * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz)
     write = 2 * N * D * D + 2 * S * Dz * 2 * D + 4 * N * S * D + 2 * N * D * D + 4 * N * D * hd
+    write += 2 * N * D * 27 if m.interface_conv else 0                  # depthwise 3x3x3 convolution
     return read + compute + write
 
 

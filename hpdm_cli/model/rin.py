@@ -4,8 +4,11 @@ Interface tokens x [B, N, d] carry the (tokenised) patch; latents z [B, M + C, d
 learned latents followed by the conditioning tokens. A block
   * reads:    z += CrossAttn(LN(z) -> LN(x)); z += MLP(LN(z))
   * computes: K times { z += SelfAttn(LN(z)); z += MLP(LN(z)) }
-  * writes:   x += CrossAttn(LN(x) -> LN(z)); x += MLP(LN(x))
+  * writes:   x += CrossAttn(LN(x) -> LN(z)); [x += DWConv(x)]; x += MLP(LN(x))
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
+The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
+docs/method.md section 6) lets neighbouring tokens exchange information directly instead of only
+through the latents; it is zero-initialised, so a new block starts as the plain RIN block.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class RINBlock(nn.Module):
     """Read (latents <- interface), K compute layers on the latents, write (interface <- latents)."""
 
     def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
-                 adaptive_norm: bool = False):
+                 adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None):
         super().__init__()
         # Adaptive LayerNorm on every latent sub-layer (scale and shift from the conditioning
         # vector, zero-initialised so that a new block starts as the plain one).
@@ -62,6 +65,11 @@ class RINBlock(nn.Module):
         self.write_norm_x = nn.LayerNorm(interface_dim)
         self.write_norm_z = nn.LayerNorm(latent_dim)
         self.write = Attention(interface_dim, latent_dim, head_dim)
+        self.conv_grid = conv_grid                       # token grid (f, h, w) of a patch, with interface_conv
+        if conv_grid is not None:
+            self.conv = nn.Conv3d(interface_dim, interface_dim, 3, padding=1, groups=interface_dim)
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
         self.write_mlp_norm = nn.LayerNorm(interface_dim)
         self.write_mlp = MLP(interface_dim, mlp_ratio)
 
@@ -76,5 +84,8 @@ class RINBlock(nn.Module):
         for i, layer in enumerate(self.compute):
             z = layer(z, None if mod is None else mod[4 + 4 * i:8 + 4 * i])
         x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
+        if self.conv_grid is not None:
+            g = x.transpose(1, 2).unflatten(2, self.conv_grid)              # [B, d, f, h, w]
+            x = x + self.conv(g).flatten(2).transpose(1, 2)
         x = x + self.write_mlp(self.write_mlp_norm(x))
         return x, z
