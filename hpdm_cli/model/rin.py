@@ -7,7 +7,7 @@ learned latents followed by the conditioning tokens. A block
   * writes:   x += CrossAttn(LN(x) -> LN(z)); [x += DWConv(x)]; x += MLP(LN(x))
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
 The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
-docs/method.md section 6) lets neighbouring tokens exchange information directly instead of only
+docs/method.md section 4) lets neighbouring tokens exchange information directly instead of only
 through the latents; it is zero-initialised, so a new block starts as the plain RIN block.
 """
 
