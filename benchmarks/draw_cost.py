@@ -1,10 +1,11 @@
 """Host time of a training step's random draw (patch offsets + noise), which sits before the step's first kernel.
 
-A step draws its nested patch offsets and its noise on a CPU generator (per-step seeded, so runs
-resume exactly) and copies them to the device. This times that part alone, as `hpdm bench` and
-`hpdm train` do it (median of --repeat draws, milliseconds): drawn for the CPU, and drawn and
-queued for the device. Compare with the step time of `hpdm bench` to see what drawing the next
-step's randomness while the current step runs would save.
+A step draws its nested patch offsets and sigmas on a CPU generator (per-step seeded, so runs
+resume exactly) and copies them to the device; its noise comes either from that generator too
+(train.noise_on = "host") or from a device generator seeded from it ("device", the default). This
+times that part alone, as `hpdm bench` and `hpdm train` do it (median of --repeat draws,
+milliseconds): host noise drawn for the CPU, host noise drawn and queued for the device, and
+device noise. Compare with the step time of `hpdm bench`.
   python3 benchmarks/draw_cost.py --json out/draw_cost.json
 """
 
@@ -20,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def time_draws(recipe, batch: int, device, repeat: int) -> float:
+def time_draws(recipe, batch: int, device, repeat: int, noise_on_device: bool = False) -> float:
     """Median milliseconds of one step's offsets + noise draw onto `device` (the device synchronised after)."""
     import torch
     from hpdm_cli.diffusion.edm import draw_noise
@@ -34,7 +35,8 @@ def time_draws(recipe, batch: int, device, repeat: int) -> float:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         sample_nested_offsets(recipe.pyramid, batch, generator=g).to(device)
-        draw_noise(recipe.diffusion, shape, conditional=recipe.model.cond != "none", generator=g, device=device)
+        draw_noise(recipe.diffusion, shape, conditional=recipe.model.cond != "none", generator=g, device=device,
+                   noise_on_device=noise_on_device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:                                                                 # the first one warms up
@@ -57,9 +59,10 @@ def main(argv=None) -> int:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     row = {"recipe": a.recipe, "batch": a.batch, "threads": torch.get_num_threads(),
            "cpu_ms": time_draws(rec, a.batch, torch.device("cpu"), a.repeat),
-           "device": str(dev), "to_device_ms": time_draws(rec, a.batch, dev, a.repeat)}
-    print(f"step draw ({Path(a.recipe).name}, batch {a.batch}): {row['cpu_ms']:.1f} ms on the CPU, "
-          f"{row['to_device_ms']:.1f} ms onto {dev}")
+           "device": str(dev), "to_device_ms": time_draws(rec, a.batch, dev, a.repeat),
+           "device_noise_ms": time_draws(rec, a.batch, dev, a.repeat, noise_on_device=True)}
+    print(f"step draw ({Path(a.recipe).name}, batch {a.batch}): host noise {row['cpu_ms']:.1f} ms on the CPU, "
+          f"{row['to_device_ms']:.1f} ms onto {dev}; device noise {row['device_noise_ms']:.1f} ms")
     if a.json:
         atomic_write_text(a.json, json.dumps(row, indent=1))
     return 0

@@ -42,8 +42,11 @@ def summary(folder: str | Path) -> str:
             lines.append(f"ours / peer achieved TFLOP/s, {mode}: {analytic:.2f}x ({counted:.2f}x both counted)")
     draw = _load(folder, "draw_cost.json")
     if draw is not None:
-        lines.append(f"host time of a step's random draw (batch {draw['batch']}): {draw['cpu_ms']:.1f} ms on the CPU, "
-                     f"{draw['to_device_ms']:.1f} ms onto {draw['device']}")
+        line = (f"host time of a step's random draw (batch {draw['batch']}): {draw['cpu_ms']:.1f} ms on the CPU, "
+                f"{draw['to_device_ms']:.1f} ms onto {draw['device']}")
+        if "device_noise_ms" in draw:
+            line += f"; noise drawn on the device: {draw['device_noise_ms']:.1f} ms"
+        lines.append(line)
     for name in ("sampling.json", "sampling_compiled.json"):
         samp = _load(folder, name)
         if samp is None:

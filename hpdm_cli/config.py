@@ -188,6 +188,7 @@ class TrainConfig:
     ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
     compile: bool = False                # torch.compile the model.
+    noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu", "cuda".
     log_every: int = 10                  # Steps between stats lines.
@@ -270,6 +271,8 @@ class Recipe:
             raise ConfigError(f"model.mlp_ratio = {m.mlp_ratio}: gives an MLP of width {hidden}; "
                               "expected a ratio that gives at least 1 hidden unit")
         t = self.train
+        if t.noise_on not in ("device", "host"):
+            raise ConfigError(f"train.noise_on = {t.noise_on!r}: expected \"device\" or \"host\"")
         if t.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"train.precision = {t.precision!r}: expected \"fp32\", \"tf32\" or \"bf16\"")
         if t.device not in ("auto", "cpu", "cuda"):

@@ -48,3 +48,29 @@ def test_a_staged_draw_on_the_gpu_equals_the_cpu_draw():
     gpu = draw_noise(cfg, shape, conditional=True, generator=torch.Generator().manual_seed(7), device="cuda")
     for a, b in ((cpu.sigma, gpu.sigma), (cpu.weight, gpu.weight), (cpu.noise, gpu.noise), (cpu.keep, gpu.keep)):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+
+
+def test_noise_on_device_keeps_the_small_draws_and_is_reproducible():
+    """train.noise_on = "device": sigmas and splits as on the host; noise from a seeded device generator."""
+    cfg = DiffusionConfig(context_prob=0.5, cond_dropout=0.3)
+    shape = (64, 3, 3, 2, 4, 4)
+
+    def draw(seed):
+        return draw_noise(cfg, shape, conditional=True, generator=torch.Generator().manual_seed(seed), device="cpu",
+                          noise_on_device=True)
+    a, b, other = draw(7), draw(7), draw(8)
+    sigma, weight, host_noise, _ = _reference_draw(cfg, shape, 7)
+    assert torch.equal(a.sigma, sigma) and torch.equal(a.weight, weight)          # drawn before the noise
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.keep, b.keep)          # same step, same values
+    assert not torch.equal(a.noise, other.noise) and not torch.equal(a.noise, host_noise)
+    assert abs(a.noise.mean()) < 0.05 and abs(a.noise.std() - 1) < 0.05          # standard normal
+    assert a.keep.dtype == torch.bool and a.noise.shape == shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_noise_on_device_is_drawn_on_the_gpu_and_reproducible():
+    cfg = DiffusionConfig(context_prob=0.5, cond_dropout=0.3)
+    shape = (6, 3, 3, 2, 4, 4)
+    a, b = (draw_noise(cfg, shape, conditional=True, generator=torch.Generator().manual_seed(7), device="cuda",
+                       noise_on_device=True) for _ in range(2))
+    assert a.noise.device.type == "cuda" and torch.equal(a.noise, b.noise)

@@ -290,6 +290,7 @@ def test_every_number_is_range_checked():
     ("train.min_lr_ratio=1.5", "train.min_lr_ratio = 1.5: expected a finite number in [0, 1]"),
     ("train.seed=-3", "train.seed = -3: expected an integer in [0, 4294967295]"),
     ("train.device=\"gpu\"", "train.device = 'gpu': expected \"auto\", \"cpu\" or \"cuda\""),
+    ("train.noise_on=\"gpu\"", "train.noise_on = 'gpu': expected \"device\" or \"host\""),
     ("diffusion.self_cond_prob=2", "diffusion.self_cond_prob = 2.0: expected a finite number in [0, 1]"),
     ("diffusion.context_sigma=nan", "diffusion.context_sigma = nan: expected a finite number > 0"),
     ("data.fps=0", "data.fps = 0.0: expected a finite number > 0"),

@@ -123,14 +123,25 @@ class NoiseDraw:
 
 
 def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, self_condition: bool = False,
-               generator: Optional[torch.Generator] = None, device=None) -> NoiseDraw:
-    """Draw a step's randomness for patches of `shape` [B, L, C, f, h, w] from `generator`."""
+               generator: Optional[torch.Generator] = None, device=None, noise_on_device: bool = False) -> NoiseDraw:
+    """Draw a step's randomness for patches of `shape` [B, L, C, f, h, w] from `generator`.
+
+    With `noise_on_device` the noise (by far the largest draw) comes from a generator of `device`
+    seeded from `generator`: no host work and no copy, the same values on every run on that kind
+    of device, but other values on a CPU than on a GPU. Otherwise every value comes from
+    `generator` itself, identical whichever device the step then runs on.
+    """
     B, L = shape[:2]
     g_dev = generator.device if generator is not None else device
     staged = _staged(generator, device)
     sigma, weight = sample_sigmas(cfg, B, L, generator=generator, device=device)
-    # The values of torch.randn(shape, generator=...), drawn straight into (pinned) host memory.
-    noise = to_device(torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator), device)
+    if noise_on_device and generator is not None:
+        seed = int(torch.randint(0, 2 ** 62, (), generator=generator))
+        dev = torch.device(device) if device is not None else g_dev
+        noise = torch.randn(shape, generator=torch.Generator(device=dev).manual_seed(seed), device=dev)
+    else:
+        # The values of torch.randn(shape, generator=...), drawn straight into (pinned) host memory.
+        noise = to_device(torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator), device)
     keep = None
     if conditional and cfg.cond_dropout > 0:
         keep = to_device(torch.rand(B, generator=generator, device=g_dev) >= cfg.cond_dropout, device)

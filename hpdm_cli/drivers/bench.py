@@ -226,7 +226,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
         t0 = time.perf_counter()
         offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
-                          conditional=cond is not None, generator=g, device=device)
+                          conditional=cond is not None, generator=g, device=device,
+                          noise_on_device=rec.train.noise_on == "device")
         forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
         opt.step()
         opt.zero_grad(set_to_none=True)

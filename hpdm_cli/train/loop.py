@@ -79,8 +79,8 @@ class TrainSummary:
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The generator of all random choices of (seed, rank, step): reproducible across resumes.
 
-    Always a CPU generator (draws are moved to the device afterwards), so a step draws the same
-    numbers on any device.
+    Always a CPU generator: the offsets, sigmas and dropout it draws are moved to the device, so
+    they are the same on any device; the noise follows train.noise_on (`draw_noise`).
     """
     g = torch.Generator(device="cpu")
     g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2 ** 63 - 1))
@@ -777,7 +777,8 @@ class _Steps:
         for _ in range(t.grad_accum):
             offsets = to_device(sample_nested_offsets(rec.pyramid, self.micro, generator=gen), dev)
             out.append((offsets, draw_noise(rec.diffusion, shape, conditional=self.conditional,
-                                            self_condition=rec.model.self_condition, generator=gen, device=dev)))
+                                            self_condition=rec.model.self_condition, generator=gen, device=dev,
+                                            noise_on_device=t.noise_on == "device")))
         return out
 
     def _update(self, bad: bool) -> None:
