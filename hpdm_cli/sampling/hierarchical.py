@@ -26,11 +26,14 @@ Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows
 (keep=False); D = D_u + w (D_c - D_u) on the merged canvas. Lower-level activations depend on
 the condition, so caches hold both halves.
 
-Randomness. A sample depends only on its seed: each seed gets its own CPU generators (tensors
-are then moved to the device), one stream per (seed, level, purpose) derived with NumPy's
-SeedSequence: purpose 0 draws the level's sampler noise, purpose 1 its context noise eps_l. So
-level l's noise does not depend on how earlier levels were made (their step counts, or whether
-they were generated or given as `fixed`): upscaling a run's own level 0 reproduces that run.
+Randomness. A sample depends only on its seed: each seed gets its own CPU generators, one stream
+per (seed, level, purpose) derived with NumPy's SeedSequence: purpose 0 draws the level's sampler
+noise, purpose 1 its context noise eps_l. So level l's noise does not depend on how earlier levels
+were made (their step counts, or whether they were generated or given as `fixed`): upscaling a
+run's own level 0 reproduces that run. On a CPU the canvases are drawn from these generators; on
+a GPU each canvas comes from a GPU generator seeded by the next number of the seed's CPU stream
+(no host draw and copy of whole canvases: the same video on every GPU run, other noise than a
+CPU run).
 """
 
 from __future__ import annotations
@@ -259,9 +262,16 @@ class HierarchicalSampler:
         return time.perf_counter()
 
     def _noise(self, gens: list, shape: tuple) -> Callable[[], torch.Tensor]:
-        """Standard normal canvases [B, *shape], each sample from its own generator."""
-        def draw():
-            return torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in gens]).to(self.device)
+        """Standard normal canvases [B, *shape], each sample from its own generator (see Randomness above)."""
+        dev = self.device
+        if dev.type == "cpu":
+            def draw():
+                return torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in gens])
+        else:
+            def draw():
+                seeds = [int(torch.randint(0, 2 ** 62, (), generator=g)) for g in gens]
+                return torch.stack([torch.randn(shape, generator=torch.Generator(dev).manual_seed(s), device=dev,
+                                                dtype=self.dtype) for s in seeds])
         return draw
 
     def _chunks(self, run: _Run, level: int) -> list[_Chunk]:
