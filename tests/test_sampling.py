@@ -220,6 +220,7 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="deep", load="linear"), 2.0, "hw", torch.float64),
     (dict(fusion="shallow", load=[1, 1, 2, 3]), 2.0, "fhw", torch.float64),
     (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 2.0, "w", torch.float64),
+    (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "fhw", torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
     """Invariant 7: activation caching and per-call recomputation of the lower levels give the same video."""
@@ -259,6 +260,36 @@ def test_sample_depends_only_on_its_seed(dtype):
     for l in range(3):
         assert (both.videos[l][1] - alone.videos[l][0]).abs().max() < TOL[dtype]
         assert (both.videos[l][0] - both.videos[l][1]).abs().max() > 0.1
+
+
+def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
+    """model.self_condition: every evaluation after a level's first gets the latents the previous one returned."""
+    net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)
+    calls, forward = [], net.forward
+
+    def spy(*args, **kw):
+        res = forward(*args, **kw)
+        calls.append((kw.get("lo", 0), kw.get("self_cond"), res.latents, kw.get("collect", False)))
+        return res
+    monkeypatch.setattr(net, "forward", spy)
+    out = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), guidance=2.0, steps=[3, 2, 1], tile_batch=64)
+    level0 = [c for c in calls if c[0] == 0 and not c[3]]
+    assert len(level0) == 5 and level0[0][1] is None                  # 3 Heun steps: 5 evaluations
+    for prev, cur in zip(level0, level0[1:]):
+        assert torch.equal(cur[1][0], prev[2][:, 0].to(cur[1][0].dtype))  # one tile: rows line up
+    cache0 = [c for c in calls if c[0] == 0 and c[3]]
+    assert len(cache0) == 1 and torch.equal(cache0[0][1][0], level0[-1][2][:, 0])
+    later = [c for c in calls if c[0] == 1 and not c[3]]              # 2 Heun steps: 3 evaluations of all chunks
+    per = len(later) // 3
+    assert len(later) == 3 * per and [c[1] is None for c in later] == [True] * per + [False] * (2 * per)
+
+    monkeypatch.setattr(net, "forward", forward)
+    plain = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), guidance=2.0, steps=[3, 2, 1], tile_batch=64)
+    net.self_cond_proj.weight.data.zero_()
+    net.self_cond_proj.bias.data.zero_()                                 # the self-conditioning path cut
+    cut = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), guidance=2.0, steps=[3, 2, 1], tile_batch=64)
+    assert torch.equal(out.videos[0], plain.videos[0])
+    assert (out.videos[0] - cut.videos[0]).abs().max() > 1e-3             # it changes the sample
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: canvases drawn by GPU generators")

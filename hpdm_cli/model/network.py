@@ -249,8 +249,10 @@ class HPDMNet(nn.Module):
                 inp = torch.cat([inp, low], dim=1)
             a[l] = self.tokenize(inp, l)
             lat = self.latents.expand(B, -1, -1)
-            if self_cond is not None:
-                lat = lat + self.self_cond_proj(self.self_cond_norm(self_cond[:, i]))
+            sc = self_cond if self_cond is None else (self_cond[i] if isinstance(self_cond, (list, tuple))
+                                                      else self_cond[:, i])
+            if sc is not None:
+                lat = lat + self.self_cond_proj(self.self_cond_norm(sc))
             toks, cv[l] = self.cond_tokens(c_noise[:, i], l, cond, keep)
             z[l] = torch.cat([lat, toks], dim=1)
         return a, z, cv
@@ -267,7 +269,8 @@ class HPDMNet(nn.Module):
         offsets: patch offsets [B, lo+n, 3] of levels 0..lo+n-1 (lower levels' too);
         cond: class ids [B] or text embeddings [B, T, E]; keep: bool [B], False = drop the
         condition (classifier-free guidance); context: lower levels' activations when lo > 0;
-        self_cond: previous latents [B, n, M, d_z]. Returns F [B, n, C, f, h, w] (`out`), the
+        self_cond: previous latents [B, n, M, d_z], or a list over the n levels of [B, M, d_z] or None
+        (None: that level has no previous latents). Returns F [B, n, C, f, h, w] (`out`), the
         latents [B, n, M, d_z] if `return_latents`, and if `collect` the activations finer levels
         read (`collected`: level -> {block: [B, N, d]} for the blocks of `reading_blocks`).
         """

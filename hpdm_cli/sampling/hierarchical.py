@@ -26,6 +26,11 @@ Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows
 (keep=False); D = D_u + w (D_c - D_u) on the merged canvas. Lower-level activations depend on
 the condition, so caches hold both halves.
 
+Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
+tile also returns its latents, and the next evaluation of that tile is given them (the first one
+of a level gets none, as in training's plain passes); finished lower levels keep their last
+step's latents, which their cache (or, with `cache=False`, their recomputation) is given.
+
 Randomness. A sample depends only on its seed: each seed gets its own CPU generators, one stream
 per (seed, level, purpose) derived with NumPy's SeedSequence: purpose 0 draws the level's sampler
 noise, purpose 1 its context noise eps_l. So level l's noise does not depend on how earlier levels
@@ -128,6 +133,7 @@ class _Run:
     keep: Optional[torch.Tensor]           # [G] bool, None without guidance
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
+    latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
 
 
 class HierarchicalSampler:
@@ -176,6 +182,7 @@ class HierarchicalSampler:
                         for l in range(self.num_levels)]
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
+        self.self_cond = bool(self.model.self_condition)
 
     # ----------------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int], cond=None, *, guidance: Optional[float] = None,
@@ -310,24 +317,53 @@ class HierarchicalSampler:
                          for k in range(level)]
         return LevelContext(acts=acts)
 
-    def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False):
-        """Denoise one chunk's tiles of canvas x at `sigma`: D [n, C, r...] (plus collected activations)."""
+    def _self_cond(self, run: _Run, levels: Sequence[int], level: int, ch: _Chunk) -> Optional[list]:
+        """Latent self-conditioning input of a chunk: per present level, its rows' latest latents (or None).
+
+        Level `level`'s latents are those of the previous evaluation of the same tile (RIN's latent
+        self-conditioning at inference); a finished lower level's are its last step's, read at the
+        ancestor tile. None when the model has no self-conditioning or nothing has been evaluated yet.
+        """
+        if not self.self_cond:
+            return None
+        out = []
+        for k in levels:
+            lat = run.latents.get(k)
+            if lat is not None:
+                rows = ch.g * self.tiles[k].num_tiles + (ch.t if k == level else ch.anc[k])
+                lat = lat.index_select(0, rows)
+            out.append(lat)
+        return None if all(v is None for v in out) else out
+
+    def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False,
+              latents_out: Optional[torch.Tensor] = None):
+        """Denoise one chunk's tiles of canvas x at `sigma`: D [n, C, r...] (plus collected activations).
+
+        With `latents_out` [G * T, M, d_z], the chunk's latents of `level` are written to its rows.
+        """
         d = self.diffusion
         xt = self.tiles[level].gather(x, ch.b, ch.t)
         n = xt.shape[0]
+        lat = dict(return_latents=latents_out is not None)
         if self.cache or level == 0:
             sig = torch.full((n, 1), float(sigma), device=self.device, dtype=self.dtype)
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
-                          input_scale=self._scales[level][level:],
-                          lo=level, context=self._context(run, level, ch), collect=collect)
-            return _real_rows(res, 0, level, collect, ch.n)
-        lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
-        xs = torch.stack(lower + [xt], dim=1)
-        sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
-        sig[:, level] = float(sigma)
-        res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
-                      input_scale=self._scales[level], collect=collect)
-        return _real_rows(res, level, level, collect, ch.n)
+                          input_scale=self._scales[level][level:], lo=level, context=self._context(run, level, ch),
+                          collect=collect, self_cond=self._self_cond(run, [level], level, ch), **lat)
+            index = 0
+        else:
+            lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
+            xs = torch.stack(lower + [xt], dim=1)
+            sig = torch.full((n, level + 1), d.context_sigma, device=self.device, dtype=self.dtype)
+            sig[:, level] = float(sigma)
+            res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
+                          input_scale=self._scales[level], collect=collect,
+                          self_cond=self._self_cond(run, range(level + 1), level, ch), **lat)
+            index = level
+        if latents_out is not None:
+            r0, r1 = ch.rows
+            latents_out[r0:r1] = res.latents[:ch.n, index].to(latents_out.dtype)
+        return _real_rows(res, index, level, collect, ch.n)
 
     def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
@@ -337,8 +373,12 @@ class HierarchicalSampler:
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
+            new = (x.new_empty(G * lt.num_tiles, self.model.num_latents, self.model.latent_dim)
+                   if self.self_cond else None)
             for ch in chunks:
-                lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n], self._eval(run, level, ch, x, sigma))
+                lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n], self._eval(run, level, ch, x, sigma, latents_out=new))
+            if new is not None:                      # every tile's latents, for the next evaluation
+                run.latents[level] = new
             out = lt.finish(acc)
             if G > B:
                 cond, uncond = out[:B], out[B:]

@@ -1,0 +1,49 @@
+"""Faithfulness of a shapes model's base level alone, on training and held-out prompts.
+
+Is a base level that ignores shape and direction failing to generate, or failing to generalise to
+prompt combinations it never saw? Level 0 (one tile) is sampled for N prompts of each split and
+read by the faithfulness reader (docs/results.md, section 5). Runs on a CPU in minutes:
+    python benchmarks/base_level_faithfulness.py hpdm_cli/assets/shapes-t2v.safetensors --num 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def main(argv=None) -> int:
+    """Print one JSON line per split: valid, colour, shape, direction and background rates of level 0."""
+    import torch
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, render_real
+    from hpdm_cli.eval.faithfulness import score_clips
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text or class model")
+    ap.add_argument("--num", type=int, default=64, help="prompts per split")
+    ap.add_argument("--splits", default="train,heldout")
+    ap.add_argument("--tables", default="hpdm_cli/assets,out/gpu/shapes_prompts.safetensors",
+                    help="comma-separated prompt tables or folders holding them")
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    net, recipe, info = load_generator(a.ckpt, a.device)
+    search = [p for p in a.tables.split(",") if p]
+    for split in a.splits.split(","):
+        real = render_real(a.num, 0, tuple(recipe.pyramid.resolution), split)
+        cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, search))
+        base = generate_rows(net, recipe, list(range(a.num)), cond, batch=64, guidance=None, steps=None,
+                             overlap="none", device=info.device, bf16=False, levels=1, log=lambda s: None)
+        sc = score_clips(base, real.captions)
+        print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num,
+                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background")}}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
