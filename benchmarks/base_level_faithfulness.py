@@ -19,7 +19,6 @@ sys.path.insert(0, str(HERE.parent))
 
 def main(argv=None) -> int:
     """Print one JSON line per split: valid, colour, shape, direction and background rates of level 0."""
-    import torch
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, render_real
     from hpdm_cli.eval.faithfulness import score_clips
@@ -29,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default="train,heldout")
     ap.add_argument("--tables", default="hpdm_cli/assets,out/gpu/shapes_prompts.safetensors",
                     help="comma-separated prompt tables or folders holding them")
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance (default: the recipe's)")
+    ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     net, recipe, info = load_generator(a.ckpt, a.device)
@@ -36,10 +37,11 @@ def main(argv=None) -> int:
     for split in a.splits.split(","):
         real = render_real(a.num, 0, tuple(recipe.pyramid.resolution), split)
         cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, search))
-        base = generate_rows(net, recipe, list(range(a.num)), cond, batch=64, guidance=None, steps=None,
+        base = generate_rows(net, recipe, list(range(a.num)), cond, batch=64, guidance=a.guidance,
+                             steps=None if a.steps is None else [a.steps] * recipe.pyramid.num_levels,
                              overlap="none", device=info.device, bf16=False, levels=1, log=lambda s: None)
         sc = score_clips(base, real.captions)
-        print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num,
+        print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance, "steps": a.steps,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background")}}),
               flush=True)
     return 0

@@ -6,7 +6,8 @@ clips, then reports the one-step denoising error mean((D(x + sigma eps; sigma) -
 held-out clips at sigma 0.5, 1, 2, 5 (docs/results.md, section 4).
     python benchmarks/base_level_toy.py STEPS NAME:key=val,key=val ...
 keys: M (latents), Dz (latent width), D (interface width), opt (adamw|lamb), lr, pmean, pstd, batch,
-pos (initial std of the learned position embedding), pe (model.pos_embed: learned|sincos), conv (model.interface_conv: 0|1).
+pos (initial std of the learned position embedding), pe (model.pos_embed: learned|sincos),
+conv (model.interface_conv: 0|1).
 """
 import json
 import sys

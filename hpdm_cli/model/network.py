@@ -145,7 +145,7 @@ class HPDMNet(nn.Module):
         in_ch = C * (2 if model.fusion == "shallow" else 1)
         self.tokenizer = init_linear(nn.Linear(in_ch * math.prod(self.tok), D))
         self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
-        if model.pos_embed == "sincos":   # fixed, unit-scale positions under the learned table (docs/method.md, section 4)
+        if model.pos_embed == "sincos":   # fixed unit-scale positions under the learned table (docs/method.md, 4)
             self.register_buffer("pos_fixed", sincos_positions(self.grid, D), persistent=False)
         else:
             self.pos_fixed = None
