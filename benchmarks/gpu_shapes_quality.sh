@@ -8,6 +8,9 @@
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
 # Results come back as one $OUT/results.tar (per variant: report.json, contact_sheet.png, stats.jsonl) plus,
 # with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors): the device returns at most 8 files.
+# WATCH="--num-clips 128 --batch 64 --bf16" also evaluates every checkpoint while each variant trains
+# (benchmarks/watch_eval.sh; set train.ckpt_every and train.keep_last=0 in the overrides): a
+# faithfulness curve per variant.
 # BASE_SECONDS=N first trains the base level alone (one level 4x16x16, recipe model, BASE_OVERRIDES) into
 # /tmp/run-base for N seconds; a variant then starts from it with train.init_from="/tmp/run-base".
 # The base level alone (one level, 4x16x16: is the backbone able to learn shape and motion?), no FVD:
@@ -38,6 +41,9 @@ for spec in "$@"; do
   ( timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
       --no-progress data.prompt_table='"out/gpu/shapes_prompts.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
     echo "[$name] train exit $?" >> "/tmp/train-$name.log" ) &
+  # shellcheck disable=SC2086
+  [ -z "${WATCH:-}" ] || bash benchmarks/watch_eval.sh "/tmp/run-$name" "$RES/$name/curve" $! $WATCH \
+    > "/tmp/watch-$name.log" 2>&1 &
 done
 wait
 echo "train wall $(( $(date +%s) - t0 )) s"
@@ -55,5 +61,10 @@ wait
 echo "eval wall $(( $(date +%s) - t1 )) s"
 [ -z "${BASE_SECONDS:-}" ] || names=(base "${names[@]}")
 for name in "${names[@]}"; do echo "== eval $name"; grep -v "generated .*clips" "/tmp/eval-$name.log" | tail -n 30; done
+if [ -n "${WATCH:-}" ]; then
+  for name in "${names[@]}"; do
+    [ -f "/tmp/watch-$name.log" ] && { echo "== curve $name"; grep -v "^step-" "/tmp/watch-$name.log" | tail -n 40; }
+  done
+fi
 tar -cf "$OUT/results.tar" -C "$RES" .
 ls -la "$OUT"
