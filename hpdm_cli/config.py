@@ -129,7 +129,7 @@ class ModelConfig:
     context_detach: bool = False                        # Cut gradients from level l into lower levels' context.
     cond: str = "class"                                 # "class", "text" or "none".
     num_classes: int = 101                              # Classes of a class-conditional model.
-    text_encoder: str = "minilm"                        # "minilm" (offline default) or "t5:/local/dir".
+    text_encoder: str = "minilm"                        # "minilm" (offline default), "minilm-tokens", "t5:/dir".
     text_dim: int = 384                                 # Width of text-encoder embeddings.
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
     self_condition: bool = False                        # RIN latent self-conditioning.

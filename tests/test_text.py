@@ -151,6 +151,28 @@ def test_minilm_matches_sentence_transformers(minilm):
     torch.testing.assert_close(minilm.encode(texts)[:, 0], expected, rtol=0, atol=1e-5)
 
 
+def test_minilm_tokens_gives_word_piece_states_that_separate_one_word(minilm):
+    """Spec "minilm-tokens": [B, tokens, 384] last hidden states, padding zeroed; its own family and cache key."""
+    from hpdm_cli.text.encoders import is_sequence_spec, spec_family
+    enc = load_text_encoder("minilm-tokens", tokens=12)
+    left, right = "a red square moving left on a black background", "a red square moving right on a black background"
+    e = enc.encode([left, right, "a red square"])
+    assert e.shape == (3, 12, 384) and (enc.tokens, enc.dim) == (12, 384)
+    n = len(enc.tokenizer("a red square")["input_ids"])                       # [CLS] a red square [SEP]
+    assert e[2, n:].abs().max() == 0 and (e[2, :n].abs().sum(-1) > 0).all()   # padding zeroed, words not
+    torch.testing.assert_close(enc.encode([right])[0], e[1], rtol=0, atol=1e-5)   # batch-independent
+    assert enc.name.startswith("minilm-tokens:all-MiniLM-L6-v2@") and enc.name.split("@")[1] == minilm.name.split("@")[1]
+    assert spec_family("minilm-tokens") == "minilm-tokens:all-MiniLM-L6-v2" != spec_family("minilm")
+    assert is_sequence_spec("minilm-tokens") and is_sequence_spec("t5:/x") and not is_sequence_spec("minilm")
+    # The word that differs stands out far more than in the pooled sentence vector.
+    pooled = minilm.encode([left, right])[:, 0]
+    k = (e[0] - e[1]).norm(dim=-1).argmax()
+    word_cos = torch.nn.functional.cosine_similarity(e[0, k], e[1, k], dim=0)
+    assert word_cos < float(pooled[0] @ pooled[1]) - 0.1
+    with pytest.raises(TextEncoderError, match="tokens=0 for the minilm-tokens encoder"):
+        load_text_encoder("minilm-tokens", tokens=0)
+
+
 # --------------------------------------------------------------------------- cache
 
 

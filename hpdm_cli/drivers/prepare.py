@@ -159,7 +159,7 @@ def _text_plan(spec: Optional[str], rec, explicit: bool) -> TextPlan:
     Default: a text recipe's model.text_encoder, else minilm; either is skipped with a note when it
     cannot load. A spec given with --text-encoder (or --embed-captions) must work.
     """
-    from ..text.encoders import spec_family
+    from ..text.encoders import is_sequence_spec
     from ..text.tables import check_spec
     text_recipe = rec is not None and rec.model.cond == "text"
     explicit = explicit or spec is not None
@@ -168,7 +168,7 @@ def _text_plan(spec: Optional[str], rec, explicit: bool) -> TextPlan:
     spec = spec or (rec.model.text_encoder if text_recipe else "minilm")
     if explicit:
         check_spec(spec)                                # before any work: TextEncoderError (exit 2) if unusable
-    tokens = rec.model.text_tokens if text_recipe and spec_family(spec).startswith("t5:") else None
+    tokens = rec.model.text_tokens if text_recipe and is_sequence_spec(spec) else None
     return TextPlan(spec, explicit, tokens)
 
 

