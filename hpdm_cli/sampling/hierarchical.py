@@ -317,15 +317,17 @@ class HierarchicalSampler:
                          for k in range(level)]
         return LevelContext(acts=acts)
 
-    def _self_cond(self, run: _Run, levels: Sequence[int], level: int, ch: _Chunk) -> Optional[list]:
-        """Latent self-conditioning input of a chunk: per present level, its rows' latest latents (or None).
+    def _self_cond_args(self, run: _Run, levels: Sequence[int], level: int, ch: _Chunk,
+                        latents_out: Optional[torch.Tensor]) -> dict:
+        """The network's self-conditioning arguments for a chunk ({} for a model without self-conditioning).
 
-        Level `level`'s latents are those of the previous evaluation of the same tile (RIN's latent
-        self-conditioning at inference); a finished lower level's are its last step's, read at the
-        ancestor tile. None when the model has no self-conditioning or nothing has been evaluated yet.
+        self_cond: per present level, its rows' latest latents or None. Level `level`'s are those of
+        the previous evaluation of the same tile (RIN's latent self-conditioning at inference); a
+        finished lower level's are its last step's, read at the ancestor tile; None overall when
+        nothing has been evaluated yet. return_latents when the caller keeps them (`latents_out`).
         """
         if not self.self_cond:
-            return None
+            return {}
         out = []
         for k in levels:
             lat = run.latents.get(k)
@@ -333,7 +335,7 @@ class HierarchicalSampler:
                 rows = ch.g * self.tiles[k].num_tiles + (ch.t if k == level else ch.anc[k])
                 lat = lat.index_select(0, rows)
             out.append(lat)
-        return None if all(v is None for v in out) else out
+        return {"self_cond": None if all(v is None for v in out) else out, "return_latents": latents_out is not None}
 
     def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False,
               latents_out: Optional[torch.Tensor] = None):
@@ -344,12 +346,11 @@ class HierarchicalSampler:
         d = self.diffusion
         xt = self.tiles[level].gather(x, ch.b, ch.t)
         n = xt.shape[0]
-        lat = dict(return_latents=latents_out is not None)
         if self.cache or level == 0:
             sig = torch.full((n, 1), float(sigma), device=self.device, dtype=self.dtype)
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           input_scale=self._scales[level][level:], lo=level, context=self._context(run, level, ch),
-                          collect=collect, self_cond=self._self_cond(run, [level], level, ch), **lat)
+                          collect=collect, **self._self_cond_args(run, [level], level, ch, latents_out))
             index = 0
         else:
             lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
@@ -358,7 +359,7 @@ class HierarchicalSampler:
             sig[:, level] = float(sigma)
             res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           input_scale=self._scales[level], collect=collect,
-                          self_cond=self._self_cond(run, range(level + 1), level, ch), **lat)
+                          **self._self_cond_args(run, range(level + 1), level, ch, latents_out))
             index = level
         if latents_out is not None:
             r0, r1 = ch.rows
