@@ -11,6 +11,9 @@
 # WATCH="--num-clips 128 --batch 64 --bf16" also evaluates every checkpoint while each variant trains
 # (benchmarks/watch_eval.sh; set train.ckpt_every and train.keep_last=0 in the overrides): a
 # faithfulness curve per variant.
+# OVERLAPS="none hw fhw" also evaluates the first variant with each sampling overlap (the paper's
+# Table 3 ablation; the reports go to <variant>-overlap-<axes>/). The run ends with one markdown
+# table of every report (benchmarks/quality_table.py).
 # BASE_SECONDS=N first trains the base level alone (one level 4x16x16, recipe model, BASE_OVERRIDES) into
 # /tmp/run-base for N seconds; a variant then starts from it with train.init_from="/tmp/run-base".
 # The base level alone (one level, 4x16x16: is the backbone able to learn shape and motion?), no FVD:
@@ -58,6 +61,12 @@ for name in "${names[@]}"; do
     --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
 done
 wait
+for ov in ${OVERLAPS:-}; do
+  # shellcheck disable=SC2086
+  python3 -m hpdm_cli eval --ckpt "/tmp/run-${names[0]}" --out "$RES/${names[0]}-overlap-$ov" --overlap "$ov" \
+    --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} \
+    > "/tmp/eval-overlap-$ov.log" 2>&1 || tail -n 3 "/tmp/eval-overlap-$ov.log"
+done
 echo "eval wall $(( $(date +%s) - t1 )) s"
 [ -z "${BASE_SECONDS:-}" ] || names=(base "${names[@]}")
 for name in "${names[@]}"; do echo "== eval $name"; grep -v "generated .*clips" "/tmp/eval-$name.log" | tail -n 30; done
@@ -66,5 +75,6 @@ if [ -n "${WATCH:-}" ]; then
     [ -f "/tmp/watch-$name.log" ] && { echo "== curve $name"; grep -v "^step-" "/tmp/watch-$name.log" | tail -n 40; }
   done
 fi
+python3 benchmarks/quality_table.py "$RES"
 tar -cf "$OUT/results.tar" -C "$RES" .
 ls -la "$OUT"

@@ -18,6 +18,7 @@ import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
 import memory_vs_resolution as mvr  # noqa: E402
 import peer_rin  # noqa: E402
+import quality_table  # noqa: E402
 import speed_summary  # noqa: E402
 
 from hpdm_cli.recipe import load_recipe  # noqa: E402
@@ -230,3 +231,19 @@ def test_measure_marks_oom_skips_larger_sizes_and_reports_every_point(monkeypatc
     assert [r["status"] for r in points["unet3d"]] == ["ok", "error", "skipped"]
     assert "32-bit index math" in points["unet3d"][1]["reason"]
     assert seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_quality_table_has_a_row_per_report_and_skips_curve_steps(tmp_path):
+    scores = {"colour": 0.924, "shape": 0.268, "direction": 0.036, "all": 0.005}
+    report = {"step": 3427, "faithfulness": {"generated": scores},
+              "fvd": {"generated": 1623.68, "real_floor": 31.96},
+              "levels": {"level0_generated": {"colour": 0.5, "shape": 0.31, "direction": 0.12},
+                         "upscaled_from_real_level0": {"colour": 1.0, "shape": 0.94, "direction": 1.0}},
+              "loss_gap": {"true": 0.0762, "null": 0.0772}}
+    for where in ("c", "c/curve/step-00000500"):
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "report.json").write_text(json.dumps(report))
+    lines = quality_table.table([str(tmp_path)]).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("| run | step | FVD / floor")
+    assert lines[2] == ("| c | 3427 | 1623.7 / 32.0 | 92.4% | 26.8% | 3.6% | 0.5% | 50 / 31 / 12 | 100 / 94 / 100 "
+                        "| 0.0762 / 0.0772 |")
