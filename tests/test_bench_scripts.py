@@ -247,3 +247,12 @@ def test_quality_table_has_a_row_per_report_and_skips_curve_steps(tmp_path):
     assert len(lines) == 3 and lines[0].startswith("| run | step | FVD / floor")
     assert lines[2] == ("| c | 3427 | 1623.7 / 32.0 | 92.4% | 26.8% | 3.6% | 0.5% | 50 / 31 / 12 | 100 / 94 / 100 "
                         "| 0.0762 / 0.0772 |")
+
+
+@pytest.mark.parametrize("noise_on", ["device", "host"])
+def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
+    """`hpdm bench` times the step as training runs it, noise draw included; the row names where it was drawn."""
+    from hpdm_cli.drivers.bench import bench_training
+    rec = load_recipe(ROOT / "recipes" / "tiny.toml", [f'train.noise_on="{noise_on}"'])
+    row = bench_training(rec, steps=1, warmup=0, batch=2, precisions=["fp32"])[0]
+    assert row["noise_on"] == noise_on and row["batch"] == 2 and row["videos_per_s"] > 0

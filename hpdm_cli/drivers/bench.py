@@ -238,7 +238,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     flops = train_step_flops(rec.pyramid, rec.model) * B
     peak = peak_flops(device, precision)
     return {
-        "variant": name, "precision": precision, "compile": rec.train.compile, "batch": B,
+        "variant": name, "precision": precision, "compile": rec.train.compile, "noise_on": rec.train.noise_on,
+        "batch": B,
         "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
         "step_s": sec, "videos_per_s": B / sec, "peak_mem_GiB": _peak_mem_gib(device),
         "TFLOP_per_video": flops / B / 1e12, "TFLOPs": flops / sec / 1e12,
