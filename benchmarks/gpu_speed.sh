@@ -4,7 +4,8 @@
 # overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32), and training memory against
 # resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files:
 # log.txt, summary.txt, six JSON/PNG); a short table at the end. Compiled sampling is timed apart from
-# its compile time. Stage limits (s): PEER_S 270, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 90.
+# its compile time, and the eager step with the noise drawn on the host as before (train.noise_on).
+# Stage limits (s): PEER_S 270, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 90.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
 # The stage limits can be lowered (not to 0: that disables the limit). TINY=1 runs every stage at toy
@@ -30,6 +31,9 @@ timeout "${PEER_S:-270}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 
   --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
 echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
 timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
+echo "== training step with the noise drawn on the host (train.noise_on=\"host\", eager; compare: ours eager above) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+timeout "${HOST_NOISE_S:-40}" python3 -m hpdm_cli bench "${SAMPLE[0]}" --batch "${HOST_NOISE_BATCH:-16}" --precision bf16 \
+  'train.noise_on="host"' 2>&1 | grep -E "noise_on|step_s|videos_per_s|MFU" | tee -a "$LOG"
 echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
 timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
   --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
