@@ -5,7 +5,7 @@
 # resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files:
 # log.txt, summary.txt, six JSON/PNG); a short table at the end. Compiled sampling is timed apart from
 # its compile time, and the eager step with the noise drawn on the host as before (train.noise_on).
-# Stage limits (s): PEER_S 270, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 90.
+# Stage limits (s): PEER_S 260, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 80.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
 # The stage limits can be lowered (not to 0: that disables the limit). TINY=1 runs every stage at toy
@@ -27,7 +27,7 @@ else
   PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps 8,4,2); MEMORY=()
 fi
 echo "== training: ours vs rin-pytorch (eager, compiled)" | tee -a "$LOG"
-timeout "${PEER_S:-270}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
+timeout "${PEER_S:-260}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
   --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
 echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
 timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
@@ -41,7 +41,7 @@ echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECO
 timeout "${SAMPLE_COMPILED_S:-120}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
   --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
 echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${MEMORY_S:-90}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
+timeout "${MEMORY_S:-80}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
   --png "$OUT/memory_vs_resolution.png" --json "$OUT/memory_vs_resolution.json" 2>&1 | tee -a "$LOG"
 echo "== done in $((SECONDS - T0)) s" | tee -a "$LOG"
 python3 benchmarks/speed_summary.py "$OUT" 2>&1 | tee "$OUT/summary.txt"
