@@ -18,6 +18,7 @@ import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
 import memory_vs_resolution as mvr  # noqa: E402
 import peer_rin  # noqa: E402
+import prompt_word_swap  # noqa: E402
 import quality_table  # noqa: E402
 import speed_summary  # noqa: E402
 
@@ -256,3 +257,12 @@ def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
     rec = load_recipe(ROOT / "recipes" / "tiny.toml", [f'train.noise_on="{noise_on}"'])
     row = bench_training(rec, steps=1, warmup=0, batch=2, precisions=["fp32"])[0]
     assert row["noise_on"] == noise_on and row["batch"] == 2 and row["videos_per_s"] > 0
+
+
+def test_prompt_word_swap_changes_one_object_word_and_keeps_the_background():
+    from hpdm_cli.eval.faithfulness import parse_shapes_caption
+    cap = "a green diamond moving down on a green background"
+    for word in ("colour", "shape", "direction"):
+        new = prompt_word_swap.swapped(cap, word)
+        before, after = parse_shapes_caption(cap), parse_shapes_caption(new)
+        assert [k for k in before if before[k] != after[k]] == [word], (word, new)
