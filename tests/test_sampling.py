@@ -223,7 +223,7 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "fhw", torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
-    """Invariant 7: activation caching and per-call recomputation of the lower levels give the same video."""
+    """docs/method.md, invariant 7: activation caching and per-call recomputation give the same video."""
     net, recipe = small_net(**model)
     net.to(dtype)
     shapes = []
@@ -251,7 +251,7 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sample_depends_only_on_its_seed(dtype):
-    """Invariant 8: seed 5's video is the same generated alone or next to seed 3 (and with other chunking)."""
+    """docs/method.md, invariant 8: seed 5's video is the same alone or next to seed 3 (and with other chunking)."""
     net, recipe = small_net(load=[1, 1, 2, 3])
     net.to(dtype)
     kw = dict(guidance=2.0, steps=[3, 3, 1], dtype=dtype)
@@ -294,7 +294,7 @@ def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: canvases drawn by GPU generators")
 def test_gpu_sample_depends_only_on_its_seed():
-    """On a GPU the noise comes from GPU generators seeded by the seed's streams: invariant 8 still holds."""
+    """On a GPU the noise comes from GPU generators seeded by the seed's streams (docs/method.md, invariant 8)."""
     net, recipe = small_net(load=[1, 1, 2, 3])
     net.cuda()
     kw = dict(guidance=2.0, steps=[3, 3, 1])
