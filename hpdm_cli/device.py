@@ -27,7 +27,7 @@ from .errors import HPDMError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device", "to_device"]
+__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device", "to_device", "randn_on"]
 
 _FORMS = "auto, cpu, cuda or cuda:N"
 
@@ -130,3 +130,15 @@ def to_device(t: "torch.Tensor", device) -> "torch.Tensor":
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def randn_on(device, shape, generator: "torch.Generator", dtype=None) -> "torch.Tensor":
+    """Standard normal `shape` drawn on `device` by a generator of that device seeded from CPU `generator`.
+
+    Only one number is taken from `generator`, so a large draw costs no host work and no copy; the
+    values repeat on every run on that kind of device (a CPU and a GPU give different ones).
+    """
+    import torch
+    device = torch.device(device)
+    seed = int(torch.randint(0, 2 ** 62, (), generator=generator))
+    return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from ..config import DiffusionConfig
-from ..device import to_device
+from ..device import randn_on, to_device
 
 
 def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -136,9 +136,7 @@ def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, se
     staged = _staged(generator, device)
     sigma, weight = sample_sigmas(cfg, B, L, generator=generator, device=device)
     if noise_on_device and generator is not None:
-        seed = int(torch.randint(0, 2 ** 62, (), generator=generator))
-        dev = torch.device(device) if device is not None else g_dev
-        noise = torch.randn(shape, generator=torch.Generator(device=dev).manual_seed(seed), device=dev)
+        noise = randn_on(device if device is not None else g_dev, shape, generator)
     else:
         # The values of torch.randn(shape, generator=...), drawn straight into (pinned) host memory.
         noise = to_device(torch.empty(shape, device=g_dev, pin_memory=staged).normal_(generator=generator), device)

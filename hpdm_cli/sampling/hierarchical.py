@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ..config import DiffusionConfig, ModelConfig, PyramidConfig, SampleConfig
+from ..device import randn_on
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
 from .edm_sampler import edm_sample, edm_sigmas
@@ -276,9 +277,7 @@ class HierarchicalSampler:
                 return torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in gens])
         else:
             def draw():
-                seeds = [int(torch.randint(0, 2 ** 62, (), generator=g)) for g in gens]
-                return torch.stack([torch.randn(shape, generator=torch.Generator(dev).manual_seed(s), device=dev,
-                                                dtype=self.dtype) for s in seeds])
+                return torch.stack([randn_on(dev, shape, g, self.dtype) for g in gens])
         return draw
 
     def _chunks(self, run: _Run, level: int) -> list[_Chunk]:
