@@ -19,7 +19,7 @@ while :; do
       "$dst/weights.safetensors" 2>/dev/null || { echo "checkpoint gone before it was read" > "$dst/log.txt"; continue; }
     cp "$run/prompt_embeddings.safetensors" "$dst/" 2>/dev/null
     python3 -m hpdm_cli eval --ckpt "$dst/weights.safetensors" --out "$dst" --no-fvd "$@" > "$dst/log.txt" 2>&1
-    rm -f "$dst/weights.safetensors"
+    rm -f "$dst/weights.safetensors" "$dst/prompt_embeddings.safetensors"   # keep the results small
   done
   [ "$alive" = 1 ] || break
   sleep 5
