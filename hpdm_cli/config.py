@@ -134,6 +134,7 @@ class ModelConfig:
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
     self_condition: bool = False                        # RIN latent self-conditioning.
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
+    adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
     pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
 
@@ -266,6 +267,9 @@ class Recipe:
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\" or \"sincos\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
+        if m.adaptive_norm_interface and not m.adaptive_norm:
+            raise ConfigError("model.adaptive_norm_interface = true needs model.adaptive_norm = true (both read the "
+                              "same condition vector): set model.adaptive_norm = true")
         hidden = int(min(m.interface_dim, m.latent_dim) * m.mlp_ratio)
         if hidden < 1:
             raise ConfigError(f"model.mlp_ratio = {m.mlp_ratio}: gives an MLP of width {hidden}; "

@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
+import mean_motion  # noqa: E402
 import memory_vs_resolution as mvr  # noqa: E402
 import peer_rin  # noqa: E402
 import prompt_word_swap  # noqa: E402
@@ -266,3 +267,17 @@ def test_prompt_word_swap_changes_one_object_word_and_keeps_the_background():
         new = prompt_word_swap.swapped(cap, word)
         before, after = parse_shapes_caption(cap), parse_shapes_caption(new)
         assert [k for k in before if before[k] != after[k]] == [word], (word, new)
+
+
+def test_mean_motion_centroids_follow_the_rendered_object():
+    """The object-colour centroid of a real clip moves as the renderer's centres do."""
+    from hpdm_cli.data.shapes import render_shapes_video
+    for index in range(8):
+        video, _, _, at = render_shapes_video(index, frames=4, height=16, width=16, split="train")
+        clip = torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1
+        got = mean_motion.colour_centroids(clip, at["colour_rgb"], at["background_rgb"])
+        want = torch.tensor(at["centres"], dtype=got.dtype)
+        moved, travelled = got[-1] - got[0], want[-1] - want[0]          # a shape's centroid is not its centre
+        # within a quarter of the travel (shapes cut by the frame's edge pull the centroid inwards)
+        assert ((moved - travelled).abs() <= 0.25 * travelled.abs() + 0.3).all(), (index, moved, travelled)
+        assert travelled.abs().max() > 2

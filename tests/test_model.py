@@ -51,6 +51,7 @@ CONFIGS = {
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
+    "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
 }
 
 
@@ -112,9 +113,11 @@ def reference_forward(net, x, c_noise, off, c):
 
 
 @pytest.mark.parametrize("load,adaptive_norm", [("none", False), ("linear", False), ([1, 3, 2, 3], False),
-                                                ([3, 1, 1, 3], False), ("linear", True), ([1, 3, 2, 3], True)])
+                                                ([3, 1, 1, 3], False), ("linear", True), ([1, 3, 2, 3], True),
+                                                ([1, 3, 2, 3], "interface")])
 def test_batched_network_equals_per_level_reference(load, adaptive_norm):
-    recipe = tiny_recipe(load=load, adaptive_norm=adaptive_norm)
+    recipe = tiny_recipe(load=load, adaptive_norm=bool(adaptive_norm),
+                         adaptive_norm_interface=adaptive_norm == "interface")
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():

@@ -151,6 +151,7 @@ def test_int_accepted_for_float():
     ({"model": {"load": "quadratic"}}, "model.load"),
     ({"model": {"fusion": "medium"}}, "model.fusion"),
     ({"model": {"pos_embed": "rope"}}, "model.pos_embed"),
+    ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),

@@ -43,7 +43,7 @@ from hpdm_cli.data.shards import DataError, ShardWriter
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
     "SPLITS", "HELDOUT_TRIPLES", "HELDOUT_RULE", "is_heldout",
-    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "write_shapes_dataset",
+    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "shapes_caption", "write_shapes_dataset",
 ]
 
 SHAPES = ["square", "circle", "triangle", "diamond"]
@@ -199,9 +199,7 @@ def render_shapes_video(index: int, *, frames: int, height: int, width: int,
     for t, (cx, cy) in enumerate(attrs["centres"]):
         alpha = shape_coverage(attrs["shape"], cx, cy, attrs["size"], height, width)[..., None]
         out[t] = np.clip(np.rint(bg + alpha * (col - bg)), 0, 255).astype(np.uint8)
-    article = "an" if attrs["colour"][0] in "aeiou" else "a"
-    caption = (f"{article} {attrs['colour']} {attrs['shape']} moving {attrs['direction']} "
-               f"on a {attrs['background']} background")
+    caption = shapes_caption(attrs["colour"], attrs["shape"], attrs["direction"], attrs["background"])
     return out, caption, attrs["label"], attrs
 
 
@@ -255,6 +253,13 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     return os.fspath(out_dir)
 
 
+def shapes_caption(colour: str, shape: str, direction: str, background: str | None = None) -> str:
+    """The caption of a shapes video: "a red circle moving right on a gray background" (no background: shorter)."""
+    article = "an" if colour[0] in "aeiou" else "a"
+    where = f" on a {background} background" if background else ""
+    return f"{article} {colour} {shape} moving {direction}{where}"
+
+
 def shapes_prompts(*, short: bool = True) -> list[str]:
     """Every caption the shapes generator can produce (and, with `short`, each without its background).
 
@@ -262,10 +267,5 @@ def shapes_prompts(*, short: bool = True) -> list[str]:
     appear on (the contrast rule of `shapes_attributes`); short ones: "a red circle moving right".
     A prompt table of these lets any shapes prompt be looked up without the text encoder.
     """
-    def caption(colour: str, shape: str, direction: str, background: str | None) -> str:
-        article = "an" if colour[0] in "aeiou" else "a"
-        where = f" on a {background} background" if background else ""
-        return f"{article} {colour} {shape} moving {direction}{where}"
-
-    full = [caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
-    return full + ([caption(c, s, d, None) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])
+    full = [shapes_caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
+    return full + ([shapes_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])

@@ -5,6 +5,9 @@ learned latents followed by the conditioning tokens. A block
   * reads:    z += CrossAttn(LN(z) -> LN(x)); z += MLP(LN(z))
   * computes: K times { z += SelfAttn(LN(z)); z += MLP(LN(z)) }
   * writes:   x += CrossAttn(LN(x) -> LN(z)); [x += DWConv(x)]; x += MLP(LN(x))
+With `model.adaptive_norm` every latent LayerNorm is scaled and shifted by the condition; with
+`model.adaptive_norm_interface` the write's two interface LayerNorms are too, which gives the
+condition a per-channel path into every token (as a U-Net's class embedding enters every block).
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
 The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
 docs/method.md section 4) lets neighbouring tokens exchange information directly instead of only
@@ -47,15 +50,22 @@ class RINBlock(nn.Module):
     """Read (latents <- interface), K compute layers on the latents, write (interface <- latents)."""
 
     def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
-                 adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None):
+                 adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None,
+                 adaptive_interface: bool = False):
         super().__init__()
-        # Adaptive LayerNorm on every latent sub-layer (scale and shift from the conditioning
-        # vector, zero-initialised so that a new block starts as the plain one).
+        # Adaptive LayerNorm on every latent sub-layer (and, with adaptive_interface, the two
+        # interface norms of the write): scale and shift from the conditioning vector,
+        # zero-initialised so that a new block starts as the plain one.
         self.num_mod = 2 * (2 + 2 * compute_layers) if adaptive_norm else 0
         if adaptive_norm:
             self.modulation = nn.Linear(latent_dim, self.num_mod * latent_dim)
             nn.init.zeros_(self.modulation.weight)
             nn.init.zeros_(self.modulation.bias)
+        self.interface_modulation = None
+        if adaptive_interface:
+            self.interface_modulation = nn.Linear(latent_dim, 4 * interface_dim)
+            nn.init.zeros_(self.interface_modulation.weight)
+            nn.init.zeros_(self.interface_modulation.bias)
         self.read_norm_z = nn.LayerNorm(latent_dim)
         self.read_norm_x = nn.LayerNorm(interface_dim)
         self.read = Attention(latent_dim, interface_dim, head_dim)
@@ -76,16 +86,18 @@ class RINBlock(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor,
                 c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given conditioning c [B, d_z]; returns (x, z)."""
-        mod = None
+        mod = mod_x = None
         if self.num_mod:
             mod = self.modulation(F.silu(c)).view(c.shape[0], self.num_mod, 1, -1).transpose(0, 1)
+        if self.interface_modulation is not None:
+            mod_x = self.interface_modulation(F.silu(c)).view(c.shape[0], 4, 1, -1).transpose(0, 1)
         z = z + self.read(modulate(self.read_norm_z(z), None if mod is None else mod[0:2]), self.read_norm_x(x))
         z = z + self.read_mlp(modulate(self.read_mlp_norm(z), None if mod is None else mod[2:4]))
         for i, layer in enumerate(self.compute):
             z = layer(z, None if mod is None else mod[4 + 4 * i:8 + 4 * i])
-        x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
+        x = x + self.write(modulate(self.write_norm_x(x), None if mod_x is None else mod_x[0:2]), self.write_norm_z(z))
         if self.conv_grid is not None:
             g = x.transpose(1, 2).unflatten(2, self.conv_grid)              # [B, d, f, h, w]
             x = x + self.conv(g).flatten(2).transpose(1, 2)
-        x = x + self.write_mlp(self.write_mlp_norm(x))
+        x = x + self.write_mlp(modulate(self.write_mlp_norm(x), None if mod_x is None else mod_x[2:4]))
         return x, z
