@@ -43,7 +43,8 @@ from hpdm_cli.data.shards import DataError, ShardWriter
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
     "SPLITS", "HELDOUT_TRIPLES", "HELDOUT_RULE", "is_heldout",
-    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "shapes_caption", "write_shapes_dataset",
+    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "shapes_caption",
+    "write_shapes_dataset",
 ]
 
 SHAPES = ["square", "circle", "triangle", "diamond"]
@@ -267,5 +268,6 @@ def shapes_prompts(*, short: bool = True) -> list[str]:
     appear on (the contrast rule of `shapes_attributes`); short ones: "a red circle moving right".
     A prompt table of these lets any shapes prompt be looked up without the text encoder.
     """
-    full = [shapes_caption(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
+    full = [shapes_caption(c, s, d, b)
+            for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in _allowed_backgrounds(c)]
     return full + ([shapes_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS] if short else [])

@@ -85,7 +85,7 @@ class RINBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor,
                 c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given conditioning c [B, d_z]; returns (x, z)."""
+        """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given the condition c [B, d_z]: (x, z)."""
         mod = mod_x = None
         if self.num_mod:
             mod = self.modulation(F.silu(c)).view(c.shape[0], self.num_mod, 1, -1).transpose(0, 1)
