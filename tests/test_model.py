@@ -348,3 +348,35 @@ def test_sincos_positions_change_the_output_but_not_the_weights():
     b.load_state_dict(randomize(a).state_dict())
     x, c_noise, off, c = make_inputs(learned)
     assert not torch.allclose(a(x, c_noise, off, c).out, b(x, c_noise, off, c).out)
+
+
+def test_adaptive_interface_norm_starts_as_the_plain_model():
+    """Zero-initialised, the interface modulation leaves a new network's output exactly as without it."""
+    base = tiny_recipe(adaptive_norm=True)
+    plain = randomize(HPDMNet(base.pyramid, base.model))
+    rec = tiny_recipe(adaptive_norm=True, adaptive_norm_interface=True)
+    net = HPDMNet(rec.pyramid, rec.model)
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".interface_modulation." in k for k in missing)
+    x, c_noise, off, c = make_inputs(rec)
+    with torch.no_grad():
+        assert torch.equal(net(x, c_noise, off, c).out, plain(x, c_noise, off, c).out)
+
+
+def test_adaptive_interface_norm_carries_the_condition_to_every_token():
+    """With the write attention cut, only the interface modulation can carry the class into the tokens."""
+    outs = {}
+    for interface in (False, True):
+        rec = tiny_recipe(adaptive_norm=True, adaptive_norm_interface=interface, load="none")
+        net = randomize(HPDMNet(rec.pyramid, rec.model))
+        with torch.no_grad():
+            for blk in net.blocks:
+                blk.write.out.weight.zero_()
+                blk.write.out.bias.zero_()
+        x, c_noise, off, _ = make_inputs(rec, B=1)
+        with torch.no_grad():
+            outs[interface] = [net(x, c_noise, off, torch.tensor([k])).out for k in range(3)]
+    assert all(torch.equal(outs[False][0], o) for o in outs[False][1:])     # the class never reaches the tokens
+    for o in outs[True][1:]:
+        changed = (o - outs[True][0]).abs().flatten(3).amax(-1)              # [B, L, C]: every level and channel
+        assert (changed > 1e-4).all()
