@@ -159,7 +159,7 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     sigma_data: float = 0.5              # Standard deviation of the (scaled) data, EDM's sigma_d.
-    p_mean: float = -1.2                 # Mean of log(sigma) during training (log-normal).
+    p_mean: float | list[float] = -1.2   # Mean of log(sigma) in training (log-normal): one value, or one per level.
     p_std: float = 1.2                   # Std of log(sigma) during training.
     input_scale: float = 1.0             # b_0: input scaling of level 0.
     input_scale_decay: float = 0.75      # gamma: level l's clean signal is scaled by b_0 * gamma**l.
@@ -282,6 +282,10 @@ class Recipe:
         if t.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device = {t.device!r}: expected \"auto\", \"cpu\" or \"cuda\" "
                               "(under torchrun each process takes the GPU of its local rank)")
+        pm = self.diffusion.p_mean
+        if isinstance(pm, (list, tuple)) and len(pm) != L:
+            raise ConfigError(f"diffusion.p_mean = {list(pm)}: {len(pm)} entries for {L} pyramid levels; give one "
+                              "number, or one per level (coarse to fine)")
         sm = self.sample
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
@@ -319,7 +323,8 @@ class Recipe:
             ("model.text_dim", m.text_dim, ints(1)),
             ("model.text_tokens", m.text_tokens, ints(1)),
             ("diffusion.sigma_data", d.sigma_data, pos),
-            ("diffusion.p_mean", d.p_mean, {}),
+            *(((f"diffusion.p_mean[{i}]", v, {}) for i, v in enumerate(d.p_mean)) if isinstance(d.p_mean, (list, tuple))
+              else [("diffusion.p_mean", d.p_mean, {})]),
             ("diffusion.p_std", d.p_std, nonneg),
             ("diffusion.input_scale", d.input_scale, pos),
             ("diffusion.input_scale_decay", d.input_scale_decay, pos),

@@ -26,6 +26,7 @@ import difflib
 import json
 import os
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -132,6 +133,8 @@ def _describe_type(tp: Any) -> str:
         return f"a list of {len(args)} values ({', '.join(_describe_type(a) for a in args)})"
     if origin is list:
         return f"a list of {_plural(args[0])}" if args else "a list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -234,6 +237,13 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _TypeMismatch
         return [_convert(v, args[0], key, source) for v in value] if args else copy.deepcopy(list(value))
+    if origin in (typing.Union, types.UnionType):             # the first alternative that fits
+        for alternative in args:
+            try:
+                return _convert(value, alternative, key, source)
+            except _TypeMismatch:
+                pass
+        raise _TypeMismatch
     if isinstance(tp, type):
         if isinstance(value, tp):
             return copy.deepcopy(value)

@@ -98,6 +98,14 @@ def test_sigma_draws_and_context_levels():
     assert abs(free.mean().item() - cfg.p_mean) < 0.03 and abs(free.std().item() - cfg.p_std) < 0.03
 
 
+def test_sigma_draws_take_one_mean_per_level():
+    cfg = DiffusionConfig(p_mean=[0.8, -1.2, -2.0], context_prob=0.0)
+    sigma, _ = sample_sigmas(cfg, 20000, 3, generator=torch.Generator().manual_seed(0))
+    logs = torch.log(sigma)
+    for level, mean in enumerate(cfg.p_mean):
+        assert abs(logs[:, level].mean().item() - mean) < 0.03 and abs(logs[:, level].std().item() - cfg.p_std) < 0.03
+
+
 def test_condition_dropout_rate():
     cfg = DiffusionConfig(cond_dropout=0.1)
     d = draw_noise(cfg, (50000, 1, 1, 1, 1, 1), conditional=True, generator=torch.Generator().manual_seed(1))

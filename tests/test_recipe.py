@@ -152,6 +152,8 @@ def test_int_accepted_for_float():
     ({"model": {"fusion": "medium"}}, "model.fusion"),
     ({"model": {"pos_embed": "rope"}}, "model.pos_embed"),
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
+    ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels
+    ({"diffusion": {"p_mean": [0.8, "x", -1.2]}}, "diffusion.p_mean"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),

@@ -98,9 +98,14 @@ def _staged(generator, device) -> bool:
 
 
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
-    """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight)."""
+    """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight).
+
+    `cfg.p_mean` is one mean of log(sigma) for every level, or one per level: a base level, which
+    decides the global layout, can be trained at higher noise than the levels that add detail.
+    """
     g_dev = generator.device if generator is not None else device
-    sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + cfg.p_mean).exp()
+    mean = torch.as_tensor(cfg.p_mean, dtype=torch.float32, device=g_dev)
+    sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + mean).exp()
     weight = torch.ones(batch, levels, device=g_dev)
     if levels > 1 and cfg.context_prob > 0:
         use = torch.rand(batch, generator=generator, device=g_dev) < cfg.context_prob
