@@ -11,6 +11,8 @@
 # WATCH="--num-clips 128 --batch 64 --bf16" also evaluates every checkpoint while each variant trains
 # (benchmarks/watch_eval.sh; set train.ckpt_every and train.keep_last=0 in the overrides): a
 # faithfulness curve per variant.
+# MOTION=1 also prints, per variant, where its noise-averaged level-0 clip moves for each direction
+# (benchmarks/mean_motion.py, on the CPU) beside the data's.
 # OVERLAPS="none hw fhw" also evaluates the first variant with each sampling overlap (the paper's
 # Table 3 ablation; the reports go to <variant>-overlap-<axes>/). The run ends with one markdown
 # table of every report (benchmarks/quality_table.py).
@@ -73,6 +75,13 @@ for name in "${names[@]}"; do echo "== eval $name"; grep -v "generated .*clips" 
 if [ -n "${WATCH:-}" ]; then
   for name in "${names[@]}"; do
     [ -f "/tmp/watch-$name.log" ] && { echo "== curve $name"; grep -v "^step-" "/tmp/watch-$name.log" | tail -n 40; }
+  done
+fi
+if [ -n "${MOTION:-}" ]; then                   # does the average clip move the asked way? (CPU, ~1 min each)
+  for name in "${names[@]}"; do
+    [ "$name" = base ] && run=/tmp/run-base || run="/tmp/run-$name"
+    echo "== mean motion $name (sigma 20 and 5; data beside)"
+    for sg in 20 5; do python3 benchmarks/mean_motion.py "$run" --sigma "$sg" 2>&1 | grep direction; done
   done
 fi
 python3 benchmarks/quality_table.py "$RES"
