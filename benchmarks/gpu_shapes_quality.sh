@@ -19,7 +19,7 @@
 # BASE_SECONDS=N first trains the base level alone (one level 4x16x16, recipe model, BASE_OVERRIDES) into
 # /tmp/run-base for N seconds; a variant then starts from it with train.init_from="/tmp/run-base".
 # The base level alone (one level, 4x16x16: is the backbone able to learn shape and motion?), no FVD:
-#   BASE='pyramid.resolution=[4,16,16] pyramid.patch=[4,16,16]'
+#   BASE='pyramid.resolution=[4,16,16] pyramid.patch=[4,16,16] diffusion.p_mean=0.8'
 #   EVAL_ARGS=--no-fvd bash benchmarks/gpu_shapes_quality.sh "a:$BASE" "b:$BASE model.num_latents=128"
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
@@ -34,6 +34,7 @@ if [ -n "${BASE_SECONDS:-}" ]; then
   # shellcheck disable=SC2086
   timeout -s TERM "$BASE_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-base --no-progress \
     data.prompt_table='"out/gpu/shapes_prompts.safetensors"' 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
+    diffusion.p_mean=0.8 \
     ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
   echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
   mkdir -p "$RES/base"; cp /tmp/run-base/stats.jsonl "$RES/base/" 2>/dev/null
