@@ -30,6 +30,13 @@ def modulate(h: torch.Tensor, mod: Optional[torch.Tensor]) -> torch.Tensor:
     return h if mod is None else h * (1 + mod[0]) + mod[1]
 
 
+def modulations(linear: Optional[nn.Linear], c: Optional[torch.Tensor], pairs: int) -> list:
+    """`pairs` (scale, shift) tensors [2, B, 1, d] made by `linear` from the condition c [B, d_z]; Nones if None."""
+    if linear is None:
+        return [None] * pairs
+    return list(linear(F.silu(c)).view(c.shape[0], 2 * pairs, 1, -1).transpose(0, 1).split(2))
+
+
 class ComputeLayer(nn.Module):
     """One pre-norm transformer layer over the latents."""
 
@@ -40,10 +47,10 @@ class ComputeLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, z: torch.Tensor, mod: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Self-attention then MLP, both residual; `mod` [4, B, 1, d] modulates the two norms."""
-        z = z + self.attn(modulate(self.norm1(z), None if mod is None else mod[0:2]))
-        return z + self.mlp(modulate(self.norm2(z), None if mod is None else mod[2:4]))
+    def forward(self, z: torch.Tensor, mods: tuple = (None, None)) -> torch.Tensor:
+        """Self-attention then MLP, both residual; `mods` modulate the two norms (see `modulate`)."""
+        z = z + self.attn(modulate(self.norm1(z), mods[0]))
+        return z + self.mlp(modulate(self.norm2(z), mods[1]))
 
 
 class RINBlock(nn.Module):
@@ -56,16 +63,16 @@ class RINBlock(nn.Module):
         # Adaptive LayerNorm on every latent sub-layer (and, with adaptive_interface, the two
         # interface norms of the write): scale and shift from the conditioning vector,
         # zero-initialised so that a new block starts as the plain one.
-        self.num_mod = 2 * (2 + 2 * compute_layers) if adaptive_norm else 0
+        self.latent_pairs = 2 + 2 * compute_layers                    # modulated latent norms
+        self.modulation = self.interface_modulation = None
         if adaptive_norm:
-            self.modulation = nn.Linear(latent_dim, self.num_mod * latent_dim)
-            nn.init.zeros_(self.modulation.weight)
-            nn.init.zeros_(self.modulation.bias)
-        self.interface_modulation = None
+            self.modulation = nn.Linear(latent_dim, 2 * self.latent_pairs * latent_dim)
         if adaptive_interface:
-            self.interface_modulation = nn.Linear(latent_dim, 4 * interface_dim)
-            nn.init.zeros_(self.interface_modulation.weight)
-            nn.init.zeros_(self.interface_modulation.bias)
+            self.interface_modulation = nn.Linear(latent_dim, 2 * 2 * interface_dim)
+        for layer in (self.modulation, self.interface_modulation):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.read_norm_z = nn.LayerNorm(latent_dim)
         self.read_norm_x = nn.LayerNorm(interface_dim)
         self.read = Attention(latent_dim, interface_dim, head_dim)
@@ -86,18 +93,15 @@ class RINBlock(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor,
                 c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given the condition c [B, d_z]: (x, z)."""
-        mod = mod_x = None
-        if self.num_mod:
-            mod = self.modulation(F.silu(c)).view(c.shape[0], self.num_mod, 1, -1).transpose(0, 1)
-        if self.interface_modulation is not None:
-            mod_x = self.interface_modulation(F.silu(c)).view(c.shape[0], 4, 1, -1).transpose(0, 1)
-        z = z + self.read(modulate(self.read_norm_z(z), None if mod is None else mod[0:2]), self.read_norm_x(x))
-        z = z + self.read_mlp(modulate(self.read_mlp_norm(z), None if mod is None else mod[2:4]))
+        mz = modulations(self.modulation, c, self.latent_pairs)          # read, read MLP, 2 per compute layer
+        mx = modulations(self.interface_modulation, c, 2)                # write, write MLP
+        z = z + self.read(modulate(self.read_norm_z(z), mz[0]), self.read_norm_x(x))
+        z = z + self.read_mlp(modulate(self.read_mlp_norm(z), mz[1]))
         for i, layer in enumerate(self.compute):
-            z = layer(z, None if mod is None else mod[4 + 4 * i:8 + 4 * i])
-        x = x + self.write(modulate(self.write_norm_x(x), None if mod_x is None else mod_x[0:2]), self.write_norm_z(z))
+            z = layer(z, mz[2 + 2 * i:4 + 2 * i])
+        x = x + self.write(modulate(self.write_norm_x(x), mx[0]), self.write_norm_z(z))
         if self.conv_grid is not None:
             g = x.transpose(1, 2).unflatten(2, self.conv_grid)              # [B, d, f, h, w]
             x = x + self.conv(g).flatten(2).transpose(1, 2)
-        x = x + self.write_mlp(modulate(self.write_mlp_norm(x), None if mod_x is None else mod_x[2:4]))
+        x = x + self.write_mlp(modulate(self.write_mlp_norm(x), mx[1]))
         return x, z
