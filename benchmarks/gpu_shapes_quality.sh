@@ -7,7 +7,7 @@
 # package) and whl/ (tomli-w). Results go to $OUT/<variant>/.
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
 # Results come back as one $OUT/results.tar (per variant: report.json, contact_sheet.png, stats.jsonl) plus,
-# with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors): the device returns at most 8 files.
+# with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors; the base level's as $OUT/base.safetensors): the device returns at most 8 files.
 # WATCH="--num-clips 128 --batch 64 --bf16" also evaluates every checkpoint while each variant trains
 # (benchmarks/watch_eval.sh; set train.ckpt_every and train.keep_last=0 in the overrides): a
 # faithfulness curve per variant.
@@ -38,6 +38,7 @@ if [ -n "${BASE_SECONDS:-}" ]; then
     ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
   echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
   mkdir -p "$RES/base"; cp /tmp/run-base/stats.jsonl "$RES/base/" 2>/dev/null
+  [ -z "${EXPORT:-}" ] || python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-base', '$OUT/base.safetensors'))"
   python3 -m hpdm_cli eval --ckpt /tmp/run-base --out "$RES/base" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
     --no-fvd > /tmp/eval-base.log 2>&1 &
 fi
