@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text or class model")
     ap.add_argument("--num", type=int, default=64, help="prompts per split")
     ap.add_argument("--splits", default="train,heldout")
-    ap.add_argument("--tables", default="hpdm_cli/assets,out/gpu/shapes_prompts.safetensors",
+    ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,out/gpu/shapes_prompts_tokens.safetensors",
                     help="comma-separated prompt tables or folders holding them")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance (default: the recipe's)")
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")

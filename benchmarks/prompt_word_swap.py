@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text model")
     ap.add_argument("--num", type=int, default=64, help="held-out clips")
     ap.add_argument("--sigmas", default="2,5")
-    ap.add_argument("--tables", default="hpdm_cli/assets,out/gpu/shapes_prompts.safetensors,"
+    ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,"
                     "out/gpu/shapes_prompts_tokens.safetensors", help="prompt tables or folders holding them")
     a = ap.parse_args(argv)
     net, rec, info = load_generator(a.ckpt, "cpu")

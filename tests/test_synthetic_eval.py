@@ -95,24 +95,28 @@ def test_eval_of_a_one_level_model_has_no_level_diagnostics(tmp_path, prompt_tab
     assert not any("level 0" in name for name, _ in summary_rows(rep))
 
 
-def test_the_packaged_model_loads_and_its_clips_take_the_asked_colour():
-    """A real test of the shipped weights: colour follows the prompt (level 1 preview, few steps, CPU)."""
+def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
+    """A real test of the shipped weights: level 1 previews (8x32x32, 16/8 steps, CPU) follow the prompt."""
     from hpdm_cli.assets import DEFAULT_MODEL
-    from hpdm_cli.eval.faithfulness import read_clip
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.conditioning import Condition, precomputed_condition
+    from hpdm_cli.conditioning import Condition, request_condition
     from hpdm_cli.drivers.sample import sample_videos
+    from hpdm_cli.eval.faithfulness import read_clip
     assert DEFAULT_MODEL.stat().st_size <= 16 * 2 ** 20
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.model.cond == "text" and tuple(recipe.pyramid.resolution) == (16, 64, 64)
-    hits = []
-    for colour in ("red", "yellow", "cyan", "magenta"):
-        prompt = f"a {colour} circle moving right on a black background"
-        cond = precomputed_condition(recipe, info, prompt)                # from the packaged prompt table
+    asked = [("red", "circle", "right", "black"), ("yellow", "square", "down", "purple"),
+             ("cyan", "triangle", "left", "gray"), ("blue", "circle", "left", "gray"),
+             ("magenta", "square", "up", "green")]
+    read = []
+    for colour, shape, direction, background in asked:
+        cond = request_condition(recipe, info, f"a {colour} {shape} moving {direction} on a {background} background")
         assert isinstance(cond, Condition) and cond.kind == "text"
         out = sample_videos(net, recipe, [0], cond, levels=1, steps=[16, 8, 4], overlap="none")
-        hits.append(read_clip(out.videos[0]).colour == colour)
-    assert sum(hits) >= 3, hits
+        r = read_clip(out.videos[0])
+        read.append((r.colour, r.shape, r.direction))
+    right = [sum(got[i] == want[i] for got, want in zip(read, asked)) for i in range(3)]
+    assert right[0] >= 4 and right[2] >= 4 and right[1] >= 3, read   # colour, direction, shape of 5
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,9 +1,8 @@
-"""The packaged default model: a small `shapes` text-to-video generator and its prompt table.
+"""The packaged default model: a small `shapes` text-to-video generator.
 
 `hpdm sample --prompt "a red circle moving right"` without `--ckpt` samples from it, on the CPU
-in well under a minute (MODEL_CARD.md says what it was trained on and how well it does). The
-prompt table next to it holds the MiniLM embeddings of every prompt of the shapes vocabulary,
-so those prompts need no text encoder; other prompts load the encoder.
+in about half a minute (MODEL_CARD.md says what it was trained on and how well it does). It reads
+the prompt's MiniLM word-piece states, computed by the text encoder (a dependency of hpdm).
 """
 
 from pathlib import Path

@@ -172,6 +172,8 @@ class MiniLMEncoder(TextEncoder):
         if not path.is_dir():
             raise TextEncoderError(f"MiniLM model directory {path} does not exist: pass an existing directory")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()         # a local 90 MB load: no "Loading weights" bar in a CLI's output
 
         self.model_dir = path
         self.device = resolve_device(device, option="text encoder device")
