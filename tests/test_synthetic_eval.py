@@ -81,6 +81,28 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert len(summary_rows(rep)) >= 6
 
 
+def test_an_eval_stopped_during_fvd_keeps_what_it_measured(tmp_path, prompt_table, monkeypatch):
+    """A job killed in its last part (FVD) leaves the report so far, marked incomplete, and the contact sheet."""
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.train.loop import train
+    train(_tiny_text_recipe(tmp_path, prompt_table), tmp_path / "run", log=lambda m: None)
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt                     # what a time limit's signal does to a run
+    monkeypatch.setattr(ev, "_fvd_block", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="2", fvd=True, device="cpu",
+                    log=lambda m: None)
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["complete"] is False and "fvd" not in saved
+    assert saved["faithfulness"]["generated"]["n"] == 2 and set(saved["loss_gap"]) >= {"true", "null"}
+    assert (tmp_path / "eval" / "contact_sheet.png").is_file()
+    monkeypatch.undo()
+    rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="2", fvd=False, device="cpu",
+                      log=lambda m: None)
+    assert rep["complete"] is True and json.loads((tmp_path / "eval" / "report.json").read_text())["complete"]
+
+
 def test_eval_of_a_one_level_model_has_no_level_diagnostics(tmp_path, prompt_table):
     """With one level, "level 0 alone" is the whole model and there is nothing to upscale: no such rows."""
     from hpdm_cli.drivers.evaluate import evaluate, summary_rows

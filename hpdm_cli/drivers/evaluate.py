@@ -13,6 +13,9 @@ What it measures, all at the same number N of clips per side:
 * The loss gap: the training loss with true vs shuffled captions (`eval.diagnostics`).
 * A contact sheet: generated clips next to the real clips of the same captions.
 
+The report (`report.json`) is rewritten after each part, with `"complete": false` until the last:
+an eval stopped by a job's time limit keeps the contact sheet and the parts it finished.
+
 Real clips are rendered by the procedural generator (`hpdm_cli.data.shapes`), by default from
 its held-out split: combinations of colour, shape and direction never shown in training.
 """
@@ -224,12 +227,19 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     seconds = (time.time() - t0) / num_clips
     report = {"checkpoint": str(info.weights), "step": info.step, "num_clips": num_clips, "split": split,
               "resolution": list(R), "guidance": guidance if guidance is not None else recipe.sample.guidance,
-              "steps": level_steps(recipe.sample, recipe.pyramid.num_levels, steps), "seconds_per_clip": seconds}
+              "steps": level_steps(recipe.sample, recipe.pyramid.num_levels, steps), "seconds_per_clip": seconds,
+              "complete": False}
+
+    def save() -> None:                  # after every part: a stopped eval (a job's time limit) keeps what it measured
+        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+
+    report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
     # Faithfulness: generated, the real ceiling, and generated scored against other clips' captions.
     readings = [read_clip(v) for v in fake]
     report["faithfulness"] = {"generated": score_clips(readings, real_a.captions),
                               "real_ceiling": score_clips(real_a.videos, real_a.captions),
                               "swapped_floor": swapped_floor(readings, real_a.captions)}
+    save()
     # Sensitivity: the first clips' seeds again under the next clip's caption.
     k = min(num_clips, 32)
     other = generate_rows(net, recipe, seeds[:k], cond[1:k + 1] if k < num_clips else cond.roll(-1, 0)[:k],
@@ -241,9 +251,10 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
                                               steps=steps, overlap=overlap, device=dev, bf16=bf16, log=log)
     vids = torch.from_numpy(np.stack(real_a.videos[:min(num_clips, 256)])).permute(0, 4, 1, 2, 3)
     report["loss_gap"] = condition_loss_gap(net, recipe, vids.float() / 127.5 - 1, cond[:len(vids)])
+    save()
     if fvd:
         log("FVD (I3D)")
         report["fvd"] = _fvd_block(fake, real_a.videos, real_b.videos, i3d_weights, dev, log)
-    report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
+    save()
     return report
