@@ -22,6 +22,8 @@ context only and are left out of the loss (they still receive gradients through 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -97,6 +99,12 @@ def _staged(generator, device) -> bool:
             and torch.device(device).type == "cuda")
 
 
+@functools.lru_cache(maxsize=8)
+def _level_means(p_mean: tuple, device) -> torch.Tensor:
+    """Per-level means of log(sigma) as a tensor on `device`, made once (no copy to the device per step)."""
+    return torch.tensor(p_mean, dtype=torch.float32, device=device)
+
+
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
     """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight).
 
@@ -104,7 +112,7 @@ def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=No
     decides the global layout, can be trained at higher noise than the levels that add detail.
     """
     g_dev = generator.device if generator is not None else device
-    mean = torch.as_tensor(cfg.p_mean, dtype=torch.float32, device=g_dev)
+    mean = _level_means(tuple(cfg.p_mean), g_dev) if isinstance(cfg.p_mean, (list, tuple)) else cfg.p_mean
     sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + mean).exp()
     weight = torch.ones(batch, levels, device=g_dev)
     if levels > 1 and cfg.context_prob > 0:
