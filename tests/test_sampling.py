@@ -262,6 +262,48 @@ def test_sample_depends_only_on_its_seed(dtype):
         assert (both.videos[l][0] - both.videos[l][1]).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("scales", [[2.0, 1.0, 1.0], [1.0, 2.0, 2.0], [2.0, 1.0, 2.0]])
+def test_per_level_guidance(monkeypatch, scales, cache):
+    """A scale per level: level 0 as under its scale alone; unguided levels skip the unconditional rows exactly."""
+    net, recipe = small_net(fusion="deep", load=[1, 1, 2, 3], self_condition=True)
+    net.to(torch.float64)
+    seeds = [3, 4]
+    kw = dict(cond=cond_for(recipe, seeds), overlap="fhw", steps=[3, 3, 1], tile_batch=200, dtype=torch.float64,
+              cache=cache)
+    rows = {"lean": 0, "alone": 0, "full": 0}
+    mode = ["lean"]
+
+    def count(m, args):
+        rows[mode[0]] += args[0].shape[0]
+    hook = net.register_forward_pre_hook(count)
+    lean = sample(net, recipe, seeds, guidance=scales, **kw)
+    mode[0] = "alone"
+    # Level 0 is what its own scale gives, with the same scale for every level.
+    alone = sample(net, recipe, seeds, guidance=scales[0], **kw)
+    assert (lean.videos[0] - alone.videos[0]).abs().max() < 1e-9
+    first = next(l for l, w in enumerate(scales) if w != scales[0])
+    assert (lean.videos[first] - alone.videos[first]).abs().max() > 1e-3        # the finer scales matter
+    # Skipping the unconditional rows of levels nothing guided reads changes nothing ...
+    monkeypatch.setattr(HierarchicalSampler, "_rows", lambda self, run, levels: run.G)
+    mode[0] = "full"
+    full = sample(net, recipe, seeds, guidance=scales, **kw)
+    hook.remove()
+    for a, b in zip(lean.videos, full.videos):
+        assert (a - b).abs().max() < 1e-9
+        assert (a.abs() < 0.99).float().mean() > 0.1
+    # ... and saves work: the last levels, unguided, run on the conditional rows alone.
+    assert (rows["lean"] < rows["full"]) == (scales[-1] == 1.0)
+    if scales[-1] == 1.0 and cache:
+        assert lean.cache_bytes[1] * 2 == full.cache_bytes[1]
+
+
+def test_per_level_guidance_needs_a_scale_per_level():
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    with pytest.raises(ValueError, match="2 per-level guidance scales given for 3 levels"):
+        sample(net, recipe, [1], cond=torch.tensor([1]), guidance=[2.0, 1.0], steps=[1, 1, 1])
+
+
 def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
     """model.self_condition: every evaluation after a level's first gets the latents the previous one returned."""
     net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)

@@ -23,8 +23,12 @@ recomputed per call (a crop). With `cache=False` every call runs levels 0..l joi
 chains (lower levels at the context sigma, their outputs discarded). Both give the same video.
 
 Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows [B, 2B) drop it
-(keep=False); D = D_u + w (D_c - D_u) on the merged canvas. Lower-level activations depend on
-the condition, so caches hold both halves.
+(keep=False); D = D_u + w_l (D_c - D_u) on the merged canvas. The scale may differ per level
+(`level_guidance`): guidance shapes content (what object, where it goes) on the coarse levels,
+while on the fine levels, which add detail to a given layout, a large scale exaggerates it.
+Lower-level activations depend on the condition, so a level's caches and latents hold both
+halves while any later level is guided; a level with w = 1 whose successors are all unguided
+runs on the conditional rows only (`_rows`).
 
 Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
 tile also returns its latents, and the next evaluation of that tile is given them (the first one
@@ -83,6 +87,15 @@ def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]
     return out
 
 
+def level_guidance(guidance, levels: int) -> list[float]:
+    """Classifier-free guidance scale per level: one number for every level, or a list of one per level."""
+    if isinstance(guidance, (list, tuple)):
+        if len(guidance) < levels:
+            raise ValueError(f"{len(guidance)} per-level guidance scales given for {levels} levels")
+        return [float(w) for w in guidance[:levels]]
+    return [float(guidance)] * levels
+
+
 def cache_bytes(pyr: PyramidConfig, m: ModelConfig, overlap: Optional[str] = None, batch: int = 1, *,
                 bytes_per_value: int = 4) -> list[int]:
     """Activation-cache size per level: tiles x tokens x interface dim x cached blocks x bytes x batch.
@@ -129,7 +142,8 @@ class _Run:
 
     B: int
     G: int
-    guidance: float
+    guidance: list                         # per level: classifier-free guidance scale
+    generated: list                        # the levels this call generates (not fixed)
     cond: Optional[torch.Tensor]           # [G, ...] condition per row
     keep: Optional[torch.Tensor]           # [G] bool, None without guidance
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
@@ -186,11 +200,14 @@ class HierarchicalSampler:
         self.self_cond = bool(self.model.self_condition)
 
     # ----------------------------------------------------------------------------------------
-    def sample(self, seeds: Sequence[int], cond=None, *, guidance: Optional[float] = None,
+    def sample(self, seeds: Sequence[int], cond=None, *, guidance=None,
                levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
                fixed: Optional[Mapping[int, torch.Tensor]] = None,
                progress: Optional[Progress] = None) -> SampleResult:
-        """Generate levels 0..levels-1 for every seed; `fixed` levels are taken as given instead of generated."""
+        """Generate levels 0..levels-1 for every seed; `fixed` levels are taken as given instead of generated.
+
+        `guidance` is one scale or one per level (default `sample.guidance`).
+        """
         dev, d, sc = self.device, self.diffusion, self.sample_cfg
         seeds = [int(s) for s in seeds]
         B = len(seeds)
@@ -204,10 +221,10 @@ class HierarchicalSampler:
             if not 0 <= k < self.num_levels:
                 raise ValueError(f"fixed level {k} outside 0..{self.num_levels - 1}")
         nsteps = level_steps(sc, n_levels, steps)
-        w = sc.guidance if guidance is None else float(guidance)
-        guided = cond is not None and w != 1.0 and self.model.cond != "none"
-        run = self._start(seeds, cond, w, guided)
         generated = [l for l in range(n_levels) if l not in fixed]
+        w = level_guidance(sc.guidance if guidance is None else guidance, self.num_levels)
+        guided = cond is not None and self.model.cond != "none" and any(w[l] != 1.0 for l in generated)
+        run = self._start(seeds, cond, w, guided, generated)
 
         videos, seconds, cache_seconds, used, held = [], [], [], [], []
         C = self.model.channels
@@ -238,7 +255,7 @@ class HierarchicalSampler:
                     run.ctx_in[l] = b_l * pixels + d.context_sigma * eps
                     if self.cache and self.fusion == "deep":
                         c0 = self._clock()
-                        run.caches[l] = self._build_cache(run, l)
+                        run.caches[l] = self._build_cache(run, l, [k for k in generated if k > l])
                         t_cache = self._clock() - c0
                 held.append(sum(t.numel() * t.element_size() for t in run.caches.get(l, {}).values()))
                 seconds.append(self._clock() - t0)
@@ -246,7 +263,7 @@ class HierarchicalSampler:
         return SampleResult(videos, seconds, cache_seconds, used, held)
 
     # ----------------------------------------------------------------------------------------
-    def _start(self, seeds, cond, w, guided) -> _Run:
+    def _start(self, seeds, cond, w, guided, generated) -> _Run:
         B = len(seeds)
         if cond is not None:
             cond = torch.as_tensor(cond)
@@ -257,7 +274,7 @@ class HierarchicalSampler:
         if guided:
             cond = torch.cat([cond, cond])
             keep = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)]).to(self.device)
-        return _Run(B=B, G=2 * B if guided else B, guidance=w, cond=cond, keep=keep)
+        return _Run(B=B, G=2 * B if guided else B, guidance=w, generated=generated, cond=cond, keep=keep)
 
     def _autocast(self):
         if self.autocast is None:
@@ -280,10 +297,14 @@ class HierarchicalSampler:
                 return torch.stack([randn_on(dev, shape, g, self.dtype) for g in gens])
         return draw
 
-    def _chunks(self, run: _Run, level: int) -> list[_Chunk]:
-        """Split the level's (guided sample, tile) rows into forwards of at most `tile_batch` tiles."""
+    def _rows(self, run: _Run, levels: Sequence[int]) -> int:
+        """Rows to evaluate for what `levels` will read: both halves (G) if any of them is guided, else B."""
+        return run.G if any(run.guidance[k] != 1.0 for k in levels) else run.B
+
+    def _chunks(self, run: _Run, level: int, rows: int) -> list[_Chunk]:
+        """Split the level's first `rows` (guided sample, tile) rows into forwards of at most `tile_batch` tiles."""
         lt = self.tiles[level]
-        T, total = lt.num_tiles, run.G * lt.num_tiles
+        T, total = lt.num_tiles, rows * lt.num_tiles
         out = []
         for r0 in range(0, total, self.tile_batch):
             r1 = min(total, r0 + self.tile_batch)
@@ -368,8 +389,11 @@ class HierarchicalSampler:
     def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
         lt = self.tiles[level]
-        chunks = self._chunks(run, level)
-        B, G, w = run.B, run.G, run.guidance
+        # This level's latents and uncond rows are read by later levels' uncond rows: keep both halves
+        # while this level or a later one is guided.
+        G = self._rows(run, [k for k in run.generated if k >= level])
+        chunks = self._chunks(run, level, G)
+        B, w = run.B, run.guidance[level]
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
@@ -382,20 +406,21 @@ class HierarchicalSampler:
             out = lt.finish(acc)
             if G > B:
                 cond, uncond = out[:B], out[B:]
-                out = uncond + w * (cond - uncond)
+                out = cond if w == 1.0 else uncond + w * (cond - uncond)
             return out
         return D
 
-    def _build_cache(self, run: _Run, level: int) -> dict:
-        """Run the net once over all tiles of finished `level` at the context sigma; keep what finer levels read."""
+    def _build_cache(self, run: _Run, level: int, readers: Sequence[int]) -> dict:
+        """Run the net once over all tiles of finished `level` at the context sigma; keep what `readers` read."""
         store = {}
-        for ch in self._chunks(run, level):
+        G = self._rows(run, readers)
+        for ch in self._chunks(run, level, G):
             _, coll = self._eval(run, level, ch, run.ctx_in[level], self.diffusion.context_sigma,
                                  collect=True)
             r0, r1 = ch.rows
             for blk, a in coll.items():
                 if blk not in store:
-                    store[blk] = torch.empty(run.G * self.tiles[level].num_tiles, *a.shape[1:], dtype=a.dtype,
+                    store[blk] = torch.empty(G * self.tiles[level].num_tiles, *a.shape[1:], dtype=a.dtype,
                                              device=self._storage, pin_memory=self._pin)
                 store[blk][r0:r1].copy_(a, non_blocking=self._pin)
         if self._pin:

@@ -1,0 +1,90 @@
+"""FVD and faithfulness of one shapes model under several classifier-free guidance settings.
+
+The same N held-out prompts and seeds are sampled once per setting (a scale, or one per level as
+"3,1,1"); every setting is scored against the same real clips, beside the real-vs-real floor and
+the trivial baselines (static, shuffled frames) at that N. One JSON line per setting as it
+finishes, then a markdown table. On a GPU with the I3D file (docs/results.md, section 8):
+    python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
+        --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def parse_setting(text: str) -> float | list[float]:
+    """"3" -> 3.0; "3,1,1" -> [3.0, 1.0, 1.0]."""
+    vals = [float(v) for v in text.split(",")]
+    return vals[0] if len(vals) == 1 else vals
+
+
+def main(argv=None) -> int:
+    """Sample, score and print one row per guidance setting."""
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.drivers.evaluate import _write_sheet, condition_rows, embed_prompts, generate_rows, render_real
+    from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
+    ap.add_argument("--num", type=int, default=512, help="clips per side")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", default=None, help="per-level steps, e.g. 32,16,8 (default: the recipe's)")
+    ap.add_argument("--overlap", default=None)
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--i3d-weights", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tables", default="out/gpu/shapes_prompts_tokens.safetensors")
+    ap.add_argument("--sheets", default=None, help="folder for one contact sheet per setting")
+    a = ap.parse_args(argv)
+    net, recipe, info = load_generator(a.ckpt, a.device)
+    R = tuple(recipe.pyramid.resolution)
+    real_a = render_real(a.num, 0, R, "heldout")
+    real_b = render_real(a.num, a.num, R, "heldout")
+    cond = condition_rows(recipe, real_a, lambda caps: embed_prompts(recipe, caps, a.tables.split(",")))
+    steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
+    ext = I3DExtractor(a.i3d_weights, info.device)
+    ref = feature_stats(ext.features(iter(real_a.videos)))
+    rng = np.random.default_rng(0)
+
+    def fvd(clips) -> float:
+        return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
+    rows = [("real (floor)", fvd(real_b.videos), None),
+            ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
+            ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
+    for name, f, _ in rows:
+        print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
+    for text in a.settings:
+        t0 = time.time()
+        fake = generate_rows(net, recipe, list(range(a.num)), cond, batch=a.batch, guidance=parse_setting(text),
+                             steps=steps, overlap=a.overlap, device=info.device, bf16=a.bf16, log=lambda s: None)
+        secs = time.time() - t0
+        sc = score_clips(fake, real_a.captions)
+        f = fvd(fake)
+        rows.append((f"guidance {text}", f, sc))
+        print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
+                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background")}}),
+              flush=True)
+        if a.sheets:
+            Path(a.sheets).mkdir(parents=True, exist_ok=True)
+            _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-')}.png", fake, real_a, 8)
+    print(f"\n{a.num} held-out clips per side, {info.weights}")
+    print("| setting | FVD | colour | shape | direction |\n|---|---|---|---|---|")
+    for name, f, sc in rows:
+        cells = ["", "", ""] if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")]
+        print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
