@@ -1,7 +1,7 @@
 """FVD and faithfulness of one shapes model under several classifier-free guidance settings.
 
-The same N held-out prompts and seeds are sampled once per setting (a scale, or one per level as
-"3,1,1"); every setting is scored against the same real clips, beside the real-vs-real floor and
+The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
+"3,1,1", optionally followed by per-level steps and an overlap ("1.5/32,32,16/hw"); every setting is scored against the same real clips, beside the real-vs-real floor and
 the trivial baselines (static, shuffled frames) at that N. One JSON line per setting as it
 finishes, then a markdown table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
@@ -22,10 +22,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def parse_setting(text: str) -> float | list[float]:
-    """"3" -> 3.0; "3,1,1" -> [3.0, 1.0, 1.0]."""
-    vals = [float(v) for v in text.split(",")]
-    return vals[0] if len(vals) == 1 else vals
+def parse_setting(text: str, steps, overlap) -> tuple:
+    """"3" -> (3.0, steps, overlap); "3,1,1/32,32,16/hw" -> ([3.0, 1.0, 1.0], [32, 32, 16], "hw")."""
+    parts = text.split("/")
+    vals = [float(v) for v in parts[0].split(",")]
+    if len(parts) > 1 and parts[1]:
+        steps = [int(v) for v in parts[1].split(",")]
+    if len(parts) > 2 and parts[2]:
+        overlap = parts[2]
+    return (vals[0] if len(vals) == 1 else vals), steps, overlap
 
 
 def main(argv=None) -> int:
@@ -66,8 +71,9 @@ def main(argv=None) -> int:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
     for text in a.settings:
         t0 = time.time()
-        fake = generate_rows(net, recipe, list(range(a.num)), cond, batch=a.batch, guidance=parse_setting(text),
-                             steps=steps, overlap=a.overlap, device=info.device, bf16=a.bf16, log=lambda s: None)
+        w, st, ov = parse_setting(text, steps, a.overlap)
+        fake = generate_rows(net, recipe, list(range(a.num)), cond, batch=a.batch, guidance=w,
+                             steps=st, overlap=ov, device=info.device, bf16=a.bf16, log=lambda s: None)
         secs = time.time() - t0
         sc = score_clips(fake, real_a.captions)
         f = fvd(fake)
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
               flush=True)
         if a.sheets:
             Path(a.sheets).mkdir(parents=True, exist_ok=True)
-            _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-')}.png", fake, real_a, 8)
+            _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-').replace('/', '_')}.png", fake, real_a, 8)
     print(f"\n{a.num} held-out clips per side, {info.weights}")
     print("| setting | FVD | colour | shape | direction |\n|---|---|---|---|---|")
     for name, f, sc in rows:
