@@ -208,7 +208,7 @@ class SampleConfig:
     rho: float = 7.0
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
-    guidance: float = 1.0                # Classifier-free guidance scale (1 = off).
+    guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level.
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
 
@@ -287,6 +287,9 @@ class Recipe:
             raise ConfigError(f"diffusion.p_mean = {list(pm)}: {len(pm)} entries for {L} pyramid levels; give one "
                               "number, or one per level (coarse to fine)")
         sm = self.sample
+        if isinstance(sm.guidance, (list, tuple)) and len(sm.guidance) != L:
+            raise ConfigError(f"sample.guidance = {list(sm.guidance)}: {len(sm.guidance)} entries for {L} pyramid "
+                              "levels; give one number, or one per level (coarse to fine)")
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")
@@ -356,7 +359,9 @@ class Recipe:
             ("sample.rho", s.rho, pos),
             ("sample.churn", s.churn, nonneg),
             ("sample.stochastic_levels", s.stochastic_levels, ints(0)),
-            ("sample.guidance", s.guidance, dict(lo=0, hi=MAX_GUIDANCE, note=" (1 = no guidance)")),
+            *((f"sample.guidance[{i}]" if isinstance(s.guidance, (list, tuple)) else "sample.guidance", v,
+               dict(lo=0, hi=MAX_GUIDANCE, note=" (1 = no guidance)"))
+              for i, v in enumerate(s.guidance if isinstance(s.guidance, (list, tuple)) else [s.guidance])),
             ("sample.batch_size", s.batch_size, ints(1)),
             ("sample.fps", s.fps, dict(nonneg, note=" (0 = data.fps)")),
             ("eval.num_clips", e.num_clips, ints(1)),

@@ -279,6 +279,10 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "guidance 1e300": (["sample", "--ckpt", run, "--guidance", "1e300", "--out", out], out),
         "guidance inf": (["sample", "--ckpt", run, "--guidance", "inf", "--out", out], out),
         "negative guidance": (["sample", "--ckpt", run, "--guidance", "-2", "--out", out], out),
+        "guidance for 2 of 3 levels": (["sample", "--ckpt", run, "--guidance", "2,1", "--out", out], out),
+        "guidance list with a word": (["sample", "--ckpt", run, "--guidance", "2,x,1", "--out", out], out),
+        "upscale guidance for 4 levels": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guidance",
+                                           "2,1,1,1", "--out", out], out),
         "batch 0": (["sample", "--ckpt", run, "--batch", "0", "--out", out], out),
         "negative batch": (["sample", "--ckpt", run, "--batch", "-1", "--out", out], out),
         "tile batch 0": (["sample", "--ckpt", run, "--tile-batch", "0", "--out", out], out),
@@ -317,6 +321,8 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
 def test_check_options_names_the_option_and_its_range():
     for kw, fragment in ((dict(guidance=float("nan")), "--guidance nan: expected a number in [0, 100]"),
                          (dict(guidance=1e300), "--guidance 1e+300"), (dict(guidance=-0.5), "--guidance -0.5"),
+                         (dict(guidance="1.5,200,1"), "--guidance 1.5,200,1: expected a number in [0, 100] or a "
+                                                      "comma-separated list of one per level"),
                          (dict(batch=0), "--batch 0: expected at least 1"), (dict(tile_batch=0), "--tile-batch 0"),
                          (dict(fps=float("inf")), "--fps inf"), (dict(levels=-1), "--levels -1")):
         with pytest.raises(GenerateError) as e:
@@ -324,6 +330,15 @@ def test_check_options_names_the_option_and_its_range():
         assert fragment in str(e.value) and "\n" not in str(e.value)
     check_options(batch=1, tile_batch=1, guidance=0.0, fps=0.5, levels=0)
     check_options(guidance=100.0)
+    check_options(guidance="1.5,1,1")
+
+
+def test_parse_guidance_gives_one_scale_or_one_per_level():
+    from hpdm_cli.drivers.sample import parse_guidance
+    assert parse_guidance(None, 3) is None and parse_guidance("2", 3) == 2.0 and parse_guidance(3, 3) == 3.0
+    assert parse_guidance("1.5,1,1", 3) == [1.5, 1.0, 1.0] == parse_guidance([1.5, 1, 1], 3)
+    with pytest.raises(GenerateError, match="2 values for a model with 3 levels"):
+        parse_guidance("2,1", 3)
 
 
 def test_non_finite_samples_are_never_written(gen):

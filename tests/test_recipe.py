@@ -302,6 +302,8 @@ def test_every_number_is_range_checked():
     ("model.mlp_ratio=0.001", "model.mlp_ratio = 0.001: gives an MLP of width 0"),
     ("sample.guidance=1e300", "sample.guidance = 1e+300: expected a finite number in [0, 100] (1 = no guidance)"),
     ("sample.guidance=-1", "sample.guidance = -1.0: expected a finite number in [0, 100]"),
+    ("sample.guidance=[3, 1]", "sample.guidance = [3.0, 1.0]: 2 entries for 3 pyramid levels"),
+    ("sample.guidance=[3, 1, 200]", "sample.guidance[2] = 200.0: expected a finite number in [0, 100]"),
     ("sample.level_steps=[8, 0, 2]", "sample.level_steps[1] = 0: expected an integer >= 1"),
     ("sample.level_steps=[8, 4]", "sample.level_steps = [8, 4]: 2 entries for 3 pyramid levels"),
     ("sample.sigma_min=100", "sample.sigma_min = 100.0 is above sample.sigma_max = 80.0"),

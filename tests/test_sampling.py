@@ -299,7 +299,14 @@ def test_per_level_guidance(monkeypatch, scales, cache):
 
 
 def test_per_level_guidance_needs_a_scale_per_level():
+    """The recipe's sample.guidance may be a list; the sampler wants one scale per level."""
+    import dataclasses
     net, recipe = small_net(load=[1, 1, 2, 3])
+    per_level = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance=[2.0, 1.0, 1.0]))
+    kw = dict(cond=torch.tensor([1]), steps=[2, 1, 1])
+    a = sample(net, per_level, [1], **kw)
+    b = sample(net, recipe, [1], guidance=[2.0, 1.0, 1.0], **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a.videos, b.videos))
     with pytest.raises(ValueError, match="2 per-level guidance scales given for 3 levels"):
         sample(net, recipe, [1], cond=torch.tensor([1]), guidance=[2.0, 1.0], steps=[1, 1, 1])
 

@@ -146,6 +146,7 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     (["--split", "nope"], "--split"),
     (["--batch", "0"], "--batch 0"),
     (["--guidance", "nan"], "--guidance nan"),
+    (["--guidance", "2,1"], "--guidance 2,1: 2 values for a model with 3 levels"),
     (["--steps", "0"], "--steps"),
     (["--out", "{file}"], "is a file"),
     (["--ckpt", "{missing}"], "no such checkpoint"),

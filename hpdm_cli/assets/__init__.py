@@ -8,5 +8,4 @@ the prompt's MiniLM word-piece states, computed by the text encoder (a dependenc
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "shapes-t2v.safetensors"
-DEFAULT_STEPS = "32,16,8"        # per level: fewer steps at level 2 leave visible noise (docs/results.md)
 DEFAULT_OVERLAP = "none"         # on a CPU: half the time of "hw" for a near-identical clip

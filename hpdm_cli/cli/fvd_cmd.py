@@ -14,6 +14,7 @@ import typer
 
 from .console import err, out
 from .progress import keyed_bars
+from .sample_cmd import GUIDANCE_HELP
 
 
 def eval_fvd(
@@ -53,8 +54,7 @@ def eval_fvd(
                                                                       "(default sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
                                                               "halved per level, or one per level)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Checkpoint --fake: classifier-free "
-                                                                      "guidance (default sample.guidance)."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="Checkpoint --fake: " + GUIDANCE_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tile overlap axes."),
     bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",

@@ -17,6 +17,8 @@ from .progress import keyed_bars
 OVERLAP_HELP = "Tile overlap axes at inference: fhw|fh|fw|hw|f|h|w|none (default: the recipe's pyramid.overlap)."
 STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
               "(default: the recipe's sample.steps).")
+GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
+                 "(default: the recipe's sample.guidance).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 
 
@@ -46,8 +48,7 @@ def sample(
                                          "level 0 (a low-resolution preview, same duration); default: all."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Seeds per sampler call (default: sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = off; "
-                                                                     "default: sample.guidance)."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
                                                            "instead of caching them (same video, slower)."),

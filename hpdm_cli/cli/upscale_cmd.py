@@ -13,7 +13,7 @@ import typer
 from .console import is_main_rank, rank0_warn
 from .console import out as console
 from .progress import keyed_bars
-from .sample_cmd import DEVICE_HELP, OVERLAP_HELP, STEPS_HELP
+from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, OVERLAP_HELP, STEPS_HELP
 
 
 def upscale(
@@ -37,8 +37,7 @@ def upscale(
     batch: Optional[int] = typer.Option(None, "--batch", help="Windows per sampler call (default: "
                                                              "sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale with --class/--prompt "
-                                                                     "(default: sample.guidance; 1 without)."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP + " Only with --class/--prompt."),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step."),
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),

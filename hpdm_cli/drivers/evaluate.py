@@ -39,7 +39,7 @@ from ..eval.faithfulness import read_clip, score_clips, swapped_floor
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .sample import check_options, make_sampler, parse_steps, to_uint8
+from .sample import check_options, make_sampler, parse_guidance, parse_steps, to_uint8
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 
@@ -199,7 +199,7 @@ def _write_sheet(path: Path, fake: list, real: RealClips, rows: int) -> str:
 
 
 def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", batch: int = 16,
-             guidance: Optional[float] = None, steps=None, overlap: Optional[str] = None,
+             guidance=None, steps=None, overlap: Optional[str] = None,
              device="auto", bf16: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
              log: Callable[[str], None] = print) -> dict:
@@ -208,6 +208,7 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     net, recipe, info = load_generator(ckpt, device)
     dev = info.device
     steps = parse_steps(steps, recipe.pyramid.num_levels)
+    guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     if recipe.model.cond == "none":
         raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
     out_dir.mkdir(parents=True, exist_ok=True)

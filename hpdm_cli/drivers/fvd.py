@@ -11,7 +11,6 @@ evaluation and the `--json` file. The CLI only parses options and prints the res
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, 
                         check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
                         side_stats, source_kind, stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
+from .sample import parse_guidance, parse_steps
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -73,23 +73,20 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
     if batch is not None and (int(batch) != batch or batch < 1):
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
-    if guidance is not None and not (math.isfinite(float(guidance)) and 0.0 <= float(guidance) <= 100.0):
-        raise FVDError(f"--guidance {guidance}: expected a finite classifier-free guidance scale in [0, 100] "
-                       "(1 = plain conditional sampling)")
+    _as_fvd_error(parse_guidance, guidance, num_levels)
     if num_levels is not None and gen.get("steps") is not None:
-        _parse_steps(gen["steps"], num_levels)
+        _as_fvd_error(parse_steps, gen["steps"], num_levels)
     if gen.get("data") is not None:
         from ..data.shards import is_dataset
         if not is_dataset(gen["data"]):
             raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
 
 
-def _parse_steps(steps, num_levels: int):
-    """Sampler steps per level (`hpdm_cli.drivers.sample.parse_steps`), its errors as FVDError."""
+def _as_fvd_error(parse, *args):
+    """A sampling option parsed as `hpdm sample` parses it (`parse_steps`, `parse_guidance`), its errors as FVDError."""
     from ..conditioning import GenerateError
-    from .sample import parse_steps
     try:
-        return parse_steps(steps, num_levels)
+        return parse(*args)
     except GenerateError as e:
         raise FVDError(str(e)) from None
 
@@ -169,7 +166,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
 
 def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
                         seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
-                        steps=None, guidance: Optional[float] = None, overlap: Optional[str] = None,
+                        steps=None, guidance=None, overlap: Optional[str] = None,
                         bf16: bool = False, tile_batch: int = 64,
                         log: Optional[Log] = None) -> tuple[Iterator[Clip], dict]:
     """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
@@ -187,8 +184,9 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     _check_model_frames(F_, protocol)
     n = int(protocol.num)
     values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
-    nsteps = _parse_steps(steps, recipe.pyramid.num_levels)
+    nsteps = _as_fvd_error(parse_steps, steps, recipe.pyramid.num_levels)
     _check_generation(dict(seed=seed, batch=batch, guidance=guidance))
+    guidance = _as_fvd_error(parse_guidance, guidance, recipe.pyramid.num_levels)
     bs = int(batch) if batch is not None else int(recipe.sample.batch_size)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
@@ -403,7 +401,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
 
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
                  gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
-                 guidance: Optional[float] = None, overlap: Optional[str] = None, bf16: bool = False,
+                 guidance=None, overlap: Optional[str] = None, bf16: bool = False,
                  **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
 

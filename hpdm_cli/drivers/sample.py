@@ -40,7 +40,7 @@ from ..device import world
 from ..sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
-    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "check_options", "rank_seeds", "output_paths",
+    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "check_options", "rank_seeds", "output_paths",
     "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level", "sample_videos",
     "write_outputs", "generate",
 ]
@@ -111,17 +111,35 @@ def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Opti
     return vals
 
 
-def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance: Optional[float] = None,
+def parse_guidance(text, num_levels: Optional[int] = None):
+    """`--guidance 3` (every level) or one scale per level "1.5,1,1"; None = the recipe's. A float or a list."""
+    from ..config import MAX_GUIDANCE
+    if text is None:
+        return None
+    try:
+        vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
+                else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) and 0 <= v <= MAX_GUIDANCE for v in vals):
+        raise GenerateError(f"--guidance {text}: expected a number in [0, {MAX_GUIDANCE:g}] or a comma-separated "
+                            "list of one per level (1 = no guidance, 0 = unconditional)")
+    if len(vals) == 1:
+        return vals[0]
+    if num_levels is not None and len(vals) != num_levels:
+        raise GenerateError(f"--guidance {text}: {len(vals)} values for a model with {num_levels} levels "
+                            "(give one value, or one per level)")
+    return vals
+
+
+def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
                   fps: Optional[float] = None, levels: Optional[int] = None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
-    from ..config import MAX_GUIDANCE
     if batch is not None and batch < 1:
         raise GenerateError(f"--batch {batch}: expected at least 1 (seeds or windows per sampler call)")
     if tile_batch < 1:
         raise GenerateError(f"--tile-batch {tile_batch}: expected at least 1 (tiles per network forward)")
-    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
-        raise GenerateError(f"--guidance {guidance}: expected a number in [0, {MAX_GUIDANCE:g}] "
-                            "(1 = no guidance, 0 = unconditional)")
+    parse_guidance(guidance)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise GenerateError(f"--fps {fps}: expected a positive number")
     if levels is not None and levels < 0:
@@ -225,7 +243,7 @@ def last_level(levels: Optional[int], num_levels: int) -> int:
 
 def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional[Condition] = None, *,
                   levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
-                  guidance: Optional[float] = None, overlap: Optional[str] = None, cache: bool = True,
+                  guidance=None, overlap: Optional[str] = None, cache: bool = True,
                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
                   bf16: bool = False, keep_levels: bool = False, compile: bool = False,
                   progress: Optional[Progress] = None) -> SampleOutput:
@@ -237,6 +255,7 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
+    guidance = parse_guidance(guidance, L)
     nsteps = level_steps(recipe.sample, L, steps)
     batch = int(recipe.sample.batch_size if batch is None else batch)
     seeds = [int(s) for s in seeds]
@@ -321,7 +340,7 @@ class SampleReport:
 
 def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",
              prompt: Optional[str] = None, class_: Optional[str] = None, levels: Optional[int] = None,
-             batch: Optional[int] = None, steps=None, guidance: Optional[float] = None,
+             batch: Optional[int] = None, steps=None, guidance=None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
              device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
@@ -334,9 +353,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     unusable checkpoints skipped in a run directory.
     """
     if ckpt is None:                                      # the packaged default model, with its CPU settings
-        from ..assets import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_STEPS
-        ckpt = DEFAULT_MODEL
-        steps = DEFAULT_STEPS if steps is None else steps
+        from ..assets import DEFAULT_MODEL, DEFAULT_OVERLAP
+        ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
@@ -348,6 +366,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
+    guidance = parse_guidance(guidance, L)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)

@@ -36,7 +36,8 @@ from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe
 from ..device import world
 from ..sampling import level_steps
-from .sample import Log, Progress, check_finite, check_options, check_writable, make_parent, make_sampler, parse_steps
+from .sample import (Log, Progress, check_finite, check_options, check_writable, make_parent, make_sampler,
+                     parse_guidance, parse_steps)
 
 __all__ = [
     "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",
@@ -306,7 +307,7 @@ def _window_outputs(frames: np.ndarray, recipe: Recipe, geom: FitGeometry, pad_m
 def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int = 0, fit: str = "crop",
                    pad_mode: str = "edge", window_overlap: float = 0.5, seed: int = 0,
                    condition: Optional[Condition] = None, steps: Optional[Sequence[int]] = None,
-                   guidance: Optional[float] = None, overlap: Optional[str] = None, cache: bool = True,
+                   guidance=None, overlap: Optional[str] = None, cache: bool = True,
                    offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
                    bf16: bool = False, progress: Optional[Progress] = None,
                    sample_fn: Optional[SampleFn] = None) -> UpscaleOutput:
@@ -325,6 +326,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
     _check_pad_mode(pad_mode)
     starts = window_starts(T, R_f, window_overlap)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
+    guidance = parse_guidance(guidance, L)
     batch = int(recipe.sample.batch_size if batch is None else batch)
     condition = condition or Condition()
     nsteps = level_steps(recipe.sample, L, steps)
@@ -369,7 +371,7 @@ class UpscaleReport:
 def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.PathLike, *, from_level: int = 0,
             fit: str = "crop", pad_mode: str = "edge", window_overlap: float = 0.5, seed: int = 0,
             prompt: Optional[str] = None, class_: Optional[str] = None, steps=None,
-            guidance: Optional[float] = None, overlap: Optional[str] = None, cache: bool = True,
+            guidance=None, overlap: Optional[str] = None, cache: bool = True,
             offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device: str = "auto",
             bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None) -> UpscaleReport:
     """`hpdm upscale`: an existing video -> the model's resolution, through its learned upper levels.
@@ -385,6 +387,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     _check_from_level(from_level, recipe.pyramid.num_levels)
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
+    guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     cond = request_condition(recipe, info, prompt, class_, device=info.device)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
@@ -405,7 +408,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
 
 
 def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float, seed: int, from_level: int,
-                   batch: Optional[int], tile_batch: int, guidance: Optional[float]) -> None:
+                   batch: Optional[int], tile_batch: int, guidance) -> None:
     """Everything `upscale` can check before loading the checkpoint (options, output path, input file)."""
     _check_fit(fit)
     _check_pad_mode(pad_mode)
