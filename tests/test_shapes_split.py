@@ -96,3 +96,18 @@ def test_split_in_dataset_and_cli(tmp_path, capsys):
     assert code == 2
     err = err.strip()
     assert err.startswith("hpdm: error:") and "heldout" in err and "\n" not in err, err
+
+
+def test_unseen_pairing_names_colours_the_data_never_puts_on_a_background():
+    """A prompt the data cannot show (too little contrast) gets a note; every caption the data makes gets none."""
+    from hpdm_cli.data.shapes import shapes_prompts, unseen_pairing
+    note = unseen_pairing("a green diamond moving up on a brown background")
+    assert "never shows a green object on a brown background" in note and "black, blue, purple" in note
+    assert unseen_pairing("A Green square moving up on a green background") is not None
+    for fine in ("a red circle moving right", "a circle moving up on a green background", "a cat", ""):
+        assert unseen_pairing(fine) is None
+    seen = [unseen_pairing(p) for p in shapes_prompts(short=False)]
+    assert len(seen) > 100 and seen == [None] * len(seen)
+    # a full count: 8 colours x 6 backgrounds, of which the contrast rule allows 41 pairs
+    pairs = [(c, b) for c in COLOURS for b in ("black", "gray", "blue", "green", "brown", "purple")]
+    assert sum(unseen_pairing(f"a {c} circle moving up on a {b} background") is None for c, b in pairs) == 41

@@ -34,6 +34,7 @@ resolution-independent coordinates so every pyramid level sees the same picture.
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable
 
 import numpy as np
@@ -43,7 +44,7 @@ from hpdm_cli.data.shards import DataError, ShardWriter
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
     "SPLITS", "HELDOUT_TRIPLES", "HELDOUT_RULE", "is_heldout",
-    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "shapes_caption",
+    "SHAPE_AREAS", "shape_coverage", "render_shapes_video", "shapes_attributes", "shapes_caption", "unseen_pairing",
     "write_shapes_dataset",
 ]
 
@@ -259,6 +260,20 @@ def shapes_caption(colour: str, shape: str, direction: str, background: str | No
     article = "an" if colour[0] in "aeiou" else "a"
     where = f" on a {background} background" if background else ""
     return f"{article} {colour} {shape} moving {direction}{where}"
+
+
+def unseen_pairing(prompt: str) -> str | None:
+    """Why a shapes model cannot draw `prompt` (a colour on a background the data never pairs it with), else None."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    colour = next((w for w in words if w in COLOURS), None)
+    background = next((a for a, b in zip(words, words[1:]) if b == "background" and a in BACKGROUNDS), None)
+    if colour is None or background is None or colour == background and words.count(colour) < 2:
+        return None
+    allowed = _allowed_backgrounds(colour)
+    if background in allowed:
+        return None
+    return (f"the shapes data never shows a {colour} object on a {background} background (too little contrast), "
+            f"so the model will likely draw no object; {colour} objects appear on {', '.join(allowed)}")
 
 
 def shapes_prompts(*, short: bool = True) -> list[str]:

@@ -350,11 +350,15 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
-    unusable checkpoints skipped in a run directory.
+    unusable checkpoints skipped in a run directory, and about prompts the packaged model cannot draw.
     """
     if ckpt is None:                                      # the packaged default model, with its CPU settings
         from ..assets import DEFAULT_MODEL, DEFAULT_OVERLAP
+        from ..data.shapes import unseen_pairing
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
+        note = unseen_pairing(prompt) if prompt else None
+        if note and warn is not None:
+            warn(note)
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
