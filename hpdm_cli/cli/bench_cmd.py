@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..config import ConfigError
 from .console import out
 
 
@@ -26,12 +27,36 @@ def bench(
     sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "
                                                           "reported apart)."),
+    memory_chart: Optional[Path] = typer.Option(None, "--memory-chart", help="Instead: training peak memory "
+                                                "against output resolution (batch 1, bf16), up to out-of-memory, "
+                                                "drawn into this PNG."),
+    resolutions: Optional[str] = typer.Option(None, help="--memory-chart: comma-separated FxHxW sizes (default "
+                                                         "16x64x64 ... 256x1024x1024)."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="--memory-chart: also measure "
+                                  "video-diffusion-pytorch's Unet3D on whole videos (pip install 'hpdm[bench]')."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
     from rich.table import Table
 
     from ..drivers.bench import run_bench
+    if memory_chart is not None:
+        from ..drivers.memory_chart import run_memory_chart
+        given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--batch", batch),
+                                ("--ablations", ablations or None), ("--precision", precision),
+                                ("--sampling", sampling or None), ("--overlap", overlap),
+                                ("--cache-only", None if compare_cache else True), ("--sample-steps", sample_steps),
+                                ("--compile", compile or None)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: not used by --memory-chart (one bf16 step at batch 1 per "
+                              f"resolution); drop {'it' if len(given) == 1 else 'them'}")
+        run_memory_chart(recipe, overrides or [], memory_chart, json_out=json_out, resolutions=resolutions,
+                         baseline=baseline, log=out.print)
+        out.print(f"wrote {memory_chart}" + (f" and {json_out}" if json_out else ""))
+        return
+    if resolutions is not None or not baseline:
+        raise ConfigError(f"{'--resolutions' if resolutions is not None else '--no-baseline'} only applies with "
+                          "--memory-chart PNG: add it or drop the option")
     rows = run_bench(recipe, overrides or [], sampling=sampling, steps=steps, warmup=warmup, batch=batch,
                      ablations=ablations, precision=precision, overlap=overlap, compare_cache=compare_cache,
                      sample_steps=sample_steps, compile=compile, json_out=json_out)
