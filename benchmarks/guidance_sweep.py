@@ -36,7 +36,13 @@ def parse_setting(text: str, steps, overlap) -> tuple:
 def main(argv=None) -> int:
     """Sample, score and print one row per guidance setting."""
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.evaluate import _write_sheet, condition_rows, embed_prompts, generate_rows, render_real
+    from hpdm_cli.drivers.evaluate import (
+        _write_sheet,
+        condition_rows,
+        embed_prompts,
+        generate_rows,
+        render_real,
+    )
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import carried  # noqa: E402
+
 from hpdm_cli.config import ConfigError  # noqa: E402
 from hpdm_cli.drivers import memory_chart as mc  # noqa: E402
 from hpdm_cli.io import atomic_write_text  # noqa: E402
