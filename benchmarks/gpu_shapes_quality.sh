@@ -31,7 +31,9 @@
 #   EVAL_ARGS=--no-fvd bash benchmarks/gpu_shapes_quality.sh "a:$BASE" "b:$BASE model.num_latents=128"
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
+RECIPE=${RECIPE:-recipes/shapes.toml}                  # RECIPE=recipes/shapes128.toml: the 32x128x128 pyramid
 source benchmarks/gpu_env.sh
+BASE_RES=$(python3 -c "from hpdm_cli.recipe import load_recipe as l; r = l('$RECIPE'); print(list(r.pyramid.patch))" | tr -d ' ')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [ $# -gt 0 ] || set -- "default:"
@@ -40,8 +42,8 @@ names=()
 t0=$(date +%s)
 if [ -n "${BASE_SECONDS:-}" ]; then
   # shellcheck disable=SC2086
-  timeout -s TERM "$BASE_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-base --no-progress \
-    data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
+  timeout -s TERM "$BASE_SECONDS" python3 -m hpdm_cli train "$RECIPE" --run-dir /tmp/run-base --no-progress \
+    data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' "pyramid.resolution=$BASE_RES" "pyramid.patch=$BASE_RES" \
     diffusion.p_mean=0.8 \
     ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
   echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
@@ -57,7 +59,7 @@ for spec in "$@"; do
   name=${spec%%:*}; overrides=${spec#*:}; names+=("$name"); mkdir -p "$RES/$name"; rm -rf "/tmp/run-$name"
   gpus[$i]=$(gpu_of $i); i=$((i + 1))
   # shellcheck disable=SC2086
-  ( CUDA_VISIBLE_DEVICES=${gpus[$((i - 1))]} timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "/tmp/run-$name" \
+  ( CUDA_VISIBLE_DEVICES=${gpus[$((i - 1))]} timeout -s TERM "${TRAIN_SECONDS:-300}" python3 -m hpdm_cli train "$RECIPE" --run-dir "/tmp/run-$name" \
       --no-progress data.prompt_table='"out/gpu/shapes_prompts_tokens.safetensors"' $overrides > "/tmp/train-$name.log" 2>&1
     echo "[$name] train exit $?" >> "/tmp/train-$name.log" ) &
   # shellcheck disable=SC2086
