@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default=None, help="per-level steps, e.g. 32,16,8 (default: the recipe's)")
     ap.add_argument("--overlap", default=None)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network (compile time included)")
     ap.add_argument("--i3d-weights", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tables", default="out/gpu/shapes_prompts_tokens.safetensors")
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         w, st, ov = parse_setting(text, steps, a.overlap)
         fake = generate_rows(net, recipe, list(range(a.num)), cond, batch=a.batch, guidance=w,
-                             steps=st, overlap=ov, device=info.device, bf16=a.bf16, log=lambda s: None)
+                             steps=st, overlap=ov, device=info.device, bf16=a.bf16, compile=a.compile,
+                             log=lambda s: None)
         secs = time.time() - t0
         sc = score_clips(fake, real_a.captions)
         f = fvd(fake)

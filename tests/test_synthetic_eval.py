@@ -81,6 +81,27 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert len(summary_rows(rep)) >= 6
 
 
+def test_eval_compile_samples_every_part_through_the_compiled_network(tmp_path, prompt_table, monkeypatch):
+    """`hpdm eval --compile`: the generated clips, the sensitivity and the level diagnostics all use it."""
+    import torch
+
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.train.loop import train
+    recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    train(recipe, tmp_path / "run", log=lambda m: None)
+    compile_, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compile_(m, backend="aot_eager", **k))   # no C++ build
+    make = ev.make_sampler
+
+    def spy(*a, **k):
+        calls.append(k.get("compile"))
+        return make(*a, **k)
+    monkeypatch.setattr(ev, "make_sampler", spy)
+    rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="1", fvd=False, device="cpu",
+                      compile=True, log=lambda m: None)
+    assert calls == [True] * 4 and rep["compiled"] is True and rep["complete"] is True
+
+
 def test_an_eval_stopped_during_fvd_keeps_what_it_measured(tmp_path, prompt_table, monkeypatch):
     """A job killed in its last part (FVD) leaves the report so far, marked incomplete, and the contact sheet."""
     import hpdm_cli.drivers.evaluate as ev

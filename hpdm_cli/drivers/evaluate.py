@@ -76,14 +76,14 @@ def condition_rows(recipe, real: RealClips, embed: Callable[[list], torch.Tensor
 
 def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batch: int, guidance, steps,
                   overlap, device, bf16: bool, levels: Optional[int] = None, fixed: Optional[torch.Tensor] = None,
-                  log: Callable[[str], None] = print) -> list[np.ndarray]:
+                  compile: bool = False, log: Callable[[str], None] = print) -> list[np.ndarray]:
     """One clip per (seed, condition row), `batch` rows per sampler call; uint8 [T, H, W, 3] each.
 
     `levels` stops after that many levels; `fixed` [N, C, f, h, w] in [-1, 1] is taken as level 0
     instead of generating it (learned super-resolution of given clips).
     """
     tile_batch = 1024 if torch.device(device).type == "cuda" else 64
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16, compile=compile)
     nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)
     videos, t0 = [], time.time()
     for s in range(0, len(seeds), batch):
@@ -200,7 +200,7 @@ def _write_sheet(path: Path, fake: list, real: RealClips, rows: int) -> str:
 
 def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", batch: int = 16,
              guidance=None, steps=None, overlap: Optional[str] = None,
-             device="auto", bf16: bool = False, fvd: bool = True, i3d_weights=None,
+             device="auto", bf16: bool = False, compile: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
              log: Callable[[str], None] = print) -> dict:
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
@@ -223,13 +223,14 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     seeds = list(range(num_clips))
     log(f"sampling {num_clips} clips")
     t0 = time.time()
-    fake = generate_rows(net, recipe, seeds, cond, batch=batch, guidance=guidance, steps=steps, overlap=overlap,
-                         device=dev, bf16=bf16, log=log)
+    gen = dict(batch=batch, guidance=guidance, steps=steps, overlap=overlap, device=dev, bf16=bf16, compile=compile,
+               log=log)
+    fake = generate_rows(net, recipe, seeds, cond, **gen)
     seconds = (time.time() - t0) / num_clips
     report = {"checkpoint": str(info.weights), "step": info.step, "num_clips": num_clips, "split": split,
               "resolution": list(R), "guidance": guidance if guidance is not None else recipe.sample.guidance,
               "steps": level_steps(recipe.sample, recipe.pyramid.num_levels, steps), "seconds_per_clip": seconds,
-              "complete": False}
+              "compiled": compile, "complete": False}
 
     def save() -> None:                  # after every part: a stopped eval (a job's time limit) keeps what it measured
         atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
@@ -243,13 +244,10 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     save()
     # Sensitivity: the first clips' seeds again under the next clip's caption.
     k = min(num_clips, 32)
-    other = generate_rows(net, recipe, seeds[:k], cond[1:k + 1] if k < num_clips else cond.roll(-1, 0)[:k],
-                          batch=batch, guidance=guidance, steps=steps, overlap=overlap, device=dev, bf16=bf16,
-                          log=log)
+    other = generate_rows(net, recipe, seeds[:k], cond[1:k + 1] if k < num_clips else cond.roll(-1, 0)[:k], **gen)
     report["sensitivity"] = condition_sensitivity(other, fake[:k])
     if recipe.pyramid.num_levels > 1:                    # one level: "level 0 alone" is the whole model
-        report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, batch=batch, guidance=guidance,
-                                              steps=steps, overlap=overlap, device=dev, bf16=bf16, log=log)
+        report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, **gen)
     vids = torch.from_numpy(np.stack(real_a.videos[:min(num_clips, 256)])).permute(0, 4, 1, 2, 3)
     report["loss_gap"] = condition_loss_gap(net, recipe, vids.float() / 127.5 - 1, cond[:len(vids)])
     save()
