@@ -23,6 +23,8 @@ class ConfigError(HPDMError, ValueError):
 # conditional and unconditional predictions until float32 overflows (1e300 gives a black video).
 # `hpdm sample --guidance` is held to the same range.
 MAX_GUIDANCE = 100.0
+# torch.compile's modes that `train.compile` may name ("reduce-overhead" replays CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _is_pow2(n: int) -> bool:
@@ -188,7 +190,7 @@ class TrainConfig:
     grad_clip: float = 0.0               # Global-norm clipping (0 = off).
     ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
-    compile: bool = False                # torch.compile the model.
+    compile: bool | str = False          # torch.compile the model: true, or a mode ("reduce-overhead": CUDA graphs).
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu", "cuda".
@@ -293,6 +295,9 @@ class Recipe:
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")
+        if isinstance(t.compile, str) and t.compile not in COMPILE_MODES:
+            raise ConfigError(f"train.compile = {t.compile!r}: expected true, false or a torch.compile mode: "
+                              + ", ".join(f'"{m}"' for m in COMPILE_MODES))
         if self.train.optimizer not in ("lamb", "adamw"):
             raise ConfigError(f"train.optimizer = {self.train.optimizer!r}: expected \"lamb\" or \"adamw\"")
         if self.data.synthetic_split not in ("all", "train", "heldout"):

@@ -302,6 +302,7 @@ def test_every_number_is_range_checked():
     ("model.mlp_ratio=0.001", "model.mlp_ratio = 0.001: gives an MLP of width 0"),
     ("sample.guidance=1e300", "sample.guidance = 1e+300: expected a finite number in [0, 100] (1 = no guidance)"),
     ("sample.guidance=-1", "sample.guidance = -1.0: expected a finite number in [0, 100]"),
+    ("train.compile=\"fast\"", "train.compile = 'fast': expected true, false or a torch.compile mode"),
     ("sample.guidance=[3, 1]", "sample.guidance = [3.0, 1.0]: 2 entries for 3 pyramid levels"),
     ("sample.guidance=[3, 1, 200]", "sample.guidance[2] = 200.0: expected a finite number in [0, 100]"),
     ("sample.level_steps=[8, 0, 2]", "sample.level_steps[1] = 0: expected an integer >= 1"),
@@ -438,3 +439,17 @@ def test_default_recipe_path_packaged(tmp_path, monkeypatch):
 def test_default_recipe_path_real_package_names_resolve():
     for name in available_recipes():
         assert default_recipe_path(name).is_file()
+
+
+def test_train_compile_takes_a_flag_or_a_torch_compile_mode(monkeypatch):
+    """train.compile: false keeps the module, true compiles it, a mode name is passed on to torch.compile."""
+    import torch
+
+    from hpdm_cli.train.loop import compile_model
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: calls.append(k) or ("compiled", m))
+    net = torch.nn.Linear(2, 2)
+    assert compile_model(net, False) is net and calls == []
+    assert compile_model(net, True) == ("compiled", net) and calls == [{}]
+    assert compile_model(net, "reduce-overhead") == ("compiled", net) and calls[-1] == {"mode": "reduce-overhead"}
+    assert load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "ucf.toml", ['train.compile="max-autotune"']).train.compile == "max-autotune"

@@ -205,12 +205,12 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
 def _time_training(name: str, rec: Recipe, precision: str, device: torch.device, *, steps: int, warmup: int,
                    batch: Optional[int]) -> dict:
     """The row of one variant and precision: median step time over `steps` after `warmup` untimed steps."""
-    from ..train.loop import build_model, forward_backward, set_precision
+    from ..train.loop import build_model, compile_model, forward_backward, set_precision
     from ..train.optim import Lamb, param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
     net = build_model(rec).to(device)
-    model = torch.compile(net) if rec.train.compile else net
+    model = compile_model(net, rec.train.compile)
     opt = Lamb(param_groups(net, rec.train.weight_decay), lr=1e-4)
     L = rec.pyramid.num_levels
     g = torch.Generator().manual_seed(0)

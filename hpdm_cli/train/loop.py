@@ -165,6 +165,8 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
                      draw: NoiseDraw, loss_scale: float, precision: str):
     """Extract the patch hierarchy, compute the EDM loss and backpropagate `loss * loss_scale`."""
+    if videos.is_cuda:                 # a new step for CUDA graphs (train.compile = "reduce-overhead"); else a no-op
+        torch.compiler.cudagraph_mark_step_begin()
     patches = extract_patches(videos, recipe.pyramid, offsets)
     with autocast_for(precision, videos.device):
         out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
@@ -653,7 +655,14 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=recipe.model.self_condition or bool(unused))
-    return torch.compile(model) if recipe.train.compile else model
+    return compile_model(model, recipe.train.compile)
+
+
+def compile_model(model, setting):
+    """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode."""
+    if setting is False:
+        return model
+    return torch.compile(model) if setting is True else torch.compile(model, mode=setting)
 
 
 def _training_condition(recipe: Recipe, batches: "Batches", run_dir: Path, dist: DistInfo,
