@@ -25,6 +25,7 @@ class ConfigError(HPDMError, ValueError):
 MAX_GUIDANCE = 100.0
 # torch.compile's modes that `train.compile` may name ("reduce-overhead" replays CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _is_pow2(n: int) -> bool:

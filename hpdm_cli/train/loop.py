@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Recipe
+from ..config import CUDA_GRAPH_MODES, Recipe
 from ..device import DeviceError, to_device
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..errors import HPDMError
@@ -165,8 +165,8 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
                      draw: NoiseDraw, loss_scale: float, precision: str):
     """Extract the patch hierarchy, compute the EDM loss and backpropagate `loss * loss_scale`."""
-    if videos.is_cuda:                 # a new step for CUDA graphs (train.compile = "reduce-overhead"); else a no-op
-        torch.compiler.cudagraph_mark_step_begin()
+    if videos.is_cuda and recipe.train.compile in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()          # a new step: earlier graph outputs may be overwritten
     patches = extract_patches(videos, recipe.pyramid, offsets)
     with autocast_for(precision, videos.device):
         out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
