@@ -24,11 +24,10 @@ chains (lower levels at the context sigma, their outputs discarded). Both give t
 
 Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows [B, 2B) drop it
 (keep=False); D = D_u + w_l (D_c - D_u) on the merged canvas. The scale may differ per level
-(`level_guidance`): guidance shapes content (what object, where it goes) on the coarse levels,
-while on the fine levels, which add detail to a given layout, a large scale exaggerates it.
-Lower-level activations depend on the condition, so a level's caches and latents hold both
-halves while any later level is guided; a level with w = 1 whose successors are all unguided
-runs on the conditional rows only (`_rows`).
+(`level_guidance`), e.g. guidance at the base level, which lays out the clip, and none on the
+finer levels that add detail to it. Lower-level activations depend on the condition, so a
+level's caches and latents hold both halves while any later level is guided; a level with w = 1
+whose successors are all unguided runs on the conditional rows only (`_rows`), at half the cost.
 
 Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
 tile also returns its latents, and the next evaluation of that tile is given them (the first one
