@@ -211,7 +211,8 @@ class SampleConfig:
     rho: float = 7.0
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
-    guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level.
+    guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level
+    #                                      (coarse to fine; as with level_steps, extra entries are unused).
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
 
@@ -290,9 +291,10 @@ class Recipe:
             raise ConfigError(f"diffusion.p_mean = {list(pm)}: {len(pm)} entries for {L} pyramid levels; give one "
                               "number, or one per level (coarse to fine)")
         sm = self.sample
-        if isinstance(sm.guidance, (list, tuple)) and len(sm.guidance) != L:
+        if isinstance(sm.guidance, (list, tuple)) and len(sm.guidance) < L:
             raise ConfigError(f"sample.guidance = {list(sm.guidance)}: {len(sm.guidance)} entries for {L} pyramid "
-                              "levels; give one number, or one per level (coarse to fine)")
+                              "levels; give one number, or one per level (coarse to fine; as with "
+                              "sample.level_steps, entries past the last level are unused)")
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")

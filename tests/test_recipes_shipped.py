@@ -44,3 +44,15 @@ def test_hpdm_s_m_l_parameter_counts(latent, expected_m):
     with torch.device("meta"):
         net = HPDMNet(r.pyramid, r.model)
     assert abs(sum(p.numel() for p in net.parameters()) / 1e6 - expected_m) < 0.1
+
+
+@pytest.mark.parametrize("name,base", [("shapes", "[4,16,16]"), ("shapes128", "[8,32,32]")])
+def test_the_base_level_alone_stage_of_the_header_loads(name, base):
+    """The header's first stage (one level, the base level alone) is a valid recipe: per-level lists
+    (p_mean is overridden, guidance and steps keep their first entry) fit one level."""
+    rec = load_recipe(ROOT / "recipes" / f"{name}.toml", [f"pyramid.resolution={base}", f"pyramid.patch={base}",
+                                                          "diffusion.p_mean=0.8"])
+    assert rec.pyramid.num_levels == 1
+    from hpdm_cli.sampling import level_steps
+    from hpdm_cli.sampling.hierarchical import level_guidance
+    assert level_steps(rec.sample, 1) == [32] and level_guidance(rec.sample.guidance, 1) == [1.5]
