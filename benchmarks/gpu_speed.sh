@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# One GPU call (nvidia-h200, < 9 minutes): training speed of recipes/ucf.toml against the RIN peer
-# (eager and compiled, bf16, in one run), the host time of a step's random draw, sampling speed (hw
-# overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32), and training memory against
-# resolution (HPDM against video-diffusion-pytorch's Unet3D, PNG chart). Results in $OUT (8 files:
-# log.txt, summary.txt, six JSON/PNG); a short table at the end. Compiled sampling is timed apart from
-# its compile time, and the eager step with the noise drawn on the host as before (train.noise_on).
-# Stage limits (s): PEER_S 260, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 80.
+# GPU calls (nvidia-h200, < 10 minutes each): training speed of recipes/ucf.toml against the RIN peer
+# (eager, compiled, and compiled with CUDA graphs, bf16, both sides in one run), sampling speed (hw
+# overlap, cache on, 8/4/2 steps extrapolated to the recipe's 128/64/32; eager and compiled, compile
+# time apart), training memory against resolution (`hpdm bench --memory-chart` beside
+# video-diffusion-pytorch's Unet3D, PNG chart), the host time of a step's random draw and the eager
+# step with the noise drawn on the host (train.noise_on). STAGES picks them; all of them do not fit
+# in one call:
+#   STAGES="peer sampling sampling_compiled"    (default, ~9 minutes)
+#   STAGES="memory draw host_noise"             (a second call)
+# Results in $OUT (log.txt, summary.txt, JSON/PNG per stage); a short table at the end.
+# Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 120.
+# PEER_MODES (default eager,compiled,graphs) picks benchmarks/peer_rin.py's modes.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
 # The stage limits can be lowered (not to 0: that disables the limit). TINY=1 runs every stage at toy
@@ -26,22 +31,37 @@ if [ -n "${TINY:-}" ]; then
 else
   PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps 8,4,2); MEMORY=()
 fi
-echo "== training: ours vs rin-pytorch (eager, compiled)" | tee -a "$LOG"
-timeout "${PEER_S:-260}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
-  --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" "${PEER[@]}" 2>&1 | tee -a "$LOG"
-echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
-echo "== training step with the noise drawn on the host (train.noise_on=\"host\", eager; compare: ours eager above) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${HOST_NOISE_S:-40}" python3 -m hpdm_cli bench "${SAMPLE[0]}" --batch "${HOST_NOISE_BATCH:-16}" --precision bf16 \
-  'train.noise_on="host"' 2>&1 | grep -E "noise_on|step_s|videos_per_s|MFU" | tee -a "$LOG"
-echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-  --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
-echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${SAMPLE_COMPILED_S:-120}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-  --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
-echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
-timeout "${MEMORY_S:-80}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
-  --png "$OUT/memory_vs_resolution.png" --json "$OUT/memory_vs_resolution.json" 2>&1 | tee -a "$LOG"
+STAGES=${STAGES:-peer sampling sampling_compiled}
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if want peer; then
+  echo "== training: ours vs rin-pytorch (${PEER_MODES:-eager,compiled,graphs})" | tee -a "$LOG"
+  timeout "${PEER_S:-380}" python3 benchmarks/peer_rin.py --batch 16 --peer-batch 32 --precision bf16 \
+    --modes "${PEER_MODES:-eager,compiled,graphs}" --timeout 180 --wheels "$WHL" --json "$OUT/peer_rin.json" \
+    "${PEER[@]}" 2>&1 | tee -a "$LOG"
+fi
+if want draw; then
+  echo "== host time of a step's random draw [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout 30 python3 benchmarks/draw_cost.py --json "$OUT/draw_cost.json" 2>&1 | tee -a "$LOG"
+fi
+if want host_noise; then
+  echo "== training step with the noise drawn on the host (train.noise_on=\"host\", eager) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${HOST_NOISE_S:-40}" python3 -m hpdm_cli bench "${SAMPLE[0]}" --batch "${HOST_NOISE_BATCH:-16}" --precision bf16 \
+    'train.noise_on="host"' 2>&1 | grep -E "noise_on|step_s|videos_per_s|MFU" | tee -a "$LOG"
+fi
+if want sampling; then
+  echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+    --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
+fi
+if want sampling_compiled; then
+  echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${SAMPLE_COMPILED_S:-120}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+    --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
+fi
+if want memory; then
+  echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${MEMORY_S:-120}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
+    --png "$OUT/memory_vs_resolution.png" --json "$OUT/memory_vs_resolution.json" 2>&1 | tee -a "$LOG"
+fi
 echo "== done in $((SECONDS - T0)) s" | tee -a "$LOG"
 python3 benchmarks/speed_summary.py "$OUT" 2>&1 | tee "$OUT/summary.txt"

@@ -47,6 +47,7 @@ the CPU to check the whole pipeline. Examples:
   python3 benchmarks/peer_rin.py --json out/peer_rin.json
   python3 benchmarks/peer_rin.py --tiny --modes eager
   python3 benchmarks/peer_rin.py --sides peer --modes compiled --peer-attn sdpa
+  python3 benchmarks/peer_rin.py --modes compiled,graphs       # with CUDA graphs (train.compile="reduce-overhead")
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ PEER_FULL = dict(dim=1024, image_size=256, patch_size=4, channels=3, depth=6, la
 PEER_TINY = dict(dim=64, image_size=16, patch_size=4, channels=3, depth=2, latent_self_attn_depth=1,
                  dim_latent=32, num_latents=8, patches_self_attn=False, latent_token_time_cond=True,
                  heads=2, dim_head=16)
+# --modes: name -> torch.compile mode (None: eager). "graphs" replays CUDA graphs (each step marks its start).
+MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead"}
+CUDA_GRAPH_MODES = ("reduce-overhead",)
 OURS_TINY = ["pyramid.resolution=[4,16,16]", "pyramid.patch=[2,8,8]", "model.interface_dim=64",
              "model.latent_dim=32", "model.num_latents=8", "model.num_blocks=2", "model.compute_layers=1",
              "model.head_dim=16", "model.load=linear"]
@@ -105,11 +109,13 @@ def worker_ours(a) -> dict:
     with sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else nullcontext():
         counted = carried.count_step_flops(one_step) / a.batch
     if a.compile:
-        rec = load_recipe(default_recipe_path(a.recipe), overrides + ["train.compile=true"])
+        setting = "true" if a.compile == "default" else f'"{a.compile}"'
+        rec = load_recipe(default_recipe_path(a.recipe), overrides + [f"train.compile={setting}"])
     row = bench.bench_training(rec, steps=a.steps, warmup=a.warmup, batch=a.batch, precisions=[a.precision])[0]
     return {"side": "ours", "model": f"HPDM {Path(a.recipe).stem} ({rec.pyramid.num_levels} levels, "
                                      f"{'x'.join(map(str, rec.pyramid.resolution))})",
-            "compile": bool(a.compile), "precision": a.precision, "batch": a.batch, "unit": "videos",
+            "compile": bool(a.compile), "mode": mode_name(a.compile), "precision": a.precision, "batch": a.batch,
+            "unit": "videos",
             "params_M": row["params_M"], "step_s": row["step_s"], "items_per_s": row["videos_per_s"],
             "TFLOP_per_item": row["TFLOP_per_video"], "TFLOP_per_item_counted": counted / 1e12,
             "peak_mem_GiB": row["peak_mem_GiB"], "device": row["device"], "stood_in": []}
@@ -150,13 +156,16 @@ def worker_peer(a) -> dict:
         opt.zero_grad(set_to_none=True)
 
     counted = carried.count_step_flops(lambda: step(net)) / B
-    model = torch.compile(net) if a.compile else net
+    model = torch.compile(net, mode=a.compile) if a.compile else net
+    graphs = a.compile in CUDA_GRAPH_MODES
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(a.warmup + a.steps):
         _sync(device)
         t0 = time.perf_counter()
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         step(model)
         _sync(device)
         if i >= a.warmup:
@@ -165,7 +174,8 @@ def worker_peer(a) -> dict:
     tokens = (cfg["image_size"] // cfg["patch_size"]) ** 2
     return {"side": "peer", "model": f"rin-pytorch RIN ({cfg['image_size']}^2, {tokens} tokens x {cfg['dim']}, "
                                      f"{cfg['num_latents']} latents x {cfg['dim_latent']})",
-            "compile": bool(a.compile), "precision": a.precision, "batch": B, "unit": "images", "attention": attn,
+            "compile": bool(a.compile), "mode": mode_name(a.compile), "precision": a.precision, "batch": B,
+            "unit": "images", "attention": attn,
             "params_M": sum(p.numel() for p in net.parameters()) / 1e6, "step_s": sec, "items_per_s": B / sec,
             "TFLOP_per_item": counted / 1e12, "TFLOP_per_item_counted": counted / 1e12,
             "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
@@ -185,12 +195,22 @@ def finish(row: dict, precision: str) -> dict:
     return row
 
 
-def _run_worker(side: str, compile_: bool, a) -> dict:
-    """Run one measurement in a fresh process; returns its row or {"error": ...}."""
+def mode_name(compile_mode) -> str:
+    """The --modes name of a torch.compile mode (None: eager)."""
+    return next(name for name, m in MODES.items() if m == (compile_mode or None))
+
+
+def row_mode(row: dict) -> str:
+    """A row's mode; rows written before modes had names say only whether they were compiled."""
+    return row.get("mode") or ("compiled" if row.get("compile") else "eager")
+
+
+def _run_worker(side: str, mode: str, a) -> dict:
+    """Run one measurement (`mode`: a MODES name) in a fresh process; returns its row or {"error": ...}."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--recipe", a.recipe,
            "--batch", str(a.batch), "--peer-batch", str(a.peer_batch), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--precision", a.precision, "--wheels", a.wheels]
-    cmd += ["--compile"] if compile_ else []
+    cmd += ["--compile", MODES[mode]] if MODES[mode] else []
     cmd += ["--tiny"] if a.tiny else []
     cmd += ["--peer-attn", a.peer_attn]
     for o in a.override:
@@ -200,26 +220,26 @@ def _run_worker(side: str, compile_: bool, a) -> dict:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"side": side, "compile": compile_, "error": f"timed out after {a.timeout} s"}
+        return {"side": side, "compile": bool(MODES[mode]), "mode": mode, "error": f"timed out after {a.timeout} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
         tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
         if "OutOfMemoryError" in p.stderr:
             tail = "out of memory: " + tail
-        return {"side": side, "compile": compile_, "error": tail}
+        return {"side": side, "compile": bool(MODES[mode]), "mode": mode, "error": tail}
     return json.loads(lines[-1])
 
 
 def table(rows: list[dict]) -> str:
     """Render the rows and the ours/peer ratios as a plain-text table."""
-    head = ["side", "compile", "batch", "items/s", "TFLOP/item", "counted", "TFLOP/s", "MFU %", "peak GiB"]
+    head = ["side", "mode", "batch", "items/s", "TFLOP/item", "counted", "TFLOP/s", "MFU %", "peak GiB"]
     out = [" | ".join(f"{h:>13}" if i == 0 else f"{h:>10}" for i, h in enumerate(head))]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['side']:>13} | {'yes' if r['compile'] else 'no':>10} | ERROR: {r['error']}")
+            out.append(f"{r['side']:>13} | {row_mode(r):>10} | ERROR: {r['error']}")
             continue
         side = r["side"] + (f" ({r['attention']})" if r.get("attention") else "")
-        cells = (side, "yes" if r["compile"] else "no", r["batch"], f"{r['items_per_s']:.2f}",
+        cells = (side, row_mode(r), r["batch"], f"{r['items_per_s']:.2f}",
                  f"{r['TFLOP_per_item']:.3f}", f"{r['TFLOP_per_item_counted']:.3f}", f"{r['TFLOPs']:.1f}",
                  f"{r['MFU_%']:.1f}", f"{r['peak_mem_GiB']:.1f}")
         out.append(" | ".join(f"{v:>13}" if i == 0 else f"{v:>10}" for i, v in enumerate(cells)))
@@ -230,14 +250,18 @@ def table(rows: list[dict]) -> str:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """{'eager'|'compiled': (ours analytic / peer, ours counted / peer counted)} for modes where both ran."""
+    """{mode: (ours analytic / peer, ours counted / peer counted)} for modes where both sides ran.
+
+    With CUDA graphs on our side, "graphs vs compiled" also compares it with the peer compiled
+    the plain way (the comparison the speed target names).
+    """
+    def ok(side, mode):
+        return [r for r in rows if r.get("side") == side and row_mode(r) == mode and "error" not in r]
     out = {}
-    for comp in (False, True):
-        o = [r for r in rows if r.get("side") == "ours" and r.get("compile") == comp and "error" not in r]
-        p = [r for r in rows if r.get("side") == "peer" and r.get("compile") == comp and "error" not in r]
+    for name, ours, peer in [(m, m, m) for m in MODES] + [("graphs vs compiled", "graphs", "compiled")]:
+        o, p = ok("ours", ours), ok("peer", peer)
         if o and p:
-            out["compiled" if comp else "eager"] = (o[0]["TFLOPs"] / p[0]["TFLOPs"],
-                                                    o[0]["TFLOPs_counted"] / p[0]["TFLOPs_counted"])
+            out[name] = (o[0]["TFLOPs"] / p[0]["TFLOPs"], o[0]["TFLOPs_counted"] / p[0]["TFLOPs_counted"])
     return out
 
 
@@ -258,7 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "tf32", "fp32"])
-    ap.add_argument("--modes", default="eager,compiled", help="eager, compiled or both (comma-separated)")
+    ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled (torch.compile), "
+                                                            "graphs (torch.compile with CUDA graphs)")
     ap.add_argument("--sides", default="ours,peer", help="ours, peer or both (comma-separated)")
     ap.add_argument("--wheels", default=str(HERE.parent / carried.DEFAULT_WHEELS), help="folder of carried wheels")
     ap.add_argument("--peer-attn", default="auto", choices=["auto", "sdpa", "einsum"],
@@ -268,7 +293,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per measurement")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compile", default=None, choices=[m for m in MODES.values() if m], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.tiny:
         a.batch, a.peer_batch = min(a.batch, 2), min(a.peer_batch, 2)
@@ -278,9 +303,9 @@ def main(argv=None) -> int:
         print(json.dumps(finish(row, a.precision)))
         return 0
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("eager", "compiled")]
+    bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        ap.error(f"--modes {a.modes!r}: expected eager, compiled or eager,compiled")
+        ap.error(f"--modes {a.modes!r}: expected a comma-separated list of {', '.join(MODES)}")
     sides = [x.strip() for x in a.sides.split(",") if x.strip()]
     if not sides or any(x not in ("ours", "peer") for x in sides):
         ap.error(f"--sides {a.sides!r}: expected ours, peer or ours,peer")
@@ -295,7 +320,7 @@ def main(argv=None) -> int:
     for m in modes:
         for side in sides:
             t0 = time.perf_counter()
-            rows.append(_run_worker(side, m == "compiled", a))
+            rows.append(_run_worker(side, m, a))
             print(f"[{side} {m}: {time.perf_counter() - t0:.0f} s]", flush=True)
             if a.json:                                                    # kept if a later step is cut short
                 _write(a, rows)

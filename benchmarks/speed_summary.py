@@ -31,7 +31,7 @@ def summary(folder: str | Path) -> str:
     else:
         lines.append(f"{'training (bf16)':<34}{'batch':>6}{'items/s':>10}{'TFLOP/s':>10}{'MFU %':>8}{'peak GiB':>10}")
         for r in peer["rows"]:
-            name = f"{r['side']} {'compiled' if r['compile'] else 'eager'}" + \
+            name = f"{r['side']} {r.get('mode') or ('compiled' if r['compile'] else 'eager')}" + \
                 (f" ({r['attention']} attention)" if r.get("attention") else "")
             if "error" in r:
                 lines.append(f"{name:<34}failed: {r['error'][:80]}")

@@ -132,6 +132,16 @@ def test_peer_ratios_only_where_both_sides_ran():
     assert "ERROR: timed out after 200 s" in text and "eager: 1.50x" in text and "compiled:" not in text
 
 
+def test_peer_modes_with_cuda_graphs_are_named_and_compared_with_the_compiled_peer():
+    rows = [_row("ours", True, 4.0, 4.0, mode="compiled"), _row("peer", True, 2.0, 2.0, mode="compiled"),
+            _row("ours", True, 5.0, 5.0, mode="graphs"), _row("peer", True, 4.0, 4.0, mode="graphs")]
+    assert peer_rin.ratios(rows) == {"compiled": (2.0, 2.0), "graphs": (1.25, 1.25), "graphs vs compiled": (2.5, 2.5)}
+    assert "graphs" in peer_rin.table(rows) and "graphs vs compiled: 2.50x" in peer_rin.table(rows)
+    assert [peer_rin.mode_name(m) for m in (None, "default", "reduce-overhead")] == ["eager", "compiled", "graphs"]
+    with pytest.raises(SystemExit):
+        peer_rin.main(["--modes", "eager,turbo"])
+
+
 def test_dry_run_writes_the_png_and_the_json(tmp_path):
     png, js = tmp_path / "m.png", tmp_path / "m.json"
     assert mvr.main(["--dry-run", "--png", str(png), "--json", str(js)]) == 0
