@@ -33,7 +33,7 @@ def bench(
     resolutions: Optional[str] = typer.Option(None, help="--memory-chart: comma-separated FxHxW sizes (default "
                                                          "16x64x64 ... 256x1024x1024)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="--memory-chart: also measure "
-                                  "video-diffusion-pytorch's Unet3D on whole videos (pip install 'hpdm[bench]')."),
+                                  "video-diffusion-pytorch's Unet3D on whole videos (hpdm's bench extra)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
 ):
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
