@@ -1,9 +1,10 @@
 """FVD and faithfulness of one shapes model under several classifier-free guidance settings.
 
 The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
-"3,1,1", optionally followed by per-level steps and an overlap ("1.5/32,32,16/hw"); every setting is scored against the same real clips, beside the real-vs-real floor and
-the trivial baselines (static, shuffled frames) at that N. One JSON line per setting as it
-finishes, then a markdown table. On a GPU with the I3D file (docs/results.md, section 8):
+"3,1,1", optionally followed by per-level steps and an overlap ("1.5/32,32,16/hw"); every setting
+is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
+(static, shuffled frames) at that N. One JSON line per setting as it finishes, then a markdown
+table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
 """

@@ -452,4 +452,5 @@ def test_train_compile_takes_a_flag_or_a_torch_compile_mode(monkeypatch):
     assert compile_model(net, False) is net and calls == []
     assert compile_model(net, True) == ("compiled", net) and calls == [{}]
     assert compile_model(net, "reduce-overhead") == ("compiled", net) and calls[-1] == {"mode": "reduce-overhead"}
-    assert load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "ucf.toml", ['train.compile="max-autotune"']).train.compile == "max-autotune"
+    ucf = Path(__file__).resolve().parents[1] / "recipes" / "ucf.toml"
+    assert load_recipe(ucf, ['train.compile="max-autotune"']).train.compile == "max-autotune"

@@ -162,6 +162,16 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     assert right[0] >= 4 and right[2] >= 4 and right[1] >= 3, read   # colour, direction, shape of 5
 
 
+def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path, capsys):
+    from conftest import run_cli
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a green diamond moving up on a brown background",
+                             "--levels", "0", "--steps", "1", "--out", str(tmp_path / "c.mp4"), "--no-progress")
+    assert code == 0 and "never shows a green object on a brown background" in err, err
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a green diamond moving up on a blue background",
+                             "--levels", "0", "--steps", "1", "--out", str(tmp_path / "d.mp4"), "--no-progress")
+    assert code == 0 and "never shows" not in err, err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--num-clips", "1"], "--num-clips 1"),
     (["--split", "nope"], "--split"),

@@ -40,8 +40,9 @@ from ..device import world
 from ..sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
-    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "check_options", "rank_seeds", "output_paths",
-    "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level", "sample_videos",
+    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "check_options", "rank_seeds",
+    "output_paths", "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level",
+    "sample_videos",
     "write_outputs", "generate",
 ]
 
@@ -352,13 +353,10 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
     unusable checkpoints skipped in a run directory, and about prompts the packaged model cannot draw.
     """
-    if ckpt is None:                                      # the packaged default model, with its CPU settings
+    packaged = ckpt is None
+    if packaged:                                          # the packaged default model, with its CPU settings
         from ..assets import DEFAULT_MODEL, DEFAULT_OVERLAP
-        from ..data.shapes import unseen_pairing
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
-        note = unseen_pairing(prompt) if prompt else None
-        if note and warn is not None:
-            warn(note)
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
@@ -373,6 +371,11 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     guidance = parse_guidance(guidance, L)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
+    if packaged and prompt and warn is not None:
+        from ..data.shapes import unseen_pairing
+        note = unseen_pairing(prompt)
+        if note:
+            warn(note)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]
