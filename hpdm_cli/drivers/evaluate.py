@@ -36,6 +36,7 @@ from ..conditioning import GenerateError
 from ..data.shapes import render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import read_clip, score_clips, swapped_floor
+from ..eval.texture import stripe_summary
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
@@ -103,8 +104,10 @@ def _level_diagnostics(net, recipe, real, cond, seeds, k, **kw) -> dict:
     caps = real.captions[:k]
     base = generate_rows(net, recipe, seeds[:k], cond[:k], levels=1, **kw)
     upscaled = generate_rows(net, recipe, seeds[:k], cond[:k], fixed=real0, **kw)
-    return {"level0_generated": score_clips(base, caps), "level0_real": score_clips(to_uint8(real0), caps),
-            "upscaled_from_real_level0": score_clips(upscaled, caps)}
+    real0 = to_uint8(real0)
+    return {"level0_generated": score_clips(base, caps), "level0_real": score_clips(real0, caps),
+            "upscaled_from_real_level0": score_clips(upscaled, caps),
+            "level0_stripes": {"generated": stripe_summary(base), "real": stripe_summary(real0)}}
 
 
 def _fvd_block(fake, real_a, real_b, weights, device, log) -> dict:
@@ -163,6 +166,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                  f"{s['same_seed_other_condition']:.1f} vs {s['other_seed']:.1f}"))
     g = report["loss_gap"]
     rows.append(("loss: true / shuffled / null condition", f"{g['true']:.4f} / {g['shuffled']:.4f} / {g['null']:.4f}"))
+    b = report.get("background_stripes")
+    if b:
+        rows.append(("background stripes R^2: generated / real", f"{b['generated']['mean']:.2f} / {b['real']['mean']:.2f}"))
     for name, value in report.get("fvd", {}).items():
         rows.append((f"FVD {name}", f"{value:.1f}"))
     lv = report.get("levels")
@@ -173,6 +179,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         for attr in ("colour", "shape", "direction"):
             rows.append((f"upper levels given real level 0: {attr}",
                          f"{100 * lv['upscaled_from_real_level0'][attr]:.1f}%"))
+        st = lv.get("level0_stripes")
+        if st:
+            rows.append(("level 0 alone: background stripes R^2 generated / real",
+                         f"{st['generated']['mean']:.2f} / {st['real']['mean']:.2f}"))
     rows.append(("sampling seconds per clip", f"{report['seconds_per_clip']:.2f}"))
     return rows
 
@@ -241,6 +251,7 @@ def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", bat
     report["faithfulness"] = {"generated": score_clips(readings, real_a.captions),
                               "real_ceiling": score_clips(real_a.videos, real_a.captions),
                               "swapped_floor": swapped_floor(readings, real_a.captions)}
+    report["background_stripes"] = {"generated": stripe_summary(fake), "real": stripe_summary(real_a.videos)}
     save()
     # Sensitivity: the first clips' seeds again under the next clip's caption.
     k = min(num_clips, 32)
