@@ -79,7 +79,7 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert saved["levels"]["upscaled_from_real_level0"]["n"] == 3
     # Background texture: the real clips carry the data's stripes (docs/results.md, section 9).
     assert saved["background_stripes"]["real"]["n"] == 3 and saved["background_stripes"]["real"]["mean"] > 0.5
-    assert set(saved["levels"]["level0_stripes"]) == {"generated", "real"}
+    assert set(saved["levels"]["level0_stripes"]) == {"generated", "real", "upscaled_from_real_level0"}
     assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_rows(rep)) >= 6
 

@@ -107,7 +107,8 @@ def _level_diagnostics(net, recipe, real, cond, seeds, k, **kw) -> dict:
     real0 = to_uint8(real0)
     return {"level0_generated": score_clips(base, caps), "level0_real": score_clips(real0, caps),
             "upscaled_from_real_level0": score_clips(upscaled, caps),
-            "level0_stripes": {"generated": stripe_summary(base), "real": stripe_summary(real0)}}
+            "level0_stripes": {"generated": stripe_summary(base), "real": stripe_summary(real0),
+                               "upscaled_from_real_level0": stripe_summary(upscaled)}}
 
 
 def _fvd_block(fake, real_a, real_b, weights, device, log) -> dict:
@@ -183,6 +184,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         if st:
             rows.append(("level 0 alone: background stripes R^2 generated / real",
                          f"{st['generated']['mean']:.2f} / {st['real']['mean']:.2f}"))
+            rows.append(("upper levels given real level 0: background stripes R^2",
+                         f"{st['upscaled_from_real_level0']['mean']:.2f}"))
     rows.append(("sampling seconds per clip", f"{report['seconds_per_clip']:.2f}"))
     return rows
 
