@@ -51,21 +51,29 @@ def stripe_fit(clip) -> float:
     if keep.sum() < 0.25 * h * w:
         return float("nan")
     m = float(min(h, w))
-    yy, xx = np.nonzero(keep)
-    v, u = (yy + 0.5) / m, (xx + 0.5) / m
-    z = bg[keep] - bg[keep].mean()
-    tss = float((z * z).sum())
+    mask = keep.astype(np.float64)
+    zimg = np.where(keep, bg - bg[keep].mean(), 0.0)
+    n = float(keep.sum())
+    tss = float((zimg * zimg).sum())
     if tss <= 1e-6:
         return 0.0
-    # phase argument for every (angle, frequency) and pixel: [A, F, P]
-    proj = np.cos(ANGLES)[:, None] * u[None] + np.sin(ANGLES)[:, None] * v[None]        # [A, P]
-    arg = 2 * np.pi * FREQS[None, :, None] * proj[:, None, :]
-    s, c = np.sin(arg), np.cos(arg)
-    s -= s.mean(-1, keepdims=True)                 # the fit has a free constant: centre the regressors
-    c -= c.mean(-1, keepdims=True)
-    # closed-form 2-regressor least squares per (angle, frequency)
-    ss, cc, sc = (s * s).sum(-1), (c * c).sum(-1), (s * c).sum(-1)
-    sz, cz = (s * z).sum(-1), (c * z).sum(-1)
+    # For every wave vector k (orientation x frequency) the sums over the kept pixels p of e^{i phi},
+    # e^{2 i phi} and z e^{i phi}, phi = 2 pi k . (u, v); e^{i phi} factorises over rows and columns,
+    # so each sum is a matrix product over the image instead of a [K, pixels] table of sines.
+    kx = (np.cos(ANGLES)[:, None] * FREQS[None]).ravel()                                # [K]
+    ky = (np.sin(ANGLES)[:, None] * FREQS[None]).ravel()
+    ex = np.exp(2j * np.pi * kx[:, None] * ((np.arange(w) + 0.5) / m)[None])          # [K, W]
+    ey = np.exp(2j * np.pi * ky[:, None] * ((np.arange(h) + 0.5) / m)[None])          # [K, H]
+
+    def wave_sum(img: np.ndarray, power: int = 1) -> np.ndarray:
+        return ((img @ (ex ** power).T) * (ey ** power).T).sum(0)                     # [K]
+
+    s1, s2, zs = wave_sum(mask), wave_sum(mask, 2), wave_sum(zimg)
+    # least squares on the centred regressors sin(phi), cos(phi) (the fit has a free constant)
+    ss = (n - s2.real) / 2 - s1.imag ** 2 / n
+    cc = (n + s2.real) / 2 - s1.real ** 2 / n
+    sc = s2.imag / 2 - s1.imag * s1.real / n
+    sz, cz = zs.imag, zs.real                      # z has zero mean: centring the regressors changes nothing
     det = np.maximum(ss * cc - sc * sc, 1e-9)
     explained = (cc * sz * sz - 2 * sc * sz * cz + ss * cz * cz) / det
     return float(np.clip(explained.max() / tss, 0.0, 1.0))
