@@ -21,15 +21,11 @@ sys.path.insert(0, str(HERE.parent))
 
 def main(argv=None) -> int:
     """Print one JSON line per split: valid, colour, shape, direction, background rates and stripes of level 0."""
-    import numpy as np
-    import torch
-
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, render_real
+    from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, real_level0, render_real
     from hpdm_cli.drivers.sample import to_uint8
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.texture import stripe_summary
-    from hpdm_cli.pyramid import downsample_to_level
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text or class model")
     ap.add_argument("--num", type=int, default=64, help="prompts per split")
@@ -49,10 +45,8 @@ def main(argv=None) -> int:
                              steps=None if a.steps is None else [a.steps] * recipe.pyramid.num_levels,
                              overlap="none", device=info.device, bf16=False, levels=1, log=lambda s: None)
         sc = score_clips(base, real.captions)
-        clips = torch.from_numpy(np.stack(real.videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-        real0 = to_uint8(downsample_to_level(clips, recipe.pyramid, 0).clamp(-1, 1))
         sc["stripes"] = stripe_summary(base)["mean"]
-        sc["stripes_real"] = stripe_summary(real0)["mean"]
+        sc["stripes_real"] = stripe_summary(to_uint8(real_level0(real.videos, recipe.pyramid)))["mean"]
         print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance, "steps": a.steps,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
                                                            "stripes", "stripes_real")}}),

@@ -96,11 +96,16 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
     return videos
 
 
+def real_level0(videos: Sequence[np.ndarray], pyramid) -> torch.Tensor:
+    """Real uint8 clips [T, H, W, 3] at the pyramid's resolution as its level 0: [N, C, f, h, w] in [-1, 1]."""
+    from ..pyramid import downsample_to_level
+    clips = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return downsample_to_level(clips, pyramid, 0).clamp(-1, 1)
+
+
 def _level_diagnostics(net, recipe, real, cond, seeds, k, **kw) -> dict:
     """Is the base level learnt (level 0 alone vs real clips at its size)? Is super-resolution (given real level 0)?"""
-    from ..pyramid import downsample_to_level
-    clips = torch.from_numpy(np.stack(real.videos[:k])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    real0 = downsample_to_level(clips, recipe.pyramid, 0).clamp(-1, 1)
+    real0 = real_level0(real.videos[:k], recipe.pyramid)
     caps = real.captions[:k]
     base = generate_rows(net, recipe, seeds[:k], cond[:k], levels=1, **kw)
     upscaled = generate_rows(net, recipe, seeds[:k], cond[:k], fixed=real0, **kw)
