@@ -36,12 +36,14 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=32, help="held-out prompts (one clip each)")
     ap.add_argument("--sigmas", default="0.02,0.05,0.1,0.2,0.4,1.0")
     ap.add_argument("--render", default="16,64,64", help="T,H,W at which the real clips are rendered")
+    ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,out/gpu/shapes_prompts_tokens.safetensors",
+                    help="comma-separated prompt tables or folders holding them (a host without the text encoder)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     net, recipe, info = load_generator(a.ckpt, a.device)
     dev = info.device
     real = render_real(a.num, 0, tuple(int(v) for v in a.render.split(",")), "heldout")
-    cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, [])).to(dev)
+    cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, [p for p in a.tables.split(",") if p])).to(dev)
     clips = torch.from_numpy(np.stack(real.videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     x0 = F.adaptive_avg_pool3d(clips, tuple(recipe.pyramid.patch)).clamp(-1, 1).to(dev)   # level 0 [N, 3, f, h, w]
     b0 = input_scales(recipe.diffusion, [0], dev)                                   # level 0's b_0

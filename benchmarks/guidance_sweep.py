@@ -3,7 +3,7 @@
 The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
 "3,1,1", optionally followed by per-level steps and an overlap ("1.5/32,32,16/hw"); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
-(static, shuffled frames) at that N. One JSON line per setting as it finishes, then a markdown
+(static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py). One JSON line per setting as it finishes, then a markdown
 table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     )
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
+    from hpdm_cli.eval.texture import stripe_summary
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
+    print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3)}), flush=True)
     for text in a.settings:
         t0 = time.time()
         w, st, ov = parse_setting(text, steps, a.overlap)
@@ -85,18 +87,20 @@ def main(argv=None) -> int:
                              log=lambda s: None)
         secs = time.time() - t0
         sc = score_clips(fake, real_a.captions)
+        sc["stripes"] = stripe_summary(fake)["mean"]
         f = fvd(fake)
         rows.append((f"guidance {text}", f, sc))
         print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
-                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background")}}),
+                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background", "stripes")}}),
               flush=True)
         if a.sheets:
             Path(a.sheets).mkdir(parents=True, exist_ok=True)
             _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-').replace('/', '_')}.png", fake, real_a, 8)
     print(f"\n{a.num} held-out clips per side, {info.weights}")
-    print("| setting | FVD | colour | shape | direction |\n|---|---|---|---|---|")
+    print("| setting | FVD | colour | shape | direction | stripes |\n|---|---|---|---|---|---|")
     for name, f, sc in rows:
-        cells = ["", "", ""] if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")]
+        cells = ["", "", "", ""] if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
+            + [f"{sc['stripes']:.3f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
     return 0
 
