@@ -126,6 +126,76 @@ def test_lamb_matches_naive_reference(foreach):
     assert opt.state[torch_groups[1]["params"][2]]["step"].item() == 3
 
 
+def test_lamb_found_inf_skips_on_the_device_bit_for_bit_and_otherwise_matches_the_reference():
+    """found_inf = 0 is the published update; found_inf = 1 (here with NaN and inf gradients) changes nothing.
+
+    Step 0 is skipped too: a skipped first step must not break the later bias corrections.
+    """
+    gen = torch.Generator().manual_seed(1)
+    lr, betas, eps = 0.05, (0.9, 0.99), 1e-6
+    torch_groups, naive_groups = [], []
+    for key, entries in SHAPES.items():
+        wd, trust = GROUP_OPTS[key]
+        tensors = [nn.Parameter(_init_tensor(n, s, gen)) for n, s in entries]
+        torch_groups.append({"params": tensors, "weight_decay": wd, "use_trust_ratio": trust})
+        naive_groups.append({"params": [t.detach().flatten().tolist() for t in tensors],
+                             "weight_decay": wd, "trust": trust})
+    opt = Lamb(torch_groups, lr=lr, betas=betas, eps=eps)
+    ref = NaiveLamb(naive_groups, lr=lr, betas=betas, eps=eps)
+    skipped = {0, 3}
+    for step in range(7):
+        grads_naive = []
+        for gi, (key, entries) in enumerate(SHAPES.items()):
+            row = []
+            for pi, (n, s) in enumerate(entries):
+                g = _grad_for(n, s, step, gen)
+                if g is not None and step in skipped and pi == 0:
+                    g = g.clone()
+                    g.view(-1)[0] = float("nan") if gi == 0 else float("inf")
+                torch_groups[gi]["params"][pi].grad = g
+                row.append(None if g is None else g.flatten().tolist())
+            grads_naive.append(row)
+        before = {id(p): (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+                  for g in torch_groups for p in g["params"] if p in opt.state}
+        opt.found_inf = torch.tensor(float(step in skipped))
+        opt.step()
+        if step in skipped:
+            for g in torch_groups:
+                for p in g["params"]:
+                    if id(p) in before:
+                        assert torch.equal(p.detach(), before[id(p)][0])
+                        assert all(torch.equal(opt.state[p][k], v) for k, v in before[id(p)][1].items())
+            assert all(torch.isfinite(p).all() for g in torch_groups for p in g["params"])
+            continue
+        ref.step(grads_naive)
+        for gi in range(len(torch_groups)):
+            for pi, p in enumerate(torch_groups[gi]["params"]):
+                expected = torch.tensor(ref.groups[gi]["params"][pi], dtype=torch.float64).reshape(p.shape)
+                torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-12)
+    assert opt.state[torch_groups[0]["params"][0]]["step"].item() == 5        # 7 steps, 2 skipped
+
+
+def test_ema_keep_applies_or_skips_the_update_on_the_device():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    a, b = EMA(model, halflife_steps=3.0), EMA(model, halflife_steps=3.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].num_batches_tracked.fill_(5)
+    a.update(model)
+    b.update(model, keep=torch.tensor(1.0))
+    for name in a.shadow:
+        torch.testing.assert_close(b.shadow[name], a.shadow[name], rtol=1e-6, atol=1e-7)
+    assert b.shadow["1.num_batches_tracked"].item() == 5
+    frozen = {k: v.clone() for k, v in b.shadow.items()}
+    with torch.no_grad():
+        model[0].weight.fill_(5.0)
+        model[1].num_batches_tracked.fill_(9)
+    b.update(model, keep=torch.tensor(0.0))
+    assert all(torch.equal(b.shadow[k], v) for k, v in frozen.items())
+
+
 def test_lamb_trust_ratio_changes_the_step():
     """Sanity: the trust ratio path really differs from the AdamW path (test can fail)."""
     torch.manual_seed(0)

@@ -103,6 +103,7 @@ VARIANTS = {
     "base": dict(extra=(), train={}),
     "accum2": dict(extra=(), train=dict(grad_accum=2, grad_clip=0.0)),
     "joint": dict(extra=("data.image_fraction=0.5", "data.num_workers=1"), train={}),   # + a loader worker
+    "adamw": dict(extra=(), train=dict(optimizer="adamw")),                              # fused, device step counts
 }
 
 
@@ -383,6 +384,64 @@ def test_non_finite_step_is_skipped_counted_and_logged(where, shapes_data, tmp_p
         for k, v in st.items():
             assert torch.equal(v, c1["optimizer"]["state"][i][k])
     assert c2["state"]["skipped"] == 1
+
+
+def test_the_host_reads_the_flags_only_at_sync_points_and_that_changes_no_number(reference, shapes_data, tmp_path,
+                                                                                monkeypatch):
+    """Between logged / checkpointed steps the step never waits for the device; the weights are the same."""
+    rec0, ref = reference("base")
+    rec = make_recipe(shapes_data, log_every=3, ckpt_every=3)
+    reads = []
+    real = loop._Steps._read
+
+    def counted(self, flags):
+        reads.append(self.step)
+        return real(self, flags)
+    monkeypatch.setattr(loop._Steps, "_read", counted)
+    s = train(rec, tmp_path, log=quiet())
+    assert reads == [3, 6] and s.step == 6 and s.last_loss == losses(ref)[6]
+    assert [r["step"] for r in read_stats(tmp_path)] == [3, 6]
+    assert_same_state(tmp_path, ref)
+
+
+@pytest.mark.parametrize("optimizer", ["lamb", "adamw"])
+def test_non_finite_steps_between_sync_points_are_skipped_and_reported_together(optimizer, shapes_data, tmp_path,
+                                                                                monkeypatch):
+    rec = make_recipe(shapes_data, f"train.optimizer={json.dumps(optimizer)}", log_every=3, ckpt_every=3,
+                      keep_last=10)
+    real, n = loop.edm_loss, {"calls": 0}
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        n["calls"] += 1
+        if n["calls"] in (2, 3):                                          # steps 1 and 2
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    msgs = []
+    s = train(rec, tmp_path, log=quiet(msgs))
+    assert (s.step, s.skipped) == (6, 2)
+    assert any("steps 0-2: 2 with a non-finite loss or gradient skipped (2 so far)" in m for m in msgs), msgs
+    assert [r["skipped"] for r in read_stats(tmp_path)] == [2, 2]
+    c3 = load_checkpoint(tmp_path / "checkpoints" / "ckpt-00000003")
+    assert c3["state"]["skipped"] == 2 and all(torch.isfinite(v).all() for v in c3["model"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_training_step_between_sync_points_never_syncs_with_the_device(shapes_data, tmp_path, monkeypatch):
+    """torch's sync debug mode raises on any host-device synchronisation inside steps 1..4 of 6."""
+    rec = make_recipe(shapes_data, "train.device=\"cuda\"", log_every=6, ckpt_every=6)
+    real = loop._Steps._one_step
+
+    def strict(self, *a, **kw):
+        quiet_step = 0 < self.step < 5                                    # not the first (warm-up), not a sync point
+        torch.cuda.set_sync_debug_mode("error" if quiet_step else "default")
+        try:
+            return real(self, *a, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    monkeypatch.setattr(loop._Steps, "_one_step", strict)
+    assert train(rec, tmp_path, log=quiet()).step == 6
 
 
 # ------------------------------------------------------------------------------------------ init_from

@@ -9,7 +9,9 @@ reproduces the uninterrupted one exactly (docs/method.md, invariant "resume repr
 uninterrupted run"; tests/test_train.py).
 Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
 `train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
-that are not finite are never saved, so the newest checkpoint stays the last good one.
+that are not finite are never saved, so the newest checkpoint stays the last good one. The skip
+is decided and applied on the device: the host never waits for a step to finish except at sync
+points (a logged or checkpointed step, the last one, a signal), where it reads the flags back.
 Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
 `hpdm train` on the same directory is refused, naming the holder.
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
@@ -223,6 +225,8 @@ def _worker_ignores_signals(worker_id: int) -> None:
 
 
 # A left-right mirror turns "moving left" into "moving right": flips are refused for such data.
+SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
+
 _DIRECTION_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise)\b", re.I)
 
 
@@ -607,7 +611,9 @@ def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _Mo
     net.to(dist.device)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
     if t.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+        # fused: the one AdamW that takes `found_inf`, a device-side skip (see _Steps._update)
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                                fused=True)
     else:
         opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
     state = _ModelState(net, ema, opt)
@@ -693,6 +699,9 @@ class _Steps:
         self.micro = batches.micro                                         # samples per micro-batch and rank
         self.conditional = recipe.model.cond == "class" or text_emb is not None
         self._pending: Optional[tuple[int, list]] = None                   # (step, draws) drawn ahead
+        zero = torch.zeros((), device=dist.device)
+        self._skips, self._streak = zero, zero                             # device counters, read at sync points
+        self._synced = self.step                                           # the step count at the last sync point
 
     def run(self, *, stop_after: Optional[int], progress: bool) -> TrainSummary:
         """Train until train.steps, a signal or `stop_after` steps; checkpoint on the way and at the end."""
@@ -716,7 +725,7 @@ class _Steps:
         return self.summary
 
     def _one_step(self, stop: StopFlag, bar, stop_after: Optional[int]) -> bool:
-        """Step `self.step`: gradients, the ranks' verdict, the update, logging, checkpoint; True to stop."""
+        """Step `self.step`: gradients, the ranks' verdict, the update; at sync points logging, checkpoint; True to stop."""
         t, st = self.t, self.state
         lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
         for g in st.opt.param_groups:
@@ -724,38 +733,72 @@ class _Steps:
         loss, per_level = self._gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         if self.step + 1 < t.steps:
-            # Draw the next step's randomness on the host while the device still runs this step
-            # (the flags below wait for it); the values do not depend on when they are drawn.
+            # Draw the next step's randomness on the host while the device still runs this step;
+            # the values do not depend on when they are drawn.
             self._pending = (self.step + 1, self._draws(self.step + 1))
-        # One collective per step: non-finite loss / gradient anywhere, ranks stopped by a signal
-        # (and the sum of their signal numbers), and the loss summed over ranks.
+        # One collective per step, left on the device: non-finite loss / gradient anywhere, ranks
+        # stopped by a signal (and the sum of their signal numbers), and the loss summed over ranks.
+        # The update is applied or skipped on the device too, so the host queues the next step
+        # while this one runs; it reads the flags back only at sync points (_sync_point).
         sig = stop.signum
-        flags = torch.stack([(~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(sig > 0), device=loss.device),
-                             torch.tensor(float(sig), device=loss.device), loss.float()])
-        flags = all_reduce_sum(flags).tolist()
-        self._update(bad=flags[0] > 0 or flags[1] > 0)
+        dev = loss.device
+        flags = torch.stack([(~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float(),
+                             torch.tensor(float(sig > 0), device=dev), torch.tensor(float(sig), device=dev),
+                             loss.float()])
+        flags = all_reduce_sum(flags)
+        bad = (flags[0] > 0).float()
+        self._update(bad)
+        self._skips = self._skips + bad                                    # skipped since the last sync point
+        self._streak = (self._streak + bad) * bad                          # consecutive skipped steps
         self.step += 1
         self.n_last += 1
-        mean_loss = flags[4] / self.dist.world_size
+        if not self._sync_point(sig, stop_after):
+            bar(self.step, None)
+            return False
+        f, skips, streak = self._read(flags)
+        self.skipped += skips
+        if skips:
+            first, last = self._synced, self.step - 1
+            self.say(f"step {last}: non-finite loss or gradient, step skipped ({self.skipped} so far)" if first == last
+                     else f"steps {first}-{last}: {skips} with a non-finite loss or gradient skipped "
+                          f"({self.skipped} so far)")
+        self._synced, self.streak = self.step, streak
+        mean_loss = f[3] / self.dist.world_size
         self.summary.last_loss, self.summary.step, self.summary.skipped = mean_loss, self.step, self.skipped
         bar(self.step, mean_loss)
         if self.step % t.log_every == 0 or self.step == t.steps:
             self._log(mean_loss, lr, grad_norm, per_level, live=bar.live)
         self._check_streak()
-        stopping = flags[2] > 0 or (stop_after is not None and self.step - st.start >= stop_after)
+        stopping = f[1] > 0 or (stop_after is not None and self.step - st.start >= stop_after)
         if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
             self.summary.checkpoint = _save(self.run_dir, self.recipe, self.step, st.net, st.ema, st.opt, self.dist,
                                             {"skipped": self.skipped,
                                              "samples_per_rank": self.step * (t.batch_size // self.dist.world_size)},
                                             t.keep_last)
         if stopping:
-            signum = int(round(flags[3] / flags[2])) if flags[2] > 0 else 0
+            signum = int(round(f[2] / f[1])) if f[1] > 0 else 0
             self.summary.interrupted = signum or None
             if signum:
                 self.say(f"stopped by signal {signum} at step {self.step}; checkpoint saved, re-run the same command "
                          "to resume")
         return stopping
+
+    def _sync_point(self, sig: int, stop_after: Optional[int]) -> bool:
+        """Whether the host reads the step's flags now (a device sync): to log, checkpoint, stop or heed a signal.
+
+        One process sees its own signal at once; under DDP the ranks agree on signals through the
+        flags, read every SIGNAL_EVERY steps, so a SIGTERM takes effect within that many steps.
+        """
+        t, n = self.t, self.step
+        return (n % t.log_every == 0 or n % t.ckpt_every == 0 or n == t.steps
+                or (stop_after is not None and n - self.state.start >= stop_after)
+                or (sig > 0 if self.dist.world_size == 1 else n % SIGNAL_EVERY == 0))
+
+    def _read(self, flags: torch.Tensor) -> tuple[list, int, int]:
+        """The flags, steps skipped since the last sync point and the current skip streak, read in one transfer."""
+        vals = torch.cat([flags, torch.stack([self._skips, self._streak]).to(flags)]).tolist()
+        self._skips = torch.zeros((), device=flags.device)
+        return vals[:4], int(round(vals[4])), int(round(vals[5]))
 
     def _gradients(self) -> tuple[torch.Tensor, list]:
         """Accumulate the step's gradients over train.grad_accum micro-batches: (mean loss, per-level losses)."""
@@ -790,18 +833,13 @@ class _Steps:
                                             noise_on_device=t.noise_on == "device")))
         return out
 
-    def _update(self, bad: bool) -> None:
-        """Apply the step (optimiser, then EMA), or skip it when any rank saw a non-finite loss or gradient."""
+    def _update(self, bad: torch.Tensor) -> None:
+        """Apply the step (optimiser, then EMA), or skip it on the device where `bad` (any rank's non-finite loss or gradient) is 1."""
         st = self.state
-        if bad:
-            self.skipped += 1
-            self.streak += 1
-            self.say(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped} so far)")
-        else:
-            self.streak = 0
-            st.opt.step()
-            if st.ema is not None:
-                st.ema.update(st.net)
+        st.opt.found_inf = bad                      # Lamb and fused AdamW skip on the device, bit for bit
+        st.opt.step()
+        if st.ema is not None:
+            st.ema.update(st.net, keep=1.0 - bad)
         st.opt.zero_grad(set_to_none=True)
 
     def _log(self, mean_loss: float, lr: float, grad_norm: torch.Tensor, per_level: list, live: bool) -> None:

@@ -43,6 +43,11 @@ class Lamb(torch.optim.Optimizer):
     Parameters whose ``grad`` is None are skipped (their step count does not advance).
     ``foreach=None`` uses the vectorised ``torch._foreach_*`` path; ``False`` forces the
     per-tensor reference loop (same maths).
+
+    Like torch's fused optimisers, a ``found_inf`` attribute (a 0-dim float tensor on the
+    parameters' device, set before ``step``) skips the step on the device where it is non-zero:
+    parameters, moments and step counts stay exactly as they were, whatever the gradients hold,
+    and the host never waits for the device to decide (the training loop's step has no sync).
     """
 
     def __init__(
@@ -122,7 +127,22 @@ class Lamb(torch.optim.Optimizer):
             foreach = group.get("foreach")
             if foreach is None:
                 foreach = not torch.jit.is_scripting()
-            if foreach:
+            found_inf = getattr(self, "found_inf", None)
+            if found_inf is not None and foreach:
+                for i, p in enumerate(params):                   # the skip-aware path counts on the device
+                    if steps[i].device != p.device:
+                        steps[i] = self.state[p]["step"] = steps[i].to(p.device)
+                buckets = {}
+                for i, p in enumerate(params):
+                    buckets.setdefault((p.device, p.dtype), []).append(i)
+                for idx in buckets.values():
+                    _lamb_foreach_skippable(
+                        [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                        [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx],
+                        found_inf=found_inf.to(params[idx[0]].device), **kwargs)
+            elif found_inf is not None and bool(found_inf):
+                continue                                        # reference path: skip on the host
+            elif foreach:
                 # Bucket by (device, dtype): foreach kernels need homogeneous lists.
                 buckets: dict[tuple, list[int]] = {}
                 for i, p in enumerate(params):
@@ -195,6 +215,51 @@ def _lamb_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, bet
         torch._foreach_add_(params, updates)
     else:
         torch._foreach_add_(params, updates, alpha=-lr)
+
+
+def _lamb_foreach_skippable(params, grads, exp_avgs, exp_avg_sqs, steps, *, found_inf, lr, beta1, beta2, eps,
+                            weight_decay, use_trust_ratio):
+    """The vectorised LAMB update, applied with weight ``keep = 1 - found_inf`` decided on the device.
+
+    Same maths as :func:`_lamb_foreach` when ``keep`` is 1. When it is 0 the gradients are zeroed
+    first (NaN and inf included), the moments are scaled by 1 and added 0, the step counts by 0,
+    and the parameters by 0 times a finite update: all stay bit for bit. Step counts live on the
+    device, so no value is read back by the host.
+    """
+    bad = found_inf != 0
+    dtype = exp_avgs[0].dtype
+    keep = (~bad).to(dtype)
+    for g in grads:
+        g.masked_fill_(bad, 0.0)
+    torch._foreach_add_(steps, keep.to(steps[0].dtype))
+    # Bias corrections in float64, as the host computes them in _lamb_foreach; a skipped first
+    # step (count 0) takes step 1's, which multiplies a zero update.
+    t = torch.stack(steps).double().clamp_min(1.0)           # a few kernels for all tensors, not a few each
+    bc1 = list((1.0 - beta1 ** t).to(dtype).unbind(0))
+    sqrt_bc2 = list((1.0 - beta2 ** t).sqrt().to(dtype).unbind(0))
+    torch._foreach_mul_(exp_avgs, 1.0 - (1.0 - beta1) * keep)
+    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, 1.0 - (1.0 - beta2) * keep)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, sqrt_bc2)
+    torch._foreach_add_(denom, eps)
+    updates = torch._foreach_div(exp_avgs, bc1)
+    torch._foreach_div_(updates, denom)
+    del denom
+    if weight_decay != 0.0:
+        torch._foreach_add_(updates, params, alpha=weight_decay)
+    norm_dtype = torch.promote_types(params[0].dtype, torch.float32)
+    if use_trust_ratio:
+        w_norm = torch.stack(torch._foreach_norm(params, 2, dtype=norm_dtype))
+        u_norm = torch.stack(torch._foreach_norm(updates, 2, dtype=norm_dtype))
+        ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+    else:
+        ratio = torch.ones(len(params), dtype=norm_dtype, device=params[0].device)
+    scale = (ratio * (-lr * keep.to(norm_dtype))).to(params[0].dtype)     # 0 (or -0) when skipped
+    torch._foreach_mul_(updates, list(scale.unbind(0)))
+    torch._foreach_add_(params, updates)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,9 +398,17 @@ class EMA:
         return src
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current weights: ``ema = beta * ema + (1 - beta) * w``."""
+    def update(self, model: nn.Module, keep: torch.Tensor | None = None) -> None:
+        """Move the average towards ``model``'s current weights: ``ema = beta * ema + (1 - beta) * w``.
+
+        ``keep`` (a 0-dim tensor on the model's device, 1 or 0) applies or skips the update on the
+        device, without the host reading it: a skipped update leaves every tensor bit for bit
+        (given finite weights, as a skipped optimiser step leaves them).
+        """
         src = self._source(model)
+        if keep is not None:
+            self._update_masked(src, keep)
+            return
         weight = 1.0 - self.beta
         buckets: dict[tuple, tuple[list, list]] = {}
         for name in self._float_names:
@@ -353,6 +426,21 @@ class EMA:
                 torch._foreach_lerp_(dsts, srcs, weight)
         for name in self._other_names:
             self.shadow[name].copy_(src[name])
+
+    def _update_masked(self, src: dict[str, torch.Tensor], keep: torch.Tensor) -> None:
+        """:meth:`update` with its weight multiplied by ``keep``, and buffers copied only where it is 1."""
+        buckets: dict[tuple, tuple[list, list]] = {}
+        for name in self._float_names:
+            dst = self.shadow[name]
+            pair = buckets.setdefault((dst.device, dst.dtype), ([], []))
+            pair[0].append(dst)
+            pair[1].append(src[name].detach().to(device=dst.device, dtype=dst.dtype))
+        for (device, dtype), (dsts, srcs) in buckets.items():
+            w = (keep.to(device=device, dtype=torch.float32) * (1.0 - self.beta)).to(dtype)
+            torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))
+        for name in self._other_names:
+            dst = self.shadow[name]
+            dst.copy_(torch.where(keep.to(dst.device) != 0, src[name].to(dst.device), dst))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat ``name -> tensor`` dict of the averaged weights (safetensors-friendly)."""

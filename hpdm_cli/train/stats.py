@@ -82,7 +82,10 @@ class StatsWriter:
 
     @contextlib.contextmanager
     def progress(self, start: int, total: int, *, enabled: bool, batch: int = 1):
-        """A Rich live progress bar (loss, videos/s, ETA) when enabled; yields update(step, loss) with `.live`."""
+        """A Rich live progress bar (loss, videos/s, ETA) when enabled; yields update(step, loss) with `.live`.
+
+        `loss` None keeps the last shown loss (the training loop reads losses back only at sync points).
+        """
         if not enabled:
             def update(step, loss):
                 pass
@@ -104,7 +107,8 @@ class StatsWriter:
                 rate = batch / max(now - last[0], 1e-9)
                 last[1] = rate if last[1] == 0 else 0.9 * last[1] + 0.1 * rate     # smoothed videos/s
                 last[0] = now
-                bar.update(task, completed=step, loss=float(loss), vps=last[1])
+                fields = {} if loss is None else {"loss": float(loss)}
+                bar.update(task, completed=step, vps=last[1], **fields)
             update.live = True
             yield update
 
