@@ -234,17 +234,25 @@ def draw_chart(points: dict, capacity_gib: Optional[float], title: str, *, names
         _line(img, yc, left, yc, left + pw, RED, r=0, dash=6)
         s = f"card capacity {capacity_gib:.1f} GiB"
         draw_text(img, s, yc - 11, left + pw - text_width(s) - 4, colour=RED)
+    def ok(r) -> bool:
+        return r["status"] == "ok" and math.isfinite(r.get("peak_mem_GiB", float("nan")))
+    # At each resolution the highest point's value label goes above it, every other one below, so
+    # that the labels of two curves that meet (the smallest sizes) do not overlap.
+    top_series = {i: max((rows[i]["peak_mem_GiB"], name) for name, rows in points.items()
+                         if i < len(rows) and ok(rows[i]))[1]
+                  for i in range(len(resolutions))
+                  if any(i < len(rows) and ok(rows[i]) for rows in points.values())}
     for k, (name, rows) in enumerate(points.items()):                     # curves, markers, OOM
         col = COLOURS.get(name, (90, 90, 90))
         prev = None
         for i, r in enumerate(rows):
-            if r["status"] == "ok" and math.isfinite(r.get("peak_mem_GiB", float("nan"))):
+            if ok(r):
                 p = (ypix(r["peak_mem_GiB"]), xpix(i))
                 if prev:
                     _line(img, *prev, *p, col, r=1)
                 _dot(img, *p, col, r=3)
                 s = f"{r['peak_mem_GiB']:.3g}"
-                draw_text(img, s, p[0] - 14 if k == 0 else p[0] + 7, p[1] + 5, colour=col)
+                draw_text(img, s, p[0] - 14 if top_series.get(i) == name else p[0] + 7, p[1] + 5, colour=col)
                 prev = p
             elif r["status"] in ("oom", "error"):
                 yy = ypix(capacity_gib) if capacity_gib else top + 8
