@@ -380,3 +380,46 @@ def test_adaptive_interface_norm_carries_the_condition_to_every_token():
     for o in outs[True][1:]:
         changed = (o - outs[True][0]).abs().flatten(3).amax(-1)              # [B, L, C]: every level and channel
         assert (changed > 1e-4).all()
+
+
+# ------------------------------------------------------------------------------------------ position mixing
+
+def test_position_mixing_starts_as_the_plain_network():
+    """model.position_mixing adds zero-initialised maps: the same weights give the same outputs, bit for bit."""
+    plain, mixing = tiny_recipe(), tiny_recipe(position_mixing=True)
+    a = randomize(HPDMNet(plain.pyramid, plain.model))
+    b = HPDMNet(mixing.pyramid, mixing.model)
+    missing, unexpected = b.load_state_dict(a.state_dict(), strict=False)
+    assert not unexpected and missing and all(".mix_" in k for k in missing)
+    x, c_noise, off, c = make_inputs(plain)
+    with torch.no_grad():
+        assert torch.equal(a(x, c_noise, off, c).out, b(x, c_noise, off, c).out)
+
+
+def test_position_mixing_reads_a_signed_pattern_over_positions_and_writes_one_back():
+    """With attention, MLPs and compute silenced, a block is exactly the two documented maps.
+
+    Per head h the read weighs token n by R_h[m, n], of either sign, whatever the tokens hold (a
+    softmax read's weights are positive and set by content), and the write paints latent m at
+    token n by W_h[n, m].
+    """
+    from hpdm_cli.model.rin import RINBlock
+    torch.manual_seed(0)
+    N, M, C, D, Dz, hd = 32, 4, 2, 8, 12, 4                               # 2 token heads, 3 latent heads
+    blk = RINBlock(D, Dz, 0, hd, 2.0, mixing=(N, M))
+    with torch.no_grad():
+        for mod in (blk.read.out, blk.read_mlp.fc2, blk.write.out, blk.write_mlp.fc2):
+            mod.weight.zero_()
+            mod.bias.zero_()
+        blk.mix_read.copy_(torch.randn(Dz // hd, M, N))
+        blk.mix_write.copy_(torch.randn(D // hd, N, M))
+    x, z = torch.randn(3, N, D), torch.randn(3, M + C, Dz)
+    with torch.no_grad():
+        x_out, z_out = blk(x, z)
+        hr = blk.mix_read_proj(F.layer_norm(x, (D,)))
+        z_mix = z[:, :M] + torch.cat([blk.mix_read[h] @ hr[..., h * hd:(h + 1) * hd] for h in range(Dz // hd)], -1) / N
+        hw = blk.mix_write_proj(F.layer_norm(z_mix, (Dz,)))
+        x_mix = x + torch.cat([blk.mix_write[h] @ hw[..., h * hd:(h + 1) * hd] for h in range(D // hd)], -1) / M
+    torch.testing.assert_close(z_out[:, :M], z_mix)
+    assert torch.equal(z_out[:, M:], z[:, M:])                             # condition tokens: not mixed
+    torch.testing.assert_close(x_out, x_mix)

@@ -1,0 +1,159 @@
+"""Can a RIN block find a faint stripe that spans the whole patch? With and without position mixing.
+
+A toy of the shapes base level's texture problem (docs/results.md, sections 9-11), small enough for
+a CPU: 16x16 single-frame images that are one oriented sinusoid (2-5 cycles per side, any angle and
+phase, amplitude --amp) plus Gaussian noise of --sigma; a network of the project's RIN blocks
+(hpdm_cli/model/rin.py: 2x2-pixel tokens, learned positions, interface convolution) is trained to
+output the clean image, and scored on fixed held-out images by
+
+  mse ratio   the output's squared error over that of predicting zero (1: found nothing; 0: perfect)
+  R^2         how much of the clean stripe the output explains
+
+beside a blur (the best local smoother, as the packaged model's texture gain suggests it behaves)
+and the matched filter that knows the stripe family (the best any denoiser can do). At the default
+amplitude 0.15 and sigma 0.3 a blur cannot find the stripe (its error is that of predicting zero) and the matched filter recovers 84% of it: only a
+network that pools the image with position-dependent signed weights can find it.
+    python benchmarks/stripe_toy.py --steps 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+S = 16          # image side
+TOK = 2         # token side
+
+
+def stripes(n: int, amp: float, gen: torch.Generator) -> torch.Tensor:
+    """n clean images [n, 1, S, S]: amp * sin(2 pi f (cos a u + sin a v) + phase), u, v in [0, 1)."""
+    a = torch.rand(n, 1, 1, generator=gen) * math.pi
+    f = 2.0 + 3.0 * torch.rand(n, 1, 1, generator=gen)
+    ph = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
+    c = (torch.arange(S) + 0.5) / S
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return (amp * torch.sin(2 * math.pi * f * (torch.cos(a) * u + torch.sin(a) * v) + ph))[:, None]
+
+
+class ToyRIN(nn.Module):
+    """Tokens of 2x2 pixels, learned positions, RIN blocks (read, compute, write), pixels out."""
+
+    def __init__(self, blocks: int, mixing: bool, dim: int = 64, latent_dim: int = 64, latents: int = 16):
+        super().__init__()
+        from hpdm_cli.model.rin import RINBlock
+        n = (S // TOK) ** 2
+        self.inp = nn.Linear(TOK * TOK, dim)
+        self.pos = nn.Parameter(torch.randn(n, dim) * 0.02)
+        self.latents = nn.Parameter(torch.randn(latents, latent_dim) * 0.02)
+        self.blocks = nn.ModuleList(RINBlock(dim, latent_dim, 1, 16, 2.0, conv_grid=(1, S // TOK, S // TOK),
+                                             mixing=(n, latents) if mixing else None) for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, TOK * TOK)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Noisy images [B, 1, S, S] -> denoised [B, 1, S, S] (a residual on the input)."""
+        B = y.shape[0]
+        t = F.unfold(y, TOK, stride=TOK).transpose(1, 2)                       # [B, n, 4]
+        x = self.inp(t) + self.pos
+        z = self.latents.expand(B, -1, -1)
+        for blk in self.blocks:
+            x, z = blk(x, z)
+        out = self.out(self.norm(x)).transpose(1, 2)
+        return y + F.fold(out, (S, S), TOK, stride=TOK)
+
+
+def matched_filter(y: torch.Tensor) -> torch.Tensor:
+    """Least-squares fit of the best sinusoid of the family (48 angles x 31 frequencies, free phase) to each image."""
+    c = (torch.arange(S) + 0.5) / S
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    a = torch.arange(48) * math.pi / 48
+    f = torch.linspace(2.0, 5.0, 31)
+    arg = 2 * math.pi * f[None, :, None, None] * (torch.cos(a)[:, None, None, None] * u + torch.sin(a)[:, None, None, None] * v)
+    basis = torch.stack([torch.sin(arg), torch.cos(arg)], 2).reshape(-1, 2, S * S)      # [K, 2, P]
+    yy = y.reshape(y.shape[0], S * S)
+    coef = torch.einsum("kjp,bp->bkj", basis, yy) / (basis ** 2).sum(-1)[None]          # near-orthogonal pair
+    fit = torch.einsum("bkj,kjp->bkp", coef, basis)
+    best = ((fit - yy[:, None]) ** 2).sum(-1).argmin(1)
+    return fit[torch.arange(y.shape[0]), best].reshape(y.shape)
+
+
+def scores(pred: torch.Tensor, clean: torch.Tensor) -> dict:
+    """mse ratio (to predicting zero) and R^2 of the clean stripe explained by the prediction."""
+    err = ((pred - clean) ** 2).mean()
+    zero = (clean ** 2).mean()
+    return {"mse_ratio": round(float(err / zero), 4), "r2": round(float(1 - err / zero), 4)}
+
+
+def main(argv=None) -> int:
+    """Train the toy with and without position mixing; print one JSON line per model, then a table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--blocks", type=int, default=2)
+    ap.add_argument("--latents", type=int, default=16)
+    ap.add_argument("--variants", default="plain,mixing", help="comma-separated: plain, mixing")
+    ap.add_argument("--amp", type=float, default=0.15)
+    ap.add_argument("--sigma", type=float, default=0.3)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    g = torch.Generator().manual_seed(a.seed + 1)
+    clean_te = stripes(512, a.amp, g)
+    noisy_te = clean_te + a.sigma * torch.randn(clean_te.shape, generator=g)
+    rows = [("noisy input (identity)", scores(noisy_te, clean_te), 0.0),
+            ("blur (best Gaussian)", min((scores(_blur(noisy_te, s), clean_te) for s in (0.5, 1, 1.5, 2, 3)),
+                                         key=lambda r: r["mse_ratio"]), 0.0),
+            ("matched filter (knows the family)", scores(matched_filter(noisy_te), clean_te), 0.0)]
+    for name, sc, _ in rows:
+        print(json.dumps({"model": name, **sc}), flush=True)
+    for mixing in [v == "mixing" for v in a.variants.split(",") if v]:
+        torch.manual_seed(a.seed)
+        net = ToyRIN(a.blocks, mixing, latents=a.latents)
+        opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(a.seed + 2)
+        t0 = time.time()
+        for step in range(a.steps):
+            clean = stripes(a.batch, a.amp, gen)
+            noisy = clean + a.sigma * torch.randn(clean.shape, generator=gen)
+            loss = F.mse_loss(net(noisy), clean)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for grp in opt.param_groups:
+                grp["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+            opt.step()
+        with torch.no_grad():
+            sc = scores(net(noisy_te), clean_te)
+        name = f"RIN x{a.blocks}, {a.latents} latents" + (" + position mixing" if mixing else "")
+        rows.append((name, sc, time.time() - t0))
+        print(json.dumps({"model": name, **sc, "params": sum(p.numel() for p in net.parameters()),
+                          "seconds": round(time.time() - t0, 1)}), flush=True)
+    print(f"\n16x16 stripes, amplitude {a.amp}, noise sigma {a.sigma}, {a.steps} steps of {a.batch}")
+    print("| denoiser | MSE / MSE of zero | R^2 |\n|---|---|---|")
+    for name, sc, _ in rows:
+        print(f"| {name} | {sc['mse_ratio']:.3f} | {sc['r2']:.3f} |")
+    return 0
+
+
+def _blur(y: torch.Tensor, s: float) -> torch.Tensor:
+    """Gaussian blur of std s pixels (reflect padding)."""
+    r = int(math.ceil(3 * s))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1) / s) ** 2)
+    k = (k / k.sum()).to(y.dtype)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
