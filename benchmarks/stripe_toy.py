@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--variants", default="plain,mixing", help="comma-separated: plain, mixing")
     ap.add_argument("--amp", type=float, default=0.15)
-    ap.add_argument("--sigma", type=float, default=0.3)
+    ap.add_argument("--sigma", type=float, default=0.3, help="noise of the scored images (and of training)")
+    ap.add_argument("--train-sigma", default=None,
+                    help="lo,hi: train at sigma log-uniform in [lo, hi] (as diffusion does) instead of --sigma")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -126,7 +128,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         for step in range(a.steps):
             clean = stripes(a.batch, a.amp, gen)
-            noisy = clean + a.sigma * torch.randn(clean.shape, generator=gen)
+            sig = a.sigma
+            if a.train_sigma:
+                lo, hi = (math.log(float(v)) for v in a.train_sigma.split(","))
+                sig = torch.exp(lo + (hi - lo) * torch.rand(a.batch, 1, 1, 1, generator=gen))
+            noisy = clean + sig * torch.randn(clean.shape, generator=gen)
             loss = F.mse_loss(net(noisy), clean)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,7 +145,8 @@ def main(argv=None) -> int:
         rows.append((name, sc, time.time() - t0))
         print(json.dumps({"model": name, **sc, "params": sum(p.numel() for p in net.parameters()),
                           "seconds": round(time.time() - t0, 1)}), flush=True)
-    print(f"\n16x16 stripes, amplitude {a.amp}, noise sigma {a.sigma}, {a.steps} steps of {a.batch}")
+    trained = f"trained at sigma {a.train_sigma} log-uniform" if a.train_sigma else "trained there"
+    print(f"\n16x16 stripes, amplitude {a.amp}, noise sigma {a.sigma} ({trained}), {a.steps} steps of {a.batch}")
     print("| denoiser | MSE / MSE of zero | R^2 |\n|---|---|---|")
     for name, sc, _ in rows:
         print(f"| {name} | {sc['mse_ratio']:.3f} | {sc['r2']:.3f} |")

@@ -832,7 +832,11 @@ def _poll(condition, timeout: float) -> bool:
 
 @pytest.fixture
 def busy_prepare(tmp_path):
-    """`hpdm prepare --workers 2` in a subprocess on 24 files of 0.5 s each: (process, src, out, helpers, stderr)."""
+    """`hpdm prepare --workers 2` in a subprocess on 24 files of 2 s each: (process, src, out, helpers, stderr).
+
+    24 s of work: the tests stop it long before it ends, even on a loaded 2-core machine where
+    the in-process second run (which must find the first still running) takes seconds.
+    """
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc")
     src, out = tmp_path / "src", tmp_path / "out"
@@ -843,7 +847,7 @@ def busy_prepare(tmp_path):
     script.write_text("import functools, sys, time\n"
                       "from hpdm_cli.data.prepare.encode import run_job\n"
                       "def slow_job(job):\n"
-                      "    time.sleep(0.5)\n"
+                      "    time.sleep(2.0)\n"
                       "    return run_job(job)\n"
                       "if __name__ == '__main__':\n"
                       "    from hpdm_cli.drivers import prepare as D\n"
