@@ -204,7 +204,12 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
 
 def _time_training(name: str, rec: Recipe, precision: str, device: torch.device, *, steps: int, warmup: int,
                    batch: Optional[int]) -> dict:
-    """The row of one variant and precision: median step time over `steps` after `warmup` untimed steps."""
+    """The row of one variant and precision: mean step time over `steps` back-to-back steps after `warmup`.
+
+    The timed steps run as training runs them, one after the other with no wait in between; the
+    device is synchronised only at the two ends of the window, so the host's launch time of a step
+    overlaps the previous step's kernels instead of being counted as idle device time.
+    """
     from ..train.loop import build_model, compile_model, forward_backward, set_precision
     from ..train.optim import Lamb, param_groups
     set_precision(precision)
@@ -220,10 +225,11 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
             "none": lambda: None}[rec.model.cond]()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    t0 = None
     for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
         offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
                           conditional=cond is not None, generator=g, device=device,
@@ -231,10 +237,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
         forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    sec = sorted(times)[len(times) // 2]                          # median step time
+    _sync(device)
+    sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back
     flops = train_step_flops(rec.pyramid, rec.model) * B
     peak = peak_flops(device, precision)
     return {
