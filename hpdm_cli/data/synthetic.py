@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
+from ..device import to_device
 from .shards import DataError
 from .shapes import SHAPES_CLASSES, render_shapes_video
 
@@ -93,5 +94,5 @@ class SyntheticClips:
     def batch(self, start: int, count: int):
         """Samples start .. start+count-1: (videos uint8 [B, 3, T, H, W], labels [B] on the CPU, caption ids [B])."""
         idx = torch.from_numpy(self.sample_indices(start, count))
-        dev = self.videos.device
-        return self.videos[idx.to(dev)], self.labels[idx], self.caption_ids[idx.to(dev)]
+        on_dev = to_device(idx, self.videos.device)                       # pinned and asynchronous: no host wait
+        return self.videos[on_dev], self.labels[idx], self.caption_ids[on_dev]

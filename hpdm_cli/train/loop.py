@@ -294,7 +294,7 @@ class Batches:
             caps.append(p["caption_id"] + cap0)
         labels = torch.cat([p["label"] for p in parts])
         self.unlabelled = bool((labels < 0).any())                        # checked on the CPU: no device sync
-        return torch.cat(vids), labels.to(device), torch.cat(caps).to(device)
+        return torch.cat(vids), to_device(labels, device), to_device(torch.cat(caps), device)
 
 
 def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, sources=(), say=None,
