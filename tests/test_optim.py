@@ -82,10 +82,8 @@ def _grad_for(name, shape, step, gen):
     return g
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_lamb_matches_naive_reference(foreach):
-    gen = torch.Generator().manual_seed(0)
-    lr, betas, eps = 0.05, (0.9, 0.99), 1e-6
+def _groups(gen):
+    """The SHAPES parameters as Lamb param groups and as NaiveLamb's float lists (same values)."""
     torch_groups, naive_groups = [], []
     for key, entries in SHAPES.items():
         wd, trust = GROUP_OPTS[key]
@@ -93,6 +91,14 @@ def test_lamb_matches_naive_reference(foreach):
         torch_groups.append({"params": tensors, "weight_decay": wd, "use_trust_ratio": trust})
         naive_groups.append({"params": [t.detach().flatten().tolist() for t in tensors],
                              "weight_decay": wd, "trust": trust})
+    return torch_groups, naive_groups
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lamb_matches_naive_reference(foreach):
+    gen = torch.Generator().manual_seed(0)
+    lr, betas, eps = 0.05, (0.9, 0.99), 1e-6
+    torch_groups, naive_groups = _groups(gen)
     opt = Lamb(torch_groups, lr=lr, betas=betas, eps=eps, foreach=foreach)
     ref = NaiveLamb(naive_groups, lr=lr, betas=betas, eps=eps)
     nograd_before = torch_groups[0]["params"][4].detach().clone()
@@ -133,13 +139,7 @@ def test_lamb_found_inf_skips_on_the_device_bit_for_bit_and_otherwise_matches_th
     """
     gen = torch.Generator().manual_seed(1)
     lr, betas, eps = 0.05, (0.9, 0.99), 1e-6
-    torch_groups, naive_groups = [], []
-    for key, entries in SHAPES.items():
-        wd, trust = GROUP_OPTS[key]
-        tensors = [nn.Parameter(_init_tensor(n, s, gen)) for n, s in entries]
-        torch_groups.append({"params": tensors, "weight_decay": wd, "use_trust_ratio": trust})
-        naive_groups.append({"params": [t.detach().flatten().tolist() for t in tensors],
-                             "weight_decay": wd, "trust": trust})
+    torch_groups, naive_groups = _groups(gen)
     opt = Lamb(torch_groups, lr=lr, betas=betas, eps=eps)
     ref = NaiveLamb(naive_groups, lr=lr, betas=betas, eps=eps)
     skipped = {0, 3}

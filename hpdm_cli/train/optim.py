@@ -184,6 +184,27 @@ def _lamb_single(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
         p.add_(update, alpha=-lr)
 
 
+def _adam_updates(params, exp_avgs, exp_avg_sqs, bc1, sqrt_bc2, *, eps, weight_decay) -> list:
+    """Per tensor, the Adam direction with decoupled weight decay: (m / bc1) / (sqrt(v) / sqrt_bc2 + eps) + wd * w."""
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, sqrt_bc2)
+    torch._foreach_add_(denom, eps)
+    updates = torch._foreach_div(exp_avgs, bc1)
+    torch._foreach_div_(updates, denom)
+    del denom
+    if weight_decay != 0.0:
+        torch._foreach_add_(updates, params, alpha=weight_decay)
+    return updates
+
+
+def _trust_ratios(params, updates) -> torch.Tensor:
+    """LAMB's layer-wise ||w|| / ||u|| per tensor (1 where either norm is 0), one vector in float32 or wider."""
+    norm_dtype = torch.promote_types(params[0].dtype, torch.float32)
+    w_norm = torch.stack(torch._foreach_norm(params, 2, dtype=norm_dtype))
+    u_norm = torch.stack(torch._foreach_norm(updates, 2, dtype=norm_dtype))
+    return torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+
+
 def _lamb_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
                   weight_decay, use_trust_ratio):
     """Vectorised LAMB update over a list of same-device, same-dtype tensors."""
@@ -195,22 +216,9 @@ def _lamb_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, bet
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, sqrt_bc2)
-    torch._foreach_add_(denom, eps)
-    updates = torch._foreach_div(exp_avgs, bc1)
-    torch._foreach_div_(updates, denom)
-    del denom
-    if weight_decay != 0.0:
-        torch._foreach_add_(updates, params, alpha=weight_decay)
-
+    updates = _adam_updates(params, exp_avgs, exp_avg_sqs, bc1, sqrt_bc2, eps=eps, weight_decay=weight_decay)
     if use_trust_ratio:
-        norm_dtype = torch.promote_types(params[0].dtype, torch.float32)
-        w_norm = torch.stack(torch._foreach_norm(params, 2, dtype=norm_dtype))
-        u_norm = torch.stack(torch._foreach_norm(updates, 2, dtype=norm_dtype))
-        ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-        scale = (ratio * -lr).to(params[0].dtype)
+        scale = (_trust_ratios(params, updates) * -lr).to(params[0].dtype)
         torch._foreach_mul_(updates, list(scale.unbind(0)))
         torch._foreach_add_(params, updates)
     else:
@@ -241,23 +249,10 @@ def _lamb_foreach_skippable(params, grads, exp_avgs, exp_avg_sqs, steps, *, foun
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, 1.0 - (1.0 - beta2) * keep)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, sqrt_bc2)
-    torch._foreach_add_(denom, eps)
-    updates = torch._foreach_div(exp_avgs, bc1)
-    torch._foreach_div_(updates, denom)
-    del denom
-    if weight_decay != 0.0:
-        torch._foreach_add_(updates, params, alpha=weight_decay)
-    norm_dtype = torch.promote_types(params[0].dtype, torch.float32)
-    if use_trust_ratio:
-        w_norm = torch.stack(torch._foreach_norm(params, 2, dtype=norm_dtype))
-        u_norm = torch.stack(torch._foreach_norm(updates, 2, dtype=norm_dtype))
-        ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-    else:
-        ratio = torch.ones(len(params), dtype=norm_dtype, device=params[0].device)
-    scale = (ratio * (-lr * keep.to(norm_dtype))).to(params[0].dtype)     # 0 (or -0) when skipped
+    updates = _adam_updates(params, exp_avgs, exp_avg_sqs, bc1, sqrt_bc2, eps=eps, weight_decay=weight_decay)
+    ratio = _trust_ratios(params, updates) if use_trust_ratio else \
+        torch.ones(len(params), dtype=torch.promote_types(params[0].dtype, torch.float32), device=params[0].device)
+    scale = (ratio * (-lr * keep.to(ratio.dtype))).to(params[0].dtype)     # 0 (or -0) when skipped
     torch._foreach_mul_(updates, list(scale.unbind(0)))
     torch._foreach_add_(params, updates)
 
