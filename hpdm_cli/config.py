@@ -140,7 +140,6 @@ class ModelConfig:
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
     pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
-    position_mixing: bool = False                       # Learned token<->latent linear maps beside read and write.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""

@@ -26,10 +26,6 @@ def block_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     compute = m.compute_layers * (2 * S * Dz * 3 * Dz + 4 * S * S * Dz + 2 * S * Dz * Dz + 4 * S * Dz * hz)
     write = 2 * N * D * D + 2 * S * Dz * 2 * D + 4 * N * S * D + 2 * N * D * D + 4 * N * D * hd
     write += 2 * N * D * 27 if m.interface_conv else 0                  # depthwise 3x3x3 convolution
-    if m.position_mixing:                                                # projections, then the N x M maps
-        M = m.num_latents
-        read += 2 * N * D * Dz + 2 * M * N * Dz                          # per head: M x N times N x head_dim
-        write += 2 * M * Dz * D + 2 * N * M * D
     return read + compute + write
 
 

@@ -12,13 +12,6 @@ There is no self-attention over the interface, so the cost is linear in the numb
 The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
 docs/method.md section 4) lets neighbouring tokens exchange information directly instead of only
 through the latents; it is zero-initialised, so a new block starts as the plain RIN block.
-The optional position mixing (`model.position_mixing`, docs/method.md section 4) adds beside the
-read  z_m += (1/N) sum_n R_h[m, n] (LN(x_n) W_r)_h  and beside the write  x_n += (1/M) sum_m
-W_h[n, m] (LN(z_m) W_w)_h  over the M learned latents, per head h of head_dim channels, with
-learned position-by-latent matrices R_h, W_h:
-softmax attention pools tokens with positive weights that depend on content, so it cannot
-correlate a patch with a signed pattern over positions (a Fourier coefficient: the phase of a
-texture that spans the patch) nor write one back; these maps can. R and W start at zero.
 """
 
 from __future__ import annotations
@@ -65,7 +58,7 @@ class RINBlock(nn.Module):
 
     def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
                  adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None,
-                 adaptive_interface: bool = False, mixing: Optional[tuple[int, int]] = None):
+                 adaptive_interface: bool = False):
         super().__init__()
         # Adaptive LayerNorm on every latent sub-layer (and, with adaptive_interface, the two
         # interface norms of the write): scale and shift from the conditioning vector,
@@ -96,15 +89,6 @@ class RINBlock(nn.Module):
             nn.init.zeros_(self.conv.bias)
         self.write_mlp_norm = nn.LayerNorm(interface_dim)
         self.write_mlp = MLP(interface_dim, mlp_ratio)
-        self.mixing = mixing                             # (tokens N, learned latents M), with position_mixing
-        if mixing is not None:
-            n_tok, n_lat = mixing
-            self.mix_read_norm = nn.LayerNorm(interface_dim)
-            self.mix_read_proj = nn.Linear(interface_dim, latent_dim, bias=False)
-            self.mix_read = nn.Parameter(torch.zeros(latent_dim // head_dim, n_lat, n_tok))      # per latent head
-            self.mix_write_norm = nn.LayerNorm(latent_dim)
-            self.mix_write_proj = nn.Linear(latent_dim, interface_dim, bias=False)
-            self.mix_write = nn.Parameter(torch.zeros(interface_dim // head_dim, n_tok, n_lat))  # per token head
 
     def forward(self, x: torch.Tensor, z: torch.Tensor,
                 c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,19 +96,10 @@ class RINBlock(nn.Module):
         mz = modulations(self.modulation, c, self.latent_pairs)          # read, read MLP, 2 per compute layer
         mx = modulations(self.interface_modulation, c, 2)                # write, write MLP
         z = z + self.read(modulate(self.read_norm_z(z), mz[0]), self.read_norm_x(x))
-        if self.mixing is not None:
-            H, M, N = self.mix_read.shape
-            h = self.mix_read_proj(self.mix_read_norm(x)).view(x.shape[0], N, H, -1).transpose(1, 2)  # [B, H, N, c]
-            mixed = torch.matmul(self.mix_read, h).transpose(1, 2).reshape(x.shape[0], M, -1) / N
-            z = torch.cat([z[:, :M] + mixed, z[:, M:]], dim=1)
         z = z + self.read_mlp(modulate(self.read_mlp_norm(z), mz[1]))
         for i, layer in enumerate(self.compute):
             z = layer(z, mz[2 + 2 * i:4 + 2 * i])
         x = x + self.write(modulate(self.write_norm_x(x), mx[0]), self.write_norm_z(z))
-        if self.mixing is not None:
-            H, N, M = self.mix_write.shape
-            h = self.mix_write_proj(self.mix_write_norm(z[:, :M])).view(z.shape[0], M, H, -1).transpose(1, 2)
-            x = x + torch.matmul(self.mix_write, h).transpose(1, 2).reshape(x.shape[0], N, -1) / M
         if self.conv_grid is not None:
             g = x.transpose(1, 2).unflatten(2, self.conv_grid)              # [B, d, f, h, w]
             x = x + self.conv(g).flatten(2).transpose(1, 2)
