@@ -237,3 +237,60 @@ def test_mean_motion_centroids_follow_the_rendered_object():
         # within a quarter of the travel (shapes cut by the frame's edge pull the centroid inwards)
         assert ((moved - travelled).abs() <= 0.25 * travelled.abs() + 0.3).all(), (index, moved, travelled)
         assert travelled.abs().max() > 2
+
+
+# ------------------------------------------------------------------------------------------ every script, texture tools
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.sh")))
+def test_every_benchmark_shell_script_parses(script):
+    import subprocess
+    res = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_every_benchmark_python_script_compiles(script):
+    import py_compile
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:                              # no __pycache__ left in benchmarks/
+        py_compile.compile(str(BENCH / script), cfile=str(Path(d) / "x.pyc"), doraise=True)
+
+
+def test_fvd_edits_change_what_they_name_and_nothing_else():
+    import fvd_edits
+    from hpdm_cli.data.shapes import render_shapes_video
+    from hpdm_cli.drivers.evaluate import EVAL_SEED
+    from hpdm_cli.eval.texture import stripe_summary
+    R, idx = (16, 64, 64), range(300, 308)
+    real = [render_shapes_video(i, frames=16, height=64, width=64, seed=EVAL_SEED, split="heldout")[0] for i in idx]
+    assert all(np.array_equal(v, fvd_edits.edited_clip(i, "", R, "heldout", EVAL_SEED)) for i, v in zip(idx, real))
+    edited = {e: [fvd_edits.edited_clip(i, e, R, "heldout", EVAL_SEED) for i in idx] for e in fvd_edits.EDITS}
+    stripes = {e: stripe_summary(v)["mean"] for e, v in edited.items()}
+    assert stripe_summary(real)["mean"] > 0.6 and stripes["flat"] < 0.05
+    assert stripes["no stripes"] < stripe_summary(real)["mean"] - 0.15 and stripes["mottled"] < 0.3
+    assert abs(stripes["larger 1.1"] - stripe_summary(real)["mean"]) < 0.05          # the background untouched
+
+    from hpdm_cli.data.shapes import shapes_attributes
+    colour = np.array(shapes_attributes(idx[0], frames=16, height=64, width=64, seed=EVAL_SEED,
+                                        split="heldout")["colour_rgb"])
+
+    def track(v):                                  # (first-to-last centroid distance, mean object area)
+        mask = np.abs(v.astype(int) - colour).sum(-1) < 60                  # the object's own colour
+        ends = [np.argwhere(mask[t]).mean(0) for t in (0, -1)]
+        return float(np.hypot(*(ends[1] - ends[0]))), float(mask.mean())
+    (d_real, a_real), (d_half, _), (_, a_big) = (track(v) for v in (real[0], edited["half motion"][0],
+                                                                    edited["larger 1.1"][0]))
+    assert d_half == pytest.approx(d_real / 2, rel=0.15) and a_big == pytest.approx(1.21 * a_real, rel=0.1)
+
+
+def test_stripe_toy_references_order_as_the_theory_says():
+    """Matched filter > best linear filter > blur on noisy stripes; near exact on clean ones."""
+    import stripe_toy
+    g = torch.Generator().manual_seed(3)
+    clean = stripe_toy.stripes(64, 0.15, g)
+    assert stripe_toy.scores(stripe_toy.matched_filter(clean), clean)["r2"] > 0.97       # its grid of 48 x 31
+    noisy = clean + 0.3 * torch.randn(clean.shape, generator=g)
+    r2 = {name: stripe_toy.scores(f(noisy), clean)["r2"] for name, f in
+          (("matched", stripe_toy.matched_filter), ("wiener", lambda y: stripe_toy.wiener(y, 0.15, 0.3)),
+           ("blur", lambda y: stripe_toy._blur(y, 1.5)))}
+    assert r2["matched"] > 0.7 > 0.4 > r2["wiener"] > 0.15 > r2["blur"]
