@@ -9,6 +9,8 @@
 
 * `to_device(t, device)`: a host tensor onto the device; onto a GPU through pinned memory, so the
   copy is queued instead of waiting for the work already queued on the GPU.
+* `constant(values, device, dtype)`: a small constant tensor made once per device and reused (a
+  `torch.tensor(..., device="cuda")` per training step is a copy that waits for the GPU).
 
 A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
 with one line that names the option (`--device` or `train.device`) and what to use instead.
@@ -18,6 +20,7 @@ torch is imported only when a device is resolved, so `world()` stays cheap for t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import TYPE_CHECKING, NamedTuple, Optional, Union
@@ -130,6 +133,21 @@ def to_device(t: "torch.Tensor", device) -> "torch.Tensor":
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def constant(values: tuple, device, dtype=None) -> "torch.Tensor":
+    """The tensor of `values` (nested tuples of numbers) on `device`, made on the first call and cached.
+
+    Callers must not modify it in place: every later call with the same arguments returns it.
+    """
+    import torch
+    return _constant(values, str(torch.device(device) if device is not None else "cpu"), dtype or torch.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, device: str, dtype) -> "torch.Tensor":
+    import torch
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def randn_on(device, shape, generator: "torch.Generator", dtype=None) -> "torch.Tensor":

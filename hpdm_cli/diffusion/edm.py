@@ -22,7 +22,6 @@ context only and are left out of the loss (they still receive gradients through 
 
 from __future__ import annotations
 
-import functools
 
 from dataclasses import dataclass
 from typing import Optional
@@ -30,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..config import DiffusionConfig
-from ..device import randn_on, to_device
+from ..device import constant, randn_on, to_device
 
 
 def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -55,7 +54,7 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
 
 def input_scales(cfg: DiffusionConfig, levels: range | list, device=None) -> torch.Tensor:
     """Per-level input scaling b_l = b_0 gamma^l for the given levels, as a tensor [n]."""
-    return torch.tensor([cfg.level_input_scale(l) for l in levels], dtype=torch.float32, device=device)
+    return constant(tuple(cfg.level_input_scale(l) for l in levels), device, torch.float32)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -99,12 +98,6 @@ def _staged(generator, device) -> bool:
             and torch.device(device).type == "cuda")
 
 
-@functools.lru_cache(maxsize=8)
-def _level_means(p_mean: tuple, device) -> torch.Tensor:
-    """Per-level means of log(sigma) as a tensor on `device`, made once (no copy to the device per step)."""
-    return torch.tensor(p_mean, dtype=torch.float32, device=device)
-
-
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
     """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight).
 
@@ -112,7 +105,7 @@ def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=No
     decides the global layout, can be trained at higher noise than the levels that add detail.
     """
     g_dev = generator.device if generator is not None else device
-    mean = _level_means(tuple(cfg.p_mean), g_dev) if isinstance(cfg.p_mean, (list, tuple)) else cfg.p_mean
+    mean = constant(tuple(cfg.p_mean), g_dev) if isinstance(cfg.p_mean, (list, tuple)) else cfg.p_mean
     sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + mean).exp()
     weight = torch.ones(batch, levels, device=g_dev)
     if levels > 1 and cfg.context_prob > 0:

@@ -140,7 +140,7 @@ class HPDMNet(nn.Module):
         self.load = model.resolved_load(L)
         self.readers = [set(reading_blocks(model, L, l)) for l in range(L)]   # level -> blocks that read it
         D, Dz, C = model.interface_dim, model.latent_dim, model.channels
-        self.register_buffer("scales", level_scales(pyramid), persistent=False)
+        self.register_buffer("scales", level_scales(pyramid).clone(), persistent=False)   # not the shared constant
 
         in_ch = C * (2 if model.fusion == "shallow" else 1)
         self.tokenizer = init_linear(nn.Linear(in_ch * math.prod(self.tok), D))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PyramidConfig
+from ..device import constant
 from .geometry import level_scales, patch_points, to_grid_sample
 
 
@@ -45,10 +46,14 @@ def extract_level(video: torch.Tensor, pyr: PyramidConfig, level: int, offsets: 
     if level == 0:                                                        # the whole video, s = 1
         return src
     if level == pyr.num_levels - 1 or pyr.offsets == "grid":
-        grid = torch.tensor(pyr.level_resolution(level), dtype=torch.float64, device=offsets.device)
+        grid = constant(tuple(pyr.level_resolution(level)), offsets.device, torch.float64)
         starts = torch.round(offsets.double() * grid)
-        if (starts - offsets.double() * grid).abs().max() > 1e-3:
-            raise ValueError(f"level {level}'s patches must sit on integer pixel offsets of its grid")
+        off_grid = (starts - offsets.double() * grid).abs().max() > 1e-3
+        msg = f"level {level}'s patches must sit on integer pixel offsets of its grid"
+        if offsets.device.type != "cpu":
+            torch._assert_async(~off_grid, msg)                           # checked on the device: no host wait
+        elif off_grid:
+            raise ValueError(msg)
         return integer_crop(src, starts, r)
     scale = level_scales(pyr, offsets.device)[level]
     grid = to_grid_sample(patch_points(scale, offsets, r), r).to(src.dtype)

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from ..config import PyramidConfig
+from ..device import constant
 
 # Slack (in pixels) when rounding the last level's offsets to integer pixels (float64 noise).
 _EPS = 1e-6
@@ -28,8 +29,7 @@ _EPS = 1e-6
 
 def level_scales(pyr: PyramidConfig, device=None) -> torch.Tensor:
     """Per-level, per-axis patch scales s_l as a float tensor [L, 3]."""
-    return torch.tensor([pyr.level_scale(l) for l in range(pyr.num_levels)], dtype=torch.float32,
-                        device=device)
+    return constant(tuple(tuple(pyr.level_scale(l)) for l in range(pyr.num_levels)), device, torch.float32)
 
 
 def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[torch.Generator] = None,

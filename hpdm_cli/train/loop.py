@@ -736,14 +736,15 @@ class _Steps:
             # Draw the next step's randomness on the host while the device still runs this step;
             # the values do not depend on when they are drawn.
             self._pending = (self.step + 1, self._draws(self.step + 1))
-        # One collective per step, left on the device: non-finite loss / gradient anywhere, ranks
+        # One collective per step, left on the device (torch.full fills on the device; torch.tensor
+        # would copy from pageable host memory, which waits): non-finite loss / gradient anywhere, ranks
         # stopped by a signal (and the sum of their signal numbers), and the loss summed over ranks.
         # The update is applied or skipped on the device too, so the host queues the next step
         # while this one runs; it reads the flags back only at sync points (_sync_point).
         sig = stop.signum
         dev = loss.device
         flags = torch.stack([(~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(sig > 0), device=dev), torch.tensor(float(sig), device=dev),
+                             torch.full((), float(sig > 0), device=dev), torch.full((), float(sig), device=dev),
                              loss.float()])
         flags = all_reduce_sum(flags)
         bad = (flags[0] > 0).float()
