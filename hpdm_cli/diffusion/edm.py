@@ -22,7 +22,6 @@ context only and are left out of the loss (they still receive gradients through 
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from typing import Optional
 

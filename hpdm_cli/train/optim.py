@@ -128,36 +128,25 @@ class Lamb(torch.optim.Optimizer):
             if foreach is None:
                 foreach = not torch.jit.is_scripting()
             found_inf = getattr(self, "found_inf", None)
-            if found_inf is not None and foreach:
-                for i, p in enumerate(params):                   # the skip-aware path counts on the device
+            if not foreach:
+                if found_inf is None or not bool(found_inf):       # reference path: skips on the host
+                    _lamb_single(params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs)
+                continue
+            if found_inf is not None:                               # the skip-aware path counts on the device
+                for i, p in enumerate(params):
                     if steps[i].device != p.device:
                         steps[i] = self.state[p]["step"] = steps[i].to(p.device)
-                buckets = {}
-                for i, p in enumerate(params):
-                    buckets.setdefault((p.device, p.dtype), []).append(i)
-                for idx in buckets.values():
-                    _lamb_foreach_skippable(
-                        [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
-                        [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx],
-                        found_inf=found_inf.to(params[idx[0]].device), **kwargs)
-            elif found_inf is not None and bool(found_inf):
-                continue                                        # reference path: skip on the host
-            elif foreach:
-                # Bucket by (device, dtype): foreach kernels need homogeneous lists.
-                buckets: dict[tuple, list[int]] = {}
-                for i, p in enumerate(params):
-                    buckets.setdefault((p.device, p.dtype), []).append(i)
-                for idx in buckets.values():
-                    _lamb_foreach(
-                        [params[i] for i in idx],
-                        [grads[i] for i in idx],
-                        [exp_avgs[i] for i in idx],
-                        [exp_avg_sqs[i] for i in idx],
-                        [steps[i] for i in idx],
-                        **kwargs,
-                    )
-            else:
-                _lamb_single(params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs)
+            # Bucket by (device, dtype): foreach kernels need homogeneous lists.
+            buckets: dict[tuple, list[int]] = {}
+            for i, p in enumerate(params):
+                buckets.setdefault((p.device, p.dtype), []).append(i)
+            for idx in buckets.values():
+                lists = ([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                         [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx])
+                if found_inf is None:
+                    _lamb_foreach(*lists, **kwargs)
+                else:
+                    _lamb_foreach_skippable(*lists, found_inf=found_inf.to(params[idx[0]].device), **kwargs)
         return loss
 
 
