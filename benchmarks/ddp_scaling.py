@@ -76,8 +76,13 @@ def run(a, nproc: int, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"nproc": nproc, "error": f"timed out after {a.timeout} s"}
+    except subprocess.TimeoutExpired as e:
+        # What the run had logged by then tells a slow start (compilation) from a hang.
+        out = "\n".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        stats = run_dir / "stats.jsonl"
+        windows = len(window_rates(stats, 0)) if stats.exists() else 0
+        return {"nproc": nproc, "error": f"timed out after {a.timeout} s", "logged_windows": windows,
+                "output_tail": out.strip().splitlines()[-5:]}
     wall = time.perf_counter() - t0
     stats = run_dir / "stats.jsonl"
     if p.returncode or not stats.exists():

@@ -228,7 +228,9 @@ def _lamb_foreach_skippable(params, grads, exp_avgs, exp_avg_sqs, steps, *, foun
     keep = (~bad).to(dtype)
     for g in grads:
         g.masked_fill_(bad, 0.0)
-    torch._foreach_add_(steps, keep.to(steps[0].dtype))
+    # The step counts take `keep` as a list: _foreach_add_ of a 0-dim CUDA tensor to 0-dim tensors
+    # synchronises with the host (torch 2.11, measured), its list overload does not.
+    torch._foreach_add_(steps, [keep.to(steps[0].dtype)] * len(steps))
     # Bias corrections in float64, as the host computes them in _lamb_foreach; a skipped first
     # step (count 0) takes step 1's, which multiplies a zero update.
     t = torch.stack(steps).double().clamp_min(1.0)           # a few kernels for all tensors, not a few each
