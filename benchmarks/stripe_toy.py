@@ -77,7 +77,7 @@ class PositionMixing(nn.Module):
         self.write = nn.Parameter(torch.zeros(dim // head_dim, n_tok, n_lat))
 
     @staticmethod
-    def _apply(maps: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _mix(maps: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """maps [H, out, in] applied to h [B, in, H * c] head by head -> [B, out, H * c], divided by `in`."""
         H, _, n_in = maps.shape
         h = h.view(h.shape[0], n_in, H, -1).transpose(1, 2)                   # [B, H, in, c]
@@ -85,18 +85,18 @@ class PositionMixing(nn.Module):
 
     def forward_read(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Latents z [B, M, d_z] plus the mixed read of the tokens x [B, N, d]."""
-        return z + self._apply(self.read, self.read_proj(self.read_norm(x)))
+        return z + self._mix(self.read, self.read_proj(self.read_norm(x)))
 
     def forward_write(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Tokens x [B, N, d] plus the mixed write of the latents z [B, M, d_z]."""
-        return x + self._apply(self.write, self.write_proj(self.write_norm(z)))
+        return x + self._mix(self.write, self.write_proj(self.write_norm(z)))
 
 
 class ToyRIN(nn.Module):
     """Tokens of 2x2 pixels, learned positions, RIN blocks (read, compute, write), pixels out."""
 
     def __init__(self, blocks: int, mixing: bool, dim: int = 64, latent_dim: int = 64, latents: int = 16,
-                 glu: bool = False):
+                 glu: bool = False, conv_kernel: int = 3):
         super().__init__()
         from hpdm_cli.model.rin import RINBlock
         n = (S // TOK) ** 2
@@ -111,6 +111,12 @@ class ToyRIN(nn.Module):
             if mixing else None
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, TOK * TOK)
+        if conv_kernel != 3:                               # a wider depthwise interface convolution
+            for blk in self.blocks:
+                blk.conv = nn.Conv3d(dim, dim, (1, conv_kernel, conv_kernel), padding=(0, conv_kernel // 2,
+                                     conv_kernel // 2), groups=dim)
+                nn.init.zeros_(blk.conv.weight)
+                nn.init.zeros_(blk.conv.bias)
         if glu:                                            # every latent and interface MLP gated
             for blk in self.blocks:
                 blk.read_mlp, blk.write_mlp = GLU(latent_dim, 2.0), GLU(dim, 2.0)
@@ -131,6 +137,32 @@ class ToyRIN(nn.Module):
                 x = self.mixing[i].forward_write(x, z)
         out = self.out(self.norm(x)).transpose(1, 2)
         return y + F.fold(out, (S, S), TOK, stride=TOK)
+
+
+class PixelMLP(nn.Module):
+    """A reference denoiser with no tokens: a two-layer MLP over all S*S pixels (global projections, GELU)."""
+
+    def __init__(self, hidden: int = 1024):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(S * S, hidden), nn.GELU(), nn.Linear(hidden, S * S))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Noisy images [B, 1, S, S] -> denoised (predicted directly, not as a residual)."""
+        return self.f(y.flatten(1)).view_as(y)
+
+
+def build(variant: str, blocks: int, latents: int) -> tuple[nn.Module, str]:
+    """The network of a variant name (plain, mixing, glu, wideconv, wideconv-glu, mlp) and its table label."""
+    if variant == "mlp":
+        return PixelMLP(), "MLP over all pixels (256 -> 1024 -> 256)"
+    known = {"plain", "mixing", "glu", "wideconv", "wideconv-glu"}
+    if variant not in known:
+        raise SystemExit(f"error: unknown variant {variant!r}; choose from {sorted(known | {'mlp'})}")
+    mixing, glu, wide = variant == "mixing", variant.endswith("glu"), variant.startswith("wideconv")
+    net = ToyRIN(blocks, mixing, latents=latents, glu=glu, conv_kernel=15 if wide else 3)
+    name = f"RIN x{blocks}, {latents} latents" + (" + position mixing" if mixing else "") \
+        + (", 15x15 depthwise interface conv" if wide else "") + (", gated MLPs" if glu else "")
+    return net, name
 
 
 def matched_filter(y: torch.Tensor) -> torch.Tensor:
@@ -170,13 +202,16 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--latents", type=int, default=16)
-    ap.add_argument("--variants", default="plain,mixing", help="comma-separated: plain, mixing, glu")
+    ap.add_argument("--variants", default="plain,mixing",
+                    help="comma-separated: plain, mixing, glu, wideconv, wideconv-glu, mlp")
     ap.add_argument("--amp", type=float, default=0.15)
     ap.add_argument("--sigma", type=float, default=0.3, help="noise of the scored images (and of training)")
     ap.add_argument("--train-sigma", default=None,
                     help="lo,hi: train at sigma log-uniform in [lo, hi] (as diffusion does) instead of --sigma")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (data is drawn on the CPU either way)")
+    ap.add_argument("--evals", type=int, default=1, help="score this many times during training (curve)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(a.seed + 1)
@@ -190,9 +225,9 @@ def main(argv=None) -> int:
     for name, sc, _ in rows:
         print(json.dumps({"model": name, **sc}), flush=True)
     for variant in [v for v in a.variants.split(",") if v]:
-        mixing, glu = variant == "mixing", variant == "glu"
         torch.manual_seed(a.seed)
-        net = ToyRIN(a.blocks, mixing, latents=a.latents, glu=glu)
+        net, name = build(variant, a.blocks, a.latents)
+        net = net.to(a.device)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
         gen = torch.Generator().manual_seed(a.seed + 2)
         t0 = time.time()
@@ -203,16 +238,18 @@ def main(argv=None) -> int:
                 lo, hi = (math.log(float(v)) for v in a.train_sigma.split(","))
                 sig = torch.exp(lo + (hi - lo) * torch.rand(a.batch, 1, 1, 1, generator=gen))
             noisy = clean + sig * torch.randn(clean.shape, generator=gen)
-            loss = F.mse_loss(net(noisy), clean)
+            loss = F.mse_loss(net(noisy.to(a.device)), clean.to(a.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for grp in opt.param_groups:
                 grp["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
             opt.step()
+            if a.evals > 1 and (step + 1) % max(1, a.steps // a.evals) == 0 and step + 1 < a.steps:
+                with torch.no_grad():
+                    sc = scores(net(noisy_te.to(a.device)).cpu(), clean_te)
+                print(json.dumps({"model": name, "step": step + 1, **sc}), flush=True)
         with torch.no_grad():
-            sc = scores(net(noisy_te), clean_te)
-        name = f"RIN x{a.blocks}, {a.latents} latents" + (" + position mixing" if mixing else "") \
-            + (", gated MLPs" if glu else "")
+            sc = scores(net(noisy_te.to(a.device)).cpu(), clean_te)
         rows.append((name, sc, time.time() - t0))
         print(json.dumps({"model": name, **sc, "params": sum(p.numel() for p in net.parameters()),
                           "seconds": round(time.time() - t0, 1)}), flush=True)

@@ -294,3 +294,14 @@ def test_stripe_toy_references_order_as_the_theory_says():
           (("matched", stripe_toy.matched_filter), ("wiener", lambda y: stripe_toy.wiener(y, 0.15, 0.3)),
            ("blur", lambda y: stripe_toy._blur(y, 1.5)))}
     assert r2["matched"] > 0.7 > 0.4 > r2["wiener"] > 0.15 > r2["blur"]
+
+
+def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
+    """Every toy variant maps [B, 1, 16, 16] to the same shape after .to() (a module method the mixing must not shadow)."""
+    import stripe_toy
+    y = torch.randn(2, 1, 16, 16)
+    for v in ("plain", "mixing", "glu", "wideconv", "wideconv-glu", "mlp"):
+        net, name = stripe_toy.build(v, 1, 4)
+        assert net.to("cpu", torch.float64).double()(y.double()).shape == y.shape and name
+    with pytest.raises(SystemExit, match="unknown variant"):
+        stripe_toy.build("nope", 1, 4)
