@@ -96,12 +96,12 @@ class ToyRIN(nn.Module):
     """Tokens of 2x2 pixels, learned positions, RIN blocks (read, compute, write), pixels out."""
 
     def __init__(self, blocks: int, mixing: bool, dim: int = 64, latent_dim: int = 64, latents: int = 16,
-                 glu: bool = False, conv_kernel: int = 3):
+                 glu: bool = False, conv_kernel: int = 3, pos_std: float = 0.02):
         super().__init__()
         from hpdm_cli.model.rin import RINBlock
         n = (S // TOK) ** 2
         self.inp = nn.Linear(TOK * TOK, dim)
-        self.pos = nn.Parameter(torch.randn(n, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(n, dim) * pos_std)
         self.latents = nn.Parameter(torch.randn(latents, latent_dim) * 0.02)
         self.blocks = nn.ModuleList(RINBlock(dim, latent_dim, 1, 16, 2.0, conv_grid=(1, S // TOK, S // TOK))
                                     for _ in range(blocks))
@@ -152,16 +152,20 @@ class PixelMLP(nn.Module):
 
 
 def build(variant: str, blocks: int, latents: int) -> tuple[nn.Module, str]:
-    """The network of a variant name (plain, mixing, glu, wideconv, wideconv-glu, mlp) and its table label."""
+    """The network of a variant name (plain, mixing, glu, wideconv, wideconv-glu, bigpos, mlp) and its table label."""
     if variant == "mlp":
         return PixelMLP(), "MLP over all pixels (256 -> 1024 -> 256)"
-    known = {"plain", "mixing", "glu", "wideconv", "wideconv-glu"}
+    known = {"plain", "mixing", "glu", "wideconv", "wideconv-glu", "bigpos"}
     if variant not in known:
         raise SystemExit(f"error: unknown variant {variant!r}; choose from {sorted(known | {'mlp'})}")
     mixing, glu, wide = variant == "mixing", variant.endswith("glu"), variant.startswith("wideconv")
-    net = ToyRIN(blocks, mixing, latents=latents, glu=glu, conv_kernel=15 if wide else 3)
+    # bigpos: positions at unit scale, so that each token's LayerNorm is set by its position more
+    # than by its noisy pixels (nearly linear in them) instead of dividing by their own noise.
+    net = ToyRIN(blocks, mixing, latents=latents, glu=glu, conv_kernel=15 if wide else 3,
+                 pos_std=1.0 if variant == "bigpos" else 0.02)
     name = f"RIN x{blocks}, {latents} latents" + (" + position mixing" if mixing else "") \
-        + (", 15x15 depthwise interface conv" if wide else "") + (", gated MLPs" if glu else "")
+        + (", 15x15 depthwise interface conv" if wide else "") + (", gated MLPs" if glu else "") \
+        + (", positions at unit scale" if variant == "bigpos" else "")
     return net, name
 
 

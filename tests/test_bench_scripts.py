@@ -300,7 +300,7 @@ def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
     """Every toy variant maps [B, 1, 16, 16] to the same shape after .to() (a module method the mixing must not shadow)."""
     import stripe_toy
     y = torch.randn(2, 1, 16, 16)
-    for v in ("plain", "mixing", "glu", "wideconv", "wideconv-glu", "mlp"):
+    for v in ("plain", "mixing", "glu", "wideconv", "wideconv-glu", "bigpos", "mlp"):
         net, name = stripe_toy.build(v, 1, 4)
         assert net.to("cpu", torch.float64).double()(y.double()).shape == y.shape and name
     with pytest.raises(SystemExit, match="unknown variant"):

@@ -142,6 +142,9 @@ BENCH_CASES = {
     "--overlap without --sampling": (["--overlap", "hw"], "--sampling"),
     "--cache-only without --sampling": (["--cache-only"], "--sampling"),
     "--compile without --sampling": (["--compile"], "train.compile"),
+    "--tile-batch without --sampling": (["--tile-batch", "64"], "--sampling"),
+    "--tile-batch 0": (["--sampling", "--tile-batch", "64,0"], "tile_batch = 0"),
+    "--tile-batch a": (["--sampling", "--tile-batch", "a"], "--tile-batch 'a'"),
     "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
     "--json into a missing folder": (["--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
@@ -178,9 +181,19 @@ def test_bench_engine_refuses_bad_counts():
         with pytest.raises(ConfigError):
             bench_training(rec, **kw)
     for kw in (dict(batch=0), dict(overlaps=[]), dict(overlaps=["q"]), dict(steps=[1, 1]), dict(steps=[1, 0, 1]),
-               dict(precision="fp16")):
+               dict(precision="fp16"), dict(tile_batches=[4, 0])):
         with pytest.raises(ConfigError):
             bench_sampling(rec, **kw)
+
+
+def test_bench_sampling_times_each_tile_batch(tmp_path):
+    """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too)."""
+    import json
+    from hpdm_cli.drivers.bench import run_bench
+    rows = run_bench("tiny", ["train.device=cpu"], sampling=True, batch=1, compare_cache=False, sample_steps="1,1,1",
+                     precision="fp32", tile_batch="1,5", json_out=tmp_path / "b.json")
+    assert [r["tile_batch"] for r in rows] == [1, 5] and all(r["s_per_video"] > 0 for r in rows)
+    assert [r["tile_batch"] for r in json.loads((tmp_path / "b.json").read_text())] == [1, 5]
 
 
 # ============================================================================ hpdm train: a finished run

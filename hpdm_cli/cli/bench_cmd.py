@@ -27,6 +27,8 @@ def bench(
     sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "
                                                           "reported apart)."),
+    tile_batch: Optional[str] = typer.Option(None, "--tile-batch", help="Sampling: comma-separated tiles per "
+                                             "network forward to time (default 64)."),
     memory_chart: Optional[Path] = typer.Option(None, "--memory-chart", help="Instead: training peak memory "
                                                 "against output resolution (batch 1, bf16), up to out-of-memory, "
                                                 "drawn into this PNG."),
@@ -46,7 +48,7 @@ def bench(
                                 ("--ablations", ablations or None), ("--precision", precision),
                                 ("--sampling", sampling or None), ("--overlap", overlap),
                                 ("--cache-only", None if compare_cache else True), ("--sample-steps", sample_steps),
-                                ("--compile", compile or None)) if v is not None]
+                                ("--compile", compile or None), ("--tile-batch", tile_batch)) if v is not None]
         if given:
             raise ConfigError(f"{', '.join(given)}: not used by --memory-chart (one bf16 step at batch 1 per "
                               f"resolution); drop {'it' if len(given) == 1 else 'them'}")
@@ -59,7 +61,7 @@ def bench(
                           "--memory-chart PNG: add it or drop the option")
     rows = run_bench(recipe, overrides or [], sampling=sampling, steps=steps, warmup=warmup, batch=batch,
                      ablations=ablations, precision=precision, overlap=overlap, compare_cache=compare_cache,
-                     sample_steps=sample_steps, compile=compile, json_out=json_out)
+                     sample_steps=sample_steps, compile=compile, tile_batch=tile_batch, json_out=json_out)
     table = Table(title="hpdm bench: sampling (seconds per video)" if sampling else "hpdm bench: training")
     table.add_column("")
     for i in range(len(rows)):

@@ -41,16 +41,16 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = False, steps: Optional[int] = None,
               warmup: Optional[int] = None, batch: Optional[int] = None, ablations: bool = False,
               precision: Optional[str] = None, overlap: Optional[str] = None, compare_cache: bool = True,
-              sample_steps: Optional[str] = None, compile: bool = False,
+              sample_steps: Optional[str] = None, compile: bool = False, tile_batch: Optional[str] = None,
               json_out: Optional[Path] = None) -> list[dict]:
     """`hpdm bench`: time training (or, with `sampling`, generation) of a recipe; one row per variant.
 
-    `precision`, `overlap` and `sample_steps` are the comma-separated option values; options left
+    `precision`, `overlap`, `sample_steps` and `tile_batch` are the comma-separated option values; options left
     as None take the defaults of `bench_training` / `bench_sampling`. Options of the other mode
     are refused, not ignored. The rows are also written to `json_out`.
     """
     _check_mode(sampling, steps=steps, warmup=warmup, ablations=ablations, overlap=overlap,
-                compare_cache=compare_cache, sample_steps=sample_steps, compile=compile)
+                compare_cache=compare_cache, sample_steps=sample_steps, compile=compile, tile_batch=tile_batch)
     if json_out is not None:
         _check_json_target(json_out)
     precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
@@ -61,7 +61,8 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
             raise ConfigError(f"--precision {precision!r}: --sampling times one precision, e.g. --precision bf16")
         given = dict(batch=batch, precision=precisions[0] if precisions else None,
                      overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
-                     steps=_sample_steps(sample_steps) if sample_steps is not None else None)
+                     steps=_sample_steps(sample_steps) if sample_steps is not None else None,
+                     tile_batches=_ints(tile_batch, "--tile-batch", "64,256,1024") if tile_batch is not None else None)
         rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile,
                               **{k: v for k, v in given.items() if v is not None})
     else:
@@ -74,7 +75,7 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
 
 
 def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, compare_cache: bool,
-                sample_steps, compile: bool = False) -> None:
+                sample_steps, compile: bool = False, tile_batch=None) -> None:
     """Refuse options of the other mode: they would be ignored without a word."""
     if sampling:
         given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--ablations", ablations or None))
@@ -85,8 +86,8 @@ def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, comp
                               "(--sample-steps sets the sampler's steps)")
     else:
         given = [o for o, v in (("--overlap", overlap), ("--sample-steps", sample_steps),
-                                ("--cache-only", None if compare_cache else True), ("--compile", compile or None))
-                 if v is not None]
+                                ("--cache-only", None if compare_cache else True), ("--compile", compile or None),
+                                ("--tile-batch", tile_batch)) if v is not None]
         if given:
             hint = " (training compiles with train.compile=true)" if compile else ""
             raise ConfigError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} with --sampling: "
@@ -101,13 +102,17 @@ def _csv(value: str, option: str, example: str) -> list:
     return items
 
 
+def _ints(value: str, option: str, example: str) -> list[int]:
+    """A comma-separated integer option, e.g. --sample-steps 8,4,2 -> [8, 4, 2] (ranges checked by the caller)."""
+    try:
+        return [int(v) for v in _csv(value, option, example)]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: expected comma-separated positive integers, e.g. {example}") from None
+
+
 def _sample_steps(value: str) -> list[int]:
     """--sample-steps 8,4,2 -> [8, 4, 2] (one count per level; checked against the recipe by bench_sampling)."""
-    try:
-        return [int(v) for v in _csv(value, "--sample-steps", "8,4,2")]
-    except ValueError:
-        raise ConfigError(f"--sample-steps {value!r}: expected comma-separated positive integers, one per level, "
-                          "e.g. 8,4,2") from None
+    return _ints(value, "--sample-steps", "8,4,2")
 
 
 def _check_json_target(path: Path) -> None:
@@ -280,9 +285,9 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
-                   precision: str = "bf16", tile_batch: int = 64, compile: bool = False) -> list[dict]:
-    """Time hierarchical sampling of `batch` videos per overlap setting, with (and unless `compare_cache` is off,
-    without) caching.
+                   precision: str = "bf16", tile_batches: Sequence[int] = (64,), compile: bool = False) -> list[dict]:
+    """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with
+    (and unless `compare_cache` is off, without) caching.
 
     Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
     per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
@@ -293,7 +298,8 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
     from ..train.loop import build_model, set_precision
-    _check_sampling(recipe, batch, tile_batch, precision, overlaps, steps)
+    for tb in tile_batches:
+        _check_sampling(recipe, batch, tb, precision, overlaps, steps)
     L = recipe.pyramid.num_levels
     device = resolve_device(recipe.train.device, 0, option="train.device")
     set_precision(precision)
@@ -304,25 +310,27 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
             "text": lambda: torch.zeros(batch, recipe.model.text_tokens, recipe.model.text_dim, device=device),
             "none": lambda: None}[recipe.model.cond]()
     autocast = torch.bfloat16 if precision == "bf16" else None
-    warm = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap="none", tile_batch=tile_batch,
-                               autocast=autocast)
+    warm = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap="none",
+                               tile_batch=tile_batches[0], autocast=autocast)
     warm.sample([0], None if cond is None else cond[:1], steps=[1] * L, guidance=1.0)   # kernels, allocator
     rows = []
-    for ov in overlaps or [recipe.pyramid.overlap]:
-        for cache in ((True, False) if compare_cache else (True,)):
-            sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=ov, cache=cache,
-                                          tile_batch=tile_batch, autocast=autocast, compile=compile)
-            t0 = time.perf_counter()
-            if compile:                                     # every graph (each level, its cache) compiled here
-                sampler.sample(list(range(batch)), cond, steps=[1] * L, guidance=1.0)
-            compile_s = time.perf_counter() - t0
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
-            rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device))
-            if compile:
-                rows[-1].update(compiled=True, compile_s=compile_s)
+    settings = [(ov, cache, tb) for ov in overlaps or [recipe.pyramid.overlap]
+                for cache in ((True, False) if compare_cache else (True,)) for tb in tile_batches]
+    for ov, cache, tb in settings:
+        sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=ov, cache=cache,
+                                      tile_batch=tb, autocast=autocast, compile=compile)
+        t0 = time.perf_counter()
+        if compile:                                     # every graph (each level, its cache) compiled here
+            sampler.sample(list(range(batch)), cond, steps=[1] * L, guidance=1.0)
+        compile_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
+        rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device))
+        rows[-1]["tile_batch"] = tb
+        if compile:
+            rows[-1].update(compiled=True, compile_s=compile_s)
     return rows
 
 
