@@ -38,11 +38,12 @@ TOK = 2         # token side
 
 
 def stripes(n: int, amp: float, gen: torch.Generator) -> torch.Tensor:
-    """n clean images [n, 1, S, S]: amp * sin(2 pi f (cos a u + sin a v) + phase), u, v in [0, 1)."""
-    a = torch.rand(n, 1, 1, generator=gen) * math.pi
-    f = 2.0 + 3.0 * torch.rand(n, 1, 1, generator=gen)
-    ph = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
-    c = (torch.arange(S) + 0.5) / S
+    """n clean images [n, 1, S, S]: amp * sin(2 pi f (cos a u + sin a v) + phase), u, v in [0, 1), on gen's device."""
+    dev = gen.device
+    a = torch.rand(n, 1, 1, generator=gen, device=dev) * math.pi
+    f = 2.0 + 3.0 * torch.rand(n, 1, 1, generator=gen, device=dev)
+    ph = torch.rand(n, 1, 1, generator=gen, device=dev) * 2 * math.pi
+    c = (torch.arange(S, device=dev) + 0.5) / S
     v, u = torch.meshgrid(c, c, indexing="ij")
     return (amp * torch.sin(2 * math.pi * f * (torch.cos(a) * u + torch.sin(a) * v) + ph))[:, None]
 
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
                     help="lo,hi: train at sigma log-uniform in [lo, hi] (as diffusion does) instead of --sigma")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (data is drawn on the CPU either way)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (training data is drawn there; the scored images on the CPU)")
     ap.add_argument("--evals", type=int, default=1, help="score this many times during training (curve)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -233,15 +234,15 @@ def main(argv=None) -> int:
         net, name = build(variant, a.blocks, a.latents)
         net = net.to(a.device)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
-        gen = torch.Generator().manual_seed(a.seed + 2)
+        gen = torch.Generator(a.device).manual_seed(a.seed + 2)       # training data drawn where it is used
         t0 = time.time()
         for step in range(a.steps):
             clean = stripes(a.batch, a.amp, gen)
             sig = a.sigma
             if a.train_sigma:
                 lo, hi = (math.log(float(v)) for v in a.train_sigma.split(","))
-                sig = torch.exp(lo + (hi - lo) * torch.rand(a.batch, 1, 1, 1, generator=gen))
-            noisy = clean + sig * torch.randn(clean.shape, generator=gen)
+                sig = torch.exp(lo + (hi - lo) * torch.rand(a.batch, 1, 1, 1, generator=gen, device=gen.device))
+            noisy = clean + sig * torch.randn(clean.shape, generator=gen, device=gen.device)
             loss = F.mse_loss(net(noisy.to(a.device)), clean.to(a.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
