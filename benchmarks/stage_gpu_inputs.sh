@@ -8,12 +8,20 @@
 #   out/i3dp/part-aa, part-ab                 the same file in two parts: with the checkout (~17 MiB)
 #                                              it exceeds one call's 64 MiB, so two warm calls carry one
 #                                              part each (gpu_shapes_quality.sh says how)
+#   out/gpu/av/                               the PyAV wheel for the host's Python 3.12 (36 MB): carry it
+#                                              for CUDA tests that render MP4 datasets (gpu_env.sh installs
+#                                              it); not together with the I3D parts
 #   bash benchmarks/stage_gpu_inputs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p out/gpu out/i3dp
 bash benchmarks/stage_wheels.sh out/gpu/whl > /dev/null
+if ! ls out/gpu/av/av-*.whl > /dev/null 2>&1; then
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d out/gpu/av av==18.1.0
+fi
 if [ ! -f out/gpu/shapes_prompts_tokens.safetensors ]; then
   tmp=$(mktemp -d)
   "$PY" -m hpdm_cli prepare --synthetic shapes "$tmp/shapes" --recipe recipes/shapes.toml --num-videos 4 > /dev/null
