@@ -97,8 +97,11 @@ class ToyRIN(nn.Module):
     """Tokens of 2x2 pixels, learned positions, RIN blocks (read, compute, write), pixels out."""
 
     def __init__(self, blocks: int, mixing: bool, dim: int = 64, latent_dim: int = 64, latents: int = 16,
-                 glu: bool = False, conv_kernel: int = 3, pos_std: float = 0.02):
+                 glu: bool = False, conv_kernel: int = 3, pos_std: float = 0.02, input_scale: float = 1.0,
+                 residual: bool = True):
         super().__init__()
+        self.residual = residual                           # output = input + the network's; else the network's
+        self.input_scale = input_scale                     # the tokens are made from the input times this
         from hpdm_cli.model.rin import RINBlock
         n = (S // TOK) ** 2
         self.inp = nn.Linear(TOK * TOK, dim)
@@ -127,7 +130,7 @@ class ToyRIN(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Noisy images [B, 1, S, S] -> denoised [B, 1, S, S] (a residual on the input)."""
         B = y.shape[0]
-        t = F.unfold(y, TOK, stride=TOK).transpose(1, 2)                       # [B, n, 4]
+        t = F.unfold(self.input_scale * y, TOK, stride=TOK).transpose(1, 2)    # [B, n, 4]
         x = self.inp(t) + self.pos
         z = self.latents.expand(B, -1, -1)
         for i, blk in enumerate(self.blocks):
@@ -137,25 +140,44 @@ class ToyRIN(nn.Module):
             if self.mixing is not None:
                 x = self.mixing[i].forward_write(x, z)
         out = self.out(self.norm(x)).transpose(1, 2)
-        return y + F.fold(out, (S, S), TOK, stride=TOK)
+        out = F.fold(out, (S, S), TOK, stride=TOK)
+        return y + out if self.residual else out
+
+
+class EDM(nn.Module):
+    """EDM's preconditioning around a network F at a known sigma: c_skip y + c_out F(c_in y), as the model denoises."""
+
+    def __init__(self, net: nn.Module, sigma_data: float):
+        super().__init__()
+        self.net, self.sigma_data = net, sigma_data
+        self.sigma = 0.3
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Noisy images at self.sigma -> denoised."""
+        s2, d2 = self.sigma ** 2, self.sigma_data ** 2
+        c_in, c_skip, c_out = 1 / math.sqrt(s2 + d2), d2 / (s2 + d2), self.sigma * self.sigma_data / math.sqrt(s2 + d2)
+        return c_skip * y + c_out * self.net(c_in * y)
 
 
 class PixelMLP(nn.Module):
     """A reference denoiser with no tokens: a two-layer MLP over all S*S pixels (global projections, GELU)."""
 
-    def __init__(self, hidden: int = 1024):
+    def __init__(self, hidden: int = 1024, input_scale: float = 1.0):
         super().__init__()
+        self.input_scale = input_scale                 # the input times this (EDM's c_in makes it unit variance)
         self.f = nn.Sequential(nn.Linear(S * S, hidden), nn.GELU(), nn.Linear(hidden, S * S))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Noisy images [B, 1, S, S] -> denoised (predicted directly, not as a residual)."""
-        return self.f(y.flatten(1)).view_as(y)
+        return self.f(self.input_scale * y.flatten(1)).view_as(y)
 
 
-def build(variant: str, blocks: int, latents: int) -> tuple[nn.Module, str]:
+def build(variant: str, blocks: int, latents: int, hidden: int = 1024,
+          input_scale: float = 1.0, residual: bool = True) -> tuple[nn.Module, str]:
     """The network of a variant name (plain, mixing, glu, wideconv, wideconv-glu, bigpos, mlp) and its table label."""
     if variant == "mlp":
-        return PixelMLP(), "MLP over all pixels (256 -> 1024 -> 256)"
+        return PixelMLP(hidden, input_scale), f"MLP over all pixels (256 -> {hidden} -> 256)" + \
+            (f", input x{input_scale:g}" if input_scale != 1.0 else "")
     known = {"plain", "mixing", "glu", "wideconv", "wideconv-glu", "bigpos"}
     if variant not in known:
         raise SystemExit(f"error: unknown variant {variant!r}; choose from {sorted(known | {'mlp'})}")
@@ -163,10 +185,11 @@ def build(variant: str, blocks: int, latents: int) -> tuple[nn.Module, str]:
     # bigpos: positions at unit scale, so that each token's LayerNorm is set by its position more
     # than by its noisy pixels (nearly linear in them) instead of dividing by their own noise.
     net = ToyRIN(blocks, mixing, latents=latents, glu=glu, conv_kernel=15 if wide else 3,
-                 pos_std=1.0 if variant == "bigpos" else 0.02)
+                 pos_std=1.0 if variant == "bigpos" else 0.02, input_scale=input_scale, residual=residual)
     name = f"RIN x{blocks}, {latents} latents" + (" + position mixing" if mixing else "") \
         + (", 15x15 depthwise interface conv" if wide else "") + (", gated MLPs" if glu else "") \
-        + (", positions at unit scale" if variant == "bigpos" else "")
+        + (", positions at unit scale" if variant == "bigpos" else "") \
+        + (f", input x{input_scale:g}" if input_scale != 1.0 else "")
     return net, name
 
 
@@ -217,6 +240,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training data is drawn there; the scored images on the CPU)")
     ap.add_argument("--evals", type=int, default=1, help="score this many times during training (curve)")
+    ap.add_argument("--hidden", type=int, default=1024, help="mlp: hidden width")
+    ap.add_argument("--edm", action="store_true",
+                    help="wrap the network in EDM's preconditioning at --sigma (unit-variance input, mostly direct output)")
+    ap.add_argument("--input-scale", type=float, default=1.0,
+                    help="multiply the noisy input by this before the network (the RIN's residual stays on the input)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(a.seed + 1)
@@ -231,7 +259,12 @@ def main(argv=None) -> int:
         print(json.dumps({"model": name, **sc}), flush=True)
     for variant in [v for v in a.variants.split(",") if v]:
         torch.manual_seed(a.seed)
-        net, name = build(variant, a.blocks, a.latents)
+        net, name = build(variant, a.blocks, a.latents, a.hidden, a.input_scale, residual=not a.edm)
+        if a.edm:                                      # sigma_data of the stripes: amp / sqrt(2)
+            net, name = EDM(net, a.amp / math.sqrt(2)), name + ", EDM preconditioning"
+            if a.train_sigma:
+                raise SystemExit("error: --edm takes the one --sigma; drop --train-sigma")
+            net.sigma = a.sigma
         net = net.to(a.device)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
         gen = torch.Generator(a.device).manual_seed(a.seed + 2)       # training data drawn where it is used

@@ -305,3 +305,12 @@ def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
         assert net.to("cpu", torch.float64).double()(y.double()).shape == y.shape and name
     with pytest.raises(SystemExit, match="unknown variant"):
         stripe_toy.build("nope", 1, 4)
+    # EDM preconditioning around a non-residual net: c_skip y + c_out F(c_in y), F seeing the input times c_in.
+    net, _ = stripe_toy.build("mlp", 1, 4, hidden=8, residual=False)
+    seen = []
+    net.f.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    edm = stripe_toy.EDM(net, 0.1)
+    out = edm(y)
+    c_in = 1 / (0.3 ** 2 + 0.1 ** 2) ** 0.5
+    assert torch.allclose(seen[0], c_in * y.flatten(1))
+    assert torch.allclose(out, 0.01 / 0.1 * y + 0.3 * 0.1 * c_in * net.f(c_in * y.flatten(1)).view_as(y), atol=1e-6)
