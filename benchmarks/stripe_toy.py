@@ -243,6 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=1024, help="mlp: hidden width")
     ap.add_argument("--edm", action="store_true",
                     help="wrap the network in EDM's preconditioning at --sigma (unit-variance input, mostly direct output)")
+    ap.add_argument("--sigma-data", type=float, default=None,
+                    help="--edm: EDM's sigma_d (default: the stripes' std, amp/sqrt(2)); 0.5 with --amp 0.07 "
+                         "--sigma 0.14 is the shapes base level's regime, where the stripes are a small part of the image")
     ap.add_argument("--input-scale", type=float, default=1.0,
                     help="multiply the noisy input by this before the network (the RIN's residual stays on the input)")
     a = ap.parse_args(argv)
@@ -260,8 +263,9 @@ def main(argv=None) -> int:
     for variant in [v for v in a.variants.split(",") if v]:
         torch.manual_seed(a.seed)
         net, name = build(variant, a.blocks, a.latents, a.hidden, a.input_scale, residual=not a.edm)
-        if a.edm:                                      # sigma_data of the stripes: amp / sqrt(2)
-            net, name = EDM(net, a.amp / math.sqrt(2)), name + ", EDM preconditioning"
+        if a.edm:                                      # sigma_data: the stripes' own std unless given
+            sd = a.sigma_data if a.sigma_data is not None else a.amp / math.sqrt(2)
+            net, name = EDM(net, sd), name + f", EDM preconditioning (sigma_data {sd:.3g})"
             if a.train_sigma:
                 raise SystemExit("error: --edm takes the one --sigma; drop --train-sigma")
             net.sigma = a.sigma
