@@ -13,8 +13,12 @@ beside a blur (the best local smoother), the best linear filter (Wiener: a band-
 stripes' mean power spectrum) and the matched filter that knows the stripe family (what the data
 allows). At the default amplitude 0.15 and sigma 0.3 a blur finds nothing, the linear filter
 explains 27% of the stripe and the matched filter 84%: beating the linear filter takes a
-nonlinear detection of the one sinusoid present.
+nonlinear detection of the one sinusoid present. With the raw input and a residual output no
+variant gets there; inside EDM's preconditioning (--edm, as the model denoises) the RIN does, after
+a plateau at the linear filter that is longer the smaller the stripes are against sigma_data
+(docs/results.md, section 12).
     python benchmarks/stripe_toy.py --steps 1500 --variants plain,mixing,glu
+    python benchmarks/stripe_toy.py --edm --sigma-data 0.5 --amp 0.07 --sigma 0.14 --lr 1e-3 --steps 8000 --evals 8
 """
 
 from __future__ import annotations
@@ -238,14 +242,17 @@ def main(argv=None) -> int:
                     help="lo,hi: train at sigma log-uniform in [lo, hi] (as diffusion does) instead of --sigma")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (training data is drawn there; the scored images on the CPU)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda (training data is drawn there; the scored images on the CPU)")
     ap.add_argument("--evals", type=int, default=1, help="score this many times during training (curve)")
     ap.add_argument("--hidden", type=int, default=1024, help="mlp: hidden width")
     ap.add_argument("--edm", action="store_true",
-                    help="wrap the network in EDM's preconditioning at --sigma (unit-variance input, mostly direct output)")
+                    help="wrap the network in EDM's preconditioning at --sigma "
+                         "(unit-variance input, mostly direct output)")
     ap.add_argument("--sigma-data", type=float, default=None,
                     help="--edm: EDM's sigma_d (default: the stripes' std, amp/sqrt(2)); 0.5 with --amp 0.07 "
-                         "--sigma 0.14 is the shapes base level's regime, where the stripes are a small part of the image")
+                         "--sigma 0.14 is the shapes base level's regime, where the stripes are a small part "
+                         "of the image")
     ap.add_argument("--input-scale", type=float, default=1.0,
                     help="multiply the noisy input by this before the network (the RIN's residual stays on the input)")
     a = ap.parse_args(argv)

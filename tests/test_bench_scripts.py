@@ -297,7 +297,7 @@ def test_stripe_toy_references_order_as_the_theory_says():
 
 
 def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
-    """Every toy variant maps [B, 1, 16, 16] to the same shape after .to() (a module method the mixing must not shadow)."""
+    """Every toy variant maps [B, 1, 16, 16] to the same shape after .to() (which the mixing must not shadow)."""
     import stripe_toy
     y = torch.randn(2, 1, 16, 16)
     for v in ("plain", "mixing", "glu", "wideconv", "wideconv-glu", "bigpos", "mlp"):
