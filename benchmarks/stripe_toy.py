@@ -151,10 +151,9 @@ class ToyRIN(nn.Module):
 class EDM(nn.Module):
     """EDM's preconditioning around a network F at a known sigma: c_skip y + c_out F(c_in y), as the model denoises."""
 
-    def __init__(self, net: nn.Module, sigma_data: float):
+    def __init__(self, net: nn.Module, sigma_data: float, sigma: float = 0.3):
         super().__init__()
-        self.net, self.sigma_data = net, sigma_data
-        self.sigma = 0.3
+        self.net, self.sigma_data, self.sigma = net, sigma_data, sigma
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Noisy images at self.sigma -> denoised."""
@@ -235,7 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--variants", default="plain,mixing",
-                    help="comma-separated: plain, mixing, glu, wideconv, wideconv-glu, mlp")
+                    help="comma-separated: plain, mixing, glu, wideconv, wideconv-glu, bigpos, mlp")
     ap.add_argument("--amp", type=float, default=0.15)
     ap.add_argument("--sigma", type=float, default=0.3, help="noise of the scored images (and of training)")
     ap.add_argument("--train-sigma", default=None,
@@ -256,6 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--input-scale", type=float, default=1.0,
                     help="multiply the noisy input by this before the network (the RIN's residual stays on the input)")
     a = ap.parse_args(argv)
+    if a.edm and a.train_sigma:
+        ap.error("--edm preconditions for the one --sigma; drop --train-sigma")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(a.seed + 1)
     clean_te = stripes(512, a.amp, g)
@@ -272,10 +273,7 @@ def main(argv=None) -> int:
         net, name = build(variant, a.blocks, a.latents, a.hidden, a.input_scale, residual=not a.edm)
         if a.edm:                                      # sigma_data: the stripes' own std unless given
             sd = a.sigma_data if a.sigma_data is not None else a.amp / math.sqrt(2)
-            net, name = EDM(net, sd), name + f", EDM preconditioning (sigma_data {sd:.3g})"
-            if a.train_sigma:
-                raise SystemExit("error: --edm takes the one --sigma; drop --train-sigma")
-            net.sigma = a.sigma
+            net, name = EDM(net, sd, a.sigma), name + f", EDM preconditioning (sigma_data {sd:.3g})"
         net = net.to(a.device)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
         gen = torch.Generator(a.device).manual_seed(a.seed + 2)       # training data drawn where it is used

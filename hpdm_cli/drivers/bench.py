@@ -298,8 +298,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
     from ..train.loop import build_model, set_precision
-    for tb in tile_batches:
-        _check_sampling(recipe, batch, tb, precision, overlaps, steps)
+    _check_sampling(recipe, batch, min(tile_batches, default=0), precision, overlaps, steps)   # the smallest decides
     L = recipe.pyramid.num_levels
     device = resolve_device(recipe.train.device, 0, option="train.device")
     set_precision(precision)
