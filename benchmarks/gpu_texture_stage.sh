@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# One GPU call: does a long base-level stage at the noise levels where the background texture is
-# decided teach the base level to draw the shapes data's stripes (docs/results.md, sections 9-10)?
-# The base level alone (one level 4x16x16) continues from FROM with its log-sigma distribution
-# moved down (BASE_NOISE), checkpointing every CKPT_EVERY steps; every checkpoint (and FROM) is then
-# scored on held-out prompts: level 0 sampled alone (faithfulness and stripe R^2,
-# benchmarks/base_level_faithfulness.py) and one denoiser call on noised real level 0 per sigma
-# (benchmarks/denoise_texture.py). Then the 3-level pyramid trains from the last checkpoint for
-# PYR_SECONDS (PYR_NOISE) and is exported in fp16 to $OUT/texture.safetensors; the run directory
-# stays in /tmp/run-tex for a following call on the same machine (guidance_sweep.py: FVD).
+# One or two GPU calls: does a long base-level stage at the noise levels where the background
+# texture is decided teach the base level to draw the shapes data's stripes (docs/results.md,
+# sections 9-12)? The base level alone (one level 4x16x16) continues from FROM with its log-sigma
+# distribution moved down (BASE_NOISE), at BASE_BATCH videos per step (the stripes are a plateau
+# left after a number of optimiser *steps*, section 12: a small batch buys more of them), compiled
+# as BASE_COMPILE asks ("reduce-overhead": CUDA graphs, for a launch-bound small model; if that
+# fails before training, the stage reruns with plain compilation), checkpointing every CKPT_EVERY
+# steps; every checkpoint (and FROM) is then scored on held-out prompts: level 0 sampled alone
+# (faithfulness and stripe R^2, benchmarks/base_level_faithfulness.py) and one denoiser call on
+# noised real level 0 per sigma (benchmarks/denoise_texture.py); the last one is exported in fp16
+# to $OUT/base.safetensors. Then the 3-level pyramid trains from it for PYR_SECONDS (PYR_NOISE) and
+# is exported in fp16 to $OUT/texture.safetensors; its run stays in /tmp/run-tex for a following
+# call on the same machine (guidance_sweep.py: FVD). BASE_SECONDS=0 skips the base stage (the
+# pyramid then starts from PYR_FROM, default the base stage's run or $FROM); PYR_SECONDS=0 skips
+# the pyramid.
 #   FROM=hpdm_cli/assets/shapes-t2v.safetensors BASE_SECONDS=280 PYR_SECONDS=170 \
 #     bash benchmarks/gpu_texture_stage.sh
+#   BASE_BATCH=128 BASE_STEPS=20000 BASE_COMPILE=reduce-overhead CKPT_EVERY=2500 BASE_SECONDS=420 \
+#     PYR_SECONDS=0 bash benchmarks/gpu_texture_stage.sh             # many small steps, base only
 # Needs out/gpu/shapes_prompts_tokens.safetensors and out/gpu/whl (benchmarks/stage_gpu_inputs.sh).
 # EXTRA="..." adds overrides to both stages (a CPU check of the script: EXTRA='train.compile=false
 # train.batch_size=8 data.synthetic_videos=64' BASE_SECONDS=60 PYR_SECONDS=40 CKPT_EVERY=5 NUM=4).
@@ -19,35 +27,58 @@ source benchmarks/gpu_env.sh
 FROM=${FROM:-hpdm_cli/assets/shapes-t2v.safetensors}
 BASE_NOISE=${BASE_NOISE:-"diffusion.p_mean=-0.3 diffusion.p_std=1.2"}
 PYR_NOISE=${PYR_NOISE:-"diffusion.p_mean=[-0.3,-1.2,-1.2] diffusion.p_std=1.2"}
+BASE_SECONDS=${BASE_SECONDS:-280}; PYR_SECONDS=${PYR_SECONDS:-170}
 NUM=${NUM:-64}
 TABLE='data.prompt_table="out/gpu/shapes_prompts_tokens.safetensors"'
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; from $FROM; base: $BASE_NOISE; pyramid: $PYR_NOISE"
-rm -rf /tmp/run-tex-base /tmp/run-tex
-T0=$SECONDS
-# shellcheck disable=SC2086
-timeout -s TERM "${BASE_SECONDS:-280}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex-base \
-  --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' $BASE_NOISE \
-  train.batch_size=512 "train.steps=${BASE_STEPS:-1600}" train.lr=1e-3 train.warmup_steps=100 train.compile=true \
-  "train.ckpt_every=${CKPT_EVERY:-400}" train.keep_last=0 "train.init_from=\"$FROM\"" ${EXTRA:-} > /tmp/train-tex-base.log 2>&1
-echo "[base] exit $? after $((SECONDS - T0)) s"; grep -E "^training|videos/s" /tmp/train-tex-base.log | tail -n 3
-cp /tmp/run-tex-base/stats.jsonl "$OUT/base-stats.jsonl" 2>/dev/null
+echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; from $FROM; base: $BASE_NOISE, batch ${BASE_BATCH:-512}, compile ${BASE_COMPILE:-true}; pyramid: $PYR_NOISE"
 score() {   # $1: a checkpoint or model file; one line of level-0 faithfulness and stripes, one per sigma
   python3 benchmarks/base_level_faithfulness.py "$1" --num "$NUM" --splits heldout 2>&1 | tail -n 1
   python3 benchmarks/denoise_texture.py "$1" --num "$NUM" --sigmas 0.1,0.2,0.4,0.7,1.0 2>&1 | tail -n 5
 }
-{ echo "== $FROM"; score "$FROM"; } | tee "$OUT/curve.txt"
-for ck in /tmp/run-tex-base/checkpoints/ckpt-*; do
-  [ -d "$ck" ] && { echo "== $ck"; score "$ck"; } | tee -a "$OUT/curve.txt"
-done
-T1=$SECONDS
-# shellcheck disable=SC2086
-timeout -s TERM "${PYR_SECONDS:-170}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
-  "$TABLE" $PYR_NOISE train.batch_size=256 "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 train.warmup_steps=50 \
-  "train.init_from=\"/tmp/run-tex-base\"" ${EXTRA:-} > /tmp/train-tex.log 2>&1
-echo "[pyramid] exit $? after $((SECONDS - T1)) s"; grep -E "^training|videos/s" /tmp/train-tex.log | tail -n 3
-cp /tmp/run-tex/stats.jsonl "$OUT/pyramid-stats.jsonl" 2>/dev/null
-python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-tex', '$OUT/texture.safetensors'))"
-{ echo "== pyramid, level 0"; python3 benchmarks/base_level_faithfulness.py /tmp/run-tex --num "$NUM" --splits heldout 2>&1 | tail -n 1; } \
-  | tee -a "$OUT/curve.txt"
+export_to() {   # $1: run directory, $2: output file
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
+}
+base_stage() {   # $1: seconds, $2: train.compile setting
+  # shellcheck disable=SC2086
+  timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex-base \
+    --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' $BASE_NOISE \
+    "train.batch_size=${BASE_BATCH:-512}" "train.steps=${BASE_STEPS:-1600}" train.lr=1e-3 train.warmup_steps=100 \
+    "train.compile=$2" "train.ckpt_every=${CKPT_EVERY:-400}" train.keep_last=0 "train.init_from=\"$FROM\"" \
+    ${EXTRA:-} >> /tmp/train-tex-base.log 2>&1
+}
+T0=$SECONDS
+if [ "$BASE_SECONDS" -gt 0 ]; then
+  rm -rf /tmp/run-tex-base /tmp/train-tex-base.log
+  COMPILE=${BASE_COMPILE:-true}
+  [ "$COMPILE" = true ] || [ "$COMPILE" = false ] || COMPILE="\"$COMPILE\""
+  base_stage "$BASE_SECONDS" "$COMPILE"; rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls /tmp/run-tex-base/checkpoints/ckpt-* >/dev/null 2>&1; then
+    echo "[base] train.compile=$COMPILE failed (exit $rc) after $((SECONDS - T0)) s:"; tail -n 5 /tmp/train-tex-base.log
+    rm -rf /tmp/run-tex-base
+    base_stage "$((BASE_SECONDS - (SECONDS - T0)))" true; rc=$?
+  fi
+  echo "[base] exit $rc after $((SECONDS - T0)) s"; grep -E "^training|videos/s" /tmp/train-tex-base.log | tail -n 3
+  cp /tmp/run-tex-base/stats.jsonl "$OUT/base-stats.jsonl" 2>/dev/null
+  : > "$OUT/curve.txt"
+  [ "${SCORE_FROM:-1}" = 1 ] && { echo "== $FROM"; score "$FROM"; } | tee -a "$OUT/curve.txt"
+  for ck in /tmp/run-tex-base/checkpoints/ckpt-*; do
+    [ -d "$ck" ] && { echo "== $ck"; score "$ck"; } | tee -a "$OUT/curve.txt"
+  done
+  ls /tmp/run-tex-base/checkpoints/ckpt-* >/dev/null 2>&1 && export_to /tmp/run-tex-base "$OUT/base.safetensors"
+fi
+if [ "$PYR_SECONDS" -gt 0 ]; then
+  PYR_FROM=${PYR_FROM:-$( [ -d /tmp/run-tex-base/checkpoints ] && echo /tmp/run-tex-base || echo "$FROM")}
+  echo "[pyramid] from $PYR_FROM"; rm -rf /tmp/run-tex
+  T1=$SECONDS
+  # shellcheck disable=SC2086
+  timeout -s TERM "$PYR_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
+    "$TABLE" $PYR_NOISE train.batch_size=256 "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 train.warmup_steps=50 \
+    "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} > /tmp/train-tex.log 2>&1
+  echo "[pyramid] exit $? after $((SECONDS - T1)) s"; grep -E "^training|videos/s" /tmp/train-tex.log | tail -n 3
+  cp /tmp/run-tex/stats.jsonl "$OUT/pyramid-stats.jsonl" 2>/dev/null
+  export_to /tmp/run-tex "$OUT/texture.safetensors"
+  { echo "== pyramid, level 0"; python3 benchmarks/base_level_faithfulness.py /tmp/run-tex --num "$NUM" --splits heldout 2>&1 | tail -n 1; } \
+    | tee -a "$OUT/curve.txt"
+fi
 echo "total $((SECONDS - T0)) s"
