@@ -13,7 +13,7 @@
 # is exported in fp16 to $OUT/texture.safetensors; its run stays in /tmp/run-tex for a following
 # call on the same machine (guidance_sweep.py: FVD). BASE_SECONDS=0 skips the base stage (the
 # pyramid then starts from PYR_FROM, default the base stage's run or $FROM); PYR_SECONDS=0 skips
-# the pyramid.
+# the pyramid. SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10).
 #   FROM=hpdm_cli/assets/shapes-t2v.safetensors BASE_SECONDS=280 PYR_SECONDS=170 \
 #     bash benchmarks/gpu_texture_stage.sh
 #   BASE_BATCH=128 BASE_STEPS=20000 BASE_COMPILE=reduce-overhead CKPT_EVERY=2500 BASE_SECONDS=420 \
