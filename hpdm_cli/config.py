@@ -199,7 +199,7 @@ class TrainConfig:
     ckpt_every: int = 1000               # Steps between checkpoints.
     keep_last: int = 3                   # Checkpoints kept (0 = all).
     init_from: str = ""                  # Checkpoint to initialise matching weights from.
-    max_nonfinite_steps: int = 100       # Stop after this many consecutive non-finite (skipped) steps (0 = never).
+    max_nonfinite_steps: int = 100       # Stop once this many of the last 2x as many steps were skipped (non-finite); 0 = never.
 
 
 @dataclass

@@ -659,7 +659,7 @@ def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, mo
     with pytest.raises(TrainError) as e:
         train(rec, tmp_path, log=quiet())
     msg = str(e.value)
-    assert "\n" not in msg and "2 consecutive steps" in msg and "ckpt-00000002" in msg
+    assert "\n" not in msg and "2 of the last 4 steps" in msg and "ckpt-00000002" in msg
     assert "train.max_nonfinite_steps" in msg and msg in (tmp_path / "train.log").read_text()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
     assert [r["step"] for r in read_stats(tmp_path)] == [1, 2, 3, 4]
@@ -667,6 +667,26 @@ def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, mo
     monkeypatch.undo()
     s = train(rec, tmp_path, log=quiet())                                 # fixed: resumes from the good one
     assert (s.start_step, s.step, s.skipped) == (2, 6, 0)
+
+
+
+def test_a_diverging_run_that_skips_most_steps_but_not_all_stops(shapes_data, tmp_path, monkeypatch):
+    """Every other step non-finite (no two in a row) still stops the run once the window fills."""
+    rec = make_recipe(shapes_data, "train.max_nonfinite_steps=2", steps=12, ckpt_every=2)
+    real, n = loop.edm_loss, {"calls": 0}
+
+    def flaky(*a, **kw):
+        out = real(*a, **kw)
+        n["calls"] += 1
+        if n["calls"] >= 3 and n["calls"] % 2 == 1:                       # steps 3, 5, 7, ... (1-based)
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(loop, "edm_loss", flaky)
+    with pytest.raises(TrainError) as e:
+        train(rec, tmp_path, log=quiet())
+    msg = str(e.value)
+    assert "\n" not in msg and "2 of the last 4 steps" in msg and "stopped at step 5" in msg
+    assert [r["skipped"] for r in read_stats(tmp_path)] == [0, 0, 1, 1, 2]        # steps 1-5
 
 
 # ------------------------------------------------------------------------------------------ one run per directory

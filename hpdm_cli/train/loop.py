@@ -8,7 +8,9 @@ the sample index, and torch's global RNG is checkpointed, so an interrupted and 
 reproduces the uninterrupted one exactly (docs/method.md, invariant "resume reproduces the
 uninterrupted run"; tests/test_train.py).
 Non-finite losses or gradients skip the step (counted in `skipped`, logged, never trained on);
-`train.max_nonfinite_steps` consecutive skipped steps stop the run with a TrainError, and weights
+`train.max_nonfinite_steps` skipped steps among the last twice as many stop the run with a
+TrainError (a diverging run skips most steps but not all, so a count of steps in a row would
+miss it), and weights
 that are not finite are never saved, so the newest checkpoint stays the last good one. The skip
 is decided and applied on the device: the host never waits for a step to finish except at sync
 points (a logged or checkpointed step, the last one, a signal), where it reads the flags back.
@@ -694,13 +696,15 @@ class _Steps:
         self.state, self.model, self.batches, self.text_emb = state, model, batches, text_emb
         self.say, self.summary = say, summary
         self.params = [p for p in state.net.parameters()]
-        self.step, self.skipped, self.streak = state.start, state.skipped, 0   # streak: consecutive skipped
+        self.step, self.skipped, self.recent = state.start, state.skipped, 0   # recent: skipped in the window
         self.t_last, self.n_last = 0.0, 0                                  # throughput since the last log
         self.micro = batches.micro                                         # samples per micro-batch and rank
         self.conditional = recipe.model.cond == "class" or text_emb is not None
         self._pending: Optional[tuple[int, list]] = None                   # (step, draws) drawn ahead
         zero = torch.zeros((), device=dist.device)
-        self._skips, self._streak = zero, zero                             # device counters, read at sync points
+        self._skips = zero                                                 # skipped since the last sync point
+        # The skip flags of the last 2 * train.max_nonfinite_steps steps, a ring on the device.
+        self._window = torch.zeros(max(2 * recipe.train.max_nonfinite_steps, 1), device=dist.device)
         self._synced = self.step                                           # the step count at the last sync point
 
     def run(self, *, stop_after: Optional[int], progress: bool) -> TrainSummary:
@@ -750,26 +754,26 @@ class _Steps:
         bad = (flags[0] > 0).float()
         self._update(bad)
         self._skips = self._skips + bad                                    # skipped since the last sync point
-        self._streak = (self._streak + bad) * bad                          # consecutive skipped steps
+        self._window[self.step % self._window.numel()] = bad               # a device copy: no sync
         self.step += 1
         self.n_last += 1
         if not self._sync_point(sig, stop_after):
             bar(self.step, None)
             return False
-        f, skips, streak = self._read(flags)
+        f, skips, recent = self._read(flags)
         self.skipped += skips
         if skips:
             first, last = self._synced, self.step - 1
             self.say(f"step {last}: non-finite loss or gradient, step skipped ({self.skipped} so far)" if first == last
                      else f"steps {first}-{last}: {skips} with a non-finite loss or gradient skipped "
                           f"({self.skipped} so far)")
-        self._synced, self.streak = self.step, streak
+        self._synced, self.recent = self.step, recent
         mean_loss = f[3] / self.dist.world_size
         self.summary.last_loss, self.summary.step, self.summary.skipped = mean_loss, self.step, self.skipped
         bar(self.step, mean_loss)
         if self.step % t.log_every == 0 or self.step == t.steps:
             self._log(mean_loss, lr, grad_norm, per_level, live=bar.live)
-        self._check_streak()
+        self._check_skips()
         stopping = f[1] > 0 or (stop_after is not None and self.step - st.start >= stop_after)
         if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
             self.summary.checkpoint = _save(self.run_dir, self.recipe, self.step, st.net, st.ema, st.opt, self.dist,
@@ -796,8 +800,8 @@ class _Steps:
                 or (sig > 0 if self.dist.world_size == 1 else n % SIGNAL_EVERY == 0))
 
     def _read(self, flags: torch.Tensor) -> tuple[list, int, int]:
-        """The flags, steps skipped since the last sync point and the current skip streak, read in one transfer."""
-        vals = torch.cat([flags, torch.stack([self._skips, self._streak]).to(flags)]).tolist()
+        """The flags, steps skipped since the last sync point and within the window, read in one transfer."""
+        vals = torch.cat([flags, torch.stack([self._skips, self._window.sum()]).to(flags)]).tolist()
         self._skips = torch.zeros((), device=flags.device)
         return vals[:4], int(round(vals[4])), int(round(vals[5]))
 
@@ -864,14 +868,15 @@ class _Steps:
                  f"eta {eta / 60:.1f} min" + (f" skipped {self.skipped}" if self.skipped else ""), echo=not live)
         self.t_last, self.n_last = now, 0
 
-    def _check_streak(self) -> None:
-        """Stop the run (TrainError, no checkpoint of this step) after train.max_nonfinite_steps skipped in a row."""
+    def _check_skips(self) -> None:
+        """Stop the run (TrainError, no checkpoint of this step) once train.max_nonfinite_steps of the last twice as many were skipped."""
         t = self.t
-        if not (t.max_nonfinite_steps and self.streak >= t.max_nonfinite_steps):
+        if not (t.max_nonfinite_steps and self.recent >= t.max_nonfinite_steps):
             return
         # Every rank saw the same flags: all stop here.
         kept = list_checkpoints(self.run_dir) if self.dist.is_main else []
-        msg = (f"stopped at step {self.step}: {self.streak} consecutive steps had a non-finite loss or gradient; "
+        msg = (f"stopped at step {self.step}: {self.recent} of the last {self._window.numel()} steps had a non-finite "
+               "loss or gradient; "
                f"the newest checkpoint{f' {kept[-1].name}' if kept else ''} is kept as it was; lower "
                "train.lr, set train.grad_clip or check the data (train.max_nonfinite_steps = "
                f"{t.max_nonfinite_steps} sets this limit)")
