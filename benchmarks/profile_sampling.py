@@ -1,10 +1,11 @@
 """Where hierarchical sampling spends its time: FLOPs, seconds and achieved TFLOP/s per level, top kernels.
 
-The FLOPs of one denoising step of level l are counted by torch's FlopCounterMode as the
-difference between a run with one extra step at level l and a run with one step everywhere
-(matrix products and attention, the conventions of `hpdm_cli.model.flops`); the timed run's
-generation seconds per level (cache building excluded) then give achieved TFLOP/s and MFU
-against the card's bf16 peak. A randomly initialised network: speed does not depend on weights.
+The FLOPs of one denoiser evaluation at level l are counted by torch's FlopCounterMode: a run
+with one extra step at level l minus a run with one step everywhere is one Heun step, two
+evaluations (matrix products and attention, the conventions of `hpdm_cli.model.flops`). A run of
+s steps makes 2s-1 evaluations per level (`network_evaluations`), so the timed run's generation
+seconds per level (cache building excluded) give achieved TFLOP/s and MFU against the card's
+bf16 peak. A randomly initialised network: speed does not depend on weights.
 
     python benchmarks/profile_sampling.py ucf --batch 16 --steps 2,2,2 --overlap hw [--compile]
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hpdm_cli.device import resolve_device  # noqa: E402
 from hpdm_cli.drivers.bench import peak_flops  # noqa: E402
 from hpdm_cli.recipe import default_recipe_path, load_recipe  # noqa: E402
-from hpdm_cli.sampling.hierarchical import HierarchicalSampler  # noqa: E402
+from hpdm_cli.sampling import HierarchicalSampler, network_evaluations  # noqa: E402
 from hpdm_cli.train.loop import build_model, set_precision  # noqa: E402
 
 
@@ -63,19 +64,20 @@ def main(argv=None) -> int:
     sampler.sample(list(range(a.batch)), cond, steps=ones, guidance=1.0)          # warm-up (and compilation)
     warm_s = time.perf_counter() - t0
     base = counted_flops(sampler, a.batch, cond, ones)
-    per_step = [counted_flops(sampler, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base for l in range(L)]
+    per_eval = [(counted_flops(sampler, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base) / 2 for l in range(L)]
     res = sampler.sample(list(range(a.batch)), cond, steps=steps, guidance=1.0)
     peak = peak_flops(dev, "bf16")
     print(f"{a.recipe}: batch {a.batch}, overlap {sampler.overlap or 'none'}, "
           f"tile batch {a.tile_batch}, steps {steps}, {'compiled' if a.compile else 'eager'} "
           f"(warm-up {warm_s:.1f} s), device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}")
-    print("| level | GFLOP per step (batch) | gen s | cache s | achieved TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|")
+    print("| level | GFLOP per evaluation (batch) | evaluations | gen s | cache s | achieved TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
     for l in range(L):
         gen = res.seconds[l] - res.cache_seconds[l]
-        tf = per_step[l] * steps[l] / max(gen, 1e-9) / 1e12
+        n = network_evaluations(steps[l])
+        tf = per_eval[l] * n / max(gen, 1e-9) / 1e12
         mfu = f"{100 * tf * 1e12 / peak:.1f}%" if peak else "n/a"
-        print(f"| {l} | {per_step[l] / 1e9:.1f} | {gen:.3f} | {res.cache_seconds[l]:.3f} | {tf:.2f} | {mfu} |")
+        print(f"| {l} | {per_eval[l] / 1e9:.1f} | {n} | {gen:.3f} | {res.cache_seconds[l]:.3f} | {tf:.2f} | {mfu} |")
     if a.rows > 0:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=acts) as prof:

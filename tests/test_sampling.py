@@ -11,7 +11,7 @@ from hpdm_cli.diffusion import c_in, c_out, c_skip
 from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import patch_points, token_centres
 from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, cache_bytes, chain_offsets, churn_gamma,
-                               edm_sample, edm_sigmas, level_steps, parse_overlap, tile_counts)
+                               edm_sample, edm_sigmas, level_steps, network_evaluations, parse_overlap, tile_counts)
 
 OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none"]
 
@@ -144,6 +144,10 @@ def test_heun_skips_the_final_step():
         return torch.zeros_like(x)
     edm_sample(D, lambda: torch.randn(4), edm_sigmas(5, 0.01, 10.0))
     assert len(calls) == 2 * 5 - 1 and calls[-1] == pytest.approx(0.01)
+    for steps, heun in [(1, True), (5, True), (5, False)]:             # the count the bench extrapolates by
+        calls.clear()
+        edm_sample(D, lambda: torch.randn(4), edm_sigmas(steps, 0.01, 10.0), heun=heun)
+        assert len(calls) == network_evaluations(steps, heun)
 
 
 @pytest.mark.parametrize("churn", [0.0, 40.0])

@@ -291,7 +291,8 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
 
     Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
     per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
-    generation time linearly to the recipe's full step counts (cache building does not scale).
+    generation time to the recipe's full step counts in proportion to the denoiser evaluations
+    (Heun: 2 per step, 1 for the last; cache building does not scale).
     With `compile` the network runs through torch.compile: one untimed one-step pass per setting
     compiles every graph first (its seconds are the row's `compile_s`).
     """
@@ -337,7 +338,8 @@ def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], f
                   device: torch.device) -> dict:
     """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps)."""
     gen = [s - c for s, c in zip(res.seconds, res.cache_seconds)]
-    est = [g * f / r + c for g, f, r, c in zip(gen, full, run_steps, res.cache_seconds)]
+    from ..sampling.edm_sampler import network_evaluations as evals
+    est = [g * evals(f) / evals(r) + c for g, f, r, c in zip(gen, full, run_steps, res.cache_seconds)]
     row = {"overlap": ov, "cache": cache, "batch": batch, "steps": "/".join(map(str, run_steps)),
            "s_per_video": sum(res.seconds) / batch}
     for l in range(len(full)):

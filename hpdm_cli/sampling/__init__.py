@@ -1,9 +1,9 @@
 """Inference: tilings of the pyramid levels (tiles), the EDM sampler (edm_sampler), hierarchical sampling (hierarchical)."""
 
-from .edm_sampler import churn_gamma, edm_sample, edm_sigmas
+from .edm_sampler import churn_gamma, edm_sample, edm_sigmas, network_evaluations
 from .hierarchical import HierarchicalSampler, SampleResult, cache_bytes, level_steps, seed_generator
 from .tiles import LevelTiles, axis_starts, build_tiles, chain_offsets, parse_overlap, tile_counts
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
-           "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "parse_overlap",
+           "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "network_evaluations", "parse_overlap",
            "seed_generator", "tile_counts"]

@@ -33,6 +33,11 @@ def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0)
     return torch.cat([t, t.new_zeros(1)])
 
 
+def network_evaluations(steps: int, heun: bool = True) -> int:
+    """Denoiser calls of `edm_sample` over `steps` steps: Heun corrects every step but the last (to sigma 0)."""
+    return 2 * steps - 1 if heun and steps > 0 else steps
+
+
 def churn_gamma(churn: float, steps: int) -> float:
     """The churn increment gamma = min(S_churn / N, sqrt(2) - 1) (0 when S_churn = 0)."""
     return min(churn / steps, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
