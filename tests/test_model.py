@@ -191,6 +191,27 @@ def test_context_fusion_samples_an_analytic_field_at_the_patch_positions():
         assert (ctx - want).abs().amax(-1)[inside].max() < 1e-5
 
 
+def test_context_sampling_under_autocast_runs_in_bf16_and_matches_float32():
+    """Under bf16 autocast the fusion's interpolation is a bf16 pass; values and gradients as in float32 within bf16."""
+    recipe = tiny_recipe(resolution=(16, 64, 64), patch=(4, 16, 16), tokenizer=(1, 2, 2))
+    pyr = recipe.pyramid
+    grid = tuple(p // t for p, t in zip(pyr.patch, recipe.model.tokenizer))
+    g = torch.Generator().manual_seed(3)
+    off = sample_nested_offsets(pyr, 3, generator=g)
+    weights = pair_weights(level_scales(pyr), off, grid, pyr.num_levels)
+    acts = torch.randn(pyr.num_levels, 3, math.prod(grid), 16, generator=g, requires_grad=True)
+    L = pyr.num_levels
+    ref = gather_context(list(acts), 1, L, weights, grid)
+    (gref,) = torch.autograd.grad((ref * ref.detach()).sum(), acts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = gather_context(list(acts), 1, L, weights, grid)
+    assert low.dtype == torch.bfloat16 and ref.dtype == torch.float32
+    (glow,) = torch.autograd.grad((low.float() * ref.detach()).sum(), acts)
+    scale = ref.abs().max()
+    assert (low.float() - ref).abs().max() < 2e-2 * scale                 # three bf16 roundings of O(1) values
+    assert (glow - gref).abs().max() < 2e-2 * gref.abs().max()
+
+
 @pytest.mark.parametrize("resolution,patch,levels", [
     ((8, 16, 16), (4, 8, 8), 2),
     ((8, 32, 32), (4, 8, 8), 3),

@@ -253,6 +253,21 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
         assert cached.cache_bytes[0] > 0 and cached.cache_bytes[1] > 0
 
 
+
+def test_bf16_autocast_caches_at_bf16_and_matches_recomputation():
+    """Under bf16 autocast the activation cache is held in bf16 (half the bytes) and gives the recomputed video."""
+    net, recipe = small_net(fusion="deep", load=[1, 1, 2, 3])
+    seeds = [3, 4]
+    out = {}
+    for cache in (True, False):
+        sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, overlap="hw", tile_batch=200,
+                                      cache=cache, autocast=torch.bfloat16)
+        out[cache] = sampler.sample(seeds, cond_for(recipe, seeds), guidance=2.0, steps=[3, 3, 1])
+    assert out[True].cache_bytes == cache_bytes(recipe.pyramid, recipe.model, "hw", 2 * len(seeds), bytes_per_value=2)
+    for a, b in zip(out[True].videos, out[False].videos):
+        assert a.dtype == torch.float32 and (a.abs() < 0.99).float().mean() > 0.1
+        assert (a - b).abs().max() < 1e-3          # equal here; bf16 itself moves these videos by ~4e-2
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sample_depends_only_on_its_seed(dtype):
     """docs/method.md, invariant 8: seed 5's video is the same alone or next to seed 3 (and with other chunking)."""

@@ -160,7 +160,8 @@ class HierarchicalSampler:
         """`net` is an HPDMNet (its `pyramid` and `cfg` give the levels and the model); `diffusion` and
         `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance).
 
-        `compile` runs the network through `torch.compile`, every forward padded to `tile_batch` rows
+        `autocast` (e.g. torch.bfloat16) runs the network under autocast and holds the activation
+        cache at that precision. `compile` runs the network through `torch.compile`, every forward padded to `tile_batch` rows
         (the last chunk repeats its last row; the extra outputs are dropped), so that each level
         compiles once for denoising and once for its cache: worth it for many videos, not one.
         """
@@ -419,7 +420,9 @@ class HierarchicalSampler:
             r0, r1 = ch.rows
             for blk, a in coll.items():
                 if blk not in store:
-                    store[blk] = torch.empty(G * self.tiles[level].num_tiles, *a.shape[1:], dtype=a.dtype,
+                    # Under autocast, held at its precision: the fusion samples them at it (half the bytes).
+                    dt = self.autocast if self.autocast is not None and a.is_floating_point() else a.dtype
+                    store[blk] = torch.empty(G * self.tiles[level].num_tiles, *a.shape[1:], dtype=dt,
                                              device=self._storage, pin_memory=self._pin)
                 store[blk][r0:r1].copy_(a, non_blocking=self._pin)
         if self._pin:
