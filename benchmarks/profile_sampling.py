@@ -7,7 +7,8 @@ s steps makes 2s-1 evaluations per level (`network_evaluations`), so the timed r
 seconds per level (cache building excluded) give achieved TFLOP/s and MFU against the card's
 bf16 peak. A randomly initialised network: speed does not depend on weights.
 
-    python benchmarks/profile_sampling.py ucf --batch 16 --steps 2,2,2 --overlap hw [--compile]
+    python benchmarks/profile_sampling.py ucf --batch 16 --steps 2,2,2 --overlap hw [--compile] \
+        [sample.context_cache_gib=64 ...]       # recipe overrides
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     """Count, time and profile one sampling run; print one row per level and the top kernels."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. sample.context_cache_gib=64")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", default="2,2,2", help="per-level steps of the timed run")
     ap.add_argument("--overlap", default=None, help="tile overlap (default: the recipe's)")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--rows", type=int, default=25, help="kernels listed (0: no profile)")
     a = ap.parse_args(argv)
-    rec = load_recipe(default_recipe_path(a.recipe))
+    rec = load_recipe(default_recipe_path(a.recipe), a.overrides)
     dev = resolve_device("auto", 0)
     set_precision("bf16")
     net = build_model(rec).to(dev).eval()
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     peak = peak_flops(dev, "bf16")
     print(f"{a.recipe}: batch {a.batch}, overlap {sampler.overlap or 'none'}, "
           f"tile batch {a.tile_batch}, steps {steps}, {'compiled' if a.compile else 'eager'} "
-          f"(warm-up {warm_s:.1f} s), device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}")
+          f"(warm-up {warm_s:.1f} s), context held {[round(b / 2 ** 30, 1) for b in res.context_bytes]} GiB, device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}")
     print("| level | GFLOP per evaluation (batch) | evaluations | gen s | cache s | achieved TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")
     for l in range(L):

@@ -215,6 +215,7 @@ class SampleConfig:
     #                                      (coarse to fine; as with level_steps, extra entries are unused).
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
+    context_cache_gib: float = 4.0       # Memory for a level's context sampled once for all its steps (0 = off).
 
 
 @dataclass
@@ -366,6 +367,7 @@ class Recipe:
             ("sample.sigma_max", s.sigma_max, pos),
             ("sample.rho", s.rho, pos),
             ("sample.churn", s.churn, nonneg),
+            ("sample.context_cache_gib", s.context_cache_gib, nonneg),
             ("sample.stochastic_levels", s.stochastic_levels, ints(0)),
             *((f"sample.guidance[{i}]" if isinstance(s.guidance, (list, tuple)) else "sample.guidance", v,
                dict(lo=0, hi=MAX_GUIDANCE, note=" (1 = no guidance)"))

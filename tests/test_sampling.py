@@ -254,6 +254,24 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
 
 
 
+@pytest.mark.parametrize("model", [dict(load=[1, 1, 2, 3]), dict(load=[1, 2, 3, 3], self_condition=True)])
+def test_context_sampled_once_per_level_gives_the_same_video(model):
+    """The eq. 7 context held for a level's evaluations equals resampling it per call; a small budget holds none."""
+    import dataclasses
+    net, recipe = small_net(fusion="deep", **model)
+    net.to(torch.float64)
+    seeds = [3, 4]
+    out = {}
+    for gib in (4.0, 1e-6, 0.0):
+        rec = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, context_cache_gib=gib))
+        out[gib] = sample(net, rec, seeds, cond=cond_for(recipe, seeds), guidance=2.0, overlap="hw", steps=[3, 3, 1],
+                          tile_batch=7, dtype=torch.float64)
+    held = out[4.0].context_bytes
+    assert held[0] == 0 and held[1] > 0 and held[2] > 0                   # level 0 reads no context
+    assert out[1e-6].context_bytes == [0, 0, 0] and out[0.0].context_bytes == [0, 0, 0]
+    for a, b in zip(out[4.0].videos, out[0.0].videos):
+        assert (a - b).abs().max() < TOL[torch.float64] and (a.abs() < 0.99).float().mean() > 0.1
+
 def test_bf16_autocast_caches_at_bf16_and_matches_recomputation():
     """Under bf16 autocast the activation cache is held in bf16 (half the bytes) and gives the recomputed video."""
     net, recipe = small_net(fusion="deep", load=[1, 1, 2, 3])

@@ -347,6 +347,7 @@ def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], f
     row["full_steps"] = "/".join(map(str, full))
     row["s_per_video_full_steps_est"] = sum(est) / batch
     row["cache_GiB"] = sum(res.cache_bytes) / 2 ** 30 if res.cache_bytes else 0.0
+    row["context_GiB"] = max(res.context_bytes) / 2 ** 30 if getattr(res, "context_bytes", None) else 0.0
     row["peak_mem_GiB"] = _peak_mem_gib(device)
     row["device"] = _device_name(device)
     return row

@@ -74,11 +74,14 @@ class LevelContext:
     acts[b] is a list over lower levels k of [B, N, d] activations entering block b (after
     block b-1), present for the blocks that fuse context into level lo: `reading_blocks` of
     level lo-1 (they read every lower level); `pixels` is level lo-1's network input
-    [B, C, f, h, w] (shallow fusion only).
+    [B, C, f, h, w] (shallow fusion only). ctx[b], when given, is level lo's context of eq. 7
+    for block b, already sampled from acts (`HPDMNet.sample_context`): a sampler that denoises
+    the same tiles many times computes it once; it is used when the network runs level lo alone.
     """
 
     acts: dict = field(default_factory=dict)
     pixels: Optional[torch.Tensor] = None
+    ctx: dict = field(default_factory=dict)
 
 
 def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
@@ -258,6 +261,15 @@ class HPDMNet(nn.Module):
         return a, z, cv
 
     # ----------------------------------------------------------------------------------------
+    def sample_context(self, offsets: torch.Tensor, context: LevelContext, level: int) -> dict:
+        """Eq. 7 for `level` alone: {block: [B, N, d]} sampled from context.acts, as `forward` would per call.
+
+        offsets [B, level+1, 3] are the patch offsets of levels 0..level.
+        """
+        weights = pair_weights(self.scales.to(offsets.device), offsets, self.grid, level + 1)
+        return {b: gather_context(acts, level, level + 1, weights, self.grid)[0] for b, acts in context.acts.items()}
+
+    # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
                 cond: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None, *,
                 lo: int = 0, context: Optional[LevelContext] = None,
@@ -297,8 +309,11 @@ class HPDMNet(nn.Module):
                         collected[l][b] = a[l]
             first, stop = max(lo, 1), levels[-1] + 1                    # fused levels: first..stop-1
             if fuse and first < stop:
-                lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
-                ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
+                if context is not None and b in context.ctx and n == 1:
+                    ctx = context.ctx[b][None]                          # sampled once for these tiles
+                else:
+                    lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
+                    ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
                 fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
                 a.update({l: fused[j] for j, l in enumerate(range(first, stop))})

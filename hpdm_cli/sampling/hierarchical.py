@@ -17,7 +17,10 @@ the network runs once over all tiles of a finished level (`collect=True`) and ke
 the activations of the blocks that finer levels read (`model.network.reading_blocks`, the one
 statement of that rule; on the device, or in pinned CPU memory
 with `offload=True`); every later denoiser call then runs only level l (`lo=l`) on a
-`LevelContext` gathered from these caches. Shallow fusion needs no activations: its context is
+`LevelContext` gathered from these caches. The context those activations give a level-l tile
+(eq. 7: the lower levels sampled at its tokens) does not change while level l is denoised, so it
+is sampled once per tile at the start of the level and held for all its evaluations when it fits
+in `sample.context_cache_gib` (otherwise resampled per call; the same video). Shallow fusion needs no activations: its context is
 the parent tile's network input c_in(context_sigma; b_k) * (b_k pixels_k + context_sigma eps_k),
 recomputed per call (a crop). With `cache=False` every call runs levels 0..l jointly on the tile
 chains (lower levels at the context sigma, their outputs discarded). Both give the same video.
@@ -114,9 +117,11 @@ class SampleResult:
 
     videos: list[torch.Tensor]                         # per level: [B, C, F_l, H_l, W_l] in [-1, 1]
     seconds: list[float]                               # per level: wall time (generation + its context/cache)
-    cache_seconds: list[float]                         # per level: share of `seconds` spent building its cache
+    cache_seconds: list[float]                         # per level: share of `seconds` spent on what does not
+    #                                                    scale with steps (its cache, its sampled context)
     steps: list[int] = field(default_factory=list)     # sampler steps per level (0 for a fixed level)
     cache_bytes: list[int] = field(default_factory=list)   # per level: activation-cache bytes actually held
+    context_bytes: list[int] = field(default_factory=list)  # per level: sampled-context bytes held while it ran
 
 
 @dataclass
@@ -148,6 +153,7 @@ class _Run:
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
     latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
+    context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's sampled context (eq. 7)
 
 
 class HierarchicalSampler:
@@ -226,25 +232,31 @@ class HierarchicalSampler:
         guided = cond is not None and self.model.cond != "none" and any(w[l] != 1.0 for l in generated)
         run = self._start(seeds, cond, w, guided, generated)
 
-        videos, seconds, cache_seconds, used, held = [], [], [], [], []
+        videos, seconds, cache_seconds, used, held, ctx_held = [], [], [], [], [], []
         C = self.model.channels
         with torch.no_grad(), self._autocast():
             for l in range(n_levels):
                 t0 = self._clock()
                 shape = (C, *self.tiles[l].resolution)
                 b_l = d.level_input_scale(l)
+                t_ctx = 0.0
                 if l in fixed:
                     pixels = fixed[l].to(dev, self.dtype)
                     if tuple(pixels.shape) != (B, *shape):
                         raise ValueError(f"fixed level {l} has shape {tuple(pixels.shape)}, expected {(B, *shape)}")
                     used.append(0)
+                    ctx_held.append(0)
                 else:
                     gens = [seed_generator(s, l, _SAMPLER_STREAM) for s in seeds]
                     sigmas = edm_sigmas(nsteps[l], sc.sigma_min, sc.sigma_max, sc.rho)
                     churn = sc.churn if l < sc.stochastic_levels else 0.0
                     cb = (lambda i, n, _l=l: progress(_l, i, n)) if progress is not None else None
+                    c0 = self._clock()
+                    ctx_held.append(self._hold_context(run, l))
+                    t_ctx = self._clock() - c0
                     x = edm_sample(self._level_denoiser(run, l), self._noise(gens, shape), sigmas,
                                    churn=churn, callback=cb)
+                    run.context = {}
                     pixels = (x / b_l).clamp(-1.0, 1.0)
                     used.append(nsteps[l])
                 videos.append(pixels)
@@ -259,8 +271,8 @@ class HierarchicalSampler:
                         t_cache = self._clock() - c0
                 held.append(sum(t.numel() * t.element_size() for t in run.caches.get(l, {}).values()))
                 seconds.append(self._clock() - t0)
-                cache_seconds.append(t_cache)
-        return SampleResult(videos, seconds, cache_seconds, used, held)
+                cache_seconds.append(t_cache + t_ctx)
+        return SampleResult(videos, seconds, cache_seconds, used, held, ctx_held)
 
     # ----------------------------------------------------------------------------------------
     def _start(self, seeds, cond, w, guided, generated) -> _Run:
@@ -325,6 +337,10 @@ class HierarchicalSampler:
         """The LevelContext of a chunk's tiles: cached lower activations (deep) or the parent's input (shallow)."""
         if level == 0 or self.fusion == "none":
             return None
+        if run.context:                                                  # sampled once for the level
+            rows = (ch.g * self.tiles[level].num_tiles + ch.t).to(self._storage)
+            return LevelContext(ctx={b: c.index_select(0, rows).to(self.device, non_blocking=True)
+                                     for b, c in run.context.items()})
         if self.fusion == "shallow":
             k = level - 1
             sig = torch.tensor(self.diffusion.context_sigma, device=self.device, dtype=self.dtype)
@@ -409,6 +425,35 @@ class HierarchicalSampler:
                 out = cond if w == 1.0 else uncond + w * (cond - uncond)
             return out
         return D
+
+    def _hold_context(self, run: _Run, level: int) -> int:
+        """Sample every tile's context of `level` once (eq. 7) into run.context if it fits: the bytes held.
+
+        Only with deep fusion and the activation cache (each call then runs level `level` alone);
+        the budget is `sample.context_cache_gib`, counted at the autocast (else canvas) precision.
+        """
+        run.context = {}
+        blocks = reading_blocks(self.model, self.num_levels, level - 1) if level > 0 and self.cache else []
+        if not blocks:
+            return 0
+        G = self._rows(run, [k for k in run.generated if k >= level])
+        rows = G * self.tiles[level].num_tiles
+        per_row = math.prod(token_grid(self.pyramid, self.model)) * self.model.interface_dim * len(blocks)
+        if rows * per_row * (self.autocast or self.dtype).itemsize > self.sample_cfg.context_cache_gib * 2 ** 30:
+            return 0
+        store = {}
+        for ch in self._chunks(run, level, G):
+            ctx = self.net.sample_context(ch.offsets, self._context(run, level, ch), level)
+            r0, r1 = ch.rows
+            for b, c in ctx.items():
+                if b not in store:
+                    store[b] = torch.empty(rows, *c.shape[1:], dtype=c.dtype, device=self._storage,
+                                           pin_memory=self._pin)
+                store[b][r0:r1].copy_(c[:ch.n], non_blocking=self._pin)
+        if self._pin:
+            torch.cuda.synchronize(self.device)
+        run.context = store
+        return sum(t.numel() * t.element_size() for t in store.values())
 
     def _build_cache(self, run: _Run, level: int, readers: Sequence[int]) -> dict:
         """Run the net once over all tiles of finished `level` at the context sigma; keep what `readers` read."""
