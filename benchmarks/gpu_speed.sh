@@ -8,8 +8,10 @@
 # in one call:
 #   STAGES="peer sampling sampling_compiled"    (default, ~9 minutes)
 #   STAGES="memory draw host_noise"             (a second call)
+#   STAGES="sampling sampling_held profile"     (sampling with each level's context held for all its steps,
+#                                                sample.context_cache_gib=HELD_GIB (64), and where its time goes)
 # Results in $OUT (log.txt, summary.txt, JSON/PNG per stage); a short table at the end.
-# Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 120.
+# Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 120, PROFILE_S 150.
 # PEER_MODES (default eager,compiled,graphs) picks benchmarks/peer_rin.py's modes.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
@@ -52,6 +54,17 @@ if want sampling; then
   echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
   timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
     --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
+fi
+if want sampling_held; then
+  echo "== sampling, context held per level (sample.context_cache_gib=${HELD_GIB:-64}) [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+    --precision bf16 --json "$OUT/sampling_held.json" "sample.context_cache_gib=${HELD_GIB:-64}" 2>&1 | tee -a "$LOG"
+fi
+if want profile; then
+  echo "== sampling profile: FLOPs, TFLOP/s per level, top kernels [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "${PROFILE_S:-150}" python3 benchmarks/profile_sampling.py "${SAMPLE[0]}" --batch "${SAMPLE[2]}" \
+    --steps "${PROFILE_STEPS:-2,2,2}" --overlap hw --rows 20 "sample.context_cache_gib=${HELD_GIB:-64}" 2>&1 \
+    | grep -v -i warn | tee -a "$LOG"
 fi
 if want sampling_compiled; then
   echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tile-batch", type=int, default=64)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--rows", type=int, default=25, help="kernels listed (0: no profile)")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)
     rec = load_recipe(default_recipe_path(a.recipe), a.overrides)
     dev = resolve_device("auto", 0)
     set_precision("bf16")
