@@ -125,10 +125,15 @@ class ContextFusion(nn.Module):
             self.proj.weight[:, :dim] = 0
             nn.init.zeros_(self.proj.bias)
 
-    def forward(self, a: torch.Tensor, ctx: torch.Tensor, coords: Optional[torch.Tensor]) -> torch.Tensor:
-        """Fuse a [..., N, d] with ctx [..., N, d] and coords [..., N, 3] (no concat is materialised)."""
+    def context_term(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The context's share of eq. 9, W'_ctx ctx: fixed while a sampler denoises the same tiles."""
+        return F.linear(ctx, self.proj.weight[:, self.dim:2 * self.dim])
+
+    def forward(self, a: torch.Tensor, ctx: Optional[torch.Tensor], coords: Optional[torch.Tensor],
+                term: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fuse a [..., N, d] with ctx [..., N, d] (or its `context_term`) and coords [..., N, 3]; no concat is made."""
         w, d = self.proj.weight, self.dim
-        y = F.linear(a, w[:, :d], self.proj.bias) + F.linear(ctx, w[:, d:2 * d])
+        y = F.linear(a, w[:, :d], self.proj.bias) + (self.context_term(ctx) if term is None else term)
         if self.coords:
             with torch.autocast(a.device.type, enabled=False):
                 y = y.float() + F.linear(coords.float(), w[:, 2 * d:].float())

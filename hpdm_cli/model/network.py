@@ -74,14 +74,15 @@ class LevelContext:
     acts[b] is a list over lower levels k of [B, N, d] activations entering block b (after
     block b-1), present for the blocks that fuse context into level lo: `reading_blocks` of
     level lo-1 (they read every lower level); `pixels` is level lo-1's network input
-    [B, C, f, h, w] (shallow fusion only). ctx[b], when given, is level lo's context of eq. 7
-    for block b, already sampled from acts (`HPDMNet.sample_context`): a sampler that denoises
-    the same tiles many times computes it once; it is used when the network runs level lo alone.
+    [B, C, f, h, w] (shallow fusion only). terms[b], when given, is level lo's context of eq. 7
+    for block b, already sampled from acts and projected by the block's fusion (its share of
+    eq. 9, `HPDMNet.context_terms`): a sampler that denoises the same tiles many times computes
+    it once; it is used when the network runs level lo alone.
     """
 
     acts: dict = field(default_factory=dict)
     pixels: Optional[torch.Tensor] = None
-    ctx: dict = field(default_factory=dict)
+    terms: dict = field(default_factory=dict)
 
 
 def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
@@ -261,13 +262,15 @@ class HPDMNet(nn.Module):
         return a, z, cv
 
     # ----------------------------------------------------------------------------------------
-    def sample_context(self, offsets: torch.Tensor, context: LevelContext, level: int) -> dict:
-        """Eq. 7 for `level` alone: {block: [B, N, d]} sampled from context.acts, as `forward` would per call.
+    def context_terms(self, offsets: torch.Tensor, context: LevelContext, level: int) -> dict:
+        """For `level` alone, {block: [B, N, d]}: eq. 7 sampled from context.acts, projected as eq. 9 takes it.
 
-        offsets [B, level+1, 3] are the patch offsets of levels 0..level.
+        What `forward` computes per call from the same inputs; offsets [B, level+1, 3] are the patch
+        offsets of levels 0..level.
         """
         weights = pair_weights(self.scales.to(offsets.device), offsets, self.grid, level + 1)
-        return {b: gather_context(acts, level, level + 1, weights, self.grid)[0] for b, acts in context.acts.items()}
+        return {b: self.fusions[str(b)].context_term(gather_context(acts, level, level + 1, weights, self.grid)[0])
+                for b, acts in context.acts.items()}
 
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
@@ -309,13 +312,14 @@ class HPDMNet(nn.Module):
                         collected[l][b] = a[l]
             first, stop = max(lo, 1), levels[-1] + 1                    # fused levels: first..stop-1
             if fuse and first < stop:
-                if context is not None and b in context.ctx and n == 1:
-                    ctx = context.ctx[b][None]                          # sampled once for these tiles
+                ctx = term = None
+                if context is not None and b in context.terms and n == 1:
+                    term = context.terms[b][None]                       # computed once for these tiles
                 else:
                     lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
                     ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
-                fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds)
+                fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds, term)
                 a.update({l: fused[j] for j, l in enumerate(range(first, stop))})
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])

@@ -18,9 +18,10 @@ the activations of the blocks that finer levels read (`model.network.reading_blo
 statement of that rule; on the device, or in pinned CPU memory
 with `offload=True`); every later denoiser call then runs only level l (`lo=l`) on a
 `LevelContext` gathered from these caches. The context those activations give a level-l tile
-(eq. 7: the lower levels sampled at its tokens) does not change while level l is denoised, so it
-is sampled once per tile at the start of the level and held for all its evaluations when it fits
-in `sample.context_cache_gib` (otherwise resampled per call; the same video). Shallow fusion needs no activations: its context is
+(eq. 7: the lower levels sampled at its tokens, then projected by each fusion as eq. 9 takes it)
+does not change while level l is denoised, so it is computed once per tile at the start of the
+level and held for all its evaluations when it fits in `sample.context_cache_gib` (otherwise
+recomputed per call; the same video). Shallow fusion needs no activations: its context is
 the parent tile's network input c_in(context_sigma; b_k) * (b_k pixels_k + context_sigma eps_k),
 recomputed per call (a crop). With `cache=False` every call runs levels 0..l jointly on the tile
 chains (lower levels at the context sigma, their outputs discarded). Both give the same video.
@@ -153,7 +154,7 @@ class _Run:
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
     latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
-    context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's sampled context (eq. 7)
+    context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's context terms (eq. 7, 9)
 
 
 class HierarchicalSampler:
@@ -339,8 +340,8 @@ class HierarchicalSampler:
             return None
         if run.context:                                                  # sampled once for the level
             rows = (ch.g * self.tiles[level].num_tiles + ch.t).to(self._storage)
-            return LevelContext(ctx={b: c.index_select(0, rows).to(self.device, non_blocking=True)
-                                     for b, c in run.context.items()})
+            return LevelContext(terms={b: c.index_select(0, rows).to(self.device, non_blocking=True)
+                                       for b, c in run.context.items()})
         if self.fusion == "shallow":
             k = level - 1
             sig = torch.tensor(self.diffusion.context_sigma, device=self.device, dtype=self.dtype)
@@ -427,7 +428,7 @@ class HierarchicalSampler:
         return D
 
     def _hold_context(self, run: _Run, level: int) -> int:
-        """Sample every tile's context of `level` once (eq. 7) into run.context if it fits: the bytes held.
+        """Compute every tile's context terms of `level` once (eq. 7, 9) into run.context if they fit: bytes held.
 
         Only with deep fusion and the activation cache (each call then runs level `level` alone);
         the budget is `sample.context_cache_gib`, counted at the autocast (else canvas) precision.
@@ -443,7 +444,7 @@ class HierarchicalSampler:
             return 0
         store = {}
         for ch in self._chunks(run, level, G):
-            ctx = self.net.sample_context(ch.offsets, self._context(run, level, ch), level)
+            ctx = self.net.context_terms(ch.offsets, self._context(run, level, ch), level)
             r0, r1 = ch.rows
             for b, c in ctx.items():
                 if b not in store:
