@@ -286,6 +286,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "batch 0": (["sample", "--ckpt", run, "--batch", "0", "--out", out], out),
         "negative batch": (["sample", "--ckpt", run, "--batch", "-1", "--out", out], out),
         "tile batch 0": (["sample", "--ckpt", run, "--tile-batch", "0", "--out", out], out),
+        "negative context budget": (["sample", "--ckpt", run, "--context-gib", "-1", "--out", out], out),
         "fps nan": (["sample", "--ckpt", run, "--fps", "nan", "--out", out], out),
         "fps 0": (["sample", "--ckpt", run, "--fps", "0", "--out", out], out),
         "negative level": (["sample", "--ckpt", run, "--levels", "-1", "--out", out], out),
@@ -324,11 +325,13 @@ def test_check_options_names_the_option_and_its_range():
                          (dict(guidance="1.5,200,1"), "--guidance 1.5,200,1: expected a number in [0, 100] or a "
                                                       "comma-separated list of one per level"),
                          (dict(batch=0), "--batch 0: expected at least 1"), (dict(tile_batch=0), "--tile-batch 0"),
-                         (dict(fps=float("inf")), "--fps inf"), (dict(levels=-1), "--levels -1")):
+                         (dict(fps=float("inf")), "--fps inf"), (dict(levels=-1), "--levels -1"),
+                         (dict(context_gib=-1.0), "--context-gib -1.0: expected a number of GiB >= 0"),
+                         (dict(context_gib=float("nan")), "--context-gib nan")):
         with pytest.raises(GenerateError) as e:
             check_options(**kw)
         assert fragment in str(e.value) and "\n" not in str(e.value)
-    check_options(batch=1, tile_batch=1, guidance=0.0, fps=0.5, levels=0)
+    check_options(batch=1, tile_batch=1, guidance=0.0, fps=0.5, levels=0, context_gib=0.0)
     check_options(guidance=100.0)
     check_options(guidance="1.5,1,1")
 
@@ -555,3 +558,14 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
     assert code == 0, err
     frames, fps = read_video(out2)
     assert frames.shape == (11, 20, 32, 3) and fps == pytest.approx(12.5)
+
+
+def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
+    from hpdm_cli.drivers.sample import make_sampler
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    from hpdm_cli.train.loop import build_model
+    recipe = load_recipe(default_recipe_path("tiny"))
+    net = build_model(recipe)
+    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False, context_gib=0.5).sample_cfg.context_cache_gib == 0.5
+    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False).sample_cfg.context_cache_gib == 4.0
+    assert recipe.sample.context_cache_gib == 4.0                             # the recipe itself is untouched

@@ -57,6 +57,9 @@ def sample(
                                                            "else data.fps)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
+    context_gib: Optional[float] = typer.Option(None, "--context-gib", help="Memory (GiB) for each level's context, "
+                                                "computed once and held for all its steps (default: the recipe's "
+                                                "sample.context_cache_gib, 4; 0 = recompute per step)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network (pays off for many videos)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
@@ -72,7 +75,8 @@ def sample(
         rep = generate(ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
-                       warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding)
+                       warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
+                       context_gib=context_gib)
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "

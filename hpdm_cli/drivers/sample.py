@@ -22,6 +22,8 @@ through `hpdm_cli.io.video` (lazily).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import re
@@ -134,8 +136,12 @@ def parse_guidance(text, num_levels: Optional[int] = None):
 
 
 def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
-                  fps: Optional[float] = None, levels: Optional[int] = None) -> None:
+                  fps: Optional[float] = None, levels: Optional[int] = None,
+                  context_gib: Optional[float] = None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
+    if context_gib is not None and not (math.isfinite(context_gib) and context_gib >= 0):
+        raise GenerateError(f"--context-gib {context_gib}: expected a number of GiB >= 0 (0 = recompute the "
+                            "context at every step)")
     if batch is not None and batch < 1:
         raise GenerateError(f"--batch {batch}: expected at least 1 (seeds or windows per sampler call)")
     if tile_batch < 1:
@@ -247,7 +253,7 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
                   guidance=None, overlap: Optional[str] = None, cache: bool = True,
                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
                   bf16: bool = False, keep_levels: bool = False, compile: bool = False,
-                  progress: Optional[Progress] = None) -> SampleOutput:
+                  progress: Optional[Progress] = None, context_gib: Optional[float] = None) -> SampleOutput:
     """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.
 
     Each video depends only on its seed. Returns uint8 videos [T, H, W, 3] of level `levels`
@@ -255,13 +261,14 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
     """
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
-    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, context_gib=context_gib)
     guidance = parse_guidance(guidance, L)
     nsteps = level_steps(recipe.sample, L, steps)
     batch = int(recipe.sample.batch_size if batch is None else batch)
     seeds = [int(s) for s in seeds]
     condition = condition or Condition()
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile,
+                           context_gib=context_gib)
     chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
     out = SampleOutput(seeds=seeds, videos=[], levels=[] if keep_levels else None, seconds=[0.0] * (last + 1),
                        level=last)
@@ -288,8 +295,14 @@ def check_finite(videos: torch.Tensor, what: str) -> None:
 
 
 def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
-                 compile: bool = False) -> HierarchicalSampler:
-    """The hierarchical sampler for `net` with these options (GenerateError for a bad --overlap or tiling)."""
+                 compile: bool = False, context_gib: Optional[float] = None) -> HierarchicalSampler:
+    """The hierarchical sampler for `net` with these options (GenerateError for a bad --overlap or tiling).
+
+    `context_gib` replaces the recipe's sample.context_cache_gib.
+    """
+    sample_cfg = recipe.sample
+    if context_gib is not None:
+        sample_cfg = dataclasses.replace(sample_cfg, context_cache_gib=float(context_gib))
     if overlap is not None:
         try:
             overlap = parse_overlap(overlap) or "none"
@@ -299,7 +312,7 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
         p = next(iter(net.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     try:
-        return HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap=overlap, tile_batch=tile_batch,
+        return HierarchicalSampler(net, recipe.diffusion, sample_cfg, device, overlap=overlap, tile_batch=tile_batch,
                                    cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None,
                                    compile=compile)
     except ValueError as e:
@@ -346,7 +359,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
-             prompt_embedding: Optional[str | os.PathLike] = None) -> SampleReport:
+             prompt_embedding: Optional[str | os.PathLike] = None,
+             context_gib: Optional[float] = None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
@@ -359,7 +373,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
-    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
+                  context_gib=context_gib)
     rank, world_size, local = world()
     mine = rank_seeds(all_seeds, rank, world_size)
     paths = output_paths(out, all_seeds)
@@ -386,7 +401,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         return report
     res = sample_videos(net, recipe, mine, cond, levels=last, steps=nsteps, guidance=guidance, overlap=overlap,
                         cache=cache, offload=offload, batch=batch, tile_batch=tile_batch, device=info.device,
-                        bf16=bf16, compile=compile, progress=progress)
+                        bf16=bf16, compile=compile, progress=progress, context_gib=context_gib)
     report.files = write_outputs(paths, res, out_fps, gif=gif, png=png)
     report.seconds = res.seconds
     return report
