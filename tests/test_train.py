@@ -645,17 +645,22 @@ def test_weights_that_turn_non_finite_are_never_saved(shapes_data, tmp_path, mon
     assert lock_holder(tmp_path) is None
 
 
-def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, monkeypatch):
-    rec = make_recipe(shapes_data, "train.max_nonfinite_steps=2", steps=6, ckpt_every=2)
+def _poison_steps(monkeypatch, bad) -> None:
+    """Make the loss of the steps for which bad(step) holds (1-based) NaN."""
     real, n = loop.edm_loss, {"calls": 0}
 
     def poisoned(*a, **kw):
         out = real(*a, **kw)
         n["calls"] += 1
-        if n["calls"] >= 3:                                              # every step from step 3 on
+        if bad(n["calls"]):
             out.loss = out.loss * float("nan")
         return out
     monkeypatch.setattr(loop, "edm_loss", poisoned)
+
+
+def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, monkeypatch):
+    rec = make_recipe(shapes_data, "train.max_nonfinite_steps=2", steps=6, ckpt_every=2)
+    _poison_steps(monkeypatch, lambda step: step >= 3)                    # every step from step 3 on
     with pytest.raises(TrainError) as e:
         train(rec, tmp_path, log=quiet())
     msg = str(e.value)
@@ -669,19 +674,10 @@ def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, mo
     assert (s.start_step, s.step, s.skipped) == (2, 6, 0)
 
 
-
 def test_a_diverging_run_that_skips_most_steps_but_not_all_stops(shapes_data, tmp_path, monkeypatch):
     """Every other step non-finite (no two in a row) still stops the run once the window fills."""
     rec = make_recipe(shapes_data, "train.max_nonfinite_steps=2", steps=12, ckpt_every=2)
-    real, n = loop.edm_loss, {"calls": 0}
-
-    def flaky(*a, **kw):
-        out = real(*a, **kw)
-        n["calls"] += 1
-        if n["calls"] >= 3 and n["calls"] % 2 == 1:                       # steps 3, 5, 7, ... (1-based)
-            out.loss = out.loss * float("nan")
-        return out
-    monkeypatch.setattr(loop, "edm_loss", flaky)
+    _poison_steps(monkeypatch, lambda step: step >= 3 and step % 2 == 1)  # steps 3, 5, 7, ...
     with pytest.raises(TrainError) as e:
         train(rec, tmp_path, log=quiet())
     msg = str(e.value)
