@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     peak = peak_flops(dev, "bf16")
     print(f"{a.recipe}: batch {a.batch}, overlap {sampler.overlap or 'none'}, "
           f"tile batch {a.tile_batch}, steps {steps}, {'compiled' if a.compile else 'eager'} "
-          f"(warm-up {warm_s:.1f} s), context held {[round(b / 2 ** 30, 1) for b in res.context_bytes]} GiB, device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}")
+          f"(warm-up {warm_s:.1f} s), context held {[round(b / 2 ** 30, 1) for b in res.context_bytes]} GiB, "
+          f"device {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}")
     print("| level | GFLOP per evaluation (batch) | evaluations | gen s | cache s | achieved TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")
     for l in range(L):

@@ -119,10 +119,10 @@ class SampleResult:
     videos: list[torch.Tensor]                         # per level: [B, C, F_l, H_l, W_l] in [-1, 1]
     seconds: list[float]                               # per level: wall time (generation + its context/cache)
     cache_seconds: list[float]                         # per level: share of `seconds` spent on what does not
-    #                                                    scale with steps (its cache, its sampled context)
+    #                                                    scale with steps (its cache, its context terms)
     steps: list[int] = field(default_factory=list)     # sampler steps per level (0 for a fixed level)
     cache_bytes: list[int] = field(default_factory=list)   # per level: activation-cache bytes actually held
-    context_bytes: list[int] = field(default_factory=list)  # per level: sampled-context bytes held while it ran
+    context_bytes: list[int] = field(default_factory=list)  # per level: context-term bytes held while it ran
 
 
 @dataclass
@@ -168,9 +168,10 @@ class HierarchicalSampler:
         `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance).
 
         `autocast` (e.g. torch.bfloat16) runs the network under autocast and holds the activation
-        cache at that precision. `compile` runs the network through `torch.compile`, every forward padded to `tile_batch` rows
-        (the last chunk repeats its last row; the extra outputs are dropped), so that each level
-        compiles once for denoising and once for its cache: worth it for many videos, not one.
+        cache at that precision. `compile` runs the network through `torch.compile`, every forward
+        padded to `tile_batch` rows (the last chunk repeats its last row; the extra outputs are
+        dropped), so that each level compiles once for denoising and once for its cache: worth it
+        for many videos, not one.
         """
         self.net = net
         self.compiled = bool(compile)
@@ -338,7 +339,7 @@ class HierarchicalSampler:
         """The LevelContext of a chunk's tiles: cached lower activations (deep) or the parent's input (shallow)."""
         if level == 0 or self.fusion == "none":
             return None
-        if run.context:                                                  # sampled once for the level
+        if run.context:                                                  # computed once for the level
             rows = (ch.g * self.tiles[level].num_tiles + ch.t).to(self._storage)
             return LevelContext(terms={b: c.index_select(0, rows).to(self.device, non_blocking=True)
                                        for b, c in run.context.items()})

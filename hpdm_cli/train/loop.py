@@ -869,7 +869,7 @@ class _Steps:
         self.t_last, self.n_last = now, 0
 
     def _check_skips(self) -> None:
-        """Stop the run (TrainError, no checkpoint of this step) once train.max_nonfinite_steps of the last twice as many were skipped."""
+        """Stop the run (TrainError, no checkpoint of this step) once max_nonfinite_steps of the last 2x were skipped."""
         t = self.t
         if not (t.max_nonfinite_steps and self.recent >= t.max_nonfinite_steps):
             return
