@@ -1,8 +1,9 @@
 """The short table at the end of benchmarks/gpu_speed.sh, from the JSON files it wrote into one folder.
 
   python3 benchmarks/speed_summary.py OUT_DIR
-Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json and
-sampling_held.json, sampling_compiled.json (`hpdm bench --sampling [--compile] --json`) and memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
+Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json,
+sampling_held.json and sampling_compiled.json (`hpdm bench --sampling [--compile] --json`) and
+memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
 a missing or failed part is named.
 """
 

@@ -199,7 +199,7 @@ class TrainConfig:
     ckpt_every: int = 1000               # Steps between checkpoints.
     keep_last: int = 3                   # Checkpoints kept (0 = all).
     init_from: str = ""                  # Checkpoint to initialise matching weights from.
-    max_nonfinite_steps: int = 100       # Stop once this many of the last 2x as many steps were skipped (non-finite); 0 = never.
+    max_nonfinite_steps: int = 100       # Stop once this many of the last 2x as many steps were skipped (0 = never).
 
 
 @dataclass
@@ -215,7 +215,7 @@ class SampleConfig:
     #                                      (coarse to fine; as with level_steps, extra entries are unused).
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
-    context_cache_gib: float = 4.0       # Memory for a level's context sampled once for all its steps (0 = off).
+    context_cache_gib: float = 4.0       # Memory for a level's context computed once for all its steps (0 = off).
 
 
 @dataclass

@@ -202,7 +202,8 @@ def test_bench_sampling_extrapolates_by_denoiser_evaluations():
     from types import SimpleNamespace
     import torch
     from hpdm_cli.drivers.bench import _sampling_row
-    res = SimpleNamespace(seconds=[1.0, 2.0, 3.0], cache_seconds=[0.0, 0.5, 0.0], cache_bytes=None)
+    res = SimpleNamespace(seconds=[1.0, 2.0, 3.0], cache_seconds=[0.0, 0.5, 0.0], cache_bytes=None,
+                          context_bytes=[0, 0, 0])
     row = _sampling_row(res, "hw", True, 2, [2, 2, 2], [8, 4, 2], torch.device("cpu"))
     # level 0: 1 s for 3 evaluations -> 15; level 1: 1.5 s -> 7 of 3, plus its 0.5 s cache; level 2 as run
     assert row["s_per_video_full_steps_est"] == pytest.approx((1 * 15 / 3 + 1.5 * 7 / 3 + 0.5 + 3) / 2)

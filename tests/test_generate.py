@@ -566,6 +566,7 @@ def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
     from hpdm_cli.train.loop import build_model
     recipe = load_recipe(default_recipe_path("tiny"))
     net = build_model(recipe)
-    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False, context_gib=0.5).sample_cfg.context_cache_gib == 0.5
-    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False).sample_cfg.context_cache_gib == 4.0
+    opts = (net, recipe, "cpu", None, 64, True, False, False)
+    assert make_sampler(*opts, context_gib=0.5).sample_cfg.context_cache_gib == 0.5
+    assert make_sampler(*opts).sample_cfg.context_cache_gib == 4.0
     assert recipe.sample.context_cache_gib == 4.0                             # the recipe itself is untouched

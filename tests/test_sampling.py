@@ -256,7 +256,7 @@ def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
 
 @pytest.mark.parametrize("model", [dict(load=[1, 1, 2, 3]), dict(load=[1, 2, 3, 3], self_condition=True)])
 def test_context_computed_once_per_level_gives_the_same_video(model):
-    """The eq. 7-9 context terms held for a level's evaluations equal recomputing them per call; a small budget holds none."""
+    """Context terms (eq. 7-9) held for a level's evaluations equal recomputing them per call; a small budget holds none."""
     import dataclasses
     net, recipe = small_net(fusion="deep", **model)
     net.to(torch.float64)

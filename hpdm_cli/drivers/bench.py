@@ -22,6 +22,7 @@ from ..diffusion.edm import draw_noise
 from ..io import atomic_write_text
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
+from ..sampling.edm_sampler import network_evaluations
 
 __all__ = ["PEAK_FLOPS", "PRECISIONS", "peak_flops", "bench_training", "bench_sampling", "write_json", "run_bench"]
 
@@ -338,8 +339,8 @@ def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], f
                   device: torch.device) -> dict:
     """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps)."""
     gen = [s - c for s, c in zip(res.seconds, res.cache_seconds)]
-    from ..sampling.edm_sampler import network_evaluations as evals
-    est = [g * evals(f) / evals(r) + c for g, f, r, c in zip(gen, full, run_steps, res.cache_seconds)]
+    evals = [network_evaluations(f) / network_evaluations(r) for f, r in zip(full, run_steps)]
+    est = [g * e + c for g, e, c in zip(gen, evals, res.cache_seconds)]
     row = {"overlap": ov, "cache": cache, "batch": batch, "steps": "/".join(map(str, run_steps)),
            "s_per_video": sum(res.seconds) / batch}
     for l in range(len(full)):
@@ -347,7 +348,7 @@ def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], f
     row["full_steps"] = "/".join(map(str, full))
     row["s_per_video_full_steps_est"] = sum(est) / batch
     row["cache_GiB"] = sum(res.cache_bytes) / 2 ** 30 if res.cache_bytes else 0.0
-    row["context_GiB"] = max(res.context_bytes) / 2 ** 30 if getattr(res, "context_bytes", None) else 0.0
+    row["context_GiB"] = max(res.context_bytes, default=0) / 2 ** 30
     row["peak_mem_GiB"] = _peak_mem_gib(device)
     row["device"] = _device_name(device)
     return row

@@ -23,7 +23,6 @@ through `hpdm_cli.io.video` (lazily).
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import re

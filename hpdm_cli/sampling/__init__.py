@@ -5,5 +5,5 @@ from .hierarchical import HierarchicalSampler, SampleResult, cache_bytes, level_
 from .tiles import LevelTiles, axis_starts, build_tiles, chain_offsets, parse_overlap, tile_counts
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
-           "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "network_evaluations", "parse_overlap",
-           "seed_generator", "tile_counts"]
+           "chain_offsets", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "network_evaluations",
+           "parse_overlap", "seed_generator", "tile_counts"]
