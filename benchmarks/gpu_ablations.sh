@@ -9,10 +9,15 @@
 #   uniform  model.load=[3,3,3,3,3,3] (no adaptive computation: every block processes every level)
 #   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
 # The base level does not depend on any of these (one level: no fusion, every block runs it), so
-# every variant starts from the same base. Stages, so that the work splits into GPU calls of < 10
-# minutes on one warm machine (its /tmp/abl carries over between calls):
-#   STAGES="base train" VARIANTS="default shallow uniform"    BASE_SECONDS=240 PYR_STEPS=600
-#   STAGES="train eval" VARIANTS="ctx0 ctx025 ctx1"           (eval: every variant exported so far)
+# every variant starts from the same base. The 8.3M-parameter model at batch 256 leaves an H200 mostly
+# idle between kernel launches, so the variants of one call train (and are evaluated) side by side,
+# one process each (PARALLEL=0: one after another); speed is not compared here, steps are equal.
+# Stages, so that the work splits into GPU calls of < 10 minutes on one warm machine (its /tmp/abl
+# carries over between calls):
+#   STAGES="base train" VARIANTS="default shallow uniform"    BASE_SECONDS=200 PYR_STEPS=500
+#   STAGES="train eval" VARIANTS="ctx0 ctx025 ctx1" EVAL="default shallow uniform"
+#   STAGES="eval" EVAL="ctx0 ctx025 ctx1"
+# EVAL names the variants to evaluate (default: every variant exported so far).
 # eval needs the I3D weights at $I3D (default /tmp/i3d-kinetics-400.ckpt; the two-part carry of
 # benchmarks/gpu_shapes_quality.sh's header) and out/gpu/shapes_prompts_tokens.safetensors and
 # out/gpu/whl (benchmarks/stage_gpu_inputs.sh). One JSON line per variant in $OUT/ablations.jsonl,
@@ -53,32 +58,45 @@ if want base; then
     > "$OUT/base.log" 2>&1
   echo "[base] exit $? after $((SECONDS - T0)) s"; grep -E "^training|^done|stopped" "$OUT/base.log" | tail -n 2
 fi
-if want train; then
-  for v in $VARIANTS; do
-    ov=$(overrides "$v") || exit 2
-    t1=$SECONDS; rm -rf "$ABL/$v"
-    # shellcheck disable=SC2086
-    python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$ABL/$v" --no-progress "$TABLE" \
-      "train.steps=$PYR_STEPS" train.batch_size=256 "train.init_from=\"$ABL/base\"" $ov ${EXTRA:-} \
-      > "$OUT/$v.log" 2>&1
-    rc=$?
-    python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; e('$ABL/$v', '$ABL/$v.safetensors')" \
-      2>/dev/null || echo "[$v] no weights to export"
-    cp "$ABL/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
-    echo "[$v] $ov: exit $rc after $((SECONDS - t1)) s; $(grep -E '^step' "$OUT/$v.log" | tail -n 1)"
+train_variant() {   # $1: variant -> trains it from the base, exports its weights, prints one line
+  local v=$1 ov t1 rc
+  ov=$(overrides "$v") || return 2
+  t1=$SECONDS; rm -rf "${ABL:?}/$v"
+  # shellcheck disable=SC2086
+  python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$ABL/$v" --no-progress "$TABLE" \
+    "train.steps=$PYR_STEPS" train.batch_size=256 "train.init_from=\"$ABL/base\"" $ov ${EXTRA:-} \
+    > "$OUT/$v.log" 2>&1
+  rc=$?
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; e('$ABL/$v', '$ABL/$v.safetensors')" \
+    2>/dev/null || echo "[$v] no weights to export"
+  cp "$ABL/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
+  echo "[$v] $ov: exit $rc after $((SECONDS - t1)) s; $(grep -E '^step' "$OUT/$v.log" | tail -n 1)"
+}
+eval_variant() {   # $1: variant -> its guidance_sweep JSON lines in $OUT/eval-$1.jsonl
+  local v=$1
+  # shellcheck disable=SC2086
+  python3 benchmarks/guidance_sweep.py "$ABL/$v.safetensors" --num "$NUM" ${SWEEP_ARGS:---batch 256 --bf16} \
+    ${I3D:+--i3d-weights "$I3D"} --settings "1.5,1,1/32,32,16/$OVERLAP" 2> "$OUT/eval-$v.err" | grep '^{' \
+    | python3 -c "import json, sys; [print(json.dumps({'variant': '$v', **json.loads(l)})) for l in sys.stdin]" \
+    > "$OUT/eval-$v.jsonl"
+  echo "[eval $v] $(grep -c . "$OUT/eval-$v.jsonl") rows after $((SECONDS - T0)) s"
+}
+each() {   # $1: function, rest: variants -> runs it for each, side by side unless PARALLEL=0
+  local f=$1 v; shift
+  for v in "$@"; do
+    if [ "${PARALLEL:-1}" = 1 ]; then "$f" "$v" & else "$f" "$v"; fi
   done
+  wait
+}
+if want train; then
+  # shellcheck disable=SC2086
+  each train_variant $VARIANTS
 fi
 if want eval; then
-  : > "$OUT/ablations.jsonl"
-  for f in "$ABL"/*.safetensors; do
-    [ -f "$f" ] || continue
-    v=$(basename "$f" .safetensors)
-    # shellcheck disable=SC2086
-    python3 benchmarks/guidance_sweep.py "$f" --num "$NUM" ${SWEEP_ARGS:---batch 256 --bf16} ${I3D:+--i3d-weights "$I3D"} \
-      --settings "1.5,1,1/32,32,16/$OVERLAP" 2>/dev/null | grep '^{' \
-      | python3 -c "import json, sys; [print(json.dumps({'variant': '$v', **json.loads(l)})) for l in sys.stdin]" \
-      | tee -a "$OUT/ablations.jsonl"
-  done
+  EVAL=${EVAL:-$(for f in "$ABL"/*.safetensors; do [ -f "$f" ] && basename "$f" .safetensors; done)}
+  # shellcheck disable=SC2086
+  each eval_variant $EVAL
+  cat "$OUT"/eval-*.jsonl > "$OUT/ablations.jsonl"
   python3 - "$OUT/ablations.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
