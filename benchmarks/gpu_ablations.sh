@@ -9,9 +9,10 @@
 #   uniform  model.load=[3,3,3,3,3,3] (no adaptive computation: every block processes every level)
 #   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
 # The base level does not depend on any of these (one level: no fusion, every block runs it), so
-# every variant starts from the same base. The 8.3M-parameter model at batch 256 leaves an H200 mostly
-# idle between kernel launches, so the variants of one call train (and are evaluated) side by side,
-# one process each (PARALLEL=0: one after another); speed is not compared here, steps are equal.
+# every variant starts from the same base. PARALLEL=1 trains (and evaluates) the variants of one call
+# side by side, one process each; on an H200 this gained nothing (three pyramids at batch 256 shared
+# ~1600 videos/s, what one alone reaches: docs/benchmarks.md), so the default is one after another.
+# The base stage is eager unless BASE_COMPILE=true: compilation took ~165 s of a 200-s base budget.
 # Stages, so that the work splits into GPU calls of < 10 minutes on one warm machine (its /tmp/abl
 # carries over between calls):
 #   STAGES="base train" VARIANTS="default shallow uniform"    BASE_SECONDS=200 PYR_STEPS=500
@@ -54,7 +55,7 @@ if want base; then
   # shellcheck disable=SC2086
   timeout -s TERM "${BASE_SECONDS:-240}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$ABL/base" \
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' diffusion.p_mean=0.8 \
-    train.batch_size=512 "train.steps=${BASE_STEPS:-2600}" train.lr=2e-3 train.compile=true ${EXTRA:-} \
+    train.batch_size=512 "train.steps=${BASE_STEPS:-2600}" train.lr=2e-3 "train.compile=${BASE_COMPILE:-false}" ${EXTRA:-} \
     > "$OUT/base.log" 2>&1
   echo "[base] exit $? after $((SECONDS - T0)) s"; grep -E "^training|^done|stopped" "$OUT/base.log" | tail -n 2
 fi
@@ -81,10 +82,10 @@ eval_variant() {   # $1: variant -> its guidance_sweep JSON lines in $OUT/eval-$
     > "$OUT/eval-$v.jsonl"
   echo "[eval $v] $(grep -c . "$OUT/eval-$v.jsonl") rows after $((SECONDS - T0)) s"
 }
-each() {   # $1: function, rest: variants -> runs it for each, side by side unless PARALLEL=0
+each() {   # $1: function, rest: variants -> runs it for each, side by side when PARALLEL=1
   local f=$1 v; shift
   for v in "$@"; do
-    if [ "${PARALLEL:-1}" = 1 ]; then "$f" "$v" & else "$f" "$v"; fi
+    if [ "${PARALLEL:-0}" = 1 ]; then "$f" "$v" & else "$f" "$v"; fi
   done
   wait
 }
