@@ -102,7 +102,7 @@ class ToyRIN(nn.Module):
 
     def __init__(self, blocks: int, mixing: bool, dim: int = 64, latent_dim: int = 64, latents: int = 16,
                  glu: bool = False, conv_kernel: int = 3, pos_std: float = 0.02, input_scale: float = 1.0,
-                 residual: bool = True):
+                 residual: bool = True, qk_norm: bool = False):
         super().__init__()
         self.residual = residual                           # output = input + the network's; else the network's
         self.input_scale = input_scale                     # the tokens are made from the input times this
@@ -111,8 +111,8 @@ class ToyRIN(nn.Module):
         self.inp = nn.Linear(TOK * TOK, dim)
         self.pos = nn.Parameter(torch.randn(n, dim) * pos_std)
         self.latents = nn.Parameter(torch.randn(latents, latent_dim) * 0.02)
-        self.blocks = nn.ModuleList(RINBlock(dim, latent_dim, 1, 16, 2.0, conv_grid=(1, S // TOK, S // TOK))
-                                    for _ in range(blocks))
+        self.blocks = nn.ModuleList(RINBlock(dim, latent_dim, 1, 16, 2.0, conv_grid=(1, S // TOK, S // TOK),
+                                             qk_norm=qk_norm) for _ in range(blocks))
         # Position mixing: each block's latents also read the tokens through the maps before the
         # block, and the tokens are painted by them after it.
         self.mixing = nn.ModuleList(PositionMixing(n, latents, dim, latent_dim, 16) for _ in range(blocks)) \
@@ -176,7 +176,7 @@ class PixelMLP(nn.Module):
 
 
 def build(variant: str, blocks: int, latents: int, hidden: int = 1024,
-          input_scale: float = 1.0, residual: bool = True) -> tuple[nn.Module, str]:
+          input_scale: float = 1.0, residual: bool = True, qk_norm: bool = False) -> tuple[nn.Module, str]:
     """The network of a variant name (plain, mixing, glu, wideconv, wideconv-glu, bigpos, mlp) and its table label."""
     if variant == "mlp":
         return PixelMLP(hidden, input_scale), f"MLP over all pixels (256 -> {hidden} -> 256)" + \
@@ -188,11 +188,12 @@ def build(variant: str, blocks: int, latents: int, hidden: int = 1024,
     # bigpos: positions at unit scale, so that each token's LayerNorm is set by its position more
     # than by its noisy pixels (nearly linear in them) instead of dividing by their own noise.
     net = ToyRIN(blocks, mixing, latents=latents, glu=glu, conv_kernel=15 if wide else 3,
-                 pos_std=1.0 if variant == "bigpos" else 0.02, input_scale=input_scale, residual=residual)
+                 pos_std=1.0 if variant == "bigpos" else 0.02, input_scale=input_scale, residual=residual,
+                 qk_norm=qk_norm)
     name = f"RIN x{blocks}, {latents} latents" + (" + position mixing" if mixing else "") \
         + (", 15x15 depthwise interface conv" if wide else "") + (", gated MLPs" if glu else "") \
         + (", positions at unit scale" if variant == "bigpos" else "") \
-        + (f", input x{input_scale:g}" if input_scale != 1.0 else "")
+        + (f", input x{input_scale:g}" if input_scale != 1.0 else "") + (", qk-norm" if qk_norm else "")
     return net, name
 
 
@@ -254,6 +255,8 @@ def main(argv=None) -> int:
                          "of the image")
     ap.add_argument("--input-scale", type=float, default=1.0,
                     help="multiply the noisy input by this before the network (the RIN's residual stays on the input)")
+    ap.add_argument("--qk-norm", action="store_true", help="RIN variants: queries and keys RMS-normalised per head")
+    ap.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this (0: no clipping)")
     a = ap.parse_args(argv)
     if a.edm and a.train_sigma:
         ap.error("--edm preconditions for the one --sigma; drop --train-sigma")
@@ -270,10 +273,13 @@ def main(argv=None) -> int:
         print(json.dumps({"model": name, **sc}), flush=True)
     for variant in [v for v in a.variants.split(",") if v]:
         torch.manual_seed(a.seed)
-        net, name = build(variant, a.blocks, a.latents, a.hidden, a.input_scale, residual=not a.edm)
+        net, name = build(variant, a.blocks, a.latents, a.hidden, a.input_scale, residual=not a.edm,
+                          qk_norm=a.qk_norm)
         if a.edm:                                      # sigma_data: the stripes' own std unless given
             sd = a.sigma_data if a.sigma_data is not None else a.amp / math.sqrt(2)
             net, name = EDM(net, sd, a.sigma), name + f", EDM preconditioning (sigma_data {sd:.3g})"
+        if a.clip > 0:
+            name += f", grad clip {a.clip:g}"
         net = net.to(a.device)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
         gen = torch.Generator(a.device).manual_seed(a.seed + 2)       # training data drawn where it is used
@@ -288,13 +294,15 @@ def main(argv=None) -> int:
             loss = F.mse_loss(net(noisy.to(a.device)), clean.to(a.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), a.clip if a.clip > 0 else float("inf"))
             for grp in opt.param_groups:
                 grp["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
             opt.step()
             if a.evals > 1 and (step + 1) % max(1, a.steps // a.evals) == 0 and step + 1 < a.steps:
                 with torch.no_grad():
                     sc = scores(net(noisy_te.to(a.device)).cpu(), clean_te)
-                print(json.dumps({"model": name, "step": step + 1, **sc}), flush=True)
+                print(json.dumps({"model": name, "step": step + 1, **sc, "grad_norm": round(float(gnorm), 4)}),
+                      flush=True)
         with torch.no_grad():
             sc = scores(net(noisy_te.to(a.device)).cpu(), clean_te)
         rows.append((name, sc, time.time() - t0))

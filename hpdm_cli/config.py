@@ -140,6 +140,7 @@ class ModelConfig:
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
     pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
+    qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""

@@ -52,6 +52,7 @@ CONFIGS = {
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
+    "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
 }
 
 
@@ -401,3 +402,28 @@ def test_adaptive_interface_norm_carries_the_condition_to_every_token():
     for o in outs[True][1:]:
         changed = (o - outs[True][0]).abs().flatten(3).amax(-1)              # [B, L, C]: every level and channel
         assert (changed > 1e-4).all()
+
+
+def test_qk_norm_makes_attention_blind_to_query_and_key_scale():
+    """With model.qk_norm the logits cannot grow with the projection weights: scaling every query
+    and key projection by 50 leaves the network's output as it was; without it the output moves."""
+    outs = {}
+    for qk in (False, True):
+        rec = tiny_recipe(load="linear", qk_norm=qk)
+        net = randomize(HPDMNet(rec.pyramid, rec.model))
+        x, c_noise, off, c = make_inputs(rec)
+        with torch.no_grad():
+            before = net(x, c_noise, off, c).out
+            for blk in net.blocks:
+                for attn in (blk.read, blk.write):
+                    attn.q.weight.mul_(50)
+                    attn.kv.weight[: attn.kv.weight.shape[0] // 2].mul_(50)         # keys, not values
+                for layer in blk.compute:
+                    w = layer.attn.qkv.weight
+                    w[: 2 * w.shape[0] // 3].mul_(50)                               # queries and keys
+            outs[qk] = (before, net(x, c_noise, off, c).out)
+    assert torch.allclose(*outs[True], atol=1e-4)
+    assert not torch.allclose(*outs[False], atol=1e-2)
+    rec = tiny_recipe(qk_norm=True)
+    names = [n for n, _ in HPDMNet(rec.pyramid, rec.model).named_parameters() if ".qk_norm." in n]
+    assert names and all(n.endswith(("qk_norm.q.weight", "qk_norm.k.weight")) for n in names)

@@ -15,41 +15,68 @@ def init_linear(layer: nn.Linear, std: float = 0.02) -> nn.Linear:
     return layer
 
 
+class QKNorm(nn.Module):
+    """RMS normalisation of queries and keys per head, with a learned gain each (bounded attention logits).
+
+    The logit q.k / sqrt(head_dim) is then at most |gain_q| |gain_k| sqrt(head_dim) whatever the
+    projection weights grow to: the guard against attention-logit growth of Dehghani et al. 2023
+    (ViT-22B, "QK normalisation"), docs/method.md.
+    """
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.q = nn.RMSNorm(head_dim, eps=1e-6)
+        self.k = nn.RMSNorm(head_dim, eps=1e-6)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (q, k), both [..., head_dim]."""
+        return self.q(q), self.k(k)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_norm) -> torch.Tensor:
+    """SDPA of heads [B, h, S, d], after `qk_norm` (a QKNorm or None)."""
+    if qk_norm is not None:
+        q, k = qk_norm(q, k)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head attention of queries [B, Sq, dim] over a context [B, Sk, context_dim] (self-attention if equal)."""
 
-    def __init__(self, dim: int, context_dim: int, head_dim: int):
+    def __init__(self, dim: int, context_dim: int, head_dim: int, qk_norm: bool = False):
         super().__init__()
         self.heads = dim // head_dim
         self.head_dim = head_dim
         self.q = init_linear(nn.Linear(dim, dim, bias=False))
         self.kv = init_linear(nn.Linear(context_dim, 2 * dim, bias=False))
         self.out = init_linear(nn.Linear(dim, dim))
+        self.qk_norm = QKNorm(head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Attend from x to context and project back to `dim`."""
         B, Sq, _ = x.shape
         q = self.q(x).view(B, Sq, self.heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = attend(q, k, v, self.qk_norm)
         return self.out(y.transpose(1, 2).reshape(B, Sq, -1))
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection."""
 
-    def __init__(self, dim: int, head_dim: int):
+    def __init__(self, dim: int, head_dim: int, qk_norm: bool = False):
         super().__init__()
         self.heads = dim // head_dim
         self.head_dim = head_dim
         self.qkv = init_linear(nn.Linear(dim, 3 * dim, bias=False))
         self.out = init_linear(nn.Linear(dim, dim))
+        self.qk_norm = QKNorm(head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Self-attention over the sequence x [B, S, dim]."""
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = attend(q, k, v, self.qk_norm)
         return self.out(y.transpose(1, 2).reshape(B, S, -1))
 
 

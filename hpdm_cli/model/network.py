@@ -173,7 +173,8 @@ class HPDMNet(nn.Module):
 
         self.blocks = nn.ModuleList(
             RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio, model.adaptive_norm,
-                     self.grid if model.interface_conv else None, model.adaptive_norm_interface)
+                     self.grid if model.interface_conv else None, model.adaptive_norm_interface,
+                     model.qk_norm)
             for _ in range(model.num_blocks))
         if model.fusion == "deep":
             # Block b fuses levels 1..n_b-1 with the coarser ones (eq. 9); a block that processes level 0

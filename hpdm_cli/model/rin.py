@@ -40,10 +40,10 @@ def modulations(linear: Optional[nn.Linear], c: Optional[torch.Tensor], pairs: i
 class ComputeLayer(nn.Module):
     """One pre-norm transformer layer over the latents."""
 
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: float):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, head_dim)
+        self.attn = SelfAttention(dim, head_dim, qk_norm)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
@@ -58,7 +58,7 @@ class RINBlock(nn.Module):
 
     def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
                  adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None,
-                 adaptive_interface: bool = False):
+                 adaptive_interface: bool = False, qk_norm: bool = False):
         super().__init__()
         # Adaptive LayerNorm on every latent sub-layer (and, with adaptive_interface, the two
         # interface norms of the write): scale and shift from the conditioning vector,
@@ -75,13 +75,14 @@ class RINBlock(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.read_norm_z = nn.LayerNorm(latent_dim)
         self.read_norm_x = nn.LayerNorm(interface_dim)
-        self.read = Attention(latent_dim, interface_dim, head_dim)
+        self.read = Attention(latent_dim, interface_dim, head_dim, qk_norm)
         self.read_mlp_norm = nn.LayerNorm(latent_dim)
         self.read_mlp = MLP(latent_dim, mlp_ratio)
-        self.compute = nn.ModuleList(ComputeLayer(latent_dim, head_dim, mlp_ratio) for _ in range(compute_layers))
+        self.compute = nn.ModuleList(ComputeLayer(latent_dim, head_dim, mlp_ratio, qk_norm)
+                                     for _ in range(compute_layers))
         self.write_norm_x = nn.LayerNorm(interface_dim)
         self.write_norm_z = nn.LayerNorm(latent_dim)
-        self.write = Attention(interface_dim, latent_dim, head_dim)
+        self.write = Attention(interface_dim, latent_dim, head_dim, qk_norm)
         self.conv_grid = conv_grid                       # token grid (f, h, w) of a patch, with interface_conv
         if conv_grid is not None:
             self.conv = nn.Conv3d(interface_dim, interface_dim, 3, padding=1, groups=interface_dim)
