@@ -13,7 +13,8 @@
 # is exported in fp16 to $OUT/texture.safetensors; its run stays in /tmp/run-tex for a following
 # call on the same machine (guidance_sweep.py: FVD). BASE_SECONDS=0 skips the base stage (the
 # pyramid then starts from PYR_FROM, default the base stage's run or $FROM); PYR_SECONDS=0 skips
-# the pyramid. SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10).
+# the pyramid. SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10). FROM= (empty)
+# trains the base level from scratch (with a new architecture, e.g. EXTRA=model.qk_norm=true).
 #   FROM=hpdm_cli/assets/shapes-t2v.safetensors BASE_SECONDS=280 PYR_SECONDS=170 \
 #     bash benchmarks/gpu_texture_stage.sh
 #   BASE_BATCH=128 BASE_STEPS=20000 BASE_COMPILE=reduce-overhead CKPT_EVERY=2500 BASE_SECONDS=420 \
@@ -24,7 +25,7 @@
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
 source benchmarks/gpu_env.sh
-FROM=${FROM:-hpdm_cli/assets/shapes-t2v.safetensors}
+FROM=${FROM-hpdm_cli/assets/shapes-t2v.safetensors}
 BASE_NOISE=${BASE_NOISE:-"diffusion.p_mean=-0.3 diffusion.p_std=1.2"}
 PYR_NOISE=${PYR_NOISE:-"diffusion.p_mean=[-0.3,-1.2,-1.2] diffusion.p_std=1.2"}
 BASE_SECONDS=${BASE_SECONDS:-280}; PYR_SECONDS=${PYR_SECONDS:-170}
@@ -61,7 +62,7 @@ if [ "$BASE_SECONDS" -gt 0 ]; then
   echo "[base] exit $rc after $((SECONDS - T0)) s"; grep -E "^training|videos/s" /tmp/train-tex-base.log | tail -n 3
   cp /tmp/run-tex-base/stats.jsonl "$OUT/base-stats.jsonl" 2>/dev/null
   : > "$OUT/curve.txt"
-  [ "${SCORE_FROM:-1}" = 1 ] && { echo "== $FROM"; score "$FROM"; } | tee -a "$OUT/curve.txt"
+  [ "${SCORE_FROM:-1}" = 1 ] && [ -n "$FROM" ] && { echo "== $FROM"; score "$FROM"; } | tee -a "$OUT/curve.txt"
   for ck in /tmp/run-tex-base/checkpoints/ckpt-*; do
     [ -d "$ck" ] && { echo "== $ck"; score "$ck"; } | tee -a "$OUT/curve.txt"
   done
