@@ -243,6 +243,13 @@ def test_bf16_autocast_trains(shapes_data, tmp_path):
     assert all(v.dtype == torch.float32 for v in c["model"].values())         # weights stay float32
 
 
+@pytest.mark.parametrize("prob,warned", [(1.0, True), (0.75, False)])
+def test_context_prob_one_is_warned_about_as_it_leaves_level_0_untrained(prob, warned, shapes_data, tmp_path):
+    msgs = []
+    train(make_recipe(shapes_data, f"diffusion.context_prob={prob}", steps=1), tmp_path, log=quiet(msgs))
+    assert any("context_prob = 1" in m and "level 0" in m for m in msgs) == warned
+
+
 # ------------------------------------------------------------------------------------------ continuing, refusals
 
 def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_path):
