@@ -425,5 +425,21 @@ def test_qk_norm_makes_attention_blind_to_query_and_key_scale():
     assert torch.allclose(*outs[True], atol=1e-4)
     assert not torch.allclose(*outs[False], atol=1e-2)
     rec = tiny_recipe(qk_norm=True)
-    names = [n for n, _ in HPDMNet(rec.pyramid, rec.model).named_parameters() if ".qk_norm." in n]
-    assert names and all(n.endswith(("qk_norm.q.weight", "qk_norm.k.weight")) for n in names)
+    net = HPDMNet(rec.pyramid, rec.model)
+    names = [n for n, _ in net.named_parameters() if ".qk_norm." in n]
+    assert names and all(n.endswith(("qk_norm.q_gain", "qk_norm.k_gain")) for n in names)
+
+
+def test_qk_norm_under_bf16_autocast_keeps_the_attention_in_bf16():
+    """The normalised queries and keys keep the dtype of the values they meet in attention."""
+    from hpdm_cli.model.layers import Attention, QKNorm
+    attn = Attention(64, 32, 16, qk_norm=True)
+    x, ctx = torch.randn(2, 5, 64), torch.randn(2, 7, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, ctx)
+    assert y.dtype == torch.bfloat16
+    ref = attn(x, ctx)
+    assert torch.allclose(y.float(), ref, atol=0.05, rtol=0.05)
+    q = torch.randn(3, 4, 16, dtype=torch.bfloat16) * 100
+    nq, _ = QKNorm(16)(q, q)
+    assert nq.dtype == torch.bfloat16 and torch.allclose(nq.float().square().mean(-1), torch.ones(3, 4), atol=0.02)

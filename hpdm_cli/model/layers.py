@@ -20,17 +20,23 @@ class QKNorm(nn.Module):
 
     The logit q.k / sqrt(head_dim) is then at most |gain_q| |gain_k| sqrt(head_dim) whatever the
     projection weights grow to: the guard against attention-logit growth of Dehghani et al. 2023
-    (ViT-22B, "QK normalisation"), docs/method.md.
+    (ViT-22B, "QK normalisation"), docs/method.md. The statistic is taken in float32 and the result
+    keeps the input's dtype (bf16 under autocast, like the values it meets in attention).
     """
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, eps: float = 1e-6):
         super().__init__()
-        self.q = nn.RMSNorm(head_dim, eps=1e-6)
-        self.k = nn.RMSNorm(head_dim, eps=1e-6)
+        self.q_gain = nn.Parameter(torch.ones(head_dim))
+        self.k_gain = nn.Parameter(torch.ones(head_dim))
+        self.eps = eps
+
+    def _rms(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * gain).to(x.dtype)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (q, k), both [..., head_dim]."""
-        return self.q(q), self.k(k)
+        return self._rms(q, self.q_gain), self._rms(k, self.k_gain)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_norm) -> torch.Tensor:
