@@ -3,11 +3,13 @@
 One level, 4x16x16 (the 16x64x64 shapes clips box-filtered, as level 0 of recipes/shapes.toml sees
 them), class-conditional, 4 RIN blocks; each variant trains from the same seed on the same 1280
 clips, then reports the one-step denoising error mean((D(x + sigma eps; sigma) - x)^2) of 256
-held-out clips at sigma 0.5, 1, 2, 5 (docs/results.md, section 4).
+held-out clips at sigma 0.5, 1, 2, 5 (docs/results.md, section 4), and in the background texture's
+band (sigma 0.1, 0.2, 0.4) the stripe R^2 of the denoised clips (hpdm_cli/eval/texture.py; the clean
+clips' and the noised inputs' beside it: docs/results.md, sections 9-12).
     python benchmarks/base_level_toy.py STEPS NAME:key=val,key=val ...
 keys: M (latents), Dz (latent width), D (interface width), opt (adamw|lamb), lr, pmean, pstd, batch,
 pos (initial std of the learned position embedding), pe (model.pos_embed: learned|sincos),
-conv (model.interface_conv: 0|1).
+conv (model.interface_conv: 0|1), qk (model.qk_norm: 0|1), seed.
 """
 import json
 import sys
@@ -18,7 +20,9 @@ import torch
 
 from hpdm_cli.config import DiffusionConfig, ModelConfig, PyramidConfig, Recipe
 from hpdm_cli.data.shapes import render_shapes_video
+from hpdm_cli.drivers.sample import to_uint8
 from hpdm_cli.diffusion.edm import edm_loss, denoise, input_scales
+from hpdm_cli.eval.texture import stripe_summary
 from hpdm_cli.model import HPDMNet
 from hpdm_cli.pyramid import extract_patches, sample_nested_offsets
 from hpdm_cli.train.optim import Lamb, lr_at, param_groups
@@ -31,7 +35,8 @@ y = torch.tensor([v[2] for v in vids]) % 128
 xtr, ytr, xte, yte = x[:1280], y[:1280], x[1280:], y[1280:]
 for spec in sys.argv[2:]:
     name, _, kv = spec.partition(":")
-    o = dict(M=16, Dz=64, D=64, opt="adamw", lr=2e-3, pmean=-1.2, pstd=1.2, batch=32, pos=0.02, pe="learned", conv=0)
+    o = dict(M=16, Dz=64, D=64, opt="adamw", lr=2e-3, pmean=-1.2, pstd=1.2, batch=32, pos=0.02, pe="learned", conv=0, qk=0,
+             seed=0)
     for item in filter(None, kv.split(",")):
         k, v = item.split("=")
         o[k] = type(o[k])(v) if not isinstance(o[k], str) else v
@@ -39,15 +44,15 @@ for spec in sys.argv[2:]:
                  model=ModelConfig(tokenizer=(1, 2, 2), interface_dim=o["D"], latent_dim=o["Dz"], num_latents=o["M"],
                                    num_blocks=4, compute_layers=1, head_dim=32, mlp_ratio=3.0, load="none",
                                    cond="class", num_classes=128, adaptive_norm=True,
-                                   pos_embed=o["pe"], interface_conv=bool(o["conv"])),
+                                   pos_embed=o["pe"], interface_conv=bool(o["conv"]), qk_norm=bool(o["qk"])),
                  diffusion=DiffusionConfig(p_mean=o["pmean"], p_std=o["pstd"])).validate()
-    torch.manual_seed(0)
+    torch.manual_seed(o["seed"])
     net = HPDMNet(rec.pyramid, rec.model)
     with torch.no_grad():
         net.pos_embed.normal_(0, o["pos"])
     opt = (torch.optim.AdamW(net.parameters(), lr=o["lr"], weight_decay=0.01) if o["opt"] == "adamw"
            else Lamb(param_groups(net, 0.01), lr=o["lr"]))
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + o["seed"])
     t0 = time.time()
     B = o["batch"]
     for s in range(steps):
@@ -70,5 +75,14 @@ for spec in sys.argv[2:]:
             D_ = denoise(net, xte[:, None] + sig * eps, s_, torch.zeros(len(xte), 1, 3), yte, None,
                          sigma_data=0.5, input_scale=input_scales(rec.diffusion, [0])).out
             res[sig] = round(((D_[:, 0] - xte) ** 2).mean().item(), 4)
-    row = {"variant": name, **o, "steps": steps, "secs": round(time.time() - t0), "mse_by_sigma": res}
+        stripes = {"clean": round(stripe_summary(to_uint8(xte))["mean"], 3)}
+        for sig in (0.1, 0.2, 0.4):
+            s_ = torch.full((len(xte), 1), sig)
+            noisy = xte[:, None] + sig * eps
+            D_ = denoise(net, noisy, s_, torch.zeros(len(xte), 1, 3), yte, None,
+                         sigma_data=0.5, input_scale=input_scales(rec.diffusion, [0])).out
+            stripes[sig] = (round(stripe_summary(to_uint8(D_[:, 0].clamp(-1, 1)))["mean"], 3),
+                            round(stripe_summary(to_uint8(noisy[:, 0].clamp(-1, 1)))["mean"], 3))
+    row = {"variant": name, **o, "steps": steps, "secs": round(time.time() - t0), "mse_by_sigma": res,
+           "stripes_denoised_noised_by_sigma": stripes}
     print(json.dumps(row), flush=True)
