@@ -305,6 +305,10 @@ def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
         assert net.to("cpu", torch.float64).double()(y.double()).shape == y.shape and name
     with pytest.raises(SystemExit, match="unknown variant"):
         stripe_toy.build("nope", 1, 4)
+    net, name = stripe_toy.build("plain", 1, 4, qk_norm=True)                 # --qk-norm reaches every attention
+    from hpdm_cli.model.layers import QKNorm
+    assert "qk-norm" in name and sum(isinstance(m, QKNorm) for m in net.modules()) == 3   # read, compute, write
+    assert net(y).shape == y.shape
     # EDM preconditioning around a non-residual net: c_skip y + c_out F(c_in y), F seeing the input times c_in.
     net, _ = stripe_toy.build("mlp", 1, 4, hidden=8, residual=False)
     seen = []
