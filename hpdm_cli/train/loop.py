@@ -721,7 +721,7 @@ class _Steps:
         if self.recipe.pyramid.num_levels > 1 and self.recipe.diffusion.context_prob >= 1:
             self.say("warning: diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
                      "in the loss (docs/method.md, section 5); the base level then drifts through the upper "
-                     "levels' gradients: use a value below 1 (the recipes use 0.25-0.75)")
+                     "levels' gradients: use a value below 1 (the default is 0.25, the shapes recipes use 0.75)")
         try:
             with StopFlag() as stop, self.stats.progress(start, t.steps, enabled=progress and dist.is_main,
                                                           batch=t.batch_size) as bar:
