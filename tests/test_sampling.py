@@ -1,6 +1,7 @@
 """Inference: tiling, the EDM sampler and hierarchical sampling (docs/method.md, invariants 6-9)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -392,11 +393,13 @@ def test_gpu_sample_depends_only_on_its_seed():
         assert (both.videos[l][0] - both.videos[l][1]).abs().max() > 0.1
 
 
-@pytest.mark.parametrize("options,graphs", [({}, 5), (dict(self_condition=True, interface_conv=True), 7)])
-def test_compiled_sampling_gives_the_same_video_with_one_graph_per_level_and_pass(monkeypatch, options, graphs):
-    """`compile`: forwards padded to tile_batch rows (padding dropped) reproduce the eager video; few graphs.
+@pytest.mark.parametrize("options,first", [({}, []), (dict(self_condition=True, interface_conv=True), [1, 2])])
+def test_compiled_sampling_gives_the_same_video_with_one_graph_per_level_pass_and_size(monkeypatch, options, first):
+    """`compile`: forwards padded to a power of two of rows (padding dropped) reproduce the eager video;
+    one graph per level, pass (denoise, cache) and padded size.
 
-    With self-conditioning each level's first evaluation (no previous latents) is one more graph.
+    With self-conditioning the first evaluation of levels 1 and 2 (no previous latents) is one more
+    graph per size.
     """
     import torch._dynamo as dynamo
     net, recipe = small_net(load=[1, 1, 2, 3], **options)
@@ -412,9 +415,28 @@ def test_compiled_sampling_gives_the_same_video_with_one_graph_per_level_and_pas
     got = sampler.sample([3, 5], torch.tensor([1, 2]), **kw)
     for a, b in zip(eager.videos, got.videos):
         assert (a - b).abs().max() < TOL[torch.float64], (a - b).abs().max()    # batch size changes rounding only
-    # Level 0 and 1 (denoise, cache) and level 2 (denoise): the padded last chunk adds no shape.
-    assert dynamo.utils.counters["stats"]["unique_graphs"] <= graphs
+    # Level 0 and 1 (denoise, cache) and level 2 (denoise), each at its chunks' padded sizes.
+    run = SimpleNamespace(B=2, cond=None, keep=None)
+    sizes = [{sampler.padded_rows(ch.n) for ch in sampler._chunks(run, l, 4)} for l in range(3)]
+    assert max(map(len, sizes)) > 1                 # a last chunk that is padded to a smaller size
+    graphs = 2 * len(sizes[0]) + 2 * len(sizes[1]) + len(sizes[2]) + sum(len(sizes[l]) for l in first)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == graphs, sizes
     dynamo.reset()
+
+
+def test_compiled_forwards_pad_to_a_power_of_two_at_most_the_tile_batch():
+    """A level of few tiles (the base level: one per video) is not padded to a whole tile batch."""
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, tile_batch=64)
+    assert [sampler.padded_rows(n) for n in (1, 2, 3, 16, 17, 32, 33, 64)] == [1, 2, 4, 16, 32, 32, 64, 64]
+    assert HierarchicalSampler(net, recipe.diffusion, recipe.sample, tile_batch=7).padded_rows(5) == 7
+    sampler.compiled = True                         # the chunking alone, without compiling anything
+    run = SimpleNamespace(B=2, cond=None, keep=None)
+    for level in range(recipe.pyramid.num_levels):
+        T = sampler.tiles[level].num_tiles
+        for ch in sampler._chunks(run, level, 4):
+            assert len(ch.g) == sampler.padded_rows(ch.n) and ch.n <= 64
+        assert sum(ch.n for ch in sampler._chunks(run, level, 4)) == 4 * T
 
 
 def test_preview_offload_progress_and_fixed_levels():

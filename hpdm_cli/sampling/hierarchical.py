@@ -169,17 +169,20 @@ class HierarchicalSampler:
 
         `autocast` (e.g. torch.bfloat16) runs the network under autocast and holds the activation
         cache at that precision. `compile` runs the network through `torch.compile`, every forward
-        padded to `tile_batch` rows (the last chunk repeats its last row; the extra outputs are
-        dropped), so that each level compiles once for denoising and once for its cache: worth it
-        for many videos, not one.
+        padded to a power of two of rows, at most `tile_batch` (the chunk repeats its last row; the
+        extra outputs are dropped), so that a level compiles once or twice (full chunks, the last
+        one) for denoising and for its cache, and a level of few tiles (the base level: one per
+        video) is not padded to a whole tile batch: worth it for many videos, not one.
         """
         self.net = net
         self.compiled = bool(compile)
         if self.compiled:
             import torch._dynamo as dynamo
-            # One graph per (level, collect) and per caller shape: allow them all without falling back.
+            # One graph per (level, collect, padded row count): allow every power of two up to
+            # tile_batch, and the caller's shapes, without falling back to eager.
             key = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
-            setattr(dynamo.config, key, max(getattr(dynamo.config, key), 4 * net.pyramid.num_levels + 8))
+            buckets = max(1, int(tile_batch)).bit_length() + 1
+            setattr(dynamo.config, key, max(getattr(dynamo.config, key), 2 * buckets * net.pyramid.num_levels + 8))
             self.net = torch.compile(net, dynamic=False)
         self.pyramid, self.model = net.pyramid, net.cfg
         self.diffusion, self.sample_cfg = diffusion, sample
@@ -315,6 +318,10 @@ class HierarchicalSampler:
         """Rows to evaluate for what `levels` will read: both halves (G) if any of them is guided, else B."""
         return run.G if any(run.guidance[k] != 1.0 for k in levels) else run.B
 
+    def padded_rows(self, n: int) -> int:
+        """Rows a compiled forward of `n` tiles runs: the next power of two, at most `tile_batch`."""
+        return min(self.tile_batch, 1 << max(0, n - 1).bit_length())
+
     def _chunks(self, run: _Run, level: int, rows: int) -> list[_Chunk]:
         """Split the level's first `rows` (guided sample, tile) rows into forwards of at most `tile_batch` tiles."""
         lt = self.tiles[level]
@@ -323,8 +330,9 @@ class HierarchicalSampler:
         for r0 in range(0, total, self.tile_batch):
             r1 = min(total, r0 + self.tile_batch)
             rows = torch.arange(r0, r1, device=self.device)
-            if self.compiled and r1 - r0 < self.tile_batch:             # one shape per level: pad
-                rows = torch.cat([rows, rows[-1:].expand(self.tile_batch - (r1 - r0))])
+            pad = self.padded_rows(r1 - r0) - (r1 - r0) if self.compiled else 0   # few shapes per level
+            if pad:
+                rows = torch.cat([rows, rows[-1:].expand(pad)])
             g, t = rows // T, rows % T
             anc = [lt.ancestors[t, k] for k in range(level)]
             cache_rows = [(g * self.tiles[k].num_tiles + a).to(self._storage) for k, a in enumerate(anc)]
