@@ -11,7 +11,9 @@
 #   STAGES="sampling sampling_held profile"     (sampling with each level's context held for all its steps,
 #                                                sample.context_cache_gib=HELD_GIB (64), and where its time goes)
 # Results in $OUT (log.txt, summary.txt, JSON/PNG per stage); a short table at the end.
-# Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 120, MEMORY_S 120, PROFILE_S 150.
+#   STAGES="sampling_compiled_held"             (compiled and context held: the fastest sampler)
+# Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 300 (a cold compilation of
+# ucf took 160 s), MEMORY_S 120, PROFILE_S 150.
 # PEER_MODES (default eager,compiled,graphs) picks benchmarks/peer_rin.py's modes.
 # Stage the wheels first (bash benchmarks/stage_wheels.sh) and carry their folder:
 #   run(command="bash benchmarks/gpu_speed.sh", carry=["out/gpu/whl"], timeout_s=600)
@@ -68,8 +70,15 @@ if want profile; then
 fi
 if want sampling_compiled; then
   echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-  timeout "${SAMPLE_COMPILED_S:-120}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+  timeout "${SAMPLE_COMPILED_S:-300}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
     --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
+fi
+if want sampling_compiled_held; then
+  echo "== sampling compiled, context held per level (sample.context_cache_gib=${HELD_GIB:-64}) [$((SECONDS - T0)) s]" \
+    | tee -a "$LOG"
+  timeout "${SAMPLE_COMPILED_S:-300}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
+    --precision bf16 --compile --json "$OUT/sampling_compiled_held.json" "sample.context_cache_gib=${HELD_GIB:-64}" \
+    2>&1 | tee -a "$LOG"
 fi
 if want memory; then
   echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"

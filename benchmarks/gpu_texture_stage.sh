@@ -33,10 +33,8 @@ NUM=${NUM:-64}
 TABLE='data.prompt_table="out/gpu/shapes_prompts_tokens.safetensors"'
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; from $FROM; base: $BASE_NOISE, batch ${BASE_BATCH:-512}, compile ${BASE_COMPILE:-true}; pyramid: $PYR_NOISE"
-score() {   # $1: a checkpoint or model file; one line of level-0 faithfulness and stripes, one per sigma
-  python3 benchmarks/base_level_faithfulness.py "$1" --num "$NUM" --splits heldout 2>&1 | tail -n 1
-  python3 benchmarks/denoise_texture.py "$1" --num "$NUM" --sigmas 0.1,0.2,0.4,0.7,1.0 2>&1 | tail -n 5
-}
+source benchmarks/base_scores.sh
+score() { score_base "$1" "$NUM"; }   # $1: a checkpoint or model file
 export_to() {   # $1: run directory, $2: output file
   python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
 }

@@ -2,7 +2,8 @@
 
   python3 benchmarks/speed_summary.py OUT_DIR
 Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json,
-sampling_held.json and sampling_compiled.json (`hpdm bench --sampling [--compile] --json`) and
+sampling_held.json, sampling_compiled.json and sampling_compiled_held.json (`hpdm bench --sampling
+[--compile] --json`) and
 memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
 a missing or failed part is named.
 """
@@ -48,7 +49,7 @@ def summary(folder: str | Path) -> str:
         if "device_noise_ms" in draw:
             line += f"; noise drawn on the device: {draw['device_noise_ms']:.1f} ms"
         lines.append(line)
-    for name in ("sampling.json", "sampling_held.json", "sampling_compiled.json"):
+    for name in ("sampling.json", "sampling_held.json", "sampling_compiled.json", "sampling_compiled_held.json"):
         samp = _load(folder, name)
         if samp is None:
             lines.append(f"sampling: no {name} (see log.txt)")
