@@ -53,7 +53,9 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
     $ov ${EXTRA:-} > "$OUT/$v.log" 2>&1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
-  echo "[$v] $ov: exit $rc; $(grep -E '^step' "$OUT/$v.log" | tail -n 1)"
+  # The log's last lines: the last logged step, and whether the SIGTERM checkpoint was saved
+  # (on the H200 with CUDA graphs two runs stopped without one; on the CPU it is saved).
+  echo "[$v] $ov: exit $rc; last lines of the log:"; tail -n 2 "$OUT/$v.log" | cut -c1-300
 }
 score_variant() {   # $1: variant -> one JSON line per checkpoint in $OUT/score-$1.jsonl
   local v=$1 ck
