@@ -83,6 +83,8 @@ def check_range(key: str, value, lo=None, hi=None, *, lo_open: bool = False, hi_
 
 @dataclass
 class DataConfig:
+    """The recipe's [data]: where the videos come from and how they are loaded."""
+
     path: str = "data/ucf101"            # Prepared dataset directory (see `hpdm prepare`).
     fps: float = 25.0                    # Frames per second of the prepared clips.
     image_fraction: float = 0.0          # Share of batch items that are still images (joint training).
@@ -96,6 +98,8 @@ class DataConfig:
 
 @dataclass
 class PyramidConfig:
+    """The recipe's [pyramid]: the video size, the patch every level sees, and tile overlap at sampling."""
+
     resolution: tuple[int, int, int] = (64, 256, 256)   # Full video size (frames, height, width).
     patch: tuple[int, int, int] = (16, 64, 64)          # Patch size of every level (frames, height, width).
     overlap: str = "fhw"                                 # Axes with 50% overlapping tiles at inference.
@@ -117,6 +121,8 @@ class PyramidConfig:
 
 @dataclass
 class ModelConfig:
+    """The recipe's [model]: the RIN backbone, fusion, adaptive computation and conditioning (docs/method.md)."""
+
     channels: int = 3                                   # Colour channels of the video.
     tokenizer: tuple[int, int, int] = (1, 4, 4)         # Pixels per interface token (frames, height, width).
     interface_dim: int = 1024                           # Width d of the interface tokens.
@@ -162,6 +168,8 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
+    """The recipe's [diffusion]: EDM noise scaling and schedule per level, and the context trick."""
+
     sigma_data: float = 0.5              # Standard deviation of the (scaled) data, EDM's sigma_d.
     p_mean: float | list[float] = -1.2   # Mean of log(sigma) in training (log-normal): one value, or one per level.
     p_std: float = 1.2                   # Std of log(sigma) during training.
@@ -179,6 +187,8 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
+    """The recipe's [train]: optimiser, batch, schedule, precision, compilation and checkpoints."""
+
     steps: int = 100_000                 # Total optimisation steps.
     batch_size: int = 768                # Global batch (all ranks, all accumulation rounds).
     grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
@@ -205,6 +215,8 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    """The recipe's [sample]: sampler steps and schedule per level, guidance, batch and memory."""
+
     steps: int = 128                     # Sampler steps at level 0, halved per level.
     level_steps: list[int] = field(default_factory=list)  # Explicit per-level steps (overrides `steps`).
     sigma_min: float = 0.002
@@ -221,13 +233,17 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    num_clips: int = 2048
-    frames: int = 16
-    batch_size: int = 32
+    """The recipe's [eval]: defaults of `hpdm eval` and of `hpdm eval-fvd` when --fake is a checkpoint."""
+
+    num_clips: int = 2048                # Clips per side (`hpdm eval --num-clips`, `hpdm eval-fvd --num`).
+    frames: int = 16                     # Frames per FVD clip (`hpdm eval-fvd --frames`; I3D needs >= 9).
+    batch_size: int = 32                 # Clips per I3D batch on a GPU (`hpdm eval-fvd --batch`; the CPU uses 8).
 
 
 @dataclass
 class Recipe:
+    """A whole TOML recipe: one section each, validated as a unit (`load_recipe`)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

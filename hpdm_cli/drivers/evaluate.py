@@ -195,9 +195,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _check_options(num_clips: int, split: str, batch: int, guidance, out_dir) -> Path:
+def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir) -> Path:
     """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
-    if num_clips < 2:
+    if num_clips is not None and num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
     if split not in ("heldout", "train", "all"):
         raise GenerateError(f"--split {split!r}: expected heldout, train or all")
@@ -216,14 +216,18 @@ def _write_sheet(path: Path, fake: list, real: RealClips, rows: int) -> str:
     return str(path)
 
 
-def evaluate(ckpt, out_dir, *, num_clips: int = 256, split: str = "heldout", batch: int = 16,
+def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "heldout", batch: int = 16,
              guidance=None, steps=None, overlap: Optional[str] = None,
              device="auto", bf16: bool = False, compile: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
              log: Callable[[str], None] = print) -> dict:
-    """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report."""
+    """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report.
+
+    `num_clips` None: the checkpoint recipe's eval.num_clips.
+    """
     out_dir = _check_options(num_clips, split, batch, guidance, out_dir)
     net, recipe, info = load_generator(ckpt, device)
+    num_clips = recipe.eval.num_clips if num_clips is None else num_clips
     dev = info.device
     steps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)

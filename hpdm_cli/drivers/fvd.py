@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..device import parse_device
+from ..device import parse_device, resolve_device
 from ..eval import FVDError
 from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, Protocol, SideReport,
                         check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
@@ -399,13 +399,32 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
 # ============================================================================ the command
 
 
+def _recipe_eval_defaults(real: Path, fake: Path, options: dict) -> None:
+    """Fill the options not given from a checkpoint --fake's recipe [eval] (clips, frames, I3D batch on a GPU).
+
+    A statistics-file --real fixes its own clip count and frames, so those two are left to it.
+    """
+    if source_kind(fake) != "checkpoint":
+        return
+    ev = checkpoint_recipe(fake).eval
+    if source_kind(real) != "stats":
+        if options.get("num") is None:
+            options["num"] = ev.num_clips
+        if options.get("frames") is None:
+            options["frames"] = ev.frames
+    if options.get("batch_size") is None and options.get("extractor") is None:
+        if resolve_device(options.get("device", "auto")).type == "cuda":
+            options["batch_size"] = ev.batch_size
+
+
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
                  gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
                  guidance=None, overlap: Optional[str] = None, bf16: bool = False,
                  **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
 
-    The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset.
+    The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset, and
+    its recipe's [eval] gives the clip count, frames and I3D batch that are not given.
     """
     if json_out is not None and json_out.is_dir():
         raise FVDError(f"--json {str(json_out)!r} is a directory: give a file name")
@@ -413,6 +432,7 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         parent = next((q for q in json_out.absolute().parents if q.exists()), None)
         if parent is not None and not parent.is_dir():
             raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
+    _recipe_eval_defaults(real, fake, options)
     generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16)
     if gen_seed is not None:                                  # else generate_fake_clips' first seed
         generation["seed"] = gen_seed
