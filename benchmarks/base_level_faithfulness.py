@@ -34,9 +34,12 @@ def main(argv=None) -> int:
                     help="comma-separated prompt tables or folders holding them")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance (default: the recipe's)")
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
+    ap.add_argument("--churn", type=float, help="S_churn at level 0 (default: the recipe's sample.churn; 0: deterministic)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     net, recipe, info = load_generator(a.ckpt, a.device)
+    if a.churn is not None:
+        recipe.sample.churn, recipe.sample.stochastic_levels = a.churn, 1
     search = [p for p in a.tables.split(",") if p]
     for split in a.splits.split(","):
         real = render_real(a.num, 0, tuple(recipe.pyramid.resolution), split)
@@ -48,6 +51,7 @@ def main(argv=None) -> int:
         sc["stripes"] = stripe_summary(base)["mean"]
         sc["stripes_real"] = stripe_summary(to_uint8(real_level0(real.videos, recipe.pyramid)))["mean"]
         print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance, "steps": a.steps,
+                          "churn": recipe.sample.churn,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
                                                            "stripes", "stripes_real")}}),
               flush=True)
