@@ -83,6 +83,13 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert set(saved["levels"]["level0_stripes"]) == {"generated", "real", "upscaled_from_real_level0"}
     assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_rows(rep)) >= 6
+    # A recipe default too small for a report is refused, naming the key and the option.
+    from hpdm_cli.conditioning import GenerateError
+    recipe.eval.num_clips = 1
+    recipe.train.steps = 1
+    train(recipe, tmp_path / "run1", log=lambda m: None)
+    with pytest.raises(GenerateError, match=r"eval.num_clips = 1: .*--num-clips"):
+        evaluate(tmp_path / "run1", tmp_path / "eval1", batch=3, steps="2", fvd=False, device="cpu", log=lambda m: None)
 
 
 def test_eval_compile_samples_every_part_through_the_compiled_network(tmp_path, prompt_table, monkeypatch):

@@ -227,7 +227,11 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     """
     out_dir = _check_options(num_clips, split, batch, guidance, out_dir)
     net, recipe, info = load_generator(ckpt, device)
-    num_clips = recipe.eval.num_clips if num_clips is None else num_clips
+    if num_clips is None:
+        num_clips = recipe.eval.num_clips
+        if num_clips < 2:
+            raise GenerateError(f"the checkpoint recipe's eval.num_clips = {num_clips}: need at least 2 clips per "
+                                "side; give --num-clips")
     dev = info.device
     steps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
