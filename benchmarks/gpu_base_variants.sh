@@ -6,9 +6,12 @@
 # (empty: from scratch), checkpointing every CKPT_EVERY steps into $RUNS/<variant>. Then every
 # checkpoint of every variant is scored on NUM held-out prompts (benchmarks/base_scores.sh: level 0
 # sampled alone, and one denoiser call per sigma on noised real level 0), the variants side by
-# side again; one JSON line per (variant, checkpoint) in $OUT/base-variants.jsonl, training logs in
-# $OUT/<variant>-stats.jsonl, and a markdown table at the end. The runs stay in $RUNS for a following
-# call on the same warm machine (e.g. gpu_texture_stage.sh with PYR_FROM=$RUNS/<variant>).
+# side again; one JSON line per (variant, checkpoint) in $OUT/score-<variant>.jsonl as each is
+# scored, all of them in $OUT/base-variants.jsonl, the logged steps in $OUT/<variant>-stats.jsonl
+# (2 files per variant + 1: three variants fit the 8 files a GPU call returns; the training logs
+# stay in $RUNS/<variant>.log, their last lines printed), and a markdown table at the end. The runs
+# stay in $RUNS for a following call on the same warm machine (e.g. gpu_texture_stage.sh with
+# PYR_FROM=$RUNS/<variant>).
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
 #   qkwide    model.qk_norm, log-sigma N(0, 1.4^2)      (docs/results.md, section 18)
 #   qkband    model.qk_norm, log-sigma N(-1, 1)         (~35% of samples in the stripes' band, sigma 0.07-0.28)
@@ -50,12 +53,12 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
     "train.batch_size=${BATCH:-128}" "train.steps=${STEPS:-10000}" train.lr=1e-3 train.warmup_steps=100 \
     "train.compile=$COMPILE" "train.ckpt_every=${CKPT_EVERY:-3000}" train.keep_last=0 "train.init_from=\"$FROM\"" \
-    $ov ${EXTRA:-} > "$OUT/$v.log" 2>&1
+    $ov ${EXTRA:-} > "$RUNS/$v.log" 2>&1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   # The log's last lines: the last logged step, and whether the SIGTERM checkpoint was saved
   # (on the H200 with CUDA graphs two runs stopped without one; on the CPU it is saved).
-  echo "[$v] $ov: exit $rc; last lines of the log:"; tail -n 2 "$OUT/$v.log" | cut -c1-300
+  echo "[$v] $ov: exit $rc; last lines of the log:"; tail -n 2 "$RUNS/$v.log" | cut -c1-300
 }
 score_variant() {   # $1: variant -> one JSON line per checkpoint in $OUT/score-$1.jsonl
   local v=$1 ck
