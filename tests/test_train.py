@@ -512,6 +512,40 @@ def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
     assert {sig: signal.getsignal(sig) for sig in before} == before      # the handlers are restored
 
 
+def test_stop_flag_reinstalls_a_handler_that_something_replaced():
+    """A handler replaced after the loop started (a library's) is put back at the next sync point."""
+    before = signal.getsignal(signal.SIGTERM)
+    with loop.StopFlag() as stop:
+        assert stop.reassert() == []
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)                     # what a library might do
+        assert stop.reassert() == ["SIGTERM"] and stop.reassert() == []
+        os.kill(os.getpid(), signal.SIGTERM)                              # recorded, not fatal
+        time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_handler_replaced_during_training_is_restored_and_sigterm_still_checkpoints(shapes_data, tmp_path,
+                                                                                       monkeypatch):
+    """Something inside the loop ignores SIGTERM at step 1; at step 3 a SIGTERM still stops the run with a checkpoint."""
+    calls = []
+    inner = loop.forward_backward
+
+    def hooked(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)                  # a library's own handler
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(*a, **k)
+    monkeypatch.setattr(loop, "forward_backward", hooked)
+    msgs = []
+    s = train(make_recipe(shapes_data, steps=6, log_every=1, ckpt_every=100), tmp_path, log=quiet(msgs))
+    assert any("SIGTERM handler was replaced" in m for m in msgs)
+    assert s.interrupted == signal.SIGTERM and s.step == 3
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000003"]
+
+
 def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(shapes_data, tmp_path):
     """timeout / Slurm / torchrun signal the whole group: data-loader workers must not die before the checkpoint."""
     run = tmp_path / "run"

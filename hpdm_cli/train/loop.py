@@ -17,7 +17,8 @@ points (a logged or checkpointed step, the last one, a signal), where it reads t
 Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
 `hpdm train` on the same directory is refused, naming the holder.
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
-stops at once). Under DDP, rank 0 decides everything that touches the run directory (refusals,
+stops at once); a handler that something inside the run replaced is restored, with a warning, at
+the next sync point. Under DDP, rank 0 decides everything that touches the run directory (refusals,
 which checkpoint to resume, saving) and every rank learns the outcome, so no rank hangs on
 another's error.
 
@@ -197,6 +198,19 @@ class StopFlag:
         if self.signum and signum == signal.SIGINT:                      # a second Ctrl-C: stop right now
             raise KeyboardInterrupt
         self.signum = signum
+
+    def reassert(self) -> list[str]:
+        """Re-install the handlers that something replaced since __enter__; the names of those signals.
+
+        A library initialised inside the loop (compilation's worker pools, for instance) could install its
+        own handler after the loop's, and a SIGTERM would then end the run without its checkpoint.
+        """
+        replaced = []
+        for s in self._old:
+            if signal.getsignal(s) != self._handle:
+                signal.signal(s, self._handle)
+                replaced.append(signal.Signals(s).name)
+        return replaced
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -766,6 +780,10 @@ class _Steps:
             return False
         f, skips, recent = self._read(flags)
         self.skipped += skips
+        replaced = stop.reassert()
+        if replaced:
+            self.say(f"warning: the {' and '.join(replaced)} handler was replaced during the run (by a library); "
+                     "restored, so that a signal still saves a checkpoint")
         if skips:
             first, last = self._synced, self.step - 1
             self.say(f"step {last}: non-finite loss or gradient, step skipped ({self.skipped} so far)" if first == last
