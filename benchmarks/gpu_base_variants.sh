@@ -56,9 +56,10 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
     $ov ${EXTRA:-} > "$RUNS/$v.log" 2>&1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
-  # The log's last lines: the last logged step, and whether the SIGTERM checkpoint was saved
+  # Its warnings and last lines: the last logged step, and whether the SIGTERM checkpoint was saved
   # (on the H200 with CUDA graphs two runs stopped without one; on the CPU it is saved).
-  echo "[$v] $ov: exit $rc; last lines of the log:"; tail -n 2 "$RUNS/$v.log" | cut -c1-300
+  echo "[$v] $ov: exit $rc; warnings and last lines of the log:"
+  { grep -E "warning|Error" "$RUNS/$v.log" | tail -n 3; tail -n 2 "$RUNS/$v.log"; } | cut -c1-300
 }
 score_variant() {   # $1: variant -> one JSON line per checkpoint in $OUT/score-$1.jsonl
   local v=$1 ck
