@@ -19,7 +19,7 @@
 #   STAGES="train eval" VARIANTS="ctx0 ctx025 ctx1" EVAL="default shallow uniform"
 #   STAGES="eval" EVAL="ctx0 ctx025 ctx1"
 # EVAL names the variants to evaluate (default: every variant exported so far).
-# eval needs the I3D weights at $I3D (default /tmp/i3d-kinetics-400.ckpt; the two-part carry of
+# eval needs the I3D weights at $I3D (default /tmp/i3d-kinetics-400.ckpt; the three-part carry of
 # benchmarks/gpu_shapes_quality.sh's header) and out/gpu/shapes_prompts_tokens.safetensors and
 # out/gpu/whl (benchmarks/stage_gpu_inputs.sh). One JSON line per variant in $OUT/ablations.jsonl,
 # then a markdown table. EXTRA adds overrides to every training stage (a CPU check of the script:

