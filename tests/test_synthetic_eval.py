@@ -68,10 +68,12 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     recipe = _tiny_text_recipe(tmp_path, prompt_table)
     recipe.eval.num_clips = 3                     # the default of --num-clips: the checkpoint recipe's [eval]
     train(recipe, tmp_path / "run", log=lambda m: None)
+    msgs = []
     rep = evaluate(tmp_path / "run", tmp_path / "eval", batch=3, steps="2", fvd=False, device="cpu",
-                   log=lambda m: None)
+                   log=msgs.append)
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["num_clips"] == 3 and saved["split"] == "heldout"
+    assert any("3 clips per side (the recipe's eval.num_clips" in m for m in msgs)
     # The real clips are read perfectly, a prompt-blind model scores near chance, an untrained one at random.
     assert saved["faithfulness"]["real_ceiling"]["colour"] == 1.0
     assert set(saved["loss_gap"]) >= {"true", "shuffled", "null"}

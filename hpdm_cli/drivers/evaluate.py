@@ -227,8 +227,9 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     """
     out_dir = _check_options(num_clips, split, batch, guidance, out_dir)
     net, recipe, info = load_generator(ckpt, device)
+    source = ""
     if num_clips is None:
-        num_clips = recipe.eval.num_clips
+        num_clips, source = recipe.eval.num_clips, " (the recipe's eval.num_clips; --num-clips N to change)"
         if num_clips < 2:
             raise GenerateError(f"the checkpoint recipe's eval.num_clips = {num_clips}: need at least 2 clips per "
                                 "side; give --num-clips")
@@ -242,7 +243,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     if embed is None:
         search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
         embed = (lambda caps: embed_prompts(recipe, caps, search))
-    log(f"rendering {2 * num_clips} real clips ({split} split)")
+    log(f"{num_clips} clips per side{source}; rendering {2 * num_clips} real clips ({split} split)")
     real_a = render_real(num_clips, 0, R, split)
     real_b = render_real(num_clips, num_clips, R, split)
     cond = condition_rows(recipe, real_a, embed)
