@@ -52,34 +52,26 @@ if want host_noise; then
   timeout "${HOST_NOISE_S:-40}" python3 -m hpdm_cli bench "${SAMPLE[0]}" --batch "${HOST_NOISE_BATCH:-16}" --precision bf16 \
     'train.noise_on="host"' 2>&1 | grep -E "noise_on|step_s|videos_per_s|MFU" | tee -a "$LOG"
 fi
-if want sampling; then
-  echo "== sampling (hw, cache, 8/4/2 steps) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-  timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-    --precision bf16 --json "$OUT/sampling.json" 2>&1 | tee -a "$LOG"
-fi
-if want sampling_held; then
-  echo "== sampling, context held per level (sample.context_cache_gib=${HELD_GIB:-64}) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-  timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-    --precision bf16 --json "$OUT/sampling_held.json" "sample.context_cache_gib=${HELD_GIB:-64}" 2>&1 | tee -a "$LOG"
-fi
+sample_stage() {   # $1: stage (and JSON name), $2: time limit, $3: title; the rest: extra `hpdm bench` arguments
+  local name=$1 limit=$2 title=$3; shift 3
+  want "$name" || return 0
+  echo "== $title [$((SECONDS - T0)) s]" | tee -a "$LOG"
+  timeout "$limit" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only --precision bf16 \
+    --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$LOG"
+}
+HELD="sample.context_cache_gib=${HELD_GIB:-64}"
+sample_stage sampling "${SAMPLE_S:-60}" "sampling (hw, cache, 8/4/2 steps)"
+sample_stage sampling_held "${SAMPLE_S:-60}" "sampling, context held per level ($HELD)" "$HELD"
 if want profile; then
   echo "== sampling profile: FLOPs, TFLOP/s per level, top kernels [$((SECONDS - T0)) s]" | tee -a "$LOG"
   timeout "${PROFILE_S:-150}" python3 benchmarks/profile_sampling.py "${SAMPLE[0]}" --batch "${SAMPLE[2]}" \
-    --steps "${PROFILE_STEPS:-2,2,2}" --overlap hw --rows 20 "sample.context_cache_gib=${HELD_GIB:-64}" 2>&1 \
+    --steps "${PROFILE_STEPS:-2,2,2}" --overlap hw --rows 20 "$HELD" 2>&1 \
     | grep -v -i warn | tee -a "$LOG"
 fi
-if want sampling_compiled; then
-  echo "== sampling compiled (hw, cache, 8/4/2 steps; compile time apart) [$((SECONDS - T0)) s]" | tee -a "$LOG"
-  timeout "${SAMPLE_COMPILED_S:-300}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-    --precision bf16 --compile --json "$OUT/sampling_compiled.json" 2>&1 | tee -a "$LOG"
-fi
-if want sampling_compiled_held; then
-  echo "== sampling compiled, context held per level (sample.context_cache_gib=${HELD_GIB:-64}) [$((SECONDS - T0)) s]" \
-    | tee -a "$LOG"
-  timeout "${SAMPLE_COMPILED_S:-300}" python3 -m hpdm_cli bench "${SAMPLE[@]}" --sampling --overlap hw --cache-only \
-    --precision bf16 --compile --json "$OUT/sampling_compiled_held.json" "sample.context_cache_gib=${HELD_GIB:-64}" \
-    2>&1 | tee -a "$LOG"
-fi
+sample_stage sampling_compiled "${SAMPLE_COMPILED_S:-300}" \
+  "sampling compiled (hw, cache, 8/4/2 steps; compile time apart)" --compile
+sample_stage sampling_compiled_held "${SAMPLE_COMPILED_S:-300}" "sampling compiled, context held per level ($HELD)" \
+  --compile "$HELD"
 if want memory; then
   echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
   timeout "${MEMORY_S:-120}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \
