@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Several shapes base levels (one level, 4x16x16) trained side by side on one GPU, then scored: does a
-# variant draw the background stripes (docs/results.md, sections 12-18)? At batch 128 with CUDA graphs
-# one base level keeps an H200 far from busy (~4000 videos/s, 2.4 GiB: launch-bound), so VARIANTS
-# train at once, one process each, each for SECONDS (start-up and graph capture included) from FROM
-# (empty: from scratch), checkpointing every CKPT_EVERY steps into $RUNS/<variant>. Then every
+# variant draw the background stripes (docs/results.md, sections 12-19)? VARIANTS train at once,
+# one process each, each for SECONDS_EACH (start-up and graph capture included) from FROM (empty:
+# from scratch), checkpointing every CKPT_EVERY steps into $RUNS/<variant>. Side by side they share
+# the H200's ~5300 videos/s of base-level steps (batch 128, CUDA graphs: one alone ~5360, three
+# ~1750 each; docs/benchmarks.md), and their 2-3 minutes of compilation and graph capture overlap. Then every
 # checkpoint of every variant is scored on NUM held-out prompts (benchmarks/base_scores.sh: level 0
 # sampled alone, and one denoiser call per sigma on noised real level 0), the variants side by
 # side again; one JSON line per (variant, checkpoint) in $OUT/score-<variant>.jsonl as each is
@@ -15,8 +16,12 @@
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
 #   qkwide    model.qk_norm, log-sigma N(0, 1.4^2)      (docs/results.md, section 18)
 #   qkband    model.qk_norm, log-sigma N(-1, 1)         (~35% of samples in the stripes' band, sigma 0.07-0.28)
-#   plainband no qk_norm,     log-sigma N(-1, 1)        (the control)
+#   plainband no qk_norm,     log-sigma N(-1, 1)        (section 19: stripes from ~4000 steps, no direction)
 #   qkwide1   qkwide, seed 1
+# RESUME=1 continues the variants' runs left in $RUNS by an earlier call on the same warm machine
+# (a larger STEPS extends them) instead of starting them afresh. EXPORT="v ..." writes those
+# variants' newest EMA weights in fp16 to $OUT/<v>.safetensors (16.4 MB: one file a call returns),
+# for a CPU look (benchmarks/base_level_faithfulness.py) or a pyramid started from them.
 # e.g.  VARIANTS="qkwide qkband plainband" SECONDS_EACH=480 bash benchmarks/gpu_base_variants.sh
 #       V_slow="model.qk_norm=true train.lr=5e-4" VARIANTS="qkband slow" bash benchmarks/gpu_base_variants.sh
 # Needs out/gpu/shapes_prompts_tokens.safetensors and out/gpu/whl (benchmarks/stage_gpu_inputs.sh).
@@ -47,7 +52,7 @@ overrides() {   # $1: variant -> its recipe overrides
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
   local v=$1 ov rc
   ov=$(overrides "$v") || return 2
-  rm -rf "${RUNS:?}/$v"
+  [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
   # shellcheck disable=SC2086
   timeout -s TERM "${SECONDS_EACH:-480}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$RUNS/$v" \
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
@@ -57,7 +62,8 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   # Its warnings and last lines: the last logged step, and whether the SIGTERM checkpoint was saved
-  # (on the H200 with CUDA graphs two runs stopped without one; on the CPU it is saved).
+  # (two earlier H200 runs with CUDA graphs stopped without one; the five of docs/results.md section
+  # 19 all saved it, with no replaced-handler warning).
   echo "[$v] $ov: exit $rc; warnings and last lines of the log:"
   { grep -E "warning|Error" "$RUNS/$v.log" | tail -n 3; tail -n 2 "$RUNS/$v.log"; } | cut -c1-300
 }
@@ -104,4 +110,7 @@ for r in rows:
     mse = " / ".join(f"{r.get(f'mse@{s}', float('nan')):.3f}" for s in (0.1, 0.2, 0.4))
     print(f"| {r['variant']} | {r['step']} | {r.get('stripes', float('nan')):.3f} | {pct}% | {den} | {mse} |")
 PY
+for v in ${EXPORT:-}; do
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$RUNS/$v', '$OUT/$v.safetensors'))"
+done
 echo "total $((SECONDS - T0)) s"

@@ -318,3 +318,26 @@ def test_stripe_toy_variants_build_denoise_and_move_to_a_device():
     c_in = 1 / (0.3 ** 2 + 0.1 ** 2) ** 0.5
     assert torch.allclose(seen[0], c_in * y.flatten(1))
     assert torch.allclose(out, 0.01 / 0.1 * y + 0.3 * 0.1 * c_in * net.f(c_in * y.flatten(1)).view_as(y), atol=1e-6)
+
+
+def test_sigma_split_routes_each_call_by_its_noise_level_and_drops_the_other_experts_latents():
+    """High-sigma calls go to the first base level, low-sigma ones to the second; self-conditioning restarts at the switch."""
+    import base_level_faithfulness as blf
+
+    class Tag(torch.nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag, self.pyramid, self.cfg, self.calls = tag, "pyramid", "cfg", []
+
+        def forward(self, x, c_noise, *args, self_cond=None, **kwargs):
+            self.calls.append(self_cond)
+            return self.tag
+
+    high, low = Tag("high"), Tag("low")
+    net = blf.SigmaSplit(high, low, split=1.0)
+    assert (net.pyramid, net.cfg) == ("pyramid", "cfg")
+    c = lambda sigma: torch.full((3, 1), math.log(sigma) / 4)                  # EDM's c_noise, all rows alike
+    prev = torch.zeros(1)
+    assert [net(None, c(s), self_cond=prev) for s in (80.0, 2.0, 0.9, 0.1)] == ["high", "high", "low", "low"]
+    assert high.calls == [prev, prev]                   # the first call's latents are its own expert's
+    assert low.calls[0] is None and low.calls[1] is prev
