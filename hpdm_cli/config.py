@@ -172,7 +172,7 @@ class DiffusionConfig:
 
     sigma_data: float = 0.5              # Standard deviation of the (scaled) data, EDM's sigma_d.
     p_mean: float | list[float] = -1.2   # Mean of log(sigma) in training (log-normal): one value, or one per level.
-    p_std: float = 1.2                   # Std of log(sigma) during training.
+    p_std: float | list[float] = 1.2     # Std of log(sigma) in training: one value, or one per level.
     input_scale: float = 1.0             # b_0: input scaling of level 0.
     input_scale_decay: float = 0.75      # gamma: level l's clean signal is scaled by b_0 * gamma**l.
     context_sigma: float = 0.002         # Sigma at which finished lower levels are presented at inference.
@@ -304,10 +304,11 @@ class Recipe:
         if t.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device = {t.device!r}: expected \"auto\", \"cpu\" or \"cuda\" "
                               "(under torchrun each process takes the GPU of its local rank)")
-        pm = self.diffusion.p_mean
-        if isinstance(pm, (list, tuple)) and len(pm) != L:
-            raise ConfigError(f"diffusion.p_mean = {list(pm)}: {len(pm)} entries for {L} pyramid levels; give one "
-                              "number, or one per level (coarse to fine)")
+        for key in ("p_mean", "p_std"):
+            v = getattr(self.diffusion, key)
+            if isinstance(v, (list, tuple)) and len(v) != L:
+                raise ConfigError(f"diffusion.{key} = {list(v)}: {len(v)} entries for {L} pyramid levels; give one "
+                                  "number, or one per level (coarse to fine)")
         sm = self.sample
         if isinstance(sm.guidance, (list, tuple)) and len(sm.guidance) < L:
             raise ConfigError(f"sample.guidance = {list(sm.guidance)}: {len(sm.guidance)} entries for {L} pyramid "
@@ -354,7 +355,8 @@ class Recipe:
             ("diffusion.sigma_data", d.sigma_data, pos),
             *(((f"diffusion.p_mean[{i}]", v, {}) for i, v in enumerate(d.p_mean)) if isinstance(d.p_mean, (list, tuple))
               else [("diffusion.p_mean", d.p_mean, {})]),
-            ("diffusion.p_std", d.p_std, nonneg),
+            *(((f"diffusion.p_std[{i}]", v, nonneg) for i, v in enumerate(d.p_std)) if isinstance(d.p_std, (list, tuple))
+              else [("diffusion.p_std", d.p_std, nonneg)]),
             ("diffusion.input_scale", d.input_scale, pos),
             ("diffusion.input_scale_decay", d.input_scale_decay, pos),
             ("diffusion.context_sigma", d.context_sigma, pos),

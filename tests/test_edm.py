@@ -106,6 +106,14 @@ def test_sigma_draws_take_one_mean_per_level():
         assert abs(logs[:, level].mean().item() - mean) < 0.03 and abs(logs[:, level].std().item() - cfg.p_std) < 0.03
 
 
+def test_sigma_draws_take_one_std_per_level():
+    cfg = DiffusionConfig(p_mean=[0.0, -1.2], p_std=[1.4, 0.5], context_prob=0.0)
+    logs = torch.log(sample_sigmas(cfg, 20000, 2, generator=torch.Generator().manual_seed(0))[0])
+    for level in range(2):
+        assert abs(logs[:, level].mean().item() - cfg.p_mean[level]) < 0.03
+        assert abs(logs[:, level].std().item() - cfg.p_std[level]) < 0.03
+
+
 def test_condition_dropout_rate():
     cfg = DiffusionConfig(cond_dropout=0.1)
     d = draw_noise(cfg, (50000, 1, 1, 1, 1, 1), conditional=True, generator=torch.Generator().manual_seed(1))

@@ -154,6 +154,8 @@ def test_int_accepted_for_float():
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
     ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels
     ({"diffusion": {"p_mean": [0.8, "x", -1.2]}}, "diffusion.p_mean"),
+    ({"diffusion": {"p_std": [1.4, 1.2]}}, "diffusion.p_std"),                            # one per level, 3 levels
+    ({"diffusion": {"p_std": [1.4, -1.0, 1.2]}}, "diffusion.p_std[1]"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),

@@ -100,12 +100,14 @@ def _staged(generator, device) -> bool:
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
     """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight).
 
-    `cfg.p_mean` is one mean of log(sigma) for every level, or one per level: a base level, which
-    decides the global layout, can be trained at higher noise than the levels that add detail.
+    `cfg.p_mean` and `cfg.p_std` are one value for every level, or one per level: a base level,
+    which decides the global layout at high noise and its texture at low noise, can be trained over
+    a wider range than the levels that add detail (docs/method.md, "The joint loss").
     """
     g_dev = generator.device if generator is not None else device
-    mean = constant(tuple(cfg.p_mean), g_dev) if isinstance(cfg.p_mean, (list, tuple)) else cfg.p_mean
-    sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * cfg.p_std + mean).exp()
+    per_level = lambda v: constant(tuple(v), g_dev) if isinstance(v, (list, tuple)) else v
+    sigma = (torch.randn(batch, levels, generator=generator, device=g_dev) * per_level(cfg.p_std)
+             + per_level(cfg.p_mean)).exp()
     weight = torch.ones(batch, levels, device=g_dev)
     if levels > 1 and cfg.context_prob > 0:
         use = torch.rand(batch, generator=generator, device=g_dev) < cfg.context_prob
