@@ -7,6 +7,10 @@ is scored against the same real clips, beside the real-vs-real floor and the tri
 table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
+With --base B the level 0 of every clip comes from another base level B (with --base-low B2
+--split-sigma S, two as noise-level experts: benchmarks/base_level_faithfulness.py) and the
+model's upper levels are sampled given it, as `hpdm upscale` does: what a better base level is
+worth in FVD before a pyramid is trained from it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 
 def parse_setting(text: str, steps, overlap) -> tuple:
@@ -60,8 +66,18 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tables", default="out/gpu/shapes_prompts_tokens.safetensors")
     ap.add_argument("--sheets", default=None, help="folder for one contact sheet per setting")
+    ap.add_argument("--base", help="a base level (one-level model) whose level 0 the upper levels are given")
+    ap.add_argument("--base-low", help="with --base: a second base level for the calls below --split-sigma")
+    ap.add_argument("--split-sigma", type=float, default=1.0)
     a = ap.parse_args(argv)
     net, recipe, info = load_generator(a.ckpt, a.device)
+    base = None
+    if a.base:
+        from base_level_faithfulness import SigmaSplit
+        base_net, base_recipe, _ = load_generator(a.base, a.device)
+        if a.base_low:
+            base_net = SigmaSplit(base_net, load_generator(a.base_low, a.device)[0], a.split_sigma)
+        base = (base_net, base_recipe)
     R = tuple(recipe.pyramid.resolution)
     real_a = render_real(a.num, 0, R, "heldout")
     real_b = render_real(a.num, a.num, R, "heldout")
@@ -82,21 +98,30 @@ def main(argv=None) -> int:
     for text in a.settings:
         t0 = time.time()
         w, st, ov = parse_setting(text, steps, a.overlap)
-        fake = generate_rows(net, recipe, list(range(a.num)), cond, batch=a.batch, guidance=w,
-                             steps=st, overlap=ov, device=info.device, bf16=a.bf16, compile=a.compile,
-                             log=lambda s: None)
+        gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, log=lambda s: None)
+        fixed = None
+        if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
+            first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
+            lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
+                                 steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
+            fixed = torch.from_numpy(np.stack(lvl0)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        fake = generate_rows(net, recipe, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
+                             fixed=fixed, **gen)
         secs = time.time() - t0
         sc = score_clips(fake, real_a.captions)
         sc["stripes"] = stripe_summary(fake)["mean"]
         f = fvd(fake)
         rows.append((f"guidance {text}", f, sc))
         print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
+                          "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background", "stripes")}}),
               flush=True)
         if a.sheets:
             Path(a.sheets).mkdir(parents=True, exist_ok=True)
             _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-').replace('/', '_')}.png", fake, real_a, 8)
-    print(f"\n{a.num} held-out clips per side, {info.weights}")
+    print(f"\n{a.num} held-out clips per side, {info.weights}"
+          + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
+             if a.base else ""))
     print("| setting | FVD | colour | shape | direction | stripes |\n|---|---|---|---|---|---|")
     for name, f, sc in rows:
         cells = ["", "", "", ""] if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
