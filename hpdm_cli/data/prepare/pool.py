@@ -53,7 +53,13 @@ def _terminate(pool) -> None:
             p.kill()  # SIGKILL: workers ignore SIGTERM (they leave it to this process)
         except Exception:  # noqa: BLE001
             pass
+    manager = getattr(pool, "_executor_manager_thread", None)        # (shutdown forgets it)
     pool.shutdown(wait=False, cancel_futures=True)
+    # Let the pool's manager thread finish now: it closes the pool's wake-up pipe as it ends, and at
+    # interpreter exit concurrent.futures writes to every pipe not yet closed; a close racing that
+    # write printed "OSError: Bad file descriptor" and a traceback after a clean SIGTERM stop.
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=10)
 
 
 def _isolated(jobs: list[dict], ctx, fn) -> Iterator[dict]:
