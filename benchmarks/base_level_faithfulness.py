@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
     ap.add_argument("--churn", type=float, help="S_churn at level 0 (default: the recipe's sample.churn; 0: deterministic)")
     ap.add_argument("--low", help="a second base level for the calls below --split-sigma")
-    ap.add_argument("--split-sigma", type=float, default=0.3, help="sigma below which --low denoises")
+    ap.add_argument("--split-sigma", type=float, default=1.0, help="sigma below which --low denoises")
     ap.add_argument("--sheet", help="PNG: the last split's first --sheet-rows clips of level 0, generated beside real")
     ap.add_argument("--sheet-rows", type=int, default=6)
     ap.add_argument("--device", default="auto")

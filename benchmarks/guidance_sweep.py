@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     if a.base:
         from base_level_faithfulness import SigmaSplit
         base_net, base_recipe, _ = load_generator(a.base, a.device)
+        same = lambda r: (r.model.cond, r.model.text_encoder, r.model.text_tokens, r.model.text_dim, r.model.num_classes)
+        if same(base_recipe) != same(recipe):
+            raise SystemExit(f"--base {a.base} is conditioned otherwise than {a.ckpt} ({same(base_recipe)} vs {same(recipe)})")
         if a.base_low:
             base_net = SigmaSplit(base_net, load_generator(a.base_low, a.device)[0], a.split_sigma)
         base = (base_net, base_recipe)
