@@ -24,6 +24,7 @@
 # for a CPU look (benchmarks/base_level_faithfulness.py) or a pyramid started from them.
 # e.g.  VARIANTS="qkwide qkband plainband" SECONDS_EACH=480 bash benchmarks/gpu_base_variants.sh
 #       V_slow="model.qk_norm=true train.lr=5e-4" VARIANTS="qkband slow" bash benchmarks/gpu_base_variants.sh
+#       (a V_<name> may set its own train.init_from="FILE": its overrides come after FROM's)
 # Needs out/gpu/shapes_prompts_tokens.safetensors and out/gpu/whl (benchmarks/stage_gpu_inputs.sh).
 # EXTRA adds overrides to every variant (a CPU check of the script: EXTRA='train.compile=false
 # train.batch_size=4 data.synthetic_videos=32' COMPILE=false SECONDS_EACH=60 CKPT_EVERY=5 NUM=4).
