@@ -63,7 +63,7 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   # Its warnings and last lines: the last logged step, and whether the SIGTERM checkpoint was saved
-  # (two earlier H200 runs with CUDA graphs stopped without one; the five of docs/results.md section
+  # (two earlier H200 runs with CUDA graphs stopped without one; the four of docs/results.md section
   # 19 all saved it, with no replaced-handler warning).
   echo "[$v] $ov: exit $rc; warnings and last lines of the log:"
   { grep -E "warning|Error" "$RUNS/$v.log" | tail -n 3; tail -n 2 "$RUNS/$v.log"; } | cut -c1-300
