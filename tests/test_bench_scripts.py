@@ -341,3 +341,13 @@ def test_sigma_split_routes_each_call_by_its_noise_level_and_drops_the_other_exp
     assert [net(None, c(s), self_cond=prev) for s in (80.0, 2.0, 0.9, 0.1)] == ["high", "high", "low", "low"]
     assert high.calls == [prev, prev]                   # the first call's latents are its own expert's
     assert low.calls[0] is None and low.calls[1] is prev
+
+
+def test_heldout_table_keeps_exactly_the_held_out_prompts():
+    """A caption is kept when its (colour, shape, direction) is held out, whatever its background; others are not."""
+    import heldout_table
+    from hpdm_cli.data.shapes import COLOURS, DIRECTIONS, HELDOUT_TRIPLES, SHAPES, is_heldout, shapes_caption
+    c, k, d = HELDOUT_TRIPLES[0]
+    train = next((c2, k2, d2) for k2 in SHAPES for d2 in DIRECTIONS for c2 in COLOURS if not is_heldout(c2, k2, d2))
+    texts = [shapes_caption(*train, "gray"), shapes_caption(c, k, d), shapes_caption(c, k, d, "black"), "a cat"]
+    assert heldout_table.heldout_rows(texts) == [1, 2]
