@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -48,6 +47,7 @@ def main(argv=None) -> int:
         condition_rows,
         embed_prompts,
         generate_rows,
+        real_level0,
         render_real,
     )
     from hpdm_cli.eval.faithfulness import score_clips
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
             lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
                                  steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
-            fixed = torch.from_numpy(np.stack(lvl0)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+            fixed = real_level0(lvl0, base[1].pyramid)                     # uint8 clips -> [-1, 1], as given
         fake = generate_rows(net, recipe, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
                              fixed=fixed, **gen)
         secs = time.time() - t0
