@@ -55,7 +55,7 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
   ov=$(overrides "$v") || return 2
   [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
   # shellcheck disable=SC2086
-  timeout -s TERM "${SECONDS_EACH:-480}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$RUNS/$v" \
+  timeout --preserve-status -s TERM "${SECONDS_EACH:-480}" python3 -m hpdm_cli train recipes/shapes.toml --run-dir "$RUNS/$v" \
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' \
     "train.batch_size=${BATCH:-128}" "train.steps=${STEPS:-10000}" train.lr=1e-3 train.warmup_steps=100 \
     "train.compile=$COMPILE" "train.ckpt_every=${CKPT_EVERY:-3000}" train.keep_last=0 "train.init_from=\"$FROM\"" \
@@ -63,8 +63,9 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   # Its warnings and last lines: the last logged step, and whether the SIGTERM checkpoint was saved
-  # (two earlier H200 runs with CUDA graphs stopped without one; the four of docs/results.md section
-  # 19 all saved it, with no replaced-handler warning).
+  # (two H200 runs with CUDA graphs, docs/results.md sections 18 and 20, stopped without one or any
+  # message). The exit status is the training process's own (--preserve-status): 0 finished, 143
+  # stopped by the SIGTERM (saved if the log says so), 137 killed outright (e.g. by the host's OOM killer).
   echo "[$v] $ov: exit $rc; warnings and last lines of the log:"
   { grep -E "warning|Error" "$RUNS/$v.log" | tail -n 3; tail -n 2 "$RUNS/$v.log"; } | cut -c1-300
 }

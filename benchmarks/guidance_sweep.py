@@ -97,7 +97,9 @@ def main(argv=None) -> int:
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
-    print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3)}), flush=True)
+    real_sc = score_clips(real_a.videos, real_a.captions)
+    print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
+                      "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
     for text in a.settings:
         t0 = time.time()
         w, st, ov = parse_setting(text, steps, a.overlap)
@@ -113,11 +115,13 @@ def main(argv=None) -> int:
         secs = time.time() - t0
         sc = score_clips(fake, real_a.captions)
         sc["stripes"] = stripe_summary(fake)["mean"]
+        sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
         f = fvd(fake)
         rows.append((f"guidance {text}", f, sc))
         print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
                           "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
-                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background", "stripes")}}),
+                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background", "stripes",
+                                            "size", "motion")}}),
               flush=True)
         if a.sheets:
             Path(a.sheets).mkdir(parents=True, exist_ok=True)
@@ -125,10 +129,11 @@ def main(argv=None) -> int:
     print(f"\n{a.num} held-out clips per side, {info.weights}"
           + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
              if a.base else ""))
-    print("| setting | FVD | colour | shape | direction | stripes |\n|---|---|---|---|---|---|")
+    # size: median object area / the real clips'; motion: median travel over the clip / the real clips'
+    print("| setting | FVD | colour | shape | direction | stripes | size | motion |\n|---|---|---|---|---|---|---|---|")
     for name, f, sc in rows:
-        cells = ["", "", "", ""] if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
-            + [f"{sc['stripes']:.3f}"]
+        cells = [""] * 6 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
+            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpdm_cli.data.shapes import COLOURS, DIRECTIONS, SHAPES, render_shapes_video
+from hpdm_cli.data.shapes import COLOURS, DIRECTIONS, SHAPE_AREAS, SHAPES, render_shapes_video
 from hpdm_cli.data.shards import DataError
 from hpdm_cli.eval.faithfulness import (ClipReading, derangement, parse_shapes_caption, read_clip, score_clips,
                                         swapped_floor)
@@ -52,6 +52,16 @@ def test_real_clips_at_64(real64):
     assert min(r.shape_iou for r in readings) > 0.95
     assert score["travel"] > 0.16 and score["area_cv"] < 0.01
     assert max(r.clutter for r in readings) < 0.05 and max(r.colour_distance for r in readings) < 10
+
+
+def test_object_area_is_the_rendered_one(real64):
+    """Each clip's object area is the rendered shape's (template area x size^2), so a too-large object reads larger."""
+    readings, captions, attrs = real64
+    truth = np.array([SHAPE_AREAS[a["shape"]] * a["size"] ** 2 / (64 * 64) for a in attrs])
+    got = np.array([r.area for r in readings])
+    assert np.abs(got / truth - 1).max() < 0.03, np.abs(got / truth - 1).max()   # 1% measured
+    assert np.corrcoef(got, truth)[0, 1] > 0.98                     # sizes vary 1.5x: the reading follows them
+    assert score_clips(readings, captions)["area"] == pytest.approx(float(np.median(got)))
 
 
 @pytest.mark.parametrize("size", [(8, 32, 32), (4, 16, 16)])

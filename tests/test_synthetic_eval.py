@@ -85,6 +85,9 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert set(saved["levels"]["level0_stripes"]) == {"generated", "real", "upscaled_from_real_level0"}
     assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_rows(rep)) >= 6
+    # The real objects' size, for the generated ones to be compared with (6-19% of the frame in the data).
+    assert 0.06 < saved["faithfulness"]["real_ceiling"]["area"] < 0.19
+    assert any(name.startswith("object area / travel") for name, _ in summary_rows(rep))
     # A recipe default too small for a report is refused, naming the key and the option.
     from hpdm_cli.conditioning import GenerateError
     recipe.eval.num_clips = 1

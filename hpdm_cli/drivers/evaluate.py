@@ -167,6 +167,11 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((f"faithfulness {attr}: generated / real / swapped",
                      " / ".join(f"{100 * f[s].get(key, float('nan')):.1f}%" for s in
                                 ("generated", "real_ceiling", "swapped_floor"))))
+    gen, real = f["generated"], f["real_ceiling"]
+    if "area" in gen:                    # reports written before object area was read lack it
+        rows.append(("object area / travel: generated vs real (of the frame)",
+                     f"{100 * gen['area']:.1f}% vs {100 * real['area']:.1f}% / "
+                     f"{100 * gen['travel']:.0f}% vs {100 * real['travel']:.0f}%"))
     s = report["sensitivity"]
     rows.append(("same seed, other prompt vs other seed (mean |diff|)",
                  f"{s['same_seed_other_condition']:.1f} vs {s['other_seed']:.1f}"))

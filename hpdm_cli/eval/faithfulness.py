@@ -79,6 +79,7 @@ class ClipReading:
     shape_iou: float = float("nan")             # mean over frames of the best template's soft IoU
     shape_votes: dict = field(default_factory=dict)
     displacement: tuple[float, float] = (float("nan"), float("nan"))   # (dx, dy) pixels over the clip
+    area: float = float("nan")                  # mean object area over the frames it is found in, / (H * W)
     area_cv: float = float("nan")               # std / mean of the object's area over frames
     found_frames: int = 0
     clutter: float = float("nan")               # fraction of object-like pixels outside the object's blob
@@ -202,6 +203,7 @@ def read_clip(clip) -> ClipReading:
     if not reading.valid:
         reading.reason = (f"no single object: {100 * reading.clutter:.0f}% of the pixels that differ from the "
                           f"background lie outside the largest blob")
+    reading.area = float(np.mean(track.areas)) / (h * w)
     reading.area_cv = float(np.std(track.areas) / np.mean(track.areas))
     reading.shape_votes = track.votes
     reading.shape_iou = float(np.mean(track.ious))
@@ -306,14 +308,16 @@ def score_clips(clips: Iterable, captions_or_attrs: Sequence, *, keep_readings: 
     Returns n, valid (fraction with an object found), colour / shape / direction /
     background / all (colour, shape and direction all right) accuracy, the chance levels
     of a prompt-blind reader, per-attribute confusion counts {asked: {read: n}}, the
-    mean shape IoU, displacement and area variation, and with `keep_readings` every reading.
+    mean shape IoU, median travel, object area and area variation, and with `keep_readings` every
+    reading. Compare travel and area with the real clips' (objects too large or too slow are
+    faithful to the prompt and still wrong).
     """
     targets = [_attrs(c) for c in captions_or_attrs]
     hits = {k: 0 for k in (*ATTRIBUTES, "all")}
     counted = {k: 0 for k in (*ATTRIBUTES, "all")}
     confusion: dict = {k: {} for k in ATTRIBUTES}
     readings, n, valid = [], 0, 0
-    ious, travels, area_cvs = [], [], []
+    ious, travels, areas, area_cvs = [], [], [], []
     for clip in clips:
         if n >= len(targets):
             raise DataError(f"more clips than captions ({len(targets)})")
@@ -334,6 +338,7 @@ def score_clips(clips: Iterable, captions_or_attrs: Sequence, *, keep_readings: 
         if r.valid:
             ious.append(r.shape_iou)
             travels.append(float(np.hypot(*r.displacement)) / r.frame_size)
+            areas.append(r.area)
             area_cvs.append(r.area_cv)
         if keep_readings:
             readings.append(r.as_dict())
@@ -347,6 +352,7 @@ def score_clips(clips: Iterable, captions_or_attrs: Sequence, *, keep_readings: 
     out["confusion"] = confusion
     out["shape_iou"] = float(np.mean(ious)) if ious else float("nan")
     out["travel"] = float(np.median(travels)) if travels else float("nan")   # of min(H, W)
+    out["area"] = float(np.median(areas)) if areas else float("nan")            # of H * W
     out["area_cv"] = float(np.median(area_cvs)) if area_cvs else float("nan")
     if keep_readings:
         out["readings"] = readings
