@@ -12,7 +12,10 @@
 # to $OUT/base.safetensors. Then the 3-level pyramid trains from it for PYR_SECONDS (PYR_NOISE) and
 # is exported in fp16 to $OUT/texture.safetensors; its run stays in /tmp/run-tex for a following
 # call on the same machine (guidance_sweep.py: FVD). BASE_SECONDS=0 skips the base stage (the
-# pyramid then starts from PYR_FROM, default the base stage's run or $FROM); PYR_SECONDS=0 skips
+# pyramid then starts from PYR_FROM, default the base stage's run or $FROM; PYR_FROM=/tmp/run-tex
+# continues the previous call's pyramid, moved aside first); PYR_BATCH (default 256), PYR_STEPS
+# (900) and PYR_COMPILE (default true; "reduce-overhead" for CUDA graphs, with the same fallback as
+# the base stage's) set its step; PYR_SECONDS=0 skips
 # the pyramid. SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10). FROM= (empty)
 # trains the base level from scratch (with a new architecture, e.g. EXTRA=model.qk_norm=true).
 #   FROM=hpdm_cli/assets/shapes-t2v.safetensors BASE_SECONDS=280 PYR_SECONDS=170 \
@@ -68,13 +71,26 @@ if [ "$BASE_SECONDS" -gt 0 ]; then
 fi
 if [ "$PYR_SECONDS" -gt 0 ]; then
   PYR_FROM=${PYR_FROM:-$( [ -d /tmp/run-tex-base/checkpoints ] && echo /tmp/run-tex-base || echo "$FROM")}
-  echo "[pyramid] from $PYR_FROM"; rm -rf /tmp/run-tex
-  T1=$SECONDS
-  # shellcheck disable=SC2086
-  timeout -s TERM "$PYR_SECONDS" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
-    "$TABLE" $PYR_NOISE train.batch_size=256 "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 train.warmup_steps=50 \
-    "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} > /tmp/train-tex.log 2>&1
-  echo "[pyramid] exit $? after $((SECONDS - T1)) s"; grep -E "^training|videos/s" /tmp/train-tex.log | tail -n 3
+  if [ "${PYR_FROM%/}" = /tmp/run-tex ]; then       # continue the previous pyramid: keep it as the start
+    rm -rf /tmp/run-tex-prev && mv /tmp/run-tex /tmp/run-tex-prev && PYR_FROM=/tmp/run-tex-prev
+  fi
+  echo "[pyramid] from $PYR_FROM, batch ${PYR_BATCH:-256}, compile ${PYR_COMPILE:-true}"; rm -rf /tmp/run-tex
+  pyr_stage() {   # $1: seconds, $2: train.compile setting
+    # shellcheck disable=SC2086
+    timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
+      "$TABLE" $PYR_NOISE "train.batch_size=${PYR_BATCH:-256}" "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 \
+      train.warmup_steps=50 "train.compile=$2" "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} >> /tmp/train-tex.log 2>&1
+  }
+  T1=$SECONDS; : > /tmp/train-tex.log
+  COMPILE=${PYR_COMPILE:-true}
+  [ "$COMPILE" = true ] || [ "$COMPILE" = false ] || COMPILE="\"$COMPILE\""
+  pyr_stage "$PYR_SECONDS" "$COMPILE"; rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls /tmp/run-tex/checkpoints/ckpt-* >/dev/null 2>&1; then
+    echo "[pyramid] train.compile=$COMPILE failed (exit $rc) after $((SECONDS - T1)) s:"; tail -n 5 /tmp/train-tex.log
+    rm -rf /tmp/run-tex
+    pyr_stage "$((PYR_SECONDS - (SECONDS - T1)))" true; rc=$?
+  fi
+  echo "[pyramid] exit $rc after $((SECONDS - T1)) s"; grep -E "^training|videos/s|stopped" /tmp/train-tex.log | tail -n 3
   cp /tmp/run-tex/stats.jsonl "$OUT/pyramid-stats.jsonl" 2>/dev/null
   export_to /tmp/run-tex "$OUT/texture.safetensors"
   { echo "== pyramid, level 0"; python3 benchmarks/base_level_faithfulness.py /tmp/run-tex --num "$NUM" --splits heldout 2>&1 | tail -n 1; } \

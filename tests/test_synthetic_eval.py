@@ -87,7 +87,9 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert len(summary_rows(rep)) >= 6
     # The real objects' size, for the generated ones to be compared with (6-19% of the frame in the data).
     assert 0.06 < saved["faithfulness"]["real_ceiling"]["area"] < 0.19
-    assert any(name.startswith("object area / travel") for name, _ in summary_rows(rep))
+    names = [name for name, _ in summary_rows(rep)]
+    assert any(n.startswith("object area / travel") for n in names) and any(n.startswith("object area: level 0") for n in names)
+    assert 0.06 < saved["levels"]["level0_real"]["area"] < 0.19       # the same objects at level 0's size
     # A recipe default too small for a report is refused, naming the key and the option.
     from hpdm_cli.conditioning import GenerateError
     recipe.eval.num_clips = 1

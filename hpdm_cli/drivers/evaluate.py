@@ -190,6 +190,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         for attr in ("colour", "shape", "direction"):
             rows.append((f"upper levels given real level 0: {attr}",
                          f"{100 * lv['upscaled_from_real_level0'][attr]:.1f}%"))
+        if "area" in lv["level0_real"]:   # where a size bias comes from: level 0, or the levels above it
+            rows.append(("object area: level 0 alone generated / real; upper levels given real level 0 / real",
+                         f"{100 * lv['level0_generated']['area']:.1f}% / {100 * lv['level0_real']['area']:.1f}%; "
+                         f"{100 * lv['upscaled_from_real_level0']['area']:.1f}% / {100 * real['area']:.1f}%"))
         st = lv.get("level0_stripes")
         if st:
             rows.append(("level 0 alone: background stripes R^2 generated / real",
