@@ -10,7 +10,9 @@ table. On a GPU with the I3D file (docs/results.md, section 8):
 With --base B the level 0 of every clip comes from another base level B (with --base-low B2
 --split-sigma S, two as noise-level experts: benchmarks/base_level_faithfulness.py) and the
 model's upper levels are sampled given it, as `hpdm upscale` does: what a better base level is
-worth in FVD before a pyramid is trained from it.
+worth in FVD before a pyramid is trained from it. With --real-level0 each setting also samples the
+upper levels given the level 0 of the floor's real clips (with their prompts): its FVD against the
+floor's (the real-vs-real row) is what the upper levels cost, apart from level 0.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def parse_setting(text: str, steps, overlap) -> tuple:
     if len(parts) > 2 and parts[2]:
         overlap = parts[2]
     return (vals[0] if len(vals) == 1 else vals), steps, overlap
+
+
+SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion")
 
 
 def main(argv=None) -> int:
@@ -69,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help="a base level (one-level model) whose level 0 the upper levels are given")
     ap.add_argument("--base-low", help="with --base: a second base level for the calls below --split-sigma")
     ap.add_argument("--split-sigma", type=float, default=1.0)
+    ap.add_argument("--real-level0", action="store_true",
+                    help="also per setting: the upper levels given the floor's real clips' level 0")
     a = ap.parse_args(argv)
     net, recipe, info = load_generator(a.ckpt, a.device)
     base = None
@@ -84,7 +91,9 @@ def main(argv=None) -> int:
     R = tuple(recipe.pyramid.resolution)
     real_a = render_real(a.num, 0, R, "heldout")
     real_b = render_real(a.num, a.num, R, "heldout")
-    cond = condition_rows(recipe, real_a, lambda caps: embed_prompts(recipe, caps, a.tables.split(",")))
+    embed = lambda caps: embed_prompts(recipe, caps, a.tables.split(","))
+    cond = condition_rows(recipe, real_a, embed)
+    cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
     steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
     ext = I3DExtractor(a.i3d_weights, info.device)
     ref = feature_stats(ext.features(iter(real_a.videos)))
@@ -92,6 +101,12 @@ def main(argv=None) -> int:
 
     def fvd(clips) -> float:
         return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
+
+    def scores(clips, captions) -> dict:             # faithfulness, stripes, size and motion against real
+        sc = score_clips(clips, captions)
+        sc["stripes"] = stripe_summary(clips)["mean"]
+        sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
+        return sc
     rows = [("real (floor)", fvd(real_b.videos), None),
             ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
@@ -113,16 +128,18 @@ def main(argv=None) -> int:
         fake = generate_rows(net, recipe, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
                              fixed=fixed, **gen)
         secs = time.time() - t0
-        sc = score_clips(fake, real_a.captions)
-        sc["stripes"] = stripe_summary(fake)["mean"]
-        sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
-        f = fvd(fake)
+        sc, f = scores(fake, real_a.captions), fvd(fake)
         rows.append((f"guidance {text}", f, sc))
         print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
                           "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
-                          **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background", "stripes",
-                                            "size", "motion")}}),
-              flush=True)
+                          **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
+        if a.real_level0:
+            up = generate_rows(net, recipe, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
+                               fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
+            su, fu = scores(up, real_b.captions), fvd(up)
+            rows.append((f"upper levels given real level 0, {text}", fu, su))
+            print(json.dumps({"setting": text, "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
+                              **{k: round(su[k], 3) for k in SCORED}}), flush=True)
         if a.sheets:
             Path(a.sheets).mkdir(parents=True, exist_ok=True)
             _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-').replace('/', '_')}.png", fake, real_a, 8)
