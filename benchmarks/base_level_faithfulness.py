@@ -86,10 +86,11 @@ def main(argv=None) -> int:
         sc["stripes"] = stripe_summary(base)["mean"]
         real0 = to_uint8(real_level0(real.videos, recipe.pyramid))
         sc["stripes_real"] = stripe_summary(real0)["mean"]
+        sc["size"] = sc["area"] / score_clips(real0, real.captions)["area"]    # object area / the real level 0's
         print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance, "steps": a.steps,
                           "churn": recipe.sample.churn, "low": a.low, "split_sigma": a.split_sigma if a.low else None,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
-                                                           "stripes", "stripes_real")}}),
+                                                           "stripes", "stripes_real", "size")}}),
               flush=True)
     if a.sheet:
         k, big = a.sheet_rows, (lambda clips: [c.repeat(4, axis=1).repeat(4, axis=2) for c in clips])

@@ -85,7 +85,7 @@ for line in sys.stdin:
     if 'sigma' in r:
         row[f\"denoised@{r['sigma']}\"] = r['denoised']; row[f\"mse@{r['sigma']}\"] = r['mse_x1000']
     else:
-        row.update({k: r[k] for k in ('colour', 'shape', 'direction', 'stripes', 'stripes_real') if k in r})
+        row.update({k: r[k] for k in ('colour', 'shape', 'direction', 'stripes', 'stripes_real', 'size') if k in r})
 print(json.dumps(row))" >> "$OUT/score-$v.jsonl"
   done
 }
