@@ -49,17 +49,29 @@ base_stage() {   # $1: seconds, $2: train.compile setting
     "train.compile=$2" "train.ckpt_every=${CKPT_EVERY:-400}" train.keep_last=0 "train.init_from=\"$FROM\"" \
     ${EXTRA:-} >> /tmp/train-tex-base.log 2>&1
 }
+pyr_stage() {   # $1: seconds, $2: train.compile setting
+  # shellcheck disable=SC2086
+  timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
+    "$TABLE" $PYR_NOISE "train.batch_size=${PYR_BATCH:-256}" "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 \
+    train.warmup_steps=50 "train.compile=$2" "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} >> /tmp/train-tex.log 2>&1
+}
+with_fallback() {   # $1: stage function, $2: its run dir, $3: its log, $4: seconds, $5: train.compile setting
+  # The stage compiled as asked; if that fails before its first checkpoint (e.g. CUDA graphs), the
+  # stage reruns with plain compilation for the seconds left. Returns the stage's exit status.
+  local t0=$SECONDS rc setting=$5
+  [ "$setting" = true ] || [ "$setting" = false ] || setting="\"$setting\""
+  "$1" "$4" "$setting"; rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls "$2"/checkpoints/ckpt-* >/dev/null 2>&1; then
+    echo "[$1] train.compile=$setting failed (exit $rc) after $((SECONDS - t0)) s:"; tail -n 5 "$3"
+    rm -rf "$2"
+    "$1" "$(($4 - (SECONDS - t0)))" true; rc=$?
+  fi
+  return "$rc"
+}
 T0=$SECONDS
 if [ "$BASE_SECONDS" -gt 0 ]; then
   rm -rf /tmp/run-tex-base /tmp/train-tex-base.log
-  COMPILE=${BASE_COMPILE:-true}
-  [ "$COMPILE" = true ] || [ "$COMPILE" = false ] || COMPILE="\"$COMPILE\""
-  base_stage "$BASE_SECONDS" "$COMPILE"; rc=$?
-  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls /tmp/run-tex-base/checkpoints/ckpt-* >/dev/null 2>&1; then
-    echo "[base] train.compile=$COMPILE failed (exit $rc) after $((SECONDS - T0)) s:"; tail -n 5 /tmp/train-tex-base.log
-    rm -rf /tmp/run-tex-base
-    base_stage "$((BASE_SECONDS - (SECONDS - T0)))" true; rc=$?
-  fi
+  with_fallback base_stage /tmp/run-tex-base /tmp/train-tex-base.log "$BASE_SECONDS" "${BASE_COMPILE:-true}"; rc=$?
   echo "[base] exit $rc after $((SECONDS - T0)) s"; grep -E "^training|videos/s" /tmp/train-tex-base.log | tail -n 3
   cp /tmp/run-tex-base/stats.jsonl "$OUT/base-stats.jsonl" 2>/dev/null
   : > "$OUT/curve.txt"
@@ -75,21 +87,8 @@ if [ "$PYR_SECONDS" -gt 0 ]; then
     rm -rf /tmp/run-tex-prev && mv /tmp/run-tex /tmp/run-tex-prev && PYR_FROM=/tmp/run-tex-prev
   fi
   echo "[pyramid] from $PYR_FROM, batch ${PYR_BATCH:-256}, compile ${PYR_COMPILE:-true}"; rm -rf /tmp/run-tex
-  pyr_stage() {   # $1: seconds, $2: train.compile setting
-    # shellcheck disable=SC2086
-    timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
-      "$TABLE" $PYR_NOISE "train.batch_size=${PYR_BATCH:-256}" "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 \
-      train.warmup_steps=50 "train.compile=$2" "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} >> /tmp/train-tex.log 2>&1
-  }
   T1=$SECONDS; : > /tmp/train-tex.log
-  COMPILE=${PYR_COMPILE:-true}
-  [ "$COMPILE" = true ] || [ "$COMPILE" = false ] || COMPILE="\"$COMPILE\""
-  pyr_stage "$PYR_SECONDS" "$COMPILE"; rc=$?
-  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls /tmp/run-tex/checkpoints/ckpt-* >/dev/null 2>&1; then
-    echo "[pyramid] train.compile=$COMPILE failed (exit $rc) after $((SECONDS - T1)) s:"; tail -n 5 /tmp/train-tex.log
-    rm -rf /tmp/run-tex
-    pyr_stage "$((PYR_SECONDS - (SECONDS - T1)))" true; rc=$?
-  fi
+  with_fallback pyr_stage /tmp/run-tex /tmp/train-tex.log "$PYR_SECONDS" "${PYR_COMPILE:-true}"; rc=$?
   echo "[pyramid] exit $rc after $((SECONDS - T1)) s"; grep -E "^training|videos/s|stopped" /tmp/train-tex.log | tail -n 3
   cp /tmp/run-tex/stats.jsonl "$OUT/pyramid-stats.jsonl" 2>/dev/null
   export_to /tmp/run-tex "$OUT/texture.safetensors"
