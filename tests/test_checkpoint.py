@@ -264,3 +264,45 @@ def test_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value) and "x.safetensors" in str(e.value)
     os.makedirs(tmp_path / "checkpoints" / "ckpt-00000005")
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_export_writes_the_ema_weights_in_fp16_with_an_edited_recipe(trained, tmp_path):
+    recipe, net, ema, opt = trained
+    save(tmp_path / "run", trained, 4)
+    out = ck.export_weights(tmp_path / "run", tmp_path / "small.safetensors",
+                            overrides=['train.init_from="elsewhere.safetensors"', "train.compile=false"])
+    weights, stored, step = read_weights_file(out)
+    assert step == 4 and stored.train.init_from == "elsewhere.safetensors" and stored.train.compile is False
+    assert architecture_of(stored) == architecture_of(recipe)
+    sd = ema.state_dict()
+    assert weights.keys() == sd.keys()
+    for k, v in sd.items():
+        if v.is_floating_point():
+            assert weights[k].dtype == torch.float16 and torch.equal(weights[k], v.half()), k
+    # An override that changes the weights' shapes is refused, and nothing is written.
+    with pytest.raises(CheckpointError, match="architecture"):
+        ck.export_weights(tmp_path / "run", tmp_path / "bad.safetensors", overrides=["model.latent_dim=64"])
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_packaging_clears_the_training_hosts_settings_and_keeps_the_old_file_on_failure(trained, tmp_path,
+                                                                                        monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "package_model", Path(__file__).resolve().parent.parent / "scripts" / "package_model.py")
+    pm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pm)
+    import copy
+    recipe, net, ema, opt = trained
+    recipe = copy.deepcopy(recipe)                                        # the fixture is shared
+    recipe.train.init_from, recipe.data.prompt_table, recipe.train.compile = "/host/a", "/host/t", "reduce-overhead"
+    save(tmp_path / "run", (recipe, net, ema, opt), 6)
+    out = tmp_path / "model.safetensors"
+    assert pm.main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    _, stored, _ = read_weights_file(out)
+    assert (stored.train.init_from, stored.data.prompt_table, stored.train.compile) == ("", "", False)
+    before = out.read_bytes()
+    monkeypatch.setattr(pm, "MAX_BYTES", 1000)
+    assert pm.main([str(tmp_path / "run"), "--out", str(out)]) == 2           # over the budget: refused
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "run"]

@@ -46,12 +46,14 @@ def test_hpdm_s_m_l_parameter_counts(latent, expected_m):
     assert abs(sum(p.numel() for p in net.parameters()) / 1e6 - expected_m) < 0.1
 
 
-@pytest.mark.parametrize("name,base", [("shapes", "[4,16,16]"), ("shapes128", "[8,32,32]")])
-def test_the_base_level_alone_stage_of_the_header_loads(name, base):
+@pytest.mark.parametrize("name,base,noise", [("shapes", "[4,16,16]", ["diffusion.p_mean=-0.5", "diffusion.p_std=1.6"]),
+                                             ("shapes128", "[8,32,32]", ["diffusion.p_mean=0.8"])])
+def test_the_base_level_alone_stage_of_the_header_loads(name, base, noise):
     """The header's first stage (one level, the base level alone) is a valid recipe: per-level lists
-    (p_mean is overridden, guidance and steps keep their first entry) fit one level."""
+    (the noise's are overridden, guidance and steps keep their first entry) fit one level."""
+    assert all(o in (ROOT / "recipes" / f"{name}.toml").read_text() for o in noise)   # as the header says
     rec = load_recipe(ROOT / "recipes" / f"{name}.toml", [f"pyramid.resolution={base}", f"pyramid.patch={base}",
-                                                          "diffusion.p_mean=0.8"])
+                                                          *noise])
     assert rec.pyramid.num_levels == 1
     from hpdm_cli.sampling import level_steps
     from hpdm_cli.sampling.hierarchical import level_guidance

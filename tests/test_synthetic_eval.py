@@ -166,6 +166,10 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     assert DEFAULT_MODEL.stat().st_size <= 16 * 2 ** 20
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.model.cond == "text" and tuple(recipe.pyramid.resolution) == (16, 64, 64)
+    # recipes/shapes.toml trains this architecture (so `train.init_from` the packaged model fits it).
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    from hpdm_cli.train.checkpoint import architecture_of
+    assert architecture_of(load_recipe(default_recipe_path("shapes"))) == architecture_of(recipe)
     asked = [("red", "circle", "right", "black"), ("yellow", "square", "down", "purple"),
              ("cyan", "triangle", "left", "gray"), ("blue", "circle", "left", "gray"),
              ("magenta", "square", "up", "green")]

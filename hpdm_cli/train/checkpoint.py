@@ -24,7 +24,7 @@ import secrets
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
@@ -310,10 +310,23 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
     return w, weights, recipe, step
 
 
-def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
-    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16)."""
+def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16,
+                   overrides: Iterable[str] = ()) -> Path:
+    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16).
+
+    `overrides` ("train.init_from=''", ...) edit the stored recipe, e.g. to clear paths of the training
+    host; ones that would change the architecture are refused (the weights would no longer fit it).
+    """
     from ..io import atomic_path
+    from ..recipe import recipe_from_toml, recipe_to_toml
     _, weights, recipe, step = load_sampling_weights(ckpt)
+    overrides = list(overrides)
+    if overrides:
+        edited = recipe_from_toml(recipe_to_toml(recipe), overrides, source=f"{ckpt} with {' '.join(overrides)}")
+        if architecture_of(edited) != architecture_of(recipe):
+            raise CheckpointError(f"overrides {' '.join(overrides)} change the architecture of {ckpt}; "
+                                  "export can only edit settings that leave the weights' shapes alone")
+        recipe = edited
     small = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
     bad = first_nonfinite(small)
     if bad is not None:
