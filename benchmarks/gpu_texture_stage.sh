@@ -43,7 +43,7 @@ export_to() {   # $1: run directory, $2: output file
 }
 base_stage() {   # $1: seconds, $2: train.compile setting
   # shellcheck disable=SC2086
-  timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex-base \
+  timeout --preserve-status -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex-base \
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' $BASE_NOISE \
     "train.batch_size=${BASE_BATCH:-512}" "train.steps=${BASE_STEPS:-1600}" train.lr=1e-3 train.warmup_steps=100 \
     "train.compile=$2" "train.ckpt_every=${CKPT_EVERY:-400}" train.keep_last=0 "train.init_from=\"$FROM\"" \
@@ -51,17 +51,19 @@ base_stage() {   # $1: seconds, $2: train.compile setting
 }
 pyr_stage() {   # $1: seconds, $2: train.compile setting
   # shellcheck disable=SC2086
-  timeout -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
+  timeout --preserve-status -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
     "$TABLE" $PYR_NOISE "train.batch_size=${PYR_BATCH:-256}" "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 \
     train.warmup_steps=50 "train.compile=$2" "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} >> /tmp/train-tex.log 2>&1
 }
 with_fallback() {   # $1: stage function, $2: its run dir, $3: its log, $4: seconds, $5: train.compile setting
   # The stage compiled as asked; if that fails before its first checkpoint (e.g. CUDA graphs), the
-  # stage reruns with plain compilation for the seconds left. Returns the stage's exit status.
+  # stage reruns with plain compilation for the seconds left. Returns the training process's own
+  # exit status (timeout --preserve-status): 0 finished, 143 stopped by the time limit's SIGTERM
+  # (checkpoint saved if the log says so), 137 killed, 139 / 134 crashed (a traceback in the log).
   local t0=$SECONDS rc setting=$5
   [ "$setting" = true ] || [ "$setting" = false ] || setting="\"$setting\""
   "$1" "$4" "$setting"; rc=$?
-  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! ls "$2"/checkpoints/ckpt-* >/dev/null 2>&1; then
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 143 ] && ! ls "$2"/checkpoints/ckpt-* >/dev/null 2>&1; then
     echo "[$1] train.compile=$setting failed (exit $rc) after $((SECONDS - t0)) s:"; tail -n 5 "$3"
     rm -rf "$2"
     "$1" "$(($4 - (SECONDS - t0)))" true; rc=$?

@@ -22,6 +22,9 @@ def train(
                                             help="Live progress bar (default: on a terminal)."),
 ):
     """Train a recipe; re-running the same command resumes from the newest checkpoint."""
+    import faulthandler
+    if not faulthandler.is_enabled():   # a crash in native code leaves the Python stacks in the log, not silence
+        faulthandler.enable()
     from ..device import world
     from ..recipe import default_recipe_path, load_recipe
     from ..train.loop import train as run_train
