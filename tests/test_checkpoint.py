@@ -299,9 +299,10 @@ def test_packaging_clears_the_training_hosts_settings_and_keeps_the_old_file_on_
     recipe.train.init_from, recipe.data.prompt_table, recipe.train.compile = "/host/a", "/host/t", "reduce-overhead"
     save(tmp_path / "run", (recipe, net, ema, opt), 6)
     out = tmp_path / "model.safetensors"
-    assert pm.main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert pm.main([str(tmp_path / "run"), "--out", str(out), "--set", "sample.level_steps=[8,4,2]"]) == 0
     _, stored, _ = read_weights_file(out)
     assert (stored.train.init_from, stored.data.prompt_table, stored.train.compile) == ("", "", False)
+    assert list(stored.sample.level_steps) == [8, 4, 2]
     before = out.read_bytes()
     monkeypatch.setattr(pm, "MAX_BYTES", 1000)
     assert pm.main([str(tmp_path / "run"), "--out", str(out)]) == 2           # over the budget: refused
