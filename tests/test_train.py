@@ -757,3 +757,25 @@ def test_missing_tensorboard_is_said_once(shapes_data, tmp_path, monkeypatch):
     notes = [m for m in msgs if "TensorBoard" in m]
     assert len(notes) == 1 and "pip install tensorboard" in notes[0] and "stats.jsonl" in notes[0]
     assert not (tmp_path / "tensorboard").exists() and len(read_stats(tmp_path)) == 2
+
+
+def test_hpdm_train_turns_on_faulthandler_so_a_native_crash_leaves_stacks(capsys, monkeypatch, tmp_path):
+    """A segfault inside a compiled or graph-captured step would otherwise end the run without a word."""
+    import faulthandler
+    import sys
+    import types
+    from conftest import run_cli
+    from hpdm_cli.train import loop
+    seen = []
+
+    def fake_train(recipe, run_dir, log=None, progress=False):
+        seen.append(faulthandler.is_enabled())
+        return types.SimpleNamespace(interrupted=None, step=3, start_step=3, steps=3)
+    was = faulthandler.is_enabled()
+    faulthandler.disable()
+    monkeypatch.setattr(loop, "train", fake_train)
+    try:
+        code, out, _ = run_cli(capsys, "train", "tiny", "--run-dir", tmp_path / "run", "--no-progress")
+    finally:
+        faulthandler.enable(file=sys.__stderr__) if was else faulthandler.disable()
+    assert code == 0 and seen == [True] and "nothing to do" in out

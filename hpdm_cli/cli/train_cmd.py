@@ -22,9 +22,7 @@ def train(
                                             help="Live progress bar (default: on a terminal)."),
 ):
     """Train a recipe; re-running the same command resumes from the newest checkpoint."""
-    import faulthandler
-    if not faulthandler.is_enabled():   # a crash in native code leaves the Python stacks in the log, not silence
-        faulthandler.enable()
+    _stacks_on_crash()
     from ..device import world
     from ..recipe import default_recipe_path, load_recipe
     from ..train.loop import train as run_train
@@ -42,3 +40,14 @@ def train(
         return
     out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
               f"checkpoint {summary.checkpoint or '(unchanged)'}")
+
+
+def _stacks_on_crash() -> None:
+    """Have a crash in native code (a segfault in a compiled step, say) print the Python stacks to stderr."""
+    import faulthandler
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable(file=sys.__stderr__)
+    except (AttributeError, ValueError, OSError):   # no real stderr (embedded interpreters): run without it
+        pass
