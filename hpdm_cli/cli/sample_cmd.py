@@ -25,8 +25,8 @@ DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 def sample(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Run directory (newest checkpoint, EMA weights), "
                                         "checkpoint directory or .safetensors file. Default: the packaged shapes "
-                                        "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with --steps 32,16,8 "
-                                        "--overlap none unless given."),
+                                        "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with the sampling steps "
+                                        "and guidance stored with it and --overlap none unless given."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
