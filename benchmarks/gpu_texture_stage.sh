@@ -16,7 +16,9 @@
 # continues the previous call's pyramid, moved aside first); PYR_BATCH (default 256), PYR_STEPS
 # (900) and PYR_COMPILE (default true; "reduce-overhead" for CUDA graphs, with the same fallback as
 # the base stage's) set its step; PYR_SECONDS=0 skips
-# the pyramid. SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10). FROM= (empty)
+# the pyramid. PYR_RESUME=1 resumes /tmp/run-tex if it has a checkpoint (a long schedule over several
+# calls on one warm machine: repeat the same command, PYR_FROM and PYR_STEPS unchanged; the first
+# call starts it as usual). SCORE_FROM=0 skips scoring FROM (its figures: docs/results.md, section 10). FROM= (empty)
 # trains the base level from scratch (with a new architecture, e.g. EXTRA=model.qk_norm=true).
 #   FROM=hpdm_cli/assets/shapes-t2v.safetensors BASE_SECONDS=280 PYR_SECONDS=170 \
 #     bash benchmarks/gpu_texture_stage.sh
@@ -85,11 +87,17 @@ if [ "$BASE_SECONDS" -gt 0 ]; then
 fi
 if [ "$PYR_SECONDS" -gt 0 ]; then
   PYR_FROM=${PYR_FROM:-$( [ -d /tmp/run-tex-base/checkpoints ] && echo /tmp/run-tex-base || echo "$FROM")}
-  if [ "${PYR_FROM%/}" = /tmp/run-tex ]; then       # continue the previous pyramid: keep it as the start
-    rm -rf /tmp/run-tex-prev && mv /tmp/run-tex /tmp/run-tex-prev && PYR_FROM=/tmp/run-tex-prev
+  if [ "${PYR_RESUME:-0}" = 1 ] && ls /tmp/run-tex/checkpoints/ckpt-* >/dev/null 2>&1; then
+    # resume the previous call's run where its time limit stopped it (same command: same schedule)
+    echo "[pyramid] resuming /tmp/run-tex at $(basename "$(ls -d /tmp/run-tex/checkpoints/ckpt-* | tail -n 1)")"
+  else
+    if [ "${PYR_FROM%/}" = /tmp/run-tex ]; then     # continue the previous pyramid: keep it as the start
+      rm -rf /tmp/run-tex-prev && mv /tmp/run-tex /tmp/run-tex-prev && PYR_FROM=/tmp/run-tex-prev
+    fi
+    echo "[pyramid] from $PYR_FROM, batch ${PYR_BATCH:-256}, compile ${PYR_COMPILE:-true}"; rm -rf /tmp/run-tex
+    : > /tmp/train-tex.log
   fi
-  echo "[pyramid] from $PYR_FROM, batch ${PYR_BATCH:-256}, compile ${PYR_COMPILE:-true}"; rm -rf /tmp/run-tex
-  T1=$SECONDS; : > /tmp/train-tex.log
+  T1=$SECONDS
   with_fallback pyr_stage /tmp/run-tex /tmp/train-tex.log "$PYR_SECONDS" "${PYR_COMPILE:-true}"; rc=$?
   echo "[pyramid] exit $rc after $((SECONDS - T1)) s"; grep -E "^training|videos/s|stopped" /tmp/train-tex.log | tail -n 3
   cp /tmp/run-tex/stats.jsonl "$OUT/pyramid-stats.jsonl" 2>/dev/null
