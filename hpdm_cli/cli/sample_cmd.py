@@ -16,7 +16,7 @@ from .progress import keyed_bars
 
 OVERLAP_HELP = "Tile overlap axes at inference: fhw|fh|fw|hw|f|h|w|none (default: the recipe's pyramid.overlap)."
 STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
-              "(default: the recipe's sample.steps).")
+              "(default: the recipe's sample.level_steps, else sample.steps halved per level).")
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
                  "(default: the recipe's sample.guidance).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."

@@ -15,7 +15,7 @@ CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
 def train(
-    recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, ucf, t2v)."),
+    recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, shapes128, ucf, t2v)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
