@@ -43,17 +43,28 @@ score() { score_base "$1" "$NUM"; }   # $1: a checkpoint or model file
 export_to() {   # $1: run directory, $2: output file
   python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
 }
+train_cmd() {   # $1: the stage's cache name; sets TRAIN to the `hpdm train` command line (an array)
+  # With COMPILE_CACHE=PREFIX, torch.compile's caches are loaded from PREFIX-$1.part-* before
+  # training and saved back after it (benchmarks/compile_cache.py; carry the parts to a fresh machine).
+  if [ -n "${COMPILE_CACHE:-}" ]; then
+    TRAIN=(python3 benchmarks/compile_cache.py --cache "$COMPILE_CACHE-$1" -- train)
+  else
+    TRAIN=(python3 -m hpdm_cli train)
+  fi
+}
 base_stage() {   # $1: seconds, $2: train.compile setting
+  train_cmd base
   # shellcheck disable=SC2086
-  timeout --preserve-status -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex-base \
+  timeout --preserve-status -s TERM "$1" "${TRAIN[@]}" recipes/shapes.toml --run-dir /tmp/run-tex-base \
     --no-progress "$TABLE" 'pyramid.resolution=[4,16,16]' 'pyramid.patch=[4,16,16]' $BASE_NOISE \
     "train.batch_size=${BASE_BATCH:-512}" "train.steps=${BASE_STEPS:-1600}" train.lr=1e-3 train.warmup_steps=100 \
     "train.compile=$2" "train.ckpt_every=${CKPT_EVERY:-400}" train.keep_last=0 "train.init_from=\"$FROM\"" \
     ${EXTRA:-} >> /tmp/train-tex-base.log 2>&1
 }
 pyr_stage() {   # $1: seconds, $2: train.compile setting
+  train_cmd pyr
   # shellcheck disable=SC2086
-  timeout --preserve-status -s TERM "$1" python3 -m hpdm_cli train recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
+  timeout --preserve-status -s TERM "$1" "${TRAIN[@]}" recipes/shapes.toml --run-dir /tmp/run-tex --no-progress \
     "$TABLE" $PYR_NOISE "train.batch_size=${PYR_BATCH:-256}" "train.steps=${PYR_STEPS:-900}" train.lr=1e-3 \
     train.warmup_steps=50 "train.compile=$2" "train.init_from=\"$PYR_FROM\"" ${EXTRA:-} >> /tmp/train-tex.log 2>&1
 }
@@ -104,5 +115,8 @@ if [ "$PYR_SECONDS" -gt 0 ]; then
   export_to /tmp/run-tex "$OUT/texture.safetensors"
   { echo "== pyramid, level 0"; python3 benchmarks/base_level_faithfulness.py /tmp/run-tex --num "$NUM" --splits heldout 2>&1 | tail -n 1; } \
     | tee -a "$OUT/curve.txt"
+fi
+if [ -n "${COMPILE_CACHE:-}" ] && [ "$(dirname "$COMPILE_CACHE")" != "$OUT" ]; then
+  cp "$COMPILE_CACHE"-*.part-* "$OUT"/ 2>/dev/null && ls -la "$OUT"/*.part-*    # they come back with the results
 fi
 echo "total $((SECONDS - T0)) s"

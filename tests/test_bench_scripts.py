@@ -351,3 +351,31 @@ def test_heldout_table_keeps_exactly_the_held_out_prompts():
     train = next((c2, k2, d2) for k2 in SHAPES for d2 in DIRECTIONS for c2 in COLOURS if not is_heldout(c2, k2, d2))
     texts = [shapes_caption(*train, "gray"), shapes_caption(c, k, d), shapes_caption(c, k, d, "black"), "a cat"]
     assert heldout_table.heldout_rows(texts) == [1, 2]
+
+
+def test_compile_cache_round_trips_in_parts_and_returns_the_commands_exit_code(tmp_path, monkeypatch):
+    """What torch.compile saved comes back byte for byte from parts of at most --part-mib; old parts go."""
+    import compile_cache
+    made = bytes(range(256)) * 4096 + b"tail"                          # ~1 MiB, compresses to several parts
+    loaded = []
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (made, None))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loaded.append)
+    prefix = tmp_path / "cc" / "cache"
+    prefix.parent.mkdir()
+    (prefix.parent / "cache.part-07").write_bytes(b"stale")          # a part of an older, longer cache
+    rc = compile_cache.main(["--cache", str(prefix), "--part-mib", "0.002", "--",
+                             "train", str(tmp_path / "missing.toml")])
+    assert rc == 2                                                     # the hpdm command's own exit code
+    parts = compile_cache.parts_of(prefix)
+    assert len(parts) > 1 and all(p.stat().st_size <= 0.002 * 2 ** 20 for p in parts)
+    assert not (prefix.parent / "cache.part-07").exists() and not list(prefix.parent.glob(".*.tmp"))
+    assert loaded == []                                                # the stale part made the old cache unusable
+    assert compile_cache.load(prefix) > 0 and loaded == [made]
+
+
+def test_compile_cache_saves_nothing_when_nothing_was_compiled(tmp_path, monkeypatch):
+    """No artifacts: no part files, and a missing cache loads as nothing."""
+    import compile_cache
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: None)
+    assert compile_cache.load(tmp_path / "none") == 0
+    assert compile_cache.save(tmp_path / "none", 2 ** 20) == 0 and compile_cache.parts_of(tmp_path / "none") == []
