@@ -42,6 +42,7 @@ def package(source: Path, out: Path = DEFAULT_MODEL, settings: tuple[str, ...] =
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Package the source given on the command line; 0 when written, 2 (one line on stderr) when refused."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="a run directory, checkpoint or exported weights file")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="where to write (default: the packaged model)")
