@@ -209,7 +209,7 @@ class TrainConfig:
     log_every: int = 10                  # Steps between stats lines.
     ckpt_every: int = 1000               # Steps between checkpoints.
     keep_last: int = 3                   # Checkpoints kept (0 = all).
-    init_from: str = ""                  # Checkpoint to initialise matching weights from.
+    init_from: str = ""                  # Checkpoint to initialise matching weights from ("packaged": the packaged model).
     max_nonfinite_steps: int = 100       # Stop once this many of the last 2x as many steps were skipped (0 = never).
 
 

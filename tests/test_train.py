@@ -498,6 +498,45 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
         init_from_checkpoint(build_model(other), str(run2))
 
 
+@pytest.mark.parametrize("grown_load,same", [("linear", True), ([1, 2, 2, 3, 3, 4], False)])
+def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, same):
+    """init_from a model with one level fewer: the grown model's denoiser equals the base's on the base's
+    levels when every block processes the same of them (docs/method.md, invariant 14), and its log says
+    whether it does."""
+    from conftest import tiny_recipe
+    from hpdm_cli.model import HPDMNet
+    from hpdm_cli.pyramid import sample_nested_offsets
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    kw = dict(num_blocks=6, interface_conv=True, adaptive_norm=True, adaptive_norm_interface=True,
+              self_condition=True, qk_norm=True)
+    base = tiny_recipe((16, 32, 32), (4, 8, 8), load="linear", **kw)            # 3 levels, [1,1,2,2,3,3]
+    grown = tiny_recipe((32, 64, 64), (4, 8, 8), load=grown_load, **kw)          # 4 levels, doubled on every axis
+    small = HPDMNet(base.pyramid, base.model)
+    with torch.no_grad():
+        for p in small.parameters():                                             # every path carries signal
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(tmp_path / "base", base, 1, model=small.state_dict(), ema=small.state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    big = HPDMNet(grown.pyramid, grown.model)
+    r = init_from_checkpoint(big, str(tmp_path / "base"))
+    assert r.partial == ["level_embed", "level_token"] and not r.unused
+    assert ("the checkpoint's 3-level model is reproduced on levels 0-2, level 3 new" in r.grown) == same
+    assert ("not its outputs" in r.grown) == (not same) and r.grown in r.describe("x")
+    B, m = 2, grown.model
+    off = sample_nested_offsets(grown.pyramid, B, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(B, 4, m.channels, *grown.pyramid.patch)
+    c_noise, label = torch.randn(B, 4) * 0.5, torch.tensor([1, 3])
+    with torch.no_grad():
+        want = small(x[:, :3], c_noise[:, :3], off[:, :3], label).out
+        got = big(x[:, :3], c_noise[:, :3], off[:, :3], label).out
+        joint = big(x, c_noise, off, label).out[:, :3]                          # the new level changes none of them
+    assert torch.allclose(got, joint, atol=1e-6)
+    assert torch.allclose(got, want, atol=1e-5) == same
+    assert torch.allclose(got[:, 0], want[:, 0], atol=1e-5)                     # level 0 is in every block either way
+    # A base whose level 2 is another size (8x32x32: frames stop doubling) is not the start of this pyramid.
+    assert "patch or level sizes differ" in loop.grown_levels(tiny_recipe((8, 32, 32), (4, 8, 8), **kw), big)
+
+
 def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with loop.StopFlag() as stop:

@@ -120,6 +120,7 @@ class InitReport:
     partial: list                                # per-level tables: the rows of the levels both models have
     new: list                                    # kept their initialisation (partial ones included)
     unused: list                                 # checkpoint tensors with no place in the model
+    grown: str = ""                              # for a checkpoint with fewer levels: how its levels start here
 
     def describe(self, path: str) -> str:
         """One log line: what was loaded, partly loaded and new."""
@@ -127,19 +128,49 @@ class InitReport:
                 + (f"{len(self.partial)} per-level tables loaded for the levels both models have "
                    f"({', '.join(self.partial)}), " if self.partial else "")
                 + f"{len(self.new)} new: {', '.join(self.new[:12])}" + (" ..." if len(self.new) > 12 else "")
-                + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else ""))
+                + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else "")
+                + (f"; {self.grown}" if self.grown else ""))
+
+
+def grown_levels(base: Recipe, net: HPDMNet) -> str:
+    """For a base model with fewer levels than `net`: whether `net` starts by computing them as the base did.
+
+    A pyramid grown by finer levels (the paper's large text-to-video model is fine-tuned from a
+    low-resolution generator) keeps the base's outputs on the levels both have exactly when those
+    levels have the same patch and sizes and every block processes the same of them (min(n_b, L0)
+    equals the base's n_b): finer levels never reach coarser ones (docs/method.md, invariant 4).
+    Returns "" when the base has as many levels or more, else a short statement for the log.
+    """
+    L0, L = base.pyramid.num_levels, net.num_levels
+    if L0 >= L:
+        return ""
+    why = ""
+    if tuple(base.pyramid.patch) != tuple(net.pyramid.patch) or any(
+            base.pyramid.level_resolution(l) != net.pyramid.level_resolution(l) for l in range(L0)):
+        why = "their patch or level sizes differ"
+    else:
+        ours, theirs = [min(n, L0) for n in net.load], base.model.resolved_load(L0)
+        if ours != theirs:
+            why = f"the blocks process them as {ours}, the checkpoint's as {theirs} (model.load)"
+    span = lambda a, b: f"levels {a}-{b}" if b > a else f"level {a}"                      # noqa: E731
+    return (f"the checkpoint's {L0}-level model is reproduced on {span(0, L0 - 1)}, {span(L0, L - 1)} new" if not why
+            else f"the checkpoint's weights, not its outputs, on {span(0, L0 - 1)}: {why}")
 
 
 def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     """Copy the weights of checkpoint `path` that fit into `net` (`train.init_from`); report what was copied.
 
-    The weights are the checkpoint's EMA when it has one; a tensor is copied when its name and
+    `path` is a run, checkpoint or weights file, or "packaged" (the packaged shapes model, as a
+    base to grow). The weights are the checkpoint's EMA when it has one; a tensor is copied when its name and
     shape match. Per-level tables (`level_embed`, `level_token`) of a model with fewer or more
     levels take the rows of the levels both have: level l of the checkpoint is level l here (the
     base generator is the level-0 model); they count as new. Raises TrainError when what fits is
     under 10% of the model's parameters (an unrelated checkpoint).
     """
-    weights, _, _ = read_weights_file(resolve_sampling_weights(path))
+    if path == "packaged":                      # the packaged shapes model, wherever hpdm is installed
+        from ..assets import DEFAULT_MODEL
+        path = str(DEFAULT_MODEL)
+    weights, base, _ = read_weights_file(resolve_sampling_weights(path))
     own = net.state_dict()
     loaded, partial = {}, []
     for k, v in weights.items():
@@ -164,7 +195,7 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     net.load_state_dict(loaded, strict=False)
     full = sorted(k for k in loaded if k not in partial)
     return InitReport(loaded=full, partial=sorted(partial), new=sorted(set(own) - set(full)),
-                      unused=sorted(set(weights) - set(loaded)))
+                      unused=sorted(set(weights) - set(loaded)), grown=grown_levels(base, net))
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
