@@ -498,7 +498,8 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
         init_from_checkpoint(build_model(other), str(run2))
 
 
-@pytest.mark.parametrize("grown_load,same", [("linear", True), ([1, 2, 2, 3, 3, 4], False)])
+@pytest.mark.parametrize("grown_load,same", [("linear", True), ([1, 1, 2, 2, 4, 4], True),
+                                             ([1, 2, 2, 3, 3, 4], False)])
 def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, same):
     """init_from a model with one level fewer: the grown model's denoiser equals the base's on the base's
     levels when every block processes the same of them (docs/method.md, invariant 14), and its log says
@@ -520,6 +521,9 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     big = HPDMNet(grown.pyramid, grown.model)
     r = init_from_checkpoint(big, str(tmp_path / "base"))
     assert r.partial == ["level_embed", "level_token"] and not r.unused
+    for k in r.partial:                                   # the new level starts as the finest base level
+        assert torch.equal(big.state_dict()[k][:3], small.state_dict()[k])
+        assert torch.equal(big.state_dict()[k][3], small.state_dict()[k][2])
     assert ("the checkpoint's 3-level model is reproduced on levels 0-2, level 3 new" in r.grown) == same
     assert ("not its outputs" in r.grown) == (not same) and r.grown in r.describe("x")
     B, m = 2, grown.model

@@ -164,7 +164,9 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     base to grow). The weights are the checkpoint's EMA when it has one; a tensor is copied when its name and
     shape match. Per-level tables (`level_embed`, `level_token`) of a model with fewer or more
     levels take the rows of the levels both have: level l of the checkpoint is level l here (the
-    base generator is the level-0 model); they count as new. Raises TrainError when what fits is
+    base generator is the level-0 model); levels the checkpoint lacks take its finest level's rows
+    (a new level then starts near that level's loss when the blocks give it the same compute:
+    docs/results.md, section 24); they count as new. Raises TrainError when what fits is
     under 10% of the model's parameters (an unrelated checkpoint).
     """
     if path == "packaged":                      # the packaged shapes model, wherever hpdm is installed
@@ -183,6 +185,7 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
             n = min(v.shape[0], mine.shape[0])
             t = mine.detach().clone()
             t[:n] = v[:n].to(t.dtype)
+            t[n:] = v[n - 1].to(t.dtype)         # a new finer level starts as the finest base level, an octave up
             loaded[k] = t
             partial.append(k)
     params = dict(net.named_parameters())
