@@ -520,7 +520,7 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
                     optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
     big = HPDMNet(grown.pyramid, grown.model)
     r = init_from_checkpoint(big, str(tmp_path / "base"))
-    assert r.partial == ["level_embed", "level_token"] and not r.unused
+    assert r.partial == ["level_embed", "level_token"] and not r.unused and r.base_levels == 3
     for k in r.partial:                                   # the new level starts as the finest base level
         assert torch.equal(big.state_dict()[k][:3], small.state_dict()[k])
         assert torch.equal(big.state_dict()[k][3], small.state_dict()[k][2])

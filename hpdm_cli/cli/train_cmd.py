@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..recipe import available_recipes
 from .console import out
 
 # Recipe overrides are extra positional arguments; an unknown option stays a parse error.
@@ -15,7 +16,7 @@ CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
 def train(
-    recipe: str = typer.Argument(..., help="Recipe file or packaged name (tiny, shapes, shapes128, ucf, t2v)."),
+    recipe: str = typer.Argument(..., help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
     overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",

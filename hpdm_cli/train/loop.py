@@ -121,6 +121,7 @@ class InitReport:
     new: list                                    # kept their initialisation (partial ones included)
     unused: list                                 # checkpoint tensors with no place in the model
     grown: str = ""                              # for a checkpoint with fewer levels: how its levels start here
+    base_levels: int = 0                         # the checkpoint's number of pyramid levels
 
     def describe(self, path: str) -> str:
         """One log line: what was loaded, partly loaded and new."""
@@ -198,7 +199,8 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     net.load_state_dict(loaded, strict=False)
     full = sorted(k for k in loaded if k not in partial)
     return InitReport(loaded=full, partial=sorted(partial), new=sorted(set(own) - set(full)),
-                      unused=sorted(set(weights) - set(loaded)), grown=grown_levels(base, net))
+                      unused=sorted(set(weights) - set(loaded)), grown=grown_levels(base, net),
+                      base_levels=base.pyramid.num_levels)
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
