@@ -480,6 +480,7 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
     assert all(torch.equal(sd[k], src[k]) for k in r.loaded)
     for k in r.new:
         assert torch.equal(sd[k][:2], src[k])                                   # levels 0, 1 from the base
+        assert torch.equal(sd[k][2], src[k][1])                                 # level 2 starts as level 1
     # Through train(): the log says what was loaded and what is new.
     msgs = []
     s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=1), tmp_path / "ft",
@@ -537,6 +538,17 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     assert torch.allclose(got, joint, atol=1e-6)
     assert torch.allclose(got, want, atol=1e-5) == same
     assert torch.allclose(got[:, 0], want[:, 0], atol=1e-5)                     # level 0 is in every block either way
+    # From a base level alone (a generator, no super-resolution level to start from) the new levels keep
+    # their own initial rows.
+    one = tiny_recipe((4, 8, 8), (4, 8, 8), **kw)
+    save_checkpoint(tmp_path / "one", one, 1, model=HPDMNet(one.pyramid, one.model).state_dict(),
+                    ema=None, optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    fresh = HPDMNet(grown.pyramid, grown.model)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    r1 = init_from_checkpoint(fresh, str(tmp_path / "one"))
+    assert r1.base_levels == 1 and "reproduced on level 0, levels 1-3 new" in r1.grown
+    for k in r1.partial:
+        assert torch.equal(fresh.state_dict()[k][1:], before[k][1:])
     # A base whose level 2 is another size (8x32x32: frames stop doubling) is not the start of this pyramid.
     assert "patch or level sizes differ" in loop.grown_levels(tiny_recipe((8, 32, 32), (4, 8, 8), **kw), big)
 

@@ -166,8 +166,8 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     shape match. Per-level tables (`level_embed`, `level_token`) of a model with fewer or more
     levels take the rows of the levels both have: level l of the checkpoint is level l here (the
     base generator is the level-0 model); levels the checkpoint lacks take its finest level's rows
-    (a new level then starts near that level's loss when the blocks give it the same compute:
-    docs/results.md, section 24); they count as new. Raises TrainError when what fits is
+    when that is a super-resolution level (a new level then starts near its loss when the blocks
+    give it the same compute: docs/results.md, section 24), else keep theirs; they count as new. Raises TrainError when what fits is
     under 10% of the model's parameters (an unrelated checkpoint).
     """
     if path == "packaged":                      # the packaged shapes model, wherever hpdm is installed
@@ -186,7 +186,8 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
             n = min(v.shape[0], mine.shape[0])
             t = mine.detach().clone()
             t[:n] = v[:n].to(t.dtype)
-            t[n:] = v[n - 1].to(t.dtype)         # a new finer level starts as the finest base level, an octave up
+            if n > 1:                            # a new finer level starts as the finest super-resolution level
+                t[n:] = v[n - 1].to(t.dtype)     # an octave up (a base level alone, a generator, is no such start)
             loaded[k] = t
             partial.append(k)
     params = dict(net.named_parameters())
