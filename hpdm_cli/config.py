@@ -189,7 +189,7 @@ class DiffusionConfig:
 class TrainConfig:
     """The recipe's [train]: optimiser, batch, schedule, precision, compilation and checkpoints."""
 
-    steps: int = 100_000                 # Total optimisation steps.
+    steps: int = 100_000                 # Total optimisation steps (0 with init_from: save the starting weights).
     batch_size: int = 768                # Global batch (all ranks, all accumulation rounds).
     grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
     optimizer: str = "lamb"              # "lamb" (the paper's) or "adamw".

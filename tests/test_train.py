@@ -488,6 +488,19 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
     assert s.step == 1
     line = next(m for m in msgs if m.startswith("init_from"))
     assert line == r.describe(str(run2)) and f"{len(r.loaded)} tensors loaded" in line and "level_embed" in line
+    # train.steps = 0 saves the weights as init_from starts them (checkpoint 0, e.g. a grown pyramid to
+    # sample before training); once, and a later run trains on from it.
+    msgs = []
+    s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=0), tmp_path / "z",
+              log=quiet(msgs))
+    assert s.step == 0 and s.checkpoint is not None and s.checkpoint.name == "ckpt-00000000"
+    z = last_checkpoint(tmp_path / "z")
+    assert all(torch.equal(z["ema"][k], v) and torch.equal(z["model"][k], v) for k, v in net.state_dict().items())
+    assert train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=0), tmp_path / "z",
+                 log=quiet()).checkpoint is None
+    s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=1), tmp_path / "z",
+              log=quiet())
+    assert (s.start_step, s.step) == (0, 1)
     # Continuing that run resumes from its checkpoint (init_from is not applied again).
     msgs = []
     s = train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(run2))}", steps=2), tmp_path / "ft",
@@ -825,7 +838,7 @@ def test_hpdm_train_turns_on_faulthandler_so_a_native_crash_leaves_stacks(capsys
 
     def fake_train(recipe, run_dir, log=None, progress=False):
         seen.append(faulthandler.is_enabled())
-        return types.SimpleNamespace(interrupted=None, step=3, start_step=3, steps=3)
+        return types.SimpleNamespace(interrupted=None, step=3, start_step=3, steps=3, checkpoint=None)
     was = faulthandler.is_enabled()
     faulthandler.disable()
     monkeypatch.setattr(loop, "train", fake_train)

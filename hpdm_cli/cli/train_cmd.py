@@ -36,8 +36,9 @@ def train(
         raise typer.Exit(128 + summary.interrupted)
     if world().rank != 0:
         return
-    if summary.step == summary.start_step:                # already finished: no step ran, so no loss to report
-        out.print(f"done: already at step {summary.step}/{summary.steps}; nothing to do")
+    if summary.step == summary.start_step:                # no step ran, so no loss to report
+        out.print(f"done: the starting weights saved, checkpoint {summary.checkpoint}" if summary.checkpoint else
+                  f"done: already at step {summary.step}/{summary.steps}; nothing to do")
         return
     out.print(f"done: step {summary.step}/{summary.steps}, last loss {summary.last_loss:.4f}, "
               f"checkpoint {summary.checkpoint or '(unchanged)'}")

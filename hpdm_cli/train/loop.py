@@ -571,6 +571,13 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     summary = TrainSummary(run_dir=run_dir, start_step=state.start, step=state.start, steps=t.steps,
                            skipped=state.skipped)
     if state.start >= t.steps:
+        if t.steps == 0 and t.init_from and not list_checkpoints(run_dir):
+            # The model as init_from starts it (e.g. a grown pyramid), to sample or evaluate before training.
+            summary.checkpoint = _save(run_dir, recipe, 0, state.net, state.ema, state.opt, dist,
+                                       {"skipped": 0, "samples_per_rank": 0}, t.keep_last)
+            say(f"train.steps = 0: saved the weights as train.init_from starts them, {summary.checkpoint} "
+                "(sample or evaluate them; raise train.steps to train from there)")
+            return summary
         say(f"nothing to do: the run is at step {state.start} of train.steps = {t.steps} (raise train.steps to "
             "continue)")
         summary.last_loss = _last_logged_loss(run_dir, state.start)
