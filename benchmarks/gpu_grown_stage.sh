@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One or several GPU calls: the 32x128x128 shapes model grown from the packaged 16x64x64 one
+# (recipes/shapes128-grown.toml; docs/results.md, section 24), trained and measured.
+#  * START=1 saves the grown model as it starts (`hpdm train ... train.steps=0`) in /tmp/run-grown0;
+#  * TRAIN_SECONDS>0 trains /tmp/run-grown for that long (STEPS in its cosine schedule, CUDA graphs,
+#    a checkpoint every 250 steps); the same command in a later call on the warm machine resumes it;
+#    the newest weights are exported in fp16 to $OUT/grown.safetensors;
+#  * SWEEP=1 scores the untrained and the trained run (those that have a checkpoint) on EVAL_NUM held-out prompts
+#    per side with benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and
+#    the trivial baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there
+#    (default the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
+# The three I3D parts, the wheels and the prompt tables do not travel in one call: bring the parts
+# over three calls on one warm machine, as benchmarks/gpu_texture_stage.sh's users do, e.g.
+#   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
+#      mkdir -p /tmp/i3d && cp out/i3dp/part-00 /tmp/i3d/ && START=1 TRAIN_SECONDS=480 bash benchmarks/gpu_grown_stage.sh
+#   2. the same with part-01 and TRAIN_SECONDS=520
+#   3. carry ... out/gpu/shapes_prompts_heldout.safetensors, part-02: cp out/i3dp/part-02 /tmp/i3d/ &&
+#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && START=1 TRAIN_SECONDS=150 SWEEP=1 EVAL_NUM=256 bash ...
+# A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
+#   data.synthetic_videos=16 data.num_workers=0' TRAIN_SECONDS=60 START=1 SWEEP=1 EVAL_NUM=2 \
+#   SETTINGS=1.5,1,1,1/16,16,8,8/none I3D=out/gpu/i3d-kinetics-400.ckpt BATCH=2 SWEEP_FLAGS= \
+#   PATH=.venv/bin:$PATH bash benchmarks/gpu_grown_stage.sh
+set -uo pipefail
+OUT=${OUT:-out/result}; mkdir -p "$OUT"
+source benchmarks/gpu_env.sh
+RUN=${RUN:-/tmp/run-grown}
+I3D=${I3D:-/tmp/i3d-kinetics-400.ckpt}
+SETTINGS=${SETTINGS:-1.5,1,1,1/32,32,16,16/none}
+TABLE='data.prompt_table="out/gpu/shapes_prompts_tokens.safetensors"'
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; run $RUN"
+T0=$SECONDS
+train() {   # $1: run directory, $2: seconds, then overrides; appends to /tmp/train-grown.log
+  local dir=$1 secs=$2; shift 2
+  # shellcheck disable=SC2086
+  timeout --preserve-status -s TERM "$secs" python3 -m hpdm_cli train recipes/shapes128-grown.toml --run-dir "$dir" \
+    --no-progress "$TABLE" 'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 "$@" ${EXTRA:-} \
+    >> /tmp/train-grown.log 2>&1
+}
+if [ "${START:-0}" = 1 ] && ! ls /tmp/run-grown0/checkpoints/ckpt-* >/dev/null 2>&1; then
+  train /tmp/run-grown0 300 train.steps=0; echo "[start] exit $?"; grep -E "^init_from|starting weights" /tmp/train-grown.log | tail -n 2
+fi
+if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
+  T1=$SECONDS
+  train "$RUN" "$TRAIN_SECONDS" "train.steps=${STEPS:-3000}"; rc=$?
+  echo "[train] exit $rc after $((SECONDS - T1)) s"
+  grep -E "^init_from|^resum|^training|videos/s|stopped|^done" /tmp/train-grown.log | tail -n 4
+  cp "$RUN"/stats.jsonl "$OUT/grown-stats.jsonl" 2>/dev/null
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$RUN', '$OUT/grown.safetensors'))"
+fi
+if [ "${SWEEP:-0}" = 1 ]; then
+  [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
+  runs=()
+  for r in /tmp/run-grown0 "$RUN"; do ls "$r"/checkpoints/ckpt-* >/dev/null 2>&1 && runs+=("$r"); done
+  for r in "${runs[@]}"; do
+    echo "== $r"
+    # shellcheck disable=SC2086
+    python3 benchmarks/guidance_sweep.py "$r" --num "${EVAL_NUM:-256}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
+      --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \
+      --sheets "$OUT/sheets-$(basename "$r")" 2>&1 | grep -v "^WARNING"
+  done
+fi
+echo "total $((SECONDS - T0)) s"
