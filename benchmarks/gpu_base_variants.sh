@@ -113,6 +113,6 @@ for r in rows:
     print(f"| {r['variant']} | {r['step']} | {r.get('stripes', float('nan')):.3f} | {pct}% | {den} | {mse} |")
 PY
 for v in ${EXPORT:-}; do
-  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$RUNS/$v', '$OUT/$v.safetensors'))"
+  export_to "$RUNS/$v" "$OUT/$v.safetensors"
 done
 echo "total $((SECONDS - T0)) s"

@@ -11,3 +11,6 @@ if ls "$AV_WHL"/av-*.whl >/dev/null 2>&1 && ! python3 -c 'import av' 2>/dev/null
   python3 -m pip install -q --no-index --no-deps --target "$HPDM_BENCH_SITE" "$AV_WHL"/av-*.whl
 fi
 export PYTHONPATH=$HPDM_BENCH_SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export_to() {   # $1: a run directory, $2: an output file: its newest sampling weights, fp16 (export_weights)
+  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
+}

@@ -46,7 +46,7 @@ if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
   echo "[train] exit $rc after $((SECONDS - T1)) s"
   grep -E "^init_from|^resum|^training|videos/s|stopped|^done" /tmp/train-grown.log | tail -n 4
   cp "$RUN"/stats.jsonl "$OUT/grown-stats.jsonl" 2>/dev/null
-  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$RUN', '$OUT/grown.safetensors'))"
+  export_to "$RUN" "$OUT/grown.safetensors"
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }

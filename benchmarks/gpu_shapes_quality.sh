@@ -49,7 +49,7 @@ if [ -n "${BASE_SECONDS:-}" ]; then
     ${BASE_OVERRIDES:-} > /tmp/train-base.log 2>&1
   echo "[base] train exit $? after $(( $(date +%s) - t0 )) s"; tail -n 3 /tmp/train-base.log
   mkdir -p "$RES/base"; cp /tmp/run-base/stats.jsonl "$RES/base/" 2>/dev/null
-  [ -z "${EXPORT:-}" ] || python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-base', '$OUT/base.safetensors'))"
+  [ -z "${EXPORT:-}" ] || export_to /tmp/run-base "$OUT/base.safetensors"
   python3 -m hpdm_cli eval --ckpt /tmp/run-base --out "$RES/base" --num-clips "${EVAL_CLIPS:-384}" --batch 64 --bf16 \
     --no-fvd > /tmp/eval-base.log 2>&1 &
 fi
@@ -72,7 +72,7 @@ echo "train wall $(( $(date +%s) - t0 )) s"
 for name in "${names[@]}"; do
   echo "== $name"; grep -v "^step .*[1-9][0-9]*[1-9]50/\|^step .*[1-9]50/" "/tmp/train-$name.log" | tail -n 14
   cp "/tmp/run-$name/stats.jsonl" "$RES/$name/" 2>/dev/null
-  [ -z "${EXPORT:-}" ] || python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('/tmp/run-$name', '$OUT/$name.safetensors'))"
+  [ -z "${EXPORT:-}" ] || export_to "/tmp/run-$name" "$OUT/$name.safetensors"
 done
 t1=$(date +%s)
 i=0

@@ -40,9 +40,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; from $FROM; base: $BASE_NOISE, batch ${BASE_BATCH:-512}, compile ${BASE_COMPILE:-true}; pyramid: $PYR_NOISE"
 source benchmarks/base_scores.sh
 score() { score_base "$1" "$NUM"; }   # $1: a checkpoint or model file
-export_to() {   # $1: run directory, $2: output file
-  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
-}
 train_cmd() {   # $1: the stage's cache name; sets TRAIN to the `hpdm train` command line (an array)
   # With COMPILE_CACHE=PREFIX, torch.compile's caches are loaded from PREFIX-$1.part-* before
   # training and saved back after it (benchmarks/compile_cache.py; carry the parts to a fresh machine).

@@ -24,16 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpdm_cli.data.shapes import render_shapes_video  # noqa: E402
 from hpdm_cli.diffusion.edm import edm_loss  # noqa: E402
-from hpdm_cli.model import HPDMNet  # noqa: E402
 from hpdm_cli.pyramid import extract_patches, sample_nested_offsets  # noqa: E402
 from hpdm_cli.recipe import load_recipe  # noqa: E402
-from hpdm_cli.train.loop import init_from_checkpoint  # noqa: E402
+from hpdm_cli.train.loop import build_model, init_from_checkpoint  # noqa: E402
 
 
 def level_losses(recipe, start: str, videos: torch.Tensor, repeats: int, fresh_tables: bool) -> list[float]:
     """Mean loss per level of `recipe`'s model initialised from `start`, over `repeats` passes of `videos`."""
-    torch.manual_seed(0)
-    net = HPDMNet(recipe.pyramid, recipe.model)
+    net = build_model(recipe)
     report = init_from_checkpoint(net, start)
     if fresh_tables:
         with torch.no_grad():

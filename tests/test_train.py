@@ -516,8 +516,8 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
                                              ([1, 2, 2, 3, 3, 4], False)])
 def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, same):
     """init_from a model with one level fewer: the grown model's denoiser equals the base's on the base's
-    levels when every block processes the same of them (docs/method.md, invariant 14), and its log says
-    whether it does."""
+    levels when every block processes the same of them (docs/method.md, invariant "a pyramid grown by finer
+    levels starts as its base"), and its log says whether it does."""
     from conftest import tiny_recipe
     from hpdm_cli.model import HPDMNet
     from hpdm_cli.pyramid import sample_nested_offsets

@@ -139,7 +139,7 @@ def grown_levels(base: Recipe, net: HPDMNet) -> str:
     A pyramid grown by finer levels (the paper's large text-to-video model is fine-tuned from a
     low-resolution generator) keeps the base's outputs on the levels both have exactly when those
     levels have the same patch and sizes and every block processes the same of them (min(n_b, L0)
-    equals the base's n_b): finer levels never reach coarser ones (docs/method.md, invariant 4).
+    equals the base's n_b): finer levels never reach coarser ones (docs/method.md, invariant "causality").
     Returns "" when the base has as many levels or more, else a short statement for the log.
     """
     L0, L = base.pyramid.num_levels, net.num_levels
