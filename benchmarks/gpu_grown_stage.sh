@@ -51,7 +51,7 @@ fi
 if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
   runs=()
-  for r in /tmp/run-grown0 "$RUN"; do ls "$r"/checkpoints/ckpt-* >/dev/null 2>&1 && runs+=("$r"); done
+  for r in "$RUN" /tmp/run-grown0; do ls "$r"/checkpoints/ckpt-* >/dev/null 2>&1 && runs+=("$r"); done
   for r in "${runs[@]}"; do
     echo "== $r"
     # shellcheck disable=SC2086
