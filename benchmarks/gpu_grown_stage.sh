@@ -5,8 +5,8 @@
 #  * TRAIN_SECONDS>0 trains /tmp/run-grown for that long (STEPS in its cosine schedule, CUDA graphs,
 #    a checkpoint every 250 steps); the same command in a later call on the warm machine resumes it;
 #    the newest weights are exported in fp16 to $OUT/grown.safetensors;
-#  * SWEEP=1 scores the untrained and the trained run (those that have a checkpoint) on EVAL_NUM held-out prompts
-#    per side with benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and
+#  * SWEEP=1 scores the trained, then the untrained run (those with a checkpoint; trained first, so a
+#    call that runs out of time still has its figures) on EVAL_NUM held-out prompts per side with benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and
 #    the trivial baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there
 #    (default the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
 # The three I3D parts, the wheels and the prompt tables do not travel in one call: bring the parts
