@@ -6,16 +6,19 @@
 #    a checkpoint every 250 steps); the same command in a later call on the warm machine resumes it;
 #    the newest weights are exported in fp16 to $OUT/grown.safetensors;
 #  * SWEEP=1 scores the trained, then the untrained run (those with a checkpoint; trained first, so a
-#    call that runs out of time still has its figures) on EVAL_NUM held-out prompts per side with benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and
-#    the trivial baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there
-#    (default the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
+#    call that runs out of time still has its figures) on EVAL_NUM held-out prompts per side with
+#    benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and the trivial
+#    baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there (default
+#    the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
+# Measured so: docs/results.md, section 25 (3000 steps over two calls, then the sweep at N = 256 in
+# a third, 588 s).
 # The three I3D parts, the wheels and the prompt tables do not travel in one call: bring the parts
 # over three calls on one warm machine, as benchmarks/gpu_texture_stage.sh's users do, e.g.
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
 #      mkdir -p /tmp/i3d && cp out/i3dp/part-00 /tmp/i3d/ && START=1 TRAIN_SECONDS=480 bash benchmarks/gpu_grown_stage.sh
 #   2. the same with part-01 and TRAIN_SECONDS=520
 #   3. carry ... out/gpu/shapes_prompts_heldout.safetensors, part-02: cp out/i3dp/part-02 /tmp/i3d/ &&
-#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && START=1 TRAIN_SECONDS=150 SWEEP=1 EVAL_NUM=256 bash ...
+#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SWEEP=1 EVAL_NUM=256 bash ...
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
 #   data.synthetic_videos=16 data.num_workers=0' TRAIN_SECONDS=60 START=1 SWEEP=1 EVAL_NUM=2 \
 #   SETTINGS=1.5,1,1,1/16,16,8,8/none I3D=out/gpu/i3d-kinetics-400.ckpt BATCH=2 SWEEP_FLAGS= \

@@ -379,3 +379,29 @@ def test_compile_cache_saves_nothing_when_nothing_was_compiled(tmp_path, monkeyp
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: None)
     assert compile_cache.load(tmp_path / "none") == 0
     assert compile_cache.save(tmp_path / "none", 2 ** 20) == 0 and compile_cache.parts_of(tmp_path / "none") == []
+
+
+def test_offset_phase_moves_only_patches_that_stay_nested():
+    """Where `movable` says so, moving the level by up to one of its pixels keeps every patch inside its parent."""
+    import dataclasses
+
+    import offset_phase_loss as opl
+    from hpdm_cli.pyramid import level_scales, sample_nested_offsets
+    pyr = dataclasses.replace(load_recipe(ROOT / "recipes" / "shapes128-grown.toml").pyramid, offsets="grid")
+    scales = level_scales(pyr, "cpu").double()
+    base = sample_nested_offsets(pyr, 512, generator=torch.Generator().manual_seed(0)).double()
+    for level in (1, 2):
+        pixel = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64) / torch.tensor(pyr.level_resolution(level))
+        ok = opl.movable(base, scales, level, pixel)
+        assert 0.1 < ok.float().mean() < 0.9                 # some can move, some sit at an edge
+        for t in (0.0, 0.5, 1.0):
+            off = base[ok].clone()
+            off[:, level] += t * pixel
+            for k in range(1, pyr.num_levels):                # each patch inside the one below it
+                assert (off[:, k] >= off[:, k - 1] - 1e-9).all()
+                assert (off[:, k] + scales[k] <= off[:, k - 1] + scales[k - 1] + 1e-9).all()
+        moved = base[~ok].clone()
+        moved[:, level] += pixel
+        inside = [((moved[:, k] >= moved[:, k - 1] - 1e-9) & (moved[:, k] + scales[k] <= moved[:, k - 1]
+                   + scales[k - 1] + 1e-9)).all(-1) for k in range(1, pyr.num_levels)]
+        assert not torch.stack(inside).all(0).any()           # the others would leave a parent
