@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Pyramid variants trained on from one start side by side on one GPU, then scored at equal steps:
+# what does one setting change is worth, measured by FVD and faithfulness at the same N? VARIANTS
+# train at once from FROM (default the packaged model), one process each, each for SECONDS_EACH
+# (start-up and graph capture included) in a cosine schedule of STEPS, checkpointing every 250 steps
+# into $RUNS/<variant>; RESUME=1 continues them on the same warm machine in a later call. SWEEP=1
+# then scores every variant's newest checkpoint with benchmarks/guidance_sweep.py on EVAL_NUM
+# held-out prompts per side (FVD against real clips with the floor and the trivial baselines,
+# faithfulness, stripes, a contact sheet in $OUT/sheets-<variant>), SETTINGS as there (default the
+# protocol of docs/results.md, sections 21-23: guidance 1.5 at level 0, 32/32/16 steps, `fhw`),
+# the variants side by side again. Needs out/gpu/shapes_prompts_tokens.safetensors to train,
+# out/gpu/shapes_prompts_heldout.safetensors to score, the I3D file at $I3D and out/gpu/whl
+# (benchmarks/stage_gpu_inputs.sh).
+# A variant's overrides: the environment variable V_<variant> if set, else the table below:
+#   grid        pyramid.offsets="grid": every level trained on its pixel grid, as sampling tiles it
+#   continuous  pyramid.offsets="continuous": the paper's offsets, the control (docs/results.md, section 26)
+# The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
+# (docs/benchmarks.md): side by side, variants should share that, as base levels did.
+# The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
+# machine, back to back (see benchmarks/gpu_grown_stage.sh for the same layout):
+#   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
+#      mkdir -p /tmp/i3d && cp out/i3dp/part-00 /tmp/i3d/ && SECONDS_EACH=560 STEPS=2500 bash benchmarks/gpu_pyramid_variants.sh
+#   2. the same with part-01 and RESUME=1 (the same STEPS)
+#   3. carry out/gpu/whl, out/gpu/shapes_prompts_heldout.safetensors, part-02: cp out/i3dp/part-02 /tmp/i3d/ &&
+#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SECONDS_EACH=0 SWEEP=1 EVAL_NUM=512 bash ...
+# EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors.
+# A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
+#   data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=60 STEPS=10 SWEEP=1 EVAL_NUM=2 BATCH=2 \
+#   SETTINGS=1.5,1,1/16,16,8/none I3D=out/gpu/i3d-kinetics-400.ckpt SWEEP_FLAGS= \
+#   PATH=.venv/bin:$PATH bash benchmarks/gpu_pyramid_variants.sh
+set -uo pipefail
+OUT=${OUT:-out/result}; mkdir -p "$OUT"
+source benchmarks/gpu_env.sh
+RECIPE=${RECIPE:-recipes/shapes.toml}
+RUNS=${RUNS:-/tmp/pyr-variants}; mkdir -p "$RUNS"
+VARIANTS=${VARIANTS:-grid continuous}
+FROM=${FROM:-packaged}
+I3D=${I3D:-/tmp/i3d-kinetics-400.ckpt}
+SETTINGS=${SETTINGS:-1.5,1,1/32,32,16/fhw}
+TABLE='data.prompt_table="out/gpu/shapes_prompts_tokens.safetensors"'
+overrides() {   # $1: variant -> its recipe overrides
+  local var="V_$1"
+  if [ -n "${!var+x}" ]; then echo "${!var}"; return; fi
+  case "$1" in
+    grid) echo 'pyramid.offsets="grid"' ;;
+    continuous) echo 'pyramid.offsets="continuous"' ;;
+    *) echo "unknown variant $1 (grid continuous, or set V_$1)" >&2; return 2 ;;
+  esac
+}
+train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
+  local v=$1 ov rc
+  ov=$(overrides "$v") || return 2
+  [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
+  # shellcheck disable=SC2086
+  timeout --preserve-status -s TERM "$SECONDS_EACH" python3 -m hpdm_cli train "$RECIPE" --run-dir "$RUNS/$v" \
+    --no-progress "$TABLE" "train.init_from=\"$FROM\"" "train.steps=${STEPS:-2500}" \
+    'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 $ov ${EXTRA:-} >> "$RUNS/$v.log" 2>&1
+  rc=$?
+  cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
+  echo "[$v] $ov: exit $rc (0 finished, 143 stopped by the time limit); last lines of the log:"
+  tail -n 2 "$RUNS/$v.log" | cut -c1-300
+}
+sweep_variant() {   # $1: variant -> guidance_sweep.py's table of its newest checkpoint in $RUNS/$1.sweep
+  # shellcheck disable=SC2086
+  python3 benchmarks/guidance_sweep.py "$RUNS/$1" --num "${EVAL_NUM:-512}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
+    --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \
+    --sheets "$OUT/sheets-$1" 2>&1 | grep -v "^WARNING" > "$RUNS/$1.sweep"
+}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; $RECIPE from $FROM; variants: $VARIANTS"
+T0=$SECONDS
+for v in $VARIANTS; do overrides "$v" > /dev/null || exit 2; done
+if [ "${SECONDS_EACH:-0}" -gt 0 ]; then
+  for v in $VARIANTS; do train_variant "$v" & done
+  wait
+  echo "trained in $((SECONDS - T0)) s"
+fi
+if [ "${SWEEP:-0}" = 1 ]; then
+  [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
+  for v in $VARIANTS; do sweep_variant "$v" & done
+  wait
+  for v in $VARIANTS; do echo "== $v: $(overrides "$v")"; cat "$RUNS/$v.sweep"; done
+  echo "scored in $((SECONDS - T0)) s"
+fi
+for v in ${EXPORT:-}; do
+  export_to "$RUNS/$v" "$OUT/$v.safetensors"
+done
+echo "total $((SECONDS - T0)) s"
