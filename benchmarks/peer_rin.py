@@ -75,8 +75,9 @@ PEER_FULL = dict(dim=1024, image_size=256, patch_size=4, channels=3, depth=6, la
 PEER_TINY = dict(dim=64, image_size=16, patch_size=4, channels=3, depth=2, latent_self_attn_depth=1,
                  dim_latent=32, num_latents=8, patches_self_attn=False, latent_token_time_cond=True,
                  heads=2, dim_head=16)
-# --modes: name -> torch.compile mode (None: eager). "graphs" replays CUDA graphs (each step marks its start).
-MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead"}
+# --modes: name -> torch.compile mode (None: eager). "graphs" replays CUDA graphs (each step marks its start);
+# "autotune" lets inductor benchmark its GEMM and kernel choices at compile time (minutes more of compilation).
+MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
 CUDA_GRAPH_MODES = ("reduce-overhead",)
 OURS_TINY = ["pyramid.resolution=[4,16,16]", "pyramid.patch=[2,8,8]", "model.interface_dim=64",
              "model.latent_dim=32", "model.num_latents=8", "model.num_blocks=2", "model.compute_layers=1",
@@ -281,7 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "tf32", "fp32"])
     ap.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled (torch.compile), "
-                                                            "graphs (torch.compile with CUDA graphs)")
+                                                            "graphs (torch.compile with CUDA graphs), autotune "
+                                                            "(its max-autotune-no-cudagraphs mode)")
     ap.add_argument("--sides", default="ours,peer", help="ours, peer or both (comma-separated)")
     ap.add_argument("--wheels", default=str(HERE.parent / carried.DEFAULT_WHEELS), help="folder of carried wheels")
     ap.add_argument("--peer-attn", default="auto", choices=["auto", "sdpa", "einsum"],

@@ -137,7 +137,8 @@ def test_peer_modes_with_cuda_graphs_are_named_and_compared_with_the_compiled_pe
             _row("ours", True, 5.0, 5.0, mode="graphs"), _row("peer", True, 4.0, 4.0, mode="graphs")]
     assert peer_rin.ratios(rows) == {"compiled": (2.0, 2.0), "graphs": (1.25, 1.25), "graphs vs compiled": (2.5, 2.5)}
     assert "graphs" in peer_rin.table(rows) and "graphs vs compiled: 2.50x" in peer_rin.table(rows)
-    assert [peer_rin.mode_name(m) for m in (None, "default", "reduce-overhead")] == ["eager", "compiled", "graphs"]
+    assert [peer_rin.mode_name(m) for m in (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")] == [
+        "eager", "compiled", "graphs", "autotune"]
     with pytest.raises(SystemExit):
         peer_rin.main(["--modes", "eager,turbo"])
 
