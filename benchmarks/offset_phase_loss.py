@@ -1,12 +1,13 @@
 """Loss of a model's intermediate levels against the sub-pixel phase of their patches: is it trained on what sampling shows it?
 
-    python benchmarks/offset_phase_loss.py CKPT [--videos 64] [--repeats 6] [--phases 0 0.25 0.5 0.75]
+    python benchmarks/offset_phase_loss.py CKPT [--videos 64] [--repeats 6] [--phases 0 0.25 0.5 0.75] [--axes hw]
 
 Sampling places every tile on its level's pixel grid (docs/method.md, section 9): phase 0. With
 `pyramid.offsets = "continuous"` (the paper's scheme) training places an intermediate level's patch
 anywhere, so most training patches are trilinearly resampled between pixels, i.e. slightly blurred.
 For each intermediate level l this draws grid-aligned patch hierarchies of training-split `shapes`
-videos, moves level l alone by a fraction t of one of its pixels along both spatial axes, and prints
+videos, moves level l alone by a fraction t of one of its pixels along both spatial axes (`--axes
+t`: along time, by a fraction of a frame; `thw`: all three), and prints
 the EDM loss of level l at the checkpoint's training noise. Every phase sees the same videos,
 offsets of the other levels, sigmas and noise, and only hierarchies where level l can move by a
 whole pixel and stay nested count, so the rows differ by the phase alone. A model that sampling
@@ -33,7 +34,7 @@ from hpdm_cli.pyramid import extract_patches, level_scales, sample_nested_offset
 
 
 def movable(offsets: torch.Tensor, scales: torch.Tensor, level: int, pixel: torch.Tensor) -> torch.Tensor:
-    """[B] True where `level` can move by up to one of its pixels (`pixel` [3]) on h, w and stay nested."""
+    """[B] True where `level` can move by up to `pixel` [3] (one of its pixels on the moved axes) and stay nested."""
     lo, hi = offsets[:, level - 1], offsets[:, level - 1] + scales[level - 1]
     ok = (offsets[:, level] + pixel + scales[level] <= hi + 1e-9).all(-1) & (offsets[:, level] >= lo).all(-1)
     if level + 1 < offsets.shape[1]:
@@ -41,7 +42,8 @@ def movable(offsets: torch.Tensor, scales: torch.Tensor, level: int, pixel: torc
     return ok
 
 
-def phase_losses(net, recipe, videos: torch.Tensor, phases: list[float], repeats: int, seed: int = 0) -> dict:
+def phase_losses(net, recipe, videos: torch.Tensor, phases: list[float], repeats: int, axes: str = "hw",
+                 seed: int = 0) -> dict:
     """{level: {phase: mean loss}} for every intermediate level, on the same draws for every phase."""
     pyr = recipe.pyramid
     grid_pyr = dataclasses.replace(pyr, offsets="grid")
@@ -58,7 +60,7 @@ def phase_losses(net, recipe, videos: torch.Tensor, phases: list[float], repeats
                 draw = draw_noise(recipe.diffusion, extract_patches(batch, grid_pyr, base.float()).shape,
                                   conditional=False, generator=g)
                 for l in sums:
-                    pixel = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64) / torch.tensor(
+                    pixel = torch.tensor([float(a in axes) for a in "thw"], dtype=torch.float64) / torch.tensor(
                         pyr.level_resolution(l), dtype=torch.float64)
                     ok = movable(base, scales, l, pixel)
                     if not ok.any():
@@ -82,6 +84,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--phases", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    ap.add_argument("--axes", default="hw", choices=["hw", "t", "thw"], help="the axes along which the level moves")
     args = ap.parse_args()
     net, recipe, _ = load_generator(args.ckpt, "cpu")
     if recipe.pyramid.num_levels < 3:
@@ -89,9 +92,9 @@ def main() -> None:
     T, H, W = recipe.pyramid.resolution
     clips = [render_shapes_video(i, frames=T, height=H, width=W, split="train")[0] for i in range(args.videos)]
     videos = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    table = phase_losses(net, recipe, videos, args.phases, args.repeats)
+    table = phase_losses(net, recipe, videos, args.phases, args.repeats, args.axes)
     levels = sorted(table)
-    print(f"offsets {recipe.pyramid.offsets}; " + "; ".join(f"level {l}: trained on {recipe.pyramid.level_resolution(l)}" for l in levels))
+    print(f"offsets {recipe.pyramid.offsets}; moved along {args.axes}; " + "; ".join(f"level {l}: trained on {recipe.pyramid.level_resolution(l)}" for l in levels))
     print("| phase (pixels of the level) | " + " | ".join(f"loss level {l}" for l in levels) + " |")
     print("|---|" + "---|" * len(levels))
     for t in args.phases:
