@@ -60,11 +60,12 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   echo "[$v] $ov: exit $rc (0 finished, 143 stopped by the time limit); last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
 }
-sweep_variant() {   # $1: variant -> guidance_sweep.py's table of its newest checkpoint in $RUNS/$1.sweep
+sweep_variant() {   # $1: variant -> guidance_sweep.py's lines for its newest checkpoint in $OUT/sweep-$1.txt
+  # (written as they come: a call that runs out of time still brings back what was scored)
   # shellcheck disable=SC2086
   python3 benchmarks/guidance_sweep.py "$RUNS/$1" --num "${EVAL_NUM:-512}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
     --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \
-    --sheets "$OUT/sheets-$1" 2>&1 | grep -v "^WARNING" > "$RUNS/$1.sweep"
+    --sheets "$OUT/sheets-$1" 2>&1 | grep --line-buffered -v "^WARNING" > "$OUT/sweep-$1.txt"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; $RECIPE from $FROM; variants: $VARIANTS"
@@ -79,7 +80,7 @@ if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
   for v in $VARIANTS; do sweep_variant "$v" & done
   wait
-  for v in $VARIANTS; do echo "== $v: $(overrides "$v")"; cat "$RUNS/$v.sweep"; done
+  for v in $VARIANTS; do echo "== $v: $(overrides "$v")"; cat "$OUT/sweep-$v.txt"; done
   echo "scored in $((SECONDS - T0)) s"
 fi
 for v in ${EXPORT:-}; do
