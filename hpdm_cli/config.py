@@ -220,7 +220,9 @@ class SampleConfig:
     steps: int = 128                     # Sampler steps at level 0, halved per level.
     level_steps: list[int] = field(default_factory=list)  # Explicit per-level steps (overrides `steps`).
     sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_max: float | list[float] = 80.0  # Where each level's sampling starts: one value, or one per level (coarse
+    #                                      to fine): levels that add detail to a finished context are trained at
+    #                                      lower noise and need not start as high (docs/method.md, section 9).
     rho: float = 7.0
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
@@ -325,8 +327,12 @@ class Recipe:
         if self.data.synthetic_split not in ("all", "train", "heldout"):
             raise ConfigError(f"data.synthetic_split = {self.data.synthetic_split!r}: expected \"all\", \"train\" "
                               "or \"heldout\"")
-        if sm.sigma_min > sm.sigma_max:
-            raise ConfigError(f"sample.sigma_min = {sm.sigma_min} is above sample.sigma_max = {sm.sigma_max}")
+        if isinstance(sm.sigma_max, (list, tuple)) and len(sm.sigma_max) < L:
+            raise ConfigError(f"sample.sigma_max = {list(sm.sigma_max)}: {len(sm.sigma_max)} entries for {L} pyramid "
+                              "levels; give one number, or one per level (coarse to fine)")
+        for v in (sm.sigma_max if isinstance(sm.sigma_max, (list, tuple)) else [sm.sigma_max]):
+            if sm.sigma_min > v:
+                raise ConfigError(f"sample.sigma_min = {sm.sigma_min} is above sample.sigma_max = {sm.sigma_max}")
         return self
 
     def _check_ranges(self) -> None:
@@ -383,7 +389,8 @@ class Recipe:
             ("sample.steps", s.steps, ints(1)),
             *((f"sample.level_steps[{i}]", v, ints(1)) for i, v in enumerate(s.level_steps)),
             ("sample.sigma_min", s.sigma_min, pos),
-            ("sample.sigma_max", s.sigma_max, pos),
+            *(((f"sample.sigma_max[{i}]", v, pos) for i, v in enumerate(s.sigma_max))
+              if isinstance(s.sigma_max, (list, tuple)) else [("sample.sigma_max", s.sigma_max, pos)]),
             ("sample.rho", s.rho, pos),
             ("sample.churn", s.churn, nonneg),
             ("sample.context_cache_gib", s.context_cache_gib, nonneg),

@@ -310,6 +310,9 @@ def test_every_number_is_range_checked():
     ("sample.level_steps=[8, 0, 2]", "sample.level_steps[1] = 0: expected an integer >= 1"),
     ("sample.level_steps=[8, 4]", "sample.level_steps = [8, 4]: 2 entries for 3 pyramid levels"),
     ("sample.sigma_min=100", "sample.sigma_min = 100.0 is above sample.sigma_max = 80.0"),
+    ("sample.sigma_max=[80, 10]", "sample.sigma_max = [80.0, 10.0]: 2 entries for 3 pyramid levels"),
+    ("sample.sigma_max=[80, 10, -1]", "sample.sigma_max[2] = -1.0: expected a finite number > 0"),
+    ("sample.sigma_max=[80, 10, 0.001]", "sample.sigma_min = 0.002 is above sample.sigma_max = [80.0, 10.0, 0.001]"),
     ("eval.batch_size=0", "eval.batch_size = 0: expected an integer >= 1"),
 ])
 def test_out_of_range_values_name_key_and_range(tmp_path, ov, expected):

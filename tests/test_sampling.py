@@ -482,3 +482,23 @@ def test_level_steps():
     assert level_steps(recipe.sample, 2, [9, 1]) == [9, 1]
     with pytest.raises(ValueError):
         level_steps(recipe.sample, 3, [2, 2])
+
+
+def test_per_level_sigma_max_starts_each_level_where_it_says(monkeypatch):
+    """sample.sigma_max per level: each level's schedule starts at its own value; one value is every level's."""
+    import dataclasses
+
+    import hpdm_cli.sampling.hierarchical as hier
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    starts, real = [], hier.edm_sample
+    monkeypatch.setattr(hier, "edm_sample", lambda D, noise, sigmas, **kw: starts.append(float(sigmas[0]))
+                        or real(D, noise, sigmas, **kw))
+    per_level = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, sigma_max=[80.0, 10.0, 5.0]))
+    kw = dict(cond=torch.tensor([1]), steps=[2, 2, 1])
+    a = sample(net, per_level, [1], **kw)
+    assert starts == pytest.approx([80.0, 10.0, 5.0], rel=1e-12)
+    starts.clear()
+    b = sample(net, recipe, [1], **kw)
+    assert starts == pytest.approx([recipe.sample.sigma_max] * 3, rel=1e-12)
+    assert torch.equal(a.videos[0], b.videos[0])                  # level 0 starts as before: the same video
+    assert (a.videos[1] - b.videos[1]).abs().max() > 1e-3         # the finer levels start lower

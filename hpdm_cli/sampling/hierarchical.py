@@ -90,13 +90,18 @@ def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]
     return out
 
 
+def per_level(value, levels: int, what: str) -> list[float]:
+    """One number for every level, or a list of at least one per level -> a list of `levels` floats."""
+    if isinstance(value, (list, tuple)):
+        if len(value) < levels:
+            raise ValueError(f"{len(value)} per-level {what} given for {levels} levels")
+        return [float(w) for w in value[:levels]]
+    return [float(value)] * levels
+
+
 def level_guidance(guidance, levels: int) -> list[float]:
     """Classifier-free guidance scale per level: one number for every level, or a list of one per level."""
-    if isinstance(guidance, (list, tuple)):
-        if len(guidance) < levels:
-            raise ValueError(f"{len(guidance)} per-level guidance scales given for {levels} levels")
-        return [float(w) for w in guidance[:levels]]
-    return [float(guidance)] * levels
+    return per_level(guidance, levels, "guidance scales")
 
 
 def cache_bytes(pyr: PyramidConfig, m: ModelConfig, overlap: Optional[str] = None, batch: int = 1, *,
@@ -234,6 +239,7 @@ class HierarchicalSampler:
         nsteps = level_steps(sc, n_levels, steps)
         generated = [l for l in range(n_levels) if l not in fixed]
         w = level_guidance(sc.guidance if guidance is None else guidance, self.num_levels)
+        sigma_max = per_level(sc.sigma_max, self.num_levels, "sigma_max values")
         guided = cond is not None and self.model.cond != "none" and any(w[l] != 1.0 for l in generated)
         run = self._start(seeds, cond, w, guided, generated)
 
@@ -253,7 +259,7 @@ class HierarchicalSampler:
                     ctx_held.append(0)
                 else:
                     gens = [seed_generator(s, l, _SAMPLER_STREAM) for s in seeds]
-                    sigmas = edm_sigmas(nsteps[l], sc.sigma_min, sc.sigma_max, sc.rho)
+                    sigmas = edm_sigmas(nsteps[l], sc.sigma_min, sigma_max[l], sc.rho)
                     churn = sc.churn if l < sc.stochastic_levels else 0.0
                     cb = (lambda i, n, _l=l: progress(_l, i, n)) if progress is not None else None
                     c0 = self._clock()
