@@ -1,7 +1,8 @@
 """FVD and faithfulness of one shapes model under several classifier-free guidance settings.
 
 The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
-"3,1,1", optionally followed by per-level steps and an overlap ("1.5/32,32,16/hw"); every setting
+"3,1,1", optionally followed by per-level steps, an overlap and per-level sigma_max (where each
+level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10"); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py). One JSON line per setting as it finishes, then a markdown
 table. On a GPU with the I3D file (docs/results.md, section 8):
@@ -18,6 +19,7 @@ floor's (the real-vs-real row) is what the upper levels cost, apart from level 0
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,14 +33,16 @@ sys.path.insert(0, str(HERE))
 
 
 def parse_setting(text: str, steps, overlap) -> tuple:
-    """"3" -> (3.0, steps, overlap); "3,1,1/32,32,16/hw" -> ([3.0, 1.0, 1.0], [32, 32, 16], "hw")."""
+    """"3" -> (3.0, steps, overlap, None); "3,1,1/32,32,16/hw/80,10,10" -> ([3.0, 1.0, 1.0], [32, 32, 16], "hw",
+    [80.0, 10.0, 10.0]) (the last: sample.sigma_max per level; None keeps the recipe's)."""
     parts = text.split("/")
     vals = [float(v) for v in parts[0].split(",")]
     if len(parts) > 1 and parts[1]:
         steps = [int(v) for v in parts[1].split(",")]
     if len(parts) > 2 and parts[2]:
         overlap = parts[2]
-    return (vals[0] if len(vals) == 1 else vals), steps, overlap
+    sigma_max = [float(v) for v in parts[3].split(",")] if len(parts) > 3 and parts[3] else None
+    return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max
 
 
 SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion")
@@ -117,7 +121,9 @@ def main(argv=None) -> int:
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
     for text in a.settings:
         t0 = time.time()
-        w, st, ov = parse_setting(text, steps, a.overlap)
+        w, st, ov, smax = parse_setting(text, steps, a.overlap)
+        rec = recipe if smax is None else dataclasses.replace(
+            recipe, sample=dataclasses.replace(recipe.sample, sigma_max=smax))
         gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, log=lambda s: None)
         fixed = None
         if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
@@ -125,7 +131,7 @@ def main(argv=None) -> int:
             lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
                                  steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
             fixed = real_level0(lvl0, base[1].pyramid)                     # uint8 clips -> [-1, 1], as given
-        fake = generate_rows(net, recipe, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
+        fake = generate_rows(net, rec, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
                              fixed=fixed, **gen)
         secs = time.time() - t0
         sc, f = scores(fake, real_a.captions), fvd(fake)
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
                           "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
                           **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
         if a.real_level0:
-            up = generate_rows(net, recipe, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
+            up = generate_rows(net, rec, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
                                fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
             su, fu = scores(up, real_b.captions), fvd(up)
             rows.append((f"upper levels given real level 0, {text}", fu, su))

@@ -406,3 +406,12 @@ def test_offset_phase_moves_only_patches_that_stay_nested():
         inside = [((moved[:, k] >= moved[:, k - 1] - 1e-9) & (moved[:, k] + scales[k] <= moved[:, k - 1]
                    + scales[k - 1] + 1e-9)).all(-1) for k in range(1, pyr.num_levels)]
         assert not torch.stack(inside).all(0).any()           # the others would leave a parent
+
+
+def test_guidance_sweep_settings_name_guidance_steps_overlap_and_sigma_max():
+    """A setting is a scale or one per level, then optional per-level steps, overlap and sigma_max."""
+    from guidance_sweep import parse_setting
+    assert parse_setting("3", None, None) == (3.0, None, None, None)
+    assert parse_setting("1.5,1,1/32,32,16/fhw", None, "none") == ([1.5, 1.0, 1.0], [32, 32, 16], "fhw", None)
+    assert parse_setting("1.5,1,1//hw/80,10,10", [8, 4, 2], None) == ([1.5, 1.0, 1.0], [8, 4, 2], "hw",
+                                                                      [80.0, 10.0, 10.0])
