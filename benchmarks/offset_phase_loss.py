@@ -57,8 +57,8 @@ def phase_losses(net, recipe, videos: torch.Tensor, phases: list[float], repeats
             for i in range(0, len(videos), 16):
                 batch = videos[i:i + 16]
                 base = sample_nested_offsets(grid_pyr, len(batch), generator=g).double()
-                draw = draw_noise(recipe.diffusion, extract_patches(batch, grid_pyr, base.float()).shape,
-                                  conditional=False, generator=g)
+                shape = (len(batch), pyr.num_levels, batch.shape[1], *pyr.patch)   # the patch hierarchy's
+                draw = draw_noise(recipe.diffusion, shape, conditional=False, generator=g)
                 for l in sums:
                     pixel = torch.tensor([float(a in axes) for a in "thw"], dtype=torch.float64) / torch.tensor(
                         pyr.level_resolution(l), dtype=torch.float64)

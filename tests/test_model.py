@@ -1,4 +1,7 @@
-"""The HPDM network: causality, adaptive computation, fusion alignment, shapes (docs/method.md, invariants 4-5)."""
+"""The HPDM network: causality, adaptive computation, fusion alignment, shapes.
+
+docs/method.md, invariants "causality" and "adaptive computation".
+"""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Patch pyramid invariants (docs/method.md, invariants 1-3): nesting, coordinates, the exact integer last level."""
+"""Patch pyramid invariants: nesting, coordinates, the exact integer last level (docs/method.md, the first three)."""
 
 import dataclasses
 

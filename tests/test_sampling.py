@@ -1,4 +1,7 @@
-"""Inference: tiling, the EDM sampler and hierarchical sampling (docs/method.md, invariants 6-9)."""
+"""Inference: tiling, the EDM sampler and hierarchical sampling.
+
+docs/method.md, the invariants from "the overlapped merge is exact" to "the sampler draws the right Gaussian".
+"""
 
 import math
 from types import SimpleNamespace
@@ -200,7 +203,8 @@ def test_hierarchical_level0_draws_gaussian_data(stochastic):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hierarchical sampling with a real network (invariants 7, 8)
+# Hierarchical sampling with a real network (invariants "cached context equals recomputed context" and
+# "a sample depends only on its seed")
 
 def small_net(**model):
     recipe = tiny_recipe(resolution=(4, 32, 32), patch=(2, 8, 8), **model)
@@ -228,7 +232,10 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "fhw", torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
-    """docs/method.md, invariant 7: activation caching and per-call recomputation give the same video."""
+    """Activation caching and per-call recomputation give the same video.
+
+    docs/method.md, invariant "cached context equals recomputed context".
+    """
     net, recipe = small_net(**model)
     net.to(dtype)
     shapes = []
@@ -289,7 +296,10 @@ def test_bf16_autocast_caches_at_bf16_and_matches_recomputation():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sample_depends_only_on_its_seed(dtype):
-    """docs/method.md, invariant 8: seed 5's video is the same alone or next to seed 3 (and with other chunking)."""
+    """Seed 5's video is the same alone or next to seed 3 (and with other chunking).
+
+    docs/method.md, invariant "a sample depends only on its seed".
+    """
     net, recipe = small_net(load=[1, 1, 2, 3])
     net.to(dtype)
     kw = dict(guidance=2.0, steps=[3, 3, 1], dtype=dtype)
@@ -381,7 +391,10 @@ def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: canvases drawn by GPU generators")
 def test_gpu_sample_depends_only_on_its_seed():
-    """On a GPU the noise comes from GPU generators seeded by the seed's streams (docs/method.md, invariant 8)."""
+    """On a GPU the noise comes from GPU generators seeded by the seed's streams.
+
+    docs/method.md, invariant "a sample depends only on its seed".
+    """
     net, recipe = small_net(load=[1, 1, 2, 3])
     net.cuda()
     kw = dict(guidance=2.0, steps=[3, 3, 1])

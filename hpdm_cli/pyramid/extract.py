@@ -8,7 +8,8 @@ resampled trilinearly at its sample centres (`align_corners=False`, the conventi
 `geometry`). The last level is an integer crop of the full-resolution video (no resampling;
 docs/method.md, section 2), and so is every level with `pyramid.offsets = "grid"` (a crop of the
 level's box-filtered video). A linear ramp video is reproduced exactly at every level
-(docs/method.md, invariants 2 and 3; tests/test_pyramid.py).
+(docs/method.md, invariants "coordinates reproduce a linear ramp" and "the last level is an
+exact integer crop"; tests/test_pyramid.py).
 """
 
 from __future__ import annotations
