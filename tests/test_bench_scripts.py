@@ -257,6 +257,14 @@ def test_every_benchmark_python_script_compiles(script):
         py_compile.compile(str(BENCH / script), cfile=str(Path(d) / "x.pyc"), doraise=True)
 
 
+def test_the_index_names_every_benchmark_script_and_only_those():
+    import re
+    listed = set(re.findall(r"`([\w.]+\.(?:py|sh))`", (BENCH / "README.md").read_text(encoding="utf-8")))
+    present = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
+    assert present - listed == set(), "add these to benchmarks/README.md"
+    assert listed - present == set(), "benchmarks/README.md names scripts that do not exist"
+
+
 def test_fvd_edits_change_what_they_name_and_nothing_else():
     import fvd_edits
     from hpdm_cli.data.shapes import render_shapes_video
