@@ -14,6 +14,17 @@
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
 #   grid        pyramid.offsets="grid": every level trained on its pixel grid, as sampling tiles it
 #   continuous  pyramid.offsets="continuous": the paper's offsets, the control (docs/results.md, section 26)
+# and the paper's design ablations (its Tables 2-3; docs/results.md, section 16), best grown from a
+# trained base level rather than from the packaged pyramid (see below):
+#   default     the recipe as it is (deep fusion, load [1,1,2,2,3,3], context_prob 0.75)
+#   shallow     model.fusion="shallow": the RGB of the level below, concatenated to the input
+#   uniform     model.load=[3,3,3,3,3,3]: no adaptive computation, every block runs every level
+#   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
+# Ablations at equal budget from a real base level, on one warm machine: the base level from scratch
+# as the packaged model's was (recipes/shapes.toml's header), ~8 minutes of one call:
+#   V_base='diffusion.p_mean=-0.5 diffusion.p_std=1.6' VARIANTS=base SECONDS_EACH=540 STEPS=10000 \
+#     bash benchmarks/gpu_base_variants.sh
+# then FROM=/tmp/base-variants/base VARIANTS="default shallow uniform" STEPS=... with this script.
 # The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
 # (docs/benchmarks.md): side by side, variants should share that, as base levels did.
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
@@ -44,7 +55,13 @@ overrides() {   # $1: variant -> its recipe overrides
   case "$1" in
     grid) echo 'pyramid.offsets="grid"' ;;
     continuous) echo 'pyramid.offsets="continuous"' ;;
-    *) echo "unknown variant $1 (grid continuous, or set V_$1)" >&2; return 2 ;;
+    default) echo '' ;;
+    shallow) echo 'model.fusion="shallow"' ;;
+    uniform) echo 'model.load=[3,3,3,3,3,3]' ;;
+    ctx0) echo 'diffusion.context_prob=0.0' ;;
+    ctx025) echo 'diffusion.context_prob=0.25' ;;
+    ctx1) echo 'diffusion.context_prob=1.0' ;;
+    *) echo "unknown variant $1 (grid continuous default shallow uniform ctx0 ctx025 ctx1, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
