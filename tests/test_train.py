@@ -566,6 +566,44 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     assert "patch or level sizes differ" in loop.grown_levels(tiny_recipe((8, 32, 32), (4, 8, 8), **kw), big)
 
 
+def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
+    """init_from a base level alone into a pyramid with shallow fusion: the tokenizer keeps the base's
+    pixel columns and its context columns start at zero, so level 0 computes what the base did; a deep-fusion
+    pyramid grown into a shallow one is said not to reproduce its outputs (its fusion weights have no place)."""
+    from conftest import tiny_recipe
+    from hpdm_cli.model import HPDMNet
+    from hpdm_cli.pyramid import sample_nested_offsets
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    kw = dict(num_blocks=4, adaptive_norm=True)
+    one = tiny_recipe((4, 8, 8), (4, 8, 8), **kw)
+    pyr = tiny_recipe((16, 32, 32), (4, 8, 8), fusion="shallow", **kw)
+    small = HPDMNet(one.pyramid, one.model)
+    with torch.no_grad():
+        for p in small.parameters():                                             # every path carries signal
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(tmp_path / "one", one, 1, model=small.state_dict(), ema=small.state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    big = HPDMNet(pyr.pyramid, pyr.model)
+    r = init_from_checkpoint(big, str(tmp_path / "one"))
+    assert r.widened == ["tokenizer.weight"] and "tokenizer.weight" in r.new and not r.unused
+    assert "reproduced on level 0, levels 1-2 new" in r.grown and "start at zero" in r.describe("x")
+    w, w0 = big.state_dict()["tokenizer.weight"], small.state_dict()["tokenizer.weight"]
+    assert torch.equal(w[:, :w0.shape[1]], w0) and not w[:, w0.shape[1]:].any()
+    B, m = 2, pyr.model
+    off = sample_nested_offsets(pyr.pyramid, B, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(B, 3, m.channels, *pyr.pyramid.patch)
+    c_noise, label = torch.randn(B, 3) * 0.5, torch.tensor([1, 3])
+    with torch.no_grad():
+        want = small(x[:, :1], c_noise[:, :1], off[:, :1], label).out
+        got = big(x, c_noise, off, label).out[:, :1]
+    assert torch.allclose(got, want, atol=1e-5)
+    deep = tiny_recipe((8, 16, 16), (4, 8, 8), **kw)                            # 2 levels, deep fusion
+    save_checkpoint(tmp_path / "deep", deep, 1, model=HPDMNet(deep.pyramid, deep.model).state_dict(), ema=None,
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    r2 = init_from_checkpoint(HPDMNet(pyr.pyramid, pyr.model), str(tmp_path / "deep"))
+    assert r2.unused and "not its outputs" in r2.grown and "have no place here" in r2.grown
+
+
 def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with loop.StopFlag() as stop:

@@ -41,7 +41,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -118,35 +118,41 @@ class InitReport:
 
     loaded: list                                 # copied whole
     partial: list                                # per-level tables: the rows of the levels both models have
-    new: list                                    # kept their initialisation (partial ones included)
+    new: list                                    # kept their initialisation (partial and widened ones included)
     unused: list                                 # checkpoint tensors with no place in the model
     grown: str = ""                              # for a checkpoint with fewer levels: how its levels start here
     base_levels: int = 0                         # the checkpoint's number of pyramid levels
+    widened: list = field(default_factory=list)  # the tokenizer, given shallow fusion's context channels at zero
 
     def describe(self, path: str) -> str:
         """One log line: what was loaded, partly loaded and new."""
         return (f"init_from {path}: {len(self.loaded)} tensors loaded, "
                 + (f"{len(self.partial)} per-level tables loaded for the levels both models have "
                    f"({', '.join(self.partial)}), " if self.partial else "")
+                + (f"{', '.join(self.widened)} loaded for the pixels, its shallow-fusion context inputs "
+                   "start at zero, " if self.widened else "")
                 + f"{len(self.new)} new: {', '.join(self.new[:12])}" + (" ..." if len(self.new) > 12 else "")
                 + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else "")
                 + (f"; {self.grown}" if self.grown else ""))
 
 
-def grown_levels(base: Recipe, net: HPDMNet) -> str:
+def grown_levels(base: Recipe, net: HPDMNet, unused: Sequence[str] = ()) -> str:
     """For a base model with fewer levels than `net`: whether `net` starts by computing them as the base did.
 
     A pyramid grown by finer levels (the paper's large text-to-video model is fine-tuned from a
     low-resolution generator) keeps the base's outputs on the levels both have exactly when those
-    levels have the same patch and sizes and every block processes the same of them (min(n_b, L0)
-    equals the base's n_b): finer levels never reach coarser ones (docs/method.md, invariant "causality").
+    levels have the same patch and sizes, every block processes the same of them (min(n_b, L0)
+    equals the base's n_b) and every base weight found its place (`unused` names those that did
+    not): finer levels never reach coarser ones (docs/method.md, invariant "causality").
     Returns "" when the base has as many levels or more, else a short statement for the log.
     """
     L0, L = base.pyramid.num_levels, net.num_levels
     if L0 >= L:
         return ""
     why = ""
-    if tuple(base.pyramid.patch) != tuple(net.pyramid.patch) or any(
+    if unused:
+        why = f"{len(unused)} of its tensors have no place here ({', '.join(list(unused)[:3])})"
+    elif tuple(base.pyramid.patch) != tuple(net.pyramid.patch) or any(
             base.pyramid.level_resolution(l) != net.pyramid.level_resolution(l) for l in range(L0)):
         why = "their patch or level sizes differ"
     else:
@@ -175,13 +181,19 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
         path = str(DEFAULT_MODEL)
     weights, base, _ = read_weights_file(resolve_sampling_weights(path))
     own = net.state_dict()
-    loaded, partial = {}, []
+    loaded, partial, widened = {}, [], []
     for k, v in weights.items():
         if k not in own:
             continue
         mine = own[k]
         if mine.shape == v.shape:
             loaded[k] = v
+        elif k == "tokenizer.weight" and mine.shape == (v.shape[0], 2 * v.shape[1]):
+            # Shallow fusion here, not in the checkpoint: its tokens read (pixels, context) channel-major,
+            # so the checkpoint's columns are the pixels' and the context's start at zero; level 0, whose
+            # context is zero, then computes what the checkpoint did.
+            loaded[k] = torch.cat([v.to(mine.dtype), torch.zeros_like(mine[:, v.shape[1]:])], dim=1)
+            widened.append(k)
         elif "level" in k.rsplit(".", 1)[-1] and v.ndim == mine.ndim >= 1 and v.shape[1:] == mine.shape[1:]:
             n = min(v.shape[0], mine.shape[0])
             t = mine.detach().clone()
@@ -198,10 +210,11 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
                          f"{100 * got / max(total, 1):.1f}% of its parameters (different interface/latent sizes?); "
                          "use a checkpoint of a related model")
     net.load_state_dict(loaded, strict=False)
-    full = sorted(k for k in loaded if k not in partial)
+    full = sorted(k for k in loaded if k not in partial and k not in widened)
+    unused = sorted(set(weights) - set(loaded))
     return InitReport(loaded=full, partial=sorted(partial), new=sorted(set(own) - set(full)),
-                      unused=sorted(set(weights) - set(loaded)), grown=grown_levels(base, net),
-                      base_levels=base.pyramid.num_levels)
+                      unused=unused, grown=grown_levels(base, net, unused),
+                      base_levels=base.pyramid.num_levels, widened=widened)
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
