@@ -8,7 +8,9 @@
 # held-out prompts per side (FVD against real clips with the floor and the trivial baselines,
 # faithfulness, stripes, a contact sheet in $OUT/sheets-<variant>), SETTINGS as there (default the
 # protocol of docs/results.md, sections 21-23: guidance 1.5 at level 0, 32/32/16 steps, `fhw`),
-# the variants side by side again. Needs out/gpu/shapes_prompts_tokens.safetensors to train,
+# the variants named by SCORE (default all of VARIANTS) one after another: two N = 512 sweeps side by
+# side did not finish in a 600-s call on an H200 (one alone takes ~285 s), so score one variant per
+# call at N = 512 (SCORE=grid, then SCORE=continuous in the next call). Needs out/gpu/shapes_prompts_tokens.safetensors to train,
 # out/gpu/shapes_prompts_heldout.safetensors to score, the I3D file at $I3D and out/gpu/whl
 # (benchmarks/stage_gpu_inputs.sh).
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
@@ -33,7 +35,9 @@
 #      mkdir -p /tmp/i3d && cp out/i3dp/part-00 /tmp/i3d/ && SECONDS_EACH=560 STEPS=2500 bash benchmarks/gpu_pyramid_variants.sh
 #   2. the same with part-01 and RESUME=1 (the same STEPS)
 #   3. carry out/gpu/whl, out/gpu/shapes_prompts_heldout.safetensors, part-02: cp out/i3dp/part-02 /tmp/i3d/ &&
-#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SECONDS_EACH=0 SWEEP=1 EVAL_NUM=512 bash ...
+#      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SECONDS_EACH=0 SWEEP=1 SCORE=grid EVAL_NUM=512 bash ...
+#   4. carry out/gpu/whl and the held-out table again: SECONDS_EACH=0 SWEEP=1 SCORE=continuous EVAL_NUM=512 bash ...
+#      (the I3D file stays in /tmp on the warm machine)
 # EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors.
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
 #   data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=60 STEPS=10 SWEEP=1 EVAL_NUM=2 BATCH=2 \
@@ -65,7 +69,7 @@ overrides() {   # $1: variant -> its recipe overrides
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
-  local v=$1 ov rc
+  local v=$1 ov rc how
   ov=$(overrides "$v") || return 2
   [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
   # shellcheck disable=SC2086
@@ -74,7 +78,8 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
     'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 $ov ${EXTRA:-} >> "$RUNS/$v.log" 2>&1
   rc=$?
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
-  echo "[$v] $ov: exit $rc (0 finished, 143 stopped by the time limit); last lines of the log:"
+  case $rc in 0) how="finished its STEPS" ;; 143) how="stopped by the time limit" ;; *) how="failed" ;; esac
+  echo "[$v] $ov: exit $rc, $how; last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
 }
 sweep_variant() {   # $1: variant -> guidance_sweep.py's lines for its newest checkpoint in $OUT/sweep-$1.txt
@@ -95,9 +100,8 @@ if [ "${SECONDS_EACH:-0}" -gt 0 ]; then
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
-  for v in $VARIANTS; do sweep_variant "$v" & done
-  wait
-  for v in $VARIANTS; do echo "== $v: $(overrides "$v")"; cat "$OUT/sweep-$v.txt"; done
+  for v in ${SCORE:-$VARIANTS}; do sweep_variant "$v"; done
+  for v in ${SCORE:-$VARIANTS}; do echo "== $v: $(overrides "$v")"; cat "$OUT/sweep-$v.txt"; done
   echo "scored in $((SECONDS - T0)) s"
 fi
 for v in ${EXPORT:-}; do
