@@ -512,6 +512,20 @@ def test_init_from_loads_matching_weights_and_lists_new_ones(reference, shapes_d
         init_from_checkpoint(build_model(other), str(run2))
 
 
+def _saved_model(path, recipe, perturb: bool = True):
+    """A model of `recipe` saved as a checkpoint at `path`, its weights perturbed so that every path carries signal."""
+    from hpdm_cli.model import HPDMNet
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    if perturb:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(path, recipe, 1, model=net.state_dict(), ema=net.state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    return net
+
+
 @pytest.mark.parametrize("grown_load,same", [("linear", True), ([1, 1, 2, 2, 4, 4], True),
                                              ([1, 2, 2, 3, 3, 4], False)])
 def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, same):
@@ -521,17 +535,11 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     from conftest import tiny_recipe
     from hpdm_cli.model import HPDMNet
     from hpdm_cli.pyramid import sample_nested_offsets
-    from hpdm_cli.train.checkpoint import save_checkpoint
     kw = dict(num_blocks=6, interface_conv=True, adaptive_norm=True, adaptive_norm_interface=True,
               self_condition=True, qk_norm=True)
     base = tiny_recipe((16, 32, 32), (4, 8, 8), load="linear", **kw)            # 3 levels, [1,1,2,2,3,3]
     grown = tiny_recipe((32, 64, 64), (4, 8, 8), load=grown_load, **kw)          # 4 levels, doubled on every axis
-    small = HPDMNet(base.pyramid, base.model)
-    with torch.no_grad():
-        for p in small.parameters():                                             # every path carries signal
-            p.add_(torch.randn_like(p) * 0.05)
-    save_checkpoint(tmp_path / "base", base, 1, model=small.state_dict(), ema=small.state_dict(),
-                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    small = _saved_model(tmp_path / "base", base)
     big = HPDMNet(grown.pyramid, grown.model)
     r = init_from_checkpoint(big, str(tmp_path / "base"))
     assert r.partial == ["level_embed", "level_token"] and not r.unused and r.base_levels == 3
@@ -554,8 +562,7 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     # From a base level alone (a generator, no super-resolution level to start from) the new levels keep
     # their own initial rows.
     one = tiny_recipe((4, 8, 8), (4, 8, 8), **kw)
-    save_checkpoint(tmp_path / "one", one, 1, model=HPDMNet(one.pyramid, one.model).state_dict(),
-                    ema=None, optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    _saved_model(tmp_path / "one", one, perturb=False)
     fresh = HPDMNet(grown.pyramid, grown.model)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     r1 = init_from_checkpoint(fresh, str(tmp_path / "one"))
@@ -573,16 +580,10 @@ def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
     from conftest import tiny_recipe
     from hpdm_cli.model import HPDMNet
     from hpdm_cli.pyramid import sample_nested_offsets
-    from hpdm_cli.train.checkpoint import save_checkpoint
     kw = dict(num_blocks=4, adaptive_norm=True)
     one = tiny_recipe((4, 8, 8), (4, 8, 8), **kw)
     pyr = tiny_recipe((16, 32, 32), (4, 8, 8), fusion="shallow", **kw)
-    small = HPDMNet(one.pyramid, one.model)
-    with torch.no_grad():
-        for p in small.parameters():                                             # every path carries signal
-            p.add_(torch.randn_like(p) * 0.05)
-    save_checkpoint(tmp_path / "one", one, 1, model=small.state_dict(), ema=small.state_dict(),
-                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    small = _saved_model(tmp_path / "one", one)
     big = HPDMNet(pyr.pyramid, pyr.model)
     r = init_from_checkpoint(big, str(tmp_path / "one"))
     assert r.widened == ["tokenizer.weight"] and "tokenizer.weight" in r.new and not r.unused
@@ -598,8 +599,7 @@ def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
         got = big(x, c_noise, off, label).out[:, :1]
     assert torch.allclose(got, want, atol=1e-5)
     deep = tiny_recipe((8, 16, 16), (4, 8, 8), **kw)                            # 2 levels, deep fusion
-    save_checkpoint(tmp_path / "deep", deep, 1, model=HPDMNet(deep.pyramid, deep.model).state_dict(), ema=None,
-                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    _saved_model(tmp_path / "deep", deep, perturb=False)
     r2 = init_from_checkpoint(HPDMNet(pyr.pyramid, pyr.model), str(tmp_path / "deep"))
     assert r2.unused and "not its outputs" in r2.grown and "have no place here" in r2.grown
 
