@@ -73,6 +73,18 @@ def test_round_trip_is_exact_and_self_describing(trained, tmp_path):
     assert recipe_from_toml(c["meta"]["hpdm_recipe"]) == recipe
 
 
+def test_the_architecture_is_what_shapes_the_weights():
+    """Tile overlap (sampling) and patch offsets (training) leave the weights alone, so a run may switch
+    them and resume; a patch size does not."""
+    import dataclasses
+    from conftest import tiny_recipe
+    r = tiny_recipe((8, 16, 16), (4, 8, 8))
+    edit = lambda **kw: dataclasses.replace(r, pyramid=dataclasses.replace(r.pyramid, **kw))   # noqa: E731
+    assert architecture_of(edit(offsets="grid")) == architecture_of(edit(offsets="continuous"))
+    assert architecture_of(edit(overlap="none")) == architecture_of(edit(overlap="fhw"))
+    assert architecture_of(edit(patch=(4, 4, 4))) != architecture_of(r)
+
+
 def test_flatten_optimizer_round_trip(trained):
     _, _, _, opt = trained
     sd = opt.state_dict()

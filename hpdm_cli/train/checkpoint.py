@@ -44,6 +44,7 @@ def architecture_of(recipe: Recipe) -> str:
     """A canonical JSON of everything that shapes the weights (pyramid and model sections)."""
     d = {"pyramid": asdict(recipe.pyramid), "model": asdict(recipe.model)}
     d["pyramid"].pop("overlap", None)                                     # an inference setting
+    d["pyramid"].pop("offsets", None)                                     # a training setting: same weights
     return json.dumps(d, sort_keys=True, default=list)
 
 
