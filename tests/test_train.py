@@ -526,6 +526,14 @@ def _saved_model(path, recipe, perturb: bool = True):
     return net
 
 
+def _denoiser_inputs(recipe, levels: int, B: int = 2):
+    """Seeded inputs of a denoiser call on `levels` levels: nested offsets, noisy patches, noise levels, labels."""
+    from hpdm_cli.pyramid import sample_nested_offsets
+    off = sample_nested_offsets(recipe.pyramid, B, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(B, levels, recipe.model.channels, *recipe.pyramid.patch)
+    return x, torch.randn(B, levels) * 0.5, off, torch.tensor([1, 3])
+
+
 @pytest.mark.parametrize("grown_load,same", [("linear", True), ([1, 1, 2, 2, 4, 4], True),
                                              ([1, 2, 2, 3, 3, 4], False)])
 def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, same):
@@ -534,7 +542,6 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     levels starts as its base"), and its log says whether it does."""
     from conftest import tiny_recipe
     from hpdm_cli.model import HPDMNet
-    from hpdm_cli.pyramid import sample_nested_offsets
     kw = dict(num_blocks=6, interface_conv=True, adaptive_norm=True, adaptive_norm_interface=True,
               self_condition=True, qk_norm=True)
     base = tiny_recipe((16, 32, 32), (4, 8, 8), load="linear", **kw)            # 3 levels, [1,1,2,2,3,3]
@@ -548,10 +555,7 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
         assert torch.equal(big.state_dict()[k][3], small.state_dict()[k][2])
     assert ("the checkpoint's 3-level model is reproduced on levels 0-2, level 3 new" in r.grown) == same
     assert ("not its outputs" in r.grown) == (not same) and r.grown in r.describe("x")
-    B, m = 2, grown.model
-    off = sample_nested_offsets(grown.pyramid, B, generator=torch.Generator().manual_seed(3))
-    x = torch.randn(B, 4, m.channels, *grown.pyramid.patch)
-    c_noise, label = torch.randn(B, 4) * 0.5, torch.tensor([1, 3])
+    x, c_noise, off, label = _denoiser_inputs(grown, 4)
     with torch.no_grad():
         want = small(x[:, :3], c_noise[:, :3], off[:, :3], label).out
         got = big(x[:, :3], c_noise[:, :3], off[:, :3], label).out
@@ -579,7 +583,6 @@ def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
     pyramid grown into a shallow one is said not to reproduce its outputs (its fusion weights have no place)."""
     from conftest import tiny_recipe
     from hpdm_cli.model import HPDMNet
-    from hpdm_cli.pyramid import sample_nested_offsets
     kw = dict(num_blocks=4, adaptive_norm=True)
     one = tiny_recipe((4, 8, 8), (4, 8, 8), **kw)
     pyr = tiny_recipe((16, 32, 32), (4, 8, 8), fusion="shallow", **kw)
@@ -590,10 +593,7 @@ def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
     assert "reproduced on level 0, levels 1-2 new" in r.grown and "start at zero" in r.describe("x")
     w, w0 = big.state_dict()["tokenizer.weight"], small.state_dict()["tokenizer.weight"]
     assert torch.equal(w[:, :w0.shape[1]], w0) and not w[:, w0.shape[1]:].any()
-    B, m = 2, pyr.model
-    off = sample_nested_offsets(pyr.pyramid, B, generator=torch.Generator().manual_seed(3))
-    x = torch.randn(B, 3, m.channels, *pyr.pyramid.patch)
-    c_noise, label = torch.randn(B, 3) * 0.5, torch.tensor([1, 3])
+    x, c_noise, off, label = _denoiser_inputs(pyr, 3)
     with torch.no_grad():
         want = small(x[:, :1], c_noise[:, :1], off[:, :1], label).out
         got = big(x, c_noise, off, label).out[:, :1]
