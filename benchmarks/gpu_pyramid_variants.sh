@@ -19,6 +19,8 @@
 #   tex         level 0 trained mostly in the stripes' band, log-sigma N(-1, 1.2^2) (docs/results.md section 19
 #               trained a base level alone at N(-1, 1): stripes, but no motion from scratch); the upper levels
 #               as before. The base level's texture is the largest gap left (sections 29-30); watch direction
+#   tex2 / tex3 further into that band, N(-1.3, 1.1^2) / N(-1.5, 1.0^2), each trained from the one before
+#               (FROM=/tmp/tex.safetensors ...): tex 75.8, tex2 71.1 FVD (docs/results.md, section 31)
 # and the paper's design ablations (its Tables 2-3; docs/results.md, section 16), best grown from a
 # trained base level rather than from the packaged pyramid (see below):
 #   default     the recipe as it is (deep fusion, load [1,1,2,2,3,3], context_prob 0.75)
@@ -63,13 +65,15 @@ overrides() {   # $1: variant -> its recipe overrides
     grid) echo 'pyramid.offsets="grid"' ;;
     continuous) echo 'pyramid.offsets="continuous"' ;;
     tex) echo 'diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_std=[1.2,1.2,1.2]' ;;
+    tex2) echo 'diffusion.p_mean=[-1.3,-1.2,-1.2] diffusion.p_std=[1.1,1.2,1.2]' ;;
+    tex3) echo 'diffusion.p_mean=[-1.5,-1.2,-1.2] diffusion.p_std=[1.0,1.2,1.2]' ;;
     default) echo '' ;;
     shallow) echo 'model.fusion="shallow"' ;;
     uniform) echo 'model.load=[3,3,3,3,3,3]' ;;
     ctx0) echo 'diffusion.context_prob=0.0' ;;
     ctx025) echo 'diffusion.context_prob=0.25' ;;
     ctx1) echo 'diffusion.context_prob=1.0' ;;
-    *) echo "unknown variant $1 (grid continuous tex default shallow uniform ctx0 ctx025 ctx1, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
