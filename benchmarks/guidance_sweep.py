@@ -8,7 +8,7 @@ is scored against the same real clips, beside the real-vs-real floor and the tri
 table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
-With --base B the level 0 of every clip comes from another base level B (with --base-low B2
+With --base B the level 0 of every clip comes from another model's base level B (with --base-low B2
 --split-sigma S, two as noise-level experts: benchmarks/base_level_faithfulness.py) and the
 model's upper levels are sampled given it, as `hpdm upscale` does: what a better base level is
 worth in FVD before a pyramid is trained from it. With --real-level0 each setting also samples the
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tables", default="out/gpu/shapes_prompts_tokens.safetensors")
     ap.add_argument("--sheets", default=None, help="folder for one contact sheet per setting")
-    ap.add_argument("--base", help="a base level (one-level model) whose level 0 the upper levels are given")
+    ap.add_argument("--base", help="a model (one level or a pyramid) whose level 0 the upper levels are given")
     ap.add_argument("--base-low", help="with --base: a second base level for the calls below --split-sigma")
     ap.add_argument("--split-sigma", type=float, default=1.0)
     ap.add_argument("--real-level0", action="store_true",

@@ -156,6 +156,21 @@ def test_eval_of_a_one_level_model_has_no_level_diagnostics(tmp_path, prompt_tab
     assert not any("level 0" in name for name, _ in summary_rows(rep))
 
 
+def test_real_level0_takes_full_size_clips_or_a_level0_already_sampled():
+    """Full-size clips are box-filtered to level 0; a level 0 sampled alone from a pyramid is taken as it is."""
+    from hpdm_cli.config import PyramidConfig
+    from hpdm_cli.drivers.evaluate import real_level0
+    pyr = PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16))
+    rng = np.random.default_rng(0)
+    full = [rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    small = [rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    x = torch.from_numpy(np.stack(full)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    torch.testing.assert_close(real_level0(full, pyr), torch.nn.functional.avg_pool3d(x, 4))
+    got = real_level0(small, pyr)
+    assert got.shape == (2, 3, 4, 16, 16)
+    torch.testing.assert_close(got, torch.from_numpy(np.stack(small)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
+
+
 def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     """A real test of the shipped weights: level 1 previews (8x32x32, 16/8 steps, CPU) follow the prompt."""
     from hpdm_cli.assets import DEFAULT_MODEL, MAX_MODEL_BYTES

@@ -97,9 +97,11 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
 
 
 def real_level0(videos: Sequence[np.ndarray], pyramid) -> torch.Tensor:
-    """Real uint8 clips [T, H, W, 3] at the pyramid's resolution as its level 0: [N, C, f, h, w] in [-1, 1]."""
+    """Uint8 clips [T, H, W, 3] at the pyramid's resolution (or already at level 0's) as its level 0 in [-1, 1]."""
     from ..pyramid import downsample_to_level
     clips = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    if tuple(clips.shape[2:]) == tuple(pyramid.level_resolution(0)):   # a level 0 sampled alone (`levels=1`)
+        return clips.clamp(-1, 1)
     return downsample_to_level(clips, pyramid, 0).clamp(-1, 1)
 
 
