@@ -20,7 +20,8 @@
 #               trained a base level alone at N(-1, 1): stripes, but no motion from scratch); the upper levels
 #               as before. The base level's texture is the largest gap left (sections 29-30); watch direction
 #   tex2 / tex3 further into that band, N(-1.3, 1.1^2) / N(-1.5, 1.0^2), each trained from the one before
-#               (FROM=/tmp/tex.safetensors ...): tex 75.8, tex2 71.1 FVD (docs/results.md, section 31)
+#               (FROM=/tmp/tex.safetensors ...): tex 75.8, tex2 71.1, tex3 71.1 FVD; tex3 + 3000 steps at
+#               its band 71.8 (docs/results.md, section 31): the band's gain has run out
 # and the paper's design ablations (its Tables 2-3; docs/results.md, section 16), best grown from a
 # trained base level rather than from the packaged pyramid (see below):
 #   default     the recipe as it is (deep fusion, load [1,1,2,2,3,3], context_prob 0.75)

@@ -2,6 +2,8 @@
 # Stage, on this (internet-connected, CPU) machine, everything the GPU scripts carry to an offline
 # GPU host, into gitignored folders; run from the repository root after `bash scripts/setup.sh`:
 #   out/gpu/whl/                              wheels the host lacks (benchmarks/stage_wheels.sh)
+#   out/gpu/whl-min/                          tomli-w's wheel alone (7 kB): all that training and scoring
+#                                              need (WHL=out/gpu/whl-min), when the benchmark peers are not run
 #   out/gpu/shapes_prompts_tokens.safetensors  the shapes prompt table of recipes/shapes.toml's text
 #                                              encoder (14 MiB): training and eval need no encoder there
 #   out/gpu/shapes_prompts_heldout.safetensors the held-out prompts alone (1.8 MB; benchmarks/heldout_table.py):
@@ -21,6 +23,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p out/gpu out/i3dp
 bash benchmarks/stage_wheels.sh out/gpu/whl > /dev/null
+mkdir -p out/gpu/whl-min && cp out/gpu/whl/tomli_w-*.whl out/gpu/whl-min/
 if ! ls out/gpu/av/av-*.whl > /dev/null 2>&1; then
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
