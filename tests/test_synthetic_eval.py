@@ -185,6 +185,10 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     from hpdm_cli.recipe import default_recipe_path, load_recipe
     from hpdm_cli.train.checkpoint import architecture_of
     assert architecture_of(load_recipe(default_recipe_path("shapes"))) == architecture_of(recipe)
+    # ...and both sample alike: `hpdm sample` without --ckpt uses the stored defaults (docs/results.md, section 32).
+    shapes = load_recipe(default_recipe_path("shapes")).sample
+    assert (recipe.sample.level_steps, recipe.sample.guidance) == (shapes.level_steps, shapes.guidance) \
+        and recipe.sample.level_steps[1:] == [48, 24]
     asked = [("red", "circle", "right", "black"), ("yellow", "square", "down", "purple"),
              ("cyan", "triangle", "left", "gray"), ("blue", "circle", "left", "gray"),
              ("magenta", "square", "up", "green")]
