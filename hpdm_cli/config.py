@@ -147,6 +147,7 @@ class ModelConfig:
     pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
+    bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
 
     def resolved_load(self, num_levels: int) -> list[int]:
         """Per-block number of processed levels n_b (adaptive computation)."""

@@ -446,3 +446,31 @@ def test_qk_norm_under_bf16_autocast_keeps_the_attention_in_bf16():
     q = torch.randn(3, 4, 16, dtype=torch.bfloat16) * 100
     nq, _ = QKNorm(16)(q, q)
     assert nq.dtype == torch.bfloat16 and torch.allclose(nq.float().square().mean(-1), torch.ones(3, 4), atol=0.02)
+
+
+@pytest.mark.parametrize("config", ["adaptive interface norm", "text cond, self-cond", "deep, custom load"])
+def test_bf16_streams_carry_tokens_and_latents_in_bf16_with_the_float32_streams_values(config):
+    """model.bf16_streams under bf16 autocast: the collected activations and latents are bf16 (they were float32),
+    the output and the gradients are the float32-stream model's within bf16 rounding; without autocast nothing changes."""
+    outs = {}
+    for streams in (False, True):
+        recipe = tiny_recipe(**CONFIGS[config], bf16_streams=streams)
+        torch.manual_seed(0)
+        net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+        x, c_noise, off, c = make_inputs(recipe)
+        with torch.no_grad():
+            plain = net(x, c_noise, off, c).out                                 # no autocast: float32 throughout
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            res = net(x, c_noise, off, c, collect=True, return_latents=True)
+        acts = [t for level in res.collected.values() for t in level.values()]
+        want = torch.bfloat16 if streams else torch.float32
+        assert acts and all(t.dtype == want for t in acts) and res.latents.dtype == want, streams
+        net.zero_grad()
+        (res.out.float() * torch.linspace(-1, 1, res.out.numel()).view_as(res.out)).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        outs[streams] = plain, res.out.float(), grads
+    assert torch.equal(outs[False][0], outs[True][0])                           # the option needs autocast
+    ref, got = outs[False][1], outs[True][1]
+    assert 0 < (got - ref).abs().max() < 0.05 * ref.abs().max()
+    gref, ggot = outs[False][2], outs[True][2]
+    assert (ggot - gref).norm() < 0.05 * gref.norm()

@@ -302,6 +302,13 @@ class HPDMNet(nn.Module):
             coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
 
         a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond)
+        dev = x.device.type
+        if self.cfg.bf16_streams and torch.is_autocast_enabled(dev):
+            # The residual streams in the autocast dtype: every element-wise pass over them (residual
+            # adds, LayerNorm, modulation, fusion) moves half the bytes of float32 (docs/method.md, section 4).
+            dt = torch.get_autocast_dtype(dev)
+            a = {l: t.to(dt) for l, t in a.items()}
+            z = {l: t.to(dt) for l, t in z.items()}
         collected = {l: {} for l in range(lo, hi)} if collect else None
         for b, block in enumerate(self.blocks):
             levels = [l for l in range(lo, min(self.load[b], hi))]
