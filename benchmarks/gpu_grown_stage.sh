@@ -11,7 +11,7 @@
 #    baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there (default
 #    the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
 # Measured so: docs/results.md, section 25 (3000 steps over two calls, then the sweep at N = 256 in
-# a third, 588 s).
+# a third, 588 s) and section 33 (TRAIN_SECONDS=540 STEPS=2500: all steps in one cold call, 433 s).
 # The three I3D parts, the wheels and the prompt tables do not travel in one call: bring the parts
 # over three calls on one warm machine, as benchmarks/gpu_texture_stage.sh's users do, e.g.
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
@@ -28,7 +28,7 @@ OUT=${OUT:-out/result}; mkdir -p "$OUT"
 source benchmarks/gpu_env.sh
 RUN=${RUN:-/tmp/run-grown}
 I3D=${I3D:-/tmp/i3d-kinetics-400.ckpt}
-SETTINGS=${SETTINGS:-1.5,1,1,1/32,32,16,16/none}
+SETTINGS=${SETTINGS:-1.5,1,1,1/32,48,24,24/none}
 TABLE='data.prompt_table="out/gpu/shapes_prompts_tokens.safetensors"'
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; run $RUN"

@@ -309,8 +309,8 @@ def main(argv=None) -> int:
     sides = [x.strip() for x in a.sides.split(",") if x.strip()]
     if not sides or any(x not in ("ours", "peer") for x in sides):
         ap.error(f"--sides {a.sides!r}: expected ours, peer or ours,peer")
-    try:                                                                  # install once, before the workers
-        installed = carried.ensure_wheels(carried.RIN_MODULES, a.wheels)
+    try:                                                  # the peer's packages, once, before the workers
+        installed = carried.ensure_wheels(carried.RIN_MODULES, a.wheels) if "peer" in sides else []
     except carried.CarriedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -143,6 +143,18 @@ def test_peer_modes_with_cuda_graphs_are_named_and_compared_with_the_compiled_pe
         peer_rin.main(["--modes", "eager,turbo"])
 
 
+def test_peer_rin_times_our_side_alone_without_the_peers_wheels(tmp_path, capsys):
+    """--sides ours needs no rin-pytorch wheels; a recipe override reaches our model (a toy step on the CPU)."""
+    js = tmp_path / "ours.json"
+    assert peer_rin.main(["--tiny", "--sides", "ours", "--modes", "eager", "--wheels", str(tmp_path / "none"),
+                          "--override", "model.bf16_streams=true", "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["side"] for r in rows] == ["ours"] and "error" not in rows[0] and rows[0]["items_per_s"] > 0
+    assert peer_rin.main(["--tiny", "--sides", "ours", "--modes", "eager", "--wheels", str(tmp_path / "none"),
+                          "--override", "model.no_such_key=1", "--json", str(js)]) == 1   # a row failed
+    assert "model.no_such_key" in json.loads(js.read_text())["rows"][0]["error"]     # the override is read
+
+
 def test_dry_run_writes_the_png_and_the_json(tmp_path):
     png, js = tmp_path / "m.png", tmp_path / "m.json"
     assert mvr.main(["--dry-run", "--png", str(png), "--json", str(js)]) == 0
