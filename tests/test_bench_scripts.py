@@ -143,7 +143,7 @@ def test_peer_modes_with_cuda_graphs_are_named_and_compared_with_the_compiled_pe
         peer_rin.main(["--modes", "eager,turbo"])
 
 
-def test_peer_rin_times_our_side_alone_without_the_peers_wheels(tmp_path, capsys):
+def test_peer_rin_times_our_side_alone_without_the_peers_wheels(tmp_path):
     """--sides ours needs no rin-pytorch wheels; a recipe override reaches our model (a toy step on the CPU)."""
     js = tmp_path / "ours.json"
     assert peer_rin.main(["--tiny", "--sides", "ours", "--modes", "eager", "--wheels", str(tmp_path / "none"),
