@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overlap", default=None)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network (compile time included)")
+    ap.add_argument("--context-gib", type=float, default=None,
+                    help="memory for a level's held context (default: the recipe's sample.context_cache_gib)")
     ap.add_argument("--i3d-weights", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tables", default="out/gpu/shapes_prompts_tokens.safetensors")
@@ -124,7 +126,8 @@ def main(argv=None) -> int:
         w, st, ov, smax = parse_setting(text, steps, a.overlap)
         rec = recipe if smax is None else dataclasses.replace(
             recipe, sample=dataclasses.replace(recipe.sample, sigma_max=smax))
-        gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, log=lambda s: None)
+        gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
+                   log=lambda s: None)
         fixed = None
         if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
             first = lambda v: v[0] if isinstance(v, (list, tuple)) else v

@@ -220,6 +220,7 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     (["--guidance", "nan"], "--guidance nan"),
     (["--guidance", "2,1"], "--guidance 2,1: 2 values for a model with 3 levels"),
     (["--steps", "0"], "--steps"),
+    (["--context-gib", "-1"], "--context-gib -1"),
     (["--out", "{file}"], "is a file"),
     (["--ckpt", "{missing}"], "no such checkpoint"),
 ])
@@ -234,3 +235,22 @@ def test_eval_bad_inputs_are_one_line_errors(tmp_path, capsys, args, message):
     code, out, err = run_cli(capsys, "eval", *base, *args, "--no-fvd", "--device", "cpu")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "a-file").read_text() == "keep" and not (tmp_path / "report").exists()
+
+
+def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypatch):
+    """`context_gib` reaches the sampler; held (8 GiB) or recomputed per call (0), the clips are the same."""
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.assets import DEFAULT_MODEL
+    from hpdm_cli.checkpoint import load_generator
+    net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
+    seen, make = [], ev.make_sampler
+    def recording(*a, **k):
+        sampler = make(*a, **k)
+        seen.append(sampler.sample_cfg.context_cache_gib)
+        return sampler
+    monkeypatch.setattr(ev, "make_sampler", recording)
+    cond = torch.zeros(2, recipe.model.text_tokens, recipe.model.text_dim)
+    clips = {gib: ev.generate_rows(net, recipe, [0, 1], cond, batch=2, guidance=1.0, steps=[1, 2, 2], overlap="none",
+                                   device="cpu", bf16=False, context_gib=gib, log=lambda m: None) for gib in (0.0, 8.0)}
+    assert seen == [0.0, 8.0]
+    assert all(np.array_equal(a, b) for a, b in zip(clips[0.0], clips[8.0]))

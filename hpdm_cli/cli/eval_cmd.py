@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import out as console
-from .sample_cmd import GUIDANCE_HELP
+from .sample_cmd import CONTEXT_GIB_HELP, GUIDANCE_HELP
 
 
 def evaluate(
@@ -30,6 +30,7 @@ def evaluate(
     bf16: bool = typer.Option(False, "--bf16", help="Sample under bf16 autocast."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network for sampling (worth it for "
                                                           "hundreds of clips on a GPU; compile time included)."),
+    context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
 ):
     """Quality report of a shapes checkpoint: FVD with floor and baselines, prompt faithfulness, condition use."""
     from rich.table import Table
@@ -38,7 +39,7 @@ def evaluate(
     from ..drivers.evaluate import summary_rows
     rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
-                   i3d_weights=i3d_weights, log=lambda m: console.print(m, highlight=False))
+                   i3d_weights=i3d_weights, context_gib=context_gib, log=lambda m: console.print(m, highlight=False))
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")
     table.add_column("measure")

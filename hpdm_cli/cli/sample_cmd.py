@@ -20,6 +20,8 @@ STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or on
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
                  "(default: the recipe's sample.guidance).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
+CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and held for all its steps (default: "
+                    "the recipe's sample.context_cache_gib, 4; 0 = recompute per step; the same videos).")
 
 
 def sample(
@@ -57,9 +59,7 @@ def sample(
                                                            "else data.fps)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
-    context_gib: Optional[float] = typer.Option(None, "--context-gib", help="Memory (GiB) for each level's context, "
-                                                "computed once and held for all its steps (default: the recipe's "
-                                                "sample.context_cache_gib, 4; 0 = recompute per step)."),
+    context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network (pays off for many videos)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "

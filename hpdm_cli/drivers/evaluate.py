@@ -77,14 +77,17 @@ def condition_rows(recipe, real: RealClips, embed: Callable[[list], torch.Tensor
 
 def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batch: int, guidance, steps,
                   overlap, device, bf16: bool, levels: Optional[int] = None, fixed: Optional[torch.Tensor] = None,
-                  compile: bool = False, log: Callable[[str], None] = print) -> list[np.ndarray]:
+                  compile: bool = False, context_gib: Optional[float] = None,
+                  log: Callable[[str], None] = print) -> list[np.ndarray]:
     """One clip per (seed, condition row), `batch` rows per sampler call; uint8 [T, H, W, 3] each.
 
     `levels` stops after that many levels; `fixed` [N, C, f, h, w] in [-1, 1] is taken as level 0
-    instead of generating it (learned super-resolution of given clips).
+    instead of generating it (learned super-resolution of given clips). `context_gib` replaces the
+    recipe's sample.context_cache_gib (the same videos; more memory held, fewer recomputations).
     """
     tile_batch = 1024 if torch.device(device).type == "cuda" else 64
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16, compile=compile)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16, compile=compile,
+                           context_gib=context_gib)
     nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)
     videos, t0 = [], time.time()
     for s in range(0, len(seeds), batch):
@@ -206,13 +209,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir) -> Path:
+def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir,
+                   context_gib: Optional[float] = None) -> Path:
     """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
     if num_clips is not None and num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
     if split not in ("heldout", "train", "all"):
         raise GenerateError(f"--split {split!r}: expected heldout, train or all")
-    check_options(batch=batch, guidance=guidance)
+    check_options(batch=batch, guidance=guidance, context_gib=context_gib)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
@@ -231,12 +235,12 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
              guidance=None, steps=None, overlap: Optional[str] = None,
              device="auto", bf16: bool = False, compile: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
-             log: Callable[[str], None] = print) -> dict:
+             context_gib: Optional[float] = None, log: Callable[[str], None] = print) -> dict:
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report.
 
     `num_clips` None: the checkpoint recipe's eval.num_clips.
     """
-    out_dir = _check_options(num_clips, split, batch, guidance, out_dir)
+    out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib)
     net, recipe, info = load_generator(ckpt, device)
     source = ""
     if num_clips is None:
@@ -262,7 +266,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     log(f"sampling {num_clips} clips")
     t0 = time.time()
     gen = dict(batch=batch, guidance=guidance, steps=steps, overlap=overlap, device=dev, bf16=bf16, compile=compile,
-               log=log)
+               context_gib=context_gib, log=log)
     fake = generate_rows(net, recipe, seeds, cond, **gen)
     seconds = (time.time() - t0) / num_clips
     report = {"checkpoint": str(info.weights), "step": info.step, "num_clips": num_clips, "split": split,
