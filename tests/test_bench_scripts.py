@@ -435,3 +435,16 @@ def test_guidance_sweep_settings_name_guidance_steps_overlap_and_sigma_max():
     assert parse_setting("1.5,1,1/32,32,16/fhw", None, "none") == ([1.5, 1.0, 1.0], [32, 32, 16], "fhw", None)
     assert parse_setting("1.5,1,1//hw/80,10,10", [8, 4, 2], None) == ([1.5, 1.0, 1.0], [8, 4, 2], "hw",
                                                                       [80.0, 10.0, 10.0])
+
+
+def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
+    """benchmarks/interface_conv.py on the CPU: one table row per method, the ratio line, GridConv left on auto."""
+    import interface_conv
+    from hpdm_cli.model.layers import GridConv
+    assert interface_conv.main([str(ROOT / "recipes/tiny.toml"), "model.interface_conv=true", "--batch", "2", "--layer-rows", "4",
+                                "--iters", "1", "--steps", "1", "--no-compile", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| conv3d |" in out and "| shifts |" in out and "shifts / conv3d: layer eager ms" in out
+    assert GridConv.method == "auto"
+    with pytest.raises(SystemExit, match="interface_conv is off"):
+        interface_conv.main([str(ROOT / "recipes/tiny.toml"), "model.interface_conv=false", "--device", "cpu"])

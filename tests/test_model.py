@@ -474,3 +474,40 @@ def test_bf16_streams_carry_tokens_and_latents_in_bf16_with_the_float32_streams_
     assert 0 < (got - ref).abs().max() < 0.05 * ref.abs().max()
     gref, ggot = outs[False][2], outs[True][2]
     assert (ggot - gref).norm() < 0.05 * gref.norm()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_interface_convolution_by_shifts_equals_torch_conv3d(autocast, monkeypatch):
+    """The two computations of the token-grid convolution agree in outputs and in all three gradients."""
+    from hpdm_cli.model.layers import GridConv
+    torch.manual_seed(0)
+    conv = GridConv(16, (2, 3, 4))
+    with torch.no_grad():
+        conv.weight.normal_(std=0.3)
+        conv.bias.normal_()
+    x0 = torch.randn(5, 24, 16)
+    # A bump at one token reaches exactly its 3x3x3 neighbourhood (zero padding at the borders).
+    reach = GridConv(1, (2, 3, 4))
+    with torch.no_grad():
+        reach.weight.fill_(1.0)
+    bump = torch.zeros(1, 24, 1)
+    bump[0, 0, 0] = 1.0                                             # token (0, 0, 0): a corner
+    for method in ("conv3d", "shifts"):
+        monkeypatch.setattr(GridConv, "method", method)
+        assert reach(bump).reshape(2, 3, 4).ne(0).sum().item() == 2 * 2 * 2
+    got = {}
+    for method in ("conv3d", "shifts"):
+        monkeypatch.setattr(GridConv, "method", method)
+        conv.zero_grad()
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = conv(x)
+        assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        got[method] = (y.float(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(got["conv3d"], got["shifts"]):
+        torch.testing.assert_close(a, b, **tol)
+    monkeypatch.setattr(GridConv, "method", "nope")
+    with pytest.raises(ValueError, match="GridConv.method 'nope'"):
+        conv(x0)

@@ -98,3 +98,44 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply fc2(gelu(fc1(x)))."""
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class GridConv(nn.Module):
+    """Depthwise 3x3x3 convolution over each patch's token grid, zero padded: x [B, N, d] -> [B, N, d].
+
+    The parameters are those of `nn.Conv3d(d, d, 3, padding=1, groups=d)` (`weight` [d, 1, 3, 3, 3],
+    `bias` [d], zero-initialised), and two computations of it give the same result:
+      * "conv3d": torch's grouped Conv3d on the tokens transposed to channels-first;
+      * "shifts": the tokens as they are (channels-last), padded once, and 27 shifted copies
+        scaled per channel and summed in float32 (one fused kernel under torch.compile; its
+        backward is element-wise too).
+    `GridConv.method` picks one for all instances: "auto" takes the faster one measured for the
+    device in `FASTEST` (docs/benchmarks.md, "The interface convolution").
+    """
+
+    FASTEST = {"cpu": "conv3d", "cuda": "conv3d"}
+    method = "auto"
+
+    def __init__(self, dim: int, grid: tuple[int, int, int]):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.weight = nn.Parameter(torch.zeros(dim, 1, 3, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of x [B, N, d] (N = f * h * w tokens in grid order) -> [B, N, d]."""
+        method = self.FASTEST.get(x.device.type, "conv3d") if self.method == "auto" else self.method
+        if method == "conv3d":
+            g = x.transpose(1, 2).unflatten(2, self.grid)                  # [B, d, f, h, w]
+            return F.conv3d(g, self.weight, self.bias, padding=1, groups=x.shape[-1]).flatten(2).transpose(1, 2)
+        if method != "shifts":
+            raise ValueError(f"GridConv.method {method!r}: expected auto, conv3d or shifts")
+        f, h, w = self.grid
+        p = F.pad(x.float().unflatten(1, self.grid), (0, 0, 1, 1, 1, 1, 1, 1))   # [B, f+2, h+2, w+2, d]
+        k = self.weight.float().flatten(1)                                       # [d, 27], (i, j, l) order
+        out = self.bias.float() + p[:, :f, :h, :w] * k[:, 0]
+        for n in range(1, 27):
+            i, j, l = n // 9, n // 3 % 3, n % 3
+            out = out + p[:, i:i + f, j:j + h, l:l + w] * k[:, n]
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return out.flatten(1, 3).to(dt)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import MLP, Attention, SelfAttention
+from .layers import MLP, Attention, GridConv, SelfAttention
 
 
 def modulate(h: torch.Tensor, mod: Optional[torch.Tensor]) -> torch.Tensor:
@@ -85,9 +85,7 @@ class RINBlock(nn.Module):
         self.write = Attention(interface_dim, latent_dim, head_dim, qk_norm)
         self.conv_grid = conv_grid                       # token grid (f, h, w) of a patch, with interface_conv
         if conv_grid is not None:
-            self.conv = nn.Conv3d(interface_dim, interface_dim, 3, padding=1, groups=interface_dim)
-            nn.init.zeros_(self.conv.weight)
-            nn.init.zeros_(self.conv.bias)
+            self.conv = GridConv(interface_dim, conv_grid)              # zero-initialised
         self.write_mlp_norm = nn.LayerNorm(interface_dim)
         self.write_mlp = MLP(interface_dim, mlp_ratio)
 
@@ -102,7 +100,6 @@ class RINBlock(nn.Module):
             z = layer(z, mz[2 + 2 * i:4 + 2 * i])
         x = x + self.write(modulate(self.write_norm_x(x), mx[0]), self.write_norm_z(z))
         if self.conv_grid is not None:
-            g = x.transpose(1, 2).unflatten(2, self.conv_grid)              # [B, d, f, h, w]
-            x = x + self.conv(g).flatten(2).transpose(1, 2)
+            x = x + self.conv(x)
         x = x + self.write_mlp(modulate(self.write_mlp_norm(x), mx[1]))
         return x, z
