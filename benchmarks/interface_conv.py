@@ -137,7 +137,8 @@ def main(argv=None) -> int:
             print(f"  {method} {tag}: {time.perf_counter() - t0:.0f} s with warm-up", flush=True)
             if a.rows and not compiled:
                 from torch.profiler import ProfilerActivity, profile
-                with profile(activities=[ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU]) as prof:
+                kind = ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU
+                with profile(activities=[kind]) as prof:
                     step()
                     if dev.type == "cuda":
                         torch.cuda.synchronize()

@@ -441,10 +441,11 @@ def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
     """benchmarks/interface_conv.py on the CPU: one table row per method, the ratio line, GridConv left on auto."""
     import interface_conv
     from hpdm_cli.model.layers import GridConv
-    assert interface_conv.main([str(ROOT / "recipes/tiny.toml"), "model.interface_conv=true", "--batch", "2", "--layer-rows", "4",
-                                "--iters", "1", "--steps", "1", "--no-compile", "--device", "cpu"]) == 0
+    tiny = str(ROOT / "recipes/tiny.toml")
+    assert interface_conv.main([tiny, "model.interface_conv=true", "--batch", "2", "--layer-rows", "4", "--iters", "1",
+                                "--steps", "1", "--no-compile", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| conv3d |" in out and "| shifts |" in out and "shifts / conv3d: layer eager ms" in out
     assert GridConv.method == "auto"
     with pytest.raises(SystemExit, match="interface_conv is off"):
-        interface_conv.main([str(ROOT / "recipes/tiny.toml"), "model.interface_conv=false", "--device", "cpu"])
+        interface_conv.main([tiny, "model.interface_conv=false", "--device", "cpu"])
