@@ -511,3 +511,20 @@ def test_interface_convolution_by_shifts_equals_torch_conv3d(autocast, monkeypat
     monkeypatch.setattr(GridConv, "method", "nope")
     with pytest.raises(ValueError, match="GridConv.method 'nope'"):
         conv(x0)
+
+
+def test_interface_convolution_auto_follows_the_table_per_device_and_compilation(monkeypatch):
+    """"auto" looks up (device type, compiling) in GridConv.FASTEST; a missing entry means Conv3d."""
+    from hpdm_cli.model import layers
+    from hpdm_cli.model.layers import GridConv
+    used = []
+    real = layers.F.conv3d
+    monkeypatch.setattr(layers.F, "conv3d", lambda *a, **k: used.append("conv3d") or real(*a, **k))
+    monkeypatch.setattr(GridConv, "FASTEST", {("cpu", True): "shifts"})
+    conv = GridConv(2, (1, 1, 2))
+    x = torch.randn(1, 2, 2)
+    eager = conv(x)
+    monkeypatch.setattr(layers.torch.compiler, "is_compiling", lambda: True)
+    shifted = conv(x)
+    assert used == ["conv3d"]                                      # eager: Conv3d; "compiling": the shifts
+    torch.testing.assert_close(eager, shifted)
