@@ -28,11 +28,18 @@
 #   shallow     model.fusion="shallow": the RGB of the level below, concatenated to the input
 #   uniform     model.load=[3,3,3,3,3,3]: no adaptive computation, every block runs every level
 #   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
-# Ablations at equal budget from a real base level, on one warm machine: the base level from scratch
-# as the packaged model's was (recipes/shapes.toml's header), ~8 minutes of one call:
-#   V_base='diffusion.p_mean=-0.5 diffusion.p_std=1.6' VARIANTS=base SECONDS_EACH=540 STEPS=10000 \
-#     bash benchmarks/gpu_base_variants.sh
-# then FROM=/tmp/base-variants/base VARIANTS="default shallow uniform" STEPS=... with this script.
+# Ablations at equal budget from a real base level: the base level from scratch as the packaged
+# model's was (recipes/shapes.toml's header), 10000 steps in ~500 s of training over two calls
+# (docs/benchmarks.md, tenth visit; EXPORT=base brings it back, 16.4 MB, to carry as FROM):
+#   V_base='diffusion.p_mean=-0.5 diffusion.p_std=1.6' VARIANTS=base SECONDS_EACH=380 STEPS=7000 \
+#     CKPT_EVERY=7000 NUM=16 EXPORT=base bash benchmarks/gpu_base_variants.sh
+#   (then RESUME=1 STEPS=10000 SECONDS_EACH=240 CKPT_EVERY=10000 ... on the warm machine)
+# then every variant from it, side by side, the same steps each (they share the card's ~3250
+# videos/s of pyramid steps), e.g. three per call:
+#   FROM=base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
+#   FROM=base.safetensors VARIANTS="ctx0 ctx025 ctx1" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
+# (about 1080 videos/s each: 1200 steps of 256 in ~290 s after start-up), then score them with
+# SWEEP=1 SETTINGS=1.5,1,1/32,32,16/none EVAL_NUM=256 (sampling 512 clips without overlap took 41 s).
 # The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
 # (docs/benchmarks.md): side by side, variants should share that, as base levels did.
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
