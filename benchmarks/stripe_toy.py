@@ -106,6 +106,7 @@ class ToyRIN(nn.Module):
         super().__init__()
         self.residual = residual                           # output = input + the network's; else the network's
         self.input_scale = input_scale                     # the tokens are made from the input times this
+        from hpdm_cli.model.layers import GridConv
         from hpdm_cli.model.rin import RINBlock
         n = (S // TOK) ** 2
         self.inp = nn.Linear(TOK * TOK, dim)
@@ -121,10 +122,7 @@ class ToyRIN(nn.Module):
         self.out = nn.Linear(dim, TOK * TOK)
         if conv_kernel != 3:                               # a wider depthwise interface convolution
             for blk in self.blocks:
-                blk.conv = nn.Conv3d(dim, dim, (1, conv_kernel, conv_kernel), padding=(0, conv_kernel // 2,
-                                     conv_kernel // 2), groups=dim)
-                nn.init.zeros_(blk.conv.weight)
-                nn.init.zeros_(blk.conv.bias)
+                blk.conv = GridConv(dim, blk.conv.grid, (1, conv_kernel, conv_kernel))
         if glu:                                            # every latent and interface MLP gated
             for blk in self.blocks:
                 blk.read_mlp, blk.write_mlp = GLU(latent_dim, 2.0), GLU(dim, 2.0)

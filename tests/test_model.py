@@ -528,3 +528,20 @@ def test_interface_convolution_auto_follows_the_table_per_device_and_compilation
     shifted = conv(x)
     assert used == ["conv3d"]                                      # eager: Conv3d; "compiling": the shifts
     torch.testing.assert_close(eager, shifted)
+
+
+def test_interface_convolution_of_any_odd_kernel_equals_torch_conv3d(monkeypatch):
+    """A wider, flat kernel (1, 5, 5), as the stripe toy uses, gives the same result both ways; an even size is refused."""
+    from hpdm_cli.model.layers import GridConv
+    torch.manual_seed(1)
+    conv = GridConv(8, (2, 6, 6), (1, 5, 5))
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(3, 72, 8)
+    outs = []
+    for method in ("conv3d", "shifts"):
+        monkeypatch.setattr(GridConv, "method", method)
+        outs.append(conv(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="must be odd"):
+        GridConv(8, (2, 6, 6), (1, 4, 4))

@@ -101,14 +101,15 @@ class MLP(nn.Module):
 
 
 class GridConv(nn.Module):
-    """Depthwise 3x3x3 convolution over each patch's token grid, zero padded: x [B, N, d] -> [B, N, d].
+    """Depthwise convolution over each patch's token grid, zero padded ("same"): x [B, N, d] -> [B, N, d].
 
-    The parameters are those of `nn.Conv3d(d, d, 3, padding=1, groups=d)` (`weight` [d, 1, 3, 3, 3],
-    `bias` [d], zero-initialised), and two computations of it give the same result:
+    The parameters are those of `nn.Conv3d(d, d, kernel, padding=kernel // 2, groups=d)` (`weight`
+    [d, 1, kf, kh, kw], `bias` [d], zero-initialised; the model's kernel is 3x3x3), and two
+    computations of it give the same result:
       * "conv3d": torch's grouped Conv3d on the tokens transposed to channels-first;
-      * "shifts": the tokens as they are (channels-last), padded once, and 27 shifted copies
-        scaled per channel and summed in float32 (one fused kernel under torch.compile; its
-        backward is element-wise too).
+      * "shifts": the tokens as they are (channels-last), padded once, and one shifted copy per
+        kernel tap scaled per channel, summed in float32 (one fused kernel under torch.compile;
+        its backward is element-wise too).
     `GridConv.method` picks one for all instances: "auto" takes the faster one measured for the
     device, eager or compiled, in `FASTEST` (docs/benchmarks.md, "The interface convolution": on an
     H200 torch.compile fuses the shifts into one kernel, 3x faster than cuDNN's grouped kernel for
@@ -118,10 +119,12 @@ class GridConv(nn.Module):
     FASTEST = {("cpu", False): "conv3d", ("cpu", True): "conv3d", ("cuda", False): "conv3d", ("cuda", True): "shifts"}
     method = "auto"
 
-    def __init__(self, dim: int, grid: tuple[int, int, int]):
+    def __init__(self, dim: int, grid: tuple[int, int, int], kernel: tuple[int, int, int] = (3, 3, 3)):
         super().__init__()
-        self.grid = tuple(grid)
-        self.weight = nn.Parameter(torch.zeros(dim, 1, 3, 3, 3))
+        if any(k % 2 == 0 for k in kernel):
+            raise ValueError(f"GridConv kernel {tuple(kernel)}: every size must be odd (same-size output)")
+        self.grid, self.kernel = tuple(grid), tuple(kernel)
+        self.weight = nn.Parameter(torch.zeros(dim, 1, *self.kernel))
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,17 +132,18 @@ class GridConv(nn.Module):
         method = self.method
         if method == "auto":
             method = self.FASTEST.get((x.device.type, torch.compiler.is_compiling()), "conv3d")
+        pad = [k // 2 for k in self.kernel]
         if method == "conv3d":
             g = x.transpose(1, 2).unflatten(2, self.grid)                  # [B, d, f, h, w]
-            return F.conv3d(g, self.weight, self.bias, padding=1, groups=x.shape[-1]).flatten(2).transpose(1, 2)
+            return F.conv3d(g, self.weight, self.bias, padding=pad, groups=x.shape[-1]).flatten(2).transpose(1, 2)
         if method != "shifts":
             raise ValueError(f"GridConv.method {method!r}: expected auto, conv3d or shifts")
-        f, h, w = self.grid
-        p = F.pad(x.float().unflatten(1, self.grid), (0, 0, 1, 1, 1, 1, 1, 1))   # [B, f+2, h+2, w+2, d]
-        k = self.weight.float().flatten(1)                                       # [d, 27], (i, j, l) order
-        out = self.bias.float() + p[:, :f, :h, :w] * k[:, 0]
-        for n in range(1, 27):
-            i, j, l = n // 9, n // 3 % 3, n % 3
+        (f, h, w), (kf, kh, kw) = self.grid, self.kernel
+        p = F.pad(x.float().unflatten(1, self.grid), (0, 0, pad[2], pad[2], pad[1], pad[1], pad[0], pad[0]))
+        k = self.weight.float().flatten(1)                             # [d, kf * kh * kw], (i, j, l) order
+        out = self.bias.float()
+        for n in range(kf * kh * kw):
+            i, j, l = n // (kh * kw), n // kw % kh, n % kw
             out = out + p[:, i:i + f, j:j + h, l:l + w] * k[:, n]
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         return out.flatten(1, 3).to(dt)
