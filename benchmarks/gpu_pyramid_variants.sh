@@ -38,8 +38,9 @@
 # videos/s of pyramid steps), e.g. three per call:
 #   FROM=base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
 #   FROM=base.safetensors VARIANTS="ctx0 ctx025 ctx1" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
-# (about 1080 videos/s each: 1200 steps of 256 in ~290 s after start-up), then score them with
-# SWEEP=1 SETTINGS=1.5,1,1/32,32,16/none EVAL_NUM=256 (sampling 512 clips without overlap took 41 s).
+# (about 1080 videos/s each: 1200 steps of 256 in ~290 s after start-up), then score them as
+# section 16 did, three per call: SWEEP=1 SETTINGS=1.5,1,1/32,32,16/hw EVAL_NUM=256 SCORE="default
+# shallow uniform", then SCORE="ctx0 ctx025 ctx1" (sampling 512 clips at hw took 108 s).
 # The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
 # (docs/benchmarks.md): side by side, variants should share that, as base levels did.
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
