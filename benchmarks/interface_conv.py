@@ -1,9 +1,9 @@
 """The interface convolution two ways (`hpdm_cli.model.layers.GridConv`): the layer, a training step, sampling.
 
 `model.interface_conv` adds a depthwise 3x3x3 convolution over each patch's token grid to every
-block's write. torch's grouped Conv3d has no cuDNN path for 3D depthwise filters in bf16 and its
-backward is known to be slow; "shifts" computes the same convolution as 27 shifted, per-channel
-scaled copies of the channels-last tokens (element-wise, fused by torch.compile). Timed per method,
+block's write. "conv3d" is torch's grouped Conv3d on the tokens transposed to channels-first (cuDNN's
+grouped kernel on an H200); "shifts" computes the same convolution as 27 shifted, per-channel scaled
+copies of the channels-last tokens (element-wise, fused by torch.compile). Timed per method,
 on one GPU, in one run:
   * the layer alone, forward + backward under bf16 autocast, ROWS patches of the recipe's grid;
   * a training step of RECIPE (forward, backward, AdamW), eager and compiled: videos/s;
@@ -36,11 +36,11 @@ from hpdm_cli.train.loop import build_model, forward_backward, set_precision  # 
 METHODS = ("conv3d", "shifts")
 
 
-def cuda_seconds(fn, iters: int, warmup: int = 2) -> float:
-    """Mean seconds of fn() on the GPU (CUDA events around `iters` calls after `warmup`; wall clock on a CPU)."""
+def cuda_seconds(fn, iters: int, dev: torch.device, warmup: int = 2) -> float:
+    """Mean seconds of fn() on `dev` (CUDA events around `iters` calls after `warmup`; wall clock on a CPU)."""
     for _ in range(warmup):
         fn()
-    if not torch.cuda.is_available():
+    if dev.type != "cuda":
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
@@ -66,7 +66,7 @@ def layer_seconds(grid, dim: int, rows: int, dev, compiled: bool) -> float:
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             y = fn(x)
         y.float().sum().backward()
-    return cuda_seconds(step, 20, warmup=3)
+    return cuda_seconds(step, 20, dev, warmup=3)
 
 
 def condition(rec, batch: int, dev):
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
             row[f"layer {tag} ms"] = 1e3 * layer_seconds(grid, rec.model.interface_dim, a.layer_rows, dev, compiled)
             t0 = time.perf_counter()
             step = train_step_fn(rec, a.batch, dev, compiled)
-            row[f"train {tag} videos/s"] = a.batch / cuda_seconds(step, a.iters, warmup=3)
+            row[f"train {tag} videos/s"] = a.batch / cuda_seconds(step, a.iters, dev, warmup=3)
             print(f"  {method} {tag}: {time.perf_counter() - t0:.0f} s with warm-up", flush=True)
             if a.rows and not compiled:
                 from torch.profiler import ProfilerActivity, profile
