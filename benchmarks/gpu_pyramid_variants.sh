@@ -6,11 +6,12 @@
 # into $RUNS/<variant>; RESUME=1 continues them on the same warm machine in a later call. SWEEP=1
 # then scores every variant's newest checkpoint with benchmarks/guidance_sweep.py on EVAL_NUM
 # held-out prompts per side (FVD against real clips with the floor and the trivial baselines,
-# faithfulness, stripes, a contact sheet in $OUT/sheets-<variant>), SETTINGS as there (default the
+# faithfulness, stripes, a contact sheet per variant in $OUT/sheets), SETTINGS as there (default the
 # protocol of docs/results.md, sections 21-23: guidance 1.5 at level 0, 32/32/16 steps, `fhw`),
-# the variants named by SCORE (default all of VARIANTS) one after another: two N = 512 sweeps side by
-# side did not finish in a 600-s call on an H200 (one alone takes ~285 s), so score one variant per
-# call at N = 512 (SCORE=grid, then SCORE=continuous in the next call). Needs out/gpu/shapes_prompts_tokens.safetensors to train,
+# the variants named by SCORE (default all of VARIANTS) in one process, one after another against the
+# same real clips (their features and the baselines computed once): two N = 512 sweeps side by side
+# did not finish in a 600-s call on an H200 (one alone takes ~285 s), so at N = 512 score one variant
+# per call (SCORE=grid, then SCORE=continuous in the next call). Needs out/gpu/shapes_prompts_tokens.safetensors to train,
 # out/gpu/shapes_prompts_heldout.safetensors to score, the I3D file at $I3D and out/gpu/whl
 # (benchmarks/stage_gpu_inputs.sh).
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
@@ -99,12 +100,15 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
 }
-sweep_variant() {   # $1: variant -> guidance_sweep.py's lines for its newest checkpoint in $OUT/sweep-$1.txt
-  # (written as they come: a call that runs out of time still brings back what was scored)
+sweep_variants() {   # $@: variants -> guidance_sweep.py's lines for their newest checkpoints in $OUT/sweep.txt
+  # (one process: the real clips' features and baselines are computed once; lines are written as they
+  # come, so a call that runs out of time still brings back what was scored; sheets in $OUT/sheets)
+  local runs=() v
+  for v in "$@"; do runs+=("$RUNS/$v"); done
   # shellcheck disable=SC2086
-  python3 benchmarks/guidance_sweep.py "$RUNS/$1" --num "${EVAL_NUM:-512}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
+  python3 benchmarks/guidance_sweep.py "${runs[@]}" --num "${EVAL_NUM:-512}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
     --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \
-    --sheets "$OUT/sheets-$1" 2>&1 | grep --line-buffered -v "^WARNING" > "$OUT/sweep-$1.txt"
+    --sheets "$OUT/sheets" 2>&1 | grep --line-buffered -v "^WARNING" > "$OUT/sweep.txt"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; $RECIPE from $FROM; variants: $VARIANTS"
@@ -117,8 +121,10 @@ if [ "${SECONDS_EACH:-0}" -gt 0 ]; then
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
-  for v in ${SCORE:-$VARIANTS}; do sweep_variant "$v"; done
-  for v in ${SCORE:-$VARIANTS}; do echo "== $v: $(overrides "$v")"; cat "$OUT/sweep-$v.txt"; done
+  for v in ${SCORE:-$VARIANTS}; do echo "== $v: $(overrides "$v")"; done
+  # shellcheck disable=SC2086
+  sweep_variants ${SCORE:-$VARIANTS}
+  cat "$OUT/sweep.txt"
   echo "scored in $((SECONDS - T0)) s"
 fi
 for v in ${EXPORT:-}; do

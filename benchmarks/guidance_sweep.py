@@ -14,6 +14,8 @@ model's upper levels are sampled given it, as `hpdm upscale` does: what a better
 worth in FVD before a pyramid is trained from it. With --real-level0 each setting also samples the
 upper levels given the level 0 of the floor's real clips (with their prompts): its FVD against the
 floor's (the real-vs-real row) is what the upper levels cost, apart from level 0.
+Several models (e.g. the variants of benchmarks/gpu_pyramid_variants.sh) are scored in one process
+against the same real clips, features and baselines; their lines and sheets carry each one's name.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.texture import stripe_summary
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt")
+    ap.add_argument("ckpt", nargs="+", help="models (run, checkpoint or weights file) scored on the same clips")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
     ap.add_argument("--num", type=int, default=512, help="clips per side")
     ap.add_argument("--batch", type=int, default=256)
@@ -83,14 +85,14 @@ def main(argv=None) -> int:
     ap.add_argument("--real-level0", action="store_true",
                     help="also per setting: the upper levels given the floor's real clips' level 0")
     a = ap.parse_args(argv)
-    net, recipe, info = load_generator(a.ckpt, a.device)
+    net, recipe, info = load_generator(a.ckpt[0], a.device)
     base = None
+    same = lambda r: (r.model.cond, r.model.text_encoder, r.model.text_tokens, r.model.text_dim, r.model.num_classes)
     if a.base:
         from base_level_faithfulness import SigmaSplit
         base_net, base_recipe, _ = load_generator(a.base, a.device)
-        same = lambda r: (r.model.cond, r.model.text_encoder, r.model.text_tokens, r.model.text_dim, r.model.num_classes)
         if same(base_recipe) != same(recipe):
-            raise SystemExit(f"--base {a.base} is conditioned otherwise than {a.ckpt} ({same(base_recipe)} vs {same(recipe)})")
+            raise SystemExit(f"--base {a.base} is conditioned otherwise than {a.ckpt[0]} ({same(base_recipe)} vs {same(recipe)})")
         if a.base_low:
             base_net = SigmaSplit(base_net, load_generator(a.base_low, a.device)[0], a.split_sigma)
         base = (base_net, base_recipe)
@@ -121,38 +123,51 @@ def main(argv=None) -> int:
     real_sc = score_clips(real_a.videos, real_a.captions)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
-    for text in a.settings:
-        t0 = time.time()
-        w, st, ov, smax = parse_setting(text, steps, a.overlap)
-        rec = recipe if smax is None else dataclasses.replace(
-            recipe, sample=dataclasses.replace(recipe.sample, sigma_max=smax))
-        gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
-                   log=lambda s: None)
-        fixed = None
-        if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
-            first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
-            lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
-                                 steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
-            fixed = real_level0(lvl0, base[1].pyramid)                     # uint8 clips -> [-1, 1], as given
-        fake = generate_rows(net, rec, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
-                             fixed=fixed, **gen)
-        secs = time.time() - t0
-        sc, f = scores(fake, real_a.captions), fvd(fake)
-        rows.append((f"guidance {text}", f, sc))
-        print(json.dumps({"setting": text, "fvd": round(f, 1), "n": a.num, "sample_seconds": round(secs, 1),
-                          "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
-                          **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
-        if a.real_level0:
-            up = generate_rows(net, rec, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
-                               fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
-            su, fu = scores(up, real_b.captions), fvd(up)
-            rows.append((f"upper levels given real level 0, {text}", fu, su))
-            print(json.dumps({"setting": text, "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
-                              **{k: round(su[k], 3) for k in SCORED}}), flush=True)
-        if a.sheets:
-            Path(a.sheets).mkdir(parents=True, exist_ok=True)
-            _write_sheet(Path(a.sheets) / f"guidance-{text.replace(',', '-').replace('/', '_')}.png", fake, real_a, 8)
-    print(f"\n{a.num} held-out clips per side, {info.weights}"
+    many = len(a.ckpt) > 1
+    for i, path in enumerate(a.ckpt):
+        if i:
+            del net
+            net, other, info = load_generator(path, a.device)
+            if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):     # the clips are shared
+                raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
+                                 f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")
+            recipe = other
+        name = Path(path).stem if Path(path).is_file() else Path(path).name
+        tag = f"{name}: " if many else ""
+        for text in a.settings:
+            t0 = time.time()
+            w, st, ov, smax = parse_setting(text, steps, a.overlap)
+            rec = recipe if smax is None else dataclasses.replace(
+                recipe, sample=dataclasses.replace(recipe.sample, sigma_max=smax))
+            gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
+                       log=lambda s: None)
+            fixed = None
+            if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
+                first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
+                lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
+                                     steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
+                fixed = real_level0(lvl0, base[1].pyramid)                     # uint8 clips -> [-1, 1], as given
+            fake = generate_rows(net, rec, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
+                                 fixed=fixed, **gen)
+            secs = time.time() - t0
+            sc, f = scores(fake, real_a.captions), fvd(fake)
+            rows.append((f"{tag}guidance {text}", f, sc))
+            print(json.dumps({**({"model": name} if many else {}), "setting": text, "fvd": round(f, 1), "n": a.num,
+                              "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
+                              **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
+            if a.real_level0:
+                up = generate_rows(net, rec, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
+                                   fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
+                su, fu = scores(up, real_b.captions), fvd(up)
+                rows.append((f"{tag}upper levels given real level 0, {text}", fu, su))
+                print(json.dumps({**({"model": name} if many else {}), "setting": text,
+                                  "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
+                                  **{k: round(su[k], 3) for k in SCORED}}), flush=True)
+            if a.sheets:
+                Path(a.sheets).mkdir(parents=True, exist_ok=True)
+                sheet = f"{name + '-' if many else ''}guidance-{text.replace(',', '-').replace('/', '_')}.png"
+                _write_sheet(Path(a.sheets) / sheet, fake, real_a, 8)
+    print(f"\n{a.num} held-out clips per side, {info.weights if not many else ', '.join(a.ckpt)}"
           + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
              if a.base else ""))
     # size: median object area / the real clips'; motion: median travel over the clip / the real clips'

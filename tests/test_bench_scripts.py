@@ -437,6 +437,40 @@ def test_guidance_sweep_settings_name_guidance_steps_overlap_and_sigma_max():
                                                                       [80.0, 10.0, 10.0])
 
 
+class _MeanColourFeatures:
+    """A stand-in for I3D in guidance_sweep.py: each clip's mean colour and mean frame change (4 features)."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def features(self, clips):
+        f = [np.r_[c.reshape(-1, 3).mean(0), np.abs(np.diff(c.astype(float), axis=0)).mean()] for c in clips]
+        return np.asarray(f, dtype=np.float64)
+
+
+def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_path, capsys, monkeypatch):
+    """Two runs in one sweep: the real rows once, one named line and sheet per model; a mismatch is refused."""
+    import guidance_sweep
+    import hpdm_cli.eval.fvd as fvd
+    from hpdm_cli.train.loop import train
+    monkeypatch.setattr(fvd, "I3DExtractor", _MeanColourFeatures)
+    tiny = str(ROOT / "recipes/tiny.toml")
+    common = ['data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
+              "train.steps=1", "train.batch_size=2", "data.num_workers=0"]
+    for name, res in (("a", "[4,16,16]"), ("b", "[4,16,16]"), ("odd", "[4,32,32]")):
+        train(load_recipe(tiny, [*common, f"pyramid.resolution={res}"]), tmp_path / name, log=lambda m: None)
+    args = ["--num", "4", "--batch", "4", "--settings", "1/2,2/none", "--device", "cpu", "--sheets", str(tmp_path / "s")]
+    assert guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "b"), *args]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["setting"] for x in lines[:4]] == ["real (floor)", "static real", "shuffled real", "real"]
+    scored = [x for x in lines if "colour" in x]
+    assert [x["model"] for x in scored] == ["a", "b"] and all(x["n"] == 4 for x in scored)
+    assert sorted(f.name for f in (tmp_path / "s").iterdir()) == ["a-guidance-1_2-2_none.png",
+                                                                   "b-guidance-1_2-2_none.png"]
+    with pytest.raises(SystemExit, match=r"odd: .*score it in a run of its own"):
+        guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "odd"), *args])
+
+
 def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
     """benchmarks/interface_conv.py on the CPU: one table row per method, the ratio line, GridConv left on auto."""
     import interface_conv
