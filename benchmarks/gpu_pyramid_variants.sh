@@ -35,15 +35,18 @@
 #   V_base='diffusion.p_mean=-0.5 diffusion.p_std=1.6' VARIANTS=base SECONDS_EACH=380 STEPS=7000 \
 #     CKPT_EVERY=7000 NUM=16 EXPORT=base bash benchmarks/gpu_base_variants.sh
 #   (then RESUME=1 STEPS=10000 SECONDS_EACH=240 CKPT_EVERY=10000 ... on the warm machine)
-# then every variant from it, side by side, the same steps each (they share the card's ~3250
-# videos/s of pyramid steps), e.g. three per call:
-#   FROM=base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
-#   FROM=base.safetensors VARIANTS="ctx0 ctx025 ctx1" SECONDS_EACH=560 STEPS=1200 EXPORT="..." bash ...
-# (about 1080 videos/s each: 1200 steps of 256 in ~290 s after start-up), then score them as
-# section 16 did, three per call: SWEEP=1 SETTINGS=1.5,1,1/32,32,16/hw EVAL_NUM=256 SCORE="default
-# shallow uniform", then SCORE="ctx0 ctx025 ctx1" (sampling 512 clips at hw took 108 s).
+# then every variant from it, side by side, the same steps each (docs/results.md, section 35; the
+# base travels in the packaged model's place, hpdm_cli/assets/shapes-t2v.safetensors, to fit 64 MiB,
+# and the first call copies it to /tmp/base.safetensors before anything else):
+#   FROM=/tmp/base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=570 STEPS=800 bash ...
+#     (cold machine: 561 s; the uniform variant costs 1.52x the FLOPs per step)
+#   FROM=/tmp/base.safetensors VARIANTS="ctx0 ctx025 ctx1" SECONDS_EACH=330 STEPS=800 SWEEP=1 \
+#     SETTINGS=1.5,1,1/32,32,16/none EVAL_NUM=256 SCORE="default shallow uniform ctx0 ctx025 ctx1" bash ...
+#     (warm machine: 221 s of training, 268 s to score all six in one process; this call carries the
+#     I3D file whole, out/gpu/i3d-kinetics-400.ckpt as I3D=, with the checkout's tracked images and
+#     model left out, and finds the prompt table that the first call carried still on the machine)
 # The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
-# (docs/benchmarks.md): side by side, variants should share that, as base levels did.
+# (docs/benchmarks.md): side by side, variants share that, as base levels did.
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
 # machine, back to back (see benchmarks/gpu_grown_stage.sh for the same layout):
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
