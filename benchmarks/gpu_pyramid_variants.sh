@@ -29,6 +29,8 @@
 #   shallow     model.fusion="shallow": the RGB of the level below, concatenated to the input
 #   uniform     model.load=[3,3,3,3,3,3]: no adaptive computation, every block runs every level
 #   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
+#   detach      model.context_detach=true: no gradient from a level into the lower levels' context
+#   nocoords    model.fusion_coords=false: no token coordinates in the context fusion
 # Ablations at equal budget from a real base level: the base level from scratch as the packaged
 # model's was (recipes/shapes.toml's header), 10000 steps in ~500 s of training over two calls
 # (docs/benchmarks.md, tenth visit; EXPORT=base brings it back, 16.4 MB, to carry as FROM):
@@ -45,6 +47,8 @@
 #     (warm machine: 221 s of training, 268 s to score all six in one process; this call carries the
 #     I3D file whole, out/gpu/i3d-kinetics-400.ckpt as I3D=, with the checkout's tracked images and
 #     model left out, and finds the prompt table that the first call carried still on the machine)
+#   the paper's other two rows, not yet run: VARIANTS="detach nocoords" the same way (both checked to
+#   start from the base on a CPU), scored beside SCORE=default to share its real clips
 # The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
 # (docs/benchmarks.md): side by side, variants share that, as base levels did.
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
@@ -86,7 +90,9 @@ overrides() {   # $1: variant -> its recipe overrides
     ctx0) echo 'diffusion.context_prob=0.0' ;;
     ctx025) echo 'diffusion.context_prob=0.25' ;;
     ctx1) echo 'diffusion.context_prob=1.0' ;;
-    *) echo "unknown variant $1 (grid continuous tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1, or set V_$1)" >&2; return 2 ;;
+    detach) echo 'model.context_detach=true' ;;
+    nocoords) echo 'model.fusion_coords=false' ;;
+    *) echo "unknown variant $1 (grid continuous tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
