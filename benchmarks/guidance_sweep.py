@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.texture import stripe_summary
+    from hpdm_cli.train.checkpoint import load_sampling_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", nargs="+", help="models (run, checkpoint or weights file) scored on the same clips")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
@@ -97,6 +98,11 @@ def main(argv=None) -> int:
             base_net = SigmaSplit(base_net, load_generator(a.base_low, a.device)[0], a.split_sigma)
         base = (base_net, base_recipe)
     R = tuple(recipe.pyramid.resolution)
+    for path in a.ckpt[1:]:              # every model is scored on the first one's clips: refuse a misfit first
+        other = load_sampling_weights(path, device="cpu")[2]
+        if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):
+            raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
+                             f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")
     real_a = render_real(a.num, 0, R, "heldout")
     real_b = render_real(a.num, a.num, R, "heldout")
     embed = lambda caps: embed_prompts(recipe, caps, a.tables.split(","))
@@ -127,11 +133,7 @@ def main(argv=None) -> int:
     for i, path in enumerate(a.ckpt):
         if i:
             del net
-            net, other, info = load_generator(path, a.device)
-            if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):     # the clips are shared
-                raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
-                                 f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")
-            recipe = other
+            net, recipe, info = load_generator(path, a.device)
         name = Path(path).stem if Path(path).is_file() else Path(path).name
         tag = f"{name}: " if many else ""
         for text in a.settings:
@@ -153,7 +155,8 @@ def main(argv=None) -> int:
             sc, f = scores(fake, real_a.captions), fvd(fake)
             rows.append((f"{tag}guidance {text}", f, sc))
             print(json.dumps({**({"model": name} if many else {}), "setting": text, "fvd": round(f, 1), "n": a.num,
-                              "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low, "split_sigma": a.split_sigma if a.base_low else None,
+                              "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low,
+                              "split_sigma": a.split_sigma if a.base_low else None,
                               **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
             if a.real_level0:
                 up = generate_rows(net, rec, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,

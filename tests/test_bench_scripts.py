@@ -469,6 +469,7 @@ def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_
                                                                    "b-guidance-1_2-2_none.png"]
     with pytest.raises(SystemExit, match=r"odd: .*score it in a run of its own"):
         guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "odd"), *args])
+    assert capsys.readouterr().out == ""                      # refused before anything was sampled
 
 
 def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
