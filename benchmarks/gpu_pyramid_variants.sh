@@ -40,7 +40,8 @@
 # then every variant from it, side by side, the same steps each (docs/results.md, section 35; the
 # base travels in the packaged model's place, hpdm_cli/assets/shapes-t2v.safetensors, to fit 64 MiB,
 # and the first call copies it to /tmp/base.safetensors before anything else):
-#   FROM=/tmp/base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=570 STEPS=800 bash ...
+#   FROM=/tmp/base.safetensors VARIANTS="default shallow uniform" SECONDS_EACH=570 STEPS=800 \
+#     EXPORT="default shallow" bash ...   (an export of the uniform variant, 16.8 MB, is over a file's 16 MiB)
 #     (cold machine: 561 s; the uniform variant costs 1.52x the FLOPs per step)
 #   FROM=/tmp/base.safetensors VARIANTS="ctx0 ctx025 ctx1" SECONDS_EACH=330 STEPS=800 SWEEP=1 \
 #     SETTINGS=1.5,1,1/32,32,16/none EVAL_NUM=256 SCORE="default shallow uniform ctx0 ctx025 ctx1" bash ...
@@ -49,8 +50,8 @@
 #     model left out, and finds the prompt table that the first call carried still on the machine)
 #   the paper's other two rows, not yet run: VARIANTS="detach nocoords" the same way (both checked to
 #   start from the base on a CPU), scored beside SCORE=default to share its real clips
-# The 16x64x64 pyramid trains at ~3250 videos/s alone on an H200 with CUDA graphs, launch-bound
-# (docs/benchmarks.md): side by side, variants share that, as base levels did.
+# The 16x64x64 pyramid trains at ~3250-4650 videos/s alone on an H200 with CUDA graphs, launch-bound
+# (docs/benchmarks.md); three side by side made ~4300-5200 together (docs/benchmarks.md, eleventh visit).
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
 # machine, back to back (see benchmarks/gpu_grown_stage.sh for the same layout):
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
@@ -113,7 +114,10 @@ sweep_variants() {   # $@: variants -> guidance_sweep.py's lines for their newes
   # (one process: the real clips' features and baselines are computed once; lines are written as they
   # come, so a call that runs out of time still brings back what was scored; sheets in $OUT/sheets)
   local runs=() v
-  for v in "$@"; do runs+=("$RUNS/$v"); done
+  for v in "$@"; do   # a variant without a checkpoint (its training failed) would stop the others' scoring
+    if ls "$RUNS/$v"/checkpoints/ckpt-* >/dev/null 2>&1; then runs+=("$RUNS/$v"); else echo "[$v] no checkpoint: not scored"; fi
+  done
+  [ "${#runs[@]}" -gt 0 ] || return 1
   # shellcheck disable=SC2086
   python3 benchmarks/guidance_sweep.py "${runs[@]}" --num "${EVAL_NUM:-512}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
     --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \

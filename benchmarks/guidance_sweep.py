@@ -15,7 +15,8 @@ worth in FVD before a pyramid is trained from it. With --real-level0 each settin
 upper levels given the level 0 of the floor's real clips (with their prompts): its FVD against the
 floor's (the real-vs-real row) is what the upper levels cost, apart from level 0.
 Several models (e.g. the variants of benchmarks/gpu_pyramid_variants.sh) are scored in one process
-against the same real clips, features and baselines; their lines and sheets carry each one's name.
+against the same real clips, features and baselines; every line and sheet carries its model's name
+(file stem or folder name) and every line the weights file and step scored.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def main(argv=None) -> int:
             base_net = SigmaSplit(base_net, load_generator(a.base_low, a.device)[0], a.split_sigma)
         base = (base_net, base_recipe)
     R = tuple(recipe.pyramid.resolution)
+    names = [Path(p).stem if Path(p).is_file() else Path(p).name for p in a.ckpt]     # lines' and sheets' names
+    for n in {n for n in names if names.count(n) > 1}:
+        raise SystemExit(f"{names.count(n)} models are named {n!r} (file stem or folder name): their lines and "
+                         "sheets would be mixed up; copy or link them under distinct names")
     for path in a.ckpt[1:]:              # every model is scored on the first one's clips: refuse a misfit first
         other = load_sampling_weights(path, device="cpu")[2]
         if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):
@@ -129,13 +134,14 @@ def main(argv=None) -> int:
     real_sc = score_clips(real_a.videos, real_a.captions)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
-    many = len(a.ckpt) > 1
-    for i, path in enumerate(a.ckpt):
+    many, scored = len(a.ckpt) > 1, []
+    for i, (path, name) in enumerate(zip(a.ckpt, names)):
         if i:
             del net
             net, recipe, info = load_generator(path, a.device)
-        name = Path(path).stem if Path(path).is_file() else Path(path).name
+        scored.append(str(info.weights))
         tag = f"{name}: " if many else ""
+        who = {"model": name, "weights": str(info.weights), "step": info.step}
         for text in a.settings:
             t0 = time.time()
             w, st, ov, smax = parse_setting(text, steps, a.overlap)
@@ -154,7 +160,7 @@ def main(argv=None) -> int:
             secs = time.time() - t0
             sc, f = scores(fake, real_a.captions), fvd(fake)
             rows.append((f"{tag}guidance {text}", f, sc))
-            print(json.dumps({**({"model": name} if many else {}), "setting": text, "fvd": round(f, 1), "n": a.num,
+            print(json.dumps({**who, "setting": text, "fvd": round(f, 1), "n": a.num,
                               "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low,
                               "split_sigma": a.split_sigma if a.base_low else None,
                               **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
@@ -163,14 +169,14 @@ def main(argv=None) -> int:
                                    fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
                 su, fu = scores(up, real_b.captions), fvd(up)
                 rows.append((f"{tag}upper levels given real level 0, {text}", fu, su))
-                print(json.dumps({**({"model": name} if many else {}), "setting": text,
+                print(json.dumps({**who, "setting": text,
                                   "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
                                   **{k: round(su[k], 3) for k in SCORED}}), flush=True)
             if a.sheets:
                 Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                sheet = f"{name + '-' if many else ''}guidance-{text.replace(',', '-').replace('/', '_')}.png"
+                sheet = f"{name}-guidance-{text.replace(',', '-').replace('/', '_')}.png"
                 _write_sheet(Path(a.sheets) / sheet, fake, real_a, 8)
-    print(f"\n{a.num} held-out clips per side, {info.weights if not many else ', '.join(a.ckpt)}"
+    print(f"\n{a.num} held-out clips per side, {', '.join(scored)}"
           + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
              if a.base else ""))
     # size: median object area / the real clips'; motion: median travel over the clip / the real clips'

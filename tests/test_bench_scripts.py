@@ -459,17 +459,25 @@ def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_
               "train.steps=1", "train.batch_size=2", "data.num_workers=0"]
     for name, res in (("a", "[4,16,16]"), ("b", "[4,16,16]"), ("odd", "[4,32,32]")):
         train(load_recipe(tiny, [*common, f"pyramid.resolution={res}"]), tmp_path / name, log=lambda m: None)
+    import hpdm_cli.checkpoint as checkpoint
+    loaded, load = [], checkpoint.load_generator
+    monkeypatch.setattr(checkpoint, "load_generator", lambda path, *a, **k: loaded.append(Path(path).name) or load(
+        path, *a, **k))
     args = ["--num", "4", "--batch", "4", "--settings", "1/2,2/none", "--device", "cpu", "--sheets", str(tmp_path / "s")]
     assert guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "b"), *args]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [x["setting"] for x in lines[:4]] == ["real (floor)", "static real", "shuffled real", "real"]
-    scored = [x for x in lines if "colour" in x]
-    assert [x["model"] for x in scored] == ["a", "b"] and all(x["n"] == 4 for x in scored)
+    assert len(lines) == 6 and loaded == ["a", "b"]          # the real rows once; each model loaded and scored
+    scored = lines[4:]
+    assert [x["model"] for x in scored] == ["a", "b"] and all(x["n"] == 4 and x["step"] == 1 for x in scored)
+    assert [Path(x["weights"]).parts[-4] for x in scored] == ["a", "b"]       # run/checkpoints/ckpt-N/ema.safetensors
     assert sorted(f.name for f in (tmp_path / "s").iterdir()) == ["a-guidance-1_2-2_none.png",
                                                                    "b-guidance-1_2-2_none.png"]
     with pytest.raises(SystemExit, match=r"odd: .*score it in a run of its own"):
         guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "odd"), *args])
-    assert capsys.readouterr().out == ""                      # refused before anything was sampled
+    with pytest.raises(SystemExit, match=r"2 models are named 'a'"):
+        guidance_sweep.main([str(tmp_path / "a"), str(tmp_path / "a"), *args])
+    assert capsys.readouterr().out == "" and loaded == ["a", "b", "a", "a"]    # refused before anything was sampled
 
 
 def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
