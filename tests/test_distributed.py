@@ -1,4 +1,4 @@
-"""N gloo processes at global batch B give the same gradients as one process at B; DDP train().
+"""N gloo processes at global batch B give the same gradients as one process at B (eager and compiled); DDP train().
 
 docs/method.md, invariant "N ranks equal one process".
 
@@ -94,6 +94,17 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
     save_file(_grads(net), os.path.join(out, f"grads-accum-{rank}.safetensors"))
     with open(os.path.join(out, f"loss-{rank}.json"), "w") as f:
         json.dump(float(res.loss.detach()), f)
+    # `train.compile` under DDP: torch.compile of the DDP module (as the loop builds it), whose graph
+    # dynamo splits at DDP's bucket boundaries; "aot_eager" traces forward and backward as inductor
+    # would see them without needing a C++ compiler.
+    net.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, backend="aot_eager")
+    forward_backward(compiled, videos[share], cond[share], recipe, offsets[share], share_of(draw, WORLD, rank),
+                     1.0, "fp32")
+    save_file(_grads(net), os.path.join(out, f"grads-compiled-{rank}.safetensors"))
+    from torch._dynamo.utils import counters
+    with open(os.path.join(out, f"graphs-compiled-{rank}.json"), "w") as f:
+        json.dump(int(counters["stats"]["unique_graphs"]), f)
 
 
 def _worker(rank: int, store: str, recipe, batch, overrides: list, out: str) -> None:
@@ -142,13 +153,16 @@ def test_two_gloo_ranks_give_the_gradients_of_one_process(ddp):
     assert set(ref) == {n for n, _ in net.named_parameters()}
     ranks = [load_file(str(tmp_path / f"grads-{r}.safetensors")) for r in range(WORLD)]
     accum = [load_file(str(tmp_path / f"grads-accum-{r}.safetensors")) for r in range(WORLD)]
-    for got in ranks + accum:
+    compiled = [load_file(str(tmp_path / f"grads-compiled-{r}.safetensors")) for r in range(WORLD)]
+    assert all(json.loads((tmp_path / f"graphs-compiled-{r}.json").read_text()) >= 1 for r in range(WORLD))
+    for got in ranks + accum + compiled:
         assert got.keys() == ref.keys()
         for k in ref:
             assert torch.allclose(got[k], ref[k], rtol=1e-5, atol=1e-6), \
                 f"{k}: max diff {(got[k] - ref[k]).abs().max():.3g}"
     for k in ref:                                                      # all-reduced: the ranks agree exactly
         assert torch.equal(ranks[0][k], ranks[1][k]) and torch.equal(accum[0][k], accum[1][k])
+        assert torch.equal(compiled[0][k], compiled[1][k])
     # The global loss is the mean of the ranks' losses.
     losses = [json.loads((tmp_path / f"loss-{r}.json").read_text()) for r in range(WORLD)]
     assert sum(losses) / WORLD == pytest.approx(float(whole.loss.detach()), rel=1e-5)
