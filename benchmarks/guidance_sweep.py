@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     real_sc = score_clips(real_a.videos, real_a.captions)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
-    many, scored = len(a.ckpt) > 1, []
+    many, scored, base_level0 = len(a.ckpt) > 1, [], {}     # the last: setting -> level 0 from --base, for every model
     for i, (path, name) in enumerate(zip(a.ckpt, names)):
         if i:
             del net
@@ -150,11 +150,13 @@ def main(argv=None) -> int:
             gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
                        log=lambda s: None)
             fixed = None
-            if base is not None:                 # level 0 from the other base level, at this setting's level-0 values
-                first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
-                lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
-                                     steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
-                fixed = real_level0(lvl0, base[1].pyramid)                     # uint8 clips -> [-1, 1], as given
+            if base is not None:
+                if text not in base_level0:      # level 0 from the other base level at this setting's values, once
+                    first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
+                    lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
+                                         steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
+                    base_level0[text] = real_level0(lvl0, base[1].pyramid)      # uint8 clips -> [-1, 1], as given
+                fixed = base_level0[text]
             fake = generate_rows(net, rec, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
                                  fixed=fixed, **gen)
             secs = time.time() - t0
