@@ -49,7 +49,9 @@
 #     I3D file whole, out/gpu/i3d-kinetics-400.ckpt as I3D=, with the checkout's tracked images and
 #     model left out, and finds the prompt table that the first call carried still on the machine)
 #   the paper's other two rows, not yet run: VARIANTS="detach nocoords" the same way (both checked to
-#   start from the base on a CPU), scored beside SCORE=default to share its real clips
+#   start from the base on a CPU), scored beside SCORE=default to share its real clips; and the spread
+#   between two runs of one variant, which section 35 could not give: V_default_s1='train.seed=1'
+#   VARIANTS="default_s1" (train.seed draws the upper levels' initialisation, data order and noise anew)
 # The 16x64x64 pyramid trains at ~3250-4650 videos/s alone on an H200 with CUDA graphs, launch-bound
 # (docs/benchmarks.md); three side by side made ~4300-5200 together (docs/benchmarks.md, eleventh visit).
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
