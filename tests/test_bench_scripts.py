@@ -229,6 +229,21 @@ def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
     assert row["noise_on"] == noise_on and row["batch"] == 2 and row["videos_per_s"] > 0
 
 
+def test_bench_ablations_time_the_papers_table2_rows_each_as_its_setting_builds_it():
+    """`hpdm bench --ablations`: one row per Table 2 change; counted FLOPs and parameters move as each change implies."""
+    from hpdm_cli.drivers.bench import bench_training
+    rec = load_recipe(ROOT / "recipes" / "tiny.toml")
+    rows = {r["variant"]: r for r in bench_training(rec, steps=1, warmup=0, batch=2, ablations=True,
+                                                     precisions=["fp32"])}
+    assert list(rows) == ["default", "no adaptive computation", "shallow fusion", "context detach", "no coordinates"]
+    flops = {k: r["TFLOP_per_video"] for k, r in rows.items()}
+    params = {k: r["params_M"] for k, r in rows.items()}
+    assert flops["no adaptive computation"] > flops["default"] > flops["shallow fusion"]
+    assert flops["no coordinates"] < flops["default"] and params["no coordinates"] < params["default"]
+    assert flops["context detach"] == flops["default"] and params["context detach"] == params["default"]
+    assert all(r["videos_per_s"] > 0 for r in rows.values())
+
+
 def test_prompt_word_swap_changes_one_object_word_and_keeps_the_background():
     from hpdm_cli.eval.faithfulness import parse_shapes_caption
     cap = "a green diamond moving down on a green background"

@@ -176,15 +176,18 @@ def _sync(device: torch.device) -> None:
 
 # ============================================================================ training
 
+ABLATIONS = (("no adaptive computation", "load", "none"), ("shallow fusion", "fusion", "shallow"),
+             ("context detach", "context_detach", True), ("no coordinates", "fusion_coords", False))
+"""The paper's Table 2 rows that `--ablations` times beside the recipe: (name, model key, value)."""
+
+
 def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
-    """The recipe, and with `ablations` the same without adaptive computation and with shallow fusion."""
+    """The recipe, and with `ablations` the same under each of the paper's Table 2 changes (ABLATIONS)."""
     out = [("default", recipe)]
-    if ablations:
-        no_ac = copy.deepcopy(recipe)
-        no_ac.model.load = "none"
-        shallow = copy.deepcopy(recipe)
-        shallow.model.fusion = "shallow"
-        out += [("no adaptive computation", no_ac), ("shallow fusion", shallow)]
+    for name, key, value in ABLATIONS if ablations else ():
+        rec = copy.deepcopy(recipe)
+        setattr(rec.model, key, value)
+        out.append((name, rec))
     return out
 
 
