@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.texture import stripe_summary
-    from hpdm_cli.train.checkpoint import load_sampling_weights
+    from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", nargs="+", help="models (run, checkpoint or weights file) scored on the same clips")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{names.count(n)} models are named {n!r} (file stem or folder name): their lines and "
                          "sheets would be mixed up; copy or link them under distinct names")
     for path in a.ckpt[1:]:              # every model is scored on the first one's clips: refuse a misfit first
-        other = load_sampling_weights(path, device="cpu")[2]
+        other = recipe_in_metadata(read_metadata(resolve_sampling_weights(path)), path)    # the header only
         if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):
             raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
                              f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")

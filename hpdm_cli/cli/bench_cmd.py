@@ -18,7 +18,8 @@ def bench(
     warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps (default 3)."),
     batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch; "
                                                    "--sampling: 16 videos)."),
-    ablations: bool = typer.Option(False, help="Also time the paper's Table 2 ablations: no adaptive computation, shallow fusion, context detach, no coordinates."),
+    ablations: bool = typer.Option(False, help="Also time the paper's Table 2 ablations: no adaptive computation, "
+                                                "shallow fusion, context detach, no coordinates."),
     precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16); "
                                                        "--sampling: one of them."),
     sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
