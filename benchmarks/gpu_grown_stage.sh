@@ -11,7 +11,10 @@
 #    baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there (default
 #    the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
 # Measured so: docs/results.md, section 25 (3000 steps over two calls, then the sweep at N = 256 in
-# a third, 588 s) and section 33 (TRAIN_SECONDS=540 STEPS=2500: all steps in one cold call, 433 s).
+# a third, 588 s), section 33 (TRAIN_SECONDS=540 STEPS=2500: all steps in one cold call, 433 s) and
+# section 36 (the same command on another cold machine compiled for ~400 s and stopped at step 1281;
+# TRAIN_SECONDS=330 on the warm machine finished it in 186 s). Export and score in separate calls:
+# a machine can be replaced between calls, and the exported weights are then all that is left.
 # The three I3D parts, the wheels and the prompt tables do not travel in one call: bring the parts
 # over three calls on one warm machine, as benchmarks/gpu_texture_stage.sh's users do, e.g.
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
