@@ -135,6 +135,13 @@ class GridConv(nn.Module):
         pad = [k // 2 for k in self.kernel]
         if method == "conv3d":
             g = x.transpose(1, 2).unflatten(2, self.grid)                  # [B, d, f, h, w]
+            if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                # On CPUs with native bf16 (AVX512-BF16), torch's grouped Conv3d under bf16 autocast
+                # returns a wrong weight gradient (off by up to 16 where float32 gives ~16 in
+                # tests/test_model.py's case), so on the CPU it runs in float32, cast as autocast would.
+                with torch.autocast("cpu", enabled=False):
+                    y = F.conv3d(g.float(), self.weight.float(), self.bias.float(), padding=pad, groups=x.shape[-1])
+                return y.to(torch.get_autocast_dtype("cpu")).flatten(2).transpose(1, 2)
             return F.conv3d(g, self.weight, self.bias, padding=pad, groups=x.shape[-1]).flatten(2).transpose(1, 2)
         if method != "shifts":
             raise ValueError(f"GridConv.method {method!r}: expected auto, conv3d or shifts")
