@@ -48,7 +48,7 @@ if [ "${START:-0}" = 1 ] && ! ls /tmp/run-grown0/checkpoints/ckpt-* >/dev/null 2
 fi
 if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
   T1=$SECONDS
-  train "$RUN" "$TRAIN_SECONDS" "train.steps=${STEPS:-3000}"; rc=$?
+  train "$RUN" "$TRAIN_SECONDS" "train.steps=${STEPS:-2500}"; rc=$?
   echo "[train] exit $rc after $((SECONDS - T1)) s"
   grep -E "^init_from|^resum|^training|videos/s|stopped|^done" /tmp/train-grown.log | tail -n 4
   cp "$RUN"/stats.jsonl "$OUT/grown-stats.jsonl" 2>/dev/null
