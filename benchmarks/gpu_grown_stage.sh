@@ -9,7 +9,18 @@
 #    call that runs out of time still has its figures) on EVAL_NUM held-out prompts per side with
 #    benchmarks/guidance_sweep.py (FVD against real 32x128^2 clips with the floor and the trivial
 #    baselines, faithfulness, stripes, a contact sheet in $OUT/sheets), SETTINGS as there (default
-#    the recipe's sampling without tile overlap); it needs the I3D file at $I3D.
+#    the recipe's sampling without tile overlap); it needs the I3D file at $I3D, or I3D_PACK (the
+#    file packed by benchmarks/pickle_pack.py, 43 MB: it travels in one call) to unpack there.
+#    SCORE="a.safetensors ..." scores those exported weights instead of the runs; SWEEP_FLAGS adds
+#    guidance_sweep.py's flags, e.g. "--bf16 --rows 0:128 --save $OUT/parts" for one part of a
+#    sweep too long for one call (guidance_sweep.py --merge scores the parts, on any machine).
+# One self-contained scoring call (docs/results.md, section 37): the checkout without the tracked
+# PNGs and the packaged model (`git ls-files 'docs/results/*.png' | xargs rm; rm
+# hpdm_cli/assets/shapes-t2v.safetensors`, restored afterwards by `git checkout -- docs/results
+# hpdm_cli/assets`), carrying out/gpu/whl-min, out/gpu/shapes_prompts_heldout.safetensors,
+# out/i3dp/i3d.pack and the weights (64.7 MB of the 67.1 allowed with a 16.7 MB model):
+#   SWEEP=1 SCORE=out/s39/grown.safetensors I3D_PACK=out/i3dp/i3d.pack WHL=out/gpu/whl-min \
+#     SETTINGS=1.5,1,1,1/32,48,24,24/hw SWEEP_FLAGS="--bf16 --rows 0:128 --save $OUT/parts" bash benchmarks/gpu_grown_stage.sh
 # Measured so: docs/results.md, section 25 (3000 steps over two calls, then the sweep at N = 256 in
 # a third, 588 s), section 33 (TRAIN_SECONDS=540 STEPS=2500: all steps in one cold call, 433 s) and
 # section 36 (the same command on another cold machine compiled for ~400 s and stopped at step 1281;
@@ -55,15 +66,18 @@ if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
   export_to "$RUN" "$OUT/grown.safetensors"
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
-  [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }
+  if [ ! -f "$I3D" ] && [ -n "${I3D_PACK:-}" ]; then python3 benchmarks/pickle_pack.py unpack "$I3D_PACK" "$I3D"; fi
+  [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D (or I3D_PACK)"; exit 2; }
   runs=()
-  for r in "$RUN" /tmp/run-grown0; do ls "$r"/checkpoints/ckpt-* >/dev/null 2>&1 && runs+=("$r"); done
+  if [ -n "${SCORE:-}" ]; then read -r -a runs <<< "$SCORE"; else
+    for r in "$RUN" /tmp/run-grown0; do ls "$r"/checkpoints/ckpt-* >/dev/null 2>&1 && runs+=("$r"); done
+  fi
   for r in "${runs[@]}"; do
     echo "== $r"
     # shellcheck disable=SC2086
     python3 benchmarks/guidance_sweep.py "$r" --num "${EVAL_NUM:-256}" --batch "${BATCH:-256}" ${SWEEP_FLAGS---bf16} \
       --settings "$SETTINGS" --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors \
-      --sheets "$OUT/sheets-$(basename "$r")" 2>&1 | grep -v "^WARNING"
+      --sheets "$OUT/sheets-$(basename "$r" .safetensors)" 2>&1 | grep -v "^WARNING"
   done
 fi
 echo "total $((SECONDS - T0)) s"

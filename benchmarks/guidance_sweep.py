@@ -17,6 +17,11 @@ floor's (the real-vs-real row) is what the upper levels cost, apart from level 0
 Several models (e.g. the variants of benchmarks/gpu_pyramid_variants.sh) are scored in one process
 against the same real clips, features and baselines; every line and sheet carries its model's name
 (file stem or folder name) and every line the weights file and step scored.
+A sweep too long for one process (e.g. `hw` overlap at 32x128^2 on a GPU call of 10 minutes) runs in
+parts: `--rows 0:128 --save DIR` then `--rows 128:256 --save DIR` sample those prompts/seeds only
+(the same clips as in a whole run: seeds are per row) and save their I3D features, faithfulness
+readings and stripe fits with the real clips' reference; `--merge DIR` (no model, no GPU) scores
+every model and setting whose parts cover all N rows exactly once, as a whole run would have.
 """
 
 from __future__ import annotations
@@ -51,6 +56,99 @@ def parse_setting(text: str, steps, overlap) -> tuple:
 SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion")
 
 
+def parse_rows(text: str | None, num: int) -> tuple[int, int]:
+    """"LO:HI" -> (LO, HI), the rows (prompt and seed indices) of N = `num` a part samples; None -> all."""
+    if text is None:
+        return 0, num
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise SystemExit(f"--rows {text!r}: expected LO:HI, e.g. 0:128") from None
+    if not 0 <= lo < hi <= num:
+        raise SystemExit(f"--rows {text}: need 0 <= LO < HI <= --num ({num})")
+    return lo, hi
+
+
+def summarise(readings: list, captions: list, stripes: np.ndarray, real_sc: dict) -> dict:
+    """Faithfulness of clip readings against their captions, the mean stripe fit (NaN skipped, as
+    `stripe_summary`), and object size and motion as ratios to the real clips' (`real_sc`)."""
+    from hpdm_cli.eval.faithfulness import score_clips
+    sc = score_clips(readings, captions)
+    ok = stripes[~np.isnan(stripes)]
+    sc["stripes"] = float(ok.mean()) if ok.size else float("nan")
+    sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
+    return sc
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Write arrays to an .npz atomically (a part that stopped half-way leaves nothing behind)."""
+    from hpdm_cli.io import atomic_open
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def slug(text: str) -> str:
+    """A setting as a file-name part: "1.5,1,1/32,48,24/hw" -> "1.5-1-1_32-48-24_hw"."""
+    return text.replace(",", "-").replace("/", "_")
+
+
+def print_table(title: str, rows: list) -> None:
+    """The markdown table of (name, FVD, scores or None) rows under a one-line title."""
+    print(f"\n{title}")
+    # size: median object area / the real clips'; motion: median travel over the clip / the real clips'
+    print("| setting | FVD | colour | shape | direction | stripes | size | motion |\n|---|---|---|---|---|---|---|---|")
+    for name, f, sc in rows:
+        cells = [""] * 6 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
+            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}"]
+        print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
+
+
+def merge(folder: Path) -> int:
+    """Score the parts saved by --rows/--save in `folder`: one line and table row per model and setting."""
+    from hpdm_cli.eval.faithfulness import ClipReading
+    from hpdm_cli.eval.fvd import feature_stats, frechet_distance
+    reals = sorted(folder.glob("real-n*.npz"))
+    if len(reals) != 1:
+        raise SystemExit(f"--merge {folder}: expected one real-n<N>.npz written by --save, found {len(reals)}")
+    real = np.load(reals[0])
+    num, info = int(real["num"]), json.loads(str(real["info"]))
+    ref = feature_stats(real["features"])
+    groups: dict = {}
+    for path in sorted(folder.glob("part-*.npz")):
+        z = np.load(path)
+        meta = json.loads(str(z["meta"]))
+        if meta["num"] != num:
+            raise SystemExit(f"{path}: a part of N = {meta['num']}, but {reals[0].name} is for N = {num}")
+        groups.setdefault((meta["model"], meta["setting"]), []).append((meta, z, path))
+    if not groups:
+        raise SystemExit(f"--merge {folder}: no part-*.npz (write them with --rows LO:HI --save {folder})")
+    rows = [(name, f, None) for name, f in info["floor"]]
+    many = len({m for m, _ in groups}) > 1
+    for (model, setting), parts in groups.items():
+        parts.sort(key=lambda p: p[0]["rows"][0])
+        spans = [tuple(m["rows"]) for m, _, _ in parts]
+        if [lo for lo, _ in spans] != [0] + [hi for _, hi in spans[:-1]] or spans[-1][1] != num:
+            raise SystemExit(f"{model} {setting}: the parts cover rows {spans}, not 0:{num} exactly once: "
+                             "sample the missing rows (or remove a repeated part)")
+        weights = {(m["weights"], m["step"]) for m, _, _ in parts}
+        if len(weights) > 1:
+            raise SystemExit(f"{model} {setting}: parts from different weights {sorted(weights)}: keep one model's")
+        feats = np.concatenate([z["features"] for _, z, _ in parts])
+        readings = [ClipReading(**d) for _, z, _ in parts for d in json.loads(str(z["readings"]))]
+        stripes = np.concatenate([z["stripes"] for _, z, _ in parts])
+        sc = summarise(readings, info["captions"], stripes, info["real"])
+        f = float(frechet_distance(*ref, *feature_stats(feats)))
+        rows.append((f"{model + ': ' if many else ''}guidance {setting}", f, sc))
+        meta = parts[0][0]
+        print(json.dumps({"model": model, "weights": meta["weights"], "step": meta["step"], "setting": setting,
+                          "fvd": round(f, 1), "n": num, "parts": len(parts),
+                          "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
+                          **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
+    print_table(f"{num} held-out clips per side, merged from {folder}", rows)
+    return 0
+
+
 def main(argv=None) -> int:
     """Sample, score and print one row per guidance setting."""
     from hpdm_cli.checkpoint import load_generator
@@ -62,12 +160,12 @@ def main(argv=None) -> int:
         real_level0,
         render_real,
     )
-    from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.faithfulness import read_clip, score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
-    from hpdm_cli.eval.texture import stripe_summary
+    from hpdm_cli.eval.texture import stripe_fit, stripe_summary
     from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt", nargs="+", help="models (run, checkpoint or weights file) scored on the same clips")
+    ap.add_argument("ckpt", nargs="*", help="models (run, checkpoint or weights file) scored on the same clips")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])
     ap.add_argument("--num", type=int, default=512, help="clips per side")
     ap.add_argument("--batch", type=int, default=256)
@@ -86,7 +184,21 @@ def main(argv=None) -> int:
     ap.add_argument("--split-sigma", type=float, default=1.0)
     ap.add_argument("--real-level0", action="store_true",
                     help="also per setting: the upper levels given the floor's real clips' level 0")
+    ap.add_argument("--rows", default=None, help="LO:HI: sample only these of the N prompts/seeds (a part; see --save)")
+    ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings and stripe fits "
+                                                 "(and the real clips' reference) for --merge")
+    ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(Path(a.merge))
+    if not a.ckpt:
+        raise SystemExit("name a model to score (a run, checkpoint or weights file), or --merge a folder of parts")
+    lo, hi = parse_rows(a.rows, a.num)
+    partial = (lo, hi) != (0, a.num)
+    if partial and a.real_level0:
+        raise SystemExit("--real-level0 scores whole sets only: drop it or --rows")
+    if partial and not a.save:
+        raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
     net, recipe, info = load_generator(a.ckpt[0], a.device)
     base = None
     same = lambda r: (r.model.cond, r.model.text_encoder, r.model.text_tokens, r.model.text_dim, r.model.num_classes)
@@ -115,17 +227,15 @@ def main(argv=None) -> int:
     cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
     steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
     ext = I3DExtractor(a.i3d_weights, info.device)
-    ref = feature_stats(ext.features(iter(real_a.videos)))
+    ref_features = ext.features(iter(real_a.videos))
+    ref = feature_stats(ref_features)
     rng = np.random.default_rng(0)
 
     def fvd(clips) -> float:
         return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
 
     def scores(clips, captions) -> dict:             # faithfulness, stripes, size and motion against real
-        sc = score_clips(clips, captions)
-        sc["stripes"] = stripe_summary(clips)["mean"]
-        sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
-        return sc
+        return summarise([read_clip(c) for c in clips], captions, np.array([stripe_fit(c) for c in clips]), real_sc)
     rows = [("real (floor)", fvd(real_b.videos), None),
             ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
@@ -134,6 +244,11 @@ def main(argv=None) -> int:
     real_sc = score_clips(real_a.videos, real_a.captions)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
+    if a.save:                                     # the reference every part of this N shares
+        save_npz(Path(a.save) / f"real-n{a.num}.npz", num=np.array(a.num), features=ref_features,
+                 info=np.array(json.dumps({"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
+                                           "real": {"area": real_sc["area"], "travel": real_sc["travel"]}})))
+    seeds, part_cond, captions = list(range(lo, hi)), cond[lo:hi], real_a.captions[lo:hi]
     many, scored, base_level0 = len(a.ckpt) > 1, [], {}     # the last: setting -> level 0 from --base, for every model
     for i, (path, name) in enumerate(zip(a.ckpt, names)):
         if i:
@@ -153,16 +268,25 @@ def main(argv=None) -> int:
             if base is not None:
                 if text not in base_level0:      # level 0 from the other base level at this setting's values, once
                     first = lambda v: v[0] if isinstance(v, (list, tuple)) else v
-                    lvl0 = generate_rows(*base, list(range(a.num)), cond, guidance=first(w),
+                    lvl0 = generate_rows(*base, seeds, part_cond, guidance=first(w),
                                          steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
                     base_level0[text] = real_level0(lvl0, base[1].pyramid)      # uint8 clips -> [-1, 1], as given
                 fixed = base_level0[text]
-            fake = generate_rows(net, rec, list(range(a.num)), cond, guidance=w, steps=st, overlap=ov,
-                                 fixed=fixed, **gen)
+            fake = generate_rows(net, rec, seeds, part_cond, guidance=w, steps=st, overlap=ov, fixed=fixed, **gen)
             secs = time.time() - t0
-            sc, f = scores(fake, real_a.captions), fvd(fake)
-            rows.append((f"{tag}guidance {text}", f, sc))
-            print(json.dumps({**who, "setting": text, "fvd": round(f, 1), "n": a.num,
+            features = ext.features(iter(fake))
+            readings, stripes = [read_clip(c) for c in fake], np.array([stripe_fit(c) for c in fake])
+            sc = summarise(readings, captions, stripes, real_sc)
+            f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
+            if a.save:
+                meta = {**who, "setting": text, "num": a.num, "rows": [lo, hi], "sample_seconds": round(secs, 1)}
+                save_npz(Path(a.save) / f"part-{name}-{slug(text)}-rows{lo:05d}-{hi:05d}.npz", features=features,
+                         stripes=stripes, meta=np.array(json.dumps(meta)),
+                         readings=np.array(json.dumps([r.as_dict() for r in readings])))
+            if not partial:
+                rows.append((f"{tag}guidance {text}", f, sc))
+            print(json.dumps({**who, "setting": text, "fvd": None if f is None else round(f, 1), "n": a.num,
+                              **({"rows": [lo, hi]} if partial else {}),
                               "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low,
                               "split_sigma": a.split_sigma if a.base_low else None,
                               **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
@@ -174,19 +298,14 @@ def main(argv=None) -> int:
                 print(json.dumps({**who, "setting": text,
                                   "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
                                   **{k: round(su[k], 3) for k in SCORED}}), flush=True)
-            if a.sheets:
+            if a.sheets and lo == 0:                # the sheet shows the first prompts: the part holding them
                 Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                sheet = f"{name}-guidance-{text.replace(',', '-').replace('/', '_')}.png"
-                _write_sheet(Path(a.sheets) / sheet, fake, real_a, 8)
-    print(f"\n{a.num} held-out clips per side, {', '.join(scored)}"
-          + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
-             if a.base else ""))
-    # size: median object area / the real clips'; motion: median travel over the clip / the real clips'
-    print("| setting | FVD | colour | shape | direction | stripes | size | motion |\n|---|---|---|---|---|---|---|---|")
-    for name, f, sc in rows:
-        cells = [""] * 6 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
-            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}"]
-        print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
+                _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, 8)
+    print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
+                                                         "parts together)" if partial else "")
+                + f", {', '.join(scored)}"
+                + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
+                   if a.base else ""), rows)
     return 0
 
 

@@ -14,6 +14,10 @@
 #                                              so three warm calls carry one part each, `cp` it to /tmp/i3d/,
 #                                              and the last one joins them: cat /tmp/i3d/part-0* >
 #                                              /tmp/i3d-kinetics-400.ckpt (gpu_shapes_quality.sh says how)
+#   out/i3dp/i3d.pack                         the same file packed losslessly to 43 MB (benchmarks/pickle_pack.py):
+#                                              one call carries it with the held-out table and a 16.7 MB
+#                                              model when the tracked PNGs and the packaged model stay
+#                                              behind (benchmarks/gpu_grown_stage.sh says how)
 #   out/gpu/av/                               the PyAV wheel for the host's Python 3.12 (36 MB): carry it
 #                                              for CUDA tests that render MP4 datasets (gpu_env.sh installs
 #                                              it); not together with the I3D parts
@@ -43,4 +47,5 @@ i3d=$("$PY" -c "from hpdm_cli.eval.i3d import resolve_weights; print(resolve_wei
 cp "$i3d" out/gpu/i3d-kinetics-400.ckpt
 rm -f out/i3dp/part-*
 split -n 3 -d out/gpu/i3d-kinetics-400.ckpt out/i3dp/part-
+[ -f out/i3dp/i3d.pack ] || "$PY" benchmarks/pickle_pack.py pack out/gpu/i3d-kinetics-400.ckpt out/i3dp/i3d.pack
 ls -l out/gpu out/i3dp

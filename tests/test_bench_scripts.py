@@ -495,6 +495,39 @@ def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_
     assert capsys.readouterr().out == "" and loaded == ["a", "b", "a", "a"]    # refused before anything was sampled
 
 
+def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monkeypatch):
+    """--rows parts saved with --save and scored by --merge give the whole run's FVD and faithfulness."""
+    import guidance_sweep
+    import hpdm_cli.eval.fvd as fvd
+    from hpdm_cli.train.loop import train
+    monkeypatch.setattr(fvd, "I3DExtractor", _MeanColourFeatures)
+    train(load_recipe(str(ROOT / "recipes/tiny.toml"), [
+        'data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
+        "train.steps=1", "train.batch_size=2", "data.num_workers=0", "pyramid.resolution=[4,16,16]"]),
+        tmp_path / "m", log=lambda m: None)
+    args = [str(tmp_path / "m"), "--num", "6", "--batch", "2", "--settings", "1/2,2/none", "--device", "cpu"]
+    lines = lambda: [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert guidance_sweep.main(args) == 0
+    whole = lines()[-1]
+    for rows in ("0:2", "2:6"):
+        assert guidance_sweep.main([*args, "--rows", rows, "--save", str(tmp_path / "p")]) == 0
+        part = lines()[-1]
+        assert part["fvd"] is None and part["rows"] == [int(v) for v in rows.split(":")]
+    assert guidance_sweep.main(["--merge", str(tmp_path / "p")]) == 0
+    merged = lines()[-1]
+    assert merged["parts"] == 2 and merged["n"] == 6
+    assert merged["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
+    for k in guidance_sweep.SCORED:
+        assert merged[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k
+    (tmp_path / "p" / "part-m-1_2-2_none-rows00002-00006.npz").unlink()
+    with pytest.raises(SystemExit, match=r"cover rows \[\(0, 2\)\], not 0:6 exactly once"):
+        guidance_sweep.main(["--merge", str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match=r"add --save DIR"):
+        guidance_sweep.main([*args, "--rows", "0:2"])
+    with pytest.raises(SystemExit, match=r"need 0 <= LO < HI <= --num \(6\)"):
+        guidance_sweep.main([*args, "--rows", "4:9", "--save", str(tmp_path / "p")])
+
+
 def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
     """benchmarks/interface_conv.py on the CPU: one table row per method, the ratio line, GridConv left on auto."""
     import interface_conv
@@ -507,3 +540,30 @@ def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):
     assert GridConv.method == "auto"
     with pytest.raises(SystemExit, match="interface_conv is off"):
         interface_conv.main([tiny, "model.interface_conv=false", "--device", "cpu"])
+
+
+def test_pickle_pack_restores_the_file_byte_for_byte_and_refuses_a_damaged_pack(tmp_path):
+    """benchmarks/pickle_pack.py: pack then unpack is the identity; the arrays shrink; damage is caught."""
+    import pickle
+
+    import pickle_pack
+    rng = np.random.default_rng(0)
+    params = {"conv": {"w": rng.normal(0, 0.05, (64, 3, 3, 3)).astype(np.float32),
+                       "b": rng.normal(0, 0.05, 64).astype(np.float32)},
+              "odd": np.arange(7, dtype=np.uint8), "name": "i3d"}
+    data = pickle.dumps({"params": params}, protocol=4)
+    spans = pickle_pack.payload_spans(data)
+    assert [n for _, n in spans] == [params["conv"]["w"].nbytes]     # the big float array only
+    packed = pickle_pack.pack(data)
+    assert pickle_pack.unpack(packed) == data and len(packed) < 0.95 * len(data)
+    damaged = bytearray(packed)
+    damaged[len(pickle_pack.MAGIC) + 4] ^= 1                        # the header's JSON
+    with pytest.raises(ValueError):
+        pickle_pack.unpack(bytes(damaged))
+    (tmp_path / "x.pkl").write_bytes(data)
+    assert pickle_pack.main(["pack", str(tmp_path / "x.pkl"), str(tmp_path / "x.pack")]) == 0
+    assert pickle_pack.main(["unpack", str(tmp_path / "x.pack"), str(tmp_path / "y.pkl")]) == 0
+    assert (tmp_path / "y.pkl").read_bytes() == data
+    with pytest.raises(SystemExit, match="not a file written by pickle_pack.py pack"):
+        pickle_pack.main(["unpack", str(tmp_path / "x.pkl"), str(tmp_path / "z.pkl")])
+    assert not (tmp_path / "z.pkl").exists()
