@@ -3,7 +3,9 @@
 # (recipes/shapes128-grown.toml; docs/results.md, section 24), trained and measured.
 #  * START=1 saves the grown model as it starts (`hpdm train ... train.steps=0`) in /tmp/run-grown0;
 #  * TRAIN_SECONDS>0 trains /tmp/run-grown for that long (STEPS in its cosine schedule, CUDA graphs,
-#    a checkpoint every 250 steps); the same command in a later call on the warm machine resumes it;
+#    a checkpoint every 250 steps; COMPILE=false trains eagerly: on a cold machine the CUDA graphs'
+#    compilation takes ~400 s of a 600-s call, section 37); the same command in a later call on the
+#    warm machine resumes it;
 #    the newest weights are exported in fp16 to $OUT/grown.safetensors;
 #  * SWEEP=1 scores the trained, then the untrained run (those with a checkpoint; trained first, so a
 #    call that runs out of time still has its figures) on EVAL_NUM held-out prompts per side with
@@ -51,7 +53,7 @@ train() {   # $1: run directory, $2: seconds, then overrides; appends to /tmp/tr
   local dir=$1 secs=$2; shift 2
   # shellcheck disable=SC2086
   timeout --preserve-status -s TERM "$secs" python3 -m hpdm_cli train recipes/shapes128-grown.toml --run-dir "$dir" \
-    --no-progress "$TABLE" 'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 "$@" ${EXTRA:-} \
+    --no-progress "$TABLE" "train.compile=${COMPILE:-\"reduce-overhead\"}" train.ckpt_every=250 train.keep_last=0 "$@" ${EXTRA:-} \
     >> /tmp/train-grown.log 2>&1
 }
 if [ "${START:-0}" = 1 ] && ! ls /tmp/run-grown0/checkpoints/ckpt-* >/dev/null 2>&1; then

@@ -300,7 +300,7 @@ def main(argv=None) -> int:
                                   **{k: round(su[k], 3) for k in SCORED}}), flush=True)
             if a.sheets and lo == 0:                # the sheet shows the first prompts: the part holding them
                 Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, 8)
+                _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, min(8, len(fake)))
     print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
                                                          "parts together)" if partial else "")
                 + f", {', '.join(scored)}"

@@ -510,9 +510,11 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     assert guidance_sweep.main(args) == 0
     whole = lines()[-1]
     for rows in ("0:2", "2:6"):
-        assert guidance_sweep.main([*args, "--rows", rows, "--save", str(tmp_path / "p")]) == 0
+        assert guidance_sweep.main([*args, "--rows", rows, "--save", str(tmp_path / "p"),
+                                    "--sheets", str(tmp_path / "s")]) == 0
         part = lines()[-1]
         assert part["fvd"] is None and part["rows"] == [int(v) for v in rows.split(":")]
+    assert [f.name for f in (tmp_path / "s").iterdir()] == ["m-guidance-1_2-2_none.png"]   # the first rows' part
     assert guidance_sweep.main(["--merge", str(tmp_path / "p")]) == 0
     merged = lines()[-1]
     assert merged["parts"] == 2 and merged["n"] == 6
