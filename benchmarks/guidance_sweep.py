@@ -4,7 +4,9 @@ The same N held-out prompts and seeds are sampled once per setting: a scale, or 
 "3,1,1", optionally followed by per-level steps, an overlap and per-level sigma_max (where each
 level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10"); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
-(static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py). One JSON line per setting as it finishes, then a markdown
+(static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
+`seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
+real clips ~1). One JSON line per setting as it finishes, then a markdown
 table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
@@ -53,7 +55,7 @@ def parse_setting(text: str, steps, overlap) -> tuple:
     return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max
 
 
-SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion")
+SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion", "seams")
 
 
 def parse_rows(text: str | None, num: int) -> tuple[int, int]:
@@ -69,11 +71,14 @@ def parse_rows(text: str | None, num: int) -> tuple[int, int]:
     return lo, hi
 
 
-def summarise(readings: list, captions: list, stripes: np.ndarray, real_sc: dict) -> dict:
+def summarise(readings: list, captions: list, stripes: np.ndarray, seams: np.ndarray, real_sc: dict) -> dict:
     """Faithfulness of clip readings against their captions, the mean stripe fit (NaN skipped, as
-    `stripe_summary`), and object size and motion as ratios to the real clips' (`real_sc`)."""
+    `stripe_summary`), the tile seams in space (from per-clip `seam_steps` rows [n, 2 axes, 2]), and
+    object size and motion as ratios to the real clips' (`real_sc`)."""
     from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.seams import AXES, seam_ratio
     sc = score_clips(readings, captions)
+    sc["seams"] = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])["hw"]
     ok = stripes[~np.isnan(stripes)]
     sc["stripes"] = float(ok.mean()) if ok.size else float("nan")
     sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
@@ -97,10 +102,12 @@ def print_table(title: str, rows: list) -> None:
     """The markdown table of (name, FVD, scores or None) rows under a one-line title."""
     print(f"\n{title}")
     # size: median object area / the real clips'; motion: median travel over the clip / the real clips'
-    print("| setting | FVD | colour | shape | direction | stripes | size | motion |\n|---|---|---|---|---|---|---|---|")
+    # seams: steps across the finest level's tile borders / elsewhere (hpdm_cli/eval/seams.py; real ~1)
+    print("| setting | FVD | colour | shape | direction | stripes | size | motion | seams |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name, f, sc in rows:
-        cells = [""] * 6 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
-            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}"]
+        cells = [""] * 7 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
+            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}", f"{sc['seams']:.2f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
 
 
@@ -117,6 +124,10 @@ def merge(folder: Path) -> int:
     groups: dict = {}
     for path in sorted(folder.glob("part-*.npz")):
         z = np.load(path)
+        missing = {"features", "stripes", "seams", "readings", "meta"} - set(z.files)
+        if missing:
+            raise SystemExit(f"{path}: no {', '.join(sorted(missing))} (written by an older guidance_sweep.py?): "
+                             "sample that part again")
         meta = json.loads(str(z["meta"]))
         if meta["num"] != num:
             raise SystemExit(f"{path}: a part of N = {meta['num']}, but {reals[0].name} is for N = {num}")
@@ -137,7 +148,8 @@ def merge(folder: Path) -> int:
         feats = np.concatenate([z["features"] for _, z, _ in parts])
         readings = [ClipReading(**d) for _, z, _ in parts for d in json.loads(str(z["readings"]))]
         stripes = np.concatenate([z["stripes"] for _, z, _ in parts])
-        sc = summarise(readings, info["captions"], stripes, info["real"])
+        seams = np.concatenate([z["seams"] for _, z, _ in parts])
+        sc = summarise(readings, info["captions"], stripes, seams, info["real"])
         f = float(frechet_distance(*ref, *feature_stats(feats)))
         rows.append((f"{model + ': ' if many else ''}guidance {setting}", f, sc))
         meta = parts[0][0]
@@ -162,6 +174,7 @@ def main(argv=None) -> int:
     )
     from hpdm_cli.eval.faithfulness import read_clip, score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
+    from hpdm_cli.eval.seams import AXES, seam_steps, seam_summary
     from hpdm_cli.eval.texture import stripe_fit, stripe_summary
     from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -234,8 +247,12 @@ def main(argv=None) -> int:
     def fvd(clips) -> float:
         return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
 
-    def scores(clips, captions) -> dict:             # faithfulness, stripes, size and motion against real
-        return summarise([read_clip(c) for c in clips], captions, np.array([stripe_fit(c) for c in clips]), real_sc)
+    tile = list(recipe.pyramid.patch)                  # the finest level's tiles, in output pixels
+    seam_rows = lambda clips: np.array([[seam_steps(c, tile)[k] for k in AXES] for c in clips]).reshape(-1, 2, 2)
+
+    def scores(clips, captions) -> dict:             # faithfulness, stripes, seams, size and motion against real
+        return summarise([read_clip(c) for c in clips], captions, np.array([stripe_fit(c) for c in clips]),
+                         seam_rows(clips), real_sc)
     rows = [("real (floor)", fvd(real_b.videos), None),
             ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
@@ -243,7 +260,8 @@ def main(argv=None) -> int:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
     real_sc = score_clips(real_a.videos, real_a.captions)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
-                      "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3)}), flush=True)
+                      "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3),
+                      "seams": round(seam_summary(real_a.videos, tile)["hw"], 3)}), flush=True)
     if a.save:                                     # the reference every part of this N shares
         save_npz(Path(a.save) / f"real-n{a.num}.npz", num=np.array(a.num), features=ref_features,
                  info=np.array(json.dumps({"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
@@ -276,12 +294,13 @@ def main(argv=None) -> int:
             secs = time.time() - t0
             features = ext.features(iter(fake))
             readings, stripes = [read_clip(c) for c in fake], np.array([stripe_fit(c) for c in fake])
-            sc = summarise(readings, captions, stripes, real_sc)
+            seams = seam_rows(fake)
+            sc = summarise(readings, captions, stripes, seams, real_sc)
             f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
             if a.save:
                 meta = {**who, "setting": text, "num": a.num, "rows": [lo, hi], "sample_seconds": round(secs, 1)}
                 save_npz(Path(a.save) / f"part-{name}-{slug(text)}-rows{lo:05d}-{hi:05d}.npz", features=features,
-                         stripes=stripes, meta=np.array(json.dumps(meta)),
+                         stripes=stripes, seams=seams, meta=np.array(json.dumps(meta)),
                          readings=np.array(json.dumps([r.as_dict() for r in readings])))
             if not partial:
                 rows.append((f"{tag}guidance {text}", f, sc))

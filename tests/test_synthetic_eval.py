@@ -83,11 +83,15 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     # Background texture: the real clips carry the data's stripes (docs/results.md, section 9).
     assert saved["background_stripes"]["real"]["n"] == 3 and saved["background_stripes"]["real"]["mean"] > 0.5
     assert set(saved["levels"]["level0_stripes"]) == {"generated", "real", "upscaled_from_real_level0"}
+    seams = saved["tile_seams"]                    # measured at the finest level's tile size
+    assert seams["tile"] == list(recipe.pyramid.patch) and set(seams["generated"]) == set(seams["real"]) == {"t", "hw"}
+    assert np.isfinite(seams["real"]["hw"]) and np.isfinite(seams["generated"]["hw"])
     assert Path(rep["contact_sheet"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_rows(rep)) >= 6
     # The real objects' size, for the generated ones to be compared with (6-19% of the frame in the data).
     assert 0.06 < saved["faithfulness"]["real_ceiling"]["area"] < 0.19
     names = [name for name, _ in summary_rows(rep)]
+    assert any(n.startswith("tile seams") for n in names)
     assert any(n.startswith("object area / travel") for n in names) and any(n.startswith("object area: level 0") for n in names)
     assert 0.06 < saved["levels"]["level0_real"]["area"] < 0.19       # the same objects at level 0's size
     # A recipe default too small for a report is refused, naming the key and the option.

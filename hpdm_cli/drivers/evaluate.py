@@ -36,6 +36,7 @@ from ..conditioning import GenerateError
 from ..data.shapes import render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import read_clip, score_clips, swapped_floor
+from ..eval.seams import seam_summary
 from ..eval.texture import stripe_summary
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
@@ -185,6 +186,11 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     b = report.get("background_stripes")
     if b:
         rows.append(("background stripes R^2: generated / real", f"{b['generated']['mean']:.2f} / {b['real']['mean']:.2f}"))
+    t = report.get("tile_seams")
+    if t:
+        rows.append(("tile seams, step across borders / elsewhere, space (time): generated / real",
+                     f"{t['generated']['hw']:.2f} ({t['generated']['t']:.2f}) / {t['real']['hw']:.2f} "
+                     f"({t['real']['t']:.2f})"))
     for name, value in report.get("fvd", {}).items():
         rows.append((f"FVD {name}", f"{value:.1f}"))
     lv = report.get("levels")
@@ -284,6 +290,8 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
                               "real_ceiling": score_clips(real_a.videos, real_a.captions),
                               "swapped_floor": swapped_floor(readings, real_a.captions)}
     report["background_stripes"] = {"generated": stripe_summary(fake), "real": stripe_summary(real_a.videos)}
+    tile = list(recipe.pyramid.patch)                   # the finest level's tiles, in output pixels
+    report["tile_seams"] = {"tile": tile, "generated": seam_summary(fake, tile), "real": seam_summary(real_a.videos, tile)}
     save()
     # Sensitivity: the first clips' seeds again under the next clip's caption.
     k = min(num_clips, 32)
