@@ -22,7 +22,7 @@ against the same real clips, features and baselines; every line and sheet carrie
 A sweep too long for one process (e.g. `hw` overlap at 32x128^2 on a GPU call of 10 minutes) runs in
 parts: `--rows 0:128 --save DIR` then `--rows 128:256 --save DIR` sample those prompts/seeds only
 (the same clips as in a whole run: seeds are per row) and save their I3D features, faithfulness
-readings and stripe fits with the real clips' reference; `--merge DIR` (no model, no GPU) scores
+readings, stripe fits and seam steps with the real clips' reference; `--merge DIR` (no model, no GPU) scores
 every model and setting whose parts cover all N rows exactly once, as a whole run would have.
 """
 
@@ -198,8 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--real-level0", action="store_true",
                     help="also per setting: the upper levels given the floor's real clips' level 0")
     ap.add_argument("--rows", default=None, help="LO:HI: sample only these of the N prompts/seeds (a part; see --save)")
-    ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings and stripe fits "
-                                                 "(and the real clips' reference) for --merge")
+    ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings, stripe fits, "
+                                                 "seam steps (and the real clips' reference) for --merge")
     ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
     a = ap.parse_args(argv)
     if a.merge:
