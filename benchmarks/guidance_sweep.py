@@ -250,9 +250,12 @@ def main(argv=None) -> int:
     tile = list(recipe.pyramid.patch)                  # the finest level's tiles, in output pixels
     seam_rows = lambda clips: np.array([[seam_steps(c, tile)[k] for k in AXES] for c in clips]).reshape(-1, 2, 2)
 
+    def measure(clips) -> tuple:                     # per clip: readings, stripe fits, seam steps
+        return [read_clip(c) for c in clips], np.array([stripe_fit(c) for c in clips]), seam_rows(clips)
+
     def scores(clips, captions) -> dict:             # faithfulness, stripes, seams, size and motion against real
-        return summarise([read_clip(c) for c in clips], captions, np.array([stripe_fit(c) for c in clips]),
-                         seam_rows(clips), real_sc)
+        readings, stripes, seams = measure(clips)
+        return summarise(readings, captions, stripes, seams, real_sc)
     rows = [("real (floor)", fvd(real_b.videos), None),
             ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
@@ -293,8 +296,7 @@ def main(argv=None) -> int:
             fake = generate_rows(net, rec, seeds, part_cond, guidance=w, steps=st, overlap=ov, fixed=fixed, **gen)
             secs = time.time() - t0
             features = ext.features(iter(fake))
-            readings, stripes = [read_clip(c) for c in fake], np.array([stripe_fit(c) for c in fake])
-            seams = seam_rows(fake)
+            readings, stripes, seams = measure(fake)
             sc = summarise(readings, captions, stripes, seams, real_sc)
             f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
             if a.save:

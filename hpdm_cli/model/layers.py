@@ -142,8 +142,10 @@ class GridConv(nn.Module):
                 # float32, cast as autocast would.
                 with torch.autocast("cpu", enabled=False):
                     y = F.conv3d(g.float(), self.weight.float(), self.bias.float(), padding=pad, groups=x.shape[-1])
-                return y.to(torch.get_autocast_dtype("cpu")).flatten(2).transpose(1, 2)
-            return F.conv3d(g, self.weight, self.bias, padding=pad, groups=x.shape[-1]).flatten(2).transpose(1, 2)
+                y = y.to(torch.get_autocast_dtype("cpu"))
+            else:
+                y = F.conv3d(g, self.weight, self.bias, padding=pad, groups=x.shape[-1])
+            return y.flatten(2).transpose(1, 2)
         if method != "shifts":
             raise ValueError(f"GridConv.method {method!r}: expected auto, conv3d or shifts")
         (f, h, w), (kf, kh, kw) = self.grid, self.kernel
