@@ -39,18 +39,41 @@ def _fmt(x: float) -> str:
 OVERLAP_AXES = "fhw"
 
 
-def parse_overlap(overlap: str, key: str = "overlap") -> str:
-    """Normalise an inference overlap set: a subset of "fhw" (any order or case), "" or "none" -> axes in f, h, w order.
+def split_overlap(overlap: str, key: str = "overlap") -> tuple[str, str]:
+    """Parse an inference tiling -> (overlapped axes, shifted axes), each a subset of "fhw" in f, h, w order.
 
-    The one rule for `pyramid.overlap` and every overlap option; ConfigError (a ValueError) names
-    `key` and what is wrong.
+    The one rule for `pyramid.overlap` and every overlap option. "fhw", "hw", ... (any order or
+    case): 50% overlapping tiles along those axes, averaged on every denoiser call (MultiDiffusion).
+    "shift-hw": tiles that do not overlap within a call but move by half a tile along those axes
+    from one call to the next (docs/method.md, "Shifted tiles"); "f+shift-hw" combines both on
+    disjoint axes. "", "none": neither. ConfigError (a ValueError) names `key` and what is wrong.
     """
     text = (overlap or "none").strip().lower()
     if text == "none":
-        return ""
-    if set(text) - set(OVERLAP_AXES) or len(set(text)) != len(text):
-        raise ConfigError(f"{key} = {overlap!r}: expected a subset of 'fhw' or 'none'")
-    return "".join(a for a in OVERLAP_AXES if a in text)
+        return "", ""
+    over, shift = text, ""
+    if "shift-" in text:
+        over, shift = text.split("shift-", 1)
+        if not shift or (over and (over == "+" or not over.endswith("+"))):
+            raise ConfigError(f"{key} = {overlap!r}: write the shifted axes as 'shift-hw', after any overlapped "
+                              f"ones as 'f+shift-hw'")
+        over = over[:-1]
+    for part in (over, shift):
+        if set(part) - set(OVERLAP_AXES) or len(set(part)) != len(part):
+            raise ConfigError(f"{key} = {overlap!r}: expected a subset of 'fhw', 'shift-' and a subset, "
+                              f"both ('f+shift-hw'), or 'none'")
+    if set(over) & set(shift):
+        raise ConfigError(f"{key} = {overlap!r}: an axis cannot both overlap and shift")
+    order = lambda part: "".join(a for a in OVERLAP_AXES if a in part)    # noqa: E731
+    return order(over), order(shift)
+
+
+def parse_overlap(overlap: str, key: str = "overlap") -> str:
+    """Normalise an inference tiling (see `split_overlap`): "wf" -> "fw", "none" -> "", "shift-wh" -> "shift-hw"."""
+    over, shift = split_overlap(overlap, key)
+    if not shift:
+        return over
+    return f"{over}+shift-{shift}" if over else f"shift-{shift}"
 
 
 def check_range(key: str, value, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
@@ -102,7 +125,8 @@ class PyramidConfig:
 
     resolution: tuple[int, int, int] = (64, 256, 256)   # Full video size (frames, height, width).
     patch: tuple[int, int, int] = (16, 64, 64)          # Patch size of every level (frames, height, width).
-    overlap: str = "fhw"                                 # Axes with 50% overlapping tiles at inference.
+    overlap: str = "fhw"                                 # Tiles at inference: axes with 50% overlap, or shifted
+    #                                                      ones ("shift-hw"; `split_overlap` gives the grammar).
     offsets: str = "continuous"                          # Training patch offsets: "continuous" or "grid".
 
     @property

@@ -15,9 +15,10 @@ from hpdm_cli.diffusion import c_in, c_out, c_skip
 from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import patch_points, token_centres
 from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, cache_bytes, chain_offsets, churn_gamma,
-                               edm_sample, edm_sigmas, level_steps, network_evaluations, parse_overlap, tile_counts)
+                               edm_sample, edm_sigmas, grid_axes, level_steps, network_evaluations, parse_overlap,
+                               shift_phases, tile_counts)
 
-OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none"]
+OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none", "shift-hw", "f+shift-hw", "shift-fhw"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,10 +47,10 @@ def video_recipe(**model):
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
 def test_tiles_count_merge_and_ancestors(overlap):
-    """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped) or R/r; ancestors contain."""
+    """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped, shifted) or R/r; ancestors contain."""
     pyr = video_recipe().pyramid
     tiles = build_tiles(pyr, overlap)
-    ov = parse_overlap(overlap)
+    ov = grid_axes(overlap)
     assert len(tiles) == pyr.num_levels == 3
     for l, lt in enumerate(tiles):
         R = pyr.level_resolution(l)
@@ -89,8 +90,52 @@ def test_tiling_errors_and_single_frame_videos():
     with pytest.raises(ValueError):
         parse_overlap("fx")
     assert parse_overlap("wf") == "fw" and parse_overlap("none") == ""
+    assert parse_overlap("SHIFT-WH") == "shift-hw" and parse_overlap("f+shift-wh") == "f+shift-hw"
+    assert grid_axes("shift-hw") == "hw" and grid_axes("f+shift-w") == "fw"                # not "f" of "shift"
+    for bad in ("h+shift-hw", "shift-", "fshift-hw", "shift-hx", "f+"):
+        with pytest.raises(ValueError):
+            parse_overlap(bad)
     pyr = tiny_recipe(resolution=(1, 32, 32), patch=(1, 8, 8)).pyramid              # images: f never tiles
     assert [t.counts for t in build_tiles(pyr, "fhw")] == [(1, 1, 1), (1, 3, 3), (1, 7, 7)]
+
+
+@pytest.mark.parametrize("overlap", ["shift-hw", "f+shift-hw", "shift-fhw", "shift-w"])
+def test_shifted_tiles_cover_every_pixel_in_every_phase(overlap):
+    """Shifted tiles: each call's subset covers every pixel and merges a field exactly; phase 0 is the plain
+    tiling; the next phase moves every inner border by half a tile; all the phases together use every tile.
+
+    docs/method.md, "Shifted tiles".
+    """
+    pyr = video_recipe().pyramid
+    tiles = build_tiles(pyr, overlap)
+    over, shift = overlap.split("shift-")
+    plain = build_tiles(pyr, over.rstrip("+") or "none")
+    for l, lt in enumerate(tiles):
+        phases = shift_phases(lt, overlap)
+        shifting = [a for a, n in zip("fhw", lt.counts) if a in shift and n > 1]
+        assert len(phases) == 2 ** len(shift)
+        used = torch.zeros(lt.num_tiles, dtype=torch.bool)
+        scale = torch.tensor(lt.scale, dtype=torch.float64)
+        canvas = field(token_centres(lt.resolution).double()).T.reshape(2, *lt.resolution)
+        for tiles_k, cover in phases:
+            used[tiles_k] = True
+            acc = torch.zeros(1, 1, lt.num_pixels, dtype=torch.float64)
+            lt.scatter_add(acc, torch.zeros_like(tiles_k), tiles_k, torch.ones(len(tiles_k), 1, *lt.patch))
+            assert torch.equal(acc[0, 0].long(), cover) and cover.min() >= 1
+            pos = patch_points(scale, lt.offsets[tiles_k], pyr.patch)
+            vals = field(pos).permute(0, 2, 1).reshape(len(tiles_k), 2, *pyr.patch)
+            acc = torch.zeros(1, 2, lt.num_pixels, dtype=torch.float64)
+            lt.scatter_add(acc, torch.zeros_like(tiles_k), tiles_k, vals)
+            assert (lt.finish(acc, cover)[0] - canvas).abs().max() < 1e-12
+        assert used.all()
+        assert torch.equal(lt.starts[phases[0][0]], plain[l].starts)              # phase 0: the plain tiling
+        for i, a in enumerate("fhw"):
+            if a not in shifting:
+                continue
+            R, r = lt.resolution[i], lt.patch[i]
+            inner0 = {int(s) for s in lt.starts[phases[0][0], i]} - {0}
+            inner1 = {int(s) for s in lt.starts[phases[1][0], i]} - {0, R - r}
+            assert inner1 and not inner0 & inner1 and all(s % r == r // 2 for s in inner1), (l, a)
 
 
 class FieldNet(torch.nn.Module):
@@ -118,9 +163,10 @@ class FieldNet(torch.nn.Module):
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
 def test_sampler_merge_has_no_seams(overlap):
-    """Through the hierarchical sampler (one Euler step to 0: x = D), every level is the field, seam-free."""
+    """Through the hierarchical sampler (the last step is Euler to 0: x = D), every level is the field, seam-free
+    (3 steps: 5 calls, so shifted tiles go through all their phases)."""
     recipe = video_recipe(fusion="none", channels=2)
-    res = sample(FieldNet(recipe), recipe, [0, 1], overlap=overlap, steps=[1, 1, 1], tile_batch=13)
+    res = sample(FieldNet(recipe), recipe, [0, 1], overlap=overlap, steps=[3, 3, 3], tile_batch=13)
     for l, v in enumerate(res.videos):
         R = recipe.pyramid.level_resolution(l)
         want = field(token_centres(R)).T.reshape(2, *R)
@@ -230,6 +276,9 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="shallow", load=[1, 1, 2, 3]), 2.0, "fhw", torch.float64),
     (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 2.0, "w", torch.float64),
     (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "fhw", torch.float64),
+    (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "shift-hw", torch.float64),
+    (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 1.0, "f+shift-hw",
+     torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
     """Activation caching and per-call recomputation give the same video.
@@ -294,15 +343,16 @@ def test_bf16_autocast_caches_at_bf16_and_matches_recomputation():
         assert a.dtype == torch.float32 and (a.abs() < 0.99).float().mean() > 0.1
         assert (a - b).abs().max() < 1e-3          # equal here; bf16 itself moves these videos by ~4e-2
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_sample_depends_only_on_its_seed(dtype):
+@pytest.mark.parametrize("dtype,overlap", [(torch.float64, None), (torch.float32, None),
+                                           (torch.float64, "shift-hw")])
+def test_sample_depends_only_on_its_seed(dtype, overlap):
     """Seed 5's video is the same alone or next to seed 3 (and with other chunking).
 
     docs/method.md, invariant "a sample depends only on its seed".
     """
-    net, recipe = small_net(load=[1, 1, 2, 3])
+    net, recipe = small_net(load=[1, 1, 2, 3], self_condition=overlap is not None)
     net.to(dtype)
-    kw = dict(guidance=2.0, steps=[3, 3, 1], dtype=dtype)
+    kw = dict(guidance=2.0, steps=[3, 3, 3] if overlap else [3, 3, 1], dtype=dtype, overlap=overlap)
     both = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), tile_batch=64, **kw)
     alone = sample(net, recipe, [5], cond=torch.tensor([2]), tile_batch=7, **kw)
     for l in range(3):
@@ -387,6 +437,37 @@ def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
     cut = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), guidance=2.0, steps=[3, 2, 1], tile_batch=64)
     assert torch.equal(out.videos[0], plain.videos[0])
     assert (out.videos[0] - cut.videos[0]).abs().max() > 1e-3             # it changes the sample
+
+
+def test_shifted_tiles_self_condition_each_tile_on_its_latest_latents(monkeypatch):
+    """Shifted tiles: call i evaluates phase i mod 4; the first call of every phase reads no latents (some of its
+    tiles have none yet), later calls read each tile's latents from the latest call that evaluated it."""
+    net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)
+    net.double()
+    calls, forward = [], net.forward
+
+    def spy(*args, **kw):
+        res = forward(*args, **kw)
+        calls.append((kw.get("lo", 0), kw.get("self_cond"), res.latents, kw.get("collect", False)))
+        return res
+    monkeypatch.setattr(net, "forward", spy)
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, overlap="shift-hw", tile_batch=256,
+                                  dtype=torch.float64)
+    sampler.sample([3], torch.tensor([1]), guidance=1.0, steps=[2, 2, 4])
+    level2 = [c for c in calls if c[0] == 2 and not c[3]]
+    assert len(level2) == 7                                          # 4 Heun steps: 7 calls, one chunk each
+    latest = {}
+    for i, (_, self_cond, latents, _) in enumerate(level2):
+        tiles = sampler.phases[2][i % 4][0].tolist()
+        assert latents.shape[0] == len(tiles)
+        if i < 4:
+            assert self_cond is None, i
+        else:
+            assert torch.equal(self_cond[0], torch.stack([latest[t] for t in tiles])), i
+        latest.update({t: latents[j, 0] for j, t in enumerate(tiles)})
+    assert [len(sampler.phases[2][k][0]) for k in range(4)] == [32, 50, 40, 40]   # 2 x (4|5) x (4|5) tiles
+    cache1 = [c for c in calls if c[0] == 1 and c[3]]
+    assert len(cache1) == 1 and cache1[0][1] is not None            # every level-1 tile has latents by then
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: canvases drawn by GPU generators")

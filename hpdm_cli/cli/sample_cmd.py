@@ -14,7 +14,8 @@ from .console import is_main_rank, rank0_warn
 from .console import out as console
 from .progress import keyed_bars
 
-OVERLAP_HELP = "Tile overlap axes at inference: fhw|fh|fw|hw|f|h|w|none (default: the recipe's pyramid.overlap)."
+OVERLAP_HELP = ("Tiles at inference: overlap axes fhw|fh|fw|hw|f|h|w|none, or tiles shifted by half a tile on "
+                "alternate calls, shift-hw (default: the recipe's pyramid.overlap).")
 STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
               "(default: the recipe's sample.level_steps, else sample.steps halved per level).")
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "

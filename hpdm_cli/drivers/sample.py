@@ -306,7 +306,8 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
         try:
             overlap = parse_overlap(overlap) or "none"
         except ValueError:
-            raise GenerateError(f"--overlap {overlap!r}: expected fhw, fh, fw, hw, f, h, w or none") from None
+            raise GenerateError(f"--overlap {overlap!r}: expected fhw, fh, fw, hw, f, h, w, none, or shifted "
+                                f"tiles as shift-hw (f+shift-hw with time overlap)") from None
     if device is None:
         p = next(iter(net.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")

@@ -5,7 +5,9 @@ y_l = b_l * pixels (b_l = `diffusion.level_input_scale(l)`). It starts as sigma_
 driven to sigma 0 by the EDM sampler (`edm_sampler`), with churn on the first
 `sample.stochastic_levels` levels. At every denoiser evaluation every tile (`tiles`) is cropped
 from the canvas, denoised by the network (tiles batched, `tile_batch` per forward) and the tiles'
-outputs D are averaged on the canvas (MultiDiffusion) before the sampler step. Stochastic noise
+outputs D are averaged on the canvas (MultiDiffusion) before the sampler step. With shifted tiles
+(overlap "shift-hw", docs/method.md) an evaluation uses one subset of them, the next subset on
+the next evaluation (`tiles.shift_phases`), and every subset covers the canvas. Stochastic noise
 (initial and churn) is drawn for the whole canvas, never per tile. Finished pixels are
 clamp(x / b_l, -1, 1).
 
@@ -35,8 +37,9 @@ whose successors are all unguided runs on the conditional rows only (`_rows`), a
 
 Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
 tile also returns its latents, and the next evaluation of that tile is given them (the first one
-of a level gets none, as in training's plain passes); finished lower levels keep their last
-step's latents, which their cache (or, with `cache=False`, their recomputation) is given.
+of a level gets none, as in training's plain passes; with shifted tiles, so does any evaluation
+some of whose tiles have not been evaluated yet); finished lower levels keep each tile's latest
+latents, which their cache (or, with `cache=False`, their recomputation) is given.
 
 Randomness. A sample depends only on its seed: each seed gets its own CPU generators, one stream
 per (seed, level, purpose) derived with NumPy's SeedSequence: purpose 0 draws the level's sampler
@@ -63,7 +66,7 @@ from ..device import randn_on
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
 from .edm_sampler import edm_sample, edm_sigmas
-from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, tile_counts
+from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, shift_phases, tile_counts
 
 Progress = Callable[[int, int, int], None]
 
@@ -159,6 +162,7 @@ class _Run:
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
     latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
+    seen: dict = field(default_factory=dict)       # level -> [T_k] bool: the tile has latents in `latents`
     context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's context terms (eq. 7, 9)
 
 
@@ -208,6 +212,9 @@ class HierarchicalSampler:
         host_tiles = build_tiles(self.pyramid, self.overlap)
         self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
         self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
+        # Per level, the tile subsets (and their coverage) of successive denoiser calls: all tiles on every
+        # call, or with shifted tiles (docs/method.md, "Shifted tiles") a cycle of half-tile shifts.
+        self.phases = [shift_phases(t, self.overlap) for t in self.tiles]
         # b_0..b_l per level l, as `denoise` takes them (c_in normalises the scaled data per level).
         self._scales = [input_scales(diffusion, range(l + 1), self.device).to(dtype)
                         for l in range(self.num_levels)]
@@ -328,10 +335,11 @@ class HierarchicalSampler:
         """Rows a compiled forward of `n` tiles runs: the next power of two, at most `tile_batch`."""
         return min(self.tile_batch, 1 << max(0, n - 1).bit_length())
 
-    def _chunks(self, run: _Run, level: int, rows: int) -> list[_Chunk]:
-        """Split the level's first `rows` (guided sample, tile) rows into forwards of at most `tile_batch` tiles."""
+    def _chunks(self, run: _Run, level: int, rows: int, tiles: Optional[torch.Tensor] = None) -> list[_Chunk]:
+        """Split `rows` guided samples x the level's `tiles` (default: all) into forwards of at most `tile_batch` tiles."""
         lt = self.tiles[level]
-        T, total = lt.num_tiles, rows * lt.num_tiles
+        T = lt.num_tiles if tiles is None else tiles.numel()
+        total = rows * T
         out = []
         for r0 in range(0, total, self.tile_batch):
             r1 = min(total, r0 + self.tile_batch)
@@ -340,6 +348,8 @@ class HierarchicalSampler:
             if pad:
                 rows = torch.cat([rows, rows[-1:].expand(pad)])
             g, t = rows // T, rows % T
+            if tiles is not None:
+                t = tiles[t]
             anc = [lt.ancestors[t, k] for k in range(level)]
             cache_rows = [(g * self.tiles[k].num_tiles + a).to(self._storage) for k, a in enumerate(anc)]
             out.append(_Chunk(
@@ -370,30 +380,35 @@ class HierarchicalSampler:
         return LevelContext(acts=acts)
 
     def _self_cond_args(self, run: _Run, levels: Sequence[int], level: int, ch: _Chunk,
-                        latents_out: Optional[torch.Tensor]) -> dict:
+                        latents_out: Optional[torch.Tensor], own: Optional[bool] = None) -> dict:
         """The network's self-conditioning arguments for a chunk ({} for a model without self-conditioning).
 
         self_cond: per present level, its rows' latest latents or None. Level `level`'s are those of
-        the previous evaluation of the same tile (RIN's latent self-conditioning at inference); a
-        finished lower level's are its last step's, read at the ancestor tile; None overall when
-        nothing has been evaluated yet. return_latents when the caller keeps them (`latents_out`).
+        the latest evaluation of the same tile (RIN's latent self-conditioning at inference), if `own`
+        (default: if every tile of the level has been evaluated); a finished lower level's are its
+        last evaluation's, read at the ancestor tile, once every one of its tiles has latents; None
+        overall when nothing has been evaluated yet. return_latents when the caller keeps them.
         """
         if not self.self_cond:
             return {}
         out = []
         for k in levels:
             lat = run.latents.get(k)
-            if lat is not None:
+            seen = run.seen.get(k)
+            use = own if k == level and own is not None else seen is not None and bool(seen.all())
+            if lat is not None and use:
                 rows = ch.g * self.tiles[k].num_tiles + (ch.t if k == level else ch.anc[k])
-                lat = lat.index_select(0, rows)
-            out.append(lat)
+                out.append(lat.index_select(0, rows))
+            else:
+                out.append(None)
         return {"self_cond": None if all(v is None for v in out) else out, "return_latents": latents_out is not None}
 
     def _eval(self, run: _Run, level: int, ch: _Chunk, x: torch.Tensor, sigma: float, collect: bool = False,
-              latents_out: Optional[torch.Tensor] = None):
+              latents_out: Optional[torch.Tensor] = None, own: Optional[bool] = None):
         """Denoise one chunk's tiles of canvas x at `sigma`: D [n, C, r...] (plus collected activations).
 
-        With `latents_out` [G * T, M, d_z], the chunk's latents of `level` are written to its rows.
+        With `latents_out` [G * T, M, d_z], the chunk's latents of `level` are written to its rows
+        (row g * T + tile); `own` as in `_self_cond_args`.
         """
         d = self.diffusion
         xt = self.tiles[level].gather(x, ch.b, ch.t)
@@ -402,7 +417,7 @@ class HierarchicalSampler:
             sig = torch.full((n, 1), float(sigma), device=self.device, dtype=self.dtype)
             res = denoise(self.net, xt[:, None], sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           input_scale=self._scales[level][level:], lo=level, context=self._context(run, level, ch),
-                          collect=collect, **self._self_cond_args(run, [level], level, ch, latents_out))
+                          collect=collect, **self._self_cond_args(run, [level], level, ch, latents_out, own))
             index = 0
         else:
             lower = [self.tiles[k].gather(run.ctx_in[k], ch.b, ch.anc[k]) for k in range(level)]
@@ -411,31 +426,40 @@ class HierarchicalSampler:
             sig[:, level] = float(sigma)
             res = denoise(self.net, xs, sig, ch.offsets, ch.cond, ch.keep, sigma_data=d.sigma_data,
                           input_scale=self._scales[level], collect=collect,
-                          **self._self_cond_args(run, range(level + 1), level, ch, latents_out))
+                          **self._self_cond_args(run, range(level + 1), level, ch, latents_out, own))
             index = level
         if latents_out is not None:
-            r0, r1 = ch.rows
-            latents_out[r0:r1] = res.latents[:ch.n, index].to(latents_out.dtype)
+            rows = ch.g[:ch.n] * self.tiles[level].num_tiles + ch.t[:ch.n]
+            latents_out.index_copy_(0, rows, res.latents[:ch.n, index].to(latents_out.dtype))
         return _real_rows(res, index, level, collect, ch.n)
 
     def _level_denoiser(self, run: _Run, level: int) -> Callable[[torch.Tensor, float], torch.Tensor]:
-        """D(x; sigma) on the whole level canvas [B, C, ...]: all tiles denoised, merged, guided."""
+        """D(x; sigma) on the whole level canvas [B, C, ...]: the call's tiles denoised, merged, guided."""
         lt = self.tiles[level]
         # This level's latents and uncond rows are read by later levels' uncond rows: keep both halves
         # while this level or a later one is guided.
         G = self._rows(run, [k for k in run.generated if k >= level])
-        chunks = self._chunks(run, level, G)
+        phases = self.phases[level]
+        chunks = [self._chunks(run, level, G, None if len(phases) == 1 else tiles) for tiles, _ in phases]
         B, w = run.B, run.guidance[level]
+        calls = [0]
+        seen = run.seen[level] = torch.zeros(lt.num_tiles, dtype=torch.bool, device=self.device)
+        run.latents.pop(level, None)
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            k = calls[0] % len(phases)
+            calls[0] += 1
+            tiles, coverage = phases[k]
             acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
-            new = (x.new_empty(G * lt.num_tiles, self.model.num_latents, self.model.latent_dim)
-                   if self.self_cond else None)
-            for ch in chunks:
-                lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n], self._eval(run, level, ch, x, sigma, latents_out=new))
-            if new is not None:                      # every tile's latents, for the next evaluation
-                run.latents[level] = new
-            out = lt.finish(acc)
+            if self.self_cond and level not in run.latents:     # every tile's latest latents, kept in place
+                run.latents[level] = x.new_empty(G * lt.num_tiles, self.model.num_latents, self.model.latent_dim)
+            new = run.latents.get(level)
+            own = bool(seen[tiles].all())                      # the first call of a phase reads none
+            for ch in chunks[k]:
+                lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n],
+                               self._eval(run, level, ch, x, sigma, latents_out=new, own=own))
+            seen[tiles] = True
+            out = lt.finish(acc, coverage)
             if G > B:
                 cond, uncond = out[:B], out[B:]
                 out = cond if w == 1.0 else uncond + w * (cond - uncond)

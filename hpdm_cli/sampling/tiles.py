@@ -3,8 +3,10 @@
 Level l is the whole video at `pyr.level_resolution(l)` (R_l pixels per axis), cut into tiles of
 the patch size r. Along an axis of the overlap set (a subset of "fhw", or "none") tiles start
 every r/2 level pixels (2 R_l / r - 1 tiles, 50% overlap; r must be even there); along the
-other axes every r (R_l / r tiles). A tile's normalised offset is start / R_l and its scale
-r / R_l: the box [offset, offset + scale] of `pyramid.geometry`'s unit-cube convention.
+other axes every r (R_l / r tiles). A shifted axis ("shift-hw") is tiled as an overlapped one,
+but each denoiser call uses a subset of its tiles that overlap only at the ends (`shift_phases`).
+A tile's normalised offset is start / R_l and its scale r / R_l: the box [offset, offset + scale]
+of `pyramid.geometry`'s unit-cube convention.
 
 Every tile of level l > 0 has a PARENT: a tile of level l-1 that contains it. With the same
 overlap pattern on every level one always exists (a level-l tile spans half a level-(l-1) tile
@@ -27,9 +29,10 @@ from fractions import Fraction
 import torch
 
 from ..config import OVERLAP_AXES as AXES
-from ..config import PyramidConfig, parse_overlap
+from ..config import PyramidConfig, parse_overlap, split_overlap
 
-__all__ = ["AXES", "LevelTiles", "axis_starts", "build_tiles", "chain_offsets", "parse_overlap", "tile_counts"]
+__all__ = ["AXES", "LevelTiles", "axis_starts", "build_tiles", "chain_offsets", "grid_axes", "parse_overlap",
+           "shift_phases", "tile_counts"]
 
 
 def axis_starts(size: int, patch: int, overlap: bool) -> list[int]:
@@ -47,9 +50,15 @@ def axis_starts(size: int, patch: int, overlap: bool) -> list[int]:
     return list(range(0, size - patch + 1, step))
 
 
+def grid_axes(overlap: str) -> str:
+    """Axes on which a tiling's tiles start every half tile: the overlapped and the shifted ones."""
+    over, shift = split_overlap(overlap)
+    return "".join(a for a in AXES if a in over + shift)
+
+
 def tile_counts(pyr: PyramidConfig, level: int, overlap: str) -> tuple[int, int, int]:
-    """Tiles per axis of `level`: 2 R_l / r - 1 along overlapped axes, R_l / r along the others."""
-    ov = parse_overlap(overlap)
+    """Tiles per axis of `level`: 2 R_l / r - 1 along overlapped (or shifted) axes, R_l / r along the others."""
+    ov = grid_axes(overlap)
     res = pyr.level_resolution(level)
     return tuple(len(axis_starts(R, r, a in ov)) for a, R, r in zip(AXES, res, pyr.patch))
 
@@ -136,9 +145,9 @@ class LevelTiles:
         lin = self._linear(samples, tiles, C, acc.device)
         acc.view(-1).index_add_(0, lin.reshape(-1), values.reshape(-1).to(acc.dtype))
 
-    def finish(self, acc: torch.Tensor) -> torch.Tensor:
-        """Average an accumulator [G, C, P] by tile coverage -> canvas [G, C, F, H, W]."""
-        out = acc / self.coverage.to(acc.device, acc.dtype)
+    def finish(self, acc: torch.Tensor, coverage: torch.Tensor | None = None) -> torch.Tensor:
+        """Average an accumulator [G, C, P] by tile coverage (default: of all tiles) -> canvas [G, C, F, H, W]."""
+        out = acc / (self.coverage if coverage is None else coverage).to(acc.device, acc.dtype)
         return out.reshape(*acc.shape[:2], *self.resolution)
 
     def merge(self, values: torch.Tensor) -> torch.Tensor:
@@ -187,8 +196,12 @@ def _level_tiles(pyr: PyramidConfig, level: int, ov: str, prev: "LevelTiles | No
 
 
 def build_tiles(pyr: PyramidConfig, overlap: str, levels: int | None = None) -> list[LevelTiles]:
-    """The tilings of levels 0..levels-1 (default: all) with parents and ancestor chains."""
-    ov = parse_overlap(overlap)
+    """The tilings of levels 0..levels-1 (default: all) with parents and ancestor chains.
+
+    A shifted axis is tiled every half tile, as an overlapped one: `shift_phases` picks the tiles
+    that each denoiser call uses, and all of them can be a finer tile's ancestor.
+    """
+    ov = grid_axes(overlap)
     n = pyr.num_levels if levels is None else levels
     out, prev_axis = [], None
     for l in range(n):
@@ -202,3 +215,45 @@ def chain_offsets(tiles: list[LevelTiles], level: int) -> torch.Tensor:
     lt = tiles[level]
     parts = [tiles[k].offsets[lt.ancestors[:, k]] for k in range(level)] + [lt.offsets]
     return torch.stack(parts, dim=1).float()
+
+
+def shift_phases(lt: LevelTiles, overlap: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The tile subsets that successive denoiser calls use, each with its coverage [F H W] (one for no shift).
+
+    Along a shifted axis (docs/method.md, "Shifted tiles") a call uses either the tiles starting at
+    multiples of the tile size (parity 0: a plain tiling) or those starting half a tile later plus
+    the two end tiles (parity 1: every pixel covered, borders half a tile from parity 0's). With
+    n shifted axes there are 2^n parity patterns, ordered so that consecutive calls differ on
+    every axis first: (0, 0), (1, 1), (0, 1), (1, 0) for two. Other axes use all their tiles.
+    Every tile of `lt` is in some subset, so after 2^n calls each has been evaluated once.
+    """
+    _, shift = split_overlap(overlap)
+    per_axis = [sorted(set(lt.starts[:, i].tolist())) for i in range(3)]
+    if not shift:
+        return [(torch.arange(lt.num_tiles, device=lt.starts.device), lt.coverage)]
+    n = len(shift)
+    patterns = []
+    for p in range(2 ** (n - 1)):
+        bits = [(p >> (n - 1 - j)) & 1 for j in range(n)]
+        patterns += [bits, [1 - b for b in bits]]
+    out = []
+    for bits in patterns:
+        parity = dict(zip(shift, bits))
+        index, cover = [], []
+        for i, (a, starts, R, r) in enumerate(zip(AXES, per_axis, lt.resolution, lt.patch)):
+            keep = list(range(len(starts)))
+            if a in parity and len(starts) > 1:
+                on_grid = [j for j, s in enumerate(starts) if s % r == 0]
+                keep = on_grid if parity[a] == 0 else sorted(
+                    {0, len(starts) - 1} | {j for j, s in enumerate(starts) if s % r})
+            c = torch.zeros(R, dtype=torch.long)
+            for j in keep:
+                c[starts[j]:starts[j] + r] += 1
+            index.append(torch.tensor(keep))
+            cover.append(c)
+        jf, jh, jw = torch.meshgrid(*index, indexing="ij")
+        _, nh, nw = lt.counts
+        tiles = ((jf * nh + jh) * nw + jw).reshape(-1).to(lt.starts.device)
+        coverage = (cover[0][:, None, None] * cover[1][None, :, None] * cover[2][None, None, :]).reshape(-1)
+        out.append((tiles, coverage.to(lt.coverage.device)))
+    return out
