@@ -262,6 +262,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "bad seeds": (["sample", "--ckpt", run, "--seeds", "3-1", "--out", out], out),
         "bad level": (["sample", "--ckpt", run, "--levels", "3", "--out", out], out),
         "bad overlap": (["sample", "--ckpt", run, "--overlap", "xy", "--steps", "1", "--out", out], out),
+        "overlap and shift on one axis": (["sample", "--ckpt", run, "--overlap", "w+shift-hw", "--steps", "1",
+                                           "--out", out], out),
         "output under a file": (["sample", "--ckpt", run, "--out", tmp / "in.mp4" / "clip.mp4"],
                                 tmp / "in.mp4" / "clip.mp4"),
         "output is a directory": (["sample", "--ckpt", run, "--out", tmp / "adir.mp4"], tmp / "adir.mp4"),

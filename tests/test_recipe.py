@@ -161,6 +161,7 @@ def test_int_accepted_for_float():
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),
     ({"pyramid": {"overlap": "fx"}}, "pyramid.overlap"),
     ({"pyramid": {"overlap": "hwh"}}, "pyramid.overlap"),
+    ({"pyramid": {"overlap": "h+shift-hw"}}, "pyramid.overlap"),                         # an axis overlaps and shifts
 ])
 def test_inconsistent_recipe_names_key_and_file(d, key):
     msg = err(d)
@@ -168,13 +169,13 @@ def test_inconsistent_recipe_names_key_and_file(d, key):
     assert key in msg
 
 
-@pytest.mark.parametrize("spelling", ["WH", " hw ", "none", ""])
+@pytest.mark.parametrize("spelling", ["WH", " hw ", "none", "", "Shift-WH"])
 def test_recipe_overlap_takes_every_spelling_the_sampler_takes(spelling):
     """pyramid.overlap and the sampling options follow one rule: a spelling tiles the same either way."""
     from hpdm_cli.sampling import build_tiles, parse_overlap
     r = recipe_from_dict({"pyramid": {"overlap": spelling}})
     canonical = parse_overlap(spelling)
-    assert canonical in ("hw", "")
+    assert canonical in ("hw", "", "shift-hw")
     assert [t.counts for t in build_tiles(r.pyramid, r.pyramid.overlap)] == \
         [t.counts for t in build_tiles(r.pyramid, canonical or "none")]
 
