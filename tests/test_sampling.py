@@ -47,7 +47,8 @@ def video_recipe(**model):
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
 def test_tiles_count_merge_and_ancestors(overlap):
-    """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped, shifted) or R/r; ancestors contain."""
+    """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped or shifted) or R/r;
+    ancestors contain."""
     pyr = video_recipe().pyramid
     tiles = build_tiles(pyr, overlap)
     ov = grid_axes(overlap)
@@ -409,9 +410,8 @@ def test_per_level_guidance_needs_a_scale_per_level():
         sample(net, recipe, [1], cond=torch.tensor([1]), guidance=[2.0, 1.0], steps=[1, 1, 1])
 
 
-def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
-    """model.self_condition: every evaluation after a level's first gets the latents the previous one returned."""
-    net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)
+def spy_forwards(monkeypatch, net) -> list:
+    """Record every forward of `net` as (lo, self_cond, returned latents, collect); returns the growing list."""
     calls, forward = [], net.forward
 
     def spy(*args, **kw):
@@ -419,6 +419,14 @@ def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
         calls.append((kw.get("lo", 0), kw.get("self_cond"), res.latents, kw.get("collect", False)))
         return res
     monkeypatch.setattr(net, "forward", spy)
+    return calls
+
+
+def test_self_conditioning_feeds_each_tile_its_previous_latents(monkeypatch):
+    """model.self_condition: every evaluation after a level's first gets the latents the previous one returned."""
+    net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)
+    forward = net.forward
+    calls = spy_forwards(monkeypatch, net)
     out = sample(net, recipe, [3, 5], cond=torch.tensor([1, 2]), guidance=2.0, steps=[3, 2, 1], tile_batch=64)
     level0 = [c for c in calls if c[0] == 0 and not c[3]]
     assert len(level0) == 5 and level0[0][1] is None                  # 3 Heun steps: 5 evaluations
@@ -444,13 +452,7 @@ def test_shifted_tiles_self_condition_each_tile_on_its_latest_latents(monkeypatc
     tiles have none yet), later calls read each tile's latents from the latest call that evaluated it."""
     net, recipe = small_net(load=[1, 1, 2, 3], self_condition=True)
     net.double()
-    calls, forward = [], net.forward
-
-    def spy(*args, **kw):
-        res = forward(*args, **kw)
-        calls.append((kw.get("lo", 0), kw.get("self_cond"), res.latents, kw.get("collect", False)))
-        return res
-    monkeypatch.setattr(net, "forward", spy)
+    calls = spy_forwards(monkeypatch, net)
     sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, overlap="shift-hw", tile_batch=256,
                                   dtype=torch.float64)
     sampler.sample([3], torch.tensor([1]), guidance=1.0, steps=[2, 2, 4])

@@ -23,7 +23,8 @@ def bench(
     precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16); "
                                                        "--sampling: one of them."),
     sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
-    overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings (fhw,hw,...,none,shift-hw)."),
+    overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings "
+                                                     "(fhw,hw,...,none,shift-hw)."),
     compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
     sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "

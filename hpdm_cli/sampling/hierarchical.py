@@ -162,7 +162,7 @@ class _Run:
     ctx_in: dict = field(default_factory=dict)     # level -> scaled noisy context canvas [B, C, ...]
     caches: dict = field(default_factory=dict)     # level -> {block: [G * T_k, N, d]}
     latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
-    seen: dict = field(default_factory=dict)       # level -> [T_k] bool: the tile has latents in `latents`
+    seen: dict = field(default_factory=dict)       # level -> [T_k] bool (host): the tile has latents in `latents`
     context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's context terms (eq. 7, 9)
 
 
@@ -213,8 +213,11 @@ class HierarchicalSampler:
         self.chain_offsets = [chain_offsets(host_tiles, l).to(self.device, dtype) for l in range(self.num_levels)]
         self.tiles: list[LevelTiles] = [t.to(self.device) for t in host_tiles]
         # Per level, the tile subsets (and their coverage) of successive denoiser calls: all tiles on every
-        # call, or with shifted tiles (docs/method.md, "Shifted tiles") a cycle of half-tile shifts.
-        self.phases = [shift_phases(t, self.overlap) for t in self.tiles]
+        # call, or with shifted tiles (docs/method.md, "Shifted tiles") a cycle of half-tile shifts. The
+        # host copies of the subsets keep the bookkeeping of which tiles have latents free of device syncs.
+        host_phases = [shift_phases(t, self.overlap) for t in host_tiles]
+        self.phases = [[(i.to(self.device), c.to(self.device)) for i, c in p] for p in host_phases]
+        self._phase_tiles = [[i for i, _ in p] for p in host_phases]
         # b_0..b_l per level l, as `denoise` takes them (c_in normalises the scaled data per level).
         self._scales = [input_scales(diffusion, range(l + 1), self.device).to(dtype)
                         for l in range(self.num_levels)]
@@ -336,7 +339,7 @@ class HierarchicalSampler:
         return min(self.tile_batch, 1 << max(0, n - 1).bit_length())
 
     def _chunks(self, run: _Run, level: int, rows: int, tiles: Optional[torch.Tensor] = None) -> list[_Chunk]:
-        """Split `rows` guided samples x the level's `tiles` (default: all) into forwards of at most `tile_batch` tiles."""
+        """Split `rows` guided samples x the level's `tiles` (default: all) into forwards of <= `tile_batch` tiles."""
         lt = self.tiles[level]
         T = lt.num_tiles if tiles is None else tiles.numel()
         total = rows * T
@@ -443,22 +446,23 @@ class HierarchicalSampler:
         chunks = [self._chunks(run, level, G, None if len(phases) == 1 else tiles) for tiles, _ in phases]
         B, w = run.B, run.guidance[level]
         calls = [0]
-        seen = run.seen[level] = torch.zeros(lt.num_tiles, dtype=torch.bool, device=self.device)
+        seen = run.seen[level] = torch.zeros(lt.num_tiles, dtype=torch.bool)          # on the host
         run.latents.pop(level, None)
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             k = calls[0] % len(phases)
             calls[0] += 1
-            tiles, coverage = phases[k]
+            coverage = phases[k][1]
             acc = x.new_zeros(G, x.shape[1], lt.num_pixels)
             if self.self_cond and level not in run.latents:     # every tile's latest latents, kept in place
                 run.latents[level] = x.new_empty(G * lt.num_tiles, self.model.num_latents, self.model.latent_dim)
             new = run.latents.get(level)
-            own = bool(seen[tiles].all())                      # the first call of a phase reads none
+            host = self._phase_tiles[level][k]
+            own = bool(seen[host].all())                       # the first call of a phase reads none
             for ch in chunks[k]:
                 lt.scatter_add(acc, ch.g[:ch.n], ch.t[:ch.n],
                                self._eval(run, level, ch, x, sigma, latents_out=new, own=own))
-            seen[tiles] = True
+            seen[host] = True
             out = lt.finish(acc, coverage)
             if G > B:
                 cond, uncond = out[:B], out[B:]
