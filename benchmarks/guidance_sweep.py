@@ -6,7 +6,7 @@ level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10"); 
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
-real clips ~1). One JSON line per setting as it finishes, then a markdown
+real clips ~1), `seams_t` the same between frames across its tile borders in time. One JSON line per setting as it finishes, then a markdown
 table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
@@ -55,7 +55,7 @@ def parse_setting(text: str, steps, overlap) -> tuple:
     return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max
 
 
-SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion", "seams")
+SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion", "seams", "seams_t")
 
 
 def parse_rows(text: str | None, num: int) -> tuple[int, int]:
@@ -73,12 +73,13 @@ def parse_rows(text: str | None, num: int) -> tuple[int, int]:
 
 def summarise(readings: list, captions: list, stripes: np.ndarray, seams: np.ndarray, real_sc: dict) -> dict:
     """Faithfulness of clip readings against their captions, the mean stripe fit (NaN skipped, as
-    `stripe_summary`), the tile seams in space (from per-clip `seam_steps` rows [n, 2 axes, 2]), and
-    object size and motion as ratios to the real clips' (`real_sc`)."""
+    `stripe_summary`), the tile seams in space and in time (`seams`, `seams_t`, from per-clip
+    `seam_steps` rows [n, 2 axes, 2]), and object size and motion as ratios to the real clips' (`real_sc`)."""
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.seams import AXES, seam_ratio
     sc = score_clips(readings, captions)
-    sc["seams"] = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])["hw"]
+    ratio = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])
+    sc["seams"], sc["seams_t"] = ratio["hw"], ratio["t"]
     ok = stripes[~np.isnan(stripes)]
     sc["stripes"] = float(ok.mean()) if ok.size else float("nan")
     sc["size"], sc["motion"] = sc["area"] / real_sc["area"], sc["travel"] / real_sc["travel"]
@@ -102,12 +103,14 @@ def print_table(title: str, rows: list) -> None:
     """The markdown table of (name, FVD, scores or None) rows under a one-line title."""
     print(f"\n{title}")
     # size: median object area / the real clips'; motion: median travel over the clip / the real clips'
-    # seams: steps across the finest level's tile borders / elsewhere (hpdm_cli/eval/seams.py; real ~1)
-    print("| setting | FVD | colour | shape | direction | stripes | size | motion | seams |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    # seams: steps across the finest level's tile borders / elsewhere, in space and in time (between frames)
+    # (hpdm_cli/eval/seams.py; real ~1)
+    print("| setting | FVD | colour | shape | direction | stripes | size | motion | seams | seams (time) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for name, f, sc in rows:
-        cells = [""] * 7 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
-            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}", f"{sc['seams']:.2f}"]
+        cells = [""] * 8 if sc is None else [f"{100 * sc[k]:.1f}%" for k in ("colour", "shape", "direction")] \
+            + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}", f"{sc['seams']:.2f}",
+               f"{sc['seams_t']:.2f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
 
 
@@ -262,9 +265,10 @@ def main(argv=None) -> int:
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
     real_sc = score_clips(real_a.videos, real_a.captions)
+    real_seams = seam_summary(real_a.videos, tile)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
                       "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3),
-                      "seams": round(seam_summary(real_a.videos, tile)["hw"], 3)}), flush=True)
+                      "seams": round(real_seams["hw"], 3), "seams_t": round(real_seams["t"], 3)}), flush=True)
     if a.save:                                     # the reference every part of this N shares
         save_npz(Path(a.save) / f"real-n{a.num}.npz", num=np.array(a.num), features=ref_features,
                  info=np.array(json.dumps({"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
