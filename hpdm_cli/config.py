@@ -60,8 +60,8 @@ def split_overlap(overlap: str, key: str = "overlap") -> tuple[str, str]:
         over = over[:-1]
     for part in (over, shift):
         if set(part) - set(OVERLAP_AXES) or len(set(part)) != len(part):
-            raise ConfigError(f"{key} = {overlap!r}: expected a subset of 'fhw', 'shift-' and a subset, "
-                              f"both ('f+shift-hw'), or 'none'")
+            raise ConfigError(f"{key} = {overlap!r}: expected overlapped axes (a subset of 'fhw', e.g. 'hw'), "
+                              f"shifted ones ('shift-hw'), both ('f+shift-hw'), or 'none'")
     if set(over) & set(shift):
         raise ConfigError(f"{key} = {overlap!r}: an axis cannot both overlap and shift")
     order = lambda part: "".join(a for a in OVERLAP_AXES if a in part)    # noqa: E731

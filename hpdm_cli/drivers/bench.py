@@ -295,10 +295,12 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
 
     Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
     per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
-    generation time to the recipe's full step counts in proportion to the denoiser evaluations
-    (Heun: 2 per step, 1 for the last; cache building does not scale).
-    With `compile` the network runs through torch.compile: one untimed one-step pass per setting
-    compiles every graph first (its seconds are the row's `compile_s`).
+    generation time to the recipe's full step counts in proportion to the tiles the denoiser
+    evaluations denoise (Heun: 2 evaluations per step, 1 for the last; with shifted tiles successive
+    evaluations denoise different numbers of tiles; cache building does not scale).
+    With `compile` the network runs through torch.compile: one untimed pass per setting, of enough
+    steps that every level's evaluations go through each of its tile subsets with and without
+    self-conditioning latents, compiles every graph first (its seconds are the row's `compile_s`).
     """
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
@@ -325,24 +327,33 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
                                       tile_batch=tb, autocast=autocast, compile=compile)
         t0 = time.perf_counter()
         if compile:                                     # every graph (each level, its cache) compiled here
-            sampler.sample(list(range(batch)), cond, steps=[1] * L, guidance=1.0)
+            sampler.sample(list(range(batch)), cond, steps=[len(p) + 1 for p in sampler.phases], guidance=1.0)
         compile_s = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
-        rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device))
+        sizes = [[t.numel() for t, _ in p] for p in sampler.phases]
+        rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device, sizes))
         rows[-1]["tile_batch"] = tb
         if compile:
             rows[-1].update(compiled=True, compile_s=compile_s)
     return rows
 
 
+def tiles_denoised(sizes: Sequence[int], steps: int) -> int:
+    """Tiles one video's level denoises in `steps` sampler steps, its evaluations cycling through tile subsets of `sizes`."""
+    return sum(sizes[k % len(sizes)] for k in range(network_evaluations(steps)))
+
+
 def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], full: list[int],
-                  device: torch.device) -> dict:
-    """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps)."""
+                  device: torch.device, sizes: Sequence[Sequence[int]]) -> dict:
+    """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps).
+
+    `sizes`: per level, the tiles of each of its evaluations' subsets (`HierarchicalSampler.phases`).
+    """
     gen = [s - c for s, c in zip(res.seconds, res.cache_seconds)]
-    evals = [network_evaluations(f) / network_evaluations(r) for f, r in zip(full, run_steps)]
+    evals = [tiles_denoised(z, f) / tiles_denoised(z, r) for z, f, r in zip(sizes, full, run_steps)]
     est = [g * e + c for g, e, c in zip(gen, evals, res.cache_seconds)]
     row = {"overlap": ov, "cache": cache, "batch": batch, "steps": "/".join(map(str, run_steps)),
            "s_per_video": sum(res.seconds) / batch}

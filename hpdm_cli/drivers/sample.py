@@ -304,10 +304,9 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
         sample_cfg = dataclasses.replace(sample_cfg, context_cache_gib=float(context_gib))
     if overlap is not None:
         try:
-            overlap = parse_overlap(overlap) or "none"
-        except ValueError:
-            raise GenerateError(f"--overlap {overlap!r}: expected fhw, fh, fw, hw, f, h, w, none, or shifted "
-                                f"tiles as shift-hw (f+shift-hw with time overlap)") from None
+            overlap = parse_overlap(overlap, "--overlap") or "none"
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
     if device is None:
         p = next(iter(net.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
