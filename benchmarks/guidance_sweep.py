@@ -6,8 +6,8 @@ level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10"); 
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
-real clips ~1), `seams_t` the same between frames across its tile borders in time. One JSON line per setting as it finishes, then a markdown
-table. On a GPU with the I3D file (docs/results.md, section 8):
+real clips ~1), `seams_t` the same between frames across its tile borders in time. One JSON line
+per setting as it finishes, then a markdown table. On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
 With --base B the level 0 of every clip comes from another model's base level B (with --base-low B2

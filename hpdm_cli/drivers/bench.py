@@ -342,7 +342,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
 
 
 def tiles_denoised(sizes: Sequence[int], steps: int) -> int:
-    """Tiles one video's level denoises in `steps` sampler steps, its evaluations cycling through tile subsets of `sizes`."""
+    """Tiles a level denoises per video in `steps` sampler steps, its evaluations cycling through subsets of `sizes`."""
     return sum(sizes[k % len(sizes)] for k in range(network_evaluations(steps)))
 
 

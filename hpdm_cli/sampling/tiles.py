@@ -228,9 +228,9 @@ def shift_phases(lt: LevelTiles, overlap: str) -> list[tuple[torch.Tensor, torch
     Every tile of `lt` is in some subset, so after 2^n calls each has been evaluated once.
     """
     _, shift = split_overlap(overlap)
-    per_axis = [sorted(set(lt.starts[:, i].tolist())) for i in range(3)]
     if not shift:
         return [(torch.arange(lt.num_tiles, device=lt.starts.device), lt.coverage)]
+    per_axis = [sorted(set(lt.starts[:, i].tolist())) for i in range(3)]
     n = len(shift)
     patterns = []
     for p in range(2 ** (n - 1)):
@@ -240,7 +240,7 @@ def shift_phases(lt: LevelTiles, overlap: str) -> list[tuple[torch.Tensor, torch
     for bits in patterns:
         parity = dict(zip(shift, bits))
         index, cover = [], []
-        for i, (a, starts, R, r) in enumerate(zip(AXES, per_axis, lt.resolution, lt.patch)):
+        for a, starts, R, r in zip(AXES, per_axis, lt.resolution, lt.patch):
             keep = list(range(len(starts)))
             if a in parity and len(starts) > 1:
                 on_grid = [j for j, s in enumerate(starts) if s % r == 0]
