@@ -12,6 +12,8 @@
 #                                                sample.context_cache_gib=HELD_GIB (64), and where its time goes)
 # Results in $OUT (log.txt, summary.txt, JSON/PNG per stage); a short table at the end.
 #   STAGES="sampling_compiled_held"             (compiled and context held: the fastest sampler)
+#   STAGES="sampling_compiled_held sampling_compiled_held_streams"   (the same, then with the residual
+#                                                streams in bf16, model.bf16_streams=true: a sampling-time switch)
 # Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 300 (a cold compilation of
 # ucf took 160 s), MEMORY_S 120, PROFILE_S 150.
 # PEER_MODES (default eager,compiled,graphs) picks benchmarks/peer_rin.py's modes.
@@ -72,6 +74,8 @@ sample_stage sampling_compiled "${SAMPLE_COMPILED_S:-300}" \
   "sampling compiled (hw, cache, 8/4/2 steps; compile time apart)" --compile
 sample_stage sampling_compiled_held "${SAMPLE_COMPILED_S:-300}" "sampling compiled, context held per level ($HELD)" \
   --compile "$HELD"
+sample_stage sampling_compiled_held_streams "${SAMPLE_COMPILED_S:-300}" \
+  "sampling compiled, context held per level ($HELD), bf16 residual streams" --compile "$HELD" model.bf16_streams=true
 if want memory; then
   echo "== memory against resolution [$((SECONDS - T0)) s]" | tee -a "$LOG"
   timeout "${MEMORY_S:-120}" python3 benchmarks/memory_vs_resolution.py --wheels "$WHL" "${MEMORY[@]}" \

@@ -2,8 +2,8 @@
 
   python3 benchmarks/speed_summary.py OUT_DIR
 Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json,
-sampling_held.json, sampling_compiled.json and sampling_compiled_held.json (`hpdm bench --sampling
-[--compile] --json`) and
+sampling_held.json, sampling_compiled.json, sampling_compiled_held.json and
+sampling_compiled_held_streams.json (`hpdm bench --sampling [--compile] --json`) and
 memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
 a missing or failed part is named.
 """
@@ -49,7 +49,8 @@ def summary(folder: str | Path) -> str:
         if "device_noise_ms" in draw:
             line += f"; noise drawn on the device: {draw['device_noise_ms']:.1f} ms"
         lines.append(line)
-    for name in ("sampling.json", "sampling_held.json", "sampling_compiled.json", "sampling_compiled_held.json"):
+    for name in ("sampling.json", "sampling_held.json", "sampling_compiled.json", "sampling_compiled_held.json",
+                 "sampling_compiled_held_streams.json"):
         samp = _load(folder, name)
         if samp is None:
             lines.append(f"sampling: no {name} (see log.txt)")
@@ -57,6 +58,7 @@ def summary(folder: str | Path) -> str:
         for r in samp:
             how = f", compiled (compile {r['compile_s']:.0f} s apart)" if r.get("compiled") else ""
             how += f", context held {r['context_GiB']:.3g} GiB" if r.get("context_GiB") else ""
+            how += ", bf16 residual streams" if "streams" in name else ""
             lines.append(f"sampling {r['overlap']} cache={r['cache']} batch {r['batch']}{how}: "
                          f"{r['s_per_video']:.3f} s/video at {r['steps']} steps, "
                          f"est. {r['s_per_video_full_steps_est']:.2f} s/video at {r['full_steps']}, "

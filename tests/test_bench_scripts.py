@@ -197,7 +197,13 @@ def test_summary_names_failed_and_missing_parts(tmp_path):
         "full_steps": "128/64/32", "s_per_video_full_steps_est": 19.5, "peak_mem_GiB": 27.0}]))
     (tmp_path / "draw_cost.json").write_text(json.dumps({"batch": 16, "cpu_ms": 41.0, "to_device_ms": 43.5,
                                                         "device": "cuda", "device_noise_ms": 1.5}))
+    (tmp_path / "sampling_compiled_held_streams.json").write_text(json.dumps([{
+        "overlap": "hw", "cache": True, "batch": 16, "steps": "8/4/2", "s_per_video": 0.5, "compiled": True,
+        "compile_s": 110.0, "context_GiB": 49.0, "full_steps": "128/64/32", "s_per_video_full_steps_est": 9.25,
+        "peak_mem_GiB": 60.0}]))
     text = speed_summary.summary(tmp_path)
+    assert "compiled (compile 110 s apart), context held 49 GiB, bf16 residual streams: 0.500 s/video" in text
+    assert "sampling: no sampling_compiled_held.json" in text
     assert "random draw (batch 16): 41.0 ms on the CPU, 43.5 ms onto cuda; noise drawn on the device: 1.5 ms" in text
     assert "peer eager" in text and "failed: out of memory" in text
     assert "est. 19.50 s/video at 128/64/32" in text
