@@ -217,6 +217,28 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     assert code == 0 and "never shows" not in err, err
 
 
+def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path):
+    """Without --overlap the packaged model samples untiled on a CPU (fastest) and with shift-fhw elsewhere."""
+    import hpdm_cli.drivers.sample as drv
+    from hpdm_cli.assets import default_overlap
+    from hpdm_cli.sampling import parse_overlap
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, overlap=None, **kwargs):
+        seen.append(overlap)
+        raise Stop
+    monkeypatch.setattr(drv, "sample_videos", record)
+    for given in (None, "hw"):
+        with pytest.raises(Stop):
+            drv.generate(None, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
+                         device="cpu", overlap=given, steps="1")
+    assert seen == ["none", "hw"]
+    assert [parse_overlap(default_overlap(d)) for d in ("cpu", "cuda", "mps")] == ["", "shift-fhw", "shift-fhw"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--num-clips", "1"], "--num-clips 1"),
     (["--split", "nope"], "--split"),

@@ -15,7 +15,7 @@ from .console import out as console
 from .progress import keyed_bars
 
 OVERLAP_HELP = ("Tiles at inference: overlap axes fhw|fh|fw|hw|f|h|w|none, or tiles shifted by half a tile on "
-                "alternate calls, shift-hw (default: the recipe's pyramid.overlap).")
+                "alternate calls, shift-hw|shift-fhw|... (default: the recipe's pyramid.overlap).")
 STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or one value per level, e.g. 32,16,8 "
               "(default: the recipe's sample.level_steps, else sample.steps halved per level).")
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
@@ -29,7 +29,8 @@ def sample(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Run directory (newest checkpoint, EMA weights), "
                                         "checkpoint directory or .safetensors file. Default: the packaged shapes "
                                         "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with the sampling steps "
-                                        "and guidance stored with it and --overlap none unless given."),
+                                        "and guidance stored with it; unless --overlap is given, no overlap on a CPU and "
+                                        "shift-fhw on a GPU."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "

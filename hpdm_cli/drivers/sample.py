@@ -367,10 +367,9 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     unusable checkpoints skipped in a run directory, and about prompts the packaged model cannot draw.
     """
     packaged = ckpt is None
-    if packaged:                                          # the packaged default model, with its CPU settings
-        from ..assets import DEFAULT_MODEL, DEFAULT_OVERLAP
+    if packaged:                                          # the packaged default model
+        from ..assets import DEFAULT_MODEL
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
-        overlap = DEFAULT_OVERLAP if overlap is None else overlap
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
                   context_gib=context_gib)
@@ -379,6 +378,9 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     paths = output_paths(out, all_seeds)
     check_writable(p for s in all_seeds for p in _extra_paths(paths[s], gif, png))
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
+    if packaged and overlap is None:                      # its tiling for the device it runs on
+        from ..assets import default_overlap
+        overlap = default_overlap(info.device.type)
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
