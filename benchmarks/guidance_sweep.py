@@ -23,7 +23,9 @@ A sweep too long for one process (e.g. `hw` overlap at 32x128^2 on a GPU call of
 parts: `--rows 0:128 --save DIR` then `--rows 128:256 --save DIR` sample those prompts/seeds only
 (the same clips as in a whole run: seeds are per row) and save their I3D features, faithfulness
 readings, stripe fits and seam steps with the real clips' reference; `--merge DIR` (no model, no GPU) scores
-every model and setting whose parts cover all N rows exactly once, as a whole run would have.
+every model and setting whose parts cover all N rows exactly once, as a whole run would have;
+`--merge DIR --bootstrap 200` adds how far that draw of clips settles each difference (the same
+prompts and seeds resampled for every setting: hpdm_cli.eval.fvd.paired_bootstrap).
 """
 
 from __future__ import annotations
@@ -114,10 +116,14 @@ def print_table(title: str, rows: list) -> None:
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
 
 
-def merge(folder: Path) -> int:
-    """Score the parts saved by --rows/--save in `folder`: one line and table row per model and setting."""
+def merge(folder: Path, bootstrap: int = 0) -> int:
+    """Score the parts saved by --rows/--save in `folder`: one line and table row per model and setting.
+
+    With `bootstrap` rounds, also how far this draw of clips settles each FVD difference
+    (`hpdm_cli.eval.fvd.paired_bootstrap`: the same prompts and seeds resampled for every setting).
+    """
     from hpdm_cli.eval.faithfulness import ClipReading
-    from hpdm_cli.eval.fvd import feature_stats, frechet_distance
+    from hpdm_cli.eval.fvd import feature_stats, frechet_distance, paired_bootstrap
     reals = sorted(folder.glob("real-n*.npz"))
     if len(reals) != 1:
         raise SystemExit(f"--merge {folder}: expected one real-n<N>.npz written by --save, found {len(reals)}")
@@ -139,6 +145,7 @@ def merge(folder: Path) -> int:
         raise SystemExit(f"--merge {folder}: no part-*.npz (write them with --rows LO:HI --save {folder})")
     rows = [(name, f, None) for name, f in info["floor"]]
     many = len({m for m, _ in groups}) > 1
+    merged = {}
     for (model, setting), parts in groups.items():
         parts.sort(key=lambda p: p[0]["rows"][0])
         spans = [tuple(m["rows"]) for m, _, _ in parts]
@@ -155,13 +162,25 @@ def merge(folder: Path) -> int:
         sc = summarise(readings, info["captions"], stripes, seams, info["real"])
         f = float(frechet_distance(*ref, *feature_stats(feats)))
         rows.append((f"{model + ': ' if many else ''}guidance {setting}", f, sc))
+        merged[f"{model + ': ' if many else ''}{setting}"] = feats
         meta = parts[0][0]
         print(json.dumps({"model": model, "weights": meta["weights"], "step": meta["step"], "setting": setting,
                           "fvd": round(f, 1), "n": num, "parts": len(parts),
                           "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
                           **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
     print_table(f"{num} held-out clips per side, merged from {folder}", rows)
+    if bootstrap:
+        print_bootstrap(paired_bootstrap(real["features"], merged, rounds=bootstrap))
     return 0
+
+
+def print_bootstrap(pb) -> None:
+    """The spread of a paired bootstrap (`paired_bootstrap`): each FVD's and each difference's."""
+    print(f"\nover {pb.rounds} resamplings of the generated clips (the same rows for every setting; real side fixed):")
+    for k, f in pb.fvd.items():
+        print(f"- {k}: FVD {f:.1f}, sd {pb.sd[k]:.1f}")
+    for (a, b), (d, lo, hi) in pb.diff.items():
+        print(f"- {a} minus {b}: {d:+.1f}, 95% of resamplings in [{lo:+.1f}, {hi:+.1f}]")
 
 
 def main(argv=None) -> int:
@@ -204,9 +223,13 @@ def main(argv=None) -> int:
     ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings, stripe fits, "
                                                  "seam steps (and the real clips' reference) for --merge")
     ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
+    ap.add_argument("--bootstrap", type=int, default=0, help="with --merge: rounds of a paired bootstrap of the "
+                                                           "generated clips (how far the FVD differences are settled)")
     a = ap.parse_args(argv)
+    if a.bootstrap and not a.merge:
+        raise SystemExit("--bootstrap resamples merged parts: add --merge DIR")
     if a.merge:
-        return merge(Path(a.merge))
+        return merge(Path(a.merge), a.bootstrap)
     if not a.ckpt:
         raise SystemExit("name a model to score (a run, checkpoint or weights file), or --merge a folder of parts")
     lo, hi = parse_rows(a.rows, a.num)

@@ -521,8 +521,10 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
         part = lines()[-1]
         assert part["fvd"] is None and part["rows"] == [int(v) for v in rows.split(":")]
     assert [f.name for f in (tmp_path / "s").iterdir()] == ["m-guidance-1_2-2_none.png"]   # the first rows' part
-    assert guidance_sweep.main(["--merge", str(tmp_path / "p")]) == 0
-    merged = lines()[-1]
+    assert guidance_sweep.main(["--merge", str(tmp_path / "p"), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "over 20 resamplings of the generated clips" in out and "1/2,2/none: FVD" in out
+    merged = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
     assert merged["parts"] == 2 and merged["n"] == 6
     assert merged["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
     for k in guidance_sweep.SCORED:
@@ -532,6 +534,8 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
         guidance_sweep.main(["--merge", str(tmp_path / "p")])
     with pytest.raises(SystemExit, match=r"add --save DIR"):
         guidance_sweep.main([*args, "--rows", "0:2"])
+    with pytest.raises(SystemExit, match=r"--bootstrap resamples merged parts"):
+        guidance_sweep.main([*args, "--bootstrap", "20"])
     with pytest.raises(SystemExit, match=r"need 0 <= LO < HI <= --num \(6\)"):
         guidance_sweep.main([*args, "--rows", "4:9", "--save", str(tmp_path / "p")])
 

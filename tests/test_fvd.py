@@ -27,8 +27,8 @@ import torch
 
 from hpdm_cli.drivers.fvd import evaluate_fvd
 from hpdm_cli.eval import FVDError
-from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, feature_stats, frechet_distance, preprocess,
-                               selection_order, source_kind)
+from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, feature_stats, frechet_distance, paired_bootstrap,
+                               preprocess, selection_order, source_kind)
 from hpdm_cli.eval.i3d import (MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, InceptionI3D, load_i3d,
                                read_i3d_checkpoint, resolve_weights, same_padding)
 
@@ -747,3 +747,28 @@ def test_the_metric_package_never_imports_sampling_generation_or_drivers():
     from hpdm_cli.eval import fvd as FVD
     for name in ("generate_fake_clips", "checkpoint_recipe", "evaluate_fvd"):
         assert not hasattr(FVD, name), name
+
+
+def test_paired_bootstrap_settles_a_real_difference_and_not_a_null_one():
+    """Resampling the same rows for every set: a set nearer the real features is reliably better; a set
+    equal to another differs by exactly 0 in every round; one draw of noise differs from another by an
+    interval around 0."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 6))
+    near = rng.normal(size=(300, 6))
+    far = near + 0.5                                        # the same clips, shifted: worse in every round
+    other = rng.normal(size=(300, 6))                       # another draw from the real distribution
+    pb = paired_bootstrap(real, {"near": near, "far": far, "copy": near.copy(), "other": other}, rounds=100)
+    assert pb.fvd["far"] - pb.fvd["near"] == pytest.approx(6 * 0.25, rel=0.2)
+    d, lo, hi = pb.diff[("near", "far")]
+    assert d < 0 and lo < hi < 0                           # settled: far is worse in every resampling
+    assert pb.diff[("near", "copy")] == (0.0, 0.0, 0.0)
+    d, lo, hi = pb.diff[("near", "other")]
+    assert lo < 0 < hi                                     # two draws of one distribution: not settled
+    assert all(v > 0 for v in pb.sd.values())
+    again = paired_bootstrap(real, {"near": near, "far": far, "copy": near, "other": other}, rounds=100)
+    assert again.diff == pb.diff                           # seeded: the same rounds
+    with pytest.raises(FVDError, match="sets of one size"):
+        paired_bootstrap(real, {"a": near, "b": near[:10]})
+    with pytest.raises(FVDError, match="rounds = 1"):
+        paired_bootstrap(real, {"a": near}, rounds=1)

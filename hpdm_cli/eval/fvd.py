@@ -273,6 +273,50 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, names: tuple[str, str] = ("sigma1
 
 
 @dataclass
+class PairedBootstrap:
+    """FVDs of several generated sets against one real set, with their spread over resampled clips."""
+
+    fvd: dict            # name -> FVD of the whole set
+    sd: dict             # name -> standard deviation of the resampled sets' FVDs
+    diff: dict           # (name a, name b) -> (FVD a - FVD b, 2.5th and 97.5th percentiles of the resampled difference)
+    rounds: int
+
+
+def paired_bootstrap(real: np.ndarray, fakes: dict, rounds: int = 200, seed: int = 0) -> PairedBootstrap:
+    """How far one draw of generated clips settles an FVD difference: the same rows resampled for every set.
+
+    `fakes` maps a name to features [N, D] whose row i comes from the same prompt and seed in every
+    set (as the settings of one sweep), so that each round draws N row indices with replacement and
+    scores every set on those rows against the fixed `real` features [M, D]: the spread is that of
+    the generated clips drawn (which prompts and seeds), shared by the sets, not of the real side.
+    Resampled sets repeat clips, which inflates each FVD; differences between sets are what the
+    percentiles are for.
+    """
+    names = list(fakes)
+    sizes = {len(np.asarray(f)) for f in fakes.values()}
+    if not names or len(sizes) != 1:
+        raise FVDError(f"paired_bootstrap needs sets of one size, paired row by row: got sizes {sorted(sizes)}")
+    if rounds < 2:
+        raise FVDError(f"paired_bootstrap: rounds = {rounds}, expected at least 2")
+    n = sizes.pop()
+    ref = feature_stats(real)
+    feats = {k: np.asarray(v, np.float64) for k, v in fakes.items()}
+    full = {k: frechet_distance(*ref, *feature_stats(v)) for k, v in feats.items()}
+    rng = np.random.default_rng(seed)
+    draws = {k: np.empty(rounds) for k in names}
+    for r in range(rounds):
+        idx = rng.integers(0, n, n)
+        for k in names:
+            draws[k][r] = frechet_distance(*ref, *feature_stats(feats[k][idx]))
+    diff = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            lo, hi = np.percentile(draws[a] - draws[b], [2.5, 97.5])
+            diff[(a, b)] = (full[a] - full[b], float(lo), float(hi))
+    return PairedBootstrap(fvd=full, sd={k: float(v.std()) for k, v in draws.items()}, diff=diff, rounds=rounds)
+
+
+@dataclass
 class FVDStats:
     """Feature statistics of one side: mean, biased covariance, clip count, and where they came from."""
 
