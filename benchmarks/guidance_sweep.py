@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.bootstrap and not a.merge:
         raise SystemExit("--bootstrap resamples merged parts: add --merge DIR")
+    if a.bootstrap and a.bootstrap < 2:
+        raise SystemExit(f"--bootstrap {a.bootstrap}: expected at least 2 rounds (e.g. 200), or leave it out")
     if a.merge:
         return merge(Path(a.merge), a.bootstrap)
     if not a.ckpt:

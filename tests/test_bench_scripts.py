@@ -536,8 +536,26 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
         guidance_sweep.main([*args, "--rows", "0:2"])
     with pytest.raises(SystemExit, match=r"--bootstrap resamples merged parts"):
         guidance_sweep.main([*args, "--bootstrap", "20"])
+    with pytest.raises(SystemExit, match=r"--bootstrap 1: expected at least 2 rounds"):
+        guidance_sweep.main(["--merge", str(tmp_path / "p"), "--bootstrap", "1"])
     with pytest.raises(SystemExit, match=r"need 0 <= LO < HI <= --num \(6\)"):
         guidance_sweep.main([*args, "--rows", "4:9", "--save", str(tmp_path / "p")])
+
+
+def test_guidance_sweep_prints_each_bootstrap_difference(capsys):
+    """print_bootstrap: one line per setting and one per pair, the difference's sign and range as resampled."""
+    import guidance_sweep
+    from hpdm_cli.eval.fvd import paired_bootstrap
+    rng = np.random.default_rng(1)
+    real, near = rng.normal(size=(200, 4)), rng.normal(size=(150, 4))
+    guidance_sweep.print_bootstrap(paired_bootstrap(real, {"a": near, "b": near + 1.0}, rounds=30))
+    out = capsys.readouterr().out
+    assert "over 30 resamplings" in out and "- a: FVD" in out and "- b: FVD" in out
+    line = next(x for x in out.splitlines() if x.startswith("- a minus b: "))
+    d, lo, hi = [float(v) for v in line.replace("- a minus b: ", "").replace(", 95% of resamplings in [", " ")
+                 .replace(", ", " ").rstrip("]").split()]
+    # the same clips shifted by 1 in each of 4 features: ~4 worse (|shift|^2), in every resampling
+    assert d == pytest.approx(-4.0, abs=1.5) and lo - 0.1 <= d <= hi + 0.1 and lo <= hi < 0
 
 
 def test_interface_conv_benchmark_times_both_methods_and_restores_auto(capsys):

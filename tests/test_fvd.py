@@ -762,7 +762,7 @@ def test_paired_bootstrap_settles_a_real_difference_and_not_a_null_one():
     assert pb.fvd["far"] - pb.fvd["near"] == pytest.approx(6 * 0.25, rel=0.2)
     d, lo, hi = pb.diff[("near", "far")]
     assert d < 0 and lo < hi < 0                           # settled: far is worse in every resampling
-    assert pb.diff[("near", "copy")] == (0.0, 0.0, 0.0)
+    assert pb.diff[("near", "copy")] == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
     d, lo, hi = pb.diff[("near", "other")]
     assert lo < 0 < hi                                     # two draws of one distribution: not settled
     assert all(v > 0 for v in pb.sd.values())
@@ -770,5 +770,7 @@ def test_paired_bootstrap_settles_a_real_difference_and_not_a_null_one():
     assert again.diff == pb.diff                           # seeded: the same rounds
     with pytest.raises(FVDError, match="sets of one size"):
         paired_bootstrap(real, {"a": near, "b": near[:10]})
+    with pytest.raises(FVDError, match="at least one generated set"):
+        paired_bootstrap(real, {})
     with pytest.raises(FVDError, match="rounds = 1"):
         paired_bootstrap(real, {"a": near}, rounds=1)

@@ -219,6 +219,7 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
 
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path):
     """Without --overlap the packaged model samples untiled on a CPU (fastest) and with shift-fhw elsewhere."""
+    import hpdm_cli.assets as assets
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
     from hpdm_cli.sampling import parse_overlap
@@ -231,11 +232,15 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
         seen.append(overlap)
         raise Stop
     monkeypatch.setattr(drv, "sample_videos", record)
-    for given in (None, "hw"):
+    asked = []
+    monkeypatch.setattr(assets, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
+    for device, given in (("cpu", None), ("auto", None), ("cpu", "hw")):
         with pytest.raises(Stop):
             drv.generate(None, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
-                         device="cpu", overlap=given, steps="1")
-    assert seen == ["none", "hw"]
+                         device=device, overlap=given, steps="1")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert asked == ["cpu", auto]                       # the device the model loaded on, not the option's text
+    assert seen == ["none", default_overlap(auto), "hw"]
     assert [parse_overlap(default_overlap(d)) for d in ("cpu", "cuda", "mps")] == ["", "shift-fhw", "shift-fhw"]
 
 

@@ -30,7 +30,7 @@ def sample(
                                         "checkpoint directory or .safetensors file. Default: the packaged shapes "
                                         "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with the sampling "
                                         "steps and guidance stored with it; unless --overlap is given, no overlap on "
-                                        "a CPU and shift-fhw on a GPU."),
+                                        "a CPU and shift-fhw on a GPU (any other device)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "

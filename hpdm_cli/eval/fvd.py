@@ -293,8 +293,10 @@ def paired_bootstrap(real: np.ndarray, fakes: dict, rounds: int = 200, seed: int
     percentiles are for.
     """
     names = list(fakes)
+    if not names:
+        raise FVDError("paired_bootstrap needs at least one generated set")
     sizes = {len(np.asarray(f)) for f in fakes.values()}
-    if not names or len(sizes) != 1:
+    if len(sizes) != 1:
         raise FVDError(f"paired_bootstrap needs sets of one size, paired row by row: got sizes {sorted(sizes)}")
     if rounds < 2:
         raise FVDError(f"paired_bootstrap: rounds = {rounds}, expected at least 2")
