@@ -161,8 +161,9 @@ def merge(folder: Path, bootstrap: int = 0) -> int:
         seams = np.concatenate([z["seams"] for _, z, _ in parts])
         sc = summarise(readings, info["captions"], stripes, seams, info["real"])
         f = float(frechet_distance(*ref, *feature_stats(feats)))
-        rows.append((f"{model + ': ' if many else ''}guidance {setting}", f, sc))
-        merged[f"{model + ': ' if many else ''}{setting}"] = feats
+        prefix = f"{model}: " if many else ""
+        rows.append((f"{prefix}guidance {setting}", f, sc))
+        merged[prefix + setting] = feats
         meta = parts[0][0]
         print(json.dumps({"model": model, "weights": meta["weights"], "step": meta["step"], "setting": setting,
                           "fvd": round(f, 1), "n": num, "parts": len(parts),
