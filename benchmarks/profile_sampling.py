@@ -59,14 +59,18 @@ def main(argv=None) -> int:
     cond = {"class": lambda: torch.zeros(a.batch, dtype=torch.long, device=dev),
             "text": lambda: torch.zeros(a.batch, rec.model.text_tokens, rec.model.text_dim, device=dev),
             "none": lambda: None}[rec.model.cond]()
-    sampler = HierarchicalSampler(net, rec.diffusion, rec.sample, dev, overlap=a.overlap, tile_batch=a.tile_batch,
-                                  autocast=torch.bfloat16 if dev.type == "cuda" else None, compile=a.compile)
+    def make(compile: bool) -> HierarchicalSampler:
+        return HierarchicalSampler(net, rec.diffusion, rec.sample, dev, overlap=a.overlap, tile_batch=a.tile_batch,
+                                   autocast=torch.bfloat16 if dev.type == "cuda" else None, compile=compile)
+    # FLOPs are counted eagerly: under FlopCounterMode a compiled network recompiles for the mode until
+    # dynamo's recompile limit, after which it runs eagerly, also in the timed and profiled runs below.
+    sampler, counter = make(a.compile), make(False)
     ones = [1] * L
+    base = counted_flops(counter, a.batch, cond, ones)
+    per_eval = [(counted_flops(counter, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base) / 2 for l in range(L)]
     t0 = time.perf_counter()
-    sampler.sample(list(range(a.batch)), cond, steps=ones, guidance=1.0)          # warm-up (and compilation)
+    sampler.sample(list(range(a.batch)), cond, steps=steps, guidance=1.0)         # warm-up (and compilation)
     warm_s = time.perf_counter() - t0
-    base = counted_flops(sampler, a.batch, cond, ones)
-    per_eval = [(counted_flops(sampler, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base) / 2 for l in range(L)]
     res = sampler.sample(list(range(a.batch)), cond, steps=steps, guidance=1.0)
     peak = peak_flops(dev, "bf16")
     print(f"{a.recipe}: batch {a.batch}, overlap {sampler.overlap or 'none'}, "
