@@ -7,7 +7,8 @@ is scored against the same real clips, beside the real-vs-real floor and the tri
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
 real clips ~1), `seams_t` the same between frames across its tile borders in time. One JSON line
-per setting as it finishes, then a markdown table. On a GPU with the I3D file (docs/results.md, section 8):
+per setting as it finishes, then a markdown table, then every whole set's FVD (the floor's too)
+extrapolated to infinitely many clips per side (hpdm_cli.eval.fvd.extrapolated_fvd: FVD falls with N). On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
 With --base B the level 0 of every clip comes from another model's base level B (with --base-low B2
@@ -170,9 +171,28 @@ def merge(folder: Path, bootstrap: int = 0) -> int:
                           "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
                           **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
     print_table(f"{num} held-out clips per side, merged from {folder}", rows)
+    floor = {"real (floor)": real["floor_features"]} if "floor_features" in real.files else {}
+    print_extrapolated(real["features"], {**floor, **merged})
     if bootstrap:
         print_bootstrap(paired_bootstrap(real["features"], merged, rounds=bootstrap))
     return 0
+
+
+def print_extrapolated(real: np.ndarray, sets: dict) -> None:
+    """Each set's FVD extrapolated to infinitely many clips per side (`hpdm_cli.eval.fvd.extrapolated_fvd`)."""
+    from hpdm_cli.drivers.evaluate import EXTRAPOLATE_MIN_CLIPS
+    from hpdm_cli.eval.fvd import extrapolated_fvd
+    if not sets:
+        return
+    if min(len(real), *(len(v) for v in sets.values())) < EXTRAPOLATE_MIN_CLIPS:
+        print(f"\nnot extrapolated to infinitely many clips: fewer than {EXTRAPOLATE_MIN_CLIPS} a side")
+        return
+    fits = {k: extrapolated_fvd(real, v) for k, v in sets.items()}
+    sizes = next(iter(fits.values())).sizes
+    print(f"\nextrapolated to infinitely many clips per side (FVD(n) = a + b / n over n = {sizes}, "
+          "random subsets of both sides):")
+    for k, e in fits.items():
+        print(f"- {k}: FVD {e.fvd:.1f} (+ {e.slope:.0f} / n; at n = {sizes[-1]}: {e.means[-1]:.1f})")
 
 
 def print_bootstrap(pb) -> None:
@@ -285,11 +305,13 @@ def main(argv=None) -> int:
     def scores(clips, captions) -> dict:             # faithfulness, stripes, seams, size and motion against real
         readings, stripes, seams = measure(clips)
         return summarise(readings, captions, stripes, seams, real_sc)
-    rows = [("real (floor)", fvd(real_b.videos), None),
+    floor_features = ext.features(iter(real_b.videos))
+    rows = [("real (floor)", float(frechet_distance(*ref, *feature_stats(floor_features))), None),
             ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
             ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
+    whole_sets = {"real (floor)": floor_features}        # features of whole sets: extrapolated after the table
     real_sc = score_clips(real_a.videos, real_a.captions)
     real_seams = seam_summary(real_a.videos, tile)
     print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
@@ -297,6 +319,7 @@ def main(argv=None) -> int:
                       "seams": round(real_seams["hw"], 3), "seams_t": round(real_seams["t"], 3)}), flush=True)
     if a.save:                                     # the reference every part of this N shares
         save_npz(Path(a.save) / f"real-n{a.num}.npz", num=np.array(a.num), features=ref_features,
+                 floor_features=floor_features,
                  info=np.array(json.dumps({"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
                                            "real": {"area": real_sc["area"], "travel": real_sc["travel"]}})))
     seeds, part_cond, captions = list(range(lo, hi)), cond[lo:hi], real_a.captions[lo:hi]
@@ -336,6 +359,7 @@ def main(argv=None) -> int:
                          readings=np.array(json.dumps([r.as_dict() for r in readings])))
             if not partial:
                 rows.append((f"{tag}guidance {text}", f, sc))
+                whole_sets[f"{tag}guidance {text}"] = features
             print(json.dumps({**who, "setting": text, "fvd": None if f is None else round(f, 1), "n": a.num,
                               **({"rows": [lo, hi]} if partial else {}),
                               "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low,
@@ -357,6 +381,8 @@ def main(argv=None) -> int:
                 + f", {', '.join(scored)}"
                 + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
                    if a.base else ""), rows)
+    if not partial:
+        print_extrapolated(ref_features, whole_sets)
     return 0
 
 

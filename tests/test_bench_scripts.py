@@ -514,7 +514,15 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     args = [str(tmp_path / "m"), "--num", "6", "--batch", "2", "--settings", "1/2,2/none", "--device", "cpu"]
     lines = lambda: [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert guidance_sweep.main(args) == 0
-    whole = lines()[-1]
+    assert "not extrapolated to infinitely many clips: fewer than 256 a side" in capsys.readouterr().out
+    import hpdm_cli.drivers.evaluate as ev
+    monkeypatch.setattr(ev, "EXTRAPOLATE_MIN_CLIPS", 6)
+    assert guidance_sweep.main(args) == 0
+    out = capsys.readouterr().out
+    extrapolated = out[out.index("extrapolated to infinitely many clips per side (FVD(n) = a + b / n over n = "
+                                 "[2, 3, 4, 6]"):]
+    assert "- real (floor): FVD" in extrapolated and "- guidance 1/2,2/none: FVD" in extrapolated
+    whole = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
     for rows in ("0:2", "2:6"):
         assert guidance_sweep.main([*args, "--rows", rows, "--save", str(tmp_path / "p"),
                                     "--sheets", str(tmp_path / "s")]) == 0
@@ -524,6 +532,7 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     assert guidance_sweep.main(["--merge", str(tmp_path / "p"), "--bootstrap", "20"]) == 0
     out = capsys.readouterr().out
     assert "over 20 resamplings of the generated clips" in out and "1/2,2/none: FVD" in out
+    assert "- real (floor): FVD" in out[out.index("extrapolated to infinitely many clips per side"):]
     merged = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
     assert merged["parts"] == 2 and merged["n"] == 6
     assert merged["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
