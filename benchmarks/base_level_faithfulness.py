@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,out/gpu/shapes_prompts_tokens.safetensors",
                     help="comma-separated prompt tables or folders holding them")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance (default: the recipe's)")
+    ap.add_argument("--guidance-interval", help="LO,HI: guide only at LO < sigma <= HI (sample.guidance_interval)")
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
     ap.add_argument("--churn", type=float, help="S_churn at level 0 (default: the recipe's sample.churn; 0: deterministic)")
     ap.add_argument("--low", help="a second base level for the calls below --split-sigma")
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
     net, recipe, info = load_generator(a.ckpt, a.device)
     if a.low:
         net = SigmaSplit(net, load_generator(a.low, a.device)[0], a.split_sigma)
+    if a.guidance_interval:
+        recipe.sample.guidance_interval = [float(v) for v in a.guidance_interval.split(",")]
     if a.churn is not None:
         recipe.sample.churn, recipe.sample.stochastic_levels = a.churn, 1
     search = [p for p in a.tables.split(",") if p]
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
         real0 = to_uint8(real_level0(real.videos, recipe.pyramid))
         sc["stripes_real"] = stripe_summary(real0)["mean"]
         sc["size"] = sc["area"] / score_clips(real0, real.captions)["area"]    # object area / the real level 0's
-        print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance, "steps": a.steps,
+        print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance,
+                          "interval": recipe.sample.guidance_interval, "steps": a.steps,
                           "churn": recipe.sample.churn, "low": a.low, "split_sigma": a.split_sigma if a.low else None,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
                                                            "stripes", "stripes_real", "size")}}),

@@ -253,6 +253,8 @@ class SampleConfig:
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
     guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level
     #                                      (coarse to fine; as with level_steps, extra entries are unused).
+    guidance_interval: list[float] = field(default_factory=list)  # [lo, hi]: guide only at lo < sigma <= hi
+    #                                      (Kynkäänniemi et al. 2024); [] = at every sigma.
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
     context_cache_gib: float = 4.0       # Memory for a level's context computed once for all its steps (0 = off).
@@ -341,6 +343,10 @@ class Recipe:
             raise ConfigError(f"sample.guidance = {list(sm.guidance)}: {len(sm.guidance)} entries for {L} pyramid "
                               "levels; give one number, or one per level (coarse to fine; as with "
                               "sample.level_steps, entries past the last level are unused)")
+        gi = list(sm.guidance_interval)
+        if gi and (len(gi) != 2 or not 0 <= gi[0] < gi[1]):
+            raise ConfigError(f"sample.guidance_interval = {gi}: expected [lo, hi] with 0 <= lo < hi (the sigmas "
+                              "between which guidance is applied), or [] to guide at every sigma")
         if sm.level_steps and len(sm.level_steps) < L:
             raise ConfigError(f"sample.level_steps = {list(sm.level_steps)}: {len(sm.level_steps)} entries for "
                               f"{L} pyramid levels; give one per level (or an empty list to use sample.steps)")

@@ -315,6 +315,9 @@ def test_every_number_is_range_checked():
     ("sample.sigma_max=[80, 10, -1]", "sample.sigma_max[2] = -1.0: expected a finite number > 0"),
     ("sample.sigma_max=[80, 10, 0.001]", "sample.sigma_min = 0.002 is above sample.sigma_max = [80.0, 10.0, 0.001]"),
     ("eval.batch_size=0", "eval.batch_size = 0: expected an integer >= 1"),
+    ("sample.guidance_interval=[5, 0.3]", "sample.guidance_interval = [5.0, 0.3]: expected [lo, hi] with 0 <= lo < hi"),
+    ("sample.guidance_interval=[0.3]", "sample.guidance_interval = [0.3]: expected [lo, hi] with 0 <= lo < hi"),
+    ("sample.guidance_interval=[-1, 3]", "sample.guidance_interval = [-1.0, 3.0]: expected [lo, hi]"),
 ])
 def test_out_of_range_values_name_key_and_range(tmp_path, ov, expected):
     p = write(tmp_path, TINY)

@@ -598,3 +598,26 @@ def test_per_level_sigma_max_starts_each_level_where_it_says(monkeypatch):
     assert starts == pytest.approx([recipe.sample.sigma_max] * 3, rel=1e-12)
     assert torch.equal(a.videos[0], b.videos[0])                  # level 0 starts as before: the same video
     assert (a.videos[1] - b.videos[1]).abs().max() > 1e-3         # the finer levels start lower
+
+
+def test_guidance_interval_guides_only_between_its_sigmas():
+    """sample.guidance_interval = [lo, hi]: guidance at lo < sigma <= hi only. Covering every sigma it is plain
+    guidance; covering none it is the conditional denoiser alone (scale 1); a partial one lies between."""
+    import dataclasses
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    net.to(torch.float64)
+    seeds = [3, 4]
+    kw = dict(cond=cond_for(recipe, seeds), guidance=3.0, steps=[3, 3, 1], dtype=torch.float64)
+
+    def run(interval, **over):
+        r = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
+        return sample(net, r, seeds, **{**kw, **over}).videos
+    plain, everywhere = run([]), run([0.0, 1e9])
+    nowhere, unguided = run([1e8, 1e9]), run([], guidance=1.0)
+    partial = run([1.0, 1e9])                    # guided at the first steps (sigma 80 ...), not at the last ones
+    for l in range(3):
+        assert (plain[l] - everywhere[l]).abs().max() < 1e-12
+        assert (nowhere[l] - unguided[l]).abs().max() < 1e-9
+        assert (plain[l] - unguided[l]).abs().max() > 1e-3
+    for l in range(2):                            # level 2's one step is at sigma 80, guided in both
+        assert (partial[l] - plain[l]).abs().max() > 1e-3 and (partial[l] - unguided[l]).abs().max() > 1e-3

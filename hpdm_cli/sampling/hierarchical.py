@@ -34,6 +34,8 @@ Classifier-free guidance doubles the rows: rows [0, B) carry the condition, rows
 finer levels that add detail to it. Lower-level activations depend on the condition, so a
 level's caches and latents hold both halves while any later level is guided; a level with w = 1
 whose successors are all unguided runs on the conditional rows only (`_rows`), at half the cost.
+With `sample.guidance_interval = [lo, hi]` the guided combination is used only at lo < sigma <= hi
+and D = D_c elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval").
 
 Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
 tile also returns its latents, and the next evaluation of that tile is given them (the first one
@@ -445,6 +447,7 @@ class HierarchicalSampler:
         phases = self.phases[level]
         chunks = [self._chunks(run, level, G, None if len(phases) == 1 else tiles) for tiles, _ in phases]
         B, w = run.B, run.guidance[level]
+        lo, hi = self.sample_cfg.guidance_interval or (0.0, math.inf)
         calls = [0]
         seen = run.seen[level] = torch.zeros(lt.num_tiles, dtype=torch.bool)          # on the host
         run.latents.pop(level, None)
@@ -466,7 +469,7 @@ class HierarchicalSampler:
             out = lt.finish(acc, coverage)
             if G > B:
                 cond, uncond = out[:B], out[B:]
-                out = cond if w == 1.0 else uncond + w * (cond - uncond)
+                out = cond if w == 1.0 or not lo < sigma <= hi else uncond + w * (cond - uncond)
             return out
         return D
 
