@@ -1,8 +1,9 @@
 """FVD and faithfulness of one shapes model under several classifier-free guidance settings.
 
 The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
-"3,1,1", optionally followed by per-level steps, an overlap and per-level sigma_max (where each
-level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10"); every setting
+"3,1,1", optionally followed by per-level steps, an overlap, per-level sigma_max (where each
+level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10") and the sigmas between
+which guidance applies (sample.guidance_interval: "1.5,1,1/32,48,24/shift-fhw//0.3,5"); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
@@ -46,8 +47,9 @@ sys.path.insert(0, str(HERE))
 
 
 def parse_setting(text: str, steps, overlap) -> tuple:
-    """"3" -> (3.0, steps, overlap, None); "3,1,1/32,32,16/hw/80,10,10" -> ([3.0, 1.0, 1.0], [32, 32, 16], "hw",
-    [80.0, 10.0, 10.0]) (the last: sample.sigma_max per level; None keeps the recipe's)."""
+    """"3" -> (3.0, steps, overlap, None, None); "3,1,1/32,32,16/hw/80,10,10/0.3,5" -> ([3.0, 1.0, 1.0],
+    [32, 32, 16], "hw", [80.0, 10.0, 10.0], [0.3, 5.0]) (sample.sigma_max per level and sample.guidance_interval;
+    None keeps the recipe's)."""
     parts = text.split("/")
     vals = [float(v) for v in parts[0].split(",")]
     if len(parts) > 1 and parts[1]:
@@ -55,7 +57,8 @@ def parse_setting(text: str, steps, overlap) -> tuple:
     if len(parts) > 2 and parts[2]:
         overlap = parts[2]
     sigma_max = [float(v) for v in parts[3].split(",")] if len(parts) > 3 and parts[3] else None
-    return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max
+    interval = [float(v) for v in parts[4].split(",")] if len(parts) > 4 and parts[4] else None
+    return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max, interval
 
 
 SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion", "seams", "seams_t")
@@ -333,9 +336,10 @@ def main(argv=None) -> int:
         who = {"model": name, "weights": str(info.weights), "step": info.step}
         for text in a.settings:
             t0 = time.time()
-            w, st, ov, smax = parse_setting(text, steps, a.overlap)
-            rec = recipe if smax is None else dataclasses.replace(
-                recipe, sample=dataclasses.replace(recipe.sample, sigma_max=smax))
+            w, st, ov, smax, interval = parse_setting(text, steps, a.overlap)
+            rec = dataclasses.replace(recipe, sample=dataclasses.replace(
+                recipe.sample, **({} if smax is None else {"sigma_max": smax}),
+                **({} if interval is None else {"guidance_interval": interval})))
             gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
                        log=lambda s: None)
             fixed = None
