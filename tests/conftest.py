@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,14 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         sys.argv = old
     cap = capsys.readouterr()
     return code, cap.out, cap.err
+
+
+class MeanColourFeatures:
+    """A stand-in for the I3D extractor: each clip's mean colour and mean frame change (4 features)."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def features(self, clips):
+        f = [np.r_[c.reshape(-1, 3).mean(0), np.abs(np.diff(c.astype(float), axis=0)).mean()] for c in clips]
+        return np.asarray(f, dtype=np.float64)

@@ -24,6 +24,7 @@ import quality_table  # noqa: E402
 import speed_summary  # noqa: E402
 
 from hpdm_cli.recipe import load_recipe  # noqa: E402
+from conftest import MeanColourFeatures  # noqa: E402
 
 ROOT = BENCH.parent
 
@@ -460,23 +461,12 @@ def test_guidance_sweep_settings_name_guidance_steps_overlap_and_sigma_max():
                                                                               "shift-fhw", None, [0.3, 5.0])
 
 
-class _MeanColourFeatures:
-    """A stand-in for I3D in guidance_sweep.py: each clip's mean colour and mean frame change (4 features)."""
-
-    def __init__(self, *a, **k):
-        pass
-
-    def features(self, clips):
-        f = [np.r_[c.reshape(-1, 3).mean(0), np.abs(np.diff(c.astype(float), axis=0)).mean()] for c in clips]
-        return np.asarray(f, dtype=np.float64)
-
-
 def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_path, capsys, monkeypatch):
     """Two runs in one sweep: the real rows once, one named line and sheet per model; a mismatch is refused."""
     import guidance_sweep
     import hpdm_cli.eval.fvd as fvd
     from hpdm_cli.train.loop import train
-    monkeypatch.setattr(fvd, "I3DExtractor", _MeanColourFeatures)
+    monkeypatch.setattr(fvd, "I3DExtractor", MeanColourFeatures)
     tiny = str(ROOT / "recipes/tiny.toml")
     common = ['data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
               "train.steps=1", "train.batch_size=2", "data.num_workers=0"]
@@ -508,7 +498,7 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     import guidance_sweep
     import hpdm_cli.eval.fvd as fvd
     from hpdm_cli.train.loop import train
-    monkeypatch.setattr(fvd, "I3DExtractor", _MeanColourFeatures)
+    monkeypatch.setattr(fvd, "I3DExtractor", MeanColourFeatures)
     train(load_recipe(str(ROOT / "recipes/tiny.toml"), [
         'data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
         "train.steps=1", "train.batch_size=2", "data.num_workers=0", "pyramid.resolution=[4,16,16]"]),

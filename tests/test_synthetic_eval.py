@@ -10,6 +10,7 @@ import torch
 from hpdm_cli.data.shapes import render_shapes_video, shapes_prompts
 from hpdm_cli.data.synthetic import SyntheticClips
 from hpdm_cli.text.tables import write_table
+from conftest import MeanColourFeatures
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_DIM = 12
@@ -287,23 +288,12 @@ def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypat
     assert all(np.array_equal(a, b) for a, b in zip(clips[0.0], clips[8.0]))
 
 
-class _MeanColourFeatures:
-    """A stand-in for I3D: each clip's mean colour and mean frame change (4 features)."""
-
-    def __init__(self, *a, **k):
-        pass
-
-    def features(self, clips):
-        f = [np.r_[c.reshape(-1, 3).mean(0), np.abs(np.diff(c.astype(float), axis=0)).mean()] for c in clips]
-        return np.asarray(f, dtype=np.float64)
-
-
 def test_eval_fvd_block_extrapolates_the_generated_and_floor_fvd(monkeypatch):
     """The report's FVD block: the four FVDs at N and, from EXTRAPOLATE_MIN_CLIPS clips a side, the generated
     and floor FVDs extrapolated to infinitely many clips (`extrapolated_fvd` of the same features)."""
     import hpdm_cli.drivers.evaluate as ev
     import hpdm_cli.eval.fvd as fvd_mod
-    monkeypatch.setattr(fvd_mod, "I3DExtractor", _MeanColourFeatures)
+    monkeypatch.setattr(fvd_mod, "I3DExtractor", MeanColourFeatures)
     rng = np.random.default_rng(0)
     clips = lambda n, lo: [rng.integers(lo, lo + 100, (4, 1, 1, 3), dtype=np.uint8) for _ in range(n)]
     n = ev.EXTRAPOLATE_MIN_CLIPS
@@ -311,7 +301,7 @@ def test_eval_fvd_block_extrapolates_the_generated_and_floor_fvd(monkeypatch):
     out = ev._fvd_block(fake, real_a, real_b, None, "cpu", lambda *_: None)
     assert set(out) == {"generated", "real_floor", "static", "shuffled", "generated_extrapolated",
                         "real_floor_extrapolated"}
-    feats = _MeanColourFeatures().features
+    feats = MeanColourFeatures().features
     assert out["generated"] == pytest.approx(3 * 20 ** 2, rel=0.15)    # a mean shift of 20 levels in 3 colours
     for name, clips_ in (("generated", fake), ("real_floor", real_b)):
         want = fvd_mod.extrapolated_fvd(feats(real_a), feats(clips_)).fvd
