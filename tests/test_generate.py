@@ -283,6 +283,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "negative guidance": (["sample", "--ckpt", run, "--guidance", "-2", "--out", out], out),
         "guidance for 2 of 3 levels": (["sample", "--ckpt", run, "--guidance", "2,1", "--out", out], out),
         "guidance list with a word": (["sample", "--ckpt", run, "--guidance", "2,x,1", "--out", out], out),
+        "guidance interval upside down": (["sample", "--ckpt", run, "--guidance-interval", "5,0.3", "--out", out], out),
+        "guidance interval of one value": (["sample", "--ckpt", run, "--guidance-interval", "5", "--out", out], out),
         "upscale guidance for 4 levels": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guidance",
                                            "2,1,1,1", "--out", out], out),
         "batch 0": (["sample", "--ckpt", run, "--batch", "0", "--out", out], out),
@@ -329,13 +331,19 @@ def test_check_options_names_the_option_and_its_range():
                          (dict(batch=0), "--batch 0: expected at least 1"), (dict(tile_batch=0), "--tile-batch 0"),
                          (dict(fps=float("inf")), "--fps inf"), (dict(levels=-1), "--levels -1"),
                          (dict(context_gib=-1.0), "--context-gib -1.0: expected a number of GiB >= 0"),
-                         (dict(context_gib=float("nan")), "--context-gib nan")):
+                         (dict(context_gib=float("nan")), "--context-gib nan"),
+                         (dict(guidance_interval="5,0.3"), "--guidance-interval 5,0.3: expected LO,HI with 0 <= LO < HI"),
+                         (dict(guidance_interval="-1,3"), "--guidance-interval -1,3"),
+                         (dict(guidance_interval="0.3,nan"), "--guidance-interval 0.3,nan"),
+                         (dict(guidance_interval="a,b"), "--guidance-interval a,b")):
         with pytest.raises(GenerateError) as e:
             check_options(**kw)
         assert fragment in str(e.value) and "\n" not in str(e.value)
     check_options(batch=1, tile_batch=1, guidance=0.0, fps=0.5, levels=0, context_gib=0.0)
     check_options(guidance=100.0)
     check_options(guidance="1.5,1,1")
+    check_options(guidance_interval="0.28,5.42")
+    check_options(guidance_interval="0,inf")
 
 
 def test_parse_guidance_gives_one_scale_or_one_per_level():
@@ -572,3 +580,22 @@ def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
     assert make_sampler(*opts, context_gib=0.5).sample_cfg.context_cache_gib == 0.5
     assert make_sampler(*opts).sample_cfg.context_cache_gib == 4.0
     assert recipe.sample.context_cache_gib == 4.0                             # the recipe itself is untouched
+
+
+def test_guidance_interval_option_reaches_the_sampler(assets, tmp_path, monkeypatch):
+    """`hpdm sample --guidance-interval LO,HI` samples with that sample.guidance_interval; without it, the recipe's."""
+    import hpdm_cli.drivers.sample as drv
+    from hpdm_cli.drivers.sample import generate
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_sample_videos(net, recipe, *a, **k):
+        seen.append(list(recipe.sample.guidance_interval))
+        raise Stop
+    monkeypatch.setattr(drv, "sample_videos", fake_sample_videos)
+    for interval in ("0.28,5.42", None):
+        with pytest.raises(Stop):
+            generate(assets["run"], tmp_path / "clip.mp4", class_="0", steps="1", guidance_interval=interval)
+    assert seen == [[0.28, 5.42], list(assets["recipe"].sample.guidance_interval)] and seen[1] == []

@@ -53,6 +53,9 @@ def sample(
     batch: Optional[int] = typer.Option(None, "--batch", help="Seeds per sampler call (default: sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help="LO,HI: guide only at noise "
+                                                    "levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the recipe's "
+                                                    "sample.guidance_interval; none = every sigma)."),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
                                                            "instead of caching them (same video, slower)."),
@@ -78,7 +81,7 @@ def sample(
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
                        warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
-                       context_gib=context_gib)
+                       context_gib=context_gib, guidance_interval=guidance_interval)
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "

@@ -41,7 +41,8 @@ from ..device import world
 from ..sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
-    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "check_options", "rank_seeds",
+    "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
+    "check_options", "rank_seeds",
     "output_paths", "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level",
     "sample_videos",
     "write_outputs", "generate",
@@ -134,9 +135,23 @@ def parse_guidance(text, num_levels: Optional[int] = None):
     return vals
 
 
+def parse_guidance_interval(text) -> Optional[list]:
+    """`--guidance-interval LO,HI`: guide only at LO < sigma <= HI, as [lo, hi]; None = the recipe's."""
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 2 or not (math.isfinite(vals[0]) and 0 <= vals[0] < vals[1]) or math.isnan(vals[1]):
+        raise GenerateError(f"--guidance-interval {text}: expected LO,HI with 0 <= LO < HI, the noise levels "
+                            "(sigma) between which guidance applies, e.g. 0.28,5.42")
+    return vals
+
+
 def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
                   fps: Optional[float] = None, levels: Optional[int] = None,
-                  context_gib: Optional[float] = None) -> None:
+                  context_gib: Optional[float] = None, guidance_interval=None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
     if context_gib is not None and not (math.isfinite(context_gib) and context_gib >= 0):
         raise GenerateError(f"--context-gib {context_gib}: expected a number of GiB >= 0 (0 = recompute the "
@@ -146,6 +161,7 @@ def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance
     if tile_batch < 1:
         raise GenerateError(f"--tile-batch {tile_batch}: expected at least 1 (tiles per network forward)")
     parse_guidance(guidance)
+    parse_guidance_interval(guidance_interval)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise GenerateError(f"--fps {fps}: expected a positive number")
     if levels is not None and levels < 0:
@@ -359,7 +375,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None,
-             context_gib: Optional[float] = None) -> SampleReport:
+             context_gib: Optional[float] = None, guidance_interval=None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
@@ -372,7 +388,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
-                  context_gib=context_gib)
+                  context_gib=context_gib, guidance_interval=guidance_interval)
     rank, world_size, local = world()
     mine = rank_seeds(all_seeds, rank, world_size)
     paths = output_paths(out, all_seeds)
@@ -385,6 +401,9 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
     guidance = parse_guidance(guidance, L)
+    interval = parse_guidance_interval(guidance_interval)
+    if interval is not None:
+        recipe = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
     if packaged and prompt and warn is not None:
