@@ -9,7 +9,8 @@ is scored against the same real clips, beside the real-vs-real floor and the tri
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
 real clips ~1), `seams_t` the same between frames across its tile borders in time. One JSON line
 per setting as it finishes, then a markdown table, then every whole set's FVD (the floor's too)
-extrapolated to infinitely many clips per side (hpdm_cli.eval.fvd.extrapolated_fvd: FVD falls with N). On a GPU with the I3D file (docs/results.md, section 8):
+extrapolated to infinitely many clips per side (hpdm_cli.eval.fvd.extrapolated_fvd: FVD falls with N).
+On a GPU with the I3D file (docs/results.md, section 8):
     python benchmarks/guidance_sweep.py hpdm_cli/assets/shapes-t2v.safetensors --num 512 \
         --settings 3 1.5 1 3,1,1 --i3d-weights /tmp/i3d-kinetics-400.ckpt --bf16 --sheets out/sweep
 With --base B the level 0 of every clip comes from another model's base level B (with --base-low B2
