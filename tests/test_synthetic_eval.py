@@ -125,6 +125,26 @@ def test_eval_compile_samples_every_part_through_the_compiled_network(tmp_path, 
     assert calls == [True] * 4 and rep["compiled"] is True and rep["complete"] is True
 
 
+def test_eval_guidance_interval_reaches_every_sampler_and_the_report(tmp_path, prompt_table, monkeypatch):
+    """`hpdm eval --guidance-interval LO,HI`: every sampler of the report uses it, and the report says so."""
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.conditioning import GenerateError
+    from hpdm_cli.train.loop import train
+    train(_tiny_text_recipe(tmp_path, prompt_table), tmp_path / "run", log=lambda m: None)
+    make, seen = ev.make_sampler, []
+
+    def spy(net, recipe, *a, **k):
+        seen.append(list(recipe.sample.guidance_interval))
+        return make(net, recipe, *a, **k)
+    monkeypatch.setattr(ev, "make_sampler", spy)
+    rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="1", fvd=False, device="cpu",
+                      guidance_interval="0.3,5", log=lambda m: None)
+    assert seen == [[0.3, 5.0]] * 4 and rep["guidance_interval"] == [0.3, 5.0]
+    with pytest.raises(GenerateError, match="--guidance-interval 5,0.3: expected LO,HI"):
+        ev.evaluate(tmp_path / "run", tmp_path / "eval2", num_clips=2, guidance_interval="5,0.3", log=lambda m: None)
+    assert not (tmp_path / "eval2").exists()
+
+
 def test_an_eval_stopped_during_fvd_keeps_what_it_measured(tmp_path, prompt_table, monkeypatch):
     """A job killed in its last part (FVD) leaves the report so far, marked incomplete, and the contact sheet."""
     import hpdm_cli.drivers.evaluate as ev

@@ -20,6 +20,8 @@ STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or on
               "(default: the recipe's sample.level_steps, else sample.steps halved per level).")
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
                  "(default: the recipe's sample.guidance).")
+GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the "
+                          "recipe's sample.guidance_interval; none = every sigma).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and held for all its steps (default: "
                     "the recipe's sample.context_cache_gib, 4; 0 = recompute per step; the same videos).")
@@ -53,9 +55,7 @@ def sample(
     batch: Optional[int] = typer.Option(None, "--batch", help="Seeds per sampler call (default: sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
-    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help="LO,HI: guide only at noise "
-                                                    "levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the recipe's "
-                                                    "sample.guidance_interval; none = every sigma)."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
                                                            "instead of caching them (same video, slower)."),

@@ -42,7 +42,7 @@ from ..sampling import HierarchicalSampler, level_steps, parse_overlap
 
 __all__ = [
     "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
-    "check_options", "rank_seeds",
+    "with_guidance_interval", "check_options", "rank_seeds",
     "output_paths", "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level",
     "sample_videos",
     "write_outputs", "generate",
@@ -147,6 +147,14 @@ def parse_guidance_interval(text) -> Optional[list]:
         raise GenerateError(f"--guidance-interval {text}: expected LO,HI with 0 <= LO < HI, the noise levels "
                             "(sigma) between which guidance applies, e.g. 0.28,5.42")
     return vals
+
+
+def with_guidance_interval(recipe, text):
+    """The recipe with `--guidance-interval LO,HI` as its sample.guidance_interval; unchanged for None."""
+    interval = parse_guidance_interval(text)
+    if interval is None:
+        return recipe
+    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
 
 
 def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
@@ -401,9 +409,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
     guidance = parse_guidance(guidance, L)
-    interval = parse_guidance_interval(guidance_interval)
-    if interval is not None:
-        recipe = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
+    recipe = with_guidance_interval(recipe, guidance_interval)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
     if packaged and prompt and warn is not None:
