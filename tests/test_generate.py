@@ -285,6 +285,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "guidance list with a word": (["sample", "--ckpt", run, "--guidance", "2,x,1", "--out", out], out),
         "guidance interval upside down": (["sample", "--ckpt", run, "--guidance-interval", "5,0.3", "--out", out], out),
         "guidance interval of one value": (["sample", "--ckpt", run, "--guidance-interval", "5", "--out", out], out),
+        "upscale guidance interval upside down": (["upscale", good_video, "--ckpt", run, "--class", "0",
+                                                   "--guidance-interval", "5,0.3", "--out", out], out),
         "upscale guidance for 4 levels": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guidance",
                                            "2,1,1,1", "--out", out], out),
         "batch 0": (["sample", "--ckpt", run, "--batch", "0", "--out", out], out),
@@ -599,3 +601,11 @@ def test_guidance_interval_option_reaches_the_sampler(assets, tmp_path, monkeypa
         with pytest.raises(Stop):
             generate(assets["run"], tmp_path / "clip.mp4", class_="0", steps="1", guidance_interval=interval)
     assert seen == [[0.28, 5.42], list(assets["recipe"].sample.guidance_interval)] and seen[1] == []
+    import hpdm_cli.drivers.upscale as up                 # `hpdm upscale --guidance-interval` the same way
+    seen.clear()
+    video = tmp_path / "in.mp4"
+    write_video(video, smooth_video(*assets["recipe"].pyramid.resolution), 8.0)
+    monkeypatch.setattr(up, "upscale_frames", lambda frames, net, recipe, **k: fake_sample_videos(net, recipe))
+    with pytest.raises(Stop):
+        up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", guidance_interval="1,2")
+    assert seen == [[1.0, 2.0]]

@@ -13,7 +13,7 @@ import typer
 from .console import is_main_rank, rank0_warn
 from .console import out as console
 from .progress import keyed_bars
-from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, OVERLAP_HELP, STEPS_HELP
+from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, OVERLAP_HELP, STEPS_HELP
 
 
 def upscale(
@@ -38,6 +38,7 @@ def upscale(
                                                              "sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP + " Only with --class/--prompt."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step."),
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
@@ -57,7 +58,8 @@ def upscale(
         rep = run_upscale(input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode,
                           window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
                           guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,
-                          tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn)
+                          tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn,
+                          guidance_interval=guidance_interval)
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape
