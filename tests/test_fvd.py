@@ -400,8 +400,10 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
                     optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
     torch.set_num_threads(1)
     try:
-        res = run_eval_fvd(data, tmp_path / "run2", extractor=extractor, cache=False, steps="1", gen_batch=3)
+        res = run_eval_fvd(data, tmp_path / "run2", extractor=extractor, cache=False, steps="1", gen_batch=3,
+                           guidance_interval="0.5,10")
         assert res.num_real == res.num_fake == 3 and res.fake.clip_shapes == [[10, 32, 32]]
+        assert res.fake.generation["guidance_interval"] == [0.5, 10.0]      # the recipe's otherwise: []
         # ... and the options given win.
         res = run_eval_fvd(data, tmp_path / "run2", num=2, frames=9, extractor=extractor, cache=False, steps="1")
         assert res.num_real == res.num_fake == 2 and res.fake.clip_shapes == [[9, 32, 32]]
@@ -412,7 +414,8 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     # generation options are checked before the real side is measured (0 used to mean "the default" silently)
     for gen, why in ((dict(batch=0), "--gen-batch 0"), (dict(seed=-1), "--gen-seed -1"),
                      (dict(guidance=float("nan")), "--guidance nan"), (dict(guidance=-1.0), "--guidance -1"),
-                     (dict(steps="0"), "--steps '0'"), (dict(data=tmp_path / "run"), "not a prepared dataset")):
+                     (dict(steps="0"), "--steps '0'"), (dict(data=tmp_path / "run"), "not a prepared dataset"),
+                     (dict(guidance_interval="3,1"), "--guidance-interval 3,1: expected LO,HI")):
         with pytest.raises(FVDError, match=why):
             evaluate_fvd(data, tmp_path / "run", num=2, frames=9, extractor=extractor, cache=False, generation=gen)
 

@@ -14,7 +14,7 @@ import typer
 
 from .console import err, out
 from .progress import keyed_bars
-from .sample_cmd import GUIDANCE_HELP
+from .sample_cmd import GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP
 
 
 def eval_fvd(
@@ -57,6 +57,8 @@ def eval_fvd(
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
                                                               "halved per level, or one per level)."),
     guidance: Optional[str] = typer.Option(None, "--guidance", help="Checkpoint --fake: " + GUIDANCE_HELP),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval",
+                                                    help="Checkpoint --fake: " + GUIDANCE_INTERVAL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tiles at inference, as "
                                                                   "`hpdm sample --overlap`."),
     bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
@@ -68,7 +70,8 @@ def eval_fvd(
     live = sys.stderr.isatty() if progress is None else progress
     with keyed_bars(lambda side: f"{side} clips", live) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
-                           steps=steps, guidance=guidance, overlap=overlap, bf16=bf16, num=num, frames=frames,
+                           steps=steps, guidance=guidance, guidance_interval=guidance_interval, overlap=overlap,
+                           bf16=bf16, num=num, frames=frames,
                            stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,
