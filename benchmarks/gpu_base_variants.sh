@@ -21,7 +21,10 @@
 # RESUME=1 continues the variants' runs left in $RUNS by an earlier call on the same warm machine
 # (a larger STEPS extends them) instead of starting them afresh. EXPORT="v ..." writes those
 # variants' newest EMA weights in fp16 to $OUT/<v>.safetensors (16.4 MB: one file a call returns),
-# for a CPU look (benchmarks/base_level_faithfulness.py) or a pyramid started from them.
+# for a CPU look (benchmarks/base_level_faithfulness.py) or a pyramid started from them;
+# EXPORT_ALL="v ..." every checkpoint of those variants, as $OUT/<v>-<step>.safetensors (small
+# models: e.g. guide models for autoguidance, docs/results.md section 43, at several training lengths).
+# SCORE=0 skips the scoring (training and exports only).
 # e.g.  VARIANTS="qkwide qkband plainband" SECONDS_EACH=480 bash benchmarks/gpu_base_variants.sh
 #       V_slow="model.qk_norm=true train.lr=5e-4" VARIANTS="qkband slow" bash benchmarks/gpu_base_variants.sh
 #       (a V_<name> may set its own train.init_from="FILE": its overrides come after FROM's)
@@ -89,6 +92,14 @@ for line in sys.stdin:
 print(json.dumps(row))" >> "$OUT/score-$v.jsonl"
   done
 }
+export_all() {   # every checkpoint of the EXPORT_ALL variants -> $OUT/<v>-<step>.safetensors
+  local v ck
+  for v in ${EXPORT_ALL:-}; do
+    for ck in "$RUNS/$v"/checkpoints/ckpt-*; do
+      [ -d "$ck" ] && export_to "$ck" "$OUT/$v-$(( 10#${ck##*-} )).safetensors"
+    done
+  done
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; from ${FROM:-scratch}; variants: $VARIANTS; compile $COMPILE"
 T0=$SECONDS
@@ -96,6 +107,11 @@ for v in $VARIANTS; do overrides "$v" > /dev/null || exit 2; done
 for v in $VARIANTS; do train_variant "$v" & done
 wait
 echo "trained in $((SECONDS - T0)) s"
+if [ "${SCORE:-1}" = 0 ]; then
+  export_all
+  echo "total $((SECONDS - T0)) s (not scored)"
+  exit 0
+fi
 for v in $VARIANTS; do score_variant "$v" & done
 wait
 echo "scored in $((SECONDS - T0)) s"
@@ -115,4 +131,5 @@ PY
 for v in ${EXPORT:-}; do
   export_to "$RUNS/$v" "$OUT/$v.safetensors"
 done
+export_all
 echo "total $((SECONDS - T0)) s"
