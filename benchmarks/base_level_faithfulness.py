@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance-interval", help="LO,HI: guide only at LO < sigma <= HI (sample.guidance_interval)")
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
     ap.add_argument("--churn", type=float, help="S_churn at level 0 (default: the recipe's sample.churn; 0: deterministic)")
+    ap.add_argument("--guide", help="a base-level model that guides level 0 (autoguidance, sample.guide_model)")
     ap.add_argument("--low", help="a second base level for the calls below --split-sigma")
     ap.add_argument("--split-sigma", type=float, default=1.0, help="sigma below which --low denoises")
     ap.add_argument("--sheet", help="PNG: the last split's first --sheet-rows clips of level 0, generated beside real")
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
         net = SigmaSplit(net, load_generator(a.low, a.device)[0], a.split_sigma)
     if a.guidance_interval:
         recipe.sample.guidance_interval = [float(v) for v in a.guidance_interval.split(",")]
+    if a.guide:
+        recipe.sample.guide_model = a.guide
     if a.churn is not None:
         recipe.sample.churn, recipe.sample.stochastic_levels = a.churn, 1
     search = [p for p in a.tables.split(",") if p]
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
         sc["size"] = sc["area"] / score_clips(real0, real.captions)["area"]    # object area / the real level 0's
         print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance,
                           "interval": recipe.sample.guidance_interval, "steps": a.steps,
-                          "churn": recipe.sample.churn, "low": a.low, "split_sigma": a.split_sigma if a.low else None,
+                          "churn": recipe.sample.churn, "guide": a.guide, "low": a.low, "split_sigma": a.split_sigma if a.low else None,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
                                                            "stripes", "stripes_real", "size")}}),
               flush=True)

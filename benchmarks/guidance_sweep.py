@@ -3,7 +3,9 @@
 The same N held-out prompts and seeds are sampled once per setting: a scale, or one per level as
 "3,1,1", optionally followed by per-level steps, an overlap, per-level sigma_max (where each
 level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10") and the sigmas between
-which guidance applies (sample.guidance_interval: "1.5,1,1/32,48,24/shift-fhw//0.3,5"); every setting
+which guidance applies (sample.guidance_interval: "1.5,1,1/32,48,24/shift-fhw//0.3,5"), then a model of level 0
+alone that guides it instead of the unconditional denoiser (sample.guide_model, autoguidance:
+"1.5,1,1/32,48,24/shift-fhw///out/guides/ags-6000.safetensors"); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
@@ -48,10 +50,11 @@ sys.path.insert(0, str(HERE))
 
 
 def parse_setting(text: str, steps, overlap) -> tuple:
-    """"3" -> (3.0, steps, overlap, None, None); "3,1,1/32,32,16/hw/80,10,10/0.3,5" -> ([3.0, 1.0, 1.0],
-    [32, 32, 16], "hw", [80.0, 10.0, 10.0], [0.3, 5.0]) (sample.sigma_max per level and sample.guidance_interval;
-    None keeps the recipe's)."""
-    parts = text.split("/")
+    """"3" -> (3.0, steps, overlap, None, None, None); "3,1,1/32,32,16/hw/80,10,10/0.3,5/G.safetensors" ->
+    ([3.0, 1.0, 1.0], [32, 32, 16], "hw", [80.0, 10.0, 10.0], [0.3, 5.0], "G.safetensors") (sample.sigma_max
+    per level, sample.guidance_interval and sample.guide_model; None keeps the recipe's). The guide's
+    path is the rest of the text after the fifth "/", so it may hold folders."""
+    parts = text.split("/", 5)
     vals = [float(v) for v in parts[0].split(",")]
     if len(parts) > 1 and parts[1]:
         steps = [int(v) for v in parts[1].split(",")]
@@ -59,7 +62,8 @@ def parse_setting(text: str, steps, overlap) -> tuple:
         overlap = parts[2]
     sigma_max = [float(v) for v in parts[3].split(",")] if len(parts) > 3 and parts[3] else None
     interval = [float(v) for v in parts[4].split(",")] if len(parts) > 4 and parts[4] else None
-    return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max, interval
+    guide = parts[5] if len(parts) > 5 and parts[5] else None
+    return (vals[0] if len(vals) == 1 else vals), steps, overlap, sigma_max, interval, guide
 
 
 SCORED = ("valid", "colour", "shape", "direction", "background", "stripes", "size", "motion", "seams", "seams_t")
@@ -337,10 +341,11 @@ def main(argv=None) -> int:
         who = {"model": name, "weights": str(info.weights), "step": info.step}
         for text in a.settings:
             t0 = time.time()
-            w, st, ov, smax, interval = parse_setting(text, steps, a.overlap)
+            w, st, ov, smax, interval, guide = parse_setting(text, steps, a.overlap)
             rec = dataclasses.replace(recipe, sample=dataclasses.replace(
                 recipe.sample, **({} if smax is None else {"sigma_max": smax}),
-                **({} if interval is None else {"guidance_interval": interval})))
+                **({} if interval is None else {"guidance_interval": interval}),
+                **({} if guide is None else {"guide_model": guide})))
             gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
                        log=lambda s: None)
             fixed = None

@@ -255,6 +255,9 @@ class SampleConfig:
     #                                      (coarse to fine; as with level_steps, extra entries are unused).
     guidance_interval: list[float] = field(default_factory=list)  # [lo, hi]: guide only at lo < sigma <= hi
     #                                      (Kynkäänniemi et al. 2024); [] = at every sigma.
+    guide_model: str = ""                # A model of level 0 alone that guides level 0 instead of the unconditional
+    #                                      denoiser (autoguidance, Karras et al. 2024; scale: guidance[0]);
+    #                                      "" = classifier-free guidance.
     batch_size: int = 16
     fps: float = 0.0                     # Output fps (0 = data.fps).
     context_cache_gib: float = 4.0       # Memory for a level's context computed once for all its steps (0 = off).

@@ -451,14 +451,18 @@ def test_offset_phase_moves_only_patches_that_stay_nested():
 
 
 def test_guidance_sweep_settings_name_guidance_steps_overlap_and_sigma_max():
-    """A setting is a scale or one per level, then optional per-level steps, overlap, sigma_max and guidance interval."""
+    """A setting is a scale or one per level, then optional per-level steps, overlap, sigma_max, guidance interval
+    and guide model (a path, folders and all)."""
     from guidance_sweep import parse_setting
-    assert parse_setting("3", None, None) == (3.0, None, None, None, None)
-    assert parse_setting("1.5,1,1/32,32,16/fhw", None, "none") == ([1.5, 1.0, 1.0], [32, 32, 16], "fhw", None, None)
+    assert parse_setting("3", None, None) == (3.0, None, None, None, None, None)
+    assert parse_setting("1.5,1,1/32,32,16/fhw", None, "none") == ([1.5, 1.0, 1.0], [32, 32, 16], "fhw", None, None,
+                                                                   None)
     assert parse_setting("1.5,1,1//hw/80,10,10", [8, 4, 2], None) == ([1.5, 1.0, 1.0], [8, 4, 2], "hw",
-                                                                      [80.0, 10.0, 10.0], None)
+                                                                      [80.0, 10.0, 10.0], None, None)
     assert parse_setting("1.5,1,1/32,48,24/shift-fhw//0.3,5", None, None) == ([1.5, 1.0, 1.0], [32, 48, 24],
-                                                                              "shift-fhw", None, [0.3, 5.0])
+                                                                              "shift-fhw", None, [0.3, 5.0], None)
+    assert parse_setting("2,1,1/32,48,24/shift-fhw///out/g/ags.safetensors", None, None) == (
+        [2.0, 1.0, 1.0], [32, 48, 24], "shift-fhw", None, None, "out/g/ags.safetensors")
 
 
 def test_guidance_sweep_scores_several_models_against_one_set_of_real_clips(tmp_path, capsys, monkeypatch):

@@ -621,3 +621,86 @@ def test_guidance_interval_guides_only_between_its_sigmas():
         assert (plain[l] - unguided[l]).abs().max() > 1e-3
     for l in range(2):                            # level 2's one step is at sigma 80, guided in both
         assert (partial[l] - plain[l]).abs().max() > 1e-3 and (partial[l] - unguided[l]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoguidance (docs/method.md, "Autoguidance")
+
+def guide_for(net, recipe, copy: bool):
+    """A one-level net of `recipe`'s level 0 (same model settings): a copy of `net`'s level-0 weights, or random."""
+    import dataclasses
+    pyr = dataclasses.replace(recipe.pyramid, resolution=tuple(recipe.pyramid.level_resolution(0)))
+    g = HPDMNet(pyr, recipe.model)
+    if copy:
+        own = g.state_dict()
+        g.load_state_dict({k: v[:own[k].shape[0]] if v.shape != own[k].shape else v
+                           for k, v in net.state_dict().items() if k in own})
+    else:
+        randomize(g)
+    return g.to(next(net.parameters()).dtype)
+
+
+def autoguided(net, recipe, guide, seeds, **kw):
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, dtype=torch.float64, guide=guide)
+    return sampler.sample(seeds, **kw).videos
+
+
+@pytest.mark.parametrize("model", [dict(load=[1, 1, 2, 3]), dict(load=[1, 1, 2, 3], self_condition=True,
+                                                                  cond="text", text_dim=12, text_tokens=2)])
+def test_autoguidance_combines_the_guides_and_the_models_denoisers(model):
+    """D = D_g + w (D_c - D_g) at level 0: a guide that is the model's own level 0 leaves the conditional
+    sample (any w); w = 0 gives the guide's own sample; otherwise it differs from both and from CFG."""
+    net, recipe = small_net(**model)
+    net.to(torch.float64)
+    seeds = [3, 4]
+    kw = dict(cond=cond_for(recipe, seeds), steps=[3, 3, 1])
+    plain = sample(net, recipe, seeds, dtype=torch.float64, guidance=1.0, **kw).videos
+    cfg = sample(net, recipe, seeds, dtype=torch.float64, guidance=[2.5, 1, 1], **kw).videos
+    same = autoguided(net, recipe, guide_for(net, recipe, copy=True), seeds, guidance=[2.5, 1, 1], **kw)
+    for l in range(3):
+        assert (same[l] - plain[l]).abs().max() < 1e-9
+    other = guide_for(net, recipe, copy=False)
+    alone = sample(other, dataclasses_replace_levels(recipe, other), seeds, dtype=torch.float64, guidance=1.0,
+                   cond=kw["cond"], steps=[3]).videos[0]
+    zero = autoguided(net, recipe, other, seeds, guidance=[0.0, 1, 1], **kw)
+    assert (zero[0] - alone).abs().max() < 1e-9
+    guided = autoguided(net, recipe, other, seeds, guidance=[2.5, 1, 1], **kw)
+    for ref in (plain, cfg, zero):
+        assert (guided[0] - ref[0]).abs().max() > 1e-3
+
+
+def dataclasses_replace_levels(recipe, guide):
+    """`recipe` with the guide's (one-level) pyramid, to sample the guide alone."""
+    import dataclasses
+    return dataclasses.replace(recipe, pyramid=guide.pyramid)
+
+
+def test_autoguidance_runs_no_unconditional_rows_and_refuses_a_guide_that_does_not_fit(monkeypatch):
+    """With level 0 autoguided and the upper levels unguided the model runs the conditional rows only;
+    a guide of several levels, another resolution or another condition is refused."""
+    import dataclasses
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    net.to(torch.float64)
+    seeds = [3, 4, 5]
+    kw = dict(cond=cond_for(recipe, seeds), steps=[2, 2, 1])
+    rows = []
+    net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+
+    def model_rows(run) -> int:
+        rows.clear()
+        run()
+        return sum(rows)
+    auto = model_rows(lambda: autoguided(net, recipe, guide_for(net, recipe, copy=False), seeds,
+                                         guidance=[2.0, 1, 1], **kw))
+    plain = model_rows(lambda: sample(net, recipe, seeds, dtype=torch.float64, guidance=1.0, **kw))
+    cfg = model_rows(lambda: sample(net, recipe, seeds, dtype=torch.float64, guidance=[2.0, 1, 1], **kw))
+    assert auto == plain < cfg
+    with pytest.raises(ValueError, match="pyramid levels"):
+        HierarchicalSampler(net, recipe.diffusion, recipe.sample, guide=net)
+    wide = dataclasses.replace(recipe.pyramid, resolution=(4, 32, 32), patch=(4, 32, 32))
+    with pytest.raises(ValueError, match="level 0 here"):
+        HierarchicalSampler(net, recipe.diffusion, recipe.sample, guide=HPDMNet(wide, recipe.model))
+    text = dataclasses.replace(recipe.model, cond="text", text_dim=12, text_tokens=2)
+    one = dataclasses.replace(recipe.pyramid, resolution=tuple(recipe.pyramid.level_resolution(0)))
+    with pytest.raises(ValueError, match="model.cond"):
+        HierarchicalSampler(net, recipe.diffusion, recipe.sample, guide=HPDMNet(one, text))

@@ -16,6 +16,14 @@ GPU_OVERLAP = "shift-fhw"        # ... and on any other device: recipes/shapes.t
                                  # of the "fhw" stored with the weights, at the same FVD (section 40)
 
 
+GUIDE_MODEL = Path(__file__).resolve().parent / "shapes-t2v-guide.safetensors"   # its autoguidance model
+
+
+def resolve_guide(value: str) -> Path:
+    """The file a `sample.guide_model` names: "packaged" is the packaged model's guide, anything else a path."""
+    return GUIDE_MODEL if value == "packaged" else Path(value)
+
+
 def default_overlap(device_type: str) -> str:
     """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given."""
     return CPU_OVERLAP if device_type == "cpu" else GPU_OVERLAP

@@ -38,7 +38,7 @@ from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe
 from ..device import world
-from ..sampling import HierarchicalSampler, level_steps, parse_overlap
+from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_overlap
 
 __all__ = [
     "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
@@ -334,12 +334,35 @@ def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
     if device is None:
         p = next(iter(net.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
+    guide = load_guide(recipe, device) if recipe.sample.guide_model else None
+    if guide is not None:
+        try:
+            check_guide(net, guide)
+        except ValueError as e:
+            raise GenerateError(f"sample.guide_model = {recipe.sample.guide_model}: {e}") from None
     try:
         return HierarchicalSampler(net, recipe.diffusion, sample_cfg, device, overlap=overlap, tile_batch=tile_batch,
                                    cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None,
-                                   compile=compile)
+                                   compile=compile, guide=guide)
     except ValueError as e:
         raise GenerateError(f"cannot tile this model's levels with --overlap {overlap}: {e}") from None
+
+
+def load_guide(recipe, device) -> torch.nn.Module:
+    """The network of `recipe.sample.guide_model` (autoguidance of level 0), on `device`; GenerateError if unusable."""
+    from ..train.checkpoint import CheckpointError
+    from ..assets import resolve_guide
+    path = resolve_guide(recipe.sample.guide_model)
+    try:
+        guide, g_recipe, _ = load_generator(path, device)
+    except CheckpointError as e:
+        raise GenerateError(f"sample.guide_model: {e}") from None
+    d, g = recipe.diffusion, g_recipe.diffusion
+    if (d.sigma_data, d.input_scale) != (g.sigma_data, g.input_scale):
+        raise GenerateError(f"sample.guide_model = {recipe.sample.guide_model}: trained with sigma_data "
+                            f"{g.sigma_data} and input_scale {g.input_scale}, the model with {d.sigma_data} and "
+                            f"{d.input_scale}; a guide must be trained with the model's noise scaling")
+    return guide
 
 
 def write_outputs(paths: Mapping[int, Path], output: SampleOutput, fps: float, *, gif: bool = False,

@@ -37,6 +37,15 @@ whose successors are all unguided runs on the conditional rows only (`_rows`), a
 With `sample.guidance_interval = [lo, hi]` the guided combination is used only at lo < sigma <= hi
 and D = D_c elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval").
 
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"). Given a
+`guide` network, a smaller or shorter-trained model of the base level alone (one pyramid level at
+level 0's resolution, tiled alike, the same condition), level 0 is guided by it instead of by the
+unconditional rows: D = D_g + w_0 (D_c - D_g), with D_g the guide's *conditional* denoiser on the
+same canvas (its own self-conditioning latents; evaluated only where guidance applies). The
+errors the two models share cancel in the difference, which points from the weaker model's
+vaguer sample towards the stronger one's: it sharpens what the model draws without the
+condition's pull that makes classifier-free guidance exaggerate (docs/method.md, "Autoguidance").
+
 Self-conditioning (`model.self_condition`, RIN's latent self-conditioning). Every evaluation of a
 tile also returns its latents, and the next evaluation of that tile is given them (the first one
 of a level gets none, as in training's plain passes; with shifted tiles, so does any evaluation
@@ -55,6 +64,7 @@ CPU run).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -109,6 +119,27 @@ def level_guidance(guidance, levels: int) -> list[float]:
     return per_level(guidance, levels, "guidance scales")
 
 
+def check_guide(net, guide) -> None:
+    """Refuse (ValueError) a guide network that cannot guide `net`'s level 0: it must be that level alone.
+
+    One pyramid level at level 0's resolution, the same patch (so the same tiles), channels and
+    condition (type, and the text encoder's width and tokens or the number of classes).
+    """
+    p, g = net.pyramid, guide.pyramid
+    if g.num_levels != 1:
+        raise ValueError(f"the guide model has {g.num_levels} pyramid levels; it must be a base level alone "
+                         f"(one level at {list(p.level_resolution(0))})")
+    if tuple(g.resolution) != tuple(p.level_resolution(0)) or tuple(g.patch) != tuple(p.patch):
+        raise ValueError(f"the guide model's level is {list(g.resolution)} in patches of {list(g.patch)}; "
+                         f"level 0 here is {list(p.level_resolution(0))} in patches of {list(p.patch)}")
+    m, h = net.cfg, guide.cfg
+    keys = ["channels", "cond"] + {"text": ["text_encoder", "text_dim", "text_tokens"], "class": ["num_classes"]}.get(m.cond, [])
+    for k in keys:
+        if getattr(m, k) != getattr(h, k):
+            raise ValueError(f"the guide model's model.{k} = {getattr(h, k)!r}, the model's {getattr(m, k)!r}: "
+                             "the guide must take the same condition")
+
+
 def cache_bytes(pyr: PyramidConfig, m: ModelConfig, overlap: Optional[str] = None, batch: int = 1, *,
                 bytes_per_value: int = 4) -> list[int]:
     """Activation-cache size per level: tiles x tokens x interface dim x cached blocks x bytes x batch.
@@ -157,7 +188,7 @@ class _Run:
 
     B: int
     G: int
-    guidance: list                         # per level: classifier-free guidance scale
+    guidance: list                         # per level: guidance scale
     generated: list                        # the levels this call generates (not fixed)
     cond: Optional[torch.Tensor]           # [G, ...] condition per row
     keep: Optional[torch.Tensor]           # [G] bool, None without guidance
@@ -166,6 +197,7 @@ class _Run:
     latents: dict = field(default_factory=dict)    # level -> [G * T_k, M, d_z] latest latents (self-conditioning)
     seen: dict = field(default_factory=dict)       # level -> [T_k] bool (host): the tile has latents in `latents`
     context: dict = field(default_factory=dict)    # block -> [G * T_l, N, d] the level's context terms (eq. 7, 9)
+    auto: frozenset = frozenset()                  # levels guided by the guide model (autoguidance), not by CFG
 
 
 class HierarchicalSampler:
@@ -174,9 +206,11 @@ class HierarchicalSampler:
     def __init__(self, net, diffusion: DiffusionConfig, sample: SampleConfig, device=None, *,
                  overlap: Optional[str] = None, tile_batch: int = 64, cache: bool = True, offload: bool = False,
                  autocast: Optional[torch.dtype] = None, dtype: torch.dtype = torch.float32,
-                 compile: bool = False):
+                 compile: bool = False, guide=None):
         """`net` is an HPDMNet (its `pyramid` and `cfg` give the levels and the model); `diffusion` and
         `sample` are the recipe's sections the sampler reads (noise scaling, context sigma; steps, guidance).
+        `guide` (an HPDMNet of level 0 alone, see `check_guide`) guides level 0 instead of its
+        unconditional rows (autoguidance, above).
 
         `autocast` (e.g. torch.bfloat16) runs the network under autocast and holds the activation
         cache at that precision. `compile` runs the network through `torch.compile`, every forward
@@ -226,6 +260,13 @@ class HierarchicalSampler:
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
         self.self_cond = bool(self.model.self_condition)
+        self.guide = None
+        if guide is not None:
+            check_guide(net, guide)
+            plain = dataclasses.replace(sample, guidance=1.0, guidance_interval=[])
+            self.guide = HierarchicalSampler(guide, diffusion, plain, self.device, overlap=overlap,
+                                             tile_batch=tile_batch, cache=cache, offload=offload,
+                                             autocast=autocast, dtype=dtype, compile=compile)
 
     # ----------------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int], cond=None, *, guidance=None,
@@ -252,8 +293,11 @@ class HierarchicalSampler:
         generated = [l for l in range(n_levels) if l not in fixed]
         w = level_guidance(sc.guidance if guidance is None else guidance, self.num_levels)
         sigma_max = per_level(sc.sigma_max, self.num_levels, "sigma_max values")
-        guided = cond is not None and self.model.cond != "none" and any(w[l] != 1.0 for l in generated)
+        auto = frozenset({0}) if self.guide is not None and 0 in generated and w[0] != 1.0 else frozenset()
+        guided = (cond is not None and self.model.cond != "none"
+                  and any(w[l] != 1.0 and l not in auto for l in generated))
         run = self._start(seeds, cond, w, guided, generated)
+        run.auto = auto
 
         videos, seconds, cache_seconds, used, held, ctx_held = [], [], [], [], [], []
         C = self.model.channels
@@ -333,8 +377,8 @@ class HierarchicalSampler:
         return draw
 
     def _rows(self, run: _Run, levels: Sequence[int]) -> int:
-        """Rows to evaluate for what `levels` will read: both halves (G) if any of them is guided, else B."""
-        return run.G if any(run.guidance[k] != 1.0 for k in levels) else run.B
+        """Rows to evaluate for what `levels` will read: both halves (G) if any of them uses CFG, else B."""
+        return run.G if any(run.guidance[k] != 1.0 and k not in run.auto for k in levels) else run.B
 
     def padded_rows(self, n: int) -> int:
         """Rows a compiled forward of `n` tiles runs: the next power of two, at most `tile_batch`."""
@@ -451,6 +495,11 @@ class HierarchicalSampler:
         calls = [0]
         seen = run.seen[level] = torch.zeros(lt.num_tiles, dtype=torch.bool)          # on the host
         run.latents.pop(level, None)
+        guide = None
+        if level in run.auto:                  # the guide's conditional denoiser, its own run and latents
+            g_cond = None if run.cond is None else run.cond[:B]
+            g_run = self.guide._start(range(B), g_cond, [1.0], False, [0])
+            guide = self.guide._level_denoiser(g_run, 0)
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             k = calls[0] % len(phases)
@@ -467,10 +516,13 @@ class HierarchicalSampler:
                                self._eval(run, level, ch, x, sigma, latents_out=new, own=own))
             seen[host] = True
             out = lt.finish(acc, coverage)
-            if G > B:
-                cond, uncond = out[:B], out[B:]
-                out = cond if w == 1.0 or not lo < sigma <= hi else uncond + w * (cond - uncond)
-            return out
+            if G == B and guide is None:
+                return out
+            cond = out[:B]
+            if w == 1.0 or not lo < sigma <= hi:
+                return cond
+            weak = guide(x, sigma) if guide is not None else out[B:]
+            return weak + w * (cond - weak)
         return D
 
     def _hold_context(self, run: _Run, level: int) -> int:
