@@ -285,6 +285,12 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "guidance list with a word": (["sample", "--ckpt", run, "--guidance", "2,x,1", "--out", out], out),
         "guidance interval upside down": (["sample", "--ckpt", run, "--guidance-interval", "5,0.3", "--out", out], out),
         "guidance interval of one value": (["sample", "--ckpt", run, "--guidance-interval", "5", "--out", out], out),
+        "missing guide model": (["sample", "--ckpt", run, "--guide-model", tmp / "none.safetensors", "--out", out],
+                                out),
+        "guide model of three levels": (["sample", "--ckpt", run, "--class", "0", "--guide-model", run, "--out",
+                                         out], out),
+        "upscale missing guide model": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guide-model",
+                                         tmp / "none", "--out", out], out),
         "upscale guidance interval upside down": (["upscale", good_video, "--ckpt", run, "--class", "0",
                                                    "--guidance-interval", "5,0.3", "--out", out], out),
         "upscale guidance for 4 levels": (["upscale", good_video, "--ckpt", run, "--class", "0", "--guidance",
@@ -337,7 +343,8 @@ def test_check_options_names_the_option_and_its_range():
                          (dict(guidance_interval="5,0.3"), "--guidance-interval 5,0.3: expected LO,HI with 0 <= LO < HI"),
                          (dict(guidance_interval="-1,3"), "--guidance-interval -1,3"),
                          (dict(guidance_interval="0.3,nan"), "--guidance-interval 0.3,nan"),
-                         (dict(guidance_interval="a,b"), "--guidance-interval a,b")):
+                         (dict(guidance_interval="a,b"), "--guidance-interval a,b"),
+                         (dict(guide_model="no/such.safetensors"), "--guide-model no/such.safetensors: no such file")):
         with pytest.raises(GenerateError) as e:
             check_options(**kw)
         assert fragment in str(e.value) and "\n" not in str(e.value)
@@ -346,6 +353,8 @@ def test_check_options_names_the_option_and_its_range():
     check_options(guidance="1.5,1,1")
     check_options(guidance_interval="0.28,5.42")
     check_options(guidance_interval="0,inf")
+    check_options(guide_model="packaged")
+    check_options(guide_model="none")
 
 
 def test_parse_guidance_gives_one_scale_or_one_per_level():

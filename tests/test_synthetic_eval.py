@@ -228,6 +228,20 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     assert right[0] >= 4 and right[2] >= 4 and right[1] >= 3, read   # colour, direction, shape of 5
 
 
+def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
+    """The packaged model names its packaged guide (docs/results.md, section 43), which fits its level 0;
+    `--guide-model none` goes back to classifier-free guidance."""
+    from hpdm_cli.assets import DEFAULT_MODEL, GUIDE_MODEL, resolve_guide
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.drivers.sample import make_sampler, with_guide_model
+    net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
+    assert recipe.sample.guide_model == "packaged" and resolve_guide("packaged") == GUIDE_MODEL
+    assert GUIDE_MODEL.stat().st_size <= 2 * 2 ** 20                  # 0.6M parameters in fp16
+    sampler = make_sampler(net, recipe, "cpu", None, 64, True, False, False)
+    assert sampler.guide is not None and sampler.guide.pyramid.num_levels == 1
+    assert make_sampler(net, with_guide_model(recipe, "none"), "cpu", None, 64, True, False, False).guide is None
+
+
 def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path, capsys):
     from conftest import run_cli
     code, out, err = run_cli(capsys, "sample", "--prompt", "a green diamond moving up on a brown background",

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import out as console
-from .sample_cmd import CONTEXT_GIB_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP
+from .sample_cmd import CONTEXT_GIB_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP
 
 
 def evaluate(
@@ -24,6 +24,7 @@ def evaluate(
                                                               "one per level, e.g. 32,16,8."),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help="Tiles at inference, as `hpdm sample --overlap` "
                                                                   "(default: recipe)."),
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
@@ -42,6 +43,7 @@ def evaluate(
     rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
                    i3d_weights=i3d_weights, context_gib=context_gib, guidance_interval=guidance_interval,
+                   guide_model=guide_model,
                    log=lambda m: console.print(m, highlight=False))
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")

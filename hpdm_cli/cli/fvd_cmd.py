@@ -14,7 +14,7 @@ import typer
 
 from .console import err, out
 from .progress import keyed_bars
-from .sample_cmd import GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP
+from .sample_cmd import GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP
 
 
 def eval_fvd(
@@ -59,6 +59,7 @@ def eval_fvd(
     guidance: Optional[str] = typer.Option(None, "--guidance", help="Checkpoint --fake: " + GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval",
                                                     help="Checkpoint --fake: " + GUIDANCE_INTERVAL_HELP),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help="Checkpoint --fake: " + GUIDE_MODEL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tiles at inference, as "
                                                                   "`hpdm sample --overlap`."),
     bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
@@ -70,7 +71,8 @@ def eval_fvd(
     live = sys.stderr.isatty() if progress is None else progress
     with keyed_bars(lambda side: f"{side} clips", live) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
-                           steps=steps, guidance=guidance, guidance_interval=guidance_interval, overlap=overlap,
+                           steps=steps, guidance=guidance, guidance_interval=guidance_interval, guide_model=guide_model,
+                           overlap=overlap,
                            bf16=bf16, num=num, frames=frames,
                            stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,

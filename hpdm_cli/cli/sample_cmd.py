@@ -20,6 +20,10 @@ STEPS_HELP = ("Sampler steps: N at level 0, halved per level (at least 1), or on
               "(default: the recipe's sample.level_steps, else sample.steps halved per level).")
 GUIDANCE_HELP = ("Classifier-free guidance scale (1 = off): one number, or one per level, e.g. 1.5,1,1 "
                  "(default: the recipe's sample.guidance).")
+GUIDE_MODEL_HELP = ("A model of level 0 alone that guides level 0 instead of the unconditional denoiser "
+                    "(autoguidance, at --guidance's level-0 scale): a run, checkpoint or .safetensors file, packaged "
+                    "(the packaged model's guide) or none (classifier-free guidance); default: the recipe's "
+                    "sample.guide_model.")
 GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the "
                           "recipe's sample.guidance_interval; none = every sigma).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
@@ -56,6 +60,7 @@ def sample(
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
                                                            "instead of caching them (same video, slower)."),
@@ -81,7 +86,7 @@ def sample(
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
                        warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
-                       context_gib=context_gib, guidance_interval=guidance_interval)
+                       context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model)
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "

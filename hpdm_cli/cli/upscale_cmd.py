@@ -13,7 +13,7 @@ import typer
 from .console import is_main_rank, rank0_warn
 from .console import out as console
 from .progress import keyed_bars
-from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, OVERLAP_HELP, STEPS_HELP
+from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, OVERLAP_HELP, STEPS_HELP
 
 
 def upscale(
@@ -39,6 +39,7 @@ def upscale(
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP + " Only with --class/--prompt."),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step."),
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
@@ -59,7 +60,7 @@ def upscale(
                           window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
                           guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,
                           tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn,
-                          guidance_interval=guidance_interval)
+                          guidance_interval=guidance_interval, guide_model=guide_model)
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape

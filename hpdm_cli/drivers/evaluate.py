@@ -43,7 +43,8 @@ from ..eval.texture import stripe_summary
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .sample import check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_guidance_interval
+from .sample import (check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_guidance_interval,
+                     with_guide_model)
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 EXTRAPOLATE_MIN_CLIPS = 256  # fewer clips per side: an FVD extrapolation's subsets are as noisy as the bias it removes
@@ -224,13 +225,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
 
 
 def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir,
-                   context_gib: Optional[float] = None, guidance_interval=None) -> Path:
+                   context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> Path:
     """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
     if num_clips is not None and num_clips < 2:
         raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
     if split not in ("heldout", "train", "all"):
         raise GenerateError(f"--split {split!r}: expected heldout, train or all")
-    check_options(batch=batch, guidance=guidance, context_gib=context_gib, guidance_interval=guidance_interval)
+    check_options(batch=batch, guidance=guidance, context_gib=context_gib, guidance_interval=guidance_interval,
+                  guide_model=guide_model)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
@@ -249,15 +251,15 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
              guidance=None, steps=None, overlap: Optional[str] = None,
              device="auto", bf16: bool = False, compile: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
-             context_gib: Optional[float] = None, guidance_interval=None,
+             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
              log: Callable[[str], None] = print) -> dict:
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report.
 
     `num_clips` None: the checkpoint recipe's eval.num_clips.
     """
-    out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib, guidance_interval)
+    out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib, guidance_interval, guide_model)
     net, recipe, info = load_generator(ckpt, device)
-    recipe = with_guidance_interval(recipe, guidance_interval)
+    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
     source = ""
     if num_clips is None:
         num_clips, source = recipe.eval.num_clips, " (the recipe's eval.num_clips; --num-clips N to change)"
@@ -288,6 +290,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     report = {"checkpoint": str(info.weights), "step": info.step, "num_clips": num_clips, "split": split,
               "resolution": list(R), "guidance": guidance if guidance is not None else recipe.sample.guidance,
               "guidance_interval": list(recipe.sample.guidance_interval),
+              "guide_model": recipe.sample.guide_model,
               "steps": level_steps(recipe.sample, recipe.pyramid.num_levels, steps), "seconds_per_clip": seconds,
               "compiled": compile, "complete": False}
 

@@ -25,7 +25,8 @@ from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, 
                         check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
                         side_stats, source_kind, stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
-from .sample import parse_guidance, parse_guidance_interval, parse_steps, with_guidance_interval
+from .sample import (parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_guidance_interval,
+                     with_guide_model)
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -75,6 +76,7 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     _as_fvd_error(parse_guidance, guidance, num_levels)
     _as_fvd_error(parse_guidance_interval, gen.get("guidance_interval"))
+    _as_fvd_error(parse_guide_model, gen.get("guide_model"))
     if num_levels is not None and gen.get("steps") is not None:
         _as_fvd_error(parse_steps, gen["steps"], num_levels)
     if gen.get("data") is not None:
@@ -168,7 +170,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
 def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
                         seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
                         steps=None, guidance=None, overlap: Optional[str] = None,
-                        bf16: bool = False, tile_batch: int = 64, guidance_interval=None,
+                        bf16: bool = False, tile_batch: int = 64, guidance_interval=None, guide_model=None,
                         log: Optional[Log] = None) -> tuple[Iterator[Clip], dict]:
     """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
 
@@ -186,9 +188,10 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     n = int(protocol.num)
     values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
     nsteps = _as_fvd_error(parse_steps, steps, recipe.pyramid.num_levels)
-    _check_generation(dict(seed=seed, batch=batch, guidance=guidance, guidance_interval=guidance_interval))
+    _check_generation(dict(seed=seed, batch=batch, guidance=guidance, guidance_interval=guidance_interval,
+                           guide_model=guide_model))
     guidance = _as_fvd_error(parse_guidance, guidance, recipe.pyramid.num_levels)
-    recipe = with_guidance_interval(recipe, guidance_interval)
+    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
     bs = int(batch) if batch is not None else int(recipe.sample.batch_size)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
@@ -196,7 +199,8 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     meta = dict(weights=str(info.weights), step=int(info.step), seeds=f"{seeds[0]}-{seeds[-1]}", condition=what,
                 data=cmeta["data"], label_counts=cmeta["label_counts"], num_prompts=cmeta["num_prompts"],
                 resolution=[F_, H, W], steps=nsteps, guidance=guidance,
-                guidance_interval=list(recipe.sample.guidance_interval), overlap=overlap, bf16=bf16, batch=bs)
+                guidance_interval=list(recipe.sample.guidance_interval), guide_model=recipe.sample.guide_model,
+                overlap=overlap, bf16=bf16, batch=bs)
 
     def stream() -> Iterator[Clip]:
         for s in range(0, n, bs):
@@ -423,7 +427,7 @@ def _recipe_eval_defaults(real: Path, fake: Path, options: dict) -> None:
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
                  gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
                  guidance=None, overlap: Optional[str] = None, bf16: bool = False, guidance_interval=None,
-                 **options) -> FVDResult:
+                 guide_model=None, **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
 
     The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset, and
@@ -437,7 +441,7 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
             raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
     _recipe_eval_defaults(real, fake, options)
     generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16,
-                      guidance_interval=guidance_interval)
+                      guidance_interval=guidance_interval, guide_model=guide_model)
     if gen_seed is not None:                                  # else generate_fake_clips' first seed
         generation["seed"] = gen_seed
     if data is not None:

@@ -42,7 +42,7 @@ from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_over
 
 __all__ = [
     "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
-    "with_guidance_interval", "check_options", "rank_seeds",
+    "with_guidance_interval", "parse_guide_model", "with_guide_model", "check_options", "rank_seeds",
     "output_paths", "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level",
     "sample_videos",
     "write_outputs", "generate",
@@ -157,9 +157,31 @@ def with_guidance_interval(recipe, text):
     return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
 
 
+def parse_guide_model(text) -> Optional[str]:
+    """`--guide-model`: a base-level model for autoguidance of level 0 ("packaged": the packaged model's guide;
+    "none": classifier-free guidance), as sample.guide_model; None = the recipe's."""
+    if text is None:
+        return None
+    text = str(text)
+    if text == "none":
+        return ""
+    if text != "packaged" and not Path(text).exists():
+        raise GenerateError(f"--guide-model {text}: no such file or directory; give a model of level 0 alone (a "
+                            "run directory, checkpoint or .safetensors file), packaged, or none (no autoguidance)")
+    return text
+
+
+def with_guide_model(recipe, text):
+    """The recipe with `--guide-model` as its sample.guide_model; unchanged for None."""
+    guide = parse_guide_model(text)
+    if guide is None:
+        return recipe
+    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guide_model=guide))
+
+
 def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
                   fps: Optional[float] = None, levels: Optional[int] = None,
-                  context_gib: Optional[float] = None, guidance_interval=None) -> None:
+                  context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
     if context_gib is not None and not (math.isfinite(context_gib) and context_gib >= 0):
         raise GenerateError(f"--context-gib {context_gib}: expected a number of GiB >= 0 (0 = recompute the "
@@ -170,6 +192,7 @@ def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance
         raise GenerateError(f"--tile-batch {tile_batch}: expected at least 1 (tiles per network forward)")
     parse_guidance(guidance)
     parse_guidance_interval(guidance_interval)
+    parse_guide_model(guide_model)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise GenerateError(f"--fps {fps}: expected a positive number")
     if levels is not None and levels < 0:
@@ -406,7 +429,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None,
-             context_gib: Optional[float] = None, guidance_interval=None) -> SampleReport:
+             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
@@ -419,7 +442,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
-                  context_gib=context_gib, guidance_interval=guidance_interval)
+                  context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model)
     rank, world_size, local = world()
     mine = rank_seeds(all_seeds, rank, world_size)
     paths = output_paths(out, all_seeds)
@@ -432,7 +455,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
     guidance = parse_guidance(guidance, L)
-    recipe = with_guidance_interval(recipe, guidance_interval)
+    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
     if packaged and prompt and warn is not None:

@@ -37,7 +37,7 @@ from ..config import Recipe
 from ..device import world
 from ..sampling import level_steps
 from .sample import (Log, Progress, check_finite, check_options, check_writable, make_parent, make_sampler,
-                     parse_guidance, parse_steps, with_guidance_interval)
+                     parse_guidance, parse_steps, with_guidance_interval, with_guide_model)
 
 __all__ = [
     "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",
@@ -374,7 +374,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
             guidance=None, overlap: Optional[str] = None, cache: bool = True,
             offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device: str = "auto",
             bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
-            guidance_interval=None) -> UpscaleReport:
+            guidance_interval=None, guide_model=None) -> UpscaleReport:
     """`hpdm upscale`: an existing video -> the model's resolution, through its learned upper levels.
 
     Checks the output path, checkpoint, options and input video before sampling; writes `out`
@@ -384,10 +384,10 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     from ..io.video import read_video, write_video
     _check_request(input, out, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap, seed=seed,
                    from_level=from_level, batch=batch, tile_batch=tile_batch, guidance=guidance,
-                   guidance_interval=guidance_interval)
+                   guidance_interval=guidance_interval, guide_model=guide_model)
     rank, _, local = world()
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
-    recipe = with_guidance_interval(recipe, guidance_interval)
+    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
     _check_from_level(from_level, recipe.pyramid.num_levels)
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
@@ -411,7 +411,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
 
 
 def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float, seed: int, from_level: int,
-                   batch: Optional[int], tile_batch: int, guidance, guidance_interval=None) -> None:
+                   batch: Optional[int], tile_batch: int, guidance, guidance_interval=None,
+                   guide_model=None) -> None:
     """Everything `upscale` can check before loading the checkpoint (options, output path, input file)."""
     _check_fit(fit)
     _check_pad_mode(pad_mode)
@@ -420,7 +421,8 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
         raise GenerateError(f"--seed {seed}: expected a seed >= 0")
     if from_level < 0:
         raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
-    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,
+                  guide_model=guide_model)
     check_writable([out])
     if not Path(input).is_file():
         raise GenerateError(f"input video {str(input)!r} not found")
