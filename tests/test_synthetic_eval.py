@@ -238,8 +238,9 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     assert recipe.sample.guide_model == "packaged" and resolve_guide("packaged") == GUIDE_MODEL
     assert GUIDE_MODEL.stat().st_size <= 2 * 2 ** 20                  # 0.6M parameters in fp16
     sampler = make_sampler(net, recipe, "cpu", None, 64, True, False, False)
-    assert sampler.guide is not None and sampler.guide.pyramid.num_levels == 1
-    assert make_sampler(net, with_guide_model(recipe, "none"), "cpu", None, 64, True, False, False).guide is None
+    assert sampler.guide_sampler is not None and sampler.guide_sampler.pyramid.num_levels == 1
+    plain = make_sampler(net, with_guide_model(recipe, "none"), "cpu", None, 64, True, False, False)
+    assert plain.guide_sampler is None
 
 
 def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path, capsys):

@@ -133,7 +133,8 @@ def check_guide(net, guide) -> None:
         raise ValueError(f"the guide model's level is {list(g.resolution)} in patches of {list(g.patch)}; "
                          f"level 0 here is {list(p.level_resolution(0))} in patches of {list(p.patch)}")
     m, h = net.cfg, guide.cfg
-    keys = ["channels", "cond"] + {"text": ["text_encoder", "text_dim", "text_tokens"], "class": ["num_classes"]}.get(m.cond, [])
+    per_cond = {"text": ["text_encoder", "text_dim", "text_tokens"], "class": ["num_classes"]}
+    keys = ["channels", "cond"] + per_cond.get(m.cond, [])
     for k in keys:
         if getattr(m, k) != getattr(h, k):
             raise ValueError(f"the guide model's model.{k} = {getattr(h, k)!r}, the model's {getattr(m, k)!r}: "
@@ -260,11 +261,11 @@ class HierarchicalSampler:
         self._storage = torch.device("cpu") if self.offload else self.device
         self._pin = self.offload and self.device.type == "cuda"
         self.self_cond = bool(self.model.self_condition)
-        self.guide = None
+        self.guide_sampler = None
         if guide is not None:
             check_guide(net, guide)
             plain = dataclasses.replace(sample, guidance=1.0, guidance_interval=[])
-            self.guide = HierarchicalSampler(guide, diffusion, plain, self.device, overlap=overlap,
+            self.guide_sampler = HierarchicalSampler(guide, diffusion, plain, self.device, overlap=overlap,
                                              tile_batch=tile_batch, cache=cache, offload=offload,
                                              autocast=autocast, dtype=dtype, compile=compile)
 
@@ -293,7 +294,7 @@ class HierarchicalSampler:
         generated = [l for l in range(n_levels) if l not in fixed]
         w = level_guidance(sc.guidance if guidance is None else guidance, self.num_levels)
         sigma_max = per_level(sc.sigma_max, self.num_levels, "sigma_max values")
-        auto = frozenset({0}) if self.guide is not None and 0 in generated and w[0] != 1.0 else frozenset()
+        auto = frozenset({0}) if self.guide_sampler is not None and 0 in generated and w[0] != 1.0 else frozenset()
         guided = (cond is not None and self.model.cond != "none"
                   and any(w[l] != 1.0 and l not in auto for l in generated))
         run = self._start(seeds, cond, w, guided, generated)
@@ -498,8 +499,8 @@ class HierarchicalSampler:
         guide = None
         if level in run.auto:                  # the guide's conditional denoiser, its own run and latents
             g_cond = None if run.cond is None else run.cond[:B]
-            g_run = self.guide._start(range(B), g_cond, [1.0], False, [0])
-            guide = self.guide._level_denoiser(g_run, 0)
+            g_run = self.guide_sampler._start(range(B), g_cond, [1.0], False, [0])
+            guide = self.guide_sampler._level_denoiser(g_run, 0)
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             k = calls[0] % len(phases)
