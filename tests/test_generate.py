@@ -618,3 +618,25 @@ def test_guidance_interval_option_reaches_the_sampler(assets, tmp_path, monkeypa
     with pytest.raises(Stop):
         up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", guidance_interval="1,2")
     assert seen == [[1.0, 2.0]]
+
+
+def test_guide_model_option_autoguides_level_0(assets, tmp_path, capsys):
+    """`hpdm sample --guide-model RUN` guides level 0 by another model of that level alone: a different video
+    than classifier-free guidance (`--guide-model none`) at the same scale and seed; the report says so."""
+    from test_model import randomize
+    rec = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={assets['root']}/data", "pyramid.resolution=[4,8,8]",
+                                                      "pyramid.patch=[4,8,8]"])
+    guide_run = tmp_path / "guide"
+    net = randomize(build_model(rec))                      # random weights all through (an untrained net's output is 0)
+    save_checkpoint(guide_run, rec, 3, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    videos = {}
+    for guide in (guide_run, "none"):
+        out = tmp_path / f"clip-{Path(str(guide)).name}.mp4"
+        code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--levels", "0",
+                                "--steps", "3", "--guidance", "2,1,1", "--guide-model", guide, "--out", out,
+                                "--no-progress")
+        assert code == 0 and out.is_file(), err
+        assert (f"level 0 autoguided by {guide_run}" in stdout) == (guide != "none"), stdout
+        videos[str(guide)] = read_video(out)[0].astype(np.int16)
+    assert np.abs(videos[str(guide_run)] - videos["none"]).max() > 8

@@ -9,7 +9,7 @@ from hpdm_cli.model import HPDMNet
 from hpdm_cli.recipe import available_recipes, default_recipe_path, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["tiny", "shapes", "shapes128", "shapes128-grown", "ucf", "t2v"]
+NAMES = ["tiny", "shapes", "shapes-guide", "shapes128", "shapes128-grown", "ucf", "t2v"]
 
 
 def test_top_level_recipes_are_the_packaged_ones():

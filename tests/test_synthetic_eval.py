@@ -241,6 +241,14 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     assert sampler.guide_sampler is not None and sampler.guide_sampler.pyramid.num_levels == 1
     plain = make_sampler(net, with_guide_model(recipe, "none"), "cpu", None, 64, True, False, False)
     assert plain.guide_sampler is None
+    # recipes/shapes-guide.toml trains this guide's architecture, and its network fits recipes/shapes.toml's.
+    from hpdm_cli.model import HPDMNet
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    from hpdm_cli.sampling import check_guide
+    from hpdm_cli.train.checkpoint import architecture_of
+    guide_recipe, shapes = load_recipe(default_recipe_path("shapes-guide")), load_recipe(default_recipe_path("shapes"))
+    assert architecture_of(guide_recipe) == architecture_of(load_generator(GUIDE_MODEL, "cpu")[1])
+    check_guide(HPDMNet(shapes.pyramid, shapes.model), HPDMNet(guide_recipe.pyramid, guide_recipe.model))
 
 
 def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path, capsys):

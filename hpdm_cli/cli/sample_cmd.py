@@ -90,7 +90,7 @@ def sample(
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
-                  f"{rep.fps:g} fps, {sum(rep.seconds):.1f} s on {rep.device} from {rep.weights} (step {rep.step})",
-                  highlight=False)
+                  f"{rep.fps:g} fps, {sum(rep.seconds):.1f} s on {rep.device} from {rep.weights} (step {rep.step})"
+                  + (f", level 0 autoguided by {rep.guide}" if rep.guide else ""), highlight=False)
     for p in rep.files:
         console.print(f"wrote {p}", highlight=False)

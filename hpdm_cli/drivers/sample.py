@@ -38,7 +38,7 @@ from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe
 from ..device import world
-from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_overlap
+from ..sampling import HierarchicalSampler, check_guide, level_guidance, level_steps, parse_overlap
 
 __all__ = [
     "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
@@ -419,6 +419,7 @@ class SampleReport:
     seconds: list                                 # per level
     device: str
     messages: list = field(default_factory=list)
+    guide: str = ""                               # the model that guided level 0 (autoguidance), "" if none
 
 
 def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",
@@ -469,6 +470,10 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     report = SampleReport(files=[], seeds=mine, all_seeds=all_seeds, rank=rank, world_size=world_size, level=last,
                           shape=shape, fps=out_fps, condition=cond.describe(), weights=info.weights, step=info.step,
                           seconds=[], device=str(info.device))
+    w0 = level_guidance(recipe.sample.guidance if guidance is None else guidance, L)[0]
+    if recipe.sample.guide_model and w0 != 1.0:
+        from ..assets import resolve_guide
+        report.guide = str(resolve_guide(recipe.sample.guide_model))
     if not mine:
         return report
     res = sample_videos(net, recipe, mine, cond, levels=last, steps=nsteps, guidance=guidance, overlap=overlap,

@@ -1,10 +1,11 @@
 """Inference: tilings of the pyramid levels (tiles), the EDM sampler (edm_sampler), hierarchical sampling (hierarchical)."""
 
 from .edm_sampler import churn_gamma, edm_sample, edm_sigmas, network_evaluations
-from .hierarchical import HierarchicalSampler, SampleResult, cache_bytes, check_guide, level_steps, seed_generator
+from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, check_guide, level_guidance, level_steps,
+                           seed_generator)
 from .tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap, shift_phases,
                     tile_counts)
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
-           "chain_offsets", "check_guide", "churn_gamma", "edm_sample", "edm_sigmas", "level_steps", "network_evaluations",
-           "grid_axes", "parse_overlap", "seed_generator", "shift_phases", "tile_counts"]
+           "chain_offsets", "check_guide", "churn_gamma", "edm_sample", "edm_sigmas", "grid_axes", "level_guidance",
+           "level_steps", "network_evaluations", "parse_overlap", "seed_generator", "shift_phases", "tile_counts"]

@@ -266,8 +266,8 @@ class HierarchicalSampler:
             check_guide(net, guide)
             plain = dataclasses.replace(sample, guidance=1.0, guidance_interval=[])
             self.guide_sampler = HierarchicalSampler(guide, diffusion, plain, self.device, overlap=overlap,
-                                             tile_batch=tile_batch, cache=cache, offload=offload,
-                                             autocast=autocast, dtype=dtype, compile=compile)
+                                                     tile_batch=tile_batch, cache=cache, offload=offload,
+                                                     autocast=autocast, dtype=dtype, compile=compile)
 
     # ----------------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int], cond=None, *, guidance=None,
