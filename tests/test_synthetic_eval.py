@@ -233,13 +233,13 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     `--guide-model none` goes back to classifier-free guidance."""
     from hpdm_cli.assets import DEFAULT_MODEL, GUIDE_MODEL, resolve_guide
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.sample import make_sampler, with_guide_model
+    from hpdm_cli.drivers.sample import make_sampler, with_sample_options
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.sample.guide_model == "packaged" and resolve_guide("packaged") == GUIDE_MODEL
     assert GUIDE_MODEL.stat().st_size <= 2 * 2 ** 20                  # 0.6M parameters in fp16
     sampler = make_sampler(net, recipe, "cpu", None, 64, True, False, False)
     assert sampler.guide_sampler is not None and sampler.guide_sampler.pyramid.num_levels == 1
-    plain = make_sampler(net, with_guide_model(recipe, "none"), "cpu", None, 64, True, False, False)
+    plain = make_sampler(net, with_sample_options(recipe, guide_model="none"), "cpu", None, 64, True, False, False)
     assert plain.guide_sampler is None
     # recipes/shapes-guide.toml trains this guide's architecture, and its network fits recipes/shapes.toml's.
     from hpdm_cli.model import HPDMNet

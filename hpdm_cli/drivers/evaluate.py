@@ -43,8 +43,7 @@ from ..eval.texture import stripe_summary
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .sample import (check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_guidance_interval,
-                     with_guide_model)
+from .sample import check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_sample_options
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 EXTRAPOLATE_MIN_CLIPS = 256  # fewer clips per side: an FVD extrapolation's subsets are as noisy as the bias it removes
@@ -259,7 +258,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     """
     out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib, guidance_interval, guide_model)
     net, recipe, info = load_generator(ckpt, device)
-    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     source = ""
     if num_clips is None:
         num_clips, source = recipe.eval.num_clips, " (the recipe's eval.num_clips; --num-clips N to change)"

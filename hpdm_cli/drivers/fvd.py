@@ -25,8 +25,7 @@ from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, 
                         check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
                         side_stats, source_kind, stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
-from .sample import (parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_guidance_interval,
-                     with_guide_model)
+from .sample import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -191,7 +190,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     _check_generation(dict(seed=seed, batch=batch, guidance=guidance, guidance_interval=guidance_interval,
                            guide_model=guide_model))
     guidance = _as_fvd_error(parse_guidance, guidance, recipe.pyramid.num_levels)
-    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     bs = int(batch) if batch is not None else int(recipe.sample.batch_size)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")

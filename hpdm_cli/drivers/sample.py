@@ -42,7 +42,7 @@ from ..sampling import HierarchicalSampler, check_guide, level_guidance, level_s
 
 __all__ = [
     "SampleOutput", "SampleReport", "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval",
-    "with_guidance_interval", "parse_guide_model", "with_guide_model", "check_options", "rank_seeds",
+    "parse_guide_model", "with_sample_options", "check_options", "rank_seeds",
     "output_paths", "check_writable", "make_parent", "to_uint8", "check_finite", "make_sampler", "last_level",
     "sample_videos",
     "write_outputs", "generate",
@@ -149,14 +149,6 @@ def parse_guidance_interval(text) -> Optional[list]:
     return vals
 
 
-def with_guidance_interval(recipe, text):
-    """The recipe with `--guidance-interval LO,HI` as its sample.guidance_interval; unchanged for None."""
-    interval = parse_guidance_interval(text)
-    if interval is None:
-        return recipe
-    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guidance_interval=interval))
-
-
 def parse_guide_model(text) -> Optional[str]:
     """`--guide-model`: a base-level model for autoguidance of level 0 ("packaged": the packaged model's guide;
     "none": classifier-free guidance), as sample.guide_model; None = the recipe's."""
@@ -171,12 +163,16 @@ def parse_guide_model(text) -> Optional[str]:
     return text
 
 
-def with_guide_model(recipe, text):
-    """The recipe with `--guide-model` as its sample.guide_model; unchanged for None."""
-    guide = parse_guide_model(text)
-    if guide is None:
-        return recipe
-    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, guide_model=guide))
+def with_sample_options(recipe, *, guidance_interval=None, guide_model=None):
+    """The recipe with `--guidance-interval` and `--guide-model` as its sample settings (None keeps the recipe's)."""
+    edits = {}
+    interval = parse_guidance_interval(guidance_interval)
+    if interval is not None:
+        edits["guidance_interval"] = interval
+    guide = parse_guide_model(guide_model)
+    if guide is not None:
+        edits["guide_model"] = guide
+    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, **edits)) if edits else recipe
 
 
 def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
@@ -456,7 +452,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
     guidance = parse_guidance(guidance, L)
-    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device)
     if packaged and prompt and warn is not None:

@@ -37,7 +37,7 @@ from ..config import Recipe
 from ..device import world
 from ..sampling import level_steps
 from .sample import (Log, Progress, check_finite, check_options, check_writable, make_parent, make_sampler,
-                     parse_guidance, parse_steps, with_guidance_interval, with_guide_model)
+                     parse_guidance, parse_steps, with_sample_options)
 
 __all__ = [
     "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",
@@ -387,7 +387,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
                    guidance_interval=guidance_interval, guide_model=guide_model)
     rank, _, local = world()
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
-    recipe = with_guide_model(with_guidance_interval(recipe, guidance_interval), guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     _check_from_level(from_level, recipe.pyramid.num_levels)
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
