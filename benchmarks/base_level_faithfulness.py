@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     """Print one JSON line per split: valid, colour, shape, direction, background rates and stripes of level 0."""
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, real_level0, render_real
-    from hpdm_cli.drivers.sample import to_uint8
+    from hpdm_cli.conditioning import GenerateError
+    from hpdm_cli.drivers.sample import parse_guide_model, to_uint8
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.texture import stripe_summary
     from hpdm_cli.io.contact_sheet import contact_sheet, stack_sheets, write_png
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance-interval", help="LO,HI: guide only at LO < sigma <= HI (sample.guidance_interval)")
     ap.add_argument("--steps", type=int, help="sampler steps at level 0 (default: the recipe's)")
     ap.add_argument("--churn", type=float, help="S_churn at level 0 (default: the recipe's sample.churn; 0: deterministic)")
-    ap.add_argument("--guide", help="a base-level model that guides level 0 (autoguidance, sample.guide_model)")
+    ap.add_argument("--guide", help="a base-level model that guides level 0 (autoguidance, sample.guide_model); "
+                    "none: classifier-free guidance (the packaged model is autoguided by default)")
     ap.add_argument("--low", help="a second base level for the calls below --split-sigma")
     ap.add_argument("--split-sigma", type=float, default=1.0, help="sigma below which --low denoises")
     ap.add_argument("--sheet", help="PNG: the last split's first --sheet-rows clips of level 0, generated beside real")
@@ -78,7 +80,10 @@ def main(argv=None) -> int:
     if a.guidance_interval:
         recipe.sample.guidance_interval = [float(v) for v in a.guidance_interval.split(",")]
     if a.guide:
-        recipe.sample.guide_model = a.guide
+        try:
+            recipe.sample.guide_model = parse_guide_model(a.guide)
+        except GenerateError as e:
+            raise SystemExit(str(e)) from None
     if a.churn is not None:
         recipe.sample.churn, recipe.sample.stochastic_levels = a.churn, 1
     search = [p for p in a.tables.split(",") if p]

@@ -5,7 +5,8 @@ The same N held-out prompts and seeds are sampled once per setting: a scale, or 
 level's schedule starts: "1.5/32,32,16/hw" or "1.5,1,1/32,32,16/fhw/80,10,10") and the sigmas between
 which guidance applies (sample.guidance_interval: "1.5,1,1/32,48,24/shift-fhw//0.3,5"), then a model of level 0
 alone that guides it instead of the unconditional denoiser (sample.guide_model, autoguidance:
-"1.5,1,1/32,48,24/shift-fhw///out/guides/ags-6000.safetensors"); every setting
+"1.5,1,1/32,48,24/shift-fhw///out/guides/ags-6000.safetensors"; "none": classifier-free guidance,
+which the packaged model, autoguided by default, needs to reproduce docs/results.md sections 14-42); every setting
 is scored against the same real clips, beside the real-vs-real floor and the trivial baselines
 (static, shuffled frames) at that N; `stripes` is the background stripe R^2 (hpdm_cli/eval/texture.py),
 `seams` the steps across the finest level's tile borders over those elsewhere (hpdm_cli/eval/seams.py;
@@ -223,6 +224,8 @@ def main(argv=None) -> int:
         real_level0,
         render_real,
     )
+    from hpdm_cli.conditioning import GenerateError
+    from hpdm_cli.drivers.sample import parse_guide_model
     from hpdm_cli.eval.faithfulness import read_clip, score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.seams import AXES, seam_steps, seam_summary
@@ -269,6 +272,11 @@ def main(argv=None) -> int:
         raise SystemExit("--real-level0 scores whole sets only: drop it or --rows")
     if partial and not a.save:
         raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
+    for text in a.settings:                        # a setting's guide model, checked before any work
+        try:
+            parse_guide_model(parse_setting(text, None, None)[5])
+        except GenerateError as e:
+            raise SystemExit(f"setting {text}: {e}") from None
     net, recipe, info = load_generator(a.ckpt[0], a.device)
     base = None
     same = lambda r: (r.model.cond, r.model.text_encoder, r.model.text_tokens, r.model.text_dim, r.model.num_classes)
@@ -345,7 +353,7 @@ def main(argv=None) -> int:
             rec = dataclasses.replace(recipe, sample=dataclasses.replace(
                 recipe.sample, **({} if smax is None else {"sigma_max": smax}),
                 **({} if interval is None else {"guidance_interval": interval}),
-                **({} if guide is None else {"guide_model": guide})))
+                **({} if guide is None else {"guide_model": parse_guide_model(guide)})))
             gen = dict(batch=a.batch, device=info.device, bf16=a.bf16, compile=a.compile, context_gib=a.context_gib,
                        log=lambda s: None)
             fixed = None
