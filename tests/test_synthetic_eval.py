@@ -179,6 +179,9 @@ def test_eval_of_a_one_level_model_has_no_level_diagnostics(tmp_path, prompt_tab
                    log=lambda m: None)
     assert "levels" not in rep and rep["faithfulness"]["real_ceiling"]["colour"] == 1.0
     assert not any("level 0" in name for name, _ in summary_rows(rep))
+    assert rep["guide_model"] == "" and not any("autoguidance" in name for name, _ in summary_rows(rep))
+    rows = dict(summary_rows({**rep, "guide_model": "packaged"}))
+    assert rows["autoguidance: the guide model"] == "packaged"
 
 
 def test_real_level0_takes_full_size_clips_or_a_level0_already_sampled():

@@ -220,6 +220,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
             rows.append(("upper levels given real level 0: background stripes R^2",
                          f"{st['upscaled_from_real_level0']['mean']:.2f}"))
     rows.append(("sampling seconds per clip", f"{report['seconds_per_clip']:.2f}"))
+    if report.get("guide_model"):
+        rows.append(("autoguidance: the guide model", str(report["guide_model"])))
     return rows
 
 
