@@ -11,7 +11,6 @@ also `ValueError`s), so existing `except ValueError` code is unaffected:
     ConfigError (config)          DataError (data.shards)        VideoError (io.video)
     TextEncoderError (text)       CheckpointError (train)        TrainError (train.loop)
     FVDError, I3DWeightsError (eval)   GenerateError (conditioning)  DeviceError (device)
-    UserError (cli.console: command-line mistakes found by the CLI itself)
 
 This module imports nothing, so any part of hpdm can use it.
 """

@@ -40,7 +40,7 @@ def test_click_is_really_hidden(no_click_env, tmp_path):
 
 
 @pytest.mark.parametrize("args,names", [
-    (["train"], ["recipe", "hpdm train --help"]),
+    (["train"], ["RECIPE", "hpdm train --help"]),
     (["upscale", "in.mp4"], ["--ckpt", "hpdm upscale --help"]),
     (["train", "tiny", "--train.steps=10"], ["--train.steps", "train.steps=VALUE"]),
     (["sample", "--ckpt", "x", "--guidance", "high"], ["--guidance", "number"]),

@@ -4,7 +4,6 @@ turns any HPDMError into one line on stderr and exit code 2."""
 import pytest
 
 from hpdm_cli.cli import app as cli_app
-from hpdm_cli.cli.console import UserError
 from hpdm_cli.config import ConfigError
 from hpdm_cli.data.shards import DataError
 from hpdm_cli.device import DeviceError
@@ -21,7 +20,7 @@ VALUE_ERRORS = [ConfigError, DataError, FVDError, I3DWeightsError, GenerateError
                 CheckpointError, TrainError]
 
 
-@pytest.mark.parametrize("cls", VALUE_ERRORS + [DeviceError, UserError], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", VALUE_ERRORS + [DeviceError], ids=lambda c: c.__name__)
 def test_every_user_facing_error_is_an_hpdm_error(cls):
     assert issubclass(cls, HPDMError)
 

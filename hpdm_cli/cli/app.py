@@ -19,13 +19,14 @@ from .console import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hierarchical Patch Diffusion Models: prepare data, train, sample, upscale, evaluate, benchmark.")
+# Registered in workflow order, the order `hpdm --help` lists them.
+app.command("prepare")(prepare_cmd.prepare)
 app.command("train", context_settings=train_cmd.CONTEXT_SETTINGS)(train_cmd.train)
-app.command("bench")(bench_cmd.bench)
 app.command("sample")(sample_cmd.sample)
 app.command("upscale")(upscale_cmd.upscale)
-app.command("eval-fvd")(fvd_cmd.eval_fvd)
 app.command("eval")(eval_cmd.evaluate)
-app.command("prepare")(prepare_cmd.prepare)
+app.command("eval-fvd")(fvd_cmd.eval_fvd)
+app.command("bench")(bench_cmd.bench)
 
 # What ends a command with one line and exit code 2: every HPDMError (hpdm_cli/errors.py), and the OS
 # errors of a path the user gave that is missing, forbidden or of the wrong kind.

@@ -8,12 +8,13 @@ from typing import List, Optional
 import typer
 
 from ..config import ConfigError
+from ..recipe import available_recipes
 from .console import out
 
 
 def bench(
-    recipe: str = typer.Argument(..., help="Recipe file or packaged name."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides."),
     steps: Optional[int] = typer.Option(None, help="Timed training steps (default 10)."),
     warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps (default 3)."),
     batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch; "

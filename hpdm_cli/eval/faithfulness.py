@@ -128,12 +128,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Soft intersection over union of two coverage maps in [0, 1]."""
-    union = float(np.maximum(a, b).sum())
-    return float(np.minimum(a, b).sum()) / union if union > 0 else 0.0
-
-
 def _frame_shape(alpha: np.ndarray, cx: float, cy: float, area: float) -> tuple[str, float]:
     """The shape template (at the object's centroid, area-matched size) that best fits `alpha`, and its IoU."""
     h, w = alpha.shape

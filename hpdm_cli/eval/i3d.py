@@ -207,6 +207,7 @@ class Unit3D(nn.Module):
         self.conv = nn.Conv3d(cin, cout, self.kernel, self.stride, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv3d with TensorFlow's SAME padding (asymmetric where needed), then ReLU unless disabled."""
         sym = _symmetric_same(x.shape[2:], self.kernel, self.stride)
         if sym is not None:
             x = F.conv3d(x, self.conv.weight, self.conv.bias, self.stride, sym)
@@ -236,6 +237,7 @@ class InceptionModule(nn.Module):
         self.out_channels = c[0] + c[2] + c[4] + c[5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The four branches (1x1x1; 1x1x1 then 3x3x3; another 1x1x1 then 3x3x3; max-pool then 1x1x1), concatenated."""
         return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)),
                           self.b3(max_pool_same(x, (3, 3, 3), (1, 1, 1)))], 1)
 
@@ -269,6 +271,7 @@ class InceptionI3D(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Kinetics-400 logits [B, 400] of clips x [B, 3, T, H, W] in [-1, 1]."""
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"I3D input has shape {list(x.shape)}: expected [B, 3, T, H, W]")
         if x.shape[2] < MIN_FRAMES:
