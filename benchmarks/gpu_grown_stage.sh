@@ -15,7 +15,11 @@
 #    file packed by benchmarks/pickle_pack.py, 43 MB: it travels in one call) to unpack there.
 #    SCORE="a.safetensors ..." scores those exported weights instead of the runs; SWEEP_FLAGS adds
 #    guidance_sweep.py's flags, e.g. "--bf16 --rows 0:128 --save $OUT/parts" for one part of a
-#    sweep too long for one call (guidance_sweep.py --merge scores the parts, on any machine).
+#    sweep too long for one call (guidance_sweep.py --merge scores the parts, on any machine), or
+#    "--bf16 --chunk 128 --save $OUT/parts" to keep every 128 clips as they are scored: a call that runs
+#    out of time still returns them, and the next call, given them back in $OUT/parts (carry the
+#    returned folder and copy it there first), samples only the rest. At most 8 files come back from a
+#    call: bound the sweep with `timeout` and delete the parts it was given before the call ends.
 # One self-contained scoring call (docs/results.md, section 37): the checkout without the tracked
 # PNGs and the packaged model (`git ls-files 'docs/results/*.png' | xargs rm; rm
 # hpdm_cli/assets/shapes-t2v.safetensors`, restored afterwards by `git checkout -- docs/results

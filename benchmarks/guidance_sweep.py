@@ -32,6 +32,10 @@ readings, stripe fits and seam steps with the real clips' reference; `--merge DI
 every model and setting whose parts cover all N rows exactly once, as a whole run would have;
 `--merge DIR --bootstrap 200` adds how far that draw of clips settles each difference (the same
 prompts and seeds resampled for every setting: hpdm_cli.eval.fvd.paired_bootstrap).
+`--chunk K --save DIR` saves every K rows as a part of their own as soon as they are scored, and skips
+the rows whose part DIR already holds (same model weights and setting): a call stopped by its time
+limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
+when the rows cover all N, the run scores the whole set itself.
 """
 
 from __future__ import annotations
@@ -104,6 +108,20 @@ def save_npz(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def load_part(path: Path, meta: dict):
+    """A part saved by --save whose model weights, step, setting, N and rows are `meta`'s, as (features, readings,
+    stripe fits, seam steps, sampling seconds); None when there is none (or another model's or setting's)."""
+    from hpdm_cli.eval.faithfulness import ClipReading
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    saved = json.loads(str(z["meta"]))
+    if any(saved.get(k) != v for k, v in meta.items() if k != "model"):
+        return None
+    return (z["features"], [ClipReading(**d) for d in json.loads(str(z["readings"]))], z["stripes"], z["seams"],
+            float(saved["sample_seconds"]))
 
 
 def slug(text: str) -> str:
@@ -254,6 +272,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default=None, help="LO:HI: sample only these of the N prompts/seeds (a part; see --save)")
     ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings, stripe fits, "
                                                  "seam steps (and the real clips' reference) for --merge")
+    ap.add_argument("--chunk", type=int, default=0, help="with --save: save every CHUNK rows as a part as soon as "
+                                                       "they are scored, and skip the parts --save already holds")
     ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
     ap.add_argument("--bootstrap", type=int, default=0, help="with --merge: rounds of a paired bootstrap of the "
                                                            "generated clips (how far the FVD differences are settled)")
@@ -272,6 +292,9 @@ def main(argv=None) -> int:
         raise SystemExit("--real-level0 scores whole sets only: drop it or --rows")
     if partial and not a.save:
         raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
+    if a.chunk and (a.chunk < 1 or not a.save or a.real_level0):
+        raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR (and without "
+                         "--real-level0)")
     for text in a.settings:                        # a setting's guide model, checked before any work
         try:
             parse_guide_model(parse_setting(text, None, None)[5])
@@ -348,7 +371,6 @@ def main(argv=None) -> int:
         tag = f"{name}: " if many else ""
         who = {"model": name, "weights": str(info.weights), "step": info.step}
         for text in a.settings:
-            t0 = time.time()
             w, st, ov, smax, interval, guide = parse_setting(text, steps, a.overlap)
             rec = dataclasses.replace(recipe, sample=dataclasses.replace(
                 recipe.sample, **({} if smax is None else {"sigma_max": smax}),
@@ -364,23 +386,44 @@ def main(argv=None) -> int:
                                          steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
                     base_level0[text] = real_level0(lvl0, base[1].pyramid)      # uint8 clips -> [-1, 1], as given
                 fixed = base_level0[text]
-            fake = generate_rows(net, rec, seeds, part_cond, guidance=w, steps=st, overlap=ov, fixed=fixed, **gen)
-            secs = time.time() - t0
-            features = ext.features(iter(fake))
-            readings, stripes, seams = measure(fake)
+            got, found = [], 0                   # per chunk of rows: features, readings, stripe fits, seams, seconds
+            for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
+                part = Path(a.save) / f"part-{name}-{slug(text)}-rows{c0:05d}-{c1:05d}.npz" if a.save else None
+                kept = load_part(part, {**who, "setting": text, "num": a.num, "rows": [c0, c1]}) if a.chunk else None
+                if kept is not None:
+                    got.append(kept)
+                    found += 1
+                    print(f"{tag}{text}: rows {c0}:{c1} found in {part}", file=sys.stderr, flush=True)
+                    continue
+                t0 = time.time()
+                fake = generate_rows(net, rec, seeds[c0 - lo:c1 - lo], part_cond[c0 - lo:c1 - lo], guidance=w,
+                                     steps=st, overlap=ov, fixed=None if fixed is None else fixed[c0 - lo:c1 - lo],
+                                     **gen)
+                secs = time.time() - t0
+                got.append((ext.features(iter(fake)), *measure(fake), secs))
+                if part is not None:
+                    meta = {**who, "setting": text, "num": a.num, "rows": [c0, c1], "sample_seconds": round(secs, 1)}
+                    save_npz(part, features=got[-1][0], stripes=got[-1][2], seams=got[-1][3],
+                             meta=np.array(json.dumps(meta)),
+                             readings=np.array(json.dumps([r.as_dict() for r in got[-1][1]])))
+                if a.chunk:
+                    print(f"{tag}{text}: rows {c0}:{c1} sampled in {secs:.1f} s, saved", file=sys.stderr, flush=True)
+                if a.sheets and c0 == 0:            # the sheet shows the first prompts: the part holding them
+                    Path(a.sheets).mkdir(parents=True, exist_ok=True)
+                    _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, min(8, len(fake)))
+            features = np.concatenate([g[0] for g in got])
+            readings = [r for g in got for r in g[1]]
+            stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])
+            secs = sum(g[4] for g in got)
             sc = summarise(readings, captions, stripes, seams, real_sc)
             f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
-            if a.save:
-                meta = {**who, "setting": text, "num": a.num, "rows": [lo, hi], "sample_seconds": round(secs, 1)}
-                save_npz(Path(a.save) / f"part-{name}-{slug(text)}-rows{lo:05d}-{hi:05d}.npz", features=features,
-                         stripes=stripes, seams=seams, meta=np.array(json.dumps(meta)),
-                         readings=np.array(json.dumps([r.as_dict() for r in readings])))
             if not partial:
                 rows.append((f"{tag}guidance {text}", f, sc))
                 whole_sets[f"{tag}guidance {text}"] = features
             print(json.dumps({**who, "setting": text, "fvd": None if f is None else round(f, 1), "n": a.num,
                               **({"rows": [lo, hi]} if partial else {}),
-                              "sample_seconds": round(secs, 1), "base": a.base, "base_low": a.base_low,
+                              "sample_seconds": round(secs, 1), **({"parts_found": found} if a.chunk else {}),
+                              "base": a.base, "base_low": a.base_low,
                               "split_sigma": a.split_sigma if a.base_low else None,
                               **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
             if a.real_level0:
@@ -391,9 +434,6 @@ def main(argv=None) -> int:
                 print(json.dumps({**who, "setting": text,
                                   "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
                                   **{k: round(su[k], 3) for k in SCORED}}), flush=True)
-            if a.sheets and lo == 0:                # the sheet shows the first prompts: the part holding them
-                Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, min(8, len(fake)))
     print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
                                                          "parts together)" if partial else "")
                 + f", {', '.join(scored)}"

@@ -547,6 +547,45 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
         guidance_sweep.main([*args, "--rows", "4:9", "--save", str(tmp_path / "p")])
 
 
+def test_guidance_sweep_in_chunks_keeps_what_it_finished_and_goes_on_from_there(tmp_path, capsys, monkeypatch):
+    """--chunk K --save DIR: a part per K rows as each is scored; a re-run samples only the rows DIR lacks (parts
+    of other weights or settings are sampled again), and once all rows are there it scores the whole set."""
+    import guidance_sweep
+    import hpdm_cli.drivers.evaluate as ev
+    import hpdm_cli.eval.fvd as fvd
+    from hpdm_cli.train.loop import train
+    monkeypatch.setattr(fvd, "I3DExtractor", MeanColourFeatures)
+    train(load_recipe(str(ROOT / "recipes/tiny.toml"), [
+        'data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
+        "train.steps=1", "train.batch_size=2", "data.num_workers=0", "pyramid.resolution=[4,16,16]"]),
+        tmp_path / "m", log=lambda m: None)
+    sampled, gen = [], ev.generate_rows
+    monkeypatch.setattr(ev, "generate_rows", lambda net, rec, seeds, *a, **k: sampled.append(list(seeds)) or gen(
+        net, rec, seeds, *a, **k))
+    args = [str(tmp_path / "m"), "--num", "6", "--batch", "2", "--settings", "1/2,2/none", "--device", "cpu"]
+    last = lambda: [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
+    assert guidance_sweep.main(args) == 0
+    whole = last()
+    parts = tmp_path / "p"
+    assert guidance_sweep.main([*args, "--rows", "0:4", "--chunk", "2", "--save", str(parts)]) == 0
+    assert sampled[1:] == [[0, 1], [2, 3]] and last()["fvd"] is None
+    assert sorted(f.name for f in parts.glob("part-*")) == ["part-m-1_2-2_none-rows00000-00002.npz",
+                                                            "part-m-1_2-2_none-rows00002-00004.npz"]
+    del sampled[:]
+    assert guidance_sweep.main([*args, "--chunk", "2", "--save", str(parts)]) == 0
+    out = last()
+    assert sampled == [[4, 5]] and out["parts_found"] == 2                # only the rows the folder lacked
+    assert out["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
+    for k in guidance_sweep.SCORED:
+        assert out[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k
+    del sampled[:]
+    assert guidance_sweep.main([*args[:-4], "--settings", "1/2,2/none", "1/1,1/none", "--device", "cpu",
+                                "--chunk", "4", "--save", str(parts)]) == 0
+    assert sampled == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5]]   # rows 4:6 of the first setting kept; other spans sampled
+    with pytest.raises(SystemExit, match=r"--chunk 2: expected a positive number of rows with --save DIR"):
+        guidance_sweep.main([*args, "--chunk", "2"])
+
+
 def test_guidance_sweep_prints_each_bootstrap_difference(capsys):
     """print_bootstrap: one line per setting and one per pair, the difference's sign and range as resampled."""
     import guidance_sweep
