@@ -57,6 +57,15 @@ def test_parse_errors_are_one_line_and_exit_2_without_click(no_click_env, tmp_pa
     assert all(n in lines[0] for n in names), lines[0]
 
 
+@pytest.mark.parametrize("args", [
+    ["eval", "--ckpt", "no-such-run", "--num", "4", "--i3d", "x.ckpt"],
+    ["eval-fvd", "--real", "no-such-dir", "--fake", "no-such-dir", "--num-clips", "4", "--i3d-weights", "x.ckpt"],
+], ids=["eval", "eval-fvd"])
+def test_eval_and_eval_fvd_take_each_others_spelling_of_clips_and_i3d_weights(no_click_env, tmp_path, args):
+    r = _run(args, no_click_env, tmp_path)
+    assert r.returncode == 2 and "no-such" in r.stderr and "No such option" not in r.stderr, r.stderr
+
+
 def test_bare_hpdm_prints_the_help_and_one_error_line(no_click_env, tmp_path):
     r = _run([], no_click_env, tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
