@@ -11,6 +11,7 @@
   copy is queued instead of waiting for the work already queued on the GPU.
 * `constant(values, device, dtype)`: a small constant tensor made once per device and reused (a
   `torch.tensor(..., device="cuda")` per training step is a copy that waits for the GPU).
+* `emulated_bf16_warning(spec)`: the warning for bf16 asked of a CPU that has no bf16 instructions.
 
 A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
 with one line that names the option (`--device` or `train.device`) and what to use instead.
@@ -30,7 +31,8 @@ from .errors import HPDMError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device", "to_device", "randn_on"]
+__all__ = ["DeviceError", "World", "world", "parse_device", "resolve_device", "to_device", "randn_on",
+           "emulated_bf16_warning"]
 
 _FORMS = "auto, cpu, cuda or cuda:N"
 
@@ -118,6 +120,28 @@ def resolve_device(spec: Union[str, "torch.device", None] = "auto", local_rank: 
     if dev.index >= count:
         raise DeviceError(f"{_named(option, text)}: only {count} CUDA device(s) visible")
     return dev
+
+
+def emulated_bf16_warning(spec: Union[str, "torch.device", None] = "auto") -> Optional[str]:
+    """A one-line warning when bf16 would run on a CPU without bf16 instructions (AVX512-BF16 or AMX-BF16), else None.
+
+    There torch emulates bf16 arithmetic: the packaged model sampled 4.9x slower than in float32 on a
+    2-core AVX2 CPU, where a CPU with AVX512-BF16 samples 1.4x faster (docs/benchmarks.md, "The packaged
+    model on the CPU in bf16"). A spec that names no usable device gives None: the command reports it.
+    """
+    import torch
+    try:
+        dev = resolve_device(spec)
+    except DeviceError:
+        return None
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if dev.type != "cpu" or capabilities is None:
+        return None
+    has = capabilities()
+    if has.get("avx512_bf16") or has.get("amx_bf16"):
+        return None
+    return ("--bf16 on this CPU (no AVX512-BF16 or AMX-BF16 instructions) is emulated by torch, about 5x slower "
+            "than float32: leave --bf16 out")
 
 
 def to_device(t: "torch.Tensor", device) -> "torch.Tensor":

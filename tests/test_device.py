@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hpdm_cli.device import DeviceError, World, parse_device, resolve_device, world
+from hpdm_cli.device import DeviceError, World, emulated_bf16_warning, parse_device, resolve_device, world
 
 
 @pytest.fixture
@@ -84,3 +84,19 @@ def test_sampling_and_fvd_share_the_messages(gpus):
     for call in (lambda: load_generator("unused", "cuda:1"), lambda: I3DExtractor(device="cuda")):
         with pytest.raises(DeviceError, match=r"^--device cuda(:1)?: no CUDA device is visible; use --device cpu$"):
             call()
+
+
+@pytest.mark.parametrize("caps,warned", [({}, True), ({"avx512_bf16": False, "amx_bf16": False}, True),
+                                         ({"avx512_bf16": True}, False), ({"amx_bf16": True}, False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named_slow(gpus, monkeypatch, caps, warned):
+    """--bf16 on a CPU that torch must emulate bf16 on gets a one-line warning; GPUs and bf16 CPUs none."""
+    gpus(0)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    msg = emulated_bf16_warning("cpu")
+    assert (msg is not None) == warned and emulated_bf16_warning("auto") == msg
+    if warned:
+        assert "--bf16" in msg and "emulated" in msg and "leave --bf16 out" in msg and "\n" not in msg
+    assert emulated_bf16_warning("cuda") is None                    # the command reports the missing GPU itself
+    gpus(1)
+    assert emulated_bf16_warning("auto") is None and emulated_bf16_warning("cuda") is None
+

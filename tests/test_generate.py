@@ -217,6 +217,23 @@ def test_class_by_name_and_by_id_give_the_same_video(assets, tmp_path, capsys):
     np.testing.assert_array_equal(read_video(a)[0], read_video(b)[0])
 
 
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about_once(assets, tmp_path, capsys, monkeypatch):
+    """`hpdm sample --bf16` on a CPU without bf16 instructions still samples, after one warning line."""
+    import torch
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    args = ["sample", "--ckpt", assets["run"], "--class", "0", "--steps", "1", "--device", "cpu", "--no-progress"]
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "a.mp4", "--bf16")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "emulated" in line] == [
+        "hpdm: warning: --bf16 on this CPU (no AVX512-BF16 or AMX-BF16 instructions) is emulated by torch, about 5x "
+        "slower than float32: leave --bf16 out"]
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "b.mp4")
+    assert code == 0 and "emulated" not in err
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "c.mp4", "--bf16")
+    assert code == 0 and "emulated" not in err
+
+
 def test_seeds_split_across_ranks(assets, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -13,7 +13,8 @@ from .console import out
 
 
 def bench(
-    recipe: str = typer.Argument(..., metavar="RECIPE", help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
+    recipe: str = typer.Argument(..., metavar="RECIPE",
+                                 help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides."),
     steps: Optional[int] = typer.Option(None, help="Timed training steps (default 10)."),
     warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps (default 3)."),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from ..device import world
+from ..device import emulated_bf16_warning, world
 
-__all__ = ["out", "err", "warn", "rank0_warn", "is_main_rank"]
+__all__ = ["out", "err", "warn", "rank0_warn", "is_main_rank", "warn_emulated_bf16"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -32,3 +32,10 @@ def rank0_warn(message: str) -> None:
     """`warn` on rank 0 only, e.g. an unusable checkpoint skipped in a run directory."""
     if is_main_rank():
         warn(message)
+
+
+def warn_emulated_bf16(bf16: bool, device: str) -> None:
+    """With --bf16, `rank0_warn` when the device is a CPU that only emulates bf16 (`device.emulated_bf16_warning`)."""
+    message = emulated_bf16_warning(device) if bf16 else None
+    if message:
+        rank0_warn(message)

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from .console import out as console
-from .sample_cmd import (CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
-                         OVERLAP_HELP, STEPS_HELP)
+from .console import warn_emulated_bf16
+from .sample_cmd import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
+                         GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, STEPS_HELP)
 
 
 def evaluate(
@@ -29,7 +30,7 @@ def evaluate(
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", "--i3d", help=I3D_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    bf16: bool = typer.Option(False, "--bf16", help="Sample under bf16 autocast."),
+    bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network for sampling (worth it for "
                                                           "hundreds of clips on a GPU; compile time included)."),
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
@@ -39,6 +40,7 @@ def evaluate(
 
     from ..drivers.evaluate import evaluate as run_eval
     from ..drivers.evaluate import summary_rows
+    warn_emulated_bf16(bf16, device)
     rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
                    i3d_weights=i3d_weights, context_gib=context_gib, guidance_interval=guidance_interval,

@@ -12,10 +12,10 @@ from typing import Optional
 
 import typer
 
-from .console import err, out
+from .console import err, out, warn_emulated_bf16
 from .progress import keyed_bars
-from .sample_cmd import (DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP,
-                         STEPS_HELP)
+from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
+                         OVERLAP_HELP, STEPS_HELP)
 
 
 def _for_checkpoint(text: str) -> str:
@@ -30,8 +30,9 @@ def eval_fvd(
                                                   "or a checkpoint / run directory (clips are generated)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
                                                                  "detector checksum, sources) as JSON."),
-    num: Optional[int] = typer.Option(None, "--num", "--num-clips", help="Clips per side (default 2048, or a checkpoint --fake's "
-                                                          "eval.num_clips; a statistics file holds what it holds)."),
+    num: Optional[int] = typer.Option(None, "--num", "--num-clips",
+                                      help="Clips per side (default 2048, or a checkpoint --fake's eval.num_clips; a "
+                                           "statistics file holds what it holds)."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default 16, or "
                                                                "that of a statistics-file side, or a checkpoint "
                                                                "--fake's eval.frames)."),
@@ -65,12 +66,13 @@ def eval_fvd(
                                                     help=_for_checkpoint(GUIDANCE_INTERVAL_HELP)),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=_for_checkpoint(GUIDE_MODEL_HELP)),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=_for_checkpoint(OVERLAP_HELP)),
-    bf16: bool = typer.Option(False, "--bf16", help="Checkpoint --fake: sample under bf16 autocast."),
+    bf16: bool = typer.Option(False, "--bf16", help=_for_checkpoint(BF16_HELP)),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bars on stderr (default: on a terminal)."),
 ):
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: README.md, "FVD protocol")."""
     from ..drivers.fvd import run_eval_fvd
+    warn_emulated_bf16(bf16, device)
     live = sys.stderr.isatty() if progress is None else progress
     with keyed_bars(lambda side: f"{side} clips", live) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,

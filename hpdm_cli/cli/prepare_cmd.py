@@ -70,11 +70,13 @@ def _print_result(result) -> None:
 
 
 def prepare(
-    src: Optional[Path] = typer.Argument(None, metavar="SRC_DIR", help="Folder of videos, searched recursively (UCF-101 layout: one "
-                                                    "sub-folder per class). Omit with --synthetic / --example, or "
-                                                    "to prepare only --images."),
-    out_dir: Optional[Path] = typer.Argument(None, metavar="OUT_DIR", help="Dataset directory to write (re-running the same command "
-                                                        "resumes an interrupted run)."),
+    src: Optional[Path] = typer.Argument(None, metavar="SRC_DIR",
+                                         help="Folder of videos, searched recursively (UCF-101 layout: one sub-folder "
+                                              "per class). Omit with --synthetic / --example, or to prepare only "
+                                              "--images."),
+    out_dir: Optional[Path] = typer.Argument(None, metavar="OUT_DIR",
+                                             help="Dataset directory to write (re-running the same command resumes an "
+                                                  "interrupted run)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe file or packaged name: --fps defaults to "
                                          "data.fps, --frames and --size to pyramid.resolution."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second of the stored videos (resampled on "

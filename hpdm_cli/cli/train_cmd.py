@@ -16,7 +16,8 @@ CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
 def train(
-    recipe: str = typer.Argument(..., metavar="RECIPE", help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
+    recipe: str = typer.Argument(..., metavar="RECIPE",
+                                 help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",

@@ -10,10 +10,11 @@ from typing import Optional
 
 import typer
 
-from .console import is_main_rank, rank0_warn
+from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import keyed_bars
-from .sample_cmd import DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, OVERLAP_HELP, STEPS_HELP
+from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, OVERLAP_HELP,
+                         STEPS_HELP)
 
 
 def upscale(
@@ -45,7 +46,7 @@ def upscale(
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (GPU)."),
+    bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
                                                                                   "(default: on)."),
 ):
@@ -54,6 +55,7 @@ def upscale(
     Long videos are processed in overlapping windows of the model's frame count, cross-faded; a shorter video is padded with its last frame and trimmed back.
     """
     from ..drivers.upscale import upscale as run_upscale
+    warn_emulated_bf16(bf16, device)
     show = (progress if progress is not None else True) and is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = run_upscale(input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode,
