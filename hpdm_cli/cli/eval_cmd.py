@@ -17,8 +17,9 @@ def evaluate(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
                                                  "directory or .safetensors file of a shapes model."),
     out: Path = typer.Option(Path("eval"), "--out", help="Report folder: report.json and contact_sheet.png."),
-    num_clips: Optional[int] = typer.Option(None, "--num-clips", "--num", help="Clips per side (generated, real, real "
-                                                                      "floor; default: the recipe's eval.num_clips)."),
+    num_clips: Optional[int] = typer.Option(None, "--num-clips", "--num",
+                                            help="Clips per side (generated, real, real floor; default: the recipe's "
+                                                 "eval.num_clips)."),
     split: str = typer.Option("heldout", "--split", help="Real clips' split: heldout (prompts never trained on), "
                                                        "train or all."),
     batch: int = typer.Option(16, "--batch", help="Clips per sampler call."),
