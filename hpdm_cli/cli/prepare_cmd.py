@@ -90,10 +90,10 @@ def prepare(
                             "crop), pad (fit, black bars) or stretch. Recorded in dataset.json."),
     short: str = typer.Option(PrepareOptions.short, "--short", help="Videos shorter than --frames: loop (keep them; "
                               "the loader loops them) or skip."),
-    labels: str = typer.Option(PrepareOptions.labels, "--labels", help="folders (class = first sub-folder), none, or "
+    labels: str = typer.Option(PrepareOptions.labels, "--labels", help="How videos get classes: folders (class = first sub-folder), none, or "
                                "a labels file (CSV / JSON lines / 'path label' lines). auto: folders when every video "
                                "is in a sub-folder."),
-    split: Optional[Path] = typer.Option(None, "--split", help="Only the files of this list (UCF-101 "
+    split: Optional[Path] = typer.Option(None, "--split", metavar="LIST|SPLIT", help="Only the files of this list (UCF-101 "
                                          "trainlist01.txt / testlist01.txt; classInd.txt beside it fixes the class "
                                          "order and checks labels). --synthetic shapes: all, train (no "
                                          "held-out prompt) or heldout (only held-out prompts)."),
