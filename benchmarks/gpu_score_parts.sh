@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One GPU call of an FVD sweep that may need several: benchmarks/guidance_sweep.py in chunks, each kept in
+# $OUT/parts as soon as it is scored, the chunks of earlier calls skipped.
+#   MODEL     the weights (or run) to score, e.g. out/s46/grown2.safetensors (carry it)
+#   SETTINGS  guidance_sweep.py settings, space-separated (default: the recipe's sampling, autoguided)
+#   NUM       clips per side (256); CHUNK clips per part (128); BATCH clips per sampler call (256)
+#   PARTS_IN  the parts earlier calls returned (carry the folder; default none): copied into $OUT/parts,
+#             skipped by the sweep, then removed from $OUT again, since at most 8 files come back
+#   SECONDS_MAX  the sweep's own time limit (540), so that the clean-up runs before the call's limit
+#   I3D / I3D_PACK  the I3D file, or its pack (out/i3dp/i3d.pack, 43 MB) unpacked to $I3D when missing
+#                   (a warm machine keeps /tmp between calls: carry the pack only to a cold one)
+# The lean checkout it needs: `git ls-files 'docs/results/*.png' | xargs rm; rm hpdm_cli/assets/shapes-t2v.safetensors`
+# (restored by `git checkout -- docs/results hpdm_cli/assets`) when the model is not the packaged one,
+# carrying out/gpu/whl-min, out/gpu/shapes_prompts_heldout.safetensors, the pack and MODEL, e.g.
+#   export WHL=out/gpu/whl-min; MODEL=out/s46/grown2.safetensors PARTS_IN=out/s47/parts bash benchmarks/gpu_score_parts.sh
+# then copy the returned parts next to the earlier ones here; when every setting covers all NUM rows the
+# call prints the FVD itself, and `python benchmarks/guidance_sweep.py --merge DIR --bootstrap 200` scores them
+# here on any machine. A CPU check: WHL=out/gpu/whl-min MODEL=... NUM=2 CHUNK=1 BATCH=1 SETTINGS=1/2,2,2,2/none
+#   I3D=out/gpu/i3d-kinetics-400.ckpt DEVICE=cpu OUT=/tmp/score PATH=.venv/bin:$PATH bash benchmarks/gpu_score_parts.sh
+set -uo pipefail
+OUT=${OUT:-out/result}; mkdir -p "$OUT/parts"
+source benchmarks/gpu_env.sh
+: "${MODEL:?set MODEL to the weights to score}"
+I3D=${I3D:-/tmp/i3d.ckpt}
+SETTINGS=${SETTINGS:-1.5,1,1,1/32,48,24,24/shift-fhw///packaged}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; model $MODEL"
+if [ ! -f "$I3D" ] && [ -n "${I3D_PACK:-out/i3dp/i3d.pack}" ] && [ -f "${I3D_PACK:-out/i3dp/i3d.pack}" ]; then
+  python3 benchmarks/pickle_pack.py unpack "${I3D_PACK:-out/i3dp/i3d.pack}" "$I3D"
+fi
+[ -f "$I3D" ] || { echo "no I3D weights at $I3D: carry out/i3dp/i3d.pack (or set I3D)"; exit 2; }
+given=()
+if [ -n "${PARTS_IN:-}" ]; then
+  for f in "$PARTS_IN"/part-*.npz; do
+    [ -f "$f" ] || continue
+    cp "$f" "$OUT/parts/" && given+=("$OUT/parts/$(basename "$f")")
+  done
+  echo "${#given[@]} part(s) given"
+fi
+read -r -a settings <<< "$SETTINGS"
+T0=$SECONDS
+# shellcheck disable=SC2086
+timeout --preserve-status -s TERM "${SECONDS_MAX:-540}" python3 benchmarks/guidance_sweep.py "$MODEL" \
+  --num "${NUM:-256}" --batch "${BATCH:-256}" --chunk "${CHUNK:-128}" --save "$OUT/parts" --settings "${settings[@]}" \
+  --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors --sheets "$OUT/sheets" \
+  --device "${DEVICE:-auto}" ${SWEEP_FLAGS---bf16}
+echo "[sweep] exit $? after $((SECONDS - T0)) s"
+rm -f "${given[@]}"
+ls "$OUT/parts"
