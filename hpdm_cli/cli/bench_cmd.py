@@ -22,13 +22,17 @@ def bench(
                                                    "--sampling: 16 videos)."),
     ablations: bool = typer.Option(False, help="Also time the paper's Table 2 ablations: no adaptive computation, "
                                                 "shallow fusion, context detach, no coordinates."),
-    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16); "
-                                                       "--sampling: one of them."),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16; "
+                                                       "default: the recipe's train.precision); --sampling: one "
+                                                       "of them (default bf16)."),
     sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
     overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings "
-                                                     "(fhw,hw,...,none,shift-hw)."),
+                                                     "(fhw,hw,...,none,shift-hw; default: the recipe's "
+                                                     "pyramid.overlap)."),
     compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
-    sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2."),
+    sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2 "
+                                                                    "(default: the recipe's; the full-step time "
+                                                                    "is extrapolated from fewer)."),
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "
                                                           "reported apart)."),
     tile_batch: Optional[str] = typer.Option(None, "--tile-batch", help="Sampling: comma-separated tiles per "
