@@ -15,8 +15,9 @@
 #   export WHL=out/gpu/whl-min; MODEL=out/s46/grown2.safetensors PARTS_IN=out/s47/parts bash benchmarks/gpu_score_parts.sh
 # then copy the returned parts next to the earlier ones here; when every setting covers all NUM rows the
 # call prints the FVD itself, and `python benchmarks/guidance_sweep.py --merge DIR --bootstrap 200` scores them
-# here on any machine. A CPU check: WHL=out/gpu/whl-min MODEL=... NUM=2 CHUNK=1 BATCH=1 SETTINGS=1/2,2,2,2/none
-#   I3D=out/gpu/i3d-kinetics-400.ckpt DEVICE=cpu OUT=/tmp/score PATH=.venv/bin:$PATH bash benchmarks/gpu_score_parts.sh
+# here on any machine. A CPU check (float32: SWEEP_FLAGS= drops the default --bf16):
+#   WHL=out/gpu/whl-min MODEL=hpdm_cli/assets/shapes-t2v.safetensors NUM=2 CHUNK=1 BATCH=1 SETTINGS=1/2,2,2/none
+#   SWEEP_FLAGS= I3D=out/gpu/i3d-kinetics-400.ckpt DEVICE=cpu OUT=/tmp/score PATH=.venv/bin:$PATH bash benchmarks/gpu_score_parts.sh
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT/parts"
 source benchmarks/gpu_env.sh
@@ -25,9 +26,8 @@ I3D=${I3D:-/tmp/i3d.ckpt}
 SETTINGS=${SETTINGS:-1.5,1,1,1/32,48,24,24/shift-fhw///packaged}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; model $MODEL"
-if [ ! -f "$I3D" ] && [ -n "${I3D_PACK:-out/i3dp/i3d.pack}" ] && [ -f "${I3D_PACK:-out/i3dp/i3d.pack}" ]; then
-  python3 benchmarks/pickle_pack.py unpack "${I3D_PACK:-out/i3dp/i3d.pack}" "$I3D"
-fi
+PACK=${I3D_PACK:-out/i3dp/i3d.pack}
+if [ ! -f "$I3D" ] && [ -f "$PACK" ]; then python3 benchmarks/pickle_pack.py unpack "$PACK" "$I3D"; fi
 [ -f "$I3D" ] || { echo "no I3D weights at $I3D: carry out/i3dp/i3d.pack (or set I3D)"; exit 2; }
 given=()
 if [ -n "${PARTS_IN:-}" ]; then
@@ -45,5 +45,5 @@ timeout --preserve-status -s TERM "${SECONDS_MAX:-540}" python3 benchmarks/guida
   --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors --sheets "$OUT/sheets" \
   --device "${DEVICE:-auto}" ${SWEEP_FLAGS---bf16}
 echo "[sweep] exit $? after $((SECONDS - T0)) s"
-rm -f "${given[@]}"
+[ "${#given[@]}" -eq 0 ] || rm -f "${given[@]}"
 ls "$OUT/parts"
