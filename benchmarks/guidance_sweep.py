@@ -389,7 +389,8 @@ def main(argv=None) -> int:
             got, found = [], 0                   # per chunk of rows: features, readings, stripe fits, seams, seconds
             for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
                 part = Path(a.save) / f"part-{name}-{slug(text)}-rows{c0:05d}-{c1:05d}.npz" if a.save else None
-                kept = load_part(part, {**who, "setting": text, "num": a.num, "rows": [c0, c1]}) if a.chunk else None
+                key = {**who, "setting": text, "num": a.num, "rows": [c0, c1]}
+                kept = load_part(part, key) if a.chunk else None
                 if kept is not None:
                     got.append(kept)
                     found += 1
@@ -400,12 +401,12 @@ def main(argv=None) -> int:
                                      steps=st, overlap=ov, fixed=None if fixed is None else fixed[c0 - lo:c1 - lo],
                                      **gen)
                 secs = time.time() - t0
-                got.append((ext.features(iter(fake)), *measure(fake), secs))
+                features, (readings, stripes, seams) = ext.features(iter(fake)), measure(fake)
+                got.append((features, readings, stripes, seams, secs))
                 if part is not None:
-                    meta = {**who, "setting": text, "num": a.num, "rows": [c0, c1], "sample_seconds": round(secs, 1)}
-                    save_npz(part, features=got[-1][0], stripes=got[-1][2], seams=got[-1][3],
-                             meta=np.array(json.dumps(meta)),
-                             readings=np.array(json.dumps([r.as_dict() for r in got[-1][1]])))
+                    save_npz(part, features=features, stripes=stripes, seams=seams,
+                             meta=np.array(json.dumps({**key, "sample_seconds": round(secs, 1)})),
+                             readings=np.array(json.dumps([r.as_dict() for r in readings])))
                 if a.chunk:
                     print(f"{tag}{text}: rows {c0}:{c1} sampled in {secs:.1f} s, saved", file=sys.stderr, flush=True)
                 if a.sheets and c0 == 0:            # the sheet shows the first prompts: the part holding them
