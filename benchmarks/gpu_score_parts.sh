@@ -5,7 +5,8 @@
 #   SETTINGS  guidance_sweep.py settings, space-separated (default: the recipe's sampling, autoguided)
 #   NUM       clips per side (256); CHUNK clips per part (128); BATCH clips per sampler call (256)
 #   PARTS_IN  the parts earlier calls returned (carry the folder; default none): copied into $OUT/parts,
-#             skipped by the sweep, then removed from $OUT again, since at most 8 files come back
+#             skipped by the sweep, then removed from $OUT again, since at most 8 files come back; its
+#             real-n<NUM>.npz (the real clips' features and readings) is used as it is, not measured again
 #   SECONDS_MAX  the sweep's own time limit (540), so that the clean-up runs before the call's limit
 #   I3D / I3D_PACK  the I3D file, or its pack (out/i3dp/i3d.pack, 43 MB) unpacked to $I3D when missing
 #                   (a warm machine keeps /tmp between calls: carry the pack only to a cold one)
@@ -35,6 +36,7 @@ if [ -n "${PARTS_IN:-}" ]; then
     [ -f "$f" ] || continue
     cp "$f" "$OUT/parts/" && given+=("$OUT/parts/$(basename "$f")")
   done
+  cp "$PARTS_IN"/real-n*.npz "$OUT/parts/" 2>/dev/null
   echo "${#given[@]} part(s) given"
 fi
 read -r -a settings <<< "$SETTINGS"

@@ -124,6 +124,42 @@ def load_part(path: Path, meta: dict):
             float(saved["sample_seconds"]))
 
 
+def load_real(path: Path, key: dict):
+    """The real side an earlier run saved in `path` (real-n<N>.npz) if its resolution, captions and I3D weights
+    are `key`'s, as (features, floor features, info); None otherwise (or when files older than the key lack it)."""
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    info = json.loads(str(z["info"]))
+    if any(info.get(k) != v for k, v in key.items()):
+        return None
+    return z["features"], z["floor_features"], info
+
+
+def score_real(ext, real_a, real_b, measure) -> tuple:
+    """The real side of a sweep: I3D features of `real_a` (the reference) and `real_b` (the floor), the
+    floor's, static and shuffled clips' FVD rows, and `real_a`'s readings (size, travel, stripes, seams)."""
+    from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.fvd import feature_stats, frechet_distance
+    from hpdm_cli.eval.seams import AXES, seam_ratio
+    ref_features, floor_features = ext.features(iter(real_a.videos)), ext.features(iter(real_b.videos))
+    ref = feature_stats(ref_features)
+    fvd = lambda feats: float(frechet_distance(*ref, *feature_stats(feats)))
+    rng = np.random.default_rng(0)
+    rows = [("real (floor)", fvd(floor_features), None),
+            ("static real", fvd(ext.features(iter([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]))),
+             None),
+            ("shuffled real", fvd(ext.features(iter([v[rng.permutation(v.shape[0])] for v in real_b.videos]))), None)]
+    readings, stripes, seams = measure(real_a.videos)
+    sc = score_clips(readings, real_a.captions)
+    ratio = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])
+    ok = stripes[~np.isnan(stripes)]
+    real = {"area": sc["area"], "travel": sc["travel"], "stripes": float(ok.mean()) if ok.size else float("nan"),
+            "seams": ratio["hw"], "seams_t": ratio["t"]}
+    return ref_features, floor_features, rows, {"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
+                                                "real": real}
+
+
 def slug(text: str) -> str:
     """A setting as a file-name part: "1.5,1,1/32,48,24/hw" -> "1.5-1-1_32-48-24_hw"."""
     return text.replace(",", "-").replace("/", "_")
@@ -244,10 +280,9 @@ def main(argv=None) -> int:
     )
     from hpdm_cli.conditioning import GenerateError
     from hpdm_cli.drivers.sample import parse_guide_model
-    from hpdm_cli.eval.faithfulness import read_clip, score_clips
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
-    from hpdm_cli.eval.seams import AXES, seam_steps, seam_summary
-    from hpdm_cli.eval.texture import stripe_fit, stripe_summary
+    from hpdm_cli.eval.measure import measure_clips
+    from hpdm_cli.eval.seams import AXES
     from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", nargs="*", help="models (run, checkpoint or weights file) scored on the same clips")
@@ -328,39 +363,39 @@ def main(argv=None) -> int:
     cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
     steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
     ext = I3DExtractor(a.i3d_weights, info.device)
-    ref_features = ext.features(iter(real_a.videos))
-    ref = feature_stats(ref_features)
-    rng = np.random.default_rng(0)
-
-    def fvd(clips) -> float:
-        return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
-
     tile = list(recipe.pyramid.patch)                  # the finest level's tiles, in output pixels
-    seam_rows = lambda clips: np.array([[seam_steps(c, tile)[k] for k in AXES] for c in clips]).reshape(-1, 2, 2)
 
-    def measure(clips) -> tuple:                     # per clip: readings, stripe fits, seam steps
-        return [read_clip(c) for c in clips], np.array([stripe_fit(c) for c in clips]), seam_rows(clips)
+    def measure(clips) -> tuple:                     # per clip: readings, stripe fits, seam steps [n, 2 axes, 2]
+        m = measure_clips(clips, tile)
+        return m.readings, m.stripes, np.array([[s[k] for k in AXES] for s in m.seams]).reshape(-1, 2, 2)
 
     def scores(clips, captions) -> dict:             # faithfulness, stripes, seams, size and motion against real
         readings, stripes, seams = measure(clips)
         return summarise(readings, captions, stripes, seams, real_sc)
-    floor_features = ext.features(iter(real_b.videos))
-    rows = [("real (floor)", float(frechet_distance(*ref, *feature_stats(floor_features))), None),
-            ("static real", fvd([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]), None),
-            ("shuffled real", fvd([v[rng.permutation(v.shape[0])] for v in real_b.videos]), None)]
+    real_file = Path(a.save) / f"real-n{a.num}.npz" if a.save else None
+    real_key = {"resolution": list(R), "captions": real_a.captions, "i3d_sha256": ext.sha256}
+    kept_real = load_real(real_file, real_key) if real_file is not None else None
+    if kept_real is not None:                          # an earlier call's real side: the same clips and detector
+        ref_features, floor_features, real_info = kept_real
+        rows = [(n, f, None) for n, f in real_info["floor"]]
+        print(f"the real clips' features and readings found in {real_file}", file=sys.stderr, flush=True)
+    else:
+        ref_features, floor_features, rows, real_info = score_real(ext, real_a, real_b, measure)
+        real_info.update(real_key)
+        if real_file is not None:                  # the reference every part of this N shares
+            save_npz(real_file, num=np.array(a.num), features=ref_features, floor_features=floor_features,
+                     info=np.array(json.dumps(real_info)))
+    ref = feature_stats(ref_features)
+
+    def fvd(clips) -> float:
+        return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
     whole_sets = {"real (floor)": floor_features}        # features of whole sets: extrapolated after the table
-    real_sc = score_clips(real_a.videos, real_a.captions)
-    real_seams = seam_summary(real_a.videos, tile)
-    print(json.dumps({"setting": "real", "stripes": round(stripe_summary(real_a.videos)["mean"], 3),
-                      "area": round(real_sc["area"], 4), "travel": round(real_sc["travel"], 3),
-                      "seams": round(real_seams["hw"], 3), "seams_t": round(real_seams["t"], 3)}), flush=True)
-    if a.save:                                     # the reference every part of this N shares
-        save_npz(Path(a.save) / f"real-n{a.num}.npz", num=np.array(a.num), features=ref_features,
-                 floor_features=floor_features,
-                 info=np.array(json.dumps({"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
-                                           "real": {"area": real_sc["area"], "travel": real_sc["travel"]}})))
+    real_sc = real_info["real"]
+    print(json.dumps({"setting": "real", **{k: round(real_sc[k], n) for k, n in
+                                             (("stripes", 3), ("area", 4), ("travel", 3), ("seams", 3), ("seams_t", 3))
+                                             if k in real_sc}}), flush=True)
     seeds, part_cond, captions = list(range(lo, hi)), cond[lo:hi], real_a.captions[lo:hi]
     many, scored, base_level0 = len(a.ckpt) > 1, [], {}     # the last: setting -> level 0 from --base, for every model
     for i, (path, name) in enumerate(zip(a.ckpt, names)):

@@ -573,8 +573,15 @@ def test_guidance_sweep_in_chunks_keeps_what_it_finished_and_goes_on_from_there(
                                                             "part-m-1_2-2_none-rows00002-00004.npz"]
     del sampled[:]
     assert guidance_sweep.main([*args, "--chunk", "2", "--save", str(parts)]) == 0
-    out = last()
+    got = capsys.readouterr()
+    out = [json.loads(x) for x in got.out.splitlines() if x.startswith("{")][-1]
     assert sampled == [[4, 5]] and out["parts_found"] == 2                # only the rows the folder lacked
+    assert f"the real clips' features and readings found in {parts / 'real-n6.npz'}" in got.err   # not measured again
+    real_file, key = parts / "real-n6.npz", json.loads(str(np.load(parts / "real-n6.npz")["info"]))
+    assert key["resolution"] == [4, 16, 16] and len(key["captions"]) == 6
+    assert guidance_sweep.load_real(real_file, {"resolution": [4, 16, 16]}) is not None
+    for other in ({"resolution": [4, 32, 32]}, {"captions": key["captions"][::-1]}, {"i3d_sha256": "another"}):
+        assert guidance_sweep.load_real(real_file, other) is None, other
     assert out["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
     for k in guidance_sweep.SCORED:
         assert out[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k

@@ -37,8 +37,8 @@ from ..checkpoint import load_generator
 from ..conditioning import GenerateError
 from ..data.shapes import render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
-from ..eval.faithfulness import read_clip, score_clips, swapped_floor
-from ..eval.seams import seam_summary
+from ..eval.faithfulness import score_clips, swapped_floor
+from ..eval.measure import measure_clips
 from ..eval.texture import stripe_summary
 from ..io import atomic_write_text
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
@@ -299,14 +299,15 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
         atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
 
     report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
-    # Faithfulness: generated, the real ceiling, and generated scored against other clips' captions.
-    readings = [read_clip(v) for v in fake]
-    report["faithfulness"] = {"generated": score_clips(readings, real_a.captions),
-                              "real_ceiling": score_clips(real_a.videos, real_a.captions),
-                              "swapped_floor": swapped_floor(readings, real_a.captions)}
-    report["background_stripes"] = {"generated": stripe_summary(fake), "real": stripe_summary(real_a.videos)}
     tile = list(recipe.pyramid.patch)                   # the finest level's tiles, in output pixels
-    report["tile_seams"] = {"tile": tile, "generated": seam_summary(fake, tile), "real": seam_summary(real_a.videos, tile)}
+    log(f"reading {2 * num_clips} clips' pixels")
+    got, real = measure_clips(fake, tile), measure_clips(real_a.videos, tile)
+    # Faithfulness: generated, the real ceiling, and generated scored against other clips' captions.
+    report["faithfulness"] = {"generated": score_clips(got.readings, real_a.captions),
+                              "real_ceiling": score_clips(real.readings, real_a.captions),
+                              "swapped_floor": swapped_floor(got.readings, real_a.captions)}
+    report["background_stripes"] = {"generated": got.stripe_summary(), "real": real.stripe_summary()}
+    report["tile_seams"] = {"tile": tile, "generated": got.seam_summary(), "real": real.seam_summary()}
     save()
     # Sensitivity: the first clips' seeds again under the next clip's caption.
     k = min(num_clips, 32)

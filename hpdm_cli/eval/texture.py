@@ -81,7 +81,12 @@ def stripe_fit(clip) -> float:
 
 def stripe_summary(clips: Iterable) -> dict:
     """Mean and median stripe R^2 over clips (NaN ones skipped) and how many clips were measurable."""
-    vals = np.array([stripe_fit(c) for c in clips], np.float64)
+    return stripe_stats([stripe_fit(c) for c in clips])
+
+
+def stripe_stats(values) -> dict:
+    """`stripe_summary` of per-clip `stripe_fit` values already computed."""
+    vals = np.asarray(values, np.float64)
     ok = vals[~np.isnan(vals)]
     if ok.size == 0:
         return {"n": 0, "mean": float("nan"), "median": float("nan")}
