@@ -35,7 +35,10 @@ prompts and seeds resampled for every setting: hpdm_cli.eval.fvd.paired_bootstra
 `--chunk K --save DIR` saves every K rows as a part of their own as soon as they are scored, and skips
 the rows whose part DIR already holds (same model weights and setting): a call stopped by its time
 limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
-when the rows cover all N, the run scores the whole set itself.
+when the rows cover all N, the run scores the whole set itself. A run with `--save DIR` also takes the
+real clips' features and readings from DIR's real-n<N>.npz when that was written for the same
+resolution, prompts and I3D weights, instead of measuring them again. Pixels are read on every CPU
+core (hpdm_cli.eval.measure).
 """
 
 from __future__ import annotations
