@@ -154,6 +154,7 @@ def test_an_eval_stopped_during_fvd_keeps_what_it_measured(tmp_path, prompt_tabl
     def stopped(*a, **k):
         raise KeyboardInterrupt                     # what a time limit's signal does to a run
     monkeypatch.setattr(ev, "_fvd_block", stopped)
+    monkeypatch.setattr(ev, "_fvd_detector", lambda *a: None)     # 4-frame clips: too short for I3D, see below
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="2", fvd=True, device="cpu",
                     log=lambda m: None)
@@ -355,3 +356,22 @@ def test_eval_fvd_block_extrapolates_the_generated_and_floor_fvd(monkeypatch):
     assert out["real_floor_extrapolated"] < out["real_floor"]
     small = ev._fvd_block(fake[1:], real_a[1:], real_b[1:], None, "cpu", lambda *_: None)
     assert set(small) == {"generated", "real_floor", "static", "shuffled"}
+
+
+def test_eval_checks_what_fvd_needs_before_sampling(tmp_path, prompt_table, monkeypatch):
+    """Clips too short for I3D, or I3D weights that are not there, stop `hpdm eval` in one line before any clip
+    is sampled (not after hours of sampling)."""
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.conditioning import GenerateError
+    from hpdm_cli.eval.i3d import I3DWeightsError
+    from hpdm_cli.train.loop import train
+    train(_tiny_text_recipe(tmp_path, prompt_table), tmp_path / "run", log=lambda m: None)
+    monkeypatch.setattr(ev, "generate_rows", lambda *a, **k: pytest.fail("sampled before the FVD checks"))
+    with pytest.raises(GenerateError, match=r"^this model makes 4-frame videos and FVD's I3D needs at least 9 "
+                                            r"frames: add --no-fvd$"):
+        ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, fvd=True, device="cpu",
+                    log=lambda m: None)
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(I3DWeightsError, match="I3D weights not found at the I3D weights path") as e:
+        ev._fvd_detector((16, 32, 32), tmp_path / "nope.ckpt")
+    assert "\n" not in str(e.value)

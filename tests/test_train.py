@@ -290,6 +290,19 @@ def test_run_dir_of_another_architecture_is_refused(reference, shapes_data, tmp_
     assert "\n" not in str(e.value) and "ckpt-00000006" in str(e.value)
 
 
+def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
+    """A first run stopped by a data error leaves recipe.toml and nothing trained: the fixed recipe may differ."""
+    from hpdm_cli.errors import HPDMError
+    run = tmp_path / "run"
+    with pytest.raises(HPDMError, match="32x32 are needed|64x64"):       # the data is 8x32x32
+        train(make_recipe(shapes_data, "pyramid.resolution=[8,64,64]"), run, log=quiet())
+    assert (run / "recipe.toml").is_file() and not (run / "checkpoints").exists()
+    warned = []
+    train(make_recipe(shapes_data, "model.latent_dim=32", steps=1), run, log=warned.append)
+    assert any("never trained" in str(m) for m in warned)
+    assert load_recipe(run / "recipe.toml").model.latent_dim == 32 and list_checkpoints(run)
+
+
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     rec = make_recipe(tmp_path / "no-such-dataset")
     with pytest.raises(ValueError) as e:

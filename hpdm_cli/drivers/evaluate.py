@@ -125,11 +125,22 @@ def _level_diagnostics(net, recipe, real, cond, seeds, k, **kw) -> dict:
                                "upscaled_from_real_level0": stripe_summary(upscaled)}}
 
 
-def _fvd_block(fake, real_a, real_b, weights, device, log) -> dict:
-    """FVD of the generated clips, the real-vs-real floor and the trivial baselines against `real_a`; the
-    generated and floor FVDs also extrapolated to infinitely many clips per side (`extrapolated_fvd`)."""
+def _fvd_detector(resolution, weights) -> torch.nn.Module:
+    """The I3D network (on the CPU) for the FVD of clips of `resolution`, checked before any sampling: clips
+    long enough for I3D, and weights found and verified (GenerateError / I3DWeightsError otherwise)."""
+    from ..eval.i3d import MIN_FRAMES, load_i3d
+    if resolution[0] < MIN_FRAMES:
+        raise GenerateError(f"this model makes {resolution[0]}-frame videos and FVD's I3D needs at least "
+                            f"{MIN_FRAMES} frames: add --no-fvd")
+    return load_i3d(weights, "cpu")
+
+
+def _fvd_block(fake, real_a, real_b, i3d, device, log) -> dict:
+    """FVD of the generated clips, the real-vs-real floor and the trivial baselines against `real_a` (I3D network
+    `i3d`, None: the default weights); the generated and floor FVDs also extrapolated to infinitely many clips
+    per side (`extrapolated_fvd`)."""
     from ..eval.fvd import I3DExtractor, extrapolated_fvd, feature_stats, frechet_distance
-    ext = I3DExtractor(weights, device)
+    ext = I3DExtractor(device=device, net=i3d)
     rng = np.random.default_rng(0)
     ref_features = ext.features(iter(real_a))
     ref = feature_stats(ref_features)
@@ -272,8 +283,9 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     if recipe.model.cond == "none":
         raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
-    out_dir.mkdir(parents=True, exist_ok=True)
     R = tuple(recipe.pyramid.resolution)
+    i3d = _fvd_detector(R, i3d_weights) if fvd else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     if embed is None:
         search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
         embed = (lambda caps: embed_prompts(recipe, caps, search))
@@ -320,7 +332,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     save()
     if fvd:
         log("FVD (I3D)")
-        report["fvd"] = _fvd_block(fake, real_a.videos, real_b.videos, i3d_weights, dev, log)
+        report["fvd"] = _fvd_block(fake, real_a.videos, real_b.videos, i3d, dev, log)
     report["complete"] = True
     save()
     return report

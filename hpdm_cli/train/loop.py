@@ -442,6 +442,12 @@ def _check_dataset(path: str, what: str) -> None:
     VideoDataset(path).close()                                            # DataError (one line) if unusable
 
 
+def _holds_training(run_dir: Path) -> bool:
+    """Whether a run directory holds what a run trained: checkpoints (readable or set aside) or logged steps."""
+    ckpts, stats = run_dir / "checkpoints", run_dir / "stats.jsonl"
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or (stats.is_file() and stats.stat().st_size > 0)
+
+
 def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
     from ..recipe import recipe_from_toml
@@ -454,8 +460,11 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             raise TrainError(f"{old} is unreadable ({str(e).strip().splitlines()[0] if str(e) else type(e).__name__}); "
                              "restore it, or delete it to adopt this recipe") from None
         if architecture_of(prev) != arch:
-            raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
-                             "[pyramid]/[model]); use another run directory or restore the recipe")
+            if _holds_training(run_dir):
+                raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
+                                 "[pyramid]/[model]); use another run directory or restore the recipe")
+            warn(f"{old}: a run that never trained (no checkpoint, no logged step) with another architecture; "
+                 "this recipe replaces it")
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
         try:
