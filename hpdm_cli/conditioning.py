@@ -190,10 +190,16 @@ def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[
 
 def request_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str] = None,
                       class_: Optional[str] = None, *, prompt_table=None, prompt_embedding=None,
-                      device="cpu") -> Condition:
-    """The condition of a sampling request: precomputed embeddings first, else `resolve_condition`."""
+                      device="cpu", guided: bool = False) -> Condition:
+    """The condition of a sampling request: precomputed embeddings first, else `resolve_condition`.
+
+    `guided`: the request names a guidance scale, which needs a prompt or a class to steer towards."""
+    if prompt is not None and not str(prompt).strip():
+        raise GenerateError("--prompt is empty: describe the video, or leave --prompt out for an unconditional one")
     cond = precomputed_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                                  prompt_embedding=prompt_embedding, device=device)
     if cond is None:
         cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=device)
+    if guided and cond.kind == "none":
+        raise GenerateError("--guidance steers a video towards its prompt or class: give --prompt or --class with it")
     return cond

@@ -70,6 +70,7 @@ def test_round_trip_is_exact_and_self_describing(trained, tmp_path):
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["hpdm_arch"]) == json.loads(architecture_of(recipe))
     assert resolve_sampling_weights(tmp_path) == path / "ema.safetensors"
+    assert resolve_sampling_weights(tmp_path / "checkpoints") == path / "ema.safetensors"   # the run's folder of them
     assert recipe_from_toml(c["meta"]["hpdm_recipe"]) == recipe
 
 

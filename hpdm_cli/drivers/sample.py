@@ -454,7 +454,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     guidance = parse_guidance(guidance, L)
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
-                             prompt_embedding=prompt_embedding, device=info.device)
+                             prompt_embedding=prompt_embedding, device=info.device, guided=guidance is not None)
     if packaged and prompt and warn is not None:
         from ..data.shapes import unseen_pairing
         note = unseen_pairing(prompt)

@@ -264,6 +264,8 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
         if (p / "model.safetensors").exists():
             return p / "ema.safetensors" if (p / "ema.safetensors").exists() else p / "model.safetensors"
         ckpts = list_checkpoints(p)
+        if not ckpts and p.name == "checkpoints" and list_checkpoints(p.parent):    # a run's checkpoints/ folder
+            ckpts = list_checkpoints(p.parent)
         if ckpts:
             last = ckpts[-1]
             return last / "ema.safetensors" if (last / "ema.safetensors").exists() else last / "model.safetensors"
