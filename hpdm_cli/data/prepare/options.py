@@ -17,6 +17,8 @@ __all__ = ["FITS", "SHORT_POLICIES", "ORDERS", "PrepareOptions", "options_from_r
 FITS = ("crop", "pad", "stretch")
 SHORT_POLICIES = ("loop", "skip")
 ORDERS = ("shuffle", "sorted")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+           "placebo")                     # x264's speed presets
 
 
 def error(msg: str) -> Exception:
@@ -69,9 +71,13 @@ class PrepareOptions:
         if self.workers is not None and (int(self.workers) != self.workers or self.workers < 0):
             raise error(f"--workers {self.workers!r}: expected 0 (in-process) or a number of processes")
         if not (isinstance(self.crf, numbers.Integral) and 0 <= self.crf <= 51):   # int or numpy integer
-            raise error(f"crf {self.crf!r}: expected an integer in 0..51")
-        if self.gop < 1 or self.max_videos_per_shard < 1 or self.max_shard_bytes < 1:
-            raise error("gop, max_videos_per_shard and max_shard_bytes must be positive")
+            raise error(f"--crf {self.crf!r}: expected an integer in 0..51 (18 = visually lossless)")
+        if self.preset not in PRESETS:
+            raise error(f"--preset {self.preset!r}: expected one of {', '.join(PRESETS)}")
+        if self.max_videos_per_shard < 1:
+            raise error(f"--shard-videos {self.max_videos_per_shard!r}: expected at least 1 video per shard")
+        if self.gop < 1 or self.max_shard_bytes < 1:
+            raise error(f"gop {self.gop!r} and max_shard_bytes {self.max_shard_bytes!r}: expected positive numbers")
         for name in ("split", "captions", "images"):
             p = getattr(self, name)
             if p is not None and not os.path.exists(p):
