@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpdm_cli.io import atomic_open, atomic_path
+from hpdm_cli.io import atomic_open, atomic_path, unwritable
 from hpdm_cli.io import video as V
 from hpdm_cli.io.video import VideoError, encode_mp4_bytes, read_video, read_video_bytes, write_video
 
@@ -242,3 +242,24 @@ def test_engine_imports_without_av():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_unwritable_says_why_before_any_work(tmp_path):
+    """`unwritable`: None for a writable place (missing folders allowed unless make_dirs=False), else a reason;
+    it creates and leaves nothing."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    assert unwritable(tmp_path / "out.json") is None
+    assert unwritable(tmp_path / "new" / "deeper" / "out.json") is None
+    assert "does not exist" in unwritable(tmp_path / "new" / "out.json", make_dirs=False)
+    assert "is a directory" in unwritable(tmp_path / "adir")
+    assert "is a file, not a folder" in unwritable(tmp_path / "afile" / "out.json")
+    if os.geteuid() != 0:                          # root writes anywhere: a read-only folder proves nothing then
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert "is not writable" in unwritable(ro / "out.json")
+        finally:
+            ro.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] + (["ro"] if os.geteuid() != 0 else [])

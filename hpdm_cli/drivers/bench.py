@@ -19,7 +19,7 @@ import torch
 
 from ..config import ConfigError, Recipe
 from ..diffusion.edm import draw_noise
-from ..io import atomic_write_text
+from ..io import atomic_write_text, unwritable
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
 from ..sampling.edm_sampler import network_evaluations
@@ -118,10 +118,9 @@ def _sample_steps(value: str) -> list[int]:
 
 def _check_json_target(path: Path) -> None:
     """Refuse a --json path that cannot be written, before anything is timed."""
-    if path.is_dir():
-        raise ConfigError(f"--json {path}: is a directory; pass a file name, e.g. {path / 'bench.json'}")
-    if not path.parent.is_dir():
-        raise ConfigError(f"--json {path}: folder {path.parent} does not exist; create it or pick another path")
+    why = unwritable(path, make_dirs=False)
+    if why is not None:
+        raise ConfigError(f"--json {path}: {why}")
 
 
 def write_json(path: str | Path, rows: list[dict]) -> None:

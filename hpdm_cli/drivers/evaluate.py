@@ -40,7 +40,7 @@ from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import score_clips, swapped_floor
 from ..eval.measure import measure_clips
 from ..eval.texture import stripe_summary
-from ..io import atomic_write_text
+from ..io import atomic_write_text, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
 from .sample import check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_sample_options
@@ -248,6 +248,9 @@ def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, o
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
+    why = unwritable(out_dir / "report.json")
+    if why is not None:
+        raise GenerateError(f"--out {str(out_dir)!r}: {why}")
     return out_dir
 
 

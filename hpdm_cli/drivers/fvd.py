@@ -25,6 +25,7 @@ from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, 
                         check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
                         side_stats, source_kind, stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
+from ..io import unwritable
 from .sample import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
@@ -235,14 +236,9 @@ def _generated_side_stats(path: Path, protocol: Protocol, extractor: I3DExtracto
 
 def _check_writable_file(path, what: str) -> None:
     """An output file path whose directory exists or can be made (checked before any work)."""
-    p = Path(path)
-    if p.is_dir():
-        raise FVDError(f"{what} {str(p)!r} is a directory: give a file name")
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FVDError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a directory")
-            break
+    why = unwritable(path)
+    if why is not None:
+        raise FVDError(f"{what} {str(path)!r}: {why}")
 
 
 def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple[Optional[int], int, str]:
@@ -432,12 +428,8 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
     The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset, and
     its recipe's [eval] gives the clip count, frames and I3D batch that are not given.
     """
-    if json_out is not None and json_out.is_dir():
-        raise FVDError(f"--json {str(json_out)!r} is a directory: give a file name")
     if json_out is not None:
-        parent = next((q for q in json_out.absolute().parents if q.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise FVDError(f"--json {str(json_out)!r}: {str(parent)!r} is a file, not a directory")
+        _check_writable_file(json_out, "--json")
     _recipe_eval_defaults(real, fake, options)
     generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16,
                       guidance_interval=guidance_interval, guide_model=guide_model)

@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..config import ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, unwritable
 from ..io.contact_sheet import draw_text, text_width, write_png
 
 __all__ = ["RESOLUTIONS", "parse_resolutions", "measure", "draw_chart", "summary", "run_memory_chart"]
@@ -286,10 +286,9 @@ def summary(points: dict) -> str:
 
 def _check_target(path: Path, option: str) -> None:
     """Refuse an output path that cannot be written, before anything is measured."""
-    if path.is_dir():
-        raise ConfigError(f"{option} {path}: is a directory; pass a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{option} {path}: folder {path.parent} does not exist; create it or pick another path")
+    why = unwritable(path, make_dirs=False)
+    if why is not None:
+        raise ConfigError(f"{option} {path}: {why}")
 
 
 def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_out: Optional[Path] = None,

@@ -26,7 +26,6 @@ import dataclasses
 import math
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -38,6 +37,7 @@ from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe
 from ..device import world
+from ..io import unwritable
 from ..sampling import HierarchicalSampler, check_guide, level_guidance, level_steps, parse_overlap
 
 __all__ = [
@@ -224,34 +224,14 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
     A missing output directory is fine when it can be created (the nearest existing ancestor is a
     writable directory); nothing is created here (`make_parent` does that when writing).
     """
-    checked = set()
     for p in paths:
         p = Path(p)
         if p.suffix.lower() not in _VIDEO_SUFFIXES:
             raise GenerateError(f"cannot write {str(p)!r}: unknown video suffix {p.suffix or '(none)'!r}; "
                                 f"use one of {', '.join(_VIDEO_SUFFIXES)}")
-        if p.is_dir():
-            raise GenerateError(f"cannot write {str(p)!r}: it is a directory")
-        d = p.absolute().parent
-        while not d.exists() and d != d.parent:
-            d = d.parent
-        if not d.is_dir():
-            raise GenerateError(f"cannot write {str(p)!r}: {str(d)!r} is not a directory")
-        if d in checked:
-            continue
-        probe = d / f".hpdm-write-test-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            with open(probe, "xb"):
-                pass
-        except OSError as e:
-            raise GenerateError(f"cannot write {str(p)!r}: directory {str(d)!r} is not writable "
-                                f"({e.strerror or e})") from None
-        finally:
-            try:
-                probe.unlink()
-            except OSError:
-                pass
-        checked.add(d)
+        why = unwritable(p)
+        if why is not None:
+            raise GenerateError(f"cannot write {str(p)!r}: {why}")
 
 
 def make_parent(path: Path) -> None:

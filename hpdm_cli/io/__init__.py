@@ -13,7 +13,7 @@ import os
 import secrets
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "unwritable"]
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -90,3 +90,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically (temporary file, fsync, `os.replace`)."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def unwritable(path: str | os.PathLike, *, make_dirs: bool = True) -> str | None:
+    """Why a file could not be written at `path`, in words for an error message, or None when it can.
+
+    Checked before any long work: not a directory, every existing folder above it a folder, and the
+    nearest existing one writable (a probe file is created and removed there). Missing folders
+    are fine with `make_dirs` (the writer creates them), else the file's own folder must exist.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        return "it is a directory: give a file name"
+    d = os.path.dirname(path)
+    if not make_dirs and not os.path.exists(d):
+        return f"folder {d!r} does not exist: create it or pick another path"
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        return f"{d!r} is a file, not a folder"
+    probe = os.path.join(d, f".hpdm-write-test-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as e:
+        return f"folder {d!r} is not writable ({e.strerror or e})"
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
