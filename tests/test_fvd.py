@@ -411,6 +411,11 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
         torch.set_num_threads(threads)
     with pytest.raises(FVDError, match="16-frame videos"):
         evaluate_fvd(data, tmp_path / "run", num=2, frames=9, stride=2, extractor=extractor, cache=False)
+    rec.eval.frames = 8                           # a recipe whose own clip length is too short for I3D
+    save_checkpoint(tmp_path / "run8", rec, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    with pytest.raises(FVDError, match=r"its recipe's eval.frames = 8\) and I3D needs clips of at least 9"):
+        run_eval_fvd(data, tmp_path / "run8", extractor=extractor, cache=False)
     # generation options are checked before the real side is measured (0 used to mean "the default" silently)
     for gen, why in ((dict(batch=0), "--gen-batch 0"), (dict(seed=-1), "--gen-seed -1"),
                      (dict(guidance=float("nan")), "--guidance nan"), (dict(guidance=-1.0), "--guidance -1"),
@@ -806,3 +811,20 @@ def test_paired_bootstrap_settles_a_real_difference_and_not_a_null_one():
         paired_bootstrap(real, {})
     with pytest.raises(FVDError, match="rounds = 1"):
         paired_bootstrap(real, {"a": near}, rounds=1)
+
+
+def test_protocol_mismatch_names_the_value_that_matches_or_says_to_recompute():
+    """check_compatible: one line; with a side that follows the options, the hint gives the statistics file's
+    value (not the one already asked for); with two statistics files, it says to recompute one."""
+    from hpdm_cli.eval.fvd import check_compatible
+    asked, stored = {"frames": 16, "stride": 1}, {"frames": 9, "stride": 1}
+    check_compatible(asked, "s", dict(asked), "s", "this evaluation", "--real x.npz")        # equal: no error
+    with pytest.raises(FVDError) as e:
+        check_compatible(asked, "s", stored, "s", "this evaluation", "--real x.npz")
+    msg = str(e.value)
+    assert "\n" not in msg and "uses frames = 16 but --real x.npz was measured with frames = 9" in msg
+    assert "pass --frames 9 to match --real x.npz" in msg and "--frames 16" not in msg
+    with pytest.raises(FVDError, match="the two statistics files differ: recompute one"):
+        check_compatible(asked, "s", stored, "s", "this evaluation", "--fake y.npz", by_options=False)
+    with pytest.raises(FVDError, match="different detector weights"):
+        check_compatible(asked, "a" * 64, dict(asked), "b" * 64, "this evaluation", "--real x.npz")

@@ -303,7 +303,7 @@ def _check_sides(sides: dict, kinds: dict, protocol: Protocol, extractor, genera
             st = FVDStats.load(sides[role])
             sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
             check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation",
-                             f"--{role}")
+                             f"--{role}", by_options=list(kinds.values()).count("stats") < 2)
     if kinds["fake"] == "checkpoint":
         rec = checkpoint_recipe(sides["fake"])
         _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
@@ -346,7 +346,8 @@ def _measure_sides(real: Path, fake: Path, kinds: dict, protocol: Protocol, extr
     rep_f.cache = "" if rep_f.kind in ("stats", "checkpoint") else "off"
     sha = extractor.sha256 if extractor is not None else st_r.detector_sha256
     for st, what in ((st_r, "--real"), (st_f, "--fake")):
-        check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what)
+        check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what,
+                         by_options=list(kinds.values()).count("stats") < 2)
     return st_r, rep_r, st_f, rep_f
 
 
@@ -408,11 +409,16 @@ def _recipe_eval_defaults(real: Path, fake: Path, options: dict) -> None:
     """
     if source_kind(fake) != "checkpoint":
         return
-    ev = checkpoint_recipe(fake).eval
+    rec = checkpoint_recipe(fake)
+    ev = rec.eval
     if source_kind(real) != "stats":
         if options.get("num") is None:
             options["num"] = ev.num_clips
         if options.get("frames") is None:
+            if ev.frames < MIN_FRAMES:
+                raise FVDError(f"--fake {str(fake)!r} makes {rec.pyramid.resolution[0]}-frame videos (its recipe's "
+                               f"eval.frames = {ev.frames}) and I3D needs clips of at least {MIN_FRAMES} frames: "
+                               "this model cannot be scored by FVD")
             options["frames"] = ev.frames
     if options.get("batch_size") is None and options.get("extractor") is None:
         if resolve_device(options.get("device", "auto")).type == "cuda":

@@ -917,14 +917,22 @@ class FVDResult:
         )
 
 
-def check_compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str) -> None:
-    """Refuse (FVDError) two sides measured with different protocol fields or detector weights."""
+def check_compatible(pa: dict, sha_a: str, pb: dict, sha_b: str, what_a: str, what_b: str, *,
+                     by_options: bool = True) -> None:
+    """Refuse (FVDError) two sides measured with different protocol fields or detector weights.
+
+    `by_options`: the first side follows --frames / --stride (a folder, dataset or model), so the hint
+    names the value that matches the second; False when both are statistics files (recompute one)."""
     for k in ("protocol_version", "decode", "frames", "stride", "resolution"):
         va, vb = pa.get(k), pb.get(k)
         if va != vb:
-            hint = (f"pass --{k} {va} or recompute the statistics file" if k in ("frames", "stride")
-                    else "recompute the statistics file with this hpdm")
-            raise FVDError(f"{what_a} was measured with {k} = {va!r} but {what_b} with {k} = {vb!r}: both sides "
+            if k in ("frames", "stride") and by_options:
+                hint = f"pass --{k} {vb} to match {what_b}, or recompute that statistics file"
+            elif k in ("frames", "stride"):
+                hint = "the two statistics files differ: recompute one of them with the other's settings"
+            else:
+                hint = "recompute the statistics file with this hpdm"
+            raise FVDError(f"{what_a} uses {k} = {va!r} but {what_b} was measured with {k} = {vb!r}: both sides "
                            f"need the same protocol ({hint})")
     if sha_a != sha_b:
         raise FVDError(f"{what_a} and {what_b} were measured with different detector weights "
