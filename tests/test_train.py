@@ -290,6 +290,16 @@ def test_run_dir_of_another_architecture_is_refused(reference, shapes_data, tmp_
     assert "\n" not in str(e.value) and "ckpt-00000006" in str(e.value)
 
 
+def test_a_prepared_dataset_is_not_taken_for_a_run_directory(shapes_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(TrainError, match=r"is a prepared dataset \(it holds dataset.json\): choose another folder"):
+        train(make_recipe(data), data, log=quiet())
+    assert not (data / "recipe.toml").exists() and not (data / "checkpoints").exists()
+    assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == before
+
+
 def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
     """A first run stopped by a data error leaves recipe.toml and nothing trained: the fixed recipe may differ."""
     from hpdm_cli.errors import HPDMError

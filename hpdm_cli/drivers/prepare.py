@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
@@ -67,6 +68,11 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
     if len(modes) > 1:
         raise DataError("use one of --synthetic and --example")
     positional = [p for p in (src, out_dir) if p is not None]
+    if positional and (modes or len(positional) == 2):         # the last one is where the dataset goes
+        run = Path(positional[-1])
+        if (run / "checkpoints").exists() or (run / "recipe.toml").exists():
+            raise DataError(f"{str(run)!r} holds an hpdm train run (checkpoints/ or recipe.toml): choose another "
+                            "directory for the dataset")
     rec = None
     if recipe is not None:
         from ..recipe import default_recipe_path, load_recipe

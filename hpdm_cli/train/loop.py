@@ -451,6 +451,9 @@ def _holds_training(run_dir: Path) -> bool:
 def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
     from ..recipe import recipe_from_toml
+    if (run_dir / "dataset.json").exists():
+        raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
+                         "for the run")
     arch = architecture_of(recipe)
     old = run_dir / "recipe.toml"
     if old.exists():
