@@ -135,11 +135,11 @@ def _main(argv, capsys, monkeypatch):
 
 
 BENCH_CASES = {
-    "--steps 0": (["--steps", "0"], "steps = 0"),
-    "--steps -1": (["--steps", "-1"], "steps = -1"),
-    "--warmup -1": (["--warmup", "-1"], "warmup = -1"),
-    "--batch 0": (["--batch", "0"], "batch = 0"),
-    "--batch -2 --sampling": (["--batch", "-2", "--sampling"], "batch = -2"),
+    "--steps 0": (["--steps", "0"], "--steps 0: expected an integer >= 1"),
+    "--steps -1": (["--steps", "-1"], "--steps -1"),
+    "--warmup -1": (["--warmup", "-1"], "--warmup -1"),
+    "--batch 0": (["--batch", "0"], "--batch 0"),
+    "--batch -2 --sampling": (["--batch", "-2", "--sampling"], "--batch -2"),
     "--precision fp16": (["--precision", "fp16"], "'fp16'"),
     "--precision ,": (["--precision", ","], "--precision"),
     "--precision two for sampling": (["--sampling", "--precision", "fp32,bf16"], "one precision"),
@@ -152,7 +152,7 @@ BENCH_CASES = {
     "--cache-only without --sampling": (["--cache-only"], "--sampling"),
     "--compile without --sampling": (["--compile"], "train.compile"),
     "--tile-batch without --sampling": (["--tile-batch", "64"], "--sampling"),
-    "--tile-batch 0": (["--sampling", "--tile-batch", "64,0"], "tile_batch = 0"),
+    "--tile-batch 0": (["--sampling", "--tile-batch", "64,0"], "--tile-batch 0"),
     "--tile-batch a": (["--sampling", "--tile-batch", "a"], "--tile-batch 'a'"),
     "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),

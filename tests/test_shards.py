@@ -100,6 +100,11 @@ def test_dataset_errors(tmp_path, dataset_dir):
     """Missing, corrupt or truncated datasets raise DataError."""
     with pytest.raises(DataError, match="does not exist"):
         VideoDataset(tmp_path / "nothing")
+    with pytest.raises(DataError, match=r"relative to the current directory .* does not exist"):
+        VideoDataset("no-such-relative-folder")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a dataset directory"):
+        VideoDataset(tmp_path / "afile")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="not an hpdm dataset"):

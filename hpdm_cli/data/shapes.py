@@ -226,7 +226,7 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     recorded in the dataset's metadata with the held-out rule.
     """
     if num_videos < 1:
-        raise DataError(f"num_videos = {num_videos}: expected at least 1")
+        raise DataError(f"--num-videos {num_videos}: expected at least 1 video")
     shapes_attributes(0, frames=frames, height=height, width=width, seed=seed, split=split)  # validate early
     meta = dict(generator="shapes", seed=int(seed), frames=int(frames), height=int(height), width=int(width),
                 shapes=SHAPES, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), directions=DIRECTIONS,

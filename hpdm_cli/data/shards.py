@@ -455,8 +455,11 @@ class VideoDataset:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         top_path = os.path.join(self.path, "dataset.json")
+        if os.path.isfile(self.path):
+            raise DataError(f"{self.path!r} is a file, not a dataset directory: give the folder `hpdm prepare` wrote")
         if not os.path.isdir(self.path):
-            raise DataError(f"dataset directory {self.path!r} does not exist: create it with `hpdm prepare`")
+            where = "" if os.path.isabs(self.path) else f" (relative to the current directory {os.getcwd()})"
+            raise DataError(f"dataset directory {self.path!r}{where} does not exist: create it with `hpdm prepare`")
         if not os.path.isfile(top_path):
             raise DataError(f"{self.path!r} is not an hpdm dataset (no dataset.json): create one with `hpdm prepare` "
                             "(an interrupted prepare leaves no dataset.json; re-run it)")

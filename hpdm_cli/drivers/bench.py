@@ -130,10 +130,10 @@ def write_json(path: str | Path, rows: list[dict]) -> None:
 
 # ============================================================================ checks and hardware
 
-def _check_count(name: str, value, low: int, option: str) -> None:
-    """Refuse a count that is not an integer >= low (ConfigError naming it and the `hpdm bench` option)."""
+def _check_count(option: str, value, low: int) -> None:
+    """Refuse a count that is not an integer >= low (ConfigError naming the `hpdm bench` option)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} = {value!r}: expected an integer >= {low} ({option} {low} or more)")
+        raise ConfigError(f"{option} {value!r}: expected an integer >= {low}")
 
 
 def _check_precisions(precisions) -> None:
@@ -194,10 +194,10 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
                    ablations: bool = False, precisions: Optional[list[str]] = None) -> list[dict]:
     """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant."""
     from ..device import resolve_device
-    _check_count("steps", steps, 1, "--steps")
-    _check_count("warmup", warmup, 0, "--warmup")
+    _check_count("--steps", steps, 1)
+    _check_count("--warmup", warmup, 0)
     if batch is not None:
-        _check_count("batch", batch, 1, "--batch")
+        _check_count("--batch", batch, 1)
     if precisions is not None:
         _check_precisions(precisions)
     device = resolve_device(recipe.train.device, 0, option="train.device")
@@ -265,8 +265,8 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
                     steps: Optional[list[int]]) -> None:
     """Refuse bad counts, an unknown precision or overlap, and per-level steps that do not fit the recipe."""
     from ..sampling.tiles import parse_overlap
-    _check_count("batch", batch, 1, "--batch")
-    _check_count("tile_batch", tile_batch, 1, "tile_batch")
+    _check_count("--batch", batch, 1)
+    _check_count("--tile-batch", tile_batch, 1)
     _check_precisions([precision])
     if overlaps is not None:
         if not overlaps:
