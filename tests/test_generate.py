@@ -601,6 +601,12 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
     assert code == 0, err
     frames, fps = read_video(out2)
     assert frames.shape == (11, 20, 32, 3) and fps == pytest.approx(12.5)
+    assert "larger than this model's videos" not in err
+    big = tmp_path / "big.mp4"                     # larger than the model's 32x32: "upscaled" to a smaller video
+    write_video(big, smooth_video(9, 48, 64), 12.5)
+    code, _, err = cli(capsys, "upscale", big, "--ckpt", assets["run"], "--out", tmp_path / "down.mp4", "--steps",
+                       "1", "--no-progress")
+    assert code == 0 and "the input (48x64) is larger than this model's videos (32x32)" in err, err
 
 
 def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
