@@ -434,6 +434,8 @@ def default_recipe_path(name: str | os.PathLike) -> Path:
     p = Path(name)
     if p.is_file():
         return p
+    if p.is_dir():
+        raise ConfigError(f"{name}: is a folder, not a recipe: give a .toml recipe file or a packaged recipe's name")
     stem = p.name[:-5] if p.name.endswith(".toml") else p.name
     if p.parent == Path(".") and stem:
         packaged = _PACKAGED_RECIPES / f"{stem}.toml"

@@ -287,6 +287,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "unknown output suffix": (["sample", "--ckpt", run, "--out", tmp / "clip.txt"], tmp / "clip.txt"),
         "unreadable input video": (["upscale", bad_video, "--ckpt", run, "--out", out], out),
         "missing input video": (["upscale", tmp / "none.mp4", "--ckpt", run, "--out", out], out),
+        "input video is a folder": (["upscale", tmp / "adir.mp4", "--ckpt", run, "--out", out], out),
         "upscale missing checkpoint": (["upscale", good_video, "--ckpt", tmp / "nope", "--out", out], out),
         "upscale unwritable output": (["upscale", good_video, "--ckpt", run, "--out", tmp / "bad.mp4" / "up.mp4"],
                                       tmp / "bad.mp4" / "up.mp4"),

@@ -463,3 +463,9 @@ def test_train_compile_takes_a_flag_or_a_torch_compile_mode(monkeypatch):
     assert compile_model(net, "reduce-overhead") == ("compiled", net) and calls[-1] == {"mode": "reduce-overhead"}
     ucf = Path(__file__).resolve().parents[1] / "recipes" / "ucf.toml"
     assert load_recipe(ucf, ['train.compile="max-autotune"']).train.compile == "max-autotune"
+
+
+def test_a_folder_given_as_a_recipe_says_so(tmp_path):
+    from hpdm_cli.recipe import default_recipe_path
+    with pytest.raises(ConfigError, match="is a folder, not a recipe"):
+        default_recipe_path(tmp_path)

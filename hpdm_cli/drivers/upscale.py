@@ -433,6 +433,8 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,
                   guide_model=guide_model, context_gib=context_gib)
     check_writable([out])
+    if Path(input).is_dir():
+        raise GenerateError(f"input video {str(input)!r} is a folder: give one video file (mp4, gif, png, ...)")
     if not Path(input).is_file():
         raise GenerateError(f"input video {str(input)!r} not found")
     if Path(out).exists() and Path(out).resolve() == Path(input).resolve():
