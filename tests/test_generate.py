@@ -165,6 +165,9 @@ def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     assert f"wrote {out}" in stdout and "class 3 (square moving down)" in stdout
     assert "level 2" in err                                               # Rich progress per level, on stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--steps", "1", "--out", out)
+    assert code == 0 and f"replaced {out}" in stdout, (err, stdout)                  # said, not silent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 def test_levels_0_equals_first_level_of_full_run(gen):
@@ -608,6 +611,9 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
     code, _, err = cli(capsys, "upscale", big, "--ckpt", assets["run"], "--out", tmp_path / "down.mp4", "--steps",
                        "1", "--no-progress")
     assert code == 0 and "the input (48x64) is larger than this model's videos (32x32)" in err, err
+    code, stdout, err = cli(capsys, "upscale", src, "--ckpt", assets["run"], "--out", out, "--steps", "1",
+                            "--no-progress")
+    assert code == 0 and f"replaced {out}" in stdout, (err, stdout)
 
 
 def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():

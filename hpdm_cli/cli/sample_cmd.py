@@ -97,4 +97,4 @@ def sample(
                   f"{rep.fps:g} fps, {sum(rep.seconds):.1f} s on {rep.device} from {rep.weights} (step {rep.step})"
                   + (f", level 0 autoguided by {rep.guide}" if rep.guide else ""), highlight=False)
     for p in rep.files:
-        console.print(f"wrote {p}", highlight=False)
+        console.print(f"{'replaced' if p in rep.replaced else 'wrote'} {p}", highlight=False)

@@ -73,4 +73,4 @@ def upscale(
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape
     console.print(f"upscaled {fi}x{hi}x{wi} -> {fo}x{ho}x{wo} @ {rep.fps:g} fps ({rep.windows} window(s), levels "
                   f"0..{rep.from_level} from the input, {rep.condition}) on {rep.device}", highlight=False)
-    console.print(f"wrote {rep.file}", highlight=False)
+    console.print(f"{'replaced' if rep.replaced else 'wrote'} {rep.file}", highlight=False)

@@ -395,6 +395,7 @@ class SampleReport:
     seconds: list                                 # per level
     device: str
     messages: list = field(default_factory=list)
+    replaced: list = field(default_factory=list)  # files written that replaced an earlier one
     guide: str = ""                               # the model that guided level 0 (autoguidance), "" if none
 
 
@@ -455,7 +456,9 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     res = sample_videos(net, recipe, mine, cond, levels=last, steps=nsteps, guidance=guidance, overlap=overlap,
                         cache=cache, offload=offload, batch=batch, tile_batch=tile_batch, device=info.device,
                         bf16=bf16, compile=compile, progress=progress, context_gib=context_gib)
+    existed = {p for s in mine for p in _extra_paths(paths[s], gif, png) if p.exists()}
     report.files = write_outputs(paths, res, out_fps, gif=gif, png=png)
+    report.replaced = [p for p in report.files if p in existed]
     report.seconds = res.seconds
     return report
 

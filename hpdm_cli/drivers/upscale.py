@@ -367,6 +367,7 @@ class UpscaleReport:
     weights: Path
     step: int
     device: str
+    replaced: bool = False             # the output replaced an earlier file
 
 
 def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.PathLike, *, from_level: int = 0,
@@ -414,6 +415,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
                          device=info.device, bf16=bf16, compile=compile, context_gib=context_gib,
                          progress=progress)
     make_parent(Path(out))
+    report.replaced = Path(out).exists()
     write_video(out, res.frames, fps)
     report.file, report.output_shape, report.windows = Path(out), tuple(res.frames.shape[:3]), len(res.starts)
     return report
