@@ -828,3 +828,13 @@ def test_protocol_mismatch_names_the_value_that_matches_or_says_to_recompute():
         check_compatible(asked, "s", stored, "s", "this evaluation", "--fake y.npz", by_options=False)
     with pytest.raises(FVDError, match="different detector weights"):
         check_compatible(asked, "a" * 64, dict(asked), "b" * 64, "this evaluation", "--real x.npz")
+
+
+def test_generation_options_without_a_checkpoint_to_generate_from_are_refused(tmp_path):
+    """--steps, --guidance, --gen-seed ... only mean something when --fake is a checkpoint: refused, not ignored."""
+    from hpdm_cli.drivers.fvd import run_eval_fvd
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    with pytest.raises(FVDError, match=r"^--gen-seed, --steps generate clips from a checkpoint, but --fake .* is "
+                                       r"not one"):
+        run_eval_fvd(tmp_path / "real", tmp_path / "fake", gen_seed=3, steps="5")

@@ -436,6 +436,14 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
     """
     if json_out is not None:
         _check_writable_file(json_out, "--json")
+    if Path(fake).exists() and source_kind(fake) != "checkpoint":      # a missing --fake is named later
+        given = [flag for flag, v in (("--gen-seed", gen_seed), ("--gen-batch", gen_batch), ("--steps", steps),
+                                      ("--guidance", guidance), ("--overlap", overlap), ("--bf16", bf16 or None),
+                                      ("--guidance-interval", guidance_interval), ("--guide-model", guide_model),
+                                      ("--data", data)) if v is not None]
+        if given:
+            raise FVDError(f"{', '.join(given)} generate clips from a checkpoint, but --fake {str(fake)!r} is not "
+                           "one: drop them, or give a run directory or weights file as --fake")
     _recipe_eval_defaults(real, fake, options)
     generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16,
                       guidance_interval=guidance_interval, guide_model=guide_model)
