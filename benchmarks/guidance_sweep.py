@@ -360,10 +360,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
                              f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")
     real_a = render_real(a.num, 0, R, "heldout")
-    real_b = render_real(a.num, a.num, R, "heldout")
     embed = lambda caps: embed_prompts(recipe, caps, a.tables.split(","))
     cond = condition_rows(recipe, real_a, embed)
-    cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
     steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
     ext = I3DExtractor(a.i3d_weights, info.device)
     tile = list(recipe.pyramid.patch)                  # the finest level's tiles, in output pixels
@@ -382,7 +380,10 @@ def main(argv=None) -> int:
         ref_features, floor_features, real_info = kept_real
         rows = [(n, f, None) for n, f in real_info["floor"]]
         print(f"the real clips' features and readings found in {real_file}", file=sys.stderr, flush=True)
-    else:
+    # the floor's second set of real clips: rendered only when the real side is measured, or for --real-level0
+    real_b = render_real(a.num, a.num, R, "heldout") if kept_real is None or a.real_level0 else None
+    cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
+    if kept_real is None:
         ref_features, floor_features, rows, real_info = score_real(ext, real_a, real_b, measure)
         real_info.update(real_key)
         if real_file is not None:                  # the reference every part of this N shares
