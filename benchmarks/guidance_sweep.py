@@ -31,7 +31,9 @@ parts: `--rows 0:128 --save DIR` then `--rows 128:256 --save DIR` sample those p
 readings, stripe fits and seam steps with the real clips' reference; `--merge DIR` (no model, no GPU) scores
 every model and setting whose parts cover all N rows exactly once, as a whole run would have;
 `--merge DIR --bootstrap 200` adds how far that draw of clips settles each difference (the same
-prompts and seeds resampled for every setting: hpdm_cli.eval.fvd.paired_bootstrap).
+prompts and seeds resampled for every setting: hpdm_cli.eval.fvd.paired_bootstrap); `--merge DIR
+--partial` scores parts that cover only rows 0:n so far as a set of N = n (against the first n real
+clips and the first n of the floor's), an interim figure when the budget ran out.
 `--chunk K --save DIR` saves every K rows as a part of their own as soon as they are scored, and skips
 the rows whose part DIR already holds (same model weights and setting): a call stopped by its time
 limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
@@ -183,11 +185,14 @@ def print_table(title: str, rows: list) -> None:
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
 
 
-def merge(folder: Path, bootstrap: int = 0) -> int:
+def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
     """Score the parts saved by --rows/--save in `folder`: one line and table row per model and setting.
 
     With `bootstrap` rounds, also how far this draw of clips settles each FVD difference
     (`hpdm_cli.eval.fvd.paired_bootstrap`: the same prompts and seeds resampled for every setting).
+    With `partial`, parts that cover rows 0:n of N (n < N, a budget spent before all N rows) are scored
+    at N = n: against the first n real clips, beside the floor of the first n of each real set; the
+    static and shuffled baselines, measured at N only, are left out.
     """
     from hpdm_cli.eval.faithfulness import ClipReading
     from hpdm_cli.eval.fvd import feature_stats, frechet_distance, paired_bootstrap
@@ -210,37 +215,52 @@ def merge(folder: Path, bootstrap: int = 0) -> int:
         groups.setdefault((meta["model"], meta["setting"]), []).append((meta, z, path))
     if not groups:
         raise SystemExit(f"--merge {folder}: no part-*.npz (write them with --rows LO:HI --save {folder})")
-    rows = [(name, f, None) for name, f in info["floor"]]
     many = len({m for m, _ in groups}) > 1
-    merged = {}
+    ends = []
     for (model, setting), parts in groups.items():
         parts.sort(key=lambda p: p[0]["rows"][0])
         spans = [tuple(m["rows"]) for m, _, _ in parts]
-        if [lo for lo, _ in spans] != [0] + [hi for _, hi in spans[:-1]] or spans[-1][1] != num:
+        if [lo for lo, _ in spans] != [0] + [hi for _, hi in spans[:-1]] or (spans[-1][1] != num and not partial):
             raise SystemExit(f"{model} {setting}: the parts cover rows {spans}, not 0:{num} exactly once: "
-                             "sample the missing rows (or remove a repeated part)")
+                             "sample the missing rows (or remove a repeated part)"
+                             + ("" if partial else ", or score the rows so far with --partial"))
+        ends.append(spans[-1][1])
+    n = min(ends)                                           # every setting scored on the same rows 0:n
+    real_features = real["features"][:n]
+    if n == num:
+        rows = [(name, f, None) for name, f in info["floor"]]
+    elif "floor_features" not in real.files:
+        raise SystemExit(f"--partial: {reals[0].name} holds no floor features (an older guidance_sweep.py)")
+    else:
+        rows = [("real (floor)", float(frechet_distance(*feature_stats(real_features),
+                                                        *feature_stats(real["floor_features"][:n]))), None)]
+        print(f"rows 0:{n} of {num}: scored at N = {n} against the first {n} real clips; the static and shuffled "
+              f"baselines were measured at N = {num} only", flush=True)
+    ref = feature_stats(real_features)
+    merged = {}
+    for (model, setting), parts in groups.items():
         weights = {(m["weights"], m["step"]) for m, _, _ in parts}
         if len(weights) > 1:
             raise SystemExit(f"{model} {setting}: parts from different weights {sorted(weights)}: keep one model's")
-        feats = np.concatenate([z["features"] for _, z, _ in parts])
-        readings = [ClipReading(**d) for _, z, _ in parts for d in json.loads(str(z["readings"]))]
-        stripes = np.concatenate([z["stripes"] for _, z, _ in parts])
-        seams = np.concatenate([z["seams"] for _, z, _ in parts])
-        sc = summarise(readings, info["captions"], stripes, seams, info["real"])
+        feats = np.concatenate([z["features"] for _, z, _ in parts])[:n]
+        readings = [ClipReading(**d) for _, z, _ in parts for d in json.loads(str(z["readings"]))][:n]
+        stripes = np.concatenate([z["stripes"] for _, z, _ in parts])[:n]
+        seams = np.concatenate([z["seams"] for _, z, _ in parts])[:n]
+        sc = summarise(readings, info["captions"][:n], stripes, seams, info["real"])
         f = float(frechet_distance(*ref, *feature_stats(feats)))
         prefix = f"{model}: " if many else ""
         rows.append((f"{prefix}guidance {setting}", f, sc))
         merged[prefix + setting] = feats
         meta = parts[0][0]
         print(json.dumps({"model": model, "weights": meta["weights"], "step": meta["step"], "setting": setting,
-                          "fvd": round(f, 1), "n": num, "parts": len(parts),
+                          "fvd": round(f, 1), "n": n, **({} if n == num else {"of": num}), "parts": len(parts),
                           "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
                           **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
-    print_table(f"{num} held-out clips per side, merged from {folder}", rows)
-    floor = {"real (floor)": real["floor_features"]} if "floor_features" in real.files else {}
-    print_extrapolated(real["features"], {**floor, **merged})
+    print_table(f"{n}{'' if n == num else f' of {num}'} held-out clips per side, merged from {folder}", rows)
+    floor = {"real (floor)": real["floor_features"][:n]} if "floor_features" in real.files else {}
+    print_extrapolated(real_features, {**floor, **merged})
     if bootstrap:
-        print_bootstrap(paired_bootstrap(real["features"], merged, rounds=bootstrap))
+        print_bootstrap(paired_bootstrap(real_features, merged, rounds=bootstrap))
     return 0
 
 
@@ -315,13 +335,17 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
     ap.add_argument("--bootstrap", type=int, default=0, help="with --merge: rounds of a paired bootstrap of the "
                                                            "generated clips (how far the FVD differences are settled)")
+    ap.add_argument("--partial", action="store_true", help="with --merge: score the rows 0:n that every setting's "
+                                                           "parts cover so far, at N = n (an interim figure)")
     a = ap.parse_args(argv)
     if a.bootstrap and not a.merge:
         raise SystemExit("--bootstrap resamples merged parts: add --merge DIR")
     if a.bootstrap and a.bootstrap < 2:
         raise SystemExit(f"--bootstrap {a.bootstrap}: expected at least 2 rounds (e.g. 200), or leave it out")
+    if a.partial and not a.merge:
+        raise SystemExit("--partial scores the parts so far: add --merge DIR")
     if a.merge:
-        return merge(Path(a.merge), a.bootstrap)
+        return merge(Path(a.merge), a.bootstrap, a.partial)
     if not a.ckpt:
         raise SystemExit("name a model to score (a run, checkpoint or weights file), or --merge a folder of parts")
     lo, hi = parse_rows(a.rows, a.num)

@@ -535,8 +535,19 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     for k in guidance_sweep.SCORED:
         assert merged[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k
     (tmp_path / "p" / "part-m-1_2-2_none-rows00002-00006.npz").unlink()
-    with pytest.raises(SystemExit, match=r"cover rows \[\(0, 2\)\], not 0:6 exactly once"):
+    with pytest.raises(SystemExit, match=r"cover rows \[\(0, 2\)\], not 0:6 exactly once: .* with --partial"):
         guidance_sweep.main(["--merge", str(tmp_path / "p")])
+    assert guidance_sweep.main(["--merge", str(tmp_path / "p"), "--partial"]) == 0   # rows 0:2 as a set of N = 2
+    out = capsys.readouterr().out
+    assert "rows 0:2 of 6: scored at N = 2" in out and "2 of 6 held-out clips per side" in out
+    interim = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
+    assert (interim["n"], interim["of"], interim["parts"]) == (2, 6, 1)
+    real = np.load(tmp_path / "p" / "real-n6.npz")
+    part = np.load(tmp_path / "p" / "part-m-1_2-2_none-rows00000-00002.npz")
+    expect = fvd.frechet_distance(*fvd.feature_stats(real["features"][:2]), *fvd.feature_stats(part["features"]))
+    assert interim["fvd"] == pytest.approx(float(expect), abs=0.051)
+    with pytest.raises(SystemExit, match=r"--partial scores the parts so far: add --merge DIR"):
+        guidance_sweep.main([*args, "--partial"])
     with pytest.raises(SystemExit, match=r"add --save DIR"):
         guidance_sweep.main([*args, "--rows", "0:2"])
     with pytest.raises(SystemExit, match=r"--bootstrap resamples merged parts"):
