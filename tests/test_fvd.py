@@ -356,6 +356,9 @@ def test_source_kinds_and_user_errors(folders, extractor, tmp_path):
     assert source_kind(tmp_path / "run") == "checkpoint"
     with pytest.raises(FVDError, match="only --fake can be generated"):
         evaluate_fvd(tmp_path / "run", folders / "fake")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")     # named by what --real takes, not "a checkpoint"
+    with pytest.raises(FVDError, match=r"is a model \(.safetensors, .*--real takes real clips"):
+        evaluate_fvd(tmp_path / "junk.safetensors", folders / "fake")
     (tmp_path / "empty").mkdir()
     a = FVDStats.from_features(np.random.default_rng(0).normal(size=(4, 400)), Protocol(frames=16, num=4),
                                WEIGHTS_SHA256, {})

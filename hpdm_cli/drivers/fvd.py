@@ -274,7 +274,9 @@ def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, c
                    extractor, device, batch_size) -> None:
     """Options that can be refused before any work: sides, output files, cache directory, workers, device, batch."""
     if kinds["real"] == "checkpoint":
-        raise FVDError(f"--real {str(real)!r} is a checkpoint: only --fake can be generated")
+        raise FVDError(f"--real {str(real)!r} is a model (.safetensors, checkpoint or run directory): --real takes "
+                       "real clips (a folder of videos, a prepared dataset or a statistics .npz); only --fake can "
+                       "be generated from a model")
     for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
         if p is not None and Path(p).suffix.lower() != ".npz":
             raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
