@@ -165,6 +165,9 @@ def score_real(ext, real_a, real_b, measure) -> tuple:
                                                 "real": real}
 
 
+LEVEL0_LABEL = "upper levels given real level 0,"     # the rows of --real-level0, in lines, tables and merges
+
+
 def slug(text: str) -> str:
     """A setting as a file-name part: "1.5,1,1/32,48,24/hw" -> "1.5-1-1_32-48-24_hw"."""
     return text.replace(",", "-").replace("/", "_")
@@ -201,7 +204,6 @@ def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
         raise SystemExit(f"--merge {folder}: expected one real-n<N>.npz written by --save, found {len(reals)}")
     real = np.load(reals[0])
     num, info = int(real["num"]), json.loads(str(real["info"]))
-    ref = feature_stats(real["features"])
     groups: dict = {}
     for path in sorted(folder.glob("part-*.npz")):
         z = np.load(path)
@@ -212,12 +214,12 @@ def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
         meta = json.loads(str(z["meta"]))
         if meta["num"] != num:
             raise SystemExit(f"{path}: a part of N = {meta['num']}, but {reals[0].name} is for N = {num}")
-        groups.setdefault((meta["model"], meta["setting"]), []).append((meta, z, path))
+        groups.setdefault((meta["model"], meta["setting"], meta.get("level0")), []).append((meta, z, path))
     if not groups:
         raise SystemExit(f"--merge {folder}: no part-*.npz (write them with --rows LO:HI --save {folder})")
-    many = len({m for m, _ in groups}) > 1
+    many = len({m for m, _, _ in groups}) > 1
     ends = []
-    for (model, setting), parts in groups.items():
+    for (model, setting, _), parts in groups.items():
         parts.sort(key=lambda p: p[0]["rows"][0])
         spans = [tuple(m["rows"]) for m, _, _ in parts]
         if [lo for lo, _ in spans] != [0] + [hi for _, hi in spans[:-1]] or (spans[-1][1] != num and not partial):
@@ -238,7 +240,7 @@ def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
               f"baselines were measured at N = {num} only", flush=True)
     ref = feature_stats(real_features)
     merged = {}
-    for (model, setting), parts in groups.items():
+    for (model, setting, level0), parts in groups.items():
         weights = {(m["weights"], m["step"]) for m, _, _ in parts}
         if len(weights) > 1:
             raise SystemExit(f"{model} {setting}: parts from different weights {sorted(weights)}: keep one model's")
@@ -246,13 +248,21 @@ def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
         readings = [ClipReading(**d) for _, z, _ in parts for d in json.loads(str(z["readings"]))][:n]
         stripes = np.concatenate([z["stripes"] for _, z, _ in parts])[:n]
         seams = np.concatenate([z["seams"] for _, z, _ in parts])[:n]
-        sc = summarise(readings, info["captions"][:n], stripes, seams, info["real"])
+        if all("captions" in z.files for _, z, _ in parts):     # each part's prompts (the real0 parts: the floor's)
+            captions = [c for _, z, _ in parts for c in json.loads(str(z["captions"]))][:n]
+        elif level0:
+            raise SystemExit(f"{model} {setting}: real-level-0 parts without their prompts: sample them again")
+        else:                                                    # parts older than their prompts: the reference's
+            captions = info["captions"][:n]
+        sc = summarise(readings, captions, stripes, seams, info["real"])
         f = float(frechet_distance(*ref, *feature_stats(feats)))
         prefix = f"{model}: " if many else ""
-        rows.append((f"{prefix}guidance {setting}", f, sc))
-        merged[prefix + setting] = feats
+        label = f"{prefix}{LEVEL0_LABEL} {setting}" if level0 else f"{prefix}guidance {setting}"
+        rows.append((label, f, sc))
+        merged[label if level0 else prefix + setting] = feats
         meta = parts[0][0]
         print(json.dumps({"model": model, "weights": meta["weights"], "step": meta["step"], "setting": setting,
+                          **({"level0": "real (the floor's clips)"} if level0 else {}),
                           "fvd": round(f, 1), "n": n, **({} if n == num else {"of": num}), "parts": len(parts),
                           "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
                           **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
@@ -350,13 +360,10 @@ def main(argv=None) -> int:
         raise SystemExit("name a model to score (a run, checkpoint or weights file), or --merge a folder of parts")
     lo, hi = parse_rows(a.rows, a.num)
     partial = (lo, hi) != (0, a.num)
-    if partial and a.real_level0:
-        raise SystemExit("--real-level0 scores whole sets only: drop it or --rows")
     if partial and not a.save:
         raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
-    if a.chunk and (a.chunk < 1 or not a.save or a.real_level0):
-        raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR (and without "
-                         "--real-level0)")
+    if a.chunk and (a.chunk < 1 or not a.save):
+        raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR")
     for text in a.settings:                        # a setting's guide model, checked before any work
         try:
             parse_guide_model(parse_setting(text, None, None)[5])
@@ -393,10 +400,6 @@ def main(argv=None) -> int:
     def measure(clips) -> tuple:                     # per clip: readings, stripe fits, seam steps [n, 2 axes, 2]
         m = measure_clips(clips, tile)
         return m.readings, m.stripes, np.array([[s[k] for k in AXES] for s in m.seams]).reshape(-1, 2, 2)
-
-    def scores(clips, captions) -> dict:             # faithfulness, stripes, seams, size and motion against real
-        readings, stripes, seams = measure(clips)
-        return summarise(readings, captions, stripes, seams, real_sc)
     real_file = Path(a.save) / f"real-n{a.num}.npz" if a.save else None
     real_key = {"resolution": list(R), "captions": real_a.captions, "i3d_sha256": ext.sha256}
     kept_real = load_real(real_file, real_key) if real_file is not None else None
@@ -414,9 +417,6 @@ def main(argv=None) -> int:
             save_npz(real_file, num=np.array(a.num), features=ref_features, floor_features=floor_features,
                      info=np.array(json.dumps(real_info)))
     ref = feature_stats(ref_features)
-
-    def fvd(clips) -> float:
-        return float(frechet_distance(*ref, *feature_stats(ext.features(iter(clips)))))
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
     whole_sets = {"real (floor)": floor_features}        # features of whole sets: extrapolated after the table
@@ -449,55 +449,57 @@ def main(argv=None) -> int:
                                          steps=None if st is None else [first(st)], overlap="none", levels=1, **gen)
                     base_level0[text] = real_level0(lvl0, base[1].pyramid)      # uint8 clips -> [-1, 1], as given
                 fixed = base_level0[text]
-            got, found = [], 0                   # per chunk of rows: features, readings, stripe fits, seams, seconds
-            for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
-                part = Path(a.save) / f"part-{name}-{slug(text)}-rows{c0:05d}-{c1:05d}.npz" if a.save else None
-                key = {**who, "setting": text, "num": a.num, "rows": [c0, c1]}
-                kept = load_part(part, key) if a.chunk else None
-                if kept is not None:
-                    got.append(kept)
-                    found += 1
-                    print(f"{tag}{text}: rows {c0}:{c1} found in {part}", file=sys.stderr, flush=True)
-                    continue
-                t0 = time.time()
-                fake = generate_rows(net, rec, seeds[c0 - lo:c1 - lo], part_cond[c0 - lo:c1 - lo], guidance=w,
-                                     steps=st, overlap=ov, fixed=None if fixed is None else fixed[c0 - lo:c1 - lo],
-                                     **gen)
-                secs = time.time() - t0
-                features, (readings, stripes, seams) = ext.features(iter(fake)), measure(fake)
-                got.append((features, readings, stripes, seams, secs))
-                if part is not None:
-                    save_npz(part, features=features, stripes=stripes, seams=seams,
-                             meta=np.array(json.dumps({**key, "sample_seconds": round(secs, 1)})),
-                             readings=np.array(json.dumps([r.as_dict() for r in readings])))
-                if a.chunk:
-                    print(f"{tag}{text}: rows {c0}:{c1} sampled in {secs:.1f} s, saved", file=sys.stderr, flush=True)
-                if a.sheets and c0 == 0:            # the sheet shows the first prompts: the part holding them
-                    Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                    _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}.png", fake, real_a, min(8, len(fake)))
-            features = np.concatenate([g[0] for g in got])
-            readings = [r for g in got for r in g[1]]
-            stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])
-            secs = sum(g[4] for g in got)
-            sc = summarise(readings, captions, stripes, seams, real_sc)
-            f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
-            if not partial:
-                rows.append((f"{tag}guidance {text}", f, sc))
-                whole_sets[f"{tag}guidance {text}"] = features
-            print(json.dumps({**who, "setting": text, "fvd": None if f is None else round(f, 1), "n": a.num,
-                              **({"rows": [lo, hi]} if partial else {}),
-                              "sample_seconds": round(secs, 1), **({"parts_found": found} if a.chunk else {}),
-                              "base": a.base, "base_low": a.base_low,
-                              "split_sigma": a.split_sigma if a.base_low else None,
-                              **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
-            if a.real_level0:
-                up = generate_rows(net, rec, list(range(a.num)), cond_b, guidance=w, steps=st, overlap=ov,
-                                   fixed=real_level0(real_b.videos, recipe.pyramid), **gen)
-                su, fu = scores(up, real_b.captions), fvd(up)
-                rows.append((f"{tag}upper levels given real level 0, {text}", fu, su))
-                print(json.dumps({**who, "setting": text,
-                                  "level0": "real (the floor's clips)", "fvd": round(fu, 1), "n": a.num,
-                                  **{k: round(su[k], 3) for k in SCORED}}), flush=True)
+            passes = [("", fixed, part_cond, real_a)]   # (kind, given level 0, condition rows, real clips)
+            if a.real_level0:                          # the upper levels given the floor's real clips' level 0
+                passes.append(("real0", real_level0(real_b.videos[lo:hi], recipe.pyramid), cond_b[lo:hi], real_b))
+            for kind, given, pcond, real in passes:
+                label = f"{tag}{LEVEL0_LABEL if kind else 'guidance'} {text}"
+                pcaps = real.captions[lo:hi]
+                got, found = [], 0               # per chunk of rows: features, readings, stripe fits, seams, seconds
+                for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
+                    part = (Path(a.save) / f"part-{name}-{slug(text)}{'-' + kind if kind else ''}-rows{c0:05d}-{c1:05d}.npz"
+                            if a.save else None)
+                    key = {**who, "setting": text, "level0": "real" if kind else None, "num": a.num, "rows": [c0, c1]}
+                    kept = load_part(part, key) if a.chunk else None
+                    if kept is not None:
+                        got.append(kept)
+                        found += 1
+                        print(f"{label}: rows {c0}:{c1} found in {part}", file=sys.stderr, flush=True)
+                        continue
+                    t0 = time.time()
+                    fake = generate_rows(net, rec, seeds[c0 - lo:c1 - lo], pcond[c0 - lo:c1 - lo], guidance=w,
+                                         steps=st, overlap=ov, fixed=None if given is None else given[c0 - lo:c1 - lo],
+                                         **gen)
+                    secs = time.time() - t0
+                    features, (readings, stripes, seams) = ext.features(iter(fake)), measure(fake)
+                    got.append((features, readings, stripes, seams, secs))
+                    if part is not None:
+                        save_npz(part, features=features, stripes=stripes, seams=seams,
+                                 meta=np.array(json.dumps({**key, "sample_seconds": round(secs, 1)})),
+                                 readings=np.array(json.dumps([r.as_dict() for r in readings])),
+                                 captions=np.array(json.dumps(pcaps[c0 - lo:c1 - lo])))
+                    if a.chunk:
+                        print(f"{label}: rows {c0}:{c1} sampled in {secs:.1f} s, saved", file=sys.stderr, flush=True)
+                    if a.sheets and c0 == 0:            # the sheet shows the first prompts: the part holding them
+                        Path(a.sheets).mkdir(parents=True, exist_ok=True)
+                        _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}{'-' + kind if kind else ''}.png",
+                                     fake, real, min(8, len(fake)))
+                features = np.concatenate([g[0] for g in got])
+                readings = [r for g in got for r in g[1]]
+                stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])
+                secs = sum(g[4] for g in got)
+                sc = summarise(readings, pcaps, stripes, seams, real_sc)
+                f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
+                if not partial:
+                    rows.append((label, f, sc))
+                    whole_sets[label] = features
+                print(json.dumps({**who, "setting": text, **({"level0": "real (the floor's clips)"} if kind else {}),
+                                  "fvd": None if f is None else round(f, 1), "n": a.num,
+                                  **({"rows": [lo, hi]} if partial else {}),
+                                  "sample_seconds": round(secs, 1), **({"parts_found": found} if a.chunk else {}),
+                                  "base": a.base, "base_low": a.base_low,
+                                  "split_sigma": a.split_sigma if a.base_low else None,
+                                  **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
     print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
                                                          "parts together)" if partial else "")
                 + f", {', '.join(scored)}"

@@ -604,6 +604,40 @@ def test_guidance_sweep_in_chunks_keeps_what_it_finished_and_goes_on_from_there(
         guidance_sweep.main([*args, "--chunk", "2"])
 
 
+def test_guidance_sweep_real_level0_in_chunks_scores_as_the_whole_run(tmp_path, capsys, monkeypatch):
+    """--real-level0 with --chunk: parts of the upper levels given the floor's real level 0 (and the floor's
+    prompts) sit beside the setting's own; the run and --merge score them as the whole run's row."""
+    import guidance_sweep
+    import hpdm_cli.eval.fvd as fvd
+    from hpdm_cli.train.loop import train
+    monkeypatch.setattr(fvd, "I3DExtractor", MeanColourFeatures)
+    train(load_recipe(str(ROOT / "recipes/tiny.toml"), [
+        'data.path="synthetic:shapes"', "data.synthetic_videos=8", 'model.cond="class"', "model.num_classes=16",
+        "train.steps=1", "train.batch_size=2", "data.num_workers=0", "pyramid.resolution=[4,16,16]"]),
+        tmp_path / "m", log=lambda m: None)
+    args = [str(tmp_path / "m"), "--num", "6", "--batch", "2", "--settings", "1/2,2/none", "--device", "cpu",
+            "--real-level0"]
+    lines = lambda out: [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert guidance_sweep.main(args) == 0
+    whole = [x for x in lines(capsys.readouterr().out) if "level0" in x]
+    assert len(whole) == 1 and whole[0]["level0"] == "real (the floor's clips)"
+    parts = tmp_path / "p"
+    assert guidance_sweep.main([*args, "--chunk", "4", "--save", str(parts)]) == 0
+    chunked = [x for x in lines(capsys.readouterr().out) if "level0" in x]
+    assert sorted(f.name for f in parts.glob("part-*real0*")) == ["part-m-1_2-2_none-real0-rows00000-00004.npz",
+                                                                  "part-m-1_2-2_none-real0-rows00004-00006.npz"]
+    assert guidance_sweep.main(["--merge", str(parts)]) == 0
+    out = capsys.readouterr().out
+    merged = [x for x in lines(out) if "level0" in x]
+    assert "| upper levels given real level 0, 1/2,2/none |" in out and "| guidance 1/2,2/none |" in out
+    for got in (chunked[0], merged[0]):
+        assert got["fvd"] == pytest.approx(whole[0]["fvd"], abs=0.11)
+        for k in guidance_sweep.SCORED:
+            assert got[k] == pytest.approx(whole[0][k], abs=1e-3, nan_ok=True), k
+    own = next(x for x in lines(out) if "level0" not in x and "weights" in x)
+    assert own["fvd"] != pytest.approx(merged[0]["fvd"], abs=1e-6)      # two rows, not one set twice
+
+
 def test_guidance_sweep_prints_each_bootstrap_difference(capsys):
     """print_bootstrap: one line per setting and one per pair, the difference's sign and range as resampled."""
     import guidance_sweep
