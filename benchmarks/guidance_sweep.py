@@ -21,7 +21,8 @@ With --base B the level 0 of every clip comes from another model's base level B 
 model's upper levels are sampled given it, as `hpdm upscale` does: what a better base level is
 worth in FVD before a pyramid is trained from it. With --real-level0 each setting also samples the
 upper levels given the level 0 of the floor's real clips (with their prompts): its FVD against the
-floor's (the real-vs-real row) is what the upper levels cost, apart from level 0.
+floor's (the real-vs-real row) is what the upper levels cost, apart from level 0 (in parts too: its
+own parts, "-real0-" in their names, merged as a row of their own).
 Several models (e.g. the variants of benchmarks/gpu_pyramid_variants.sh) are scored in one process
 against the same real clips, features and baselines; every line and sheet carries its model's name
 (file stem or folder name) and every line the weights file and step scored.
