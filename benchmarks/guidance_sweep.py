@@ -425,7 +425,7 @@ def main(argv=None) -> int:
     print(json.dumps({"setting": "real", **{k: round(real_sc[k], n) for k, n in
                                              (("stripes", 3), ("area", 4), ("travel", 3), ("seams", 3), ("seams_t", 3))
                                              if k in real_sc}}), flush=True)
-    seeds, part_cond, captions = list(range(lo, hi)), cond[lo:hi], real_a.captions[lo:hi]
+    seeds, part_cond = list(range(lo, hi)), cond[lo:hi]
     many, scored, base_level0 = len(a.ckpt) > 1, [], {}     # the last: setting -> level 0 from --base, for every model
     for i, (path, name) in enumerate(zip(a.ckpt, names)):
         if i:
@@ -458,8 +458,8 @@ def main(argv=None) -> int:
                 pcaps = real.captions[lo:hi]
                 got, found = [], 0               # per chunk of rows: features, readings, stripe fits, seams, seconds
                 for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
-                    part = (Path(a.save) / f"part-{name}-{slug(text)}{'-' + kind if kind else ''}-rows{c0:05d}-{c1:05d}.npz"
-                            if a.save else None)
+                    stem = f"part-{name}-{slug(text)}{'-' + kind if kind else ''}"
+                    part = Path(a.save) / f"{stem}-rows{c0:05d}-{c1:05d}.npz" if a.save else None
                     key = {**who, "setting": text, "level0": "real" if kind else None, "num": a.num, "rows": [c0, c1]}
                     kept = load_part(part, key) if a.chunk else None
                     if kept is not None:
