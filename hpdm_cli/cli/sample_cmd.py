@@ -78,7 +78,11 @@ def sample(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
                                                                                   "(default: on)."),
 ):
-    """Generate videos from a checkpoint: `hpdm sample --ckpt runs/tiny --class 0 --seeds 0-3 --out clip.mp4`.
+    """Generate videos from the packaged model or a checkpoint: `hpdm sample --prompt "a red circle moving right"`.
+
+    Without --ckpt the packaged text-to-video shapes model draws the prompt (into clip.mp4).
+
+    --ckpt takes a run, checkpoint or weights file: `hpdm sample --ckpt runs/tiny --class 0 --seeds 0-3`.
 
     Under torchrun the seeds are split across ranks; each rank writes its own seeds' files.
     """
