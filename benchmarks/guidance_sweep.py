@@ -434,6 +434,8 @@ def main(argv=None) -> int:
         scored.append(str(info.weights))
         tag = f"{name}: " if many else ""
         who = {"model": name, "weights": str(info.weights), "step": info.step}
+        # --real-level0: the floor's real clips as this model's level 0, once for all its settings
+        given0 = real_level0(real_b.videos[lo:hi], recipe.pyramid) if a.real_level0 else None
         for text in a.settings:
             w, st, ov, smax, interval, guide = parse_setting(text, steps, a.overlap)
             rec = dataclasses.replace(recipe, sample=dataclasses.replace(
@@ -452,7 +454,7 @@ def main(argv=None) -> int:
                 fixed = base_level0[text]
             passes = [("", fixed, part_cond, real_a)]   # (kind, given level 0, condition rows, real clips)
             if a.real_level0:                          # the upper levels given the floor's real clips' level 0
-                passes.append(("real0", real_level0(real_b.videos[lo:hi], recipe.pyramid), cond_b[lo:hi], real_b))
+                passes.append(("real0", given0, cond_b[lo:hi], real_b))
             for kind, given, pcond, real in passes:
                 label = f"{tag}{LEVEL0_LABEL if kind else 'guidance'} {text}"
                 pcaps = real.captions[lo:hi]

@@ -270,6 +270,11 @@ def _resolve_protocol(sides: Sequence[Path], frames, stride, precision) -> tuple
     return frames, int(stride), precision or default.precision
 
 
+def _follows_options(kinds: dict) -> bool:
+    """Whether this evaluation's protocol comes from --frames / --stride (not both sides statistics files)."""
+    return list(kinds.values()).count("stats") < 2
+
+
 def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, cache_dir, workers,
                    extractor, device, batch_size) -> None:
     """Options that can be refused before any work: sides, output files, cache directory, workers, device, batch."""
@@ -305,7 +310,7 @@ def _check_sides(sides: dict, kinds: dict, protocol: Protocol, extractor, genera
             st = FVDStats.load(sides[role])
             sha = extractor.sha256 if extractor is not None else WEIGHTS_SHA256
             check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation",
-                             f"--{role}", by_options=list(kinds.values()).count("stats") < 2)
+                             f"--{role}", by_options=_follows_options(kinds))
     if kinds["fake"] == "checkpoint":
         rec = checkpoint_recipe(sides["fake"])
         _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
@@ -349,7 +354,7 @@ def _measure_sides(real: Path, fake: Path, kinds: dict, protocol: Protocol, extr
     sha = extractor.sha256 if extractor is not None else st_r.detector_sha256
     for st, what in ((st_r, "--real"), (st_f, "--fake")):
         check_compatible(protocol.describe(), sha, st.protocol, st.detector_sha256, "this evaluation", what,
-                         by_options=list(kinds.values()).count("stats") < 2)
+                         by_options=_follows_options(kinds))
     return st_r, rep_r, st_f, rep_f
 
 
