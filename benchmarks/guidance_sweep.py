@@ -40,8 +40,10 @@ the rows whose part DIR already holds (same model weights and setting): a call s
 limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
 when the rows cover all N, the run scores the whole set itself. A run with `--save DIR` also takes the
 real clips' features and readings from DIR's real-n<N>.npz when that was written for the same
-resolution, prompts and I3D weights, instead of measuring them again. Pixels are read on every CPU
-core (hpdm_cli.eval.measure).
+resolution, prompts and I3D weights, instead of measuring them again; `--rows LO:HI --save DIR
+--no-real` leaves the real side out altogether (no I3D pass over 2N real clips, only rows LO:HI
+rendered: a part drawn on a machine the real side's file cannot travel to) and --merge takes the
+real-n<N>.npz of a run that measured it. Pixels are read on every CPU core (hpdm_cli.eval.measure).
 """
 
 from __future__ import annotations
@@ -145,9 +147,7 @@ def load_real(path: Path, key: dict):
 def score_real(ext, real_a, real_b, measure) -> tuple:
     """The real side of a sweep: I3D features of `real_a` (the reference) and `real_b` (the floor), the
     floor's, static and shuffled clips' FVD rows, and `real_a`'s readings (size, travel, stripes, seams)."""
-    from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.fvd import feature_stats, frechet_distance
-    from hpdm_cli.eval.seams import AXES, seam_ratio
     ref_features, floor_features = ext.features(iter(real_a.videos)), ext.features(iter(real_b.videos))
     ref = feature_stats(ref_features)
     fvd = lambda feats: float(frechet_distance(*ref, *feature_stats(feats)))
@@ -156,14 +156,20 @@ def score_real(ext, real_a, real_b, measure) -> tuple:
             ("static real", fvd(ext.features(iter([np.repeat(v[:1], v.shape[0], axis=0) for v in real_b.videos]))),
              None),
             ("shuffled real", fvd(ext.features(iter([v[rng.permutation(v.shape[0])] for v in real_b.videos]))), None)]
-    readings, stripes, seams = measure(real_a.videos)
-    sc = score_clips(readings, real_a.captions)
+    return ref_features, floor_features, rows, {"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
+                                                "real": real_readings(real_a, measure)}
+
+
+def real_readings(real, measure) -> dict:
+    """The real clips' mean object area and travel, stripe fit and seam ratios: what generated clips are set against."""
+    from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.seams import AXES, seam_ratio
+    readings, stripes, seams = measure(real.videos)
+    sc = score_clips(readings, real.captions)
     ratio = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])
     ok = stripes[~np.isnan(stripes)]
-    real = {"area": sc["area"], "travel": sc["travel"], "stripes": float(ok.mean()) if ok.size else float("nan"),
+    return {"area": sc["area"], "travel": sc["travel"], "stripes": float(ok.mean()) if ok.size else float("nan"),
             "seams": ratio["hw"], "seams_t": ratio["t"]}
-    return ref_features, floor_features, rows, {"floor": [(n, f) for n, f, _ in rows], "captions": real_a.captions,
-                                                "real": real}
 
 
 LEVEL0_LABEL = "upper levels given real level 0,"     # the rows of --real-level0, in lines, tables and merges
@@ -339,6 +345,9 @@ def main(argv=None) -> int:
     ap.add_argument("--real-level0", action="store_true",
                     help="also per setting: the upper levels given the floor's real clips' level 0")
     ap.add_argument("--rows", default=None, help="LO:HI: sample only these of the N prompts/seeds (a part; see --save)")
+    ap.add_argument("--no-real", action="store_true",
+                    help="with --rows: leave out the real clips' features (their I3D pass, the floor and baselines): "
+                         "--merge then takes the real-n<N>.npz another run saved in the folder")
     ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings, stripe fits, "
                                                  "seam steps (and the real clips' reference) for --merge")
     ap.add_argument("--chunk", type=int, default=0, help="with --save: save every CHUNK rows as a part as soon as "
@@ -363,6 +372,8 @@ def main(argv=None) -> int:
     partial = (lo, hi) != (0, a.num)
     if partial and not a.save:
         raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
+    if a.no_real and not partial:
+        raise SystemExit("--no-real leaves the real side to another run: add --rows LO:HI --save DIR (a part)")
     if a.chunk and (a.chunk < 1 or not a.save):
         raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR")
     for text in a.settings:                        # a setting's guide model, checked before any work
@@ -391,7 +402,9 @@ def main(argv=None) -> int:
         if (tuple(other.pyramid.resolution), same(other)) != (R, same(recipe)):
             raise SystemExit(f"{path}: {tuple(other.pyramid.resolution)}, condition {same(other)}; the first "
                              f"model ({a.ckpt[0]}) is {R}, {same(recipe)}: score it in a run of its own")
-    real_a = render_real(a.num, 0, R, "heldout")
+    # rows lo:hi of the real clips (off = lo) when --no-real needs no more; all N otherwise (off = 0)
+    off = lo if a.no_real else 0
+    real_a = render_real(hi - lo, lo, R, "heldout") if a.no_real else render_real(a.num, 0, R, "heldout")
     embed = lambda caps: embed_prompts(recipe, caps, a.tables.split(","))
     cond = condition_rows(recipe, real_a, embed)
     steps = None if a.steps is None else [int(s) for s in a.steps.split(",")]
@@ -403,29 +416,34 @@ def main(argv=None) -> int:
         return m.readings, m.stripes, np.array([[s[k] for k in AXES] for s in m.seams]).reshape(-1, 2, 2)
     real_file = Path(a.save) / f"real-n{a.num}.npz" if a.save else None
     real_key = {"resolution": list(R), "captions": real_a.captions, "i3d_sha256": ext.sha256}
-    kept_real = load_real(real_file, real_key) if real_file is not None else None
-    if kept_real is not None:                          # an earlier call's real side: the same clips and detector
-        ref_features, floor_features, real_info = kept_real
-        rows = [(n, f, None) for n, f in real_info["floor"]]
-        print(f"the real clips' features and readings found in {real_file}", file=sys.stderr, flush=True)
-    # the floor's second set of real clips: rendered only when the real side is measured, or for --real-level0
-    real_b = render_real(a.num, a.num, R, "heldout") if kept_real is None or a.real_level0 else None
+    if a.no_real:                               # a part alone: its readings against its own rows of real clips
+        real_b = render_real(hi - lo, a.num + lo, R, "heldout") if a.real_level0 else None
+        rows, ref, whole_sets, real_sc = [], None, {}, real_readings(real_a, measure)
+        print(f"the real side left out (--no-real): --merge {a.save} takes the real-n{a.num}.npz of a run "
+              "that measured it", file=sys.stderr, flush=True)
+    else:
+        kept_real = load_real(real_file, real_key) if real_file is not None else None
+        if kept_real is not None:                      # an earlier call's real side: the same clips and detector
+            ref_features, floor_features, real_info = kept_real
+            rows = [(n, f, None) for n, f in real_info["floor"]]
+            print(f"the real clips' features and readings found in {real_file}", file=sys.stderr, flush=True)
+        # the floor's second set of real clips: rendered only when the real side is measured, or for --real-level0
+        real_b = render_real(a.num, a.num, R, "heldout") if kept_real is None or a.real_level0 else None
+        if kept_real is None:
+            ref_features, floor_features, rows, real_info = score_real(ext, real_a, real_b, measure)
+            real_info.update(real_key)
+            if real_file is not None:                  # the reference every part of this N shares
+                save_npz(real_file, num=np.array(a.num), features=ref_features, floor_features=floor_features,
+                         info=np.array(json.dumps(real_info)))
+        ref, real_sc = feature_stats(ref_features), real_info["real"]
+        whole_sets = {"real (floor)": floor_features}      # features of whole sets: extrapolated after the table
     cond_b = condition_rows(recipe, real_b, embed) if a.real_level0 else None
-    if kept_real is None:
-        ref_features, floor_features, rows, real_info = score_real(ext, real_a, real_b, measure)
-        real_info.update(real_key)
-        if real_file is not None:                  # the reference every part of this N shares
-            save_npz(real_file, num=np.array(a.num), features=ref_features, floor_features=floor_features,
-                     info=np.array(json.dumps(real_info)))
-    ref = feature_stats(ref_features)
     for name, f, _ in rows:
         print(json.dumps({"setting": name, "fvd": round(f, 1), "n": a.num}), flush=True)
-    whole_sets = {"real (floor)": floor_features}        # features of whole sets: extrapolated after the table
-    real_sc = real_info["real"]
     print(json.dumps({"setting": "real", **{k: round(real_sc[k], n) for k, n in
                                              (("stripes", 3), ("area", 4), ("travel", 3), ("seams", 3), ("seams_t", 3))
                                              if k in real_sc}}), flush=True)
-    seeds, part_cond = list(range(lo, hi)), cond[lo:hi]
+    seeds, part_cond = list(range(lo, hi)), cond[lo - off:hi - off]
     many, scored, base_level0 = len(a.ckpt) > 1, [], {}     # the last: setting -> level 0 from --base, for every model
     for i, (path, name) in enumerate(zip(a.ckpt, names)):
         if i:
@@ -435,7 +453,7 @@ def main(argv=None) -> int:
         tag = f"{name}: " if many else ""
         who = {"model": name, "weights": str(info.weights), "step": info.step}
         # --real-level0: the floor's real clips as this model's level 0, once for all its settings
-        given0 = real_level0(real_b.videos[lo:hi], recipe.pyramid) if a.real_level0 else None
+        given0 = real_level0(real_b.videos[lo - off:hi - off], recipe.pyramid) if a.real_level0 else None
         for text in a.settings:
             w, st, ov, smax, interval, guide = parse_setting(text, steps, a.overlap)
             rec = dataclasses.replace(recipe, sample=dataclasses.replace(
@@ -454,10 +472,10 @@ def main(argv=None) -> int:
                 fixed = base_level0[text]
             passes = [("", fixed, part_cond, real_a)]   # (kind, given level 0, condition rows, real clips)
             if a.real_level0:                          # the upper levels given the floor's real clips' level 0
-                passes.append(("real0", given0, cond_b[lo:hi], real_b))
+                passes.append(("real0", given0, cond_b[lo - off:hi - off], real_b))
             for kind, given, pcond, real in passes:
                 label = f"{tag}{LEVEL0_LABEL if kind else 'guidance'} {text}"
-                pcaps = real.captions[lo:hi]
+                pcaps = real.captions[lo - off:hi - off]
                 got, found = [], 0               # per chunk of rows: features, readings, stripe fits, seams, seconds
                 for c0, c1 in ([(c, min(c + a.chunk, hi)) for c in range(lo, hi, a.chunk)] if a.chunk else [(lo, hi)]):
                     stem = f"part-{name}-{slug(text)}{'-' + kind if kind else ''}"

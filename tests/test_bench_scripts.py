@@ -534,6 +534,33 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     assert merged["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
     for k in guidance_sweep.SCORED:
         assert merged[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k
+    # --no-real: a part alone, no real features measured; --merge takes another run's real side
+    counted = []
+
+    class Counted(MeanColourFeatures):
+        def features(self, clips):
+            clips = list(clips)
+            counted.append(len(clips))
+            return super().features(clips)
+    monkeypatch.setattr(fvd, "I3DExtractor", Counted)
+    q = tmp_path / "q"
+    assert guidance_sweep.main([*args, "--rows", "2:6", "--save", str(q), "--no-real"]) == 0
+    assert counted == [4]                                    # the part's 4 generated clips, no real ones
+    got = capsys.readouterr()
+    assert f"the real side left out (--no-real): --merge {q} takes the real-n6.npz" in got.err
+    assert [f.name for f in q.iterdir()] == ["part-m-1_2-2_none-rows00002-00006.npz"]     # no real-n6.npz
+    assert not any(json.loads(x)["setting"] == "real (floor)" for x in got.out.splitlines() if x.startswith("{"))
+    with pytest.raises(SystemExit, match=r"expected one real-n<N>.npz written by --save, found 0"):
+        guidance_sweep.main(["--merge", str(q)])
+    for f in ("real-n6.npz", "part-m-1_2-2_none-rows00000-00002.npz"):
+        (q / f).write_bytes((tmp_path / "p" / f).read_bytes())
+    assert guidance_sweep.main(["--merge", str(q)]) == 0
+    again = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
+    assert again["fvd"] == pytest.approx(merged["fvd"], abs=1e-9)       # the same clips as the run that measured
+    for k in guidance_sweep.SCORED:
+        assert again[k] == pytest.approx(merged[k], abs=1e-9, nan_ok=True), k
+    with pytest.raises(SystemExit, match=r"--no-real leaves the real side to another run: add --rows LO:HI"):
+        guidance_sweep.main([*args, "--no-real"])
     (tmp_path / "p" / "part-m-1_2-2_none-rows00002-00006.npz").unlink()
     with pytest.raises(SystemExit, match=r"cover rows \[\(0, 2\)\], not 0:6 exactly once: .* with --partial"):
         guidance_sweep.main(["--merge", str(tmp_path / "p")])
@@ -636,6 +663,19 @@ def test_guidance_sweep_real_level0_in_chunks_scores_as_the_whole_run(tmp_path, 
             assert got[k] == pytest.approx(whole[0][k], abs=1e-3, nan_ok=True), k
     own = next(x for x in lines(out) if "level0" not in x and "weights" in x)
     assert own["fvd"] != pytest.approx(merged[0]["fvd"], abs=1e-6)      # two rows, not one set twice
+    r = tmp_path / "r"                      # rows 4:6 with --no-real: the floor's clips 10:12 as their level 0
+    assert guidance_sweep.main([*args, "--rows", "4:6", "--chunk", "4", "--save", str(r), "--no-real"]) == 0
+    capsys.readouterr()
+    name = "part-m-1_2-2_none-real0-rows00004-00006.npz"
+    alone, measured = np.load(r / name), np.load(parts / name)
+    assert str(alone["captions"]) == str(measured["captions"])                  # the floor's prompts of those rows
+    np.testing.assert_allclose(alone["features"], measured["features"], atol=1e-9)
+    for f in parts.iterdir():
+        if "rows00004" not in f.name:
+            (r / f.name).write_bytes(f.read_bytes())
+    assert guidance_sweep.main(["--merge", str(r)]) == 0
+    assert [x for x in lines(capsys.readouterr().out) if "level0" in x][0]["fvd"] == pytest.approx(merged[0]["fvd"],
+                                                                                                abs=1e-9)
 
 
 def test_guidance_sweep_prints_each_bootstrap_difference(capsys):
