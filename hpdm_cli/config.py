@@ -2,7 +2,8 @@
 
 Every dimension, count and switch of the method lives here, grouped by the recipe's
 sections (`[data]`, `[pyramid]`, `[model]`, `[diffusion]`, `[train]`, `[sample]`, `[eval]`).
-Defaults describe the paper's HPDM-S on UCF-101 (the paper's Table 7); recipes override them.
+Defaults give the paper's HPDM-S architecture (its Table 7); the training schedule and sampling
+of a run come from its recipe (recipes/ucf.toml: the paper's UCF-101 settings), which overrides them.
 `Recipe.validate()` checks cross-field consistency and raises `ConfigError` with a
 one-line message naming the key.
 """
@@ -220,16 +221,16 @@ class TrainConfig:
     optimizer: str = "lamb"              # "lamb" (the paper's) or "adamw".
     lr: float = 0.005                    # Peak learning rate.
     weight_decay: float = 0.01           # LAMB decoupled weight decay.
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)  # The optimiser's moment decay rates (beta1, beta2).
+    eps: float = 1e-6                    # The optimiser's denominator epsilon.
     warmup_steps: int = 10_000           # Linear warm-up, then cosine decay to lr * min_lr_ratio.
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0            # Where the cosine decay ends, as a fraction of lr.
     grad_clip: float = 0.0               # Global-norm clipping (0 = off).
     ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
     compile: bool | str = False          # torch.compile the model: true, or a mode ("reduce-overhead": CUDA graphs).
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
-    seed: int = 0
+    seed: int = 0                        # Seed of the weights' initialisation, data order and training noise.
     device: str = "auto"                 # "auto", "cpu", "cuda".
     log_every: int = 10                  # Steps between stats lines.
     ckpt_every: int = 1000               # Steps between checkpoints.
@@ -244,11 +245,11 @@ class SampleConfig:
 
     steps: int = 128                     # Sampler steps at level 0, halved per level.
     level_steps: list[int] = field(default_factory=list)  # Explicit per-level steps (overrides `steps`).
-    sigma_min: float = 0.002
+    sigma_min: float = 0.002             # Where every level's sampling schedule ends (EDM).
     sigma_max: float | list[float] = 80.0  # Where each level's sampling starts: one value, or one per level (coarse
     #                                      to fine): levels that add detail to a finished context are trained at
     #                                      lower noise and need not start as high (docs/method.md, section 9).
-    rho: float = 7.0
+    rho: float = 7.0                     # Karras et al.'s schedule exponent: how densely steps crowd at low sigma.
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
     guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level
@@ -258,7 +259,7 @@ class SampleConfig:
     guide_model: str = ""                # A model of level 0 alone that guides level 0 instead of the unconditional
     #                                      denoiser (autoguidance, Karras et al. 2024; scale: guidance[0]);
     #                                      "" = classifier-free guidance.
-    batch_size: int = 16
+    batch_size: int = 16                 # Videos per sampler call.
     fps: float = 0.0                     # Output fps (0 = data.fps).
     context_cache_gib: float = 4.0       # Memory for a level's context computed once for all its steps (0 = off).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: set up .venv (scripts/setup.sh), then
-#  1. sample two prompts from the packaged shapes text-to-video model (~32 s per clip on 2 CPU
+#  1. sample two prompts from the packaged shapes text-to-video model (36-55 s per clip on 2 CPU
 #     cores): demo/red-circle-right.mp4, demo/yellow-square-down.mp4 (plus GIFs and PNG strips);
 #  2. run the whole pipeline on the CPU: make a tiny synthetic dataset, train recipes/tiny.toml
 #     (~2 min) and sample it: demo/tiny/clip-seed0000.mp4 ... A few CPU minutes teach that model

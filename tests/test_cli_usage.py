@@ -66,6 +66,15 @@ def test_eval_and_eval_fvd_take_each_others_spelling_of_clips_and_i3d_weights(no
     assert r.returncode == 2 and "no-such" in r.stderr and "No such option" not in r.stderr, r.stderr
 
 
+def test_eval_fvd_marks_checkpoint_options_keeping_a_leading_metavariable():
+    """--fake-checkpoint options' help: "Checkpoint --fake: " + the shared text, its first word lower-cased unless it
+    is a metavariable such as LO,HI or I3D."""
+    from hpdm_cli.cli.fvd_cmd import _for_checkpoint
+    assert _for_checkpoint("A model of level 0") == "Checkpoint --fake: a model of level 0"
+    assert _for_checkpoint("LO,HI: guide only") == "Checkpoint --fake: LO,HI: guide only"
+    assert _for_checkpoint("I3D weights") == "Checkpoint --fake: I3D weights"
+
+
 def test_bare_hpdm_prints_the_help_and_one_error_line(no_click_env, tmp_path):
     r = _run([], no_click_env, tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr

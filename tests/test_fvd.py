@@ -363,8 +363,20 @@ def test_source_kinds_and_user_errors(folders, extractor, tmp_path):
     a = FVDStats.from_features(np.random.default_rng(0).normal(size=(4, 400)), Protocol(frames=16, num=4),
                                WEIGHTS_SHA256, {})
     a.save(tmp_path / "a.npz")
-    with pytest.raises(FVDError, match="holds no videos"):
+    with pytest.raises(FVDError, match=r"holds no videos \(looked recursively for video files: .mp4, .mkv, .mov, "
+                                        r".avi, .webm and \d+ more suffixes\)$"):
         evaluate_fvd(tmp_path / "a.npz", tmp_path / "empty", extractor=extractor)
+
+
+def test_a_folder_of_clips_is_searched_for_every_suffix_prepare_takes(tmp_path):
+    """eval-fvd reads the video files `hpdm prepare` would (e.g. AVCHD .mts / .m2ts), not a shorter list."""
+    from hpdm_cli.data.prepare.sources import VIDEO_EXTENSIONS
+    from hpdm_cli.eval.fvd import _list_videos
+    for name in ("a.mts", "b.m2ts", "sub/c.MP4", "d.txt", ".hidden.mp4", "e.vob"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert _list_videos(tmp_path) == ["a.mts", "b.m2ts", "e.vob", "sub/c.MP4"]
+    assert {".mts", ".m2ts", ".vob", ".mp4", ".gif"} <= VIDEO_EXTENSIONS
 
 
 def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, extractor):

@@ -554,6 +554,23 @@ def test_synthetic_still_works(tmp_path):
     assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
 
 
+def test_synthetic_is_encoded_as_crf_preset_and_shard_videos_say(tmp_path):
+    """--crf, --preset and --shard-videos apply to --synthetic too (once silently ignored); bad values are refused."""
+    import json
+    from hpdm_cli.data.shards import VideoDataset
+    common = ["--num-videos", "4", "--frames", "8", "--height", "32", "--width", "32", "--text-encoder", "none"]
+    assert run_cli(["--synthetic", "shapes", str(tmp_path / "a"), *common]) == 0
+    assert run_cli(["--synthetic", "shapes", str(tmp_path / "b"), *common, "--crf", "40", "--preset", "ultrafast",
+                    "--shard-videos", "2"]) == 0
+    size = lambda d: sum(f.stat().st_size for f in (tmp_path / d).glob("shard-*.bin"))
+    shards = lambda d: json.loads((tmp_path / d / "dataset.json").read_text())["shards"]
+    assert len(shards("a")) == 1 and len(shards("b")) == 2
+    assert size("b") < 0.85 * size("a")             # CRF 40 against 18: fewer bytes, though in two containers
+    assert len(VideoDataset(tmp_path / "b")) == 4
+    assert run_cli(["--synthetic", "shapes", str(tmp_path / "c"), *common, "--preset", "warp"]) == 2
+    assert not (tmp_path / "c" / "dataset.json").exists()
+
+
 def test_engine_imports_stay_light():
     """The engine imports neither PyAV (imported lazily where video is read or written), nor torch (spawned
     workers start fast), nor the CLI or a driver; its options (the CLI's defaults) import no numpy either."""

@@ -266,7 +266,8 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
 
 
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path):
-    """Without --overlap the packaged model samples untiled on a CPU (fastest) and with shift-fhw elsewhere."""
+    """Without --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the tiling stored
+    with its weights, shift-fhw (what its FVD was measured with), whether or not --ckpt names it."""
     import hpdm_cli.assets as assets
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
@@ -289,7 +290,10 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     assert asked == ["cpu", auto]                       # the device the model loaded on, not the option's text
     assert seen == ["none", default_overlap(auto), "hw"]
-    assert [parse_overlap(default_overlap(d)) for d in ("cpu", "cuda", "mps")] == ["", "shift-fhw", "shift-fhw"]
+    assert [default_overlap(d) for d in ("cpu", "cuda", "mps")] == ["none", None, None]
+    from hpdm_cli.assets import DEFAULT_MODEL
+    from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata
+    assert parse_overlap(recipe_in_metadata(read_metadata(DEFAULT_MODEL), DEFAULT_MODEL).pyramid.overlap) == "shift-fhw"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,7 +1,7 @@
 """The packaged default model: a small `shapes` text-to-video generator.
 
 `hpdm sample --prompt "a red circle moving right"` without `--ckpt` samples from it, on the CPU
-in about half a minute (MODEL_CARD.md says what it was trained on and how well it does). It reads
+in under a minute on two cores (MODEL_CARD.md says what it was trained on and how well it does). It reads
 the prompt's MiniLM word-piece states, computed by the text encoder (a dependency of hpdm).
 """
 
@@ -10,10 +10,9 @@ from pathlib import Path
 DEFAULT_MODEL = Path(__file__).resolve().parent / "shapes-t2v.safetensors"
 MAX_MODEL_BYTES = 16 * 2 ** 20   # the packaged model's size budget: it ships inside the package
 CPU_OVERLAP = "none"             # its tiling on a CPU unless --overlap is given: the fastest there, FVD 65.0
-                                 # against 62.8 with "shift-fhw", which removes the faint tile seams at ~1.6x the
-                                 # time (docs/results.md, sections 39-40)
-GPU_OVERLAP = "shift-fhw"        # ... and on any other device: recipes/shapes.toml's tiling, at a third of the time
-                                 # of the "fhw" stored with the weights, at the same FVD (section 40)
+                                 # against 62.8 with the "shift-fhw" stored with the weights (recipes/shapes.toml's
+                                 # tiling, used on any other device), which removes the faint tile seams at ~1.6x
+                                 # the time (docs/results.md, sections 39-40)
 
 
 GUIDE_MODEL = Path(__file__).resolve().parent / "shapes-t2v-guide.safetensors"   # its autoguidance model
@@ -24,6 +23,7 @@ def resolve_guide(value: str) -> Path:
     return GUIDE_MODEL if value == "packaged" else Path(value)
 
 
-def default_overlap(device_type: str) -> str:
-    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given."""
-    return CPU_OVERLAP if device_type == "cpu" else GPU_OVERLAP
+def default_overlap(device_type: str):
+    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given: None
+    (the stored recipe's) except on a CPU."""
+    return CPU_OVERLAP if device_type == "cpu" else None

@@ -19,8 +19,10 @@ from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVA
 
 
 def _for_checkpoint(text: str) -> str:
-    """An option's help, marked as applying only when --fake is a checkpoint."""
-    return "Checkpoint --fake: " + text[0].lower() + text[1:]
+    """An option's help, marked as applying only when --fake is a checkpoint (its first word lower-cased unless it is
+    a metavariable such as LO,HI)."""
+    first = text.split(maxsplit=1)[0]
+    return "Checkpoint --fake: " + (text if len(first) > 1 and first.isupper() else text[0].lower() + text[1:])
 
 
 def eval_fvd(

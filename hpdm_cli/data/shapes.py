@@ -39,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from hpdm_cli.data.prepare.options import DATASET_PRESET
 from hpdm_cli.data.shards import DataError, ShardWriter
 
 __all__ = [
@@ -208,16 +209,16 @@ def render_shapes_video(index: int, *, frames: int, height: int, width: int,
 def _render_encoded(job: tuple) -> tuple[bytes, str, int]:
     """Worker: render and encode one video (top-level so that process pools can pickle it)."""
     from hpdm_cli.io.video import encode_mp4_bytes  # noqa: PLC0415
-    index, frames, height, width, seed, fps, crf, gop, split = job
+    index, frames, height, width, seed, fps, crf, gop, preset, split = job
     video, caption, label, _ = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed,
                                                    split=split)
-    return encode_mp4_bytes(video, fps, crf=crf, gop=gop), caption, label
+    return encode_mp4_bytes(video, fps, crf=crf, gop=gop, preset=preset), caption, label
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames: int, height: int, width: int,
                          seed: int = 0, fps: float = 25, progress: Callable[[int, int], None] | None = None,
                          workers: int = 0, max_videos_per_shard: int = 1000, crf: int = 18, gop: int = 16,
-                         overwrite: bool = False, split: str = "all") -> str:
+                         preset: str = DATASET_PRESET, overwrite: bool = False, split: str = "all") -> str:
     """Render `num_videos` shapes videos into a shard dataset at `out_dir`; returns the path.
 
     `progress(done, total)` is called after every video; `workers > 0` renders and encodes
@@ -231,9 +232,9 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     meta = dict(generator="shapes", seed=int(seed), frames=int(frames), height=int(height), width=int(width),
                 shapes=SHAPES, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), directions=DIRECTIONS,
                 label="4 * shape_index + direction_index", split=split, heldout=HELDOUT_RULE)
-    jobs = ((i, frames, height, width, seed, fps, crf, gop, split) for i in range(num_videos))
+    jobs = ((i, frames, height, width, seed, fps, crf, gop, preset, split) for i in range(num_videos))
     tag = f"{seed}" if split == "all" else f"{seed}:{split}"
-    with ShardWriter(out_dir, fps=fps, class_names=SHAPES_CLASSES, meta=meta, crf=crf, gop=gop,
+    with ShardWriter(out_dir, fps=fps, class_names=SHAPES_CLASSES, meta=meta, crf=crf, gop=gop, preset=preset,
                      max_videos_per_shard=max_videos_per_shard, overwrite=overwrite) as writer:
         if workers > 0:
             import multiprocessing  # noqa: PLC0415

@@ -51,6 +51,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from hpdm_cli.data.prepare.options import DATASET_PRESET
 from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_write_text, fsync_dir
 
@@ -157,7 +158,7 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, fps: float = 25.0, class_names: Sequence[str] | None = None,
                  meta: dict | None = None, max_videos_per_shard: int = 1000, max_shard_bytes: int = 1 << 30,
-                 crf: int = 18, gop: int = 16, preset: str = "medium", overwrite: bool = False,
+                 crf: int = 18, gop: int = 16, preset: str = DATASET_PRESET, overwrite: bool = False,
                  resume: int = 0, on_shard: Callable[[dict], None] | None = None, keep_on_error: bool = False):
         """Open a writer; `resume`, `on_shard` and `keep_on_error` serve resumable writers (`hpdm prepare`).
 

@@ -141,7 +141,8 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
                   fps: Optional[float] = None, workers: Optional[int] = None, overwrite: bool = False,
                   split=None, **folder_options) -> str:
     """--synthetic shapes: render the procedural dataset (clip from the options, else the recipe, else
-    `SHAPES_CLIP` at `SHAPES_FPS`); returns its path. Options of folders (fit, labels, ...) do not apply."""
+    `SHAPES_CLIP` at `SHAPES_FPS`), encoded as --crf, --preset and --shard-videos say; returns its path.
+    Options of folders (fit, labels, ...) do not apply."""
     if len(positional) != 1:
         raise DataError("usage: hpdm prepare --synthetic shapes OUT_DIR")
     if name != "shapes":
@@ -153,9 +154,13 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     f = fps if fps is not None else (rec.data.fps if rec is not None else SHAPES_FPS)
     from ..data.shapes import write_shapes_dataset
     from ..io.lock import hold_lock
+    encode = {k: v for k, v in (("crf", folder_options.get("crf")), ("preset", folder_options.get("preset")),
+                                ("max_videos_per_shard", folder_options.get("shard_videos"))) if v is not None}
+    if encode:                                  # checked as for folders: one line naming the option
+        PrepareOptions(**encode).validate()
     with hold_lock(positional[0], "hpdm prepare", error=DataError), bar("shapes") as update:
         path = write_shapes_dataset(
-            positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f,
+            positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f, **encode,
             workers=workers or 0, overwrite=overwrite, split=str(split) if split is not None else "all",
             progress=(lambda done, total: update(dict(done=done, total=total, skipped=0))) if update else None)
     log(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}")

@@ -84,6 +84,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.prepare.sources import VIDEO_EXTENSIONS
 from ..device import resolve_device
 from . import FVDError
 from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
@@ -99,8 +100,7 @@ PROTOCOL_VERSION = 2
 EVAL_DECODE = "standard"         # hpdm_cli.io.video decode mode of the protocol: PyAV's default rgb24 conversion
 STATS_FORMAT = "hpdm-fvd-stats"
 STATS_VERSION = 1
-DECODE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv",
-                   ".ogv", ".3gp", ".ts")
+DECODE_SUFFIXES = VIDEO_EXTENSIONS       # the video files a folder is searched for: those `hpdm prepare` takes
 CACHE_ENV = "HPDM_CACHE_DIR"
 _MAX_LISTED = 20                 # skipped clips named in a report
 
@@ -817,8 +817,8 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
     else:
         keys = _list_videos(path)
         if not keys:
-            raise FVDError(f"--{role} {str(path)!r} holds no videos (looked for {', '.join(DECODE_SUFFIXES)} "
-                           "files, recursively)")
+            raise FVDError(f"--{role} {str(path)!r} holds no videos (looked recursively for video files: "
+                           f".mp4, .mkv, .mov, .avi, .webm and {len(DECODE_SUFFIXES) - 5} more suffixes)")
         report.fingerprint = _folder_fingerprint(path, keys)
     report.num_candidates = len(keys)
     cache_path = None

