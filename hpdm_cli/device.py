@@ -122,7 +122,8 @@ def resolve_device(spec: Union[str, "torch.device", None] = "auto", local_rank: 
     return dev
 
 
-def emulated_bf16_warning(spec: Union[str, "torch.device", None] = "auto") -> Optional[str]:
+def emulated_bf16_warning(spec: Union[str, "torch.device", None] = "auto", what: str = "--bf16",
+                          fix: str = "leave --bf16 out") -> Optional[str]:
     """A one-line warning when bf16 would run on a CPU without bf16 instructions (AVX512-BF16 or AMX-BF16), else None.
 
     There torch emulates bf16 arithmetic: the packaged model sampled 4.9x slower than in float32 on a
@@ -140,8 +141,8 @@ def emulated_bf16_warning(spec: Union[str, "torch.device", None] = "auto") -> Op
     has = capabilities()
     if has.get("avx512_bf16") or has.get("amx_bf16"):
         return None
-    return ("--bf16 on this CPU (no AVX512-BF16 or AMX-BF16 instructions) is emulated by torch, about 5x slower "
-            "than float32: leave --bf16 out")
+    return (f"{what} on this CPU (no AVX512-BF16 or AMX-BF16 instructions) is emulated by torch, about 5x slower "
+            f"than float32: {fix}")
 
 
 def to_device(t: "torch.Tensor", device) -> "torch.Tensor":

@@ -100,3 +100,24 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_named_slow(gpus, monkeypatch
     gpus(1)
     assert emulated_bf16_warning("auto") is None and emulated_bf16_warning("cuda") is None
 
+
+
+def test_bench_warns_before_timing_bf16_on_a_cpu_that_emulates_it(gpus, monkeypatch):
+    """`hpdm bench --sampling` times bf16 by default: on such a CPU it says so (and how to avoid it) before any
+    timing; fp32, or a CPU with bf16 instructions, gets no warning."""
+    import hpdm_cli.drivers.bench as bench
+    gpus(0)
+    monkeypatch.setattr(bench, "bench_sampling", lambda rec, **k: [{"precision": k.get("precision")}])
+    monkeypatch.setattr(bench, "bench_training", lambda rec, **k: [{"precisions": k.get("precisions")}])
+    heard = []
+    for caps in ({}, {"avx512_bf16": True}):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        for kw in (dict(sampling=True), dict(sampling=True, precision="fp32"), dict(precision="bf16"),
+                   dict(precision="fp32")):
+            heard.clear()
+            bench.run_bench("tiny", sampling=kw.get("sampling", False), precision=kw.get("precision"),
+                            warn=heard.append)
+            expect = not caps and kw.get("precision", "bf16") == "bf16"
+            assert len(heard) == expect, (caps, kw, heard)
+            if expect:
+                assert heard[0].startswith("bf16") and "time --precision fp32 on a CPU" in heard[0]

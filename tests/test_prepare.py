@@ -539,6 +539,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     run.mkdir()
     (run / "recipe.toml").write_text("")
     cases.append((["--synthetic", "shapes", str(run), "--num-videos", "2"], "holds an hpdm train run"))
+    (tmp_path / "clip.txt").write_text("")
+    cases.append(([str(tmp_path / "clip.txt"), str(tmp_path / "o")], "is a file: give the folder that holds the videos"))
     for argv, text in cases:
         assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
@@ -554,7 +556,7 @@ def test_synthetic_still_works(tmp_path):
     assert len(ds) == 3 and ds.resolution == (16, 24) and ds.fps == 6 and len(ds.class_names) == 16
 
 
-def test_synthetic_is_encoded_as_crf_preset_and_shard_videos_say(tmp_path):
+def test_synthetic_is_encoded_as_crf_preset_and_shard_videos_say(tmp_path, capsys):
     """--crf, --preset and --shard-videos apply to --synthetic too (once silently ignored); bad values are refused."""
     import json
     from hpdm_cli.data.shards import VideoDataset
@@ -567,8 +569,19 @@ def test_synthetic_is_encoded_as_crf_preset_and_shard_videos_say(tmp_path):
     assert len(shards("a")) == 1 and len(shards("b")) == 2
     assert size("b") < 0.85 * size("a")             # CRF 40 against 18: fewer bytes, though in two containers
     assert len(VideoDataset(tmp_path / "b")) == 4
-    assert run_cli(["--synthetic", "shapes", str(tmp_path / "c"), *common, "--preset", "warp"]) == 2
+    for bad, says in ((["--preset", "warp"], "--preset 'warp': expected one of"),
+                      (["--workers", "-3"], "--workers -3: expected 0"),
+                      (["--fit", "pad", "--order", "sorted"], "--fit, --order only apply to a folder of videos"),
+                      (["--size", "16x16"], "--size HxW or --height/--width, not both")):
+        assert run_cli(["--synthetic", "shapes", str(tmp_path / "c"), *common, *bad]) == 2, bad
+        assert says in capsys.readouterr().err, bad
     assert not (tmp_path / "c" / "dataset.json").exists()
+    import inspect
+    from hpdm_cli.data.prepare.options import DATASET_PRESET, PrepareOptions
+    from hpdm_cli.data.shards import ShardWriter
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    assert {inspect.signature(f).parameters["preset"].default for f in (ShardWriter, write_shapes_dataset)} | {
+        PrepareOptions.preset} == {DATASET_PRESET}                 # one preset for every dataset writer
 
 
 def test_engine_imports_stay_light():

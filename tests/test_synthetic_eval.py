@@ -379,3 +379,7 @@ def test_eval_checks_what_fvd_needs_before_sampling(tmp_path, prompt_table, monk
     with pytest.raises(I3DWeightsError, match="I3D weights not found at the I3D weights path") as e:
         ev._fvd_detector((16, 32, 32), tmp_path / "nope.ckpt")
     assert "\n" not in str(e.value)
+    assert "no such file; check the path" in str(e.value) and "pip install" not in str(e.value)   # the path to fix
+    monkeypatch.setenv("HPDM_I3D_WEIGHTS", str(tmp_path / "gone.ckpt"))
+    with pytest.raises(I3DWeightsError, match=r"\$HPDM_I3D_WEIGHTS .*gone.ckpt'; .*pip install") as e:
+        ev._fvd_detector((16, 32, 32), None)

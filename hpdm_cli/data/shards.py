@@ -51,7 +51,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from hpdm_cli.data.prepare.options import DATASET_PRESET
 from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_write_text, fsync_dir
 
@@ -158,7 +157,7 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, fps: float = 25.0, class_names: Sequence[str] | None = None,
                  meta: dict | None = None, max_videos_per_shard: int = 1000, max_shard_bytes: int = 1 << 30,
-                 crf: int = 18, gop: int = 16, preset: str = DATASET_PRESET, overwrite: bool = False,
+                 crf: int = 18, gop: int = 16, preset: str = "fast", overwrite: bool = False,
                  resume: int = 0, on_shard: Callable[[dict], None] | None = None, keep_on_error: bool = False):
         """Open a writer; `resume`, `on_shard` and `keep_on_error` serve resumable writers (`hpdm prepare`).
 
@@ -173,6 +172,8 @@ class ShardWriter:
                        num_frames, num_bytes) once its files are final (fsynced and renamed).
         keep_on_error: an exception inside `with` drops only the unfinished shard, keeping finished
                        ones for a later `resume` (default: remove everything this writer wrote).
+        preset:        x264's speed preset; the default is a dataset's, `hpdm_cli.data.prepare.options.
+                       DATASET_PRESET` (written out here: that module imports this one's errors).
         """
         self.out_dir = os.fspath(out_dir)
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
@@ -187,7 +188,7 @@ class ShardWriter:
         if os.path.exists(os.path.join(self.out_dir, "dataset.json")):
             if not overwrite:
                 raise DataError(f"{self.out_dir!r} already holds a dataset: choose another directory or "
-                                "overwrite it (overwrite=True; `hpdm prepare --overwrite`)")
+                                "overwrite it (`hpdm prepare --overwrite`)")
             stage = staging_dir(self.out_dir)
             if not int(resume):
                 shutil.rmtree(stage, ignore_errors=True)  # an abandoned earlier attempt
@@ -381,7 +382,7 @@ class ShardWriter:
             size = os.path.getsize(bin_path)
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"cannot resume {self.out_dir!r}: shard {name} is missing or corrupt ({e}); "
-                            "start over (overwrite=True; `hpdm prepare --overwrite`)") from None
+                            "start over with `hpdm prepare --overwrite`") from None
         offset = 0
         try:
             for r in records:
@@ -398,10 +399,10 @@ class ShardWriter:
                 self._num_videos += 1
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"cannot resume {self.out_dir!r}: shard index {name}.jsonl is corrupt ({e}); "
-                            "start over (overwrite=True; `hpdm prepare --overwrite`)") from None
+                            "start over with `hpdm prepare --overwrite`") from None
         if not records or size != offset:
             raise DataError(f"cannot resume {self.out_dir!r}: shard {name}.bin has {size} bytes, its index "
-                            f"lists {offset}; start over (overwrite=True; `hpdm prepare --overwrite`)")
+                            f"lists {offset}; start over with `hpdm prepare --overwrite`")
         self._shards.append(dict(bin=name + ".bin", index=name + ".jsonl", num_videos=len(records),
                                  num_frames=int(sum(int(r["num_frames"]) for r in records)), num_bytes=offset))
 

@@ -13,7 +13,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -39,16 +39,20 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 # ============================================================================ the command
 
+SAMPLING_PRECISION = "bf16"          # what --sampling times without --precision (a GPU's sampling precision)
+
+
 def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = False, steps: Optional[int] = None,
               warmup: Optional[int] = None, batch: Optional[int] = None, ablations: bool = False,
               precision: Optional[str] = None, overlap: Optional[str] = None, compare_cache: bool = True,
               sample_steps: Optional[str] = None, compile: bool = False, tile_batch: Optional[str] = None,
-              json_out: Optional[Path] = None) -> list[dict]:
+              json_out: Optional[Path] = None, warn: Optional[Callable[[str], None]] = None) -> list[dict]:
     """`hpdm bench`: time training (or, with `sampling`, generation) of a recipe; one row per variant.
 
     `precision`, `overlap`, `sample_steps` and `tile_batch` are the comma-separated option values; options left
     as None take the defaults of `bench_training` / `bench_sampling`. Options of the other mode
-    are refused, not ignored. The rows are also written to `json_out`.
+    are refused, not ignored. The rows are also written to `json_out`. `warn` hears, before any timing,
+    that bf16 would run on a CPU that only emulates it (`hpdm_cli.device.emulated_bf16_warning`).
     """
     _check_mode(sampling, steps=steps, warmup=warmup, ablations=ablations, overlap=overlap,
                 compare_cache=compare_cache, sample_steps=sample_steps, compile=compile, tile_batch=tile_batch)
@@ -57,6 +61,13 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
     precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
     from ..recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path(recipe), list(overrides))
+    timed = precisions or [SAMPLING_PRECISION if sampling else rec.train.precision]
+    if warn is not None and "bf16" in timed:
+        from ..device import emulated_bf16_warning
+        message = emulated_bf16_warning(rec.train.device, "bf16" + ("" if precisions else " (bench's default)"),
+                                        "time --precision fp32 on a CPU")
+        if message:
+            warn(message)
     if sampling:
         if precisions is not None and len(precisions) != 1:
             raise ConfigError(f"--precision {precision!r}: --sampling times one precision, e.g. --precision bf16")
@@ -288,7 +299,8 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
-                   precision: str = "bf16", tile_batches: Sequence[int] = (64,), compile: bool = False) -> list[dict]:
+                   precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (64,),
+                   compile: bool = False) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with
     (and unless `compare_cache` is off, without) caching.
 

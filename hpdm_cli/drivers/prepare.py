@@ -136,6 +136,9 @@ def _prepare_videos(example: Optional[str], positional: list, opts: PrepareOptio
         return prepare_dataset(source, target, opts, progress=update)
 
 
+_FOLDER_ONLY = ("fit", "short", "labels", "captions", "images", "order", "strict")   # options of real videos alone
+
+
 def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]], *, num_videos: int, seed: int,
                   height: Optional[int], width: Optional[int], bar: Bar, log: Log, frames: Optional[int] = None,
                   fps: Optional[float] = None, workers: Optional[int] = None, overwrite: bool = False,
@@ -154,10 +157,16 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     f = fps if fps is not None else (rec.data.fps if rec is not None else SHAPES_FPS)
     from ..data.shapes import write_shapes_dataset
     from ..io.lock import hold_lock
+    folder_only = [f"--{k}" for k in _FOLDER_ONLY if folder_options.get(k) not in (None, False,
+                                                                                  getattr(PrepareOptions, k))]
+    if folder_only:
+        raise DataError(f"{', '.join(folder_only)} only apply to a folder of videos (hpdm prepare SRC_DIR OUT_DIR), "
+                        "not to --synthetic: drop them")
+    if hw and (height is not None or width is not None):
+        raise DataError("give the synthetic clips' size once: --size HxW or --height/--width, not both")
     encode = {k: v for k, v in (("crf", folder_options.get("crf")), ("preset", folder_options.get("preset")),
                                 ("max_videos_per_shard", folder_options.get("shard_videos"))) if v is not None}
-    if encode:                                  # checked as for folders: one line naming the option
-        PrepareOptions(**encode).validate()
+    PrepareOptions(**encode, workers=workers).validate()    # checked as for folders: one line naming the option
     with hold_lock(positional[0], "hpdm prepare", error=DataError), bar("shapes") as update:
         path = write_shapes_dataset(
             positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f, **encode,

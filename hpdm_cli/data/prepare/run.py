@@ -59,8 +59,10 @@ def prepare_dataset(src: str | os.PathLike | None, out_dir: str | os.PathLike, o
     root = None
     if src is not None:
         root = os.path.abspath(os.fspath(src))
+        if os.path.isfile(root):
+            raise error(f"source {os.fspath(src)!r} is a file: give the folder that holds the videos")
         if not os.path.isdir(root):
-            raise error(f"source folder {os.fspath(src)!r} does not exist (or is not a folder)")
+            raise error(f"source folder {os.fspath(src)!r} does not exist")
     parts = plan_parts(root, out, opts)
     return _run(parts, out, opts, describe(parts), progress, _worker)
 
