@@ -103,21 +103,33 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_named_slow(gpus, monkeypatch
 
 
 def test_bench_warns_before_timing_bf16_on_a_cpu_that_emulates_it(gpus, monkeypatch):
-    """`hpdm bench --sampling` times bf16 by default: on such a CPU it says so (and how to avoid it) before any
-    timing; fp32, or a CPU with bf16 instructions, gets no warning."""
+    """`hpdm bench --sampling` times bf16 by default: on such a CPU it says so (and how to avoid it) once the options
+    are checked and before any timing; fp32, or a CPU with bf16 instructions, gets no warning."""
     import hpdm_cli.drivers.bench as bench
+    import hpdm_cli.train.loop as loop
+    from hpdm_cli.config import ConfigError
+
+    class Timing(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Timing
     gpus(0)
-    monkeypatch.setattr(bench, "bench_sampling", lambda rec, **k: [{"precision": k.get("precision")}])
-    monkeypatch.setattr(bench, "bench_training", lambda rec, **k: [{"precisions": k.get("precisions")}])
+    monkeypatch.setattr(loop, "set_precision", stop)            # the sampling bench's first step after its checks
+    monkeypatch.setattr(bench, "_time_training", stop)
     heard = []
     for caps in ({}, {"avx512_bf16": True}):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
-        for kw in (dict(sampling=True), dict(sampling=True, precision="fp32"), dict(precision="bf16"),
-                   dict(precision="fp32")):
+        for sampling, precision in ((True, None), (True, "fp32"), (False, "bf16"), (False, "fp32")):
             heard.clear()
-            bench.run_bench("tiny", sampling=kw.get("sampling", False), precision=kw.get("precision"),
-                            warn=heard.append)
-            expect = not caps and kw.get("precision", "bf16") == "bf16"
-            assert len(heard) == expect, (caps, kw, heard)
+            with pytest.raises(Timing):
+                bench.run_bench("tiny", sampling=sampling, precision=precision, warn=heard.append)
+            expect = not caps and precision in (None, "bf16")
+            assert len(heard) == expect, (caps, sampling, precision, heard)
             if expect:
                 assert heard[0].startswith("bf16") and "time --precision fp32 on a CPU" in heard[0]
+    heard.clear()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    with pytest.raises(ConfigError, match="--batch"):
+        bench.run_bench("tiny", sampling=True, batch=-2, warn=heard.append)
+    assert heard == []                                          # a bad option is the only line

@@ -61,13 +61,6 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
     precisions = _csv(precision, "--precision", "fp32,bf16") if precision is not None else None
     from ..recipe import default_recipe_path, load_recipe
     rec = load_recipe(default_recipe_path(recipe), list(overrides))
-    timed = precisions or [SAMPLING_PRECISION if sampling else rec.train.precision]
-    if warn is not None and "bf16" in timed:
-        from ..device import emulated_bf16_warning
-        message = emulated_bf16_warning(rec.train.device, "bf16" + ("" if precisions else " (bench's default)"),
-                                        "time --precision fp32 on a CPU")
-        if message:
-            warn(message)
     if sampling:
         if precisions is not None and len(precisions) != 1:
             raise ConfigError(f"--precision {precision!r}: --sampling times one precision, e.g. --precision bf16")
@@ -75,15 +68,27 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
                      overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
                      steps=_sample_steps(sample_steps) if sample_steps is not None else None,
                      tile_batches=_ints(tile_batch, "--tile-batch", "64,256,1024") if tile_batch is not None else None)
-        rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile,
+        rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile, warn=warn,
                               **{k: v for k, v in given.items() if v is not None})
     else:
         given = dict(steps=steps, warmup=warmup)
-        rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions,
+        rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions, warn=warn,
                               **{k: v for k, v in given.items() if v is not None})
     if json_out is not None:
         write_json(json_out, rows)
     return rows
+
+
+def _warn_emulated_bf16(warn: Optional[Callable[[str], None]], device: torch.device, precisions: Sequence[str],
+                        given: bool) -> None:
+    """Tell `warn`, before any timing, that bf16 would run on a CPU that only emulates it (~5x slower)."""
+    if warn is None or "bf16" not in precisions:
+        return
+    from ..device import emulated_bf16_warning
+    message = emulated_bf16_warning(device, "bf16" + ("" if given else " (bench's default)"),
+                                    "time --precision fp32 on a CPU")
+    if message:
+        warn(message)
 
 
 def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, compare_cache: bool,
@@ -202,8 +207,10 @@ def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
 
 
 def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
-                   ablations: bool = False, precisions: Optional[list[str]] = None) -> list[dict]:
-    """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant."""
+                   ablations: bool = False, precisions: Optional[list[str]] = None,
+                   warn: Optional[Callable[[str], None]] = None) -> list[dict]:
+    """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant.
+    `warn` hears of bf16 emulated on a CPU, once the options are checked."""
     from ..device import resolve_device
     _check_count("--steps", steps, 1)
     _check_count("--warmup", warmup, 0)
@@ -212,6 +219,7 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
     if precisions is not None:
         _check_precisions(precisions)
     device = resolve_device(recipe.train.device, 0, option="train.device")
+    _warn_emulated_bf16(warn, device, precisions or [recipe.train.precision], precisions is not None)
     rows = []
     for name, rec in _variants(recipe, ablations):
         for precision in precisions or [rec.train.precision]:
@@ -300,7 +308,7 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
                    precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (64,),
-                   compile: bool = False) -> list[dict]:
+                   compile: bool = False, warn: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with
     (and unless `compare_cache` is off, without) caching.
 
@@ -312,6 +320,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     With `compile` the network runs through torch.compile: one untimed pass per setting, of enough
     steps that every level's evaluations go through each of its tile subsets with and without
     self-conditioning latents, compiles every graph first (its seconds are the row's `compile_s`).
+    `warn` hears of bf16 emulated on a CPU, once the options are checked.
     """
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
@@ -319,6 +328,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     _check_sampling(recipe, batch, min(tile_batches, default=0), precision, overlaps, steps)   # the smallest decides
     L = recipe.pyramid.num_levels
     device = resolve_device(recipe.train.device, 0, option="train.device")
+    _warn_emulated_bf16(warn, device, [precision], precision != SAMPLING_PRECISION)
     set_precision(precision)
     net = build_model(recipe).to(device).eval()
     full = level_steps(recipe.sample, L)
