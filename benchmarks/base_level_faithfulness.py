@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, real_level0, render_real
     from hpdm_cli.conditioning import GenerateError
-    from hpdm_cli.drivers.sample import parse_guide_model, to_uint8
+    from hpdm_cli.drivers.generation import to_uint8
+    from hpdm_cli.drivers.options import parse_guide_model
     from hpdm_cli.eval.faithfulness import score_clips
     from hpdm_cli.eval.texture import stripe_summary
     from hpdm_cli.io.contact_sheet import contact_sheet, stack_sheets, write_png

@@ -20,7 +20,7 @@ import torch
 
 from hpdm_cli.config import DiffusionConfig, ModelConfig, PyramidConfig, Recipe
 from hpdm_cli.data.shapes import render_shapes_video
-from hpdm_cli.drivers.sample import to_uint8
+from hpdm_cli.drivers.generation import to_uint8
 from hpdm_cli.diffusion.edm import edm_loss, denoise, input_scales
 from hpdm_cli.eval.texture import stripe_summary
 from hpdm_cli.model import HPDMNet

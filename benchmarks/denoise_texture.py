@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.diffusion.edm import denoise, input_scales
     from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, render_real
-    from hpdm_cli.drivers.sample import to_uint8
+    from hpdm_cli.drivers.generation import to_uint8
     from hpdm_cli.eval.texture import stripe_summary
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text model")

@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         render_real,
     )
     from hpdm_cli.conditioning import GenerateError
-    from hpdm_cli.drivers.sample import parse_guide_model
+    from hpdm_cli.drivers.options import parse_guide_model
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.measure import measure_clips
     from hpdm_cli.eval.seams import AXES

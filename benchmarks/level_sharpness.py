@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpdm_cli.checkpoint import load_generator  # noqa: E402
 from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, render_real  # noqa: E402
-from hpdm_cli.drivers.sample import make_sampler  # noqa: E402
+from hpdm_cli.drivers.generation import make_sampler  # noqa: E402
 from hpdm_cli.pyramid import downsample_to_level  # noqa: E402
 
 

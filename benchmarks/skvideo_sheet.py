@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.conditioning import request_condition
     from hpdm_cli.data.shards import VideoDataset
-    from hpdm_cli.drivers.sample import sample_videos
+    from hpdm_cli.drivers.generation import sample_videos
     from hpdm_cli.io.contact_sheet import contact_sheet, stack_sheets, write_png
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt")

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from hpdm_cli.data.shapes import SHAPES_CLASSES, write_shapes_dataset
 from hpdm_cli.checkpoint import load_generator
 from hpdm_cli.conditioning import Condition, GenerateError, resolve_condition
-from hpdm_cli.drivers.sample import (check_options, check_writable, generate, output_paths, parse_seeds, parse_steps,
-                                     rank_seeds, sample_videos)
+from hpdm_cli.drivers.generation import sample_videos
+from hpdm_cli.drivers.options import check_options, check_writable, output_paths, parse_seeds, parse_steps, rank_seeds
+from hpdm_cli.drivers.sample import generate
 from hpdm_cli.drivers.upscale import blend_windows, crossfade_weights, fit_geometry, upscale_frames, window_starts
 from hpdm_cli.io.video import read_video, write_video
 from hpdm_cli.recipe import load_recipe
@@ -384,7 +385,7 @@ def test_check_options_names_the_option_and_its_range():
 
 
 def test_parse_guidance_gives_one_scale_or_one_per_level():
-    from hpdm_cli.drivers.sample import parse_guidance
+    from hpdm_cli.drivers.options import parse_guidance
     assert parse_guidance(None, 3) is None and parse_guidance("2", 3) == 2.0 and parse_guidance(3, 3) == 3.0
     assert parse_guidance("1.5,1,1", 3) == [1.5, 1.0, 1.0] == parse_guidance([1.5, 1, 1], 3)
     with pytest.raises(GenerateError, match="2 values for a model with 3 levels"):
@@ -617,7 +618,7 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
 
 
 def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
-    from hpdm_cli.drivers.sample import make_sampler
+    from hpdm_cli.drivers.generation import make_sampler
     from hpdm_cli.recipe import default_recipe_path, load_recipe
     from hpdm_cli.train.loop import build_model
     recipe = load_recipe(default_recipe_path("tiny"))

@@ -205,7 +205,7 @@ def test_the_packaged_model_draws_the_asked_colour_shape_and_direction():
     from hpdm_cli.assets import DEFAULT_MODEL, MAX_MODEL_BYTES
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.conditioning import Condition, request_condition
-    from hpdm_cli.drivers.sample import sample_videos
+    from hpdm_cli.drivers.generation import sample_videos
     from hpdm_cli.eval.faithfulness import read_clip
     assert DEFAULT_MODEL.stat().st_size <= MAX_MODEL_BYTES == 16 * 2 ** 20
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
@@ -237,7 +237,8 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     `--guide-model none` goes back to classifier-free guidance."""
     from hpdm_cli.assets import DEFAULT_MODEL, GUIDE_MODEL, resolve_guide
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.sample import make_sampler, with_sample_options
+    from hpdm_cli.drivers.generation import make_sampler
+    from hpdm_cli.drivers.options import with_sample_options
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.sample.guide_model == "packaged" and resolve_guide("packaged") == GUIDE_MODEL
     assert GUIDE_MODEL.stat().st_size <= 2 * 2 ** 20                  # 0.6M parameters in fp16

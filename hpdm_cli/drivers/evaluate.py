@@ -43,7 +43,8 @@ from ..eval.texture import stripe_summary
 from ..io import atomic_write_text, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .sample import check_options, make_sampler, parse_guidance, parse_steps, to_uint8, with_sample_options
+from .generation import make_sampler, to_uint8
+from .options import check_options, parse_guidance, parse_steps, with_sample_options
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
 EXTRAPOLATE_MIN_CLIPS = 256  # fewer clips per side: an FVD extrapolation's subsets are as noisy as the bias it removes

@@ -26,7 +26,7 @@ from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, 
                         side_stats, source_kind, stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
 from ..io import unwritable
-from .sample import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
+from .options import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -35,7 +35,7 @@ __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_re
 
 
 class _RowCondition:
-    """A per-clip condition for `hpdm_cli.drivers.sample.sample_videos` called with one batch (batch = its length)."""
+    """A per-clip condition for `hpdm_cli.drivers.generation.sample_videos` called with one batch (its length)."""
 
     def __init__(self, values: Optional[torch.Tensor], kind: str):
         self.values, self.kind = values, kind
@@ -181,7 +181,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     """
     from ..checkpoint import load_generator
     from ..conditioning import GenerateError
-    from .sample import sample_videos
+    from .generation import sample_videos
     net, recipe, info = load_generator(ckpt, device)
     F_, H, W = recipe.pyramid.resolution
     _check_model_frames(F_, protocol)

@@ -36,8 +36,8 @@ from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe
 from ..device import world
 from ..sampling import level_steps
-from .sample import (Log, Progress, check_finite, check_options, check_writable, make_parent, make_sampler,
-                     parse_guidance, parse_steps, with_sample_options)
+from .generation import Log, Progress, check_finite, make_sampler
+from .options import check_options, check_writable, make_parent, parse_guidance, parse_steps, with_sample_options
 
 __all__ = [
     "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",

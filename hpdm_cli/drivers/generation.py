@@ -1,0 +1,140 @@
+"""A loaded generator's videos: the hierarchical sampler built from the commands' options, run per seed.
+
+`make_sampler` turns the options (tiling, tile batch, caching, bf16, compilation, held context,
+the autoguidance model of level 0) into a `hpdm_cli.sampling.HierarchicalSampler`;
+`sample_videos` runs it for seeds and a condition, `batch` seeds per call, each video depending
+only on its seed, and returns uint8 videos (`to_uint8`), refusing non-finite ones. Shared by
+`hpdm sample`, `upscale`, `eval` and `eval-fvd`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_generator
+from ..conditioning import Condition, GenerateError
+from ..config import Recipe
+from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_overlap
+from .options import check_options, last_level, parse_guidance
+
+__all__ = ["Progress", "Log", "SampleOutput", "sample_videos", "make_sampler", "load_guide", "check_finite",
+           "to_uint8"]
+
+Progress = Callable[[int, int, int], None]        # progress(level, done, total): steps over all batches
+Log = Callable[[str], None]
+
+
+def to_uint8(videos: torch.Tensor) -> list[np.ndarray]:
+    """Videos [B, C, F, H, W] in [-1, 1] -> list of B uint8 arrays [F, H, W, C]."""
+    x = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [v.permute(1, 2, 3, 0).contiguous().cpu().numpy() for v in x]
+
+
+@dataclass
+class SampleOutput:
+    """Generated videos of some seeds."""
+
+    seeds: list                                   # the seeds, in order
+    videos: list                                  # per seed: uint8 [T, H, W, 3] of the last level generated
+    levels: Optional[list] = None                 # per seed: list of every level's uint8 video (keep_levels)
+    seconds: list = field(default_factory=list)   # per level: wall time summed over batches
+    level: int = 0                                # index of the last level generated
+
+
+def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional[Condition] = None, *,
+                  levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
+                  guidance=None, overlap: Optional[str] = None, cache: bool = True,
+                  offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
+                  bf16: bool = False, keep_levels: bool = False, compile: bool = False,
+                  progress: Optional[Progress] = None, context_gib: Optional[float] = None) -> SampleOutput:
+    """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.
+
+    Each video depends only on its seed. Returns uint8 videos [T, H, W, 3] of level `levels`
+    (default: the last level), and every level's video with `keep_levels`.
+    """
+    L = recipe.pyramid.num_levels
+    last = last_level(levels, L)
+    check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, context_gib=context_gib)
+    guidance = parse_guidance(guidance, L)
+    nsteps = level_steps(recipe.sample, L, steps)
+    batch = int(recipe.sample.batch_size if batch is None else batch)
+    seeds = [int(s) for s in seeds]
+    condition = condition or Condition()
+    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile,
+                           context_gib=context_gib)
+    chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+    out = SampleOutput(seeds=seeds, videos=[], levels=[] if keep_levels else None, seconds=[0.0] * (last + 1),
+                       level=last)
+    for c, chunk in enumerate(chunks):
+        cb = None
+        if progress is not None:
+            cb = (lambda l, i, n, _c=c: progress(l, _c * nsteps[l] + i, len(chunks) * nsteps[l]))
+        res = sampler.sample(chunk, condition.batch(len(chunk), sampler.device), guidance=guidance,
+                             levels=last + 1, steps=nsteps, progress=cb)
+        check_finite(res.videos[last], f"seeds {chunk[0]}..{chunk[-1]}")
+        out.videos += to_uint8(res.videos[last])
+        if keep_levels:
+            per_level = [to_uint8(v) for v in res.videos]
+            out.levels += [[lv[b] for lv in per_level] for b in range(len(chunk))]
+        out.seconds = [a + b for a, b in zip(out.seconds, res.seconds)]
+    return out
+
+
+def check_finite(videos: torch.Tensor, what: str) -> None:
+    """Refuse to write videos with NaN/inf values (they would come out black) with a GenerateError."""
+    if not bool(torch.isfinite(videos).all()):
+        raise GenerateError(f"sampling {what} produced non-finite values (NaN or inf): lower --guidance, or check "
+                            "the checkpoint (was its training stable?); nothing was written")
+
+
+def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
+                 compile: bool = False, context_gib: Optional[float] = None) -> HierarchicalSampler:
+    """The hierarchical sampler for `net` with these options (GenerateError for a bad --overlap or tiling).
+
+    `context_gib` replaces the recipe's sample.context_cache_gib.
+    """
+    sample_cfg = recipe.sample
+    if context_gib is not None:
+        sample_cfg = dataclasses.replace(sample_cfg, context_cache_gib=float(context_gib))
+    if overlap is not None:
+        try:
+            overlap = parse_overlap(overlap, "--overlap") or "none"
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
+    if device is None:
+        p = next(iter(net.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    guide = load_guide(recipe, device) if recipe.sample.guide_model else None
+    if guide is not None:
+        try:
+            check_guide(net, guide)
+        except ValueError as e:
+            raise GenerateError(f"sample.guide_model = {recipe.sample.guide_model}: {e}") from None
+    try:
+        return HierarchicalSampler(net, recipe.diffusion, sample_cfg, device, overlap=overlap, tile_batch=tile_batch,
+                                   cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None,
+                                   compile=compile, guide=guide)
+    except ValueError as e:
+        raise GenerateError(f"cannot tile this model's levels with --overlap {overlap}: {e}") from None
+
+
+def load_guide(recipe, device) -> torch.nn.Module:
+    """The network of `recipe.sample.guide_model` (autoguidance of level 0), on `device`; GenerateError if unusable."""
+    from ..train.checkpoint import CheckpointError
+    from ..assets import resolve_guide
+    path = resolve_guide(recipe.sample.guide_model)
+    try:
+        guide, g_recipe, _ = load_generator(path, device)
+    except CheckpointError as e:
+        raise GenerateError(f"sample.guide_model: {e}") from None
+    d, g = recipe.diffusion, g_recipe.diffusion
+    if (d.sigma_data, d.input_scale) != (g.sigma_data, g.input_scale):
+        raise GenerateError(f"sample.guide_model = {recipe.sample.guide_model}: trained with sigma_data "
+                            f"{g.sigma_data} and input_scale {g.input_scale}, the model with {d.sigma_data} and "
+                            f"{d.input_scale}; a guide must be trained with the model's noise scaling")
+    return guide

@@ -1,0 +1,211 @@
+"""The options every generating command shares (`sample`, `upscale`, `eval`, `eval-fvd`), parsed and checked.
+
+Seeds ("0-7", "1,5,9", "3" or mixes), per-level steps and guidance, the guidance interval and
+guide model, numeric ranges, the last level, this process's share of the seeds under torchrun,
+and output paths: every check raises `GenerateError` (one line, exit code 2) before any model is
+loaded or anything sampled. A missing output directory is fine when it can be created
+(`make_parent` creates it just before writing). Never imports Typer, Rich or PyAV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from ..conditioning import GenerateError
+from ..io import unwritable
+from ..io.video import VIDEO_SUFFIXES
+
+__all__ = [
+    "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval", "parse_guide_model",
+    "with_sample_options", "check_options", "rank_seeds", "output_paths", "check_writable", "make_parent",
+    "last_level",
+]
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Seeds from "0-7", "1,5,9", "3" or mixes like "0-3,8" (in the given order; no duplicates, >= 0)."""
+    if isinstance(text, int):
+        text = str(text)
+    if not isinstance(text, str):
+        seeds = [int(s) for s in text]
+    else:
+        seeds = []
+        parts = [p.strip() for p in text.split(",")]
+        if not text.strip() or any(not p for p in parts):
+            raise GenerateError(f"--seeds {text!r}: expected seeds like 0-7, 1,5,9 or 3")
+        for p in parts:
+            m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", p)
+            if not m:
+                raise GenerateError(f"--seeds {text!r}: {p!r} is not a seed (N) or a range (A-B) of seeds >= 0")
+            a = int(m.group(1))
+            b = int(m.group(2)) if m.group(2) is not None else a
+            if b < a:
+                raise GenerateError(f"--seeds {text!r}: the range {p} runs backwards (write {b}-{a})")
+            if b - a >= 1_000_000:
+                raise GenerateError(f"--seeds {text!r}: the range {p} holds more than a million seeds")
+            seeds += range(a, b + 1)
+    seen = set()
+    for s in seeds:
+        if s < 0:
+            raise GenerateError(f"seed {s}: seeds must be >= 0")
+        if s in seen:
+            raise GenerateError(f"--seeds {text!r}: seed {s} is given twice")
+        seen.add(s)
+    if not seeds:
+        raise GenerateError("--seeds: no seeds given")
+    return seeds
+
+
+def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Optional[list[int]]:
+    """`--steps N` (level 0; halved per level, at least 1) or a per-level list "16,8,4"; None = the recipe's."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        vals = [text]
+    elif isinstance(text, str):
+        try:
+            vals = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise GenerateError(f"--steps {text!r}: expected an integer or a comma-separated list per level") from None
+    else:
+        vals = [int(v) for v in text]
+    if any(v < 1 for v in vals):
+        raise GenerateError(f"--steps {text!r}: every level needs at least one step")
+    if len(vals) == 1:
+        return [max(1, vals[0] >> l) for l in range(num_levels)]
+    if len(vals) != num_levels:
+        raise GenerateError(f"--steps {text!r}: {len(vals)} values for a model with {num_levels} levels "
+                            "(give one value, or one per level)")
+    return vals
+
+
+def parse_guidance(text, num_levels: Optional[int] = None):
+    """`--guidance 3` (every level) or one scale per level "1.5,1,1"; None = the recipe's. A float or a list."""
+    from ..config import MAX_GUIDANCE
+    if text is None:
+        return None
+    try:
+        vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
+                else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) and 0 <= v <= MAX_GUIDANCE for v in vals):
+        raise GenerateError(f"--guidance {text}: expected a number in [0, {MAX_GUIDANCE:g}] or a comma-separated "
+                            "list of one per level (1 = no guidance, 0 = unconditional)")
+    if len(vals) == 1:
+        return vals[0]
+    if num_levels is not None and len(vals) != num_levels:
+        raise GenerateError(f"--guidance {text}: {len(vals)} values for a model with {num_levels} levels "
+                            "(give one value, or one per level)")
+    return vals
+
+
+def parse_guidance_interval(text) -> Optional[list]:
+    """`--guidance-interval LO,HI`: guide only at LO < sigma <= HI, as [lo, hi]; None = the recipe's."""
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 2 or not (math.isfinite(vals[0]) and 0 <= vals[0] < vals[1]) or math.isnan(vals[1]):
+        raise GenerateError(f"--guidance-interval {text}: expected LO,HI with 0 <= LO < HI, the noise levels "
+                            "(sigma) between which guidance applies, e.g. 0.28,5.42")
+    return vals
+
+
+def parse_guide_model(text) -> Optional[str]:
+    """`--guide-model`: a base-level model for autoguidance of level 0 ("packaged": the packaged model's guide;
+    "none": classifier-free guidance), as sample.guide_model; None = the recipe's."""
+    if text is None:
+        return None
+    text = str(text)
+    if text == "none":
+        return ""
+    if text != "packaged" and not Path(text).exists():
+        raise GenerateError(f"--guide-model {text}: no such file or directory; give a model of level 0 alone (a "
+                            "run directory, checkpoint or .safetensors file), packaged, or none (no autoguidance)")
+    return text
+
+
+def with_sample_options(recipe, *, guidance_interval=None, guide_model=None):
+    """The recipe with `--guidance-interval` and `--guide-model` as its sample settings (None keeps the recipe's)."""
+    edits = {}
+    interval = parse_guidance_interval(guidance_interval)
+    if interval is not None:
+        edits["guidance_interval"] = interval
+    guide = parse_guide_model(guide_model)
+    if guide is not None:
+        edits["guide_model"] = guide
+    return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, **edits)) if edits else recipe
+
+
+def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
+                  fps: Optional[float] = None, levels: Optional[int] = None,
+                  context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> None:
+    """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
+    if context_gib is not None and not (math.isfinite(context_gib) and context_gib >= 0):
+        raise GenerateError(f"--context-gib {context_gib}: expected a number of GiB >= 0 (0 = recompute the "
+                            "context at every step)")
+    if batch is not None and batch < 1:
+        raise GenerateError(f"--batch {batch}: expected at least 1 (seeds or windows per sampler call)")
+    if tile_batch < 1:
+        raise GenerateError(f"--tile-batch {tile_batch}: expected at least 1 (tiles per network forward)")
+    parse_guidance(guidance)
+    parse_guidance_interval(guidance_interval)
+    parse_guide_model(guide_model)
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise GenerateError(f"--fps {fps}: expected a positive number")
+    if levels is not None and levels < 0:
+        raise GenerateError(f"--levels {levels}: expected a level index >= 0 (0 = only the coarsest level)")
+
+
+def rank_seeds(seeds: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """This process's share of the seeds: every world_size-th seed starting at rank."""
+    return list(seeds)[rank::max(1, world_size)]
+
+
+def output_paths(out: str | os.PathLike, seeds: Sequence[int], several: Optional[bool] = None) -> dict:
+    """seed -> output path: `out` itself for one seed, out-seed0003.mp4 style names for several."""
+    out = Path(out)
+    several = len(seeds) > 1 if several is None else several
+    if not several:
+        return {int(s): out for s in seeds}
+    return {int(s): out.with_name(f"{out.stem}-seed{int(s):04d}{out.suffix}") for s in seeds}
+
+
+def check_writable(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise GenerateError unless every path can be written (video suffix, not a directory, writable place).
+
+    A missing output directory is fine when it can be created (the nearest existing ancestor is a
+    writable directory); nothing is created here (`make_parent` does that when writing).
+    """
+    for p in paths:
+        p = Path(p)
+        if p.suffix.lower() not in VIDEO_SUFFIXES:
+            raise GenerateError(f"cannot write {str(p)!r}: unknown video suffix {p.suffix or '(none)'!r}; "
+                                f"use one of {', '.join(VIDEO_SUFFIXES)}")
+        why = unwritable(p)
+        if why is not None:
+            raise GenerateError(f"cannot write {str(p)!r}: {why}")
+
+
+def make_parent(path: Path) -> None:
+    """Create the output's directory (checked by `check_writable`) just before writing into it."""
+    try:
+        Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenerateError(f"cannot write {str(path)!r}: cannot create its directory ({e.strerror or e})") from None
+
+
+def last_level(levels: Optional[int], num_levels: int) -> int:
+    """The index of the last level to generate: `levels`, or the model's last (GenerateError if out of range)."""
+    last = num_levels - 1 if levels is None else int(levels)
+    if not 0 <= last < num_levels:
+        raise GenerateError(f"--levels {levels}: this model has levels 0..{num_levels - 1} (0 = only the coarsest)")
+    return last
