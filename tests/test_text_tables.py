@@ -213,6 +213,8 @@ def test_default_encoder_missing_prepares_anyway_and_says_so_once(tmp_path, caps
     (["--embed-captions", "{tmp}/d", "--text-encoder", "clip"], "unknown text encoder spec"),
     (["--embed-captions", "{tmp}/d", "--text-encoder", "t5:{tmp}/no-t5"], "not a T5 model directory"),
     (["--synthetic", "shapes", "{tmp}/x", "--text-encoder", "t5:{tmp}/no-t5"], "not a T5 model directory"),
+    (["--synthetic", "shapes", "{tmp}/x", "--text-encoder", "bert"], "unknown text encoder spec 'bert': use "),
+    (["--synthetic", "shapes", "{tmp}/x", "--text-encoder", "bert"], "; or none (store no caption embeddings)"),
     (["{tmp}/d", "--embed-captions", "{tmp}/d"], "usage: hpdm prepare --embed-captions"),
 ])
 def test_prepare_text_encoder_user_errors_are_one_line(argv, text, tmp_path, capsys, monkeypatch):

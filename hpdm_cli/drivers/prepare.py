@@ -185,12 +185,20 @@ def _text_plan(spec: Optional[str], rec, explicit: bool) -> TextPlan:
     from ..text.encoders import is_sequence_spec
     from ..text.tables import check_spec
     text_recipe = rec is not None and rec.model.cond == "text"
+    none_too = not explicit                             # "none" is an answer, except to --embed-captions
     explicit = explicit or spec is not None
     if spec is not None and spec.strip().lower() == "none":
         return TextPlan(None, True, None)
     spec = spec or (rec.model.text_encoder if text_recipe else "minilm")
-    if explicit:
-        check_spec(spec)                                # before any work: TextEncoderError (exit 2) if unusable
+    if explicit:                                        # before any work: TextEncoderError (exit 2) if unusable
+        from ..text.encoders import TextEncoderError
+        try:
+            check_spec(spec)
+        except TextEncoderError as e:
+            if not none_too:
+                raise
+            raise TextEncoderError(f"--text-encoder: {str(e).splitlines()[0]}; or none (store no caption "
+                                   "embeddings)") from None
     tokens = rec.model.text_tokens if text_recipe and is_sequence_spec(spec) else None
     return TextPlan(spec, explicit, tokens)
 
