@@ -74,6 +74,20 @@ def test_round_trip_is_exact_and_self_describing(trained, tmp_path):
     assert recipe_from_toml(c["meta"]["hpdm_recipe"]) == recipe
 
 
+def test_architecture_differences_name_a_few_keys_each_side():
+    """The keys a run's stored architecture and a recipe's differ in, for the message that refuses the run."""
+    import dataclasses
+    from hpdm_cli.train.checkpoint import architecture_differences
+    r = tiny_recipe((8, 16, 16), (4, 8, 8))
+    edit = lambda **m: dataclasses.replace(r, model=dataclasses.replace(r.model, **m))   # noqa: E731
+    a, b = architecture_of(r), architecture_of(edit(latent_dim=r.model.latent_dim * 2, num_blocks=7))
+    assert architecture_differences(a, b) == (f"model.latent_dim {r.model.latent_dim} there, "
+                                              f"{2 * r.model.latent_dim} here; model.num_blocks "
+                                              f"{r.model.num_blocks} there, 7 here")
+    many = architecture_of(edit(latent_dim=8, num_blocks=7, head_dim=1, num_latents=3, text_dim=5))
+    assert architecture_differences(a, many).endswith("; and 2 more") and architecture_differences(a, a) == ""
+
+
 def test_the_architecture_is_what_shapes_the_weights():
     """Tile overlap (sampling) and patch offsets (training) leave the weights alone, so a run may switch
     them and resume; a patch size does not."""

@@ -282,12 +282,13 @@ def test_run_dir_of_another_architecture_is_refused(reference, shapes_data, tmp_
         train(other, run, log=quiet())
     msg = str(e.value)
     assert "\n" not in msg and "architecture" in msg and str(run) in msg
+    assert f"(model.latent_dim {rec.model.latent_dim} there, 32 here)" in msg          # the key to restore
     assert (run / "recipe.toml").read_text() == before                     # nothing was overwritten
     # Without recipe.toml the checkpoint itself is refused (also one line, naming the checkpoint).
     (run / "recipe.toml").unlink()
     with pytest.raises(CheckpointError) as e:
         train(other, run, log=quiet())
-    assert "\n" not in str(e.value) and "ckpt-00000006" in str(e.value)
+    assert "\n" not in str(e.value) and "ckpt-00000006" in str(e.value) and "model.latent_dim" in str(e.value)
 
 
 def test_a_prepared_dataset_is_not_taken_for_a_run_directory(shapes_data, tmp_path):

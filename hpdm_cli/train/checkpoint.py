@@ -48,6 +48,15 @@ def architecture_of(recipe: Recipe) -> str:
     return json.dumps(d, sort_keys=True, default=list)
 
 
+def architecture_differences(stored: str, current: str, limit: int = 3) -> str:
+    """Where two `architecture_of` strings differ, for a message: "model.latent_dim 64 there, 32 here" (a few keys)."""
+    a, b = json.loads(stored), json.loads(current)
+    keys = [(sec, k) for sec in sorted(set(a) | set(b)) for k in sorted(set(a.get(sec, {})) | set(b.get(sec, {})))
+            if a.get(sec, {}).get(k) != b.get(sec, {}).get(k)]
+    said = [f"{sec}.{k} {a.get(sec, {}).get(k)} there, {b.get(sec, {}).get(k)} here" for sec, k in keys[:limit]]
+    return "; ".join(said) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _metadata(recipe: Recipe, step: int) -> dict:
     from ..recipe import recipe_to_toml
     return {"hpdm_recipe": recipe_to_toml(recipe), "hpdm_arch": architecture_of(recipe), "hpdm_step": str(step)}

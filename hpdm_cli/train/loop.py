@@ -55,8 +55,8 @@ from ..model.network import HPDMNet
 from ..io import atomic_write_text
 from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
-from .checkpoint import (CheckpointError, architecture_of, latest_checkpoint, list_checkpoints, load_checkpoint,
-                         read_weights_file, recipe_in_metadata, resolve_sampling_weights, save_checkpoint)
+from .checkpoint import (CheckpointError, architecture_differences, architecture_of, latest_checkpoint,
+                         list_checkpoints, load_checkpoint, read_weights_file, recipe_in_metadata, resolve_sampling_weights, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .optim import EMA, Lamb, lr_at, param_groups
 from .stats import StatsWriter
@@ -464,8 +464,9 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
                              "restore it, or delete it to adopt this recipe") from None
         if architecture_of(prev) != arch:
             if _holds_training(run_dir):
-                raise TrainError(f"{run_dir} holds a run of another architecture (its recipe.toml differs in "
-                                 "[pyramid]/[model]); use another run directory or restore the recipe")
+                diff = architecture_differences(architecture_of(prev), arch)
+                raise TrainError(f"{run_dir} holds a run of another architecture ({diff}); use another run "
+                                 "directory or restore the recipe")
             warn(f"{old}: a run that never trained (no checkpoint, no logged step) with another architecture; "
                  "this recipe replaces it")
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
@@ -475,8 +476,9 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
         except Exception:                                                 # an unparsable stored recipe: let
             stored = arch                                                 # load_state_dict judge the weights
         if stored != arch:
-            raise CheckpointError(f"{ck['path']}: trained with another architecture ([pyramid]/[model] differ "
-                                  "from this recipe's); use another run directory or restore the recipe")
+            raise CheckpointError(f"{ck['path']}: trained with another architecture "
+                                  f"({architecture_differences(stored, arch)}); use another run directory or "
+                                  "restore the recipe")
     return ck
 
 
