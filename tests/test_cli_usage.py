@@ -205,14 +205,27 @@ def test_bench_engine_refuses_bad_counts():
 
 
 def test_bench_sampling_times_each_tile_batch(tmp_path):
-    """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too)."""
+    """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too), each said in a line
+    as soon as it is timed."""
     import json
     from hpdm_cli.drivers.bench import run_bench
+    said = []
     rows = run_bench("tiny", ["train.device=cpu"], sampling=True, batch=1, compare_cache=False, sample_steps="1,1,1",
-                     precision="fp32", tile_batch="1,5", json_out=tmp_path / "b.json")
+                     precision="fp32", tile_batch="1,5", json_out=tmp_path / "b.json", log=said.append)
     assert [r["tile_batch"] for r in rows] == [1, 5] and all(r["s_per_video"] > 0 for r in rows)
     assert [r["tile_batch"] for r in json.loads((tmp_path / "b.json").read_text())] == [1, 5]
+    assert [line.split(":")[0] for line in said] == [f"overlap {rows[0]['overlap']}, cache on, tile batch {tb}"
+                                                     for tb in (1, 5)]
+    assert all(f"{r['s_per_video']:.3f} s/video at 1/1/1 steps" in line for r, line in zip(rows, said))
 
+
+
+def test_bench_training_says_each_row_as_it_is_timed():
+    from hpdm_cli.drivers.bench import run_bench
+    said = []
+    rows = run_bench("tiny", ["train.device=cpu"], steps=1, warmup=0, batch=2, precision="fp32,tf32", log=said.append)
+    assert [line.split(":")[0] for line in said] == ["default, fp32, batch 2", "default, tf32, batch 2"]
+    assert all(f"{r['videos_per_s']:.1f} videos/s" in line and "GiB" not in line for r, line in zip(rows, said))
 
 
 def test_bench_sampling_extrapolates_by_denoiser_evaluations():

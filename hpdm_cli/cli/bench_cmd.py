@@ -9,7 +9,7 @@ import typer
 
 from ..config import ConfigError
 from ..recipe import available_recipes
-from .console import out, rank0_warn
+from .console import err, out, rank0_warn
 
 
 def bench(
@@ -70,7 +70,7 @@ def bench(
     rows = run_bench(recipe, overrides or [], sampling=sampling, steps=steps, warmup=warmup, batch=batch,
                      ablations=ablations, precision=precision, overlap=overlap, compare_cache=compare_cache,
                      sample_steps=sample_steps, compile=compile, tile_batch=tile_batch, json_out=json_out,
-                     warn=rank0_warn)
+                     warn=rank0_warn, log=lambda m: err.print(m, highlight=False, markup=False))
     table = Table(title="hpdm bench: sampling (seconds per video)" if sampling else "hpdm bench: training")
     table.add_column("")
     for i in range(len(rows)):

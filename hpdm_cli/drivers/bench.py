@@ -46,13 +46,15 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
               warmup: Optional[int] = None, batch: Optional[int] = None, ablations: bool = False,
               precision: Optional[str] = None, overlap: Optional[str] = None, compare_cache: bool = True,
               sample_steps: Optional[str] = None, compile: bool = False, tile_batch: Optional[str] = None,
-              json_out: Optional[Path] = None, warn: Optional[Callable[[str], None]] = None) -> list[dict]:
+              json_out: Optional[Path] = None, warn: Optional[Callable[[str], None]] = None,
+              log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """`hpdm bench`: time training (or, with `sampling`, generation) of a recipe; one row per variant.
 
     `precision`, `overlap`, `sample_steps` and `tile_batch` are the comma-separated option values; options left
     as None take the defaults of `bench_training` / `bench_sampling`. Options of the other mode
     are refused, not ignored. The rows are also written to `json_out`. `warn` hears, before any timing,
-    that bf16 would run on a CPU that only emulates it (`hpdm_cli.device.emulated_bf16_warning`).
+    that bf16 would run on a CPU that only emulates it (`hpdm_cli.device.emulated_bf16_warning`); `log` hears
+    each row in one line as soon as it is timed (a bench can run for minutes).
     """
     _check_mode(sampling, steps=steps, warmup=warmup, ablations=ablations, overlap=overlap,
                 compare_cache=compare_cache, sample_steps=sample_steps, compile=compile, tile_batch=tile_batch)
@@ -68,11 +70,11 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
                      overlaps=_csv(overlap, "--overlap", "fhw,hw,none") if overlap is not None else None,
                      steps=_sample_steps(sample_steps) if sample_steps is not None else None,
                      tile_batches=_ints(tile_batch, "--tile-batch", "64,256,1024") if tile_batch is not None else None)
-        rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile, warn=warn,
+        rows = bench_sampling(rec, compare_cache=compare_cache, compile=compile, warn=warn, log=log,
                               **{k: v for k, v in given.items() if v is not None})
     else:
         given = dict(steps=steps, warmup=warmup)
-        rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions, warn=warn,
+        rows = bench_training(rec, batch=batch, ablations=ablations, precisions=precisions, warn=warn, log=log,
                               **{k: v for k, v in given.items() if v is not None})
     if json_out is not None:
         write_json(json_out, rows)
@@ -208,9 +210,10 @@ def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
 
 def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
                    ablations: bool = False, precisions: Optional[list[str]] = None,
-                   warn: Optional[Callable[[str], None]] = None) -> list[dict]:
+                   warn: Optional[Callable[[str], None]] = None,
+                   log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Time training steps of the recipe (and optionally its ablations / precisions); one row per variant.
-    `warn` hears of bf16 emulated on a CPU, once the options are checked."""
+    `warn` hears of bf16 emulated on a CPU, once the options are checked; `log` each row as it is timed."""
     from ..device import resolve_device
     _check_count("--steps", steps, 1)
     _check_count("--warmup", warmup, 0)
@@ -224,6 +227,11 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
     for name, rec in _variants(recipe, ablations):
         for precision in precisions or [rec.train.precision]:
             rows.append(_time_training(name, rec, precision, device, steps=steps, warmup=warmup, batch=batch))
+            if log is not None:
+                r = rows[-1]
+                mem = f", {r['peak_mem_GiB']:.1f} GiB" if r["peak_mem_GiB"] == r["peak_mem_GiB"] else ""   # not NaN
+                log(f"{name}, {precision}, batch {r['batch']}: {r['videos_per_s']:.1f} videos/s, "
+                    f"{r['step_s'] * 1000:.1f} ms/step{mem}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -308,7 +316,8 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
                    precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (64,),
-                   compile: bool = False, warn: Optional[Callable[[str], None]] = None) -> list[dict]:
+                   compile: bool = False, warn: Optional[Callable[[str], None]] = None,
+                   log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with
     (and unless `compare_cache` is off, without) caching.
 
@@ -320,7 +329,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     With `compile` the network runs through torch.compile: one untimed pass per setting, of enough
     steps that every level's evaluations go through each of its tile subsets with and without
     self-conditioning latents, compiles every graph first (its seconds are the row's `compile_s`).
-    `warn` hears of bf16 emulated on a CPU, once the options are checked.
+    `warn` hears of bf16 emulated on a CPU, once the options are checked; `log` each row as it is timed.
     """
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
@@ -359,6 +368,10 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
         rows[-1]["tile_batch"] = tb
         if compile:
             rows[-1].update(compiled=True, compile_s=compile_s)
+        if log is not None:
+            log(f"overlap {ov}, cache {'on' if cache else 'off'}, tile batch {tb}: {rows[-1]['s_per_video']:.3f} "
+                f"s/video at {rows[-1]['steps']} steps (est. {rows[-1]['s_per_video_full_steps_est']:.2f} at "
+                f"{rows[-1]['full_steps']})")
     return rows
 
 
