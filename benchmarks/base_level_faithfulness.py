@@ -4,7 +4,8 @@ Is a base level that ignores shape and direction failing to generate, or failing
 prompt combinations it never saw? Level 0 (one tile) is sampled for N prompts of each split and
 read by the faithfulness reader (docs/results.md, section 5); `stripes` is the background's
 stripe R^2 (hpdm_cli/eval/texture.py) of the generated level 0, `stripes_real` of the real clips
-box-downsampled to level 0. Runs on a CPU in minutes:
+box-downsampled to level 0; `size` and `motion` are the objects' mean area and distance travelled
+over the real level 0's. Runs on a CPU in minutes:
     python benchmarks/base_level_faithfulness.py hpdm_cli/assets/shapes-t2v.safetensors --num 64
 With --low CKPT --split-sigma S the denoiser calls at sigma < S go to a second base level (same
 pyramid and conditioning; noise-level experts, as in eDiff-I): which noise levels decide the
@@ -98,12 +99,14 @@ def main(argv=None) -> int:
         sc["stripes"] = stripe_summary(base)["mean"]
         real0 = to_uint8(real_level0(real.videos, recipe.pyramid))
         sc["stripes_real"] = stripe_summary(real0)["mean"]
-        sc["size"] = sc["area"] / score_clips(real0, real.captions)["area"]    # object area / the real level 0's
+        real_sc = score_clips(real0, real.captions)
+        sc["size"] = sc["area"] / real_sc["area"]                         # object area / the real level 0's
+        sc["motion"] = sc["travel"] / real_sc["travel"]                   # distance travelled / the real level 0's
         print(json.dumps({"ckpt": str(a.ckpt), "split": split, "n": a.num, "guidance": a.guidance,
                           "interval": recipe.sample.guidance_interval, "steps": a.steps,
                           "churn": recipe.sample.churn, "guide": a.guide, "low": a.low, "split_sigma": a.split_sigma if a.low else None,
                           **{k: round(sc[k], 3) for k in ("valid", "colour", "shape", "direction", "background",
-                                                           "stripes", "stripes_real", "size")}}),
+                                                           "stripes", "stripes_real", "size", "motion")}}),
               flush=True)
     if a.sheet:
         k, big = a.sheet_rows, (lambda clips: [c.repeat(4, axis=1).repeat(4, axis=2) for c in clips])

@@ -7,9 +7,10 @@
 #   PARTS_IN  the parts earlier calls returned (carry the folder; default none): copied into $OUT/parts,
 #             skipped by the sweep, then removed from $OUT again, since at most 8 files come back; its
 #             real-n<NUM>.npz (the real clips' features and readings) is used as it is, not measured again
-#   SWEEP_FLAGS  guidance_sweep.py's other flags (default --bf16); one part alone, its real side left here:
-#             "--bf16 --rows 896:1024 --no-real" (a cold call at N = 1024 spent ~125 s on the real side, and
-#             real-n1024.npz does not fit beside the I3D pack in what travels)
+#   SWEEP_FLAGS  guidance_sweep.py's other flags (default --bf16); parts whose real side stays here (its
+#             real-n<N>.npz, for --merge): "--bf16 --no-real", e.g. "--bf16 --rows 896:1024 --no-real" (a cold
+#             call at N = 1024 spent ~125 s on the real side, and real-n1024.npz does not fit beside the I3D
+#             pack in what travels)
 #   SECONDS_MAX  the sweep's own time limit (540), so that the clean-up runs before the call's limit
 #   I3D / I3D_PACK  the I3D file, or its pack (out/i3dp/i3d.pack, 43 MB) unpacked to $I3D when missing
 #                   (a warm machine keeps /tmp between calls: carry the pack only to a cold one)

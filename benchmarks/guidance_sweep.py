@@ -40,9 +40,9 @@ the rows whose part DIR already holds (same model weights and setting): a call s
 limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
 when the rows cover all N, the run scores the whole set itself. A run with `--save DIR` also takes the
 real clips' features and readings from DIR's real-n<N>.npz when that was written for the same
-resolution, prompts and I3D weights, instead of measuring them again; `--rows LO:HI --save DIR
---no-real` leaves the real side out altogether (no I3D pass over 2N real clips, only rows LO:HI
-rendered: a part drawn on a machine the real side's file cannot travel to) and --merge takes the
+resolution, prompts and I3D weights, instead of measuring them again; `--save DIR --no-real`
+leaves the real side out altogether (no I3D pass over 2N real clips, only the sampled rows
+rendered: parts drawn on a machine the real side's file cannot travel to) and --merge takes the
 real-n<N>.npz of a run that measured it. Pixels are read on every CPU core (hpdm_cli.eval.measure).
 """
 
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
                     help="also per setting: the upper levels given the floor's real clips' level 0")
     ap.add_argument("--rows", default=None, help="LO:HI: sample only these of the N prompts/seeds (a part; see --save)")
     ap.add_argument("--no-real", action="store_true",
-                    help="with --rows: leave out the real clips' features (their I3D pass, the floor and baselines): "
+                    help="with --save: leave out the real clips' features (their I3D pass, the floor and baselines): "
                          "--merge then takes the real-n<N>.npz another run saved in the folder")
     ap.add_argument("--save", default=None, help="folder: keep each setting's features, readings, stripe fits, "
                                                  "seam steps (and the real clips' reference) for --merge")
@@ -372,8 +372,9 @@ def main(argv=None) -> int:
     partial = (lo, hi) != (0, a.num)
     if partial and not a.save:
         raise SystemExit(f"--rows {a.rows} samples part of the clips: add --save DIR to keep them for --merge")
-    if a.no_real and not partial:
-        raise SystemExit("--no-real leaves the real side to another run: add --rows LO:HI --save DIR (a part)")
+    if a.no_real and not a.save:
+        raise SystemExit("--no-real leaves the real side to another run: add --save DIR (and --rows LO:HI for a part)")
+    unscored = partial or a.no_real                # no FVD here: --merge scores the parts with a real side
     if a.chunk and (a.chunk < 1 or not a.save):
         raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR")
     for text in a.settings:                        # a setting's guide model, checked before any work
@@ -510,8 +511,8 @@ def main(argv=None) -> int:
                 stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])
                 secs = sum(g[4] for g in got)
                 sc = summarise(readings, pcaps, stripes, seams, real_sc)
-                f = None if partial else float(frechet_distance(*ref, *feature_stats(features)))
-                if not partial:
+                f = None if unscored else float(frechet_distance(*ref, *feature_stats(features)))
+                if not unscored:
                     rows.append((label, f, sc))
                     whole_sets[label] = features
                 print(json.dumps({**who, "setting": text, **({"level0": "real (the floor's clips)"} if kind else {}),
@@ -522,11 +523,11 @@ def main(argv=None) -> int:
                                   "split_sigma": a.split_sigma if a.base_low else None,
                                   **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
     print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
-                                                         "parts together)" if partial else "")
+                                                         "parts together)" if unscored else "")
                 + f", {', '.join(scored)}"
                 + (f"; level 0 from {a.base}" + (f" (below sigma {a.split_sigma}: {a.base_low})" if a.base_low else "")
                    if a.base else ""), rows)
-    if not partial:
+    if not unscored:
         print_extrapolated(ref_features, whole_sets)
     return 0
 

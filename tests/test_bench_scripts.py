@@ -559,8 +559,15 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     assert again["fvd"] == pytest.approx(merged["fvd"], abs=1e-9)       # the same clips as the run that measured
     for k in guidance_sweep.SCORED:
         assert again[k] == pytest.approx(merged[k], abs=1e-9, nan_ok=True), k
-    with pytest.raises(SystemExit, match=r"--no-real leaves the real side to another run: add --rows LO:HI"):
+    with pytest.raises(SystemExit, match=r"--no-real leaves the real side to another run: add --save DIR"):
         guidance_sweep.main([*args, "--no-real"])
+    w = tmp_path / "w"                                        # all N rows without the real side: scored by --merge
+    assert guidance_sweep.main([*args, "--save", str(w), "--no-real"]) == 0
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]["fvd"] is None
+    (w / "real-n6.npz").write_bytes((tmp_path / "p" / "real-n6.npz").read_bytes())
+    assert guidance_sweep.main(["--merge", str(w)]) == 0
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]["fvd"] == \
+        pytest.approx(whole["fvd"], abs=0.11)
     (tmp_path / "p" / "part-m-1_2-2_none-rows00002-00006.npz").unlink()
     with pytest.raises(SystemExit, match=r"cover rows \[\(0, 2\)\], not 0:6 exactly once: .* with --partial"):
         guidance_sweep.main(["--merge", str(tmp_path / "p")])
