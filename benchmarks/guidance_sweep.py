@@ -417,7 +417,7 @@ def main(argv=None) -> int:
         return m.readings, m.stripes, np.array([[s[k] for k in AXES] for s in m.seams]).reshape(-1, 2, 2)
     real_file = Path(a.save) / f"real-n{a.num}.npz" if a.save else None
     real_key = {"resolution": list(R), "captions": real_a.captions, "i3d_sha256": ext.sha256}
-    if a.no_real:                               # a part alone: its readings against its own rows of real clips
+    if a.no_real:                               # no real side: the parts' readings against their own real rows
         real_b = render_real(hi - lo, a.num + lo, R, "heldout") if a.real_level0 else None
         rows, ref, whole_sets, real_sc = [], None, {}, real_readings(real_a, measure)
         print(f"the real side left out (--no-real): --merge {a.save} takes the real-n{a.num}.npz of a run "
