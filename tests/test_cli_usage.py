@@ -294,3 +294,15 @@ def test_a_torchrun_rank_leaves_with_its_exit_code_and_skips_the_teardown(args, 
         app_module.main()
     assert normal.value.code == code
     capsys.readouterr()
+
+
+def test_sample_and_upscale_help_name_every_output_suffix_they_write():
+    """--out's help lists exactly what `check_writable` accepts (one list, hpdm_cli.io.video.VIDEO_SUFFIXES)."""
+    import inspect
+    import re
+    from hpdm_cli.cli.sample_cmd import sample
+    from hpdm_cli.cli.upscale_cmd import upscale
+    from hpdm_cli.io.video import VIDEO_SUFFIXES
+    for command in (sample, upscale):
+        text = inspect.signature(command).parameters["out"].default.help
+        assert set(re.findall(r"\.[a-z][a-z0-9]*", text.split(")")[0])) == set(VIDEO_SUFFIXES), text   # not H.264

@@ -53,8 +53,9 @@ def sample(
     prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help=PROMPT_TABLE_HELP),
     prompt_embedding: Optional[Path] = typer.Option(None, "--prompt-embedding", help=PROMPT_EMBEDDING_HELP),
     seeds: str = typer.Option("0", "--seeds", help="Seeds: 0-7, 1,5,9, 3 or mixes like 0-3,8; one video per seed."),
-    out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also .mov/.mkv/.gif/.png). "
-                                                            "Several seeds: one file per seed, clip-seed0003.mp4."),
+    out: Path = typer.Option(Path("clip.mp4"), "--out", help="Output video (.mp4 H.264; also "
+                                                            ".m4v/.mov/.mkv/.gif/.png). Several seeds: one file per "
+                                                            "seed, clip-seed0003.mp4."),
     gif: bool = typer.Option(False, "--gif", help="Also write a GIF next to each video."),
     png: bool = typer.Option(False, "--png", help="Also write a PNG strip of all frames next to each video."),
     levels: Optional[int] = typer.Option(None, "--levels", help="Index of the last level to generate: 0 = only "
