@@ -81,14 +81,12 @@ def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = Fa
     return rows
 
 
-def _warn_emulated_bf16(warn: Optional[Callable[[str], None]], device: torch.device, precisions: Sequence[str],
-                        given: bool) -> None:
+def _warn_emulated_bf16(warn: Optional[Callable[[str], None]], device: torch.device, precisions: Sequence[str]) -> None:
     """Tell `warn`, before any timing, that bf16 would run on a CPU that only emulates it (~5x slower)."""
     if warn is None or "bf16" not in precisions:
         return
     from ..device import emulated_bf16_warning
-    message = emulated_bf16_warning(device, "bf16" + ("" if given else " (bench's default)"),
-                                    "time --precision fp32 on a CPU")
+    message = emulated_bf16_warning(device, "bf16", "time --precision fp32 on a CPU")
     if message:
         warn(message)
 
@@ -222,7 +220,7 @@ def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: O
     if precisions is not None:
         _check_precisions(precisions)
     device = resolve_device(recipe.train.device, 0, option="train.device")
-    _warn_emulated_bf16(warn, device, precisions or [recipe.train.precision], precisions is not None)
+    _warn_emulated_bf16(warn, device, precisions or [recipe.train.precision])
     rows = []
     for name, rec in _variants(recipe, ablations):
         for precision in precisions or [rec.train.precision]:
@@ -337,7 +335,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     _check_sampling(recipe, batch, min(tile_batches, default=0), precision, overlaps, steps)   # the smallest decides
     L = recipe.pyramid.num_levels
     device = resolve_device(recipe.train.device, 0, option="train.device")
-    _warn_emulated_bf16(warn, device, [precision], precision != SAMPLING_PRECISION)
+    _warn_emulated_bf16(warn, device, [precision])
     set_precision(precision)
     net = build_model(recipe).to(device).eval()
     full = level_steps(recipe.sample, L)
