@@ -3,11 +3,11 @@
     python benchmarks/loader_bench.py                          # recipes ucf, workers 1,4,16, real footage
     python benchmarks/loader_bench.py --workers 1,2 --batches 12 --json out/loader.json
 
-What is timed is exactly what the training loop consumes (`hpdm_cli.train.loop`): a
+What is timed is exactly what the training loop consumes (`hpdm_cli.train.batches`): a
 `ClipDataset` (random clip start, random flip, T x H x W of pyramid.resolution) behind
 `make_loader` with N worker processes, batches of `--batch` clips, counted after a warm-up
-that starts the workers. Both outputs of `ClipDataset` are timed: float32 in [-1, 1] (what
-the loop asks for today) and uint8 (4x fewer bytes; the GPU converts). The patch hierarchy
+that starts the workers. Both outputs of `ClipDataset` are timed: uint8 (what the loop
+reads: 4x fewer bytes, the device converts) and float32 in [-1, 1]. The patch hierarchy
 is cut from the clip on the GPU by the training step (`extract_patches`); its CPU cost per
 sample is printed for reference.
 

@@ -9,7 +9,7 @@ The concrete classes live next to the code that raises them and keep their other
 also `ValueError`s), so existing `except ValueError` code is unaffected:
 
     ConfigError (config)          DataError (data.shards)        VideoError (io.video)
-    TextEncoderError (text)       CheckpointError (train)        TrainError (train.loop)
+    TextEncoderError (text)       CheckpointError (train)        TrainError (train)      
     FVDError, I3DWeightsError (eval)   GenerateError (conditioning)  DeviceError (device)
 
 This module imports nothing, so any part of hpdm can use it.

@@ -21,9 +21,12 @@ import torch
 from hpdm_cli.io.lock import lock_holder
 from hpdm_cli.recipe import default_recipe_path, load_recipe
 from hpdm_cli.train import loop
+from hpdm_cli.train.batches import Batches
 from hpdm_cli.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from hpdm_cli.train.loop import TrainError, build_model, init_from_checkpoint, train
+from hpdm_cli.train.init_from import grown_levels, init_from_checkpoint
+from hpdm_cli.train.loop import TrainError, build_model, train
 from hpdm_cli.train.optim import lr_at
+from hpdm_cli.train.signals import StopFlag
 from hpdm_cli.train.stats import read_stats
 from conftest import run_cli as cli
 
@@ -223,7 +226,7 @@ def test_stats_lr_schedule_and_log(reference):
 def test_joint_batches_mix_still_images(shapes_data, image_data):
     from hpdm_cli.train.distributed import DistInfo
     rec = make_recipe(shapes_data, f"data.image_path={json.dumps(str(image_data))}", "data.image_fraction=0.25")
-    b = loop.Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2)
+    b = Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2)
     assert (b.n_vid, b.n_img) == (3, 1)
     videos, labels, caps = b.next(torch.device("cpu"), 8)
     assert videos.shape == (4, 3, 8, 32, 32) and labels.shape == caps.shape == (4,)
@@ -598,7 +601,7 @@ def test_a_pyramid_grown_by_a_level_starts_as_its_base(tmp_path, grown_load, sam
     for k in r1.partial:
         assert torch.equal(fresh.state_dict()[k][1:], before[k][1:])
     # A base whose level 2 is another size (8x32x32: frames stop doubling) is not the start of this pyramid.
-    assert "patch or level sizes differ" in loop.grown_levels(tiny_recipe((8, 32, 32), (4, 8, 8), **kw), big)
+    assert "patch or level sizes differ" in grown_levels(tiny_recipe((8, 32, 32), (4, 8, 8), **kw), big)
 
 
 def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
@@ -630,7 +633,7 @@ def test_shallow_fusion_grown_from_a_base_level_starts_as_it(tmp_path):
 
 def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    with loop.StopFlag() as stop:
+    with StopFlag() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
         assert stop.signum == signal.SIGTERM
@@ -645,7 +648,7 @@ def test_stop_flag_records_signals_and_a_second_ctrl_c_stops_at_once():
 def test_stop_flag_reinstalls_a_handler_that_something_replaced():
     """A handler replaced after the loop started (a library's) is put back at the next sync point."""
     before = signal.getsignal(signal.SIGTERM)
-    with loop.StopFlag() as stop:
+    with StopFlag() as stop:
         assert stop.reassert() == []
         signal.signal(signal.SIGTERM, signal.SIG_DFL)                     # what a library might do
         assert stop.reassert() == ["SIGTERM"] and stop.reassert() == []

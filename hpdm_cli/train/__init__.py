@@ -1,1 +1,18 @@
-"""Training system: optimiser, schedule, EMA, loop, checkpoints."""
+"""Training system: optimiser, schedule, EMA, loop, checkpoints.
+
+    loop.py         `train(recipe, run_dir)`: the run, its steps, sync points and checkpoints
+    init_from.py    `train.init_from`: a model started from another's weights (a pyramid grown by finer levels)
+    batches.py      the per-rank stream of training clips (datasets, synthetic data, images as still videos)
+    captions.py     the training captions' text embeddings (stored with the dataset, a prompt table or the encoder)
+    signals.py      SIGTERM / Ctrl-C: checkpoint at the end of the step, in the loop and its data workers
+    optim.py        LAMB, parameter groups, the learning-rate schedule, EMA
+    checkpoint.py   checkpoint and weights files: writing, reading, choosing, architectures
+    distributed.py  torchrun / DDP set-up and collectives
+    stats.py        stats.jsonl, TensorBoard and the progress bar
+"""
+
+from ..errors import HPDMError
+
+
+class TrainError(HPDMError, ValueError):
+    """A user-fixable problem with a training run (message says what to do)."""

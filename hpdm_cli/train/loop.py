@@ -23,8 +23,9 @@ which checkpoint to resume, saving) and every rank learns the outcome, so no ran
 another's error.
 
 A run, in order: `_open_run_dir` (lock, refusals, the checkpoint to resume), `_model_state`
-(network, EMA, optimiser: resumed, fresh, or from `init_from_checkpoint`), `_parallel_model`
-(compile, DDP), the data (`Batches`) and condition (`_training_condition`), then `_Steps`
+(network, EMA, optimiser: resumed, fresh, or from `init_from_checkpoint`, train/init_from.py),
+`_parallel_model` (compile, DDP), the data (`Batches`, train/batches.py) and condition
+(`_training_condition`; a text model's caption embeddings from train/captions.py), then `_Steps`
 (gradients, the ranks' common verdict, the update, statistics, checkpoints).
 """
 
@@ -33,15 +34,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import signal
 import subprocess
 import sys
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -49,21 +48,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import CUDA_GRAPH_MODES, Recipe
 from ..device import DeviceError, to_device
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
-from ..errors import HPDMError
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_text
 from ..io.lock import hold_lock
 from ..pyramid import extract_patches, sample_nested_offsets
+from . import TrainError
 from .checkpoint import (CheckpointError, architecture_differences, architecture_of, latest_checkpoint,
-                         list_checkpoints, load_checkpoint, read_weights_file, recipe_in_metadata, resolve_sampling_weights, save_checkpoint)
+                         list_checkpoints, load_checkpoint, recipe_in_metadata, save_checkpoint)
+from .batches import Batches
+from .captions import caption_embeddings
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from .init_from import init_from_checkpoint
 from .optim import EMA, Lamb, lr_at, param_groups
+from .signals import StopFlag
 from .stats import StatsWriter
-
-
-class TrainError(HPDMError, ValueError):
-    """A user-fixable problem with a training run (message says what to do)."""
 
 
 @dataclass
@@ -112,111 +111,6 @@ def build_model(recipe: Recipe) -> HPDMNet:
     return HPDMNet(recipe.pyramid, recipe.model)
 
 
-@dataclass
-class InitReport:
-    """What `init_from_checkpoint` copied into a model (tensor names)."""
-
-    loaded: list                                 # copied whole
-    partial: list                                # per-level tables: the rows of the levels both models have
-    new: list                                    # kept their initialisation (partial and widened ones included)
-    unused: list                                 # checkpoint tensors with no place in the model
-    grown: str = ""                              # for a checkpoint with fewer levels: how its levels start here
-    base_levels: int = 0                         # the checkpoint's number of pyramid levels
-    widened: list = field(default_factory=list)  # the tokenizer, given shallow fusion's context channels at zero
-
-    def describe(self, path: str) -> str:
-        """One log line: what was loaded, partly loaded and new."""
-        return (f"init_from {path}: {len(self.loaded)} tensors loaded, "
-                + (f"{len(self.partial)} per-level tables loaded for the levels both models have "
-                   f"({', '.join(self.partial)}), " if self.partial else "")
-                + (f"{', '.join(self.widened)} loaded for the pixels, its shallow-fusion context inputs "
-                   "start at zero, " if self.widened else "")
-                + f"{len(self.new)} new: {', '.join(self.new[:12])}" + (" ..." if len(self.new) > 12 else "")
-                + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else "")
-                + (f"; {self.grown}" if self.grown else ""))
-
-
-def grown_levels(base: Recipe, net: HPDMNet, unused: Sequence[str] = ()) -> str:
-    """For a base model with fewer levels than `net`: whether `net` starts by computing them as the base did.
-
-    A pyramid grown by finer levels (the paper's large text-to-video model is fine-tuned from a
-    low-resolution generator) keeps the base's outputs on the levels both have exactly when those
-    levels have the same patch and sizes, every block processes the same of them (min(n_b, L0)
-    equals the base's n_b) and every base weight found its place (`unused` names those that did
-    not): finer levels never reach coarser ones (docs/method.md, invariant "causality").
-    Returns "" when the base has as many levels or more, else a short statement for the log.
-    """
-    L0, L = base.pyramid.num_levels, net.num_levels
-    if L0 >= L:
-        return ""
-    why = ""
-    if unused:
-        why = f"{len(unused)} of its tensors have no place here ({', '.join(list(unused)[:3])})"
-    elif tuple(base.pyramid.patch) != tuple(net.pyramid.patch) or any(
-            base.pyramid.level_resolution(l) != net.pyramid.level_resolution(l) for l in range(L0)):
-        why = "their patch or level sizes differ"
-    else:
-        ours, theirs = [min(n, L0) for n in net.load], base.model.resolved_load(L0)
-        if ours != theirs:
-            why = f"the blocks process them as {ours}, the checkpoint's as {theirs} (model.load)"
-    span = lambda a, b: f"levels {a}-{b}" if b > a else f"level {a}"                      # noqa: E731
-    return (f"the checkpoint's {L0}-level model is reproduced on {span(0, L0 - 1)}, {span(L0, L - 1)} new" if not why
-            else f"the checkpoint's weights, not its outputs, on {span(0, L0 - 1)}: {why}")
-
-
-def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
-    """Copy the weights of checkpoint `path` that fit into `net` (`train.init_from`); report what was copied.
-
-    `path` is a run, checkpoint or weights file, or "packaged" (the packaged shapes model, as a
-    base to grow). The weights are the checkpoint's EMA when it has one; a tensor is copied when its name and
-    shape match. Per-level tables (`level_embed`, `level_token`) of a model with fewer or more
-    levels take the rows of the levels both have: level l of the checkpoint is level l here (the
-    base generator is the level-0 model); levels the checkpoint lacks take its finest level's rows
-    when that is a super-resolution level (a new level then starts near its loss when the blocks
-    give it the same compute: docs/results.md, section 24), else keep theirs; they count as new. Raises TrainError when what fits is
-    under 10% of the model's parameters (an unrelated checkpoint).
-    """
-    if path == "packaged":                      # the packaged shapes model, wherever hpdm is installed
-        from ..assets import DEFAULT_MODEL
-        path = str(DEFAULT_MODEL)
-    weights, base, _ = read_weights_file(resolve_sampling_weights(path))
-    own = net.state_dict()
-    loaded, partial, widened = {}, [], []
-    for k, v in weights.items():
-        if k not in own:
-            continue
-        mine = own[k]
-        if mine.shape == v.shape:
-            loaded[k] = v
-        elif k == "tokenizer.weight" and mine.shape == (v.shape[0], 2 * v.shape[1]):
-            # Shallow fusion here, not in the checkpoint: its tokens read (pixels, context) channel-major,
-            # so the checkpoint's columns are the pixels' and the context's start at zero; level 0, whose
-            # context is zero, then computes what the checkpoint did.
-            loaded[k] = torch.cat([v.to(mine.dtype), torch.zeros_like(mine[:, v.shape[1]:])], dim=1)
-            widened.append(k)
-        elif "level" in k.rsplit(".", 1)[-1] and v.ndim == mine.ndim >= 1 and v.shape[1:] == mine.shape[1:]:
-            n = min(v.shape[0], mine.shape[0])
-            t = mine.detach().clone()
-            t[:n] = v[:n].to(t.dtype)
-            if n > 1:                            # a new finer level starts as the finest super-resolution level
-                t[n:] = v[n - 1].to(t.dtype)     # an octave up (a base level alone, a generator, is no such start)
-            loaded[k] = t
-            partial.append(k)
-    params = dict(net.named_parameters())
-    total = sum(p.numel() for p in params.values())
-    got = sum(params[k].numel() for k in loaded if k in params)
-    if got < 0.1 * total:                       # a few coincidentally equal shapes are no initialisation
-        raise TrainError(f"train.init_from = {path}: no tensor of that checkpoint fits this model beyond "
-                         f"{100 * got / max(total, 1):.1f}% of its parameters (different interface/latent sizes?); "
-                         "use a checkpoint of a related model")
-    net.load_state_dict(loaded, strict=False)
-    full = sorted(k for k in loaded if k not in partial and k not in widened)
-    unused = sorted(set(weights) - set(loaded))
-    return InitReport(loaded=full, partial=sorted(partial), new=sorted(set(own) - set(full)),
-                      unused=unused, grown=grown_levels(base, net, unused),
-                      base_levels=base.pyramid.num_levels, widened=widened)
-
-
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
                      draw: NoiseDraw, loss_scale: float, precision: str):
     """Extract the patch hierarchy, compute the EDM loss and backpropagate `loss * loss_scale`."""
@@ -227,44 +121,6 @@ def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets:
         out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
     (out.loss * loss_scale).backward()
     return out
-
-
-class StopFlag:
-    """Records SIGTERM / SIGINT so that the loop can checkpoint and stop at the end of a step."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:                                            # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum and signum == signal.SIGINT:                      # a second Ctrl-C: stop right now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def reassert(self) -> list[str]:
-        """Re-install the handlers that something replaced since __enter__; the names of those signals.
-
-        A library initialised inside the loop (compilation's worker pools, for instance) could install its
-        own handler after the loop's, and a SIGTERM would then end the run without its checkpoint.
-        """
-        replaced = []
-        for s in self._old:
-            if signal.getsignal(s) != self._handle:
-                signal.signal(s, self._handle)
-                replaced.append(signal.Signals(s).name)
-        return replaced
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _environment(dist: DistInfo) -> dict:
@@ -280,154 +136,7 @@ def _environment(dist: DistInfo) -> dict:
             "host": platform.node(), "argv": sys.argv}
 
 
-def _worker_ignores_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints and stops cleanly.
-
-    `timeout`, Slurm and torchrun deliver SIGTERM to the whole process group; a worker that died of
-    it would make the main process fail before it could save its checkpoint.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-# A left-right mirror turns "moving left" into "moving right": flips are refused for such data.
 SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
-
-_DIRECTION_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise)\b", re.I)
-
-
-class Batches:
-    """Endless per-rank batches of clips (videos, images mixed in) starting at a sample index.
-
-    The data position is a pure function of the batch index: batch j of rank r holds samples
-    j*n .. (j+1)*n - 1 of each ClipDataset (n = its share of the micro-batch), and sample k is
-    a deterministic function of (seed, rank, k), so resuming at batch j reproduces the stream.
-    """
-
-    def __init__(self, recipe: Recipe, dist: DistInfo, micro: int, start_batch: int, total_batches: int):
-        from ..data.shards import ClipDataset, make_loader
-        from ..data.synthetic import SyntheticClips, is_synthetic
-        R = recipe.pyramid.resolution
-        d = recipe.data
-        n_img = int(round(micro * d.image_fraction)) if d.image_path else 0
-        self.micro = micro
-        self.n_vid, self.n_img = micro - n_img, n_img
-        self.loaders, self.captions, self.class_names = [], [], []
-        self.caption_sources = []                                         # dataset of each part of `captions`
-        for path, n, frames, seed in ((d.path, self.n_vid, R[0], recipe.train.seed),
-                                      (d.image_path, n_img, 1, recipe.train.seed + 1)):
-            if n == 0:
-                continue
-            if is_synthetic(path):                                        # rendered into device memory
-                src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=R[0], height=R[1], width=R[2],
-                                     seed=seed, split=d.synthetic_split, rank=dist.rank,
-                                     world_size=dist.world_size, workers=d.num_workers, device=dist.device)
-                self.loaders.append((src.stream(start_batch * n, n), frames, len(self.captions)))
-                self.captions += src.captions()
-                self.caption_sources.append(path)
-                self.class_names = self.class_names or src.class_names
-                continue
-            ds = ClipDataset(path, frames, seed=seed, rank=dist.rank, world_size=dist.world_size, dtype="uint8",
-                             horizontal_flip=d.horizontal_flip, num_samples=total_batches * n,
-                             resolution=R[1:])
-            loader = make_loader(ds, n, start=start_batch * n, num_workers=d.num_workers,
-                                 pin_memory=dist.device.type == "cuda")
-            # The loader draws its workers' base seed from this generator, not from torch's global
-            # RNG (whose state is checkpointed and must not depend on where a run was resumed).
-            loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + dist.rank)
-            if d.num_workers > 0:
-                loader.worker_init_fn = _worker_ignores_signals
-            # Caption ids of every dataset index one joint caption list.
-            self.loaders.append((iter(loader), frames, len(self.captions)))
-            self.captions += ds.captions()
-            self.caption_sources.append(path)
-            self.class_names = self.class_names or ds.class_names
-        self.unlabelled = False
-        if d.horizontal_flip:
-            named = [t for t in list(self.class_names) + list(self.captions) if _DIRECTION_WORDS.search(str(t))]
-            if named:
-                raise TrainError(f"data.horizontal_flip = true would mirror videos whose labels or captions name a "
-                                 f"horizontal direction (e.g. {named[0]!r}) without changing them: set "
-                                 "data.horizontal_flip = false")
-
-    def next(self, device, frames: int):
-        """The next micro-batch: (videos [B, 3, F, H, W] in [-1, 1], labels [B], caption ids [B])."""
-        parts = [next(it) for it, _, _ in self.loaders]
-        vids, caps = [], []
-        for p, (_, f, cap0) in zip(parts, self.loaders):
-            v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
-            vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
-            caps.append(p["caption_id"] + cap0)
-        labels = torch.cat([p["label"] for p in parts])
-        self.unlabelled = bool((labels < 0).any())                        # checked on the CPU: no device sync
-        return torch.cat(vids), to_device(labels, device), to_device(torch.cat(caps), device)
-
-
-def _caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, sources=(), say=None,
-                        main: bool = True) -> torch.Tensor:
-    """Embeddings [len(captions), tokens, dim] of the training captions, on `device`.
-
-    They come from the tables stored with the datasets (`hpdm prepare`) when those fit the recipe's
-    encoder and shape, without importing the encoder; otherwise the encoder computes them (cached in
-    RUN_DIR/cache). The main process also writes RUN_DIR/prompt_embeddings.safetensors for sampling.
-    """
-    from ..data.synthetic import is_synthetic
-    from ..text.tables import stored_caption_embeddings, write_run_table
-    m = recipe.model
-    emb, tables, why = stored_caption_embeddings([s for s in sources if not is_synthetic(s)], captions,
-                                                 m.text_encoder, m.text_tokens, m.text_dim)
-    if emb is None and recipe.data.prompt_table:
-        emb, tables, why = _table_embeddings(recipe, captions)
-    if emb is not None:
-        name = tables[0].encoder
-        if say:
-            say(f"caption embeddings: {len(captions)} stored with the dataset ({name}); the text encoder is not loaded")
-    else:
-        if say:
-            say(f"caption embeddings: {why}; computing them with the text encoder {m.text_encoder}")
-        emb, name = _encode_captions(recipe, captions, run_dir, device, sources)
-    if main:
-        path, n, total = write_run_table(run_dir, captions, emb, encoder=name, spec=m.text_encoder, sources=sources)
-        if say:
-            say(f"prompt table for sampling: {path} ({n} prompts" + (f" of {total}: size limit" if n < total else "")
-                + ")")
-    return emb.to(device)
-
-
-def _table_embeddings(recipe: Recipe, captions: list) -> tuple:
-    """(embeddings, tables, "") of every caption looked up in `data.prompt_table`, or (None, [], why not)."""
-    from ..text.encoders import TextEncoderError
-    from ..text.tables import PromptLookup
-    m = recipe.model
-    lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
-    try:
-        lookup.add(recipe.data.prompt_table, explicit=True)
-    except TextEncoderError as e:
-        raise TrainError(f"data.prompt_table: {str(e).splitlines()[0]}") from None
-    rows = []
-    for c in captions:
-        emb, _ = lookup.lookup(c)
-        if emb is None:
-            return None, [], f"caption {c!r} is not in data.prompt_table ({lookup.describe_miss(c)})"
-        rows.append(emb)
-    return torch.cat(rows), lookup.tables, ""
-
-
-def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sources=()) -> tuple:
-    """(embeddings, encoder name) of the captions from the recipe's text encoder (cached in RUN_DIR/cache)."""
-    from ..text.encoders import TextEncoderError, cached_embeddings, check_output_size
-    from ..text.tables import load_encoder
-    m = recipe.model
-    try:
-        enc = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
-    except TextEncoderError as e:
-        data = [str(s) for s in sources] or ["DATASET_DIR"]
-        raise TrainError(f"{str(e).splitlines()[0]}; or, on a host that has the text encoder, store the caption "
-                         f"embeddings with the dataset: hpdm prepare --embed-captions {data[0]} --text-encoder "
-                         f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
-                         + ", then copy the dataset folder here") from None
-    check_output_size(enc, m.text_tokens, m.text_dim)
-    return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
 
 
 def _check_dataset(path: str, what: str) -> None:
@@ -758,12 +467,12 @@ def compile_model(model, setting):
     return torch.compile(model) if setting is True else torch.compile(model, mode=setting)
 
 
-def _training_condition(recipe: Recipe, batches: "Batches", run_dir: Path, dist: DistInfo,
+def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: DistInfo,
                         say) -> Optional[torch.Tensor]:
     """The text model's caption embeddings (None otherwise); a class model's classes checked against the data."""
     m = recipe.model
     if m.cond == "text":
-        return _caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
+        return caption_embeddings(recipe, batches.captions, run_dir, dist.device, batches.caption_sources, say,
                                    dist.is_main)
     if m.cond == "class":
         n_cls = len(batches.class_names)
@@ -776,7 +485,7 @@ class _Steps:
     """The optimisation steps of a run: micro-batches in; optimiser and EMA updates, statistics, checkpoints out."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, dist: DistInfo, state: _ModelState, model,
-                 batches: "Batches", text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
+                 batches: Batches, text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
         self.recipe, self.t, self.run_dir, self.dist = recipe, recipe.train, run_dir, dist
         self.state, self.model, self.batches, self.text_emb = state, model, batches, text_emb
         self.say, self.summary = say, summary
