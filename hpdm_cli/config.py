@@ -220,7 +220,7 @@ class TrainConfig:
     grad_accum: int = 1                  # Micro-batches per optimisation step on each rank.
     optimizer: str = "lamb"              # "lamb" (the paper's) or "adamw".
     lr: float = 0.005                    # Peak learning rate.
-    weight_decay: float = 0.01           # LAMB decoupled weight decay.
+    weight_decay: float = 0.01           # Decoupled weight decay (LAMB or AdamW).
     betas: tuple[float, float] = (0.9, 0.999)  # The optimiser's moment decay rates (beta1, beta2).
     eps: float = 1e-6                    # The optimiser's denominator epsilon.
     warmup_steps: int = 10_000           # Linear warm-up, then cosine decay to lr * min_lr_ratio.

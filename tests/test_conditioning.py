@@ -53,7 +53,7 @@ def test_a_trained_network_uses_its_class_label():
     gap = condition_loss_gap(net, recipe, ex, ey, batch=64)
     # The label is the whole prior over colour: the wrong label must cost far more than numerical noise.
     # (Before learned tokens left LAMB's trust ratio, this ratio was 1.04: the label was ignored;
-    # docs/results.md has the ablation.)
+    # docs/results.md, section 1, has the ablation.)
     assert gap["shuffled"] > 2.0 * gap["true"], gap
     assert gap["null"] > gap["true"], gap
 

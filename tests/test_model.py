@@ -50,6 +50,7 @@ CONFIGS = {
     "shallow fusion": dict(fusion="shallow"),
     "no fusion": dict(fusion="none"),
     "text cond, self-cond": dict(cond="text", text_dim=12, text_tokens=3, self_condition=True),
+    "no condition": dict(cond="none", adaptive_norm=True),
     "adaptive norm, linear load": dict(load="linear", adaptive_norm=True),
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
@@ -279,6 +280,21 @@ def test_condition_dropout_uses_null_condition():
         kept = net(x, c_noise, off, c, torch.tensor([True, True])).out
     assert torch.equal(dropped, null)
     assert not torch.allclose(dropped, kept)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_dropped_text_is_the_learned_null_sequence(adaptive):
+    """A text model's dropped caption is its learned null sequence, per sample, through every condition path."""
+    recipe = tiny_recipe(cond="text", text_dim=12, text_tokens=3, adaptive_norm=adaptive,
+                         adaptive_norm_interface=adaptive)
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    with torch.no_grad():
+        mixed = net(x, c_noise, off, c, torch.tensor([True, False])).out
+        null = net(x, c_noise, off, None).out                             # no caption: the null sequence
+        kept = net(x, c_noise, off, c).out
+    assert torch.equal(mixed[1], null[1]) and torch.equal(mixed[0], kept[0])
+    assert not torch.allclose(null[0], kept[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Parametrisation (Karras et al. 2022) with data std sigma_d:
     c_in   = 1 / sqrt(sigma^2 + sigma_d^2)        c_noise = ln(sigma) / 4
     D(x~; sigma) = c_skip x~ + c_out F(c_in x~; c_noise)
 and the loss weight 1/c_out^2 makes the objective || F - (y - c_skip x~) / c_out ||^2, whose target
-is minus the v-prediction target of the variance-preserving view (tests/test_edm.py).
+is (sigma y / sigma_d - sigma_d eps) / sqrt(sigma^2 + sigma_d^2) for x~ = y + sigma eps: minus the
+v-prediction target of the variance-preserving view of y / sigma_d at noise sigma / sigma_d
+(tests/test_edm.py).
 
 Per-level input scaling (docs/method.md, section 5; Chen 2023): level l's clean patch P_l is multiplied by
 b_l = b_0 gamma^l before noising; D estimates y_l = b_l P_l and pixels are D / b_l. A smaller

@@ -4,7 +4,7 @@ The method is stated in docs/method.md, section 6.
 
 Deep context fusion, before block b and for every processed level l > 0:
     ctx_l   = (1/l) sum_{k<l} grid_sample_3d(a_k^{b-1}, c_hat(c_l, c_k))        (eq. 7, 8)
-    a_l    <- W [a_l^{b-1}; ctx_l; coords_l] + bias                               (eq. 9)
+    a_l    <- a_l + W' [a_l^{b-1}; ctx_l; coords_l] + bias           (eq. 9 with W = [I, 0, 0] + W')
 where a_k^{b-1} is level k's interface token grid after block b-1, sampled trilinearly at the
 centres of level l's tokens inside patch k, and coords_l are level l's global token coordinates.
 All (l, k) pairs of a block are sampled together, as three batched 1-D interpolation matmuls

@@ -5,7 +5,8 @@ learned latents followed by the conditioning tokens. A block
   * reads:    z += CrossAttn(LN(z) -> LN(x)); z += MLP(LN(z))
   * computes: K times { z += SelfAttn(LN(z)); z += MLP(LN(z)) }
   * writes:   x += CrossAttn(LN(x) -> LN(z)); [x += DWConv(x)]; x += MLP(LN(x))
-With `model.adaptive_norm` every latent LayerNorm is scaled and shifted by the condition; with
+With `model.adaptive_norm` every latent LayerNorm of the read and compute layers is scaled and shifted by
+the condition (not the write's, whose latents are keys and values); with
 `model.adaptive_norm_interface` the write's two interface LayerNorms are too, which gives the
 condition a per-channel path into every token (as a U-Net's class embedding enters every block).
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
@@ -60,8 +61,9 @@ class RINBlock(nn.Module):
                  adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None,
                  adaptive_interface: bool = False, qk_norm: bool = False):
         super().__init__()
-        # Adaptive LayerNorm on every latent sub-layer (and, with adaptive_interface, the two
-        # interface norms of the write): scale and shift from the conditioning vector,
+        # Adaptive LayerNorm on every latent sub-layer of the read and compute (not the write's key/value
+        # norm write_norm_z) and, with adaptive_interface, on the two
+        # interface norms of the write: scale and shift from the conditioning vector,
         # zero-initialised so that a new block starts as the plain one.
         self.latent_pairs = 2 + 2 * compute_layers                    # modulated latent norms
         self.modulation = self.interface_modulation = None

@@ -1,9 +1,10 @@
 """Patch extraction (eq. 5): p_l = resize(crop(x; s_l, delta_l); r), batched on the device.
 
-Level l is read from the video at that level's resolution (full resolution / 2^(L-1-l) per
-axis): the video is first box-filtered to that resolution (an area average over the 2^k pixels
-each level pixel covers; for a factor of two this is exactly trilinear interpolation of the 8
-neighbouring pixels, and it stays alias-free for larger factors), then the patch is
+Level l is read from the video at that level's resolution (R_l = min(r 2^l, R) per axis, r the
+patch size and R the full resolution: `PyramidConfig.level_resolution`): the video is first
+box-filtered to that resolution (an area average over the 2^k pixels each level pixel covers;
+for a factor of two this is exactly trilinear interpolation of the 8 neighbouring pixels, and it
+stays alias-free for larger factors), then the patch is
 resampled trilinearly at its sample centres (`align_corners=False`, the convention of
 `geometry`). The last level is an integer crop of the full-resolution video (no resampling;
 docs/method.md, section 2), and so is every level with `pyramid.offsets = "grid"` (a crop of the

@@ -9,8 +9,9 @@ A tile's normalised offset is start / R_l and its scale r / R_l: the box [offset
 of `pyramid.geometry`'s unit-cube convention.
 
 Every tile of level l > 0 has a PARENT: a tile of level l-1 that contains it. With the same
-overlap pattern on every level one always exists (a level-l tile spans half a level-(l-1) tile
-and starts on a quarter-tile grid). Following parents gives each tile one chain of containing
+overlap pattern on every level one always exists (along an axis that doubles between the levels a
+level-l tile spans half a level-(l-1) tile and starts on a quarter-tile grid; along one that does
+not, e.g. time already at full length, it spans the whole parent tile). Following parents gives each tile one chain of containing
 ancestors, one per lower level, so that a tile and its context saw the same lower patches.
 
 Crops and merges are index gathers on the flattened canvas: a tile's pixels sit at its flat base

@@ -49,7 +49,7 @@ def grown_levels(base: Recipe, net: HPDMNet, unused: Sequence[str] = ()) -> str:
     low-resolution generator) keeps the base's outputs on the levels both have exactly when those
     levels have the same patch and sizes, every block processes the same of them (min(n_b, L0)
     equals the base's n_b) and every base weight found its place (`unused` names those that did
-    not): finer levels never reach coarser ones (docs/method.md, invariant "causality").
+    not): finer levels never reach coarser ones (docs/method.md, invariant "Causality: coarse to fine only").
     Returns "" when the base has as many levels or more, else a short statement for the log.
     """
     L0, L = base.pyramid.num_levels, net.num_levels

@@ -1,6 +1,6 @@
 """The training loop: one code path from a laptop CPU to a multi-GPU node (torchrun + DDP).
 
-`train(recipe, run_dir)` builds the model, optimiser (LAMB), EMA and data stream, resumes from
+`train(recipe, run_dir)` builds the model, optimiser (LAMB or AdamW), EMA and data stream, resumes from
 the newest readable checkpoint in `run_dir` if there is one, and runs until `train.steps`.
 Every random choice of step s on rank r (patch offsets, sigmas, noise, condition dropout) comes
 from a generator seeded by (train.seed, r, s), the data stream is a deterministic function of
