@@ -90,13 +90,48 @@ def test_causality_coarse_to_fine_only(name):
                 "lower levels must receive gradients through fusion (unless detached)"
 
 
-def reference_forward(net, x, c_noise, off, c):
-    """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the paper, for comparison."""
+def reference_tokens(net, x, level):
+    """Level `level`'s interface tokens by hand: (f, h, w)-major tokens of (c, pf, ph, pw)-major pixels, then the
+    tokenizer, the position embedding and the level's own embedding (docs/method.md, section 4)."""
+    B, C, F_, H, W = x.shape
+    tf, th, tw = net.tok
+    t = x.reshape(B, C, F_ // tf, tf, H // th, th, W // tw, tw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    pos = net.pos_embed if net.pos_fixed is None else net.pos_embed + net.pos_fixed
+    return net.tokenizer(t.reshape(B, -1, C * tf * th * tw)) + pos + net.level_embed[level]
+
+
+def reference_block(blk, x, z, c):
+    """A RIN block by hand (read, compute layers, write), each adaptive norm with its own (scale, shift) pair:
+    pair j is rows 2j, 2j+1 of the modulation's output, read first, then the compute layers in order."""
+    def pairs(linear, n):
+        if linear is None:
+            return [(0.0, 0.0)] * n
+        m = linear(F.silu(c)).reshape(c.shape[0], 2 * n, 1, -1)
+        return [(m[:, 2 * j], m[:, 2 * j + 1]) for j in range(n)]
+
+    def mod(h, p):
+        return h * (1 + p[0]) + p[1]
+    mz = pairs(blk.modulation, 2 + 2 * len(blk.compute))
+    mx = pairs(blk.interface_modulation, 2)
+    z = z + blk.read(mod(blk.read_norm_z(z), mz[0]), blk.read_norm_x(x))
+    z = z + blk.read_mlp(mod(blk.read_mlp_norm(z), mz[1]))
+    for i, layer in enumerate(blk.compute):
+        z = z + layer.attn(mod(layer.norm1(z), mz[2 + 2 * i]))
+        z = z + layer.mlp(mod(layer.norm2(z), mz[3 + 2 * i]))
+    x = x + blk.write(mod(blk.write_norm_x(x), mx[0]), blk.write_norm_z(z))
+    if blk.conv_grid is not None:
+        x = x + blk.conv(x)
+    return x + blk.write_mlp(mod(blk.write_mlp_norm(x), mx[1])), z
+
+
+def reference_forward(net, x, c_noise, off, c, latents: bool = False):
+    """A plain per-level re-implementation of eq. 7-9 and the adaptive loop of the paper, for comparison
+    (with `latents`: also each level's learned latents [B, L, M, d_z] after the last block that processed it)."""
     L = x.shape[1]
     scales = level_scales(net.pyramid)
     grid = net.grid
     coords = global_token_coords(scales, off, grid)
-    a = [net.tokenize(x[:, l], l) for l in range(L)]
+    a = [reference_tokens(net, x[:, l], l) for l in range(L)]
     cond = [net.cond_tokens(c_noise[:, l], l, c, None) for l in range(L)]
     z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), cond[l][0]], 1) for l in range(L)]
     for b, block in enumerate(net.blocks):
@@ -113,8 +148,11 @@ def reference_forward(net, x, c_noise, off, c):
             cat = torch.cat([prev[l], ctx, coords[:, l]], -1)
             a[l] = prev[l] + net.fusions[str(b)].proj(cat)                 # eq. 9, W = [I, 0, 0] + W', explicit concat
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
-            a[l], z[l] = block(a[l], z[l], cond[l][1])
-    return torch.stack([net.detokenize(t) for t in a], 1)
+            a[l], z[l] = reference_block(block, a[l], z[l], cond[l][1])
+    out = torch.stack([net.detokenize(t) for t in a], 1)
+    if latents:                                                         # the learned latents, not the condition
+        return out, torch.stack([t[:, :net.latents.shape[0]] for t in z], 1)   # tokens after them
+    return out
 
 
 @pytest.mark.parametrize("load,adaptive_norm", [("none", False), ("linear", False), ([1, 3, 2, 3], False),
@@ -126,7 +164,11 @@ def test_batched_network_equals_per_level_reference(load, adaptive_norm):
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
-        assert torch.allclose(net(x, c_noise, off, c).out, reference_forward(net, x, c_noise, off, c), atol=1e-5)
+        got = net(x, c_noise, off, c, return_latents=True)
+        out, latents = reference_forward(net, x, c_noise, off, c, latents=True)
+    assert torch.allclose(got.out, out, atol=1e-5)
+    assert torch.allclose(got.latents, latents, atol=1e-5)                # what self-conditioning feeds back
+    assert not torch.equal(net.level_embed[1], net.level_embed[0])       # each level its own embedding
 
 
 def test_skipped_blocks_leave_levels_untouched():

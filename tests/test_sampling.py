@@ -568,6 +568,42 @@ def test_preview_offload_progress_and_fixed_levels():
         sampler.sample([7], steps=[1, 1, 1], fixed={1: torch.zeros(1, 3, 2, 8, 8)})
 
 
+def test_a_fixed_middle_level_between_generated_ones_reproduces_the_run():
+    """Levels 0, 1 generated (level 1 with its context held), level 2 fixed to the run's own, level 3 generated:
+    the run again, so nothing of level 1's held context outlives level 1."""
+    recipe = tiny_recipe(resolution=(8, 64, 64), patch=(2, 8, 8), load=[1, 2, 3, 4])
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model)).to(torch.float64)
+    sampler = HierarchicalSampler(net, recipe.diffusion, recipe.sample, tile_batch=256, dtype=torch.float64)
+    assert sampler.num_levels == 4
+    kw = dict(steps=[2, 2, 1, 1])
+    full = sampler.sample([7], torch.tensor([4]), **kw)
+    assert full.context_bytes[1] > 0                                     # level 1 held its context
+    again = sampler.sample([7], torch.tensor([4]), fixed={2: full.videos[2]}, **kw)
+    assert again.steps == [2, 2, 0, 1]
+    assert all((a - b).abs().max() < 1e-9 for a, b in zip(again.videos, full.videos))
+
+
+def test_finished_levels_are_shown_at_the_context_sigma_with_their_own_noise():
+    """A finished level enters the finer levels as b_l x + context_sigma eps, eps from the (seed, level) context
+    stream (docs/method.md, section 5: that noise is actually added), not as the clean canvas."""
+    from hpdm_cli.sampling.hierarchical import _CONTEXT_STREAM, seed_generator
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    net.to(torch.float64)
+    inputs = []
+    hook = net.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()))
+    res = sample(net, recipe, [7], torch.tensor([4]), steps=[2, 1, 1], cache=False, dtype=torch.float64,
+                 overlap="none")
+    hook.remove()
+    first = next(x for x in inputs if x.shape[1] == 2)                     # level 1's first call: levels 0, 1
+    d = recipe.diffusion
+    b0, s = d.level_input_scale(0), torch.tensor(d.context_sigma, dtype=torch.float64)
+    eps = torch.randn(res.videos[0].shape[1:], generator=seed_generator(7, 0, _CONTEXT_STREAM), dtype=torch.float64)
+    scale = c_in(s, d.sigma_data, b0)                                      # the network sees c_in x~
+    want = scale * (b0 * res.videos[0][0] + d.context_sigma * eps)         # level 0 is one tile
+    assert all((row - want).abs().max() < 1e-12 for row in first[:, 0])
+    assert (first[0, 0] - scale * b0 * res.videos[0][0]).abs().max() > 0.5 * d.context_sigma
+
+
 def test_level_steps():
     recipe = tiny_recipe()
     assert level_steps(recipe.sample, 3) == [128, 64, 32]
@@ -621,6 +657,31 @@ def test_guidance_interval_guides_only_between_its_sigmas():
         assert (plain[l] - unguided[l]).abs().max() > 1e-3
     for l in range(2):                            # level 2's one step is at sigma 80, guided in both
         assert (partial[l] - plain[l]).abs().max() > 1e-3 and (partial[l] - unguided[l]).abs().max() > 1e-3
+    # The ends: without churn every level starts at sigma_max (80, inside (lo, hi]) and takes its last step
+    # from sigma_min (0.002, not inside when it is lo).
+    no_churn = dataclasses.replace(recipe.sample, churn=0.0)
+    recipe = dataclasses.replace(recipe, sample=no_churn)
+    plain = run([])
+    sigmas = edm_sigmas(3, no_churn.sigma_min, no_churn.sigma_max, no_churn.rho)     # levels 0 and 1: 3 steps
+    assert sigmas[0] == no_churn.sigma_max
+    assert all((a - b).abs().max() < 1e-12 for a, b in zip(run([0.0, no_churn.sigma_max]), plain))
+    last = run([float(sigmas[-2]), 1e9])
+    assert all((last[l] - plain[l]).abs().max() > 1e-9 for l in range(2))
+
+
+def test_classifier_free_guidance_is_uncond_plus_w_times_cond_minus_uncond():
+    """D_w = D_u + w (D_c - D_u): one deterministic Euler step from sigma_max gives level 0's D_w itself, affine in
+    w, the conditional denoiser at w = 1 and the unconditional one at w = 0."""
+    import dataclasses
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    net.to(torch.float64)
+    recipe = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, churn=0.0))
+    seeds = [3, 4]
+    d = {w: sample(net, recipe, seeds, cond_for(recipe, seeds), guidance=w, steps=[1], levels=1,
+                   dtype=torch.float64).videos[0] for w in (0.0, 1.0, 2.5)}
+    inside = (d[0.0].abs() < 0.99) & (d[1.0].abs() < 0.99) & (d[2.5].abs() < 0.99)   # not clamped
+    assert inside.float().mean() > 0.5 and (d[1.0] - d[0.0])[inside].abs().max() > 1e-5
+    assert (d[2.5] - (d[0.0] + 2.5 * (d[1.0] - d[0.0])))[inside].abs().max() < 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
