@@ -676,3 +676,20 @@ def test_guide_model_option_autoguides_level_0(assets, tmp_path, capsys):
         assert (f"level 0 autoguided by {guide_run}" in stdout) == (guide != "none"), stdout
         videos[str(guide)] = read_video(out)[0].astype(np.int16)
     assert np.abs(videos[str(guide_run)] - videos["none"]).max() > 8
+
+
+def test_to_uint8_rounds_and_clamps():
+    from hpdm_cli.drivers.generation import to_uint8
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 6, 1, 1)
+    assert to_uint8(x)[0][:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255, 255]
+
+
+def test_each_video_depends_only_on_its_seed_in_any_chunk():
+    """Seeds sampled one per call: the second video is the one its seed gives alone."""
+    from conftest import tiny_recipe
+    from hpdm_cli.model import HPDMNet
+    rec = tiny_recipe((8, 16, 16), (4, 8, 8), cond="none")
+    net = HPDMNet(rec.pyramid, rec.model).eval()
+    both = sample_videos(net, rec, [4, 9], steps=[1, 1], batch=1)
+    assert np.array_equal(both.videos[1], sample_videos(net, rec, [9], steps=[1, 1], batch=1).videos[0])
+    assert not np.array_equal(both.videos[0], both.videos[1])

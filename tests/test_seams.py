@@ -46,3 +46,10 @@ def test_real_shapes_clips_do_not_know_the_tile_grid():
     for tile in ((4, 16, 16), (4, 32, 32)):       # 1.03 and 1.05 here; a seamed 32x128^2 model: 1.5-1.7
         s = seam_summary(clips, tile)
         assert 0.9 < s["hw"] < 1.12 and 0.95 < s["t"] < 1.05, (tile, s)
+
+
+def test_the_hw_reference_steps_pool_rows_and_columns():
+    """A clip that steps by 4 grey levels along its columns only: the "hw" off-border mean step is 2 (4 and 0)."""
+    x = (np.arange(32)[None, None, :] * 4 % 256).astype(np.uint8)
+    clip = np.repeat(np.broadcast_to(x, (4, 32, 32))[..., None], 3, -1)
+    assert abs(seam_steps(clip, (2, 8, 8))["hw"][1] - 2.0) < 1e-9

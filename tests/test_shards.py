@@ -308,3 +308,15 @@ def test_clip_values_and_loader_with_workers(dataset_dir):
     assert len(got) == 2
     torch.testing.assert_close(torch.cat([g["video"] for g in got]), ref, rtol=0, atol=0)
     assert got[0]["label"].dtype == torch.int64 and got[0]["caption_id"].shape == (4,)
+
+
+def test_a_flipped_sample_is_its_clip_mirrored_left_right(tmp_path):
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "ds", fps=8.0) as w:
+        for _ in range(4):
+            w.add(rng.integers(0, 255, (4, 16, 24, 3), dtype=np.uint8))
+    ds = ClipDataset(tmp_path / "ds", 4, seed=0, horizontal_flip=True, num_samples=16)
+    k = next(k for k in range(16) if ds.sample_spec(k)[2])
+    vid, start, _ = ds.sample_spec(k)
+    mirrored = VideoDataset(tmp_path / "ds").read_clip(vid, start, 4)[:, :, ::-1].astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(ds[k]["video"].permute(1, 2, 3, 0).numpy(), mirrored, atol=1e-6)

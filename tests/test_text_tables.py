@@ -483,3 +483,13 @@ def test_t5_tables_match_a_recipe_by_model_folder_name_and_shape(shapes16, tmp_p
         emb, _, got = T.stored_caption_embeddings([data], caps, spec, tokens, dim)
         assert emb is None and why in got, got
     assert T.stored_caption_embeddings([data], caps[:-1], "t5:/m/t5-small", 4, 8)[0] is None
+
+
+def test_a_prompt_with_extra_spaces_finds_its_row(tmp_path):
+    emb = torch.randn(2, 1, 12)
+    path = T.write_table(tmp_path / "t.safetensors", ["a red circle moving right", "a blue square moving up"], emb,
+                         encoder="minilm:all-MiniLM-L6-v2@test", spec="minilm")
+    lookup = T.PromptLookup("minilm", 1, 12)
+    assert lookup.add(path, explicit=True) == 1
+    got, _ = lookup.lookup("a blue  square   moving up")
+    assert got is not None and torch.equal(got, emb[1:2])

@@ -57,3 +57,33 @@ def test_summary_skips_unmeasurable_clips_and_rejects_bad_shapes():
     assert s["n"] == 1 and s["mean"] > 0.4
     with pytest.raises(ValueError, match="expected"):
         stripe_fit(np.zeros((4, 16, 16), np.uint8))
+
+
+def test_stripe_fit_is_the_least_squares_r2_over_its_grid():
+    """On masked noise (the regressors no longer orthogonal), the best R^2 of a brute-force lstsq over the same
+    angles and frequencies."""
+    from hpdm_cli.eval.texture import ANGLES, FREQS
+    rng = np.random.default_rng(0)
+    h = w = 24
+    clip = np.repeat(np.clip(120 + rng.normal(0, 8, (h, w)), 0, 255)[None, ..., None], 3, -1).astype(np.uint8)
+    clip[:, :5, :7] = 255                                           # an object: masked out
+    bg, keep = static_background(clip)
+    assert not keep.all() and keep.mean() > 0.8
+    bg = bg.astype(np.float64)
+    u, v = ((np.arange(w) + 0.5) / 24)[None], ((np.arange(h) + 0.5) / 24)[:, None]
+    best = 0.0
+    for a in ANGLES:
+        for f in FREQS:
+            ph = 2 * np.pi * f * (np.cos(a) * u + np.sin(a) * v)
+            X = np.stack([np.sin(ph)[keep], np.cos(ph)[keep], np.ones(int(keep.sum()))], 1)
+            z = bg[keep] - bg[keep].mean()
+            r = z - X @ np.linalg.lstsq(X, z, rcond=None)[0]
+            best = max(best, 1 - (r @ r) / (z @ z))
+    assert stripe_fit(clip) == pytest.approx(best, rel=1e-6, abs=1e-9)
+
+
+def test_pixels_an_object_covers_in_more_than_a_quarter_of_the_frames_are_not_background():
+    clip = np.full((8, 16, 16, 3), 100, np.uint8)
+    clip[:3, :4, :4] = 255                                          # an object on this corner in 3 of 8 frames
+    _, keep = static_background(clip)
+    assert not keep[:4, :4].any() and keep[8:, 8:].all()

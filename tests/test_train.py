@@ -912,3 +912,69 @@ def test_hpdm_train_turns_on_faulthandler_so_a_native_crash_leaves_stacks(capsys
     finally:
         faulthandler.enable(file=sys.__stderr__) if was else faulthandler.disable()
     assert code == 0 and seen == [True] and "nothing to do" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# The data stream and the counters a resume must carry
+
+def test_batches_scale_a_datasets_uint8_clips_as_its_float_samples(shapes_data):
+    """The loop reads uint8 clips and scales them on the device: exactly the float32 samples x / 127.5 - 1."""
+    from hpdm_cli.data.shards import ClipDataset
+    from hpdm_cli.train.distributed import DistInfo
+    rec = make_recipe(shapes_data)
+    videos, _, _ = Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2).next(torch.device("cpu"), 8)
+    ds = ClipDataset(shapes_data, 8, seed=rec.train.seed, num_samples=8, resolution=(32, 32))
+    torch.testing.assert_close(videos, torch.stack([ds[k]["video"] for k in range(4)]), rtol=0, atol=1e-6)
+
+
+def test_synthetic_batches_resume_at_their_data_position():
+    """Batch j of a stream started at batch j is batch j of the stream started at 0 (rendered data too)."""
+    from hpdm_cli.train.distributed import DistInfo
+    rec = load_recipe(default_recipe_path("tiny"), ['data.path="synthetic:shapes"', "data.synthetic_videos=8",
+                                                    "data.num_workers=0", "pyramid.resolution=[4,16,16]"])
+    full = Batches(rec, DistInfo(), 3, start_batch=0, total_batches=4)
+    third = [full.next(torch.device("cpu"), 4)[0] for _ in range(3)][2]
+    assert torch.equal(Batches(rec, DistInfo(), 3, start_batch=2, total_batches=4).next(torch.device("cpu"), 4)[0],
+                       third)
+
+
+def test_skipped_steps_are_counted_across_a_resume(shapes_data, tmp_path, monkeypatch):
+    rec = make_recipe(shapes_data, steps=4, ckpt_every=1, keep_last=10)
+    real, calls = loop.edm_loss, [0]
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        calls[0] += 1
+        if calls[0] == 2:
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    assert train(rec, tmp_path, log=quiet(), stop_after=2).skipped == 1
+    monkeypatch.setattr(loop, "edm_loss", real)
+    s = train(rec, tmp_path, log=quiet())
+    assert (s.step, s.skipped) == (4, 1)
+
+
+def test_init_from_a_model_with_more_levels_keeps_level_l_as_level_l(tmp_path):
+    """A 3-level checkpoint into a 2-level model: the per-level tables take the checkpoint's rows 0 and 1."""
+    from conftest import tiny_recipe
+    from hpdm_cli.model import HPDMNet
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    big, small = tiny_recipe((16, 32, 32), (4, 8, 8)), tiny_recipe((8, 16, 16), (4, 8, 8))
+    nb = HPDMNet(big.pyramid, big.model)
+    with torch.no_grad():
+        for p in nb.parameters():
+            p.add_(torch.randn_like(p))
+    save_checkpoint(tmp_path / "big", big, 1, model=nb.state_dict(), ema=nb.state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    ns = HPDMNet(small.pyramid, small.model)
+    r = init_from_checkpoint(ns, str(tmp_path / "big"))
+    assert r.partial
+    for k in r.partial:
+        assert torch.equal(ns.state_dict()[k], nb.state_dict()[k][:2])
+
+
+def test_ranks_draw_their_own_offsets_sigmas_and_noise():
+    a, b = (torch.rand(8, generator=loop.step_generator(0, rank, 5)) for rank in (0, 1))
+    assert not torch.equal(a, b)
+    assert torch.equal(a, torch.rand(8, generator=loop.step_generator(0, 0, 5)))

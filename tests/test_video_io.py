@@ -263,3 +263,13 @@ def test_unwritable_says_why_before_any_work(tmp_path):
         finally:
             ro.chmod(0o700)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] + (["ro"] if os.geteuid() != 0 else [])
+
+
+def test_odd_sizes_are_padded_after_the_last_row_and_column(tmp_path):
+    """The even-size padding goes below and right of the picture: the last row and column come back in place."""
+    f = np.full((3, 17, 23, 3), 30, np.uint8)
+    f[:, :, -1] = 230
+    f[:, -1, :] = 230
+    write_video(tmp_path / "o.mp4", f, 24)
+    out, _ = read_video(tmp_path / "o.mp4")
+    assert out[:, 2:-2, -1].mean() > 180 and out[:, -1, 2:-2].mean() > 180
