@@ -18,6 +18,12 @@ def tiny_recipe(resolution=(8, 32, 32), patch=(4, 8, 8), **model) -> Recipe:
                   diffusion=DiffusionConfig()).validate()
 
 
+def tiny_toml(*overrides: str) -> Recipe:
+    """recipes/tiny.toml as `hpdm train` reads it, with command-line style overrides."""
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    return load_recipe(default_recipe_path("tiny"), list(overrides))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

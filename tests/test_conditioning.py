@@ -8,7 +8,7 @@ that can route its condition must score far better with the true labels than wit
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import tiny_recipe, tiny_toml
 
 from hpdm_cli.diffusion.edm import edm_loss
 from hpdm_cli.eval.diagnostics import condition_loss_gap, condition_sensitivity
@@ -84,3 +84,41 @@ def test_horizontal_flip_is_refused_when_captions_name_a_direction(tmp_path):
                     train=TrainConfig(steps=1, batch_size=4, device="cpu", precision="fp32")).validate()
     with pytest.raises(TrainError, match="horizontal_flip"):
         train(recipe, tmp_path / "run", log=lambda m: None)
+
+
+def _gap(monkeypatch, seed, n=5):
+    """condition_loss_gap with a fake loss (1 true, 3 shuffled, 2 null): its result and the shuffled conditions."""
+    from types import SimpleNamespace
+    import hpdm_cli.eval.diagnostics as dg
+    rec = tiny_toml()
+    seen, k = [], [0]
+
+    def fake_loss(net, patches, offsets, diffusion, cond, draw):
+        i = k[0] % 3
+        k[0] += 1
+        if i == 1:
+            seen.append(cond.clone())
+        return SimpleNamespace(loss=torch.tensor([1.0, 3.0, 2.0][i]))
+    monkeypatch.setattr(dg, "edm_loss", fake_loss)
+    T, H, W = rec.pyramid.resolution
+    res = dg.condition_loss_gap(torch.nn.Linear(1, 1), rec, torch.zeros(n, 3, T, H, W), torch.arange(n),
+                                seed=seed, batch=n)
+    return res, torch.cat(seen)
+
+
+def test_shuffled_condition_is_never_the_clips_own(monkeypatch):
+    for seed in range(30):
+        _, shuffled = _gap(monkeypatch, seed)
+        assert not (shuffled == torch.arange(5)).any(), seed
+
+
+def test_gap_is_shuffled_minus_true(monkeypatch):
+    res, _ = _gap(monkeypatch, 0)
+    assert res["gap_shuffled"] == pytest.approx(2.0) and res["relative_gap"] == pytest.approx(2.0)
+
+
+def test_other_seed_difference_is_among_the_reference_clips():
+    from hpdm_cli.eval.diagnostics import condition_sensitivity
+    a = [np.full((2, 4, 4, 3), v, np.uint8) for v in (0, 100, 200)]
+    moved = condition_sensitivity([v + 10 for v in a], a)
+    assert moved["other_seed"] == pytest.approx(400 / 3)

@@ -158,3 +158,12 @@ def test_errors_leave_existing_file(tmp_path):
         write_contact_sheet(tmp_path / "missing" / "s.png", clips(1, 4, 8, 8))
     with pytest.raises(VideoError, match="2 titles for 1 sheets"):
         stack_sheets([np.zeros((4, 4, 3), np.uint8)], ["a", "b"])
+
+
+def test_write_png_replaces_the_file_not_writes_through_it(tmp_path):
+    from hpdm_cli.io.contact_sheet import write_png
+    other = tmp_path / "other.png"
+    other.write_bytes(b"old")
+    os.link(other, tmp_path / "sheet.png")
+    write_png(tmp_path / "sheet.png", np.zeros((4, 4, 3), np.uint8))
+    assert other.read_bytes() == b"old"

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import tiny_recipe, tiny_toml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -43,3 +43,32 @@ def test_adaptive_computation_flop_drop_is_as_predicted():
     # the load [1,1,2,3]: 7 block-levels, 0+0+1+2 = 3 projections, 0+0+1+3 = 4 pairs.
     assert saved == (12 - 7) * blk + (8 - 3) * fus + (12 - 4) * pair
     assert counted(adaptive) < 0.7 * counted(full)
+
+
+def test_bench_row_flops_and_mfu(monkeypatch):
+    import hpdm_cli.drivers.bench as bench
+    from hpdm_cli.model.flops import train_step_flops
+    rec = tiny_toml()
+    monkeypatch.setattr(bench, "peak_flops", lambda device, precision: 1e12)
+    row = bench.bench_training(rec, steps=1, warmup=0, batch=2, precisions=["fp32"])[0]
+    assert row["TFLOP_per_video"] == pytest.approx(train_step_flops(rec.pyramid, rec.model) / 1e12)
+    assert row["MFU_%"] == pytest.approx(100 * row["TFLOPs"] * 1e12 / 1e12)
+
+
+def test_peak_memory_is_in_gib(monkeypatch):
+    import hpdm_cli.drivers.bench as bench
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2 ** 30)
+    assert bench._peak_mem_gib(torch.device("cuda")) == pytest.approx(3.0)
+
+
+def test_h200_peaks(monkeypatch):
+    import hpdm_cli.drivers.bench as bench
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert bench.peak_flops(torch.device("cuda"), "bf16") == pytest.approx(989.4e12)
+    assert bench.peak_flops(torch.device("cuda"), "tf32") == pytest.approx(494.7e12)
+
+
+def test_train_step_is_three_forwards():
+    from hpdm_cli.model.flops import forward_flops, train_step_flops
+    rec = tiny_toml()
+    assert train_step_flops(rec.pyramid, rec.model) == 3 * forward_flops(rec.pyramid, rec.model)["total"]

@@ -27,7 +27,7 @@ from hpdm_cli.recipe import load_recipe
 from hpdm_cli.train.checkpoint import save_checkpoint
 from hpdm_cli.train.loop import build_model
 from hpdm_cli.train.optim import EMA
-from conftest import run_cli as cli
+from conftest import run_cli as cli, tiny_toml
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -59,7 +59,6 @@ def assets(tmp_path_factory):
 def gen(assets):
     """The loaded generator of the class checkpoint (CPU)."""
     return load_generator(assets["run"], "cpu")
-
 
 
 
@@ -693,3 +692,61 @@ def test_each_video_depends_only_on_its_seed_in_any_chunk():
     both = sample_videos(net, rec, [4, 9], steps=[1, 1], batch=1)
     assert np.array_equal(both.videos[1], sample_videos(net, rec, [9], steps=[1, 1], batch=1).videos[0])
     assert not np.array_equal(both.videos[0], both.videos[1])
+
+
+def test_a_range_of_a_million_and_one_seeds_is_refused():
+    from hpdm_cli.conditioning import GenerateError
+    from hpdm_cli.drivers.options import parse_seeds
+    with pytest.raises(GenerateError, match="million"):
+        parse_seeds("0-1000000")
+
+
+def test_upper_case_video_suffix_is_writable(tmp_path):
+    from hpdm_cli.drivers.options import check_writable
+    check_writable([tmp_path / "clip.MP4"])
+
+
+@pytest.fixture
+def run_with_relative_data(tmp_path):
+    from hpdm_cli.data.shapes import write_shapes_dataset
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.optim import EMA
+    write_shapes_dataset(tmp_path / "data", num_videos=2, frames=8, height=32, width=32, fps=8.0)
+    rec = tiny_toml("data.path=data")                                   # relative: found from the run's parent
+    net = build_model(rec)
+    save_checkpoint(tmp_path / "run", rec, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
+                    optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    (tmp_path / "elsewhere").mkdir()
+    return tmp_path / "run"
+
+
+def test_class_names_found_from_the_runs_parent(run_with_relative_data, monkeypatch):
+    from hpdm_cli.checkpoint import load_generator
+    monkeypatch.chdir(run_with_relative_data.parent / "elsewhere")
+    _, _, info = load_generator(run_with_relative_data, "cpu")
+    assert len(info.class_names) > 0 and info.class_names_source.name == "dataset.json"
+
+
+def test_weights_file_inside_a_run_knows_its_run_dir(run_with_relative_data):
+    from hpdm_cli.checkpoint import load_generator
+    ema = sorted(run_with_relative_data.glob("checkpoints/*/ema.safetensors"))[0]
+    _, _, info = load_generator(ema, "cpu")
+    assert info.run_dir == run_with_relative_data
+
+
+def test_weights_missing_a_tensor_are_refused(run_with_relative_data):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.train.checkpoint import CheckpointError
+    ema = sorted(run_with_relative_data.glob("checkpoints/*/ema.safetensors"))[0]
+    with safe_open(str(ema), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    dropped = next(k for k in tensors if k.endswith("weight"))
+    del tensors[dropped]
+    out = ema.parent.parent.parent.parent / "cut.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    with pytest.raises(CheckpointError):
+        load_generator(out, "cpu")

@@ -93,3 +93,9 @@ def test_same_process_twice_and_file_path(tmp_path):
         with hold_lock(f, "hpdm train", error=Refused):
             pass
     assert f.read_text() == "x"
+
+
+def test_lock_holder_with_a_garbled_pid_is_none(tmp_path):
+    from hpdm_cli.io.lock import LOCK_NAME, lock_holder
+    (tmp_path / LOCK_NAME).write_text("pid=12x host=h since=now\n")
+    assert lock_holder(tmp_path) is None

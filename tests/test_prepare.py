@@ -971,3 +971,63 @@ def test_a_worker_pool_is_wound_down_before_its_generator_returns():
     assert next(gen) == '{"a": 0}'
     gen.close()                                          # as an interrupt does: the finally clause stops the pool
     assert not any(isinstance(t, _ExecutorManagerThread) and t.is_alive() for t in threading.enumerate())
+
+
+def test_resample_drops_repeated_timestamps():
+    from hpdm_cli.data.prepare.geometry import TimeStats, resample
+    st = TimeStats()
+    out = list(resample(((t, i) for i, t in enumerate([0, 0.04, 0.04, 0.08])), 25.0, 0.0, st))
+    assert st.dropped == 1 and out == [0, 1, 3]
+
+
+def test_resample_span_uses_the_median_interval():
+    from hpdm_cli.data.prepare.geometry import resample_times
+    assert len(resample_times([0, 0.1, 0.4, 0.7], 10.0)) == 10
+
+
+def _journal(tmp_path, lines):
+    from hpdm_cli.data.prepare.journal import JOURNAL_VERSION
+    (tmp_path / "shard-00000.bin").write_bytes(b"x" * 10)
+    (tmp_path / "shard-00000.jsonl").write_text("{}\n")
+    head = {"journal": "hpdm-prepare", "version": JOURNAL_VERSION, "plan": "P"}
+    p = tmp_path / "journal.jsonl"
+    p.write_text("\n".join([json.dumps(head), *lines]) + "\n")
+    return str(p)
+
+
+def _shard(num_bytes):
+    return json.dumps({"shard": 0, "bin": "shard-00000.bin", "index": "shard-00000.jsonl", "num_bytes": num_bytes})
+
+
+def test_journal_drops_a_shard_of_the_wrong_size(tmp_path):
+    from hpdm_cli.data.prepare.journal import load_journal
+    assert len(load_journal(_journal(tmp_path, [_shard(10)]), "P", str(tmp_path))) == 1
+    assert load_journal(_journal(tmp_path, [_shard(5)]), "P", str(tmp_path)) == []
+
+
+def test_journal_of_another_plan_is_refused(tmp_path):
+    from hpdm_cli.data.prepare.journal import load_journal
+    with pytest.raises(Exception, match="other sources or settings"):
+        load_journal(_journal(tmp_path, [_shard(10)]), "Q", str(tmp_path))
+
+
+def test_journal_stops_at_a_cut_line(tmp_path):
+    from hpdm_cli.data.prepare.journal import load_journal
+    got = load_journal(_journal(tmp_path, [_shard(10), '{"end": tr', '{"end": true}']), "P", str(tmp_path))
+    assert len(got) == 1 and "shard" in got[0]
+
+
+def test_class_index_is_sorted_by_id(tmp_path):
+    from hpdm_cli.data.prepare.labels import read_class_index
+    (tmp_path / "classInd.txt").write_text("2 Bravo\n1 Alpha\n")
+    assert read_class_index(str(tmp_path / "classInd.txt")) == ["Alpha", "Bravo"]
+
+
+def test_excluded_by_split_counts_sources_not_listed(tmp_path):
+    from hpdm_cli.data.prepare.labels import apply_split
+    from hpdm_cli.data.prepare.sources import Source
+    srcs = [Source(f"A/v{i}.avi", f"/x/A/v{i}.avi", 1) for i in range(3)]
+    (tmp_path / "list.txt").write_text("A/v0.avi\nA/missing.avi\n")
+    info = {}
+    apply_split(srcs, str(tmp_path / "list.txt"), "video", info)
+    assert info["excluded_by_split"] == 2

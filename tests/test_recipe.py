@@ -469,3 +469,34 @@ def test_a_folder_given_as_a_recipe_says_so(tmp_path):
     from hpdm_cli.recipe import default_recipe_path
     with pytest.raises(ConfigError, match="is a folder, not a recipe"):
         default_recipe_path(tmp_path)
+
+
+# Refusals a mutation run showed untested
+
+def test_override_value_may_contain_equals():
+    from hpdm_cli.recipe import apply_overrides
+    assert apply_overrides({}, ["data.path=/a=b"])["data"]["path"] == "/a=b"
+
+
+def test_override_of_two_toml_lines_is_refused():
+    with pytest.raises(ConfigError):
+        from hpdm_cli.recipe import apply_overrides
+        apply_overrides({}, ["model.num_blocks=4\nmodel.latent_dim = 2"])
+
+
+def test_p_mean_with_too_many_entries_is_refused():
+    from hpdm_cli.recipe import recipe_from_dict
+    with pytest.raises(ConfigError, match="p_mean"):
+        recipe_from_dict({"diffusion": {"p_mean": [0.8, -1.2, -2.0, -3.0]}})
+
+
+def test_empty_guidance_interval_is_refused():
+    from hpdm_cli.recipe import recipe_from_dict
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        recipe_from_dict({"sample": {"guidance_interval": [1.0, 1.0]}})
+
+
+def test_image_fraction_above_one_is_refused():
+    from hpdm_cli.recipe import recipe_from_dict
+    with pytest.raises(ConfigError, match="image_fraction"):
+        recipe_from_dict({"data": {"image_fraction": 1.5}})

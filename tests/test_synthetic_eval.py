@@ -10,7 +10,7 @@ import torch
 from hpdm_cli.data.shapes import render_shapes_video, shapes_prompts
 from hpdm_cli.data.synthetic import SyntheticClips
 from hpdm_cli.text.tables import write_table
-from conftest import MeanColourFeatures
+from conftest import MeanColourFeatures, tiny_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_DIM = 12
@@ -384,3 +384,28 @@ def test_eval_checks_what_fvd_needs_before_sampling(tmp_path, prompt_table, monk
     monkeypatch.setenv("HPDM_I3D_WEIGHTS", str(tmp_path / "gone.ckpt"))
     with pytest.raises(I3DWeightsError, match=r"\$HPDM_I3D_WEIGHTS .*gone.ckpt'; .*pip install") as e:
         ev._fvd_detector((16, 32, 32), None)
+
+
+def test_eval_floor_real_clips_and_sensitivity_conditions(tmp_path, monkeypatch):
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.checkpoint import GeneratorInfo
+    rec = tiny_toml()
+    T, H, W = rec.pyramid.resolution
+    calls, fvd_args = [], []
+
+    def fake_rows(net, recipe, seeds, cond, **kw):
+        calls.append(cond.clone())
+        return [np.zeros((T, H, W, 3), np.uint8) for _ in seeds]
+    monkeypatch.setattr(ev, "load_generator", lambda *a, **k: (None, rec, GeneratorInfo(Path("w.safetensors"), 1, None)))
+    monkeypatch.setattr(ev, "generate_rows", fake_rows)
+    monkeypatch.setattr(ev, "_level_diagnostics", lambda *a, **k: {})
+    monkeypatch.setattr(ev, "condition_loss_gap", lambda *a, **k: {"true": 1.0, "shuffled": 1.0, "null": 1.0})
+    monkeypatch.setattr(ev, "_fvd_detector", lambda *a: None)
+    monkeypatch.setattr(ev, "_fvd_block", lambda fake, a, b, *r: fvd_args.append((a, b)) or {})
+    n = 4
+    ev.evaluate("unused", tmp_path / "eval", num_clips=n, batch=n, fvd=True, device="cpu", log=lambda m: None)
+    real_a = ev.render_real(n, 0, (T, H, W), "heldout")
+    ref, floor = fvd_args[0]
+    assert all(np.array_equal(x, y) for x, y in zip(ref, real_a.videos))          # E2: against the prompts' clips
+    assert not any(np.array_equal(x, y) for x, y in zip(floor, real_a.videos))    # E1: the floor is other clips
+    assert torch.equal(calls[1], calls[0].roll(-1, 0)[:n])                         # E3: the next clip's condition
