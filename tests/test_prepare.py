@@ -986,6 +986,7 @@ def test_resample_span_uses_the_median_interval():
 
 
 def _journal(tmp_path, lines):
+    """A journal of plan "P" over one 10-byte shard in tmp_path, then `lines`: its path."""
     from hpdm_cli.data.prepare.journal import JOURNAL_VERSION
     (tmp_path / "shard-00000.bin").write_bytes(b"x" * 10)
     (tmp_path / "shard-00000.jsonl").write_text("{}\n")
@@ -996,6 +997,7 @@ def _journal(tmp_path, lines):
 
 
 def _shard(num_bytes):
+    """A journal line for that shard, claiming `num_bytes`."""
     return json.dumps({"shard": 0, "bin": "shard-00000.bin", "index": "shard-00000.jsonl", "num_bytes": num_bytes})
 
 
@@ -1007,7 +1009,8 @@ def test_journal_drops_a_shard_of_the_wrong_size(tmp_path):
 
 def test_journal_of_another_plan_is_refused(tmp_path):
     from hpdm_cli.data.prepare.journal import load_journal
-    with pytest.raises(Exception, match="other sources or settings"):
+    from hpdm_cli.data.shards import DataError
+    with pytest.raises(DataError, match="other sources or settings"):
         load_journal(_journal(tmp_path, [_shard(10)]), "Q", str(tmp_path))
 
 

@@ -387,6 +387,8 @@ def test_eval_checks_what_fvd_needs_before_sampling(tmp_path, prompt_table, monk
 
 
 def test_eval_floor_real_clips_and_sensitivity_conditions(tmp_path, monkeypatch):
+    """`hpdm eval` measures the generated clips against the real clips of their own prompts, the floor with other
+    real clips, and condition sensitivity with each seed given the next clip's condition."""
     import hpdm_cli.drivers.evaluate as ev
     from hpdm_cli.checkpoint import GeneratorInfo
     rec = tiny_toml()
@@ -406,6 +408,6 @@ def test_eval_floor_real_clips_and_sensitivity_conditions(tmp_path, monkeypatch)
     ev.evaluate("unused", tmp_path / "eval", num_clips=n, batch=n, fvd=True, device="cpu", log=lambda m: None)
     real_a = ev.render_real(n, 0, (T, H, W), "heldout")
     ref, floor = fvd_args[0]
-    assert all(np.array_equal(x, y) for x, y in zip(ref, real_a.videos))          # E2: against the prompts' clips
-    assert not any(np.array_equal(x, y) for x, y in zip(floor, real_a.videos))    # E1: the floor is other clips
-    assert torch.equal(calls[1], calls[0].roll(-1, 0)[:n])                         # E3: the next clip's condition
+    assert all(np.array_equal(x, y) for x, y in zip(ref, real_a.videos))          # the prompts' own real clips
+    assert not any(np.array_equal(x, y) for x, y in zip(floor, real_a.videos))    # the floor: other clips
+    assert torch.equal(calls[1], calls[0].roll(-1, 0)[:n])                         # sensitivity: the next clip's
