@@ -471,7 +471,7 @@ def test_a_folder_given_as_a_recipe_says_so(tmp_path):
         default_recipe_path(tmp_path)
 
 
-# Refusals a mutation run showed untested
+# Overrides holding "=" or several lines; per-level lists, intervals and fractions out of range
 
 def test_override_value_may_contain_equals():
     from hpdm_cli.recipe import apply_overrides
