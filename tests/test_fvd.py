@@ -856,3 +856,58 @@ def test_generation_options_without_a_checkpoint_to_generate_from_are_refused(tm
     with pytest.raises(FVDError, match=r"^--gen-seed, --steps generate clips from a checkpoint, but --fake .* is "
                                        r"not one"):
         run_eval_fvd(tmp_path / "real", tmp_path / "fake", gen_seed=3, steps="5")
+
+
+def test_hidden_folders_are_not_searched(tmp_path):
+    from hpdm_cli.eval.fvd_sources import _list_videos
+    (tmp_path / ".trash").mkdir()
+    (tmp_path / ".trash" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    assert _list_videos(tmp_path) == ["b.mp4"]
+
+
+def test_cache_key_depends_on_the_selection_seed(tmp_path):
+    from hpdm_cli.eval.fvd import Protocol
+    from hpdm_cli.eval.fvd_sources import _cache_file
+    a = _cache_file(tmp_path, "folder", tmp_path, "fp", Protocol(num=8, seed=0), "0" * 64)
+    b = _cache_file(tmp_path, "folder", tmp_path, "fp", Protocol(num=8, seed=1), "0" * 64)
+    assert a != b
+
+
+def test_folder_fingerprint_sees_a_size_change_with_the_same_mtime(tmp_path):
+    from hpdm_cli.eval.fvd_sources import _folder_fingerprint
+    p = tmp_path / "a.mp4"
+    p.write_bytes(b"x" * 10)
+    st = os.stat(p)
+    f1 = _folder_fingerprint(tmp_path, ["a.mp4"])
+    p.write_bytes(b"x" * 20)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _folder_fingerprint(tmp_path, ["a.mp4"]) != f1
+
+
+def test_folder_side_decodes_in_the_protocol_selection_order(tmp_path, monkeypatch):
+    from hpdm_cli.eval import fvd_sources as fs
+    from hpdm_cli.eval.fvd import Protocol, selection_order
+    keys = [f"v{i}.mp4" for i in range(8)]
+    for k in keys:
+        (tmp_path / k).write_bytes(b"x")
+    seen = []
+    def call(self, i):
+        seen.append(self.keys[i])
+        return fs.Clip(self.keys[i], np.full((16, 4, 4, 3), i, np.uint8))
+    monkeypatch.setattr(fs._Reader, "__call__", call)
+    class Ex:
+        sha256, batch_size = "0" * 64, 2
+        def features(self, clips, tick):
+            return np.stack([np.arange(4.0) + c.mean() for c in clips])
+    fs.side_stats(tmp_path, Protocol(num=3, seed=5), Ex(), workers=0)
+    assert seen == [keys[i] for i in list(selection_order(keys, 5))[:3]]
+
+
+def test_weights_found_in_a_weights_subfolder(tmp_path, monkeypatch):
+    from hpdm_cli.eval.i3d import WEIGHTS_FILE, WEIGHTS_ENV, resolve_weights
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    (tmp_path / "weights").mkdir()
+    f = tmp_path / "weights" / WEIGHTS_FILE
+    f.write_bytes(b"x")
+    assert resolve_weights(tmp_path) == f

@@ -750,3 +750,29 @@ def test_weights_missing_a_tensor_are_refused(run_with_relative_data):
     save_file(tensors, str(out), metadata=meta)
     with pytest.raises(CheckpointError):
         load_generator(out, "cpu")
+
+
+def test_black_padding_is_black():
+    from hpdm_cli.drivers.upscale import fit_frames, fit_geometry
+    g = fit_geometry(24, 40, (32, 32), "pad")
+    y = fit_frames(torch.zeros(1, 3, 24, 40), g, "black")
+    assert y[..., :8, :].eq(-1).all() and y[..., 8:32, :].eq(0).all()
+
+
+def test_centre_crop_puts_the_odd_pixel_at_the_end():
+    from hpdm_cli.drivers.upscale import fit_geometry
+    assert fit_geometry(24, 41, (32, 32), "crop").crop == (0, 24, 8, 32)
+
+
+def test_shrinking_one_axis_averages_areas():
+    from hpdm_cli.drivers.upscale import resize_frames
+    x = torch.arange(32.0).reshape(1, 1, 4, 8)
+    torch.testing.assert_close(resize_frames(x, (4, 4)), (x[..., 0::2] + x[..., 1::2]) / 2)
+
+
+def test_report_names_the_guide_for_a_level0_guidance_below_one(tmp_path, monkeypatch):
+    from hpdm_cli.drivers import sample as smp
+    monkeypatch.setattr(smp, "world", lambda: (1, 2, 0))          # this rank gets no seed: nothing is sampled
+    rep = smp.generate(None, tmp_path / "c.mp4", seeds="0", guidance="0.5", device="cpu",
+                       prompt="a red square moving left")
+    assert rep.guide != "" and not rep.files

@@ -103,3 +103,41 @@ def test_a_missing_baseline_package_is_named_with_its_fix(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", absent)
     with pytest.raises(ConfigError, match=r"video-diffusion-pytorch .*'hpdm\[bench\]', or pass --no-baseline"):
         mc.baseline_module()
+
+
+def test_zero_sized_resolution_is_refused():
+    from hpdm_cli.config import ConfigError
+    with pytest.raises(ConfigError):
+        mc.parse_resolutions("0x8x8")
+
+
+def test_summary_prints_two_decimals():
+    s = mc.summary({"hpdm": [{"resolution": [4, 8, 8], "status": "ok", "peak_mem_GiB": 1.234}]})
+    assert "1.23" in s
+
+
+def _chart():
+    pts = {"hpdm": [{"resolution": r, "status": "ok", "peak_mem_GiB": g}
+                    for r, g in zip([[16, 64, 64], [32, 128, 128]], (2.0, 4.0))]}
+    return mc.draw_chart(pts, 80.0, "t")
+
+
+def test_more_memory_is_drawn_higher_and_the_capacity_line_inside_the_plot():
+    img = _chart()
+    red = np.all(img == mc.RED, axis=-1).sum(1)
+    yc = int(red.argmax())
+    assert red[yc] > 300 and mc.MARGINS["top"] < yc < img.shape[0] - mc.MARGINS["bottom"]   # a full-width line
+    ys = np.nonzero(np.all(img == mc.COLOURS["hpdm"], axis=-1))[0]
+    assert yc < np.median(ys)                  # 80 GiB above 2-4 GiB (legend swatch aside)
+
+
+def test_card_capacity_is_in_gib(tmp_path, monkeypatch):
+    import types
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "fake")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(total_memory=80 * 2 ** 30))
+    monkeypatch.setattr(mc, "hpdm_point", lambda path, ov: (lambda res: {"peak_mem_GiB": 1.0}))
+    js = tmp_path / "m.json"
+    mc.run_memory_chart("tiny", [], tmp_path / "m.png", json_out=js, resolutions="4x8x8", baseline=False, log=lambda s: None)
+    assert json.loads(js.read_text())["capacity_GiB"] == 80.0

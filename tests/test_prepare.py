@@ -1034,3 +1034,45 @@ def test_excluded_by_split_counts_sources_not_listed(tmp_path):
     info = {}
     apply_split(srcs, str(tmp_path / "list.txt"), "video", info)
     assert info["excluded_by_split"] == 2
+
+
+def test_upscaled_note_when_only_one_side_is_smaller(tmp_path):
+    from hpdm_cli.io.video import write_video
+    from hpdm_cli.data.prepare.encode import process_source
+    p = tmp_path / "a.mp4"
+    write_video(p, np.full((8, 64, 32, 3), 100, np.uint8), 25)
+    res = process_source(str(p), size=(48, 48), min_frames=1)
+    assert res["status"] == "ok" and res["notes"].get("upscaled") == "64x32"
+
+
+def test_two_missing_frames_of_fifty_are_not_truncation():
+    from hpdm_cli.data.prepare.encode import _check_video
+    from hpdm_cli.data.prepare.geometry import TimeStats
+    import types
+    r = types.SimpleNamespace(declared_frames=50, decoded=48, duration=2.0, corrupt_frames=0)
+    st = TimeStats(frames_in=48, min_gap=0.04, max_gap=0.04, span=1.92)
+    assert _check_video(r, st, {}, 48, 25.0, 16, "loop") == ""
+
+
+def test_plan_hash_depends_on_max_shard_bytes():
+    import dataclasses
+    from hpdm_cli.data.prepare.options import PrepareOptions
+    from hpdm_cli.data.prepare.plan import Part, plan_hash
+    part = Part("video", "/x", "/y", [], [], {})
+    o = PrepareOptions()
+    assert plan_hash(part, o) != plan_hash(part, dataclasses.replace(o, max_shard_bytes=1 << 20))
+
+
+def test_progress_counts_skipped_files(tmp_path):
+    from hpdm_cli.io.video import write_video
+    from hpdm_cli.data.prepare.options import PrepareOptions
+    from hpdm_cli.data.prepare.run import prepare_dataset
+    src = tmp_path / "src"
+    src.mkdir()
+    write_video(src / "good.mp4", np.full((8, 32, 32, 3), 100, np.uint8), 25)
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "empty2.mp4").write_bytes(b"")
+    seen = []
+    prepare_dataset(str(src), str(tmp_path / "out"), PrepareOptions(workers=0, size=(32, 32), frames=4),
+                    progress=lambda d: seen.append(dict(d)))
+    assert seen[-1]["done"] == 3 and seen[-1]["skipped"] == 2

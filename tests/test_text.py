@@ -313,3 +313,17 @@ def test_t5_loading_errors(tmp_path):
         load_text_encoder(f"t5:{tmp_path / 'nope'}")
     with pytest.raises(TextEncoderError, match="no config.json"):
         T5Encoder(tmp_path)
+
+
+def test_minilm_reads_past_64_tokens():
+    from hpdm_cli.text import load_text_encoder
+    enc = load_text_encoder("minilm")
+    head = " ".join(["word"] * 80)
+    e = enc.encode([head + " red circle", head + " blue square"])
+    assert (e[0] - e[1]).abs().max() > 1e-4
+
+
+def test_minilm_tokens_truncates_long_captions_to_tokens():
+    from hpdm_cli.text import load_text_encoder
+    enc = load_text_encoder("minilm-tokens", tokens=4)
+    assert enc.encode(["a red square moving left on a black background"]).shape == (1, 4, 384)
