@@ -28,7 +28,7 @@ from hpdm_cli.train.loop import TrainError, build_model, train
 from hpdm_cli.train.optim import lr_at
 from hpdm_cli.train.signals import StopFlag
 from hpdm_cli.train.stats import read_stats
-from conftest import run_cli as cli
+from conftest import run_cli as cli, tiny_toml
 
 BASE = dict(steps=6, log_every=1, ckpt_every=2, batch_size=4, warmup_steps=2, ema_halflife_steps=2.0,
             keep_last=2, grad_clip=1.0)
@@ -930,8 +930,8 @@ def test_batches_scale_a_datasets_uint8_clips_as_its_float_samples(shapes_data):
 def test_synthetic_batches_resume_at_their_data_position():
     """Batch j of a stream started at batch j is batch j of the stream started at 0 (rendered data too)."""
     from hpdm_cli.train.distributed import DistInfo
-    rec = load_recipe(default_recipe_path("tiny"), ['data.path="synthetic:shapes"', "data.synthetic_videos=8",
-                                                    "data.num_workers=0", "pyramid.resolution=[4,16,16]"])
+    rec = tiny_toml('data.path="synthetic:shapes"', "data.synthetic_videos=8", "data.num_workers=0",
+                    "pyramid.resolution=[4,16,16]")
     full = Batches(rec, DistInfo(), 3, start_batch=0, total_batches=4)
     third = [full.next(torch.device("cpu"), 4)[0] for _ in range(3)][2]
     assert torch.equal(Batches(rec, DistInfo(), 3, start_batch=2, total_batches=4).next(torch.device("cpu"), 4)[0],
