@@ -234,6 +234,20 @@ def test_atomic_path_replaces_only_a_complete_file(tmp_path):
     assert p.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
 
 
+def test_atomic_path_gives_a_privately_created_file_the_umask_permissions(tmp_path):
+    """A writer that creates its file 0o600 (safetensors does) still leaves a file the umask allows (0o640 here)."""
+    import stat
+    import torch
+    from safetensors.torch import save_file
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(1)}, tmp)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "w.safetensors").st_mode) == 0o640
+
+
 def test_engine_imports_without_av():
     """Importing the engine modules does not import PyAV."""
     code = ("import sys\n"

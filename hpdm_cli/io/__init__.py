@@ -78,6 +78,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        # Some writers create their file private (safetensors: 0o600); give it the usual umask permissions,
+        # as atomic_open does, so that a shared run directory's weights stay readable to the group.
+        os.chmod(tmp, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
