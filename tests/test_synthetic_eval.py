@@ -246,9 +246,14 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     assert sampler.guide_sampler is not None and sampler.guide_sampler.pyramid.num_levels == 1
     plain = make_sampler(net, with_sample_options(recipe, guide_model="none"), "cpu", None, 64, True, False, False)
     assert plain.guide_sampler is None
+    # ...at sigma <= 1 only, as recipes/shapes128-grown.toml (docs/results.md, section 48); `none` guides at every sigma.
+    from hpdm_cli.recipe import default_recipe_path, load_recipe
+    assert recipe.sample.guidance_interval == [0.0, 1.0]
+    assert load_recipe(default_recipe_path("shapes128-grown")).sample.guidance_interval == [0.0, 1.0]
+    assert with_sample_options(recipe, guidance_interval="none").sample.guidance_interval == []
+    assert with_sample_options(recipe, guidance_interval=" None ").sample.guidance_interval == []
     # recipes/shapes-guide.toml trains this guide's architecture, and its network fits recipes/shapes.toml's.
     from hpdm_cli.model import HPDMNet
-    from hpdm_cli.recipe import default_recipe_path, load_recipe
     from hpdm_cli.sampling import check_guide
     from hpdm_cli.train.checkpoint import architecture_of
     guide_recipe, shapes = load_recipe(default_recipe_path("shapes-guide")), load_recipe(default_recipe_path("shapes"))

@@ -24,8 +24,8 @@ GUIDE_MODEL_HELP = ("A model of level 0 alone that guides level 0 instead of the
                     "(autoguidance, at --guidance's level-0 scale): a run, checkpoint or .safetensors file, packaged "
                     "(the packaged model's guide) or none (classifier-free guidance); default: the recipe's "
                     "sample.guide_model.")
-GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0.28,5.42 (default: the "
-                          "recipe's sample.guidance_interval; none = every sigma).")
+GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0,1; none: at every sigma "
+                          "(default: the recipe's sample.guidance_interval).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 BF16_HELP = ("bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX-BF16; other CPUs emulate it "
              "(a warning says so), ~5x slower than float32.")

@@ -106,16 +106,19 @@ def parse_guidance(text, num_levels: Optional[int] = None):
 
 
 def parse_guidance_interval(text) -> Optional[list]:
-    """`--guidance-interval LO,HI`: guide only at LO < sigma <= HI, as [lo, hi]; None = the recipe's."""
+    """`--guidance-interval LO,HI`: guide only at LO < sigma <= HI, as [lo, hi]; "none" = [] (every sigma);
+    None = the recipe's."""
     if text is None:
         return None
+    if isinstance(text, str) and text.strip().lower() == "none":
+        return []
     try:
         vals = [float(v) for v in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
     except (TypeError, ValueError):
         vals = []
     if len(vals) != 2 or not (math.isfinite(vals[0]) and 0 <= vals[0] < vals[1]) or math.isnan(vals[1]):
         raise GenerateError(f"--guidance-interval {text}: expected LO,HI with 0 <= LO < HI, the noise levels "
-                            "(sigma) between which guidance applies, e.g. 0.28,5.42")
+                            "(sigma) between which guidance applies, e.g. 0.28,5.42, or none (every sigma)")
     return vals
 
 
