@@ -18,7 +18,8 @@
 # (restored by `git checkout -- docs/results hpdm_cli/assets`) when the model is not the packaged one,
 # carrying out/gpu/whl-min, out/gpu/shapes_prompts_heldout.safetensors, the pack and MODEL, e.g.
 #   export WHL=out/gpu/whl-min; MODEL=out/s46/grown2.safetensors PARTS_IN=out/s47/parts bash benchmarks/gpu_score_parts.sh
-# then copy the returned parts next to the earlier ones here; when every setting covers all NUM rows the
+# then unpack the returned parts next to the earlier ones here (`cat FILES_AT/parts.tar* | tar -xf - -C DIR`:
+# they come back as one tar, since a call returns at most 8 files); when every setting covers all NUM rows the
 # call prints the FVD itself, and `python benchmarks/guidance_sweep.py --merge DIR --bootstrap 200` scores them
 # here on any machine. A CPU check (float32: SWEEP_FLAGS= drops the default --bf16):
 #   WHL=out/gpu/whl-min MODEL=hpdm_cli/assets/shapes-t2v.safetensors NUM=2 CHUNK=1 BATCH=1 SETTINGS=1/2,2,2/none
@@ -40,7 +41,9 @@ if [ -n "${PARTS_IN:-}" ]; then
     [ -f "$f" ] || continue
     cp "$f" "$OUT/parts/" && given+=("$OUT/parts/$(basename "$f")")
   done
-  cp "$PARTS_IN"/real-n*.npz "$OUT/parts/" 2>/dev/null
+  for f in "$PARTS_IN"/real-n*.npz; do                 # the real side given: used, not sent back
+    [ -f "$f" ] && cp "$f" "$OUT/parts/" && given+=("$OUT/parts/$(basename "$f")")
+  done
   echo "${#given[@]} part(s) given"
 fi
 read -r -a settings <<< "$SETTINGS"
@@ -53,3 +56,12 @@ timeout --preserve-status -s TERM "${SECONDS_MAX:-540}" python3 benchmarks/guida
 echo "[sweep] exit $? after $((SECONDS - T0)) s"
 [ "${#given[@]}" -eq 0 ] || rm -f "${given[@]}"
 ls "$OUT/parts"
+# At most 8 files come back from a call (this log and the contact sheets among them): the new parts (and a
+# measured real side) travel as one tar, split into 15-MiB pieces when larger.
+if [ -n "$(ls -A "$OUT/parts")" ]; then
+  (cd "$OUT/parts" && tar -cf ../parts.tar -- *) && rm -rf "$OUT/parts"
+  if [ "$(stat -c %s "$OUT/parts.tar")" -gt $((15 * 1048576)) ]; then
+    split -b 15M -d "$OUT/parts.tar" "$OUT/parts.tar." && rm "$OUT/parts.tar"
+  fi
+  echo "parts packed: cat $OUT/parts.tar* | tar -xf - -C DIR"
+fi
