@@ -168,6 +168,13 @@ def test_dry_run_writes_the_png_and_the_json(tmp_path):
     assert all(r["status"] == "ok" for r in out["points"]["hpdm"])
 
 
+def test_peer_ratios_set_counted_flops_against_counted_flops():
+    """The second ratio is ours counted over the peer's counted TFLOP/s, the first ours analytic over the peer's
+    (the peer's analytic figure, where it differs, takes no part in either)."""
+    rows = [_row("ours", False, 6.0, 3.0), _row("peer", False, 4.0, 2.0, TFLOPs_counted=1.5)]
+    assert peer_rin.ratios(rows) == {"eager": (1.5, 2.0)}
+
+
 def test_ddp_efficiency_from_stats_windows(tmp_path):
     stats = tmp_path / "stats.jsonl"
     stats.write_text("\n".join(json.dumps(r) for r in [
@@ -209,6 +216,17 @@ def test_summary_names_failed_and_missing_parts(tmp_path):
     assert "peer eager" in text and "failed: out of memory" in text
     assert "est. 19.50 s/video at 128/64/32" in text
     assert "memory: no memory_vs_resolution.json" in text
+
+
+def test_summary_names_the_largest_trained_size_and_the_first_that_failed(tmp_path):
+    """The memory lines: per model the last size that trained and the first one out of memory (or failed)."""
+    point = lambda s, status, gib=None: {"resolution": [16, s, s], "status": status, "peak_mem_GiB": gib}
+    (tmp_path / "memory_vs_resolution.json").write_text(json.dumps({"points": {
+        "unet3d": [point(64, "ok", 10.0), point(128, "ok", 40.0), point(256, "oom"), point(512, "error")],
+        "hpdm": [point(64, "ok", 5.0), point(512, "ok", 30.0)]}}))
+    text = speed_summary.summary(tmp_path)
+    assert "memory unet3d: largest trained 16x128x128 at 40.0 GiB, oom at 16x256x256" in text
+    assert "memory hpdm: largest trained 16x512x512 at 30.0 GiB, no OOM up to the largest size tried" in text
 
 
 def test_quality_table_has_a_row_per_report_and_skips_curve_steps(tmp_path):
@@ -740,3 +758,192 @@ def test_pickle_pack_restores_the_file_byte_for_byte_and_refuses_a_damaged_pack(
     with pytest.raises(SystemExit, match="not a file written by pickle_pack.py pack"):
         pickle_pack.main(["unpack", str(tmp_path / "x.pkl"), str(tmp_path / "z.pkl")])
     assert not (tmp_path / "z.pkl").exists()
+
+
+def _reading(colour, travel, area):
+    """A valid ClipReading of a shapes clip 16 pixels on a side: its colour, travel (of 16 px) and area."""
+    from hpdm_cli.eval.faithfulness import ClipReading
+    return ClipReading(valid=True, reason="", colour=colour, shape="circle", direction="left", background="black",
+                       background_rgb=(20.0, 20.0, 24.0), displacement=(16.0 * travel, 0.0), area=area,
+                       shape_iou=0.5, area_cv=0.1, found_frames=4, clutter=0.0, frame_size=16)
+
+
+def _save_real(folder, num, features, floor_features, captions, **real):
+    """The real-n<N>.npz that guidance_sweep.py --save writes beside its parts."""
+    from guidance_sweep import save_npz
+    info = {"floor": [["real (floor)", 1.0], ["static real", 2.0], ["shuffled real", 3.0]], "captions": captions,
+            "real": {"area": 0.25, "travel": 0.5, "stripes": 0.1, "seams": 1.0, "seams_t": 1.0, **real}}
+    save_npz(folder / f"real-n{num}.npz", num=np.array(num), features=features, floor_features=floor_features,
+             info=np.array(json.dumps(info)))
+
+
+def _save_part(folder, setting, rows, num, features, readings, *, stripes=None, seams=None, captions=None,
+               level0=None, model="m", weights="m.safetensors", step=1, seconds=1.0, name=None, drop=()):
+    """One part as guidance_sweep.py --rows LO:HI --save writes it (rows of `num`; `drop`: fields left out)."""
+    from guidance_sweep import save_npz, slug
+    n = rows[1] - rows[0]
+    meta = {"model": model, "weights": weights, "step": step, "setting": setting, "level0": level0, "num": num,
+            "rows": list(rows), "sample_seconds": seconds}
+    fields = dict(features=features, meta=np.array(json.dumps(meta)),
+                  stripes=np.full(n, 0.5) if stripes is None else stripes,
+                  seams=np.ones((n, 2, 2)) if seams is None else seams,
+                  readings=np.array(json.dumps([r.as_dict() for r in readings])))
+    if captions is not None:
+        fields["captions"] = np.array(json.dumps(captions))
+    name = name or f"part-{model}-{slug(setting)}{'-real0' if level0 else ''}-rows{rows[0]:05d}-{rows[1]:05d}.npz"
+    save_npz(folder / name, **{k: v for k, v in fields.items() if k not in drop})
+
+
+def _merged_lines(out):
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def test_guidance_sweep_merge_scores_parts_from_their_saved_fields(tmp_path, capsys):
+    """--merge on hand-made parts: the FVD of the parts' features together against the real ones, the stripe fit
+    without NaN, the seams in space and in time (seam steps [n, (t, hw), (border, other)]), size and motion as
+    ratios to the real clips' area and travel, and the sampling seconds of all parts (docs/results.md, section 8)."""
+    import guidance_sweep
+    from hpdm_cli.eval.fvd import feature_stats, frechet_distance
+    rng = np.random.default_rng(0)
+    num = 6
+    real, floor, fake = rng.normal(size=(num, 3)), rng.normal(size=(num, 3)), rng.normal(1.0, 2.0, size=(num, 3))
+    _save_real(tmp_path, num, real, floor, ["a red circle moving left"] * num, area=0.2, travel=0.4)
+    seams = np.stack([np.tile([[3.0, 1.0], [2.0, 1.0]], (1, 1))] * num)       # time: 3 / 1, space: 2 / 1
+    readings = [_reading("red", 0.2, 0.1)] * 4 + [_reading("blue", 0.2, 0.1)] * 2
+    _save_part(tmp_path, "1", (2, 6), num, fake[2:], readings[2:], seams=seams[2:], seconds=3.0,
+               stripes=np.array([0.2, np.nan, 0.4, np.nan]))
+    _save_part(tmp_path, "1", (0, 2), num, fake[:2], readings[:2], seams=seams[:2], seconds=2.0,
+               stripes=np.array([0.3, 0.1]))
+    assert guidance_sweep.merge(tmp_path) == 0
+    got = _merged_lines(capsys.readouterr().out)[-1]
+    want = frechet_distance(*feature_stats(real), *feature_stats(fake))
+    assert got["fvd"] == pytest.approx(want, abs=0.051) and (got["n"], got["parts"]) == (6, 2)
+    assert got["colour"] == pytest.approx(4 / 6, abs=1e-3) and got["stripes"] == pytest.approx(0.25)
+    assert (got["seams"], got["seams_t"]) == (2.0, 3.0)
+    assert (got["size"], got["motion"]) == (pytest.approx(0.5), pytest.approx(0.5))   # 0.1 / 0.2, 0.2 / 0.4
+    assert got["sample_seconds"] == 5.0
+
+
+def test_guidance_sweep_merge_refuses_what_a_whole_run_would_not_score(tmp_path, capsys):
+    """--merge stops, naming why, on two real sides, a part without a saved field, a part of another N, parts
+    of other weights or steps; parts older than their prompts are scored against the reference's captions."""
+    import guidance_sweep
+    rng = np.random.default_rng(0)
+    num, caps = 4, ["a red circle moving left"] * 4
+    feats, readings = rng.normal(size=(num, 3)), [_reading("red", 0.2, 0.1)] * num
+    _save_real(tmp_path, num, rng.normal(size=(num, 3)), rng.normal(size=(num, 3)), caps)
+    _save_part(tmp_path, "1", (0, 4), num, feats, readings)                   # no captions: the reference's
+    assert guidance_sweep.merge(tmp_path) == 0
+    assert _merged_lines(capsys.readouterr().out)[-1]["colour"] == 1.0
+    _save_real(tmp_path, 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), caps * 2)
+    with pytest.raises(SystemExit, match=r"expected one real-n<N>.npz written by --save, found 2"):
+        guidance_sweep.merge(tmp_path)
+    (tmp_path / "real-n8.npz").unlink()
+
+    def fresh(name):                                      # a folder with the real side and no parts yet
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "real-n4.npz").write_bytes((tmp_path / "real-n4.npz").read_bytes())
+        return tmp_path / name
+    _save_part(fresh("a"), "1", (0, 4), num, feats, readings, drop=("stripes",))
+    with pytest.raises(SystemExit, match=r"no stripes \(written by an older guidance_sweep.py\?\)"):
+        guidance_sweep.merge(tmp_path / "a")
+    _save_part(fresh("b"), "1", (0, 4), 5, feats, readings)
+    with pytest.raises(SystemExit, match=r"a part of N = 5, but real-n4.npz is for N = 4"):
+        guidance_sweep.merge(tmp_path / "b")
+    for name, other in (("c", {"weights": "other.safetensors"}), ("d", {"step": 2})):
+        _save_part(fresh(name), "1", (0, 2), num, feats[:2], readings[:2])
+        _save_part(tmp_path / name, "1", (2, 4), num, feats[2:], readings[2:], **other)
+        with pytest.raises(SystemExit, match=r"parts from different weights"):
+            guidance_sweep.merge(tmp_path / name)
+    _save_part(fresh("e"), "1", (0, 2), num, feats[:2], readings[:2], level0="real")      # no prompts saved
+    _save_part(tmp_path / "e", "1", (2, 4), num, feats[2:], readings[2:], level0="real")
+    with pytest.raises(SystemExit, match=r"real-level-0 parts without their prompts"):
+        guidance_sweep.merge(tmp_path / "e")
+
+
+def test_guidance_sweep_merge_keeps_the_real_level0_rows_apart_with_their_own_prompts(tmp_path, capsys, monkeypatch):
+    """Parts of the upper levels given the floor's level 0 are scored against their own (the floor's) prompts and
+    extrapolated and resampled as a set of their own beside the setting's (docs/results.md, section 8)."""
+    import guidance_sweep
+    import hpdm_cli.drivers.evaluate as ev
+    monkeypatch.setattr(ev, "EXTRAPOLATE_MIN_CLIPS", 4)
+    rng = np.random.default_rng(0)
+    num = 8
+    _save_real(tmp_path, num, rng.normal(size=(num, 3)), rng.normal(size=(num, 3)), ["a red circle moving left"] * num)
+    readings = [_reading("red", 0.2, 0.1)] * num
+    _save_part(tmp_path, "1", (0, 8), num, rng.normal(size=(num, 3)), readings,
+               captions=["a red circle moving left"] * num)
+    _save_part(tmp_path, "1", (0, 8), num, rng.normal(2.0, 1.0, size=(num, 3)), readings, level0="real",
+               captions=["a blue circle moving left"] * 6 + ["a red circle moving left"] * 2)
+    assert guidance_sweep.merge(tmp_path, bootstrap=4) == 0
+    out = capsys.readouterr().out
+    given, own = sorted(_merged_lines(out), key=lambda x: "level0" not in x)
+    assert given["colour"] == pytest.approx(0.25) and own["colour"] == 1.0
+    label = f"{guidance_sweep.LEVEL0_LABEL} 1"
+    extrapolated = out[out.index("extrapolated to infinitely many clips"):out.index("over 4 resamplings")]
+    assert f"- {label}: FVD" in extrapolated and "- 1: FVD" in extrapolated
+    assert f"- {label} minus 1: " in out[out.index("over 4 resamplings"):]
+
+
+def test_guidance_sweep_partial_merge_scores_every_setting_on_the_rows_all_cover(tmp_path, capsys, monkeypatch):
+    """--merge --partial: settings sampled that far score rows 0:n of the one that covers the fewest, against the
+    first n real clips; the floor, its extrapolation and the bootstrap take the first n of each real set too."""
+    import guidance_sweep
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.eval.fvd import extrapolated_fvd, feature_stats, frechet_distance, paired_bootstrap
+    monkeypatch.setattr(ev, "EXTRAPOLATE_MIN_CLIPS", 4)
+    rng = np.random.default_rng(0)
+    num, n = 8, 4
+    real, floor = rng.normal(size=(num, 3)), rng.normal(size=(num, 3))
+    real[n:] += 3.0
+    floor[n:] -= 3.0                                     # rows past n: far off, were they taken in
+    _save_real(tmp_path, num, real, floor, ["a red circle moving left"] * num)
+    a, b = rng.normal(size=(6, 3)), rng.normal(0.5, 1.0, size=(n, 3))
+    a[n:] += 5.0
+    readings = [_reading("red", 0.2, 0.1)] * 4 + [_reading("blue", 0.2, 0.1)] * 2
+    seams = np.ones((6, 2, 2))
+    seams[n:, :, 0] = 5.0                                # tile borders 5x the steps elsewhere, past row n
+    _save_part(tmp_path, "1", (0, 6), num, a, readings, stripes=np.array([0.2] * 4 + [0.8] * 2), seams=seams)
+    _save_part(tmp_path, "2", (0, n), num, b, readings[:n])
+    assert guidance_sweep.merge(tmp_path, bootstrap=3, partial=True) == 0
+    out = capsys.readouterr().out
+    one, two = _merged_lines(out)
+    assert (one["n"], one["of"], two["n"]) == (n, num, n)
+    ref = feature_stats(real[:n])
+    assert one["fvd"] == pytest.approx(frechet_distance(*ref, *feature_stats(a[:n])), abs=0.051)
+    assert two["fvd"] == pytest.approx(frechet_distance(*ref, *feature_stats(b)), abs=0.051)
+    assert one["colour"] == 1.0 and one["stripes"] == pytest.approx(0.2) and one["seams"] == one["seams_t"] == 1.0
+    floor_fvd = frechet_distance(*ref, *feature_stats(floor[:n]))
+    assert f"| real (floor) | {floor_fvd:.1f} |" in out
+    e = extrapolated_fvd(real[:n], floor[:n])
+    assert f"- real (floor): FVD {e.fvd:.1f} (+ {e.slope:.0f} / n; at n = {n}: {e.means[-1]:.1f})" in out
+    pb = paired_bootstrap(real[:n], {"1": a[:n], "2": b}, rounds=3)
+    assert f"- 1: FVD {pb.fvd['1']:.1f}, sd {pb.sd['1']:.1f}" in out
+
+
+def test_guidance_sweep_rows_and_chunks_must_be_a_nonempty_span():
+    """--rows LO:HI needs 0 <= LO < HI <= N; --chunk a positive number of rows (refused before any model loads)."""
+    import guidance_sweep
+    assert guidance_sweep.parse_rows(None, 6) == (0, 6) and guidance_sweep.parse_rows("0:6", 6) == (0, 6)
+    assert guidance_sweep.parse_rows("2:3", 6) == (2, 3)
+    for bad in ("2:2", "3:2", "-1:2", "0:7"):
+        with pytest.raises(SystemExit, match=r"need 0 <= LO < HI <= --num \(6\)"):
+            guidance_sweep.parse_rows(bad, 6)
+    with pytest.raises(SystemExit, match=r"expected LO:HI"):
+        guidance_sweep.parse_rows("2-4", 6)
+    for chunk in ("-1", "-4"):
+        with pytest.raises(SystemExit, match=rf"--chunk {chunk}: expected a positive number of rows"):
+            guidance_sweep.main(["no-such-model", "--chunk", chunk, "--save", "unused"])
+
+
+def test_guidance_sweep_chunks_reuse_only_parts_of_the_same_weights(tmp_path):
+    """--chunk skips a part only when its weights, step, setting, N and rows are this run's (the model's name
+    aside): another checkpoint saved under the same name is sampled again."""
+    import guidance_sweep
+    feats, readings = np.zeros((2, 3)), [_reading("red", 0.2, 0.1)] * 2
+    _save_part(tmp_path, "1", (0, 2), 4, feats, readings, weights="a/ema.safetensors", name="part.npz")
+    key = {"model": "other", "weights": "a/ema.safetensors", "step": 1, "setting": "1", "level0": None, "num": 4,
+           "rows": [0, 2]}
+    assert guidance_sweep.load_part(tmp_path / "part.npz", key) is not None
+    for other in ({"weights": "b/ema.safetensors"}, {"step": 2}, {"setting": "2"}, {"rows": [0, 3]}):
+        assert guidance_sweep.load_part(tmp_path / "part.npz", {**key, **other}) is None, other

@@ -831,6 +831,52 @@ def test_paired_bootstrap_settles_a_real_difference_and_not_a_null_one():
         paired_bootstrap(real, {"a": near}, rounds=1)
 
 
+def test_paired_bootstrap_resamples_every_generated_row_and_never_the_real_ones():
+    """FVD is quadratic in the features: scaling all of them by 2 scales each FVD, its sd (a standard deviation)
+    and each difference's percentiles by 4. With 2 rounds, a difference against a set whose FVD no resampling
+    changes (all rows alike) spans 95% of the two rounds' range (2.5th to 97.5th percentile). The real side stays
+    fixed: a copy of it, resampled, moves off FVD 0. The last row is drawn too."""
+    rng = np.random.default_rng(3)
+    real, a = rng.normal(size=(40, 3)), rng.normal(0.3, 1.2, size=(12, 3))
+    flat = np.repeat(a[:1], 12, axis=0)
+    pb = paired_bootstrap(real, {"a": a, "flat": flat}, rounds=2)
+    twice = paired_bootstrap(2 * real, {"a": 2 * a, "flat": 2 * flat}, rounds=2)
+    assert twice.fvd["a"] == pytest.approx(4 * pb.fvd["a"], rel=1e-9)
+    assert twice.sd["a"] == pytest.approx(4 * pb.sd["a"], rel=1e-9) and pb.sd["a"] > 0 and pb.sd["flat"] < 1e-9
+    assert twice.diff[("a", "flat")] == pytest.approx(tuple(4 * v for v in pb.diff[("a", "flat")]), rel=1e-9)
+    _, lo, hi = pb.diff[("a", "flat")]
+    assert hi - lo == pytest.approx(0.95 * 2 * pb.sd["a"], rel=1e-9)
+    copy = paired_bootstrap(a, {"copy": a.copy()}, rounds=20)
+    assert copy.fvd["copy"] == pytest.approx(0.0, abs=1e-9) and copy.sd["copy"] > 0
+    last = a.copy()
+    last[-1] += 10.0                                        # the two sets differ in their last row alone
+    _, lo, hi = paired_bootstrap(real, {"a": a, "last": last}, rounds=20).diff[("a", "last")]
+    assert lo < 0 and hi <= 1e-9
+
+
+def test_extrapolated_fvd_default_sizes_of_a_small_set_start_at_two_clips():
+    """Subsets of fewer than 2 clips have no spread to fit: a handful of clips still extrapolates from n = 2 up,
+    and sizes below 2 are refused."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    assert extrapolated_fvd(a, b).sizes == [2, 3, 4]
+    with pytest.raises(FVDError, match="at least two subset sizes"):
+        extrapolated_fvd(a, b, sizes=[1, 4])
+
+
+def test_extrapolated_fvd_averages_subsets_of_the_larger_side_at_the_smaller_sides_size():
+    """At n = the smaller side's N, only both sides of N clips are scored once; with more generated than real
+    clips, `rounds` subsets of the generated ones are averaged: near the mean over every subset of that size."""
+    import itertools
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(4, 2))
+    fake = np.concatenate([real + 0.1 * rng.normal(size=(4, 2)), rng.normal(6.0, 1.0, size=(4, 2))])
+    ref = feature_stats(real)
+    every = np.mean([frechet_distance(*ref, *feature_stats(fake[list(c)])) for c in itertools.combinations(range(8), 4)])
+    e = extrapolated_fvd(real, fake, sizes=[2, 4], rounds=200)
+    assert e.means[-1] == pytest.approx(every, abs=4.0)          # one subset alone lies anywhere in 0..69
+
+
 def test_protocol_mismatch_names_the_value_that_matches_or_says_to_recompute():
     """check_compatible: one line; with a side that follows the options, the hint gives the statistics file's
     value (not the one already asked for); with two statistics files, it says to recompute one."""
