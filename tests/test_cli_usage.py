@@ -306,3 +306,44 @@ def test_sample_and_upscale_help_name_every_output_suffix_they_write():
     for command in (sample, upscale):
         text = inspect.signature(command).parameters["out"].default.help
         assert set(re.findall(r"\.[a-z][a-z0-9]*", text.split(")")[0])) == set(VIDEO_SUFFIXES), text   # not H.264
+
+
+def test_only_a_dotted_unknown_option_gets_the_recipe_override_hint(capsys, monkeypatch):
+    code, _, err = _main(["train", "tiny", "--bogus"], capsys, monkeypatch)
+    assert code == 2 and "--bogus" in err and "recipe overrides" not in err, err
+    code, _, err = _main(["train", "tiny", "--train.steps=3"], capsys, monkeypatch)
+    assert code == 2 and "recipe overrides take no dashes: train.steps=VALUE" in err, err
+
+
+def test_progress_bars_draw_one_bar_per_key_to_its_end(capsys):
+    from hpdm_cli.cli.progress import keyed_bars
+    with keyed_bars(lambda level: f"level {level}") as bar:
+        for done in (1, 2):
+            bar(0, done, 2)
+        bar(1, 1, 1)
+    err = capsys.readouterr().err
+    assert err.count("level 0") == 1 and err.count("level 1") == 1, err
+    assert "2/2" in err and "1/1" in err, err
+
+
+def test_rank0_warn_is_silent_on_other_ranks(capsys, monkeypatch):
+    from types import SimpleNamespace
+    from hpdm_cli.cli import console
+    for rank, said in ((1, ""), (0, "hpdm: warning: a note\n")):
+        monkeypatch.setattr(console, "world", lambda: SimpleNamespace(rank=rank))
+        console.rank0_warn("a note")
+        assert capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize("flag,live", [("--progress", True), ("--no-progress", False)])
+def test_train_progress_flag_reaches_the_loop(flag, live, capsys, monkeypatch, tmp_path):
+    import types
+    from hpdm_cli.train import loop
+    seen = []
+
+    def fake_train(recipe, run_dir, log=None, progress=False):
+        seen.append(progress)
+        return types.SimpleNamespace(interrupted=None, step=3, start_step=3, steps=3, checkpoint=None)
+    monkeypatch.setattr(loop, "train", fake_train)
+    code, _, err = _main(["train", "tiny", "--run-dir", tmp_path / "run", flag], capsys, monkeypatch)
+    assert code == 0 and seen == [live], err

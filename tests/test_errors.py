@@ -47,3 +47,29 @@ def test_other_exceptions_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(cli_app, "app", fail)
     with pytest.raises(ZeroDivisionError):
         cli_app.main(["anything"])
+
+
+@pytest.mark.parametrize("exc,code,line", [
+    (FileNotFoundError(2, "No such file or directory", "x.mp4"), 2, "hpdm: error: [Errno 2] No such file or directory: 'x.mp4'"),
+    (HPDMError(""), 2, "hpdm: error: HPDMError"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (SystemExit("stopped: a message"), 1, "stopped: a message"),
+], ids=["missing path", "empty message", "ctrl-c", "exit with a message"])
+def test_cli_exit_codes_and_lines_of_other_endings(exc, code, line, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise exc
+    monkeypatch.setattr(cli_app, "app", fail)
+    with pytest.raises(SystemExit) as e:
+        cli_app.main(["anything"])
+    assert e.value.code == code
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_an_abort_exits_130(monkeypatch, capsys):
+    import typer
+
+    def fail(*args, **kwargs):
+        raise typer.Abort()
+    monkeypatch.setattr(cli_app, "app", fail)
+    assert cli_app.exit_code(["anything"]) == 130
+    assert capsys.readouterr().err.strip() == "hpdm: aborted"

@@ -776,3 +776,223 @@ def test_report_names_the_guide_for_a_level0_guidance_below_one(tmp_path, monkey
     rep = smp.generate(None, tmp_path / "c.mp4", seeds="0", guidance="0.5", device="cpu",
                        prompt="a red square moving left")
     assert rep.guide != "" and not rep.files
+
+
+def test_seeds_given_as_numbers_are_checked_like_text():
+    assert parse_seeds([3, 1]) == [3, 1] and parse_seeds(4) == [4]
+    for bad in ([-1], [2, 2]):
+        with pytest.raises(GenerateError):
+            parse_seeds(bad)
+
+
+def test_a_guidance_interval_needs_lo_below_hi():
+    # LO,HI with LO == HI would never guide (lo < sigma <= hi is empty)
+    with pytest.raises(GenerateError, match="0 <= LO < HI"):
+        check_options(guidance_interval="1,1")
+
+
+def test_make_parent_creates_every_missing_folder(tmp_path):
+    from hpdm_cli.drivers.options import make_parent
+    target = tmp_path / "a" / "b" / "clip.mp4"
+    check_writable([target])
+    make_parent(target)
+    assert target.parent.is_dir()
+
+
+def test_quick_looks_never_repeat_the_main_file():
+    from hpdm_cli.drivers.sample import _extra_paths
+    assert _extra_paths(Path("c.gif"), True, True) == [Path("c.gif"), Path("c.png")]
+    assert _extra_paths(Path("c.PNG"), False, True) == [Path("c.PNG")]
+    assert _extra_paths(Path("c.mp4"), True, False) == [Path("c.mp4"), Path("c.gif")]
+
+
+@pytest.fixture(scope="session")
+def run_with_sample_fps(assets):
+    """A checkpoint whose recipe sets sample.fps = 4 (data.fps is 8)."""
+    return _save(assets["root"] / "run-fps4", load_recipe(REPO / "recipes" / "tiny.toml", [
+        f"data.path={assets['root']}/data", "sample.fps=4"]))
+
+
+def test_fps_option_overrides_the_recipes_sample_fps(run_with_sample_fps, tmp_path, monkeypatch):
+    from hpdm_cli.drivers import sample as smp
+    monkeypatch.setattr(smp, "world", lambda: (1, 2, 0))          # this rank gets no seed: nothing is sampled
+    ratio = 4 / 8                                                   # level 0 has half the frames
+    rep = smp.generate(run_with_sample_fps, tmp_path / "c.mp4", seeds="0", levels=0, class_="0", device="cpu")
+    assert rep.fps == pytest.approx(4 * ratio)
+    rep = smp.generate(run_with_sample_fps, tmp_path / "c.mp4", seeds="0", levels=0, class_="0", fps=10,
+                       device="cpu")
+    assert rep.fps == pytest.approx(10 * ratio)
+
+
+def test_every_rank_checks_every_seeds_output_path(assets, tmp_path, monkeypatch):
+    from hpdm_cli.drivers import sample as smp
+    monkeypatch.setattr(smp, "world", lambda: (1, 2, 0))          # rank 1 of 2 samples seed 1 only
+    (tmp_path / "clip-seed0000.mp4").mkdir()                      # seed 0's path is taken by a folder
+    with pytest.raises(GenerateError, match="clip-seed0000"):
+        smp.generate(assets["run"], tmp_path / "clip.mp4", seeds="0-1", class_="0", steps="1", device="cpu")
+    assert not (tmp_path / "clip-seed0001.mp4").exists()
+
+
+def test_a_checkpoint_samples_with_its_recipes_tiling_unless_told(assets, tmp_path, monkeypatch):
+    import hpdm_cli.drivers.sample as drv
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, overlap=None, **kwargs):
+        seen.append(overlap)
+        raise Stop
+    monkeypatch.setattr(drv, "sample_videos", record)
+    for given in (None, "fh"):
+        with pytest.raises(Stop):
+            drv.generate(assets["run"], tmp_path / "c.mp4", class_="0", steps="1", device="cpu", overlap=given)
+    assert seen == [None, "fh"]                                     # None: the recipe's pyramid.overlap
+
+
+def test_report_names_no_guide_when_guidance_of_level0_is_one(tmp_path, monkeypatch):
+    from hpdm_cli.drivers import sample as smp
+    monkeypatch.setattr(smp, "world", lambda: (1, 2, 0))
+    rep = smp.generate(None, tmp_path / "c.mp4", seeds="0", guidance="1", device="cpu",
+                       prompt="a red square moving left")
+    assert rep.guide == ""
+
+
+def test_sample_videos_sums_each_levels_time_over_batches(assets, monkeypatch):
+    from types import SimpleNamespace
+    import hpdm_cli.drivers.generation as gen_mod
+
+    class Sampler:
+        device = torch.device("cpu")
+
+        def sample(self, seeds, cond, guidance=None, levels=3, steps=None, progress=None):
+            return SimpleNamespace(videos=[torch.zeros(len(seeds), 3, 1, 2, 2)] * levels,
+                                   seconds=[1.0, 2.0, 3.0][:levels])
+    monkeypatch.setattr(gen_mod, "make_sampler", lambda *a, **k: Sampler())
+    out = sample_videos(None, assets["recipe"], [0, 1, 2], batch=2, steps=[1, 1, 1])
+    assert out.seconds == [2.0, 4.0, 6.0]                            # two calls, every level
+    assert sample_videos(None, assets["recipe"], [0], levels=1, steps=[1, 1, 1]).seconds == [1.0, 2.0]
+
+
+def test_one_non_finite_value_is_enough_to_refuse():
+    from hpdm_cli.drivers.generation import check_finite
+    check_finite(torch.zeros(2, 3), "x")
+    with pytest.raises(GenerateError, match="non-finite"):
+        check_finite(torch.tensor([0.0, float("nan"), 1.0]), "x")
+
+
+def test_bf16_samples_under_bfloat16_autocast():
+    from hpdm_cli.drivers.generation import make_sampler
+    recipe = tiny_toml()
+    net = build_model(recipe)
+    assert make_sampler(net, recipe, "cpu", None, 64, True, False, True).autocast == torch.bfloat16
+    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False).autocast is None
+
+
+def test_a_guide_trained_with_another_input_scale_is_refused(assets, tmp_path):
+    rec = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={assets['root']}/data", "pyramid.resolution=[4,8,8]",
+                                                      "pyramid.patch=[4,8,8]", "diffusion.input_scale=0.5"])
+    guide = _save(tmp_path / "guide", rec)
+    with pytest.raises(GenerateError, match="input_scale 0.5"):
+        generate(assets["run"], tmp_path / "c.mp4", class_="0", levels=0, steps="1", guidance="2,1,1",
+                 guide_model=guide, device="cpu")
+    assert not (tmp_path / "c.mp4").exists()
+
+
+def test_a_window_overlap_of_one_is_refused():
+    with pytest.raises(GenerateError, match="--window-overlap 1.0"):
+        window_starts(20, 8, 1.0)
+    assert window_starts(20, 8, 0.0) == [0, 6, 12]                        # spread evenly, no overlap asked
+
+
+def test_upscale_refuses_no_frames_and_an_unknown_pad_mode_even_when_cropping(assets):
+    rec = assets["recipe"]
+    with pytest.raises(GenerateError, match="expected uint8"):
+        upscale_frames(np.zeros((0, 8, 8, 3), np.uint8), None, rec, sample_fn=Standin(rec))
+    with pytest.raises(GenerateError, match="--pad-mode"):
+        upscale_frames(smooth_video(8, 8, 8), None, rec, fit="crop", pad_mode="zebra", sample_fn=Standin(rec))
+
+
+def test_upscale_rounds_to_the_nearest_uint8(assets):
+    rec = assets["recipe"]
+    v = 100.8 / 127.5 - 1                                             # 100.8 after [-1, 1] -> [0, 255]
+
+    def constant(seeds, fixed):
+        return torch.full((len(seeds), 3, *rec.pyramid.resolution), v)
+    res = upscale_frames(smooth_video(8, 8, 8), None, rec, sample_fn=constant)
+    assert (res.frames == 101).all()
+
+
+def test_upscale_progress_counts_steps_over_window_groups(assets, gen):
+    net, rec, _ = gen
+    calls = []
+    upscale_frames(smooth_video(20, 8, 8), net, rec, from_level=1, batch=2, steps=[1, 1, 1],
+                   progress=lambda *a: calls.append(a))
+    assert calls == [(2, 1, 2), (2, 2, 2)]                           # 4 windows in 2 calls, level 2 generated
+
+
+def _upscale_input(tmp_path, h=12, w=20) -> Path:
+    src = tmp_path / "in.mp4"
+    write_video(src, smooth_video(8, h, w), 12.5)
+    return src
+
+
+def test_upscale_warns_when_either_side_is_larger_than_the_model(assets, tmp_path):
+    from hpdm_cli.drivers.upscale import upscale
+    said = []
+    upscale(_upscale_input(tmp_path, 48, 20), assets["run"], tmp_path / "up.mp4", steps="1", device="cpu",
+            warn=said.append)
+    assert len(said) == 1 and "the input (48x20) is larger than this model's videos (32x32)" in said[0]
+
+
+def test_upscale_works_on_rank_0_only(assets, tmp_path, monkeypatch):
+    import hpdm_cli.drivers.upscale as up
+    monkeypatch.setattr(up, "world", lambda: (1, 2, 0))
+    rep = up.upscale(_upscale_input(tmp_path), assets["run"], tmp_path / "up.mp4", steps="1", device="cpu")
+    assert rep.file is None and not (tmp_path / "up.mp4").exists()
+
+
+def test_upscale_of_a_video_without_a_frame_rate_uses_the_recipes_sample_fps(run_with_sample_fps, tmp_path,
+                                                                           monkeypatch):
+    import hpdm_cli.io.video as video_io
+    monkeypatch.setattr(video_io, "read_video", lambda path: (smooth_video(8, 32, 32), 0.0))
+    from hpdm_cli.drivers.upscale import upscale
+    rep = upscale(_upscale_input(tmp_path), run_with_sample_fps, tmp_path / "up.mp4", steps="1", device="cpu")
+    assert rep.fps == 4.0
+
+
+def test_upscale_checks_before_loading_the_checkpoint(tmp_path):
+    from hpdm_cli.drivers.upscale import upscale
+    src = _upscale_input(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(GenerateError, match="is the input video"):
+        upscale(src, tmp_path / "nope", tmp_path / "sub" / ".." / "in.mp4")
+    with pytest.raises(GenerateError, match="--from-level -1"):
+        upscale(src, tmp_path / "nope", tmp_path / "up.mp4", from_level=-1)
+
+
+def test_sample_and_upscale_commands_pass_their_flags_and_print_one_report(assets, tmp_path, capsys, monkeypatch):
+    import hpdm_cli.drivers.sample as smp
+    import hpdm_cli.drivers.upscale as up
+    from hpdm_cli.drivers.sample import SampleReport
+    from hpdm_cli.drivers.upscale import UpscaleReport
+    seen = []
+
+    def fake_generate(ckpt, out, **kw):
+        seen.append(kw)
+        return SampleReport(files=[], seeds=[0], all_seeds=[0], rank=0, world_size=1, level=2, shape=(8, 32, 32),
+                            fps=8.0, condition="unconditional", weights=Path("w.safetensors"), step=1,
+                            seconds=[0.5], device="cpu")
+
+    def fake_upscale(input, ckpt, out, **kw):
+        seen.append(kw)
+        return UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=0,
+                             condition="unconditional", weights=Path("w.safetensors"), step=1, device="cpu")
+    monkeypatch.setattr(smp, "generate", fake_generate)
+    monkeypatch.setattr(up, "upscale", fake_upscale)
+    for extra in ([], ["--no-cache"]):
+        code, out, err = cli(capsys, "sample", "--no-progress", *extra)
+        assert code == 0 and "rank" not in out and "unconditional, 1 seed(s), level 2: 8x32x32" in out, (out, err)
+        code, out, err = cli(capsys, "upscale", "in.mp4", "--ckpt", "run", "--out", "o.mp4", "--no-progress", *extra)
+        assert code == 0 and out == "", err                            # another rank's report: nothing to say
+    assert [kw["cache"] for kw in seen] == [True, True, False, False]

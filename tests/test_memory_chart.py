@@ -79,6 +79,7 @@ def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, 
     (["--resolutions", "4x8"], "--resolutions: '4x8': expected FRAMESxHEIGHTxWIDTH"),
     (["--sampling"], "--sampling: not used by --memory-chart"),
     (["--steps", "3", "--batch", "2"], "--steps, --batch: not used by --memory-chart"),
+    (["--compile", "--resolutions", "4x8x8"], "--compile: not used by --memory-chart"),
     (["--memory-chart", "{dir}/chart.txt"], "expected a .png file name"),
     (["--memory-chart", "{dir}/missing/chart.png"], "does not exist"),
 ])
