@@ -272,8 +272,9 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
 
 
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path):
-    """Without --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the tiling stored
-    with its weights, shift-fhw (what its FVD was measured with), whether or not --ckpt names it."""
+    """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
+    tiling stored with its weights, shift-fhw (what its FVD was measured with); a file named by --ckpt, this one
+    too, keeps its stored tiling on every device (test_generate.py)."""
     import hpdm_cli.assets as assets
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
