@@ -66,3 +66,20 @@ class MeanColourFeatures:
     def features(self, clips):
         f = [np.r_[c.reshape(-1, 3).mean(0), np.abs(np.diff(c.astype(float), axis=0)).mean()] for c in clips]
         return np.asarray(f, dtype=np.float64)
+
+
+@pytest.fixture
+def stopped_sampling(monkeypatch):
+    """`hpdm sample`'s driver with its sampler call replaced by one that records the tiling asked for and raises
+    Stop: (the tilings seen, Stop)."""
+    import hpdm_cli.drivers.sample as drv
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, overlap=None, **kwargs):
+        seen.append(overlap)
+        raise Stop
+    monkeypatch.setattr(drv, "sample_videos", record)
+    return seen, Stop

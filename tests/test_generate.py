@@ -833,17 +833,9 @@ def test_every_rank_checks_every_seeds_output_path(assets, tmp_path, monkeypatch
     assert not (tmp_path / "clip-seed0001.mp4").exists()
 
 
-def test_a_checkpoint_samples_with_its_recipes_tiling_unless_told(assets, tmp_path, monkeypatch):
+def test_a_checkpoint_samples_with_its_recipes_tiling_unless_told(assets, tmp_path, stopped_sampling):
     import hpdm_cli.drivers.sample as drv
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def record(*args, overlap=None, **kwargs):
-        seen.append(overlap)
-        raise Stop
-    monkeypatch.setattr(drv, "sample_videos", record)
+    seen, Stop = stopped_sampling
     for given in (None, "fh"):
         with pytest.raises(Stop):
             drv.generate(assets["run"], tmp_path / "c.mp4", class_="0", steps="1", device="cpu", overlap=given)

@@ -271,7 +271,7 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     assert code == 0 and "never shows" not in err, err
 
 
-def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path):
+def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path, stopped_sampling):
     """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
     tiling stored with its weights, shift-fhw (what its FVD was measured with); a file named by --ckpt, this one
     too, keeps its stored tiling on every device (test_generate.py)."""
@@ -279,15 +279,7 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
     from hpdm_cli.sampling import parse_overlap
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def record(*args, overlap=None, **kwargs):
-        seen.append(overlap)
-        raise Stop
-    monkeypatch.setattr(drv, "sample_videos", record)
+    seen, Stop = stopped_sampling
     asked = []
     monkeypatch.setattr(assets, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
     for device, given in (("cpu", None), ("auto", None), ("cpu", "hw")):
