@@ -517,7 +517,7 @@ class Standin:
 
 def test_upscale_fixes_lower_levels_to_the_resized_input(assets):
     rec = assets["recipe"]
-    (F0, H0, W0), (F1, H1, W1) = rec.pyramid.level_resolution(0), rec.pyramid.level_resolution(1)
+    (F0, H0, W0), (_, H1, W1) = rec.pyramid.level_resolution(0), rec.pyramid.level_resolution(1)
     # An input already at level 1's size and the model's frame count: level 1 is the input itself and level 0
     # its 2x2x2 box average.
     video = smooth_video(8, H1, W1)
