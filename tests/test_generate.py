@@ -673,8 +673,13 @@ def test_guide_model_option_autoguides_level_0(assets, tmp_path, capsys):
                                 "--no-progress")
         assert code == 0 and out.is_file(), err
         assert (f"level 0 autoguided by {guide_run}" in stdout) == (guide != "none"), stdout
+        assert "sigma" not in stdout                                    # guided at every sigma
         videos[str(guide)] = read_video(out)[0].astype(np.int16)
     assert np.abs(videos[str(guide_run)] - videos["none"]).max() > 8
+    code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--levels", "0", "--steps", "3",
+                            "--guidance", "2,1,1", "--guide-model", guide_run, "--guidance-interval", "0,1.5",
+                            "--out", tmp_path / "interval.mp4", "--no-progress")
+    assert code == 0 and f"level 0 autoguided by {guide_run} at 0 < sigma <= 1.5" in stdout, stdout + err
 
 
 def test_to_uint8_rounds_and_clamps():

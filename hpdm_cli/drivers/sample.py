@@ -80,6 +80,7 @@ class SampleReport:
     messages: list = field(default_factory=list)
     replaced: list = field(default_factory=list)  # files written that replaced an earlier one
     guide: str = ""                               # the model that guided level 0 (autoguidance), "" if none
+    guidance_interval: list = field(default_factory=list)   # [lo, hi]: guided only at lo < sigma <= hi; [] every sigma
 
 
 def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.mp4", *, seeds: str | Sequence[int] = "0",
@@ -129,7 +130,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]
     report = SampleReport(files=[], seeds=mine, all_seeds=all_seeds, rank=rank, world_size=world_size, level=last,
                           shape=shape, fps=out_fps, condition=cond.describe(), weights=info.weights, step=info.step,
-                          seconds=[], device=str(info.device))
+                          seconds=[], device=str(info.device), guidance_interval=list(recipe.sample.guidance_interval))
     w0 = level_guidance(recipe.sample.guidance if guidance is None else guidance, L)[0]
     if recipe.sample.guide_model and w0 != 1.0:
         from ..assets import resolve_guide
