@@ -347,3 +347,40 @@ def test_train_progress_flag_reaches_the_loop(flag, live, capsys, monkeypatch, t
     monkeypatch.setattr(loop, "train", fake_train)
     code, _, err = _main(["train", "tiny", "--run-dir", tmp_path / "run", flag], capsys, monkeypatch)
     assert code == 0 and seen == [live], err
+
+
+def _printed(monkeypatch, module, fn, *args) -> str:
+    """What `module.fn(*args)` prints on hpdm's stdout console."""
+    import io
+    from rich.console import Console
+    buf = io.StringIO()
+    monkeypatch.setattr(module, "out", Console(file=buf, width=400, color_system=None))
+    fn(*args)
+    return buf.getvalue()
+
+
+def test_prepare_summary_says_whether_the_dataset_was_published_and_how_many_skips_it_leaves_out(monkeypatch):
+    from types import SimpleNamespace
+    from hpdm_cli.cli import prepare_cmd
+    res = SimpleNamespace(warnings=[], already_complete=False, num_videos=3, num_images=0, num_frames=48,
+                          video_seconds=6.0, fps=8.0, published=True, size=(64, 64), out_dir="data", seconds=1.0,
+                          resumed=0, num_bytes=2 ** 20, bytes_per_video_second=2 ** 17, raw_bytes_per_video_second=2 ** 20,
+                          notes={}, report_path="data/report.json",
+                          skipped=[{"source": f"v{i}.mp4", "reason": "bad"} for i in range(prepare_cmd._MAX_LISTED)])
+    text = _printed(monkeypatch, prepare_cmd, prepare_cmd._print_result, res)
+    assert text.startswith("wrote 3 videos") and "more" not in text and text.count(": bad") == prepare_cmd._MAX_LISTED
+    res.published, res.skipped = False, res.skipped + [{"source": "last.mp4", "reason": "bad"}]
+    text = _printed(monkeypatch, prepare_cmd, prepare_cmd._print_result, res)
+    assert text.startswith("prepared (not published) 3 videos") and "... and 1 more" in text and "last.mp4" not in text
+
+
+def test_fvd_table_says_where_each_sides_statistics_came_from():
+    from types import SimpleNamespace
+    from hpdm_cli.cli.fvd_cmd import _how
+    side = SimpleNamespace(kind="videos", cache="hit", cache_path="c.npz", seconds=2.0, clips_per_second=4.0)
+    assert _how(side) == "cache hit (c.npz)"
+    side.cache = "miss (written)"
+    assert _how(side) == "computed in 2.0 s (4.00 clips/s), cached to c.npz"
+    side.cache = "off"
+    assert _how(side) == "computed in 2.0 s (4.00 clips/s)"
+    assert _how(SimpleNamespace(kind="stats")) == "read from the file"
