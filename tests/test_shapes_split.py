@@ -89,8 +89,9 @@ def test_split_in_dataset_and_cli(tmp_path, capsys):
     for i in range(len(ds)):
         colour, shape, direction, _ = CAPTION_RE.match(ds.item(i)["caption"]).groups()
         assert is_heldout(colour, shape, direction)
+        assert ds.item(i)["source"] == f"shapes:0:heldout:{i}"         # a video's source names its split
     out = write_shapes_dataset(tmp_path / "t", num_videos=2, frames=2, height=16, width=16, split="train")
-    assert VideoDataset(out).meta["split"] == "train"
+    assert VideoDataset(out).meta["split"] == "train" and VideoDataset(out).item(1)["source"] == "shapes:0:train:1"
     code, _, err = run_cli(capsys, "prepare", "--synthetic", "shapes", tmp_path / "x", "--split", "test",
                            "--num-videos", "2")
     assert code == 2

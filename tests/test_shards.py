@@ -320,3 +320,121 @@ def test_a_flipped_sample_is_its_clip_mirrored_left_right(tmp_path):
     vid, start, _ = ds.sample_spec(k)
     mirrored = VideoDataset(tmp_path / "ds").read_clip(vid, start, 4)[:, :, ::-1].astype(np.float32) / 127.5 - 1
     np.testing.assert_allclose(ds[k]["video"].permute(1, 2, 3, 0).numpy(), mirrored, atol=1e-6)
+
+
+def test_clip_starts_and_flips_are_drawn_afresh_every_epoch(dataset_dir):
+    """Start and flip come from (seed, rank, epoch, position): a rank holding one video sees every valid start."""
+    ds = ClipDataset(dataset_dir, 5, seed=2, rank=2, world_size=10, horizontal_flip=True, num_samples=120)
+    assert list(ds.local) == [2]                                  # video 2: 12 frames, so starts 0..7
+    specs = [ds.sample_spec(k) for k in range(120)]
+    assert {s[0] for s in specs} == {2}
+    assert sorted({s[1] for s in specs}) == list(range(12 - 5 + 1))   # the last start (nf - frames) included
+    assert {s[2] for s in specs} == {False, True}
+
+
+def test_each_rank_draws_its_own_visiting_order(dataset_dir):
+    """The order of an epoch is drawn from (seed, rank, epoch): two ranks of equal size do not move in step."""
+    order = [[int(np.searchsorted(d.local, d.sample_spec(k)[0])) for k in range(10)]
+             for d in (ClipDataset(dataset_dir, 4, seed=0, rank=r, world_size=2) for r in range(2))]
+    assert sorted(order[0][:5]) == sorted(order[1][:5]) == list(range(5))
+    assert order[0] != order[1]
+
+
+def test_loader_yields_full_batches_of_samples_start_to_stop(dataset_dir):
+    """make_loader reads samples [start, stop) in order, in full batches only (a partial last one is dropped)."""
+    ds = ClipDataset(dataset_dir, 2, seed=5, num_samples=30)
+    got = list(make_loader(ds, batch_size=3, start=4, stop=12))
+    assert [len(b["index"]) for b in got] == [3, 3]
+    assert [int(i) for b in got for i in b["index"]] == [ds.sample_spec(k)[0] for k in range(4, 10)]
+
+
+def test_negative_indices_and_empty_clips(dataset_dir):
+    """Video indices count from the end like a list's; a clip of no frames is refused."""
+    ds = VideoDataset(dataset_dir)
+    assert ds.item(-10)["index"] == 0 and ds.item(-1)["index"] == 9
+    with pytest.raises(IndexError):
+        ds.item(-11)
+    with pytest.raises(IndexError):
+        ds.item(10)
+    with pytest.raises(DataError, match="num_frames >= 1"):
+        ds.read_clip(0, 0, 0)
+    with pytest.raises(DataError, match="start >= 0"):
+        ds.read_clip(0, -1, 2)
+
+
+def test_frame_range_and_resolution_in_dataset_json(dataset_dir, tmp_path):
+    """dataset.json records the shortest and longest video; resolution is null when sizes differ."""
+    top = json.loads((dataset_dir / "dataset.json").read_text())
+    assert (top["min_frames"], top["max_frames"]) == (min(NUM_FRAMES), max(NUM_FRAMES))
+    with ShardWriter(tmp_path / "mixed") as w:
+        w.add(make_video(0, 3))
+        w.add(np.zeros((2, 8, 8, 3), np.uint8))
+    top = json.loads((tmp_path / "mixed" / "dataset.json").read_text())
+    assert top["resolution"] is None and VideoDataset(tmp_path / "mixed").resolution is None
+
+
+def test_a_shard_may_fill_max_shard_bytes_exactly(tmp_path):
+    """A video that brings its shard to exactly max_shard_bytes still goes into it."""
+    from hpdm_cli.io.video import encode_mp4_bytes
+    blobs = [encode_mp4_bytes(make_video(i, 3), 12.0) for i in range(3)]
+    with ShardWriter(tmp_path / "d", max_shard_bytes=len(blobs[0]) + len(blobs[1])) as w:
+        for b in blobs:
+            w.add_encoded(b, num_frames=3, height=H, width=W)
+    top = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert [s["num_videos"] for s in top["shards"]] == [2, 1]
+
+
+def _two_finished_shards_then_a_crash(out):
+    """Shards 0 and 1 (3 + 5 frames, 4 + 6 frames) finished, a fifth video unfinished, then an exception."""
+    with pytest.raises(RuntimeError):
+        with ShardWriter(out, max_videos_per_shard=2, keep_on_error=True) as w:
+            for i, t in enumerate([3, 5, 4, 6, 2]):
+                w.add(make_video(i, t), caption=["x", "y", "x", "z", "w"][i])
+            raise RuntimeError("interrupted")
+
+
+def test_resume_adopts_finished_shards_with_their_frame_range(tmp_path):
+    out = tmp_path / "d"
+    _two_finished_shards_then_a_crash(out)
+    with ShardWriter(out, max_videos_per_shard=2, resume=2) as w:
+        assert len(w) == 4
+        w.add(make_video(9, 7), caption="y")
+    top = json.loads((out / "dataset.json").read_text())
+    assert (top["num_videos"], top["min_frames"], top["max_frames"]) == (5, 3, 7)
+    assert VideoDataset(out).captions() == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("damage", ["caption_id", "offset", "longer_bin"])
+def test_resume_refuses_a_shard_whose_index_does_not_match(tmp_path, damage):
+    """Resuming checks each adopted shard: caption ids in order of first appearance, contiguous offsets, sizes."""
+    out = tmp_path / "d"
+    _two_finished_shards_then_a_crash(out)
+    index = out / "shard-00001.jsonl"
+    records = [json.loads(line) for line in index.read_text().splitlines()]
+    if damage == "caption_id":
+        records[1]["caption_id"] = 0                               # "z" is new here: its id must be 2
+    elif damage == "offset":
+        records[1]["offset"] += 1
+    if damage == "longer_bin":
+        with open(out / "shard-00001.bin", "ab") as f:
+            f.write(b"\0" * 10)
+    else:
+        index.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError, match="cannot resume"):
+        ShardWriter(out, max_videos_per_shard=2, resume=2)
+
+
+@pytest.mark.parametrize("damage", ["index_lists_more", "num_videos_more", "no_version"])
+def test_inconsistent_dataset_json_is_refused(tmp_path, dataset_dir, damage):
+    d = _copy_dataset(dataset_dir, tmp_path / "ds")
+    top = json.loads((d / "dataset.json").read_text())
+    if damage == "index_lists_more":
+        with open(d / "shard-00002.jsonl", "a") as f:
+            f.write((d / "shard-00002.jsonl").read_text().splitlines()[0] + "\n")
+    elif damage == "num_videos_more":
+        top["num_videos"] += 1
+    else:
+        del top["version"]
+    (d / "dataset.json").write_text(json.dumps(top))
+    with pytest.raises(DataError, match="corrupt|version|re-create"):
+        VideoDataset(d).item(9)

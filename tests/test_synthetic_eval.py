@@ -41,6 +41,28 @@ def test_synthetic_clips_are_the_rendered_videos_in_a_resumable_order():
     assert int(lab[0]) == label and src.captions()[int(cap[0])] == caption
 
 
+def test_synthetic_clips_render_the_split_asked_for():
+    """`data.synthetic_split` reaches the renderer: a heldout source shows held-out triples only."""
+    from hpdm_cli.data.shapes import is_heldout
+    src = SyntheticClips("synthetic:shapes", num_videos=16, frames=2, height=16, width=16, seed=0, split="heldout")
+    for c in src.captions():
+        colour, shape, _, direction = c.split()[1:5]
+        assert is_heldout(colour, shape, direction), c
+
+
+def test_synthetic_ranks_draw_their_own_visiting_order():
+    """Like ClipDataset, the order of an epoch is drawn from (seed, rank, epoch): equal-sized ranks differ."""
+    a, b = (SyntheticClips("synthetic:shapes", num_videos=12, frames=2, height=16, width=16, seed=0, rank=r,
+                           world_size=2) for r in range(2))
+    assert list(a.sample_indices(0, 6)) != list(b.sample_indices(0, 6))
+
+
+def test_an_unknown_procedural_source_is_refused():
+    from hpdm_cli.data.shards import DataError
+    with pytest.raises(DataError, match="unknown procedural source"):
+        SyntheticClips("synthetic:blobs", num_videos=2, frames=2, height=16, width=16)
+
+
 def _tiny_text_recipe(tmp_path, table, steps=2):
     from hpdm_cli.recipe import default_recipe_path, load_recipe
     return load_recipe(default_recipe_path("tiny"), [

@@ -327,3 +327,27 @@ def test_minilm_tokens_truncates_long_captions_to_tokens():
     from hpdm_cli.text import load_text_encoder
     enc = load_text_encoder("minilm-tokens", tokens=4)
     assert enc.encode(["a red square moving left on a black background"]).shape == (1, 4, 384)
+
+
+def test_model_fingerprint_covers_file_names_and_contents(tmp_path):
+    """An encoder's name carries a fingerprint of its files: renaming or editing one changes it."""
+    from hpdm_cli.text.encoders import _fingerprint
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "vocab.txt").write_text("a")
+    first = _fingerprint(tmp_path, ["*.json", "*.txt"])
+    assert _fingerprint(tmp_path, ["*.json", "*.txt"]) == first and len(first) == 12
+    (tmp_path / "vocab.txt").rename(tmp_path / "words.txt")
+    renamed = _fingerprint(tmp_path, ["*.json", "*.txt"])
+    assert renamed != first
+    (tmp_path / "words.txt").write_text("b")
+    assert _fingerprint(tmp_path, ["*.json", "*.txt"]) not in (first, renamed)
+
+
+def test_check_output_size_compares_tokens_and_width():
+    from types import SimpleNamespace
+    from hpdm_cli.text.encoders import check_output_size
+    enc = SimpleNamespace(name="fake@x", tokens=1, dim=8)
+    check_output_size(enc, 1, 8)
+    for tokens, dim in ((2, 8), (1, 4)):
+        with pytest.raises(TextEncoderError, match="model.text_tokens x model.text_dim"):
+            check_output_size(enc, tokens, dim)

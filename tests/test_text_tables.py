@@ -493,3 +493,71 @@ def test_a_prompt_with_extra_spaces_finds_its_row(tmp_path):
     assert lookup.add(path, explicit=True) == 1
     got, _ = lookup.lookup("a blue  square   moving up")
     assert got is not None and torch.equal(got, emb[1:2])
+
+
+# ------------------------------------------------------------------------------------------ format details
+
+def test_texts_sha256_is_of_the_compact_utf8_json():
+    """The digest is of json.dumps(texts, ensure_ascii=False, separators=(",", ":")) in UTF-8 (module docstring)."""
+    import hashlib
+    texts = ["a red square", "é b", ""]
+    assert T.texts_sha256(texts) == hashlib.sha256('["a red square","é b",""]'.encode("utf-8")).hexdigest()
+
+
+def test_a_table_whose_rows_and_texts_disagree_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    texts = ["a", "b"]
+    blob = torch.frombuffer(bytearray(json.dumps(texts).encode("utf-8")), dtype=torch.uint8).clone()
+    meta = {"format": T.FORMAT, "version": "1", "kind": "prompts", "encoder": "fake:enc@x", "tokens": "1",
+            "dim": "4", "count": "2", "texts_sha256": T.texts_sha256(texts)}
+    save_file({"embeddings": torch.zeros(3, 1, 4), "texts": blob}, str(tmp_path / "t.safetensors"), metadata=meta)
+    with pytest.raises(TextEncoderError, match="corrupt"):
+        T.read_table(tmp_path / "t.safetensors")
+
+
+def test_a_prompt_embedding_must_be_finite(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"embedding": torch.tensor([[0.0, float("nan"), 1.0, 2.0]])}, str(tmp_path / "p.safetensors"))
+    with pytest.raises(TextEncoderError, match="finite"):
+        T.read_prompt_embedding(tmp_path / "p.safetensors", 1, 4)
+
+
+def test_run_table_skips_prompt_tables_of_another_shape_and_keeps_to_its_byte_limit(tmp_path):
+    """write_run_table: a dataset's prompt table of another shape is left out; rows stop at max_bytes."""
+    src = tmp_path / "ds"
+    src.mkdir()
+    T.write_table(T.table_path(src, "prompts", "fake:enc"), ["p"], torch.zeros(1, 1, 4), encoder="fake:enc@x")
+    emb = torch.arange(32, dtype=torch.float32).reshape(4, 2, 4)
+    path, rows, distinct = T.write_run_table(tmp_path, ["a", "b", "c", "a"], emb, encoder="fake:enc@x",
+                                             spec="fake", sources=[src], max_bytes=2 * (2 * 4 * 4))
+    assert (rows, distinct) == (2, 3)
+    t = T.read_table(path)
+    assert t.texts == ["a", "b"] and torch.equal(t.embeddings, emb[:2])
+
+
+@pytest.fixture()
+def captioned(tmp_path) -> Path:
+    """A two-video dataset (captions "x", "y") with an image part (caption "pic"), and their FakeMiniLM tables."""
+    from hpdm_cli.data.prepare.options import IMAGES_SUBDIR
+    from hpdm_cli.data.shards import ShardWriter
+    d = tmp_path / "ds"
+    with ShardWriter(d) as w:
+        for c in ("x", "y"):
+            w.add(np.zeros((2, 8, 8, 3), np.uint8), caption=c)
+    with ShardWriter(d / IMAGES_SUBDIR) as w:
+        w.add(np.zeros((1, 8, 8, 3), np.uint8), caption="pic")
+    T.embed_dataset(d, "minilm", encoder=FakeMiniLM())
+    return d
+
+
+def test_stored_tables_answer_only_for_their_captions_shape_and_order(captioned):
+    from hpdm_cli.data.prepare.options import IMAGES_SUBDIR
+    assert T.up_to_date(captioned, "minilm", tokens=1) and not T.up_to_date(captioned, "minilm", tokens=2)
+    emb, tables, why = T.stored_caption_embeddings([captioned], ["x", "y"], "minilm", 1, 384)
+    assert emb.shape == (2, 1, 384) and why == ""
+    emb, _, why = T.stored_caption_embeddings([captioned], ["y", "x"], "minilm", 1, 384)
+    assert emb is None and "do not cover" in why
+    lookup = T.PromptLookup("minilm", 1, 384)
+    assert lookup.add(captioned, explicit=True) == 2                  # the dataset's table and its image part's
+    got, where = lookup.lookup("pic")
+    assert got.shape == (1, 1, 384) and where.parent.name == IMAGES_SUBDIR
