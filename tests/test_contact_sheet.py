@@ -167,3 +167,24 @@ def test_write_png_replaces_the_file_not_writes_through_it(tmp_path):
     os.link(other, tmp_path / "sheet.png")
     write_png(tmp_path / "sheet.png", np.zeros((4, 4, 3), np.uint8))
     assert other.read_bytes() == b"old"
+
+
+def test_long_labels_are_cut_and_an_image_is_one_frame():
+    """A label longer than 160 characters is cut there (the sheet is as wide as 160 characters); an image
+    [H, W, 3] is a one-frame clip."""
+    from hpdm_cli.io.contact_sheet import text_width
+    clip = np.full((2, 4, 4, 3), 200, np.uint8)
+    sheet = contact_sheet([clip], ["x" * 300], gap=2)
+    assert sheet.shape[1] == text_width("x" * 160) + 4
+    image = np.arange(6 * 5 * 3, dtype=np.uint8).reshape(6, 5, 3)
+    assert np.array_equal(contact_sheet([image]), contact_sheet([image[None]]))
+
+
+def test_stacked_sheets_leave_room_for_a_title_wider_than_the_sheet():
+    """Each sheet's column is as wide as its title when the title is wider: the next sheet starts after it."""
+    from hpdm_cli.io.contact_sheet import text_width
+    a, b = np.full((10, 8, 3), 1, np.uint8), np.full((10, 8, 3), 2, np.uint8)
+    out = stack_sheets([a, b], ["GENERATED", "REAL"], gap=3)
+    x = text_width("GENERATED") + 2 + 3
+    assert out.shape[1] == x + max(8, text_width("REAL") + 2)
+    assert (out[-10:, x:x + 8] == 2).all() and (out[-10:, 8:x] != 2).all()

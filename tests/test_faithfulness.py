@@ -153,3 +153,84 @@ def test_bad_inputs():
     with pytest.raises(DataError, match="lack"):
         score_clips([video], [{"colour": "red"}])
     assert isinstance(read_clip(video), ClipReading)
+
+
+def drawn(path: list[tuple[float, float]], *, shape: str = "circle", colour: str = "red", background: str = "gray",
+          size: float = 6.0, hw: int = 64) -> np.ndarray:
+    """A flat-background clip with one `shape` drawn by the renderer's template at each (cx, cy) of `path`."""
+    from hpdm_cli.data.shapes import BACKGROUNDS, shape_coverage
+    bg, fg = np.array(BACKGROUNDS[background], np.float32), np.array(COLOURS[colour], np.float32)
+    frames = []
+    for cx, cy in path:
+        a = shape_coverage(shape, cx, cy, size, hw, hw)[..., None]
+        frames.append(np.round(bg + a * (fg - bg)).astype(np.uint8))
+    return np.stack(frames)
+
+
+def test_displacement_is_the_travel_over_the_clip_and_diagonal_motion_has_no_direction():
+    """The displacement is the centroid's travel from the first frame to the last (t - 1 steps); a motion not
+    mostly along one axis (dominant axis < 2x the other) reads as no direction."""
+    straight = read_clip(drawn([(16 + 2 * k, 32) for k in range(16)]))
+    assert straight.direction == "right" and straight.shape == "circle" and straight.colour == "red"
+    assert straight.displacement[0] == pytest.approx(30.0, abs=0.3) and abs(straight.displacement[1]) < 0.3
+    diagonal = read_clip(drawn([(16 + 2 * k, 16 + 1.5 * k) for k in range(16)]))
+    assert diagonal.valid and diagonal.displacement[0] == pytest.approx(30.0, abs=0.3)
+    assert diagonal.direction == "none"
+
+
+def test_an_object_found_in_fewer_than_half_of_the_frames_is_not_valid():
+    """An object found in 6 of 16 frames (blank frames elsewhere) is no object; in 8 of 16 it is one."""
+    gray = np.array((118, 118, 118), np.uint8)
+    for shown, valid in ((6, False), (8, True)):
+        clip = drawn([(16 + 2 * k, 32) for k in range(16)])
+        clip[shown:] = gray
+        r = read_clip(clip)
+        assert r.valid is valid and r.found_frames == shown, (shown, r.reason)
+        if not valid:
+            assert f"found in {shown} of 16 frames" in r.reason
+
+
+def test_scattered_object_coloured_pixels_make_the_clip_not_valid():
+    """A small second blob is ignored (the largest component is the object); object-coloured pixels scattered
+    over the frame, more of them than the object's, make the clip not valid (clutter above MAX_CLUTTER)."""
+    clip = drawn([(20 + 2 * k, 32) for k in range(16)])
+    clip[:, 4:6, 4:6] = COLOURS["red"]                          # a 2x2 speck far from the object
+    r = read_clip(clip)
+    assert r.valid and r.shape == "circle" and r.colour == "red" and r.direction == "right"
+    assert 0 < r.clutter < 0.1
+    cluttered = drawn([(20 + 2 * k, 32) for k in range(16)])
+    ys, xs = np.mgrid[2:62:4, 2:62:4]
+    cluttered[:, ys.ravel(), xs.ravel()] = COLOURS["red"]       # 225 isolated red pixels a frame
+    r = read_clip(cluttered)
+    assert not r.valid and r.clutter > 0.5 and "no single object" in r.reason
+
+
+def test_scores_skip_absent_attributes_and_invalid_readings():
+    """An attribute the target does not name (no background) is not scored (NaN), and the shape IoU, travel and
+    area are pooled over valid readings only."""
+    good = read_clip(drawn([(16 + 2 * k, 32) for k in range(16)]))
+    blank = read_clip(np.full((16, 64, 64, 3), 118, np.uint8))
+    want = dict(colour="red", shape="circle", direction="right")
+    score = score_clips([good, blank], [want, want])
+    assert np.isnan(score["background"]) and score["colour"] == 0.5 and score["valid"] == 0.5
+    assert score["shape_iou"] == pytest.approx(good.shape_iou) and score["area"] == pytest.approx(good.area)
+
+
+def test_clips_smaller_than_8_pixels_are_refused():
+    """A frame side below 8 pixels is a VideoError; 8x8 is read."""
+    with pytest.raises(VideoError, match="at least 8x8"):
+        read_clip(np.zeros((4, 7, 16, 3), np.uint8))
+    assert isinstance(read_clip(np.zeros((4, 8, 8, 3), np.uint8)), ClipReading)
+
+
+def test_per_pixel_background_is_the_median_of_the_frames_away_from_the_object():
+    """The per-pixel background median averages the two middle values of an even count of kept frames."""
+    from hpdm_cli.eval.faithfulness import _masked_median
+    x = np.zeros((4, 1, 1, 3), np.float32)
+    x[:, 0, 0, 0] = [10, 40, 20, 200]
+    keep = np.array([True, True, True, False])[:, None, None]
+    assert _masked_median(x, keep, np.zeros((1, 1, 3), np.float32))[0, 0, 0] == 20
+    keep = np.array([True, True, False, False])[:, None, None]
+    assert _masked_median(x, keep, np.zeros((1, 1, 3), np.float32))[0, 0, 0] == 25
+    none = np.zeros((4, 1, 1), bool)
+    assert _masked_median(x, none, np.full((1, 1, 3), 7, np.float32))[0, 0, 0] == 7

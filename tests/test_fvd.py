@@ -957,3 +957,60 @@ def test_weights_found_in_a_weights_subfolder(tmp_path, monkeypatch):
     f = tmp_path / "weights" / WEIGHTS_FILE
     f.write_bytes(b"x")
     assert resolve_weights(tmp_path) == f
+
+
+def test_model_frames_are_counted_after_the_stride():
+    """With every frame taken (--frames all) a model's video at stride s gives ceil(frames / s) frames to I3D:
+    17 frames at stride 2 give 9 (enough), 16 give 8 (too few)."""
+    from hpdm_cli.drivers.fvd import _check_model_frames
+    assert MIN_FRAMES == 9
+    _check_model_frames(17, Protocol(frames=None, stride=2))
+    with pytest.raises(FVDError, match="16-frame videos: I3D needs clips of at least 9 frames"):
+        _check_model_frames(16, Protocol(frames=None, stride=2))
+
+
+def test_class_labels_take_label_zero_and_refuse_labels_beyond_the_model():
+    """Class conditions come from the dataset's labelled items (label 0 included, -1 unlabelled); a label the
+    model has no class for is an FVDError naming --data."""
+    from types import SimpleNamespace
+    from hpdm_cli.drivers.fvd import _class_labels
+
+    class Labelled:
+        path = "ds"
+
+        def __init__(self, labels):
+            self._labels = np.array(labels)
+
+        def __len__(self):
+            return len(self._labels)
+
+        def labels(self):
+            return self._labels
+
+    two = SimpleNamespace(model=SimpleNamespace(num_classes=2))
+    picked, counts = _class_labels(Labelled([0, -1, 0, 1]), two, Protocol(num=6), 6)
+    assert sorted(counts) == [0, 1] and sum(counts.values()) == 6 and picked.shape == (6,)
+    with pytest.raises(FVDError, match="labels up to 2 but the model has 2 classes"):
+        _class_labels(Labelled([0, 2]), two, Protocol(num=4), 4)
+
+
+def test_side_warnings_only_for_sides_short_of_clips():
+    """A side that measured all the clips asked for has no warning; one short of them names the shortfall."""
+    from types import SimpleNamespace
+    from hpdm_cli.drivers.fvd import _side_warnings
+    from hpdm_cli.eval.fvd import SideReport
+    protocol = Protocol(num=4)
+    stats = [SimpleNamespace(protocol={"precision": "fp32"}, num=4)] * 2
+    full = [SideReport("real", "folder", "r", num=4, num_candidates=4), SideReport("fake", "folder", "f", num=4)]
+    assert _side_warnings(protocol, 4, full, stats) == []
+    short = [full[0], SideReport("fake", "folder", "f", num=3, num_candidates=3)]
+    assert _side_warnings(protocol, 4, short, stats) == ["fake: only 3 of 4 clips requested (3 videos, 0 too short, "
+                                                         "0 unreadable)"]
+
+
+def test_generation_seed_zero_is_accepted():
+    """--gen-seed takes any seed >= 0 (0 included); a negative one is refused."""
+    from hpdm_cli.drivers.fvd import _check_generation
+    _check_generation({"seed": 0, "batch": 1})
+    with pytest.raises(FVDError, match="--gen-seed -1: expected a seed >= 0"):
+        _check_generation({"seed": -1})

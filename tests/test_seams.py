@@ -53,3 +53,20 @@ def test_the_hw_reference_steps_pool_rows_and_columns():
     x = (np.arange(32)[None, None, :] * 4 % 256).astype(np.uint8)
     clip = np.repeat(np.broadcast_to(x, (4, 32, 32))[..., None], 3, -1)
     assert abs(seam_steps(clip, (2, 8, 8))["hw"][1] - 2.0) < 1e-9
+
+
+def test_rows_are_cut_at_the_tile_height_and_columns_at_its_width():
+    """Tiles (t, h, w) of 8 rows and 32 columns on 32x64 frames: a clip that steps every 8 rows shows its seams
+    along the rows; the columns have a border at 32 only."""
+    from hpdm_cli.eval.seams import CAP
+    g = ((np.arange(32) // 8) * 40)[None, :, None] + np.zeros((4, 32, 64))
+    clip = np.repeat(g.astype(np.uint8)[..., None], 3, -1)
+    s = seam_steps(clip, (4, 8, 32))
+    assert s["hw"][0] == CAP / 2 and s["hw"][1] == 0.0     # rows: every border a capped step; columns: flat
+
+
+def test_ratios_pool_the_steps_over_clips_before_dividing():
+    """The ratio is the pooled border step over the pooled other step, not a mean of per-clip ratios."""
+    from hpdm_cli.eval.seams import seam_ratio
+    steps = [{"t": (2.0, 1.0), "hw": (2.0, 1.0)}, {"t": (4.0, 4.0), "hw": (float("nan"), float("nan"))}]
+    assert seam_ratio(steps) == {"t": 3.0 / 2.5, "hw": 2.0}

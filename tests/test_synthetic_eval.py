@@ -383,6 +383,21 @@ def test_eval_fvd_block_extrapolates_the_generated_and_floor_fvd(monkeypatch):
     assert set(small) == {"generated", "real_floor", "static", "shuffled"}
 
 
+def test_eval_fvd_baselines_are_made_of_the_floor_clips(monkeypatch):
+    """The static and time-shuffled baselines are built from the floor's real clips (other prompts' clips), not
+    from the reference clips they are measured against: floor clips of another colour show in both."""
+    import hpdm_cli.drivers.evaluate as ev
+    import hpdm_cli.eval.fvd as fvd_mod
+    monkeypatch.setattr(fvd_mod, "I3DExtractor", MeanColourFeatures)
+    rng = np.random.default_rng(1)
+    clips = lambda n, lo: [rng.integers(lo, lo + 100, (4, 2, 2, 3), dtype=np.uint8) for _ in range(n)]
+    real_a, real_b = clips(16, 0), clips(16, 60)                     # floor clips 60 levels brighter
+    out = ev._fvd_block(real_a, real_a, real_b, None, "cpu", lambda *_: None)
+    assert out["generated"] < 1e-6                                   # the reference against itself
+    for name in ("real_floor", "static", "shuffled"):
+        assert out[name] > 3 * 50 ** 2, (name, out[name])           # a mean shift of ~60 levels in 3 colours
+
+
 def test_eval_checks_what_fvd_needs_before_sampling(tmp_path, prompt_table, monkeypatch):
     """Clips too short for I3D, or I3D weights that are not there, stop `hpdm eval` in one line before any clip
     is sampled (not after hours of sampling)."""
@@ -424,10 +439,14 @@ def test_eval_floor_real_clips_and_sensitivity_conditions(tmp_path, monkeypatch)
     monkeypatch.setattr(ev, "condition_loss_gap", lambda *a, **k: {"true": 1.0, "shuffled": 1.0, "null": 1.0})
     monkeypatch.setattr(ev, "_fvd_detector", lambda *a: None)
     monkeypatch.setattr(ev, "_fvd_block", lambda fake, a, b, *r: fvd_args.append((a, b)) or {})
+    floors = []
+    monkeypatch.setattr(ev, "swapped_floor", lambda got, caps: floors.append(got) or ev.score_clips(got, caps))
     n = 4
     ev.evaluate("unused", tmp_path / "eval", num_clips=n, batch=n, fvd=True, device="cpu", log=lambda m: None)
     real_a = ev.render_real(n, 0, (T, H, W), "heldout")
     ref, floor = fvd_args[0]
     assert all(np.array_equal(x, y) for x, y in zip(ref, real_a.videos))          # the prompts' own real clips
     assert not any(np.array_equal(x, y) for x, y in zip(floor, real_a.videos))    # the floor: other clips
+    assert not any(np.array_equal(x, y) for x in floor for y in real_a.videos)     # none of them a reference clip
+    assert len(floors[0]) == n and not any(r.valid for r in floors[0])   # the swapped floor: generated clips
     assert torch.equal(calls[1], calls[0].roll(-1, 0)[:n])                         # sensitivity: the next clip's

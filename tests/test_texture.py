@@ -87,3 +87,23 @@ def test_pixels_an_object_covers_in_more_than_a_quarter_of_the_frames_are_not_ba
     clip[:3, :4, :4] = 255                                          # an object on this corner in 3 of 8 frames
     _, keep = static_background(clip)
     assert not keep[:4, :4].any() and keep[8:, 8:].all()
+
+
+def test_stripes_are_counted_in_cycles_of_the_shorter_side_and_a_frame_reads_as_a_clip():
+    """Frequencies are per min(H, W) (the data draws 2-5 cycles per frame side): 3 cycles over the 32-pixel
+    side of a 32x64 frame is a stripe; a single frame [H, W, 3] is measured as a one-frame clip."""
+    yy, xx = np.mgrid[0:32, 0:64] + 0.5
+    stripe = 10 * np.sin(2 * np.pi * 3.0 * yy / 32 + 0.5)
+    clip = _flat_plus(stripe)
+    assert stripe_fit(clip) > 0.97
+    assert stripe_fit(clip[0]) == pytest.approx(stripe_fit(clip[:1]))
+
+
+def test_a_clip_with_under_a_quarter_of_steady_background_is_not_measured():
+    """Fewer than a quarter of the pixels reliable background: NaN (about a sixth stay put here)."""
+    rng = np.random.default_rng(2)
+    clip = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    clip[:, :13, :13] = 118                                      # 169 of 1024 pixels steady
+    assert np.isnan(stripe_fit(clip))
+    clip[:, :20, :20] = 118                                      # 400 of 1024: measured
+    assert not np.isnan(stripe_fit(clip))
