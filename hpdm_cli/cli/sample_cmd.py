@@ -100,8 +100,8 @@ def sample(
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
                   f"{rep.fps:g} fps, {sum(rep.seconds):.1f} s on {rep.device} from {rep.weights} (step {rep.step})"
-                  + (f", level 0 autoguided by {rep.guide}" if rep.guide else "")
-                  + (" at {:g} < sigma <= {:g}".format(*rep.guidance_interval) if rep.guide and rep.guidance_interval
-                     else ""), highlight=False)
+                  + (f", level 0 autoguided by {rep.guide}"
+                     + (" at {:g} < sigma <= {:g}".format(*rep.guidance_interval) if rep.guidance_interval else "")
+                     if rep.guide else ""), highlight=False)
     for p in rep.files:
         console.print(f"{'replaced' if p in rep.replaced else 'wrote'} {p}", highlight=False)
