@@ -128,12 +128,18 @@ class PyramidConfig:
     patch: tuple[int, int, int] = (16, 64, 64)          # Patch size of every level (frames, height, width).
     overlap: str = "fhw"                                 # Tiles at inference: axes with 50% overlap, or shifted
     #                                                      ones ("shift-hw"; `split_overlap` gives the grammar).
-    offsets: str = "continuous"                          # Training patch offsets: "continuous" or "grid".
+    offsets: str = "continuous"                          # Training patch offsets: "continuous", "grid" or
+    #                                                      "tiles" (docs/method.md, section 3).
 
     @property
     def num_levels(self) -> int:
         """Number of pyramid levels L: 1 + log2 of the largest full/patch ratio."""
         return 1 + max(int(math.log2(R // r)) for R, r in zip(self.resolution, self.patch))
+
+    @property
+    def pixel_grid_offsets(self) -> bool:
+        """Whether every level's training patch is a whole-pixel crop of its level ("grid" and "tiles" offsets)."""
+        return self.offsets in ("grid", "tiles")
 
     def level_resolution(self, level: int) -> tuple[int, int, int]:
         """Size of the whole video at `level` (patch size at level 0, full size at the last)."""
@@ -314,8 +320,15 @@ class Recipe:
         for name, dim in (("model.interface_dim", m.interface_dim), ("model.latent_dim", m.latent_dim)):
             if dim % m.head_dim:
                 raise ConfigError(f"{name} = {dim} is not a multiple of model.head_dim = {m.head_dim}")
-        if p.offsets not in ("continuous", "grid"):
-            raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\" or \"grid\"")
+        if p.offsets not in ("continuous", "grid", "tiles"):
+            raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\", \"grid\" or \"tiles\"")
+        if p.offsets == "tiles":
+            halved = "".join(split_overlap(p.overlap, "pyramid.overlap"))   # the axes tiled every half tile
+            for a, r, R in zip(OVERLAP_AXES, p.patch, p.resolution):
+                if a in halved and r % 2 and R > r:
+                    raise ConfigError(f"pyramid.offsets = \"tiles\" trains on the tiles of pyramid.overlap = {p.overlap!r}, "
+                                      f"which start every half tile along {a}, but the patch is odd there ({r}): "
+                                      f"drop {a!r} from pyramid.overlap or use pyramid.offsets = \"grid\"")
         if m.fusion not in ("deep", "shallow", "none"):
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
         if m.pos_embed not in ("learned", "sincos"):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hpdm_cli.config import PyramidConfig
 from hpdm_cli.pyramid import (downsample_to_level, extract_patches, level_scales, patch_points, relative_coords,
                               sample_nested_offsets, to_grid_sample)
+from hpdm_cli.sampling.tiles import build_tiles, chain_offsets
 
 PYRAMIDS = {
     "ucf-like (3 levels)": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16)),
@@ -110,6 +111,76 @@ def test_grid_offsets_make_every_level_an_exact_crop_of_its_level(name):
             f0, h0, w0 = starts[b].round().long().tolist()
             rf, rh, rw = pyr.patch
             assert torch.equal(patches[b, l], level[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]), (l, b)
+
+
+# Even patches, each with the tiling its sampler uses: the pyramids of pyramid.offsets = "tiles".
+TILED = {
+    "3 levels, shift-fhw": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16), overlap="shift-fhw"),
+    "4 levels, hw": PyramidConfig(resolution=(32, 128, 128), patch=(4, 16, 16), overlap="hw"),
+    "tiny, no overlap": PyramidConfig(resolution=(8, 32, 32), patch=(4, 8, 8), overlap="none"),
+    "time fixed, fhw": PyramidConfig(resolution=(4, 32, 32), patch=(4, 8, 8), overlap="fhw"),
+}
+
+
+def tile_index(pyr: PyramidConfig, top: torch.Tensor) -> torch.Tensor:
+    """The last-level tile of `build_tiles(pyr, pyr.overlap)` whose offset is each row of top [B, 3]."""
+    tiles = build_tiles(pyr, pyr.overlap)[-1]
+    res = torch.tensor(tiles.resolution)
+    key = lambda starts: (starts[:, 0] * res[1] + starts[:, 1]) * res[2] + starts[:, 2]     # noqa: E731
+    lookup = torch.full((int(res.prod()),), -1, dtype=torch.long)
+    lookup[key(tiles.starts)] = torch.arange(tiles.num_tiles)
+    starts = (top.double() * res).round().long()
+    assert torch.allclose(top.double() * res, starts.double(), atol=1e-4)      # on the level's pixel grid
+    return lookup[key(starts)]
+
+
+@pytest.mark.parametrize("name", list(TILED))
+def test_tile_offsets_are_the_samplers_tile_chains(name):
+    """pyramid.offsets = "tiles": each drawn chain is a sampling tile with its ancestors, every tile about equally often."""
+    pyr = dataclasses.replace(TILED[name], offsets="tiles")
+    chains = chain_offsets(build_tiles(pyr, pyr.overlap), pyr.num_levels - 1)     # [T, L, 3]
+    T = chains.shape[0]
+    off = sample_nested_offsets(pyr, 200 * T, generator=torch.Generator().manual_seed(6))
+    idx = tile_index(pyr, off[:, -1])
+    assert torch.all(idx >= 0)                                  # the last level sits on a sampling tile
+    assert torch.equal(off, chains[idx])                        # with the ancestors sampling gives that tile
+    counts = torch.bincount(idx, minlength=T).float()
+    assert counts.min() > 0.6 * 200 and counts.max() < 1.4 * 200, (counts.min(), counts.max())
+    s = level_scales(pyr)
+    for l in range(1, pyr.num_levels):                          # nested, as every training chain must be
+        assert torch.all(off[:, l] >= off[:, l - 1] - 1e-6)
+        assert torch.all(off[:, l] + s[l] <= off[:, l - 1] + s[l - 1] + 1e-6)
+    # every level a whole-pixel crop of its level video, as with "grid"
+    video = torch.randn(4, 3, *pyr.resolution)
+    patches = extract_patches(video, pyr, off[:4])
+    for l in range(pyr.num_levels):
+        starts = (off[:4, l].double() * torch.tensor(pyr.level_resolution(l))).round().long()
+        level = downsample_to_level(video, pyr, l)
+        for b in range(4):
+            f0, h0, w0 = starts[b].tolist()
+            rf, rh, rw = pyr.patch
+            assert torch.equal(patches[b, l], level[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]), (l, b)
+
+
+def test_tile_offsets_train_the_frame_edges_as_often_as_sampling_tiles_them():
+    """Nested uniform offsets put a 4-level pyramid's last level at the bottom edge ~2 in 10^4 times; tiles ~1 in 15."""
+    pyr = PyramidConfig(resolution=(32, 128, 128), patch=(4, 16, 16), overlap="shift-fhw", offsets="grid")
+    s = level_scales(pyr)[-1]
+    at_edge = lambda off: ((off[:, -1] + s) > 1 - 1e-6).double().mean(0)      # noqa: E731  per axis (t, y, x)
+    g = torch.Generator().manual_seed(7)
+    nested = at_edge(sample_nested_offsets(pyr, 100_000, generator=g))
+    tiled = at_edge(sample_nested_offsets(dataclasses.replace(pyr, offsets="tiles"), 100_000, generator=g))
+    starts = len(build_tiles(pyr, pyr.overlap)[-1].starts[:, 1].unique())        # 15 tile rows at the last level
+    assert torch.all(nested[1:] < 2e-3) and nested[0] < 0.01, nested     # (time: 5 positions a level, not 17)
+    assert torch.allclose(tiled[1:], torch.full((2,), 1 / starts, dtype=torch.float64), atol=0.005), tiled
+
+
+def test_tile_offsets_come_from_the_generator():
+    """A seeded generator draws the same tile chains again; another seed other ones."""
+    pyr = dataclasses.replace(TILED["3 levels, shift-fhw"], offsets="tiles")
+    draw = lambda seed: sample_nested_offsets(pyr, 64, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
 
 
 @pytest.mark.parametrize("name", list(PYRAMIDS))

@@ -157,6 +157,8 @@ def test_int_accepted_for_float():
     ({"diffusion": {"p_std": [1.4, 1.2]}}, "diffusion.p_std"),                            # one per level, 3 levels
     ({"diffusion": {"p_std": [1.4, -1.0, 1.2]}}, "diffusion.p_std[1]"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
+    ({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64], "overlap": "fhw"}},
+     "pyramid.offsets"),                                                    # half tiles of an odd patch
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),
     ({"pyramid": {"overlap": "fx"}}, "pyramid.overlap"),
@@ -178,6 +180,13 @@ def test_recipe_overlap_takes_every_spelling_the_sampler_takes(spelling):
     assert canonical in ("hw", "", "shift-hw")
     assert [t.counts for t in build_tiles(r.pyramid, r.pyramid.overlap)] == \
         [t.counts for t in build_tiles(r.pyramid, canonical or "none")]
+
+
+def test_tile_offsets_take_any_tiling_their_patch_can_halve():
+    """pyramid.offsets = "tiles" with an odd patch along an axis the tiling does not halve is a valid recipe."""
+    r = recipe_from_dict({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64],
+                                      "overlap": "shift-hw"}})
+    assert r.pyramid.pixel_grid_offsets and r.pyramid.offsets == "tiles"
 
 
 def test_inconsistent_recipe_from_file_names_file(tmp_path):

@@ -7,7 +7,7 @@ for a factor of two this is exactly trilinear interpolation of the 8 neighbourin
 stays alias-free for larger factors), then the patch is
 resampled trilinearly at its sample centres (`align_corners=False`, the convention of
 `geometry`). The last level is an integer crop of the full-resolution video (no resampling;
-docs/method.md, section 2), and so is every level with `pyramid.offsets = "grid"` (a crop of the
+docs/method.md, section 2), and so is every level with `pyramid.offsets = "grid"` or `"tiles"` (a crop of the
 level's box-filtered video). A linear ramp video is reproduced exactly at every level
 (docs/method.md, invariants "coordinates reproduce a linear ramp" and "the last level is an
 exact integer crop"; tests/test_pyramid.py).
@@ -47,7 +47,7 @@ def extract_level(video: torch.Tensor, pyr: PyramidConfig, level: int, offsets: 
     src = downsample_to_level(video, pyr, level)
     if level == 0:                                                        # the whole video, s = 1
         return src
-    if level == pyr.num_levels - 1 or pyr.offsets == "grid":
+    if level == pyr.num_levels - 1 or pyr.pixel_grid_offsets:
         grid = constant(tuple(pyr.level_resolution(level)), offsets.device, torch.float64)
         starts = torch.round(offsets.double() * grid)
         off_grid = (starts - offsets.double() * grid).abs().max() > 1e-3

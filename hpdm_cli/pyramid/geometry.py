@@ -16,6 +16,7 @@ the same point, seen from the lower level k's patch, sits at (eq. 8 of the paper
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -43,14 +44,17 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
     to the full-resolution pixel grid (an integer crop: docs/method.md, sections 2-3), choosing uniformly among
     the integer positions that keep it inside level l-1. With `pyr.offsets == "grid"` every level
     is snapped so to its own pixel grid, as the tiles of hierarchical sampling are (docs/method.md,
-    section 3).
+    section 3). With `pyr.offsets == "tiles"` the offsets are the sampler's own tile chains
+    (`sample_tile_offsets`).
     """
+    if pyr.offsets == "tiles":
+        return sample_tile_offsets(pyr, batch, generator=generator, device=device)
     L = pyr.num_levels
     scales = level_scales(pyr, device).double()
     u = torch.rand(batch, L, 3, generator=generator, device=generator.device if generator else device)
     u = u.to(device, torch.float64)
     offsets = torch.zeros(batch, L, 3, device=device, dtype=torch.float64)
-    on_grid = pyr.offsets == "grid"
+    on_grid = pyr.pixel_grid_offsets
     for l in range(1, L):
         room = scales[l - 1] - scales[l]                                  # [3]
         cont = offsets[:, l - 1] + u[:, l] * room
@@ -63,6 +67,31 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
                                device=device)
         offsets[:, l] = torch.where(at_full, snapped, cont)
     return offsets.float()
+
+
+def sample_tile_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[torch.Generator] = None,
+                        device=None) -> torch.Tensor:
+    """Training offsets [B, L, 3] that are the sampler's: a last-level tile, uniformly, with its ancestor tiles.
+
+    The tiles are those of hierarchical sampling under `pyr.overlap` (`hpdm_cli.sampling.tiles`),
+    each level-l tile's context taken from the lower-level tiles that sampling takes it from. Nested
+    uniform offsets put a patch at the frame's edge ever more rarely level after level (the last
+    level of a 4-level pyramid: ~2 in 10^4 patches), while sampling tiles the edges as often as the
+    middle (docs/method.md, section 3).
+    """
+    chains = _tile_chains(tuple(pyr.resolution), tuple(pyr.patch), pyr.overlap)          # [T, L, 3]
+    idx = torch.randint(chains.shape[0], (batch,), generator=generator,
+                        device=generator.device if generator is not None else None)
+    return chains[idx.cpu()].to(device)
+
+
+@lru_cache(maxsize=8)
+def _tile_chains(resolution: tuple, patch: tuple, overlap: str) -> torch.Tensor:
+    """Every last-level tile's offsets on levels 0..L-1 under the tiling `overlap`, as [T, L, 3] float32."""
+    from ..sampling.tiles import build_tiles, chain_offsets        # late: the sampling package imports this one
+    pyr = PyramidConfig(resolution=resolution, patch=patch, overlap=overlap)
+    tiles = build_tiles(pyr, overlap)
+    return chain_offsets(tiles, pyr.num_levels - 1)
 
 
 def relative_coords(scales: torch.Tensor, offsets: torch.Tensor, level: int, context: int):
