@@ -14,6 +14,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import border_pixels  # noqa: E402
 import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
 import mean_motion  # noqa: E402
@@ -947,3 +948,13 @@ def test_guidance_sweep_chunks_reuse_only_parts_of_the_same_weights(tmp_path):
     assert guidance_sweep.load_part(tmp_path / "part.npz", key) is not None
     for other in ({"weights": "b/ema.safetensors"}, {"step": 2}, {"setting": "2"}, {"rows": [0, 3]}):
         assert guidance_sweep.load_part(tmp_path / "part.npz", {**key, **other}) is None, other
+
+
+def test_border_pixels_count_object_pixels_on_each_border_line():
+    """An object cut by the bottom edge is counted on the bottom line only, by its width there; faint texture is not."""
+    frame = np.full((32, 48, 3), 40, np.uint8)
+    frame[::4, :, :] = 70                                    # stripes: 90 of 765 from the median, below 200
+    frame[20:32, 10:17] = (240, 220, 30)                     # a yellow block, 7 pixels wide at the bottom edge
+    frame[0, 47] = (250, 250, 250)                           # one bright pixel at the top-right corner
+    assert border_pixels.border_counts(frame) == {"top": 1, "bottom": 7, "left": 0, "right": 1}
+    assert border_pixels.border_counts(frame, threshold=60) == {"top": 48, "bottom": 7, "left": 8, "right": 8}

@@ -1,0 +1,100 @@
+"""Objects at the frame's border, level by level: the upper levels given a real clip's level 0, counted at the edges.
+
+    python benchmarks/border_pixels.py CKPT [--rows 1030 1029] [--overlap shift-fhw] [--steps 32,48,24,24]
+        [--sheet PNG]
+
+For each held-out `shapes` clip (its index in the held-out split) the model's levels 1.. are sampled
+given the clip's real level 0 (`HierarchicalSampler.sample(fixed={0: ...})`, on the CPU in float32,
+the null condition replaced by the clip's caption when the model reads text), every level kept. For
+each level it prints the object pixels of the middle frame on the frame's four border lines (top,
+bottom, left, right: pixels more than 200 of 765 from the frame's median colour), generated against
+the real clip box-filtered to that level. Objects that touch the border come out too wide there
+when a level is rarely trained at the frame's edge (docs/results.md, section 49; docs/method.md,
+section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
+border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
+the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SIDES = ("top", "bottom", "left", "right")
+
+
+def border_counts(frame: np.ndarray, threshold: int = 200) -> dict:
+    """Object pixels [H, W, 3] uint8 on each border line: more than `threshold` (of 765) from the median colour."""
+    f = frame.astype(int)
+    mask = np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
+    return dict(zip(SIDES, (int(mask[0].sum()), int(mask[-1].sum()), int(mask[:, 0].sum()), int(mask[:, -1].sum()))))
+
+
+def main() -> None:
+    """Sample the upper levels of each row given its real level 0 and print the border counts per level."""
+    from PIL import Image
+
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.drivers.evaluate import embed_prompts, real_level0, render_real
+    from hpdm_cli.drivers.generation import make_sampler, to_uint8
+    from hpdm_cli.pyramid import downsample_to_level
+    from hpdm_cli.sampling import level_steps
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors file")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1030, 1029], help="held-out clip indices")
+    ap.add_argument("--find", default=None, metavar="LO:HI", help="list the held-out clips LO..HI-1 with an object on a border")
+    ap.add_argument("--overlap", default=None, help="tiling (default: the recipe's)")
+    ap.add_argument("--steps", default=None, help="per-level steps, e.g. 32,48,24,24 (default: the recipe's)")
+    ap.add_argument("--tables", nargs="*", default=["out/gpu/shapes_prompts_heldout.safetensors"],
+                    help="prompt tables read before any text encoder")
+    ap.add_argument("--sheet", default=None, help="PNG of the middle frames, level by level, beside the real ones")
+    a = ap.parse_args()
+    net, recipe, _ = load_generator(a.ckpt, "cpu")
+    R = recipe.pyramid.resolution
+    if a.find:
+        lo, hi = (int(v) for v in a.find.split(":"))
+        for i in range(lo, hi):
+            clip = render_real(1, i, R, "heldout")
+            c = border_counts(clip.videos[0][R[0] // 2])
+            if any(c.values()):
+                print(i, clip.captions[0], c)
+        return
+    real = [render_real(1, i, R, "heldout") for i in a.rows]
+    videos, caps = [r.videos[0] for r in real], [r.captions[0] for r in real]
+    cond = embed_prompts(recipe, caps, a.tables) if recipe.model.cond == "text" else None
+    sampler = make_sampler(net, recipe, "cpu", a.overlap or recipe.pyramid.overlap, 64, True, False, False)
+    steps = level_steps(recipe.sample, recipe.pyramid.num_levels,
+                        None if a.steps is None else [int(s) for s in a.steps.split(",")])
+    res = sampler.sample(list(range(len(a.rows))), cond, guidance=1.0, steps=steps,
+                         fixed={0: real_level0(videos, recipe.pyramid)})
+    print(f"{a.ckpt}: offsets {recipe.pyramid.offsets!r}, tiles {a.overlap or recipe.pyramid.overlap!r}, steps {steps}; "
+          "object pixels on the middle frame's border lines, generated / real")
+    print("| row | caption | level | " + " | ".join(SIDES) + " |")
+    print("|---|---|---|" + "---|" * len(SIDES))
+    tiles = []
+    for k, (row, cap) in enumerate(zip(a.rows, caps)):
+        clip = torch.from_numpy(videos[k][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        gen_row, real_row = [], []
+        for lv, level in enumerate(res.videos):
+            g = to_uint8(level[k:k + 1])[0]
+            r = to_uint8(downsample_to_level(clip, recipe.pyramid, lv))[0]
+            cg, cr = border_counts(g[len(g) // 2]), border_counts(r[len(r) // 2])
+            print(f"| {row} | {cap} | {lv} {tuple(recipe.pyramid.level_resolution(lv))} | "
+                  + " | ".join(f"{cg[s]} / {cr[s]}" for s in SIDES) + " |")
+            size = (R[2] * 2, R[1] * 2)
+            gen_row.append(np.array(Image.fromarray(g[len(g) // 2]).resize(size, Image.NEAREST)))
+            real_row.append(np.array(Image.fromarray(r[len(r) // 2]).resize(size, Image.NEAREST)))
+        tiles += [np.concatenate(gen_row, 1), np.concatenate(real_row, 1)]
+    if a.sheet:
+        Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
+        print(f"sheet: {a.sheet} (per clip: generated levels, then the real clip's levels)")
+
+
+if __name__ == "__main__":
+    main()
