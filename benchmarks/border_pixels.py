@@ -1,10 +1,11 @@
 """Objects at the frame's border, level by level: the upper levels given a real clip's level 0, counted at the edges.
 
     python benchmarks/border_pixels.py CKPT [--rows 1030 1029] [--overlap shift-fhw] [--steps 32,48,24,24]
-        [--sheet PNG]
+        [--real-levels 1] [--sheet PNG]
 
 For each held-out `shapes` clip (its index in the held-out split) the model's levels 1.. are sampled
-given the clip's real level 0 (`HierarchicalSampler.sample(fixed={0: ...})`, on the CPU in float32,
+given the clip's real level 0 (with `--real-levels K`, its real levels 0..K-1: does a level overdraw
+the border given a true level below it, or only pass on its input's excess?) (`HierarchicalSampler.sample(fixed={0: ...})`, on the CPU in float32,
 the null condition replaced by the clip's caption when the model reads text), every level kept. For
 each level it prints the object pixels of the middle frame on the frame's four border lines (top,
 bottom, left, right: pixels more than 200 of 765 from the frame's median colour), generated against
@@ -53,9 +54,12 @@ def main() -> None:
     ap.add_argument("--steps", default=None, help="per-level steps, e.g. 32,48,24,24 (default: the recipe's)")
     ap.add_argument("--tables", nargs="*", default=["out/gpu/shapes_prompts_heldout.safetensors"],
                     help="prompt tables read before any text encoder")
+    ap.add_argument("--real-levels", type=int, default=1, help="levels 0..K-1 taken from the real clip (default 1)")
     ap.add_argument("--sheet", default=None, help="PNG of the middle frames, level by level, beside the real ones")
     a = ap.parse_args()
     net, recipe, _ = load_generator(a.ckpt, "cpu")
+    if not 1 <= a.real_levels < recipe.pyramid.num_levels:
+        raise SystemExit(f"--real-levels {a.real_levels}: expected 1..{recipe.pyramid.num_levels - 1}")
     R = recipe.pyramid.resolution
     if a.find:
         lo, hi = (int(v) for v in a.find.split(":"))
@@ -71,10 +75,12 @@ def main() -> None:
     sampler = make_sampler(net, recipe, "cpu", a.overlap or recipe.pyramid.overlap, 64, True, False, False)
     steps = level_steps(recipe.sample, recipe.pyramid.num_levels,
                         None if a.steps is None else [int(s) for s in a.steps.split(",")])
-    res = sampler.sample(list(range(len(a.rows))), cond, guidance=1.0, steps=steps,
-                         fixed={0: real_level0(videos, recipe.pyramid)})
-    print(f"{a.ckpt}: offsets {recipe.pyramid.offsets!r}, tiles {a.overlap or recipe.pyramid.overlap!r}, steps {steps}; "
-          "object pixels on the middle frame's border lines, generated / real")
+    clips = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    given = {0: real_level0(videos, recipe.pyramid)}
+    given.update({lv: downsample_to_level(clips, recipe.pyramid, lv).clamp(-1, 1) for lv in range(1, a.real_levels)})
+    res = sampler.sample(list(range(len(a.rows))), cond, guidance=1.0, steps=steps, fixed=given)
+    print(f"{a.ckpt}: offsets {recipe.pyramid.offsets!r}, tiles {a.overlap or recipe.pyramid.overlap!r}, steps {steps}, "
+          f"real levels 0..{a.real_levels - 1}; object pixels on the middle frame's border lines, generated / real")
     print("| row | caption | level | " + " | ".join(SIDES) + " |")
     print("|---|---|---|" + "---|" * len(SIDES))
     tiles = []

@@ -958,3 +958,13 @@ def test_border_pixels_count_object_pixels_on_each_border_line():
     frame[0, 47] = (250, 250, 250)                           # one bright pixel at the top-right corner
     assert border_pixels.border_counts(frame) == {"top": 1, "bottom": 7, "left": 0, "right": 1}
     assert border_pixels.border_counts(frame, threshold=60) == {"top": 48, "bottom": 7, "left": 8, "right": 8}
+
+
+def test_border_pixels_takes_real_levels_below_the_last_only(monkeypatch, capsys):
+    """--real-levels K fixes levels 0..K-1 from the real clip: K = the level count leaves nothing to sample."""
+    ckpt = str(Path(__file__).resolve().parents[1] / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
+    for k in (0, 3):
+        monkeypatch.setattr(sys, "argv", ["border_pixels.py", ckpt, "--rows", "1030", "--real-levels", str(k)])
+        with pytest.raises(SystemExit) as e:
+            border_pixels.main()
+        assert str(e.value) == f"--real-levels {k}: expected 1..2"
