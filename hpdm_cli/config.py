@@ -69,6 +69,12 @@ def split_overlap(overlap: str, key: str = "overlap") -> tuple[str, str]:
     return order(over), order(shift)
 
 
+def grid_axes(overlap: str, key: str = "overlap") -> str:
+    """Axes on which a tiling's tiles start every half tile: the overlapped and the shifted ones."""
+    over, shift = split_overlap(overlap, key)
+    return "".join(a for a in OVERLAP_AXES if a in over + shift)
+
+
 def parse_overlap(overlap: str, key: str = "overlap") -> str:
     """Normalise an inference tiling (see `split_overlap`): "wf" -> "fw", "none" -> "", "shift-wh" -> "shift-hw"."""
     over, shift = split_overlap(overlap, key)
@@ -323,7 +329,7 @@ class Recipe:
         if p.offsets not in ("continuous", "grid", "tiles"):
             raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\", \"grid\" or \"tiles\"")
         if p.offsets == "tiles":
-            halved = "".join(split_overlap(p.overlap, "pyramid.overlap"))   # the axes tiled every half tile
+            halved = grid_axes(p.overlap, "pyramid.overlap")
             for a, r, R in zip(OVERLAP_AXES, p.patch, p.resolution):
                 if a in halved and r % 2 and R > r:
                     raise ConfigError(f"pyramid.offsets = \"tiles\" trains on the tiles of pyramid.overlap = {p.overlap!r}, "

@@ -30,7 +30,7 @@ from fractions import Fraction
 import torch
 
 from ..config import OVERLAP_AXES as AXES
-from ..config import PyramidConfig, parse_overlap, split_overlap
+from ..config import PyramidConfig, grid_axes, parse_overlap, split_overlap
 
 __all__ = ["AXES", "LevelTiles", "axis_starts", "build_tiles", "chain_offsets", "grid_axes", "parse_overlap",
            "shift_phases", "tile_counts"]
@@ -49,12 +49,6 @@ def axis_starts(size: int, patch: int, overlap: bool) -> list[int]:
     else:
         step = patch
     return list(range(0, size - patch + 1, step))
-
-
-def grid_axes(overlap: str) -> str:
-    """Axes on which a tiling's tiles start every half tile: the overlapped and the shifted ones."""
-    over, shift = split_overlap(overlap)
-    return "".join(a for a in AXES if a in over + shift)
 
 
 def tile_counts(pyr: PyramidConfig, level: int, overlap: str) -> tuple[int, int, int]:
