@@ -1,7 +1,7 @@
 """Objects at the frame's border, level by level: the upper levels given a real clip's level 0, counted at the edges.
 
     python benchmarks/border_pixels.py CKPT [--rows 1030 1029] [--overlap shift-fhw] [--steps 32,48,24,24]
-        [--real-levels 1] [--sheet PNG]
+        [--real-levels 1] [--frames middle|all] [--sheet PNG]
 
 For each held-out `shapes` clip (its index in the held-out split) the model's levels 1.. are sampled
 given the clip's real level 0 (with `--real-levels K`, its real levels 0..K-1: does a level overdraw
@@ -9,7 +9,8 @@ the border given a true level below it, or only pass on its input's excess?) (`H
 the null condition replaced by the clip's caption when the model reads text), every level kept. For
 each level it prints the object pixels of the middle frame on the frame's four border lines (top,
 bottom, left, right: pixels more than 200 of 765 from the frame's median colour), generated against
-the real clip box-filtered to that level. Objects that touch the border come out too wide there
+the real clip box-filtered to that level (`--frames all`: summed over every frame, more pixels to count
+from the same clips), and a last row per level sums every clip and side. Objects that touch the border come out too wide there
 when a level is rarely trained at the frame's edge (docs/results.md, section 49; docs/method.md,
 section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
@@ -37,6 +38,16 @@ def border_counts(frame: np.ndarray, threshold: int = 200) -> dict:
     return dict(zip(SIDES, (int(mask[0].sum()), int(mask[-1].sum()), int(mask[:, 0].sum()), int(mask[:, -1].sum()))))
 
 
+def video_border_counts(video: np.ndarray, frames: str = "middle") -> dict:
+    """`border_counts` of a clip [T, H, W, 3] uint8: of its middle frame, or summed over all frames ("all")."""
+    if frames == "middle":
+        return border_counts(video[len(video) // 2])
+    if frames != "all":
+        raise ValueError(f"frames = {frames!r}: expected 'middle' or 'all'")
+    per = [border_counts(f) for f in video]
+    return {s: sum(c[s] for c in per) for s in SIDES}
+
+
 def main() -> None:
     """Sample the upper levels of each row given its real level 0 and print the border counts per level."""
     from PIL import Image
@@ -55,6 +66,8 @@ def main() -> None:
     ap.add_argument("--tables", nargs="*", default=["out/gpu/shapes_prompts_heldout.safetensors"],
                     help="prompt tables read before any text encoder")
     ap.add_argument("--real-levels", type=int, default=1, help="levels 0..K-1 taken from the real clip (default 1)")
+    ap.add_argument("--frames", choices=("middle", "all"), default="middle",
+                    help="count the middle frame (default) or sum over every frame")
     ap.add_argument("--sheet", default=None, help="PNG of the middle frames, level by level, beside the real ones")
     a = ap.parse_args()
     net, recipe, _ = load_generator(a.ckpt, "cpu")
@@ -80,23 +93,28 @@ def main() -> None:
     given.update({lv: downsample_to_level(clips, recipe.pyramid, lv).clamp(-1, 1) for lv in range(1, a.real_levels)})
     res = sampler.sample(list(range(len(a.rows))), cond, guidance=1.0, steps=steps, fixed=given)
     print(f"{a.ckpt}: offsets {recipe.pyramid.offsets!r}, tiles {a.overlap or recipe.pyramid.overlap!r}, steps {steps}, "
-          f"real levels 0..{a.real_levels - 1}; object pixels on the middle frame's border lines, generated / real")
+          f"real levels 0..{a.real_levels - 1}; object pixels on the border lines of "
+          f"{'the middle frame' if a.frames == 'middle' else 'every frame'}, generated / real")
     print("| row | caption | level | " + " | ".join(SIDES) + " |")
     print("|---|---|---|" + "---|" * len(SIDES))
-    tiles = []
+    tiles, totals = [], {}
     for k, (row, cap) in enumerate(zip(a.rows, caps)):
         clip = torch.from_numpy(videos[k][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         gen_row, real_row = [], []
         for lv, level in enumerate(res.videos):
             g = to_uint8(level[k:k + 1])[0]
             r = to_uint8(downsample_to_level(clip, recipe.pyramid, lv))[0]
-            cg, cr = border_counts(g[len(g) // 2]), border_counts(r[len(r) // 2])
+            cg, cr = video_border_counts(g, a.frames), video_border_counts(r, a.frames)
+            tg, tr = totals.get(lv, (0, 0))
+            totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()))
             print(f"| {row} | {cap} | {lv} {tuple(recipe.pyramid.level_resolution(lv))} | "
                   + " | ".join(f"{cg[s]} / {cr[s]}" for s in SIDES) + " |")
             size = (R[2] * 2, R[1] * 2)
             gen_row.append(np.array(Image.fromarray(g[len(g) // 2]).resize(size, Image.NEAREST)))
             real_row.append(np.array(Image.fromarray(r[len(r) // 2]).resize(size, Image.NEAREST)))
         tiles += [np.concatenate(gen_row, 1), np.concatenate(real_row, 1)]
+    for lv, (tg, tr) in totals.items():
+        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x) |")
     if a.sheet:
         Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
         print(f"sheet: {a.sheet} (per clip: generated levels, then the real clip's levels)")

@@ -960,6 +960,18 @@ def test_border_pixels_count_object_pixels_on_each_border_line():
     assert border_pixels.border_counts(frame, threshold=60) == {"top": 48, "bottom": 7, "left": 8, "right": 8}
 
 
+def test_border_pixels_counts_the_middle_frame_or_sums_every_frame():
+    """--frames all sums each frame's border pixels; the default reads the middle frame alone."""
+    video = np.full((4, 16, 16, 3), 40, np.uint8)
+    for t in range(4):
+        video[t, 15, 2:2 + t] = 250                          # frame t: t object pixels on the bottom line
+    video[1, 0, 5] = 250                                     # and one on the top line of frame 1
+    assert border_pixels.video_border_counts(video) == {"top": 0, "bottom": 2, "left": 0, "right": 0}
+    assert border_pixels.video_border_counts(video, "all") == {"top": 1, "bottom": 6, "left": 0, "right": 0}
+    with pytest.raises(ValueError, match="frames"):
+        border_pixels.video_border_counts(video, "first")
+
+
 def test_border_pixels_takes_real_levels_below_the_last_only(monkeypatch, capsys):
     """--real-levels K fixes levels 0..K-1 from the real clip: K = the level count leaves nothing to sample."""
     ckpt = str(Path(__file__).resolve().parents[1] / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
