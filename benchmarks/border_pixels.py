@@ -10,7 +10,9 @@ the null condition replaced by the clip's caption when the model reads text), ev
 each level it prints the object pixels of the middle frame on the frame's four border lines (top,
 bottom, left, right: pixels more than 200 of 765 from the frame's median colour), generated against
 the real clip box-filtered to that level (`--frames all`: summed over every frame, more pixels to count
-from the same clips), and a last row per level sums every clip and side. Objects that touch the border come out too wide there
+from the same clips), and a last row per level sums every clip and side, with the level's mean absolute
+difference from the real clip (0-255) over the whole frame and over its inner part (an eighth of the
+frame in from every side: does a change at the border cost the middle?). Objects that touch the border come out too wide there
 when a level is rarely trained at the frame's edge (docs/results.md, section 49; docs/method.md,
 section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
@@ -46,6 +48,15 @@ def video_border_counts(video: np.ndarray, frames: str = "middle") -> dict:
         raise ValueError(f"frames = {frames!r}: expected 'middle' or 'all'")
     per = [border_counts(f) for f in video]
     return {s: sum(c[s] for c in per) for s in SIDES}
+
+
+def mean_abs_diff(gen: np.ndarray, real: np.ndarray, inner: bool = False) -> float:
+    """Mean |gen - real| of two clips [T, H, W, 3] uint8, over the whole frame or its inner part (1/8 in from each side)."""
+    d = np.abs(gen.astype(np.int16) - real.astype(np.int16))
+    if inner:
+        h, w = d.shape[1] // 8, d.shape[2] // 8
+        d = d[:, h:d.shape[1] - h, w:d.shape[2] - w]
+    return float(d.mean())
 
 
 def main() -> None:
@@ -105,16 +116,18 @@ def main() -> None:
             g = to_uint8(level[k:k + 1])[0]
             r = to_uint8(downsample_to_level(clip, recipe.pyramid, lv))[0]
             cg, cr = video_border_counts(g, a.frames), video_border_counts(r, a.frames)
-            tg, tr = totals.get(lv, (0, 0))
-            totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()))
+            tg, tr, mae, inner = totals.get(lv, (0, 0, 0.0, 0.0))
+            totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()),
+                          mae + mean_abs_diff(g, r) / len(a.rows), inner + mean_abs_diff(g, r, True) / len(a.rows))
             print(f"| {row} | {cap} | {lv} {tuple(recipe.pyramid.level_resolution(lv))} | "
                   + " | ".join(f"{cg[s]} / {cr[s]}" for s in SIDES) + " |")
             size = (R[2] * 2, R[1] * 2)
             gen_row.append(np.array(Image.fromarray(g[len(g) // 2]).resize(size, Image.NEAREST)))
             real_row.append(np.array(Image.fromarray(r[len(r) // 2]).resize(size, Image.NEAREST)))
         tiles += [np.concatenate(gen_row, 1), np.concatenate(real_row, 1)]
-    for lv, (tg, tr) in totals.items():
-        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x) |")
+    for lv, (tg, tr, mae, inner) in totals.items():
+        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); |generated - real| "
+              f"{mae:.2f} whole, {inner:.2f} inner |")
     if a.sheet:
         Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
         print(f"sheet: {a.sheet} (per clip: generated levels, then the real clip's levels)")

@@ -972,6 +972,17 @@ def test_border_pixels_counts_the_middle_frame_or_sums_every_frame():
         border_pixels.video_border_counts(video, "first")
 
 
+def test_border_pixels_difference_over_the_whole_frame_or_its_inner_part():
+    """A difference on the outer eighth of the frame counts in the whole-frame mean only."""
+    real = np.zeros((2, 16, 16, 3), np.uint8)
+    gen = real.copy()
+    gen[:, 0] = 64                                           # the top row: 16 of 256 pixels differ by 64
+    assert border_pixels.mean_abs_diff(gen, real) == 4.0
+    assert border_pixels.mean_abs_diff(gen, real, inner=True) == 0.0
+    gen[:, 8, 8] = 144                                       # one inner pixel of 12 x 12
+    assert border_pixels.mean_abs_diff(gen, real, inner=True) == 1.0
+
+
 def test_border_pixels_takes_real_levels_below_the_last_only(monkeypatch, capsys):
     """--real-levels K fixes levels 0..K-1 from the real clip: K = the level count leaves nothing to sample."""
     ckpt = str(Path(__file__).resolve().parents[1] / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
