@@ -167,8 +167,8 @@ def test_minilm_in_plain_torch_equals_transformers_and_does_not_import_it():
         ids, mask = tokenize(enc.tokenizer, texts, max_length=kw["max_length"], pad_to=12 if seq else None)
         ref = hf_tok(texts, truncation=True, return_tensors="pt", **kw)
         assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
-        with torch.no_grad():
-            torch.testing.assert_close(enc.model(ids, mask), hf(**ref).last_hidden_state, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():   # float32 sums in another order differ by up to ~3e-5; a tanh GELU by ~4e-2
+            torch.testing.assert_close(enc.model(ids, mask), hf(**ref).last_hidden_state, rtol=1e-4, atol=1e-4)
     code = ("import sys; from hpdm_cli.text.encoders import load_text_encoder; "
             "e = load_text_encoder('minilm-tokens', tokens=12).encode(['a red square']); "
             "print(e.shape[1], 'transformers' in sys.modules)")
