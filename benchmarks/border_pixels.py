@@ -12,9 +12,9 @@ bottom, left, right: pixels more than 200 of 765 from the frame's median colour)
 the real clip box-filtered to that level (`--frames all`: summed over every frame, more pixels to count
 from the same clips), and a last row per level sums every clip and side, with the level's mean absolute
 difference from the real clip (0-255) over the whole frame and over its inner part (an eighth of the
-frame in from every side: does a change at the border cost the middle?). Objects that touch the border come out too wide there
-when a level is rarely trained at the frame's edge (docs/results.md, section 49; docs/method.md,
-section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
+frame in from every side: does a change at the border cost the middle?). Objects that touch the
+border come out too wide there when a level is rarely trained at the frame's edge (docs/results.md,
+sections 49-50; docs/method.md, section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
 the real ones.
 """
@@ -126,7 +126,7 @@ def main() -> None:
             real_row.append(np.array(Image.fromarray(r[len(r) // 2]).resize(size, Image.NEAREST)))
         tiles += [np.concatenate(gen_row, 1), np.concatenate(real_row, 1)]
     for lv, (tg, tr, mae, inner) in totals.items():
-        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); |generated - real| "
+        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); mean abs(generated - real) "
               f"{mae:.2f} whole, {inner:.2f} inner |")
     if a.sheet:
         Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
