@@ -12,7 +12,9 @@ bottom, left, right: pixels more than 200 of 765 from the frame's median colour)
 the real clip box-filtered to that level (`--frames all`: summed over every frame, more pixels to count
 from the same clips), and a last row per level sums every clip and side, with the level's mean absolute
 difference from the real clip (0-255) over the whole frame and over its inner part (an eighth of the
-frame in from every side: does a change at the border cost the middle?). Objects that touch the
+frame in from every side: does a change at the border cost the middle?) and, as a control with the same
+line geometry away from the border, the object pixels on the real object's outermost rows and columns
+inside the frame. Objects that touch the
 border come out too wide there when a level is rarely trained at the frame's edge (docs/results.md,
 sections 49-50; docs/method.md, section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
@@ -48,6 +50,33 @@ def video_border_counts(video: np.ndarray, frames: str = "middle") -> dict:
         raise ValueError(f"frames = {frames!r}: expected 'middle' or 'all'")
     per = [border_counts(f) for f in video]
     return {s: sum(c[s] for c in per) for s in SIDES}
+
+
+def object_mask(frame: np.ndarray, threshold: int = 200) -> np.ndarray:
+    """Object pixels [H, W] bool of a frame [H, W, 3] uint8: more than `threshold` (of 765) from its median colour."""
+    f = frame.astype(int)
+    return np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
+
+
+def inner_extreme_counts(gen: np.ndarray, real: np.ndarray, threshold: int = 200) -> tuple[int, int]:
+    """Object pixels (generated, real) on the real object's outermost rows and columns that lie inside the frame.
+
+    The control for the border counts: the same line geometry (an object just reaching the line) away from
+    the border. Per frame of clips [T, H, W, 3] uint8, the real object's top and bottom rows and left and
+    right columns are taken where they are not the frame's own border lines.
+    """
+    g_total = r_total = 0
+    for g, r in zip(gen, real):
+        mr, mg = object_mask(r, threshold), object_mask(g, threshold)
+        rows, cols = np.flatnonzero(mr.any(1)), np.flatnonzero(mr.any(0))
+        if not len(rows):
+            continue
+        H, W = mr.shape
+        for i in {rows[0], rows[-1]} - {0, H - 1}:
+            g_total, r_total = g_total + int(mg[i].sum()), r_total + int(mr[i].sum())
+        for j in {cols[0], cols[-1]} - {0, W - 1}:
+            g_total, r_total = g_total + int(mg[:, j].sum()), r_total + int(mr[:, j].sum())
+    return g_total, r_total
 
 
 def mean_abs_diff(gen: np.ndarray, real: np.ndarray, inner: bool = False) -> float:
@@ -116,18 +145,20 @@ def main() -> None:
             g = to_uint8(level[k:k + 1])[0]
             r = to_uint8(downsample_to_level(clip, recipe.pyramid, lv))[0]
             cg, cr = video_border_counts(g, a.frames), video_border_counts(r, a.frames)
-            tg, tr, mae, inner = totals.get(lv, (0, 0, 0.0, 0.0))
-            totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()),
-                          mae + mean_abs_diff(g, r) / len(a.rows), inner + mean_abs_diff(g, r, True) / len(a.rows))
+            tg, tr, mae, inner, eg, er = totals.get(lv, (0, 0, 0.0, 0.0, 0, 0))
+            xg, xr = inner_extreme_counts(g, r)
+            totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()), mae + mean_abs_diff(g, r) / len(a.rows),
+                          inner + mean_abs_diff(g, r, True) / len(a.rows), eg + xg, er + xr)
             print(f"| {row} | {cap} | {lv} {tuple(recipe.pyramid.level_resolution(lv))} | "
                   + " | ".join(f"{cg[s]} / {cr[s]}" for s in SIDES) + " |")
             size = (R[2] * 2, R[1] * 2)
             gen_row.append(np.array(Image.fromarray(g[len(g) // 2]).resize(size, Image.NEAREST)))
             real_row.append(np.array(Image.fromarray(r[len(r) // 2]).resize(size, Image.NEAREST)))
         tiles += [np.concatenate(gen_row, 1), np.concatenate(real_row, 1)]
-    for lv, (tg, tr, mae, inner) in totals.items():
-        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); mean abs(generated - real) "
-              f"{mae:.2f} whole, {inner:.2f} inner |")
+    for lv, (tg, tr, mae, inner, eg, er) in totals.items():
+        print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); the real objects' outermost lines "
+              f"inside the frame {eg} / {er} ({eg / max(er, 1):.2f}x); mean abs(generated - real) {mae:.2f} whole, "
+              f"{inner:.2f} inner |")
     if a.sheet:
         Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
         print(f"sheet: {a.sheet} (per clip: generated levels, then the real clip's levels)")

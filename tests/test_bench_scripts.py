@@ -983,6 +983,20 @@ def test_border_pixels_difference_over_the_whole_frame_or_its_inner_part():
     assert border_pixels.mean_abs_diff(gen, real, inner=True) == 1.0
 
 
+def test_border_pixels_control_counts_the_real_objects_outermost_inner_lines():
+    """A generated object one row taller at the bottom shows on the real object's bottom row, not on the frame's border."""
+    real = np.full((1, 16, 16, 3), 40, np.uint8)
+    real[0, 4:8, 5:9] = 250                                  # a 4x4 object: outermost rows 4, 7, columns 5, 8
+    gen = real.copy()
+    gen[0, 8, 3:11] = 250                                    # a wider row just below it (row 8: outside the real object)
+    gen[0, 7, 3:11] = 250                                    # and its bottom row 8 wide instead of 4
+    assert border_pixels.inner_extreme_counts(real, real) == (16, 16)
+    assert border_pixels.inner_extreme_counts(gen, real) == (4 + 8 + 5 + 5, 16)
+    edge = real.copy()
+    edge[0, 12:16, 5:9] = 250                                # a second object on the bottom border: row 15 is skipped
+    assert border_pixels.inner_extreme_counts(edge, edge) == (4 + 8 + 4 + 4, 20)
+
+
 def test_border_pixels_takes_real_levels_below_the_last_only(monkeypatch, capsys):
     """--real-levels K fixes levels 0..K-1 from the real clip: K = the level count leaves nothing to sample."""
     ckpt = str(Path(__file__).resolve().parents[1] / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
