@@ -35,10 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SIDES = ("top", "bottom", "left", "right")
 
 
+def object_mask(frame: np.ndarray, threshold: int = 200) -> np.ndarray:
+    """Object pixels [H, W] bool of a frame [H, W, 3] uint8: more than `threshold` (of 765) from its median colour."""
+    f = frame.astype(int)
+    return np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
+
+
 def border_counts(frame: np.ndarray, threshold: int = 200) -> dict:
     """Object pixels [H, W, 3] uint8 on each border line: more than `threshold` (of 765) from the median colour."""
-    f = frame.astype(int)
-    mask = np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
+    mask = object_mask(frame, threshold)
     return dict(zip(SIDES, (int(mask[0].sum()), int(mask[-1].sum()), int(mask[:, 0].sum()), int(mask[:, -1].sum()))))
 
 
@@ -50,12 +55,6 @@ def video_border_counts(video: np.ndarray, frames: str = "middle") -> dict:
         raise ValueError(f"frames = {frames!r}: expected 'middle' or 'all'")
     per = [border_counts(f) for f in video]
     return {s: sum(c[s] for c in per) for s in SIDES}
-
-
-def object_mask(frame: np.ndarray, threshold: int = 200) -> np.ndarray:
-    """Object pixels [H, W] bool of a frame [H, W, 3] uint8: more than `threshold` (of 765) from its median colour."""
-    f = frame.astype(int)
-    return np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
 
 
 def inner_extreme_counts(gen: np.ndarray, real: np.ndarray, threshold: int = 200) -> tuple[int, int]:
