@@ -17,6 +17,8 @@
 # A variant's overrides: the environment variable V_<variant> if set, else the table below:
 #   grid        pyramid.offsets="grid": every level trained on its pixel grid, as sampling tiles it
 #   continuous  pyramid.offsets="continuous": the paper's offsets, the control (docs/results.md, section 26)
+#   tiles       pyramid.offsets="tiles": every level trained on the sampler's own tile chains, the frame's
+#               border included (docs/method.md, section 3; docs/results.md, section 50), against grid
 #   tex         level 0 trained mostly in the stripes' band, log-sigma N(-1, 1.2^2) (docs/results.md section 19
 #               trained a base level alone at N(-1, 1): stripes, but no motion from scratch); the upper levels
 #               as before. The base level's texture is the largest gap left (sections 29-30); watch direction
@@ -84,6 +86,7 @@ overrides() {   # $1: variant -> its recipe overrides
   case "$1" in
     grid) echo 'pyramid.offsets="grid"' ;;
     continuous) echo 'pyramid.offsets="continuous"' ;;
+    tiles) echo 'pyramid.offsets="tiles"' ;;
     tex) echo 'diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_std=[1.2,1.2,1.2]' ;;
     tex2) echo 'diffusion.p_mean=[-1.3,-1.2,-1.2] diffusion.p_std=[1.1,1.2,1.2]' ;;
     tex3) echo 'diffusion.p_mean=[-1.5,-1.2,-1.2] diffusion.p_std=[1.0,1.2,1.2]' ;;
@@ -95,7 +98,7 @@ overrides() {   # $1: variant -> its recipe overrides
     ctx1) echo 'diffusion.context_prob=1.0' ;;
     detach) echo 'model.context_detach=true' ;;
     nocoords) echo 'model.fusion_coords=false' ;;
-    *) echo "unknown variant $1 (grid continuous tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
