@@ -1,7 +1,7 @@
 """Objects at the frame's border, level by level: the upper levels given a real clip's level 0, counted at the edges.
 
     python benchmarks/border_pixels.py CKPT [--rows 1030 1029] [--overlap shift-fhw] [--steps 32,48,24,24]
-        [--real-levels 1] [--frames middle|all] [--sheet PNG]
+        [--real-levels 1] [--frames middle|all] [--depth 1] [--sheet PNG]
 
 For each held-out `shapes` clip (its index in the held-out split) the model's levels 1.. are sampled
 given the clip's real level 0 (with `--real-levels K`, its real levels 0..K-1: does a level overdraw
@@ -14,7 +14,8 @@ from the same clips), and a last row per level sums every clip and side, with th
 difference from the real clip (0-255) over the whole frame and over its inner part (an eighth of the
 frame in from every side: does a change at the border cost the middle?) and, as a control with the same
 line geometry away from the border, the object pixels on the real object's outermost rows and columns
-inside the frame. Objects that touch the
+inside the frame. `--depth K` adds, per level, the same totals on the lines 1..K-1 pixels in from each
+border (where along its last rows does an object widen?). Objects that touch the
 border come out too wide there when a level is rarely trained at the frame's edge (docs/results.md,
 sections 49-50; docs/method.md, section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
@@ -41,19 +42,19 @@ def object_mask(frame: np.ndarray, threshold: int = 200) -> np.ndarray:
     return np.abs(f - np.median(f.reshape(-1, 3), 0)).sum(-1) > threshold
 
 
-def border_counts(frame: np.ndarray, threshold: int = 200) -> dict:
-    """Object pixels [H, W, 3] uint8 on each border line: more than `threshold` (of 765) from the median colour."""
-    mask = object_mask(frame, threshold)
-    return dict(zip(SIDES, (int(mask[0].sum()), int(mask[-1].sum()), int(mask[:, 0].sum()), int(mask[:, -1].sum()))))
+def border_counts(frame: np.ndarray, threshold: int = 200, depth: int = 0) -> dict:
+    """Object pixels of a frame [H, W, 3] uint8 on each side's line `depth` pixels in from the border (0: the border)."""
+    mask, d = object_mask(frame, threshold), depth
+    return dict(zip(SIDES, (int(mask[d].sum()), int(mask[-1 - d].sum()), int(mask[:, d].sum()), int(mask[:, -1 - d].sum()))))
 
 
-def video_border_counts(video: np.ndarray, frames: str = "middle") -> dict:
+def video_border_counts(video: np.ndarray, frames: str = "middle", depth: int = 0) -> dict:
     """`border_counts` of a clip [T, H, W, 3] uint8: of its middle frame, or summed over all frames ("all")."""
     if frames == "middle":
-        return border_counts(video[len(video) // 2])
+        return border_counts(video[len(video) // 2], depth=depth)
     if frames != "all":
         raise ValueError(f"frames = {frames!r}: expected 'middle' or 'all'")
-    per = [border_counts(f) for f in video]
+    per = [border_counts(f, depth=depth) for f in video]
     return {s: sum(c[s] for c in per) for s in SIDES}
 
 
@@ -107,11 +108,15 @@ def main() -> None:
     ap.add_argument("--real-levels", type=int, default=1, help="levels 0..K-1 taken from the real clip (default 1)")
     ap.add_argument("--frames", choices=("middle", "all"), default="middle",
                     help="count the middle frame (default) or sum over every frame")
+    ap.add_argument("--depth", type=int, default=1,
+                    help="also total the lines 1..K-1 pixels in from each border, per level (default 1: the border alone)")
     ap.add_argument("--sheet", default=None, help="PNG of the middle frames, level by level, beside the real ones")
     a = ap.parse_args()
     net, recipe, _ = load_generator(a.ckpt, "cpu")
     if not 1 <= a.real_levels < recipe.pyramid.num_levels:
         raise SystemExit(f"--real-levels {a.real_levels}: expected 1..{recipe.pyramid.num_levels - 1}")
+    if a.depth < 1:
+        raise SystemExit(f"--depth {a.depth}: expected 1 or more (1: the border lines alone)")
     R = recipe.pyramid.resolution
     if a.find:
         lo, hi = (int(v) for v in a.find.split(":"))
@@ -136,7 +141,7 @@ def main() -> None:
           f"{'the middle frame' if a.frames == 'middle' else 'every frame'}, generated / real")
     print("| row | caption | level | " + " | ".join(SIDES) + " |")
     print("|---|---|---|" + "---|" * len(SIDES))
-    tiles, totals = [], {}
+    tiles, totals, deep = [], {}, {}
     for k, (row, cap) in enumerate(zip(a.rows, caps)):
         clip = torch.from_numpy(videos[k][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         gen_row, real_row = [], []
@@ -146,6 +151,10 @@ def main() -> None:
             cg, cr = video_border_counts(g, a.frames), video_border_counts(r, a.frames)
             tg, tr, mae, inner, eg, er = totals.get(lv, (0, 0, 0.0, 0.0, 0, 0))
             xg, xr = inner_extreme_counts(g, r)
+            for d in range(1, a.depth):
+                dg, dr = deep.get((lv, d), (0, 0))
+                deep[lv, d] = (dg + sum(video_border_counts(g, a.frames, d).values()),
+                               dr + sum(video_border_counts(r, a.frames, d).values()))
             totals[lv] = (tg + sum(cg.values()), tr + sum(cr.values()), mae + mean_abs_diff(g, r) / len(a.rows),
                           inner + mean_abs_diff(g, r, True) / len(a.rows), eg + xg, er + xr)
             print(f"| {row} | {cap} | {lv} {tuple(recipe.pyramid.level_resolution(lv))} | "
@@ -158,6 +167,10 @@ def main() -> None:
         print(f"| all | every side | {lv} | {tg} / {tr} ({tg / max(tr, 1):.2f}x); the real objects' outermost lines "
               f"inside the frame {eg} / {er} ({eg / max(er, 1):.2f}x); mean abs(generated - real) {mae:.2f} whole, "
               f"{inner:.2f} inner |")
+        if a.depth > 1:
+            print(f"| all | lines 1..{a.depth - 1} in | {lv} | " + "; ".join(
+                f"{d}: {deep[lv, d][0]} / {deep[lv, d][1]} ({deep[lv, d][0] / max(deep[lv, d][1], 1):.2f}x)"
+                for d in range(1, a.depth)) + " |")
     if a.sheet:
         Image.fromarray(np.concatenate(tiles, 0)).save(a.sheet)
         print(f"sheet: {a.sheet} (per clip: generated levels, then the real clip's levels)")

@@ -960,6 +960,20 @@ def test_border_pixels_count_object_pixels_on_each_border_line():
     assert border_pixels.border_counts(frame, threshold=60) == {"top": 48, "bottom": 7, "left": 8, "right": 8}
 
 
+def test_border_pixels_count_the_lines_further_in_by_depth():
+    """depth d reads each side's line d pixels in from the border: an object widening toward the bottom edge shows it."""
+    frame = np.full((16, 16, 3), 40, np.uint8)
+    frame[12:16, 4:8] = 250                                  # 4 wide from row 12 down ...
+    frame[15, 2:10] = 250                                    # ... and 8 wide on the border line itself
+    frame[3, 0] = 250                                        # one pixel on the left border line, row 3
+    assert border_pixels.border_counts(frame) == {"top": 0, "bottom": 8, "left": 1, "right": 0}
+    assert border_pixels.border_counts(frame, depth=1) == {"top": 0, "bottom": 4, "left": 0, "right": 0}
+    assert border_pixels.border_counts(frame, depth=3) == {"top": 1, "bottom": 4, "left": 1, "right": 0}
+    assert border_pixels.border_counts(frame, depth=4) == {"top": 0, "bottom": 0, "left": 4, "right": 0}
+    video = np.stack([frame, frame])
+    assert border_pixels.video_border_counts(video, "all", depth=1)["bottom"] == 8
+
+
 def test_border_pixels_counts_the_middle_frame_or_sums_every_frame():
     """--frames all sums each frame's border pixels; the default reads the middle frame alone."""
     video = np.full((4, 16, 16, 3), 40, np.uint8)
