@@ -17,7 +17,7 @@ line geometry away from the border, the object pixels on the real object's outer
 inside the frame. `--depth K` adds, per level, the same totals on the lines 1..K-1 pixels in from each
 border (where along its last rows does an object widen?). Objects that touch the
 border come out too wide there when a level is rarely trained at the frame's edge (docs/results.md,
-sections 49-50; docs/method.md, section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
+sections 49-51; docs/method.md, section 3). `--find LO:HI` lists the held-out clips LO..HI-1 whose middle frame has an object on a
 border line (the rows worth counting). `--sheet` writes the middle frames, level by level, beside
 the real ones.
 """
