@@ -127,7 +127,8 @@ def edge_proximity(scales: torch.Tensor, coords: torch.Tensor, grid: tuple[int, 
     token reads 1, the next e^-1, the third e^-2. Unlike the coordinates themselves (linear in eq. 9)
     it tells a tile's edge at the frame's border from one inside the frame (docs/method.md, section 6).
     """
-    size = (scales.to(coords.dtype) / torch.tensor(grid, dtype=coords.dtype, device=coords.device))[None, :, None]
+    L = coords.shape[1]                                                     # levels 0..L-1 (a sampler's prefix)
+    size = (scales[:L].to(coords.dtype) / torch.tensor(grid, dtype=coords.dtype, device=coords.device))[None, :, None]
     d = torch.cat([coords / size, (1 - coords) / size], dim=-1)             # [B, L, N, 6]: lower faces, upper
     d = d[..., [0, 3, 1, 4, 2, 5]]                                          # (t0, t1, y0, y1, x0, x1)
     return torch.exp(0.5 - d.clamp(min=0.5))
