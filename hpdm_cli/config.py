@@ -172,6 +172,7 @@ class ModelConfig:
     load: object = "linear"                             # Levels per block: a list, "linear" or "none".
     fusion: str = "deep"                                # "deep" (DCF), "shallow" (RGB of lower level) or "none".
     fusion_coords: bool = True                          # Concatenate global token coordinates in DCF.
+    fusion_edges: bool = False                          # ... and each token's nearness to the frame's faces.
     context_detach: bool = False                        # Cut gradients from level l into lower levels' context.
     cond: str = "class"                                 # "class", "text" or "none".
     num_classes: int = 101                              # Classes of a class-conditional model.

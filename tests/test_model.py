@@ -57,6 +57,7 @@ CONFIGS = {
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
+    "edge features, linear load": dict(load="linear", fusion_edges=True),
 }
 
 
@@ -287,12 +288,13 @@ def test_shapes_and_dtypes(resolution, patch, levels, cond):
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
 
 
-@pytest.mark.parametrize("fusion,load", [("deep", [1, 2, 2, 3]), ("deep", "linear"), ("deep", [3, 1, 2, 3]),
-                                         ("shallow", [1, 2, 2, 3])])
-def test_cached_context_equals_joint_forward(fusion, load):
+@pytest.mark.parametrize("fusion,load,edges", [("deep", [1, 2, 2, 3], False), ("deep", "linear", False),
+                                               ("deep", [3, 1, 2, 3], False), ("shallow", [1, 2, 2, 3], False),
+                                               ("deep", "linear", True)])
+def test_cached_context_equals_joint_forward(fusion, load, edges):
     """Running level lo alone on the collected lower-level activations equals the joint forward (activation
     caching); what is collected is `reading_blocks`, and running without any one of those blocks fails (it is read)."""
-    recipe = tiny_recipe(fusion=fusion, load=load)
+    recipe = tiny_recipe(fusion=fusion, load=load, fusion_edges=edges)
     L = recipe.pyramid.num_levels
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
     x, c_noise, off, c = make_inputs(recipe)
@@ -444,6 +446,26 @@ def test_adaptive_interface_norm_starts_as_the_plain_model():
     x, c_noise, off, c = make_inputs(rec)
     with torch.no_grad():
         assert torch.equal(net(x, c_noise, off, c).out, plain(x, c_noise, off, c).out)
+
+
+def test_edge_features_start_as_the_plain_model_and_then_reach_the_output():
+    """model.fusion_edges adds zero-initialised weights only: a plain model's weights give its outputs exactly;
+    once those weights are non-zero the output of the fused levels changes and level 0's does not."""
+    base = tiny_recipe(load="linear")
+    plain = randomize(HPDMNet(base.pyramid, base.model))
+    rec = tiny_recipe(load="linear", fusion_edges=True)
+    net = HPDMNet(rec.pyramid, rec.model)
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.endswith(".edge.weight") for k in missing)
+    x, c_noise, off, c = make_inputs(rec)
+    with torch.no_grad():
+        before = plain(x, c_noise, off, c).out
+        assert torch.equal(net(x, c_noise, off, c).out, before)
+        for k in missing:
+            net.get_parameter(k).normal_(0, 0.05)
+        after = net(x, c_noise, off, c).out
+    assert torch.equal(after[:, 0], before[:, 0])
+    assert all((after[:, l] - before[:, l]).abs().max() > 1e-4 for l in range(1, x.shape[1]))
 
 
 def test_adaptive_interface_norm_carries_the_condition_to_every_token():

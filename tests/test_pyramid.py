@@ -1,6 +1,7 @@
 """Patch pyramid invariants: nesting, coordinates, the exact integer last level (docs/method.md, the first three)."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -242,3 +243,27 @@ def test_extraction_rejects_wrong_video_size():
     off = sample_nested_offsets(pyr, 1)
     with pytest.raises(ValueError, match="pyramid.resolution"):
         extract_patches(torch.zeros(1, 3, 8, 16, 17), pyr, off)
+
+
+def test_edge_proximity_reads_one_on_the_outermost_tokens_of_the_frame_only():
+    """Every level's token at a face of the video reads 1 for that face, the next one in e^-1; a tile's edge
+    inside the frame reads far less, though its tokens sit at the same place in their patch."""
+    from hpdm_cli.pyramid.geometry import edge_proximity, global_token_coords
+    pyr = PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16), overlap="none", offsets="grid")
+    grid = (4, 8, 8)                                                       # 1x2x2 pixels per token
+    s = level_scales(pyr)                                                  # level 2: (1/4, 1/4, 1/4)
+    off = torch.zeros(2, 3, 3)
+    off[0, 1] = 1 - s[1]                                                   # sample 0: levels 1-2 at the far corner
+    off[0, 2] = 1 - s[2]
+    off[1, 1] = torch.tensor([0.0, 0.25, 0.25])                            # sample 1: inside the frame
+    off[1, 2] = torch.tensor([0.0, 0.25, 0.25])
+    e = edge_proximity(s, global_token_coords(s, off, grid), grid).reshape(2, 3, *grid, 6)
+    faces = dict(t0=0, t1=1, y0=2, y1=3, x0=4, x1=5)
+    torch.testing.assert_close(e[0, 0, :, :, 0, faces["x0"]], torch.ones(4, 8))        # level 0: the whole video
+    torch.testing.assert_close(e[0, 0, :, :, 1, faces["x0"]], torch.full((4, 8), math.exp(-1)))
+    for l in (1, 2):
+        torch.testing.assert_close(e[0, l, :, -1, :, faces["y1"]], torch.ones(4, 8))           # the far corner
+        torch.testing.assert_close(e[0, l, :, :, -2, faces["x1"]], torch.full((4, 8), math.exp(-1)))
+        assert e[0, l, :, 0, :, faces["y0"]].max() < 1e-3                                      # far from y = 0
+        assert e[1, l, ..., 2:].max() < 0.05, l                               # an inner tile's own edges: ~e^-3 or less
+    assert torch.equal(e, e.clamp(0, 1))

@@ -278,6 +278,7 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 2.0, "w", torch.float64),
     (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "fhw", torch.float64),
     (dict(fusion="deep", load=[1, 1, 2, 3], self_condition=True), 2.0, "shift-hw", torch.float64),
+    (dict(fusion="deep", load=[1, 1, 2, 3], fusion_edges=True), 2.0, "shift-fhw", torch.float64),
     (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 1.0, "f+shift-hw",
      torch.float64),
 ])

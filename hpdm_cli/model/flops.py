@@ -33,7 +33,7 @@ def fusion_level_flops(pyr: PyramidConfig, m: ModelConfig) -> int:
     """FLOPs of one deep-context-fusion projection on one level of one sample."""
     N = math.prod(token_grid(pyr, m))
     D = m.interface_dim
-    return 2 * N * D * D * 2 + (2 * N * 3 * D if m.fusion_coords else 0)
+    return 2 * N * D * D * 2 + (2 * N * 3 * D if m.fusion_coords else 0) + (2 * N * 6 * D if m.fusion_edges else 0)
 
 
 def fusion_pair_flops(pyr: PyramidConfig, m: ModelConfig) -> int:

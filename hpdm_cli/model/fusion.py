@@ -113,7 +113,7 @@ class ContextFusion(nn.Module):
     (bf16 would quantise positions to ~1/256 of the video).
     """
 
-    def __init__(self, dim: int, coords: bool):
+    def __init__(self, dim: int, coords: bool, edges: bool = False):
         super().__init__()
         self.dim = dim
         self.coords = coords
@@ -124,19 +124,28 @@ class ContextFusion(nn.Module):
             nn.init.trunc_normal_(self.proj.weight, std=0.02, a=-0.04, b=0.04)
             self.proj.weight[:, :dim] = 0
             nn.init.zeros_(self.proj.bias)
+        # The tokens' nearness to the frame's six faces (`edge_proximity`), a term of its own that
+        # starts at zero: a model given it computes what it did without until trained.
+        self.edge = nn.Linear(6, dim, bias=False) if edges else None
+        if self.edge is not None:
+            nn.init.zeros_(self.edge.weight)
 
     def context_term(self, ctx: torch.Tensor) -> torch.Tensor:
         """The context's share of eq. 9, W'_ctx ctx: fixed while a sampler denoises the same tiles."""
         return F.linear(ctx, self.proj.weight[:, self.dim:2 * self.dim])
 
     def forward(self, a: torch.Tensor, ctx: Optional[torch.Tensor], coords: Optional[torch.Tensor],
-                term: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Fuse a [..., N, d] with ctx [..., N, d] (or its `context_term`) and coords [..., N, 3]; no concat is made."""
+                term: Optional[torch.Tensor] = None, edges: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fuse a [..., N, d] with ctx [..., N, d] (or its `context_term`), coords [..., N, 3] and edges [..., N, 6]."""
         w, d = self.proj.weight, self.dim
         y = F.linear(a, w[:, :d], self.proj.bias) + (self.context_term(ctx) if term is None else term)
-        if self.coords:
+        if self.coords or self.edge is not None:
             with torch.autocast(a.device.type, enabled=False):
-                y = y.float() + F.linear(coords.float(), w[:, 2 * d:].float())
+                y = y.float()
+                if self.coords:
+                    y = y + F.linear(coords.float(), w[:, 2 * d:].float())
+                if self.edge is not None:
+                    y = y + F.linear(edges.float(), self.edge.weight.float())
         return a + y.to(a.dtype)
 
 

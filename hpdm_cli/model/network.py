@@ -31,7 +31,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ..config import ModelConfig, PyramidConfig
-from ..pyramid.geometry import global_token_coords, level_scales
+from ..pyramid.geometry import edge_proximity, global_token_coords, level_scales
 from .fusion import ContextFusion, gather_context, pair_weights, shallow_context
 from .layers import init_linear
 from .rin import RINBlock
@@ -179,7 +179,7 @@ class HPDMNet(nn.Module):
         if model.fusion == "deep":
             # Block b fuses levels 1..n_b-1 with the coarser ones (eq. 9); a block that processes level 0
             # only (n_b = 1) fuses nothing, so it has no fusion weights (they could never be trained).
-            self.fusions = nn.ModuleDict({str(b): ContextFusion(D, model.fusion_coords)
+            self.fusions = nn.ModuleDict({str(b): ContextFusion(D, model.fusion_coords, model.fusion_edges)
                                           for b in range(model.num_blocks) if self.load[b] > 1})
             self.register_load_state_dict_pre_hook(_drop_unbuilt_fusions)
         self.out_norm = nn.LayerNorm(D)
@@ -299,7 +299,11 @@ class HPDMNet(nn.Module):
         fuse = self.cfg.fusion == "deep"
         if fuse and hi > 1:
             weights = pair_weights(scales, offsets, self.grid, hi)
-            coords = global_token_coords(scales, offsets, self.grid) if self.cfg.fusion_coords else None
+            coords = edges = None
+            if self.cfg.fusion_coords or self.cfg.fusion_edges:
+                coords = global_token_coords(scales, offsets, self.grid)
+            if self.cfg.fusion_edges:
+                edges = edge_proximity(scales, coords, self.grid)
 
         a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond)
         dev = x.device.type
@@ -327,7 +331,8 @@ class HPDMNet(nn.Module):
                     lower = [context.acts[b][k] if k < lo else a[k] for k in range(stop - 1)]
                     ctx = gather_context(lower, first, stop, weights, self.grid, detach=self.cfg.context_detach)
                 cds = coords[:, first:stop].transpose(0, 1) if coords is not None else None
-                fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds, term)
+                eds = edges[:, first:stop].transpose(0, 1) if edges is not None else None
+                fused = self.fusions[str(b)](torch.stack([a[l] for l in range(first, stop)]), ctx, cds, term, eds)
                 a.update({l: fused[j] for j, l in enumerate(range(first, stop))})
             xa = a[levels[0]] if len(levels) == 1 else torch.cat([a[l] for l in levels])
             xz = z[levels[0]] if len(levels) == 1 else torch.cat([z[l] for l in levels])

@@ -119,6 +119,21 @@ def global_token_coords(scales: torch.Tensor, offsets: torch.Tensor, grid: tuple
     return torch.stack([patch_points(scales[l], offsets[:, l], grid) for l in range(offsets.shape[1])], dim=1)
 
 
+def edge_proximity(scales: torch.Tensor, coords: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """How near every token lies to the video's six faces, exp(1/2 - d) per face at d tokens of its level: [B, L, N, 6].
+
+    `coords` are `global_token_coords` [B, L, N, 3]; d is the distance from a token's centre to the
+    face (t = 0, t = 1, y = 0, ... in that order) in units of the level's token size, so the outermost
+    token reads 1, the next e^-1, the third e^-2. Unlike the coordinates themselves (linear in eq. 9)
+    it tells a tile's edge at the frame's border from one inside the frame (docs/method.md, section 6).
+    """
+    L = coords.shape[1]                                                     # levels 0..L-1 (a sampler's prefix)
+    size = (scales[:L].to(coords.dtype) / torch.tensor(grid, dtype=coords.dtype, device=coords.device))[None, :, None]
+    d = torch.cat([coords / size, (1 - coords) / size], dim=-1)             # [B, L, N, 6]: lower faces, upper
+    d = d[..., [0, 3, 1, 4, 2, 5]]                                          # (t0, t1, y0, y1, x0, x1)
+    return torch.exp(0.5 - d.clamp(min=0.5))
+
+
 def to_grid_sample(points: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """Map [B, N, 3] (t, y, x) positions in a patch's [0,1] frame to a grid_sample grid [B, f, h, w, 3] (x, y, t in [-1, 1])."""
     g = points.flip(-1) * 2.0 - 1.0
