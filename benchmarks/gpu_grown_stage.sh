@@ -39,6 +39,8 @@
 #   2. the same with part-01 and TRAIN_SECONDS=520
 #   3. carry ... out/gpu/shapes_prompts_heldout.safetensors, part-02: cp out/i3dp/part-02 /tmp/i3d/ &&
 #      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SWEEP=1 EVAL_NUM=256 bash ...
+# SAVE_COMPILE_CACHE=1 returns torch.compile's caches as $OUT/compile-cache.tgz; carry it to a later cold machine
+# as COMPILE_CACHE=<its path> (benchmarks/gpu_env.sh) to skip most of the compilation (not yet measured).
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
 #   data.synthetic_videos=16 data.num_workers=0' TRAIN_SECONDS=60 START=1 SWEEP=1 EVAL_NUM=2 \
 #   SETTINGS=1.5,1,1,1/16,16,8,8/none I3D=out/gpu/i3d-kinetics-400.ckpt BATCH=2 SWEEP_FLAGS= \
@@ -70,6 +72,7 @@ if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
   grep -E "^init_from|^resum|^training|videos/s|stopped|^done" /tmp/train-grown.log | tail -n 4
   cp "$RUN"/stats.jsonl "$OUT/grown-stats.jsonl" 2>/dev/null
   export_to "$RUN" "$OUT/grown.safetensors"
+  [ "${SAVE_COMPILE_CACHE:-0}" = 1 ] && save_compile_cache
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
   if [ ! -f "$I3D" ] && [ -n "${I3D_PACK:-}" ]; then python3 benchmarks/pickle_pack.py unpack "$I3D_PACK" "$I3D"; fi
