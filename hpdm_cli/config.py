@@ -338,6 +338,9 @@ class Recipe:
                                       f"drop {a!r} from pyramid.overlap or use pyramid.offsets = \"grid\"")
         if m.fusion not in ("deep", "shallow", "none"):
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
+        if m.fusion_edges and m.fusion != "deep":
+            raise ConfigError(f"model.fusion_edges = true adds a term to deep context fusion, but model.fusion = "
+                              f"{m.fusion!r}: set model.fusion = \"deep\" or model.fusion_edges = false")
         if m.pos_embed not in ("learned", "sincos"):
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\" or \"sincos\"")
         if m.cond not in ("class", "text", "none"):

@@ -152,6 +152,7 @@ def test_int_accepted_for_float():
     ({"model": {"fusion": "medium"}}, "model.fusion"),
     ({"model": {"pos_embed": "rope"}}, "model.pos_embed"),
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
+    ({"model": {"fusion": "shallow", "fusion_edges": True}}, "model.fusion_edges"),     # edges need deep fusion
     ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels
     ({"diffusion": {"p_mean": [0.8, "x", -1.2]}}, "diffusion.p_mean"),
     ({"diffusion": {"p_std": [1.4, 1.2]}}, "diffusion.p_std"),                            # one per level, 3 levels
