@@ -14,6 +14,17 @@
 #   STAGES="sampling_compiled_held"             (compiled and context held: the fastest sampler)
 #   STAGES="sampling_compiled_held sampling_compiled_held_streams"   (the same, then with the residual
 #                                                streams in bf16, model.bf16_streams=true: a sampling-time switch)
+#   STAGES="sampling_baseline"                  (the first baseline's own sampler, eager, from its code at
+#                                                BASELINE: the other side of the sampling speed-up, same card)
+# SAMPLE_STEPS (8,4,2) are the per-level steps run; SAMPLE_STEPS=128,64,32 times the recipe's full steps, no
+# extrapolation (~400 s for the baseline's 16 videos on an H100, ~320 s compiled with compilation: two calls
+# on one warm machine). The baseline is the sampler of commit 5569035, whose 8/4/2-step run was extrapolated
+# to the 18.6 s/video the speed targets quote; its code travels as a carried folder:
+#   mkdir -p out/baseline-5569035 && git archive 5569035 hpdm_cli | tar -x -C out/baseline-5569035
+#   run(command="HPDM_COMMIT=<sha> SAMPLE_STEPS=128,64,32 STAGES=sampling_baseline SAMPLE_S=560 bash benchmarks/gpu_speed.sh",
+#       carry=["out/gpu/whl-min", "out/baseline-5569035"])
+#   then, on the same warm machine, STAGES=sampling_compiled_held SAMPLE_COMPILED_S=560 with the same steps;
+#   speed_summary.py prints baseline / ours from the two JSON files when they come back into one folder.
 # Stage limits (s): PEER_S 380, HOST_NOISE_S 40, SAMPLE_S 60, SAMPLE_COMPILED_S 300 (a cold compilation of
 # ucf took 160 s), MEMORY_S 120, PROFILE_S 150.
 # PEER_MODES (default eager,compiled,graphs) picks benchmarks/peer_rin.py's modes.
@@ -35,7 +46,7 @@ T0=$SECONDS
 if [ -n "${TINY:-}" ]; then
   PEER=(--tiny --modes eager); SAMPLE=(recipes/tiny.toml --batch 1 --sample-steps 2,1,1); MEMORY=(--tiny)
 else
-  PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps 8,4,2); MEMORY=()
+  PEER=(); SAMPLE=(recipes/ucf.toml --batch 16 --sample-steps "${SAMPLE_STEPS:-8,4,2}"); MEMORY=()
 fi
 STAGES=${STAGES:-peer sampling sampling_compiled}
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -62,7 +73,16 @@ sample_stage() {   # $1: stage (and JSON name), $2: time limit, $3: title; the r
     --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$LOG"
 }
 HELD="sample.context_cache_gib=${HELD_GIB:-64}"
-sample_stage sampling "${SAMPLE_S:-60}" "sampling (hw, cache, 8/4/2 steps)"
+sample_stage sampling "${SAMPLE_S:-60}" "sampling (hw, cache, ${SAMPLE[4]} steps)"
+if want sampling_baseline; then   # the first baseline's code, its CLI of then: a packaged recipe's name, no --compile
+  BASELINE=${BASELINE:-out/baseline-5569035}
+  echo "== sampling, the first baseline's code ($BASELINE; hw, cache, ${SAMPLE[4]} steps) [$((SECONDS - T0)) s]" \
+    | tee -a "$LOG"
+  name=$(basename "${SAMPLE[0]}" .toml); json=$(cd "$OUT" && pwd)/sampling_baseline.json
+  (cd "$BASELINE" && PYTHONPATH=$HPDM_BENCH_SITE:$PWD timeout "${SAMPLE_S:-60}" python3 -m hpdm_cli bench "$name" \
+    --sampling --batch "${SAMPLE[2]}" --sample-steps "${SAMPLE[4]}" --overlap hw --cache-only \
+    --json "$json") 2>&1 | tee -a "$LOG"
+fi
 sample_stage sampling_held "${SAMPLE_S:-60}" "sampling, context held per level ($HELD)" "$HELD"
 if want profile; then
   echo "== sampling profile: FLOPs, TFLOP/s per level, top kernels [$((SECONDS - T0)) s]" | tee -a "$LOG"

@@ -3,7 +3,8 @@
   python3 benchmarks/speed_summary.py OUT_DIR
 Reads peer_rin.json (benchmarks/peer_rin.py), draw_cost.json (benchmarks/draw_cost.py), sampling.json,
 sampling_held.json, sampling_compiled.json, sampling_compiled_held.json and
-sampling_compiled_held_streams.json (`hpdm bench --sampling [--compile] --json`) and
+sampling_compiled_held_streams.json (`hpdm bench --sampling [--compile] --json`), sampling_baseline.json
+(the first baseline's own sampler: its speed-up over each of ours at the same steps) and
 memory_vs_resolution.json (benchmarks/memory_vs_resolution.py);
 a missing or failed part is named.
 """
@@ -49,6 +50,10 @@ def summary(folder: str | Path) -> str:
         if "device_noise_ms" in draw:
             line += f"; noise drawn on the device: {draw['device_noise_ms']:.1f} ms"
         lines.append(line)
+    baseline = _load(folder, "sampling_baseline.json")
+    for r in baseline or []:
+        lines.append(f"sampling, the first baseline's code, {r['overlap']} cache={r['cache']} batch {r['batch']}: "
+                     f"{r['s_per_video']:.3f} s/video at {r['steps']} steps")
     for name in ("sampling.json", "sampling_held.json", "sampling_compiled.json", "sampling_compiled_held.json",
                  "sampling_compiled_held_streams.json"):
         samp = _load(folder, name)
@@ -56,6 +61,7 @@ def summary(folder: str | Path) -> str:
             lines.append(f"sampling: no {name} (see log.txt)")
             continue
         for r in samp:
+            same = [b for b in baseline or [] if (b["steps"], b["overlap"], b["batch"]) == (r["steps"], r["overlap"], r["batch"])]
             how = f", compiled (compile {r['compile_s']:.0f} s apart)" if r.get("compiled") else ""
             how += f", context held {r['context_GiB']:.3g} GiB" if r.get("context_GiB") else ""
             how += ", bf16 residual streams" if "streams" in name else ""
@@ -63,6 +69,9 @@ def summary(folder: str | Path) -> str:
                          f"{r['s_per_video']:.3f} s/video at {r['steps']} steps, "
                          f"est. {r['s_per_video_full_steps_est']:.2f} s/video at {r['full_steps']}, "
                          f"peak {r['peak_mem_GiB']:.1f} GiB")
+            if same:
+                lines.append(f"  the first baseline / this: {same[0]['s_per_video'] / r['s_per_video']:.2f}x faster, "
+                             f"both timed at {r['steps']} steps")
     mem = _load(folder, "memory_vs_resolution.json")
     if mem is None:
         lines.append("memory: no memory_vs_resolution.json (see log.txt)")

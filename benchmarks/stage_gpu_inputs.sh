@@ -21,6 +21,9 @@
 #   out/gpu/av/                               the PyAV wheel for the host's Python 3.12 (36 MB): carry it
 #                                              for CUDA tests that render MP4 datasets (gpu_env.sh installs
 #                                              it); not together with the I3D parts
+#   out/baseline-5569035/hpdm_cli/            the first baseline's code (0.7 MB; git archive of commit 5569035):
+#                                              the other side of the sampling speed-up (gpu_speed.sh's
+#                                              stage sampling_baseline)
 #   bash benchmarks/stage_gpu_inputs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +52,7 @@ rm -f out/i3dp/part-*
 split -n 3 -d out/gpu/i3d-kinetics-400.ckpt out/i3dp/part-
 [ -f out/i3dp/i3d.pack ] || "$PY" benchmarks/pickle_pack.py pack out/gpu/i3d-kinetics-400.ckpt out/i3dp/i3d.pack
 ls -l out/gpu out/i3dp
+if [ ! -d out/baseline-5569035/hpdm_cli ]; then
+  rm -rf out/baseline-5569035.tmp && mkdir -p out/baseline-5569035.tmp
+  git archive 5569035 hpdm_cli | tar -x -C out/baseline-5569035.tmp && mv out/baseline-5569035.tmp out/baseline-5569035
+fi
