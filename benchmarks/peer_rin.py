@@ -266,9 +266,8 @@ def ratios(rows: list[dict]) -> dict:
 
 def _write(a, rows: list[dict]) -> None:
     """Write the rows so far, the ratios and the peer's configuration to --json (atomically)."""
-    from hpdm_cli.io import atomic_write_text
-    atomic_write_text(a.json, json.dumps({"rows": rows, "ratios": ratios(rows),
-                                          "peer_config": PEER_TINY if a.tiny else PEER_FULL}, indent=1))
+    from hpdm_cli.io import atomic_write_json
+    atomic_write_json(a.json, {"rows": rows, "ratios": ratios(rows), "peer_config": PEER_TINY if a.tiny else PEER_FULL})
 
 
 def main(argv=None) -> int:

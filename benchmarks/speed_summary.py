@@ -12,6 +12,7 @@ a missing or failed part is named.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def _load(folder: Path, name: str):
         return json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _num(value, spec: str) -> str:
+    """`value` formatted by `spec`, or "n/a" in the same width where it is null (a CPU's peak memory or MFU)."""
+    if value is None:
+        return format("n/a", re.match(r"[<>^]?\d*", spec).group())
+    return format(value, spec)
 
 
 def summary(folder: str | Path) -> str:
@@ -39,8 +47,8 @@ def summary(folder: str | Path) -> str:
             if "error" in r:
                 lines.append(f"{name:<34}failed: {r['error'][:80]}")
                 continue
-            lines.append(f"{name:<34}{r['batch']:>6}{r['items_per_s']:>10.1f}{r['TFLOPs']:>10.1f}"
-                         f"{r['MFU_%']:>8.1f}{r['peak_mem_GiB']:>10.1f}")
+            lines.append(f"{name:<34}{r['batch']:>6}{r['items_per_s']:>10.1f}{_num(r['TFLOPs'], '>10.1f')}"
+                         f"{_num(r['MFU_%'], '>8.1f')}{_num(r['peak_mem_GiB'], '>10.1f')}")
         for mode, (analytic, counted) in peer.get("ratios", {}).items():
             lines.append(f"ours / peer achieved TFLOP/s, {mode}: {analytic:.2f}x ({counted:.2f}x both counted)")
     draw = _load(folder, "draw_cost.json")
@@ -68,7 +76,7 @@ def summary(folder: str | Path) -> str:
             lines.append(f"sampling {r['overlap']} cache={r['cache']} batch {r['batch']}{how}: "
                          f"{r['s_per_video']:.3f} s/video at {r['steps']} steps, "
                          f"est. {r['s_per_video_full_steps_est']:.2f} s/video at {r['full_steps']}, "
-                         f"peak {r['peak_mem_GiB']:.1f} GiB")
+                         f"peak {_num(r['peak_mem_GiB'], '.1f')} GiB")
             if same:
                 lines.append(f"  the first baseline / this: {same[0]['s_per_video'] / r['s_per_video']:.2f}x faster, "
                              f"both timed at {r['steps']} steps")
@@ -79,7 +87,8 @@ def summary(folder: str | Path) -> str:
         for model, rows in mem["points"].items():
             ok = [r for r in rows if r["status"] == "ok"]
             bad = [r for r in rows if r["status"] in ("oom", "error")]
-            top = (f"largest trained {'x'.join(map(str, ok[-1]['resolution']))} at {ok[-1]['peak_mem_GiB']:.1f} GiB"
+            top = (f"largest trained {'x'.join(map(str, ok[-1]['resolution']))} "
+                   f"at {_num(ok[-1]['peak_mem_GiB'], '.1f')} GiB"
                    if ok else "no size trained")
             first_bad = (f", {bad[0]['status']} at {'x'.join(map(str, bad[0]['resolution']))}" if bad else
                          ", no OOM up to the largest size tried")

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configurations that run in milliseconds on a CPU."""
 
+import json
 import sys
 
 import numpy as np
@@ -37,6 +38,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def strict_json(text: str):
+    """`text` parsed as JSON as strict readers do (JavaScript's JSON.parse, jq): NaN and Infinity refused."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

@@ -223,6 +223,7 @@ def test_summary_gives_the_speedup_over_the_first_baseline_at_the_same_steps_onl
     row = lambda steps, s, **kw: {"overlap": "hw", "cache": True, "batch": 16, "steps": steps, "s_per_video": s,
                                   "full_steps": "128/64/32", "s_per_video_full_steps_est": s, "peak_mem_GiB": 1.0, **kw}
     (tmp_path / "sampling_baseline.json").write_text(json.dumps([row("128/64/32", 24.0)]))
+    (tmp_path / "sampling_held.json").write_text(json.dumps([row("8/4/2", 2.0, peak_mem_GiB=None)]))   # CPU: null
     (tmp_path / "sampling_compiled_held.json").write_text(json.dumps([row("128/64/32", 10.0, compiled=True,
                                                                           compile_s=100.0)]))
     (tmp_path / "sampling.json").write_text(json.dumps([row("8/4/2", 1.0)]))
@@ -230,6 +231,7 @@ def test_summary_gives_the_speedup_over_the_first_baseline_at_the_same_steps_onl
     assert "the first baseline's code, hw cache=True batch 16: 24.000 s/video at 128/64/32 steps" in text
     assert text.count("the first baseline / this") == 1                     # 8/4/2 has no baseline row to match
     assert "the first baseline / this: 2.40x faster, both timed at 128/64/32 steps" in text
+    assert "2.000 s/video at 8/4/2 steps, est. 2.00 s/video at 128/64/32, peak n/a GiB" in text
 
 
 def test_summary_names_the_largest_trained_size_and_the_first_that_failed(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, strict_json
 
 from hpdm_cli.config import ConfigError
 from hpdm_cli.drivers import memory_chart as mc
@@ -69,8 +69,9 @@ def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, 
                              "--resolutions", "4x8x8,8x16x16", "--no-baseline")
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = json.loads(js.read_text())["points"]["hpdm"]
+    rows = strict_json(js.read_text())["points"]["hpdm"]
     assert [r["resolution"] for r in rows] == [[4, 8, 8], [8, 16, 16]]
+    assert [r["peak_mem_GiB"] for r in rows] == [None, None]                        # no figure on a CPU: null
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["levels"] for r in rows] == [1, 2]
     assert "8x16x16" in out and "ok (CPU)" in out
 

@@ -10,7 +10,7 @@ import torch
 from hpdm_cli.data.shapes import render_shapes_video, shapes_prompts
 from hpdm_cli.data.synthetic import SyntheticClips
 from hpdm_cli.text.tables import write_table
-from conftest import MeanColourFeatures, tiny_toml
+from conftest import MeanColourFeatures, strict_json, tiny_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_DIM = 12
@@ -94,7 +94,7 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     msgs = []
     rep = evaluate(tmp_path / "run", tmp_path / "eval", batch=3, steps="2", fvd=False, device="cpu",
                    log=msgs.append)
-    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    saved = strict_json((tmp_path / "eval" / "report.json").read_text())      # null, not NaN, where undefined
     assert saved["num_clips"] == 3 and saved["split"] == "heldout"
     assert any("3 clips per side (the recipe's eval.num_clips" in m for m in msgs)
     # The real clips are read perfectly, a prompt-blind model scores near chance, an untrained one at random.

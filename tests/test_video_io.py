@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from hpdm_cli.io import atomic_open, atomic_path, unwritable
+from conftest import strict_json
+
+from hpdm_cli.io import atomic_open, atomic_path, atomic_write_json, unwritable
 from hpdm_cli.io import video as V
 from hpdm_cli.io.video import VideoError, encode_mp4_bytes, read_video, read_video_bytes, write_video
 
@@ -214,6 +216,15 @@ def test_atomic_open_failure_keeps_old_content(tmp_path):
         f.write("new")
     assert p.read_text() == "new"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_json_files_hold_null_where_python_has_nan_or_infinity(tmp_path):
+    p = tmp_path / "r.json"
+    atomic_write_json(p, {"mfu": float("nan"), "rows": [{"peak": float("inf"), "n": 3}, (1.5, float("-inf"))],
+                          "ok": 2.5, "name": "x"})
+    assert strict_json(p.read_text()) == {"mfu": None, "rows": [{"peak": None, "n": 3}, [1.5, None]], "ok": 2.5,
+                                          "name": "x"}
+    assert p.read_text().endswith("\n")
 
 
 def test_atomic_path_replaces_only_a_complete_file(tmp_path):

@@ -10,7 +10,6 @@ calls: it checks the options of the chosen mode, times it and writes `--json`.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,7 +18,7 @@ import torch
 
 from ..config import ConfigError, Recipe
 from ..diffusion.edm import draw_noise
-from ..io import atomic_write_text, unwritable
+from ..io import atomic_write_json, unwritable
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
 from ..sampling.edm_sampler import network_evaluations
@@ -141,7 +140,7 @@ def _check_json_target(path: Path) -> None:
 
 def write_json(path: str | Path, rows: list[dict]) -> None:
     """Write benchmark rows as JSON (atomically)."""
-    atomic_write_text(path, json.dumps(rows, indent=1))
+    atomic_write_json(path, rows)
 
 
 # ============================================================================ checks and hardware

@@ -24,7 +24,6 @@ its held-out split: combinations of colour, shape and direction never shown in t
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import score_clips, swapped_floor
 from ..eval.measure import measure_clips
 from ..eval.texture import stripe_summary
-from ..io import atomic_write_text, unwritable
+from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
 from .generation import make_sampler, to_uint8
@@ -312,7 +311,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
               "compiled": compile, "complete": False}
 
     def save() -> None:                  # after every part: a stopped eval (a job's time limit) keeps what it measured
-        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_json(out_dir / "report.json", report, indent=2)
 
     report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
     tile = list(recipe.pyramid.patch)                   # the finest level's tiles, in output pixels

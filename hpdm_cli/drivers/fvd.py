@@ -10,7 +10,6 @@ evaluation and the `--json` file. The CLI only parses options and prints the res
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -463,10 +462,10 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         generation["data"] = real
     res = evaluate_fvd(real, fake, generation=generation, **options)
     if json_out is not None:
-        from ..io import atomic_write_text
+        from ..io import atomic_write_json
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json_out, json.dumps(res.to_json(), indent=1) + "\n")
+            atomic_write_json(json_out, res.to_json())
         except OSError as e:
             raise FVDError(f"cannot write {str(json_out)!r}: {e.strerror or e}") from None
     return res

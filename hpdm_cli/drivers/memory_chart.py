@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import math
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..config import ConfigError
-from ..io import atomic_write_text, unwritable
+from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import draw_text, text_width, write_png
 
 __all__ = ["RESOLUTIONS", "parse_resolutions", "measure", "draw_chart", "summary", "run_memory_chart"]
@@ -323,11 +322,11 @@ def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_o
         write_png(png, draw_chart(full, capacity, f"training memory vs resolution: {device}", names=names))
         if json_out is not None:
             cfg = dict(UNET_CONFIG if baseline_config is None else baseline_config)
-            atomic_write_text(json_out, json.dumps({
+            atomic_write_json(json_out, {
                 "device": device, "capacity_GiB": capacity, "points": full, "recipe": str(path),
                 "overrides": list(overrides),
                 "unet3d_config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()} if baseline
-                else None}, indent=1))
+                else None})
         return full
 
     points = write(measure(models, res, report=write, log=log))

@@ -9,11 +9,14 @@ crash or an exception leaves any previous file at that path intact.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "unwritable"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir",
+           "json_text", "unwritable"]
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -100,6 +103,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically (temporary file, fsync, `os.replace`)."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float inside it (NaN, ±inf) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 1) -> str:
+    """`value` as strict JSON text ending in a newline: NaN and infinities (a CPU's unknown peak memory or
+    MFU, a score of no clips) become null, which every JSON reader accepts, where Python's bare NaN is not JSON."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> None:
+    """Write `value` to `path` atomically as strict JSON (`json_text`: non-finite floats as null)."""
+    atomic_write_text(path, json_text(value, indent))
 
 
 def unwritable(path: str | os.PathLike, *, make_dirs: bool = True) -> str | None:
