@@ -341,6 +341,30 @@ def test_eval_bad_inputs_are_one_line_errors(tmp_path, capsys, args, message):
     assert (tmp_path / "a-file").read_text() == "keep" and not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize("classes,names,message", [
+    (3, None, "this model has 3 classes, the shapes data 16"),
+    (16, [f"action {i}" for i in range(16)], "whose classes (action 0, action 1, action 2, ...) are not the shapes"),
+])
+def test_eval_refuses_a_class_model_of_other_data_in_one_line(tmp_path, capsys, classes, names, message):
+    """A class-conditional model whose labels are not the shapes classes (too few, or another dataset's names) is
+    refused before anything is sampled or written: its labels would index past its class table, or mean nothing."""
+    from conftest import run_cli
+    from hpdm_cli.model.network import HPDMNet
+    from hpdm_cli.train.checkpoint import save_checkpoint
+    data = tmp_path / "data"
+    data.mkdir()
+    if names is not None:
+        (data / "dataset.json").write_text(json.dumps({"class_names": names}))
+    recipe = tiny_toml('model.cond="class"', f"model.num_classes={classes}", f"data.path={json.dumps(str(data))}")
+    net = HPDMNet(recipe.pyramid, recipe.model)
+    save_checkpoint(tmp_path / "run", recipe, 1, model=net.state_dict(), ema=net.state_dict(), optimizer={"state": {}, "param_groups": []},
+                    extra_tensors={}, state={})
+    code, out, err = run_cli(capsys, "eval", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "report"),
+                             "--no-fvd", "--device", "cpu", "--num-clips", "2")
+    assert code == 2 and message in err and "eval-fvd" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "report").exists()
+
+
 def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypatch):
     """`context_gib` reaches the sampler; held (8 GiB) or recomputed per call (0), the clips are the same."""
     import hpdm_cli.drivers.evaluate as ev

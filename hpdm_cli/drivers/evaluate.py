@@ -32,9 +32,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import load_generator
+from ..checkpoint import find_class_names, load_generator
 from ..conditioning import GenerateError
-from ..data.shapes import render_shapes_video
+from ..data.shapes import SHAPES_CLASSES, render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import score_clips, swapped_floor
 from ..eval.measure import measure_clips
@@ -68,6 +68,22 @@ def render_real(n: int, start: int, resolution: Sequence[int], split: str, seed:
         out.captions.append(cap)
         out.labels.append(lab)
     return out
+
+
+def check_shapes_classes(recipe, search: Sequence[Path]) -> None:
+    """Refuse (GenerateError) a class-conditional model whose labels are not the shapes data's classes."""
+    if recipe.model.cond != "class":
+        return
+    other = "hpdm eval scores models of the shapes data; for other data use `hpdm eval-fvd`"
+    n = recipe.model.num_classes
+    if n < len(SHAPES_CLASSES):
+        raise GenerateError(f"this model has {n} classes, the shapes data {len(SHAPES_CLASSES)} (shape x "
+                            f"direction): {other}")
+    names, where = find_class_names(recipe, search)
+    if names and names != SHAPES_CLASSES[:len(names)]:
+        raise GenerateError(f"this model was trained on {str(where.parent)!r}, whose classes "
+                            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are not the shapes "
+                            f"data's: {other}")
 
 
 def condition_rows(recipe, real: RealClips, embed: Callable[[list], torch.Tensor]) -> torch.Tensor:
@@ -286,11 +302,12 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     if recipe.model.cond == "none":
         raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
+    search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
+    check_shapes_classes(recipe, search)
     R = tuple(recipe.pyramid.resolution)
     i3d = _fvd_detector(R, i3d_weights) if fvd else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if embed is None:
-        search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
         embed = (lambda caps: embed_prompts(recipe, caps, search))
     log(f"{num_clips} clips per side{source}; rendering {2 * num_clips} real clips ({split} split)")
     real_a = render_real(num_clips, 0, R, split)
