@@ -334,3 +334,15 @@ def test_packaging_clears_the_training_hosts_settings_and_keeps_the_old_file_on_
     monkeypatch.setattr(pm, "MAX_BYTES", 1000)
     assert pm.main([str(tmp_path / "run"), "--out", str(out)]) == 2           # over the budget: refused
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "run"]
+
+
+def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    """--ckpt packaged (sample, upscale, eval) and train.init_from = "packaged" reach the packaged model through
+    one resolver; a run folder called "packaged" in the working directory is still itself."""
+    from hpdm_cli.assets import DEFAULT_MODEL
+    monkeypatch.chdir(tmp_path)
+    assert ck.resolve_sampling_weights("packaged") == DEFAULT_MODEL
+    assert ck.load_sampling_weights("packaged")[0] == DEFAULT_MODEL
+    (tmp_path / "packaged").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
+        ck.resolve_sampling_weights("packaged")

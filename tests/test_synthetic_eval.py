@@ -304,13 +304,13 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     seen, Stop = stopped_sampling
     asked = []
     monkeypatch.setattr(assets, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
-    for device, given in (("cpu", None), ("auto", None), ("cpu", "hw")):
+    for ckpt, device, given in ((None, "cpu", None), (None, "auto", None), (None, "cpu", "hw"), ("packaged", "cpu", None)):
         with pytest.raises(Stop):
-            drv.generate(None, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
+            drv.generate(ckpt, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
                          device=device, overlap=given, steps="1")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
-    assert asked == ["cpu", auto]                       # the device the model loaded on, not the option's text
-    assert seen == ["none", default_overlap(auto), "hw"]
+    assert asked == ["cpu", auto, "cpu"]                # the device the model loaded on, not the option's text
+    assert seen == ["none", default_overlap(auto), "hw", "none"]                # --ckpt packaged: as no --ckpt
     assert [default_overlap(d) for d in ("cpu", "cuda", "mps")] == ["none", None, None]
     from hpdm_cli.assets import DEFAULT_MODEL
     from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata

@@ -19,7 +19,8 @@ from .sample_cmd import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP,
 
 def upscale(
     input: Path = typer.Argument(..., metavar="INPUT", help="Input video (any size, fps and length PyAV can read)."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory, checkpoint directory or .safetensors file."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory, checkpoint directory, .safetensors file, or "
+                                                 "packaged (the packaged shapes model)."),
     out: Path = typer.Option(..., "--out", help="Output video (.mp4 H.264; also .m4v/.mov/.mkv/.gif/.png); keeps "
                                                "the input's fps and frame count."),
     from_level: int = typer.Option(0, "--from-level", help="Fix levels 0..K from the input resized to each level's "

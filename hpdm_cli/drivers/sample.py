@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ..checkpoint import load_generator
+from ..train.checkpoint import PACKAGED
 from ..conditioning import request_condition
 from ..device import world
 from ..sampling import level_guidance
@@ -98,7 +99,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
     unusable checkpoints skipped in a run directory, and about prompts the packaged model cannot draw.
     """
-    packaged = ckpt is None
+    packaged = ckpt is None or (str(ckpt) == PACKAGED and not Path(ckpt).exists())
     if packaged:                                          # the packaged default model
         from ..assets import DEFAULT_MODEL
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)

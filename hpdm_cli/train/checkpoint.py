@@ -264,9 +264,16 @@ def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
     return weights, recipe, int(meta.get("hpdm_step", 0))
 
 
+PACKAGED = "packaged"   # the name that stands for the packaged shapes model wherever a checkpoint is asked for
+
+
 def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
-    """A run directory (latest EMA), a checkpoint directory, or a .safetensors file -> the weights file."""
+    """A run directory (latest EMA), a checkpoint directory, a .safetensors file, or "packaged" (the packaged model,
+    unless a file or folder of that name exists here) -> the weights file."""
     p = Path(ckpt)
+    if str(ckpt) == PACKAGED and not p.exists():
+        from ..assets import DEFAULT_MODEL
+        return DEFAULT_MODEL
     if p.is_file():
         return p
     if p.is_dir():

@@ -82,9 +82,6 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     give it the same compute: docs/results.md, section 24), else keep theirs; they count as new. Raises TrainError when what fits is
     under 10% of the model's parameters (an unrelated checkpoint).
     """
-    if path == "packaged":                      # the packaged shapes model, wherever hpdm is installed
-        from ..assets import DEFAULT_MODEL
-        path = str(DEFAULT_MODEL)
     weights, base, _ = read_weights_file(resolve_sampling_weights(path))
     own = net.state_dict()
     loaded, partial, widened = {}, [], []
