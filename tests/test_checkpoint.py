@@ -342,7 +342,12 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     from hpdm_cli.assets import DEFAULT_MODEL
     monkeypatch.chdir(tmp_path)
     assert ck.resolve_sampling_weights("packaged") == DEFAULT_MODEL
-    assert ck.load_sampling_weights("packaged")[0] == DEFAULT_MODEL
+    path, weights, recipe, _ = ck.load_sampling_weights("packaged")
+    assert path == DEFAULT_MODEL
+    from hpdm_cli.model.network import HPDMNet
+    from hpdm_cli.train.init_from import init_from_checkpoint
+    r = init_from_checkpoint(HPDMNet(recipe.pyramid, recipe.model), "packaged")
+    assert not r.new and not r.unused and len(r.loaded) == len(weights)
     (tmp_path / "packaged").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
         ck.resolve_sampling_weights("packaged")
