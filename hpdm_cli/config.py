@@ -336,6 +336,10 @@ class Recipe:
                     raise ConfigError(f"pyramid.offsets = \"tiles\" trains on the tiles of pyramid.overlap = {p.overlap!r}, "
                                       f"which start every half tile along {a}, but the patch is odd there ({r}): "
                                       f"drop {a!r} from pyramid.overlap or use pyramid.offsets = \"grid\"")
+        if self.data.image_fraction > 0 and not self.data.image_path:
+            raise ConfigError(f"data.image_fraction = {self.data.image_fraction} asks for still images in every batch, "
+                              f"but data.image_path is empty: give a prepared image dataset (hpdm prepare --images "
+                              f"DIR OUT) or set data.image_fraction = 0")
         if m.fusion not in ("deep", "shallow", "none"):
             raise ConfigError(f"model.fusion = {m.fusion!r}: expected \"deep\", \"shallow\" or \"none\"")
         if m.fusion_edges and m.fusion != "deep":

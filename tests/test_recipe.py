@@ -506,6 +506,13 @@ def test_empty_guidance_interval_is_refused():
         recipe_from_dict({"sample": {"guidance_interval": [1.0, 1.0]}})
 
 
+def test_image_fraction_without_an_image_dataset_is_refused():
+    """Joint image+video training asked for with nowhere to read images from would train on videos alone."""
+    with pytest.raises(ConfigError, match="data.image_fraction = 0.5 asks for still images .* data.image_path is empty"):
+        recipe_from_dict({"data": {"image_fraction": 0.5}})
+    assert recipe_from_dict({"data": {"image_fraction": 0.5, "image_path": "data/images"}}).data.image_fraction == 0.5
+
+
 def test_image_fraction_above_one_is_refused():
     from hpdm_cli.recipe import recipe_from_dict
     with pytest.raises(ConfigError, match="image_fraction"):
