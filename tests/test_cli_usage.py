@@ -310,6 +310,22 @@ def test_sample_and_upscale_help_name_every_output_suffix_they_write():
         assert set(re.findall(r"\.[a-z][a-z0-9]*", text.split(")")[0])) == set(VIDEO_SUFFIXES), text   # not H.264
 
 
+def test_progress_bars_are_on_at_a_terminal_only_in_every_command_that_draws_them(monkeypatch):
+    """One rule and one help text: --progress/--no-progress as given, else bars only when stderr is a terminal (a
+    batch job's redirected log gets no bar frames)."""
+    import inspect
+    from hpdm_cli.cli import progress
+    from hpdm_cli.cli.fvd_cmd import eval_fvd
+    from hpdm_cli.cli.prepare_cmd import prepare
+    from hpdm_cli.cli.sample_cmd import sample
+    from hpdm_cli.cli.upscale_cmd import upscale
+    for command in (sample, upscale, eval_fvd, prepare):
+        assert inspect.signature(command).parameters["progress"].default.help == progress.PROGRESS_HELP, command
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert [progress.bars_wanted(p) for p in (None, True, False)] == [tty, True, False]
+
+
 def test_only_a_dotted_unknown_option_gets_the_recipe_override_hint(capsys, monkeypatch):
     code, _, err = _main(["train", "tiny", "--bogus"], capsys, monkeypatch)
     assert code == 2 and "--bogus" in err and "recipe overrides" not in err, err

@@ -157,7 +157,7 @@ def test_conditions(assets, gen):
 def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     out = tmp_path / "clip.mp4"
     code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "square moving down",
-                            "--steps", "2", "--out", out)
+                            "--steps", "2", "--out", out, "--progress")
     assert code == 0, err
     frames, fps = read_video(out)
     R = assets["recipe"].pyramid.resolution
@@ -167,6 +167,7 @@ def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--steps", "1", "--out", out)
     assert code == 0 and f"replaced {out}" in stdout, (err, stdout)                  # said, not silent
+    assert "level 2" not in err                                  # stderr is no terminal here: no bar by default
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 

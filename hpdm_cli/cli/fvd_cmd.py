@@ -6,14 +6,13 @@ result to `--json OUT.json`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .console import err, out, warn_emulated_bf16
-from .progress import keyed_bars
+from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
                          OVERLAP_HELP, STEPS_HELP)
 
@@ -69,13 +68,12 @@ def eval_fvd(
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=_for_checkpoint(GUIDE_MODEL_HELP)),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=_for_checkpoint(OVERLAP_HELP)),
     bf16: bool = typer.Option(False, "--bf16", help=_for_checkpoint(BF16_HELP)),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress bars on stderr (default: on a terminal)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Fréchet Video Distance (I3D Kinetics-400 logits) between real and fake videos (protocol: README.md, "FVD protocol")."""
     from ..drivers.fvd import run_eval_fvd
     warn_emulated_bf16(bf16, device)
-    live = sys.stderr.isatty() if progress is None else progress
+    live = bars_wanted(progress)
     with keyed_bars(lambda side: f"{side} clips", live) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
                            steps=steps, guidance=guidance, guidance_interval=guidance_interval,

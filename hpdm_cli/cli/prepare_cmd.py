@@ -9,7 +9,6 @@ publish; the work done is kept); 2 = user error; 130 = interrupted (Ctrl-C), 143
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +16,7 @@ import typer
 
 from ..data.prepare.options import PrepareOptions
 from .console import err, out, warn
-from .progress import files_bar
+from .progress import PROGRESS_HELP, bars_wanted, files_bar
 
 EXIT_SKIPPED = 3
 EXIT_STRICT = 4
@@ -130,8 +129,7 @@ def prepare(
     height: Optional[int] = typer.Option(None, help="Height (--synthetic; default 64, or --size / the recipe)."),
     width: Optional[int] = typer.Option(None, help="Width (--synthetic; default 64, or --size / the recipe)."),
     seed: int = typer.Option(0, help="Seed of the procedural generator (--synthetic)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Live progress bar on stderr (default: on a terminal)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Build a training dataset from a folder of videos (and images), a packaged example or a procedural generator.
 
@@ -146,7 +144,7 @@ def prepare(
     """
     from ..data.prepare import Terminated
     from ..drivers.prepare import run_prepare
-    live = sys.stderr.isatty() if progress is None else progress
+    live = bars_wanted(progress)
     try:
         result = run_prepare(
             src, out_dir, recipe=recipe, size=size, text_encoder=text_encoder, embed_captions=embed_captions,

@@ -3,10 +3,18 @@ files with skips and ETA (`hpdm prepare`)."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Optional
 
 from .console import err
+
+PROGRESS_HELP = "Live progress bars on stderr (default: on a terminal, off when stderr goes to a file or pipe)."
+
+
+def bars_wanted(progress: Optional[bool]) -> bool:
+    """--progress/--no-progress as given, else whether stderr is a terminal (a batch job's log gets no bar frames)."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import typer
 
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
-from .progress import keyed_bars
+from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 
 OVERLAP_HELP = ("Tiles at inference: overlap axes fhw|fh|fw|hw|f|h|w|none, or tiles shifted by half a tile on "
                 "alternate calls, shift-hw|shift-fhw|... (default: the recipe's pyramid.overlap).")
@@ -76,8 +76,7 @@ def sample(
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
-                                                                                  "(default: on)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Generate videos from the packaged model or a checkpoint: `hpdm sample --prompt "a red circle moving right"`.
 
@@ -89,7 +88,7 @@ def sample(
     """
     from ..drivers.sample import generate
     warn_emulated_bf16(bf16, device)
-    show = (progress if progress is not None else True) and is_main_rank()
+    show = bars_wanted(progress) and is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = generate(ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,

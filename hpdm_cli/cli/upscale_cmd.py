@@ -12,7 +12,7 @@ import typer
 
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
-from .progress import keyed_bars
+from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .sample_cmd import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
                          GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, STEPS_HELP)
 
@@ -52,8 +52,7 @@ def upscale(
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr "
-                                                                                  "(default: on)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
     """Learned video super-resolution: the input becomes the fixed lower level(s), the model generates the rest.
 
@@ -61,7 +60,7 @@ def upscale(
     """
     from ..drivers.upscale import upscale as run_upscale
     warn_emulated_bf16(bf16, device)
-    show = (progress if progress is not None else True) and is_main_rank()
+    show = bars_wanted(progress) and is_main_rank()
     with keyed_bars(lambda level: f"level {level}", show) as bar:
         rep = run_upscale(input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode,
                           window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
