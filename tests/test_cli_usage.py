@@ -326,6 +326,15 @@ def test_progress_bars_are_on_at_a_terminal_only_in_every_command_that_draws_the
         assert [progress.bars_wanted(p) for p in (None, True, False)] == [tty, True, False]
 
 
+def test_train_prints_its_log_on_stdout_and_its_warnings_on_stderr(capsys):
+    from hpdm_cli.cli.train_cmd import _print_or_warn
+    _print_or_warn("step 10/20 loss 0.5")
+    _print_or_warn("warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable")
+    got = capsys.readouterr()
+    assert got.out == "step 10/20 loss 0.5\n"
+    assert got.err == "hpdm: warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable\n"
+
+
 def test_only_a_dotted_unknown_option_gets_the_recipe_override_hint(capsys, monkeypatch):
     code, _, err = _main(["train", "tiny", "--bogus"], capsys, monkeypatch)
     assert code == 2 and "--bogus" in err and "recipe overrides" not in err, err

@@ -136,6 +136,7 @@ def _environment(dist: DistInfo) -> dict:
             "host": platform.node(), "argv": sys.argv}
 
 
+WARNING = "warning: "   # how a logged line that warns begins (`hpdm train` prints those on stderr)
 SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
 
 
@@ -360,8 +361,8 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack
     refusal, ck = None, None
     if dist.is_main:
         try:
-            held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=log))
-            ck = _check_run_dir(recipe, run_dir, say)
+            held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=lambda m: log(WARNING + m)))
+            ck = _check_run_dir(recipe, run_dir, lambda m: say(WARNING + m))
         except (TrainError, CheckpointError) as e:
             refusal = e
     if _agree(refusal is not None, dist):
@@ -513,7 +514,7 @@ class _Steps:
                  f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {self.micro} x "
                  f"accum {t.grad_accum})")
         if self.recipe.pyramid.num_levels > 1 and self.recipe.diffusion.context_prob >= 1:
-            self.say("warning: diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
+            self.say(WARNING + "diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
                      "in the loss (docs/method.md, section 5); the base level then drifts through the upper "
                      "levels' gradients: use a value below 1 (the default is 0.25, the shapes recipes use 0.75)")
         try:
@@ -562,7 +563,7 @@ class _Steps:
         self.skipped += skips
         replaced = stop.reassert()
         if replaced:
-            self.say(f"warning: the {' and '.join(replaced)} handler was replaced during the run (by a library); "
+            self.say(WARNING + f"the {' and '.join(replaced)} handler was replaced during the run (by a library); "
                      "restored, so that a signal still saves a checkpoint")
         if skips:
             first, last = self._synced, self.step - 1
