@@ -541,6 +541,9 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     cases.append((["--synthetic", "shapes", str(run), "--num-videos", "2"], "holds an hpdm train run"))
     (tmp_path / "clip.txt").write_text("")
     cases.append(([str(tmp_path / "clip.txt"), str(tmp_path / "o")], "is a file: give the folder that holds the videos"))
+    cases.append(([str(tmp_path), str(tmp_path)], "is SRC_DIR or holds it"))                # written there, never read
+    cases.append(([str(tmp_path / "run"), str(tmp_path)], "is SRC_DIR or holds it"))
+    cases.append((["--images", str(tmp_path / "run"), str(tmp_path)], "is --images or holds it"))
     for argv, text in cases:
         assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()

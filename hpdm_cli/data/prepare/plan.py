@@ -90,6 +90,11 @@ def plan_hash(part: Part, opts: PrepareOptions) -> str:
     return h.hexdigest()
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path `path` is `folder` or lies inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def plan_parts(src: str | None, out: str, opts: PrepareOptions) -> list[Part]:
     """The parts of a run: the videos under `src`, and `opts.images` (at out/images, or at `out` without `src`).
 
@@ -97,6 +102,10 @@ def plan_parts(src: str | None, out: str, opts: PrepareOptions) -> list[Part]:
     """
     parts: list[Part] = []
     video_names: list[str] | None = None
+    for given, what in ((src, "SRC_DIR"), (opts.images, "--images")):
+        if given is not None and _inside(os.path.realpath(given), os.path.realpath(out)):
+            raise error(f"OUT_DIR {out!r} is {what} or holds it ({given!r}): the dataset is written there and never "
+                        "read from there, so its videos would go unseen; give another OUT_DIR")
     if src is not None:
         sources, names, info = plan_sources(src, "video", opts, exclude=[out])
         parts.append(Part("video", src, out, order_sources(sources, opts.order), names, info))
