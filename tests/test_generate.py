@@ -941,6 +941,15 @@ def test_upscale_warns_when_either_side_is_larger_than_the_model(assets, tmp_pat
     upscale(_upscale_input(tmp_path, 48, 20), assets["run"], tmp_path / "up.mp4", steps="1", device="cpu",
             warn=said.append)
     assert len(said) == 1 and "the input (48x20) is larger than this model's videos (32x32)" in said[0]
+    said.clear()
+    upscale(_upscale_input(tmp_path, 32, 32), assets["run"], tmp_path / "same.mp4", steps="1", device="cpu",
+            from_level=1, warn=said.append)
+    assert said == ["the input is already at this model's size (32x32): nothing is enlarged; levels 2 and up are "
+                    "redrawn from its levels 0-1"]
+    said.clear()
+    upscale(_upscale_input(tmp_path, 12, 20), assets["run"], tmp_path / "small.mp4", steps="1", device="cpu",
+            warn=said.append)
+    assert said == []
 
 
 def test_upscale_works_on_rank_0_only(assets, tmp_path, monkeypatch):

@@ -383,7 +383,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
 
     Checks the output path, checkpoint, options and input video before sampling; writes `out`
     atomically with the input's fps and frame count. Under torchrun only rank 0 works. `warn`
-    hears about unusable checkpoints skipped in a run directory, and about an input larger than the output.
+    hears about unusable checkpoints skipped in a run directory, and about an input larger than the output
+    or already at its size.
     """
     from ..io.video import read_video, write_video
     _check_request(input, out, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap, seed=seed,
@@ -409,6 +410,10 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     if warn is not None and (frames.shape[1] > H or frames.shape[2] > W):
         warn(f"the input ({frames.shape[1]}x{frames.shape[2]}) is larger than this model's videos ({H}x{W}): "
              "the output is at the model's size, smaller than the input")
+    elif warn is not None and (frames.shape[1], frames.shape[2]) == (H, W):
+        kept = f"levels 0-{from_level}" if from_level else "level 0"
+        warn(f"the input is already at this model's size ({H}x{W}): nothing is enlarged; levels {from_level + 1} "
+             f"and up are redrawn from its {kept}")
     res = upscale_frames(frames, net, recipe, from_level=from_level, fit=fit, pad_mode=pad_mode,
                          window_overlap=window_overlap, seed=seed, condition=cond, steps=nsteps, guidance=guidance,
                          overlap=overlap, cache=cache, offload=offload, batch=batch, tile_batch=tile_batch,
