@@ -305,12 +305,16 @@ def test_a_prepared_dataset_is_not_taken_for_a_run_directory(shapes_data, tmp_pa
 
 
 def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
-    """A first run stopped by a data error leaves recipe.toml and nothing trained: the fixed recipe may differ."""
+    """Data of another size is refused before the run directory is made; a run directory holding a recipe and
+    nothing trained (a run stopped before its first step) does not bind it: the fixed recipe may differ."""
     from hpdm_cli.errors import HPDMError
+    from hpdm_cli.recipe import dump_recipe
     run = tmp_path / "run"
-    with pytest.raises(HPDMError, match="32x32 are needed|64x64"):       # the data is 8x32x32
+    with pytest.raises(HPDMError, match="holds 32x32 videos but 64x64 are needed"):       # the data is 8x32x32
         train(make_recipe(shapes_data, "pyramid.resolution=[8,64,64]"), run, log=quiet())
-    assert (run / "recipe.toml").is_file() and not (run / "checkpoints").exists()
+    assert not run.exists()
+    run.mkdir()
+    dump_recipe(make_recipe(shapes_data), run / "recipe.toml")
     warned = []
     train(make_recipe(shapes_data, "model.latent_dim=32", steps=1), run, log=warned.append)
     assert any("never trained" in str(m) for m in warned)

@@ -719,6 +719,14 @@ except ImportError:  # pragma: no cover
     _TorchDataset = object
 
 
+def check_resolution(dataset: VideoDataset, resolution: Sequence[int]) -> None:
+    """DataError unless the dataset's videos are (height, width) = `resolution` (a dataset of mixed sizes passes)."""
+    have = dataset.resolution
+    if have is not None and tuple(have) != tuple(resolution):
+        raise DataError(f"dataset {dataset.path!r} holds {have[0]}x{have[1]} videos but {resolution[0]}x{resolution[1]} "
+                        "are needed: re-run `hpdm prepare` at that resolution (or fix pyramid.resolution)")
+
+
 class ClipDataset(_TorchDataset):
     """Map-style torch Dataset of random training clips: sample k is a deterministic function of (seed, rank, k).
 
@@ -753,11 +761,8 @@ class ClipDataset(_TorchDataset):
                             f"{self.world_size} ranks: use fewer ranks or a larger dataset")
         self.num_samples = len(self.local) if num_samples is None else int(num_samples)
         self.resolution = tuple(int(v) for v in resolution) if resolution is not None else None
-        have = self.dataset.resolution
-        if self.resolution is not None and have is not None and tuple(have) != self.resolution:
-            raise DataError(f"dataset {self.dataset.path!r} holds {have[0]}x{have[1]} videos but "
-                            f"{self.resolution[0]}x{self.resolution[1]} are needed: re-run `hpdm prepare` at that "
-                            "resolution (or fix pyramid.resolution)")
+        if self.resolution is not None:
+            check_resolution(self.dataset, self.resolution)
         self._perm_cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

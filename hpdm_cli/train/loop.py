@@ -40,7 +40,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -140,16 +140,21 @@ WARNING = "warning: "   # how a logged line that warns begins (`hpdm train` prin
 SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
 
 
-def _check_dataset(path: str, what: str) -> None:
-    """Fail early, in one line, when a dataset of the recipe is missing (before touching the run directory)."""
-    from ..data.shards import VideoDataset
+def _check_dataset(path: str, what: str, resolution: Sequence[int]) -> None:
+    """Fail early, in one line, when a dataset of the recipe is missing or of another (height, width) than
+    `resolution` (before touching the run directory)."""
+    from ..data.shards import VideoDataset, check_resolution
     from ..data.synthetic import check_synthetic, is_synthetic
     if is_synthetic(path):
         check_synthetic(path)
         return
     if not path:
         raise TrainError(f"{what} is empty: set it to a dataset prepared with `hpdm prepare`")
-    VideoDataset(path).close()                                            # DataError (one line) if unusable
+    dataset = VideoDataset(path)                                          # DataError (one line) if unusable
+    try:
+        check_resolution(dataset, resolution)
+    finally:
+        dataset.close()
 
 
 def _holds_training(run_dir: Path) -> bool:
@@ -298,9 +303,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     t = recipe.train
     say = _run_log(run_dir, dist, log)
     per_step = _per_rank_batch(t, dist.world_size)
-    _check_dataset(recipe.data.path, "data.path")
+    size = recipe.pyramid.resolution[1:]
+    _check_dataset(recipe.data.path, "data.path", size)
     if recipe.data.image_path and recipe.data.image_fraction > 0:
-        _check_dataset(recipe.data.image_path, "data.image_path")
+        _check_dataset(recipe.data.image_path, "data.image_path", size)
     ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
     set_precision(t.precision)
     state = _model_state(recipe, dist, ck, say)
