@@ -180,8 +180,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     try:
         return _convert(value, tp, key, source)
     except _TypeMismatch:
-        raise ConfigError(
-            f"{source}: {key}: expected {_describe_type(tp)}, got {_show(value)} ({_kind(value)})") from None
+        expected = _describe_type(tp)
+        hint = (f"; a list goes in brackets: '{key}=[{value}]'" if isinstance(value, str) and "list" in expected
+                and "," in value and not value.lstrip().startswith("[") else "")
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {_show(value)} ({_kind(value)}){hint}") from None
 
 
 def _is_int(v: Any) -> bool:

@@ -106,6 +106,11 @@ def test_check_writable(tmp_path):
     (tmp_path / "dir.mp4").mkdir()
     with pytest.raises(GenerateError):
         check_writable([tmp_path / "dir.mp4"])
+    with pytest.raises(GenerateError, match="a name that starts with a dot has no suffix"):
+        check_writable([tmp_path / ".mp4"])
+    with pytest.raises(GenerateError) as e:
+        check_writable([tmp_path / "noext"])
+    assert "starts with a dot" not in str(e.value)
     assert leftovers(tmp_path) == [] and not (tmp_path / "new").exists()      # checking creates nothing
 
 

@@ -262,6 +262,7 @@ def test_override_does_not_mutate_input():
     ("model.latent_dim=1.5", "expected an integer"),
     ("train.compile=1", "expected a boolean"),
     ("pyramid.patch=[4, 8]", "list of 3 integers"),
+    ("pyramid.patch=4,8,8", "a list goes in brackets: 'pyramid.patch=[4,8,8]'"),    # what a shell user types
     ("model.latent_dim.x=3", "not a section"),
 ])
 def test_bad_overrides_name_the_override(tmp_path, ov, fragment):

@@ -191,7 +191,9 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
     for p in paths:
         p = Path(p)
         if p.suffix.lower() not in VIDEO_SUFFIXES:
-            raise GenerateError(f"cannot write {str(p)!r}: unknown video suffix {p.suffix or '(none)'!r}; "
+            hidden = " (a name that starts with a dot has no suffix: give one before it, e.g. clip.mp4)" \
+                if p.name.startswith(".") and not p.suffix else ""
+            raise GenerateError(f"cannot write {str(p)!r}: unknown video suffix {p.suffix or '(none)'!r}{hidden}; "
                                 f"use one of {', '.join(VIDEO_SUFFIXES)}")
         why = unwritable(p)
         if why is not None:
