@@ -69,7 +69,8 @@ def summary(folder: str | Path) -> str:
             lines.append(f"sampling: no {name} (see log.txt)")
             continue
         for r in samp:
-            same = [b for b in baseline or [] if (b["steps"], b["overlap"], b["batch"]) == (r["steps"], r["overlap"], r["batch"])]
+            key = lambda row: (row["steps"], row["overlap"], row["batch"])     # noqa: E731
+            same = [b for b in baseline or [] if key(b) == key(r)]
             how = f", compiled (compile {r['compile_s']:.0f} s apart)" if r.get("compiled") else ""
             how += f", context held {r['context_GiB']:.3g} GiB" if r.get("context_GiB") else ""
             how += ", bf16 residual streams" if "streams" in name else ""

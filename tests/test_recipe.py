@@ -509,7 +509,7 @@ def test_empty_guidance_interval_is_refused():
 
 def test_image_fraction_without_an_image_dataset_is_refused():
     """Joint image+video training asked for with nowhere to read images from would train on videos alone."""
-    with pytest.raises(ConfigError, match="data.image_fraction = 0.5 asks for still images .* data.image_path is empty"):
+    with pytest.raises(ConfigError, match="image_fraction = 0.5 asks for still images .* data.image_path is empty"):
         recipe_from_dict({"data": {"image_fraction": 0.5}})
     assert recipe_from_dict({"data": {"image_fraction": 0.5, "image_path": "data/images"}}).data.image_fraction == 0.5
 

@@ -295,8 +295,8 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
 
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path, stopped_sampling):
     """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
-    tiling stored with its weights, shift-fhw (what its FVD was measured with); a file named by --ckpt, this one
-    too, keeps its stored tiling on every device (test_generate.py)."""
+    tiling stored with its weights, shift-fhw (what its FVD was measured with); `--ckpt packaged` is the same, while
+    a file named by --ckpt, this one too, keeps its stored tiling on every device (test_generate.py)."""
     import hpdm_cli.assets as assets
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
@@ -304,7 +304,8 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     seen, Stop = stopped_sampling
     asked = []
     monkeypatch.setattr(assets, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
-    for ckpt, device, given in ((None, "cpu", None), (None, "auto", None), (None, "cpu", "hw"), ("packaged", "cpu", None)):
+    for ckpt, device, given in ((None, "cpu", None), (None, "auto", None), (None, "cpu", "hw"),
+                                ("packaged", "cpu", None)):
         with pytest.raises(Stop):
             drv.generate(ckpt, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
                          device=device, overlap=given, steps="1")
@@ -357,7 +358,8 @@ def test_eval_refuses_a_class_model_of_other_data_in_one_line(tmp_path, capsys, 
         (data / "dataset.json").write_text(json.dumps({"class_names": names}))
     recipe = tiny_toml('model.cond="class"', f"model.num_classes={classes}", f"data.path={json.dumps(str(data))}")
     net = HPDMNet(recipe.pyramid, recipe.model)
-    save_checkpoint(tmp_path / "run", recipe, 1, model=net.state_dict(), ema=net.state_dict(), optimizer={"state": {}, "param_groups": []},
+    save_checkpoint(tmp_path / "run", recipe, 1, model=net.state_dict(), ema=net.state_dict(),
+                    optimizer={"state": {}, "param_groups": []},
                     extra_tensors={}, state={})
     code, out, err = run_cli(capsys, "eval", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "report"),
                              "--no-fvd", "--device", "cpu", "--num-clips", "2")

@@ -15,7 +15,8 @@ from .sample_cmd import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP
 
 def evaluate(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory (newest checkpoint, EMA weights), checkpoint "
-                                                 "directory or .safetensors file of a shapes model; packaged: the packaged one."),
+                                                 "directory or .safetensors file of a shapes model; packaged: the "
+                                                 "packaged one."),
     out: Path = typer.Option(Path("eval"), "--out", help="Report folder: report.json and contact_sheet.png."),
     num_clips: Optional[int] = typer.Option(None, "--num-clips", "--num",
                                             help="Clips per side (generated, real, real floor; default: the recipe's "

@@ -723,8 +723,9 @@ def check_resolution(dataset: VideoDataset, resolution: Sequence[int]) -> None:
     """DataError unless the dataset's videos are (height, width) = `resolution` (a dataset of mixed sizes passes)."""
     have = dataset.resolution
     if have is not None and tuple(have) != tuple(resolution):
-        raise DataError(f"dataset {dataset.path!r} holds {have[0]}x{have[1]} videos but {resolution[0]}x{resolution[1]} "
-                        "are needed: re-run `hpdm prepare` at that resolution (or fix pyramid.resolution)")
+        raise DataError(f"dataset {dataset.path!r} holds {have[0]}x{have[1]} videos but "
+                        f"{resolution[0]}x{resolution[1]} are needed: re-run `hpdm prepare` at that resolution "
+                        "(or fix pyramid.resolution)")
 
 
 class ClipDataset(_TorchDataset):
