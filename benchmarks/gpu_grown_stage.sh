@@ -25,7 +25,7 @@
 # hpdm_cli/assets/shapes-t2v.safetensors`, restored afterwards by `git checkout -- docs/results
 # hpdm_cli/assets`), carrying out/gpu/whl-min, out/gpu/shapes_prompts_heldout.safetensors,
 # out/i3dp/i3d.pack and the weights (64.7 MB of the 67.1 allowed with a 16.7 MB model):
-#   SWEEP=1 SCORE=out/s39/grown.safetensors I3D_PACK=out/i3dp/i3d.pack WHL=out/gpu/whl-min \
+#   SWEEP=1 SCORE=out/grown.safetensors I3D_PACK=out/i3dp/i3d.pack WHL=out/gpu/whl-min \
 #     SETTINGS=1.5,1,1,1/32,48,24,24/hw SWEEP_FLAGS="--bf16 --rows 0:128 --save $OUT/parts" bash benchmarks/gpu_grown_stage.sh
 # Measured so: docs/results.md, section 25 (3000 steps over two calls, then the sweep at N = 256 in
 # a third, 588 s), section 33 (TRAIN_SECONDS=540 STEPS=2500: all steps in one cold call, 433 s) and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call of an FVD sweep that may need several: benchmarks/guidance_sweep.py in chunks, each kept in
 # $OUT/parts as soon as it is scored, the chunks of earlier calls skipped.
-#   MODEL     the weights (or run) to score, e.g. out/s46/grown2.safetensors (carry it)
+#   MODEL     the weights (or run) to score, e.g. out/grown2.safetensors (carry it)
 #   SETTINGS  guidance_sweep.py settings, space-separated (default: the recipe's sampling, autoguided)
 #   NUM       clips per side (256); CHUNK clips per part (128); BATCH clips per sampler call (256)
 #   PARTS_IN  the parts earlier calls returned (carry the folder; default none): copied into $OUT/parts,
@@ -17,7 +17,7 @@
 # The lean checkout it needs: `git ls-files 'docs/results/*.png' | xargs rm; rm hpdm_cli/assets/shapes-t2v.safetensors`
 # (restored by `git checkout -- docs/results hpdm_cli/assets`) when the model is not the packaged one,
 # carrying out/gpu/whl-min, out/gpu/shapes_prompts_heldout.safetensors, the pack and MODEL, e.g.
-#   export WHL=out/gpu/whl-min; MODEL=out/s46/grown2.safetensors PARTS_IN=out/s47/parts bash benchmarks/gpu_score_parts.sh
+#   export WHL=out/gpu/whl-min; MODEL=out/grown2.safetensors PARTS_IN=out/parts bash benchmarks/gpu_score_parts.sh
 # then unpack the returned parts next to the earlier ones here (`cat FILES_AT/parts.tar* | tar -xf - -C DIR`:
 # they come back as one tar, since a call returns at most 8 files); when every setting covers all NUM rows the
 # call prints the FVD itself, and `python benchmarks/guidance_sweep.py --merge DIR --bootstrap 200` scores them
