@@ -14,7 +14,9 @@ export PYTHONPATH=$HPDM_BENCH_SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 # torch.compile's caches (FX graphs, AOTAutograd, Triton kernels) in one folder that can travel: a cold machine
 # compiles the 32x128^2 model for ~400-490 s (docs/benchmarks.md, twentieth and twenty-sixth visits).
 # COMPILE_CACHE=<a carried .tgz> fills the folder before anything compiles; `save_compile_cache` packs it
-# into $OUT/compile-cache.tgz for the next cold machine (same torch, same GPU architecture).
+# into $OUT/compile-cache.tgz for the next cold machine (same torch, same GPU architecture). For the 32x128^2
+# model's training on an H100 it came to 92 MB, more than a call returns (docs/benchmarks.md, twenty-seventh visit):
+# it serves models whose caches are small, or several calls on one warm machine.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/hpdm-inductor}
 mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
 if [ -n "${COMPILE_CACHE:-}" ] && [ -f "$COMPILE_CACHE" ]; then

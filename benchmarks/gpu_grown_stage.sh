@@ -41,7 +41,8 @@
 #      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SWEEP=1 EVAL_NUM=256 bash ...
 # SAVE_COMPILE_CACHE=1 returns torch.compile's caches as $OUT/compile-cache.tgz; carry it to a later cold machine
 # as COMPILE_CACHE=<its path> (benchmarks/gpu_env.sh) to skip most of the compilation (on a CPU 68 -> 10 s for a
-# tiny model, docs/benchmarks.md, twenty-sixth visit; on a GPU not yet measured).
+# tiny model, docs/benchmarks.md, twenty-sixth visit; for this model on an H100 92 MB: too large to come back,
+# twenty-seventh visit).
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
 #   data.synthetic_videos=16 data.num_workers=0' TRAIN_SECONDS=60 START=1 SWEEP=1 EVAL_NUM=2 \
 #   SETTINGS=1.5,1,1,1/16,16,8,8/none I3D=out/gpu/i3d-kinetics-400.ckpt BATCH=2 SWEEP_FLAGS= \
