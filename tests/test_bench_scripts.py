@@ -270,6 +270,30 @@ def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
     assert row["noise_on"] == noise_on and row["batch"] == 2 and row["videos_per_s"] > 0
 
 
+@pytest.mark.parametrize("optimizer,kind", [("adamw", "AdamW"), ("lamb", "Lamb")])
+def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatch, optimizer, kind):
+    """The timed step is training's: gradients clipped at train.grad_clip, the recipe's optimiser, the EMA moved."""
+    import torch
+    from hpdm_cli.drivers.bench import bench_training
+    from hpdm_cli.train.optim import EMA
+    seen = {"opt": [], "ema": 0, "clip": []}
+    monkeypatch.setattr(EMA, "update", lambda self, net, keep=None: seen.__setitem__("ema", seen["ema"] + 1))
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, c, **k: seen["clip"].append(c) or clip(p, c, **k))
+    rec = load_recipe(ROOT / "recipes" / "tiny.toml", [f'train.optimizer="{optimizer}"', "train.grad_clip=0.5",
+                                                       "train.ema_halflife_steps=10"])
+    import hpdm_cli.train.loop as loop
+    make = loop.make_optimizer
+
+    def record(groups, t):
+        seen["opt"].append(make(groups, t))
+        return seen["opt"][-1]
+    monkeypatch.setattr(loop, "make_optimizer", record)
+    bench_training(rec, steps=2, warmup=1, batch=2, precisions=["fp32"])
+    assert [type(o).__name__ for o in seen["opt"]] == [kind] and seen["opt"][0].param_groups[0]["lr"] == rec.train.lr
+    assert seen["ema"] == 3 and seen["clip"] == [0.5] * 3                      # one warm-up and two timed steps
+
+
 def test_bench_ablations_time_the_papers_table2_rows_each_as_its_setting_builds_it():
     """`hpdm bench --ablations`: one row per Table 2 change; counted FLOPs and parameters move as each change implies."""
     from hpdm_cli.drivers.bench import bench_training

@@ -1,7 +1,8 @@
 """The driver of `hpdm bench`: training throughput, peak memory, counted FLOPs and MFU, or sampling time.
 
 Inputs are synthetic full-resolution videos already on the device, so the numbers measure the
-model (patch extraction, forward, backward, LAMB step), not the data loader. FLOPs come from
+model (patch extraction, forward, backward, then the step as training takes it: gradient clipping, the
+recipe's optimiser, the EMA update), not the data loader. FLOPs come from
 `model.flops` (checked against torch's FlopCounterMode in the tests); MFU divides the achieved
 FLOP rate by the card's dense peak for the precision used. `run_bench` is what the command
 calls: it checks the options of the chosen mode, times it and writes `--json`.
@@ -242,13 +243,16 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     device is synchronised only at the two ends of the window, so the host's launch time of a step
     overlaps the previous step's kernels instead of being counted as idle device time.
     """
-    from ..train.loop import build_model, compile_model, forward_backward, set_precision
-    from ..train.optim import Lamb, param_groups
+    from ..train.loop import build_model, compile_model, forward_backward, make_ema, make_optimizer, set_precision
+    from ..train.optim import param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
     net = build_model(rec).to(device)
     model = compile_model(net, rec.train.compile)
-    opt = Lamb(param_groups(net, rec.train.weight_decay), lr=1e-4)
+    opt = make_optimizer(param_groups(net, rec.train.weight_decay), rec.train)
+    ema = make_ema(net, rec.train)
+    params = [p for p in net.parameters() if p.requires_grad]
+    clip = rec.train.grad_clip if rec.train.grad_clip > 0 else float("inf")
     L = rec.pyramid.num_levels
     g = torch.Generator().manual_seed(0)
     videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution, generator=g).to(device) * 2 - 1
@@ -267,7 +271,10 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
                           conditional=cond is not None, generator=g, device=device,
                           noise_on_device=rec.train.noise_on == "device")
         forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
+        torch.nn.utils.clip_grad_norm_(params, clip)                      # as a training step: clip, update, EMA
         opt.step()
+        if ema is not None:
+            ema.update(net)
         opt.zero_grad(set_to_none=True)
     _sync(device)
     sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back

@@ -9,9 +9,9 @@ marked OOM and the model's larger resolutions are skipped.
   so the pyramid gains a level for each doubling of the largest full/patch ratio (for
   recipes/ucf.toml's 16x64x64 patch: 16x64^2 one level, 32x128^2 two, 64x256^2 three, ...);
   `model.load = "linear"` spreads the blocks over the levels (docs/method.md, section 7). The step
-  is `hpdm bench`'s (patch extraction from the full video, EDM loss, the recipe's optimiser).
+  is `hpdm bench`'s (patch extraction from the full video, EDM loss, clipping, the recipe's optimiser, the EMA).
 * Baseline (`baseline=True`): `video-diffusion-pytorch`'s Unet3D (dim=112, dim_mults=(1,2,4,8):
-  103.9M parameters against HPDM-S's 109.4M) denoising the whole video (eps-prediction MSE,
+  103.9M parameters against HPDM-S's 105.2M) denoising the whole video (eps-prediction MSE,
   Adam), as its GaussianDiffusion trains it. A benchmark-only package, never a dependency of hpdm.
 
 Writes a JSON of the points and a PNG chart (memory in GiB against resolution, each model, the

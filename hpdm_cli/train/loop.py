@@ -412,17 +412,25 @@ def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _Mo
     if t.init_from and ck is None:                                       # a fresh run starts from init_from
         say(init_from_checkpoint(net, t.init_from).describe(t.init_from))
     net.to(dist.device)
-    ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
-    if t.optimizer == "adamw":
-        # fused: the one AdamW that takes `found_inf`, a device-side skip (see _Steps._update)
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
-                                fused=True)
-    else:
-        opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-    state = _ModelState(net, ema, opt)
+    ema = make_ema(net, t)
+    state = _ModelState(net, ema, make_optimizer(groups, t))
     if ck is not None:
         _resume(state, ck, recipe, dist, say)
     return state
+
+
+def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
+    """The recipe's optimiser (`train.optimizer`, its lr, betas, eps, weight decay) over parameter groups `groups`."""
+    if t.optimizer == "adamw":
+        # fused: the one AdamW that takes `found_inf`, a device-side skip (see _Steps._update)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                                 fused=True)
+    return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+
+
+def make_ema(net: torch.nn.Module, t) -> Optional[EMA]:
+    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
+    return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
 
 
 def _resume(state: _ModelState, ck: dict, recipe: Recipe, dist: DistInfo, say) -> None:
