@@ -931,6 +931,16 @@ def test_batches_scale_a_datasets_uint8_clips_as_its_float_samples(shapes_data):
     torch.testing.assert_close(videos, torch.stack([ds[k]["video"] for k in range(4)]), rtol=0, atol=1e-6)
 
 
+def test_a_synthetic_image_dataset_gives_still_images():
+    """data.image_path = "synthetic:shapes" renders one frame per image, shown as a still video like a prepared one."""
+    from hpdm_cli.train.distributed import DistInfo
+    rec = tiny_toml('data.path="synthetic:shapes"', 'data.image_path="synthetic:shapes"', "data.image_fraction=0.5",
+                    "data.synthetic_videos=8", "data.num_workers=0", "pyramid.resolution=[4,16,16]")
+    videos, _, _ = Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2).next(torch.device("cpu"), 4)
+    still = (videos - videos[:, :, :1]).flatten(1).abs().amax(1) == 0
+    assert videos.shape == (4, 3, 4, 16, 16) and still.tolist() == [False, False, True, True]
+
+
 def test_synthetic_batches_resume_at_their_data_position():
     """Batch j of a stream started at batch j is batch j of the stream started at 0 (rendered data too)."""
     from hpdm_cli.train.distributed import DistInfo

@@ -39,7 +39,7 @@ class Batches:
             if n == 0:
                 continue
             if is_synthetic(path):                                        # rendered into device memory
-                src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=R[0], height=R[1], width=R[2],
+                src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=frames, height=R[1], width=R[2],
                                      seed=seed, split=d.synthetic_split, rank=dist.rank,
                                      world_size=dist.world_size, workers=d.num_workers, device=dist.device)
                 self.loaders.append((src.stream(start_batch * n, n), frames, len(self.captions)))
