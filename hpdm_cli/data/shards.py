@@ -719,6 +719,12 @@ except ImportError:  # pragma: no cover
     _TorchDataset = object
 
 
+def epoch_permutation(seed: int, rank: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which a rank visits its `n` videos in one epoch: a pure function of (seed, rank, epoch), so that
+    a resumed run (and every data source: prepared shards, rendered shapes) reads the same stream."""
+    return np.random.default_rng([seed, rank, epoch, 0x5EED]).permutation(n)
+
+
 def check_resolution(dataset: VideoDataset, resolution: Sequence[int]) -> None:
     """DataError unless the dataset's videos are (height, width) = `resolution` (a dataset of mixed sizes passes)."""
     have = dataset.resolution
@@ -781,7 +787,7 @@ class ClipDataset(_TorchDataset):
     def _perm(self, epoch: int) -> np.ndarray:
         p = self._perm_cache.get(epoch)
         if p is None:
-            p = np.random.default_rng([self.seed, self.rank, epoch, 0x5EED]).permutation(len(self.local))
+            p = epoch_permutation(self.seed, self.rank, epoch, len(self.local))
             if len(self._perm_cache) >= 2:
                 self._perm_cache.pop(min(self._perm_cache))
             self._perm_cache[epoch] = p

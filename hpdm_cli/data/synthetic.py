@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..device import to_device
-from .shards import DataError
+from .shards import DataError, epoch_permutation
 from .shapes import SHAPES_CLASSES, render_shapes_video
 
 PREFIX = "synthetic:"
@@ -80,7 +80,7 @@ class SyntheticClips:
         for j, k in enumerate(range(start, start + count)):
             epoch, pos = divmod(k, n)
             if self._perm[0] != epoch:
-                self._perm = (epoch, np.random.default_rng([self.seed, self.rank, epoch, 0x5EED]).permutation(n))
+                self._perm = (epoch, epoch_permutation(self.seed, self.rank, epoch, n))
             out[j] = self._perm[1][pos]
         return out
 

@@ -77,7 +77,8 @@ def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Opti
     if any(v < 1 for v in vals):
         raise GenerateError(f"--steps {text!r}: every level needs at least one step")
     if len(vals) == 1:
-        return [max(1, vals[0] >> l) for l in range(num_levels)]
+        from ..sampling.hierarchical import halved_steps
+        return halved_steps(vals[0], num_levels)
     if len(vals) != num_levels:
         raise GenerateError(f"--steps {text!r}: {len(vals)} values for a model with {num_levels} levels "
                             "(give one value, or one per level)")

@@ -91,6 +91,12 @@ def seed_generator(seed: int, level: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(state[1]) << 31) ^ int(state[0]))
 
 
+def halved_steps(steps: int, levels: int) -> list[int]:
+    """One step count for the whole pyramid spread over its levels: `steps` at level 0, halved at each level above
+    (at least 1): the default of `sample.steps` and of a single `--steps` value (docs/method.md, section 9)."""
+    return [max(1, steps >> l) for l in range(levels)]
+
+
 def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]] = None) -> list[int]:
     """Sampler steps per level: `steps`, else `sample.level_steps`, else `sample.steps` halved per level (>= 1)."""
     given = list(steps) if steps is not None else list(sample.level_steps)
@@ -99,7 +105,7 @@ def level_steps(sample: SampleConfig, levels: int, steps: Optional[Sequence[int]
             raise ValueError(f"{len(given)} per-level step counts given for {levels} levels")
         out = [int(s) for s in given[:levels]]
     else:
-        out = [max(1, int(sample.steps) >> l) for l in range(levels)]
+        out = halved_steps(int(sample.steps), levels)
     if any(s < 1 for s in out):
         raise ValueError(f"per-level steps = {out}: every level needs at least one step")
     return out
