@@ -24,6 +24,7 @@ class ConfigError(HPDMError, ValueError):
 # conditional and unconditional predictions until float32 overflows (1e300 gives a black video).
 # `hpdm sample --guidance` is held to the same range.
 MAX_GUIDANCE = 100.0
+TILE_BATCH = 64   # tiles per network forward when sampling, unless --tile-batch says otherwise
 # torch.compile's modes that `train.compile` may name ("reduce-overhead" replays CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from ..config import TILE_BATCH
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
@@ -73,7 +74,7 @@ def sample(
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of the full video (default: sample.fps, "
                                                            "else data.fps)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    tile_batch: int = typer.Option(64, "--tile-batch", help="Tiles per network forward."),
+    tile_batch: int = typer.Option(TILE_BATCH, "--tile-batch", help="Tiles per network forward."),
     context_gib: Optional[float] = typer.Option(None, "--context-gib", help=CONTEXT_GIB_HELP),
     bf16: bool = typer.Option(False, "--bf16", help=BF16_HELP),
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),

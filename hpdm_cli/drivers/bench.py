@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, Recipe
+from ..config import ConfigError, Recipe, TILE_BATCH
 from ..diffusion.edm import draw_noise
 from ..io import atomic_write_json, unwritable
 from ..model.flops import train_step_flops
@@ -319,7 +319,7 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
 
 def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
-                   precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (64,),
+                   precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (TILE_BATCH,),
                    compile: bool = False, warn: Optional[Callable[[str], None]] = None,
                    log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import find_class_names, load_generator
+from ..config import TILE_BATCH
 from ..conditioning import GenerateError
 from ..data.shapes import SHAPES_CLASSES, render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
@@ -105,7 +106,7 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
     instead of generating it (learned super-resolution of given clips). `context_gib` replaces the
     recipe's sample.context_cache_gib (the same videos; more memory held, fewer recomputations).
     """
-    tile_batch = 1024 if torch.device(device).type == "cuda" else 64
+    tile_batch = 1024 if torch.device(device).type == "cuda" else TILE_BATCH
     sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16, compile=compile,
                            context_gib=context_gib)
     nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)

@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import TILE_BATCH
 from ..device import parse_device, resolve_device
 from ..eval import FVDError
 from ..eval.fvd import (FVDResult, FVDStats, I3DExtractor, Protocol, SideReport, check_compatible, frechet_distance,
@@ -170,7 +171,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
 def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: str | os.PathLike | None = None,
                         seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
                         steps=None, guidance=None, overlap: Optional[str] = None,
-                        bf16: bool = False, tile_batch: int = 64, guidance_interval=None, guide_model=None,
+                        bf16: bool = False, tile_batch: int = TILE_BATCH, guidance_interval=None, guide_model=None,
                         log: Optional[Log] = None) -> tuple[Iterator[Clip], dict]:
     """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
 

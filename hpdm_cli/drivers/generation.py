@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError
-from ..config import Recipe
+from ..config import Recipe, TILE_BATCH
 from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_overlap
 from .options import check_options, last_level, parse_guidance
 
@@ -49,7 +49,7 @@ class SampleOutput:
 def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional[Condition] = None, *,
                   levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
                   guidance=None, overlap: Optional[str] = None, cache: bool = True,
-                  offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
+                  offload: bool = False, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, device=None,
                   bf16: bool = False, keep_levels: bool = False, compile: bool = False,
                   progress: Optional[Progress] = None, context_gib: Optional[float] = None) -> SampleOutput:
     """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.

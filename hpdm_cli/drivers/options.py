@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..conditioning import GenerateError
+from ..config import TILE_BATCH
 from ..io import unwritable
 from ..io.video import VIDEO_SUFFIXES
 
@@ -149,7 +150,7 @@ def with_sample_options(recipe, *, guidance_interval=None, guide_model=None):
     return dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, **edits)) if edits else recipe
 
 
-def check_options(*, batch: Optional[int] = None, tile_batch: int = 64, guidance=None,
+def check_options(*, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, guidance=None,
                   fps: Optional[float] = None, levels: Optional[int] = None,
                   context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""

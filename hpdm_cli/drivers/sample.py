@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ..checkpoint import load_generator
+from ..config import TILE_BATCH
 from ..train.checkpoint import PACKAGED
 from ..conditioning import request_condition
 from ..device import world
@@ -88,7 +89,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              prompt: Optional[str] = None, class_: Optional[str] = None, levels: Optional[int] = None,
              batch: Optional[int] = None, steps=None, guidance=None,
              overlap: Optional[str] = None, cache: bool = True, offload: bool = False, fps: Optional[float] = None,
-             device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = 64, bf16: bool = False,
+             device: str = "auto", gif: bool = False, png: bool = False, tile_batch: int = TILE_BATCH, bf16: bool = False,
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None,

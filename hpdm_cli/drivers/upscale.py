@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
-from ..config import Recipe
+from ..config import Recipe, TILE_BATCH
 from ..device import world
 from ..sampling import level_steps
 from .generation import Log, Progress, check_finite, make_sampler
@@ -309,7 +309,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
                    pad_mode: str = "edge", window_overlap: float = 0.5, seed: int = 0,
                    condition: Optional[Condition] = None, steps: Optional[Sequence[int]] = None,
                    guidance=None, overlap: Optional[str] = None, cache: bool = True,
-                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device=None,
+                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, device=None,
                    bf16: bool = False, compile: bool = False, context_gib: Optional[float] = None,
                    progress: Optional[Progress] = None, sample_fn: Optional[SampleFn] = None) -> UpscaleOutput:
     """Upscale uint8 frames [T, h, w, 3]: levels 0..from_level fixed from the input, the others generated.
@@ -374,7 +374,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
             fit: str = "crop", pad_mode: str = "edge", window_overlap: float = 0.5, seed: int = 0,
             prompt: Optional[str] = None, class_: Optional[str] = None, steps=None,
             guidance=None, overlap: Optional[str] = None, cache: bool = True,
-            offload: bool = False, batch: Optional[int] = None, tile_batch: int = 64, device: str = "auto",
+            offload: bool = False, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, device: str = "auto",
             bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
             guidance_interval=None, guide_model=None, prompt_table: Optional[str | os.PathLike] = None,
             prompt_embedding: Optional[str | os.PathLike] = None, compile: bool = False,

@@ -73,7 +73,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import DiffusionConfig, ModelConfig, PyramidConfig, SampleConfig
+from ..config import DiffusionConfig, ModelConfig, PyramidConfig, SampleConfig, TILE_BATCH
 from ..device import randn_on
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
@@ -211,7 +211,7 @@ class HierarchicalSampler:
     """Level-by-level, tile-by-tile sampler of an HPDMNet (MultiDiffusion, context caching, CFG)."""
 
     def __init__(self, net, diffusion: DiffusionConfig, sample: SampleConfig, device=None, *,
-                 overlap: Optional[str] = None, tile_batch: int = 64, cache: bool = True, offload: bool = False,
+                 overlap: Optional[str] = None, tile_batch: int = TILE_BATCH, cache: bool = True, offload: bool = False,
                  autocast: Optional[torch.dtype] = None, dtype: torch.dtype = torch.float32,
                  compile: bool = False, guide=None):
         """`net` is an HPDMNet (its `pyramid` and `cfg` give the levels and the model); `diffusion` and
