@@ -23,6 +23,7 @@ import torch
 
 from .checkpoint import GeneratorInfo
 from .config import Recipe
+from .data.shards import is_dataset
 from .errors import HPDMError
 
 __all__ = ["GenerateError", "Condition", "resolve_condition", "precomputed_condition", "request_condition"]
@@ -137,7 +138,7 @@ def _table_dirs(recipe: Recipe, info: GeneratorInfo) -> list:
         if rel:
             p = Path(rel)
             dirs += [d for d in ([p] if p.is_absolute() else [p] + [s / p for s in search])
-                     if (d / "dataset.json").is_file()]
+                     if is_dataset(d)]
     return dirs
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import TILE_BATCH
+from ..data.shards import is_dataset
 from ..device import parse_device, resolve_device
 from ..eval import FVDError
 from ..eval.fvd import (FVDResult, FVDStats, I3DExtractor, Protocol, SideReport, check_compatible, frechet_distance,
@@ -56,7 +57,7 @@ class _RowCondition:
 
 def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
     """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
-    from ..data.shards import VideoDataset, is_dataset
+    from ..data.shards import VideoDataset
     if data is not None:
         if not is_dataset(data):
             raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json)")
@@ -81,7 +82,6 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     if num_levels is not None and gen.get("steps") is not None:
         _as_fvd_error(parse_steps, gen["steps"], num_levels)
     if gen.get("data") is not None:
-        from ..data.shards import is_dataset
         if not is_dataset(gen["data"]):
             raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
 
@@ -459,7 +459,7 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         generation["seed"] = gen_seed
     if data is not None:
         generation["data"] = data
-    elif (Path(real) / "dataset.json").is_file():
+    elif is_dataset(real):
         generation["data"] = real
     res = evaluate_fvd(real, fake, generation=generation, **options)
     if json_out is not None:

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..data.prepare.sources import VIDEO_EXTENSIONS
+from ..data.shards import is_dataset
 from . import FVDError
 from .fvd import STATS_FORMAT, STATS_VERSION, EVAL_DECODE, FVDStats, I3DExtractor, Protocol, SideReport, selection_order
 from .i3d import MIN_FRAMES
@@ -62,7 +63,7 @@ def source_kind(path: str | os.PathLike) -> str:
             return "checkpoint"
         raise FVDError(f"{str(p)!r} is a file: give a folder of videos, a prepared dataset, a statistics file "
                        "(.npz) or a checkpoint (.safetensors, a checkpoint or run directory)")
-    if (p / "dataset.json").is_file():
+    if is_dataset(p):
         return "dataset"
     if (p / "model.safetensors").is_file() or (p / "checkpoints").is_dir() or (
             (p / "recipe.toml").is_file() and (p / "stats.jsonl").exists()):

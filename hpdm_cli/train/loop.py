@@ -46,6 +46,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import CUDA_GRAPH_MODES, Recipe
+from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
 from ..model.flops import train_step_flops
@@ -166,7 +167,7 @@ def _holds_training(run_dir: Path) -> bool:
 def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
     from ..recipe import recipe_from_toml
-    if (run_dir / "dataset.json").exists():
+    if is_dataset(run_dir):
         raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
                          "for the run")
     arch = architecture_of(recipe)
