@@ -87,7 +87,8 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
     weights_path, weights, recipe, step = load_sampling_weights(ckpt, device="cpu", warn=warn)
     with torch.random.fork_rng(devices=[]):                  # building the net must not move the global RNG
         net = HPDMNet(recipe.pyramid, recipe.model)
-    # EMA files also hold non-persistent buffers (recomputed by the net, e.g. `scales`): not weights.
+    # EMA files written before the EMA followed `state_dict` also hold non-persistent buffers (recomputed by the
+    # net): not weights, dropped here so that those checkpoints still load.
     transient = {n for n, _ in net.named_buffers()} - set(net.state_dict())
     weights = {k: v for k, v in weights.items() if k not in transient}
     try:
