@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hpdm_cli.config import PyramidConfig
 from hpdm_cli.pyramid import (downsample_to_level, extract_patches, level_scales, patch_points, relative_coords,
                               sample_nested_offsets, to_grid_sample)
-from hpdm_cli.sampling.tiles import build_tiles, chain_offsets
+from hpdm_cli.pyramid.tiles import build_tiles, chain_offsets
 
 PYRAMIDS = {
     "ucf-like (3 levels)": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16)),

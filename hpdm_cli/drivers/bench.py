@@ -295,7 +295,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
 def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str, overlaps: Optional[list[str]],
                     steps: Optional[list[int]]) -> None:
     """Refuse bad counts, an unknown precision or overlap, and per-level steps that do not fit the recipe."""
-    from ..sampling.tiles import parse_overlap
+    from ..pyramid.tiles import parse_overlap
     _check_count("--batch", batch, 1)
     _check_count("--tile-batch", tile_batch, 1)
     _check_precisions([precision])

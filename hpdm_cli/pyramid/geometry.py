@@ -23,6 +23,7 @@ import torch
 
 from ..config import PyramidConfig
 from ..device import constant
+from .tiles import build_tiles, chain_offsets
 
 # Slack (in pixels) when rounding the last level's offsets to integer pixels (float64 noise).
 _EPS = 1e-6
@@ -73,7 +74,7 @@ def sample_tile_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[t
                         device=None) -> torch.Tensor:
     """Training offsets [B, L, 3] that are the sampler's: a last-level tile, uniformly, with its ancestor tiles.
 
-    The tiles are those of hierarchical sampling under `pyr.overlap` (`hpdm_cli.sampling.tiles`),
+    The tiles are those of hierarchical sampling under `pyr.overlap` (`hpdm_cli.pyramid.tiles`),
     each level-l tile's context taken from the lower-level tiles that sampling takes it from. Nested
     uniform offsets put a patch at the frame's edge ever more rarely level after level (the last
     level of a 4-level pyramid: ~2 in 10^4 patches), while sampling tiles the edges as often as the
@@ -88,7 +89,6 @@ def sample_tile_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[t
 @lru_cache(maxsize=8)
 def _tile_chains(resolution: tuple, patch: tuple, overlap: str) -> torch.Tensor:
     """Every last-level tile's offsets on levels 0..L-1 under the tiling `overlap`, as [T, L, 3] float32."""
-    from ..sampling.tiles import build_tiles, chain_offsets        # late: the sampling package imports this one
     pyr = PyramidConfig(resolution=resolution, patch=patch, overlap=overlap)
     tiles = build_tiles(pyr, overlap)
     return chain_offsets(tiles, pyr.num_levels - 1)

@@ -3,7 +3,7 @@
 from .edm_sampler import churn_gamma, edm_sample, edm_sigmas, network_evaluations
 from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, check_guide, level_guidance, level_steps,
                            seed_generator)
-from .tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap, shift_phases,
+from ..pyramid.tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap, shift_phases,
                     tile_counts)
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",

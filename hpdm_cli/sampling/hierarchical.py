@@ -78,7 +78,7 @@ from ..device import randn_on
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
 from .edm_sampler import edm_sample, edm_sigmas
-from .tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, shift_phases, tile_counts
+from ..pyramid.tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, shift_phases, tile_counts
 
 Progress = Callable[[int, int, int], None]
 
