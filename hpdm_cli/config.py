@@ -278,6 +278,9 @@ class SampleConfig:
     context_cache_gib: float = 4.0       # Memory for a level's context computed once for all its steps (0 = off).
 
 
+EVAL_CPU_BATCH = 8   # clips per I3D batch on a CPU (on a GPU: eval.batch_size)
+
+
 @dataclass
 class EvalConfig:
     """The recipe's [eval]: defaults of `hpdm eval` and of `hpdm eval-fvd` when --fake is a checkpoint."""

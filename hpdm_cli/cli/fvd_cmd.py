@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ..config import EVAL_CPU_BATCH, EvalConfig
 from .console import err, out, warn_emulated_bf16
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
@@ -32,19 +33,20 @@ def eval_fvd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
                                                                  "detector checksum, sources) as JSON."),
     num: Optional[int] = typer.Option(None, "--num", "--num-clips",
-                                      help="Clips per side (default 2048, or a checkpoint --fake's eval.num_clips; a "
-                                           "statistics file holds what it holds)."),
-    frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default 16, or "
-                                                               "that of a statistics-file side, or a checkpoint "
-                                                               "--fake's eval.frames)."),
+                                      help=f"Clips per side (default {EvalConfig.num_clips}, or a checkpoint --fake's "
+                                           "eval.num_clips; a statistics file holds what it holds)."),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Frames per clip (>= 9) or 'all' (default "
+                                                               f"{EvalConfig.frames}, or that of a statistics-file "
+                                                               "side, or a checkpoint --fake's eval.frames)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Take every N-th frame (default 1, or that of a "
                                                                "statistics-file side)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Selection seed: which videos are taken (default 0; "
                                                             "see the protocol)."),
     i3d: Optional[Path] = typer.Option(None, "--i3d", "--i3d-weights", help=I3D_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Clips per I3D batch (default 32 on GPU, or a "
-                                                              "checkpoint --fake's eval.batch_size; 8 on CPU)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help=f"Clips per I3D batch (default {EvalConfig.batch_size} "
+                                                              "on GPU, or a checkpoint --fake's eval.batch_size; "
+                                                              f"{EVAL_CPU_BATCH} on CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding threads (default min(8, CPUs); 0 = "
                                                                  "decode in the main thread)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (reference, default) or tf32 "

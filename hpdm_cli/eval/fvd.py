@@ -72,6 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import EVAL_CPU_BATCH, EvalConfig
 from ..device import resolve_device
 from . import FVDError
 from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
@@ -96,9 +97,9 @@ STATS_VERSION = 1
 class Protocol:
     """What is measured: clip length and stride, clips per side, the selection seed, the arithmetic."""
 
-    frames: Optional[int] = 16          # frames per clip; None = every frame of each video
+    frames: Optional[int] = EvalConfig.frames   # frames per clip; None = every frame of each video
     stride: int = 1                     # take every stride-th frame
-    num: int = 2048                     # clips per side
+    num: int = EvalConfig.num_clips     # clips per side
     seed: int = 0                       # selection seed (which real clips)
     precision: str = "fp32"             # detector arithmetic: fp32 (reference) or tf32 (faster on GPUs)
 
@@ -471,7 +472,8 @@ class I3DExtractor:
         self.channels_last = channels_last
         self.sha256 = getattr(self.net, "weights_sha256", None) or WEIGHTS_SHA256
         self.weights_path = getattr(self.net, "weights_path", None)
-        self.batch_size = (32 if self.device.type == "cuda" else 8) if batch_size is None else int(batch_size)
+        default = EvalConfig.batch_size if self.device.type == "cuda" else EVAL_CPU_BATCH
+        self.batch_size = default if batch_size is None else int(batch_size)
         if self.batch_size < 1:
             raise FVDError(f"--batch {batch_size}: expected a positive number of clips")
         if precision not in ("fp32", "tf32"):
