@@ -61,6 +61,10 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES_CLASSES = [f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS]
 SPLITS = ("all", "train", "heldout")
+# What `hpdm prepare --synthetic shapes` makes without a recipe, and `write_shapes_dataset`'s frame rate: 16 frames
+# of 64 x 64 at 8 fps (recipes/shapes.toml's data).
+SHAPES_CLIP = (16, 64, 64)
+SHAPES_FPS = 8.0
 HELDOUT_RULE = "(colour_index + 2 * shape_index + 3 * direction_index) % 8 == 0"
 _MIN_CONTRAST = 150.0
 _TEXTURE_AMPLITUDE = 18.0
@@ -216,7 +220,7 @@ def _render_encoded(job: tuple) -> tuple[bytes, str, int]:
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames: int, height: int, width: int,
-                         seed: int = 0, fps: float = 25, progress: Callable[[int, int], None] | None = None,
+                         seed: int = 0, fps: float = SHAPES_FPS, progress: Callable[[int, int], None] | None = None,
                          workers: int = 0, max_videos_per_shard: int = 1000, crf: int = 18, gop: int = 16,
                          preset: str = DATASET_PRESET, overwrite: bool = False, split: str = "all") -> str:
     """Render `num_videos` shapes videos into a shard dataset at `out_dir`; returns the path.

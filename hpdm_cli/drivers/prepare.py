@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
+from ..data.shapes import SHAPES_CLIP, SHAPES_FPS
 from ..data.shards import DataError
 
 __all__ = ["run_prepare", "parse_size", "SHAPES_CLIP", "SHAPES_FPS"]
 
-# What --synthetic shapes makes without a recipe: 16 frames of 64 x 64 at 8 fps.
-SHAPES_CLIP = (16, 64, 64)
-SHAPES_FPS = 8.0
 
 Update = Callable[[dict], None]
 Bar = Callable[[str], AbstractContextManager]      # bar(label) -> context yielding update(state) (or None)
