@@ -44,10 +44,9 @@ CONTEXT_GIB_HELP = ("Memory (GiB) for each level's context, computed once and he
 def sample(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Run directory (newest checkpoint, EMA weights), "
                                         "checkpoint directory, .safetensors file or packaged. Default: the "
-                                        "packaged shapes "
-                                        "text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with the sampling "
-                                        "steps and guidance stored with it; unless --overlap is given, no overlap on "
-                                        "a CPU and shift-fhw on a GPU (any other device)."),
+                                        "packaged shapes text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with "
+                                        "the sampling steps and guidance stored with it; unless --overlap is given, "
+                                        "no overlap on a CPU and shift-fhw on a GPU (any other device)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that names a class is accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "

@@ -243,7 +243,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     device is synchronised only at the two ends of the window, so the host's launch time of a step
     overlaps the previous step's kernels instead of being counted as idle device time.
     """
-    from ..train.loop import build_model, compile_model, forward_backward, make_ema, make_optimizer, set_precision
+    from ..train.loop import (build_model, clip_gradients, compile_model, forward_backward, make_ema, make_optimizer,
+                              set_precision)
     from ..train.optim import param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
@@ -251,8 +252,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     model = compile_model(net, rec.train.compile)
     opt = make_optimizer(param_groups(net, rec.train.weight_decay), rec.train)
     ema = make_ema(net, rec.train)
-    params = [p for p in net.parameters() if p.requires_grad]
-    clip = rec.train.grad_clip if rec.train.grad_clip > 0 else float("inf")
+    params = list(net.parameters())
     L = rec.pyramid.num_levels
     g = torch.Generator().manual_seed(0)
     videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution, generator=g).to(device) * 2 - 1
@@ -271,7 +271,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
                           conditional=cond is not None, generator=g, device=device,
                           noise_on_device=rec.train.noise_on == "device")
         forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
-        torch.nn.utils.clip_grad_norm_(params, clip)                      # as a training step: clip, update, EMA
+        clip_gradients(params, rec.train)                                 # as a training step: clip, update, EMA
         opt.step()
         if ema is not None:
             ema.update(net)

@@ -429,6 +429,11 @@ def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
     return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
 
 
+def clip_gradients(params: list, t) -> torch.Tensor:
+    """Clip the gradients' global norm at `train.grad_clip` (0: no clipping); returns the norm before clipping."""
+    return torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+
+
 def make_ema(net: torch.nn.Module, t) -> Optional[EMA]:
     """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
     return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
@@ -549,7 +554,7 @@ class _Steps:
         for g in st.opt.param_groups:
             g["lr"] = lr
         loss, per_level = self._gradients()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        grad_norm = clip_gradients(self.params, t)
         if self.step + 1 < t.steps:
             # Draw the next step's randomness on the host while the device still runs this step;
             # the values do not depend on when they are drawn.

@@ -14,7 +14,7 @@ from typing import Sequence
 from .journal import JOURNAL_VERSION
 from .labels import apply_split, attach_captions, attach_labels
 from .options import IMAGES_SUBDIR, PrepareOptions, error
-from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, order_sources, printable, scan_sources
+from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, inside, order_sources, printable, scan_sources
 
 __all__ = ["EXAMPLES", "IMAGES_SUBDIR", "Part", "plan_sources", "plan_hash", "plan_parts", "example_part", "describe"]
 
@@ -90,11 +90,6 @@ def plan_hash(part: Part, opts: PrepareOptions) -> str:
     return h.hexdigest()
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether real path `path` is `folder` or lies inside it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def plan_parts(src: str | None, out: str, opts: PrepareOptions) -> list[Part]:
     """The parts of a run: the videos under `src`, and `opts.images` (at out/images, or at `out` without `src`).
 
@@ -103,7 +98,7 @@ def plan_parts(src: str | None, out: str, opts: PrepareOptions) -> list[Part]:
     parts: list[Part] = []
     video_names: list[str] | None = None
     for given, what in ((src, "SRC_DIR"), (opts.images, "--images")):
-        if given is not None and _inside(os.path.realpath(given), os.path.realpath(out)):
+        if given is not None and inside(os.path.realpath(given), os.path.realpath(out)):
             raise error(f"OUT_DIR {out!r} is {what} or holds it ({given!r}): the dataset is written there and never "
                         "read from there, so its videos would go unseen; give another OUT_DIR")
     if src is not None:

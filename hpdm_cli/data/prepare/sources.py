@@ -33,6 +33,11 @@ def printable(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def inside(real: str, folder: str) -> bool:
+    """Whether real path `real` is the real path `folder` or lies inside it."""
+    return real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def norm_rel(p: str) -> str:
     """A path as written in a labels, captions or split file, made relative and "/"-separated."""
     p = p.strip().replace("\\", "/")
@@ -71,7 +76,7 @@ class _Scan:
 
     def is_excluded(self, real: str) -> bool:
         """Whether a real path is an excluded folder or inside one."""
-        return any(real == e or real.startswith(e.rstrip(os.sep) + os.sep) for e in self.excluded)
+        return any(inside(real, e) for e in self.excluded)
 
     def walk(self, path: str, rel: str, real: str) -> None:
         """Walk a folder tree (sorted, depth first), recording files and setting symlinks aside."""
