@@ -129,7 +129,7 @@ def main() -> None:
     real = [render_real(1, i, R, "heldout") for i in a.rows]
     videos, caps = [r.videos[0] for r in real], [r.captions[0] for r in real]
     cond = embed_prompts(recipe, caps, a.tables) if recipe.model.cond == "text" else None
-    sampler = make_sampler(net, recipe, "cpu", a.overlap or recipe.pyramid.overlap, 64, True, False, False)
+    sampler = make_sampler(net, recipe, device="cpu", overlap=a.overlap or recipe.pyramid.overlap, tile_batch=64)
     steps = level_steps(recipe.sample, recipe.pyramid.num_levels,
                         None if a.steps is None else [int(s) for s in a.steps.split(",")])
     clips = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1

@@ -45,7 +45,7 @@ def main() -> None:
     real = render_real(args.num, 0, tuple(recipe.pyramid.resolution), "heldout")
     cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, args.tables.split(",")))
     seeds = list(range(args.num))
-    sampler = lambda rec: make_sampler(net, rec, info.device, "none", 64, True, False, False)  # noqa: E731
+    sampler = lambda rec: make_sampler(net, rec, device=info.device, overlap="none", tile_batch=64)  # noqa: E731
     level0 = sampler(recipe).sample(seeds, cond, levels=1).videos[0]
     real_area = score_clips(real.videos, real.captions)["area"]
     print(f"{args.ckpt}: {args.num} held-out prompts; stripes: real {stripe_summary(real.videos)['mean']:.3f}, "

@@ -26,5 +26,5 @@ save_compile_cache() {   # $OUT/compile-cache.tgz from the cache folder; prints 
   tar -czf "$OUT/compile-cache.tgz" -C "$TORCHINDUCTOR_CACHE_DIR" . && du -h "$OUT/compile-cache.tgz"
 }
 export_to() {   # $1: a run directory, $2: an output file: its newest sampling weights, fp16 (export_weights)
-  python3 -c "from hpdm_cli.train.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
+  python3 -c "from hpdm_cli.checkpoint import export_weights as e; print('exported', e('$1', '$2'))"
 }

@@ -323,7 +323,8 @@ def main(argv=None) -> int:
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.measure import measure_clips
     from hpdm_cli.eval.seams import AXES
-    from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
+    from hpdm_cli.checkpoint import resolve_sampling_weights
+    from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", nargs="*", help="models (run, checkpoint or weights file) scored on the same clips")
     ap.add_argument("--settings", nargs="+", default=["3", "1.5", "1", "3,1,1"])

@@ -49,7 +49,7 @@ def main() -> None:
     cond = condition_rows(recipe, real, lambda caps: embed_prompts(recipe, caps, args.tables.split(",")))
     clips = torch.from_numpy(np.stack(real.videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     levels = [downsample_to_level(clips, pyr, l).clamp(-1, 1).to(info.device) for l in range(pyr.num_levels)]
-    sampler = make_sampler(net, recipe, info.device, args.overlap, 64, True, False, False)
+    sampler = make_sampler(net, recipe, device=info.device, overlap=args.overlap, tile_batch=64)
     steps = list(recipe.sample.level_steps) or None
     print(f"{args.ckpt}: {args.num} held-out prompts, overlap {args.overlap}")
     print("| level (given real 0..l-1) | |gradient| generated / real | |Laplacian| generated / real | seconds |")

@@ -1,15 +1,16 @@
-"""Load a trained generator from a checkpoint: build the network, load its EMA weights, find its class names.
+"""Trained weights for use: which file a checkpoint argument means, the network built from it, its class names.
 
-The one place that turns a run directory, checkpoint directory or .safetensors file into a
-network ready to sample (eval mode, on a device), used by `hpdm sample`, `hpdm upscale`,
-`hpdm eval` and `hpdm eval-fvd`. A run directory gives its newest usable checkpoint's EMA
-weights; the recipe comes from the weights' metadata, so a checkpoint alone is enough. Class
-names come from the `dataset.json` at the recipe's `data.path` (looked up from the working
-directory, then from the run directory and its parents); without it a class model is addressed
-by ids only.
+The one place that turns a run directory, checkpoint directory, .safetensors file or the word
+`packaged` into weights (`resolve_sampling_weights`, `load_sampling_weights`) and into a network
+ready to sample (`load_generator`: eval mode, on a device), used by `hpdm sample`, `hpdm
+upscale`, `hpdm eval`, `hpdm eval-fvd` and `train.init_from`. A run directory gives its newest
+usable checkpoint's EMA weights; the recipe comes from the weights' metadata, so a checkpoint
+alone is enough. Class names come from the `dataset.json` at the recipe's `data.path` (looked up
+from the working directory, then from the run directory and its parents); without it a class
+model is addressed by ids only. `export_weights` writes a checkpoint's sampling weights as one
+compact file (how the packaged model is made).
 
-The on-disk format (writing, reading, resolving weight files) is `hpdm_cli.train.checkpoint`;
-this module only builds a model from what it reads.
+The on-disk format (writing and reading checkpoints and weight files) is `hpdm_cli.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,99 @@ import torch
 
 from .config import Recipe
 from .device import resolve_device
+from .train.checkpoint import (CKPT_RE, CheckpointError, architecture_of, first_nonfinite, list_checkpoints,
+                               read_weights_file, write_weights_file)
 
-__all__ = ["GeneratorInfo", "find_class_names", "load_generator"]
+__all__ = ["PACKAGED", "GeneratorInfo", "find_class_names", "load_generator", "resolve_sampling_weights",
+           "load_sampling_weights", "export_weights"]
 
 Log = Callable[[str], None]
+
+PACKAGED = "packaged"   # the name that stands for the packaged shapes model wherever a checkpoint is asked for
+
+
+def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
+    """A run directory (latest EMA), a checkpoint directory, a .safetensors file, or "packaged" (the packaged model,
+    unless a file or folder of that name exists here) -> the weights file."""
+    p = Path(ckpt)
+    if str(ckpt) == PACKAGED and not p.exists():
+        from .assets import DEFAULT_MODEL
+        return DEFAULT_MODEL
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / "model.safetensors").exists():
+            return _weights_of(p)
+        ckpts = list_checkpoints(p)
+        if not ckpts and p.name == "checkpoints" and list_checkpoints(p.parent):    # a run's checkpoints/ folder
+            ckpts = list_checkpoints(p.parent)
+        if ckpts:
+            return _weights_of(ckpts[-1])
+        raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
+    raise CheckpointError(f"{p}: no such checkpoint file or run directory")
+
+
+def _weights_of(checkpoint_dir: Path) -> Path:
+    """The file a checkpoint directory is sampled from: its EMA weights, else its training weights."""
+    ema = checkpoint_dir / "ema.safetensors"
+    return ema if ema.exists() else checkpoint_dir / "model.safetensors"
+
+
+def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> tuple[Path, dict, Recipe, int]:
+    """(file, weights, recipe, step) to sample from: a file, a checkpoint directory, or a run's newest usable one.
+
+    For a run directory, checkpoints that are unreadable or hold non-finite values are skipped
+    (newest first), each with `warn(message)`, followed by one naming the checkpoint used; when
+    none is usable the newest one's CheckpointError is raised. A file or checkpoint directory
+    given explicitly is used as is (CheckpointError if it is unusable).
+    """
+    p = Path(ckpt)
+    if p.is_dir() and not (p / "model.safetensors").exists():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            resolve_sampling_weights(p)                                   # raises: no checkpoints
+        skipped = []
+        for c in reversed(ckpts):
+            w = _weights_of(c)
+            try:
+                weights, recipe, step = read_weights_file(w, device)
+            except CheckpointError as e:
+                skipped.append(e)
+                continue
+            if skipped and warn is not None:
+                for e in skipped:
+                    warn(f"skipping {str(e).splitlines()[0]}")
+                warn(f"using the newest usable checkpoint instead: {c} (step {step})")
+            return w, weights, recipe, step
+        first = str(skipped[0]).splitlines()[0]
+        raise CheckpointError(first + ("" if len(ckpts) == 1 else
+                                       f"; none of the {len(ckpts) - 1} older checkpoints of {p} is usable either"))
+    w = resolve_sampling_weights(p)
+    weights, recipe, step = read_weights_file(w, device)
+    return w, weights, recipe, step
+
+
+def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16,
+                   overrides: Iterable[str] = ()) -> Path:
+    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16).
+
+    `overrides` ("train.init_from=''", ...) edit the stored recipe, e.g. to clear paths of the training
+    host; ones that would change the architecture are refused (the weights would no longer fit it).
+    """
+    from .recipe import recipe_from_toml, recipe_to_toml
+    _, weights, recipe, step = load_sampling_weights(ckpt)
+    overrides = list(overrides)
+    if overrides:
+        edited = recipe_from_toml(recipe_to_toml(recipe), overrides, source=f"{ckpt} with {' '.join(overrides)}")
+        if architecture_of(edited) != architecture_of(recipe):
+            raise CheckpointError(f"overrides {' '.join(overrides)} change the architecture of {ckpt}; "
+                                  "export can only edit settings that leave the weights' shapes alone")
+        recipe = edited
+    small = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
+    bad = first_nonfinite(small)
+    if bad is not None:
+        raise CheckpointError(f"{ckpt}: {bad} overflows {dtype} (values out of range); export in float32")
+    return write_weights_file(small, Path(out), recipe, step)
 
 
 @dataclass
@@ -43,7 +133,6 @@ class GeneratorInfo:
 
 def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
     """The run directory holding `weights` (run/checkpoints/ckpt-N/x.safetensors), or `ckpt` if it is one."""
-    from .train.checkpoint import CKPT_RE
     if ckpt.is_dir() and (ckpt / "checkpoints").is_dir():
         return ckpt
     parent = weights.parent
@@ -81,7 +170,6 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
     Raises CheckpointError (missing, corrupt, foreign or mismatching weights) or DeviceError (bad device).
     """
     from .model.network import HPDMNet
-    from .train.checkpoint import CheckpointError, load_sampling_weights
     dev = device if isinstance(device, torch.device) else resolve_device(device, local_rank)
     ckpt = Path(ckpt)
     weights_path, weights, recipe, step = load_sampling_weights(ckpt, device="cpu", warn=warn)

@@ -31,7 +31,7 @@ def package(source: Path, out: Path = DEFAULT_MODEL, settings: tuple[str, ...] =
     """Export `source`'s sampling weights to `out` as the packaged model; HPDMError if it cannot be one."""
     import torch
     from hpdm_cli.io import atomic_path
-    from hpdm_cli.train.checkpoint import export_weights
+    from hpdm_cli.checkpoint import export_weights
     with atomic_path(out) as tmp:
         export_weights(source, tmp, torch.float16, overrides=PACKAGED_OVERRIDES + tuple(settings))
         size = Path(tmp).stat().st_size

@@ -9,10 +9,12 @@ import torch
 from safetensors import safe_open
 
 from hpdm_cli.recipe import recipe_from_toml
+from hpdm_cli import checkpoint as use
+from hpdm_cli.checkpoint import load_sampling_weights, resolve_sampling_weights
 from hpdm_cli.train import checkpoint as ck
 from hpdm_cli.train.checkpoint import (CheckpointError, architecture_of, flatten_optimizer, latest_checkpoint,
-                                       list_checkpoints, load_checkpoint, load_sampling_weights, read_weights_file,
-                                       resolve_sampling_weights, save_checkpoint, unflatten_optimizer)
+                                       list_checkpoints, load_checkpoint, read_weights_file, save_checkpoint,
+                                       unflatten_optimizer)
 from hpdm_cli.train.optim import EMA, Lamb, param_groups
 from hpdm_cli.train.loop import build_model
 
@@ -296,7 +298,7 @@ def test_errors_are_one_line(tmp_path):
 def test_export_writes_the_ema_weights_in_fp16_with_an_edited_recipe(trained, tmp_path):
     recipe, net, ema, opt = trained
     save(tmp_path / "run", trained, 4)
-    out = ck.export_weights(tmp_path / "run", tmp_path / "small.safetensors",
+    out = use.export_weights(tmp_path / "run", tmp_path / "small.safetensors",
                             overrides=['train.init_from="elsewhere.safetensors"', "train.compile=false"])
     weights, stored, step = read_weights_file(out)
     assert step == 4 and stored.train.init_from == "elsewhere.safetensors" and stored.train.compile is False
@@ -308,7 +310,7 @@ def test_export_writes_the_ema_weights_in_fp16_with_an_edited_recipe(trained, tm
             assert weights[k].dtype == torch.float16 and torch.equal(weights[k], v.half()), k
     # An override that changes the weights' shapes is refused, and nothing is written.
     with pytest.raises(CheckpointError, match="architecture"):
-        ck.export_weights(tmp_path / "run", tmp_path / "bad.safetensors", overrides=["model.latent_dim=64"])
+        use.export_weights(tmp_path / "run", tmp_path / "bad.safetensors", overrides=["model.latent_dim=64"])
     assert not (tmp_path / "bad.safetensors").exists()
 
 
@@ -341,8 +343,8 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     one resolver; a run folder called "packaged" in the working directory is still itself."""
     from hpdm_cli.assets import DEFAULT_MODEL
     monkeypatch.chdir(tmp_path)
-    assert ck.resolve_sampling_weights("packaged") == DEFAULT_MODEL
-    path, weights, recipe, _ = ck.load_sampling_weights("packaged")
+    assert use.resolve_sampling_weights("packaged") == DEFAULT_MODEL
+    path, weights, recipe, _ = use.load_sampling_weights("packaged")
     assert path == DEFAULT_MODEL
     from hpdm_cli.model.network import HPDMNet
     from hpdm_cli.train.init_from import init_from_checkpoint
@@ -350,4 +352,4 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     assert not r.new and not r.unused and len(r.loaded) == len(weights)
     (tmp_path / "packaged").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
-        ck.resolve_sampling_weights("packaged")
+        use.resolve_sampling_weights("packaged")

@@ -207,7 +207,6 @@ def test_bench_engine_refuses_bad_counts():
 def test_bench_sampling_times_each_tile_batch(tmp_path):
     """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too), each said in a line
     as soon as it is timed."""
-    import json
     from hpdm_cli.drivers.bench import run_bench
     said = []
     rows = run_bench("tiny", ["train.device=cpu"], sampling=True, batch=1, compare_cache=False, sample_steps="1,1,1",

@@ -380,8 +380,10 @@ def test_a_folder_of_clips_is_searched_for_every_suffix_prepare_takes(tmp_path):
     assert {".mts", ".m2ts", ".vob", ".mp4", ".gif"} <= VIDEO_EXTENSIONS
 
 
-def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, extractor):
-    """--real a prepared dataset, --fake a run directory: clips generated with labels drawn as in the data."""
+def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, extractor, monkeypatch):
+    """--real a prepared dataset, --fake a run directory: clips generated with labels drawn as in the data, one
+    sampler for all of its batches."""
+    import hpdm_cli.drivers.generation as generation
     from hpdm_cli.data.shapes import write_shapes_dataset
     from hpdm_cli.recipe import load_recipe
     from hpdm_cli.train.checkpoint import save_checkpoint
@@ -393,13 +395,16 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     net = build_model(rec)
     save_checkpoint(tmp_path / "run", rec, 7, model=net.state_dict(), ema=EMA(net, 10.0).state_dict(),
                     optimizer={"state": {}, "param_groups": []}, extra_tensors={}, state={})
+    made, make = [], generation.make_sampler
+    monkeypatch.setattr(generation, "make_sampler", lambda *a, **k: made.append(1) or make(*a, **k))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                      # the tiny sampler is dominated by thread hand-offs
     try:
         res = evaluate_fvd(data, tmp_path / "run", num=2, frames=9, extractor=extractor, cache=False,
-                           generation=dict(steps="2", batch=2, data=data))
+                           generation=dict(steps="2", batch=1, data=data))
     finally:
         torch.set_num_threads(threads)
+    assert len(made) == 1                         # two batches, one sampler (and one guide model loaded)
     assert res.real.kind == "dataset" and res.fake.kind == "checkpoint"
     assert res.num_real == res.num_fake == 2 and np.isfinite(res.fvd)
     gen = res.fake.generation

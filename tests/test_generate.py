@@ -397,6 +397,32 @@ def test_parse_guidance_gives_one_scale_or_one_per_level():
         parse_guidance("2,1", 3)
 
 
+def test_per_seed_conditions_and_given_levels_follow_their_seeds_across_batches(gen):
+    """`sample_videos` with one condition row per seed and a given level 0: each video is the one its seed,
+    row and given level draw alone, whatever batch it falls in."""
+    from hpdm_cli.assets import DEFAULT_MODEL
+    shapes, shapes_rec, _ = load_generator(DEFAULT_MODEL, "cpu")          # a model that heeds its condition
+    m = shapes_rec.model
+    emb = torch.randn(3, m.text_tokens, m.text_dim, generator=torch.Generator().manual_seed(0))
+    rows = sample_videos(shapes, shapes_rec, [4, 4, 2], emb, levels=0, steps=[2, 1, 1], batch=2)
+    def gap(a, b):
+        return float(np.abs(a.astype(float) - b).mean())
+    for i, seed in enumerate([4, 4, 2]):                # equal but for float rounding of other batch sizes
+        alone = sample_videos(shapes, shapes_rec, [seed], Condition("text", embedding=emb[i:i + 1]), levels=0,
+                              steps=[2, 1, 1], batch=1)
+        assert gap(rows.videos[i], alone.videos[0]) < 0.5, i
+    assert gap(rows.videos[0], rows.videos[1]) > 10 and gap(rows.videos[0], rows.videos[2]) > 10   # rows matter
+    net, rec, _ = gen
+    labels = torch.tensor([0, 3, 1])
+    level0 = torch.rand(3, 3, *rec.pyramid.level_resolution(0)) * 2 - 1
+    given = sample_videos(net, rec, [4, 9, 2], labels, steps=[1, 1, 1], batch=2, fixed={0: level0},
+                          keep_levels=True)
+    third = sample_videos(net, rec, [2], labels[2:], steps=[1, 1, 1], batch=1, fixed={0: level0[2:]})
+    assert np.array_equal(given.videos[2], third.videos[0])
+    from hpdm_cli.drivers.generation import to_uint8
+    assert all(np.array_equal(given.levels[i][0], to_uint8(level0)[i]) for i in range(3))   # each seed its row
+
+
 def test_non_finite_samples_are_never_written(gen):
     import copy
     net, rec, _ = gen
@@ -628,9 +654,8 @@ def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
     from hpdm_cli.train.loop import build_model
     recipe = load_recipe(default_recipe_path("tiny"))
     net = build_model(recipe)
-    opts = (net, recipe, "cpu", None, 64, True, False, False)
-    assert make_sampler(*opts, context_gib=0.5).sample_cfg.context_cache_gib == 0.5
-    assert make_sampler(*opts).sample_cfg.context_cache_gib == 4.0
+    assert make_sampler(net, recipe, device="cpu", context_gib=0.5).sample_cfg.context_cache_gib == 0.5
+    assert make_sampler(net, recipe, device="cpu").sample_cfg.context_cache_gib == 4.0
     assert recipe.sample.context_cache_gib == 4.0                             # the recipe itself is untouched
 
 
@@ -868,7 +893,7 @@ def test_sample_videos_sums_each_levels_time_over_batches(assets, monkeypatch):
     class Sampler:
         device = torch.device("cpu")
 
-        def sample(self, seeds, cond, guidance=None, levels=3, steps=None, progress=None):
+        def sample(self, seeds, cond, guidance=None, levels=3, steps=None, fixed=None, progress=None):
             return SimpleNamespace(videos=[torch.zeros(len(seeds), 3, 1, 2, 2)] * levels,
                                    seconds=[1.0, 2.0, 3.0][:levels])
     monkeypatch.setattr(gen_mod, "make_sampler", lambda *a, **k: Sampler())
@@ -888,8 +913,8 @@ def test_bf16_samples_under_bfloat16_autocast():
     from hpdm_cli.drivers.generation import make_sampler
     recipe = tiny_toml()
     net = build_model(recipe)
-    assert make_sampler(net, recipe, "cpu", None, 64, True, False, True).autocast == torch.bfloat16
-    assert make_sampler(net, recipe, "cpu", None, 64, True, False, False).autocast is None
+    assert make_sampler(net, recipe, device="cpu", bf16=True).autocast == torch.bfloat16
+    assert make_sampler(net, recipe, device="cpu").autocast is None
 
 
 def test_a_guide_trained_with_another_input_scale_is_refused(assets, tmp_path):

@@ -136,12 +136,13 @@ def test_eval_compile_samples_every_part_through_the_compiled_network(tmp_path, 
     train(recipe, tmp_path / "run", log=lambda m: None)
     compile_, calls = torch.compile, []
     monkeypatch.setattr(torch, "compile", lambda m, **k: compile_(m, backend="aot_eager", **k))   # no C++ build
-    make = ev.make_sampler
+    import hpdm_cli.drivers.generation as gen
+    make = gen.make_sampler
 
     def spy(*a, **k):
         calls.append(k.get("compile"))
         return make(*a, **k)
-    monkeypatch.setattr(ev, "make_sampler", spy)
+    monkeypatch.setattr(gen, "make_sampler", spy)
     rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="1", fvd=False, device="cpu",
                       compile=True, log=lambda m: None)
     assert calls == [True] * 4 and rep["compiled"] is True and rep["complete"] is True
@@ -153,12 +154,13 @@ def test_eval_guidance_interval_reaches_every_sampler_and_the_report(tmp_path, p
     from hpdm_cli.conditioning import GenerateError
     from hpdm_cli.train.loop import train
     train(_tiny_text_recipe(tmp_path, prompt_table), tmp_path / "run", log=lambda m: None)
-    make, seen = ev.make_sampler, []
+    import hpdm_cli.drivers.generation as gen
+    make, seen = gen.make_sampler, []
 
     def spy(net, recipe, *a, **k):
         seen.append(list(recipe.sample.guidance_interval))
         return make(net, recipe, *a, **k)
-    monkeypatch.setattr(ev, "make_sampler", spy)
+    monkeypatch.setattr(gen, "make_sampler", spy)
     rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="1", fvd=False, device="cpu",
                       guidance_interval="0.3,5", log=lambda m: None)
     assert seen == [[0.3, 5.0]] * 4 and rep["guidance_interval"] == [0.3, 5.0]
@@ -264,9 +266,9 @@ def test_the_packaged_model_is_autoguided_by_its_packaged_guide():
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
     assert recipe.sample.guide_model == "packaged" and resolve_guide("packaged") == GUIDE_MODEL
     assert GUIDE_MODEL.stat().st_size <= 2 * 2 ** 20                  # 0.6M parameters in fp16
-    sampler = make_sampler(net, recipe, "cpu", None, 64, True, False, False)
+    sampler = make_sampler(net, recipe, device="cpu", tile_batch=64)
     assert sampler.guide_sampler is not None and sampler.guide_sampler.pyramid.num_levels == 1
-    plain = make_sampler(net, with_sample_options(recipe, guide_model="none"), "cpu", None, 64, True, False, False)
+    plain = make_sampler(net, with_sample_options(recipe, guide_model="none"), device="cpu", tile_batch=64)
     assert plain.guide_sampler is None
     # ...at sigma <= 1 only, as recipes/shapes128-grown.toml (docs/results.md, section 48); `none` guides at every sigma.
     from hpdm_cli.recipe import default_recipe_path, load_recipe
@@ -373,12 +375,13 @@ def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypat
     from hpdm_cli.assets import DEFAULT_MODEL
     from hpdm_cli.checkpoint import load_generator
     net, recipe, info = load_generator(DEFAULT_MODEL, "cpu")
-    seen, make = [], ev.make_sampler
+    import hpdm_cli.drivers.generation as gen
+    seen, make = [], gen.make_sampler
     def recording(*a, **k):
         sampler = make(*a, **k)
         seen.append(sampler.sample_cfg.context_cache_gib)
         return sampler
-    monkeypatch.setattr(ev, "make_sampler", recording)
+    monkeypatch.setattr(gen, "make_sampler", recording)
     cond = torch.zeros(2, recipe.model.text_tokens, recipe.model.text_dim)
     clips = {gib: ev.generate_rows(net, recipe, [0, 1], cond, batch=2, guidance=1.0, steps=[1, 2, 2], overlap="none",
                                    device="cpu", bf16=False, context_gib=gib, log=lambda m: None) for gib in (0.0, 8.0)}

@@ -43,7 +43,7 @@ from ..eval.texture import stripe_summary
 from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..sampling.hierarchical import level_steps
-from .generation import make_sampler, to_uint8
+from .generation import sample_videos, to_uint8
 from .options import check_options, parse_guidance, parse_steps, with_sample_options
 
 EVAL_SEED = 7          # the real clips' generator seed: disjoint from any training set's default seed 0
@@ -100,24 +100,19 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
                   overlap, device, bf16: bool, levels: Optional[int] = None, fixed: Optional[torch.Tensor] = None,
                   compile: bool = False, context_gib: Optional[float] = None,
                   log: Callable[[str], None] = print) -> list[np.ndarray]:
-    """One clip per (seed, condition row), `batch` rows per sampler call; uint8 [T, H, W, 3] each.
+    """One clip per (seed, condition row) as the evaluation draws them; uint8 [T, H, W, 3] each.
 
     `levels` stops after that many levels; `fixed` [N, C, f, h, w] in [-1, 1] is taken as level 0
-    instead of generating it (learned super-resolution of given clips). `context_gib` replaces the
+    instead of generated (learned super-resolution of given clips). `context_gib` replaces the
     recipe's sample.context_cache_gib (the same videos; more memory held, fewer recomputations).
+    Tiles go 1024 to a forward on a GPU.
     """
     tile_batch = 1024 if torch.device(device).type == "cuda" else TILE_BATCH
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, True, False, bf16, compile=compile,
-                           context_gib=context_gib)
-    nsteps = level_steps(recipe.sample, recipe.pyramid.num_levels, steps)
-    videos, t0 = [], time.time()
-    for s in range(0, len(seeds), batch):
-        given = None if fixed is None else {0: fixed[s:s + batch]}
-        res = sampler.sample(list(seeds[s:s + batch]), cond[s:s + batch].to(sampler.device), guidance=guidance,
-                             steps=nsteps, levels=levels, fixed=given)
-        videos += to_uint8(res.videos[-1])
-        log(f"  generated {len(videos)}/{len(seeds)} clips ({time.time() - t0:.0f} s)")
-    return videos
+    out = sample_videos(net, recipe, seeds, cond, levels=None if levels is None else levels - 1, steps=steps,
+                        guidance=guidance, overlap=overlap, batch=batch, tile_batch=tile_batch, device=device,
+                        bf16=bf16, compile=compile, context_gib=context_gib,
+                        fixed=None if fixed is None else {0: fixed}, log=log)
+    return out.videos
 
 
 def real_level0(videos: Sequence[np.ndarray], pyramid) -> torch.Tensor:

@@ -36,25 +36,6 @@ __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_re
 # ============================================================================ generated clips
 
 
-class _RowCondition:
-    """A per-clip condition for `hpdm_cli.drivers.generation.sample_videos` called with one batch (its length)."""
-
-    def __init__(self, values: Optional[torch.Tensor], kind: str):
-        self.values, self.kind = values, kind
-
-    def batch(self, n: int, device=None):
-        """The rows of this batch on `device` (None for an unconditional model)."""
-        if self.values is None:
-            return None
-        if n != len(self.values):
-            raise RuntimeError(f"per-clip condition of {len(self.values)} rows asked for {n}")
-        return self.values.to(device)
-
-    def describe(self) -> str:
-        """How the condition is described in the sampler's metadata."""
-        return f"per-clip {self.kind}"
-
-
 def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
     """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
     from ..data.shards import VideoDataset
@@ -106,7 +87,8 @@ def _check_model_frames(frames: int, protocol: Protocol) -> None:
 
 def checkpoint_recipe(ckpt: str | os.PathLike):
     """The recipe stored with a checkpoint / run directory, read from the safetensors metadata only (cheap)."""
-    from ..train.checkpoint import read_metadata, recipe_in_metadata, resolve_sampling_weights
+    from ..checkpoint import resolve_sampling_weights
+    from ..train.checkpoint import read_metadata, recipe_in_metadata
     path = resolve_sampling_weights(ckpt)
     return recipe_in_metadata(read_metadata(path), path)
 
@@ -182,7 +164,8 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     """
     from ..checkpoint import load_generator
     from ..conditioning import GenerateError
-    from .generation import sample_videos
+    from ..sampling import level_steps
+    from .generation import make_sampler, sample_batches, to_uint8
     net, recipe, info = load_generator(ckpt, device)
     F_, H, W = recipe.pyramid.resolution
     _check_model_frames(F_, protocol)
@@ -203,18 +186,16 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                 guidance_interval=list(recipe.sample.guidance_interval), guide_model=recipe.sample.guide_model,
                 overlap=overlap, bf16=bf16, batch=bs)
 
-    def stream() -> Iterator[Clip]:
-        for s in range(0, n, bs):
-            chunk = seeds[s:s + bs]
-            rows = None if values is None else values[s:s + len(chunk)]
-            try:
-                out = sample_videos(net, recipe, chunk, _RowCondition(rows, what), steps=nsteps, guidance=guidance,
-                                    overlap=overlap, batch=len(chunk), tile_batch=tile_batch, device=info.device,
-                                    bf16=bf16)
-            except GenerateError as e:
-                raise FVDError(str(e)) from None
-            for sd, video in zip(chunk, out.videos):
-                yield video_clip(f"seed {sd}", video, protocol)
+    def stream() -> Iterator[Clip]:                 # one sampler for every batch, each batch scored as it comes
+        try:
+            sampler = make_sampler(net, recipe, device=info.device, overlap=overlap, tile_batch=tile_batch, bf16=bf16)
+            batches = sample_batches(sampler, seeds, values, batch=bs, guidance=guidance,
+                                     steps=level_steps(recipe.sample, recipe.pyramid.num_levels, nsteps))
+            for chunk, res in batches:
+                for sd, video in zip(chunk, to_uint8(res.videos[-1])):
+                    yield video_clip(f"seed {sd}", video, protocol)
+        except GenerateError as e:
+            raise FVDError(str(e)) from None
 
     return stream(), meta
 

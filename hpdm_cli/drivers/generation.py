@@ -1,17 +1,24 @@
 """A loaded generator's videos: the hierarchical sampler built from the commands' options, run per seed.
 
-`make_sampler` turns the options (tiling, tile batch, caching, bf16, compilation, held context,
-the autoguidance model of level 0) into a `hpdm_cli.sampling.HierarchicalSampler`;
-`sample_videos` runs it for seeds and a condition, `batch` seeds per call, each video depending
-only on its seed, and returns uint8 videos (`to_uint8`), refusing non-finite ones. Shared by
-`hpdm sample`, `upscale`, `eval` and `eval-fvd`.
+Every command that samples goes through here:
+
+* `make_sampler` turns the options (tiling, tile batch, caching, bf16, compilation, held context,
+  the autoguidance model of level 0) into a `hpdm_cli.sampling.HierarchicalSampler`;
+* `sample_batches` runs a built sampler over seeds, `batch` seeds per call, each batch with its
+  rows of the condition (one `Condition` for every seed, or one row per seed) and of any levels
+  given instead of generated, and refuses non-finite videos; it yields batch by batch, so that
+  `hpdm eval-fvd` streams its clips and `hpdm upscale` runs its windows through one sampler;
+* `sample_videos` checks the options, builds the sampler once and collects every batch as uint8
+  videos (`to_uint8`): `hpdm sample` and `hpdm eval`.
+
+Each video depends only on its seed (and its condition row), not on the batch it is drawn in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,14 +26,16 @@ import torch
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError
 from ..config import Recipe, TILE_BATCH
-from ..sampling import HierarchicalSampler, check_guide, level_steps, parse_overlap
+from ..sampling import HierarchicalSampler, SampleResult, check_guide, level_steps, parse_overlap
 from .options import check_options, last_level, parse_guidance
 
-__all__ = ["Progress", "Log", "SampleOutput", "sample_videos", "make_sampler", "load_guide", "check_finite",
-           "to_uint8"]
+__all__ = ["Progress", "Log", "SampleOutput", "Conditions", "sample_videos", "sample_batches", "make_sampler",
+           "load_guide", "check_finite", "to_uint8"]
 
 Progress = Callable[[int, int, int], None]        # progress(level, done, total): steps over all batches
 Log = Callable[[str], None]
+# One condition for every seed, one row per seed ([N] class ids or [N, tokens, dim] embeddings), or none.
+Conditions = Union[Condition, torch.Tensor, None]
 
 
 def to_uint8(videos: torch.Tensor) -> list[np.ndarray]:
@@ -46,16 +55,58 @@ class SampleOutput:
     level: int = 0                                # index of the last level generated
 
 
-def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional[Condition] = None, *,
+def _condition_rows(condition: Conditions, lo: int, hi: int, device) -> Optional[torch.Tensor]:
+    """The condition of seeds lo..hi-1 on `device`: a Condition repeated, rows of a per-seed tensor, or None."""
+    if condition is None:
+        return None
+    if isinstance(condition, torch.Tensor):
+        if len(condition) < hi:
+            raise ValueError(f"a per-seed condition of {len(condition)} rows for seeds {lo}..{hi - 1}")
+        return condition[lo:hi].to(device)
+    return condition.batch(hi - lo, device)
+
+
+def sample_batches(sampler: HierarchicalSampler, seeds: Sequence[int], condition: Conditions = None, *,
+                   batch: int, steps: Sequence[int], guidance=None, last: Optional[int] = None,
+                   fixed: Optional[Mapping[int, torch.Tensor]] = None,
+                   progress: Optional[Progress] = None,
+                   describe: Callable[[list], str] = lambda chunk: f"seeds {chunk[0]}..{chunk[-1]}",
+                   ) -> Iterator[tuple[list, SampleResult]]:
+    """Run `sampler` over `seeds`, `batch` at a time: yield each batch's (seeds, result) up to level `last`.
+
+    `condition` is one Condition for every seed or one row per seed; `fixed` maps levels taken as
+    given to one row per seed ([N, C, F_l, H_l, W_l] in [-1, 1]). `progress(level, done, total)`
+    counts a level's steps over all batches. The last level of each batch is checked finite
+    (GenerateError naming the batch by `describe(its seeds)`: nothing is written from NaN videos).
+    """
+    seeds = [int(s) for s in seeds]
+    last = sampler.num_levels - 1 if last is None else int(last)
+    starts = range(0, len(seeds), batch)
+    for c, lo in enumerate(starts):
+        chunk = seeds[lo:lo + batch]
+        hi = lo + len(chunk)
+        cb = None
+        if progress is not None:
+            cb = (lambda l, i, n, _c=c: progress(l, _c * steps[l] + i, len(starts) * steps[l]))
+        given = None if fixed is None else {k: v[lo:hi] for k, v in fixed.items()}
+        res = sampler.sample(chunk, _condition_rows(condition, lo, hi, sampler.device), guidance=guidance,
+                             levels=last + 1, steps=steps, fixed=given, progress=cb)
+        check_finite(res.videos[last], describe(chunk))
+        yield chunk, res
+
+
+def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Conditions = None, *,
                   levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
                   guidance=None, overlap: Optional[str] = None, cache: bool = True,
                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, device=None,
                   bf16: bool = False, keep_levels: bool = False, compile: bool = False,
-                  progress: Optional[Progress] = None, context_gib: Optional[float] = None) -> SampleOutput:
+                  progress: Optional[Progress] = None, context_gib: Optional[float] = None,
+                  fixed: Optional[Mapping[int, torch.Tensor]] = None, log: Optional[Log] = None) -> SampleOutput:
     """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.
 
-    Each video depends only on its seed. Returns uint8 videos [T, H, W, 3] of level `levels`
-    (default: the last level), and every level's video with `keep_levels`.
+    Each video depends only on its seed (and its condition row). Returns uint8 videos [T, H, W, 3]
+    of level `levels` (default: the last level), and every level's video with `keep_levels`;
+    `fixed` levels (one row per seed) are taken as given; `log` hears the clips done after each batch.
     """
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
@@ -64,24 +115,20 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Optional
     nsteps = level_steps(recipe.sample, L, steps)
     batch = int(recipe.sample.batch_size if batch is None else batch)
     seeds = [int(s) for s in seeds]
-    condition = condition or Condition()
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile,
-                           context_gib=context_gib)
-    chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+    sampler = make_sampler(net, recipe, device=device, overlap=overlap, tile_batch=tile_batch, cache=cache,
+                           offload=offload, bf16=bf16, compile=compile, context_gib=context_gib)
     out = SampleOutput(seeds=seeds, videos=[], levels=[] if keep_levels else None, seconds=[0.0] * (last + 1),
                        level=last)
-    for c, chunk in enumerate(chunks):
-        cb = None
-        if progress is not None:
-            cb = (lambda l, i, n, _c=c: progress(l, _c * nsteps[l] + i, len(chunks) * nsteps[l]))
-        res = sampler.sample(chunk, condition.batch(len(chunk), sampler.device), guidance=guidance,
-                             levels=last + 1, steps=nsteps, progress=cb)
-        check_finite(res.videos[last], f"seeds {chunk[0]}..{chunk[-1]}")
+    for chunk, res in sample_batches(sampler, seeds, condition,
+                                     batch=batch, steps=nsteps, guidance=guidance, last=last, fixed=fixed,
+                                     progress=progress):
         out.videos += to_uint8(res.videos[last])
         if keep_levels:
             per_level = [to_uint8(v) for v in res.videos]
             out.levels += [[lv[b] for lv in per_level] for b in range(len(chunk))]
         out.seconds = [a + b for a, b in zip(out.seconds, res.seconds)]
+        if log is not None:
+            log(f"  generated {len(out.videos)}/{len(seeds)} clips ({sum(out.seconds):.0f} s)")
     return out
 
 
@@ -92,8 +139,9 @@ def check_finite(videos: torch.Tensor, what: str) -> None:
                             "the checkpoint (was its training stable?); nothing was written")
 
 
-def make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16,
-                 compile: bool = False, context_gib: Optional[float] = None) -> HierarchicalSampler:
+def make_sampler(net, recipe: Recipe, *, device=None, overlap: Optional[str] = None, tile_batch: int = TILE_BATCH,
+                 cache: bool = True, offload: bool = False, bf16: bool = False, compile: bool = False,
+                 context_gib: Optional[float] = None) -> HierarchicalSampler:
     """The hierarchical sampler for `net` with these options (GenerateError for a bad --overlap or tiling).
 
     `context_gib` replaces the recipe's sample.context_cache_gib.

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from ..checkpoint import load_generator
+from ..checkpoint import PACKAGED, load_generator
 from ..config import TILE_BATCH
-from ..train.checkpoint import PACKAGED
 from ..conditioning import request_condition
 from ..device import world
 from ..sampling import level_guidance

@@ -36,7 +36,7 @@ from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe, TILE_BATCH
 from ..device import world
 from ..sampling import level_steps
-from .generation import Log, Progress, check_finite, make_sampler
+from .generation import Log, Progress, make_sampler, sample_batches
 from .options import check_options, check_writable, make_parent, parse_guidance, parse_steps, with_sample_options
 
 __all__ = [
@@ -270,14 +270,14 @@ def _check_frames(frames) -> np.ndarray:
 def _hierarchical_sample_fn(net, recipe: Recipe, condition: Condition, nsteps: list, seed: int, *, guidance,
                             overlap, tile_batch, cache, offload, bf16, device, compile=False, context_gib=None):
     """The default `sample_fn(seeds, fixed, progress)` of `upscale_frames`: the hierarchical sampler's last level."""
-    sampler = make_sampler(net, recipe, device, overlap, tile_batch, cache, offload, bf16, compile=compile,
-                           context_gib=context_gib)
+    sampler = make_sampler(net, recipe, device=device, overlap=overlap, tile_batch=tile_batch, cache=cache,
+                           offload=offload, bf16=bf16, compile=compile, context_gib=context_gib)
     w_guidance = 1.0 if condition.kind == "none" else guidance
 
     def sample_fn(seeds, fixed, _cb=None):
-        res = sampler.sample(seeds, condition.batch(len(seeds), sampler.device), guidance=w_guidance,
-                             steps=nsteps, fixed=fixed, progress=_cb)
-        check_finite(res.videos[-1], f"windows {seeds[0] - seed}..{seeds[-1] - seed}")
+        [(_, res)] = sample_batches(sampler, seeds, condition, batch=len(seeds), steps=nsteps, guidance=w_guidance,
+                                    fixed=fixed, progress=_cb,
+                                    describe=lambda chunk: f"windows {chunk[0] - seed}..{chunk[-1] - seed}")
         return res.videos[-1]
     return sample_fn
 

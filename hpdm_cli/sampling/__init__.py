@@ -3,8 +3,8 @@
 from .edm_sampler import churn_gamma, edm_sample, edm_sigmas, network_evaluations
 from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, check_guide, level_guidance, level_steps,
                            seed_generator)
-from ..pyramid.tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap, shift_phases,
-                    tile_counts)
+from ..pyramid.tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap,
+                             shift_phases, tile_counts)
 
 __all__ = ["HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
            "chain_offsets", "check_guide", "churn_gamma", "edm_sample", "edm_sigmas", "grid_axes", "level_guidance",

@@ -6,7 +6,7 @@
     captions.py     the training captions' text embeddings (stored with the dataset, a prompt table or the encoder)
     signals.py      SIGTERM / Ctrl-C: checkpoint at the end of the step, in the loop and its data workers
     optim.py        LAMB, parameter groups, the learning-rate schedule, EMA
-    checkpoint.py   checkpoint and weights files: writing, reading, choosing, architectures
+    checkpoint.py   checkpoint and weights files: writing, reading, listing, architectures
     distributed.py  torchrun / DDP set-up and collectives
     stats.py        stats.jsonl, TensorBoard and the progress bar
 """

@@ -13,6 +13,9 @@ previous one is used. Non-finite weights (NaN/inf) are never written, and a chec
 them (damaged on disk) is unreadable like a truncated one. A write that fails (e.g. a full disk)
 is a CheckpointError and leaves the previous checkpoints as they were.
 No pickle is ever loaded: tensors come from safetensors, the rest is JSON.
+
+Which weights a command means (a run, a checkpoint, a file, the packaged model) and the network
+built from them: `hpdm_cli.checkpoint`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import secrets
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
@@ -66,6 +69,17 @@ def _save(tensors: dict, path: Path, metadata: dict) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def write_weights_file(tensors: dict, path: Path, recipe: Recipe, step: int) -> Path:
+    """One safetensors file of `tensors` with the recipe and step in its metadata (as every checkpoint file),
+    written under a temporary name and renamed into place."""
+    from ..io import atomic_path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        _save(tensors, Path(tmp), _metadata(recipe, step))
+    return path
 
 
 def first_nonfinite(tensors: dict) -> Optional[str]:
@@ -262,96 +276,3 @@ def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
     if bad is not None:
         raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not usable weights")
     return weights, recipe, int(meta.get("hpdm_step", 0))
-
-
-PACKAGED = "packaged"   # the name that stands for the packaged shapes model wherever a checkpoint is asked for
-
-
-def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
-    """A run directory (latest EMA), a checkpoint directory, a .safetensors file, or "packaged" (the packaged model,
-    unless a file or folder of that name exists here) -> the weights file."""
-    p = Path(ckpt)
-    if str(ckpt) == PACKAGED and not p.exists():
-        from ..assets import DEFAULT_MODEL
-        return DEFAULT_MODEL
-    if p.is_file():
-        return p
-    if p.is_dir():
-        if (p / "model.safetensors").exists():
-            return p / "ema.safetensors" if (p / "ema.safetensors").exists() else p / "model.safetensors"
-        ckpts = list_checkpoints(p)
-        if not ckpts and p.name == "checkpoints" and list_checkpoints(p.parent):    # a run's checkpoints/ folder
-            ckpts = list_checkpoints(p.parent)
-        if ckpts:
-            last = ckpts[-1]
-            return last / "ema.safetensors" if (last / "ema.safetensors").exists() else last / "model.safetensors"
-        raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
-    raise CheckpointError(f"{p}: no such checkpoint file or run directory")
-
-
-def _weights_of(checkpoint_dir: Path) -> Path:
-    """The file a checkpoint directory is sampled from: its EMA weights, else its training weights."""
-    ema = checkpoint_dir / "ema.safetensors"
-    return ema if ema.exists() else checkpoint_dir / "model.safetensors"
-
-
-def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> tuple[Path, dict, Recipe, int]:
-    """(file, weights, recipe, step) to sample from: a file, a checkpoint directory, or a run's newest usable one.
-
-    For a run directory, checkpoints that are unreadable or hold non-finite values are skipped
-    (newest first), each with `warn(message)`, followed by one naming the checkpoint used; when
-    none is usable the newest one's CheckpointError is raised. A file or checkpoint directory
-    given explicitly is used as is (CheckpointError if it is unusable).
-    """
-    p = Path(ckpt)
-    if p.is_dir() and not (p / "model.safetensors").exists():
-        ckpts = list_checkpoints(p)
-        if not ckpts:
-            resolve_sampling_weights(p)                                   # raises: no checkpoints
-        skipped = []
-        for c in reversed(ckpts):
-            w = _weights_of(c)
-            try:
-                weights, recipe, step = read_weights_file(w, device)
-            except CheckpointError as e:
-                skipped.append(e)
-                continue
-            if skipped and warn is not None:
-                for e in skipped:
-                    warn(f"skipping {str(e).splitlines()[0]}")
-                warn(f"using the newest usable checkpoint instead: {c} (step {step})")
-            return w, weights, recipe, step
-        first = str(skipped[0]).splitlines()[0]
-        raise CheckpointError(first + ("" if len(ckpts) == 1 else
-                                       f"; none of the {len(ckpts) - 1} older checkpoints of {p} is usable either"))
-    w = resolve_sampling_weights(p)
-    weights, recipe, step = read_weights_file(w, device)
-    return w, weights, recipe, step
-
-
-def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16,
-                   overrides: Iterable[str] = ()) -> Path:
-    """Write a checkpoint's sampling weights (EMA) with its recipe as one compact safetensors file (e.g. fp16).
-
-    `overrides` ("train.init_from=''", ...) edit the stored recipe, e.g. to clear paths of the training
-    host; ones that would change the architecture are refused (the weights would no longer fit it).
-    """
-    from ..io import atomic_path
-    from ..recipe import recipe_from_toml, recipe_to_toml
-    _, weights, recipe, step = load_sampling_weights(ckpt)
-    overrides = list(overrides)
-    if overrides:
-        edited = recipe_from_toml(recipe_to_toml(recipe), overrides, source=f"{ckpt} with {' '.join(overrides)}")
-        if architecture_of(edited) != architecture_of(recipe):
-            raise CheckpointError(f"overrides {' '.join(overrides)} change the architecture of {ckpt}; "
-                                  "export can only edit settings that leave the weights' shapes alone")
-        recipe = edited
-    small = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
-    bad = first_nonfinite(small)
-    if bad is not None:
-        raise CheckpointError(f"{ckpt}: {bad} overflows {dtype} (values out of range); export in float32")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        _save(small, Path(tmp), _metadata(recipe, step))
-    return out

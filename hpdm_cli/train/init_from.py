@@ -15,7 +15,8 @@ import torch
 from ..config import Recipe
 from ..model.network import HPDMNet
 from . import TrainError
-from .checkpoint import read_weights_file, resolve_sampling_weights
+from ..checkpoint import resolve_sampling_weights
+from .checkpoint import read_weights_file
 
 
 @dataclass
