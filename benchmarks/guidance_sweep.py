@@ -38,7 +38,10 @@ clips and the first n of the floor's), an interim figure when the budget ran out
 `--chunk K --save DIR` saves every K rows as a part of their own as soon as they are scored, and skips
 the rows whose part DIR already holds (same model weights and setting): a call stopped by its time
 limit keeps what it finished, and the same command with the returned parts in DIR goes on from there;
-when the rows cover all N, the run scores the whole set itself. A run with `--save DIR` also takes the
+when the rows cover all N, the run scores the whole set itself; `--stop-after S` starts no part that
+the S seconds since the run began cannot hold (judged by the slowest part so far), so that a call's
+limit does not cut a part off half-sampled; `--sheets DIR` with `--chunk` draws a sheet of every
+part's first prompts. A run with `--save DIR` also takes the
 real clips' features and readings from DIR's real-n<N>.npz when that was written for the same
 resolution, prompts and I3D weights, instead of measuring them again; `--save DIR --no-real`
 leaves the real side out altogether (no I3D pass over 2N real clips, only the sampled rows
@@ -193,6 +196,11 @@ def print_table(title: str, rows: list) -> None:
             + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}", f"{sc['seams']:.2f}",
                f"{sc['seams_t']:.2f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
+
+
+def rows_of_real(real, i: int, j: int):
+    """Rows i:j of rendered real clips (videos, captions, labels)."""
+    return dataclasses.replace(real, videos=real.videos[i:j], captions=real.captions[i:j], labels=real.labels[i:j])
 
 
 def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
@@ -353,12 +361,15 @@ def main(argv=None) -> int:
                                                  "seam steps (and the real clips' reference) for --merge")
     ap.add_argument("--chunk", type=int, default=0, help="with --save: save every CHUNK rows as a part as soon as "
                                                        "they are scored, and skip the parts --save already holds")
+    ap.add_argument("--stop-after", type=float, default=0, help="with --chunk: start no part that the seconds "
+                                                                "left of this many since the start cannot hold")
     ap.add_argument("--merge", default=None, help="folder of parts written by --save: score them (no model needed)")
     ap.add_argument("--bootstrap", type=int, default=0, help="with --merge: rounds of a paired bootstrap of the "
                                                            "generated clips (how far the FVD differences are settled)")
     ap.add_argument("--partial", action="store_true", help="with --merge: score the rows 0:n that every setting's "
                                                            "parts cover so far, at N = n (an interim figure)")
     a = ap.parse_args(argv)
+    started = time.time()
     if a.bootstrap and not a.merge:
         raise SystemExit("--bootstrap resamples merged parts: add --merge DIR")
     if a.bootstrap and a.bootstrap < 2:
@@ -378,6 +389,9 @@ def main(argv=None) -> int:
     unscored = partial or a.no_real                # no FVD here: --merge scores the parts with a real side
     if a.chunk and (a.chunk < 1 or not a.save):
         raise SystemExit(f"--chunk {a.chunk}: expected a positive number of rows with --save DIR")
+    if a.stop_after and (a.stop_after < 0 or not a.chunk):
+        raise SystemExit(f"--stop-after {a.stop_after:g}: expected seconds > 0 with --chunk K --save DIR")
+    slowest = 0.0                                  # the longest part sampled so far (--stop-after's estimate)
     for text in a.settings:                        # a setting's guide model, checked before any work
         try:
             parse_guide_model(parse_setting(text, None, None)[5])
@@ -489,11 +503,18 @@ def main(argv=None) -> int:
                         found += 1
                         print(f"{label}: rows {c0}:{c1} found in {part}", file=sys.stderr, flush=True)
                         continue
+                    left = a.stop_after - (time.time() - started)
+                    if a.stop_after and 0 < slowest > left:      # the first part always starts
+                        print(f"{label}: rows {c0}:{c1} not started: {max(left, 0):.0f} s left of --stop-after "
+                              f"{a.stop_after:g}, a part took up to {slowest:.0f} s; the parts saved so far are in "
+                              f"{a.save}", file=sys.stderr, flush=True)
+                        return 0
                     t0 = time.time()
                     fake = generate_rows(net, rec, seeds[c0 - lo:c1 - lo], pcond[c0 - lo:c1 - lo], guidance=w,
                                          steps=st, overlap=ov, fixed=None if given is None else given[c0 - lo:c1 - lo],
                                          **gen)
                     secs = time.time() - t0
+                    slowest = max(slowest, secs)
                     features, (readings, stripes, seams) = ext.features(iter(fake)), measure(fake)
                     got.append((features, readings, stripes, seams, secs))
                     if part is not None:
@@ -503,10 +524,12 @@ def main(argv=None) -> int:
                                  captions=np.array(json.dumps(pcaps[c0 - lo:c1 - lo])))
                     if a.chunk:
                         print(f"{label}: rows {c0}:{c1} sampled in {secs:.1f} s, saved", file=sys.stderr, flush=True)
-                    if a.sheets and c0 == 0:            # the sheet shows the first prompts: the part holding them
+                    if a.sheets and (c0 == 0 or a.chunk):    # the first prompts; with --chunk, every part's
                         Path(a.sheets).mkdir(parents=True, exist_ok=True)
-                        _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}{'-' + kind if kind else ''}.png",
-                                     fake, real, min(8, len(fake)))
+                        rows_of = f"-rows{c0:05d}-{c1:05d}" if a.chunk else ""
+                        _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}{'-' + kind if kind else ''}"
+                                     f"{rows_of}.png", fake, rows_of_real(real, c0 - off, c1 - off) if a.chunk else real,
+                                     min(8, len(fake)))
                 features = np.concatenate([g[0] for g in got])
                 readings = [r for g in got for r in g[1]]
                 stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])

@@ -694,6 +694,21 @@ def test_guidance_sweep_in_chunks_keeps_what_it_finished_and_goes_on_from_there(
     assert sampled == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5]]   # rows 4:6 of the first setting kept; other spans sampled
     with pytest.raises(SystemExit, match=r"--chunk 2: expected a positive number of rows with --save DIR"):
         guidance_sweep.main([*args, "--chunk", "2"])
+    # --stop-after: no part started that the time left cannot hold (the slowest part so far its estimate); with
+    # --sheets, one sheet per part sampled, of its own rows
+    del sampled[:]
+    capsys.readouterr()
+    short, sheets = tmp_path / "short", tmp_path / "sheets"
+    assert guidance_sweep.main([*args, "--rows", "2:6", "--chunk", "2", "--save", str(short), "--no-real",
+                                "--stop-after", "0.001", "--sheets", str(sheets)]) == 0
+    assert sampled == [[2, 3]] and [f.name for f in short.iterdir()] == ["part-m-1_2-2_none-rows00002-00004.npz"]
+    assert "rows 4:6 not started: 0 s left of --stop-after 0.001" in capsys.readouterr().err
+    assert [f.name for f in sheets.iterdir()] == ["m-guidance-1_2-2_none-rows00002-00004.png"]
+    assert guidance_sweep.main([*args, "--rows", "2:6", "--chunk", "2", "--save", str(short), "--no-real",
+                                "--stop-after", "600"]) == 0
+    assert sampled == [[2, 3], [4, 5]]                        # time enough: the rest
+    with pytest.raises(SystemExit, match=r"--stop-after 60: expected seconds > 0 with --chunk K --save DIR"):
+        guidance_sweep.main([*args, "--stop-after", "60"])
 
 
 def test_guidance_sweep_real_level0_in_chunks_scores_as_the_whole_run(tmp_path, capsys, monkeypatch):
