@@ -258,6 +258,35 @@ def tiny_data(tmp_path_factory):
     return path
 
 
+def test_a_file_system_without_locks_is_said_once_by_train_and_prepare(tiny_data, tmp_path, capsys, monkeypatch,
+                                                                       one_thread):
+    """Where flock is not supported the commands run unlocked and say so in one warning line on stderr (train
+    said "warning: warning:", prepare said nothing)."""
+    import errno
+    import hpdm_cli.io.lock as lock
+
+    def unsupported(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(lock.fcntl, "flock", unsupported)
+    run = tmp_path / "run"
+    code, out, err = _main(["train", "tiny", f"data.path={json.dumps(str(tiny_data))}", "train.steps=1",
+                            "train.batch_size=4", "train.warmup_steps=0", "--run-dir", run, "--no-progress"],
+                           capsys, monkeypatch)
+    said = f"hpdm: warning: {run}: the file system does not support locks; make sure no other hpdm process"
+    assert code == 0 and err.count(said) == 1 and "warning: warning" not in err, err
+    import numpy as np
+    from hpdm_cli.io.video import write_video
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(2):
+        write_video(src / f"v{i}.mp4", np.full((8, 32, 32, 3), 40 * i, np.uint8), 8.0)
+    for args in (["--synthetic", "shapes", tmp_path / "syn", "--num-videos", "2", "--frames", "2", "--size", "16x16"],
+                 [src, tmp_path / "folder", "--size", "32x32"]):
+        code, out, err = _main(["prepare", *args, "--text-encoder", "none"], capsys, monkeypatch)
+        where = args[2] if args[0] == "--synthetic" else args[1]
+        assert code == 0 and err.count(f"hpdm: warning: {where}: the file system does not support locks") == 1, err
+
+
 def test_rerunning_a_finished_run_says_nothing_to_do_and_tensorboard_absence_once(
         tiny_data, tmp_path, capsys, monkeypatch, one_thread):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)         # as without the tensorboard package

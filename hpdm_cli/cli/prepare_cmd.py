@@ -152,7 +152,7 @@ def prepare(
             fps=fps, frames=frames, fit=fit, short=short, labels=labels, split=split, captions=captions,
             images=images, workers=workers, strict=strict, order=order, crf=crf, preset=preset,
             shard_videos=shard_videos, overwrite=overwrite, bar=lambda label: files_bar(label, live),
-            log=lambda m: out.print(m, highlight=False), on_result=_print_result)
+            log=lambda m: out.print(m, highlight=False), warn=warn, on_result=_print_result)
     except Terminated:
         err.print("hpdm: terminated (SIGTERM): the finished shards are kept; re-run the same command to resume",
                   highlight=False, markup=False)

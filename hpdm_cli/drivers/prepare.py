@@ -53,13 +53,13 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
                 recipe: Optional[str] = None, size: Optional[str] = None, text_encoder: Optional[str] = None,
                 embed_captions: Optional[os.PathLike] = None, example: Optional[str] = None,
                 synthetic: Optional[str] = None, height: Optional[int] = None, width: Optional[int] = None,
-                bar: Optional[Bar] = None, log: Log = lambda m: None,
+                bar: Optional[Bar] = None, log: Log = lambda m: None, warn: Log = lambda m: None,
                 on_result: Optional[Callable[[PrepareResult], None]] = None, **options) -> Optional[PrepareResult]:
     """`hpdm prepare`: run the mode the options ask for; returns the PrepareResult of a folder or an example.
 
     `options` are PrepareOptions fields (None = the recipe's or PrepareOptions' default; `split`
     names the shapes split with --synthetic). `bar(label)` draws progress; `log` gets the
-    lines to show; `on_result(result)` is called once the dataset is built, before its caption
+    lines to show, `warn` the warnings of --synthetic (a folder's are in its result); `on_result(result)` is called once the dataset is built, before its caption
     embeddings are stored. Raises `Terminated` on SIGTERM (the finished shards are kept).
     """
     modes = [m for m in (synthetic and "--synthetic", example and "--example") if m]
@@ -87,7 +87,7 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
         return None
     if synthetic is not None:
         path = _write_shapes(synthetic, positional, rec, hw, num_videos=num_videos, seed=seed, height=height,
-                             width=width, bar=bar, log=log, **options)
+                             width=width, bar=bar, log=log, warn=warn, **options)
         _store_embeddings(path, text, log)
         return None
     if height is not None or width is not None:
@@ -138,9 +138,9 @@ _FOLDER_ONLY = ("fit", "short", "labels", "captions", "images", "order", "strict
 
 
 def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]], *, num_videos: int, seed: int,
-                  height: Optional[int], width: Optional[int], bar: Bar, log: Log, frames: Optional[int] = None,
-                  fps: Optional[float] = None, workers: Optional[int] = None, overwrite: bool = False,
-                  split=None, **folder_options) -> str:
+                  height: Optional[int], width: Optional[int], bar: Bar, log: Log, warn: Log,
+                  frames: Optional[int] = None, fps: Optional[float] = None, workers: Optional[int] = None,
+                  overwrite: bool = False, split=None, **folder_options) -> str:
     """--synthetic shapes: render the procedural dataset (clip from the options, else the recipe, else
     `SHAPES_CLIP` at `SHAPES_FPS`), encoded as --crf, --preset and --shard-videos say; returns its path.
     Options of folders (fit, labels, ...) do not apply."""
@@ -165,7 +165,7 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     encode = {k: v for k, v in (("crf", folder_options.get("crf")), ("preset", folder_options.get("preset")),
                                 ("max_videos_per_shard", folder_options.get("shard_videos"))) if v is not None}
     PrepareOptions(**encode, workers=workers).validate()    # checked as for folders: one line naming the option
-    with hold_lock(positional[0], "hpdm prepare", error=DataError), bar("shapes") as update:
+    with hold_lock(positional[0], "hpdm prepare", error=DataError, warn=warn), bar("shapes") as update:
         path = write_shapes_dataset(
             positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f, **encode,
             workers=workers or 0, overwrite=overwrite, split=str(split) if split is not None else "all",

@@ -106,7 +106,7 @@ def hold_lock(directory: str | os.PathLike, what: str, error: type[Exception] = 
             os.close(fd)
             raise error(f"cannot lock {path} ({e.strerror or e})") from None
         if warn is not None:
-            warn(f"warning: {directory}: the file system does not support locks; "
+            warn(f"{directory}: the file system does not support locks; "
                  "make sure no other hpdm process uses this directory")
         os.close(fd)
         yield directory

@@ -103,9 +103,12 @@ def _run(parts: list[Part], out_dir: str, opts: PrepareOptions, source_desc: str
     """Run (or resume, or confirm) the parts while holding OUT_DIR's lock; a full disk is a one-line error."""
     from hpdm_cli.data.shards import DataError  # noqa: PLC0415
     from hpdm_cli.io.lock import hold_lock  # noqa: PLC0415
-    with hold_lock(out_dir, "hpdm prepare", error=DataError), _sigterm_stops_the_run():
+    unlocked: list[str] = []                        # a file system without locks: said with the result's warnings
+    with hold_lock(out_dir, "hpdm prepare", error=DataError, warn=unlocked.append), _sigterm_stops_the_run():
         try:
-            return _run_locked(parts, out_dir, opts, source_desc, progress, worker_fn)
+            result = _run_locked(parts, out_dir, opts, source_desc, progress, worker_fn)
+            result.warnings[:0] = unlocked
+            return result
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
