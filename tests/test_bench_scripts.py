@@ -282,13 +282,13 @@ def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatc
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, c, **k: seen["clip"].append(c) or clip(p, c, **k))
     rec = load_recipe(ROOT / "recipes" / "tiny.toml", [f'train.optimizer="{optimizer}"', "train.grad_clip=0.5",
                                                        "train.ema_halflife_steps=10"])
-    import hpdm_cli.train.loop as loop
-    make = loop.make_optimizer
+    import hpdm_cli.train.optim as optim
+    make = optim.make_optimizer
 
     def record(groups, t):
         seen["opt"].append(make(groups, t))
         return seen["opt"][-1]
-    monkeypatch.setattr(loop, "make_optimizer", record)
+    monkeypatch.setattr(optim, "make_optimizer", record)
     bench_training(rec, steps=2, warmup=1, batch=2, precisions=["fp32"])
     assert [type(o).__name__ for o in seen["opt"]] == [kind] and seen["opt"][0].param_groups[0]["lr"] == rec.train.lr
     assert seen["ema"] == 3 and seen["clip"] == [0.5] * 3                      # one warm-up and two timed steps

@@ -243,9 +243,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     device is synchronised only at the two ends of the window, so the host's launch time of a step
     overlaps the previous step's kernels instead of being counted as idle device time.
     """
-    from ..train.loop import (build_model, clip_gradients, compile_model, forward_backward, make_ema, make_optimizer,
-                              set_precision)
-    from ..train.optim import param_groups
+    from ..train.loop import build_model, compile_model, forward_backward, set_precision
+    from ..train.optim import clip_gradients, make_ema, make_optimizer, param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
     net = build_model(rec).to(device)

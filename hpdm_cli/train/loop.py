@@ -61,7 +61,7 @@ from .batches import Batches
 from .captions import caption_embeddings
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint
-from .optim import EMA, Lamb, lr_at, param_groups
+from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
 from .stats import StatsWriter
 
@@ -418,25 +418,6 @@ def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _Mo
     if ck is not None:
         _resume(state, ck, recipe, dist, say)
     return state
-
-
-def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
-    """The recipe's optimiser (`train.optimizer`, its lr, betas, eps, weight decay) over parameter groups `groups`."""
-    if t.optimizer == "adamw":
-        # fused: the one AdamW that takes `found_inf`, a device-side skip (see _Steps._update)
-        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
-                                 fused=True)
-    return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-
-
-def clip_gradients(params: list, t) -> torch.Tensor:
-    """Clip the gradients' global norm at `train.grad_clip` (0: no clipping); returns the norm before clipping."""
-    return torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-
-
-def make_ema(net: torch.nn.Module, t) -> Optional[EMA]:
-    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
-    return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
 
 
 def _resume(state: _ModelState, ck: dict, recipe: Recipe, dist: DistInfo, say) -> None:

@@ -9,6 +9,8 @@
 * :func:`lr_at` -- linear warm-up followed by cosine decay.
 * :class:`EMA` -- float32 exponential moving average of a model's parameters and buffers,
   parameterised by a half-life in optimisation steps.
+* :func:`make_optimizer`, :func:`clip_gradients`, :func:`make_ema` -- the recipe's optimiser,
+  gradient clipping and EMA, as training (and `hpdm bench`, which steps as training does) use them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["Lamb", "param_groups", "lr_at", "EMA", "unwrap_model"]
+__all__ = ["Lamb", "param_groups", "lr_at", "EMA", "unwrap_model", "make_optimizer", "clip_gradients", "make_ema"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,3 +458,27 @@ class EMA:
         """Move the averaged tensors to ``device`` (in place); returns self."""
         self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
         return self
+
+
+# ----------------------------------------------------------------------------------------------
+# From a recipe
+# ----------------------------------------------------------------------------------------------
+
+
+def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
+    """The recipe's optimiser (`train.optimizer`, its lr, betas, eps, weight decay) over parameter groups `groups`."""
+    if t.optimizer == "adamw":
+        # fused: the one AdamW that takes `found_inf`, a device-side skip (the training loop's update step)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                                 fused=True)
+    return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+
+
+def clip_gradients(params: list, t) -> torch.Tensor:
+    """Clip the gradients' global norm at `train.grad_clip` (0: no clipping); returns the norm before clipping."""
+    return torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+
+
+def make_ema(net: torch.nn.Module, t) -> "EMA | None":
+    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
+    return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
