@@ -121,11 +121,27 @@ def test_condition_dropout_rate():
 
 
 def test_context_levels_are_excluded_from_the_loss():
+    """Levels drawn as context (weight 0) add nothing to the loss or its per-level means (docs/method.md, section 5):
+    the loss equals the weighted denoising error summed over the trained levels alone."""
     cfg = DiffusionConfig(context_prob=1.0, cond_dropout=0.0)
     P = torch.rand(64, 3, 3, 1, 2, 2)
-    out = edm_loss(ConstNet(torch.zeros_like(P)), P, None, cfg, generator=torch.Generator().manual_seed(2))
+    F = torch.randn_like(P)
+    draw = draw_noise(cfg, P.shape, conditional=False, generator=torch.Generator().manual_seed(2))
+    out = edm_loss(ConstNet(F), P, None, cfg, draw=draw)
     assert torch.all(out.weight[:, 2] == 1) and torch.all(out.weight[:, 0] == 0)
-    assert torch.isfinite(out.loss)
+    trained = out.weight.bool()
+    assert 0 < trained[:, 1].sum() < len(P)                 # level 1 is context in some samples, trained in others
+    b = input_scales(cfg, range(3))[None, :, None, None, None, None]
+    y = P * b
+    noisy = y + draw.sigma[..., None, None, None, None] * draw.noise
+    D = denoise(ConstNet(F), noisy, draw.sigma, None, sigma_data=cfg.sigma_data).out
+    err = (1 / c_out(draw.sigma, cfg.sigma_data) ** 2) * (D - y).pow(2).flatten(2).mean(-1)       # [B, L]
+    assert torch.allclose(out.loss, (err * trained).sum(1).mean(), rtol=1e-4)
+    assert not torch.allclose(out.loss, err.sum(1).mean(), rtol=1e-2)   # the context levels' error is not small
+    for level in range(3):
+        rows = trained[:, level]
+        want = err[rows, level].mean() if rows.any() else torch.tensor(0.0)
+        assert torch.allclose(out.per_level[level], want, rtol=1e-4), level
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -224,18 +224,40 @@ def test_recomputed_coordinates_eq8_reproduce_finer_patch(name):
     assert checked > 0
 
 
-def test_half_pixel_convention_matters():
-    """The coordinate test catches an align_corners mistake: the wrong convention is off by far more."""
+def test_the_ramp_test_catches_the_other_pixel_convention(monkeypatch):
+    """Extraction resampled with the other convention (`align_corners=True`) misses the ramp by far more than the
+    ramp test's tolerance: that test guards the half-pixel convention (docs/method.md, section 2)."""
+    import hpdm_cli.pyramid.extract as extract
+    grid_sample = F.grid_sample
+    monkeypatch.setattr(extract.F, "grid_sample", lambda *a, **k: grid_sample(*a, **{**k, "align_corners": True}))
     pyr = PYRAMIDS["ucf-like (3 levels)"]
     off = sample_nested_offsets(pyr, 3, generator=torch.Generator().manual_seed(5))
     patches = extract_patches(ramp_video(pyr, 3), pyr, off)
-    s = level_scales(pyr)
-    r = tuple(pyr.patch)
-    rel_s, rel_o = relative_coords(s, off, 2, 1)
-    pts = patch_points(rel_s, rel_o, r)
-    wrong = F.grid_sample(patches[:, 1], to_grid_sample(pts, r), mode="bilinear", padding_mode="border",
-                          align_corners=True).reshape(3, 3, -1)
-    assert (wrong - patches[:, 2].reshape(3, 3, -1)).abs().max() > 1e-2
+    pts = patch_points(level_scales(pyr)[1], off[:, 1], tuple(pyr.patch))
+    want = ramp_at(pts).transpose(1, 2).reshape(3, 3, *pyr.patch)
+    assert (patches[:, 1] - want).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", list(PYRAMIDS))
+def test_levels_are_box_filtered_area_averages(name):
+    """Level l's video is the mean of the 2^k full-resolution pixels each of its pixels covers (an area average,
+    alias-free for any factor: docs/method.md, section 2): a random video's blocks, and a pattern alternating
+    +-1 along every resampled axis, which a box filter averages to zero and a two-tap interpolation does not."""
+    pyr = PYRAMIDS[name]
+    video = torch.rand(2, 3, *pyr.resolution, generator=torch.Generator().manual_seed(1))
+    for level in range(pyr.num_levels - 1):
+        low = pyr.level_resolution(level)
+        k = [R // n for R, n in zip(pyr.resolution, low)]
+        blocks = video.reshape(2, 3, low[0], k[0], low[1], k[1], low[2], k[2]).mean((3, 5, 7))
+        assert torch.allclose(downsample_to_level(video, pyr, level), blocks, atol=1e-6), level
+        pattern = torch.ones(pyr.resolution)
+        for axis, n in enumerate(pyr.resolution):
+            if k[axis] > 1:                              # +-1 along the axes this level resamples
+                shape = [1, 1, 1]
+                shape[axis] = n
+                pattern = pattern * ((-1.0) ** torch.arange(n)).reshape(shape)
+        low_pattern = downsample_to_level(pattern[None, None], pyr, level)
+        assert low_pattern.abs().max() < 1e-6, level
 
 
 def test_extraction_rejects_wrong_video_size():

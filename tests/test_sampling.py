@@ -229,10 +229,12 @@ class GaussNet(torch.nn.Module):
         sigma = (4 * c_noise.double()).exp()[..., None, None, None, None]
         b = torch.tensor([d.level_input_scale(lo + i) for i in range(x.shape[1])], dtype=torch.float64)
         b = b[None, :, None, None, None, None]
-        noisy = x.double() / c_in(sigma, d.sigma_data, b)
+        sd = d.sigma_data                         # EDM's preconditioning written out, scaled data of std b_l sigma_d
+        noisy = x.double() * torch.sqrt(sigma ** 2 + (b * sd) ** 2)                  # undoes c_in
         m, v = b * self.mu, (b * self.s) ** 2
         D = (v * noisy + sigma ** 2 * m) / (v + sigma ** 2)
-        return NetOutput(((D - c_skip(sigma, d.sigma_data) * noisy) / c_out(sigma, d.sigma_data)).float())
+        skip, out = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / torch.sqrt(sigma ** 2 + sd ** 2)
+        return NetOutput(((D - skip * noisy) / out).float())
 
 
 @pytest.mark.parametrize("stochastic", [0, 1])
