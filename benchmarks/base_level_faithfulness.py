@@ -51,7 +51,8 @@ class SigmaSplit(torch.nn.Module):
 def main(argv=None) -> int:
     """Print one JSON line per split: valid, colour, shape, direction, background rates and stripes of level 0."""
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, real_level0, render_real
+    from hpdm_cli.drivers.evaluate import condition_rows, generate_rows, real_level0, render_real
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.conditioning import GenerateError
     from hpdm_cli.drivers.generation import to_uint8
     from hpdm_cli.drivers.options import parse_guide_model

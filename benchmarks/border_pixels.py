@@ -93,7 +93,8 @@ def main() -> None:
     from PIL import Image
 
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.drivers.evaluate import embed_prompts, real_level0, render_real
+    from hpdm_cli.drivers.evaluate import real_level0, render_real
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.drivers.generation import make_sampler, to_uint8
     from hpdm_cli.pyramid import downsample_to_level
     from hpdm_cli.sampling import level_steps

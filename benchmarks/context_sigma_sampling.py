@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpdm_cli.checkpoint import load_generator  # noqa: E402
-from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, render_real  # noqa: E402
+from hpdm_cli.drivers.evaluate import condition_rows, render_real  # noqa: E402
+from hpdm_cli.text.tables import embed_prompts  # noqa: E402
 from hpdm_cli.drivers.generation import make_sampler, to_uint8  # noqa: E402
 from hpdm_cli.eval.faithfulness import score_clips  # noqa: E402
 from hpdm_cli.eval.texture import stripe_summary  # noqa: E402

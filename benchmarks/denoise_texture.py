@@ -28,7 +28,8 @@ def main(argv=None) -> int:
 
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.diffusion.edm import denoise, input_scales
-    from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, render_real
+    from hpdm_cli.drivers.evaluate import condition_rows, render_real
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.drivers.generation import to_uint8
     from hpdm_cli.eval.texture import stripe_summary
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -321,13 +321,13 @@ def main(argv=None) -> int:
     from hpdm_cli.drivers.evaluate import (
         _write_sheet,
         condition_rows,
-        embed_prompts,
         generate_rows,
         real_level0,
         render_real,
     )
     from hpdm_cli.conditioning import GenerateError
     from hpdm_cli.drivers.options import parse_guide_model
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.eval.fvd import I3DExtractor, feature_stats, frechet_distance
     from hpdm_cli.eval.measure import measure_clips
     from hpdm_cli.eval.seams import AXES

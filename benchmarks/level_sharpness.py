@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpdm_cli.checkpoint import load_generator  # noqa: E402
-from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, render_real  # noqa: E402
+from hpdm_cli.drivers.evaluate import condition_rows, render_real  # noqa: E402
+from hpdm_cli.text.tables import embed_prompts  # noqa: E402
 from hpdm_cli.drivers.generation import make_sampler  # noqa: E402
 from hpdm_cli.pyramid import downsample_to_level  # noqa: E402
 

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.data.shapes import DIRECTIONS, SHAPES_CLASSES, shapes_attributes, shapes_caption
     from hpdm_cli.diffusion.edm import denoise, input_scales
-    from hpdm_cli.drivers.evaluate import embed_prompts
+    from hpdm_cli.text.tables import embed_prompts
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text or class model")
     ap.add_argument("--sigma", type=float, default=20.0)

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     import torch
     from hpdm_cli.checkpoint import load_generator
     from hpdm_cli.diffusion.edm import denoise, input_scales
-    from hpdm_cli.drivers.evaluate import embed_prompts, render_real
+    from hpdm_cli.drivers.evaluate import render_real
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.pyramid import downsample_to_level
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text model")

@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpdm_cli.checkpoint import load_generator  # noqa: E402
-from hpdm_cli.drivers.evaluate import condition_rows, embed_prompts, generate_rows, real_level0, render_real  # noqa: E402
+from hpdm_cli.drivers.evaluate import condition_rows, generate_rows, real_level0, render_real  # noqa: E402
+from hpdm_cli.text.tables import embed_prompts  # noqa: E402
 from hpdm_cli.eval.faithfulness import score_clips  # noqa: E402
 from hpdm_cli.eval.texture import stripe_summary  # noqa: E402
 

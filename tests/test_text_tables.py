@@ -332,7 +332,7 @@ def test_training_without_tables_or_encoder_says_how_to_fix_it(shapes16, tmp_pat
 def test_an_encoder_of_another_size_is_refused_wherever_one_is_loaded(shapes16, tmp_path, monkeypatch):
     """Training, sampling and `hpdm eval` hold a loaded encoder to the model's text_tokens x text_dim alike."""
     from hpdm_cli.conditioning import resolve_condition
-    from hpdm_cli.drivers.evaluate import embed_prompts
+    from hpdm_cli.text.tables import embed_prompts
     from hpdm_cli.errors import HPDMError
     from hpdm_cli.train.loop import train
     recipe = tiny_text_recipe(copy_without_tables(shapes16, tmp_path / "plain"), "model.text_dim=16")
@@ -397,6 +397,22 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
         condition(moved, monkeypatch, prompt=prompt, prompt_table=tmp_path / "none.safetensors")
     with pytest.raises(GenerateError, match="needs a text-conditioned model"):
         condition(run, monkeypatch, cond="class", prompt="square moving left", prompt_table=shapes16)
+
+
+def test_eval_fvd_takes_a_text_models_captions_from_the_dataset_without_the_encoder(text_run, shapes16, monkeypatch):
+    """`hpdm eval-fvd` of a text model reads its captions' embeddings from the tables stored with the dataset,
+    as training and sampling do (it loaded the encoder)."""
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.drivers.fvd import _conditions
+    from hpdm_cli.eval.fvd import Protocol
+    block_encoder(monkeypatch)
+    _, recipe, info = load_generator(text_run["run"], "cpu")
+    rows, what, meta = _conditions(recipe, info, shapes16, Protocol(num=6), 0, None)
+    m = recipe.model
+    assert what == "captions drawn as in the data" and tuple(rows.shape) == (6, m.text_tokens, m.text_dim)
+    table = T.read_table(T.table_path(shapes16, "captions", MINILM))
+    stored = {tuple(e.flatten()[:4].tolist()) for e in table.embeddings}
+    assert all(tuple(r.flatten()[:4].tolist()) in stored for r in rows) and meta["num_prompts"] > 1
 
 
 def test_prompt_embedding_file(text_run, tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ from ..eval.measure import measure_clips
 from ..eval.texture import stripe_summary
 from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
+from ..text.tables import embed_prompts
 from ..sampling.hierarchical import level_steps
 from .generation import sample_videos, to_uint8
 from .options import check_options, parse_guidance, parse_steps, with_sample_options
@@ -168,30 +169,6 @@ def _fvd_block(fake, real_a, real_b, i3d, device, log) -> dict:
             out[f"{name}_extrapolated"] = extrapolated_fvd(ref_features, kept[name]).fvd
             log(f"  FVD {name}, extrapolated to infinitely many clips: {out[f'{name}_extrapolated']:.1f}")
     return out
-
-
-def embed_prompts(recipe, prompts: Sequence[str], search: Sequence) -> torch.Tensor:
-    """Text embeddings [N, tokens, dim] of prompts: from prompt tables found in `search`, else the text encoder."""
-    from ..text.encoders import check_output_size
-    from ..text.tables import PromptLookup, load_encoder
-    m = recipe.model
-    lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
-    for where in [*search, recipe.data.prompt_table]:
-        if where and Path(where).exists():
-            lookup.add(where)
-    rows, missing = {}, []
-    for p in dict.fromkeys(prompts):
-        emb, _ = lookup.lookup(p)
-        if emb is None:
-            missing.append(p)
-        else:
-            rows[p] = emb[0]
-    if missing:
-        enc = load_encoder(m.text_encoder, tokens=m.text_tokens)
-        check_output_size(enc, m.text_tokens, m.text_dim)
-        for p, e in zip(missing, enc.encode(missing).float().cpu()):
-            rows[p] = e
-    return torch.stack([rows[p] for p in prompts])
 
 
 def summary_rows(report: dict) -> list[tuple[str, str]]:

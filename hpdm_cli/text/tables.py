@@ -31,7 +31,8 @@ Where tables live:
                                                       datasets' prompt tables, for `hpdm sample`
 
 (`<family>` is the family with characters other than letters, digits, ".", "_" and "-"
-replaced: "minilm-all-MiniLM-L6-v2".) safetensors is imported lazily.
+replaced: "minilm-all-MiniLM-L6-v2".) safetensors is imported lazily. `embed_prompts` gives any
+prompts' embeddings for a model: from the tables it finds, the rest from the encoder.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ __all__ = [
     "FORMAT", "VERSION", "RUN_TABLE", "EmbeddingTable", "texts_sha256", "table_path", "write_table", "read_table",
     "read_header", "tables_in", "embed_dataset", "dataset_has_captions", "stored_caption_table",
     "stored_caption_embeddings", "remove_stale_tables", "write_run_table", "check_spec", "load_encoder", "up_to_date",
-    "PromptLookup", "read_prompt_embedding",
+    "PromptLookup", "read_prompt_embedding", "embed_prompts",
 ]
 
 FORMAT = "hpdm-text-embeddings"
@@ -548,3 +549,27 @@ class PromptLookup:
         where = ", ".join(str(t.path) for t in self.tables[:2]) + (" ..." if len(self.tables) > 2 else "")
         return (f"it is not among the {len(texts)} prompts of {where}"
                 + (f" (closest: {'; '.join(repr(x) for x in near)})" if near else ""))
+
+
+def embed_prompts(recipe, prompts: Sequence[str], search: Sequence = ()) -> torch.Tensor:
+    """Text embeddings [N, tokens, dim] of prompts for the recipe's model: from the prompt tables found in `search`
+    (table files, datasets, runs) and `data.prompt_table`, the rest from the text encoder (loaded only then)."""
+    from .encoders import check_output_size
+    m = recipe.model
+    lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
+    for where in [*search, recipe.data.prompt_table]:
+        if where and Path(where).exists():
+            lookup.add(where)
+    rows, missing = {}, []
+    for p in dict.fromkeys(prompts):
+        emb, _ = lookup.lookup(p)
+        if emb is None:
+            missing.append(p)
+        else:
+            rows[p] = emb[0]
+    if missing:
+        enc = load_encoder(m.text_encoder, tokens=m.text_tokens)
+        check_output_size(enc, m.text_tokens, m.text_dim)
+        for p, e in zip(missing, enc.encode(missing).float().cpu()):
+            rows[p] = e
+    return torch.stack([rows[p] for p in prompts])
