@@ -130,6 +130,16 @@ class GeneratorInfo:
     class_names_source: Optional[Path] = None       # the dataset.json they came from
     device: torch.device = torch.device("cpu")
 
+    @property
+    def folders(self) -> list[Path]:
+        """The checkpoint's own folders: its run directory (when it sits in one), then the weights file's folder."""
+        return [d for d in (self.run_dir, self.weights.parent) if d is not None]
+
+    @property
+    def search_dirs(self) -> list[Path]:
+        """Where its recipe's relative paths (`data.path`) are looked up: its folders and three parents of each."""
+        return [x for d in self.folders for x in (d, *list(Path(d).resolve().parents)[:3])]
+
 
 def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
     """The run directory holding `weights` (run/checkpoints/ckpt-N/x.safetensors), or `ckpt` if it is one."""
@@ -185,11 +195,7 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
         raise CheckpointError(f"{weights_path}: weights do not fit the recipe stored with them "
                               f"({str(e).splitlines()[0]})") from None
     net.eval().requires_grad_(False).to(dev)
-    run_dir = _run_dir_of(ckpt, weights_path)
-    search = []
-    for d in ([run_dir] if run_dir else []) + [weights_path.parent]:
-        search += [d, *list(d.resolve().parents)[:3]]
-    names, source = find_class_names(recipe, search) if recipe.model.cond == "class" else ([], None)
-    info = GeneratorInfo(weights=weights_path, step=step, run_dir=run_dir, class_names=names,
-                         class_names_source=source, device=dev)
+    info = GeneratorInfo(weights=weights_path, step=step, run_dir=_run_dir_of(ckpt, weights_path), device=dev)
+    if recipe.model.cond == "class":
+        info.class_names, info.class_names_source = find_class_names(recipe, info.search_dirs)
     return net, recipe, info

@@ -131,9 +131,8 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
 
 def _table_dirs(recipe: Recipe, info: GeneratorInfo) -> list:
     """Folders that may hold prompt tables for this checkpoint: its run, its folder, its datasets (if found)."""
-    near = [d for d in (info.run_dir, info.weights.parent) if d is not None]
-    search = [x for d in near for x in (d, *list(Path(d).resolve().parents)[:3])]
-    dirs = list(near)
+    search = info.search_dirs
+    dirs = list(info.folders)
     for rel in (recipe.data.path, recipe.data.image_path):
         if rel:
             p = Path(rel)

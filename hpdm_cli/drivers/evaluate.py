@@ -275,13 +275,12 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     if recipe.model.cond == "none":
         raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
-    search = [d for d in (info.run_dir, info.weights.parent) if d is not None]
-    check_shapes_classes(recipe, search)
+    check_shapes_classes(recipe, info.search_dirs)
     R = tuple(recipe.pyramid.resolution)
     i3d = _fvd_detector(R, i3d_weights) if fvd else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if embed is None:
-        embed = (lambda caps: embed_prompts(recipe, caps, search))
+        embed = (lambda caps: embed_prompts(recipe, caps, info.folders))
     log(f"{num_clips} clips per side{source}; rendering {2 * num_clips} real clips ({split} split)")
     real_a = render_real(num_clips, 0, R, split)
     real_b = render_real(num_clips, num_clips, R, split)

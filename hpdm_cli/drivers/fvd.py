@@ -126,11 +126,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
     meta = dict(data=None, label_counts=None, num_prompts=None)
     if cond not in ("class", "text"):
         return None, "none", meta
-    search = []
-    if info.run_dir is not None:
-        search += [info.run_dir, *list(info.run_dir.resolve().parents)[:3]]
-    search += [info.weights.parent, *list(info.weights.resolve().parents)[:4]]
-    ds = _find_dataset(recipe, data, search)
+    ds = _find_dataset(recipe, data, info.search_dirs)
     if ds is None and cond == "text":
         raise FVDError("a text model needs prompts: give the prepared dataset whose captions to use with --data "
                        f"DATASET (the recipe's data.path {recipe.data.path!r} was not found)")
