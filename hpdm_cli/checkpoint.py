@@ -24,8 +24,9 @@ import torch
 
 from .config import Recipe
 from .device import resolve_device
-from .train.checkpoint import (CKPT_RE, CheckpointError, architecture_of, first_nonfinite, list_checkpoints,
-                               read_weights_file, write_weights_file)
+from .train.checkpoint import (CheckpointError, architecture_of, first_nonfinite, list_checkpoints, read_weights_file,
+                               write_weights_file)
+from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, is_checkpoint_dir
 
 __all__ = ["PACKAGED", "GeneratorInfo", "find_class_names", "load_generator", "resolve_sampling_weights",
            "load_sampling_weights", "export_weights"]
@@ -45,10 +46,10 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        if (p / "model.safetensors").exists():
+        if is_checkpoint_dir(p):
             return _weights_of(p)
         ckpts = list_checkpoints(p)
-        if not ckpts and p.name == "checkpoints" and list_checkpoints(p.parent):    # a run's checkpoints/ folder
+        if not ckpts and p.name == CHECKPOINTS and list_checkpoints(p.parent):    # a run's checkpoints/ folder
             ckpts = list_checkpoints(p.parent)
         if ckpts:
             return _weights_of(ckpts[-1])
@@ -58,8 +59,8 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
 
 def _weights_of(checkpoint_dir: Path) -> Path:
     """The file a checkpoint directory is sampled from: its EMA weights, else its training weights."""
-    ema = checkpoint_dir / "ema.safetensors"
-    return ema if ema.exists() else checkpoint_dir / "model.safetensors"
+    ema = checkpoint_dir / EMA
+    return ema if ema.exists() else checkpoint_dir / MODEL
 
 
 def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> tuple[Path, dict, Recipe, int]:
@@ -71,7 +72,7 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
     given explicitly is used as is (CheckpointError if it is unusable).
     """
     p = Path(ckpt)
-    if p.is_dir() and not (p / "model.safetensors").exists():
+    if p.is_dir() and not is_checkpoint_dir(p):
         ckpts = list_checkpoints(p)
         if not ckpts:
             resolve_sampling_weights(p)                                   # raises: no checkpoints
@@ -143,10 +144,10 @@ class GeneratorInfo:
 
 def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
     """The run directory holding `weights` (run/checkpoints/ckpt-N/x.safetensors), or `ckpt` if it is one."""
-    if ckpt.is_dir() and (ckpt / "checkpoints").is_dir():
+    if ckpt.is_dir() and (ckpt / CHECKPOINTS).is_dir():
         return ckpt
     parent = weights.parent
-    if CKPT_RE.match(parent.name) and parent.parent.name == "checkpoints":
+    if CKPT_RE.match(parent.name) and parent.parent.name == CHECKPOINTS:
         return parent.parent.parent
     return None
 

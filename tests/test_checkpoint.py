@@ -353,3 +353,22 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     (tmp_path / "packaged").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
         use.resolve_sampling_weights("packaged")
+
+
+def test_what_makes_a_folder_a_run_or_a_checkpoint_is_one_rule(tmp_path):
+    """A run has begun in a folder that holds checkpoints/ or its recipe.toml; a checkpoint folder holds
+    model.safetensors. `hpdm eval-fvd` and `hpdm prepare` go by the same rule."""
+    from hpdm_cli.data.shards import DataError
+    from hpdm_cli.drivers.prepare import run_prepare
+    from hpdm_cli.eval.fvd_sources import source_kind
+    from hpdm_cli.train.run_dir import is_checkpoint_dir, is_run_dir
+    started, empty, ckpt = tmp_path / "started", tmp_path / "empty", tmp_path / "ckpt"
+    for d in (started, empty, ckpt):
+        d.mkdir()
+    (started / "recipe.toml").write_text("")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    assert [is_run_dir(d) for d in (started, empty, ckpt)] == [True, False, False]
+    assert [is_checkpoint_dir(d) for d in (started, empty, ckpt)] == [False, False, True]
+    assert [source_kind(d) for d in (started, empty, ckpt)] == ["checkpoint", "folder", "checkpoint"]
+    with pytest.raises(DataError, match="holds an hpdm train run"):
+        run_prepare(None, started, num_videos=2, seed=0, synthetic="shapes")

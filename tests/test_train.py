@@ -805,7 +805,8 @@ def test_nan_in_the_newest_checkpoint_resumes_from_the_last_finite_one(reference
 
 def test_weights_that_turn_non_finite_are_never_saved(shapes_data, tmp_path, monkeypatch):
     rec = make_recipe(shapes_data, steps=6, ckpt_every=2, keep_last=1)
-    real, n = loop.Lamb.step, {"calls": 0}
+    from hpdm_cli.train.optim import Lamb
+    real, n = Lamb.step, {"calls": 0}
 
     def blow_up(self, *a, **kw):
         out = real(self, *a, **kw)
@@ -813,7 +814,7 @@ def test_weights_that_turn_non_finite_are_never_saved(shapes_data, tmp_path, mon
         if n["calls"] == 3:                                               # step 3 overflows a weight
             self.param_groups[0]["params"][0].data.view(-1)[0] = float("inf")
         return out
-    monkeypatch.setattr(loop.Lamb, "step", blow_up)
+    monkeypatch.setattr(Lamb, "step", blow_up)
     with pytest.raises(CheckpointError) as e:
         train(rec, tmp_path, log=quiet())
     msg = str(e.value)

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Optional
 from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
 from ..data.shapes import SHAPES_CLIP, SHAPES_FPS
 from ..data.shards import DataError
+from ..train.run_dir import is_run_dir
 
 __all__ = ["run_prepare", "parse_size", "SHAPES_CLIP", "SHAPES_FPS"]
 
@@ -68,7 +69,7 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
     positional = [p for p in (src, out_dir) if p is not None]
     if positional and (modes or len(positional) == 2):         # the last one is where the dataset goes
         run = Path(positional[-1])
-        if (run / "checkpoints").exists() or (run / "recipe.toml").exists():
+        if is_run_dir(run):
             raise DataError(f"{str(run)!r} holds an hpdm train run (checkpoints/ or recipe.toml): choose another "
                             "directory for the dataset")
     rec = None

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.prepare.sources import VIDEO_EXTENSIONS
 from ..data.shards import is_dataset
+from ..train.run_dir import is_checkpoint_dir, is_run_dir
 from . import FVDError
 from .fvd import STATS_FORMAT, STATS_VERSION, EVAL_DECODE, FVDStats, I3DExtractor, Protocol, SideReport, selection_order
 from .i3d import MIN_FRAMES
@@ -65,8 +66,7 @@ def source_kind(path: str | os.PathLike) -> str:
                        "(.npz) or a checkpoint (.safetensors, a checkpoint or run directory)")
     if is_dataset(p):
         return "dataset"
-    if (p / "model.safetensors").is_file() or (p / "checkpoints").is_dir() or (
-            (p / "recipe.toml").is_file() and (p / "stats.jsonl").exists()):
+    if is_checkpoint_dir(p) or is_run_dir(p):
         return "checkpoint"
     return "folder"
 

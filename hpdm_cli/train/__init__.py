@@ -7,6 +7,7 @@
     signals.py      SIGTERM / Ctrl-C: checkpoint at the end of the step, in the loop and its data workers
     optim.py        LAMB, parameter groups, the learning-rate schedule, EMA
     checkpoint.py   checkpoint and weights files: writing, reading, listing, architectures
+    run_dir.py      the names of a run directory's parts; is a folder a run, a checkpoint
     distributed.py  torchrun / DDP set-up and collectives
     stats.py        stats.jsonl, TensorBoard and the progress bar
 """

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 from dataclasses import asdict
@@ -35,8 +34,8 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..config import Recipe
 from ..errors import HPDMError
 from ..io import atomic_write_text, fsync_dir
+from .run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, checkpoint_name
 
-CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 
 
 class CheckpointError(HPDMError, ValueError):
@@ -92,7 +91,7 @@ def first_nonfinite(tensors: dict) -> Optional[str]:
 
 def _nonfinite_part(model: dict, ema: Optional[dict], optimizer_tensors: dict) -> Optional[str]:
     """Which tensor of a checkpoint's parts is not finite ('model.safetensors: blocks.0.w'), or None."""
-    for name, tensors in (("model.safetensors", model), ("ema.safetensors", ema or {}),
+    for name, tensors in ((MODEL, model), (EMA, ema or {}),
                           ("optim.safetensors", optimizer_tensors)):
         bad = first_nonfinite(tensors)
         if bad is not None:
@@ -121,7 +120,7 @@ def unflatten_optimizer(tensors: dict, groups: list) -> dict:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    d = Path(run_dir) / "checkpoints"
+    d = Path(run_dir) / CHECKPOINTS
     if not d.is_dir():
         return []
     found = [p for p in d.iterdir() if p.is_dir() and CKPT_RE.match(p.name)]
@@ -135,8 +134,8 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
     Raises CheckpointError, leaving every existing checkpoint as it was, when a tensor is not finite
     (nothing is written) or when writing fails (disk full, permissions; the partial copy is removed).
     """
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"ckpt-{step:08d}"
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / checkpoint_name(step)
     opt_tensors, groups = flatten_optimizer(optimizer)
     bad = _nonfinite_part(model, ema, opt_tensors)
     if bad is not None:
@@ -153,9 +152,9 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
                               "make the run directory writable and re-run to resume") from e
     try:
         meta = _metadata(recipe, step)
-        _save(model, tmp / "model.safetensors", meta)
+        _save(model, tmp / MODEL, meta)
         if ema is not None:
-            _save(ema, tmp / "ema.safetensors", meta)
+            _save(ema, tmp / EMA, meta)
         opt_tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
         _save(opt_tensors, tmp / "optim.safetensors", {"hpdm_step": str(step)})
         atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups},
@@ -197,10 +196,10 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
         state = json.loads((path / "state.json").read_text())
         groups = state.pop("param_groups")
         step = int(state["step"])
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        with safe_open(str(path / MODEL), framework="pt") as f:
             meta = f.metadata() or {}
-        model = load_file(str(path / "model.safetensors"), device=str(device))
-        ema = load_file(str(path / "ema.safetensors"), device=str(device)) if (path / "ema.safetensors").exists() else None
+        model = load_file(str(path / MODEL), device=str(device))
+        ema = load_file(str(path / EMA), device=str(device)) if (path / EMA).exists() else None
         opt = load_file(str(path / "optim.safetensors"), device="cpu")
     except Exception as e:                                                # OSError, JSON, KeyError, safetensors' own
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e

@@ -63,6 +63,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
+from .run_dir import CHECKPOINTS, RECIPE, STATS, checkpoint_name
 from .stats import StatsWriter
 
 
@@ -160,7 +161,7 @@ def _check_dataset(path: str, what: str, resolution: Sequence[int]) -> None:
 
 def _holds_training(run_dir: Path) -> bool:
     """Whether a run directory holds what a run trained: checkpoints (readable or set aside) or logged steps."""
-    ckpts, stats = run_dir / "checkpoints", run_dir / "stats.jsonl"
+    ckpts, stats = run_dir / CHECKPOINTS, run_dir / STATS
     return (ckpts.is_dir() and any(ckpts.iterdir())) or (stats.is_file() and stats.stat().st_size > 0)
 
 
@@ -171,7 +172,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
         raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
                          "for the run")
     arch = architecture_of(recipe)
-    old = run_dir / "recipe.toml"
+    old = run_dir / RECIPE
     if old.exists():
         try:
             prev = recipe_from_toml(old.read_text(), source=str(old))
@@ -375,13 +376,13 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack
     if _agree(refusal is not None, dist):
         raise refusal or TrainError(f"{run_dir}: rank 0 refused the run directory (see its message)")
     if dist.is_main:
-        dump_recipe(recipe, run_dir / "recipe.toml")
+        dump_recipe(recipe, run_dir / RECIPE)
         atomic_write_text(run_dir / "env.json", json.dumps(_environment(dist), indent=1))
     if dist.distributed:
         found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
         found = int(all_reduce_sum(found).item())
         if not dist.is_main and found:
-            path = run_dir / "checkpoints" / f"ckpt-{found - 1:08d}"
+            path = run_dir / CHECKPOINTS / checkpoint_name(found - 1)
             ck = load_checkpoint(path, "cpu")
             ck["path"] = path
     return ck

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..io import atomic_write_text
+from .run_dir import STATS
 
 
 class StatsWriter:
@@ -24,7 +25,7 @@ class StatsWriter:
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True,
                  resume_step: Optional[int] = None):
         self.enabled = enabled
-        self.path = Path(run_dir) / "stats.jsonl"
+        self.path = Path(run_dir) / STATS
         self._tb = None
         self.note: Optional[str] = None          # why TensorBoard logging is off, when it was asked for
         if enabled and resume_step is not None:
@@ -115,7 +116,7 @@ class StatsWriter:
 
 def read_stats(run_dir: Path) -> list[dict]:
     """All records of run_dir/stats.jsonl (a last line cut short by a crash is ignored)."""
-    p = Path(run_dir) / "stats.jsonl"
+    p = Path(run_dir) / STATS
     if not p.exists():
         return []
     lines = [line for line in p.read_text().splitlines() if line.strip()]

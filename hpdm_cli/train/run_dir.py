@@ -1,0 +1,43 @@
+"""The names of a run directory's parts, and what makes a folder a run or a checkpoint (one place for them).
+
+    RUN_DIR/recipe.toml                       the resolved recipe the run trains (`RECIPE`)
+    RUN_DIR/stats.jsonl                       one JSON object per logged step (`STATS`, hpdm_cli.train.stats)
+    RUN_DIR/checkpoints/ckpt-00001000/        one checkpoint per saved step (`CHECKPOINTS`, `checkpoint_name`)
+        model.safetensors, ema.safetensors    training and EMA weights (`MODEL`, `EMA`), optim.safetensors,
+        state.json                            the rest of the state (the format: hpdm_cli.train.checkpoint)
+
+Nothing heavy is imported here: `hpdm prepare` and `hpdm eval-fvd` ask whether a folder is a run
+before anything else loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["RECIPE", "STATS", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name", "is_run_dir",
+           "is_checkpoint_dir"]
+
+RECIPE = "recipe.toml"
+STATS = "stats.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL = "model.safetensors"
+EMA = "ema.safetensors"
+CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of step `step`'s checkpoint: ckpt-00001000."""
+    return f"ckpt-{int(step):08d}"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder an `hpdm train` run has used: it holds checkpoints/ or the run's recipe.toml."""
+    p = Path(path)
+    return (p / CHECKPOINTS).is_dir() or (p / RECIPE).is_file()
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is one checkpoint's folder (it holds model.safetensors)."""
+    return (Path(path) / MODEL).is_file()
