@@ -43,7 +43,7 @@ def time_loader(ds, batch: int, workers: int, batches: int, warmup: int) -> dict
     """Samples/s of make_loader over `ds` (after `warmup` batches, which include starting the workers)."""
     import torch
 
-    from hpdm_cli.data.shards import make_loader
+    from hpdm_cli.data.loader import make_loader
     loader = make_loader(ds, batch, num_workers=workers, prefetch_factor=4 if workers else None)
     it = iter(loader)
     t0 = time.perf_counter()
@@ -95,7 +95,8 @@ def main() -> None:
     import torch
 
     from hpdm_cli.data.prepare import options_from_recipe, prepare_example
-    from hpdm_cli.data.shards import ClipDataset, VideoDataset
+    from hpdm_cli.data.loader import ClipDataset
+    from hpdm_cli.data.shards import VideoDataset
     from hpdm_cli.recipe import default_recipe_path, load_recipe
     torch.set_num_threads(1)
     recipe = load_recipe(default_recipe_path(args.recipe))

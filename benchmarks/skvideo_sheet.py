@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 
 def real_clips(dataset, frames: int, resolution, per_class: int) -> dict[int, list[np.ndarray]]:
     """Up to `per_class` uint8 clips [T, H, W, 3] per label, drawn as training draws them."""
-    from hpdm_cli.data.shards import ClipDataset
+    from hpdm_cli.data.loader import ClipDataset
     clips = ClipDataset(dataset, frames, resolution=resolution, dtype="uint8", num_samples=64 * per_class)
     out: dict[int, list[np.ndarray]] = {}
     for k in range(len(clips)):

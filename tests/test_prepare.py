@@ -281,7 +281,8 @@ def test_vfr_rotation_audio_and_odd_sizes_are_handled(mixed):
 
 def test_clip_read_back_matches_source(mixed):
     """A clip read back equals the source frames within codec tolerance (same size; and a 2x downscale)."""
-    from hpdm_cli.data.shards import ClipDataset, VideoDataset
+    from hpdm_cli.data.loader import ClipDataset
+    from hpdm_cli.data.shards import VideoDataset
     src, out, _ = mixed
     ds = VideoDataset(out)
     idx = {ds.item(i)["source"]: i for i in range(len(ds))}

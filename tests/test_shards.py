@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpdm_cli.data.shards import ClipDataset, DataError, ShardWriter, VideoDataset, is_dataset, make_loader
+from hpdm_cli.data.loader import ClipDataset, make_loader
+from hpdm_cli.data.shards import DataError, ShardWriter, VideoDataset, is_dataset
 
 NUM_FRAMES = [6, 9, 12, 7, 1, 10, 8, 6, 11, 5]      # video 4 is an image
 LABELS = [0, 1, 2, 0, 1, 2, -1, 0, 1, 2]

@@ -924,7 +924,7 @@ def test_hpdm_train_turns_on_faulthandler_so_a_native_crash_leaves_stacks(capsys
 
 def test_batches_scale_a_datasets_uint8_clips_as_its_float_samples(shapes_data):
     """The loop reads uint8 clips and scales them on the device: exactly the float32 samples x / 127.5 - 1."""
-    from hpdm_cli.data.shards import ClipDataset
+    from hpdm_cli.data.loader import ClipDataset
     from hpdm_cli.train.distributed import DistInfo
     rec = make_recipe(shapes_data)
     videos, _, _ = Batches(rec, DistInfo(), 4, start_batch=0, total_batches=2).next(torch.device("cpu"), 8)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..device import to_device
-from .shards import DataError, epoch_permutation
+from .loader import epoch_permutation
+from .shards import DataError
 from .shapes import SHAPES_CLASSES, render_shapes_video
 
 PREFIX = "synthetic:"

@@ -25,7 +25,7 @@ class Batches:
     """
 
     def __init__(self, recipe: Recipe, dist: DistInfo, micro: int, start_batch: int, total_batches: int):
-        from ..data.shards import ClipDataset, make_loader
+        from ..data.loader import ClipDataset, make_loader
         from ..data.synthetic import SyntheticClips, is_synthetic
         R = recipe.pyramid.resolution
         d = recipe.data

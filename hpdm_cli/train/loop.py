@@ -145,7 +145,8 @@ SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's 
 def _check_dataset(path: str, what: str, resolution: Sequence[int]) -> None:
     """Fail early, in one line, when a dataset of the recipe is missing or of another (height, width) than
     `resolution` (before touching the run directory)."""
-    from ..data.shards import VideoDataset, check_resolution
+    from ..data.loader import check_resolution
+    from ..data.shards import VideoDataset
     from ..data.synthetic import check_synthetic, is_synthetic
     if is_synthetic(path):
         check_synthetic(path)
