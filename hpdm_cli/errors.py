@@ -1,4 +1,4 @@
-"""One base for every user-facing error of hpdm: `HPDMError`.
+"""One base for every user-facing error of hpdm: `HPDMError`; the prefix of a log line that warns: `WARNING`.
 
 An `HPDMError` is a mistake the user can fix (a bad recipe value, a missing dataset, a corrupt
 checkpoint, an unknown device, ...); its message says what is wrong and what to do, first line
@@ -22,4 +22,8 @@ class HPDMError(Exception):
     """A user-facing error: the CLI prints its first line and exits 2."""
 
 
-__all__ = ["HPDMError"]
+# How a line of an engine's log that warns begins: the CLI prints such a line as `hpdm: warning: ...` on stderr
+# (`hpdm_cli.cli.console.log_line`), the others as they are.
+WARNING = "warning: "
+
+__all__ = ["HPDMError", "WARNING"]

@@ -354,13 +354,17 @@ def test_progress_bars_are_on_at_a_terminal_only_in_every_command_that_draws_the
         assert [progress.bars_wanted(p) for p in (None, True, False)] == [tty, True, False]
 
 
-def test_train_prints_its_log_on_stdout_and_its_warnings_on_stderr(capsys):
-    from hpdm_cli.cli.train_cmd import _print_or_warn
-    _print_or_warn("step 10/20 loss 0.5")
-    _print_or_warn("warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable")
+def test_an_engine_log_goes_to_its_console_and_its_warnings_to_stderr(capsys):
+    """`hpdm train` (stdout) and `hpdm eval-fvd` (stderr) print their engine's log lines as they are and the ones
+    that warn as `hpdm: warning: ...` on stderr."""
+    from hpdm_cli.cli.console import err, log_line
+    log_line("step 10/20 loss 0.5")
+    log_line("warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable")
+    log_line("real side: 4 clips [dim]x[/dim]", err)
     got = capsys.readouterr()
     assert got.out == "step 10/20 loss 0.5\n"
-    assert got.err == "hpdm: warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable\n"
+    assert got.err == ("hpdm: warning: skipping runs/x/checkpoints/ckpt-00000010: unreadable\n"
+                       "real side: 4 clips [dim]x[/dim]\n")
 
 
 def test_only_a_dotted_unknown_option_gets_the_recipe_override_hint(capsys, monkeypatch):

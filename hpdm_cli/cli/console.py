@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..device import emulated_bf16_warning, world
 
-__all__ = ["out", "err", "warn", "rank0_warn", "is_main_rank", "warn_emulated_bf16"]
+__all__ = ["out", "err", "warn", "log_line", "rank0_warn", "is_main_rank", "warn_emulated_bf16"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -21,6 +21,15 @@ err = Console(stderr=True, soft_wrap=True)
 def warn(message: str) -> None:
     """`hpdm: warning: MESSAGE` on stderr, as it is (no markup)."""
     err.print(f"hpdm: warning: {message}", highlight=False, markup=False)
+
+
+def log_line(message: str, console: Console = out) -> None:
+    """A line of an engine's log: `warn` when it begins with `hpdm_cli.errors.WARNING`, else on `console`."""
+    from ..errors import WARNING
+    if message.startswith(WARNING):
+        warn(message[len(WARNING):])
+    else:
+        console.print(message, highlight=False, markup=False)
 
 
 def is_main_rank() -> bool:

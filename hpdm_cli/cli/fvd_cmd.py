@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from ..config import EVAL_CPU_BATCH, EvalConfig
-from .console import err, out, warn_emulated_bf16
+from .console import err, log_line, out, warn_emulated_bf16
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
                          OVERLAP_HELP, STEPS_HELP)
@@ -53,7 +53,8 @@ def eval_fvd(
                                                                       "(faster on GPUs, slightly different)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache the real side's statistics."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Statistics cache (default "
-                                                                       "$HPDM_CACHE_DIR or ~/.cache/hpdm/fvd)."),
+                                                                       "$HPDM_CACHE_DIR, else $XDG_CACHE_HOME/hpdm/fvd, "
+                                                                       "else ~/.cache/hpdm/fvd)."),
     save_real: Optional[Path] = typer.Option(None, "--save-real", help="Also write the real statistics (.npz)."),
     save_fake: Optional[Path] = typer.Option(None, "--save-fake", help="Also write the fake statistics (.npz)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Checkpoint --fake: the dataset whose labels / "
@@ -83,7 +84,7 @@ def eval_fvd(
                            stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,
-                           log=lambda m: err.print(m, highlight=False, markup=False))
+                           log=lambda m: log_line(m, err))
     _print_result(res, json_out)
 
 

@@ -9,19 +9,10 @@ from typing import List, Optional
 import typer
 
 from ..recipe import available_recipes
-from .console import out, warn
+from .console import log_line, out
 
 # Recipe overrides are extra positional arguments; an unknown option stays a parse error.
 CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
-
-
-def _print_or_warn(message: str) -> None:
-    """A line of the training log: on stdout, or as `hpdm: warning: ...` on stderr when it warns."""
-    from ..train.loop import WARNING
-    if message.startswith(WARNING):
-        warn(message[len(WARNING):])
-    else:
-        out.print(message, highlight=False)
 
 
 def train(
@@ -41,7 +32,7 @@ def train(
     rec = load_recipe(path, overrides or [])
     rd = run_dir or Path("runs") / path.stem
     live = sys.stdout.isatty() if progress is None else progress
-    summary = run_train(rec, rd, log=_print_or_warn, progress=live)
+    summary = run_train(rec, rd, log=log_line, progress=live)
     if summary.interrupted:
         raise typer.Exit(128 + summary.interrupted)
     if world().rank != 0:

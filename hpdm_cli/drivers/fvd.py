@@ -20,6 +20,7 @@ import torch
 
 from ..config import TILE_BATCH
 from ..data.shards import is_dataset
+from ..errors import WARNING
 from ..device import parse_device, resolve_device
 from ..eval import FVDError
 from ..eval.fvd import (FVDResult, FVDStats, I3DExtractor, Protocol, SideReport, check_compatible, frechet_distance,
@@ -132,7 +133,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
                        f"DATASET (the recipe's data.path {recipe.data.path!r} was not found)")
     if ds is None:
         if log:
-            log(f"warning: no dataset found at data.path {recipe.data.path!r} (give --data DATASET): class "
+            log(WARNING + f"no dataset found at data.path {recipe.data.path!r} (give --data DATASET): class "
                 "labels are drawn uniformly")
         labels = [k % recipe.model.num_classes for k in selection_order([str(i) for i in range(n)], seed)]
         return torch.tensor(labels, dtype=torch.long), "class labels (uniform)", meta
@@ -367,7 +368,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
                                               progress=progress, log=log)
     warnings = _side_warnings(protocol, num, (rep_r, rep_f), (st_r, st_f))
     for msg in warnings if log else ():
-        log(f"warning: {msg}")
+        log(WARNING + msg)
     if save_real is not None:
         st_r.save(save_real)
     if save_fake is not None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.prepare.sources import VIDEO_EXTENSIONS
 from ..data.shards import is_dataset
+from ..errors import WARNING
 from ..train.run_dir import is_checkpoint_dir, is_run_dir
 from . import FVDError
 from .fvd import STATS_FORMAT, STATS_VERSION, EVAL_DECODE, FVDStats, I3DExtractor, Protocol, SideReport, selection_order
@@ -330,7 +331,7 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
                 return st, report
             except FVDError as e:
                 if log:
-                    log(f"warning: ignoring a broken cache file ({e}); recomputing")
+                    log(WARNING + f"ignoring a broken cache file ({e}); recomputing")
     reader = _Reader(kind, path, keys, protocol)
     order = selection_order(keys, protocol.seed)
     stream = _ordered_map(reader, order, workers, window=2 * extractor.batch_size)   # decode ahead of the GPU
@@ -346,7 +347,7 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
         except FVDError as e:                     # the statistics are computed: a cache that cannot be written is
             report.cache = "miss (not written)"   # no reason to throw them away
             if log:
-                log(f"warning: {e}; continuing without caching")
+                log(WARNING + f"{e}; continuing without caching")
     elif not use_cache:
         report.cache = "off"
     return st, report

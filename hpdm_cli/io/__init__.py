@@ -1,4 +1,5 @@
-"""Input/output helpers: crash-safe (atomic) file writing; video encoding lives in `hpdm_cli.io.video`.
+"""Input/output helpers: crash-safe (atomic) file writing here; video encoding and decoding (`video`), directory
+locks (`lock`) and PNG contact sheets (`contact_sheet`) in the submodules.
 
 Every file hpdm writes goes through `atomic_open` / `atomic_write_bytes`: the content is
 written to a temporary name in the destination's directory, flushed, fsynced and then

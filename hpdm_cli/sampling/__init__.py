@@ -1,4 +1,5 @@
-"""Inference: tilings of the pyramid levels (tiles), the EDM sampler (edm_sampler), hierarchical sampling (hierarchical)."""
+"""Inference: the EDM sampler (edm_sampler) and hierarchical sampling (hierarchical), tile by tile; the tilings
+themselves are `hpdm_cli.pyramid.tiles` (re-exported here)."""
 
 from .edm_sampler import churn_gamma, edm_sample, edm_sigmas, network_evaluations
 from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, check_guide, level_guidance, level_steps,

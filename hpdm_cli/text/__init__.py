@@ -1,4 +1,5 @@
-"""Text conditioning for hpdm: prompt encoders (MiniLM default, local T5) and a caption-embedding cache.
+"""Text conditioning for hpdm: prompt encoders (MiniLM default, local T5) and a caption-embedding cache; MiniLM
+run in plain torch (`bert`); stored embedding tables for encoder-free training and sampling (`tables`).
 
 Importing this package is cheap: transformers and the model packages load only
 when an encoder is constructed.

@@ -49,6 +49,7 @@ from ..config import CUDA_GRAPH_MODES, Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
 from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
+from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_text
@@ -138,7 +139,6 @@ def _environment(dist: DistInfo) -> dict:
             "host": platform.node(), "argv": sys.argv}
 
 
-WARNING = "warning: "   # how a logged line that warns begins (`hpdm train` prints those on stderr)
 SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
 
 
