@@ -9,7 +9,7 @@ import typer
 
 from .console import out as console
 from .console import warn_emulated_bf16
-from .sample_cmd import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
+from .help_texts import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
                          GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, STEPS_HELP)
 
 

@@ -14,7 +14,7 @@ import typer
 from ..config import EVAL_CPU_BATCH, EvalConfig
 from .console import err, log_line, out, warn_emulated_bf16
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
-from .sample_cmd import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
+from .help_texts import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
                          OVERLAP_HELP, STEPS_HELP)
 
 

@@ -14,7 +14,7 @@ from ..config import TILE_BATCH
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
-from .sample_cmd import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
+from .help_texts import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
                          GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, STEPS_HELP)
 
 
