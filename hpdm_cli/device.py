@@ -12,6 +12,7 @@
 * `constant(values, device, dtype)`: a small constant tensor made once per device and reused (a
   `torch.tensor(..., device="cuda")` per training step is a copy that waits for the GPU).
 * `emulated_bf16_warning(spec)`: the warning for bf16 asked of a CPU that has no bf16 instructions.
+* `available_cpus()`: the CPU cores this process may use (its affinity), what worker pools default to.
 
 A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
 with one line that names the option (`--device` or `train.device`) and what to use instead.
@@ -47,6 +48,14 @@ class World(NamedTuple):
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a batch job's allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                  # not on Linux
+        return os.cpu_count() or 1
 
 
 def world() -> World:

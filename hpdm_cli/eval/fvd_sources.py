@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.prepare.sources import VIDEO_EXTENSIONS
 from ..data.shards import is_dataset
+from ..device import available_cpus
 from ..errors import WARNING
 from ..train.run_dir import is_checkpoint_dir, is_run_dir
 from . import FVDError
@@ -293,7 +294,7 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
         return st, report
     if extractor is None:
         raise FVDError(f"{str(path)!r} needs the I3D detector")
-    workers = min(8, os.cpu_count() or 1) if workers is None else check_workers(workers)
+    workers = min(8, available_cpus()) if workers is None else check_workers(workers)
     if kind == "checkpoint":
         if role != "fake":
             raise FVDError(f"--{role} {str(path)!r} is a checkpoint: only --fake can be generated; give real "

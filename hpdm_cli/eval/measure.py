@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 
+from ..device import available_cpus
 from .faithfulness import ClipReading, read_clip
 from .seams import seam_ratio, seam_steps
 from .texture import stripe_fit, stripe_stats
@@ -45,14 +46,6 @@ class ClipMeasures:
 def measure_clip(clip: np.ndarray, tile: Sequence[int]) -> tuple[ClipReading, float, dict]:
     """One uint8 clip [T, H, W, 3]: (reading, stripe fit, seam steps at tiles `tile` (t, h, w) pixels)."""
     return read_clip(clip), stripe_fit(clip), seam_steps(clip, tile)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity, e.g. a batch job's allocation, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                  # not on Linux
-        return os.cpu_count() or 1
 
 
 def measure_clips(clips: Sequence[np.ndarray], tile: Sequence[int], workers: int | None = None) -> ClipMeasures:

@@ -93,8 +93,9 @@ class PrepareOptions:
         return self
 
     def resolved_workers(self) -> int:
-        """Worker processes to use (None -> one per CPU core)."""
-        return int(self.workers) if self.workers is not None else max(1, os.cpu_count() or 1)
+        """Worker processes to use (None -> one per CPU core this process may use)."""
+        from hpdm_cli.device import available_cpus  # noqa: PLC0415
+        return int(self.workers) if self.workers is not None else available_cpus()
 
 
 def options_from_recipe(recipe, **overrides) -> PrepareOptions:
