@@ -27,7 +27,7 @@ from hpdm_cli.diffusion.edm import edm_loss  # noqa: E402
 from hpdm_cli.pyramid import extract_patches, sample_nested_offsets  # noqa: E402
 from hpdm_cli.recipe import load_recipe  # noqa: E402
 from hpdm_cli.train.init_from import init_from_checkpoint  # noqa: E402
-from hpdm_cli.train.loop import build_model  # noqa: E402
+from hpdm_cli.train.step import build_model  # noqa: E402
 
 
 def level_losses(recipe, start: str, videos: torch.Tensor, repeats: int, fresh_tables: bool) -> list[float]:

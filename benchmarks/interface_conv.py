@@ -31,7 +31,7 @@ from hpdm_cli.model.layers import GridConv  # noqa: E402
 from hpdm_cli.pyramid import sample_nested_offsets  # noqa: E402
 from hpdm_cli.recipe import default_recipe_path, load_recipe  # noqa: E402
 from hpdm_cli.sampling import HierarchicalSampler  # noqa: E402
-from hpdm_cli.train.loop import build_model, forward_backward, set_precision  # noqa: E402
+from hpdm_cli.train.step import build_model, forward_backward, set_precision  # noqa: E402
 
 METHODS = ("conv3d", "shifts")
 

@@ -28,7 +28,7 @@ from hpdm_cli.device import resolve_device  # noqa: E402
 from hpdm_cli.drivers.bench import peak_flops  # noqa: E402
 from hpdm_cli.recipe import default_recipe_path, load_recipe  # noqa: E402
 from hpdm_cli.sampling import HierarchicalSampler, network_evaluations  # noqa: E402
-from hpdm_cli.train.loop import build_model, set_precision  # noqa: E402
+from hpdm_cli.train.step import build_model, set_precision  # noqa: E402
 
 
 def counted_flops(sampler: HierarchicalSampler, batch: int, cond, steps: list[int]) -> int:

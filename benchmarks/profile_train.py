@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 from hpdm_cli.diffusion.edm import draw_noise
 from hpdm_cli.pyramid import sample_nested_offsets
 from hpdm_cli.recipe import default_recipe_path, load_recipe
-from hpdm_cli.train.loop import build_model, forward_backward, set_precision
+from hpdm_cli.train.step import build_model, forward_backward, set_precision
 from hpdm_cli.train.optim import Lamb, param_groups
 
 

@@ -16,7 +16,7 @@ from hpdm_cli.train.checkpoint import (CheckpointError, architecture_of, flatten
                                        list_checkpoints, load_checkpoint, read_weights_file, save_checkpoint,
                                        unflatten_optimizer)
 from hpdm_cli.train.optim import EMA, Lamb, param_groups
-from hpdm_cli.train.loop import build_model
+from hpdm_cli.train.step import build_model
 
 from conftest import tiny_recipe
 

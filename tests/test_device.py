@@ -106,7 +106,7 @@ def test_bench_warns_before_timing_bf16_on_a_cpu_that_emulates_it(gpus, monkeypa
     """`hpdm bench --sampling` times bf16 by default: on such a CPU it says so (and how to avoid it) once the options
     are checked and before any timing; fp32, or a CPU with bf16 instructions, gets no warning."""
     import hpdm_cli.drivers.bench as bench
-    import hpdm_cli.train.loop as loop
+    import hpdm_cli.train.step as step
     from hpdm_cli.config import ConfigError
 
     class Timing(Exception):
@@ -115,7 +115,7 @@ def test_bench_warns_before_timing_bf16_on_a_cpu_that_emulates_it(gpus, monkeypa
     def stop(*a, **k):
         raise Timing
     gpus(0)
-    monkeypatch.setattr(loop, "set_precision", stop)            # the sampling bench's first step after its checks
+    monkeypatch.setattr(step, "set_precision", stop)            # the sampling bench's first step after its checks
     monkeypatch.setattr(bench, "_time_training", stop)
     heard = []
     for caps in ({}, {"avx512_bf16": True}):

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from hpdm_cli.diffusion.edm import NoiseDraw, draw_noise
 from hpdm_cli.pyramid import sample_nested_offsets
 from hpdm_cli.recipe import default_recipe_path, load_recipe
-from hpdm_cli.train.loop import unused_parameters, build_model, forward_backward
+from hpdm_cli.train.loop import unused_parameters
+from hpdm_cli.train.step import build_model, forward_backward
 
 WORLD = 2
 

@@ -387,7 +387,7 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     from hpdm_cli.data.shapes import write_shapes_dataset
     from hpdm_cli.recipe import load_recipe
     from hpdm_cli.train.checkpoint import save_checkpoint
-    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.step import build_model
     from hpdm_cli.train.optim import EMA
     data = write_shapes_dataset(tmp_path / "data", num_videos=3, frames=12, height=32, width=32, fps=8.0)
     rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.toml",

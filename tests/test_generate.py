@@ -25,7 +25,7 @@ from hpdm_cli.drivers.upscale import blend_windows, crossfade_weights, fit_geome
 from hpdm_cli.io.video import read_video, write_video
 from hpdm_cli.recipe import load_recipe
 from hpdm_cli.train.checkpoint import save_checkpoint
-from hpdm_cli.train.loop import build_model
+from hpdm_cli.train.step import build_model
 from hpdm_cli.train.optim import EMA
 from conftest import run_cli as cli, tiny_toml
 
@@ -651,7 +651,7 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
 def test_context_gib_replaces_the_recipe_budget_for_this_sampler_only():
     from hpdm_cli.drivers.generation import make_sampler
     from hpdm_cli.recipe import default_recipe_path, load_recipe
-    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.step import build_model
     recipe = load_recipe(default_recipe_path("tiny"))
     net = build_model(recipe)
     assert make_sampler(net, recipe, device="cpu", context_gib=0.5).sample_cfg.context_cache_gib == 0.5
@@ -746,7 +746,7 @@ def test_upper_case_video_suffix_is_writable(tmp_path):
 def run_with_relative_data(tmp_path):
     from hpdm_cli.data.shapes import write_shapes_dataset
     from hpdm_cli.train.checkpoint import save_checkpoint
-    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.step import build_model
     from hpdm_cli.train.optim import EMA
     write_shapes_dataset(tmp_path / "data", num_videos=2, frames=8, height=32, width=32, fps=8.0)
     rec = tiny_toml("data.path=data")                                   # relative: found from the run's parent

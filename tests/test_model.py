@@ -347,7 +347,7 @@ def test_dropped_text_is_the_learned_null_sequence(adaptive):
 def _step(net, recipe, opt, ema, seed):
     """One training step on a fixed synthetic batch (the loop's forward_backward, LAMB, EMA)."""
     from hpdm_cli.diffusion.edm import draw_noise
-    from hpdm_cli.train.loop import forward_backward
+    from hpdm_cli.train.step import forward_backward
     g = torch.Generator().manual_seed(seed)
     p, m = recipe.pyramid, recipe.model
     videos = torch.rand(2, m.channels, *p.resolution, generator=g) * 2 - 1

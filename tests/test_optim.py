@@ -491,7 +491,7 @@ def test_lamb_and_ema_cuda_match_cpu():
 def test_ema_state_dict_loads_strictly_into_a_model_with_non_persistent_buffers():
     """EMA keeps exactly the model's state_dict keys (non-persistent buffers are not saved)."""
     from hpdm_cli.recipe import load_recipe
-    from hpdm_cli.train.loop import build_model
+    from hpdm_cli.train.step import build_model
     net = build_model(load_recipe("recipes/tiny.toml"))
     assert any(True for _ in net.buffers())
     ema = EMA(net, 10.0)

@@ -465,7 +465,7 @@ def test_train_compile_takes_a_flag_or_a_torch_compile_mode(monkeypatch):
     """train.compile: false keeps the module, true compiles it, a mode name is passed on to torch.compile."""
     import torch
 
-    from hpdm_cli.train.loop import compile_model
+    from hpdm_cli.train.step import compile_model
     calls = []
     monkeypatch.setattr(torch, "compile", lambda m, **k: calls.append(k) or ("compiled", m))
     net = torch.nn.Linear(2, 2)

@@ -20,11 +20,12 @@ import torch
 
 from hpdm_cli.io.lock import lock_holder
 from hpdm_cli.recipe import default_recipe_path, load_recipe
-from hpdm_cli.train import loop
+from hpdm_cli.train import loop, step
 from hpdm_cli.train.batches import Batches
 from hpdm_cli.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from hpdm_cli.train.init_from import grown_levels, init_from_checkpoint
-from hpdm_cli.train.loop import TrainError, build_model, train
+from hpdm_cli.train.loop import TrainError, train
+from hpdm_cli.train.step import build_model
 from hpdm_cli.train.optim import lr_at
 from hpdm_cli.train.signals import StopFlag
 from hpdm_cli.train.stats import read_stats
@@ -386,7 +387,7 @@ def test_non_finite_step_is_skipped_counted_and_logged(where, shapes_data, tmp_p
     rec = make_recipe(shapes_data, steps=4, ckpt_every=1, keep_last=10)
     n = {"calls": 0}
     if where == "loss":
-        real = loop.edm_loss
+        real = step.edm_loss
 
         def poisoned(*a, **kw):
             out = real(*a, **kw)
@@ -394,7 +395,7 @@ def test_non_finite_step_is_skipped_counted_and_logged(where, shapes_data, tmp_p
             if n["calls"] == 2:
                 out.loss = out.loss * float("nan")
             return out
-        monkeypatch.setattr(loop, "edm_loss", poisoned)
+        monkeypatch.setattr(step, "edm_loss", poisoned)
     else:
         real = loop.forward_backward
 
@@ -447,7 +448,7 @@ def test_non_finite_steps_between_sync_points_are_skipped_and_reported_together(
                                                                                 monkeypatch):
     rec = make_recipe(shapes_data, f"train.optimizer={json.dumps(optimizer)}", log_every=3, ckpt_every=3,
                       keep_last=10)
-    real, n = loop.edm_loss, {"calls": 0}
+    real, n = step.edm_loss, {"calls": 0}
 
     def poisoned(*a, **kw):
         out = real(*a, **kw)
@@ -455,7 +456,7 @@ def test_non_finite_steps_between_sync_points_are_skipped_and_reported_together(
         if n["calls"] in (2, 3):                                          # steps 1 and 2
             out.loss = out.loss * float("nan")
         return out
-    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    monkeypatch.setattr(step, "edm_loss", poisoned)
     msgs = []
     s = train(rec, tmp_path, log=quiet(msgs))
     assert (s.step, s.skipped) == (6, 2)
@@ -826,7 +827,7 @@ def test_weights_that_turn_non_finite_are_never_saved(shapes_data, tmp_path, mon
 
 def _poison_steps(monkeypatch, bad) -> None:
     """Make the loss of the steps for which bad(step) holds (1-based) NaN."""
-    real, n = loop.edm_loss, {"calls": 0}
+    real, n = step.edm_loss, {"calls": 0}
 
     def poisoned(*a, **kw):
         out = real(*a, **kw)
@@ -834,7 +835,7 @@ def _poison_steps(monkeypatch, bad) -> None:
         if bad(n["calls"]):
             out.loss = out.loss * float("nan")
         return out
-    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    monkeypatch.setattr(step, "edm_loss", poisoned)
 
 
 def test_a_run_of_non_finite_steps_stops_with_an_error(shapes_data, tmp_path, monkeypatch):
@@ -955,7 +956,7 @@ def test_synthetic_batches_resume_at_their_data_position():
 
 def test_skipped_steps_are_counted_across_a_resume(shapes_data, tmp_path, monkeypatch):
     rec = make_recipe(shapes_data, steps=4, ckpt_every=1, keep_last=10)
-    real, calls = loop.edm_loss, [0]
+    real, calls = step.edm_loss, [0]
 
     def poisoned(*a, **kw):
         out = real(*a, **kw)
@@ -963,9 +964,9 @@ def test_skipped_steps_are_counted_across_a_resume(shapes_data, tmp_path, monkey
         if calls[0] == 2:
             out.loss = out.loss * float("nan")
         return out
-    monkeypatch.setattr(loop, "edm_loss", poisoned)
+    monkeypatch.setattr(step, "edm_loss", poisoned)
     assert train(rec, tmp_path, log=quiet(), stop_after=2).skipped == 1
-    monkeypatch.setattr(loop, "edm_loss", real)
+    monkeypatch.setattr(step, "edm_loss", real)
     s = train(rec, tmp_path, log=quiet())
     assert (s.step, s.skipped) == (4, 1)
 

@@ -243,7 +243,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     device is synchronised only at the two ends of the window, so the host's launch time of a step
     overlaps the previous step's kernels instead of being counted as idle device time.
     """
-    from ..train.loop import build_model, compile_model, forward_backward, set_precision
+    from ..train.step import build_model, compile_model, forward_backward, set_precision
     from ..train.optim import clip_gradients, make_ema, make_optimizer, param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
@@ -336,7 +336,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[s
     """
     from ..device import resolve_device
     from ..sampling.hierarchical import HierarchicalSampler, level_steps
-    from ..train.loop import build_model, set_precision
+    from ..train.step import build_model, set_precision
     _check_sampling(recipe, batch, min(tile_batches, default=0), precision, overlaps, steps)   # the smallest decides
     L = recipe.pyramid.num_levels
     device = resolve_device(recipe.train.device, 0, option="train.device")

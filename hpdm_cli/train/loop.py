@@ -45,16 +45,16 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import CUDA_GRAPH_MODES, Recipe
+from ..config import Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
-from ..diffusion.edm import NoiseDraw, draw_noise, edm_loss
+from ..diffusion.edm import draw_noise
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_text
 from ..io.lock import hold_lock
-from ..pyramid import extract_patches, sample_nested_offsets
+from ..pyramid import sample_nested_offsets
 from . import TrainError
 from .checkpoint import (CheckpointError, architecture_differences, architecture_of, latest_checkpoint,
                          list_checkpoints, load_checkpoint, recipe_in_metadata, save_checkpoint)
@@ -66,6 +66,7 @@ from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_g
 from .signals import StopFlag
 from .run_dir import CHECKPOINTS, RECIPE, STATS, checkpoint_name
 from .stats import StatsWriter
+from .step import build_model, compile_model, forward_backward, set_precision, step_generator
 
 
 @dataclass
@@ -81,49 +82,6 @@ class TrainSummary:
     last_loss: float = float("nan")
     checkpoint: Optional[Path] = None
     messages: list = field(default_factory=list)
-
-
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The generator of all random choices of (seed, rank, step): reproducible across resumes.
-
-    Always a CPU generator: the offsets, sigmas and dropout it draws are moved to the device, so
-    they are the same on any device; the noise follows train.noise_on (`draw_noise`).
-    """
-    g = torch.Generator(device="cpu")
-    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2 ** 63 - 1))
-    return g
-
-
-def set_precision(precision: str) -> None:
-    """fp32: exact float32 matmuls; tf32 and bf16: TF32 tensor cores for float32 matmuls."""
-    tf32 = precision in ("tf32", "bf16")
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-
-
-def autocast_for(precision: str, device: torch.device):
-    """The autocast context of a training forward pass."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def build_model(recipe: Recipe) -> HPDMNet:
-    """The network of a recipe (random initialisation seeded by train.seed)."""
-    torch.manual_seed(recipe.train.seed)
-    return HPDMNet(recipe.pyramid, recipe.model)
-
-
-def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
-                     draw: NoiseDraw, loss_scale: float, precision: str):
-    """Extract the patch hierarchy, compute the EDM loss and backpropagate `loss * loss_scale`."""
-    if videos.is_cuda and recipe.train.compile in CUDA_GRAPH_MODES:
-        torch.compiler.cudagraph_mark_step_begin()          # a new step: earlier graph outputs may be overwritten
-    patches = extract_patches(videos, recipe.pyramid, offsets)
-    with autocast_for(precision, videos.device):
-        out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
-    (out.loss * loss_scale).backward()
-    return out
 
 
 def _environment(dist: DistInfo) -> dict:
@@ -462,13 +420,6 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=recipe.model.self_condition or bool(unused))
     return compile_model(model, recipe.train.compile)
-
-
-def compile_model(model, setting):
-    """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode."""
-    if setting is False:
-        return model
-    return torch.compile(model) if setting is True else torch.compile(model, mode=setting)
 
 
 def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: DistInfo,

@@ -1,0 +1,69 @@
+"""One training step's parts, shared by the loop and `hpdm bench`: the network of a recipe, its arithmetic
+(TF32, bf16 autocast, torch.compile), the step's random generator, and the forward and backward pass.
+
+`hpdm_cli.train.loop` runs them as a training run; `hpdm_cli.drivers.bench` times them (with the
+recipe's optimiser, clipping and EMA of `hpdm_cli.train.optim`) as the same step.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..config import CUDA_GRAPH_MODES, Recipe
+from ..diffusion.edm import NoiseDraw, edm_loss
+from ..model.network import HPDMNet
+from ..pyramid import extract_patches
+
+__all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model"]
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of all random choices of (seed, rank, step): reproducible across resumes.
+
+    Always a CPU generator: the offsets, sigmas and dropout it draws are moved to the device, so
+    they are the same on any device; the noise follows train.noise_on (`draw_noise`).
+    """
+    g = torch.Generator(device="cpu")
+    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2 ** 63 - 1))
+    return g
+
+
+def set_precision(precision: str) -> None:
+    """fp32: exact float32 matmuls; tf32 and bf16: TF32 tensor cores for float32 matmuls."""
+    tf32 = precision in ("tf32", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of a training forward pass."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def build_model(recipe: Recipe) -> HPDMNet:
+    """The network of a recipe (random initialisation seeded by train.seed)."""
+    torch.manual_seed(recipe.train.seed)
+    return HPDMNet(recipe.pyramid, recipe.model)
+
+
+def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
+                     draw: NoiseDraw, loss_scale: float, precision: str):
+    """Extract the patch hierarchy, compute the EDM loss and backpropagate `loss * loss_scale`."""
+    if videos.is_cuda and recipe.train.compile in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()          # a new step: earlier graph outputs may be overwritten
+    patches = extract_patches(videos, recipe.pyramid, offsets)
+    with autocast_for(precision, videos.device):
+        out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
+    (out.loss * loss_scale).backward()
+    return out
+
+
+def compile_model(model, setting):
+    """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode."""
+    if setting is False:
+        return model
+    return torch.compile(model) if setting is True else torch.compile(model, mode=setting)
