@@ -37,8 +37,12 @@ PACKAGED = "packaged"   # the name that stands for the packaged shapes model whe
 
 
 def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
-    """A run directory (latest EMA), a checkpoint directory, a .safetensors file, or "packaged" (the packaged model,
-    unless a file or folder of that name exists here) -> the weights file."""
+    """The weights file a checkpoint argument means.
+
+    A run directory gives its latest checkpoint's EMA weights, a checkpoint directory its EMA
+    weights, a .safetensors file itself, and "packaged" the packaged model (unless a file or
+    folder of that name exists here).
+    """
     p = Path(ckpt)
     if str(ckpt) == PACKAGED and not p.exists():
         from .assets import DEFAULT_MODEL

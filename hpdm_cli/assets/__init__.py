@@ -24,6 +24,8 @@ def resolve_guide(value: str) -> Path:
 
 
 def default_overlap(device_type: str):
-    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given: None
-    (the stored recipe's) except on a CPU."""
+    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given.
+
+    None (the stored recipe's) except on a CPU.
+    """
     return CPU_OVERLAP if device_type == "cpu" else None

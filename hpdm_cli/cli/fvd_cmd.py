@@ -52,9 +52,9 @@ def eval_fvd(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (reference, default) or tf32 "
                                                                       "(faster on GPUs, slightly different)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache the real side's statistics."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Statistics cache (default "
-                                                                       "$HPDM_CACHE_DIR, else $XDG_CACHE_HOME/hpdm/fvd, "
-                                                                       "else ~/.cache/hpdm/fvd)."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir",
+        help="Statistics cache (default $HPDM_CACHE_DIR, else $XDG_CACHE_HOME/hpdm/fvd, else ~/.cache/hpdm/fvd)."),
     save_real: Optional[Path] = typer.Option(None, "--save-real", help="Also write the real statistics (.npz)."),
     save_fake: Optional[Path] = typer.Option(None, "--save-fake", help="Also write the fake statistics (.npz)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Checkpoint --fake: the dataset whose labels / "

@@ -108,8 +108,10 @@ def parse_guidance(text, num_levels: Optional[int] = None):
 
 
 def parse_guidance_interval(text) -> Optional[list]:
-    """`--guidance-interval LO,HI`: guide only at LO < sigma <= HI, as [lo, hi]; "none" = [] (every sigma);
-    None = the recipe's."""
+    """`--guidance-interval LO,HI` (guide only at LO < sigma <= HI) as [lo, hi].
+
+    "none" gives [] (guide at every sigma); None stays None (the recipe's).
+    """
     if text is None:
         return None
     if isinstance(text, str) and text.strip().lower() == "none":
@@ -125,8 +127,10 @@ def parse_guidance_interval(text) -> Optional[list]:
 
 
 def parse_guide_model(text) -> Optional[str]:
-    """`--guide-model`: a base-level model for autoguidance of level 0 ("packaged": the packaged model's guide;
-    "none": classifier-free guidance), as sample.guide_model; None = the recipe's."""
+    """`--guide-model` checked and returned as sample.guide_model: the base-level model that autoguides level 0.
+
+    "packaged" is the packaged model's guide, "none" classifier-free guidance; None stays None (the recipe's).
+    """
     if text is None:
         return None
     text = str(text)

@@ -29,8 +29,11 @@ Log = Callable[[str], None]
 
 
 class TextPlan(NamedTuple):
-    """How the dataset's caption embeddings are stored: the encoder (None: not at all), whether it was chosen
-    explicitly (then it must work), and the tokens per caption (T5 recipes)."""
+    """How the dataset's caption embeddings are stored.
+
+    The encoder (None: not at all), whether it was chosen explicitly (then it must work), and the
+    tokens per caption (T5 recipes).
+    """
 
     spec: Optional[str]
     explicit: bool
@@ -60,8 +63,9 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
 
     `options` are PrepareOptions fields (None = the recipe's or PrepareOptions' default; `split`
     names the shapes split with --synthetic). `bar(label)` draws progress; `log` gets the
-    lines to show, `warn` the warnings of --synthetic (a folder's are in its result); `on_result(result)` is called once the dataset is built, before its caption
-    embeddings are stored. Raises `Terminated` on SIGTERM (the finished shards are kept).
+    lines to show, `warn` the warnings of --synthetic (a folder's are in its result);
+    `on_result(result)` is called once the dataset is built, before its caption embeddings are
+    stored. Raises `Terminated` on SIGTERM (the finished shards are kept).
     """
     modes = [m for m in (synthetic and "--synthetic", example and "--example") if m]
     if len(modes) > 1:

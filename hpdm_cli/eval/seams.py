@@ -32,8 +32,11 @@ def _steps(x: np.ndarray, axis: int, tile: int) -> tuple[float, float]:
 
 
 def seam_steps(clip: np.ndarray, tile: Sequence[int]) -> dict:
-    """One uint8 clip [T, H, W, 3] and tiles (t, h, w) pixels: {axis: (border step, other step)} for "t"
-    (frames) and "hw" (rows and columns together), grey levels 0-255."""
+    """The mean grey step across tile borders and elsewhere of one uint8 clip [T, H, W, 3] tiled (t, h, w) pixels.
+
+    Returns {axis: (border step, other step)} for "t" (frames) and "hw" (rows and columns
+    together), in grey levels 0-255.
+    """
     x = np.asarray(clip, np.float32).mean(-1)                   # [T, H, W] grey
     t, h, w = (int(v) for v in tile)
     rows, cols = _steps(x, 1, h), _steps(x, 2, w)

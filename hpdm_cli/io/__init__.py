@@ -118,8 +118,11 @@ def _finite(value: Any) -> Any:
 
 
 def json_text(value: Any, indent: int | None = 1) -> str:
-    """`value` as strict JSON text ending in a newline: NaN and infinities (a CPU's unknown peak memory or
-    MFU, a score of no clips) become null, which every JSON reader accepts, where Python's bare NaN is not JSON."""
+    """`value` as strict JSON text ending in a newline, NaN and infinities as null.
+
+    A CPU's unknown peak memory or MFU, or a score of no clips, is NaN in Python; as null every
+    JSON reader accepts it, where Python's bare NaN is not JSON.
+    """
     return json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n"
 
 

@@ -92,8 +92,10 @@ def seed_generator(seed: int, level: int, stream: int) -> torch.Generator:
 
 
 def halved_steps(steps: int, levels: int) -> list[int]:
-    """One step count for the whole pyramid spread over its levels: `steps` at level 0, halved at each level above
-    (at least 1): the default of `sample.steps` and of a single `--steps` value (docs/method.md, section 9)."""
+    """Per-level steps from one count: `steps` at level 0, halved at each level above (at least 1).
+
+    The default of `sample.steps` and of a single `--steps` value (docs/method.md, section 9).
+    """
     return [max(1, steps >> l) for l in range(levels)]
 
 

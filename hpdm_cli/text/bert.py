@@ -80,8 +80,11 @@ def bert_tokenizer(model_dir: str | Path):
 
 
 def tokenize(tok, texts: list[str], *, max_length: int, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids and attention mask [B, S]: truncated to `max_length` tokens ([CLS] and [SEP] included), padded to
-    `pad_to` (None: the batch's longest), as transformers' tokenizer call with truncation=True does."""
+    """Token ids and attention mask [B, S] of `texts`, as transformers' tokenizer call with truncation=True.
+
+    Truncated to `max_length` tokens ([CLS] and [SEP] included), padded to `pad_to` (None: the
+    batch's longest).
+    """
     tok.enable_truncation(max_length=max_length)
     pad_id = tok.token_to_id("[PAD]")
     tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]", length=pad_to)

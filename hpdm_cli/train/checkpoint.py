@@ -71,8 +71,10 @@ def _save(tensors: dict, path: Path, metadata: dict) -> None:
 
 
 def write_weights_file(tensors: dict, path: Path, recipe: Recipe, step: int) -> Path:
-    """One safetensors file of `tensors` with the recipe and step in its metadata (as every checkpoint file),
-    written under a temporary name and renamed into place."""
+    """Write one safetensors file of `tensors` with the recipe and step in its metadata, as every checkpoint file.
+
+    Written under a temporary name and renamed into place.
+    """
     from ..io import atomic_path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -318,8 +318,10 @@ def _label_by_file(sources: list[Source], present: list[Source], path: str, clas
 
 
 def attach_captions(sources: list[Source], captions: str | None, strict: bool, info: dict) -> None:
-    """Captions from a captions file (the last row of a source wins; a warning, or an error with `strict`),
-    else from sidecar NAME.txt files."""
+    """Attach each source's caption: from a captions file, else from a sidecar NAME.txt file.
+
+    In a captions file the last row of a source wins (a warning, or an error with `strict`).
+    """
     present = [s for s in sources if s.path]
     if not (captions and os.path.isfile(captions)):
         for s in present:
