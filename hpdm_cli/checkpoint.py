@@ -22,18 +22,18 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .assets import DEFAULT_MODEL, names_packaged
 from .config import Recipe
 from .device import resolve_device
 from .train.checkpoint import (CheckpointError, architecture_of, first_nonfinite, list_checkpoints, read_weights_file,
                                write_weights_file)
 from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, is_checkpoint_dir
 
-__all__ = ["PACKAGED", "GeneratorInfo", "find_class_names", "load_generator", "resolve_sampling_weights",
+__all__ = ["GeneratorInfo", "find_class_names", "load_generator", "resolve_sampling_weights",
            "load_sampling_weights", "export_weights"]
 
 Log = Callable[[str], None]
 
-PACKAGED = "packaged"   # the name that stands for the packaged shapes model wherever a checkpoint is asked for
 
 
 def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
@@ -44,8 +44,7 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
     folder of that name exists here).
     """
     p = Path(ckpt)
-    if str(ckpt) == PACKAGED and not p.exists():
-        from .assets import DEFAULT_MODEL
+    if names_packaged(ckpt):
         return DEFAULT_MODEL
     if p.is_file():
         return p

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -350,9 +351,12 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     from hpdm_cli.train.init_from import init_from_checkpoint
     r = init_from_checkpoint(HPDMNet(recipe.pyramid, recipe.model), "packaged")
     assert not r.new and not r.unused and len(r.loaded) == len(weights)
+    from hpdm_cli.assets import GUIDE_MODEL, resolve_guide
+    assert resolve_guide("packaged") == GUIDE_MODEL                    # sample.guide_model: the same word, one rule
     (tmp_path / "packaged").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
         use.resolve_sampling_weights("packaged")
+    assert resolve_guide("packaged") == Path("packaged")
 
 
 def test_what_makes_a_folder_a_run_or_a_checkpoint_is_one_rule(tmp_path):

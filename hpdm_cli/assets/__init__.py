@@ -16,11 +16,17 @@ CPU_OVERLAP = "none"             # its tiling on a CPU unless --overlap is given
 
 
 GUIDE_MODEL = Path(__file__).resolve().parent / "shapes-t2v-guide.safetensors"   # its autoguidance model
+PACKAGED = "packaged"            # the word that names the packaged model (or its guide) wherever a model is asked for
+
+
+def names_packaged(value) -> bool:
+    """Whether a model argument names the packaged one: the word "packaged", unless a path of that name exists."""
+    return str(value) == PACKAGED and not Path(value).exists()
 
 
 def resolve_guide(value: str) -> Path:
     """The file a `sample.guide_model` names: "packaged" is the packaged model's guide, anything else a path."""
-    return GUIDE_MODEL if value == "packaged" else Path(value)
+    return GUIDE_MODEL if names_packaged(value) else Path(value)
 
 
 def default_overlap(device_type: str):

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ..assets import names_packaged
 from ..conditioning import GenerateError
 from ..config import TILE_BATCH
 from ..io import unwritable
@@ -136,7 +137,7 @@ def parse_guide_model(text) -> Optional[str]:
     text = str(text)
     if text == "none":
         return ""
-    if text != "packaged" and not Path(text).exists():
+    if not names_packaged(text) and not Path(text).exists():
         raise GenerateError(f"--guide-model {text}: no such file or directory; give a model of level 0 alone (a "
                             "run directory, checkpoint or .safetensors file), packaged, or none (no autoguidance)")
     return text

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from ..checkpoint import PACKAGED, load_generator
+from ..assets import DEFAULT_MODEL, default_overlap, names_packaged, resolve_guide
+from ..checkpoint import load_generator
 from ..config import TILE_BATCH
 from ..conditioning import request_condition
 from ..device import world
@@ -99,9 +100,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
     unusable checkpoints skipped in a run directory, and about prompts the packaged model cannot draw.
     """
-    packaged = ckpt is None or (str(ckpt) == PACKAGED and not Path(ckpt).exists())
+    packaged = ckpt is None or names_packaged(ckpt)
     if packaged:                                          # the packaged default model
-        from ..assets import DEFAULT_MODEL
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
@@ -112,7 +112,6 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     check_writable(p for s in all_seeds for p in _extra_paths(paths[s], gif, png))
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     if packaged and overlap is None:                      # its tiling for the device it runs on
-        from ..assets import default_overlap
         overlap = default_overlap(info.device.type)
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
@@ -134,7 +133,6 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
                           seconds=[], device=str(info.device), guidance_interval=list(recipe.sample.guidance_interval))
     w0 = level_guidance(recipe.sample.guidance if guidance is None else guidance, L)[0]
     if recipe.sample.guide_model and w0 != 1.0:
-        from ..assets import resolve_guide
         report.guide = str(resolve_guide(recipe.sample.guide_model))
     if not mine:
         return report
