@@ -299,13 +299,12 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
     tiling stored with its weights, shift-fhw (what its FVD was measured with); `--ckpt packaged` is the same, while
     a file named by --ckpt, this one too, keeps its stored tiling on every device (test_generate.py)."""
-    import hpdm_cli.assets as assets
     import hpdm_cli.drivers.sample as drv
     from hpdm_cli.assets import default_overlap
     from hpdm_cli.sampling import parse_overlap
     seen, Stop = stopped_sampling
     asked = []
-    monkeypatch.setattr(assets, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
+    monkeypatch.setattr(drv, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
     for ckpt, device, given in ((None, "cpu", None), (None, "auto", None), (None, "cpu", "hw"),
                                 ("packaged", "cpu", None)):
         with pytest.raises(Stop):
