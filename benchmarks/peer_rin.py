@@ -126,6 +126,7 @@ def worker_peer(a) -> dict:
     """Time and count one training step of rin-pytorch's RIN (v-prediction MSE, Adam)."""
     import torch
     import torch.nn.functional as F
+    from hpdm_cli.train.step import set_precision
     carried.ensure_wheels(carried.RIN_MODULES, a.wheels)
     mod, stood_in = carried.import_peer_module("rin_pytorch.rin_pytorch")
     cfg = dict(PEER_TINY if a.tiny else PEER_FULL)
@@ -142,8 +143,7 @@ def worker_peer(a) -> dict:
     g = torch.Generator(device="cpu").manual_seed(0)
     images = (torch.rand(B, 3, S, S, generator=g) * 2 - 1).to(device)
     bf16 = a.precision == "bf16"
-    # As hpdm's set_precision: TF32 tensor cores for the float32 matmuls left outside autocast.
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = a.precision in ("tf32", "bf16")
+    set_precision(a.precision)      # as hpdm's step: TF32 tensor cores for the float32 matmuls left outside autocast
 
     def step(model):
         t = torch.rand(B, device=device)

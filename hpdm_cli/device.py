@@ -13,6 +13,8 @@
   `torch.tensor(..., device="cuda")` per training step is a copy that waits for the GPU).
 * `emulated_bf16_warning(spec)`: the warning for bf16 asked of a CPU that has no bf16 instructions.
 * `available_cpus()`: the CPU cores this process may use (its affinity), what worker pools default to.
+* `use_tf32(enabled)` / `tf32(enabled)`: TF32 tensor cores for float32 matmuls and convolutions on a GPU,
+  set (returning the previous setting) or for a block.
 
 A spec that names no such device, or a GPU this machine does not have, raises `DeviceError`
 with one line that names the option (`--device` or `train.device`) and what to use instead.
@@ -22,6 +24,7 @@ torch is imported only when a device is resolved, so `world()` stays cheap for t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -167,6 +170,25 @@ def to_device(t: "torch.Tensor", device) -> "torch.Tensor":
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def use_tf32(enabled: bool) -> tuple:
+    """Let a GPU's float32 matmuls and convolutions use TF32 tensor cores, or not; returns the previous setting."""
+    import torch
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    return before
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """`use_tf32(enabled)` for the block, the previous setting restored after it."""
+    import torch
+    before = use_tf32(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def constant(values: tuple, device, dtype=None) -> "torch.Tensor":

@@ -133,3 +133,21 @@ def test_bench_warns_before_timing_bf16_on_a_cpu_that_emulates_it(gpus, monkeypa
     with pytest.raises(ConfigError, match="--batch"):
         bench.run_bench("tiny", sampling=True, batch=-2, warn=heard.append)
     assert heard == []                                          # a bad option is the only line
+
+
+def test_tf32_is_one_switch_set_for_a_block_and_restored():
+    """TF32 for a GPU's float32 matmuls and convolutions: both flags together, and the previous setting back after a
+    block (the FVD detector's fp32 reference inside a bf16 training process)."""
+    import torch
+    from hpdm_cli.device import tf32, use_tf32
+    before = use_tf32(False)
+    try:
+        with tf32(True):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert use_tf32(True) == (False, False)
+        with tf32(False):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

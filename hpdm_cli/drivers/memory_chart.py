@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..config import ConfigError
+from ..device import use_tf32
 from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import draw_text, text_width, write_png
 
@@ -112,7 +113,7 @@ def unet_point(module, config: Optional[dict] = None) -> Point:
 
     def point(res) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        use_tf32(True)
         torch.manual_seed(0)
         net = module.Unet3D(**config).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)

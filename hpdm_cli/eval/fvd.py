@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import EVAL_CPU_BATCH, EvalConfig
-from ..device import resolve_device
+from ..device import resolve_device, tf32
 from . import FVDError
 from .i3d import DETECTOR_NAME, INPUT_SIZE, MIN_FRAMES, WEIGHTS_SHA256, I3DWeightsError, load_i3d
 
@@ -443,21 +443,6 @@ def preprocess(clips: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     return x.reshape(b, t, 3, size, size).permute(0, 2, 1, 3, 4)
 
 
-class _Precision:
-    """Context: TF32 off (fp32, the reference arithmetic) or on for cuDNN convolutions and matmuls."""
-
-    def __init__(self, precision: str):
-        self.tf32 = precision == "tf32"
-
-    def __enter__(self):
-        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = self.tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32
-
-    def __exit__(self, *exc):
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
-
-
 class I3DExtractor:
     """Batched I3D features of uint8 clips: preprocessing and the network on `device`, float64 features out."""
 
@@ -493,7 +478,7 @@ class I3DExtractor:
         x = preprocess(x.to(self.device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with _Precision(self.precision):
+        with tf32(self.precision == "tf32"):          # fp32: the reference arithmetic
             y = self.net(x)
         return y.double().cpu().numpy()
 

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 import torch
 
 from ..config import CUDA_GRAPH_MODES, Recipe
+from ..device import use_tf32
 from ..diffusion.edm import NoiseDraw, edm_loss
 from ..model.network import HPDMNet
 from ..pyramid import extract_patches
@@ -32,9 +33,7 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 def set_precision(precision: str) -> None:
     """fp32: exact float32 matmuls; tf32 and bf16: TF32 tensor cores for float32 matmuls."""
-    tf32 = precision in ("tf32", "bf16")
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    use_tf32(precision in ("tf32", "bf16"))
 
 
 def autocast_for(precision: str, device: torch.device):
