@@ -298,3 +298,18 @@ def test_odd_sizes_are_padded_after_the_last_row_and_column(tmp_path):
     write_video(tmp_path / "o.mp4", f, 24)
     out, _ = read_video(tmp_path / "o.mp4")
     assert out[:, 2:-2, -1].mean() > 180 and out[:, -1, 2:-2].mean() > 180
+
+
+def test_the_pixel_convention_round_trips_every_uint8_value_and_clamps():
+    """uint8 -> [-1, 1] -> uint8 gives every value back; out-of-range floats clamp; arrays and tensors agree."""
+    import numpy as np
+    import torch
+    from hpdm_cli.pixels import uint8_from_unit, unit_from_uint8
+    values = torch.arange(256, dtype=torch.uint8)
+    unit = unit_from_uint8(values)
+    assert unit.dtype == torch.float32 and unit[0] == -1 and unit[-1] == 1 and unit[128] > 0 > unit[127]
+    assert torch.equal(uint8_from_unit(unit), values)
+    assert np.array_equal(uint8_from_unit(unit.numpy()), values.numpy())
+    assert uint8_from_unit(torch.tensor([-3.0, 2.0])).tolist() == [0, 255]
+    x = torch.rand(3) * 2 - 1
+    assert torch.equal(unit_from_uint8(x), x / 127.5 - 1) and x.min() >= -1   # a copy: the input is untouched

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..pixels import unit_from_uint8
 from .shards import DataError, VideoDataset
 
 __all__ = ["ClipDataset", "make_loader", "epoch_permutation", "check_resolution"]
@@ -47,7 +48,7 @@ class ClipDataset(Dataset):
     `captions()`), index: int64 video index). Resuming at sample k reproduces the stream.
     With `dtype="uint8"` the video is uint8 [3, T, H, W] in 0..255 instead: 4x fewer bytes
     through worker queues, pinned memory and the host-to-device copy, and no float
-    conversion on the CPU (convert on the GPU: x.float() / 127.5 - 1 gives the same values).
+    conversion on the CPU (convert on the GPU: `hpdm_cli.pixels.unit_from_uint8` gives the same values).
     """
 
     def __init__(self, dataset: "VideoDataset | str | os.PathLike", frames: int, *, seed: int = 0, rank: int = 0,
@@ -118,7 +119,7 @@ class ClipDataset(Dataset):
         # One copy to [3, T, H, W] (the flip included), then the float conversion on contiguous memory.
         video = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
         if self.dtype != "uint8":
-            video = video.float().div_(127.5).sub_(1.0)
+            video = unit_from_uint8(video)
         meta = self.dataset.item(vid)
         return dict(video=video, label=torch.tensor(meta["label"], dtype=torch.int64),
                     caption_id=torch.tensor(meta["caption_id"], dtype=torch.int64),

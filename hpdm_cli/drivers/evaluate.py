@@ -43,6 +43,7 @@ from ..eval.texture import stripe_summary
 from ..io import atomic_write_json, unwritable
 from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..text.tables import embed_prompts
+from ..pixels import unit_from_uint8
 from ..sampling.hierarchical import level_steps
 from .generation import sample_videos, to_uint8
 from .options import check_options, parse_guidance, parse_steps, with_sample_options
@@ -119,7 +120,7 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
 def real_level0(videos: Sequence[np.ndarray], pyramid) -> torch.Tensor:
     """Uint8 clips [T, H, W, 3] at the pyramid's resolution (or already at level 0's) as its level 0 in [-1, 1]."""
     from ..pyramid import downsample_to_level
-    clips = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    clips = unit_from_uint8(torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3))
     if tuple(clips.shape[2:]) == tuple(pyramid.level_resolution(0)):   # a level 0 sampled alone (`levels=1`)
         return clips.clamp(-1, 1)
     return downsample_to_level(clips, pyramid, 0).clamp(-1, 1)
@@ -320,7 +321,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     if recipe.pyramid.num_levels > 1:                    # one level: "level 0 alone" is the whole model
         report["levels"] = _level_diagnostics(net, recipe, real_a, cond, seeds, k, **gen)
     vids = torch.from_numpy(np.stack(real_a.videos[:min(num_clips, 256)])).permute(0, 4, 1, 2, 3)
-    report["loss_gap"] = condition_loss_gap(net, recipe, vids.float() / 127.5 - 1, cond[:len(vids)])
+    report["loss_gap"] = condition_loss_gap(net, recipe, unit_from_uint8(vids), cond[:len(vids)])
     save()
     if fvd:
         log("FVD (I3D)")

@@ -26,6 +26,7 @@ import torch
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError
 from ..config import Recipe, TILE_BATCH
+from ..pixels import uint8_from_unit
 from ..sampling import HierarchicalSampler, SampleResult, check_guide, level_steps, parse_overlap
 from .options import check_options, last_level, parse_guidance
 
@@ -40,7 +41,7 @@ Conditions = Union[Condition, torch.Tensor, None]
 
 def to_uint8(videos: torch.Tensor) -> list[np.ndarray]:
     """Videos [B, C, F, H, W] in [-1, 1] -> list of B uint8 arrays [F, H, W, C]."""
-    x = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = uint8_from_unit(videos)
     return [v.permute(1, 2, 3, 0).contiguous().cpu().numpy() for v in x]
 
 

@@ -35,6 +35,7 @@ from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
 from ..config import Recipe, TILE_BATCH
 from ..device import world
+from ..pixels import uint8_from_unit, unit_from_uint8
 from ..sampling import level_steps
 from .generation import Log, Progress, make_sampler, sample_batches
 from .options import check_options, check_writable, make_parent, parse_guidance, parse_steps, with_sample_options
@@ -47,7 +48,7 @@ __all__ = [
 
 def _from_uint8(frames: np.ndarray) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> float [T, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return unit_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))
 
 
 # ============================================================================ upscaling: geometry
@@ -349,7 +350,7 @@ def upscale_frames(frames: np.ndarray, net, recipe: Recipe, *, from_level: int =
     out = []
     for frame in blend_windows(max(T, R_f), starts, R_f, windows):
         if len(out) < T:
-            out.append(((np.clip(frame, -1, 1) + 1) * 127.5).round().astype(np.uint8))
+            out.append(uint8_from_unit(frame))
     return UpscaleOutput(frames=np.stack(out[:T]), starts=starts, window=R_f, geometry=geom, from_level=from_level)
 
 

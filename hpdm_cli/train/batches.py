@@ -7,6 +7,7 @@ import re
 import torch
 
 from ..config import Recipe
+from ..pixels import unit_from_uint8
 from ..device import to_device
 from . import TrainError
 from .distributed import DistInfo
@@ -75,7 +76,7 @@ class Batches:
         parts = [next(it) for it, _, _ in self.loaders]
         vids, caps = [], []
         for p, (_, f, cap0) in zip(parts, self.loaders):
-            v = p["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)   # uint8 -> [-1, 1] on device
+            v = unit_from_uint8(p["video"].to(device, non_blocking=True))              # on the device
             vids.append(v if f == frames else v.expand(-1, -1, frames, -1, -1))  # an image is a still video
             caps.append(p["caption_id"] + cap0)
         labels = torch.cat([p["label"] for p in parts])
