@@ -113,12 +113,9 @@ def _print_result(res, json_out: Optional[Path]) -> None:
     table.add_row("statistics", *[_how(s) for s in sides])
     out.print(table)
     p = res.protocol
-    out.print(f"protocol v{p['protocol_version']}: decoded as PyAV rgb24 ({p.get('decode')}), frames {p['frames']}, "
-              f"stride {p['stride']}, squashed to {p['resolution'][0]}x"
-              f"{p['resolution'][1]} (bilinear, align_corners=False), x/127.5-1, {p['precision']}, selection seed "
-              f"{p['selection_seed']}", highlight=False)
-    out.print(f"detector: I3D Kinetics-400 (400 logits averaged over time), sha256 {res.detector_sha256}",
-              highlight=False)
+    out.print(f"protocol v{p['protocol_version']} ({p['decode']} decoding): {p['clip']}; {p['resize']}; scaled "
+              f"{p['scale']}; {p['precision']}; selection seed {p['selection_seed']}", highlight=False, markup=False)
+    out.print(f"detector: {p['features']}, sha256 {res.detector_sha256}", highlight=False)
     out.print(f"FVD = {res.fvd:.4f}", highlight=False)
     if json_out is not None:
         out.print(f"wrote {json_out}")
