@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from ..config import ConfigError
 from ..recipe import available_recipes
 from .console import err, out, rank0_warn
 
@@ -49,24 +48,17 @@ def bench(
     """Training throughput, peak memory, counted FLOPs and MFU (synthetic inputs); --sampling times generation."""
     from rich.table import Table
 
-    from ..drivers.bench import run_bench
+    from ..drivers.bench import check_memory_chart_options, run_bench
+    check_memory_chart_options(memory_chart is not None, resolutions=resolutions, baseline=baseline, steps=steps,
+                               warmup=warmup, batch=batch, ablations=ablations, precision=precision,
+                               sampling=sampling, overlap=overlap, compare_cache=compare_cache,
+                               sample_steps=sample_steps, compile=compile, tile_batch=tile_batch)
     if memory_chart is not None:
         from ..drivers.memory_chart import run_memory_chart
-        given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--batch", batch),
-                                ("--ablations", ablations or None), ("--precision", precision),
-                                ("--sampling", sampling or None), ("--overlap", overlap),
-                                ("--cache-only", None if compare_cache else True), ("--sample-steps", sample_steps),
-                                ("--compile", compile or None), ("--tile-batch", tile_batch)) if v is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)}: not used by --memory-chart (one bf16 step at batch 1 per "
-                              f"resolution); drop {'it' if len(given) == 1 else 'them'}")
         run_memory_chart(recipe, overrides or [], memory_chart, json_out=json_out, resolutions=resolutions,
                          baseline=baseline, log=out.print)
         out.print(f"wrote {memory_chart}" + (f" and {json_out}" if json_out else ""))
         return
-    if resolutions is not None or not baseline:
-        raise ConfigError(f"{'--resolutions' if resolutions is not None else '--no-baseline'} only applies with "
-                          "--memory-chart PNG: add it or drop the option")
     rows = run_bench(recipe, overrides or [], sampling=sampling, steps=steps, warmup=warmup, batch=batch,
                      ablations=ablations, precision=precision, overlap=overlap, compare_cache=compare_cache,
                      sample_steps=sample_steps, compile=compile, tile_batch=tile_batch, json_out=json_out,

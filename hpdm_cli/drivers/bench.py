@@ -24,7 +24,8 @@ from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
 from ..sampling.edm_sampler import network_evaluations
 
-__all__ = ["PEAK_FLOPS", "PRECISIONS", "peak_flops", "bench_training", "bench_sampling", "write_json", "run_bench"]
+__all__ = ["PEAK_FLOPS", "PRECISIONS", "peak_flops", "bench_training", "bench_sampling", "write_json", "run_bench",
+           "check_memory_chart_options"]
 
 # Dense peak FLOP/s by (card, precision): vendor datasheets (SXM parts, no sparsity).
 PEAK_FLOPS = {
@@ -109,6 +110,24 @@ def _check_mode(sampling: bool, *, steps, warmup, ablations: bool, overlap, comp
             hint = " (training compiles with train.compile=true)" if compile else ""
             raise ConfigError(f"{', '.join(given)} only {'apply' if len(given) > 1 else 'applies'} with --sampling: "
                               f"add --sampling or drop {'them' if len(given) > 1 else 'it'}{hint}")
+
+
+def check_memory_chart_options(memory_chart: bool, *, resolutions, baseline: bool, steps, warmup, batch,
+                               ablations: bool, precision, sampling: bool, overlap, compare_cache: bool, sample_steps,
+                               compile: bool, tile_batch) -> None:
+    """Refuse the timing options with --memory-chart, and the memory chart's options without it (ConfigError)."""
+    if memory_chart:
+        given = [o for o, v in (("--steps", steps), ("--warmup", warmup), ("--batch", batch),
+                                ("--ablations", ablations or None), ("--precision", precision),
+                                ("--sampling", sampling or None), ("--overlap", overlap),
+                                ("--cache-only", None if compare_cache else True), ("--sample-steps", sample_steps),
+                                ("--compile", compile or None), ("--tile-batch", tile_batch)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: not used by --memory-chart (one bf16 step at batch 1 per "
+                              f"resolution); drop {'it' if len(given) == 1 else 'them'}")
+    elif resolutions is not None or not baseline:
+        raise ConfigError(f"{'--resolutions' if resolutions is not None else '--no-baseline'} only applies with "
+                          "--memory-chart PNG: add it or drop the option")
 
 
 def _csv(value: str, option: str, example: str) -> list:
