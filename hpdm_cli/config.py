@@ -25,6 +25,8 @@ class ConfigError(HPDMError, ValueError):
 # `hpdm sample --guidance` is held to the same range.
 MAX_GUIDANCE = 100.0
 TILE_BATCH = 64   # tiles per network forward when sampling, unless --tile-batch says otherwise
+# `hpdm bench`'s defaults: timed and warm-up training steps; videos per sampler call and precision with --sampling.
+BENCH_STEPS, BENCH_WARMUP, BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION = 10, 3, 16, "bf16"
 # torch.compile's modes that `train.compile` may name ("reduce-overhead" replays CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

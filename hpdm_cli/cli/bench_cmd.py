@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..config import BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION, BENCH_STEPS, BENCH_WARMUP, TILE_BATCH
 from ..recipe import available_recipes
 from .console import err, out, rank0_warn
 
@@ -15,15 +16,15 @@ def bench(
     recipe: str = typer.Argument(..., metavar="RECIPE",
                                  help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides."),
-    steps: Optional[int] = typer.Option(None, help="Timed training steps (default 10)."),
-    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps (default 3)."),
+    steps: Optional[int] = typer.Option(None, help=f"Timed training steps (default {BENCH_STEPS})."),
+    warmup: Optional[int] = typer.Option(None, help=f"Untimed warm-up steps (default {BENCH_WARMUP})."),
     batch: Optional[int] = typer.Option(None, help="Per-GPU batch (default: the recipe's global batch; "
-                                                   "--sampling: 16 videos)."),
+                                                   f"--sampling: {BENCH_SAMPLING_BATCH} videos)."),
     ablations: bool = typer.Option(False, help="Also time the paper's Table 2 ablations: no adaptive computation, "
                                                 "shallow fusion, context detach, no coordinates."),
     precision: Optional[str] = typer.Option(None, help="Comma-separated precisions to time (fp32,tf32,bf16; "
                                                        "default: the recipe's train.precision); --sampling: one "
-                                                       "of them (default bf16)."),
+                                                       f"of them (default {BENCH_SAMPLING_PRECISION})."),
     sampling: bool = typer.Option(False, "--sampling", help="Time hierarchical sampling instead of training."),
     overlap: Optional[str] = typer.Option(None, help="Sampling: comma-separated overlap settings "
                                                      "(fhw,hw,...,none,shift-hw; default: the recipe's "
@@ -35,7 +36,7 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "
                                                           "reported apart)."),
     tile_batch: Optional[str] = typer.Option(None, "--tile-batch", help="Sampling: comma-separated tiles per "
-                                             "network forward to time (default 64)."),
+                                             f"network forward to time (default {TILE_BATCH})."),
     memory_chart: Optional[Path] = typer.Option(None, "--memory-chart", help="Instead: training peak memory "
                                                 "against output resolution (batch 1, bf16), up to out-of-memory, "
                                                 "drawn into this PNG."),

@@ -17,7 +17,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, Recipe, TILE_BATCH
+from ..config import (BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION, BENCH_STEPS, BENCH_WARMUP, ConfigError, Recipe,
+                      TILE_BATCH)
 from ..diffusion.edm import draw_noise
 from ..io import atomic_write_json, unwritable
 from ..model.flops import train_step_flops
@@ -40,7 +41,6 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 # ============================================================================ the command
 
-SAMPLING_PRECISION = "bf16"          # what --sampling times without --precision (a GPU's sampling precision)
 
 
 def run_bench(recipe: str, overrides: Sequence[str] = (), *, sampling: bool = False, steps: Optional[int] = None,
@@ -225,7 +225,7 @@ def _variants(recipe: Recipe, ablations: bool) -> list[tuple[str, Recipe]]:
     return out
 
 
-def bench_training(recipe: Recipe, *, steps: int = 10, warmup: int = 3, batch: Optional[int] = None,
+def bench_training(recipe: Recipe, *, steps: int = BENCH_STEPS, warmup: int = BENCH_WARMUP, batch: Optional[int] = None,
                    ablations: bool = False, precisions: Optional[list[str]] = None,
                    warn: Optional[Callable[[str], None]] = None,
                    log: Optional[Callable[[str], None]] = None) -> list[dict]:
@@ -335,9 +335,9 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
                               "e.g. --sample-steps 8,4,2")
 
 
-def bench_sampling(recipe: Recipe, *, batch: int = 16, overlaps: Optional[list[str]] = None,
+def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlaps: Optional[list[str]] = None,
                    compare_cache: bool = True, steps: Optional[list[int]] = None,
-                   precision: str = SAMPLING_PRECISION, tile_batches: Sequence[int] = (TILE_BATCH,),
+                   precision: str = BENCH_SAMPLING_PRECISION, tile_batches: Sequence[int] = (TILE_BATCH,),
                    compile: bool = False, warn: Optional[Callable[[str], None]] = None,
                    log: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Time hierarchical sampling of `batch` videos per overlap setting and tile batch (tiles per forward), with
