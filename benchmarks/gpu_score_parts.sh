@@ -11,9 +11,9 @@
 #             real-n<N>.npz, for --merge): "--bf16 --no-real", e.g. "--bf16 --rows 896:1024 --no-real" (a cold
 #             call at N = 1024 spent ~125 s on the real side, and real-n1024.npz does not fit beside the I3D
 #             pack in what travels)
-#   SECONDS_MAX  the sweep's own time limit (565), so that the clean-up runs before the call's limit (600 s);
+#   SECONDS_MAX  the sweep's own time limit (575), so that the clean-up runs before the call's limit (600 s);
 #             the sweep starts no part that the time left cannot hold (--stop-after: a 128-clip part of the
-#             32×128² model takes ~168 s on an H100, and a call ~35 s before its first clip, so 565 s hold three)
+#             32×128² model takes ~168 s on an H100, and a call ~35 s before its first clip, so 575 s hold three)
 #   I3D / I3D_PACK  the I3D file, or its pack (out/i3dp/i3d.pack, 43 MB) unpacked to $I3D when missing
 #                   (a warm machine keeps /tmp between calls: carry the pack only to a cold one)
 # The lean checkout it needs: `git ls-files 'docs/results/*.png' | xargs rm; rm hpdm_cli/assets/shapes-t2v.safetensors`
@@ -51,9 +51,9 @@ fi
 read -r -a settings <<< "$SETTINGS"
 T0=$SECONDS
 # shellcheck disable=SC2086
-timeout --preserve-status -s TERM "${SECONDS_MAX:-565}" python3 benchmarks/guidance_sweep.py "$MODEL" \
+timeout --preserve-status -s TERM "${SECONDS_MAX:-575}" python3 benchmarks/guidance_sweep.py "$MODEL" \
   --num "${NUM:-256}" --batch "${BATCH:-256}" --chunk "${CHUNK:-128}" --save "$OUT/parts" --settings "${settings[@]}" \
-  --stop-after "$(( ${SECONDS_MAX:-565} - 5 ))" \
+  --stop-after "$(( ${SECONDS_MAX:-575} - 10 ))" \
   --i3d-weights "$I3D" --tables out/gpu/shapes_prompts_heldout.safetensors --sheets "$OUT/sheets" \
   --device "${DEVICE:-auto}" ${SWEEP_FLAGS---bf16}
 echo "[sweep] exit $? after $((SECONDS - T0)) s"

@@ -514,7 +514,6 @@ def main(argv=None) -> int:
                                          steps=st, overlap=ov, fixed=None if given is None else given[c0 - lo:c1 - lo],
                                          **gen)
                     secs = time.time() - t0
-                    slowest = max(slowest, secs)
                     features, (readings, stripes, seams) = ext.features(iter(fake)), measure(fake)
                     got.append((features, readings, stripes, seams, secs))
                     if part is not None:
@@ -530,6 +529,7 @@ def main(argv=None) -> int:
                         _write_sheet(Path(a.sheets) / f"{name}-guidance-{slug(text)}{'-' + kind if kind else ''}"
                                      f"{rows_of}.png", fake, rows_of_real(real, c0 - off, c1 - off) if a.chunk else real,
                                      min(8, len(fake)))
+                    slowest = max(slowest, time.time() - t0)   # the whole part: sampling, features, readings, files
                 features = np.concatenate([g[0] for g in got])
                 readings = [r for g in got for r in g[1]]
                 stripes, seams = np.concatenate([g[2] for g in got]), np.concatenate([g[3] for g in got])

@@ -3,7 +3,6 @@
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -352,27 +351,33 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     r = init_from_checkpoint(HPDMNet(recipe.pyramid, recipe.model), "packaged")
     assert not r.new and not r.unused and len(r.loaded) == len(weights)
     from hpdm_cli.assets import GUIDE_MODEL, resolve_guide
-    assert resolve_guide("packaged") == GUIDE_MODEL                    # sample.guide_model: the same word, one rule
+    assert resolve_guide("packaged") == GUIDE_MODEL
     (tmp_path / "packaged").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
         use.resolve_sampling_weights("packaged")
-    assert resolve_guide("packaged") == Path("packaged")
+    assert resolve_guide("packaged") == GUIDE_MODEL     # the packaged model's stored recipe names its guide so
 
 
-def test_what_makes_a_folder_a_run_or_a_checkpoint_is_one_rule(tmp_path):
-    """A run has begun in a folder that holds checkpoints/ or its recipe.toml; a checkpoint folder holds
-    model.safetensors. `hpdm eval-fvd` and `hpdm prepare` go by the same rule."""
+def test_what_makes_a_folder_a_run_a_trained_run_or_a_checkpoint(tmp_path):
+    """A run has begun in a folder that holds checkpoints/ or its recipe.toml (`hpdm prepare` writes no dataset
+    there); it has trained when it holds checkpoints/ or logged steps beside its recipe (`hpdm eval-fvd` takes it
+    as a model, and a folder of videos with a stray recipe.toml as videos); a checkpoint folder holds
+    model.safetensors."""
     from hpdm_cli.data.shards import DataError
     from hpdm_cli.drivers.prepare import run_prepare
     from hpdm_cli.eval.fvd_sources import source_kind
-    from hpdm_cli.train.run_dir import is_checkpoint_dir, is_run_dir
-    started, empty, ckpt = tmp_path / "started", tmp_path / "empty", tmp_path / "ckpt"
-    for d in (started, empty, ckpt):
+    from hpdm_cli.train.run_dir import is_checkpoint_dir, is_run_dir, is_trained_run
+    started, logged, empty, ckpt = (tmp_path / n for n in ("started", "logged", "empty", "ckpt"))
+    for d in (started, logged, empty, ckpt):
         d.mkdir()
-    (started / "recipe.toml").write_text("")
+    for d in (started, logged):
+        (d / "recipe.toml").write_text("")
+    (logged / "stats.jsonl").write_text("")
     (ckpt / "model.safetensors").write_bytes(b"")
-    assert [is_run_dir(d) for d in (started, empty, ckpt)] == [True, False, False]
-    assert [is_checkpoint_dir(d) for d in (started, empty, ckpt)] == [False, False, True]
-    assert [source_kind(d) for d in (started, empty, ckpt)] == ["checkpoint", "folder", "checkpoint"]
+    folders = (started, logged, empty, ckpt)
+    assert [is_run_dir(d) for d in folders] == [True, True, False, False]
+    assert [is_trained_run(d) for d in folders] == [False, True, False, False]
+    assert [is_checkpoint_dir(d) for d in folders] == [False, False, False, True]
+    assert [source_kind(d) for d in folders] == ["folder", "checkpoint", "folder", "checkpoint"]
     with pytest.raises(DataError, match="holds an hpdm train run"):
         run_prepare(None, started, num_videos=2, seed=0, synthetic="shapes")

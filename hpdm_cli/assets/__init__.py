@@ -25,8 +25,12 @@ def names_packaged(value) -> bool:
 
 
 def resolve_guide(value: str) -> Path:
-    """The file a `sample.guide_model` names: "packaged" is the packaged model's guide, anything else a path."""
-    return GUIDE_MODEL if names_packaged(value) else Path(value)
+    """The file a `sample.guide_model` names: "packaged" is the packaged model's guide, anything else a path.
+
+    Always, even where a path of that name exists: the packaged model's own recipe stores "packaged" (a folder
+    called packaged is named as ./packaged).
+    """
+    return GUIDE_MODEL if value == PACKAGED else Path(value)
 
 
 def default_overlap(device_type: str):

@@ -107,8 +107,11 @@ def generate_rows(net, recipe, seeds: Sequence[int], cond: torch.Tensor, *, batc
     `levels` stops after that many levels; `fixed` [N, C, f, h, w] in [-1, 1] is taken as level 0
     instead of generated (learned super-resolution of given clips). `context_gib` replaces the
     recipe's sample.context_cache_gib (the same videos; more memory held, fewer recomputations).
-    Tiles go 1024 to a forward on a GPU.
+    Tiles go 1024 to a forward on a GPU; `guidance` is checked as `hpdm sample` checks it (one value, or one per
+    level).
     """
+    if levels is not None and not 1 <= levels <= recipe.pyramid.num_levels:
+        raise GenerateError(f"levels = {levels}: expected 1..{recipe.pyramid.num_levels} (how many levels to generate)")
     tile_batch = 1024 if torch.device(device).type == "cuda" else TILE_BATCH
     out = sample_videos(net, recipe, seeds, cond, levels=None if levels is None else levels - 1, steps=steps,
                         guidance=guidance, overlap=overlap, batch=batch, tile_batch=tile_batch, device=device,

@@ -108,7 +108,7 @@ def _class_labels(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.Tensor,
     return torch.from_numpy(picked), {int(k): int(v) for k, v in zip(*np.unique(picked, return_counts=True))}
 
 
-def _caption_embeddings(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.Tensor, int]:
+def _caption_embeddings(ds, recipe, protocol: Protocol, n: int, device) -> tuple[torch.Tensor, int]:
     """Text embeddings of the dataset's captions in the protocol's hash order, with the number of distinct ones
     (from the tables stored with the dataset or `data.prompt_table`; the text encoder only for the rest)."""
     from ..text.tables import embed_prompts
@@ -116,7 +116,7 @@ def _caption_embeddings(ds, recipe, protocol: Protocol, n: int) -> tuple[torch.T
     caps, cid = ds.captions(), ds.caption_ids()
     prompts = [caps[int(cid[order[k % len(order)]])] for k in range(n)]
     uniq = sorted(set(prompts))
-    emb = embed_prompts(recipe, uniq, [ds.path])
+    emb = embed_prompts(recipe, uniq, [ds.path], device=device)
     row = {p: i for i, p in enumerate(uniq)}
     return emb[torch.tensor([row[p] for p in prompts])], len(uniq)
 
@@ -141,7 +141,7 @@ def _conditions(recipe, info, data, protocol: Protocol, seed: int, log: Optional
     if cond == "class":
         values, meta["label_counts"] = _class_labels(ds, recipe, protocol, n)
         return values, "class labels drawn as in the data", meta
-    values, meta["num_prompts"] = _caption_embeddings(ds, recipe, protocol, n)
+    values, meta["num_prompts"] = _caption_embeddings(ds, recipe, protocol, n, info.device)
     return values, "captions drawn as in the data", meta
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..assets import names_packaged
+from ..assets import PACKAGED
 from ..conditioning import GenerateError
 from ..config import TILE_BATCH
 from ..io import unwritable
@@ -130,14 +130,15 @@ def parse_guidance_interval(text) -> Optional[list]:
 def parse_guide_model(text) -> Optional[str]:
     """`--guide-model` checked and returned as sample.guide_model: the base-level model that autoguides level 0.
 
-    "packaged" is the packaged model's guide, "none" classifier-free guidance; None stays None (the recipe's).
+    "packaged" is the packaged model's guide (a folder of that name: ./packaged), "none" classifier-free guidance;
+    None stays None (the recipe's).
     """
     if text is None:
         return None
     text = str(text)
     if text == "none":
         return ""
-    if not names_packaged(text) and not Path(text).exists():
+    if text != PACKAGED and not Path(text).exists():
         raise GenerateError(f"--guide-model {text}: no such file or directory; give a model of level 0 alone (a "
                             "run directory, checkpoint or .safetensors file), packaged, or none (no autoguidance)")
     return text

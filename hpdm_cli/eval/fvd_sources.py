@@ -35,7 +35,7 @@ from ..data.prepare.sources import VIDEO_EXTENSIONS
 from ..data.shards import is_dataset
 from ..device import available_cpus
 from ..errors import WARNING
-from ..train.run_dir import is_checkpoint_dir, is_run_dir
+from ..train.run_dir import is_checkpoint_dir, is_trained_run
 from . import FVDError
 from .fvd import STATS_FORMAT, STATS_VERSION, EVAL_DECODE, FVDStats, I3DExtractor, Protocol, SideReport, selection_order
 from .i3d import MIN_FRAMES
@@ -68,7 +68,7 @@ def source_kind(path: str | os.PathLike) -> str:
                        "(.npz) or a checkpoint (.safetensors, a checkpoint or run directory)")
     if is_dataset(p):
         return "dataset"
-    if is_checkpoint_dir(p) or is_run_dir(p):
+    if is_checkpoint_dir(p) or is_trained_run(p):
         return "checkpoint"
     return "folder"
 

@@ -551,9 +551,11 @@ class PromptLookup:
                 + (f" (closest: {'; '.join(repr(x) for x in near)})" if near else ""))
 
 
-def embed_prompts(recipe, prompts: Sequence[str], search: Sequence = ()) -> torch.Tensor:
+def embed_prompts(recipe, prompts: Sequence[str], search: Sequence = (),
+                  device: str | torch.device = "cpu") -> torch.Tensor:
     """Text embeddings [N, tokens, dim] of prompts for the recipe's model: from the prompt tables found in `search`
-    (table files, datasets, runs) and `data.prompt_table`, the rest from the text encoder (loaded only then)."""
+    (table files, datasets, runs) and `data.prompt_table`, the rest from the text encoder (loaded only then, on
+    `device`); returned on the CPU."""
     from .encoders import check_output_size
     m = recipe.model
     lookup = PromptLookup(m.text_encoder, m.text_tokens, m.text_dim)
@@ -568,7 +570,7 @@ def embed_prompts(recipe, prompts: Sequence[str], search: Sequence = ()) -> torc
         else:
             rows[p] = emb[0]
     if missing:
-        enc = load_encoder(m.text_encoder, tokens=m.text_tokens)
+        enc = load_encoder(m.text_encoder, tokens=m.text_tokens, device=device)
         check_output_size(enc, m.text_tokens, m.text_dim)
         for p, e in zip(missing, enc.encode(missing).float().cpu()):
             rows[p] = e

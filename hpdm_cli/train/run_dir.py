@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 __all__ = ["RECIPE", "STATS", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name", "is_run_dir",
-           "is_checkpoint_dir"]
+           "is_trained_run", "is_checkpoint_dir"]
 
 RECIPE = "recipe.toml"
 STATS = "stats.jsonl"
@@ -36,6 +36,15 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder an `hpdm train` run has used: it holds checkpoints/ or the run's recipe.toml."""
     p = Path(path)
     return (p / CHECKPOINTS).is_dir() or (p / RECIPE).is_file()
+
+
+def is_trained_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is a run with something to sample: it holds checkpoints/, or its recipe.toml and stats.jsonl.
+
+    Stricter than `is_run_dir`: a folder of videos that happens to hold a recipe.toml is not a model.
+    """
+    p = Path(path)
+    return (p / CHECKPOINTS).is_dir() or ((p / RECIPE).is_file() and (p / STATS).exists())
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
