@@ -333,6 +333,41 @@ def test_context_computed_once_per_level_gives_the_same_video(model):
     for a, b in zip(out[4.0].videos, out[0.0].videos):
         assert (a - b).abs().max() < TOL[torch.float64] and (a.abs() < 0.99).float().mean() > 0.1
 
+class _ContextSpy(HierarchicalSampler):
+    """The product's sampler, recording how each chunk's held context terms were read."""
+
+    def _context(self, run, level, ch):
+        got = super()._context(run, level, ch)
+        if run.context and got is not None:
+            T = self.tiles[level].num_tiles
+            for b, c in run.context.items():
+                assert torch.equal(got.terms[b], c.index_select(0, ch.g * T + ch.t))     # the chunk's own rows
+                self.reads.append((ch.span, got.terms[b].data_ptr() == c[ch.rows[0]].data_ptr()))
+        return got
+
+
+@pytest.mark.parametrize("overlap,pad", [("hw", False), ("hw", True), ("shift-hw", False)])
+def test_held_context_of_in_order_chunks_is_read_in_place(overlap, pad):
+    """Held context terms: a chunk of every tile in order, unpadded, reads a view of them (no copy), any other
+    chunk (padded as compiled forwards are, or a shifted tiling's phase) gathers its rows; the video is the same."""
+    import dataclasses
+    net, recipe = small_net(fusion="deep", load=[1, 1, 2, 3])
+    net.to(torch.float64)
+    seeds = [3, 4]
+    videos = {}
+    for gib in (4.0, 0.0):
+        rec = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, context_cache_gib=gib))
+        spy = _ContextSpy(net, rec.diffusion, rec.sample, overlap=overlap, tile_batch=20, dtype=torch.float64)
+        spy.compiled, spy.reads = pad, []                   # `compiled` pads chunks to a power of two of tiles
+        videos[gib] = spy.sample(seeds, cond_for(recipe, seeds), guidance=2.0, steps=[3, 3, 1]).videos
+        if gib:
+            spans = {span for span, _ in spy.reads}
+            assert spans == ({False} if overlap.startswith("shift") else {True, False} if pad else {True})
+            assert all(view == span for span, view in spy.reads)
+    for a, b in zip(videos[4.0], videos[0.0]):
+        assert (a - b).abs().max() < TOL[torch.float64] and (a.abs() < 0.99).float().mean() > 0.1
+
+
 def test_bf16_autocast_caches_at_bf16_and_matches_recomputation():
     """Under bf16 autocast the activation cache is held in bf16 (half the bytes) and gives the recomputed video."""
     net, recipe = small_net(fusion="deep", load=[1, 1, 2, 3])

@@ -189,6 +189,7 @@ class _Chunk:
     cond: Optional[torch.Tensor]
     keep: Optional[torch.Tensor]
     n: int                                 # real rows: the first n (the rest repeat the last row, `compile`)
+    span: bool = False                     # every tile in order, unpadded: held context rows are rows[0]..rows[1]
 
 
 @dataclass
@@ -414,7 +415,7 @@ class HierarchicalSampler:
                 rows=(r0, r1), g=g, b=g % run.B, t=t, anc=anc, cache_rows=cache_rows,
                 offsets=self.chain_offsets[level][t],
                 cond=None if run.cond is None else run.cond[g],
-                keep=None if run.keep is None else run.keep[g], n=r1 - r0))
+                keep=None if run.keep is None else run.keep[g], n=r1 - r0, span=tiles is None and not pad))
         return out
 
     def _context(self, run: _Run, level: int, ch: _Chunk) -> Optional[LevelContext]:
@@ -422,6 +423,10 @@ class HierarchicalSampler:
         if level == 0 or self.fusion == "none":
             return None
         if run.context:                                                  # computed once for the level
+            if ch.span:                   # a view: no copy of ~1 GiB a chunk at 64x256² (the terms are only read)
+                r0, r1 = ch.rows
+                return LevelContext(terms={b: c[r0:r1].to(self.device, non_blocking=True)
+                                           for b, c in run.context.items()})
             rows = (ch.g * self.tiles[level].num_tiles + ch.t).to(self._storage)
             return LevelContext(terms={b: c.index_select(0, rows).to(self.device, non_blocking=True)
                                        for b, c in run.context.items()})
