@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 
 from hpdm_cli.data.prepare.options import DATASET_PRESET
 from hpdm_cli.data.shards import DataError, ShardWriter
+from hpdm_cli.workers import spawned_pool
 
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "DIRECTIONS", "SHAPES_CLASSES",
@@ -240,23 +242,13 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     tag = f"{seed}" if split == "all" else f"{seed}:{split}"
     with ShardWriter(out_dir, fps=fps, class_names=SHAPES_CLASSES, meta=meta, crf=crf, gop=gop, preset=preset,
                      max_videos_per_shard=max_videos_per_shard, overwrite=overwrite) as writer:
-        if workers > 0:
-            import multiprocessing  # noqa: PLC0415
-            from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-            # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            results = pool.map(_render_encoded, jobs, chunksize=4)
-        else:
-            pool, results = None, map(_render_encoded, jobs)
-        try:
+        with spawned_pool(workers) if workers > 0 else nullcontext() as pool:
+            results = map(_render_encoded, jobs) if pool is None else pool.map(_render_encoded, jobs, chunksize=4)
             for i, (blob, caption, label) in enumerate(results):
                 writer.add_encoded(blob, num_frames=frames, height=height, width=width, fps=fps, label=label,
                                    caption=caption, source=f"shapes:{tag}:{i}")
                 if progress is not None:
                     progress(i + 1, num_videos)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
     return os.fspath(out_dir)
 
 

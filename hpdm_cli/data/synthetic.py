@@ -10,12 +10,11 @@ prepared H.264 shards delivers on one host). Sample k of rank r is a determinist
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
 from ..device import to_device
+from ..workers import spawned_pool
 from .loader import epoch_permutation
 from .shards import DataError
 from .shapes import SHAPES_CLASSES, render_shapes_video
@@ -56,8 +55,7 @@ class SyntheticClips:
         self.local = np.arange(self.rank, int(num_videos), self.world_size)       # this rank's video indices
         jobs = [(int(i), frames, height, width, self.seed, split) for i in self.local]
         if workers > 0 and len(jobs) > 64:
-            # spawn, not fork: forking a process that already runs torch threads can deadlock.
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with spawned_pool(workers) as pool:
                 rendered = list(pool.map(_render, jobs, chunksize=32))
         else:
             rendered = [_render(j) for j in jobs]

@@ -11,14 +11,15 @@ what the serial loop returns, in the clips' order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from ..device import available_cpus
+from ..workers import spawned_pool
 from .faithfulness import ClipReading, read_clip
 from .seams import seam_ratio, seam_steps
 from .texture import stripe_fit, stripe_stats
@@ -65,22 +66,8 @@ def measure_clips(clips: Sequence[np.ndarray], tile: Sequence[int], workers: int
 def _in_pool(fn, clips: Sequence[np.ndarray], workers: int) -> list | None:
     """`fn` of every clip over `workers` spawned processes, one BLAS thread each; None if they cannot start
     (e.g. a main script read from standard input, which "spawn" cannot import again)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: "1" for k in _THREAD_VARS})      # read by the workers' BLAS as it loads
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with spawned_pool(workers, one_blas_thread=True) as pool:
             return list(pool.map(fn, clips, chunksize=max(1, len(clips) // (4 * workers))))
     except BrokenProcessPool:
         return None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from ..workers import worker_init
+
 
 class StopFlag:
     """Records SIGTERM / SIGINT so that the loop can checkpoint and stop at the end of a step."""
@@ -49,5 +51,4 @@ def worker_ignores_signals(worker_id: int) -> None:
     `timeout`, Slurm and torchrun deliver SIGTERM to the whole process group; a worker that died of
     it would make the main process fail before it could save its checkpoint.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_init()
