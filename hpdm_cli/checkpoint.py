@@ -51,13 +51,22 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
     if p.is_dir():
         if is_checkpoint_dir(p):
             return _weights_of(p)
-        ckpts = list_checkpoints(p)
-        if not ckpts and p.name == CHECKPOINTS and list_checkpoints(p.parent):    # a run's checkpoints/ folder
-            ckpts = list_checkpoints(p.parent)
+        ckpts = _run_checkpoints(p)
         if ckpts:
             return _weights_of(ckpts[-1])
+        if CKPT_RE.match(p.name):                                     # named as a checkpoint, without its weights
+            raise CheckpointError(f"{p}: this checkpoint has no {MODEL} (an interrupted save?); pass its run "
+                                  "directory to use the newest complete checkpoint")
         raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
     raise CheckpointError(f"{p}: no such checkpoint file or run directory")
+
+
+def _run_checkpoints(p: Path) -> list[Path]:
+    """A run directory's checkpoints, oldest first; `p` may also be the run's checkpoints/ folder itself."""
+    ckpts = list_checkpoints(p)
+    if not ckpts and p.name == CHECKPOINTS:
+        ckpts = list_checkpoints(p.parent)
+    return ckpts
 
 
 def _weights_of(checkpoint_dir: Path) -> Path:
@@ -76,7 +85,7 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
     """
     p = Path(ckpt)
     if p.is_dir() and not is_checkpoint_dir(p):
-        ckpts = list_checkpoints(p)
+        ckpts = _run_checkpoints(p)
         if not ckpts:
             resolve_sampling_weights(p)                                   # raises: no checkpoints
         skipped = []

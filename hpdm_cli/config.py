@@ -24,6 +24,12 @@ class ConfigError(HPDMError, ValueError):
 # conditional and unconditional predictions until float32 overflows (1e300 gives a black video).
 # `hpdm sample --guidance` is held to the same range.
 MAX_GUIDANCE = 100.0
+# Frame rates a video may be written at (a container stores 1/fps as a fraction of denominator <= 1001).
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+# Sampling seeds are 64-bit (torch.Generator.manual_seed wraps larger ones onto smaller: the same video).
+MAX_SEED = 2 ** 64 - 1
+# Sampling steps per level: the recipes use 8-128; far more only costs time (and overflows the schedule).
+MAX_STEPS = 100_000
 TILE_BATCH = 64   # tiles per network forward when sampling, unless --tile-batch says otherwise
 # `hpdm bench`'s defaults: timed and warm-up training steps; videos per sampler call and precision with --sampling.
 BENCH_STEPS, BENCH_WARMUP, BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION = 10, 3, 16, "bf16"
@@ -411,7 +417,7 @@ class Recipe:
         def ints(lo: int) -> dict:
             return dict(lo=lo, integer=True)
         for key, value, rule in (
-            ("data.fps", D.fps, pos),
+            ("data.fps", D.fps, dict(lo=MIN_FPS, hi=MAX_FPS)),
             ("data.image_fraction", D.image_fraction, prob),
             ("data.num_workers", D.num_workers, ints(0)),
             ("data.synthetic_videos", D.synthetic_videos, ints(1)),
@@ -454,8 +460,8 @@ class Recipe:
             ("train.ckpt_every", t.ckpt_every, ints(1)),
             ("train.keep_last", t.keep_last, dict(ints(0), note=" (0 = keep every checkpoint)")),
             ("train.max_nonfinite_steps", t.max_nonfinite_steps, dict(ints(0), note=" (0 = never stop)")),
-            ("sample.steps", s.steps, ints(1)),
-            *((f"sample.level_steps[{i}]", v, ints(1)) for i, v in enumerate(s.level_steps)),
+            ("sample.steps", s.steps, dict(ints(1), hi=MAX_STEPS)),
+            *((f"sample.level_steps[{i}]", v, dict(ints(1), hi=MAX_STEPS)) for i, v in enumerate(s.level_steps)),
             ("sample.sigma_min", s.sigma_min, pos),
             *(((f"sample.sigma_max[{i}]", v, pos) for i, v in enumerate(s.sigma_max))
               if isinstance(s.sigma_max, (list, tuple)) else [("sample.sigma_max", s.sigma_max, pos)]),
@@ -467,7 +473,7 @@ class Recipe:
                dict(lo=0, hi=MAX_GUIDANCE, note=" (1 = no guidance)"))
               for i, v in enumerate(s.guidance if isinstance(s.guidance, (list, tuple)) else [s.guidance])),
             ("sample.batch_size", s.batch_size, ints(1)),
-            ("sample.fps", s.fps, dict(nonneg, note=" (0 = data.fps)")),
+            ("sample.fps", s.fps, dict(nonneg, hi=MAX_FPS, note=" (0 = data.fps)")),
             ("eval.num_clips", e.num_clips, ints(1)),
             ("eval.frames", e.frames, ints(1)),
             ("eval.batch_size", e.batch_size, ints(1)),

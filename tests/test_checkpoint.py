@@ -73,6 +73,7 @@ def test_round_trip_is_exact_and_self_describing(trained, tmp_path):
         assert json.loads(f.metadata()["hpdm_arch"]) == json.loads(architecture_of(recipe))
     assert resolve_sampling_weights(tmp_path) == path / "ema.safetensors"
     assert resolve_sampling_weights(tmp_path / "checkpoints") == path / "ema.safetensors"   # the run's folder of them
+    assert load_sampling_weights(tmp_path / "checkpoints")[0] == path / "ema.safetensors"
     assert recipe_from_toml(c["meta"]["hpdm_recipe"]) == recipe
 
 
@@ -293,6 +294,8 @@ def test_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value) and "x.safetensors" in str(e.value)
     os.makedirs(tmp_path / "checkpoints" / "ckpt-00000005")
     assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(CheckpointError, match="ckpt-00000005: this checkpoint has no model.safetensors"):
+        resolve_sampling_weights(tmp_path / "checkpoints" / "ckpt-00000005")       # named as one, weights missing
 
 
 def test_export_writes_the_ema_weights_in_fp16_with_an_edited_recipe(trained, tmp_path):

@@ -167,6 +167,7 @@ BENCH_CASES = {
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
     "--json into a missing folder": (["--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
     "--json a folder": (["--json", "{tmp}"], "is a directory"),
+    "--json a video": (["--json", "{tmp}/keep.mp4"], "keep.mp4: expected a .json file name"),
     "cuda on a CPU machine": (["train.device=cuda"], "train.device"),
 }
 

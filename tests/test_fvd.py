@@ -752,7 +752,8 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
                       (["--workers", "-1"], "--workers -1"), (["--precision", "fp16"], "fp16"),
                       (["--device", "tpu"], "--device"), (["--save-real", tmp_path / "s.json"], ".npz suffix"),
                       (["--save-real", tmp_path / "file" / "s.npz"], "is a file"),
-                      (["--json", tmp_path / "file" / "r.json"], "is a file")):
+                      (["--json", tmp_path / "file" / "r.json"], "is a file"),
+                      (["--json", tmp_path / "keep.mp4"], "expected a .json file name")):
         r = _cli(*base, *args)
         assert why in r.error, (args, r.err)
     for real, fake, why in ((tmp_path / "missing", tmp_path / "b.npz", "does not exist"),

@@ -333,6 +333,13 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "negative context budget": (["sample", "--ckpt", run, "--context-gib", "-1", "--out", out], out),
         "fps nan": (["sample", "--ckpt", run, "--fps", "nan", "--out", out], out),
         "fps 0": (["sample", "--ckpt", run, "--fps", "0", "--out", out], out),
+        "fps too small for a container": (["sample", "--ckpt", run, "--fps", "0.0001", "--out", out], out),
+        "steps past the schedule": (["sample", "--ckpt", run, "--steps", "99999999999999999999", "--out", out], out),
+        "seed past 64 bits": (["sample", "--ckpt", run, "--seeds", str(2 ** 64), "--out", out], out),
+        "upscale seed past 64 bits": (["upscale", good_video, "--ckpt", run, "--class", "0", "--seed", str(2 ** 64),
+                                       "--out", out], out),
+        "a run's checkpoints folder without checkpoints": (["sample", "--ckpt", tmp / "emptyrun" / "checkpoints",
+                                                            "--out", out], out),
         "negative level": (["sample", "--ckpt", run, "--levels", "-1", "--out", out], out),
         "steps 0": (["sample", "--ckpt", run, "--steps", "0", "--out", out], out),
         "negative seed": (["sample", "--ckpt", run, "--seeds", "-1", "--out", out], out),
@@ -352,6 +359,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
 
 def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
     (tmp_path / "adir.mp4").mkdir()
+    (tmp_path / "emptyrun" / "checkpoints").mkdir(parents=True)
     for name, (args, target) in _bad_cases(assets, tmp_path).items():
         before = set(os.listdir(tmp_path))
         code, stdout, err = cli(capsys, *args, "--no-progress")

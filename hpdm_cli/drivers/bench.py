@@ -153,7 +153,7 @@ def _sample_steps(value: str) -> list[int]:
 
 def _check_json_target(path: Path) -> None:
     """Refuse a --json path that cannot be written, before anything is timed."""
-    why = unwritable(path, make_dirs=False)
+    why = unwritable(path, make_dirs=False, suffix=".json")
     if why is not None:
         raise ConfigError(f"--json {path}: {why}")
 

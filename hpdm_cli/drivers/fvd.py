@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import TILE_BATCH
+from ..config import MAX_SEED, TILE_BATCH
 from ..data.shards import is_dataset
 from ..errors import WARNING
 from ..device import parse_device, resolve_device
@@ -56,6 +56,9 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     seed, batch, guidance = gen.get("seed"), gen.get("batch"), gen.get("guidance")
     if seed is not None and (int(seed) != seed or seed < 0):
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
+    if seed is not None and seed + gen.get("num", 1) - 1 > MAX_SEED:
+        raise FVDError(f"--gen-seed {seed}: the seeds from it to {seed + gen.get('num', 1) - 1} pass 2**64 - 1 "
+                       f"({MAX_SEED}); choose a smaller first seed")
     if batch is not None and (int(batch) != batch or batch < 1):
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     _as_fvd_error(parse_guidance, guidance, num_levels)
@@ -167,7 +170,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     n = int(protocol.num)
     values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
     nsteps = _as_fvd_error(parse_steps, steps, recipe.pyramid.num_levels)
-    _check_generation(dict(seed=seed, batch=batch, guidance=guidance, guidance_interval=guidance_interval,
+    _check_generation(dict(seed=seed, num=n, batch=batch, guidance=guidance, guidance_interval=guidance_interval,
                            guide_model=guide_model))
     guidance = _as_fvd_error(parse_guidance, guidance, recipe.pyramid.num_levels)
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
@@ -211,9 +214,9 @@ def _generated_side_stats(path: Path, protocol: Protocol, extractor: I3DExtracto
 # ============================================================================ the evaluation
 
 
-def _check_writable_file(path, what: str) -> None:
-    """An output file path whose directory exists or can be made (checked before any work)."""
-    why = unwritable(path)
+def _check_writable_file(path, what: str, suffix: Optional[str] = None) -> None:
+    """An output file path (of `suffix`) whose directory exists or can be made (checked before any work)."""
+    why = unwritable(path, suffix=suffix)
     if why is not None:
         raise FVDError(f"{what} {str(path)!r}: {why}")
 
@@ -291,7 +294,7 @@ def _check_sides(sides: dict, kinds: dict, protocol: Protocol, extractor, genera
     if kinds["fake"] == "checkpoint":
         rec = checkpoint_recipe(sides["fake"])
         _check_model_frames(int(rec.pyramid.resolution[0]), protocol)
-        _check_generation(dict(generation or {}), rec.pyramid.num_levels)
+        _check_generation(dict(generation or {}, num=int(protocol.num)), rec.pyramid.num_levels)
 
 
 def _side_warnings(protocol: Protocol, num, reps: Sequence[SideReport], stats: Sequence[FVDStats]) -> list[str]:
@@ -419,7 +422,7 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
     its recipe's [eval] gives the clip count, frames and I3D batch that are not given.
     """
     if json_out is not None:
-        _check_writable_file(json_out, "--json")
+        _check_writable_file(json_out, "--json", ".json")
     if Path(fake).exists() and source_kind(fake) != "checkpoint":      # a missing --fake is named later
         given = [flag for flag, v in (("--gen-seed", gen_seed), ("--gen-batch", gen_batch), ("--steps", steps),
                                       ("--guidance", guidance), ("--overlap", overlap), ("--bf16", bf16 or None),

@@ -286,7 +286,7 @@ def summary(points: dict) -> str:
 
 def _check_target(path: Path, option: str) -> None:
     """Refuse an output path that cannot be written, before anything is measured."""
-    why = unwritable(path, make_dirs=False)
+    why = unwritable(path, make_dirs=False, suffix=".json" if option == "--json" else None)
     if why is not None:
         raise ConfigError(f"{option} {path}: {why}")
 

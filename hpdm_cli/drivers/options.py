@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..assets import PACKAGED
 from ..conditioning import GenerateError
-from ..config import TILE_BATCH
+from ..config import MAX_FPS, MAX_SEED, MAX_STEPS, MIN_FPS, TILE_BATCH
 from ..io import unwritable
 from ..io.video import VIDEO_SUFFIXES
 
@@ -53,8 +53,8 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
             seeds += range(a, b + 1)
     seen = set()
     for s in seeds:
-        if s < 0:
-            raise GenerateError(f"seed {s}: seeds must be >= 0")
+        if not 0 <= s <= MAX_SEED:
+            raise GenerateError(f"seed {s}: seeds must be from 0 to 2**64 - 1 ({MAX_SEED})")
         if s in seen:
             raise GenerateError(f"--seeds {text!r}: seed {s} is given twice")
         seen.add(s)
@@ -78,6 +78,8 @@ def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Opti
         vals = [int(v) for v in text]
     if any(v < 1 for v in vals):
         raise GenerateError(f"--steps {text!r}: every level needs at least one step")
+    if any(v > MAX_STEPS for v in vals):
+        raise GenerateError(f"--steps {text!r}: at most {MAX_STEPS} steps a level")
     if len(vals) == 1:
         from ..sampling.hierarchical import halved_steps
         return halved_steps(vals[0], num_levels)
@@ -170,8 +172,8 @@ def check_options(*, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, 
     parse_guidance(guidance)
     parse_guidance_interval(guidance_interval)
     parse_guide_model(guide_model)
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise GenerateError(f"--fps {fps}: expected a positive number")
+    if fps is not None and not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+        raise GenerateError(f"--fps {fps}: expected a number from {MIN_FPS} to {MAX_FPS:g} (frames per second)")
     if levels is not None and levels < 0:
         raise GenerateError(f"--levels {levels}: expected a level index >= 0 (0 = only the coarsest level)")
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
-from ..config import Recipe, TILE_BATCH
+from ..config import MAX_SEED, Recipe, TILE_BATCH
 from ..device import world
 from ..pixels import uint8_from_unit, unit_from_uint8
 from ..sampling import level_steps
@@ -434,8 +434,8 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
     _check_fit(fit)
     _check_pad_mode(pad_mode)
     _check_window_overlap(window_overlap)
-    if seed < 0:
-        raise GenerateError(f"--seed {seed}: expected a seed >= 0")
+    if not 0 <= seed <= MAX_SEED:
+        raise GenerateError(f"--seed {seed}: expected a seed from 0 to 2**64 - 1 ({MAX_SEED})")
     if from_level < 0:
         raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,

@@ -131,16 +131,19 @@ def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 
     atomic_write_text(path, json_text(value, indent))
 
 
-def unwritable(path: str | os.PathLike, *, make_dirs: bool = True) -> str | None:
+def unwritable(path: str | os.PathLike, *, make_dirs: bool = True, suffix: str | None = None) -> str | None:
     """Why a file could not be written at `path`, in words for an error message, or None when it can.
 
-    Checked before any long work: not a directory, every existing folder above it a folder, and the
-    nearest existing one writable (a probe file is created and removed there). Missing folders
-    are fine with `make_dirs` (the writer creates them), else the file's own folder must exist.
+    Checked before any long work: the `suffix` (".json": so that a mistyped path cannot overwrite a
+    video), not a directory, every existing folder above it a folder, and the nearest existing one
+    writable (a probe file is created and removed there). Missing folders are fine with `make_dirs`
+    (the writer creates them), else the file's own folder must exist.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         return "it is a directory: give a file name"
+    if suffix is not None and os.path.splitext(path)[1].lower() != suffix:
+        return f"expected a {suffix} file name"
     d = os.path.dirname(path)
     if not make_dirs and not os.path.exists(d):
         return f"folder {d!r} does not exist: create it or pick another path"

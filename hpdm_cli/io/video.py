@@ -45,6 +45,7 @@ from typing import Iterator
 
 import numpy as np
 
+from hpdm_cli.config import MAX_FPS, MIN_FPS
 from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_path, atomic_write_bytes
 
@@ -91,12 +92,13 @@ def _check_frames(frames) -> np.ndarray:
 
 
 def _fps_fraction(fps: float) -> Fraction:
+    """The frame rate as the fraction a container stores (VideoError outside MIN_FPS .. MAX_FPS)."""
     try:
         f = float(fps)
     except (TypeError, ValueError):
-        raise VideoError(f"fps = {fps!r}: expected a positive number") from None
-    if not math.isfinite(f) or f <= 0:
-        raise VideoError(f"fps = {fps!r}: expected a positive number")
+        raise VideoError(f"fps = {fps!r}: expected a number from {MIN_FPS} to {MAX_FPS:g}") from None
+    if not (math.isfinite(f) and MIN_FPS <= f <= MAX_FPS):
+        raise VideoError(f"fps = {fps!r}: expected a number from {MIN_FPS} to {MAX_FPS:g}")
     return Fraction(f).limit_denominator(1001)
 
 

@@ -12,6 +12,8 @@ import numbers
 import os
 from dataclasses import dataclass
 
+from hpdm_cli.config import MAX_FPS, MIN_FPS
+
 __all__ = ["FITS", "SHORT_POLICIES", "ORDERS", "DATASET_PRESET", "IMAGES_SUBDIR", "PrepareOptions", "options_from_recipe",
            "error"]
 
@@ -59,8 +61,8 @@ class PrepareOptions:
             fps = float(self.fps)
         except (TypeError, ValueError):
             fps = float("nan")
-        if not (math.isfinite(fps) and fps > 0):
-            raise error(f"--fps {self.fps!r}: expected a positive number of frames per second")
+        if not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+            raise error(f"--fps {self.fps!r}: expected {MIN_FPS} to {MAX_FPS:g} frames per second")
         if int(self.frames) != self.frames or self.frames < 1:
             raise error(f"--frames {self.frames!r}: expected a positive clip length in frames")
         if len(self.size) != 2 or any(int(v) != v or v < 1 for v in self.size):
