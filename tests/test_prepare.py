@@ -545,10 +545,18 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     cases.append(([str(tmp_path), str(tmp_path)], "is SRC_DIR or holds it"))                # written there, never read
     cases.append(([str(tmp_path / "run"), str(tmp_path)], "is SRC_DIR or holds it"))
     cases.append((["--images", str(tmp_path / "run"), str(tmp_path)], "is --images or holds it"))
+    mine = tmp_path / "mine"                              # a user's folder: its files must not be overwritten
+    mine.mkdir()
+    (mine / "captions.json").write_text("mine")
+    (mine / "notes.txt").write_text("mine")
+    cases.append((["--synthetic", "shapes", str(mine), "--num-videos", "2"], "holds files that are not an hpdm "
+                   "dataset's (notes.txt): choose an empty or new directory"))
+    cases.append((["--synthetic", "shapes", str(mine), "--num-videos", "2", "--overwrite"], "(notes.txt)"))
     for argv, text in cases:
         assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("hpdm: error:") and text in err and "\n" not in err, (argv, err)
+    assert sorted(os.listdir(mine)) == ["captions.json", "notes.txt"] and (mine / "captions.json").read_text() == "mine"
 
 
 def test_synthetic_still_works(tmp_path):

@@ -305,6 +305,22 @@ def test_a_prepared_dataset_is_not_taken_for_a_run_directory(shapes_data, tmp_pa
     assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == before
 
 
+def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_data, tmp_path):
+    """A --run-dir holding files a run does not write, or a recipe.toml hpdm did not write, is refused untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(TrainError, match=r"holds files that are not an hpdm run's \(notes.txt\): choose an empty"):
+        train(make_recipe(shapes_data), mine, log=quiet())
+    (mine / "notes.txt").unlink()
+    (mine / "recipe.toml").write_text("# my recipe\n")
+    (mine / "env.json").write_text("{}")
+    with pytest.raises(TrainError, match=r"recipe.toml is not a recipe that hpdm train wrote"):
+        train(make_recipe(shapes_data), mine, log=quiet())
+    assert (mine / "recipe.toml").read_text() == "# my recipe\n" and (mine / "env.json").read_text() == "{}"
+    assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["env.json", "recipe.toml"]
+
+
 def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
     """Data of another size is refused before the run directory is made; a run directory holding a recipe and
     nothing trained (a run stopped before its first step) does not bind it: the fixed recipe may differ."""

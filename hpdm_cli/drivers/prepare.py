@@ -11,13 +11,16 @@ options, prints the result and turns skipped files into the exit code.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
 from ..data.shapes import SHAPES_CLIP, SHAPES_FPS
-from ..data.shards import DataError
+from ..data.prepare.report import REPORT_NAME
+from ..data.shards import DataError, is_dataset
+from ..text.tables import CAPTIONS, PROMPTS
 from ..train.run_dir import is_run_dir
 
 __all__ = ["run_prepare", "parse_size", "SHAPES_CLIP", "SHAPES_FPS"]
@@ -26,6 +29,20 @@ __all__ = ["run_prepare", "parse_size", "SHAPES_CLIP", "SHAPES_FPS"]
 Update = Callable[[dict], None]
 Bar = Callable[[str], AbstractContextManager]      # bar(label) -> context yielding update(state) (or None)
 Log = Callable[[str], None]
+
+
+def _foreign_entries(out_dir: Path) -> list[str]:
+    """Entries of an existing folder that is not yet a dataset which `hpdm prepare` did not write (sorted).
+
+    A dataset's own files (dataset.json, captions.json, shards, caption tables, prepare_report.json) and
+    hidden names (temporary files, the lock, an interrupted run's work folder) are its; a folder holding
+    anything else is the user's, and a dataset written there would overwrite files of the same names.
+    """
+    if not out_dir.is_dir() or is_dataset(out_dir):
+        return []
+    own = re.compile(r"^(dataset\.json|captions\.json|shard-\d{5,}\.(bin|jsonl)|"
+                     rf"({CAPTIONS}|{PROMPTS})\.[^/]+\.safetensors|{re.escape(REPORT_NAME)})$")
+    return sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and not own.match(n))
 
 
 class TextPlan(NamedTuple):
@@ -76,6 +93,12 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
         if is_run_dir(run):
             raise DataError(f"{str(run)!r} holds an hpdm train run (checkpoints/ or recipe.toml): choose another "
                             "directory for the dataset")
+        sources = [Path(p).resolve() for p in (positional[:-1] + [options.get("images")]) if p is not None]
+        holds_source = any(run.resolve() in (q, *q.parents) for q in sources)   # refused later, in those words
+        foreign = [] if holds_source else _foreign_entries(run)
+        if foreign:
+            raise DataError(f"{str(run)!r} holds files that are not an hpdm dataset's ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}): choose an empty or new directory")
     rec = None
     if recipe is not None:
         from ..recipe import default_recipe_path, load_recipe

@@ -8,6 +8,7 @@ import torch
 
 from ..config import Recipe
 from . import TrainError
+from .run_dir import CACHE
 
 
 def caption_embeddings(recipe: Recipe, captions: list, run_dir: Path, device, sources=(), say=None,
@@ -74,4 +75,4 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
                          f"{m.text_encoder}" + (f" (and the same for {', '.join(data[1:])})" if data[1:] else "")
                          + ", then copy the dataset folder here") from None
     check_output_size(enc, m.text_tokens, m.text_dim)
-    return cached_embeddings(enc, captions, run_dir / "cache"), enc.name
+    return cached_embeddings(enc, captions, run_dir / CACHE), enc.name

@@ -64,7 +64,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
-from .run_dir import CHECKPOINTS, RECIPE, STATS, checkpoint_name
+from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, STATS, checkpoint_name, foreign_entries
 from .stats import StatsWriter
 from .step import build_model, compile_model, forward_backward, set_precision, step_generator
 
@@ -126,20 +126,29 @@ def _holds_training(run_dir: Path) -> bool:
 
 def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
-    from ..recipe import recipe_from_toml
+    from ..recipe import recipe_from_toml, recipe_to_toml
     if is_dataset(run_dir):
         raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
                          "for the run")
     arch = architecture_of(recipe)
     old = run_dir / RECIPE
+    trained = _holds_training(run_dir)
+    foreign = [] if trained else foreign_entries(run_dir)         # a trained run may gather the user's exports
+    if foreign:
+        raise TrainError(f"--run-dir {run_dir} holds files that are not an hpdm run's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): choose an empty or new folder for the run")
     if old.exists():
         try:
-            prev = recipe_from_toml(old.read_text(), source=str(old))
+            text = old.read_text()
+            prev = recipe_from_toml(text, source=str(old))
         except Exception as e:                                            # ConfigError, OSError, ...
             raise TrainError(f"{old} is unreadable ({str(e).strip().splitlines()[0] if str(e) else type(e).__name__}); "
                              "restore it, or delete it to adopt this recipe") from None
+        if not trained and text != recipe_to_toml(prev):              # e.g. the user's own recipe kept there
+            raise TrainError(f"{old} is not a recipe that hpdm train wrote (a run's resolved recipe), and the run "
+                             "would replace it: move it elsewhere, or choose another --run-dir")
         if architecture_of(prev) != arch:
-            if _holds_training(run_dir):
+            if trained:
                 diff = architecture_differences(architecture_of(prev), arch)
                 raise TrainError(f"{run_dir} holds a run of another architecture ({diff}); use another run "
                                  "directory or restore the recipe")
@@ -302,7 +311,7 @@ def _run_log(run_dir: Path, dist: DistInfo, log) -> Callable[..., None]:
         if dist.is_main:
             if echo:
                 log(msg)
-            with open(run_dir / "train.log", "a") as f:
+            with open(run_dir / LOG, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
     return say
 
@@ -336,7 +345,7 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack
         raise refusal or TrainError(f"{run_dir}: rank 0 refused the run directory (see its message)")
     if dist.is_main:
         dump_recipe(recipe, run_dir / RECIPE)
-        atomic_write_text(run_dir / "env.json", json.dumps(_environment(dist), indent=1))
+        atomic_write_text(run_dir / ENV, json.dumps(_environment(dist), indent=1))
     if dist.distributed:
         found = torch.tensor([ck["state"]["step"] + 1 if ck is not None else 0], device=dist.device)
         found = int(all_reduce_sum(found).item())
