@@ -52,7 +52,7 @@ def test_other_exceptions_keep_their_traceback(monkeypatch):
 @pytest.mark.parametrize("exc,code,line", [
     (FileNotFoundError(2, "No such file or directory", "x.mp4"), 2, "hpdm: error: [Errno 2] No such file or directory: 'x.mp4'"),
     (HPDMError(""), 2, "hpdm: error: HPDMError"),
-    (KeyboardInterrupt(), 130, "interrupted"),
+    (KeyboardInterrupt(), 130, "hpdm: interrupted (Ctrl-C)"),
     (SystemExit("stopped: a message"), 1, "stopped: a message"),
 ], ids=["missing path", "empty message", "ctrl-c", "exit with a message"])
 def test_cli_exit_codes_and_lines_of_other_endings(exc, code, line, monkeypatch, capsys):
@@ -63,6 +63,20 @@ def test_cli_exit_codes_and_lines_of_other_endings(exc, code, line, monkeypatch,
         cli_app.main(["anything"])
     assert e.value.code == code
     assert capsys.readouterr().err.strip() == line
+
+
+def test_ctrl_c_inside_a_command_says_so(monkeypatch, capsys):
+    """Typer turns a KeyboardInterrupt inside a command into Exit(130): the user still reads one line saying why."""
+    import typer
+    toy = typer.Typer()
+
+    @toy.command()
+    def work():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_app, "app", toy)
+    assert cli_app.exit_code([]) == 130
+    assert capsys.readouterr().err.strip() == "hpdm: interrupted (Ctrl-C)"
 
 
 def test_an_abort_exits_130(monkeypatch, capsys):

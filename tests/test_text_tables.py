@@ -163,6 +163,26 @@ def test_prepare_synthetic_stores_captions_and_the_prompt_vocabulary(tmp_path, c
     assert code == 0 and "already stored" in stdout and fake.seen == []
 
 
+def test_rerunning_a_synthetic_prepare_completes_its_embeddings(tmp_path, capsys, monkeypatch):
+    """A run stopped after its videos but before their caption embeddings: the same command keeps the videos and
+    stores the embeddings; other settings are still refused without --overwrite."""
+    out = tmp_path / "s"
+    args = ["prepare", "--synthetic", "shapes", out, "--num-videos", "3", "--frames", "2", "--height", "16",
+            "--width", "16"]
+    use_encoder(monkeypatch, FakeMiniLM("first0000000"))
+    assert run_cli(capsys, *args)[0] == 0
+    shard = next(out.glob("shard-*.bin"))
+    written = shard.stat().st_mtime_ns
+    for p in T.tables_in(out):                                # as if interrupted while storing them
+        p.unlink()
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "already holds these 3 shapes videos: kept" in stdout and shard.stat().st_mtime_ns == written
+    assert len(T.tables_in(out)) == 2
+    code, _, err = run_cli(capsys, *args[:-1], "32")                      # another size: a new dataset
+    assert code == 2 and "already holds a dataset" in err
+
+
 def test_text_encoder_none_then_embed_captions_adds_and_refreshes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "s"
     block_encoder(monkeypatch)

@@ -69,6 +69,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     sys.exit(code)
 
 
+INTERRUPTED = 130                                # the exit code of a Ctrl-C, as shells give it
+
+
 def exit_code(argv: Optional[List[str]] = None) -> int:
     """Run the app on `argv`; the process exit code (user errors: one line on stderr, 2)."""
     try:
@@ -79,10 +82,9 @@ def exit_code(argv: Optional[List[str]] = None) -> int:
         err.print(str(e.code), highlight=False, markup=False)                # sys.exit("message")
         return 1
     except typer.Exit as e:
-        return e.exit_code
+        rc = e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+        rc = INTERRUPTED
     except typer.Abort:
         err.print("hpdm: aborted", highlight=False, markup=False)
         return 130
@@ -99,7 +101,10 @@ def exit_code(argv: Optional[List[str]] = None) -> int:
             err.print(f"hpdm: error: {msg}", highlight=False, markup=False, soft_wrap=True)
             return 2
         raise
-    return rc if isinstance(rc, int) else 0
+    rc = rc if isinstance(rc, int) else 0
+    if rc == INTERRUPTED:                        # no command exits 130 but by Ctrl-C (typer's Exit(130) of one)
+        err.print("hpdm: interrupted (Ctrl-C)", highlight=False, markup=False)
+    return rc
 
 
 if __name__ == "__main__":

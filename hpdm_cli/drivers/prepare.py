@@ -192,7 +192,13 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
         raise DataError("give the synthetic clips' size once: --size HxW or --height/--width, not both")
     encode = {k: v for k, v in (("crf", folder_options.get("crf")), ("preset", folder_options.get("preset")),
                                 ("max_videos_per_shard", folder_options.get("shard_videos"))) if v is not None}
-    PrepareOptions(**encode, workers=workers).validate()    # checked as for folders: one line naming the option
+    opts = PrepareOptions(**encode, workers=workers).validate()   # checked as for folders: one line naming the option
+    want = dict(generator="shapes", seed=int(seed), frames=int(T), height=int(H), width=int(W),
+                split=str(split) if split is not None else "all")
+    if not overwrite and _holds_shapes(positional[0], want, num_videos, f, opts):
+        log(f"{positional[0]} already holds these {num_videos} shapes videos: kept (re-run with --overwrite to "
+            "render them again)")
+        return os.fspath(positional[0])
     with hold_lock(positional[0], "hpdm prepare", error=DataError, warn=warn), bar("shapes") as update:
         path = write_shapes_dataset(
             positional[0], num_videos=num_videos, frames=T, height=H, width=W, seed=seed, fps=f, **encode,
@@ -200,6 +206,22 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
             progress=(lambda done, total: update(dict(done=done, total=total, skipped=0))) if update else None)
     log(f"wrote {num_videos} shapes videos ({T}x{H}x{W} @ {f:g} fps) to {path}")
     return path
+
+
+def _holds_shapes(out_dir, meta: dict, num_videos: int, fps: float, opts: PrepareOptions) -> bool:
+    """Whether `out_dir` is already the shapes dataset these options write (e.g. a run stopped while storing
+    its caption embeddings): the same generator settings, videos, frame rate and encoding (`opts`)."""
+    import json
+    if not is_dataset(out_dir):
+        return False
+    try:
+        d = json.loads((Path(out_dir) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    codec = d.get("codec", {})
+    return ({k: d.get("meta", {}).get(k) for k in meta} == meta and d.get("num_videos") == num_videos
+            and d.get("fps") == float(fps) and codec.get("crf") == opts.crf and codec.get("preset") == opts.preset
+            and len(d.get("shards", [])) == -(-num_videos // opts.max_videos_per_shard))
 
 
 def _text_plan(spec: Optional[str], rec, explicit: bool) -> TextPlan:
