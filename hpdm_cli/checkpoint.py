@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .assets import DEFAULT_MODEL, names_packaged
+from .assets import DEFAULT_MODEL, PACKAGED, names_packaged
 from .config import Recipe
 from .device import resolve_device
 from .train.checkpoint import (CheckpointError, architecture_of, first_nonfinite, list_checkpoints, read_weights_file,
@@ -57,7 +57,8 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
         if CKPT_RE.match(p.name):                                     # named as a checkpoint, without its weights
             raise CheckpointError(f"{p}: this checkpoint has no {MODEL} (an interrupted save?); pass its run "
                                   "directory to use the newest complete checkpoint")
-        raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...)")
+        hides = " (this folder hides the packaged model: run elsewhere, or rename it)" if str(ckpt) == PACKAGED else ""
+        raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...){hides}")
     raise CheckpointError(f"{p}: no such checkpoint file or run directory")
 
 

@@ -974,8 +974,13 @@ def test_model_frames_are_counted_after_the_stride():
     from hpdm_cli.drivers.fvd import _check_model_frames
     assert MIN_FRAMES == 9
     _check_model_frames(17, Protocol(frames=None, stride=2))
-    with pytest.raises(FVDError, match="16-frame videos: I3D needs clips of at least 9 frames"):
+    with pytest.raises(FVDError, match=r"16-frame videos: I3D needs clips of at least 9 frames \(--stride 2 leaves "
+                                       r"8\): lower --stride"):
         _check_model_frames(16, Protocol(frames=None, stride=2))
+    for protocol in (Protocol(frames=9, stride=1), Protocol(frames=None, stride=1)):   # nothing to lower: say so
+        with pytest.raises(FVDError, match=r"8-frame videos: I3D needs clips of at least 9 frames, so FVD cannot "
+                                           r"score it$"):
+            _check_model_frames(8, protocol)
 
 
 def test_class_labels_take_label_zero_and_refuse_labels_beyond_the_model():
@@ -1023,3 +1028,17 @@ def test_generation_seed_zero_is_accepted():
     _check_generation({"seed": 0, "batch": 1})
     with pytest.raises(FVDError, match="--gen-seed -1: expected a seed >= 0"):
         _check_generation({"seed": -1})
+
+
+def test_fake_packaged_names_the_packaged_model(tmp_path, monkeypatch):
+    """`--fake packaged` is the packaged model, as `hpdm sample --ckpt packaged` (unless a path of that name exists)."""
+    import hpdm_cli.drivers.fvd as drv
+    from hpdm_cli.assets import DEFAULT_MODEL
+    seen = []
+    monkeypatch.setattr(drv, "evaluate_fvd", lambda real, fake, **kw: seen.append(Path(fake)))
+    monkeypatch.setattr(drv, "_recipe_eval_defaults", lambda real, fake, options: None)
+    monkeypatch.chdir(tmp_path)
+    drv.run_eval_fvd(tmp_path, Path("packaged"))
+    (tmp_path / "packaged").mkdir()                                   # a folder of that name here wins
+    drv.run_eval_fvd(tmp_path, Path("packaged"))
+    assert seen == [DEFAULT_MODEL, Path("packaged")]

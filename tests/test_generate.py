@@ -333,6 +333,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "negative context budget": (["sample", "--ckpt", run, "--context-gib", "-1", "--out", out], out),
         "fps nan": (["sample", "--ckpt", run, "--fps", "nan", "--out", out], out),
         "fps 0": (["sample", "--ckpt", run, "--fps", "0", "--out", out], out),
+        "out a folder": (["sample", "--ckpt", run, "--out", tmp / "emptyrun"], out),
         "fps too small for a container": (["sample", "--ckpt", run, "--fps", "0.0001", "--out", out], out),
         "steps past the schedule": (["sample", "--ckpt", run, "--steps", "99999999999999999999", "--out", out], out),
         "seed past 64 bits": (["sample", "--ckpt", run, "--seeds", str(2 ** 64), "--out", out], out),

@@ -545,6 +545,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     cases.append(([str(tmp_path), str(tmp_path)], "is SRC_DIR or holds it"))                # written there, never read
     cases.append(([str(tmp_path / "run"), str(tmp_path)], "is SRC_DIR or holds it"))
     cases.append((["--images", str(tmp_path / "run"), str(tmp_path)], "is --images or holds it"))
+    cases.append((["--synthetic", "shapes", str(tmp_path), str(tmp_path / "o")], "give only OUT_DIR (drop"))
     mine = tmp_path / "mine"                              # a user's folder: its files must not be overwritten
     mine.mkdir()
     (mine / "captions.json").write_text("mine")

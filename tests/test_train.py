@@ -321,6 +321,13 @@ def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_dat
     assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["env.json", "recipe.toml"]
 
 
+def test_a_missing_init_from_is_named_before_the_run_directory_is_written(shapes_data, tmp_path):
+    with pytest.raises(TrainError, match=r"^train.init_from = '.*nope': .*no such checkpoint file or run directory$"):
+        train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(tmp_path / 'nope'))}"), tmp_path / "r",
+              log=quiet())
+    assert [p.name for p in (tmp_path / "r").iterdir() if not p.name.startswith(".")] == []
+
+
 def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
     """Data of another size is refused before the run directory is made; a run directory holding a recipe and
     nothing trained (a run stopped before its first step) does not bind it: the fixed recipe may differ."""

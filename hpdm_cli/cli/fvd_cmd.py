@@ -29,7 +29,7 @@ def eval_fvd(
     real: Path = typer.Option(..., "--real", help="Real videos: a folder of videos (searched recursively), a "
                                                   "prepared dataset, or a statistics file (.npz)."),
     fake: Path = typer.Option(..., "--fake", help="Fake videos: a folder, a prepared dataset, a statistics file, "
-                                                  "or a checkpoint / run directory (clips are generated)."),
+                                                  "or a checkpoint / run directory / `packaged` (clips are generated)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (FVD, counts, protocol, "
                                                                  "detector checksum, sources) as JSON."),
     num: Optional[int] = typer.Option(None, "--num", "--num-clips",

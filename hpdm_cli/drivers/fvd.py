@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ..assets import DEFAULT_MODEL, names_packaged
 from ..config import MAX_SEED, TILE_BATCH
 from ..data.shards import is_dataset
 from ..errors import WARNING
@@ -82,11 +83,15 @@ def _as_fvd_error(parse, *args):
 
 def _check_model_frames(frames: int, protocol: Protocol) -> None:
     """A model making `frames`-frame videos must hold the protocol's clip."""
+    if frames < MIN_FRAMES:                                          # no --frames or --stride can help
+        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames, "
+                       "so FVD cannot score it")
     if protocol.frames is not None and frames < protocol.span:
         raise FVDError(f"the model makes {frames}-frame videos but the clip needs {protocol.span} frames "
                        f"(--frames {protocol.frames}, --stride {protocol.stride}): lower --frames or --stride")
     if protocol.frames is None and -(-frames // protocol.stride) < MIN_FRAMES:
-        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames")
+        raise FVDError(f"the model makes {frames}-frame videos: I3D needs clips of at least {MIN_FRAMES} frames"
+                       f" (--stride {protocol.stride} leaves {-(-frames // protocol.stride)}): lower --stride")
 
 
 def checkpoint_recipe(ckpt: str | os.PathLike):
@@ -421,6 +426,8 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
     The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset, and
     its recipe's [eval] gives the clip count, frames and I3D batch that are not given.
     """
+    if names_packaged(fake):                                   # the packaged model, as `hpdm sample --ckpt packaged`
+        fake = DEFAULT_MODEL
     if json_out is not None:
         _check_writable_file(json_out, "--json", ".json")
     if Path(fake).exists() and source_kind(fake) != "checkpoint":      # a missing --fake is named later

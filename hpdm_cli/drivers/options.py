@@ -200,6 +200,9 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
     """
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise GenerateError(f"cannot write {str(p)!r}: it is a directory: give a video file name, e.g. "
+                                f"{str(p / 'clip.mp4')!r}")
         if p.suffix.lower() not in VIDEO_SUFFIXES:
             hidden = " (a name that starts with a dot has no suffix: give one before it, e.g. clip.mp4)" \
                 if p.name.startswith(".") and not p.suffix else ""

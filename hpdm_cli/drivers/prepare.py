@@ -172,6 +172,9 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     """--synthetic shapes: render the procedural dataset (clip from the options, else the recipe, else
     `SHAPES_CLIP` at `SHAPES_FPS`), encoded as --crf, --preset and --shard-videos say; returns its path.
     Options of folders (fit, labels, ...) do not apply."""
+    if len(positional) == 2:
+        raise DataError(f"--synthetic renders its own videos: give only OUT_DIR (drop {str(positional[0])!r}); "
+                        "usage: hpdm prepare --synthetic shapes OUT_DIR")
     if len(positional) != 1:
         raise DataError("usage: hpdm prepare --synthetic shapes OUT_DIR")
     if name != "shapes":

@@ -8,6 +8,7 @@ model starts by computing the base's outputs on the levels both have.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from ..config import Recipe
 from ..model.network import HPDMNet
 from . import TrainError
 from ..checkpoint import resolve_sampling_weights
-from .checkpoint import read_weights_file
+from .checkpoint import CheckpointError, read_weights_file
 
 
 @dataclass
@@ -71,6 +72,14 @@ def grown_levels(base: Recipe, net: HPDMNet, unused: Sequence[str] = ()) -> str:
             else f"the checkpoint's weights, not its outputs, on {span(0, L0 - 1)}: {why}")
 
 
+def init_from_weights(path: str) -> Path:
+    """The weights file `train.init_from` names (TrainError naming the key when it names none)."""
+    try:
+        return resolve_sampling_weights(path)
+    except CheckpointError as e:
+        raise TrainError(f"train.init_from = {path!r}: {str(e).splitlines()[0]}") from None
+
+
 def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     """Copy the weights of checkpoint `path` that fit into `net` (`train.init_from`); report what was copied.
 
@@ -83,7 +92,7 @@ def init_from_checkpoint(net: torch.nn.Module, path: str) -> InitReport:
     give it the same compute: docs/results.md, section 24), else keep theirs; they count as new. Raises TrainError when what fits is
     under 10% of the model's parameters (an unrelated checkpoint).
     """
-    weights, base, _ = read_weights_file(resolve_sampling_weights(path))
+    weights, base, _ = read_weights_file(init_from_weights(path))
     own = net.state_dict()
     loaded, partial, widened = {}, [], []
     for k, v in weights.items():

@@ -61,7 +61,7 @@ from .checkpoint import (CheckpointError, architecture_differences, architecture
 from .batches import Batches
 from .captions import caption_embeddings
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
-from .init_from import init_from_checkpoint
+from .init_from import init_from_checkpoint, init_from_weights
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
 from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, STATS, checkpoint_name, foreign_entries
@@ -155,6 +155,8 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             warn(f"{old}: a run that never trained (no checkpoint, no logged step) with another architecture; "
                  "this recipe replaces it")
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
+    if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
+        init_from_weights(recipe.train.init_from)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
         try:
             stored = architecture_of(recipe_in_metadata(ck["meta"], ck["path"]))
