@@ -751,6 +751,7 @@ def test_overwrite_keeps_the_old_dataset_when_the_new_run_fails(tmp_path, capsys
     assert run_cli(tiny_args(bad_src, out, "--overwrite")) == 2
     err = capsys.readouterr().err
     assert "every one of the 2 files" in err and "unchanged" in err
+    assert "was skipped (" in err and "): nothing to publish" in err              # the commonest reason, named
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert [VideoDataset(out).item(0)["source"]] == ["a.mp4"]
     assert run_cli(tiny_args(old_src, out)) == 0                           # still "already holds this dataset"
@@ -1089,3 +1090,19 @@ def test_progress_counts_skipped_files(tmp_path):
     prepare_dataset(str(src), str(tmp_path / "out"), PrepareOptions(workers=0, size=(32, 32), frames=4),
                     progress=lambda d: seen.append(dict(d)))
     assert seen[-1]["done"] == 3 and seen[-1]["skipped"] == 2
+
+
+def test_a_captions_file_that_names_no_video_is_refused_and_one_that_misses_some_warns(tmp_path, capsys):
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4"):
+        write(src / name, small_clip()[:2], 25)
+    caps = tmp_path / "caps.csv"
+    caps.write_text("path,caption\nx.mp4,an x\ny.mp4,a y\n")                  # e.g. another folder's captions
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "none of its 2 entries names a video of the source (e.g. 'x.mp4')" in err
+    assert not (tmp_path / "out" / "dataset.json").exists()
+    caps.write_text("path,caption\na.mp4,an a\nb.mp4,a b\nzz.mp4,a zz\n")
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpdm: warning:") and "1 entries of the captions file" in err and "'zz.mp4'" in err

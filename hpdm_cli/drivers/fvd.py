@@ -38,12 +38,18 @@ __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_re
 # ============================================================================ generated clips
 
 
+def _check_data(data) -> None:
+    """Refuse a --data that is not a prepared dataset."""
+    if not is_dataset(data):
+        raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json): give the OUT_DIR of "
+                       "`hpdm prepare` whose labels or captions condition the model, or drop --data")
+
+
 def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Path]):
     """The prepared dataset labels / captions are drawn from: `data`, else the recipe's data.path (searched)."""
     from ..data.shards import VideoDataset
     if data is not None:
-        if not is_dataset(data):
-            raise FVDError(f"--data {str(data)!r} is not a prepared dataset (no dataset.json)")
+        _check_data(data)
         return VideoDataset(data)
     p = Path(recipe.data.path)
     for d in ([p] if p.is_absolute() else [p] + [Path(s) / p for s in search]):
@@ -68,8 +74,7 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     if num_levels is not None and gen.get("steps") is not None:
         _as_fvd_error(parse_steps, gen["steps"], num_levels)
     if gen.get("data") is not None:
-        if not is_dataset(gen["data"]):
-            raise FVDError(f"--data {str(gen['data'])!r} is not a prepared dataset (no dataset.json)")
+        _check_data(gen["data"])
 
 
 def _as_fvd_error(parse, *args):

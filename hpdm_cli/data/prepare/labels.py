@@ -332,10 +332,12 @@ def attach_captions(sources: list[Source], captions: str | None, strict: bool, i
     by_rel = {s.rel: s for s in present}
     first_row: dict[str, str] = {}
     conflicts: list[tuple[str, str, str]] = []
+    unmatched: list[str] = []
     for key, value, where in read_pairs(captions, "caption", _CAPTION_COLUMNS, is_key=lambda k: bool(index.lookup(k))):
         hits = index.lookup(key)
         if not hits:
             info["unmatched_caption_entries"] += 1
+            unmatched.append(key)
         caption = " ".join(value.split())
         for rel in hits:
             if rel in first_row and by_rel[rel].caption != caption:
@@ -343,6 +345,12 @@ def attach_captions(sources: list[Source], captions: str | None, strict: bool, i
             first_row.setdefault(rel, where)
             by_rel[rel].caption = caption
     info["captions"] = f"file {printable(captions)}"
+    if present and unmatched and not first_row:
+        raise error(f"--captions {captions!r}: none of its {len(unmatched)} entries names a video of the source "
+                    f"(e.g. {printable(unmatched[0])!r}): key each row by the video's path under SRC_DIR")
+    if unmatched:
+        info.setdefault("warnings", []).append(f"{len(unmatched)} entries of the captions file {captions!r} name no "
+                                               f"video of the source, e.g. {printable(unmatched[0])!r}")
     if conflicts:
         rel, a, b = conflicts[0]
         n = len({c[0] for c in conflicts})

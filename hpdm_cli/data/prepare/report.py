@@ -93,7 +93,8 @@ def write_report(out_dir: str, parts: list[Part], opts: PrepareOptions, result: 
         reasons[key] = reasons.get(key, 0) + 1
     report = {
         "tool": "hpdm prepare",
-        "status": "complete" if result.published else "not published (--strict: files were skipped)",
+        "status": ("complete" if result.published else "not published (--strict: files were skipped)" if opts.strict
+                   else "not published (no file could be stored)"),
         "source": source_desc,
         "options": {k: (list(v) if isinstance(v, tuple) else printable(v) if isinstance(v, str) else v)
                     for k, v in dataclasses.asdict(opts).items()

@@ -262,8 +262,10 @@ def _write_report_or_refuse_empty(out_dir: str, parts: list[Part], opts: Prepare
         write_report(out_dir, parts, opts, dataclasses.replace(result, published=False), source_desc, report_dir)
         empty = next(p for p, n in zip(parts, stored) if n == 0)
         kept = " (the dataset already there is unchanged)" if empty.write_dir != empty.out_dir else ""
-        raise error(f"every one of the {len(empty.sources)} files in {empty.root!r} was skipped: nothing to "
-                    f"publish{kept} (reasons in {result.report_path})")
+        reasons = [str(o.get("reason", "")).split(":", 1)[0] for o in empty.outcomes if o["status"] != "ok"]
+        top = max(set(reasons), key=reasons.count) if any(reasons) else ""
+        raise error(f"every one of the {len(empty.sources)} files in {empty.root!r} was skipped"
+                    f"{f' ({top})' if top else ''}: nothing to publish{kept} (reasons in {result.report_path})")
     write_report(out_dir, parts, opts, result, source_desc, report_dir)
 
 
