@@ -46,6 +46,19 @@ def video_recipe(**model):
 # Tiles (docs/method.md, invariant "the overlapped merge is exact")
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
+def test_gather_crops_each_rows_tile_of_its_own_sample(overlap):
+    """Row i of a gather is tile tiles[i] of sample samples[i]: the canvas sliced at that tile's start."""
+    for lt in build_tiles(video_recipe().pyramid, overlap):
+        canvas = torch.randn(3, 2, *lt.resolution)
+        samples = torch.tensor([2, 0, 1, 2, 1])
+        tiles = torch.tensor([0, lt.num_tiles - 1, lt.num_tiles // 2, (lt.num_tiles - 1) // 3, 0])
+        got = lt.gather(canvas, samples, tiles)
+        for i, (b, t) in enumerate(zip(samples.tolist(), tiles.tolist())):
+            (f, h, w), (rf, rh, rw) = lt.starts[t].tolist(), lt.patch
+            assert torch.equal(got[i], canvas[b, :, f:f + rf, h:h + rh, w:w + rw]), (overlap, lt.level, i)
+
+
+@pytest.mark.parametrize("overlap", OVERLAPS)
 def test_tiles_count_merge_and_ancestors(overlap):
     """Merging tiles holding a field reproduces the field; counts are 2R/r-1 (overlapped or shifted) or R/r;
     ancestors contain."""
