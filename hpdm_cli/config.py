@@ -26,7 +26,7 @@ class ConfigError(HPDMError, ValueError):
 MAX_GUIDANCE = 100.0
 # Frame rates a video may be written at (a container stores 1/fps as a fraction of denominator <= 1001).
 MIN_FPS, MAX_FPS = 0.01, 1000.0
-# Sampling seeds are 64-bit (torch.Generator.manual_seed wraps larger ones onto smaller: the same video).
+# Sampling seeds are 64-bit: the sampler's generators take a seed modulo 2**64, so larger ones would repeat smaller ones.
 MAX_SEED = 2 ** 64 - 1
 # Sampling steps per level: the recipes use 8-128; far more only costs time (and overflows the schedule).
 MAX_STEPS = 100_000

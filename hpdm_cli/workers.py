@@ -37,8 +37,8 @@ def worker_init(parent: int = 0) -> None:
     """Workers leave Ctrl-C and SIGTERM to the main process, which stops them, and die with it.
 
     If the main process is killed outright (SIGKILL, OOM killer) nobody stops them: on Linux
-    the kernel sends them SIGKILL when it dies (PR_SET_PDEATHSIG); everywhere, a watchdog
-    thread exits the worker once its parent process is gone.
+    the kernel sends them SIGKILL when it dies (PR_SET_PDEATHSIG); on POSIX systems a watchdog
+    thread also exits the worker once it is re-parented (not on Windows, where a parent's pid stays).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1100,9 +1100,37 @@ def test_a_captions_file_that_names_no_video_is_refused_and_one_that_misses_some
     caps.write_text("path,caption\nx.mp4,an x\ny.mp4,a y\n")                  # e.g. another folder's captions
     assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "none of its 2 entries names a video of the source (e.g. 'x.mp4')" in err
+    assert "\n" not in err and "none of its 2 entries names a file of the source (e.g. 'x.mp4')" in err
     assert not (tmp_path / "out" / "dataset.json").exists()
     caps.write_text("path,caption\na.mp4,an a\nb.mp4,a b\nzz.mp4,a zz\n")
     assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("hpdm: warning:") and "1 entries of the captions file" in err and "'zz.mp4'" in err
+    assert "unmatched_captions" not in (tmp_path / "out" / REPORT_NAME).read_text()
+
+
+def test_a_captions_file_of_a_joint_video_and_image_prepare_is_judged_over_both(tmp_path, capsys):
+    """Rows naming only the videos (or only the images) are fine in a joint prepare: each part matches some."""
+    from hpdm_cli.io.video import encode_png_strip
+    src, imgs = tmp_path / "src", tmp_path / "imgs"
+    write(src / "b.mp4", small_clip()[:2], 25)
+    imgs.mkdir()
+    (imgs / "x.png").write_bytes(encode_png_strip(small_clip()[:1]))
+    caps = tmp_path / "caps.csv"
+    caps.write_text("path,caption\nb.mp4,a bunny\n")
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps), "--images", str(imgs))) == 0
+    assert "captions file" not in capsys.readouterr().err
+
+
+def test_an_interrupted_prepares_own_files_are_not_taken_for_the_users(tmp_path):
+    """A joint video and image prepare stopped mid-way (shards, images/, its hidden work folder, no dataset.json
+    yet) may be resumed; a folder with any other file is the user's."""
+    from hpdm_cli.drivers.prepare import _foreign_entries
+    out = tmp_path / "out"
+    for d in ("images", ".prepare"):
+        (out / d).mkdir(parents=True)
+    for f in ("shard-00000.bin", "shard-00000.jsonl", ".hpdm.lock", "caption_embeddings.minilm-x.safetensors"):
+        (out / f).write_text("")
+    assert _foreign_entries(out) == []
+    (out / "notes.txt").write_text("mine")
+    assert _foreign_entries(out) == ["notes.txt"]

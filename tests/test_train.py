@@ -315,10 +315,21 @@ def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_dat
     (mine / "notes.txt").unlink()
     (mine / "recipe.toml").write_text("# my recipe\n")
     (mine / "env.json").write_text("{}")
-    with pytest.raises(TrainError, match=r"recipe.toml is not a recipe that hpdm train wrote"):
+    with pytest.raises(TrainError, match=r"recipe.toml is not the resolved recipe hpdm train writes there"):
         train(make_recipe(shapes_data), mine, log=quiet())
     assert (mine / "recipe.toml").read_text() == "# my recipe\n" and (mine / "env.json").read_text() == "{}"
     assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["env.json", "recipe.toml"]
+    # A run stopped before its first checkpoint or logged step holds only a run's own files: it is taken up again.
+    from hpdm_cli.recipe import dump_recipe
+    from hpdm_cli.train.loop import _check_run_dir
+    from hpdm_cli.train.run_dir import ENV, LOG, RECIPE, RUN_TABLE, TENSORBOARD
+    stopped = tmp_path / "stopped"
+    (stopped / TENSORBOARD).mkdir(parents=True)
+    recipe = make_recipe(shapes_data)
+    dump_recipe(recipe, stopped / RECIPE)
+    for name in (ENV, LOG, RUN_TABLE):
+        (stopped / name).write_text("")
+    assert _check_run_dir(recipe, stopped, warn=lambda m: None) is None
 
 
 def test_a_missing_init_from_is_named_before_the_run_directory_is_written(shapes_data, tmp_path):

@@ -14,6 +14,7 @@ def test_workers_leave_signals_to_the_main_process():
     with spawned_pool(1) as pool:
         assert pool.submit(signal.getsignal, signal.SIGTERM).result() == signal.SIG_IGN
         assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+        assert pool._mp_context.get_start_method() == "spawn"            # never fork (torch threads: deadlocks)
         assert pool.submit(os.getpid).result() != os.getpid()
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN          # this process keeps its own handlers
 

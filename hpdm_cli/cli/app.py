@@ -102,7 +102,7 @@ def exit_code(argv: Optional[List[str]] = None) -> int:
             return 2
         raise
     rc = rc if isinstance(rc, int) else 0
-    if rc == INTERRUPTED:                        # no command exits 130 but by Ctrl-C (typer's Exit(130) of one)
+    if rc == INTERRUPTED and os.environ.get("RANK", "0") == "0":   # Ctrl-C (typer's Exit(130)); one line per job
         err.print("hpdm: interrupted (Ctrl-C)", highlight=False, markup=False)
     return rc
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from ..data.prepare import PrepareOptions, PrepareResult, options_from_recipe, prepare_dataset, prepare_example
-from ..data.shapes import SHAPES_CLIP, SHAPES_FPS
+from ..data.prepare.options import IMAGES_SUBDIR
 from ..data.prepare.report import REPORT_NAME
+from ..data.shapes import SHAPES_CLIP, SHAPES_FPS
 from ..data.shards import DataError, is_dataset
 from ..text.tables import CAPTIONS, PROMPTS
 from ..train.run_dir import is_run_dir
@@ -34,14 +35,15 @@ Log = Callable[[str], None]
 def _foreign_entries(out_dir: Path) -> list[str]:
     """Entries of an existing folder that is not yet a dataset which `hpdm prepare` did not write (sorted).
 
-    A dataset's own files (dataset.json, captions.json, shards, caption tables, prepare_report.json) and
-    hidden names (temporary files, the lock, an interrupted run's work folder) are its; a folder holding
-    anything else is the user's, and a dataset written there would overwrite files of the same names.
+    A dataset's own files (dataset.json, captions.json, shards, caption tables, prepare_report.json, the
+    images/ part of joint training) and hidden names (temporary files, the lock, an interrupted run's work
+    folder) are its; a folder holding anything else is the user's, whose files a dataset would overwrite.
     """
     if not out_dir.is_dir() or is_dataset(out_dir):
         return []
     own = re.compile(r"^(dataset\.json|captions\.json|shard-\d{5,}\.(bin|jsonl)|"
-                     rf"({CAPTIONS}|{PROMPTS})\.[^/]+\.safetensors|{re.escape(REPORT_NAME)})$")
+                     rf"({CAPTIONS}|{PROMPTS})\.[^/]+\.safetensors|{re.escape(REPORT_NAME)}|"
+                     rf"{re.escape(IMAGES_SUBDIR)})$")
     return sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and not own.match(n))
 
 
@@ -88,7 +90,7 @@ def run_prepare(src: Optional[os.PathLike], out_dir: Optional[os.PathLike], *, n
     if len(modes) > 1:
         raise DataError("use one of --synthetic and --example")
     positional = [p for p in (src, out_dir) if p is not None]
-    if positional and (modes or len(positional) == 2):         # the last one is where the dataset goes
+    if positional and (modes or len(positional) == 2 or options.get("images") is not None):   # the last: OUT_DIR
         run = Path(positional[-1])
         if is_run_dir(run):
             raise DataError(f"{str(run)!r} holds an hpdm train run (checkpoints/ or recipe.toml): choose another "

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
-from ..config import MAX_SEED, Recipe, TILE_BATCH
+from ..config import MAX_FPS, MAX_SEED, MIN_FPS, Recipe, TILE_BATCH
 from ..device import world
 from ..pixels import uint8_from_unit, unit_from_uint8
 from ..sampling import level_steps
@@ -404,8 +404,15 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     if rank != 0:                                       # one process does the work; the others only checked
         return report
     frames, fps = read_video(input)
-    if not fps > 0:
+    if not MIN_FPS <= fps <= MAX_FPS:                    # unknown, or a rate no output container can store
+        if warn is not None and fps > 0:
+            warn(f"the input's frame rate {fps:g} is outside {MIN_FPS}-{MAX_FPS:g}: the output is written at "
+                 "the model's rate")
         fps = float(recipe.sample.fps or recipe.data.fps)
+    windows = len(window_starts(frames.shape[0], recipe.pyramid.resolution[0], window_overlap))
+    if seed + windows - 1 > MAX_SEED:                   # window j is sampled with seed + j
+        raise GenerateError(f"--seed {seed}: its {windows} windows take seeds up to {seed + windows - 1}, past "
+                            f"2**64 - 1 ({MAX_SEED}); choose a smaller seed")
     report.input_shape, report.fps = tuple(frames.shape[:3]), fps
     H, W = recipe.pyramid.resolution[1:]
     if warn is not None and (frames.shape[1] > H or frames.shape[2] > W):

@@ -50,6 +50,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from ..data.prepare.options import IMAGES_SUBDIR
+from ..train.run_dir import RUN_TABLE                  # a run directory's prompt table: PROMPTS + ".safetensors"
 from . import encoders
 from .encoders import TextEncoderError, spec_family
 
@@ -64,7 +65,6 @@ FORMAT = "hpdm-text-embeddings"
 VERSION = 1
 CAPTIONS = "caption_embeddings"
 PROMPTS = "prompt_embeddings"
-RUN_TABLE = PROMPTS + ".safetensors"
 RUN_TABLE_MAX_BYTES = 256 << 20           # embeddings a run directory's prompt table holds at most
 
 

@@ -145,8 +145,9 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             raise TrainError(f"{old} is unreadable ({str(e).strip().splitlines()[0] if str(e) else type(e).__name__}); "
                              "restore it, or delete it to adopt this recipe") from None
         if not trained and text != recipe_to_toml(prev):              # e.g. the user's own recipe kept there
-            raise TrainError(f"{old} is not a recipe that hpdm train wrote (a run's resolved recipe), and the run "
-                             "would replace it: move it elsewhere, or choose another --run-dir")
+            raise TrainError(f"{old} is not the resolved recipe hpdm train writes there (a recipe of your own, or "
+                             "one edited by hand), and the run would replace it: move it elsewhere, or choose "
+                             "another --run-dir")
         if architecture_of(prev) != arch:
             if trained:
                 diff = architecture_differences(architecture_of(prev), arch)

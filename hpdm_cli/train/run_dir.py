@@ -4,6 +4,8 @@
     RUN_DIR/stats.jsonl                       one JSON object per logged step (`STATS`, hpdm_cli.train.stats)
     RUN_DIR/env.json, RUN_DIR/train.log       the software and hardware it ran on (`ENV`), its log lines (`LOG`)
     RUN_DIR/cache/                            caption embeddings computed for it (`CACHE`)
+    RUN_DIR/prompt_embeddings.safetensors     its captions' stored embeddings (`RUN_TABLE`, hpdm_cli.text.tables)
+    RUN_DIR/tensorboard/                      TensorBoard's event files, where it is installed (`TENSORBOARD`)
     RUN_DIR/checkpoints/ckpt-00001000/        one checkpoint per saved step (`CHECKPOINTS`, `checkpoint_name`)
         model.safetensors, ema.safetensors    training and EMA weights (`MODEL`, `EMA`), optim.safetensors,
         state.json                            the rest of the state (the format: hpdm_cli.train.checkpoint)
@@ -18,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name",
+__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name",
            "is_run_dir", "is_trained_run", "is_checkpoint_dir", "foreign_entries"]
 
 RECIPE = "recipe.toml"
@@ -26,6 +28,8 @@ STATS = "stats.jsonl"
 ENV = "env.json"
 LOG = "train.log"
 CACHE = "cache"
+RUN_TABLE = "prompt_embeddings.safetensors"
+TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
 EMA = "ema.safetensors"
@@ -59,6 +63,6 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
 
 def foreign_entries(path: str | os.PathLike) -> list[str]:
     """Entries of folder `path` that a run does not write (sorted; hidden names, e.g. the lock, count as its own)."""
-    own = {RECIPE, STATS, ENV, LOG, CACHE, CHECKPOINTS}
+    own = {RECIPE, STATS, ENV, LOG, CACHE, RUN_TABLE, TENSORBOARD, CHECKPOINTS}
     p = Path(path)
     return sorted(n for n in os.listdir(p) if n not in own and not n.startswith(".")) if p.is_dir() else []

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..io import atomic_write_text
-from .run_dir import STATS
+from .run_dir import STATS, TENSORBOARD
 
 
 class StatsWriter:
@@ -38,7 +38,7 @@ class StatsWriter:
                              "(pip install tensorboard); every logged step is in stats.jsonl")
             else:
                 try:
-                    self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                    self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD),
                                              purge_step=resume_step + 1 if resume_step else None)
                 except Exception as e:                                    # e.g. an unwritable directory
                     why = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -345,12 +345,7 @@ def attach_captions(sources: list[Source], captions: str | None, strict: bool, i
             first_row.setdefault(rel, where)
             by_rel[rel].caption = caption
     info["captions"] = f"file {printable(captions)}"
-    if present and unmatched and not first_row:
-        raise error(f"--captions {captions!r}: none of its {len(unmatched)} entries names a video of the source "
-                    f"(e.g. {printable(unmatched[0])!r}): key each row by the video's path under SRC_DIR")
-    if unmatched:
-        info.setdefault("warnings", []).append(f"{len(unmatched)} entries of the captions file {captions!r} name no "
-                                               f"video of the source, e.g. {printable(unmatched[0])!r}")
+    info["unmatched_captions"], info["matched_captions"] = unmatched, bool(first_row)   # judged over all parts
     if conflicts:
         rel, a, b = conflicts[0]
         n = len({c[0] for c in conflicts})

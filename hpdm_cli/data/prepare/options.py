@@ -1,7 +1,7 @@
 """The options of `hpdm prepare` (`PrepareOptions`): what decides the bytes of a prepared dataset, and their checks.
 
-This module imports only the standard library, so the command line can read the defaults
-without loading numpy. `error` builds the engine's user-facing error (`DataError`), imported
+This module imports only the standard library (and hpdm_cli.config, which does too), so the command
+line can read the defaults without loading numpy. `error` builds the engine's user-facing error (`DataError`), imported
 lazily because `hpdm_cli.data.shards` imports torch and spawned workers must start fast.
 """
 

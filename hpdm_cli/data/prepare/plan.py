@@ -117,7 +117,24 @@ def plan_parts(src: str | None, out: str, opts: PrepareOptions) -> list[Part]:
                 parts[0] = Part("video", parts[0].root, out, order_sources(sources_v, opts.order), names_v, info_v)
             sources, names, info = plan_sources(iroot, "image", img_opts, [out], class_names=union)
         parts.append(Part("image", iroot, iout, order_sources(sources, opts.order), names, info))
+    _judge_captions(parts, opts.captions)
     return parts
+
+
+def _judge_captions(parts: list[Part], captions: str | None) -> None:
+    """A captions file must name some file of the run (videos or images); entries that name none warn once."""
+    unmatched = [p.info.pop("unmatched_captions", None) for p in parts]      # (not for the report: the count is)
+    matched = any([p.info.pop("matched_captions", False) for p in parts])
+    if not captions or not parts or any(u is None for u in unmatched):
+        return
+    missed = [k for k in unmatched[0] if all(k in set(u) for u in unmatched[1:])]
+    if missed and not matched:
+        raise error(f"--captions {captions!r}: none of its {len(missed)} entries names a file of the source (e.g. "
+                    f"{printable(missed[0])!r}): key each row by the file's path under its folder")
+    if missed:
+        parts[0].info.setdefault("warnings", []).append(
+            f"{len(missed)} entries of the captions file {captions!r} name no file of the source, e.g. "
+            f"{printable(missed[0])!r}")
 
 
 def example_part(name: str, out: str, opts: PrepareOptions) -> Part:

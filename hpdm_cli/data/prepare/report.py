@@ -16,7 +16,8 @@ from .options import PrepareOptions
 from .plan import Part
 from .sources import Source, printable
 
-__all__ = ["REPORT_NAME", "PrepareResult", "outcome", "summarise", "write_report", "run_result", "existing_result"]
+__all__ = ["REPORT_NAME", "PrepareResult", "outcome", "reason_kind", "summarise", "write_report", "run_result",
+           "existing_result"]
 
 REPORT_NAME = "prepare_report.json"
 _NOTE_LIST_LIMIT = 1000
@@ -83,13 +84,18 @@ def summarise(parts: list[Part]) -> tuple[list[dict], dict]:
     return skipped, notes
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason, by which the report counts them: its text before the first colon."""
+    return str(reason).split(":", 1)[0]
+
+
 def write_report(out_dir: str, parts: list[Part], opts: PrepareOptions, result: PrepareResult,
                  source_desc: str, where: str | None = None) -> None:
     """Write prepare_report.json into `where` (default `out_dir`; the staging dir when replacing a dataset)."""
     skipped, notes = summarise(parts)
     reasons: dict[str, int] = {}
     for s in skipped:
-        key = s["reason"].split(":", 1)[0]
+        key = reason_kind(s["reason"])
         reasons[key] = reasons.get(key, 0) + 1
     report = {
         "tool": "hpdm prepare",

@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Callable, Iterator
 
 from hpdm_cli.io import fsync_dir
@@ -27,7 +28,7 @@ from .journal import JOURNAL, WORK_DIR, Journal, load_journal, read_json
 from .options import PrepareOptions, error
 from .plan import Part, describe, example_part, plan_hash, plan_parts
 from .pool import ordered_results
-from .report import REPORT_NAME, PrepareResult, existing_result, outcome, run_result, write_report
+from .report import REPORT_NAME, PrepareResult, existing_result, outcome, reason_kind, run_result, write_report
 from .sources import printable
 
 __all__ = ["Terminated", "prepare_dataset", "prepare_example"]
@@ -262,8 +263,8 @@ def _write_report_or_refuse_empty(out_dir: str, parts: list[Part], opts: Prepare
         write_report(out_dir, parts, opts, dataclasses.replace(result, published=False), source_desc, report_dir)
         empty = next(p for p, n in zip(parts, stored) if n == 0)
         kept = " (the dataset already there is unchanged)" if empty.write_dir != empty.out_dir else ""
-        reasons = [str(o.get("reason", "")).split(":", 1)[0] for o in empty.outcomes if o["status"] != "ok"]
-        top = max(set(reasons), key=reasons.count) if any(reasons) else ""
+        kinds = Counter(reason_kind(o["reason"]) for o in empty.outcomes if o["status"] != "ok" and o.get("reason"))
+        top = kinds.most_common(1)[0][0] if kinds else ""
         raise error(f"every one of the {len(empty.sources)} files in {empty.root!r} was skipped"
                     f"{f' ({top})' if top else ''}: nothing to publish{kept} (reasons in {result.report_path})")
     write_report(out_dir, parts, opts, result, source_desc, report_dir)
