@@ -275,6 +275,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
     bad_video.write_bytes(b"this is not a video" * 10)
     good_video = tmp / "in.mp4"
     write_video(good_video, smooth_video(6, 12, 20), 12.5)
+    long_video = tmp / "long.mp4"                             # several windows of the model's frames
+    write_video(long_video, smooth_video(24, 12, 20), 12.5)
     out = tmp / "out.mp4"
     run = assets["run"]
     return {
@@ -337,6 +339,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "fps too small for a container": (["sample", "--ckpt", run, "--fps", "0.0001", "--out", out], out),
         "steps past the schedule": (["sample", "--ckpt", run, "--steps", "99999999999999999999", "--out", out], out),
         "seed past 64 bits": (["sample", "--ckpt", run, "--seeds", str(2 ** 64), "--out", out], out),
+        "upscale window seeds past 64 bits": (["upscale", long_video, "--ckpt", run, "--class", "0", "--seed",
+                                               str(2 ** 64 - 1), "--out", out], out),
         "upscale seed past 64 bits": (["upscale", good_video, "--ckpt", run, "--class", "0", "--seed", str(2 ** 64),
                                        "--out", out], out),
         "a run's checkpoints folder without checkpoints": (["sample", "--ckpt", tmp / "emptyrun" / "checkpoints",
