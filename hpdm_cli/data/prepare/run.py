@@ -265,7 +265,7 @@ def _write_report_or_refuse_empty(out_dir: str, parts: list[Part], opts: Prepare
         kept = " (the dataset already there is unchanged)" if empty.write_dir != empty.out_dir else ""
         kinds = Counter(reason_kind(o["reason"]) for o in empty.outcomes if o["status"] != "ok" and o.get("reason"))
         top = kinds.most_common(1)[0][0] if kinds else ""
-        raise error(f"every one of the {len(empty.sources)} files in {empty.root!r} was skipped"
+        raise error(f"every one of the {len(empty.sources)} files found in or listed for {empty.root!r} was skipped"
                     f"{f' ({top})' if top else ''}: nothing to publish{kept} (reasons in {result.report_path})")
     write_report(out_dir, parts, opts, result, source_desc, report_dir)
 
