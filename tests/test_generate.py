@@ -336,6 +336,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "fps nan": (["sample", "--ckpt", run, "--fps", "nan", "--out", out], out),
         "fps 0": (["sample", "--ckpt", run, "--fps", "0", "--out", out], out),
         "out a folder": (["sample", "--ckpt", run, "--out", tmp / "emptyrun"], out),
+        "out a folder, several seeds": (["sample", "--ckpt", run, "--seeds", "0-1", "--out", tmp / "emptyrun"], out),
         "fps too small for a container": (["sample", "--ckpt", run, "--fps", "0.0001", "--out", out], out),
         "steps past the schedule": (["sample", "--ckpt", run, "--steps", "99999999999999999999", "--out", out], out),
         "seed past 64 bits": (["sample", "--ckpt", run, "--seeds", str(2 ** 64), "--out", out], out),
@@ -371,6 +372,8 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == 2, (name, code, err)
         assert len(lines) == 1 and lines[0].startswith("hpdm: error: "), (name, err)
+        if name.startswith("out a folder"):
+            assert "emptyrun': it is a directory: give a video file name" in lines[0], (name, lines[0])
         assert "Traceback" not in err and stdout == "", name
         assert not target.is_file(), name
         assert set(os.listdir(tmp_path)) == before, name                  # nothing half-written anywhere

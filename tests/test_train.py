@@ -330,6 +330,8 @@ def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_dat
     for name in (ENV, LOG, RUN_TABLE):
         (stopped / name).write_text("")
     assert _check_run_dir(recipe, stopped, warn=lambda m: None) is None
+    (stopped / "notes.txt").write_text("mine")                    # the user's file beside the recipe hpdm wrote
+    assert _check_run_dir(recipe, stopped, warn=lambda m: None) is None
 
 
 def test_a_missing_init_from_is_named_before_the_run_directory_is_written(shapes_data, tmp_path):

@@ -39,7 +39,8 @@ class InitReport:
                    f"({', '.join(self.partial)}), " if self.partial else "")
                 + (f"{', '.join(self.widened)} loaded for the pixels, its shallow-fusion context inputs "
                    "start at zero, " if self.widened else "")
-                + f"{len(self.new)} new: {', '.join(self.new[:12])}" + (" ..." if len(self.new) > 12 else "")
+                + f"{len(self.new)} new" + (f": {', '.join(self.new[:12])}" if self.new else "")
+                + (" ..." if len(self.new) > 12 else "")
                 + (f"; {len(self.unused)} checkpoint tensors unused" if self.unused else "")
                 + (f"; {self.grown}" if self.grown else ""))
 

@@ -133,10 +133,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     arch = architecture_of(recipe)
     old = run_dir / RECIPE
     trained = _holds_training(run_dir)
-    foreign = [] if trained else foreign_entries(run_dir)         # a trained run may gather the user's exports
-    if foreign:
-        raise TrainError(f"--run-dir {run_dir} holds files that are not an hpdm run's ({', '.join(foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}): choose an empty or new folder for the run")
+    prev = None
     if old.exists():
         try:
             text = old.read_text()
@@ -148,6 +145,12 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
             raise TrainError(f"{old} is not the resolved recipe hpdm train writes there (a recipe of your own, or "
                              "one edited by hand), and the run would replace it: move it elsewhere, or choose "
                              "another --run-dir")
+    # A run (trained, or holding the recipe it wrote) may gather the user's files; any other folder must not.
+    foreign = [] if trained or prev is not None else foreign_entries(run_dir)
+    if foreign:
+        raise TrainError(f"--run-dir {run_dir} holds files that are not an hpdm run's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): choose an empty or new folder for the run")
+    if prev is not None:
         if architecture_of(prev) != arch:
             if trained:
                 diff = architecture_differences(architecture_of(prev), arch)
@@ -585,8 +588,9 @@ class _Steps:
             videos, labels, caps = self.batches.next(dist.device, frames)
             cond = labels if rec.model.cond == "class" else (self.text_emb[caps] if self.text_emb is not None else None)
             if rec.model.cond == "class" and self.batches.unlabelled:
-                raise TrainError("model.cond = \"class\" but the dataset has unlabelled videos; "
-                                 "use a labelled dataset or model.cond=\"none\"")
+                raise TrainError("model.cond = \"class\" but some training clips have no label (data.path's "
+                                 "videos, or data.image_path's images: give those class sub-folders); use labelled "
+                                 "data or model.cond=\"none\"")
             sync = self.model.no_sync() if (dist.distributed and a < t.grad_accum - 1) else nullcontext()
             with sync:
                 out = forward_backward(self.model, videos, cond, rec, offsets, draw, 1.0 / t.grad_accum, t.precision)
