@@ -492,7 +492,7 @@ def test_cli_table_json_and_one_line_errors(tmp_path):
     assert out["fvd"] == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-12)
     assert out["num_real"] == out["num_fake"] == 30 and out["frames"] == 16 and out["resolution"] == [224, 224]
     assert out["detector_sha256"] == WEIGHTS_SHA256
-    assert f"FVD = {out['fvd']:.4f}" in r.out
+    assert f"FVD = {out['fvd']:.4f}" in r.out and f"wrote {tmp_path / 'out' / 'r.json'}" in " ".join(r.out.split())
     said = Protocol(num=30).describe()                  # the protocol lines say what the statistics hold
     assert f"{said['clip']}; {said['resize']}; scaled x / 127.5 - 1; fp32; selection seed 0" in " ".join(r.out.split())
     assert f"detector: {said['features']}, sha256 {WEIGHTS_SHA256}" in " ".join(r.out.split())

@@ -117,6 +117,11 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert any(n.startswith("tile seams") for n in names)
     assert any(n.startswith("object area / travel") for n in names) and any(n.startswith("object area: level 0") for n in names)
     assert 0.06 < saved["levels"]["level0_real"]["area"] < 0.19       # the same objects at level 0's size
+    # The summary of the saved report (NaN stored as null) says "n/a" where nothing was measured, not "nan%".
+    saved["faithfulness"]["generated"]["area"] = None
+    values = dict(summary_rows(saved))
+    assert values["object area / travel: generated vs real (of the frame)"].startswith("n/a vs ")
+    assert "nan" not in " ".join(values.values())
     # A recipe default too small for a report is refused, naming the key and the option.
     from hpdm_cli.conditioning import GenerateError
     recipe.eval.num_clips = 1

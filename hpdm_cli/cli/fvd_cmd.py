@@ -85,7 +85,7 @@ def eval_fvd(
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,
                            log=lambda m: log_line(m, err))
-    _print_result(res, json_out)
+    _print_result(res, json_out, save_real, save_fake)
 
 
 def _how(side) -> str:
@@ -98,8 +98,9 @@ def _how(side) -> str:
         f", cached to {side.cache_path}" if side.cache == "miss (written)" else "")
 
 
-def _print_result(res, json_out: Optional[Path]) -> None:
-    """The sides table, the protocol, the detector and the FVD on stdout."""
+def _print_result(res, json_out: Optional[Path], save_real: Optional[Path] = None,
+                  save_fake: Optional[Path] = None) -> None:
+    """The sides table, the protocol, the detector and the FVD on stdout, then the files written."""
     from rich.table import Table
     table = Table(title="hpdm eval-fvd")
     for col in ("", "real", "fake"):
@@ -117,6 +118,7 @@ def _print_result(res, json_out: Optional[Path]) -> None:
               f"{p['scale']}; {p['precision']}; selection seed {p['selection_seed']}", highlight=False, markup=False)
     out.print(f"detector: {p['features']}, sha256 {res.detector_sha256}", highlight=False)
     out.print(f"FVD = {res.fvd:.4f}", highlight=False)
-    if json_out is not None:
-        out.print(f"wrote {json_out}")
+    for path in (json_out, save_real, save_fake):
+        if path is not None:
+            out.print(f"wrote {path}", highlight=False)
 

@@ -24,6 +24,7 @@ its held-out split: combinations of colour, shape and direction never shown in t
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,55 +176,62 @@ def _fvd_block(fake, real_a, real_b, i3d, device, log) -> dict:
     return out
 
 
+def _v(x, spec: str = ".1f", pct: bool = False) -> str:
+    """One value of the summary: `spec`-formatted (x 100 with a % where `pct`), "n/a" where not measured (None, NaN)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:{spec}}%" if pct else f"{x:{spec}}"
+
+
 def summary_rows(report: dict) -> list[tuple[str, str]]:
-    """The report's headline numbers as (name, formatted value) rows for a table."""
+    """The report's headline numbers as (name, formatted value) rows for a table ("n/a": not measured)."""
     f = report["faithfulness"]
     rows = []
     for attr in ("colour", "shape", "direction", "all"):
         key = attr if attr in f["generated"] else f"{attr}_accuracy"
         rows.append((f"faithfulness {attr}: generated / real / swapped",
-                     " / ".join(f"{100 * f[s].get(key, float('nan')):.1f}%" for s in
-                                ("generated", "real_ceiling", "swapped_floor"))))
+                     " / ".join(_v(f[s].get(key), pct=True) for s in ("generated", "real_ceiling", "swapped_floor"))))
     gen, real = f["generated"], f["real_ceiling"]
     if "area" in gen:                    # reports written before object area was read lack it
         rows.append(("object area / travel: generated vs real (of the frame)",
-                     f"{100 * gen['area']:.1f}% vs {100 * real['area']:.1f}% / "
-                     f"{100 * gen['travel']:.0f}% vs {100 * real['travel']:.0f}%"))
+                     f"{_v(gen['area'], pct=True)} vs {_v(real['area'], pct=True)} / "
+                     f"{_v(gen['travel'], '.0f', True)} vs {_v(real['travel'], '.0f', True)}"))
     s = report["sensitivity"]
     rows.append(("same seed, other prompt vs other seed (mean |diff|)",
-                 f"{s['same_seed_other_condition']:.1f} vs {s['other_seed']:.1f}"))
+                 f"{_v(s['same_seed_other_condition'])} vs {_v(s['other_seed'])}"))
     g = report["loss_gap"]
-    rows.append(("loss: true / shuffled / null condition", f"{g['true']:.4f} / {g['shuffled']:.4f} / {g['null']:.4f}"))
+    rows.append(("loss: true / shuffled / null condition",
+                 " / ".join(_v(g[k], ".4f") for k in ("true", "shuffled", "null"))))
     b = report.get("background_stripes")
     if b:
-        rows.append(("background stripes R^2: generated / real", f"{b['generated']['mean']:.2f} / {b['real']['mean']:.2f}"))
+        rows.append(("background stripes R^2: generated / real", f"{_v(b['generated']['mean'], '.2f')} / "
+                                                                  f"{_v(b['real']['mean'], '.2f')}"))
     t = report.get("tile_seams")
     if t:
         rows.append(("tile seams, step across borders / elsewhere, space (time): generated / real",
-                     f"{t['generated']['hw']:.2f} ({t['generated']['t']:.2f}) / {t['real']['hw']:.2f} "
-                     f"({t['real']['t']:.2f})"))
+                     f"{_v(t['generated']['hw'], '.2f')} ({_v(t['generated']['t'], '.2f')}) / "
+                     f"{_v(t['real']['hw'], '.2f')} ({_v(t['real']['t'], '.2f')})"))
     for name, value in report.get("fvd", {}).items():
-        rows.append((f"FVD {name.replace('_extrapolated', ', extrapolated to infinitely many clips')}",
-                     f"{value:.1f}"))
+        rows.append((f"FVD {name.replace('_extrapolated', ', extrapolated to infinitely many clips')}", _v(value)))
     lv = report.get("levels")
     if lv:
         for name, key in (("level 0 alone: generated / real", ("level0_generated", "level0_real")),):
             for attr in ("colour", "shape", "direction"):
-                rows.append((f"{name} {attr}", " / ".join(f"{100 * lv[k][attr]:.1f}%" for k in key)))
+                rows.append((f"{name} {attr}", " / ".join(_v(lv[k][attr], pct=True) for k in key)))
         for attr in ("colour", "shape", "direction"):
             rows.append((f"upper levels given real level 0: {attr}",
-                         f"{100 * lv['upscaled_from_real_level0'][attr]:.1f}%"))
+                         _v(lv['upscaled_from_real_level0'][attr], pct=True)))
         if "area" in lv["level0_real"]:   # where a size bias comes from: level 0, or the levels above it
             rows.append(("object area: level 0 alone generated / real; upper levels given real level 0 / real",
-                         f"{100 * lv['level0_generated']['area']:.1f}% / {100 * lv['level0_real']['area']:.1f}%; "
-                         f"{100 * lv['upscaled_from_real_level0']['area']:.1f}% / {100 * real['area']:.1f}%"))
+                         f"{_v(lv['level0_generated']['area'], pct=True)} / {_v(lv['level0_real']['area'], pct=True)}; "
+                         f"{_v(lv['upscaled_from_real_level0']['area'], pct=True)} / {_v(real['area'], pct=True)}"))
         st = lv.get("level0_stripes")
         if st:
             rows.append(("level 0 alone: background stripes R^2 generated / real",
-                         f"{st['generated']['mean']:.2f} / {st['real']['mean']:.2f}"))
+                         f"{_v(st['generated']['mean'], '.2f')} / {_v(st['real']['mean'], '.2f')}"))
             rows.append(("upper levels given real level 0: background stripes R^2",
-                         f"{st['upscaled_from_real_level0']['mean']:.2f}"))
-    rows.append(("sampling seconds per clip", f"{report['seconds_per_clip']:.2f}"))
+                         _v(st['upscaled_from_real_level0']['mean'], '.2f')))
+    rows.append(("sampling seconds per clip", _v(report['seconds_per_clip'], '.2f')))
     if report.get("guide_model"):
         rows.append(("autoguidance: the guide model", str(report["guide_model"])))
     return rows
