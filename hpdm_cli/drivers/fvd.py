@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..assets import DEFAULT_MODEL, names_packaged
-from ..config import MAX_SEED, TILE_BATCH
+from ..config import TILE_BATCH
 from ..data.shards import is_dataset
 from ..errors import WARNING
 from ..device import parse_device, resolve_device
@@ -30,7 +30,8 @@ from ..eval.fvd_sources import (Clip, Log, Progress, check_workers, default_cach
                                 stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
 from ..io import unwritable
-from .options import parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps, with_sample_options
+from .options import (check_seed_range, parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps,
+                      with_sample_options)
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -63,9 +64,8 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     seed, batch, guidance = gen.get("seed"), gen.get("batch"), gen.get("guidance")
     if seed is not None and (int(seed) != seed or seed < 0):
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
-    if seed is not None and seed + gen.get("num", 1) - 1 > MAX_SEED:
-        raise FVDError(f"--gen-seed {seed}: the seeds from it to {seed + gen.get('num', 1) - 1} pass 2**64 - 1 "
-                       f"({MAX_SEED}); choose a smaller first seed")
+    if seed is not None:
+        _as_fvd_error(check_seed_range, int(seed), gen.get("num", 1), "--gen-seed")
     if batch is not None and (int(batch) != batch or batch < 1):
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
     _as_fvd_error(parse_guidance, guidance, num_levels)

@@ -23,7 +23,7 @@ from ..io import unwritable
 from ..io.video import VIDEO_SUFFIXES
 
 __all__ = [
-    "parse_seeds", "parse_steps", "parse_guidance", "parse_guidance_interval", "parse_guide_model",
+    "parse_seeds", "check_seed_range", "parse_steps", "parse_guidance", "parse_guidance_interval", "parse_guide_model",
     "with_sample_options", "check_options", "rank_seeds", "output_paths", "check_writable", "make_parent",
     "last_level",
 ]
@@ -53,14 +53,21 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
             seeds += range(a, b + 1)
     seen = set()
     for s in seeds:
-        if not 0 <= s <= MAX_SEED:
-            raise GenerateError(f"seed {s}: seeds must be from 0 to 2**64 - 1 ({MAX_SEED})")
+        check_seed_range(s, option="seed")
         if s in seen:
             raise GenerateError(f"--seeds {text!r}: seed {s} is given twice")
         seen.add(s)
     if not seeds:
         raise GenerateError("--seeds: no seeds given")
     return seeds
+
+
+def check_seed_range(first: int, count: int = 1, option: str = "--seed") -> None:
+    """Refuse seeds first .. first + count - 1 outside 0 .. MAX_SEED (the sampler takes a seed modulo 2**64)."""
+    last = first + count - 1
+    if first < 0 or last > MAX_SEED:
+        span = f" (its {count} seeds run up to {last})" if count > 1 else ""
+        raise GenerateError(f"{option} {first}{span}: seeds run from 0 to 2**64 - 1 ({MAX_SEED})")
 
 
 def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Optional[list[int]]:

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
-from ..config import MAX_FPS, MAX_SEED, MIN_FPS, Recipe, TILE_BATCH
+from ..config import MAX_FPS, MIN_FPS, Recipe, TILE_BATCH
 from ..device import world
 from ..pixels import uint8_from_unit, unit_from_uint8
 from ..sampling import level_steps
 from .generation import Log, Progress, make_sampler, sample_batches
-from .options import check_options, check_writable, make_parent, parse_guidance, parse_steps, with_sample_options
+from .options import (check_options, check_seed_range, check_writable, make_parent, parse_guidance, parse_steps,
+                      with_sample_options)
 
 __all__ = [
     "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",
@@ -410,9 +411,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
                  "the model's rate")
         fps = float(recipe.sample.fps or recipe.data.fps)
     windows = len(window_starts(frames.shape[0], recipe.pyramid.resolution[0], window_overlap))
-    if seed + windows - 1 > MAX_SEED:                   # window j is sampled with seed + j
-        raise GenerateError(f"--seed {seed}: its {windows} windows take seeds up to {seed + windows - 1}, past "
-                            f"2**64 - 1 ({MAX_SEED}); choose a smaller seed")
+    check_seed_range(seed, windows)                     # window j is sampled with seed + j
     report.input_shape, report.fps = tuple(frames.shape[:3]), fps
     H, W = recipe.pyramid.resolution[1:]
     if warn is not None and (frames.shape[1] > H or frames.shape[2] > W):
@@ -441,8 +440,7 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
     _check_fit(fit)
     _check_pad_mode(pad_mode)
     _check_window_overlap(window_overlap)
-    if not 0 <= seed <= MAX_SEED:
-        raise GenerateError(f"--seed {seed}: expected a seed from 0 to 2**64 - 1 ({MAX_SEED})")
+    check_seed_range(seed)
     if from_level < 0:
         raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,

@@ -127,7 +127,8 @@ def _judge_captions(parts: list[Part], captions: str | None) -> None:
     matched = any([p.info.pop("matched_captions", False) for p in parts])
     if not captions or not parts or any(u is None for u in unmatched):
         return
-    missed = [k for k in unmatched[0] if all(k in set(u) for u in unmatched[1:])]
+    others = [set(u) for u in unmatched[1:]]
+    missed = [k for k in unmatched[0] if all(k in o for o in others)]
     if missed and not matched:
         raise error(f"--captions {captions!r}: none of its {len(missed)} entries names a file of the source (e.g. "
                     f"{printable(missed[0])!r}): key each row by the file's path under its folder")
