@@ -165,7 +165,7 @@ BENCH_CASES = {
     "--tile-batch a": (["--sampling", "--tile-batch", "a"], "--tile-batch 'a'"),
     "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
-    "--json into a missing folder": (["--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
+    "--json below a file": (["--json", "/dev/null/b.json"], "'/dev/null' is a file, not a folder"),
     "--json a folder": (["--json", "{tmp}"], "is a directory"),
     "--json a video": (["--json", "{tmp}/keep.mp4"], "keep.mp4: expected a .json file name"),
     "cuda on a CPU machine": (["train.device=cuda"], "train.device"),
@@ -206,15 +206,15 @@ def test_bench_engine_refuses_bad_counts():
 
 
 def test_bench_sampling_times_each_tile_batch(tmp_path):
-    """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too), each said in a line
-    as soon as it is timed."""
+    """--tile-batch 1,5: one row per tile batch, in order, each naming its own (the JSON too, in a folder it made),
+    each said in a line as soon as it is timed."""
     from hpdm_cli.drivers.bench import run_bench
     said = []
     rows = run_bench("tiny", ["train.device=cpu"], sampling=True, batch=1, compare_cache=False, sample_steps="1,1,1",
-                     precision="fp32", tile_batch="1,5", json_out=tmp_path / "b.json", log=said.append)
+                     precision="fp32", tile_batch="1,5", json_out=tmp_path / "new" / "b.json", log=said.append)
     assert [r["tile_batch"] for r in rows] == [1, 5] and all(r["s_per_video"] > 0 for r in rows)
     from conftest import strict_json
-    written = strict_json((tmp_path / "b.json").read_text())
+    written = strict_json((tmp_path / "new" / "b.json").read_text())      # its missing folder was made
     assert [r["tile_batch"] for r in written] == [1, 5] and [r["peak_mem_GiB"] for r in written] == [None, None]
     assert [line.split(":")[0] for line in said] == [f"overlap {rows[0]['overlap']}, cache on, tile batch {tb}"
                                                      for tb in (1, 5)]

@@ -63,8 +63,8 @@ def test_measure_marks_oom_skips_larger_sizes_and_reports_every_point():
 
 
 def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, capsys):
-    """On the CPU the steps run (no memory figures there); the PNG and JSON hold every size."""
-    png, js = tmp_path / "m.png", tmp_path / "m.json"
+    """On the CPU the steps run (no memory figures there); the PNG and JSON hold every size (in folders it made)."""
+    png, js = tmp_path / "charts" / "m.png", tmp_path / "json" / "m.json"
     code, out, err = run_cli(capsys, "bench", "recipes/tiny.toml", "--memory-chart", str(png), "--json", str(js),
                              "--resolutions", "4x8x8,8x16x16", "--no-baseline")
     assert code == 0, err
@@ -82,7 +82,7 @@ def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, 
     (["--steps", "3", "--batch", "2"], "--steps, --batch: not used by --memory-chart"),
     (["--compile", "--resolutions", "4x8x8"], "--compile: not used by --memory-chart"),
     (["--memory-chart", "{dir}/chart.txt"], "expected a .png file name"),
-    (["--memory-chart", "{dir}/missing/chart.png"], "does not exist"),
+    (["--memory-chart", "/dev/null/chart.png"], "'/dev/null' is a file, not a folder"),
 ])
 def test_bad_memory_chart_options_are_one_line_errors(tmp_path, capsys, args, message):
     args = [a.replace("{dir}", str(tmp_path)) for a in args]

@@ -1106,7 +1106,16 @@ def test_a_captions_file_that_names_no_video_is_refused_and_one_that_misses_some
     assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(caps))) == 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("hpdm: warning:") and "1 entries of the captions file" in err and "'zz.mp4'" in err
+    assert "no row in the captions file" not in err
     assert "unmatched_captions" not in (tmp_path / "out" / REPORT_NAME).read_text()
+    # A file naming only some of the videos: the others are counted, and stored without a caption.
+    write(src / "c.mp4", small_clip()[:2], 25)
+    assert run_cli(tiny_args(src, tmp_path / "out2", "--captions", str(caps))) == 0
+    err = capsys.readouterr().err
+    assert "1 of 3 videos have no row in the captions file" in err and "(e.g. 'c.mp4')" in err
+    from hpdm_cli.data.shards import VideoDataset
+    ds = VideoDataset(tmp_path / "out2")
+    assert sorted(ds.item(i)["caption"] for i in range(len(ds))) == ["", "a b", "an a"]
 
 
 def test_a_captions_file_of_a_joint_video_and_image_prepare_is_judged_over_both(tmp_path, capsys):

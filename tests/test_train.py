@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,7 +303,7 @@ def test_a_prepared_dataset_is_not_taken_for_a_run_directory(shapes_data, tmp_pa
     with pytest.raises(TrainError, match=r"is a prepared dataset \(it holds dataset.json\): choose another folder"):
         train(make_recipe(data), data, log=quiet())
     assert not (data / "recipe.toml").exists() and not (data / "checkpoints").exists()
-    assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == before
+    assert sorted(p.name for p in data.iterdir()) == before
 
 
 def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_data, tmp_path):
@@ -312,13 +313,14 @@ def test_a_folder_of_the_users_files_is_not_taken_for_a_run_directory(shapes_dat
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(TrainError, match=r"holds files that are not an hpdm run's \(notes.txt\): choose an empty"):
         train(make_recipe(shapes_data), mine, log=quiet())
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]          # not even a lock file was left there
     (mine / "notes.txt").unlink()
     (mine / "recipe.toml").write_text("# my recipe\n")
     (mine / "env.json").write_text("{}")
     with pytest.raises(TrainError, match=r"recipe.toml is not the resolved recipe hpdm train writes there"):
         train(make_recipe(shapes_data), mine, log=quiet())
     assert (mine / "recipe.toml").read_text() == "# my recipe\n" and (mine / "env.json").read_text() == "{}"
-    assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["env.json", "recipe.toml"]
+    assert sorted(p.name for p in mine.iterdir()) == ["env.json", "recipe.toml"]
     # A run stopped before its first checkpoint or logged step holds only a run's own files: it is taken up again.
     from hpdm_cli.recipe import dump_recipe
     from hpdm_cli.train.loop import _check_run_dir
@@ -356,6 +358,21 @@ def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_p
     train(make_recipe(shapes_data, "model.latent_dim=32", steps=1), run, log=warned.append)
     assert any("never trained" in str(m) for m in warned)
     assert load_recipe(run / "recipe.toml").model.latent_dim == 32 and list_checkpoints(run)
+
+
+def test_a_class_model_on_unlabelled_clips_is_refused_before_the_run_directory(shapes_data, tmp_path):
+    """model.cond = "class" needs every clip of data.path (and data.image_path) labelled: said before any write."""
+    from hpdm_cli.data.shards import ShardWriter
+    bare = tmp_path / "bare"
+    with ShardWriter(bare) as w:
+        for i in range(3):
+            w.add(np.full((8, 32, 32, 3), 40 * i, np.uint8), label=-1)
+    for args in ([], [f"data.image_path={json.dumps(str(bare))}", "data.image_fraction=0.5"]):
+        data = bare if not args else shapes_data
+        with pytest.raises(TrainError, match=r'^model.cond = "class" but 3 of data\.(image_)?path\'s 3 clips have no '
+                                             r"label \(.*bare\): prepare it from class sub-folders"):
+            train(make_recipe(data, 'model.cond="class"', "model.num_classes=16", *args), tmp_path / "run", log=quiet())
+        assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):

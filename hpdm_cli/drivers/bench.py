@@ -153,13 +153,14 @@ def _sample_steps(value: str) -> list[int]:
 
 def _check_json_target(path: Path) -> None:
     """Refuse a --json path that cannot be written, before anything is timed."""
-    why = unwritable(path, make_dirs=False, suffix=".json")
+    why = unwritable(path, suffix=".json")                    # missing folders are made, as sample --out's
     if why is not None:
         raise ConfigError(f"--json {path}: {why}")
 
 
 def write_json(path: str | Path, rows: list[dict]) -> None:
-    """Write benchmark rows as JSON (atomically)."""
+    """Write benchmark rows as JSON (atomically; missing folders are created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, rows)
 
 

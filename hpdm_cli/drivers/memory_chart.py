@@ -286,7 +286,7 @@ def summary(points: dict) -> str:
 
 def _check_target(path: Path, option: str) -> None:
     """Refuse an output path that cannot be written, before anything is measured."""
-    why = unwritable(path, make_dirs=False, suffix=".json" if option == "--json" else None)
+    why = unwritable(path, suffix=".json" if option == "--json" else None)     # missing folders are made
     if why is not None:
         raise ConfigError(f"{option} {path}: {why}")
 
@@ -304,6 +304,9 @@ def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_o
     for path, option in ((png, "--memory-chart"), (json_out, "--json")):
         if path is not None:
             _check_target(path, option)
+    for path in (png, json_out):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     res = parse_resolutions(resolutions or RESOLUTIONS)
     path = default_recipe_path(recipe)
     load_recipe(path, list(overrides))                      # a bad recipe or override fails before any step

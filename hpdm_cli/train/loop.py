@@ -100,9 +100,10 @@ def _environment(dist: DistInfo) -> dict:
 SIGNAL_EVERY = 10   # under DDP, steps between the ranks' reads of each other's signals (a device sync each)
 
 
-def _check_dataset(path: str, what: str, resolution: Sequence[int]) -> None:
-    """Fail early, in one line, when a dataset of the recipe is missing or of another (height, width) than
-    `resolution` (before touching the run directory)."""
+def _check_dataset(path: str, what: str, resolution: Sequence[int], labelled: bool = False) -> None:
+    """Fail early, in one line, when a dataset of the recipe is missing, of another (height, width) than
+    `resolution`, or (`labelled`: a class-conditional model) holds unlabelled clips (before touching the run
+    directory)."""
     from ..data.loader import check_resolution
     from ..data.shards import VideoDataset
     from ..data.synthetic import check_synthetic, is_synthetic
@@ -114,8 +115,12 @@ def _check_dataset(path: str, what: str, resolution: Sequence[int]) -> None:
     dataset = VideoDataset(path)                                          # DataError (one line) if unusable
     try:
         check_resolution(dataset, resolution)
+        unlabelled = int((dataset.labels() < 0).sum()) if labelled else 0
     finally:
         dataset.close()
+    if unlabelled:
+        raise TrainError(f"model.cond = \"class\" but {unlabelled} of {what}'s {len(dataset)} clips have no label "
+                         f"({path}): prepare it from class sub-folders or a labels file, or set model.cond=\"none\"")
 
 
 def _holds_training(run_dir: Path) -> bool:
@@ -124,13 +129,15 @@ def _holds_training(run_dir: Path) -> bool:
     return (ckpts.is_dir() and any(ckpts.iterdir())) or (stats.is_file() and stats.stat().st_size > 0)
 
 
-def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
-    """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
+def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
+    """Refuse a dataset, a user's recipe.toml or a folder of other files; return (the run's recipe or None, trained).
+
+    It only reads, so it runs before the lock is taken too: a refused folder is left as it was.
+    """
     from ..recipe import recipe_from_toml, recipe_to_toml
     if is_dataset(run_dir):
         raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
                          "for the run")
-    arch = architecture_of(recipe)
     old = run_dir / RECIPE
     trained = _holds_training(run_dir)
     prev = None
@@ -150,6 +157,14 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     if foreign:
         raise TrainError(f"--run-dir {run_dir} holds files that are not an hpdm run's ({', '.join(foreign[:3])}"
                          f"{', ...' if len(foreign) > 3 else ''}): choose an empty or new folder for the run")
+    return prev, trained
+
+
+def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
+    """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
+    prev, trained = _refuse_foreign_folder(run_dir)
+    arch = architecture_of(recipe)
+    old = run_dir / RECIPE
     if prev is not None:
         if architecture_of(prev) != arch:
             if trained:
@@ -280,9 +295,10 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     say = _run_log(run_dir, dist, log)
     per_step = _per_rank_batch(t, dist.world_size)
     size = recipe.pyramid.resolution[1:]
-    _check_dataset(recipe.data.path, "data.path", size)
+    labelled = recipe.model.cond == "class"
+    _check_dataset(recipe.data.path, "data.path", size, labelled)
     if recipe.data.image_path and recipe.data.image_fraction > 0:
-        _check_dataset(recipe.data.image_path, "data.image_path", size)
+        _check_dataset(recipe.data.image_path, "data.image_path", size, labelled)
     ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
     set_precision(t.precision)
     state = _model_state(recipe, dist, ck, say)
@@ -343,6 +359,8 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack
     refusal, ck = None, None
     if dist.is_main:
         try:
+            if run_dir.is_dir():
+                _refuse_foreign_folder(run_dir)             # before the lock file is created in a refused folder
             held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=lambda m: log(WARNING + m)))
             ck = _check_run_dir(recipe, run_dir, lambda m: say(WARNING + m))
         except (TrainError, CheckpointError) as e:

@@ -346,6 +346,12 @@ def attach_captions(sources: list[Source], captions: str | None, strict: bool, i
             by_rel[rel].caption = caption
     info["captions"] = f"file {printable(captions)}"
     info["unmatched_captions"], info["matched_captions"] = unmatched, bool(first_row)   # judged over all parts
+    bare = [s.rel for s in present if not s.skip and s.rel not in first_row]
+    if first_row and bare:               # a part the file skips altogether (e.g. a joint run's images) is meant so
+        what = "videos" if present[0].kind == "video" else "images"
+        info.setdefault("warnings", []).append(
+            f"{len(bare)} of {len(bare) + len([r for r in first_row if not by_rel[r].skip])} {what} have no row in "
+            f"the captions file {captions!r} (e.g. {printable(bare[0])!r}): they are stored without a caption")
     if conflicts:
         rel, a, b = conflicts[0]
         n = len({c[0] for c in conflicts})
