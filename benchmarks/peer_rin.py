@@ -117,7 +117,8 @@ def worker_ours(a) -> dict:
                                      f"{'x'.join(map(str, rec.pyramid.resolution))})",
             "compile": bool(a.compile), "mode": mode_name(a.compile), "precision": a.precision, "batch": a.batch,
             "unit": "videos",
-            "params_M": row["params_M"], "step_s": row["step_s"], "items_per_s": row["videos_per_s"],
+            "params_M": row["params_M"], "step_s": row["step_s"], "update_s": row["update_s"],
+            "items_per_s": row["videos_per_s"],
             "TFLOP_per_item": row["TFLOP_per_video"], "TFLOP_per_item_counted": counted / 1e12,
             "peak_mem_GiB": row["peak_mem_GiB"], "device": row["device"], "stood_in": []}
 
@@ -231,7 +232,7 @@ def _run_worker(side: str, mode: str, a) -> dict:
 
 def table(rows: list[dict]) -> str:
     """Render the rows and the ours/peer ratios as a plain-text table."""
-    head = ["side", "mode", "batch", "items/s", "TFLOP/item", "counted", "TFLOP/s", "MFU %", "peak GiB"]
+    head = ["side", "mode", "batch", "items/s", "TFLOP/item", "counted", "TFLOP/s", "MFU %", "peak GiB", "update %"]
     out = [" | ".join(f"{h:>13}" if i == 0 else f"{h:>10}" for i, h in enumerate(head))]
     for r in rows:
         if "error" in r:
@@ -240,7 +241,8 @@ def table(rows: list[dict]) -> str:
         side = r["side"] + (f" ({r['attention']})" if r.get("attention") else "")
         cells = (side, row_mode(r), r["batch"], f"{r['items_per_s']:.2f}",
                  f"{r['TFLOP_per_item']:.3f}", f"{r['TFLOP_per_item_counted']:.3f}", f"{r['TFLOPs']:.1f}",
-                 f"{r['MFU_%']:.1f}", f"{r['peak_mem_GiB']:.1f}")
+                 f"{r['MFU_%']:.1f}", f"{r['peak_mem_GiB']:.1f}",
+                 f"{100 * r['update_s'] / r['step_s']:.1f}" if "update_s" in r else "-")   # clip + optimiser + EMA
         out.append(" | ".join(f"{v:>13}" if i == 0 else f"{v:>10}" for i, v in enumerate(cells)))
     for comp, (o, p) in ratios(rows).items():
         out.append(f"ours / peer, achieved TFLOP/s, {comp}: {o:.2f}x (analytic ours vs counted peer), "

@@ -294,6 +294,25 @@ def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatc
     assert seen["ema"] == 3 and seen["clip"] == [0.5] * 3                      # one warm-up and two timed steps
 
 
+def test_bench_training_times_the_update_apart(monkeypatch):
+    """update_s is the clip + optimiser + EMA part of each timed step: a slower EMA update shows in it, and in the
+    step, by the same amount; the forward and backward are outside it."""
+    import time
+    from hpdm_cli.drivers.bench import bench_training
+    from hpdm_cli.train.optim import EMA
+    rec = load_recipe(ROOT / "recipes" / "tiny.toml", ["train.ema_halflife_steps=10"])
+    base = bench_training(rec, steps=2, warmup=1, batch=1, precisions=["fp32"])[0]
+    assert 0 < base["update_s"] < base["step_s"] and base["update_%"] == pytest.approx(
+        100 * base["update_s"] / base["step_s"])
+    import hpdm_cli.train.step as step
+    update, fb = EMA.update, step.forward_backward
+    monkeypatch.setattr(EMA, "update", lambda self, net, keep=None: (time.sleep(0.3), update(self, net, keep)))
+    monkeypatch.setattr(step, "forward_backward", lambda *a, **k: (time.sleep(0.3), fb(*a, **k))[1])
+    slow = bench_training(rec, steps=2, warmup=1, batch=1, precisions=["fp32"])[0]
+    assert 0.3 <= slow["update_s"] < 0.3 + base["update_s"] + 0.25           # the EMA's sleep, not the forward's
+    assert slow["step_s"] - slow["update_s"] >= 0.3
+
+
 def test_bench_ablations_time_the_papers_table2_rows_each_as_its_setting_builds_it():
     """`hpdm bench --ablations`: one row per Table 2 change; counted FLOPs and parameters move as each change implies."""
     from hpdm_cli.drivers.bench import bench_training

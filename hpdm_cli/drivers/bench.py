@@ -203,6 +203,20 @@ def _peak_mem_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
 
 
+def _mark(device: torch.device):
+    """A point in the device's work: a recorded CUDA event (no host sync), else the host's clock."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    ev = torch.cuda.Event(enable_timing=True)
+    ev.record(torch.cuda.current_stream(device))
+    return ev
+
+
+def _elapsed(a, b) -> float:
+    """Seconds between two `_mark`s (events must have completed: read after a sync)."""
+    return b - a if isinstance(a, float) else a.elapsed_time(b) / 1e3
+
+
 def _sync(device: torch.device) -> None:
     """Wait for the card (no-op on the CPU), so that wall-clock times cover the work."""
     if device.type == "cuda":
@@ -261,7 +275,9 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
 
     The timed steps run as training runs them, one after the other with no wait in between; the
     device is synchronised only at the two ends of the window, so the host's launch time of a step
-    overlaps the previous step's kernels instead of being counted as idle device time.
+    overlaps the previous step's kernels instead of being counted as idle device time. The update
+    (clipping, the optimiser step, the EMA) is timed apart between two device events per step, which
+    record without a host sync: `update_s` is its mean, `update_%` its share of the step.
     """
     from ..train.step import build_model, compile_model, forward_backward, set_precision
     from ..train.optim import clip_gradients, make_ema, make_optimizer, param_groups
@@ -280,7 +296,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
             "none": lambda: None}[rec.model.cond]()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = None
+    t0, marks = None, []
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
@@ -290,20 +306,27 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
                           conditional=cond is not None, generator=g, device=device,
                           noise_on_device=rec.train.noise_on == "device")
         forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
+        timed = i >= warmup
+        if timed:
+            marks.append([_mark(device)])
         clip_gradients(params, rec.train)                                 # as a training step: clip, update, EMA
         opt.step()
         if ema is not None:
             ema.update(net)
+        if timed:
+            marks[-1].append(_mark(device))
         opt.zero_grad(set_to_none=True)
     _sync(device)
     sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back
+    update = sum(_elapsed(a, b) for a, b in marks) / steps
     flops = train_step_flops(rec.pyramid, rec.model) * B
     peak = peak_flops(device, precision)
     return {
         "variant": name, "precision": precision, "compile": rec.train.compile, "noise_on": rec.train.noise_on,
         "batch": B,
         "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
-        "step_s": sec, "videos_per_s": B / sec, "peak_mem_GiB": _peak_mem_gib(device),
+        "step_s": sec, "update_s": update, "update_%": 100 * update / sec,
+        "videos_per_s": B / sec, "peak_mem_GiB": _peak_mem_gib(device),
         "TFLOP_per_video": flops / B / 1e12, "TFLOPs": flops / sec / 1e12,
         "MFU_%": 100 * flops / sec / peak if peak else float("nan"), "device": _device_name(device),
     }
