@@ -64,7 +64,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint, init_from_weights
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
-from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, STATS, checkpoint_name, foreign_entries
+from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
 from .stats import StatsWriter
 from .step import build_model, compile_model, forward_backward, set_precision, step_generator
 
@@ -123,12 +123,6 @@ def _check_dataset(path: str, what: str, resolution: Sequence[int], labelled: bo
                          f"({path}): prepare it from class sub-folders or a labels file, or set model.cond=\"none\"")
 
 
-def _holds_training(run_dir: Path) -> bool:
-    """Whether a run directory holds what a run trained: checkpoints (readable or set aside) or logged steps."""
-    ckpts, stats = run_dir / CHECKPOINTS, run_dir / STATS
-    return (ckpts.is_dir() and any(ckpts.iterdir())) or (stats.is_file() and stats.stat().st_size > 0)
-
-
 def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
     """Refuse a dataset, a user's recipe.toml or a folder of other files; return (the run's recipe or None, trained).
 
@@ -139,7 +133,7 @@ def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
         raise TrainError(f"--run-dir {run_dir} is a prepared dataset (it holds dataset.json): choose another folder "
                          "for the run")
     old = run_dir / RECIPE
-    trained = _holds_training(run_dir)
+    trained = holds_training(run_dir)
     prev = None
     if old.exists():
         try:

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 __all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name",
-           "is_run_dir", "is_trained_run", "is_checkpoint_dir", "foreign_entries"]
+           "is_run_dir", "is_trained_run", "holds_training", "is_checkpoint_dir", "foreign_entries"]
 
 RECIPE = "recipe.toml"
 STATS = "stats.jsonl"
@@ -54,6 +54,17 @@ def is_trained_run(path: str | os.PathLike) -> bool:
     """
     p = Path(path)
     return (p / CHECKPOINTS).is_dir() or ((p / RECIPE).is_file() and (p / STATS).exists())
+
+
+def holds_training(path: str | os.PathLike) -> bool:
+    """Whether a run directory holds what a run trained: a checkpoint (readable or set aside) or a logged step.
+
+    Stricter again than `is_trained_run`: an empty checkpoints/ or stats.jsonl (a run stopped before its
+    first step) does not count, so such a run may be started afresh with another architecture.
+    """
+    p = Path(path)
+    ckpts, stats = p / CHECKPOINTS, p / STATS
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or (stats.is_file() and stats.stat().st_size > 0)
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
