@@ -30,6 +30,9 @@ MIN_FPS, MAX_FPS = 0.01, 1000.0
 MAX_SEED = 2 ** 64 - 1
 # Sampling steps per level: the recipes use 8-128; far more only costs time (and overflows the schedule).
 MAX_STEPS = 100_000
+# Training steps and the global batch: far above any run (the recipes train 10^4-10^6 steps of batch 16-1024);
+# larger values overflow index arithmetic or exhaust the host's memory before the first step.
+MAX_TRAIN_STEPS, MAX_BATCH = 10 ** 10, 2 ** 20
 TILE_BATCH = 64   # tiles per network forward when sampling, unless --tile-batch says otherwise
 # `hpdm bench`'s defaults: timed and warm-up training steps; videos per sampler call and precision with --sampling.
 BENCH_STEPS, BENCH_WARMUP, BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION = 10, 3, 16, "bf16"
@@ -341,13 +344,12 @@ class Recipe:
                 raise ConfigError(f"{name} = {dim} is not a multiple of model.head_dim = {m.head_dim}")
         if p.offsets not in ("continuous", "grid", "tiles"):
             raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\", \"grid\" or \"tiles\"")
-        if p.offsets == "tiles":
-            halved = grid_axes(p.overlap, "pyramid.overlap")
-            for a, r, R in zip(OVERLAP_AXES, p.patch, p.resolution):
-                if a in halved and r % 2 and R > r:
-                    raise ConfigError(f"pyramid.offsets = \"tiles\" trains on the tiles of pyramid.overlap = {p.overlap!r}, "
-                                      f"which start every half tile along {a}, but the patch is odd there ({r}): "
-                                      f"drop {a!r} from pyramid.overlap or use pyramid.offsets = \"grid\"")
+        halved = grid_axes(p.overlap, "pyramid.overlap")       # sampling (and "tiles" training) tiles this way
+        for a, r, R in zip(OVERLAP_AXES, p.patch, p.resolution):
+            if a in halved and r % 2 and R > r:
+                raise ConfigError(f"pyramid.overlap = {p.overlap!r} starts tiles every half tile along {a}, but "
+                                  f"pyramid.patch is odd there ({r}): drop {a!r} from pyramid.overlap or make the "
+                                  f"patch even along {a}")
         if self.data.image_fraction > 0 and not self.data.image_path:
             raise ConfigError(f"data.image_fraction = {self.data.image_fraction} asks for still images in every batch, "
                               f"but data.image_path is empty: give a prepared image dataset (hpdm prepare --images "
@@ -443,8 +445,8 @@ class Recipe:
             ("diffusion.context_prob", d.context_prob, prob),
             ("diffusion.cond_dropout", d.cond_dropout, prob),
             ("diffusion.self_cond_prob", d.self_cond_prob, prob),
-            ("train.steps", t.steps, ints(0)),
-            ("train.batch_size", t.batch_size, ints(1)),
+            ("train.steps", t.steps, dict(ints(0), hi=MAX_TRAIN_STEPS)),
+            ("train.batch_size", t.batch_size, dict(ints(1), hi=MAX_BATCH)),
             ("train.grad_accum", t.grad_accum, ints(1)),
             ("train.lr", t.lr, pos),
             ("train.weight_decay", t.weight_decay, nonneg),

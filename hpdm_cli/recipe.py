@@ -79,19 +79,27 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
+# Names other tools give a recipe key: a close spelling would suggest a wrong key (epochs -> eps, Adam's epsilon).
+_OTHER_NAMES = {"epochs": "steps", "epoch": "steps", "iterations": "steps", "iters": "steps",
+                "max_steps": "steps", "learning_rate": "lr", "batch": "batch_size", "bs": "batch_size"}
+
+
 def _unknown(cls: type, prefix: str, key: str, source: str) -> ConfigError:
     """The error for `key` not being a field of `cls` (at dotted `prefix`), with a suggestion."""
     names = list(_fields(cls))
     full = _join(prefix, key)
     what = "section" if not prefix else "key"
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    lower = {n.lower(): n for n in names}
+    other = _OTHER_NAMES.get(key.lower())
+    close = ([lower[key.lower()]] if key.lower() in lower else [other] if other in names
+             else difflib.get_close_matches(key.lower(), names, n=1, cutoff=0.7))
     if close:
         hint = f" (did you mean {_join(prefix, close[0])}?)"
     else:
         # The right name in the wrong section (e.g. model.fps -> data.fps)?
         everywhere = _all_keys(Recipe)
         same_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == key and k != full]
-        close_full = difflib.get_close_matches(full, everywhere, n=1, cutoff=0.75)
+        close_full = difflib.get_close_matches(full, [k for k in everywhere if "." in k], n=1, cutoff=0.75)
         if same_leaf:
             hint = f" (did you mean {' or '.join(same_leaf)}?)"
         elif close_full:
@@ -324,7 +332,13 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: invalid TOML: not UTF-8 text (byte {e.start})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line}: invalid TOML: not UTF-8 text (byte {e.start}); "
+                          "save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")                 # a byte-order mark some editors write: TOML has none
+    if not _parse_toml(text, source):
+        raise ConfigError(f"{source}: the recipe is empty (no section or key): start from a packaged recipe, e.g. "
+                          "recipes/tiny.toml")
     return recipe_from_toml(text, overrides, source=source)
 
 

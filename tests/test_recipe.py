@@ -90,6 +90,28 @@ def test_unknown_key_with_suggestion():
     assert msg == f"{SRC}: unknown key model.latnt_dim (did you mean model.latent_dim?)"
 
 
+@pytest.mark.parametrize("key,meant", [("LR", "lr"), ("Batch_Size", "batch_size"), ("epochs", "steps"),
+                                       ("learning_rate", "lr"), ("bacth_size", "batch_size")])
+def test_unknown_key_suggests_the_key_meant_not_a_lookalike(key, meant):
+    """Case is ignored, and other tools' names lead to ours: `epochs` must not suggest `eps` (Adam's epsilon)."""
+    assert err({"train": {key: 3}}) == f"{SRC}: unknown key train.{key} (did you mean train.{meant}?)"
+
+
+def test_a_recipe_file_with_a_byte_order_mark_reads_and_other_encodings_name_their_line(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + TINY.encode())
+    assert load_recipe(p).model.latent_dim == 64
+    p.write_bytes(b"[train]\n# caf\xe9\nlr = 0.1\n")                        # Latin-1
+    with pytest.raises(ConfigError, match=r"r.toml:2: invalid TOML: not UTF-8 text \(byte 13\); save the file as UTF-8"):
+        load_recipe(p)
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
+def test_an_empty_recipe_file_is_refused_not_taken_for_the_defaults(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"r.toml: the recipe is empty .*recipes/tiny.toml$"):
+        load_recipe(write(tmp_path, text))
+
+
 def test_unknown_key_in_wrong_section_points_to_right_one():
     msg = err({"model": {"warmup_steps": 3}})
     assert "model.warmup_steps" in msg and "train.warmup_steps" in msg
@@ -159,7 +181,9 @@ def test_int_accepted_for_float():
     ({"diffusion": {"p_std": [1.4, -1.0, 1.2]}}, "diffusion.p_std[1]"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64], "overlap": "fhw"}},
-     "pyramid.offsets"),                                                    # half tiles of an odd patch
+     "pyramid.overlap = 'fhw' starts tiles every half tile along f"),       # half tiles of an odd patch
+    ({"pyramid": {"offsets": "grid", "resolution": [8, 36, 36], "patch": [4, 9, 9], "overlap": "shift-hw"},
+      "model": {"tokenizer": [1, 3, 3]}}, "pyramid.patch is odd there (9)"),   # sampling could not tile it either
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),
     ({"pyramid": {"overlap": "fx"}}, "pyramid.overlap"),
@@ -306,6 +330,8 @@ def test_every_number_is_range_checked():
     ("train.betas=[0.9, 1.0]", "train.betas[1] = 1.0: expected a finite number in [0, 1)"),
     ("train.min_lr_ratio=1.5", "train.min_lr_ratio = 1.5: expected a finite number in [0, 1]"),
     ("train.seed=-3", "train.seed = -3: expected an integer in [0, 4294967295]"),
+    ("train.steps=99999999999999999999999", "expected an integer in [0, 10000000000]"),     # overflowed the loader
+    ("train.batch_size=100000000", "expected an integer in [1, 1048576]"),                  # killed for memory
     ("train.device=\"gpu\"", "train.device = 'gpu': expected \"auto\", \"cpu\" or \"cuda\""),
     ("train.noise_on=\"gpu\"", "train.noise_on = 'gpu': expected \"device\" or \"host\""),
     ("diffusion.self_cond_prob=2", "diffusion.self_cond_prob = 2.0: expected a finite number in [0, 1]"),
