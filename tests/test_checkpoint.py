@@ -186,6 +186,10 @@ def test_non_finite_weights_are_never_saved(trained, tmp_path, part):
     assert "\n" not in msg and "not saving checkpoint 2" in msg and "ckpt-00000001" in msg
     # keep_last = 1 did not prune the good checkpoint in favour of the bad one; nothing half-written.
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000001"]
+    # A run without a good checkpoint is not told to resume from one.
+    with pytest.raises(CheckpointError, match=r"no longer finite .*; no checkpoint was saved before; lower train.lr "
+                                              r"or set train.grad_clip and start again$"):
+        save_checkpoint(tmp_path / "fresh", recipe, 2, extra_tensors={}, state={}, keep_last=1, **parts)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors", "optim.safetensors"])

@@ -169,6 +169,8 @@ BENCH_CASES = {
     "--json a folder": (["--json", "{tmp}"], "is a directory"),
     "--json a video": (["--json", "{tmp}/keep.mp4"], "keep.mp4: expected a .json file name"),
     "cuda on a CPU machine": (["train.device=cuda"], "train.device"),
+    "batch not divisible by grad_accum": (["train.grad_accum=3"], "train.batch_size = 16 is not divisible by "
+                                                                  "train.grad_accum = 3"),
 }
 
 

@@ -346,6 +346,9 @@ def _bad_cases(assets, tmp: Path) -> dict:
                                        "--out", out], out),
         "a run's checkpoints folder without checkpoints": (["sample", "--ckpt", tmp / "emptyrun" / "checkpoints",
                                                             "--out", out], out),
+        "a recipe for --ckpt": (["sample", "--ckpt", Path(__file__).parents[1] / "recipes" / "tiny.toml", "--out", out], out),
+        "a recipe for --guide-model": (["sample", "--ckpt", run, "--guide-model", Path(__file__).parents[1] / "recipes" / "tiny.toml",
+                                        "--out", out], out),
         "negative level": (["sample", "--ckpt", run, "--levels", "-1", "--out", out], out),
         "steps 0": (["sample", "--ckpt", run, "--steps", "0", "--out", out], out),
         "negative seed": (["sample", "--ckpt", run, "--seeds", "-1", "--out", out], out),
@@ -374,6 +377,8 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("hpdm: error: "), (name, err)
         if name.startswith("out a folder"):
             assert "emptyrun': it is a directory: give a video file name" in lines[0], (name, lines[0])
+        if name.startswith("a recipe for"):
+            assert "tiny.toml is a TOML recipe, not weights: give a run directory" in lines[0], (name, lines[0])
         assert "Traceback" not in err and stdout == "", name
         assert not target.is_file(), name
         assert set(os.listdir(tmp_path)) == before, name                  # nothing half-written anywhere

@@ -375,6 +375,43 @@ def test_a_class_model_on_unlabelled_clips_is_refused_before_the_run_directory(s
         assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["model.channels=1"], r"^model.channels = 1, but training videos are RGB \(3 channels\): set model.channels = 3$"),
+    (["train.steps=0"], r"^train.steps = 0 trains nothing: raise train.steps"),
+    (['model.cond="text"', 'data.prompt_table="/no/such/table.safetensors"'],
+     r"^data.prompt_table = '/no/such/table.safetensors': no such file or folder"),
+])
+def test_settings_that_would_fail_later_are_refused_before_the_run_directory(shapes_data, tmp_path, extra, message):
+    with pytest.raises(TrainError, match=message):
+        train(make_recipe(shapes_data, *extra), tmp_path / "run", log=quiet())
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_too_large_for_memory_is_a_one_line_error(shapes_data, monkeypatch):
+    from hpdm_cli.config import ConfigError
+
+    def huge(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough memory: you "
+                           "tried to allocate 25600000000 bytes.")
+    monkeypatch.setattr(step, "HPDMNet", huge)
+    with pytest.raises(ConfigError, match=r"^the recipe's model does not fit in memory \(.*25600000000 bytes\.\): "
+                                          r"make it smaller \(model.num_latents"):
+        step.build_model(make_recipe(shapes_data))
+    monkeypatch.setattr(step, "HPDMNet", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="^a bug$"):                     # other errors are not disguised
+        step.build_model(make_recipe(shapes_data))
+
+
+def test_settings_that_mislead_are_said_before_training(shapes_data, tmp_path):
+    """A guide model that is not there, and a warm-up longer than the run, are warned about (the run goes on)."""
+    said = []
+    train(make_recipe(shapes_data, 'sample.guide_model="/no/guide.safetensors"', steps=1, warmup_steps=5),
+          tmp_path / "run", log=said.append)
+    text = "\n".join(said)
+    assert "sample.guide_model = '/no/guide.safetensors' does not exist here" in text
+    assert "train.warmup_steps = 5 is more than train.steps = 1" in text
+
+
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     rec = make_recipe(tmp_path / "no-such-dataset")
     with pytest.raises(ValueError) as e:

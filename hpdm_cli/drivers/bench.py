@@ -251,6 +251,9 @@ def bench_training(recipe: Recipe, *, steps: int = BENCH_STEPS, warmup: int = BE
     _check_count("--warmup", warmup, 0)
     if batch is not None:
         _check_count("--batch", batch, 1)
+    elif recipe.train.batch_size % recipe.train.grad_accum:         # the micro-batch is what a step times
+        raise ConfigError(f"train.batch_size = {recipe.train.batch_size} is not divisible by train.grad_accum = "
+                          f"{recipe.train.grad_accum} (hpdm train refuses it too): fix the recipe, or pass --batch")
     if precisions is not None:
         _check_precisions(precisions)
     device = resolve_device(recipe.train.device, 0, option="train.device")

@@ -142,9 +142,10 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
     bad = _nonfinite_part(model, ema, opt_tensors)
     if bad is not None:
         kept = list_checkpoints(run_dir)
-        raise CheckpointError(f"not saving checkpoint {step}: the weights are no longer finite ({bad}); the newest "
-                              f"good checkpoint is {kept[-1].name if kept else '(none)'}; lower train.lr or set "
-                              "train.grad_clip and resume from it")
+        then = (f"the newest good checkpoint is {kept[-1].name}; lower train.lr or set train.grad_clip and resume "
+                "from it") if kept else "no checkpoint was saved before; lower train.lr or set train.grad_clip and " \
+                                        "start again"
+        raise CheckpointError(f"not saving checkpoint {step}: the weights are no longer finite ({bad}); {then}")
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".tmp-{final.name}-{secrets.token_hex(4)}"
@@ -253,6 +254,9 @@ def read_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:                                                # OSError, safetensors' own
+        if Path(path).suffix.lower() == ".toml":
+            raise CheckpointError(f"{path} is a TOML recipe, not weights: give a run directory, a checkpoint folder "
+                                  "or a .safetensors file") from None
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
 
 

@@ -49,6 +49,7 @@ from ..config import Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
 from ..diffusion.edm import draw_noise
+from ..assets import PACKAGED
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
@@ -121,6 +122,28 @@ def _check_dataset(path: str, what: str, resolution: Sequence[int], labelled: bo
     if unlabelled:
         raise TrainError(f"model.cond = \"class\" but {unlabelled} of {what}'s {len(dataset)} clips have no label "
                          f"({path}): prepare it from class sub-folders or a labels file, or set model.cond=\"none\"")
+
+
+def _check_settings(recipe: Recipe, run_dir: Path, log) -> None:
+    """Refuse (TrainError) or warn about recipe values that would fail or mislead only later, before the run
+    directory is written: the pixel channels, train.steps = 0 without train.init_from, missing paths."""
+    t, m = recipe.train, recipe.model
+    if m.channels != 3:
+        raise TrainError(f"model.channels = {m.channels}, but training videos are RGB (3 channels): set "
+                         "model.channels = 3")
+    if t.steps == 0 and not t.init_from and not holds_training(run_dir):
+        raise TrainError("train.steps = 0 trains nothing: raise train.steps (0 only saves the weights that "
+                         "train.init_from starts from)")
+    if recipe.data.prompt_table and not os.path.exists(recipe.data.prompt_table):
+        raise TrainError(f"data.prompt_table = {recipe.data.prompt_table!r}: no such file or folder: give a prompt "
+                         "table (e.g. a run's prompt_embeddings.safetensors) or set data.prompt_table = \"\"")
+    guide = recipe.sample.guide_model
+    if guide and guide != PACKAGED and not os.path.exists(guide):
+        log(WARNING + f"sample.guide_model = {guide!r} does not exist here: this run's checkpoints will not sample "
+            "until it does (or pass --guide-model none)")
+    if t.warmup_steps > t.steps > 0:
+        log(WARNING + f"train.warmup_steps = {t.warmup_steps} is more than train.steps = {t.steps}: the learning "
+            f"rate never reaches train.lr = {t.lr:g}")
 
 
 def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
@@ -293,6 +316,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     _check_dataset(recipe.data.path, "data.path", size, labelled)
     if recipe.data.image_path and recipe.data.image_fraction > 0:
         _check_dataset(recipe.data.image_path, "data.image_path", size, labelled)
+    _check_settings(recipe, run_dir, log if dist.is_main else (lambda m: None))
     ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
     set_precision(t.precision)
     state = _model_state(recipe, dist, ck, say)

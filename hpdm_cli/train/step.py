@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..config import CUDA_GRAPH_MODES, Recipe
+from ..config import CUDA_GRAPH_MODES, ConfigError, Recipe
 from ..device import use_tf32
 from ..diffusion.edm import NoiseDraw, edm_loss
 from ..model.network import HPDMNet
@@ -44,9 +44,17 @@ def autocast_for(precision: str, device: torch.device):
 
 
 def build_model(recipe: Recipe) -> HPDMNet:
-    """The network of a recipe (random initialisation seeded by train.seed)."""
+    """The network of a recipe (random initialisation seeded by train.seed); ConfigError if it does not fit in memory."""
     torch.manual_seed(recipe.train.seed)
-    return HPDMNet(recipe.pyramid, recipe.model)
+    try:
+        return HPDMNet(recipe.pyramid, recipe.model)
+    except (RuntimeError, MemoryError) as e:                   # torch.OutOfMemoryError is a RuntimeError
+        text = str(e)
+        if not isinstance(e, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        first = text.strip().splitlines()[-1] if text.strip() else type(e).__name__
+        raise ConfigError(f"the recipe's model does not fit in memory ({first}): make it smaller (model.num_latents, "
+                          "model.latent_dim, model.interface_dim, model.num_blocks)") from None
 
 
 def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets: torch.Tensor,
