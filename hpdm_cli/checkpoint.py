@@ -27,9 +27,9 @@ from .config import Recipe
 from .device import resolve_device
 from .train.checkpoint import (CheckpointError, architecture_of, first_nonfinite, list_checkpoints, read_weights_file,
                                write_weights_file)
-from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, is_checkpoint_dir
+from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, RECIPE, is_checkpoint_dir
 
-__all__ = ["GeneratorInfo", "find_class_names", "load_generator", "resolve_sampling_weights",
+__all__ = ["GeneratorInfo", "edited_sampling", "find_class_names", "load_generator", "resolve_sampling_weights",
            "load_sampling_weights", "export_weights"]
 
 Log = Callable[[str], None]
@@ -165,6 +165,27 @@ def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
     return None
 
 
+def edited_sampling(run_dir: Path, recipe: Recipe) -> Optional[str]:
+    """Why RUN/recipe.toml's [sample] settings are not the ones sampling uses, in words, or None.
+
+    Sampling takes the recipe stored in the checkpoint's weights; a hand edit of the run's recipe.toml
+    (or one made unreadable) would otherwise be ignored without a word.
+    """
+    from .recipe import recipe_from_toml
+    path = Path(run_dir) / RECIPE
+    if not path.is_file():
+        return None
+    try:
+        stored = recipe_from_toml(path.read_text(encoding="utf-8"), source=str(path))
+    except Exception as e:                                                # ConfigError, OSError, UnicodeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{path} is unreadable ({first}); sampling uses the recipe stored in the checkpoint"
+    if stored.sample != recipe.sample:
+        return (f"{path}'s [sample] differs from the recipe stored in the checkpoint, which sampling uses: give "
+                "the change as options instead (--guidance, --steps, --overlap, ...)")
+    return None
+
+
 def find_class_names(recipe: Recipe, search: Iterable[Path] = ()) -> tuple[list, Optional[Path]]:
     """Class names from the dataset.json at the recipe's data.path, or ([], None) when none is found.
 
@@ -210,6 +231,9 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
                               f"({str(e).splitlines()[0]})") from None
     net.eval().requires_grad_(False).to(dev)
     info = GeneratorInfo(weights=weights_path, step=step, run_dir=_run_dir_of(ckpt, weights_path), device=dev)
+    edited = edited_sampling(info.run_dir, recipe) if info.run_dir is not None and warn is not None else None
+    if edited:
+        warn(edited)
     if recipe.model.cond == "class":
         info.class_names, info.class_names_source = find_class_names(recipe, info.search_dirs)
     return net, recipe, info

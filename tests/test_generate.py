@@ -863,6 +863,25 @@ def test_quick_looks_never_repeat_the_main_file():
     assert _extra_paths(Path("c.mp4"), True, False) == [Path("c.mp4"), Path("c.gif")]
 
 
+def test_a_hand_edit_of_the_runs_recipe_is_said_not_silently_ignored(tmp_path):
+    """Sampling uses the recipe stored in the weights: an edited [sample] of RUN/recipe.toml, or a broken file,
+    is warned about; the recipe training wrote is not."""
+    from hpdm_cli.recipe import dump_recipe
+    rec = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={tmp_path}/missing"])
+    run = _save(tmp_path / "run", rec)
+    dump_recipe(rec, run / "recipe.toml")
+    said = []
+    load_generator(run, "cpu", warn=said.append)
+    assert said == []
+    edited = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={tmp_path}/missing", "sample.guidance=7"])
+    dump_recipe(edited, run / "recipe.toml")
+    load_generator(run, "cpu", warn=said.append)
+    assert len(said) == 1 and "recipe.toml's [sample] differs from the recipe stored in the checkpoint" in said[0]
+    (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace("guidance = 7.0", "guidance = -5"))
+    load_generator(run, "cpu", warn=said.append)
+    assert "recipe.toml is unreadable (" in said[1] and "sample.guidance" in said[1]
+
+
 @pytest.fixture(scope="session")
 def run_with_sample_fps(assets):
     """A checkpoint whose recipe sets sample.fps = 4 (data.fps is 8)."""
