@@ -45,11 +45,11 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..assets import PACKAGED
 from ..config import Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
 from ..diffusion.edm import draw_noise
-from ..assets import PACKAGED
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
