@@ -745,7 +745,9 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
     """--stride 0 used to become 1 silently, --batch 0 the default; each is now exit 2 with one line."""
     _stats_pair(tmp_path)
     (tmp_path / "file").write_text("x")
+    (tmp_path / "notes.npz").write_text("the user's notes")
     base = ["--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz"]
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     for args, why in ((["--stride", "0"], "--stride 0"), (["--stride", "-2"], "--stride -2"),
                       (["--num", "0"], "--num 0"), (["--num", "1"], "--num 1"), (["--frames", "0"], "--frames 0"),
                       (["--frames", "x"], "--frames 'x'"), (["--batch", "0"], "--batch 0"),
@@ -753,7 +755,13 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
                       (["--device", "tpu"], "--device"), (["--save-real", tmp_path / "s.json"], ".npz suffix"),
                       (["--save-real", tmp_path / "file" / "s.npz"], "is a file"),
                       (["--json", tmp_path / "file" / "r.json"], "is a file"),
-                      (["--json", tmp_path / "keep.mp4"], "expected a .json file name")):
+                      (["--json", tmp_path / "keep.mp4"], "expected a .json file name"),
+                      (["--save-fake", tmp_path / "a.npz"], "--save-fake '" + str(tmp_path / "a.npz") + "' is the "
+                                                            "--real input: it would be overwritten"),
+                      (["--save-real", tmp_path / "b.npz"], "is the --fake input"),
+                      (["--save-real", tmp_path / "s.npz", "--save-fake", tmp_path / "." / "s.npz"],
+                       "--save-real and --save-fake are the same file"),
+                      (["--save-real", tmp_path / "notes.npz"], "already holds a file that is not FVD statistics")):
         r = _cli(*base, *args)
         assert why in r.error, (args, r.err)
     for real, fake, why in ((tmp_path / "missing", tmp_path / "b.npz", "does not exist"),
@@ -765,6 +773,7 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
     with pytest.raises(FVDError, match="--cache-dir"):
         evaluate_fvd(folders / "real", tmp_path / "b.npz", cache_dir=tmp_path / "file", extractor=None)
     assert not (tmp_path / "s.npz").exists()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept     # no input overwritten
 
 
 def test_the_metric_package_never_imports_sampling_generation_or_drivers():
@@ -1006,6 +1015,19 @@ def test_class_labels_take_label_zero_and_refuse_labels_beyond_the_model():
     assert sorted(counts) == [0, 1] and sum(counts.values()) == 6 and picked.shape == (6,)
     with pytest.raises(FVDError, match="labels up to 2 but the model has 2 classes"):
         _class_labels(Labelled([0, 2]), two, Protocol(num=4), 4)
+
+
+def test_links_that_lead_nowhere_are_skipped_as_unreadable_not_fatal(folders, extractor, tmp_path):
+    """A dangling link and a link to itself in a folder of videos are counted as unreadable clips."""
+    import shutil
+    real = tmp_path / "real"
+    shutil.copytree(folders / "real", real)
+    (real / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (real / "loop.mp4").symlink_to(real / "loop.mp4")
+    res = evaluate_fvd(real, folders / "fake", num=4, frames=9, extractor=extractor, cache_dir=tmp_path / "c",
+                       workers=0)
+    assert res.num_real == 3 and res.real.num_unreadable == 2
+    assert sorted(s.split(":")[0] for s in res.real.skipped if "unreadable" in s) == ["gone.mp4", "loop.mp4"]
 
 
 def test_side_warnings_only_for_sides_short_of_clips():

@@ -265,18 +265,37 @@ def _follows_options(kinds: dict) -> bool:
     return list(kinds.values()).count("stats") < 2
 
 
-def _check_options(kinds: dict, real: Path, save_real, save_fake, cache: bool, cache_dir, workers,
+def _check_saves(sides: dict, saves: dict) -> None:
+    """--save-real / --save-fake: .npz, writable, two different files, neither a side's input nor a file that is
+    not FVD statistics (a re-run may replace its own statistics, nothing else)."""
+    for what, p in saves.items():
+        if p is None:
+            continue
+        if Path(p).suffix.lower() != ".npz":
+            raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
+        _check_writable_file(p, what)
+        target = os.path.realpath(p)
+        for role, side in sides.items():
+            if os.path.realpath(side) == target:
+                raise FVDError(f"{what} {str(p)!r} is the --{role} input: it would be overwritten; choose another path")
+        if Path(p).is_file():
+            try:
+                FVDStats.load(p)
+            except Exception:                                         # FVDError, OSError, numpy's own
+                raise FVDError(f"{what} {str(p)!r} already holds a file that is not FVD statistics: choose another "
+                               "path (or delete it)") from None
+    if None not in saves.values() and os.path.realpath(saves["--save-real"]) == os.path.realpath(saves["--save-fake"]):
+        raise FVDError(f"--save-real and --save-fake are the same file ({str(saves['--save-real'])!r}): give two paths")
+
+
+def _check_options(kinds: dict, real: Path, fake: Path, save_real, save_fake, cache: bool, cache_dir, workers,
                    extractor, device, batch_size) -> None:
     """Options that can be refused before any work: sides, output files, cache directory, workers, device, batch."""
     if kinds["real"] == "checkpoint":
         raise FVDError(f"--real {str(real)!r} is a model (.safetensors, checkpoint or run directory): --real takes "
                        "real clips (a folder of videos, a prepared dataset or a statistics .npz); only --fake can "
                        "be generated from a model")
-    for what, p in (("--save-real", save_real), ("--save-fake", save_fake)):
-        if p is not None and Path(p).suffix.lower() != ".npz":
-            raise FVDError(f"{what} {str(p)!r}: statistics files use the .npz suffix")
-        if p is not None:
-            _check_writable_file(p, what)
+    _check_saves({"real": real, "fake": fake}, {"--save-real": save_real, "--save-fake": save_fake})
     if cache and kinds["real"] in ("folder", "dataset"):
         cdir = Path(cache_dir) if cache_dir else default_cache_dir()
         for parent in (cdir, *cdir.absolute().parents):
@@ -367,7 +386,7 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
     t0 = time.perf_counter()
     real, fake = Path(real), Path(fake)
     kinds = {"real": source_kind(real), "fake": source_kind(fake)}
-    _check_options(kinds, real, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
+    _check_options(kinds, real, fake, save_real, save_fake, cache, cache_dir, workers, extractor, device, batch_size)
     f, s, prec = _resolve_protocol([real, fake], frames, stride, precision)
     given = {k: int(v) for k, v in (("num", num), ("seed", seed)) if v is not None}   # None: Protocol's default
     protocol = Protocol(frames=f, stride=s, precision=prec, **given)

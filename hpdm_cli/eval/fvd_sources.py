@@ -95,8 +95,12 @@ def _list_videos(folder: Path) -> list[str]:
 def _folder_fingerprint(folder: Path, rels: Sequence[str]) -> str:
     h = hashlib.sha256(b"hpdm-fvd-folder\0")
     for rel in rels:
-        st = os.stat(folder / rel)
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+        try:
+            st = os.stat(folder / rel)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError as e:             # a dangling or looping link: skipped as unreadable when the clips are read
+            stamp = f"unreadable {e.errno}"
+        h.update(f"{rel}\0{stamp}\n".encode("utf-8"))
     return h.hexdigest()
 
 
