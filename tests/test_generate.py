@@ -346,6 +346,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
                                        "--out", out], out),
         "a run's checkpoints folder without checkpoints": (["sample", "--ckpt", tmp / "emptyrun" / "checkpoints",
                                                             "--out", out], out),
+        "upscale out name past 255 bytes": (["upscale", good_video, "--ckpt", run, "--class", "0", "--out",
+                                            tmp / ("L" * 260 + ".mp4")], out),
         "a recipe for --ckpt": (["sample", "--ckpt", Path(__file__).parents[1] / "recipes" / "tiny.toml", "--out", out], out),
         "a recipe for --guide-model": (["sample", "--ckpt", run, "--guide-model", Path(__file__).parents[1] / "recipes" / "tiny.toml",
                                         "--out", out], out),

@@ -269,6 +269,14 @@ def test_engine_imports_without_av():
     assert r.returncode == 0, r.stderr
 
 
+def test_a_file_name_of_the_longest_legal_length_is_written_atomically(tmp_path):
+    """Its temporary name (hidden, with pid and random suffix) must not push it past the 255-byte limit."""
+    name = "é" * 120 + "x" * 10 + ".mp4"                                     # 254 bytes in UTF-8
+    assert len(os.fsencode(name)) == 254
+    write_video(tmp_path / name, np.zeros((2, 16, 16, 3), np.uint8), 8)
+    assert [p.name for p in tmp_path.iterdir()] == [name] and read_video(tmp_path / name)[0].shape[0] == 2
+
+
 def test_unwritable_says_why_before_any_work(tmp_path):
     """`unwritable`: None for a writable place (missing folders allowed unless make_dirs=False), else a reason;
     it creates and leaves nothing."""
@@ -279,6 +287,8 @@ def test_unwritable_says_why_before_any_work(tmp_path):
     assert "does not exist" in unwritable(tmp_path / "new" / "out.json", make_dirs=False)
     assert "is a directory" in unwritable(tmp_path / "adir")
     assert "is a file, not a folder" in unwritable(tmp_path / "afile" / "out.json")
+    assert "file name is longer than 255 bytes" in unwritable(tmp_path / ("x" * 251 + ".json"))
+    assert unwritable(tmp_path / ("x" * 250 + ".json")) is None
     if os.geteuid() != 0:                          # root writes anywhere: a read-only folder proves nothing then
         ro = tmp_path / "ro"
         ro.mkdir()

@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence
 from ..assets import PACKAGED
 from ..conditioning import GenerateError
 from ..config import MAX_FPS, MAX_SEED, MAX_STEPS, MIN_FPS, TILE_BATCH
-from ..io import unwritable
+from ..io import NAME_MAX, unwritable
 from ..io.video import VIDEO_SUFFIXES
 
 __all__ = [
@@ -207,7 +207,9 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
     """
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        if len(os.fsencode(p.name)) > NAME_MAX:                 # before any look at the name (a stat would fail)
+            raise GenerateError(f"cannot write {str(p)!r}: {unwritable(p)}")
+        if os.path.isdir(p):
             raise GenerateError(f"cannot write {str(p)!r}: it is a directory: give a video file name, e.g. "
                                 f"{str(p / 'clip.mp4')!r}")
         if p.suffix.lower() not in VIDEO_SUFFIXES:

@@ -16,8 +16,11 @@ import os
 import secrets
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir",
+__all__ = ["NAME_MAX", "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir",
            "json_text", "unwritable"]
+
+
+NAME_MAX = 255          # bytes in one file name on Linux, macOS and Windows file systems
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -39,7 +42,9 @@ def _replaced_on_success(path: str | os.PathLike) -> Iterator[str]:
     """A temporary name next to `path`, `os.replace`d onto it when the body succeeds and removed if it raises."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # The name is cut so that a legal long name (up to NAME_MAX, 255 bytes) still has a legal temporary one.
+    stem = os.fsencode(os.path.basename(path))[:200].decode(errors="ignore")
+    tmp = os.path.join(directory, f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -140,6 +145,8 @@ def unwritable(path: str | os.PathLike, *, make_dirs: bool = True, suffix: str |
     (the writer creates them), else the file's own folder must exist.
     """
     path = os.path.abspath(os.fspath(path))
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
+        return f"its file name is longer than {NAME_MAX} bytes, the limit of most file systems: shorten it"
     if os.path.isdir(path):
         return "it is a directory: give a file name"
     if suffix is not None and os.path.splitext(path)[1].lower() != suffix:
