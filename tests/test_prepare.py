@@ -373,6 +373,14 @@ def test_short_skip_policy_and_process_source_never_raises(mixed):
     assert r["status"] == "ok" and (r["height"], r["width"]) == (20, 30)
 
 
+def test_keys_ignore_case_unless_names_differ_only_in_case():
+    from hpdm_cli.data.prepare.labels import KeyIndex
+    index = KeyIndex(["a/Case.mp4", "a/case.mp4", "b/Walk.mp4"])
+    assert index.lookup("Case.mp4") == ["a/Case.mp4"] and index.lookup("case") == ["a/case.mp4"]
+    assert sorted(index.lookup("CASE.MP4")) == ["a/Case.mp4", "a/case.mp4"]         # no spelling of its own
+    assert index.lookup("walk") == ["b/Walk.mp4"] and index.lookup("B/WALK.mp4") == ["b/Walk.mp4"]
+
+
 def test_labels_file_captions_file_and_ucf_split(tmp_path):
     """Labels / captions files join on paths; a UCF-101 split list selects files and fixes the class order."""
     from hpdm_cli.data.shards import VideoDataset
@@ -1090,6 +1098,26 @@ def test_progress_counts_skipped_files(tmp_path):
     prepare_dataset(str(src), str(tmp_path / "out"), PrepareOptions(workers=0, size=(32, 32), frames=4),
                     progress=lambda d: seen.append(dict(d)))
     assert seen[-1]["done"] == 3 and seen[-1]["skipped"] == 2
+
+
+def test_a_captions_folder_is_refused_and_binary_sidecar_files_are_not_captions(tmp_path, capsys):
+    """--captions must be a file; a NAME.txt that is not UTF-8 text (or holds NUL bytes) gives no caption and a
+    warning that counts them; good sidecar files still caption their videos."""
+    from hpdm_cli.data.shards import VideoDataset
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write(src / name, small_clip()[:2], 25)
+    assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(tmp_path))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is a folder: give a captions file" in err
+    (src / "a.txt").write_text("a red circle")
+    (src / "b.txt").write_bytes(b"\xff\xfe\x00binary")
+    (src / "c.txt").write_bytes(b"nul\x00inside")
+    assert run_cli(tiny_args(src, tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "2 sidecar caption files are not read, e.g. b.txt: not UTF-8 text (byte 0)" in err
+    ds = VideoDataset(tmp_path / "out")
+    assert sorted(ds.item(i)["caption"] for i in range(len(ds))) == ["", "", "a red circle"]
 
 
 def test_a_captions_file_that_names_no_video_is_refused_and_one_that_misses_some_warns(tmp_path, capsys):

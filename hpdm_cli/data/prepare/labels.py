@@ -24,22 +24,27 @@ _CAPTION_COLUMNS = ("caption", "text", "description", "prompt", "name")
 
 
 class KeyIndex:
-    """Match keys from a labels / captions file to sources: exact path, path without suffix, name, stem."""
+    """Match keys from a labels / captions file to sources: exact path, path without suffix, name, stem.
+
+    Case is ignored, except that where names differ only in case (Case.mp4 and case.mp4) a key names
+    those of its own spelling.
+    """
 
     def __init__(self, rels: Iterable[str]):
-        self.maps: list[dict[str, list[str]]] = [{}, {}, {}, {}]
+        self.maps: list[dict[str, list[tuple[str, str]]]] = [{}, {}, {}, {}]
         for rel in rels:
             base = rel.rsplit("/", 1)[-1]
             for m, key in zip(self.maps, (rel, os.path.splitext(rel)[0], base, os.path.splitext(base)[0])):
-                m.setdefault(key.lower(), []).append(rel)
+                m.setdefault(key.lower(), []).append((key, rel))
 
     def lookup(self, key: str) -> list[str]:
         """The sources a key names, by the first of the four matches that finds any (else [])."""
-        key = norm_rel(key).lower()
+        key = norm_rel(key)
         for m in self.maps:
-            hit = m.get(key)
+            hit = m.get(key.lower())
             if hit:
-                return hit
+                exact = [rel for k, rel in hit if k == key]
+                return exact or [rel for _, rel in hit]
         return []
 
 
@@ -191,16 +196,26 @@ def read_split(path: str) -> list[tuple[str, int | None]]:
     return out
 
 
-def sidecar_caption(path: str) -> str:
-    """The caption in NAME.txt next to a video NAME.ext, on one line ("" without one)."""
+def sidecar_caption(path: str) -> tuple[str, str]:
+    """(the caption in NAME.txt next to a video NAME.ext on one line, why it was not read): ("", "") without one.
+
+    A file that is not UTF-8 text (or holds NUL bytes: a binary file named .txt) gives no caption and its reason.
+    """
     txt = os.path.splitext(path)[0] + ".txt"
-    if os.path.isfile(txt):
-        try:
-            with open(txt, encoding="utf-8", errors="replace") as f:
-                return " ".join(f.read().split())
-        except OSError:
-            return ""
-    return ""
+    if not os.path.isfile(txt):
+        return "", ""
+    try:
+        with open(txt, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return "", f"{os.path.basename(txt)}: unreadable ({e.strerror or e})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return "", f"{os.path.basename(txt)}: not UTF-8 text (byte {e.start})"
+    if "\0" in text:
+        return "", f"{os.path.basename(txt)}: holds NUL bytes, not text"
+    return " ".join(text.split()), ""
 
 
 # ============================================================================ attaching them to the sources
@@ -324,9 +339,17 @@ def attach_captions(sources: list[Source], captions: str | None, strict: bool, i
     """
     present = [s for s in sources if s.path]
     if not (captions and os.path.isfile(captions)):
+        unread = []
         for s in present:
-            s.caption = sidecar_caption(s.path)
+            s.caption, why = sidecar_caption(s.path)
+            if why:
+                unread.append(why)
         info["captions"] = "sidecar .txt files" if any(s.caption for s in sources) else "none"
+        if unread:
+            info.setdefault("warnings", []).append(
+                f"{len(unread)} sidecar caption {'file is' if len(unread) == 1 else 'files are'} not read, e.g. "
+                f"{printable(unread[0])}: {'its video is' if len(unread) == 1 else 'their videos are'} stored "
+                "without a caption")
         return
     index = KeyIndex(s.rel for s in present)
     by_rel = {s.rel: s for s in present}

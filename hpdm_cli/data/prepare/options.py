@@ -89,6 +89,9 @@ class PrepareOptions:
                 raise error(f"--{name} {p!r}: no such file or folder")
         if self.labels not in ("auto", "folders", "none") and not os.path.isfile(self.labels):
             raise error(f"--labels {self.labels!r}: expected folders, none or an existing labels file")
+        if self.captions is not None and not os.path.isfile(self.captions):
+            raise error(f"--captions {self.captions!r} is a folder: give a captions file (CSV or JSON lines: path, "
+                        "caption), or leave --captions out to read each video's NAME.txt beside it")
         if self.images is not None and not os.path.isdir(self.images):
             raise error(f"--images {self.images!r}: expected a folder of images")
         self.fps, self.size = fps, (int(self.size[0]), int(self.size[1]))
