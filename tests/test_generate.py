@@ -1034,7 +1034,7 @@ def test_upscale_works_on_rank_0_only(assets, tmp_path, monkeypatch):
 def test_upscale_of_a_video_without_a_frame_rate_uses_the_recipes_sample_fps(run_with_sample_fps, tmp_path,
                                                                            monkeypatch):
     import hpdm_cli.io.video as video_io
-    monkeypatch.setattr(video_io, "read_video", lambda path: (smooth_video(8, 32, 32), 0.0))
+    monkeypatch.setattr(video_io, "read_upright", lambda path: (smooth_video(8, 32, 32), 0.0))
     from hpdm_cli.drivers.upscale import upscale
     rep = upscale(_upscale_input(tmp_path), run_with_sample_fps, tmp_path / "up.mp4", steps="1", device="cpu")
     assert rep.fps == 4.0

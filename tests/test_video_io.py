@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -267,6 +268,36 @@ def test_engine_imports_without_av():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_read_upright_turns_a_phone_video_upright_and_names_what_is_wrong_with_a_file(tmp_path):
+    """`hpdm upscale`'s reader: the display matrix applied (a portrait clip stays portrait, as prepare reads it);
+    an empty file, a text file and an audio-only file each named as such, with the path."""
+    import av
+    from hpdm_cli.io.video import read_upright
+    frames = np.zeros((3, 48, 64, 3), np.uint8)
+    frames[:, :8, :, 0] = 255                                               # a red band along the top edge
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libx264", rate=8)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        st.set_display_rotation(-90)
+        for i, fr in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(fr, format="rgb24")
+            vf.pts = i
+            for pkt in st.encode(vf):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    coded, _ = read_video(path)
+    up, fps = read_upright(path)
+    assert coded.shape == (3, 48, 64, 3) and up.shape == (3, 64, 48, 3) and fps == 8
+    assert np.abs(np.rot90(coded, -1, axes=(1, 2)).astype(int) - up).mean() < 2          # the same picture, turned
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("these are my notes\n")
+    for name, why in (("empty.mp4", "(empty file)"), ("notes.mp4", "(the file holds text, not video)")):
+        with pytest.raises(VideoError, match=rf"^cannot read '.*{name}': .*{re.escape(why)}$"):
+            read_upright(tmp_path / name)
 
 
 def test_a_file_name_of_the_longest_legal_length_is_written_atomically(tmp_path):

@@ -388,7 +388,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     hears about unusable checkpoints skipped in a run directory, and about an input larger than the output
     or already at its size.
     """
-    from ..io.video import read_video, write_video
+    from ..io.video import read_upright, write_video
     _check_request(input, out, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap, seed=seed,
                    from_level=from_level, batch=batch, tile_batch=tile_batch, guidance=guidance,
                    guidance_interval=guidance_interval, guide_model=guide_model, context_gib=context_gib)
@@ -404,7 +404,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked
         return report
-    frames, fps = read_video(input)
+    frames, fps = read_upright(input)
     if not MIN_FPS <= fps <= MAX_FPS:                    # unknown, or a rate no output container can store
         if warn is not None and fps > 0:
             warn(f"the input's frame rate {fps:g} is outside {MIN_FPS}-{MAX_FPS:g}: the output is written at "

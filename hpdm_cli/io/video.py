@@ -50,7 +50,8 @@ from hpdm_cli.errors import HPDMError
 from hpdm_cli.io import atomic_path, atomic_write_bytes
 
 __all__ = [
-    "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_video_bytes", "H264Encoder", "VideoReader",
+    "VideoError", "write_video", "encode_mp4_bytes", "read_video", "read_upright", "read_video_bytes", "H264Encoder",
+    "VideoReader",
     "iter_video_frames", "probe_video", "encode_png_strip", "MP4_SUFFIXES", "VIDEO_SUFFIXES", "DECODE_MODES",
 ]
 
@@ -538,6 +539,23 @@ def read_video(path: str | os.PathLike, start: int = 0, num: int | None = None, 
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: {path!r} (check the path)")
     return _decode(lambda: av.open(path, mode="r"), start, num, repr(path), decode)
+
+
+def read_upright(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Every frame of a user's video as it is displayed (rotation and aspect applied): (uint8 [T,H,W,3], fps).
+
+    What `hpdm upscale` reads; a file that is not a usable video is a VideoError naming the file and the cause
+    (empty, text, truncated or corrupt, no video stream), as `hpdm prepare` reports it.
+    """
+    path = os.fspath(path)
+    try:
+        with VideoReader(path) as r:
+            frames = [rgb for _, rgb in r.frames()]
+            fps = r.fps
+    except VideoError as e:
+        msg = str(e)
+        raise VideoError(msg if path in msg or repr(path) in msg else f"cannot read {path!r}: {msg}") from None
+    return np.stack(frames), fps
 
 
 def read_video_bytes(data: bytes, start: int = 0, num: int | None = None, *, decode: str = "accurate") -> np.ndarray:
