@@ -665,7 +665,7 @@ def test_upscale_cli_keeps_fps_and_frame_count(assets, tmp_path, capsys):
     write_video(big, smooth_video(9, 48, 64), 12.5)
     code, _, err = cli(capsys, "upscale", big, "--ckpt", assets["run"], "--out", tmp_path / "down.mp4", "--steps",
                        "1", "--no-progress")
-    assert code == 0 and "the input (48x64) is larger than this model's videos (32x32)" in err, err
+    assert code == 0 and "the 48x48 centre of the input (48x64) that --fit crop keeps is larger than this model's videos" in err, err
     code, stdout, err = cli(capsys, "upscale", src, "--ckpt", assets["run"], "--out", out, "--steps", "1",
                             "--no-progress")
     assert code == 0 and f"replaced {out}" in stdout, (err, stdout)
@@ -1008,12 +1008,23 @@ def _upscale_input(tmp_path, h=12, w=20) -> Path:
 
 
 def test_upscale_warns_when_either_side_is_larger_than_the_model(assets, tmp_path):
-    from hpdm_cli.drivers.upscale import upscale
+    from hpdm_cli.drivers.upscale import size_notes, upscale
     said = []
-    upscale(_upscale_input(tmp_path, 48, 20), assets["run"], tmp_path / "up.mp4", steps="1", device="cpu",
+    upscale(_upscale_input(tmp_path, 64, 40), assets["run"], tmp_path / "up.mp4", steps="1", device="cpu",
             warn=said.append)
-    assert len(said) == 1 and "the input (48x20) is larger than this model's videos (32x32)" in said[0]
+    assert said == ["the 40x40 centre of the input (64x40) that --fit crop keeps is larger than this model's videos: "
+                    "the output is 32x32, smaller than the input"]
     said.clear()
+    # What the fit keeps decides, not the input's size: a 48x20 input is cropped to 20x20 and enlarged (no note);
+    # a 2x2 one has fewer pixels than level 0 (8x8); --fit pad of a thin one keeps a 32x1 strip of the frame.
+    rec = load_recipe(REPO / "recipes" / "tiny.toml")
+    assert size_notes((48, 20), rec, "crop", 0) == []
+    assert size_notes((2, 2), rec, "crop", 0) == ["the input (2x2) has fewer pixels than level 0 (8x8), which is "
+                                                  "taken from it: that level itself is enlarged, and the output will "
+                                                  "look blocky"]
+    assert size_notes((512, 8), rec, "pad", 0) == [
+        "with --fit pad the output is the 32x1 part of the model's 32x32 frame that shows the input",
+        "the input (512x8) is larger than this model's videos: the output is 32x1, smaller than the input"]
     upscale(_upscale_input(tmp_path, 32, 32), assets["run"], tmp_path / "same.mp4", steps="1", device="cpu",
             from_level=1, warn=said.append)
     assert said == ["the input is already at this model's size (32x32): nothing is enlarged; levels 2 and up are "

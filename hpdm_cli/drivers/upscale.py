@@ -42,7 +42,7 @@ from .options import (check_options, check_seed_range, check_writable, make_pare
                       with_sample_options)
 
 __all__ = [
-    "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "fit_frames", "resize_frames", "level_window",
+    "FitGeometry", "UpscaleOutput", "UpscaleReport", "fit_geometry", "size_notes", "fit_frames", "resize_frames", "level_window",
     "window_starts", "crossfade_weights", "blend_windows", "upscale_frames", "upscale",
 ]
 
@@ -98,6 +98,35 @@ def fit_geometry(h: int, w: int, model_hw: Sequence[int], mode: str = "crop") ->
     x0, x1 = round(pad[2] * W / canvas[1]), round((pad[2] + w) * W / canvas[1])
     keep = (y0, max(y1, y0 + 1), x0, max(x1, x0 + 1))
     return FitGeometry(mode, (0, h, 0, w), pad, canvas, keep)
+
+
+def size_notes(hw: Sequence[int], recipe, fit: str, from_level: int) -> list[str]:
+    """What a user should hear about an input of size `hw` upscaled by the recipe's model: the output smaller than
+    the input's pixels, the same size (nothing enlarged), a level taken from fewer pixels than it has, or with
+    --fit pad an output that is only the part of the model's frame showing the input."""
+    H, W = recipe.pyramid.resolution[1:]
+    g = fit_geometry(int(hw[0]), int(hw[1]), (H, W), fit)
+    used = (g.crop[1] - g.crop[0], g.crop[3] - g.crop[2])              # input pixels the output shows
+    out = (g.keep[1] - g.keep[0], g.keep[3] - g.keep[2])               # the output's size
+    notes = []
+    if fit == "pad" and out != (H, W):
+        notes.append(f"with --fit pad the output is the {out[0]}x{out[1]} part of the model's {H}x{W} frame that "
+                     "shows the input")
+    what = f"the input ({hw[0]}x{hw[1]})" if used == tuple(hw) else \
+        f"the {used[0]}x{used[1]} centre of the input ({hw[0]}x{hw[1]}) that --fit crop keeps"
+    if used[0] > out[0] or used[1] > out[1]:
+        notes.append(f"{what} is larger than this model's videos: the output is {out[0]}x{out[1]}, smaller than "
+                     "the input")
+    elif used == out:
+        kept = f"levels 0-{from_level}" if from_level else "level 0"
+        notes.append(f"the input is already at this model's size ({H}x{W}): nothing is enlarged; levels "
+                     f"{from_level + 1} and up are redrawn from its {kept}")
+    lh, lw = recipe.pyramid.level_resolution(from_level)[1:]
+    need = (max(1, round(out[0] * lh / H)), max(1, round(out[1] * lw / W)))   # level from_level's share of it
+    if used[0] < need[0] or used[1] < need[1]:
+        notes.append(f"{what} has fewer pixels than level {from_level} ({need[0]}x{need[1]}), which is taken from "
+                     "it: that level itself is enlarged, and the output will look blocky")
+    return notes
 
 
 def fit_frames(x: torch.Tensor, geom: FitGeometry, pad_mode: str = "edge") -> torch.Tensor:
@@ -413,14 +442,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     windows = len(window_starts(frames.shape[0], recipe.pyramid.resolution[0], window_overlap))
     check_seed_range(seed, windows)                     # window j is sampled with seed + j
     report.input_shape, report.fps = tuple(frames.shape[:3]), fps
-    H, W = recipe.pyramid.resolution[1:]
-    if warn is not None and (frames.shape[1] > H or frames.shape[2] > W):
-        warn(f"the input ({frames.shape[1]}x{frames.shape[2]}) is larger than this model's videos ({H}x{W}): "
-             "the output is at the model's size, smaller than the input")
-    elif warn is not None and (frames.shape[1], frames.shape[2]) == (H, W):
-        kept = f"levels 0-{from_level}" if from_level else "level 0"
-        warn(f"the input is already at this model's size ({H}x{W}): nothing is enlarged; levels {from_level + 1} "
-             f"and up are redrawn from its {kept}")
+    for note in size_notes(frames.shape[1:3], recipe, fit, from_level) if warn is not None else ():
+        warn(note)
     res = upscale_frames(frames, net, recipe, from_level=from_level, fit=fit, pad_mode=pad_mode,
                          window_overlap=window_overlap, seed=seed, condition=cond, steps=nsteps, guidance=guidance,
                          overlap=overlap, cache=cache, offload=offload, batch=batch, tile_batch=tile_batch,
