@@ -323,6 +323,7 @@ def test_cached_and_fresh_statistics_give_the_same_fvd_and_a_set_against_itself_
     assert files.protocol["frames"] == 9                                     # taken from the files
     itself = evaluate_fvd(folders / "real", folders / "real", **kw)
     assert itself.real.cache == "hit" and itself.fake.cache == "off"
+    assert "--real and --fake are the same: the FVD of a set against itself is 0" in itself.warnings
     assert abs(itself.fvd) < 1e-6 * first.fvd
     out = first.to_json()
     for key in ("fvd", "num_real", "num_fake", "frames", "resolution", "protocol", "detector_sha256"):
@@ -1028,6 +1029,25 @@ def test_links_that_lead_nowhere_are_skipped_as_unreadable_not_fatal(folders, ex
                        workers=0)
     assert res.num_real == 3 and res.real.num_unreadable == 2
     assert sorted(s.split(":")[0] for s in res.real.skipped if "unreadable" in s) == ["gone.mp4", "loop.mp4"]
+    # the example of a too-short video is a short one (gone.mp4 comes first in the skipped list)
+    assert [w for w in res.warnings if "too short" in w and "e.g." in w][0].split("e.g. ")[1].startswith("short.mp4")
+
+
+def test_an_unfinished_dataset_and_statistics_of_another_detector_are_named(tmp_path, extractor):
+    """A prepare stopped before dataset.json is not "a folder without videos"; statistics of another feature size
+    are refused naming both files."""
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "shard-00000.bin").write_bytes(b"")
+    with pytest.raises(FVDError, match=r"is an unfinished hpdm dataset \(shards, no dataset.json\): run its hpdm "
+                                       r"prepare command again"):
+        evaluate_fvd(tmp_path / "half", tmp_path / "half", extractor=extractor, cache=False)
+    _stats_pair(tmp_path)
+    from hpdm_cli.eval.fvd import FVDStats
+    st = FVDStats.load(tmp_path / "a.npz")
+    st.mu, st.sigma = st.mu[:300], st.sigma[:300, :300]
+    st.save(tmp_path / "small.npz")
+    with pytest.raises(FVDError, match=r"the statistics of --real '.*small.npz' and --fake '.*b.npz' do not match"):
+        evaluate_fvd(tmp_path / "small.npz", tmp_path / "b.npz")
 
 
 def test_side_warnings_only_for_sides_short_of_clips():

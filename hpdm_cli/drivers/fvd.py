@@ -340,8 +340,9 @@ def _side_warnings(protocol: Protocol, num, reps: Sequence[SideReport], stats: S
             out.append(f"{rep.role}: only {rep.num} of {protocol.num} clips requested ({rep.num_candidates} "
                        f"videos, {rep.num_short} too short, {rep.num_unreadable} unreadable)")
         if rep.num_short:
-            out.append(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded), "
-                       f"e.g. {rep.skipped[0]}")
+            short = [x for x in rep.skipped if "unreadable" not in x]
+            out.append(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded)"
+                       + (f", e.g. {short[0]}" if short else ""))
         if rep.num_unreadable:
             bad = [x for x in rep.skipped if "unreadable" in x]
             out.append(f"{rep.role}: {rep.num_unreadable} video(s) could not be decoded and were skipped"
@@ -399,13 +400,16 @@ def evaluate_fvd(real: str | os.PathLike, fake: str | os.PathLike, *, num: Optio
                                               cache_dir=cache_dir, workers=workers, generation=generation,
                                               progress=progress, log=log)
     warnings = _side_warnings(protocol, num, (rep_r, rep_f), (st_r, st_f))
+    if os.path.realpath(real) == os.path.realpath(fake):
+        warnings.append("--real and --fake are the same: the FVD of a set against itself is 0")
     for msg in warnings if log else ():
         log(WARNING + msg)
     if save_real is not None:
         st_r.save(save_real)
     if save_fake is not None:
         st_f.save(save_fake)
-    fvd = frechet_distance(st_r.mu, st_r.sigma, st_f.mu, st_f.sigma)
+    fvd = frechet_distance(st_r.mu, st_r.sigma, st_f.mu, st_f.sigma, names=(f"--real {str(real)!r}",
+                                                                          f"--fake {str(fake)!r}"))
     want = protocol.describe()
     if num is None and rep_r.kind == "stats" and rep_f.kind == "stats":
         want["num_requested"] = None                    # nothing was selected here

@@ -241,7 +241,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, names: tuple[str, str] = ("sigma1
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise FVDError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+        raise FVDError(f"the statistics of {names[0]} and {names[1]} do not match: mu {mu1.shape} vs {mu2.shape}, "
+                       f"sigma {s1.shape} vs {s2.shape} (measure both sides with the same detector)")
     if not (np.isfinite(mu1).all() and np.isfinite(mu2).all()):
         raise FVDError("statistics contain NaN or infinity: the features are broken (check the inputs)")
     r1, tr1 = _psd_root(s1, names[0])

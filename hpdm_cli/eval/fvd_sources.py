@@ -312,6 +312,9 @@ def side_stats(path: str | os.PathLike, protocol: Protocol, extractor: Optional[
         report.fingerprint = _dataset_fingerprint(ds)
     else:
         keys = _list_videos(path)
+        if not keys and any(path.glob("shard-*.bin")):
+            raise FVDError(f"--{role} {str(path)!r} is an unfinished hpdm dataset (shards, no dataset.json): run "
+                           "its hpdm prepare command again to finish it")
         if not keys:
             raise FVDError(f"--{role} {str(path)!r} holds no videos (looked recursively for video files: "
                            f".mp4, .mkv, .mov, .avi, .webm and {len(DECODE_SUFFIXES) - 5} more suffixes)")
