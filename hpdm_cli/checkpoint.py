@@ -165,24 +165,24 @@ def _run_dir_of(ckpt: Path, weights: Path) -> Optional[Path]:
     return None
 
 
-def edited_sampling(run_dir: Path, recipe: Recipe) -> Optional[str]:
+def edited_sampling(run_dir: Path, recipe: Recipe, step: int) -> Optional[str]:
     """Why RUN/recipe.toml's [sample] settings are not the ones sampling uses, in words, or None.
 
-    Sampling takes the recipe stored in the checkpoint's weights; a hand edit of the run's recipe.toml
-    (or one made unreadable) would otherwise be ignored without a word.
+    Sampling takes the recipe stored in the weights of checkpoint `step`; RUN/recipe.toml is what the run's
+    last start wrote, or a hand edit of it, either of which would otherwise be ignored without a word.
     """
     from .recipe import recipe_from_toml
     path = Path(run_dir) / RECIPE
     if not path.is_file():
         return None
     try:
-        stored = recipe_from_toml(path.read_text(encoding="utf-8"), source=str(path))
+        stored = recipe_from_toml(path.read_text(encoding="utf-8").removeprefix("\ufeff"), source=str(path))
     except Exception as e:                                                # ConfigError, OSError, UnicodeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"{path} is unreadable ({first}); sampling uses the recipe stored in the checkpoint"
+        return f"{path} is unreadable ({first}); sampling uses the recipe stored in checkpoint {step}"
     if stored.sample != recipe.sample:
-        return (f"{path}'s [sample] differs from the recipe stored in the checkpoint, which sampling uses: give "
-                "the change as options instead (--guidance, --steps, --overlap, ...)")
+        return (f"{path} has other [sample] settings than checkpoint {step}'s recipe, which sampling uses: give "
+                "them as options to sample with them (--guidance, --steps, --overlap, ...)")
     return None
 
 
@@ -231,7 +231,7 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
                               f"({str(e).splitlines()[0]})") from None
     net.eval().requires_grad_(False).to(dev)
     info = GeneratorInfo(weights=weights_path, step=step, run_dir=_run_dir_of(ckpt, weights_path), device=dev)
-    edited = edited_sampling(info.run_dir, recipe) if info.run_dir is not None and warn is not None else None
+    edited = edited_sampling(info.run_dir, recipe, step) if info.run_dir is not None and warn is not None else None
     if edited:
         warn(edited)
     if recipe.model.cond == "class":

@@ -167,6 +167,13 @@ class PyramidConfig:
         """Per-axis patch scale s_l = patch / level resolution (1 at level 0)."""
         return tuple(r / n for r, n in zip(self.patch, self.level_resolution(level)))
 
+    def odd_half_tile_axis(self, overlap: str | None = None) -> str:
+        """The first axis that `overlap` (default pyramid.overlap) tiles every half tile where the patch is odd
+        (so that no tiling exists), or ""."""
+        halved = grid_axes(self.overlap if overlap is None else overlap, "pyramid.overlap")
+        return next((a for a, r, R in zip(OVERLAP_AXES, self.patch, self.resolution) if a in halved and r % 2 and R > r),
+                    "")
+
 
 @dataclass
 class ModelConfig:
@@ -344,12 +351,11 @@ class Recipe:
                 raise ConfigError(f"{name} = {dim} is not a multiple of model.head_dim = {m.head_dim}")
         if p.offsets not in ("continuous", "grid", "tiles"):
             raise ConfigError(f"pyramid.offsets = {p.offsets!r}: expected \"continuous\", \"grid\" or \"tiles\"")
-        halved = grid_axes(p.overlap, "pyramid.overlap")       # sampling (and "tiles" training) tiles this way
-        for a, r, R in zip(OVERLAP_AXES, p.patch, p.resolution):
-            if a in halved and r % 2 and R > r:
-                raise ConfigError(f"pyramid.overlap = {p.overlap!r} starts tiles every half tile along {a}, but "
-                                  f"pyramid.patch is odd there ({r}): drop {a!r} from pyramid.overlap or make the "
-                                  f"patch even along {a}")
+        odd = p.odd_half_tile_axis()
+        if odd and p.offsets == "tiles":           # (any other recipe may still be sampled with another --overlap)
+            raise ConfigError(f"pyramid.offsets = \"tiles\" trains on the tiles of pyramid.overlap = {p.overlap!r}, "
+                              f"which start every half tile along {odd}, but pyramid.patch is odd there: drop "
+                              f"{odd!r} from pyramid.overlap or use pyramid.offsets = \"grid\"")
         if self.data.image_fraction > 0 and not self.data.image_path:
             raise ConfigError(f"data.image_fraction = {self.data.image_fraction} asks for still images in every batch, "
                               f"but data.image_path is empty: give a prepared image dataset (hpdm prepare --images "

@@ -166,6 +166,8 @@ BENCH_CASES = {
     "--steps with --sampling": (["--sampling", "--steps", "3"], "--steps"),
     "--ablations with --sampling": (["--sampling", "--ablations"], "--ablations"),
     "--json below a file": (["--json", "/dev/null/b.json"], "'/dev/null' is a file, not a folder"),
+    "--json in a folder named past 255 bytes": (["--json", "{tmp}/" + "x" * 300 + "/b.json"],
+                                                "the folder name xxxxxxxxxxxxxxxxxxxx... is longer than 255 bytes"),
     "--json a folder": (["--json", "{tmp}"], "is a directory"),
     "--json a video": (["--json", "{tmp}/keep.mp4"], "keep.mp4: expected a .json file name"),
     "cuda on a CPU machine": (["train.device=cuda"], "train.device"),

@@ -762,7 +762,8 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
                       (["--save-real", tmp_path / "b.npz"], "is the --fake input"),
                       (["--save-real", tmp_path / "s.npz", "--save-fake", tmp_path / "." / "s.npz"],
                        "--save-real and --save-fake are the same file"),
-                      (["--save-real", tmp_path / "notes.npz"], "already holds a file that is not FVD statistics")):
+                      (["--save-real", tmp_path / "notes.npz"], "already holds a file that is not hpdm FVD "
+                                                                 "statistics")):
         r = _cli(*base, *args)
         assert why in r.error, (args, r.err)
     for real, fake, why in ((tmp_path / "missing", tmp_path / "b.npz", "does not exist"),
@@ -775,6 +776,18 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
         evaluate_fvd(folders / "real", tmp_path / "b.npz", cache_dir=tmp_path / "file", extractor=None)
     assert not (tmp_path / "s.npz").exists()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept     # no input overwritten
+    # Statistics of an older version (unreadable now) are replaced, as is a side's own input rewritten.
+    from hpdm_cli.eval.fvd import FVDStats
+    old = FVDStats.load(tmp_path / "a.npz")
+    meta = old.meta()
+    old.meta = lambda: dict(meta, version=-1)
+    old.save(tmp_path / "old.npz")
+    with pytest.raises(FVDError, match="version -1"):
+        FVDStats.load(tmp_path / "old.npz")
+    for args in (["--save-real", tmp_path / "old.npz"], ["--save-real", tmp_path / "a.npz"]):
+        r = _cli(*base, *args)
+        assert r.code == 0, (args, r.err)
+    assert FVDStats.load(tmp_path / "old.npz").num == old.num
 
 
 def test_the_metric_package_never_imports_sampling_generation_or_drivers():

@@ -348,6 +348,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
                                                             "--out", out], out),
         "upscale out name past 255 bytes": (["upscale", good_video, "--ckpt", run, "--class", "0", "--out",
                                             tmp / ("L" * 260 + ".mp4")], out),
+        "out folder name past 255 bytes": (["sample", "--ckpt", run, "--out", tmp / ("F" * 300) / "a.mp4"], out),
         "a recipe for --ckpt": (["sample", "--ckpt", Path(__file__).parents[1] / "recipes" / "tiny.toml", "--out", out], out),
         "a recipe for --guide-model": (["sample", "--ckpt", run, "--guide-model", Path(__file__).parents[1] / "recipes" / "tiny.toml",
                                         "--out", out], out),
@@ -865,6 +866,17 @@ def test_quick_looks_never_repeat_the_main_file():
     assert _extra_paths(Path("c.mp4"), True, False) == [Path("c.mp4"), Path("c.gif")]
 
 
+def test_a_model_its_own_overlap_cannot_tile_names_it_and_samples_with_another():
+    from hpdm_cli.drivers.generation import make_sampler
+    rec = load_recipe(REPO / "recipes" / "tiny.toml", ['pyramid.overlap="fhw"', "pyramid.patch=[1,8,8]",
+                                                       "model.tokenizer=[1,2,2]"])
+    net = build_model(rec)
+    with pytest.raises(GenerateError, match=r"^cannot tile this model's levels with its pyramid.overlap = 'fhw': "
+                                            r".*pass an --overlap that leaves out that axis$"):
+        make_sampler(net, rec)
+    assert make_sampler(net, rec, overlap="hw").overlap == "hw"
+
+
 def test_a_hand_edit_of_the_runs_recipe_is_said_not_silently_ignored(tmp_path):
     """Sampling uses the recipe stored in the weights: an edited [sample] of RUN/recipe.toml, or a broken file,
     is warned about; the recipe training wrote is not."""
@@ -878,10 +890,15 @@ def test_a_hand_edit_of_the_runs_recipe_is_said_not_silently_ignored(tmp_path):
     edited = load_recipe(REPO / "recipes" / "tiny.toml", [f"data.path={tmp_path}/missing", "sample.guidance=7"])
     dump_recipe(edited, run / "recipe.toml")
     load_generator(run, "cpu", warn=said.append)
-    assert len(said) == 1 and "recipe.toml's [sample] differs from the recipe stored in the checkpoint" in said[0]
+    assert len(said) == 1 and "recipe.toml has other [sample] settings than checkpoint 7's recipe" in said[0]
     (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace("guidance = 7.0", "guidance = -5"))
     load_generator(run, "cpu", warn=said.append)
     assert "recipe.toml is unreadable (" in said[1] and "sample.guidance" in said[1]
+    dump_recipe(rec, run / "recipe.toml")
+    (run / "recipe.toml").write_bytes(b"\xef\xbb\xbf" + (run / "recipe.toml").read_bytes())   # an editor's BOM
+    said.clear()
+    load_generator(run, "cpu", warn=said.append)
+    assert said == []
 
 
 @pytest.fixture(scope="session")
@@ -1019,6 +1036,12 @@ def test_upscale_warns_when_either_side_is_larger_than_the_model(assets, tmp_pat
     # a 2x2 one has fewer pixels than level 0 (8x8); --fit pad of a thin one keeps a 32x1 strip of the frame.
     rec = load_recipe(REPO / "recipes" / "tiny.toml")
     assert size_notes((48, 20), rec, "crop", 0) == []
+    assert size_notes((48, 32), rec, "crop", 0)[0].startswith("the 32x32 centre of the input (48x32) that --fit "
+                                                              "crop keeps is already the output's size (32x32)")
+    assert size_notes((32, 16), rec, "pad", 0) == ["with --fit pad the output is the 32x16 part of the model's "
+                                                   "32x32 frame that shows the input", "the input (32x16) is already "
+                                                   "the output's size (32x16): nothing is enlarged; levels 1 and up "
+                                                   "are redrawn from its level 0"]
     assert size_notes((2, 2), rec, "crop", 0) == ["the input (2x2) has fewer pixels than level 0 (8x8), which is "
                                                   "taken from it: that level itself is enlarged, and the output will "
                                                   "look blocky"]
@@ -1027,8 +1050,8 @@ def test_upscale_warns_when_either_side_is_larger_than_the_model(assets, tmp_pat
         "the input (512x8) is larger than this model's videos: the output is 32x1, smaller than the input"]
     upscale(_upscale_input(tmp_path, 32, 32), assets["run"], tmp_path / "same.mp4", steps="1", device="cpu",
             from_level=1, warn=said.append)
-    assert said == ["the input is already at this model's size (32x32): nothing is enlarged; levels 2 and up are "
-                    "redrawn from its levels 0-1"]
+    assert said == ["the input (32x32) is already the output's size (32x32): nothing is enlarged; levels 2 and up "
+                    "are redrawn from its levels 0-1"]
     said.clear()
     upscale(_upscale_input(tmp_path, 12, 20), assets["run"], tmp_path / "small.mp4", steps="1", device="cpu",
             warn=said.append)

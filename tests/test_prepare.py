@@ -378,6 +378,8 @@ def test_keys_ignore_case_unless_names_differ_only_in_case():
     index = KeyIndex(["a/Case.mp4", "a/case.mp4", "b/Walk.mp4"])
     assert index.lookup("Case.mp4") == ["a/Case.mp4"] and index.lookup("case") == ["a/case.mp4"]
     assert sorted(index.lookup("CASE.MP4")) == ["a/Case.mp4", "a/case.mp4"]         # no spelling of its own
+    other = KeyIndex(["run/clip.mp4", "walk/Clip.mp4"])                  # different paths: a stem names both
+    assert sorted(other.lookup("clip")) == ["run/clip.mp4", "walk/Clip.mp4"]
     assert index.lookup("walk") == ["b/Walk.mp4"] and index.lookup("B/WALK.mp4") == ["b/Walk.mp4"]
 
 
@@ -1110,7 +1112,7 @@ def test_a_captions_folder_is_refused_and_binary_sidecar_files_are_not_captions(
     assert run_cli(tiny_args(src, tmp_path / "out", "--captions", str(tmp_path))) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is a folder: give a captions file" in err
-    (src / "a.txt").write_text("a red circle")
+    (src / "a.txt").write_bytes(b"\xef\xbb\xbfa red circle")                      # a BOM is not the caption's
     (src / "b.txt").write_bytes(b"\xff\xfe\x00binary")
     (src / "c.txt").write_bytes(b"nul\x00inside")
     assert run_cli(tiny_args(src, tmp_path / "out")) == 0

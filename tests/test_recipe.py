@@ -181,9 +181,7 @@ def test_int_accepted_for_float():
     ({"diffusion": {"p_std": [1.4, -1.0, 1.2]}}, "diffusion.p_std[1]"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64], "overlap": "fhw"}},
-     "pyramid.overlap = 'fhw' starts tiles every half tile along f"),       # half tiles of an odd patch
-    ({"pyramid": {"offsets": "grid", "resolution": [8, 36, 36], "patch": [4, 9, 9], "overlap": "shift-hw"},
-      "model": {"tokenizer": [1, 3, 3]}}, "pyramid.patch is odd there (9)"),   # sampling could not tile it either
+     "pyramid.offsets"),                                                    # half tiles of an odd patch
     ({"train": {"precision": "fp8"}}, "train.precision"),
     ({"model": {"latent_dim": 100}}, "model.latent_dim"),
     ({"pyramid": {"overlap": "fx"}}, "pyramid.overlap"),
@@ -205,6 +203,14 @@ def test_recipe_overlap_takes_every_spelling_the_sampler_takes(spelling):
     assert canonical in ("hw", "", "shift-hw")
     assert [t.counts for t in build_tiles(r.pyramid, r.pyramid.overlap)] == \
         [t.counts for t in build_tiles(r.pyramid, canonical or "none")]
+
+
+def test_an_odd_patch_under_its_overlap_loads_unless_training_on_tiles():
+    """A recipe (or a checkpoint's) whose own overlap cannot tile an odd patch still loads: it samples with another
+    --overlap; the axis is named for the warnings and errors."""
+    r = recipe_from_dict({"pyramid": {"resolution": [8, 36, 36], "patch": [4, 9, 9], "overlap": "shift-hw"},
+                          "model": {"tokenizer": [1, 3, 3]}})
+    assert r.pyramid.odd_half_tile_axis() == "h" and r.pyramid.odd_half_tile_axis("f") == ""
 
 
 def test_tile_offsets_take_any_tiling_their_patch_can_halve():

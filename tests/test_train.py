@@ -378,8 +378,6 @@ def test_a_class_model_on_unlabelled_clips_is_refused_before_the_run_directory(s
 @pytest.mark.parametrize("extra,message", [
     (["model.channels=1"], r"^model.channels = 1, but training videos are RGB \(3 channels\): set model.channels = 3$"),
     (["train.steps=0"], r"^train.steps = 0 trains nothing: raise train.steps"),
-    (['model.cond="text"', 'data.prompt_table="/no/such/table.safetensors"'],
-     r"^data.prompt_table = '/no/such/table.safetensors': no such file or folder"),
 ])
 def test_settings_that_would_fail_later_are_refused_before_the_run_directory(shapes_data, tmp_path, extra, message):
     with pytest.raises(TrainError, match=message):
@@ -403,13 +401,21 @@ def test_a_model_too_large_for_memory_is_a_one_line_error(shapes_data, monkeypat
 
 
 def test_settings_that_mislead_are_said_before_training(shapes_data, tmp_path):
-    """A guide model that is not there, and a warm-up longer than the run, are warned about (the run goes on)."""
+    """A guide model that is not there, a warm-up longer than the run and an overlap that cannot tile the patch
+    are warned about (the run goes on)."""
     said = []
-    train(make_recipe(shapes_data, 'sample.guide_model="/no/guide.safetensors"', steps=1, warmup_steps=5),
+    train(make_recipe(shapes_data, 'sample.guide_model="/no/guide.safetensors"', 'pyramid.overlap="fhw"',
+                      "pyramid.patch=[1,8,8]", "model.tokenizer=[1,2,2]", steps=1, warmup_steps=5),
           tmp_path / "run", log=said.append)
     text = "\n".join(said)
     assert "sample.guide_model = '/no/guide.safetensors' does not exist here" in text
     assert "train.warmup_steps = 5 is more than train.steps = 1" in text
+    assert "pyramid.overlap = 'fhw' tiles every half tile along f, where pyramid.patch is odd" in text
+    for cond, warned in (("class", False), ("text", True)):     # a missing prompt table: only text models read one
+        said.clear()
+        loop._check_settings(make_recipe(shapes_data, f'model.cond="{cond}"', "model.num_classes=16",
+                                         'data.prompt_table="/no/table.safetensors"'), tmp_path / "r", said.append)
+        assert any("data.prompt_table = '/no/table.safetensors': no such file" in m for m in said) == warned
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):

@@ -20,7 +20,7 @@ import torch
 from ..config import (BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION, BENCH_STEPS, BENCH_WARMUP, ConfigError, Recipe,
                       TILE_BATCH)
 from ..diffusion.edm import draw_noise
-from ..io import atomic_write_json, unwritable
+from ..io import atomic_write_json, make_folder, unwritable
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
 from ..sampling.edm_sampler import network_evaluations
@@ -160,7 +160,7 @@ def _check_json_target(path: Path) -> None:
 
 def write_json(path: str | Path, rows: list[dict]) -> None:
     """Write benchmark rows as JSON (atomically; missing folders are created)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(path).parent, "--json")
     atomic_write_json(path, rows)
 
 

@@ -266,8 +266,8 @@ def _follows_options(kinds: dict) -> bool:
 
 
 def _check_saves(sides: dict, saves: dict) -> None:
-    """--save-real / --save-fake: .npz, writable, two different files, neither a side's input nor a file that is
-    not FVD statistics (a re-run may replace its own statistics, nothing else)."""
+    """--save-real / --save-fake: .npz, writable, two different files, not the other side's input, and not a file
+    other than hpdm statistics (a re-run may replace its own statistics, nothing else)."""
     for what, p in saves.items():
         if p is None:
             continue
@@ -276,14 +276,11 @@ def _check_saves(sides: dict, saves: dict) -> None:
         _check_writable_file(p, what)
         target = os.path.realpath(p)
         for role, side in sides.items():
-            if os.path.realpath(side) == target:
+            if os.path.realpath(side) == target and what != f"--save-{role}":
                 raise FVDError(f"{what} {str(p)!r} is the --{role} input: it would be overwritten; choose another path")
-        if Path(p).is_file():
-            try:
-                FVDStats.load(p)
-            except Exception:                                         # FVDError, OSError, numpy's own
-                raise FVDError(f"{what} {str(p)!r} already holds a file that is not FVD statistics: choose another "
-                               "path (or delete it)") from None
+        if Path(p).is_file() and not (Path(p).stat().st_size == 0 or FVDStats.is_statistics(p)):
+            raise FVDError(f"{what} {str(p)!r} already holds a file that is not hpdm FVD statistics: choose another "
+                           "path (or delete it)")
     if None not in saves.values() and os.path.realpath(saves["--save-real"]) == os.path.realpath(saves["--save-fake"]):
         raise FVDError(f"--save-real and --save-fake are the same file ({str(saves['--save-real'])!r}): give two paths")
 
@@ -340,11 +337,11 @@ def _side_warnings(protocol: Protocol, num, reps: Sequence[SideReport], stats: S
             out.append(f"{rep.role}: only {rep.num} of {protocol.num} clips requested ({rep.num_candidates} "
                        f"videos, {rep.num_short} too short, {rep.num_unreadable} unreadable)")
         if rep.num_short:
-            short = [x for x in rep.skipped if "unreadable" not in x]
+            short = [x for x in rep.skipped if ": unreadable: " not in x]
             out.append(f"{rep.role}: {rep.num_short} video(s) too short for the clip were skipped (not padded)"
                        + (f", e.g. {short[0]}" if short else ""))
         if rep.num_unreadable:
-            bad = [x for x in rep.skipped if "unreadable" in x]
+            bad = [x for x in rep.skipped if ": unreadable: " in x]
             out.append(f"{rep.role}: {rep.num_unreadable} video(s) could not be decoded and were skipped"
                        + (f", e.g. {bad[0]}" if bad else ""))
     return out

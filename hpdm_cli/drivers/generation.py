@@ -169,7 +169,9 @@ def make_sampler(net, recipe: Recipe, *, device=None, overlap: Optional[str] = N
                                    cache=cache, offload=offload, autocast=torch.bfloat16 if bf16 else None,
                                    compile=compile, guide=guide)
     except ValueError as e:
-        raise GenerateError(f"cannot tile this model's levels with --overlap {overlap}: {e}") from None
+        given = f"--overlap {overlap}" if overlap is not None else f"its pyramid.overlap = {recipe.pyramid.overlap!r}"
+        raise GenerateError(f"cannot tile this model's levels with {given}: {e}; pass an --overlap that leaves "
+                            "out that axis") from None
 
 
 def load_guide(recipe, device) -> torch.nn.Module:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..device import use_tf32
-from ..io import atomic_write_json, unwritable
+from ..io import atomic_write_json, make_folder, unwritable
 from ..io.contact_sheet import draw_text, text_width, write_png
 
 __all__ = ["RESOLUTIONS", "parse_resolutions", "measure", "draw_chart", "summary", "run_memory_chart"]
@@ -304,12 +304,12 @@ def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_o
     for path, option in ((png, "--memory-chart"), (json_out, "--json")):
         if path is not None:
             _check_target(path, option)
-    for path in (png, json_out):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
     res = parse_resolutions(resolutions or RESOLUTIONS)
     path = default_recipe_path(recipe)
     load_recipe(path, list(overrides))                      # a bad recipe or override fails before any step
+    for target in (png, json_out):
+        if target is not None:
+            make_folder(target.parent, "--memory-chart" if target == png else "--json")
     models = {"hpdm": hpdm_point(path, list(overrides))}
     if baseline:
         models["unet3d"] = unet_point(baseline_module(), baseline_config)

@@ -207,7 +207,7 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
     """
     for p in paths:
         p = Path(p)
-        if len(os.fsencode(p.name)) > NAME_MAX:                 # before any look at the name (a stat would fail)
+        if any(len(os.fsencode(part)) > NAME_MAX for part in p.parts):   # before any stat (it would fail)
             raise GenerateError(f"cannot write {str(p)!r}: {unwritable(p)}")
         if os.path.isdir(p):
             raise GenerateError(f"cannot write {str(p)!r}: it is a directory: give a video file name, e.g. "

@@ -109,7 +109,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     rank, world_size, local = world()
     mine = rank_seeds(all_seeds, rank, world_size)
     paths = output_paths(out, all_seeds)
-    check_writable([out] if Path(out).is_dir() else   # a folder: named itself, not as folder-seed0000
+    check_writable([out] if os.path.isdir(out) else   # a folder: named itself, not as folder-seed0000
                    (p for s in all_seeds for p in _extra_paths(paths[s], gif, png)))
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     if packaged and overlap is None:                      # its tiling for the device it runs on

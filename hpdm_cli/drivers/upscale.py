@@ -119,7 +119,7 @@ def size_notes(hw: Sequence[int], recipe, fit: str, from_level: int) -> list[str
                      "the input")
     elif used == out:
         kept = f"levels 0-{from_level}" if from_level else "level 0"
-        notes.append(f"the input is already at this model's size ({H}x{W}): nothing is enlarged; levels "
+        notes.append(f"{what} is already the output's size ({out[0]}x{out[1]}): nothing is enlarged; levels "
                      f"{from_level + 1} and up are redrawn from its {kept}")
     lh, lw = recipe.pyramid.level_resolution(from_level)[1:]
     need = (max(1, round(out[0] * lh / H)), max(1, round(out[1] * lw / W)))   # level from_level's share of it

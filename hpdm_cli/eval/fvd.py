@@ -388,6 +388,16 @@ class FVDStats:
             raise FVDError(f"cannot write statistics file {str(path)!r}: {e.strerror or e}") from None
         return path
 
+    @staticmethod
+    def is_statistics(path: str | os.PathLike) -> bool:
+        """Whether a file is hpdm FVD statistics, of any version and even if unusable (its format names them)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+        except Exception:                                             # not a zip, no meta, not JSON
+            return False
+        return isinstance(meta, dict) and meta.get("format") == STATS_FORMAT
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FVDStats":
         """Read and check a statistics file; an unreadable one (truncated, corrupt, no covariance) is an FVDError."""

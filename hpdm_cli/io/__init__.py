@@ -17,7 +17,7 @@ import secrets
 from typing import IO, Any, Iterator
 
 __all__ = ["NAME_MAX", "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir",
-           "json_text", "unwritable"]
+           "json_text", "make_folder", "unwritable"]
 
 
 NAME_MAX = 255          # bytes in one file name on Linux, macOS and Windows file systems
@@ -136,6 +136,15 @@ def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 
     atomic_write_text(path, json_text(value, indent))
 
 
+def make_folder(folder: str | os.PathLike, what: str) -> None:
+    """Create `folder` and its parents for an output of option `what`; a failure is an HPDMError in one line."""
+    from ..errors import HPDMError
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise HPDMError(f"{what}: cannot create the folder {os.fspath(folder)!r} ({e.strerror or e})") from None
+
+
 def unwritable(path: str | os.PathLike, *, make_dirs: bool = True, suffix: str | None = None) -> str | None:
     """Why a file could not be written at `path`, in words for an error message, or None when it can.
 
@@ -145,8 +154,10 @@ def unwritable(path: str | os.PathLike, *, make_dirs: bool = True, suffix: str |
     (the writer creates them), else the file's own folder must exist.
     """
     path = os.path.abspath(os.fspath(path))
-    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
-        return f"its file name is longer than {NAME_MAX} bytes, the limit of most file systems: shorten it"
+    long = next((part for part in path.split(os.sep) if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        which = "its file name" if long == os.path.basename(path) else f"the folder name {long[:20]}..."
+        return f"{which} is longer than {NAME_MAX} bytes, the limit of most file systems: shorten it"
     if os.path.isdir(path):
         return "it is a directory: give a file name"
     if suffix is not None and os.path.splitext(path)[1].lower() != suffix:

@@ -126,7 +126,8 @@ def _check_dataset(path: str, what: str, resolution: Sequence[int], labelled: bo
 
 def _check_settings(recipe: Recipe, run_dir: Path, log) -> None:
     """Refuse (TrainError) or warn about recipe values that would fail or mislead only later, before the run
-    directory is written: the pixel channels, train.steps = 0 without train.init_from, missing paths."""
+    directory is written: the pixel channels, train.steps = 0 without train.init_from, missing paths, an overlap
+    that cannot tile the patch, a warm-up longer than the run."""
     t, m = recipe.train, recipe.model
     if m.channels != 3:
         raise TrainError(f"model.channels = {m.channels}, but training videos are RGB (3 channels): set "
@@ -134,13 +135,18 @@ def _check_settings(recipe: Recipe, run_dir: Path, log) -> None:
     if t.steps == 0 and not t.init_from and not holds_training(run_dir):
         raise TrainError("train.steps = 0 trains nothing: raise train.steps (0 only saves the weights that "
                          "train.init_from starts from)")
-    if recipe.data.prompt_table and not os.path.exists(recipe.data.prompt_table):
-        raise TrainError(f"data.prompt_table = {recipe.data.prompt_table!r}: no such file or folder: give a prompt "
-                         "table (e.g. a run's prompt_embeddings.safetensors) or set data.prompt_table = \"\"")
+    table = recipe.data.prompt_table
+    if table and m.cond == "text" and not os.path.exists(table):   # read only where the dataset's own do not fit
+        log(WARNING + f"data.prompt_table = {table!r}: no such file or folder (the captions' embeddings stored with "
+            "the dataset, or the text encoder, are used instead)")
     guide = recipe.sample.guide_model
     if guide and guide != PACKAGED and not os.path.exists(guide):
         log(WARNING + f"sample.guide_model = {guide!r} does not exist here: this run's checkpoints will not sample "
             "until it does (or pass --guide-model none)")
+    odd = recipe.pyramid.odd_half_tile_axis()
+    if odd:
+        log(WARNING + f"pyramid.overlap = {recipe.pyramid.overlap!r} tiles every half tile along {odd}, where "
+            "pyramid.patch is odd: this model can only be sampled with an --overlap that leaves out that axis")
     if t.warmup_steps > t.steps > 0:
         log(WARNING + f"train.warmup_steps = {t.warmup_steps} is more than train.steps = {t.steps}: the learning "
             f"rate never reaches train.lr = {t.lr:g}")

@@ -52,8 +52,8 @@ def build_model(recipe: Recipe) -> HPDMNet:
         text = str(e)
         if not isinstance(e, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text.lower():
             raise
-        first = text.strip().splitlines()[-1] if text.strip() else type(e).__name__
-        raise ConfigError(f"the recipe's model does not fit in memory ({first}): make it smaller (model.num_latents, "
+        last = text.strip().splitlines()[-1] if text.strip() else type(e).__name__   # torch's says the size last
+        raise ConfigError(f"the recipe's model does not fit in memory ({last}): make it smaller (model.num_latents, "
                           "model.latent_dim, model.interface_dim, model.num_blocks)") from None
 
 

@@ -26,8 +26,8 @@ _CAPTION_COLUMNS = ("caption", "text", "description", "prompt", "name")
 class KeyIndex:
     """Match keys from a labels / captions file to sources: exact path, path without suffix, name, stem.
 
-    Case is ignored, except that where names differ only in case (Case.mp4 and case.mp4) a key names
-    those of its own spelling.
+    Case is ignored, except that of sources whose paths differ only in case (a/Case.mp4 and a/case.mp4) a key
+    names the one of its own spelling.
     """
 
     def __init__(self, rels: Iterable[str]):
@@ -43,8 +43,11 @@ class KeyIndex:
         for m in self.maps:
             hit = m.get(key.lower())
             if hit:
-                exact = [rel for k, rel in hit if k == key]
-                return exact or [rel for _, rel in hit]
+                same: dict[str, list[tuple[str, str]]] = {}       # sources whose paths differ only in case
+                for k, rel in hit:
+                    same.setdefault(rel.lower(), []).append((k, rel))
+                return [r for group in same.values() for r in ([rel for k, rel in group if k == key]
+                                                                or [rel for _, rel in group])]
         return []
 
 
@@ -210,7 +213,7 @@ def sidecar_caption(path: str) -> tuple[str, str]:
     except OSError as e:
         return "", f"{os.path.basename(txt)}: unreadable ({e.strerror or e})"
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")                                  # a byte-order mark is not part of it
     except UnicodeDecodeError as e:
         return "", f"{os.path.basename(txt)}: not UTF-8 text (byte {e.start})"
     if "\0" in text:

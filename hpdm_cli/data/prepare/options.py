@@ -90,7 +90,8 @@ class PrepareOptions:
         if self.labels not in ("auto", "folders", "none") and not os.path.isfile(self.labels):
             raise error(f"--labels {self.labels!r}: expected folders, none or an existing labels file")
         if self.captions is not None and not os.path.isfile(self.captions):
-            raise error(f"--captions {self.captions!r} is a folder: give a captions file (CSV or JSON lines: path, "
+            what = "a folder" if os.path.isdir(self.captions) else "not a regular file"
+            raise error(f"--captions {self.captions!r} is {what}: give a captions file (CSV or JSON lines: path, "
                         "caption), or leave --captions out to read each video's NAME.txt beside it")
         if self.images is not None and not os.path.isdir(self.images):
             raise error(f"--images {self.images!r}: expected a folder of images")
