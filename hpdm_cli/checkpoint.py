@@ -25,8 +25,8 @@ import torch
 from .assets import DEFAULT_MODEL, PACKAGED, names_packaged
 from .config import Recipe
 from .device import resolve_device
-from .train.checkpoint import (CheckpointError, architecture_of, first_nonfinite, list_checkpoints, read_weights_file,
-                               write_weights_file)
+from .train.checkpoint import (CheckpointError, architecture_of, check_files, first_nonfinite, list_checkpoints,
+                               read_weights_file, write_weights_file)
 from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, RECIPE, is_checkpoint_dir
 
 __all__ = ["GeneratorInfo", "edited_sampling", "find_class_names", "load_generator", "resolve_sampling_weights",
@@ -87,13 +87,14 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
     p = Path(ckpt)
     if p.is_dir() and not is_checkpoint_dir(p):
         ckpts = _run_checkpoints(p)
-        if not ckpts:
-            resolve_sampling_weights(p)                                   # raises: no checkpoints
+        if not ckpts:                              # none yet (or one landed since: it is read as a checkpoint below)
+            w = resolve_sampling_weights(p)
+            return (w, *_read_checked(w, device))
         skipped = []
         for c in reversed(ckpts):
             w = _weights_of(c)
             try:
-                weights, recipe, step = read_weights_file(w, device)
+                weights, recipe, step = _read_checked(w, device)
             except CheckpointError as e:
                 skipped.append(e)
                 continue
@@ -106,8 +107,16 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
         raise CheckpointError(first + ("" if len(ckpts) == 1 else
                                        f"; none of the {len(ckpts) - 1} older checkpoints of {p} is usable either"))
     w = resolve_sampling_weights(p)
-    weights, recipe, step = read_weights_file(w, device)
+    weights, recipe, step = _read_checked(w, device)
     return w, weights, recipe, step
+
+
+def _read_checked(w: Path, device) -> tuple[dict, Recipe, int]:
+    """`read_weights_file`, then the file checked against its checkpoint's record of it (when it has one)."""
+    out = read_weights_file(w, device)
+    if CKPT_RE.match(w.parent.name):
+        check_files(w.parent, [w.name])
+    return out
 
 
 def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float16,

@@ -243,14 +243,25 @@ def test_killed_writer_leaves_only_a_hidden_temp_dir(trained, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001", "ckpt-00000002"]
 
 
-@pytest.mark.parametrize("damage", ["truncate-model", "truncate-ema", "truncate-optim", "no-state", "bad-json"])
+@pytest.mark.parametrize("damage", ["truncate-model", "truncate-ema", "truncate-optim", "no-state", "bad-json",
+                                    "missing-ema", "overwrite-model", "overwrite-optim"])
 def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, damage):
+    """Also a file gone (a missing EMA would resume with a fresh one) or overwritten with finite values (which
+    loads as other weights): the size and CRC-32 state.json records at the save tell."""
     save(tmp_path, trained, 1)
     newest = save(tmp_path, trained, 2)
     kind, _, name = damage.partition("-")
     if kind == "truncate":
         p = newest / f"{name}.safetensors"
         p.write_bytes(p.read_bytes()[: p.stat().st_size - 10])
+    elif kind == "missing":
+        (newest / f"{name}.safetensors").unlink()
+    elif kind == "overwrite":
+        p = newest / f"{name}.safetensors"
+        data = bytearray(p.read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 4096] = b"\x3f" * 4096                             # finite floats (about 0.75)
+        p.write_bytes(bytes(data))
     elif kind == "no":
         (newest / "state.json").unlink()
     else:
@@ -268,6 +279,26 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, 
     assert not newest.exists() and (tmp_path / "checkpoints" / "ckpt-00000002.corrupt").is_dir()
     assert "renamed to ckpt-00000002.corrupt" in warnings[-1]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000001"]   # ...set aside for good
+
+
+def test_sampling_skips_damaged_weights_and_a_checkpoint_landing_mid_look(trained, tmp_path, monkeypatch):
+    """`load_sampling_weights` checks the EMA file against its checkpoint's record (falling back past a damaged
+    one); a first checkpoint saved between its two looks at the run is read, not an IndexError."""
+    import hpdm_cli.checkpoint as ck
+    save(tmp_path, trained, 1)
+    newest = save(tmp_path, trained, 2)
+    data = bytearray((newest / "ema.safetensors").read_bytes())
+    data[-64:] = b"\x3f" * 64
+    (newest / "ema.safetensors").write_bytes(bytes(data))
+    said = []
+    w, _, _, step = ck.load_sampling_weights(tmp_path, warn=said.append)
+    assert step == 1 and "ema.safetensors changed since it was saved" in said[0]
+    import shutil
+    shutil.rmtree(newest)                                                # the run's one checkpoint: ckpt-00000001
+    real, calls = ck._run_checkpoints, []
+    monkeypatch.setattr(ck, "_run_checkpoints", lambda p: (calls.append(1), [] if len(calls) == 1 else real(p))[1])
+    w, _, _, step = ck.load_sampling_weights(tmp_path)
+    assert w.parent.name == "ckpt-00000001" and step == 1 and len(calls) == 2
 
 
 def test_no_pickle_is_ever_loaded(trained, tmp_path, monkeypatch):

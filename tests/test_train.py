@@ -437,6 +437,8 @@ def test_corrupt_newest_checkpoint_is_skipped_and_resume_stays_exact(reference, 
     newest = list_checkpoints(run)[-1]
     p = newest / "optim.safetensors"
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])                  # truncated
+    with open(run / "stats.jsonl", "ab") as f:                             # and bytes a crash left in the log
+        f.write(b"\xb3\xff{\"step\": 9\x00")
     rec10 = rec
     msgs = []
     s = train(rec10, run, log=quiet(msgs))
@@ -446,6 +448,35 @@ def test_corrupt_newest_checkpoint_is_skipped_and_resume_stays_exact(reference, 
     assert losses(run) == losses(ref)
     assert [r["step"] for r in read_stats(run)] == list(range(1, 7))        # no duplicated steps 5, 6
     assert_same_state(run, ref)
+
+
+def test_a_run_whose_checkpoints_are_all_unusable_is_not_restarted_over_them(reference, tmp_path):
+    """Every checkpoint unreadable: refused (also on the next try, once they are set aside), not a silent restart
+    from step 0 that rewrites stats.jsonl; checkpoints/ as a file is refused before anything is written; a run
+    stopped before its first checkpoint starts again, and says so; init_from on a resumed run is said unused."""
+    rec, ref = reference("base")
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    stats = (run / "stats.jsonl").read_text()
+    for c in list_checkpoints(run):
+        (c / "state.json").write_text("{cut")
+    for attempt in range(2):
+        with pytest.raises(TrainError, match=r"no usable checkpoint \(2 unreadable, e.g. ckpt-00000004.corrupt; see "
+                                             r"the warnings\): restore one, or move the run directory aside"):
+            train(rec, run, log=quiet())
+    assert (run / "stats.jsonl").read_text() == stats
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").write_text("not a folder")
+    with pytest.raises(TrainError, match=r"checkpoints is a file, not the run's folder of checkpoints"):
+        train(rec, run, log=quiet())
+    assert (run / "stats.jsonl").read_text() == stats
+    (run / "checkpoints").unlink()
+    msgs = []
+    train(rec, run, log=quiet(msgs))
+    assert any("no checkpoint was saved before the run stopped: training starts again from step 0" in m for m in msgs)
+    msgs.clear()
+    train(make_recipe(rec.data.path, f"train.init_from={json.dumps(str(ref))}", steps=7), run, log=quiet(msgs))
+    assert any("train.init_from is not used: the run resumes from its checkpoint of step 6" in m for m in msgs)
 
 
 # ------------------------------------------------------------------------------------------ a crash mid-checkpoint

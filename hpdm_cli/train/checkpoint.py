@@ -4,7 +4,8 @@ Layout of a run directory's `checkpoints/`:
     ckpt-00001000/model.safetensors   training weights (recipe and architecture in the metadata)
     ckpt-00001000/ema.safetensors     EMA weights (what `hpdm sample` loads; self-sufficient)
     ckpt-00001000/optim.safetensors   optimiser tensors and RNG states
-    ckpt-00001000/state.json          step, counters, optimiser param groups
+    ckpt-00001000/state.json          step, counters, optimiser param groups, and each weights file's size and
+                                      CRC-32 (`files`): a file missing or changed since the save is caught
 A checkpoint is written into a hidden temporary directory, every file fsynced, and then
 renamed into place in one step, so a crash mid-write leaves the previous checkpoint as the
 latest loadable one (hidden `.tmp-*` directories are never read and are removed by the next
@@ -24,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -34,7 +36,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..config import Recipe
 from ..errors import HPDMError
 from ..io import atomic_write_text, fsync_dir
-from .run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, checkpoint_name
+from .run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, OPTIM, checkpoint_name
 
 
 
@@ -94,7 +96,7 @@ def first_nonfinite(tensors: dict) -> Optional[str]:
 def _nonfinite_part(model: dict, ema: Optional[dict], optimizer_tensors: dict) -> Optional[str]:
     """Which tensor of a checkpoint's parts is not finite ('model.safetensors: blocks.0.w'), or None."""
     for name, tensors in ((MODEL, model), (EMA, ema or {}),
-                          ("optim.safetensors", optimizer_tensors)):
+                          (OPTIM, optimizer_tensors)):
         bad = first_nonfinite(tensors)
         if bad is not None:
             return f"{name}: {bad}"
@@ -159,9 +161,10 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
         if ema is not None:
             _save(ema, tmp / EMA, meta)
         opt_tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
-        _save(opt_tensors, tmp / "optim.safetensors", {"hpdm_step": str(step)})
-        atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups},
-                                                         indent=1, default=str))
+        _save(opt_tensors, tmp / OPTIM, {"hpdm_step": str(step)})
+        files = {n: _fingerprint(tmp / n) for n in (MODEL, EMA, OPTIM) if (tmp / n).exists()}
+        atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step, "param_groups": groups,
+                                                          "files": files}, indent=1, default=str))
         fsync_dir(tmp)
         if final.exists():                                                # re-saving the same step:
             old = root / f".tmp-old-{final.name}-{secrets.token_hex(4)}"  # move the old one aside first,
@@ -187,6 +190,33 @@ def save_checkpoint(run_dir: Path, recipe: Recipe, step: int, *, model: dict, em
     return final
 
 
+def _fingerprint(path: Path) -> dict:
+    """A file's size and CRC-32 (read in 16 MiB blocks), as state.json records them."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            crc = zlib.crc32(block, crc)
+    return {"bytes": path.stat().st_size, "crc32": f"{crc & 0xFFFFFFFF:08x}"}
+
+
+def check_files(ckpt_dir: Path, names=None) -> None:
+    """CheckpointError unless the weights files that the checkpoint's state.json records (all, or `names`) are
+    there with their recorded size and CRC-32; checkpoints written before the record pass."""
+    try:
+        files = json.loads((Path(ckpt_dir) / "state.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return                                        # no readable record: load_checkpoint judges state.json
+    for name, want in (files or {}).items():
+        if names is not None and name not in names:
+            continue
+        f = Path(ckpt_dir) / name
+        if not f.is_file():
+            raise CheckpointError(f"{ckpt_dir}: {name} is missing (its save recorded it)")
+        if _fingerprint(f) != want:
+            raise CheckpointError(f"{ckpt_dir}: {name} changed since it was saved (size or CRC-32 differs: damaged "
+                                  "on disk?)")
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """Read a checkpoint directory: model, ema, optimizer state dict, extra tensors, state JSON and metadata.
 
@@ -197,13 +227,14 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
+        state.pop("files", None)
         groups = state.pop("param_groups")
         step = int(state["step"])
         with safe_open(str(path / MODEL), framework="pt") as f:
             meta = f.metadata() or {}
         model = load_file(str(path / MODEL), device=str(device))
         ema = load_file(str(path / EMA), device=str(device)) if (path / EMA).exists() else None
-        opt = load_file(str(path / "optim.safetensors"), device="cpu")
+        opt = load_file(str(path / OPTIM), device="cpu")
     except Exception as e:                                                # OSError, JSON, KeyError, safetensors' own
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
     m = CKPT_RE.match(path.name)
@@ -212,6 +243,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     bad = _nonfinite_part(model, ema, opt)
     if bad is not None:
         raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not a usable checkpoint")
+    check_files(path)                                   # damage that leaves finite values, or a file gone
     extra = {k[len("extra."):]: v for k, v in opt.items() if k.startswith("extra.")}
     optimizer = unflatten_optimizer({k: v for k, v in opt.items() if not k.startswith("extra.")}, groups)
     return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state, "meta": meta}

@@ -196,7 +196,22 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
                                  "directory or restore the recipe")
             warn(f"{old}: a run that never trained (no checkpoint, no logged step) with another architecture; "
                  "this recipe replaces it")
+    ckpts = run_dir / CHECKPOINTS
+    if ckpts.exists() and not ckpts.is_dir():
+        raise TrainError(f"{ckpts} is a file, not the run's folder of checkpoints: move it aside, or choose another "
+                         "--run-dir")
+    had = list_checkpoints(run_dir)
     ck = latest_checkpoint(run_dir, device="cpu", warn=warn, set_aside=True)
+    bad = sorted(p.name for p in ckpts.glob("*.corrupt*")) if ckpts.is_dir() else []
+    bad = bad or [p.name for p in had]                 # (set aside, or left where they are when renaming failed)
+    if ck is None and bad:                             # never restart over a run's unusable checkpoints unasked
+        raise TrainError(f"{run_dir}: no usable checkpoint ({len(bad)} unreadable, e.g. {bad[0]}; see the warnings): "
+                         "restore one, or move the run directory aside to start again")
+    if ck is None and trained:
+        warn(f"{run_dir}: no checkpoint was saved before the run stopped: training starts again from step 0")
+    if ck is not None and recipe.train.init_from:
+        warn(f"train.init_from is not used: the run resumes from its checkpoint of step {ck['state']['step']} "
+             "(init_from only starts a fresh run)")
     if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
         init_from_weights(recipe.train.init_from)
     if ck is not None and "hpdm_recipe" in ck["meta"]:

@@ -7,7 +7,7 @@
     RUN_DIR/prompt_embeddings.safetensors     its captions' stored embeddings (`RUN_TABLE`, hpdm_cli.text.tables)
     RUN_DIR/tensorboard/                      TensorBoard's event files, where it is installed (`TENSORBOARD`)
     RUN_DIR/checkpoints/ckpt-00001000/        one checkpoint per saved step (`CHECKPOINTS`, `checkpoint_name`)
-        model.safetensors, ema.safetensors    training and EMA weights (`MODEL`, `EMA`), optim.safetensors,
+        model.safetensors, ema.safetensors    training and EMA weights (`MODEL`, `EMA`), optim.safetensors (`OPTIM`),
         state.json                            the rest of the state (the format: hpdm_cli.train.checkpoint)
 
 Nothing heavy is imported here: `hpdm prepare` and `hpdm eval-fvd` ask whether a folder is a run
@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "CKPT_RE", "checkpoint_name",
+__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "OPTIM", "CKPT_RE", "checkpoint_name",
            "is_run_dir", "is_trained_run", "holds_training", "is_checkpoint_dir", "foreign_entries"]
 
 RECIPE = "recipe.toml"
@@ -33,6 +33,7 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
 EMA = "ema.safetensors"
+OPTIM = "optim.safetensors"
 CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 
 

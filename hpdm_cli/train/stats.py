@@ -48,7 +48,7 @@ class StatsWriter:
         """Drop the records of steps > `step` from stats.jsonl (atomically); returns how many were dropped."""
         if not self.path.exists():
             return 0
-        lines = self.path.read_text().splitlines()
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()   # bytes a crash left: dropped
         keep = []
         for line in lines:
             if not line.strip():
@@ -68,7 +68,7 @@ class StatsWriter:
         """Append one record (must hold `step`); flushed at once so a crash loses nothing logged."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                 for k, v in record.items()}) + "\n")
         if self._tb is not None:
@@ -119,7 +119,7 @@ def read_stats(run_dir: Path) -> list[dict]:
     p = Path(run_dir) / STATS
     if not p.exists():
         return []
-    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    lines = [line for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
