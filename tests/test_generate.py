@@ -176,6 +176,24 @@ def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
+def test_sample_writes_each_batch_as_soon_as_it_is_made(assets, tmp_path, monkeypatch):
+    """Seeds 0-2 in batches of one: seed 0's file is written (and said) before seed 1 is sampled, so an
+    interrupted long run keeps what is done and holds one batch in memory."""
+    import hpdm_cli.drivers.generation as generation
+    real, seen = generation.sample_batches, []
+
+    def watched(*a, **k):
+        for chunk, res in real(*a, **k):
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))       # what exists before this batch is written
+            yield chunk, res
+    said = []
+    monkeypatch.setattr(generation, "sample_batches", watched)
+    rep = generate(assets["run"], tmp_path / "c.mp4", seeds="0-2", class_="0", steps="1", batch=1, device="cpu",
+                   on_file=lambda p, replaced: said.append(p.name))
+    assert seen == [[], ["c-seed0000.mp4"], ["c-seed0000.mp4", "c-seed0001.mp4"]]
+    assert said == ["c-seed0000.mp4", "c-seed0001.mp4", "c-seed0002.mp4"] == [p.name for p in rep.files]
+
+
 def test_levels_0_equals_first_level_of_full_run(gen):
     net, rec, _ = gen
     cond = Condition("class", 2)

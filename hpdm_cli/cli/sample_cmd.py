@@ -72,7 +72,9 @@ def sample(
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
                        warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
-                       context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model)
+                       context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model,
+                       on_file=lambda p, replaced: console.print(f"{'replaced' if replaced else 'wrote'} {p}",
+                                                                 highlight=False))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""
     console.print(f"{rep.condition}, {len(rep.seeds)} seed(s){where}, level {rep.level}: {f}x{h}x{w} @ "
@@ -80,5 +82,4 @@ def sample(
                   + (f", level 0 autoguided by {rep.guide}"
                      + (" at {:g} < sigma <= {:g}".format(*rep.guidance_interval) if rep.guidance_interval else "")
                      if rep.guide else ""), highlight=False)
-    for p in rep.files:
-        console.print(f"{'replaced' if p in rep.replaced else 'wrote'} {p}", highlight=False)
+

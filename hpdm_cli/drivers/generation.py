@@ -102,12 +102,16 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Conditio
                   offload: bool = False, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, device=None,
                   bf16: bool = False, keep_levels: bool = False, compile: bool = False,
                   progress: Optional[Progress] = None, context_gib: Optional[float] = None,
-                  fixed: Optional[Mapping[int, torch.Tensor]] = None, log: Optional[Log] = None) -> SampleOutput:
+                  fixed: Optional[Mapping[int, torch.Tensor]] = None, log: Optional[Log] = None,
+                  on_batch: Optional[Callable[[list, list], None]] = None) -> SampleOutput:
     """Generate one video per seed, `batch` seeds per sampler call; `levels` = index of the last level.
 
-    Each video depends only on its seed (and its condition row). Returns uint8 videos [T, H, W, 3]
+    Each video depends only on its seed (and its condition row) for a given `batch` and `tile_batch` (a
+    forward's floating-point sums depend on its rows). Returns uint8 videos [T, H, W, 3]
     of level `levels` (default: the last level), and every level's video with `keep_levels`;
     `fixed` levels (one row per seed) are taken as given; `log` hears the clips done after each batch.
+    `on_batch(seeds, videos)` receives each batch's videos as soon as they are made, and they are then not
+    kept (a long run holds one batch in memory, and what is done survives an interruption).
     """
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
@@ -120,16 +124,22 @@ def sample_videos(net, recipe: Recipe, seeds: Sequence[int], condition: Conditio
                            offload=offload, bf16=bf16, compile=compile, context_gib=context_gib)
     out = SampleOutput(seeds=seeds, videos=[], levels=[] if keep_levels else None, seconds=[0.0] * (last + 1),
                        level=last)
+    done = 0
     for chunk, res in sample_batches(sampler, seeds, condition,
                                      batch=batch, steps=nsteps, guidance=guidance, last=last, fixed=fixed,
                                      progress=progress):
-        out.videos += to_uint8(res.videos[last])
+        videos = to_uint8(res.videos[last])
+        done += len(videos)
+        if on_batch is not None:
+            on_batch(list(chunk), videos)
+        else:
+            out.videos += videos
         if keep_levels:
             per_level = [to_uint8(v) for v in res.videos]
             out.levels += [[lv[b] for lv in per_level] for b in range(len(chunk))]
         out.seconds = [a + b for a, b in zip(out.seconds, res.seconds)]
         if log is not None:
-            log(f"  generated {len(out.videos)}/{len(seeds)} clips ({sum(out.seconds):.0f} s)")
+            log(f"  generated {done}/{len(seeds)} clips ({sum(out.seconds):.0f} s)")
     return out
 
 

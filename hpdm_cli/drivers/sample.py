@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from ..assets import DEFAULT_MODEL, default_overlap, names_packaged, resolve_guide
 from ..checkpoint import load_generator
@@ -93,8 +93,11 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None,
-             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> SampleReport:
+             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
+             on_file: Optional[Callable[[Path, bool], None]] = None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
+
+    Each batch's files are written as soon as it is sampled; `on_file(path, replaced)` hears each one.
 
     Everything that can fail on user input (seeds, numeric options, output paths, checkpoint,
     condition, levels, steps, overlap) is checked before sampling starts. `warn` hears about
@@ -137,11 +140,20 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         report.guide = str(resolve_guide(recipe.sample.guide_model))
     if not mine:
         return report
+    existed = {p for s in mine for p in _extra_paths(paths[s], gif, png) if p.exists()}
+
+    def write_batch(batch_seeds: list, videos: list) -> None:
+        """Write a batch's files as soon as it is sampled (and say each one)."""
+        files = write_outputs(paths, SampleOutput(seeds=batch_seeds, videos=videos, levels=None, seconds=[],
+                                                  level=last), out_fps, gif=gif, png=png)
+        for f in files:
+            report.files.append(f)
+            if f in existed:
+                report.replaced.append(f)
+            if on_file is not None:
+                on_file(f, f in existed)
     res = sample_videos(net, recipe, mine, cond, levels=last, steps=nsteps, guidance=guidance, overlap=overlap,
                         cache=cache, offload=offload, batch=batch, tile_batch=tile_batch, device=info.device,
-                        bf16=bf16, compile=compile, progress=progress, context_gib=context_gib)
-    existed = {p for s in mine for p in _extra_paths(paths[s], gif, png) if p.exists()}
-    report.files = write_outputs(paths, res, out_fps, gif=gif, png=png)
-    report.replaced = [p for p in report.files if p in existed]
+                        bf16=bf16, compile=compile, progress=progress, context_gib=context_gib, on_batch=write_batch)
     report.seconds = res.seconds
     return report
