@@ -193,7 +193,7 @@ def request_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str]
                       device="cpu", guided: bool = False) -> Condition:
     """The condition of a sampling request: precomputed embeddings first, else `resolve_condition`.
 
-    `guided`: the request names a guidance scale, which needs a prompt or a class to steer towards."""
+    `guided`: the request names a guidance scale other than 1, which needs a prompt or a class to steer towards."""
     if prompt is not None and not str(prompt).strip():
         raise GenerateError("--prompt is empty: describe the video, or leave --prompt out for an unconditional one")
     cond = precomputed_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
@@ -201,5 +201,8 @@ def request_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[str]
     if cond is None:
         cond = resolve_condition(recipe, prompt, class_, class_names=info.class_names, device=device)
     if guided and cond.kind == "none":
+        if recipe.model.cond == "none":
+            raise GenerateError("--guidance steers a video towards its prompt or class, and this model is "
+                                "unconditional: leave --guidance out (or give 1: no guidance)")
         raise GenerateError("--guidance steers a video towards its prompt or class: give --prompt or --class with it")
     return cond

@@ -30,6 +30,9 @@ MIN_FPS, MAX_FPS = 0.01, 1000.0
 MAX_SEED = 2 ** 64 - 1
 # Sampling steps per level: the recipes use 8-128; far more only costs time (and overflows the schedule).
 MAX_STEPS = 100_000
+# Videos one command generates: seeds of a `--seeds` range, clips per side of `hpdm eval` (a million clips of the
+# smallest model take days on one GPU).
+MAX_VIDEOS = 1_000_000
 # Training steps and the global batch: far above any run (the recipes train 10^4-10^6 steps of batch 16-1024);
 # larger values overflow index arithmetic or exhaust the host's memory before the first step.
 MAX_TRAIN_STEPS, MAX_BATCH = 10 ** 10, 2 ** 20

@@ -194,6 +194,17 @@ def test_sample_writes_each_batch_as_soon_as_it_is_made(assets, tmp_path, monkey
     assert said == ["c-seed0000.mp4", "c-seed0001.mp4", "c-seed0002.mp4"] == [p.name for p in rep.files]
 
 
+def test_guidance_of_1_is_no_guidance_and_an_unconditional_model_is_told_apart(assets, tmp_path):
+    """--guidance 1 (off) needs no condition; other scales need one, and an unconditional model says it has none."""
+    none = _save(tmp_path / "uncond", load_recipe(REPO / "recipes" / "tiny.toml", ['model.cond="none"']))
+    rep = generate(none, tmp_path / "a.mp4", guidance="1", steps="1", device="cpu")
+    assert rep.condition == "unconditional" and (tmp_path / "a.mp4").is_file()
+    with pytest.raises(GenerateError, match="this model is unconditional: leave --guidance out"):
+        generate(none, tmp_path / "b.mp4", guidance="2", steps="1", device="cpu")
+    with pytest.raises(GenerateError, match="give --prompt or --class with it"):
+        generate(assets["run"], tmp_path / "c.mp4", guidance="1,2,1", steps="1", device="cpu")
+
+
 def test_levels_0_equals_first_level_of_full_run(gen):
     net, rec, _ = gen
     cond = Condition("class", 2)

@@ -326,6 +326,7 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("args,message", [
     (["--num-clips", "1"], "--num-clips 1"),
+    (["--num-clips", "10000000"], "--num-clips 10000000: expected 2 to 1,000,000 clips per side"),
     (["--split", "nope"], "--split"),
     (["--batch", "0"], "--batch 0"),
     (["--guidance", "nan"], "--guidance nan"),
@@ -371,6 +372,18 @@ def test_eval_refuses_a_class_model_of_other_data_in_one_line(tmp_path, capsys, 
                              "--no-fvd", "--device", "cpu", "--num-clips", "2")
     assert code == 2 and message in err and "eval-fvd" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "report").exists()
+
+
+def test_an_earlier_report_in_the_folder_is_kept_not_overwritten_by_a_partial_one(tmp_path):
+    from hpdm_cli.drivers.evaluate import _keep_previous
+    (tmp_path / "report.json").write_text('{"complete": true}')
+    (tmp_path / "contact_sheet.png").write_bytes(b"old sheet")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _keep_previous(tmp_path) == ["report.previous.json", "contact_sheet.previous.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contact_sheet.previous.png", "notes.txt",
+                                                          "report.previous.json"]
+    assert (tmp_path / "report.previous.json").read_text() == '{"complete": true}'
+    assert _keep_previous(tmp_path) == []                                   # nothing new to keep
 
 
 def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypatch):

@@ -16,7 +16,8 @@ What it measures, all at the same number N of clips per side:
 * A contact sheet: generated clips next to the real clips of the same captions.
 
 The report (`report.json`) is rewritten after each part, with `"complete": false` until the last:
-an eval stopped by a job's time limit keeps the contact sheet and the parts it finished.
+an eval stopped by a job's time limit keeps the contact sheet and the parts it finished. An earlier
+run's report and sheet in the same folder are kept as report.previous.json and contact_sheet.previous.png.
 
 Real clips are rendered by the procedural generator (`hpdm_cli.data.shapes`), by default from
 its held-out split: combinations of colour, shape and direction never shown in training.
@@ -25,6 +26,7 @@ its held-out split: combinations of colour, shape and direction never shown in t
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import find_class_names, load_generator
-from ..config import TILE_BATCH
+from ..config import MAX_VIDEOS, TILE_BATCH
 from ..conditioning import GenerateError
 from ..data.shapes import SHAPES_CLASSES, render_shapes_video
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
@@ -237,11 +239,25 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _keep_previous(out_dir: Path) -> list[str]:
+    """Rename an earlier run's report.json and contact_sheet.png to *.previous.* (replacing older ones) before this
+    run writes its own, so that a new run stopped part-way never leaves a half report beside an old sheet and no
+    finished report is lost; returns the names kept."""
+    kept = []
+    for name in ("report.json", "contact_sheet.png"):
+        old = out_dir / name
+        if old.is_file():
+            target = old.with_name(old.stem + ".previous" + old.suffix)
+            os.replace(old, target)
+            kept.append(target.name)
+    return kept
+
+
 def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir,
                    context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> Path:
     """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
-    if num_clips is not None and num_clips < 2:
-        raise GenerateError(f"--num-clips {num_clips}: need at least 2 clips per side")
+    if num_clips is not None and not 2 <= num_clips <= MAX_VIDEOS:
+        raise GenerateError(f"--num-clips {num_clips}: expected 2 to {MAX_VIDEOS:,} clips per side")
     if split not in ("heldout", "train", "all"):
         raise GenerateError(f"--split {split!r}: expected heldout, train or all")
     check_options(batch=batch, guidance=guidance, context_gib=context_gib, guidance_interval=guidance_interval,
@@ -314,6 +330,9 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     def save() -> None:                  # after every part: a stopped eval (a job's time limit) keeps what it measured
         atomic_write_json(out_dir / "report.json", report, indent=2)
 
+    kept = _keep_previous(out_dir)
+    if kept:
+        log(f"the previous report is kept as {', '.join(kept)}")
     report["contact_sheet"] = _write_sheet(out_dir / "contact_sheet.png", fake, real_a, min(sheet_rows, num_clips))
     tile = list(recipe.pyramid.patch)                   # the finest level's tiles, in output pixels
     log(f"reading {2 * num_clips} clips' pixels")

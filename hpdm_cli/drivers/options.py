@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..assets import PACKAGED
 from ..conditioning import GenerateError
-from ..config import MAX_FPS, MAX_SEED, MAX_STEPS, MIN_FPS, TILE_BATCH
+from ..config import MAX_FPS, MAX_SEED, MAX_STEPS, MAX_VIDEOS, MIN_FPS, TILE_BATCH
 from ..io import NAME_MAX, unwritable
 from ..io.video import VIDEO_SUFFIXES
 
@@ -48,8 +48,8 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
             b = int(m.group(2)) if m.group(2) is not None else a
             if b < a:
                 raise GenerateError(f"--seeds {text!r}: the range {p} runs backwards (write {b}-{a})")
-            if b - a >= 1_000_000:
-                raise GenerateError(f"--seeds {text!r}: the range {p} holds more than a million seeds")
+            if b - a >= MAX_VIDEOS:
+                raise GenerateError(f"--seeds {text!r}: the range {p} holds more than {MAX_VIDEOS:,} seeds")
             seeds += range(a, b + 1)
     seen = set()
     for s in seeds:
@@ -115,6 +115,13 @@ def parse_guidance(text, num_levels: Optional[int] = None):
         raise GenerateError(f"--guidance {text}: {len(vals)} values for a model with {num_levels} levels "
                             "(give one value, or one per level)")
     return vals
+
+
+def guides(guidance) -> bool:
+    """Whether a parsed --guidance (None, a scale or one per level) guides at all: some scale other than 1."""
+    if guidance is None:
+        return False
+    return any(float(g) != 1.0 for g in (guidance if isinstance(guidance, (list, tuple)) else [guidance]))
 
 
 def parse_guidance_interval(text) -> Optional[list]:

@@ -34,7 +34,7 @@ from ..conditioning import request_condition
 from ..device import world
 from ..sampling import level_guidance
 from .generation import Log, Progress, SampleOutput, sample_videos
-from .options import (check_options, check_writable, last_level, make_parent, output_paths, parse_guidance,
+from .options import (check_options, check_writable, guides, last_level, make_parent, output_paths, parse_guidance,
                       parse_seeds, parse_steps, rank_seeds, with_sample_options)
 
 __all__ = ["SampleReport", "write_outputs", "generate"]
@@ -123,7 +123,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     guidance = parse_guidance(guidance, L)
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
-                             prompt_embedding=prompt_embedding, device=info.device, guided=guidance is not None)
+                             prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
     if packaged and prompt and warn is not None:
         from ..data.shapes import unseen_pairing
         note = unseen_pairing(prompt)

@@ -38,7 +38,7 @@ from ..device import world
 from ..pixels import uint8_from_unit, unit_from_uint8
 from ..sampling import level_steps
 from .generation import Log, Progress, make_sampler, sample_batches
-from .options import (check_options, check_seed_range, check_writable, make_parent, parse_guidance, parse_steps,
+from .options import (check_options, check_seed_range, check_writable, guides, make_parent, parse_guidance, parse_steps,
                       with_sample_options)
 
 __all__ = [
@@ -428,7 +428,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
-                             prompt_embedding=prompt_embedding, device=info.device, guided=guidance is not None)
+                             prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked
