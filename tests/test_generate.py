@@ -377,6 +377,8 @@ def _bad_cases(assets, tmp: Path) -> dict:
                                                             "--out", out], out),
         "upscale out name past 255 bytes": (["upscale", good_video, "--ckpt", run, "--class", "0", "--out",
                                             tmp / ("L" * 260 + ".mp4")], out),
+        "out to standard output": (["sample", "--ckpt", run, "--out", "-"], out),
+        "out to a device": (["sample", "--ckpt", run, "--out", "/dev/stdout"], out),
         "out folder name past 255 bytes": (["sample", "--ckpt", run, "--out", tmp / ("F" * 300) / "a.mp4"], out),
         "a recipe for --ckpt": (["sample", "--ckpt", Path(__file__).parents[1] / "recipes" / "tiny.toml", "--out", out], out),
         "a recipe for --guide-model": (["sample", "--ckpt", run, "--guide-model", Path(__file__).parents[1] / "recipes" / "tiny.toml",

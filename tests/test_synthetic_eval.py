@@ -184,9 +184,11 @@ def test_an_eval_stopped_during_fvd_keeps_what_it_measured(tmp_path, prompt_tabl
         raise KeyboardInterrupt                     # what a time limit's signal does to a run
     monkeypatch.setattr(ev, "_fvd_block", stopped)
     monkeypatch.setattr(ev, "_fvd_detector", lambda *a: None)     # 4-frame clips: too short for I3D, see below
+    said = []
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="2", fvd=True, device="cpu",
-                    log=lambda m: None)
+                    log=said.append)
+    assert any(m.startswith("warning: FVD from 2 clips a side is mostly its finite-sample bias") for m in said)
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["complete"] is False and "fvd" not in saved
     assert saved["faithfulness"]["generated"]["n"] == 2 and set(saved["loss_gap"]) >= {"true", "null"}

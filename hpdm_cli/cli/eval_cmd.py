@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import out as console
-from .console import warn_emulated_bf16
+from .console import log_line, warn_emulated_bf16
 from .help_texts import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
                          GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, STEPS_HELP)
 
@@ -47,7 +47,7 @@ def evaluate(
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
                    i3d_weights=i3d_weights, context_gib=context_gib, guidance_interval=guidance_interval,
                    guide_model=guide_model,
-                   log=lambda m: console.print(m, highlight=False))
+                   log=log_line)
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")
     table.add_column("measure")

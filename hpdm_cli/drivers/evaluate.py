@@ -39,6 +39,7 @@ from ..checkpoint import find_class_names, load_generator
 from ..config import MAX_VIDEOS, TILE_BATCH
 from ..conditioning import GenerateError
 from ..data.shapes import SHAPES_CLASSES, render_shapes_video
+from ..errors import WARNING
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
 from ..eval.faithfulness import score_clips, swapped_floor
 from ..eval.measure import measure_clips
@@ -239,6 +240,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+FEW_CLIPS = 256          # below this many clips a side, FVD is dominated by its finite-sample bias (docs/results.md)
+
+
 def _keep_previous(out_dir: Path) -> list[str]:
     """Rename an earlier run's report.json and contact_sheet.png to *.previous.* (replacing older ones) before this
     run writes its own, so that a new run stopped part-way never leaves a half report beside an old sheet and no
@@ -355,6 +359,9 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     save()
     if fvd:
         log("FVD (I3D)")
+        if num_clips < FEW_CLIPS:
+            log(WARNING + f"FVD from {num_clips} clips a side is mostly its finite-sample bias (compare it only with "
+                f"the real-vs-real floor at the same N); rank models at --num-clips {FEW_CLIPS} or more")
         report["fvd"] = _fvd_block(fake, real_a.videos, real_b.videos, i3d, dev, log)
     report["complete"] = True
     save()
