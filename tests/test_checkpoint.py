@@ -244,7 +244,7 @@ def test_killed_writer_leaves_only_a_hidden_temp_dir(trained, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate-model", "truncate-ema", "truncate-optim", "no-state", "bad-json",
-                                    "missing-ema", "overwrite-model", "overwrite-optim"])
+                                    "missing-ema", "overwrite-model", "overwrite-optim", "record-files"])
 def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, damage):
     """Also a file gone (a missing EMA would resume with a fresh one) or overwritten with finite values (which
     loads as other weights): the size and CRC-32 state.json records at the save tell."""
@@ -262,6 +262,9 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(trained, tmp_path, 
         mid = len(data) // 2
         data[mid:mid + 4096] = b"\x3f" * 4096                             # finite floats (about 0.75)
         p.write_bytes(bytes(data))
+    elif kind == "record":                                              # the size/CRC record itself damaged
+        st = json.loads((newest / "state.json").read_text())
+        (newest / "state.json").write_text(json.dumps(dict(st, files=["not", "a", "table"])))
     elif kind == "no":
         (newest / "state.json").unlink()
     else:

@@ -194,6 +194,15 @@ def test_sample_writes_each_batch_as_soon_as_it_is_made(assets, tmp_path, monkey
     assert said == ["c-seed0000.mp4", "c-seed0001.mp4", "c-seed0002.mp4"] == [p.name for p in rep.files]
 
 
+def test_files_under_dev_shm_are_files():
+    """/dev/shm is a file system of ordinary files (fast scratch in batch jobs): not refused as a device."""
+    import tempfile
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        check_writable([Path(d) / "clip.mp4"])
+
+
 def test_guidance_of_1_is_no_guidance_and_an_unconditional_model_is_told_apart(assets, tmp_path):
     """--guidance 1 (off) needs no condition; other scales need one, and an unconditional model says it has none."""
     none = _save(tmp_path / "uncond", load_recipe(REPO / "recipes" / "tiny.toml", ['model.cond="none"']))
@@ -379,6 +388,7 @@ def _bad_cases(assets, tmp: Path) -> dict:
                                             tmp / ("L" * 260 + ".mp4")], out),
         "out to standard output": (["sample", "--ckpt", run, "--out", "-"], out),
         "out to a device": (["sample", "--ckpt", run, "--out", "/dev/stdout"], out),
+        "out to a device by its folder": (["sample", "--ckpt", run, "--out", "/dev/x.mp4"], out),
         "out folder name past 255 bytes": (["sample", "--ckpt", run, "--out", tmp / ("F" * 300) / "a.mp4"], out),
         "a recipe for --ckpt": (["sample", "--ckpt", Path(__file__).parents[1] / "recipes" / "tiny.toml", "--out", out], out),
         "a recipe for --guide-model": (["sample", "--ckpt", run, "--guide-model", Path(__file__).parents[1] / "recipes" / "tiny.toml",

@@ -386,6 +386,12 @@ def test_an_earlier_report_in_the_folder_is_kept_not_overwritten_by_a_partial_on
                                                           "report.previous.json"]
     assert (tmp_path / "report.previous.json").read_text() == '{"complete": true}'
     assert _keep_previous(tmp_path) == []                                   # nothing new to keep
+    # A run stopped part-way leaves a partial report: the next run replaces it, and the finished one stays kept.
+    (tmp_path / "report.json").write_text('{"complete": false}')
+    (tmp_path / "contact_sheet.png").write_bytes(b"partial run's sheet")
+    assert _keep_previous(tmp_path) == []
+    assert (tmp_path / "report.previous.json").read_text() == '{"complete": true}'
+    assert (tmp_path / "contact_sheet.previous.png").read_bytes() == b"old sheet"
 
 
 def test_eval_sampling_holds_context_as_asked_and_draws_the_same_clips(monkeypatch):

@@ -475,8 +475,12 @@ def test_a_run_whose_checkpoints_are_all_unusable_is_not_restarted_over_them(ref
     train(rec, run, log=quiet(msgs))
     assert any("no checkpoint was saved before the run stopped: training starts again from step 0" in m for m in msgs)
     msgs.clear()
-    train(make_recipe(rec.data.path, f"train.init_from={json.dumps(str(ref))}", steps=7), run, log=quiet(msgs))
+    started = make_recipe(rec.data.path, f"train.init_from={json.dumps(str(ref))}", steps=7)
+    train(started, run, log=quiet(msgs))
     assert any("train.init_from is not used: the run resumes from its checkpoint of step 6" in m for m in msgs)
+    msgs.clear()                                       # resumed with the init_from it now holds: nothing to say
+    train(make_recipe(rec.data.path, f"train.init_from={json.dumps(str(ref))}", steps=8), run, log=quiet(msgs))
+    assert not any("train.init_from is not used" in m for m in msgs)
 
 
 # ------------------------------------------------------------------------------------------ a crash mid-checkpoint

@@ -25,6 +25,7 @@ its held-out split: combinations of colour, shape and direction never shown in t
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -244,9 +245,19 @@ FEW_CLIPS = 256          # below this many clips a side, FVD is dominated by its
 
 
 def _keep_previous(out_dir: Path) -> list[str]:
-    """Rename an earlier run's report.json and contact_sheet.png to *.previous.* (replacing older ones) before this
-    run writes its own, so that a new run stopped part-way never leaves a half report beside an old sheet and no
-    finished report is lost; returns the names kept."""
+    """Keep an earlier finished report.json and its contact_sheet.png as *.previous.*; returns the names kept.
+
+    Done before this run writes its own, so a run stopped part-way never leaves a half report beside an old
+    sheet, and no finished report is lost. An interrupted run's report ("complete": false) is not kept: this
+    run replaces it, and a kept finished report is never replaced by one.
+    """
+    try:
+        if json.loads((out_dir / "report.json").read_text()).get("complete") is False:
+            return []
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError):                # not an hpdm report: the user's, kept too
+        pass
     kept = []
     for name in ("report.json", "contact_sheet.png"):
         old = out_dir / name

@@ -216,7 +216,7 @@ def check_writable(paths: Iterable[str | os.PathLike]) -> None:
         p = Path(p)
         if any(len(os.fsencode(part)) > NAME_MAX for part in p.parts):   # before any stat (it would fail)
             raise GenerateError(f"cannot write {str(p)!r}: {unwritable(p)}")
-        if str(p) == "-" or str(p).startswith("/dev/"):
+        if str(p) == "-" or (p.exists() and not (p.is_file() or p.is_dir())) or p.absolute().parent == Path("/dev"):
             raise GenerateError(f"cannot write {str(p)!r}: videos are written to files (an atomic rename into "
                                 "place), not to a stream or device: give a file name, e.g. clip.mp4")
         if os.path.isdir(p):

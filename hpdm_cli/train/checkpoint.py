@@ -200,19 +200,27 @@ def _fingerprint(path: Path) -> dict:
 
 
 def check_files(ckpt_dir: Path, names=None) -> None:
-    """CheckpointError unless the weights files that the checkpoint's state.json records (all, or `names`) are
-    there with their recorded size and CRC-32; checkpoints written before the record pass."""
+    """CheckpointError unless the weights files state.json records (all, or `names`) match their size and CRC-32.
+
+    Checkpoints written before the record pass; an unreadable record is left to `load_checkpoint` to judge.
+    """
     try:
         files = json.loads((Path(ckpt_dir) / "state.json").read_text()).get("files")
     except (OSError, ValueError, AttributeError):
-        return                                        # no readable record: load_checkpoint judges state.json
+        return
+    if files is not None and not isinstance(files, dict):
+        raise CheckpointError(f"{ckpt_dir}: state.json's record of its files is damaged (not a table)")
     for name, want in (files or {}).items():
         if names is not None and name not in names:
             continue
         f = Path(ckpt_dir) / name
         if not f.is_file():
             raise CheckpointError(f"{ckpt_dir}: {name} is missing (its save recorded it)")
-        if _fingerprint(f) != want:
+        try:
+            got = _fingerprint(f)
+        except OSError as e:
+            raise CheckpointError(f"{ckpt_dir}: {name} is unreadable ({e.strerror or e})") from None
+        if got != want:
             raise CheckpointError(f"{ckpt_dir}: {name} changed since it was saved (size or CRC-32 differs: damaged "
                                   "on disk?)")
 

@@ -209,7 +209,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
                          "restore one, or move the run directory aside to start again")
     if ck is None and trained:
         warn(f"{run_dir}: no checkpoint was saved before the run stopped: training starts again from step 0")
-    if ck is not None and recipe.train.init_from:
+    if ck is not None and recipe.train.init_from and (prev is None or prev.train.init_from != recipe.train.init_from):
         warn(f"train.init_from is not used: the run resumes from its checkpoint of step {ck['state']['step']} "
              "(init_from only starts a fresh run)")
     if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
