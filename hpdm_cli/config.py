@@ -485,7 +485,7 @@ class Recipe:
               for i, v in enumerate(s.guidance if isinstance(s.guidance, (list, tuple)) else [s.guidance])),
             ("sample.batch_size", s.batch_size, ints(1)),
             ("sample.fps", s.fps, dict(nonneg, hi=MAX_FPS, note=" (0 = data.fps)")),
-            ("eval.num_clips", e.num_clips, ints(1)),
+            ("eval.num_clips", e.num_clips, dict(ints(1), hi=MAX_VIDEOS)),
             ("eval.frames", e.frames, ints(1)),
             ("eval.batch_size", e.batch_size, ints(1)),
         ):
