@@ -17,7 +17,8 @@ What it measures, all at the same number N of clips per side:
 
 The report (`report.json`) is rewritten after each part, with `"complete": false` until the last:
 an eval stopped by a job's time limit keeps the contact sheet and the parts it finished. An earlier
-run's report and sheet in the same folder are kept as report.previous.json and contact_sheet.previous.png.
+run's finished report and its sheet in the same folder are kept as report.previous.json and
+contact_sheet.previous.png.
 
 Real clips are rendered by the procedural generator (`hpdm_cli.data.shapes`), by default from
 its held-out split: combinations of colour, shape and direction never shown in training.

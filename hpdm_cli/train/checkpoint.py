@@ -208,6 +208,11 @@ def check_files(ckpt_dir: Path, names=None) -> None:
         files = json.loads((Path(ckpt_dir) / "state.json").read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         return
+    _check_record(ckpt_dir, files, names)
+
+
+def _check_record(ckpt_dir: Path, files, names=None) -> None:
+    """`check_files` against a record already read from state.json (None: written before the record)."""
     if files is not None and not isinstance(files, dict):
         raise CheckpointError(f"{ckpt_dir}: state.json's record of its files is damaged (not a table)")
     for name, want in (files or {}).items():
@@ -235,7 +240,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
-        state.pop("files", None)
+        files = state.pop("files", None)
         groups = state.pop("param_groups")
         step = int(state["step"])
         with safe_open(str(path / MODEL), framework="pt") as f:
@@ -251,7 +256,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     bad = _nonfinite_part(model, ema, opt)
     if bad is not None:
         raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {bad}; not a usable checkpoint")
-    check_files(path)                                   # damage that leaves finite values, or a file gone
+    _check_record(path, files)                          # damage that leaves finite values, or a file gone
     extra = {k[len("extra."):]: v for k, v in opt.items() if k.startswith("extra.")}
     optimizer = unflatten_optimizer({k: v for k, v in opt.items() if not k.startswith("extra.")}, groups)
     return {"model": model, "ema": ema, "optimizer": optimizer, "extra": extra, "state": state, "meta": meta}
