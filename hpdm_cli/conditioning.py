@@ -41,6 +41,7 @@ class Condition:
     label: Optional[int] = None                 # class id
     name: str = ""                              # class name or prompt
     embedding: Optional[torch.Tensor] = None    # text embedding [1, tokens, dim]
+    unread: str = ""                            # the prompt's end past the text encoder's token limit (not read)
 
     def batch(self, n: int, device=None) -> Optional[torch.Tensor]:
         """The condition of `n` samples ([n] ids or [n, tokens, dim] embeddings), or None."""
@@ -57,6 +58,13 @@ class Condition:
         if self.kind == "text":
             return f"prompt {self.name!r}"
         return "unconditional"
+
+    def cut_note(self) -> str:
+        """A warning that the text encoder cut the prompt, naming the unread end ("" if it read all of it)."""
+        if not self.unread:
+            return ""
+        return (f"the prompt is longer than the model's text encoder reads: {self.unread!r} is cut off and has "
+                "no effect; shorten the prompt")
 
 
 def _norm_name(text: str) -> str:
@@ -103,7 +111,7 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
             encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
         check_output_size(encoder, m.text_tokens, m.text_dim)
         emb = encoder.encode([str(prompt)]).float().cpu()
-        return Condition(kind="text", name=str(prompt), embedding=emb)
+        return Condition(kind="text", name=str(prompt), embedding=emb, unread=encoder.unread(str(prompt)))
     # Class-conditional model.
     names = [str(n) for n in class_names]
     src = recipe.data.path

@@ -302,6 +302,17 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     assert code == 0 and "never shows" not in err, err
 
 
+def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_path, capsys):
+    from conftest import run_cli
+    long = "a red circle moving right on a black background while the camera slowly zooms out"
+    code, out, err = run_cli(capsys, "sample", "--prompt", long, "--levels", "0", "--steps", "1",
+                             "--out", str(tmp_path / "c.mp4"), "--no-progress")
+    assert code == 0 and "'the camera slowly zooms out' is cut off" in " ".join(err.split()), err
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a red circle moving right on a black background",
+                             "--levels", "0", "--steps", "1", "--out", str(tmp_path / "d.mp4"), "--no-progress")
+    assert code == 0 and "cut off" not in err, err
+
+
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path, stopped_sampling):
     """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
     tiling stored with its weights, shift-fhw (what its FVD was measured with); `--ckpt packaged` is the same, while

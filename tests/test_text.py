@@ -306,6 +306,17 @@ def test_t5_encoder(t5_dir):
     assert load_text_encoder(f"t5:{t5_dir}").tokens == 77  # default length
 
 
+def test_t5_unread_names_exactly_the_part_truncation_drops(t5_dir):
+    enc = load_text_encoder(f"t5:{t5_dir}", tokens=6)
+    short, long = "a red square", "a red square moving to the right right right"
+    assert enc.unread(short) == ""
+    cut = enc.unread(long)
+    assert cut and long.endswith(cut) and len(cut) < len(long)
+    kept = long[: len(long) - len(cut)].strip()
+    assert enc.unread(kept) == ""                      # what is left fits...
+    torch.testing.assert_close(enc.encode([kept]), enc.encode([long]), rtol=0, atol=1e-6)   # ...and is all it read
+
+
 def test_t5_loading_errors(tmp_path):
     with pytest.raises(TextEncoderError, match="does not exist"):
         T5Encoder(tmp_path / "nope")
@@ -327,6 +338,24 @@ def test_minilm_tokens_truncates_long_captions_to_tokens():
     from hpdm_cli.text import load_text_encoder
     enc = load_text_encoder("minilm-tokens", tokens=4)
     assert enc.encode(["a red square moving left on a black background"]).shape == (1, 4, 384)
+
+
+@pytest.mark.parametrize("spec, tokens", [("minilm-tokens", 8), ("minilm-tokens", 12), ("minilm", 1)])
+def test_minilm_unread_names_exactly_the_part_truncation_drops(spec, tokens):
+    """`unread` is the prompt's end that encoding cuts: the rest alone encodes to the same embedding."""
+    from hpdm_cli.text import load_text_encoder
+    enc = load_text_encoder(spec, tokens=tokens)
+    assert enc.unread("a red circle moving right") == ""
+    tail = " and then on and on" * 60 if spec == "minilm" else ""
+    long = "a small bright red circle slowly moving to the right across a striped background" + tail
+    cut = enc.unread(long)
+    assert cut and long.endswith(cut) and len(cut) < len(long)
+    kept = long[: len(long) - len(cut)].strip()
+    assert enc.unread(kept) == ""
+    torch.testing.assert_close(enc.encode([kept]), enc.encode([long]), rtol=0, atol=1e-5)
+    # The limit is exact: the kept part plus the cut part's first word piece is one piece too many.
+    first = enc.tokenizer.encode(cut).tokens[1]
+    assert not first.startswith("##") and enc.unread(kept + " " + first) == first
 
 
 def test_model_fingerprint_covers_file_names_and_contents(tmp_path):

@@ -124,6 +124,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
+    if cond.unread and warn is not None:
+        warn(cond.cut_note())
     if packaged and prompt and warn is not None:
         from ..data.shapes import unseen_pairing
         note = unseen_pairing(prompt)

@@ -129,6 +129,10 @@ class TextEncoder:
         """Alias of :meth:`encode`."""
         return self.encode(texts)
 
+    def unread(self, text: str) -> str:
+        """The end of `text` that encoding cuts off (past the encoder's token limit); "" when all of it is read."""
+        return ""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, tokens={self.tokens}, dim={self.dim}, device={self.device})"
 
@@ -213,6 +217,14 @@ class MiniLMEncoder(TextEncoder):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).unsqueeze(1)
 
+    def unread(self, text: str) -> str:
+        """The end of `text` past the word pieces encoding keeps ([CLS] and [SEP] count among them)."""
+        enc = self.tokenizer.encode(str(text))            # untruncated: truncation is only on inside `tokenize`
+        keep = (self.tokens if self.sequence else self.max_length) - 1   # [CLS] + keep - 1 pieces + [SEP]
+        if len(enc.ids) <= keep + 1:
+            return ""
+        return str(text)[enc.offsets[keep][0]:].strip()
+
 
 # --------------------------------------------------------------------------- T5
 
@@ -289,6 +301,17 @@ class T5Encoder(TextEncoder):
         mask = batch["attention_mask"].to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    def unread(self, text: str) -> str:
+        """The end of `text` past the ``tokens`` positions encoding keeps (the closing EOS among them)."""
+        text = str(text)
+        try:
+            enc = self.tokenizer(text, truncation=False, return_offsets_mapping=True)
+        except NotImplementedError:                       # a slow (Python) tokenizer has no offsets
+            ids = self.tokenizer(text, truncation=False)["input_ids"]
+            return f"({len(ids) - self.tokens} tokens)" if len(ids) > self.tokens else ""
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        return text[offsets[self.tokens - 1][0]:].strip() if len(ids) > self.tokens else ""
 
 
 # --------------------------------------------------------------------------- factory
