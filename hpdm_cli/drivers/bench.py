@@ -279,10 +279,11 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     The timed steps run as training runs them, one after the other with no wait in between; the
     device is synchronised only at the two ends of the window, so the host's launch time of a step
     overlaps the previous step's kernels instead of being counted as idle device time. The update
-    (clipping, the optimiser step, the EMA) is timed apart between two device events per step, which
+    (clipping, the optimiser step, the EMA, skippable on the device as training applies them:
+    `apply_update`) is timed apart between two device events per step, which
     record without a host sync: `update_s` is its mean, `update_%` its share of the step.
     """
-    from ..train.step import build_model, compile_model, forward_backward, set_precision
+    from ..train.step import apply_update, build_model, compile_model, forward_backward, set_precision
     from ..train.optim import clip_gradients, make_ema, make_optimizer, param_groups
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
@@ -308,17 +309,15 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
                           conditional=cond is not None, generator=g, device=device,
                           noise_on_device=rec.train.noise_on == "device")
-        forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
+        out = forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
         timed = i >= warmup
         if timed:
             marks.append([_mark(device)])
-        clip_gradients(params, rec.train)                                 # as a training step: clip, update, EMA
-        opt.step()
-        if ema is not None:
-            ema.update(net)
+        grad_norm = clip_gradients(params, rec.train)                     # as a training step: clip, update, EMA,
+        bad = (~torch.isfinite(out.loss) | ~torch.isfinite(grad_norm)).float()   # skipped on the device if non-finite
+        apply_update(opt, ema, net, bad)
         if timed:
             marks[-1].append(_mark(device))
-        opt.zero_grad(set_to_none=True)
     _sync(device)
     sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back
     update = sum(_elapsed(a, b) for a, b in marks) / steps

@@ -67,7 +67,7 @@ from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_g
 from .signals import StopFlag
 from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
 from .stats import StatsWriter
-from .step import build_model, compile_model, forward_backward, set_precision, step_generator
+from .step import apply_update, build_model, compile_model, forward_backward, set_precision, step_generator
 
 
 @dataclass
@@ -670,12 +670,7 @@ class _Steps:
 
     def _update(self, bad: torch.Tensor) -> None:
         """Apply the step (optimiser, then EMA), or skip it on the device where `bad` (any rank's non-finite loss or gradient) is 1."""
-        st = self.state
-        st.opt.found_inf = bad                      # Lamb and fused AdamW skip on the device, bit for bit
-        st.opt.step()
-        if st.ema is not None:
-            st.ema.update(st.net, keep=1.0 - bad)
-        st.opt.zero_grad(set_to_none=True)
+        apply_update(self.state.opt, self.state.ema, self.state.net, bad)
 
     def _log(self, mean_loss: float, lr: float, grad_norm: torch.Tensor, per_level: list, live: bool) -> None:
         """Write a stats.jsonl row (losses per level, throughput, memory) and a progress line."""

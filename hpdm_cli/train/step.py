@@ -69,6 +69,15 @@ def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets:
     return out
 
 
+def apply_update(opt, ema, net, bad: torch.Tensor) -> None:
+    """The optimiser step, then the EMA update, both skipped on the device where `bad` (0-dim float) is 1; grads cleared."""
+    opt.found_inf = bad                         # Lamb and fused AdamW skip on the device, bit for bit
+    opt.step()
+    if ema is not None:
+        ema.update(net, keep=1.0 - bad)
+    opt.zero_grad(set_to_none=True)
+
+
 def compile_model(model, setting):
     """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode."""
     if setting is False:
