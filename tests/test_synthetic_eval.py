@@ -362,6 +362,22 @@ def test_eval_bad_inputs_are_one_line_errors(tmp_path, capsys, args, message):
     assert (tmp_path / "a-file").read_text() == "keep" and not (tmp_path / "report").exists()
 
 
+def test_eval_prints_its_progress_on_stderr_and_only_the_summary_on_stdout(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+    import hpdm_cli.drivers.evaluate as ev
+    from hpdm_cli.errors import WARNING
+
+    def fake(ckpt, out, log, **kw):
+        log("sampling 2 clips")
+        log(WARNING + "few clips")
+        return {"checkpoint": str(ckpt), "step": 1, "num_clips": 2, "split": "heldout", "contact_sheet": "s.png"}
+    monkeypatch.setattr(ev, "evaluate", fake)
+    monkeypatch.setattr(ev, "summary_rows", lambda rep: [("colour", "100%")])
+    code, out, err = run_cli(capsys, "eval", "--ckpt", "packaged", "--out", str(tmp_path / "r"), "--no-fvd")
+    assert code == 0 and "sampling 2 clips" in err and "warning: few clips" in err, err
+    assert "sampling" not in out and "few clips" not in out and "colour" in out and "report:" in out, out
+
+
 @pytest.mark.parametrize("classes,names,message", [
     (3, None, "this model has 3 classes, the shapes data 16"),
     (16, [f"action {i}" for i in range(16)], "whose classes (action 0, action 1, action 2, ...) are not the shapes"),

@@ -1,4 +1,6 @@
-"""`hpdm eval`: parse the options, run `hpdm_cli.drivers.evaluate.evaluate`, print the summary table."""
+"""`hpdm eval`: parse the options, run `hpdm_cli.drivers.evaluate.evaluate`, print the summary table.
+
+Its progress lines and warnings go to stderr, the summary table to stdout."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from typing import Optional
 
 import typer
 
+from .console import err, log_line, warn_emulated_bf16
 from .console import out as console
-from .console import log_line, warn_emulated_bf16
 from .help_texts import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
                          GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, STEPS_HELP)
 
@@ -47,7 +49,7 @@ def evaluate(
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
                    i3d_weights=i3d_weights, context_gib=context_gib, guidance_interval=guidance_interval,
                    guide_model=guide_model,
-                   log=log_line)
+                   log=lambda m: log_line(m, err))          # progress on stderr: stdout is the summary alone
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")
     table.add_column("measure")
