@@ -27,7 +27,7 @@ from .config import Recipe
 from .device import resolve_device
 from .train.checkpoint import (CheckpointError, architecture_of, check_files, first_nonfinite, list_checkpoints,
                                read_weights_file, write_weights_file)
-from .train.run_dir import CHECKPOINTS, CKPT_RE, EMA, MODEL, RECIPE, is_checkpoint_dir
+from .train.run_dir import CHECKPOINTS, CKPT_RE, CLASS_NAMES, EMA, MODEL, RECIPE, is_checkpoint_dir
 
 __all__ = ["GeneratorInfo", "edited_sampling", "find_class_names", "load_generator", "resolve_sampling_weights",
            "load_sampling_weights", "export_weights"]
@@ -150,7 +150,7 @@ class GeneratorInfo:
     step: int                                       # training step of the weights
     run_dir: Optional[Path]                         # the run directory, when the weights sit in one
     class_names: list = field(default_factory=list)  # names of class ids (empty: ids only)
-    class_names_source: Optional[Path] = None       # the dataset.json they came from
+    class_names_source: Optional[Path] = None       # the file they came from (the run's, or a dataset.json)
     device: torch.device = torch.device("cpu")
 
     @property
@@ -195,16 +195,18 @@ def edited_sampling(run_dir: Path, recipe: Recipe, step: int) -> Optional[str]:
     return None
 
 
-def find_class_names(recipe: Recipe, search: Iterable[Path] = ()) -> tuple[list, Optional[Path]]:
-    """Class names from the dataset.json at the recipe's data.path, or ([], None) when none is found.
+def find_class_names(recipe: Recipe, search: Iterable[Path] = (), run_dir: Optional[Path] = None
+                     ) -> tuple[list, Optional[Path]]:
+    """Class names from the run's class_names.json (training records them), else from the dataset.json at the
+    recipe's data.path; ([], None) when neither is found.
 
     A relative data.path is tried from the working directory, then from each directory in `search`.
     """
     import json
     p = Path(recipe.data.path)
     candidates = [p] if p.is_absolute() else [p] + [Path(d) / p for d in search]
-    for d in candidates:
-        top = d / "dataset.json"
+    files = ([Path(run_dir) / CLASS_NAMES] if run_dir is not None else []) + [d / "dataset.json" for d in candidates]
+    for top in files:
         try:
             info = json.loads(top.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -244,5 +246,5 @@ def load_generator(ckpt: str | os.PathLike, device: str | torch.device = "auto",
     if edited:
         warn(edited)
     if recipe.model.cond == "class":
-        info.class_names, info.class_names_source = find_class_names(recipe, info.search_dirs)
+        info.class_names, info.class_names_source = find_class_names(recipe, info.search_dirs, info.run_dir)
     return net, recipe, info

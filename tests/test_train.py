@@ -1125,3 +1125,22 @@ def test_ranks_draw_their_own_offsets_sigmas_and_noise():
     a, b = (torch.rand(8, generator=loop.step_generator(0, rank, 5)) for rank in (0, 1))
     assert not torch.equal(a, b)
     assert torch.equal(a, torch.rand(8, generator=loop.step_generator(0, 0, 5)))
+
+
+def test_a_class_run_records_its_class_names_so_sampling_names_classes_without_the_dataset(shapes_data, tmp_path):
+    """RUN_DIR/class_names.json: `--class "square moving down"` works once the dataset has moved or gone."""
+    import shutil
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.conditioning import resolve_condition
+    from hpdm_cli.data.shapes import SHAPES_CLASSES
+    from hpdm_cli.train.run_dir import foreign_entries
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    train(make_recipe(data, 'model.cond="class"', "model.num_classes=16", steps=1), tmp_path / "run", log=quiet())
+    assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == {"class_names": list(SHAPES_CLASSES)}
+    assert foreign_entries(tmp_path / "run") == []                       # the run's own file: it may resume there
+    shutil.rmtree(data)
+    _, rec, info = load_generator(tmp_path / "run", "cpu")
+    assert info.class_names == list(SHAPES_CLASSES) and info.class_names_source.name == "class_names.json"
+    assert resolve_condition(rec, class_="square moving down", class_names=info.class_names).label == \
+        SHAPES_CLASSES.index("square moving down")

@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import find_class_names, load_generator
+from ..checkpoint import load_generator
 from ..config import MAX_VIDEOS, TILE_BATCH
 from ..conditioning import GenerateError
 from ..data.shapes import SHAPES_CLASSES, render_shapes_video
@@ -51,6 +51,7 @@ from ..io.contact_sheet import contact_sheet, stack_sheets, write_png
 from ..text.tables import embed_prompts
 from ..pixels import unit_from_uint8
 from ..sampling.hierarchical import level_steps
+from ..train.run_dir import CLASS_NAMES
 from .generation import sample_videos, to_uint8
 from .options import check_options, parse_guidance, parse_steps, with_sample_options
 
@@ -79,7 +80,7 @@ def render_real(n: int, start: int, resolution: Sequence[int], split: str, seed:
     return out
 
 
-def check_shapes_classes(recipe, search: Sequence[Path]) -> None:
+def check_shapes_classes(recipe, info) -> None:
     """Refuse (GenerateError) a class-conditional model whose labels are not the shapes data's classes."""
     if recipe.model.cond != "class":
         return
@@ -88,9 +89,10 @@ def check_shapes_classes(recipe, search: Sequence[Path]) -> None:
     if n < len(SHAPES_CLASSES):
         raise GenerateError(f"this model has {n} classes, the shapes data {len(SHAPES_CLASSES)} (shape x "
                             f"direction): {other}")
-    names, where = find_class_names(recipe, search)
+    names, where = info.class_names, info.class_names_source      # the run's record, else its dataset's
     if names and names != SHAPES_CLASSES[:len(names)]:
-        raise GenerateError(f"this model was trained on {str(where.parent)!r}, whose classes "
+        data = recipe.data.path if where.name == CLASS_NAMES else str(where.parent)
+        raise GenerateError(f"this model was trained on {data!r}, whose classes "
                             f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are not the shapes "
                             f"data's: {other}")
 
@@ -319,7 +321,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     if recipe.model.cond == "none":
         raise GenerateError("hpdm eval needs a conditional model (model.cond = \"text\" or \"class\")")
-    check_shapes_classes(recipe, info.search_dirs)
+    check_shapes_classes(recipe, info)
     R = tuple(recipe.pyramid.resolution)
     i3d = _fvd_detector(R, i3d_weights) if fvd else None
     out_dir.mkdir(parents=True, exist_ok=True)

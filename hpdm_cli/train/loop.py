@@ -53,7 +53,7 @@ from ..diffusion.edm import draw_noise
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..io.lock import hold_lock
 from ..pyramid import sample_nested_offsets
 from . import TrainError
@@ -65,7 +65,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint, init_from_weights
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
 from .signals import StopFlag
-from .run_dir import CHECKPOINTS, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
+from .run_dir import CHECKPOINTS, CLASS_NAMES, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
 from .stats import StatsWriter
 from .step import apply_update, build_model, compile_model, forward_backward, set_precision, step_generator
 
@@ -505,6 +505,8 @@ def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: D
         n_cls = len(batches.class_names)
         if n_cls and n_cls > m.num_classes:
             raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {m.num_classes}")
+        if n_cls and dist.is_main:             # sampling names classes without the dataset (hpdm_cli.checkpoint)
+            atomic_write_json(run_dir / CLASS_NAMES, {"class_names": [str(n) for n in batches.class_names]})
     return None
 
 

@@ -5,6 +5,7 @@
     RUN_DIR/env.json, RUN_DIR/train.log       the software and hardware it ran on (`ENV`), its log lines (`LOG`)
     RUN_DIR/cache/                            caption embeddings computed for it (`CACHE`)
     RUN_DIR/prompt_embeddings.safetensors     its captions' stored embeddings (`RUN_TABLE`, hpdm_cli.text.tables)
+    RUN_DIR/class_names.json                  a class model's class names, as its data named them (`CLASS_NAMES`)
     RUN_DIR/tensorboard/                      TensorBoard's event files, where it is installed (`TENSORBOARD`)
     RUN_DIR/checkpoints/ckpt-00001000/        one checkpoint per saved step (`CHECKPOINTS`, `checkpoint_name`)
         model.safetensors, ema.safetensors    training and EMA weights (`MODEL`, `EMA`), optim.safetensors (`OPTIM`),
@@ -20,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "OPTIM", "CKPT_RE", "checkpoint_name",
+__all__ = ["RECIPE", "STATS", "ENV", "LOG", "CACHE", "RUN_TABLE", "CLASS_NAMES", "TENSORBOARD", "CHECKPOINTS", "MODEL", "EMA", "OPTIM", "CKPT_RE", "checkpoint_name",
            "is_run_dir", "is_trained_run", "holds_training", "is_checkpoint_dir", "foreign_entries"]
 
 RECIPE = "recipe.toml"
@@ -29,6 +30,7 @@ ENV = "env.json"
 LOG = "train.log"
 CACHE = "cache"
 RUN_TABLE = "prompt_embeddings.safetensors"
+CLASS_NAMES = "class_names.json"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
@@ -75,6 +77,6 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
 
 def foreign_entries(path: str | os.PathLike) -> list[str]:
     """Entries of folder `path` that a run does not write (sorted; hidden names, e.g. the lock, count as its own)."""
-    own = {RECIPE, STATS, ENV, LOG, CACHE, RUN_TABLE, TENSORBOARD, CHECKPOINTS}
+    own = {RECIPE, STATS, ENV, LOG, CACHE, RUN_TABLE, CLASS_NAMES, TENSORBOARD, CHECKPOINTS}
     p = Path(path)
     return sorted(n for n in os.listdir(p) if n not in own and not n.startswith(".")) if p.is_dir() else []
