@@ -111,7 +111,8 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
             encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
         check_output_size(encoder, m.text_tokens, m.text_dim)
         emb = encoder.encode([str(prompt)]).float().cpu()
-        return Condition(kind="text", name=str(prompt), embedding=emb, unread=encoder.unread(str(prompt)))
+        unread = getattr(encoder, "unread", None)           # TextEncoder's; a duck-typed encoder may lack it
+        return Condition(kind="text", name=str(prompt), embedding=emb, unread=unread(str(prompt)) if unread else "")
     # Class-conditional model.
     names = [str(n) for n in class_names]
     src = recipe.data.path
