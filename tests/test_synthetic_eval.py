@@ -299,7 +299,21 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     assert code == 0 and "never shows a green object on a brown background" in err, err
     code, out, err = run_cli(capsys, "sample", "--prompt", "a green diamond moving up on a blue background",
                              "--levels", "0", "--steps", "1", "--out", str(tmp_path / "d.mp4"), "--no-progress")
-    assert code == 0 and "never shows" not in err, err
+    assert code == 0 and "never shows" not in err and "knows only" not in err, err
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a purple hexagon moving up",
+                             "--levels", "0", "--steps", "1", "--out", str(tmp_path / "e.mp4"), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and "knows only the shapes data's words" in err and "'hexagon' is not among them" in err, err
+    assert "with no colour or shape it knows named" in err, err
+
+
+def test_unknown_words_names_what_the_shapes_captions_never_say():
+    from hpdm_cli.data.shapes import shapes_prompts, unknown_words
+    assert all(unknown_words(p) is None for p in shapes_prompts()[::7])        # every caption word is known
+    assert unknown_words("A Red Circle, moving RIGHT.") is None
+    note = unknown_words("a dog running on the beach")
+    assert "'dog', 'running', 'the', 'beach' are not among them" in note and "no colour or shape or direction" in note
+    assert "no direction it knows" in unknown_words("a red circle") and "not among" not in unknown_words("a red circle")
 
 
 def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_path, capsys):

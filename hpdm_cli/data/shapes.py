@@ -273,6 +273,27 @@ def unseen_pairing(prompt: str) -> str | None:
             f"so the model will likely draw no object; {colour} objects appear on {', '.join(allowed)}")
 
 
+def unknown_words(prompt: str) -> str | None:
+    """What in `prompt` a shapes model never read in a caption (words, or no colour/shape/direction at all), else None."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    known = {w for c in shapes_prompts(short=False) for w in c.split()}
+    new = list(dict.fromkeys(w for w in words if w not in known))
+    missing = [what for what, names in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS))
+               if not any(w in names for w in words)]
+    if not new and not missing:
+        return None
+    said = []
+    if new:
+        listed = ", ".join(repr(w) for w in new[:6]) + (" ..." if len(new) > 6 else "")
+        said.append(f"{listed} {'is' if len(new) == 1 else 'are'} not among them")
+    if missing:
+        said.append(f"with no {' or '.join(missing)} it knows named, it picks {'that' if len(missing) == 1 else 'those'}"
+                    " itself")
+    example = shapes_caption("red", "circle", "right", "gray")
+    return (f"the model knows only the shapes data's words ({example!r}; colours {', '.join(COLOURS)}; shapes "
+            f"{', '.join(SHAPES)}; moving {', '.join(DIRECTIONS)}): {'; '.join(said)}")
+
+
 def shapes_prompts(*, short: bool = True) -> list[str]:
     """Every caption the shapes generator can produce (and, with `short`, each without its background).
 

@@ -126,11 +126,11 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
     if cond.unread and warn is not None:
         warn(cond.cut_note())
-    if packaged and prompt and warn is not None:
-        from ..data.shapes import unseen_pairing
-        note = unseen_pairing(prompt)
-        if note:
-            warn(note)
+    if packaged and prompt and warn is not None:           # what the packaged model cannot draw
+        from ..data.shapes import unknown_words, unseen_pairing
+        for note in (unknown_words(prompt), unseen_pairing(prompt)):
+            if note:
+                warn(note)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]
