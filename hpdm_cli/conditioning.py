@@ -59,12 +59,20 @@ class Condition:
             return f"prompt {self.name!r}"
         return "unconditional"
 
+    def read(self) -> str:
+        """The part of the prompt the text encoder read (all of it unless it was cut)."""
+        full = self.name.rstrip()
+        return full[: len(full) - len(self.unread)] if self.unread and full.endswith(self.unread) else self.name
+
     def cut_note(self) -> str:
         """A warning that the text encoder cut the prompt, naming the unread end ("" if it read all of it)."""
         if not self.unread:
             return ""
-        return (f"the prompt is longer than the model's text encoder reads: {self.unread!r} is cut off and has "
-                "no effect; shorten the prompt")
+        read = self.read()
+        mid_word = read != self.name and read[-1:].isalnum() and self.unread[:1].isalnum()   # a word cut in two
+        cut = ("..." if mid_word else "") + self.unread
+        return f"the prompt is longer than the model's text encoder reads: {cut!r} is cut off and has no effect; " \
+               "shorten the prompt"
 
 
 def _norm_name(text: str) -> str:
@@ -184,8 +192,10 @@ def precomputed_condition(recipe: Recipe, info: GeneratorInfo, prompt: Optional[
         for d in _table_dirs(recipe, info):
             lookup.add(d)
         emb, _ = lookup.lookup(str(prompt))
-        if emb is not None:
-            return Condition(kind="text", name=str(prompt), embedding=emb)
+        if emb is not None:                   # stored as the encoder made it: cut where the encoder cuts
+            from .text.encoders import prompt_unread
+            return Condition(kind="text", name=str(prompt), embedding=emb,
+                             unread=prompt_unread(m.text_encoder, m.text_tokens, str(prompt)))
         try:
             encoder = load_encoder(m.text_encoder, device=device, tokens=m.text_tokens)
         except TextEncoderError as e:

@@ -276,8 +276,12 @@ def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatc
     import torch
     from hpdm_cli.drivers.bench import bench_training
     from hpdm_cli.train.optim import EMA
-    seen = {"opt": [], "ema": 0, "clip": []}
-    monkeypatch.setattr(EMA, "update", lambda self, net, keep=None: seen.__setitem__("ema", seen["ema"] + 1))
+    seen = {"opt": [], "ema": 0, "clip": [], "keep": []}
+
+    def ema_update(self, net, keep=None):                 # skippable on the device, as the training loop applies it
+        seen["ema"] += 1
+        seen["keep"].append(keep)
+    monkeypatch.setattr(EMA, "update", ema_update)
     clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, c, **k: seen["clip"].append(c) or clip(p, c, **k))
     rec = load_recipe(ROOT / "recipes" / "tiny.toml", [f'train.optimizer="{optimizer}"', "train.grad_clip=0.5",
@@ -292,6 +296,8 @@ def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatc
     bench_training(rec, steps=2, warmup=1, batch=2, precisions=["fp32"])
     assert [type(o).__name__ for o in seen["opt"]] == [kind] and seen["opt"][0].param_groups[0]["lr"] == rec.train.lr
     assert seen["ema"] == 3 and seen["clip"] == [0.5] * 3                      # one warm-up and two timed steps
+    assert all(isinstance(k, torch.Tensor) and k.item() == 1.0 for k in seen["keep"])
+    assert isinstance(seen["opt"][0].found_inf, torch.Tensor) and seen["opt"][0].found_inf.item() == 0.0
 
 
 def test_bench_training_times_the_update_apart(monkeypatch):

@@ -321,7 +321,14 @@ def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_pa
     long = "a red circle moving right on a black background while the camera slowly zooms out"
     code, out, err = run_cli(capsys, "sample", "--prompt", long, "--levels", "0", "--steps", "1",
                              "--out", str(tmp_path / "c.mp4"), "--no-progress")
-    assert code == 0 and "'the camera slowly zooms out' is cut off" in " ".join(err.split()), err
+    err = " ".join(err.split())
+    assert code == 0 and "'the camera slowly zooms out' is cut off" in err, err
+    assert "'while' is not among" in err and "camera" not in err.split("cut off")[1], err   # cut words: not read
+    # A colour named only past the cut is not read: the model picks one.
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a square moving up on a gray background that is coloured "
+                             "red", "--levels", "0", "--steps", "1", "--out", str(tmp_path / "e.mp4"), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and "red' is cut off" in err and "with no colour it knows named" in err, err
     code, out, err = run_cli(capsys, "sample", "--prompt", "a red circle moving right on a black background",
                              "--levels", "0", "--steps", "1", "--out", str(tmp_path / "d.mp4"), "--no-progress")
     assert code == 0 and "cut off" not in err, err

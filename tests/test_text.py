@@ -314,7 +314,10 @@ def test_t5_unread_names_exactly_the_part_truncation_drops(t5_dir):
     assert cut and long.endswith(cut) and len(cut) < len(long)
     kept = long[: len(long) - len(cut)].strip()
     assert enc.unread(kept) == ""                      # what is left fits...
+    assert len(enc.tokenizer(kept)["input_ids"]) == 6  # ...exactly: no piece read is reported as cut
     torch.testing.assert_close(enc.encode([kept]), enc.encode([long]), rtol=0, atol=1e-6)   # ...and is all it read
+    from hpdm_cli.text.encoders import prompt_unread
+    assert prompt_unread(f"t5:{t5_dir}", 6, long) == cut and prompt_unread(f"t5:{t5_dir}", 6, short) == ""
 
 
 def test_t5_loading_errors(tmp_path):
@@ -352,7 +355,10 @@ def test_minilm_unread_names_exactly_the_part_truncation_drops(spec, tokens):
     assert cut and long.endswith(cut) and len(cut) < len(long)
     kept = long[: len(long) - len(cut)].strip()
     assert enc.unread(kept) == ""
+    assert len(enc.tokenizer.encode(kept).ids) == (tokens if spec == "minilm-tokens" else 256)   # exactly the limit
     torch.testing.assert_close(enc.encode([kept]), enc.encode([long]), rtol=0, atol=1e-5)
+    from hpdm_cli.text.encoders import prompt_unread                  # the tokenizer alone (table lookups)
+    assert prompt_unread(spec, tokens, long) == cut and prompt_unread(spec, tokens, kept) == ""
     # The limit is exact: the kept part plus the cut part's first word piece is one piece too many.
     first = enc.tokenizer.encode(cut).tokens[1]
     assert not first.startswith("##") and enc.unread(kept + " " + first) == first

@@ -419,6 +419,21 @@ def test_sampling_finds_prompts_in_tables_without_the_encoder(text_run, shapes16
         condition(run, monkeypatch, cond="class", prompt="square moving left", prompt_table=shapes16)
 
 
+def test_a_prompt_found_in_a_table_is_said_cut_where_its_encoder_cut_it(text_run, minilm, tmp_path, monkeypatch):
+    """A table's embedding was made by the encoder, cut at its token limit: the cut is named from the tokenizer
+    alone (the encoder itself is not loaded)."""
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.conditioning import precomputed_condition
+    long = "a red circle moving right " + "and on " * 200 + "while the camera zooms out"
+    T.write_table(tmp_path / "long.safetensors", [long], minilm.encode([long]), encoder=minilm.name)
+    _, recipe, info = load_generator(text_run["run"], "cpu")
+    monkeypatch.setattr(encoders, "load_text_encoder", lambda *a, **k: pytest.fail("the encoder was loaded"))
+    cond = precomputed_condition(recipe, info, long, prompt_table=tmp_path / "long.safetensors")
+    assert cond.unread == minilm.unread(long) and cond.unread.endswith("while the camera zooms out")
+    assert cond.read().startswith("a red circle moving right") and "zooms" not in cond.read()
+    assert "zooms out' is cut off" in cond.cut_note()
+
+
 def test_eval_fvd_takes_a_text_models_captions_from_the_dataset_without_the_encoder(text_run, shapes16, monkeypatch):
     """`hpdm eval-fvd` of a text model reads its captions' embeddings from the tables stored with the dataset,
     as training and sampling do (it loaded the encoder)."""

@@ -128,7 +128,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         warn(cond.cut_note())
     if packaged and prompt and warn is not None:           # what the packaged model cannot draw
         from ..data.shapes import unknown_words, unseen_pairing
-        for note in (unknown_words(prompt), unseen_pairing(prompt)):
+        for note in (unknown_words(cond.read()), unseen_pairing(cond.read())):      # words cut off are not read
             if note:
                 warn(note)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)

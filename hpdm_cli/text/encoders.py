@@ -44,6 +44,7 @@ __all__ = [
     "T5Encoder",
     "load_text_encoder",
     "check_output_size",
+    "prompt_unread",
     "minilm_model_dir",
     "spec_family",
     "encode_texts",
@@ -181,10 +182,7 @@ class MiniLMEncoder(TextEncoder):
         self.model_dir = path
         self.device = resolve_device(device, option="text encoder device")
         self.batch_size = int(batch_size)
-        self.max_length = 256
-        cfg = path / "sentence_bert_config.json"
-        if cfg.is_file():
-            self.max_length = int(json.loads(cfg.read_text()).get("max_seq_length", 256))
+        self.max_length = _minilm_max_length(path)
         try:
             self.tokenizer = bert_tokenizer(path)
             self.model = BertForward(path)
@@ -219,11 +217,19 @@ class MiniLMEncoder(TextEncoder):
 
     def unread(self, text: str) -> str:
         """The end of `text` past the word pieces encoding keeps ([CLS] and [SEP] count among them)."""
-        enc = self.tokenizer.encode(str(text))            # untruncated: truncation is only on inside `tokenize`
-        keep = (self.tokens if self.sequence else self.max_length) - 1   # [CLS] + keep - 1 pieces + [SEP]
-        if len(enc.ids) <= keep + 1:
-            return ""
-        return str(text)[enc.offsets[keep][0]:].strip()
+        return bert_unread(self.tokenizer, text, self.tokens if self.sequence else self.max_length)
+
+
+def bert_unread(tok, text: str, limit: int) -> str:
+    """The end of `text` that `bert.tokenize` at max_length `limit` cuts off: [CLS], limit - 2 pieces, [SEP] are read."""
+    enc = tok.encode(str(text))                            # untruncated: truncation is only on inside `tokenize`
+    return str(text)[enc.offsets[limit - 1][0]:].strip() if len(enc.ids) > limit else ""
+
+
+def _minilm_max_length(path: Path) -> int:
+    """The pooled MiniLM's token limit, as its sentence-transformers config stores it (256 without one)."""
+    cfg = path / "sentence_bert_config.json"
+    return int(json.loads(cfg.read_text()).get("max_seq_length", 256)) if cfg.is_file() else 256
 
 
 # --------------------------------------------------------------------------- T5
@@ -304,14 +310,43 @@ class T5Encoder(TextEncoder):
 
     def unread(self, text: str) -> str:
         """The end of `text` past the ``tokens`` positions encoding keeps (the closing EOS among them)."""
-        text = str(text)
-        try:
-            enc = self.tokenizer(text, truncation=False, return_offsets_mapping=True)
-        except NotImplementedError:                       # a slow (Python) tokenizer has no offsets
-            ids = self.tokenizer(text, truncation=False)["input_ids"]
-            return f"({len(ids) - self.tokens} tokens)" if len(ids) > self.tokens else ""
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        return text[offsets[self.tokens - 1][0]:].strip() if len(ids) > self.tokens else ""
+        return t5_unread(self.tokenizer, text, self.tokens)
+
+
+def t5_unread(tok, text: str, tokens: int) -> str:
+    """The end of `text` that T5 tokenisation truncated to `tokens` positions cuts off (tokens - 1 pieces and EOS read).
+
+    A slow (Python) tokenizer has no character offsets: the cut pieces are decoded instead.
+    """
+    text = str(text)
+    try:
+        enc = tok(text, truncation=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        ids = tok(text, truncation=False)["input_ids"]
+        return tok.decode(ids[tokens - 1:], skip_special_tokens=True).strip() if len(ids) > tokens else ""
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    return text[offsets[tokens - 1][0]:].strip() if len(ids) > tokens else ""
+
+
+def prompt_unread(spec: str, tokens: int, text: str) -> str:
+    """The end of `text` that the spec's encoder cuts off, from its tokenizer alone; "" if none, or none loads.
+
+    For prompts looked up in tables: their stored embeddings were cut where the encoder cuts.
+    """
+    kind, _, arg = str(spec).strip().partition(":")
+    try:
+        if kind.lower() in ("", "minilm", "minilm-tokens") and not arg:
+            from .bert import bert_tokenizer
+            path = minilm_model_dir()
+            limit = int(tokens) if kind.lower() == "minilm-tokens" else _minilm_max_length(path)
+            return bert_unread(bert_tokenizer(path), text, limit)
+        if kind.lower() == "t5" and arg.strip():
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(Path(arg.strip()).expanduser()), local_files_only=True)
+            return t5_unread(tok, text, int(tokens))
+    except Exception:                                      # noqa: BLE001 - a warning's helper: no tokenizer, no warning
+        return ""
+    return ""
 
 
 # --------------------------------------------------------------------------- factory
