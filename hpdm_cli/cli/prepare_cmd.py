@@ -27,6 +27,7 @@ _NOTE_TEXT = {
     "rotated": "rotated by their display matrix (turned upright)",
     "looped": "shorter than the clip length (kept; training loops them)",
     "upscaled": "smaller than the output size (upscaled)",
+    "transparency": "with an alpha channel (dropped: transparent pixels keep the colour stored under them)",
     "variable_frame_rate": "with a variable frame rate (resampled on timestamps)",
     "corrupt_frames": "with frames the decoder marked corrupt (kept)",
     "dropped_timestamps": "with repeated timestamps (those frames dropped)",

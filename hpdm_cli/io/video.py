@@ -699,6 +699,7 @@ class VideoReader:
             raise VideoError(f"cannot decode the first frame: {_clean_av_message(e, self.path)}") from None
         f = self._first
         self.coded_size = (int(f.height), int(f.width))
+        self.has_alpha = any(c.is_alpha for c in f.format.components)   # dropped by the RGB conversion
         true = _frame_size(c)
         self._true = true if true and (true[0] <= f.height and true[1] <= f.width) and true != self.coded_size else None
         h, w = self._true or self.coded_size

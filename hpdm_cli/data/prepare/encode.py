@@ -56,6 +56,8 @@ def _process(path, kind, fps, size, fit, min_frames, short, crf, gop, preset, de
         geo = resize_plan(r.height, r.width, H, W, fit)
         if r.rotation:
             notes["rotated"] = r.rotation
+        if r.has_alpha:
+            notes["transparency"] = 1
         if r.height < H or r.width < W:
             notes["upscaled"] = f"{r.height}x{r.width}"
         frames = r.frames(*geo.scaled)
