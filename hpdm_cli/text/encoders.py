@@ -320,9 +320,9 @@ def t5_unread(tok, text: str, tokens: int) -> str:
     """
     text = str(text)
     try:
-        enc = tok(text, truncation=False, return_offsets_mapping=True)
+        enc = tok(text, truncation=False, return_offsets_mapping=True, verbose=False)
     except NotImplementedError:
-        ids = tok(text, truncation=False)["input_ids"]
+        ids = tok(text, truncation=False, verbose=False)["input_ids"]
         return tok.decode(ids[tokens - 1:], skip_special_tokens=True).strip() if len(ids) > tokens else ""
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     return text[offsets[tokens - 1][0]:].strip() if len(ids) > tokens else ""
