@@ -7,8 +7,9 @@ upscale`, `hpdm eval`, `hpdm eval-fvd` and `train.init_from`. A run directory gi
 usable checkpoint's EMA weights; the recipe comes from the weights' metadata, so a checkpoint
 alone is enough. Class names come from the run's `class_names.json` (training writes it), else
 from the `dataset.json` at the recipe's `data.path` (looked up from the working directory, then
-from the run directory and its parents); without either a class model is addressed by ids only. `export_weights` writes a checkpoint's sampling weights as one
-compact file (how the packaged model is made).
+from the run directory and its parents); without either a class model is addressed by ids only.
+`export_weights` writes a checkpoint's sampling weights as one compact file (how the packaged
+model is made).
 
 The on-disk format (writing and reading checkpoints and weight files) is `hpdm_cli.train.checkpoint`.
 """
