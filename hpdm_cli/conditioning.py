@@ -77,11 +77,28 @@ class Condition:
 
 def _norm_name(text: str) -> str:
     """Comparable form of a class name or prompt: CamelCase split, lower case, no punctuation or articles."""
+    return "".join(_words(text))
+
+
+def _words(text: str) -> list:
+    """The words of a class name or prompt as `_norm_name` compares them (a leading article dropped)."""
     text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", str(text))
     words = re.sub(r"[^0-9a-z]+", " ", text.lower()).split()
     while words and words[0] in ("a", "an", "the"):
         words = words[1:]
-    return "".join(words)
+    return words
+
+
+def _named_in(prompt: str, names: Sequence[str]) -> list:
+    """Ids of the classes whose words run, in order, inside the prompt's, the longest such names only."""
+    words = _words(prompt)
+    found = {}
+    for i, n in enumerate(names):
+        w = _words(n)
+        if w and any(words[j:j + len(w)] == w for j in range(len(words) - len(w) + 1)):
+            found[i] = len(w)
+    longest = max(found.values(), default=0)
+    return [i for i, k in found.items() if k == longest]
 
 
 def _class_list(names: Sequence[str], num_classes: int, source) -> str:
@@ -97,7 +114,8 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
     """The condition for a prompt or a class on this recipe's model (GenerateError or TextEncoderError if unfit).
 
     Class models take a class name or id, or a prompt that names a class (case, punctuation,
-    CamelCase and a leading article are ignored); text models take a prompt (encoded with the
+    CamelCase and a leading article are ignored), or whose words contain one class's name in order
+    (the longest such name; two different ones are refused); text models take a prompt (encoded with the
     recipe's text encoder, or `encoder`); neither given = the null condition.
     """
     m = recipe.model
@@ -143,6 +161,13 @@ def resolve_condition(recipe: Recipe, prompt: Optional[str] = None, class_: Opti
     hits = [i for i, n in enumerate(names) if key and _norm_name(n) == key]
     if hits:
         return Condition(kind="class", label=hits[0], name=names[hits[0]])
+    if prompt is not None:                             # a prompt that names one class among other words
+        hits = _named_in(text, names)
+        if len(hits) == 1:
+            return Condition(kind="class", label=hits[0], name=names[hits[0]])
+        if hits:
+            what = (f"prompt {text!r} names several classes ({', '.join(names[i] for i in hits)}): give one class "
+                    "name or id")
     raise GenerateError(f"{what}; " + _class_list(names, m.num_classes, src))
 
 

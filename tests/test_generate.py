@@ -127,6 +127,16 @@ def test_conditions(assets, gen):
     assert resolve_condition(rec, class_names=names).kind == "none"
     with pytest.raises(GenerateError, match="classes: 0=square moving left"):
         resolve_condition(rec, prompt="a purple elephant", class_names=names)
+    # A prompt naming one class among other words takes it (the longest name found); two classes are refused.
+    among = resolve_condition(rec, prompt="a red square moving down on a gray background", class_names=names)
+    assert among.kind == "class" and among.label == 3
+    assert resolve_condition(rec, prompt="the ApplyEyeMakeup clip", class_names=["Apply", "ApplyEyeMakeup"]).label == 1
+    with pytest.raises(GenerateError, match=r"names several classes \(square moving down, circle moving up\)"):
+        resolve_condition(rec, prompt="a square moving down and a circle moving up", class_names=names)
+    with pytest.raises(GenerateError, match="does not name a class"):
+        resolve_condition(rec, prompt="a square moving sideways", class_names=names)    # words out of order: no
+    with pytest.raises(GenerateError, match="unknown class"):
+        resolve_condition(rec, class_="a red square moving down", class_names=names)   # --class names one exactly
     with pytest.raises(GenerateError, match="classes:"):
         resolve_condition(rec, class_="zebra", class_names=names)
     with pytest.raises(GenerateError):

@@ -25,8 +25,9 @@ def sample(
                                         "the sampling steps and guidance stored with it; unless --overlap is given, "
                                         "no overlap on a CPU and shift-fhw on a GPU (any other device)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
-                                                               "prompt that is a class's name (case, punctuation "
-                                                               "and a leading article aside) is accepted."),
+                                                               "prompt that is, or contains, one class's name (case, "
+                                                               "punctuation and a leading article aside) is "
+                                                               "accepted."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or id (class models). Without "
                                                              "--class/--prompt: the null condition (unconditional)."),
     prompt_table: Optional[Path] = typer.Option(None, "--prompt-table", help=PROMPT_TABLE_HELP),
