@@ -64,6 +64,15 @@ class Condition:
         full = self.name.rstrip()
         return full[: len(full) - len(self.unread)] if self.unread and full.endswith(self.unread) else self.name
 
+    def notes(self, shapes_model: bool = False) -> list:
+        """Warnings about the prompt: the end the text encoder cut off; with `shapes_model` (the packaged model,
+        given a prompt), words its captions never used and pairings its data never shows, in the part read."""
+        out = [self.cut_note()] if self.unread else []
+        if shapes_model and self.kind == "text":
+            from .data.shapes import unknown_words, unseen_pairing
+            out += [n for n in (unknown_words(self.read()), unseen_pairing(self.read())) if n]
+        return out
+
     def cut_note(self) -> str:
         """A warning that the text encoder cut the prompt, naming the unread end ("" if it read all of it)."""
         if not self.unread:

@@ -307,6 +307,18 @@ def test_the_packaged_model_warns_about_a_pairing_the_data_never_shows(tmp_path,
     assert "with no colour or shape it knows named" in err, err
 
 
+def test_upscale_with_the_packaged_model_says_what_its_prompt_asks_that_it_cannot_draw(tmp_path, capsys):
+    from conftest import run_cli
+    from hpdm_cli.io.video import write_video
+    src = tmp_path / "in.mp4"
+    write_video(src, np.full((16, 64, 64, 3), 90, np.uint8), 8.0)
+    code, out, err = run_cli(capsys, "upscale", str(src), "--ckpt", "packaged", "--prompt",
+                             "a purple hexagon moving up", "--from-level", "1", "--steps", "1",
+                             "--out", str(tmp_path / "up.mp4"), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and "'hexagon' is not among them" in err, err
+
+
 def test_unknown_words_names_what_the_shapes_captions_never_say():
     from hpdm_cli.data.shapes import shapes_prompts, unknown_words
     assert all(unknown_words(p) is None for p in shapes_prompts()[::7])        # every caption word is known

@@ -124,13 +124,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
-    if cond.unread and warn is not None:
-        warn(cond.cut_note())
-    if packaged and prompt and warn is not None:           # what the packaged model cannot draw
-        from ..data.shapes import unknown_words, unseen_pairing
-        for note in (unknown_words(cond.read()), unseen_pairing(cond.read())):      # words cut off are not read
-            if note:
-                warn(note)
+    for note in cond.notes(packaged and bool(prompt)) if warn is not None else ():
+        warn(note)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)
     out_fps = full_fps * shape[0] / recipe.pyramid.resolution[0]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..assets import names_packaged
 from ..checkpoint import load_generator
 from ..conditioning import Condition, GenerateError, request_condition
 from ..config import MAX_FPS, MIN_FPS, Recipe, TILE_BATCH
@@ -429,8 +430,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
-    if cond.unread and warn is not None:
-        warn(cond.cut_note())
+    for note in cond.notes(names_packaged(ckpt) and bool(prompt)) if warn is not None else ():
+        warn(note)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
     if rank != 0:                                       # one process does the work; the others only checked
