@@ -84,4 +84,3 @@ def sample(
                   + (f", level 0 autoguided by {rep.guide}"
                      + (" at {:g} < sigma <= {:g}".format(*rep.guidance_interval) if rep.guidance_interval else "")
                      if rep.guide else ""), highlight=False)
-

@@ -333,20 +333,18 @@ def prompt_unread(spec: str, tokens: int, text: str) -> str:
 
     For prompts looked up in tables: their stored embeddings were cut where the encoder cuts.
     """
-    kind, _, arg = str(spec).strip().partition(":")
     try:
-        if kind.lower() in ("", "minilm", "minilm-tokens") and not arg:
-            from .bert import bert_tokenizer
-            path = minilm_model_dir()
-            limit = int(tokens) if kind.lower() == "minilm-tokens" else _minilm_max_length(path)
-            return bert_unread(bert_tokenizer(path), text, limit)
-        if kind.lower() == "t5" and arg.strip():
+        kind, arg = _parse_spec(spec)
+        if kind == "t5":
             from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(str(Path(arg.strip()).expanduser()), local_files_only=True)
-            return t5_unread(tok, text, int(tokens))
+            return t5_unread(AutoTokenizer.from_pretrained(str(Path(arg).expanduser()), local_files_only=True),
+                             text, int(tokens))
+        from .bert import bert_tokenizer
+        path = minilm_model_dir()
+        limit = int(tokens) if kind == "minilm-tokens" else _minilm_max_length(path)
+        return bert_unread(bert_tokenizer(path), text, limit)
     except Exception:                                      # noqa: BLE001 - a warning's helper: no tokenizer, no warning
         return ""
-    return ""
 
 
 # --------------------------------------------------------------------------- factory
@@ -355,28 +353,35 @@ _SPEC_HELP = ('"minilm" (default, offline MiniLM-L6 sentence embedding), "minilm
               'or "t5:/path/to/local/t5_dir"')
 
 
+def _parse_spec(spec: str) -> tuple[str, str]:
+    """(kind, argument) of an encoder spec: ("minilm", ""), ("minilm-tokens", "") or ("t5", its directory)."""
+    if not isinstance(spec, str):
+        raise TextEncoderError(f"text encoder spec {spec!r} is not a string: use {_SPEC_HELP}")
+    kind, _, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind in ("", "minilm", "minilm-tokens") and not arg:
+        return kind or "minilm", ""
+    if kind == "t5":
+        if not arg.strip():
+            raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
+        return "t5", arg.strip()
+    raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+
+
 def load_text_encoder(
     spec: str = "minilm", *, device: str | torch.device = "cpu", tokens: int | None = None
 ) -> TextEncoder:
     """Build a text encoder from a spec: ``"minilm"``, ``"minilm-tokens"`` or ``"t5:/path/to/dir"``."""
-    if not isinstance(spec, str):
-        raise TextEncoderError(f"text encoder spec {spec!r} is not a string: use {_SPEC_HELP}")
-    s = spec.strip()
-    kind, _, arg = s.partition(":")
-    kind = kind.lower()
-    if kind in ("", "minilm") and not arg:
+    kind, arg = _parse_spec(spec)
+    if kind == "minilm":
         if tokens not in (None, 1):
             raise TextEncoderError(
                 f"tokens={tokens} with the minilm encoder: it gives one pooled token per prompt, use tokens=1 or a t5:<dir> spec"
             )
         return MiniLMEncoder(device=device)
-    if kind == "minilm-tokens" and not arg:
+    if kind == "minilm-tokens":
         return MiniLMEncoder(device=device, sequence=True, tokens=16 if tokens is None else tokens)
-    if kind == "t5":
-        if not arg.strip():
-            raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
-        return T5Encoder(arg.strip(), tokens=77 if tokens is None else tokens, device=device)
-    raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+    return T5Encoder(arg, tokens=77 if tokens is None else tokens, device=device)
 
 
 def check_output_size(encoder: TextEncoder, tokens: int, dim: int) -> None:
@@ -393,19 +398,8 @@ def spec_family(spec: str = "minilm") -> str:
     ``"minilm:all-MiniLM-L6-v2"``, ``"t5:/models/t5-v1_1-xxl"`` -> ``"t5:t5-v1_1-xxl"``.
     Stored caption embeddings are matched to a recipe's ``model.text_encoder`` with it.
     """
-    if not isinstance(spec, str):
-        raise TextEncoderError(f"text encoder spec {spec!r} is not a string: use {_SPEC_HELP}")
-    kind, _, arg = spec.strip().partition(":")
-    kind = kind.lower()
-    if kind in ("", "minilm") and not arg:
-        return "minilm:all-MiniLM-L6-v2"
-    if kind == "minilm-tokens" and not arg:
-        return "minilm-tokens:all-MiniLM-L6-v2"
-    if kind == "t5":
-        if not arg.strip():
-            raise TextEncoderError(f"text encoder spec {spec!r} has no directory: use \"t5:/path/to/local/t5_dir\"")
-        return f"t5:{Path(arg.strip()).expanduser().resolve().name}"
-    raise TextEncoderError(f"unknown text encoder spec {spec!r}: use {_SPEC_HELP}")
+    kind, arg = _parse_spec(spec)
+    return f"t5:{Path(arg).expanduser().resolve().name}" if kind == "t5" else f"{kind}:all-MiniLM-L6-v2"
 
 
 def is_sequence_spec(spec: str) -> bool:
