@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -50,6 +51,12 @@ class Lamb(torch.optim.Optimizer):
     parameters' device, set before ``step``) skips the step on the device where it is non-zero:
     parameters, moments and step counts stay exactly as they were, whatever the gradients hold,
     and the host never waits for the device to decide (the training loop's step has no sync).
+
+    ``compiled=True`` runs that skippable step through ``torch.compile`` (one graph per group,
+    built on the first step; the learning rate enters as a device tensor, so a schedule does not
+    recompile). Its lists of 0-dim tensors (bias corrections, trust ratios) and per-tensor gradient
+    masks are otherwise one kernel per parameter tensor each; compiled, they fuse into a few
+    kernels. Same maths, rounding aside.
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class Lamb(torch.optim.Optimizer):
         use_trust_ratio: bool = True,
         *,
         foreach: bool | None = None,
+        compiled: bool = False,
     ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
@@ -80,6 +88,7 @@ class Lamb(torch.optim.Optimizer):
             foreach=foreach,
         )
         super().__init__(params, defaults)
+        self.compiled = bool(compiled)
 
     def __setstate__(self, state):
         """Restore pickled state, filling defaults added in later versions."""
@@ -147,9 +156,20 @@ class Lamb(torch.optim.Optimizer):
                          [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx])
                 if found_inf is None:
                     _lamb_foreach(*lists, **kwargs)
-                else:
-                    _lamb_foreach_skippable(*lists, found_inf=found_inf.to(params[idx[0]].device), **kwargs)
+                    continue
+                device = params[idx[0]].device
+                # The rate as a tensor filled on the device (no host copy, no recompilation as it changes).
+                lr = torch.full((), kwargs["lr"], device=device,
+                                dtype=torch.promote_types(params[idx[0]].dtype, torch.float32))
+                update = _compiled(_lamb_foreach_skippable) if self.compiled else _lamb_foreach_skippable
+                update(*lists, found_inf=found_inf.to(device), **dict(kwargs, lr=lr))
         return loss
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """`fn` through torch.compile, whole (no graph breaks) and at the shapes it meets; one wrapper per function."""
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 def _lamb_single(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
@@ -220,7 +240,7 @@ def _lamb_foreach_skippable(params, grads, exp_avgs, exp_avg_sqs, steps, *, foun
                             weight_decay, use_trust_ratio):
     """The vectorised LAMB update, applied with weight ``keep = 1 - found_inf`` decided on the device.
 
-    Same maths as :func:`_lamb_foreach` when ``keep`` is 1. When it is 0 the gradients are zeroed
+    Same maths as :func:`_lamb_foreach` when ``keep`` is 1 (``lr`` may be a 0-dim float32 tensor). When it is 0 the gradients are zeroed
     first (NaN and inf included), the moments are scaled by 1 and added 0, the step counts by 0,
     and the parameters by 0 times a finite update: all stay bit for bit. Step counts live on the
     device, so no value is read back by the host.
@@ -360,13 +380,15 @@ class EMA:
     ``beta = 0.5 ** (1 / halflife_steps)`` so that the weight of a past value halves every
     ``halflife_steps`` updates; ``halflife_steps == 0`` makes the EMA track the current weights.
     Floating-point tensors are averaged in float32; other buffers (e.g. integer counters) are
-    copied as-is on every update.  The EMA lives on the model's device(s).
+    copied as-is on every update.  The EMA lives on the model's device(s).  ``compiled=True`` runs
+    the update that ``keep`` gates through ``torch.compile`` (its per-tensor weights fuse).
     """
 
-    def __init__(self, model: nn.Module, halflife_steps: float):
+    def __init__(self, model: nn.Module, halflife_steps: float, *, compiled: bool = False):
         if halflife_steps < 0:
             raise ValueError(f"halflife_steps must be >= 0, got {halflife_steps}")
         self.halflife_steps = float(halflife_steps)
+        self.compiled = bool(compiled)
         self.beta = 0.5 ** (1.0 / self.halflife_steps) if self.halflife_steps > 0 else 0.0
         self.shadow: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -423,9 +445,9 @@ class EMA:
             pair = buckets.setdefault((dst.device, dst.dtype), ([], []))
             pair[0].append(dst)
             pair[1].append(src[name].detach().to(device=dst.device, dtype=dst.dtype))
+        lerp = _compiled(_lerp_gated) if self.compiled else _lerp_gated
         for (device, dtype), (dsts, srcs) in buckets.items():
-            w = (keep.to(device=device, dtype=torch.float32) * (1.0 - self.beta)).to(dtype)
-            torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))
+            lerp(dsts, srcs, keep.to(device), 1.0 - self.beta)
         for name in self._other_names:
             dst = self.shadow[name]
             dst.copy_(torch.where(keep.to(dst.device) != 0, src[name].to(dst.device), dst))
@@ -465,13 +487,23 @@ class EMA:
 # ----------------------------------------------------------------------------------------------
 
 
+def _lerp_gated(dsts: list, srcs: list, keep: torch.Tensor, weight: float) -> None:
+    """``dst += keep * weight * (src - dst)`` for each pair: the EMA step where ``keep`` (0-dim) is 1, nothing where 0."""
+    w = (keep.to(torch.float32) * weight).to(dsts[0].dtype)
+    torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))
+
+
 def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
-    """The recipe's optimiser (`train.optimizer`, its lr, betas, eps, weight decay) over parameter groups `groups`."""
+    """The recipe's optimiser (`train.optimizer`, its lr, betas, eps, weight decay) over parameter groups `groups`.
+
+    LAMB's skippable step is compiled when the model is (`train.compile`); fused AdamW is one kernel already.
+    """
     if t.optimizer == "adamw":
         # fused: the one AdamW that takes `found_inf`, a device-side skip (the training loop's update step)
         return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
                                  fused=True)
-    return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    return Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                compiled=bool(t.compile))
 
 
 def clip_gradients(params: list, t) -> torch.Tensor:
@@ -480,5 +512,5 @@ def clip_gradients(params: list, t) -> torch.Tensor:
 
 
 def make_ema(net: torch.nn.Module, t) -> "EMA | None":
-    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
-    return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
+    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none), compiled as the model is."""
+    return EMA(net, t.ema_halflife_steps, compiled=bool(t.compile)) if t.ema_halflife_steps >= 0 else None
