@@ -21,7 +21,8 @@
 # on one warm machine). The baseline is the sampler of commit 5569035, whose 8/4/2-step run was extrapolated
 # to the 18.6 s/video the speed targets quote; its code travels as a carried folder:
 #   mkdir -p out/baseline-5569035 && git archive 5569035 hpdm_cli | tar -x -C out/baseline-5569035
-#   run(command="HPDM_COMMIT=<sha> SAMPLE_STEPS=128,64,32 STAGES=sampling_baseline SAMPLE_S=560 bash benchmarks/gpu_speed.sh",
+#   run(command="WHL=out/gpu/whl-min HPDM_COMMIT=<sha> SAMPLE_STEPS=128,64,32 STAGES=sampling_baseline SAMPLE_S=560 \
+#       bash benchmarks/gpu_speed.sh",
 #       carry=["out/gpu/whl-min", "out/baseline-5569035"])
 #   then, on the same warm machine, STAGES=sampling_compiled_held SAMPLE_COMPILED_S=560 with the same steps;
 #   speed_summary.py prints baseline / ours from the two JSON files when they come back into one folder.

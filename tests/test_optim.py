@@ -196,6 +196,64 @@ def test_ema_keep_applies_or_skips_the_update_on_the_device():
     assert all(torch.equal(b.shadow[k], v) for k, v in frozen.items())
 
 
+def test_compiled_update_matches_the_eager_one_bit_for_bit_with_one_graph_per_group_whatever_the_rate(monkeypatch):
+    """Lamb and EMA with compiled=True: the same weights, moments and average as eager over steps whose rate
+    changes and one skipped with NaN gradients; one graph per parameter group and one for the EMA, none again.
+
+    The graphs go through aot_eager (no C++ build): what is checked is the traced update and its inputs, a
+    rate baked in as a constant, a recompilation per rate or a graph break included.
+    """
+    import torch._dynamo as dynamo
+    from hpdm_cli.train import optim
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f, **k: compile_(f, backend="aot_eager", **k))
+    optim._compiled.cache_clear()
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    nets = [_mlp(), None]
+    nets[1] = copy.deepcopy(nets[0])
+    opts = [Lamb(param_groups(n, 0.01), lr=1e-2, compiled=c) for n, c in zip(nets, (False, True))]
+    emas = [EMA(n, 3.0, compiled=c) for n, c in zip(nets, (False, True))]
+    gen = torch.Generator().manual_seed(2)
+    for step in range(5):
+        x, y = torch.randn(16, 5, generator=gen), torch.randn(16, 2, generator=gen)
+        bad = torch.tensor(float(step == 2))
+        for net, opt, ema in zip(nets, opts, emas):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr=1e-2, warmup_steps=3, total_steps=5)
+            nn.functional.mse_loss(net(x), y).backward()
+            if step == 2:
+                next(net.parameters()).grad.view(-1)[0] = float("nan")
+            opt.found_inf = bad
+            opt.step()
+            ema.update(net, keep=1.0 - bad)
+            opt.zero_grad(set_to_none=True)
+        if step == 0:
+            assert dynamo.utils.counters["stats"]["unique_graphs"] == 3     # two groups, the EMA
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 3
+    for p, q in zip(*(n.parameters() for n in nets)):
+        assert torch.equal(p, q)
+        assert all(torch.equal(opts[0].state[p][k], opts[1].state[q][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert all(torch.equal(emas[0].shadow[k], emas[1].shadow[k]) for k in emas[0].shadow)
+    assert opts[1].state[next(nets[1].parameters())]["step"].item() == 4          # five steps, one skipped
+    optim._compiled.cache_clear()
+    dynamo.reset()
+
+
+@pytest.mark.parametrize("compile_setting,compiled", [(False, False), (True, True), ("max-autotune", True)])
+def test_recipe_update_is_compiled_with_the_model(compile_setting, compiled):
+    """make_optimizer and make_ema compile LAMB's step and the EMA update exactly when train.compile asks."""
+    from types import SimpleNamespace
+
+    from hpdm_cli.train.optim import make_ema, make_optimizer
+    t = SimpleNamespace(optimizer="lamb", lr=1e-3, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01,
+                        compile=compile_setting, ema_halflife_steps=10.0)
+    net = _mlp()
+    assert make_optimizer(param_groups(net, 0.01), t).compiled is compiled
+    assert make_ema(net, t).compiled is compiled
+
+
 def test_lamb_trust_ratio_changes_the_step():
     """Sanity: the trust ratio path really differs from the AdamW path (test can fail)."""
     torch.manual_seed(0)
