@@ -240,10 +240,10 @@ def _lamb_foreach_skippable(params, grads, exp_avgs, exp_avg_sqs, steps, *, foun
                             weight_decay, use_trust_ratio):
     """The vectorised LAMB update, applied with weight ``keep = 1 - found_inf`` decided on the device.
 
-    Same maths as :func:`_lamb_foreach` when ``keep`` is 1 (``lr`` may be a 0-dim float32 tensor). When it is 0 the gradients are zeroed
-    first (NaN and inf included), the moments are scaled by 1 and added 0, the step counts by 0,
-    and the parameters by 0 times a finite update: all stay bit for bit. Step counts live on the
-    device, so no value is read back by the host.
+    Same maths as :func:`_lamb_foreach` when ``keep`` is 1 (``lr`` may be a 0-dim tensor on the device).
+    When it is 0 the gradients are zeroed first (NaN and inf included), the moments are scaled by 1
+    and added 0, the step counts by 0, and the parameters by 0 times a finite update: all stay bit
+    for bit. Step counts live on the device, so no value is read back by the host.
     """
     bad = found_inf != 0
     dtype = exp_avgs[0].dtype
@@ -482,15 +482,15 @@ class EMA:
         return self
 
 
-# ----------------------------------------------------------------------------------------------
-# From a recipe
-# ----------------------------------------------------------------------------------------------
-
-
 def _lerp_gated(dsts: list, srcs: list, keep: torch.Tensor, weight: float) -> None:
     """``dst += keep * weight * (src - dst)`` for each pair: the EMA step where ``keep`` (0-dim) is 1, nothing where 0."""
     w = (keep.to(torch.float32) * weight).to(dsts[0].dtype)
     torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))
+
+
+# ----------------------------------------------------------------------------------------------
+# From a recipe
+# ----------------------------------------------------------------------------------------------
 
 
 def make_optimizer(groups: list, t) -> torch.optim.Optimizer:
