@@ -37,7 +37,7 @@ What is not matched:
     both on fp32 weights; the peer's loss is the v-prediction MSE of its GaussianDiffusion
     without the random self-conditioning pass (self-conditioning is off in recipes/ucf.toml too).
 FLOPs: ours from `hpdm_cli/model/flops.py` (exact, analytic); both sides are also counted with
-torch's FlopCounterMode over one eager step (grouped-convolution backward corrected: see
+torch's FlopCounterMode over one eager step (ours of COUNT_BATCH videos; grouped-convolution backward corrected: see
 `carried.step_flops`). The ratio ours/peer uses ours' analytic count against the peer's counted
 one; the counted/counted ratio is printed beside it.
 
@@ -79,6 +79,9 @@ PEER_TINY = dict(dim=64, image_size=16, patch_size=4, channels=3, depth=2, laten
 # "autotune" lets inductor benchmark its GEMM and kernel choices at compile time (minutes more of compilation).
 MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
 CUDA_GRAPH_MODES = ("reduce-overhead",)
+# Our step's FLOPs are counted over an eager step of this many videos at most (per video they do not depend on
+# the batch): an eager step at the timed batch needs more memory than the compiled one, and ran out of it first.
+COUNT_BATCH = 2
 OURS_TINY = ["pyramid.resolution=[4,16,16]", "pyramid.patch=[2,8,8]", "model.interface_dim=64",
              "model.latent_dim=32", "model.num_latents=8", "model.num_blocks=2", "model.compute_layers=1",
              "model.head_dim=16", "model.load=linear"]
@@ -104,11 +107,13 @@ def worker_ours(a) -> dict:
     rec = load_recipe(default_recipe_path(a.recipe), overrides)
     device = _device()
 
+    count_batch = min(a.batch, COUNT_BATCH)
+
     def one_step():
-        bench.bench_training(rec, steps=1, warmup=0, batch=a.batch, precisions=[a.precision])
+        bench.bench_training(rec, steps=1, warmup=0, batch=count_batch, precisions=[a.precision])
     # On the CPU the math SDPA backend decomposes attention into counted matmuls.
     with sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else nullcontext():
-        counted = carried.count_step_flops(one_step) / a.batch
+        counted = carried.count_step_flops(one_step) / count_batch
     if a.compile:
         setting = "true" if a.compile == "default" else f'"{a.compile}"'
         rec = load_recipe(default_recipe_path(a.recipe), overrides + [f"train.compile={setting}"])

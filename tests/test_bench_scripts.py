@@ -157,6 +157,26 @@ def test_peer_rin_times_our_side_alone_without_the_peers_wheels(tmp_path):
     assert "model.no_such_key" in json.loads(js.read_text())["rows"][0]["error"]     # the override is read
 
 
+def test_our_flops_are_counted_over_a_small_eager_step_and_per_video_do_not_depend_on_the_batch(monkeypatch):
+    """The eager counting pass runs at most COUNT_BATCH videos whatever the timed batch (a large eager step
+    ran out of memory before the compiled one was timed), and its count per video is the full batch's."""
+    from hpdm_cli.drivers import bench
+    batches, real = [], bench.bench_training
+
+    def spy(rec, **kw):
+        batches.append(kw["batch"])
+        return real(rec, **kw)
+    monkeypatch.setattr(bench, "bench_training", spy)
+    a = type("A", (), dict(tiny=True, override=[], recipe=str(ROOT / "recipes" / "ucf.toml"), batch=5,
+                           precision="fp32", compile=None, steps=1, warmup=0))()
+    row = peer_rin.worker_ours(a)
+    assert batches == [peer_rin.COUNT_BATCH, 5]                   # the count, then the timed steps
+    monkeypatch.setattr(peer_rin, "COUNT_BATCH", 5)
+    again = peer_rin.worker_ours(a)
+    assert batches[2:] == [5, 5]
+    assert again["TFLOP_per_item_counted"] == pytest.approx(row["TFLOP_per_item_counted"], rel=1e-9)
+
+
 def test_dry_run_writes_the_png_and_the_json(tmp_path):
     png, js = tmp_path / "m.png", tmp_path / "m.json"
     assert mvr.main(["--dry-run", "--png", str(png), "--json", str(js)]) == 0
