@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -250,7 +251,9 @@ def test_recipe_update_is_compiled_with_the_model(compile_setting, compiled):
     t = SimpleNamespace(optimizer="lamb", lr=1e-3, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01,
                         compile=compile_setting, ema_halflife_steps=10.0)
     net = _mlp()
-    assert make_optimizer(param_groups(net, 0.01), t).compiled is compiled
+    opt = make_optimizer(param_groups(net, 0.01), t)
+    assert opt.compiled is compiled
+    assert pickle.loads(pickle.dumps(opt)).compiled is compiled           # and a copy of it
     assert make_ema(net, t).compiled is compiled
 
 

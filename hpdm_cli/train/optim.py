@@ -90,12 +90,17 @@ class Lamb(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.compiled = bool(compiled)
 
+    def __getstate__(self):
+        """The pickled state: torch's, and whether the step is compiled."""
+        return {**super().__getstate__(), "compiled": self.compiled}
+
     def __setstate__(self, state):
         """Restore pickled state, filling defaults added in later versions."""
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("use_trust_ratio", True)
             group.setdefault("foreach", None)
+        self.__dict__.setdefault("compiled", False)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
