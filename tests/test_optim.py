@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import pickle
@@ -197,13 +198,9 @@ def test_ema_keep_applies_or_skips_the_update_on_the_device():
     assert all(torch.equal(b.shadow[k], v) for k, v in frozen.items())
 
 
-def test_compiled_update_matches_the_eager_one_bit_for_bit_with_one_graph_per_group_whatever_the_rate(monkeypatch):
-    """Lamb and EMA with compiled=True: the same weights, moments and average as eager over steps whose rate
-    changes and one skipped with NaN gradients; one graph per parameter group and one for the EMA, none again.
-
-    The graphs go through aot_eager (no C++ build): what is checked is the traced update and its inputs, a
-    rate baked in as a constant, a recompilation per rate or a graph break included.
-    """
+@pytest.fixture
+def aot_eager_update(monkeypatch):
+    """Lamb's and EMA's compiled updates through aot_eager (no C++ build), dynamo's caches fresh before and after."""
     import torch._dynamo as dynamo
     from hpdm_cli.train import optim
     compile_ = torch.compile
@@ -211,6 +208,22 @@ def test_compiled_update_matches_the_eager_one_bit_for_bit_with_one_graph_per_gr
     optim._compiled.cache_clear()
     dynamo.reset()
     dynamo.utils.counters.clear()
+    try:
+        yield dynamo
+    finally:
+        optim._compiled.cache_clear()
+        dynamo.reset()
+
+
+def test_compiled_update_matches_the_eager_one_bit_for_bit_with_one_graph_per_group_whatever_the_rate(
+        aot_eager_update):
+    """Lamb and EMA with compiled=True: the same weights, moments and average as eager over steps whose rate
+    changes and one skipped with NaN gradients; one graph per parameter group and one for the EMA, none again.
+
+    The graphs go through aot_eager (no C++ build): what is checked is the traced update and its inputs, a
+    rate baked in as a constant, a recompilation per rate or a graph break included.
+    """
+    dynamo = aot_eager_update
     torch.manual_seed(0)
     nets = [_mlp(), None]
     nets[1] = copy.deepcopy(nets[0])
@@ -238,8 +251,42 @@ def test_compiled_update_matches_the_eager_one_bit_for_bit_with_one_graph_per_gr
         assert all(torch.equal(opts[0].state[p][k], opts[1].state[q][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
     assert all(torch.equal(emas[0].shadow[k], emas[1].shadow[k]) for k in emas[0].shadow)
     assert opts[1].state[next(nets[1].parameters())]["step"].item() == 4          # five steps, one skipped
-    optim._compiled.cache_clear()
-    dynamo.reset()
+
+
+def test_compiled_update_past_the_recompile_limit_runs_eagerly_with_a_warning(aot_eager_update, monkeypatch):
+    """A parameter layout past dynamo's recompile limit (here 1) is not a crash: the eager update, warned."""
+    monkeypatch.setattr(aot_eager_update.config, "recompile_limit", 1)
+    for width in (3, 4):                                    # the second model: another layout
+        torch.manual_seed(0)
+        net = nn.Linear(width, 2, bias=False)
+        ref, before = copy.deepcopy(net), net.weight.detach().clone()
+        opts = [Lamb(ref.parameters(), lr=0.1), Lamb(net.parameters(), lr=0.1, compiled=True)]
+        for m in (ref, net):
+            m(torch.ones(1, width)).sum().backward()
+        with pytest.warns(UserWarning, match="recompile limit") if width == 4 else contextlib.nullcontext():
+            for o in opts:
+                o.found_inf = torch.tensor(0.0)
+                o.step()
+        assert torch.equal(net.weight, ref.weight) and not torch.equal(net.weight, before)
+
+
+def test_skippable_step_takes_the_rate_at_the_parameters_precision():
+    """found_inf = 0 steps as the plain foreach path, whose rate is a Python float: in float64 to ~1e-15, which a
+    rate rounded to float32 (relative error ~1e-8) would miss."""
+    torch.manual_seed(0)
+    nets = [_mlp().double(), None]
+    nets[1] = copy.deepcopy(nets[0])
+    opts = [Lamb(param_groups(n, 0.01), lr=0.0123456789) for n in nets]
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, y = torch.randn(16, 5, generator=gen).double(), torch.randn(16, 2, generator=gen).double()
+        for net, opt, skippable in zip(nets, opts, (False, True)):
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.found_inf = torch.tensor(0.0) if skippable else None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for p, q in zip(*(n.parameters() for n in nets)):
+        torch.testing.assert_close(q, p, rtol=1e-14, atol=1e-16)
 
 
 @pytest.mark.parametrize("compile_setting,compiled", [(False, False), (True, True), ("max-autotune", True)])
@@ -254,7 +301,12 @@ def test_recipe_update_is_compiled_with_the_model(compile_setting, compiled):
     opt = make_optimizer(param_groups(net, 0.01), t)
     assert opt.compiled is compiled
     assert pickle.loads(pickle.dumps(opt)).compiled is compiled           # and a copy of it
-    assert make_ema(net, t).compiled is compiled
+    ema = make_ema(net, t)
+    assert ema.compiled is compiled and pickle.loads(pickle.dumps(ema)).compiled is compiled
+    older = {k: v for k, v in vars(ema).items() if k != "compiled"}          # pickled before the option
+    restored = EMA.__new__(EMA)
+    restored.__setstate__(older)
+    assert restored.compiled is False
 
 
 def test_lamb_trust_ratio_changes_the_step():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -52,8 +53,9 @@ class Lamb(torch.optim.Optimizer):
     parameters, moments and step counts stay exactly as they were, whatever the gradients hold,
     and the host never waits for the device to decide (the training loop's step has no sync).
 
-    ``compiled=True`` runs that skippable step through ``torch.compile`` (one graph per group,
-    built on the first step; the learning rate enters as a device tensor, so a schedule does not
+    ``compiled=True`` runs that skippable step through ``torch.compile`` (a graph per parameter
+    layout, i.e. per group and (device, dtype) bucket, built on its first step and shared by every
+    Lamb in the process; the learning rate enters as a device tensor, so a schedule does not
     recompile). Its lists of 0-dim tensors (bias corrections, trust ratios) and per-tensor gradient
     masks are otherwise one kernel per parameter tensor each; compiled, they fuse into a few
     kernels. Same maths, rounding aside.
@@ -173,8 +175,22 @@ class Lamb(torch.optim.Optimizer):
 
 @functools.cache
 def _compiled(fn: Callable) -> Callable:
-    """`fn` through torch.compile, whole (no graph breaks) and at the shapes it meets; one wrapper per function."""
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+    """`fn` through torch.compile, whole (no graph breaks) and at the shapes it meets; one wrapper per function.
+
+    Its graphs are shared by every caller in the process, one per list layout (lengths, shapes, dtypes), up to
+    dynamo's recompile limit (8); a layout past it runs `fn` eagerly (same maths) with a warning.
+    """
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:     # raised before the graph runs: nothing changed
+            warnings.warn(f"{fn.__name__}: torch.compile's recompile limit reached (too many parameter layouts "
+                          "in one process); this layout runs eagerly", stacklevel=2)
+            return fn(*args, **kwargs)
+    return run
 
 
 def _lamb_single(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
@@ -402,6 +418,11 @@ class EMA:
                 self.shadow[name] = t.float().clone() if t.is_floating_point() else t.clone()
         self._float_names = [n for n, t in self.shadow.items() if t.is_floating_point()]
         self._other_names = [n for n, t in self.shadow.items() if not t.is_floating_point()]
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickled EMA; one pickled before ``compiled`` existed updates eagerly."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("compiled", False)
 
     def _source(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Named tensors of ``model``, checked against the EMA's names."""
