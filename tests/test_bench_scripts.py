@@ -177,6 +177,35 @@ def test_our_flops_are_counted_over_a_small_eager_step_and_per_video_do_not_depe
     assert again["TFLOP_per_item_counted"] == pytest.approx(row["TFLOP_per_item_counted"], rel=1e-9)
 
 
+def test_update_bench_times_the_recipes_update_eager_and_compiled(tmp_path, monkeypatch, capsys):
+    """A row per recipe and mode over all the recipe's parameter tensors; compiled really compiles (here on the
+    CPU, through aot_eager) and its ratio line is printed."""
+    import torch._dynamo as dynamo
+    import update_bench
+    from hpdm_cli.train import optim
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f, **k: compile_(f, backend="aot_eager", **k))
+    monkeypatch.setattr(optim, "COMPILED_DEVICES", optim.COMPILED_DEVICES)       # main widens it: undone after
+    optim._compiled.cache_clear()
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    try:
+        js = tmp_path / "rows.json"
+        assert update_bench.main(["tiny", "--steps", "2", "--warmup", "1", "--compile-on-cpu",
+                                  "--json", str(js)]) == 0
+        graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        optim._compiled.cache_clear()
+        dynamo.reset()
+    rows = json.loads(js.read_text())["rows"]
+    from hpdm_cli.train.step import build_model
+    tensors = len(list(build_model(load_recipe(ROOT / "recipes" / "tiny.toml")).parameters()))
+    assert [(r["mode"], r["tensors"]) for r in rows] == [("eager", tensors), ("compiled", tensors)]
+    assert all(r["ms"] > 0 and r["first_s"] > 0 for r in rows)
+    assert graphs == 3                                    # LAMB's two groups and the EMA
+    assert "tiny: eager ÷ compiled, a step" in capsys.readouterr().out
+
+
 def test_dry_run_writes_the_png_and_the_json(tmp_path):
     png, js = tmp_path / "m.png", tmp_path / "m.json"
     assert mvr.main(["--dry-run", "--png", str(png), "--json", str(js)]) == 0

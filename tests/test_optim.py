@@ -200,11 +200,13 @@ def test_ema_keep_applies_or_skips_the_update_on_the_device():
 
 @pytest.fixture
 def aot_eager_update(monkeypatch):
-    """Lamb's and EMA's compiled updates through aot_eager (no C++ build), dynamo's caches fresh before and after."""
+    """Lamb's and EMA's compiled updates on the CPU through aot_eager (no C++ build), dynamo's caches fresh
+    before and after."""
     import torch._dynamo as dynamo
     from hpdm_cli.train import optim
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda f, **k: compile_(f, backend="aot_eager", **k))
+    monkeypatch.setattr(optim, "COMPILED_DEVICES", ("cuda", "cpu"))
     optim._compiled.cache_clear()
     dynamo.reset()
     dynamo.utils.counters.clear()
@@ -292,6 +294,20 @@ def test_skippable_step_takes_the_rate_at_the_parameters_precision():
             opt.zero_grad(set_to_none=True)
     for p, q in zip(*(n.parameters() for n in nets)):
         torch.testing.assert_close(q, p, rtol=1e-14, atol=1e-16)
+
+
+def test_compiled_update_compiles_nothing_on_a_cpu(monkeypatch):
+    """compiled=True on CPU parameters: the eager update (no gain there), nothing handed to torch.compile."""
+    from hpdm_cli.train import optim
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on a CPU"))
+    optim._compiled.cache_clear()
+    net = _mlp()
+    opt, ema = Lamb(param_groups(net, 0.01), lr=0.1, compiled=True), EMA(net, 2.0, compiled=True)
+    net(torch.ones(1, 5)).sum().backward()
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    ema.update(net, keep=torch.tensor(1.0))
+    optim._compiled.cache_clear()
 
 
 @pytest.mark.parametrize("compile_setting,compiled", [(False, False), (True, True), ("max-autotune", True)])
