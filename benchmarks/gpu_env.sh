@@ -2,7 +2,9 @@
 # site for what the GPU host lacks (tomli-w; the benchmark-only peers go there too), and PYTHONPATH
 # with the checkout first. PyAV (36 MB; the tests' datasets are MP4) is installed when its wheel
 # travels in $AV_WHL (default out/gpu/av: carry it too; it and the I3D weights do not fit together).
-WHL=${WHL:-out/gpu/whl}
+if [ -z "${WHL:-}" ]; then   # the full wheels folder, else the minimal one (tomli-w alone) when only it travelled
+  WHL=out/gpu/whl; [ -d "$WHL" ] || WHL=out/gpu/whl-min
+fi
 export HPDM_BENCH_SITE=${HPDM_BENCH_SITE:-/tmp/hpdm-bench-site}
 mkdir -p "$HPDM_BENCH_SITE"
 python3 -c 'import tomli_w' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HPDM_BENCH_SITE" "$WHL"/tomli_w-*.whl
