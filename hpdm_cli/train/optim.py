@@ -168,8 +168,7 @@ class Lamb(torch.optim.Optimizer):
                 # The rate as a tensor filled on the device (no host copy, no recompilation as it changes).
                 lr = torch.full((), kwargs["lr"], device=device,
                                 dtype=torch.promote_types(params[idx[0]].dtype, torch.float32))
-                update = _compiled(_lamb_foreach_skippable) if _compiles(self.compiled, device) \
-                    else _lamb_foreach_skippable
+                update = _update_fn(_lamb_foreach_skippable, self.compiled, device)
                 update(*lists, found_inf=found_inf.to(device), **dict(kwargs, lr=lr))
         return loss
 
@@ -179,9 +178,9 @@ class Lamb(torch.optim.Optimizer):
 COMPILED_DEVICES = ("cuda",)
 
 
-def _compiles(compiled: bool, device: torch.device) -> bool:
-    """Whether an update asked to be compiled (`compiled`) is, on `device`."""
-    return compiled and device.type in COMPILED_DEVICES
+def _update_fn(fn: Callable, compiled: bool, device: torch.device) -> Callable:
+    """`fn`, compiled (`_compiled`) where `compiled` asks it and `device` is one of COMPILED_DEVICES."""
+    return _compiled(fn) if compiled and device.type in COMPILED_DEVICES else fn
 
 
 @functools.cache
@@ -483,8 +482,7 @@ class EMA:
             pair[0].append(dst)
             pair[1].append(src[name].detach().to(device=dst.device, dtype=dst.dtype))
         for (device, dtype), (dsts, srcs) in buckets.items():
-            lerp = _compiled(_lerp_gated) if _compiles(self.compiled, device) else _lerp_gated
-            lerp(dsts, srcs, keep.to(device), 1.0 - self.beta)
+            _update_fn(_lerp_gated, self.compiled, device)(dsts, srcs, keep.to(device), 1.0 - self.beta)
         for name in self._other_names:
             dst = self.shadow[name]
             dst.copy_(torch.where(keep.to(dst.device) != 0, src[name].to(dst.device), dst))
