@@ -59,6 +59,10 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
             raise CheckpointError(f"{p}: this checkpoint has no {MODEL} (an interrupted save?); pass its run "
                                   "directory to use the newest complete checkpoint")
         hides = " (this folder hides the packaged model: run elsewhere, or rename it)" if str(ckpt) == PACKAGED else ""
+        from .data.shards import is_dataset
+        if is_dataset(p):
+            raise CheckpointError(f"{p}: this is a prepared dataset, not a run directory: give a run directory (hpdm "
+                                  "train --run-dir), a checkpoint or a weights file")
         raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...){hides}")
     raise CheckpointError(f"{p}: no such checkpoint file or run directory")
 

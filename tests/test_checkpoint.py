@@ -399,6 +399,15 @@ def test_packaged_names_the_packaged_model_unless_a_path_of_that_name_exists(tmp
     assert resolve_guide("packaged") == GUIDE_MODEL     # the packaged model's stored recipe names its guide so
 
 
+def test_a_dataset_given_as_the_checkpoint_is_named_as_one(tmp_path):
+    (tmp_path / "dataset.json").write_text('{"format": "hpdm-shards"}')
+    with pytest.raises(CheckpointError, match="this is a prepared dataset, not a run directory: give a run directory"):
+        resolve_sampling_weights(tmp_path)
+    (tmp_path / "dataset.json").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoints in this run directory"):
+        resolve_sampling_weights(tmp_path)
+
+
 def test_what_makes_a_folder_a_run_a_trained_run_or_a_checkpoint(tmp_path):
     """A run has begun in a folder that holds checkpoints/ or its recipe.toml (`hpdm prepare` writes no dataset
     there); it has trained when it holds checkpoints/ or logged steps beside its recipe (`hpdm eval-fvd` takes it

@@ -170,6 +170,8 @@ BENCH_CASES = {
                                                 "the folder name xxxxxxxxxxxxxxxxxxxx... is longer than 255 bytes"),
     "--json a folder": (["--json", "{tmp}"], "is a directory"),
     "--json a video": (["--json", "{tmp}/keep.mp4"], "keep.mp4: expected a .json file name"),
+    "--json another tool's JSON": (["--json", "{tmp}/mine.json"], "mine.json already holds a file that is not an "
+                                                                  "`hpdm bench` report"),
     "cuda on a CPU machine": (["train.device=cuda"], "train.device"),
     "batch not divisible by grad_accum": (["train.grad_accum=3"], "train.batch_size = 16 is not divisible by "
                                                                   "train.grad_accum = 3"),
@@ -182,11 +184,15 @@ def test_bench_bad_inputs_are_one_line_errors(case, capsys, tmp_path, monkeypatc
     if case == "cuda on a CPU machine":
         import torch
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    mine = tmp_path / "mine.json"
+    if case == "--json another tool's JSON":
+        mine.write_text('{"mine": 1}')
     code, out, err = _main(["bench", "tiny", *[a.format(tmp=tmp_path) for a in args]], capsys, monkeypatch)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("hpdm: error: "), (case, err)
     assert needle in lines[0] and out == "", (case, lines[0])
-    assert list(tmp_path.iterdir()) == [], case                              # nothing written
+    assert [p.name for p in tmp_path.iterdir()] == (["mine.json"] if mine.exists() else []), case   # nothing written
+    assert not mine.exists() or mine.read_text() == '{"mine": 1}', case
 
 
 def test_bench_bad_input_in_a_real_process_without_click(no_click_env, tmp_path):
@@ -220,6 +226,9 @@ def test_bench_sampling_times_each_tile_batch(tmp_path):
     from conftest import strict_json
     written = strict_json((tmp_path / "new" / "b.json").read_text())      # its missing folder was made
     assert [r["tile_batch"] for r in written] == [1, 5] and [r["peak_mem_GiB"] for r in written] == [None, None]
+    from hpdm_cli.drivers.bench import is_bench_report
+    from hpdm_cli.io import holds_other_than
+    assert not holds_other_than(tmp_path / "new" / "b.json", is_bench_report)      # a re-run may replace it
     assert [line.split(":")[0] for line in said] == [f"overlap {rows[0]['overlap']}, cache on, tile batch {tb}"
                                                      for tb in (1, 5)]
     assert all(f"{r['s_per_video']:.3f} s/video at 1/1/1 steps" in line for r, line in zip(rows, said))

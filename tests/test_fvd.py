@@ -497,6 +497,8 @@ def test_cli_table_json_and_one_line_errors(tmp_path):
     said = Protocol(num=30).describe()                  # the protocol lines say what the statistics hold
     assert f"{said['clip']}; {said['resize']}; scaled x / 127.5 - 1; fp32; selection seed 0" in " ".join(r.out.split())
     assert f"detector: {said['features']}, sha256 {WEIGHTS_SHA256}" in " ".join(r.out.split())
+    r = _cli("--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz", "--json", tmp_path / "out" / "r.json")
+    assert r.code == 0, r.err                                   # its own earlier report is replaced
     r = _cli("--real", tmp_path / "missing", "--fake", tmp_path / "b.npz")
     assert "does not exist" in r.error
     r = _cli("--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz", "--frames", "32")
@@ -747,6 +749,7 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
     _stats_pair(tmp_path)
     (tmp_path / "file").write_text("x")
     (tmp_path / "notes.npz").write_text("the user's notes")
+    (tmp_path / "dataset.json").write_text('{"format": "hpdm-shards"}')      # e.g. a dataset's description
     base = ["--real", tmp_path / "a.npz", "--fake", tmp_path / "b.npz"]
     kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     for args, why in ((["--stride", "0"], "--stride 0"), (["--stride", "-2"], "--stride -2"),
@@ -757,6 +760,8 @@ def test_eval_fvd_options_out_of_range_are_one_line_errors(tmp_path, folders):
                       (["--save-real", tmp_path / "file" / "s.npz"], "is a file"),
                       (["--json", tmp_path / "file" / "r.json"], "is a file"),
                       (["--json", tmp_path / "keep.mp4"], "expected a .json file name"),
+                      (["--json", tmp_path / "dataset.json"], "already holds a file that is not an `hpdm eval-fvd` "
+                                                               "report"),
                       (["--save-fake", tmp_path / "a.npz"], "--save-fake '" + str(tmp_path / "a.npz") + "' is the "
                                                             "--real input: it would be overwritten"),
                       (["--save-real", tmp_path / "b.npz"], "is the --fake input"),

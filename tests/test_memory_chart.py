@@ -74,6 +74,7 @@ def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, 
     assert [r["peak_mem_GiB"] for r in rows] == [None, None]                        # no figure on a CPU: null
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["levels"] for r in rows] == [1, 2]
     assert "8x16x16" in out and "ok (CPU)" in out
+    mc._check_target(js, "--json")                          # a re-run may replace its own report
 
 
 @pytest.mark.parametrize("args,message", [
@@ -83,9 +84,19 @@ def test_the_command_measures_each_size_and_writes_the_chart_and_json(tmp_path, 
     (["--compile", "--resolutions", "4x8x8"], "--compile: not used by --memory-chart"),
     (["--memory-chart", "{dir}/chart.txt"], "expected a .png file name"),
     (["--memory-chart", "/dev/null/chart.png"], "'/dev/null' is a file, not a folder"),
+    (["--resolutions", "4x8x8,8x33x32"], "--resolutions 8x33x32: "),          # a size the patches cannot tile
+    (["--json", "{dir}/mine.json"], "already holds a file that is not an `hpdm bench --memory-chart` report"),
 ])
 def test_bad_memory_chart_options_are_one_line_errors(tmp_path, capsys, args, message):
     args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    mine = tmp_path / "mine.json"
+    if str(mine) in args:                                  # another tool's JSON: refused, kept as it was
+        mine.write_text('{"mine": 1}')
+        code, out, err = run_cli(capsys, "bench", "recipes/tiny.toml", "--memory-chart", str(tmp_path / "m.png"),
+                                 *args, "--no-baseline")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert mine.read_text() == '{"mine": 1}' and sorted(tmp_path.iterdir()) == [mine]
+        return
     chart = [] if "--memory-chart" in args else ["--memory-chart", str(tmp_path / "m.png")]
     code, out, err = run_cli(capsys, "bench", "recipes/tiny.toml", *chart, *args, "--no-baseline")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -577,10 +577,13 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     cases.append((["--synthetic", "shapes", str(mine), "--num-videos", "2"], "holds files that are not an hpdm "
                    "dataset's (notes.txt): choose an empty or new directory"))
     cases.append((["--synthetic", "shapes", str(mine), "--num-videos", "2", "--overwrite"], "(notes.txt)"))
+    cases.append((["--synthetic", "shapes", str(tmp_path / "none"), "--num-videos", "0"], "--num-videos 0: expected "
+                   "at least 1 video"))
     for argv, text in cases:
         assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("hpdm: error:") and text in err and "\n" not in err, (argv, err)
+    assert not (tmp_path / "none").exists()                              # refused before its folder was made
     assert sorted(os.listdir(mine)) == ["captions.json", "notes.txt"] and (mine / "captions.json").read_text() == "mine"
 
 

@@ -373,6 +373,9 @@ def test_a_class_model_on_unlabelled_clips_is_refused_before_the_run_directory(s
                                              r"label \(.*bare\): prepare it from class sub-folders"):
             train(make_recipe(data, 'model.cond="class"', "model.num_classes=16", *args), tmp_path / "run", log=quiet())
         assert not (tmp_path / "run").exists()
+    with pytest.raises(TrainError, match=r"^the dataset has 16 classes but model.num_classes = 2: set "
+                                         r"model.num_classes=16 \(or more\)$"):
+        train(make_recipe(shapes_data, 'model.cond="class"', "model.num_classes=2"), tmp_path / "run2", log=quiet())
 
 
 @pytest.mark.parametrize("extra,message", [

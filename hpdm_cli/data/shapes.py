@@ -221,6 +221,12 @@ def _render_encoded(job: tuple) -> tuple[bytes, str, int]:
     return encode_mp4_bytes(video, fps, crf=crf, gop=gop, preset=preset), caption, label
 
 
+def check_num_videos(num_videos: int) -> None:
+    """Refuse a dataset of no videos (DataError naming --num-videos), before any folder is made."""
+    if num_videos < 1:
+        raise DataError(f"--num-videos {num_videos}: expected at least 1 video")
+
+
 def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames: int, height: int, width: int,
                          seed: int = 0, fps: float = SHAPES_FPS, progress: Callable[[int, int], None] | None = None,
                          workers: int = 0, max_videos_per_shard: int = 1000, crf: int = 18, gop: int = 16,
@@ -232,8 +238,7 @@ def write_shapes_dataset(out_dir: str | os.PathLike, *, num_videos: int, frames:
     the prompts (all, train: no held-out triple, heldout: only held-out triples) and is
     recorded in the dataset's metadata with the held-out rule.
     """
-    if num_videos < 1:
-        raise DataError(f"--num-videos {num_videos}: expected at least 1 video")
+    check_num_videos(num_videos)
     shapes_attributes(0, frames=frames, height=height, width=width, seed=seed, split=split)  # validate early
     meta = dict(generator="shapes", seed=int(seed), frames=int(frames), height=int(height), width=int(width),
                 shapes=SHAPES, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), directions=DIRECTIONS,

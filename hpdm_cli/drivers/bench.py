@@ -20,7 +20,7 @@ import torch
 from ..config import (BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION, BENCH_STEPS, BENCH_WARMUP, ConfigError, Recipe,
                       TILE_BATCH)
 from ..diffusion.edm import draw_noise
-from ..io import atomic_write_json, make_folder, unwritable
+from ..io import atomic_write_json, holds_other_than, make_folder, unwritable
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
 from ..sampling.edm_sampler import network_evaluations
@@ -156,6 +156,14 @@ def _check_json_target(path: Path) -> None:
     why = unwritable(path, suffix=".json")                    # missing folders are made, as sample --out's
     if why is not None:
         raise ConfigError(f"--json {path}: {why}")
+    if holds_other_than(path, is_bench_report):
+        raise ConfigError(f"--json {path} already holds a file that is not an `hpdm bench` report: choose another "
+                          "path (or delete it)")
+
+
+def is_bench_report(value) -> bool:
+    """Whether JSON `value` is what `hpdm bench --json` writes: a list of rows, each naming its device."""
+    return isinstance(value, list) and all(isinstance(r, dict) and "device" in r for r in value)
 
 
 def write_json(path: str | Path, rows: list[dict]) -> None:

@@ -29,7 +29,7 @@ from ..eval.fvd import (FVDResult, FVDStats, I3DExtractor, Protocol, SideReport,
 from ..eval.fvd_sources import (Clip, Log, Progress, check_workers, default_cache_dir, side_stats, source_kind,
                                 stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
-from ..io import unwritable
+from ..io import holds_other_than, unwritable
 from .options import (check_seed_range, parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps,
                       with_sample_options)
 
@@ -455,6 +455,9 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         fake = DEFAULT_MODEL
     if json_out is not None:
         _check_writable_file(json_out, "--json", ".json")
+        if holds_other_than(json_out, lambda v: isinstance(v, dict) and {"fvd", "detector"} <= v.keys()):
+            raise FVDError(f"--json {str(json_out)!r} already holds a file that is not an `hpdm eval-fvd` report "
+                           "(a dataset's description?): choose another path (or delete it)")
     if Path(fake).exists() and source_kind(fake) != "checkpoint":      # a missing --fake is named later
         given = [flag for flag, v in (("--gen-seed", gen_seed), ("--gen-batch", gen_batch), ("--steps", steps),
                                       ("--guidance", guidance), ("--overlap", overlap), ("--bf16", bf16 or None),

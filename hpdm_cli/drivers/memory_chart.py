@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..device import use_tf32
-from ..io import atomic_write_json, make_folder, unwritable
+from ..io import atomic_write_json, holds_other_than, make_folder, unwritable
 from ..io.contact_sheet import draw_text, text_width, write_png
 
 __all__ = ["RESOLUTIONS", "parse_resolutions", "measure", "draw_chart", "summary", "run_memory_chart"]
@@ -81,14 +81,19 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
+def recipe_at(recipe_path, overrides: Sequence[str], res):
+    """The recipe at output size `res`, its blocks spread over the levels linearly; ConfigError if it cannot tile it."""
+    from ..recipe import load_recipe
+    size = f"pyramid.resolution=[{','.join(map(str, res))}]"
+    return load_recipe(recipe_path, [*overrides, size, "model.load=\"linear\""])
+
+
 def hpdm_point(recipe_path, overrides: Sequence[str]) -> Point:
     """Peak memory of one `hpdm bench` training step of the recipe's model at each output size."""
-    from ..recipe import load_recipe
     from .bench import bench_training
 
     def point(res) -> dict:
-        rec = load_recipe(recipe_path, [*overrides, f"pyramid.resolution=[{','.join(map(str, res))}]",
-                                        "model.load=\"linear\""])
+        rec = recipe_at(recipe_path, overrides, res)
         row = bench_training(rec, steps=1, warmup=0, batch=1, precisions=["bf16"])[0]
         return {"peak_mem_GiB": row["peak_mem_GiB"], "levels": rec.pyramid.num_levels, "params_M": row["params_M"],
                 "step_s": row["step_s"]}
@@ -289,6 +294,9 @@ def _check_target(path: Path, option: str) -> None:
     why = unwritable(path, suffix=".json" if option == "--json" else None)     # missing folders are made
     if why is not None:
         raise ConfigError(f"{option} {path}: {why}")
+    if option == "--json" and holds_other_than(path, lambda v: isinstance(v, dict) and {"device", "points"} <= set(v)):
+        raise ConfigError(f"--json {path} already holds a file that is not an `hpdm bench --memory-chart` report: "
+                          "choose another path (or delete it)")
 
 
 def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_out: Optional[Path] = None,
@@ -307,6 +315,11 @@ def run_memory_chart(recipe: str, overrides: Sequence[str], png: Path, *, json_o
     res = parse_resolutions(resolutions or RESOLUTIONS)
     path = default_recipe_path(recipe)
     load_recipe(path, list(overrides))                      # a bad recipe or override fails before any step
+    for r in res:                                           # ...and so does a size the recipe's patches cannot tile
+        try:
+            recipe_at(path, overrides, r)
+        except ConfigError as e:
+            raise ConfigError(f"--resolutions {label(r)}: {e}") from None
     for target in (png, json_out):
         if target is not None:
             make_folder(target.parent, "--memory-chart" if target == png else "--json")

@@ -186,8 +186,9 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     H = height if height is not None else (hw[0] if hw else R[1])
     W = width if width is not None else (hw[1] if hw else R[2])
     f = fps if fps is not None else (rec.data.fps if rec is not None else SHAPES_FPS)
-    from ..data.shapes import write_shapes_dataset
+    from ..data.shapes import check_num_videos, write_shapes_dataset
     from ..io.lock import hold_lock
+    check_num_videos(num_videos)
     folder_only = [f"--{k}" for k in _FOLDER_ONLY if folder_options.get(k) not in (None, False,
                                                                                   getattr(PrepareOptions, k))]
     if folder_only:

@@ -14,10 +14,10 @@ import json
 import math
 import os
 import secrets
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 __all__ = ["NAME_MAX", "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir",
-           "json_text", "make_folder", "unwritable"]
+           "holds_other_than", "json_text", "make_folder", "unwritable"]
 
 
 NAME_MAX = 255          # bytes in one file name on Linux, macOS and Windows file systems
@@ -143,6 +143,22 @@ def make_folder(folder: str | os.PathLike, what: str) -> None:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise HPDMError(f"{what}: cannot create the folder {os.fspath(folder)!r} ({e.strerror or e})") from None
+
+
+def holds_other_than(path: str | os.PathLike, ours: Callable[[Any], bool]) -> bool:
+    """Whether `path` holds a file other than an empty one or JSON that `ours` recognises as this command's report.
+
+    A `--json` output may replace an earlier report of the same command, never another file (a dataset's
+    description, another tool's JSON): the callers refuse those before any work.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            return not ours(json.load(f))
+    except (OSError, ValueError):
+        return True
 
 
 def unwritable(path: str | os.PathLike, *, make_dirs: bool = True, suffix: str | None = None) -> str | None:

@@ -504,7 +504,8 @@ def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: D
     if m.cond == "class":
         n_cls = len(batches.class_names)
         if n_cls and n_cls > m.num_classes:
-            raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {m.num_classes}")
+            raise TrainError(f"the dataset has {n_cls} classes but model.num_classes = {m.num_classes}: set "
+                             f"model.num_classes={n_cls} (or more)")
         if n_cls and dist.is_main:             # sampling names classes without the dataset (hpdm_cli.checkpoint)
             atomic_write_json(run_dir / CLASS_NAMES, {"class_names": [str(n) for n in batches.class_names]})
     return None
