@@ -482,6 +482,13 @@ def test_hpdm_sample_with_the_encoder_blocked(text_run, shapes16, tmp_path, caps
     code, _, err = run_cli(capsys, "sample", "--ckpt", run, "--prompt-embedding", tmp_path / "e.safetensors",
                            "--levels", "0", "--steps", "1", "--out", tmp_path / "b.mp4", "--no-progress")
     assert code == 0, err
+    # A file cut short (a copy interrupted, a full disk) is refused in one line that says what to give instead.
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "e.safetensors").read_bytes()[:-100])
+    code, _, err = run_cli(capsys, "sample", "--ckpt", run, "--prompt-embedding", cut, "--levels", "0",
+                           "--out", tmp_path / "b2.mp4", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "b2.mp4").exists(), err
+    assert f"prompt embedding {cut}: not a readable safetensors file" in err and "or --prompt TEXT" in err, err
     monkeypatch.undo()
     block_encoder(monkeypatch, strict=False)                              # its package missing, as on a GPU host
     code, _, err = run_cli(capsys, "sample", "--ckpt", run, "--prompt", "a pink whale", "--levels", "0", "--out",

@@ -448,7 +448,8 @@ def read_prompt_embedding(path: str | os.PathLike, tokens: int, dim: int) -> tup
     path = Path(path)
     if not path.is_file():
         raise TextEncoderError(f"prompt embedding {str(path)!r}: no such file")
-    with _opened(path, f"prompt embedding {path}: not a readable safetensors file ({{error}})") as (f, meta, keys):
+    with _opened(path, f"prompt embedding {path}: not a readable safetensors file ({{error}}): give a "
+                       ".safetensors holding one [tokens, dim] tensor, or --prompt TEXT") as (f, meta, keys):
         key = "embedding" if "embedding" in keys else (keys[0] if len(keys) == 1 else None)
         t = f.get_tensor(key) if key is not None and meta.get("format") != FORMAT else None
     name = meta.get("prompt") or path.name

@@ -293,6 +293,12 @@ def latest_checkpoint(run_dir: Path, device="cpu", warn=None, *, set_aside: bool
     return None
 
 
+# What to do about a weights file that safetensors cannot read (truncated by a full disk, copied in part, or not
+# weights at all): every place that opens one says the same.
+UNREADABLE_FIX = ("damaged or not weights: give a run directory, a checkpoint folder (ckpt-NNNNNNNN), a .safetensors "
+                  "that hpdm exported, or `packaged`")
+
+
 def read_metadata(path: Path) -> dict:
     """The string metadata of a weights file (its header only: cheap); CheckpointError when it is unreadable."""
     try:
@@ -302,7 +308,8 @@ def read_metadata(path: Path) -> dict:
         if Path(path).suffix.lower() == ".toml":
             raise CheckpointError(f"{path} is a TOML recipe, not weights: give a run directory, a checkpoint folder "
                                   "or a .safetensors file") from None
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e}); "
+                              f"{UNREADABLE_FIX}") from e
 
 
 def recipe_in_metadata(meta: dict, source) -> Recipe:
@@ -320,7 +327,8 @@ def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
     try:
         weights = load_file(str(path), device=str(device))
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e}); "
+                              f"{UNREADABLE_FIX}") from e
     recipe = recipe_in_metadata(meta, path)
     bad = first_nonfinite(weights)
     if bad is not None:
