@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import border_pixels  # noqa: E402
 import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
+import graphs_check  # noqa: E402
 import mean_motion  # noqa: E402
 import memory_vs_resolution as mvr  # noqa: E402
 import peer_rin  # noqa: E402
@@ -1147,3 +1148,28 @@ def test_border_pixels_takes_real_levels_below_the_last_only(monkeypatch, capsys
         with pytest.raises(SystemExit) as e:
             border_pixels.main()
         assert str(e.value) == f"--real-levels {k}: expected 1..2"
+
+
+def test_graphs_check_compares_losses_step_by_step_and_fails_on_a_gap():
+    a = {1: 1.0, 2: 0.5, 3: 0.25}
+    assert graphs_check.relative_difference(a, dict(a)) == 0.0
+    assert graphs_check.relative_difference(a, {1: 1.0, 2: 0.55, 3: 0.25}) == pytest.approx(0.1)
+    assert graphs_check.relative_difference(a, {4: 1.0}) == math.inf                  # no step in common
+    assert graphs_check.relative_difference(a, {1: float("nan")}) == math.inf
+    assert graphs_check._compile_value("reduce-overhead") == '"reduce-overhead"'
+    assert graphs_check._compile_value("true") == "true"
+
+
+def test_graphs_check_two_eager_runs_from_one_seed_agree_exactly_and_resume(tmp_path):
+    """The script end to end on the CPU (tiny recipe, synthetic data): equal runs, a resumed last run."""
+    report = graphs_check.check("recipes/tiny.toml", tmp_path, ["false", "false"], 2, 1, "cpu",
+                                ["data.synthetic_videos=32"], 0.02)
+    assert report["ok"], report
+    assert [r["steps_logged"] for r in report["rows"]] == [2, 2]
+    assert report["rows"][1]["loss_rel_diff"] == 0.0 and report["rows"][1]["weights_rel_diff"] == 0.0
+    assert report["resume"]["reached"] == 3 and report["resume"]["finite"]
+    # Another learning rate in the second run is a different model: its weights differ beyond any tolerance.
+    graphs_check.train("recipes/tiny.toml", tmp_path / "other", "false", 2, "cpu",
+                       ["data.synthetic_videos=32", "train.lr=0.05"])
+    assert graphs_check.weights_difference(tmp_path / "run0-false", tmp_path / "other") > 0.02
+    assert "the runs agree" in graphs_check.table(report)
