@@ -72,3 +72,29 @@ def test_train_step_is_three_forwards():
     from hpdm_cli.model.flops import forward_flops, train_step_flops
     rec = tiny_toml()
     assert train_step_flops(rec.pyramid, rec.model) == 3 * forward_flops(rec.pyramid, rec.model)["total"]
+
+
+
+@pytest.mark.parametrize("self_condition, prob", [(False, 0.9), (True, 0.0), (True, 1.0)])
+def test_a_training_step_counts_the_self_conditioning_pass_it_runs(self_condition, prob):
+    """`train_step_flops` against FlopCounterMode over edm_loss + backward, the self-conditioning pass included
+    (probability 0 or 1: every step alike); the first layer's backward has no input gradient, so the count is a
+    little below three forwards."""
+    import dataclasses
+
+    from hpdm_cli.diffusion.edm import edm_loss
+    from hpdm_cli.model.flops import train_step_flops
+    recipe = tiny_recipe(resolution=(8, 16, 16), self_condition=self_condition)
+    diff = dataclasses.replace(recipe.diffusion, self_cond_prob=prob)
+    net, B, L = HPDMNet(recipe.pyramid, recipe.model), 2, recipe.pyramid.num_levels
+    x = torch.rand(B, L, 3, *recipe.pyramid.patch) * 2 - 1
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        edm_loss(net, x, sample_nested_offsets(recipe.pyramid, B), diff, torch.zeros(B, dtype=torch.long),
+                 generator=torch.Generator().manual_seed(0), self_condition=self_condition).loss.backward()
+    expected = train_step_flops(recipe.pyramid, recipe.model, self_cond_prob=prob)
+    assert fc.get_total_flops() / B == pytest.approx(expected, rel=0.02)
+    plain = 3 * forward_flops(recipe.pyramid, recipe.model)["total"]
+    if self_condition and prob == 1.0:
+        assert expected > 1.3 * plain                  # the pass is a whole forward: ~4 forwards, not 3
+        half = train_step_flops(recipe.pyramid, recipe.model, self_cond_prob=0.5)
+        assert half == pytest.approx((plain + expected) / 2, abs=1)   # the expectation over the draws

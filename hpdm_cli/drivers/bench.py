@@ -329,7 +329,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     _sync(device)
     sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back
     update = sum(_elapsed(a, b) for a, b in marks) / steps
-    flops = train_step_flops(rec.pyramid, rec.model) * B
+    flops = train_step_flops(rec.pyramid, rec.model, self_cond_prob=rec.diffusion.self_cond_prob) * B
     peak = peak_flops(device, precision)
     return {
         "variant": name, "precision": precision, "compile": rec.train.compile, "noise_on": rec.train.noise_on,

@@ -1,10 +1,11 @@
 """Exact matmul/attention FLOP counts of HPDMNet (the conventions of torch.utils.flop_counter).
 
 Counts 2*m*n*k per matrix product and 4*S_q*S_k*d per attention (QK^T and AV), per sample.
-Element-wise work, norms, biases and grid sampling are not counted (as in FlopCounterMode).
+Element-wise work, norms and biases are not counted (as in FlopCounterMode); deep fusion's sampling of lower
+levels is, as the three 1-D interpolation matmuls it runs.
 `tests/test_flops.py` checks these formulas against FlopCounterMode on real forward passes,
 so the MFU of `hpdm bench` rests on counted, not guessed, FLOPs. A training step costs about
-three forward passes (backward = 2x forward).
+three forward passes (backward = 2x forward), plus the self-conditioning pass where a step runs one.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
     return out
 
 
-def train_step_flops(pyr: PyramidConfig, m: ModelConfig, **kwargs) -> int:
-    """Per-sample FLOPs of one training step: forward + backward (2x forward)."""
-    return 3 * forward_flops(pyr, m, **kwargs)["total"]
+def train_step_flops(pyr: PyramidConfig, m: ModelConfig, *, self_cond_prob: float = 0.0, **kwargs) -> int:
+    """Per-sample FLOPs of one training step, expected over its random draws: forward + backward (2x forward).
+
+    With `model.self_condition`, a step runs a gradient-free pass first with probability `self_cond_prob`
+    (`diffusion.self_cond_prob`), and its trained pass then reads those latents back (one more projection).
+    """
+    plain = forward_flops(pyr, m, **kwargs)["total"]
+    if not (m.self_condition and self_cond_prob > 0):
+        return 3 * plain
+    reading = forward_flops(pyr, m, self_cond=True, **kwargs)["total"]
+    return round(3 * plain + self_cond_prob * (3 * (reading - plain) + plain))

@@ -534,7 +534,8 @@ class _Steps:
     def run(self, *, stop_after: Optional[int], progress: bool) -> TrainSummary:
         """Train until train.steps, a signal or `stop_after` steps; checkpoint on the way and at the end."""
         t, dist, start = self.t, self.dist, self.state.start
-        self.flops = train_step_flops(self.recipe.pyramid, self.recipe.model) * t.batch_size
+        self.flops = train_step_flops(self.recipe.pyramid, self.recipe.model,
+                                      self_cond_prob=self.recipe.diffusion.self_cond_prob) * t.batch_size
         self.stats = StatsWriter(self.run_dir, enabled=dist.is_main, tensorboard=True, resume_step=start)
         if self.stats.note:
             self.say(self.stats.note)
