@@ -2,7 +2,8 @@
 
 Every dimension, count and switch of the method lives here, grouped by the recipe's
 sections (`[data]`, `[pyramid]`, `[model]`, `[diffusion]`, `[train]`, `[sample]`, `[eval]`).
-Defaults give the paper's HPDM-S architecture (its Table 7); the training schedule and sampling
+Defaults give the HPDM-S sizes that the paper's Table 7 lists (the ones it does not list, compute layers and
+head size, are hpdm's choices: README, "Model size"); the training schedule and sampling
 of a run come from its recipe (recipes/ucf.toml: the paper's UCF-101 settings), which overrides them.
 `Recipe.validate()` checks cross-field consistency and raises `ConfigError` with a
 one-line message naming the key.

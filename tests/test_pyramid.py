@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hpdm_cli.config import PyramidConfig
 from hpdm_cli.pyramid import (downsample_to_level, extract_patches, level_scales, patch_points, relative_coords,
                               sample_nested_offsets, to_grid_sample)
-from hpdm_cli.pyramid.tiles import build_tiles, chain_offsets
+from hpdm_cli.pyramid.tiles import build_tiles, chain_offsets, shift_phases
 
 PYRAMIDS = {
     "ucf-like (3 levels)": PyramidConfig(resolution=(16, 64, 64), patch=(4, 16, 16)),
@@ -137,7 +137,8 @@ def tile_index(pyr: PyramidConfig, top: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list(TILED))
 def test_tile_offsets_are_the_samplers_tile_chains(name):
-    """pyramid.offsets = "tiles": each drawn chain is a sampling tile with its ancestors, every tile about equally often."""
+    """pyramid.offsets = "tiles": each drawn chain is a sampling tile with its ancestors, each tile as often as
+    sampling's calls evaluate it (equally often without shifts; a shifted axis's end tiles in both phases)."""
     pyr = dataclasses.replace(TILED[name], offsets="tiles")
     chains = chain_offsets(build_tiles(pyr, pyr.overlap), pyr.num_levels - 1)     # [T, L, 3]
     T = chains.shape[0]
@@ -145,8 +146,13 @@ def test_tile_offsets_are_the_samplers_tile_chains(name):
     idx = tile_index(pyr, off[:, -1])
     assert torch.all(idx >= 0)                                  # the last level sits on a sampling tile
     assert torch.equal(off, chains[idx])                        # with the ancestors sampling gives that tile
-    counts = torch.bincount(idx, minlength=T).float()
-    assert counts.min() > 0.6 * 200 and counts.max() < 1.4 * 200, (counts.min(), counts.max())
+    counts = torch.bincount(idx, minlength=T).double()
+    last = build_tiles(pyr, pyr.overlap)[-1]
+    calls = torch.zeros(T, dtype=torch.float64)
+    for index, _ in shift_phases(last, pyr.overlap):
+        calls[index] += 1
+    expected = 200 * T * calls / calls.sum()
+    assert torch.all((counts / expected - 1).abs() < 0.4), (counts / expected).aminmax()
     s = level_scales(pyr)
     for l in range(1, pyr.num_levels):                          # nested, as every training chain must be
         assert torch.all(off[:, l] >= off[:, l - 1] - 1e-6)
@@ -163,17 +169,24 @@ def test_tile_offsets_are_the_samplers_tile_chains(name):
             assert torch.equal(patches[b, l], level[b, :, f0:f0 + rf, h0:h0 + rh, w0:w0 + rw]), (l, b)
 
 
-def test_tile_offsets_train_the_frame_edges_as_often_as_sampling_tiles_them():
-    """Nested uniform offsets put a 4-level pyramid's last level at the bottom edge ~2 in 10^4 times; tiles ~1 in 15."""
-    pyr = PyramidConfig(resolution=(32, 128, 128), patch=(4, 16, 16), overlap="shift-fhw", offsets="grid")
+@pytest.mark.parametrize("overlap", ["shift-fhw", "fhw", "none"])
+def test_tile_offsets_train_the_frame_edges_as_often_as_sampling_tiles_them(overlap):
+    """Nested uniform offsets put a 4-level pyramid's last level at the bottom edge ~2 in 10^4 times; tiles as often
+    as sampling's calls evaluate a tile there, counted over a cycle of its shift phases."""
+    pyr = PyramidConfig(resolution=(32, 128, 128), patch=(4, 16, 16), overlap=overlap, offsets="grid")
     s = level_scales(pyr)[-1]
     at_edge = lambda off: ((off[:, -1] + s) > 1 - 1e-6).double().mean(0)      # noqa: E731  per axis (t, y, x)
     g = torch.Generator().manual_seed(7)
     nested = at_edge(sample_nested_offsets(pyr, 100_000, generator=g))
     tiled = at_edge(sample_nested_offsets(dataclasses.replace(pyr, offsets="tiles"), 100_000, generator=g))
-    starts = len(build_tiles(pyr, pyr.overlap)[-1].starts[:, 1].unique())        # 15 tile rows at the last level
+    last = build_tiles(pyr, pyr.overlap)[-1]
+    calls = [last.offsets[index] for index, _ in shift_phases(last, overlap)]    # the tiles each call evaluates
+    evaluated = torch.cat(calls)
+    sampling = ((evaluated + s.double()) > 1 - 1e-6).double().mean(0)
+    expected = {"shift-fhw": 2 / 17, "fhw": 1 / 15, "none": 1 / 8}[overlap]    # end tiles in both phases: 2 of 17
+    assert torch.allclose(sampling[1:], torch.full((2,), expected, dtype=torch.float64)), sampling
     assert torch.all(nested[1:] < 2e-3) and nested[0] < 0.01, nested     # (time: 5 positions a level, not 17)
-    assert torch.allclose(tiled[1:], torch.full((2,), 1 / starts, dtype=torch.float64), atol=0.005), tiled
+    assert torch.allclose(tiled, sampling, atol=0.005), (tiled, sampling)
 
 
 def test_tile_offsets_come_from_the_generator():

@@ -296,6 +296,9 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     (dict(fusion="deep", load=[1, 1, 2, 3], fusion_edges=True), 2.0, "shift-fhw", torch.float64),
     (dict(fusion="deep", load=[1, 2, 3, 3], cond="text", text_dim=12, text_tokens=2), 1.0, "f+shift-hw",
      torch.float64),
+    # The packaged model's options (docs/method.md, section 4), and a load that skips the middle level's blocks.
+    (dict(fusion="deep", load=[3, 1, 1, 3], interface_conv=True, qk_norm=True, adaptive_norm=True,
+          adaptive_norm_interface=True, pos_embed="sincos", self_condition=True), 2.0, "fhw", torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
     """Activation caching and per-call recomputation give the same video.

@@ -15,8 +15,9 @@ b_l means a lower signal-to-noise ratio at every sigma for the finer levels, who
 more correlated. As in Chen 2023, the network input is normalised to unit variance for the
 scaled data: c_in = 1 / sqrt(sigma^2 + (b_l sigma_d)^2); c_skip and c_out keep sigma_d.
 
-Every level draws its own sigma from a log-normal and its own noise (eq. 6 of the paper). Context levels at
-inference: finished lower levels are shown to the network at sigma = `diffusion.context_sigma`
+Every level draws its own sigma and its own noise (eq. 6 of the paper); the log-normal distribution of sigma is
+EDM's, the paper gives none. Context levels at inference (an extension; the paper does not say how finished
+levels are shown): finished lower levels are shown to the network at sigma = `diffusion.context_sigma`
 (noised with that sigma). Training covers this case: with probability `diffusion.context_prob`
 a sample picks a split m in 1..L-1 and levels < m get sigma = context_sigma; those levels are
 context only and are left out of the loss (they still receive gradients through fusion).

@@ -23,7 +23,7 @@ import torch
 
 from ..config import PyramidConfig
 from ..device import constant
-from .tiles import build_tiles, chain_offsets
+from .tiles import build_tiles, chain_offsets, shift_phases
 
 # Slack (in pixels) when rounding the last level's offsets to integer pixels (float64 noise).
 _EPS = 1e-6
@@ -72,26 +72,37 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
 
 def sample_tile_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[torch.Generator] = None,
                         device=None) -> torch.Tensor:
-    """Training offsets [B, L, 3] that are the sampler's: a last-level tile, uniformly, with its ancestor tiles.
+    """Training offsets [B, L, 3] that are the sampler's: a last-level tile, as often as sampling evaluates it,
+    with its ancestor tiles.
 
     The tiles are those of hierarchical sampling under `pyr.overlap` (`hpdm_cli.pyramid.tiles`),
     each level-l tile's context taken from the lower-level tiles that sampling takes it from. Nested
     uniform offsets put a patch at the frame's edge ever more rarely level after level (the last
     level of a 4-level pyramid: ~2 in 10^4 patches), while sampling tiles the edges as often as the
-    middle (docs/method.md, section 3).
+    middle (docs/method.md, section 3). A tiling without shifts evaluates every tile at every call, so
+    the draw is uniform; with shifted tiles the two end tiles of a shifted axis belong to both of its
+    phases (`shift_phases`) and are drawn twice as often as the others.
     """
-    chains = _tile_chains(tuple(pyr.resolution), tuple(pyr.patch), pyr.overlap)          # [T, L, 3]
-    idx = torch.randint(chains.shape[0], (batch,), generator=generator,
-                        device=generator.device if generator is not None else None)
+    chains, weights = _tile_chains(tuple(pyr.resolution), tuple(pyr.patch), pyr.overlap)  # [T, L, 3], [T]
+    g_dev = generator.device if generator is not None else None
+    if bool((weights == weights[0]).all()):
+        idx = torch.randint(chains.shape[0], (batch,), generator=generator, device=g_dev)
+    else:
+        idx = torch.multinomial(weights.to(g_dev), batch, replacement=True, generator=generator)
     return chains[idx.cpu()].to(device)
 
 
 @lru_cache(maxsize=8)
-def _tile_chains(resolution: tuple, patch: tuple, overlap: str) -> torch.Tensor:
-    """Every last-level tile's offsets on levels 0..L-1 under the tiling `overlap`, as [T, L, 3] float32."""
+def _tile_chains(resolution: tuple, patch: tuple, overlap: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every last-level tile's offsets on levels 0..L-1 under the tiling `overlap`, as [T, L, 3] float32, and
+    how many of sampling's phases evaluate each tile ([T] float64; all 1 without shifted tiles)."""
     pyr = PyramidConfig(resolution=resolution, patch=patch, overlap=overlap)
     tiles = build_tiles(pyr, overlap)
-    return chain_offsets(tiles, pyr.num_levels - 1)
+    last = tiles[-1]
+    weights = torch.zeros(last.num_tiles, dtype=torch.float64)
+    for index, _ in shift_phases(last, overlap):
+        weights[index.cpu()] += 1
+    return chain_offsets(tiles, pyr.num_levels - 1), weights
 
 
 def relative_coords(scales: torch.Tensor, offsets: torch.Tensor, level: int, context: int):
