@@ -321,11 +321,18 @@ def test_upscale_with_the_packaged_model_says_what_its_prompt_asks_that_it_canno
 
 def test_unknown_words_names_what_the_shapes_captions_never_say():
     from hpdm_cli.data.shapes import shapes_prompts, unknown_words
-    assert all(unknown_words(p) is None for p in shapes_prompts()[::7])        # every caption word is known
-    assert unknown_words("A Red Circle, moving RIGHT.") is None
+    assert all(unknown_words(p) is None for p in shapes_prompts(short=False)[::7])   # every caption word is known
+    assert unknown_words("A Red Circle, moving RIGHT on a Gray background.") is None
     note = unknown_words("a dog running on the beach")
     assert "'dog', 'running', 'the', 'beach' are not among them" in note and "no colour or shape or direction" in note
-    assert "no direction it knows" in unknown_words("a red circle") and "not among" not in unknown_words("a red circle")
+    assert "no direction it knows" in unknown_words("a red circle on a black background")
+    assert "not among" not in unknown_words("a red circle on a black background")
+    # Every caption names a background: without one (or with a colour that is no background) the tiles may disagree.
+    for prompt in ("a blue square moving up", "a blue square moving up on a red background",
+                   "a blue square moving up on a background of gray"):
+        note = unknown_words(prompt)
+        assert note is not None and "no background named" in note and "no colour" not in note, (prompt, note)
+    assert unknown_words("a blue square moving up on a green background") is None
 
 
 def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_path, capsys):

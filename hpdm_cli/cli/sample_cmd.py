@@ -58,7 +58,7 @@ def sample(
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ):
-    """Generate videos from the packaged model or a checkpoint: `hpdm sample --prompt "a red circle moving right"`.
+    """Generate videos from the packaged model or a checkpoint: `hpdm sample --prompt "a red circle moving right on a gray background"`.
 
     Without --ckpt the packaged text-to-video shapes model draws the prompt (into clip.mp4).
 
