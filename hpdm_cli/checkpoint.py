@@ -105,7 +105,7 @@ def load_sampling_weights(ckpt: str | os.PathLike, device="cpu", warn=None) -> t
                 continue
             if skipped and warn is not None:
                 for e in skipped:
-                    warn(f"skipping {str(e).splitlines()[0]}")
+                    warn(f"skipping {str(getattr(e, 'what', e)).splitlines()[0]}")
                 warn(f"using the newest usable checkpoint instead: {c} (step {step})")
             return w, weights, recipe, step
         first = str(skipped[0]).splitlines()[0]

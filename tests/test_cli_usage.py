@@ -399,6 +399,23 @@ def test_progress_bars_draw_one_bar_per_key_to_its_end(capsys):
     assert "2/2" in err and "1/1" in err, err
 
 
+def test_without_bars_a_batch_log_gets_one_line_per_finished_key(capsys):
+    """Bars off (stderr a file): a line as each level finishes, none before, none twice; other ranks say nothing."""
+    from hpdm_cli.cli.progress import keyed_bars
+    with keyed_bars(lambda level: f"level {level}", False, lines=True) as bar:
+        bar(0, 1, 3)
+        bar(0, 2, 3)
+        assert capsys.readouterr().err == ""
+        bar(0, 3, 3)
+        bar(0, 3, 3)
+        bar(1, 2, 2)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["level 0: 3/3", "level 1: 2/2"], lines
+    assert all(line.endswith(" s") for line in lines), lines
+    with keyed_bars(lambda level: f"level {level}", False) as bar:          # a rank other than 0: nothing at all
+        assert bar is None
+
+
 def test_rank0_warn_is_silent_on_other_ranks(capsys, monkeypatch):
     from types import SimpleNamespace
     from hpdm_cli.cli import console

@@ -182,7 +182,7 @@ def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--steps", "1", "--out", out)
     assert code == 0 and f"replaced {out}" in stdout, (err, stdout)                  # said, not silent
-    assert "level 2" not in err                                  # stderr is no terminal here: no bar by default
+    assert "━" not in err and "level 2: 1/1, " in err            # stderr is no terminal here: no bar, a line a level
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
@@ -525,8 +525,9 @@ def test_sample_falls_back_past_an_unusable_newest_checkpoint(assets, tmp_path, 
     code, stdout, err = cli(capsys, "sample", "--ckpt", run, "--class", "0", "--steps", "1", "--out", out,
                             "--no-progress")
     assert code == 0, err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("level ")]     # minus progress lines
     assert len(lines) == 2 and all(line.startswith("hpdm: warning: ") for line in lines), err
+    assert "damaged or not weights" not in lines[0], err                  # skipped, not refused: no fix to give
     assert "ckpt-00000007" in lines[0] and "ckpt-00000006" in lines[1]     # which one was skipped, which one used
     assert out.is_file() and "ckpt-00000006" in stdout
     code, _, err = cli(capsys, "upscale", out, "--ckpt", run, "--steps", "1", "--out", tmp_path / "up.mp4",

@@ -77,7 +77,7 @@ def eval_fvd(
     from ..drivers.fvd import run_eval_fvd
     warn_emulated_bf16(bf16, device)
     live = bars_wanted(progress)
-    with keyed_bars(lambda side: f"{side} clips", live) as bar:
+    with keyed_bars(lambda side: f"{side} clips", live, lines=True) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
                            steps=steps, guidance=guidance, guidance_interval=guidance_interval,
                            guide_model=guide_model, overlap=overlap, bf16=bf16, num=num, frames=frames,

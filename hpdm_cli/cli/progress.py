@@ -18,15 +18,16 @@ def bars_wanted(progress: Optional[bool]) -> bool:
 
 
 @contextmanager
-def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True):
-    """Yield progress(key, done, total) that draws one bar per key (started lazily), or None when disabled.
+def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True, *, lines: bool = False):
+    """Yield progress(key, done, total) that draws one bar per key (started lazily); when disabled, one that
+    prints a line as each key finishes if `lines` (a batch job's log), else None.
 
     Nothing is printed before the first update, so an early error leaves no half-drawn bar.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not enabled:
-        yield None
+        yield finished_lines(describe) if lines else None
         return
     tasks: dict = {}
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -43,6 +44,19 @@ def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True):
     finally:
         if tasks:
             bar.stop()
+
+
+def finished_lines(describe: Callable[[Hashable], str]) -> Callable[[Hashable, int, int], None]:
+    """progress(key, done, total) that prints "<key>: done/total, S s" on stderr once, when a key finishes."""
+    import time
+    started: dict = {}
+
+    def update(key: Hashable, done: int, total: int) -> None:
+        t0 = started.setdefault(key, time.perf_counter())
+        if done >= total and t0 is not None:
+            err.print(f"{describe(key)}: {done}/{total}, {time.perf_counter() - t0:.1f} s", highlight=False)
+            started[key] = None                                  # said once
+    return update
 
 
 @contextmanager

@@ -69,7 +69,7 @@ def sample(
     from ..drivers.sample import generate
     warn_emulated_bf16(bf16, device)
     show = bars_wanted(progress) and is_main_rank()
-    with keyed_bars(lambda level: f"level {level}", show) as bar:
+    with keyed_bars(lambda level: f"level {level}", show, lines=is_main_rank()) as bar:
         rep = generate(ckpt, out, seeds=seeds, prompt=prompt, class_=class_, levels=levels, batch=batch, steps=steps,
                        guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, fps=fps, device=device,
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,

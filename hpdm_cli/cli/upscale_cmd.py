@@ -62,7 +62,7 @@ def upscale(
     from ..drivers.upscale import upscale as run_upscale
     warn_emulated_bf16(bf16, device)
     show = bars_wanted(progress) and is_main_rank()
-    with keyed_bars(lambda level: f"level {level}", show) as bar:
+    with keyed_bars(lambda level: f"level {level}", show, lines=is_main_rank()) as bar:
         rep = run_upscale(input, ckpt, out, from_level=from_level, fit=fit, pad_mode=pad_mode,
                           window_overlap=window_overlap, seed=seed, prompt=prompt, class_=class_, steps=steps,
                           guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,

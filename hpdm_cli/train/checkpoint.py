@@ -289,7 +289,7 @@ def latest_checkpoint(run_dir: Path, device="cpu", warn=None, *, set_aside: bool
         except CheckpointError as e:
             moved = _set_aside(path) if set_aside else None
             if warn:
-                warn(f"skipping {e}" + (f"; renamed to {moved.name}" if moved else ""))
+                warn(f"skipping {getattr(e, 'what', e)}" + (f"; renamed to {moved.name}" if moved else ""))
     return None
 
 
@@ -297,6 +297,14 @@ def latest_checkpoint(run_dir: Path, device="cpu", warn=None, *, set_aside: bool
 # weights at all): every place that opens one says the same.
 UNREADABLE_FIX = ("damaged or not weights: give a run directory, a checkpoint folder (ckpt-NNNNNNNN), a .safetensors "
                   "that hpdm exported, or `packaged`")
+
+
+class UnreadableWeightsError(CheckpointError):
+    """A weights file that safetensors cannot read; `what` says so without the fix (for a warning that skips it)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}; {UNREADABLE_FIX}")
+        self.what = what
 
 
 def read_metadata(path: Path) -> dict:
@@ -308,8 +316,7 @@ def read_metadata(path: Path) -> dict:
         if Path(path).suffix.lower() == ".toml":
             raise CheckpointError(f"{path} is a TOML recipe, not weights: give a run directory, a checkpoint folder "
                                   "or a .safetensors file") from None
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e}); "
-                              f"{UNREADABLE_FIX}") from e
+        raise UnreadableWeightsError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
 
 
 def recipe_in_metadata(meta: dict, source) -> Recipe:
@@ -327,8 +334,7 @@ def read_weights_file(path: Path, device="cpu") -> tuple[dict, Recipe, int]:
     try:
         weights = load_file(str(path), device=str(device))
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e}); "
-                              f"{UNREADABLE_FIX}") from e
+        raise UnreadableWeightsError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
     recipe = recipe_in_metadata(meta, path)
     bad = first_nonfinite(weights)
     if bad is not None:
