@@ -265,9 +265,14 @@ def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_
     s = train(rec, run, log=quiet(msgs))                                    # same command again: nothing to do
     assert (s.start_step, s.step) == (6, 6) and any("nothing to do" in m for m in msgs)
     assert s.last_loss == losses(ref)[6]                                    # the last logged loss, not nan
-    more = make_recipe(shapes_data, steps=8)
+    more = make_recipe(shapes_data, steps=8, warmup_steps=9)
     s = train(more, run, log=quiet(msgs), progress=True)                   # with the Rich live progress bar
     assert (s.start_step, s.step, s.steps) == (6, 8, 8)
+    # Warnings said before the run directory is opened reach train.log too, and so does the new schedule.
+    log = (run / "train.log").read_text()
+    for said in ("train.warmup_steps = 9 is more than train.steps = 8",
+                 "train.steps = 8, where this run was started with 6: its learning-rate schedule is recomputed"):
+        assert any(said in m for m in msgs) and log.count(said) == 1, (said, msgs)
     assert not any(m.startswith("step 7/8") for m in msgs)                  # the bar replaces the status lines...
     assert "step 7/8 loss" in (run / "train.log").read_text()              # ...which still go to the log
     rows = read_stats(run)

@@ -212,6 +212,9 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     if ck is not None and recipe.train.init_from and (prev is None or prev.train.init_from != recipe.train.init_from):
         warn(f"train.init_from is not used: the run resumes from its checkpoint of step {ck['state']['step']} "
              "(init_from only starts a fresh run)")
+    if ck is not None and prev is not None and prev.train.steps != recipe.train.steps:
+        warn(f"train.steps = {recipe.train.steps}, where this run was started with {prev.train.steps}: its learning-rate "
+             f"schedule is recomputed for {recipe.train.steps} steps from step {ck['state']['step']} on")
     if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
         init_from_weights(recipe.train.init_from)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
@@ -337,8 +340,16 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     _check_dataset(recipe.data.path, "data.path", size, labelled)
     if recipe.data.image_path and recipe.data.image_fraction > 0:
         _check_dataset(recipe.data.image_path, "data.image_path", size, labelled)
-    _check_settings(recipe, run_dir, log if dist.is_main else (lambda m: None))
+    warned: list[str] = []                              # said before the run directory can hold train.log
+
+    def early(msg: str) -> None:
+        if dist.is_main:
+            log(msg)
+            warned.append(msg)
+    _check_settings(recipe, run_dir, early)
     ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
+    for msg in warned:
+        say(msg, echo=False)
     set_precision(t.precision)
     state = _model_state(recipe, dist, ck, say)
     del ck
