@@ -18,7 +18,7 @@ CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 def train(
     recipe: str = typer.Argument(..., metavar="RECIPE",
                                  help=f"Recipe file or packaged name ({', '.join(available_recipes())})."),
-    overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="OVERRIDES", help="section.key=value overrides of the recipe (keys: hpdm_cli/config.py; lists as 'pyramid.patch=[4,16,16]', strings as 'train.compile=\"reduce-overhead\"')."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Live progress bar (default: on a terminal)."),
