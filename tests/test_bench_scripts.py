@@ -320,6 +320,23 @@ def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
     assert row["noise_on"] == noise_on and row["batch"] == 2 and row["videos_per_s"] > 0
 
 
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_bench_training_runs_the_self_conditioning_pass_it_counts(prob, monkeypatch):
+    """A self-conditioning recipe's timed step runs the gradient-free pass as training does (here always or never),
+    and its FLOP count is the one of the step it ran."""
+    from hpdm_cli.drivers.bench import bench_training
+    from hpdm_cli.model.flops import train_step_flops
+    from hpdm_cli.model.network import HPDMNet
+    rec = load_recipe(ROOT / "recipes" / "tiny.toml", ["model.self_condition=true", f"diffusion.self_cond_prob={prob}"])
+    calls = []
+    forward = HPDMNet.forward
+    monkeypatch.setattr(HPDMNet, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    row = bench_training(rec, steps=2, warmup=0, batch=2, precisions=["fp32"])[0]
+    assert len(calls) == (4 if prob else 2)                                 # two steps, one or two passes each
+    assert row["TFLOP_per_video"] == pytest.approx(train_step_flops(rec.pyramid, rec.model,
+                                                                    self_cond_prob=prob) / 1e12)
+
+
 @pytest.mark.parametrize("optimizer,kind", [("adamw", "AdamW"), ("lamb", "Lamb")])
 def test_bench_training_steps_as_training_does_clip_optimiser_and_ema(monkeypatch, optimizer, kind):
     """The timed step is training's: gradients clipped at train.grad_clip, the recipe's optimiser, the EMA moved."""

@@ -315,8 +315,8 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
             t0 = time.perf_counter()
         offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
-                          conditional=cond is not None, generator=g, device=device,
-                          noise_on_device=rec.train.noise_on == "device")
+                          conditional=cond is not None, self_condition=rec.model.self_condition, generator=g,
+                          device=device, noise_on_device=rec.train.noise_on == "device")
         out = forward_backward(model, videos, cond, rec, offsets, draw, 1.0, precision)
         timed = i >= warmup
         if timed:
