@@ -331,6 +331,8 @@ def test_errors_are_one_line(tmp_path):
         read_weights_file(f)
     assert "\n" not in str(e.value) and "x.safetensors" in str(e.value)
     assert str(e.value).endswith(ck.UNREADABLE_FIX) and "give a run directory" in ck.UNREADABLE_FIX
+    with pytest.raises(CheckpointError, match="y.safetensors: no such file$"):              # missing, not damaged
+        read_weights_file(tmp_path / "y.safetensors")
     os.makedirs(tmp_path / "checkpoints" / "ckpt-00000005")
     assert latest_checkpoint(tmp_path) is None
     with pytest.raises(CheckpointError, match="ckpt-00000005: this checkpoint has no model.safetensors"):

@@ -410,7 +410,7 @@ def test_without_bars_a_batch_log_gets_one_line_per_finished_key(capsys):
         bar(0, 3, 3)
         bar(1, 2, 2)
     lines = capsys.readouterr().err.splitlines()
-    assert [line.split(",")[0] for line in lines] == ["level 0: 3/3", "level 1: 2/2"], lines
+    assert [line.split(" done at ")[0] for line in lines] == ["level 0: 3/3", "level 1: 2/2"], lines
     assert all(line.endswith(" s") for line in lines), lines
     with keyed_bars(lambda level: f"level {level}", False) as bar:          # a rank other than 0: nothing at all
         assert bar is None

@@ -182,7 +182,7 @@ def test_sample_writes_mp4_with_recipe_shape_and_fps(assets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     code, stdout, err = cli(capsys, "sample", "--ckpt", assets["run"], "--class", "0", "--steps", "1", "--out", out)
     assert code == 0 and f"replaced {out}" in stdout, (err, stdout)                  # said, not silent
-    assert "━" not in err and "level 2: 1/1, " in err            # stderr is no terminal here: no bar, a line a level
+    assert "━" not in err and "level 2: 1/1 done at " in err            # stderr is no terminal here: no bar, a line a level
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 

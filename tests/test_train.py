@@ -271,8 +271,13 @@ def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_
     # Warnings said before the run directory is opened reach train.log too, and so does the new schedule.
     log = (run / "train.log").read_text()
     for said in ("train.warmup_steps = 9 is more than train.steps = 8",
-                 "train.steps = 8, where this run was started with 6: its learning-rate schedule is recomputed"):
+                 "train.steps = 8, where its checkpoint was trained for 6: the learning-rate schedule is recomputed"):
         assert any(said in m for m in msgs) and log.count(said) == 1, (said, msgs)
+    # A run with nothing left to do, or started again with the steps its checkpoint was trained for: no such warning.
+    for steps in (5, 8):
+        msgs.clear()
+        train(make_recipe(shapes_data, steps=steps), run, log=quiet(msgs))
+        assert not any("schedule is recomputed" in m for m in msgs), (steps, msgs)
     assert not any(m.startswith("step 7/8") for m in msgs)                  # the bar replaces the status lines...
     assert "step 7/8 loss" in (run / "train.log").read_text()              # ...which still go to the log
     rows = read_stats(run)

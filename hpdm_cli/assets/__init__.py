@@ -1,6 +1,6 @@
 """The packaged default model: a small `shapes` text-to-video generator.
 
-`hpdm sample --prompt "a red circle moving right"` without `--ckpt` samples from it, on the CPU
+`hpdm sample --prompt "a red circle moving right on a gray background"` without `--ckpt` samples from it, on the CPU
 in under a minute on two cores (MODEL_CARD.md says what it was trained on and how well it does). It reads
 the prompt's MiniLM word-piece states, computed by the text encoder (a dependency of hpdm).
 """

@@ -47,15 +47,15 @@ def keyed_bars(describe: Callable[[Hashable], str], enabled: bool = True, *, lin
 
 
 def finished_lines(describe: Callable[[Hashable], str]) -> Callable[[Hashable, int, int], None]:
-    """progress(key, done, total) that prints "<key>: done/total, S s" on stderr once, when a key finishes."""
+    """progress(key, done, total) that prints "<key>: done/total done at S s" on stderr once, when a key finishes
+    (S: seconds since this was made; keys may interleave, as levels do over several batches)."""
     import time
-    started: dict = {}
+    t0, said = time.perf_counter(), set()
 
     def update(key: Hashable, done: int, total: int) -> None:
-        t0 = started.setdefault(key, time.perf_counter())
-        if done >= total and t0 is not None:
-            err.print(f"{describe(key)}: {done}/{total}, {time.perf_counter() - t0:.1f} s", highlight=False)
-            started[key] = None                                  # said once
+        if done >= total and key not in said:
+            err.print(f"{describe(key)}: {done}/{total} done at {time.perf_counter() - t0:.1f} s", highlight=False)
+            said.add(key)
     return update
 
 

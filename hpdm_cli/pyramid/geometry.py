@@ -81,7 +81,7 @@ def sample_tile_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional[t
     level of a 4-level pyramid: ~2 in 10^4 patches), while sampling tiles the edges as often as the
     middle (docs/method.md, section 3). A tiling without shifts evaluates every tile at every call, so
     the draw is uniform; with shifted tiles the two end tiles of a shifted axis belong to both of its
-    phases (`shift_phases`) and are drawn twice as often as the others.
+    phases (`shift_phases`) and are drawn twice as often along it (a corner tile of `shift-fhw` 8x an inner one).
     """
     chains, weights = _tile_chains(tuple(pyr.resolution), tuple(pyr.patch), pyr.overlap)  # [T, L, 3], [T]
     g_dev = generator.device if generator is not None else None

@@ -309,6 +309,8 @@ class UnreadableWeightsError(CheckpointError):
 
 def read_metadata(path: Path) -> dict:
     """The string metadata of a weights file (its header only: cheap); CheckpointError when it is unreadable."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})

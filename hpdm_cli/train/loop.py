@@ -183,6 +183,16 @@ def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
     return prev, trained
 
 
+def _steps_of_checkpoint(ck: Optional[dict]) -> Optional[int]:
+    """The train.steps of the recipe stored with a checkpoint (None without a checkpoint or a readable recipe)."""
+    if ck is None or "hpdm_recipe" not in ck["meta"]:
+        return None
+    try:
+        return recipe_in_metadata(ck["meta"], ck["path"]).train.steps
+    except Exception:                                                     # an unparsable stored recipe: say nothing
+        return None
+
+
 def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     """Refuse a run directory of another architecture; return its newest readable checkpoint (or None)."""
     prev, trained = _refuse_foreign_folder(run_dir)
@@ -212,9 +222,10 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     if ck is not None and recipe.train.init_from and (prev is None or prev.train.init_from != recipe.train.init_from):
         warn(f"train.init_from is not used: the run resumes from its checkpoint of step {ck['state']['step']} "
              "(init_from only starts a fresh run)")
-    if ck is not None and prev is not None and prev.train.steps != recipe.train.steps:
-        warn(f"train.steps = {recipe.train.steps}, where this run was started with {prev.train.steps}: its learning-rate "
-             f"schedule is recomputed for {recipe.train.steps} steps from step {ck['state']['step']} on")
+    trained_for = _steps_of_checkpoint(ck)
+    if trained_for is not None and trained_for != recipe.train.steps and ck["state"]["step"] < recipe.train.steps:
+        warn(f"train.steps = {recipe.train.steps}, where its checkpoint was trained for {trained_for}: the "
+             f"learning-rate schedule is recomputed for {recipe.train.steps} steps from step {ck['state']['step']} on")
     if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
         init_from_weights(recipe.train.init_from)
     if ck is not None and "hpdm_recipe" in ck["meta"]:
