@@ -14,6 +14,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import background_tiles  # noqa: E402
 import border_pixels  # noqa: E402
 import carried  # noqa: E402
 import ddp_scaling  # noqa: E402
@@ -1190,3 +1191,16 @@ def test_graphs_check_two_eager_runs_from_one_seed_agree_exactly_and_resume(tmp_
                        ["data.synthetic_videos=32", "train.lr=0.05"])
     assert graphs_check.weights_difference(tmp_path / "run0-false", tmp_path / "other") > 0.02
     assert "the runs agree" in graphs_check.table(report)
+
+
+def test_background_tiles_tell_texture_from_a_second_background():
+    """Real clips' tiles agree up to their texture; a tile painted with another background is found, object or not."""
+    from hpdm_cli.data.shapes import BACKGROUNDS, render_shapes_video, shapes_attributes
+    real = [render_shapes_video(i, frames=8, height=64, width=64)[0] for i in range(12)]
+    assert max(background_tiles.tile_disagreement(v, (4, 16, 16)) for v in real) < 80
+    for i, v in enumerate(real[:4]):
+        other = [c for n, c in BACKGROUNDS.items() if n != shapes_attributes(i, frames=8, height=64, width=64)["background"]]
+        v = v.copy()
+        v[4:, 48:, 16:32] = other[i % len(other)]                           # one tile of another background
+        assert background_tiles.tile_disagreement(v, (4, 16, 16)) > 80                # the script's threshold
+    assert len(set(background_tiles.prompts_of(6))) == 6
