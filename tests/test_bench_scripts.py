@@ -1194,13 +1194,15 @@ def test_graphs_check_two_eager_runs_from_one_seed_agree_exactly_and_resume(tmp_
 
 
 def test_background_tiles_tell_texture_from_a_second_background():
-    """Real clips' tiles agree up to their texture; a tile painted with another background is found, object or not."""
-    from hpdm_cli.data.shapes import BACKGROUNDS, render_shapes_video, shapes_attributes
+    """Real clips' tiles agree up to their texture; a tile painted with another background is found."""
+    from hpdm_cli.data.shapes import BACKGROUNDS, COLOURS, render_shapes_video, shapes_attributes
+    attrs = [shapes_attributes(i, frames=8, height=64, width=64) for i in range(12)]
     real = [render_shapes_video(i, frames=8, height=64, width=64)[0] for i in range(12)]
-    assert max(background_tiles.tile_disagreement(v, (4, 16, 16)) for v in real) < 80
-    for i, v in enumerate(real[:4]):
-        other = [c for n, c in BACKGROUNDS.items() if n != shapes_attributes(i, frames=8, height=64, width=64)["background"]]
+    tile = (4, 16, 16)
+    assert max(background_tiles.tile_disagreement(v, tile, COLOURS[a["colour"]]) for v, a in zip(real, attrs)) < 80
+    for i, (v, a) in enumerate(zip(real[:6], attrs)):
+        other = [c for n, c in BACKGROUNDS.items() if n != a["background"]]
         v = v.copy()
         v[4:, 48:, 16:32] = other[i % len(other)]                           # one tile of another background
-        assert background_tiles.tile_disagreement(v, (4, 16, 16)) > 80                # the script's threshold
+        assert background_tiles.tile_disagreement(v, tile, COLOURS[a["colour"]]) > 80    # the script's threshold
     assert len(set(background_tiles.prompts_of(6))) == 6

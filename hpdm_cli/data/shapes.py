@@ -285,8 +285,8 @@ def unknown_words(prompt: str) -> str | None:
     new = list(dict.fromkeys(w for w in words if w not in known))
     missing = [what for what, names in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS))
                if not any(w in names for w in words)]
-    # Every caption names its background ("on a gray background"); a prompt without one leaves each tile of the
-    # upper levels to pick one, and on a CPU (no tile overlap) neighbouring tiles may pick different ones.
+    # Every caption names its background ("on a gray background"); without one the packaged model drew objects at
+    # 0.23x the real area, lost 4 of 12, and let tiles pick different backgrounds (docs/results.md, section 59).
     background = re.search(rf"\b({'|'.join(BACKGROUNDS)})\s+background\b", " ".join(words))
     if not new and not missing and background:
         return None
@@ -298,7 +298,8 @@ def unknown_words(prompt: str) -> str | None:
         said.append(f"with no {' or '.join(missing)} it knows named, it picks {'that' if len(missing) == 1 else 'those'}"
                     " itself")
     if not background:
-        said.append("with no background named (\"on a gray background\"), its tiles may each pick a different one")
+        said.append("with no background named (\"on a gray background\") it draws the object smaller or not at all, "
+                    "and its tiles may pick different backgrounds (docs/results.md, section 59)")
     example = shapes_caption("red", "circle", "right", "gray")
     return (f"the model knows only the shapes data's words ({example!r}; colours {', '.join(COLOURS)}; shapes "
             f"{', '.join(SHAPES)}; moving {', '.join(DIRECTIONS)}; backgrounds {', '.join(BACKGROUNDS)}): "
