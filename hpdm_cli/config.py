@@ -139,6 +139,7 @@ class DataConfig:
     horizontal_flip: bool = False        # Random left-right flips (refused when labels/captions name directions).
     synthetic_videos: int = 4096         # path = "synthetic:shapes": videos rendered into memory at start-up.
     synthetic_split: str = "train"       # ... and their held-out split ("all", "train" or "heldout").
+    short_caption_prob: float = 0.0      # ... and the share of samples captioned without their background phrase.
     prompt_table: str = ""               # Prompt-embedding table (file or folder) read before any text encoder.
 
 
@@ -410,6 +411,9 @@ class Recipe:
                               + ", ".join(f'"{m}"' for m in COMPILE_MODES))
         if self.train.optimizer not in ("lamb", "adamw"):
             raise ConfigError(f"train.optimizer = {self.train.optimizer!r}: expected \"lamb\" or \"adamw\"")
+        if self.data.short_caption_prob > 0 and not str(self.data.path).startswith("synthetic:"):
+            raise ConfigError(f"data.short_caption_prob = {self.data.short_caption_prob} needs data.path = "
+                              "\"synthetic:shapes\" (it drops the shapes captions' background phrase): set it to 0")
         if self.data.synthetic_split not in ("all", "train", "heldout"):
             raise ConfigError(f"data.synthetic_split = {self.data.synthetic_split!r}: expected \"all\", \"train\" "
                               "or \"heldout\"")
@@ -433,6 +437,7 @@ class Recipe:
             ("data.image_fraction", D.image_fraction, prob),
             ("data.num_workers", D.num_workers, ints(0)),
             ("data.synthetic_videos", D.synthetic_videos, ints(1)),
+            ("data.short_caption_prob", D.short_caption_prob, prob),
             ("model.channels", m.channels, ints(1)),
             ("model.interface_dim", m.interface_dim, ints(1)),
             ("model.latent_dim", m.latent_dim, ints(1)),

@@ -1,5 +1,6 @@
 """Training from the in-memory shapes source, the `hpdm eval` report, and the packaged default model."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,6 +40,27 @@ def test_synthetic_clips_are_the_rendered_videos_in_a_resumable_order():
                                                  split="train")
     assert np.array_equal(v[0].permute(1, 2, 3, 0).numpy(), ref)
     assert int(lab[0]) == label and src.captions()[int(cap[0])] == caption
+
+
+def test_short_captions_drop_the_background_at_the_rate_asked_for_and_resume_alike():
+    """data.short_caption_prob: a sample's caption loses its background phrase with that probability, a pure
+    function of (seed, rank, sample); the short caption is the video's own; at 0 nothing changes."""
+    kw = dict(num_videos=16, frames=2, height=16, width=16, seed=1)
+    plain = SyntheticClips("synthetic:shapes", **kw)
+    assert all(c.endswith(" background") for c in plain.captions())
+    assert SyntheticClips("synthetic:shapes", **kw, short_caption_prob=0.0).captions() == plain.captions()
+    for prob in (0.0, 0.5, 1.0):
+        src = SyntheticClips("synthetic:shapes", **kw, short_caption_prob=prob)
+        _, _, full = plain.batch(0, 256)
+        video, _, cap = src.batch(0, 256)
+        assert torch.equal(video, plain.batch(0, 256)[0])                 # the same videos in the same order
+        names = [src.captions()[int(i)] for i in cap]
+        short = np.array(["background" not in n for n in names])
+        assert abs(short.mean() - prob) < 0.1, (prob, short.mean())
+        for n, f in zip(names, full):                                      # each short caption is its video's
+            assert plain.captions()[int(f)].startswith(n)
+        assert torch.equal(cap, src.batch(0, 256)[2])                      # again from sample 0: the same draws
+        assert torch.equal(cap[100:], src.batch(100, 156)[2])              # resumed mid-stream: the same draws
 
 
 def test_synthetic_clips_render_the_split_asked_for():
@@ -83,6 +105,9 @@ def test_text_training_from_memory_needs_no_encoder(tmp_path, prompt_table, monk
     assert summary.step == 2
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert [s["step"] for s in stats] == [1, 2] and all(np.isfinite(s["loss"]) for s in stats)
+    # Captions without their background phrase are looked up in the same table (it holds the short prompts).
+    short = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, short_caption_prob=0.5))
+    assert train(short, tmp_path / "short", log=lambda m: None).step == 2
 
 
 def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):

@@ -862,6 +862,8 @@ def one_line_error(code, err) -> str:
     ("train.ckpt_every=0", "train.ckpt_every = 0: expected an integer >= 1"),
     ("train.log_every=0", "train.log_every = 0: expected an integer >= 1"),
     ("train.grad_clip=nan", "train.grad_clip = nan: expected a finite number >= 0"),
+    ("data.short_caption_prob=1.5", "data.short_caption_prob = 1.5: expected"),
+    ("data.short_caption_prob=0.5", 'data.short_caption_prob = 0.5 needs data.path = "synthetic:shapes"'),
 ])
 def test_invalid_recipe_value_is_refused_before_anything_is_written(bad, expected, shapes_data, tmp_path, capsys):
     run = tmp_path / "run"

@@ -17,7 +17,7 @@ from ..device import to_device
 from ..workers import spawned_pool
 from .loader import epoch_permutation
 from .shards import DataError
-from .shapes import SHAPES_CLASSES, render_shapes_video
+from .shapes import SHAPES_CLASSES, render_shapes_video, shapes_caption
 
 PREFIX = "synthetic:"
 GENERATORS = ("shapes",)
@@ -35,19 +35,24 @@ def check_synthetic(path: str) -> None:
                         f"{[PREFIX + g for g in GENERATORS]}")
 
 
-def _render(job: tuple) -> tuple[np.ndarray, str, int]:
+def _render(job: tuple) -> tuple[np.ndarray, str, int, str]:
     index, frames, height, width, seed, split = job
-    video, caption, label, _ = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed,
-                                                   split=split)
-    return video, caption, label
+    video, caption, label, attrs = render_shapes_video(index, frames=frames, height=height, width=width, seed=seed,
+                                                       split=split)
+    return video, caption, label, shapes_caption(attrs["colour"], attrs["shape"], attrs["direction"])
 
 
 class SyntheticClips:
-    """The `shapes` videos of one rank rendered into a uint8 tensor [N, 3, T, H, W] on `device`."""
+    """The `shapes` videos of one rank rendered into a uint8 tensor [N, 3, T, H, W] on `device`.
+
+    With `short_caption_prob` p, a sample is captioned without its background phrase ("a red circle moving
+    right") with probability p, a pure function of (seed, rank, sample) like the order: prompts that name no
+    background are then inside the training captions (docs/results.md, section 59).
+    """
 
     def __init__(self, path: str, *, num_videos: int, frames: int, height: int, width: int, seed: int = 0,
                  split: str = "train", rank: int = 0, world_size: int = 1, workers: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", short_caption_prob: float = 0.0):
         check_synthetic(path)
         if num_videos < world_size:
             raise DataError(f"data.synthetic_videos = {num_videos} is smaller than the {world_size} ranks")
@@ -59,14 +64,18 @@ class SyntheticClips:
                 rendered = list(pool.map(_render, jobs, chunksize=32))
         else:
             rendered = [_render(j) for j in jobs]
-        self._captions = sorted({c for _, c, _ in rendered})
+        self.short_caption_prob = float(short_caption_prob)
+        shorts = {r[3] for r in rendered} if self.short_caption_prob > 0 else set()
+        self._captions = sorted({r[1] for r in rendered} | shorts)
         cid = {c: i for i, c in enumerate(self._captions)}
-        videos = torch.from_numpy(np.stack([v for v, _, _ in rendered])).permute(0, 4, 1, 2, 3)
+        videos = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 4, 1, 2, 3)
         self.videos = videos.contiguous().to(device)                             # uint8 [N, 3, T, H, W]
-        self.labels = torch.tensor([lab for _, _, lab in rendered], dtype=torch.long)   # on the CPU: no sync
-        self.caption_ids = torch.tensor([cid[c] for _, c, _ in rendered], dtype=torch.long, device=device)
+        self.labels = torch.tensor([r[2] for r in rendered], dtype=torch.long)   # on the CPU: no sync
+        self.caption_ids = torch.tensor([cid[r[1]] for r in rendered], dtype=torch.long, device=device)
+        self.short_ids = (torch.tensor([cid[r[3]] for r in rendered], dtype=torch.long, device=device)
+                          if shorts else None)
         self.class_names = list(SHAPES_CLASSES)
-        self._perm: tuple = (-1, None)
+        self._perm: tuple = (-1, None, None)
 
     def captions(self) -> list[str]:
         """Distinct captions of the rendered videos (indexed by the caption ids of `batch`)."""
@@ -74,14 +83,20 @@ class SyntheticClips:
 
     def sample_indices(self, start: int, count: int) -> np.ndarray:
         """Local video positions of samples start .. start+count-1 (one permutation per epoch, as `ClipDataset`)."""
+        return self._draw(start, count)[0]
+
+    def _draw(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(local video positions, whether each sample takes its short caption) of samples start .. start+count-1."""
         n = len(self.local)
-        out = np.empty(count, np.int64)
+        out, short = np.empty(count, np.int64), np.zeros(count, bool)
         for j, k in enumerate(range(start, start + count)):
             epoch, pos = divmod(k, n)
             if self._perm[0] != epoch:
-                self._perm = (epoch, epoch_permutation(self.seed, self.rank, epoch, n))
-            out[j] = self._perm[1][pos]
-        return out
+                rng = np.random.default_rng([self.seed, self.rank, epoch, 0xCA97])
+                self._perm = (epoch, epoch_permutation(self.seed, self.rank, epoch, n),
+                              rng.random(n) < self.short_caption_prob)
+            out[j], short[j] = self._perm[1][pos], self._perm[2][pos]
+        return out, short
 
     def stream(self, start: int, count: int):
         """Endless batches of `count` samples from sample `start` on, as dicts like a `make_loader` batch."""
@@ -92,6 +107,11 @@ class SyntheticClips:
 
     def batch(self, start: int, count: int):
         """Samples start .. start+count-1: (videos uint8 [B, 3, T, H, W], labels [B] on the CPU, caption ids [B])."""
-        idx = torch.from_numpy(self.sample_indices(start, count))
+        positions, short = self._draw(start, count)
+        idx = torch.from_numpy(positions)
         on_dev = to_device(idx, self.videos.device)                       # pinned and asynchronous: no host wait
-        return self.videos[on_dev], self.labels[idx], self.caption_ids[on_dev]
+        caption_ids = self.caption_ids[on_dev]
+        if self.short_ids is not None:
+            pick = to_device(torch.from_numpy(short), self.videos.device)
+            caption_ids = torch.where(pick, self.short_ids[on_dev], caption_ids)
+        return self.videos[on_dev], self.labels[idx], caption_ids

@@ -42,7 +42,8 @@ class Batches:
             if is_synthetic(path):                                        # rendered into device memory
                 src = SyntheticClips(path, num_videos=d.synthetic_videos, frames=frames, height=R[1], width=R[2],
                                      seed=seed, split=d.synthetic_split, rank=dist.rank,
-                                     world_size=dist.world_size, workers=d.num_workers, device=dist.device)
+                                     world_size=dist.world_size, workers=d.num_workers, device=dist.device,
+                                     short_caption_prob=d.short_caption_prob)
                 self.loaders.append((src.stream(start_batch * n, n), frames, len(self.captions)))
                 self.captions += src.captions()
                 self.caption_sources.append(path)
