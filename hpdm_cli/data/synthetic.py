@@ -75,7 +75,7 @@ class SyntheticClips:
         self.short_ids = (torch.tensor([cid[r[3]] for r in rendered], dtype=torch.long, device=device)
                           if shorts else None)
         self.class_names = list(SHAPES_CLASSES)
-        self._perm: tuple = (-1, None, None)
+        self._epoch: tuple = (-1, None, None)                 # (epoch, its visiting order, its short-caption draws)
 
     def captions(self) -> list[str]:
         """Distinct captions of the rendered videos (indexed by the caption ids of `batch`)."""
@@ -91,11 +91,11 @@ class SyntheticClips:
         out, short = np.empty(count, np.int64), np.zeros(count, bool)
         for j, k in enumerate(range(start, start + count)):
             epoch, pos = divmod(k, n)
-            if self._perm[0] != epoch:
-                rng = np.random.default_rng([self.seed, self.rank, epoch, 0xCA97])
-                self._perm = (epoch, epoch_permutation(self.seed, self.rank, epoch, n),
-                              rng.random(n) < self.short_caption_prob)
-            out[j], short[j] = self._perm[1][pos], self._perm[2][pos]
+            if self._epoch[0] != epoch:
+                short_draws = (np.random.default_rng([self.seed, self.rank, epoch, 0xCA97]).random(n)
+                               < self.short_caption_prob) if self.short_ids is not None else np.zeros(n, bool)
+                self._epoch = (epoch, epoch_permutation(self.seed, self.rank, epoch, n), short_draws)
+            out[j], short[j] = self._epoch[1][pos], self._epoch[2][pos]
         return out, short
 
     def stream(self, start: int, count: int):

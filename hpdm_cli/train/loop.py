@@ -183,13 +183,14 @@ def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
     return prev, trained
 
 
-def _steps_of_checkpoint(ck: Optional[dict]) -> Optional[int]:
-    """The train.steps of the recipe stored with a checkpoint (None without a checkpoint or a readable recipe)."""
+def _recipe_of_checkpoint(ck: Optional[dict]) -> Optional[Recipe]:
+    """The recipe stored with a checkpoint (None without a checkpoint, or when it holds none that parses: then
+    load_state_dict judges the weights)."""
     if ck is None or "hpdm_recipe" not in ck["meta"]:
         return None
     try:
-        return recipe_in_metadata(ck["meta"], ck["path"]).train.steps
-    except Exception:                                                     # an unparsable stored recipe: say nothing
+        return recipe_in_metadata(ck["meta"], ck["path"])
+    except Exception:
         return None
 
 
@@ -222,21 +223,16 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, warn) -> Optional[dict]:
     if ck is not None and recipe.train.init_from and (prev is None or prev.train.init_from != recipe.train.init_from):
         warn(f"train.init_from is not used: the run resumes from its checkpoint of step {ck['state']['step']} "
              "(init_from only starts a fresh run)")
-    trained_for = _steps_of_checkpoint(ck)
-    if trained_for is not None and trained_for != recipe.train.steps and ck["state"]["step"] < recipe.train.steps:
-        warn(f"train.steps = {recipe.train.steps}, where its checkpoint was trained for {trained_for}: the "
-             f"learning-rate schedule is recomputed for {recipe.train.steps} steps from step {ck['state']['step']} on")
     if ck is None and recipe.train.init_from:          # a fresh run's start, found before the folder is written
         init_from_weights(recipe.train.init_from)
-    if ck is not None and "hpdm_recipe" in ck["meta"]:
-        try:
-            stored = architecture_of(recipe_in_metadata(ck["meta"], ck["path"]))
-        except Exception:                                                 # an unparsable stored recipe: let
-            stored = arch                                                 # load_state_dict judge the weights
-        if stored != arch:
-            raise CheckpointError(f"{ck['path']}: trained with another architecture "
-                                  f"({architecture_differences(stored, arch)}); use another run directory or "
-                                  "restore the recipe")
+    stored = _recipe_of_checkpoint(ck)
+    if stored is not None and architecture_of(stored) != arch:
+        raise CheckpointError(f"{ck['path']}: trained with another architecture "
+                              f"({architecture_differences(architecture_of(stored), arch)}); use another run "
+                              "directory or restore the recipe")
+    if stored is not None and stored.train.steps != recipe.train.steps and ck["state"]["step"] < recipe.train.steps:
+        warn(f"train.steps = {recipe.train.steps}, where its checkpoint was trained for {stored.train.steps}: the "
+             f"learning-rate schedule is recomputed for {recipe.train.steps} steps from step {ck['state']['step']} on")
     return ck
 
 
