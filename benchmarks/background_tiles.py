@@ -1,25 +1,27 @@
-"""Do a packaged-model video's tiles agree on the background when the prompt names none?
+"""Do a model's tiles agree on the background when the prompt names none?
 
-    python benchmarks/background_tiles.py [--ckpt packaged] [--prompts 6] [--seeds 0-1]
-        [--overlaps none,shift-fhw] [--out out/background-tiles] [--sheet PNG]
+    python benchmarks/background_tiles.py [--ckpt packaged[,WEIGHTS...]] [--prompts 6] [--seeds 0-1]
+        [--overlaps none,shift-fhw] [--device auto] [--bf16] [--prompt-table TABLE] [--sheet PNG]
 
 Every `shapes` caption names its background ("... on a gray background"). For `--prompts` (colour, shape,
-direction) triples of the training split, this samples each prompt as `hpdm sample` does (the model's defaults,
-on the CPU), once without a background and once with one the colour may appear on, under each tiling of
-`--overlaps`, and measures every clip: the background colour of each last-level tile (frames x height x
-width: the median of its pixels that are not near the prompt's object colour) and the largest distance of a tile's colour from the median
-of all tiles (sum over RGB, 0-765). Real clips differ by their texture alone (up to ~50: stripes and waves of
-+-18 levels a channel); two of the six backgrounds differ by 114 or more. A clip "disagrees" when a tile is more than `--threshold` (80) from the others. The
-same measure of real clips is the control, and so is their object area (pixels near the object's colour):
-the table gives each setting's area against the real clips' and the clips whose object is (nearly) gone.
-`--sheet` writes each clip's middle frame.
+direction) triples of the training split, this samples each prompt as `hpdm sample` does (each model's stored
+sampling defaults, in memory: on a GPU host without the text encoder give `--prompt-table`, a table that holds
+the short captions, as `hpdm prepare --synthetic shapes` writes), once without a background and once with one
+the colour may appear on, under each tiling of `--overlaps`, and measures every clip: the background colour of
+each last-level tile (frames x height x width: the median of its pixels that are not near the prompt's object
+colour) and the largest distance of a tile's colour from the median of all tiles (sum over RGB, 0-765). Real
+clips differ by their texture alone (up to ~50: stripes and waves of +-18 levels a channel); two of the six
+backgrounds differ by 114 or more. A clip "disagrees" when a tile is more than `--threshold` (80) from the
+others. The same measure of real clips is the control, and so is their object area (pixels near the object's
+colour): the table gives each model's and setting's area against the real clips' and the clips whose object is
+(nearly) gone. Several `--ckpt` (comma-separated) are measured on the same prompts and seeds, one table.
+`--sheet` writes each clip's middle frame, a row per model, tiling and prompt kind.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,61 +77,83 @@ def prompts_of(n: int) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def real_row(shape: tuple, tile: tuple, n: int = 32) -> list:
+    """The control: `n` real clips of `shape` as a table row (their tile disagreements and object areas)."""
+    from hpdm_cli.data.shapes import COLOURS, render_shapes_video, shapes_attributes
+    F, H, W = shape
+    real = [(render_shapes_video(i, frames=F, height=H, width=W)[0],
+             COLOURS[shapes_attributes(i, frames=F, height=H, width=W)["colour"]]) for i in range(n)]
+    return [("real clips (control)", "", True, [tile_disagreement(v, tile, rgb) for v, rgb in real],
+             [object_area(v, rgb) for v, rgb in real])]
+
+
+def print_table(rows: list, threshold: float) -> None:
+    """Each (model, tiling, named, disagreements, areas) row as a markdown line; areas against the last row's."""
+    real_area = float(np.mean(rows[-1][4]))
+    print(f"\n| model | tiling | background in the prompt | clips | tiles disagree (> {threshold:g}) | median | max | "
+          "object area ÷ real | objects missing (< 0.2 of the real area) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for ckpt, overlap, named, scores, areas in rows:
+        v, ar = np.array(scores), np.array(areas) / real_area
+        print(f"| {Path(ckpt).name} | {overlap} | {'named' if named else 'none'} | {len(v)} | "
+              f"{int((v > threshold).sum())} | {np.median(v):.0f} | {v.max():.0f} | {ar.mean():.2f} | "
+              f"{int((ar < 0.2).sum())} |", flush=True)
+
+
+def sample_prompt(model, prompt: str, seeds: list, overlap: str, *, table, bf16: bool) -> list:
+    """The clips (uint8 [F, H, W, 3], one per seed) that `model` (net, recipe, info) samples for `prompt`."""
+    from hpdm_cli.conditioning import request_condition
+    from hpdm_cli.drivers.generation import sample_videos
+    net, recipe, info = model
+    cond = request_condition(recipe, info, prompt, None, prompt_table=table, device=info.device, guided=True)
+    return sample_videos(net, recipe, seeds, cond, overlap=overlap, batch=len(seeds), bf16=bf16).videos
+
+
 def main() -> int:
     """Sample the prompts with and without a background under each tiling; print how many clips' tiles disagree."""
-    from hpdm_cli.checkpoint import resolve_sampling_weights
-    from hpdm_cli.data.shapes import COLOURS, render_shapes_video, shapes_attributes, shapes_caption
+    import torch
+    from hpdm_cli.assets import DEFAULT_MODEL, names_packaged
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.data.shapes import COLOURS, shapes_caption
     from hpdm_cli.drivers.options import parse_seeds
-    from hpdm_cli.drivers.sample import generate
-    from hpdm_cli.io.video import read_video
-    from hpdm_cli.train.checkpoint import read_weights_file
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", default=None, help="weights (default: the packaged model)")
+    ap.add_argument("--ckpt", default="packaged", help="weights, comma-separated (default: the packaged model)")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--seeds", default="0-1")
     ap.add_argument("--overlaps", default="none,shift-fhw")
     ap.add_argument("--threshold", type=float, default=80.0)
-    ap.add_argument("--out", type=Path, default=None, help="keep the clips here (default: a temporary folder)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (a GPU's setting)")
+    ap.add_argument("--prompt-table", default=None, help="precomputed prompt embeddings (no text encoder needed)")
     ap.add_argument("--sheet", type=Path, default=None)
     a = ap.parse_args()
     seeds = parse_seeds(a.seeds)
-    out = a.out or Path(tempfile.mkdtemp(prefix="background-tiles-"))
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = read_weights_file(resolve_sampling_weights(a.ckpt or "packaged"))[1]
-    tile = tuple(recipe.pyramid.patch)                             # the last level's tiles (frames, height, width)
+    ckpts = [c.strip() for c in a.ckpt.split(",") if c.strip()]
     rows, frames = [], []
-    for overlap in [o.strip() for o in a.overlaps.split(",") if o.strip()]:
-        for named in (False, True):
-            scores, areas = [], []
-            for c, s, d, b in prompts_of(a.prompts):
-                prompt = shapes_caption(c, s, d, b if named else None)
-                stem = out / f"{overlap}-{'bg' if named else 'nobg'}-{c}-{s}-{d}.mp4"
-                if not any(out.glob(stem.stem + "*.mp4")):                  # clips kept in --out are scored again
-                    generate(a.ckpt, stem, seeds=seeds, prompt=prompt, overlap=overlap, device="cpu")
-                for p in sorted(out.glob(stem.stem + "*.mp4")):
-                    video = read_video(p)[0]
-                    scores.append(tile_disagreement(video, tile, COLOURS[c]))
-                    areas.append(object_area(video, COLOURS[c]))
-                    frames.append(video[len(video) // 2])
-                print(f"{overlap:>10} {'named' if named else 'none':>6} {prompt!r}: "
-                      + ", ".join(f"{v:.0f}" for v in scores[-len(seeds):]), flush=True)
-            rows.append((overlap, named, scores, areas))
-    F, H, W = recipe.pyramid.resolution
-    real = [(render_shapes_video(i, frames=F, height=H, width=W)[0],
-             COLOURS[shapes_attributes(i, frames=F, height=H, width=W)["colour"]]) for i in range(32)]
-    real_area = float(np.mean([object_area(v, rgb) for v, rgb in real]))
-    rows.append(("real clips (control)", True, [tile_disagreement(v, tile, rgb) for v, rgb in real],
-                 [object_area(v, rgb) for v, rgb in real]))
-    print(f"\n| tiling | background in the prompt | clips | tiles disagree (> {a.threshold:g}) | median | max | "
-          "object area ÷ real | objects missing (< 0.2 of the real area) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for overlap, named, scores, areas in rows:
-        v, ar = np.array(scores), np.array(areas) / real_area
-        print(f"| {overlap} | {'named' if named else 'none'} | {len(v)} | {int((v > a.threshold).sum())} | "
-              f"{np.median(v):.0f} | {v.max():.0f} | {ar.mean():.2f} | {int((ar < 0.2).sum())} |")
-    if a.sheet:
-        from PIL import Image
-        Image.fromarray(np.concatenate(frames, 1)).save(a.sheet)
+    for ckpt in ckpts:
+        model = load_generator(DEFAULT_MODEL if names_packaged(ckpt) else ckpt, a.device)
+        recipe = model[1]
+        tile, shape = tuple(recipe.pyramid.patch), tuple(recipe.pyramid.resolution)  # the last level's tiles
+        for overlap in [o.strip() for o in a.overlaps.split(",") if o.strip()]:
+            for named in (False, True):
+                scores, areas, row = [], [], []
+                for c, s, d, b in prompts_of(a.prompts):
+                    prompt = shapes_caption(c, s, d, b if named else None)
+                    for video in sample_prompt(model, prompt, seeds, overlap, table=a.prompt_table, bf16=a.bf16):
+                        scores.append(tile_disagreement(video, tile, COLOURS[c]))
+                        areas.append(object_area(video, COLOURS[c]))
+                        row.append(video[len(video) // 2])
+                    print(f"{ckpt} {overlap:>10} {'named' if named else 'none':>6} {prompt!r}: "
+                          + ", ".join(f"{v:.0f}" for v in scores[-len(seeds):]), flush=True)
+                rows.append((ckpt, overlap, named, scores, areas))
+                frames.append(np.concatenate(row, 1))
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print_table(rows + real_row(shape, tile), a.threshold)     # after each model: a cut-off run keeps its tables
+        if a.sheet:
+            from PIL import Image
+            Image.fromarray(np.concatenate(frames, 0)).save(a.sheet)   # a row per model, tiling, prompt kind
     return 0
 
 
