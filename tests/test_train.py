@@ -8,6 +8,7 @@ made once per session. Reference (uninterrupted) runs are made once per module a
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -212,9 +213,12 @@ def test_stats_lr_schedule_and_log(reference):
         assert r["lr"] == lr_at(r["step"] - 1, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                                 min_lr_ratio=t.min_lr_ratio)
         assert r["skipped"] == 0 and r["grad_norm"] > 0
-        assert {"loss_l0", "loss_l1", "loss_l2", "videos_per_s", "tflops_per_s"} <= set(r)
+        assert {"loss_l0", "loss_l1", "loss_l2", "videos_per_s", "tflops_per_s", "elapsed_s"} <= set(r)
     assert rows[1]["lr"] > rows[0]["lr"] and rows[-1]["lr"] < rows[2]["lr"]   # warm-up, then cosine decay
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert 0 < elapsed[0] and all(b > a for a, b in zip(elapsed, elapsed[1:]))   # seconds since the run began
     log = (ref / "train.log").read_text()
+    assert re.search(r"start-up [0-9.]+ s \(run directory and model [0-9.]+ s, data [0-9.]+ s, condition [0-9.]+ s;", log)
     assert log.count("step ") >= t.steps and f"step {t.steps}/{t.steps} loss" in log
     saved = load_recipe(ref / "recipe.toml")
     assert saved == rec

@@ -339,6 +339,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
 def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
            progress) -> TrainSummary:
     """One run in a started process: the run directory, the model state, the data, then the steps."""
+    t0 = time.perf_counter()
     t = recipe.train
     say = _run_log(run_dir, dist, log)
     per_step = _per_rank_batch(t, dist.world_size)
@@ -375,13 +376,27 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
         summary.last_loss = _last_logged_loss(run_dir, state.start)
         return summary
     model = _parallel_model(state.net, recipe, dist, say)
+    marks = {"run directory and model": time.perf_counter()}   # the start-up phases, said before the first step
     batches = Batches(recipe, dist, per_step // t.grad_accum, start_batch=state.start * t.grad_accum,
                        total_batches=t.steps * t.grad_accum)
+    marks["data"] = time.perf_counter()
     text_emb = _training_condition(recipe, batches, run_dir, dist, say)
+    marks["condition"] = time.perf_counter()
     if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
         torch.set_rng_state(state.rng_state)
-    steps = _Steps(recipe, run_dir, dist, state, model, batches, text_emb, say, summary)
+    steps = _Steps(recipe, run_dir, dist, state, model, batches, text_emb, say, summary, started=t0)
+    say(start_up_line(t0, marks), echo=False)
     return steps.run(stop_after=stop_after, progress=progress)
+
+
+def start_up_line(t0: float, marks: dict) -> str:
+    """train.log's line of the seconds each start-up phase took (`marks`: phase -> perf_counter at its end)."""
+    parts, last = [], t0
+    for phase, at in marks.items():
+        parts.append(f"{phase} {at - last:.1f} s")
+        last = at
+    return (f"start-up {last - t0:.1f} s ({', '.join(parts)}; compilation and graph capture, if any, come in the "
+            "first logged steps: stats.jsonl's elapsed_s)")
 
 
 def _run_log(run_dir: Path, dist: DistInfo, log) -> Callable[..., None]:
@@ -533,8 +548,10 @@ class _Steps:
     """The optimisation steps of a run: micro-batches in; optimiser and EMA updates, statistics, checkpoints out."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, dist: DistInfo, state: _ModelState, model,
-                 batches: Batches, text_emb: Optional[torch.Tensor], say, summary: TrainSummary):
+                 batches: Batches, text_emb: Optional[torch.Tensor], say, summary: TrainSummary, *,
+                 started: float):
         self.recipe, self.t, self.run_dir, self.dist = recipe, recipe.train, run_dir, dist
+        self.started = started                                             # perf_counter when the process's run began
         self.state, self.model, self.batches, self.text_emb = state, model, batches, text_emb
         self.say, self.summary = say, summary
         self.params = [p for p in state.net.parameters()]
@@ -706,7 +723,7 @@ class _Steps:
         lv = (lv / dist.world_size).tolist()
         rec = {"step": self.step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
                "grad_norm": float(grad_norm), "skipped": self.skipped, "videos_per_s": sps * t.batch_size,
-               "tflops_per_s": sps * self.flops / 1e12}
+               "tflops_per_s": sps * self.flops / 1e12, "elapsed_s": now - self.started}
         if dist.device.type == "cuda":
             rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
         self.stats.write(rec)
