@@ -64,13 +64,15 @@ class Condition:
         full = self.name.rstrip()
         return full[: len(full) - len(self.unread)] if self.unread and full.endswith(self.unread) else self.name
 
-    def notes(self, shapes_model: bool = False) -> list:
+    def notes(self, shapes_model: bool = False, short_captions: bool = False) -> list:
         """Warnings about the prompt: the end the text encoder cut off; with `shapes_model` (the packaged model,
-        given a prompt), words its captions never used and pairings its data never shows, in the part read."""
+        given a prompt), words its captions never used and pairings its data never shows, in the part read
+        (`short_captions`: it was also trained on captions without their background, so none needs naming)."""
         out = [self.cut_note()] if self.unread else []
         if shapes_model and self.kind == "text":
             from .data.shapes import unknown_words, unseen_pairing
-            out += [n for n in (unknown_words(self.read()), unseen_pairing(self.read())) if n]
+            out += [n for n in (unknown_words(self.read(), short_captions=short_captions),
+                                unseen_pairing(self.read())) if n]
         return out
 
     def cut_note(self) -> str:

@@ -344,6 +344,15 @@ def test_upscale_with_the_packaged_model_says_what_its_prompt_asks_that_it_canno
     assert code == 0 and "'hexagon' is not among them" in err, err
 
 
+def test_packaged_model_takes_a_prompt_without_a_background(tmp_path, capsys):
+    # The packaged model was trained on captions without their background too (docs/results.md, section 60).
+    from conftest import run_cli
+    code, out, err = run_cli(capsys, "sample", "--prompt", "a blue square moving up", "--levels", "0", "--steps", "1",
+                             "--out", str(tmp_path / "c.mp4"), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and "background" not in err, err
+
+
 def test_unknown_words_names_what_the_shapes_captions_never_say():
     from hpdm_cli.data.shapes import shapes_prompts, unknown_words
     assert all(unknown_words(p) is None for p in shapes_prompts(short=False)[::7])   # every caption word is known
@@ -358,6 +367,9 @@ def test_unknown_words_names_what_the_shapes_captions_never_say():
         note = unknown_words(prompt)
         assert note is not None and "no background named" in note and "no colour" not in note, (prompt, note)
     assert unknown_words("a blue square moving up on a green background") is None
+    # A model trained on short captions as well (data.short_caption_prob) needs no background named.
+    assert unknown_words("a blue square moving up", short_captions=True) is None
+    assert "no direction" in unknown_words("a blue square", short_captions=True)
 
 
 def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_path, capsys):
@@ -379,7 +391,8 @@ def test_sample_says_which_end_of_a_long_prompt_the_text_encoder_cuts_off(tmp_pa
 
 
 def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_path, stopped_sampling):
-    """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest) and elsewhere with the
+    """Without --ckpt and --overlap the packaged model samples untiled on a CPU (fastest; for a prompt that names its
+    background) and elsewhere with the
     tiling stored with its weights, shift-fhw (what its FVD was measured with); `--ckpt packaged` is the same, while
     a file named by --ckpt, this one too, keeps its stored tiling on every device (test_generate.py)."""
     import hpdm_cli.drivers.sample as drv
@@ -387,16 +400,20 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     from hpdm_cli.sampling import parse_overlap
     seen, Stop = stopped_sampling
     asked = []
-    monkeypatch.setattr(drv, "default_overlap", lambda kind: asked.append(kind) or default_overlap(kind))
-    for ckpt, device, given in ((None, "cpu", None), (None, "auto", None), (None, "cpu", "hw"),
-                                ("packaged", "cpu", None)):
+    monkeypatch.setattr(drv, "default_overlap", lambda kind, prompt: asked.append(kind) or default_overlap(kind, prompt))
+    named = "a red circle moving right on a black background"
+    for ckpt, device, given, prompt in ((None, "cpu", None, named), (None, "auto", None, named),
+                                        (None, "cpu", "hw", named), ("packaged", "cpu", None, named),
+                                        (None, "cpu", None, "a red circle moving right")):
         with pytest.raises(Stop):
-            drv.generate(ckpt, tmp_path / "c.mp4", prompt="a red circle moving right on a black background",
-                         device=device, overlap=given, steps="1")
+            drv.generate(ckpt, tmp_path / "c.mp4", prompt=prompt, device=device, overlap=given, steps="1")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
-    assert asked == ["cpu", auto, "cpu"]                # the device the model loaded on, not the option's text
-    assert seen == ["none", default_overlap(auto), "hw", "none"]                # --ckpt packaged: as no --ckpt
+    assert asked == ["cpu", auto, "cpu", "cpu"]         # the device the model loaded on, not the option's text
+    # --ckpt packaged: as no --ckpt; a prompt that leaves the background to the model: the stored tiling (None)
+    assert seen == ["none", default_overlap(auto), "hw", "none", None]
     assert [default_overlap(d) for d in ("cpu", "cuda", "mps")] == ["none", None, None]
+    assert [default_overlap(d, "a red circle moving right") for d in ("cpu", "cuda")] == [None, None]
+    assert default_overlap("cpu", "A red circle moving right on a Gray background.") == "none"
     from hpdm_cli.assets import DEFAULT_MODEL
     from hpdm_cli.train.checkpoint import read_metadata, recipe_in_metadata
     assert parse_overlap(recipe_in_metadata(read_metadata(DEFAULT_MODEL), DEFAULT_MODEL).pyramid.overlap) == "shift-fhw"

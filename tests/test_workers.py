@@ -11,12 +11,17 @@ from hpdm_cli.workers import BLAS_THREAD_VARS, spawned_pool
 
 def test_workers_leave_signals_to_the_main_process():
     """A pool's workers ignore Ctrl-C and SIGTERM (the main process stops them) and run in a spawned process."""
-    with spawned_pool(1) as pool:
-        assert pool.submit(signal.getsignal, signal.SIGTERM).result() == signal.SIG_IGN
-        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
-        assert pool._mp_context.get_start_method() == "spawn"            # never fork (torch threads: deadlocks)
-        assert pool.submit(os.getpid).result() != os.getpid()
-    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN          # this process keeps its own handlers
+    # This process's own handler, set here: a shell that starts the tests in the background ignores SIGINT for them.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with spawned_pool(1) as pool:
+            assert pool.submit(signal.getsignal, signal.SIGTERM).result() == signal.SIG_IGN
+            assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+            assert pool._mp_context.get_start_method() == "spawn"        # never fork (torch threads: deadlocks)
+            assert pool.submit(os.getpid).result() != os.getpid()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # this process keeps its own handlers
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_one_blas_thread_is_the_workers_alone(monkeypatch):

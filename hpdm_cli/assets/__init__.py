@@ -11,8 +11,9 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "shapes-t2v.safetensors"
 MAX_MODEL_BYTES = 16 * 2 ** 20   # the packaged model's size budget: it ships inside the package
 CPU_OVERLAP = "none"             # its tiling on a CPU unless --overlap is given: the fastest there, FVD 65.0
                                  # against 62.8 with the "shift-fhw" stored with the weights (recipes/shapes.toml's
-                                 # tiling, used on any other device), which removes the faint tile seams at ~1.6x
-                                 # the time (docs/results.md, sections 39-40)
+                                 # tiling, used on any other device), which removes the faint tile seams at ~1.5x
+                                 # the time (docs/results.md, sections 39-40); not for a prompt that names no
+                                 # background, whose independent tiles may pick different ones (section 60)
 
 
 GUIDE_MODEL = Path(__file__).resolve().parent / "shapes-t2v-guide.safetensors"   # its autoguidance model
@@ -33,9 +34,12 @@ def resolve_guide(value: str) -> Path:
     return GUIDE_MODEL if value == PACKAGED else Path(value)
 
 
-def default_overlap(device_type: str):
-    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) when --overlap is not given.
+def default_overlap(device_type: str, prompt=None):
+    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) for `prompt` when --overlap is not given.
 
-    None (the stored recipe's) except on a CPU.
+    None (the stored recipe's) except on a CPU for a prompt that names its background (or no prompt).
     """
-    return CPU_OVERLAP if device_type == "cpu" else None
+    from ..data.shapes import names_background
+    if device_type != "cpu" or (prompt and not names_background(prompt)):
+        return None
+    return CPU_OVERLAP

@@ -23,7 +23,8 @@ def sample(
                                         "checkpoint directory, .safetensors file or packaged. Default: the "
                                         "packaged shapes text-to-video model (hpdm_cli/assets/MODEL_CARD.md), with "
                                         "the sampling steps and guidance stored with it; unless --overlap is given, "
-                                        "no overlap on a CPU and shift-fhw on a GPU (any other device)."),
+                                        "no overlap on a CPU and shift-fhw on a GPU (any other device), and on "
+                                        "a CPU too for a prompt that names no background."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text models); for a class model a "
                                                                "prompt that is, or contains, one class's name (case, "
                                                                "punctuation and a leading article aside) is "

@@ -116,7 +116,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
                    (p for s in all_seeds for p in _extra_paths(paths[s], gif, png)))
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
     if packaged and overlap is None:                      # its tiling for the device it runs on
-        overlap = default_overlap(info.device.type)
+        overlap = default_overlap(info.device.type, prompt)
     L = recipe.pyramid.num_levels
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
@@ -124,7 +124,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
-    for note in cond.notes(packaged and bool(prompt)) if warn is not None else ():
+    short = recipe.data.short_caption_prob > 0             # trained on captions without their background too
+    for note in cond.notes(packaged and bool(prompt), short_captions=short) if warn is not None else ():
         warn(note)
     full_fps = float(fps or recipe.sample.fps or recipe.data.fps)
     shape = recipe.pyramid.level_resolution(last)

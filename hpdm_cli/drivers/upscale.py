@@ -430,7 +430,8 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
-    for note in cond.notes(names_packaged(ckpt) and bool(prompt)) if warn is not None else ():
+    for note in cond.notes(names_packaged(ckpt) and bool(prompt),
+                            short_captions=recipe.data.short_caption_prob > 0) if warn is not None else ():
         warn(note)
     report = UpscaleReport(file=None, input_shape=(), output_shape=(), fps=0.0, windows=0, from_level=from_level,
                            condition=cond.describe(), weights=info.weights, step=info.step, device=str(info.device))
