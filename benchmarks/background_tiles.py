@@ -1,7 +1,7 @@
 """Do a model's tiles agree on the background when the prompt names none?
 
     python benchmarks/background_tiles.py [--ckpt packaged[,WEIGHTS...]] [--prompts 6] [--seeds 0-1]
-        [--overlaps none,shift-fhw] [--device auto] [--bf16] [--prompt-table TABLE] [--sheet PNG]
+        [--overlaps none,shift-fhw] [--device auto] [--bf16] [--batch 2] [--prompt-table TABLE] [--sheet PNG]
 
 Every `shapes` caption names its background ("... on a gray background"). For `--prompts` (colour, shape,
 direction) triples of the training split, this samples each prompt as `hpdm sample` does (each model's stored
@@ -100,13 +100,17 @@ def print_table(rows: list, threshold: float) -> None:
               f"{int((ar < 0.2).sum())} |", flush=True)
 
 
-def sample_prompt(model, prompt: str, seeds: list, overlap: str, *, table, bf16: bool) -> list:
-    """The clips (uint8 [F, H, W, 3], one per seed) that `model` (net, recipe, info) samples for `prompt`."""
+def sample_prompts(model, prompts: list, seeds: list, overlap: str, *, table, bf16: bool, batch: int) -> list:
+    """The clips (uint8 [F, H, W, 3]) that `model` (net, recipe, info) samples for each prompt and seed, prompt-major,
+    `batch` clips per sampler call (one row of condition per clip: a GPU samples many prompts at once)."""
+    import torch
     from hpdm_cli.conditioning import request_condition
     from hpdm_cli.drivers.generation import sample_videos
     net, recipe, info = model
-    cond = request_condition(recipe, info, prompt, None, prompt_table=table, device=info.device, guided=True)
-    return sample_videos(net, recipe, seeds, cond, overlap=overlap, batch=len(seeds), bf16=bf16).videos
+    rows = torch.cat([request_condition(recipe, info, p, None, prompt_table=table, device=info.device,
+                                        guided=True).batch(len(seeds), info.device) for p in prompts])
+    return sample_videos(net, recipe, list(seeds) * len(prompts), rows, overlap=overlap, batch=batch,
+                         bf16=bf16).videos
 
 
 def main() -> int:
@@ -124,6 +128,7 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, default=80.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (a GPU's setting)")
+    ap.add_argument("--batch", type=int, default=2, help="clips per sampler call (a GPU: 128 or more)")
     ap.add_argument("--prompt-table", default=None, help="precomputed prompt embeddings (no text encoder needed)")
     ap.add_argument("--sheet", type=Path, default=None)
     a = ap.parse_args()
@@ -137,9 +142,12 @@ def main() -> int:
         for overlap in [o.strip() for o in a.overlaps.split(",") if o.strip()]:
             for named in (False, True):
                 scores, areas, row = [], [], []
-                for c, s, d, b in prompts_of(a.prompts):
-                    prompt = shapes_caption(c, s, d, b if named else None)
-                    for video in sample_prompt(model, prompt, seeds, overlap, table=a.prompt_table, bf16=a.bf16):
+                triples = prompts_of(a.prompts)
+                prompts = [shapes_caption(c, s, d, b if named else None) for c, s, d, b in triples]
+                videos = sample_prompts(model, prompts, seeds, overlap, table=a.prompt_table, bf16=a.bf16,
+                                        batch=a.batch)
+                for k, ((c, *_), prompt) in enumerate(zip(triples, prompts)):
+                    for video in videos[k * len(seeds):(k + 1) * len(seeds)]:
                         scores.append(tile_disagreement(video, tile, COLOURS[c]))
                         areas.append(object_area(video, COLOURS[c]))
                         row.append(video[len(video) // 2])
