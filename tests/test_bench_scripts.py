@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import background_tiles  # noqa: E402
 import border_pixels  # noqa: E402
 import carried  # noqa: E402
+import context_vs_caption  # noqa: E402
 import ddp_scaling  # noqa: E402
 import graphs_check  # noqa: E402
 import mean_motion  # noqa: E402
@@ -1206,3 +1207,21 @@ def test_background_tiles_tell_texture_from_a_second_background():
         v[4:, 48:, 16:32] = other[i % len(other)]                           # one tile of another background
         assert background_tiles.tile_disagreement(v, tile, COLOURS[a["colour"]]) > 80    # the script's threshold
     assert len(set(background_tiles.prompts_of(6))) == 6
+
+
+def test_context_vs_caption_counts_the_tiles_that_keep_the_real_background():
+    """A real clip keeps its background in every tile; repainted with the other background, in none; half, half."""
+    from hpdm_cli.data.shapes import BACKGROUNDS, COLOURS, _allowed_backgrounds
+    clips = context_vs_caption.conflict_clips(3, (8, 64, 64))
+    assert len(clips) == 3
+    for video, at, other in clips:
+        assert other != at["background"] and other in _allowed_backgrounds(at["colour"])
+        args = ((4, 16, 16), COLOURS[at["colour"]], BACKGROUNDS[at["background"]], BACKGROUNDS[other])
+        assert context_vs_caption.kept_share(video, *args) == 1.0
+        painted = video.copy()
+        background = np.abs(video.astype(int) - np.asarray(COLOURS[at["colour"]])).sum(-1) >= 150
+        painted[background] = BACKGROUNDS[other]
+        assert context_vs_caption.kept_share(painted, *args) == 0.0
+        half = video.copy()
+        half[:, :, 32:][background[:, :, 32:]] = BACKGROUNDS[other]
+        assert context_vs_caption.kept_share(half, *args) == pytest.approx(0.5, abs=0.13)
