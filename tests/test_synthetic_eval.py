@@ -400,7 +400,8 @@ def test_the_packaged_model_tiles_for_its_device_unless_told(monkeypatch, tmp_pa
     from hpdm_cli.sampling import parse_overlap
     seen, Stop = stopped_sampling
     asked = []
-    monkeypatch.setattr(drv, "default_overlap", lambda kind, prompt: asked.append(kind) or default_overlap(kind, prompt))
+    monkeypatch.setattr(drv, "default_overlap",
+                        lambda kind, prompt: asked.append(kind) or default_overlap(kind, prompt))
     named = "a red circle moving right on a black background"
     for ckpt, device, given, prompt in ((None, "cpu", None, named), (None, "auto", None, named),
                                         (None, "cpu", "hw", named), ("packaged", "cpu", None, named),

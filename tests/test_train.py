@@ -218,7 +218,8 @@ def test_stats_lr_schedule_and_log(reference):
     elapsed = [r["elapsed_s"] for r in rows]
     assert 0 < elapsed[0] and all(b > a for a, b in zip(elapsed, elapsed[1:]))   # seconds since the run began
     log = (ref / "train.log").read_text()
-    assert re.search(r"start-up [0-9.]+ s \(run directory and model [0-9.]+ s, data [0-9.]+ s, condition [0-9.]+ s;", log)
+    phases = r"start-up [0-9.]+ s \(run directory and model [0-9.]+ s, data [0-9.]+ s, condition [0-9.]+ s;"
+    assert re.search(phases, log)
     assert log.count("step ") >= t.steps and f"step {t.steps}/{t.steps} loss" in log
     saved = load_recipe(ref / "recipe.toml")
     assert saved == rec

@@ -35,7 +35,7 @@ def resolve_guide(value: str) -> Path:
 
 
 def default_overlap(device_type: str, prompt=None):
-    """The packaged model's tiling on a device of this type ("cpu", "cuda", ...) for `prompt` when --overlap is not given.
+    """The packaged model's tiling on a device type ("cpu", "cuda", ...) for `prompt` when --overlap is not given.
 
     None (the stored recipe's) except on a CPU for a prompt that names its background (or no prompt).
     """

@@ -723,7 +723,8 @@ class _Steps:
         lv = (lv / dist.world_size).tolist()
         rec = {"step": self.step, "loss": mean_loss, **{f"loss_l{i}": v for i, v in enumerate(lv)}, "lr": lr,
                "grad_norm": float(grad_norm), "skipped": self.skipped, "videos_per_s": sps * t.batch_size,
-               "tflops_per_s": sps * self.flops / 1e12, "elapsed_s": now - self.started}
+               "tflops_per_s": sps * self.flops / 1e12,
+               "elapsed_s": now - self.started}                    # since this process's run began
         if dist.device.type == "cuda":
             rec["max_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
         self.stats.write(rec)
