@@ -12,7 +12,9 @@ each last-level tile (frames x height x width: the median of its pixels that are
 colour) and the largest distance of a tile's colour from the median of all tiles (sum over RGB, 0-765). Real
 clips differ by their texture alone (up to ~50: stripes and waves of +-18 levels a channel); two of the six
 backgrounds differ by 114 or more. A clip "disagrees" when a tile is more than `--threshold` (80) from the
-others. The same measure of real clips is the control, and so is their object area (pixels near the object's
+others. Blue and purple differ by 52 only, inside that spread, so a second measure names each tile's nearest of the
+six backgrounds: a clip has "tiles of two backgrounds" when they are not all the same (never in real clips; a
+per-clip line marks such a clip with `*`). The same measure of real clips is the control, and so is their object area (pixels near the object's
 colour): the table gives each model's and setting's area against the real clips' and the clips whose object is
 (nearly) gone. Several `--ckpt` (comma-separated) are measured on the same prompts and seeds, one table.
 `--sheet` writes each clip's middle frame, a row per model, tiling and prompt kind.
@@ -54,6 +56,19 @@ def tile_disagreement(video: np.ndarray, tile: tuple[int, int, int], object_rgb)
     return float(np.abs(colours - np.median(colours, axis=0)).sum(-1).max())
 
 
+def mixed_backgrounds(video: np.ndarray, tile: tuple[int, int, int], object_rgb) -> bool:
+    """Whether the tiles' background colours are nearest to more than one of the data's six backgrounds.
+
+    Sees what the distance threshold cannot: blue and purple differ by 52 (of 765), inside real clips' texture
+    spread, but every tile of 200 real clips is nearest to its own background (by a margin of 18 or more)."""
+    from hpdm_cli.data.shapes import BACKGROUNDS
+    colours = tile_backgrounds(video, tile, object_rgb).reshape(-1, 3)
+    colours = colours[~np.isnan(colours).any(-1)]
+    palette = np.array(list(BACKGROUNDS.values()), float)
+    nearest = np.abs(colours[:, None, :] - palette[None]).sum(-1).argmin(1)
+    return len(set(nearest.tolist())) > 1
+
+
 def object_area(video: np.ndarray, object_rgb, near: int = 150) -> float:
     """The mean fraction of a frame's pixels that show the object: within `near` (of 765) of its colour and at
     least `near` from the frame's median colour (an object drawn in the background's colour is not seen)."""
@@ -84,19 +99,19 @@ def real_row(shape: tuple, tile: tuple, n: int = 32) -> list:
     real = [(render_shapes_video(i, frames=F, height=H, width=W)[0],
              COLOURS[shapes_attributes(i, frames=F, height=H, width=W)["colour"]]) for i in range(n)]
     return [("real clips (control)", "", True, [tile_disagreement(v, tile, rgb) for v, rgb in real],
-             [object_area(v, rgb) for v, rgb in real])]
+             [object_area(v, rgb) for v, rgb in real], [mixed_backgrounds(v, tile, rgb) for v, rgb in real])]
 
 
 def print_table(rows: list, threshold: float) -> None:
-    """Each (model, tiling, named, disagreements, areas) row as a markdown line; areas against the last row's."""
+    """Each (model, tiling, named, disagreements, areas, mixed) row as a markdown line; areas against the last row's."""
     real_area = float(np.mean(rows[-1][4]))
     print(f"\n| model | tiling | background in the prompt | clips | tiles disagree (> {threshold:g}) | median | max | "
-          "object area ÷ real | objects missing (< 0.2 of the real area) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for ckpt, overlap, named, scores, areas in rows:
+          "tiles of two backgrounds | object area ÷ real | objects missing (< 0.2 of the real area) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for ckpt, overlap, named, scores, areas, mixed in rows:
         v, ar = np.array(scores), np.array(areas) / real_area
         print(f"| {Path(ckpt).name} | {overlap} | {'named' if named else 'none'} | {len(v)} | "
-              f"{int((v > threshold).sum())} | {np.median(v):.0f} | {v.max():.0f} | {ar.mean():.2f} | "
+              f"{int((v > threshold).sum())} | {np.median(v):.0f} | {v.max():.0f} | {sum(mixed)} | {ar.mean():.2f} | "
               f"{int((ar < 0.2).sum())} |", flush=True)
 
 
@@ -141,7 +156,7 @@ def main() -> int:
         tile, shape = tuple(recipe.pyramid.patch), tuple(recipe.pyramid.resolution)  # the last level's tiles
         for overlap in [o.strip() for o in a.overlaps.split(",") if o.strip()]:
             for named in (False, True):
-                scores, areas, row = [], [], []
+                scores, areas, mixed, row = [], [], [], []
                 triples = prompts_of(a.prompts)
                 prompts = [shapes_caption(c, s, d, b if named else None) for c, s, d, b in triples]
                 videos = sample_prompts(model, prompts, seeds, overlap, table=a.prompt_table, bf16=a.bf16,
@@ -150,10 +165,12 @@ def main() -> int:
                     for video in videos[k * len(seeds):(k + 1) * len(seeds)]:
                         scores.append(tile_disagreement(video, tile, COLOURS[c]))
                         areas.append(object_area(video, COLOURS[c]))
+                        mixed.append(mixed_backgrounds(video, tile, COLOURS[c]))
                         row.append(video[len(video) // 2])
                     print(f"{ckpt} {overlap:>10} {'named' if named else 'none':>6} {prompt!r}: "
-                          + ", ".join(f"{v:.0f}" for v in scores[-len(seeds):]), flush=True)
-                rows.append((ckpt, overlap, named, scores, areas))
+                          + ", ".join(f"{v:.0f}" + "*" * m for v, m in zip(scores[-len(seeds):], mixed[-len(seeds):])),
+                          flush=True)
+                rows.append((ckpt, overlap, named, scores, areas, mixed))
                 frames.append(np.concatenate(row, 1))
         del model
         if torch.cuda.is_available():

@@ -1209,6 +1209,25 @@ def test_background_tiles_tell_texture_from_a_second_background():
     assert len(set(background_tiles.prompts_of(6))) == 6
 
 
+def test_background_tiles_name_a_tile_of_a_near_background():
+    """Blue and purple are closer than real texture spreads; each tile's nearest background still tells them apart."""
+    from hpdm_cli.data.shapes import BACKGROUNDS, COLOURS, render_shapes_video, shapes_attributes
+    tile, found = (4, 16, 16), 0
+    for i in range(40):
+        a = shapes_attributes(i, frames=8, height=64, width=64)
+        v = render_shapes_video(i, frames=8, height=64, width=64)[0]
+        assert not background_tiles.mixed_backgrounds(v, tile, COLOURS[a["colour"]])
+        near = {"blue": "purple", "purple": "blue"}.get(a["background"])
+        if near:
+            v = v.copy()
+            v[4:, 48:, 16:32] = np.clip(v[4:, 48:, 16:32].astype(int) - BACKGROUNDS[a["background"]]
+                                        + BACKGROUNDS[near], 0, 255)             # its texture, the other colour
+            assert background_tiles.tile_disagreement(v, tile, COLOURS[a["colour"]]) < 80   # the threshold's blind spot
+            assert background_tiles.mixed_backgrounds(v, tile, COLOURS[a["colour"]])
+            found += 1
+    assert found >= 3
+
+
 def test_context_vs_caption_counts_the_tiles_that_keep_the_real_background():
     """A real clip keeps its background in every tile; repainted with the other background, in none; half, half."""
     from hpdm_cli.data.shapes import BACKGROUNDS, COLOURS, _allowed_backgrounds
