@@ -49,10 +49,15 @@ def tile_backgrounds(video: np.ndarray, tile: tuple[int, int, int], object_rgb, 
     return out
 
 
+def tile_colours(video: np.ndarray, tile: tuple[int, int, int], object_rgb) -> np.ndarray:
+    """The background colours [n, 3] of the tiles that show enough background to have one (tile_backgrounds)."""
+    colours = tile_backgrounds(video, tile, object_rgb).reshape(-1, 3)
+    return colours[~np.isnan(colours).any(-1)]
+
+
 def tile_disagreement(video: np.ndarray, tile: tuple[int, int, int], object_rgb) -> float:
     """The largest distance (sum over RGB) of a tile's background colour from the median of all tiles' colours."""
-    colours = tile_backgrounds(video, tile, object_rgb).reshape(-1, 3)
-    colours = colours[~np.isnan(colours).any(-1)]
+    colours = tile_colours(video, tile, object_rgb)
     return float(np.abs(colours - np.median(colours, axis=0)).sum(-1).max())
 
 
@@ -62,8 +67,7 @@ def mixed_backgrounds(video: np.ndarray, tile: tuple[int, int, int], object_rgb)
     Sees what the distance threshold cannot: blue and purple differ by 52 (of 765), inside real clips' texture
     spread, but every tile of 200 real clips is nearest to its own background (by a margin of 18 or more)."""
     from hpdm_cli.data.shapes import BACKGROUNDS
-    colours = tile_backgrounds(video, tile, object_rgb).reshape(-1, 3)
-    colours = colours[~np.isnan(colours).any(-1)]
+    colours = tile_colours(video, tile, object_rgb)
     palette = np.array(list(BACKGROUNDS.values()), float)
     nearest = np.abs(colours[:, None, :] - palette[None]).sum(-1).argmin(1)
     return len(set(nearest.tolist())) > 1

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from background_tiles import tile_backgrounds  # noqa: E402
+from background_tiles import tile_colours  # noqa: E402
 
 CAPTIONS = ("own", "other background", "no background")
 
@@ -46,8 +46,7 @@ def conflict_clips(n: int, resolution) -> list:
 
 def kept_share(video: np.ndarray, tile, object_rgb, real_rgb, other_rgb) -> float:
     """The share of `video`'s last-level tiles whose background colour is nearer `real_rgb` than `other_rgb`."""
-    colours = tile_backgrounds(video, tile, object_rgb).reshape(-1, 3)
-    colours = colours[~np.isnan(colours).any(-1)]
+    colours = tile_colours(video, tile, object_rgb)
     near_real = np.abs(colours - np.asarray(real_rgb)).sum(-1) < np.abs(colours - np.asarray(other_rgb)).sum(-1)
     return float(near_real.mean()) if len(colours) else float("nan")
 
