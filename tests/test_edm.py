@@ -182,3 +182,42 @@ def test_tiny_model_overfits_one_video():
     # One thread: the same trajectory on every machine (Adam at lr 1e-2 amplifies the order of float
     # reductions: 2.54 -> 0.50 on one thread, -> 0.31 on two).
     assert math.isfinite(after) and after < before / 4, (before, after)
+
+
+@pytest.mark.parametrize("self_cond", [False, True])
+def test_gated_self_conditioning_gives_the_loss_and_gradients_of_the_plain_step(self_cond):
+    """With `latent_shape` a step passes previous latents always (zeros gated off without the pass), so a compiled
+    network has one training graph: the loss and every gradient are those of the plain step, and the
+    self-conditioning weights get a zero gradient where the plain step gives them none."""
+    recipe = tiny_recipe(cond="text", text_dim=12, text_tokens=3, self_condition=True)
+    m = recipe.model
+    torch.manual_seed(0)
+    net = HPDMNet(recipe.pyramid, m)
+    with torch.no_grad():       # zero-initialised tensors (the self-conditioning projection among them) made random:
+        for p in net.parameters():  # a gate that let zero latents through would then change the loss
+            if torch.all(p == 0):
+                p.normal_(0, 0.2)
+    B, L = 2, recipe.pyramid.num_levels
+    P = torch.rand(B, L, m.channels, *recipe.pyramid.patch) * 2 - 1
+    off = sample_nested_offsets(recipe.pyramid, B, generator=torch.Generator().manual_seed(1))
+    cond = torch.randn(B, m.text_tokens, m.text_dim)
+    draw = draw_noise(recipe.diffusion, P.shape, conditional=True, generator=torch.Generator().manual_seed(2))
+    draw.self_cond = self_cond
+
+    def run(**kw):
+        net.zero_grad(set_to_none=True)
+        loss = edm_loss(net, P, off, recipe.diffusion, cond, draw=draw, **kw).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in net.named_parameters()}
+
+    plain, plain_grads = run()
+    gated, gated_grads = run(latent_shape=(m.num_latents, m.latent_dim))
+    assert torch.equal(gated, plain)
+    for n, g in gated_grads.items():
+        if plain_grads[n] is None:
+            assert n.startswith("self_cond_") and not self_cond and torch.all(g == 0), n
+        else:
+            assert torch.allclose(g, plain_grads[n], rtol=1e-5, atol=1e-7), n
+    assert all(g is not None for g in gated_grads.values())
+    if self_cond:
+        assert gated_grads["self_cond_proj.weight"].abs().sum() > 0

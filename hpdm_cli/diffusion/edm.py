@@ -159,12 +159,16 @@ def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, se
 
 def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionConfig, cond=None, *,
              generator: Optional[torch.Generator] = None, self_condition: bool = False,
-             draw: Optional[NoiseDraw] = None) -> LossOutput:
+             draw: Optional[NoiseDraw] = None, latent_shape: Optional[tuple[int, int]] = None) -> LossOutput:
     """Eq. 6: the joint denoising loss of a patch hierarchy [B, L, C, f, h, w] in [-1, 1].
 
     The step's randomness (sigma and noise per level, context split, condition dropout) comes
     from `draw` or is drawn from `generator`. The loss is the batch mean of the per-sample sum
     over trained levels, so that averaging it over data-parallel ranks equals the global batch.
+    `latent_shape` (num_latents, latent_dim) of a self-conditioned network makes every step's
+    denoiser call alike: a step without the self-conditioning pass passes zero latents gated off,
+    the same loss as passing none, so that torch.compile builds one training graph instead of two
+    and every parameter gets a gradient on every step.
     """
     B, L = patches.shape[:2]
     dev = patches.device
@@ -176,11 +180,14 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     sigma = draw.sigma
     noisy = y + _bcast(sigma, y) * draw.noise.to(y.dtype)
     x_in = c_in(_bcast(sigma, y), cfg.sigma_data, b) * noisy
-    prev = None
+    prev = gate = None
     if draw.self_cond:
         with torch.no_grad():
             prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True).latents
-    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev).out
+    if latent_shape is not None:                         # one graph: previous latents always, gated
+        gate = constant((1.0 if draw.self_cond else 0.0,), dev)
+        prev = prev.float() if prev is not None else torch.zeros(B, L, *latent_shape, device=dev)
+    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev, self_cond_gate=gate).out
     err = (F.float() - v_target(y, noisy, sigma, cfg.sigma_data).float()) ** 2
     per_sample = err.flatten(2).mean(-1) * draw.weight                    # [B, L]
     per_level = per_sample.detach().sum(0) / draw.weight.sum(0).clamp(min=1)

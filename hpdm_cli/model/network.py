@@ -239,7 +239,7 @@ class HPDMNet(nn.Module):
             vec = toks[0][:, 0] + toks[1][:, 0] + (toks[2].mean(1) if len(toks) > 2 else 0)
         return torch.cat(toks, dim=1), vec
 
-    def _level_inputs(self, x, c_noise, offsets, cond, keep, lo: int, context, self_cond):
+    def _level_inputs(self, x, c_noise, offsets, cond, keep, lo: int, context, self_cond, self_cond_gate=None):
         """Per present level l: interface tokens a[l], latents with conditioning tokens z[l], condition vector cv[l]."""
         B = x.shape[0]
         a, z, cv = {}, {}, {}
@@ -257,7 +257,8 @@ class HPDMNet(nn.Module):
             sc = self_cond if self_cond is None else (self_cond[i] if isinstance(self_cond, (list, tuple))
                                                       else self_cond[:, i])
             if sc is not None:
-                lat = lat + self.self_cond_proj(self.self_cond_norm(sc))
+                read = self.self_cond_proj(self.self_cond_norm(sc))
+                lat = lat + (read if self_cond_gate is None else read * self_cond_gate)
             toks, cv[l] = self.cond_tokens(c_noise[:, i], l, cond, keep)
             z[l] = torch.cat([lat, toks], dim=1)
         return a, z, cv
@@ -277,8 +278,8 @@ class HPDMNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, offsets: torch.Tensor,
                 cond: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None, *,
                 lo: int = 0, context: Optional[LevelContext] = None,
-                self_cond: Optional[torch.Tensor] = None, collect: bool = False,
-                return_latents: bool = False) -> NetOutput:
+                self_cond: Optional[torch.Tensor] = None, self_cond_gate: Optional[torch.Tensor] = None,
+                collect: bool = False, return_latents: bool = False) -> NetOutput:
         """Denoiser output F for levels lo..lo+n-1, as a `NetOutput`.
 
         x: network inputs [B, n, C, f, h, w] (already scaled by c_in); c_noise: [B, n];
@@ -286,7 +287,8 @@ class HPDMNet(nn.Module):
         cond: class ids [B] or text embeddings [B, T, E]; keep: bool [B], False = drop the
         condition (classifier-free guidance); context: lower levels' activations when lo > 0;
         self_cond: previous latents [B, n, M, d_z], or a list over the n levels of [B, M, d_z] or None
-        (None: that level has no previous latents). Returns F [B, n, C, f, h, w] (`out`), the
+        (None: that level has no previous latents); self_cond_gate: a tensor that multiplies what is read from
+        self_cond ([1]: 1 reads it, 0 is exactly no self_cond, with zero gradients instead of none). Returns F [B, n, C, f, h, w] (`out`), the
         latents [B, n, M, d_z] if `return_latents`, and if `collect` the activations finer levels
         read (`collected`: level -> {block: [B, N, d]} for the blocks of `reading_blocks`).
         """
@@ -305,7 +307,7 @@ class HPDMNet(nn.Module):
             if self.cfg.fusion_edges:
                 edges = edge_proximity(scales, coords, self.grid)
 
-        a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond)
+        a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond, self_cond_gate)
         dev = x.device.type
         if self.cfg.bf16_streams and torch.is_autocast_enabled(dev):
             # The residual streams in the autocast dtype: every element-wise pass over them (residual

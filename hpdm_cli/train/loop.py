@@ -515,15 +515,15 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
     """
     model = net
     if dist.distributed:
-        # DDP must know about parameters that get no gradient: the self-conditioning projection on
-        # steps without a self-conditioning pass, and any parameter a training step leaves unused
-        # (level-0-only blocks build no fusion, so those are not among them).
+        # DDP must know about parameters that get no gradient: any parameter a training step leaves
+        # unused (level-0-only blocks build no fusion, so those are not among them; the self-conditioning
+        # projection gets a zero gradient on steps without its pass, `edm_loss`'s latent_shape).
         unused = unused_parameters(net, recipe, dist.device)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                    find_unused_parameters=recipe.model.self_condition or bool(unused))
+                    find_unused_parameters=bool(unused))
     return compile_model(model, recipe.train.compile)
 
 

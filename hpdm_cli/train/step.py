@@ -64,7 +64,9 @@ def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets:
         torch.compiler.cudagraph_mark_step_begin()          # a new step: earlier graph outputs may be overwritten
     patches = extract_patches(videos, recipe.pyramid, offsets)
     with autocast_for(precision, videos.device):
-        out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw)
+        m = recipe.model
+        out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw,
+                       latent_shape=(m.num_latents, m.latent_dim) if m.self_condition else None)
     (out.loss * loss_scale).backward()
     return out
 
