@@ -33,6 +33,13 @@
 #   ctx0 / ctx025 / ctx1   diffusion.context_prob 0 / 0.25 / 1
 #   detach      model.context_detach=true: no gradient from a level into the lower levels' context
 #   nocoords    model.fusion_coords=false: no token coordinates in the context fusion
+# and the whole model from scratch in one call (FROM is ignored; docs/results.md, section 62):
+#   scratch     every level from random weights, half the samples with level 0 in the loss: 5000 steps in 524 s
+#               of a cold H100 (compilation included), 15.9% direction
+#   fast        the same with three quarters of them and level 0's noise centred higher (more samples above
+#               sigma 3, where the motion is decided): 7500 steps in 515 s with the compile cache warm, 98 / 98 / 93%
+#               faithful, FVD 176.3 at N = 256 (3.8x the floor):
+#     VARIANTS=fast SECONDS_EACH=572 STEPS=7500 EXPORT=fast bash benchmarks/gpu_pyramid_variants.sh
 # Ablations at equal budget from a real base level: the base level from scratch as the packaged
 # model's was (recipes/shapes.toml's header), 10000 steps in ~500 s of training over two calls
 # (docs/benchmarks.md, tenth visit; EXPORT=base brings it back, 16.4 MB, to carry as FROM):
@@ -98,7 +105,9 @@ overrides() {   # $1: variant -> its recipe overrides
     ctx1) echo 'diffusion.context_prob=1.0' ;;
     detach) echo 'model.context_detach=true' ;;
     nocoords) echo 'model.fusion_coords=false' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords, or set V_$1)" >&2; return 2 ;;
+    scratch) echo 'train.init_from="" diffusion.context_prob=0.5 data.short_caption_prob=0.3' ;;
+    fast) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
