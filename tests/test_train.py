@@ -1164,3 +1164,28 @@ def test_a_class_run_records_its_class_names_so_sampling_names_classes_without_t
     assert info.class_names == list(SHAPES_CLASSES) and info.class_names_source.name == "class_names.json"
     assert resolve_condition(rec, class_="square moving down", class_names=info.class_names).label == \
         SHAPES_CLASSES.index("square moving down")
+
+
+def test_a_compiled_self_conditioned_step_builds_two_graphs_whatever_the_pass():
+    """torch.compile of a self-conditioned model: the gradient-free first pass and one training graph, whether or not
+    a step runs the pass (`edm_loss`'s latent_shape; docs/method.md, section 5). A training graph per case would
+    cost a second full compile of the forward and backward on the first step without the pass."""
+    from torch._dynamo.utils import counters
+    from hpdm_cli.diffusion import draw_noise
+    from hpdm_cli.pyramid import sample_nested_offsets
+    recipe = load_recipe(default_recipe_path("tiny"), ['train.device="cpu"', 'train.precision="fp32"',
+                                                       "model.self_condition=true"])
+    p, m = recipe.pyramid, recipe.model
+    g = torch.Generator().manual_seed(0)
+    videos = torch.rand(2, m.channels, *p.resolution, generator=g) * 2 - 1
+    offsets = sample_nested_offsets(p, 2, generator=g)
+    cond = torch.randint(0, m.num_classes, (2,), generator=g)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(build_model(recipe), backend="aot_eager")   # traces as inductor would, no C++ build
+    for first_pass in (True, False, True, False):
+        draw = draw_noise(recipe.diffusion, (2, p.num_levels, m.channels, *p.patch), conditional=True, generator=g)
+        draw.self_cond = first_pass
+        step.forward_backward(compiled, videos, cond, recipe, offsets, draw, 1.0, "fp32")
+    assert counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
