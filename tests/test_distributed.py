@@ -108,6 +108,11 @@ def _grad_job(rank: int, recipe, batch, out: str) -> None:
         json.dump(int(counters["stats"]["unique_graphs"]), f)
 
 
+# Training under DDP is self-conditioned, the gradient-free first pass on about half of the steps, drawn by each
+# rank on its own (`test_the_ranks_draw_the_first_pass_differently` shows that these 4 steps draw it both ways).
+SELF_COND = ["model.self_condition=true", "diffusion.self_cond_prob=0.5"]
+
+
 def _worker(rank: int, store: str, recipe, batch, overrides: list, out: str) -> None:
     """Both jobs in one pair of processes (process start-up dominates their cost)."""
     _join(rank, store)                         # the process group is ours: train() joins it and leaves it open
@@ -134,11 +139,8 @@ def ddp(tmp_path_factory):
     (out / "train").mkdir()
     recipe = tiny()
     batch = global_batch(recipe, 8)
-    # Self-conditioned, with the gradient-free first pass on about half of each rank's steps, drawn per rank
-    # (in these 4 steps both ranks have steps with and without it): DDP training still resumes exactly.
     overrides = [f"data.path={json.dumps(str(data))}", "train.steps=4", "train.batch_size=4", "train.log_every=1",
-                 "train.ckpt_every=2", "train.warmup_steps=1", "train.ema_halflife_steps=2.0",
-                 "model.self_condition=true", "diffusion.self_cond_prob=0.5"]
+                 "train.ckpt_every=2", "train.warmup_steps=1", "train.ema_halflife_steps=2.0", *SELF_COND]
     mp.spawn(_worker, args=(rendezvous_file(), recipe, batch, overrides, str(out)), nprocs=WORLD, join=True)
     return recipe, batch, out
 
@@ -218,3 +220,24 @@ def test_train_under_two_gloo_ranks_resumes_exactly(ddp):
     assert all(torch.equal(a["optimizer"]["state"][i][k], b["optimizer"]["state"][i][k])
                for i in a["optimizer"]["state"] for k in a["optimizer"]["state"][i])
     assert a["state"]["samples_per_rank"] == 4 * 4 // WORLD
+
+
+def test_the_ranks_draw_the_first_pass_differently():
+    """The DDP training above sees a step where one rank runs the self-conditioning pass and the other does not.
+
+    Its draws as the loop makes them (`hpdm_cli.train.loop`, one micro-batch of 4 // 2 samples per rank): a rank
+    that runs the extra, gradient-free forward while the other does not is what DDP must survive.
+    """
+    from hpdm_cli.train.step import step_generator
+    rec = tiny(*SELF_COND, "train.batch_size=4")
+    shape = (4 // WORLD, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
+    drawn = []
+    for step in range(4):
+        row = []
+        for rank in range(WORLD):
+            gen = step_generator(rec.train.seed, rank, step)
+            sample_nested_offsets(rec.pyramid, shape[0], generator=gen)
+            row.append(draw_noise(rec.diffusion, shape, conditional=True, self_condition=True, generator=gen,
+                                  device=torch.device("cpu"), noise_on_device=rec.train.noise_on == "device").self_cond)
+        drawn.append(row)
+    assert any(a != b for a, b in drawn), drawn

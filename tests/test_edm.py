@@ -186,9 +186,11 @@ def test_tiny_model_overfits_one_video():
 
 @pytest.mark.parametrize("self_cond", [False, True])
 def test_gated_self_conditioning_gives_the_loss_and_gradients_of_the_plain_step(self_cond):
-    """With `latent_shape` a step passes previous latents always (zeros gated off without the pass), so a compiled
-    network has one training graph: the loss and every gradient are those of the plain step, and the
-    self-conditioning weights get a zero gradient where the plain step gives them none."""
+    """Gated self-conditioning latents give the plain step's loss and gradients.
+
+    With `latent_shape` a step passes previous latents always (zeros gated off without the pass), so a compiled
+    network has one training graph; the self-conditioning weights get a zero gradient where the plain step gives
+    them none."""
     recipe = tiny_recipe(cond="text", text_dim=12, text_tokens=3, self_condition=True)
     m = recipe.model
     torch.manual_seed(0)

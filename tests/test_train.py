@@ -1167,9 +1167,10 @@ def test_a_class_run_records_its_class_names_so_sampling_names_classes_without_t
 
 
 def test_a_compiled_self_conditioned_step_builds_two_graphs_whatever_the_pass():
-    """torch.compile of a self-conditioned model: the gradient-free first pass and one training graph, whether or not
-    a step runs the pass (`edm_loss`'s latent_shape; docs/method.md, section 5). A training graph per case would
-    cost a second full compile of the forward and backward on the first step without the pass."""
+    """torch.compile of a self-conditioned model builds the first pass's graph and one training graph, no more.
+
+    Whether or not a step runs the pass (`edm_loss`'s latent_shape; docs/method.md, section 5): a training graph
+    per case would cost a second full compile of the forward and backward on the first step without the pass."""
     from torch._dynamo.utils import counters
     from hpdm_cli.diffusion import draw_noise
     from hpdm_cli.pyramid import sample_nested_offsets
@@ -1182,10 +1183,13 @@ def test_a_compiled_self_conditioned_step_builds_two_graphs_whatever_the_pass():
     cond = torch.randint(0, m.num_classes, (2,), generator=g)
     torch._dynamo.reset()
     counters.clear()
-    compiled = torch.compile(build_model(recipe), backend="aot_eager")   # traces as inductor would, no C++ build
-    for first_pass in (True, False, True, False):
-        draw = draw_noise(recipe.diffusion, (2, p.num_levels, m.channels, *p.patch), conditional=True, generator=g)
-        draw.self_cond = first_pass
-        step.forward_backward(compiled, videos, cond, recipe, offsets, draw, 1.0, "fp32")
-    assert counters["stats"]["unique_graphs"] == 2
-    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(build_model(recipe), backend="aot_eager")   # traces as inductor would, no C++ build
+        for first_pass in (True, False, True, False):
+            draw = draw_noise(recipe.diffusion, (2, p.num_levels, m.channels, *p.patch), conditional=True,
+                              generator=g)
+            draw.self_cond = first_pass
+            step.forward_backward(compiled, videos, cond, recipe, offsets, draw, 1.0, "fp32")
+        assert counters["stats"]["unique_graphs"] == 2
+    finally:
+        torch._dynamo.reset()

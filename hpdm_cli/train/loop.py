@@ -517,16 +517,17 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
     if dist.distributed:
         # DDP must know about parameters that get no gradient: any parameter a training step leaves
         # unused (level-0-only blocks build no fusion, so those are not among them; the self-conditioning
-        # projection gets a zero gradient on steps without its pass, `edm_loss`'s latent_shape). A
-        # self-conditioned model keeps find_unused_parameters all the same: its ranks draw the first,
-        # gradient-free pass independently, and without the option two gloo ranks, one with the pass and
-        # one without, stopped on a collective of mismatched sizes (tests/test_distributed.py).
+        # projection gets a zero gradient on steps without its pass, `edm_loss`'s latent_shape). Buffers are
+        # not broadcast: the network's are constants made alike on every rank (level scales, Fourier
+        # frequencies), and DDP's broadcast in every forward would also run in the gradient-free
+        # self-conditioning pass, which each rank draws on its own: two gloo ranks, one with the pass and one
+        # without, stopped on a collective of mismatched sizes (tests/test_distributed.py).
         unused = unused_parameters(net, recipe, dist.device)
         if unused:
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                    find_unused_parameters=recipe.model.self_condition or bool(unused))
+                    find_unused_parameters=bool(unused), broadcast_buffers=False)
     return compile_model(model, recipe.train.compile)
 
 
