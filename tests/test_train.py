@@ -1193,3 +1193,18 @@ def test_a_compiled_self_conditioned_step_builds_two_graphs_whatever_the_pass():
         assert counters["stats"]["unique_graphs"] == 2
     finally:
         torch._dynamo.reset()
+
+
+def test_a_compiled_run_says_what_its_first_steps_cost_and_where_torch_keeps_them(shapes_data, tmp_path,
+                                                                                  monkeypatch):
+    """`train.compile` on: the console and train.log name the first steps' compilation and torch's cache folder."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(loop, "compile_model", lambda model, setting: model)      # the message, not the compile
+    msgs = []
+    train(make_recipe(shapes_data, "train.compile=true", steps=1), tmp_path / "run", log=quiet(msgs))
+    said = [m for m in msgs if m.startswith("train.compile = true:")]
+    assert len(said) == 1 and str(tmp_path / "inductor") in said[0], msgs
+    assert said[0] in (tmp_path / "run" / "train.log").read_text()
+    msgs.clear()
+    train(make_recipe(shapes_data, steps=1), tmp_path / "eager", log=quiet(msgs))
+    assert not any("train.compile" in m for m in msgs)

@@ -67,7 +67,8 @@ from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_g
 from .signals import StopFlag
 from .run_dir import CHECKPOINTS, CLASS_NAMES, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
 from .stats import StatsWriter
-from .step import apply_update, build_model, compile_model, forward_backward, set_precision, step_generator
+from .step import (apply_update, build_model, compile_model, compile_note, forward_backward, set_precision,
+                   step_generator)
 
 
 @dataclass
@@ -386,6 +387,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
         torch.set_rng_state(state.rng_state)
     steps = _Steps(recipe, run_dir, dist, state, model, batches, text_emb, say, summary, started=t0)
     say(start_up_line(t0, marks), echo=False)
+    if (note := compile_note(recipe.train.compile)) is not None:
+        say(note)
     return steps.run(stop_after=stop_after, progress=progress)
 
 

@@ -7,6 +7,7 @@ recipe's optimiser, clipping and EMA of `hpdm_cli.train.optim`) as the same step
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 
 import torch
@@ -17,7 +18,8 @@ from ..diffusion.edm import NoiseDraw, edm_loss
 from ..model.network import HPDMNet
 from ..pyramid import extract_patches
 
-__all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model"]
+__all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model",
+           "compile_cache_dir", "compile_note"]
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -78,6 +80,25 @@ def apply_update(opt, ema, net, bad: torch.Tensor) -> None:
     if ema is not None:
         ema.update(net, keep=1.0 - bad)
     opt.zero_grad(set_to_none=True)
+
+
+def compile_cache_dir() -> str:
+    """The folder where torch keeps what torch.compile builds (TORCHINDUCTOR_CACHE_DIR, else its default under /tmp)."""
+    import os
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except (ImportError, AttributeError):                  # a torch that moved it: the variable, else unknown
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache folder (TORCHINDUCTOR_CACHE_DIR)")
+
+
+def compile_note(setting) -> str | None:
+    """The line that says what `train.compile` costs at the start of a run (None when it is off)."""
+    if setting is False:
+        return None
+    return (f"train.compile = {json.dumps(setting)}: the first steps compile the network, minutes on a machine that has not "
+            f"compiled this recipe (about half a minute after that: torch keeps what it builds in {compile_cache_dir()}, "
+            "or in TORCHINDUCTOR_CACHE_DIR if set; docs/benchmarks.md)")
 
 
 def compile_model(model, setting):
