@@ -225,19 +225,11 @@ def test_train_under_two_gloo_ranks_resumes_exactly(ddp):
 def test_the_ranks_draw_the_first_pass_differently():
     """The DDP training above sees a step where one rank runs the self-conditioning pass and the other does not.
 
-    Its draws as the loop makes them (`hpdm_cli.train.loop`, one micro-batch of 4 // 2 samples per rank): a rank
+    The loop's own draws (`hpdm_cli.train.loop.step_draws`, one micro-batch of 4 // 2 samples per rank): a rank
     that runs the extra, gradient-free forward while the other does not is what DDP must survive.
     """
-    from hpdm_cli.train.step import step_generator
+    from hpdm_cli.train.loop import step_draws
     rec = tiny(*SELF_COND, "train.batch_size=4")
-    shape = (4 // WORLD, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
-    drawn = []
-    for step in range(4):
-        row = []
-        for rank in range(WORLD):
-            gen = step_generator(rec.train.seed, rank, step)
-            sample_nested_offsets(rec.pyramid, shape[0], generator=gen)
-            row.append(draw_noise(rec.diffusion, shape, conditional=True, self_condition=True, generator=gen,
-                                  device=torch.device("cpu"), noise_on_device=rec.train.noise_on == "device").self_cond)
-        drawn.append(row)
+    drawn = [[step_draws(rec, rank, step, 4 // WORLD, True, torch.device("cpu"))[0][1].self_cond
+              for rank in range(WORLD)] for step in range(4)]
     assert any(a != b for a, b in drawn), drawn

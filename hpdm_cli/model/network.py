@@ -289,8 +289,9 @@ class HPDMNet(nn.Module):
         self_cond: previous latents [B, n, M, d_z], or a list over the n levels of [B, M, d_z] or None
         (None: that level has no previous latents); self_cond_gate: a tensor that multiplies what is read
         from self_cond ([1]: 1 reads it, 0 is no self_cond, with zero gradients instead of none).
-        Returns F [B, n, C, f, h, w] (`out`), the latents [B, n, M, d_z] if `return_latents`, and if `collect` the activations finer levels
-        read (`collected`: level -> {block: [B, N, d]} for the blocks of `reading_blocks`).
+        Returns F [B, n, C, f, h, w] (`out`), the latents [B, n, M, d_z] if `return_latents`, and if
+        `collect` the activations finer levels read (`collected`: level -> {block: [B, N, d]} for the
+        blocks of `reading_blocks`).
         """
         B, n = x.shape[:2]
         hi = lo + n                                   # levels lo..hi-1 present

@@ -392,6 +392,20 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     return steps.run(stop_after=stop_after, progress=progress)
 
 
+def step_draws(recipe: Recipe, rank: int, step: int, micro: int, conditional: bool, device) -> list:
+    """A rank's random choices of one step: (patch offsets, NoiseDraw) per micro-batch, from the step's generator."""
+    t, rec = recipe.train, recipe
+    gen = step_generator(t.seed, rank, step)
+    shape = (micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
+    out = []
+    for _ in range(t.grad_accum):
+        offsets = to_device(sample_nested_offsets(rec.pyramid, micro, generator=gen), device)
+        out.append((offsets, draw_noise(rec.diffusion, shape, conditional=conditional,
+                                        self_condition=rec.model.self_condition, generator=gen, device=device,
+                                        noise_on_device=t.noise_on == "device")))
+    return out
+
+
 def start_up_line(t0: float, marks: dict) -> str:
     """train.log's line of the seconds each start-up phase took (`marks`: phase -> perf_counter at its end)."""
     parts, last = [], t0
@@ -702,17 +716,8 @@ class _Steps:
         return torch.stack(losses).mean(), per_level
 
     def _draws(self, step: int) -> list:
-        """Step `step`'s random choices: (patch offsets, NoiseDraw) per micro-batch, from the step's generator."""
-        t, rec, dev = self.t, self.recipe, self.dist.device
-        gen = step_generator(t.seed, self.dist.rank, step)
-        shape = (self.micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
-        out = []
-        for _ in range(t.grad_accum):
-            offsets = to_device(sample_nested_offsets(rec.pyramid, self.micro, generator=gen), dev)
-            out.append((offsets, draw_noise(rec.diffusion, shape, conditional=self.conditional,
-                                            self_condition=rec.model.self_condition, generator=gen, device=dev,
-                                            noise_on_device=t.noise_on == "device")))
-        return out
+        """Step `step`'s random choices: (patch offsets, NoiseDraw) per micro-batch (`step_draws`)."""
+        return step_draws(self.recipe, self.dist.rank, step, self.micro, self.conditional, self.dist.device)
 
     def _update(self, bad: torch.Tensor) -> None:
         """Apply the step (optimiser, then EMA), or skip it on the device where `bad` (any rank's non-finite loss or gradient) is 1."""

@@ -84,21 +84,17 @@ def apply_update(opt, ema, net, bad: torch.Tensor) -> None:
 
 def compile_cache_dir() -> str:
     """The folder where torch keeps what torch.compile builds (TORCHINDUCTOR_CACHE_DIR, else its default under /tmp)."""
-    import os
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-        return cache_dir()
-    except (ImportError, AttributeError):                  # a torch that moved it: the variable, else unknown
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache folder (TORCHINDUCTOR_CACHE_DIR)")
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return cache_dir()
 
 
 def compile_note(setting) -> str | None:
     """The line that says what `train.compile` costs at the start of a run (None when it is off)."""
     if setting is False:
         return None
-    return (f"train.compile = {json.dumps(setting)}: the first steps compile the network, minutes on a machine that has not "
-            f"compiled this recipe (about half a minute after that: torch keeps what it builds in {compile_cache_dir()}, "
-            "or in TORCHINDUCTOR_CACHE_DIR if set; docs/benchmarks.md)")
+    return (f"train.compile = {json.dumps(setting)}: the first steps compile the network, minutes on a machine "
+            f"that has not compiled this recipe (about half a minute after that: torch keeps what it builds in "
+            f"{compile_cache_dir()}, TORCHINDUCTOR_CACHE_DIR; docs/benchmarks.md)")
 
 
 def compile_model(model, setting):
