@@ -41,7 +41,7 @@
 #               faithful, FVD 176.3 at N = 256 (3.8x the floor):
 #     VARIANTS=fast SECONDS_EACH=572 STEPS=7500 EXPORT=fast bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: crisper shapes, 23.4% direction, FVD 211.4 at N = 256):
-#   `fast`'s overrides as V_fastA with STEPS=4500, then FROM=$RUNS/fastA (a run directory) with
+#   `fast`'s overrides as V_fastA with STEPS=4500, then FROM=/tmp/pyr-variants/fastA (its run directory) with
 #     V_fastB='diffusion.context_prob=0.75 data.short_caption_prob=0.3 train.lr=0.0005 train.warmup_steps=50'
 #     VARIANTS=fastB SECONDS_EACH=250 STEPS=3000
 # Ablations at equal budget from a real base level: the base level from scratch as the packaged
