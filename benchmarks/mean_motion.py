@@ -6,9 +6,13 @@ statistic of the data, worth as much loss as the object's colour). For each dire
 the displacement from the first to the last frame of the object-colour centroid of E_noise[D(sigma
 eps)] at level 0, averaged over prompts of that direction, beside the data's mean displacement of
 the same prompts (from the rendered ground truth). A model that ignores the direction word shows
-the same (near-zero) displacement for all four (docs/results.md, section 6). Text or class models;
-runs on a CPU in a minute:
+the same (near-zero) displacement for all four (docs/results.md, section 6). Each checkpoint ends
+with one number, its `track`: the share of the data's displacement the model reproduces, projected on
+it and averaged over the directions (1: the data's mean track; 0: no motion, or the wrong way on
+average). Several checkpoints in one call give a learning curve of the motion, which a short run
+learns late (docs/results.md, section 63). Text or class models; a minute per checkpoint on a CPU:
     python benchmarks/mean_motion.py hpdm_cli/assets/shapes-t2v.safetensors --sigma 20
+    python benchmarks/mean_motion.py RUN/checkpoints/ckpt-* --device cuda --tables out/gpu/shapes_prompts_tokens.safetensors
 """
 
 from __future__ import annotations
@@ -36,23 +40,40 @@ def colour_centroids(clip, obj_rgb, bg_rgb):
     return torch.stack([(mass * xs).flatten(1).sum(1) / tot, (mass * ys).flatten(1).sum(1) / tot], dim=1)
 
 
-def main(argv=None) -> int:
-    """Print one JSON line per direction: the model's and the data's first-to-last-frame displacement."""
+def track_share(moved, truth) -> float:
+    """Mean over directions of the model's displacement projected on the data's, as a share of the data's."""
     import numpy as np
-    import torch
+    m, t = np.asarray(moved, dtype=float), np.asarray(truth, dtype=float)
+    return float(np.mean((m * t).sum(-1) / (t * t).sum(-1)))
+
+
+def main(argv=None) -> int:
+    """Print, per checkpoint, one JSON line per direction (the model's and the data's displacement) and its track share."""
     from hpdm_cli.checkpoint import load_generator
-    from hpdm_cli.data.shapes import DIRECTIONS, SHAPES_CLASSES, shapes_attributes, shapes_caption
-    from hpdm_cli.diffusion.edm import denoise, input_scales
-    from hpdm_cli.text.tables import embed_prompts
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt", help="run directory, checkpoint or .safetensors of a shapes text or class model")
+    ap.add_argument("ckpt", nargs="+", help="run directories, checkpoints or .safetensors of shapes text or class "
+                    "models (all of one recipe's prompts)")
     ap.add_argument("--sigma", type=float, default=20.0)
     ap.add_argument("--prompts", type=int, default=8, help="prompts (videos of the training split) per direction")
     ap.add_argument("--noise", type=int, default=64, help="noise draws averaged per prompt")
     ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,"
                     "out/gpu/shapes_prompts_tokens.safetensors", help="prompt tables or folders holding them")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the denoiser's device)")
     a = ap.parse_args(argv)
-    net, rec, _ = load_generator(a.ckpt, "cpu")
+    for path in a.ckpt:
+        net, rec, info = load_generator(path, a.device)
+        motion_of(net, rec, a, label={"ckpt": str(path), "step": info.step})
+    return 0
+
+
+def motion_of(net, rec, a, label: dict) -> float:
+    """The JSON lines of one model (see main); returns its track share."""
+    import numpy as np
+    import torch
+    from hpdm_cli.data.shapes import DIRECTIONS, SHAPES_CLASSES, shapes_attributes, shapes_caption
+    from hpdm_cli.diffusion.edm import denoise, input_scales
+    from hpdm_cli.text.tables import embed_prompts
+    dev = next(net.parameters()).device
     if rec.model.cond not in ("text", "class"):
         raise SystemExit("mean_motion.py: the model has no condition (model.cond = \"none\")")
     f, h, w = (int(v) for v in rec.pyramid.resolution)
@@ -65,27 +86,33 @@ def main(argv=None) -> int:
         if len(picked[at["direction"]]) < a.prompts:
             picked[at["direction"]].append(at)
         index += 1
-    scale = input_scales(rec.diffusion, [0])
+    scale = input_scales(rec.diffusion, [0], dev)
+    means, truths = [], []
     for d in DIRECTIONS:
         moved, truth = [], []
         for at in picked[d]:
             if rec.model.cond == "text":
                 caption = shapes_caption(at["colour"], at["shape"], d, at["background"])
-                cond = embed_prompts(rec, [caption], search).expand(a.noise, -1, -1)
+                cond = embed_prompts(rec, [caption], search).expand(a.noise, -1, -1).to(dev)
             else:
-                cond = torch.full((a.noise,), SHAPES_CLASSES.index(f"{at['shape']} moving {d}"))
-            eps = torch.randn(a.noise, 1, 3, f0, h0, w0, generator=torch.Generator().manual_seed(1))
+                cond = torch.full((a.noise,), SHAPES_CLASSES.index(f"{at['shape']} moving {d}"), device=dev)
+            eps = torch.randn(a.noise, 1, 3, f0, h0, w0, generator=torch.Generator().manual_seed(1)).to(dev)
             with torch.no_grad():
-                D = denoise(net, a.sigma * eps, torch.full((a.noise, 1), a.sigma), torch.zeros(a.noise, 1, 3), cond,
-                            None, sigma_data=rec.diffusion.sigma_data, input_scale=scale).out.mean(0)[0]
+                D = denoise(net, a.sigma * eps, torch.full((a.noise, 1), a.sigma, device=dev),
+                            torch.zeros(a.noise, 1, 3, device=dev), cond, None, sigma_data=rec.diffusion.sigma_data,
+                            input_scale=scale).out.mean(0)[0].float().cpu()
             c = colour_centroids(D, at["colour_rgb"], at["background_rgb"])
             moved.append((c[-1] - c[0]).tolist())
             cen = np.asarray(at["centres"])
             truth.append((cen[-1] - cen[0]).tolist())
-        print(json.dumps({"direction": d, "sigma": a.sigma,
-                          "model_dx_dy": np.round(np.mean(moved, 0), 2).tolist(),
-                          "data_dx_dy": np.round(np.mean(truth, 0), 2).tolist()}), flush=True)
-    return 0
+        means.append(np.mean(moved, 0))
+        truths.append(np.mean(truth, 0))
+        print(json.dumps({**label, "direction": d, "sigma": a.sigma,
+                          "model_dx_dy": np.round(means[-1], 2).tolist(),
+                          "data_dx_dy": np.round(truths[-1], 2).tolist()}), flush=True)
+    share = track_share(means, truths)
+    print(json.dumps({**label, "sigma": a.sigma, "track": round(share, 3)}), flush=True)
+    return share
 
 
 if __name__ == "__main__":

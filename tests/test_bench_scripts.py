@@ -426,6 +426,25 @@ def test_mean_motion_centroids_follow_the_rendered_object():
         assert travelled.abs().max() > 2
 
 
+def test_mean_motion_track_share_is_the_projected_share_of_the_data_displacement():
+    truth = [(-4.0, 0.0), (4.0, 0.0), (0.0, -4.0), (0.0, 4.0)]
+    assert mean_motion.track_share(truth, truth) == pytest.approx(1.0)
+    assert mean_motion.track_share([(0.1, -0.1)] * 4, truth) == pytest.approx(0.0)      # one still mean for all
+    assert mean_motion.track_share([(-2.0, 3.0), (2.0, -3.0), (1.0, -2.0), (1.0, 2.0)], truth) == pytest.approx(0.5)
+    assert mean_motion.track_share([(x, -y) for x, y in truth], truth) == pytest.approx(0.0)   # half the wrong way
+    assert mean_motion.track_share([(-x, -y) for x, y in truth], truth) == pytest.approx(-1.0)
+
+
+def test_mean_motion_reads_the_packaged_models_motion(capsys):
+    """The packaged model's noise-averaged base level moves each direction's object most of the data's way."""
+    ckpt = str(ROOT / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
+    assert mean_motion.main([ckpt, "--prompts", "2", "--noise", "16", "--tables", "none"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["direction"] for r in rows[:4]] == ["left", "right", "up", "down"]
+    assert rows[-1]["step"] == rows[0]["step"] and rows[-1]["ckpt"] == ckpt
+    assert rows[-1]["track"] > 0.5, rows
+
+
 # ------------------------------------------------------------------------------------------ every script, texture tools
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.sh")))
