@@ -40,10 +40,11 @@
 #               sigma 3, where the motion is decided): 7500 steps in 515 s with the compile cache warm, 98 / 98 / 93%
 #               faithful, FVD 176.3 at N = 256 (3.8x the floor):
 #     VARIANTS=fast SECONDS_EACH=572 STEPS=7500 EXPORT=fast bash benchmarks/gpu_pyramid_variants.sh
-#   the same budget in two stages is worse (section 63: crisper shapes, 23.4% direction, FVD 211.4 at N = 256):
-#   `fast`'s overrides as V_fastA with STEPS=4500, then FROM=/tmp/pyr-variants/fastA (its run directory) with
-#     V_fastB='diffusion.context_prob=0.75 data.short_caption_prob=0.3 train.lr=0.0005 train.warmup_steps=50'
-#     VARIANTS=fastB SECONDS_EACH=250 STEPS=3000
+#   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
+#     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
+#       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
+#     FROM=/tmp/pyr-variants/fastA V_fastB='diffusion.context_prob=0.75 data.short_caption_prob=0.3 train.lr=0.0005 train.warmup_steps=50' \
+#       VARIANTS=fastB SECONDS_EACH=250 STEPS=3000 EXPORT=fastB bash benchmarks/gpu_pyramid_variants.sh
 # Ablations at equal budget from a real base level: the base level from scratch as the packaged
 # model's was (recipes/shapes.toml's header), 10000 steps in ~500 s of training over two calls
 # (docs/benchmarks.md, tenth visit; EXPORT=base brings it back, 16.4 MB, to carry as FROM):
@@ -66,7 +67,7 @@
 #   between two runs of one variant, which section 35 could not give: V_default_s1='train.seed=1'
 #   VARIANTS="default_s1" (train.seed draws the upper levels' initialisation, data order and noise anew)
 # The 16x64x64 pyramid trains at ~3250-4650 videos/s alone on an H200 with CUDA graphs, ~4100 on an H100 with
-# the GPU 96-100% busy: bound by its many small kernels, not by launches or the host (docs/benchmarks.md,
+# the GPU 96-100% busy: not waiting on launches or the host, probably on its many small kernels (docs/benchmarks.md,
 # thirty-sixth visit); three side by side made ~4300-5200 together (eleventh visit).
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
 # machine, back to back (see benchmarks/gpu_grown_stage.sh for the same layout):

@@ -8,8 +8,8 @@ eps)] at level 0, averaged over prompts of that direction, beside the data's mea
 the same prompts (from the rendered ground truth). A model that ignores the direction word shows
 the same (near-zero) displacement for all four (docs/results.md, section 6). Each checkpoint ends
 with one number, its `track`: the share of the data's displacement the model reproduces, projected on
-it and averaged over the directions (1: the data's mean track; 0: no motion, or the wrong way on
-average). Several checkpoints in one call give a learning curve of the motion, which a short run
+it and averaged over the directions (1: the data's mean track; 0: no motion, or as much the wrong way
+as the right; negative: the wrong way). Several checkpoints in one call give a learning curve of the motion, which a short run
 learns late (docs/results.md, section 63). Text or class models; a minute per checkpoint on a CPU:
     python benchmarks/mean_motion.py hpdm_cli/assets/shapes-t2v.safetensors --sigma 20
     python benchmarks/mean_motion.py RUN/checkpoints/ckpt-* --device cuda --tables out/gpu/shapes_prompts_tokens.safetensors
