@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import background_tiles  # noqa: E402
 import border_pixels  # noqa: E402
 import carried  # noqa: E402
+import cond_token_probe  # noqa: E402
 import context_vs_caption  # noqa: E402
 import ddp_scaling  # noqa: E402
 import graphs_check  # noqa: E402
@@ -447,6 +448,28 @@ def test_mean_motion_reads_the_packaged_models_motion(capsys):
         assert {(r["ckpt"], r["step"]) for r in half} == {(ckpt, rows[0]["step"])}
         assert half[-1]["track"] > 0.5, rows
     assert rows[4]["track"] == rows[9]["track"]                        # the same noise for every checkpoint
+
+
+@pytest.mark.parametrize("word", cond_token_probe.WORDS)
+def test_cond_token_probe_swaps_exactly_one_word(word):
+    from hpdm_cli.eval.faithfulness import parse_shapes_caption
+    caption = "a red circle moving left on a black background"
+    before, after = parse_shapes_caption(caption), parse_shapes_caption(cond_token_probe.swap_word(caption, word))
+    assert {k for k in before if before[k] != after[k]} == {word}
+
+
+def test_cond_token_probe_reads_the_packaged_models_condition(capsys):
+    """The encoder holds direction swaps closest; the packaged model's projection keeps them apart."""
+    ckpt = str(ROOT / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
+    assert cond_token_probe.main([ckpt, "--tables", "none"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(cond_token_probe.WORDS) <= set(row)
+    enc = {w: row[w]["encoder"] for w in cond_token_probe.WORDS}
+    assert enc["direction"] < min(enc["colour"], enc["shape"]), enc
+    # a model that moves objects as asked tells the directions apart after its projection (a short run that does
+    # not: a third of the encoder's distance or less, docs/results.md, section 63)
+    assert row["direction"]["tokens"] > 0.6 * enc["direction"], row
+    assert all(0 < row[w][k] < 2 for w in cond_token_probe.WORDS for k in ("encoder", "tokens", "norm_vector"))
 
 
 # ------------------------------------------------------------------------------------------ every script, texture tools
