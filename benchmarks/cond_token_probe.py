@@ -19,24 +19,23 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
 
 WORDS = ("colour", "shape", "direction", "background")
 
 
 def swap_word(caption: str, word: str) -> str:
     """The shapes caption with its `word` (one of WORDS) replaced by the next option of its list."""
-    from hpdm_cli.data.shapes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+    from hpdm_cli.data.shapes import BACKGROUNDS
     from hpdm_cli.eval.faithfulness import parse_shapes_caption
-    options = {"colour": list(COLOURS), "shape": list(SHAPES), "direction": list(DIRECTIONS),
-               "background": list(BACKGROUNDS)}[word]
-    parsed = parse_shapes_caption(caption)
-    old = parsed[word]
-    new = options[(options.index(old) + 1) % len(options)]
+    from prompt_word_swap import swapped                    # the object's words, as that script swaps them
+    if word != "background":
+        return swapped(caption, word)
+    options = list(BACKGROUNDS)
+    old = parse_shapes_caption(caption)["background"]
     head, sep, tail = caption.partition(" on ")
-    if word == "background":
-        return head + sep + tail.replace(old, new, 1)
-    return head.replace(f" {old}", f" {new}", 1) + sep + tail
+    return head + sep + tail.replace(old, options[(options.index(old) + 1) % len(options)], 1)
 
 
 def distances(net, rec, caption: str, tables: list) -> dict:
