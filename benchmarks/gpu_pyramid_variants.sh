@@ -40,6 +40,11 @@
 #               sigma 3, where the motion is decided): 7500 steps in 515 s with the compile cache warm, 98 / 98 / 93%
 #               faithful, FVD 176.3 at N = 256 (3.8x the floor):
 #     VARIANTS=fast SECONDS_EACH=572 STEPS=7500 EXPORT=fast bash benchmarks/gpu_pyramid_variants.sh
+#   fast with level 0's log-sigma centred at 0.5 (35% of its samples above sigma 3): on a cold machine 4817
+#   steps of a 5000-step cosine, the motion from step ~4000 (56.2% direction) but the stripes lost, FVD 496.9
+#   at N = 256 (section 64):
+#     V_fastP='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.5,-1.2,-1.2] data.short_caption_prob=0.3' \
+#       VARIANTS=fastP SECONDS_EACH=570 STEPS=5000 CURVE=1 EXPORT=fastP bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -78,9 +83,13 @@
 #      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SECONDS_EACH=0 SWEEP=1 SCORE=grid EVAL_NUM=512 bash ...
 #   4. carry out/gpu/whl and the held-out table again: SECONDS_EACH=0 SWEEP=1 SCORE=continuous EVAL_NUM=512 bash ...
 #      (the I3D file stays in /tmp on the warm machine)
-# EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors.
+# CURVE=1 then prints each variant's motion learning curve: benchmarks/mean_motion.py's `track` (0: the level-0
+# denoiser moves the object no way, 1: as the data does) for its checkpoints every CURVE_EVERY steps (500) and its
+# last, ~2 s each on a GPU (DEVICE, default cuda), also kept in $OUT/<v>-track.jsonl.
+# EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors (what a call returns is
+# at most 64 MiB together: three exports of the 16x64^2 model, 16.7 MB each).
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
-#   data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=60 STEPS=10 SWEEP=1 EVAL_NUM=2 BATCH=2 \
+#   data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=60 STEPS=10 CURVE=1 DEVICE=cpu SWEEP=1 EVAL_NUM=2 BATCH=2 \
 #   SETTINGS=1.5,1,1/16,16,8/none I3D=out/gpu/i3d-kinetics-400.ckpt SWEEP_FLAGS= \
 #   PATH=.venv/bin:$PATH bash benchmarks/gpu_pyramid_variants.sh
 set -uo pipefail
@@ -130,6 +139,13 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
 }
+curve_variant() {   # $1: variant -> mean_motion.py's track for its checkpoints every CURVE_EVERY steps and its last
+  local v=$1 all=("$RUNS/$1"/checkpoints/ckpt-*)
+  [ -e "${all[0]}" ] || { echo "[$v] no checkpoint: no curve"; return 1; }
+  python3 benchmarks/mean_motion.py "${all[@]}" --every "${CURVE_EVERY:-500}" --device "${DEVICE:-cuda}" \
+    --tables out/gpu/shapes_prompts_tokens.safetensors 2>&1 | grep '"track"' > "$OUT/$v-track.jsonl"
+  echo "[$v] motion learning curve (step: track):" "$(python3 -c "import json, sys; print(' '.join('%d: %s' % (d['step'], d['track']) for d in map(json.loads, sys.stdin)))" < "$OUT/$v-track.jsonl")"
+}
 sweep_variants() {   # $@: variants -> guidance_sweep.py's lines for their newest checkpoints in $OUT/sweep.txt
   # (one process: the real clips' features and baselines are computed once; lines are written as they
   # come, so a call that runs out of time still brings back what was scored; sheets in $OUT/sheets)
@@ -151,6 +167,9 @@ if [ "${SECONDS_EACH:-0}" -gt 0 ]; then
   for v in $VARIANTS; do train_variant "$v" & done
   wait
   echo "trained in $((SECONDS - T0)) s"
+fi
+if [ "${CURVE:-0}" = 1 ]; then
+  for v in $VARIANTS; do curve_variant "$v"; done
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
   [ -f "$I3D" ] || { echo "SWEEP=1 needs the I3D weights at $I3D"; exit 2; }

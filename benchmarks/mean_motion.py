@@ -10,9 +10,9 @@ the same (near-zero) displacement for all four (docs/results.md, section 6). Eac
 with one number, its `track`: the share of the data's displacement the model reproduces, projected on
 it and averaged over the directions (1: the data's mean track; 0: no motion, or as much the wrong way
 as the right; negative: the wrong way). Several checkpoints in one call give a learning curve of the motion, which a short run
-learns late (docs/results.md, section 63). Text or class models; a minute per checkpoint on a CPU:
+learns late (docs/results.md, section 63). Text or class models; a minute per checkpoint on a CPU, ~2 s on a GPU (docs/results.md, section 64):
     python benchmarks/mean_motion.py hpdm_cli/assets/shapes-t2v.safetensors --sigma 20
-    python benchmarks/mean_motion.py RUN/checkpoints/ckpt-* --device cuda --tables out/gpu/shapes_prompts_tokens.safetensors
+    python benchmarks/mean_motion.py RUN/checkpoints/ckpt-* --every 500 --device cuda --tables out/gpu/shapes_prompts_tokens.safetensors
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ def track_share(moved, truth) -> float:
     return float(np.mean((m * t).sum(-1) / (t * t).sum(-1)))
 
 
+def every_steps(paths: list[str], every: int) -> list[str]:
+    """The checkpoints `RUN/checkpoints/ckpt-<step>` whose step is a multiple of `every`, and the last given; others kept."""
+    import re
+    if every <= 0 or not paths:
+        return list(paths)
+    steps = [re.fullmatch(r"ckpt-(\d+)", Path(p).name) for p in paths]
+    return [p for i, (p, m) in enumerate(zip(paths, steps))
+            if m is None or int(m.group(1)) % every == 0 or i == len(paths) - 1]
+
+
 def main(argv=None) -> int:
     """Print, per checkpoint, one JSON line per direction (the model's and the data's displacement) and its track share."""
     from hpdm_cli.checkpoint import load_generator
@@ -59,8 +69,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default="out/gpu/shapes_prompts.safetensors,"
                     "out/gpu/shapes_prompts_tokens.safetensors", help="prompt tables or folders holding them")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the denoiser's device)")
+    ap.add_argument("--every", type=int, default=0, help="of a run's checkpoints (ckpt-<step>), read only those "
+                    "every this many steps and the last (0: all)")
     a = ap.parse_args(argv)
-    for path in a.ckpt:
+    for path in every_steps(a.ckpt, a.every):
         net, rec, info = load_generator(path, a.device)
         motion_of(net, rec, a, label={"ckpt": str(path), "step": info.step})
     return 0

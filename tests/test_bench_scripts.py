@@ -436,6 +436,14 @@ def test_mean_motion_track_share_is_the_projected_share_of_the_data_displacement
     assert mean_motion.track_share([(-x, -y) for x, y in truth], truth) == pytest.approx(-1.0)
 
 
+def test_mean_motion_every_keeps_the_steps_asked_and_the_last_checkpoint():
+    run = [f"runs/x/checkpoints/ckpt-{s:08d}" for s in (250, 500, 750, 1000, 1250, 1317)]
+    assert mean_motion.every_steps(run, 500) == [run[1], run[3], run[5]]
+    assert mean_motion.every_steps(run, 250) == run[:5] + [run[5]]
+    assert mean_motion.every_steps(run, 0) == run
+    assert mean_motion.every_steps(["a.safetensors", run[0], run[2]], 1000) == ["a.safetensors", run[2]]   # not a step: kept
+
+
 def test_mean_motion_reads_the_packaged_models_motion(capsys):
     """The packaged model's noise-averaged base level moves each direction's object most of the data's way."""
     ckpt = str(ROOT / "hpdm_cli" / "assets" / "shapes-t2v.safetensors")
