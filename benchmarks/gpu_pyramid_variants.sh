@@ -45,6 +45,10 @@
 #   at N = 256 (section 64):
 #     V_fastP='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.5,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastP SECONDS_EACH=570 STEPS=5000 CURVE=1 EXPORT=fastP bash benchmarks/gpu_pyramid_variants.sh
+#   fastR       fast with level 0's log-sigma mean ramped from 1.0 at the first step to -1.0 at the last
+#               (diffusion.p_mean_start): over 7500 steps of 256 ~0.27M level-0 samples above sigma 3 in the first
+#               4000 (fastP's when its motion began) and as many below sigma 1 in all as fast; not yet run
+#     VARIANTS=fastR SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastR bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -122,7 +126,8 @@ overrides() {   # $1: variant -> its recipe overrides
     nocoords) echo 'model.fusion_coords=false' ;;
     scratch) echo 'train.init_from="" diffusion.context_prob=0.5 data.short_caption_prob=0.3' ;;
     fast) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast, or set V_$1)" >&2; return 2 ;;
+    fastR) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_mean_start=[1.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)

@@ -236,6 +236,9 @@ class DiffusionConfig:
     sigma_data: float = 0.5              # Standard deviation of the (scaled) data, EDM's sigma_d.
     p_mean: float | list[float] = -1.2   # Mean of log(sigma) in training (log-normal): one value, or one per level.
     p_std: float | list[float] = 1.2     # Std of log(sigma) in training: one value, or one per level.
+    # Mean of log(sigma) at the first training step, moved linearly to p_mean by the last (train.steps): one
+    # value, or one per level; [] = p_mean throughout. A base level can learn its layout first and texture last.
+    p_mean_start: float | list[float] = field(default_factory=list)
     input_scale: float = 1.0             # b_0: input scaling of level 0.
     input_scale_decay: float = 0.75      # gamma: level l's clean signal is scaled by b_0 * gamma**l.
     context_sigma: float = 0.002         # Sigma at which finished lower levels are presented at inference.
@@ -389,9 +392,9 @@ class Recipe:
         if t.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device = {t.device!r}: expected \"auto\", \"cpu\" or \"cuda\" "
                               "(under torchrun each process takes the GPU of its local rank)")
-        for key in ("p_mean", "p_std"):
+        for key in ("p_mean", "p_std", "p_mean_start"):
             v = getattr(self.diffusion, key)
-            if isinstance(v, (list, tuple)) and len(v) != L:
+            if isinstance(v, (list, tuple)) and len(v) != L and not (key == "p_mean_start" and len(v) == 0):
                 raise ConfigError(f"diffusion.{key} = {list(v)}: {len(v)} entries for {L} pyramid levels; give one "
                                   "number, or one per level (coarse to fine)")
         sm = self.sample
@@ -452,6 +455,8 @@ class Recipe:
             ("diffusion.sigma_data", d.sigma_data, pos),
             *(((f"diffusion.p_mean[{i}]", v, {}) for i, v in enumerate(d.p_mean)) if isinstance(d.p_mean, (list, tuple))
               else [("diffusion.p_mean", d.p_mean, {})]),
+            *(((f"diffusion.p_mean_start[{i}]", v, {}) for i, v in enumerate(d.p_mean_start))
+              if isinstance(d.p_mean_start, (list, tuple)) else [("diffusion.p_mean_start", d.p_mean_start, {})]),
             *(((f"diffusion.p_std[{i}]", v, nonneg) for i, v in enumerate(d.p_std)) if isinstance(d.p_std, (list, tuple))
               else [("diffusion.p_std", d.p_std, nonneg)]),
             ("diffusion.input_scale", d.input_scale, pos),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import tiny_recipe, tiny_toml
 
 from hpdm_cli.config import DiffusionConfig
 from hpdm_cli.diffusion import (c_in, c_noise, c_out, c_skip, denoise, draw_noise, edm_loss, input_scales,
@@ -112,6 +112,31 @@ def test_sigma_draws_take_one_std_per_level():
     for level in range(2):
         assert abs(logs[:, level].mean().item() - cfg.p_mean[level]) < 0.03
         assert abs(logs[:, level].std().item() - cfg.p_std[level]) < 0.03
+
+
+def test_the_log_sigma_mean_moves_from_its_start_to_p_mean():
+    from hpdm_cli.diffusion.edm import p_mean_at
+    ramp = DiffusionConfig(p_mean=-0.5, p_mean_start=1.5)
+    assert [p_mean_at(ramp, u) for u in (0.0, 0.25, 1.0, 2.0)] == pytest.approx([1.5, 1.0, -0.5, -0.5])
+    per_level = DiffusionConfig(p_mean=[-0.5, -1.2, -1.2], p_mean_start=[1.0, -1.2, -1.2])
+    assert p_mean_at(per_level, 0.5) == pytest.approx([0.25, -1.2, -1.2])
+    assert p_mean_at(DiffusionConfig(p_mean=[-0.5, -1.2], p_mean_start=0.5), 0.5) == pytest.approx([0.0, -0.35])
+    assert p_mean_at(DiffusionConfig(p_mean=[-0.5, -1.2]), 0.3) == [-0.5, -1.2]      # no start: p_mean throughout
+
+
+def test_training_draws_follow_the_ramped_log_sigma_mean():
+    """The loop's own draws (`step_draws`): log-sigma centred at p_mean_start on the first step, at p_mean on the last."""
+    from hpdm_cli.train.loop import step_draws
+    rec = tiny_toml("train.steps=101", "diffusion.context_prob=0.0", "diffusion.p_std=0.1",
+                      "diffusion.p_mean=[-2.0,-1.0,-1.0]", "diffusion.p_mean_start=[2.0,-1.0,-1.0]")
+
+    def centre(step):
+        return torch.log(step_draws(rec, 0, step, 4000, False, torch.device("cpu"))[0][1].sigma).mean(0)
+    for step, level0 in ((0, 2.0), (50, 0.0), (100, -2.0)):
+        assert centre(step).tolist() == pytest.approx([level0, -1.0, -1.0], abs=0.01), step
+    fixed = tiny_toml("train.steps=101", "diffusion.context_prob=0.0", "diffusion.p_std=0.1", "diffusion.p_mean=-1.0")
+    assert torch.log(step_draws(fixed, 0, 0, 4000, False, torch.device("cpu"))[0][1].sigma).mean().item() == \
+        pytest.approx(-1.0, abs=0.01)
 
 
 def test_condition_dropout_rate():

@@ -100,6 +100,24 @@ def _staged(generator, device) -> bool:
             and torch.device(device).type == "cuda")
 
 
+def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
+    """The training log-sigma mean `progress` of the way through a run (0: first step, 1: last).
+
+    `cfg.p_mean_start` moved linearly to `cfg.p_mean` (one value, or one per level when either is a list);
+    `cfg.p_mean` itself when there is no start (`[]`). Progress is rounded to 1/1000, so a run draws from at
+    most 1001 distinct means.
+    """
+    start, end = cfg.p_mean_start, cfg.p_mean
+    if isinstance(start, (list, tuple)) and len(start) == 0:
+        return end
+    u = round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
+    if not isinstance(start, (list, tuple)) and not isinstance(end, (list, tuple)):
+        return start + (end - start) * u
+    n = len(start) if isinstance(start, (list, tuple)) else len(end)
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * n
+    return [a + (b - a) * u for a, b in zip(as_list(start), as_list(end))]
+
+
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):
     """Per-level sigmas [B, L] from the log-normal, with context splits; returns (sigma, loss weight).
 

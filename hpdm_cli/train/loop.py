@@ -39,6 +39,7 @@ import sys
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -49,7 +50,7 @@ from ..assets import PACKAGED
 from ..config import Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
-from ..diffusion.edm import draw_noise
+from ..diffusion.edm import draw_noise, p_mean_at
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
@@ -397,10 +398,13 @@ def step_draws(recipe: Recipe, rank: int, step: int, micro: int, conditional: bo
     t, rec = recipe.train, recipe
     gen = step_generator(t.seed, rank, step)
     shape = (micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
+    diffusion = rec.diffusion                             # with its log-sigma mean ramped (diffusion.p_mean_start)
+    if not (isinstance(diffusion.p_mean_start, (list, tuple)) and len(diffusion.p_mean_start) == 0):
+        diffusion = dc_replace(diffusion, p_mean=p_mean_at(diffusion, step / max(t.steps - 1, 1)), p_mean_start=[])
     out = []
     for _ in range(t.grad_accum):
         offsets = to_device(sample_nested_offsets(rec.pyramid, micro, generator=gen), device)
-        out.append((offsets, draw_noise(rec.diffusion, shape, conditional=conditional,
+        out.append((offsets, draw_noise(diffusion, shape, conditional=conditional,
                                         self_condition=rec.model.self_condition, generator=gen, device=device,
                                         noise_on_device=t.noise_on == "device")))
     return out
