@@ -47,7 +47,8 @@
 #       VARIANTS=fastP SECONDS_EACH=570 STEPS=5000 CURVE=1 EXPORT=fastP bash benchmarks/gpu_pyramid_variants.sh
 #   fastR       fast with level 0's log-sigma mean ramped from 1.0 at the first step to -1.0 at the last
 #               (diffusion.p_mean_start): over 7500 steps of 256 ~0.27M level-0 samples above sigma 3 in the first
-#               4000 (fastP's when its motion began) and as many below sigma 1 in all as fast; not yet run
+#               4000 (fastP's when its motion began) and as many below sigma 1 in all as fast, if all 7500 steps
+#               run (the compile cache warm; a cold machine holds ~4800: then STEPS=4800); not yet run
 #     VARIANTS=fastR SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastR bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
@@ -148,7 +149,8 @@ curve_variant() {   # $1: variant -> mean_motion.py's track for its checkpoints 
   local v=$1 all=("$RUNS/$1"/checkpoints/ckpt-*)
   [ -e "${all[0]}" ] || { echo "[$v] no checkpoint: no curve"; return 1; }
   python3 benchmarks/mean_motion.py "${all[@]}" --every "${CURVE_EVERY:-500}" --device "${DEVICE:-cuda}" \
-    --tables out/gpu/shapes_prompts_tokens.safetensors 2>&1 | grep '"track"' > "$OUT/$v-track.jsonl"
+    --tables out/gpu/shapes_prompts_tokens.safetensors > "$RUNS/$v-track.log" 2>&1
+  grep '"track"' "$RUNS/$v-track.log" > "$OUT/$v-track.jsonl" || { echo "[$v] no curve:"; tail -n 3 "$RUNS/$v-track.log"; return 1; }
   echo "[$v] motion learning curve (step: track):" "$(python3 -c "import json, sys; print(' '.join('%d: %s' % (d['step'], d['track']) for d in map(json.loads, sys.stdin)))" < "$OUT/$v-track.jsonl")"
 }
 sweep_variants() {   # $@: variants -> guidance_sweep.py's lines for their newest checkpoints in $OUT/sweep.txt

@@ -179,6 +179,9 @@ def test_int_accepted_for_float():
     ({"diffusion": {"p_mean": [0.8, "x", -1.2]}}, "diffusion.p_mean"),
     ({"diffusion": {"p_std": [1.4, 1.2]}}, "diffusion.p_std"),                            # one per level, 3 levels
     ({"diffusion": {"p_std": [1.4, -1.0, 1.2]}}, "diffusion.p_std[1]"),
+    ({"diffusion": {"p_mean_start": [1.0, -1.2]}}, "diffusion.p_mean_start"),            # one per level, 3 levels
+    ({"diffusion": {"p_mean_start": [1.0, "x", -1.2]}}, "diffusion.p_mean_start"),
+    ({"diffusion": {"p_mean_start": float("nan")}}, "diffusion.p_mean_start"),
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64], "overlap": "fhw"}},
      "pyramid.offsets"),                                                    # half tiles of an odd patch
@@ -428,6 +431,13 @@ def test_round_trip_dict_and_toml(tmp_path):
     assert recipe_from_dict(recipe_to_dict(r)) == r
     assert recipe_from_toml(recipe_to_toml(r)) == r
     assert recipe_from_dict(recipe_to_dict(Recipe())) == Recipe()
+
+
+@pytest.mark.parametrize("start", ["[]", "1.0", "[1.0,-1.2,-1.2]"])
+def test_p_mean_start_round_trips_through_toml(start):
+    import json
+    r = recipe_from_toml("", [f"diffusion.p_mean_start={start}"])
+    assert recipe_from_toml(recipe_to_toml(r)) == r and r.diffusion.p_mean_start == json.loads(start)
 
 
 def test_dump_load_round_trip(tmp_path):
