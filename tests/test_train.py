@@ -260,6 +260,17 @@ def test_context_prob_one_is_warned_about_as_it_leaves_level_0_untrained(prob, w
     assert any("context_prob = 1" in m and "level 0" in m for m in msgs) == warned
 
 
+def test_a_ramped_log_sigma_mean_is_announced_and_a_constant_one_is_not(shapes_data, tmp_path):
+    msgs = []
+    train(make_recipe(shapes_data, "diffusion.p_mean_start=1.0", "diffusion.p_mean=-1.0", steps=3), tmp_path / "a",
+          log=quiet(msgs))
+    assert any("log-sigma mean: 1.0 at step 0 -> -1.0 at step 2 (diffusion.p_mean_start); 1.0 now" in m
+               for m in msgs), msgs
+    msgs.clear()
+    train(make_recipe(shapes_data, steps=1), tmp_path / "b", log=quiet(msgs))
+    assert not any("log-sigma mean" in m for m in msgs)
+
+
 # ------------------------------------------------------------------------------------------ continuing, refusals
 
 def test_continue_with_more_steps_and_nothing_to_do(reference, shapes_data, tmp_path):

@@ -603,6 +603,11 @@ class _Steps:
         self.say(f"training {sum(p.numel() for p in self.params) / 1e6:.1f}M parameters on {dist.world_size} x "
                  f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {self.micro} x "
                  f"accum {t.grad_accum})")
+        d = self.recipe.diffusion
+        if not (isinstance(d.p_mean_start, (list, tuple)) and len(d.p_mean_start) == 0):
+            show = lambda v: [round(x, 3) for x in v] if isinstance(v, (list, tuple)) else round(v, 3)
+            self.say(f"training log-sigma mean: {show(p_mean_at(d, 0.0))} at step 0 -> {show(d.p_mean)} at step "
+                     f"{t.steps - 1} (diffusion.p_mean_start); {show(p_mean_at(d, start / max(t.steps - 1, 1)))} now")
         if self.recipe.pyramid.num_levels > 1 and self.recipe.diffusion.context_prob >= 1:
             self.say(WARNING + "diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
                      "in the loss (docs/method.md, section 5); the base level then drifts through the upper "
