@@ -246,6 +246,11 @@ class DiffusionConfig:
     cond_dropout: float = 0.1            # Probability of dropping the condition (classifier-free guidance).
     self_cond_prob: float = 0.9          # Probability of a self-conditioning pass (if model.self_condition).
 
+    @property
+    def ramped(self) -> bool:
+        """Whether training's log-sigma mean moves over the run (`p_mean_start` given, not `[]`)."""
+        return not (isinstance(self.p_mean_start, (list, tuple)) and len(self.p_mean_start) == 0)
+
     def level_input_scale(self, level: int) -> float:
         """b_l = b_0 * gamma**l: exponentially smaller input scaling for finer levels."""
         return self.input_scale * self.input_scale_decay ** level
@@ -394,7 +399,7 @@ class Recipe:
                               "(under torchrun each process takes the GPU of its local rank)")
         for key in ("p_mean", "p_std", "p_mean_start"):
             v = getattr(self.diffusion, key)
-            if isinstance(v, (list, tuple)) and len(v) != L and not (key == "p_mean_start" and len(v) == 0):
+            if isinstance(v, (list, tuple)) and len(v) != L and (key != "p_mean_start" or self.diffusion.ramped):
                 raise ConfigError(f"diffusion.{key} = {list(v)}: {len(v)} entries for {L} pyramid levels; give one "
                                   "number, or one per level (coarse to fine)")
         sm = self.sample

@@ -25,7 +25,7 @@ context only and are left out of the loss (they still receive gradients through 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -108,7 +108,7 @@ def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
     most 1001 distinct means.
     """
     start, end = cfg.p_mean_start, cfg.p_mean
-    if isinstance(start, (list, tuple)) and len(start) == 0:
+    if not cfg.ramped:
         return end
     u = round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
     if not isinstance(start, (list, tuple)) and not isinstance(end, (list, tuple)):
@@ -116,6 +116,13 @@ def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
     n = len(start) if isinstance(start, (list, tuple)) else len(end)
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * n
     return [a + (b - a) * u for a, b in zip(as_list(start), as_list(end))]
+
+
+def diffusion_at_step(cfg: DiffusionConfig, step: int, steps: int) -> DiffusionConfig:
+    """`cfg` as training step `step` of `steps` (0-based) draws its noise: its ramped log-sigma mean made constant."""
+    if not cfg.ramped:
+        return cfg
+    return replace(cfg, p_mean=p_mean_at(cfg, step / max(steps - 1, 1)), p_mean_start=[])
 
 
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):

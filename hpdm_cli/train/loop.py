@@ -39,7 +39,6 @@ import sys
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -50,7 +49,7 @@ from ..assets import PACKAGED
 from ..config import Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
-from ..diffusion.edm import draw_noise, p_mean_at
+from ..diffusion.edm import diffusion_at_step, draw_noise
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
@@ -398,9 +397,7 @@ def step_draws(recipe: Recipe, rank: int, step: int, micro: int, conditional: bo
     t, rec = recipe.train, recipe
     gen = step_generator(t.seed, rank, step)
     shape = (micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
-    diffusion = rec.diffusion                             # with its log-sigma mean ramped (diffusion.p_mean_start)
-    if not (isinstance(diffusion.p_mean_start, (list, tuple)) and len(diffusion.p_mean_start) == 0):
-        diffusion = dc_replace(diffusion, p_mean=p_mean_at(diffusion, step / max(t.steps - 1, 1)), p_mean_start=[])
+    diffusion = diffusion_at_step(rec.diffusion, step, t.steps)     # its log-sigma mean ramped (diffusion.p_mean_start)
     out = []
     for _ in range(t.grad_accum):
         offsets = to_device(sample_nested_offsets(rec.pyramid, micro, generator=gen), device)
@@ -604,10 +601,11 @@ class _Steps:
                  f"{dist.device.type}, steps {start} -> {t.steps}, global batch {t.batch_size} (micro {self.micro} x "
                  f"accum {t.grad_accum})")
         d = self.recipe.diffusion
-        if not (isinstance(d.p_mean_start, (list, tuple)) and len(d.p_mean_start) == 0):
+        if d.ramped:
             show = lambda v: [round(x, 3) for x in v] if isinstance(v, (list, tuple)) else round(v, 3)
-            self.say(f"training log-sigma mean: {show(p_mean_at(d, 0.0))} at step 0 -> {show(d.p_mean)} at step "
-                     f"{t.steps - 1} (diffusion.p_mean_start); {show(p_mean_at(d, start / max(t.steps - 1, 1)))} now")
+            self.say(f"training log-sigma mean: {show(diffusion_at_step(d, 0, t.steps).p_mean)} at step 0 -> "
+                     f"{show(d.p_mean)} at step {t.steps - 1} (diffusion.p_mean_start); "
+                     f"{show(diffusion_at_step(d, start, t.steps).p_mean)} now")
         if self.recipe.pyramid.num_levels > 1 and self.recipe.diffusion.context_prob >= 1:
             self.say(WARNING + "diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
                      "in the loss (docs/method.md, section 5); the base level then drifts through the upper "
