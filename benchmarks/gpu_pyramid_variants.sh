@@ -50,6 +50,10 @@
 #               4000 (fastP's when its motion began) and as many below sigma 1 in all as fast, if all 7500 steps
 #               run (the compile cache warm; a cold machine holds ~4800: then STEPS=4800); not yet run
 #     VARIANTS=fastR SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastR bash benchmarks/gpu_pyramid_variants.sh
+#   fastS       fast at half the batch (128): twice the optimiser steps per sample. Whether the motion waits for a
+#               number of steps (~4000) or of level-0 samples above sigma 3 (~0.26M: ~11000 steps at 128) decides
+#               between more steps and more samples in the budget (docs/results.md, sections 63-65); not yet run
+#     VARIANTS=fastS SECONDS_EACH=535 STEPS=7000 CURVE=1 CURVE_EVERY=1000 bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -128,7 +132,8 @@ overrides() {   # $1: variant -> its recipe overrides
     scratch) echo 'train.init_from="" diffusion.context_prob=0.5 data.short_caption_prob=0.3' ;;
     fast) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastR) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_mean_start=[1.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR, or set V_$1)" >&2; return 2 ;;
+    fastS) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=128' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
