@@ -3,6 +3,8 @@ the peer's shape mapping, the memory chart's dry run, DDP efficiency and the sum
 
 import json
 import math
+import re
+import shlex
 import sys
 import zipfile
 from pathlib import Path
@@ -1302,15 +1304,12 @@ def test_context_vs_caption_counts_the_tiles_that_keep_the_real_background():
 
 def _pyramid_variant_table() -> dict[str, str]:
     """gpu_pyramid_variants.sh's built-in variants: name -> the recipe overrides its table gives them."""
-    import re
     text = (BENCH / "gpu_pyramid_variants.sh").read_text()
     return dict(re.findall(r"^\s+(\w+)\) echo '(.*)' ;;$", text, flags=re.M))
 
 
 def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     # a typo in a variant's keys or values would only show on the GPU, after a cold start: load each here
-    import re
-    import shlex
     table = _pyramid_variant_table()
     assert {"default", "fast", "fastR", "fastS"} <= set(table)
     for overrides in table.values():
