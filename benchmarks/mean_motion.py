@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,6 @@ def track_share(moved, truth) -> float:
 
 def every_steps(paths: list[str], every: int) -> list[str]:
     """The checkpoints `RUN/checkpoints/ckpt-<step>` whose step is a multiple of `every`, and the last given; others kept."""
-    import re
     if every <= 0 or not paths:
         return list(paths)
     steps = [re.fullmatch(r"ckpt-(\d+)", Path(p).name) for p in paths]

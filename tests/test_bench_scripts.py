@@ -1302,20 +1302,15 @@ def test_context_vs_caption_counts_the_tiles_that_keep_the_real_background():
         assert context_vs_caption.kept_share(half, *args) == pytest.approx(0.5, abs=0.13)
 
 
-def _pyramid_variant_table() -> dict[str, str]:
-    """gpu_pyramid_variants.sh's built-in variants: name -> the recipe overrides its table gives them."""
-    text = (BENCH / "gpu_pyramid_variants.sh").read_text()
-    return dict(re.findall(r"^\s+(\w+)\) echo '(.*)' ;;$", text, flags=re.M))
-
-
 def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     # a typo in a variant's keys or values would only show on the GPU, after a cold start: load each here
-    table = _pyramid_variant_table()
+    script = (BENCH / "gpu_pyramid_variants.sh").read_text()
+    table = dict(re.findall(r"^\s+(\w+)\) echo '(.*)' ;;$", script, flags=re.M))   # variant -> its overrides
     assert {"default", "fast", "fastR", "fastS"} <= set(table)
     for overrides in table.values():
         load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(overrides))   # raises a ConfigError naming the key
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastS"])).train.batch_size == 128
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastR"])).diffusion.ramped
     # the script's own message for an unknown variant names exactly the table's variants
-    listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", (BENCH / "gpu_pyramid_variants.sh").read_text())
+    listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", script)
     assert set(listed.group(1).split()) == set(table)
