@@ -54,6 +54,11 @@
 #               number of steps (~4000) or of level-0 samples above sigma 3 (~0.26M: ~11000 steps at 128) decides
 #               between more steps and more samples in the budget (docs/results.md, sections 63-65); not yet run
 #     VARIANTS=fastS SECONDS_EACH=535 STEPS=7000 CURVE=1 CURVE_EVERY=1000 bash benchmarks/gpu_pyramid_variants.sh
+#   fastC       fast with the share of samples on clean context ramped from 0 at the first step to 0.75 at the last
+#               (diffusion.context_prob_start): level 0 in every sample's loss while the motion is learnt, the upper
+#               levels trained mostly as sampling shows them the levels below (the recipe's 0.75, section 35) by the
+#               end; level 0 in 62.5% of the samples over the run against fast's 75%; not yet run
+#     VARIANTS=fastC SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastC bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -133,7 +138,8 @@ overrides() {   # $1: variant -> its recipe overrides
     fast) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastR) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_mean_start=[1.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastS) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=128' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS, or set V_$1)" >&2; return 2 ;;
+    fastC) echo 'train.init_from="" diffusion.context_prob=0.75 diffusion.context_prob_start=0.0 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastC, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)

@@ -243,6 +243,9 @@ class DiffusionConfig:
     input_scale_decay: float = 0.75      # gamma: level l's clean signal is scaled by b_0 * gamma**l.
     context_sigma: float = 0.002         # Sigma at which finished lower levels are presented at inference.
     context_prob: float = 0.25           # Training share of samples whose lower levels sit at context_sigma.
+    # That share at the first training step, moved linearly to context_prob by the last (train.steps); [] =
+    # context_prob throughout. A short run can give level 0 most samples first, the upper levels clean context last.
+    context_prob_start: float | list[float] = field(default_factory=list)
     cond_dropout: float = 0.1            # Probability of dropping the condition (classifier-free guidance).
     self_cond_prob: float = 0.9          # Probability of a self-conditioning pass (if model.self_condition).
 
@@ -250,6 +253,11 @@ class DiffusionConfig:
     def ramped(self) -> bool:
         """Whether training's log-sigma mean moves over the run (`p_mean_start` given, not `[]`)."""
         return not (isinstance(self.p_mean_start, (list, tuple)) and len(self.p_mean_start) == 0)
+
+    @property
+    def context_ramped(self) -> bool:
+        """Whether training's share of samples with clean context moves over the run (`context_prob_start` given)."""
+        return not (isinstance(self.context_prob_start, (list, tuple)) and len(self.context_prob_start) == 0)
 
     def level_input_scale(self, level: int) -> float:
         """b_l = b_0 * gamma**l: exponentially smaller input scaling for finer levels."""
@@ -468,6 +476,8 @@ class Recipe:
             ("diffusion.input_scale_decay", d.input_scale_decay, pos),
             ("diffusion.context_sigma", d.context_sigma, pos),
             ("diffusion.context_prob", d.context_prob, prob),
+            *([] if isinstance(d.context_prob_start, (list, tuple)) and not d.context_prob_start
+              else [("diffusion.context_prob_start", d.context_prob_start, prob)]),
             ("diffusion.cond_dropout", d.cond_dropout, prob),
             ("diffusion.self_cond_prob", d.self_cond_prob, prob),
             ("train.steps", t.steps, dict(ints(0), hi=MAX_TRAIN_STEPS)),

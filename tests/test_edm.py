@@ -139,6 +139,21 @@ def test_training_draws_follow_the_ramped_log_sigma_mean():
         pytest.approx(-1.0, abs=0.01)
 
 
+def test_training_draws_follow_the_ramped_context_share():
+    """The loop's own draws: no sample with clean context at the first step when the ramp starts at 0, the share
+    `diffusion.context_prob` at the last, half way between at the middle (level 0 is context in exactly those samples)."""
+    from hpdm_cli.diffusion.edm import context_prob_at
+    from hpdm_cli.train.loop import step_draws
+    assert context_prob_at(DiffusionConfig(context_prob=0.8, context_prob_start=0.2), 0.5) == pytest.approx(0.5)
+    assert context_prob_at(DiffusionConfig(context_prob=0.8), 0.0) == 0.8            # no start: context_prob throughout
+    rec = tiny_toml("train.steps=101", "diffusion.context_prob=0.8", "diffusion.context_prob_start=0.0")
+
+    def share(step):
+        return (step_draws(rec, 0, step, 8000, False, torch.device("cpu"))[0][1].weight[:, 0] == 0).float().mean().item()
+    for step, expected in ((0, 0.0), (50, 0.4), (100, 0.8)):
+        assert share(step) == pytest.approx(expected, abs=0.02), step
+
+
 def test_condition_dropout_rate():
     cfg = DiffusionConfig(cond_dropout=0.1)
     d = draw_noise(cfg, (50000, 1, 1, 1, 1, 1), conditional=True, generator=torch.Generator().manual_seed(1))

@@ -182,6 +182,8 @@ def test_int_accepted_for_float():
     ({"diffusion": {"p_mean_start": [1.0, -1.2]}}, "diffusion.p_mean_start"),            # one per level, 3 levels
     ({"diffusion": {"p_mean_start": [1.0, "x", -1.2]}}, "diffusion.p_mean_start"),
     ({"diffusion": {"p_mean_start": float("nan")}}, "diffusion.p_mean_start"),
+    ({"diffusion": {"context_prob_start": 1.5}}, "diffusion.context_prob_start"),         # a probability
+    ({"diffusion": {"context_prob_start": [0.0, 0.5, 0.5]}}, "diffusion.context_prob_start"),   # one number
     ({"pyramid": {"offsets": "diagonal"}}, "pyramid.offsets"),
     ({"pyramid": {"offsets": "tiles", "resolution": [12, 256, 256], "patch": [3, 64, 64], "overlap": "fhw"}},
      "pyramid.offsets"),                                                    # half tiles of an odd patch
@@ -438,6 +440,14 @@ def test_p_mean_start_round_trips_through_toml(start):
     import json
     r = recipe_from_toml("", [f"diffusion.p_mean_start={start}"])
     assert recipe_from_toml(recipe_to_toml(r)) == r and r.diffusion.p_mean_start == json.loads(start)
+
+
+@pytest.mark.parametrize("start", ["[]", "0.0", "0.4"])
+def test_context_prob_start_round_trips_through_toml(start):
+    import json
+    r = recipe_from_toml("", [f"diffusion.context_prob_start={start}"])
+    assert recipe_from_toml(recipe_to_toml(r)) == r and r.diffusion.context_prob_start == json.loads(start)
+    assert r.diffusion.context_ramped == (start != "[]")
 
 
 def test_dump_load_round_trip(tmp_path):

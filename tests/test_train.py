@@ -268,7 +268,12 @@ def test_a_ramped_log_sigma_mean_is_announced_and_a_constant_one_is_not(shapes_d
                for m in msgs), msgs
     msgs.clear()
     train(make_recipe(shapes_data, steps=1), tmp_path / "b", log=quiet(msgs))
-    assert not any("log-sigma mean" in m for m in msgs)
+    assert not any("log-sigma mean" in m or "clean context" in m for m in msgs)
+    msgs.clear()
+    train(make_recipe(shapes_data, "diffusion.context_prob_start=0.0", "diffusion.context_prob=0.75", steps=3),
+          tmp_path / "c", log=quiet(msgs))
+    assert any("clean context: 0 at step 0 -> 0.75 at step 2 (diffusion.context_prob_start); 0 now" in m
+               for m in msgs), msgs
 
 
 # ------------------------------------------------------------------------------------------ continuing, refusals

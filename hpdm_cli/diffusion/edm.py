@@ -118,11 +118,26 @@ def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
     return [a + (b - a) * u for a, b in zip(as_list(start), as_list(end))]
 
 
+def context_prob_at(cfg: DiffusionConfig, progress: float) -> float:
+    """The training share of samples with clean context `progress` of the way through a run (0: first step, 1: last).
+
+    `cfg.context_prob_start` moved linearly to `cfg.context_prob`, progress rounded to 1/1000 as in `p_mean_at`;
+    `cfg.context_prob` itself when there is no start (`[]`).
+    """
+    if not cfg.context_ramped:
+        return cfg.context_prob
+    u = round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
+    return cfg.context_prob_start + (cfg.context_prob - cfg.context_prob_start) * u
+
+
 def diffusion_at_step(cfg: DiffusionConfig, step: int, steps: int) -> DiffusionConfig:
-    """`cfg` as training step `step` of `steps` (0-based) draws its noise: its ramped log-sigma mean made constant."""
-    if not cfg.ramped:
-        return cfg
-    return replace(cfg, p_mean=p_mean_at(cfg, step / max(steps - 1, 1)), p_mean_start=[])
+    """`cfg` as training step `step` of `steps` (0-based) draws its noise: its ramped values made constant."""
+    progress = step / max(steps - 1, 1)
+    if cfg.ramped:
+        cfg = replace(cfg, p_mean=p_mean_at(cfg, progress), p_mean_start=[])
+    if cfg.context_ramped:
+        cfg = replace(cfg, context_prob=context_prob_at(cfg, progress), context_prob_start=[])
+    return cfg
 
 
 def sample_sigmas(cfg: DiffusionConfig, batch: int, levels: int, *, generator=None, device=None):

@@ -397,7 +397,7 @@ def step_draws(recipe: Recipe, rank: int, step: int, micro: int, conditional: bo
     t, rec = recipe.train, recipe
     gen = step_generator(t.seed, rank, step)
     shape = (micro, rec.pyramid.num_levels, rec.model.channels, *rec.pyramid.patch)
-    diffusion = diffusion_at_step(rec.diffusion, step, t.steps)     # its log-sigma mean ramped (diffusion.p_mean_start)
+    diffusion = diffusion_at_step(rec.diffusion, step, t.steps)     # its ramps (p_mean_start, context_prob_start)
     out = []
     for _ in range(t.grad_accum):
         offsets = to_device(sample_nested_offsets(rec.pyramid, micro, generator=gen), device)
@@ -606,6 +606,10 @@ class _Steps:
             self.say(f"training log-sigma mean: {show(diffusion_at_step(d, 0, t.steps).p_mean)} at step 0 -> "
                      f"{show(d.p_mean)} at step {t.steps - 1} (diffusion.p_mean_start); "
                      f"{show(diffusion_at_step(d, start, t.steps).p_mean)} now")
+        if d.context_ramped:
+            self.say(f"training share of samples with clean context: {d.context_prob_start:g} at step 0 -> "
+                     f"{d.context_prob:g} at step {t.steps - 1} (diffusion.context_prob_start); "
+                     f"{diffusion_at_step(d, start, t.steps).context_prob:.3g} now")
         if self.recipe.pyramid.num_levels > 1 and self.recipe.diffusion.context_prob >= 1:
             self.say(WARNING + "diffusion.context_prob = 1 makes level 0 context in every sample, so it is never "
                      "in the loss (docs/method.md, section 5); the base level then drifts through the upper "
