@@ -229,6 +229,11 @@ class ModelConfig:
         return [int(n) for n in self.load]
 
 
+def _unset(value) -> bool:
+    """Whether an optional recipe value is left out: TOML has no null, so `[]` stands for "not given"."""
+    return isinstance(value, (list, tuple)) and len(value) == 0
+
+
 @dataclass
 class DiffusionConfig:
     """The recipe's [diffusion]: EDM noise scaling and schedule per level, and the context trick."""
@@ -252,12 +257,12 @@ class DiffusionConfig:
     @property
     def ramped(self) -> bool:
         """Whether training's log-sigma mean moves over the run (`p_mean_start` given, not `[]`)."""
-        return not (isinstance(self.p_mean_start, (list, tuple)) and len(self.p_mean_start) == 0)
+        return not _unset(self.p_mean_start)
 
     @property
     def context_ramped(self) -> bool:
         """Whether training's share of samples with clean context moves over the run (`context_prob_start` given)."""
-        return not (isinstance(self.context_prob_start, (list, tuple)) and len(self.context_prob_start) == 0)
+        return not _unset(self.context_prob_start)
 
     def level_input_scale(self, level: int) -> float:
         """b_l = b_0 * gamma**l: exponentially smaller input scaling for finer levels."""
@@ -476,8 +481,7 @@ class Recipe:
             ("diffusion.input_scale_decay", d.input_scale_decay, pos),
             ("diffusion.context_sigma", d.context_sigma, pos),
             ("diffusion.context_prob", d.context_prob, prob),
-            *([] if isinstance(d.context_prob_start, (list, tuple)) and not d.context_prob_start
-              else [("diffusion.context_prob_start", d.context_prob_start, prob)]),
+            *([("diffusion.context_prob_start", d.context_prob_start, prob)] if d.context_ramped else []),
             ("diffusion.cond_dropout", d.cond_dropout, prob),
             ("diffusion.self_cond_prob", d.self_cond_prob, prob),
             ("train.steps", t.steps, dict(ints(0), hi=MAX_TRAIN_STEPS)),

@@ -100,6 +100,11 @@ def _staged(generator, device) -> bool:
             and torch.device(device).type == "cuda")
 
 
+def _ramp_fraction(progress: float) -> float:
+    """A run's progress clamped to [0, 1] and rounded to 1/1000: how far a linear ramp has moved."""
+    return round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
+
+
 def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
     """The training log-sigma mean `progress` of the way through a run (0: first step, 1: last).
 
@@ -110,7 +115,7 @@ def p_mean_at(cfg: DiffusionConfig, progress: float) -> float | list[float]:
     start, end = cfg.p_mean_start, cfg.p_mean
     if not cfg.ramped:
         return end
-    u = round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
+    u = _ramp_fraction(progress)
     if not isinstance(start, (list, tuple)) and not isinstance(end, (list, tuple)):
         return start + (end - start) * u
     n = len(start) if isinstance(start, (list, tuple)) else len(end)
@@ -126,8 +131,7 @@ def context_prob_at(cfg: DiffusionConfig, progress: float) -> float:
     """
     if not cfg.context_ramped:
         return cfg.context_prob
-    u = round(min(max(float(progress), 0.0), 1.0) * 1000) / 1000
-    return cfg.context_prob_start + (cfg.context_prob - cfg.context_prob_start) * u
+    return cfg.context_prob_start + (cfg.context_prob - cfg.context_prob_start) * _ramp_fraction(progress)
 
 
 def diffusion_at_step(cfg: DiffusionConfig, step: int, steps: int) -> DiffusionConfig:
