@@ -25,6 +25,7 @@ context only and are left out of the loss (they still receive gradients through 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -203,7 +204,8 @@ def draw_noise(cfg: DiffusionConfig, shape: torch.Size, *, conditional: bool, se
 
 def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionConfig, cond=None, *,
              generator: Optional[torch.Generator] = None, self_condition: bool = False,
-             draw: Optional[NoiseDraw] = None, latent_shape: Optional[tuple[int, int]] = None) -> LossOutput:
+             draw: Optional[NoiseDraw] = None, latent_shape: Optional[tuple[int, int]] = None,
+             record_first_pass: bool = True) -> LossOutput:
     """Eq. 6: the joint denoising loss of a patch hierarchy [B, L, C, f, h, w] in [-1, 1].
 
     The step's randomness (sigma and noise per level, context split, condition dropout) comes
@@ -212,7 +214,10 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     `latent_shape` (num_latents, latent_dim) of a self-conditioned network makes every step's
     denoiser call alike: a step without the self-conditioning pass passes zero latents gated off,
     the same loss as passing none, so that torch.compile builds one training graph instead of two
-    and every parameter gets a gradient on every step.
+    and every parameter gets a gradient on every step. The first pass is then that same call (zero
+    latents gated off) in the caller's gradient mode, its latents detached: the training graph serves
+    it too, and no gradient-free graph is compiled. `record_first_pass=False` runs it gradient-free
+    (DistributedDataParallel allows one gradient-recording forward per backward).
     """
     B, L = patches.shape[:2]
     dev = patches.device
@@ -224,14 +229,20 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     sigma = draw.sigma
     noisy = y + _bcast(sigma, y) * draw.noise.to(y.dtype)
     x_in = c_in(_bcast(sigma, y), cfg.sigma_data, b) * noisy
-    prev = gate = None
-    if draw.self_cond:
-        with torch.no_grad():
-            prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True).latents
-    if latent_shape is not None:                         # one graph: previous latents always, gated
+    if latent_shape is None:
+        prev = gate = None
+        if draw.self_cond:
+            with torch.no_grad():
+                prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, return_latents=True).latents
+    else:                                                # one graph: previous latents always, gated
+        prev = torch.zeros(B, L, *latent_shape, device=dev)
+        if draw.self_cond:
+            with nullcontext() if record_first_pass else torch.no_grad():
+                prev = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev,
+                           self_cond_gate=constant((0.0,), dev), return_latents=True).latents.detach().float()
         gate = constant((1.0 if draw.self_cond else 0.0,), dev)
-        prev = prev.float() if prev is not None else torch.zeros(B, L, *latent_shape, device=dev)
-    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev, self_cond_gate=gate).out
+    F = net(x_in, c_noise(sigma), offsets, cond, draw.keep, self_cond=prev, self_cond_gate=gate,
+            return_latents=latent_shape is not None).out
     err = (F.float() - v_target(y, noisy, sigma, cfg.sigma_data).float()) ** 2
     per_sample = err.flatten(2).mean(-1) * draw.weight                    # [B, L]
     per_level = per_sample.detach().sum(0) / draw.weight.sum(0).clamp(min=1)

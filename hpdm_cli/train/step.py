@@ -11,6 +11,7 @@ import json
 from contextlib import nullcontext
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import CUDA_GRAPH_MODES, ConfigError, Recipe
 from ..device import use_tf32
@@ -68,7 +69,8 @@ def forward_backward(model, videos: torch.Tensor, cond, recipe: Recipe, offsets:
     with autocast_for(precision, videos.device):
         m = recipe.model
         out = edm_loss(model, patches, offsets, recipe.diffusion, cond, draw=draw,
-                       latent_shape=(m.num_latents, m.latent_dim) if m.self_condition else None)
+                       latent_shape=(m.num_latents, m.latent_dim) if m.self_condition else None,
+                       record_first_pass=not isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel))
     (out.loss * loss_scale).backward()
     return out
 
