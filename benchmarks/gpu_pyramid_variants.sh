@@ -54,6 +54,11 @@
 #               531 s, no motion at any step (track <= 0.003), 47.7% direction, stripes 0.298, FVD 282.6 against fast's
 #               189.3 at N = 128 (docs/results.md, section 66): the motion waits for samples, not steps
 #     VARIANTS=fastS SECONDS_EACH=530 STEPS=7000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastS bash benchmarks/gpu_pyramid_variants.sh
+#   fastL       fast at twice the batch (512): more videos per second if the step's small kernels (token widths 128
+#               and 160) fill the GPU better at 512, the other direction from fastS; the same learning rate. Its step
+#               rate at 512 is not measured: STEPS is what SECONDS_EACH holds at it (at ~4100 videos/s, fast's rate at
+#               256, ~3700 steps of 512 with the compile cache warm, ~2600 cold); not yet run
+#     VARIANTS=fastL SECONDS_EACH=572 STEPS=3700 CURVE=1 EXPORT=fastL bash benchmarks/gpu_pyramid_variants.sh
 #   fastC       fast with the share of samples on clean context ramped from 0 at the first step to 0.75 at the last
 #               (diffusion.context_prob_start): level 0 in every sample's loss while the motion is learnt, the upper
 #               levels trained mostly as sampling shows them the levels below (the recipe's 0.75, section 35) by the
@@ -138,8 +143,9 @@ overrides() {   # $1: variant -> its recipe overrides
     fast) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastR) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-1.0,-1.2,-1.2] diffusion.p_mean_start=[1.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastS) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=128' ;;
+    fastL) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=512' ;;
     fastC) echo 'train.init_from="" diffusion.context_prob=0.75 diffusion.context_prob_start=0.0 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastC, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
