@@ -327,7 +327,7 @@ def test_bench_training_draws_noise_as_the_recipe_says(noise_on):
 
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_bench_training_runs_the_self_conditioning_pass_it_counts(prob, monkeypatch):
-    """A self-conditioning recipe's timed step runs the gradient-free pass as training does (here always or never),
+    """A self-conditioning recipe's timed step runs the forward-only first pass as training does (here always or never),
     and its FLOP count is the one of the step it ran."""
     from hpdm_cli.drivers.bench import bench_training
     from hpdm_cli.model.flops import train_step_flops

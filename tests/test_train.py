@@ -1212,6 +1212,39 @@ def test_a_compiled_self_conditioned_step_builds_one_graph_whatever_the_pass():
         torch._dynamo.reset()
 
 
+def test_the_self_conditioning_pass_records_gradients_except_under_ddp(tmp_path, monkeypatch):
+    """The first pass runs in the training's gradient mode (the training graph serves it), gradient-free under DDP.
+
+    docs/method.md, section 5: DDP's reducer with a forward whose backward never runs is untested on GPUs."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from hpdm_cli.diffusion import draw_noise
+    from hpdm_cli.model.network import HPDMNet
+    from hpdm_cli.pyramid import sample_nested_offsets
+    recipe = load_recipe(default_recipe_path("tiny"), ['train.device="cpu"', "model.self_condition=true"])
+    p, m = recipe.pyramid, recipe.model
+    g = torch.Generator().manual_seed(0)
+    videos = torch.rand(2, m.channels, *p.resolution, generator=g) * 2 - 1
+    offsets = sample_nested_offsets(p, 2, generator=g)
+    draw = draw_noise(recipe.diffusion, (2, p.num_levels, m.channels, *p.patch), conditional=True, generator=g)
+    draw.self_cond = True
+    modes = []
+    forward = HPDMNet.forward
+    monkeypatch.setattr(HPDMNet, "forward", lambda self, *a, **k: modes.append(torch.is_grad_enabled()) or
+                        forward(self, *a, **k))
+    net = build_model(recipe)
+    step.forward_backward(net, videos, torch.tensor([0, 1]), recipe, offsets, draw, 1.0, "fp32")
+    assert modes == [True, True]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        modes.clear()
+        ddp = DistributedDataParallel(net, find_unused_parameters=True, broadcast_buffers=False)
+        step.forward_backward(ddp, videos, torch.tensor([0, 1]), recipe, offsets, draw, 1.0, "fp32")
+        assert modes == [False, True]
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_compiled_run_says_what_its_first_steps_cost_and_where_torch_keeps_them(shapes_data, tmp_path,
                                                                                   monkeypatch):
     """`train.compile` on: the console and train.log name the first steps' compilation and torch's cache folder."""

@@ -216,8 +216,9 @@ def edm_loss(net, patches: torch.Tensor, offsets: torch.Tensor, cfg: DiffusionCo
     the same loss as passing none, so that torch.compile builds one training graph instead of two
     and every parameter gets a gradient on every step. The first pass is then that same call (zero
     latents gated off) in the caller's gradient mode, its latents detached: the training graph serves
-    it too, and no gradient-free graph is compiled. `record_first_pass=False` runs it gradient-free
-    (DistributedDataParallel allows one gradient-recording forward per backward).
+    it too, and no gradient-free graph is compiled. `record_first_pass=False` runs it gradient-free, as
+    training does under DistributedDataParallel (whose reducer, given a forward whose backward never runs, is
+    checked only on two CPU ranks: tests/test_distributed.py).
     """
     B, L = patches.shape[:2]
     dev = patches.device

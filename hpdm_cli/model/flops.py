@@ -74,7 +74,7 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
 def train_step_flops(pyr: PyramidConfig, m: ModelConfig, *, self_cond_prob: float = 0.0, **kwargs) -> int:
     """Per-sample FLOPs of one training step, expected over its random draws: forward + backward (2x forward).
 
-    With `model.self_condition`, a step runs a gradient-free pass first with probability `self_cond_prob`
+    With `model.self_condition`, a step runs a forward-only pass first with probability `self_cond_prob`
     (`diffusion.self_cond_prob`), and its trained pass then reads those latents back (one more projection).
     """
     plain = forward_flops(pyr, m, **kwargs)["total"]
