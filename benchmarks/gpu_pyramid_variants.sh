@@ -161,8 +161,9 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   case $rc in 0) how="finished its STEPS" ;; 143) how="stopped by the time limit" ;; *) how="failed" ;; esac
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
-  # what torch warned of (a CUDA-graph slow path, a recompile limit) would otherwise stay in the log on the machine
-  grep -i "warn" "$RUNS/$v.log" | sort -u | head -n 5 | cut -c1-300 | sed "s/^/[$v] log: /" || true
+  # the cold start's split (network, update) and what torch warned of (a CUDA-graph slow path, a recompile
+  # limit), which would otherwise stay in the log on the machine
+  grep -i -e "warn" -e "^first step:" "$RUNS/$v.log" | sort -u | head -n 6 | cut -c1-300 | sed "s/^/[$v] log: /" || true
 }
 curve_variant() {   # $1: variant -> mean_motion.py's track for its checkpoints every CURVE_EVERY steps and its last
   local v=$1 all=("$RUNS/$1"/checkpoints/ckpt-*)

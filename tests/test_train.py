@@ -1250,11 +1250,20 @@ def test_a_compiled_run_says_what_its_first_steps_cost_and_where_torch_keeps_the
     """`train.compile` on: the console and train.log name the first steps' compilation and torch's cache folder."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setattr(loop, "compile_model", lambda model, setting: model)      # the message, not the compile
+    fb, upd = loop.forward_backward, loop.apply_update                # each phase made slow, as compiling makes it
+    monkeypatch.setattr(loop, "forward_backward", lambda *a, **k: time.sleep(0.3) or fb(*a, **k))
+    monkeypatch.setattr(loop, "apply_update", lambda *a, **k: time.sleep(0.6) or upd(*a, **k))
     msgs = []
     train(make_recipe(shapes_data, "train.compile=true", steps=1), tmp_path / "run", log=quiet(msgs))
     said = [m for m in msgs if m.startswith("train.compile = true:")]
     assert len(said) == 1 and str(tmp_path / "inductor") in said[0], msgs
     assert said[0] in (tmp_path / "run" / "train.log").read_text()
+    first = [m for m in msgs if m.startswith("first step:")]          # the cold start split: network, update
+    timing = re.fullmatch(r"first step: (\d+\.\d) s for the gradients, (\d+\.\d) s for the update "
+                          r"\(torch.compile's compilation included\)", first[0]) if len(first) == 1 else None
+    assert timing, msgs
+    grads, update = map(float, timing.groups())
+    assert grads >= 0.3 and update >= 0.6, (grads, update)
     msgs.clear()
     train(make_recipe(shapes_data, steps=1), tmp_path / "eager", log=quiet(msgs))
-    assert not any("train.compile" in m for m in msgs)
+    assert not any("train.compile" in m or m.startswith("first step:") for m in msgs)

@@ -630,8 +630,13 @@ class _Steps:
         lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
         for g in st.opt.param_groups:
             g["lr"] = lr
+        timed = self.step == st.start and t.compile is not False       # where a cold start's minutes go
+        if timed:
+            t0 = self._now()
         loss, per_level = self._gradients()
         grad_norm = clip_gradients(self.params, t)
+        if timed:
+            t1 = self._now()
         if self.step + 1 < t.steps:
             # Draw the next step's randomness on the host while the device still runs this step;
             # the values do not depend on when they are drawn.
@@ -649,6 +654,9 @@ class _Steps:
         flags = all_reduce_sum(flags)
         bad = (flags[0] > 0).float()
         self._update(bad)
+        if timed:
+            self.say(f"first step: {t1 - t0:.1f} s for the gradients, {self._now() - t1:.1f} s for the update "
+                     f"(torch.compile's compilation included)")
         self._skips = self._skips + bad                                    # skipped since the last sync point
         self._window[self.step % self._window.numel()] = bad               # a device copy: no sync
         self.step += 1
@@ -725,6 +733,12 @@ class _Steps:
             losses.append(out.loss.detach())
             per_level.append(out.per_level)
         return torch.stack(losses).mean(), per_level
+
+    def _now(self) -> float:
+        """The host clock once the device has finished what was queued (a sync: for one-off timings only)."""
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize(self.dist.device)
+        return time.perf_counter()
 
     def _draws(self, step: int) -> list:
         """Step `step`'s random choices: (patch offsets, NoiseDraw) per micro-batch (`step_draws`)."""
