@@ -198,6 +198,24 @@ def test_ema_keep_applies_or_skips_the_update_on_the_device():
     assert all(torch.equal(b.shadow[k], v) for k, v in frozen.items())
 
 
+def test_the_multi_tensor_gated_lerp_is_the_lerp_and_leaves_every_tensor_when_its_weight_is_zero():
+    """The EMA step off the CPU (difference, product with a 0-dim weight, sum) against torch.lerp."""
+    from hpdm_cli.train.optim import _lerp_by_tensor
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (7,), (), (2, 3, 5)]
+    dsts = [torch.randn(s, generator=gen) for s in shapes]
+    srcs = [torch.randn(s, generator=gen) for s in shapes]
+    want = [torch.lerp(d, s, 0.25) for d, s in zip(dsts, srcs)]
+    moved = [d.clone() for d in dsts]
+    _lerp_by_tensor(moved, srcs, torch.tensor(0.25))
+    for m, w, d in zip(moved, want, dsts):
+        torch.testing.assert_close(m, w, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(m, d)
+    kept = [d.clone() for d in dsts]
+    _lerp_by_tensor(kept, srcs, torch.tensor(0.0))
+    assert all(torch.equal(k, d) for k, d in zip(kept, dsts))
+
+
 @pytest.fixture
 def aot_eager_update(monkeypatch):
     """Lamb's and EMA's compiled updates on the CPU through aot_eager (no C++ build), dynamo's caches fresh
@@ -620,6 +638,25 @@ def test_lamb_and_ema_cuda_match_cpu():
     opt_g2 = Lamb(param_groups(gpu, 0.05), lr=3e-3)
     opt_g2.load_state_dict(opt_c.state_dict())  # CPU state loads onto CUDA params
     assert opt_g2.state[next(gpu.parameters())]["exp_avg"].is_cuda
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gated_ema_on_cuda_matches_the_cpu_and_skips_bit_for_bit():
+    torch.manual_seed(0)
+    cpu = _mlp()
+    gpu = copy.deepcopy(cpu).cuda()
+    ema_c, ema_g = EMA(cpu, 5.0), EMA(gpu, 5.0)
+    with torch.no_grad():
+        for m in (cpu, gpu):
+            for p in m.parameters():
+                p.add_(1.0)
+    ema_c.update(cpu, keep=torch.tensor(1.0))
+    ema_g.update(gpu, keep=torch.tensor(1.0, device="cuda"))
+    for k in ema_c.shadow:
+        torch.testing.assert_close(ema_c.shadow[k], ema_g.shadow[k].cpu(), rtol=1e-6, atol=1e-7)
+    frozen = {k: v.clone() for k, v in ema_g.shadow.items()}
+    ema_g.update(gpu, keep=torch.tensor(0.0, device="cuda"))
+    assert all(torch.equal(ema_g.shadow[k], v) for k, v in frozen.items())
 
 
 def test_ema_state_dict_loads_strictly_into_a_model_with_non_persistent_buffers():

@@ -520,7 +520,21 @@ class EMA:
 def _lerp_gated(dsts: list, srcs: list, keep: torch.Tensor, weight: float) -> None:
     """``dst += keep * weight * (src - dst)`` for each pair: the EMA step where ``keep`` (0-dim) is 1, nothing where 0."""
     w = (keep.to(torch.float32) * weight).to(dsts[0].dtype)
-    torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))
+    if dsts[0].device.type == "cpu":
+        torch._foreach_lerp_(dsts, srcs, [w] * len(dsts))       # a loop over the tensors either way on a CPU
+    else:
+        _lerp_by_tensor(dsts, srcs, w)
+
+
+def _lerp_by_tensor(dsts: list, srcs: list, w: torch.Tensor) -> None:
+    """``dst += w * (src - dst)`` for each pair, ``w`` a 0-dim tensor on their device, in three multi-tensor passes.
+
+    A lerp whose weights are 0-dim tensors, unlike the tensors it updates, runs tensor by tensor on CUDA; a
+    difference, a product with one 0-dim tensor and a sum each take a few kernels for all the tensors.
+    """
+    diffs = torch._foreach_sub(srcs, dsts)
+    torch._foreach_mul_(diffs, w)
+    torch._foreach_add_(dsts, diffs)
 
 
 # ----------------------------------------------------------------------------------------------
