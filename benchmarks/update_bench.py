@@ -1,8 +1,9 @@
 """The training update alone, eager against compiled, per recipe: compilation seconds and milliseconds a step.
 
 The update is what `hpdm_cli.train.step.apply_update` applies after the backward pass: the recipe's optimiser
-(LAMB's device-skippable step) and the EMA, gated by a device flag. Eager, LAMB's lists of 0-dim tensors and
-per-tensor gradient masks run a kernel per parameter tensor; `train.compile` compiles them. This times both
+(LAMB's device-skippable step, or fused AdamW) and the EMA, gated by a device flag. Eager, LAMB's lists of 0-dim
+tensors and per-tensor gradient masks run a kernel per parameter tensor; `train.compile` compiles LAMB's step (the
+EMA, a few multi-tensor kernels off the CPU, stays eager; this script once compiled it too). This times both
 on a recipe's parameters with fixed random gradients (no forward or backward), so it shows what the update
 costs a small model, whose steps are short, and what its compilation costs a cold machine.
 

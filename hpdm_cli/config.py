@@ -286,7 +286,7 @@ class TrainConfig:
     grad_clip: float = 0.0               # Global-norm clipping (0 = off).
     ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
-    compile: bool | str = False          # torch.compile the model, LAMB and EMA: true, or a mode ("reduce-overhead").
+    compile: bool | str = False          # torch.compile the model and LAMB's step: true, or a mode ("reduce-overhead").
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0                        # Seed of the weights' initialisation, data order and training noise.
     device: str = "auto"                 # "auto", "cpu", "cuda".

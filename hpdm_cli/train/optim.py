@@ -411,15 +411,15 @@ class EMA:
     ``beta = 0.5 ** (1 / halflife_steps)`` so that the weight of a past value halves every
     ``halflife_steps`` updates; ``halflife_steps == 0`` makes the EMA track the current weights.
     Floating-point tensors are averaged in float32; other buffers (e.g. integer counters) are
-    copied as-is on every update.  The EMA lives on the model's device(s).  ``compiled=True`` runs
-    the update that ``keep`` gates on a GPU through ``torch.compile`` (its per-tensor weights fuse).
+    copied as-is on every update.  The EMA lives on the model's device(s).  It is never compiled: the update
+    that ``keep`` gates runs as a few multi-tensor kernels off the CPU (`_lerp_gated`), on an H100 faster than
+    compiled (docs/benchmarks.md, thirty-ninth visit), without the compilation a cold start would pay.
     """
 
-    def __init__(self, model: nn.Module, halflife_steps: float, *, compiled: bool = False):
+    def __init__(self, model: nn.Module, halflife_steps: float):
         if halflife_steps < 0:
             raise ValueError(f"halflife_steps must be >= 0, got {halflife_steps}")
         self.halflife_steps = float(halflife_steps)
-        self.compiled = bool(compiled)
         self.beta = 0.5 ** (1.0 / self.halflife_steps) if self.halflife_steps > 0 else 0.0
         self.shadow: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -428,11 +428,6 @@ class EMA:
                 self.shadow[name] = t.float().clone() if t.is_floating_point() else t.clone()
         self._float_names = [n for n, t in self.shadow.items() if t.is_floating_point()]
         self._other_names = [n for n, t in self.shadow.items() if not t.is_floating_point()]
-
-    def __setstate__(self, state: dict) -> None:
-        """Restore a pickled EMA; one pickled before ``compiled`` existed updates eagerly."""
-        self.__dict__.update(state)
-        self.__dict__.setdefault("compiled", False)
 
     def _source(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Named tensors of ``model``, checked against the EMA's names."""
@@ -482,7 +477,7 @@ class EMA:
             pair[0].append(dst)
             pair[1].append(src[name].detach().to(device=dst.device, dtype=dst.dtype))
         for (device, dtype), (dsts, srcs) in buckets.items():
-            _update_fn(_lerp_gated, self.compiled, device)(dsts, srcs, keep.to(device), 1.0 - self.beta)
+            _lerp_gated(dsts, srcs, keep.to(device), 1.0 - self.beta)
         for name in self._other_names:
             dst = self.shadow[name]
             dst.copy_(torch.where(keep.to(dst.device) != 0, src[name].to(dst.device), dst))
@@ -561,5 +556,5 @@ def clip_gradients(params: list, t) -> torch.Tensor:
 
 
 def make_ema(net: torch.nn.Module, t) -> "EMA | None":
-    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none), compiled as the model is."""
-    return EMA(net, t.ema_halflife_steps, compiled=bool(t.compile)) if t.ema_halflife_steps >= 0 else None
+    """The EMA of `net`'s weights that training keeps (`train.ema_halflife_steps`; negative: none)."""
+    return EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps >= 0 else None
