@@ -46,19 +46,18 @@
 #     V_fastP='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.5,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastP SECONDS_EACH=570 STEPS=5000 CURVE=1 EXPORT=fastP bash benchmarks/gpu_pyramid_variants.sh
 #   fastR       fast with level 0's log-sigma mean ramped from 1.0 at the first step to -1.0 at the last
-#               (diffusion.p_mean_start): over 7500 steps of 256 ~0.27M level-0 samples above sigma 3 in the first
-#               4000 (fastP's when its motion began) and as many below sigma 1 in all as fast, if all 7500 steps
-#               run (the compile cache warm; a cold machine holds ~4800: then STEPS=4800); not yet run
-#     VARIANTS=fastR SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastR bash benchmarks/gpu_pyramid_variants.sh
+#               (diffusion.p_mean_start): the motion's noise band first, the stripes' last. On a cold H100 all 5000
+#               steps in 481 s: crisp shapes 1.45x too large, no motion (track 0.016, 19.5% direction), FVD 464.7
+#               at N = 256 (docs/results.md, section 67)
+#     VARIANTS=fastR SECONDS_EACH=560 STEPS=5000 CURVE=1 EXPORT=fastR bash benchmarks/gpu_pyramid_variants.sh
 #   fastS       fast at half the batch (128): twice the optimiser steps per sample. On a cold H100 all 7000 steps in
 #               531 s, no motion at any step (track <= 0.003), 47.7% direction, stripes 0.298, FVD 282.6 against fast's
 #               189.3 at N = 128 (docs/results.md, section 66): the motion waits for samples, not steps
 #     VARIANTS=fastS SECONDS_EACH=530 STEPS=7000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastS bash benchmarks/gpu_pyramid_variants.sh
-#   fastL       fast at twice the batch (512): more videos per second if the step's small kernels (token widths 128
-#               and 160) fill the GPU better at 512, the other direction from fastS; the same learning rate. Its step
-#               rate at 512 is not measured: STEPS is what SECONDS_EACH holds at it (at ~4100 videos/s, fast's rate at
-#               256, ~3700 steps of 512 with the compile cache warm, ~2600 cold); not yet run
-#     VARIANTS=fastL SECONDS_EACH=572 STEPS=3700 CURVE=1 EXPORT=fastL bash benchmarks/gpu_pyramid_variants.sh
+#   fastL       fast at twice the batch (512), the same learning rate: 4494 videos/s against 4148 at 256 on one H100
+#               (1.08x); 2212 steps of a 2300-step cosine in 400 s after fastR on the same machine (the network
+#               recompiled for the batch): blobs (68.4% shape), no motion, FVD 860.9 at N = 256 (section 67)
+#     VARIANTS=fastL SECONDS_EACH=400 STEPS=2300 CURVE=1 EXPORT=fastL bash benchmarks/gpu_pyramid_variants.sh
 #   fastC       fast with the share of samples on clean context ramped from 0 at the first step to 0.75 at the last
 #               (diffusion.context_prob_start): level 0 in every sample's loss while the motion is learnt, the upper
 #               levels trained mostly as sampling shows them the levels below (the recipe's 0.75, section 35) by the
