@@ -3,7 +3,7 @@
     python benchmarks/profile_train.py ucf --batch 8 [--precision bf16] [--compile] [--override model.bf16_streams=true]
 
 Each step is training's: forward and backward, gradient clipping, then the recipe's optimiser and EMA
-applied (or skipped) on the device (`apply_update`); `--compile` compiles the network and that update,
+applied (or skipped) on the device (`apply_update`); `--compile` compiles the network and LAMB's step,
 as `train.compile = true` does.
 """
 
