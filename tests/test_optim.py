@@ -218,7 +218,7 @@ def test_the_multi_tensor_gated_lerp_is_the_lerp_and_leaves_every_tensor_when_it
 
 @pytest.fixture
 def aot_eager_update(monkeypatch):
-    """Lamb's and EMA's compiled updates on the CPU through aot_eager (no C++ build), dynamo's caches fresh
+    """Lamb's compiled update on the CPU through aot_eager (no C++ build), dynamo's caches fresh
     before and after."""
     import torch._dynamo as dynamo
     from hpdm_cli.train import optim
