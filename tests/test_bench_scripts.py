@@ -26,6 +26,7 @@ import graphs_check  # noqa: E402
 import mean_motion  # noqa: E402
 import memory_vs_resolution as mvr  # noqa: E402
 import peer_rin  # noqa: E402
+import profile_train  # noqa: E402
 import prompt_word_swap  # noqa: E402
 import quality_table  # noqa: E402
 import speed_summary  # noqa: E402
@@ -210,6 +211,25 @@ def test_update_bench_times_the_recipes_update_eager_and_compiled(tmp_path, monk
     assert all(r["ms"] > 0 and r["first_s"] > 0 for r in rows)
     assert graphs == 2                                    # LAMB's two groups (the EMA is never compiled)
     assert "tiny: eager ÷ compiled, a step" in capsys.readouterr().out
+
+
+def test_profile_kinds_sum_kernel_time_by_kind_of_kernel():
+    """Kernel names of each kind land in it (a compiled matmul template with the products, not the fused kernels),
+    and the shares over kernels with device time sum to 1."""
+    from types import SimpleNamespace as E
+    names = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn": "matrix products", "nvjet_tst_192x64": "matrix products",
+             "triton_tem_fused_addmm_3": "matrix products", "flash_fwd_kernel": "attention",
+             "triton_per_fused_native_layer_norm_7": "fused by torch.compile",
+             "void at::native::multi_tensor_apply_kernel<...>": "optimiser (multi-tensor)",
+             "void at::native::vectorized_elementwise_kernel<4, ...>": "element-wise (eager)",
+             "Memcpy DtoD (Device -> Device)": "copies and casts", "some_kernel": "other"}
+    assert {n: profile_train.kind_of(n) for n in names} == names
+    rows = profile_train.by_kind([E(key="triton_poi_fused_mul_0", device_time_total=30.0, count=3),
+                                  E(key="ampere_bf16_s16816gemm", device_time_total=10.0, count=1),
+                                  E(key="triton_red_fused_sum_1", device_time_total=60.0, count=2),
+                                  E(key="cpu_op", device_time_total=0.0, count=5)])
+    assert rows == [("fused by torch.compile", 0.9, 5), ("matrix products", 0.1, 1)]
+    assert profile_train.by_kind([]) == []
 
 
 def test_dry_run_writes_the_png_and_the_json(tmp_path):

@@ -98,3 +98,16 @@ def test_a_training_step_counts_the_self_conditioning_pass_it_runs(self_conditio
         assert expected > 1.3 * plain                  # the pass is a whole forward: ~4 forwards, not 3
         half = train_step_flops(recipe.pyramid, recipe.model, self_cond_prob=0.5)
         assert half == pytest.approx((plain + expected) / 2, abs=1)   # the expectation over the draws
+
+
+def test_the_timing_condition_is_of_the_models_kind():
+    """`hpdm bench` and the profiler feed a class model class ids, a text model [B, T, E] states, others nothing."""
+    from types import SimpleNamespace
+
+    from hpdm_cli.drivers.bench import stand_in_condition
+    cpu = torch.device("cpu")
+    ids = stand_in_condition(SimpleNamespace(cond="class"), 3, cpu)
+    assert ids.dtype == torch.long and ids.shape == (3,)
+    text = stand_in_condition(SimpleNamespace(cond="text", text_tokens=5, text_dim=7), 3, cpu)
+    assert text.is_floating_point() and text.shape == (3, 5, 7)
+    assert stand_in_condition(SimpleNamespace(cond="none"), 3, cpu) is None

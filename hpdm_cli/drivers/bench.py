@@ -225,6 +225,15 @@ def _elapsed(a, b) -> float:
     return b - a if isinstance(a, float) else a.elapsed_time(b) / 1e3
 
 
+def stand_in_condition(m, batch: int, device: torch.device):
+    """A condition of the model's kind (`model.cond`) for timing: class 0, all-zero text states, or None."""
+    if m.cond == "class":
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if m.cond == "text":
+        return torch.zeros(batch, m.text_tokens, m.text_dim, device=device)
+    return None
+
+
 def _sync(device: torch.device) -> None:
     """Wait for the card (no-op on the CPU), so that wall-clock times cover the work."""
     if device.type == "cuda":
@@ -303,9 +312,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     L = rec.pyramid.num_levels
     g = torch.Generator().manual_seed(0)
     videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution, generator=g).to(device) * 2 - 1
-    cond = {"class": lambda: torch.randint(0, rec.model.num_classes, (B,), device=device),
-            "text": lambda: torch.randn(B, rec.model.text_tokens, rec.model.text_dim, device=device),
-            "none": lambda: None}[rec.model.cond]()
+    cond = stand_in_condition(rec.model, B, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0, marks = None, []
@@ -398,9 +405,7 @@ def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlap
     net = build_model(recipe).to(device).eval()
     full = level_steps(recipe.sample, L)
     run_steps = list(steps) if steps else full
-    cond = {"class": lambda: torch.zeros(batch, dtype=torch.long, device=device),
-            "text": lambda: torch.zeros(batch, recipe.model.text_tokens, recipe.model.text_dim, device=device),
-            "none": lambda: None}[recipe.model.cond]()
+    cond = stand_in_condition(recipe.model, batch, device)
     autocast = torch.bfloat16 if precision == "bf16" else None
     warm = HierarchicalSampler(net, recipe.diffusion, recipe.sample, device, overlap="none",
                                tile_batch=tile_batches[0], autocast=autocast)
