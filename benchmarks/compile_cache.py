@@ -11,7 +11,9 @@ loads them before the command on the next machine:
 
 writes out/gpu/compile-cache.part-00, -01, ... (all old parts replaced, each written to a temporary
 name first) and returns the command's exit code. A cache made by another torch, GPU or code
-version loads but misses: compilation then runs as without it. Not used by hpdm_cli.
+version loads but misses: compilation then runs as without it. `hpdm train` does the same with one
+file (`train.compile_cache`); this wrapper splits it into parts that a lent machine can send back, for
+any hpdm command.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,13 +35,13 @@ def parts_of(cache: Path) -> list[Path]:
 
 def load(cache: Path) -> int:
     """Load the cache's parts into torch.compile's caches; the compressed bytes read (0: none or unusable)."""
-    import torch
+    from hpdm_cli.train.step import unpack_compile_caches
     parts = parts_of(cache)
     if not parts:
         return 0
     blob = b"".join(p.read_bytes() for p in parts)
     try:
-        torch.compiler.load_cache_artifacts(zlib.decompress(blob))
+        unpack_compile_caches(blob)
     except Exception as e:                  # noqa: BLE001 - a bad cache only costs the compile time it would save
         print(f"[compile cache] {cache}.part-*: unusable ({type(e).__name__}: {e}); compiling without it",
               file=sys.stderr, flush=True)
@@ -50,11 +51,10 @@ def load(cache: Path) -> int:
 
 def save(cache: Path, part_bytes: int) -> int:
     """Write torch.compile's caches of this process as the cache's parts; the compressed bytes (0: nothing compiled)."""
-    import torch
-    packed = torch.compiler.save_cache_artifacts()
-    if packed is None:
+    from hpdm_cli.train.step import pack_compile_caches
+    blob = pack_compile_caches()
+    if blob is None:
         return 0
-    blob = zlib.compress(packed[0], 6)
     cache.parent.mkdir(parents=True, exist_ok=True)
     chunks = [blob[i:i + part_bytes] for i in range(0, len(blob), part_bytes)]
     new = []

@@ -287,6 +287,7 @@ class TrainConfig:
     ema_halflife_steps: float = 1000.0   # EMA half-life in steps (0 = the EMA is the weights; < 0 = no EMA).
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
     compile: bool | str = False          # torch.compile the model and LAMB's step: true, or a mode ("reduce-overhead").
+    compile_cache: str = ""              # File of torch.compile's caches: loaded before the first step, written after it.
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0                        # Seed of the weights' initialisation, data order and training noise.
     device: str = "auto"                 # "auto", "cpu", "cuda".

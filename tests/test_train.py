@@ -1245,6 +1245,48 @@ def test_the_self_conditioning_pass_records_gradients_except_under_ddp(tmp_path,
         dist.destroy_process_group()
 
 
+def test_a_compile_cache_is_written_after_the_first_step_and_loaded_by_the_next_run(shapes_data, tmp_path,
+                                                                                      monkeypatch):
+    """`train.compile_cache`: a first run writes torch.compile's caches there after its first step (atomically);
+    the next run hands the same bytes to torch before its first step; an unreadable file only costs the compile."""
+    made, loaded = b"compiled kernels", []
+    monkeypatch.setattr(loop, "compile_model", lambda model, setting: model)      # the plumbing, not the compile
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (made, None))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loaded.append)
+    cache = tmp_path / "caches" / "shapes.bin"                                     # its folder made when written
+    msgs = []
+    train(make_recipe(shapes_data, "train.compile=true", f"train.compile_cache='{cache}'", steps=2),
+          tmp_path / "first", log=quiet(msgs))
+    assert loaded == [] and any(m.startswith(f"compile cache: none at {cache}") for m in msgs), msgs
+    wrote = [m for m in msgs if m.startswith("compile cache: wrote")]
+    assert len(wrote) == 1 and msgs.index(wrote[0]) > next(i for i, m in enumerate(msgs) if m.startswith("first step"))
+    assert step.pack_compile_caches() == cache.read_bytes() and os.listdir(cache.parent) == ["shapes.bin"]
+    msgs.clear()
+    train(make_recipe(shapes_data, "train.compile=true", f"train.compile_cache='{cache}'", steps=1),
+          tmp_path / "second", log=quiet(msgs))
+    assert loaded == [made] and any(m.startswith(f"compile cache: loaded 0.0 MiB from {cache}") for m in msgs), msgs
+    cache.write_bytes(b"not a cache")                                   # damaged: said, and the run goes on
+    msgs.clear()
+    summary = train(make_recipe(shapes_data, "train.compile=true", f"train.compile_cache='{cache}'", steps=1),
+                    tmp_path / "third", log=quiet(msgs))
+    assert summary.step == 1 and any(m.startswith(f"compile cache: {cache} is unusable") for m in msgs), msgs
+    assert len(loaded) == 1 and step.pack_compile_caches() == cache.read_bytes()     # rewritten after its step
+
+
+def test_a_compile_cache_without_compile_is_said_to_be_unused_and_a_folder_is_refused(shapes_data, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: pytest.fail("nothing compiled to save"))
+    msgs = []
+    train(make_recipe(shapes_data, f"train.compile_cache='{tmp_path / 'c.bin'}'", steps=1), tmp_path / "run",
+          log=quiet(msgs))
+    assert any("train.compile_cache" in m and "unused: train.compile is false" in m for m in msgs), msgs
+    assert not (tmp_path / "c.bin").exists()
+    with pytest.raises(TrainError, match="train.compile_cache = .*it is a directory"):
+        train(make_recipe(shapes_data, "train.compile=true", f"train.compile_cache='{tmp_path}'", steps=1),
+              tmp_path / "run2", log=quiet())
+    assert not (tmp_path / "run2").exists()
+
+
 def test_a_compiled_run_says_what_its_first_steps_cost_and_where_torch_keeps_them(shapes_data, tmp_path,
                                                                                   monkeypatch):
     """`train.compile` on: the console and train.log name the first steps' compilation and torch's cache folder."""

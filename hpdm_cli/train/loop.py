@@ -53,7 +53,7 @@ from ..diffusion.edm import diffusion_at_step, draw_noise
 from ..errors import WARNING
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, unwritable
 from ..io.lock import hold_lock
 from ..pyramid import sample_nested_offsets
 from . import TrainError
@@ -67,8 +67,8 @@ from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_g
 from .signals import StopFlag
 from .run_dir import CHECKPOINTS, CLASS_NAMES, ENV, LOG, RECIPE, checkpoint_name, foreign_entries, holds_training
 from .stats import StatsWriter
-from .step import (apply_update, build_model, compile_model, compile_note, forward_backward, set_precision,
-                   step_generator)
+from .step import (apply_update, build_model, compile_model, compile_note, forward_backward, load_compile_cache,
+                   save_compile_cache, set_precision, step_generator)
 
 
 @dataclass
@@ -151,6 +151,12 @@ def _check_settings(recipe: Recipe, run_dir: Path, log) -> None:
     if t.warmup_steps > t.steps > 0:
         log(WARNING + f"train.warmup_steps = {t.warmup_steps} is more than train.steps = {t.steps}: the learning "
             f"rate never reaches train.lr = {t.lr:g}")
+    if t.compile_cache:
+        if t.compile is False:
+            log(WARNING + f"train.compile_cache = {t.compile_cache!r} is unused: train.compile is false (nothing is "
+                "compiled to cache)")
+        elif (why := unwritable(t.compile_cache)) is not None:
+            raise TrainError(f"train.compile_cache = {t.compile_cache!r}: {why}")
 
 
 def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
@@ -389,6 +395,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     say(start_up_line(t0, marks), echo=False)
     if (note := compile_note(recipe.train.compile)) is not None:
         say(note)
+    if recipe.train.compile is not False and recipe.train.compile_cache:
+        load_compile_cache(recipe.train.compile_cache, say if dist.is_main else lambda msg: None)
     return steps.run(stop_after=stop_after, progress=progress)
 
 
@@ -657,6 +665,8 @@ class _Steps:
         if timed:
             self.say(f"first step: {t1 - t0:.1f} s for the gradients, {self._now() - t1:.1f} s for the update "
                      f"(torch.compile's compilation included)")
+            if t.compile_cache and self.dist.is_main:      # everything is compiled now: the next run skips it
+                save_compile_cache(t.compile_cache, self.say)
         self._skips = self._skips + bad                                    # skipped since the last sync point
         self._window[self.step % self._window.numel()] = bad               # a device copy: no sync
         self.step += 1

@@ -8,6 +8,8 @@ recipe's optimiser, clipping and EMA of `hpdm_cli.train.optim`) as the same step
 from __future__ import annotations
 
 import json
+import os
+import zlib
 from contextlib import nullcontext
 
 import torch
@@ -20,7 +22,8 @@ from ..model.network import HPDMNet
 from ..pyramid import extract_patches
 
 __all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model",
-           "compile_cache_dir", "compile_note"]
+           "compile_cache_dir", "compile_note", "pack_compile_caches", "unpack_compile_caches", "load_compile_cache",
+           "save_compile_cache"]
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -97,6 +100,53 @@ def compile_note(setting) -> str | None:
     return (f"train.compile = {json.dumps(setting)}: the first steps compile the network, minutes on a machine "
             f"that has not compiled this recipe (about half a minute after that: torch keeps what it builds in "
             f"{compile_cache_dir()}, TORCHINDUCTOR_CACHE_DIR; docs/benchmarks.md)")
+
+
+def pack_compile_caches() -> bytes | None:
+    """What torch.compile built or loaded in this process (torch.compiler.save_cache_artifacts), zlib-compressed;
+    None when nothing was compiled."""
+    packed = torch.compiler.save_cache_artifacts()
+    return None if packed is None else zlib.compress(packed[0], 6)
+
+
+def unpack_compile_caches(blob: bytes) -> None:
+    """Hand `pack_compile_caches`' bytes to torch.compile's caches; raises on bytes torch cannot read."""
+    torch.compiler.load_cache_artifacts(zlib.decompress(blob))
+
+
+def load_compile_cache(path: str, say) -> None:
+    """Fill torch.compile's caches from `path` (`train.compile_cache`) before anything compiles; `say` what came of it.
+
+    A missing file is a first run's; an unreadable one (another torch, damaged) costs only the compilation it would
+    have saved. Made by another torch version or GPU architecture, its entries miss and compilation runs as without.
+    """
+    if not os.path.exists(path):
+        say(f"compile cache: none at {path} yet; it is written after the first step")
+        return
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+        unpack_compile_caches(blob)
+    except Exception as e:                 # noqa: BLE001 - any failure only means compiling without the cache
+        say(f"compile cache: {path} is unusable ({type(e).__name__}: {str(e)[:120]}); compiling without it")
+        return
+    say(f"compile cache: loaded {len(blob) / 2 ** 20:.1f} MiB from {path}")
+
+
+def save_compile_cache(path: str, say) -> None:
+    """Write what torch.compile holds to `path` (`train.compile_cache`), atomically; a failed write is said, not raised."""
+    from ..io import atomic_write_bytes
+    blob = pack_compile_caches()
+    if blob is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_bytes(path, blob)
+    except OSError as e:
+        say(f"compile cache: could not write {path} ({e.strerror or e}); the run goes on without it")
+        return
+    say(f"compile cache: wrote {len(blob) / 2 ** 20:.1f} MiB to {path} (train.compile_cache: a fresh machine with "
+        "the same torch and GPU loads it and skips most of the compilation)")
 
 
 def compile_model(model, setting):
