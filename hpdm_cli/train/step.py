@@ -145,8 +145,8 @@ def save_compile_cache(path: str, say) -> None:
     except OSError as e:
         say(f"compile cache: could not write {path} ({e.strerror or e}); the run goes on without it")
         return
-    say(f"compile cache: wrote {len(blob) / 2 ** 20:.1f} MiB to {path} (train.compile_cache: a fresh machine with "
-        "the same torch and GPU loads it and skips most of the compilation)")
+    say(f"compile cache: wrote {len(blob) / 2 ** 20:.1f} MiB to {path} (train.compile_cache: a run on another machine "
+        "with the same torch and GPU loads it before compiling)")
 
 
 def compile_model(model, setting):
