@@ -104,6 +104,12 @@
 # CURVE=1 then prints each variant's motion learning curve: benchmarks/mean_motion.py's `track` (0: the level-0
 # denoiser moves the object no way, 1: as the data does) for its checkpoints every CURVE_EVERY steps (500) and its
 # last, ~2 s each on a GPU (DEVICE, default cuda), also kept in $OUT/<v>-track.jsonl.
+# CACHE=DIR gives each variant train.compile_cache=DIR/<v>.bin (torch.compile's caches, loaded before its first step,
+# written after it), joined first from carried parts DIR/<v>.bin.part-* when the file is missing; with CACHE_OUT=1 the
+# written file comes back as $OUT/<v>.bin.part-NN of 15 MiB (a returned file is at most 16 MiB). A cold machine given
+# the cache should start near a warm one (README, speed switches; not yet measured on a GPU):
+#   CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fast ...    then, on another cold machine, carry the parts as out/cc/:
+#   CACHE=out/cc VARIANTS=fast ...                 and read its "first step:" line
 # EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors (what a call returns is
 # at most 64 MiB together: three exports of the 16x64^2 model, 16.7 MB each).
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
@@ -151,18 +157,30 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   local v=$1 ov rc how
   ov=$(overrides "$v") || return 2
   [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
+  local cache=()
+  if [ -n "${CACHE:-}" ]; then
+    mkdir -p "$CACHE"
+    if [ ! -f "$CACHE/$v.bin" ] && ls "$CACHE/$v.bin".part-* > /dev/null 2>&1; then
+      cat "$CACHE/$v.bin".part-* > "$CACHE/$v.bin"
+    fi
+    cache=("train.compile_cache=\"$CACHE/$v.bin\"")
+  fi
   # shellcheck disable=SC2086
   timeout --preserve-status -s TERM "$SECONDS_EACH" python3 -m hpdm_cli train "$RECIPE" --run-dir "$RUNS/$v" \
     --no-progress "$TABLE" "train.init_from=\"$FROM\"" "train.steps=${STEPS:-2500}" \
-    'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 $ov ${EXTRA:-} >> "$RUNS/$v.log" 2>&1
+    'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 "${cache[@]}" $ov ${EXTRA:-} \
+    >> "$RUNS/$v.log" 2>&1
   rc=$?
+  if [ "${CACHE_OUT:-0}" = 1 ] && [ -f "${CACHE:-}/$v.bin" ]; then
+    split -b 15M -d "$CACHE/$v.bin" "$OUT/$v.bin.part-"
+  fi
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   case $rc in 0) how="finished its STEPS" ;; 143) how="stopped by the time limit" ;; *) how="failed" ;; esac
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
   tail -n 2 "$RUNS/$v.log" | cut -c1-300
   # the cold start's split (network, update) and what torch warned of (a CUDA-graph slow path, a recompile
   # limit), which would otherwise stay in the log on the machine
-  grep -i -e "warn" -e "^first step:" "$RUNS/$v.log" | sort -u | head -n 6 | cut -c1-300 | sed "s/^/[$v] log: /" || true
+  grep -i -e "warn" -e "^first step:" -e "^compile cache:" "$RUNS/$v.log" | sort -u | head -n 8 | cut -c1-300 | sed "s/^/[$v] log: /" || true
 }
 curve_variant() {   # $1: variant -> mean_motion.py's track for its checkpoints every CURVE_EVERY steps and its last
   local v=$1 all=("$RUNS/$1"/checkpoints/ckpt-*)
