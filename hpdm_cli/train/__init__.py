@@ -1,7 +1,8 @@
 """Training system: optimiser, schedule, EMA, loop, checkpoints.
 
     loop.py         `train(recipe, run_dir)`: the run, its steps, sync points and checkpoints
-    step.py         one step's parts (network, precision, compile, generator, forward/backward), shared with bench
+    step.py         one step's parts (network, precision, compile and its cache file, generator, forward/backward),
+                    shared with bench
     init_from.py    `train.init_from`: a model started from another's weights (a pyramid grown by finer levels)
     batches.py      the per-rank stream of training clips (datasets, synthetic data, images as still videos)
     captions.py     the training captions' text embeddings (stored with the dataset, a prompt table or the encoder)

@@ -1,5 +1,6 @@
 """One training step's parts, shared by the loop and `hpdm bench`: the network of a recipe, its arithmetic
-(TF32, bf16 autocast, torch.compile), the step's random generator, and the forward and backward pass.
+(TF32, bf16 autocast, torch.compile and the file that carries its caches), the step's random generator, and the
+forward and backward pass.
 
 `hpdm_cli.train.loop` runs them as a training run; `hpdm_cli.drivers.bench` times them (with the
 recipe's optimiser, clipping and EMA of `hpdm_cli.train.optim`) as the same step.
@@ -134,7 +135,7 @@ def load_compile_cache(path: str, say) -> None:
 
 
 def save_compile_cache(path: str, say) -> None:
-    """Write what torch.compile holds to `path` (`train.compile_cache`), atomically; a failed write is said, not raised."""
+    """Write what torch.compile holds to `path` (`train.compile_cache`), atomically; a failed write is said only."""
     from ..io import atomic_write_bytes
     blob = pack_compile_caches()
     if blob is None:
