@@ -100,7 +100,7 @@ def compile_note(setting) -> str | None:
         return None
     return (f"train.compile = {json.dumps(setting)}: the first steps compile the network, minutes on a machine "
             f"that has not compiled this recipe (about half a minute after that: torch keeps what it builds in "
-            f"{compile_cache_dir()}, TORCHINDUCTOR_CACHE_DIR; docs/benchmarks.md)")
+            f"{compile_cache_dir()}, TORCHINDUCTOR_CACHE_DIR; train.compile_cache carries it to another machine)")
 
 
 def pack_compile_caches() -> bytes | None:
