@@ -90,8 +90,9 @@
 #   between two runs of one variant, which section 35 could not give: V_default_s1='train.seed=1'
 #   VARIANTS="default_s1" (train.seed draws the upper levels' initialisation, data order and noise anew)
 # The 16x64x64 pyramid trains at ~3250-4650 videos/s alone on an H200 with CUDA graphs, ~4100 on an H100 with
-# the GPU 96-100% busy: not waiting on launches or the host, probably on its many small kernels (docs/benchmarks.md,
-# thirty-sixth visit); three side by side made ~4300-5200 together (eleventh visit).
+# the GPU 96-100% busy: not waiting on launches or the host (docs/benchmarks.md, thirty-sixth visit), nor on kernels
+# too small to fill it (batch 512: only 1.08x the videos/s, thirty-ninth visit); three side by side made ~4300-5200
+# together (eleventh visit).
 # The I3D parts, the wheels and the prompt tables do not travel in one call (64 MiB), so, on one warm
 # machine, back to back (see benchmarks/gpu_grown_stage.sh for the same layout):
 #   1. carry out/gpu/whl, out/gpu/shapes_prompts_tokens.safetensors, out/i3dp/part-00:
