@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import CUDA_GRAPH_MODES, ConfigError, Recipe
 from ..device import use_tf32
 from ..diffusion.edm import NoiseDraw, edm_loss
+from ..io import atomic_write_bytes
 from ..model.network import HPDMNet
 from ..pyramid import extract_patches
 
@@ -136,7 +137,6 @@ def load_compile_cache(path: str, say) -> None:
 
 def save_compile_cache(path: str, say) -> None:
     """Write what torch.compile holds to `path` (`train.compile_cache`), atomically; a failed write is said only."""
-    from ..io import atomic_write_bytes
     blob = pack_compile_caches()
     if blob is None:
         return
