@@ -77,7 +77,7 @@ def main():
     dev = torch.device("cuda")
     set_precision(a.precision)
     net = build_model(rec).to(dev)
-    model = compile_model(net, rec.train.compile)
+    model = compile_model(net, rec.train.compile, rec.train.compile_scope)
     opt, ema = make_optimizer(param_groups(net, rec.train.weight_decay), rec.train), make_ema(net, rec.train)
     params = list(net.parameters())
     B, L = a.batch, rec.pyramid.num_levels

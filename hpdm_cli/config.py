@@ -43,6 +43,8 @@ BENCH_STEPS, BENCH_WARMUP, BENCH_SAMPLING_BATCH, BENCH_SAMPLING_PRECISION = 10, 
 # torch.compile's modes that `train.compile` may name ("reduce-overhead" replays CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# What `train.compile_scope` may name: the whole network as one graph, or each RIN block and fusion on its own.
+COMPILE_SCOPES = ("model", "blocks")
 
 
 def _is_pow2(n: int) -> bool:
@@ -288,6 +290,8 @@ class TrainConfig:
     precision: str = "tf32"              # "fp32", "tf32" or "bf16" (autocast).
     compile: bool | str = False          # torch.compile the model and LAMB's step: true, or a mode ("reduce-overhead").
     compile_cache: str = ""              # File of torch.compile's caches: loaded before the first step, written after it.
+    compile_scope: str = "model"         # What train.compile compiles: "model" (one graph) or "blocks" (each RIN block
+                                         # and fusion once per shape: a shorter compile, docs/benchmarks.md).
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0                        # Seed of the weights' initialisation, data order and training noise.
     device: str = "auto"                 # "auto", "cpu", "cuda".
@@ -431,6 +435,9 @@ class Recipe:
         if isinstance(t.compile, str) and t.compile not in COMPILE_MODES:
             raise ConfigError(f"train.compile = {t.compile!r}: expected true, false or a torch.compile mode: "
                               + ", ".join(f'"{m}"' for m in COMPILE_MODES))
+        if t.compile_scope not in COMPILE_SCOPES:
+            raise ConfigError(f"train.compile_scope = {t.compile_scope!r}: expected "
+                              + " or ".join(f'"{m}"' for m in COMPILE_SCOPES))
         if self.train.optimizer not in ("lamb", "adamw"):
             raise ConfigError(f"train.optimizer = {self.train.optimizer!r}: expected \"lamb\" or \"adamw\"")
         if self.data.short_caption_prob > 0 and not str(self.data.path).startswith("synthetic:"):

@@ -354,6 +354,7 @@ def test_every_number_is_range_checked():
     ("sample.guidance=1e300", "sample.guidance = 1e+300: expected a finite number in [0, 100] (1 = no guidance)"),
     ("sample.guidance=-1", "sample.guidance = -1.0: expected a finite number in [0, 100]"),
     ("train.compile=\"fast\"", "train.compile = 'fast': expected true, false or a torch.compile mode"),
+    ("train.compile_scope=\"layers\"", "train.compile_scope = 'layers': expected \"model\" or \"blocks\""),
     ("sample.guidance=[3, 1]", "sample.guidance = [3.0, 1.0]: 2 entries for 3 pyramid levels"),
     ("sample.guidance=[3, 1, 200]", "sample.guidance[2] = 200.0: expected a finite number in [0, 100]"),
     ("sample.level_steps=[8, 0, 2]", "sample.level_steps[1] = 0: expected an integer in [1, 100000]"),

@@ -1245,12 +1245,63 @@ def test_the_self_conditioning_pass_records_gradients_except_under_ddp(tmp_path,
         dist.destroy_process_group()
 
 
+def test_compile_scope_blocks_compiles_each_block_once_per_shape_with_the_eager_loss_and_gradients(monkeypatch):
+    """train.compile_scope = "blocks": the network is compiled in place, block by block, the blocks (and fusions) of
+    one shape sharing one graph, which is what shortens the compile; a training step gives the eager loss and
+    gradients. The graphs are counted by a backend that runs them as traced."""
+    from conftest import tiny_recipe
+    from hpdm_cli.diffusion.edm import draw_noise
+    from hpdm_cli.pyramid import sample_nested_offsets
+
+    graphs, original = [], torch.nn.Module.compile
+
+    def traced(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def traced_only(module, *args, **kwargs):
+        assert kwargs.get("dynamic") is False                  # static shapes, as the whole network's graph
+        return original(module, *args, backend=traced, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", traced_only)
+    rec = tiny_recipe(num_blocks=6, self_condition=False)     # 3 levels, load [1, 1, 2, 2, 3, 3]
+    rec.train.compile, rec.train.compile_scope = True, "blocks"
+    eager = build_model(rec)
+    net = build_model(rec)
+    net.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    try:
+        assert step.compile_model(net, True, "blocks") is net
+        regions = step.compiled_regions(net)
+        assert len(regions) == 6 + 4 and all(r._compiled_call_impl is not None for r in regions)
+        assert net._compiled_call_impl is None and net.tokenizer._compiled_call_impl is None
+        B, L = 2, rec.pyramid.num_levels
+        videos = torch.rand(B, rec.model.channels, *rec.pyramid.resolution) * 2 - 1
+        cond = torch.tensor([1, 3])
+        losses, grads = [], []
+        for model in (eager, net):
+            g = torch.Generator().manual_seed(5)
+            off = sample_nested_offsets(rec.pyramid, B, generator=g)
+            draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch), conditional=True,
+                              self_condition=False, generator=g, device=torch.device("cpu"), noise_on_device=False)
+            losses.append(step.forward_backward(model, videos, cond, rec, off, draw, 1.0, "fp32").loss.item())
+            grads.append([p.grad for p in model.parameters()])
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 3 + 2               # blocks of 1, 2 and 3 levels; fusions of 1 and 2 finer levels
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for ge, gc in zip(*grads):
+        assert (ge is None) == (gc is None)
+        if ge is not None:
+            torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-6)
+
+
 def test_a_compile_cache_is_written_after_the_first_step_and_loaded_by_the_next_run(shapes_data, tmp_path,
                                                                                       monkeypatch):
     """`train.compile_cache`: a first run writes torch.compile's caches there after its first step (atomically);
     the next run hands the same bytes to torch before its first step; an unreadable file only costs the compile."""
     made, loaded = b"compiled kernels", []
-    monkeypatch.setattr(loop, "compile_model", lambda model, setting: model)      # the plumbing, not the compile
+    monkeypatch.setattr(loop, "compile_model", lambda model, setting, scope: model)  # the plumbing, not the compile
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (made, None))
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loaded.append)
     cache = tmp_path / "caches" / "shapes.bin"                                     # its folder made when written
@@ -1291,7 +1342,7 @@ def test_a_compiled_run_says_what_its_first_steps_cost_and_where_torch_keeps_the
                                                                                   monkeypatch):
     """`train.compile` on: the console and train.log name the first steps' compilation and torch's cache folder."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(loop, "compile_model", lambda model, setting: model)      # the message, not the compile
+    monkeypatch.setattr(loop, "compile_model", lambda model, setting, scope: model)  # the message, not the compile
     fb, upd = loop.forward_backward, loop.apply_update                # each phase made slow, as compiling makes it
     monkeypatch.setattr(loop, "forward_backward", lambda *a, **k: time.sleep(0.3) or fb(*a, **k))
     monkeypatch.setattr(loop, "apply_update", lambda *a, **k: time.sleep(0.6) or upd(*a, **k))

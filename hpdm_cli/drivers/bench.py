@@ -305,7 +305,7 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     set_precision(precision)
     B = batch or rec.train.batch_size // rec.train.grad_accum
     net = build_model(rec).to(device)
-    model = compile_model(net, rec.train.compile)
+    model = compile_model(net, rec.train.compile, rec.train.compile_scope)
     opt = make_optimizer(param_groups(net, rec.train.weight_decay), rec.train)
     ema = make_ema(net, rec.train)
     params = list(net.parameters())

@@ -554,7 +554,7 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                     find_unused_parameters=bool(unused), broadcast_buffers=False)
-    return compile_model(model, recipe.train.compile)
+    return compile_model(model, recipe.train.compile, recipe.train.compile_scope)
 
 
 def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: DistInfo,

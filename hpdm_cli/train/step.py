@@ -24,7 +24,7 @@ from ..model.network import HPDMNet
 from ..pyramid import extract_patches
 
 __all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model",
-           "compile_cache_dir", "compile_note", "pack_compile_caches", "unpack_compile_caches", "load_compile_cache",
+           "compiled_regions", "compile_cache_dir", "compile_note", "pack_compile_caches", "unpack_compile_caches", "load_compile_cache",
            "save_compile_cache"]
 
 
@@ -150,8 +150,27 @@ def save_compile_cache(path: str, say) -> None:
         "with the same torch and GPU loads it before compiling)")
 
 
-def compile_model(model, setting):
-    """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode."""
+def compile_model(model, setting, scope: str = "model"):
+    """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode.
+
+    With `scope` "blocks" the network itself is returned, each RIN block and context fusion compiled in place
+    (regional compilation): the six blocks share one graph per number of levels they process, so the compile
+    is shorter than the whole network's one graph, which inlines every block; the glue between blocks (the
+    levels' concatenation, the tokenizer, the loss) stays eager. Shapes are compiled statically
+    (`dynamic=False`), as the whole network's are.
+    """
     if setting is False:
         return model
-    return torch.compile(model) if setting is True else torch.compile(model, mode=setting)
+    mode = {} if setting is True else {"mode": setting}
+    if scope == "blocks":
+        net = getattr(model, "module", model)                     # inside DDP
+        for region in compiled_regions(net):
+            region.compile(dynamic=False, **mode)
+        return model
+    return torch.compile(model, **mode)
+
+
+def compiled_regions(net) -> list:
+    """The modules that `train.compile_scope = "blocks"` compiles: the network's RIN blocks and context fusions."""
+    fusions = getattr(net, "fusions", None)
+    return [*net.blocks, *(fusions.values() if fusions is not None else ())]
