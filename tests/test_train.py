@@ -450,6 +450,13 @@ def test_settings_that_mislead_are_said_before_training(shapes_data, tmp_path):
         loop._check_settings(make_recipe(shapes_data, f'model.cond="{cond}"', "model.num_classes=16",
                                          'data.prompt_table="/no/table.safetensors"'), tmp_path / "r", said.append)
         assert any("data.prompt_table = '/no/table.safetensors': no such file" in m for m in said) == warned
+    for compile_, warned in (("false", "is unused"), ('"reduce-overhead"', "records a CUDA graph per block"),
+                             ("true", None)):          # block by block: not with CUDA graphs, and only compiled
+        said.clear()
+        loop._check_settings(make_recipe(shapes_data, f"train.compile={compile_}", 'train.compile_scope="blocks"'),
+                             tmp_path / "r", said.append)
+        scope = [m for m in said if "train.compile_scope" in m]
+        assert (scope == []) if warned is None else (len(scope) == 1 and warned in scope[0]), said
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
