@@ -107,10 +107,12 @@
 # last, ~2 s each on a GPU (DEVICE, default cuda), also kept in $OUT/<v>-track.jsonl.
 # CACHE=DIR gives each variant train.compile_cache=DIR/<v>.bin (torch.compile's caches, loaded before its first step,
 # written after it), joined first from carried parts DIR/<v>.bin.part-* when the file is missing; with CACHE_OUT=1 the
-# written file comes back as $OUT/<v>.bin.part-NN of 15 MiB (a returned file is at most 16 MiB). A cold machine given
-# the cache should start near a warm one (README, speed switches; not yet measured on a GPU):
+# written file comes back as $OUT/<v>.bin.part-NN of 15 MiB (a returned file is at most 16 MiB). Given the cache, a
+# fresh cache folder starts as a warm machine does: `fast`'s first step 8.9 s against 124.2 s, step 50 at 30.7 s
+# against 145.8 s on an H100 (20.7 MiB, two parts; docs/benchmarks.md, fortieth visit), so that `fast`'s 7500 steps
+# fit one cold call (the same torch and GPU model as the machine that wrote it):
 #   CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fast ...    then, on another cold machine, carry the parts as out/cc/:
-#   CACHE=out/cc VARIANTS=fast ...                 and read its "first step:" line
+#   CACHE=out/cc VARIANTS=fast ...                 and read its "compile cache:" and "first step:" lines
 # EXPORT="v ..." writes those variants' newest EMA weights in fp16 to $OUT/<v>.safetensors (what a call returns is
 # at most 64 MiB together: three exports of the 16x64^2 model, 16.7 MB each).
 # A CPU check of the script: EXTRA='train.compile=false train.precision=fp32 train.batch_size=2
