@@ -63,6 +63,10 @@
 #               levels trained mostly as sampling shows them the levels below (the recipe's 0.75, section 35) by the
 #               end; level 0 in 62.5% of the samples over the run against fast's 75%; not yet run
 #     VARIANTS=fastC SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastC bash benchmarks/gpu_pyramid_variants.sh
+#   fastH       fast with its residual streams in bf16 (model.bf16_streams): the step is bound by memory traffic, 54% of
+#               its CUDA time in fused element-wise and LayerNorm kernels on float32 streams (docs/benchmarks.md, fortieth
+#               visit); more steps in the budget if bf16 streams keep the quality; not yet run
+#     VARIANTS=fastH SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastH bash benchmarks/gpu_pyramid_variants.sh
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -153,7 +157,8 @@ overrides() {   # $1: variant -> its recipe overrides
     fastS) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=128' ;;
     fastL) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=512' ;;
     fastC) echo 'train.init_from="" diffusion.context_prob=0.75 diffusion.context_prob_start=0.0 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC, or set V_$1)" >&2; return 2 ;;
+    fastH) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
