@@ -291,7 +291,7 @@ class TrainConfig:
     compile: bool | str = False          # torch.compile the model and LAMB's step: true, or a mode ("reduce-overhead").
     compile_cache: str = ""              # File of torch.compile's caches: loaded before the first step, written after it.
     compile_scope: str = "model"         # What train.compile compiles: "model" (one graph) or "blocks" (each RIN block
-                                         # and fusion once per shape: a shorter compile, docs/benchmarks.md).
+                                         # and fusion once per shape: a shorter compile, slower GPU steps).
     noise_on: str = "device"             # Training noise drawn on the "device" (fast) or the "host" (same on CPU/GPU).
     seed: int = 0                        # Seed of the weights' initialisation, data order and training noise.
     device: str = "auto"                 # "auto", "cpu", "cuda".

@@ -24,8 +24,8 @@ from ..model.network import HPDMNet
 from ..pyramid import extract_patches
 
 __all__ = ["step_generator", "set_precision", "autocast_for", "build_model", "forward_backward", "compile_model",
-           "compiled_regions", "compile_cache_dir", "compile_note", "pack_compile_caches", "unpack_compile_caches", "load_compile_cache",
-           "save_compile_cache"]
+           "compiled_regions", "compile_cache_dir", "compile_note", "pack_compile_caches", "unpack_compile_caches",
+           "load_compile_cache", "save_compile_cache"]
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -156,8 +156,9 @@ def compile_model(model, setting, scope: str = "model"):
     With `scope` "blocks" the network itself is returned, each RIN block and context fusion compiled in place
     (regional compilation): the six blocks share one graph per number of levels they process, so the compile
     is shorter than the whole network's one graph, which inlines every block; the glue between blocks (the
-    levels' concatenation, the tokenizer, the loss) stays eager. Shapes are compiled statically
-    (`dynamic=False`), as the whole network's are.
+    levels' concatenation, the tokenizer, the loss) stays eager, so on a GPU the steps are slower
+    (docs/benchmarks.md, fortieth visit). Shapes are compiled statically (`dynamic=False`), as the whole
+    network's are.
     """
     if setting is False:
         return model
