@@ -154,7 +154,7 @@ def compile_model(model, setting, scope: str = "model"):
     """The model as `train.compile` asks: as it is (false), through torch.compile (true), or in a named mode.
 
     With `scope` "blocks" the network itself is returned, each RIN block and context fusion compiled in place
-    (regional compilation): the six blocks share one graph per number of levels they process, so the compile
+    (regional compilation): the blocks share one graph per number of levels they process, so the compile
     is shorter than the whole network's one graph, which inlines every block; the glue between blocks (the
     levels' concatenation, the tokenizer, the loss) stays eager, so on a GPU the steps are slower
     (docs/benchmarks.md, fortieth visit). Shapes are compiled statically (`dynamic=False`), as the whole
