@@ -1303,6 +1303,23 @@ def test_compile_scope_blocks_compiles_each_block_once_per_shape_with_the_eager_
             torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-6)
 
 
+def test_compile_scope_blocks_compiles_the_regions_of_the_network_inside_ddp_in_the_asked_mode(monkeypatch):
+    """Under DDP the wrapper is returned as it is and the regions of the network it wraps are compiled, in the mode
+    that train.compile names."""
+    from conftest import tiny_recipe
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: calls.append((module, kwargs)))
+    net = build_model(tiny_recipe(num_blocks=4))
+
+    class Wrapper:                              # what DistributedDataParallel exposes: the wrapped module
+        module = net
+
+    ddp = Wrapper()
+    assert step.compile_model(ddp, "max-autotune", "blocks") is ddp
+    assert [m for m, _ in calls] == step.compiled_regions(net) and len(calls) == 4 + 2   # load [1, 1, 2, 3]
+    assert all(k == {"dynamic": False, "mode": "max-autotune"} for _, k in calls)
+
+
 def test_a_compile_cache_is_written_after_the_first_step_and_loaded_by_the_next_run(shapes_data, tmp_path,
                                                                                       monkeypatch):
     """`train.compile_cache`: a first run writes torch.compile's caches there after its first step (atomically);
