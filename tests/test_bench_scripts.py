@@ -409,6 +409,10 @@ def test_bench_training_times_the_update_apart(monkeypatch):
     slow = bench_training(rec, steps=2, warmup=1, batch=1, precisions=["fp32"])[0]
     assert 0.3 <= slow["update_s"] < 0.3 + base["update_s"] + 0.25           # the EMA's sleep, not the forward's
     assert slow["step_s"] - slow["update_s"] >= 0.3
+    assert 0 < base["first_step_s"] and slow["first_step_s"] >= 0.6          # the warm-up step, both sleeps in it
+    assert base["compile_scope"] == "model"
+    none = bench_training(rec, steps=1, warmup=0, batch=1, precisions=["fp32"])[0]
+    assert none["first_step_s"] is None                                     # no warm-up: not timed apart
 
 
 def test_bench_ablations_time_the_papers_table2_rows_each_as_its_setting_builds_it():

@@ -282,8 +282,9 @@ def bench_training(recipe: Recipe, *, steps: int = BENCH_STEPS, warmup: int = BE
             if log is not None:
                 r = rows[-1]
                 mem = f", {r['peak_mem_GiB']:.1f} GiB" if r["peak_mem_GiB"] == r["peak_mem_GiB"] else ""   # not NaN
+                first = f", first step {r['first_step_s']:.1f} s" if r["first_step_s"] is not None else ""
                 log(f"{name}, {precision}, batch {r['batch']}: {r['videos_per_s']:.1f} videos/s, "
-                    f"{r['step_s'] * 1000:.1f} ms/step{mem}")
+                    f"{r['step_s'] * 1000:.1f} ms/step{mem}{first}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -292,6 +293,8 @@ def bench_training(recipe: Recipe, *, steps: int = BENCH_STEPS, warmup: int = BE
 def _time_training(name: str, rec: Recipe, precision: str, device: torch.device, *, steps: int, warmup: int,
                    batch: Optional[int]) -> dict:
     """The row of one variant and precision: mean step time over `steps` back-to-back steps after `warmup`.
+
+    `first_step_s` is the first warm-up step alone, torch.compile's compilation included (None without warm-up).
 
     The timed steps run as training runs them, one after the other with no wait in between; the
     device is synchronised only at the two ends of the window, so the host's launch time of a step
@@ -315,11 +318,13 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     cond = stand_in_condition(rec.model, B, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0, marks = None, []
+    t0, marks, first = None, [], None
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
+        if i == 0 and warmup:
+            t_first = time.perf_counter()
         offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
                           conditional=cond is not None, self_condition=rec.model.self_condition, generator=g,
@@ -333,14 +338,18 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
         apply_update(opt, ema, net, bad)
         if timed:
             marks[-1].append(_mark(device))
+        if i == 0 and warmup:                  # the first step alone, compilation included (train.compile)
+            _sync(device)
+            first = time.perf_counter() - t_first
     _sync(device)
     sec = (time.perf_counter() - t0) / steps                     # mean step time, back to back
     update = sum(_elapsed(a, b) for a, b in marks) / steps
     flops = train_step_flops(rec.pyramid, rec.model, self_cond_prob=rec.diffusion.self_cond_prob) * B
     peak = peak_flops(device, precision)
     return {
-        "variant": name, "precision": precision, "compile": rec.train.compile, "noise_on": rec.train.noise_on,
-        "batch": B,
+        "variant": name, "precision": precision, "compile": rec.train.compile,
+        "compile_scope": rec.train.compile_scope, "noise_on": rec.train.noise_on, "batch": B,
+        "first_step_s": first,
         "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
         "step_s": sec, "update_s": update, "update_%": 100 * update / sec,
         "videos_per_s": B / sec, "peak_mem_GiB": _peak_mem_gib(device),
