@@ -32,7 +32,8 @@ from hpdm_cli.train.step import apply_update, build_model, compile_model, forwar
 KINDS = [
     ("attention", re.compile(r"flash|fmha|attention|sdpa", re.I)),
     ("matrix products", re.compile(r"gemm|cutlass|sm\d\d_xmma|cublas|nvjet|wgmma|matmul|dot_|^triton_tem_", re.I)),
-    ("optimiser (multi-tensor)", re.compile(r"multi_tensor|foreach|adam|lamb", re.I)),
+    # the compiled LAMB step's multi-tensor kernels are inductor's combo kernels, triton_for_*
+    ("optimiser (multi-tensor)", re.compile(r"multi_tensor|foreach|adam|lamb|^triton_for_", re.I)),
     ("fused by torch.compile", re.compile(r"^triton_|^triton", re.I)),
     ("normalisation (eager)", re.compile(r"norm", re.I)),
     ("reductions (eager)", re.compile(r"reduce", re.I)),
