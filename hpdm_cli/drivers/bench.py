@@ -319,12 +319,13 @@ def _time_training(name: str, rec: Recipe, precision: str, device: torch.device,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0, marks, first = None, [], None
+    if warmup:
+        _sync(device)
+        t_first = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        if i == 0 and warmup:
-            t_first = time.perf_counter()
         offsets = sample_nested_offsets(rec.pyramid, B, generator=g).to(device)
         draw = draw_noise(rec.diffusion, (B, L, rec.model.channels, *rec.pyramid.patch),
                           conditional=cond is not None, self_condition=rec.model.self_condition, generator=g,

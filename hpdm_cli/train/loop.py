@@ -157,14 +157,15 @@ def _check_settings(recipe: Recipe, run_dir: Path, log) -> None:
                 "compiled to cache)")
         elif (why := unwritable(t.compile_cache)) is not None:
             raise TrainError(f"train.compile_cache = {t.compile_cache!r}: {why}")
-    if t.compile_scope == "blocks" and t.compile is False:
-        log(WARNING + 'train.compile_scope = "blocks" is unused: train.compile is false (nothing is compiled)')
-    elif t.compile_scope == "blocks" and t.compile in CUDA_GRAPH_MODES:
-        # measured on an H100 (docs/benchmarks.md, fortieth visit): the shapes pyramid's 20 steps after its first
-        # took ~45 s this way, where either alone runs ~11-16 steps a second
-        log(WARNING + f"train.compile_scope = \"blocks\" with train.compile = {json.dumps(t.compile)} records a "
-            "CUDA graph per block: on an H100 its steps ran at ~0.5 a second against ~11 with train.compile = true; "
-            "use train.compile = true with it")
+    if t.compile_scope == "blocks":
+        if t.compile is False:
+            log(WARNING + 'train.compile_scope = "blocks" is unused: train.compile is false (nothing is compiled)')
+        elif t.compile in CUDA_GRAPH_MODES:
+            # measured on an H100 (docs/benchmarks.md, fortieth visit): the shapes pyramid's 20 steps after its
+            # first took ~45 s this way, where either alone runs ~11-16 steps a second
+            log(WARNING + f"train.compile_scope = \"blocks\" with train.compile = {json.dumps(t.compile)} records a "
+                "CUDA graph per block: on an H100 its steps ran at ~0.5 a second against ~11 with train.compile = "
+                "true; use train.compile = true with it")
 
 
 def _refuse_foreign_folder(run_dir: Path) -> tuple[Optional[Recipe], bool]:
