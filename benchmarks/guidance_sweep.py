@@ -102,9 +102,10 @@ def summarise(readings: list, captions: list, stripes: np.ndarray, seams: np.nda
     """Faithfulness of clip readings against their captions, the mean stripe fit (NaN skipped, as
     `stripe_summary`), the tile seams in space and in time (`seams`, `seams_t`, from per-clip
     `seam_steps` rows [n, 2 axes, 2]), and object size and motion as ratios to the real clips' (`real_sc`)."""
-    from hpdm_cli.eval.faithfulness import score_clips
+    from hpdm_cli.eval.faithfulness import accuracy_by_asked, score_clips
     from hpdm_cli.eval.seams import AXES, seam_ratio
     sc = score_clips(readings, captions)
+    sc["direction_asked"] = accuracy_by_asked(sc, "direction")
     ratio = seam_ratio([dict(zip(AXES, map(tuple, row))) for row in seams])
     sc["seams"], sc["seams_t"] = ratio["hw"], ratio["t"]
     ok = stripes[~np.isnan(stripes)]
@@ -196,6 +197,10 @@ def print_table(title: str, rows: list) -> None:
             + [f"{sc['stripes']:.3f}", f"{sc['size']:.2f}", f"{sc['motion']:.2f}", f"{sc['seams']:.2f}",
                f"{sc['seams_t']:.2f}"]
         print(f"| {name} | {f:.1f} | " + " | ".join(cells) + " |")
+    for name, _, sc in rows:
+        if sc is not None:
+            print(f"- direction by asked direction, {name}: "
+                  + ", ".join(f"{d} {hit}/{n}" for d, (hit, n) in sc["direction_asked"].items()))
 
 
 def rows_of_real(real, i: int, j: int):
@@ -280,7 +285,8 @@ def merge(folder: Path, bootstrap: int = 0, partial: bool = False) -> int:
                           **({"level0": "real (the floor's clips)"} if level0 else {}),
                           "fvd": round(f, 1), "n": n, **({} if n == num else {"of": num}), "parts": len(parts),
                           "sample_seconds": round(sum(m["sample_seconds"] for m, _, _ in parts), 1),
-                          **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
+                          **{k: round(sc[k], 3) for k in SCORED}, "direction_asked": sc["direction_asked"]}),
+              flush=True)
     print_table(f"{n}{'' if n == num else f' of {num}'} held-out clips per side, merged from {folder}", rows)
     floor = {"real (floor)": real["floor_features"][:n]} if "floor_features" in real.files else {}
     print_extrapolated(real_features, {**floor, **merged})
@@ -545,7 +551,8 @@ def main(argv=None) -> int:
                                   "sample_seconds": round(secs, 1), **({"parts_found": found} if a.chunk else {}),
                                   "base": a.base, "base_low": a.base_low,
                                   "split_sigma": a.split_sigma if a.base_low else None,
-                                  **{k: round(sc[k], 3) for k in SCORED}}), flush=True)
+                                  **{k: round(sc[k], 3) for k in SCORED},
+                                  "direction_asked": sc["direction_asked"]}), flush=True)
     print_table(f"{a.num} held-out clips per side" + (f" (rows {lo}:{hi} sampled: --merge {a.save} scores the "
                                                          "parts together)" if unscored else "")
                 + f", {', '.join(scored)}"

@@ -772,6 +772,9 @@ def test_guidance_sweep_in_parts_scores_as_the_whole_run(tmp_path, capsys, monke
     assert merged["fvd"] == pytest.approx(whole["fvd"], abs=0.11)
     for k in guidance_sweep.SCORED:
         assert merged[k] == pytest.approx(whole[k], abs=1e-3, nan_ok=True), k
+    assert merged["direction_asked"] == whole["direction_asked"]
+    assert sum(n for _, n in whole["direction_asked"].values()) == 6     # every clip under its asked direction
+    assert "- direction by asked direction, guidance 1/2,2/none: " in out
     # --no-real: a part alone, no real features measured; --merge takes another run's real side
     counted = []
 

@@ -7,8 +7,8 @@ import pytest
 
 from hpdm_cli.data.shapes import COLOURS, DIRECTIONS, SHAPE_AREAS, SHAPES, render_shapes_video
 from hpdm_cli.data.shards import DataError
-from hpdm_cli.eval.faithfulness import (ClipReading, derangement, parse_shapes_caption, read_clip, score_clips,
-                                        swapped_floor)
+from hpdm_cli.eval.faithfulness import (ClipReading, accuracy_by_asked, derangement, parse_shapes_caption, read_clip,
+                                        score_clips, swapped_floor)
 from hpdm_cli.io.video import VideoError
 
 
@@ -101,6 +101,20 @@ def test_swapped_captions_score_near_chance(real64):
     assert floor["chance"] == dict(colour=1 / 8, shape=1 / 4, direction=1 / 4, all=1 / 128)
     perm = derangement(64, seed=0)
     assert sorted(perm) == list(range(64)) and all(p != i for i, p in enumerate(perm))
+
+
+def test_accuracy_by_asked_direction_shows_an_axis_not_learnt(real64):
+    """Clips whose horizontal movers stand still: up and down all right, left and right none, per asked value."""
+    _, captions, attrs = real64
+    clips, _, _ = rendered(64, (16, 64, 64), seed=21)
+    still = [np.repeat(c[:1], len(c), axis=0) if a["direction"] in ("left", "right") else c
+             for c, a in zip(clips, attrs)]
+    score = score_clips(still, captions)
+    by = accuracy_by_asked(score, "direction")
+    counts = {d: sum(a["direction"] == d for a in attrs) for d in DIRECTIONS}
+    assert by == {d: [0 if d in ("left", "right") else counts[d], counts[d]] for d in sorted(DIRECTIONS)}
+    assert sum(n for _, n in by.values()) == 64 and min(counts.values()) > 0
+    assert accuracy_by_asked(score, "colour") == {c: [n, n] for c, (_, n) in accuracy_by_asked(score, "colour").items()}
 
 
 def test_reads_what_is_wrong():

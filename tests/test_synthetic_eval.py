@@ -140,6 +140,10 @@ def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     assert 0.06 < saved["faithfulness"]["real_ceiling"]["area"] < 0.19
     names = [name for name, _ in summary_rows(rep)]
     assert any(n.startswith("tile seams") for n in names)
+    by = saved["faithfulness"]["generated"]["confusion"]["direction"]          # 3 clips, each under its asked direction
+    assert sum(sum(read.values()) for read in by.values()) == 3
+    assert dict(summary_rows(rep))["direction per asked direction: generated"] == ", ".join(
+        f"{d} {100 * read.get(d, 0) / sum(read.values()):.0f}%" for d, read in sorted(by.items()))
     assert any(n.startswith("object area / travel") for n in names) and any(n.startswith("object area: level 0") for n in names)
     assert 0.06 < saved["levels"]["level0_real"]["area"] < 0.19       # the same objects at level 0's size
     # The summary of the saved report (NaN stored as null) says "n/a" where nothing was measured, not "nan%".

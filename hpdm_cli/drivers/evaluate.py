@@ -43,7 +43,7 @@ from ..conditioning import GenerateError
 from ..data.shapes import SHAPES_CLASSES, render_shapes_video
 from ..errors import WARNING
 from ..eval.diagnostics import condition_loss_gap, condition_sensitivity
-from ..eval.faithfulness import score_clips, swapped_floor
+from ..eval.faithfulness import accuracy_by_asked, score_clips, swapped_floor
 from ..eval.measure import measure_clips
 from ..eval.texture import stripe_summary
 from ..io import atomic_write_json, unwritable
@@ -199,6 +199,10 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((f"faithfulness {attr}: generated / real / swapped",
                      " / ".join(_v(f[s].get(key), pct=True) for s in ("generated", "real_ceiling", "swapped_floor"))))
     gen, real = f["generated"], f["real_ceiling"]
+    if gen.get("confusion"):             # one axis of motion can be learnt before the other (docs/results.md, 68)
+        by = accuracy_by_asked(gen, "direction")
+        rows.append(("direction per asked direction: generated",
+                     ", ".join(f"{d} {_v(hit / n if n else None, '.0f', True)}" for d, (hit, n) in by.items())))
     if "area" in gen:                    # reports written before object area was read lack it
         rows.append(("object area / travel: generated vs real (of the frame)",
                      f"{_v(gen['area'], pct=True)} vs {_v(real['area'], pct=True)} / "

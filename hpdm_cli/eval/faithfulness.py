@@ -43,8 +43,8 @@ from hpdm_cli.data.shapes import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPE_AREAS,
 from hpdm_cli.data.shards import DataError
 from hpdm_cli.io.video import VideoError
 
-__all__ = ["ClipReading", "read_clip", "parse_shapes_caption", "score_clips", "swapped_floor", "derangement",
-           "ATTRIBUTES", "MIN_TRAVEL", "MIN_SHAPE_IOU", "MAX_COLOUR_DISTANCE", "MAX_CLUTTER"]
+__all__ = ["ClipReading", "read_clip", "parse_shapes_caption", "score_clips", "accuracy_by_asked", "swapped_floor",
+           "derangement", "ATTRIBUTES", "MIN_TRAVEL", "MIN_SHAPE_IOU", "MAX_COLOUR_DISTANCE", "MAX_CLUTTER"]
 
 ATTRIBUTES = ("colour", "shape", "direction", "background")
 MIN_TRAVEL = 0.08          # minimum displacement over the clip, as a fraction of min(H, W)
@@ -351,6 +351,16 @@ def score_clips(clips: Iterable, captions_or_attrs: Sequence, *, keep_readings: 
     if keep_readings:
         out["readings"] = readings
     return out
+
+
+def accuracy_by_asked(score: dict, attr: str = "direction") -> dict:
+    """Per asked value of `attr`, [clips read as asked, clips asked for it], from `score_clips`' confusion counts.
+
+    The overall accuracy hides which values a model has learnt: a short run can move objects the asked way up
+    and down while left and right stay at chance (docs/results.md, section 68).
+    """
+    asked = sorted(score["confusion"][attr].items())
+    return {want: [read.get(want, 0), sum(read.values())] for want, read in asked}
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:
