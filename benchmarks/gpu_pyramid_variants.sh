@@ -63,10 +63,12 @@
 #               levels trained mostly as sampling shows them the levels below (the recipe's 0.75, section 35) by the
 #               end; level 0 in 62.5% of the samples over the run against fast's 75%; not yet run
 #     VARIANTS=fastC SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastC bash benchmarks/gpu_pyramid_variants.sh
-#   fastH       fast with its residual streams in bf16 (model.bf16_streams): the step is bound by memory traffic, 54% of
-#               its CUDA time in fused element-wise and LayerNorm kernels on float32 streams (docs/benchmarks.md, fortieth
-#               visit); more steps in the budget if bf16 streams keep the quality; not yet run
-#     VARIANTS=fastH SECONDS_EACH=572 STEPS=7500 CURVE=1 EXPORT=fastH bash benchmarks/gpu_pyramid_variants.sh
+#   fastH       fast with its residual streams in bf16 (model.bf16_streams): 1.09x the videos/s (4455 against 4094 on an
+#               H100), the same losses. With its compile cache warm, 8500 steps in 530 s: FVD 130.1 at N = 256 (2.8x the
+#               floor, fast 176.3), stripes 0.520, but direction 70.7%: up and down learnt, left and right at chance;
+#               cold, 7047 steps in 555 s: 158.1, 48.0% (docs/results.md, section 68)
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastH SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastH bash ...
+#     then, on the same machine:  CACHE=/tmp/cc VARIANTS=fastH SECONDS_EACH=535 STEPS=8500 CURVE=1 CURVE_EVERY=1000 ...
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
