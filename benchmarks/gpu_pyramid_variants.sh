@@ -69,6 +69,12 @@
 #               cold, 7047 steps in 555 s: 158.1, 48.0% (docs/results.md, section 68)
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastH SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastH bash ...
 #     then, on the same machine:  CACHE=/tmp/cc VARIANTS=fastH SECONDS_EACH=535 STEPS=8500 CURVE=1 CURVE_EVERY=1000 ...
+#   fastW       fastH with the text states whitened (model.text_whitening): fastH's projection held "left" and "right"
+#               prompts at 0.10 of a caption's norm against the encoder's 0.24 and learnt no horizontal motion, while it
+#               held "up" and "down" at 0.35 and moved them (docs/results.md, section 69); whitened, the direction swaps
+#               start as far apart as the others. Not yet run; its graph differs from fastH's (one matrix product more),
+#               so fastH's compile cache will not serve it: cold, ~7000 steps in 555 s
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastW SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastW bash ...
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -160,7 +166,8 @@ overrides() {   # $1: variant -> its recipe overrides
     fastL) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 train.batch_size=512' ;;
     fastC) echo 'train.init_from="" diffusion.context_prob=0.75 diffusion.context_prob_start=0.0 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastH) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH, or set V_$1)" >&2; return 2 ;;
+    fastW) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.text_whitening=true' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)

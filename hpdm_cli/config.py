@@ -205,6 +205,7 @@ class ModelConfig:
     text_encoder: str = "minilm"                        # "minilm" (offline default), "minilm-tokens", "t5:/dir".
     text_dim: int = 384                                 # Width of text-encoder embeddings.
     text_tokens: int = 1                                # Text embedding tokens per prompt (1 = pooled).
+    text_whitening: bool = False                        # Whiten the text states with the training captions' statistics.
     self_condition: bool = False                        # RIN latent self-conditioning.
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
@@ -400,6 +401,9 @@ class Recipe:
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\" or \"sincos\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
+        if m.text_whitening and m.cond != "text":
+            raise ConfigError(f"model.text_whitening = true whitens text states, but model.cond = {m.cond!r}: set "
+                              "model.cond = \"text\" or model.text_whitening = false")
         if m.adaptive_norm_interface and not m.adaptive_norm:
             raise ConfigError("model.adaptive_norm_interface = true needs model.adaptive_norm = true (both read the "
                               "same condition vector): set model.adaptive_norm = true")

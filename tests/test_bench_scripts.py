@@ -20,6 +20,7 @@ import background_tiles  # noqa: E402
 import border_pixels  # noqa: E402
 import carried  # noqa: E402
 import cond_token_probe  # noqa: E402
+import prompt_geometry  # noqa: E402
 import context_vs_caption  # noqa: E402
 import ddp_scaling  # noqa: E402
 import graphs_check  # noqa: E402
@@ -496,6 +497,27 @@ def test_cond_token_probe_swaps_exactly_one_word(word):
     caption = "a red circle moving left on a black background"
     before, after = parse_shapes_caption(caption), parse_shapes_caption(cond_token_probe.swap_word(caption, word))
     assert {k for k in before if before[k] != after[k]} == {word}
+
+
+def test_prompt_geometry_finds_the_word_held_close_and_whitening_evens_it_out(tmp_path, capsys):
+    """Captions built from one vector per word, the direction words' five times smaller: the centred states hold
+    direction swaps closest by far; whitened, every attribute's swaps are about as far apart."""
+    from hpdm_cli.data.shapes import shapes_prompts
+    from hpdm_cli.eval.faithfulness import parse_shapes_caption
+    from hpdm_cli.text.tables import write_table
+    g = torch.Generator().manual_seed(0)
+    texts = [t for t in shapes_prompts() if parse_shapes_caption(t)["background"] is not None]
+    words = {(k, parse_shapes_caption(t)[k]) for t in texts for k in prompt_geometry.ATTRS}
+    vec = {w: torch.randn(2, 64, generator=g) * (0.2 if w[0] == "direction" else 1.0) for w in sorted(words)}
+    emb = torch.stack([sum(vec[(k, parse_shapes_caption(t)[k])] for k in prompt_geometry.ATTRS) for t in texts])
+    table = write_table(tmp_path / "t.safetensors", texts, emb, encoder="minilm-tokens:test@0", spec="minilm-tokens")
+    assert prompt_geometry.main([str(table), "--json", str(tmp_path / "g.json")]) == 0
+    got = json.loads((tmp_path / "g.json").read_text())
+    assert got["captions"] == len(texts) and "| whitened |" in capsys.readouterr().out
+    centred, whitened = got["centred"], got["whitened"]
+    assert centred["direction"]["mean"] < 0.35 * min(centred[k]["mean"] for k in ("colour", "shape", "background"))
+    others = [whitened[k]["mean"] for k in ("colour", "shape", "background")]
+    assert 0.7 * min(others) < whitened["direction"]["mean"] < 1.3 * max(others)
 
 
 def test_cond_token_probe_reads_the_packaged_models_condition(capsys):

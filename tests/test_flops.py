@@ -27,6 +27,7 @@ def counted(recipe, B=2):
 @pytest.mark.parametrize("model", [dict(load="none"), dict(load="linear"), dict(load=[1, 3, 2, 3]),
                                    dict(fusion="shallow"), dict(fusion_coords=False), dict(fusion_edges=True),
                                    dict(cond="text", text_dim=12, text_tokens=3), dict(fusion="none"),
+                                   dict(cond="text", text_dim=12, text_tokens=3, text_whitening=True),
                                    dict(interface_conv=True)])
 def test_analytic_flops_equal_counted_flops(model):
     recipe = tiny_recipe(**model)

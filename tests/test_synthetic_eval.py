@@ -110,6 +110,41 @@ def test_text_training_from_memory_needs_no_encoder(tmp_path, prompt_table, monk
     assert train(short, tmp_path / "short", log=lambda m: None).step == 2
 
 
+def test_text_whitening_is_set_from_the_training_captions_and_travels_with_the_weights(tmp_path, prompt_table):
+    """model.text_whitening: set at a fresh start from the captions' states, into the EMA too; kept on resume and
+    by train.init_from; a model without it given as init_from is said to relearn the condition."""
+    from hpdm_cli.checkpoint import load_generator
+    from hpdm_cli.text.tables import read_table
+    from hpdm_cli.text.whitening import whitening_stats
+    from hpdm_cli.train.loop import train
+    recipe = _tiny_text_recipe(tmp_path, prompt_table)
+    whitened = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, text_whitening=True))
+    said = []
+    train(whitened, tmp_path / "w", log=said.append)
+    assert sum("model.text_whitening: the text states whitened with the statistics of" in m for m in said) == 1
+    used = read_table(tmp_path / "w" / "prompt_embeddings.safetensors").embeddings    # the training captions, once each
+    mean, matrix = whitening_stats(used)
+    net, _, _ = load_generator(tmp_path / "w", "cpu")                                  # the EMA weights
+    assert torch.allclose(net.text_mean, mean, atol=1e-6) and torch.allclose(net.text_whiten, matrix, atol=1e-5)
+    assert net.text_mean.abs().max() > 0.1                                            # not the unset zeros
+    # Resumed: the statistics come from the checkpoint, not set again.
+    said.clear()
+    longer = dataclasses.replace(whitened, train=dataclasses.replace(whitened.train, steps=3))
+    assert train(longer, tmp_path / "w", log=said.append).step == 3
+    assert not any("model.text_whitening" in m for m in said)
+    assert torch.equal(load_generator(tmp_path / "w", "cpu")[0].text_whiten, net.text_whiten)
+    # init_from a whitened model keeps its statistics; from a plain one they are set and the relearning said.
+    for init, told in (("w", False), ("plain", True)):
+        if init == "plain":
+            train(recipe, tmp_path / "plain", log=lambda m: None)
+        said.clear()
+        again = dataclasses.replace(whitened, train=dataclasses.replace(whitened.train, init_from=str(tmp_path / init)))
+        train(again, tmp_path / f"from-{init}", log=said.append)
+        assert any("has none, so its text projection" in m for m in said) == told
+        assert any("whitened with the statistics of" in m for m in said) == told
+        assert torch.allclose(load_generator(tmp_path / f"from-{init}", "cpu")[0].text_whiten, matrix, atol=1e-5)
+
+
 def test_eval_report_of_a_checkpoint(tmp_path, prompt_table):
     from hpdm_cli.drivers.evaluate import evaluate, summary_rows
     from hpdm_cli.train.loop import train

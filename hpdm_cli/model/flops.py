@@ -62,6 +62,7 @@ def forward_flops(pyr: PyramidConfig, m: ModelConfig, *, load: Optional[list[int
         "tokenizer": 2 * N * in_ch * tok * D,
         "detokenizer": 2 * N * D * C * tok,
         "conditioning": 2 * 256 * Dz + 2 * Dz * Dz + (2 * m.text_tokens * m.text_dim * Dz if m.cond == "text" else 0)
+        + (2 * m.text_tokens * m.text_dim * m.text_dim if m.cond == "text" and m.text_whitening else 0)
         + (2 * m.num_latents * Dz * Dz if self_cond else 0),
     }
     out = {k: v * L for k, v in per_level.items()}

@@ -165,6 +165,9 @@ class HPDMNet(nn.Module):
         elif model.cond == "text":
             self.text_proj = init_linear(nn.Linear(model.text_dim, Dz))
             self.null_text = nn.Parameter(torch.randn(model.text_tokens, Dz) * 0.02)
+            if model.text_whitening:     # set from the training captions, kept with the weights (docs/method.md, 8)
+                self.register_buffer("text_mean", torch.zeros(model.text_tokens, model.text_dim))
+                self.register_buffer("text_whiten", torch.eye(model.text_dim))
         if model.self_condition:
             self.self_cond_norm = nn.LayerNorm(Dz)
             self.self_cond_proj = nn.Linear(Dz, Dz)
@@ -232,7 +235,10 @@ class HPDMNet(nn.Module):
             if cond is None:
                 toks.append(null)
             else:
-                t = self.text_proj(cond.to(self.null_text.dtype))
+                c = cond.to(self.null_text.dtype)
+                if self.cfg.text_whitening:
+                    c = (c - self.text_mean.to(c.dtype)) @ self.text_whiten.to(c.dtype)
+                t = self.text_proj(c)
                 toks.append(t if keep is None else torch.where(keep[:, None, None], t, null))
         vec = None                                       # only adaptive LayerNorm reads the summed condition
         if self.cfg.adaptive_norm:

@@ -1,4 +1,5 @@
-"""The training captions' text embeddings: stored with the dataset, looked up in a prompt table, or encoded."""
+"""The training captions' text embeddings (stored with the dataset, looked up in a prompt table, or encoded), and
+the text whitening that a model takes from them (`model.text_whitening`)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,23 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
                          + ", then copy the dataset folder here") from None
     check_output_size(enc, m.text_tokens, m.text_dim)
     return cached_embeddings(enc, captions, run_dir / CACHE), enc.name
+
+
+def whiten_text_states(net: torch.nn.Module, ema, emb: torch.Tensor) -> str:
+    """Set the network's (and its EMA's) text whitening from the training captions' states; a line for the log.
+
+    `model.text_whitening` (hpdm_cli/text/whitening.py): the statistics are set once, at a fresh run's start,
+    and travel with the weights: a resumed run, its exports and its samples use the same ones.
+    """
+    from ..text.whitening import whitening_stats
+    try:
+        mean, matrix = whitening_stats(emb)
+    except ValueError as e:
+        raise TrainError(f"model.text_whitening: {e}; set model.text_whitening = false") from None
+    with torch.no_grad():
+        for name, value in (("text_mean", mean), ("text_whiten", matrix)):
+            getattr(net, name).copy_(value)
+            if ema is not None:
+                ema.shadow[name].copy_(value)
+    return (f"model.text_whitening: the text states whitened with the statistics of {emb.shape[0]} training "
+            "captions (kept with the weights)")

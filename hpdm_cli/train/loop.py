@@ -60,7 +60,7 @@ from . import TrainError
 from .checkpoint import (CheckpointError, architecture_differences, architecture_of, latest_checkpoint,
                          list_checkpoints, load_checkpoint, recipe_in_metadata, save_checkpoint)
 from .batches import Batches
-from .captions import caption_embeddings
+from .captions import caption_embeddings, whiten_text_states
 from .distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from .init_from import init_from_checkpoint, init_from_weights
 from .optim import EMA, clip_gradients, lr_at, make_ema, make_optimizer, param_groups
@@ -397,6 +397,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
                        total_batches=t.steps * t.grad_accum)
     marks["data"] = time.perf_counter()
     text_emb = _training_condition(recipe, batches, run_dir, dist, say)
+    if state.whiten_text:
+        say(whiten_text_states(state.net, state.ema, text_emb))
     marks["condition"] = time.perf_counter()
     if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
         torch.set_rng_state(state.rng_state)
@@ -497,6 +499,7 @@ class _ModelState:
     start: int = 0
     skipped: int = 0
     rng_state: Optional[torch.Tensor] = None
+    whiten_text: bool = False          # model.text_whitening's statistics still to set from the training captions
 
 
 def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _ModelState:
@@ -510,11 +513,18 @@ def _model_state(recipe: Recipe, dist: DistInfo, ck: Optional[dict], say) -> _Mo
     groups = param_groups(net, t.weight_decay)
     if ck is not None:
         groups = _groups_of_checkpoint(net, groups, ck["optimizer"]["param_groups"])
+    whitened = False                                                     # text whitening loaded from init_from
     if t.init_from and ck is None:                                       # a fresh run starts from init_from
-        say(init_from_checkpoint(net, t.init_from).describe(t.init_from))
+        report = init_from_checkpoint(net, t.init_from)
+        say(report.describe(t.init_from))
+        whitened = "text_whiten" in report.loaded
+        if recipe.model.text_whitening and not whitened:
+            say(WARNING + f"model.text_whitening: train.init_from = {t.init_from!r} has none, so its text "
+                "projection, trained on the encoder's raw states, now reads whitened ones: the condition is relearnt")
     net.to(dist.device)
     ema = make_ema(net, t)
-    state = _ModelState(net, ema, make_optimizer(groups, t))
+    state = _ModelState(net, ema, make_optimizer(groups, t),
+                        whiten_text=recipe.model.text_whitening and ck is None and not whitened)
     if ck is not None:
         _resume(state, ck, recipe, dist, say)
     return state
