@@ -233,3 +233,29 @@ def test_the_ranks_draw_the_first_pass_differently():
     drawn = [[step_draws(rec, rank, step, 4 // WORLD, True, torch.device("cpu"))[0][1].self_cond
               for rank in range(WORLD)] for step in range(4)]
     assert any(a != b for a, b in drawn), drawn
+
+
+def _whiten_job(rank: int, store: str, out: str) -> None:
+    from hpdm_cli.train.captions import whiten_text_states
+    from hpdm_cli.train.optim import make_ema
+    _join(rank, store)
+    recipe = tiny('model.cond="text"', "model.text_dim=8", "model.text_tokens=2", "model.text_whitening=true")
+    net = build_model(recipe)
+    ema = make_ema(net, recipe.train)
+    own = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(rank)) * (rank + 1)   # each rank's captions
+    whiten_text_states(net, ema, own, distributed=True)
+    save_file({"mean": net.text_mean, "matrix": net.text_whiten, "ema_mean": ema.shadow["text_mean"],
+               "ema_matrix": ema.shadow["text_whiten"], "own": own}, os.path.join(out, f"whiten-{rank}.safetensors"))
+    dist.destroy_process_group()
+
+
+def test_text_whitening_is_rank_zeros_on_every_rank(tmp_path):
+    """Ranks that see different captions (synthetic data is split by rank) all take rank 0's statistics."""
+    from hpdm_cli.text.whitening import whitening_stats
+    mp.spawn(_whiten_job, args=(rendezvous_file(), str(tmp_path)), nprocs=WORLD, join=True)
+    got = [load_file(str(tmp_path / f"whiten-{r}.safetensors")) for r in range(WORLD)]
+    mean, matrix = whitening_stats(got[0]["own"])
+    assert not torch.allclose(whitening_stats(got[1]["own"])[0], mean)         # rank 1's own would differ
+    for g in got:
+        assert torch.equal(g["mean"], mean) and torch.equal(g["matrix"], matrix)
+        assert torch.equal(g["ema_mean"], mean) and torch.equal(g["ema_matrix"], matrix)

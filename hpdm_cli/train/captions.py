@@ -79,11 +79,13 @@ def _encode_captions(recipe: Recipe, captions: list, run_dir: Path, device, sour
     return cached_embeddings(enc, captions, run_dir / CACHE), enc.name
 
 
-def whiten_text_states(net: torch.nn.Module, ema, emb: torch.Tensor) -> str:
+def whiten_text_states(net: torch.nn.Module, ema, emb: torch.Tensor, distributed: bool = False) -> str:
     """Set the network's (and its EMA's) text whitening from the training captions' states; a line for the log.
 
     `model.text_whitening` (hpdm_cli/text/whitening.py): the statistics are set once, at a fresh run's start,
-    and travel with the weights: a resumed run, its exports and its samples use the same ones.
+    and travel with the weights: a resumed run, its exports and its samples use the same ones. `emb` holds
+    the distinct captions this process sees; with `distributed`, rank 0's statistics are broadcast to every
+    rank (a rank of synthetic data sees only its own videos' captions, and DDP does not sync buffers).
     """
     from ..text.whitening import whitening_stats
     try:
@@ -92,8 +94,11 @@ def whiten_text_states(net: torch.nn.Module, ema, emb: torch.Tensor) -> str:
         raise TrainError(f"model.text_whitening: {e}; set model.text_whitening = false") from None
     with torch.no_grad():
         for name, value in (("text_mean", mean), ("text_whiten", matrix)):
-            getattr(net, name).copy_(value)
+            buf = getattr(net, name)
+            buf.copy_(value)
+            if distributed:
+                torch.distributed.broadcast(buf, src=0)
             if ema is not None:
-                ema.shadow[name].copy_(value)
-    return (f"model.text_whitening: the text states whitened with the statistics of {emb.shape[0]} training "
-            "captions (kept with the weights)")
+                ema.shadow[name].copy_(buf)
+    return (f"model.text_whitening: the text states whitened with the statistics of {emb.shape[0]} distinct "
+            "training captions" + (" (rank 0's)" if distributed else "") + ", kept with the weights")

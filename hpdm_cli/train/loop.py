@@ -398,7 +398,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     marks["data"] = time.perf_counter()
     text_emb = _training_condition(recipe, batches, run_dir, dist, say)
     if state.whiten_text:
-        say(whiten_text_states(state.net, state.ema, text_emb))
+        say(whiten_text_states(state.net, state.ema, text_emb, distributed=dist.world_size > 1))
     marks["condition"] = time.perf_counter()
     if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
         torch.set_rng_state(state.rng_state)
