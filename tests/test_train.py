@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1228,6 +1229,7 @@ def test_the_self_conditioning_pass_records_gradients_except_under_ddp(tmp_path,
     from hpdm_cli.diffusion import draw_noise
     from hpdm_cli.model.network import HPDMNet
     from hpdm_cli.pyramid import sample_nested_offsets
+    from hpdm_cli.train.loop import no_forward_buffer_sync
     recipe = load_recipe(default_recipe_path("tiny"), ['train.device="cpu"', "model.self_condition=true"])
     p, m = recipe.pyramid, recipe.model
     g = torch.Generator().manual_seed(0)
@@ -1245,7 +1247,9 @@ def test_the_self_conditioning_pass_records_gradients_except_under_ddp(tmp_path,
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         modes.clear()
-        ddp = DistributedDataParallel(net, find_unused_parameters=True, broadcast_buffers=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)          # the loop's keyword is not a deprecated one
+            ddp = DistributedDataParallel(net, find_unused_parameters=True, **no_forward_buffer_sync())
         step.forward_backward(ddp, videos, torch.tensor([0, 1]), recipe, offsets, draw, 1.0, "fp32")
         assert modes == [False, True]
     finally:

@@ -572,8 +572,18 @@ def _parallel_model(net: HPDMNet, recipe: Recipe, dist: DistInfo, say):
             say(f"DDP: {len(unused)} parameters never receive a gradient ({', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else "") + "); find_unused_parameters is on")
         model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                    find_unused_parameters=bool(unused), broadcast_buffers=False)
+                    find_unused_parameters=bool(unused), **no_forward_buffer_sync())
     return compile_model(model, recipe.train.compile, recipe.train.compile_scope)
+
+
+def no_forward_buffer_sync() -> dict:
+    """DDP's keyword for no buffer sync in every forward: `forward_sync_buffers` where torch has it (2.13 on, which
+    deprecates `broadcast_buffers` with a warning), else `broadcast_buffers`. Either way the buffers, alike on
+    every rank, may be synced once at construction."""
+    import inspect
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _training_condition(recipe: Recipe, batches: Batches, run_dir: Path, dist: DistInfo,
