@@ -205,7 +205,7 @@ curve_variant() {   # $1: variant -> mean_motion.py's track for its checkpoints 
   python3 benchmarks/mean_motion.py "${all[@]}" --every "${CURVE_EVERY:-500}" --device "${DEVICE:-cuda}" \
     --tables out/gpu/shapes_prompts_tokens.safetensors > "$RUNS/$v-track.log" 2>&1
   grep '"track"' "$RUNS/$v-track.log" > "$OUT/$v-track.jsonl" || { echo "[$v] no curve:"; tail -n 3 "$RUNS/$v-track.log"; return 1; }
-  echo "[$v] motion learning curve (step: track):" "$(python3 -c "import json, sys; print(' '.join('%d: %s' % (d['step'], d['track']) for d in map(json.loads, sys.stdin)))" < "$OUT/$v-track.jsonl")"
+  echo "[$v] motion learning curve (step: track, left/right, up/down):" "$(python3 -c "import json, sys; print('  '.join('%d: %s %s %s' % (d['step'], d['track'], d.get('track_h'), d.get('track_v')) for d in map(json.loads, sys.stdin)))" < "$OUT/$v-track.jsonl")"
 }
 sweep_variants() {   # $@: variants -> guidance_sweep.py's lines for their newest checkpoints in $OUT/sweep.txt
   # (one process: the real clips' features and baselines are computed once; lines are written as they

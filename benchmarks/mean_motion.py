@@ -9,7 +9,7 @@ the same prompts (from the rendered ground truth). A model that ignores the dire
 the same (near-zero) displacement for all four (docs/results.md, section 6). Each checkpoint ends
 with one number, its `track`: the share of the data's displacement the model reproduces, projected on
 it and averaged over the directions (1: the data's mean track; 0: no motion, or as much the wrong way
-as the right; negative: the wrong way). Several checkpoints in one call give a learning curve of the motion, which a short run
+as the right; negative: the wrong way), and the same per axis (`track_h`: left and right, `track_v`: up and down). Several checkpoints in one call give a learning curve of the motion, which a short run
 learns late (docs/results.md, section 63). Text or class models; a minute per checkpoint on a CPU, ~2 s on a GPU (docs/results.md, section 64):
     python benchmarks/mean_motion.py hpdm_cli/assets/shapes-t2v.safetensors --sigma 20
     python benchmarks/mean_motion.py RUN/checkpoints/ckpt-* --every 500 --device cuda --tables out/gpu/shapes_prompts_tokens.safetensors
@@ -46,6 +46,13 @@ def track_share(moved, truth) -> float:
     import numpy as np
     m, t = np.asarray(moved, dtype=float), np.asarray(truth, dtype=float)
     return float(np.mean((m * t).sum(-1) / (t * t).sum(-1)))
+
+
+def axis_directions(directions) -> dict:
+    """{"h": indices of left and right, "v": of up and down} in `directions`: a run can learn one axis first
+    (docs/results.md, section 68), so each checkpoint's track is also given per axis (track_h, track_v)."""
+    return {"h": [i for i, d in enumerate(directions) if d in ("left", "right")],
+            "v": [i for i, d in enumerate(directions) if d in ("up", "down")]}
 
 
 def every_steps(paths: list[str], every: int) -> list[str]:
@@ -123,7 +130,9 @@ def motion_of(net, rec, a, label: dict) -> float:
                           "model_dx_dy": np.round(means[-1], 2).tolist(),
                           "data_dx_dy": np.round(truths[-1], 2).tolist()}), flush=True)
     share = track_share(means, truths)
-    print(json.dumps({**label, "sigma": a.sigma, "track": round(share, 3)}), flush=True)
+    axes = {f"track_{axis}": round(track_share([means[i] for i in idx], [truths[i] for i in idx]), 3)
+            for axis, idx in axis_directions(DIRECTIONS).items()}
+    print(json.dumps({**label, "sigma": a.sigma, "track": round(share, 3), **axes}), flush=True)
     return share
 
 

@@ -488,6 +488,11 @@ def test_mean_motion_reads_the_packaged_models_motion(capsys):
         assert [r.get("direction") for r in half] == ["left", "right", "up", "down", None]
         assert {(r["ckpt"], r["step"]) for r in half} == {(ckpt, rows[0]["step"])}
         assert half[-1]["track"] > 0.5, rows
+        assert min(half[-1]["track_h"], half[-1]["track_v"]) > 0.5, rows        # both axes learnt
+        per_axis = [mean_motion.track_share([r["model_dx_dy"] for r in pair], [r["data_dx_dy"] for r in pair])
+                    for pair in (half[0:2], half[2:4])]
+        assert [half[-1]["track_h"], half[-1]["track_v"]] == pytest.approx(per_axis, abs=2e-3)
+        assert half[-1]["track"] == pytest.approx(sum(per_axis) / 2, abs=2e-3)
     assert rows[4]["track"] == rows[9]["track"]                        # the same noise for every checkpoint
 
 
