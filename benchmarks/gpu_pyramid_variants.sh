@@ -72,8 +72,10 @@
 #   fastW       fastH with the text states whitened (model.text_whitening): fastH's projection held "left" and "right"
 #               prompts at 0.10 of a caption's norm against the encoder's 0.24 and learnt no horizontal motion, while it
 #               held "up" and "down" at 0.35 and moved them (docs/results.md, section 69); whitened, the direction swaps
-#               start as far apart as the others. Not yet run; its graph differs from fastH's (one matrix product more),
-#               so fastH's compile cache will not serve it: cold, ~7000 steps in 555 s
+#               start as far apart as the others. On an H100, cold 6358 steps in 555 s (first step 146.8 s), then with
+#               its own compile cache 8448 steps in 538 s: the words kept apart (1.5x the encoder's distance) but no
+#               motion (track 0.019), 37.5% direction, stripes 0.347, FVD 208.9 against fastH's 130.1 at N = 256
+#               (docs/results.md, section 70). Its graph differs from fastH's (one matrix product more): own cache
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastW SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastW bash ...
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
