@@ -77,6 +77,12 @@
 #               motion (track 0.019), 37.5% direction, stripes 0.347, FVD 208.9 against fastH's 130.1 at N = 256
 #               (docs/results.md, section 70). Its graph differs from fastH's (one matrix product more): own cache
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastW SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastW bash ...
+#   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
+#               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
+#               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
+#               steps, so the same ten minutes hold the motion's onset and ~5000 steps after it. Not yet run; compiled
+#               DDP with CUDA graphs is unmeasured (if its first step fails, EXTRA='train.compile=true' drops the graphs)
+#     NPROC=2 CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fast2g SECONDS_EACH=555 STEPS=8000 CURVE=1 CURVE_EVERY=1000 EXPORT=fast2g bash ...
 #   the same budget in two stages is worse (section 63: 23.4% direction, FVD 211.4 at N = 256):
 #     V_fastA='train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' \
 #       VARIANTS=fastA SECONDS_EACH=560 STEPS=4500 EXPORT=fastA bash benchmarks/gpu_pyramid_variants.sh
@@ -116,6 +122,9 @@
 #      cat /tmp/i3d/part-0* > /tmp/i3d-kinetics-400.ckpt && SECONDS_EACH=0 SWEEP=1 SCORE=grid EVAL_NUM=512 bash ...
 #   4. carry out/gpu/whl and the held-out table again: SECONDS_EACH=0 SWEEP=1 SCORE=continuous EVAL_NUM=512 bash ...
 #      (the I3D file stays in /tmp on the warm machine)
+# NPROC=N trains each variant with N processes on one host (torchrun --standalone; one GPU each, DDP; the CPU with
+# gloo): train.batch_size stays the global batch, split over the processes; SECONDS_EACH still bounds the whole run
+# (torchrun passes the time limit's SIGTERM to every process, which checkpoint together and stop).
 # CURVE=1 then prints each variant's motion learning curve: benchmarks/mean_motion.py's `track` (0: the level-0
 # denoiser moves the object no way, 1: as the data does) for its checkpoints every CURVE_EVERY steps (500) and its
 # last, ~2 s each on a GPU (DEVICE, default cuda), also kept in $OUT/<v>-track.jsonl.
@@ -133,6 +142,9 @@
 #   data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=60 STEPS=10 CURVE=1 DEVICE=cpu SWEEP=1 EVAL_NUM=2 BATCH=2 \
 #   SETTINGS=1.5,1,1/16,16,8/none I3D=out/gpu/i3d-kinetics-400.ckpt SWEEP_FLAGS= \
 #   PATH=.venv/bin:$PATH bash benchmarks/gpu_pyramid_variants.sh
+# and of NPROC (two gloo processes, ~40 s): NPROC=2 VARIANTS=fast2g EXTRA='train.compile=false train.precision="fp32"
+#   train.batch_size=2 data.synthetic_videos=16 data.num_workers=0' SECONDS_EACH=120 STEPS=6 CURVE=1 CURVE_EVERY=3 DEVICE=cpu \
+#   EXPORT=fast2g PATH=.venv/bin:$PATH bash benchmarks/gpu_pyramid_variants.sh
 set -uo pipefail
 OUT=${OUT:-out/result}; mkdir -p "$OUT"
 source benchmarks/gpu_env.sh
@@ -169,14 +181,18 @@ overrides() {   # $1: variant -> its recipe overrides
     fastC) echo 'train.init_from="" diffusion.context_prob=0.75 diffusion.context_prob_start=0.0 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3' ;;
     fastH) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true' ;;
     fastW) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.text_whitening=true' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW, or set V_$1)" >&2; return 2 ;;
+    fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
   local v=$1 ov rc how
   ov=$(overrides "$v") || return 2
   [ "${RESUME:-0}" = 1 ] || rm -rf "${RUNS:?}/$v"
-  local cache=()
+  local cache=() launch=(python3 -m hpdm_cli)
+  if [ "${NPROC:-1}" -gt 1 ]; then
+    launch=(python3 -m torch.distributed.run --standalone "--nproc_per_node=$NPROC" -m hpdm_cli)
+  fi
   if [ -n "${CACHE:-}" ]; then
     mkdir -p "$CACHE"
     if [ ! -f "$CACHE/$v.bin" ] && ls "$CACHE/$v.bin".part-* > /dev/null 2>&1; then
@@ -185,7 +201,7 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
     cache=("train.compile_cache=\"$CACHE/$v.bin\"")
   fi
   # shellcheck disable=SC2086
-  timeout --preserve-status -s TERM "$SECONDS_EACH" python3 -m hpdm_cli train "$RECIPE" --run-dir "$RUNS/$v" \
+  timeout --preserve-status -s TERM "$SECONDS_EACH" "${launch[@]}" train "$RECIPE" --run-dir "$RUNS/$v" \
     --no-progress "$TABLE" "train.init_from=\"$FROM\"" "train.steps=${STEPS:-2500}" \
     'train.compile="reduce-overhead"' train.ckpt_every=250 train.keep_last=0 "${cache[@]}" $ov ${EXTRA:-} \
     >> "$RUNS/$v.log" 2>&1
@@ -195,8 +211,15 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   fi
   cp "$RUNS/$v/stats.jsonl" "$OUT/$v-stats.jsonl" 2>/dev/null
   case $rc in 0) how="finished its STEPS" ;; 143) how="stopped by the time limit" ;; *) how="failed" ;; esac
+  # torchrun itself exits 1 on the forwarded SIGTERM, after its traceback: the processes' own lines say whether
+  # they stopped cleanly
+  local last=(tail -n 2 "$RUNS/$v.log")
+  if [ "$rc" != 0 ] && tail -n 80 "$RUNS/$v.log" | grep -q "^stopped by signal 15"; then
+    how="stopped by the time limit"
+    last=(sh -c 'tail -n 80 "$1" | grep -E "^(step |stopped by)" | tail -n 2' _ "$RUNS/$v.log")
+  fi
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
-  tail -n 2 "$RUNS/$v.log" | cut -c1-300
+  "${last[@]}" | cut -c1-300
   # the cold start's split (network, update) and what torch warned of (a CUDA-graph slow path, a recompile
   # limit), which would otherwise stay in the log on the machine
   grep -i -e "warn" -e "^first step:" -e "^compile cache:" "$RUNS/$v.log" | sort -u | head -n 8 | cut -c1-300 | sed "s/^/[$v] log: /" || true

@@ -1371,6 +1371,7 @@ def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
         load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(overrides))   # raises a ConfigError naming the key
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastS"])).train.batch_size == 128
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastL"])).train.batch_size == 512
+    assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fast2g"])).train.batch_size == 512  # global
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastR"])).diffusion.ramped
     # the script's own message for an unknown variant names exactly the table's variants
     listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", script)
