@@ -209,7 +209,7 @@ class ModelConfig:
     self_condition: bool = False                        # RIN latent self-conditioning.
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
-    pos_embed: str = "learned"                          # Token positions: "learned" table, or "sincos" + learned.
+    pos_embed: str = "learned"                          # Token positions: "learned" table; "sincos" / "fourier" + it.
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -397,8 +397,8 @@ class Recipe:
         if m.fusion_edges and m.fusion != "deep":
             raise ConfigError(f"model.fusion_edges = true adds a term to deep context fusion, but model.fusion = "
                               f"{m.fusion!r}: set model.fusion = \"deep\" or model.fusion_edges = false")
-        if m.pos_embed not in ("learned", "sincos"):
-            raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\" or \"sincos\"")
+        if m.pos_embed not in ("learned", "sincos", "fourier"):
+            raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\", \"sincos\" or \"fourier\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
         if m.text_whitening and m.cond != "text":

@@ -54,6 +54,7 @@ CONFIGS = {
     "adaptive norm, linear load": dict(load="linear", adaptive_norm=True),
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
+    "fourier positions, linear load": dict(pos_embed="fourier", load="linear"),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
@@ -425,9 +426,47 @@ def test_sincos_positions_tell_every_token_apart_at_unit_scale():
     assert odd.shape == (105, 100) and torch.isfinite(odd).all()
 
 
-def test_sincos_positions_change_the_output_but_not_the_weights():
+def _moving_lines(grid):
+    """Every token line of a patch that moves one token a frame (right, left, down, up, diagonally): 0/1 targets."""
+    f, h, w = grid
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1)):
+        for y0 in range(h):
+            for x0 in range(w):
+                ys, xs = [y0 + dy * t for t in range(f)], [x0 + dx * t for t in range(f)]
+                if min(ys + xs) >= 0 and max(ys) < h and max(xs) < w:
+                    target = torch.zeros(grid, dtype=torch.float64)
+                    target[torch.arange(f), ys, xs] = 1
+                    yield target.reshape(-1)
+
+
+def _line_margin(table, target):
+    """Least-squares linear key (with a bias) for `target` over the table: lowest score on the line - highest off it."""
+    a = torch.cat([table.double(), torch.ones(len(table), 1, dtype=torch.float64)], dim=1)
+    score = a @ torch.linalg.lstsq(a, target[:, None]).solution[:, 0]
+    return (score[target > 0].min() - score[target == 0].max()).item()
+
+
+def test_fourier_positions_let_one_key_pick_out_a_moving_object_s_tokens():
+    """model.pos_embed = "fourier": a linear key separates the tokens of a line through space and time from all
+    others, which no key over sincos_positions' sum of per-axis features can (docs/method.md, section 4)."""
+    from hpdm_cli.model.network import fourier_positions, sincos_positions
+    grid = (4, 8, 8)
+    fourier, sincos = fourier_positions(grid, 128), sincos_positions(grid, 128)
+    assert torch.equal(fourier, fourier_positions(grid, 128))             # the same table in every process
+    assert fourier.abs().max() <= 1 and 0.3 < fourier.pow(2).mean() < 0.7
+    lines = list(_moving_lines(grid))
+    assert len(lines) == 185
+    separated = [_line_margin(fourier, t) > 0 for t in lines]
+    assert sum(separated) >= 0.95 * len(lines)
+    assert all(_line_margin(sincos, t) <= 1e-9 for t in lines)
+    odd = fourier_positions((3, 5, 7), 101)
+    assert odd.shape == (105, 101) and torch.isfinite(odd).all() and not odd[:, -1].any()
+
+
+@pytest.mark.parametrize("fixed_table", ["sincos", "fourier"])
+def test_fixed_positions_change_the_output_but_not_the_weights(fixed_table):
     """The fixed table is a buffer outside the state dict: same weights, other positions -> other output."""
-    learned, fixed = tiny_recipe(), tiny_recipe(pos_embed="sincos")
+    learned, fixed = tiny_recipe(), tiny_recipe(pos_embed=fixed_table)
     a, b = HPDMNet(learned.pyramid, learned.model), HPDMNet(fixed.pyramid, fixed.model)
     assert a.state_dict().keys() == b.state_dict().keys()
     b.load_state_dict(randomize(a).state_dict())

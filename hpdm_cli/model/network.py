@@ -114,6 +114,26 @@ def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
     return table.reshape(f * h * w, dim).float()
 
 
+def fourier_positions(grid: tuple[int, int, int], dim: int, length: float = 1.5, seed: int = 0) -> torch.Tensor:
+    """Fixed random Fourier features [f*h*w, dim] of each token's joint (frame, row, column) index in a patch.
+
+    sin and cos of w . (t, y, x) for dim // 2 frequency vectors w drawn once from N(0, I / length^2) (in tokens;
+    a fixed seed, so every process builds the same table). Their dot products approximate a Gaussian kernel of
+    the tokens' 3-D distance, a product over the axes (Rahimi and Recht, 2007), where `sincos_positions`' sum of
+    per-axis features gives a sum: one linear key then picks out a line through space and time, such as a
+    moving object's tokens in every frame, which no key over a sum of per-axis features can (docs/method.md,
+    section 4). Values in [-1, 1], unit scale as `sincos_positions`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    freqs = torch.randn(dim // 2, 3, generator=gen, dtype=torch.float64) / length
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in grid), indexing="ij"), -1)
+    ang = coords.reshape(-1, 3) @ freqs.T
+    table = torch.cat([ang.sin(), ang.cos()], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(len(table), 1, dtype=table.dtype)], dim=1)
+    return table.float()
+
+
 class FourierFeatures(nn.Module):
     """Random Fourier features of a scalar (fixed frequencies stored as a buffer)."""
 
@@ -149,8 +169,9 @@ class HPDMNet(nn.Module):
         in_ch = C * (2 if model.fusion == "shallow" else 1)
         self.tokenizer = init_linear(nn.Linear(in_ch * math.prod(self.tok), D))
         self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
-        if model.pos_embed == "sincos":   # fixed unit-scale positions under the learned table (docs/method.md, 4)
-            self.register_buffer("pos_fixed", sincos_positions(self.grid, D), persistent=False)
+        if model.pos_embed in ("sincos", "fourier"):   # fixed unit-scale positions under the learned table
+            fixed = sincos_positions if model.pos_embed == "sincos" else fourier_positions   # (docs/method.md, 4)
+            self.register_buffer("pos_fixed", fixed(self.grid, D), persistent=False)
         else:
             self.pos_fixed = None
         self.level_embed = nn.Parameter(torch.randn(L, D) * 0.02)
