@@ -1362,6 +1362,20 @@ def test_context_vs_caption_counts_the_tiles_that_keep_the_real_background():
         assert context_vs_caption.kept_share(half, *args) == pytest.approx(0.5, abs=0.13)
 
 
+def test_every_cpu_motion_probe_variant_is_a_valid_set_of_guide_overrides():
+    # the probe's fixed overrides and each variant's, loaded as the script passes them to recipes/shapes-guide.toml
+    script = (BENCH / "cpu_motion_probe.sh").read_text()
+    table = dict(re.findall(r"^\s+(\w+)\) echo '(.*)' ;;$", script, flags=re.M))
+    assert set(table) == {"learned", "fourier", "sincos"}
+    fixed = ["diffusion.p_mean=1.5", "diffusion.p_std=0.7", "train.batch_size=32", 'train.precision="fp32"']
+    assert all(o in script for o in fixed)
+    for name, overrides in table.items():
+        rec = load_recipe(ROOT / "recipes" / "shapes-guide.toml", fixed + shlex.split(overrides))
+        assert rec.model.pos_embed == name and list(rec.pyramid.resolution) == [4, 16, 16]
+    listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", script)
+    assert set(listed.group(1).split()) == set(table)
+
+
 def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     # a typo in a variant's keys or values would only show on the GPU, after a cold start: load each here
     script = (BENCH / "gpu_pyramid_variants.sh").read_text()
