@@ -119,8 +119,8 @@ def fourier_positions(grid: tuple[int, int, int], dim: int, length: float = 1.5,
 
     sin and cos of w . (t, y, x) for dim // 2 frequency vectors w drawn once from N(0, I / length^2) (in tokens;
     a fixed seed, so every process builds the same table). Their dot products approximate a Gaussian kernel of
-    the tokens' 3-D distance, a product over the axes (Rahimi and Recht, 2007), where `sincos_positions`' sum of
-    per-axis features gives a sum: one linear key then picks out a line through space and time, such as a
+    the tokens' 3-D distance, a product over the axes (Rahimi and Recht, 2007), where `sincos_positions`' per-axis
+    features give a sum of per-axis kernels: one linear key then picks out a line through space and time, such as a
     moving object's tokens in every frame, which no key over a sum of per-axis features can (docs/method.md,
     section 4). Values in [-1, 1], unit scale as `sincos_positions`.
     """
