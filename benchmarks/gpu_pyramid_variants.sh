@@ -218,13 +218,13 @@ train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (r
   case $rc in 0) how="finished its STEPS" ;; 143) how="stopped by the time limit" ;; *) how="failed" ;; esac
   # torchrun itself exits 1 on the forwarded SIGTERM, after its traceback: the processes' own lines say whether
   # they stopped cleanly
-  local last=(tail -n 2 "$RUNS/$v.log")
+  local torchrun_stop=0
   if [ "$rc" != 0 ] && tail -n 80 "$RUNS/$v.log" | grep -q "^stopped by signal 15"; then
-    how="stopped by the time limit"
-    last=(sh -c 'tail -n 80 "$1" | grep -E "^(step |stopped by)" | tail -n 2' _ "$RUNS/$v.log")
+    how="stopped by the time limit"; torchrun_stop=1
   fi
   echo "[$v] $ov: exit $rc, $how; last lines of the log:"
-  "${last[@]}" | cut -c1-300
+  if [ "$torchrun_stop" = 1 ]; then tail -n 80 "$RUNS/$v.log" | grep -E "^(step |stopped by)" | tail -n 2
+  else tail -n 2 "$RUNS/$v.log"; fi | cut -c1-300
   # the cold start's split (network, update) and what torch warned of (a CUDA-graph slow path, a recompile
   # limit), which would otherwise stay in the log on the machine
   grep -i -e "warn" -e "^first step:" -e "^compile cache:" "$RUNS/$v.log" | sort -u | head -n 8 | cut -c1-300 | sed "s/^/[$v] log: /" || true
