@@ -79,8 +79,15 @@
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastW SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastW bash ...
 #   fastF       fastH with fixed random Fourier features of the joint (frame, row, column) token index under the
 #               learned position table (model.pos_embed="fourier", docs/method.md section 4): one key can then pick
-#               out a moving object's tokens in every frame. Not yet run; its own compile cache (one addition more)
+#               out a moving object's tokens in every frame. On an H200, cold 7451 steps in 555 s (first step
+#               120.6 s), then with its own compile cache 8500 steps in 491 s: the motion by step 2000 on both axes,
+#               direction 100%, but the backgrounds wavy (stripes 0.394), FVD 253.3 against fastH's 130.1 at N = 256
+#               (docs/results.md, section 72)
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF bash ...
+#   fastF0      fastF with the Fourier table at the base level only (model.pos_fixed_levels="base"): the motion is
+#               level 0's; given the real level 0, fastF's upper levels had 45% more error than a learned
+#               table's (section 72). Not yet run
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0 SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0 bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
 #               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
@@ -186,8 +193,9 @@ overrides() {   # $1: variant -> its recipe overrides
     fastH) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true' ;;
     fastW) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.text_whitening=true' ;;
     fastF) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier"' ;;
+    fastF0) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
     fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fast2g, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)

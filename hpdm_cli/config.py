@@ -210,6 +210,7 @@ class ModelConfig:
     adaptive_norm: bool = False                         # Condition every latent LayerNorm (scale, shift) too.
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
     pos_embed: str = "learned"                          # Token positions: "learned" table; "sincos" / "fourier" + it.
+    pos_fixed_levels: str = "all"                       # Levels given the fixed table: "all" or "base" (level 0 only).
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -399,6 +400,12 @@ class Recipe:
                               f"{m.fusion!r}: set model.fusion = \"deep\" or model.fusion_edges = false")
         if m.pos_embed not in ("learned", "sincos", "fourier"):
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\", \"sincos\" or \"fourier\"")
+        if m.pos_fixed_levels not in ("all", "base"):
+            raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r}: expected \"all\" or \"base\"")
+        if m.pos_fixed_levels != "all" and m.pos_embed == "learned":
+            raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r} places a fixed position table, but "
+                              "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
+                              "model.pos_fixed_levels = \"all\"")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
         if m.text_whitening and m.cond != "text":

@@ -55,6 +55,7 @@ CONFIGS = {
     "adaptive norm, text": dict(cond="text", text_dim=12, text_tokens=3, adaptive_norm=True),
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
     "fourier positions, linear load": dict(pos_embed="fourier", load="linear"),
+    "fourier positions at the base level": dict(pos_embed="fourier", pos_fixed_levels="base", load="linear"),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
@@ -98,7 +99,8 @@ def reference_tokens(net, x, level):
     B, C, F_, H, W = x.shape
     tf, th, tw = net.tok
     t = x.reshape(B, C, F_ // tf, tf, H // th, th, W // tw, tw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    pos = net.pos_embed if net.pos_fixed is None else net.pos_embed + net.pos_fixed
+    fixed = net.pos_fixed is not None and (level == 0 or net.cfg.pos_fixed_levels == "all")
+    pos = net.pos_embed + net.pos_fixed if fixed else net.pos_embed
     return net.tokenizer(t.reshape(B, -1, C * tf * th * tw)) + pos + net.level_embed[level]
 
 
@@ -472,6 +474,23 @@ def test_fixed_positions_change_the_output_but_not_the_weights(fixed_table):
     b.load_state_dict(randomize(a).state_dict())
     x, c_noise, off, c = make_inputs(learned)
     assert not torch.allclose(a(x, c_noise, off, c).out, b(x, c_noise, off, c).out)
+
+
+def test_fixed_positions_at_the_base_level_only_leave_the_upper_levels_tokens_as_learned():
+    """model.pos_fixed_levels = "base": level 0's tokens carry the Fourier table, levels above only the learned one
+    (docs/method.md, section 4)."""
+    every, base = tiny_recipe(pos_embed="fourier"), tiny_recipe(pos_embed="fourier", pos_fixed_levels="base")
+    learned = tiny_recipe()
+    nets = [HPDMNet(r.pyramid, r.model) for r in (every, base, learned)]
+    weights = randomize(nets[2]).state_dict()
+    for n in nets:
+        n.load_state_dict(weights)
+    x, *_ = make_inputs(learned)
+    with torch.no_grad():
+        for level in range(x.shape[1]):
+            t_every, t_base, t_learned = (n.tokenize(x[:, level], level) for n in nets)
+            assert torch.equal(t_base, t_every if level == 0 else t_learned)
+            assert not torch.allclose(t_every, t_learned)
 
 
 def test_adaptive_interface_norm_starts_as_the_plain_model():

@@ -226,8 +226,13 @@ class HPDMNet(nn.Module):
         """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
         tf, th, tw = self.tok
         t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
-        pos = self.pos_embed if self.pos_fixed is None else self.pos_embed + self.pos_fixed
-        return self.tokenizer(t) + pos + self.level_embed[level]
+        return self.tokenizer(t) + self.positions(level) + self.level_embed[level]
+
+    def positions(self, level: int) -> torch.Tensor:
+        """Level `level`'s position embedding [N, d]: the learned table, plus the fixed one where it applies."""
+        if self.pos_fixed is None or (level > 0 and self.cfg.pos_fixed_levels == "base"):
+            return self.pos_embed
+        return self.pos_embed + self.pos_fixed
 
     def detokenize(self, a: torch.Tensor) -> torch.Tensor:
         """Interface tokens [B, N, d] -> patch pixels [B, C, f, h, w]."""
