@@ -88,6 +88,11 @@
 #               level 0's; given the real level 0, fastF's upper levels had 45% more error than a learned
 #               table's (section 72). Not yet run
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0 SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0 bash ...
+#   fastF0n     fastF0 with level 0's noise back at the recipe's log-sigma N(-0.5, 1.6^2), from fast's N(0.0, 1.6^2):
+#               the Fourier table brings the motion early (section 72), so level 0 can spend more samples in the
+#               stripes' band (section 64: samples moved above sigma 3 cost the stripes). The same graph as fastF0:
+#               on its machine, cp /tmp/cc/fastF0.bin /tmp/cc/fastF0n.bin, then
+#     CACHE=/tmp/cc VARIANTS=fastF0n SECONDS_EACH=535 STEPS=8500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0n bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
 #               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
@@ -194,8 +199,9 @@ overrides() {   # $1: variant -> its recipe overrides
     fastW) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.text_whitening=true' ;;
     fastF) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier"' ;;
     fastF0) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
+    fastF0n) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-0.5,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
     fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fast2g, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
