@@ -268,6 +268,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 echo "commit ${HPDM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; $RECIPE from $FROM; variants: $VARIANTS"
 T0=$SECONDS
 for v in $VARIANTS; do overrides "$v" > /dev/null || exit 2; done
+for v in ${EXPORT:-}; do   # checked before the training, whose minutes a wrong name would waste
+  [[ " $VARIANTS " == *" $v "* ]] || [ -d "$RUNS/$v" ] || \
+    { echo "EXPORT=$v: no variant of that name in VARIANTS ($VARIANTS) nor a run at $RUNS/$v; EXPORT names variants" >&2; exit 2; }
+done
 if [ "${SECONDS_EACH:-0}" -gt 0 ]; then
   for v in $VARIANTS; do train_variant "$v" & done
   wait

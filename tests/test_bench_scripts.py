@@ -1376,6 +1376,19 @@ def test_every_cpu_motion_probe_variant_is_a_valid_set_of_guide_overrides():
     assert set(listed.group(1).split()) == set(table)
 
 
+def test_pyramid_variants_refuses_an_export_name_that_no_variant_has_before_training(tmp_path):
+    """EXPORT names variants: a name that is neither in VARIANTS nor a run folder stops the script at once (exit 2)."""
+    import os
+    import subprocess
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), VARIANTS="fastF", EXPORT="fastF8",
+               SECONDS_EACH="5", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(BENCH / "gpu_pyramid_variants.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert "EXPORT=fastF8: no variant of that name" in done.stderr
+    assert not (tmp_path / "runs" / "fastF").exists()                  # nothing trained
+
+
 def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     # a typo in a variant's keys or values would only show on the GPU, after a cold start: load each here
     script = (BENCH / "gpu_pyramid_variants.sh").read_text()
