@@ -3,8 +3,10 @@ the peer's shape mapping, the memory chart's dry run, DDP efficiency and the sum
 
 import json
 import math
+import os
 import re
 import shlex
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -543,7 +545,6 @@ def test_cond_token_probe_reads_the_packaged_models_condition(capsys):
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.sh")))
 def test_every_benchmark_shell_script_parses(script):
-    import subprocess
     res = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -1378,8 +1379,6 @@ def test_every_cpu_motion_probe_variant_is_a_valid_set_of_guide_overrides():
 
 def test_pyramid_variants_refuses_an_export_name_that_no_variant_has_before_training(tmp_path):
     """EXPORT names variants: a name that is neither in VARIANTS nor a run folder stops the script at once (exit 2)."""
-    import os
-    import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), VARIANTS="fastF", EXPORT="fastF8",
                SECONDS_EACH="5", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     done = subprocess.run(["bash", str(BENCH / "gpu_pyramid_variants.sh")], cwd=ROOT, env=env, capture_output=True,
