@@ -86,12 +86,16 @@
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF bash ...
 #   fastF0      fastF with the Fourier table at the base level only (model.pos_fixed_levels="base"): the motion is
 #               level 0's; given the real level 0, fastF's upper levels had 45% more error than a learned
-#               table's (section 72). Not yet run
+#               table's (section 72). On a cold H100 5770 of 7500 steps (first step 168.4 s): direction 100%,
+#               upper levels' losses back to the learned table's, FVD 314.6 at N = 256 (docs/results.md, section 73)
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0 SECONDS_EACH=555 STEPS=7500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0 bash ...
 #   fastF0n     fastF0 with level 0's noise back at the recipe's log-sigma N(-0.5, 1.6^2), from fast's N(0.0, 1.6^2):
 #               the Fourier table brings the motion early (section 72), so level 0 can spend more samples in the
 #               stripes' band (section 64: samples moved above sigma 3 cost the stripes). The same graph as fastF0:
 #               on its machine, cp /tmp/cc/fastF0.bin /tmp/cc/fastF0n.bin, then
+#               8261 of 8500 steps on an H100: direction 99.2%, upper levels given the real level 0 nearly the
+#               learned table's (MSE 0.00486 against 0.00430), but level 0's stripes fainter (0.222 alone) and its
+#               objects 1.2x too large: FVD 244.0 (section 73)
 #     CACHE=/tmp/cc VARIANTS=fastF0n SECONDS_EACH=535 STEPS=8500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0n bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3

@@ -211,6 +211,7 @@ class ModelConfig:
     adaptive_norm_interface: bool = False               # ... and the two interface LayerNorms of every write.
     pos_embed: str = "learned"                          # Token positions: "learned" table; "sincos" / "fourier" + it.
     pos_fixed_levels: str = "all"                       # Levels given the fixed table: "all" or "base" (level 0 only).
+    pos_fixed_scale: float = 1.0                        # Multiplier of the fixed table (1: unit scale, values in [-1, 1]).
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -406,6 +407,10 @@ class Recipe:
             raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r} places a fixed position table, but "
                               "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
                               "model.pos_fixed_levels = \"all\"")
+        if m.pos_embed == "learned" and math.isfinite(m.pos_fixed_scale) and m.pos_fixed_scale != 1.0:
+            raise ConfigError(f"model.pos_fixed_scale = {m.pos_fixed_scale!r} scales a fixed position table, but "
+                              "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
+                              "model.pos_fixed_scale = 1")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
         if m.text_whitening and m.cond != "text":
@@ -486,6 +491,7 @@ class Recipe:
             ("model.compute_layers", m.compute_layers, ints(1)),
             ("model.head_dim", m.head_dim, ints(1)),
             ("model.mlp_ratio", m.mlp_ratio, pos),
+            ("model.pos_fixed_scale", m.pos_fixed_scale, pos),
             ("model.num_classes", m.num_classes, ints(1)),
             ("model.text_dim", m.text_dim, ints(1)),
             ("model.text_tokens", m.text_tokens, ints(1)),

@@ -1402,3 +1402,37 @@ def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     # the script's own message for an unknown variant names exactly the table's variants
     listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", script)
     assert set(listed.group(1).split()) == set(table)
+
+
+def test_token_scale_splits_level0_tokens_into_content_and_a_scaled_position_table():
+    """token_scale.py: the content and position parts are the tokenizer's output and the fixed table's (scaled by
+    model.pos_fixed_scale), and level 0's float32 and bf16 denoising errors agree on a tiny class model."""
+    import token_scale
+    from conftest import tiny_recipe
+    from hpdm_cli.model.network import HPDMNet
+    torch.manual_seed(0)
+    nets = []
+    for scale in (1.0, 0.25):
+        rec = tiny_recipe(pos_embed="fourier", pos_fixed_scale=scale, cond="class")
+        net = HPDMNet(rec.pyramid, rec.model).eval()
+        with torch.no_grad():
+            if nets:
+                net.load_state_dict(nets[0][0].state_dict())
+            else:                                    # zero-initialised layers (the detokenizer) given signal
+                for p in net.parameters():
+                    if torch.all(p == 0):
+                        p.normal_(0, 0.05)
+            net.pos_embed.zero_(), net.level_embed.zero_()
+        nets.append((net, rec))
+    x0 = torch.rand(3, 3, *nets[0][1].pyramid.level_resolution(0)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([0, 1, 2])
+    rows = [token_scale.measure(net, rec, x0, cond, [0.3, 3.0], noise) for net, rec in nets]
+    table = nets[0][0].pos_fixed
+    for r1, r25 in zip(*rows):
+        assert r1["position"] == pytest.approx(table.pow(2).mean().sqrt().item(), rel=1e-5)
+        assert r25["position"] == pytest.approx(0.25 * r1["position"], rel=1e-5)
+        assert r25["content"] == pytest.approx(r1["content"], rel=1e-6)           # the same tokenizer
+        assert r1["mse_fp32"] > 0 and r1["bf16_change"] < 0.05 * r1["mse_fp32"]
+    assert rows[0][0]["mse_fp32"] != rows[1][0]["mse_fp32"]                    # the table's scale reaches the output
+    assert not nets[0][0].cfg.bf16_streams                                      # restored after the bf16 pass

@@ -493,6 +493,21 @@ def test_fixed_positions_at_the_base_level_only_leave_the_upper_levels_tokens_as
             assert not torch.allclose(t_every, t_learned)
 
 
+def test_the_fixed_position_table_is_scaled_by_pos_fixed_scale():
+    """model.pos_fixed_scale multiplies the fixed table only: tokens = content + learned + scale * table
+    (docs/method.md, section 4)."""
+    unit, small = tiny_recipe(pos_embed="fourier"), tiny_recipe(pos_embed="fourier", pos_fixed_scale=0.25)
+    nets = [HPDMNet(r.pyramid, r.model) for r in (unit, small)]
+    weights = randomize(nets[0]).state_dict()
+    nets[1].load_state_dict(weights)
+    assert torch.allclose(nets[1].pos_fixed, 0.25 * nets[0].pos_fixed)
+    x, *_ = make_inputs(unit)
+    with torch.no_grad():
+        t_unit, t_small = (n.tokenize(x[:, 0], 0) for n in nets)
+    assert torch.allclose(t_unit - t_small, 0.75 * nets[0].pos_fixed, atol=1e-6)
+    assert torch.allclose(t_small, reference_tokens(nets[1], x[:, 0], 0), atol=1e-6)
+
+
 def test_adaptive_interface_norm_starts_as_the_plain_model():
     """Zero-initialised, the interface modulation leaves a new network's output exactly as without it."""
     base = tiny_recipe(adaptive_norm=True)

@@ -175,6 +175,8 @@ def test_int_accepted_for_float():
     ({"model": {"pos_embed": "rope"}}, "model.pos_embed"),
     ({"model": {"pos_embed": "fourier", "pos_fixed_levels": "top"}}, "model.pos_fixed_levels"),
     ({"model": {"pos_fixed_levels": "base"}}, "model.pos_fixed_levels"),                  # no fixed table to place
+    ({"model": {"pos_embed": "fourier", "pos_fixed_scale": 0}}, "model.pos_fixed_scale"),
+    ({"model": {"pos_fixed_scale": 0.5}}, "model.pos_fixed_scale"),                      # no fixed table to scale
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
     ({"model": {"fusion": "shallow", "fusion_edges": True}}, "model.fusion_edges"),     # edges need deep fusion
     ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels

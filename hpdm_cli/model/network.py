@@ -171,7 +171,7 @@ class HPDMNet(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
         if model.pos_embed in ("sincos", "fourier"):   # fixed unit-scale positions under the learned table
             fixed = sincos_positions if model.pos_embed == "sincos" else fourier_positions   # (docs/method.md, 4)
-            self.register_buffer("pos_fixed", fixed(self.grid, D), persistent=False)
+            self.register_buffer("pos_fixed", fixed(self.grid, D) * model.pos_fixed_scale, persistent=False)
         else:
             self.pos_fixed = None
         self.level_embed = nn.Parameter(torch.randn(L, D) * 0.02)
