@@ -99,7 +99,9 @@
 #     CACHE=/tmp/cc VARIANTS=fastF0n SECONDS_EACH=535 STEPS=8500 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0n bash ...
 #   fastF0q     fastF0 with the fixed table at a quarter of unit scale (model.pos_fixed_scale=0.25): at unit scale
 #               it is ~70% of level 0's token norm (section 73); on the CPU testbed a quarter keeps the motion on
-#               both axes (track 0.98 at 4000 steps), a tenth loses the horizontal one. Not yet run; a cold call
+#               both axes (track 0.98 at 4000 steps), a tenth loses the horizontal one; but trained at the
+#               recipe's lower noise the quarter brings no motion by 4000 steps (0.23, vertical; unit scale 0.90),
+#               so at fast's N(0, 1.6^2) it may lose the motion (section 73). Not yet run; a cold call
 #               holds ~5800 steps, so give it STEPS=6000, then 8500 with the cache:
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0q SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0q bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
