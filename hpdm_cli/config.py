@@ -212,6 +212,9 @@ class ModelConfig:
     pos_embed: str = "learned"                          # Token positions: "learned" table; "sincos" / "fourier" + it.
     pos_fixed_levels: str = "all"                       # Levels given the fixed table: "all" or "base" (level 0 only).
     pos_fixed_scale: float = 1.0                        # Multiplier of the fixed table (1: unit scale, values in [-1, 1]).
+    # [lo, hi]: the fixed table's weight rises with log(sigma) from 0 at sigma <= lo to 1 at sigma >= hi (the
+    # motion is decided at high noise, the texture at low); [] = weight 1 at every sigma.
+    pos_fixed_sigma: list[float] = field(default_factory=list)
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -407,6 +410,14 @@ class Recipe:
             raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r} places a fixed position table, but "
                               "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
                               "model.pos_fixed_levels = \"all\"")
+        fs = list(m.pos_fixed_sigma)
+        if fs and (len(fs) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fs)
+                   or not 0 < fs[0] < fs[1]):
+            raise ConfigError(f"model.pos_fixed_sigma = {fs}: expected [lo, hi] with 0 < lo < hi (the sigmas between "
+                              "which the fixed position table fades in), or [] for the table at every sigma")
+        if fs and m.pos_embed == "learned":
+            raise ConfigError(f"model.pos_fixed_sigma = {fs} gates a fixed position table, but model.pos_embed = "
+                              "\"learned\" has none: set model.pos_embed = \"fourier\" or model.pos_fixed_sigma = []")
         if m.pos_embed == "learned" and math.isfinite(m.pos_fixed_scale) and m.pos_fixed_scale != 1.0:
             raise ConfigError(f"model.pos_fixed_scale = {m.pos_fixed_scale!r} scales a fixed position table, but "
                               "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "

@@ -56,6 +56,7 @@ CONFIGS = {
     "sin-cos positions": dict(pos_embed="sincos", adaptive_norm=True),
     "fourier positions, linear load": dict(pos_embed="fourier", load="linear"),
     "fourier positions at the base level": dict(pos_embed="fourier", pos_fixed_levels="base", load="linear"),
+    "fourier positions faded in with the noise": dict(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], load="linear"),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
@@ -506,6 +507,25 @@ def test_the_fixed_position_table_is_scaled_by_pos_fixed_scale():
         t_unit, t_small = (n.tokenize(x[:, 0], 0) for n in nets)
     assert torch.allclose(t_unit - t_small, 0.75 * nets[0].pos_fixed, atol=1e-6)
     assert torch.allclose(t_small, reference_tokens(nets[1], x[:, 0], 0), atol=1e-6)
+
+
+def test_the_fixed_position_table_fades_in_with_the_noise_level():
+    """model.pos_fixed_sigma = [lo, hi]: no fixed table at sigma <= lo, all of it at sigma >= hi, half of it
+    half-way in log(sigma); the learned table and the content at every sigma (docs/method.md, section 4)."""
+    from hpdm_cli.diffusion.edm import c_noise
+    gated, plain = tiny_recipe(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0]), tiny_recipe(pos_embed="fourier")
+    nets = [HPDMNet(r.pyramid, r.model) for r in (gated, plain)]
+    nets[1].load_state_dict(randomize(nets[0]).state_dict())
+    x, *_ = make_inputs(gated, B=4)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 5.0])                          # 1.0 = half-way between 0.5 and 2 in log
+    with torch.no_grad():
+        t_gated = nets[0].tokenize(x[:, 0], 0, c_noise(sigma))
+        full = nets[1].tokenize(x[:, 0], 0)
+    bare = full - nets[1].pos_fixed
+    assert torch.allclose(t_gated[:2], bare[:2], atol=1e-6)
+    assert torch.allclose(t_gated[2], bare[2] + 0.5 * nets[1].pos_fixed, atol=1e-5)
+    assert torch.allclose(t_gated[3], full[3], atol=1e-6)
+    assert nets[0].fixed_weight(None) is None and nets[1].fixed_weight(c_noise(sigma)) is None
 
 
 def test_adaptive_interface_norm_starts_as_the_plain_model():

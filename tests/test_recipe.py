@@ -177,6 +177,10 @@ def test_int_accepted_for_float():
     ({"model": {"pos_fixed_levels": "base"}}, "model.pos_fixed_levels"),                  # no fixed table to place
     ({"model": {"pos_embed": "fourier", "pos_fixed_scale": 0}}, "model.pos_fixed_scale"),
     ({"model": {"pos_fixed_scale": 0.5}}, "model.pos_fixed_scale"),                      # no fixed table to scale
+    ({"model": {"pos_embed": "fourier", "pos_fixed_sigma": [1.0]}}, "model.pos_fixed_sigma"),
+    ({"model": {"pos_embed": "fourier", "pos_fixed_sigma": [2.0, 1.0]}}, "model.pos_fixed_sigma"),
+    ({"model": {"pos_embed": "fourier", "pos_fixed_sigma": [0.0, 1.0]}}, "model.pos_fixed_sigma"),
+    ({"model": {"pos_fixed_sigma": [0.5, 2.0]}}, "model.pos_fixed_sigma"),                 # no fixed table to gate
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
     ({"model": {"fusion": "shallow", "fusion_edges": True}}, "model.fusion_edges"),     # edges need deep fusion
     ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels

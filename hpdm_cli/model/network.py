@@ -222,17 +222,29 @@ class HPDMNet(nn.Module):
                 and int(parts[1]) < len(self.load) and self.load[int(parts[1])] <= 1)
 
     # ----------------------------------------------------------------------------------------
-    def tokenize(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d]."""
+    def tokenize(self, x: torch.Tensor, level: int, c_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d] (c_noise [B]: model.pos_fixed_sigma)."""
         tf, th, tw = self.tok
         t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
-        return self.tokenizer(t) + self.positions(level) + self.level_embed[level]
+        gate = self.fixed_weight(c_noise)
+        if gate is None or not self.has_fixed(level):
+            return self.tokenizer(t) + self.positions(level) + self.level_embed[level]
+        return self.tokenizer(t) + self.pos_embed + gate[:, None, None] * self.pos_fixed + self.level_embed[level]
+
+    def has_fixed(self, level: int) -> bool:
+        """Whether level `level`'s tokens carry the fixed position table (model.pos_embed, model.pos_fixed_levels)."""
+        return self.pos_fixed is not None and (level == 0 or self.cfg.pos_fixed_levels == "all")
 
     def positions(self, level: int) -> torch.Tensor:
-        """Level `level`'s position embedding [N, d]: the learned table, plus the fixed one where it applies."""
-        if self.pos_fixed is None or (level > 0 and self.cfg.pos_fixed_levels == "base"):
-            return self.pos_embed
-        return self.pos_embed + self.pos_fixed
+        """Level `level`'s position embedding [N, d]: the learned table, plus the fixed one (at weight 1) where it applies."""
+        return self.pos_embed + self.pos_fixed if self.has_fixed(level) else self.pos_embed
+
+    def fixed_weight(self, c_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The fixed table's weight [B] at EDM's c_noise = ln(sigma) / 4 under model.pos_fixed_sigma; None: weight 1."""
+        if not self.cfg.pos_fixed_sigma or self.pos_fixed is None or c_noise is None:
+            return None
+        lo, hi = (math.log(v) for v in self.cfg.pos_fixed_sigma)
+        return ((4 * c_noise.float() - lo) / (hi - lo)).clamp(0, 1)
 
     def detokenize(self, a: torch.Tensor) -> torch.Tensor:
         """Interface tokens [B, N, d] -> patch pixels [B, C, f, h, w]."""
@@ -284,7 +296,7 @@ class HPDMNet(nn.Module):
                     prev = x[:, i - 1] if i > 0 else context.pixels
                     low = shallow_context(prev, self.scales.to(offsets.device), offsets, l, self.patch)
                 inp = torch.cat([inp, low], dim=1)
-            a[l] = self.tokenize(inp, l)
+            a[l] = self.tokenize(inp, l, c_noise[:, i])
             lat = self.latents.expand(B, -1, -1)
             sc = self_cond if self_cond is None else (self_cond[i] if isinstance(self_cond, (list, tuple))
                                                       else self_cond[:, i])
