@@ -104,6 +104,10 @@
 #               so at fast's N(0, 1.6^2) it may lose the motion (section 73). Not yet run; a cold call
 #               holds ~5800 steps, so give it STEPS=6000, then 8500 with the cache:
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0q SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0q bash ...
+#   fastF0g     fastF0 with the fixed table faded in with the noise (model.pos_fixed_sigma=[0.5,3.0]: none below
+#               sigma 0.5, all above 3): the motion is decided above sigma 3, the stripes below 1, where the unit-scale
+#               table costs level 0 ~20% of its accuracy (section 73). Not yet run; cold:
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0g SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0g bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
 #               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
@@ -212,8 +216,9 @@ overrides() {   # $1: variant -> its recipe overrides
     fastF0) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
     fastF0n) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-0.5,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
     fastF0q) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_scale=0.25' ;;
+    fastF0g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_sigma=[0.5,3.0]' ;;
     fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fast2g, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fastF0g fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
