@@ -2,7 +2,8 @@
 
 For each model: the real level 0 of held-out `shapes` clips, noised at each sigma (the same noise for every
 model), tokenized as the network does (docs/method.md, section 4); prints the root-mean-square of the tokenizer's
-output (the content) against that of the position and level embeddings added to it, and the denoising error of
+output (the content) against that of the position and level embeddings added to it (the fixed table at its
+weight at that sigma, `model.pos_fixed_sigma`), and the denoising error of
 level 0 alone (MSE of D against the clean level 0), in float32 and under bf16 autocast with bf16 residual streams
 (`model.bf16_streams`), and the two's difference (docs/results.md, section 73). On a CPU, ~1 minute a model:
 
@@ -19,13 +20,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def token_parts(net, x: torch.Tensor) -> tuple[float, float]:
-    """(content rms, position + level rms) of level 0's interface tokens for network inputs x [B, C, f, h, w]."""
+def token_parts(net, x: torch.Tensor, sigma: float) -> tuple[float, float]:
+    """(content rms, position + level rms) of level 0's interface tokens for network inputs x [B, C, f, h, w] at
+    `sigma` (the fixed table at the weight model.pos_fixed_sigma gives it there)."""
     from einops import rearrange
+    from hpdm_cli.diffusion.edm import c_noise
     tf, th, tw = net.tok
     t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
     content = net.tokenizer(t)
-    pos = net.positions(0) + net.level_embed[0]
+    weight = net.fixed_weight(c_noise(torch.full((x.shape[0],), float(sigma))))
+    if weight is None or not net.has_fixed(0):
+        pos = net.positions(0)[None]
+    else:
+        pos = net.pos_embed + weight[:, None, None] * net.pos_fixed
+    pos = pos + net.level_embed[0]
     return content.pow(2).mean().sqrt().item(), pos.pow(2).mean().sqrt().item()
 
 
@@ -40,7 +48,7 @@ def measure(net, recipe, x0: torch.Tensor, cond, sigmas, noise: torch.Tensor) ->
     rows = []
     for s in sigmas:
         noisy = clean + s * noise[:, None]
-        content, position = token_parts(net, c_in(torch.tensor(s), sd, b[0]) * noisy[:, 0])
+        content, position = token_parts(net, c_in(torch.tensor(s), sd, b[0]) * noisy[:, 0], s)
         sig = torch.full((B, 1), float(s))
         streams = net.cfg.bf16_streams
         with torch.no_grad():

@@ -1436,3 +1436,8 @@ def test_token_scale_splits_level0_tokens_into_content_and_a_scaled_position_tab
         assert r1["mse_fp32"] > 0 and r1["bf16_change"] < 0.05 * r1["mse_fp32"]
     assert rows[0][0]["mse_fp32"] != rows[1][0]["mse_fp32"]                    # the table's scale reaches the output
     assert not nets[0][0].cfg.bf16_streams                                      # restored after the bf16 pass
+    rec = tiny_recipe(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], cond="class")      # the table faded out
+    gated = HPDMNet(rec.pyramid, rec.model).eval()
+    gated.load_state_dict(nets[0][0].state_dict())
+    low, high = token_scale.measure(gated, rec, x0, cond, [0.3, 3.0], noise)
+    assert low["position"] == 0 and high["position"] == pytest.approx(rows[0][1]["position"], rel=1e-5)
