@@ -106,7 +106,8 @@
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0q SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0q bash ...
 #   fastF0g     fastF0 with the fixed table faded in with the noise (model.pos_fixed_sigma=[0.5,3.0]: none below
 #               sigma 0.5, all above 3): the motion is decided above sigma 3, the stripes below 1, where the unit-scale
-#               table costs level 0 ~20% of its accuracy (section 73). Not yet run; cold:
+#               table costs level 0 ~20% of its accuracy (section 73). On the CPU testbed it brought the motion
+#               sooner (0.83 at step 2000) but not the low-noise accuracy back. Not yet run; cold:
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0g SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0g bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
