@@ -28,12 +28,7 @@ def token_parts(net, x: torch.Tensor, sigma: float) -> tuple[float, float]:
     tf, th, tw = net.tok
     t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
     content = net.tokenizer(t)
-    weight = net.fixed_weight(c_noise(torch.full((x.shape[0],), float(sigma))))
-    if weight is None or not net.has_fixed(0):
-        pos = net.positions(0)[None]
-    else:
-        pos = net.pos_embed + weight[:, None, None] * net.pos_fixed
-    pos = pos + net.level_embed[0]
+    pos = net.positions(0, c_noise(torch.full((x.shape[0],), float(sigma)))) + net.level_embed[0]
     return content.pow(2).mean().sqrt().item(), pos.pow(2).mean().sqrt().item()
 
 

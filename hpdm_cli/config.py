@@ -406,22 +406,20 @@ class Recipe:
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\", \"sincos\" or \"fourier\"")
         if m.pos_fixed_levels not in ("all", "base"):
             raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r}: expected \"all\" or \"base\"")
-        if m.pos_fixed_levels != "all" and m.pos_embed == "learned":
-            raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r} places a fixed position table, but "
-                              "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
-                              "model.pos_fixed_levels = \"all\"")
         fs = list(m.pos_fixed_sigma)
         if fs and (len(fs) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fs)
                    or not 0 < fs[0] < fs[1]):
             raise ConfigError(f"model.pos_fixed_sigma = {fs}: expected [lo, hi] with 0 < lo < hi (the sigmas between "
                               "which the fixed position table fades in), or [] for the table at every sigma")
-        if fs and m.pos_embed == "learned":
-            raise ConfigError(f"model.pos_fixed_sigma = {fs} gates a fixed position table, but model.pos_embed = "
-                              "\"learned\" has none: set model.pos_embed = \"fourier\" or model.pos_fixed_sigma = []")
-        if m.pos_embed == "learned" and math.isfinite(m.pos_fixed_scale) and m.pos_fixed_scale != 1.0:
-            raise ConfigError(f"model.pos_fixed_scale = {m.pos_fixed_scale!r} scales a fixed position table, but "
-                              "model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" or "
-                              "model.pos_fixed_scale = 1")
+        if m.pos_embed == "learned":        # options of a fixed table that this model does not have
+            scale = m.pos_fixed_scale
+            for key, set_, default in (("pos_fixed_levels", m.pos_fixed_levels != "all", '"all"'),
+                                       ("pos_fixed_scale", math.isfinite(scale) and scale != 1.0, "1"),
+                                       ("pos_fixed_sigma", bool(fs), "[]")):
+                if set_:
+                    raise ConfigError(f"model.{key} = {getattr(m, key)!r} applies to a fixed position table, but "
+                                      f"model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" "
+                                      f"or model.{key} = {default}")
         if m.cond not in ("class", "text", "none"):
             raise ConfigError(f"model.cond = {m.cond!r}: expected \"class\", \"text\" or \"none\"")
         if m.text_whitening and m.cond != "text":

@@ -226,18 +226,19 @@ class HPDMNet(nn.Module):
         """Patch pixels [B, C', f, h, w] of `level` -> interface tokens [B, N, d] (c_noise [B]: model.pos_fixed_sigma)."""
         tf, th, tw = self.tok
         t = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=tf, ph=th, pw=tw)
-        gate = self.fixed_weight(c_noise)
-        if gate is None or not self.has_fixed(level):
-            return self.tokenizer(t) + self.positions(level) + self.level_embed[level]
-        return self.tokenizer(t) + self.pos_embed + gate[:, None, None] * self.pos_fixed + self.level_embed[level]
+        return self.tokenizer(t) + self.positions(level, c_noise) + self.level_embed[level]
 
     def has_fixed(self, level: int) -> bool:
         """Whether level `level`'s tokens carry the fixed position table (model.pos_embed, model.pos_fixed_levels)."""
         return self.pos_fixed is not None and (level == 0 or self.cfg.pos_fixed_levels == "all")
 
-    def positions(self, level: int) -> torch.Tensor:
-        """Level `level`'s position embedding [N, d]: the learned table, plus the fixed one (at weight 1) where it applies."""
-        return self.pos_embed + self.pos_fixed if self.has_fixed(level) else self.pos_embed
+    def positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Level `level`'s position embedding: the learned table [N, d], plus the fixed one where it applies, at
+        weight 1, or [B, N, d] at the weight model.pos_fixed_sigma gives each sample's c_noise [B]."""
+        if not self.has_fixed(level):
+            return self.pos_embed
+        weight = self.fixed_weight(c_noise)
+        return self.pos_embed + (self.pos_fixed if weight is None else weight[:, None, None] * self.pos_fixed)
 
     def fixed_weight(self, c_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The fixed table's weight [B] at EDM's c_noise = ln(sigma) / 4 under model.pos_fixed_sigma; None: weight 1."""
