@@ -57,6 +57,10 @@ CONFIGS = {
     "fourier positions, linear load": dict(pos_embed="fourier", load="linear"),
     "fourier positions at the base level": dict(pos_embed="fourier", pos_fixed_levels="base", load="linear"),
     "fourier positions faded in with the noise": dict(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], load="linear"),
+    "fourier positions in attention, base level": dict(pos_embed="fourier", pos_fixed_into="attention",
+                                                       pos_fixed_levels="base", load="linear"),
+    "fourier positions in attention, faded": dict(pos_embed="fourier", pos_fixed_into="attention",
+                                                  pos_fixed_sigma=[0.5, 2.0], load=[1, 3, 2, 3]),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
@@ -101,6 +105,7 @@ def reference_tokens(net, x, level):
     tf, th, tw = net.tok
     t = x.reshape(B, C, F_ // tf, tf, H // th, th, W // tw, tw).permute(0, 2, 4, 6, 1, 3, 5, 7)
     fixed = net.pos_fixed is not None and (level == 0 or net.cfg.pos_fixed_levels == "all")
+    fixed = fixed and net.cfg.pos_fixed_into == "tokens"               # else the table is the attention's alone
     pos = net.pos_embed + net.pos_fixed if fixed else net.pos_embed
     return net.tokenizer(t.reshape(B, -1, C * tf * th * tw)) + pos + net.level_embed[level]
 
@@ -526,6 +531,63 @@ def test_the_fixed_position_table_fades_in_with_the_noise_level():
     assert torch.allclose(t_gated[2], bare[2] + 0.5 * nets[1].pos_fixed, atol=1e-5)
     assert torch.allclose(t_gated[3], full[3], atol=1e-6)
     assert nets[0].fixed_weight(None) is None and nets[1].fixed_weight(c_noise(sigma)) is None
+
+
+def test_positions_in_attention_enter_the_queries_and_keys_not_the_values():
+    """Attention with query_pos / key_pos: q = W_q (x + query_pos), k = W_k (context + key_pos), v = W_v context
+    (docs/method.md, section 4); over a single key the output is the same whatever its position."""
+    from hpdm_cli.model.layers import Attention
+    torch.manual_seed(0)
+    att = Attention(8, 6, 4)
+    with torch.no_grad():                                   # logits of order one (init std 0.02: near-uniform)
+        for lin in (att.q, att.kv, att.out):
+            lin.weight.normal_(0, 0.5)
+    x, ctx, qp, kp = torch.randn(2, 5, 8), torch.randn(2, 7, 6), torch.randn(1, 5, 8), torch.randn(2, 7, 6)
+
+    def by_hand(q_in, k_in, v_in):
+        wk, wv = att.kv.weight.split(8)
+        heads = lambda t: t.unflatten(-1, (2, 4)).transpose(1, 2)               # noqa: E731
+        q, k, v = heads(q_in @ att.q.weight.T), heads(k_in @ wk.T), heads(v_in @ wv.T)
+        w = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)                 # sqrt(head_dim) = 2
+        return att.out((w @ v).transpose(1, 2).flatten(2))
+    with torch.no_grad():
+        got = att(x, ctx, query_pos=qp, key_pos=kp)
+        assert torch.allclose(got, by_hand(x + qp, ctx + kp, ctx), atol=1e-5)
+        assert not torch.allclose(got, att(x, ctx), atol=1e-3)
+        one = ctx[:, :1]
+        assert torch.allclose(att(x, one, key_pos=kp[:, :1]), att(x, one), atol=1e-6)
+
+
+def test_fixed_positions_in_attention_leave_the_tokens_bare():
+    """model.pos_fixed_into = "attention": the tokens carry the content and the learned table alone, the fixed
+    table reaches the read's keys and the write's queries, and changes the output (docs/method.md, section 4)."""
+    into, added, learned = (tiny_recipe(pos_embed="fourier", pos_fixed_into="attention"),
+                            tiny_recipe(pos_embed="fourier"), tiny_recipe())
+    nets = [HPDMNet(r.pyramid, r.model) for r in (into, added, learned)]
+    weights = randomize(nets[2]).state_dict()
+    for k, w in weights.items():                    # logits of order one, so that what enters them shows
+        if k.endswith((".q.weight", ".kv.weight")):
+            w.mul_(25)
+    for n in nets:
+        n.load_state_dict(weights)
+    x, c_noise, off, c = make_inputs(learned)
+    with torch.no_grad():
+        assert torch.equal(nets[0].tokenize(x[:, 1], 1), nets[2].tokenize(x[:, 1], 1))
+        assert torch.equal(nets[0].attention_positions(1), nets[1].pos_fixed[None])
+        assert nets[1].attention_positions(1) is None and nets[2].attention_positions(0) is None
+        outs = [n(x, c_noise, off, c).out for n in nets]
+    assert not torch.allclose(outs[0], outs[1], atol=1e-4) and not torch.allclose(outs[0], outs[2], atol=1e-4)
+
+
+def test_stacked_attention_positions_follow_the_levels_on_the_batch_axis():
+    """A block over levels [0, 1, 2] with a table at level 0 only: rows of level 0 get it, the others zeros."""
+    from hpdm_cli.model.network import stacked_positions
+    table = torch.randn(1, 4, 3)
+    pos = {0: table, 1: None, 2: None}
+    got = stacked_positions(pos, [0, 1, 2], batch=2)
+    assert got.shape == (6, 4, 3)
+    assert torch.equal(got[:2], table.expand(2, 4, 3)) and torch.all(got[2:] == 0)
+    assert stacked_positions(pos, [0], batch=2) is table and stacked_positions(pos, [1, 2], batch=2) is None
 
 
 def test_adaptive_interface_norm_starts_as_the_plain_model():

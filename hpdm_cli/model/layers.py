@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,11 +60,24 @@ class Attention(nn.Module):
         self.out = init_linear(nn.Linear(dim, dim))
         self.qk_norm = QKNorm(head_dim) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Attend from x to context and project back to `dim`."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, query_pos: Optional[torch.Tensor] = None,
+                key_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attend from x to context and project back to `dim`.
+
+        query_pos [1 or B, Sq, dim] / key_pos [1 or B, Sk, context_dim], if given, are added to the queries' /
+        keys' inputs only, not to the values (positions in the attention logits alone, as DETR's encodings,
+        Carion et al. 2020): q = W_q (x + query_pos), k = W_k (context + key_pos), v = W_v context.
+        """
         B, Sq, _ = x.shape
-        q = self.q(x).view(B, Sq, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        Sk, dim = context.shape[1], self.heads * self.head_dim
+        q = self.q(x) if query_pos is None else self.q(x) + self.q(query_pos)
+        q = q.view(B, Sq, self.heads, self.head_dim).transpose(1, 2)
+        if key_pos is None:
+            k, v = self.kv(context).view(B, Sk, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            k, v = self.kv(context).view(B, Sk, 2, dim).unbind(2)
+            k = k + F.linear(key_pos, self.kv.weight[:dim])
+            k, v = (t.view(B, Sk, self.heads, self.head_dim).transpose(1, 2) for t in (k, v))
         y = attend(q, k, v, self.qk_norm)
         return self.out(y.transpose(1, 2).reshape(B, Sq, -1))
 

@@ -229,16 +229,26 @@ class HPDMNet(nn.Module):
         return self.tokenizer(t) + self.positions(level, c_noise) + self.level_embed[level]
 
     def has_fixed(self, level: int) -> bool:
-        """Whether level `level`'s tokens carry the fixed position table (model.pos_embed, model.pos_fixed_levels)."""
+        """Whether level `level` is given the fixed position table (model.pos_embed, model.pos_fixed_levels)."""
         return self.pos_fixed is not None and (level == 0 or self.cfg.pos_fixed_levels == "all")
 
     def positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Level `level`'s position embedding: the learned table [N, d], plus the fixed one where it applies, at
-        weight 1, or [B, N, d] at the weight model.pos_fixed_sigma gives each sample's c_noise [B]."""
+        """Level `level`'s position embedding added to its tokens: the learned table [N, d], plus the fixed one
+        where it applies to the tokens (model.pos_fixed_into = "tokens"), [B, N, d] if faded per sample."""
+        fixed = self.fixed_positions(level, c_noise) if self.cfg.pos_fixed_into == "tokens" else None
+        return self.pos_embed if fixed is None else self.pos_embed + fixed
+
+    def attention_positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The fixed table that level `level`'s attention logits alone take (model.pos_fixed_into = "attention")."""
+        return self.fixed_positions(level, c_noise) if self.cfg.pos_fixed_into == "attention" else None
+
+    def fixed_positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Level `level`'s fixed table: [1, N, d] at weight 1, [B, N, d] at the weight model.pos_fixed_sigma gives
+        each sample's c_noise [B], None where the level has none."""
         if not self.has_fixed(level):
-            return self.pos_embed
+            return None
         weight = self.fixed_weight(c_noise)
-        return self.pos_embed + (self.pos_fixed if weight is None else weight[:, None, None] * self.pos_fixed)
+        return self.pos_fixed[None] if weight is None else weight[:, None, None] * self.pos_fixed
 
     def fixed_weight(self, c_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The fixed table's weight [B] at EDM's c_noise = ln(sigma) / 4 under model.pos_fixed_sigma; None: weight 1."""
@@ -354,6 +364,7 @@ class HPDMNet(nn.Module):
                 edges = edge_proximity(scales, coords, self.grid)
 
         a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond, self_cond_gate)
+        pos = {l: self.attention_positions(l, c_noise[:, i]) for i, l in enumerate(range(lo, hi))}
         dev = x.device.type
         if self.cfg.bf16_streams and torch.is_autocast_enabled(dev):
             # The residual streams in the autocast dtype: every element-wise pass over them (residual
@@ -387,13 +398,25 @@ class HPDMNet(nn.Module):
             xc = None
             if self.cfg.adaptive_norm:
                 xc = cv[levels[0]] if len(levels) == 1 else torch.cat([cv[l] for l in levels])
-            xa, xz = block(xa, xz, xc)
+            xa, xz = block(xa, xz, xc, stacked_positions(pos, levels, B))
             for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
                 a[l], z[l] = ya, yz
 
         out = torch.stack([self.detokenize(a[l]) for l in range(lo, hi)], dim=1)
         latents = torch.stack([z[l][:, :M] for l in range(lo, hi)], dim=1) if return_latents else None
         return NetOutput(out, latents, collected)
+
+
+def stacked_positions(pos: dict, levels: list[int], batch: int) -> Optional[torch.Tensor]:
+    """The attention positions of `levels` as one block sees them, levels stacked on the batch axis as the tokens
+    are: pos[l] [1 or B, N, d] or None (zeros) -> [len(levels) * B, N, d], [1, N, d] for one level, or None."""
+    if all(pos[l] is None for l in levels):
+        return None
+    if len(levels) == 1:
+        return pos[levels[0]]
+    ref = next(pos[l] for l in levels if pos[l] is not None)
+    return torch.cat([(ref.new_zeros(()) if pos[l] is None else pos[l]).expand(batch, *ref.shape[1:])
+                      for l in levels])
 
 
 def _drop_unbuilt_fusions(module: HPDMNet, state_dict: dict, prefix: str, *args) -> None:

@@ -9,6 +9,8 @@ With `model.adaptive_norm` every latent LayerNorm of the read and compute layers
 the condition (not the write's, whose latents are keys and values); with
 `model.adaptive_norm_interface` the write's two interface LayerNorms are too, which gives the
 condition a per-channel path into every token (as a U-Net's class embedding enters every block).
+With `model.pos_fixed_into = "attention"` a fixed position table enters the read's keys and the
+write's queries only (docs/method.md section 4), not the tokens themselves.
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
 The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
 docs/method.md section 4) lets neighbouring tokens exchange information directly instead of only
@@ -91,16 +93,19 @@ class RINBlock(nn.Module):
         self.write_mlp_norm = nn.LayerNorm(interface_dim)
         self.write_mlp = MLP(interface_dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor,
-                c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given the condition c [B, d_z]: (x, z)."""
+    def forward(self, x: torch.Tensor, z: torch.Tensor, c: Optional[torch.Tensor] = None,
+                pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given the condition c [B, d_z]: (x, z).
+
+        pos [1 or B, N, d], if given, enters the attention logits only: the read's keys and the write's queries.
+        """
         mz = modulations(self.modulation, c, self.latent_pairs)          # read, read MLP, 2 per compute layer
         mx = modulations(self.interface_modulation, c, 2)                # write, write MLP
-        z = z + self.read(modulate(self.read_norm_z(z), mz[0]), self.read_norm_x(x))
+        z = z + self.read(modulate(self.read_norm_z(z), mz[0]), self.read_norm_x(x), key_pos=pos)
         z = z + self.read_mlp(modulate(self.read_mlp_norm(z), mz[1]))
         for i, layer in enumerate(self.compute):
             z = layer(z, mz[2 + 2 * i:4 + 2 * i])
-        x = x + self.write(modulate(self.write_norm_x(x), mx[0]), self.write_norm_z(z))
+        x = x + self.write(modulate(self.write_norm_x(x), mx[0]), self.write_norm_z(z), query_pos=pos)
         if self.conv_grid is not None:
             x = x + self.conv(x)
         x = x + self.write_mlp(modulate(self.write_mlp_norm(x), mx[1]))
