@@ -109,6 +109,11 @@
 #               table costs level 0 ~20% of its accuracy (section 73). On the CPU testbed it brought the motion
 #               sooner (0.83 at step 2000) but not the low-noise accuracy back. Not yet run; cold:
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0g SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0g bash ...
+#   fastF0a     fastF0 with the fixed table in the attention logits alone (model.pos_fixed_into="attention": level
+#               0's read keys and write queries; its tokens carry content and the learned table only), so the
+#               table no longer takes a share of every token that the low-noise texture needs (section 74). Cold:
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0a SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0a bash ...
+#   fastF0ag    fastF0a with the table faded in with the noise as fastF0g (model.pos_fixed_sigma=[0.5,3.0]).
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
 #               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
@@ -218,8 +223,10 @@ overrides() {   # $1: variant -> its recipe overrides
     fastF0n) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[-0.5,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base"' ;;
     fastF0q) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_scale=0.25' ;;
     fastF0g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_sigma=[0.5,3.0]' ;;
+    fastF0a) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_into="attention"' ;;
+    fastF0ag) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_into="attention" model.pos_fixed_sigma=[0.5,3.0]' ;;
     fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fastF0g fast2g, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fastF0g fastF0a fastF0ag fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)

@@ -1399,6 +1399,8 @@ def test_every_pyramid_variant_is_a_valid_set_of_shapes_overrides():
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastL"])).train.batch_size == 512
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fast2g"])).train.batch_size == 512  # global
     assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastR"])).diffusion.ramped
+    assert load_recipe(ROOT / "recipes" / "shapes.toml", shlex.split(table["fastF0a"])).model.pos_fixed_into == \
+        "attention"
     # the script's own message for an unknown variant names exactly the table's variants
     listed = re.search(r"unknown variant \$1 \(([\w ]+), or set", script)
     assert set(listed.group(1).split()) == set(table)
