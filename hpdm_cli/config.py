@@ -215,8 +215,9 @@ class ModelConfig:
     # [lo, hi]: the fixed table's weight rises with log(sigma) from 0 at sigma <= lo to 1 at sigma >= hi (the
     # motion is decided at high noise, the texture at low); [] = weight 1 at every sigma.
     pos_fixed_sigma: list[float] = field(default_factory=list)
-    # Where the fixed table goes: "tokens" (added to each token) or "attention" (the read's keys and the write's
-    # queries only, as DETR's encodings: the tokens carry content and the learned table alone).
+    # Where the fixed table goes: "tokens" (added to each token); "attention" (the read's keys and the write's
+    # queries only, as DETR's encodings); "read" (the read's keys and values and the write's queries). With
+    # either of the last two the tokens carry content and the learned table alone.
     pos_fixed_into: str = "tokens"
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
@@ -409,8 +410,9 @@ class Recipe:
             raise ConfigError(f"model.pos_embed = {m.pos_embed!r}: expected \"learned\", \"sincos\" or \"fourier\"")
         if m.pos_fixed_levels not in ("all", "base"):
             raise ConfigError(f"model.pos_fixed_levels = {m.pos_fixed_levels!r}: expected \"all\" or \"base\"")
-        if m.pos_fixed_into not in ("tokens", "attention"):
-            raise ConfigError(f"model.pos_fixed_into = {m.pos_fixed_into!r}: expected \"tokens\" or \"attention\"")
+        if m.pos_fixed_into not in ("tokens", "attention", "read"):
+            raise ConfigError(f"model.pos_fixed_into = {m.pos_fixed_into!r}: expected \"tokens\", \"attention\" "
+                              "or \"read\"")
         fs = list(m.pos_fixed_sigma)
         if fs and (len(fs) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fs)
                    or not 0 < fs[0] < fs[1]):

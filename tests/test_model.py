@@ -59,8 +59,8 @@ CONFIGS = {
     "fourier positions faded in with the noise": dict(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], load="linear"),
     "fourier positions in attention, base level": dict(pos_embed="fourier", pos_fixed_into="attention",
                                                        pos_fixed_levels="base", load="linear"),
-    "fourier positions in attention, faded": dict(pos_embed="fourier", pos_fixed_into="attention",
-                                                  pos_fixed_sigma=[0.5, 2.0], load=[1, 3, 2, 3]),
+    "fourier positions in the read, faded": dict(pos_embed="fourier", pos_fixed_into="read",
+                                                 pos_fixed_sigma=[0.5, 2.0], load=[1, 3, 2, 3]),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
     "adaptive interface norm": dict(load="linear", adaptive_norm=True, adaptive_norm_interface=True),
     "qk norm, custom load": dict(load=[1, 3, 2, 3], qk_norm=True),
@@ -110,9 +110,11 @@ def reference_tokens(net, x, level):
     return net.tokenizer(t.reshape(B, -1, C * tf * th * tw)) + pos + net.level_embed[level]
 
 
-def reference_block(blk, x, z, c):
+def reference_block(blk, x, z, c, pos=None, into="tokens"):
     """A RIN block by hand (read, compute layers, write), each adaptive norm with its own (scale, shift) pair:
-    pair j is rows 2j, 2j+1 of the modulation's output, read first, then the compute layers in order."""
+    pair j is rows 2j, 2j+1 of the modulation's output, read first, then the compute layers in order. A fixed
+    table `pos` not in the tokens goes into the read's keys ("attention") or keys and values ("read"), and the
+    write's queries."""
     def pairs(linear, n):
         if linear is None:
             return [(0.0, 0.0)] * n
@@ -123,12 +125,15 @@ def reference_block(blk, x, z, c):
         return h * (1 + p[0]) + p[1]
     mz = pairs(blk.modulation, 2 + 2 * len(blk.compute))
     mx = pairs(blk.interface_modulation, 2)
-    z = z + blk.read(mod(blk.read_norm_z(z), mz[0]), blk.read_norm_x(x))
+    if pos is not None and into == "read":
+        z = z + blk.read(mod(blk.read_norm_z(z), mz[0]), blk.read_norm_x(x) + pos)
+    else:
+        z = z + blk.read(mod(blk.read_norm_z(z), mz[0]), blk.read_norm_x(x), key_pos=pos)
     z = z + blk.read_mlp(mod(blk.read_mlp_norm(z), mz[1]))
     for i, layer in enumerate(blk.compute):
         z = z + layer.attn(mod(layer.norm1(z), mz[2 + 2 * i]))
         z = z + layer.mlp(mod(layer.norm2(z), mz[3 + 2 * i]))
-    x = x + blk.write(mod(blk.write_norm_x(x), mx[0]), blk.write_norm_z(z))
+    x = x + blk.write(mod(blk.write_norm_x(x), mx[0]), blk.write_norm_z(z), query_pos=pos)
     if blk.conv_grid is not None:
         x = x + blk.conv(x)
     return x + blk.write_mlp(mod(blk.write_mlp_norm(x), mx[1])), z
@@ -142,6 +147,14 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
     grid = net.grid
     coords = global_token_coords(scales, off, grid)
     a = [reference_tokens(net, x[:, l], l) for l in range(L)]
+    into, pos = net.cfg.pos_fixed_into, [None] * L                    # a fixed table outside the tokens
+    if net.pos_fixed is not None and into != "tokens":
+        for l in range(L if net.cfg.pos_fixed_levels == "all" else 1):
+            w = torch.ones(x.shape[0])
+            if net.cfg.pos_fixed_sigma:                                 # linear in log sigma = 4 c_noise
+                lo, hi = (math.log(v) for v in net.cfg.pos_fixed_sigma)
+                w = ((4 * c_noise[:, l] - lo) / (hi - lo)).clamp(0, 1)
+            pos[l] = w[:, None, None] * net.pos_fixed
     cond = [net.cond_tokens(c_noise[:, l], l, c, None) for l in range(L)]
     z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), cond[l][0]], 1) for l in range(L)]
     for b, block in enumerate(net.blocks):
@@ -158,7 +171,7 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
             cat = torch.cat([prev[l], ctx, coords[:, l]], -1)
             a[l] = prev[l] + net.fusions[str(b)].proj(cat)                 # eq. 9, W = [I, 0, 0] + W', explicit concat
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
-            a[l], z[l] = reference_block(block, a[l], z[l], cond[l][1])
+            a[l], z[l] = reference_block(block, a[l], z[l], cond[l][1], pos[l], into)
     out = torch.stack([net.detokenize(t) for t in a], 1)
     if latents:                                                         # the learned latents, not the condition
         return out, torch.stack([t[:, :net.latents.shape[0]] for t in z], 1)   # tokens after them
@@ -171,7 +184,29 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
 def test_batched_network_equals_per_level_reference(load, adaptive_norm):
     recipe = tiny_recipe(load=load, adaptive_norm=bool(adaptive_norm),
                          adaptive_norm_interface=adaptive_norm == "interface")
+    check_against_reference(recipe)
+
+
+@pytest.mark.parametrize("into,levels,faded", [("attention", "all", False), ("attention", "base", True),
+                                               ("read", "all", True), ("read", "base", False),
+                                               ("tokens", "base", False)])
+def test_fixed_table_outside_the_tokens_reaches_each_level_as_the_reference_places_it(into, levels, faded):
+    """model.pos_fixed_into: the batched network gives each level's rows its own (faded) table in the read and
+    write, as the per-level reference does (docs/method.md, section 4)."""
+    recipe = tiny_recipe(load=[1, 3, 2, 3], pos_embed="fourier", pos_fixed_into=into, pos_fixed_levels=levels,
+                         pos_fixed_sigma=[0.5, 2.0] if faded else [])
+    check_against_reference(recipe, sharp=True)
+
+
+def check_against_reference(recipe, sharp: bool = False):
+    """The batched network's output and latents equal `reference_forward`'s for random weights and inputs (`sharp`:
+    attention logits of order one, so that what enters them shows)."""
     net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    if sharp:
+        with torch.no_grad():
+            for name, w in net.named_parameters():
+                if name.endswith((".q.weight", ".kv.weight")):
+                    w.mul_(25)
     x, c_noise, off, c = make_inputs(recipe)
     with torch.no_grad():
         got = net(x, c_noise, off, c, return_latents=True)

@@ -198,7 +198,7 @@ class HPDMNet(nn.Module):
         self.blocks = nn.ModuleList(
             RINBlock(D, Dz, model.compute_layers, model.head_dim, model.mlp_ratio, model.adaptive_norm,
                      self.grid if model.interface_conv else None, model.adaptive_norm_interface,
-                     model.qk_norm)
+                     model.qk_norm, read_pos_values=model.pos_fixed_into == "read")
             for _ in range(model.num_blocks))
         if model.fusion == "deep":
             # Block b fuses levels 1..n_b-1 with the coarser ones (eq. 9); a block that processes level 0
@@ -239,8 +239,9 @@ class HPDMNet(nn.Module):
         return self.pos_embed if fixed is None else self.pos_embed + fixed
 
     def attention_positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """The fixed table that level `level`'s attention logits alone take (model.pos_fixed_into = "attention")."""
-        return self.fixed_positions(level, c_noise) if self.cfg.pos_fixed_into == "attention" else None
+        """The fixed table that level `level`'s attention takes instead of its tokens (model.pos_fixed_into =
+        "attention": the read's keys and write's queries; "read": the read's keys and values, the write's queries)."""
+        return self.fixed_positions(level, c_noise) if self.cfg.pos_fixed_into != "tokens" else None
 
     def fixed_positions(self, level: int, c_noise: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Level `level`'s fixed table: [1, N, d] at weight 1, [B, N, d] at the weight model.pos_fixed_sigma gives

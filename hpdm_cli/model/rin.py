@@ -10,7 +10,8 @@ the condition (not the write's, whose latents are keys and values); with
 `model.adaptive_norm_interface` the write's two interface LayerNorms are too, which gives the
 condition a per-channel path into every token (as a U-Net's class embedding enters every block).
 With `model.pos_fixed_into = "attention"` a fixed position table enters the read's keys and the
-write's queries only (docs/method.md section 4), not the tokens themselves.
+write's queries only, with "read" the read's values too (docs/method.md section 4), not the tokens
+themselves.
 There is no self-attention over the interface, so the cost is linear in the number of tokens.
 The optional depthwise 3x3x3 convolution over each patch's token grid (`model.interface_conv`,
 docs/method.md section 4) lets neighbouring tokens exchange information directly instead of only
@@ -61,8 +62,9 @@ class RINBlock(nn.Module):
 
     def __init__(self, interface_dim: int, latent_dim: int, compute_layers: int, head_dim: int, mlp_ratio: float,
                  adaptive_norm: bool = False, conv_grid: Optional[tuple[int, int, int]] = None,
-                 adaptive_interface: bool = False, qk_norm: bool = False):
+                 adaptive_interface: bool = False, qk_norm: bool = False, read_pos_values: bool = False):
         super().__init__()
+        self.read_pos_values = read_pos_values           # positions in the read's values as well as its keys
         # Adaptive LayerNorm on every latent sub-layer of the read and compute (not the write's key/value
         # norm write_norm_z) and, with adaptive_interface, on the two
         # interface norms of the write: scale and shift from the conditioning vector,
@@ -97,11 +99,16 @@ class RINBlock(nn.Module):
                 pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Update interface tokens x [B, N, d] and latents z [B, S, d_z] given the condition c [B, d_z]: (x, z).
 
-        pos [1 or B, N, d], if given, enters the attention logits only: the read's keys and the write's queries.
+        pos [1 or B, N, d], if given, enters the read's keys (and values, with read_pos_values) and the write's
+        queries, not x itself.
         """
         mz = modulations(self.modulation, c, self.latent_pairs)          # read, read MLP, 2 per compute layer
         mx = modulations(self.interface_modulation, c, 2)                # write, write MLP
-        z = z + self.read(modulate(self.read_norm_z(z), mz[0]), self.read_norm_x(x), key_pos=pos)
+        xn = self.read_norm_x(x)
+        if pos is not None and self.read_pos_values:
+            z = z + self.read(modulate(self.read_norm_z(z), mz[0]), xn + pos)
+        else:
+            z = z + self.read(modulate(self.read_norm_z(z), mz[0]), xn, key_pos=pos)
         z = z + self.read_mlp(modulate(self.read_mlp_norm(z), mz[1]))
         for i, layer in enumerate(self.compute):
             z = layer(z, mz[2 + 2 * i:4 + 2 * i])
