@@ -366,6 +366,7 @@ class HPDMNet(nn.Module):
 
         a, z, cv = self._level_inputs(x, c_noise, offsets, cond, keep, lo, context, self_cond, self_cond_gate)
         pos = {l: self.attention_positions(l, c_noise[:, i]) for i, l in enumerate(range(lo, hi))}
+        stacks = {}                                   # levels -> their stacked attention positions, once a forward
         dev = x.device.type
         if self.cfg.bf16_streams and torch.is_autocast_enabled(dev):
             # The residual streams in the autocast dtype: every element-wise pass over them (residual
@@ -399,7 +400,9 @@ class HPDMNet(nn.Module):
             xc = None
             if self.cfg.adaptive_norm:
                 xc = cv[levels[0]] if len(levels) == 1 else torch.cat([cv[l] for l in levels])
-            xa, xz = block(xa, xz, xc, stacked_positions(pos, levels, B))
+            if tuple(levels) not in stacks:
+                stacks[tuple(levels)] = stacked_positions(pos, levels, B)
+            xa, xz = block(xa, xz, xc, stacks[tuple(levels)])
             for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
                 a[l], z[l] = ya, yz
 
