@@ -219,6 +219,9 @@ class ModelConfig:
     # queries only, as DETR's encodings); "read" (the read's keys and values and the write's queries). With
     # either of the last two the tokens carry content and the learned table alone.
     pos_fixed_into: str = "tokens"
+    # Train the "fixed" table: a parameter initialised to the sincos / Fourier features (plain Adam steps, as the
+    # learned table) instead of a constant buffer, so training can reshape it where it costs accuracy.
+    pos_fixed_trainable: bool = False
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -423,9 +426,11 @@ class Recipe:
             for key, set_, default in (("pos_fixed_levels", m.pos_fixed_levels != "all", '"all"'),
                                        ("pos_fixed_scale", math.isfinite(scale) and scale != 1.0, "1"),
                                        ("pos_fixed_sigma", bool(fs), "[]"),
-                                       ("pos_fixed_into", m.pos_fixed_into != "tokens", '"tokens"')):
+                                       ("pos_fixed_into", m.pos_fixed_into != "tokens", '"tokens"'),
+                                       ("pos_fixed_trainable", m.pos_fixed_trainable is True, "false")):
                 if set_:
-                    raise ConfigError(f"model.{key} = {getattr(m, key)!r} applies to a fixed position table, but "
+                    shown = str(getattr(m, key)).lower() if isinstance(getattr(m, key), bool) else repr(getattr(m, key))
+                    raise ConfigError(f"model.{key} = {shown} applies to a fixed position table, but "
                                       f"model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" "
                                       f"or model.{key} = {default}")
         if m.cond not in ("class", "text", "none"):

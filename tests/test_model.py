@@ -568,6 +568,29 @@ def test_the_fixed_position_table_fades_in_with_the_noise_level():
     assert nets[0].fixed_weight(None) is None and nets[1].fixed_weight(c_noise(sigma)) is None
 
 
+def test_a_trainable_fixed_table_starts_as_the_features_and_learns_with_plain_adam():
+    """model.pos_fixed_trainable: the table is a parameter equal at init to the fixed features, saved with the
+    weights, given a gradient and no trust ratio or weight decay; the constant table is a buffer outside the
+    saved weights (docs/method.md, section 4)."""
+    from hpdm_cli.train.optim import param_groups
+    fixed, trained = tiny_recipe(pos_embed="fourier"), tiny_recipe(pos_embed="fourier", pos_fixed_trainable=True)
+    nets = [HPDMNet(r.pyramid, r.model) for r in (fixed, trained)]
+    assert torch.equal(nets[0].pos_fixed, nets[1].pos_fixed.detach())
+    assert "pos_fixed" not in nets[0].state_dict() and "pos_fixed" in nets[1].state_dict()
+    assert "pos_fixed" not in dict(nets[0].named_parameters())
+    groups = param_groups(nets[1], 0.1)
+    assert "pos_fixed" in groups[1]["names"] and "pos_fixed" not in groups[0]["names"]
+    x, c_noise, off, c = make_inputs(trained)
+    randomize(nets[1])                                      # zero-initialised outputs pass no gradient back
+    nets[1](x, c_noise, off, c).out.square().mean().backward()
+    assert nets[1].pos_fixed.grad is not None and nets[1].pos_fixed.grad.abs().sum() > 0
+    copy = HPDMNet(trained.pyramid, trained.model)
+    with torch.no_grad():
+        nets[1].pos_fixed.add_(1.0)
+    copy.load_state_dict(nets[1].state_dict())
+    assert torch.equal(copy.pos_fixed, nets[1].pos_fixed)
+
+
 def test_positions_in_attention_enter_the_queries_and_keys_not_the_values():
     """Attention with query_pos / key_pos: q = W_q (x + query_pos), k = W_k (context + key_pos), v = W_v context
     (docs/method.md, section 4); over a single key the output is the same whatever its position."""

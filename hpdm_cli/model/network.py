@@ -151,7 +151,8 @@ class HPDMNet(nn.Module):
     """Video RIN over a patch hierarchy with deep context fusion and adaptive computation."""
 
     # Learned tokens and lookup tables: trained without LAMB's trust ratio or weight decay.
-    embedding_parameters = ("pos_embed", "level_embed", "latents", "level_token", "class_embed.weight", "null_text")
+    embedding_parameters = ("pos_embed", "pos_fixed", "level_embed", "latents", "level_token", "class_embed.weight",
+                            "null_text")
 
     def __init__(self, pyramid: PyramidConfig, model: ModelConfig):
         super().__init__()
@@ -171,7 +172,11 @@ class HPDMNet(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(self.num_tokens, D) * 0.02)
         if model.pos_embed in ("sincos", "fourier"):   # fixed unit-scale positions under the learned table
             fixed = sincos_positions if model.pos_embed == "sincos" else fourier_positions   # (docs/method.md, 4)
-            self.register_buffer("pos_fixed", fixed(self.grid, D) * model.pos_fixed_scale, persistent=False)
+            table = fixed(self.grid, D) * model.pos_fixed_scale
+            if model.pos_fixed_trainable:    # initialised to the features, then trained (model.pos_fixed_trainable)
+                self.pos_fixed = nn.Parameter(table)
+            else:
+                self.register_buffer("pos_fixed", table, persistent=False)
         else:
             self.pos_fixed = None
         self.level_embed = nn.Parameter(torch.randn(L, D) * 0.02)
