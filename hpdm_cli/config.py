@@ -222,6 +222,9 @@ class ModelConfig:
     # Train the "fixed" table: a parameter initialised to the sincos / Fourier features (plain Adam steps, as the
     # learned table) instead of a constant buffer, so training can reshape it where it costs accuracy.
     pos_fixed_trainable: bool = False
+    # Subtract the fixed table (at its weight) from the tokens before the output norm and detokenizer read them:
+    # the blocks see the table in the stream, the linear readout does not have to cancel a full-rank table.
+    pos_fixed_subtract: bool = False
     interface_conv: bool = False                        # Depthwise 3x3x3 conv over the token grid in every write.
     qk_norm: bool = False                               # RMS-normalise queries and keys per head (bounded logits).
     bf16_streams: bool = False                          # Under bf16 autocast, carry tokens and latents in bf16.
@@ -416,6 +419,10 @@ class Recipe:
         if m.pos_fixed_into not in ("tokens", "attention", "read"):
             raise ConfigError(f"model.pos_fixed_into = {m.pos_fixed_into!r}: expected \"tokens\", \"attention\" "
                               "or \"read\"")
+        if m.pos_fixed_subtract is True and m.pos_fixed_into != "tokens":
+            raise ConfigError(f"model.pos_fixed_subtract = true removes the fixed table from the tokens, but "
+                              f"model.pos_fixed_into = {m.pos_fixed_into!r} keeps it out of them: set "
+                              "model.pos_fixed_into = \"tokens\" or model.pos_fixed_subtract = false")
         fs = list(m.pos_fixed_sigma)
         if fs and (len(fs) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fs)
                    or not 0 < fs[0] < fs[1]):
@@ -427,7 +434,8 @@ class Recipe:
                                        ("pos_fixed_scale", math.isfinite(scale) and scale != 1.0, "1"),
                                        ("pos_fixed_sigma", bool(fs), "[]"),
                                        ("pos_fixed_into", m.pos_fixed_into != "tokens", '"tokens"'),
-                                       ("pos_fixed_trainable", m.pos_fixed_trainable is True, "false")):
+                                       ("pos_fixed_trainable", m.pos_fixed_trainable is True, "false"),
+                                       ("pos_fixed_subtract", m.pos_fixed_subtract is True, "false")):
                 if set_:
                     shown = str(getattr(m, key)).lower() if isinstance(getattr(m, key), bool) else repr(getattr(m, key))
                     raise ConfigError(f"model.{key} = {shown} applies to a fixed position table, but "

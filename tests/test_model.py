@@ -591,6 +591,32 @@ def test_a_trainable_fixed_table_starts_as_the_features_and_learns_with_plain_ad
     assert torch.equal(copy.pos_fixed, nets[1].pos_fixed)
 
 
+@pytest.mark.parametrize("levels,fade", [("base", []), ("all", [0.5, 2.0])])
+def test_pos_fixed_subtract_takes_the_fixed_table_out_of_what_the_readout_sees(levels, fade):
+    """model.pos_fixed_subtract: the blocks see the same stream, the output norm and detokenizer read it less the
+    fixed table at its weight, at the levels that have one (docs/method.md, section 4)."""
+    from hpdm_cli.diffusion.edm import c_noise as to_c_noise
+    kw = dict(pos_embed="fourier", pos_fixed_levels=levels, pos_fixed_sigma=fade)
+    plain, sub = tiny_recipe(**kw), tiny_recipe(pos_fixed_subtract=True, **kw)
+    nets = [HPDMNet(r.pyramid, r.model) for r in (plain, sub)]
+    nets[1].load_state_dict(randomize(nets[0]).state_dict())
+    x, _, off, c = make_inputs(plain, B=3)
+    c_noise = to_c_noise(torch.tensor([0.1, 1.0, 5.0]))[:, None].expand(-1, x.shape[1])
+    seen = [[], []]
+    for n, rec in zip(nets, seen):
+        n.out_norm.register_forward_hook(lambda mod, args, out, rec=rec: rec.append(args[0]))
+    with torch.no_grad():
+        outs = [n(x, c_noise, off, c).out for n in nets]
+        for l, (a_plain, a_sub) in enumerate(zip(*seen)):
+            fixed = nets[0].fixed_positions(l, c_noise[:, l])
+            expect = a_plain if fixed is None else a_plain - fixed.expand_as(a_plain)
+            assert torch.allclose(a_sub, expect, atol=1e-5), l
+    changed = [not torch.allclose(outs[0][:, l], outs[1][:, l], atol=1e-6) for l in range(x.shape[1])]
+    assert changed == [levels == "all" or l == 0 for l in range(x.shape[1])]
+    if fade:                                    # weight 0 at sigma 0.1: that sample's readout is unchanged
+        assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+
+
 def test_positions_in_attention_enter_the_queries_and_keys_not_the_values():
     """Attention with query_pos / key_pos: q = W_q (x + query_pos), k = W_k (context + key_pos), v = W_v context
     (docs/method.md, section 4); over a single key the output is the same whatever its position."""

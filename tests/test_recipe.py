@@ -184,6 +184,9 @@ def test_int_accepted_for_float():
     ({"model": {"pos_embed": "fourier", "pos_fixed_into": "keys"}}, "model.pos_fixed_into"),
     ({"model": {"pos_fixed_into": "attention"}}, "model.pos_fixed_into"),                 # no fixed table to place
     ({"model": {"pos_fixed_trainable": True}}, "model.pos_fixed_trainable"),               # no fixed table to train
+    ({"model": {"pos_fixed_subtract": True}}, "model.pos_fixed_subtract"),                 # no fixed table to subtract
+    ({"model": {"pos_embed": "fourier", "pos_fixed_into": "read", "pos_fixed_subtract": True}},
+     "model.pos_fixed_subtract"),                                                         # not in the tokens
     ({"model": {"adaptive_norm_interface": True}}, "model.adaptive_norm_interface"),     # without adaptive_norm
     ({"model": {"fusion": "shallow", "fusion_edges": True}}, "model.fusion_edges"),     # edges need deep fusion
     ({"diffusion": {"p_mean": [0.8, -1.2]}}, "diffusion.p_mean"),                         # one per level, 3 levels

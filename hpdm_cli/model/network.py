@@ -411,6 +411,11 @@ class HPDMNet(nn.Module):
             for l, ya, yz in zip(levels, xa.chunk(len(levels)), xz.chunk(len(levels))):
                 a[l], z[l] = ya, yz
 
+        if self.cfg.pos_fixed_subtract:              # the readout sees the tokens without the fixed table
+            for i, l in enumerate(range(lo, hi)):
+                fixed = self.fixed_positions(l, c_noise[:, i])
+                if fixed is not None:
+                    a[l] = a[l] - fixed.to(a[l].dtype)
         out = torch.stack([self.detokenize(a[l]) for l in range(lo, hi)], dim=1)
         latents = torch.stack([z[l][:, :M] for l in range(lo, hi)], dim=1) if return_latents else None
         return NetOutput(out, latents, collected)
