@@ -118,6 +118,13 @@
 #               steps (nor with the table in the read's values too, "read"): not run on the GPU.
 #   fastF0ag    fastF0a with the table faded in with the noise as fastF0g (model.pos_fixed_sigma=[0.5,3.0]); the
 #               same on the testbed.
+#   fastF0s     fastF0 with the fixed table subtracted from level 0's tokens before the readout
+#               (model.pos_fixed_subtract=true): the blocks see it, the output norm and detokenizer do not. On the
+#               CPU testbed (section 75) alone it weakens the motion (track 0.42 at 4000 steps against 0.90).
+#   fastF0sg    fastF0g (faded in [0.5, 3]) with the subtraction: on the testbed level 0's low-noise accuracy back
+#               to the learned table's (MSE 0.00112 at sigma 0.1 against 0.00113; fastF0g's form 0.00124) with
+#               most of the motion (0.72 against 0.87). Not yet run on the GPU; a cold call holds ~5800 steps:
+#     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0sg SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0sg bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
 #               (docs/results.md, sections 64-68: ~6000 steps of 256 on one GPU); two GPUs reach that count in half the
@@ -229,8 +236,10 @@ overrides() {   # $1: variant -> its recipe overrides
     fastF0g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_sigma=[0.5,3.0]' ;;
     fastF0a) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_into="attention"' ;;
     fastF0ag) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_into="attention" model.pos_fixed_sigma=[0.5,3.0]' ;;
+    fastF0s) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_subtract=true' ;;
+    fastF0sg) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true model.pos_embed="fourier" model.pos_fixed_levels="base" model.pos_fixed_subtract=true model.pos_fixed_sigma=[0.5,3.0]' ;;
     fast2g) echo 'train.init_from="" diffusion.context_prob=0.25 diffusion.p_mean=[0.0,-1.2,-1.2] data.short_caption_prob=0.3 model.bf16_streams=true train.batch_size=512' ;;
-    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fastF0g fastF0a fastF0ag fast2g, or set V_$1)" >&2; return 2 ;;
+    *) echo "unknown variant $1 (grid continuous tiles tex tex2 tex3 default shallow uniform ctx0 ctx025 ctx1 detach nocoords scratch fast fastR fastS fastL fastC fastH fastW fastF fastF0 fastF0n fastF0q fastF0g fastF0a fastF0ag fastF0s fastF0sg fast2g, or set V_$1)" >&2; return 2 ;;
   esac
 }
 train_variant() {   # $1: variant -> trains it for SECONDS_EACH into $RUNS/$1 (resumes it with RESUME=1)
