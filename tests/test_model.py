@@ -59,6 +59,8 @@ CONFIGS = {
     "fourier positions faded in with the noise": dict(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], load="linear"),
     "fourier positions in attention, base level": dict(pos_embed="fourier", pos_fixed_into="attention",
                                                        pos_fixed_levels="base", load="linear"),
+    "fourier positions faded, subtracted before the readout": dict(pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0],
+                                                                   pos_fixed_subtract=True, load="linear"),
     "fourier positions in the read, faded": dict(pos_embed="fourier", pos_fixed_into="read",
                                                  pos_fixed_sigma=[0.5, 2.0], load=[1, 3, 2, 3]),
     "interface conv, linear load": dict(interface_conv=True, load="linear"),
@@ -98,15 +100,27 @@ def test_causality_coarse_to_fine_only(name):
                 "lower levels must receive gradients through fusion (unless detached)"
 
 
-def reference_tokens(net, x, level):
+def fixed_table_by_hand(net, level, c_noise=None):
+    """Level `level`'s fixed table at each sample's weight [B, N, d] (weight 1 [1, N, d] without a fade or a
+    c_noise), None where the level has none: linear in log sigma = 4 c_noise between model.pos_fixed_sigma."""
+    if net.pos_fixed is None or (level > 0 and net.cfg.pos_fixed_levels != "all"):
+        return None
+    if not net.cfg.pos_fixed_sigma or c_noise is None:
+        return net.pos_fixed[None]
+    lo, hi = (math.log(v) for v in net.cfg.pos_fixed_sigma)
+    return ((4 * c_noise - lo) / (hi - lo)).clamp(0, 1)[:, None, None] * net.pos_fixed
+
+
+def reference_tokens(net, x, level, c_noise=None):
     """Level `level`'s interface tokens by hand: (f, h, w)-major tokens of (c, pf, ph, pw)-major pixels, then the
     tokenizer, the position embedding and the level's own embedding (docs/method.md, section 4)."""
     B, C, F_, H, W = x.shape
     tf, th, tw = net.tok
     t = x.reshape(B, C, F_ // tf, tf, H // th, th, W // tw, tw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    fixed = net.pos_fixed is not None and (level == 0 or net.cfg.pos_fixed_levels == "all")
-    fixed = fixed and net.cfg.pos_fixed_into == "tokens"               # else the table is the attention's alone
-    pos = net.pos_embed + net.pos_fixed if fixed else net.pos_embed
+    fixed = fixed_table_by_hand(net, level, c_noise)
+    if net.cfg.pos_fixed_into != "tokens":                              # the table is the attention's alone
+        fixed = None
+    pos = net.pos_embed if fixed is None else net.pos_embed + fixed
     return net.tokenizer(t.reshape(B, -1, C * tf * th * tw)) + pos + net.level_embed[level]
 
 
@@ -146,15 +160,9 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
     scales = level_scales(net.pyramid)
     grid = net.grid
     coords = global_token_coords(scales, off, grid)
-    a = [reference_tokens(net, x[:, l], l) for l in range(L)]
-    into, pos = net.cfg.pos_fixed_into, [None] * L                    # a fixed table outside the tokens
-    if net.pos_fixed is not None and into != "tokens":
-        for l in range(L if net.cfg.pos_fixed_levels == "all" else 1):
-            w = torch.ones(x.shape[0])
-            if net.cfg.pos_fixed_sigma:                                 # linear in log sigma = 4 c_noise
-                lo, hi = (math.log(v) for v in net.cfg.pos_fixed_sigma)
-                w = ((4 * c_noise[:, l] - lo) / (hi - lo)).clamp(0, 1)
-            pos[l] = w[:, None, None] * net.pos_fixed
+    a = [reference_tokens(net, x[:, l], l, c_noise[:, l]) for l in range(L)]
+    into = net.cfg.pos_fixed_into
+    pos = [fixed_table_by_hand(net, l, c_noise[:, l]) if into != "tokens" else None for l in range(L)]
     cond = [net.cond_tokens(c_noise[:, l], l, c, None) for l in range(L)]
     z = [torch.cat([net.latents.expand(x.shape[0], -1, -1), cond[l][0]], 1) for l in range(L)]
     for b, block in enumerate(net.blocks):
@@ -172,6 +180,9 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
             a[l] = prev[l] + net.fusions[str(b)].proj(cat)                 # eq. 9, W = [I, 0, 0] + W', explicit concat
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
             a[l], z[l] = reference_block(block, a[l], z[l], cond[l][1], pos[l], into)
+    if net.cfg.pos_fixed_subtract:                                      # the readout sees the stream less the table
+        a = [t if fixed_table_by_hand(net, l) is None else t - fixed_table_by_hand(net, l, c_noise[:, l])
+             for l, t in enumerate(a)]
     out = torch.stack([net.detokenize(t) for t in a], 1)
     if latents:                                                         # the learned latents, not the condition
         return out, torch.stack([t[:, :net.latents.shape[0]] for t in z], 1)   # tokens after them
@@ -187,14 +198,16 @@ def test_batched_network_equals_per_level_reference(load, adaptive_norm):
     check_against_reference(recipe)
 
 
-@pytest.mark.parametrize("into,levels,faded", [("attention", "all", False), ("attention", "base", True),
-                                               ("read", "all", True), ("read", "base", False),
-                                               ("tokens", "base", False)])
-def test_fixed_table_outside_the_tokens_reaches_each_level_as_the_reference_places_it(into, levels, faded):
-    """model.pos_fixed_into: the batched network gives each level's rows its own (faded) table in the read and
-    write, as the per-level reference does (docs/method.md, section 4)."""
+@pytest.mark.parametrize("into,levels,faded,subtract", [
+    ("attention", "all", False, False), ("attention", "base", True, False), ("read", "all", True, False),
+    ("read", "base", False, False), ("tokens", "base", False, False), ("tokens", "all", True, False),
+    ("tokens", "base", True, True), ("tokens", "all", False, True)])
+def test_fixed_table_reaches_each_level_as_the_reference_places_it(into, levels, faded, subtract):
+    """model.pos_fixed_into / pos_fixed_sigma / pos_fixed_subtract: the batched network gives each level's rows
+    its own (faded) table in the tokens, or in the read and write, and takes it out before the readout, as the
+    per-level reference does (docs/method.md, section 4)."""
     recipe = tiny_recipe(load=[1, 3, 2, 3], pos_embed="fourier", pos_fixed_into=into, pos_fixed_levels=levels,
-                         pos_fixed_sigma=[0.5, 2.0] if faded else [])
+                         pos_fixed_sigma=[0.5, 2.0] if faded else [], pos_fixed_subtract=subtract)
     check_against_reference(recipe, sharp=True)
 
 

@@ -305,6 +305,9 @@ TOL = {torch.float64: 1e-9, torch.float32: 5e-4}
     # ... and in the attention logits alone: the cached level 0 is the same tokens, its table not among them.
     (dict(fusion="deep", load=[1, 1, 2, 3], pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0],
           pos_fixed_into="attention"), 2.0, "fhw", torch.float64),
+    # ... and subtracted from the tokens before the readout, at level 0 only.
+    (dict(fusion="deep", load=[1, 1, 2, 3], pos_embed="fourier", pos_fixed_sigma=[0.5, 2.0], pos_fixed_levels="base",
+          pos_fixed_subtract=True), 2.0, "fhw", torch.float64),
 ])
 def test_cached_context_equals_recomputed(model, guidance, overlap, dtype):
     """Activation caching and per-call recomputation give the same video.
