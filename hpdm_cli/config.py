@@ -437,7 +437,8 @@ class Recipe:
                                        ("pos_fixed_trainable", m.pos_fixed_trainable is True, "false"),
                                        ("pos_fixed_subtract", m.pos_fixed_subtract is True, "false")):
                 if set_:
-                    shown = str(getattr(m, key)).lower() if isinstance(getattr(m, key), bool) else repr(getattr(m, key))
+                    value = getattr(m, key)
+                    shown = str(value).lower() if isinstance(value, bool) else repr(value)
                     raise ConfigError(f"model.{key} = {shown} applies to a fixed position table, but "
                                       f"model.pos_embed = \"learned\" has none: set model.pos_embed = \"fourier\" "
                                       f"or model.{key} = {default}")
