@@ -124,8 +124,9 @@
 #   fastF0sg    fastF0g (faded in [0.5, 3]) with the subtraction: on the testbed level 0's low-noise accuracy back
 #               to the learned table's (MSE 0.00112 at sigma 0.1 against 0.00113; fastF0g's form 0.00124) with
 #               most of the motion (0.72 against 0.87; a second seed 0.00119 against 0.00129 and the learned
-#               table's 0.00109, track 0.73 against 0.85). The next GPU run, fastF0g its control. Not yet run on
-#               the GPU; a cold call holds ~5800 steps:
+#               table's 0.00109, track 0.73 against 0.85); at this variant's own level-0 noise, N(0, 1.6^2), two
+#               seeds 7% and 14% below fastF0g's form at sigma 0.1, the motion kept (section 76). The next GPU
+#               run, fastF0g its control. Not yet run on the GPU; a cold call holds ~5800 steps:
 #     CACHE=/tmp/cc CACHE_OUT=1 VARIANTS=fastF0sg SECONDS_EACH=555 STEPS=6000 CURVE=1 CURVE_EVERY=1000 EXPORT=fastF0sg bash ...
 #   fast2g      fastH on two GPUs of one host (NPROC=2, below): 256 videos per GPU, 512 a step, the same learning rate
 #               and schedule. Every one-call run's motion began after ~0.25-0.33M level-0 samples above sigma 3
