@@ -181,8 +181,8 @@ def reference_forward(net, x, c_noise, off, c, latents: bool = False):
         for l in range(n):                                              # x[:, :n] = block(x[:, :n])
             a[l], z[l] = reference_block(block, a[l], z[l], cond[l][1], pos[l], into)
     if net.cfg.pos_fixed_subtract:                                      # the readout sees the stream less the table
-        a = [t if fixed_table_by_hand(net, l) is None else t - fixed_table_by_hand(net, l, c_noise[:, l])
-             for l, t in enumerate(a)]
+        tables = [fixed_table_by_hand(net, l, c_noise[:, l]) for l in range(L)]
+        a = [t if f is None else t - f for t, f in zip(a, tables)]
     out = torch.stack([net.detokenize(t) for t in a], 1)
     if latents:                                                         # the learned latents, not the condition
         return out, torch.stack([t[:, :net.latents.shape[0]] for t in z], 1)   # tokens after them
