@@ -379,8 +379,30 @@ def test_condition_dropout_uses_null_condition():
         dropped = net(x, c_noise, off, c, torch.tensor([False, False])).out
         null = net(x, c_noise, off, torch.full_like(c, recipe.model.num_classes)).out
         kept = net(x, c_noise, off, c, torch.tensor([True, True])).out
+        mixed = net(x, c_noise, off, c, torch.tensor([True, False])).out
     assert torch.equal(dropped, null)
     assert not torch.allclose(dropped, kept)
+    assert torch.equal(mixed[0], kept[0]) and torch.equal(mixed[1], null[1])     # per sample, as training drops
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_each_level_reads_its_own_level_token(adaptive):
+    """Level l's condition tokens carry level_token[l]: changing it changes level l's output and, by causality,
+    no lower level's."""
+    recipe = tiny_recipe(adaptive_norm=adaptive)
+    net = randomize(HPDMNet(recipe.pyramid, recipe.model))
+    x, c_noise, off, c = make_inputs(recipe)
+    L = recipe.pyramid.num_levels
+    with torch.no_grad():
+        base = net(x, c_noise, off, c).out
+        for level in range(L):
+            saved = net.level_token[level].clone()
+            net.level_token[level].add_(torch.randn_like(saved))
+            out = net(x, c_noise, off, c).out
+            net.level_token[level].copy_(saved)
+            for k in range(L):
+                changed = not torch.allclose(out[:, k], base[:, k], atol=1e-6)
+                assert changed == (k >= level), (level, k)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

@@ -37,24 +37,79 @@ def ramp_at(points: torch.Tensor) -> torch.Tensor:
     return torch.stack([0.3 * t + 0.5 * y - 0.7 * x, -t + 0.2 * y + 0.1 * x, 0.9 * t - 0.4 * y + 0.6 * x], -1)
 
 
+def snapped_axes(pyr: PyramidConfig, level: int) -> list[bool]:
+    """Which axes `sample_nested_offsets` puts level `level` on the full-resolution pixel grid along."""
+    return [n == R for n, R in zip(pyr.level_resolution(level), pyr.resolution)]
+
+
+@pytest.mark.parametrize("offsets", ["continuous", "grid"])
 @pytest.mark.parametrize("name", list(PYRAMIDS))
-def test_patches_are_nested(name):
-    pyr = PYRAMIDS[name]
+def test_patches_are_nested(name, offsets):
+    """Each patch lies inside every lower one; a level snapped to whole pixels inside a continuous one may stick
+    out of it by at most half a pixel (the nearest whole pixel, so that it can reach the frame's edges)."""
+    pyr = dataclasses.replace(PYRAMIDS[name], offsets=offsets)
     g = torch.Generator().manual_seed(1)
-    off = sample_nested_offsets(pyr, 2000, generator=g)
-    s = level_scales(pyr)
+    off = sample_nested_offsets(pyr, 2000, generator=g).double()
+    s = level_scales(pyr).double()
+    full = torch.tensor(pyr.resolution, dtype=torch.float64)
     eps = 1e-6
     assert torch.all(off[:, 0] == 0)
     for l in range(1, pyr.num_levels):
+        snapped = snapped_axes(pyr, l)
         for k in range(l):
-            assert torch.all(off[:, l] >= off[:, k] - eps), (l, k)
-            assert torch.all(off[:, l] + s[l] <= off[:, k] + s[k] + eps), (l, k)
+            # Half a pixel of slack where level l is snapped and level k may not be; none anywhere else.
+            on_same_grid = [offsets == "grid" or sk for sk in snapped_axes(pyr, k)]
+            slack = torch.tensor([0.5 / R if sl and not sk else 0.0
+                                  for sl, sk, R in zip(snapped, on_same_grid, pyr.resolution)], dtype=torch.float64)
+            assert torch.all(off[:, l] >= off[:, k] - slack - eps), (l, k)
+            assert torch.all(off[:, l] + s[l] <= off[:, k] + s[k] + slack + eps), (l, k)
+        # Every patch stays inside the video.
+        assert torch.all(off[:, l] >= -eps) and torch.all(off[:, l] + s[l] <= 1 + eps), l
         room = s[l - 1] - s[l]
         # The offsets spread over the whole admissible range (not a degenerate sampler).
         rel = (off[:, l] - off[:, l - 1])
         for a in range(3):
             if room[a] > 0:
-                assert rel[:, a].min() <= 0.1 * room[a] + eps and rel[:, a].max() >= 0.9 * room[a] - eps
+                tol = 0.5 / full[a] + eps
+                assert rel[:, a].min() <= 0.1 * room[a] + tol and rel[:, a].max() >= 0.9 * room[a] - tol
+
+
+@pytest.mark.parametrize("name", ["ucf-like (3 levels)", "t2v-like (4 levels)"])
+def test_continuous_offsets_are_uniform_inside_the_parent(name):
+    """delta_l ~ U[delta_{l-1}, delta_{l-1} + s_{l-1} - s_l] (docs/method.md, section 3): along an axis that is
+    not snapped, the offset's place in its admissible range has the uniform law's quartiles and mean."""
+    pyr = PYRAMIDS[name]
+    off = sample_nested_offsets(pyr, 20000, generator=torch.Generator().manual_seed(5)).double()
+    s = level_scales(pyr).double()
+    checked = 0
+    for l in range(1, pyr.num_levels):
+        room = s[l - 1] - s[l]
+        for a, snapped in enumerate(snapped_axes(pyr, l)):
+            if snapped or room[a] <= 0:
+                continue
+            q = (off[:, l, a] - off[:, l - 1, a]) / room[a]
+            # 20000 draws: each quartile share's standard error is 0.003, the mean's 0.002.
+            shares = torch.histc(q, bins=4, min=0, max=1) / len(q)
+            assert torch.allclose(shares, torch.full_like(shares, 0.25), atol=0.015), (l, a, shares)
+            assert abs(q.mean().item() - 0.5) < 0.01, (l, a)
+            checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize("offsets", ["continuous", "grid"])
+def test_the_last_level_reaches_every_edge_of_the_frame(offsets):
+    """The last level, snapped to whole pixels, trains on the frame's first and last pixel along every axis that it
+    does not hold whole, with continuous parents too (whose starts almost never sit exactly on a pixel)."""
+    pyr = dataclasses.replace(PYRAMIDS["ucf-like (3 levels)"], offsets=offsets)
+    off = sample_nested_offsets(pyr, 100000, generator=torch.Generator().manual_seed(3)).double()
+    full = torch.tensor(pyr.resolution, dtype=torch.float64)
+    start = (off[:, -1] * full).round()
+    end = start + torch.tensor(pyr.patch, dtype=torch.float64)
+    for a in range(3):
+        at_first = (start[:, a] == 0).double().mean().item()
+        at_last = (end[:, a] == full[a]).double().mean().item()
+        # A 3-level 16x64^2 pyramid: ~1 in 10^3 patches (continuous) and ~3.5 in 10^3 (grid) touch a spatial edge.
+        assert at_first > 2e-4 and at_last > 2e-4, (a, at_first, at_last)
 
 
 @pytest.mark.parametrize("name", list(PYRAMIDS))

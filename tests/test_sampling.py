@@ -229,6 +229,32 @@ def test_edm_sampler_draws_gaussian_data(churn):
     assert abs(x.var() / s ** 2 - 1) < 4 * math.sqrt(2 / n) + 0.01
 
 
+def test_churn_raises_the_noise_as_algorithm_2():
+    """Each step with t_i in [S_tmin, S_tmax] first adds fresh noise of std S_noise sqrt(t^2 - t_i^2), t = t_i (1 + gamma);
+    the others add none (with a zero denoiser every step is then x <- x t_{i+1} / t, written out here)."""
+    g = torch.Generator().manual_seed(4)
+    x0, e = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    sigmas = edm_sigmas(4, 0.01, 10.0)[:-1]                    # stop at 0.01: a zero denoiser's last step gives 0
+    drawn = []
+
+    def noise():
+        drawn.append(1)
+        return e
+    out = edm_sample(lambda x, s: torch.zeros_like(x), noise, sigmas, churn=1.0, s_tmin=0.05, s_tmax=5.0, s_noise=0.9,
+                     heun=False, x=x0.clone())
+    ts, gamma = sigmas.tolist(), churn_gamma(1.0, 3)
+    x, stochastic = x0.clone(), 0
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t_hat = t * (1 + gamma) if 0.05 <= t <= 5.0 else t
+        stochastic += t_hat > t
+        x = (x + math.sqrt(t_hat ** 2 - t ** 2) * 0.9 * e) * t_next / t_hat
+    assert 0 < stochastic < 3                                   # the window keeps some steps deterministic
+    assert len(drawn) == stochastic
+    assert torch.allclose(out, x, rtol=0, atol=1e-12)
+    plain = edm_sample(lambda x, s: torch.zeros_like(x), noise, sigmas, heun=False, x=x0.clone())
+    assert (out - plain).abs().max() > plain.abs().max()       # churn changes the sample
+
+
 class GaussNet(torch.nn.Module):
     """A stand-in network that is the exact denoiser of pixels ~ N(mu, s^2) in each level's scaled space."""
 

@@ -25,8 +25,6 @@ from ..config import PyramidConfig
 from ..device import constant
 from .tiles import build_tiles, chain_offsets, shift_phases
 
-# Slack (in pixels) when rounding the last level's offsets to integer pixels (float64 noise).
-_EPS = 1e-6
 
 
 def level_scales(pyr: PyramidConfig, device=None) -> torch.Tensor:
@@ -43,7 +41,10 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
     Along an axis where level l already has the full resolution (always the case at the last
     level; earlier for axes with a smaller full/patch ratio, e.g. time), the offset is snapped
     to the full-resolution pixel grid (an integer crop: docs/method.md, sections 2-3), choosing uniformly among
-    the integer positions that keep it inside level l-1. With `pyr.offsets == "grid"` every level
+    the integer positions from the one nearest level l-1's start to the one nearest its last admissible start:
+    inside level l-1 when that level sits on the same grid, else within half a pixel of it, so that a level
+    snapped inside a continuous one still reaches the frame's first and last pixels (the integer positions
+    strictly inside would never include them). With `pyr.offsets == "grid"` every level
     is snapped so to its own pixel grid, as the tiles of hierarchical sampling are (docs/method.md,
     section 3). With `pyr.offsets == "tiles"` the offsets are the sampler's own tile chains
     (`sample_tile_offsets`).
@@ -61,8 +62,8 @@ def sample_nested_offsets(pyr: PyramidConfig, batch: int, *, generator: Optional
         cont = offsets[:, l - 1] + u[:, l] * room
         res = pyr.level_resolution(l) if on_grid else pyr.resolution
         full = torch.tensor(res, dtype=torch.float64, device=device)
-        lo = torch.ceil(offsets[:, l - 1] * full - _EPS)                  # first integer start inside
-        hi = torch.floor((offsets[:, l - 1] + room) * full + _EPS)        # last integer start inside
+        lo = torch.floor(offsets[:, l - 1] * full + 0.5)                  # integer start nearest the parent's
+        hi = torch.floor((offsets[:, l - 1] + room) * full + 0.5)         # ... and nearest its last admissible one
         snapped = (lo + torch.floor(u[:, l] * (hi - lo + 1)).clamp(max=hi - lo)) / full
         at_full = torch.tensor([on_grid or n == R for n, R in zip(pyr.level_resolution(l), pyr.resolution)],
                                device=device)
