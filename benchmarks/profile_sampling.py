@@ -1,9 +1,9 @@
 """Where hierarchical sampling spends its time: FLOPs, seconds and achieved TFLOP/s per level, top kernels.
 
 The FLOPs of one denoiser evaluation at level l are counted by torch's FlopCounterMode: a run
-with one extra step at level l minus a run with one step everywhere is one Heun step, two
-evaluations (matrix products and attention, the conventions of `hpdm_cli.model.flops`). A run of
-s steps makes 2s-1 evaluations per level (`network_evaluations`), so the timed run's generation
+with one extra step at level l minus a run with one step everywhere, divided by the evaluations the
+extra step adds (matrix products and attention, the conventions of `hpdm_cli.model.flops`). A run of
+s steps makes up to 2s-1 evaluations per level (`HierarchicalSampler.evaluations`), so the timed run's generation
 seconds per level (cache building excluded) give achieved TFLOP/s and MFU against the card's
 bf16 peak. A randomly initialised network: speed does not depend on weights.
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hpdm_cli.device import resolve_device  # noqa: E402
 from hpdm_cli.drivers.bench import peak_flops  # noqa: E402
 from hpdm_cli.recipe import default_recipe_path, load_recipe  # noqa: E402
-from hpdm_cli.sampling import HierarchicalSampler, network_evaluations  # noqa: E402
+from hpdm_cli.sampling import HierarchicalSampler  # noqa: E402
 from hpdm_cli.train.step import build_model, set_precision  # noqa: E402
 
 
@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     sampler, counter = make(a.compile), make(False)
     ones = [1] * L
     base = counted_flops(counter, a.batch, cond, ones)
-    per_eval = [(counted_flops(counter, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base) / 2 for l in range(L)]
+    per_eval = [(counted_flops(counter, a.batch, cond, ones[:l] + [2] + ones[l + 1:]) - base)
+                / (counter.evaluations(l, 2) - counter.evaluations(l, 1)) for l in range(L)]
     t0 = time.perf_counter()
     sampler.sample(list(range(a.batch)), cond, steps=steps, guidance=1.0)         # warm-up (and compilation)
     warm_s = time.perf_counter() - t0
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for l in range(L):
         gen = res.seconds[l] - res.cache_seconds[l]
-        n = network_evaluations(steps[l])
+        n = sampler.evaluations(l, steps[l])
         tf = per_eval[l] * n / max(gen, 1e-9) / 1e12
         mfu = f"{100 * tf * 1e12 / peak:.1f}%" if peak else "n/a"
         print(f"| {l} | {per_eval[l] / 1e9:.1f} | {n} | {gen:.3f} | {res.cache_seconds[l]:.3f} | {tf:.2f} | {mfu} |")

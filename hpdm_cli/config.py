@@ -331,6 +331,9 @@ class SampleConfig:
     rho: float = 7.0                     # Karras et al.'s schedule exponent: how densely steps crowd at low sigma.
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
+    heun_max_drop: float = 20.0          # No Heun correction on a step that lowers sigma more than this many times
+    #                                      (only schedules of < ~8 steps have one; 0 = none skipped, Algorithm 2
+    #                                      as published: docs/method.md, section 9).
     guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level
     #                                      (coarse to fine; as with level_steps, extra entries are unused).
     guidance_interval: list[float] = field(default_factory=list)  # [lo, hi]: guide only at lo < sigma <= hi
@@ -564,6 +567,7 @@ class Recipe:
               if isinstance(s.sigma_max, (list, tuple)) else [("sample.sigma_max", s.sigma_max, pos)]),
             ("sample.rho", s.rho, pos),
             ("sample.churn", s.churn, nonneg),
+            ("sample.heun_max_drop", s.heun_max_drop, dict(nonneg, note=" (0 = Heun's correction on every step)")),
             ("sample.context_cache_gib", s.context_cache_gib, nonneg),
             ("sample.stochastic_levels", s.stochastic_levels, ints(0)),
             *((f"sample.guidance[{i}]" if isinstance(s.guidance, (list, tuple)) else "sample.guidance", v,

@@ -434,3 +434,16 @@ def test_what_makes_a_folder_a_run_a_trained_run_or_a_checkpoint(tmp_path):
     assert [source_kind(d) for d in folders] == ["folder", "checkpoint", "folder", "checkpoint"]
     with pytest.raises(DataError, match="holds an hpdm train run"):
         run_prepare(None, started, num_videos=2, seed=0, synthetic="shapes")
+
+
+def test_a_missing_packaged_model_says_how_to_restore_it(monkeypatch, tmp_path):
+    """A checkout or install without the packaged weights names them as the packaged model and says how to restore
+    them, where any other missing path is just missing."""
+    import hpdm_cli.assets as assets
+    from hpdm_cli.checkpoint import CheckpointError
+    gone = tmp_path / "assets" / "shapes-t2v.safetensors"
+    monkeypatch.setattr(assets, "DEFAULT_MODEL", gone)
+    with pytest.raises(CheckpointError, match=r"the packaged model is missing from this installation: reinstall hpdm"):
+        resolve_sampling_weights(gone)
+    with pytest.raises(CheckpointError, match=r"no such checkpoint file or run directory$"):
+        resolve_sampling_weights(tmp_path / "elsewhere.safetensors")

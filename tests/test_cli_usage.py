@@ -244,21 +244,22 @@ def test_bench_training_says_each_row_as_it_is_timed():
 
 
 def test_bench_sampling_extrapolates_by_denoiser_evaluations():
-    """Full-step estimates scale generation time by the tiles of Heun's 2s-1 evaluations, not by steps (with
+    """Full-step estimates scale generation time by the tiles of the denoiser's evaluations, not by steps (with
     shifted tiles evaluations differ in tiles); caches do not scale."""
     from types import SimpleNamespace
     import torch
     from hpdm_cli.drivers.bench import _sampling_row
     res = SimpleNamespace(seconds=[1.0, 2.0, 3.0], cache_seconds=[0.0, 0.5, 0.0], cache_bytes=None,
                           context_bytes=[0, 0, 0])
-    row = _sampling_row(res, "hw", True, 2, [2, 2, 2], [8, 4, 2], torch.device("cpu"), [[1], [9], [49]])
+    evals = [(15, 3), (7, 3), (3, 3)]                      # Heun's 2s-1 at full steps [8, 4, 2] and at 2 steps
+    row = _sampling_row(res, "hw", True, 2, [2, 2, 2], [8, 4, 2], torch.device("cpu"), [[1], [9], [49]], evals)
     # level 0: 1 s for 3 evaluations -> 15; level 1: 1.5 s -> 7 of 3, plus its 0.5 s cache; level 2 as run
     assert row["s_per_video_full_steps_est"] == pytest.approx((1 * 15 / 3 + 1.5 * 7 / 3 + 0.5 + 3) / 2)
     assert row["s_per_video"] == pytest.approx(3.0)
     # Shifted tiles: evaluations cycle through subsets of 16, 25, 20, 20 tiles. Level 1 ran 3 evaluations
     # (61 tiles) and would run 7 at full steps (16+25+20+20+16+25+20 = 142 tiles), not 7/3 of the time.
     row = _sampling_row(res, "shift-hw", True, 2, [2, 2, 2], [8, 4, 2], torch.device("cpu"),
-                        [[1], [16, 25, 20, 20], [16, 25, 20, 20]])
+                        [[1], [16, 25, 20, 20], [16, 25, 20, 20]], evals)
     assert row["s_per_video_full_steps_est"] == pytest.approx((1 * 15 / 3 + 1.5 * 142 / 61 + 0.5 + 3) / 2)
 
 

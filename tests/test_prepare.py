@@ -611,7 +611,9 @@ def test_synthetic_is_encoded_as_crf_preset_and_shard_videos_say(tmp_path, capsy
     assert len(VideoDataset(tmp_path / "b")) == 4
     for bad, says in ((["--preset", "warp"], "--preset 'warp': expected one of"),
                       (["--workers", "-3"], "--workers -3: expected 0"),
-                      (["--fit", "pad", "--order", "sorted"], "--fit, --order only apply to a folder of videos"),
+                      (["--fit", "pad", "--order", "sorted"], "--fit pad, --order sorted only apply to a folder of"),
+                      (["--fit", "squash"], "--fit squash only applies to a folder of videos (hpdm prepare SRC_DIR "
+                                            "OUT_DIR), not to --synthetic: drop it"),
                       (["--size", "16x16"], "--size HxW or --height/--width, not both")):
         assert run_cli(["--synthetic", "shapes", str(tmp_path / "c"), *common, *bad]) == 2, bad
         assert says in capsys.readouterr().err, bad

@@ -16,7 +16,7 @@ from hpdm_cli.model import HPDMNet, NetOutput
 from hpdm_cli.pyramid import patch_points, token_centres
 from hpdm_cli.sampling import (HierarchicalSampler, axis_starts, build_tiles, cache_bytes, chain_offsets, churn_gamma,
                                edm_sample, edm_sigmas, grid_axes, level_steps, network_evaluations, parse_overlap,
-                               shift_phases, tile_counts)
+                               sampler_steps, shift_phases, tile_counts)
 
 OVERLAPS = ["fhw", "fh", "fw", "hw", "f", "h", "w", "none", "shift-hw", "f+shift-hw", "shift-fhw"]
 
@@ -208,10 +208,69 @@ def test_heun_skips_the_final_step():
         return torch.zeros_like(x)
     edm_sample(D, lambda: torch.randn(4), edm_sigmas(5, 0.01, 10.0))
     assert len(calls) == 2 * 5 - 1 and calls[-1] == pytest.approx(0.01)
-    for steps, heun in [(1, True), (5, True), (5, False)]:             # the count the bench extrapolates by
-        calls.clear()
-        edm_sample(D, lambda: torch.randn(4), edm_sigmas(steps, 0.01, 10.0), heun=heun)
-        assert len(calls) == network_evaluations(steps, heun)
+    for steps, heun, churn in [(1, True, 0), (5, True, 0), (5, False, 0), (2, True, 0), (3, True, 40), (8, True, 40)]:
+        calls.clear()                                                   # the count the bench extrapolates by
+        sigmas = edm_sigmas(steps, 0.002, 80.0)
+        edm_sample(D, lambda: torch.randn(4), sigmas, heun=heun, churn=churn)
+        assert len(calls) == network_evaluations(sigmas, churn, heun=heun), (steps, heun, churn)
+
+
+def test_heun_skips_steps_that_lower_the_noise_too_far():
+    """A step that lowers sigma more than HEUN_MAX_DROP-fold takes no Heun correction: there the correction multiplies
+    the denoiser's error by ~t^ / t_{i+1} / 2. With a denoiser of N(mu, s^2) data that is off by 1e-3, 2-4 steps from
+    sigma 80 stay inside the data's range; the trapezoid on every step (written out here) lands 1.5-35 away."""
+    mu, s, bias = 0.3, 0.5, 1e-3
+
+    def D(x, sigma):
+        return (s ** 2 * x + sigma ** 2 * mu) / (s ** 2 + sigma ** 2) + bias
+
+    def always_heun(x, ts):
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            d = (x - D(x, t)) / t
+            x_next = x + (t_next - t) * d
+            if t_next > 0:
+                x_next = x + (t_next - t) * (0.5 * d + 0.5 * (x_next - D(x_next, t_next)) / t_next)
+            x = x_next
+        return x
+    for steps, corrected in [(2, [False, False]), (3, [False, False, False]), (4, [True, False, False, False])]:
+        sigmas = edm_sigmas(steps, 0.002, 80.0)
+        assert [c for *_, c in sampler_steps(sigmas)] == corrected
+        assert network_evaluations(sigmas) == steps + sum(corrected)
+        start = 80.0 * torch.randn(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        x = edm_sample(D, lambda: None, sigmas, x=start.clone())
+        # So few deterministic steps draw a narrowed law (the mean alone after one Euler step), but inside the data's.
+        assert abs(x.mean() - mu) < 0.01 and (x - mu).abs().max() < 3 * s, steps
+        y = always_heun(start.clone(), sigmas.tolist())
+        assert (y - x).abs().mean() > 1.0, steps                       # 35, 1.6 and 1.5 here (data std 0.5)
+    # Schedules of 8 and more steps from sigma 80 drop less than HEUN_MAX_DROP-fold: every step but the last corrected.
+    for steps in (8, 12, 32):
+        assert network_evaluations(edm_sigmas(steps, 0.002, 80.0)) == 2 * steps - 1
+    # max_drop = inf (sample.heun_max_drop = 0) is Algorithm 2 as published: the trapezoid on every step.
+    sigmas = edm_sigmas(3, 0.002, 80.0)
+    start = 80.0 * torch.randn(64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = edm_sample(D, lambda: None, sigmas, x=start.clone(), max_drop=math.inf)
+    assert torch.allclose(exact, always_heun(start.clone(), sigmas.tolist()), rtol=0, atol=1e-9)
+    assert network_evaluations(sigmas, max_drop=math.inf) == 5
+
+
+def test_hierarchical_sampler_takes_the_recipes_heun_max_drop():
+    """sample.heun_max_drop reaches every level's sampler, and its evaluation count (0: no step skipped)."""
+    import dataclasses
+    from hpdm_cli.config import ConfigError
+    net, recipe = small_net(load=[1, 1, 2, 3])
+    counts = {}
+    for drop in (0.0, 20.0):
+        r = dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, heun_max_drop=drop))
+        sampler = HierarchicalSampler(net, r.diffusion, r.sample, tile_batch=64)
+        calls = []
+        hook = net.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+        sampler.sample([3], torch.tensor([1]), guidance=1.0, steps=[3, 3, 2])
+        hook.remove()
+        counts[drop] = (len(calls), [sampler.evaluations(l, s) for l, s in enumerate([3, 3, 2])])
+    assert counts[0.0][1] == [5, 5, 3] and counts[20.0][1] == [3, 3, 2]
+    assert counts[0.0][0] - counts[20.0][0] >= 2 + 2 + 1                    # the skipped corrections' forwards
+    with pytest.raises(ConfigError, match="sample.heun_max_drop = -1.0: expected a finite number >= 0"):
+        dataclasses.replace(recipe, sample=dataclasses.replace(recipe.sample, heun_max_drop=-1.0)).validate()
 
 
 @pytest.mark.parametrize("churn", [0.0, 40.0])
@@ -295,7 +354,10 @@ def test_hierarchical_level0_draws_gaussian_data(stochastic):
 # "a sample depends only on its seed")
 
 def small_net(**model):
+    """A random network with its recipe; its sampler corrects every step as Algorithm 2 does (heun_max_drop = 0),
+    so that the tests of the sampler's machinery count Heun's 2s-1 evaluations in their few-step schedules."""
     recipe = tiny_recipe(resolution=(4, 32, 32), patch=(2, 8, 8), **model)
+    recipe.sample.heun_max_drop = 0.0
     return randomize(HPDMNet(recipe.pyramid, recipe.model)), recipe
 
 

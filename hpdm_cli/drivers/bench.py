@@ -23,7 +23,6 @@ from ..diffusion.edm import draw_noise
 from ..io import atomic_write_json, holds_other_than, make_folder, unwritable
 from ..model.flops import train_step_flops
 from ..pyramid import sample_nested_offsets
-from ..sampling.edm_sampler import network_evaluations
 
 __all__ = ["PEAK_FLOPS", "PRECISIONS", "peak_flops", "bench_training", "bench_sampling", "write_json", "run_bench",
            "check_memory_chart_options"]
@@ -435,7 +434,8 @@ def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlap
             torch.cuda.reset_peak_memory_stats(device)
         res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
         sizes = [[t.numel() for t, _ in p] for p in sampler.phases]
-        rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device, sizes))
+        evals = [(sampler.evaluations(l, f), sampler.evaluations(l, r)) for l, (f, r) in enumerate(zip(full, run_steps))]
+        rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device, sizes, evals))
         rows[-1]["tile_batch"] = tb
         if compile:
             rows[-1].update(compiled=True, compile_s=compile_s)
@@ -446,20 +446,21 @@ def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlap
     return rows
 
 
-def tiles_denoised(sizes: Sequence[int], steps: int) -> int:
-    """Tiles a level denoises per video in `steps` sampler steps, its evaluations cycling through subsets of `sizes`."""
-    return sum(sizes[k % len(sizes)] for k in range(network_evaluations(steps)))
+def tiles_denoised(sizes: Sequence[int], evaluations: int) -> int:
+    """Tiles a level denoises per video in `evaluations` denoiser calls, cycling through subsets of `sizes`."""
+    return sum(sizes[k % len(sizes)] for k in range(evaluations))
 
 
 def _sampling_row(res, ov: str, cache: bool, batch: int, run_steps: list[int], full: list[int],
-                  device: torch.device, sizes: Sequence[Sequence[int]]) -> dict:
+                  device: torch.device, sizes: Sequence[Sequence[int]], evals: Sequence[tuple[int, int]]) -> dict:
     """The row of one overlap and cache setting: seconds per video (per level, and extrapolated to full steps).
 
-    `sizes`: per level, the tiles of each of its evaluations' subsets (`HierarchicalSampler.phases`).
+    `sizes`: per level, the tiles of each of its evaluations' subsets (`HierarchicalSampler.phases`); `evals`: per
+    level, its denoiser calls at full steps and at the run's steps (`HierarchicalSampler.evaluations`).
     """
     gen = [s - c for s, c in zip(res.seconds, res.cache_seconds)]
-    evals = [tiles_denoised(z, f) / tiles_denoised(z, r) for z, f, r in zip(sizes, full, run_steps)]
-    est = [g * e + c for g, e, c in zip(gen, evals, res.cache_seconds)]
+    ratio = [tiles_denoised(z, f) / tiles_denoised(z, r) for z, (f, r) in zip(sizes, evals)]
+    est = [g * e + c for g, e, c in zip(gen, ratio, res.cache_seconds)]
     row = {"overlap": ov, "cache": cache, "batch": batch, "steps": "/".join(map(str, run_steps)),
            "s_per_video": sum(res.seconds) / batch}
     for l in range(len(full)):

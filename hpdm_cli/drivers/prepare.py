@@ -189,11 +189,12 @@ def _write_shapes(name: str, positional: list, rec, hw: Optional[tuple[int, int]
     from ..data.shapes import check_num_videos, write_shapes_dataset
     from ..io.lock import hold_lock
     check_num_videos(num_videos)
-    folder_only = [f"--{k}" for k in _FOLDER_ONLY if folder_options.get(k) not in (None, False,
-                                                                                  getattr(PrepareOptions, k))]
+    folder_only = [f"--{k}" if folder_options[k] is True else f"--{k} {folder_options[k]}" for k in _FOLDER_ONLY
+                   if folder_options.get(k) not in (None, False, getattr(PrepareOptions, k))]
     if folder_only:
-        raise DataError(f"{', '.join(folder_only)} only apply to a folder of videos (hpdm prepare SRC_DIR OUT_DIR), "
-                        "not to --synthetic: drop them")
+        verb, them = ("applies", "it") if len(folder_only) == 1 else ("apply", "them")
+        raise DataError(f"{', '.join(folder_only)} only {verb} to a folder of videos (hpdm prepare SRC_DIR OUT_DIR), "
+                        f"not to --synthetic: drop {them}")
     if hw and (height is not None or width is not None):
         raise DataError("give the synthetic clips' size once: --size HxW or --height/--width, not both")
     encode = {k: v for k, v in (("crf", folder_options.get("crf")), ("preset", folder_options.get("preset")),

@@ -77,7 +77,7 @@ from ..config import DiffusionConfig, ModelConfig, PyramidConfig, SampleConfig, 
 from ..device import randn_on
 from ..diffusion.edm import c_in, denoise, input_scales
 from ..model.network import LevelContext, reading_blocks, token_grid
-from .edm_sampler import edm_sample, edm_sigmas
+from .edm_sampler import edm_sample, edm_sigmas, network_evaluations
 from ..pyramid.tiles import LevelTiles, build_tiles, chain_offsets, parse_overlap, shift_phases, tile_counts
 
 Progress = Callable[[int, int, int], None]
@@ -241,6 +241,7 @@ class HierarchicalSampler:
             self.net = torch.compile(net, dynamic=False)
         self.pyramid, self.model = net.pyramid, net.cfg
         self.diffusion, self.sample_cfg = diffusion, sample
+        self.max_drop = sample.heun_max_drop or math.inf  # Heun's limit (edm_sample's max_drop); 0 = none
         self.dtype = dtype                      # canvases, noise and offsets (float64 for reference runs)
         if device is None:
             p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
@@ -279,6 +280,17 @@ class HierarchicalSampler:
                                                      autocast=autocast, dtype=dtype, compile=compile)
 
     # ----------------------------------------------------------------------------------------
+    def schedule(self, level: int, steps: int) -> tuple[torch.Tensor, float]:
+        """Level `level`'s EDM noise levels over `steps` steps and its churn (0 above `sample.stochastic_levels`)."""
+        sc = self.sample_cfg
+        sigma_max = per_level(sc.sigma_max, self.num_levels, "sigma_max values")[level]
+        return edm_sigmas(steps, sc.sigma_min, sigma_max, sc.rho), (sc.churn if level < sc.stochastic_levels else 0.0)
+
+    def evaluations(self, level: int, steps: int) -> int:
+        """Denoiser calls that sampling level `level` in `steps` steps makes (`network_evaluations`)."""
+        sigmas, churn = self.schedule(level, steps)
+        return network_evaluations(sigmas, churn, max_drop=self.max_drop)
+
     def sample(self, seeds: Sequence[int], cond=None, *, guidance=None,
                levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
                fixed: Optional[Mapping[int, torch.Tensor]] = None,
@@ -302,7 +314,6 @@ class HierarchicalSampler:
         nsteps = level_steps(sc, n_levels, steps)
         generated = [l for l in range(n_levels) if l not in fixed]
         w = level_guidance(sc.guidance if guidance is None else guidance, self.num_levels)
-        sigma_max = per_level(sc.sigma_max, self.num_levels, "sigma_max values")
         auto = frozenset({0}) if self.guide_sampler is not None and 0 in generated and w[0] != 1.0 else frozenset()
         guided = (cond is not None and self.model.cond != "none"
                   and any(w[l] != 1.0 and l not in auto for l in generated))
@@ -325,14 +336,13 @@ class HierarchicalSampler:
                     ctx_held.append(0)
                 else:
                     gens = [seed_generator(s, l, _SAMPLER_STREAM) for s in seeds]
-                    sigmas = edm_sigmas(nsteps[l], sc.sigma_min, sigma_max[l], sc.rho)
-                    churn = sc.churn if l < sc.stochastic_levels else 0.0
+                    sigmas, churn = self.schedule(l, nsteps[l])
                     cb = (lambda i, n, _l=l: progress(_l, i, n)) if progress is not None else None
                     c0 = self._clock()
                     ctx_held.append(self._hold_context(run, l))
                     t_ctx = self._clock() - c0
                     x = edm_sample(self._level_denoiser(run, l), self._noise(gens, shape), sigmas,
-                                   churn=churn, callback=cb)
+                                   churn=churn, max_drop=self.max_drop, callback=cb)
                     run.context = {}
                     pixels = (x / b_l).clamp(-1.0, 1.0)
                     used.append(nsteps[l])
