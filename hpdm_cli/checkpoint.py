@@ -64,7 +64,6 @@ def resolve_sampling_weights(ckpt: str | os.PathLike) -> Path:
             raise CheckpointError(f"{p}: this is a prepared dataset, not a run directory: give a run directory (hpdm "
                                   "train --run-dir), a checkpoint or a weights file")
         raise CheckpointError(f"{p}: no checkpoints in this run directory; train first (hpdm train ...){hides}")
-    from .assets import DEFAULT_MODEL
     if p.resolve() == DEFAULT_MODEL:
         raise CheckpointError(f"{p}: the packaged model is missing from this installation: reinstall hpdm (bash "
                               "scripts/setup.sh) or restore the file (git checkout hpdm_cli/assets)")

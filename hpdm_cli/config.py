@@ -331,8 +331,8 @@ class SampleConfig:
     rho: float = 7.0                     # Karras et al.'s schedule exponent: how densely steps crowd at low sigma.
     churn: float = 40.0                  # S_churn at stochastic levels.
     stochastic_levels: int = 1           # Levels (from 0) sampled with churn; the rest deterministic.
-    heun_max_drop: float = 20.0          # No Heun correction on a step that lowers sigma more than this many times
-    #                                      (only schedules of < ~8 steps have one; 0 = none skipped, Algorithm 2
+    heun_max_drop: float = 5.0           # No Heun correction on a step that lowers sigma more than this many times
+    #                                      (only schedules of < ~16 steps have one; 0 = none skipped, Algorithm 2
     #                                      as published: docs/method.md, section 9).
     guidance: float | list[float] = 1.0  # Classifier-free guidance scale (1 = off): one value, or one per level
     #                                      (coarse to fine; as with level_steps, extra entries are unused).

@@ -439,10 +439,10 @@ def test_what_makes_a_folder_a_run_a_trained_run_or_a_checkpoint(tmp_path):
 def test_a_missing_packaged_model_says_how_to_restore_it(monkeypatch, tmp_path):
     """A checkout or install without the packaged weights names them as the packaged model and says how to restore
     them, where any other missing path is just missing."""
-    import hpdm_cli.assets as assets
+    import hpdm_cli.checkpoint as checkpoint
     from hpdm_cli.checkpoint import CheckpointError
     gone = tmp_path / "assets" / "shapes-t2v.safetensors"
-    monkeypatch.setattr(assets, "DEFAULT_MODEL", gone)
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", gone)
     with pytest.raises(CheckpointError, match=r"the packaged model is missing from this installation: reinstall hpdm"):
         resolve_sampling_weights(gone)
     with pytest.raises(CheckpointError, match=r"no such checkpoint file or run directory$"):

@@ -206,7 +206,7 @@ def test_heun_skips_the_final_step():
     def D(x, s):
         calls.append(s)
         return torch.zeros_like(x)
-    edm_sample(D, lambda: torch.randn(4), edm_sigmas(5, 0.01, 10.0))
+    edm_sample(D, lambda: torch.randn(4), edm_sigmas(5, 0.01, 10.0), max_drop=math.inf)     # Algorithm 2 as published
     assert len(calls) == 2 * 5 - 1 and calls[-1] == pytest.approx(0.01)
     for steps, heun, churn in [(1, True, 0), (5, True, 0), (5, False, 0), (2, True, 0), (3, True, 40), (8, True, 40)]:
         calls.clear()                                                   # the count the bench extrapolates by
@@ -218,7 +218,8 @@ def test_heun_skips_the_final_step():
 def test_heun_skips_steps_that_lower_the_noise_too_far():
     """A step that lowers sigma more than HEUN_MAX_DROP-fold takes no Heun correction: there the correction multiplies
     the denoiser's error by ~t^ / t_{i+1} / 2. With a denoiser of N(mu, s^2) data that is off by 1e-3, 2-4 steps from
-    sigma 80 stay inside the data's range; the trapezoid on every step (written out here) lands 1.5-35 away."""
+    sigma 80 stay inside the data's range; the trapezoid on every step (written out here) lands 1.5-35 away, and
+    the last steps of 8 (7.6- and 17.6-fold drops) 0.02 away."""
     mu, s, bias = 0.3, 0.5, 1e-3
 
     def D(x, sigma):
@@ -232,18 +233,19 @@ def test_heun_skips_steps_that_lower_the_noise_too_far():
                 x_next = x + (t_next - t) * (0.5 * d + 0.5 * (x_next - D(x_next, t_next)) / t_next)
             x = x_next
         return x
-    for steps, corrected in [(2, [False, False]), (3, [False, False, False]), (4, [True, False, False, False])]:
+    for steps, corrected, apart in [(2, [False, False], 1.0), (3, [False, False, False], 1.0),
+                                    (4, [False, False, False, False], 1.0), (8, [True] * 5 + [False] * 3, 0.02)]:
         sigmas = edm_sigmas(steps, 0.002, 80.0)
         assert [c for *_, c in sampler_steps(sigmas)] == corrected
         assert network_evaluations(sigmas) == steps + sum(corrected)
         start = 80.0 * torch.randn(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         x = edm_sample(D, lambda: None, sigmas, x=start.clone())
-        # So few deterministic steps draw a narrowed law (the mean alone after one Euler step), but inside the data's.
-        assert abs(x.mean() - mu) < 0.01 and (x - mu).abs().max() < 3 * s, steps
+        # So few deterministic steps draw a law narrower than the data's (one Euler step: its mean alone) or a little wider.
+        assert abs(x.mean() - mu) < 0.01 and x.std() < 1.3 * s, steps
         y = always_heun(start.clone(), sigmas.tolist())
-        assert (y - x).abs().mean() > 1.0, steps                       # 35, 1.6 and 1.5 here (data std 0.5)
-    # Schedules of 8 and more steps from sigma 80 drop less than HEUN_MAX_DROP-fold: every step but the last corrected.
-    for steps in (8, 12, 32):
+        assert (y - x).abs().mean() > apart, steps                     # 35, 1.6, 1.5 and 0.05 here (data std 0.5)
+    # Schedules of 16 and more steps from sigma 80 drop less than HEUN_MAX_DROP-fold: every step but the last corrected.
+    for steps in (16, 24, 32):
         assert network_evaluations(edm_sigmas(steps, 0.002, 80.0)) == 2 * steps - 1
     # max_drop = inf (sample.heun_max_drop = 0) is Algorithm 2 as published: the trapezoid on every step.
     sigmas = edm_sigmas(3, 0.002, 80.0)
