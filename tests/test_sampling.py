@@ -240,7 +240,7 @@ def test_heun_skips_steps_that_lower_the_noise_too_far():
         assert network_evaluations(sigmas) == steps + sum(corrected)
         start = 80.0 * torch.randn(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         x = edm_sample(D, lambda: None, sigmas, x=start.clone())
-        # So few deterministic steps draw a law narrower than the data's (one Euler step: its mean alone) or a little wider.
+        # So few deterministic steps draw a law narrower than the data's (one Euler step: its mean) or a little wider.
         assert abs(x.mean() - mu) < 0.01 and x.std() < 1.3 * s, steps
         y = always_heun(start.clone(), sigmas.tolist())
         assert (y - x).abs().mean() > apart, steps                     # 35, 1.6, 1.5 and 0.05 here (data std 0.5)

@@ -434,7 +434,8 @@ def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlap
             torch.cuda.reset_peak_memory_stats(device)
         res = sampler.sample(list(range(batch)), cond, steps=run_steps, guidance=1.0)
         sizes = [[t.numel() for t, _ in p] for p in sampler.phases]
-        evals = [(sampler.evaluations(l, f), sampler.evaluations(l, r)) for l, (f, r) in enumerate(zip(full, run_steps))]
+        evals = [(sampler.evaluations(l, f), sampler.evaluations(l, r))
+                 for l, (f, r) in enumerate(zip(full, run_steps))]
         rows.append(_sampling_row(res, ov, cache, batch, run_steps, full, device, sizes, evals))
         rows[-1]["tile_batch"] = tb
         if compile:

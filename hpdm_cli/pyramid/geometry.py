@@ -26,7 +26,6 @@ from ..device import constant
 from .tiles import build_tiles, chain_offsets, shift_phases
 
 
-
 def level_scales(pyr: PyramidConfig, device=None) -> torch.Tensor:
     """Per-level, per-axis patch scales s_l as a float tensor [L, 3]."""
     return constant(tuple(tuple(pyr.level_scale(l)) for l in range(pyr.num_levels)), device, torch.float32)

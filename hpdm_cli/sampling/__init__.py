@@ -7,6 +7,7 @@ from .hierarchical import (HierarchicalSampler, SampleResult, cache_bytes, check
 from ..pyramid.tiles import (LevelTiles, axis_starts, build_tiles, chain_offsets, grid_axes, parse_overlap,
                              shift_phases, tile_counts)
 
-__all__ = ["HEUN_MAX_DROP", "HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles", "cache_bytes",
-           "chain_offsets", "check_guide", "churn_gamma", "edm_sample", "edm_sigmas", "grid_axes", "level_guidance",
-           "level_steps", "network_evaluations", "parse_overlap", "sampler_steps", "seed_generator", "shift_phases", "tile_counts"]
+__all__ = ["HEUN_MAX_DROP", "HierarchicalSampler", "LevelTiles", "SampleResult", "axis_starts", "build_tiles",
+           "cache_bytes", "chain_offsets", "check_guide", "churn_gamma", "edm_sample", "edm_sigmas", "grid_axes",
+           "level_guidance", "level_steps", "network_evaluations", "parse_overlap", "sampler_steps", "seed_generator",
+           "shift_phases", "tile_counts"]
