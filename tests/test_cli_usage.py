@@ -156,7 +156,7 @@ BENCH_CASES = {
     "--overlap empty item": (["--sampling", "--overlap", "fhw,,hw"], "--overlap"),
     "--sample-steps 8,a": (["--sampling", "--sample-steps", "8,a"], "--sample-steps '8,a'"),
     "--sample-steps 0,1,1": (["--sampling", "--sample-steps", "0,1,1"], "at least one step"),
-    "--sample-steps too few": (["--sampling", "--sample-steps", "2"], "expected 3 per-level"),
+    "--sample-steps too few": (["--sampling", "--sample-steps", "2,2"], "expected 3 per-level"),
     "--overlap without --sampling": (["--overlap", "hw"], "--sampling"),
     "--cache-only without --sampling": (["--cache-only"], "--sampling"),
     "--compile without --sampling": (["--compile"], "train.compile"),
@@ -233,6 +233,14 @@ def test_bench_sampling_times_each_tile_batch(tmp_path):
                                                      for tb in (1, 5)]
     assert all(f"{r['s_per_video']:.3f} s/video at 1/1/1 steps" in line for r, line in zip(rows, said))
 
+
+
+def test_bench_sampling_takes_one_step_count_as_sample_does():
+    """--sample-steps 4: level 0's count, halved per level (at least 1), as `hpdm sample --steps 4`."""
+    from hpdm_cli.drivers.bench import run_bench
+    rows = run_bench("tiny", ["train.device=cpu"], sampling=True, batch=1, compare_cache=False, sample_steps="4",
+                     precision="fp32")
+    assert [r["steps"] for r in rows] == ["4/2/1"]
 
 
 def test_bench_training_says_each_row_as_it_is_timed():

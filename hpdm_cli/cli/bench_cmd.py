@@ -30,7 +30,8 @@ def bench(
                                                      "(fhw,hw,...,none,shift-hw; default: the recipe's "
                                                      "pyramid.overlap)."),
     compare_cache: bool = typer.Option(True, "--compare-cache/--cache-only", help="Sampling: also time without caching."),
-    sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2 "
+    sample_steps: Optional[str] = typer.Option(None, help="Sampling: per-level steps actually run, e.g. 8,4,2, or one "
+                                                                    "count halved per level as sample --steps "
                                                                     "(default: the recipe's; the full-step time "
                                                                     "is extrapolated from fewer)."),
     compile: bool = typer.Option(False, "--compile", help="Sampling: torch.compile the network (compile time "

@@ -146,7 +146,7 @@ def _ints(value: str, option: str, example: str) -> list[int]:
 
 
 def _sample_steps(value: str) -> list[int]:
-    """--sample-steps 8,4,2 -> [8, 4, 2] (one count per level; checked against the recipe by bench_sampling)."""
+    """--sample-steps 8,4,2 -> [8, 4, 2] (one count per level, or one for level 0; checked by bench_sampling)."""
     return _ints(value, "--sample-steps", "8,4,2")
 
 
@@ -377,12 +377,13 @@ def _check_sampling(recipe: Recipe, batch: int, tile_batch: int, precision: str,
                 raise ConfigError(str(e)) from None
     L = recipe.pyramid.num_levels
     if steps is not None:
-        if len(steps) != L:
-            raise ConfigError(f"sample steps = {list(steps)}: expected {L} per-level step counts "
-                              f"(one per pyramid level), e.g. {','.join(str(max(1, 8 >> l)) for l in range(L))}")
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
             raise ConfigError(f"sample steps = {list(steps)}: every level needs at least one step, "
                               "e.g. --sample-steps 8,4,2")
+        if len(steps) not in (1, L):
+            raise ConfigError(f"sample steps = {list(steps)}: expected {L} per-level step counts "
+                              f"(one per pyramid level), e.g. {','.join(str(max(1, 8 >> l)) for l in range(L))}, "
+                              "or one for level 0, halved per level")
 
 
 def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlaps: Optional[list[str]] = None,
@@ -394,20 +395,22 @@ def bench_sampling(recipe: Recipe, *, batch: int = BENCH_SAMPLING_BATCH, overlap
     (and unless `compare_cache` is off, without) caching.
 
     Uses a randomly initialised network (speed does not depend on the weights). `steps` gives the
-    per-level sampler steps actually run (default: the recipe's); the row also extrapolates the
-    generation time to the recipe's full step counts in proportion to the tiles the denoiser
-    evaluations denoise (Heun: 2 evaluations per step, 1 for the last; with shifted tiles successive
-    evaluations denoise different numbers of tiles; cache building does not scale).
+    per-level sampler steps actually run, or one count for level 0 halved per level (default: the recipe's);
+    the row also extrapolates the generation time to the recipe's full step counts in proportion to the tiles
+    the denoiser evaluations denoise (`HierarchicalSampler.evaluations`: Heun's 2 per step where it corrects;
+    with shifted tiles successive evaluations denoise different numbers of tiles; cache building does not scale).
     With `compile` the network runs through torch.compile: one untimed pass per setting, of enough
     steps that every level's evaluations go through each of its tile subsets with and without
     self-conditioning latents, compiles every graph first (its seconds are the row's `compile_s`).
     `warn` hears of bf16 emulated on a CPU, once the options are checked; `log` each row as it is timed.
     """
     from ..device import resolve_device
-    from ..sampling.hierarchical import HierarchicalSampler, level_steps
+    from ..sampling.hierarchical import HierarchicalSampler, halved_steps, level_steps
     from ..train.step import build_model, set_precision
     _check_sampling(recipe, batch, min(tile_batches, default=0), precision, overlaps, steps)   # the smallest decides
     L = recipe.pyramid.num_levels
+    if steps is not None and len(steps) == 1:                 # one count: level 0's, halved per level (sample --steps)
+        steps = halved_steps(steps[0], L)
     device = resolve_device(recipe.train.device, 0, option="train.device")
     _warn_emulated_bf16(warn, device, [precision])
     set_precision(precision)
