@@ -87,3 +87,14 @@ def test_an_abort_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli_app, "app", fail)
     assert cli_app.exit_code(["anything"]) == 130
     assert capsys.readouterr().err.strip() == "hpdm: aborted"
+
+
+@pytest.mark.parametrize("argv,see", [(["sample", "--seeds"], "hpdm sample --help"),
+                                      (["train", "--run-dir"], "hpdm train --help"),
+                                      (["no-such-command"], "hpdm --help"),
+                                      (["--no-such-option"], "hpdm --help")])
+def test_a_parse_error_points_at_its_commands_help(argv, see, capsys):
+    """An option without its value is found before its command runs: the line still names that command's help."""
+    assert cli_app.exit_code(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpdm: error: ") and err.endswith(f"(see '{see}')") and "\n" not in err, err

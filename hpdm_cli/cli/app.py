@@ -44,7 +44,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _parse_error_line(e: Exception) -> str:
+def _parse_error_line(e: Exception, argv: Optional[List[str]] = None) -> str:
     """The one-line message for a command-line parse error raised by typer."""
     msg = _one_line(e.format_message()).rstrip(".") or type(e).__name__
     opt = getattr(e, "option_name", None) or ""
@@ -52,6 +52,9 @@ def _parse_error_line(e: Exception) -> str:
         msg += f"; recipe overrides take no dashes: {opt[2:]}=VALUE"
     ctx = getattr(e, "ctx", None)
     path = ctx.command_path if ctx is not None else "hpdm"
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if path == "hpdm" and words and words[0] in typer.main.get_command(app).commands:
+        path = f"hpdm {words[0]}"                              # an option's missing value, found before its command ran
     return f"{msg} (see '{path} --help')"
 
 
@@ -92,7 +95,7 @@ def exit_code(argv: Optional[List[str]] = None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":                # bare `hpdm`: typer printed the help
             line = "no command given: run one of the commands listed above, e.g. 'hpdm train tiny'"
         else:
-            line = _parse_error_line(e)
+            line = _parse_error_line(e, argv)
         err.print(f"hpdm: error: {line}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except Exception as e:                                                # noqa: BLE001
