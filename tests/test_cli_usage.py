@@ -483,3 +483,26 @@ def test_fvd_table_says_where_each_sides_statistics_came_from():
     side.cache = "off"
     assert _how(side) == "computed in 2.0 s (4.00 clips/s)"
     assert _how(SimpleNamespace(kind="stats")) == "read from the file"
+
+
+def test_piped_output_is_wide_enough_for_the_tables():
+    """Printed to a file or pipe, tables keep their labels and numbers (Rich's default there is 80 columns, which
+    cut `hpdm bench --ablations` labels to "overl…"); a terminal, or COLUMNS, decides the width otherwise."""
+    import io
+    from rich.console import Console
+    from rich.table import Table
+    from hpdm_cli.cli.console import PIPED_WIDTH, console_width
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    assert console_width(io.StringIO(), {}) == PIPED_WIDTH
+    assert console_width(Terminal(), {}) is None and console_width(io.StringIO(), {"COLUMNS": "100"}) is None
+    table = Table()
+    for k in range(6):
+        table.add_column(f"overlap_and_cache_setting_{k}")
+    table.add_row(*[f"{0.0591234 * k:.6f}" for k in range(6)])
+    sink = io.StringIO()
+    Console(file=sink, width=console_width(sink, {})).print(table)
+    text = sink.getvalue()
+    assert "…" not in text and "overlap_and_cache_setting_5" in text and "0.295617" in text

@@ -8,14 +8,31 @@ with code 2.
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Mapping, Optional, TextIO
+
 from rich.console import Console
 
 from ..device import emulated_bf16_warning, world
 
-__all__ = ["out", "err", "warn", "log_line", "rank0_warn", "is_main_rank", "warn_emulated_bf16"]
+__all__ = ["out", "err", "warn", "log_line", "rank0_warn", "is_main_rank", "warn_emulated_bf16", "console_width"]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Width of output that is not a terminal (a log file, a pipe): wide enough for every table hpdm prints, which
+# Rich would otherwise squeeze into 80 columns, cutting labels and numbers to "…".
+PIPED_WIDTH = 240
+
+
+def console_width(stream: TextIO, environ: Mapping[str, str] = os.environ) -> Optional[int]:
+    """The width to print at: the terminal's (None: Rich asks it) or `COLUMNS` if set, else `PIPED_WIDTH`."""
+    isatty = getattr(stream, "isatty", None)
+    if (isatty is not None and isatty()) or environ.get("COLUMNS", "").isdigit():
+        return None
+    return PIPED_WIDTH
+
+
+out = Console(soft_wrap=True, width=console_width(sys.stdout))
+err = Console(stderr=True, soft_wrap=True, width=console_width(sys.stderr))
 
 
 def warn(message: str) -> None:
