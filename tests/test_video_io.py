@@ -295,7 +295,9 @@ def test_read_upright_turns_a_phone_video_upright_and_names_what_is_wrong_with_a
     assert np.abs(np.rot90(coded, -1, axes=(1, 2)).astype(int) - up).mean() < 2          # the same picture, turned
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.mp4").write_text("these are my notes\n")
-    for name, why in (("empty.mp4", "(empty file)"), ("notes.mp4", "(the file holds text, not video)")):
+    (tmp_path / "recipe.toml").write_text('[data]\npath = "x"\n')             # FFmpeg opens this one as subtitles
+    for name, why in (("empty.mp4", "(empty file)"), ("notes.mp4", "(the file holds text, not video)"),
+                      ("recipe.toml", "no video stream (the file holds text, not video)")):
         with pytest.raises(VideoError, match=rf"^cannot read '.*{name}': .*{re.escape(why)}$"):
             read_upright(tmp_path / name)
 

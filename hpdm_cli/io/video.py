@@ -674,7 +674,9 @@ class VideoReader:
         c = self._container
         if not c.streams.video:
             kinds = sorted({s.type for s in c.streams})
-            raise VideoError("no video stream" + (f" (only {', '.join(kinds)})" if kinds else " (no streams at all)"))
+            hint = _sniff(self.path)                         # FFmpeg reads a text file as subtitles
+            raise VideoError("no video stream" + (hint or (f" (only {', '.join(kinds)})" if kinds
+                                                           else " (no streams at all)")))
         s = self._stream = c.streams.video[0]
         self.has_audio = bool(c.streams.audio)
         if threads:
