@@ -14,7 +14,7 @@ lowers the noise more than `max_drop`-fold (`sample.heun_max_drop`, default 5). 
 estimate by that small t and multiplies it by the step's length t^ - t_{i+1}: with the packaged model, 2-3 steps
 from sigma 80 gave pure noise and 4-12 steps visible grain, which the Euler step alone does not (docs/method.md,
 section 9). Schedules of 16 steps and more never drop that far (from sigma 80 to 0.002 with rho 7: 16 steps drop
-at most 4.4-fold, 12 steps 7.1-fold, 8 steps 17.6-fold). `max_drop = inf` is Algorithm 2 as published.
+at most 4.4-fold, 12 steps 7.1-fold, 8 steps 17.6-fold). `max_drop` 0 (or inf) is Algorithm 2 as published.
 """
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ def churn_gamma(churn: float, steps: int) -> float:
 
 def sampler_steps(sigmas: torch.Tensor, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                   heun: bool = True, max_drop: float = HEUN_MAX_DROP) -> list[tuple[float, float, float, bool]]:
-    """Each step of `edm_sample` as (t_i, t^, t_{i+1}, whether Heun corrects it)."""
+    """Each step of `edm_sample` as (t_i, t^, t_{i+1}, whether Heun corrects it); `max_drop` 0 sets no limit."""
+    limit = max_drop or math.inf
     ts = [float(t) for t in sigmas]
     gamma = churn_gamma(churn, len(ts) - 1)
     steps = []
     for t_cur, t_next in zip(ts[:-1], ts[1:]):
         t_hat = t_cur * (1.0 + (gamma if s_tmin <= t_cur <= s_tmax else 0.0))
-        steps.append((t_cur, t_hat, t_next, heun and t_next > 0 and t_hat <= max_drop * t_next))
+        steps.append((t_cur, t_hat, t_next, heun and t_next > 0 and t_hat <= limit * t_next))
     return steps
 
 

@@ -241,7 +241,6 @@ class HierarchicalSampler:
             self.net = torch.compile(net, dynamic=False)
         self.pyramid, self.model = net.pyramid, net.cfg
         self.diffusion, self.sample_cfg = diffusion, sample
-        self.max_drop = sample.heun_max_drop or math.inf  # Heun's limit (edm_sample's max_drop); 0 = none
         self.dtype = dtype                      # canvases, noise and offsets (float64 for reference runs)
         if device is None:
             p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
@@ -289,7 +288,7 @@ class HierarchicalSampler:
     def evaluations(self, level: int, steps: int) -> int:
         """Denoiser calls that sampling level `level` in `steps` steps makes (`network_evaluations`)."""
         sigmas, churn = self.schedule(level, steps)
-        return network_evaluations(sigmas, churn, max_drop=self.max_drop)
+        return network_evaluations(sigmas, churn, max_drop=self.sample_cfg.heun_max_drop)
 
     def sample(self, seeds: Sequence[int], cond=None, *, guidance=None,
                levels: Optional[int] = None, steps: Optional[Sequence[int]] = None,
@@ -342,7 +341,7 @@ class HierarchicalSampler:
                     ctx_held.append(self._hold_context(run, l))
                     t_ctx = self._clock() - c0
                     x = edm_sample(self._level_denoiser(run, l), self._noise(gens, shape), sigmas,
-                                   churn=churn, max_drop=self.max_drop, callback=cb)
+                                   churn=churn, max_drop=sc.heun_max_drop, callback=cb)
                     run.context = {}
                     pixels = (x / b_l).clamp(-1.0, 1.0)
                     used.append(nsteps[l])
