@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from hpdm_cli.errors import HPDMError
 from hpdm_cli.io.lock import lock_holder
 from hpdm_cli.recipe import default_recipe_path, load_recipe
 from hpdm_cli.train import loop, step
@@ -372,13 +373,12 @@ def test_a_missing_init_from_is_named_before_the_run_directory_is_written(shapes
     with pytest.raises(TrainError, match=r"^train.init_from = '.*nope': .*no such checkpoint file or run directory$"):
         train(make_recipe(shapes_data, f"train.init_from={json.dumps(str(tmp_path / 'nope'))}"), tmp_path / "r",
               log=quiet())
-    assert [p.name for p in (tmp_path / "r").iterdir() if not p.name.startswith(".")] == []
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_run_that_never_trained_does_not_bind_its_directory(shapes_data, tmp_path):
     """Data of another size is refused before the run directory is made; a run directory holding a recipe and
     nothing trained (a run stopped before its first step) does not bind it: the fixed recipe may differ."""
-    from hpdm_cli.errors import HPDMError
     from hpdm_cli.recipe import dump_recipe
     run = tmp_path / "run"
     with pytest.raises(HPDMError, match="holds 32x32 videos but 64x64 are needed"):       # the data is 8x32x32
@@ -408,6 +408,42 @@ def test_a_class_model_on_unlabelled_clips_is_refused_before_the_run_directory(s
     with pytest.raises(TrainError, match=r"^the dataset has 16 classes but model.num_classes = 2: set "
                                          r"model.num_classes=16 \(or more\)$"):
         train(make_recipe(shapes_data, 'model.cond="class"', "model.num_classes=2"), tmp_path / "run2", log=quiet())
+    assert not (tmp_path / "run2").exists()          # refused after the folder was made: removed, lock and all
+
+
+def test_a_refused_start_removes_only_a_folder_it_made(shapes_data, tmp_path):
+    """A run refused after it made its run directory (here: more classes than model.num_classes) leaves nothing
+    behind; a folder the user made, or a run that trained, is never removed."""
+    bad = (shapes_data, 'model.cond="class"', "model.num_classes=2")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for run in (tmp_path / "new", tmp_path / "deeper" / "new", mine):
+        with pytest.raises(TrainError, match="^the dataset has 16 classes but model.num_classes = 2"):
+            train(make_recipe(*bad), run, log=quiet())
+    assert not (tmp_path / "new").exists() and (tmp_path / "deeper").is_dir() and mine.is_dir()
+    trained = tmp_path / "trained"
+    train(make_recipe(shapes_data, 'model.cond="class"', "model.num_classes=16", steps=1), trained, log=quiet())
+    before = sorted(p.name for p in trained.rglob("*"))
+    with pytest.raises(HPDMError):
+        train(make_recipe(shapes_data, 'model.cond="class"', "model.num_classes=2", steps=2), trained, log=quiet())
+    assert sorted(p.name for p in trained.rglob("*")) == before
+
+
+def test_a_fresh_run_stopped_by_an_error_after_training_keeps_its_folder(shapes_data, tmp_path, monkeypatch):
+    """Only a start that trained nothing is removed: a new run that diverges keeps its checkpoints and log."""
+    real, n = step.edm_loss, {"calls": 0}
+
+    def diverging(*a, **kw):
+        out = real(*a, **kw)
+        n["calls"] += 1
+        if n["calls"] > 2:
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(step, "edm_loss", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match="non-finite"):
+        train(make_recipe(shapes_data, steps=8, ckpt_every=1, max_nonfinite_steps=2), run, log=quiet())
+    assert list_checkpoints(run) and read_stats(run)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -50,7 +50,7 @@ from ..config import CUDA_GRAPH_MODES, Recipe
 from ..data.shards import is_dataset
 from ..device import DeviceError, to_device
 from ..diffusion.edm import diffusion_at_step, draw_noise
-from ..errors import WARNING
+from ..errors import WARNING, HPDMError
 from ..model.flops import train_step_flops
 from ..model.network import HPDMNet
 from ..io import atomic_write_json, atomic_write_text, unwritable
@@ -340,16 +340,32 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
         dist = init_distributed(t.device)
     except DeviceError as e:
         raise TrainError(str(e)) from None
+    created = dist.is_main and not os.path.lexists(run_dir)             # this run makes the folder
     try:
-        with ExitStack() as held:                                         # the run directory's lock (rank 0)
-            return _train(recipe, Path(run_dir), dist, held, log=log, stop_after=stop_after, progress=progress)
-    except OSError as e:                                                  # disk full, permissions, ... on a write
-        where = f" ({e.filename})" if e.filename else ""
-        raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to resume "
-                         "from the newest checkpoint") from e
+        try:
+            with ExitStack() as held:                                     # the run directory's lock (rank 0)
+                return _train(recipe, Path(run_dir), dist, held, log=log, stop_after=stop_after, progress=progress)
+        except OSError as e:                                              # disk full, permissions, ... on a write
+            where = f" ({e.filename})" if e.filename else ""
+            raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to "
+                             "resume from the newest checkpoint") from e
+    except HPDMError:
+        if created:                  # a refused start leaves no half-made run (a bug's traceback keeps it)
+            _remove_untrained(Path(run_dir))
+        raise
     finally:
         if dist.owns_group:
             shutdown()
+
+
+def _remove_untrained(run_dir: Path) -> None:
+    """Remove a run directory that this run created and that holds nothing trained (a run refused at start-up).
+
+    Called after the lock is released: the folder, its lock file included, is this process's own.
+    """
+    import shutil
+    if run_dir.is_dir() and not holds_training(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
