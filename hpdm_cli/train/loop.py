@@ -15,7 +15,8 @@ that are not finite are never saved, so the newest checkpoint stays the last goo
 is decided and applied on the device: the host never waits for a step to finish except at sync
 points (a logged or checkpointed step, the last one, a signal), where it reads the flags back.
 Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
-`hpdm train` on the same directory is refused, naming the holder.
+`hpdm train` on the same directory is refused, naming the holder. A run refused (an `HPDMError`) before it
+trained a step, in a run directory it made itself, removes that directory again (`_remove_untrained`).
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
 stops at once); a handler that something inside the run replaced is restored, with a warning, at
 the next sync point. Under DDP, rank 0 decides everything that touches the run directory (refusals,
