@@ -423,9 +423,10 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     torch.set_num_threads(1)
     try:
         res = run_eval_fvd(data, tmp_path / "run2", extractor=extractor, cache=False, steps="1", gen_batch=3,
-                           guidance_interval="0.5,10")
+                           guidance_interval="0.5,10", sigma_max="40")
         assert res.num_real == res.num_fake == 3 and res.fake.clip_shapes == [[10, 32, 32]]
         assert res.fake.generation["guidance_interval"] == [0.5, 10.0]      # the recipe's otherwise: []
+        assert res.fake.generation["sigma_max"] == 40.0                      # recorded only when given
         # ... and the options given win.
         res = run_eval_fvd(data, tmp_path / "run2", num=2, frames=9, extractor=extractor, cache=False, steps="1")
         assert res.num_real == res.num_fake == 2 and res.fake.clip_shapes == [[9, 32, 32]]
@@ -442,7 +443,8 @@ def test_dataset_real_side_and_generated_fake_side_from_a_checkpoint(tmp_path, e
     for gen, why in ((dict(batch=0), "--gen-batch 0"), (dict(seed=-1), "--gen-seed -1"),
                      (dict(guidance=float("nan")), "--guidance nan"), (dict(guidance=-1.0), "--guidance -1"),
                      (dict(steps="0"), "--steps '0'"), (dict(data=tmp_path / "run"), "not a prepared dataset"),
-                     (dict(guidance_interval="3,1"), "--guidance-interval 3,1: expected LO,HI")):
+                     (dict(guidance_interval="3,1"), "--guidance-interval 3,1: expected LO,HI"),
+                     (dict(sigma_max="0"), "--sigma-max 0: expected a noise level")):
         with pytest.raises(FVDError, match=why):
             evaluate_fvd(data, tmp_path / "run", num=2, frames=9, extractor=extractor, cache=False, generation=gen)
 

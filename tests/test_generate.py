@@ -6,6 +6,7 @@ Drivers `hpdm_cli.drivers.sample` / `.upscale`, over `hpdm_cli.checkpoint` and `
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -362,6 +363,10 @@ def _bad_cases(assets, tmp: Path) -> dict:
         "guidance list with a word": (["sample", "--ckpt", run, "--guidance", "2,x,1", "--out", out], out),
         "guidance interval upside down": (["sample", "--ckpt", run, "--guidance-interval", "5,0.3", "--out", out], out),
         "guidance interval of one value": (["sample", "--ckpt", run, "--guidance-interval", "5", "--out", out], out),
+        "sigma max for 2 of 3 levels": (["sample", "--ckpt", run, "--sigma-max", "80,10", "--out", out], out),
+        "sigma max below sigma min": (["sample", "--ckpt", run, "--sigma-max", "0.001", "--out", out], out),
+        "upscale sigma max of a word": (["upscale", good_video, "--ckpt", run, "--sigma-max", "high", "--out", out],
+                                        out),
         "missing guide model": (["sample", "--ckpt", run, "--guide-model", tmp / "none.safetensors", "--out", out],
                                 out),
         "guide model of three levels": (["sample", "--ckpt", run, "--class", "0", "--guide-model", run, "--out",
@@ -451,7 +456,10 @@ def test_check_options_names_the_option_and_its_range():
                          (dict(guidance_interval="-1,3"), "--guidance-interval -1,3"),
                          (dict(guidance_interval="0.3,nan"), "--guidance-interval 0.3,nan"),
                          (dict(guidance_interval="a,b"), "--guidance-interval a,b"),
-                         (dict(guide_model="no/such.safetensors"), "--guide-model no/such.safetensors: no such file")):
+                         (dict(guide_model="no/such.safetensors"), "--guide-model no/such.safetensors: no such file"),
+                         (dict(sigma_max="0"), "--sigma-max 0: expected a noise level above"),
+                         (dict(sigma_max="80,nan"), "--sigma-max 80,nan"), (dict(sigma_max="ten"), "--sigma-max ten"),
+                         (dict(sigma_max="80,-1,1"), "--sigma-max 80,-1,1")):
         with pytest.raises(GenerateError) as e:
             check_options(**kw)
         assert fragment in str(e.value) and "\n" not in str(e.value)
@@ -462,6 +470,8 @@ def test_check_options_names_the_option_and_its_range():
     check_options(guidance_interval="0,inf")
     check_options(guide_model="packaged")
     check_options(guide_model="none")
+    check_options(sigma_max="80,10,10")
+    check_options(sigma_max="80")
 
 
 def test_parse_guidance_gives_one_scale_or_one_per_level():
@@ -760,6 +770,42 @@ def test_guidance_interval_option_reaches_the_sampler(assets, tmp_path, monkeypa
     with pytest.raises(Stop):
         up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", guidance_interval="1,2")
     assert seen == [[1.0, 2.0]]
+
+
+def test_sigma_max_option_sets_where_each_level_starts(assets, tmp_path, monkeypatch):
+    """`--sigma-max 80,10,5` starts level l's schedule at its value (one value: every level); without it, the
+    recipe's sample.sigma_max; `hpdm upscale` the same way."""
+    import hpdm_cli.drivers.sample as drv
+    import hpdm_cli.drivers.upscale as up
+    from hpdm_cli.drivers.generation import make_sampler
+    from hpdm_cli.drivers.sample import generate
+    starts = []
+
+    class Stop(Exception):
+        pass
+
+    def first_sigmas(net, recipe, *a, **k):
+        sampler = make_sampler(net, recipe, device="cpu")
+        starts.append([float(sampler.schedule(level, 4)[0][0]) for level in range(recipe.pyramid.num_levels)])
+        raise Stop
+    monkeypatch.setattr(drv, "sample_videos", first_sigmas)
+    L = assets["recipe"].pyramid.num_levels
+    for given in ("80,10,5", "7", None):
+        with pytest.raises(Stop):
+            generate(assets["run"], tmp_path / "clip.mp4", class_="0", steps="1", sigma_max=given)
+    default = float(assets["recipe"].sample.sigma_max)
+    assert starts == [pytest.approx([80.0, 10.0, 5.0]), pytest.approx([7.0] * L), pytest.approx([default] * L)]
+    starts.clear()
+    video = tmp_path / "in.mp4"
+    write_video(video, smooth_video(*assets["recipe"].pyramid.resolution), 8.0)
+    monkeypatch.setattr(up, "upscale_frames", lambda frames, net, recipe, **k: first_sigmas(net, recipe))
+    with pytest.raises(Stop):
+        up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", sigma_max="80,3,2")
+    assert starts == [pytest.approx([80.0, 3.0, 2.0])]
+    for bad, fragment in (("80,10", "--sigma-max 80,10: 2 values for a model with 3 levels"),
+                          ("0.001", "--sigma-max 0.001: expected a noise level above sample.sigma_min = 0.002")):
+        with pytest.raises(GenerateError, match=re.escape(fragment)):
+            generate(assets["run"], tmp_path / "clip.mp4", class_="0", steps="1", sigma_max=bad)
 
 
 def test_guide_model_option_autoguides_level_0(assets, tmp_path, capsys):

@@ -12,7 +12,7 @@ import typer
 from .console import err, log_line, warn_emulated_bf16
 from .console import out as console
 from .help_texts import (BF16_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
-                         GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, STEPS_HELP)
+                         GUIDE_MODEL_HELP, I3D_HELP, OVERLAP_HELP, SIGMA_MAX_HELP, STEPS_HELP)
 
 
 def evaluate(
@@ -30,6 +30,7 @@ def evaluate(
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
+    sigma_max: Optional[str] = typer.Option(None, "--sigma-max", help=SIGMA_MAX_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     fvd: bool = typer.Option(True, "--fvd/--no-fvd", help="Also compute FVD (I3D) with floor and baselines."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", "--i3d", help=I3D_HELP),
@@ -48,7 +49,7 @@ def evaluate(
     rep = run_eval(ckpt, out, num_clips=num_clips, split=split, batch=batch, guidance=guidance,
                    steps=steps, overlap=overlap, device=device, bf16=bf16, compile=compile, fvd=fvd,
                    i3d_weights=i3d_weights, context_gib=context_gib, guidance_interval=guidance_interval,
-                   guide_model=guide_model,
+                   guide_model=guide_model, sigma_max=sigma_max,
                    log=lambda m: log_line(m, err))          # progress on stderr: stdout is the summary alone
     table = Table(title=f"hpdm eval: {rep['checkpoint']} (step {rep['step']}, N = {rep['num_clips']}, "
                         f"{rep['split']} prompts)")

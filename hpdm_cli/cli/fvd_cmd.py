@@ -15,7 +15,7 @@ from ..config import EVAL_CPU_BATCH, EvalConfig
 from .console import err, log_line, out, warn_emulated_bf16
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .help_texts import (BF16_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP, GUIDE_MODEL_HELP, I3D_HELP,
-                         OVERLAP_HELP, STEPS_HELP)
+                         OVERLAP_HELP, SIGMA_MAX_HELP, STEPS_HELP)
 
 
 def _for_checkpoint(text: str) -> str:
@@ -69,6 +69,7 @@ def eval_fvd(
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval",
                                                     help=_for_checkpoint(GUIDANCE_INTERVAL_HELP)),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=_for_checkpoint(GUIDE_MODEL_HELP)),
+    sigma_max: Optional[str] = typer.Option(None, "--sigma-max", help=_for_checkpoint(SIGMA_MAX_HELP)),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=_for_checkpoint(OVERLAP_HELP)),
     bf16: bool = typer.Option(False, "--bf16", help=_for_checkpoint(BF16_HELP)),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
@@ -80,7 +81,7 @@ def eval_fvd(
     with keyed_bars(lambda side: f"{side} clips", live, lines=True) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
                            steps=steps, guidance=guidance, guidance_interval=guidance_interval,
-                           guide_model=guide_model, overlap=overlap, bf16=bf16, num=num, frames=frames,
+                           guide_model=guide_model, sigma_max=sigma_max, overlap=overlap, bf16=bf16, num=num, frames=frames,
                            stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,

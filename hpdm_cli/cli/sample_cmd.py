@@ -14,7 +14,8 @@ from ..config import TILE_BATCH
 from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .help_texts import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
-                         GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, STEPS_HELP)
+                         GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, SIGMA_MAX_HELP,
+                         STEPS_HELP)
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 
 
@@ -46,6 +47,7 @@ def sample(
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
+    sigma_max: Optional[str] = typer.Option(None, "--sigma-max", help=SIGMA_MAX_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step "
                                                            "instead of caching them (same video, slower)."),
@@ -76,7 +78,7 @@ def sample(
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
                        warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
                        context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model,
-                       on_file=lambda p, replaced: console.print(f"{'replaced' if replaced else 'wrote'} {p}",
+                       sigma_max=sigma_max, on_file=lambda p, replaced: console.print(f"{'replaced' if replaced else 'wrote'} {p}",
                                                                  highlight=False))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""

@@ -15,7 +15,8 @@ from .console import is_main_rank, rank0_warn, warn_emulated_bf16
 from .console import out as console
 from .progress import PROGRESS_HELP, bars_wanted, keyed_bars
 from .help_texts import (BF16_HELP, COMPILE_HELP, CONTEXT_GIB_HELP, DEVICE_HELP, GUIDANCE_HELP, GUIDANCE_INTERVAL_HELP,
-                         GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, STEPS_HELP)
+                         GUIDE_MODEL_HELP, OVERLAP_HELP, PROMPT_EMBEDDING_HELP, PROMPT_TABLE_HELP, SIGMA_MAX_HELP,
+                         STEPS_HELP)
 
 
 def upscale(
@@ -45,6 +46,7 @@ def upscale(
     guidance: Optional[str] = typer.Option(None, "--guidance", help=GUIDANCE_HELP + " Only with --class/--prompt."),
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help=GUIDE_MODEL_HELP),
+    sigma_max: Optional[str] = typer.Option(None, "--sigma-max", help=SIGMA_MAX_HELP),
     overlap: Optional[str] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute lower levels' activations at every step."),
     offload: bool = typer.Option(False, "--offload", help="Keep the activation cache in (pinned) CPU memory."),
@@ -68,7 +70,8 @@ def upscale(
                           guidance=guidance, overlap=overlap, cache=not no_cache, offload=offload, batch=batch,
                           tile_batch=tile_batch, device=device, bf16=bf16, progress=bar, warn=rank0_warn,
                           guidance_interval=guidance_interval, guide_model=guide_model, prompt_table=prompt_table,
-                          prompt_embedding=prompt_embedding, context_gib=context_gib, compile=compile)
+                          prompt_embedding=prompt_embedding, context_gib=context_gib, compile=compile,
+                          sigma_max=sigma_max)
     if rep.file is None:
         return
     (fi, hi, wi), (fo, ho, wo) = rep.input_shape, rep.output_shape

@@ -276,14 +276,15 @@ def _keep_previous(out_dir: Path) -> list[str]:
 
 
 def _check_options(num_clips: Optional[int], split: str, batch: int, guidance, out_dir,
-                   context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> Path:
+                   context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
+                   sigma_max=None) -> Path:
     """GenerateError for an option out of range (before any checkpoint is loaded); the report folder."""
     if num_clips is not None and not 2 <= num_clips <= MAX_VIDEOS:
         raise GenerateError(f"--num-clips {num_clips}: expected 2 to {MAX_VIDEOS:,} clips per side")
     if split not in ("heldout", "train", "all"):
         raise GenerateError(f"--split {split!r}: expected heldout, train or all")
     check_options(batch=batch, guidance=guidance, context_gib=context_gib, guidance_interval=guidance_interval,
-                  guide_model=guide_model)
+                  guide_model=guide_model, sigma_max=sigma_max)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out {str(out_dir)!r} is a file: give a folder for report.json and contact_sheet.png")
@@ -305,15 +306,17 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
              guidance=None, steps=None, overlap: Optional[str] = None,
              device="auto", bf16: bool = False, compile: bool = False, fvd: bool = True, i3d_weights=None,
              embed: Optional[Callable[[list], torch.Tensor]] = None, sheet_rows: int = 8,
-             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
+             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None, sigma_max=None,
              log: Callable[[str], None] = print) -> dict:
     """Measure a shapes checkpoint (FVD with floor and baselines, faithfulness, sensitivity, loss gap); write a report.
 
     `num_clips` None: the checkpoint recipe's eval.num_clips.
     """
-    out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib, guidance_interval, guide_model)
+    out_dir = _check_options(num_clips, split, batch, guidance, out_dir, context_gib, guidance_interval, guide_model,
+                             sigma_max)
     net, recipe, info = load_generator(ckpt, device)
-    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model,
+                                 sigma_max=sigma_max)
     source = ""
     if num_clips is None:
         num_clips, source = recipe.eval.num_clips, " (the recipe's eval.num_clips; --num-clips N to change)"
@@ -345,7 +348,7 @@ def evaluate(ckpt, out_dir, *, num_clips: Optional[int] = None, split: str = "he
     report = {"checkpoint": str(info.weights), "step": info.step, "num_clips": num_clips, "split": split,
               "resolution": list(R), "guidance": guidance if guidance is not None else recipe.sample.guidance,
               "guidance_interval": list(recipe.sample.guidance_interval),
-              "guide_model": recipe.sample.guide_model,
+              "guide_model": recipe.sample.guide_model, "sigma_max": recipe.sample.sigma_max,
               "steps": level_steps(recipe.sample, recipe.pyramid.num_levels, steps), "seconds_per_clip": seconds,
               "compiled": compile, "complete": False}
 

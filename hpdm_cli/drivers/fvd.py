@@ -30,7 +30,8 @@ from ..eval.fvd_sources import (Clip, Log, Progress, check_workers, default_cach
                                 stream_stats, video_clip)
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
 from ..io import holds_other_than, unwritable
-from .options import (check_seed_range, parse_guidance, parse_guidance_interval, parse_guide_model, parse_steps,
+from .options import (check_seed_range, parse_guidance, parse_guidance_interval, parse_guide_model, parse_sigma_max,
+                      parse_steps,
                       with_sample_options)
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
@@ -71,6 +72,7 @@ def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
     _as_fvd_error(parse_guidance, guidance, num_levels)
     _as_fvd_error(parse_guidance_interval, gen.get("guidance_interval"))
     _as_fvd_error(parse_guide_model, gen.get("guide_model"))
+    _as_fvd_error(parse_sigma_max, gen.get("sigma_max"), num_levels)
     if num_levels is not None and gen.get("steps") is not None:
         _as_fvd_error(parse_steps, gen["steps"], num_levels)
     if gen.get("data") is not None:
@@ -162,6 +164,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                         seed: int = 0, batch: Optional[int] = None, device: str | torch.device = "auto",
                         steps=None, guidance=None, overlap: Optional[str] = None,
                         bf16: bool = False, tile_batch: int = TILE_BATCH, guidance_interval=None, guide_model=None,
+                        sigma_max=None,
                         log: Optional[Log] = None) -> tuple[Iterator[Clip], dict]:
     """Clips generated from a checkpoint / run directory, streamed batch by batch (uint8, as `hpdm sample` writes).
 
@@ -181,9 +184,10 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
     values, what, cmeta = _conditions(recipe, info, data, protocol, seed, log)
     nsteps = _as_fvd_error(parse_steps, steps, recipe.pyramid.num_levels)
     _check_generation(dict(seed=seed, num=n, batch=batch, guidance=guidance, guidance_interval=guidance_interval,
-                           guide_model=guide_model))
+                           guide_model=guide_model, sigma_max=sigma_max))
     guidance = _as_fvd_error(parse_guidance, guidance, recipe.pyramid.num_levels)
-    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
+    recipe = _as_fvd_error(lambda r: with_sample_options(r, guidance_interval=guidance_interval,
+                                                         guide_model=guide_model, sigma_max=sigma_max), recipe)
     bs = int(batch) if batch is not None else int(recipe.sample.batch_size)
     if bs < 1:
         raise FVDError(f"--gen-batch {batch}: expected a positive number of videos per sampler call")
@@ -192,6 +196,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                 data=cmeta["data"], label_counts=cmeta["label_counts"], num_prompts=cmeta["num_prompts"],
                 resolution=[F_, H, W], steps=nsteps, guidance=guidance,
                 guidance_interval=list(recipe.sample.guidance_interval), guide_model=recipe.sample.guide_model,
+                **({"sigma_max": recipe.sample.sigma_max} if sigma_max is not None else {}),
                 overlap=overlap, bf16=bf16, batch=bs)
 
     def stream() -> Iterator[Clip]:                 # one sampler for every batch, each batch scored as it comes
@@ -445,7 +450,7 @@ def _recipe_eval_defaults(real: Path, fake: Path, options: dict) -> None:
 def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, data: Optional[Path] = None,
                  gen_seed: Optional[int] = None, gen_batch: Optional[int] = None, steps: Optional[str] = None,
                  guidance=None, overlap: Optional[str] = None, bf16: bool = False, guidance_interval=None,
-                 guide_model=None, **options) -> FVDResult:
+                 guide_model=None, sigma_max=None, **options) -> FVDResult:
     """`hpdm eval-fvd`: evaluate (`evaluate_fvd` options in `options`) and write the result to `json_out`.
 
     The checkpoint side's conditioning dataset defaults to `real` when that is a prepared dataset, and
@@ -462,13 +467,14 @@ def run_eval_fvd(real: Path, fake: Path, *, json_out: Optional[Path] = None, dat
         given = [flag for flag, v in (("--gen-seed", gen_seed), ("--gen-batch", gen_batch), ("--steps", steps),
                                       ("--guidance", guidance), ("--overlap", overlap), ("--bf16", bf16 or None),
                                       ("--guidance-interval", guidance_interval), ("--guide-model", guide_model),
+                                      ("--sigma-max", sigma_max),
                                       ("--data", data)) if v is not None]
         if given:
             raise FVDError(f"{', '.join(given)} generate clips from a checkpoint, but --fake {str(fake)!r} is not "
                            "one: drop them, or give a run directory or weights file as --fake")
     _recipe_eval_defaults(real, fake, options)
     generation = dict(batch=gen_batch, steps=steps, guidance=guidance, overlap=overlap, bf16=bf16,
-                      guidance_interval=guidance_interval, guide_model=guide_model)
+                      guidance_interval=guidance_interval, guide_model=guide_model, sigma_max=sigma_max)
     if gen_seed is not None:                                  # else generate_fake_clips' first seed
         generation["seed"] = gen_seed
     if data is not None:

@@ -24,6 +24,7 @@ from ..io.video import VIDEO_SUFFIXES
 
 __all__ = [
     "parse_seeds", "check_seed_range", "parse_steps", "parse_guidance", "parse_guidance_interval", "parse_guide_model",
+    "parse_sigma_max",
     "with_sample_options", "check_options", "rank_seeds", "output_paths", "check_writable", "make_parent",
     "last_level",
 ]
@@ -160,9 +161,34 @@ def parse_guide_model(text) -> Optional[str]:
     return text
 
 
-def with_sample_options(recipe, *, guidance_interval=None, guide_model=None):
-    """The recipe with `--guidance-interval` and `--guide-model` as its sample settings (None keeps the recipe's)."""
+def parse_sigma_max(text, num_levels: Optional[int] = None, sigma_min: float = 0.0):
+    """`--sigma-max 80` (every level) or one per level "80,10,10": where each level's schedule starts; None = the
+    recipe's. A float or a list, every value above `sigma_min` (where the schedules end)."""
+    if text is None:
+        return None
+    try:
+        vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
+                else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
+    except ValueError:
+        vals = []
+    if not vals or not all(math.isfinite(v) and v > sigma_min for v in vals):
+        raise GenerateError(f"--sigma-max {text}: expected a noise level above sample.sigma_min = {sigma_min:g}, or a "
+                            "comma-separated list of one per level, e.g. 80,10,10 (where each level's sampling starts)")
+    if len(vals) == 1:
+        return vals[0]
+    if num_levels is not None and len(vals) != num_levels:
+        raise GenerateError(f"--sigma-max {text}: {len(vals)} values for a model with {num_levels} levels "
+                            "(give one value, or one per level)")
+    return vals
+
+
+def with_sample_options(recipe, *, guidance_interval=None, guide_model=None, sigma_max=None):
+    """The recipe with `--guidance-interval`, `--guide-model` and `--sigma-max` as its sample settings (None keeps
+    the recipe's)."""
     edits = {}
+    start = parse_sigma_max(sigma_max, recipe.pyramid.num_levels, recipe.sample.sigma_min)
+    if start is not None:
+        edits["sigma_max"] = start
     interval = parse_guidance_interval(guidance_interval)
     if interval is not None:
         edits["guidance_interval"] = interval
@@ -174,7 +200,8 @@ def with_sample_options(recipe, *, guidance_interval=None, guide_model=None):
 
 def check_options(*, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, guidance=None,
                   fps: Optional[float] = None, levels: Optional[int] = None,
-                  context_gib: Optional[float] = None, guidance_interval=None, guide_model=None) -> None:
+                  context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
+                  sigma_max=None) -> None:
     """Raise GenerateError for a numeric option out of its range (before any checkpoint is loaded)."""
     if context_gib is not None and not (math.isfinite(context_gib) and context_gib >= 0):
         raise GenerateError(f"--context-gib {context_gib}: expected a number of GiB >= 0 (0 = recompute the "
@@ -186,6 +213,7 @@ def check_options(*, batch: Optional[int] = None, tile_batch: int = TILE_BATCH, 
     parse_guidance(guidance)
     parse_guidance_interval(guidance_interval)
     parse_guide_model(guide_model)
+    parse_sigma_max(sigma_max)
     if fps is not None and not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
         raise GenerateError(f"--fps {fps}: expected a number from {MIN_FPS} to {MAX_FPS:g} (frames per second)")
     if levels is not None and levels < 0:

@@ -93,7 +93,7 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
              compile: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
              prompt_table: Optional[str | os.PathLike] = None,
              prompt_embedding: Optional[str | os.PathLike] = None,
-             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None,
+             context_gib: Optional[float] = None, guidance_interval=None, guide_model=None, sigma_max=None,
              on_file: Optional[Callable[[Path, bool], None]] = None) -> SampleReport:
     """`hpdm sample`: checkpoint (None: the packaged model) + condition + seeds -> one video file per seed.
 
@@ -108,7 +108,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
         ckpt = DEFAULT_MODEL             # its recipe carries its sampling defaults (steps, guidance per level)
     all_seeds = parse_seeds(seeds)
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, fps=fps, levels=levels,
-                  context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model)
+                  context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model,
+                  sigma_max=sigma_max)
     rank, world_size, local = world()
     mine = rank_seeds(all_seeds, rank, world_size)
     paths = output_paths(out, all_seeds)
@@ -121,7 +122,8 @@ def generate(ckpt: Optional[str | os.PathLike], out: str | os.PathLike = "clip.m
     last = last_level(levels, L)
     nsteps = parse_steps(steps, L)
     guidance = parse_guidance(guidance, L)
-    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model,
+                                 sigma_max=sigma_max)
     cond = request_condition(recipe, info, prompt, class_, prompt_table=prompt_table,
                              prompt_embedding=prompt_embedding, device=info.device, guided=guides(guidance))
     short = recipe.data.short_caption_prob > 0             # trained on captions without their background too

@@ -410,7 +410,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
             bf16: bool = False, progress: Optional[Progress] = None, warn: Optional[Log] = None,
             guidance_interval=None, guide_model=None, prompt_table: Optional[str | os.PathLike] = None,
             prompt_embedding: Optional[str | os.PathLike] = None, compile: bool = False,
-            context_gib: Optional[float] = None) -> UpscaleReport:
+            context_gib: Optional[float] = None, sigma_max=None) -> UpscaleReport:
     """`hpdm upscale`: an existing video -> the model's resolution, through its learned upper levels.
 
     Checks the output path, checkpoint, options and input video before sampling; writes `out`
@@ -421,10 +421,12 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
     from ..io.video import read_upright, write_video
     _check_request(input, out, fit=fit, pad_mode=pad_mode, window_overlap=window_overlap, seed=seed,
                    from_level=from_level, batch=batch, tile_batch=tile_batch, guidance=guidance,
-                   guidance_interval=guidance_interval, guide_model=guide_model, context_gib=context_gib)
+                   guidance_interval=guidance_interval, guide_model=guide_model, context_gib=context_gib,
+                   sigma_max=sigma_max)
     rank, _, local = world()
     net, recipe, info = load_generator(ckpt, device, local_rank=local, warn=warn)
-    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model)
+    recipe = with_sample_options(recipe, guidance_interval=guidance_interval, guide_model=guide_model,
+                                 sigma_max=sigma_max)
     _check_from_level(from_level, recipe.pyramid.num_levels)
     nsteps = parse_steps(steps, recipe.pyramid.num_levels)
     guidance = parse_guidance(guidance, recipe.pyramid.num_levels)
@@ -462,7 +464,7 @@ def upscale(input: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.Pat
 
 def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float, seed: int, from_level: int,
                    batch: Optional[int], tile_batch: int, guidance, guidance_interval=None,
-                   guide_model=None, context_gib: Optional[float] = None) -> None:
+                   guide_model=None, context_gib: Optional[float] = None, sigma_max=None) -> None:
     """Everything `upscale` can check before loading the checkpoint (options, output path, input file)."""
     _check_fit(fit)
     _check_pad_mode(pad_mode)
@@ -471,7 +473,7 @@ def _check_request(input, out, *, fit: str, pad_mode: str, window_overlap: float
     if from_level < 0:
         raise GenerateError(f"--from-level {from_level}: expected a level index >= 0")
     check_options(batch=batch, tile_batch=tile_batch, guidance=guidance, guidance_interval=guidance_interval,
-                  guide_model=guide_model, context_gib=context_gib)
+                  guide_model=guide_model, context_gib=context_gib, sigma_max=sigma_max)
     check_writable([out])
     if Path(input).is_dir():
         raise GenerateError(f"input video {str(input)!r} is a folder: give one video file (mp4, gif, png, ...)")
