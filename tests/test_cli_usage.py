@@ -506,3 +506,29 @@ def test_piped_output_is_wide_enough_for_the_tables():
     Console(file=sink, width=console_width(sink, {})).print(table)
     text = sink.getvalue()
     assert "…" not in text and "overlap_and_cache_setting_5" in text and "0.295617" in text
+
+
+@pytest.mark.parametrize("command,module,function,args", [
+    ("sample", "sample", "generate", []),
+    ("upscale", "upscale", "upscale", ["in.mp4", "--ckpt", "packaged", "--out", "up.mp4"]),
+    ("eval", "evaluate", "evaluate", ["--ckpt", "packaged"]),
+    ("eval-fvd", "fvd", "run_eval_fvd", ["--real", "r", "--fake", "packaged"]),
+])
+def test_every_generating_command_hands_its_sampler_options_to_its_driver(command, module, function, args, capsys,
+                                                                          monkeypatch):
+    """--steps, --guidance, --guidance-interval, --guide-model and --sigma-max reach the driver as given."""
+    import importlib
+
+    from conftest import run_cli
+    from hpdm_cli.conditioning import GenerateError
+    seen = {}
+
+    def driver(*a, **kw):
+        seen.update(kw)
+        raise GenerateError("stopped by the test")
+    monkeypatch.setattr(importlib.import_module(f"hpdm_cli.drivers.{module}"), function, driver)
+    given = dict(steps="8,4,2", guidance="1.5,1,1", guidance_interval="0,1", guide_model="none", sigma_max="80,10,10")
+    flags = [x for k, v in given.items() for x in (f"--{k.replace('_', '-')}", v)]
+    code, _, err = run_cli(capsys, command, *args, *flags)
+    assert code == 2 and "stopped by the test" in err, err
+    assert {k: seen.get(k) for k in given} == given

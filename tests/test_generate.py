@@ -457,7 +457,7 @@ def test_check_options_names_the_option_and_its_range():
                          (dict(guidance_interval="0.3,nan"), "--guidance-interval 0.3,nan"),
                          (dict(guidance_interval="a,b"), "--guidance-interval a,b"),
                          (dict(guide_model="no/such.safetensors"), "--guide-model no/such.safetensors: no such file"),
-                         (dict(sigma_max="0"), "--sigma-max 0: expected a noise level above"),
+                         (dict(sigma_max="0"), "--sigma-max 0: expected a noise level > 0"),
                          (dict(sigma_max="80,nan"), "--sigma-max 80,nan"), (dict(sigma_max="ten"), "--sigma-max ten"),
                          (dict(sigma_max="80,-1,1"), "--sigma-max 80,-1,1")):
         with pytest.raises(GenerateError) as e:

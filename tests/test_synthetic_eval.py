@@ -218,7 +218,8 @@ def test_eval_compile_samples_every_part_through_the_compiled_network(tmp_path, 
 
 
 def test_eval_guidance_interval_reaches_every_sampler_and_the_report(tmp_path, prompt_table, monkeypatch):
-    """`hpdm eval --guidance-interval LO,HI`: every sampler of the report uses it, and the report says so."""
+    """`hpdm eval --guidance-interval LO,HI --sigma-max S`: every sampler of the report uses them, and the report
+    says so."""
     import hpdm_cli.drivers.evaluate as ev
     from hpdm_cli.conditioning import GenerateError
     from hpdm_cli.train.loop import train
@@ -227,12 +228,12 @@ def test_eval_guidance_interval_reaches_every_sampler_and_the_report(tmp_path, p
     make, seen = gen.make_sampler, []
 
     def spy(net, recipe, *a, **k):
-        seen.append(list(recipe.sample.guidance_interval))
+        seen.append((list(recipe.sample.guidance_interval), recipe.sample.sigma_max))
         return make(net, recipe, *a, **k)
     monkeypatch.setattr(gen, "make_sampler", spy)
     rep = ev.evaluate(tmp_path / "run", tmp_path / "eval", num_clips=2, batch=2, steps="1", fvd=False, device="cpu",
-                      guidance_interval="0.3,5", log=lambda m: None)
-    assert seen == [[0.3, 5.0]] * 4 and rep["guidance_interval"] == [0.3, 5.0]
+                      guidance_interval="0.3,5", sigma_max="12", log=lambda m: None)
+    assert seen == [([0.3, 5.0], 12.0)] * 4 and rep["guidance_interval"] == [0.3, 5.0] and rep["sigma_max"] == 12.0
     with pytest.raises(GenerateError, match="--guidance-interval 5,0.3: expected LO,HI"):
         ev.evaluate(tmp_path / "run", tmp_path / "eval2", num_clips=2, guidance_interval="5,0.3", log=lambda m: None)
     assert not (tmp_path / "eval2").exists()

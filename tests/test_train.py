@@ -429,6 +429,23 @@ def test_a_refused_start_removes_only_a_folder_it_made(shapes_data, tmp_path):
     assert sorted(p.name for p in trained.rglob("*")) == before
 
 
+def test_a_run_refused_by_another_runs_lock_leaves_the_folder_alone(shapes_data, tmp_path, monkeypatch):
+    """Two runs start on one new folder: the one that made it but lost the race for its lock is refused and leaves
+    the folder, and the run in it, alone."""
+    from contextlib import ExitStack
+    real, other = loop.hold_lock, ExitStack()
+
+    def racing(directory, *a, **k):
+        other.enter_context(real(directory, "another hpdm train", error=TrainError))   # the other run locks first
+        return real(directory, *a, **k)
+    monkeypatch.setattr(loop, "hold_lock", racing)
+    run = tmp_path / "new"
+    with other:
+        with pytest.raises(TrainError, match="is already in use"):
+            train(make_recipe(shapes_data), run, log=quiet())
+        assert run.is_dir() and lock_holder(run) is not None
+
+
 def test_a_fresh_run_stopped_by_an_error_after_training_keeps_its_folder(shapes_data, tmp_path, monkeypatch):
     """Only a start that trained nothing is removed: a new run that diverges keeps its checkpoints and log."""
     real, n = step.edm_loss, {"calls": 0}

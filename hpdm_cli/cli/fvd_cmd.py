@@ -81,8 +81,8 @@ def eval_fvd(
     with keyed_bars(lambda side: f"{side} clips", live, lines=True) as bar:
         res = run_eval_fvd(real, fake, json_out=json_out, data=data, gen_seed=gen_seed, gen_batch=gen_batch,
                            steps=steps, guidance=guidance, guidance_interval=guidance_interval,
-                           guide_model=guide_model, sigma_max=sigma_max, overlap=overlap, bf16=bf16, num=num, frames=frames,
-                           stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
+                           guide_model=guide_model, sigma_max=sigma_max, overlap=overlap, bf16=bf16, num=num,
+                           frames=frames, stride=stride, seed=seed, i3d=i3d, device=device, batch_size=batch, workers=workers,
                            precision=precision, cache=cache, cache_dir=cache_dir, save_real=save_real,
                            save_fake=save_fake, progress=bar,
                            log=lambda m: log_line(m, err))

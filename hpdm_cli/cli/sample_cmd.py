@@ -78,7 +78,8 @@ def sample(
                        gif=gif, png=png, tile_batch=tile_batch, bf16=bf16, compile=compile, progress=bar,
                        warn=rank0_warn, prompt_table=prompt_table, prompt_embedding=prompt_embedding,
                        context_gib=context_gib, guidance_interval=guidance_interval, guide_model=guide_model,
-                       sigma_max=sigma_max, on_file=lambda p, replaced: console.print(f"{'replaced' if replaced else 'wrote'} {p}",
+                       sigma_max=sigma_max,
+                       on_file=lambda p, replaced: console.print(f"{'replaced' if replaced else 'wrote'} {p}",
                                                                  highlight=False))
     f, h, w = rep.shape
     where = f" (rank {rep.rank}/{rep.world_size})" if rep.world_size > 1 else ""

@@ -31,8 +31,7 @@ from ..eval.fvd_sources import (Clip, Log, Progress, check_workers, default_cach
 from ..eval.i3d import MIN_FRAMES, WEIGHTS_SHA256
 from ..io import holds_other_than, unwritable
 from .options import (check_seed_range, parse_guidance, parse_guidance_interval, parse_guide_model, parse_sigma_max,
-                      parse_steps,
-                      with_sample_options)
+                      parse_steps, with_sample_options)
 
 __all__ = ["evaluate_fvd", "run_eval_fvd", "generate_fake_clips", "checkpoint_recipe"]
 
@@ -61,7 +60,7 @@ def _find_dataset(recipe, data: Optional[str | os.PathLike], search: Sequence[Pa
 
 
 def _check_generation(gen: dict, num_levels: Optional[int] = None) -> None:
-    """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, steps, data."""
+    """Checkpoint --fake options that can be checked before any work: seed, batch, guidance, sigma_max, steps, data."""
     seed, batch, guidance = gen.get("seed"), gen.get("batch"), gen.get("guidance")
     if seed is not None and (int(seed) != seed or seed < 0):
         raise FVDError(f"--gen-seed {seed}: expected a seed >= 0")
@@ -196,7 +195,7 @@ def generate_fake_clips(ckpt: str | os.PathLike, protocol: Protocol, *, data: st
                 data=cmeta["data"], label_counts=cmeta["label_counts"], num_prompts=cmeta["num_prompts"],
                 resolution=[F_, H, W], steps=nsteps, guidance=guidance,
                 guidance_interval=list(recipe.sample.guidance_interval), guide_model=recipe.sample.guide_model,
-                **({"sigma_max": recipe.sample.sigma_max} if sigma_max is not None else {}),
+                sigma_max=recipe.sample.sigma_max,
                 overlap=overlap, bf16=bf16, batch=bs)
 
     def stream() -> Iterator[Clip]:                 # one sampler for every batch, each batch scored as it comes

@@ -169,11 +169,12 @@ def parse_sigma_max(text, num_levels: Optional[int] = None, sigma_min: float = 0
     try:
         vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
                 else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
-    except ValueError:
+    except (TypeError, ValueError):
         vals = []
     if not vals or not all(math.isfinite(v) and v > sigma_min for v in vals):
-        raise GenerateError(f"--sigma-max {text}: expected a noise level above sample.sigma_min = {sigma_min:g}, or a "
-                            "comma-separated list of one per level, e.g. 80,10,10 (where each level's sampling starts)")
+        floor = f"above sample.sigma_min = {sigma_min:g}" if sigma_min > 0 else "> 0"
+        raise GenerateError(f"--sigma-max {text}: expected a noise level {floor}, or a comma-separated list of one "
+                            "per level, e.g. 80,10,10 (where each level's sampling starts)")
     if len(vals) == 1:
         return vals[0]
     if num_levels is not None and len(vals) != num_levels:

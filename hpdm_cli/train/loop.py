@@ -15,8 +15,8 @@ that are not finite are never saved, so the newest checkpoint stays the last goo
 is decided and applied on the device: the host never waits for a step to finish except at sync
 points (a logged or checkpointed step, the last one, a signal), where it reads the flags back.
 Rank 0 holds a lock on the run directory (`hpdm_cli.io.lock`) for the whole run: a second
-`hpdm train` on the same directory is refused, naming the holder. A run refused (an `HPDMError`) before it
-trained a step, in a run directory it made itself, removes that directory again (`_remove_untrained`).
+`hpdm train` on the same directory is refused, naming the holder. A run refused (an `HPDMError`) before its
+steps began, in a run directory it made itself and locked, removes that directory again (`_Claim`).
 SIGTERM / Ctrl-C save a checkpoint at the end of the current step and return (a second Ctrl-C
 stops at once); a handler that something inside the run replaced is restored, with a warning, at
 the next sync point. Under DDP, rank 0 decides everything that touches the run directory (refusals,
@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -341,35 +342,45 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, log: Callable[[str], No
         dist = init_distributed(t.device)
     except DeviceError as e:
         raise TrainError(str(e)) from None
-    created = dist.is_main and not os.path.lexists(run_dir)             # this run makes the folder
+    claim = _Claim()
     try:
-        try:
-            with ExitStack() as held:                                     # the run directory's lock (rank 0)
-                return _train(recipe, Path(run_dir), dist, held, log=log, stop_after=stop_after, progress=progress)
-        except OSError as e:                                              # disk full, permissions, ... on a write
-            where = f" ({e.filename})" if e.filename else ""
-            raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to "
-                             "resume from the newest checkpoint") from e
-    except HPDMError:
-        if created:                  # a refused start leaves no half-made run (a bug's traceback keeps it)
-            _remove_untrained(Path(run_dir))
-        raise
+        with ExitStack() as held:                                         # the run directory's lock (rank 0)
+            try:
+                return _train(recipe, Path(run_dir), dist, held, claim, log=log, stop_after=stop_after,
+                              progress=progress)
+            except HPDMError:
+                if claim.made and not claim.stepping:   # a refused start leaves no half-made run (a bug keeps it)
+                    shutil.rmtree(run_dir, ignore_errors=True)    # the lock still held: no other run is in it
+                raise
+    except OSError as e:                                                  # disk full, permissions, ... on a write
+        where = f" ({e.filename})" if e.filename else ""
+        raise TrainError(f"{run_dir}: {e.strerror or e}{where}; fix that and re-run the same command to resume "
+                         "from the newest checkpoint") from e
     finally:
         if dist.owns_group:
             shutdown()
 
 
-def _remove_untrained(run_dir: Path) -> None:
-    """Remove a run directory that this run created and that holds nothing trained (a run refused at start-up).
+@dataclass
+class _Claim:
+    """What this process holds of its run directory: whether it made the folder (and holds its lock), and whether
+    the steps have begun. A run refused while `made` and not `stepping` removes the folder again."""
 
-    Called after the lock is released: the folder, its lock file included, is this process's own.
-    """
-    import shutil
-    if run_dir.is_dir() and not holds_training(run_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    made: bool = False
+    stepping: bool = False
 
 
-def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, log, stop_after,
+def _made_here(run_dir: Path) -> bool:
+    """Make the missing run directory (and its parents); whether this call made it (False: it was there, or
+    cannot be made, which the lock then says)."""
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError:
+        return False
+    return True
+
+
+def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, claim: _Claim, *, log, stop_after,
            progress) -> TrainSummary:
     """One run in a started process: the run directory, the model state, the data, then the steps."""
     t0 = time.perf_counter()
@@ -388,7 +399,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
             log(msg)
             warned.append(msg)
     _check_settings(recipe, run_dir, early)
-    ck = _open_run_dir(recipe, run_dir, dist, held, log, say)
+    ck = _open_run_dir(recipe, run_dir, dist, held, claim, log, say)
     for msg in warned:
         say(msg, echo=False)
     set_precision(t.precision)
@@ -420,6 +431,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, *, lo
     if state.rng_state is not None:     # torch's global RNG as at the checkpoint (steps draw from step_generator)
         torch.set_rng_state(state.rng_state)
     steps = _Steps(recipe, run_dir, dist, state, model, batches, text_emb, say, summary, started=t0)
+    claim.stepping = True
     say(start_up_line(t0, marks), echo=False)
     if (note := compile_note(recipe.train.compile)) is not None:
         say(note)
@@ -473,7 +485,8 @@ def _per_rank_batch(t, world_size: int) -> int:
     return per_step
 
 
-def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, log, say) -> Optional[dict]:
+def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack, claim: _Claim, log,
+                  say) -> Optional[dict]:
     """Claim the run directory and return the checkpoint to resume from (None: a fresh run).
 
     Rank 0 takes the directory's lock (created if missing; a file there is refused), refuses a
@@ -487,7 +500,9 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, dist: DistInfo, held: ExitStack
         try:
             if run_dir.is_dir():
                 _refuse_foreign_folder(run_dir)             # before the lock file is created in a refused folder
+            made = _made_here(run_dir)
             held.enter_context(hold_lock(run_dir, "hpdm train", error=TrainError, warn=lambda m: log(WARNING + m)))
+            claim.made = made                               # only once the lock is this process's
             ck = _check_run_dir(recipe, run_dir, lambda m: say(WARNING + m))
         except (TrainError, CheckpointError) as e:
             refusal = e
