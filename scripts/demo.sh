@@ -6,7 +6,8 @@
 #     (~2 min) and sample it: demo/tiny/clip-seed0000.mp4 ... A few CPU minutes teach that model
 #     little: its clips are coloured noise, not shapes. They show the pipeline runs, not a result.
 # Outputs go under $HPDM_DEMO_DIR (default: the repository root; created if missing).
-#   HPDM_DEMO_PROMPT_ARGS="--steps 8,4,2" bash scripts/demo.sh    # extra arguments to the prompted `hpdm sample`
+#   HPDM_DEMO_PROMPT_ARGS="--steps 16,8,4" bash scripts/demo.sh   # extra arguments to the prompted `hpdm sample`
+#   (fewer steps, faster; with 8,4,2 add --sigma-max 80,3,3: docs/results.md, section 78)
 #   HPDM_DEMO_TRAIN_ARGS="train.steps=50" bash scripts/demo.sh   # extra arguments to `hpdm train`
 #   HPDM_DEMO_SAMPLE_ARGS="--steps 8" bash scripts/demo.sh        # extra arguments to the tiny model's `hpdm sample`
 #   HPDM_SKIP_SETUP=1 bash scripts/demo.sh   # no set-up: use the `hpdm` found on PATH

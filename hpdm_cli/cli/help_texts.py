@@ -15,8 +15,8 @@ GUIDE_MODEL_HELP = ("A model of level 0 alone that guides level 0 instead of the
 GUIDANCE_INTERVAL_HELP = ("LO,HI: guide only at noise levels LO < sigma <= HI, e.g. 0,1; none: at every sigma "
                           "(default: the recipe's sample.guidance_interval).")
 SIGMA_MAX_HELP = ("Noise level (sigma) where each level's sampling starts: one number, or one per level, e.g. "
-                  "80,10,10 (default: the recipe's sample.sigma_max). With few --steps, starting the upper levels "
-                  "at 10 draws cleaner videos (docs/results.md, section 78).")
+                  "80,3,3 (default: the recipe's sample.sigma_max). With very few --steps (8,4,2) the packaged "
+                  "model's upper levels draw grain from 80 and clean frames from 3 (docs/results.md, section 78).")
 DEVICE_HELP = "auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 BF16_HELP = ("bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX-BF16; other CPUs emulate it "
              "(a warning says so), ~5x slower than float32.")
