@@ -100,20 +100,28 @@ def parse_steps(text: str | int | Sequence[int] | None, num_levels: int) -> Opti
 def parse_guidance(text, num_levels: Optional[int] = None):
     """`--guidance 3` (every level) or one scale per level "1.5,1,1"; None = the recipe's. A float or a list."""
     from ..config import MAX_GUIDANCE
+    return _per_level("--guidance", text, num_levels, lambda v: 0 <= v <= MAX_GUIDANCE,
+                      f"a number in [0, {MAX_GUIDANCE:g}] or a comma-separated list of one per level (1 = no "
+                      "guidance, 0 = unconditional)")
+
+
+def _per_level(option: str, text, num_levels: Optional[int], ok, expected: str):
+    """One number for every level or one per level, from "a,b,c", a number or a list: a float or a list; a
+    GenerateError naming `option` for a value that is not finite or fails `ok` (`expected` says what is wanted), or
+    for a list of another length than `num_levels` (None: not checked). None stays None (the recipe's)."""
     if text is None:
         return None
     try:
         vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
                 else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
-    except ValueError:
+    except (TypeError, ValueError):
         vals = []
-    if not vals or not all(math.isfinite(v) and 0 <= v <= MAX_GUIDANCE for v in vals):
-        raise GenerateError(f"--guidance {text}: expected a number in [0, {MAX_GUIDANCE:g}] or a comma-separated "
-                            "list of one per level (1 = no guidance, 0 = unconditional)")
+    if not vals or not all(math.isfinite(v) and ok(v) for v in vals):
+        raise GenerateError(f"{option} {text}: expected {expected}")
     if len(vals) == 1:
         return vals[0]
     if num_levels is not None and len(vals) != num_levels:
-        raise GenerateError(f"--guidance {text}: {len(vals)} values for a model with {num_levels} levels "
+        raise GenerateError(f"{option} {text}: {len(vals)} values for a model with {num_levels} levels "
                             "(give one value, or one per level)")
     return vals
 
@@ -164,23 +172,10 @@ def parse_guide_model(text) -> Optional[str]:
 def parse_sigma_max(text, num_levels: Optional[int] = None, sigma_min: float = 0.0):
     """`--sigma-max 80` (every level) or one per level "80,10,10": where each level's schedule starts; None = the
     recipe's. A float or a list, every value above `sigma_min` (where the schedules end)."""
-    if text is None:
-        return None
-    try:
-        vals = ([float(v) for v in text.split(",")] if isinstance(text, str)
-                else [float(v) for v in text] if isinstance(text, (list, tuple)) else [float(text)])
-    except (TypeError, ValueError):
-        vals = []
-    if not vals or not all(math.isfinite(v) and v > sigma_min for v in vals):
-        floor = f"above sample.sigma_min = {sigma_min:g}" if sigma_min > 0 else "> 0"
-        raise GenerateError(f"--sigma-max {text}: expected a noise level {floor}, or a comma-separated list of one "
-                            "per level, e.g. 80,10,10 (where each level's sampling starts)")
-    if len(vals) == 1:
-        return vals[0]
-    if num_levels is not None and len(vals) != num_levels:
-        raise GenerateError(f"--sigma-max {text}: {len(vals)} values for a model with {num_levels} levels "
-                            "(give one value, or one per level)")
-    return vals
+    floor = f"above sample.sigma_min = {sigma_min:g}" if sigma_min > 0 else "> 0"
+    return _per_level("--sigma-max", text, num_levels, lambda v: v > sigma_min,
+                      f"a noise level {floor}, or a comma-separated list of one per level, e.g. 80,10,10 (where each "
+                      "level's sampling starts)")
 
 
 def with_sample_options(recipe, *, guidance_interval=None, guide_model=None, sigma_max=None):
