@@ -762,21 +762,25 @@ def test_guidance_interval_option_reaches_the_sampler(assets, tmp_path, monkeypa
         with pytest.raises(Stop):
             generate(assets["run"], tmp_path / "clip.mp4", class_="0", steps="1", guidance_interval=interval)
     assert seen == [[0.28, 5.42], list(assets["recipe"].sample.guidance_interval)] and seen[1] == []
-    import hpdm_cli.drivers.upscale as up                 # `hpdm upscale --guidance-interval` the same way
-    seen.clear()
+    seen.clear()                                          # `hpdm upscale --guidance-interval` the same way
+    with pytest.raises(Stop):
+        _upscale_through(fake_sample_videos, assets, tmp_path, monkeypatch, guidance_interval="1,2")
+    assert seen == [[1.0, 2.0]]
+
+
+def _upscale_through(spy, assets, tmp_path, monkeypatch, **options):
+    """`hpdm upscale` of a smooth clip by the assets' run, its sampling replaced by `spy(net, recipe)`."""
+    import hpdm_cli.drivers.upscale as up
     video = tmp_path / "in.mp4"
     write_video(video, smooth_video(*assets["recipe"].pyramid.resolution), 8.0)
-    monkeypatch.setattr(up, "upscale_frames", lambda frames, net, recipe, **k: fake_sample_videos(net, recipe))
-    with pytest.raises(Stop):
-        up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", guidance_interval="1,2")
-    assert seen == [[1.0, 2.0]]
+    monkeypatch.setattr(up, "upscale_frames", lambda frames, net, recipe, **k: spy(net, recipe))
+    return up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", **options)
 
 
 def test_sigma_max_option_sets_where_each_level_starts(assets, tmp_path, monkeypatch):
     """`--sigma-max 80,10,5` starts level l's schedule at its value (one value: every level); without it, the
     recipe's sample.sigma_max; `hpdm upscale` the same way."""
     import hpdm_cli.drivers.sample as drv
-    import hpdm_cli.drivers.upscale as up
     from hpdm_cli.drivers.generation import make_sampler
     from hpdm_cli.drivers.sample import generate
     starts = []
@@ -796,11 +800,8 @@ def test_sigma_max_option_sets_where_each_level_starts(assets, tmp_path, monkeyp
     default = float(assets["recipe"].sample.sigma_max)
     assert starts == [pytest.approx([80.0, 10.0, 5.0]), pytest.approx([7.0] * L), pytest.approx([default] * L)]
     starts.clear()
-    video = tmp_path / "in.mp4"
-    write_video(video, smooth_video(*assets["recipe"].pyramid.resolution), 8.0)
-    monkeypatch.setattr(up, "upscale_frames", lambda frames, net, recipe, **k: first_sigmas(net, recipe))
     with pytest.raises(Stop):
-        up.upscale(video, assets["run"], tmp_path / "up.mp4", class_="0", steps="1", sigma_max="80,3,2")
+        _upscale_through(first_sigmas, assets, tmp_path, monkeypatch, sigma_max="80,3,2")
     assert starts == [pytest.approx([80.0, 3.0, 2.0])]
     for bad, fragment in (("80,10", "--sigma-max 80,10: 2 values for a model with 3 levels"),
                           ("0.001", "--sigma-max 0.001: expected a noise level above sample.sigma_min = 0.002")):
